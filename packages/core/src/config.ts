@@ -1,0 +1,118 @@
+import { z } from 'zod';
+import { InvalidInputError } from './errors';
+
+/** Thresholds and retry policies, named in one place. */
+export const DEFAULTS = {
+  jobs: 4,
+  maxLagMs: 1000,
+  /** Consecutive lag samples under maxLagMs before the cutover gate opens. */
+  lagSamples: 5,
+  lagSampleIntervalMs: 500,
+  /** A source transaction open longer than this keeps the cutover gate closed. */
+  longTransactionMs: 60_000,
+  /** Retained WAL behind our slot: warn past this... */
+  walWarnBytes: 8 * 1024 ** 3,
+  /** ...and drop the slot (abort) past this, before the source's disk fills. */
+  walAbortBytes: 64 * 1024 ** 3,
+  /** How long the drain may take with writes frozen before the source is unfrozen again. */
+  drainTimeoutMs: 15_000,
+  /** How long catch-up waits for the gate before giving up (0 = forever). */
+  catchUpTimeoutMs: 30 * 60_000,
+  /** Tables larger than this are split into ranges for parallel COPY. */
+  splitTableBytes: 256 * 1024 ** 2,
+  verifyChunkRows: 50_000,
+  verifyRechecks: 5,
+  statementTimeoutMs: 0,
+  lockTimeoutMs: 10_000,
+} as const;
+
+export const STRATEGIES = ['snapshot', 'native', 'dump'] as const;
+export type Strategy = (typeof STRATEGIES)[number];
+
+export const MIGRATION_ID = /^[a-z][a-z0-9_]{0,23}$/;
+
+function postgresUrl(field: string) {
+  return z.string({ error: `${field} is required: a postgres://user:password@host:port/database URL` }).superRefine((value, ctx) => {
+    let url: URL;
+    try {
+      url = new URL(value);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: `${field} is not a valid URL; expected postgres://user:password@host:port/database` });
+      return;
+    }
+    if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
+      ctx.addIssue({ code: 'custom', message: `${field} must start with postgres:// (got ${url.protocol}//)` });
+    }
+    if (!url.hostname) ctx.addIssue({ code: 'custom', message: `${field} has no host; expected postgres://user:password@host:port/database` });
+    if (!url.pathname || url.pathname === '/') {
+      ctx.addIssue({ code: 'custom', message: `${field} names no database; add /<database> to the URL` });
+    }
+  });
+}
+
+export const migrationConfigSchema = z
+  .object({
+    id: z
+      .string()
+      .regex(MIGRATION_ID, 'id must be 1-24 characters of a-z, 0-9 and _, starting with a letter (object names derive from it)'),
+    sourceUrl: postgresUrl('--source'),
+    targetUrl: postgresUrl('--target'),
+    strategy: z.enum(STRATEGIES, { error: `--strategy must be one of ${STRATEGIES.join(', ')}` }).default('snapshot'),
+    jobs: z.number({ error: '--jobs must be a number' }).int('--jobs must be a whole number').min(1, '--jobs must be at least 1').max(64, '--jobs must be at most 64').default(DEFAULTS.jobs),
+    cutover: z.enum(['auto', 'manual'], { error: '--cutover must be auto or manual' }).default('manual'),
+    maxLagMs: z.number({ error: '--max-lag-ms must be a number' }).int().min(1, '--max-lag-ms must be at least 1').default(DEFAULTS.maxLagMs),
+    lagSamples: z.number().int().min(1).default(DEFAULTS.lagSamples),
+    lagSampleIntervalMs: z.number().int().min(10).default(DEFAULTS.lagSampleIntervalMs),
+    longTransactionMs: z.number().int().min(1).default(DEFAULTS.longTransactionMs),
+    walWarnBytes: z.number().int().min(0).default(DEFAULTS.walWarnBytes),
+    walAbortBytes: z.number().int().min(1).default(DEFAULTS.walAbortBytes),
+    drainTimeoutMs: z.number().int().min(1).default(DEFAULTS.drainTimeoutMs),
+    catchUpTimeoutMs: z.number().int().min(0).default(DEFAULTS.catchUpTimeoutMs),
+    splitTableBytes: z.number().int().min(1).default(DEFAULTS.splitTableBytes),
+    switchFile: z.string().min(1, '--switch-file must be a path').optional(),
+    onSwitch: z.string().min(1, '--on-switch must be a command').optional(),
+    reportPath: z.string().min(1).optional(),
+    artifactDir: z.string().min(1).optional(),
+  })
+  .superRefine((c, ctx) => {
+    if (c.sourceUrl === c.targetUrl) {
+      ctx.addIssue({ code: 'custom', path: ['targetUrl'], message: '--target is the same URL as --source; point it at the new server' });
+    }
+    if (c.walWarnBytes >= c.walAbortBytes) {
+      ctx.addIssue({ code: 'custom', path: ['walWarnBytes'], message: 'the WAL warning threshold must be below the abort limit' });
+    }
+  });
+
+export type MigrationConfigInput = z.input<typeof migrationConfigSchema>;
+export type MigrationConfig = z.output<typeof migrationConfigSchema>;
+
+/** Parse and validate; throws InvalidInputError naming every bad field at once. */
+export function parseMigrationConfig(input: unknown): MigrationConfig {
+  const result = migrationConfigSchema.safeParse(input);
+  if (result.success) return result.data;
+  const problems = result.error.issues.map((i) => i.message);
+  const field = result.error.issues[0]?.path.join('.') || undefined;
+  throw new InvalidInputError(problems.join('; '), { field, hint: 'run `pgferry migrate --help` for the options' });
+}
+
+/** Object names derive from the migration id so every step can find (and re-find) its own objects. */
+export function objectNames(id: string) {
+  const base = `pgferry_${id}`;
+  return {
+    publication: base,
+    slot: base,
+    subscription: base,
+    reversePublication: `${base}_rev`,
+    reverseSlot: `${base}_rev`,
+    reverseSubscription: `${base}_rev`,
+    /** Schema on the target holding pgferry's marker table. */
+    markerSchema: 'pgferry',
+    applicationName: `pgferry:${id}`,
+  };
+}
+
+export function newMigrationId(now = new Date()): string {
+  const stamp = now.toISOString().replace(/[-:T]/g, '').slice(2, 12);
+  const rand = Math.random().toString(36).slice(2, 6);
+  return `m${stamp}_${rand}`;
+}

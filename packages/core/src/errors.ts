@@ -1,0 +1,115 @@
+/**
+ * Typed errors. Step Functions Retry/Catch and the CLI's exit codes match on `name`, so every
+ * subclass sets its own. `hint` is written for the person running the migration.
+ */
+export interface PgferryErrorOptions {
+  cause?: unknown;
+  migrationId?: string;
+  phase?: string;
+  hint?: string;
+  /** The input field or database object the error is about, e.g. `--source` or `public.orders`. */
+  field?: string;
+}
+
+export class PgferryError extends Error {
+  override name = 'PgferryError';
+  readonly migrationId?: string;
+  readonly phase?: string;
+  readonly hint?: string;
+  readonly field?: string;
+  /** Process exit code the CLI uses for this class of failure. */
+  readonly exitCode: number = 1;
+
+  constructor(message: string, options: PgferryErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.migrationId = options.migrationId;
+    this.phase = options.phase;
+    this.hint = options.hint;
+    this.field = options.field;
+  }
+}
+
+/** Bad user input: a flag, a URL, a config value. Nothing was created. */
+export class InvalidInputError extends PgferryError {
+  override name = 'InvalidInputError';
+  override readonly exitCode = 2;
+}
+
+/** A server could not be reached or refused the credentials. */
+export class ConnectionFailedError extends PgferryError {
+  override name = 'ConnectionFailedError';
+  override readonly exitCode = 3;
+}
+
+/** Assessment found blockers; nothing was created. */
+export class AssessmentBlockedError extends PgferryError {
+  override name = 'AssessmentBlockedError';
+  override readonly exitCode = 4;
+  constructor(
+    message: string,
+    readonly blockers: { code: string; message: string; object?: string }[],
+    options: PgferryErrorOptions = {},
+  ) {
+    super(message, options);
+  }
+}
+
+export class SchemaFailedError extends PgferryError {
+  override name = 'SchemaFailedError';
+}
+export class BulkLoadFailedError extends PgferryError {
+  override name = 'BulkLoadFailedError';
+}
+export class ReplicationFailedError extends PgferryError {
+  override name = 'ReplicationFailedError';
+}
+export class LagTimeoutError extends PgferryError {
+  override name = 'LagTimeoutError';
+  override readonly exitCode = 5;
+}
+/** The slot retained more WAL than the hard limit: the slot was dropped to protect the source's disk. */
+export class WalRetentionExceededError extends PgferryError {
+  override name = 'WalRetentionExceededError';
+}
+export class FreezeFailedError extends PgferryError {
+  override name = 'FreezeFailedError';
+}
+export class DrainTimeoutError extends PgferryError {
+  override name = 'DrainTimeoutError';
+  override readonly exitCode = 5;
+}
+export class CutoverFailedError extends PgferryError {
+  override name = 'CutoverFailedError';
+}
+export class VerificationFailedError extends PgferryError {
+  override name = 'VerificationFailedError';
+  override readonly exitCode = 6;
+}
+export class RollbackFailedError extends PgferryError {
+  override name = 'RollbackFailedError';
+}
+/** Another process changed the migration's state since it was read. */
+export class StateConflictError extends PgferryError {
+  override name = 'StateConflictError';
+  override readonly exitCode = 7;
+}
+export class MigrationNotFoundError extends PgferryError {
+  override name = 'MigrationNotFoundError';
+  override readonly exitCode = 2;
+}
+
+/** Documented CLI exit codes; README's table is generated from the same meaning. */
+export const EXIT_CODES = {
+  ok: 0,
+  failed: 1,
+  invalidInput: 2,
+  connectionFailed: 3,
+  assessmentBlocked: 4,
+  lagOrDrainTimeout: 5,
+  verificationFailed: 6,
+  stateConflict: 7,
+} as const;
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,104 @@
+import type { MigrationConfig } from './config';
+
+/** Phases in workflow order; names match packages/postgres/src/phases and the state machine. */
+export const PHASES = [
+  'assess',
+  'prepare-schema',
+  'bulk-load',
+  'start-replication',
+  'catch-up',
+  'cutover',
+  'verify',
+  'cleanup',
+] as const;
+export type Phase = (typeof PHASES)[number] | 'rollback';
+
+export const PHASE_TITLES: Record<Phase, string> = {
+  assess: 'Assess source',
+  'prepare-schema': 'Prepare schema',
+  'bulk-load': 'Bulk load',
+  'start-replication': 'Start replication',
+  'catch-up': 'Catch up',
+  cutover: 'Cut over',
+  verify: 'Verify',
+  cleanup: 'Clean up',
+  rollback: 'Roll back',
+};
+
+export type MigrationStatus =
+  | 'running'
+  | 'awaiting-cutover'
+  | 'cut-over'
+  | 'completed'
+  | 'failed'
+  | 'rolled-back'
+  | 'cleaned-up';
+
+export interface PhaseRecord {
+  startedAt?: string;
+  endedAt?: string;
+  summary?: string;
+  attempts?: number;
+}
+
+export interface TableRef {
+  schema: string;
+  name: string;
+}
+
+export interface LagSample {
+  at: string;
+  bytes: number;
+  ms: number | null;
+}
+
+export interface CutoverRecord {
+  freezeAt?: string;
+  freezeLsn?: string;
+  drainedAt?: string;
+  switchAt?: string;
+  unfreezeAt?: string;
+  writeGapMs?: number;
+  sessionsEnded?: number;
+  writesAfterFreeze?: number;
+  sequencesSynced?: number;
+  direction?: 'forward' | 'reverse';
+}
+
+export interface VerifyTableResult {
+  table: string;
+  sourceRows: number;
+  targetRows: number;
+  chunks: number;
+  mismatchedRanges: string[];
+}
+
+export interface MigrationState {
+  id: string;
+  /** Optimistic locking: every write must name the version it read. */
+  version: number;
+  createdAt: string;
+  updatedAt: string;
+  status: MigrationStatus;
+  phase: Phase;
+  /** Config with passwords redacted from the URLs; secrets live in the secret store. */
+  config: MigrationConfig;
+  phases: Partial<Record<Phase, PhaseRecord>>;
+  sourceVersion?: number;
+  targetVersion?: number;
+  tables?: TableRef[];
+  slotLsn?: string;
+  rowsCopied?: number;
+  bytesCopied?: number;
+  lag?: LagSample[];
+  walRetainedBytes?: number;
+  ddlDrift?: string[];
+  cutover?: CutoverRecord;
+  rollback?: CutoverRecord;
+  verify?: { ok: boolean; tables: VerifyTableResult[]; at: string };
+  leftovers?: string[];
+  warnings?: string[];
+  failedAt?: string;
+  failure?: { name: string; message: string; phase?: Phase; hint?: string };
+  events: { at: string; message: string }[];
+}

@@ -32,35 +32,56 @@ export type Strategy = (typeof STRATEGIES)[number];
 export const MIGRATION_ID = /^[a-z][a-z0-9_]{0,23}$/;
 
 function postgresUrl(field: string) {
-  return z.string({ error: `${field} is required: a postgres://user:password@host:port/database URL` }).superRefine((value, ctx) => {
-    let url: URL;
-    try {
-      url = new URL(value);
-    } catch {
-      ctx.addIssue({ code: 'custom', message: `${field} is not a valid URL; expected postgres://user:password@host:port/database` });
-      return;
-    }
-    if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
-      ctx.addIssue({ code: 'custom', message: `${field} must start with postgres:// (got ${url.protocol}//)` });
-    }
-    if (!url.hostname) ctx.addIssue({ code: 'custom', message: `${field} has no host; expected postgres://user:password@host:port/database` });
-    if (!url.pathname || url.pathname === '/') {
-      ctx.addIssue({ code: 'custom', message: `${field} names no database; add /<database> to the URL` });
-    }
-  });
+  return z
+    .string({ error: `${field} is required: a postgres://user:password@host:port/database URL` })
+    .superRefine((value, ctx) => {
+      let url: URL;
+      try {
+        url = new URL(value);
+      } catch {
+        ctx.addIssue({
+          code: 'custom',
+          message: `${field} is not a valid URL; expected postgres://user:password@host:port/database`,
+        });
+        return;
+      }
+      if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
+        ctx.addIssue({ code: 'custom', message: `${field} must start with postgres:// (got ${url.protocol}//)` });
+      }
+      if (!url.hostname)
+        ctx.addIssue({
+          code: 'custom',
+          message: `${field} has no host; expected postgres://user:password@host:port/database`,
+        });
+      if (!url.pathname || url.pathname === '/') {
+        ctx.addIssue({ code: 'custom', message: `${field} names no database; add /<database> to the URL` });
+      }
+    });
 }
 
 export const migrationConfigSchema = z
   .object({
     id: z
       .string()
-      .regex(MIGRATION_ID, 'id must be 1-24 characters of a-z, 0-9 and _, starting with a letter (object names derive from it)'),
+      .regex(
+        MIGRATION_ID,
+        'id must be 1-24 characters of a-z, 0-9 and _, starting with a letter (object names derive from it)',
+      ),
     sourceUrl: postgresUrl('--source'),
     targetUrl: postgresUrl('--target'),
     strategy: z.enum(STRATEGIES, { error: `--strategy must be one of ${STRATEGIES.join(', ')}` }).default('snapshot'),
-    jobs: z.number({ error: '--jobs must be a number' }).int('--jobs must be a whole number').min(1, '--jobs must be at least 1').max(64, '--jobs must be at most 64').default(DEFAULTS.jobs),
+    jobs: z
+      .number({ error: '--jobs must be a number' })
+      .int('--jobs must be a whole number')
+      .min(1, '--jobs must be at least 1')
+      .max(64, '--jobs must be at most 64')
+      .default(DEFAULTS.jobs),
     cutover: z.enum(['auto', 'manual'], { error: '--cutover must be auto or manual' }).default('manual'),
-    maxLagMs: z.number({ error: '--max-lag-ms must be a number' }).int().min(1, '--max-lag-ms must be at least 1').default(DEFAULTS.maxLagMs),
+    maxLagMs: z
+      .number({ error: '--max-lag-ms must be a number' })
+      .int()
+      .min(1, '--max-lag-ms must be at least 1')
+      .default(DEFAULTS.maxLagMs),
     lagSamples: z.number().int().min(1).default(DEFAULTS.lagSamples),
     lagSampleIntervalMs: z.number().int().min(10).default(DEFAULTS.lagSampleIntervalMs),
     longTransactionMs: z.number().int().min(1).default(DEFAULTS.longTransactionMs),
@@ -76,10 +97,18 @@ export const migrationConfigSchema = z
   })
   .superRefine((c, ctx) => {
     if (c.sourceUrl === c.targetUrl) {
-      ctx.addIssue({ code: 'custom', path: ['targetUrl'], message: '--target is the same URL as --source; point it at the new server' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['targetUrl'],
+        message: '--target is the same URL as --source; point it at the new server',
+      });
     }
     if (c.walWarnBytes >= c.walAbortBytes) {
-      ctx.addIssue({ code: 'custom', path: ['walWarnBytes'], message: 'the WAL warning threshold must be below the abort limit' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['walWarnBytes'],
+        message: 'the WAL warning threshold must be below the abort limit',
+      });
     }
   });
 

@@ -1,8 +1,6 @@
 /** Replace the password of a postgres:// URL (and any `password=` keyword) with `***`. */
 export function redactUrl(url: string): string {
-  return url
-    .replace(/^(postgres(?:ql)?:\/\/[^:/?#@]*:)[^@/?#]*@/i, '$1***@')
-    .replace(/(password=)[^&\s]*/gi, '$1***');
+  return url.replace(/^(postgres(?:ql)?:\/\/[^:/?#@]*:)[^@/?#]*@/i, '$1***@').replace(/(password=)[^&\s]*/gi, '$1***');
 }
 
 /** Redact every postgres URL found anywhere in a text (error messages from drivers and tools). */

@@ -1,0 +1,182 @@
+import { type Db, qualified } from './db';
+
+export interface ColumnInfo {
+  name: string;
+  type: string;
+  notNull: boolean;
+  generated: boolean;
+  identity: boolean;
+  /** The type can be sent and received in binary COPY format. */
+  binary: boolean;
+}
+
+export interface TableInfo {
+  schema: string;
+  name: string;
+  oid: number;
+  /** `partitioned` parents hold no rows; their leaves are `partition`s and are copied one by one. */
+  kind: 'table' | 'partitioned' | 'partition';
+  /** Root of the partition tree for a partition. */
+  root?: { schema: string; name: string };
+  unlogged: boolean;
+  sizeBytes: number;
+  rowEstimate: number;
+  primaryKey: string[];
+  replicaIdentity: 'default' | 'full' | 'index' | 'nothing';
+  /** Columns of the replica identity index (PK for default, the chosen index for USING INDEX). */
+  identityColumns: string[];
+  columns: ColumnInfo[];
+}
+
+/** Schemas pgferry never migrates. */
+export const EXCLUDED_SCHEMAS = ['pg_catalog', 'information_schema', 'pgferry'];
+
+/** User tables (no system, extension-owned or pgferry tables), leaves and parents, in a stable order. */
+export async function listTables(db: Db): Promise<TableInfo[]> {
+  const rows = await db.query<{
+    oid: number;
+    schema: string;
+    name: string;
+    relkind: string;
+    relispartition: boolean;
+    relpersistence: string;
+    relreplident: string;
+    size: number;
+    reltuples: number;
+    pk: string[] | null;
+    ri: string[] | null;
+    root_schema: string | null;
+    root_name: string | null;
+  }>(
+    `SELECT c.oid::int AS oid, n.nspname AS schema, c.relname AS name, c.relkind::text, c.relispartition,
+            c.relpersistence::text, c.relreplident::text,
+            pg_total_relation_size(c.oid) AS size, greatest(c.reltuples, 0)::float8 AS reltuples,
+            (SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i
+               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+              WHERE i.indrelid = c.oid AND i.indisprimary) AS pk,
+            (SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i
+               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+              WHERE i.indrelid = c.oid AND i.indisreplident) AS ri,
+            rn.nspname AS root_schema, rc.relname AS root_name
+       FROM pg_class c
+       JOIN pg_namespace n ON n.oid = c.relnamespace
+       LEFT JOIN LATERAL pg_partition_root(c.oid) AS root(oid) ON c.relispartition
+       LEFT JOIN pg_class rc ON rc.oid = root.oid
+       LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+      WHERE c.relkind IN ('r', 'p')
+        AND n.nspname <> ALL($1) AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+      ORDER BY n.nspname, c.relname`,
+    [EXCLUDED_SCHEMAS],
+  );
+  const columns = await db.query<{
+    oid: number;
+    name: string;
+    type: string;
+    notnull: boolean;
+    generated: boolean;
+    identity: boolean;
+    binary: boolean;
+  }>(
+    `SELECT a.attrelid::int AS oid, a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS notnull,
+            a.attgenerated <> '' AS generated, a.attidentity <> '' AS identity,
+            -- binary COPY is safe for built-in types with send/receive functions; extension and
+            -- user-defined types go as text so a differing binary layout on the target cannot bite.
+            (t.typsend <> 0 AND t.typreceive <> 0 AND bt.oid < 16384 AND t.typtype <> 'e') AS binary
+       FROM pg_attribute a
+       JOIN pg_type t ON t.oid = a.atttypid
+       JOIN pg_type bt ON bt.oid = CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+       JOIN pg_class c ON c.oid = a.attrelid
+       JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') AND n.nspname <> ALL($1)
+      ORDER BY a.attrelid, a.attnum`,
+    [EXCLUDED_SCHEMAS],
+  );
+  const byTable = new Map<number, ColumnInfo[]>();
+  for (const c of columns) {
+    const list = byTable.get(c.oid) ?? [];
+    list.push({
+      name: c.name,
+      type: c.type,
+      notNull: c.notnull,
+      generated: c.generated,
+      identity: c.identity,
+      binary: c.binary,
+    });
+    byTable.set(c.oid, list);
+  }
+  const identMap: Record<string, TableInfo['replicaIdentity']> = { d: 'default', f: 'full', i: 'index', n: 'nothing' };
+  return rows.map((r) => {
+    const replicaIdentity = identMap[r.relreplident] ?? 'default';
+    return {
+      schema: r.schema,
+      name: r.name,
+      oid: r.oid,
+      kind: r.relkind === 'p' ? 'partitioned' : r.relispartition ? 'partition' : 'table',
+      root: r.relispartition && r.root_schema && r.root_name ? { schema: r.root_schema, name: r.root_name } : undefined,
+      unlogged: r.relpersistence === 'u',
+      sizeBytes: r.size,
+      rowEstimate: Math.round(r.reltuples),
+      primaryKey: r.pk ?? [],
+      replicaIdentity,
+      identityColumns: replicaIdentity === 'default' ? (r.pk ?? []) : replicaIdentity === 'index' ? (r.ri ?? []) : [],
+      columns: byTable.get(r.oid) ?? [],
+    } satisfies TableInfo;
+  });
+}
+
+/** A table can replicate UPDATE and DELETE when it has a usable replica identity. */
+export function hasReplicaIdentity(t: TableInfo): boolean {
+  if (t.kind === 'partitioned') return true; // checked on its leaves
+  return t.replicaIdentity === 'full' || t.identityColumns.length > 0;
+}
+
+/** Tables whose rows are copied: plain tables and partition leaves, never partitioned parents. */
+export function copyableTables(tables: TableInfo[]): TableInfo[] {
+  return tables.filter((t) => t.kind !== 'partitioned' && !t.unlogged);
+}
+
+/**
+ * Tables named in the publication: plain tables and partition roots (published via the root so the
+ * target may partition differently); leaves are covered by their root.
+ */
+export function publishedTables(tables: TableInfo[]): TableInfo[] {
+  return tables.filter((t) => !t.unlogged && (t.kind === 'table' || (t.kind === 'partitioned' && !t.root)));
+}
+
+export interface SequenceInfo {
+  schema: string;
+  name: string;
+  lastValue: number | null;
+  isCalled: boolean;
+  ownedBy?: string;
+}
+
+/** Every user sequence, owned by a column or not, with its current value. */
+export async function listSequences(db: Db): Promise<SequenceInfo[]> {
+  const seqs = await db.query<{ schema: string; name: string; owned_by: string | null }>(
+    `SELECT n.nspname AS schema, c.relname AS name,
+            (SELECT format('%s.%s', d.refobjid::regclass, a.attname) FROM pg_depend d
+               JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+              WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i') LIMIT 1) AS owned_by
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind = 'S' AND n.nspname <> ALL($1) AND n.nspname NOT LIKE 'pg_temp%'
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+      ORDER BY 1, 2`,
+    [EXCLUDED_SCHEMAS],
+  );
+  if (seqs.length === 0) return [];
+  // last_value/is_called straight from each sequence: pg_sequences hides them from roles without USAGE.
+  const union = seqs.map((s, i) => `SELECT ${i} AS i, last_value, is_called FROM ${qualified(s)}`).join(' UNION ALL ');
+  const values = await db.query<{ i: number; last_value: number; is_called: boolean }>(union);
+  const byIndex = new Map(values.map((v) => [v.i, v]));
+  return seqs.map((s, i) => ({
+    schema: s.schema,
+    name: s.name,
+    lastValue: byIndex.get(i)?.last_value ?? null,
+    isCalled: byIndex.get(i)?.is_called ?? false,
+    ownedBy: s.owned_by ?? undefined,
+  }));
+}

@@ -1,0 +1,153 @@
+/**
+ * All SQL goes through this door: timeouts and application_name are set on every connection,
+ * connections are always released, errors keep their cause and never carry a password.
+ */
+import { ConnectionFailedError, DEFAULTS, PgferryError, redactText, redactUrl } from '@pgferry/core';
+import pg from 'pg';
+
+// int8 and numeric as JS numbers where they fit is what every caller here wants (counts, bytes, LSN diffs).
+pg.types.setTypeParser(20, (v) => Number(v));
+pg.types.setTypeParser(1700, (v) => Number(v));
+
+export type Side = 'source' | 'target';
+
+export interface DbOptions {
+  side: Side;
+  applicationName: string;
+  max?: number;
+  statementTimeoutMs?: number;
+  lockTimeoutMs?: number;
+}
+
+export interface Db {
+  readonly side: Side;
+  readonly url: string;
+  readonly database: string;
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<R[]>;
+  one<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[]): Promise<R>;
+  /** A dedicated connection for a transaction or a COPY; always released. */
+  withClient<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T>;
+  end(): Promise<void>;
+}
+
+const FIELD: Record<Side, string> = { source: '--source', target: '--target' };
+
+/** Turn a driver error on connect into a message that names the field and what to do. */
+export function connectionError(side: Side, url: string, err: unknown): PgferryError {
+  const e = err as { code?: string; message?: string };
+  const field = FIELD[side];
+  const where = redactUrl(url);
+  let message = `cannot connect to the ${side} (${field} ${where}): ${redactText(e.message ?? String(err))}`;
+  let hint = `check ${field}: host, port, user, password and database`;
+  switch (e.code) {
+    case '28P01':
+      message = `the ${side} rejected the password for ${field} ${where}`;
+      hint = `fix the password in ${field}`;
+      break;
+    case '28000':
+      message = `the ${side} has no pg_hba.conf entry or rejected authentication for ${field} ${where}`;
+      hint = 'allow this client in pg_hba.conf (RDS: the security group and parameter group)';
+      break;
+    case '3D000':
+      message = `the database named in ${field} does not exist on the ${side} (${where})`;
+      hint = `create the database or fix the /<database> part of ${field}`;
+      break;
+    case 'ECONNREFUSED':
+    case 'ENOTFOUND':
+    case 'EHOSTUNREACH':
+    case 'ETIMEDOUT':
+      message = `no PostgreSQL server answered at ${field} ${where} (${e.code})`;
+      hint = `check the host and port in ${field} and that the server is running`;
+      break;
+  }
+  return new ConnectionFailedError(message, { cause: err, hint, field });
+}
+
+function poolConfig(url: string, options: DbOptions): pg.PoolConfig {
+  return {
+    connectionString: url,
+    max: options.max ?? 4,
+    application_name: options.applicationName,
+    statement_timeout: options.statementTimeoutMs ?? DEFAULTS.statementTimeoutMs,
+    lock_timeout: options.lockTimeoutMs ?? DEFAULTS.lockTimeoutMs,
+    // The source may set idle_in_transaction_session_timeout; our snapshot transactions must survive it.
+    idle_in_transaction_session_timeout: 0,
+    connectionTimeoutMillis: 10_000,
+  };
+}
+
+export async function connect(url: string, options: DbOptions): Promise<Db> {
+  const pool = new pg.Pool(poolConfig(url, options));
+  pool.on('error', () => {}); // an idle client killed by the server (e.g. our own freeze) is not fatal
+  try {
+    const c = await pool.connect();
+    c.release();
+  } catch (err) {
+    await pool.end().catch(() => {});
+    throw connectionError(options.side, url, err);
+  }
+  const database = decodeURIComponent(new URL(url).pathname.slice(1));
+  const wrap = (err: unknown, sql: string) => {
+    const e = err as { message?: string; code?: string };
+    return new PgferryError(`${options.side}: ${redactText(e.message ?? String(err))}`, {
+      cause: err,
+      hint: `while running: ${sql.trim().split('\n')[0]?.slice(0, 120)}`,
+    });
+  };
+  const query: Db['query'] = async (sql, params) => {
+    try {
+      return (await pool.query(sql, params)).rows;
+    } catch (err) {
+      throw wrap(err, sql);
+    }
+  };
+  return {
+    side: options.side,
+    url,
+    database,
+    query,
+    async one(sql, params) {
+      const rows = await query(sql, params);
+      if (rows.length !== 1)
+        throw new PgferryError(`${options.side}: expected one row, got ${rows.length}`, { hint: sql });
+      return rows[0] as never;
+    },
+    async withClient(fn) {
+      const client = await pool.connect();
+      let broken = false;
+      try {
+        return await fn(client);
+      } catch (err) {
+        broken = true;
+        throw err;
+      } finally {
+        client.release(broken);
+      }
+    },
+    end: () => pool.end(),
+  };
+}
+
+/** A single client outside the pool (replication protocol connections, held snapshots). */
+export async function connectClient(url: string, options: DbOptions & { replication?: boolean }): Promise<pg.Client> {
+  const cfg = poolConfig(url, options) as pg.ClientConfig & { replication?: string };
+  if (options.replication) cfg.replication = 'database';
+  const client = new pg.Client(cfg);
+  client.on('error', () => {});
+  try {
+    await client.connect();
+  } catch (err) {
+    await client.end().catch(() => {});
+    throw connectionError(options.side, url, err);
+  }
+  return client;
+}
+
+export const ident = (name: string) => pg.escapeIdentifier(name);
+export const literal = (value: string) => pg.escapeLiteral(value);
+export const qualified = (t: { schema: string; name: string }) => `${ident(t.schema)}.${ident(t.name)}`;
+export const tableLabel = (t: { schema: string; name: string }) => `${t.schema}.${t.name}`;
+
+export function sleep(ms: number) {
+  return new Promise<void>((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,117 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { inject } from 'vitest';
+import type { ServerInfo } from './global-setup';
+
+export type TargetVersion = 15 | 16 | 17;
+
+export function serverUrl(s: ServerInfo, database = 'postgres', user = 'postgres', password = s.password) {
+  return `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${s.port}/${encodeURIComponent(database)}`;
+}
+
+export async function sql<R extends pg.QueryResultRow = pg.QueryResultRow>(
+  url: string,
+  text: string,
+  params?: unknown[],
+) {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return (await client.query<R>(text, params)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+/** Drop a database and anything replication-related that points at it, whatever state a test left. */
+async function dropDatabase(server: ServerInfo, db: string) {
+  const admin = serverUrl(server);
+  const subs = await sql<{ subname: string }>(
+    admin,
+    'SELECT subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = $1',
+    [db],
+  );
+  for (const { subname } of subs) {
+    const dbUrl = serverUrl(server, db);
+    await sql(dbUrl, `ALTER SUBSCRIPTION ${pg.escapeIdentifier(subname)} DISABLE`).catch(() => {});
+    await sql(dbUrl, `ALTER SUBSCRIPTION ${pg.escapeIdentifier(subname)} SET (slot_name = NONE)`).catch(() => {});
+    await sql(dbUrl, `DROP SUBSCRIPTION IF EXISTS ${pg.escapeIdentifier(subname)}`).catch(() => {});
+  }
+  await sql(admin, `DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)} WITH (FORCE)`);
+  await sql(
+    admin,
+    'SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active',
+    [db],
+  );
+}
+
+export interface Pair {
+  sourceServer: ServerInfo;
+  targetServer: ServerInfo;
+  sourceDb: string;
+  targetDb: string;
+  sourceUrl: string;
+  targetUrl: string;
+  /** Superuser URLs for the test's own checks. */
+  source(text: string, params?: unknown[]): Promise<pg.QueryResultRow[]>;
+  target(text: string, params?: unknown[]): Promise<pg.QueryResultRow[]>;
+  drop(): Promise<void>;
+}
+
+/** Fresh, empty databases on the shared source (PG 15) and the target of the given version. */
+export async function freshPair(targetVersion: TargetVersion = 15, label = 'db'): Promise<Pair> {
+  const servers = inject('servers');
+  const sourceServer = servers.source15;
+  const targetServer = servers[`target${targetVersion}`];
+  const suffix = randomBytes(4).toString('hex');
+  const sourceDb = `src_${label}_${suffix}`;
+  const targetDb = `tgt_${label}_${suffix}`;
+  await sql(serverUrl(sourceServer), `CREATE DATABASE ${pg.escapeIdentifier(sourceDb)}`);
+  await sql(serverUrl(targetServer), `CREATE DATABASE ${pg.escapeIdentifier(targetDb)}`);
+  const sourceUrl = serverUrl(sourceServer, sourceDb);
+  const targetUrl = serverUrl(targetServer, targetDb);
+  return {
+    sourceServer,
+    targetServer,
+    sourceDb,
+    targetDb,
+    sourceUrl,
+    targetUrl,
+    source: (text, params) => sql(sourceUrl, text, params),
+    target: (text, params) => sql(targetUrl, text, params),
+    async drop() {
+      await dropDatabase(targetServer, targetDb);
+      await dropDatabase(sourceServer, sourceDb);
+    },
+  };
+}
+
+/** Replication slots and publications left on a server for a database: what clean-up must remove. */
+export async function leftovers(pair: Pair) {
+  const slots = await sql<{ slot_name: string }>(
+    serverUrl(pair.sourceServer),
+    'SELECT slot_name FROM pg_replication_slots WHERE database = $1',
+    [pair.sourceDb],
+  );
+  const targetSlots = await sql<{ slot_name: string }>(
+    serverUrl(pair.targetServer),
+    'SELECT slot_name FROM pg_replication_slots WHERE database = $1',
+    [pair.targetDb],
+  );
+  const pubs = await pair.source('SELECT pubname FROM pg_publication');
+  const targetPubs = await pair.target('SELECT pubname FROM pg_publication');
+  const subs = await pair.source(
+    'SELECT subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = current_database()',
+  );
+  const targetSubs = await pair.target(
+    'SELECT subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = current_database()',
+  );
+  return [
+    ...slots.map((r) => `source slot ${r.slot_name}`),
+    ...targetSlots.map((r) => `target slot ${r.slot_name}`),
+    ...pubs.map((r) => `source publication ${r.pubname}`),
+    ...targetPubs.map((r) => `target publication ${r.pubname}`),
+    ...subs.map((r) => `source subscription ${r.subname}`),
+    ...targetSubs.map((r) => `target subscription ${r.subname}`),
+  ];
+}

@@ -24,6 +24,12 @@ export const DEFAULTS = {
   verifyRechecks: 5,
   statementTimeoutMs: 0,
   lockTimeoutMs: 10_000,
+  /** How long slot creation may wait for transactions already open on the source. */
+  slotWaitTimeoutMs: 10 * 60_000,
+  /** Cutover attempts when the drain times out (each returns to catch-up first). */
+  cutoverAttempts: 3,
+  /** Time allowed for the --on-switch command. */
+  onSwitchTimeoutMs: 30_000,
 } as const;
 
 export const STRATEGIES = ['snapshot', 'native', 'dump'] as const;
@@ -90,6 +96,7 @@ export const migrationConfigSchema = z
     drainTimeoutMs: z.number().int().min(1).default(DEFAULTS.drainTimeoutMs),
     catchUpTimeoutMs: z.number().int().min(0).default(DEFAULTS.catchUpTimeoutMs),
     splitTableBytes: z.number().int().min(1).default(DEFAULTS.splitTableBytes),
+    slotWaitTimeoutMs: z.number().int().min(1).default(DEFAULTS.slotWaitTimeoutMs),
     switchFile: z.string().min(1, '--switch-file must be a path').optional(),
     onSwitch: z.string().min(1, '--on-switch must be a command').optional(),
     reportPath: z.string().min(1).optional(),

@@ -88,6 +88,8 @@ export interface MigrationState {
   targetVersion?: number;
   tables?: TableRef[];
   slotLsn?: string;
+  /** Set when every row is on the target (before indexes): a crash after this does not copy again. */
+  dataLoadedAt?: string;
   rowsCopied?: number;
   bytesCopied?: number;
   lag?: LagSample[];
@@ -101,4 +103,20 @@ export interface MigrationState {
   failedAt?: string;
   failure?: { name: string; message: string; phase?: Phase; hint?: string };
   events: { at: string; message: string }[];
+}
+
+/** Where migration state lives: DynamoDB in AWS, files under .pgferry/ locally. Same contract. */
+export interface MigrationStore {
+  create(state: MigrationState, secrets: MigrationSecrets): Promise<void>;
+  get(id: string): Promise<MigrationState>;
+  secrets(id: string): Promise<MigrationSecrets>;
+  /** Write `state` if the stored version is still `state.version`; returns the stored state (version + 1). */
+  put(state: MigrationState): Promise<MigrationState>;
+  list(): Promise<MigrationState[]>;
+}
+
+/** The only place URLs with passwords are kept (Secrets Manager in AWS, a 0600 file locally). */
+export interface MigrationSecrets {
+  sourceUrl: string;
+  targetUrl: string;
 }

@@ -51,11 +51,11 @@ export async function listTables(db: Db): Promise<TableInfo[]> {
     `SELECT c.oid::int AS oid, n.nspname AS schema, c.relname AS name, c.relkind::text, c.relispartition,
             c.relpersistence::text, c.relreplident::text,
             pg_total_relation_size(c.oid) AS size, greatest(c.reltuples, 0)::float8 AS reltuples,
-            (SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i
+            (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
               WHERE i.indrelid = c.oid AND i.indisprimary) AS pk,
-            (SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i
+            (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
               WHERE i.indrelid = c.oid AND i.indisreplident) AS ri,

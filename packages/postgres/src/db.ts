@@ -73,6 +73,8 @@ function poolConfig(url: string, options: DbOptions): pg.PoolConfig {
     // The source may set idle_in_transaction_session_timeout; our snapshot transactions must survive it.
     idle_in_transaction_session_timeout: 0,
     connectionTimeoutMillis: 10_000,
+    // Our own sessions keep writing while a database is frozen with default_transaction_read_only.
+    options: '-c default_transaction_read_only=off',
   };
 }
 

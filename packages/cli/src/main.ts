@@ -1,0 +1,272 @@
+/** The `pgferry` command. */
+import { writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { createInterface } from 'node:readline/promises';
+import { parseArgs } from 'node:util';
+import {
+  EXIT_CODES,
+  InvalidInputError,
+  type MigrationState,
+  newMigrationId,
+  PgferryError,
+  redactUrl,
+} from '@pgferry/core';
+import { assess, connect, formatReport } from '@pgferry/postgres';
+import { createOutput, describeState, type Output } from './output';
+import { advance, cleanupMigration, createMigration, type Runtime, rollbackMigration } from './runner';
+import { FileMigrationStore } from './store';
+
+const HELP: Record<string, string> = {
+  main: `pgferry — move a live PostgreSQL database to another server (Amazon RDS) with zero downtime
+
+Usage: pgferry <command> [options]
+
+Commands:
+  assess    Check a source (and target) for what would block or complicate a migration
+  migrate   Start a migration: schema, bulk load, replication, and (with --cutover auto) cutover and verify
+  status    Show one migration (--id) or list all
+  cutover   Cut over a migration waiting at catch-up (--cutover manual), then verify
+  rollback  Roll back: before cutover remove what pgferry created; after cutover switch back losing nothing
+  cleanup   Remove replication objects and pgferry's marker on both sides after cutover or rollback
+  resume    Continue a migration after a crash or an interrupted command
+  demo      Start two local servers, migrate a sample database under live writes, print the result
+
+Global options:
+  --state-dir DIR   where migration state lives (default ./.pgferry)
+  --json            JSON lines on stdout instead of text
+  -h, --help        help for a command
+
+Exit codes:
+  0 ok · 1 failed · 2 invalid input · 3 cannot connect · 4 assessment blocked
+  5 lag or drain timeout · 6 verification mismatch · 7 state changed by another process`,
+  assess: `Usage: pgferry assess --source URL [--target URL] [--json]
+
+Reads the source (and target) and reports blockers and warnings. Creates nothing.`,
+  migrate: `Usage: pgferry migrate --source URL --target URL [options]
+
+  --source URL          postgres://user:password@host:port/database of the live database
+  --target URL          the new (empty) database, e.g. on Amazon RDS
+  --strategy S          snapshot (default): slot + exported snapshot + parallel COPY
+                        native: CREATE SUBSCRIPTION with copy_data
+                        dump: pg_dump -Fc --snapshot to the state dir, then pg_restore --jobs
+  --jobs N              parallel copy streams and index builds (default 4)
+  --cutover auto|manual auto: cut over as soon as caught up; manual (default): stop caught up,
+                        then run \`pgferry cutover --id ID\`
+  --max-lag-ms N        cutover gate: lag under N ms for consecutive samples (default 1000)
+  --switch-file PATH    rewritten atomically with the URL the application must use
+  --on-switch CMD       run at the switch with PGFERRY_ACTIVE_URL, PGFERRY_SOURCE_URL,
+                        PGFERRY_TARGET_URL, PGFERRY_DIRECTION in its environment
+  --report PATH         write the final state as JSON to PATH
+  --id ID               migration id (default generated); object names derive from it
+  --yes                 do not ask for confirmation (required when stdin is not a terminal)
+  --json                JSON lines on stdout`,
+  status: 'Usage: pgferry status [--id ID] [--json]',
+  cutover:
+    'Usage: pgferry cutover --id ID [--report PATH] [--json]\n\nWaits for the cutover gate, freezes writes, drains, switches, verifies.',
+  rollback: 'Usage: pgferry rollback --id ID [--json]',
+  cleanup:
+    'Usage: pgferry cleanup --id ID [--force] [--json]\n\n--force cleans up a migration that is still replicating (it stops replication).',
+  resume:
+    'Usage: pgferry resume --id ID [--json]\n\nContinues from the last recorded step; cuts over only if the migration was started with --cutover auto.',
+  demo: 'Usage: pgferry demo [--target-version 15|16|17] [--rows N]\n\nStarts a source (PostgreSQL 15) and a target server, runs a live writer, migrates with automatic cutover.',
+};
+
+const OPTIONS = {
+  source: { type: 'string' },
+  target: { type: 'string' },
+  strategy: { type: 'string' },
+  jobs: { type: 'string' },
+  cutover: { type: 'string' },
+  'max-lag-ms': { type: 'string' },
+  'switch-file': { type: 'string' },
+  'on-switch': { type: 'string' },
+  report: { type: 'string' },
+  id: { type: 'string' },
+  yes: { type: 'boolean' },
+  json: { type: 'boolean' },
+  force: { type: 'boolean' },
+  rows: { type: 'string' },
+  'target-version': { type: 'string' },
+  'state-dir': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+function int(value: string | undefined, field: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d+$/.test(value)) throw new InvalidInputError(`${field} must be a whole number (got "${value}")`, { field });
+  return Number(value);
+}
+
+function need(value: string | undefined, field: string, command: string): string {
+  if (!value) throw new InvalidInputError(`${field} is required`, { field, hint: `pgferry ${command} --help` });
+  return value;
+}
+
+async function confirm(question: string): Promise<boolean> {
+  const rl = createInterface({ input: process.stdin, output: process.stderr });
+  try {
+    return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
+  } finally {
+    rl.close();
+  }
+}
+
+function writeReport(path: string | undefined, state: MigrationState) {
+  if (path) writeFileSync(resolve(path), `${JSON.stringify(state, null, 2)}\n`);
+}
+
+function finalText(s: MigrationState): string {
+  if (s.status === 'awaiting-cutover') {
+    return `${describeState(s)}\n\nCaught up and replicating. When ready: pgferry cutover --id ${s.id}   (or: pgferry rollback --id ${s.id})`;
+  }
+  if (s.status === 'cut-over') {
+    return `${describeState(s)}\n\nThe application now uses the target; reverse replication keeps the source current.\nTo go back: pgferry rollback --id ${s.id}   When satisfied: pgferry cleanup --id ${s.id}`;
+  }
+  return describeState(s);
+}
+
+function exitCodeFor(s: MigrationState): number {
+  if (s.verify && !s.verify.ok) return EXIT_CODES.verificationFailed;
+  return EXIT_CODES.ok;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const command = argv[0] && !argv[0].startsWith('-') ? argv[0] : undefined;
+  let values: ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
+  let out: Output = createOutput({ json: argv.includes('--json') });
+  try {
+    try {
+      ({ values } = parseArgs({
+        args: argv.slice(command ? 1 : 0),
+        options: OPTIONS,
+        allowPositionals: false,
+        strict: true,
+      }));
+    } catch (err) {
+      throw new InvalidInputError((err as Error).message, {
+        hint: `pgferry ${command ?? ''} --help`.replace('  ', ' '),
+      });
+    }
+    out = createOutput({ json: !!values.json });
+    if (!command || values.help) {
+      process.stdout.write(`${HELP[command ?? 'main'] ?? HELP.main}\n`);
+      return command || values.help ? EXIT_CODES.ok : EXIT_CODES.invalidInput;
+    }
+    const stateDir = resolve(values['state-dir'] ?? '.pgferry');
+    const rt: Runtime = { store: new FileMigrationStore(stateDir), stateDir, events: out };
+
+    switch (command) {
+      case 'assess': {
+        const source = await connect(need(values.source, '--source', 'assess'), {
+          side: 'source',
+          applicationName: 'pgferry:assess',
+        });
+        const target = values.target
+          ? await connect(values.target, { side: 'target', applicationName: 'pgferry:assess' }).catch(async (e) => {
+              await source.end();
+              throw e;
+            })
+          : undefined;
+        try {
+          const report = await assess(source, target);
+          out.result(report, formatReport(report));
+          return report.findings.some((f) => f.level === 'blocker') ? EXIT_CODES.assessmentBlocked : EXIT_CODES.ok;
+        } finally {
+          await source.end();
+          await target?.end();
+        }
+      }
+      case 'migrate': {
+        const input = {
+          id: values.id ?? newMigrationId(),
+          sourceUrl: values.source,
+          targetUrl: values.target,
+          strategy: values.strategy,
+          jobs: int(values.jobs, '--jobs'),
+          cutover: values.cutover,
+          maxLagMs: int(values['max-lag-ms'], '--max-lag-ms'),
+          switchFile: values['switch-file'] ? resolve(values['switch-file']) : undefined,
+          onSwitch: values['on-switch'],
+          reportPath: values.report,
+        };
+        for (const [k, v] of Object.entries(input)) if (v === undefined) delete (input as Record<string, unknown>)[k];
+        if (!values.yes) {
+          if (!process.stdin.isTTY) {
+            throw new InvalidInputError(
+              'migrate changes both servers; pass --yes to run without a terminal to confirm on',
+              { field: '--yes' },
+            );
+          }
+          const ok = await confirm(
+            `Migrate ${redactUrl(String(values.source))} → ${redactUrl(String(values.target))}? This creates a publication and a replication slot on the source and loads the target.`,
+          );
+          if (!ok) return EXIT_CODES.failed;
+        }
+        const created = await createMigration(rt, input);
+        out.log(`migration ${created.id} (state in ${stateDir})`);
+        const state = await advance(rt, created.id, { cutover: created.config.cutover });
+        writeReport(values.report, state);
+        out.result(state, finalText(state));
+        return exitCodeFor(state);
+      }
+      case 'status': {
+        if (values.id) {
+          const s = await rt.store.get(values.id);
+          out.result(s, describeState(s));
+        } else {
+          const all = await rt.store.list();
+          out.result(
+            all,
+            all.length
+              ? all
+                  .map(
+                    (s) =>
+                      `${s.id}  ${s.status.padEnd(16)} ${s.phase.padEnd(18)} ${s.config.sourceUrl} → ${s.config.targetUrl}`,
+                  )
+                  .join('\n')
+              : `no migrations in ${stateDir}`,
+          );
+        }
+        return EXIT_CODES.ok;
+      }
+      case 'cutover': {
+        const id = need(values.id, '--id', 'cutover');
+        const state = await advance(rt, id, { cutover: 'now' });
+        writeReport(values.report, state);
+        out.result(state, finalText(state));
+        return exitCodeFor(state);
+      }
+      case 'resume': {
+        const id = need(values.id, '--id', 'resume');
+        const s = await rt.store.get(id);
+        const state = await advance(rt, id, { cutover: s.status === 'cut-over' ? 'now' : s.config.cutover });
+        writeReport(values.report ?? s.config.reportPath, state);
+        out.result(state, finalText(state));
+        return exitCodeFor(state);
+      }
+      case 'rollback': {
+        const state = await rollbackMigration(rt, need(values.id, '--id', 'rollback'));
+        out.result(state, `${describeState(state)}\n\nRolled back. Run: pgferry cleanup --id ${state.id}`);
+        return EXIT_CODES.ok;
+      }
+      case 'cleanup': {
+        const state = await cleanupMigration(rt, need(values.id, '--id', 'cleanup'), { force: values.force });
+        out.result(state, describeState(state));
+        return state.leftovers?.length ? EXIT_CODES.failed : EXIT_CODES.ok;
+      }
+      case 'demo': {
+        const { runDemo } = await import('./demo');
+        return await runDemo({
+          targetVersion: (int(values['target-version'], '--target-version') ?? 17) as 15 | 16 | 17,
+          rows: int(values.rows, '--rows') ?? 20_000,
+          out,
+        });
+      }
+      default:
+        throw new InvalidInputError(`unknown command "${command}"`, { hint: 'pgferry --help lists the commands' });
+    }
+  } catch (err) {
+    out.error(err);
+    return err instanceof PgferryError ? err.exitCode : EXIT_CODES.failed;
+  }
+}

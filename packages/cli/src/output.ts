@@ -1,0 +1,120 @@
+/** Output: progress bars on a terminal, plain lines otherwise, JSON lines with --json. Never a password. */
+import { type MigrationState, PHASE_TITLES, type Phase, redactText } from '@pgferry/core';
+import type { RunnerEvents } from './runner';
+
+export interface Output extends RunnerEvents {
+  json: boolean;
+  result(value: unknown, text: string): void;
+  error(err: unknown): void;
+  done(): void;
+}
+
+const fmtBytes = (n: number) =>
+  n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(2)} GiB` : `${(n / 1024 ** 2).toFixed(1)} MiB`;
+
+export function createOutput(options: { json: boolean; stream?: NodeJS.WriteStream; quiet?: boolean }): Output {
+  const out = options.stream ?? process.stdout;
+  const tty = !options.json && !!out.isTTY;
+  let barShown = false;
+  let lastPlain = 0;
+  const clearBar = () => {
+    if (barShown) {
+      out.write('\r\x1b[2K');
+      barShown = false;
+    }
+  };
+  const line = (text: string) => {
+    if (options.quiet) return;
+    clearBar();
+    out.write(`${redactText(text)}\n`);
+  };
+  const emit = (obj: Record<string, unknown>) =>
+    out.write(`${redactText(JSON.stringify({ at: new Date().toISOString(), ...obj }))}\n`);
+  return {
+    json: options.json,
+    log(message) {
+      if (options.json) emit({ event: 'log', message });
+      else line(`  ${message}`);
+    },
+    phase(phase: Phase, event, summary) {
+      if (options.json) emit({ event: `phase-${event}`, phase, title: PHASE_TITLES[phase], summary });
+      else if (event === 'start') line(`▶ ${PHASE_TITLES[phase]}`);
+      else if (event === 'end') line(`✔ ${PHASE_TITLES[phase]}: ${summary ?? ''}`);
+      else line(`· ${PHASE_TITLES[phase]}: ${summary ?? 'skipped'}`);
+    },
+    progress(p) {
+      const pct = p.total > 0 ? Math.min(100, (p.done / p.total) * 100) : 0;
+      const amount =
+        p.unit === 'bytes' ? `${fmtBytes(p.done)} of ~${fmtBytes(p.total)}` : `${p.done}/${p.total} ${p.unit}`;
+      if (options.json) {
+        const now = Date.now();
+        if (now - lastPlain < 1000) return;
+        lastPlain = now;
+        emit({ event: 'progress', ...p });
+      } else if (tty) {
+        const width = 30;
+        const filled = Math.round((pct / 100) * width);
+        out.write(
+          `\r\x1b[2K  ${p.step} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${pct.toFixed(0)}% ${amount}`,
+        );
+        barShown = true;
+      } else if (!options.quiet) {
+        const now = Date.now();
+        if (now - lastPlain < 5000) return;
+        lastPlain = now;
+        out.write(`  ${p.step}: ${amount} (${pct.toFixed(0)}%)\n`);
+      }
+    },
+    result(value, text) {
+      clearBar();
+      if (options.json) emit({ event: 'result', result: value });
+      else out.write(`${redactText(text)}\n`);
+    },
+    error(err) {
+      clearBar();
+      const e = err as { name?: string; message?: string; hint?: string; field?: string };
+      if (options.json) emit({ event: 'error', name: e.name, message: e.message, field: e.field, hint: e.hint });
+      else {
+        process.stderr.write(`error: ${redactText(e.message ?? String(err))}\n`);
+        if (e.hint) process.stderr.write(`hint: ${redactText(e.hint)}\n`);
+      }
+    },
+    done: clearBar,
+  };
+}
+
+export function describeState(s: MigrationState): string {
+  const lines = [
+    `migration ${s.id}: ${s.status} (phase: ${PHASE_TITLES[s.phase]})`,
+    `  source ${s.config.sourceUrl}${s.sourceVersion ? ` (PostgreSQL ${s.sourceVersion})` : ''}`,
+    `  target ${s.config.targetUrl}${s.targetVersion ? ` (PostgreSQL ${s.targetVersion})` : ''}`,
+    `  strategy ${s.config.strategy}, jobs ${s.config.jobs}, cutover ${s.config.cutover}`,
+  ];
+  for (const [phase, rec] of Object.entries(s.phases)) {
+    if (!rec) continue;
+    const took =
+      rec.startedAt && rec.endedAt
+        ? ` in ${((Date.parse(rec.endedAt) - Date.parse(rec.startedAt)) / 1000).toFixed(1)} s`
+        : rec.startedAt
+          ? ' (running or interrupted)'
+          : '';
+    lines.push(`  ${PHASE_TITLES[phase as Phase].padEnd(18)}${took}${rec.summary ? `: ${rec.summary}` : ''}`);
+  }
+  if (s.rowsCopied !== undefined) lines.push(`  copied ${s.rowsCopied} rows, ${fmtBytes(s.bytesCopied ?? 0)}`);
+  const lag = s.lag?.at(-1);
+  if (lag && !s.cutover?.switchAt)
+    lines.push(
+      `  lag ${lag.ms} ms / ${lag.bytes} bytes at ${lag.at}; slot retains ${fmtBytes(s.walRetainedBytes ?? 0)}`,
+    );
+  if (s.ddlDrift?.length) lines.push(`  DDL drift: ${s.ddlDrift.join('; ')}`);
+  if (s.cutover?.switchAt) lines.push(`  write gap: ${s.cutover.writeGapMs} ms (switched at ${s.cutover.switchAt})`);
+  if (s.rollback?.switchAt) lines.push(`  rolled back: write gap ${s.rollback.writeGapMs} ms`);
+  if (s.verify) lines.push(`  verify: ${s.verify.ok ? 'OK' : 'MISMATCH'} (${s.verify.tables.length} tables)`);
+  for (const w of s.warnings ?? []) lines.push(`  warning: ${w}`);
+  if (s.failure)
+    lines.push(
+      `  failed in ${s.failure.phase ?? '?'}: ${s.failure.message}${s.failure.hint ? `\n  hint: ${s.failure.hint}` : ''}`,
+    );
+  if (s.leftovers?.length) lines.push(`  left behind: ${s.leftovers.join(', ')}`);
+  return lines.join('\n');
+}

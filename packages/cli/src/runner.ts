@@ -1,0 +1,326 @@
+/**
+ * The local runtime: runs the workflow's phases in order against two PostgreSQL servers, persisting
+ * every step in the store so that another shell (status, rollback) or a later `resume` can take over.
+ * Any failure before the switch rolls back what is safe (slot, publication, subscription, loaded
+ * schema) so nothing is left behind on the source; after the switch the application stays on the target.
+ */
+import { join } from 'node:path';
+import {
+  DEFAULTS,
+  DrainTimeoutError,
+  errorMessage,
+  type MigrationConfig,
+  type MigrationState,
+  type MigrationStore,
+  objectNames,
+  PgferryError,
+  PHASE_TITLES,
+  type Phase,
+  parseMigrationConfig,
+  redactUrl,
+} from '@pgferry/core';
+import {
+  assertNoBlockers,
+  assess,
+  bulkLoad,
+  catchUp,
+  cleanup,
+  connect,
+  cutover,
+  type Db,
+  type PhaseContext,
+  prepareSchema,
+  rollback,
+  startReplication,
+  verify,
+} from '@pgferry/postgres';
+
+export interface RunnerEvents {
+  log(message: string): void;
+  phase(phase: Phase, event: 'start' | 'end' | 'skip', summary?: string): void;
+  progress?(p: { step: string; done: number; total: number; unit: 'bytes' | 'rows' | 'tables' }): void;
+}
+
+export interface Runtime {
+  store: MigrationStore;
+  stateDir: string;
+  events: RunnerEvents;
+}
+
+/** A new migration's state: config with redacted URLs; the real ones go to the secret store. */
+export async function createMigration(rt: Runtime, input: unknown): Promise<MigrationState> {
+  const config = parseMigrationConfig(input);
+  const now = new Date().toISOString();
+  const state: MigrationState = {
+    id: config.id,
+    version: 0,
+    createdAt: now,
+    updatedAt: now,
+    status: 'running',
+    phase: 'assess',
+    config: { ...config, sourceUrl: redactUrl(config.sourceUrl), targetUrl: redactUrl(config.targetUrl) },
+    phases: {},
+    events: [{ at: now, message: 'migration created' }],
+  };
+  await rt.store.create(state, { sourceUrl: config.sourceUrl, targetUrl: config.targetUrl });
+  return state;
+}
+
+export interface Session {
+  ctx: PhaseContext;
+  close(): Promise<void>;
+}
+
+/** Open connections and a phase context for a stored migration. */
+export async function openSession(rt: Runtime, id: string): Promise<Session> {
+  let state = await rt.store.get(id);
+  const secrets = await rt.store.secrets(id);
+  const config: MigrationConfig = { ...state.config, ...secrets };
+  const app = objectNames(id).applicationName;
+  let source: Db | undefined;
+  let target: Db | undefined;
+  try {
+    source = await connect(config.sourceUrl, { side: 'source', applicationName: app, max: Math.max(4, config.jobs) });
+    target = await connect(config.targetUrl, { side: 'target', applicationName: app, max: Math.max(4, config.jobs) });
+  } catch (err) {
+    await source?.end();
+    throw err;
+  }
+  const ctx: PhaseContext = {
+    config,
+    source,
+    target,
+    get state() {
+      return state;
+    },
+    async update(change) {
+      // Re-read, apply, write with the version read: concurrent writers get a StateConflictError.
+      const fresh = await rt.store.get(id);
+      change(fresh);
+      state = await rt.store.put(fresh);
+    },
+    log: (m) => rt.events.log(m),
+    progress: rt.events.progress,
+    artifactDir: config.artifactDir ?? join(rt.stateDir, 'artifacts', id),
+  };
+  return {
+    ctx,
+    close: async () => {
+      await Promise.allSettled([source.end(), target.end()]);
+    },
+  };
+}
+
+async function record(ctx: PhaseContext, message: string) {
+  await ctx.update((s) => {
+    s.events = [...s.events.slice(-199), { at: new Date().toISOString(), message }];
+  });
+}
+
+/** Run one phase with start/end bookkeeping. */
+export async function runPhase(
+  rt: Runtime,
+  ctx: PhaseContext,
+  phase: Phase,
+  fn: (ctx: PhaseContext) => Promise<string>,
+): Promise<string> {
+  rt.events.phase(phase, 'start');
+  await ctx.update((s) => {
+    s.phase = phase;
+    const p = s.phases[phase] ?? {};
+    s.phases[phase] = {
+      ...p,
+      startedAt: new Date().toISOString(),
+      endedAt: undefined,
+      attempts: (p.attempts ?? 0) + 1,
+    };
+  });
+  const summary = await fn(ctx);
+  await ctx.update((s) => {
+    s.phases[phase] = { ...s.phases[phase], endedAt: new Date().toISOString(), summary };
+  });
+  await record(ctx, `${PHASE_TITLES[phase]}: ${summary}`);
+  rt.events.phase(phase, 'end', summary);
+  return summary;
+}
+
+async function assessPhase(ctx: PhaseContext): Promise<string> {
+  const report = await assess(ctx.source, ctx.target, { migrationId: ctx.config.id });
+  assertNoBlockers(report, ctx.config.id);
+  const warnings = report.findings.filter((f) => f.level === 'warning');
+  if (warnings.length) {
+    for (const w of warnings) ctx.log(`warning: ${w.message}`);
+    await ctx.update((s) => {
+      s.warnings = [...(s.warnings ?? []), ...warnings.map((w) => w.message)];
+    });
+  }
+  await ctx.update((s) => {
+    s.sourceVersion = report.source.version;
+    s.targetVersion = report.target?.version;
+  });
+  return `PostgreSQL ${report.source.version} → ${report.target?.version ?? '?'}; ${report.source.tables.length} tables, ${(report.source.sizeBytes / 1024 / 1024).toFixed(1)} MiB; ${warnings.length} warning(s), no blockers`;
+}
+
+const LOAD_PHASES: [Phase, (ctx: PhaseContext) => Promise<string>][] = [
+  ['assess', assessPhase],
+  ['prepare-schema', prepareSchema],
+  ['bulk-load', bulkLoad],
+  ['start-replication', startReplication],
+];
+
+export interface AdvanceOptions {
+  /** Cut over once caught up (auto), or stop at a steady catch-up (manual). */
+  cutover: 'auto' | 'manual' | 'now';
+}
+
+/**
+ * Advance a migration as far as it may go: to a steady catch-up (manual) or through cutover and
+ * verify (auto, or `now` when the user runs `pgferry cutover`).
+ */
+export async function advance(rt: Runtime, id: string, options: AdvanceOptions): Promise<MigrationState> {
+  const session = await openSession(rt, id);
+  const { ctx } = session;
+  try {
+    if (['completed', 'rolled-back', 'cleaned-up'].includes(ctx.state.status)) {
+      throw new PgferryError(`migration ${id} is ${ctx.state.status}; nothing to resume`, {
+        field: '--id',
+        migrationId: id,
+      });
+    }
+    if (ctx.state.status === 'failed') {
+      throw new PgferryError(
+        `migration ${id} failed in ${ctx.state.failure?.phase ?? '?'}: ${ctx.state.failure?.message ?? ''}`,
+        {
+          field: '--id',
+          migrationId: id,
+          hint: 'start a new migration (what the failed one created was rolled back)',
+        },
+      );
+    }
+    await ctx.update((s) => {
+      s.status = 'running';
+    });
+    if (!ctx.state.cutover?.switchAt) {
+      for (const [phase, fn] of LOAD_PHASES) {
+        if (ctx.state.phases[phase]?.endedAt) {
+          rt.events.phase(phase, 'skip', 'already done');
+          continue;
+        }
+        await runPhase(rt, ctx, phase, fn);
+      }
+      for (let attempt = 1; ; attempt++) {
+        await runPhase(rt, ctx, 'catch-up', catchUp);
+        if (options.cutover === 'manual') {
+          await ctx.update((s) => {
+            s.status = 'awaiting-cutover';
+          });
+          return ctx.state;
+        }
+        try {
+          await runPhase(rt, ctx, 'cutover', cutover);
+          break;
+        } catch (err) {
+          if (!(err instanceof DrainTimeoutError) || attempt >= DEFAULTS.cutoverAttempts) throw err;
+          ctx.log(`${err.message}; back to catch-up (attempt ${attempt + 1} of ${DEFAULTS.cutoverAttempts})`);
+        }
+      }
+    } else if (!ctx.state.phases.cutover?.endedAt) {
+      await runPhase(rt, ctx, 'cutover', cutover); // finishes the tail after a crash
+    }
+    await ctx.update((s) => {
+      s.status = 'cut-over';
+    });
+    await runPhase(rt, ctx, 'verify', verify);
+    return ctx.state;
+  } catch (err) {
+    await fail(rt, ctx, err);
+    throw err;
+  } finally {
+    await session.close();
+  }
+}
+
+/** Record the failure; before the switch, roll back so no slot or frozen source is left behind. */
+async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
+  const phase = ctx.state.phase;
+  const switched = !!ctx.state.cutover?.switchAt;
+  const failure = {
+    name: err instanceof Error ? err.name : 'Error',
+    message: errorMessage(err),
+    phase,
+    hint: err instanceof PgferryError ? err.hint : undefined,
+  };
+  if (phase === 'verify' && switched) {
+    // Verification failed after the switch: the application is on the target with a way back.
+    await ctx
+      .update((s) => {
+        s.status = 'cut-over';
+        s.failure = failure;
+      })
+      .catch(() => {});
+    return;
+  }
+  let undone = '';
+  if (!switched && phase !== 'assess') {
+    try {
+      rt.events.log(`rolling back after the failure in ${PHASE_TITLES[phase]}`);
+      undone = await rollback(ctx);
+    } catch (rollbackErr) {
+      undone = `ROLLBACK FAILED: ${errorMessage(rollbackErr)}; run \`pgferry rollback --id ${ctx.config.id}\``;
+    }
+  }
+  await ctx
+    .update((s) => {
+      s.status =
+        switched || undone.startsWith('ROLLBACK FAILED') ? 'failed' : phase === 'assess' ? 'failed' : 'rolled-back';
+      s.failedAt = new Date().toISOString();
+      s.failure = failure;
+      s.events = [
+        ...s.events,
+        {
+          at: s.failedAt,
+          message: `failed in ${PHASE_TITLES[phase]}: ${failure.message}${undone ? ` (${undone})` : ''}`,
+        },
+      ];
+    })
+    .catch(() => {});
+  if (undone) rt.events.log(undone);
+}
+
+export async function rollbackMigration(rt: Runtime, id: string): Promise<MigrationState> {
+  const session = await openSession(rt, id);
+  try {
+    await runPhase(rt, session.ctx, 'rollback', rollback);
+    await session.ctx.update((s) => {
+      s.status = 'rolled-back';
+    });
+    return session.ctx.state;
+  } finally {
+    await session.close();
+  }
+}
+
+export async function cleanupMigration(
+  rt: Runtime,
+  id: string,
+  options: { force?: boolean } = {},
+): Promise<MigrationState> {
+  const session = await openSession(rt, id);
+  try {
+    const s = session.ctx.state;
+    const replicating = !s.cutover?.switchAt && ['running', 'awaiting-cutover'].includes(s.status);
+    if (replicating && !options.force) {
+      throw new PgferryError(`migration ${id} is still replicating (${s.status}); clean-up would stop it`, {
+        field: '--id',
+        hint: 'run `pgferry cutover` or `pgferry rollback` first, or pass --force',
+      });
+    }
+    await runPhase(rt, session.ctx, 'cleanup', cleanup);
+    await session.ctx.update((st) => {
+      st.status = 'cleaned-up';
+    });
+    return session.ctx.state;
+  } finally {
+    await session.close();
+  }
+}

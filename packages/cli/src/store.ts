@@ -1,0 +1,116 @@
+/**
+ * Local state: one JSON file per migration under .pgferry/, written atomically (temp file + rename)
+ * with optimistic versioning, so `status`, `resume` and `rollback` work from another shell or after a
+ * crash. Passwords live only in a separate 0600 secrets file, never in the state.
+ */
+import { mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  MigrationNotFoundError,
+  type MigrationSecrets,
+  type MigrationState,
+  type MigrationStore,
+  StateConflictError,
+} from '@pgferry/core';
+
+export class FileMigrationStore implements MigrationStore {
+  constructor(readonly dir: string) {}
+
+  private file(id: string) {
+    return join(this.dir, `${id}.json`);
+  }
+  private secretsFile(id: string) {
+    return join(this.dir, `${id}.secrets.json`);
+  }
+
+  private async atomicWrite(path: string, data: string, mode = 0o644) {
+    const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
+    await writeFile(tmp, data, { mode });
+    await rename(tmp, path);
+  }
+
+  /** A lock file held for the read-compare-write of one update. */
+  private async withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const lock = join(this.dir, `${id}.lock`);
+    for (let i = 0; ; i++) {
+      try {
+        const h = await open(lock, 'wx');
+        await h.close();
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || i > 500) throw err;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+    try {
+      return await fn();
+    } finally {
+      await rm(lock, { force: true });
+    }
+  }
+
+  async create(state: MigrationState, secrets: MigrationSecrets): Promise<void> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await this.atomicWrite(this.secretsFile(state.id), JSON.stringify(secrets), 0o600);
+    await this.withLock(state.id, async () => {
+      const exists = await readFile(this.file(state.id)).then(
+        () => true,
+        () => false,
+      );
+      if (exists)
+        throw new StateConflictError(`migration ${state.id} already exists`, {
+          field: '--id',
+          hint: 'choose another --id or `pgferry resume --id ...`',
+        });
+      await this.atomicWrite(this.file(state.id), JSON.stringify(state, null, 2));
+    });
+  }
+
+  async get(id: string): Promise<MigrationState> {
+    try {
+      return JSON.parse(await readFile(this.file(id), 'utf8')) as MigrationState;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new MigrationNotFoundError(`no migration ${id} in ${this.dir}`, {
+          field: '--id',
+          hint: 'run `pgferry status` to list migrations',
+        });
+      }
+      throw err;
+    }
+  }
+
+  async secrets(id: string): Promise<MigrationSecrets> {
+    try {
+      return JSON.parse(await readFile(this.secretsFile(id), 'utf8')) as MigrationSecrets;
+    } catch {
+      throw new MigrationNotFoundError(`the connection secrets of migration ${id} are missing from ${this.dir}`, {
+        field: '--id',
+      });
+    }
+  }
+
+  async put(state: MigrationState): Promise<MigrationState> {
+    return this.withLock(state.id, async () => {
+      const current = await this.get(state.id);
+      if (current.version !== state.version) {
+        throw new StateConflictError(
+          `migration ${state.id} was changed by another process (version ${current.version}, expected ${state.version})`,
+          {
+            hint: 'another pgferry command is working on this migration; wait for it or re-run your command',
+          },
+        );
+      }
+      const next = { ...state, version: state.version + 1, updatedAt: new Date().toISOString() };
+      await this.atomicWrite(this.file(state.id), JSON.stringify(next, null, 2));
+      return next;
+    });
+  }
+
+  async list(): Promise<MigrationState[]> {
+    const files = await readdir(this.dir).catch(() => [] as string[]);
+    const ids = files.filter((f) => f.endsWith('.json') && !f.endsWith('.secrets.json')).map((f) => f.slice(0, -5));
+    const states = await Promise.all(ids.map((id) => this.get(id).catch(() => undefined)));
+    return states.filter((s): s is MigrationState => !!s).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+  }
+}

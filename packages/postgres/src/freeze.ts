@@ -1,0 +1,90 @@
+/**
+ * Database-wide write freeze. `default_transaction_read_only` set on the database covers every role
+ * for every new session; every existing session of the database is ended, whoever it belongs to,
+ * because it may already be inside a writing transaction or have turned read-only off.
+ */
+import { FreezeFailedError } from '@pgferry/core';
+import { type Db, ident, sleep } from './db';
+
+export interface FreezeResult {
+  sessionsEnded: number;
+  /** First xid not yet assigned when the freeze took hold: any committed xid from here on is a write after the freeze. */
+  xmax: string;
+}
+
+/** Client sessions of this database that are not pgferry's own (walsenders and background workers are spared). */
+const OTHER_SESSIONS = `SELECT pid FROM pg_stat_activity
+  WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+    AND application_name NOT LIKE 'pgferry:%'`;
+
+export async function freezeWrites(db: Db, options: { timeoutMs?: number } = {}): Promise<FreezeResult> {
+  await db.query(`ALTER DATABASE ${ident(db.database)} SET default_transaction_read_only = on`);
+  const deadline = Date.now() + (options.timeoutMs ?? 5000);
+  let ended = 0;
+  for (;;) {
+    const rows = await db.query<{ pid: number; ok: boolean }>(
+      `SELECT pid, pg_terminate_backend(pid) AS ok FROM (${OTHER_SESSIONS}) s`,
+    );
+    ended += rows.filter((r) => r.ok).length;
+    // pg_terminate_backend only signals: a backend in the middle of COMMIT may still write its commit
+    // record. Wait until they are gone so the LSN read after this covers every acknowledged write.
+    const left = await db.query(OTHER_SESSIONS);
+    if (left.length === 0) break;
+    if (Date.now() > deadline) {
+      await unfreezeWrites(db).catch(() => {});
+      throw new FreezeFailedError(
+        `${left.length} session(s) on ${db.side} database ${db.database} did not end after pg_terminate_backend`,
+        {
+          phase: 'cutover',
+          hint: 'the source was unfrozen again; check for stuck backends in pg_stat_activity',
+        },
+      );
+    }
+    await sleep(5);
+  }
+  const { xmax } = await db.one<{ xmax: string }>('SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS xmax');
+  return { sessionsEnded: ended, xmax };
+}
+
+export async function unfreezeWrites(db: Db): Promise<void> {
+  await db.query(`ALTER DATABASE ${ident(db.database)} RESET default_transaction_read_only`);
+}
+
+export async function isFrozen(db: Db): Promise<boolean> {
+  const rows = await db.query(
+    `SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+      WHERE d.datname = current_database() AND s.setrole = 0 AND 'default_transaction_read_only=on' = ANY (s.setconfig)`,
+  );
+  return rows.length > 0;
+}
+
+/**
+ * Transactions that committed with an xid assigned at or after `xmax`: writes after the freeze
+ * (a session that turned read-only off). Autovacuum's ANALYZE also takes xids, so this may count it.
+ */
+export async function writesSince(db: Db, xmax: string): Promise<number> {
+  const { n } = await db.one<{ n: number }>(
+    `SELECT count(*)::int AS n FROM generate_series($1::text::bigint, pg_snapshot_xmax(pg_current_snapshot())::text::bigint - 1) x
+      WHERE pg_xact_status(x::text::xid8) = 'committed'`,
+    [xmax],
+  );
+  return n;
+}
+
+export async function currentLsn(db: Db): Promise<string> {
+  return (await db.one<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn')).lsn;
+}
+
+/** Wait until the slot's consumer has confirmed `lsn`; false on timeout. */
+export async function waitConfirmed(db: Db, slot: string, lsn: string, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const [row] = await db.query<{ ok: boolean }>(
+      'SELECT confirmed_flush_lsn >= $2::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = $1',
+      [slot, lsn],
+    );
+    if (row?.ok) return true;
+    if (Date.now() > deadline) return false;
+    await sleep(2);
+  }
+}

@@ -1,0 +1,107 @@
+/** Lag, retained WAL, open transactions and schema drift: what the cutover gate looks at. */
+import type { Db } from './db';
+
+export interface LagReading {
+  /** WAL the subscriber has not confirmed, including WAL not yet sent. */
+  bytes: number;
+  /** Replay lag reported by the walsender; 0 when nothing is pending. */
+  ms: number;
+  /** WAL the slot keeps on the source's disk. */
+  retainedBytes: number;
+  active: boolean;
+}
+
+export async function readLag(source: Db, slot: string): Promise<LagReading | undefined> {
+  const [row] = await source.query<{ bytes: number; retained: number; active: boolean; ms: number | null }>(
+    `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS bytes,
+            pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained, s.active,
+            (SELECT extract(epoch FROM coalesce(r.replay_lag, r.flush_lag, r.write_lag)) * 1000 FROM pg_stat_replication r WHERE r.pid = s.active_pid) AS ms
+       FROM pg_replication_slots s WHERE s.slot_name = $1`,
+    [slot],
+  );
+  if (!row) return undefined;
+  return {
+    bytes: Math.max(0, row.bytes),
+    ms: row.ms === null ? 0 : Math.round(row.ms),
+    retainedBytes: Math.max(0, row.retained),
+    active: row.active,
+  };
+}
+
+export interface OpenTransaction {
+  pid: number;
+  user: string;
+  application: string;
+  ageMs: number;
+  query: string;
+}
+
+/** Transactions on the source database open longer than `olderThanMs` (other than pgferry's own). */
+export async function longTransactions(source: Db, olderThanMs: number): Promise<OpenTransaction[]> {
+  const rows = await source.query<{
+    pid: number;
+    usename: string;
+    application_name: string;
+    age: number;
+    query: string;
+  }>(
+    `SELECT pid, usename, application_name, (extract(epoch FROM now() - xact_start) * 1000)::bigint AS age, left(query, 80) AS query
+       FROM pg_stat_activity
+      WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+        AND application_name NOT LIKE 'pgferry:%' AND xact_start < now() - make_interval(secs => $1 / 1000.0)
+      ORDER BY xact_start`,
+    [olderThanMs],
+  );
+  return rows.map((r) => ({
+    pid: r.pid,
+    user: r.usename,
+    application: r.application_name,
+    ageMs: r.age,
+    query: r.query.replace(/\s+/g, ' '),
+  }));
+}
+
+/** Columns of every published table, as "schema.table: col type, ..." lines, for drift detection. */
+async function fingerprint(db: Db): Promise<Map<string, Map<string, string>>> {
+  const rows = await db.query<{ tbl: string; col: string; typ: string }>(
+    `SELECT format('%s.%s', n.nspname, c.relname) AS tbl, a.attname AS col, format_type(a.atttypid, a.atttypmod) AS typ
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry')
+        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`,
+  );
+  const map = new Map<string, Map<string, string>>();
+  for (const r of rows) {
+    const cols = map.get(r.tbl) ?? new Map<string, string>();
+    cols.set(r.col, r.typ);
+    map.set(r.tbl, cols);
+  }
+  return map;
+}
+
+/**
+ * DDL run on the source after the schema was copied is not replicated. Compare table and column
+ * definitions on both sides and name every difference; an empty list means the schemas agree.
+ */
+export async function schemaDrift(source: Db, target: Db): Promise<string[]> {
+  const [src, tgt] = await Promise.all([fingerprint(source), fingerprint(target)]);
+  const drift: string[] = [];
+  for (const [tbl, cols] of src) {
+    const other = tgt.get(tbl);
+    if (!other) {
+      drift.push(`table ${tbl} exists on the source but not on the target`);
+      continue;
+    }
+    for (const [col, typ] of cols) {
+      const t = other.get(col);
+      if (t === undefined) drift.push(`column ${tbl}.${col} (${typ}) exists on the source but not on the target`);
+      else if (t !== typ) drift.push(`column ${tbl}.${col} is ${typ} on the source but ${t} on the target`);
+    }
+    for (const col of other.keys())
+      if (!cols.has(col)) drift.push(`column ${tbl}.${col} exists on the target but was dropped on the source`);
+  }
+  for (const tbl of tgt.keys())
+    if (!src.has(tbl)) drift.push(`table ${tbl} exists on the target but not on the source (dropped?)`);
+  return drift;
+}

@@ -1,0 +1,278 @@
+/**
+ * Bulk load. `snapshot` (default): publication and slot first, the slot's exported snapshot held open
+ * while `--jobs` streams COPY every table inside it (large tables split into ctid ranges), then
+ * indexes and constraints. `native`: a subscription with copy_data. `dump`: pg_dump --snapshot to the
+ * artifact store, then pg_restore --jobs.
+ */
+import { mkdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { BulkLoadFailedError, objectNames } from '@pgferry/core';
+import copyStreams from 'pg-copy-streams';
+import { copyableTables, listTables, type TableInfo } from '../catalog';
+import { connectClient, ident, qualified, sleep } from '../db';
+import {
+  createSlotWithSnapshot,
+  createSubscription,
+  dropSlot,
+  dropSubscription,
+  ensurePublication,
+  slotExists,
+} from '../replication';
+import { findTool, runTool, toolConnection } from '../tools';
+import { type PhaseContext, sourceMajor } from './context';
+import { buildPostData } from './prepare-schema';
+
+export interface CopyItem {
+  table: TableInfo;
+  /** ctid block range [from, to); undefined = whole table. */
+  blocks?: { from: number; to?: number };
+  estBytes: number;
+}
+
+/** Work items, largest first; tables above the split size become ctid block ranges of about that size. */
+export async function planCopy(ctx: PhaseContext, tables: TableInfo[]): Promise<CopyItem[]> {
+  const items: CopyItem[] = [];
+  for (const t of copyableTables(tables)) {
+    if (t.sizeBytes <= ctx.config.splitTableBytes) {
+      items.push({ table: t, estBytes: t.sizeBytes });
+      continue;
+    }
+    const { pages } = await ctx.source.one<{ pages: number }>(
+      "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int AS pages",
+      [qualified(t)],
+    );
+    const parts = Math.max(2, Math.ceil(t.sizeBytes / ctx.config.splitTableBytes));
+    const step = Math.max(1, Math.ceil(pages / parts));
+    for (let from = 0; from < pages; from += step) {
+      // The last range is open-ended: rows may live past the page count read a moment ago.
+      const to = from + step >= pages ? undefined : from + step;
+      items.push({ table: t, blocks: { from, to }, estBytes: Math.round(t.sizeBytes / parts) });
+    }
+  }
+  return items.sort((a, b) => b.estBytes - a.estBytes);
+}
+
+function copySql(item: CopyItem, binary: boolean, freeze: boolean) {
+  const list = item.table.columns
+    .filter((c) => !c.generated)
+    .map((c) => ident(c.name))
+    .join(', ');
+  const where = item.blocks
+    ? ` WHERE ctid >= '(${item.blocks.from},0)'::tid${item.blocks.to !== undefined ? ` AND ctid < '(${item.blocks.to},0)'::tid` : ''}`
+    : '';
+  const outOptions = binary ? ' (FORMAT binary)' : '';
+  const inOptions = [binary ? 'FORMAT binary' : '', freeze ? 'FREEZE' : ''].filter(Boolean).join(', ');
+  return {
+    out: `COPY (SELECT ${list} FROM ONLY ${qualified(item.table)}${where}) TO STDOUT${outOptions}`,
+    in: `COPY ${qualified(item.table)} (${list}) FROM STDIN${inOptions ? ` (${inOptions})` : ''}`,
+  };
+}
+
+/** Copy every item inside the exported snapshot with `jobs` parallel streams. */
+async function copyAll(
+  ctx: PhaseContext,
+  items: CopyItem[],
+  snapshot: string,
+): Promise<{ rows: number; bytes: number }> {
+  const total = items.reduce((s, i) => s + i.estBytes, 0);
+  let bytes = 0;
+  let rows = 0;
+  let next = 0;
+  const app = `${objectNames(ctx.config.id).applicationName}:copy`;
+  const worker = async () => {
+    const src = await connectClient(ctx.config.sourceUrl, { side: 'source', applicationName: app });
+    const tgt = await connectClient(ctx.config.targetUrl, { side: 'target', applicationName: app });
+    try {
+      await src.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      await src.query(`SET TRANSACTION SNAPSHOT '${snapshot.replace(/'/g, '')}'`);
+      await tgt.query('SET synchronous_commit = off');
+      for (;;) {
+        const item = items[next++];
+        if (!item) break;
+        const binary = item.table.columns.every((c) => c.binary || c.generated);
+        // A whole table is truncated and loaded in one transaction: re-runnable, and COPY FREEZE
+        // writes the rows already frozen so the target needs no anti-wraparound vacuum later.
+        const whole = !item.blocks;
+        const sql = copySql(item, binary, whole);
+        await tgt.query('BEGIN');
+        if (whole) await tgt.query(`TRUNCATE ONLY ${qualified(item.table)}`);
+        const counter = new Transform({
+          transform(chunk: Buffer, _enc, cb) {
+            bytes += chunk.length;
+            ctx.progress?.({ step: 'copy', done: bytes, total, unit: 'bytes' });
+            cb(null, chunk);
+          },
+        });
+        const into = tgt.query(copyStreams.from(sql.in));
+        const out = src.query(copyStreams.to(sql.out));
+        await pipeline(out, counter, into);
+        rows += Number((into as unknown as { rowCount?: number }).rowCount ?? 0);
+        await tgt.query('COMMIT');
+      }
+      await src.query('COMMIT');
+    } finally {
+      await src.end().catch(() => {});
+      await tgt.end().catch(() => {});
+    }
+  };
+  const jobs = Math.max(1, Math.min(ctx.config.jobs, items.length));
+  await Promise.all(Array.from({ length: jobs }, worker));
+  return { rows, bytes };
+}
+
+/** Empty every copied table on the target: a restarted copy starts from a clean slate. */
+async function truncateTarget(ctx: PhaseContext, tables: TableInfo[]) {
+  const list = copyableTables(tables).map(qualified);
+  if (list.length) await ctx.target.query(`TRUNCATE ${list.join(', ')}`);
+}
+
+async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' | 'dump') {
+  const names = objectNames(ctx.config.id);
+  await ensurePublication(ctx.source, names.publication, tables);
+  if (await slotExists(ctx.source, names.slot)) {
+    // The exported snapshot died with the previous run's connection: the copy cannot resume inside
+    // it, so start over with a new slot and an empty target.
+    ctx.log('a previous bulk load did not finish: dropping its slot and starting the copy again');
+    await dropSlot(ctx.source, names.slot);
+  }
+  await truncateTarget(ctx, tables);
+  const major = await sourceMajor(ctx);
+  const exported = await createSlotWithSnapshot(ctx.source, ctx.config.sourceUrl, names.slot, {
+    applicationName: `${names.applicationName}:slot`,
+    timeoutMs: ctx.config.slotWaitTimeoutMs,
+    log: ctx.log,
+    major,
+  });
+  await ctx.update((s) => {
+    s.slotLsn = exported.lsn;
+  });
+  ctx.log(`slot ${names.slot} created at ${exported.lsn}; copying inside snapshot ${exported.snapshot}`);
+  try {
+    if (via === 'copy') {
+      const items = await planCopy(ctx, tables);
+      const { rows, bytes } = await copyAll(ctx, items, exported.snapshot);
+      await ctx.update((s) => {
+        s.rowsCopied = rows;
+        s.bytesCopied = bytes;
+      });
+      return `${rows} rows (${(bytes / 1024 / 1024).toFixed(1)} MiB) copied by ${Math.min(ctx.config.jobs, items.length)} streams from ${copyableTables(tables).length} tables`;
+    }
+    return await dumpAndRestore(ctx, exported.snapshot, major);
+  } catch (err) {
+    // No slot may outlive a failed copy: it would retain WAL on the source forever.
+    await exported.close().catch(() => {});
+    await dropSlot(ctx.source, names.slot).catch(() => {});
+    throw err;
+  } finally {
+    await exported.close().catch(() => {});
+  }
+}
+
+async function dumpAndRestore(ctx: PhaseContext, snapshot: string, major: number): Promise<string> {
+  const pgDump = await findTool('pg_dump', major);
+  const pgRestore = await findTool('pg_restore', 0);
+  mkdirSync(ctx.artifactDir, { recursive: true });
+  const file = join(ctx.artifactDir, 'data.dump');
+  const src = toolConnection(ctx.config.sourceUrl);
+  const dumped = await runTool(
+    pgDump,
+    [
+      '--data-only',
+      '--format=custom',
+      `--snapshot=${snapshot}`,
+      '--no-publications',
+      '--no-subscriptions',
+      '--exclude-schema=pgferry',
+      '--file',
+      file,
+      '--dbname',
+      src.url,
+    ],
+    src.env,
+  );
+  if (dumped.code !== 0)
+    throw new BulkLoadFailedError(`pg_dump --snapshot failed: ${dumped.stderr.trim()}`, { phase: 'bulk-load' });
+  const tgt = toolConnection(ctx.config.targetUrl);
+  const restored = await runTool(
+    pgRestore,
+    ['--data-only', '--jobs', String(ctx.config.jobs), '--exit-on-error', '--dbname', tgt.url, file],
+    tgt.env,
+  );
+  if (restored.code !== 0)
+    throw new BulkLoadFailedError(`pg_restore of the data failed: ${restored.stderr.trim()}`, { phase: 'bulk-load' });
+  const { size } = statSync(file);
+  return `data dumped to ${file} (${(size / 1024 / 1024).toFixed(1)} MiB) and restored with ${ctx.config.jobs} jobs`;
+}
+
+/** native: PostgreSQL's own table sync through a subscription that creates its slot and copies. */
+async function nativeLoad(ctx: PhaseContext, tables: TableInfo[]): Promise<string> {
+  const names = objectNames(ctx.config.id);
+  await ensurePublication(ctx.source, names.publication, tables);
+  const existing = await ctx.target.query('SELECT 1 FROM pg_subscription WHERE subname = $1', [names.subscription]);
+  if (existing.length === 0) {
+    if (await slotExists(ctx.source, names.slot)) await dropSlot(ctx.source, names.slot);
+    await truncateTarget(ctx, tables);
+    await createSubscription(ctx.target, names.subscription, ctx.config.sourceUrl, names.publication, names.slot, {
+      copyData: true,
+      createSlot: true,
+    });
+  }
+  const started = Date.now();
+  for (;;) {
+    const states = await ctx.target.query<{ state: string; n: number }>(
+      `SELECT srsubstate AS state, count(*)::int AS n FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
+        WHERE s.subname = $1 GROUP BY 1`,
+      [names.subscription],
+    );
+    const total = states.reduce((s, r) => s + r.n, 0);
+    const ready = states.filter((r) => r.state === 'r').reduce((s, r) => s + r.n, 0);
+    ctx.progress?.({ step: 'table sync', done: ready, total, unit: 'tables' });
+    if (total > 0 && ready === total) break;
+    if (total === 0 && Date.now() - started > 5000) break;
+    if (Date.now() - started > ctx.config.catchUpTimeoutMs && ctx.config.catchUpTimeoutMs > 0) {
+      await dropSubscription(ctx.target, names.subscription);
+      throw new BulkLoadFailedError('native table sync did not finish in time', {
+        phase: 'bulk-load',
+        hint: 'check the target server log for table sync errors',
+      });
+    }
+    await sleep(500);
+  }
+  const slot = await ctx.source.query<{ lsn: string }>(
+    'SELECT confirmed_flush_lsn::text AS lsn FROM pg_replication_slots WHERE slot_name = $1',
+    [names.slot],
+  );
+  await ctx.update((s) => {
+    s.slotLsn = slot[0]?.lsn;
+  });
+  return `native table sync finished for ${copyableTables(tables).length} tables`;
+}
+
+/** Phase "Bulk load". Idempotent: a finished load is recorded; an unfinished one starts again cleanly. */
+export async function bulkLoad(ctx: PhaseContext): Promise<string> {
+  const done = ctx.state.phases['bulk-load']?.endedAt;
+  if (done) return 'already done';
+  const tables = await listTables(ctx.source);
+  await ctx.update((s) => {
+    s.tables = tables.map((t) => ({ schema: t.schema, name: t.name }));
+  });
+  let summary: string;
+  if (ctx.state.dataLoadedAt) {
+    summary = 'data already loaded';
+  } else {
+    const strategy = ctx.config.strategy;
+    summary =
+      strategy === 'native'
+        ? await nativeLoad(ctx, tables)
+        : await snapshotLoad(ctx, tables, strategy === 'dump' ? 'dump' : 'copy');
+    await ctx.update((s) => {
+      s.dataLoadedAt = new Date().toISOString();
+    });
+  }
+  ctx.log('building indexes and constraints');
+  const post = await buildPostData(ctx);
+  await ctx.target.query('ANALYZE');
+  return `${summary}; ${post}`;
+}

@@ -1,0 +1,72 @@
+/** Clean up: pgferry's subscriptions, slots, publications and marker schema on both sides; report leftovers. */
+import { objectNames } from '@pgferry/core';
+import { ident } from '../db';
+import { isFrozen } from '../freeze';
+import { dropPublication, dropSlot, dropSubscription } from '../replication';
+import type { PhaseContext } from './context';
+
+export async function leftovers(ctx: PhaseContext): Promise<string[]> {
+  const prefix = `pgferry_${ctx.config.id}`;
+  const found: string[] = [];
+  for (const [side, db] of [
+    ['source', ctx.source],
+    ['target', ctx.target],
+  ] as const) {
+    for (const r of await db.query<{ n: string }>(
+      'SELECT slot_name AS n FROM pg_replication_slots WHERE slot_name = $1 OR slot_name = $2',
+      [prefix, `${prefix}_rev`],
+    ))
+      found.push(`${side} replication slot ${r.n}`);
+    for (const r of await db.query<{ n: string }>('SELECT pubname AS n FROM pg_publication WHERE pubname IN ($1, $2)', [
+      prefix,
+      `${prefix}_rev`,
+    ]))
+      found.push(`${side} publication ${r.n}`);
+    for (const r of await db.query<{ n: string }>(
+      'SELECT subname AS n FROM pg_subscription WHERE subname IN ($1, $2)',
+      [prefix, `${prefix}_rev`],
+    ))
+      found.push(`${side} subscription ${r.n}`);
+  }
+  const marker = await ctx.target.query("SELECT 1 FROM pg_namespace WHERE nspname = 'pgferry'");
+  if (marker.length) found.push('target schema pgferry');
+  return found;
+}
+
+export async function cleanup(ctx: PhaseContext): Promise<string> {
+  const n = objectNames(ctx.config.id);
+  const removed: string[] = [];
+  if (await dropSubscription(ctx.target, n.subscription)) removed.push(`target subscription ${n.subscription}`);
+  if (await dropSubscription(ctx.source, n.reverseSubscription))
+    removed.push(`source subscription ${n.reverseSubscription}`);
+  if (await dropSlot(ctx.source, n.slot)) removed.push(`source slot ${n.slot}`);
+  if (await dropSlot(ctx.target, n.reverseSlot)) removed.push(`target slot ${n.reverseSlot}`);
+  if (await dropPublication(ctx.source, n.publication)) removed.push(`source publication ${n.publication}`);
+  if (await dropPublication(ctx.target, n.reversePublication))
+    removed.push(`target publication ${n.reversePublication}`);
+  const other = await ctx.target
+    .query(`SELECT 1 FROM ${ident(n.markerSchema)}.migration WHERE id <> $1`, [ctx.config.id])
+    .catch(() => []);
+  if (other.length === 0) {
+    await ctx.target.query(`DROP SCHEMA IF EXISTS ${ident(n.markerSchema)} CASCADE`);
+  } else {
+    await ctx.target
+      .query(`DELETE FROM ${ident(n.markerSchema)}.migration WHERE id = $1`, [ctx.config.id])
+      .catch(() => {});
+  }
+  const left = await leftovers(ctx);
+  await ctx.update((s) => {
+    s.leftovers = left;
+  });
+  const notes: string[] = [];
+  if (ctx.state.cutover?.switchAt && !ctx.state.rollback?.switchAt && (await isFrozen(ctx.source))) {
+    notes.push(
+      `the source database stays read-only so nothing writes to it by mistake (ALTER DATABASE ${ident(ctx.source.database)} RESET default_transaction_read_only reopens it)`,
+    );
+  }
+  return [
+    `removed ${removed.length ? removed.join(', ') : 'nothing (already clean)'}`,
+    left.length ? `LEFT BEHIND: ${left.join(', ')}` : 'nothing left behind',
+    ...notes,
+  ].join('; ');
+}

@@ -1,0 +1,158 @@
+/**
+ * Cut over, as a list of steps:
+ *   freeze writes on the source → drain to the LSN taken after the freeze → sync sequences →
+ *   stop forward replication → start reverse replication → switch the connection → target writable.
+ * The source stays read-only afterwards; reverse replication keeps it current so rollback loses nothing.
+ * A drain that times out unfreezes the source and hands back to catch-up.
+ */
+import { performance } from 'node:perf_hooks';
+import { CutoverFailedError, DrainTimeoutError, objectNames } from '@pgferry/core';
+import { listTables } from '../catalog';
+import { type Db, ident } from '../db';
+import { currentLsn, freezeWrites, unfreezeWrites, waitConfirmed, writesSince } from '../freeze';
+import {
+  createSubscription,
+  dropPublication,
+  dropSlot,
+  dropSubscription,
+  ensurePublication,
+  slotExists,
+  subscriptionExists,
+} from '../replication';
+import { syncSequences } from '../sequences';
+import { switchConnection } from '../switch';
+import type { PhaseContext } from './context';
+
+async function createLogicalSlot(db: Db, name: string) {
+  if (!(await slotExists(db, name)))
+    await db.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [name]);
+}
+
+/** Undo a cutover that has not switched: reverse objects gone, forward replication on, source writable. */
+async function undo(ctx: PhaseContext) {
+  const n = objectNames(ctx.config.id);
+  await dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }).catch(() => {});
+  await dropSlot(ctx.target, n.reverseSlot).catch(() => {});
+  await dropPublication(ctx.target, n.reversePublication).catch(() => {});
+  if (await subscriptionExists(ctx.target, n.subscription))
+    await ctx.target.query(`ALTER SUBSCRIPTION ${ident(n.subscription)} ENABLE`);
+  await unfreezeWrites(ctx.source);
+}
+
+/** Finish what follows the switch (outside the write gap): forward subscription and slot dropped. */
+async function finish(ctx: PhaseContext) {
+  const n = objectNames(ctx.config.id);
+  await dropSubscription(ctx.target, n.subscription);
+  await dropSlot(ctx.source, n.slot);
+}
+
+export async function cutover(ctx: PhaseContext): Promise<string> {
+  const n = objectNames(ctx.config.id);
+  const c = ctx.state.cutover;
+  if (c?.switchAt) {
+    await finish(ctx);
+    return `already done: switched at ${c.switchAt} (write gap ${c.writeGapMs} ms)`;
+  }
+  if (c?.freezeAt) {
+    // A crash between freeze and switch: the application still points at the source. Undo, then go again.
+    ctx.log('a previous cutover stopped before the switch: unfreezing the source and starting the cutover again');
+    await undo(ctx);
+  }
+  // Everything that can be prepared outside the write gap is prepared here.
+  const tables = await listTables(ctx.target);
+  await ensurePublication(ctx.target, n.reversePublication, tables);
+  await ctx.update((s) => {
+    s.cutover = { freezeAt: new Date().toISOString(), direction: 'forward' };
+  });
+
+  const t0 = performance.now();
+  const freezeAt = new Date();
+  const freeze = await freezeWrites(ctx.source);
+  const freezeLsn = await currentLsn(ctx.source);
+  if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.drainTimeoutMs))) {
+    await unfreezeWrites(ctx.source);
+    await ctx.update((s) => {
+      s.cutover = undefined;
+    });
+    throw new DrainTimeoutError(
+      `the target did not confirm ${freezeLsn} within ${ctx.config.drainTimeoutMs} ms; the source was unfrozen`,
+      {
+        phase: 'cutover',
+        hint: 'pgferry returns to catch-up and tries again when lag is low',
+      },
+    );
+  }
+  const drainedMs = performance.now() - t0;
+  let switchedMs = 0;
+  let writesAfterFreeze = 0;
+  let sequences = 0;
+  try {
+    sequences = await syncSequences(ctx.source, ctx.target);
+    // A session that turned read-only off could still commit; carry its writes over before stopping.
+    writesAfterFreeze = await writesSince(ctx.source, freeze.xmax);
+    if (writesAfterFreeze > 0) {
+      const lsn = await currentLsn(ctx.source);
+      if (!(await waitConfirmed(ctx.source, n.slot, lsn, ctx.config.drainTimeoutMs)))
+        throw new DrainTimeoutError(`writes after the freeze were not drained to ${lsn}`);
+      sequences = await syncSequences(ctx.source, ctx.target);
+    }
+    // Forward apply stops before the reverse slot exists, so nothing applied from the source echoes back.
+    await ctx.target.query(`ALTER SUBSCRIPTION ${ident(n.subscription)} DISABLE`);
+    await createLogicalSlot(ctx.target, n.reverseSlot);
+    await createSubscription(
+      ctx.source,
+      n.reverseSubscription,
+      ctx.config.targetUrl,
+      n.reversePublication,
+      n.reverseSlot,
+    );
+    await unfreezeWrites(ctx.target);
+    await switchConnection({
+      switchFile: ctx.config.switchFile,
+      onSwitch: ctx.config.onSwitch,
+      migrationId: ctx.config.id,
+      direction: 'forward',
+      activeUrl: ctx.config.targetUrl,
+      previousUrl: ctx.config.sourceUrl,
+      sourceUrl: ctx.config.sourceUrl,
+      targetUrl: ctx.config.targetUrl,
+    });
+    switchedMs = performance.now() - t0;
+  } catch (err) {
+    await undo(ctx).catch(() => {});
+    await ctx.update((s) => {
+      s.cutover = undefined;
+    });
+    if (err instanceof CutoverFailedError || err instanceof DrainTimeoutError) throw err;
+    throw new CutoverFailedError(
+      `cutover failed before the switch; the source was unfrozen and forward replication resumed: ${(err as Error).message}`,
+      {
+        cause: err,
+        phase: 'cutover',
+      },
+    );
+  }
+  const record = {
+    freezeAt: freezeAt.toISOString(),
+    freezeLsn,
+    drainedAt: new Date(freezeAt.getTime() + drainedMs).toISOString(),
+    switchAt: new Date(freezeAt.getTime() + switchedMs).toISOString(),
+    writeGapMs: Math.round(switchedMs),
+    sessionsEnded: freeze.sessionsEnded,
+    writesAfterFreeze,
+    sequencesSynced: sequences,
+    direction: 'forward' as const,
+  };
+  await ctx.update((s) => {
+    s.cutover = record;
+  });
+  if (writesAfterFreeze > 0) {
+    const message = `${writesAfterFreeze} transaction(s) committed on the source after the freeze (a session that turned default_transaction_read_only off, or autovacuum); they were replicated before the switch`;
+    ctx.log(`warning: ${message}`);
+    await ctx.update((s) => {
+      s.warnings = [...(s.warnings ?? []), message];
+    });
+  }
+  await finish(ctx);
+  return `write gap ${record.writeGapMs} ms (drain ${Math.round(drainedMs)} ms); ${freeze.sessionsEnded} session(s) ended; ${sequences} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
+}

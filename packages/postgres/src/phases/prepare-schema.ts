@@ -1,0 +1,169 @@
+/**
+ * Prepare schema: roles first (without passwords or superuser, which RDS allows neither), then the
+ * pre-data section (types, tables, functions) before the copy; the post-data section (indexes,
+ * constraints, triggers) is built after the data by `buildPostData`, in parallel.
+ */
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { objectNames, SchemaFailedError } from '@pgferry/core';
+import { ident } from '../db';
+import { findTool, runTool, toolConnection } from '../tools';
+import { type PhaseContext, sourceMajor } from './context';
+
+const DUMP_FILE = 'schema.dump';
+
+/** Attributes RDS forbids (and a migration must not hand out) are never copied. */
+export async function createRoles(ctx: PhaseContext): Promise<string[]> {
+  const roles = await ctx.source.query<{
+    rolname: string;
+    rolcanlogin: boolean;
+    rolinherit: boolean;
+    rolcreatedb: boolean;
+    rolcreaterole: boolean;
+    rolconnlimit: number;
+  }>(
+    `SELECT rolname, rolcanlogin, rolinherit, rolcreatedb, rolcreaterole, rolconnlimit FROM pg_roles
+      WHERE rolname !~ '^(pg_|rds)' AND oid >= 16384 ORDER BY rolname`,
+  );
+  const existing = new Set(
+    (await ctx.target.query<{ rolname: string }>('SELECT rolname FROM pg_roles')).map((r) => r.rolname),
+  );
+  const created: string[] = [];
+  for (const r of roles) {
+    if (existing.has(r.rolname)) continue;
+    const attrs = [
+      r.rolcanlogin ? 'LOGIN' : 'NOLOGIN',
+      r.rolinherit ? 'INHERIT' : 'NOINHERIT',
+      r.rolcreatedb ? 'CREATEDB' : '',
+      r.rolcreaterole ? 'CREATEROLE' : '',
+      r.rolconnlimit >= 0 ? `CONNECTION LIMIT ${Number(r.rolconnlimit)}` : '',
+    ].filter(Boolean);
+    await ctx.target.query(`CREATE ROLE ${ident(r.rolname)} ${attrs.join(' ')}`);
+    created.push(r.rolname);
+  }
+  const members = await ctx.source.query<{ role: string; member: string; admin: boolean }>(
+    `SELECT r.rolname AS role, m.rolname AS member, am.admin_option AS admin FROM pg_auth_members am
+       JOIN pg_roles r ON r.oid = am.roleid JOIN pg_roles m ON m.oid = am.member
+      WHERE r.rolname !~ '^(pg_|rds)' AND m.rolname !~ '^(pg_|rds)' AND m.oid >= 16384`,
+  );
+  for (const m of members) {
+    const has = await ctx.target.query(
+      'SELECT 1 FROM pg_auth_members am JOIN pg_roles r ON r.oid = am.roleid JOIN pg_roles m ON m.oid = am.member WHERE r.rolname = $1 AND m.rolname = $2',
+      [m.role, m.member],
+    );
+    if (has.length === 0)
+      await ctx.target.query(`GRANT ${ident(m.role)} TO ${ident(m.member)}${m.admin ? ' WITH ADMIN OPTION' : ''}`);
+  }
+  return created;
+}
+
+async function ensureMarker(ctx: PhaseContext) {
+  const { markerSchema } = objectNames(ctx.config.id);
+  await ctx.target.query(`CREATE SCHEMA IF NOT EXISTS ${ident(markerSchema)}`);
+  await ctx.target.query(
+    `CREATE TABLE IF NOT EXISTS ${ident(markerSchema)}.migration (
+       id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(),
+       pre_data_at timestamptz, post_data_at timestamptz)`,
+  );
+  await ctx.target.query(`INSERT INTO ${ident(markerSchema)}.migration (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`, [
+    ctx.config.id,
+  ]);
+}
+
+async function marker(ctx: PhaseContext): Promise<{ pre_data_at: Date | null; post_data_at: Date | null } | undefined> {
+  const { markerSchema } = objectNames(ctx.config.id);
+  const exists = await ctx.target.one<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [
+    `${markerSchema}.migration`,
+  ]);
+  if (!exists.t) return undefined;
+  const rows = await ctx.target.query<{ pre_data_at: Date | null; post_data_at: Date | null }>(
+    `SELECT pre_data_at, post_data_at FROM ${ident(markerSchema)}.migration WHERE id = $1`,
+    [ctx.config.id],
+  );
+  return rows[0];
+}
+
+async function dumpSchema(ctx: PhaseContext): Promise<string> {
+  const pgDump = await findTool('pg_dump', await sourceMajor(ctx));
+  mkdirSync(ctx.artifactDir, { recursive: true });
+  const file = join(ctx.artifactDir, DUMP_FILE);
+  const src = toolConnection(ctx.config.sourceUrl);
+  const res = await runTool(
+    pgDump,
+    [
+      '--schema-only',
+      '--format=custom',
+      '--no-publications',
+      '--no-subscriptions',
+      '--file',
+      file,
+      '--dbname',
+      src.url,
+    ],
+    src.env,
+  );
+  if (res.code !== 0)
+    throw new SchemaFailedError(`pg_dump of the source schema failed: ${res.stderr.trim()}`, {
+      migrationId: ctx.config.id,
+      phase: 'prepare-schema',
+    });
+  return file;
+}
+
+/** Restore one section. Errors other than "already exists" (a re-run after a crash) fail the phase. */
+async function restore(ctx: PhaseContext, file: string, section: 'pre-data' | 'post-data', jobs: number) {
+  const pgRestore = await findTool('pg_restore', 0);
+  const tgt = toolConnection(ctx.config.targetUrl);
+  const args = ['--section', section, '--dbname', tgt.url, '--no-publications', '--no-subscriptions'];
+  // pre-data is all-or-nothing so a crash cannot leave half a schema; post-data builds in parallel.
+  if (section === 'pre-data') args.push('--single-transaction', '--exit-on-error');
+  else args.push('--jobs', String(jobs));
+  // Our session must write even if the target database is frozen (rollback of a previous attempt).
+  const res = await runTool(pgRestore, [...args, file], {
+    ...tgt.env,
+    PGOPTIONS: '-c default_transaction_read_only=off',
+  });
+  if (res.code === 0) return;
+  const errors = res.stderr.split('\n').filter((l) => /ERROR:/.test(l));
+  const real = errors.filter((l) => !/already exists|multiple primary keys/.test(l));
+  if (real.length > 0 || errors.length === 0) {
+    throw new SchemaFailedError(`pg_restore (${section}) failed on the target: ${(real[0] ?? res.stderr).trim()}`, {
+      migrationId: ctx.config.id,
+      phase: 'prepare-schema',
+      hint: real.length > 1 ? `${real.length} errors; first shown` : undefined,
+    });
+  }
+}
+
+/** Phase "Prepare schema" (pre-data). Idempotent: the marker row records completion. */
+export async function prepareSchema(ctx: PhaseContext): Promise<string> {
+  const m = await marker(ctx);
+  if (m?.pre_data_at) return 'already done: schema restored earlier';
+  const roles = await createRoles(ctx);
+  const file = await dumpSchema(ctx);
+  await ensureMarker(ctx);
+  const tables = await ctx.target.one<{ n: number }>(
+    "SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema','pgferry') AND n.nspname NOT LIKE 'pg_toast%'",
+  );
+  // A crash after the single-transaction restore but before the marker update leaves the tables: done.
+  if (tables.n === 0) await restore(ctx, file, 'pre-data', 1);
+  await ctx.target.query(
+    `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET pre_data_at = now() WHERE id = $1`,
+    [ctx.config.id],
+  );
+  return `schema restored${roles.length ? `; roles created without passwords: ${roles.join(', ')}` : ''}`;
+}
+
+/** Indexes, constraints and triggers, after the data, `--jobs` at a time. Idempotent. */
+export async function buildPostData(ctx: PhaseContext): Promise<string> {
+  const m = await marker(ctx);
+  if (m?.post_data_at) return 'already done: indexes and constraints built earlier';
+  const file = join(ctx.artifactDir, DUMP_FILE);
+  const dump = existsSync(file) ? file : await dumpSchema(ctx);
+  await restore(ctx, dump, 'post-data', ctx.config.jobs);
+  await ctx.target.query(
+    `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET post_data_at = now() WHERE id = $1`,
+    [ctx.config.id],
+  );
+  return 'indexes, constraints and triggers built';
+}

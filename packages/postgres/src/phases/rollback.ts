@@ -1,0 +1,132 @@
+/**
+ * Roll back. Before cutover: remove everything pgferry created (subscription, slot, publication, the
+ * loaded schema on the target) and make sure the source is writable. After cutover: freeze the target,
+ * drain the reverse stream, sync sequences back, switch back, unfreeze the source.
+ */
+import { performance } from 'node:perf_hooks';
+import { DrainTimeoutError, objectNames, RollbackFailedError } from '@pgferry/core';
+import { ident } from '../db';
+import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed } from '../freeze';
+import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
+import { syncSequences } from '../sequences';
+import { switchConnection } from '../switch';
+import type { PhaseContext } from './context';
+
+/** Drop what the schema restore created on the target, only if pgferry's marker says it made it. */
+async function dropLoadedSchema(ctx: PhaseContext): Promise<boolean> {
+  const n = objectNames(ctx.config.id);
+  const { t } = await ctx.target.one<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [
+    `${n.markerSchema}.migration`,
+  ]);
+  if (!t) return false;
+  const mine = await ctx.target.query(`SELECT 1 FROM ${ident(n.markerSchema)}.migration WHERE id = $1`, [
+    ctx.config.id,
+  ]);
+  if (mine.length === 0) return false;
+  // The target was empty when assessed (a blocker otherwise), so every user object in it is ours.
+  const schemas = await ctx.target.query<{ nspname: string }>(
+    `SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
+        AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'`,
+  );
+  for (const s of schemas) await ctx.target.query(`DROP SCHEMA ${ident(s.nspname)} CASCADE`);
+  const exts = await ctx.target.query<{ extname: string }>(
+    "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'",
+  );
+  for (const e of exts) await ctx.target.query(`DROP EXTENSION IF EXISTS ${ident(e.extname)} CASCADE`);
+  const major = (await ctx.target.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v"))
+    .v;
+  await ctx.target.query('DROP SCHEMA IF EXISTS public CASCADE');
+  await ctx.target.query('CREATE SCHEMA public');
+  // Put public back the way CREATE DATABASE makes it.
+  if (major >= 15)
+    await ctx.target.query('ALTER SCHEMA public OWNER TO pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC');
+  else await ctx.target.query('GRANT ALL ON SCHEMA public TO PUBLIC');
+  return true;
+}
+
+async function beforeCutover(ctx: PhaseContext): Promise<string> {
+  const n = objectNames(ctx.config.id);
+  const done: string[] = [];
+  if (await dropSubscription(ctx.target, n.subscription, { keepSlot: true }))
+    done.push(`target subscription ${n.subscription}`);
+  if (await dropSlot(ctx.source, n.slot)) done.push(`source slot ${n.slot}`);
+  if (await dropPublication(ctx.source, n.publication)) done.push(`source publication ${n.publication}`);
+  if (await isFrozen(ctx.source)) {
+    await unfreezeWrites(ctx.source);
+    done.push('source unfrozen');
+  }
+  if (await dropLoadedSchema(ctx)) done.push('schema and data loaded on the target');
+  return done.length ? `removed ${done.join(', ')}` : 'nothing to remove';
+}
+
+async function afterCutover(ctx: PhaseContext): Promise<string> {
+  const n = objectNames(ctx.config.id);
+  if (ctx.state.rollback?.switchAt) {
+    await finish(ctx);
+    return `already done: switched back at ${ctx.state.rollback.switchAt}`;
+  }
+  if (
+    !(await subscriptionExists(ctx.source, n.reverseSubscription)) ||
+    !(await slotExists(ctx.target, n.reverseSlot))
+  ) {
+    throw new RollbackFailedError(
+      'reverse replication is gone, so switching back would lose the writes made on the target',
+      {
+        phase: 'rollback',
+        hint: 'the application stays on the target; compare the databases before moving back by hand',
+      },
+    );
+  }
+  const t0 = performance.now();
+  const freezeAt = new Date();
+  const freeze = await freezeWrites(ctx.target);
+  const lsn = await currentLsn(ctx.target);
+  if (!(await waitConfirmed(ctx.target, n.reverseSlot, lsn, ctx.config.drainTimeoutMs))) {
+    await unfreezeWrites(ctx.target);
+    throw new DrainTimeoutError(
+      `the source did not confirm ${lsn} from the reverse stream within ${ctx.config.drainTimeoutMs} ms; the target was unfrozen`,
+      {
+        phase: 'rollback',
+        hint: 'run `pgferry rollback` again once reverse lag is low',
+      },
+    );
+  }
+  const sequences = await syncSequences(ctx.target, ctx.source);
+  await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} DISABLE`);
+  await unfreezeWrites(ctx.source);
+  await switchConnection({
+    switchFile: ctx.config.switchFile,
+    onSwitch: ctx.config.onSwitch,
+    migrationId: ctx.config.id,
+    direction: 'reverse',
+    activeUrl: ctx.config.sourceUrl,
+    previousUrl: ctx.config.targetUrl,
+    sourceUrl: ctx.config.sourceUrl,
+    targetUrl: ctx.config.targetUrl,
+  });
+  const gap = Math.round(performance.now() - t0);
+  await ctx.update((s) => {
+    s.rollback = {
+      freezeAt: freezeAt.toISOString(),
+      freezeLsn: lsn,
+      switchAt: new Date(freezeAt.getTime() + gap).toISOString(),
+      writeGapMs: gap,
+      sessionsEnded: freeze.sessionsEnded,
+      sequencesSynced: sequences,
+      direction: 'reverse',
+    };
+  });
+  await finish(ctx);
+  return `switched back to the source: write gap ${gap} ms, ${sequences} sequence(s) synced; the target is left read-only`;
+}
+
+async function finish(ctx: PhaseContext) {
+  const n = objectNames(ctx.config.id);
+  await dropSubscription(ctx.source, n.reverseSubscription);
+  await dropSlot(ctx.target, n.reverseSlot);
+  await dropPublication(ctx.target, n.reversePublication);
+}
+
+export async function rollback(ctx: PhaseContext): Promise<string> {
+  return ctx.state.cutover?.switchAt ? afterCutover(ctx) : beforeCutover(ctx);
+}

@@ -1,0 +1,206 @@
+/** Publications, slots and subscriptions: named from the migration id, each created only if missing. */
+import { PgferryError } from '@pgferry/core';
+import type pg from 'pg';
+import { publishedTables, type TableInfo } from './catalog';
+import { connectClient, type Db, ident, literal, qualified, sleep } from './db';
+
+export async function ensurePublication(db: Db, name: string, tables: TableInfo[]): Promise<void> {
+  const exists = await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name]);
+  if (exists.length > 0) return;
+  const list = publishedTables(tables).map(qualified);
+  // An explicit table list (not FOR ALL TABLES) needs only ownership, which RDS roles have, and keeps
+  // pgferry's own schema out. Partitions publish through their root so either side may re-partition.
+  const forTables = list.length > 0 ? ` FOR TABLE ${list.join(', ')}` : '';
+  await db.query(`CREATE PUBLICATION ${ident(name)}${forTables} WITH (publish_via_partition_root = true)`);
+}
+
+export async function slotExists(db: Db, name: string): Promise<boolean> {
+  return (await db.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [name])).length > 0;
+}
+
+/** Drop a slot, ending the walsender that holds it if needed. */
+export async function dropSlot(db: Db, name: string): Promise<boolean> {
+  for (let i = 0; i < 50; i++) {
+    const rows = await db.query<{ active_pid: number | null }>(
+      'SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1',
+      [name],
+    );
+    if (rows.length === 0) return false;
+    const pid = rows[0]?.active_pid;
+    if (pid) {
+      await db.query('SELECT pg_terminate_backend($1)', [pid]);
+      await sleep(100);
+      continue;
+    }
+    try {
+      await db.query('SELECT pg_drop_replication_slot($1)', [name]);
+      return true;
+    } catch (err) {
+      if (!/is active|does not exist/.test(String((err as Error).message))) throw err;
+      await sleep(100);
+    }
+  }
+  throw new PgferryError(`could not drop replication slot ${name}: it stays in use`, {
+    hint: 'end the process using it and run `pgferry cleanup`',
+  });
+}
+
+export interface ExportedSlot {
+  client: pg.Client;
+  slot: string;
+  lsn: string;
+  snapshot: string;
+  /** Release the snapshot (the slot stays). */
+  close(): Promise<void>;
+}
+
+/**
+ * Create the logical slot over a replication connection and export its snapshot. The slot is
+ * created before the copy so that the subscription later starts exactly where the snapshot ends:
+ * every change committed after the snapshot is in the slot, every change before it is in the copy.
+ * Creation waits for transactions already running with an xid; those are named while we wait.
+ */
+export async function createSlotWithSnapshot(
+  db: Db,
+  url: string,
+  slot: string,
+  options: { applicationName: string; timeoutMs: number; log: (m: string) => void; major: number },
+): Promise<ExportedSlot> {
+  const client = await connectClient(url, {
+    side: 'source',
+    applicationName: options.applicationName,
+    replication: true,
+  });
+  const command =
+    options.major >= 15
+      ? `CREATE_REPLICATION_SLOT ${ident(slot)} LOGICAL pgoutput (SNAPSHOT 'export')`
+      : `CREATE_REPLICATION_SLOT ${ident(slot)} LOGICAL pgoutput EXPORT_SNAPSHOT`;
+  const started = Date.now();
+  const pending = client.query(command);
+  let done = false;
+  const result = pending.finally(() => {
+    done = true;
+  });
+  result.catch(() => {});
+  let lastNamed = '';
+  while (!done) {
+    await Promise.race([result.catch(() => {}), sleep(1000)]);
+    if (done) break;
+    const blockers = await db.query<{
+      pid: number;
+      usename: string;
+      application_name: string;
+      xact_start: Date;
+      state: string;
+      query: string;
+    }>(
+      `SELECT pid, usename, application_name, xact_start, state, left(query, 80) AS query FROM pg_stat_activity
+        WHERE backend_xid IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+          AND xact_start < now() - interval '1 second' ORDER BY xact_start`,
+    );
+    const named = blockers
+      .map(
+        (b) =>
+          `pid ${b.pid} (user ${b.usename}${b.application_name ? `, ${b.application_name}` : ''}, ${b.state}, open since ${b.xact_start.toISOString()}: ${b.query.replace(/\s+/g, ' ')})`,
+      )
+      .join('; ');
+    if (named && named !== lastNamed) {
+      options.log(
+        `creating slot ${slot}: waiting for ${blockers.length} open transaction(s) on the source to finish: ${named}`,
+      );
+      lastNamed = named;
+    }
+    if (Date.now() - started > options.timeoutMs) {
+      await client.end().catch(() => {});
+      // The half-created slot is temporary until creation finishes, so it disappears with the connection.
+      await sleep(200);
+      await dropSlot(db, slot).catch(() => {});
+      throw new PgferryError(
+        `the replication slot could not be created within ${Math.round(options.timeoutMs / 1000)} s: ${blockers.length ? `open transaction(s) on the source hold it back: ${named}` : 'the source did not answer'}`,
+        {
+          phase: 'bulk-load',
+          hint: 'let those transactions finish (or end them with pg_terminate_backend) and run `pgferry resume`',
+        },
+      );
+    }
+  }
+  const row = (await result).rows[0] as { consistent_point: string; snapshot_name: string };
+  return {
+    client,
+    slot,
+    lsn: row.consistent_point,
+    snapshot: row.snapshot_name,
+    close: () => client.end(),
+  };
+}
+
+/** Libpq keyword form understood by CREATE SUBSCRIPTION ... CONNECTION. */
+export function conninfo(url: string): string {
+  const u = new URL(url);
+  const parts: Record<string, string> = {
+    host: decodeURIComponent(u.hostname.replace(/^\[|\]$/g, '')),
+    port: u.port || '5432',
+    dbname: decodeURIComponent(u.pathname.slice(1)),
+    user: decodeURIComponent(u.username),
+  };
+  if (u.password) parts.password = decodeURIComponent(u.password);
+  for (const [k, v] of u.searchParams) parts[k] = v;
+  return Object.entries(parts)
+    .filter(([, v]) => v !== '')
+    .map(([k, v]) => `${k}='${v.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`)
+    .join(' ');
+}
+
+export async function subscriptionExists(db: Db, name: string): Promise<boolean> {
+  return (
+    (
+      await db.query(
+        'SELECT 1 FROM pg_subscription WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())',
+        [name],
+      )
+    ).length > 0
+  );
+}
+
+/** Subscribe at an existing slot without copying: replication starts exactly at the slot's position. */
+export async function createSubscription(
+  db: Db,
+  name: string,
+  publisherUrl: string,
+  publication: string,
+  slot: string,
+  options: { copyData?: boolean; createSlot?: boolean } = {},
+): Promise<void> {
+  if (await subscriptionExists(db, name)) {
+    await db.query(`ALTER SUBSCRIPTION ${ident(name)} ENABLE`);
+    return;
+  }
+  await db.query(
+    `CREATE SUBSCRIPTION ${ident(name)} CONNECTION ${literal(conninfo(publisherUrl))} PUBLICATION ${ident(publication)}
+       WITH (slot_name = ${literal(slot)}, synchronous_commit = 'on', create_slot = ${options.createSlot ? 'true' : 'false'}, copy_data = ${options.copyData ? 'true' : 'false'}, enabled = true)`,
+  );
+}
+
+/**
+ * Drop a subscription. When the publisher side is gone or its slot should stay, detach the slot
+ * first so DROP does not try to reach it.
+ */
+export async function dropSubscription(db: Db, name: string, options: { keepSlot?: boolean } = {}): Promise<boolean> {
+  if (!(await subscriptionExists(db, name))) return false;
+  await db.query(`ALTER SUBSCRIPTION ${ident(name)} DISABLE`);
+  if (options.keepSlot) await db.query(`ALTER SUBSCRIPTION ${ident(name)} SET (slot_name = NONE)`);
+  try {
+    await db.query(`DROP SUBSCRIPTION ${ident(name)}`);
+  } catch {
+    await db.query(`ALTER SUBSCRIPTION ${ident(name)} SET (slot_name = NONE)`);
+    await db.query(`DROP SUBSCRIPTION ${ident(name)}`);
+  }
+  return true;
+}
+
+export async function dropPublication(db: Db, name: string): Promise<boolean> {
+  const exists = await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name]);
+  if (exists.length === 0) return false;
+  await db.query(`DROP PUBLICATION ${ident(name)}`);
+  return true;
+}

@@ -1,0 +1,80 @@
+/** Client tools (pg_dump, pg_restore): finding one able to handle the server, and running it without leaking passwords. */
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { PgferryError, redactText } from '@pgferry/core';
+
+const execFileAsync = promisify(execFile);
+
+async function toolMajor(path: string): Promise<number | undefined> {
+  try {
+    const { stdout } = await execFileAsync(path, ['--version']);
+    const m = /(\d+)(?:\.\d+)?/.exec(stdout.replace(/^[^\d]*/, ''));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * pg_dump refuses to dump a server newer than itself, so pick the oldest installed pg_dump whose
+ * major version is at least the server's (Debian keeps one per major under /usr/lib/postgresql).
+ */
+export async function findTool(tool: 'pg_dump' | 'pg_restore', serverMajor: number): Promise<string> {
+  const candidates: string[] = [];
+  const root = '/usr/lib/postgresql';
+  if (existsSync(root)) {
+    for (const v of readdirSync(root)) {
+      const p = join(root, v, 'bin', tool);
+      if (existsSync(p)) candidates.push(p);
+    }
+  }
+  for (const dir of (process.env.PATH ?? '').split(':')) {
+    const p = join(dir, tool);
+    if (dir && existsSync(p)) candidates.push(p);
+  }
+  const found: { path: string; major: number }[] = [];
+  for (const path of candidates) {
+    const major = await toolMajor(path);
+    if (major !== undefined) found.push({ path, major });
+  }
+  const usable = found.filter((f) => f.major >= serverMajor).sort((a, b) => a.major - b.major);
+  if (usable[0]) return usable[0].path;
+  const have = found.length ? found.map((f) => `${f.major} (${f.path})`).join(', ') : 'none';
+  throw new PgferryError(`no ${tool} able to handle a PostgreSQL ${serverMajor} server is installed (found: ${have})`, {
+    field: tool,
+    hint: `install the client tools of version ${serverMajor} or newer, e.g. apt-get install -y postgresql-client-${serverMajor}`,
+  });
+}
+
+/** Split a URL into a password-free URL for argv and PGPASSWORD for the environment. */
+export function toolConnection(url: string): { url: string; env: Record<string, string> } {
+  const u = new URL(url);
+  const password = decodeURIComponent(u.password);
+  u.password = '';
+  return { url: u.toString(), env: password ? { PGPASSWORD: password } : {} };
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+  code: number;
+}
+
+/** Run a client tool; never throws on exit code (callers decide which errors matter). */
+export function runTool(path: string, args: string[], env: Record<string, string> = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(path, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => {
+      stdout += d;
+    });
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ stdout, stderr: redactText(stderr), code: code ?? 1 }));
+  });
+}

@@ -1,0 +1,69 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createMigration, type Runtime } from '../../packages/cli/src/runner';
+import { SAMPLE_SCHEMA, sampleData } from '../../packages/cli/src/sample';
+import { FileMigrationStore } from '../../packages/cli/src/store';
+import type { MigrationConfigInput } from '../../packages/core/src/index';
+import type { Pair } from './pairs';
+
+let counter = 0;
+
+export interface TestRuntime extends Runtime {
+  logs: string[];
+  dir: string;
+  switchFile: string;
+  dispose(): void;
+}
+
+/** A runtime writing state to a temp dir and collecting log lines instead of printing them. */
+export function testRuntime(): TestRuntime {
+  const dir = mkdtempSync(join(tmpdir(), 'pgferry-test-'));
+  const logs: string[] = [];
+  const switchFile = join(dir, 'database-url');
+  return {
+    dir,
+    logs,
+    switchFile,
+    stateDir: join(dir, 'state'),
+    store: new FileMigrationStore(join(dir, 'state')),
+    events: {
+      log: (m) => logs.push(m),
+      phase: (p, e, s) => logs.push(`${e} ${p}${s ? `: ${s}` : ''}`),
+    },
+    dispose: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+export async function loadSample(pair: Pair, rows = 2000) {
+  await pair.source(SAMPLE_SCHEMA);
+  await pair.source(sampleData(rows));
+}
+
+/** Fast gates for tests: small lag threshold windows, short sampling. */
+export async function newMigration(rt: TestRuntime, pair: Pair, extra: Partial<MigrationConfigInput> = {}) {
+  writeFileSync(rt.switchFile, `${pair.sourceUrl}\n`);
+  return createMigration(rt, {
+    id: `t${Date.now().toString(36)}${counter++}`,
+    sourceUrl: pair.sourceUrl,
+    targetUrl: pair.targetUrl,
+    jobs: 2,
+    maxLagMs: 1000,
+    lagSamples: 2,
+    lagSampleIntervalMs: 100,
+    catchUpTimeoutMs: 60_000,
+    switchFile: rt.switchFile,
+    splitTableBytes: 64 * 1024,
+    ...extra,
+  });
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Is the database frozen (default_transaction_read_only set on it)? */
+export async function frozen(pair: Pair, side: 'source' | 'target'): Promise<boolean> {
+  const rows = await pair[side](
+    "SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = current_database() AND 'default_transaction_read_only=on' = ANY (s.setconfig)",
+  );
+  return rows.length > 0;
+}

@@ -14,7 +14,8 @@ export async function sql<R extends pg.QueryResultRow = pg.QueryResultRow>(
   text: string,
   params?: unknown[],
 ) {
-  const client = new pg.Client({ connectionString: url });
+  // The test's own checks must work on a database pgferry froze read-only.
+  const client = new pg.Client({ connectionString: url, options: '-c default_transaction_read_only=off' });
   await client.connect();
   try {
     return (await client.query<R>(text, params)).rows;
@@ -37,12 +38,23 @@ async function dropDatabase(server: ServerInfo, db: string) {
     await sql(dbUrl, `ALTER SUBSCRIPTION ${pg.escapeIdentifier(subname)} SET (slot_name = NONE)`).catch(() => {});
     await sql(dbUrl, `DROP SUBSCRIPTION IF EXISTS ${pg.escapeIdentifier(subname)}`).catch(() => {});
   }
+  // Slots of this database (ours, or a peer's subscription's) go first, or DROP DATABASE refuses.
+  for (let i = 0; i < 50; i++) {
+    await sql(
+      admin,
+      'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL',
+      [db],
+    );
+    await sql(
+      admin,
+      'SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active',
+      [db],
+    ).catch(() => {});
+    const left = await sql(admin, 'SELECT 1 FROM pg_replication_slots WHERE database = $1', [db]);
+    if (left.length === 0) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
   await sql(admin, `DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)} WITH (FORCE)`);
-  await sql(
-    admin,
-    'SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active',
-    [db],
-  );
 }
 
 export interface Pair {
@@ -80,8 +92,8 @@ export async function freshPair(targetVersion: TargetVersion = 15, label = 'db')
     source: (text, params) => sql(sourceUrl, text, params),
     target: (text, params) => sql(targetUrl, text, params),
     async drop() {
-      await dropDatabase(targetServer, targetDb);
       await dropDatabase(sourceServer, sourceDb);
+      await dropDatabase(targetServer, targetDb);
     },
   };
 }

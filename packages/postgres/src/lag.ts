@@ -105,3 +105,29 @@ export async function schemaDrift(source: Db, target: Db): Promise<string[]> {
     if (!src.has(tbl)) drift.push(`table ${tbl} exists on the target but not on the source (dropped?)`);
   return drift;
 }
+
+/**
+ * Write transactions open on the target (other than replication workers). Creating the reverse slot
+ * during the cutover waits for every one of them, inside the write gap, so they close the gate.
+ */
+export async function targetWriteTransactions(target: Db): Promise<OpenTransaction[]> {
+  const rows = await target.query<{
+    pid: number;
+    usename: string;
+    application_name: string;
+    age: number;
+    query: string;
+  }>(
+    `SELECT pid, usename, application_name, (extract(epoch FROM now() - xact_start) * 1000)::bigint AS age, left(query, 80) AS query
+       FROM pg_stat_activity
+      WHERE backend_type = 'client backend' AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+      ORDER BY xact_start`,
+  );
+  return rows.map((r) => ({
+    pid: r.pid,
+    user: r.usename,
+    application: r.application_name,
+    ageMs: r.age,
+    query: r.query.replace(/\s+/g, ' '),
+  }));
+}

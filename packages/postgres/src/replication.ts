@@ -4,9 +4,12 @@ import type pg from 'pg';
 import { publishedTables, type TableInfo } from './catalog';
 import { connectClient, type Db, ident, literal, qualified, sleep } from './db';
 
+export async function publicationExists(db: Db, name: string): Promise<boolean> {
+  return (await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name])).length > 0;
+}
+
 export async function ensurePublication(db: Db, name: string, tables: TableInfo[]): Promise<void> {
-  const exists = await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name]);
-  if (exists.length > 0) return;
+  if (await publicationExists(db, name)) return;
   const list = publishedTables(tables).map(qualified);
   // An explicit table list (not FOR ALL TABLES) needs only ownership, which RDS roles have, and keeps
   // pgferry's own schema out. Partitions publish through their root so either side may re-partition.

@@ -5,7 +5,7 @@
  */
 import { LagTimeoutError, objectNames, ReplicationFailedError, WalRetentionExceededError } from '@pgferry/core';
 import { sleep } from '../db';
-import { longTransactions, readLag, schemaDrift } from '../lag';
+import { longTransactions, readLag, schemaDrift, targetWriteTransactions } from '../lag';
 import { dropSlot, dropSubscription } from '../replication';
 import type { PhaseContext } from './context';
 
@@ -51,6 +51,11 @@ export async function sampleGate(
   const open = await longTransactions(ctx.source, ctx.config.longTransactionMs);
   for (const t of open)
     reasons.push(`transaction pid ${t.pid} (user ${t.user}) open for ${Math.round(t.ageMs / 1000)} s: ${t.query}`);
+  for (const t of await targetWriteTransactions(ctx.target)) {
+    reasons.push(
+      `write transaction pid ${t.pid} (user ${t.user}) open on the target: the reverse slot cannot be created until it ends`,
+    );
+  }
   const drift = await schemaDrift(ctx.source, ctx.target);
   for (const d of drift) reasons.push(`DDL on the source: ${d}`);
   const sample = { at: new Date().toISOString(), bytes: lag.bytes, ms: lag.ms };

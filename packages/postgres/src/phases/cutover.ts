@@ -16,6 +16,7 @@ import {
   dropSlot,
   dropSubscription,
   ensurePublication,
+  publicationExists,
   slotExists,
   subscriptionExists,
 } from '../replication';
@@ -59,8 +60,9 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     await undo(ctx);
   }
   // Everything that can be prepared outside the write gap is prepared here.
-  const tables = await listTables(ctx.target);
-  await ensurePublication(ctx.target, n.reversePublication, tables);
+  if (!(await publicationExists(ctx.target, n.reversePublication))) {
+    await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target));
+  }
   await ctx.update((s) => {
     s.cutover = { freezeAt: new Date().toISOString(), direction: 'forward' };
   });

@@ -1,3 +1,4 @@
+export * from './assess';
 export * from './bulk-load';
 export * from './catch-up';
 export * from './cleanup';

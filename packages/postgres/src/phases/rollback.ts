@@ -51,6 +51,7 @@ async function beforeCutover(ctx: PhaseContext): Promise<string> {
     done.push(`target subscription ${n.subscription}`);
   if (await dropSlot(ctx.source, n.slot)) done.push(`source slot ${n.slot}`);
   if (await dropPublication(ctx.source, n.publication)) done.push(`source publication ${n.publication}`);
+  if (await dropPublication(ctx.target, n.reversePublication)) done.push(`target publication ${n.reversePublication}`);
   if (await isFrozen(ctx.source)) {
     await unfreezeWrites(ctx.source);
     done.push('source unfrozen');

@@ -1,0 +1,64 @@
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type MigrationState, parseMigrationConfig, StateConflictError } from '../../core/src/index';
+import { FileMigrationStore } from '../src/store';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function fresh(): FileMigrationStore {
+  const d = mkdtempSync(join(tmpdir(), 'pgferry-store-'));
+  dirs.push(d);
+  return new FileMigrationStore(join(d, 'state'));
+}
+
+function state(id: string): MigrationState {
+  const config = parseMigrationConfig({ id, sourceUrl: 'postgres://u:***@a/db', targetUrl: 'postgres://u:***@b/db' });
+  return {
+    id,
+    version: 0,
+    createdAt: '2026-01-01T00:00:00Z',
+    updatedAt: '',
+    status: 'running',
+    phase: 'assess',
+    config,
+    phases: {},
+    events: [],
+  };
+}
+
+describe('file migration store', () => {
+  it('rejects a write based on a stale version (optimistic locking)', async () => {
+    const store = fresh();
+    await store.create(state('m1'), { sourceUrl: 'postgres://u:pw@a/db', targetUrl: 'postgres://u:pw@b/db' });
+    const a = await store.get('m1');
+    const b = await store.get('m1');
+    await store.put({ ...a, phase: 'bulk-load' });
+    await expect(store.put({ ...b, phase: 'cutover' })).rejects.toBeInstanceOf(StateConflictError);
+    expect((await store.get('m1')).phase).toBe('bulk-load');
+    expect((await store.get('m1')).version).toBe(1);
+  });
+
+  it('keeps passwords out of the state file, in a secrets file only its owner can read', async () => {
+    const store = fresh();
+    await store.create(state('m2'), { sourceUrl: 'postgres://u:pw1@a/db', targetUrl: 'postgres://u:pw2@b/db' });
+    const { readFileSync } = await import('node:fs');
+    const text = readFileSync(join(store.dir, 'm2.json'), 'utf8');
+    expect(text).not.toContain('pw1');
+    expect(text).not.toContain('pw2');
+    expect(statSync(join(store.dir, 'm2.secrets.json')).mode & 0o077).toBe(0);
+    expect((await store.secrets('m2')).sourceUrl).toContain('pw1');
+  });
+
+  it('refuses to create the same migration twice and lists what exists', async () => {
+    const store = fresh();
+    const s = { sourceUrl: 'postgres://u:p@a/db', targetUrl: 'postgres://u:p@b/db' };
+    await store.create(state('m3'), s);
+    await expect(store.create(state('m3'), s)).rejects.toBeInstanceOf(StateConflictError);
+    expect((await store.list()).map((m) => m.id)).toEqual(['m3']);
+  });
+});

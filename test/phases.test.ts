@@ -1,0 +1,267 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { advance, cleanupMigration, openSession } from '../packages/cli/src/runner';
+import { LiveWriter } from '../packages/cli/src/writer';
+import {
+  buildPostData,
+  bulkLoad,
+  catchUp,
+  cleanup,
+  cutover,
+  prepareSchema,
+  sampleGate,
+  startReplication,
+  verify,
+} from '../packages/postgres/src/index';
+import { frozen, loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
+import { freshPair, leftovers, type Pair } from './harness/pairs';
+
+let pair: Pair | undefined;
+let rt: TestRuntime | undefined;
+const writers: LiveWriter[] = [];
+
+afterEach(async () => {
+  for (const w of writers.splice(0)) await w.stop();
+  await pair?.drop();
+  rt?.dispose();
+  pair = undefined;
+  rt = undefined;
+});
+
+async function setup(label: string, rows = 500) {
+  pair = await freshPair(15, label);
+  rt = testRuntime();
+  await loadSample(pair, rows);
+  return { pair, rt };
+}
+
+async function count(p: Pair, side: 'source' | 'target', table: string): Promise<number> {
+  return Number((await p[side](`SELECT count(*)::int AS n FROM ${table}`))[0]?.n);
+}
+
+describe('phases', () => {
+  it('converges when every phase is run again, including a bulk load interrupted half way', async () => {
+    const { pair, rt } = await setup('rerun', 2000);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    const session = await openSession(rt, m.id);
+    const { ctx } = session;
+    try {
+      expect(await prepareSchema(ctx)).toMatch(/schema restored/);
+      expect(await prepareSchema(ctx)).toMatch(/already done/);
+      await bulkLoad(ctx);
+      // Pretend the process died mid-copy: the load is not recorded and the target holds extra rows.
+      await pair.target("INSERT INTO audit_log (actor, action) VALUES ('junk', 'half-copied')");
+      await ctx.update((s) => {
+        s.dataLoadedAt = undefined;
+        s.phases['bulk-load'] = { startedAt: new Date().toISOString() };
+      });
+      await bulkLoad(ctx);
+      expect(rt.logs.some((l) => /did not finish: dropping its slot/.test(l))).toBe(true);
+      for (const t of ['customers', 'orders', 'invoices', 'events', 'audit_log', 'writes']) {
+        expect(await count(pair, 'target', t)).toBe(await count(pair, 'source', t));
+      }
+      expect(await buildPostData(ctx)).toMatch(/already done/);
+      await startReplication(ctx);
+      expect(await startReplication(ctx)).toMatch(/already done/);
+      await pair.source('INSERT INTO orders (customer_id, amount) VALUES (1, 9.99)');
+      await catchUp(ctx);
+      await catchUp(ctx);
+      // A crash between freeze and switch: the source was left frozen with the cutover half-recorded.
+      await pair.source(`ALTER DATABASE ${pair.sourceDb} SET default_transaction_read_only = on`);
+      await ctx.update((s) => {
+        s.cutover = { freezeAt: new Date().toISOString() };
+      });
+      await cutover(ctx);
+      expect(rt.logs.some((l) => /stopped before the switch: unfreezing/.test(l))).toBe(true);
+      expect(await cutover(ctx)).toMatch(/already done/);
+      expect(await verify(ctx)).toMatch(/checksums match/);
+      expect(await cleanup(ctx)).toMatch(/nothing left behind/);
+      expect(await cleanup(ctx)).toMatch(/already clean/);
+      expect(await leftovers(pair)).toEqual([]);
+    } finally {
+      await session.close();
+    }
+  });
+
+  it('replicates REPLICA IDENTITY FULL and USING INDEX tables, unchanged TOAST values, generated, identity and partitioned columns', async () => {
+    const { pair, rt } = await setup('ident', 300);
+    await pair.source(
+      'CREATE TABLE by_index (a int NOT NULL, b text, c text); CREATE UNIQUE INDEX by_index_a ON by_index (a)',
+    );
+    await pair.source('ALTER TABLE by_index REPLICA IDENTITY USING INDEX by_index_a');
+    await pair.source("INSERT INTO by_index SELECT g, 'b' || g, repeat('x', 5000) FROM generate_series(1, 50) g");
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    const waiting = await advance(rt, m.id, { cutover: 'manual' });
+    expect(waiting.status).toBe('awaiting-cutover');
+
+    // Changes while replicating: updates that leave big (TOASTed) values unchanged, deletes by identity.
+    await pair.source("UPDATE customers SET name = name || ' (renamed)' WHERE notes IS NOT NULL");
+    await pair.source("UPDATE audit_log SET action = 'changed' WHERE actor = 'u1'");
+    await pair.source("DELETE FROM audit_log WHERE actor = 'u2'");
+    await pair.source("UPDATE by_index SET b = 'updated' WHERE a <= 10");
+    await pair.source('DELETE FROM by_index WHERE a > 40');
+    await pair.source('INSERT INTO orders (customer_id, amount) VALUES (1, 100.00)');
+    await pair.source("INSERT INTO events (at, kind) VALUES ('2026-03-01', 'late')");
+    const state = await advance(rt, m.id, { cutover: 'now' });
+    expect(state.verify?.ok).toBe(true);
+
+    const notes = await pair.target(
+      "SELECT count(*)::int AS n FROM customers WHERE name LIKE '%(renamed)' AND length(notes) > 1000",
+    );
+    expect(notes[0]?.n).toBe(
+      Number((await pair.source('SELECT count(*)::int AS n FROM customers WHERE notes IS NOT NULL'))[0]?.n),
+    );
+    expect(
+      (await pair.target("SELECT count(*)::int AS n FROM by_index WHERE b = 'updated' AND length(c) = 5000"))[0]?.n,
+    ).toBe(10);
+    expect(await count(pair, 'target', 'by_index')).toBe(40);
+    expect((await pair.target('SELECT amount_with_tax FROM orders WHERE amount = 100.00'))[0]?.amount_with_tax).toBe(
+      120,
+    );
+    expect(await count(pair, 'target', 'events_2026')).toBe(1);
+    expect(await count(pair, 'target', 'audit_log')).toBe(await count(pair, 'source', 'audit_log'));
+    await cleanupMigration(rt, m.id);
+  });
+
+  it('migrates quoted and 63-character identifiers', async () => {
+    pair = await freshPair(16, 'idents');
+    rt = testRuntime();
+    const long = 'a'.repeat(63);
+    await pair.source(
+      `CREATE SCHEMA "Mixed ""Schema"""; CREATE TABLE "Mixed ""Schema"""."Table With Space" ("Id" int PRIMARY KEY, "Value" text)`,
+    );
+    await pair.source(`CREATE TABLE "${long}" ("${long}" int PRIMARY KEY, v text)`);
+    await pair.source(
+      `INSERT INTO "Mixed ""Schema"""."Table With Space" SELECT g, 'v' || g FROM generate_series(1, 100) g`,
+    );
+    await pair.source(`INSERT INTO "${long}" SELECT g, 'v' FROM generate_series(1, 100) g`);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    await pair.source(`UPDATE "Mixed ""Schema"""."Table With Space" SET "Value" = 'changed' WHERE "Id" = 1`);
+    await pair.source(`INSERT INTO "${long}" VALUES (101, 'new')`);
+    const state = await advance(rt, m.id, { cutover: 'now' });
+    expect(state.verify?.ok).toBe(true);
+    expect(
+      (await pair.target(`SELECT "Value" FROM "Mixed ""Schema"""."Table With Space" WHERE "Id" = 1`))[0]?.Value,
+    ).toBe('changed');
+    expect(await count(pair, 'target', `"${long}"`)).toBe(101);
+  });
+
+  it('survives idle_in_transaction_session_timeout on the source', async () => {
+    const { pair, rt } = await setup('idle', 3000);
+    await pair.source(`ALTER DATABASE ${pair.sourceDb} SET idle_in_transaction_session_timeout = '50ms'`);
+    const m = await newMigration(rt, pair, { cutover: 'auto', jobs: 1, splitTableBytes: 16 * 1024 });
+    const state = await advance(rt, m.id, { cutover: 'auto' });
+    expect(state.verify?.ok).toBe(true);
+  });
+
+  it('names the long transaction that keeps the slot from being created, and leaves nothing behind', async () => {
+    const { pair, rt } = await setup('longtx', 100);
+    const { Client } = (await import('pg')).default;
+    const blocker = new Client({ connectionString: pair.sourceUrl, application_name: 'batch-job' });
+    await blocker.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query("INSERT INTO audit_log (actor, action) VALUES ('batch', 'long')");
+      const pid = (await blocker.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      const m = await newMigration(rt, pair, { cutover: 'manual', slotWaitTimeoutMs: 2500 });
+      const err = await advance(rt, m.id, { cutover: 'manual' }).catch((e) => e);
+      expect(err.message).toMatch(
+        new RegExp(`open transaction\\(s\\) on the source hold it back: pid ${pid} \\(user postgres, batch-job`),
+      );
+      expect(
+        rt.logs.some((l) => l.includes(`waiting for 1 open transaction(s) on the source to finish: pid ${pid}`)),
+      ).toBe(true);
+      const state = await rt.store.get(m.id);
+      expect(state.status).toBe('rolled-back');
+      expect(state.failure?.phase).toBe('bulk-load');
+    } finally {
+      await blocker.query('ROLLBACK').catch(() => {});
+      await blocker.end();
+    }
+    expect(await leftovers(pair)).toEqual([]);
+    expect(await frozen(pair, 'source')).toBe(false);
+  });
+
+  it('closes the cutover gate on DDL run on the source, naming it, until the target matches', async () => {
+    const { pair, rt } = await setup('ddl', 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    await pair.source('ALTER TABLE orders ADD COLUMN gift_note text');
+    const session = await openSession(rt, m.id);
+    try {
+      const closed = await sampleGate(session.ctx, { wal: false });
+      expect(closed.reasons).toContain(
+        'DDL on the source: column public.orders.gift_note (text) exists on the source but not on the target',
+      );
+      await pair.target('ALTER TABLE orders ADD COLUMN gift_note text');
+      expect((await sampleGate(session.ctx, { wal: false })).reasons).toEqual([]);
+    } finally {
+      await session.close();
+    }
+    await pair.source("INSERT INTO orders (customer_id, amount, gift_note) VALUES (1, 5, 'with love')");
+    const state = await advance(rt, m.id, { cutover: 'now' });
+    expect(state.verify?.ok).toBe(true);
+    expect((await pair.target("SELECT count(*)::int AS n FROM orders WHERE gift_note = 'with love'"))[0]?.n).toBe(1);
+  });
+
+  it('drops the slot when retained WAL passes the hard limit, before the source disk fills', async () => {
+    const { pair, rt } = await setup('wal', 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual', walWarnBytes: 0, walAbortBytes: 1 });
+    const err = await advance(rt, m.id, { cutover: 'manual' }).catch((e) => e);
+    expect(err.name).toBe('WalRetentionExceededError');
+    expect(err.message).toMatch(/the slot was dropped to protect the source's disk/);
+    expect(await leftovers(pair)).toEqual([]);
+  });
+
+  it('unfreezes the source when the drain times out, returns to catch-up, and cuts over on a later attempt', async () => {
+    const { pair, rt } = await setup('drain', 100);
+    const writer = new LiveWriter({ switchFile: rt.switchFile, name: 'app', intervalMs: 1 });
+    writer.start();
+    writers.push(writer);
+    const m = await newMigration(rt, pair, { cutover: 'manual', drainTimeoutMs: 300 });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // A SHARE lock on the target (no xid, readers unaffected) stalls the apply worker's inserts:
+    // the drain cannot reach the freeze LSN until it is released.
+    const { Client } = (await import('pg')).default;
+    const locker = new Client({ connectionString: pair.targetUrl });
+    locker.on('error', () => {});
+    await locker.connect();
+    await locker.query('BEGIN');
+    await locker.query('LOCK TABLE writes IN SHARE MODE');
+    const released = (async () => {
+      const until = Date.now() + 20_000;
+      while (!rt.logs.some((l) => /back to catch-up/.test(l)) && Date.now() < until) await sleep(50);
+      expect(await frozen(pair, 'source')).toBe(false); // unfrozen while the cutover waits again
+      await locker.query('ROLLBACK');
+      await locker.end();
+    })();
+    const state = await advance(rt, m.id, { cutover: 'now' });
+    await released;
+    await sleep(200);
+    const stats = await writer.stop();
+    expect(
+      rt.logs.some((l) =>
+        /did not confirm .* within 300 ms; the source was unfrozen; back to catch-up \(attempt 2 of 3\)/.test(l),
+      ),
+    ).toBe(true);
+    expect(state.status).toBe('cut-over');
+    expect(state.phases.cutover?.attempts).toBe(2);
+    expect(await writer.lostWrites(pair.targetUrl)).toEqual([]);
+    expect(stats.servers.length).toBe(2);
+  });
+
+  it.each(['native', 'dump'] as const)('loses no write with the %s strategy', async (strategy) => {
+    const { pair, rt } = await setup(strategy, 1500);
+    const writer = new LiveWriter({ switchFile: rt.switchFile, name: 'app', intervalMs: 1 });
+    writer.start();
+    writers.push(writer);
+    const m = await newMigration(rt, pair, { cutover: 'auto', strategy });
+    const state = await advance(rt, m.id, { cutover: 'auto' });
+    await sleep(300);
+    await writer.stop();
+    expect(state.verify?.ok).toBe(true);
+    expect(await writer.lostWrites(pair.targetUrl)).toEqual([]);
+    await cleanupMigration(rt, m.id);
+    expect(await leftovers(pair)).toEqual([]);
+  });
+});

@@ -139,14 +139,24 @@ async function restore(ctx: PhaseContext, file: string, section: 'pre-data' | 'p
 export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   const m = await marker(ctx);
   if (m?.pre_data_at) return 'already done: schema restored earlier';
+  const existing = await ctx.target.query<{ t: string }>(
+    `SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry')
+        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' LIMIT 5`,
+  );
+  // Only a target that was empty gets pgferry's marker, and only a marked target is ever dropped by a
+  // rollback: whatever the assessment said, a database holding someone's data is never touched.
+  if (!m && existing.length > 0) {
+    throw new SchemaFailedError(
+      `target database ${ctx.target.database} is not empty (${existing.map((r) => r.t).join(', ')}${existing.length === 5 ? ', …' : ''}); pgferry needs an empty target database`,
+      { migrationId: ctx.config.id, phase: 'prepare-schema', field: '--target', hint: 'create a new empty database on the target and point --target at it' },
+    );
+  }
   const roles = await createRoles(ctx);
   const file = await dumpSchema(ctx);
   await ensureMarker(ctx);
-  const tables = await ctx.target.one<{ n: number }>(
-    "SELECT count(*)::int AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema','pgferry') AND n.nspname NOT LIKE 'pg_toast%'",
-  );
   // A crash after the single-transaction restore but before the marker update leaves the tables: done.
-  if (tables.n === 0) await restore(ctx, file, 'pre-data', 1);
+  if (existing.length === 0) await restore(ctx, file, 'pre-data', 1);
   await ctx.target.query(
     `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET pre_data_at = now() WHERE id = $1`,
     [ctx.config.id],

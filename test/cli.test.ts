@@ -1,0 +1,150 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startServer } from '../packages/cli/src/local-servers';
+import { frozen, loadSample } from './harness/migration';
+import { freshPair, leftovers, type Pair, serverUrl } from './harness/pairs';
+
+const BIN = resolve(__dirname, '../packages/cli/bin/pgferry.mjs');
+let pair: Pair | undefined;
+let cwd: string | undefined;
+
+afterEach(async () => {
+  await pair?.drop();
+  if (cwd) rmSync(cwd, { recursive: true, force: true });
+  pair = undefined;
+  cwd = undefined;
+});
+
+function pgferry(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+  return new Promise((res) => {
+    execFile(process.execPath, [BIN, ...args], { cwd, timeout: 120_000 }, (err, stdout, stderr) => {
+      res({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+/** Nothing pgferry could have created exists, and the source is writable. */
+async function nothingLeft(p: Pair) {
+  expect(await leftovers(p)).toEqual([]);
+  expect(await frozen(p, 'source')).toBe(false);
+  const tables = await p.target("SELECT count(*)::int AS n FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')");
+  expect(tables[0]?.n).toBe(0);
+}
+
+describe('pgferry CLI', () => {
+  it('prints help for every command and documents the exit codes', async () => {
+    const main = await pgferry(['--help']);
+    expect(main.code).toBe(0);
+    for (const cmd of ['assess', 'migrate', 'status', 'cutover', 'rollback', 'cleanup', 'resume', 'demo']) expect(main.stdout).toContain(cmd);
+    expect(main.stdout).toContain('4 assessment blocked');
+    const migrate = await pgferry(['migrate', '--help']);
+    expect(migrate.stdout).toContain('--max-lag-ms');
+  });
+
+  it('rejects a malformed URL naming --source, creating nothing', async () => {
+    const r = await pgferry(['migrate', '--source', 'postgres//nope', '--target', 'postgres://u:p@127.0.0.1:1/x', '--yes']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--source is not a valid URL');
+    expect((await pgferry(['status'])).stdout).toContain('no migrations');
+  });
+
+  it('rejects an unknown flag and a missing --yes without a terminal', async () => {
+    expect((await pgferry(['migrate', '--sorce', 'x'])).code).toBe(2);
+    pair = await freshPair(15, 'cliyes');
+    const r = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('pass --yes');
+    await nothingLeft(pair);
+  });
+
+  it('names --source and never prints the password when it is wrong', async () => {
+    pair = await freshPair(15, 'clipw');
+    const bad = pair.sourceUrl.replace(/:([^:@/]+)@/, ':wrong-secret-123@');
+    const r = await pgferry(['migrate', '--source', bad, '--target', pair.targetUrl, '--yes']);
+    expect(r.code).toBe(3);
+    expect(r.stderr).toContain('rejected the password for --source');
+    expect(r.stdout + r.stderr).not.toContain('wrong-secret-123');
+    expect(r.stdout + r.stderr).not.toContain(pair.sourceServer.password);
+    await nothingLeft(pair);
+  });
+
+  it('refuses a non-empty target before creating anything', async () => {
+    pair = await freshPair(15, 'clinonempty');
+    await loadSample(pair, 50);
+    await pair.target('CREATE TABLE something_else (id int PRIMARY KEY)');
+    const r = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl, '--yes']);
+    expect(r.code).toBe(4);
+    expect(r.stderr).toMatch(/not empty/);
+    expect(await leftovers(pair)).toEqual([]);
+    // Whatever happens, a database holding someone's data is never touched.
+    expect(await pair.target("SELECT count(*)::int AS n FROM pg_tables WHERE tablename = 'something_else'")).toEqual([{ n: 1 }]);
+    expect(await frozen(pair, 'source')).toBe(false);
+  });
+
+  it('refuses a table without primary key or replica identity, naming it', async () => {
+    pair = await freshPair(15, 'clinoid');
+    await pair.source('CREATE TABLE no_key (a int, b text)');
+    const r = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl, '--yes']);
+    expect(r.code).toBe(4);
+    expect(r.stderr).toContain('no_key');
+    await nothingLeft(pair);
+  });
+
+  it('refuses a source role without the replication privilege', async () => {
+    pair = await freshPair(15, 'clipriv');
+    await loadSample(pair, 50);
+    await pair.source("CREATE ROLE plain_user LOGIN PASSWORD 'plain-pw'");
+    await pair.source('GRANT SELECT ON ALL TABLES IN SCHEMA public TO plain_user');
+    const url = serverUrl(pair.sourceServer, pair.sourceDb, 'plain_user', 'plain-pw');
+    const r = await pgferry(['migrate', '--source', url, '--target', pair.targetUrl, '--yes']);
+    expect(r.code).toBe(4);
+    expect(r.stderr).toMatch(/REPLICATION|replication/);
+    await nothingLeft(pair);
+  });
+
+  it('refuses a source with wal_level = replica, saying how to fix it', async () => {
+    const server = await startServer({ version: 15, walLevel: 'replica', name: 'replica-only' });
+    try {
+      await server.query('CREATE DATABASE app');
+      await server.query('CREATE TABLE t (id int PRIMARY KEY)', [], 'app');
+      pair = await freshPair(15, 'cliwal');
+      const r = await pgferry(['migrate', '--source', server.url('app'), '--target', pair.targetUrl, '--yes']);
+      expect(r.code).toBe(4);
+      expect(r.stderr).toContain('wal_level');
+      expect(r.stderr).toMatch(/logical/);
+      expect((await server.query('SELECT count(*)::int AS n FROM pg_replication_slots')).rows[0]?.n).toBe(0);
+      expect((await server.query('SELECT count(*)::int AS n FROM pg_publication', [], 'app')).rows[0]?.n).toBe(0);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('stops caught up with --cutover manual, then cuts over and cleans up from another invocation', async () => {
+    pair = await freshPair(17, 'climanual');
+    await loadSample(pair, 300);
+    const switchFile = join((cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'))), 'url');
+    const m = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'climanual', '--switch-file', switchFile, '--yes']);
+    expect(m.code).toBe(0);
+    expect(m.stdout).toContain('pgferry cutover --id climanual');
+    expect(m.stdout + m.stderr).not.toContain(pair.sourceServer.password);
+    const status = await pgferry(['status', '--id', 'climanual', '--json']);
+    const last = JSON.parse(status.stdout.trim().split('\n').at(-1)!);
+    expect(last.result.status).toBe('awaiting-cutover');
+    expect(JSON.stringify(last)).not.toContain(pair.targetServer.password);
+    await pair.source("INSERT INTO orders (customer_id, amount) VALUES (1, 42)");
+    const c = await pgferry(['cutover', '--id', 'climanual', '--report', 'report.json']);
+    expect(c.code).toBe(0);
+    expect(c.stdout).toMatch(/write gap: \d+ ms/);
+    expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.targetUrl);
+    const report = JSON.parse(readFileSync(join(cwd, 'report.json'), 'utf8'));
+    expect(report.verify.ok).toBe(true);
+    expect(JSON.stringify(report)).not.toContain(pair.sourceServer.password);
+    const clean = await pgferry(['cleanup', '--id', 'climanual']);
+    expect(clean.code).toBe(0);
+    expect(await leftovers(pair)).toEqual([]);
+  });
+});

@@ -49,7 +49,7 @@ export interface TableRef {
 export interface LagSample {
   at: string;
   bytes: number;
-  ms: number | null;
+  ms: number;
 }
 
 export interface CutoverRecord {
@@ -63,6 +63,8 @@ export interface CutoverRecord {
   writesAfterFreeze?: number;
   sequencesSynced?: number;
   direction?: 'forward' | 'reverse';
+  /** Where the write gap went, step by step (ms). */
+  stepsMs?: Record<string, number>;
 }
 
 export interface VerifyTableResult {

@@ -69,8 +69,16 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
 
   const t0 = performance.now();
   const freezeAt = new Date();
+  const steps: Record<string, number> = {};
+  let mark = t0;
+  const step = (name: string) => {
+    const now = performance.now();
+    steps[name] = Math.round((now - mark) * 10) / 10;
+    mark = now;
+  };
   const freeze = await freezeWrites(ctx.source);
   const freezeLsn = await currentLsn(ctx.source);
+  step('freeze');
   if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.drainTimeoutMs))) {
     await unfreezeWrites(ctx.source);
     await ctx.update((s) => {
@@ -85,11 +93,13 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     );
   }
   const drainedMs = performance.now() - t0;
+  step('drain');
   let switchedMs = 0;
   let writesAfterFreeze = 0;
   let sequences = 0;
   try {
     sequences = await syncSequences(ctx.source, ctx.target);
+    step('sequences');
     // A session that turned read-only off could still commit; carry its writes over before stopping.
     writesAfterFreeze = await writesSince(ctx.source, freeze.xmax);
     if (writesAfterFreeze > 0) {
@@ -98,9 +108,12 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
         throw new DrainTimeoutError(`writes after the freeze were not drained to ${lsn}`);
       sequences = await syncSequences(ctx.source, ctx.target);
     }
+    step('writesAfterFreeze');
     // Forward apply stops before the reverse slot exists, so nothing applied from the source echoes back.
     await ctx.target.query(`ALTER SUBSCRIPTION ${ident(n.subscription)} DISABLE`);
+    step('stopForward');
     await createLogicalSlot(ctx.target, n.reverseSlot);
+    step('reverseSlot');
     await createSubscription(
       ctx.source,
       n.reverseSubscription,
@@ -108,6 +121,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       n.reversePublication,
       n.reverseSlot,
     );
+    step('reverseSubscription');
     await unfreezeWrites(ctx.target);
     await switchConnection({
       switchFile: ctx.config.switchFile,
@@ -120,6 +134,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       targetUrl: ctx.config.targetUrl,
     });
     switchedMs = performance.now() - t0;
+    step('switch');
   } catch (err) {
     await undo(ctx).catch(() => {});
     await ctx.update((s) => {
@@ -144,6 +159,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     writesAfterFreeze,
     sequencesSynced: sequences,
     direction: 'forward' as const,
+    stepsMs: steps,
   };
   await ctx.update((s) => {
     s.cutover = record;

@@ -1,0 +1,172 @@
+/**
+ * Cutover benchmark (not a test): migrates under pgbench load several times and prints the write gap
+ * (median, max), what the live writers saw, lag p50/p99 during catch-up, and lost commits.
+ *
+ *   npm run bench:cutover -- [--scale N] [--cutovers N] [--clients N] [--target-version 15|16|17] [--json]
+ *
+ * pgbench supplies the load (it cannot follow a switch, so its clients end at the freeze); two LiveWriters
+ * commit through the switch file and every one of their acknowledged commits is looked up on the target.
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { startServer } from '../packages/cli/src/local-servers';
+import { advance, cleanupMigration, createMigration, type Runtime } from '../packages/cli/src/runner';
+import { FileMigrationStore } from '../packages/cli/src/store';
+import { LiveWriter } from '../packages/cli/src/writer';
+
+const { values } = parseArgs({
+  options: {
+    scale: { type: 'string', default: '10' },
+    cutovers: { type: 'string', default: '5' },
+    clients: { type: 'string', default: '4' },
+    'target-version': { type: 'string', default: '15' },
+    json: { type: 'boolean', default: false },
+  },
+});
+const scale = Number(values.scale);
+const cutovers = Number(values.cutovers);
+const clients = Number(values.clients);
+const targetVersion = Number(values['target-version']) as 15 | 16 | 17;
+const PGBENCH = '/usr/lib/postgresql/15/bin/pgbench';
+
+const quantile = (xs: number[], q: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? (s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? 0) : 0;
+};
+
+function run(cmd: string, args: string[], env: Record<string, string>): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env: { ...process.env, ...env } });
+    let out = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    child.stderr.on('data', (d) => {
+      out += d;
+    });
+    child.on('close', (code) => resolve({ code: code ?? 1, out }));
+  });
+}
+
+const work = mkdtempSync(join(tmpdir(), 'pgferry-bench-cutover-'));
+const source = await startServer({ version: 15, name: 'bench-src' });
+const target = await startServer({ version: targetVersion, name: 'bench-tgt' });
+const results: {
+  writeGapMs: number;
+  writerPauseMs: number;
+  lost: number;
+  acked: number;
+  lagMs: number[];
+  sessionsEnded: number;
+}[] = [];
+try {
+  // Each cutover starts from a fresh copy of this template: after a cutover the source's sequences are
+  // behind the rows reverse replication brought back, as they would be in production until rollback.
+  await source.query('CREATE DATABASE bench_template');
+  const env = { PGPASSWORD: source.password };
+  const conn = ['-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres'];
+  console.log(
+    `dataset: pgbench -i -s ${scale} (PostgreSQL 15 → ${targetVersion}); ${cutovers} cutovers under ${clients} pgbench clients`,
+  );
+  const init = await run(PGBENCH, ['-i', '-s', String(scale), '-q', ...conn, 'bench_template'], env);
+  if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.out}`);
+  // pgbench_history has no key; give it one (pgbench names its columns, so the default fills it).
+  await source.query('ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY', [], 'bench_template');
+  await source.query(
+    'CREATE TABLE writes (id bigserial PRIMARY KEY, writer text NOT NULL, payload text NOT NULL)',
+    [],
+    'bench_template',
+  );
+
+  for (let i = 1; i <= cutovers; i++) {
+    const db = `target_${i}`;
+    const src = `bench_${i}`;
+    await target.query(`CREATE DATABASE ${db}`);
+    await source.query(`CREATE DATABASE ${src} TEMPLATE bench_template`);
+    const switchFile = join(work, `url-${i}`);
+    writeFileSync(switchFile, source.url(src));
+    // Load for the whole migration; its clients end when the source freezes.
+    const load = run(PGBENCH, ['-c', String(clients), '-j', '2', '-T', '600', '-n', ...conn, src], env);
+    const writers = ['w1', 'w2'].map((name) => new LiveWriter({ switchFile, name, intervalMs: 1 }));
+    for (const w of writers) w.start();
+    const stateDir = join(work, `state-${i}`);
+    const rt: Runtime = {
+      store: new FileMigrationStore(stateDir),
+      stateDir,
+      events: { log: () => {}, phase: () => {} },
+    };
+    const m = await createMigration(rt, {
+      id: `bench${i}`,
+      sourceUrl: source.url(src),
+      targetUrl: target.url(db),
+      cutover: 'auto',
+      jobs: 2,
+      maxLagMs: 500,
+      lagSamples: 5,
+      lagSampleIntervalMs: 200,
+      switchFile,
+    });
+    const state = await advance(rt, m.id, { cutover: 'auto' });
+    await new Promise((r) => setTimeout(r, 1000));
+    const stats = await Promise.all(writers.map((w) => w.stop()));
+    const lost = (await Promise.all(writers.map((w) => w.lostWrites(target.url(db))))).flat().length;
+    await load;
+    await cleanupMigration(rt, m.id);
+    const r = {
+      writeGapMs: state.cutover?.writeGapMs ?? Number.NaN,
+      writerPauseMs: Math.max(...stats.map((s) => s.maxPauseMs)),
+      lost,
+      acked: stats.reduce((s, x) => s + x.acked, 0),
+      lagMs: (state.lag ?? []).map((l) => l.ms),
+      sessionsEnded: state.cutover?.sessionsEnded ?? 0,
+    };
+    results.push(r);
+    if (!values.json) {
+      const steps = Object.entries(state.cutover?.stepsMs ?? {})
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ');
+      console.log(
+        `cutover ${i}: write gap ${r.writeGapMs} ms (${steps}), longest writer pause ${r.writerPauseMs} ms, ${r.sessionsEnded} sessions ended, ${r.acked} acknowledged, ${r.lost} lost`,
+      );
+    }
+  }
+} finally {
+  await Promise.allSettled([source.stop(), target.stop()]);
+  rmSync(work, { recursive: true, force: true });
+}
+
+const gaps = results.map((r) => r.writeGapMs);
+const lags = results.flatMap((r) => r.lagMs);
+const summary = {
+  cutovers: results.length,
+  writeGapMedianMs: quantile(gaps, 0.5),
+  writeGapMaxMs: Math.max(...gaps),
+  writerPauseMedianMs: quantile(
+    results.map((r) => r.writerPauseMs),
+    0.5,
+  ),
+  writerPauseMaxMs: Math.max(...results.map((r) => r.writerPauseMs)),
+  lagP50Ms: quantile(lags, 0.5),
+  lagP99Ms: quantile(lags, 0.99),
+  lagSamples: lags.length,
+  acknowledgedCommits: results.reduce((s, r) => s + r.acked, 0),
+  lostCommits: results.reduce((s, r) => s + r.lost, 0),
+};
+if (values.json) console.log(JSON.stringify(summary));
+else {
+  console.log(
+    `\nwrite gap (freeze → switch): median ${summary.writeGapMedianMs} ms, max ${summary.writeGapMaxMs} ms over ${summary.cutovers} cutovers`,
+  );
+  console.log(
+    `longest pause seen by a writer: median ${summary.writerPauseMedianMs} ms, max ${summary.writerPauseMaxMs} ms`,
+  );
+  console.log(
+    `lag during catch-up: p50 ${summary.lagP50Ms} ms, p99 ${summary.lagP99Ms} ms (${summary.lagSamples} samples)`,
+  );
+  console.log(`lost commits: ${summary.lostCommits} of ${summary.acknowledgedCommits} acknowledged`);
+  const met = summary.writeGapMedianMs <= 500 && summary.lostCommits === 0;
+  console.log(`goal: write gap ≤ 0.5 s median with 0 lost commits: ${met ? 'met' : 'NOT met'}`);
+}

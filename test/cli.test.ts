@@ -31,7 +31,9 @@ function pgferry(args: string[]): Promise<{ code: number; stdout: string; stderr
 async function nothingLeft(p: Pair) {
   expect(await leftovers(p)).toEqual([]);
   expect(await frozen(p, 'source')).toBe(false);
-  const tables = await p.target("SELECT count(*)::int AS n FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')");
+  const tables = await p.target(
+    "SELECT count(*)::int AS n FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+  );
   expect(tables[0]?.n).toBe(0);
 }
 
@@ -39,14 +41,22 @@ describe('pgferry CLI', () => {
   it('prints help for every command and documents the exit codes', async () => {
     const main = await pgferry(['--help']);
     expect(main.code).toBe(0);
-    for (const cmd of ['assess', 'migrate', 'status', 'cutover', 'rollback', 'cleanup', 'resume', 'demo']) expect(main.stdout).toContain(cmd);
+    for (const cmd of ['assess', 'migrate', 'status', 'cutover', 'rollback', 'cleanup', 'resume', 'demo'])
+      expect(main.stdout).toContain(cmd);
     expect(main.stdout).toContain('4 assessment blocked');
     const migrate = await pgferry(['migrate', '--help']);
     expect(migrate.stdout).toContain('--max-lag-ms');
   });
 
   it('rejects a malformed URL naming --source, creating nothing', async () => {
-    const r = await pgferry(['migrate', '--source', 'postgres//nope', '--target', 'postgres://u:p@127.0.0.1:1/x', '--yes']);
+    const r = await pgferry([
+      'migrate',
+      '--source',
+      'postgres//nope',
+      '--target',
+      'postgres://u:p@127.0.0.1:1/x',
+      '--yes',
+    ]);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('--source is not a valid URL');
     expect((await pgferry(['status'])).stdout).toContain('no migrations');
@@ -81,7 +91,9 @@ describe('pgferry CLI', () => {
     expect(r.stderr).toMatch(/not empty/);
     expect(await leftovers(pair)).toEqual([]);
     // Whatever happens, a database holding someone's data is never touched.
-    expect(await pair.target("SELECT count(*)::int AS n FROM pg_tables WHERE tablename = 'something_else'")).toEqual([{ n: 1 }]);
+    expect(await pair.target("SELECT count(*)::int AS n FROM pg_tables WHERE tablename = 'something_else'")).toEqual([
+      { n: 1 },
+    ]);
     expect(await frozen(pair, 'source')).toBe(false);
   });
 
@@ -126,8 +138,20 @@ describe('pgferry CLI', () => {
   it('stops caught up with --cutover manual, then cuts over and cleans up from another invocation', async () => {
     pair = await freshPair(17, 'climanual');
     await loadSample(pair, 300);
-    const switchFile = join((cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'))), 'url');
-    const m = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'climanual', '--switch-file', switchFile, '--yes']);
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const switchFile = join(cwd, 'url');
+    const m = await pgferry([
+      'migrate',
+      '--source',
+      pair.sourceUrl,
+      '--target',
+      pair.targetUrl,
+      '--id',
+      'climanual',
+      '--switch-file',
+      switchFile,
+      '--yes',
+    ]);
     expect(m.code).toBe(0);
     expect(m.stdout).toContain('pgferry cutover --id climanual');
     expect(m.stdout + m.stderr).not.toContain(pair.sourceServer.password);
@@ -135,7 +159,7 @@ describe('pgferry CLI', () => {
     const last = JSON.parse(status.stdout.trim().split('\n').at(-1)!);
     expect(last.result.status).toBe('awaiting-cutover');
     expect(JSON.stringify(last)).not.toContain(pair.targetServer.password);
-    await pair.source("INSERT INTO orders (customer_id, amount) VALUES (1, 42)");
+    await pair.source('INSERT INTO orders (customer_id, amount) VALUES (1, 42)');
     const c = await pgferry(['cutover', '--id', 'climanual', '--report', 'report.json']);
     expect(c.code).toBe(0);
     expect(c.stdout).toMatch(/write gap: \d+ ms/);

@@ -149,7 +149,12 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   if (!m && existing.length > 0) {
     throw new SchemaFailedError(
       `target database ${ctx.target.database} is not empty (${existing.map((r) => r.t).join(', ')}${existing.length === 5 ? ', …' : ''}); pgferry needs an empty target database`,
-      { migrationId: ctx.config.id, phase: 'prepare-schema', field: '--target', hint: 'create a new empty database on the target and point --target at it' },
+      {
+        migrationId: ctx.config.id,
+        phase: 'prepare-schema',
+        field: '--target',
+        hint: 'create a new empty database on the target and point --target at it',
+      },
     );
   }
   const roles = await createRoles(ctx);

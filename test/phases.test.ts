@@ -265,3 +265,113 @@ describe('phases', () => {
     expect(await leftovers(pair)).toEqual([]);
   });
 });
+
+describe('schema, roles and verification', () => {
+  it('recreates roles without passwords or superuser, keeping ownership and grants', async () => {
+    const { pair, rt } = await setup('roles', 100);
+    // Roles are cluster-wide on servers shared by the whole run: unique names, dropped at the end.
+    const owner = `owner_${pair.sourceDb.slice(-8)}`;
+    const reader = `reader_${pair.sourceDb.slice(-8)}`;
+    await pair.source(`CREATE ROLE ${owner} LOGIN PASSWORD 'owner-pw' CREATEDB; CREATE ROLE ${reader} NOLOGIN`);
+    await pair.source(
+      `ALTER TABLE orders OWNER TO ${owner}; GRANT SELECT ON customers TO ${reader}; GRANT ${reader} TO ${owner}`,
+    );
+    try {
+      const m = await newMigration(rt, pair, { cutover: 'manual' });
+      await advance(rt, m.id, { cutover: 'manual' });
+      const roles = await pair.target(
+        'SELECT rolname, rolcanlogin, rolcreatedb, rolsuper, rolreplication, rolpassword IS NOT NULL AS has_password FROM pg_authid WHERE rolname IN ($1, $2) ORDER BY rolcanlogin DESC',
+        [owner, reader],
+      );
+      expect(roles).toEqual([
+        {
+          rolname: owner,
+          rolcanlogin: true,
+          rolcreatedb: true,
+          rolsuper: false,
+          rolreplication: false,
+          has_password: false,
+        },
+        {
+          rolname: reader,
+          rolcanlogin: false,
+          rolcreatedb: false,
+          rolsuper: false,
+          rolreplication: false,
+          has_password: false,
+        },
+      ]);
+      expect(await pair.target("SELECT tableowner FROM pg_tables WHERE tablename = 'orders'")).toEqual([
+        { tableowner: owner },
+      ]);
+      expect(await pair.target(`SELECT has_table_privilege('${reader}', 'customers', 'SELECT') AS ok`)).toEqual([
+        { ok: true },
+      ]);
+      expect(await pair.target(`SELECT pg_has_role('${owner}', '${reader}', 'MEMBER') AS ok`)).toEqual([{ ok: true }]);
+      await cleanupMigration(rt, m.id, { force: true });
+    } finally {
+      await pair.drop();
+      const { sql, serverUrl } = await import('./harness/pairs');
+      for (const server of [pair.sourceServer, pair.targetServer]) {
+        await sql(serverUrl(server), `DROP ROLE IF EXISTS ${owner}; DROP ROLE IF EXISTS ${reader}`);
+      }
+    }
+  });
+
+  it('reports a row that differs between the sides by table and key range', async () => {
+    const { pair, rt } = await setup('verify', 2000);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    await advance(rt, m.id, { cutover: 'auto' });
+    // Break the way back on purpose, then change one row on the target only.
+    await pair.source(`ALTER SUBSCRIPTION pgferry_${m.id}_rev DISABLE`);
+    await pair.target('UPDATE orders SET amount = amount + 1 WHERE id = 1234');
+    await pair.target('DELETE FROM audit_log WHERE ctid = (SELECT min(ctid) FROM audit_log)');
+    const session = await openSession(rt, m.id);
+    try {
+      const { verifyTables } = await import('../packages/postgres/src/index');
+      const result = await verifyTables(session.ctx);
+      expect(result.ok).toBe(false);
+      const orders = result.tables.find((t) => t.table === 'public.orders');
+      expect(orders?.mismatchedRanges).toHaveLength(1);
+      const [lo, hi] = (orders?.mismatchedRanges[0] ?? '').replace('id ', '').split('..').map(Number);
+      expect(lo).toBeLessThanOrEqual(1234);
+      expect(hi).toBeGreaterThanOrEqual(1234);
+      const audit = result.tables.find((t) => t.table === 'public.audit_log');
+      expect(audit?.targetRows).toBe((audit?.sourceRows ?? 0) - 1);
+      expect(audit?.mismatchedRanges.length).toBeGreaterThan(0);
+      expect(
+        result.tables
+          .filter((t) => t.mismatchedRanges.length > 0)
+          .map((t) => t.table)
+          .sort(),
+      ).toEqual(['public.audit_log', 'public.orders']);
+    } finally {
+      await session.close();
+    }
+  });
+
+  it('keeps the cutover gate closed while a write transaction is open on the target', async () => {
+    const { pair, rt } = await setup('tgttx', 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    const { Client } = (await import('pg')).default;
+    const other = new Client({ connectionString: pair.targetUrl, application_name: 'someone' });
+    other.on('error', () => {});
+    await other.connect();
+    const session = await openSession(rt, m.id);
+    try {
+      await other.query('BEGIN');
+      await other.query("INSERT INTO audit_log (actor, action) VALUES ('someone', 'early write')");
+      const pid = (await other.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      const gate = await sampleGate(session.ctx, { wal: false });
+      expect(gate.reasons).toContain(
+        `write transaction pid ${pid} (user postgres) open on the target: the reverse slot cannot be created until it ends`,
+      );
+      await other.query('ROLLBACK');
+      expect((await sampleGate(session.ctx, { wal: false })).reasons).toEqual([]);
+    } finally {
+      await session.close();
+      await other.end();
+    }
+  });
+});

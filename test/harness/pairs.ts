@@ -92,8 +92,11 @@ export async function freshPair(targetVersion: TargetVersion = 15, label = 'db')
     source: (text, params) => sql(sourceUrl, text, params),
     target: (text, params) => sql(targetUrl, text, params),
     async drop() {
+      const t = Date.now();
       await dropDatabase(sourceServer, sourceDb);
+      const t1 = Date.now();
       await dropDatabase(targetServer, targetDb);
+      if (process.env.PGFERRY_TIMING) console.error(`drop: source ${t1 - t} ms, target ${Date.now() - t1} ms`);
     },
   };
 }

@@ -182,6 +182,9 @@ export async function startServer(options: ServerOptions = {}): Promise<LocalSer
     full_page_writes: 'off',
     wal_sender_timeout: "'30s'",
     wal_receiver_status_interval: "'1s'",
+    // The launcher starts apply workers at most once per interval (5 s by default), which back-to-back
+    // migrations on one server would otherwise wait for.
+    wal_retrieve_retry_interval: "'200ms'",
     logging_collector: 'off',
     ...options.settings,
   };

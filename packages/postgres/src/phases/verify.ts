@@ -75,13 +75,20 @@ function differing(a: Map<number, Bucket>, b: Map<number, Bucket>): number[] {
   return [...keys].filter((k) => a.get(k)?.n !== b.get(k)?.n || a.get(k)?.h !== b.get(k)?.h).sort((x, y) => x - y);
 }
 
-/** Wait until whatever the live side wrote has reached the other side. */
-async function drain(ctx: PhaseContext) {
+/**
+ * Wait until whatever the live side wrote has reached the other side. False when nothing replicates
+ * (no active slot), in which case a difference cannot shrink by waiting.
+ */
+async function drain(ctx: PhaseContext): Promise<boolean> {
   const n = objectNames(ctx.config.id);
   const reverse = !!ctx.state.cutover?.switchAt;
   const live = reverse ? ctx.target : ctx.source;
-  const lsn = await currentLsn(live);
-  await waitConfirmed(live, reverse ? n.reverseSlot : n.slot, lsn, 10_000);
+  const slot = reverse ? n.reverseSlot : n.slot;
+  const [row] = await live.query<{ active: boolean }>('SELECT active FROM pg_replication_slots WHERE slot_name = $1', [
+    slot,
+  ]);
+  if (!row?.active) return false;
+  return waitConfirmed(live, slot, await currentLsn(live), 5_000);
 }
 
 export async function verifyTables(ctx: PhaseContext): Promise<{ ok: boolean; tables: VerifyTableResult[] }> {
@@ -93,8 +100,9 @@ export async function verifyTables(ctx: PhaseContext): Promise<{ ok: boolean; ta
     const [src, tgt] = await Promise.all([checksums(ctx.source, p), checksums(ctx.target, p)]);
     let bad = differing(src, tgt);
     for (let i = 0; i < DEFAULTS.verifyRechecks && bad.length > 0; i++) {
-      await drain(ctx);
-      await sleep(200 * (i + 1));
+      const replicating = await drain(ctx);
+      if (!replicating && i > 0) break;
+      await sleep(100 * (i + 1));
       const [s2, t2] = await Promise.all([checksums(ctx.source, p, bad), checksums(ctx.target, p, bad)]);
       for (const b of bad) {
         src.delete(b);

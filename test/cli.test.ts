@@ -1,5 +1,5 @@
-import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -170,5 +170,47 @@ describe('pgferry CLI', () => {
     const clean = await pgferry(['cleanup', '--id', 'climanual']);
     expect(clean.code).toBe(0);
     expect(await leftovers(pair)).toEqual([]);
+  });
+
+  it('resumes after the process is killed in the middle of the bulk load', async () => {
+    pair = await freshPair(15, 'clikill');
+    await loadSample(pair, 200_000);
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const args = [
+      'migrate',
+      '--source',
+      pair.sourceUrl,
+      '--target',
+      pair.targetUrl,
+      '--id',
+      'killed',
+      '--jobs',
+      '2',
+      '--yes',
+    ];
+    const child = spawn(process.execPath, [BIN, ...args], { cwd, stdio: 'ignore' });
+    const stateFile = join(cwd, '.pgferry', 'killed.json');
+    const until = Date.now() + 60_000;
+    // Kill -9 once the copy is under way (the slot exists and the state says bulk-load).
+    while (Date.now() < until) {
+      const phase = existsSync(stateFile) ? JSON.parse(readFileSync(stateFile, 'utf8')).phase : undefined;
+      if (phase === 'bulk-load' && (await leftovers(pair)).includes('source slot pgferry_killed')) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    const status = await pgferry(['status', '--id', 'killed']);
+    expect(status.stdout).toMatch(/Bulk load\s+\(running or interrupted\)/);
+    const resumed = await pgferry(['resume', '--id', 'killed']);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toContain('Caught up and replicating');
+    for (const t of ['customers', 'orders', 'invoices', 'events', 'audit_log']) {
+      const [s] = await pair.source(`SELECT count(*)::int AS n FROM ${t}`);
+      const [d] = await pair.target(`SELECT count(*)::int AS n FROM ${t}`);
+      expect(d?.n).toBe(s?.n);
+    }
+    expect((await leftovers(pair)).filter((l) => l.includes('slot')).sort()).toEqual(['source slot pgferry_killed']);
+    expect((await pgferry(['rollback', '--id', 'killed'])).code).toBe(0);
+    await nothingLeft(pair);
   });
 });

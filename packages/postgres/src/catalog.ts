@@ -152,12 +152,14 @@ export interface SequenceInfo {
   lastValue: number | null;
   isCalled: boolean;
   ownedBy?: string;
+  /** The connecting role may read the sequence's value. */
+  readable: boolean;
 }
 
 /** Every user sequence, owned by a column or not, with its current value. */
 export async function listSequences(db: Db): Promise<SequenceInfo[]> {
-  const seqs = await db.query<{ schema: string; name: string; owned_by: string | null }>(
-    `SELECT n.nspname AS schema, c.relname AS name,
+  const seqs = await db.query<{ schema: string; name: string; owned_by: string | null; readable: boolean }>(
+    `SELECT n.nspname AS schema, c.relname AS name, has_sequence_privilege(c.oid, 'SELECT') AS readable,
             (SELECT format('%s.%s', d.refobjid::regclass, a.attname) FROM pg_depend d
                JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i') LIMIT 1) AS owned_by
@@ -169,8 +171,11 @@ export async function listSequences(db: Db): Promise<SequenceInfo[]> {
   );
   if (seqs.length === 0) return [];
   // last_value/is_called straight from each sequence: pg_sequences hides them from roles without USAGE.
-  const union = seqs.map((s, i) => `SELECT ${i} AS i, last_value, is_called FROM ${qualified(s)}`).join(' UNION ALL ');
-  const values = await db.query<{ i: number; last_value: number; is_called: boolean }>(union);
+  const union = seqs
+    .map((s, i) => (s.readable ? `SELECT ${i} AS i, last_value, is_called FROM ${qualified(s)}` : ''))
+    .filter(Boolean)
+    .join(' UNION ALL ');
+  const values = union ? await db.query<{ i: number; last_value: number; is_called: boolean }>(union) : [];
   const byIndex = new Map(values.map((v) => [v.i, v]));
   return seqs.map((s, i) => ({
     schema: s.schema,
@@ -178,5 +183,6 @@ export async function listSequences(db: Db): Promise<SequenceInfo[]> {
     lastValue: byIndex.get(i)?.last_value ?? null,
     isCalled: byIndex.get(i)?.is_called ?? false,
     ownedBy: s.owned_by ?? undefined,
+    readable: s.readable,
   }));
 }

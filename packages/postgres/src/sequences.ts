@@ -1,3 +1,4 @@
+import { PgferryError } from '@pgferry/core';
 import { listSequences } from './catalog';
 import type { Db } from './db';
 
@@ -6,7 +7,17 @@ import type { Db } from './db';
  * Values never move backwards: the target keeps the larger of the two.
  */
 export async function syncSequences(from: Db, to: Db): Promise<number> {
-  const seqs = (await listSequences(from)).filter((s) => s.lastValue !== null);
+  const all = await listSequences(from);
+  const unreadable = all.filter((s) => !s.readable);
+  if (unreadable.length > 0) {
+    throw new PgferryError(
+      `cannot read ${unreadable.length} sequence(s) on the ${from.side}: ${unreadable.map((s) => `${s.schema}.${s.name}`).join(', ')}`,
+      {
+        hint: 'GRANT SELECT on them to the migration role; every sequence must be synced before the target takes writes',
+      },
+    );
+  }
+  const seqs = all.filter((s) => s.lastValue !== null);
   if (seqs.length === 0) return 0;
   await to.query(
     `SELECT setval(format('%I.%I', v.schema, v.name)::regclass,

@@ -1,0 +1,502 @@
+/**
+ * Assess the source (and the target when given) before anything is created: blockers stop the
+ * migration, warnings are recorded, info explains what pgferry will do. Read-only: it creates nothing.
+ */
+import { readFileSync } from 'node:fs';
+import { AssessmentBlockedError } from '@pgferry/core';
+import { copyableTables, hasReplicaIdentity, listSequences, listTables } from '../catalog';
+import type { Db } from '../db';
+import { longTransactions } from '../lag';
+
+export interface Finding {
+  level: 'blocker' | 'warning' | 'info';
+  code: string;
+  message: string;
+  object?: string;
+  hint?: string;
+}
+
+export interface AssessmentReport {
+  source: {
+    version: number;
+    versionText: string;
+    database: string;
+    sizeBytes: number;
+    tables: { name: string; sizeBytes: number; rowEstimate: number }[];
+  };
+  target?: { version: number; versionText: string; database: string; isRds: boolean };
+  findings: Finding[];
+}
+
+interface RdsExtensions {
+  source: string;
+  note: string;
+  versions: Record<string, string[]>;
+}
+
+let rdsList: RdsExtensions | undefined;
+function rdsExtensions(): RdsExtensions {
+  rdsList ??= JSON.parse(
+    readFileSync(new URL('../data/rds-extensions.json', import.meta.url), 'utf8'),
+  ) as RdsExtensions;
+  return rdsList;
+}
+
+const LONG_TRANSACTION_MS = 5 * 60_000;
+const MiB = 1024 * 1024;
+
+interface ServerFacts {
+  version: number;
+  versionText: string;
+  walLevel: string;
+  maxSlots: number;
+  usedSlots: number;
+  maxSenders: number;
+  usedSenders: number;
+  maxSlotWalKeep: string | null;
+  superuser: boolean;
+  replication: boolean;
+  rdsRoles: string[];
+  isRds: boolean;
+  canCreateInDb: boolean;
+  user: string;
+  size: number;
+}
+
+async function facts(db: Db): Promise<ServerFacts> {
+  const r = await db.one<{
+    v: number;
+    vt: string;
+    wl: string;
+    ms: number;
+    us: number;
+    mw: number;
+    uw: number;
+    keep: string | null;
+    su: boolean;
+    rep: boolean;
+    rds: string[] | null;
+    is_rds: boolean;
+    can_create: boolean;
+    usr: string;
+    size: number;
+  }>(
+    `SELECT current_setting('server_version_num')::int / 10000 AS v, version() AS vt,
+            current_setting('wal_level') AS wl,
+            current_setting('max_replication_slots')::int AS ms, (SELECT count(*)::int FROM pg_replication_slots) AS us,
+            current_setting('max_wal_senders')::int AS mw, (SELECT count(*)::int FROM pg_stat_replication) AS uw,
+            current_setting('max_slot_wal_keep_size', true) AS keep,
+            r.rolsuper AS su, r.rolreplication AS rep,
+            (SELECT array_agg(x.rolname::text) FROM pg_roles x
+              WHERE x.rolname IN ('rds_superuser', 'rds_replication', 'pg_create_subscription') AND pg_has_role(current_user, x.oid, 'MEMBER')) AS rds,
+            EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_superuser') AS is_rds,
+            has_database_privilege(current_database(), 'CREATE') AS can_create,
+            current_user AS usr, pg_database_size(current_database()) AS size
+       FROM pg_roles r WHERE r.rolname = current_user`,
+  );
+  return {
+    version: r.v,
+    versionText: r.vt,
+    walLevel: r.wl,
+    maxSlots: r.ms,
+    usedSlots: r.us,
+    maxSenders: r.mw,
+    usedSenders: r.uw,
+    maxSlotWalKeep: r.keep,
+    superuser: r.su,
+    replication: r.rep,
+    rdsRoles: r.rds ?? [],
+    isRds: r.is_rds,
+    canCreateInDb: r.can_create,
+    user: r.usr,
+    size: r.size,
+  };
+}
+
+function replicationSettings(side: 'source' | 'target', f: ServerFacts, add: (f: Finding) => void) {
+  if (f.walLevel !== 'logical') {
+    add({
+      level: 'blocker',
+      code: `${side}-wal-level`,
+      message: `${side} wal_level is '${f.walLevel}'${side === 'target' ? ' (reverse replication, the way back after cutover, needs logical)' : ''}`,
+      hint: 'set wal_level = logical (RDS: rds.logical_replication = 1 in the parameter group) and restart the server',
+    });
+  }
+  if (f.usedSlots >= f.maxSlots) {
+    add({
+      level: 'blocker',
+      code: `${side}-replication-slots`,
+      message: `${side} has no free replication slot (${f.usedSlots} of max_replication_slots = ${f.maxSlots} in use)`,
+      hint: 'raise max_replication_slots (restart needed) or drop unused slots',
+    });
+  }
+  if (f.usedSenders >= f.maxSenders) {
+    add({
+      level: 'blocker',
+      code: `${side}-wal-senders`,
+      message: `${side} has no free WAL sender (${f.usedSenders} of max_wal_senders = ${f.maxSenders} in use)`,
+      hint: 'raise max_wal_senders (restart needed)',
+    });
+  }
+  if (side === 'source' && f.maxSlotWalKeep === '-1') {
+    add({
+      level: 'warning',
+      code: 'source-wal-keep-unbounded',
+      message: 'source max_slot_wal_keep_size is -1: a stalled slot could retain WAL until the disk fills',
+      hint: 'pgferry watches the retained WAL and drops its slot past the abort limit; consider setting max_slot_wal_keep_size',
+    });
+  }
+}
+
+async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void) {
+  replicationSettings('source', f, add);
+  const replicates =
+    f.superuser || f.replication || f.rdsRoles.includes('rds_replication') || f.rdsRoles.includes('rds_superuser');
+  if (!replicates) {
+    add({
+      level: 'blocker',
+      code: 'source-replication-privilege',
+      message: `source role ${f.user} has neither the REPLICATION attribute nor membership in rds_replication`,
+      hint: `ALTER ROLE ${f.user} REPLICATION (RDS: GRANT rds_replication TO ${f.user})`,
+    });
+  }
+  const tables = await listTables(db);
+  const unreadable = await db.query<{ t: string }>(
+    `SELECT format('%s.%s', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND c.oid = ANY ($1::oid[]) AND NOT has_table_privilege(c.oid, 'SELECT') ORDER BY 1`,
+    [tables.map((t) => t.oid)],
+  );
+  if (unreadable.length > 0) {
+    add({
+      level: 'blocker',
+      code: 'source-select-privilege',
+      message: `source role ${f.user} cannot read ${unreadable.length} table(s): ${unreadable.map((r) => r.t).join(', ')}`,
+      hint: `GRANT SELECT ON those tables TO ${f.user}`,
+    });
+  }
+  if (!f.superuser && !f.rdsRoles.includes('rds_superuser')) {
+    const notOwned = await db.query<{ t: string }>(
+      `SELECT format('%s.%s', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = ANY ($1::oid[]) AND NOT pg_has_role(c.relowner, 'USAGE') ORDER BY 1`,
+      [tables.map((t) => t.oid)],
+    );
+    if (notOwned.length > 0) {
+      add({
+        level: 'blocker',
+        code: 'source-publication-ownership',
+        message: `source role ${f.user} does not own ${notOwned.length} table(s) it must publish: ${notOwned
+          .slice(0, 10)
+          .map((r) => r.t)
+          .join(', ')}`,
+        hint: 'migrate as the tables’ owner or a superuser (RDS: a member of rds_superuser)',
+      });
+    }
+  }
+  for (const t of tables) {
+    const name = `${t.schema}.${t.name}`;
+    if (t.kind !== 'partitioned' && !t.unlogged && !hasReplicaIdentity(t)) {
+      add({
+        level: 'blocker',
+        code: 'table-without-identity',
+        object: name,
+        message: `table ${name} has no primary key and no usable replica identity: once published, UPDATE and DELETE on it would fail on the source`,
+        hint: `add a primary key, or ALTER TABLE ${name} REPLICA IDENTITY FULL`,
+      });
+    } else if (t.replicaIdentity === 'full' || t.replicaIdentity === 'index') {
+      add({
+        level: 'info',
+        code: 'table-replica-identity',
+        object: name,
+        message: `table ${name} replicates with REPLICA IDENTITY ${t.replicaIdentity === 'full' ? 'FULL' : `USING INDEX (${t.identityColumns.join(', ')})`}`,
+      });
+    }
+    if (t.unlogged) {
+      add({
+        level: 'warning',
+        code: 'unlogged-table',
+        object: name,
+        message: `table ${name} is UNLOGGED: logical replication cannot carry it, so its rows are neither copied nor replicated`,
+        hint: `ALTER TABLE ${name} SET LOGGED before migrating if its contents matter`,
+      });
+    }
+    if (t.kind === 'partitioned' && !t.root) {
+      add({
+        level: 'info',
+        code: 'partitioned-table',
+        object: name,
+        message: `table ${name} is partitioned: published through its root, copied partition by partition`,
+      });
+    }
+    const generated = t.columns.filter((c) => c.generated).map((c) => c.name);
+    if (generated.length) {
+      add({
+        level: 'info',
+        code: 'generated-columns',
+        object: name,
+        message: `table ${name} has generated column(s) ${generated.join(', ')}: computed on the target, not copied`,
+      });
+    }
+    const identity = t.columns.filter((c) => c.identity).map((c) => c.name);
+    if (identity.length) {
+      add({
+        level: 'info',
+        code: 'identity-columns',
+        object: name,
+        message: `table ${name} has identity column(s) ${identity.join(', ')}: their sequences are synced at cutover`,
+      });
+    }
+  }
+  const [lo] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_largeobject_metadata');
+  if ((lo?.n ?? 0) > 0) {
+    add({
+      level: 'blocker',
+      code: 'large-objects',
+      message: `source database holds ${lo?.n} large object(s): logical replication does not carry large objects, so writes to them would be lost`,
+      hint: 'move them into bytea columns, or migrate this database with pg_dump/pg_restore during a maintenance window',
+    });
+  }
+  for (const m of await db.query<{ v: string }>(
+    "SELECT format('%s.%s', schemaname, matviewname) AS v FROM pg_matviews WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+  )) {
+    add({
+      level: 'warning',
+      code: 'materialized-view',
+      object: m.v,
+      message: `materialized view ${m.v} is not replicated: it is created on the target and must be refreshed there after cutover`,
+      hint: `REFRESH MATERIALIZED VIEW ${m.v} on the target after cutover`,
+    });
+  }
+  const sequences = await listSequences(db);
+  const unreadableSeqs = sequences.filter((x) => !x.readable).map((x) => `${x.schema}.${x.name}`);
+  if (unreadableSeqs.length > 0) {
+    add({
+      level: 'blocker',
+      code: 'source-sequence-privilege',
+      message: `source role ${f.user} cannot read ${unreadableSeqs.length} sequence(s): ${unreadableSeqs.join(', ')}; they must be synced at cutover`,
+      hint: `GRANT SELECT ON ALL SEQUENCES IN SCHEMA <schema> TO ${f.user}`,
+    });
+  }
+  for (const s of sequences.filter((x) => !x.ownedBy)) {
+    add({
+      level: 'info',
+      code: 'unowned-sequence',
+      object: `${s.schema}.${s.name}`,
+      message: `sequence ${s.schema}.${s.name} is not owned by any column: it is synced at cutover like the others`,
+    });
+  }
+  for (const t of await longTransactions(db, LONG_TRANSACTION_MS)) {
+    add({
+      level: 'warning',
+      code: 'long-transaction',
+      object: `pid ${t.pid}`,
+      message: `transaction pid ${t.pid} (user ${t.user}${t.application ? `, ${t.application}` : ''}) has been open for ${Math.round(t.ageMs / 60_000)} min: the replication slot cannot be created until it ends`,
+      hint: 'let it finish, or end it with pg_terminate_backend',
+    });
+  }
+  const [prepared] = await db.query<{ n: number; gids: string[] | null }>(
+    'SELECT count(*)::int AS n, array_agg(gid) AS gids FROM pg_prepared_xacts WHERE database = current_database()',
+  );
+  if ((prepared?.n ?? 0) > 0) {
+    add({
+      level: 'blocker',
+      code: 'prepared-transactions',
+      message: `source has ${prepared?.n} prepared transaction(s) (${(prepared?.gids ?? []).join(', ')}): the replication slot cannot be created while they are pending`,
+      hint: 'COMMIT PREPARED or ROLLBACK PREPARED them',
+    });
+  }
+  for (const e of await db.query<{ evtname: string }>('SELECT evtname FROM pg_event_trigger ORDER BY 1')) {
+    add({
+      level: 'warning',
+      code: 'event-trigger',
+      object: e.evtname,
+      message: `event trigger ${e.evtname} is not copied (it needs superuser; on RDS rds_superuser)`,
+      hint: 'recreate it on the target after cutover if it is still needed',
+    });
+  }
+  const roles = await db.query<{ rolname: string }>(
+    `SELECT DISTINCT r.rolname FROM pg_roles r WHERE r.rolname !~ '^(pg_|rds)' AND r.oid >= 16384 AND (
+        EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND (c.relowner = r.oid
+                   OR EXISTS (SELECT 1 FROM aclexplode(c.relacl) a WHERE a.grantee = r.oid)))
+        OR EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspowner = r.oid AND n.nspname NOT LIKE 'pg_%'))
+      ORDER BY 1`,
+  );
+  if (roles.length > 0) {
+    add({
+      level: 'info',
+      code: 'roles',
+      message: `roles that own objects or hold grants: ${roles.map((r) => r.rolname).join(', ')}; they are created on the target without passwords or superuser (set passwords there)`,
+    });
+  }
+  return tables;
+}
+
+async function targetFindings(
+  db: Db,
+  f: ServerFacts,
+  source: ServerFacts,
+  extensions: string[],
+  migrationId: string | undefined,
+  add: (f: Finding) => void,
+) {
+  if (f.version < source.version) {
+    add({
+      level: 'blocker',
+      code: 'target-version',
+      message: `target runs PostgreSQL ${f.version}, older than the source's ${source.version}`,
+      hint: `use a target of version ${source.version} or newer`,
+    });
+  }
+  replicationSettings('target', f, add);
+  const canSubscribe =
+    f.superuser || f.rdsRoles.includes('rds_superuser') || f.rdsRoles.includes('pg_create_subscription');
+  if (!canSubscribe) {
+    add({
+      level: 'blocker',
+      code: 'target-subscription-privilege',
+      message: `target role ${f.user} cannot create subscriptions`,
+      hint: `connect as a superuser (RDS: a member of rds_superuser${f.version >= 16 ? `; or GRANT pg_create_subscription TO ${f.user}` : ''})`,
+    });
+  }
+  if (!f.canCreateInDb && !f.superuser) {
+    add({
+      level: 'blocker',
+      code: 'target-create-privilege',
+      message: `target role ${f.user} lacks CREATE on database ${db.database}`,
+      hint: `GRANT CREATE ON DATABASE ${db.database} TO ${f.user}`,
+    });
+  }
+  const existing = await db.query<{ t: string }>(
+    `SELECT format('%s.%s', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry')
+        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1`,
+  );
+  if (existing.length > 0) {
+    const { t } = await db.one<{ t: string | null }>("SELECT to_regclass('pgferry.migration')::text AS t");
+    const ours =
+      t && migrationId
+        ? (await db.query('SELECT 1 FROM pgferry.migration WHERE id = $1', [migrationId])).length > 0
+        : false;
+    if (!ours) {
+      add({
+        level: 'blocker',
+        code: 'target-not-empty',
+        message: `target database ${db.database} is not empty (${existing.length} table(s), e.g. ${existing
+          .slice(0, 3)
+          .map((r) => r.t)
+          .join(', ')}); pgferry needs an empty target database`,
+        hint: 'create a new empty database on the target and point --target at it',
+      });
+    }
+  }
+  const available = new Set(
+    (await db.query<{ name: string }>('SELECT name FROM pg_available_extensions')).map((r) => r.name),
+  );
+  for (const ext of extensions) {
+    if (!available.has(ext)) {
+      add({
+        level: 'blocker',
+        code: 'extension-unavailable',
+        object: ext,
+        message: `extension ${ext} is installed on the source but not available on the target`,
+        hint: `install ${ext} on the target server, or drop it from the source if unused`,
+      });
+    }
+  }
+}
+
+export async function assess(
+  source: Db,
+  target?: Db,
+  options: { migrationId?: string } = {},
+): Promise<AssessmentReport> {
+  const findings: Finding[] = [];
+  const add = (f: Finding) => findings.push(f);
+  const src = await facts(source);
+  const tables = await sourceFindings(source, src, add);
+  const extensions = (
+    await source.query<{ extname: string }>("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1")
+  ).map((r) => r.extname);
+  let tgt: ServerFacts | undefined;
+  if (target) {
+    tgt = await facts(target);
+    await targetFindings(target, tgt, src, extensions, options.migrationId, add);
+  }
+  // An RDS target answers for itself (pg_available_extensions above); otherwise check the RDS list.
+  if (!tgt?.isRds) {
+    const major = String(tgt?.version ?? src.version);
+    const list = rdsExtensions();
+    const supported = new Set(list.versions[major] ?? []);
+    for (const ext of extensions) {
+      if (!supported.has(ext)) {
+        add({
+          level: 'blocker',
+          code: 'extension-not-on-rds',
+          object: ext,
+          message: `extension ${ext} is not supported by RDS for PostgreSQL ${major}`,
+          hint: `drop it from the source or replace it; list: ${list.source}`,
+        });
+      }
+    }
+  }
+  const order = { blocker: 0, warning: 1, info: 2 } as const;
+  findings.sort((a, b) => order[a.level] - order[b.level]);
+  return {
+    source: {
+      version: src.version,
+      versionText: src.versionText,
+      database: source.database,
+      sizeBytes: src.size,
+      tables: copyableTables(tables).map((t) => ({
+        name: `${t.schema}.${t.name}`,
+        sizeBytes: t.sizeBytes,
+        rowEstimate: t.rowEstimate,
+      })),
+    },
+    target:
+      tgt && target
+        ? { version: tgt.version, versionText: tgt.versionText, database: target.database, isRds: tgt.isRds }
+        : undefined,
+    findings,
+  };
+}
+
+export function blockers(report: AssessmentReport): Finding[] {
+  return report.findings.filter((f) => f.level === 'blocker');
+}
+
+export function assertNoBlockers(report: AssessmentReport, migrationId?: string): void {
+  const b = blockers(report);
+  if (b.length === 0) return;
+  throw new AssessmentBlockedError(
+    `assessment found ${b.length} blocker(s); nothing was created:\n${b.map((f) => `  - ${f.message}${f.hint ? `\n    fix: ${f.hint}` : ''}`).join('\n')}`,
+    b.map((f) => ({ code: f.code, message: f.message, object: f.object })),
+    { migrationId, phase: 'assess', hint: 'fix the blockers above and run the command again' },
+  );
+}
+
+export function formatReport(report: AssessmentReport): string {
+  const s = report.source;
+  const lines = [
+    `source: PostgreSQL ${s.version}, database ${s.database}, ${(s.sizeBytes / MiB).toFixed(1)} MiB, ${s.tables.length} tables`,
+  ];
+  if (report.target)
+    lines.push(
+      `target: PostgreSQL ${report.target.version}, database ${report.target.database}${report.target.isRds ? ' (RDS)' : ''}`,
+    );
+  const largest = [...s.tables].sort((a, b) => b.sizeBytes - a.sizeBytes).slice(0, 10);
+  if (largest.length) {
+    lines.push('largest tables:');
+    for (const t of largest)
+      lines.push(`  ${t.name.padEnd(40)} ${(t.sizeBytes / MiB).toFixed(1).padStart(10)} MiB  ~${t.rowEstimate} rows`);
+  }
+  for (const level of ['blocker', 'warning', 'info'] as const) {
+    const fs = report.findings.filter((f) => f.level === level);
+    if (!fs.length) continue;
+    lines.push(`${level === 'blocker' ? 'BLOCKERS' : level === 'warning' ? 'warnings' : 'info'} (${fs.length}):`);
+    for (const f of fs) lines.push(`  - ${f.message}${f.hint ? `\n    fix: ${f.hint}` : ''}`);
+  }
+  const b = blockers(report).length;
+  lines.push(b ? `${b} blocker(s): fix them before migrating` : 'no blockers: ready to migrate');
+  return lines.join('\n');
+}

@@ -1,0 +1,84 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { assertNoBlockers, assess, connect, type Db, formatReport } from '../packages/postgres/src/index';
+import { loadSample } from './harness/migration';
+import { freshPair, leftovers, type Pair, serverUrl } from './harness/pairs';
+
+let pair: Pair | undefined;
+const open: Db[] = [];
+afterEach(async () => {
+  for (const db of open.splice(0)) await db.end();
+  await pair?.drop();
+  pair = undefined;
+});
+
+async function dbs(p: Pair, sourceUrl = p.sourceUrl) {
+  const source = await connect(sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
+  const target = await connect(p.targetUrl, { side: 'target', applicationName: 'pgferry:test' });
+  open.push(source, target);
+  return { source, target };
+}
+
+const codes = (r: Awaited<ReturnType<typeof assess>>, level = 'blocker') =>
+  r.findings.filter((f) => f.level === level).map((f) => f.code);
+
+describe('assess', () => {
+  it('finds no blocker in the sample database and explains what it will do, creating nothing', async () => {
+    pair = await freshPair(16, 'asmok');
+    await loadSample(pair, 100);
+    const { source, target } = await dbs(pair);
+    const report = await assess(source, target);
+    expect(codes(report)).toEqual([]);
+    expect(report.target?.version).toBe(16);
+    expect(codes(report, 'info')).toEqual(
+      expect.arrayContaining([
+        'table-replica-identity',
+        'partitioned-table',
+        'generated-columns',
+        'identity-columns',
+        'unowned-sequence',
+      ]),
+    );
+    expect(() => assertNoBlockers(report)).not.toThrow();
+    expect(formatReport(report)).toContain('no blockers: ready to migrate');
+    expect(await leftovers(pair)).toEqual([]);
+  });
+
+  it('blocks a table without identity, large objects, an extension RDS lacks and a non-empty target, naming each', async () => {
+    pair = await freshPair(15, 'asmbad');
+    await pair.source('CREATE TABLE no_key (a int, b text); CREATE EXTENSION file_fdw; SELECT lo_create(0)');
+    await pair.source('CREATE MATERIALIZED VIEW mv AS SELECT 1 AS x');
+    await pair.target('CREATE TABLE already_here (id int PRIMARY KEY)');
+    const { source, target } = await dbs(pair);
+    const report = await assess(source, target, { migrationId: 'whatever' });
+    expect(codes(report).sort()).toEqual(
+      ['extension-not-on-rds', 'extension-unavailable', 'large-objects', 'table-without-identity', 'target-not-empty']
+        .filter((c) => c !== 'extension-unavailable' || report.findings.some((f) => f.code === c))
+        .sort(),
+    );
+    expect(report.findings.find((f) => f.code === 'table-without-identity')?.object).toBe('public.no_key');
+    expect(report.findings.find((f) => f.code === 'extension-not-on-rds')?.message).toContain('file_fdw');
+    expect(codes(report, 'warning')).toContain('materialized-view');
+    expect(() => assertNoBlockers(report)).toThrow(/already_here[\s\S]*no_key|no_key[\s\S]*already_here/);
+    expect(await leftovers(pair)).toEqual([]);
+  });
+
+  it('blocks a role without the replication privilege and names the fix', async () => {
+    pair = await freshPair(15, 'asmpriv');
+    await loadSample(pair, 10);
+    const role = `plain_${pair.sourceDb.slice(-8)}`;
+    await pair.source(
+      `CREATE ROLE ${role} LOGIN PASSWORD 'pw'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO ${role}`,
+    );
+    try {
+      const { source, target } = await dbs(pair, serverUrl(pair.sourceServer, pair.sourceDb, role, 'pw'));
+      const report = await assess(source, target);
+      const f = report.findings.find((x) => x.code === 'source-replication-privilege');
+      expect(f?.level).toBe('blocker');
+      expect(f?.hint).toContain(`ALTER ROLE ${role} REPLICATION`);
+      expect(codes(report)).toContain('source-publication-ownership');
+    } finally {
+      for (const db of open.splice(0)) await db.end();
+      await pair.source(`DROP OWNED BY ${role}; DROP ROLE ${role}`);
+    }
+  });
+});

@@ -10,8 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { parseArgs } from 'node:util';
-import { promisify } from 'node:util';
+import { parseArgs, promisify } from 'node:util';
 import { type LocalServer, startServer } from '../packages/cli/src/local-servers';
 import { createMigration, openSession, type Runtime } from '../packages/cli/src/runner';
 import { FileMigrationStore } from '../packages/cli/src/store';
@@ -40,7 +39,9 @@ function run(cmd: string, args: string[], env: Record<string, string> = {}): Pro
     child.stderr.on('data', (d) => {
       out += d;
     });
-    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${out.slice(-2000)}`))));
+    child.on('close', (code) =>
+      code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${out.slice(-2000)}`)),
+    );
   });
 }
 
@@ -72,17 +73,32 @@ try {
   const env = { PGPASSWORD: source.password };
   await source.query('CREATE DATABASE bench');
   const t0 = performance.now();
-  await run(`${BIN}/pgbench`, ['-i', '-s', String(scale), '-q', '-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres', 'bench'], env);
+  await run(
+    `${BIN}/pgbench`,
+    ['-i', '-s', String(scale), '-q', '-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres', 'bench'],
+    env,
+  );
   // pgbench_history has no key; logical replication needs one, and every contender copies the same database.
   await source.query('ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY', [], 'bench');
-  await source.query('INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1 + g % 10, 1, g, g % 100, now() FROM generate_series(1, $1) g', [scale * 20_000], 'bench');
+  await source.query(
+    'INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1 + g % 10, 1, g, g % 100, now() FROM generate_series(1, $1) g',
+    [scale * 20_000],
+    'bench',
+  );
   await source.query('VACUUM ANALYZE', [], 'bench');
   sizeBytes = Number((await source.query("SELECT pg_database_size('bench') AS s")).rows[0]?.s);
   const expected = await counts(source, 'bench');
   const MiB = sizeBytes / 1024 / 1024;
   if (!values.json) {
-    console.log(`dataset: pgbench scale ${scale} + ${scale * 20_000} history rows, ${MiB.toFixed(0)} MiB (generated in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-    console.log(`servers: PostgreSQL 15 → 15 on loopback, fsync=off, full_page_writes=off (same for every contender); --jobs ${jobs}\n`);
+    console.log(
+      `dataset: pgbench scale ${scale} + ${scale * 20_000} history rows, ${MiB.toFixed(0)} MiB (generated in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+    );
+    console.log(
+      `servers: PostgreSQL 15 → 15 on loopback, fsync=off, full_page_writes=off (same for every contender); --jobs ${jobs}`,
+    );
+    console.log(
+      'pgferry also ANALYZEs every table and builds indexes with maintenance_work_mem=256MB; pg_restore and pgcopydb run with their defaults\n',
+    );
   }
   const check = async (db: string) => JSON.stringify(await counts(target, db)) === JSON.stringify(expected);
 
@@ -93,7 +109,11 @@ try {
     const start = performance.now();
     await run('pg_dump', ['-Fc', '-f', file, '-d', `postgres://postgres@127.0.0.1:${source.port}/bench`], env);
     const dumped = performance.now();
-    await run('pg_restore', ['-j', String(jobs), '-d', `postgres://postgres@127.0.0.1:${target.port}/dump_restore`, file], { PGPASSWORD: target.password });
+    await run(
+      'pg_restore',
+      ['-j', String(jobs), '-d', `postgres://postgres@127.0.0.1:${target.port}/dump_restore`, file],
+      { PGPASSWORD: target.password },
+    );
     const end = performance.now();
     results.push({
       name: 'pg_dump -Fc + pg_restore',
@@ -124,7 +144,11 @@ try {
       '--dir',
       join(work, 'pgcopydb'),
     ]);
-    results.push({ name: 'pgcopydb clone', seconds: (performance.now() - start) / 1000, countsOk: await check('pgcopydb') });
+    results.push({
+      name: 'pgcopydb clone',
+      seconds: (performance.now() - start) / 1000,
+      countsOk: await check('pgcopydb'),
+    });
     await target.query('DROP DATABASE pgcopydb');
   } else {
     results.push({ name: 'pgcopydb clone', note: 'not installed (apt-get install -y pgcopydb)' });
@@ -134,14 +158,29 @@ try {
   {
     await target.query('CREATE DATABASE pgferry');
     const stateDir = join(work, 'state');
-    const rt: Runtime = { store: new FileMigrationStore(stateDir), stateDir, events: { log: () => {}, phase: () => {} } };
-    const m = await createMigration(rt, { id: 'benchload', sourceUrl: source.url('bench'), targetUrl: target.url('pgferry'), jobs, splitTableBytes: SPLIT_BYTES });
+    const rt: Runtime = {
+      store: new FileMigrationStore(stateDir),
+      stateDir,
+      events: { log: () => {}, phase: () => {} },
+    };
+    const m = await createMigration(rt, {
+      id: 'benchload',
+      sourceUrl: source.url('bench'),
+      targetUrl: target.url('pgferry'),
+      jobs,
+      splitTableBytes: SPLIT_BYTES,
+    });
     const session = await openSession(rt, m.id);
     try {
       const start = performance.now();
       await prepareSchema(session.ctx);
       const summary = await bulkLoad(session.ctx);
-      results.push({ name: 'pgferry snapshot', seconds: (performance.now() - start) / 1000, note: summary.split(';')[0], countsOk: await check('pgferry') });
+      results.push({
+        name: 'pgferry snapshot',
+        seconds: (performance.now() - start) / 1000,
+        note: summary,
+        countsOk: await check('pgferry'),
+      });
       await rollback(session.ctx); // drop the slot and publication; nothing stays on the source
     } finally {
       await session.close();
@@ -160,16 +199,24 @@ const ferry = results.find((r) => r.name === 'pgferry snapshot')?.seconds;
 if (values.json) {
   console.log(JSON.stringify({ scale, jobs, sizeBytes, results }));
 } else {
-  console.log(`${'contender'.padEnd(28)}${'wall s'.padStart(9)}${'MiB/s'.padStart(9)}${'vs dump+restore'.padStart(17)}  rows`);
+  console.log(
+    `${'contender'.padEnd(28)}${'wall s'.padStart(9)}${'MiB/s'.padStart(9)}${'vs dump+restore'.padStart(17)}  rows`,
+  );
   for (const r of results) {
     if (r.seconds === undefined) {
       console.log(`${r.name.padEnd(28)}${'-'.padStart(9)}${'-'.padStart(9)}${'-'.padStart(17)}  ${r.note ?? ''}`);
       continue;
     }
     const ratio = baseline ? `${(baseline / r.seconds).toFixed(2)}×` : '-';
-    console.log(`${r.name.padEnd(28)}${r.seconds.toFixed(1).padStart(9)}${(MiB / r.seconds).toFixed(1).padStart(9)}${ratio.padStart(17)}  ${r.countsOk ? 'match' : 'MISMATCH'}${r.note ? `  (${r.note})` : ''}`);
+    console.log(
+      `${r.name.padEnd(28)}${r.seconds.toFixed(1).padStart(9)}${(MiB / r.seconds).toFixed(1).padStart(9)}${ratio.padStart(17)}  ${r.countsOk ? 'match' : 'MISMATCH'}${r.note ? `  (${r.note})` : ''}`,
+    );
   }
   const goal = (ok: boolean | undefined) => (ok === undefined ? 'n/a' : ok ? 'met' : 'NOT met');
-  console.log(`\ngoal: pgferry ≥ 1.6× faster than dump+restore: ${goal(baseline && ferry ? baseline / ferry >= 1.6 : undefined)}${baseline && ferry ? ` (${(baseline / ferry).toFixed(2)}×)` : ''}`);
-  console.log(`goal: pgferry at least as fast as pgcopydb: ${goal(copydb && ferry ? ferry <= copydb : undefined)}${copydb && ferry ? ` (${(copydb / ferry).toFixed(2)}×)` : ''}`);
+  console.log(
+    `\ngoal: pgferry ≥ 1.6× faster than dump+restore: ${goal(baseline && ferry ? baseline / ferry >= 1.6 : undefined)}${baseline && ferry ? ` (${(baseline / ferry).toFixed(2)}×)` : ''}`,
+  );
+  console.log(
+    `goal: pgferry at least as fast as pgcopydb: ${goal(copydb && ferry ? ferry <= copydb : undefined)}${copydb && ferry ? ` (${(copydb / ferry).toFixed(2)}×)` : ''}`,
+  );
 }

@@ -71,7 +71,7 @@ describe('phases', () => {
         s.cutover = { freezeAt: new Date().toISOString() };
       });
       await cutover(ctx);
-      expect(rt.logs.some((l) => /stopped before the switch: unfreezing/.test(l))).toBe(true);
+      expect(rt.logs.some((l) => /stopped before the switch: unfreezing the source/.test(l))).toBe(true);
       expect(await cutover(ctx)).toMatch(/already done/);
       expect(await verify(ctx)).toMatch(/checksums match/);
       expect(await cleanup(ctx)).toMatch(/nothing left behind/);
@@ -80,6 +80,29 @@ describe('phases', () => {
     } finally {
       await session.close();
     }
+  });
+
+  it('unfreezes the source on resume after a crash inside the write gap, even with --cutover manual', async () => {
+    const { pair, rt } = await setup('gapcrash', 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // What a kill -9 between the freeze and the switch leaves: a frozen source, a half-recorded cutover.
+    await pair.source(`ALTER DATABASE ${pair.sourceDb} SET default_transaction_read_only = on`);
+    const before = await rt.store.get(m.id);
+    await rt.store.put({
+      ...before,
+      status: 'running',
+      phase: 'cutover',
+      cutover: { freezeAt: new Date().toISOString() },
+    });
+    const { describeState } = await import('../packages/cli/src/output');
+    expect(describeState(await rt.store.get(m.id))).toContain('the source may still be frozen');
+    const resumed = await advance(rt, m.id, { cutover: 'manual' });
+    expect(resumed.status).toBe('awaiting-cutover');
+    expect(await frozen(pair, 'source')).toBe(false);
+    await pair.source('INSERT INTO orders (customer_id, amount) VALUES (1, 1)'); // the source takes writes again
+    const done = await advance(rt, m.id, { cutover: 'now' });
+    expect(done.verify?.ok).toBe(true);
   });
 
   it('replicates REPLICA IDENTITY FULL and USING INDEX tables, unchanged TOAST values, generated, identity and partitioned columns', async () => {

@@ -107,6 +107,11 @@ export function describeState(s: MigrationState): string {
       `  lag ${lag.ms} ms / ${lag.bytes} bytes at ${lag.at}; slot retains ${fmtBytes(s.walRetainedBytes ?? 0)}`,
     );
   if (s.ddlDrift?.length) lines.push(`  DDL drift: ${s.ddlDrift.join('; ')}`);
+  if (s.cutover?.freezeAt && !s.cutover.switchAt && s.status !== 'rolled-back') {
+    lines.push(
+      `  ATTENTION: a cutover began at ${s.cutover.freezeAt} and did not finish; the source may still be frozen (read-only).\n  Run \`pgferry resume --id ${s.id}\` to finish it or \`pgferry rollback --id ${s.id}\` to unfreeze and undo.`,
+    );
+  }
   if (s.cutover?.switchAt) lines.push(`  write gap: ${s.cutover.writeGapMs} ms (switched at ${s.cutover.switchAt})`);
   if (s.rollback?.switchAt) lines.push(`  rolled back: write gap ${s.rollback.writeGapMs} ms`);
   if (s.verify) lines.push(`  verify: ${s.verify.ok ? 'OK' : 'MISMATCH'} (${s.verify.tables.length} tables)`);

@@ -32,6 +32,7 @@ import {
   prepareSchema,
   rollback,
   startReplication,
+  undoInterruptedCutover,
   verify,
 } from '@pgferry/postgres';
 
@@ -200,6 +201,8 @@ export async function advance(rt: Runtime, id: string, options: AdvanceOptions):
     await ctx.update((s) => {
       s.status = 'running';
     });
+    // Before anything else: never leave the source frozen by a cutover that died half way.
+    await undoInterruptedCutover(ctx);
     if (!ctx.state.cutover?.switchAt) {
       for (const [phase, fn] of LOAD_PHASES) {
         if (ctx.state.phases[phase]?.endedAt) {

@@ -21,6 +21,8 @@ export const DEFAULTS = {
   /** Tables larger than this are split into ranges for parallel COPY. */
   splitTableBytes: 256 * 1024 ** 2,
   verifyChunkRows: 50_000,
+  /** maintenance_work_mem of each index-building session on the target (post-data runs --jobs of them). */
+  indexBuildMemory: '256MB',
   verifyRechecks: 5,
   statementTimeoutMs: 0,
   lockTimeoutMs: 10_000,

@@ -47,6 +47,21 @@ async function finish(ctx: PhaseContext) {
   await dropSlot(ctx.source, n.slot);
 }
 
+/**
+ * A cutover that froze the source and then stopped (crash, kill) before the switch: the application
+ * still points at the source, so unfreeze it and resume forward replication. Returns true if it did.
+ */
+export async function undoInterruptedCutover(ctx: PhaseContext): Promise<boolean> {
+  const c = ctx.state.cutover;
+  if (!c?.freezeAt || c.switchAt) return false;
+  ctx.log('a previous cutover stopped before the switch: unfreezing the source and resuming forward replication');
+  await undo(ctx);
+  await ctx.update((s) => {
+    s.cutover = undefined;
+  });
+  return true;
+}
+
 export async function cutover(ctx: PhaseContext): Promise<string> {
   const n = objectNames(ctx.config.id);
   const c = ctx.state.cutover;
@@ -54,11 +69,8 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     await finish(ctx);
     return `already done: switched at ${c.switchAt} (write gap ${c.writeGapMs} ms)`;
   }
-  if (c?.freezeAt) {
-    // A crash between freeze and switch: the application still points at the source. Undo, then go again.
-    ctx.log('a previous cutover stopped before the switch: unfreezing the source and starting the cutover again');
-    await undo(ctx);
-  }
+  // A crash between freeze and switch: the application still points at the source. Undo, then go again.
+  await undoInterruptedCutover(ctx);
   // Everything that can be prepared outside the write gap is prepared here.
   if (!(await publicationExists(ctx.target, n.reversePublication))) {
     await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target));

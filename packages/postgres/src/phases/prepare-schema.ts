@@ -5,7 +5,7 @@
  */
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { objectNames, SchemaFailedError } from '@pgferry/core';
+import { DEFAULTS, objectNames, SchemaFailedError } from '@pgferry/core';
 import { ident } from '../db';
 import { findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, sourceMajor } from './context';
@@ -119,9 +119,11 @@ async function restore(ctx: PhaseContext, file: string, section: 'pre-data' | 'p
   if (section === 'pre-data') args.push('--single-transaction', '--exit-on-error');
   else args.push('--jobs', String(jobs));
   // Our session must write even if the target database is frozen (rollback of a previous attempt).
+  // Index builds sort in memory instead of spilling to disk (pg_restore alone uses the server default).
+  const memory = section === 'post-data' ? ` -c maintenance_work_mem=${DEFAULTS.indexBuildMemory}` : '';
   const res = await runTool(pgRestore, [...args, file], {
     ...tgt.env,
-    PGOPTIONS: '-c default_transaction_read_only=off',
+    PGOPTIONS: `-c default_transaction_read_only=off${memory}`,
   });
   if (res.code === 0) return;
   const errors = res.stderr.split('\n').filter((l) => /ERROR:/.test(l));

@@ -21,11 +21,15 @@ const { values } = parseArgs({
     scale: { type: 'string', default: '50' },
     jobs: { type: 'string', default: '4' },
     json: { type: 'boolean', default: false },
+    only: { type: 'string' },
+    'split-mb': { type: 'string', default: '256' },
   },
 });
+/** --only pgferry,dump,pgcopydb runs a subset (ratios need the dump baseline). */
+const only = new Set((values.only ?? 'pgferry,dump,pgcopydb').split(','));
 const scale = Number(values.scale);
 const jobs = Number(values.jobs);
-const SPLIT_BYTES = 256 * 1024 * 1024; // the same split threshold for pgferry and pgcopydb
+const SPLIT_BYTES = Number(values['split-mb']) * 1024 * 1024; // the same split threshold for pgferry and pgcopydb
 const TABLES = ['pgbench_accounts', 'pgbench_branches', 'pgbench_tellers', 'pgbench_history'];
 const BIN = '/usr/lib/postgresql/15/bin';
 
@@ -100,11 +104,17 @@ try {
       'pgferry also ANALYZEs every table and builds indexes with maintenance_work_mem=256MB; pg_restore and pgcopydb run with their defaults\n',
     );
   }
+  // Every contender starts from the same quiet state: no pending checkpoint, no autovacuum backlog.
+  const settle = async () => {
+    await source.query('CHECKPOINT');
+    await target.query('CHECKPOINT');
+  };
   const check = async (db: string) => JSON.stringify(await counts(target, db)) === JSON.stringify(expected);
 
   // A: the seed's way.
-  {
+  if (only.has('dump')) {
     await target.query('CREATE DATABASE dump_restore');
+    await settle();
     const file = join(work, 'bench.dump');
     const start = performance.now();
     await run('pg_dump', ['-Fc', '-f', file, '-d', `postgres://postgres@127.0.0.1:${source.port}/bench`], env);
@@ -125,9 +135,12 @@ try {
   }
 
   // B: pgcopydb, when installed.
-  const pgcopydb = await which('pgcopydb');
-  if (pgcopydb) {
+  const pgcopydb = only.has('pgcopydb') ? await which('pgcopydb') : undefined;
+  if (!only.has('pgcopydb')) {
+    // not asked for
+  } else if (pgcopydb) {
     await target.query('CREATE DATABASE pgcopydb');
+    await settle();
     const start = performance.now();
     await run(pgcopydb, [
       'clone',
@@ -155,7 +168,7 @@ try {
   }
 
   // C: pgferry's snapshot load: slot + exported snapshot, schema, parallel COPY, indexes, ANALYZE.
-  {
+  if (only.has('pgferry')) {
     await target.query('CREATE DATABASE pgferry');
     const stateDir = join(work, 'state');
     const rt: Runtime = {
@@ -171,6 +184,7 @@ try {
       splitTableBytes: SPLIT_BYTES,
     });
     const session = await openSession(rt, m.id);
+    await settle();
     try {
       const start = performance.now();
       await prepareSchema(session.ctx);

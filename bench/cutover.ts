@@ -7,7 +7,6 @@
  * pgbench supplies the load (it cannot follow a switch, so its clients end at the freeze); two LiveWriters
  * commit through the switch file and every one of their acknowledged commits is looked up on the target.
  */
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +15,7 @@ import { startServer } from '../packages/cli/src/local-servers';
 import { advance, cleanupMigration, createMigration, type Runtime } from '../packages/cli/src/runner';
 import { FileMigrationStore } from '../packages/cli/src/store';
 import { LiveWriter } from '../packages/cli/src/writer';
+import { run } from './lib';
 
 const { values } = parseArgs({
   options: {
@@ -36,20 +36,6 @@ const quantile = (xs: number[], q: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length ? (s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? 0) : 0;
 };
-
-function run(cmd: string, args: string[], env: Record<string, string>): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { env: { ...process.env, ...env } });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    child.stderr.on('data', (d) => {
-      out += d;
-    });
-    child.on('close', (code) => resolve({ code: code ?? 1, out }));
-  });
-}
 
 const work = mkdtempSync(join(tmpdir(), 'pgferry-bench-cutover-'));
 const source = await startServer({ version: 15, name: 'bench-src' });

@@ -5,7 +5,7 @@
  *
  *   npm run bench -- [--scale 50] [--jobs 4] [--json]
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { type LocalServer, startServer } from '../packages/cli/src/local-servers
 import { createMigration, openSession, type Runtime } from '../packages/cli/src/runner';
 import { FileMigrationStore } from '../packages/cli/src/store';
 import { bulkLoad, prepareSchema, rollback } from '../packages/postgres/src/index';
+import { runOk } from './lib';
 
 const { values } = parseArgs({
   options: {
@@ -32,22 +33,6 @@ const jobs = Number(values.jobs);
 const SPLIT_BYTES = Number(values['split-mb']) * 1024 * 1024; // the same split threshold for pgferry and pgcopydb
 const TABLES = ['pgbench_accounts', 'pgbench_branches', 'pgbench_tellers', 'pgbench_history'];
 const BIN = '/usr/lib/postgresql/15/bin';
-
-function run(cmd: string, args: string[], env: Record<string, string> = {}): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env: { ...process.env, ...env } });
-    let out = '';
-    child.stdout.on('data', (d) => {
-      out += d;
-    });
-    child.stderr.on('data', (d) => {
-      out += d;
-    });
-    child.on('close', (code) =>
-      code === 0 ? resolve(out) : reject(new Error(`${cmd} exited ${code}: ${out.slice(-2000)}`)),
-    );
-  });
-}
 
 const which = (cmd: string) =>
   promisify(execFile)('which', [cmd]).then(
@@ -77,7 +62,7 @@ try {
   const env = { PGPASSWORD: source.password };
   await source.query('CREATE DATABASE bench');
   const t0 = performance.now();
-  await run(
+  await runOk(
     `${BIN}/pgbench`,
     ['-i', '-s', String(scale), '-q', '-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres', 'bench'],
     env,
@@ -117,9 +102,9 @@ try {
     await settle();
     const file = join(work, 'bench.dump');
     const start = performance.now();
-    await run('pg_dump', ['-Fc', '-f', file, '-d', `postgres://postgres@127.0.0.1:${source.port}/bench`], env);
+    await runOk('pg_dump', ['-Fc', '-f', file, '-d', `postgres://postgres@127.0.0.1:${source.port}/bench`], env);
     const dumped = performance.now();
-    await run(
+    await runOk(
       'pg_restore',
       ['-j', String(jobs), '-d', `postgres://postgres@127.0.0.1:${target.port}/dump_restore`, file],
       { PGPASSWORD: target.password },
@@ -142,7 +127,7 @@ try {
     await target.query('CREATE DATABASE pgcopydb');
     await settle();
     const start = performance.now();
-    await run(pgcopydb, [
+    await runOk(pgcopydb, [
       'clone',
       '--source',
       source.url('bench'),

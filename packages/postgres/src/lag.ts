@@ -36,21 +36,14 @@ export interface OpenTransaction {
   query: string;
 }
 
-/** Transactions on the source database open longer than `olderThanMs` (other than pgferry's own). */
-export async function longTransactions(source: Db, olderThanMs: number): Promise<OpenTransaction[]> {
-  const rows = await source.query<{
-    pid: number;
-    usename: string;
-    application_name: string;
-    age: number;
-    query: string;
-  }>(
+/** Client sessions with an open transaction matching `where` (other than this session), oldest first. */
+async function openTransactions(db: Db, where: string, params: unknown[] = []): Promise<OpenTransaction[]> {
+  const rows = await db.query<{ pid: number; usename: string; application_name: string; age: number; query: string }>(
     `SELECT pid, usename, application_name, (extract(epoch FROM now() - xact_start) * 1000)::bigint AS age, left(query, 80) AS query
        FROM pg_stat_activity
-      WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()
-        AND application_name NOT LIKE 'pgferry:%' AND xact_start < now() - make_interval(secs => $1 / 1000.0)
+      WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND ${where}
       ORDER BY xact_start`,
-    [olderThanMs],
+    params,
   );
   return rows.map((r) => ({
     pid: r.pid,
@@ -59,6 +52,15 @@ export async function longTransactions(source: Db, olderThanMs: number): Promise
     ageMs: r.age,
     query: r.query.replace(/\s+/g, ' '),
   }));
+}
+
+/** Transactions on the source database open longer than `olderThanMs` (other than pgferry's own). */
+export function longTransactions(source: Db, olderThanMs: number): Promise<OpenTransaction[]> {
+  return openTransactions(
+    source,
+    "datname = current_database() AND application_name NOT LIKE 'pgferry:%' AND xact_start < now() - make_interval(secs => $1 / 1000.0)",
+    [olderThanMs],
+  );
 }
 
 /** Columns of every published table, as "schema.table: col type, ..." lines, for drift detection. */
@@ -110,24 +112,6 @@ export async function schemaDrift(source: Db, target: Db): Promise<string[]> {
  * Write transactions open on the target (other than replication workers). Creating the reverse slot
  * during the cutover waits for every one of them, inside the write gap, so they close the gate.
  */
-export async function targetWriteTransactions(target: Db): Promise<OpenTransaction[]> {
-  const rows = await target.query<{
-    pid: number;
-    usename: string;
-    application_name: string;
-    age: number;
-    query: string;
-  }>(
-    `SELECT pid, usename, application_name, (extract(epoch FROM now() - xact_start) * 1000)::bigint AS age, left(query, 80) AS query
-       FROM pg_stat_activity
-      WHERE backend_type = 'client backend' AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()
-      ORDER BY xact_start`,
-  );
-  return rows.map((r) => ({
-    pid: r.pid,
-    user: r.usename,
-    application: r.application_name,
-    ageMs: r.age,
-    query: r.query.replace(/\s+/g, ' '),
-  }));
+export function targetWriteTransactions(target: Db): Promise<OpenTransaction[]> {
+  return openTransactions(target, 'backend_xid IS NOT NULL');
 }

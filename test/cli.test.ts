@@ -213,4 +213,66 @@ describe('pgferry CLI', () => {
     expect((await pgferry(['rollback', '--id', 'killed'])).code).toBe(0);
     await nothingLeft(pair);
   });
+
+  it('finishes, never undoes, a cutover whose process was killed while switching', async () => {
+    pair = await freshPair(15, 'clikillswitch');
+    await loadSample(pair, 200);
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const switchFile = join(cwd, 'url');
+    // The first time the switch runs, the switch command kills pgferry itself (kill -9 of its parent).
+    const onSwitch = `test -f ${join(cwd, 'killed-once')} || { touch ${join(cwd, 'killed-once')}; kill -9 $PPID; }`;
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'ks', '--switch-file', switchFile];
+    expect((await pgferry(['migrate', ...args, '--on-switch', onSwitch, '--yes'])).code).toBe(0);
+    const killed = await pgferry(['cutover', '--id', 'ks']);
+    expect(killed.code).not.toBe(0);
+    const half = JSON.parse(readFileSync(join(cwd, '.pgferry', 'ks.json'), 'utf8'));
+    expect(half.cutover.switchStartedAt).toBeDefined();
+    expect(half.cutover.switchAt).toBeUndefined();
+    const resumed = await pgferry(['resume', '--id', 'ks']);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toContain('switch finished after an interruption');
+    expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.targetUrl);
+    // The application is on the target and the source follows it: nothing went back.
+    await pair.target("INSERT INTO audit_log (actor, action) VALUES ('app', 'after the interrupted switch')");
+    await expect
+      .poll(
+        async () =>
+          (
+            await pair!.source("SELECT count(*)::int AS n FROM audit_log WHERE action = 'after the interrupted switch'")
+          )[0]?.n,
+        { timeout: 10_000 },
+      )
+      .toBe(1);
+    expect(await frozen(pair, 'source')).toBe(true);
+    expect((await pgferry(['cleanup', '--id', 'ks'])).code).toBe(0);
+    expect(await leftovers(pair)).toEqual([]);
+  });
+
+  it('finishes the write gap before stopping on Ctrl-C', async () => {
+    pair = await freshPair(15, 'clisigint');
+    await loadSample(pair, 200);
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const switchFile = join(cwd, 'url');
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'si', '--switch-file', switchFile];
+    expect(
+      (await pgferry(['migrate', ...args, '--on-switch', `touch ${join(cwd, 'switching')}; sleep 1`, '--yes'])).code,
+    ).toBe(0);
+    const child = spawn(process.execPath, [BIN, 'cutover', '--id', 'si'], { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    const until = Date.now() + 30_000;
+    while (!existsSync(join(cwd, 'switching')) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    child.kill('SIGINT'); // the source is frozen right now
+    const code = await new Promise((r) => child.once('exit', (c) => r(c)));
+    expect(code).toBe(130);
+    expect(stderr).toContain('finishing the cutover write gap first');
+    const state = JSON.parse(readFileSync(join(cwd, '.pgferry', 'si.json'), 'utf8'));
+    expect(state.cutover.switchAt).toBeDefined();
+    expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.targetUrl);
+    const resumed = await pgferry(['resume', '--id', 'si']);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toContain('verify: OK');
+  });
 });

@@ -11,7 +11,7 @@ import {
   PgferryError,
   redactUrl,
 } from '@pgferry/core';
-import { assess, connect, formatReport } from '@pgferry/postgres';
+import { assess, connect, formatReport, inCriticalSection, whenIdle } from '@pgferry/postgres';
 import { createOutput, describeState, type Output } from './output';
 import { advance, cleanupMigration, createMigration, type Runtime, rollbackMigration } from './runner';
 import { FileMigrationStore } from './store';
@@ -130,6 +130,31 @@ function exitCodeFor(s: MigrationState): number {
   return EXIT_CODES.ok;
 }
 
+/**
+ * Ctrl-C: stop at once, except inside a cutover's write gap, which is finished (or undone) first so the
+ * source is never left frozen by an impatient keypress. A second Ctrl-C forces the exit.
+ */
+function handleInterrupts() {
+  let pressed = false;
+  process.on('SIGINT', () => {
+    const say = (m: string) => process.stderr.write(`\n${m}\n`);
+    if (pressed) process.exit(130);
+    pressed = true;
+    if (inCriticalSection()) {
+      say(
+        'interrupt: finishing the cutover write gap first (the source is frozen until it ends); Ctrl-C again to force',
+      );
+      void whenIdle().then(() => {
+        say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
+        process.exit(130);
+      });
+      return;
+    }
+    say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
+    process.exit(130);
+  });
+}
+
 export async function main(argv: string[]): Promise<number> {
   const command = argv[0] && !argv[0].startsWith('-') ? argv[0] : undefined;
   let values: ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
@@ -152,6 +177,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(`${HELP[command ?? 'main'] ?? HELP.main}\n`);
       return command || values.help ? EXIT_CODES.ok : EXIT_CODES.invalidInput;
     }
+    if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup'].includes(command)) handleInterrupts();
     const stateDir = resolve(values['state-dir'] ?? '.pgferry');
     const rt: Runtime = { store: new FileMigrationStore(stateDir), stateDir, events: out };
 

@@ -203,6 +203,9 @@ export async function advance(rt: Runtime, id: string, options: AdvanceOptions):
     });
     // Before anything else: never leave the source frozen by a cutover that died half way.
     await undoInterruptedCutover(ctx);
+    if (ctx.state.cutover?.switchStartedAt && !ctx.state.cutover.switchAt) {
+      await runPhase(rt, ctx, 'cutover', cutover); // the switch began: finish it, never go back
+    }
     if (!ctx.state.cutover?.switchAt) {
       for (const [phase, fn] of LOAD_PHASES) {
         if (ctx.state.phases[phase]?.endedAt) {

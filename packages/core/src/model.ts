@@ -56,6 +56,8 @@ export interface CutoverRecord {
   freezeAt?: string;
   freezeLsn?: string;
   drainedAt?: string;
+  /** Set just before the connection is switched: from here an interrupted cutover is finished, not undone. */
+  switchStartedAt?: string;
   switchAt?: string;
   unfreezeAt?: string;
   writeGapMs?: number;

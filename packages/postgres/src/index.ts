@@ -1,4 +1,5 @@
 export * from './catalog';
+export * from './critical';
 export * from './db';
 export * from './freeze';
 export * from './lag';

@@ -8,6 +8,7 @@
 import { performance } from 'node:perf_hooks';
 import { CutoverFailedError, DrainTimeoutError, objectNames } from '@pgferry/core';
 import { listTables } from '../catalog';
+import { critical } from '../critical';
 import { type Db, ident } from '../db';
 import { currentLsn, freezeWrites, unfreezeWrites, waitConfirmed, writesSince } from '../freeze';
 import {
@@ -48,18 +49,49 @@ async function finish(ctx: PhaseContext) {
 }
 
 /**
- * A cutover that froze the source and then stopped (crash, kill) before the switch: the application
- * still points at the source, so unfreeze it and resume forward replication. Returns true if it did.
+ * A cutover that froze the source and then stopped (crash, kill) before it began to switch: the
+ * application still points at the source, so unfreeze it and resume forward replication. Once the
+ * switch has begun it is never undone here: `cutover` finishes it instead (converging forward).
  */
 export async function undoInterruptedCutover(ctx: PhaseContext): Promise<boolean> {
   const c = ctx.state.cutover;
-  if (!c?.freezeAt || c.switchAt) return false;
+  if (!c?.freezeAt || c.switchAt || c.switchStartedAt) return false;
   ctx.log('a previous cutover stopped before the switch: unfreezing the source and resuming forward replication');
   await undo(ctx);
   await ctx.update((s) => {
     s.cutover = undefined;
   });
   return true;
+}
+
+function switchOptions(ctx: PhaseContext) {
+  return {
+    switchFile: ctx.config.switchFile,
+    onSwitch: ctx.config.onSwitch,
+    migrationId: ctx.config.id,
+    direction: 'forward' as const,
+    activeUrl: ctx.config.targetUrl,
+    previousUrl: ctx.config.sourceUrl,
+    sourceUrl: ctx.config.sourceUrl,
+    targetUrl: ctx.config.targetUrl,
+  };
+}
+
+/**
+ * The switch began and the process died before recording its end. Everything before the switch was
+ * done (drained, sequences synced, reverse replication running), so switching again — file rewrite and
+ * --on-switch are idempotent — and recording it is the safe way out; undoing could split the writes.
+ */
+async function finishInterruptedSwitch(ctx: PhaseContext): Promise<string> {
+  const c = ctx.state.cutover!;
+  ctx.log('a previous cutover stopped while switching the connection: switching again to finish it');
+  await switchConnection(switchOptions(ctx));
+  const now = new Date();
+  await ctx.update((s) => {
+    s.cutover = { ...c, switchAt: now.toISOString(), writeGapMs: now.getTime() - Date.parse(c.freezeAt!) };
+  });
+  await finish(ctx);
+  return `switch finished after an interruption (write gap ${ctx.state.cutover?.writeGapMs} ms, including the interruption)`;
 }
 
 export async function cutover(ctx: PhaseContext): Promise<string> {
@@ -69,120 +101,131 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     await finish(ctx);
     return `already done: switched at ${c.switchAt} (write gap ${c.writeGapMs} ms)`;
   }
+  if (c?.switchStartedAt) return finishInterruptedSwitch(ctx);
   // A crash between freeze and switch: the application still points at the source. Undo, then go again.
   await undoInterruptedCutover(ctx);
   // Everything that can be prepared outside the write gap is prepared here.
   if (!(await publicationExists(ctx.target, n.reversePublication))) {
     await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target));
   }
+  const freezeAt = new Date();
   await ctx.update((s) => {
-    s.cutover = { freezeAt: new Date().toISOString(), direction: 'forward' };
+    s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward' };
   });
 
-  const t0 = performance.now();
-  const freezeAt = new Date();
-  const steps: Record<string, number> = {};
-  let mark = t0;
-  const step = (name: string) => {
-    const now = performance.now();
-    steps[name] = Math.round((now - mark) * 10) / 10;
-    mark = now;
-  };
-  const freeze = await freezeWrites(ctx.source);
-  const freezeLsn = await currentLsn(ctx.source);
-  step('freeze');
-  if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.drainTimeoutMs))) {
-    await unfreezeWrites(ctx.source);
-    await ctx.update((s) => {
-      s.cutover = undefined;
-    });
-    throw new DrainTimeoutError(
-      `the target did not confirm ${freezeLsn} within ${ctx.config.drainTimeoutMs} ms; the source was unfrozen`,
-      {
-        phase: 'cutover',
-        hint: 'pgferry returns to catch-up and tries again when lag is low',
-      },
-    );
-  }
-  const drainedMs = performance.now() - t0;
-  step('drain');
-  let switchedMs = 0;
-  let writesAfterFreeze = 0;
-  let sequences = 0;
-  try {
-    sequences = await syncSequences(ctx.source, ctx.target);
-    step('sequences');
-    // A session that turned read-only off could still commit; carry its writes over before stopping.
-    writesAfterFreeze = await writesSince(ctx.source, freeze.xmax);
-    if (writesAfterFreeze > 0) {
-      const lsn = await currentLsn(ctx.source);
-      if (!(await waitConfirmed(ctx.source, n.slot, lsn, ctx.config.drainTimeoutMs)))
-        throw new DrainTimeoutError(`writes after the freeze were not drained to ${lsn}`);
-      sequences = await syncSequences(ctx.source, ctx.target);
+  // From the freeze until the switch is recorded (or undone), Ctrl-C waits: see critical.ts.
+  const record = await critical(async () => {
+    const t0 = performance.now();
+    const steps: Record<string, number> = {};
+    let mark = t0;
+    const step = (name: string) => {
+      const now = performance.now();
+      steps[name] = Math.round((now - mark) * 10) / 10;
+      mark = now;
+    };
+    const freeze = await freezeWrites(ctx.source);
+    const freezeLsn = await currentLsn(ctx.source);
+    step('freeze');
+    if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.drainTimeoutMs))) {
+      await unfreezeWrites(ctx.source);
+      await ctx.update((s) => {
+        s.cutover = undefined;
+      });
+      throw new DrainTimeoutError(
+        `the target did not confirm ${freezeLsn} within ${ctx.config.drainTimeoutMs} ms; the source was unfrozen`,
+        {
+          phase: 'cutover',
+          hint: 'pgferry returns to catch-up and tries again when lag is low',
+        },
+      );
     }
-    step('writesAfterFreeze');
-    // Forward apply stops before the reverse slot exists, so nothing applied from the source echoes back.
-    await ctx.target.query(`ALTER SUBSCRIPTION ${ident(n.subscription)} DISABLE`);
-    step('stopForward');
-    await createLogicalSlot(ctx.target, n.reverseSlot);
-    step('reverseSlot');
-    await createSubscription(
-      ctx.source,
-      n.reverseSubscription,
-      ctx.config.targetUrl,
-      n.reversePublication,
-      n.reverseSlot,
-    );
-    step('reverseSubscription');
-    await unfreezeWrites(ctx.target);
-    await switchConnection({
-      switchFile: ctx.config.switchFile,
-      onSwitch: ctx.config.onSwitch,
-      migrationId: ctx.config.id,
-      direction: 'forward',
-      activeUrl: ctx.config.targetUrl,
-      previousUrl: ctx.config.sourceUrl,
-      sourceUrl: ctx.config.sourceUrl,
-      targetUrl: ctx.config.targetUrl,
-    });
-    switchedMs = performance.now() - t0;
+    const drainedMs = performance.now() - t0;
+    step('drain');
+    let writesAfterFreeze = 0;
+    let sequences = 0;
+    try {
+      sequences = await syncSequences(ctx.source, ctx.target);
+      step('sequences');
+      // A session that turned read-only off could still commit; carry its writes over before stopping.
+      writesAfterFreeze = await writesSince(ctx.source, freeze.xmax);
+      if (writesAfterFreeze > 0) {
+        const lsn = await currentLsn(ctx.source);
+        if (!(await waitConfirmed(ctx.source, n.slot, lsn, ctx.config.drainTimeoutMs))) {
+          throw new DrainTimeoutError(`writes after the freeze were not drained to ${lsn}`);
+        }
+        sequences = await syncSequences(ctx.source, ctx.target);
+      }
+      step('writesAfterFreeze');
+      // Forward apply stops before the reverse slot exists, so nothing applied from the source echoes back.
+      await ctx.target.query(`ALTER SUBSCRIPTION ${ident(n.subscription)} DISABLE`);
+      step('stopForward');
+      await createLogicalSlot(ctx.target, n.reverseSlot);
+      step('reverseSlot');
+      await createSubscription(
+        ctx.source,
+        n.reverseSubscription,
+        ctx.config.targetUrl,
+        n.reversePublication,
+        n.reverseSlot,
+      );
+      step('reverseSubscription');
+      await unfreezeWrites(ctx.target);
+      // From here on a crash is finished forward, never undone (finishInterruptedSwitch).
+      await ctx.update((s) => {
+        s.cutover = { ...s.cutover, switchStartedAt: new Date().toISOString() };
+      });
+      step('record');
+    } catch (err) {
+      await undo(ctx).catch(() => {});
+      await ctx.update((s) => {
+        s.cutover = undefined;
+      });
+      if (err instanceof DrainTimeoutError) throw err;
+      throw new CutoverFailedError(
+        `cutover failed before the switch; the source was unfrozen and forward replication resumed: ${(err as Error).message}`,
+        {
+          cause: err,
+          phase: 'cutover',
+        },
+      );
+    }
+    try {
+      await switchConnection(switchOptions(ctx));
+    } catch (err) {
+      // The switch command failed: the application did not move. Undo everything, including the marker.
+      await undo(ctx).catch(() => {});
+      await ctx.update((s) => {
+        s.cutover = undefined;
+      });
+      throw err;
+    }
+    const switchedMs = performance.now() - t0;
     step('switch');
-  } catch (err) {
-    await undo(ctx).catch(() => {});
+    const done = {
+      freezeAt: freezeAt.toISOString(),
+      freezeLsn,
+      drainedAt: new Date(freezeAt.getTime() + drainedMs).toISOString(),
+      switchStartedAt: ctx.state.cutover?.switchStartedAt,
+      switchAt: new Date(freezeAt.getTime() + switchedMs).toISOString(),
+      writeGapMs: Math.round(switchedMs),
+      sessionsEnded: freeze.sessionsEnded,
+      writesAfterFreeze,
+      sequencesSynced: sequences,
+      direction: 'forward' as const,
+      stepsMs: steps,
+    };
     await ctx.update((s) => {
-      s.cutover = undefined;
+      s.cutover = done;
     });
-    if (err instanceof CutoverFailedError || err instanceof DrainTimeoutError) throw err;
-    throw new CutoverFailedError(
-      `cutover failed before the switch; the source was unfrozen and forward replication resumed: ${(err as Error).message}`,
-      {
-        cause: err,
-        phase: 'cutover',
-      },
-    );
-  }
-  const record = {
-    freezeAt: freezeAt.toISOString(),
-    freezeLsn,
-    drainedAt: new Date(freezeAt.getTime() + drainedMs).toISOString(),
-    switchAt: new Date(freezeAt.getTime() + switchedMs).toISOString(),
-    writeGapMs: Math.round(switchedMs),
-    sessionsEnded: freeze.sessionsEnded,
-    writesAfterFreeze,
-    sequencesSynced: sequences,
-    direction: 'forward' as const,
-    stepsMs: steps,
-  };
-  await ctx.update((s) => {
-    s.cutover = record;
+    return { ...done, drainedMs };
   });
-  if (writesAfterFreeze > 0) {
-    const message = `${writesAfterFreeze} transaction(s) committed on the source after the freeze (a session that turned default_transaction_read_only off, or autovacuum); they were replicated before the switch`;
+  if ((record.writesAfterFreeze ?? 0) > 0) {
+    const message = `${record.writesAfterFreeze} transaction(s) committed on the source after the freeze (a session that turned default_transaction_read_only off, or autovacuum); they were replicated before the switch`;
     ctx.log(`warning: ${message}`);
     await ctx.update((s) => {
       s.warnings = [...(s.warnings ?? []), message];
     });
   }
   await finish(ctx);
-  return `write gap ${record.writeGapMs} ms (drain ${Math.round(drainedMs)} ms); ${freeze.sessionsEnded} session(s) ended; ${sequences} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
+  return `write gap ${record.writeGapMs} ms (drain ${Math.round(record.drainedMs)} ms); ${record.sessionsEnded} session(s) ended; ${record.sequencesSynced} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
 }

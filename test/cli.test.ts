@@ -275,4 +275,26 @@ describe('pgferry CLI', () => {
     expect(resumed.code).toBe(0);
     expect(resumed.stdout).toContain('verify: OK');
   });
+
+  it('completes a rollback whose process was killed while switching back', async () => {
+    pair = await freshPair(16, 'clikillback');
+    await loadSample(pair, 200);
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const switchFile = join(cwd, 'url');
+    const once = join(cwd, 'killed-back');
+    const onSwitch = `[ "$PGFERRY_DIRECTION" = forward ] || test -f ${once} || { touch ${once}; kill -9 $PPID; }`;
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'kb', '--switch-file', switchFile];
+    expect((await pgferry(['migrate', ...args, '--on-switch', onSwitch, '--cutover', 'auto', '--yes'])).code).toBe(0);
+    await pair.target("INSERT INTO audit_log (actor, action) VALUES ('app', 'on the target')");
+    expect((await pgferry(['rollback', '--id', 'kb'])).code).not.toBe(0); // killed mid-switch
+    const again = await pgferry(['rollback', '--id', 'kb']);
+    expect(again.code).toBe(0);
+    expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.sourceUrl);
+    expect(await frozen(pair, 'source')).toBe(false);
+    expect(await pair.source("SELECT count(*)::int AS n FROM audit_log WHERE action = 'on the target'")).toEqual([
+      { n: 1 },
+    ]);
+    expect((await pgferry(['cleanup', '--id', 'kb'])).code).toBe(0);
+    expect(await leftovers(pair)).toEqual([]);
+  });
 });

@@ -5,6 +5,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { DrainTimeoutError, objectNames, RollbackFailedError } from '@pgferry/core';
+import { critical } from '../critical';
 import { ident } from '../db';
 import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed } from '../freeze';
 import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
@@ -78,44 +79,50 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
       },
     );
   }
-  const t0 = performance.now();
-  const freezeAt = new Date();
-  const freeze = await freezeWrites(ctx.target);
-  const lsn = await currentLsn(ctx.target);
-  if (!(await waitConfirmed(ctx.target, n.reverseSlot, lsn, ctx.config.drainTimeoutMs))) {
-    await unfreezeWrites(ctx.target);
-    throw new DrainTimeoutError(
-      `the source did not confirm ${lsn} from the reverse stream within ${ctx.config.drainTimeoutMs} ms; the target was unfrozen`,
-      {
-        phase: 'rollback',
-        hint: 'run `pgferry rollback` again once reverse lag is low',
-      },
-    );
-  }
-  const sequences = await syncSequences(ctx.target, ctx.source);
-  await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} DISABLE`);
-  await unfreezeWrites(ctx.source);
-  await switchConnection({
-    switchFile: ctx.config.switchFile,
-    onSwitch: ctx.config.onSwitch,
-    migrationId: ctx.config.id,
-    direction: 'reverse',
-    activeUrl: ctx.config.sourceUrl,
-    previousUrl: ctx.config.targetUrl,
-    sourceUrl: ctx.config.sourceUrl,
-    targetUrl: ctx.config.targetUrl,
-  });
-  const gap = Math.round(performance.now() - t0);
-  await ctx.update((s) => {
-    s.rollback = {
-      freezeAt: freezeAt.toISOString(),
-      freezeLsn: lsn,
-      switchAt: new Date(freezeAt.getTime() + gap).toISOString(),
-      writeGapMs: gap,
-      sessionsEnded: freeze.sessionsEnded,
-      sequencesSynced: sequences,
+  // A rollback interrupted after it stopped the reverse stream would otherwise wait on it forever.
+  await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} ENABLE`);
+  // From the freeze of the target until the switch back is recorded, Ctrl-C waits (critical.ts).
+  const { gap, sequences } = await critical(async () => {
+    const t0 = performance.now();
+    const freezeAt = new Date();
+    const freeze = await freezeWrites(ctx.target);
+    const lsn = await currentLsn(ctx.target);
+    if (!(await waitConfirmed(ctx.target, n.reverseSlot, lsn, ctx.config.drainTimeoutMs))) {
+      await unfreezeWrites(ctx.target);
+      throw new DrainTimeoutError(
+        `the source did not confirm ${lsn} from the reverse stream within ${ctx.config.drainTimeoutMs} ms; the target was unfrozen`,
+        {
+          phase: 'rollback',
+          hint: 'run `pgferry rollback` again once reverse lag is low',
+        },
+      );
+    }
+    const sequences = await syncSequences(ctx.target, ctx.source);
+    await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} DISABLE`);
+    await unfreezeWrites(ctx.source);
+    await switchConnection({
+      switchFile: ctx.config.switchFile,
+      onSwitch: ctx.config.onSwitch,
+      migrationId: ctx.config.id,
       direction: 'reverse',
-    };
+      activeUrl: ctx.config.sourceUrl,
+      previousUrl: ctx.config.targetUrl,
+      sourceUrl: ctx.config.sourceUrl,
+      targetUrl: ctx.config.targetUrl,
+    });
+    const gap = Math.round(performance.now() - t0);
+    await ctx.update((s) => {
+      s.rollback = {
+        freezeAt: freezeAt.toISOString(),
+        freezeLsn: lsn,
+        switchAt: new Date(freezeAt.getTime() + gap).toISOString(),
+        writeGapMs: gap,
+        sessionsEnded: freeze.sessionsEnded,
+        sequencesSynced: sequences,
+        direction: 'reverse',
+      };
+    });
+    return { gap, sequences };
   });
   await finish(ctx);
   return `switched back to the source: write gap ${gap} ms, ${sequences} sequence(s) synced; the target is left read-only`;

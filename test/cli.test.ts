@@ -18,12 +18,20 @@ afterEach(async () => {
   cwd = undefined;
 });
 
-function pgferry(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+function pgferry(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
   return new Promise((res) => {
-    execFile(process.execPath, [BIN, ...args], { cwd, timeout: 120_000 }, (err, stdout, stderr) => {
-      res({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
+    execFile(
+      process.execPath,
+      [BIN, ...args],
+      { cwd, timeout: 120_000, env: { ...process.env, ...env } },
+      (err, stdout, stderr) => {
+        res({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+      },
+    );
   });
 }
 
@@ -97,10 +105,13 @@ describe('pgferry CLI', () => {
     expect(await frozen(pair, 'source')).toBe(false);
   });
 
-  it('refuses a table without primary key or replica identity, naming it', async () => {
+  it('refuses a table without primary key or replica identity, naming it (URLs from the environment)', async () => {
     pair = await freshPair(15, 'clinoid');
     await pair.source('CREATE TABLE no_key (a int, b text)');
-    const r = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl, '--yes']);
+    const r = await pgferry(['migrate', '--yes'], {
+      PGFERRY_SOURCE_URL: pair.sourceUrl,
+      PGFERRY_TARGET_URL: pair.targetUrl,
+    });
     expect(r.code).toBe(4);
     expect(r.stderr).toContain('no_key');
     await nothingLeft(pair);

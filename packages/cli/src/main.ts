@@ -40,12 +40,14 @@ Exit codes:
   0 ok · 1 failed · 2 invalid input · 3 cannot connect · 4 assessment blocked
   5 lag or drain timeout · 6 verification mismatch · 7 state changed by another process`,
   assess: `Usage: pgferry assess --source URL [--target URL] [--json]
+       (or PGFERRY_SOURCE_URL / PGFERRY_TARGET_URL in the environment)
 
 Reads the source (and target) and reports blockers and warnings. Creates nothing.`,
   migrate: `Usage: pgferry migrate --source URL --target URL [options]
 
   --source URL          postgres://user:password@host:port/database of the live database
-  --target URL          the new (empty) database, e.g. on Amazon RDS
+                        (or PGFERRY_SOURCE_URL in the environment, kept out of ps)
+  --target URL          the new (empty) database, e.g. on Amazon RDS (or PGFERRY_TARGET_URL)
   --strategy S          snapshot (default): slot + exported snapshot + parallel COPY
                         native: CREATE SUBSCRIPTION with copy_data
                         dump: pg_dump -Fc --snapshot to the state dir, then pg_restore --jobs
@@ -183,12 +185,13 @@ export async function main(argv: string[]): Promise<number> {
 
     switch (command) {
       case 'assess': {
-        const source = await connect(need(values.source, '--source', 'assess'), {
+        const source = await connect(need(values.source ?? process.env.PGFERRY_SOURCE_URL, '--source', 'assess'), {
           side: 'source',
           applicationName: 'pgferry:assess',
         });
-        const target = values.target
-          ? await connect(values.target, { side: 'target', applicationName: 'pgferry:assess' }).catch(async (e) => {
+        const targetUrl = values.target ?? process.env.PGFERRY_TARGET_URL;
+        const target = targetUrl
+          ? await connect(targetUrl, { side: 'target', applicationName: 'pgferry:assess' }).catch(async (e) => {
               await source.end();
               throw e;
             })
@@ -205,8 +208,9 @@ export async function main(argv: string[]): Promise<number> {
       case 'migrate': {
         const input = {
           id: values.id ?? newMigrationId(),
-          sourceUrl: values.source,
-          targetUrl: values.target,
+          // From the environment too, so passwords need not sit on a command line (visible in ps).
+          sourceUrl: values.source ?? process.env.PGFERRY_SOURCE_URL,
+          targetUrl: values.target ?? process.env.PGFERRY_TARGET_URL,
           strategy: values.strategy,
           jobs: int(values.jobs, '--jobs'),
           cutover: values.cutover,

@@ -52,6 +52,10 @@ export function createOutput(options: { json: boolean; stream?: NodeJS.WriteStre
         lastPlain = now;
         emit({ event: 'progress', ...p });
       } else if (tty) {
+        // Redraw at most ten times a second: a terminal write per copied chunk costs real CPU.
+        const now = Date.now();
+        if (now - lastPlain < 100 && p.done < p.total) return;
+        lastPlain = now;
         const width = 30;
         const filled = Math.round((pct / 100) * width);
         out.write(

@@ -19,7 +19,10 @@ export interface TableInfo {
   /** Root of the partition tree for a partition. */
   root?: { schema: string; name: string };
   unlogged: boolean;
+  /** With indexes (what the table costs on disk). */
   sizeBytes: number;
+  /** Heap and TOAST only (what a copy moves). */
+  heapBytes: number;
   rowEstimate: number;
   primaryKey: string[];
   replicaIdentity: 'default' | 'full' | 'index' | 'nothing';
@@ -42,6 +45,7 @@ export async function listTables(db: Db): Promise<TableInfo[]> {
     relpersistence: string;
     relreplident: string;
     size: number;
+    heap: number;
     reltuples: number;
     pk: string[] | null;
     ri: string[] | null;
@@ -50,7 +54,7 @@ export async function listTables(db: Db): Promise<TableInfo[]> {
   }>(
     `SELECT c.oid::int AS oid, n.nspname AS schema, c.relname AS name, c.relkind::text, c.relispartition,
             c.relpersistence::text, c.relreplident::text,
-            pg_total_relation_size(c.oid) AS size, greatest(c.reltuples, 0)::float8 AS reltuples,
+            pg_total_relation_size(c.oid) AS size, pg_table_size(c.oid) AS heap, greatest(c.reltuples, 0)::float8 AS reltuples,
             (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
@@ -118,6 +122,7 @@ export async function listTables(db: Db): Promise<TableInfo[]> {
       root: r.relispartition && r.root_schema && r.root_name ? { schema: r.root_schema, name: r.root_name } : undefined,
       unlogged: r.relpersistence === 'u',
       sizeBytes: r.size,
+      heapBytes: r.heap,
       rowEstimate: Math.round(r.reltuples),
       primaryKey: r.pk ?? [],
       replicaIdentity,

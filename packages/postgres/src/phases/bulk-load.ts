@@ -36,20 +36,20 @@ export interface CopyItem {
 export async function planCopy(ctx: PhaseContext, tables: TableInfo[]): Promise<CopyItem[]> {
   const items: CopyItem[] = [];
   for (const t of copyableTables(tables)) {
-    if (t.sizeBytes <= ctx.config.splitTableBytes) {
-      items.push({ table: t, estBytes: t.sizeBytes });
+    if (t.heapBytes <= ctx.config.splitTableBytes) {
+      items.push({ table: t, estBytes: t.heapBytes });
       continue;
     }
     const { pages } = await ctx.source.one<{ pages: number }>(
       "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int AS pages",
       [qualified(t)],
     );
-    const parts = Math.max(2, Math.ceil(t.sizeBytes / ctx.config.splitTableBytes));
+    const parts = Math.max(2, Math.ceil(t.heapBytes / ctx.config.splitTableBytes));
     const step = Math.max(1, Math.ceil(pages / parts));
     for (let from = 0; from < pages; from += step) {
       // The last range is open-ended: rows may live past the page count read a moment ago.
       const to = from + step >= pages ? undefined : from + step;
-      items.push({ table: t, blocks: { from, to }, estBytes: Math.round(t.sizeBytes / parts) });
+      items.push({ table: t, blocks: { from, to }, estBytes: Math.round(t.heapBytes / parts) });
     }
   }
   return items.sort((a, b) => b.estBytes - a.estBytes);

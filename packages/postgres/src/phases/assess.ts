@@ -309,8 +309,8 @@ async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void)
       level: 'warning',
       code: 'event-trigger',
       object: e.evtname,
-      message: `event trigger ${e.evtname} is not copied (it needs superuser; on RDS rds_superuser)`,
-      hint: 'recreate it on the target after cutover if it is still needed',
+      message: `event trigger ${e.evtname} is recreated on the target with the schema (creating it there needs superuser; on RDS rds_superuser); it fires on DDL run on the target, not on replicated changes`,
+      hint: 'check it behaves on the target; if the target role cannot create it, the schema step fails and names it',
     });
   }
   const roles = await db.query<{ rolname: string }>(

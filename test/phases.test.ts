@@ -227,6 +227,25 @@ describe('phases', () => {
     expect((await pair.target("SELECT count(*)::int AS n FROM orders WHERE gift_note = 'with love'"))[0]?.n).toBe(1);
   });
 
+  it('keeps the loaded data and the slot when catch-up times out, and resumes once the cause is fixed', async () => {
+    const { pair, rt } = await setup('lagtimeout', 300);
+    const m = await newMigration(rt, pair, { cutover: 'manual', catchUpTimeoutMs: 1500 });
+    await advance(rt, m.id, { cutover: 'manual' });
+    await pair.source('ALTER TABLE customers ADD COLUMN vip boolean');
+    const err = await advance(rt, m.id, { cutover: 'now' }).catch((e) => e);
+    expect(err.name).toBe('LagTimeoutError');
+    expect(err.message).toContain('column public.customers.vip');
+    const stopped = await rt.store.get(m.id);
+    expect(stopped.status).toBe('running');
+    expect(stopped.failure?.name).toBe('LagTimeoutError');
+    expect(await leftovers(pair)).toContain(`source slot pgferry_${m.id}`); // nothing was thrown away
+    expect(await count(pair, 'target', 'orders')).toBe(await count(pair, 'source', 'orders'));
+    await pair.target('ALTER TABLE customers ADD COLUMN vip boolean');
+    const done = await advance(rt, m.id, { cutover: 'now' });
+    expect(done.verify?.ok).toBe(true);
+    expect(done.failure).toBeUndefined();
+  });
+
   it('drops the slot when retained WAL passes the hard limit, before the source disk fills', async () => {
     const { pair, rt } = await setup('wal', 100);
     const m = await newMigration(rt, pair, { cutover: 'manual', walWarnBytes: 0, walAbortBytes: 1 });

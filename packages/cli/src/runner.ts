@@ -9,6 +9,7 @@ import {
   DEFAULTS,
   DrainTimeoutError,
   errorMessage,
+  LagTimeoutError,
   type MigrationConfig,
   type MigrationState,
   type MigrationStore,
@@ -200,6 +201,7 @@ export async function advance(rt: Runtime, id: string, options: AdvanceOptions):
     }
     await ctx.update((s) => {
       s.status = 'running';
+      s.failure = undefined;
     });
     // Before anything else: never leave the source frozen by a cutover that died half way.
     await undoInterruptedCutover(ctx);
@@ -262,6 +264,23 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
       .update((s) => {
         s.status = 'cut-over';
         s.failure = failure;
+      })
+      .catch(() => {});
+    return;
+  }
+  if (err instanceof LagTimeoutError || err instanceof DrainTimeoutError) {
+    // Replication is healthy, only not caught up (or DDL awaits the target, or the drain was too slow;
+    // the cutover already unfroze the source): keep the loaded data and
+    // the slot; the slot's WAL is bounded by the abort limit while pgferry runs and by
+    // max_slot_wal_keep_size (which assessment asks for) while it does not.
+    await ctx
+      .update((s) => {
+        s.status = 'running';
+        s.failure = failure;
+        s.events = [
+          ...s.events,
+          { at: new Date().toISOString(), message: `stopped in ${PHASE_TITLES[phase]}: ${failure.message}` },
+        ];
       })
       .catch(() => {});
     return;

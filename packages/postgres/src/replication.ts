@@ -122,7 +122,7 @@ export async function createSlotWithSnapshot(
         `the replication slot could not be created within ${Math.round(options.timeoutMs / 1000)} s: ${blockers.length ? `open transaction(s) on the source hold it back: ${named}` : 'the source did not answer'}`,
         {
           phase: 'bulk-load',
-          hint: 'let those transactions finish (or end them with pg_terminate_backend) and run `pgferry resume`',
+          hint: 'let those transactions finish (or end them with pg_terminate_backend), then migrate again; nothing was left behind',
         },
       );
     }

@@ -87,7 +87,7 @@ export async function catchUp(ctx: PhaseContext): Promise<string> {
         `the cutover gate did not open within ${Math.round(ctx.config.catchUpTimeoutMs / 1000)} s: ${text || 'lag unstable'}`,
         {
           phase: 'catch-up',
-          hint: 'replication keeps running; fix the reason above and run `pgferry resume`',
+          hint: 'replication keeps running and nothing was removed; fix the reason above and run `pgferry resume` (or `pgferry rollback`)',
         },
       );
     }

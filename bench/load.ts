@@ -3,10 +3,13 @@
  *   pgferry's snapshot load · the seed's pg_dump -Fc + pg_restore --jobs · pgcopydb clone (when installed).
  * Prints wall time, MiB/s and ratios, and checks every contender's row counts against the source.
  *
- *   npm run bench -- [--scale 50] [--jobs 4] [--json]
+ *   npm run bench -- [--scale 50] [--jobs 4] [--rounds 3] [--only pgferry,dump,pgcopydb] [--split-mb 256] [--json]
+ *
+ * This machine's timings vary by ±20 % from run to run, so every contender runs --rounds times,
+ * interleaved with a rotating order (A B C, B C A, …), and the goals are judged on the medians; every round is printed.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -21,6 +24,7 @@ const { values } = parseArgs({
   options: {
     scale: { type: 'string', default: '50' },
     jobs: { type: 'string', default: '4' },
+    rounds: { type: 'string', default: '3' },
     json: { type: 'boolean', default: false },
     only: { type: 'string' },
     'split-mb': { type: 'string', default: '256' },
@@ -30,6 +34,7 @@ const { values } = parseArgs({
 const only = new Set((values.only ?? 'pgferry,dump,pgcopydb').split(','));
 const scale = Number(values.scale);
 const jobs = Number(values.jobs);
+const rounds = Math.max(1, Number(values.rounds));
 const SPLIT_BYTES = Number(values['split-mb']) * 1024 * 1024; // the same split threshold for pgferry and pgcopydb
 const TABLES = ['pgbench_accounts', 'pgbench_branches', 'pgbench_tellers', 'pgbench_history'];
 const BIN = '/usr/lib/postgresql/15/bin';
@@ -46,9 +51,28 @@ async function counts(server: LocalServer, db: string): Promise<Record<string, n
   return out;
 }
 
+/** Busy and total CPU time of the whole machine so far (jiffies, from /proc/stat). */
+function cpuTimes(): { busy: number; total: number } {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]?.trim().split(/\s+/).slice(1).map(Number) ?? [];
+  const total = fields.reduce((a, b) => a + b, 0);
+  const idle = (fields[3] ?? 0) + (fields[4] ?? 0); // idle + iowait
+  return { busy: total - idle, total };
+}
+
+/** Run fn and report how busy the machine's cores were meanwhile (1.0 = every core all the time). */
+async function measured<T>(fn: () => Promise<T>): Promise<{ value: T; busy: number }> {
+  const before = cpuTimes();
+  const value = await fn();
+  const after = cpuTimes();
+  return { value, busy: (after.busy - before.busy) / Math.max(1, after.total - before.total) };
+}
+
 interface Result {
   name: string;
+  round: number;
   seconds?: number;
+  /** Share of the machine's CPU in use while it ran. */
+  busy?: number;
   note?: string;
   countsOk?: boolean;
 }
@@ -57,6 +81,10 @@ const work = mkdtempSync(join(tmpdir(), 'pgferry-bench-load-'));
 const source = await startServer({ version: 15, name: 'bench-load-src' });
 const target = await startServer({ version: 15, name: 'bench-load-tgt' });
 const results: Result[] = [];
+const DUMP = 'pg_dump -Fc + pg_restore';
+const COPYDB = 'pgcopydb clone';
+const FERRY = 'pgferry snapshot';
+let pgcopydbInstalled = false;
 let sizeBytes = 0;
 try {
   const env = { PGPASSWORD: source.password };
@@ -94,10 +122,25 @@ try {
     await source.query('CHECKPOINT');
     await target.query('CHECKPOINT');
   };
+  // A new server has to create (zero-fill) every WAL segment it writes, a server in service reuses
+  // old ones: whoever ran first used to pay ~3 s for it. Write and recycle ~1.5 GiB of WAL first.
+  const warm = performance.now();
+  await target.query('CREATE DATABASE warmup');
+  await target.query(
+    "CREATE TABLE warm AS SELECT g, repeat('x', 400) AS pad FROM generate_series(1, 3000000) g",
+    [],
+    'warmup',
+  );
+  await target.query('DROP DATABASE warmup');
+  await settle();
+  if (!values.json)
+    console.log(`warm-up: target wrote and recycled its WAL in ${((performance.now() - warm) / 1000).toFixed(1)} s\n`);
   const check = async (db: string) => JSON.stringify(await counts(target, db)) === JSON.stringify(expected);
+  const pgcopydb = only.has('pgcopydb') ? await which('pgcopydb') : undefined;
+  pgcopydbInstalled = pgcopydb !== undefined;
 
   // A: the seed's way.
-  if (only.has('dump')) {
+  const dumpRestore = async (round: number): Promise<Result> => {
     await target.query('CREATE DATABASE dump_restore');
     await settle();
     const file = join(work, 'bench.dump');
@@ -110,24 +153,25 @@ try {
       { PGPASSWORD: target.password },
     );
     const end = performance.now();
-    results.push({
-      name: 'pg_dump -Fc + pg_restore',
+    const result = {
+      name: DUMP,
+      round,
       seconds: (end - start) / 1000,
       note: `dump ${((dumped - start) / 1000).toFixed(1)} s + restore ${((end - dumped) / 1000).toFixed(1)} s`,
       countsOk: await check('dump_restore'),
-    });
+    };
     await target.query('DROP DATABASE dump_restore');
-  }
+    rmSync(file, { force: true });
+    return result;
+  };
 
   // B: pgcopydb, when installed.
-  const pgcopydb = only.has('pgcopydb') ? await which('pgcopydb') : undefined;
-  if (!only.has('pgcopydb')) {
-    // not asked for
-  } else if (pgcopydb) {
+  const copydb = async (round: number, bin: string): Promise<Result> => {
     await target.query('CREATE DATABASE pgcopydb');
     await settle();
+    const dir = join(work, `pgcopydb-${round}`);
     const start = performance.now();
-    await runOk(pgcopydb, [
+    await runOk(bin, [
       'clone',
       '--source',
       source.url('bench'),
@@ -140,29 +184,30 @@ try {
       '--split-tables-larger-than',
       `${SPLIT_BYTES / 1024 / 1024} MB`,
       '--dir',
-      join(work, 'pgcopydb'),
+      dir,
     ]);
-    results.push({
-      name: 'pgcopydb clone',
+    const result = {
+      name: COPYDB,
+      round,
       seconds: (performance.now() - start) / 1000,
       countsOk: await check('pgcopydb'),
-    });
+    };
     await target.query('DROP DATABASE pgcopydb');
-  } else {
-    results.push({ name: 'pgcopydb clone', note: 'not installed (apt-get install -y pgcopydb)' });
-  }
+    rmSync(dir, { recursive: true, force: true });
+    return result;
+  };
 
   // C: pgferry's snapshot load: slot + exported snapshot, schema, parallel COPY, indexes, ANALYZE.
-  if (only.has('pgferry')) {
+  const ferry = async (round: number): Promise<Result> => {
     await target.query('CREATE DATABASE pgferry');
-    const stateDir = join(work, 'state');
+    const stateDir = join(work, `state-${round}`);
     const rt: Runtime = {
       store: new FileMigrationStore(stateDir),
       stateDir,
       events: { log: () => {}, phase: () => {} },
     };
     const m = await createMigration(rt, {
-      id: 'benchload',
+      id: `benchload${round}`,
       sourceUrl: source.url('bench'),
       targetUrl: target.url('pgferry'),
       jobs,
@@ -170,52 +215,99 @@ try {
     });
     const session = await openSession(rt, m.id);
     await settle();
+    let result: Result;
+    let ownCpu = 0;
     try {
       const start = performance.now();
+      const cpu = process.cpuUsage();
       await prepareSchema(session.ctx);
       const summary = await bulkLoad(session.ctx);
-      results.push({
-        name: 'pgferry snapshot',
+      const used = process.cpuUsage(cpu);
+      ownCpu = (used.user + used.system) / 1e6;
+      result = {
+        name: FERRY,
+        round,
         seconds: (performance.now() - start) / 1000,
-        note: summary,
+        note: `${summary}; pgferry's own process used ${ownCpu.toFixed(2)} CPU-s`,
         countsOk: await check('pgferry'),
-      });
+      };
       await rollback(session.ctx); // drop the slot and publication; nothing stays on the source
     } finally {
       await session.close();
     }
     await target.query('DROP DATABASE pgferry');
+    return result;
+  };
+
+  for (let round = 1; round <= rounds; round++) {
+    const order: Array<() => Promise<Result>> = [];
+    if (only.has('dump')) order.push(() => dumpRestore(round));
+    if (pgcopydb) order.push(() => copydb(round, pgcopydb));
+    if (only.has('pgferry')) order.push(() => ferry(round));
+    // Each round starts with a different contender, so none always runs first (or last).
+    for (let i = 0; i < order.length; i++) {
+      const { value, busy } = await measured(order[(i + round - 1) % order.length] as () => Promise<Result>);
+      results.push({ ...value, busy });
+    }
+    if (!values.json) console.log(`round ${round}/${rounds} done`);
   }
 } finally {
   await Promise.allSettled([source.stop(), target.stop()]);
   rmSync(work, { recursive: true, force: true });
 }
 
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+};
 const MiB = sizeBytes / 1024 / 1024;
-const baseline = results.find((r) => r.name.startsWith('pg_dump'))?.seconds;
-const copydb = results.find((r) => r.name === 'pgcopydb clone')?.seconds;
-const ferry = results.find((r) => r.name === 'pgferry snapshot')?.seconds;
+const timesOf = (name: string) =>
+  results.filter((r) => r.name === name && r.seconds !== undefined).map((r) => r.seconds as number);
+const medianOf = (name: string) => (timesOf(name).length ? median(timesOf(name)) : undefined);
+const baseline = medianOf(DUMP);
+const copydbMedian = medianOf(COPYDB);
+const ferryMedian = medianOf(FERRY);
+const allMatch = results.every((r) => r.countsOk);
 if (values.json) {
-  console.log(JSON.stringify({ scale, jobs, sizeBytes, results }));
+  console.log(
+    JSON.stringify({
+      scale,
+      jobs,
+      rounds,
+      sizeBytes,
+      medians: { dump: baseline, pgcopydb: copydbMedian, pgferry: ferryMedian },
+      results,
+    }),
+  );
 } else {
   console.log(
-    `${'contender'.padEnd(28)}${'wall s'.padStart(9)}${'MiB/s'.padStart(9)}${'vs dump+restore'.padStart(17)}  rows`,
+    `\n${'contender'.padEnd(28)}${'round'.padStart(6)}${'wall s'.padStart(9)}${'MiB/s'.padStart(9)}${'CPU busy'.padStart(10)}  rows`,
   );
   for (const r of results) {
-    if (r.seconds === undefined) {
-      console.log(`${r.name.padEnd(28)}${'-'.padStart(9)}${'-'.padStart(9)}${'-'.padStart(17)}  ${r.note ?? ''}`);
-      continue;
-    }
-    const ratio = baseline ? `${(baseline / r.seconds).toFixed(2)}×` : '-';
     console.log(
-      `${r.name.padEnd(28)}${r.seconds.toFixed(1).padStart(9)}${(MiB / r.seconds).toFixed(1).padStart(9)}${ratio.padStart(17)}  ${r.countsOk ? 'match' : 'MISMATCH'}${r.note ? `  (${r.note})` : ''}`,
+      `${r.name.padEnd(28)}${String(r.round).padStart(6)}${(r.seconds?.toFixed(1) ?? '-').padStart(9)}${(r.seconds ? (MiB / r.seconds).toFixed(1) : '-').padStart(9)}${(r.busy === undefined ? '-' : `${(r.busy * 100).toFixed(0)} %`).padStart(10)}  ${r.countsOk ? 'match' : 'MISMATCH'}${r.note ? `  (${r.note})` : ''}`,
+    );
+  }
+  if (only.has('pgcopydb') && !pgcopydbInstalled)
+    console.log(`${COPYDB.padEnd(28)}  not installed (apt-get install -y pgcopydb)`);
+  console.log(`\nmedians over ${rounds} round(s):`);
+  for (const name of [DUMP, COPYDB, FERRY]) {
+    const m = medianOf(name);
+    if (m === undefined) continue;
+    const ratio = baseline ? `${(baseline / m).toFixed(2)}× dump+restore` : '';
+    const range = `${Math.min(...timesOf(name)).toFixed(1)}–${Math.max(...timesOf(name)).toFixed(1)} s`;
+    console.log(
+      `  ${name.padEnd(28)}${m.toFixed(1).padStart(6)} s  ${(MiB / m).toFixed(1).padStart(6)} MiB/s  ${ratio}  (range ${range})`,
     );
   }
   const goal = (ok: boolean | undefined) => (ok === undefined ? 'n/a' : ok ? 'met' : 'NOT met');
   console.log(
-    `\ngoal: pgferry ≥ 1.6× faster than dump+restore: ${goal(baseline && ferry ? baseline / ferry >= 1.6 : undefined)}${baseline && ferry ? ` (${(baseline / ferry).toFixed(2)}×)` : ''}`,
+    `\ngoal: pgferry ≥ 1.6× faster than dump+restore (medians): ${goal(baseline && ferryMedian ? baseline / ferryMedian >= 1.6 : undefined)}${baseline && ferryMedian ? ` (${(baseline / ferryMedian).toFixed(2)}×)` : ''}`,
   );
   console.log(
-    `goal: pgferry at least as fast as pgcopydb: ${goal(copydb && ferry ? ferry <= copydb : undefined)}${copydb && ferry ? ` (${(copydb / ferry).toFixed(2)}×)` : ''}`,
+    `goal: pgferry at least as fast as pgcopydb (medians): ${goal(copydbMedian && ferryMedian ? ferryMedian <= copydbMedian : undefined)}${copydbMedian && ferryMedian ? ` (${(copydbMedian / ferryMedian).toFixed(2)}×)` : ''}`,
   );
+  console.log(`every contender's row counts match the source: ${allMatch ? 'yes' : 'NO'}`);
 }
+if (!allMatch) process.exitCode = 1;

@@ -7,11 +7,9 @@
 import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { BulkLoadFailedError, objectNames } from '@pgferry/core';
-import copyStreams from 'pg-copy-streams';
 import { copyableTables, listTables, type TableInfo } from '../catalog';
+import { relayCopy } from '../copy-relay';
 import { connectClient, ident, qualified, sleep } from '../db';
 import {
   createSlotWithSnapshot,
@@ -65,8 +63,13 @@ function copySql(item: CopyItem, binary: boolean, freeze: boolean) {
     : '';
   const outOptions = binary ? ' (FORMAT binary)' : '';
   const inOptions = [binary ? 'FORMAT binary' : '', freeze ? 'FREEZE' : ''].filter(Boolean).join(', ');
+  // A whole table is read by COPY itself (no executor, no projection); a range needs a query.
+  // COPY of a table never includes its inheritance children, like FROM ONLY.
+  const from = item.blocks
+    ? `(SELECT ${list} FROM ONLY ${qualified(item.table)}${where})`
+    : `${qualified(item.table)} (${list})`;
   return {
-    out: `COPY (SELECT ${list} FROM ONLY ${qualified(item.table)}${where}) TO STDOUT${outOptions}`,
+    out: `COPY ${from} TO STDOUT${outOptions}`,
     in: `COPY ${qualified(item.table)} (${list}) FROM STDIN${inOptions ? ` (${inOptions})` : ''}`,
   };
 }
@@ -110,17 +113,11 @@ async function copyAll(
         const sql = copySql(item, binary, whole);
         await tgt.query('BEGIN');
         if (whole) await tgt.query(`TRUNCATE ONLY ${qualified(item.table)}`);
-        const counter = new Transform({
-          transform(chunk: Buffer, _enc, cb) {
-            bytes += chunk.length;
-            ctx.progress?.({ step: 'copy', done: bytes, total, unit: 'bytes' });
-            cb(null, chunk);
-          },
+        const copied = await relayCopy(src, tgt, sql.out, sql.in, (n) => {
+          bytes += n;
+          ctx.progress?.({ step: 'copy', done: bytes, total, unit: 'bytes' });
         });
-        const into = tgt.query(copyStreams.from(sql.in));
-        const out = src.query(copyStreams.to(sql.out));
-        await pipeline(out, counter, into);
-        rows += Number((into as unknown as { rowCount?: number }).rowCount ?? 0);
+        rows += copied.rows;
         await tgt.query('COMMIT');
       }
       await src.query('COMMIT');

@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { advance, cleanupMigration, rollbackMigration } from '../packages/cli/src/runner';
 import { LiveWriter } from '../packages/cli/src/writer';
 import { frozen, loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
-import { freshPair, leftovers, type Pair } from './harness/pairs';
+import { freshPair, leftovers, type Pair, schemaShape } from './harness/pairs';
 
 let pair: Pair | undefined;
 let rt: TestRuntime | undefined;
@@ -50,6 +50,12 @@ describe('migration with a live writer', () => {
       expect(stats.readYourWritesViolations).toBe(0);
       expect(stats.errors['23505'] ?? 0).toBe(0); // no duplicate keys: sequences were synced
       expect(state.cutover?.writeGapMs).toBeGreaterThan(0);
+      // Every index, constraint and trigger is on the target, valid, whether it was built during the
+      // copy (the bigger tables) or after it; the partitioned ones attached.
+      expect(state.phases['bulk-load']?.summary).toMatch(/indexes of [1-9]\d* big tables built during the copy/);
+      const shape = await schemaShape(pair.sourceUrl);
+      expect(shape.indexes.length).toBeGreaterThan(8);
+      expect(await schemaShape(pair.targetUrl)).toEqual(shape);
 
       // Every sequence on the target is at least its source value, owned or not.
       const src = await pair.source('SELECT sequencename, last_value FROM pg_sequences ORDER BY 1');

@@ -54,6 +54,7 @@ export async function newMigration(rt: TestRuntime, pair: Pair, extra: Partial<M
     catchUpTimeoutMs: 60_000,
     switchFile: rt.switchFile,
     splitTableBytes: 64 * 1024,
+    earlyIndexBytes: 64 * 1024, // the bigger sample tables take the during-the-copy index path
     ...extra,
   });
 }

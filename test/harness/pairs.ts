@@ -130,3 +130,27 @@ export async function leftovers(pair: Pair) {
     ...targetSubs.map((r) => `target subscription ${r.subname}`),
   ];
 }
+
+/** Indexes, constraints and triggers of a database's own tables: what post-data must rebuild, exactly. */
+export async function schemaShape(url: string) {
+  const own = "NOT IN ('pg_catalog', 'information_schema', 'pgferry') AND n.nspname NOT LIKE 'pg_toast%'";
+  const indexes = await sql(
+    url,
+    `SELECT n.nspname || '.' || c.relname AS name, pg_get_indexdef(c.oid) AS def, x.indisvalid AS valid
+       FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname ${own} ORDER BY 1`,
+  );
+  const constraints = await sql(
+    url,
+    `SELECT k.conrelid::regclass::text AS "table", k.conname AS name, pg_get_constraintdef(k.oid) AS def, k.convalidated AS valid
+       FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
+      WHERE n.nspname ${own} ORDER BY 1, 2`,
+  );
+  const triggers = await sql(
+    url,
+    `SELECT t.tgrelid::regclass::text AS "table", t.tgname AS name, pg_get_triggerdef(t.oid) AS def
+       FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE NOT t.tgisinternal AND n.nspname ${own} ORDER BY 1, 2`,
+  );
+  return { indexes, constraints, triggers };
+}

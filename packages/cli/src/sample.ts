@@ -32,6 +32,7 @@ CREATE TABLE events (
 ) PARTITION BY RANGE (at);
 CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
 CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE INDEX events_kind_idx ON events (kind);
 -- No primary key: replicates through REPLICA IDENTITY FULL.
 CREATE TABLE audit_log (at timestamptz NOT NULL DEFAULT now(), actor text, action text);
 ALTER TABLE audit_log REPLICA IDENTITY FULL;

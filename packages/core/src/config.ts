@@ -20,6 +20,8 @@ export const DEFAULTS = {
   catchUpTimeoutMs: 30 * 60_000,
   /** Tables larger than this are split into ranges for parallel COPY. */
   splitTableBytes: 256 * 1024 ** 2,
+  /** Tables at least this big get their own indexes built as soon as their rows are in, during the copy. */
+  earlyIndexBytes: 32 * 1024 ** 2,
   verifyChunkRows: 50_000,
   /** maintenance_work_mem of each index-building session on the target (post-data runs --jobs of them). */
   indexBuildMemory: '256MB',
@@ -98,6 +100,7 @@ export const migrationConfigSchema = z
     drainTimeoutMs: z.number().int().min(1).default(DEFAULTS.drainTimeoutMs),
     catchUpTimeoutMs: z.number().int().min(0).default(DEFAULTS.catchUpTimeoutMs),
     splitTableBytes: z.number().int().min(1).default(DEFAULTS.splitTableBytes),
+    earlyIndexBytes: z.number().int().min(0).default(DEFAULTS.earlyIndexBytes),
     slotWaitTimeoutMs: z.number().int().min(1).default(DEFAULTS.slotWaitTimeoutMs),
     switchFile: z.string().min(1, '--switch-file must be a path').optional(),
     onSwitch: z.string().min(1, '--on-switch must be a command').optional(),

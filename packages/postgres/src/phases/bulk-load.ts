@@ -21,7 +21,47 @@ import {
 } from '../replication';
 import { findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, sourceMajor } from './context';
-import { buildPostData } from './prepare-schema';
+import { buildPostData, buildTablePostData, type PostDataPlan, planPostData } from './prepare-schema';
+
+/**
+ * Builds tables' own indexes and constraints one table at a time while the copy goes on, so the
+ * biggest table's index build overlaps the copy of the rest instead of following it.
+ */
+class EarlyIndexBuilder {
+  private chain: Promise<void> = Promise.resolve();
+  error: unknown;
+  /** TOC lines built so far (left out of the final post-data restore). */
+  readonly built = new Set<string>();
+  tables = 0;
+
+  constructor(
+    private readonly ctx: PhaseContext,
+    private readonly plan: PostDataPlan,
+  ) {}
+
+  /** Called when every range of `table` has been copied. */
+  tableCopied(table: TableInfo) {
+    const lines = this.plan.byTable.get(table.oid);
+    // Small tables' indexes cost less than a pg_restore of their own: they wait for the final one.
+    if (!lines?.length || table.heapBytes < this.ctx.config.earlyIndexBytes) return;
+    this.chain = this.chain.then(async () => {
+      if (this.error) return;
+      try {
+        await buildTablePostData(this.ctx, table.oid, lines);
+        for (const l of lines) this.built.add(l);
+        this.tables++;
+      } catch (err) {
+        this.error = err;
+      }
+    });
+  }
+
+  async finish(): Promise<Set<string>> {
+    await this.chain;
+    if (this.error) throw this.error;
+    return this.built;
+  }
+}
 
 export interface CopyItem {
   table: TableInfo;
@@ -42,7 +82,9 @@ export async function planCopy(ctx: PhaseContext, tables: TableInfo[]): Promise<
       "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::int AS pages",
       [qualified(t)],
     );
-    const parts = Math.max(2, Math.ceil(t.heapBytes / ctx.config.splitTableBytes));
+    // At least one range per stream: the whole crew copies a big table, so it is finished early and
+    // its indexes build while the rest is copied.
+    const parts = Math.max(2, ctx.config.jobs, Math.ceil(t.heapBytes / ctx.config.splitTableBytes));
     const step = Math.max(1, Math.ceil(pages / parts));
     for (let from = 0; from < pages; from += step) {
       // The last range is open-ended: rows may live past the page count read a moment ago.
@@ -79,6 +121,7 @@ async function copyAll(
   ctx: PhaseContext,
   items: CopyItem[],
   snapshot: string,
+  indexes?: EarlyIndexBuilder,
 ): Promise<{ rows: number; bytes: number }> {
   // Tables other tables reference through a foreign key (when a restarted load finds constraints
   // already built) cannot be truncated alone, so they are loaded without TRUNCATE + FREEZE.
@@ -93,6 +136,8 @@ async function copyAll(
   let bytes = 0;
   let rows = 0;
   let next = 0;
+  const left = new Map<number, number>();
+  for (const i of items) left.set(i.table.oid, (left.get(i.table.oid) ?? 0) + 1);
   const app = `${objectNames(ctx.config.id).applicationName}:copy`;
   const worker = async () => {
     const src = await connectClient(ctx.config.sourceUrl, { side: 'source', applicationName: app });
@@ -104,6 +149,8 @@ async function copyAll(
       // Copied rows fire no triggers and check no foreign keys: they were checked on the source.
       await tgt.query("SET session_replication_role = 'replica'");
       for (;;) {
+        // An index build that failed fails the load now, not after hours more of copying.
+        if (indexes?.error) throw indexes.error;
         const item = items[next++];
         if (!item) break;
         const binary = item.table.columns.every((c) => c.binary || c.generated);
@@ -119,6 +166,9 @@ async function copyAll(
         });
         rows += copied.rows;
         await tgt.query('COMMIT');
+        const remaining = (left.get(item.table.oid) ?? 1) - 1;
+        left.set(item.table.oid, remaining);
+        if (remaining === 0) indexes?.tableCopied(item.table);
       }
       await src.query('COMMIT');
     } finally {
@@ -145,7 +195,7 @@ async function truncateTarget(ctx: PhaseContext, tables: TableInfo[]) {
   if (list.length) await ctx.target.query(`TRUNCATE ${list.join(', ')}`);
 }
 
-async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' | 'dump') {
+async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' | 'dump', indexes?: EarlyIndexBuilder) {
   const names = objectNames(ctx.config.id);
   await ensurePublication(ctx.source, names.publication, tables);
   if (await slotExists(ctx.source, names.slot)) {
@@ -170,7 +220,7 @@ async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' 
     if (via === 'copy') {
       const items = await planCopy(ctx, tables);
       const started = performance.now();
-      const { rows, bytes } = await copyAll(ctx, items, exported.snapshot);
+      const { rows, bytes } = await copyAll(ctx, items, exported.snapshot, indexes);
       const seconds = (performance.now() - started) / 1000;
       await ctx.update((s) => {
         s.rowsCopied = rows;
@@ -278,22 +328,31 @@ export async function bulkLoad(ctx: PhaseContext): Promise<string> {
     s.tables = tables.map((t) => ({ schema: t.schema, name: t.name }));
   });
   let summary: string;
+  let early: EarlyIndexBuilder | undefined;
   if (ctx.state.dataLoadedAt) {
     summary = 'data already loaded';
   } else {
     const strategy = ctx.config.strategy;
-    summary =
-      strategy === 'native'
-        ? await nativeLoad(ctx, tables)
-        : await snapshotLoad(ctx, tables, strategy === 'dump' ? 'dump' : 'copy');
+    if (strategy === 'snapshot') early = new EarlyIndexBuilder(ctx, await planPostData(ctx));
+    try {
+      summary =
+        strategy === 'native'
+          ? await nativeLoad(ctx, tables)
+          : await snapshotLoad(ctx, tables, strategy === 'dump' ? 'dump' : 'copy', early);
+    } catch (err) {
+      await early?.finish().catch(() => {}); // no pg_restore may run on after the phase failed
+      throw err;
+    }
     await ctx.update((s) => {
       s.dataLoadedAt = new Date().toISOString();
     });
   }
   ctx.log('building indexes and constraints');
   let started = performance.now();
-  const post = await buildPostData(ctx);
+  const built = (await early?.finish()) ?? new Set<string>();
+  const post = await buildPostData(ctx, built);
   const postSeconds = (performance.now() - started) / 1000;
+  if (early?.tables) summary += `; indexes of ${early.tables} big tables built during the copy`;
   // Fresh statistics before the application arrives; one table per job, as the copy did.
   started = performance.now();
   await analyzeTables(ctx, tables);

@@ -3,7 +3,7 @@
  * pre-data section (types, tables, functions) before the copy; the post-data section (indexes,
  * constraints, triggers) is built after the data by `buildPostData`, in parallel.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, objectNames, SchemaFailedError } from '@pgferry/core';
 import { ident } from '../db';
@@ -110,11 +110,25 @@ async function dumpSchema(ctx: PhaseContext): Promise<string> {
   return file;
 }
 
-/** Restore one section. Errors other than "already exists" (a re-run after a crash) fail the phase. */
-async function restore(ctx: PhaseContext, file: string, section: 'pre-data' | 'post-data', jobs: number) {
+/**
+ * Restore one section, or only the TOC entries in `list` (lines of `pg_restore -l`). Errors other
+ * than "already exists" (a re-run after a crash) fail the phase.
+ */
+async function restore(
+  ctx: PhaseContext,
+  file: string,
+  section: 'pre-data' | 'post-data',
+  jobs: number,
+  list?: { name: string; lines: string[] },
+) {
   const pgRestore = await findTool('pg_restore', 0);
   const tgt = toolConnection(ctx.config.targetUrl);
   const args = ['--section', section, '--dbname', tgt.url, '--no-publications', '--no-subscriptions'];
+  if (list) {
+    const listFile = join(ctx.artifactDir, `${list.name}.list`);
+    writeFileSync(listFile, `${list.lines.join('\n')}\n`);
+    args.push('--use-list', listFile);
+  }
   // pre-data is all-or-nothing so a crash cannot leave half a schema; post-data builds in parallel.
   if (section === 'pre-data') args.push('--single-transaction', '--exit-on-error');
   else args.push('--jobs', String(jobs));
@@ -171,13 +185,82 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   return `schema restored${roles.length ? `; roles created without passwords: ${roles.join(', ')}` : ''}`;
 }
 
-/** Indexes, constraints and triggers, after the data, `--jobs` at a time. Idempotent. */
-export async function buildPostData(ctx: PhaseContext): Promise<string> {
+/**
+ * The post-data section split by table: a table's own indexes and primary-key, unique and
+ * exclusion constraints can be built as soon as its rows are in, while other tables are still being
+ * copied. Everything else (foreign keys, triggers, rules, policies, partitioned indexes and their
+ * ATTACH, comments, statistics) waits for the end.
+ */
+export interface PostDataPlan {
+  /** TOC lines per table, keyed by the table's oid on the source. */
+  byTable: Map<number, string[]>;
+}
+
+export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
+  const file = join(ctx.artifactDir, DUMP_FILE);
+  const dump = existsSync(file) ? file : await dumpSchema(ctx);
+  const pgRestore = await findTool('pg_restore', 0);
+  const listed = await runTool(pgRestore, ['--list', '--section', 'post-data', dump]);
+  if (listed.code !== 0)
+    throw new SchemaFailedError(`pg_restore --list failed: ${listed.stderr.trim()}`, {
+      migrationId: ctx.config.id,
+      phase: 'bulk-load',
+    });
+  // "dumpId; catalog-oid object-oid TYPE schema tag owner": the two oids name the object on the source.
+  const entries = listed.stdout
+    .split('\n')
+    .map((line) => ({ line, m: /^(\d+); (\d+) (\d+) /.exec(line) }))
+    .filter((e) => e.m)
+    .map((e) => ({ line: e.line, catalog: Number(e.m?.[2]), oid: Number(e.m?.[3]) }));
+  const indexes = entries.filter((e) => e.catalog === 1259).map((e) => e.oid);
+  const constraints = entries.filter((e) => e.catalog === 2606).map((e) => e.oid);
+  const owners = await ctx.source.query<{ catalog: number; oid: string; table_oid: string }>(
+    `SELECT 1259 AS catalog, x.indexrelid::int8::text AS oid, x.indrelid::int8::text AS table_oid
+       FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid
+      WHERE c.relkind = 'r' AND x.indexrelid = ANY($1::oid[])
+     UNION ALL
+     SELECT 2606, k.oid::int8::text, k.conrelid::int8::text
+       FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+      WHERE c.relkind = 'r' AND k.contype IN ('p', 'u', 'x') AND k.oid = ANY($2::oid[])`,
+    [indexes, constraints],
+  );
+  const tableOf = new Map(owners.map((o) => [`${o.catalog}:${o.oid}`, Number(o.table_oid)]));
+  const byTable = new Map<number, string[]>();
+  for (const e of entries) {
+    const table = tableOf.get(`${e.catalog}:${e.oid}`);
+    if (table === undefined) continue;
+    byTable.set(table, [...(byTable.get(table) ?? []), e.line]);
+  }
+  return { byTable };
+}
+
+/** One table's own indexes and constraints (lines of `planPostData`). Idempotent. */
+export async function buildTablePostData(ctx: PhaseContext, tableOid: number, lines: string[]) {
+  const file = join(ctx.artifactDir, DUMP_FILE);
+  await restore(ctx, file, 'post-data', Math.min(ctx.config.jobs, lines.length), {
+    name: `post-data-${tableOid}`,
+    lines,
+  });
+}
+
+/**
+ * Indexes, constraints and triggers, after the data, `--jobs` at a time; entries in `built` (TOC
+ * lines already restored by `buildTablePostData`) are left out. Idempotent.
+ */
+export async function buildPostData(ctx: PhaseContext, built: Set<string> = new Set()): Promise<string> {
   const m = await marker(ctx);
   if (m?.post_data_at) return 'already done: indexes and constraints built earlier';
   const file = join(ctx.artifactDir, DUMP_FILE);
   const dump = existsSync(file) ? file : await dumpSchema(ctx);
-  await restore(ctx, dump, 'post-data', ctx.config.jobs);
+  if (built.size === 0) {
+    await restore(ctx, dump, 'post-data', ctx.config.jobs);
+  } else {
+    const pgRestore = await findTool('pg_restore', 0);
+    const listed = await runTool(pgRestore, ['--list', '--section', 'post-data', dump]);
+    const rest = listed.stdout.split('\n').filter((l) => /^\d+; /.test(l) && !built.has(l));
+    if (rest.length > 0)
+      await restore(ctx, dump, 'post-data', ctx.config.jobs, { name: 'post-data-rest', lines: rest });
+  }
   await ctx.target.query(
     `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET post_data_at = now() WHERE id = $1`,
     [ctx.config.id],

@@ -205,7 +205,7 @@ describe('phases', () => {
     expect(await frozen(pair, 'source')).toBe(false);
   });
 
-  it('closes the cutover gate on DDL run on the source, naming it, until the target matches', async () => {
+  it('closes the cutover gate on DDL run on the source (columns, indexes, constraints), naming it, until the target matches', async () => {
     const { pair, rt } = await setup('ddl', 100);
     const m = await newMigration(rt, pair, { cutover: 'manual' });
     await advance(rt, m.id, { cutover: 'manual' });
@@ -217,6 +217,26 @@ describe('phases', () => {
         'DDL on the source: column public.orders.gift_note (text) exists on the source but not on the target',
       );
       await pair.target('ALTER TABLE orders ADD COLUMN gift_note text');
+      expect((await sampleGate(session.ctx, { wal: false })).reasons).toEqual([]);
+
+      // Indexes and constraints too: a unique index missing on the target would let it take rows the
+      // source refuses.
+      await pair.source('CREATE UNIQUE INDEX orders_gift_note_key ON orders (gift_note)');
+      await pair.source("ALTER TABLE customers ADD CONSTRAINT name_not_blank CHECK (name <> '') NOT VALID");
+      await pair.source('DROP INDEX orders_customer_idx');
+      expect((await sampleGate(session.ctx, { wal: false })).reasons.sort()).toEqual([
+        'DDL on the source: check constraint name_not_blank on public.customers exists on the source but not on the target',
+        'DDL on the source: index public.orders_customer_idx on public.orders exists on the target but was dropped on the source',
+        'DDL on the source: unique index public.orders_gift_note_key on public.orders exists on the source but not on the target',
+      ]);
+      await pair.target('CREATE UNIQUE INDEX orders_gift_note_key ON orders (gift_note)');
+      await pair.target("ALTER TABLE customers ADD CONSTRAINT name_not_blank CHECK (name <> '') NOT VALID");
+      await pair.target('DROP INDEX orders_customer_idx');
+      await pair.source('ALTER TABLE customers VALIDATE CONSTRAINT name_not_blank');
+      expect((await sampleGate(session.ctx, { wal: false })).reasons).toEqual([
+        'DDL on the source: check constraint name_not_blank on public.customers is valid on the source but not valid on the target',
+      ]);
+      await pair.target('ALTER TABLE customers VALIDATE CONSTRAINT name_not_blank');
       expect((await sampleGate(session.ctx, { wal: false })).reasons).toEqual([]);
     } finally {
       await session.close();

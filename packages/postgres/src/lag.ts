@@ -83,12 +83,52 @@ async function fingerprint(db: Db): Promise<Map<string, Map<string, string>>> {
 }
 
 /**
- * DDL run on the source after the schema was copied is not replicated. Compare table and column
- * definitions on both sides and name every difference; an empty list means the schemas agree.
+ * Indexes and constraints of the same tables, as "kind name on table" → state. Names and kinds, not
+ * definitions: pg_get_indexdef's text may differ between major versions, a name does not.
+ */
+async function keys(db: Db): Promise<Map<string, string>> {
+  const rows = await db.query<{ what: string; state: string }>(
+    `SELECT format('%s %I.%I on %s', CASE WHEN x.indisunique THEN 'unique index' ELSE 'index' END,
+                   n.nspname, ic.relname, format('%s.%s', n.nspname, c.relname)) AS what,
+            CASE WHEN x.indisvalid THEN 'valid' ELSE 'invalid' END AS state
+       FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid
+       JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry')
+        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+     UNION ALL
+     SELECT format('%s %I on %s', CASE k.contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique constraint'
+                     WHEN 'f' THEN 'foreign key' WHEN 'c' THEN 'check constraint' WHEN 'x' THEN 'exclusion constraint'
+                     ELSE 'constraint trigger' END, k.conname, format('%s.%s', n.nspname, c.relname)),
+            CASE WHEN k.convalidated THEN 'valid' ELSE 'not valid' END
+       FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND k.contype IN ('p', 'u', 'f', 'c', 'x', 't')
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry')
+        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'`,
+  );
+  return new Map(rows.map((r) => [r.what, r.state]));
+}
+
+/**
+ * DDL run on the source after the schema was copied is not replicated. Compare tables, columns,
+ * indexes and constraints on both sides and name every difference; an empty list means they agree.
+ * A missing unique index or constraint would let the target accept rows the source refuses; a
+ * missing index, slow queries the moment the application arrives.
  */
 export async function schemaDrift(source: Db, target: Db): Promise<string[]> {
-  const [src, tgt] = await Promise.all([fingerprint(source), fingerprint(target)]);
+  const [src, tgt, srcKeys, tgtKeys] = await Promise.all([
+    fingerprint(source),
+    fingerprint(target),
+    keys(source),
+    keys(target),
+  ]);
   const drift: string[] = [];
+  for (const [what, state] of srcKeys) {
+    const other = tgtKeys.get(what);
+    if (other === undefined) drift.push(`${what} exists on the source but not on the target`);
+    else if (other !== state) drift.push(`${what} is ${state} on the source but ${other} on the target`);
+  }
+  for (const what of tgtKeys.keys())
+    if (!srcKeys.has(what)) drift.push(`${what} exists on the target but was dropped on the source`);
   for (const [tbl, cols] of src) {
     const other = tgt.get(tbl);
     if (!other) {

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { advance, cleanupMigration, openSession } from '../packages/cli/src/runner';
+import { advance, cleanupMigration, openSession, rollbackMigration } from '../packages/cli/src/runner';
 import { LiveWriter } from '../packages/cli/src/writer';
 import {
   buildPostData,
@@ -329,7 +329,7 @@ describe('phases', () => {
 });
 
 describe('schema, roles and verification', () => {
-  it('recreates roles without passwords or superuser, keeping ownership and grants', async () => {
+  it('recreates roles without passwords or superuser, keeping ownership and grants, and drops them on rollback', async () => {
     const { pair, rt } = await setup('roles', 100);
     // Roles are cluster-wide on servers shared by the whole run: unique names, dropped at the end.
     const owner = `owner_${pair.sourceDb.slice(-8)}`;
@@ -370,6 +370,16 @@ describe('schema, roles and verification', () => {
         { ok: true },
       ]);
       expect(await pair.target(`SELECT pg_has_role('${owner}', '${reader}', 'MEMBER') AS ok`)).toEqual([{ ok: true }]);
+      expect((await rt.store.get(m.id)).rolesCreated?.sort()).toEqual([owner, reader].sort());
+
+      // Rolled back before cutover, nothing pgferry created stays: not even the cluster-wide roles.
+      await pair.target(`ALTER DEFAULT PRIVILEGES FOR ROLE ${owner} GRANT SELECT ON TABLES TO ${reader}`);
+      const rolled = await rollbackMigration(rt, m.id);
+      expect(rolled.status).toBe('rolled-back');
+      expect(await pair.target('SELECT rolname FROM pg_roles WHERE rolname IN ($1, $2)', [owner, reader])).toEqual([]);
+      expect(
+        await pair.source('SELECT count(*)::int AS n FROM pg_roles WHERE rolname IN ($1, $2)', [owner, reader]),
+      ).toEqual([{ n: 2 }]);
       await cleanupMigration(rt, m.id, { force: true });
     } finally {
       await pair.drop();

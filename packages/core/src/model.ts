@@ -91,6 +91,8 @@ export interface MigrationState {
   sourceVersion?: number;
   targetVersion?: number;
   tables?: TableRef[];
+  /** Roles pgferry created on the target (cluster-wide): a rollback before cutover drops them again. */
+  rolesCreated?: string[];
   slotLsn?: string;
   /** Set when every row is on the target (before indexes): a crash after this does not copy again. */
   dataLoadedAt?: string;

@@ -40,6 +40,10 @@ export async function createRoles(ctx: PhaseContext): Promise<string[]> {
     ].filter(Boolean);
     await ctx.target.query(`CREATE ROLE ${ident(r.rolname)} ${attrs.join(' ')}`);
     created.push(r.rolname);
+    // Recorded at once (after the CREATE, so a role someone else made is never claimed as ours).
+    await ctx.update((s) => {
+      s.rolesCreated = [...new Set([...(s.rolesCreated ?? []), r.rolname])];
+    });
   }
   const members = await ctx.source.query<{ role: string; member: string; admin: boolean }>(
     `SELECT r.rolname AS role, m.rolname AS member, am.admin_option AS admin FROM pg_auth_members am

@@ -57,8 +57,43 @@ async function beforeCutover(ctx: PhaseContext): Promise<string> {
     await unfreezeWrites(ctx.source);
     done.push('source unfrozen');
   }
-  if (await dropLoadedSchema(ctx)) done.push('schema and data loaded on the target');
-  return done.length ? `removed ${done.join(', ')}` : 'nothing to remove';
+  const ours = await dropLoadedSchema(ctx);
+  if (ours) done.push('schema and data loaded on the target');
+  const roles = await dropCreatedRoles(ctx, ours);
+  if (roles.dropped.length) done.push(`target roles ${roles.dropped.join(', ')}`);
+  const summary = done.length ? `removed ${done.join(', ')}` : 'nothing to remove';
+  return roles.kept.length ? `${summary}; kept ${roles.kept.join('; ')}` : summary;
+}
+
+/**
+ * Roles are cluster-wide: pgferry drops the ones it created only once nothing but the (now emptied)
+ * target database refers to them. A role someone has since used elsewhere stays, named.
+ */
+async function dropCreatedRoles(
+  ctx: PhaseContext,
+  targetIsOurs: boolean,
+): Promise<{ dropped: string[]; kept: string[] }> {
+  const dropped: string[] = [];
+  const kept: string[] = [];
+  for (const role of ctx.state.rolesCreated ?? []) {
+    const exists = await ctx.target.query('SELECT 1 FROM pg_roles WHERE rolname = $1', [role]);
+    if (exists.length === 0) {
+      dropped.push(role);
+      continue;
+    }
+    try {
+      // What is left of it in a target database pgferry filled (default privileges) goes with it.
+      if (targetIsOurs) await ctx.target.query(`DROP OWNED BY ${ident(role)}`);
+      await ctx.target.query(`DROP ROLE ${ident(role)}`);
+      dropped.push(role);
+    } catch (err) {
+      kept.push(`role ${role} (${err instanceof Error ? err.message : String(err)})`);
+    }
+  }
+  await ctx.update((s) => {
+    s.rolesCreated = (s.rolesCreated ?? []).filter((r) => !dropped.includes(r));
+  });
+  return { dropped, kept };
 }
 
 async function afterCutover(ctx: PhaseContext): Promise<string> {

@@ -165,6 +165,8 @@ describe('pgferry CLI', () => {
     ]);
     expect(m.code).toBe(0);
     expect(m.stdout).toContain('pgferry cutover --id climanual');
+    // Copy progress in bytes and rows (plain lines: stdout is not a terminal here).
+    expect(m.stdout).toMatch(/copy: [\d.]+ MiB of ~[\d.]+ MiB, \d+k? of ~\d+k? rows \(\d+%\)/);
     expect(m.stdout + m.stderr).not.toContain(pair.sourceServer.password);
     const status = await pgferry(['status', '--id', 'climanual', '--json']);
     const last = JSON.parse(status.stdout.trim().split('\n').at(-1)!);

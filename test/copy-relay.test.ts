@@ -43,10 +43,13 @@ describe('COPY relay (source socket to target socket, rows untouched)', () => {
       const tgt = await client(pair.targetUrl);
       const opt = format === 'binary' ? ' (FORMAT binary)' : '';
       let seen = 0;
-      const { rows, bytes } = await relayCopy(src, tgt, `COPY t TO STDOUT${opt}`, `COPY t FROM STDIN${opt}`, (n) => {
+      let messages = 0;
+      const { rows, bytes } = await relayCopy(src, tgt, `COPY t TO STDOUT${opt}`, `COPY t FROM STDIN${opt}`, (n, m) => {
         seen += n;
+        messages += m;
       });
       expect(rows).toBe(20000);
+      expect(messages).toBe(format === 'binary' ? 20001 : 20000); // one per row, and binary's trailer
       expect(bytes).toBe(seen);
       expect(bytes).toBeGreaterThan(12_000_000);
       expect(await pair.target(fingerprint)).toEqual(await pair.source(fingerprint));
@@ -159,6 +162,7 @@ describe('COPY relay framing', () => {
       expect(Buffer.concat(handedBack).equals(tail), `cut every ${size} bytes`).toBe(true);
       expect(source.listeners('data')).toEqual([pgHandler]);
       expect(relay.bytes).toBe(expected.length);
+      expect(relay.messages).toBe(3);
     }
   });
 });

@@ -11,6 +11,14 @@ export interface Output extends RunnerEvents {
 
 const fmtBytes = (n: number) =>
   n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(2)} GiB` : `${(n / 1024 ** 2).toFixed(1)} MiB`;
+const fmtCount = (n: number) =>
+  n >= 1e9
+    ? `${(n / 1e9).toFixed(2)}G`
+    : n >= 1e6
+      ? `${(n / 1e6).toFixed(2)}M`
+      : n >= 1e4
+        ? `${(n / 1e3).toFixed(0)}k`
+        : `${n}`;
 
 export function createOutput(options: { json: boolean; stream?: NodeJS.WriteStream; quiet?: boolean }): Output {
   const out = options.stream ?? process.stdout;
@@ -44,8 +52,10 @@ export function createOutput(options: { json: boolean; stream?: NodeJS.WriteStre
     },
     progress(p) {
       const pct = p.total > 0 ? Math.min(100, (p.done / p.total) * 100) : 0;
+      const rows =
+        p.rows === undefined ? '' : `, ${fmtCount(p.rows)}${p.rowsTotal ? ` of ~${fmtCount(p.rowsTotal)}` : ''} rows`;
       const amount =
-        p.unit === 'bytes' ? `${fmtBytes(p.done)} of ~${fmtBytes(p.total)}` : `${p.done}/${p.total} ${p.unit}`;
+        p.unit === 'bytes' ? `${fmtBytes(p.done)} of ~${fmtBytes(p.total)}${rows}` : `${p.done}/${p.total} ${p.unit}`;
       if (options.json) {
         const now = Date.now();
         if (now - lastPlain < 1000) return;

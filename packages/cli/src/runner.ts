@@ -30,6 +30,7 @@ import {
   cutover,
   type Db,
   type PhaseContext,
+  type Progress,
   prepareSchema,
   rollback,
   startReplication,
@@ -40,7 +41,7 @@ import {
 export interface RunnerEvents {
   log(message: string): void;
   phase(phase: Phase, event: 'start' | 'end' | 'skip', summary?: string): void;
-  progress?(p: { step: string; done: number; total: number; unit: 'bytes' | 'rows' | 'tables' }): void;
+  progress?(p: Progress): void;
 }
 
 export interface Runtime {

@@ -107,6 +107,9 @@ export class CopyOutRelay {
   rowCount = 0;
   /** Bytes handed to the sink so far. */
   bytes = 0;
+  /** CopyData messages seen: one per row (plus the trailer of the binary format). */
+  messages = 0;
+  private unreported = 0;
   private connection?: Connection;
   private pgOnData?: (chunk: Buffer) => void;
   private attached = false;
@@ -124,7 +127,7 @@ export class CopyOutRelay {
   constructor(
     text: string,
     private readonly sink: CopyInSink,
-    private readonly onBytes?: (n: number) => void,
+    private readonly onBytes?: (bytes: number, messages: number) => void,
   ) {
     this.text = text;
   }
@@ -152,7 +155,8 @@ export class CopyOutRelay {
   private forward(bytes: Buffer) {
     if (bytes.length === 0) return;
     this.bytes += bytes.length;
-    this.onBytes?.(bytes.length);
+    this.onBytes?.(bytes.length, this.unreported);
+    this.unreported = 0;
     if (!this.sink.write(bytes) && !this.waitingForDrain) {
       const stream = this.connection?.stream;
       this.waitingForDrain = true;
@@ -186,6 +190,8 @@ export class CopyOutRelay {
         this.remaining = this.header.readUInt32BE(1) - 4;
         this.inData = this.header[0] === COPY_DATA;
         if (this.inData) {
+          this.messages++;
+          this.unreported++;
           this.forward(Buffer.from(this.header));
           run = pos;
         }
@@ -211,7 +217,11 @@ export class CopyOutRelay {
       }
       this.remaining = chunk.readUInt32BE(pos + 1) - 4;
       this.inData = type === COPY_DATA;
-      if (this.inData && run < 0) run = pos;
+      if (this.inData) {
+        this.messages++;
+        this.unreported++;
+        if (run < 0) run = pos;
+      }
       pos += HEADER;
     }
     if (run >= 0) this.forward(chunk.subarray(run, n));
@@ -270,7 +280,7 @@ export async function relayCopy(
   target: pg.Client,
   outSql: string,
   inSql: string,
-  onBytes?: (n: number) => void,
+  onBytes?: (bytes: number, messages: number) => void,
 ): Promise<{ rows: number; bytes: number }> {
   const sink = new CopyInSink(inSql);
   target.query(sink as unknown as pg.Submittable);

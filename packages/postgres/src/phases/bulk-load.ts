@@ -133,8 +133,13 @@ async function copyAll(
     ).map((r) => r.t),
   );
   const total = items.reduce((s, i) => s + i.estBytes, 0);
+  const rowsTotal = [...new Map(items.map((i) => [i.table.oid, Math.max(0, i.table.rowEstimate)])).values()].reduce(
+    (a, b) => a + b,
+    0,
+  );
   let bytes = 0;
   let rows = 0;
+  let rowsSeen = 0;
   let next = 0;
   const left = new Map<number, number>();
   for (const i of items) left.set(i.table.oid, (left.get(i.table.oid) ?? 0) + 1);
@@ -160,9 +165,10 @@ async function copyAll(
         const sql = copySql(item, binary, whole);
         await tgt.query('BEGIN');
         if (whole) await tgt.query(`TRUNCATE ONLY ${qualified(item.table)}`);
-        const copied = await relayCopy(src, tgt, sql.out, sql.in, (n) => {
+        const copied = await relayCopy(src, tgt, sql.out, sql.in, (n, messages) => {
           bytes += n;
-          ctx.progress?.({ step: 'copy', done: bytes, total, unit: 'bytes' });
+          rowsSeen += messages; // one CopyData message per row
+          ctx.progress?.({ step: 'copy', done: bytes, total, unit: 'bytes', rows: rowsSeen, rowsTotal });
         });
         rows += copied.rows;
         await tgt.query('COMMIT');

@@ -11,7 +11,7 @@ export interface PhaseContext {
   update(change: (state: MigrationState) => void): Promise<void>;
   log(message: string): void;
   /** Progress of long steps: rows and bytes copied so far. */
-  progress?(p: { step: string; done: number; total: number; unit: 'bytes' | 'rows' | 'tables' }): void;
+  progress?(p: Progress): void;
   /** Directory for artifacts (schema dumps, dump strategy data). */
   artifactDir: string;
 }
@@ -25,4 +25,14 @@ export function targetMajor(ctx: PhaseContext): Promise<number> {
   return ctx.target
     .one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v")
     .then((r) => r.v);
+}
+
+export interface Progress {
+  step: string;
+  done: number;
+  total: number;
+  unit: 'bytes' | 'rows' | 'tables';
+  /** Rows so far and the estimate of all rows, where the step moves both bytes and rows. */
+  rows?: number;
+  rowsTotal?: number;
 }

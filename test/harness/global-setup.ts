@@ -5,6 +5,8 @@ export interface ServerInfo {
   version: number;
   port: number;
   password: string;
+  /** The server's self-signed certificate, when it offers TLS. */
+  certFile?: string;
 }
 
 declare module 'vitest' {
@@ -15,16 +17,25 @@ declare module 'vitest' {
 
 let started: LocalServer[] = [];
 
-/** One server per role for the whole run; each test makes its own databases on them. */
+/**
+ * One server per role for the whole run; each test makes its own databases on them. All but target15
+ * offer TLS, as RDS does: libpq's tools and the subscriptions use it unasked (sslmode=prefer), and so
+ * does pgferry; target15 offers none, so `prefer` falling back to plain connections is covered too.
+ */
 export async function setup(project: TestProject) {
   const [source15, target15, target16, target17] = await Promise.all([
-    startServer({ version: 15, name: 'source15' }),
+    startServer({ version: 15, name: 'source15', ssl: true }),
     startServer({ version: 15, name: 'target15' }),
-    startServer({ version: 16, name: 'target16' }),
-    startServer({ version: 17, name: 'target17' }),
+    startServer({ version: 16, name: 'target16', ssl: true }),
+    startServer({ version: 17, name: 'target17', ssl: true }),
   ]);
   started = [source15, target15, target16, target17];
-  const info = (s: LocalServer): ServerInfo => ({ version: s.version, port: s.port, password: s.password });
+  const info = (s: LocalServer): ServerInfo => ({
+    version: s.version,
+    port: s.port,
+    password: s.password,
+    certFile: s.certFile,
+  });
   project.provide('servers', {
     source15: info(source15),
     target15: info(target15),

@@ -34,6 +34,8 @@ export interface ServerOptions {
   settings?: Record<string, string | number>;
   /** A label for logs and the temp dir name. */
   name?: string;
+  /** Offer TLS with a throw-away self-signed certificate (as RDS does, with its own CA). */
+  ssl?: boolean;
 }
 
 export interface LocalServer {
@@ -43,6 +45,8 @@ export interface LocalServer {
   password: string;
   baseDir: string;
   logFile: string;
+  /** Path of the self-signed certificate when started with `ssl`. */
+  certFile?: string;
   /** URL for `user` (default the superuser `postgres`) and `database` (default `postgres`). */
   url(database?: string, user?: string, password?: string): string;
   /** Run SQL as the superuser against a database. */
@@ -139,7 +143,9 @@ export async function startServer(options: ServerOptions = {}): Promise<LocalSer
   const pwfile = join(baseDir, 'pwfile');
   writeFileSync(pwfile, `${password}\n`, { mode: 0o600 });
   if (owner) chownSync(pwfile, owner.uid, owner.gid);
-  const env = { ...process.env, LD_LIBRARY_PATH: join(bin, '..', 'lib'), LC_ALL: 'C' };
+  // HOME is the server's own directory: libpq inside the server (a subscription connecting out) looks
+  // for ~/.postgresql/ client certificates, and the caller's HOME (/root) is not the server user's.
+  const env = { ...process.env, HOME: baseDir, LD_LIBRARY_PATH: join(bin, '..', 'lib'), LC_ALL: 'C' };
 
   try {
     await execFileAsync(
@@ -164,6 +170,29 @@ export async function startServer(options: ServerOptions = {}): Promise<LocalSer
     throw new Error(`initdb (PostgreSQL ${version}) failed: ${(err as { stderr?: string }).stderr ?? err}`);
   }
   rmSync(pwfile);
+  if (options.ssl) {
+    // The key must belong to the server's user and be private, or PostgreSQL refuses it.
+    await execFileAsync(
+      'openssl',
+      [
+        'req',
+        '-new',
+        '-x509',
+        '-days',
+        '2',
+        '-nodes',
+        '-subj',
+        '/CN=127.0.0.1',
+        '-keyout',
+        'server.key',
+        '-out',
+        'server.crt',
+      ],
+      { cwd: dataDir },
+    );
+    chmodSync(join(dataDir, 'server.key'), 0o600);
+    if (owner) for (const f of ['server.key', 'server.crt']) chownSync(join(dataDir, f), owner.uid, owner.gid);
+  }
 
   const port = await freePort();
   const settings: Record<string, string | number> = {
@@ -186,6 +215,7 @@ export async function startServer(options: ServerOptions = {}): Promise<LocalSer
     // migrations on one server would otherwise wait for.
     wal_retrieve_retry_interval: "'200ms'",
     logging_collector: 'off',
+    ...(options.ssl ? { ssl: 'on' } : {}),
     ...options.settings,
   };
   const conf = Object.entries(settings)
@@ -258,7 +288,8 @@ export async function startServer(options: ServerOptions = {}): Promise<LocalSer
     }
   };
 
-  return { version, host: '127.0.0.1', port, password, baseDir, logFile, url, query, stop };
+  const certFile = options.ssl ? join(dataDir, 'server.crt') : undefined;
+  return { version, host: '127.0.0.1', port, password, baseDir, logFile, certFile, url, query, stop };
 }
 
 export function currentUser(): string {

@@ -5,6 +5,7 @@
  * each time it lands on a different server.
  */
 import { readFileSync } from 'node:fs';
+import { connectionSettings } from '@pgferry/postgres';
 import pg from 'pg';
 
 export interface WriterOptions {
@@ -59,8 +60,9 @@ export class LiveWriter {
 
   private async connect() {
     const url = this.url();
+    // The application reads the URL as libpq would (sslmode=require: encrypted, not verified).
     const client = new pg.Client({
-      connectionString: url,
+      ...(await connectionSettings(url)),
       application_name: `writer:${this.options.name ?? 'w'}`,
       connectionTimeoutMillis: 2000,
     });
@@ -126,7 +128,7 @@ export class LiveWriter {
 
   /** Acknowledged writes missing (or different) on the server at `url`. */
   async lostWrites(url: string): Promise<number[]> {
-    const client = new pg.Client({ connectionString: url });
+    const client = new pg.Client(await connectionSettings(url));
     await client.connect();
     try {
       const ids = [...this.ackedWrites.keys()];

@@ -4,6 +4,7 @@
  */
 import { ConnectionFailedError, DEFAULTS, PgferryError, redactText, redactUrl } from '@pgferry/core';
 import pg from 'pg';
+import { parse as parseUrl, toClientConfig } from 'pg-connection-string';
 
 // int8 and numeric as JS numbers where they fit is what every caller here wants (counts, bytes, LSN diffs).
 pg.types.setTypeParser(20, (v) => Number(v));
@@ -63,9 +64,64 @@ export function connectionError(side: Side, url: string, err: unknown): PgferryE
   return new ConnectionFailedError(message, { cause: err, hint, field });
 }
 
-function poolConfig(url: string, options: DbOptions): pg.PoolConfig {
+/** Options only node-postgres understands; libpq (pg_dump, a subscription) refuses unknown ones. */
+const NODE_ONLY = ['uselibpqcompat', 'ssl'];
+
+/** A URL's query parameters that libpq accepts. */
+export function libpqParams(u: URL): [string, string][] {
+  return [...u.searchParams].filter(([k]) => !NODE_ONLY.includes(k));
+}
+
+/**
+ * A URL read the way libpq reads it, so pgferry's own connections agree with pg_dump, pg_restore and
+ * the subscription, which are libpq: `sslmode=require` encrypts without verifying the certificate
+ * (node-postgres alone treats it as verify-full, and an RDS URL with sslmode=require would then fail
+ * on RDS's CA), and no sslmode means `prefer` (TLS when the server offers it, which RDS with
+ * rds.force_ssl needs). `verify-ca` / `verify-full` with `sslrootcert=` verify as libpq does.
+ */
+export async function connectionSettings(url: string): Promise<pg.ClientConfig> {
+  const parsed = parseUrl(url, { useLibpqCompat: true });
+  const mode = typeof parsed.sslmode === 'string' ? parsed.sslmode : undefined;
+  const settings = toClientConfig({ ...parsed, sslmode: undefined, uselibpqcompat: undefined });
+  if (mode === undefined || mode === 'prefer' || mode === 'allow') {
+    if (parsed.ssl === true || (typeof parsed.ssl === 'object' && mode === undefined)) return settings;
+    settings.ssl = (await serverOffersTls(settings)) ? { rejectUnauthorized: false } : false;
+  }
+  return settings;
+}
+
+/** libpq's `prefer`, decided once per server: does it accept TLS? */
+const tlsOffered = new Map<string, Promise<boolean>>();
+function serverOffersTls(settings: pg.ClientConfig): Promise<boolean> {
+  const key = `${settings.host}:${settings.port}`;
+  let known = tlsOffered.get(key);
+  if (!known) {
+    known = new Promise<boolean>((resolve) => {
+      const probe = new pg.Client({ ...settings, ssl: { rejectUnauthorized: false }, connectionTimeoutMillis: 10_000 });
+      probe.on('error', () => {});
+      probe.connect().then(
+        () => {
+          resolve(true);
+          probe.end().catch(() => {});
+        },
+        (err: Error) => {
+          // Any other failure (password, database) is the real connection's to report.
+          resolve(!/does not support SSL/i.test(err.message));
+          probe.end().catch(() => {});
+        },
+      );
+    });
+    tlsOffered.set(key, known);
+  }
+  return known;
+}
+
+async function poolConfig(url: string, options: DbOptions): Promise<pg.PoolConfig> {
+  const settings = await connectionSettings(url);
+  // Options from the URL are kept; ours come last and win.
+  const urlOptions = typeof settings.options === 'string' ? `${settings.options} ` : '';
   return {
-    connectionString: url,
+    ...settings,
     max: options.max ?? 4,
     application_name: options.applicationName,
     statement_timeout: options.statementTimeoutMs ?? DEFAULTS.statementTimeoutMs,
@@ -74,12 +130,18 @@ function poolConfig(url: string, options: DbOptions): pg.PoolConfig {
     idle_in_transaction_session_timeout: 0,
     connectionTimeoutMillis: 10_000,
     // Our own sessions keep writing while a database is frozen with default_transaction_read_only.
-    options: '-c default_transaction_read_only=off',
+    options: `${urlOptions}-c default_transaction_read_only=off`,
   };
 }
 
 export async function connect(url: string, options: DbOptions): Promise<Db> {
-  const pool = new pg.Pool(poolConfig(url, options));
+  let config: pg.PoolConfig;
+  try {
+    config = await poolConfig(url, options);
+  } catch (err) {
+    throw connectionError(options.side, url, err);
+  }
+  const pool = new pg.Pool(config);
   pool.on('error', () => {}); // an idle client killed by the server (e.g. our own freeze) is not fatal
   try {
     const c = await pool.connect();
@@ -132,7 +194,12 @@ export async function connect(url: string, options: DbOptions): Promise<Db> {
 
 /** A single client outside the pool (replication protocol connections, held snapshots). */
 export async function connectClient(url: string, options: DbOptions & { replication?: boolean }): Promise<pg.Client> {
-  const cfg = poolConfig(url, options) as pg.ClientConfig & { replication?: string };
+  let cfg: pg.ClientConfig & { replication?: string };
+  try {
+    cfg = await poolConfig(url, options);
+  } catch (err) {
+    throw connectionError(options.side, url, err);
+  }
   if (options.replication) cfg.replication = 'database';
   const client = new pg.Client(cfg);
   client.on('error', () => {});

@@ -2,7 +2,7 @@
 import { PgferryError } from '@pgferry/core';
 import type pg from 'pg';
 import { publishedTables, type TableInfo } from './catalog';
-import { connectClient, type Db, ident, literal, qualified, sleep } from './db';
+import { connectClient, type Db, ident, libpqParams, literal, qualified, sleep } from './db';
 
 export async function publicationExists(db: Db, name: string): Promise<boolean> {
   return (await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name])).length > 0;
@@ -137,7 +137,14 @@ export async function createSlotWithSnapshot(
   };
 }
 
-/** Libpq keyword form understood by CREATE SUBSCRIPTION ... CONNECTION. */
+/** Files on this machine: the server that runs a subscription cannot read them. */
+const CLIENT_FILES = ['sslrootcert', 'sslcert', 'sslkey', 'sslcrl', 'sslcrldir', 'sslpassword'];
+
+/**
+ * Libpq keyword form understood by CREATE SUBSCRIPTION ... CONNECTION. The subscription connects
+ * from the other server, so paths to this machine's certificate files are left out; a verify-ca /
+ * verify-full that relied on such a CA file becomes `require` there (still encrypted).
+ */
 export function conninfo(url: string): string {
   const u = new URL(url);
   const parts: Record<string, string> = {
@@ -147,7 +154,8 @@ export function conninfo(url: string): string {
     user: decodeURIComponent(u.username),
   };
   if (u.password) parts.password = decodeURIComponent(u.password);
-  for (const [k, v] of u.searchParams) parts[k] = v;
+  for (const [k, v] of libpqParams(u)) if (!CLIENT_FILES.includes(k)) parts[k] = v;
+  if (u.searchParams.has('sslrootcert') && /^verify-/.test(parts.sslmode ?? '')) parts.sslmode = 'require';
   return Object.entries(parts)
     .filter(([, v]) => v !== '')
     .map(([k, v]) => `${k}='${v.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`)

@@ -4,6 +4,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { PgferryError, redactText } from '@pgferry/core';
+import { libpqParams } from './db';
 
 const execFileAsync = promisify(execFile);
 
@@ -53,6 +54,7 @@ export function toolConnection(url: string): { url: string; env: Record<string, 
   const u = new URL(url);
   const password = decodeURIComponent(u.password);
   u.password = '';
+  u.search = new URLSearchParams(libpqParams(u)).toString();
   return { url: u.toString(), env: password ? { PGPASSWORD: password } : {} };
 }
 

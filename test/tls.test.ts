@@ -1,0 +1,85 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { advance, cleanupMigration } from '../packages/cli/src/runner';
+import { LiveWriter } from '../packages/cli/src/writer';
+import { connect, conninfo, type Db, toolConnection } from '../packages/postgres/src/index';
+import { loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
+import { freshPair, leftovers, type Pair } from './harness/pairs';
+
+let pair: Pair | undefined;
+let rt: TestRuntime | undefined;
+const dbs: Db[] = [];
+afterEach(async () => {
+  for (const d of dbs.splice(0)) await d.end();
+  await pair?.drop();
+  rt?.dispose();
+  pair = undefined;
+  rt = undefined;
+});
+
+async function tlsOf(url: string, side: 'source' | 'target' = 'source') {
+  const db = await connect(url, { side, applicationName: 'pgferry:tls-test' });
+  dbs.push(db);
+  return (await db.one<{ ssl: boolean }>('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')).ssl;
+}
+
+describe('TLS, read the way libpq reads a URL', () => {
+  it('uses TLS when the server offers it, requires it on sslmode=require without verifying, and says why verify-full fails', async () => {
+    pair = await freshPair(15, 'tls');
+    const src = pair.sourceUrl; // offers TLS (self-signed, like RDS with its own CA)
+    const plain = pair.targetUrl; // offers none
+    expect(await tlsOf(src)).toBe(true); // no sslmode = prefer
+    expect(await tlsOf(`${src}?sslmode=require`)).toBe(true); // encrypted; not verified (libpq's require)
+    expect(await tlsOf(`${src}?sslmode=disable`)).toBe(false);
+    expect(await tlsOf(plain, 'target')).toBe(false); // prefer falls back
+    await expect(tlsOf(`${plain}?sslmode=require`, 'target')).rejects.toThrow(/--target.*does not support SSL/s);
+    await expect(tlsOf(`${src}?sslmode=verify-full`)).rejects.toThrow(/--source.*(self.signed|certificate)/is);
+    // With the CA, verify-ca passes (the certificate names no host, so verify-full could not).
+    const ca = pair.sourceServer.certFile;
+    expect(ca).toBeTruthy();
+    expect(await tlsOf(`${src}?sslmode=verify-ca&sslrootcert=${encodeURIComponent(ca as string)}`)).toBe(true);
+  });
+
+  it('keeps client-side certificate paths and node-only options out of what the servers and libpq tools get', () => {
+    const url =
+      'postgres://u:p@db.example:5432/app?sslmode=verify-full&sslrootcert=%2Fhome%2Fme%2Frds-ca.pem&uselibpqcompat=true&connect_timeout=5';
+    // The subscription runs on the other server, which cannot read this machine's files.
+    expect(conninfo(url)).toBe(
+      "host='db.example' port='5432' dbname='app' user='u' password='p' sslmode='require' connect_timeout='5'",
+    );
+    // pg_dump is libpq on this machine: the CA path stays, the node-only option goes.
+    expect(toolConnection(url).url).toBe(
+      'postgres://u@db.example:5432/app?sslmode=verify-full&sslrootcert=%2Fhome%2Fme%2Frds-ca.pem&connect_timeout=5',
+    );
+  });
+
+  it('migrates over TLS end to end with sslmode=require on both sides, 15 → 17', async () => {
+    pair = await freshPair(17, 'tlsmig');
+    rt = testRuntime();
+    await loadSample(pair, 1000);
+    const sourceUrl = `${pair.sourceUrl}?sslmode=require`;
+    const targetUrl = `${pair.targetUrl}?sslmode=require`;
+    const writer = new LiveWriter({ switchFile: rt.switchFile, name: 'app', intervalMs: 2 });
+    const m = await newMigration(rt, pair, { cutover: 'auto', sourceUrl, targetUrl });
+    writer.start();
+    try {
+      await sleep(200);
+      const state = await advance(rt, m.id, { cutover: 'auto' });
+      await sleep(300);
+      const stats = await writer.stop();
+      expect(state.status).toBe('cut-over');
+      expect(state.verify?.ok).toBe(true);
+      expect(stats.servers.length).toBe(2);
+      expect(await writer.lostWrites(targetUrl)).toEqual([]);
+      // The reverse subscription (on the source) reaches the target over TLS too.
+      const walsenders = await pair.target(
+        "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE r.application_name LIKE 'pgferry%'",
+      );
+      expect(walsenders.length).toBeGreaterThan(0);
+      expect(walsenders.every((w) => w.ssl === true)).toBe(true);
+      expect((await cleanupMigration(rt, m.id)).leftovers).toEqual([]);
+      expect(await leftovers(pair)).toEqual([]);
+    } finally {
+      await writer.stop();
+    }
+  });
+});

@@ -7,6 +7,7 @@ import {
   catchUp,
   cleanup,
   cutover,
+  planPostData,
   prepareSchema,
   sampleGate,
   startReplication,
@@ -142,6 +143,36 @@ describe('phases', () => {
     );
     expect(await count(pair, 'target', 'events_2026')).toBe(1);
     expect(await count(pair, 'target', 'audit_log')).toBe(await count(pair, 'source', 'audit_log'));
+    await cleanupMigration(rt, m.id);
+  });
+
+  it('builds an index whose function reads another table only once every table is loaded', async () => {
+    const { pair, rt } = await setup('fnidx', 300);
+    // A function that claims IMMUTABLE but reads a table, used by an index on the biggest table: built
+    // during the copy it could see an empty regions table and fail; pg_restore's own order never would.
+    await pair.source(`CREATE TABLE regions (code int PRIMARY KEY, name text NOT NULL);
+      INSERT INTO regions SELECT g, 'region ' || g FROM generate_series(1, 5) g;
+      CREATE FUNCTION region_name(int) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+        DECLARE r text; BEGIN SELECT name INTO r FROM public.regions WHERE code = $1;
+          IF r IS NULL THEN RAISE EXCEPTION 'unknown region %', $1; END IF; RETURN r; END $$;
+      CREATE INDEX orders_region_idx ON orders (region_name(customer_id % 5 + 1));`);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    const session = await openSession(rt, m.id);
+    try {
+      await prepareSchema(session.ctx);
+      const plan = await planPostData(session.ctx);
+      const orders = Number((await pair.source("SELECT 'orders'::regclass::oid::int8 AS oid"))[0]?.oid);
+      const early = (plan.byTable.get(orders) ?? []).join('\n');
+      expect(early).toContain('orders_pkey');
+      expect(early).not.toContain('orders_region_idx');
+    } finally {
+      await session.close();
+    }
+    const state = await advance(rt, m.id, { cutover: 'now' });
+    expect(state.verify?.ok).toBe(true);
+    expect(
+      await pair.target("SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_region_idx'::regclass"),
+    ).toEqual([{ indisvalid: true }]);
     await cleanupMigration(rt, m.id);
   });
 

@@ -218,14 +218,21 @@ export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
     .map((e) => ({ line: e.line, catalog: Number(e.m?.[2]), oid: Number(e.m?.[3]) }));
   const indexes = entries.filter((e) => e.catalog === 1259).map((e) => e.oid);
   const constraints = entries.filter((e) => e.catalog === 2606).map((e) => e.oid);
+  // An index whose expression or predicate calls a user-defined function may (if the function is
+  // not as immutable as it claims) read other tables, which are loaded only at the end: it waits too.
   const owners = await ctx.source.query<{ catalog: number; oid: string; table_oid: string }>(
-    `SELECT 1259 AS catalog, x.indexrelid::int8::text AS oid, x.indrelid::int8::text AS table_oid
+    `WITH calls_user_function AS (
+       SELECT DISTINCT d.objid AS index_oid FROM pg_depend d
+        WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_proc'::regclass)
+     SELECT 1259 AS catalog, x.indexrelid::int8::text AS oid, x.indrelid::int8::text AS table_oid
        FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid
       WHERE c.relkind = 'r' AND x.indexrelid = ANY($1::oid[])
+        AND x.indexrelid NOT IN (SELECT index_oid FROM calls_user_function)
      UNION ALL
      SELECT 2606, k.oid::int8::text, k.conrelid::int8::text
        FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
-      WHERE c.relkind = 'r' AND k.contype IN ('p', 'u', 'x') AND k.oid = ANY($2::oid[])`,
+      WHERE c.relkind = 'r' AND k.contype IN ('p', 'u', 'x') AND k.oid = ANY($2::oid[])
+        AND k.conindid NOT IN (SELECT index_oid FROM calls_user_function)`,
     [indexes, constraints],
   );
   const tableOf = new Map(owners.map((o) => [`${o.catalog}:${o.oid}`, Number(o.table_oid)]));

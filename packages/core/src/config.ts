@@ -18,8 +18,12 @@ export const DEFAULTS = {
   drainTimeoutMs: 15_000,
   /** How long catch-up waits for the gate before giving up (0 = forever). */
   catchUpTimeoutMs: 30 * 60_000,
-  /** Tables larger than this are split into ranges for parallel COPY. */
-  splitTableBytes: 256 * 1024 ** 2,
+  /**
+   * Tables larger than this are split into ranges for parallel COPY. A table copied whole is loaded
+   * with COPY FREEZE (no anti-wraparound vacuum of it on the target later) and without several
+   * streams contending for one table; below ~1 GiB a table copies in seconds anyway.
+   */
+  splitTableBytes: 1024 ** 3,
   /** Tables at least this big get their own indexes built as soon as their rows are in, during the copy. */
   earlyIndexBytes: 32 * 1024 ** 2,
   verifyChunkRows: 50_000,

@@ -59,6 +59,30 @@ describe('COPY relay (source socket to target socket, rows untouched)', () => {
     });
   }
 
+  it('holds the source back while a slow target catches up, losing or corrupting nothing', async () => {
+    pair = await freshPair(16, 'relayslow');
+    await pair.source(TABLE);
+    await pair.target(TABLE);
+    // Every 2000th row makes the target sleep: the sockets' buffers fill and the relay must pause.
+    await pair.target(`CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN IF NEW.id % 2000 = 0 THEN PERFORM pg_sleep(0.05); END IF; RETURN NEW; END $$;
+      CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow()`);
+    await pair.source(`INSERT INTO t (id, small, big) SELECT g, 'row ' || g, repeat(md5(g::text), 20)
+      FROM generate_series(1, 40000) g`);
+    const src = await client(pair.sourceUrl);
+    const tgt = await client(pair.targetUrl);
+    const sink = new CopyInSink('COPY t FROM STDIN (FORMAT binary)');
+    tgt.query(sink as never);
+    await sink.ready;
+    const relay = new CopyOutRelay('COPY t TO STDOUT (FORMAT binary)', sink);
+    src.query(relay as never);
+    await relay.done;
+    sink.finish();
+    expect(await sink.done).toBe(40000);
+    expect(relay.pauses).toBeGreaterThan(0);
+    expect(await pair.target(fingerprint)).toEqual(await pair.source(fingerprint));
+  });
+
   it('fails with the target error, rolls the target back and stops reading the source', async () => {
     pair = await freshPair(15, 'relayerr');
     await pair.source('CREATE TABLE t (id int PRIMARY KEY, pad text)');

@@ -109,6 +109,8 @@ export class CopyOutRelay {
   bytes = 0;
   /** CopyData messages seen: one per row (plus the trailer of the binary format). */
   messages = 0;
+  /** Times the source was paused because the target could not keep up. */
+  pauses = 0;
   private unreported = 0;
   private connection?: Connection;
   private pgOnData?: (chunk: Buffer) => void;
@@ -160,6 +162,7 @@ export class CopyOutRelay {
     if (!this.sink.write(bytes) && !this.waitingForDrain) {
       const stream = this.connection?.stream;
       this.waitingForDrain = true;
+      this.pauses++;
       stream?.pause();
       this.sink.onDrain(() => {
         this.waitingForDrain = false;

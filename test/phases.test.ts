@@ -403,11 +403,21 @@ describe('schema, roles and verification', () => {
       expect(await pair.target(`SELECT pg_has_role('${owner}', '${reader}', 'MEMBER') AS ok`)).toEqual([{ ok: true }]);
       expect((await rt.store.get(m.id)).rolesCreated?.sort()).toEqual([owner, reader].sort());
 
-      // Rolled back before cutover, nothing pgferry created stays: not even the cluster-wide roles.
+      // Rolled back before cutover, nothing pgferry created stays: not even the cluster-wide roles,
+      // except one that has been put to use in another database since: that one stays, named.
       await pair.target(`ALTER DEFAULT PRIVILEGES FOR ROLE ${owner} GRANT SELECT ON TABLES TO ${reader}`);
+      const { sql, serverUrl } = await import('./harness/pairs');
+      const elsewhere = serverUrl(pair.targetServer);
+      await sql(elsewhere, `CREATE TABLE ${reader}_notes (n int); ALTER TABLE ${reader}_notes OWNER TO ${reader}`);
       const rolled = await rollbackMigration(rt, m.id);
       expect(rolled.status).toBe('rolled-back');
-      expect(await pair.target('SELECT rolname FROM pg_roles WHERE rolname IN ($1, $2)', [owner, reader])).toEqual([]);
+      expect(rolled.phases.rollback?.summary).toContain(`target roles ${owner}`);
+      expect(rolled.phases.rollback?.summary).toMatch(new RegExp(`kept role ${reader} \\(.*depend`));
+      expect(rolled.rolesCreated).toEqual([reader]);
+      expect(await pair.target('SELECT rolname FROM pg_roles WHERE rolname IN ($1, $2)', [owner, reader])).toEqual([
+        { rolname: reader },
+      ]);
+      await sql(elsewhere, `DROP TABLE ${reader}_notes`);
       expect(
         await pair.source('SELECT count(*)::int AS n FROM pg_roles WHERE rolname IN ($1, $2)', [owner, reader]),
       ).toEqual([{ n: 2 }]);

@@ -56,10 +56,10 @@ class EarlyIndexBuilder {
     });
   }
 
-  async finish(): Promise<Set<string>> {
+  async finish(): Promise<{ plan: PostDataPlan; built: Set<string> }> {
     await this.chain;
     if (this.error) throw this.error;
-    return this.built;
+    return { plan: this.plan, built: this.built };
   }
 }
 
@@ -355,8 +355,7 @@ export async function bulkLoad(ctx: PhaseContext): Promise<string> {
   }
   ctx.log('building indexes and constraints');
   let started = performance.now();
-  const built = (await early?.finish()) ?? new Set<string>();
-  const post = await buildPostData(ctx, built);
+  const post = await buildPostData(ctx, await early?.finish());
   const postSeconds = (performance.now() - started) / 1000;
   if (early?.tables) summary += `; indexes of ${early.tables} big tables built during the copy`;
   // Fresh statistics before the application arrives; one table per job, as the copy did.

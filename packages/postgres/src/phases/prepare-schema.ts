@@ -196,7 +196,9 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
  * ATTACH, comments, statistics) waits for the end.
  */
 export interface PostDataPlan {
-  /** TOC lines per table, keyed by the table's oid on the source. */
+  /** Every post-data TOC line (`pg_restore --list`). */
+  entries: string[];
+  /** The lines a table's own indexes and constraints are, keyed by the table's oid on the source. */
   byTable: Map<number, string[]>;
 }
 
@@ -242,7 +244,7 @@ export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
     if (table === undefined) continue;
     byTable.set(table, [...(byTable.get(table) ?? []), e.line]);
   }
-  return { byTable };
+  return { entries: entries.map((e) => e.line), byTable };
 }
 
 /** One table's own indexes and constraints (lines of `planPostData`). Idempotent. */
@@ -255,20 +257,21 @@ export async function buildTablePostData(ctx: PhaseContext, tableOid: number, li
 }
 
 /**
- * Indexes, constraints and triggers, after the data, `--jobs` at a time; entries in `built` (TOC
- * lines already restored by `buildTablePostData`) are left out. Idempotent.
+ * Indexes, constraints and triggers, after the data, `--jobs` at a time; the `built` lines of `plan`
+ * (restored during the copy by `buildTablePostData`) are left out. Idempotent.
  */
-export async function buildPostData(ctx: PhaseContext, built: Set<string> = new Set()): Promise<string> {
+export async function buildPostData(
+  ctx: PhaseContext,
+  early?: { plan: PostDataPlan; built: Set<string> },
+): Promise<string> {
   const m = await marker(ctx);
   if (m?.post_data_at) return 'already done: indexes and constraints built earlier';
   const file = join(ctx.artifactDir, DUMP_FILE);
   const dump = existsSync(file) ? file : await dumpSchema(ctx);
-  if (built.size === 0) {
+  if (!early?.built.size) {
     await restore(ctx, dump, 'post-data', ctx.config.jobs);
   } else {
-    const pgRestore = await findTool('pg_restore', 0);
-    const listed = await runTool(pgRestore, ['--list', '--section', 'post-data', dump]);
-    const rest = listed.stdout.split('\n').filter((l) => /^\d+; /.test(l) && !built.has(l));
+    const rest = early.plan.entries.filter((l) => !early.built.has(l));
     if (rest.length > 0)
       await restore(ctx, dump, 'post-data', ctx.config.jobs, { name: 'post-data-rest', lines: rest });
   }

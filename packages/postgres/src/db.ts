@@ -105,8 +105,11 @@ function serverOffersTls(settings: pg.ClientConfig): Promise<boolean> {
           probe.end().catch(() => {});
         },
         (err: Error) => {
-          // Any other failure (password, database) is the real connection's to report.
-          resolve(!/does not support SSL/i.test(err.message));
+          const refused = /does not support SSL/i.test(err.message);
+          // Any other failure (password, a server not up yet) is the real connection's to report,
+          // and says nothing lasting about TLS: ask again next time.
+          if (!refused) tlsOffered.delete(key);
+          resolve(!refused);
           probe.end().catch(() => {});
         },
       );

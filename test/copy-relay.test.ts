@@ -138,6 +138,30 @@ function message(type: string, body: Buffer) {
 }
 
 describe('COPY relay framing', () => {
+  it('refuses to start once aborted, so nothing reaches the target', () => {
+    const written: Buffer[] = [];
+    const sink = new CopyInSink('COPY t FROM STDIN');
+    const target = Object.assign(new EventEmitter(), { write: (b: Buffer) => written.push(b) > 0 });
+    sink.submit({ stream: target as never, query() {}, endCopyFrom() {}, sendCopyFail() {} });
+    const relay = new CopyOutRelay('COPY t TO STDOUT', sink);
+    relay.abort(new Error('the target failed first'));
+    const source = Object.assign(new EventEmitter(), { pause() {}, resume() {}, destroy() {} });
+    let queried = false;
+    const refused = relay.submit({
+      stream: source as never,
+      query: () => {
+        queried = true;
+      },
+      endCopyFrom() {},
+      sendCopyFail() {},
+    });
+    expect(refused).toBeInstanceOf(Error);
+    expect(queried).toBe(false);
+    source.emit('data', message('d', Buffer.from('1\n')));
+    expect(written).toEqual([]);
+    return expect(relay.done).rejects.toThrow('the target failed first');
+  });
+
   it('forwards exactly the CopyData messages, wherever the socket cuts the stream', () => {
     const data = [
       message('d', Buffer.from('1\tone\n')),

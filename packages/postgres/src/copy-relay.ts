@@ -157,7 +157,11 @@ export class CopyOutRelay {
   private forward(bytes: Buffer) {
     if (bytes.length === 0) return;
     this.bytes += bytes.length;
-    this.onBytes?.(bytes.length, this.unreported);
+    try {
+      this.onBytes?.(bytes.length, this.unreported);
+    } catch {
+      // Progress is for show: a failing display must not take the copy (or the process) down.
+    }
     this.unreported = 0;
     if (!this.sink.write(bytes) && !this.waitingForDrain) {
       const stream = this.connection?.stream;
@@ -242,15 +246,15 @@ export class CopyOutRelay {
   }
 
   // --- pg submittable protocol ---
-  submit(connection: Connection) {
+  /** A returned error makes pg fail this query (handleError) and go on with its queue. */
+  submit(connection: Connection): Error | undefined {
+    // Aborted before the source client got to it: nothing may stream into the target any more.
+    if (this.settled) return new Error('COPY relay aborted before it started');
     this.connection = connection;
     const stream = connection.stream;
     const listeners = stream.listeners('data');
-    if (listeners.length !== 1) {
-      this.settled = true;
-      this.doneD.reject(new Error(`cannot relay COPY: ${listeners.length} data listeners on the connection`));
-      return;
-    }
+    if (listeners.length !== 1)
+      return new Error(`cannot relay COPY: ${listeners.length} data listeners on the connection`);
     this.pgOnData = listeners[0] as (chunk: Buffer) => void;
     stream.removeListener('data', this.pgOnData);
     stream.on('data', this.onData);
@@ -266,6 +270,9 @@ export class CopyOutRelay {
     this.doneD.resolve(this.rowCount);
   }
   handleError(err: unknown) {
+    // Still attached: the error did not come through the stream we read (a query_timeout, a dead
+    // socket), which may be cut mid-message; pg could not parse what follows, so it is closed.
+    if (this.attached) this.connection?.stream.destroy();
     this.detach(Buffer.alloc(0));
     this.completeLastMessage();
     this.settled = true;

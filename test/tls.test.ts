@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { advance, cleanupMigration } from '../packages/cli/src/runner';
 import { LiveWriter } from '../packages/cli/src/writer';
-import { connect, conninfo, type Db, toolConnection } from '../packages/postgres/src/index';
+import { connect, conninfo, createSubscription, type Db, toolConnection } from '../packages/postgres/src/index';
 import { loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
 import { freshPair, leftovers, type Pair } from './harness/pairs';
 
@@ -30,6 +30,8 @@ describe('TLS, read the way libpq reads a URL', () => {
     expect(await tlsOf(src)).toBe(true); // no sslmode = prefer
     expect(await tlsOf(`${src}?sslmode=require`)).toBe(true); // encrypted; not verified (libpq's require)
     expect(await tlsOf(`${src}?sslmode=disable`)).toBe(false);
+    expect(await tlsOf(`${src}?ssl=false`)).toBe(false); // node-postgres's own spelling of "no TLS"
+    await expect(tlsOf(`${src}?sslmode=requre`)).rejects.toThrow(/--source.*sslmode=requre is not one of disable/s);
     expect(await tlsOf(plain, 'target')).toBe(false); // prefer falls back
     await expect(tlsOf(`${plain}?sslmode=require`, 'target')).rejects.toThrow(/--target.*does not support SSL/s);
     await expect(tlsOf(`${src}?sslmode=verify-full`)).rejects.toThrow(/--source.*(self.signed|certificate)/is);
@@ -50,6 +52,22 @@ describe('TLS, read the way libpq reads a URL', () => {
     expect(toolConnection(url).url).toBe(
       'postgres://u@db.example:5432/app?sslmode=verify-full&sslrootcert=%2Fhome%2Fme%2Frds-ca.pem&connect_timeout=5',
     );
+    // A password never reaches argv (ps shows it), not even as a parameter; spaces stay spaces for libpq.
+    const tool = toolConnection('postgres://u@db/app?password=s%20cret&options=-c%20search_path%3Dapp');
+    expect(tool.url).toBe('postgres://u@db/app?options=-c%20search_path%3Dapp');
+    expect(tool.env).toEqual({ PGPASSWORD: 's cret' });
+  });
+
+  it('never shows the source password when CREATE SUBSCRIPTION fails', async () => {
+    pair = await freshPair(15, 'subpw');
+    const target = await connect(pair.targetUrl, { side: 'target', applicationName: 'pgferry:tls-test' });
+    dbs.push(target);
+    // A publisher nobody answers at: the subscription cannot connect, and the error quotes its SQL.
+    const unreachable = 'postgres://app:hunter2pass@127.0.0.1:1/shop';
+    const err = await createSubscription(target, 'pgferry_subpw', unreachable, 'p', 's').catch((e) => e);
+    expect(err.message).toMatch(/could not connect/);
+    expect(`${err.message} ${err.hint}`).not.toContain('hunter');
+    expect(err.hint).toContain("password=''*"); // redacted, then cut to 120 characters
   });
 
   it('migrates over TLS end to end with sslmode=require on both sides, 15 → 17', async () => {

@@ -61,4 +61,14 @@ describe('redaction', () => {
       'connect failed: host=db password=*** user=u and postgresql://a:***@c/d',
     );
   });
+
+  it('hides quoted libpq passwords, also inside the SQL literal of a CREATE SUBSCRIPTION', () => {
+    expect(redactText("host='db' password='se cr''et' user='u'")).toBe("host='db' password='***' user='u'");
+    expect(redactText("host='db' password='a\\'b' dbname='x'")).toBe("host='db' password='***' dbname='x'");
+    expect(
+      redactText("CREATE SUBSCRIPTION s CONNECTION 'host=''db'' password=''hunter2pass'' user=''u''' PUBLICATION p"),
+    ).toBe("CREATE SUBSCRIPTION s CONNECTION 'host=''db'' password=''***'' user=''u''' PUBLICATION p");
+    // Cut short (a hint keeps the first 120 characters): nothing of the password shows either.
+    expect(redactText("CONNECTION 'host=''db'' password=''hunter2p")).not.toContain('hunter');
+  });
 });

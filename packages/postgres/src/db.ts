@@ -80,15 +80,28 @@ export function libpqParams(u: URL): [string, string][] {
  * rds.force_ssl needs). `verify-ca` / `verify-full` with `sslrootcert=` verify as libpq does.
  */
 export async function connectionSettings(url: string): Promise<pg.ClientConfig> {
+  const query = new URL(url).searchParams;
+  const mode = query.get('sslmode') ?? undefined;
+  if (mode !== undefined && !SSL_MODES.includes(mode))
+    throw new Error(`sslmode=${mode} is not one of ${SSL_MODES.join(', ')}`);
   const parsed = parseUrl(url, { useLibpqCompat: true });
-  const mode = typeof parsed.sslmode === 'string' ? parsed.sslmode : undefined;
   const settings = toClientConfig({ ...parsed, sslmode: undefined, uselibpqcompat: undefined });
+  // node-postgres's own `ssl=` parameter: true as it means there, 0/false as no TLS at all.
+  const ssl = query.get('ssl');
+  if (mode === undefined && ssl !== null) {
+    if (/^(0|false)$/i.test(ssl)) settings.ssl = false;
+    if (/^(0|false|1|true)$/i.test(ssl)) return settings;
+  }
   if (mode === undefined || mode === 'prefer' || mode === 'allow') {
-    if (parsed.ssl === true || (typeof parsed.ssl === 'object' && mode === undefined)) return settings;
-    settings.ssl = (await serverOffersTls(settings)) ? { rejectUnauthorized: false } : false;
+    // libpq's prefer: TLS without verification if the server offers it, keeping a client
+    // certificate given with sslcert/sslkey.
+    const given = typeof settings.ssl === 'object' ? settings.ssl : {};
+    settings.ssl = (await serverOffersTls(settings)) ? { ...given, rejectUnauthorized: false } : false;
   }
   return settings;
 }
+
+const SSL_MODES = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
 
 /** libpq's `prefer`, decided once per server: does it accept TLS? */
 const tlsOffered = new Map<string, Promise<boolean>>();
@@ -158,7 +171,8 @@ export async function connect(url: string, options: DbOptions): Promise<Db> {
     const e = err as { message?: string; code?: string };
     return new PgferryError(`${options.side}: ${redactText(e.message ?? String(err))}`, {
       cause: err,
-      hint: `while running: ${sql.trim().split('\n')[0]?.slice(0, 120)}`,
+      // Redacted before it is cut short: a CREATE SUBSCRIPTION carries the source's password.
+      hint: `while running: ${redactText(sql.trim().split('\n')[0] ?? '').slice(0, 120)}`,
     });
   };
   const query: Db['query'] = async (sql, params) => {

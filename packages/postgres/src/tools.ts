@@ -49,12 +49,20 @@ export async function findTool(tool: 'pg_dump' | 'pg_restore', serverMajor: numb
   });
 }
 
-/** Split a URL into a password-free URL for argv and PGPASSWORD for the environment. */
+/**
+ * Split a URL into a password-free URL for argv (visible in `ps`) and PGPASSWORD for the environment.
+ * A `?password=` parameter moves to PGPASSWORD too. Parameters are %-encoded, which libpq decodes
+ * (URLSearchParams would write a space as `+`, which libpq keeps).
+ */
 export function toolConnection(url: string): { url: string; env: Record<string, string> } {
   const u = new URL(url);
-  const password = decodeURIComponent(u.password);
+  const params = libpqParams(u);
+  const password = params.find(([k]) => k === 'password')?.[1] ?? decodeURIComponent(u.password);
   u.password = '';
-  u.search = new URLSearchParams(libpqParams(u)).toString();
+  u.search = params
+    .filter(([k]) => k !== 'password')
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)
+    .join('&');
   return { url: u.toString(), env: password ? { PGPASSWORD: password } : {} };
 }
 

@@ -31,6 +31,14 @@ describe('TLS, read the way libpq reads a URL', () => {
     expect(await tlsOf(`${src}?sslmode=require`)).toBe(true); // encrypted; not verified (libpq's require)
     expect(await tlsOf(`${src}?sslmode=disable`)).toBe(false);
     expect(await tlsOf(`${src}?ssl=false`)).toBe(false); // node-postgres's own spelling of "no TLS"
+    // ?dbname= names the database, as it does for libpq (pg_dump, the subscription).
+    const named = await connect(`${src.replace(/\/[^/?]*$/, '/postgres')}?dbname=${pair.sourceDb}`, {
+      side: 'source',
+      applicationName: 'pgferry:tls-test',
+    });
+    dbs.push(named);
+    expect(named.database).toBe(pair.sourceDb);
+    expect((await named.one<{ db: string }>('SELECT current_database() AS db')).db).toBe(pair.sourceDb);
     await expect(tlsOf(`${src}?sslmode=requre`)).rejects.toThrow(/--source.*sslmode=requre is not one of disable/s);
     expect(await tlsOf(plain, 'target')).toBe(false); // prefer falls back
     await expect(tlsOf(`${plain}?sslmode=require`, 'target')).rejects.toThrow(/--target.*does not support SSL/s);

@@ -86,6 +86,10 @@ export async function connectionSettings(url: string): Promise<pg.ClientConfig> 
     throw new Error(`sslmode=${mode} is not one of ${SSL_MODES.join(', ')}`);
   const parsed = parseUrl(url, { useLibpqCompat: true });
   const settings = toClientConfig({ ...parsed, sslmode: undefined, uselibpqcompat: undefined });
+  // The database as libpq names it: ?dbname= wins, and the path is fully %-decoded (pg-connection-string
+  // leaves %2F, %23 and the like encoded), so pgferry and pg_dump open the same database.
+  const path = decodeURIComponent(new URL(url).pathname.slice(1));
+  settings.database = query.get('dbname') ?? (path || settings.database);
   // node-postgres's own `ssl=` parameter: true as it means there, 0/false as no TLS at all.
   const ssl = query.get('ssl');
   if (mode === undefined && ssl !== null) {
@@ -166,7 +170,7 @@ export async function connect(url: string, options: DbOptions): Promise<Db> {
     await pool.end().catch(() => {});
     throw connectionError(options.side, url, err);
   }
-  const database = decodeURIComponent(new URL(url).pathname.slice(1));
+  const database = String(config.database || config.user || ''); // libpq's default database is the user's name
   const wrap = (err: unknown, sql: string) => {
     const e = err as { message?: string; code?: string };
     return new PgferryError(`${options.side}: ${redactText(e.message ?? String(err))}`, {

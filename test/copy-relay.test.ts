@@ -86,7 +86,7 @@ describe('COPY relay (source socket to target socket, rows untouched)', () => {
   it('fails with the target error, rolls the target back and stops reading the source', async () => {
     pair = await freshPair(15, 'relayerr');
     await pair.source('CREATE TABLE t (id int PRIMARY KEY, pad text)');
-    await pair.target('CREATE TABLE t (id int PRIMARY KEY CHECK (id < 150000), pad text)');
+    await pair.target('CREATE TABLE t (id int PRIMARY KEY CHECK (id < 1000), pad text)');
     await pair.source("INSERT INTO t SELECT g, repeat('x', 100) FROM generate_series(1, 200000) g");
     const src = await client(pair.sourceUrl);
     const tgt = await client(pair.targetUrl);
@@ -138,6 +138,66 @@ function message(type: string, body: Buffer) {
 }
 
 describe('COPY relay framing', () => {
+  /** A relay wired to fake sockets: what the target got, and the source's pause state. */
+  function wired(targetAccepts: () => boolean) {
+    const written: Buffer[] = [];
+    const target = Object.assign(new EventEmitter(), {
+      write(b: Buffer) {
+        written.push(Buffer.from(b));
+        return targetAccepts();
+      },
+    });
+    const sink = new CopyInSink('COPY t FROM STDIN');
+    sink.submit({ stream: target as never, query() {}, endCopyFrom() {}, sendCopyFail() {} });
+    const state = { paused: false, destroyed: false };
+    const source = Object.assign(new EventEmitter(), {
+      pause() {
+        state.paused = true;
+      },
+      resume() {
+        state.paused = false;
+      },
+      destroy() {
+        state.destroyed = true;
+      },
+    });
+    source.on('data', () => {}); // pg's own listener, which the relay takes over
+    const relay = new CopyOutRelay('COPY t TO STDOUT', sink);
+    relay.submit({ stream: source as never, query() {}, endCopyFrom() {}, sendCopyFail() {} });
+    relay.done.catch(() => {});
+    return { written, target, source, state, relay };
+  }
+
+  it('completes a half-sent message with filler when it stops, so the target stays in step', () => {
+    const { written, state, relay } = wired(() => true);
+    const full = message('d', Buffer.alloc(100, 1));
+    state.paused = false;
+    (relay as unknown as { onData(b: Buffer): void }).onData(full.subarray(0, 35)); // header + 30 body bytes
+    relay.abort(new Error('target failed'));
+    const sent = Buffer.concat(written);
+    expect(sent.length).toBe(full.length); // 5 + 30 forwarded, then 70 bytes of filler
+    expect(sent.subarray(0, 35).equals(full.subarray(0, 35))).toBe(true);
+    expect(sent.subarray(35).every((b) => b === 0)).toBe(true);
+    expect(state.destroyed).toBe(true);
+  });
+
+  it('pauses the source while the target socket is full and resumes on drain', () => {
+    let accept = false;
+    const { written, target, state, relay } = wired(() => accept);
+    const onData = (b: Buffer) => (relay as unknown as { onData(b: Buffer): void }).onData(b);
+    onData(Buffer.concat([message('d', Buffer.from('a')), message('d', Buffer.from('b'))]));
+    expect(state.paused).toBe(true);
+    expect(relay.pauses).toBe(1);
+    accept = true;
+    target.emit('drain');
+    expect(state.paused).toBe(false);
+    onData(message('d', Buffer.from('c')));
+    expect(relay.pauses).toBe(1);
+    expect(Buffer.concat(written).equals(Buffer.concat(['a', 'b', 'c'].map((x) => message('d', Buffer.from(x)))))).toBe(
+      true,
+    );
+  });
+
   it('refuses to start once aborted, so nothing reaches the target', () => {
     const written: Buffer[] = [];
     const sink = new CopyInSink('COPY t FROM STDIN');

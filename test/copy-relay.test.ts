@@ -171,7 +171,6 @@ describe('COPY relay framing', () => {
   it('completes a half-sent message with filler when it stops, so the target stays in step', () => {
     const { written, state, relay } = wired(() => true);
     const full = message('d', Buffer.alloc(100, 1));
-    state.paused = false;
     (relay as unknown as { onData(b: Buffer): void }).onData(full.subarray(0, 35)); // header + 30 body bytes
     relay.abort(new Error('target failed'));
     const sent = Buffer.concat(written);

@@ -32,6 +32,8 @@ class EarlyIndexBuilder {
   error: unknown;
   /** TOC lines built so far (left out of the final post-data restore). */
   readonly built = new Set<string>();
+  /** Tables analyzed right after their indexes (left out of the final ANALYZE). */
+  readonly analyzed = new Set<number>();
   tables = 0;
 
   constructor(
@@ -50,6 +52,11 @@ class EarlyIndexBuilder {
         await buildTablePostData(this.ctx, table.oid, lines);
         for (const l of lines) this.built.add(l);
         this.tables++;
+        // Its statistics too, while the copy goes on, unless an index it has is still to come.
+        if (!this.plan.lateStats.has(table.oid)) {
+          await this.ctx.target.query(`ANALYZE ${qualified(table)}`);
+          this.analyzed.add(table.oid);
+        }
       } catch (err) {
         this.error = err;
       }
@@ -187,8 +194,8 @@ async function copyAll(
   return { rows, bytes };
 }
 
-async function analyzeTables(ctx: PhaseContext, tables: TableInfo[]) {
-  const queue = tables.filter((t) => !t.unlogged).map(qualified);
+async function analyzeTables(ctx: PhaseContext, tables: TableInfo[], done: Set<number> = new Set()) {
+  const queue = tables.filter((t) => !t.unlogged && !done.has(t.oid)).map(qualified);
   const worker = async () => {
     for (let t = queue.shift(); t; t = queue.shift()) await ctx.target.query(`ANALYZE ${t}`);
   };
@@ -357,10 +364,11 @@ export async function bulkLoad(ctx: PhaseContext): Promise<string> {
   let started = performance.now();
   const post = await buildPostData(ctx, await early?.finish());
   const postSeconds = (performance.now() - started) / 1000;
-  if (early?.tables) summary += `; indexes of ${early.tables} big tables built during the copy`;
+  if (early?.tables)
+    summary += `; indexes of ${early.tables} big tables built during the copy (${early.analyzed.size} analyzed then too)`;
   // Fresh statistics before the application arrives; one table per job, as the copy did.
   started = performance.now();
-  await analyzeTables(ctx, tables);
+  await analyzeTables(ctx, tables, early?.analyzed);
   const analyzeSeconds = (performance.now() - started) / 1000;
   return `${summary}; ${post} in ${postSeconds.toFixed(1)} s; analyzed in ${analyzeSeconds.toFixed(1)} s`;
 }

@@ -200,6 +200,11 @@ export interface PostDataPlan {
   entries: string[];
   /** The lines a table's own indexes and constraints are, keyed by the table's oid on the source. */
   byTable: Map<number, string[]>;
+  /**
+   * Tables with an index left for the end: ANALYZE gathers an expression index's statistics only
+   * once the index exists, so these are analyzed at the end too.
+   */
+  lateStats: Set<number>;
 }
 
 export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
@@ -234,9 +239,14 @@ export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
      SELECT 2606, k.oid::int8::text, k.conrelid::int8::text
        FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
       WHERE c.relkind = 'r' AND k.contype IN ('p', 'u', 'x') AND k.oid = ANY($2::oid[])
-        AND k.conindid NOT IN (SELECT index_oid FROM calls_user_function)`,
+        AND k.conindid NOT IN (SELECT index_oid FROM calls_user_function)
+     UNION ALL
+     SELECT DISTINCT 0, '', x.indrelid::int8::text FROM pg_index x
+      WHERE x.indexrelid IN (SELECT index_oid FROM calls_user_function)`,
     [indexes, constraints],
   );
+  // (catalog 0: tables with such an index, whose statistics must wait for it.)
+  const lateStats = new Set(owners.filter((o) => o.catalog === 0).map((o) => Number(o.table_oid)));
   const tableOf = new Map(owners.map((o) => [`${o.catalog}:${o.oid}`, Number(o.table_oid)]));
   const byTable = new Map<number, string[]>();
   for (const e of entries) {
@@ -244,7 +254,7 @@ export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
     if (table === undefined) continue;
     byTable.set(table, [...(byTable.get(table) ?? []), e.line]);
   }
-  return { entries: entries.map((e) => e.line), byTable };
+  return { entries: entries.map((e) => e.line), byTable, lateStats };
 }
 
 /** One table's own indexes and constraints (lines of `planPostData`). Idempotent. */

@@ -1,4 +1,5 @@
 /** Lag, retained WAL, open transactions and schema drift: what the cutover gate looks at. */
+import { EXCLUDED_SCHEMAS } from './catalog';
 import type { Db } from './db';
 
 export interface LagReading {
@@ -63,15 +64,18 @@ export function longTransactions(source: Db, olderThanMs: number): Promise<OpenT
   );
 }
 
+/** The schemas of the application's own tables (with `EXCLUDED_SCHEMAS` as $1). */
+const USER_SCHEMA = "n.nspname <> ALL($1) AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'";
+
 /** Columns of every published table, as "schema.table: col type, ..." lines, for drift detection. */
 async function fingerprint(db: Db): Promise<Map<string, Map<string, string>>> {
   const rows = await db.query<{ tbl: string; col: string; typ: string }>(
     `SELECT format('%s.%s', n.nspname, c.relname) AS tbl, a.attname AS col, format_type(a.atttypid, a.atttypmod) AS typ
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry')
-        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+      WHERE c.relkind IN ('r', 'p') AND ${USER_SCHEMA}
         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`,
+    [EXCLUDED_SCHEMAS],
   );
   const map = new Map<string, Map<string, string>>();
   for (const r of rows) {
@@ -93,8 +97,7 @@ async function keys(db: Db): Promise<Map<string, string>> {
             CASE WHEN x.indisvalid THEN 'valid' ELSE 'invalid' END AS state
        FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid JOIN pg_class c ON c.oid = x.indrelid
        JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry')
-        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+      WHERE c.relkind IN ('r', 'p') AND ${USER_SCHEMA}
      UNION ALL
      SELECT format('%s %I on %s', CASE k.contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique constraint'
                      WHEN 'f' THEN 'foreign key' WHEN 'c' THEN 'check constraint' WHEN 'x' THEN 'exclusion constraint'
@@ -102,8 +105,8 @@ async function keys(db: Db): Promise<Map<string, string>> {
             CASE WHEN k.convalidated THEN 'valid' ELSE 'not valid' END
        FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE c.relkind IN ('r', 'p') AND k.contype IN ('p', 'u', 'f', 'c', 'x', 't')
-        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry')
-        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'`,
+        AND ${USER_SCHEMA}`,
+    [EXCLUDED_SCHEMAS],
   );
   return new Map(rows.map((r) => [r.what, r.state]));
 }

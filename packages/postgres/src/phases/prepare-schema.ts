@@ -114,6 +114,12 @@ async function dumpSchema(ctx: PhaseContext): Promise<string> {
   return file;
 }
 
+/** The schema dump of this migration, taken again if a crash or another machine lost it. */
+async function schemaDump(ctx: PhaseContext): Promise<string> {
+  const file = join(ctx.artifactDir, DUMP_FILE);
+  return existsSync(file) ? file : await dumpSchema(ctx);
+}
+
 /**
  * Restore one section, or only the TOC entries in `list` (lines of `pg_restore -l`). Errors other
  * than "already exists" (a re-run after a crash) fail the phase.
@@ -208,8 +214,7 @@ export interface PostDataPlan {
 }
 
 export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
-  const file = join(ctx.artifactDir, DUMP_FILE);
-  const dump = existsSync(file) ? file : await dumpSchema(ctx);
+  const dump = await schemaDump(ctx);
   const pgRestore = await findTool('pg_restore', 0);
   const listed = await runTool(pgRestore, ['--list', '--section', 'post-data', dump]);
   if (listed.code !== 0)
@@ -276,8 +281,7 @@ export async function buildPostData(
 ): Promise<string> {
   const m = await marker(ctx);
   if (m?.post_data_at) return 'already done: indexes and constraints built earlier';
-  const file = join(ctx.artifactDir, DUMP_FILE);
-  const dump = existsSync(file) ? file : await dumpSchema(ctx);
+  const dump = await schemaDump(ctx);
   if (!early?.built.size) {
     await restore(ctx, dump, 'post-data', ctx.config.jobs);
   } else {

@@ -8,14 +8,25 @@ import { libpqParams } from './db';
 
 const execFileAsync = promisify(execFile);
 
-async function toolMajor(path: string): Promise<number | undefined> {
-  try {
-    const { stdout } = await execFileAsync(path, ['--version']);
-    const m = /(\d+)(?:\.\d+)?/.exec(stdout.replace(/^[^\d]*/, ''));
-    return m ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
+/**
+ * Each probe runs the tool (Debian's /usr/bin ones are a Perl wrapper: ~50 ms), and a migration looks
+ * for pg_restore once per index build: a path's answer is remembered for the life of the process.
+ */
+const probed = new Map<string, Promise<number | undefined>>();
+
+function toolMajor(path: string): Promise<number | undefined> {
+  let major = probed.get(path);
+  if (!major) {
+    major = execFileAsync(path, ['--version']).then(
+      ({ stdout }) => {
+        const m = /(\d+)(?:\.\d+)?/.exec(stdout.replace(/^[^\d]*/, ''));
+        return m ? Number(m[1]) : undefined;
+      },
+      () => undefined,
+    );
+    probed.set(path, major);
   }
+  return major;
 }
 
 /**
@@ -36,10 +47,11 @@ export async function findTool(tool: 'pg_dump' | 'pg_restore', serverMajor: numb
     if (dir && existsSync(p)) candidates.push(p);
   }
   const found: { path: string; major: number }[] = [];
-  for (const path of candidates) {
-    const major = await toolMajor(path);
+  const majors = await Promise.all(candidates.map(toolMajor));
+  candidates.forEach((path, i) => {
+    const major = majors[i];
     if (major !== undefined) found.push({ path, major });
-  }
+  });
   const usable = found.filter((f) => f.major >= serverMajor).sort((a, b) => a.major - b.major);
   if (usable[0]) return usable[0].path;
   const have = found.length ? found.map((f) => `${f.major} (${f.path})`).join(', ') : 'none';

@@ -18,7 +18,7 @@ import { type LocalServer, startServer } from '../packages/cli/src/local-servers
 import { createMigration, openSession, type Runtime } from '../packages/cli/src/runner';
 import { FileMigrationStore } from '../packages/cli/src/store';
 import { DEFAULTS } from '../packages/core/src/index';
-import { bulkLoad, prepareSchema, rollback } from '../packages/postgres/src/index';
+import { bulkLoad, indexBuildMemoryMB, prepareSchema, rollback } from '../packages/postgres/src/index';
 import { runOk } from './lib';
 
 const { values } = parseArgs({
@@ -117,7 +117,7 @@ try {
       `servers: PostgreSQL 15 → 15 on loopback, fsync=off, full_page_writes=off (same for every contender); --jobs ${jobs}; tables over ${SPLIT_BYTES / 1024 / 1024} MiB split into ranges (pgferry, pgcopydb)`,
     );
     console.log(
-      'pgferry also ANALYZEs every table and builds indexes with maintenance_work_mem=256MB; pg_restore and pgcopydb run with their defaults\n',
+      `pgferry also ANALYZEs every table and builds indexes with maintenance_work_mem=${indexBuildMemoryMB(jobs, jobs)}MB each, up to ${indexBuildMemoryMB(jobs, 1)}MB for an index built alone; pg_restore and pgcopydb run with their defaults\n`,
     );
   }
   // Every contender starts from the same quiet state: no pending checkpoint, no autovacuum backlog.

@@ -27,8 +27,13 @@ export const DEFAULTS = {
   /** Tables at least this big get their own indexes built as soon as their rows are in, during the copy. */
   earlyIndexBytes: 32 * 1024 ** 2,
   verifyChunkRows: 50_000,
-  /** maintenance_work_mem of each index-building session on the target (post-data runs --jobs of them). */
-  indexBuildMemory: '256MB',
+  /**
+   * Index builds on the target share `jobs` × this much maintenance_work_mem: post-data runs `jobs`
+   * builds at once with this much each, and a big table's lone primary key gets the whole budget
+   * (up to indexBuildMemoryMaxMB) so that it sorts in memory instead of spilling to disk.
+   */
+  indexBuildMemoryMB: 256,
+  indexBuildMemoryMaxMB: 1024,
   verifyRechecks: 5,
   statementTimeoutMs: 0,
   lockTimeoutMs: 10_000,

@@ -120,6 +120,12 @@ async function schemaDump(ctx: PhaseContext): Promise<string> {
   return existsSync(file) ? file : await dumpSchema(ctx);
 }
 
+/** maintenance_work_mem of each of `sessions` index builds running at once within `--jobs`' budget. */
+export function indexBuildMemoryMB(jobs: number, sessions: number): number {
+  const share = Math.floor((jobs * DEFAULTS.indexBuildMemoryMB) / Math.max(1, sessions));
+  return Math.max(DEFAULTS.indexBuildMemoryMB, Math.min(DEFAULTS.indexBuildMemoryMaxMB, share));
+}
+
 /**
  * Restore one section, or only the TOC entries in `list` (lines of `pg_restore -l`). Errors other
  * than "already exists" (a re-run after a crash) fail the phase.
@@ -144,7 +150,8 @@ async function restore(
   else args.push('--jobs', String(jobs));
   // Our session must write even if the target database is frozen (rollback of a previous attempt).
   // Index builds sort in memory instead of spilling to disk (pg_restore alone uses the server default).
-  const memory = section === 'post-data' ? ` -c maintenance_work_mem=${DEFAULTS.indexBuildMemory}` : '';
+  const memory =
+    section === 'post-data' ? ` -c maintenance_work_mem=${indexBuildMemoryMB(ctx.config.jobs, jobs)}MB` : '';
   const res = await runTool(pgRestore, [...args, file], {
     ...tgt.env,
     PGOPTIONS: `-c default_transaction_read_only=off${memory}`,
@@ -287,7 +294,10 @@ export async function buildPostData(
   } else {
     const rest = early.plan.entries.filter((l) => !early.built.has(l));
     if (rest.length > 0)
-      await restore(ctx, dump, 'post-data', ctx.config.jobs, { name: 'post-data-rest', lines: rest });
+      await restore(ctx, dump, 'post-data', Math.min(ctx.config.jobs, rest.length), {
+        name: 'post-data-rest',
+        lines: rest,
+      });
   }
   await ctx.target.query(
     `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET post_data_at = now() WHERE id = $1`,

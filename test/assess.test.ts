@@ -1,14 +1,25 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { assertNoBlockers, assess, connect, type Db, formatReport } from '../packages/postgres/src/index';
-import { loadSample } from './harness/migration';
+import { openSession } from '../packages/cli/src/runner';
+import {
+  assertNoBlockers,
+  assess,
+  connect,
+  type Db,
+  formatReport,
+  prepareSchema,
+} from '../packages/postgres/src/index';
+import { loadSample, newMigration, type TestRuntime, testRuntime } from './harness/migration';
 import { freshPair, leftovers, type Pair, serverUrl } from './harness/pairs';
 
 let pair: Pair | undefined;
+let rt: TestRuntime | undefined;
 const open: Db[] = [];
 afterEach(async () => {
   for (const db of open.splice(0)) await db.end();
   await pair?.drop();
+  rt?.dispose();
   pair = undefined;
+  rt = undefined;
 });
 
 async function dbs(p: Pair, sourceUrl = p.sourceUrl) {
@@ -60,6 +71,26 @@ describe('assess', () => {
     expect(codes(report, 'warning')).toContain('materialized-view');
     expect(() => assertNoBlockers(report)).toThrow(/already_here[\s\S]*no_key|no_key[\s\S]*already_here/);
     expect(await leftovers(pair)).toEqual([]);
+  });
+
+  it('counts functions, types, schemas and extensions on the target, not only tables, since a rollback empties it', async () => {
+    pair = await freshPair(15, 'asmobjs');
+    await pair.target(`CREATE FUNCTION keep_me() RETURNS int LANGUAGE sql AS 'SELECT 1';
+      CREATE TYPE mood AS ENUM ('ok'); CREATE SCHEMA reports; CREATE EXTENSION pgcrypto`);
+    const { source, target } = await dbs(pair);
+    const blocker = (await assess(source, target)).findings.find((f) => f.code === 'target-not-empty');
+    expect(blocker?.message).toMatch(/function public\.keep_me, type public\.mood, schema reports, …/);
+    // Without the table count to go by, prepare-schema refuses the target too, and leaves it as it was.
+    rt = testRuntime();
+    const m = await newMigration(rt, pair);
+    const session = await openSession(rt, m.id);
+    try {
+      await expect(prepareSchema(session.ctx)).rejects.toThrow(/not empty \(function public\.keep_me/);
+    } finally {
+      await session.close();
+    }
+    expect(await pair.target("SELECT extname FROM pg_extension WHERE extname = 'pgcrypto'")).toHaveLength(1);
+    expect(await pair.target("SELECT to_regprocedure('keep_me()') IS NOT NULL AS kept")).toEqual([{ kept: true }]);
   });
 
   it('blocks a role without the replication privilege and names the fix', async () => {

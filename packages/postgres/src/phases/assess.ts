@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { AssessmentBlockedError } from '@pgferry/core';
-import { copyableTables, hasReplicaIdentity, listSequences, listTables } from '../catalog';
+import { copyableTables, hasReplicaIdentity, listSequences, listTables, userObjects } from '../catalog';
 import type { Db } from '../db';
 import { longTransactions } from '../lag';
 
@@ -366,11 +366,7 @@ async function targetFindings(
       hint: `GRANT CREATE ON DATABASE ${db.database} TO ${f.user}`,
     });
   }
-  const existing = await db.query<{ t: string }>(
-    `SELECT format('%s.%s', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry')
-        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1`,
-  );
+  const existing = await userObjects(db, 3);
   if (existing.length > 0) {
     const { t } = await db.one<{ t: string | null }>("SELECT to_regclass('pgferry.migration')::text AS t");
     const ours =
@@ -381,10 +377,7 @@ async function targetFindings(
       add({
         level: 'blocker',
         code: 'target-not-empty',
-        message: `target database ${db.database} is not empty (${existing.length} table(s), e.g. ${existing
-          .slice(0, 3)
-          .map((r) => r.t)
-          .join(', ')}); pgferry needs an empty target database`,
+        message: `target database ${db.database} is not empty (${existing.slice(0, 3).join(', ')}${existing.length > 3 ? ', …' : ''}); pgferry needs an empty target database, because a rollback empties it`,
         hint: 'create a new empty database on the target and point --target at it',
       });
     }

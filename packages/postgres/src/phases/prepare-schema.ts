@@ -6,6 +6,7 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, objectNames, SchemaFailedError } from '@pgferry/core';
+import { userObjects } from '../catalog';
 import { ident } from '../db';
 import { findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, sourceMajor } from './context';
@@ -172,16 +173,12 @@ async function restore(
 export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   const m = await marker(ctx);
   if (m?.pre_data_at) return 'already done: schema restored earlier';
-  const existing = await ctx.target.query<{ t: string }>(
-    `SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgferry')
-        AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' LIMIT 5`,
-  );
-  // Only a target that was empty gets pgferry's marker, and only a marked target is ever dropped by a
-  // rollback: whatever the assessment said, a database holding someone's data is never touched.
+  const existing = await userObjects(ctx.target, 4);
+  // Only a target that was empty gets pgferry's marker, and only a marked target is ever emptied by a
+  // rollback: whatever the assessment said, a database holding someone's objects is never touched.
   if (!m && existing.length > 0) {
     throw new SchemaFailedError(
-      `target database ${ctx.target.database} is not empty (${existing.map((r) => r.t).join(', ')}${existing.length === 5 ? ', …' : ''}); pgferry needs an empty target database`,
+      `target database ${ctx.target.database} is not empty (${existing.slice(0, 4).join(', ')}${existing.length > 4 ? ', …' : ''}); pgferry needs an empty target database`,
       {
         migrationId: ctx.config.id,
         phase: 'prepare-schema',

@@ -193,6 +193,32 @@ describe('phases', () => {
     await cleanupMigration(rt, m.id);
   });
 
+  it('fails naming an index or constraint whose name something else took on the target, and leaves nothing behind', async () => {
+    const { pair, rt } = await setup('clash', 3000);
+    // During the copy (orders is big enough for its indexes to be built early), then at the end.
+    for (const [earlyIndexBytes, clash, named] of [
+      [64 * 1024, 'orders_pkey', /constraint "?orders_pkey"? on "?public"?\."?orders"?.*already exists/],
+      [1024 ** 4, 'orders_customer_idx', /index "?orders_customer_idx"? on "?public"?\."?orders"?.*already exists/],
+    ] as const) {
+      const m = await newMigration(rt, pair, { cutover: 'manual', earlyIndexBytes });
+      const session = await openSession(rt, m.id);
+      try {
+        await prepareSchema(session.ctx);
+      } finally {
+        await session.close();
+      }
+      // Someone else's object on the target takes the name; pg_restore only says "already exists",
+      // which a re-run after a crash also says of pgferry's own objects.
+      await pair.target(`CREATE TABLE public.${clash} (x int)`);
+      await expect(advance(rt, m.id, { cutover: 'manual' })).rejects.toThrow(named);
+      const state = await rt.store.get(m.id);
+      expect(state?.status).toBe('rolled-back');
+      expect(state?.failure?.phase).toBe('bulk-load');
+      expect(await leftovers(pair)).toEqual([]);
+      expect(await frozen(pair, 'source')).toBe(false);
+    }
+  });
+
   it('migrates quoted and 63-character identifiers', async () => {
     pair = await freshPair(16, 'idents');
     rt = testRuntime();

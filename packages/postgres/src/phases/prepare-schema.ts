@@ -157,9 +157,10 @@ async function restore(
     ...tgt.env,
     PGOPTIONS: `-c default_transaction_read_only=off${memory}`,
   });
-  if (res.code === 0) return;
+  if (res.code === 0) return [];
   const errors = res.stderr.split('\n').filter((l) => /ERROR:/.test(l));
-  const real = errors.filter((l) => !/already exists|multiple primary keys/.test(l));
+  // pre-data runs in one transaction: any error rolled all of it back, "already exists" too.
+  const real = section === 'pre-data' ? errors : errors.filter((l) => !/already exists|multiple primary keys/.test(l));
   if (real.length > 0 || errors.length === 0) {
     throw new SchemaFailedError(`pg_restore (${section}) failed on the target: ${(real[0] ?? res.stderr).trim()}`, {
       migrationId: ctx.config.id,
@@ -167,6 +168,58 @@ async function restore(
       hint: real.length > 1 ? `${real.length} errors; first shown` : undefined,
     });
   }
+  return errors.map((l) => l.replace(/^.*?ERROR:\s*/, '').trim());
+}
+
+/**
+ * pg_restore's "already exists" is let pass because a re-run after a crash finds its own objects,
+ * but the name may belong to something else created on the target meanwhile. Every index,
+ * constraint and trigger of the TOC `lines` must now be on the target, on its own table, or the
+ * build fails naming what is missing (and what pg_restore let pass).
+ */
+async function ensureBuilt(ctx: PhaseContext, lines: string[], passed: string[]) {
+  const oids = { 1259: [] as number[], 2606: [] as number[], 2620: [] as number[] };
+  for (const line of lines) {
+    const m = /^\d+; (\d+) (\d+) /.exec(line);
+    const list = m ? oids[Number(m[1]) as keyof typeof oids] : undefined;
+    list?.push(Number(m?.[2]));
+  }
+  if (!oids[1259].length && !oids[2606].length && !oids[2620].length) return;
+  const wanted = await ctx.source.query<{ kind: string; schema: string; tbl: string; name: string }>(
+    `SELECT 'index' AS kind, n.nspname AS schema, t.relname AS tbl, c.relname AS name
+       FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+       JOIN pg_namespace n ON n.oid = t.relnamespace WHERE x.indexrelid = ANY($1::oid[])
+     UNION ALL
+     SELECT 'constraint', n.nspname, t.relname, k.conname FROM pg_constraint k JOIN pg_class t ON t.oid = k.conrelid
+       JOIN pg_namespace n ON n.oid = t.relnamespace WHERE k.oid = ANY($2::oid[])
+     UNION ALL
+     SELECT 'trigger', n.nspname, t.relname, g.tgname FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid
+       JOIN pg_namespace n ON n.oid = t.relnamespace WHERE g.oid = ANY($3::oid[])`,
+    [oids[1259], oids[2606], oids[2620]],
+  );
+  if (!wanted.length) return;
+  const missing = await ctx.target.query<{ kind: string; schema: string; tbl: string; name: string }>(
+    `SELECT w.kind, w.schema, w.tbl, w.name FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS w(kind, schema, tbl, name)
+      WHERE NOT EXISTS (
+        SELECT 1 FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
+         WHERE n.nspname = w.schema AND t.relname = w.tbl AND CASE w.kind
+           WHEN 'index' THEN EXISTS (SELECT 1 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+                                      WHERE x.indrelid = t.oid AND c.relname = w.name)
+           WHEN 'constraint' THEN EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = t.oid AND k.conname = w.name)
+           ELSE EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t.oid AND g.tgname = w.name) END)
+      ORDER BY 2, 3, 4`,
+    [wanted.map((w) => w.kind), wanted.map((w) => w.schema), wanted.map((w) => w.tbl), wanted.map((w) => w.name)],
+  );
+  if (!missing.length) return;
+  const named = missing.map((m) => `${m.kind} ${ident(m.name)} on ${ident(m.schema)}.${ident(m.tbl)}`);
+  throw new SchemaFailedError(
+    `indexes and constraints are missing on the target: ${named.slice(0, 5).join(', ')}${named.length > 5 ? `, and ${named.length - 5} more` : ''}${passed.length ? ` (pg_restore said: ${passed.slice(0, 3).join('; ')})` : ''}`,
+    {
+      migrationId: ctx.config.id,
+      phase: 'bulk-load',
+      hint: 'something created on the target during the migration holds these names: drop or rename it there, then run `pgferry resume`',
+    },
+  );
 }
 
 /** Phase "Prepare schema" (pre-data). Idempotent: the marker row records completion. */
@@ -269,10 +322,11 @@ export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
 /** One table's own indexes and constraints (lines of `planPostData`). Idempotent. */
 export async function buildTablePostData(ctx: PhaseContext, tableOid: number, lines: string[]) {
   const file = join(ctx.artifactDir, DUMP_FILE);
-  await restore(ctx, file, 'post-data', Math.min(ctx.config.jobs, lines.length), {
+  const passed = await restore(ctx, file, 'post-data', Math.min(ctx.config.jobs, lines.length), {
     name: `post-data-${tableOid}`,
     lines,
   });
+  await ensureBuilt(ctx, lines, passed);
 }
 
 /**
@@ -286,15 +340,20 @@ export async function buildPostData(
   const m = await marker(ctx);
   if (m?.post_data_at) return 'already done: indexes and constraints built earlier';
   const dump = await schemaDump(ctx);
+  const plan = early?.plan ?? (await planPostData(ctx));
   if (!early?.built.size) {
-    await restore(ctx, dump, 'post-data', ctx.config.jobs);
+    await ensureBuilt(ctx, plan.entries, await restore(ctx, dump, 'post-data', ctx.config.jobs));
   } else {
-    const rest = early.plan.entries.filter((l) => !early.built.has(l));
+    const rest = plan.entries.filter((l) => !early.built.has(l));
     if (rest.length > 0)
-      await restore(ctx, dump, 'post-data', Math.min(ctx.config.jobs, rest.length), {
-        name: 'post-data-rest',
-        lines: rest,
-      });
+      await ensureBuilt(
+        ctx,
+        rest,
+        await restore(ctx, dump, 'post-data', Math.min(ctx.config.jobs, rest.length), {
+          name: 'post-data-rest',
+          lines: rest,
+        }),
+      );
   }
   await ctx.target.query(
     `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET post_data_at = now() WHERE id = $1`,

@@ -23,7 +23,7 @@ async function tlsOf(url: string, side: 'source' | 'target' = 'source') {
 }
 
 describe('TLS, read the way libpq reads a URL', () => {
-  it('uses TLS when the server offers it, requires it on sslmode=require without verifying, and says why verify-full fails', async () => {
+  it('uses TLS when the server offers it, requires it on sslmode=require without verifying, and checks certificate and name on verify-full', async () => {
     pair = await freshPair(15, 'tls');
     const src = pair.sourceUrl; // offers TLS (self-signed, like RDS with its own CA)
     const plain = pair.targetUrl; // offers none
@@ -42,11 +42,19 @@ describe('TLS, read the way libpq reads a URL', () => {
     await expect(tlsOf(`${src}?sslmode=requre`)).rejects.toThrow(/--source.*sslmode=requre is not one of disable/s);
     expect(await tlsOf(plain, 'target')).toBe(false); // prefer falls back
     await expect(tlsOf(`${plain}?sslmode=require`, 'target')).rejects.toThrow(/--target.*does not support SSL/s);
-    await expect(tlsOf(`${src}?sslmode=verify-full`)).rejects.toThrow(/--source.*(self.signed|certificate)/is);
-    // With the CA, verify-ca passes (the certificate names no host, so verify-full could not).
-    const ca = pair.sourceServer.certFile;
-    expect(ca).toBeTruthy();
-    expect(await tlsOf(`${src}?sslmode=verify-ca&sslrootcert=${encodeURIComponent(ca as string)}`)).toBe(true);
+    const noCa = await tlsOf(`${src}?sslmode=verify-full`).catch((e) => e);
+    expect(noCa.message).toMatch(/--source.*(self.signed|certificate)/is);
+    expect(noCa.hint).toMatch(/add sslrootcert=.*or use sslmode=require/);
+    // With the CA, verify-ca and verify-full pass; the certificate names 127.0.0.1, not localhost.
+    const ca = encodeURIComponent(pair.sourceServer.certFile ?? 'missing');
+    expect(await tlsOf(`${src}?sslmode=verify-ca&sslrootcert=${ca}`)).toBe(true);
+    expect(await tlsOf(`${src}?sslmode=verify-full&sslrootcert=${ca}`)).toBe(true);
+    const byName = src.replace('@127.0.0.1:', '@localhost:');
+    expect(byName).not.toBe(src);
+    expect(await tlsOf(`${byName}?sslmode=verify-ca&sslrootcert=${ca}`)).toBe(true);
+    const wrongName = await tlsOf(`${byName}?sslmode=verify-full&sslrootcert=${ca}`).catch((e) => e);
+    expect(wrongName.message).toMatch(/--source.*localhost/is);
+    expect(wrongName.hint).toMatch(/connect by a name the source's certificate lists/);
   });
 
   it('keeps client-side certificate paths and node-only options out of what the servers and libpq tools get', () => {
@@ -78,11 +86,13 @@ describe('TLS, read the way libpq reads a URL', () => {
     expect(err.hint).toContain("password=''*"); // redacted, then cut to 120 characters
   });
 
-  it('migrates over TLS end to end with sslmode=require on both sides, 15 → 17', async () => {
+  it('migrates over TLS end to end, verify-full from the source and require to the target, 15 → 17', async () => {
     pair = await freshPair(17, 'tlsmig');
     rt = testRuntime();
     await loadSample(pair, 1000);
-    const sourceUrl = `${pair.sourceUrl}?sslmode=require`;
+    // pgferry, pg_dump and pg_restore verify the source's certificate and name against its CA; the
+    // subscriptions, which run on the servers, cannot read this machine's CA file and get require.
+    const sourceUrl = `${pair.sourceUrl}?sslmode=verify-full&sslrootcert=${encodeURIComponent(pair.sourceServer.certFile ?? 'missing')}`;
     const targetUrl = `${pair.targetUrl}?sslmode=require`;
     const writer = new LiveWriter({ switchFile: rt.switchFile, name: 'app', intervalMs: 2 });
     const m = await newMigration(rt, pair, { cutover: 'auto', sourceUrl, targetUrl });

@@ -183,6 +183,9 @@ export async function startServer(options: ServerOptions = {}): Promise<LocalSer
         '-nodes',
         '-subj',
         '/CN=127.0.0.1',
+        // Named by its address (the servers listen on 127.0.0.1), so that verify-full can pass.
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
         '-keyout',
         'server.key',
         '-out',

@@ -60,6 +60,15 @@ export function connectionError(side: Side, url: string, err: unknown): PgferryE
       message = `no PostgreSQL server answered at ${field} ${where} (${e.code})`;
       hint = `check the host and port in ${field} and that the server is running`;
       break;
+    case 'ERR_TLS_CERT_ALTNAME_INVALID':
+      hint = `connect by a name the ${side}'s certificate lists (for RDS, the endpoint's DNS name), or use sslmode=verify-ca to check only the CA`;
+      break;
+    case 'DEPTH_ZERO_SELF_SIGNED_CERT':
+    case 'SELF_SIGNED_CERT_IN_CHAIN':
+    case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
+      hint = `add sslrootcert=<CA file> to ${field} (for RDS, the region's global-bundle.pem), or use sslmode=require to encrypt without verifying`;
+      break;
   }
   return new ConnectionFailedError(message, { cause: err, hint, field });
 }

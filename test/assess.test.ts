@@ -7,6 +7,7 @@ import {
   type Db,
   formatReport,
   prepareSchema,
+  userObjects,
 } from '../packages/postgres/src/index';
 import { loadSample, newMigration, type TestRuntime, testRuntime } from './harness/migration';
 import { freshPair, leftovers, type Pair, serverUrl } from './harness/pairs';
@@ -76,16 +77,23 @@ describe('assess', () => {
   it('counts functions, types, schemas and extensions on the target, not only tables, since a rollback empties it', async () => {
     pair = await freshPair(15, 'asmobjs');
     await pair.target(`CREATE FUNCTION keep_me() RETURNS int LANGUAGE sql AS 'SELECT 1';
-      CREATE TYPE mood AS ENUM ('ok'); CREATE SCHEMA reports; CREATE EXTENSION pgcrypto`);
+      CREATE TYPE mood AS ENUM ('ok'); CREATE COLLATION c_collation (locale = 'C'); CREATE SCHEMA reports`);
     const { source, target } = await dbs(pair);
     const blocker = (await assess(source, target)).findings.find((f) => f.code === 'target-not-empty');
-    expect(blocker?.message).toMatch(/function public\.keep_me, type public\.mood, schema reports, …/);
+    expect(blocker?.message).toMatch(/\(collation c_collation, function keep_me\(\), type mood, …\)/);
+    // An extension alone (its functions and types are its own, not named one by one) is enough too.
+    await pair.target('DROP FUNCTION keep_me(); DROP TYPE mood; DROP COLLATION c_collation; DROP SCHEMA reports');
+    await pair.target('CREATE EXTENSION pgcrypto');
+    expect(await userObjects(target)).toEqual(['extension pgcrypto']);
+    await pair.target('CREATE SCHEMA reports; CREATE FUNCTION keep_me() RETURNS int LANGUAGE sql AS $$SELECT 1$$');
     // Without the table count to go by, prepare-schema refuses the target too, and leaves it as it was.
     rt = testRuntime();
     const m = await newMigration(rt, pair);
     const session = await openSession(rt, m.id);
     try {
-      await expect(prepareSchema(session.ctx)).rejects.toThrow(/not empty \(function public\.keep_me/);
+      await expect(prepareSchema(session.ctx)).rejects.toThrow(
+        /not empty \(extension pgcrypto, function keep_me\(\), schema reports\)/,
+      );
     } finally {
       await session.close();
     }

@@ -35,36 +35,30 @@ export interface TableInfo {
 export const EXCLUDED_SCHEMAS = ['pg_catalog', 'information_schema', 'pgferry'];
 
 /**
- * What a user made in a database: relations, functions, types, schemas and extensions (plpgsql and
- * pgferry's own schema aside; an extension's members count as the extension). A target must have
- * none, because a rollback empties it. Named like `function public.f`; `limit` + 1 at most, so that a
- * caller can tell there are more.
+ * What a user made in a database: everything that lives in a schema (tables, views, sequences,
+ * functions, types, collations, text search configurations, operators, …), schemas and extensions
+ * (plpgsql and pgferry's own schema aside). Objects an extension or another object brings along (an
+ * array type, a range's constructors) are not named. A target must hold none, because a rollback
+ * empties it. Named the way PostgreSQL describes them (`function f()`, `table s.t`); `limit` + 1 at
+ * most, so that a caller can tell there are more.
  */
 export async function userObjects(db: Db, limit = 5): Promise<string[]> {
   const rows = await db.query<{ what: string }>(
-    `WITH member AS (SELECT objid, classid FROM pg_depend WHERE deptype = 'e'),
-          user_ns AS (SELECT oid, nspname FROM pg_namespace
-                       WHERE nspname <> ALL($1::text[]) AND nspname NOT LIKE 'pg\\_%')
+    `WITH user_ns AS (SELECT oid, nspname FROM pg_namespace
+                       WHERE nspname <> ALL($1::text[]) AND left(nspname, 3) <> 'pg_')
      SELECT what FROM (
-       SELECT 1 AS o, format('%s %I.%I', CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
-                WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table' ELSE 'type' END,
-                n.nspname, c.relname) AS what
-         FROM pg_class c JOIN user_ns n ON n.oid = c.relnamespace
-        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c')
-          AND NOT EXISTS (SELECT 1 FROM member d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid)
+       SELECT 1 AS o, pg_describe_object(d.classid, d.objid, d.objsubid) AS what FROM pg_depend d
+        WHERE d.refclassid = 'pg_namespace'::regclass AND d.deptype = 'n' AND d.refobjid IN (SELECT oid FROM user_ns)
+          AND NOT EXISTS (SELECT 1 FROM pg_depend x
+                           WHERE x.classid = d.classid AND x.objid = d.objid AND x.deptype IN ('e', 'i'))
        UNION ALL
-       SELECT 2, format('function %I.%I', n.nspname, p.proname) FROM pg_proc p JOIN user_ns n ON n.oid = p.pronamespace
-        WHERE NOT EXISTS (SELECT 1 FROM member d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid)
-       UNION ALL
-       SELECT 3, format('type %I.%I', n.nspname, t.typname) FROM pg_type t JOIN user_ns n ON n.oid = t.typnamespace
-        WHERE t.typtype IN ('b', 'd', 'e', 'r', 'm') AND t.typrelid = 0 AND t.typelem = 0
-          AND NOT EXISTS (SELECT 1 FROM member d WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid)
-       UNION ALL
-       SELECT 4, format('schema %I', n.nspname) FROM user_ns n
+       SELECT 2, format('schema %I', n.nspname) FROM user_ns n
         WHERE n.nspname <> 'public'
-          AND NOT EXISTS (SELECT 1 FROM member d WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid)
+          AND NOT EXISTS (SELECT 1 FROM pg_depend x
+                           WHERE x.classid = 'pg_namespace'::regclass AND x.objid = n.oid AND x.deptype = 'e')
        UNION ALL
-       SELECT 5, format('extension %I', x.extname) FROM pg_extension x WHERE x.extname <> 'plpgsql'
+       SELECT 3, format('extension %I', x.extname) FROM pg_extension x
+        WHERE x.extname <> 'plpgsql' AND x.extnamespace NOT IN (SELECT oid FROM user_ns)
      ) o ORDER BY o, what LIMIT $2`,
     [EXCLUDED_SCHEMAS, limit + 1],
   );

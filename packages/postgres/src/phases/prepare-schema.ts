@@ -6,8 +6,8 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, objectNames, SchemaFailedError } from '@pgferry/core';
-import { userObjects } from '../catalog';
-import { ident } from '../db';
+import { listTables, userObjects } from '../catalog';
+import { ident, qualified } from '../db';
 import { findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, sourceMajor } from './context';
 
@@ -100,6 +100,8 @@ async function dumpSchema(ctx: PhaseContext): Promise<string> {
       '--format=custom',
       '--no-publications',
       '--no-subscriptions',
+      // A source that was once a pgferry target still has its marker schema: it is not the user's.
+      `--exclude-schema=${objectNames(ctx.config.id).markerSchema}`,
       '--file',
       file,
       '--dbname',
@@ -164,62 +166,79 @@ async function restore(
   if (real.length > 0 || errors.length === 0) {
     throw new SchemaFailedError(`pg_restore (${section}) failed on the target: ${(real[0] ?? res.stderr).trim()}`, {
       migrationId: ctx.config.id,
-      phase: 'prepare-schema',
+      // post-data is built by the bulk-load phase
+      phase: section === 'pre-data' ? 'prepare-schema' : 'bulk-load',
       hint: real.length > 1 ? `${real.length} errors; first shown` : undefined,
     });
   }
   return errors.map((l) => l.replace(/^.*?ERROR:\s*/, '').trim());
 }
 
+/** TOC descriptions of the post-data entries `ensureBuilt` checks, longest first. */
+const CHECKED = ['FK CONSTRAINT', 'CHECK CONSTRAINT', 'CONSTRAINT', 'INDEX', 'TRIGGER'];
+
 /**
  * pg_restore's "already exists" is let pass because a re-run after a crash finds its own objects,
  * but the name may belong to something else created on the target meanwhile. Every index,
  * constraint and trigger of the TOC `lines` must now be on the target, on its own table, or the
- * build fails naming what is missing (and what pg_restore let pass).
+ * build fails naming what is missing (and what pg_restore let pass). Names are compared as the TOC
+ * writes them ("schema name" for an index, "schema table name" otherwise, then the owner), so that a
+ * source renamed since the dump cannot make a built object look missing.
  */
 async function ensureBuilt(ctx: PhaseContext, lines: string[], passed: string[]) {
-  const oids = { 1259: [] as number[], 2606: [] as number[], 2620: [] as number[] };
-  for (const line of lines) {
-    const m = /^\d+; (\d+) (\d+) /.exec(line);
-    const list = m ? oids[Number(m[1]) as keyof typeof oids] : undefined;
-    list?.push(Number(m?.[2]));
-  }
-  if (!oids[1259].length && !oids[2606].length && !oids[2620].length) return;
-  const wanted = await ctx.source.query<{ kind: string; schema: string; tbl: string; name: string }>(
-    `SELECT 'index' AS kind, n.nspname AS schema, t.relname AS tbl, c.relname AS name
-       FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
-       JOIN pg_namespace n ON n.oid = t.relnamespace WHERE x.indexrelid = ANY($1::oid[])
-     UNION ALL
-     SELECT 'constraint', n.nspname, t.relname, k.conname FROM pg_constraint k JOIN pg_class t ON t.oid = k.conrelid
-       JOIN pg_namespace n ON n.oid = t.relnamespace WHERE k.oid = ANY($2::oid[])
-     UNION ALL
-     SELECT 'trigger', n.nspname, t.relname, g.tgname FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid
-       JOIN pg_namespace n ON n.oid = t.relnamespace WHERE g.oid = ANY($3::oid[])`,
-    [oids[1259], oids[2606], oids[2620]],
-  );
+  const wanted = lines.flatMap((line) => {
+    const body = /^\d+; \d+ [1-9]\d* (.*)$/.exec(line)?.[1];
+    const desc = body ? CHECKED.find((d) => body.startsWith(`${d} `)) : undefined;
+    return body && desc ? [{ desc, rest: body.slice(desc.length + 1) }] : [];
+  });
   if (!wanted.length) return;
-  const missing = await ctx.target.query<{ kind: string; schema: string; tbl: string; name: string }>(
-    `SELECT w.kind, w.schema, w.tbl, w.name FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS w(kind, schema, tbl, name)
-      WHERE NOT EXISTS (
-        SELECT 1 FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace
-         WHERE n.nspname = w.schema AND t.relname = w.tbl AND CASE w.kind
-           WHEN 'index' THEN EXISTS (SELECT 1 FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
-                                      WHERE x.indrelid = t.oid AND c.relname = w.name)
-           WHEN 'constraint' THEN EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = t.oid AND k.conname = w.name)
-           ELSE EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = t.oid AND g.tgname = w.name) END)
-      ORDER BY 2, 3, 4`,
-    [wanted.map((w) => w.kind), wanted.map((w) => w.schema), wanted.map((w) => w.tbl), wanted.map((w) => w.name)],
+  const present = new Set(
+    (
+      await ctx.target.query<{ name: string }>(
+        `SELECT n.nspname || ' ' || c.relname AS name FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+         UNION ALL
+         SELECT n.nspname || ' ' || coalesce(t.relname, y.typname) || ' ' || k.conname FROM pg_constraint k
+           LEFT JOIN pg_class t ON t.oid = k.conrelid LEFT JOIN pg_type y ON y.oid = k.contypid
+           JOIN pg_namespace n ON n.oid = coalesce(t.relnamespace, y.typnamespace)
+         UNION ALL
+         SELECT n.nspname || ' ' || t.relname || ' ' || g.tgname FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid
+           JOIN pg_namespace n ON n.oid = t.relnamespace WHERE NOT g.tgisinternal`,
+      )
+    ).map((r) => r.name),
   );
+  // "rest" is the name then the owner: the name is found if some prefix ending before a space is present.
+  const found = (rest: string) => {
+    for (let i = rest.lastIndexOf(' '); i > 0; i = rest.lastIndexOf(' ', i - 1)) {
+      if (present.has(rest.slice(0, i))) return true;
+    }
+    return false;
+  };
+  const missing = wanted.filter((w) => !found(w.rest)).map((w) => `${w.desc} ${w.rest}`);
   if (!missing.length) return;
-  const named = missing.map((m) => `${m.kind} ${ident(m.name)} on ${ident(m.schema)}.${ident(m.tbl)}`);
   throw new SchemaFailedError(
-    `indexes and constraints are missing on the target: ${named.slice(0, 5).join(', ')}${named.length > 5 ? `, and ${named.length - 5} more` : ''}${passed.length ? ` (pg_restore said: ${passed.slice(0, 3).join('; ')})` : ''}`,
+    `indexes, constraints or triggers are missing on the target after pg_restore: ${missing.slice(0, 5).join('; ')}${missing.length > 5 ? `; and ${missing.length - 5} more` : ''} (as pg_restore --list names them: type, schema, [table,] name, owner)${passed.length ? `; pg_restore said: ${passed.slice(0, 3).join('; ')}` : ''}`,
     {
       migrationId: ctx.config.id,
       phase: 'bulk-load',
-      hint: 'something created on the target during the migration holds these names: drop or rename it there, then run `pgferry resume`',
+      hint: 'something created on the target during the migration holds these names: keep everyone else off the target database while pgferry loads it, then start the migration again',
     },
   );
+}
+
+/**
+ * Did an earlier run's pre-data restore commit? It is one transaction, so one of the source's tables
+ * on the target means all of it is. (Something else on the target, say an extension an operator
+ * created there after the restore failed, does not count.)
+ */
+async function preDataLanded(ctx: PhaseContext, existing: string[]): Promise<boolean> {
+  const tables = (await listTables(ctx.source)).map(qualified);
+  if (tables.length === 0) return existing.length > 0;
+  const { n } = await ctx.target.one<{ n: number }>(
+    'SELECT count(*)::int AS n FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL',
+    [tables],
+  );
+  return n > 0;
 }
 
 /** Phase "Prepare schema" (pre-data). Idempotent: the marker row records completion. */
@@ -244,7 +263,7 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   const file = await dumpSchema(ctx);
   await ensureMarker(ctx);
   // A crash after the single-transaction restore but before the marker update leaves the tables: done.
-  if (existing.length === 0) await restore(ctx, file, 'pre-data', 1);
+  if (!(m && (await preDataLanded(ctx, existing)))) await restore(ctx, file, 'pre-data', 1);
   await ctx.target.query(
     `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET pre_data_at = now() WHERE id = $1`,
     [ctx.config.id],

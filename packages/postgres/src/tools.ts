@@ -22,7 +22,10 @@ function toolMajor(path: string): Promise<number | undefined> {
         const m = /(\d+)(?:\.\d+)?/.exec(stdout.replace(/^[^\d]*/, ''));
         return m ? Number(m[1]) : undefined;
       },
-      () => undefined,
+      () => {
+        probed.delete(path); // a failed probe (not executable, EAGAIN) may succeed next time
+        return undefined;
+      },
     );
     probed.set(path, major);
   }

@@ -1,3 +1,7 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { advance, cleanupMigration } from '../packages/cli/src/runner';
 import { LiveWriter } from '../packages/cli/src/writer';
@@ -55,6 +59,26 @@ describe('TLS, read the way libpq reads a URL', () => {
     const wrongName = await tlsOf(`${byName}?sslmode=verify-full&sslrootcert=${ca}`).catch((e) => e);
     expect(wrongName.message).toMatch(/--source.*localhost/is);
     expect(wrongName.hint).toMatch(/connect by a name the source's certificate lists/);
+    // A CA file that did not sign the server's certificate.
+    const other = mkdtempSync(join(tmpdir(), 'pgferry-other-ca-'));
+    try {
+      execFileSync(
+        'openssl',
+        ['req', '-new', '-x509', '-days', '1', '-nodes', '-subj', '/CN=other'].concat([
+          '-keyout',
+          join(other, 'ca.key'),
+          '-out',
+          join(other, 'ca.crt'),
+        ]),
+        { stdio: 'ignore' },
+      );
+      const wrongCa = await tlsOf(
+        `${src}?sslmode=verify-ca&sslrootcert=${encodeURIComponent(join(other, 'ca.crt'))}`,
+      ).catch((e) => e);
+      expect(wrongCa.hint).toMatch(/CA file in sslrootcert of --source did not sign/);
+    } finally {
+      rmSync(other, { recursive: true, force: true });
+    }
   });
 
   it('keeps client-side certificate paths and node-only options out of what the servers and libpq tools get', () => {

@@ -66,8 +66,14 @@ export function connectionError(side: Side, url: string, err: unknown): PgferryE
     case 'DEPTH_ZERO_SELF_SIGNED_CERT':
     case 'SELF_SIGNED_CERT_IN_CHAIN':
     case 'UNABLE_TO_VERIFY_LEAF_SIGNATURE':
+    case 'UNABLE_TO_GET_ISSUER_CERT':
     case 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY':
-      hint = `add sslrootcert=<CA file> to ${field} (for RDS, the region's global-bundle.pem), or use sslmode=require to encrypt without verifying`;
+      hint = /[?&]sslrootcert=/.test(url)
+        ? `the CA file in sslrootcert of ${field} did not sign the ${side}'s certificate: point it at the CA that did (for RDS, the region's global-bundle.pem)`
+        : `add sslrootcert=<CA file> to ${field} (for RDS, the region's global-bundle.pem), or use sslmode=require to encrypt without verifying`;
+      break;
+    case 'CERT_HAS_EXPIRED':
+      hint = `the ${side}'s certificate has expired: renew or rotate it (RDS: modify the instance's certificate authority)`;
       break;
   }
   return new ConnectionFailedError(message, { cause: err, hint, field });

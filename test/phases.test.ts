@@ -7,6 +7,7 @@ import {
   catchUp,
   cleanup,
   cutover,
+  indexBuildMemoryMB,
   planPostData,
   prepareSchema,
   sampleGate,
@@ -407,6 +408,21 @@ describe('phases', () => {
     expect(await writer.lostWrites(pair.targetUrl)).toEqual([]);
     await cleanupMigration(rt, m.id);
     expect(await leftovers(pair)).toEqual([]);
+  });
+});
+
+describe('index build memory', () => {
+  it('shares --jobs x 256MB between the builds running at once, at most 1GB each, and at most shared_buffers on RDS', () => {
+    expect(indexBuildMemoryMB(4, 4)).toBe(256);
+    expect(indexBuildMemoryMB(4, 2)).toBe(512);
+    expect(indexBuildMemoryMB(4, 1)).toBe(1024);
+    expect(indexBuildMemoryMB(16, 1)).toBe(1024);
+    expect(indexBuildMemoryMB(1, 1)).toBe(256);
+    // RDS db.t4g.small: 2 GiB, shared_buffers 512MB.
+    expect(indexBuildMemoryMB(4, 1, 512)).toBe(512);
+    expect(indexBuildMemoryMB(4, 4, 512)).toBe(128);
+    // db.t4g.micro: never below PostgreSQL's own default.
+    expect(indexBuildMemoryMB(8, 8, 256)).toBe(64);
   });
 });
 

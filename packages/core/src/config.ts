@@ -30,10 +30,13 @@ export const DEFAULTS = {
   /**
    * Index builds on the target share `jobs` × this much maintenance_work_mem: post-data runs `jobs`
    * builds at once with this much each, and a big table's lone primary key gets the whole budget
-   * (up to indexBuildMemoryMaxMB) so that it sorts in memory instead of spilling to disk.
+   * (up to indexBuildMemoryMaxMB) so that it sorts in memory instead of spilling to disk. On RDS the
+   * budget is at most shared_buffers (a quarter of the instance's memory), and no build gets less
+   * than indexBuildMemoryMinMB (PostgreSQL's default).
    */
   indexBuildMemoryMB: 256,
   indexBuildMemoryMaxMB: 1024,
+  indexBuildMemoryMinMB: 64,
   verifyRechecks: 5,
   statementTimeoutMs: 0,
   lockTimeoutMs: 10_000,

@@ -123,10 +123,27 @@ async function schemaDump(ctx: PhaseContext): Promise<string> {
   return existsSync(file) ? file : await dumpSchema(ctx);
 }
 
-/** maintenance_work_mem of each of `sessions` index builds running at once within `--jobs`' budget. */
-export function indexBuildMemoryMB(jobs: number, sessions: number): number {
-  const share = Math.floor((jobs * DEFAULTS.indexBuildMemoryMB) / Math.max(1, sessions));
-  return Math.max(DEFAULTS.indexBuildMemoryMB, Math.min(DEFAULTS.indexBuildMemoryMaxMB, share));
+/**
+ * maintenance_work_mem of each of `sessions` index builds running at once: together they share
+ * `--jobs` × indexBuildMemoryMB, or `capMB` if that is less (see indexMemoryCapMB).
+ */
+export function indexBuildMemoryMB(jobs: number, sessions: number, capMB = Number.POSITIVE_INFINITY): number {
+  const budget = Math.min(jobs * DEFAULTS.indexBuildMemoryMB, capMB);
+  const share = Math.floor(budget / Math.max(1, sessions));
+  return Math.max(DEFAULTS.indexBuildMemoryMinMB, Math.min(DEFAULTS.indexBuildMemoryMaxMB, share));
+}
+
+/**
+ * On RDS, whose parameter groups give shared_buffers a quarter of the instance's memory, concurrent
+ * index builds take no more than shared_buffers between them, so that a small instance is not run
+ * out of memory in the middle of the load. Elsewhere shared_buffers says little about the machine.
+ */
+async function indexMemoryCapMB(ctx: PhaseContext): Promise<number> {
+  const { rds, mb } = await ctx.target.one<{ rds: boolean; mb: string }>(
+    `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_superuser') AS rds,
+            pg_size_bytes(current_setting('shared_buffers')) / 1048576 AS mb`,
+  );
+  return rds ? Number(mb) : Number.POSITIVE_INFINITY;
 }
 
 /**
@@ -154,7 +171,9 @@ async function restore(
   // Our session must write even if the target database is frozen (rollback of a previous attempt).
   // Index builds sort in memory instead of spilling to disk (pg_restore alone uses the server default).
   const memory =
-    section === 'post-data' ? ` -c maintenance_work_mem=${indexBuildMemoryMB(ctx.config.jobs, jobs)}MB` : '';
+    section === 'post-data'
+      ? ` -c maintenance_work_mem=${indexBuildMemoryMB(ctx.config.jobs, jobs, await indexMemoryCapMB(ctx))}MB`
+      : '';
   const res = await runTool(pgRestore, [...args, file], {
     ...tgt.env,
     PGOPTIONS: `-c default_transaction_read_only=off${memory}`,

@@ -205,9 +205,11 @@ describe('phases', () => {
   it('fails naming an index or constraint whose name something else took on the target, and leaves nothing behind', async () => {
     const { pair, rt } = await setup('clash', 3000);
     // During the copy (orders is big enough for its indexes to be built early), then at the end.
-    for (const [earlyIndexBytes, clash, named] of [
+    for (const [earlyIndexBytes, clash, named, asIndex] of [
       [64 * 1024, 'orders_pkey', /missing .*: CONSTRAINT public orders orders_pkey .*"orders_pkey" already exists/],
       [1024 ** 4, 'orders_customer_idx', /missing .*: INDEX public orders_customer_idx .*already exists/],
+      // The name taken by an index on some other table.
+      [1024 ** 4, 'orders_customer_idx', /missing .*: INDEX public orders_customer_idx .*already exists/, true],
     ] as const) {
       const m = await newMigration(rt, pair, { cutover: 'manual', earlyIndexBytes });
       const session = await openSession(rt, m.id);
@@ -218,7 +220,11 @@ describe('phases', () => {
       }
       // Someone else's object on the target takes the name; pg_restore only says "already exists",
       // which a re-run after a crash also says of pgferry's own objects.
-      await pair.target(`CREATE TABLE public.${clash} (x int)`);
+      await pair.target(
+        asIndex
+          ? `CREATE TABLE public.someone_elses (x int); CREATE INDEX ${clash} ON public.someone_elses (x)`
+          : `CREATE TABLE public.${clash} (x int)`,
+      );
       await expect(advance(rt, m.id, { cutover: 'manual' })).rejects.toThrow(named);
       const state = await rt.store.get(m.id);
       expect(state?.status).toBe('rolled-back');

@@ -135,15 +135,17 @@ export function indexBuildMemoryMB(jobs: number, sessions: number, capMB = Numbe
 
 /**
  * On RDS, whose parameter groups give shared_buffers a quarter of the instance's memory, concurrent
- * index builds take no more than shared_buffers between them, so that a small instance is not run
+ * index builds take no more than shared_buffers between them (a quarter of it on Aurora), so that a small instance is not run
  * out of memory in the middle of the load. Elsewhere shared_buffers says little about the machine.
  */
 async function indexMemoryCapMB(ctx: PhaseContext): Promise<number> {
-  const { rds, mb } = await ctx.target.one<{ rds: boolean; mb: string }>(
+  const { rds, aurora, mb } = await ctx.target.one<{ rds: boolean; aurora: boolean; mb: string }>(
     `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_superuser') AS rds,
+            to_regproc('aurora_version') IS NOT NULL AS aurora,
             pg_size_bytes(current_setting('shared_buffers')) / 1048576 AS mb`,
   );
-  return rds ? Number(mb) : Number.POSITIVE_INFINITY;
+  // Aurora gives shared_buffers about two thirds of the memory: a quarter of it is what is safe.
+  return rds ? Number(mb) / (aurora ? 4 : 1) : Number.POSITIVE_INFINITY;
 }
 
 /**
@@ -193,47 +195,75 @@ async function restore(
   return errors.map((l) => l.replace(/^.*?ERROR:\s*/, '').trim());
 }
 
-/** TOC descriptions of the post-data entries `ensureBuilt` checks, longest first. */
-const CHECKED = ['FK CONSTRAINT', 'CHECK CONSTRAINT', 'CONSTRAINT', 'INDEX', 'TRIGGER'];
+/** TOC descriptions of the post-data entries `ensureBuilt` checks, longest first, and their kind. */
+const CHECKED: Array<[string, 'i' | 'c' | 't']> = [
+  ['FK CONSTRAINT', 'c'],
+  ['CHECK CONSTRAINT', 'c'],
+  ['CONSTRAINT', 'c'],
+  ['INDEX', 'i'],
+  ['TRIGGER', 't'],
+];
 
 /**
  * pg_restore's "already exists" is let pass because a re-run after a crash finds its own objects,
  * but the name may belong to something else created on the target meanwhile. Every index,
- * constraint and trigger of the TOC `lines` must now be on the target, on its own table, or the
- * build fails naming what is missing (and what pg_restore let pass). Names are compared as the TOC
- * writes them ("schema name" for an index, "schema table name" otherwise, then the owner), so that a
- * source renamed since the dump cannot make a built object look missing.
+ * constraint and trigger of the TOC `lines` must now be on the target, or the build fails naming
+ * what is missing (and what pg_restore let pass). Names are compared as the TOC writes them ("schema
+ * name" for an index, "schema table name" otherwise, then the owner), so that a source renamed since
+ * the dump cannot make a built object look missing; an index must also be on its table (as the
+ * source names it now), unless that table is not on the target by that name (renamed since).
  */
 async function ensureBuilt(ctx: PhaseContext, lines: string[], passed: string[]) {
   const wanted = lines.flatMap((line) => {
-    const body = /^\d+; \d+ [1-9]\d* (.*)$/.exec(line)?.[1];
-    const desc = body ? CHECKED.find((d) => body.startsWith(`${d} `)) : undefined;
-    return body && desc ? [{ desc, rest: body.slice(desc.length + 1) }] : [];
+    const m = /^\d+; \d+ ([1-9]\d*) (.*)$/.exec(line);
+    const body = m?.[2];
+    const checked = body ? CHECKED.find(([d]) => body.startsWith(`${d} `)) : undefined;
+    if (!m || !body || !checked) return [];
+    const [desc, kind] = checked;
+    return [{ oid: Number(m[1]), desc, kind, rest: body.slice(desc.length + 1) }];
   });
   if (!wanted.length) return;
-  const present = new Set(
+  // The table each index is on, as the source names it now (index oids do not change on a rename).
+  const indexTables = new Map(
     (
-      await ctx.target.query<{ name: string }>(
-        `SELECT n.nspname || ' ' || c.relname AS name FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace
-         UNION ALL
-         SELECT n.nspname || ' ' || coalesce(t.relname, y.typname) || ' ' || k.conname FROM pg_constraint k
-           LEFT JOIN pg_class t ON t.oid = k.conrelid LEFT JOIN pg_type y ON y.oid = k.contypid
-           JOIN pg_namespace n ON n.oid = coalesce(t.relnamespace, y.typnamespace)
-         UNION ALL
-         SELECT n.nspname || ' ' || t.relname || ' ' || g.tgname FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid
-           JOIN pg_namespace n ON n.oid = t.relnamespace WHERE NOT g.tgisinternal`,
+      await ctx.source.query<{ oid: string; tbl: string }>(
+        `SELECT x.indexrelid::int8::text AS oid, n.nspname || ' ' || t.relname AS tbl
+           FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+          WHERE x.indexrelid = ANY($1::oid[])`,
+        [wanted.filter((w) => w.kind === 'i').map((w) => w.oid)],
       )
-    ).map((r) => r.name),
+    ).map((r) => [Number(r.oid), r.tbl]),
   );
+  // pg_restore --list writes a line break in a name as a space.
+  const rows = await ctx.target.query<{ key: string; tbl: string | null }>(
+    `SELECT 'i ' || translate(n.nspname || ' ' || c.relname, E'\n\r', '  ') AS key,
+            translate(tn.nspname || ' ' || t.relname, E'\n\r', '  ') AS tbl
+       FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+       JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+     UNION ALL
+     SELECT 'c ' || translate(n.nspname || ' ' || coalesce(t.relname, y.typname) || ' ' || k.conname, E'\n\r', '  '), NULL
+       FROM pg_constraint k LEFT JOIN pg_class t ON t.oid = k.conrelid LEFT JOIN pg_type y ON y.oid = k.contypid
+       JOIN pg_namespace n ON n.oid = coalesce(t.relnamespace, y.typnamespace)
+     UNION ALL
+     SELECT 't ' || translate(n.nspname || ' ' || t.relname || ' ' || g.tgname, E'\n\r', '  '), NULL
+       FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+     UNION ALL
+     SELECT 'r ' || translate(n.nspname || ' ' || t.relname, E'\n\r', '  '), NULL
+       FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace WHERE t.relkind IN ('r', 'p')`,
+  );
+  const present = new Map<string, Set<string>>();
+  for (const r of rows) present.set(r.key, (present.get(r.key) ?? new Set()).add(r.tbl ?? ''));
   // "rest" is the name then the owner: the name is found if some prefix ending before a space is present.
-  const found = (rest: string) => {
-    for (let i = rest.lastIndexOf(' '); i > 0; i = rest.lastIndexOf(' ', i - 1)) {
-      if (present.has(rest.slice(0, i))) return true;
+  const found = (w: (typeof wanted)[number]) => {
+    for (let i = w.rest.lastIndexOf(' '); i > 0; i = w.rest.lastIndexOf(' ', i - 1)) {
+      const on = present.get(`${w.kind} ${w.rest.slice(0, i)}`);
+      if (!on) continue;
+      const table = w.kind === 'i' ? indexTables.get(w.oid) : undefined;
+      if (!table || !present.has(`r ${table}`) || on.has(table)) return true;
     }
     return false;
   };
-  const missing = wanted.filter((w) => !found(w.rest)).map((w) => `${w.desc} ${w.rest}`);
+  const missing = wanted.filter((w) => !found(w)).map((w) => `${w.desc} ${w.rest}`);
   if (!missing.length) return;
   throw new SchemaFailedError(
     `indexes, constraints or triggers are missing on the target after pg_restore: ${missing.slice(0, 5).join('; ')}${missing.length > 5 ? `; and ${missing.length - 5} more` : ''} (as pg_restore --list names them: type, schema, [table,] name, owner)${passed.length ? `; pg_restore said: ${passed.slice(0, 3).join('; ')}` : ''}`,
@@ -252,6 +282,7 @@ async function ensureBuilt(ctx: PhaseContext, lines: string[], passed: string[])
  */
 async function preDataLanded(ctx: PhaseContext, existing: string[]): Promise<boolean> {
   const tables = (await listTables(ctx.source)).map(qualified);
+  // A source without tables (functions only, say): whatever is on the target has to count.
   if (tables.length === 0) return existing.length > 0;
   const { n } = await ctx.target.one<{ n: number }>(
     'SELECT count(*)::int AS n FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL',
@@ -279,10 +310,12 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
     );
   }
   const roles = await createRoles(ctx);
-  const file = await dumpSchema(ctx);
+  // A crash after the single-transaction restore but before the marker update leaves the tables: done,
+  // and the dump they came from stays the one post-data is built from.
+  const landed = !!m && (await preDataLanded(ctx, existing));
+  const file = landed ? await schemaDump(ctx) : await dumpSchema(ctx);
   await ensureMarker(ctx);
-  // A crash after the single-transaction restore but before the marker update leaves the tables: done.
-  if (!(m && (await preDataLanded(ctx, existing)))) await restore(ctx, file, 'pre-data', 1);
+  if (!landed) await restore(ctx, file, 'pre-data', 1);
   await ctx.target.query(
     `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET pre_data_at = now() WHERE id = $1`,
     [ctx.config.id],

@@ -85,6 +85,14 @@ describe('assess', () => {
     await pair.target('DROP FUNCTION keep_me(); DROP TYPE mood; DROP COLLATION c_collation; DROP SCHEMA reports');
     await pair.target('CREATE EXTENSION pgcrypto');
     expect(await userObjects(target)).toEqual(['extension pgcrypto']);
+    // Default privileges in public: a rollback (DROP SCHEMA public CASCADE) would take them along.
+    await pair.target(
+      'DROP EXTENSION pgcrypto; ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO PUBLIC',
+    );
+    expect(await userObjects(target)).toEqual(['default privileges in schema public']);
+    await pair.target(
+      'ALTER DEFAULT PRIVILEGES IN SCHEMA public REVOKE SELECT ON TABLES FROM PUBLIC; CREATE EXTENSION pgcrypto',
+    );
     await pair.target('CREATE SCHEMA reports; CREATE FUNCTION keep_me() RETURNS int LANGUAGE sql AS $$SELECT 1$$');
     // Without the table count to go by, prepare-schema refuses the target too, and leaves it as it was.
     rt = testRuntime();

@@ -36,8 +36,8 @@ export const EXCLUDED_SCHEMAS = ['pg_catalog', 'information_schema', 'pgferry'];
 
 /**
  * What a user made in a database: everything that lives in a schema (tables, views, sequences,
- * functions, types, collations, text search configurations, operators, …), schemas and extensions
- * (plpgsql and pgferry's own schema aside). Objects an extension or another object brings along (an
+ * functions, types, collations, text search configurations, operators, …), schemas, extensions
+ * (plpgsql and pgferry's own schema aside) and default privileges of a schema. Objects an extension or another object brings along (an
  * array type, a range's constructors) are not named. A target must hold none, because a rollback
  * empties it. Named the way PostgreSQL describes them (`function f()`, `table s.t`); `limit` + 1 at
  * most, so that a caller can tell there are more.
@@ -59,7 +59,11 @@ export async function userObjects(db: Db, limit = 5): Promise<string[]> {
        UNION ALL
        SELECT 3, format('extension %I', x.extname) FROM pg_extension x
         WHERE x.extname <> 'plpgsql' AND x.extnamespace NOT IN (SELECT oid FROM user_ns)
-     ) o ORDER BY o, what LIMIT $2`,
+       UNION ALL
+       -- DROP SCHEMA takes these along too.
+       SELECT 4, format('default privileges in schema %I', n.nspname) FROM pg_default_acl a
+         JOIN user_ns n ON n.oid = a.defaclnamespace
+     ) o WHERE what IS NOT NULL ORDER BY o, what LIMIT $2`,
     [EXCLUDED_SCHEMAS, limit + 1],
   );
   return rows.map((r) => r.what);

@@ -236,20 +236,22 @@ async function ensureBuilt(ctx: PhaseContext, lines: string[], passed: string[])
   );
   // pg_restore --list writes a line break in a name as a space.
   const rows = await ctx.target.query<{ key: string; tbl: string | null }>(
-    `SELECT 'i ' || translate(n.nspname || ' ' || c.relname, E'\n\r', '  ') AS key,
+    `WITH ns AS (SELECT oid, nspname FROM pg_namespace
+                  WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND left(nspname, 3) <> 'pg_')
+     SELECT 'i ' || translate(n.nspname || ' ' || c.relname, E'\n\r', '  ') AS key,
             translate(tn.nspname || ' ' || t.relname, E'\n\r', '  ') AS tbl
-       FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+       FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid JOIN ns n ON n.oid = c.relnamespace
        JOIN pg_class t ON t.oid = x.indrelid JOIN pg_namespace tn ON tn.oid = t.relnamespace
      UNION ALL
      SELECT 'c ' || translate(n.nspname || ' ' || coalesce(t.relname, y.typname) || ' ' || k.conname, E'\n\r', '  '), NULL
        FROM pg_constraint k LEFT JOIN pg_class t ON t.oid = k.conrelid LEFT JOIN pg_type y ON y.oid = k.contypid
-       JOIN pg_namespace n ON n.oid = coalesce(t.relnamespace, y.typnamespace)
+       JOIN ns n ON n.oid = coalesce(t.relnamespace, y.typnamespace)
      UNION ALL
      SELECT 't ' || translate(n.nspname || ' ' || t.relname || ' ' || g.tgname, E'\n\r', '  '), NULL
-       FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+       FROM pg_trigger g JOIN pg_class t ON t.oid = g.tgrelid JOIN ns n ON n.oid = t.relnamespace
      UNION ALL
      SELECT 'r ' || translate(n.nspname || ' ' || t.relname, E'\n\r', '  '), NULL
-       FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace WHERE t.relkind IN ('r', 'p')`,
+       FROM pg_class t JOIN ns n ON n.oid = t.relnamespace WHERE t.relkind IN ('r', 'p')`,
   );
   const present = new Map<string, Set<string>>();
   for (const r of rows) present.set(r.key, (present.get(r.key) ?? new Set()).add(r.tbl ?? ''));

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { startServer } from '../packages/cli/src/local-servers';
 import { advance, cleanupMigration, openSession, rollbackMigration } from '../packages/cli/src/runner';
 import { LiveWriter } from '../packages/cli/src/writer';
 import {
@@ -6,8 +7,10 @@ import {
   bulkLoad,
   catchUp,
   cleanup,
+  connect,
   cutover,
   indexBuildMemoryMB,
+  indexMemoryCapMB,
   planPostData,
   prepareSchema,
   sampleGate,
@@ -429,6 +432,22 @@ describe('index build memory', () => {
     expect(indexBuildMemoryMB(4, 4, 512)).toBe(128);
     // db.t4g.micro: never below PostgreSQL's own default.
     expect(indexBuildMemoryMB(8, 8, 256)).toBe(64);
+  });
+
+  it('finds the cap from the target: none off RDS, shared_buffers on RDS, a quarter of it on Aurora', async () => {
+    // A server of its own: the roles and functions that mark RDS would mislead other tests' assessments.
+    const server = await startServer({ version: 15, name: 'rdslike', settings: { shared_buffers: "'192MB'" } });
+    const db = await connect(server.url('postgres'), { side: 'target', applicationName: 'pgferry:test' });
+    try {
+      expect(await indexMemoryCapMB(db)).toBe(Number.POSITIVE_INFINITY);
+      await db.query('CREATE ROLE rds_superuser');
+      expect(await indexMemoryCapMB(db)).toBe(192);
+      await db.query("CREATE FUNCTION public.aurora_version() RETURNS text LANGUAGE sql AS $$SELECT '16.4'$$");
+      expect(await indexMemoryCapMB(db)).toBe(48);
+    } finally {
+      await db.end();
+      await server.stop();
+    }
   });
 });
 

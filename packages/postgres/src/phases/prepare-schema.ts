@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, objectNames, SchemaFailedError } from '@pgferry/core';
 import { listTables, userObjects } from '../catalog';
-import { ident, qualified } from '../db';
+import { type Db, ident, qualified } from '../db';
 import { findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, sourceMajor } from './context';
 
@@ -138,8 +138,8 @@ export function indexBuildMemoryMB(jobs: number, sessions: number, capMB = Numbe
  * index builds take no more than shared_buffers between them (a quarter of it on Aurora), so that a small instance is not run
  * out of memory in the middle of the load. Elsewhere shared_buffers says little about the machine.
  */
-async function indexMemoryCapMB(ctx: PhaseContext): Promise<number> {
-  const { rds, aurora, mb } = await ctx.target.one<{ rds: boolean; aurora: boolean; mb: string }>(
+export async function indexMemoryCapMB(target: Db): Promise<number> {
+  const { rds, aurora, mb } = await target.one<{ rds: boolean; aurora: boolean; mb: string }>(
     `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_superuser') AS rds,
             to_regproc('aurora_version') IS NOT NULL AS aurora,
             pg_size_bytes(current_setting('shared_buffers')) / 1048576 AS mb`,
@@ -174,7 +174,7 @@ async function restore(
   // Index builds sort in memory instead of spilling to disk (pg_restore alone uses the server default).
   const memory =
     section === 'post-data'
-      ? ` -c maintenance_work_mem=${indexBuildMemoryMB(ctx.config.jobs, jobs, await indexMemoryCapMB(ctx))}MB`
+      ? ` -c maintenance_work_mem=${indexBuildMemoryMB(ctx.config.jobs, jobs, await indexMemoryCapMB(ctx.target))}MB`
       : '';
   const res = await runTool(pgRestore, [...args, file], {
     ...tgt.env,

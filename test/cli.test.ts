@@ -227,6 +227,40 @@ describe('pgferry CLI', () => {
     await nothingLeft(pair);
   });
 
+  it('drops the slot of an unfinished copy on Ctrl-C, so no WAL is retained until a resume starts again', async () => {
+    pair = await freshPair(15, 'cliintcopy');
+    await loadSample(pair, 200_000);
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const args = ['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'ic', '--yes'];
+    const child = spawn(process.execPath, [BIN, ...args], { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
+    const stateFile = join(cwd, '.pgferry', 'ic.json');
+    const until = Date.now() + 60_000;
+    // Ctrl-C as soon as the slot exists: the copy of 200,000 rows has only begun.
+    while (Date.now() < until) {
+      const state = existsSync(stateFile) ? JSON.parse(readFileSync(stateFile, 'utf8')) : undefined;
+      if (state?.phase === 'bulk-load' && state.slotLsn) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    child.kill('SIGINT');
+    const code = await new Promise((r) => child.once('exit', (c) => r(c)));
+    expect(code).toBe(130);
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).dataLoadedAt).toBeUndefined();
+    expect(stderr).toContain('dropped replication slot pgferry_ic of the unfinished copy');
+    expect((await leftovers(pair)).filter((l) => l.includes('slot'))).toEqual([]);
+    const resumed = await pgferry(['resume', '--id', 'ic']);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toContain('Caught up and replicating');
+    const [s] = await pair.source('SELECT count(*)::int AS n FROM orders');
+    const [d] = await pair.target('SELECT count(*)::int AS n FROM orders');
+    expect(d?.n).toBe(s?.n);
+    expect((await pgferry(['rollback', '--id', 'ic'])).code).toBe(0);
+    await nothingLeft(pair);
+  });
+
   it('finishes, never undoes, a cutover whose process was killed while switching', async () => {
     pair = await freshPair(15, 'clikillswitch');
     await loadSample(pair, 200);

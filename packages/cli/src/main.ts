@@ -11,7 +11,7 @@ import {
   PgferryError,
   redactUrl,
 } from '@pgferry/core';
-import { assess, connect, formatReport, inCriticalSection, whenIdle } from '@pgferry/postgres';
+import { assess, connect, formatReport, inCriticalSection, undoInterrupted, whenIdle } from '@pgferry/postgres';
 import { createOutput, describeState, type Output } from './output';
 import { advance, cleanupMigration, createMigration, type Runtime, rollbackMigration } from './runner';
 import { FileMigrationStore } from './store';
@@ -134,7 +134,8 @@ function exitCodeFor(s: MigrationState): number {
 
 /**
  * Ctrl-C: stop at once, except inside a cutover's write gap, which is finished (or undone) first so the
- * source is never left frozen by an impatient keypress. A second Ctrl-C forces the exit.
+ * source is never left frozen by an impatient keypress, and during the copy, whose slot is dropped
+ * first (within 10 s): a resume starts the copy again anyway. A second Ctrl-C forces the exit.
  */
 function handleInterrupts() {
   let pressed = false;
@@ -152,8 +153,12 @@ function handleInterrupts() {
       });
       return;
     }
-    say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
-    process.exit(130);
+    // What only this run could use (the slot of an unfinished copy) goes first, briefly.
+    void undoInterrupted(10_000).then((undone) => {
+      for (const u of undone) say(`interrupt: ${u}`);
+      say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
+      process.exit(130);
+    });
   });
 }
 

@@ -22,3 +22,30 @@ export function inCriticalSection(): boolean {
 export function whenIdle(): Promise<void> {
   return depth === 0 ? Promise.resolve() : new Promise((resolve) => waiters.push(resolve));
 }
+
+/**
+ * Work whose leftovers only this run could use: while `fn` runs, a Ctrl-C first runs `undo` (say, drop
+ * the slot of a copy that cannot go on in its snapshot after the process is gone, and would only
+ * retain WAL on the source until someone resumes).
+ */
+const undoers = new Set<() => Promise<string>>();
+
+export async function undoOnInterrupt<T>(undo: () => Promise<string>, fn: () => Promise<T>): Promise<T> {
+  undoers.add(undo);
+  try {
+    return await fn();
+  } finally {
+    undoers.delete(undo);
+  }
+}
+
+/** Run what `undoOnInterrupt` registered, within `timeoutMs`; resolves with what each one did. */
+export async function undoInterrupted(timeoutMs: number): Promise<string[]> {
+  const running = [...undoers].map((u) => u().catch((err) => `could not undo: ${(err as Error).message}`));
+  undoers.clear();
+  if (!running.length) return [];
+  const timeout = new Promise<string[]>((resolve) =>
+    setTimeout(() => resolve([`gave up waiting after ${timeoutMs} ms`]), timeoutMs).unref(),
+  );
+  return Promise.race([Promise.all(running), timeout]);
+}

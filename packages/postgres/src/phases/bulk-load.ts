@@ -10,6 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { BulkLoadFailedError, objectNames } from '@pgferry/core';
 import { copyableTables, listTables, type TableInfo } from '../catalog';
 import { relayCopy } from '../copy-relay';
+import { undoOnInterrupt } from '../critical';
 import { connectClient, ident, qualified, sleep } from '../db';
 import {
   createSlotWithSnapshot,
@@ -229,19 +230,17 @@ async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' 
     s.slotLsn = exported.lsn;
   });
   ctx.log(`slot ${names.slot} created at ${exported.lsn}; copying inside snapshot ${exported.snapshot}`);
+  // Interrupted, the copy cannot go on in this snapshot (a resume starts it again with a new slot):
+  // the slot would only retain WAL on the source meanwhile, so Ctrl-C drops it.
+  const dropOnInterrupt = async () => {
+    await exported.close().catch(() => {});
+    await dropSlot(ctx.source, names.slot);
+    return `dropped replication slot ${names.slot} of the unfinished copy`;
+  };
   try {
-    if (via === 'copy') {
-      const items = await planCopy(ctx, tables);
-      const started = performance.now();
-      const { rows, bytes } = await copyAll(ctx, items, exported.snapshot, indexes);
-      const seconds = (performance.now() - started) / 1000;
-      await ctx.update((s) => {
-        s.rowsCopied = rows;
-        s.bytesCopied = bytes;
-      });
-      return `${rows} rows (${(bytes / 1024 / 1024).toFixed(1)} MiB) copied by ${Math.min(ctx.config.jobs, items.length)} streams from ${copyableTables(tables).length} tables in ${seconds.toFixed(1)} s`;
-    }
-    return await dumpAndRestore(ctx, exported.snapshot, major);
+    return await undoOnInterrupt(dropOnInterrupt, () =>
+      loadInSnapshot(ctx, tables, via, exported.snapshot, major, indexes),
+    );
   } catch (err) {
     // No slot may outlive a failed copy: it would retain WAL on the source forever.
     await exported.close().catch(() => {});
@@ -250,6 +249,28 @@ async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' 
   } finally {
     await exported.close().catch(() => {});
   }
+}
+
+async function loadInSnapshot(
+  ctx: PhaseContext,
+  tables: TableInfo[],
+  via: 'copy' | 'dump',
+  snapshot: string,
+  major: number,
+  indexes?: EarlyIndexBuilder,
+): Promise<string> {
+  if (via === 'copy') {
+    const items = await planCopy(ctx, tables);
+    const started = performance.now();
+    const { rows, bytes } = await copyAll(ctx, items, snapshot, indexes);
+    const seconds = (performance.now() - started) / 1000;
+    await ctx.update((s) => {
+      s.rowsCopied = rows;
+      s.bytesCopied = bytes;
+    });
+    return `${rows} rows (${(bytes / 1024 / 1024).toFixed(1)} MiB) copied by ${Math.min(ctx.config.jobs, items.length)} streams from ${copyableTables(tables).length} tables in ${seconds.toFixed(1)} s`;
+  }
+  return await dumpAndRestore(ctx, snapshot, major);
 }
 
 async function dumpAndRestore(ctx: PhaseContext, snapshot: string, major: number): Promise<string> {

@@ -249,7 +249,7 @@ describe('pgferry CLI', () => {
     const code = await new Promise((r) => child.once('exit', (c) => r(c)));
     expect(code).toBe(130);
     expect(JSON.parse(readFileSync(stateFile, 'utf8')).dataLoadedAt).toBeUndefined();
-    expect(stderr).toContain('dropped replication slot pgferry_ic of the unfinished copy');
+    expect(stderr).toContain('SIGINT: dropped replication slot pgferry_ic of the unfinished copy');
     expect((await leftovers(pair)).filter((l) => l.includes('slot'))).toEqual([]);
     const resumed = await pgferry(['resume', '--id', 'ic']);
     expect(resumed.code).toBe(0);
@@ -295,8 +295,11 @@ describe('pgferry CLI', () => {
     expect(await leftovers(pair)).toEqual([]);
   });
 
-  it('finishes the write gap before stopping on Ctrl-C', async () => {
-    pair = await freshPair(15, 'clisigint');
+  it.each([
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const)('finishes the write gap before stopping on %s', async (signal, exitCode) => {
+    pair = await freshPair(15, `cli${signal.toLowerCase()}`);
     await loadSample(pair, 200);
     cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
     const switchFile = join(cwd, 'url');
@@ -311,10 +314,10 @@ describe('pgferry CLI', () => {
     });
     const until = Date.now() + 30_000;
     while (!existsSync(join(cwd, 'switching')) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
-    child.kill('SIGINT'); // the source is frozen right now
+    child.kill(signal); // the source is frozen right now
     const code = await new Promise((r) => child.once('exit', (c) => r(c)));
-    expect(code).toBe(130);
-    expect(stderr).toContain('finishing the cutover write gap first');
+    expect(code).toBe(exitCode);
+    expect(stderr).toContain(`${signal}: finishing the cutover write gap first`);
     const state = JSON.parse(readFileSync(join(cwd, '.pgferry', 'si.json'), 'utf8'));
     expect(state.cutover.switchAt).toBeDefined();
     expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.targetUrl);

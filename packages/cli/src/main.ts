@@ -38,7 +38,8 @@ Global options:
 
 Exit codes:
   0 ok · 1 failed · 2 invalid input · 3 cannot connect · 4 assessment blocked
-  5 lag or drain timeout · 6 verification mismatch · 7 state changed by another process`,
+  5 lag or drain timeout · 6 verification mismatch · 7 state changed by another process
+  130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP (a write gap is finished first)`,
   assess: `Usage: pgferry assess --source URL [--target URL] [--json]
        (or PGFERRY_SOURCE_URL / PGFERRY_TARGET_URL in the environment)
 
@@ -132,34 +133,52 @@ function exitCodeFor(s: MigrationState): number {
   return EXIT_CODES.ok;
 }
 
+/** Exit codes of the signals handled like Ctrl-C (128 + the signal's number, as shells report them). */
+const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 } as const;
+
 /**
  * Ctrl-C: stop at once, except inside a cutover's write gap, which is finished (or undone) first so the
  * source is never left frozen by an impatient keypress, and during the copy, whose slot is dropped
  * first (within 10 s): a resume starts the copy again anyway. A second Ctrl-C forces the exit.
+ * SIGTERM (a service manager, `timeout`, a CI job) and SIGHUP (a dropped SSH session) are handled the
+ * same way: by default they would end the process in the middle of the write gap.
  */
 function handleInterrupts() {
   let pressed = false;
-  process.on('SIGINT', () => {
-    const say = (m: string) => process.stderr.write(`\n${m}\n`);
-    if (pressed) process.exit(130);
-    pressed = true;
-    if (inCriticalSection()) {
-      say(
-        'interrupt: finishing the cutover write gap first (the source is frozen until it ends); Ctrl-C again to force',
-      );
-      void whenIdle().then(() => {
-        say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
-        process.exit(130);
-      });
-      return;
+  const say = (m: string) => {
+    try {
+      process.stderr.write(`\n${m}\n`);
+    } catch {
+      // the terminal may be gone (SIGHUP)
     }
-    // What only this run could use (the slot of an unfinished copy) goes first, briefly.
-    void undoInterrupted(10_000).then((undone) => {
-      for (const u of undone) say(`interrupt: ${u}`);
-      say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
-      process.exit(130);
+  };
+  for (const [signal, code] of Object.entries(SIGNAL_EXIT)) {
+    process.on(signal, () => {
+      if (signal === 'SIGHUP') {
+        // The terminal is gone: writing to it must not take the process down before the gap ends.
+        process.stdout.on('error', () => {});
+        process.stderr.on('error', () => {});
+      }
+      if (pressed) process.exit(code);
+      pressed = true;
+      if (inCriticalSection()) {
+        say(
+          `${signal}: finishing the cutover write gap first (the source is frozen until it ends); Ctrl-C again to force`,
+        );
+        void whenIdle().then(() => {
+          say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
+          process.exit(code);
+        });
+        return;
+      }
+      // What only this run could use (the slot of an unfinished copy) goes first, briefly.
+      void undoInterrupted(10_000).then((undone) => {
+        for (const u of undone) say(`${signal}: ${u}`);
+        say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
+        process.exit(code);
+      });
     });
-  });
+  }
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -298,6 +298,7 @@ describe('pgferry CLI', () => {
   it.each([
     ['SIGINT', 130],
     ['SIGTERM', 143],
+    ['SIGHUP', 129],
   ] as const)('finishes the write gap before stopping on %s', async (signal, exitCode) => {
     pair = await freshPair(15, `cli${signal.toLowerCase()}`);
     await loadSample(pair, 200);

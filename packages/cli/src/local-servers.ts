@@ -68,10 +68,14 @@ function installExitHook() {
   process.on('exit', () => {
     for (const child of running) child.kill('SIGQUIT');
   });
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  for (const [signal, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+    ['SIGHUP', 129],
+  ] as const) {
     process.once(signal, () => {
       for (const child of running) child.kill('SIGQUIT');
-      process.exit(130);
+      process.exit(code);
     });
   }
 }

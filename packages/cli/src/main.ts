@@ -11,7 +11,15 @@ import {
   PgferryError,
   redactUrl,
 } from '@pgferry/core';
-import { assess, connect, formatReport, inCriticalSection, undoInterrupted, whenIdle } from '@pgferry/postgres';
+import {
+  assess,
+  connect,
+  formatReport,
+  inCriticalSection,
+  undoInterrupted,
+  wasInterrupted,
+  whenIdle,
+} from '@pgferry/postgres';
 import { createOutput, describeState, type Output } from './output';
 import { advance, cleanupMigration, createMigration, type Runtime, rollbackMigration } from './runner';
 import { FileMigrationStore } from './store';
@@ -144,27 +152,27 @@ const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 } as const;
  * same way: by default they would end the process in the middle of the write gap.
  */
 function handleInterrupts() {
-  let pressed = false;
+  // A closed pipe or terminal (SIGHUP) must not take the process down in the middle of a write gap.
+  process.stdout.on('error', () => {});
+  process.stderr.on('error', () => {});
+  let stopping = false;
   const say = (m: string) => {
     try {
       process.stderr.write(`\n${m}\n`);
     } catch {
-      // the terminal may be gone (SIGHUP)
+      // the terminal may be gone
     }
   };
   for (const [signal, code] of Object.entries(SIGNAL_EXIT)) {
     process.on(signal, () => {
-      if (signal === 'SIGHUP') {
-        // The terminal is gone: writing to it must not take the process down before the gap ends.
-        process.stdout.on('error', () => {});
-        process.stderr.on('error', () => {});
+      // Only a second Ctrl-C forces the exit: SIGHUP comes twice when an SSH session drops.
+      if (stopping) {
+        if (signal === 'SIGINT') process.exit(code);
+        return;
       }
-      if (pressed) process.exit(code);
-      pressed = true;
+      stopping = true;
       if (inCriticalSection()) {
-        say(
-          `${signal}: finishing the cutover write gap first (the source is frozen until it ends); Ctrl-C again to force`,
-        );
+        say(`${signal}: finishing the cutover write gap first (the source is frozen until it ends); Ctrl-C to force`);
         void whenIdle().then(() => {
           say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
           process.exit(code);
@@ -320,6 +328,8 @@ export async function main(argv: string[]): Promise<number> {
         throw new InvalidInputError(`unknown command "${command}"`, { hint: 'pgferry --help lists the commands' });
     }
   } catch (err) {
+    // Broken by a signal: its handler reports and exits once the undo is done.
+    if (wasInterrupted()) await new Promise(() => {});
     out.error(err);
     return err instanceof PgferryError ? err.exitCode : EXIT_CODES.failed;
   }

@@ -36,6 +36,7 @@ import {
   startReplication,
   undoInterruptedCutover,
   verify,
+  wasInterrupted,
 } from '@pgferry/postgres';
 
 export interface RunnerEvents {
@@ -251,6 +252,9 @@ export async function advance(rt: Runtime, id: string, options: AdvanceOptions):
 
 /** Record the failure; before the switch, roll back so no slot or frozen source is left behind. */
 async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
+  // A signal broke the phase (a killed pg_restore, a closed snapshot): the process is exiting, and a
+  // rollback cut off half way would be worse than none. The state stays as it was, for resume.
+  if (wasInterrupted()) return;
   const phase = ctx.state.phase;
   const switched = !!ctx.state.cutover?.switchAt;
   const failure = {

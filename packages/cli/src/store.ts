@@ -3,7 +3,7 @@
  * with optimistic versioning, so `status`, `resume` and `rollback` work from another shell or after a
  * crash. Passwords live only in a separate 0600 secrets file, never in the state.
  */
-import { mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   MigrationNotFoundError,
@@ -12,6 +12,20 @@ import {
   type MigrationStore,
   StateConflictError,
 } from '@pgferry/core';
+
+/** The process that wrote `lock` is gone (or wrote no pid at all, a second ago or more). */
+async function staleLock(lock: string): Promise<boolean> {
+  const [text, info] = await Promise.all([readFile(lock, 'utf8').catch(() => ''), stat(lock).catch(() => undefined)]);
+  if (!info) return false; // released meanwhile
+  const pid = Number(text.trim());
+  if (!Number.isInteger(pid) || pid <= 0) return Date.now() - info.mtimeMs > 1000;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
 
 export class FileMigrationStore implements MigrationStore {
   constructor(readonly dir: string) {}
@@ -29,17 +43,22 @@ export class FileMigrationStore implements MigrationStore {
     await rename(tmp, path);
   }
 
-  /** A lock file held for the read-compare-write of one update. */
+  /**
+   * A lock file held for the read-compare-write of one update. It names its process: a lock left by a
+   * process that is gone (killed, or exited on a signal in the middle of an update) is taken over.
+   */
   private async withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
     const lock = join(this.dir, `${id}.lock`);
     for (let i = 0; ; i++) {
       try {
         const h = await open(lock, 'wx');
+        await h.writeFile(String(process.pid));
         await h.close();
         break;
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || i > 500) throw err;
-        await new Promise((r) => setTimeout(r, 10));
+        if (i % 20 === 19 && (await staleLock(lock))) await rm(lock, { force: true });
+        else await new Promise((r) => setTimeout(r, 10));
       }
     }
     try {

@@ -1,4 +1,5 @@
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -60,5 +61,28 @@ describe('file migration store', () => {
     await store.create(state('m3'), s);
     await expect(store.create(state('m3'), s)).rejects.toBeInstanceOf(StateConflictError);
     expect((await store.list()).map((m) => m.id)).toEqual(['m3']);
+  });
+  it("takes over an update lock whose process is gone, and waits for a live one's", async () => {
+    const store = fresh();
+    await store.create(state('m9'), { sourceUrl: 'postgres://u:pw@a/db', targetUrl: 'postgres://u:pw@b/db' });
+    const m = await store.get('m9');
+    const lock = join(dirs.at(-1) as string, 'state', 'm9.lock');
+    // Left by a process that exited (a signal in the middle of an update, kill -9).
+    const gone = spawnSync(process.execPath, ['-e', 'console.log(process.pid)'], { encoding: 'utf8' });
+    writeFileSync(lock, gone.stdout.trim());
+    const saved = await store.put({ ...m, phase: 'prepare-schema' });
+    expect(saved.version).toBe(m.version + 1);
+    expect(existsSync(lock)).toBe(false);
+    // Held by a live process (this one): the update waits until it is released.
+    writeFileSync(lock, String(process.pid));
+    let done = false;
+    const waiting = store.put({ ...saved, phase: 'bulk-load' }).then((s) => {
+      done = true;
+      return s;
+    });
+    await new Promise((r) => setTimeout(r, 500));
+    expect(done).toBe(false);
+    rmSync(lock);
+    expect((await waiting).phase).toBe('bulk-load');
   });
 });

@@ -24,25 +24,46 @@ export function whenIdle(): Promise<void> {
 }
 
 /**
- * Work whose leftovers only this run could use: while `fn` runs, a Ctrl-C first runs `undo` (say, drop
+ * Work whose leftovers only this run could use: while `fn` runs, a signal first runs `undo` (say, drop
  * the slot of a copy that cannot go on in its snapshot after the process is gone, and would only
- * retain WAL on the source until someone resumes).
+ * retain WAL on the source until someone resumes). If `fn` finishes after the undo began, its result
+ * is thrown away: what it built on (the slot) is gone.
  */
-const undoers = new Set<() => Promise<string>>();
+const undoers = new Map<() => Promise<string>, { started?: Promise<string> }>();
+let interrupted = false;
+
+/** A signal stopped this run: nothing may roll back or record a failure now (the process is exiting). */
+export function wasInterrupted(): boolean {
+  return interrupted;
+}
+
+export class InterruptedError extends Error {
+  override name = 'InterruptedError';
+}
 
 export async function undoOnInterrupt<T>(undo: () => Promise<string>, fn: () => Promise<T>): Promise<T> {
-  undoers.add(undo);
+  const entry: { started?: Promise<string> } = {};
+  undoers.set(undo, entry);
   try {
-    return await fn();
+    const result = await fn();
+    if (entry.started) {
+      await entry.started.catch(() => {});
+      throw new InterruptedError('interrupted');
+    }
+    return result;
   } finally {
+    if (entry.started) await entry.started.catch(() => {});
     undoers.delete(undo);
   }
 }
 
 /** Run what `undoOnInterrupt` registered, within `timeoutMs`; resolves with what each one did. */
 export async function undoInterrupted(timeoutMs: number): Promise<string[]> {
-  const running = [...undoers].map((u) => u().catch((err) => `could not undo: ${(err as Error).message}`));
-  undoers.clear();
+  interrupted = true;
+  const running = [...undoers].map(([undo, entry]) => {
+    entry.started ??= undo();
+    return entry.started.catch((err) => `could not undo: ${(err as Error).message}`);
+  });
   if (!running.length) return [];
   const timeout = new Promise<string[]>((resolve) =>
     setTimeout(() => resolve([`gave up waiting after ${timeoutMs} ms`]), timeoutMs).unref(),

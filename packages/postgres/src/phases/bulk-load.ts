@@ -226,29 +226,33 @@ async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' 
     log: ctx.log,
     major,
   });
-  await ctx.update((s) => {
-    s.slotLsn = exported.lsn;
-  });
-  ctx.log(`slot ${names.slot} created at ${exported.lsn}; copying inside snapshot ${exported.snapshot}`);
   // Interrupted, the copy cannot go on in this snapshot (a resume starts it again with a new slot):
-  // the slot would only retain WAL on the source meanwhile, so Ctrl-C drops it.
-  const dropOnInterrupt = async () => {
-    await exported.close().catch(() => {});
-    await dropSlot(ctx.source, names.slot);
-    return `dropped replication slot ${names.slot} of the unfinished copy`;
+  // the slot would only retain WAL on the source meanwhile, so a signal drops it. The failure path
+  // drops it too, through the same promise (two drops at once would end each other's session).
+  let dropping: Promise<string> | undefined;
+  const drop = () => {
+    dropping ??= (async () => {
+      await exported.close().catch(() => {});
+      await dropSlot(ctx.source, names.slot);
+      return `dropped replication slot ${names.slot} of the unfinished copy`;
+    })();
+    return dropping;
   };
-  try {
-    return await undoOnInterrupt(dropOnInterrupt, () =>
-      loadInSnapshot(ctx, tables, via, exported.snapshot, major, indexes),
-    );
-  } catch (err) {
-    // No slot may outlive a failed copy: it would retain WAL on the source forever.
-    await exported.close().catch(() => {});
-    await dropSlot(ctx.source, names.slot).catch(() => {});
-    throw err;
-  } finally {
-    await exported.close().catch(() => {});
-  }
+  return await undoOnInterrupt(drop, async () => {
+    try {
+      await ctx.update((s) => {
+        s.slotLsn = exported.lsn;
+      });
+      ctx.log(`slot ${names.slot} created at ${exported.lsn}; copying inside snapshot ${exported.snapshot}`);
+      return await loadInSnapshot(ctx, tables, via, exported.snapshot, major, indexes);
+    } catch (err) {
+      // No slot may outlive a failed copy: it would retain WAL on the source forever.
+      await drop().catch(() => {});
+      throw err;
+    } finally {
+      await exported.close().catch(() => {});
+    }
+  });
 }
 
 async function loadInSnapshot(

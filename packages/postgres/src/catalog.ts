@@ -33,6 +33,8 @@ export interface TableInfo {
 
 /** Schemas pgferry never migrates. */
 export const EXCLUDED_SCHEMAS = ['pg_catalog', 'information_schema', 'pgferry'];
+/** The schemas of the application's own objects, for a `pg_namespace n` (with `EXCLUDED_SCHEMAS` as $1). */
+export const USER_SCHEMA = "n.nspname <> ALL($1) AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'";
 
 /**
  * What a user made in a database: everything that lives in a schema (tables, views, sequences,
@@ -44,8 +46,7 @@ export const EXCLUDED_SCHEMAS = ['pg_catalog', 'information_schema', 'pgferry'];
  */
 export async function userObjects(db: Db, limit = 5): Promise<string[]> {
   const rows = await db.query<{ what: string }>(
-    `WITH user_ns AS (SELECT oid, nspname FROM pg_namespace
-                       WHERE nspname <> ALL($1::text[]) AND left(nspname, 3) <> 'pg_')
+    `WITH user_ns AS (SELECT n.oid, n.nspname FROM pg_namespace n WHERE ${USER_SCHEMA})
      SELECT what FROM (
        SELECT 1 AS o, pg_describe_object(d.classid, d.objid, d.objsubid) AS what FROM pg_depend d
         WHERE d.refclassid = 'pg_namespace'::regclass AND d.deptype = 'n' AND d.refobjid IN (SELECT oid FROM user_ns)
@@ -105,7 +106,7 @@ export async function listTables(db: Db): Promise<TableInfo[]> {
        LEFT JOIN pg_class rc ON rc.oid = root.oid
        LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
       WHERE c.relkind IN ('r', 'p')
-        AND n.nspname <> ALL($1) AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+        AND ${USER_SCHEMA}
         AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
       ORDER BY n.nspname, c.relname`,
     [EXCLUDED_SCHEMAS],

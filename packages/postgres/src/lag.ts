@@ -1,5 +1,5 @@
 /** Lag, retained WAL, open transactions and schema drift: what the cutover gate looks at. */
-import { EXCLUDED_SCHEMAS } from './catalog';
+import { EXCLUDED_SCHEMAS, USER_SCHEMA } from './catalog';
 import type { Db } from './db';
 
 export interface LagReading {
@@ -63,9 +63,6 @@ export function longTransactions(source: Db, olderThanMs: number): Promise<OpenT
     [olderThanMs],
   );
 }
-
-/** The schemas of the application's own tables (with `EXCLUDED_SCHEMAS` as $1). */
-const USER_SCHEMA = "n.nspname <> ALL($1) AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'";
 
 /** Columns of every published table, as "schema.table: col type, ..." lines, for drift detection. */
 async function fingerprint(db: Db): Promise<Map<string, Map<string, string>>> {

@@ -6,7 +6,7 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, objectNames, SchemaFailedError } from '@pgferry/core';
-import { listTables, userObjects } from '../catalog';
+import { EXCLUDED_SCHEMAS, listTables, USER_SCHEMA, userObjects } from '../catalog';
 import { type Db, ident, qualified } from '../db';
 import { findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, sourceMajor } from './context';
@@ -236,8 +236,7 @@ async function ensureBuilt(ctx: PhaseContext, lines: string[], passed: string[])
   );
   // pg_restore --list writes a line break in a name as a space.
   const rows = await ctx.target.query<{ key: string; tbl: string | null }>(
-    `WITH ns AS (SELECT oid, nspname FROM pg_namespace
-                  WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND left(nspname, 3) <> 'pg_')
+    `WITH ns AS (SELECT n.oid, n.nspname FROM pg_namespace n WHERE ${USER_SCHEMA})
      SELECT 'i ' || translate(n.nspname || ' ' || c.relname, E'\n\r', '  ') AS key,
             translate(tn.nspname || ' ' || t.relname, E'\n\r', '  ') AS tbl
        FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid JOIN ns n ON n.oid = c.relnamespace
@@ -252,6 +251,7 @@ async function ensureBuilt(ctx: PhaseContext, lines: string[], passed: string[])
      UNION ALL
      SELECT 'r ' || translate(n.nspname || ' ' || t.relname, E'\n\r', '  '), NULL
        FROM pg_class t JOIN ns n ON n.oid = t.relnamespace WHERE t.relkind IN ('r', 'p')`,
+    [EXCLUDED_SCHEMAS],
   );
   const present = new Map<string, Set<string>>();
   for (const r of rows) present.set(r.key, (present.get(r.key) ?? new Set()).add(r.tbl ?? ''));

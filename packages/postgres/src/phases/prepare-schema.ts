@@ -413,21 +413,18 @@ export async function buildPostData(
   const m = await marker(ctx);
   if (m?.post_data_at) return 'already done: indexes and constraints built earlier';
   const dump = await schemaDump(ctx);
+  // Every post-data entry not built during the copy (all of them without an early plan).
   const plan = early?.plan ?? (await planPostData(ctx));
-  if (!early?.built.size) {
-    await ensureBuilt(ctx, plan.entries, await restore(ctx, dump, 'post-data', ctx.config.jobs));
-  } else {
-    const rest = plan.entries.filter((l) => !early.built.has(l));
-    if (rest.length > 0)
-      await ensureBuilt(
-        ctx,
-        rest,
-        await restore(ctx, dump, 'post-data', Math.min(ctx.config.jobs, rest.length), {
-          name: 'post-data-rest',
-          lines: rest,
-        }),
-      );
-  }
+  const rest = plan.entries.filter((l) => !early?.built.has(l));
+  if (rest.length > 0)
+    await ensureBuilt(
+      ctx,
+      rest,
+      await restore(ctx, dump, 'post-data', Math.min(ctx.config.jobs, rest.length), {
+        name: 'post-data-rest',
+        lines: rest,
+      }),
+    );
   await ctx.target.query(
     `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET post_data_at = now() WHERE id = $1`,
     [ctx.config.id],

@@ -46,12 +46,10 @@ export async function undoOnInterrupt<T>(undo: () => Promise<string>, fn: () => 
   undoers.set(undo, entry);
   try {
     const result = await fn();
-    if (entry.started) {
-      await entry.started.catch(() => {});
-      throw new InterruptedError('interrupted');
-    }
+    if (entry.started) throw new InterruptedError('interrupted');
     return result;
   } finally {
+    // Whichever way fn ended, an undo that began is waited for.
     if (entry.started) await entry.started.catch(() => {});
     undoers.delete(undo);
   }

@@ -166,11 +166,32 @@ describe('pgferry CLI', () => {
     expect(m.code).toBe(0);
     expect(m.stdout).toContain('pgferry cutover --id climanual');
     // Copy progress in bytes and rows (plain lines: stdout is not a terminal here).
-    expect(m.stdout).toMatch(/copy: [\d.]+ MiB of ~[\d.]+ MiB, \d+k? of ~\d+k? rows \(\d+%\)/);
+    expect(m.stdout).toMatch(/copy: [\d.]+ [KMG]iB of ~[\d.]+ [KMG]iB, \d+k? of ~\d+k? rows \(\d+%\)/);
     expect(m.stdout + m.stderr).not.toContain(pair.sourceServer.password);
     const status = await pgferry(['status', '--id', 'climanual', '--json']);
     const last = JSON.parse(status.stdout.trim().split('\n').at(-1)!);
     expect(last.result.status).toBe('awaiting-cutover');
+    // Caught up with no pgferry process: the subscription streams from the slot, nothing needs anyone.
+    expect(last.result.live.source.slots).toEqual([
+      expect.objectContaining({ name: 'pgferry_climanual', active: true }),
+    ]);
+    expect(last.result.live.target.subscriptions).toEqual([
+      expect.objectContaining({ name: 'pgferry_climanual', enabled: true, workerRunning: true, applyErrors: 0 }),
+    ]);
+    expect(last.result.live.attention).toEqual([]);
+    // A stopped subscription and a source left frozen are read from the servers, each with its remedy.
+    await pair.target('ALTER SUBSCRIPTION pgferry_climanual DISABLE');
+    await pair.source(`ALTER DATABASE ${pair.sourceDb} SET default_transaction_read_only = on`);
+    for (let i = 0; i < 100 && (await pair.source('SELECT 1 FROM pg_replication_slots WHERE active')).length; i++)
+      await new Promise((r) => setTimeout(r, 50));
+    const stuck = await pgferry(['status', '--id', 'climanual']);
+    expect(stuck.stdout).toContain('ATTENTION: subscription pgferry_climanual on the target is disabled');
+    expect(stuck.stdout).toMatch(/ATTENTION: replication slot pgferry_climanual on the source is not being read/);
+    expect(stuck.stdout).toContain(
+      'ATTENTION: the source database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: a cutover was interrupted',
+    );
+    await pair.source(`ALTER DATABASE ${pair.sourceDb} RESET default_transaction_read_only`);
+    await pair.target('ALTER SUBSCRIPTION pgferry_climanual ENABLE');
     expect(JSON.stringify(last)).not.toContain(pair.targetServer.password);
     await pair.source('INSERT INTO orders (customer_id, amount) VALUES (1, 42)');
     const c = await pgferry(['cutover', '--id', 'climanual', '--report', 'report.json']);
@@ -212,8 +233,18 @@ describe('pgferry CLI', () => {
     }
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
+    // The servers notice the dead process's connections go within moments.
+    const sessions = "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'pgferry:killed%'";
+    for (let i = 0; i < 200 && ((await pair.source(sessions))[0]?.n || (await pair.target(sessions))[0]?.n); i++)
+      await new Promise((r) => setTimeout(r, 50));
     const status = await pgferry(['status', '--id', 'killed']);
     expect(status.stdout).toMatch(/Bulk load\s+\(running or interrupted\)/);
+    // After a kill -9 nothing reads the slot: status says so from the servers, and what to run.
+    expect(status.stdout).toMatch(
+      /ATTENTION: replication slot pgferry_killed on the source is not being read and retains [\d.]+ [KMG]iB of WAL, more with every write, until `pgferry resume --id killed` \(goes on\) or `pgferry rollback --id killed` \(drops it\)/,
+    );
+    expect(status.stdout).toContain('ATTENTION: no pgferry process is connected to either server');
+    expect((await pgferry(['status', '--id', 'killed', '--offline'])).stdout).not.toContain('ATTENTION');
     const resumed = await pgferry(['resume', '--id', 'killed']);
     expect(resumed.code).toBe(0);
     expect(resumed.stdout).toContain('Caught up and replicating');
@@ -225,6 +256,9 @@ describe('pgferry CLI', () => {
     expect((await leftovers(pair)).filter((l) => l.includes('slot')).sort()).toEqual(['source slot pgferry_killed']);
     expect((await pgferry(['rollback', '--id', 'killed'])).code).toBe(0);
     await nothingLeft(pair);
+    const after = await pgferry(['status', '--id', 'killed']);
+    expect(after.stdout).toContain('nothing needs attention');
+    expect(after.stdout).toContain('source: database writable; no pgferry session');
   });
 
   it('drops the slot of an unfinished copy on Ctrl-C, so no WAL is retained until a resume starts again', async () => {

@@ -20,8 +20,15 @@ import {
   wasInterrupted,
   whenIdle,
 } from '@pgferry/postgres';
-import { createOutput, describeState, type Output } from './output';
-import { advance, cleanupMigration, createMigration, type Runtime, rollbackMigration } from './runner';
+import { createOutput, describeLive, describeState, type Output } from './output';
+import {
+  advance,
+  cleanupMigration,
+  createMigration,
+  inspectMigration,
+  type Runtime,
+  rollbackMigration,
+} from './runner';
 import { FileMigrationStore } from './store';
 
 const HELP: Record<string, string> = {
@@ -71,7 +78,13 @@ Reads the source (and target) and reports blockers and warnings. Creates nothing
   --id ID               migration id (default generated); object names derive from it
   --yes                 do not ask for confirmation (required when stdin is not a terminal)
   --json                JSON lines on stdout`,
-  status: 'Usage: pgferry status [--id ID] [--json]',
+  status: `Usage: pgferry status [--id ID] [--offline] [--json]
+
+Without --id, lists the migrations in the state directory. With --id, shows one migration's recorded
+state, then checks both servers (read-only): its replication slots and the WAL they retain, publications,
+subscriptions and their apply workers, whether a database is read-only, and whether a pgferry process is
+connected. Lines marked ATTENTION need someone (a slot nobody reads after a crash fills the source's
+disk) and say which command puts it right. --offline shows only the recorded state.`,
   cutover:
     'Usage: pgferry cutover --id ID [--report PATH] [--json]\n\nWaits for the cutover gate, freezes writes, drains, switches, verifies.',
   rollback: 'Usage: pgferry rollback --id ID [--json]',
@@ -96,6 +109,7 @@ const OPTIONS = {
   yes: { type: 'boolean' },
   json: { type: 'boolean' },
   force: { type: 'boolean' },
+  offline: { type: 'boolean' },
   rows: { type: 'string' },
   'target-version': { type: 'string' },
   'state-dir': { type: 'string' },
@@ -274,7 +288,11 @@ export async function main(argv: string[]): Promise<number> {
       case 'status': {
         if (values.id) {
           const s = await rt.store.get(values.id);
-          out.result(s, describeState(s));
+          if (values.offline) out.result(s, describeState(s));
+          else {
+            const live = await inspectMigration(rt, values.id);
+            out.result({ ...s, live }, `${describeState(s)}\n${describeLive(live)}`);
+          }
         } else {
           const all = await rt.store.list();
           out.result(

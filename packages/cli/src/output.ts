@@ -1,5 +1,6 @@
 /** Output: progress bars on a terminal, plain lines otherwise, JSON lines with --json. Never a password. */
-import { type MigrationState, PHASE_TITLES, type Phase, redactText } from '@pgferry/core';
+import { formatBytes, type MigrationState, PHASE_TITLES, type Phase, redactText } from '@pgferry/core';
+import type { LiveStatus, SideLive } from '@pgferry/postgres';
 import type { RunnerEvents } from './runner';
 
 export interface Output extends RunnerEvents {
@@ -9,8 +10,6 @@ export interface Output extends RunnerEvents {
   done(): void;
 }
 
-const fmtBytes = (n: number) =>
-  n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(2)} GiB` : `${(n / 1024 ** 2).toFixed(1)} MiB`;
 const fmtCount = (n: number) =>
   n >= 1e9
     ? `${(n / 1e9).toFixed(2)}G`
@@ -55,7 +54,9 @@ export function createOutput(options: { json: boolean; stream?: NodeJS.WriteStre
       const rows =
         p.rows === undefined ? '' : `, ${fmtCount(p.rows)}${p.rowsTotal ? ` of ~${fmtCount(p.rowsTotal)}` : ''} rows`;
       const amount =
-        p.unit === 'bytes' ? `${fmtBytes(p.done)} of ~${fmtBytes(p.total)}${rows}` : `${p.done}/${p.total} ${p.unit}`;
+        p.unit === 'bytes'
+          ? `${formatBytes(p.done)} of ~${formatBytes(p.total)}${rows}`
+          : `${p.done}/${p.total} ${p.unit}`;
       if (options.json) {
         const now = Date.now();
         if (now - lastPlain < 1000) return;
@@ -114,11 +115,11 @@ export function describeState(s: MigrationState): string {
           : '';
     lines.push(`  ${PHASE_TITLES[phase as Phase].padEnd(18)}${took}${rec.summary ? `: ${rec.summary}` : ''}`);
   }
-  if (s.rowsCopied !== undefined) lines.push(`  copied ${s.rowsCopied} rows, ${fmtBytes(s.bytesCopied ?? 0)}`);
+  if (s.rowsCopied !== undefined) lines.push(`  copied ${s.rowsCopied} rows, ${formatBytes(s.bytesCopied ?? 0)}`);
   const lag = s.lag?.at(-1);
   if (lag && !s.cutover?.switchAt)
     lines.push(
-      `  lag ${lag.ms} ms / ${lag.bytes} bytes at ${lag.at}; slot retains ${fmtBytes(s.walRetainedBytes ?? 0)}`,
+      `  lag ${lag.ms} ms / ${lag.bytes} bytes at ${lag.at}; slot retains ${formatBytes(s.walRetainedBytes ?? 0)}`,
     );
   if (s.ddlDrift?.length) lines.push(`  DDL drift: ${s.ddlDrift.join('; ')}`);
   if (s.cutover?.freezeAt && !s.cutover.switchAt && s.status !== 'rolled-back') {
@@ -135,5 +136,31 @@ export function describeState(s: MigrationState): string {
       `  failed in ${s.failure.phase ?? '?'}: ${s.failure.message}${s.failure.hint ? `\n  hint: ${s.failure.hint}` : ''}`,
     );
   if (s.leftovers?.length) lines.push(`  left behind: ${s.leftovers.join(', ')}`);
+  return lines.join('\n');
+}
+
+function describeSide(side: SideLive): string {
+  if (side.error) return `  ${side.side}: not checked (${side.error})`;
+  const parts = [
+    side.frozen ? 'database read-only' : 'database writable',
+    side.sessions ? `${side.sessions} pgferry session(s) connected` : 'no pgferry session',
+    ...side.slots.map(
+      (s) =>
+        `slot ${s.name} ${s.active ? 'streaming' : 'not read'}, retaining ${formatBytes(s.retainedBytes)}${s.walStatus && s.walStatus !== 'reserved' ? ` (wal_status ${s.walStatus})` : ''}`,
+    ),
+    ...side.publications.map((p) => `publication ${p}`),
+    ...side.subscriptions.map(
+      (s) =>
+        `subscription ${s.name} ${s.enabled ? (s.workerRunning ? 'applying' : 'enabled, no worker') : 'disabled'}${s.applyErrors ? `, ${s.applyErrors} apply error(s)` : ''}`,
+    ),
+  ];
+  return `  ${side.side}: ${parts.join('; ')}`;
+}
+
+/** What the servers show now (`pgferry status --id`), and what needs someone's attention. */
+export function describeLive(live: LiveStatus): string {
+  const lines = [`live, checked at ${live.at}:`, describeSide(live.source), describeSide(live.target)];
+  for (const a of live.attention) lines.push(`  ATTENTION: ${a}`);
+  if (!live.attention.length) lines.push('  nothing needs attention');
   return lines.join('\n');
 }

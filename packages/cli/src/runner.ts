@@ -29,12 +29,18 @@ import {
   connect,
   cutover,
   type Db,
+  inspectApplicationName,
+  inspectSide,
+  type LiveStatus,
+  liveAttention,
   type PhaseContext,
   type Progress,
   prepareSchema,
   rollback,
+  type SideLive,
   startReplication,
   undoInterruptedCutover,
+  unreachable,
   verify,
   wasInterrupted,
 } from '@pgferry/postgres';
@@ -68,6 +74,34 @@ export async function createMigration(rt: Runtime, input: unknown): Promise<Migr
   };
   await rt.store.create(state, { sourceUrl: config.sourceUrl, targetUrl: config.targetUrl });
   return state;
+}
+
+/**
+ * What is live on both servers for a stored migration (`pgferry status`): each side is checked on its
+ * own, with short timeouts, so an unreachable one is reported rather than fatal. Only reads.
+ */
+export async function inspectMigration(rt: Runtime, id: string): Promise<LiveStatus> {
+  const state = await rt.store.get(id);
+  const secrets = await rt.store.secrets(id);
+  const side = async (which: 'source' | 'target', url: string): Promise<SideLive> => {
+    let db: Db | undefined;
+    try {
+      db = await connect(url, {
+        side: which,
+        applicationName: inspectApplicationName(id),
+        max: 1,
+        statementTimeoutMs: 5000,
+        lockTimeoutMs: 1000,
+      });
+      return await inspectSide(db, id);
+    } catch (err) {
+      return unreachable(which, errorMessage(err));
+    } finally {
+      await db?.end().catch(() => {});
+    }
+  };
+  const [source, target] = await Promise.all([side('source', secrets.sourceUrl), side('target', secrets.targetUrl)]);
+  return { at: new Date().toISOString(), source, target, attention: liveAttention(state, source, target) };
 }
 
 export interface Session {

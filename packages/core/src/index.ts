@@ -1,4 +1,5 @@
 export * from './config';
 export * from './errors';
+export * from './format';
 export * from './model';
 export * from './redact';

@@ -2,6 +2,7 @@ export * from './catalog';
 export * from './critical';
 export * from './db';
 export * from './freeze';
+export * from './inspect';
 export * from './lag';
 export * from './phases/index';
 export * from './replication';

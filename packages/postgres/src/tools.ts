@@ -67,9 +67,11 @@ export async function findTool(tool: 'pg_dump' | 'pg_restore', serverMajor: numb
 /**
  * Split a URL into a password-free URL for argv (visible in `ps`) and PGPASSWORD for the environment.
  * A `?password=` parameter moves to PGPASSWORD too. Parameters are %-encoded, which libpq decodes
- * (URLSearchParams would write a space as `+`, which libpq keeps).
+ * (URLSearchParams would write a space as `+`, which libpq keeps). `applicationName` names the
+ * tool's sessions (PGAPPNAME) after the migration, as pgferry's own are, for `pgferry status` and
+ * whoever reads pg_stat_activity.
  */
-export function toolConnection(url: string): { url: string; env: Record<string, string> } {
+export function toolConnection(url: string, applicationName?: string): { url: string; env: Record<string, string> } {
   const u = new URL(url);
   const params = libpqParams(u);
   const password = params.find(([k]) => k === 'password')?.[1] ?? decodeURIComponent(u.password);
@@ -78,7 +80,10 @@ export function toolConnection(url: string): { url: string; env: Record<string, 
     .filter(([k]) => k !== 'password')
     .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v)}`)
     .join('&');
-  return { url: u.toString(), env: password ? { PGPASSWORD: password } : {} };
+  return {
+    url: u.toString(),
+    env: { ...(password ? { PGPASSWORD: password } : {}), ...(applicationName ? { PGAPPNAME: applicationName } : {}) },
+  };
 }
 
 export interface RunResult {

@@ -282,7 +282,7 @@ async function dumpAndRestore(ctx: PhaseContext, snapshot: string, major: number
   const pgRestore = await findTool('pg_restore', 0);
   mkdirSync(ctx.artifactDir, { recursive: true });
   const file = join(ctx.artifactDir, 'data.dump');
-  const src = toolConnection(ctx.config.sourceUrl);
+  const src = toolConnection(ctx.config.sourceUrl, `${objectNames(ctx.config.id).applicationName}:pg_dump`);
   const dumped = await runTool(
     pgDump,
     [
@@ -301,7 +301,7 @@ async function dumpAndRestore(ctx: PhaseContext, snapshot: string, major: number
   );
   if (dumped.code !== 0)
     throw new BulkLoadFailedError(`pg_dump --snapshot failed: ${dumped.stderr.trim()}`, { phase: 'bulk-load' });
-  const tgt = toolConnection(ctx.config.targetUrl);
+  const tgt = toolConnection(ctx.config.targetUrl, `${objectNames(ctx.config.id).applicationName}:pg_restore`);
   const restored = await runTool(
     pgRestore,
     ['--data-only', '--jobs', String(ctx.config.jobs), '--exit-on-error', '--dbname', tgt.url, file],

@@ -92,7 +92,7 @@ async function dumpSchema(ctx: PhaseContext): Promise<string> {
   const pgDump = await findTool('pg_dump', await sourceMajor(ctx));
   mkdirSync(ctx.artifactDir, { recursive: true });
   const file = join(ctx.artifactDir, DUMP_FILE);
-  const src = toolConnection(ctx.config.sourceUrl);
+  const src = toolConnection(ctx.config.sourceUrl, `${objectNames(ctx.config.id).applicationName}:pg_dump`);
   const res = await runTool(
     pgDump,
     [
@@ -160,7 +160,7 @@ async function restore(
   list?: { name: string; lines: string[] },
 ) {
   const pgRestore = await findTool('pg_restore', 0);
-  const tgt = toolConnection(ctx.config.targetUrl);
+  const tgt = toolConnection(ctx.config.targetUrl, `${objectNames(ctx.config.id).applicationName}:pg_restore`);
   const args = ['--section', section, '--dbname', tgt.url, '--no-publications', '--no-subscriptions'];
   if (list) {
     const listFile = join(ctx.artifactDir, `${list.name}.list`);

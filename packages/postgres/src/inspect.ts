@@ -1,0 +1,174 @@
+/**
+ * What is live on the servers for one migration, for `pgferry status`: the state file says what
+ * pgferry last did, the servers say what is true now. After a crash that is what matters: a slot
+ * nobody reads retains WAL on the source until its disk fills, a database left frozen refuses the
+ * application's writes. Everything here only reads.
+ */
+import { formatBytes, type MigrationState, objectNames } from '@pgferry/core';
+import type { Db, Side } from './db';
+import { isFrozen } from './freeze';
+
+export interface SlotLive {
+  name: string;
+  /** A walsender is reading it (a subscription is replicating). */
+  active: boolean;
+  /** WAL the slot keeps on this server's disk. */
+  retainedBytes: number;
+  /** pg_replication_slots.wal_status: `lost` means the slot can no longer replicate. */
+  walStatus: string | null;
+}
+
+export interface SubscriptionLive {
+  name: string;
+  enabled: boolean;
+  /** An apply worker is running for it right now. */
+  workerRunning: boolean;
+  /** Apply errors since the subscription was created (PostgreSQL 15+; null before). */
+  applyErrors: number | null;
+}
+
+export interface SideLive {
+  side: Side;
+  /** Why this side could not be checked (nothing else is set then). */
+  error?: string;
+  /** The database refuses writes (default_transaction_read_only set on it by a freeze). */
+  frozen?: boolean;
+  /** Sessions of a pgferry process working on this migration (its own, pg_dump's, pg_restore's). */
+  sessions?: number;
+  slots: SlotLive[];
+  publications: string[];
+  subscriptions: SubscriptionLive[];
+}
+
+export interface LiveStatus {
+  at: string;
+  source: SideLive;
+  target: SideLive;
+  /** What someone has to act on, most urgent first, each saying what to run. */
+  attention: string[];
+}
+
+/** application_name of the sessions `inspectSide` itself opens (not counted as a pgferry process). */
+export const inspectApplicationName = (id: string) => `${objectNames(id).applicationName}:status`;
+
+/** One side's objects of migration `id` and whether a pgferry process has sessions there. */
+export async function inspectSide(db: Db, id: string): Promise<SideLive> {
+  const names = objectNames(id);
+  const ours = [names.slot, names.reverseSlot];
+  const [slots, publications, subscriptions, sessions, frozen] = await Promise.all([
+    db.query<SlotLive>(
+      `SELECT slot_name AS name, active, wal_status AS "walStatus",
+              greatest(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint AS "retainedBytes"
+         FROM pg_replication_slots WHERE slot_name = ANY($1) ORDER BY slot_name`,
+      [ours],
+    ),
+    db.query<{ name: string }>('SELECT pubname AS name FROM pg_publication WHERE pubname = ANY($1) ORDER BY 1', [ours]),
+    db.query<{ name: string; enabled: boolean; worker: boolean }>(
+      `SELECT s.subname AS name, s.subenabled AS enabled,
+              EXISTS (SELECT 1 FROM pg_stat_subscription w WHERE w.subid = s.oid AND w.pid IS NOT NULL) AS worker
+         FROM pg_subscription s WHERE s.subname = ANY($1) ORDER BY 1`,
+      [ours],
+    ),
+    // Every backend named after this migration (copy streams, the slot's connection, pg_dump and
+    // pg_restore, which pgferry names too) but the ones this inspection opened.
+    db.one<{ n: number }>(
+      `SELECT count(*)::int AS n FROM pg_stat_activity
+        WHERE pid <> pg_backend_pid() AND application_name <> $2
+          AND (application_name = $1 OR left(application_name, length($1) + 1) = $1 || ':')`,
+      [names.applicationName, inspectApplicationName(id)],
+    ),
+    isFrozen(db),
+  ]);
+  const errors = new Map<string, number>();
+  // pg_stat_subscription_stats exists from PostgreSQL 15 on.
+  const { has } = await db.one<{ has: boolean }>(
+    "SELECT to_regclass('pg_catalog.pg_stat_subscription_stats') IS NOT NULL AS has",
+  );
+  if (has && subscriptions.length) {
+    for (const r of await db.query<{ name: string; n: number }>(
+      'SELECT subname AS name, apply_error_count::int AS n FROM pg_stat_subscription_stats WHERE subname = ANY($1)',
+      [ours],
+    ))
+      errors.set(r.name, r.n);
+  }
+  return {
+    side: db.side,
+    frozen,
+    sessions: sessions.n,
+    slots: slots.map((s) => ({ ...s, retainedBytes: Number(s.retainedBytes) })),
+    publications: publications.map((p) => p.name),
+    subscriptions: subscriptions.map((s) => ({
+      name: s.name,
+      enabled: s.enabled,
+      workerRunning: s.worker,
+      applyErrors: has ? (errors.get(s.name) ?? 0) : null,
+    })),
+  };
+}
+
+export const unreachable = (side: Side, error: string): SideLive => ({
+  side,
+  error,
+  slots: [],
+  publications: [],
+  subscriptions: [],
+});
+
+/**
+ * What needs someone's attention, judged from the state and what the servers show. Each line says
+ * what is wrong and which command puts it right.
+ */
+export function liveAttention(state: MigrationState, source: SideLive, target: SideLive): string[] {
+  const id = state.id;
+  const out: string[] = [];
+  const working = (source.sessions ?? 0) + (target.sessions ?? 0) > 0;
+  const switched = !!state.cutover?.switchAt;
+  const rolledBack = !!state.rollback?.switchAt || state.status === 'rolled-back';
+  const names = objectNames(id);
+  // Until the subscription exists nothing reads the slot: the copy is running, if its process is.
+  const copying = working && !target.subscriptions.some((sub) => sub.name === names.subscription);
+  const next = switched
+    ? `\`pgferry resume --id ${id}\` (goes on), \`pgferry rollback --id ${id}\` (switches back) or \`pgferry cleanup --id ${id}\` (ends reverse replication)`
+    : `\`pgferry resume --id ${id}\` (goes on) or \`pgferry rollback --id ${id}\` (drops it)`;
+  for (const side of [source, target]) {
+    if (side.error) out.push(`could not check the ${side.side}: ${side.error}`);
+    for (const slot of side.slots) {
+      if (slot.walStatus === 'lost') {
+        out.push(
+          `replication slot ${slot.name} on the ${side.side} has lost WAL it needed (max_slot_wal_keep_size) and can no longer replicate: \`pgferry rollback --id ${id}\`, then migrate again`,
+        );
+        continue;
+      }
+      if (slot.active || (copying && slot.name === names.slot)) continue;
+      out.push(
+        `replication slot ${slot.name} on the ${side.side} is not being read and retains ${formatBytes(slot.retainedBytes)} of WAL, more with every write, until ${next}`,
+      );
+    }
+    for (const sub of side.subscriptions) {
+      if (!sub.enabled) out.push(`subscription ${sub.name} on the ${side.side} is disabled: nothing replicates`);
+      else if (!sub.workerRunning || (sub.applyErrors ?? 0) > 0)
+        out.push(
+          `subscription ${sub.name} on the ${side.side}: ${sub.workerRunning ? 'apply worker running' : 'no apply worker running'}${sub.applyErrors ? `, ${sub.applyErrors} apply error(s) so far` : ''} (the ${side.side}'s server log says why)`,
+        );
+    }
+  }
+  // After the switch the source stays read-only, after a rollback the target does. The database the
+  // application writes to frozen with no pgferry process at work is an interrupted freeze.
+  const writable = switched && !rolledBack ? target : source;
+  if (writable.frozen && !working) {
+    const fix =
+      writable === target
+        ? `a rollback was interrupted: \`pgferry rollback --id ${id}\` finishes it`
+        : rolledBack
+          ? `\`ALTER DATABASE … RESET default_transaction_read_only\` on it reopens it`
+          : `a cutover was interrupted: \`pgferry resume --id ${id}\` finishes or undoes it, \`pgferry rollback --id ${id}\` unfreezes the source`;
+    out.push(
+      `the ${writable.side} database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: ${fix}`,
+    );
+  }
+  if (!working && !source.error && !target.error && state.status === 'running')
+    out.push(
+      `no pgferry process is connected to either server, but the state says ${state.phase} is running: the process stopped (crash, kill, lost machine); \`pgferry resume --id ${id}\` goes on`,
+    );
+  return out;
+}

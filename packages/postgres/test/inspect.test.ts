@@ -1,0 +1,97 @@
+import type { MigrationState } from '@pgferry/core';
+import { describe, expect, it } from 'vitest';
+import { liveAttention, type SideLive } from '../src/inspect';
+
+const state = (over: Partial<MigrationState> = {}): MigrationState =>
+  ({ id: 'm1', status: 'running', phase: 'bulk-load', phases: {}, events: [], ...over }) as MigrationState;
+const side = (s: 'source' | 'target', over: Partial<SideLive> = {}): SideLive => ({
+  side: s,
+  frozen: false,
+  sessions: 0,
+  slots: [],
+  publications: [],
+  subscriptions: [],
+  ...over,
+});
+const slot = (name: string, active: boolean, walStatus = 'reserved') => ({
+  name,
+  active,
+  retainedBytes: 3 * 1024 ** 3,
+  walStatus,
+});
+const switched = { cutover: { switchAt: '2026-11-26T00:00:00Z' } };
+
+describe('liveAttention', () => {
+  it('lets a copy whose process is connected read nothing from its slot yet', () => {
+    expect(
+      liveAttention(state(), side('source', { sessions: 3, slots: [slot('pgferry_m1', false)] }), side('target')),
+    ).toEqual([]);
+  });
+
+  it('flags the unread slot of a dead process with its size and the commands that end it', () => {
+    const a = liveAttention(state(), side('source', { slots: [slot('pgferry_m1', false)] }), side('target'));
+    expect(a[0]).toBe(
+      'replication slot pgferry_m1 on the source is not being read and retains 3.00 GiB of WAL, more with every write, until `pgferry resume --id m1` (goes on) or `pgferry rollback --id m1` (drops it)',
+    );
+    expect(a[1]).toMatch(/^no pgferry process is connected to either server, but the state says bulk-load is running/);
+  });
+
+  it('flags an unread slot while the process is connected once replication should be running', () => {
+    const sub = { name: 'pgferry_m1', enabled: true, workerRunning: false, applyErrors: 4 };
+    const a = liveAttention(
+      state({ phase: 'catch-up' }),
+      side('source', { sessions: 1, slots: [slot('pgferry_m1', false)] }),
+      side('target', { sessions: 1, subscriptions: [sub] }),
+    );
+    expect(a).toEqual([
+      expect.stringMatching(/^replication slot pgferry_m1 on the source is not being read/),
+      "subscription pgferry_m1 on the target: no apply worker running, 4 apply error(s) so far (the target's server log says why)",
+    ]);
+  });
+
+  it('says a slot that lost its WAL cannot replicate any more', () => {
+    const a = liveAttention(state(), side('source', { slots: [slot('pgferry_m1', false, 'lost')] }), side('target'));
+    expect(a[0]).toMatch(/has lost WAL it needed .* `pgferry rollback --id m1`, then migrate again$/);
+  });
+
+  it('expects a read-only source after the switch and a read-only target after a rollback', () => {
+    const after = state({ status: 'cut-over', phase: 'verify', ...switched });
+    const rev = { name: 'pgferry_m1_rev', enabled: true, workerRunning: true, applyErrors: 0 };
+    expect(
+      liveAttention(
+        after,
+        side('source', { frozen: true, subscriptions: [rev] }),
+        side('target', { slots: [slot('pgferry_m1_rev', true)] }),
+      ),
+    ).toEqual([]);
+    const back = state({ status: 'rolled-back', phase: 'rollback', ...switched, rollback: { switchAt: 'x' } });
+    expect(liveAttention(back, side('source'), side('target', { frozen: true }))).toEqual([]);
+  });
+
+  it('flags the database the application writes to when an interrupted freeze left it read-only', () => {
+    expect(liveAttention(state({ phase: 'cutover' }), side('source', { frozen: true }), side('target'))).toContain(
+      'the source database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: a cutover was interrupted: `pgferry resume --id m1` finishes or undoes it, `pgferry rollback --id m1` unfreezes the source',
+    );
+    const midRollback = state({ status: 'cut-over', phase: 'rollback', ...switched });
+    expect(liveAttention(midRollback, side('source', { frozen: true }), side('target', { frozen: true }))).toEqual([
+      'the target database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: a rollback was interrupted: `pgferry rollback --id m1` finishes it',
+    ]);
+    // The same freeze with its process still at work is the write gap itself.
+    expect(
+      liveAttention(midRollback, side('source', { frozen: true }), side('target', { frozen: true, sessions: 1 })),
+    ).toEqual([]);
+  });
+
+  it('reports a server it could not reach, and claims nothing about a process it could not see', () => {
+    expect(liveAttention(state(), { ...side('source'), error: 'timeout' }, side('target'))).toEqual([
+      'could not check the source: timeout',
+    ]);
+    expect(
+      liveAttention(
+        state({ status: 'awaiting-cutover', phase: 'catch-up' }),
+        { ...side('source'), error: 'no PostgreSQL server answered' },
+        side('target'),
+      ),
+    ).toEqual(['could not check the source: no PostgreSQL server answered']);
+  });
+});

@@ -523,6 +523,43 @@ describe('schema, roles and verification', () => {
     }
   });
 
+  it('puts back a hardened public schema (owner, privileges, comment) as it was when rolled back', async () => {
+    const { pair, rt } = await setup('hardened', 100);
+    const role = `app_${pair.targetDb.slice(-8)}`;
+    const { sql, serverUrl } = await import('./harness/pairs');
+    await sql(serverUrl(pair.targetServer), `CREATE ROLE ${role} NOLOGIN`);
+    try {
+      await pair.target(
+        `ALTER SCHEMA public OWNER TO ${role}; REVOKE ALL ON SCHEMA public FROM PUBLIC;
+         GRANT USAGE ON SCHEMA public TO pg_monitor WITH GRANT OPTION; COMMENT ON SCHEMA public IS 'hardened'`,
+      );
+      const shape = () =>
+        pair.target(
+          `SELECT pg_get_userbyid(nspowner) AS owner, obj_description(oid, 'pg_namespace') AS comment,
+                  (SELECT array_agg(x ORDER BY x) FROM unnest(nspacl::text[]) x) AS acl
+             FROM pg_namespace WHERE nspname = 'public'`,
+        );
+      const before = await shape();
+      expect(before).toEqual([
+        { owner: role, comment: 'hardened', acl: [`${role}=UC/${role}`, `pg_monitor=U*/${role}`].sort() },
+      ]);
+      await pair.source("COMMENT ON SCHEMA public IS 'the source''s'");
+      const m = await newMigration(rt, pair, { cutover: 'manual' });
+      expect((await advance(rt, m.id, { cutover: 'manual' })).status).toBe('awaiting-cutover');
+      // The restore gave public the source's comment; the rollback gives back the target's everything.
+      expect((await shape())[0]?.comment).toBe("the source's");
+      expect((await rollbackMigration(rt, m.id)).status).toBe('rolled-back');
+      expect(await shape()).toEqual(before);
+      expect(await pair.target("SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = 'pgferry'")).toEqual([
+        { n: 0 },
+      ]);
+      await cleanupMigration(rt, m.id, { force: true });
+    } finally {
+      await pair.drop();
+      await sql(serverUrl(pair.targetServer), `DROP ROLE IF EXISTS ${role}`);
+    }
+  });
+
   it('reports a row that differs between the sides by table and key range', async () => {
     const { pair, rt } = await setup('verify', 2000);
     const m = await newMigration(rt, pair, { cutover: 'auto' });

@@ -62,17 +62,31 @@ export async function createRoles(ctx: PhaseContext): Promise<string[]> {
   return created;
 }
 
+/**
+ * The marker row says this target database was empty and pgferry filled it. It also keeps what the
+ * schema `public` was like before the restore changed it to the source's (owner, privileges, comment):
+ * a rollback puts it back as it was, not as CREATE DATABASE makes it, so a hardened `public` (CREATE
+ * revoked from PUBLIC, as many do since CVE-2018-1058) is not reopened by a rollback.
+ */
 async function ensureMarker(ctx: PhaseContext) {
   const { markerSchema } = objectNames(ctx.config.id);
+  const table = `${ident(markerSchema)}.migration`;
   await ctx.target.query(`CREATE SCHEMA IF NOT EXISTS ${ident(markerSchema)}`);
   await ctx.target.query(
-    `CREATE TABLE IF NOT EXISTS ${ident(markerSchema)}.migration (
+    `CREATE TABLE IF NOT EXISTS ${table} (
        id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(),
-       pre_data_at timestamptz, post_data_at timestamptz)`,
+       pre_data_at timestamptz, post_data_at timestamptz, public_schema jsonb)`,
   );
-  await ctx.target.query(`INSERT INTO ${ident(markerSchema)}.migration (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`, [
-    ctx.config.id,
-  ]);
+  // A marker table made by an earlier pgferry lacks the column.
+  await ctx.target.query(`ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS public_schema jsonb`);
+  await ctx.target.query(
+    `INSERT INTO ${table} (id, public_schema)
+     SELECT $1, coalesce((SELECT jsonb_build_object('exists', true, 'owner', pg_get_userbyid(n.nspowner),
+                                                    'acl', n.nspacl::text[], 'comment', obj_description(n.oid, 'pg_namespace'))
+                            FROM pg_namespace n WHERE n.nspname = 'public'), '{"exists": false}')
+     ON CONFLICT (id) DO NOTHING`,
+    [ctx.config.id],
+  );
 }
 
 async function marker(ctx: PhaseContext): Promise<{ pre_data_at: Date | null; post_data_at: Date | null } | undefined> {

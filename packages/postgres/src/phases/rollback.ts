@@ -6,7 +6,7 @@
 import { performance } from 'node:perf_hooks';
 import { DrainTimeoutError, objectNames, RollbackFailedError } from '@pgferry/core';
 import { critical } from '../critical';
-import { ident } from '../db';
+import { ident, literal } from '../db';
 import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed } from '../freeze';
 import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
 import { syncSequences } from '../sequences';
@@ -20,16 +20,20 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<boolean> {
     `${n.markerSchema}.migration`,
   ]);
   if (!t) return false;
-  const mine = await ctx.target.query(`SELECT 1 FROM ${ident(n.markerSchema)}.migration WHERE id = $1`, [
-    ctx.config.id,
-  ]);
-  if (mine.length === 0) return false;
+  // (A marker table of an earlier pgferry has no public_schema: to_jsonb of the row reads it as absent.)
+  const [mine] = await ctx.target.query<{ public_schema: PublicSchema | null }>(
+    `SELECT to_jsonb(m) -> 'public_schema' AS public_schema FROM ${ident(n.markerSchema)}.migration m WHERE id = $1`,
+    [ctx.config.id],
+  );
+  if (!mine) return false;
   // The target was empty when assessed (a blocker otherwise), so every user object in it is ours.
   const schemas = await ctx.target.query<{ nspname: string }>(
     `SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
         AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'`,
   );
-  for (const s of schemas) await ctx.target.query(`DROP SCHEMA ${ident(s.nspname)} CASCADE`);
+  // The marker goes last: a rollback stopped half way finds it and does the rest.
+  for (const s of schemas.filter((x) => x.nspname !== n.markerSchema))
+    await ctx.target.query(`DROP SCHEMA ${ident(s.nspname)} CASCADE`);
   const exts = await ctx.target.query<{ extname: string }>(
     "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'",
   );
@@ -37,12 +41,50 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<boolean> {
   const major = (await ctx.target.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v"))
     .v;
   await ctx.target.query('DROP SCHEMA IF EXISTS public CASCADE');
-  await ctx.target.query('CREATE SCHEMA public');
-  // Put public back the way CREATE DATABASE makes it.
-  if (major >= 15)
-    await ctx.target.query('ALTER SCHEMA public OWNER TO pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC');
-  else await ctx.target.query('GRANT ALL ON SCHEMA public TO PUBLIC');
+  await restorePublicSchema(ctx, mine.public_schema, major);
+  await ctx.target.query(`DROP SCHEMA IF EXISTS ${ident(n.markerSchema)} CASCADE`);
   return true;
+}
+
+/** What the target's schema `public` was like before pgferry restored into it (see ensureMarker). */
+interface PublicSchema {
+  exists: boolean;
+  owner?: string;
+  /** aclitem[] as text; null: the default privileges. */
+  acl?: string[] | null;
+  comment?: string | null;
+}
+
+/** Put `public` back as the marker recorded it, or, for a marker that recorded nothing, as CREATE DATABASE makes it. */
+async function restorePublicSchema(ctx: PhaseContext, was: PublicSchema | null, major: number) {
+  const db = ctx.target;
+  if (!was) {
+    await db.query('CREATE SCHEMA public');
+    if (major >= 15)
+      await db.query('ALTER SCHEMA public OWNER TO pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC');
+    else await db.query('GRANT ALL ON SCHEMA public TO PUBLIC');
+    return;
+  }
+  if (!was.exists) return;
+  await db.query('CREATE SCHEMA public');
+  if (was.owner) await db.query(`ALTER SCHEMA public OWNER TO ${ident(was.owner)}`);
+  if (was.acl) {
+    // Start from no privileges at all, then grant exactly the recorded ones (as the owner grants them).
+    await db.query(`REVOKE ALL ON SCHEMA public FROM PUBLIC`);
+    if (was.owner) await db.query(`REVOKE ALL ON SCHEMA public FROM ${ident(was.owner)}`);
+    const grants = await db.query<{ grantee: string | null; privilege: string; grantable: boolean }>(
+      `SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE a.grantee::regrole::text END AS grantee,
+              a.privilege_type AS privilege, a.is_grantable AS grantable
+         FROM unnest($1::text[]::aclitem[]) AS i, LATERAL aclexplode(ARRAY[i]) AS a`,
+      [was.acl],
+    );
+    // (regrole's text is already a quoted identifier; a schema has only these two privileges.)
+    for (const g of grants.filter((x) => x.privilege === 'CREATE' || x.privilege === 'USAGE'))
+      await db.query(
+        `GRANT ${g.privilege} ON SCHEMA public TO ${g.grantee ?? 'PUBLIC'}${g.grantable ? ' WITH GRANT OPTION' : ''}`,
+      );
+  }
+  await db.query(`COMMENT ON SCHEMA public IS ${was.comment == null ? 'NULL' : literal(was.comment)}`);
 }
 
 async function beforeCutover(ctx: PhaseContext): Promise<string> {

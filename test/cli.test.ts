@@ -309,6 +309,15 @@ describe('pgferry CLI', () => {
     const half = JSON.parse(readFileSync(join(cwd, '.pgferry', 'ks.json'), 'utf8'));
     expect(half.cutover.switchStartedAt).toBeDefined();
     expect(half.cutover.switchAt).toBeUndefined();
+    // The application may already write to the target: a rollback now would empty it, so it refuses.
+    const status = await pgferry(['status', '--id', 'ks']);
+    expect(status.stdout).toContain('ATTENTION: a cutover stopped while switching the application to the target');
+    const refused = await pgferry(['rollback', '--id', 'ks']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('the application may already write there, so the target is not emptied');
+    expect(refused.stderr).toContain('pgferry resume --id ks');
+    const [{ n: orders }] = (await pair.target('SELECT count(*)::int AS n FROM orders')) as [{ n: number }];
+    expect(orders).toBeGreaterThan(0);
     const resumed = await pgferry(['resume', '--id', 'ks']);
     expect(resumed.code).toBe(0);
     expect(resumed.stdout).toContain('switch finished after an interruption');

@@ -122,7 +122,11 @@ export function describeState(s: MigrationState): string {
       `  lag ${lag.ms} ms / ${lag.bytes} bytes at ${lag.at}; slot retains ${formatBytes(s.walRetainedBytes ?? 0)}`,
     );
   if (s.ddlDrift?.length) lines.push(`  DDL drift: ${s.ddlDrift.join('; ')}`);
-  if (s.cutover?.freezeAt && !s.cutover.switchAt && s.status !== 'rolled-back') {
+  if (s.cutover?.switchStartedAt && !s.cutover.switchAt && s.status !== 'rolled-back') {
+    lines.push(
+      `  ATTENTION: a cutover stopped while switching the application to the target (at ${s.cutover.switchStartedAt}); the application may already write there.\n  Run \`pgferry resume --id ${s.id}\` to finish the switch (then \`pgferry rollback --id ${s.id}\` switches back losing nothing).`,
+    );
+  } else if (s.cutover?.freezeAt && !s.cutover.switchAt && s.status !== 'rolled-back') {
     lines.push(
       `  ATTENTION: a cutover began at ${s.cutover.freezeAt} and did not finish; the source may still be frozen (read-only).\n  Run \`pgferry resume --id ${s.id}\` to finish it or \`pgferry rollback --id ${s.id}\` to unfreeze and undo.`,
     );

@@ -122,7 +122,8 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
   const id = state.id;
   const out: string[] = [];
   const working = (source.sessions ?? 0) + (target.sessions ?? 0) > 0;
-  const switched = !!state.cutover?.switchAt;
+  // A switch that began counts as done: the application may already write to the target.
+  const switched = !!state.cutover?.switchAt || !!state.cutover?.switchStartedAt;
   const rolledBack = !!state.rollback?.switchAt || state.status === 'rolled-back';
   const names = objectNames(id);
   // Until the subscription exists nothing reads the slot: the copy is running, if its process is.
@@ -158,7 +159,9 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
   if (writable.frozen && !working) {
     const fix =
       writable === target
-        ? `a rollback was interrupted: \`pgferry rollback --id ${id}\` finishes it`
+        ? state.cutover?.switchAt
+          ? `a rollback was interrupted: \`pgferry rollback --id ${id}\` finishes it`
+          : `a cutover stopped while switching: \`pgferry resume --id ${id}\` finishes the switch`
         : rolledBack
           ? `\`ALTER DATABASE … RESET default_transaction_read_only\` on it reopens it`
           : `a cutover was interrupted: \`pgferry resume --id ${id}\` finishes or undoes it, \`pgferry rollback --id ${id}\` unfreezes the source`;

@@ -213,5 +213,17 @@ async function finish(ctx: PhaseContext) {
 }
 
 export async function rollback(ctx: PhaseContext): Promise<string> {
-  return ctx.state.cutover?.switchAt ? afterCutover(ctx) : beforeCutover(ctx);
+  const c = ctx.state.cutover;
+  if (c?.switchAt) return afterCutover(ctx);
+  // The switch began and was not recorded as done: the application may already write to the target.
+  // Emptying the target (the rollback before cutover) would lose those writes: finish the switch first.
+  if (c?.switchStartedAt)
+    throw new RollbackFailedError(
+      `a cutover stopped while switching the application to the target (at ${c.switchStartedAt}): the application may already write there, so the target is not emptied`,
+      {
+        phase: 'rollback',
+        hint: `run \`pgferry resume --id ${ctx.config.id}\` to finish the switch, then \`pgferry rollback --id ${ctx.config.id}\` to switch back losing nothing`,
+      },
+    );
+  return beforeCutover(ctx);
 }

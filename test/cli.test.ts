@@ -338,6 +338,71 @@ describe('pgferry CLI', () => {
     expect(await leftovers(pair)).toEqual([]);
   });
 
+  it('keeps the loaded target and replication when the switch command fails, and cuts over on the next try', async () => {
+    pair = await freshPair(15, 'clionswitch');
+    await loadSample(pair, 200);
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const once = join(cwd, 'failed-once');
+    const onSwitch = `test -f ${once} || { touch ${once}; echo "load balancer said no" >&2; exit 3; }`;
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'os', '--on-switch', onSwitch];
+    expect((await pgferry(['migrate', ...args, '--yes'])).code).toBe(0);
+    const failed = await pgferry(['cutover', '--id', 'os']);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain('--on-switch command failed (exit 3): load balancer said no');
+    // Nothing moved: the source writes, forward replication goes on, the loaded target stays.
+    const state = JSON.parse(readFileSync(join(cwd, '.pgferry', 'os.json'), 'utf8'));
+    expect(state.status).toBe('running');
+    expect(state.cutover).toBeUndefined();
+    expect(await frozen(pair, 'source')).toBe(false);
+    await pair.source("INSERT INTO audit_log (actor, action) VALUES ('app', 'after the failed switch')");
+    await expect
+      .poll(
+        async () =>
+          (await pair!.target("SELECT count(*)::int AS n FROM audit_log WHERE action = 'after the failed switch'"))[0]
+            ?.n,
+        { timeout: 10_000 },
+      )
+      .toBe(1);
+    const again = await pgferry(['cutover', '--id', 'os']);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toContain('verify: OK');
+  });
+
+  it('does not undo a switch whose file already names the target when the switch command then fails', async () => {
+    pair = await freshPair(15, 'cliswitchfile');
+    await loadSample(pair, 200);
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const switchFile = join(cwd, 'url');
+    const once = join(cwd, 'failed-once');
+    const onSwitch = `test -f ${once} || { touch ${once}; exit 3; }`;
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'sf', '--switch-file', switchFile];
+    expect((await pgferry(['migrate', ...args, '--on-switch', onSwitch, '--yes'])).code).toBe(0);
+    const failed = await pgferry(['cutover', '--id', 'sf']);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain('the switch file already names the target, so the cutover is not undone');
+    // The application may have followed the file and written to the target: that target is kept.
+    expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.targetUrl);
+    await pair.target("INSERT INTO audit_log (actor, action) VALUES ('app', 'followed the file')");
+    const state = JSON.parse(readFileSync(join(cwd, '.pgferry', 'sf.json'), 'utf8'));
+    expect(state.status).toBe('running');
+    expect(state.cutover.switchStartedAt).toBeDefined();
+    expect((await pgferry(['rollback', '--id', 'sf'])).code).toBe(1);
+    const resumed = await pgferry(['resume', '--id', 'sf']);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toContain('switch finished after an interruption');
+    expect(
+      (await pair.target("SELECT count(*)::int AS n FROM audit_log WHERE action = 'followed the file'"))[0]?.n,
+    ).toBe(1);
+    // ...and reaches the source through reverse replication, so a rollback would lose nothing.
+    await expect
+      .poll(
+        async () =>
+          (await pair!.source("SELECT count(*)::int AS n FROM audit_log WHERE action = 'followed the file'"))[0]?.n,
+        { timeout: 10_000 },
+      )
+      .toBe(1);
+  });
+
   it.each([
     ['SIGINT', 130],
     ['SIGTERM', 143],

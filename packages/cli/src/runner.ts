@@ -6,9 +6,11 @@
  */
 import { join } from 'node:path';
 import {
+  CutoverFailedError,
   DEFAULTS,
   DrainTimeoutError,
   errorMessage,
+  FreezeFailedError,
   LagTimeoutError,
   type MigrationConfig,
   type MigrationState,
@@ -31,6 +33,7 @@ import {
   type Db,
   inspectApplicationName,
   inspectSide,
+  isFrozen,
   type LiveStatus,
   liveAttention,
   type PhaseContext,
@@ -40,6 +43,7 @@ import {
   type SideLive,
   startReplication,
   undoInterruptedCutover,
+  unfreezeWrites,
   unreachable,
   verify,
   wasInterrupted,
@@ -307,7 +311,35 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
       .catch(() => {});
     return;
   }
-  if (err instanceof LagTimeoutError || err instanceof DrainTimeoutError) {
+  if (ctx.state.cutover?.switchStartedAt && !switched) {
+    // The switch began (the switch file may already name the target): never rolled back; resume finishes it.
+    await ctx
+      .update((s) => {
+        s.status = 'running';
+        s.failure = failure;
+        s.events = [
+          ...s.events,
+          { at: new Date().toISOString(), message: `stopped while switching: ${failure.message}` },
+        ];
+      })
+      .catch(() => {});
+    return;
+  }
+  // A cutover that failed before the switch undid itself (source writable, forward replication on):
+  // the loaded target is as good as before, so it stays, as after a drain timeout.
+  const cutoverUndone =
+    !switched && !ctx.state.cutover && (err instanceof CutoverFailedError || err instanceof FreezeFailedError);
+  if (cutoverUndone) {
+    // The cutover's own undo may have failed quietly: the application is on the source, which must write.
+    try {
+      if (await isFrozen(ctx.source)) await unfreezeWrites(ctx.source);
+    } catch (unfreezeErr) {
+      rt.events.log(
+        `ATTENTION: could not check that the source is writable (${errorMessage(unfreezeErr)}); \`pgferry rollback --id ${ctx.config.id}\` unfreezes it`,
+      );
+    }
+  }
+  if (err instanceof LagTimeoutError || err instanceof DrainTimeoutError || cutoverUndone) {
     // Replication is healthy, only not caught up (or DDL awaits the target, or the drain was too slow;
     // the cutover already unfroze the source): keep the loaded data and
     // the slot; the slot's WAL is bounded by the abort limit while pgferry runs and by

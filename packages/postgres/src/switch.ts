@@ -1,6 +1,6 @@
 /** Switching the application's connection: an atomically rewritten file and/or a user command. */
 import { spawn } from 'node:child_process';
-import { renameSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { CutoverFailedError, DEFAULTS, redactText } from '@pgferry/core';
 
@@ -21,6 +21,15 @@ export function writeSwitchFile(path: string, url: string) {
   const tmp = join(dirname(path), `.${Date.now()}.${process.pid}.pgferry-switch.tmp`);
   writeFileSync(tmp, `${url}\n`, { mode: 0o600 });
   renameSync(tmp, path);
+}
+
+/** The URL a switch file names now, or undefined when there is none. */
+export function readSwitchFile(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
 }
 
 export async function switchConnection(o: SwitchOptions): Promise<void> {
@@ -53,7 +62,7 @@ export async function switchConnection(o: SwitchOptions): Promise<void> {
             {
               field: '--on-switch',
               phase: 'cutover',
-              hint: 'the switch was undone; fix the command and run `pgferry cutover` again',
+              hint: 'fix the command and run `pgferry cutover` again (replication goes on meanwhile)',
             },
           ),
         );

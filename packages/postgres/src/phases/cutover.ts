@@ -6,7 +6,7 @@
  * A drain that times out unfreezes the source and hands back to catch-up.
  */
 import { performance } from 'node:perf_hooks';
-import { CutoverFailedError, DrainTimeoutError, objectNames } from '@pgferry/core';
+import { CutoverFailedError, DrainTimeoutError, errorMessage, FreezeFailedError, objectNames } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { critical } from '../critical';
 import { type Db, ident } from '../db';
@@ -22,7 +22,7 @@ import {
   subscriptionExists,
 } from '../replication';
 import { syncSequences } from '../sequences';
-import { switchConnection } from '../switch';
+import { readSwitchFile, switchConnection } from '../switch';
 import type { PhaseContext } from './context';
 
 async function createLogicalSlot(db: Db, name: string) {
@@ -123,8 +123,23 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       steps[name] = Math.round((now - mark) * 10) / 10;
       mark = now;
     };
-    const freeze = await freezeWrites(ctx.source);
-    const freezeLsn = await currentLsn(ctx.source);
+    let freeze: Awaited<ReturnType<typeof freezeWrites>>;
+    let freezeLsn: string;
+    try {
+      freeze = await freezeWrites(ctx.source);
+      freezeLsn = await currentLsn(ctx.source);
+    } catch (err) {
+      // Whatever broke the freeze (a refused check, a lost connection), the source must not stay frozen.
+      await undo(ctx).catch(() => {});
+      await ctx.update((s) => {
+        s.cutover = undefined;
+      });
+      if (err instanceof FreezeFailedError) throw err;
+      throw new CutoverFailedError(`the write freeze failed; the source was unfrozen: ${errorMessage(err)}`, {
+        cause: err,
+        phase: 'cutover',
+      });
+    }
     step('freeze');
     if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.drainTimeoutMs))) {
       await unfreezeWrites(ctx.source);
@@ -192,7 +207,19 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     try {
       await switchConnection(switchOptions(ctx));
     } catch (err) {
-      // The switch command failed: the application did not move. Undo everything, including the marker.
+      // Once the switch file names the target, the application may have moved and written there:
+      // undoing could lose those writes, so the switch stays begun and `resume` finishes it.
+      if (ctx.config.switchFile && readSwitchFile(ctx.config.switchFile) === ctx.config.targetUrl)
+        throw new CutoverFailedError(
+          `the switch did not finish: ${errorMessage(err)}; the switch file already names the target, so the cutover is not undone (the source stays read-only)`,
+          {
+            cause: err,
+            phase: 'cutover',
+            field: '--on-switch',
+            hint: `fix the --on-switch command, then \`pgferry resume --id ${ctx.config.id}\` switches again and finishes`,
+          },
+        );
+      // Only the switch command ran, and it failed: the application did not move. Undo everything.
       await undo(ctx).catch(() => {});
       await ctx.update((s) => {
         s.cutover = undefined;

@@ -93,11 +93,18 @@ describe('migration with a live writer', () => {
     pair = await freshPair(15, 'rollback');
     rt = testRuntime();
     await loadSample(pair, 1000);
+    // A descending sequence is further along when it is smaller.
+    await pair.source(
+      "CREATE SEQUENCE countdown INCREMENT BY -1 MAXVALUE -1 START -1; SELECT nextval('countdown') FROM generate_series(1, 5)",
+    );
     const writer = startWriter('app');
     const m = await newMigration(rt, pair, { cutover: 'auto' });
     await advance(rt, m.id, { cutover: 'auto' });
+    expect(await pair.target("SELECT nextval('countdown')::int AS v")).toEqual([{ v: -6 }]);
+    await pair.target("SELECT nextval('countdown') FROM generate_series(1, 9)");
     await sleep(400);
     const rolled = await rollbackMigration(rt, m.id);
+    expect(await pair.source("SELECT nextval('countdown')::int AS v")).toEqual([{ v: -16 }]);
     await sleep(400);
     const stats = await writer.stop();
 

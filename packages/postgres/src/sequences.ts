@@ -4,7 +4,8 @@ import type { Db } from './db';
 
 /**
  * Copy every sequence's value (owned by a column or not) from one side to the other in one statement.
- * Values never move backwards: the target keeps the larger of the two.
+ * Values never move backwards: the target keeps the one further along, the larger of the two for an
+ * ascending sequence, the smaller for a descending one (INCREMENT BY below zero).
  */
 export async function syncSequences(from: Db, to: Db): Promise<number> {
   const all = await listSequences(from);
@@ -21,10 +22,12 @@ export async function syncSequences(from: Db, to: Db): Promise<number> {
   if (seqs.length === 0) return 0;
   await to.query(
     `SELECT setval(format('%I.%I', v.schema, v.name)::regclass,
-                   CASE WHEN s.last_value > v.value THEN s.last_value ELSE v.value END,
-                   CASE WHEN s.last_value > v.value THEN true ELSE v.called END)
+                   CASE WHEN k.ahead THEN s.last_value ELSE v.value END,
+                   CASE WHEN k.ahead THEN true ELSE v.called END)
        FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[]) AS v(schema, name, value, called)
-       LEFT JOIN pg_sequences s ON s.schemaname = v.schema AND s.sequencename = v.name`,
+       LEFT JOIN pg_sequences s ON s.schemaname = v.schema AND s.sequencename = v.name
+       CROSS JOIN LATERAL (SELECT CASE WHEN s.increment_by < 0 THEN s.last_value < v.value
+                                       ELSE s.last_value > v.value END AS ahead) k`,
     [seqs.map((s) => s.schema), seqs.map((s) => s.name), seqs.map((s) => s.lastValue), seqs.map((s) => s.isCalled)],
   );
   return seqs.length;

@@ -1,6 +1,14 @@
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connect, type Db, freezeWrites, isFrozen, unfreezeWrites, writesSince } from '../packages/postgres/src/index';
+import {
+  connect,
+  type Db,
+  freezeHazards,
+  freezeWrites,
+  isFrozen,
+  unfreezeWrites,
+  writesSince,
+} from '../packages/postgres/src/index';
 import { freshPair, type Pair } from './harness/pairs';
 
 let pair: Pair | undefined;
@@ -42,5 +50,48 @@ describe('write freeze', () => {
     await unfreezeWrites(db);
     expect(await isFrozen(db)).toBe(false);
     expect(await pair.source('SELECT id FROM t ORDER BY id')).toEqual([{ id: 3 }]);
+  });
+
+  it('refuses to freeze what it could not hold: a role that overrides it, a prepared transaction, a role that cannot end sessions', async () => {
+    pair = await freshPair(15, 'hazards');
+    await pair.source('CREATE TABLE t (id int PRIMARY KEY)');
+    db = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
+    const role = `w_${pair.sourceDb.slice(-8)}`;
+    await pair.source(`CREATE ROLE ${role} LOGIN PASSWORD 'pw'; GRANT ALL ON t TO ${role}`);
+    try {
+      expect(await freezeHazards(db)).toEqual([]);
+      await pair.source(`ALTER ROLE ${role} IN DATABASE ${pair.sourceDb} SET default_transaction_read_only = off`);
+      await pair.source("BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'pay-42'");
+      const hazards = (await freezeHazards(db)).map((h) => h.message);
+      expect(hazards).toEqual([
+        `role ${role} has its own default_transaction_read_only=off, which overrides the freeze: its sessions could write after it. For the cutover, run ALTER ROLE "${role}" IN DATABASE "${pair.sourceDb}" RESET default_transaction_read_only`,
+        expect.stringMatching(
+          /^prepared transaction 'pay-42' \(owner postgres, prepared .*\) is open: a COMMIT PREPARED after the freeze would stay on the source; COMMIT PREPARED or ROLLBACK PREPARED it first$/,
+        ),
+      ]);
+      // So the freeze refuses, and freezes nothing.
+      await expect(freezeWrites(db)).rejects.toThrow(/cannot be frozen safely: role .* overrides the freeze/);
+      expect(await isFrozen(db)).toBe(false);
+      await pair.source("ROLLBACK PREPARED 'pay-42'");
+      await pair.source(`ALTER ROLE ${role} IN DATABASE ${pair.sourceDb} RESET default_transaction_read_only`);
+      expect(await freezeHazards(db)).toEqual([]);
+
+      // A migration role that can neither see nor end other roles' sessions cannot freeze.
+      const weak = await connect(pair.sourceUrl.replace(/\/\/[^@]*@/, `//${role}:pw@`), {
+        side: 'source',
+        applicationName: 'pgferry:test',
+      });
+      try {
+        expect((await freezeHazards(weak)).map((h) => h.message)).toEqual([
+          "the source role (--source) can neither see nor end other roles' sessions, so a freeze could not end a transaction that is writing: GRANT pg_signal_backend, pg_read_all_stats TO it (on RDS: GRANT rds_superuser)",
+        ]);
+      } finally {
+        await weak.end();
+      }
+    } finally {
+      await pair.source("ROLLBACK PREPARED 'pay-42'").catch(() => {});
+      await pair.source(`DROP OWNED BY ${role}; DROP ROLE ${role}`).catch(() => {});
+      await pair.source(`REVOKE ALL ON t FROM ${role}`).catch(() => {});
+    }
   });
 });

@@ -24,7 +24,8 @@ let started: LocalServer[] = [];
  */
 export async function setup(project: TestProject) {
   const [source15, target15, target16, target17] = await Promise.all([
-    startServer({ version: 15, name: 'source15', ssl: true }),
+    // Prepared transactions on, as many sources have them (and the freeze must see them).
+    startServer({ version: 15, name: 'source15', ssl: true, settings: { max_prepared_transactions: 10 } }),
     startServer({ version: 15, name: 'target15' }),
     startServer({ version: 16, name: 'target16', ssl: true }),
     startServer({ version: 17, name: 'target17', ssl: true }),

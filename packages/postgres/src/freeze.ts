@@ -17,7 +17,66 @@ const OTHER_SESSIONS = `SELECT pid FROM pg_stat_activity
   WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
     AND application_name NOT LIKE 'pgferry:%'`;
 
+/** Prepared transactions of this database: any session may COMMIT PREPARED one, read-only or not. */
+async function preparedTransactions(db: Db): Promise<string[]> {
+  const rows = await db.query<{ gid: string; owner: string; prepared: Date }>(
+    'SELECT gid, owner, prepared FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared',
+  );
+  return rows.map(
+    (r) =>
+      `prepared transaction '${r.gid}' (owner ${r.owner}, prepared ${r.prepared.toISOString()}) is open: a COMMIT PREPARED after the freeze would stay on the ${db.side}; COMMIT PREPARED or ROLLBACK PREPARED it first`,
+  );
+}
+
+/**
+ * Why a freeze of this database would not stop every write, each saying what to do; empty when it
+ * would. The catch-up gate stays closed on these, and freezeWrites refuses to start.
+ * - A role's own default_transaction_read_only (ALTER ROLE … SET) overrides the database's.
+ * - A prepared transaction can be committed by a read-only session.
+ * - Without pg_signal_backend and pg_read_all_stats (or superuser), other roles' sessions can be
+ *   neither seen (pg_stat_activity hides their backend_type) nor ended.
+ */
+export interface FreezeHazard {
+  kind: 'role-setting' | 'prepared-transaction' | 'privilege';
+  message: string;
+}
+
+export async function freezeHazards(db: Db): Promise<FreezeHazard[]> {
+  const out: FreezeHazard[] = [];
+  const roles = await db.query<{ role: string; everywhere: boolean; setting: string }>(
+    `SELECT r.rolname AS role, s.setdatabase = 0 AS everywhere, c AS setting
+       FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole, unnest(s.setconfig) AS c
+      WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+        AND lower(c) LIKE 'default_transaction_read_only=%'
+        AND lower(split_part(c, '=', 2)) NOT IN ('on', 'true', 'yes', '1', 't', 'y')
+      ORDER BY 1`,
+  );
+  for (const r of roles)
+    out.push({
+      kind: 'role-setting',
+      message: `role ${r.role} has its own ${r.setting}, which overrides the freeze: its sessions could write after it. For the cutover, run ALTER ROLE ${ident(r.role)}${r.everywhere ? '' : ` IN DATABASE ${ident(db.database)}`} RESET default_transaction_read_only`,
+    });
+  for (const message of await preparedTransactions(db)) out.push({ kind: 'prepared-transaction', message });
+  const { ok } = await db.one<{ ok: boolean }>(
+    `SELECT rolsuper OR (pg_has_role(current_user, 'pg_signal_backend', 'USAGE')
+                         AND pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')) AS ok
+       FROM pg_roles WHERE rolname = current_user`,
+  );
+  if (!ok)
+    out.push({
+      kind: 'privilege',
+      message: `the ${db.side} role ${db.side === 'source' ? '(--source)' : '(--target)'} can neither see nor end other roles' sessions, so a freeze could not end a transaction that is writing: GRANT pg_signal_backend, pg_read_all_stats TO it (on RDS: GRANT rds_superuser)`,
+    });
+  return out;
+}
+
 export async function freezeWrites(db: Db, options: { timeoutMs?: number } = {}): Promise<FreezeResult> {
+  const hazards = await freezeHazards(db);
+  if (hazards.length)
+    throw new FreezeFailedError(`the ${db.side} cannot be frozen safely: ${hazards.map((h) => h.message).join('; ')}`, {
+      phase: 'cutover',
+      hint: 'nothing was frozen; fix the above and run the cutover again',
+    });
   await db.query(`ALTER DATABASE ${ident(db.database)} SET default_transaction_read_only = on`);
   const deadline = Date.now() + (options.timeoutMs ?? 5000);
   let ended = 0;
@@ -41,6 +100,15 @@ export async function freezeWrites(db: Db, options: { timeoutMs?: number } = {})
       );
     }
     await sleep(5);
+  }
+  // A transaction prepared between the check above and the freeze could still be committed.
+  const prepared = await preparedTransactions(db);
+  if (prepared.length) {
+    await unfreezeWrites(db).catch(() => {});
+    throw new FreezeFailedError(`the ${db.side} cannot be frozen safely: ${prepared.join('; ')}`, {
+      phase: 'cutover',
+      hint: `the ${db.side} was unfrozen again; run the cutover again once it is resolved`,
+    });
   }
   const { xmax } = await db.one<{ xmax: string }>('SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS xmax');
   return { sessionsEnded: ended, xmax };

@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { AssessmentBlockedError } from '@pgferry/core';
 import { copyableTables, hasReplicaIdentity, listSequences, listTables, userObjects } from '../catalog';
 import type { Db } from '../db';
+import { freezeHazards } from '../freeze';
 import { longTransactions } from '../lag';
 
 export interface Finding {
@@ -407,6 +408,14 @@ export async function assess(
   const add = (f: Finding) => findings.push(f);
   const src = await facts(source);
   const tables = await sourceFindings(source, src, add);
+  // What would keep the cutover's freeze from holding (prepared transactions are a finding of their own).
+  for (const h of await freezeHazards(source))
+    if (h.kind !== 'prepared-transaction')
+      add({
+        level: 'warning',
+        code: `freeze-${h.kind}`,
+        message: `the cutover gate will stay closed until this is fixed: ${h.message}`,
+      });
   const extensions = (
     await source.query<{ extname: string }>("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1")
   ).map((r) => r.extname);

@@ -5,6 +5,7 @@
  */
 import { LagTimeoutError, objectNames, ReplicationFailedError, WalRetentionExceededError } from '@pgferry/core';
 import { sleep } from '../db';
+import { freezeHazards } from '../freeze';
 import { longTransactions, readLag, schemaDrift, targetWriteTransactions } from '../lag';
 import { dropSlot, dropSubscription } from '../replication';
 import type { PhaseContext } from './context';
@@ -56,6 +57,8 @@ export async function sampleGate(
       `write transaction pid ${t.pid} (user ${t.user}) open on the target: the reverse slot cannot be created until it ends`,
     );
   }
+  // Whatever would let a write past the freeze keeps the gate closed, named with its remedy.
+  for (const h of await freezeHazards(ctx.source)) reasons.push(h.message);
   const drift = await schemaDrift(ctx.source, ctx.target);
   for (const d of drift) reasons.push(`DDL on the source: ${d}`);
   const sample = { at: new Date().toISOString(), bytes: lag.bytes, ms: lag.ms };

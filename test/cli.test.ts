@@ -403,6 +403,36 @@ describe('pgferry CLI', () => {
       .toBe(1);
   });
 
+  it('undoes a rollback whose switch command fails: the application stays on a writable target, and a later rollback works', async () => {
+    pair = await freshPair(15, 'clirbfail');
+    await loadSample(pair, 200);
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const once = join(cwd, 'failed-once');
+    const onSwitch = `[ "$PGFERRY_DIRECTION" = forward ] || test -f ${once} || { touch ${once}; exit 4; }`;
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'rf', '--on-switch', onSwitch];
+    expect((await pgferry(['migrate', ...args, '--cutover', 'auto', '--yes'])).code).toBe(0);
+    const failed = await pgferry(['rollback', '--id', 'rf']);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain('the switch back failed; the rollback was undone');
+    expect(await frozen(pair, 'target')).toBe(false);
+    expect(await frozen(pair, 'source')).toBe(true);
+    expect(JSON.parse(readFileSync(join(cwd, '.pgferry', 'rf.json'), 'utf8')).rollback).toBeUndefined();
+    // Reverse replication goes on: a write on the target still reaches the source.
+    await pair.target("INSERT INTO audit_log (actor, action) VALUES ('app', 'after the failed rollback')");
+    await expect
+      .poll(
+        async () =>
+          (await pair!.source("SELECT count(*)::int AS n FROM audit_log WHERE action = 'after the failed rollback'"))[0]
+            ?.n,
+        { timeout: 10_000 },
+      )
+      .toBe(1);
+    const again = await pgferry(['rollback', '--id', 'rf']);
+    expect(again.code).toBe(0);
+    expect(await frozen(pair, 'source')).toBe(false);
+    expect(await frozen(pair, 'target')).toBe(true);
+  });
+
   it.each([
     ['SIGINT', 130],
     ['SIGTERM', 143],

@@ -4,13 +4,13 @@
  * drain the reverse stream, sync sequences back, switch back, unfreeze the source.
  */
 import { performance } from 'node:perf_hooks';
-import { DrainTimeoutError, objectNames, RollbackFailedError } from '@pgferry/core';
+import { DrainTimeoutError, errorMessage, objectNames, RollbackFailedError } from '@pgferry/core';
 import { critical } from '../critical';
 import { ident, literal } from '../db';
 import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed } from '../freeze';
 import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
 import { syncSequences } from '../sequences';
-import { switchConnection } from '../switch';
+import { readSwitchFile, switchConnection } from '../switch';
 import type { PhaseContext } from './context';
 
 /** Drop what the schema restore created on the target, only if pgferry's marker says it made it. */
@@ -162,8 +162,22 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
   const { gap, sequences } = await critical(async () => {
     const t0 = performance.now();
     const freezeAt = new Date();
-    const freeze = await freezeWrites(ctx.target);
-    const lsn = await currentLsn(ctx.target);
+    let freeze: Awaited<ReturnType<typeof freezeWrites>>;
+    let lsn: string;
+    try {
+      freeze = await freezeWrites(ctx.target);
+      lsn = await currentLsn(ctx.target);
+    } catch (err) {
+      await unfreezeWrites(ctx.target).catch(() => {});
+      throw new RollbackFailedError(
+        `the write freeze of the target failed; the target was unfrozen and the application stays on it: ${errorMessage(err)}`,
+        {
+          cause: err,
+          phase: 'rollback',
+          hint: `fix the cause, then run \`pgferry rollback --id ${ctx.config.id}\` again`,
+        },
+      );
+    }
     if (!(await waitConfirmed(ctx.target, n.reverseSlot, lsn, ctx.config.drainTimeoutMs))) {
       await unfreezeWrites(ctx.target);
       throw new DrainTimeoutError(
@@ -174,19 +188,55 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
         },
       );
     }
-    const sequences = await syncSequences(ctx.target, ctx.source);
-    await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} DISABLE`);
-    await unfreezeWrites(ctx.source);
-    await switchConnection({
-      switchFile: ctx.config.switchFile,
-      onSwitch: ctx.config.onSwitch,
-      migrationId: ctx.config.id,
-      direction: 'reverse',
-      activeUrl: ctx.config.sourceUrl,
-      previousUrl: ctx.config.targetUrl,
-      sourceUrl: ctx.config.sourceUrl,
-      targetUrl: ctx.config.targetUrl,
-    });
+    // Until the switch back, a failure is undone: the application stays on the target, which writes again.
+    const undo = async (err: unknown, what: string) => {
+      await ctx.source
+        .query(`ALTER DATABASE ${ident(ctx.source.database)} SET default_transaction_read_only = on`)
+        .catch(() => {});
+      await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} ENABLE`).catch(() => {});
+      await unfreezeWrites(ctx.target).catch(() => {});
+      return new RollbackFailedError(
+        `${what}; the rollback was undone: the application stays on the target, which takes writes again, and reverse replication goes on: ${errorMessage(err)}`,
+        {
+          cause: err,
+          phase: 'rollback',
+          hint: `fix the cause, then run \`pgferry rollback --id ${ctx.config.id}\` again`,
+        },
+      );
+    };
+    let sequences: number;
+    try {
+      sequences = await syncSequences(ctx.target, ctx.source);
+      await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} DISABLE`);
+      await unfreezeWrites(ctx.source);
+    } catch (err) {
+      throw await undo(err, 'the rollback failed before switching back');
+    }
+    try {
+      await switchConnection({
+        switchFile: ctx.config.switchFile,
+        onSwitch: ctx.config.onSwitch,
+        migrationId: ctx.config.id,
+        direction: 'reverse',
+        activeUrl: ctx.config.sourceUrl,
+        previousUrl: ctx.config.targetUrl,
+        sourceUrl: ctx.config.sourceUrl,
+        targetUrl: ctx.config.targetUrl,
+      });
+    } catch (err) {
+      // Once the switch file names the source, the application may write there: not undone.
+      if (ctx.config.switchFile && readSwitchFile(ctx.config.switchFile) === ctx.config.sourceUrl)
+        throw new RollbackFailedError(
+          `the switch back did not finish: ${errorMessage(err)}; the switch file already names the source, so it is not undone (the target stays read-only)`,
+          {
+            cause: err,
+            phase: 'rollback',
+            field: '--on-switch',
+            hint: `fix the --on-switch command, then \`pgferry rollback --id ${ctx.config.id}\` switches back again and finishes`,
+          },
+        );
+      throw await undo(err, 'the switch back failed');
+    }
     const gap = Math.round(performance.now() - t0);
     await ctx.update((s) => {
       s.rollback = {

@@ -330,6 +330,24 @@ describe('phases', () => {
       ]);
       await pair.target('ALTER TABLE customers VALIDATE CONSTRAINT name_not_blank');
       expect((await sampleGate(session.ctx, { wal: false })).reasons).toEqual([]);
+
+      // A table created on both sides agrees in schema but is not in the publication: its rows would stay behind.
+      const coupons = 'CREATE TABLE coupons (code text PRIMARY KEY, pct int)';
+      await pair.source(coupons);
+      await pair.target(coupons);
+      await pair.source("INSERT INTO coupons VALUES ('WINTER', 10)");
+      const sub = `pgferry_${m.id}`;
+      expect((await sampleGate(session.ctx, { wal: false })).reasons).toEqual([
+        `table public.coupons is not replicated (created on the source after the load): on the source run ALTER PUBLICATION "${sub}" ADD TABLE "public"."coupons", then on the target ALTER SUBSCRIPTION "${sub}" REFRESH PUBLICATION (which copies its rows); or drop it`,
+      ]);
+      await pair.source(`ALTER PUBLICATION "${sub}" ADD TABLE coupons`);
+      expect((await sampleGate(session.ctx, { wal: false })).reasons).toEqual([
+        `table public.coupons is published but the target does not replicate it yet: on the target run ALTER SUBSCRIPTION "${sub}" REFRESH PUBLICATION`,
+      ]);
+      await pair.target(`ALTER SUBSCRIPTION "${sub}" REFRESH PUBLICATION`);
+      await expect
+        .poll(async () => (await sampleGate(session.ctx, { wal: false })).reasons, { timeout: 20_000 })
+        .toEqual([]);
     } finally {
       await session.close();
     }
@@ -337,6 +355,7 @@ describe('phases', () => {
     const state = await advance(rt, m.id, { cutover: 'now' });
     expect(state.verify?.ok).toBe(true);
     expect((await pair.target("SELECT count(*)::int AS n FROM orders WHERE gift_note = 'with love'"))[0]?.n).toBe(1);
+    expect(await pair.target('SELECT code, pct FROM coupons')).toEqual([{ code: 'WINTER', pct: 10 }]);
   });
 
   it('keeps the loaded data and the slot when catch-up times out, and resumes once the cause is fixed', async () => {

@@ -4,7 +4,8 @@
  * the slot (and the subscription) before the source's disk fills.
  */
 import { LagTimeoutError, objectNames, ReplicationFailedError, WalRetentionExceededError } from '@pgferry/core';
-import { sleep } from '../db';
+import { listTables, publishedTables } from '../catalog';
+import { ident, qualified, sleep, tableLabel } from '../db';
 import { freezeHazards } from '../freeze';
 import { longTransactions, readLag, schemaDrift, targetWriteTransactions } from '../lag';
 import { dropSlot, dropSubscription } from '../replication';
@@ -61,6 +62,8 @@ export async function sampleGate(
   for (const h of await freezeHazards(ctx.source)) reasons.push(h.message);
   const drift = await schemaDrift(ctx.source, ctx.target);
   for (const d of drift) reasons.push(`DDL on the source: ${d}`);
+  // (A table on one side only is drift already; one on both may still not be replicated.)
+  if (!drift.length) for (const u of await unreplicatedTables(ctx)) reasons.push(u);
   const sample = { at: new Date().toISOString(), bytes: lag.bytes, ms: lag.ms };
   await ctx.update((s) => {
     s.lag = [...(s.lag ?? []).slice(-59), sample];
@@ -68,6 +71,46 @@ export async function sampleGate(
     s.ddlDrift = drift;
   });
   return { lagMs: lag.ms, reasons };
+}
+
+/**
+ * Tables the source has but replication does not carry. The publication lists its tables (not FOR ALL
+ * TABLES), so a table created on the source after the load, even one created on the target too (no
+ * schema drift then), is not replicated: its rows would stay behind at the switch.
+ */
+async function unreplicatedTables(ctx: PhaseContext): Promise<string[]> {
+  const names = objectNames(ctx.config.id);
+  const [tables, published, subscribed] = await Promise.all([
+    listTables(ctx.source),
+    ctx.source.query<{ t: string }>(
+      `SELECT format('%s.%s', n.nspname, c.relname) AS t FROM pg_publication_rel r
+         JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = $1`,
+      [names.publication],
+    ),
+    ctx.target.query<{ t: string; state: string }>(
+      `SELECT format('%s.%s', n.nspname, c.relname) AS t, r.srsubstate AS state FROM pg_subscription_rel r
+         JOIN pg_subscription s ON s.oid = r.srsubid JOIN pg_class c ON c.oid = r.srrelid
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE s.subname = $1`,
+      [names.subscription],
+    ),
+  ]);
+  const inPublication = new Set(published.map((r) => r.t));
+  const state = new Map(subscribed.map((r) => [r.t, r.state]));
+  const out: string[] = [];
+  for (const t of publishedTables(tables)) {
+    const label = tableLabel(t);
+    if (!inPublication.has(label))
+      out.push(
+        `table ${label} is not replicated (created on the source after the load): on the source run ALTER PUBLICATION ${ident(names.publication)} ADD TABLE ${qualified(t)}, then on the target ALTER SUBSCRIPTION ${ident(names.subscription)} REFRESH PUBLICATION (which copies its rows); or drop it`,
+      );
+    else if (!state.has(label))
+      out.push(
+        `table ${label} is published but the target does not replicate it yet: on the target run ALTER SUBSCRIPTION ${ident(names.subscription)} REFRESH PUBLICATION`,
+      );
+    else if (state.get(label) !== 'r') out.push(`table ${label} is still being copied by the subscription`);
+  }
+  return out;
 }
 
 /** Phase "Catch up": returns once the gate has been open for `lagSamples` consecutive samples. */

@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
+import { startServer } from '../packages/cli/src/local-servers';
 import {
   connect,
   type Db,
@@ -92,6 +93,39 @@ describe('write freeze', () => {
       await pair.source("ROLLBACK PREPARED 'pay-42'").catch(() => {});
       await pair.source(`DROP OWNED BY ${role}; DROP ROLE ${role}`).catch(() => {});
       await pair.source(`REVOKE ALL ON t FROM ${role}`).catch(() => {});
+    }
+  });
+
+  it('flushes asynchronously committed writes before the drain LSN is read', async () => {
+    // Many sources run with synchronous_commit = off (pgferry's own sessions too, then: its ALTER DATABASE
+    // flushes nothing). The WAL writer waits 10 s here, so an asynchronous commit stays in the WAL buffers.
+    const server = await startServer({
+      version: 15,
+      name: 'asyncflush',
+      settings: { wal_writer_delay: "'10s'", synchronous_commit: 'off' },
+    });
+    try {
+      await server.query('CREATE TABLE t (id int PRIMARY KEY)');
+      db = await connect(server.url(), { side: 'source', applicationName: 'pgferry:test' });
+      const app = new pg.Client({ connectionString: server.url(), application_name: 'app' });
+      app.on('error', () => {});
+      await app.connect();
+      await app.query('INSERT INTO t VALUES (1)'); // acknowledged, not yet flushed
+      const { written, inserted } = await db.one<{ written: string; inserted: string }>(
+        'SELECT pg_current_wal_lsn()::text AS written, pg_current_wal_insert_lsn()::text AS inserted',
+      );
+      expect(written).not.toBe(inserted); // the acknowledged commit lies past what the drain used to wait for
+      await freezeWrites(db);
+      const { covered } = await db.one<{ covered: boolean }>(
+        'SELECT pg_current_wal_flush_lsn() >= $1::pg_lsn AND pg_current_wal_lsn() >= $1::pg_lsn AS covered',
+        [inserted],
+      );
+      expect(covered).toBe(true);
+      await unfreezeWrites(db);
+    } finally {
+      await db?.end();
+      db = undefined;
+      await server.stop();
     }
   });
 });

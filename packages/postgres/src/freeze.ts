@@ -110,6 +110,13 @@ export async function freezeWrites(db: Db, options: { timeoutMs?: number } = {})
       hint: `the ${db.side} was unfrozen again; run the cutover again once it is resolved`,
     });
   }
+  // A commit acknowledged with synchronous_commit = off may still sit in the WAL buffers, past
+  // pg_current_wal_lsn(), where the drain would not wait for it. A synchronous commit of our own that
+  // wrote WAL (a transactional logical message, which subscriptions ignore; a bare xid would commit
+  // asynchronously) flushes every record before it, so the LSN read after the freeze covers them.
+  await db.query(
+    "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'pgferry', 'freeze'); COMMIT",
+  );
   const { xmax } = await db.one<{ xmax: string }>('SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS xmax');
   return { sessionsEnded: ended, xmax };
 }

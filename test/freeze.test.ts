@@ -2,6 +2,7 @@ import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
 import {
+  canCreateSubscription,
   connect,
   type Db,
   freezeHazards,
@@ -83,6 +84,9 @@ describe('write freeze', () => {
         applicationName: 'pgferry:test',
       });
       try {
+        // Nor may it create the reverse subscription (superuser on 15, rds_superuser on RDS).
+        expect(await canCreateSubscription(weak)).toBe(false);
+        expect(await canCreateSubscription(db)).toBe(true);
         expect((await freezeHazards(weak)).map((h) => h.message)).toEqual([
           "the source role (--source) can neither see nor end other roles' sessions, so a freeze could not end a transaction that is writing: GRANT pg_signal_backend, pg_read_all_stats TO it (on RDS: GRANT rds_superuser)",
         ]);

@@ -344,6 +344,12 @@ describe('phases', () => {
       expect((await sampleGate(session.ctx, { wal: false })).reasons).toEqual([
         `table public.coupons is published but the target does not replicate it yet: on the target run ALTER SUBSCRIPTION "${sub}" REFRESH PUBLICATION`,
       ]);
+      // A sequence the target lacks would fail the write gap's sequence sync: it closes the gate instead.
+      await pair.source('CREATE SEQUENCE coupon_numbers');
+      expect((await sampleGate(session.ctx, { wal: false })).reasons).toContain(
+        'sequence public.coupon_numbers exists on the source but not on the target (created after the load): create it on the target too (the cutover copies its value)',
+      );
+      await pair.target('CREATE SEQUENCE coupon_numbers');
       await pair.target(`ALTER SUBSCRIPTION "${sub}" REFRESH PUBLICATION`);
       await expect
         .poll(async () => (await sampleGate(session.ctx, { wal: false })).reasons, { timeout: 20_000 })

@@ -17,6 +17,22 @@ export async function ensurePublication(db: Db, name: string, tables: TableInfo[
   await db.query(`CREATE PUBLICATION ${ident(name)}${forTables} WITH (publish_via_partition_root = true)`);
 }
 
+/**
+ * Whether this role may create a subscription here (the cutover creates the reverse one on the source):
+ * a superuser, RDS's rds_superuser, or from PostgreSQL 16 on pg_create_subscription with CREATE on the
+ * database.
+ */
+export async function canCreateSubscription(db: Db): Promise<boolean> {
+  const { ok } = await db.one<{ ok: boolean }>(
+    `SELECT r.rolsuper
+         OR EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = 'rds_superuser' AND pg_has_role(current_user, g.oid, 'MEMBER'))
+         OR (EXISTS (SELECT 1 FROM pg_roles g WHERE g.rolname = 'pg_create_subscription' AND pg_has_role(current_user, g.oid, 'USAGE'))
+             AND has_database_privilege(current_database(), 'CREATE')) AS ok
+       FROM pg_roles r WHERE r.rolname = current_user`,
+  );
+  return ok;
+}
+
 export async function slotExists(db: Db, name: string): Promise<boolean> {
   return (await db.query('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [name])).length > 0;
 }

@@ -8,6 +8,7 @@ import { copyableTables, hasReplicaIdentity, listSequences, listTables, userObje
 import type { Db } from '../db';
 import { freezeHazards } from '../freeze';
 import { longTransactions } from '../lag';
+import { canCreateSubscription } from '../replication';
 
 export interface Finding {
   level: 'blocker' | 'warning' | 'info';
@@ -416,6 +417,14 @@ export async function assess(
         code: `freeze-${h.kind}`,
         message: `the cutover gate will stay closed until this is fixed: ${h.message}`,
       });
+  if (!(await canCreateSubscription(source)))
+    add({
+      level: 'warning',
+      code: 'reverse-subscription-privilege',
+      message:
+        'the cutover gate will stay closed until this is fixed: the source role may not create the reverse subscription (the way back after cutover)',
+      hint: 'superuser, rds_superuser on RDS, or from PostgreSQL 16 on pg_create_subscription and CREATE on the database',
+    });
   const extensions = (
     await source.query<{ extname: string }>("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1")
   ).map((r) => r.extname);

@@ -4,11 +4,11 @@
  * the slot (and the subscription) before the source's disk fills.
  */
 import { LagTimeoutError, objectNames, ReplicationFailedError, WalRetentionExceededError } from '@pgferry/core';
-import { listTables, publishedTables } from '../catalog';
+import { EXCLUDED_SCHEMAS, listTables, publishedTables, USER_SCHEMA } from '../catalog';
 import { ident, qualified, sleep, tableLabel } from '../db';
 import { freezeHazards } from '../freeze';
 import { longTransactions, readLag, schemaDrift, targetWriteTransactions } from '../lag';
-import { dropSlot, dropSubscription } from '../replication';
+import { canCreateSubscription, dropSlot, dropSubscription } from '../replication';
 import type { PhaseContext } from './context';
 
 export interface GateStatus {
@@ -64,6 +64,7 @@ export async function sampleGate(
   for (const d of drift) reasons.push(`DDL on the source: ${d}`);
   // (A table on one side only is drift already; one on both may still not be replicated.)
   if (!drift.length) for (const u of await unreplicatedTables(ctx)) reasons.push(u);
+  for (const r of await cutoverPrerequisites(ctx)) reasons.push(r);
   const sample = { at: new Date().toISOString(), bytes: lag.bytes, ms: lag.ms };
   await ctx.update((s) => {
     s.lag = [...(s.lag ?? []).slice(-59), sample];
@@ -110,6 +111,30 @@ async function unreplicatedTables(ctx: PhaseContext): Promise<string[]> {
       );
     else if (state.get(label) !== 'r') out.push(`table ${label} is still being copied by the subscription`);
   }
+  return out;
+}
+
+/** What the write gap itself would fail on, found before the freeze instead of inside it. */
+export async function cutoverPrerequisites(ctx: PhaseContext): Promise<string[]> {
+  const out: string[] = [];
+  // Every sequence's value is copied in the write gap: one the target lacks would fail it there.
+  const names = `SELECT format('%I.%I', n.nspname, c.relname) AS s FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relkind = 'S' AND ${USER_SCHEMA}
+                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
+  const [src, tgt] = await Promise.all([
+    ctx.source.query<{ s: string }>(names, [EXCLUDED_SCHEMAS]),
+    ctx.target.query<{ s: string }>(names, [EXCLUDED_SCHEMAS]),
+  ]);
+  const onTarget = new Set(tgt.map((r) => r.s));
+  for (const { s } of src)
+    if (!onTarget.has(s))
+      out.push(
+        `sequence ${s} exists on the source but not on the target (created after the load): create it on the target too (the cutover copies its value)`,
+      );
+  if (!(await canCreateSubscription(ctx.source)))
+    out.push(
+      'the source role (--source) may not create the reverse subscription the cutover sets up on the source (so a rollback loses nothing): it needs superuser, rds_superuser on RDS, or from PostgreSQL 16 on pg_create_subscription and CREATE on the database',
+    );
   return out;
 }
 

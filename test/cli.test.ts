@@ -204,6 +204,14 @@ describe('pgferry CLI', () => {
     const clean = await pgferry(['cleanup', '--id', 'climanual']);
     expect(clean.code).toBe(0);
     expect(await leftovers(pair)).toEqual([]);
+    expect(existsSync(join(cwd, '.pgferry', 'artifacts', 'climanual'))).toBe(false); // the schema dump went too
+    // A migration that is over stays as it is: resume and rollback say why, as invalid input.
+    for (const command of ['resume', 'rollback']) {
+      const late = await pgferry([command, '--id', 'climanual']);
+      expect(late.code).toBe(2);
+      expect(late.stderr).toMatch(/is cleaned-up; nothing to resume|was cleaned up/);
+    }
+    expect(JSON.parse(readFileSync(join(cwd, '.pgferry', 'climanual.json'), 'utf8')).status).toBe('cleaned-up');
   });
 
   it('resumes after the process is killed in the middle of the bulk load', async () => {
@@ -231,6 +239,10 @@ describe('pgferry CLI', () => {
       if (phase === 'bulk-load' && (await leftovers(pair)).includes('source slot pgferry_killed')) break;
       await new Promise((r) => setTimeout(r, 20));
     }
+    // While it runs, no other command may work on the same migration (it would roll back under it).
+    const meanwhile = await pgferry(['rollback', '--id', 'killed']);
+    expect(meanwhile.code).toBe(7);
+    expect(meanwhile.stderr).toContain('migration killed is being worked on by another pgferry process');
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
     // The servers notice the dead process's connections go within moments.
@@ -476,6 +488,13 @@ describe('pgferry CLI', () => {
     expect((await pgferry(['migrate', ...args, '--on-switch', onSwitch, '--cutover', 'auto', '--yes'])).code).toBe(0);
     await pair.target("INSERT INTO audit_log (actor, action) VALUES ('app', 'on the target')");
     expect((await pgferry(['rollback', '--id', 'kb'])).code).not.toBe(0); // killed mid-switch
+    // The target is frozen: status says so, and resume does not pretend the application is on it.
+    const status = await pgferry(['status', '--id', 'kb']);
+    expect(status.stdout).toContain('ATTENTION: a rollback began at');
+    expect(status.stdout).toContain('Run `pgferry rollback --id kb` to finish it.');
+    const resumed = await pgferry(['resume', '--id', 'kb']);
+    expect(resumed.code).toBe(2);
+    expect(resumed.stderr).toContain('pgferry rollback --id kb');
     const again = await pgferry(['rollback', '--id', 'kb']);
     expect(again.code).toBe(0);
     expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.sourceUrl);

@@ -132,6 +132,10 @@ export function describeState(s: MigrationState): string {
     );
   }
   if (s.cutover?.switchAt) lines.push(`  write gap: ${s.cutover.writeGapMs} ms (switched at ${s.cutover.switchAt})`);
+  if (s.rollback?.freezeAt && !s.rollback.switchAt)
+    lines.push(
+      `  ATTENTION: a rollback began at ${s.rollback.freezeAt} and did not finish; the target may be read-only.\n  Run \`pgferry rollback --id ${s.id}\` to finish it.`,
+    );
   if (s.rollback?.switchAt) lines.push(`  rolled back: write gap ${s.rollback.writeGapMs} ms`);
   if (s.verify) lines.push(`  verify: ${s.verify.ok ? 'OK' : 'MISMATCH'} (${s.verify.tables.length} tables)`);
   for (const w of s.warnings ?? []) lines.push(`  warning: ${w}`);

@@ -4,6 +4,7 @@
  * Any failure before the switch rolls back what is safe (slot, publication, subscription, loaded
  * schema) so nothing is left behind on the source; after the switch the application stays on the target.
  */
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   CutoverFailedError,
@@ -11,6 +12,7 @@ import {
   DrainTimeoutError,
   errorMessage,
   FreezeFailedError,
+  InvalidInputError,
   LagTimeoutError,
   type MigrationConfig,
   type MigrationState,
@@ -21,6 +23,7 @@ import {
   type Phase,
   parseMigrationConfig,
   redactUrl,
+  StateConflictError,
 } from '@pgferry/core';
 import {
   assertNoBlockers,
@@ -219,26 +222,57 @@ export interface AdvanceOptions {
  * Advance a migration as far as it may go: to a steady catch-up (manual) or through cutover and
  * verify (auto, or `now` when the user runs `pgferry cutover`).
  */
-export async function advance(rt: Runtime, id: string, options: AdvanceOptions): Promise<MigrationState> {
+/** Run `fn` with migration `id` claimed for this process (one command at a time per migration). */
+async function claimed<T>(rt: Runtime, id: string, fn: () => Promise<T>): Promise<T> {
+  await rt.store.get(id); // a missing migration is named as such, not as a claim
+  const release = await rt.store.claim?.(id);
+  try {
+    return await fn();
+  } finally {
+    await release?.().catch(() => {});
+  }
+}
+
+/** A migration that is over cannot be advanced: said before anything runs, so its state stays as it is. */
+function assertAdvanceable(state: MigrationState) {
+  const id = state.id;
+  if (['completed', 'rolled-back', 'cleaned-up'].includes(state.status)) {
+    throw new InvalidInputError(`migration ${id} is ${state.status}; nothing to resume`, {
+      field: '--id',
+      migrationId: id,
+    });
+  }
+  if (state.status === 'failed') {
+    throw new InvalidInputError(
+      `migration ${id} failed in ${state.failure?.phase ?? '?'}: ${state.failure?.message ?? ''}`,
+      {
+        field: '--id',
+        migrationId: id,
+        hint: 'start a new migration (what the failed one created was rolled back)',
+      },
+    );
+  }
+  if (state.rollback?.freezeAt && !state.rollback.switchAt) {
+    throw new InvalidInputError(
+      `a rollback of migration ${id} began at ${state.rollback.freezeAt} and did not finish`,
+      {
+        field: '--id',
+        migrationId: id,
+        hint: `run \`pgferry rollback --id ${id}\` to finish it (the target is read-only until then)`,
+      },
+    );
+  }
+}
+
+export function advance(rt: Runtime, id: string, options: AdvanceOptions): Promise<MigrationState> {
+  return claimed(rt, id, () => advanceClaimed(rt, id, options));
+}
+
+async function advanceClaimed(rt: Runtime, id: string, options: AdvanceOptions): Promise<MigrationState> {
+  assertAdvanceable(await rt.store.get(id));
   const session = await openSession(rt, id);
   const { ctx } = session;
   try {
-    if (['completed', 'rolled-back', 'cleaned-up'].includes(ctx.state.status)) {
-      throw new PgferryError(`migration ${id} is ${ctx.state.status}; nothing to resume`, {
-        field: '--id',
-        migrationId: id,
-      });
-    }
-    if (ctx.state.status === 'failed') {
-      throw new PgferryError(
-        `migration ${id} failed in ${ctx.state.failure?.phase ?? '?'}: ${ctx.state.failure?.message ?? ''}`,
-        {
-          field: '--id',
-          migrationId: id,
-          hint: 'start a new migration (what the failed one created was rolled back)',
-        },
-      );
-    }
     await ctx.update((s) => {
       s.status = 'running';
       s.failure = undefined;
@@ -293,6 +327,8 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
   // A signal broke the phase (a killed pg_restore, a closed snapshot): the process is exiting, and a
   // rollback cut off half way would be worse than none. The state stays as it was, for resume.
   if (wasInterrupted()) return;
+  // Another process changed the state under us: it is working on this migration, so nothing is undone here.
+  if (err instanceof StateConflictError) return;
   const phase = ctx.state.phase;
   const switched = !!ctx.state.cutover?.switchAt;
   const failure = {
@@ -383,7 +419,19 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
   if (undone) rt.events.log(undone);
 }
 
-export async function rollbackMigration(rt: Runtime, id: string): Promise<MigrationState> {
+export function rollbackMigration(rt: Runtime, id: string): Promise<MigrationState> {
+  return claimed(rt, id, async () => {
+    const state = await rt.store.get(id);
+    if (state.status === 'cleaned-up')
+      throw new InvalidInputError(
+        `migration ${id} was cleaned up: pgferry's objects are gone, and what it loaded on the target is no longer marked as its own, so there is nothing it may roll back`,
+        { field: '--id', migrationId: id, hint: 'drop the target database yourself if the copy is not wanted' },
+      );
+    return rollbackClaimed(rt, id);
+  });
+}
+
+async function rollbackClaimed(rt: Runtime, id: string): Promise<MigrationState> {
   const session = await openSession(rt, id);
   try {
     await runPhase(rt, session.ctx, 'rollback', rollback);
@@ -396,11 +444,11 @@ export async function rollbackMigration(rt: Runtime, id: string): Promise<Migrat
   }
 }
 
-export async function cleanupMigration(
-  rt: Runtime,
-  id: string,
-  options: { force?: boolean } = {},
-): Promise<MigrationState> {
+export function cleanupMigration(rt: Runtime, id: string, options: { force?: boolean } = {}): Promise<MigrationState> {
+  return claimed(rt, id, () => cleanupClaimed(rt, id, options));
+}
+
+async function cleanupClaimed(rt: Runtime, id: string, options: { force?: boolean }): Promise<MigrationState> {
   const session = await openSession(rt, id);
   try {
     const s = session.ctx.state;
@@ -412,6 +460,8 @@ export async function cleanupMigration(
       });
     }
     await runPhase(rt, session.ctx, 'cleanup', cleanup);
+    // The schema dump, and with --strategy dump the data dump: copies of the data, no longer needed.
+    rmSync(session.ctx.artifactDir, { recursive: true, force: true });
     await session.ctx.update((st) => {
       st.status = 'cleaned-up';
     });

@@ -4,6 +4,7 @@
  * crash. Passwords live only in a separate 0600 secrets file, never in the state.
  */
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
   MigrationNotFoundError,
@@ -12,6 +13,16 @@ import {
   type MigrationStore,
   StateConflictError,
 } from '@pgferry/core';
+
+function pidAlive(pid: number | undefined): boolean {
+  if (!pid || !Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
 
 /** The process that wrote `lock` is gone (or wrote no pid at all, a second ago or more). */
 async function staleLock(lock: string): Promise<boolean> {
@@ -70,19 +81,56 @@ export class FileMigrationStore implements MigrationStore {
 
   async create(state: MigrationState, secrets: MigrationSecrets): Promise<void> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    await this.atomicWrite(this.secretsFile(state.id), JSON.stringify(secrets), 0o600);
     await this.withLock(state.id, async () => {
       const exists = await readFile(this.file(state.id)).then(
         () => true,
         () => false,
       );
+      // Checked before anything is written: an existing migration's secrets must not be replaced.
       if (exists)
         throw new StateConflictError(`migration ${state.id} already exists`, {
           field: '--id',
           hint: 'choose another --id or `pgferry resume --id ...`',
         });
+      await this.atomicWrite(this.secretsFile(state.id), JSON.stringify(secrets), 0o600);
       await this.atomicWrite(this.file(state.id), JSON.stringify(state, null, 2));
     });
+  }
+
+  /**
+   * Claim migration `id` for this process until `release` is called: one command at a time works on a
+   * migration (two resumes would each create a slot and copy into the same tables). A claim left by a
+   * process that is gone is taken over; a live one is named.
+   */
+  async claim(id: string): Promise<() => Promise<void>> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const path = join(this.dir, `${id}.run`);
+    const mine = JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() });
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await writeFile(path, mine, { flag: 'wx', mode: 0o600 });
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 2) throw err;
+        const held = await readFile(path, 'utf8')
+          .then((t) => JSON.parse(t) as { pid?: number; host?: string; since?: string })
+          .catch(() => ({}) as { pid?: number; host?: string; since?: string });
+        const alive = held.host !== undefined && held.host !== hostname() ? true : pidAlive(held.pid);
+        if (alive)
+          throw new StateConflictError(
+            `migration ${id} is being worked on by another pgferry process (pid ${held.pid ?? '?'} on ${held.host ?? '?'}, since ${held.since ?? '?'})`,
+            {
+              field: '--id',
+              hint: `wait for it to finish, or stop it (Ctrl-C) first; \`pgferry status --id ${id}\` shows where it is. A claim left on another host by a process that is gone can be removed: ${path}`,
+            },
+          );
+        await rm(path, { force: true }); // its process is gone
+      }
+    }
+    return async () => {
+      const now = await readFile(path, 'utf8').catch(() => '');
+      if (now === mine) await rm(path, { force: true });
+    };
   }
 
   async get(id: string): Promise<MigrationState> {

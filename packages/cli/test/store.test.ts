@@ -59,8 +59,30 @@ describe('file migration store', () => {
     const store = fresh();
     const s = { sourceUrl: 'postgres://u:p@a/db', targetUrl: 'postgres://u:p@b/db' };
     await store.create(state('m3'), s);
-    await expect(store.create(state('m3'), s)).rejects.toBeInstanceOf(StateConflictError);
+    // Refused before anything is written: the existing migration keeps its servers and passwords.
+    const other = { sourceUrl: 'postgres://u:p@elsewhere/db', targetUrl: 'postgres://u:p@elsewhere/db2' };
+    await expect(store.create(state('m3'), other)).rejects.toBeInstanceOf(StateConflictError);
+    expect(await store.secrets('m3')).toEqual(s);
     expect((await store.list()).map((m) => m.id)).toEqual(['m3']);
+  });
+
+  it('lets one command at a time claim a migration, naming the holder, and takes over a dead one', async () => {
+    const store = fresh();
+    await store.create(state('m4'), { sourceUrl: 'postgres://u:p@a/db', targetUrl: 'postgres://u:p@b/db' });
+    const release = await store.claim('m4');
+    await expect(store.claim('m4')).rejects.toThrow(
+      new RegExp(`migration m4 is being worked on by another pgferry process \\(pid ${process.pid} on `),
+    );
+    await release();
+    const again = await store.claim('m4');
+    await again();
+    // Left by a process that is gone (kill -9): taken over.
+    const gone = spawnSync(process.execPath, ['-e', 'console.log(process.pid)'], { encoding: 'utf8' });
+    const { hostname } = await import('node:os');
+    writeFileSync(join(store.dir, 'm4.run'), JSON.stringify({ pid: Number(gone.stdout.trim()), host: hostname() }));
+    const taken = await store.claim('m4');
+    await taken();
+    expect(existsSync(join(store.dir, 'm4.run'))).toBe(false);
   });
   it("takes over an update lock whose process is gone, and waits for a live one's", async () => {
     const store = fresh();

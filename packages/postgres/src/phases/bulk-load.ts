@@ -280,7 +280,7 @@ async function loadInSnapshot(
 async function dumpAndRestore(ctx: PhaseContext, snapshot: string, major: number): Promise<string> {
   const pgDump = await findTool('pg_dump', major);
   const pgRestore = await findTool('pg_restore', 0);
-  mkdirSync(ctx.artifactDir, { recursive: true });
+  mkdirSync(ctx.artifactDir, { recursive: true, mode: 0o700 }); // dumps are copies of the data
   const file = join(ctx.artifactDir, 'data.dump');
   const src = toolConnection(ctx.config.sourceUrl, `${objectNames(ctx.config.id).applicationName}:pg_dump`);
   const dumped = await runTool(

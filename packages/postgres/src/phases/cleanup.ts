@@ -59,6 +59,10 @@ export async function cleanup(ctx: PhaseContext): Promise<string> {
     s.leftovers = left;
   });
   const notes: string[] = [];
+  if (!ctx.state.cutover?.switchAt && ctx.state.status !== 'rolled-back' && ctx.state.dataLoadedAt)
+    notes.push(
+      "the data loaded on the target stays, no longer replicated nor marked as pgferry's (a rollback before the clean-up would have removed it; now drop the target database yourself if it is not wanted)",
+    );
   if (ctx.state.cutover?.switchAt && !ctx.state.rollback?.switchAt && (await isFrozen(ctx.source))) {
     notes.push(
       `the source database stays read-only so nothing writes to it by mistake (ALTER DATABASE ${ident(ctx.source.database)} RESET default_transaction_read_only reopens it)`,

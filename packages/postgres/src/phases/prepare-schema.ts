@@ -104,7 +104,7 @@ async function marker(ctx: PhaseContext): Promise<{ pre_data_at: Date | null; po
 
 async function dumpSchema(ctx: PhaseContext): Promise<string> {
   const pgDump = await findTool('pg_dump', await sourceMajor(ctx));
-  mkdirSync(ctx.artifactDir, { recursive: true });
+  mkdirSync(ctx.artifactDir, { recursive: true, mode: 0o700 }); // dumps are copies of the data
   const file = join(ctx.artifactDir, DUMP_FILE);
   const src = toolConnection(ctx.config.sourceUrl, `${objectNames(ctx.config.id).applicationName}:pg_dump`);
   const res = await runTool(

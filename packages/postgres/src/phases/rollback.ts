@@ -158,10 +158,21 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
   }
   // A rollback interrupted after it stopped the reverse stream would otherwise wait on it forever.
   await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} ENABLE`);
+  // Recorded before the freeze: a rollback killed in its write gap shows in status, and resume refuses
+  // to pretend the application is on the target; running the rollback again finishes it.
+  const freezeAt = new Date();
+  await ctx.update((s) => {
+    s.rollback = { freezeAt: freezeAt.toISOString(), direction: 'reverse' };
+  });
+  const forget = () =>
+    ctx
+      .update((s) => {
+        s.rollback = undefined;
+      })
+      .catch(() => {});
   // From the freeze of the target until the switch back is recorded, Ctrl-C waits (critical.ts).
   const { gap, sequences } = await critical(async () => {
     const t0 = performance.now();
-    const freezeAt = new Date();
     let freeze: Awaited<ReturnType<typeof freezeWrites>>;
     let lsn: string;
     try {
@@ -169,6 +180,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
       lsn = await currentLsn(ctx.target);
     } catch (err) {
       await unfreezeWrites(ctx.target).catch(() => {});
+      await forget();
       throw new RollbackFailedError(
         `the write freeze of the target failed; the target was unfrozen and the application stays on it: ${errorMessage(err)}`,
         {
@@ -180,6 +192,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
     }
     if (!(await waitConfirmed(ctx.target, n.reverseSlot, lsn, ctx.config.drainTimeoutMs))) {
       await unfreezeWrites(ctx.target);
+      await forget();
       throw new DrainTimeoutError(
         `the source did not confirm ${lsn} from the reverse stream within ${ctx.config.drainTimeoutMs} ms; the target was unfrozen`,
         {
@@ -195,6 +208,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
         .catch(() => {});
       await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} ENABLE`).catch(() => {});
       await unfreezeWrites(ctx.target).catch(() => {});
+      await forget();
       return new RollbackFailedError(
         `${what}; the rollback was undone: the application stays on the target, which takes writes again, and reverse replication goes on: ${errorMessage(err)}`,
         {

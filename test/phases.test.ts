@@ -573,7 +573,18 @@ describe('schema, roles and verification', () => {
       expect((await advance(rt, m.id, { cutover: 'manual' })).status).toBe('awaiting-cutover');
       // The restore gave public the source's comment; the rollback gives back the target's everything.
       expect((await shape())[0]?.comment).toBe("the source's");
-      expect((await rollbackMigration(rt, m.id)).status).toBe('rolled-back');
+      // Someone's schema and extension, made on the target meanwhile, are not pgferry's to drop.
+      await pair.target(
+        'CREATE SCHEMA reporting; CREATE TABLE reporting.kpis (x int); CREATE EXTENSION pg_trgm SCHEMA reporting',
+      );
+      const rolled = await rollbackMigration(rt, m.id);
+      expect(rolled.status).toBe('rolled-back');
+      expect(rolled.phases.rollback?.summary).toContain(
+        "kept schema reporting (created on the target since the migration began; not pgferry's); extension pg_trgm (created",
+      );
+      expect(await pair.target("SELECT to_regclass('reporting.kpis')::text AS t")).toEqual([{ t: 'reporting.kpis' }]);
+      expect(await pair.target("SELECT to_regclass('public.orders')::text AS t")).toEqual([{ t: null }]);
+      await pair.target('DROP SCHEMA reporting CASCADE'); // its extension with it
       expect(await shape()).toEqual(before);
       expect(await pair.target("SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = 'pgferry'")).toEqual([
         { n: 0 },

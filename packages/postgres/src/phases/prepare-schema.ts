@@ -75,10 +75,12 @@ async function ensureMarker(ctx: PhaseContext) {
   await ctx.target.query(
     `CREATE TABLE IF NOT EXISTS ${table} (
        id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(),
-       pre_data_at timestamptz, post_data_at timestamptz, public_schema jsonb)`,
+       pre_data_at timestamptz, post_data_at timestamptz, public_schema jsonb, restored jsonb)`,
   );
-  // A marker table made by an earlier pgferry lacks the column.
-  await ctx.target.query(`ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS public_schema jsonb`);
+  // A marker table made by an earlier pgferry lacks the columns.
+  await ctx.target.query(
+    `ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS public_schema jsonb, ADD COLUMN IF NOT EXISTS restored jsonb`,
+  );
   await ctx.target.query(
     `INSERT INTO ${table} (id, public_schema)
      SELECT $1, coalesce((SELECT jsonb_build_object('exists', true, 'owner', pg_get_userbyid(n.nspowner),
@@ -333,7 +335,13 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   await ensureMarker(ctx);
   if (!landed) await restore(ctx, file, 'pre-data', 1);
   await ctx.target.query(
-    `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET pre_data_at = now() WHERE id = $1`,
+    // The schemas and extensions the restore made (the target was empty): the only ones a rollback drops.
+    `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET pre_data_at = now(), restored = jsonb_build_object(
+       'schemas', (SELECT coalesce(jsonb_agg(nspname), '[]') FROM pg_namespace
+                    WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public', 'pgferry')
+                      AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'),
+       'extensions', (SELECT coalesce(jsonb_agg(extname), '[]') FROM pg_extension WHERE extname <> 'plpgsql'))
+     WHERE id = $1`,
     [ctx.config.id],
   );
   return `schema restored${roles.length ? `; roles created without passwords: ${roles.join(', ')}` : ''}`;

@@ -14,36 +14,56 @@ import { readSwitchFile, switchConnection } from '../switch';
 import type { PhaseContext } from './context';
 
 /** Drop what the schema restore created on the target, only if pgferry's marker says it made it. */
-async function dropLoadedSchema(ctx: PhaseContext): Promise<boolean> {
+async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kept: string[] }> {
   const n = objectNames(ctx.config.id);
   const { t } = await ctx.target.one<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [
     `${n.markerSchema}.migration`,
   ]);
-  if (!t) return false;
+  if (!t) return { ours: false, kept: [] };
   // (A marker table of an earlier pgferry has no public_schema: to_jsonb of the row reads it as absent.)
-  const [mine] = await ctx.target.query<{ public_schema: PublicSchema | null }>(
-    `SELECT to_jsonb(m) -> 'public_schema' AS public_schema FROM ${ident(n.markerSchema)}.migration m WHERE id = $1`,
+  const [mine] = await ctx.target.query<{
+    public_schema: PublicSchema | null;
+    restored: { schemas: string[]; extensions: string[] } | null;
+  }>(
+    `SELECT to_jsonb(m) -> 'public_schema' AS public_schema, to_jsonb(m) -> 'restored' AS restored
+       FROM ${ident(n.markerSchema)}.migration m WHERE id = $1`,
     [ctx.config.id],
   );
-  if (!mine) return false;
-  // The target was empty when assessed (a blocker otherwise), so every user object in it is ours.
-  const schemas = await ctx.target.query<{ nspname: string }>(
-    `SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
-        AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'`,
+  if (!mine) return { ours: false, kept: [] };
+  // The target was empty when assessed (a blocker otherwise). The schemas and extensions the restore
+  // made are recorded; one someone created since is not pgferry's to drop, and is named instead.
+  // (A marker of an earlier pgferry recorded nothing: everything on the target counts as its own.)
+  const schemas = (
+    await ctx.target.query<{ nspname: string }>(
+      `SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
+          AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'`,
+    )
+  )
+    .map((r) => r.nspname)
+    .filter((x) => x !== n.markerSchema); // the marker goes last: a rollback stopped half way finds it
+  const extRows = await ctx.target.query<{ extname: string; schema: string }>(
+    "SELECT extname, extnamespace::regnamespace::text AS schema FROM pg_extension WHERE extname <> 'plpgsql'",
   );
-  // The marker goes last: a rollback stopped half way finds it and does the rest.
-  for (const s of schemas.filter((x) => x.nspname !== n.markerSchema))
-    await ctx.target.query(`DROP SCHEMA ${ident(s.nspname)} CASCADE`);
-  const exts = await ctx.target.query<{ extname: string }>(
-    "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql'",
-  );
-  for (const e of exts) await ctx.target.query(`DROP EXTENSION IF EXISTS ${ident(e.extname)} CASCADE`);
+  const exts = extRows.map((r) => r.extname);
+  const restored = mine.restored;
+  const keptSchemas = schemas.filter((x) => restored && !restored.schemas.includes(x));
+  // An extension someone created in a schema that goes (public, or one the restore made) goes with it.
+  const kept = [
+    ...keptSchemas.map((x) => `schema ${x}`),
+    ...extRows
+      .filter((x) => restored && !restored.extensions.includes(x.extname) && keptSchemas.includes(x.schema))
+      .map((x) => `extension ${x.extname}`),
+  ];
+  for (const s of schemas.filter((x) => !restored || restored.schemas.includes(x)))
+    await ctx.target.query(`DROP SCHEMA ${ident(s)} CASCADE`);
+  for (const e of exts.filter((x) => !restored || restored.extensions.includes(x)))
+    await ctx.target.query(`DROP EXTENSION IF EXISTS ${ident(e)} CASCADE`);
   const major = (await ctx.target.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v"))
     .v;
   await ctx.target.query('DROP SCHEMA IF EXISTS public CASCADE');
   await restorePublicSchema(ctx, mine.public_schema, major);
   await ctx.target.query(`DROP SCHEMA IF EXISTS ${ident(n.markerSchema)} CASCADE`);
-  return true;
+  return { ours: true, kept };
 }
 
 /** What the target's schema `public` was like before pgferry restored into it (see ensureMarker). */
@@ -99,12 +119,16 @@ async function beforeCutover(ctx: PhaseContext): Promise<string> {
     await unfreezeWrites(ctx.source);
     done.push('source unfrozen');
   }
-  const ours = await dropLoadedSchema(ctx);
-  if (ours) done.push('schema and data loaded on the target');
-  const roles = await dropCreatedRoles(ctx, ours);
+  const loaded = await dropLoadedSchema(ctx);
+  if (loaded.ours) done.push('schema and data loaded on the target');
+  const roles = await dropCreatedRoles(ctx, loaded.ours);
   if (roles.dropped.length) done.push(`target roles ${roles.dropped.join(', ')}`);
   const summary = done.length ? `removed ${done.join(', ')}` : 'nothing to remove';
-  return roles.kept.length ? `${summary}; kept ${roles.kept.join('; ')}` : summary;
+  const kept = [
+    ...loaded.kept.map((k) => `${k} (created on the target since the migration began; not pgferry's)`),
+    ...roles.kept,
+  ];
+  return kept.length ? `${summary}; kept ${kept.join('; ')}` : summary;
 }
 
 /**

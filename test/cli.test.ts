@@ -1,5 +1,5 @@
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -88,6 +88,8 @@ describe('pgferry CLI', () => {
     expect(r.stdout + r.stderr).not.toContain('wrong-secret-123');
     expect(r.stdout + r.stderr).not.toContain(pair.sourceServer.password);
     await nothingLeft(pair);
+    // No migration was recorded that could be neither resumed nor removed.
+    expect(existsSync(join(cwd!, '.pgferry')) ? readdirSync(join(cwd!, '.pgferry')) : []).toEqual([]);
   });
 
   it('refuses a non-empty target before creating anything', async () => {

@@ -91,7 +91,7 @@ disk) and say which command puts it right. --offline shows only the recorded sta
   cleanup:
     'Usage: pgferry cleanup --id ID [--force] [--json]\n\n--force cleans up a migration that is still replicating (it stops replication).',
   resume:
-    'Usage: pgferry resume --id ID [--json]\n\nContinues from the last recorded step; cuts over only if the migration was started with --cutover auto.',
+    'Usage: pgferry resume --id ID [--report PATH] [--json]\n\nContinues from the last recorded step; cuts over only if the migration was started with --cutover auto.\n--report PATH writes the final state as JSON (default: the path given to migrate).',
   demo: 'Usage: pgferry demo [--target-version 15|16|17] [--rows N]\n\nStarts a source (PostgreSQL 15) and a target server, runs a live writer, migrates with automatic cutover.',
 };
 
@@ -120,6 +120,11 @@ function int(value: string | undefined, field: string): number | undefined {
   if (value === undefined) return undefined;
   if (!/^\d+$/.test(value)) throw new InvalidInputError(`${field} must be a whole number (got "${value}")`, { field });
   return Number(value);
+}
+
+function demoVersion(v: number): 15 | 16 | 17 {
+  if (v === 15 || v === 16 || v === 17) return v;
+  throw new InvalidInputError(`--target-version must be 15, 16 or 17 (got ${v})`, { field: '--target-version' });
 }
 
 function need(value: string | undefined, field: string, command: string): string {
@@ -274,7 +279,7 @@ export async function main(argv: string[]): Promise<number> {
             );
           }
           const ok = await confirm(
-            `Migrate ${redactUrl(String(values.source))} → ${redactUrl(String(values.target))}? This creates a publication and a replication slot on the source and loads the target.`,
+            `Migrate ${redactUrl(String(input.sourceUrl))} → ${redactUrl(String(input.targetUrl))}? This creates a publication and a replication slot on the source and loads the target.`,
           );
           if (!ok) return EXIT_CODES.failed;
         }
@@ -337,7 +342,7 @@ export async function main(argv: string[]): Promise<number> {
       case 'demo': {
         const { runDemo } = await import('./demo');
         return await runDemo({
-          targetVersion: (int(values['target-version'], '--target-version') ?? 17) as 15 | 16 | 17,
+          targetVersion: demoVersion(int(values['target-version'], '--target-version') ?? 17),
           rows: int(values.rows, '--rows') ?? 20_000,
           out,
         });

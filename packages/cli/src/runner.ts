@@ -67,6 +67,15 @@ export interface Runtime {
 /** A new migration's state: config with redacted URLs; the real ones go to the secret store. */
 export async function createMigration(rt: Runtime, input: unknown): Promise<MigrationState> {
   const config = parseMigrationConfig(input);
+  // Both servers must answer before anything is recorded: a wrong password or host leaves no
+  // migration behind that could be neither resumed nor removed.
+  for (const [side, url] of [
+    ['source', config.sourceUrl],
+    ['target', config.targetUrl],
+  ] as const) {
+    const db = await connect(url, { side, applicationName: objectNames(config.id).applicationName, max: 1 });
+    await db.end();
+  }
   const now = new Date().toISOString();
   const state: MigrationState = {
     id: config.id,

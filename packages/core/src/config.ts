@@ -87,7 +87,7 @@ export const migrationConfigSchema = z
       .string()
       .regex(
         MIGRATION_ID,
-        'id must be 1-24 characters of a-z, 0-9 and _, starting with a letter (object names derive from it)',
+        '--id must be 1-24 characters of a-z, 0-9 and _, starting with a letter (object names derive from it)',
       ),
     sourceUrl: postgresUrl('--source'),
     targetUrl: postgresUrl('--target'),

@@ -2,6 +2,7 @@ import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
 import { frozen, loadSample } from './harness/migration';
@@ -259,7 +260,18 @@ describe('pgferry CLI', () => {
     );
     expect(status.stdout).toContain('ATTENTION: no pgferry process is connected to either server');
     expect((await pgferry(['status', '--id', 'killed', '--offline'])).stdout).not.toContain('ATTENTION');
+    // A pg_restore outlives a kill -9 of pgferry: such a session, still at work, is ended before the resume loads again.
+    const orphan = new pg.Client({ connectionString: pair.targetUrl, application_name: 'pgferry:killed:pg_restore' });
+    orphan.on('error', () => {});
+    await orphan.connect();
+    const sleeping = orphan.query('SELECT pg_sleep(60)').then(
+      () => 'finished',
+      () => 'ended',
+    );
     const resumed = await pgferry(['resume', '--id', 'killed']);
+    expect(await sleeping).toBe('ended');
+    await orphan.end().catch(() => {});
+    expect(resumed.stdout).toContain('ended 1 session(s) on the target left by a pgferry process that is gone');
     expect(resumed.code).toBe(0);
     expect(resumed.stdout).toContain('Caught up and replicating');
     for (const t of ['customers', 'orders', 'invoices', 'events', 'audit_log']) {

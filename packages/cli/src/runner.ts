@@ -34,6 +34,7 @@ import {
   connect,
   cutover,
   type Db,
+  endOrphanSessions,
   inspectApplicationName,
   inspectSide,
   isFrozen,
@@ -282,6 +283,7 @@ async function advanceClaimed(rt: Runtime, id: string, options: AdvanceOptions):
   const session = await openSession(rt, id);
   const { ctx } = session;
   try {
+    await endOrphans(rt, ctx);
     await ctx.update((s) => {
       s.status = 'running';
       s.failure = undefined;
@@ -440,9 +442,18 @@ export function rollbackMigration(rt: Runtime, id: string): Promise<MigrationSta
   });
 }
 
+/** Sessions a dead pgferry process left behind (an orphaned pg_restore) are ended before anything runs. */
+async function endOrphans(rt: Runtime, ctx: PhaseContext) {
+  for (const db of [ctx.source, ctx.target]) {
+    const n = await endOrphanSessions(db, ctx.config.id);
+    if (n) rt.events.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
+  }
+}
+
 async function rollbackClaimed(rt: Runtime, id: string): Promise<MigrationState> {
   const session = await openSession(rt, id);
   try {
+    await endOrphans(rt, session.ctx);
     await runPhase(rt, session.ctx, 'rollback', rollback);
     await session.ctx.update((s) => {
       s.status = 'rolled-back';

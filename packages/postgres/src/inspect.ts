@@ -51,6 +51,23 @@ export interface LiveStatus {
 /** application_name of the sessions `inspectSide` itself opens (not counted as a pgferry process). */
 export const inspectApplicationName = (id: string) => `${objectNames(id).applicationName}:status`;
 
+/**
+ * End the sessions a pgferry process that is gone left working on migration `id`: pg_restore and
+ * pg_dump outlive a `kill -9` of their parent and would go on writing into tables a resume truncates
+ * and loads again. Only for a command holding the migration's claim (no other pgferry process works
+ * on it then); `status` sessions are spared. Returns how many were ended.
+ */
+export async function endOrphanSessions(db: Db, id: string): Promise<number> {
+  const app = objectNames(id).applicationName;
+  const rows = await db.query<{ ok: boolean }>(
+    `SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity
+      WHERE pid <> pg_backend_pid() AND application_name <> $2
+        AND left(application_name, length($1) + 1) = $1 || ':'`,
+    [app, inspectApplicationName(id)],
+  );
+  return rows.filter((r) => r.ok).length;
+}
+
 /** One side's objects of migration `id` and whether a pgferry process has sessions there. */
 export async function inspectSide(db: Db, id: string): Promise<SideLive> {
   const names = objectNames(id);

@@ -73,6 +73,10 @@ describe('pgferry CLI', () => {
 
   it('rejects an unknown flag and a missing --yes without a terminal', async () => {
     expect((await pgferry(['migrate', '--sorce', 'x'])).code).toBe(2);
+    // A real option on the wrong command is not ignored either.
+    const misplaced = await pgferry(['status', '--jobs', '3']);
+    expect(misplaced.code).toBe(2);
+    expect(misplaced.stderr).toContain('--jobs does not apply to pgferry status');
     pair = await freshPair(15, 'cliyes');
     const r = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl]);
     expect(r.code).toBe(2);

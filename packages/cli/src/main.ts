@@ -116,6 +116,45 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+/** The options each command takes, besides the global ones (--state-dir, --json, --help). */
+const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
+  assess: ['source', 'target'],
+  migrate: [
+    'source',
+    'target',
+    'strategy',
+    'jobs',
+    'cutover',
+    'max-lag-ms',
+    'switch-file',
+    'on-switch',
+    'report',
+    'id',
+    'yes',
+  ],
+  status: ['id', 'offline'],
+  cutover: ['id', 'report'],
+  rollback: ['id'],
+  cleanup: ['id', 'force'],
+  resume: ['id', 'report'],
+  demo: ['target-version', 'rows'],
+};
+const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
+
+/** An option the command does not take is an error, not silently ignored (`status --jobs 3`). */
+function checkOptions(command: string, values: Record<string, unknown>) {
+  const allowed = COMMAND_OPTIONS[command];
+  if (!allowed) return; // an unknown command is named as such below
+  for (const [name, value] of Object.entries(values)) {
+    if (value === undefined || GLOBAL_OPTIONS.includes(name as keyof typeof OPTIONS)) continue;
+    if (!allowed.includes(name as keyof typeof OPTIONS))
+      throw new InvalidInputError(`--${name} does not apply to pgferry ${command}`, {
+        field: `--${name}`,
+        hint: `pgferry ${command} --help lists its options`,
+      });
+  }
+}
+
 function int(value: string | undefined, field: string): number | undefined {
   if (value === undefined) return undefined;
   if (!/^\d+$/.test(value)) throw new InvalidInputError(`${field} must be a whole number (got "${value}")`, { field });
@@ -230,6 +269,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(`${HELP[command ?? 'main'] ?? HELP.main}\n`);
       return command || values.help ? EXIT_CODES.ok : EXIT_CODES.invalidInput;
     }
+    checkOptions(command, values);
     if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup'].includes(command)) handleInterrupts();
     const stateDir = resolve(values['state-dir'] ?? '.pgferry');
     const rt: Runtime = { store: new FileMigrationStore(stateDir), stateDir, events: out };

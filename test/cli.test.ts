@@ -463,6 +463,42 @@ describe('pgferry CLI', () => {
     expect(await frozen(pair, 'target')).toBe(true);
   });
 
+  it('takes new credentials for the same servers after a password rotation, and refuses other servers', async () => {
+    pair = await freshPair(15, 'clirotate');
+    await loadSample(pair, 100);
+    const role = `rot_${pair.targetDb.slice(-8)}`;
+    await pair.target(`CREATE ROLE ${role} LOGIN SUPERUSER PASSWORD 'old-pw-1'`);
+    const as = (pw: string) => pair!.targetUrl.replace(/\/\/[^@]*@/, `//${role}:${pw}@`);
+    try {
+      expect(
+        (await pgferry(['migrate', '--source', pair.sourceUrl, '--target', as('old-pw-1'), '--id', 'rot', '--yes']))
+          .code,
+      ).toBe(0);
+      await pair.target(`ALTER ROLE ${role} PASSWORD 'new-pw-2'`);
+      const stale = await pgferry(['status', '--id', 'rot']);
+      expect(stale.stdout).toContain('ATTENTION: could not check the target: the target rejected the password');
+      // Another database is not a new password: refused, nothing changed.
+      const other = await pgferry([
+        'rollback',
+        '--id',
+        'rot',
+        '--target',
+        as('new-pw-2').replace(pair.targetDb, 'postgres'),
+      ]);
+      expect(other.code).toBe(2);
+      expect(other.stderr).toContain('--target may only bring new credentials');
+      const rolled = await pgferry(['rollback', '--id', 'rot', '--target', as('new-pw-2')]);
+      expect(rolled.code).toBe(0);
+      expect(rolled.stdout + rolled.stderr).not.toContain('new-pw-2');
+      expect(readFileSync(join(cwd!, '.pgferry', 'rot.secrets.json'), 'utf8')).toContain('new-pw-2');
+      await nothingLeft(pair);
+    } finally {
+      await pair.drop();
+      const { sql } = await import('./harness/pairs');
+      await sql(serverUrl(pair.targetServer), `DROP ROLE IF EXISTS ${role}`);
+    }
+  });
+
   it.each([
     ['SIGINT', 130],
     ['SIGTERM', 143],

@@ -28,8 +28,13 @@ import {
   inspectMigration,
   type Runtime,
   rollbackMigration,
+  useCredentials,
 } from './runner';
 import { FileMigrationStore } from './store';
+
+/** The --source/--target of commands on a stored migration. */
+const CREDENTIALS = `--source URL, --target URL  new credentials (a rotated password) for the same user, server and
+                            database as the migration uses; they replace the stored ones`;
 
 const HELP: Record<string, string> = {
   main: `pgferry — move a live PostgreSQL database to another server (Amazon RDS) with zero downtime
@@ -78,20 +83,29 @@ Reads the source (and target) and reports blockers and warnings. Creates nothing
   --id ID               migration id (default generated); object names derive from it
   --yes                 do not ask for confirmation (required when stdin is not a terminal)
   --json                JSON lines on stdout`,
-  status: `Usage: pgferry status [--id ID] [--offline] [--json]
+  status: `Usage: pgferry status [--id ID] [--offline] [--source URL] [--target URL] [--json]
 
 Without --id, lists the migrations in the state directory. With --id, shows one migration's recorded
 state, then checks both servers (read-only): its replication slots and the WAL they retain, publications,
 subscriptions and their apply workers, whether a database is read-only, and whether a pgferry process is
 connected. Lines marked ATTENTION need someone (a slot nobody reads after a crash fills the source's
-disk) and say which command puts it right. --offline shows only the recorded state.`,
-  cutover:
-    'Usage: pgferry cutover --id ID [--report PATH] [--json]\n\nWaits for the cutover gate, freezes writes, drains, switches, verifies.',
-  rollback: 'Usage: pgferry rollback --id ID [--json]',
-  cleanup:
-    'Usage: pgferry cleanup --id ID [--force] [--json]\n\n--force cleans up a migration that is still replicating (it stops replication).',
-  resume:
-    'Usage: pgferry resume --id ID [--report PATH] [--json]\n\nContinues from the last recorded step; cuts over only if the migration was started with --cutover auto.\n--report PATH writes the final state as JSON (default: the path given to migrate).',
+disk) and say which command puts it right. --offline shows only the recorded state.
+${CREDENTIALS}`,
+  cutover: `Usage: pgferry cutover --id ID [--report PATH] [--source URL] [--target URL] [--json]
+
+Waits for the cutover gate, freezes writes, drains, switches, verifies.
+${CREDENTIALS}`,
+  rollback: `Usage: pgferry rollback --id ID [--source URL] [--target URL] [--json]
+${CREDENTIALS}`,
+  cleanup: `Usage: pgferry cleanup --id ID [--force] [--source URL] [--target URL] [--json]
+
+--force cleans up a migration that is still replicating (it stops replication).
+${CREDENTIALS}`,
+  resume: `Usage: pgferry resume --id ID [--report PATH] [--source URL] [--target URL] [--json]
+
+Continues from the last recorded step; cuts over only if the migration was started with --cutover auto.
+--report PATH writes the final state as JSON (default: the path given to migrate).
+${CREDENTIALS}`,
   demo: 'Usage: pgferry demo [--target-version 15|16|17] [--rows N]\n\nStarts a source (PostgreSQL 15) and a target server, runs a live writer, migrates with automatic cutover.',
 };
 
@@ -132,11 +146,11 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'id',
     'yes',
   ],
-  status: ['id', 'offline'],
-  cutover: ['id', 'report'],
-  rollback: ['id'],
-  cleanup: ['id', 'force'],
-  resume: ['id', 'report'],
+  status: ['id', 'offline', 'source', 'target'],
+  cutover: ['id', 'report', 'source', 'target'],
+  rollback: ['id', 'source', 'target'],
+  cleanup: ['id', 'force', 'source', 'target'],
+  resume: ['id', 'report', 'source', 'target'],
   demo: ['target-version', 'rows'],
 };
 const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
@@ -273,6 +287,9 @@ export async function main(argv: string[]): Promise<number> {
     if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup'].includes(command)) handleInterrupts();
     const stateDir = resolve(values['state-dir'] ?? '.pgferry');
     const rt: Runtime = { store: new FileMigrationStore(stateDir), stateDir, events: out };
+    // A stored migration's commands take --source/--target only to bring new credentials (a rotated password).
+    if (command !== 'migrate' && command !== 'assess' && values.id && (values.source || values.target))
+      await useCredentials(rt, values.id, { sourceUrl: values.source, targetUrl: values.target });
 
     switch (command) {
       case 'assess': {

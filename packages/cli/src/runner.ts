@@ -94,6 +94,48 @@ export async function createMigration(rt: Runtime, input: unknown): Promise<Migr
 }
 
 /**
+ * New credentials for a stored migration's servers (a password rotated during a long migration):
+ * each URL must name the same host, port, database and user as before, and must connect.
+ */
+export async function useCredentials(
+  rt: Runtime,
+  id: string,
+  urls: { sourceUrl?: string; targetUrl?: string },
+): Promise<void> {
+  if (!urls.sourceUrl && !urls.targetUrl) return;
+  const secrets = await rt.store.secrets(id);
+  const identity = (url: string, field: string) => {
+    try {
+      const u = new URL(url);
+      return `${u.username}@${u.hostname}:${u.port || '5432'}${u.pathname}`;
+    } catch {
+      throw new InvalidInputError(`${field} is not a postgres:// URL`, { field });
+    }
+  };
+  const next = { ...secrets };
+  for (const [key, field, side] of [
+    ['sourceUrl', '--source', 'source'],
+    ['targetUrl', '--target', 'target'],
+  ] as const) {
+    const url = urls[key];
+    if (!url) continue;
+    if (identity(url, field) !== identity(secrets[key], field))
+      throw new InvalidInputError(
+        `${field} names ${redactUrl(identity(url, field))}, but migration ${id} uses ${redactUrl(identity(secrets[key], field))}`,
+        {
+          field,
+          hint: `${field} may only bring new credentials (a rotated password) for the same user, server and database`,
+        },
+      );
+    const db = await connect(url, { side, applicationName: objectNames(id).applicationName, max: 1 });
+    await db.end();
+    next[key] = url;
+  }
+  if (!rt.store.updateSecrets) throw new PgferryError('this state store cannot change credentials');
+  await rt.store.updateSecrets(id, next);
+}
+
+/**
  * What is live on both servers for a stored migration (`pgferry status`): each side is checked on its
  * own, with short timeouts, so an unreachable one is reported rather than fatal. Only reads.
  */

@@ -133,6 +133,12 @@ export class FileMigrationStore implements MigrationStore {
     };
   }
 
+  /** Replace a migration's connection secrets (new passwords for the same servers). */
+  async updateSecrets(id: string, secrets: MigrationSecrets): Promise<void> {
+    await this.get(id);
+    await this.withLock(id, () => this.atomicWrite(this.secretsFile(id), JSON.stringify(secrets), 0o600));
+  }
+
   async get(id: string): Promise<MigrationState> {
     try {
       return JSON.parse(await readFile(this.file(id), 'utf8')) as MigrationState;

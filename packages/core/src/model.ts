@@ -119,6 +119,8 @@ export interface MigrationStore {
   /** Write `state` if the stored version is still `state.version`; returns the stored state (version + 1). */
   put(state: MigrationState): Promise<MigrationState>;
   list(): Promise<MigrationState[]>;
+  /** Replace a migration's connection secrets (new passwords for the same servers). */
+  updateSecrets?(id: string, secrets: MigrationSecrets): Promise<void>;
   /** Claim a migration for one command at a time; resolves with the release (see FileMigrationStore). */
   claim?(id: string): Promise<() => Promise<void>>;
 }

@@ -8,6 +8,7 @@ import {
   freezeHazards,
   freezeWrites,
   isFrozen,
+  unappliedChanges,
   unfreezeWrites,
   writesSince,
 } from '../packages/postgres/src/index';
@@ -130,6 +131,24 @@ describe('write freeze', () => {
       await db?.end();
       db = undefined;
       await server.stop();
+    }
+  });
+
+  it('counts the changes to published tables a disabled subscriber has not applied, without consuming them', async () => {
+    pair = await freshPair(15, 'unapplied');
+    await pair.source('CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)');
+    await pair.source('CREATE PUBLICATION unapplied_pub FOR TABLE t');
+    const slot = `unapplied_${pair.sourceDb.slice(-8)}`;
+    await pair.source("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [slot]);
+    db = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
+    try {
+      expect(await unappliedChanges(db, slot, 'unapplied_pub')).toBe(0);
+      await pair.source('INSERT INTO t VALUES (1), (2); INSERT INTO other VALUES (1)'); // other is not published
+      await pair.source('UPDATE t SET id = 3 WHERE id = 2');
+      expect(await unappliedChanges(db, slot, 'unapplied_pub')).toBe(3);
+      expect(await unappliedChanges(db, slot, 'unapplied_pub')).toBe(3); // a peek: still there
+    } finally {
+      await pair.source('SELECT pg_drop_replication_slot($1)', [slot]);
     }
   });
 });

@@ -231,3 +231,28 @@ export async function dropPublication(db: Db, name: string): Promise<boolean> {
   await db.query(`DROP PUBLICATION ${ident(name)}`);
   return true;
 }
+
+/**
+ * Changes to published tables in `slot` past what its subscriber confirmed, read without consuming
+ * them (peek). The subscription must be disabled: its walsender lets go of the slot within moments.
+ */
+export async function unappliedChanges(source: Db, slot: string, publication: string): Promise<number> {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    try {
+      // pgoutput messages: Insert, Update, Delete, Truncate (Begin/Commit/Relation do not count).
+      const { n } = await source.one<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+                'proto_version', '1', 'publication_names', $2)
+          WHERE get_byte(data, 0) IN (73, 85, 68, 84)`,
+        [slot, publication],
+      );
+      return n;
+    } catch (err) {
+      // 55006: the slot is still held by the walsender of the subscription just disabled.
+      const code = (err as { cause?: { code?: string } }).cause?.code;
+      if (code !== '55006' || Date.now() > deadline) throw err;
+      await sleep(2);
+    }
+  }
+}

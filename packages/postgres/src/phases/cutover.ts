@@ -20,6 +20,7 @@ import {
   publicationExists,
   slotExists,
   subscriptionExists,
+  unappliedChanges,
 } from '../replication';
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
@@ -174,6 +175,18 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       // Forward apply stops before the reverse slot exists, so nothing applied from the source echoes back.
       await ctx.target.query(`ALTER SUBSCRIPTION ${ident(n.subscription)} DISABLE`);
       step('stopForward');
+      // The last look: any change to a replicated table the target has not applied (a session that
+      // turned read-only off and wrote after the drain) would stay behind. Undone then, not lost.
+      const unapplied = await unappliedChanges(ctx.source, n.slot, n.publication);
+      if (unapplied > 0)
+        throw new CutoverFailedError(
+          `${unapplied} change(s) to replicated tables were committed on the source after the freeze and after the drain, by a session that turned default_transaction_read_only off`,
+          {
+            phase: 'cutover',
+            hint: 'find that writer in pg_stat_activity on the source and stop it (it ignores the freeze), then run `pgferry cutover` again',
+          },
+        );
+      step('lastLook');
       await createLogicalSlot(ctx.target, n.reverseSlot);
       step('reverseSlot');
       await createSubscription(

@@ -234,7 +234,7 @@ export async function dropPublication(db: Db, name: string): Promise<boolean> {
 
 /**
  * Changes to published tables in `slot` past what its subscriber confirmed, read without consuming
- * them (peek). The subscription must be disabled: its walsender lets go of the slot within moments.
+ * them (peek). The subscription must be disabled: the walsender still holding the slot is ended.
  */
 export async function unappliedChanges(source: Db, slot: string, publication: string): Promise<number> {
   const deadline = Date.now() + 5000;
@@ -249,9 +249,14 @@ export async function unappliedChanges(source: Db, slot: string, publication: st
       );
       return n;
     } catch (err) {
-      // 55006: the slot is still held by the walsender of the subscription just disabled.
+      // 55006: the slot is still held by the walsender of the subscription just disabled, which can take
+      // most of a second to notice: ended now (its subscriber is gone already).
       const code = (err as { cause?: { code?: string } }).cause?.code;
       if (code !== '55006' || Date.now() > deadline) throw err;
+      await source.query(
+        'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL',
+        [slot],
+      );
       await sleep(2);
     }
   }

@@ -375,6 +375,17 @@ async function advanceClaimed(rt: Runtime, id: string, options: AdvanceOptions):
   }
 }
 
+/** A failure that leaves the migration resumable: recorded, with everything it built kept. */
+function keepRunning(ctx: PhaseContext, failure: MigrationState['failure'], message: string) {
+  return ctx
+    .update((s) => {
+      s.status = 'running';
+      s.failure = failure;
+      s.events = [...s.events, { at: new Date().toISOString(), message }];
+    })
+    .catch(() => {});
+}
+
 /** Record the failure; before the switch, roll back so no slot or frozen source is left behind. */
 async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
   // A signal broke the phase (a killed pg_restore, a closed snapshot): the process is exiting, and a
@@ -402,16 +413,7 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
   }
   if (ctx.state.cutover?.switchStartedAt && !switched) {
     // The switch began (the switch file may already name the target): never rolled back; resume finishes it.
-    await ctx
-      .update((s) => {
-        s.status = 'running';
-        s.failure = failure;
-        s.events = [
-          ...s.events,
-          { at: new Date().toISOString(), message: `stopped while switching: ${failure.message}` },
-        ];
-      })
-      .catch(() => {});
+    await keepRunning(ctx, failure, `stopped while switching: ${failure.message}`);
     return;
   }
   // A cutover that failed before the switch undid itself (source writable, forward replication on):
@@ -433,16 +435,7 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
     // the cutover already unfroze the source): keep the loaded data and
     // the slot; the slot's WAL is bounded by the abort limit while pgferry runs and by
     // max_slot_wal_keep_size (which assessment asks for) while it does not.
-    await ctx
-      .update((s) => {
-        s.status = 'running';
-        s.failure = failure;
-        s.events = [
-          ...s.events,
-          { at: new Date().toISOString(), message: `stopped in ${PHASE_TITLES[phase]}: ${failure.message}` },
-        ];
-      })
-      .catch(() => {});
+    await keepRunning(ctx, failure, `stopped in ${PHASE_TITLES[phase]}: ${failure.message}`);
     return;
   }
   let undone = '';

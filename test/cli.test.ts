@@ -487,6 +487,9 @@ describe('pgferry CLI', () => {
       ]);
       expect(other.code).toBe(2);
       expect(other.stderr).toContain('--target may only bring new credentials');
+      // ...nor is one named by a parameter, as libpq reads it.
+      const viaParam = await pgferry(['rollback', '--id', 'rot', '--target', `${as('new-pw-2')}?dbname=postgres`]);
+      expect(viaParam.code).toBe(2);
       const rolled = await pgferry(['rollback', '--id', 'rot', '--target', as('new-pw-2')]);
       expect(rolled.code).toBe(0);
       expect(rolled.stdout + rolled.stderr).not.toContain('new-pw-2');
@@ -549,6 +552,8 @@ describe('pgferry CLI', () => {
     const resumed = await pgferry(['resume', '--id', 'kb']);
     expect(resumed.code).toBe(2);
     expect(resumed.stderr).toContain('pgferry rollback --id kb');
+    // Nor may a clean-up drop the reverse replication the unfinished rollback needs.
+    expect((await pgferry(['cleanup', '--id', 'kb'])).code).toBe(2);
     const again = await pgferry(['rollback', '--id', 'kb']);
     expect(again.code).toBe(0);
     expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.sourceUrl);

@@ -63,11 +63,22 @@ describe('write freeze', () => {
     await pair.source(`CREATE ROLE ${role} LOGIN PASSWORD 'pw'; GRANT ALL ON t TO ${role}`);
     try {
       expect(await freezeHazards(db)).toEqual([]);
+      // A role that cannot log in never opens a session; RDS's own rdsadmin carries this very setting.
+      await pair.source(`CREATE ROLE nologin_${role} NOLOGIN`);
+      await pair.source(`ALTER ROLE nologin_${role} SET default_transaction_read_only = off`);
+      expect(await freezeHazards(db)).toEqual([]);
+      await pair.source(`DROP ROLE nologin_${role}`);
+      await pair.source('CREATE ROLE rdsadmin LOGIN; ALTER ROLE rdsadmin SET default_transaction_read_only = off');
+      try {
+        expect(await freezeHazards(db)).toEqual([]);
+      } finally {
+        await pair.source('DROP ROLE rdsadmin');
+      }
       await pair.source(`ALTER ROLE ${role} IN DATABASE ${pair.sourceDb} SET default_transaction_read_only = off`);
       await pair.source("BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'pay-42'");
       const hazards = (await freezeHazards(db)).map((h) => h.message);
       expect(hazards).toEqual([
-        `role ${role} has its own default_transaction_read_only=off, which overrides the freeze: its sessions could write after it. For the cutover, run ALTER ROLE "${role}" IN DATABASE "${pair.sourceDb}" RESET default_transaction_read_only`,
+        `role ${role} has its own default_transaction_read_only=off, which overrides the freeze: its sessions could write after it. Until the migration is over, run ALTER ROLE "${role}" IN DATABASE "${pair.sourceDb}" RESET default_transaction_read_only`,
         expect.stringMatching(
           /^prepared transaction 'pay-42' \(owner postgres, prepared .*\) is open: a COMMIT PREPARED after the freeze would stay on the source; COMMIT PREPARED or ROLLBACK PREPARED it first$/,
         ),
@@ -147,6 +158,9 @@ describe('write freeze', () => {
       await pair.source('UPDATE t SET id = 3 WHERE id = 2');
       expect(await unappliedChanges(db, slot, 'unapplied_pub')).toBe(3);
       expect(await unappliedChanges(db, slot, 'unapplied_pub')).toBe(3); // a peek: still there
+      // Bounded (as inside the write gap): a look that would decode more than allowed is not taken.
+      expect(await unappliedChanges(db, slot, 'unapplied_pub', { maxDecodeBytes: 0 })).toBeUndefined();
+      expect(await unappliedChanges(db, slot, 'unapplied_pub', { maxDecodeBytes: 1 << 24, timeoutMs: 5000 })).toBe(3);
     } finally {
       await pair.source('SELECT pg_drop_replication_slot($1)', [slot]);
     }

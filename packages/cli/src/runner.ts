@@ -32,6 +32,7 @@ import {
   catchUp,
   cleanup,
   connect,
+  connectionSettings,
   cutover,
   type Db,
   endOrphanSessions,
@@ -104,10 +105,11 @@ export async function useCredentials(
 ): Promise<void> {
   if (!urls.sourceUrl && !urls.targetUrl) return;
   const secrets = await rt.store.secrets(id);
-  const identity = (url: string, field: string) => {
+  // As libpq reads the URL: ?dbname=, ?host=, ?user= override its other parts.
+  const identity = async (url: string, field: string) => {
     try {
-      const u = new URL(url);
-      return `${u.username}@${u.hostname}:${u.port || '5432'}${u.pathname}`;
+      const c = await connectionSettings(url);
+      return `${c.user ?? ''}@${c.host ?? ''}:${c.port ?? 5432}/${c.database ?? ''}`;
     } catch {
       throw new InvalidInputError(`${field} is not a postgres:// URL`, { field });
     }
@@ -119,14 +121,12 @@ export async function useCredentials(
   ] as const) {
     const url = urls[key];
     if (!url) continue;
-    if (identity(url, field) !== identity(secrets[key], field))
-      throw new InvalidInputError(
-        `${field} names ${redactUrl(identity(url, field))}, but migration ${id} uses ${redactUrl(identity(secrets[key], field))}`,
-        {
-          field,
-          hint: `${field} may only bring new credentials (a rotated password) for the same user, server and database`,
-        },
-      );
+    const [given, stored] = [await identity(url, field), await identity(secrets[key], field)];
+    if (given !== stored)
+      throw new InvalidInputError(`${field} names ${given}, but migration ${id} uses ${stored}`, {
+        field,
+        hint: `${field} may only bring new credentials (a rotated password) for the same user, server and database`,
+      });
     const db = await connect(url, { side, applicationName: objectNames(id).applicationName, max: 1 });
     await db.end();
     next[key] = url;
@@ -504,6 +504,17 @@ export function cleanupMigration(rt: Runtime, id: string, options: { force?: boo
 }
 
 async function cleanupClaimed(rt: Runtime, id: string, options: { force?: boolean }): Promise<MigrationState> {
+  const before = await rt.store.get(id);
+  // Cleaning up would drop the reverse replication an unfinished rollback needs, and leave the target frozen.
+  if (before.rollback?.freezeAt && !before.rollback.switchAt)
+    throw new InvalidInputError(
+      `a rollback of migration ${id} began at ${before.rollback.freezeAt} and did not finish`,
+      {
+        field: '--id',
+        migrationId: id,
+        hint: `run \`pgferry rollback --id ${id}\` to finish it first (the target is read-only until then)`,
+      },
+    );
   const session = await openSession(rt, id);
   try {
     const s = session.ctx.state;

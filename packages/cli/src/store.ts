@@ -106,6 +106,15 @@ export class FileMigrationStore implements MigrationStore {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const path = join(this.dir, `${id}.run`);
     const mine = JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() });
+    // Under the update lock, so that two commands finding the same dead claim cannot both take it over.
+    await this.withLock(id, () => this.takeClaim(id, path, mine));
+    return async () => {
+      const now = await readFile(path, 'utf8').catch(() => '');
+      if (now === mine) await rm(path, { force: true });
+    };
+  }
+
+  private async takeClaim(id: string, path: string, mine: string): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       try {
         await writeFile(path, mine, { flag: 'wx', mode: 0o600 });
@@ -127,10 +136,6 @@ export class FileMigrationStore implements MigrationStore {
         await rm(path, { force: true }); // its process is gone
       }
     }
-    return async () => {
-      const now = await readFile(path, 'utf8').catch(() => '');
-      if (now === mine) await rm(path, { force: true });
-    };
   }
 
   /** Replace a migration's connection secrets (new passwords for the same servers). */

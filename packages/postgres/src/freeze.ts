@@ -47,6 +47,9 @@ export async function freezeHazards(db: Db): Promise<FreezeHazard[]> {
     `SELECT r.rolname AS role, s.setdatabase = 0 AS everywhere, c AS setting
        FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole, unnest(s.setconfig) AS c
       WHERE s.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+        -- A role's setting applies to its own logins only; RDS's internal roles (rdsadmin carries this
+        -- very setting) are AWS's, and nobody else can change them.
+        AND r.rolcanlogin AND r.rolname !~ '^rds(admin|repladmin|topmgr)$'
         AND lower(c) LIKE 'default_transaction_read_only=%'
         AND lower(split_part(c, '=', 2)) NOT IN ('on', 'true', 'yes', '1', 't', 'y')
       ORDER BY 1`,
@@ -54,7 +57,7 @@ export async function freezeHazards(db: Db): Promise<FreezeHazard[]> {
   for (const r of roles)
     out.push({
       kind: 'role-setting',
-      message: `role ${r.role} has its own ${r.setting}, which overrides the freeze: its sessions could write after it. For the cutover, run ALTER ROLE ${ident(r.role)}${r.everywhere ? '' : ` IN DATABASE ${ident(db.database)}`} RESET default_transaction_read_only`,
+      message: `role ${r.role} has its own ${r.setting}, which overrides the freeze: its sessions could write after it. Until the migration is over, run ALTER ROLE ${ident(r.role)}${r.everywhere ? '' : ` IN DATABASE ${ident(db.database)}`} RESET default_transaction_read_only`,
     });
   for (const message of await preparedTransactions(db)) out.push({ kind: 'prepared-transaction', message });
   const { ok } = await db.one<{ ok: boolean }>(

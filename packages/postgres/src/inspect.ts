@@ -145,9 +145,12 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
   const names = objectNames(id);
   // Until the subscription exists nothing reads the slot: the copy is running, if its process is.
   const copying = working && !target.subscriptions.some((sub) => sub.name === names.subscription);
-  const next = switched
-    ? `\`pgferry resume --id ${id}\` (goes on), \`pgferry rollback --id ${id}\` (switches back) or \`pgferry cleanup --id ${id}\` (ends reverse replication)`
-    : `\`pgferry resume --id ${id}\` (goes on) or \`pgferry rollback --id ${id}\` (drops it)`;
+  const next =
+    !state.cutover?.switchAt && state.cutover?.switchStartedAt
+      ? `\`pgferry resume --id ${id}\` (finishes the switch)`
+      : switched
+        ? `\`pgferry resume --id ${id}\` (goes on), \`pgferry rollback --id ${id}\` (switches back) or \`pgferry cleanup --id ${id}\` (ends reverse replication)`
+        : `\`pgferry resume --id ${id}\` (goes on) or \`pgferry rollback --id ${id}\` (drops it)`;
   for (const side of [source, target]) {
     if (side.error) out.push(`could not check the ${side.side}: ${side.error}`);
     for (const slot of side.slots) {

@@ -235,23 +235,47 @@ export async function dropPublication(db: Db, name: string): Promise<boolean> {
 /**
  * Changes to published tables in `slot` past what its subscriber confirmed, read without consuming
  * them (peek). The subscription must be disabled: the walsender still holding the slot is ended.
+ * A peek decodes from the slot's restart point, which trails by up to ~15 s of WAL (more while a
+ * transaction stays open anywhere on the server): with `maxDecodeBytes` or `timeoutMs` set, a look
+ * that would take longer is not taken, and `undefined` says so.
  */
-export async function unappliedChanges(source: Db, slot: string, publication: string): Promise<number> {
+export async function unappliedChanges(
+  source: Db,
+  slot: string,
+  publication: string,
+  bounds: { maxDecodeBytes?: number; timeoutMs?: number } = {},
+): Promise<number | undefined> {
+  if (bounds.maxDecodeBytes !== undefined) {
+    const [row] = await source.query<{ behind: number }>(
+      'SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS behind FROM pg_replication_slots WHERE slot_name = $1',
+      [slot],
+    );
+    if (!row || row.behind > bounds.maxDecodeBytes) return undefined;
+  }
   const deadline = Date.now() + 5000;
   for (;;) {
     try {
-      // pgoutput messages: Insert, Update, Delete, Truncate (Begin/Commit/Relation do not count).
-      const { n } = await source.one<{ n: number }>(
-        `SELECT count(*)::int AS n FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
-                'proto_version', '1', 'publication_names', $2)
-          WHERE get_byte(data, 0) IN (73, 85, 68, 84)`,
-        [slot, publication],
-      );
-      return n;
+      return await source.withClient(async (c) => {
+        await c.query('BEGIN');
+        try {
+          if (bounds.timeoutMs) await c.query(`SET LOCAL statement_timeout = ${Math.round(bounds.timeoutMs)}`);
+          // pgoutput messages: Insert, Update, Delete, Truncate (Begin/Commit/Relation do not count).
+          const { rows } = await c.query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+                    'proto_version', '1', 'publication_names', $2)
+              WHERE get_byte(data, 0) IN (73, 85, 68, 84)`,
+            [slot, publication],
+          );
+          return rows[0]?.n ?? 0;
+        } finally {
+          await c.query('ROLLBACK').catch(() => {});
+        }
+      });
     } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === '57014') return undefined; // statement_timeout: it would have taken too long
       // 55006: the slot is still held by the walsender of the subscription just disabled, which can take
       // most of a second to notice: ended now (its subscriber is gone already).
-      const code = (err as { cause?: { code?: string } }).cause?.code;
       if (code !== '55006' || Date.now() > deadline) throw err;
       await source.query(
         'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1 AND active_pid IS NOT NULL',

@@ -49,6 +49,15 @@ describe('liveAttention', () => {
     ]);
   });
 
+  it('offers only resume while a switch that began is unfinished (rollback refuses then)', () => {
+    const mid = state({ phase: 'cutover', cutover: { switchStartedAt: '2026-11-26T00:00:00Z' } });
+    const a = liveAttention(mid, side('source', { frozen: true, slots: [slot('pgferry_m1', false)] }), side('target'));
+    expect(a).toEqual([
+      expect.stringMatching(/until `pgferry resume --id m1` \(finishes the switch\)$/),
+      expect.stringMatching(/^no pgferry process is connected/),
+    ]);
+  });
+
   it('says a slot that lost its WAL cannot replicate any more', () => {
     const a = liveAttention(state(), side('source', { slots: [slot('pgferry_m1', false, 'lost')] }), side('target'));
     expect(a[0]).toMatch(/has lost WAL it needed .* `pgferry rollback --id m1`, then migrate again$/);

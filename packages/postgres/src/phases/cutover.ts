@@ -6,7 +6,14 @@
  * A drain that times out unfreezes the source and hands back to catch-up.
  */
 import { performance } from 'node:perf_hooks';
-import { CutoverFailedError, DrainTimeoutError, errorMessage, FreezeFailedError, objectNames } from '@pgferry/core';
+import {
+  CutoverFailedError,
+  DrainTimeoutError,
+  errorMessage,
+  FreezeFailedError,
+  objectNames,
+  PgferryError,
+} from '@pgferry/core';
 import { listTables } from '../catalog';
 import { critical } from '../critical';
 import { type Db, ident } from '../db';
@@ -221,6 +228,8 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
         {
           cause: err,
           phase: 'cutover',
+          // What to do about it (the last look's writer, say) is the cause's to say.
+          hint: err instanceof PgferryError ? err.hint : undefined,
         },
       );
     }

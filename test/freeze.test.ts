@@ -161,6 +161,16 @@ describe('write freeze', () => {
       // Bounded (as inside the write gap): a look that would decode more than allowed is not taken.
       expect(await unappliedChanges(db, slot, 'unapplied_pub', { maxDecodeBytes: 0 })).toBeUndefined();
       expect(await unappliedChanges(db, slot, 'unapplied_pub', { maxDecodeBytes: 1 << 24, timeoutMs: 5000 })).toBe(3);
+      // A change a subscription applied (it carries a replication origin) is not the source's own.
+      await db.withClient(async (c) => {
+        await c.query(`SELECT pg_replication_origin_create('${slot}_origin')`);
+        await c.query(`SELECT pg_replication_origin_session_setup('${slot}_origin')`);
+        await c.query('INSERT INTO t VALUES (10)');
+        await c.query('SELECT pg_replication_origin_session_reset()');
+        await c.query(`SELECT pg_replication_origin_drop('${slot}_origin')`);
+      });
+      expect(await unappliedChanges(db, slot, 'unapplied_pub')).toBe(4);
+      expect(await unappliedChanges(db, slot, 'unapplied_pub', { excludeOrigins: true })).toBe(3);
     } finally {
       await pair.source('SELECT pg_drop_replication_slot($1)', [slot]);
     }

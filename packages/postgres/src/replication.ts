@@ -243,7 +243,7 @@ export async function unappliedChanges(
   source: Db,
   slot: string,
   publication: string,
-  bounds: { maxDecodeBytes?: number; timeoutMs?: number } = {},
+  bounds: { maxDecodeBytes?: number; timeoutMs?: number; excludeOrigins?: boolean } = {},
 ): Promise<number | undefined> {
   if (bounds.maxDecodeBytes !== undefined) {
     const [row] = await source.query<{ behind: number }>(
@@ -260,11 +260,15 @@ export async function unappliedChanges(
         try {
           if (bounds.timeoutMs) await c.query(`SET LOCAL statement_timeout = ${Math.round(bounds.timeoutMs)}`);
           // pgoutput messages: Insert, Update, Delete, Truncate (Begin/Commit/Relation do not count).
+          // With excludeOrigins, transactions that carry an Origin message (79: applied by a
+          // subscription, the reverse one after the switch) do not count either.
           const { rows } = await c.query<{ n: number }>(
-            `SELECT count(*)::int AS n FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
-                    'proto_version', '1', 'publication_names', $2)
-              WHERE get_byte(data, 0) IN (73, 85, 68, 84)`,
-            [slot, publication],
+            `WITH m AS MATERIALIZED (
+               SELECT xid, get_byte(data, 0) AS kind FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+                      'proto_version', '1', 'publication_names', $2))
+             SELECT count(*)::int AS n FROM m
+              WHERE kind IN (73, 85, 68, 84) AND NOT ($3 AND xid IN (SELECT xid FROM m WHERE kind = 79))`,
+            [slot, publication, !!bounds.excludeOrigins],
           );
           return rows[0]?.n ?? 0;
         } finally {

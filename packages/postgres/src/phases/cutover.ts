@@ -290,6 +290,19 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       s.warnings = [...(s.warnings ?? []), message];
     });
   }
+  // Before the forward slot goes: anything the target never got (a writer that ignored the freeze after
+  // the last look, or one a skipped look missed) exists on the source only. Said loudly, not lost quietly.
+  const late = await unappliedChanges(ctx.source, n.slot, n.publication, {
+    timeoutMs: 30_000,
+    excludeOrigins: true,
+  }).catch(() => undefined);
+  if (late) {
+    const message = `ATTENTION: ${late} change(s) to replicated tables committed on the source after the drain are not on the target: a writer ignored the freeze (turned default_transaction_read_only off). They exist on the source only; find them there before the source is retired`;
+    ctx.log(message);
+    await ctx.update((s) => {
+      s.warnings = [...(s.warnings ?? []), message];
+    });
+  }
   await finish(ctx);
   return `write gap ${record.writeGapMs} ms (drain ${Math.round(record.drainedMs)} ms); ${record.sessionsEnded} session(s) ended; ${record.sequencesSynced} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
 }

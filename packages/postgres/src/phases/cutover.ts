@@ -284,7 +284,8 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     });
   }
   if ((record.writesAfterFreeze ?? 0) > 0) {
-    const message = `${record.writesAfterFreeze} transaction(s) committed on the source after the freeze (a session that turned default_transaction_read_only off, or autovacuum); they were replicated before the switch`;
+    // (Transaction ids are server-wide: the count may include autovacuum and other databases' writes.)
+    const message = `${record.writesAfterFreeze} transaction(s) committed on the source server after the freeze (a session that turned default_transaction_read_only off, autovacuum, or a write to another database on that server); what they changed in this database was drained to the target before the switch`;
     ctx.log(`warning: ${message}`);
     await ctx.update((s) => {
       s.warnings = [...(s.warnings ?? []), message];

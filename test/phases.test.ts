@@ -237,6 +237,42 @@ describe('phases', () => {
     }
   });
 
+  it('copies values exactly whatever the source database sets for dates, floats, intervals and time zones', async () => {
+    const { pair, rt } = await setup('awkward', 10);
+    // Settings of the source database that change how values are written as text.
+    for (const setting of [
+      "datestyle = 'SQL, DMY'",
+      'extra_float_digits = 0',
+      "intervalstyle = 'sql_standard'",
+      "timezone = 'Asia/Kolkata'",
+    ])
+      await pair.source(`ALTER DATABASE ${pair.sourceDb} SET ${setting}`);
+    // The enum makes the table go as text; reg* and tsquery go as text whatever the table.
+    await pair.source(`CREATE TYPE mood AS ENUM ('ok', 'meh');
+      CREATE TABLE awkward (id int PRIMARY KEY, m mood, d date, ts timestamp, tz timestamptz, f8 float8, f4 float4,
+                            iv interval, rc regclass, rt regtype, q tsquery);
+      INSERT INTO awkward VALUES (1, 'ok', '2020-02-01', '2020-03-04 05:06', '2024-06-13 12:00+00', 0.30000000000000004,
+                                  3.4028235e+38, '-1 days -02:03:04', 'public.orders', 'public.mood', '');
+      CREATE TABLE plain (id int PRIMARY KEY, rc regclass, q tsquery);
+      INSERT INTO plain VALUES (1, 'public.customers', '');
+      CREATE SEQUENCE huge START 9007199254740990; SELECT nextval('huge') FROM generate_series(1, 4)`);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    const state = await advance(rt, m.id, { cutover: 'auto' });
+    expect(state.verify?.ok).toBe(true);
+    // ISO literals read the same under any DateStyle; float literals exactly.
+    expect(
+      await pair.target(`SELECT m = 'ok' AND d = '2020-02-01'::date AND ts = '2020-03-04 05:06'::timestamp
+          AND tz = '2024-06-13 12:00+00'::timestamptz AND f8 = 0.30000000000000004::float8 AND f4 = 3.4028235e+38::float4
+          AND iv = '-1 days -02:03:04'::interval AND rc = 'public.orders'::regclass AND rt = 'public.mood'::regtype
+          AND q = ''::tsquery AS same FROM awkward`),
+    ).toEqual([{ same: true }]);
+    expect(
+      await pair.target(`SELECT rc = 'public.customers'::regclass AND q = ''::tsquery AS same FROM plain`),
+    ).toEqual([{ same: true }]);
+    // A sequence past 2^53 is synced to the exact value.
+    expect(await pair.target('SELECT last_value::text AS v FROM huge')).toEqual([{ v: '9007199254740993' }]);
+  });
+
   it('migrates quoted and 63-character identifiers', async () => {
     pair = await freshPair(16, 'idents');
     rt = testRuntime();
@@ -598,11 +634,16 @@ describe('schema, roles and verification', () => {
 
   it('reports a row that differs between the sides by table and key range', async () => {
     const { pair, rt } = await setup('verify', 2000);
+    // Keys past 2^53, which a JS number would round (the range then missed every row).
+    await pair.source(
+      'CREATE TABLE big (id bigint PRIMARY KEY, v text); INSERT INTO big SELECT 1000000000000000000 + g, g::text FROM generate_series(1, 60) g',
+    );
     const m = await newMigration(rt, pair, { cutover: 'auto' });
     await advance(rt, m.id, { cutover: 'auto' });
     // Break the way back on purpose, then change one row on the target only.
     await pair.source(`ALTER SUBSCRIPTION pgferry_${m.id}_rev DISABLE`);
     await pair.target('UPDATE orders SET amount = amount + 1 WHERE id = 1234');
+    await pair.target("UPDATE big SET v = 'changed' WHERE id = 1000000000000000059");
     await pair.target('DELETE FROM audit_log WHERE ctid = (SELECT min(ctid) FROM audit_log)');
     const session = await openSession(rt, m.id);
     try {
@@ -614,6 +655,9 @@ describe('schema, roles and verification', () => {
       const [lo, hi] = (orders?.mismatchedRanges[0] ?? '').replace('id ', '').split('..').map(Number);
       expect(lo).toBeLessThanOrEqual(1234);
       expect(hi).toBeGreaterThanOrEqual(1234);
+      const big = result.tables.find((t) => t.table === 'public.big');
+      expect(big?.sourceRows).toBe(60);
+      expect(big?.mismatchedRanges).toEqual(['id 1000000000000000001..1000000000000000060']);
       const audit = result.tables.find((t) => t.table === 'public.audit_log');
       expect(audit?.targetRows).toBe((audit?.sourceRows ?? 0) - 1);
       expect(audit?.mismatchedRanges.length).toBeGreaterThan(0);
@@ -622,7 +666,7 @@ describe('schema, roles and verification', () => {
           .filter((t) => t.mismatchedRanges.length > 0)
           .map((t) => t.table)
           .sort(),
-      ).toEqual(['public.audit_log', 'public.orders']);
+      ).toEqual(['public.audit_log', 'public.big', 'public.orders']);
     } finally {
       await session.close();
     }

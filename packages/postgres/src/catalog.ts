@@ -124,7 +124,10 @@ export async function listTables(db: Db): Promise<TableInfo[]> {
             a.attgenerated <> '' AS generated, a.attidentity <> '' AS identity,
             -- binary COPY is safe for built-in types with send/receive functions; extension and
             -- user-defined types go as text so a differing binary layout on the target cannot bite.
-            (t.typsend <> 0 AND t.typreceive <> 0 AND bt.oid < 16384 AND t.typtype <> 'e') AS binary
+            -- The reg* types are OIDs in binary, which name other objects on the target: as text
+            -- they are names. tsquery's receive refuses an empty query its send writes.
+            (t.typsend <> 0 AND t.typreceive <> 0 AND bt.oid < 16384 AND t.typtype <> 'e'
+             AND bt.typname NOT LIKE 'reg%' AND bt.typname <> 'tsquery') AS binary
        FROM pg_attribute a
        JOIN pg_type t ON t.oid = a.atttypid
        JOIN pg_type bt ON bt.oid = CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
@@ -190,7 +193,8 @@ export function publishedTables(tables: TableInfo[]): TableInfo[] {
 export interface SequenceInfo {
   schema: string;
   name: string;
-  lastValue: number | null;
+  /** As text: a bigint past 2^53 does not survive a JS number. */
+  lastValue: string | null;
   isCalled: boolean;
   ownedBy?: string;
   /** The connecting role may read the sequence's value. */
@@ -213,10 +217,12 @@ export async function listSequences(db: Db): Promise<SequenceInfo[]> {
   if (seqs.length === 0) return [];
   // last_value/is_called straight from each sequence: pg_sequences hides them from roles without USAGE.
   const union = seqs
-    .map((s, i) => (s.readable ? `SELECT ${i} AS i, last_value, is_called FROM ${qualified(s)}` : ''))
+    .map((s, i) =>
+      s.readable ? `SELECT ${i} AS i, last_value::text AS last_value, is_called FROM ${qualified(s)}` : '',
+    )
     .filter(Boolean)
     .join(' UNION ALL ');
-  const values = union ? await db.query<{ i: number; last_value: number; is_called: boolean }>(union) : [];
+  const values = union ? await db.query<{ i: number; last_value: string; is_called: boolean }>(union) : [];
   const byIndex = new Map(values.map((v) => [v.i, v]));
   return seqs.map((s, i) => ({
     schema: s.schema,

@@ -151,6 +151,9 @@ function serverOffersTls(settings: pg.ClientConfig): Promise<boolean> {
   return known;
 }
 
+/** Session settings that fix how values are written as text (see poolConfig). */
+const TEXT_SETTINGS = '-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC';
+
 async function poolConfig(url: string, options: DbOptions): Promise<pg.PoolConfig> {
   const settings = await connectionSettings(url);
   // Options from the URL are kept; ours come last and win.
@@ -165,7 +168,10 @@ async function poolConfig(url: string, options: DbOptions): Promise<pg.PoolConfi
     idle_in_transaction_session_timeout: 0,
     connectionTimeoutMillis: 10_000,
     // Our own sessions keep writing while a database is frozen with default_transaction_read_only.
-    options: `${urlOptions}-c default_transaction_read_only=off`,
+    // Text as each server writes and reads it must mean the same on both: dates, intervals, floats and
+    // time zones in fixed forms (as pg_dump and PostgreSQL's own subscriber set them), whatever the
+    // database or role sets. A date copied as text under DateStyle 'SQL, DMY' came back day for month.
+    options: `${urlOptions}-c default_transaction_read_only=off ${TEXT_SETTINGS}`,
   };
 }
 

@@ -159,6 +159,9 @@ async function copyAll(
       await src.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
       await src.query(`SET TRANSACTION SNAPSHOT '${snapshot.replace(/'/g, '')}'`);
       await tgt.query('SET synchronous_commit = off');
+      // reg* values travel as names: qualified on the way out, resolved the same way on the way in.
+      await src.query('SET search_path = pg_catalog');
+      await tgt.query('SET search_path = pg_catalog');
       // Copied rows fire no triggers and check no foreign keys: they were checked on the source.
       await tgt.query("SET session_replication_role = 'replica'");
       for (;;) {

@@ -33,18 +33,27 @@ async function plan(source: Db, t: TableInfo): Promise<Plan | undefined> {
   const col = key.length === 1 ? t.columns.find((c) => c.name === key[0]) : undefined;
   if (col && INTEGER.has(col.type)) {
     const k = `t.${ident(col.name)}`;
-    const r = await source.one<{ lo: number | null; hi: number | null }>(
-      `SELECT min(${ident(col.name)})::bigint AS lo, max(${ident(col.name)})::bigint AS hi FROM ONLY ${qualified(t)}`,
+    // As text, and BigInt here: keys past 2^53 do not survive a JS number (the range would miss rows).
+    const r = await source.one<{ lo: string | null; hi: string | null }>(
+      `SELECT min(${ident(col.name)})::text AS lo, max(${ident(col.name)})::text AS hi FROM ONLY ${qualified(t)}`,
     );
     if (r.lo === null || r.hi === null)
       return { table: t, bucketExpr: '0', where: 'true', label: () => 'all rows', keyExpr: `${k}::text` };
-    const width = Math.max(1, Math.ceil((r.hi - r.lo + 1) / buckets));
+    const [lo, hi] = [BigInt(r.lo), BigInt(r.hi)];
+    const span = hi - lo + 1n;
+    const n = BigInt(buckets);
+    const width = span / n + (span % n ? 1n : 0n);
     // Rows with keys above today's maximum are new writes made while we verify; they are not in scope.
     return {
       table: t,
-      bucketExpr: `((${k} - ${r.lo}) / ${width})::int`,
-      where: `${k} <= ${r.hi}`,
-      label: (b) => `${col.name} ${r.lo! + b * width}..${Math.min(r.hi!, r.lo! + (b + 1) * width - 1)}`,
+      // numeric: k - lo overflows bigint when the keys span both signs.
+      bucketExpr: `floor((${k}::numeric - ${lo}) / ${width})::int`,
+      where: `${k} <= ${hi}`,
+      label: (b) => {
+        const from = lo + BigInt(b) * width;
+        const to = from + width - 1n;
+        return `${col.name} ${from}..${to < hi ? to : hi}`;
+      },
       keyExpr: `${k}::text`,
     };
   }
@@ -59,11 +68,14 @@ async function plan(source: Db, t: TableInfo): Promise<Plan | undefined> {
   };
 }
 
-async function checksums(db: Db, p: Plan, only?: number[]): Promise<Map<number, Bucket>> {
+/** A row as text, the same on both sides: as UTF-8 bytes (escaped) when the database encodings differ. */
+const ROW_TEXT = { same: 't::text', converted: "encode(convert_to(t::text, 'UTF8'), 'escape')" };
+
+async function checksums(db: Db, p: Plan, rowText: string, only?: number[]): Promise<Map<number, Bucket>> {
   const filter = only ? ` AND ${p.bucketExpr} = ANY($1::int[])` : '';
   const rows = await db.query<{ b: number; n: number; h: string; lo: string | null; hi: string | null }>(
     `SELECT b, count(*)::bigint AS n, sum(h)::text AS h, min(k) AS lo, max(k) AS hi FROM (
-       SELECT ${p.bucketExpr} AS b, hashtextextended(t::text, 0)::numeric AS h, ${p.keyExpr} AS k
+       SELECT ${p.bucketExpr} AS b, hashtextextended(${rowText}, 0)::numeric AS h, ${p.keyExpr} AS k
          FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${filter}) x GROUP BY b`,
     only ? [only] : [],
   );
@@ -93,17 +105,26 @@ async function drain(ctx: PhaseContext): Promise<boolean> {
 
 export async function verifyTables(ctx: PhaseContext): Promise<{ ok: boolean; tables: VerifyTableResult[] }> {
   const tables = copyableTables(await listTables(ctx.source));
+  const encoding = 'SELECT pg_encoding_to_char(encoding) AS e FROM pg_database WHERE datname = current_database()';
+  const [se, te] = await Promise.all([
+    ctx.source.one<{ e: string }>(encoding),
+    ctx.target.one<{ e: string }>(encoding),
+  ]);
+  const rowText = se.e === te.e ? ROW_TEXT.same : ROW_TEXT.converted;
   const results: VerifyTableResult[] = [];
   for (const t of tables) {
     const p = await plan(ctx.source, t);
     if (!p) continue;
-    const [src, tgt] = await Promise.all([checksums(ctx.source, p), checksums(ctx.target, p)]);
+    const [src, tgt] = await Promise.all([checksums(ctx.source, p, rowText), checksums(ctx.target, p, rowText)]);
     let bad = differing(src, tgt);
     for (let i = 0; i < DEFAULTS.verifyRechecks && bad.length > 0; i++) {
       const replicating = await drain(ctx);
       if (!replicating && i > 0) break;
       await sleep(100 * (i + 1));
-      const [s2, t2] = await Promise.all([checksums(ctx.source, p, bad), checksums(ctx.target, p, bad)]);
+      const [s2, t2] = await Promise.all([
+        checksums(ctx.source, p, rowText, bad),
+        checksums(ctx.target, p, rowText, bad),
+      ]);
       for (const b of bad) {
         src.delete(b);
         tgt.delete(b);

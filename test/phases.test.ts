@@ -273,6 +273,31 @@ describe('phases', () => {
     expect(await pair.target('SELECT last_value::text AS v FROM huge')).toEqual([{ v: '9007199254740993' }]);
   });
 
+  it('verifies a LATIN1 source against a UTF8 target by the text, not the bytes', async () => {
+    const { pair, rt } = await setup('latin1', 1);
+    const { sql, serverUrl } = await import('./harness/pairs');
+    const db = `${pair.sourceDb}_l1`;
+    await sql(
+      serverUrl(pair.sourceServer),
+      `CREATE DATABASE ${db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`,
+    );
+    const url = serverUrl(pair.sourceServer, db);
+    try {
+      await sql(
+        url,
+        "CREATE TABLE names (id int PRIMARY KEY, n text); INSERT INTO names VALUES (1, 'Zoë'), (2, 'Ångström')",
+      );
+      const latin = { ...pair, sourceDb: db, sourceUrl: url, source: (t: string, p?: unknown[]) => sql(url, t, p) };
+      const m = await newMigration(rt, latin, { cutover: 'auto' });
+      const state = await advance(rt, m.id, { cutover: 'auto' });
+      expect(state.verify?.ok).toBe(true);
+      expect(await pair.target('SELECT n FROM names ORDER BY id')).toEqual([{ n: 'Zoë' }, { n: 'Ångström' }]);
+      await cleanupMigration(rt, m.id);
+    } finally {
+      await sql(serverUrl(pair.sourceServer), `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
+    }
+  });
+
   it('migrates quoted and 63-character identifiers', async () => {
     pair = await freshPair(16, 'idents');
     rt = testRuntime();

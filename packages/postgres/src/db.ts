@@ -152,7 +152,8 @@ function serverOffersTls(settings: pg.ClientConfig): Promise<boolean> {
 }
 
 /** Session settings that fix how values are written as text (see poolConfig). */
-const TEXT_SETTINGS = '-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC';
+const TEXT_SETTINGS =
+  '-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC -c lc_monetary=C';
 
 async function poolConfig(url: string, options: DbOptions): Promise<pg.PoolConfig> {
   const settings = await connectionSettings(url);

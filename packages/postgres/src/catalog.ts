@@ -201,6 +201,32 @@ export interface SequenceInfo {
   readable: boolean;
 }
 
+/**
+ * The application's sequences, for a `pg_class c` joined to `pg_namespace n` (with `EXCLUDED_SCHEMAS` as
+ * $1): in its schemas and not brought along by an extension.
+ */
+export const USER_SEQUENCE = `c.relkind = 'S' AND ${USER_SCHEMA}
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
+
+/**
+ * The schemas (other than public) and extensions (plpgsql aside) of a database: on a target pgferry
+ * filled, what its schema restore made, and what its rollback drops.
+ */
+export async function schemasAndExtensions(
+  db: Db,
+): Promise<{ schemas: string[]; extensions: Array<{ name: string; schema: string }> }> {
+  const [schemas, extensions] = await Promise.all([
+    db.query<{ name: string }>(
+      `SELECT n.nspname AS name FROM pg_namespace n WHERE ${USER_SCHEMA} AND n.nspname <> 'public' ORDER BY 1`,
+      [EXCLUDED_SCHEMAS],
+    ),
+    db.query<{ name: string; schema: string }>(
+      "SELECT extname AS name, extnamespace::regnamespace::text AS schema FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+    ),
+  ]);
+  return { schemas: schemas.map((r) => r.name), extensions };
+}
+
 /** Every user sequence, owned by a column or not, with its current value. */
 export async function listSequences(db: Db): Promise<SequenceInfo[]> {
   const seqs = await db.query<{ schema: string; name: string; owned_by: string | null; readable: boolean }>(
@@ -209,8 +235,7 @@ export async function listSequences(db: Db): Promise<SequenceInfo[]> {
                JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i') LIMIT 1) AS owned_by
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.relkind = 'S' AND n.nspname <> ALL($1) AND n.nspname NOT LIKE 'pg_temp%'
-        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+      WHERE ${USER_SEQUENCE}
       ORDER BY 1, 2`,
     [EXCLUDED_SCHEMAS],
   );

@@ -4,7 +4,7 @@
  * the slot (and the subscription) before the source's disk fills.
  */
 import { LagTimeoutError, objectNames, ReplicationFailedError, WalRetentionExceededError } from '@pgferry/core';
-import { EXCLUDED_SCHEMAS, listTables, publishedTables, USER_SCHEMA } from '../catalog';
+import { EXCLUDED_SCHEMAS, listTables, publishedTables, USER_SEQUENCE } from '../catalog';
 import { ident, qualified, sleep, tableLabel } from '../db';
 import { freezeHazards } from '../freeze';
 import { longTransactions, readLag, schemaDrift, targetWriteTransactions } from '../lag';
@@ -119,8 +119,7 @@ export async function cutoverPrerequisites(ctx: PhaseContext): Promise<string[]>
   const out: string[] = [];
   // Every sequence's value is copied in the write gap: one the target lacks would fail it there.
   const names = `SELECT format('%I.%I', n.nspname, c.relname) AS s FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE c.relkind = 'S' AND ${USER_SCHEMA}
-                    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
+                  WHERE ${USER_SEQUENCE}`;
   const [src, tgt] = await Promise.all([
     ctx.source.query<{ s: string }>(names, [EXCLUDED_SCHEMAS]),
     ctx.target.query<{ s: string }>(names, [EXCLUDED_SCHEMAS]),

@@ -6,7 +6,7 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, objectNames, SchemaFailedError } from '@pgferry/core';
-import { EXCLUDED_SCHEMAS, listTables, USER_SCHEMA, userObjects } from '../catalog';
+import { EXCLUDED_SCHEMAS, listTables, schemasAndExtensions, USER_SCHEMA, userObjects } from '../catalog';
 import { type Db, ident, qualified } from '../db';
 import { findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, sourceMajor } from './context';
@@ -334,15 +334,11 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   const file = landed ? await schemaDump(ctx) : await dumpSchema(ctx);
   await ensureMarker(ctx);
   if (!landed) await restore(ctx, file, 'pre-data', 1);
+  // The schemas and extensions the restore made (the target was empty): the only ones a rollback drops.
+  const made = await schemasAndExtensions(ctx.target);
   await ctx.target.query(
-    // The schemas and extensions the restore made (the target was empty): the only ones a rollback drops.
-    `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET pre_data_at = now(), restored = jsonb_build_object(
-       'schemas', (SELECT coalesce(jsonb_agg(nspname), '[]') FROM pg_namespace
-                    WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public', 'pgferry')
-                      AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'),
-       'extensions', (SELECT coalesce(jsonb_agg(extname), '[]') FROM pg_extension WHERE extname <> 'plpgsql'))
-     WHERE id = $1`,
-    [ctx.config.id],
+    `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET pre_data_at = now(), restored = $2 WHERE id = $1`,
+    [ctx.config.id, { schemas: made.schemas, extensions: made.extensions.map((e) => e.name) }],
   );
   return `schema restored${roles.length ? `; roles created without passwords: ${roles.join(', ')}` : ''}`;
 }

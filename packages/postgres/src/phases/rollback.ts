@@ -5,6 +5,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { DrainTimeoutError, errorMessage, objectNames, RollbackFailedError } from '@pgferry/core';
+import { schemasAndExtensions } from '../catalog';
 import { critical } from '../critical';
 import { ident, literal } from '../db';
 import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed } from '../freeze';
@@ -33,31 +34,21 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
   // The target was empty when assessed (a blocker otherwise). The schemas and extensions the restore
   // made are recorded; one someone created since is not pgferry's to drop, and is named instead.
   // (A marker of an earlier pgferry recorded nothing: everything on the target counts as its own.)
-  const schemas = (
-    await ctx.target.query<{ nspname: string }>(
-      `SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public')
-          AND nspname NOT LIKE 'pg_toast%' AND nspname NOT LIKE 'pg_temp%'`,
-    )
-  )
-    .map((r) => r.nspname)
-    .filter((x) => x !== n.markerSchema); // the marker goes last: a rollback stopped half way finds it
-  const extRows = await ctx.target.query<{ extname: string; schema: string }>(
-    "SELECT extname, extnamespace::regnamespace::text AS schema FROM pg_extension WHERE extname <> 'plpgsql'",
-  );
-  const exts = extRows.map((r) => r.extname);
+  // (The marker schema is not among them: it goes last, so a rollback stopped half way finds it.)
+  const { schemas, extensions } = await schemasAndExtensions(ctx.target);
   const restored = mine.restored;
   const keptSchemas = schemas.filter((x) => restored && !restored.schemas.includes(x));
   // An extension someone created in a schema that goes (public, or one the restore made) goes with it.
   const kept = [
     ...keptSchemas.map((x) => `schema ${x}`),
-    ...extRows
-      .filter((x) => restored && !restored.extensions.includes(x.extname) && keptSchemas.includes(x.schema))
-      .map((x) => `extension ${x.extname}`),
+    ...extensions
+      .filter((x) => restored && !restored.extensions.includes(x.name) && keptSchemas.includes(x.schema))
+      .map((x) => `extension ${x.name}`),
   ];
   for (const s of schemas.filter((x) => !restored || restored.schemas.includes(x)))
     await ctx.target.query(`DROP SCHEMA ${ident(s)} CASCADE`);
-  for (const e of exts.filter((x) => !restored || restored.extensions.includes(x)))
-    await ctx.target.query(`DROP EXTENSION IF EXISTS ${ident(e)} CASCADE`);
+  for (const e of extensions.filter((x) => !restored || restored.extensions.includes(x.name)))
+    await ctx.target.query(`DROP EXTENSION IF EXISTS ${ident(e.name)} CASCADE`);
   const major = (await ctx.target.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v"))
     .v;
   await ctx.target.query('DROP SCHEMA IF EXISTS public CASCADE');

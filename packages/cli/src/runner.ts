@@ -66,18 +66,19 @@ export interface Runtime {
   events: RunnerEvents;
 }
 
+/** Connect to `url` and let go: throws the usual connection error (naming --source/--target) if it does not answer. */
+async function answers(side: 'source' | 'target', url: string, id: string) {
+  const db = await connect(url, { side, applicationName: objectNames(id).applicationName, max: 1 });
+  await db.end();
+}
+
 /** A new migration's state: config with redacted URLs; the real ones go to the secret store. */
 export async function createMigration(rt: Runtime, input: unknown): Promise<MigrationState> {
   const config = parseMigrationConfig(input);
   // Both servers must answer before anything is recorded: a wrong password or host leaves no
   // migration behind that could be neither resumed nor removed.
-  for (const [side, url] of [
-    ['source', config.sourceUrl],
-    ['target', config.targetUrl],
-  ] as const) {
-    const db = await connect(url, { side, applicationName: objectNames(config.id).applicationName, max: 1 });
-    await db.end();
-  }
+  await answers('source', config.sourceUrl, config.id);
+  await answers('target', config.targetUrl, config.id);
   const now = new Date().toISOString();
   const state: MigrationState = {
     id: config.id,
@@ -127,8 +128,7 @@ export async function useCredentials(
         field,
         hint: `${field} may only bring new credentials (a rotated password) for the same user, server and database`,
       });
-    const db = await connect(url, { side, applicationName: objectNames(id).applicationName, max: 1 });
-    await db.end();
+    await answers(side, url, id);
     next[key] = url;
   }
   if (!rt.store.updateSecrets) throw new PgferryError('this state store cannot change credentials');
@@ -270,10 +270,6 @@ export interface AdvanceOptions {
   cutover: 'auto' | 'manual' | 'now';
 }
 
-/**
- * Advance a migration as far as it may go: to a steady catch-up (manual) or through cutover and
- * verify (auto, or `now` when the user runs `pgferry cutover`).
- */
 /** Run `fn` with migration `id` claimed for this process (one command at a time per migration). */
 async function claimed<T>(rt: Runtime, id: string, fn: () => Promise<T>): Promise<T> {
   await rt.store.get(id); // a missing migration is named as such, not as a claim
@@ -304,18 +300,26 @@ function assertAdvanceable(state: MigrationState) {
       },
     );
   }
-  if (state.rollback?.freezeAt && !state.rollback.switchAt) {
-    throw new InvalidInputError(
-      `a rollback of migration ${id} began at ${state.rollback.freezeAt} and did not finish`,
-      {
-        field: '--id',
-        migrationId: id,
-        hint: `run \`pgferry rollback --id ${id}\` to finish it (the target is read-only until then)`,
-      },
-    );
-  }
+  assertNoUnfinishedRollback(state);
 }
 
+/** A rollback killed in its write gap is finished by `rollback` only: nothing else may run meanwhile. */
+function assertNoUnfinishedRollback(state: MigrationState) {
+  if (state.rollback?.freezeAt && !state.rollback.switchAt)
+    throw new InvalidInputError(
+      `a rollback of migration ${state.id} began at ${state.rollback.freezeAt} and did not finish`,
+      {
+        field: '--id',
+        migrationId: state.id,
+        hint: `run \`pgferry rollback --id ${state.id}\` to finish it first (the target is read-only until then)`,
+      },
+    );
+}
+
+/**
+ * Advance a migration as far as it may go: to a steady catch-up (manual) or through cutover and
+ * verify (auto, or `now` when the user runs `pgferry cutover`).
+ */
 export function advance(rt: Runtime, id: string, options: AdvanceOptions): Promise<MigrationState> {
   return claimed(rt, id, () => advanceClaimed(rt, id, options));
 }
@@ -504,17 +508,8 @@ export function cleanupMigration(rt: Runtime, id: string, options: { force?: boo
 }
 
 async function cleanupClaimed(rt: Runtime, id: string, options: { force?: boolean }): Promise<MigrationState> {
-  const before = await rt.store.get(id);
   // Cleaning up would drop the reverse replication an unfinished rollback needs, and leave the target frozen.
-  if (before.rollback?.freezeAt && !before.rollback.switchAt)
-    throw new InvalidInputError(
-      `a rollback of migration ${id} began at ${before.rollback.freezeAt} and did not finish`,
-      {
-        field: '--id',
-        migrationId: id,
-        hint: `run \`pgferry rollback --id ${id}\` to finish it first (the target is read-only until then)`,
-      },
-    );
+  assertNoUnfinishedRollback(await rt.store.get(id));
   const session = await openSession(rt, id);
   try {
     const s = session.ctx.state;

@@ -28,6 +28,11 @@ async function preparedTransactions(db: Db): Promise<string[]> {
   );
 }
 
+export interface FreezeHazard {
+  kind: 'role-setting' | 'prepared-transaction' | 'privilege';
+  message: string;
+}
+
 /**
  * Why a freeze of this database would not stop every write, each saying what to do; empty when it
  * would. The catch-up gate stays closed on these, and freezeWrites refuses to start.
@@ -36,11 +41,6 @@ async function preparedTransactions(db: Db): Promise<string[]> {
  * - Without pg_signal_backend and pg_read_all_stats (or superuser), other roles' sessions can be
  *   neither seen (pg_stat_activity hides their backend_type) nor ended.
  */
-export interface FreezeHazard {
-  kind: 'role-setting' | 'prepared-transaction' | 'privilege';
-  message: string;
-}
-
 export async function freezeHazards(db: Db): Promise<FreezeHazard[]> {
   const out: FreezeHazard[] = [];
   const roles = await db.query<{ role: string; everywhere: boolean; setting: string }>(

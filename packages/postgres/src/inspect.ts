@@ -48,6 +48,14 @@ export interface LiveStatus {
   attention: string[];
 }
 
+/**
+ * A `pg_stat_activity` row of another session working on migration $1 (its application_name, with $2 the
+ * migration's `inspectApplicationName`): pgferry's own (`pgferry:<id>`), its copy streams, slot
+ * connection, pg_dump and pg_restore (`pgferry:<id>:…`), but no `status` inspection.
+ */
+const OTHER_PGFERRY_SESSION = `pid <> pg_backend_pid() AND application_name <> $2
+  AND (application_name = $1 OR left(application_name, length($1) + 1) = $1 || ':')`;
+
 /** application_name of the sessions `inspectSide` itself opens (not counted as a pgferry process). */
 export const inspectApplicationName = (id: string) => `${objectNames(id).applicationName}:status`;
 
@@ -61,8 +69,7 @@ export async function endOrphanSessions(db: Db, id: string): Promise<number> {
   const app = objectNames(id).applicationName;
   const rows = await db.query<{ ok: boolean }>(
     `SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity
-      WHERE pid <> pg_backend_pid() AND application_name <> $2
-        AND left(application_name, length($1) + 1) = $1 || ':'`,
+      WHERE ${OTHER_PGFERRY_SESSION} AND application_name <> $1`,
     [app, inspectApplicationName(id)],
   );
   return rows.filter((r) => r.ok).length;
@@ -90,8 +97,7 @@ export async function inspectSide(db: Db, id: string): Promise<SideLive> {
     // pg_restore, which pgferry names too) but the ones this inspection opened.
     db.one<{ n: number }>(
       `SELECT count(*)::int AS n FROM pg_stat_activity
-        WHERE pid <> pg_backend_pid() AND application_name <> $2
-          AND (application_name = $1 OR left(application_name, length($1) + 1) = $1 || ':')`,
+        WHERE ${OTHER_PGFERRY_SESSION}`,
       [names.applicationName, inspectApplicationName(id)],
     ),
     isFrozen(db),

@@ -29,7 +29,24 @@ export interface TableInfo {
   /** Columns of the replica identity index (PK for default, the chosen index for USING INDEX). */
   identityColumns: string[];
   columns: ColumnInfo[];
+  /** The extension whose configuration table this is (its rows are the user's, copied like any table's). */
+  extension?: string;
 }
+
+/**
+ * Not brought along by an extension, for a `pg_class c`. The exception is what an extension marked with
+ * `pg_extension_config_dump` (its configuration tables and sequences, for example pg_partman's
+ * part_config or pg_cron's jobs) and the sequences of such tables' columns: they hold the user's rows,
+ * which pg_dump carries and so does pgferry. Other member tables are the extension's own and are left
+ * to the target's extension.
+ */
+export const NOT_EXTENSION_MEMBER = `NOT EXISTS (
+    SELECT 1 FROM pg_depend d JOIN pg_extension x ON x.oid = d.refobjid
+     WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e' AND d.refclassid = 'pg_extension'::regclass
+       AND NOT (c.oid = ANY (coalesce(x.extconfig, '{}'))
+                OR EXISTS (SELECT 1 FROM pg_depend o
+                            WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid AND o.deptype IN ('a', 'i')
+                              AND o.refobjid = ANY (coalesce(x.extconfig, '{}')))))`;
 
 /** Schemas pgferry never migrates. */
 export const EXCLUDED_SCHEMAS = ['pg_catalog', 'information_schema', 'pgferry'];
@@ -70,7 +87,10 @@ export async function userObjects(db: Db, limit = 5): Promise<string[]> {
   return rows.map((r) => r.what);
 }
 
-/** User tables (no system, extension-owned or pgferry tables), leaves and parents, in a stable order. */
+/**
+ * User tables (no system or pgferry tables, no extension's own tables but its configuration tables),
+ * leaves and parents, in a stable order.
+ */
 export async function listTables(db: Db): Promise<TableInfo[]> {
   const rows = await db.query<{
     oid: number;
@@ -87,6 +107,7 @@ export async function listTables(db: Db): Promise<TableInfo[]> {
     ri: string[] | null;
     root_schema: string | null;
     root_name: string | null;
+    extension: string | null;
   }>(
     `SELECT c.oid::int AS oid, n.nspname AS schema, c.relname AS name, c.relkind::text, c.relispartition,
             c.relpersistence::text, c.relreplident::text,
@@ -99,7 +120,8 @@ export async function listTables(db: Db): Promise<TableInfo[]> {
                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
               WHERE i.indrelid = c.oid AND i.indisreplident) AS ri,
-            rn.nspname AS root_schema, rc.relname AS root_name
+            rn.nspname AS root_schema, rc.relname AS root_name,
+            (SELECT x.extname FROM pg_extension x WHERE c.oid = ANY (x.extconfig)) AS extension
        FROM pg_class c
        JOIN pg_namespace n ON n.oid = c.relnamespace
        LEFT JOIN LATERAL pg_partition_root(c.oid) AS root(oid) ON c.relispartition
@@ -107,7 +129,7 @@ export async function listTables(db: Db): Promise<TableInfo[]> {
        LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
       WHERE c.relkind IN ('r', 'p')
         AND ${USER_SCHEMA}
-        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+        AND ${NOT_EXTENSION_MEMBER}
       ORDER BY n.nspname, c.relname`,
     [EXCLUDED_SCHEMAS],
   );
@@ -167,6 +189,7 @@ export async function listTables(db: Db): Promise<TableInfo[]> {
       replicaIdentity,
       identityColumns: replicaIdentity === 'default' ? (r.pk ?? []) : replicaIdentity === 'index' ? (r.ri ?? []) : [],
       columns: byTable.get(r.oid) ?? [],
+      ...(r.extension ? { extension: r.extension } : {}),
     } satisfies TableInfo;
   });
 }
@@ -205,8 +228,7 @@ export interface SequenceInfo {
  * The application's sequences, for a `pg_class c` joined to `pg_namespace n` (with `EXCLUDED_SCHEMAS` as
  * $1): in its schemas and not brought along by an extension.
  */
-export const USER_SEQUENCE = `c.relkind = 'S' AND ${USER_SCHEMA}
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
+export const USER_SEQUENCE = `c.relkind = 'S' AND ${USER_SCHEMA} AND ${NOT_EXTENSION_MEMBER}`;
 
 /**
  * The schemas (other than public) and extensions (plpgsql aside) of a database: on a target pgferry

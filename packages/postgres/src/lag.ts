@@ -1,5 +1,5 @@
 /** Lag, retained WAL, open transactions and schema drift: what the cutover gate looks at. */
-import { EXCLUDED_SCHEMAS, USER_SCHEMA } from './catalog';
+import { EXCLUDED_SCHEMAS, NOT_EXTENSION_MEMBER, USER_SCHEMA } from './catalog';
 import type { Db } from './db';
 
 export interface LagReading {
@@ -71,7 +71,7 @@ async function fingerprint(db: Db): Promise<Map<string, Map<string, string>>> {
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
       WHERE c.relkind IN ('r', 'p') AND ${USER_SCHEMA}
-        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`,
+        AND ${NOT_EXTENSION_MEMBER}`,
     [EXCLUDED_SCHEMAS],
   );
   const map = new Map<string, Map<string, string>>();

@@ -247,6 +247,14 @@ async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void)
         message: `table ${name} has identity column(s) ${identity.join(', ')}: their sequences are synced at cutover`,
       });
     }
+    if (t.extension) {
+      add({
+        level: 'info',
+        code: 'extension-configuration-table',
+        object: name,
+        message: `table ${name} is a configuration table of extension ${t.extension}: copied whole and replicated, so the rows the target's extension made are replaced by the source's`,
+      });
+    }
   }
   const [lo] = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_largeobject_metadata');
   if ((lo?.n ?? 0) > 0) {

@@ -277,10 +277,22 @@ async function loadInSnapshot(
     });
     return `${rows} rows (${(bytes / 1024 / 1024).toFixed(1)} MiB) copied by ${Math.min(ctx.config.jobs, items.length)} streams from ${copyableTables(tables).length} tables in ${seconds.toFixed(1)} s`;
   }
-  return await dumpAndRestore(ctx, snapshot, major);
+  // pg_dump carries only the rows an extension's filter picks from its configuration tables and adds
+  // them to those the target's extension made; pgferry copies such tables whole, in every strategy,
+  // so that they equal the source's (and verify). They are small and go over COPY in the same snapshot.
+  const configTables = copyableTables(tables).filter((t) => t.extension);
+  const restored = await dumpAndRestore(ctx, snapshot, major, configTables);
+  if (configTables.length === 0) return restored;
+  const { rows } = await copyAll(ctx, await planCopy(ctx, configTables), snapshot);
+  return `${restored}; ${rows} rows of ${configTables.length} extension configuration table(s) copied`;
 }
 
-async function dumpAndRestore(ctx: PhaseContext, snapshot: string, major: number): Promise<string> {
+async function dumpAndRestore(
+  ctx: PhaseContext,
+  snapshot: string,
+  major: number,
+  configTables: TableInfo[],
+): Promise<string> {
   const pgDump = await findTool('pg_dump', major);
   const pgRestore = await findTool('pg_restore', 0);
   mkdirSync(ctx.artifactDir, { recursive: true, mode: 0o700 }); // dumps are copies of the data
@@ -295,6 +307,8 @@ async function dumpAndRestore(ctx: PhaseContext, snapshot: string, major: number
       '--no-publications',
       '--no-subscriptions',
       '--exclude-schema=pgferry',
+      // A quoted name is a pattern whose every character is literal.
+      ...configTables.map((t) => `--exclude-table-data=${qualified(t)}`),
       '--file',
       file,
       '--dbname',

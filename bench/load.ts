@@ -3,7 +3,7 @@
  *   pgferry's snapshot load · the seed's pg_dump -Fc + pg_restore --jobs · pgcopydb clone (when installed).
  * Prints wall time, MiB/s and ratios, and checks every contender's row counts against the source.
  *
- *   npm run bench -- [--scale 50] [--jobs 4] [--rounds 3] [--only pgferry,dump,pgcopydb] [--split-mb 1024] [--early-index-mb 32] [--json]
+ *   npm run bench -- [--scale 50] [--jobs 4] [--rounds 3] [--target-version 15|16|17] [--only pgferry,dump,pgcopydb] [--split-mb 1024] [--early-index-mb 32] [--json]
  *
  * This machine's timings vary by ±20 % from run to run, so every contender runs --rounds times,
  * interleaved with a rotating order (A B C, B C A, …), and the goals are judged on the medians; every round is printed.
@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs, promisify } from 'node:util';
-import { type LocalServer, startServer } from '../packages/cli/src/local-servers';
+import { type LocalServer, type ServerVersion, startServer } from '../packages/cli/src/local-servers';
 import { createMigration, openSession, type Runtime } from '../packages/cli/src/runner';
 import { FileMigrationStore } from '../packages/cli/src/store';
 import { DEFAULTS } from '../packages/core/src/index';
@@ -26,6 +26,8 @@ const { values } = parseArgs({
     scale: { type: 'string', default: '50' },
     jobs: { type: 'string', default: '4' },
     rounds: { type: 'string', default: '3' },
+    /** The target server's major version (the source is 15: pg_dump 15 cannot dump a newer server). */
+    'target-version': { type: 'string', default: '15' },
     json: { type: 'boolean', default: false },
     only: { type: 'string' },
     'split-mb': { type: 'string', default: String(DEFAULTS.splitTableBytes / 1024 / 1024) },
@@ -41,6 +43,11 @@ const rounds = Math.max(1, Number(values.rounds));
 const SPLIT_BYTES = Number(values['split-mb']) * 1024 * 1024; // the same split threshold for pgferry and pgcopydb
 const TABLES = ['pgbench_accounts', 'pgbench_branches', 'pgbench_tellers', 'pgbench_history'];
 const BIN = '/usr/lib/postgresql/15/bin';
+const targetVersion = Number(values['target-version']);
+if (![15, 16, 17].includes(targetVersion)) {
+  console.error(`--target-version: ${values['target-version']} is not one of 15, 16, 17`);
+  process.exit(2);
+}
 
 const which = (cmd: string) =>
   promisify(execFile)('which', [cmd]).then(
@@ -82,7 +89,7 @@ interface Result {
 
 const work = mkdtempSync(join(tmpdir(), 'pgferry-bench-load-'));
 const source = await startServer({ version: 15, name: 'bench-load-src' });
-const target = await startServer({ version: 15, name: 'bench-load-tgt' });
+const target = await startServer({ version: targetVersion as ServerVersion, name: 'bench-load-tgt' });
 const results: Result[] = [];
 const DUMP = 'pg_dump -Fc + pg_restore';
 const COPYDB = 'pgcopydb clone';
@@ -114,7 +121,7 @@ try {
       `dataset: pgbench scale ${scale} + ${scale * 20_000} history rows, ${MiB.toFixed(0)} MiB (generated in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
     );
     console.log(
-      `servers: PostgreSQL 15 → 15 on loopback, fsync=off, full_page_writes=off (same for every contender); --jobs ${jobs}; tables over ${SPLIT_BYTES / 1024 / 1024} MiB split into ranges (pgferry, pgcopydb)`,
+      `servers: PostgreSQL 15 → ${targetVersion} on loopback, fsync=off, full_page_writes=off (same for every contender); --jobs ${jobs}; tables over ${SPLIT_BYTES / 1024 / 1024} MiB split into ranges (pgferry, pgcopydb)`,
     );
     console.log(
       `pgferry also ANALYZEs every table and builds indexes with maintenance_work_mem=${indexBuildMemoryMB(jobs, jobs)}MB each, up to ${indexBuildMemoryMB(jobs, 1)}MB for an index built alone; pg_restore and pgcopydb run with their defaults\n`,

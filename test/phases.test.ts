@@ -1,3 +1,4 @@
+import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
 import { advance, cleanupMigration, openSession, rollbackMigration } from '../packages/cli/src/runner';
@@ -693,6 +694,58 @@ describe('schema, roles and verification', () => {
           .sort(),
       ).toEqual(['public.audit_log', 'public.big', 'public.orders']);
     } finally {
+      await session.close();
+    }
+  });
+
+  it('compares a chunk that keeps differing with its writes held and replication drained, and still reports a real difference', async () => {
+    const { pair, rt } = await setup('hot', 100);
+    await pair.source(`CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
+      INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10) g;
+      CREATE TABLE tallies (id int PRIMARY KEY, n bigint NOT NULL);
+      INSERT INTO tallies SELECT g, 0 FROM generate_series(1, 10) g`);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    await advance(rt, m.id, { cutover: 'auto' });
+    // A real difference: a row changed on the source only, by a session that overrides its read-only default.
+    await pair.source('BEGIN READ WRITE; UPDATE tallies SET n = -1 WHERE id = 7; COMMIT');
+    // The application, now on the target, changes a counter whose way back to the source is held up (as a
+    // row that changes all the time always is, by its latest change): every plain recheck sees it differ.
+    const blocker = new pg.Client({ connectionString: pair.sourceUrl });
+    await blocker.connect();
+    await blocker.query('BEGIN READ WRITE');
+    await blocker.query('SELECT * FROM counters WHERE id = 1 FOR UPDATE');
+    await pair.target('UPDATE counters SET n = 42 WHERE id = 1');
+    // It lets go once verify holds the table's writes on the target.
+    let released = false;
+    const release = (async () => {
+      for (let i = 0; i < 3000 && !released; i++) {
+        const held = await pair.target(
+          "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'counters' AND l.mode = 'ShareLock' AND l.granted",
+        );
+        if (held.length > 0) break;
+        await sleep(20);
+      }
+      released = true;
+      await blocker.query('COMMIT');
+    })();
+    const session = await openSession(rt, m.id);
+    try {
+      const { verifyTables } = await import('../packages/postgres/src/index');
+      const result = await verifyTables(session.ctx);
+      const ranges = (table: string) => result.tables.find((t) => t.table === table)?.mismatchedRanges;
+      expect(ranges('public.counters')).toEqual([]);
+      expect(
+        rt.logs.some((l) => /counters: 1 chunk\(s\) that kept changing .* held for \d+ ms: they match/.test(l)),
+      ).toBe(true);
+      // Held and drained, the real difference is still one.
+      expect(ranges('public.tallies')).toEqual(['id 1..10']);
+      expect(result.tables.filter((t) => t.mismatchedRanges.length > 0).map((t) => t.table)).toEqual([
+        'public.tallies',
+      ]);
+    } finally {
+      released = true;
+      await release;
+      await blocker.end();
       await session.close();
     }
   });

@@ -18,10 +18,14 @@ interface Bucket {
 
 interface Plan {
   table: TableInfo;
+  /** The source's row count when the plan was made. */
+  rows: number;
   bucketExpr: string;
   where: string;
   label: (b: number, bucket?: Bucket) => string;
   keyExpr: string;
+  /** For integer keys: a chunk's key range as SQL, so that a recheck reads only that range (by the key's index). */
+  range?: (b: number) => string;
 }
 
 const INTEGER = new Set(['smallint', 'integer', 'bigint']);
@@ -38,14 +42,22 @@ async function plan(source: Db, t: TableInfo): Promise<Plan | undefined> {
       `SELECT min(${ident(col.name)})::text AS lo, max(${ident(col.name)})::text AS hi FROM ONLY ${qualified(t)}`,
     );
     if (r.lo === null || r.hi === null)
-      return { table: t, bucketExpr: '0', where: 'true', label: () => 'all rows', keyExpr: `${k}::text` };
+      return {
+        table: t,
+        rows: Number(n),
+        bucketExpr: '0',
+        where: 'true',
+        label: () => 'all rows',
+        keyExpr: `${k}::text`,
+      };
     const [lo, hi] = [BigInt(r.lo), BigInt(r.hi)];
     const span = hi - lo + 1n;
-    const n = BigInt(buckets);
-    const width = span / n + (span % n ? 1n : 0n);
+    const parts = BigInt(buckets);
+    const width = span / parts + (span % parts ? 1n : 0n);
     // Rows with keys above today's maximum are new writes made while we verify; they are not in scope.
     return {
       table: t,
+      rows: Number(n),
       // numeric: k - lo overflows bigint when the keys span both signs.
       bucketExpr: `floor((${k}::numeric - ${lo}) / ${width})::int`,
       where: `${k} <= ${hi}`,
@@ -55,11 +67,16 @@ async function plan(source: Db, t: TableInfo): Promise<Plan | undefined> {
         return `${col.name} ${from}..${to < hi ? to : hi}`;
       },
       keyExpr: `${k}::text`,
+      range: (b) => {
+        const from = lo + BigInt(b) * width;
+        return `${k} BETWEEN ${from} AND ${from + width - 1n}`;
+      },
     };
   }
   const keyExpr = key.length > 0 ? `row(${key.map((c) => `t.${ident(c)}`).join(', ')})::text` : 't::text';
   return {
     table: t,
+    rows: Number(n),
     bucketExpr: `abs(hashtext(${keyExpr}) % ${buckets})`,
     where: 'true',
     label: (b, bucket) =>
@@ -71,9 +88,12 @@ async function plan(source: Db, t: TableInfo): Promise<Plan | undefined> {
 /** A row as text, the same on both sides: as UTF-8 bytes (escaped) when the database encodings differ. */
 const ROW_TEXT = { same: 't::text', converted: "encode(convert_to(t::text, 'UTF8'), 'escape')" };
 
-async function checksums(db: Db, p: Plan, rowText: string, only?: number[]): Promise<Map<number, Bucket>> {
-  const filter = only ? ` AND ${p.bucketExpr} = ANY($1::int[])` : '';
-  const rows = await db.query<{ b: number; n: number; h: string; lo: string | null; hi: string | null }>(
+type Query = Db['query'];
+
+async function checksums(query: Query, p: Plan, rowText: string, only?: number[]): Promise<Map<number, Bucket>> {
+  const ranges = only && p.range && only.length <= 64 ? ` AND (${only.map((b) => p.range?.(b)).join(' OR ')})` : '';
+  const filter = only ? ` AND ${p.bucketExpr} = ANY($1::int[])${ranges}` : '';
+  const rows = await query<{ b: number; n: number; h: string; lo: string | null; hi: string | null }>(
     `SELECT b, count(*)::bigint AS n, sum(h)::text AS h, min(k) AS lo, max(k) AS hi FROM (
        SELECT ${p.bucketExpr} AS b, hashtextextended(${rowText}, 0)::numeric AS h, ${p.keyExpr} AS k
          FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${filter}) x GROUP BY b`,
@@ -87,11 +107,26 @@ function differing(a: Map<number, Bucket>, b: Map<number, Bucket>): number[] {
   return [...keys].filter((k) => a.get(k)?.n !== b.get(k)?.n || a.get(k)?.h !== b.get(k)?.h).sort((x, y) => x - y);
 }
 
+/** Put the chunks `again` read anew into each side's map; the chunks that still differ. */
+function reread(
+  again: number[],
+  ...sides: [[Map<number, Bucket>, Map<number, Bucket>], [Map<number, Bucket>, Map<number, Bucket>]]
+): number[] {
+  for (const [all, fresh] of sides) {
+    for (const b of again) {
+      const bucket = fresh.get(b);
+      if (bucket) all.set(b, bucket);
+      else all.delete(b);
+    }
+  }
+  return differing(sides[0][0], sides[1][0]);
+}
+
 /**
- * Wait until whatever the live side wrote has reached the other side. False when nothing replicates
- * (no active slot), in which case a difference cannot shrink by waiting.
+ * The side the application writes to, the other one, and the slot that carries the changes between
+ * them; undefined when that slot is not being read (nothing replicates, so no difference shrinks).
  */
-async function drain(ctx: PhaseContext): Promise<boolean> {
+async function stream(ctx: PhaseContext): Promise<{ live: Db; other: Db; slot: string } | undefined> {
   const n = objectNames(ctx.config.id);
   const reverse = !!ctx.state.cutover?.switchAt;
   const live = reverse ? ctx.target : ctx.source;
@@ -99,8 +134,58 @@ async function drain(ctx: PhaseContext): Promise<boolean> {
   const [row] = await live.query<{ active: boolean }>('SELECT active FROM pg_replication_slots WHERE slot_name = $1', [
     slot,
   ]);
-  if (!row?.active) return false;
-  return waitConfirmed(live, slot, await currentLsn(live), 5_000);
+  return row?.active ? { live, other: reverse ? ctx.source : ctx.target, slot } : undefined;
+}
+
+/** Wait until whatever the live side wrote has reached the other side; false when nothing replicates. */
+async function drain(ctx: PhaseContext): Promise<boolean> {
+  const s = await stream(ctx);
+  return !!s && (await waitConfirmed(s.live, s.slot, await currentLsn(s.live), 5_000));
+}
+
+/** How long a last recheck waits to hold a table's writes (the table's writers queue behind it meanwhile). */
+const HOLD_LOCK_TIMEOUT_MS = 200;
+
+/**
+ * The last recheck of chunks that still differ: a row every transaction updates (a counter, a balance)
+ * is never the same on both sides at two moments, so plain rechecks report it however well it
+ * replicates. Here the table's writes are held on the live side (`LOCK … IN SHARE MODE`: readers pass,
+ * writers of this one table wait), replication drains to the live side's current position, and both
+ * sides are read at that one point. Only for a chunk read by key range or a small table, so the hold
+ * lasts one chunk's read; none when the lock is not granted within HOLD_LOCK_TIMEOUT_MS, nothing
+ * replicates, or the role may not lock the table (the chunks are then reported as they are).
+ */
+async function heldChecksums(
+  ctx: PhaseContext,
+  p: Plan,
+  rowText: string,
+  only: number[],
+): Promise<{ src: Map<number, Bucket>; tgt: Map<number, Bucket>; heldMs: number } | undefined> {
+  const small = p.rows <= 2 * DEFAULTS.verifyChunkRows;
+  if (!(p.range && only.length <= 64) && !small) return undefined;
+  const s = await stream(ctx);
+  if (!s) return undefined;
+  const { live, other, slot } = s;
+  return await live.withClient(async (client) => {
+    const query: Query = async (sql, params) => (await client.query(sql, params)).rows;
+    await client.query('BEGIN');
+    try {
+      await client.query(`SET LOCAL lock_timeout = ${HOLD_LOCK_TIMEOUT_MS}`);
+      await client.query(`LOCK TABLE ONLY ${qualified(p.table)} IN SHARE MODE`);
+      const held = performance.now();
+      const [{ lsn }] = (await client.query('SELECT pg_current_wal_lsn()::text AS lsn')).rows as [{ lsn: string }];
+      if (!(await waitConfirmed(live, slot, lsn, 2_000))) return undefined;
+      const [l, o] = await Promise.all([checksums(query, p, rowText, only), checksums(other.query, p, rowText, only)]);
+      const heldMs = Math.round(performance.now() - held);
+      return live === ctx.target ? { src: o, tgt: l, heldMs } : { src: l, tgt: o, heldMs };
+    } catch (err) {
+      // Not granted in time, or not allowed: the plain rechecks' answer stands.
+      ctx.log(`verify: could not hold ${tableLabel(p.table)} for a last recheck: ${(err as Error).message}`);
+      return undefined;
+    } finally {
+      await client.query('ROLLBACK').catch(() => {});
+    }
+  });
 }
 
 export async function verifyTables(ctx: PhaseContext): Promise<{ ok: boolean; tables: VerifyTableResult[] }> {
@@ -115,23 +200,30 @@ export async function verifyTables(ctx: PhaseContext): Promise<{ ok: boolean; ta
   for (const t of tables) {
     const p = await plan(ctx.source, t);
     if (!p) continue;
-    const [src, tgt] = await Promise.all([checksums(ctx.source, p, rowText), checksums(ctx.target, p, rowText)]);
+    const [src, tgt] = await Promise.all([
+      checksums(ctx.source.query, p, rowText),
+      checksums(ctx.target.query, p, rowText),
+    ]);
     let bad = differing(src, tgt);
     for (let i = 0; i < DEFAULTS.verifyRechecks && bad.length > 0; i++) {
       const replicating = await drain(ctx);
       if (!replicating && i > 0) break;
       await sleep(100 * (i + 1));
       const [s2, t2] = await Promise.all([
-        checksums(ctx.source, p, rowText, bad),
-        checksums(ctx.target, p, rowText, bad),
+        checksums(ctx.source.query, p, rowText, bad),
+        checksums(ctx.target.query, p, rowText, bad),
       ]);
-      for (const b of bad) {
-        src.delete(b);
-        tgt.delete(b);
-        if (s2.has(b)) src.set(b, s2.get(b)!);
-        if (t2.has(b)) tgt.set(b, t2.get(b)!);
+      bad = reread(bad, [src, s2], [tgt, t2]);
+    }
+    if (bad.length > 0) {
+      const held = await heldChecksums(ctx, p, rowText, bad);
+      if (held) {
+        const before = bad.length;
+        bad = reread(bad, [src, held.src], [tgt, held.tgt]);
+        ctx.log(
+          `verify: ${tableLabel(p.table)}: ${before} chunk(s) that kept changing read again with its writes held for ${held.heldMs} ms: ${bad.length ? `${bad.length} still differ` : 'they match'}`,
+        );
       }
-      bad = differing(src, tgt);
     }
     const count = (m: Map<number, Bucket>) => [...m.values()].reduce((s, b) => s + Number(b.n), 0);
     results.push({

@@ -6,8 +6,10 @@
  *
  * pgbench supplies the load (it cannot follow a switch, so its clients end at the freeze); two LiveWriters
  * commit through the switch file and every one of their acknowledged commits is looked up on the target.
+ * Once the switch file names the target, a second pgbench runs there while verify reads both sides, as
+ * the application would, and each cutover's verify result is printed.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -47,6 +49,7 @@ const results: {
   acked: number;
   lagMs: number[];
   sessionsEnded: number;
+  verify: string;
 }[] = [];
 try {
   // Each cutover starts from a fresh copy of this template: after a cutover the source's sequences are
@@ -76,6 +79,15 @@ try {
     writeFileSync(switchFile, source.url(src));
     // Load for the whole migration; its clients end when the source freezes.
     const load = run(PGBENCH, ['-c', String(clients), '-j', '2', '-T', '600', '-n', ...conn, src], env);
+    // The application's load follows it to the target (pgbench's own tables: updates of hot rows).
+    const tconn = ['-h', '127.0.0.1', '-p', String(target.port), '-U', 'postgres'];
+    let after: ReturnType<typeof run> | undefined;
+    const follow = setInterval(() => {
+      if (!after && readFileSync(switchFile, 'utf8').includes(`:${target.port}/`))
+        after = run(PGBENCH, ['-c', String(clients), '-j', '2', '-T', '5', '-n', ...tconn, db], {
+          PGPASSWORD: target.password,
+        });
+    }, 2);
     const writers = ['w1', 'w2'].map((name) => new LiveWriter({ switchFile, name, intervalMs: 1 }));
     for (const w of writers) w.start();
     const stateDir = join(work, `state-${i}`);
@@ -96,11 +108,20 @@ try {
       switchFile,
     });
     const state = await advance(rt, m.id, { cutover: 'auto' });
+    clearInterval(follow);
     await new Promise((r) => setTimeout(r, 1000));
     const stats = await Promise.all(writers.map((w) => w.stop()));
     const lost = (await Promise.all(writers.map((w) => w.lostWrites(target.url(db))))).flat().length;
     await load;
+    const afterLoad = await after;
     await cleanupMigration(rt, m.id);
+    const mismatched = (state.verify?.tables ?? []).filter((t) => t.mismatchedRanges.length > 0);
+    const verify = !state.verify
+      ? 'not run'
+      : state.verify.ok
+        ? 'ok'
+        : `MISMATCH ${mismatched.map((t) => `${t.table} [${t.mismatchedRanges.join(', ')}]`).join('; ')}`;
+    const targetTps = /tps = ([\d.]+)/.exec(afterLoad?.out ?? '')?.[1];
     const r = {
       writeGapMs: state.cutover?.writeGapMs ?? Number.NaN,
       writerPauseMs: Math.max(...stats.map((s) => s.maxPauseMs)),
@@ -108,6 +129,7 @@ try {
       acked: stats.reduce((s, x) => s + x.acked, 0),
       lagMs: (state.lag ?? []).map((l) => l.ms),
       sessionsEnded: state.cutover?.sessionsEnded ?? 0,
+      verify,
     };
     results.push(r);
     if (!values.json) {
@@ -115,7 +137,7 @@ try {
         .map(([k, v]) => `${k} ${v}`)
         .join(', ');
       console.log(
-        `cutover ${i}: write gap ${r.writeGapMs} ms (${steps}), longest writer pause ${r.writerPauseMs} ms, ${r.sessionsEnded} sessions ended, ${r.acked} acknowledged, ${r.lost} lost`,
+        `cutover ${i}: write gap ${r.writeGapMs} ms (${steps}), longest writer pause ${r.writerPauseMs} ms, ${r.sessionsEnded} sessions ended, ${r.acked} acknowledged, ${r.lost} lost; verify under pgbench on the target (${targetTps ?? '?'} tps): ${r.verify}`,
       );
     }
   }
@@ -140,6 +162,7 @@ const summary = {
   lagSamples: lags.length,
   acknowledgedCommits: results.reduce((s, r) => s + r.acked, 0),
   lostCommits: results.reduce((s, r) => s + r.lost, 0),
+  verifyOk: results.filter((r) => r.verify === 'ok').length,
 };
 if (values.json) console.log(JSON.stringify(summary));
 else {
@@ -153,6 +176,7 @@ else {
     `lag during catch-up: p50 ${summary.lagP50Ms} ms, p99 ${summary.lagP99Ms} ms (${summary.lagSamples} samples)`,
   );
   console.log(`lost commits: ${summary.lostCommits} of ${summary.acknowledgedCommits} acknowledged`);
+  console.log(`verify with the application writing to the target: ok in ${summary.verifyOk} of ${summary.cutovers}`);
   const met = summary.writeGapMedianMs <= 500 && summary.lostCommits === 0;
   console.log(`goal: write gap ≤ 0.5 s median with 0 lost commits: ${met ? 'met' : 'NOT met'}`);
 }

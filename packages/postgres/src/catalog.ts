@@ -1,3 +1,4 @@
+import type pg from 'pg';
 import { type Db, qualified } from './db';
 
 export interface ColumnInfo {
@@ -262,14 +263,23 @@ export async function listSequences(db: Db): Promise<SequenceInfo[]> {
     [EXCLUDED_SCHEMAS],
   );
   if (seqs.length === 0) return [];
-  // last_value/is_called straight from each sequence: pg_sequences hides them from roles without USAGE.
-  const union = seqs
+  // last_value/is_called straight from each sequence: pg_sequences hides them from roles without USAGE,
+  // and pg_sequence_last_value cannot tell a sequence that was never called from one RESTARTed. One
+  // statement per sequence, all sent at once: a UNION ALL of them took 390 ms to plan for 1,500
+  // sequences (inside the write gap), single statements 21 ms.
+  const text = seqs
     .map((s, i) =>
       s.readable ? `SELECT ${i} AS i, last_value::text AS last_value, is_called FROM ${qualified(s)}` : '',
     )
     .filter(Boolean)
-    .join(' UNION ALL ');
-  const values = union ? await db.query<{ i: number; last_value: string; is_called: boolean }>(union) : [];
+    .join(';\n');
+  type Value = { i: number; last_value: string; is_called: boolean };
+  const values: Value[] = text
+    ? await db.withClient(async (client) => {
+        const result = (await client.query(text)) as unknown as pg.QueryResult<Value> | pg.QueryResult<Value>[];
+        return (Array.isArray(result) ? result : [result]).flatMap((r) => r.rows);
+      })
+    : [];
   const byIndex = new Map(values.map((v) => [v.i, v]));
   return seqs.map((s, i) => ({
     schema: s.schema,

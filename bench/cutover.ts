@@ -2,7 +2,10 @@
  * Cutover benchmark (not a test): migrates under pgbench load several times and prints the write gap
  * (median, max), what the live writers saw, lag p50/p99 during catch-up, and lost commits.
  *
- *   npm run bench:cutover -- [--scale N] [--cutovers N] [--clients N] [--target-version 15|16|17] [--json]
+ *   npm run bench:cutover -- [--scale N] [--cutovers N] [--clients N] [--tables N] [--target-version 15|16|17] [--json]
+ *
+ * --tables N adds N small tables, each with its own sequence (a bigserial key), index and 20 rows: every
+ * sequence is synced inside the write gap.
  *
  * pgbench supplies the load (it cannot follow a switch, so its clients end at the freeze); two LiveWriters
  * commit through the switch file and every one of their acknowledged commits is looked up on the target.
@@ -24,6 +27,7 @@ const { values } = parseArgs({
     scale: { type: 'string', default: '10' },
     cutovers: { type: 'string', default: '5' },
     clients: { type: 'string', default: '4' },
+    tables: { type: 'string', default: '0' },
     'target-version': { type: 'string', default: '15' },
     json: { type: 'boolean', default: false },
   },
@@ -31,6 +35,7 @@ const { values } = parseArgs({
 const scale = Number(values.scale);
 const cutovers = Number(values.cutovers);
 const clients = Number(values.clients);
+const extraTables = Number(values.tables);
 const targetVersion = Number(values['target-version']) as 15 | 16 | 17;
 const PGBENCH = '/usr/lib/postgresql/15/bin/pgbench';
 
@@ -58,7 +63,7 @@ try {
   const env = { PGPASSWORD: source.password };
   const conn = ['-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres'];
   console.log(
-    `dataset: pgbench -i -s ${scale} (PostgreSQL 15 → ${targetVersion}); ${cutovers} cutovers under ${clients} pgbench clients`,
+    `dataset: pgbench -i -s ${scale}${extraTables ? ` + ${extraTables} small tables with a sequence each` : ''} (PostgreSQL 15 → ${targetVersion}); ${cutovers} cutovers under ${clients} pgbench clients`,
   );
   const init = await run(PGBENCH, ['-i', '-s', String(scale), '-q', ...conn, 'bench_template'], env);
   if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.out}`);
@@ -70,6 +75,16 @@ try {
     'bench_template',
   );
 
+  if (extraTables > 0)
+    await source.query(
+      `DO $$ BEGIN FOR i IN 1..${extraTables} LOOP
+         EXECUTE format('CREATE TABLE extra_%s (id bigserial PRIMARY KEY, v text, at timestamptz DEFAULT now())', i);
+         EXECUTE format('CREATE INDEX ON extra_%s (at)', i);
+         EXECUTE format('INSERT INTO extra_%s (v) SELECT g::text FROM generate_series(1, 20) g', i);
+       END LOOP; END $$`,
+      [],
+      'bench_template',
+    );
   for (let i = 1; i <= cutovers; i++) {
     const db = `target_${i}`;
     const src = `bench_${i}`;

@@ -256,7 +256,8 @@ describe('phases', () => {
                                   3.4028235e+38, '-1 days -02:03:04', 'public.orders', 'public.mood', '');
       CREATE TABLE plain (id int PRIMARY KEY, rc regclass, q tsquery);
       INSERT INTO plain VALUES (1, 'public.customers', '');
-      CREATE SEQUENCE huge START 9007199254740990; SELECT nextval('huge') FROM generate_series(1, 4)`);
+      CREATE SEQUENCE huge START 9007199254740990; SELECT nextval('huge') FROM generate_series(1, 4);
+      CREATE SEQUENCE restarted; SELECT nextval('restarted') FROM generate_series(1, 3); ALTER SEQUENCE restarted RESTART WITH 500`);
     const m = await newMigration(rt, pair, { cutover: 'auto' });
     const state = await advance(rt, m.id, { cutover: 'auto' });
     expect(state.verify?.ok).toBe(true);
@@ -272,6 +273,8 @@ describe('phases', () => {
     ).toEqual([{ same: true }]);
     // A sequence past 2^53 is synced to the exact value.
     expect(await pair.target('SELECT last_value::text AS v FROM huge')).toEqual([{ v: '9007199254740993' }]);
+    // A RESTARTed sequence (not called since) hands out its restart value next, on the target too.
+    expect(await pair.target("SELECT nextval('restarted')::int AS v")).toEqual([{ v: 500 }]);
   });
 
   it('verifies a LATIN1 source against a UTF8 target by the text, not the bytes', async () => {

@@ -251,35 +251,54 @@ export async function schemasAndExtensions(
 }
 
 /** Every user sequence, owned by a column or not, with its current value. */
-export async function listSequences(db: Db): Promise<SequenceInfo[]> {
-  const seqs = await db.query<{ schema: string; name: string; owned_by: string | null; readable: boolean }>(
+export async function listSequences(db: Db, options: { owners?: boolean } = {}): Promise<SequenceInfo[]> {
+  const owners = options.owners ?? true;
+  // pg_sequence_last_value answers for every called sequence in one scan (NULL for one never called
+  // or RESTARTed, whose last_value and is_called are then read from the sequence itself).
+  const seqs = await db.query<{
+    schema: string;
+    name: string;
+    owned_by: string | null;
+    readable: boolean;
+    last_value: string | null;
+  }>(
     `SELECT n.nspname AS schema, c.relname AS name, has_sequence_privilege(c.oid, 'SELECT') AS readable,
-            (SELECT format('%s.%s', d.refobjid::regclass, a.attname) FROM pg_depend d
+            CASE WHEN has_sequence_privilege(c.oid, 'SELECT') THEN pg_sequence_last_value(c.oid)::text END AS last_value,
+            ${
+              owners
+                ? `(SELECT format('%s.%s', d.refobjid::regclass, a.attname) FROM pg_depend d
                JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-              WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i') LIMIT 1) AS owned_by
+              WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i') LIMIT 1)`
+                : 'NULL'
+            } AS owned_by
        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE ${USER_SEQUENCE}
       ORDER BY 1, 2`,
     [EXCLUDED_SCHEMAS],
   );
   if (seqs.length === 0) return [];
-  // last_value/is_called straight from each sequence: pg_sequences hides them from roles without USAGE,
-  // and pg_sequence_last_value cannot tell a sequence that was never called from one RESTARTed. One
-  // statement per sequence, all sent at once: a UNION ALL of them took 390 ms to plan for 1,500
-  // sequences (inside the write gap), single statements 21 ms.
+  // The others straight from each sequence (pg_sequences hides them from roles without USAGE): one
+  // statement per sequence, all sent at once. A UNION ALL of them took 390 ms to plan for 1,500
+  // sequences, inside the write gap; single statements 21 ms.
+  type Value = { i: number; last_value: string; is_called: boolean };
   const text = seqs
     .map((s, i) =>
-      s.readable ? `SELECT ${i} AS i, last_value::text AS last_value, is_called FROM ${qualified(s)}` : '',
+      s.readable && s.last_value === null
+        ? `SELECT ${i} AS i, last_value::text AS last_value, is_called FROM ${qualified(s)}`
+        : '',
     )
     .filter(Boolean)
     .join(';\n');
-  type Value = { i: number; last_value: string; is_called: boolean };
-  const values: Value[] = text
-    ? await db.withClient(async (client) => {
+  const values: Value[] = seqs.flatMap((s, i) =>
+    s.last_value !== null ? [{ i, last_value: s.last_value, is_called: true }] : [],
+  );
+  if (text)
+    values.push(
+      ...(await db.withClient(async (client) => {
         const result = (await client.query(text)) as unknown as pg.QueryResult<Value> | pg.QueryResult<Value>[];
         return (Array.isArray(result) ? result : [result]).flatMap((r) => r.rows);
-      })
-    : [];
+      })),
+    );
   const byIndex = new Map(values.map((v) => [v.i, v]));
   return seqs.map((s, i) => ({
     schema: s.schema,

@@ -8,7 +8,7 @@ import type { Db } from './db';
  * ascending sequence, the smaller for a descending one (INCREMENT BY below zero).
  */
 export async function syncSequences(from: Db, to: Db): Promise<number> {
-  const all = await listSequences(from);
+  const all = await listSequences(from, { owners: false });
   const unreadable = all.filter((s) => !s.readable);
   if (unreadable.length > 0) {
     throw new PgferryError(

@@ -159,7 +159,7 @@ function describeSide(side: SideLive): string {
     ...side.publications.map((p) => `publication ${p}`),
     ...side.subscriptions.map(
       (s) =>
-        `subscription ${s.name} ${s.enabled ? (s.workerRunning ? 'applying' : 'enabled, no worker') : 'disabled'}${s.applyErrors ? `, ${s.applyErrors} apply error(s)` : ''}`,
+        `subscription ${s.name} ${s.enabled ? (s.workerRunning ? 'applying' : 'enabled, no worker') : s.prepared ? 'prepared for the cutover, not started' : 'disabled'}${s.applyErrors ? `, ${s.applyErrors} apply error(s)` : ''}`,
     ),
   ];
   return `  ${side.side}: ${parts.join('; ')}`;

@@ -25,6 +25,8 @@ export interface SubscriptionLive {
   workerRunning: boolean;
   /** Apply errors since the subscription was created (PostgreSQL 15+; null before). */
   applyErrors: number | null;
+  /** Disabled and without a slot: made ahead of a cutover, not started yet. */
+  prepared: boolean;
 }
 
 export interface SideLive {
@@ -87,8 +89,8 @@ export async function inspectSide(db: Db, id: string): Promise<SideLive> {
       [ours],
     ),
     db.query<{ name: string }>('SELECT pubname AS name FROM pg_publication WHERE pubname = ANY($1) ORDER BY 1', [ours]),
-    db.query<{ name: string; enabled: boolean; worker: boolean }>(
-      `SELECT s.subname AS name, s.subenabled AS enabled,
+    db.query<{ name: string; enabled: boolean; worker: boolean; prepared: boolean }>(
+      `SELECT s.subname AS name, s.subenabled AS enabled, NOT s.subenabled AND s.subslotname IS NULL AS prepared,
               EXISTS (SELECT 1 FROM pg_stat_subscription w WHERE w.subid = s.oid AND w.pid IS NOT NULL) AS worker
          FROM pg_subscription s WHERE s.subname = ANY($1) ORDER BY 1`,
       [ours],
@@ -125,6 +127,7 @@ export async function inspectSide(db: Db, id: string): Promise<SideLive> {
       enabled: s.enabled,
       workerRunning: s.worker,
       applyErrors: has ? (errors.get(s.name) ?? 0) : null,
+      prepared: s.prepared,
     })),
   };
 }
@@ -172,6 +175,8 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
       );
     }
     for (const sub of side.subscriptions) {
+      // Reverse replication a cutover prepared before its freeze starts in the write gap (or goes with an undo).
+      if (sub.prepared && sub.name === names.reverseSubscription && !switched) continue;
       if (!sub.enabled) out.push(`subscription ${sub.name} on the ${side.side} is disabled: nothing replicates`);
       else if (!sub.workerRunning || (sub.applyErrors ?? 0) > 0)
         out.push(

@@ -37,7 +37,7 @@ describe('liveAttention', () => {
   });
 
   it('flags an unread slot while the process is connected once replication should be running', () => {
-    const sub = { name: 'pgferry_m1', enabled: true, workerRunning: false, applyErrors: 4 };
+    const sub = { name: 'pgferry_m1', enabled: true, workerRunning: false, applyErrors: 4, prepared: false };
     const a = liveAttention(
       state({ phase: 'catch-up' }),
       side('source', { sessions: 1, slots: [slot('pgferry_m1', false)] }),
@@ -58,6 +58,23 @@ describe('liveAttention', () => {
     ]);
   });
 
+  it('leaves reverse replication prepared for a cutover alone until the switch, and flags it disabled after', () => {
+    const rev = { name: 'pgferry_m1_rev', enabled: false, workerRunning: false, applyErrors: 0, prepared: true };
+    const sub = { name: 'pgferry_m1', enabled: true, workerRunning: true, applyErrors: 0 };
+    const before = liveAttention(
+      state({ phase: 'catch-up' }),
+      side('source', { sessions: 1, slots: [slot('pgferry_m1', true)], subscriptions: [rev] }),
+      side('target', { sessions: 1, subscriptions: [{ ...sub, prepared: false }] }),
+    );
+    expect(before).toEqual([]);
+    const after = liveAttention(
+      state({ status: 'cut-over', phase: 'verify', ...switched }),
+      side('source', { frozen: true, subscriptions: [rev] }),
+      side('target'),
+    );
+    expect(after).toContain('subscription pgferry_m1_rev on the source is disabled: nothing replicates');
+  });
+
   it('says a slot that lost its WAL cannot replicate any more', () => {
     const a = liveAttention(state(), side('source', { slots: [slot('pgferry_m1', false, 'lost')] }), side('target'));
     expect(a[0]).toMatch(/has lost WAL it needed .* `pgferry rollback --id m1`, then migrate again$/);
@@ -65,7 +82,7 @@ describe('liveAttention', () => {
 
   it('expects a read-only source after the switch and a read-only target after a rollback', () => {
     const after = state({ status: 'cut-over', phase: 'verify', ...switched });
-    const rev = { name: 'pgferry_m1_rev', enabled: true, workerRunning: true, applyErrors: 0 };
+    const rev = { name: 'pgferry_m1_rev', enabled: true, workerRunning: true, applyErrors: 0, prepared: false };
     expect(
       liveAttention(
         after,

@@ -24,9 +24,12 @@ import {
   dropSlot,
   dropSubscription,
   ensurePublication,
+  prepareSubscription,
   publicationExists,
   slotExists,
+  startPreparedSubscription,
   subscriptionExists,
+  subscriptionMatchesPublication,
   unappliedChanges,
 } from '../replication';
 import { syncSequences } from '../sequences';
@@ -119,6 +122,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
   if (!(await publicationExists(ctx.target, n.reversePublication))) {
     await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target));
   }
+  await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
   const freezeAt = new Date();
   await ctx.update((s) => {
     s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward' };
@@ -203,13 +207,19 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       step('lastLook');
       await createLogicalSlot(ctx.target, n.reverseSlot);
       step('reverseSlot');
-      await createSubscription(
-        ctx.source,
-        n.reverseSubscription,
-        ctx.config.targetUrl,
-        n.reversePublication,
-        n.reverseSlot,
-      );
+      // Prepared before the freeze; made anew only if the publication's tables changed since.
+      if (await subscriptionMatchesPublication(ctx.source, n.reverseSubscription, ctx.target, n.reversePublication)) {
+        await startPreparedSubscription(ctx.source, n.reverseSubscription, n.reverseSlot);
+      } else {
+        await dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true });
+        await createSubscription(
+          ctx.source,
+          n.reverseSubscription,
+          ctx.config.targetUrl,
+          n.reversePublication,
+          n.reverseSlot,
+        );
+      }
       step('reverseSubscription');
       await unfreezeWrites(ctx.target);
       // From here on a crash is finished forward, never undone (finishInterruptedSwitch).

@@ -711,25 +711,25 @@ describe('schema, roles and verification', () => {
     await advance(rt, m.id, { cutover: 'auto' });
     // A real difference: a row changed on the source only, by a session that overrides its read-only default.
     await pair.source('BEGIN READ WRITE; UPDATE tallies SET n = -1 WHERE id = 7; COMMIT');
-    // The application, now on the target, changes a counter whose way back to the source is held up (as a
-    // row that changes all the time always is, by its latest change): every plain recheck sees it differ.
-    const blocker = new pg.Client({ connectionString: pair.sourceUrl });
-    await blocker.connect();
-    await blocker.query('BEGIN READ WRITE');
-    await blocker.query('SELECT * FROM counters WHERE id = 1 FOR UPDATE');
-    await pair.target('UPDATE counters SET n = 42 WHERE id = 1');
-    // It lets go once verify holds the table's writes on the target.
-    let released = false;
-    const release = (async () => {
-      for (let i = 0; i < 3000 && !released; i++) {
-        const held = await pair.target(
-          "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'counters' AND l.mode = 'ShareLock' AND l.granted",
-        );
-        if (held.length > 0) break;
-        await sleep(20);
+    // The application, now on the target, bumps a counter every 160 ms, and applying each bump on the
+    // source takes 150 ms (a slow trigger there): the row is nearly always on its way, so plain rechecks
+    // read it differing however well it replicates.
+    await pair.source(`BEGIN READ WRITE;
+      CREATE FUNCTION slow_apply() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN PERFORM pg_sleep(0.15); RETURN NEW; END $f$;
+      CREATE TRIGGER slow BEFORE UPDATE ON counters FOR EACH ROW EXECUTE FUNCTION slow_apply();
+      ALTER TABLE counters ENABLE ALWAYS TRIGGER slow; COMMIT`);
+    let stop = false;
+    const bumper = (async () => {
+      const client = new pg.Client({ connectionString: pair.targetUrl });
+      await client.connect();
+      try {
+        while (!stop) {
+          await client.query('UPDATE counters SET n = n + 1 WHERE id = 1');
+          await sleep(160);
+        }
+      } finally {
+        await client.end();
       }
-      released = true;
-      await blocker.query('COMMIT');
     })();
     const session = await openSession(rt, m.id);
     try {
@@ -746,9 +746,8 @@ describe('schema, roles and verification', () => {
         'public.tallies',
       ]);
     } finally {
-      released = true;
-      await release;
-      await blocker.end();
+      stop = true;
+      await bumper;
       await session.close();
     }
   });

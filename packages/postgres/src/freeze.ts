@@ -113,15 +113,22 @@ export async function freezeWrites(db: Db, options: { timeoutMs?: number } = {})
       hint: `the ${db.side} was unfrozen again; run the cutover again once it is resolved`,
     });
   }
-  // A commit acknowledged with synchronous_commit = off may still sit in the WAL buffers, past
-  // pg_current_wal_lsn(), where the drain would not wait for it. A synchronous commit of our own that
-  // wrote WAL (a transactional logical message, which subscriptions ignore; a bare xid would commit
-  // asynchronously) flushes every record before it, so the LSN read after the freeze covers them.
-  await db.query(
-    "BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'pgferry', 'freeze'); COMMIT",
-  );
+  // So that the LSN read after the freeze covers commits acknowledged with synchronous_commit = off.
+  await flushWal(db, 'freeze');
   const { xmax } = await db.one<{ xmax: string }>('SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS xmax');
   return { sessionsEnded: ended, xmax };
+}
+
+/**
+ * A commit acknowledged with synchronous_commit = off may still sit in the WAL buffers, past
+ * pg_current_wal_lsn(), where a drain would not wait for it. A synchronous commit of our own that
+ * wrote WAL (a transactional logical message, which subscriptions ignore; a bare xid would commit
+ * asynchronously) flushes every record before it: an LSN read afterwards covers them.
+ */
+export async function flushWal(db: Db, tag: 'freeze' | 'verify'): Promise<void> {
+  await db.query(
+    `BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'pgferry', '${tag}'); COMMIT`,
+  );
 }
 
 export async function unfreezeWrites(db: Db): Promise<void> {

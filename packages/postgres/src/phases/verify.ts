@@ -6,7 +6,7 @@
 import { DEFAULTS, objectNames, type VerifyTableResult } from '@pgferry/core';
 import { copyableTables, listTables, type TableInfo } from '../catalog';
 import { type Db, ident, qualified, sleep, tableLabel } from '../db';
-import { currentLsn, waitConfirmed } from '../freeze';
+import { currentLsn, flushWal, waitConfirmed } from '../freeze';
 import type { PhaseContext } from './context';
 
 interface Bucket {
@@ -145,15 +145,23 @@ async function drain(ctx: PhaseContext): Promise<boolean> {
 
 /** How long a last recheck waits to hold a table's writes (the table's writers queue behind it meanwhile). */
 const HOLD_LOCK_TIMEOUT_MS = 200;
+/** How long replication may take, under the hold, to bring over what was written just before it. */
+const HOLD_DRAIN_MS = 300;
+/** The most the reads under the hold may take (each side). */
+const HOLD_READ_TIMEOUT_MS = 2_000;
+/** At most this many chunks (of verifyChunkRows) are read under the hold. */
+const HOLD_MAX_CHUNKS = 4;
 
 /**
  * The last recheck of chunks that still differ: a row every transaction updates (a counter, a balance)
  * is never the same on both sides at two moments, so plain rechecks report it however well it
- * replicates. Here the table's writes are held on the live side (`LOCK … IN SHARE MODE`: readers pass,
- * writers of this one table wait), replication drains to the live side's current position, and both
- * sides are read at that one point. Only for a chunk read by key range or a small table, so the hold
- * lasts one chunk's read; none when the lock is not granted within HOLD_LOCK_TIMEOUT_MS, nothing
- * replicates, or the role may not lock the table (the chunks are then reported as they are).
+ * replicates. Here replication is drained first; then the table's writes are held on the live side
+ * (`LOCK … IN SHARE MODE`: readers pass, writers of this one table wait), WAL is flushed and the other
+ * side brought up to it, and both sides are read at that one point. The hold is bounded: the lock is
+ * given up when not granted within HOLD_LOCK_TIMEOUT_MS or when replication does not catch up within
+ * HOLD_DRAIN_MS, and only up to HOLD_MAX_CHUNKS chunks read by key range (or a table that small) are
+ * read under it, each read within HOLD_READ_TIMEOUT_MS. Whenever it is given up the chunks are reported
+ * as the plain rechecks found them, and the log says why.
  */
 async function heldChecksums(
   ctx: PhaseContext,
@@ -161,27 +169,47 @@ async function heldChecksums(
   rowText: string,
   only: number[],
 ): Promise<{ src: Map<number, Bucket>; tgt: Map<number, Bucket>; heldMs: number } | undefined> {
-  const small = p.rows <= 2 * DEFAULTS.verifyChunkRows;
-  if (!(p.range && only.length <= 64) && !small) return undefined;
+  const bounded = p.range ? only.length <= HOLD_MAX_CHUNKS : p.rows <= HOLD_MAX_CHUNKS * DEFAULTS.verifyChunkRows;
+  if (!bounded) return undefined;
   const s = await stream(ctx);
   if (!s) return undefined;
   const { live, other, slot } = s;
+  const giveUp = (why: string) => {
+    ctx.log(`verify: ${tableLabel(p.table)}: no last recheck with its writes held: ${why}`);
+    return undefined;
+  };
+  // Drained before the hold, so that under it only the last moment's writes are waited for.
+  await flushWal(live, 'verify');
+  if (!(await waitConfirmed(live, slot, await currentLsn(live), 5_000)))
+    return giveUp('replication is more than 5 s behind');
   return await live.withClient(async (client) => {
     const query: Query = async (sql, params) => (await client.query(sql, params)).rows;
     await client.query('BEGIN');
     try {
       await client.query(`SET LOCAL lock_timeout = ${HOLD_LOCK_TIMEOUT_MS}`);
+      await client.query(`SET LOCAL statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
       await client.query(`LOCK TABLE ONLY ${qualified(p.table)} IN SHARE MODE`);
       const held = performance.now();
-      const [{ lsn }] = (await client.query('SELECT pg_current_wal_lsn()::text AS lsn')).rows as [{ lsn: string }];
-      if (!(await waitConfirmed(live, slot, lsn, 2_000))) return undefined;
-      const [l, o] = await Promise.all([checksums(query, p, rowText, only), checksums(other.query, p, rowText, only)]);
+      // Every write of the table committed before the lock, asynchronous commits included, is below this.
+      await flushWal(live, 'verify');
+      if (!(await waitConfirmed(live, slot, await currentLsn(live), HOLD_DRAIN_MS)))
+        return giveUp(`replication did not catch up within ${HOLD_DRAIN_MS} ms`);
+      const [l, o] = await Promise.all([
+        checksums(query, p, rowText, only),
+        other.withClient(async (c) => {
+          await c.query(`SET statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
+          try {
+            return await checksums(async (sql, params) => (await c.query(sql, params)).rows, p, rowText, only);
+          } finally {
+            await c.query('RESET statement_timeout');
+          }
+        }),
+      ]);
       const heldMs = Math.round(performance.now() - held);
       return live === ctx.target ? { src: o, tgt: l, heldMs } : { src: l, tgt: o, heldMs };
     } catch (err) {
-      // Not granted in time, or not allowed: the plain rechecks' answer stands.
-      ctx.log(`verify: could not hold ${tableLabel(p.table)} for a last recheck: ${(err as Error).message}`);
-      return undefined;
+      // Not granted in time, not allowed, or a read too slow: the plain rechecks' answer stands.
+      return giveUp((err as Error).message);
     } finally {
       await client.query('ROLLBACK').catch(() => {});
     }

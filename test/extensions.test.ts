@@ -1,4 +1,4 @@
-import { rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { openSession } from '../packages/cli/src/runner';
@@ -23,10 +23,7 @@ import { freshPair, leftovers, type Pair } from './harness/pairs';
  */
 const EXTENSION_DIR = '/usr/share/postgresql/15/extension';
 const NAME = 'pgferry_cfgtest';
-const FILES = {
-  [`${NAME}.control`]:
-    "comment = 'pgferry test: an extension with configuration tables'\ndefault_version = '1.0'\nrelocatable = true\n",
-  [`${NAME}--1.0.sql`]: `
+const SCRIPT = `
 CREATE TABLE cfg_settings (id serial PRIMARY KEY, name text NOT NULL UNIQUE, value text, builtin boolean NOT NULL DEFAULT false);
 INSERT INTO cfg_settings (name, value, builtin) VALUES ('default-a', 'a', true), ('default-b', 'b', true);
 SELECT pg_catalog.pg_extension_config_dump('cfg_settings', 'WHERE NOT builtin');
@@ -34,10 +31,29 @@ SELECT pg_catalog.pg_extension_config_dump('cfg_settings_id_seq', '');
 CREATE TABLE cfg_jobs (id bigserial PRIMARY KEY, cmd text NOT NULL);
 SELECT pg_catalog.pg_extension_config_dump('cfg_jobs', '');
 CREATE TABLE cfg_cache (k int PRIMARY KEY, v text);
+`;
+const VERSION_11 = "CREATE FUNCTION cfg_version() RETURNS text LANGUAGE sql AS $$ SELECT '1.1'::text $$;\n";
+const FILES: Record<string, string> = {
+  [`${NAME}.control`]:
+    "comment = 'pgferry test: an extension with configuration tables'\ndefault_version = '1.1'\nrelocatable = true\n",
+  [`${NAME}--1.0.sql`]: SCRIPT,
+  [`${NAME}--1.1.sql`]: SCRIPT + VERSION_11,
+  [`${NAME}--1.0--1.1.sql`]: VERSION_11,
+  // A stand-in for pg_cron (whose scheduler runs the jobs of its configuration table cron.job).
+  'pg_cron.control': "comment = 'pgferry test: stands in for pg_cron'\ndefault_version = '1.0'\nrelocatable = false\n",
+  'pg_cron--1.0.sql': `
+CREATE SCHEMA cron;
+CREATE TABLE cron.job (jobid bigserial PRIMARY KEY, schedule text NOT NULL, command text NOT NULL);
+SELECT pg_catalog.pg_extension_config_dump('cron.job', '');
+SELECT pg_catalog.pg_extension_config_dump('cron.job_jobid_seq', '');
 `,
 };
 
 beforeAll(() => {
+  if (existsSync(join(EXTENSION_DIR, 'pg_cron.control')))
+    throw new Error(
+      `${EXTENSION_DIR} holds a real pg_cron, which this test would overwrite with its stand-in: run the tests on a machine without postgresql-15-cron`,
+    );
   for (const [file, text] of Object.entries(FILES)) {
     try {
       writeFileSync(join(EXTENSION_DIR, file), text);
@@ -114,6 +130,55 @@ describe('extension configuration tables', () => {
         expect(setting?.id).toBe(6);
         expect(await cleanup(ctx)).toMatch(/nothing left behind/);
         expect(await leftovers(pair)).toEqual([]);
+      } finally {
+        await session.close();
+      }
+    });
+  }
+
+  it('says when the target would create another version of an extension whose configuration tables it copies', async () => {
+    pair = await freshPair(15, 'extcfg_version');
+    rt = testRuntime();
+    await pair.source(`CREATE EXTENSION ${NAME} VERSION '1.0'`);
+    const m = await newMigration(rt, pair);
+    const session = await openSession(rt, m.id);
+    try {
+      const found = (await assess(session.ctx.source, session.ctx.target)).findings.find(
+        (f) => f.code === 'extension-version',
+      );
+      expect(found?.message).toMatch(
+        /extension pgferry_cfgtest is version 1\.0 on the source; the schema restore creates version 1\.1 on the target\. Its configuration tables \(public\.cfg_jobs, public\.cfg_settings\) are copied/,
+      );
+      expect(found?.hint).toBe(
+        "bring both to one version first: ALTER EXTENSION pgferry_cfgtest UPDATE TO '1.1' on the source, if that version is installed there",
+      );
+    } finally {
+      await session.close();
+    }
+  });
+
+  for (const strategy of ['snapshot', 'dump'] as const) {
+    it(`leaves a scheduler's jobs (pg_cron) on the source, with a warning, so the target does not run them too (${strategy})`, async () => {
+      pair = await freshPair(15, `extcron_${strategy}`);
+      rt = testRuntime();
+      await loadSample(pair, 10);
+      await pair.source(`CREATE EXTENSION pg_cron;
+        INSERT INTO cron.job (schedule, command) VALUES ('* * * * *', 'DELETE FROM events WHERE true')`);
+      const m = await newMigration(rt, pair, { cutover: 'manual', strategy });
+      const session = await openSession(rt, m.id);
+      const { ctx } = session;
+      try {
+        const found = (await assess(ctx.source, ctx.target)).findings.filter((f) => f.code === 'scheduler-extension');
+        expect(found.map((f) => [f.level, f.object])).toEqual([['warning', 'pg_cron']]);
+        await prepareSchema(ctx);
+        await bulkLoad(ctx);
+        await startReplication(ctx);
+        await pair.source("INSERT INTO cron.job (schedule, command) VALUES ('0 * * * *', 'VACUUM')");
+        await catchUp(ctx);
+        await cutover(ctx);
+        expect(await verify(ctx)).toMatch(/checksums match/);
+        expect(await pair.target('SELECT count(*)::int AS n FROM cron.job')).toEqual([{ n: 0 }]);
+        expect(await cleanup(ctx)).toMatch(/nothing left behind/);
       } finally {
         await session.close();
       }

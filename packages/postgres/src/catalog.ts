@@ -35,19 +35,27 @@ export interface TableInfo {
 }
 
 /**
+ * Extensions whose configuration tables drive a scheduler in the server: copied to the target, their
+ * jobs would run there too while the source still runs them. Their tables are left out of the copy,
+ * replication and verify, and assess says so.
+ */
+export const SCHEDULER_EXTENSIONS = ['pg_cron'];
+
+/**
  * Not brought along by an extension, for a `pg_class c`. The exception is what an extension marked with
  * `pg_extension_config_dump` (its configuration tables and sequences, for example pg_partman's
- * part_config or pg_cron's jobs) and the sequences of such tables' columns: they hold the user's rows,
- * which pg_dump carries and so does pgferry. Other member tables are the extension's own and are left
- * to the target's extension.
+ * part_config or PostGIS's spatial_ref_sys) and the sequences of such tables' columns: they hold the
+ * user's rows, which pg_dump carries and so does pgferry (but a scheduler's: SCHEDULER_EXTENSIONS).
+ * Other member tables are the extension's own and are left to the target's extension.
  */
 export const NOT_EXTENSION_MEMBER = `NOT EXISTS (
     SELECT 1 FROM pg_depend d JOIN pg_extension x ON x.oid = d.refobjid
      WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e' AND d.refclassid = 'pg_extension'::regclass
-       AND NOT (c.oid = ANY (coalesce(x.extconfig, '{}'))
-                OR EXISTS (SELECT 1 FROM pg_depend o
-                            WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid AND o.deptype IN ('a', 'i')
-                              AND o.refobjid = ANY (coalesce(x.extconfig, '{}')))))`;
+       AND NOT (x.extname <> ALL ('{${SCHEDULER_EXTENSIONS.join(',')}}'::text[])
+                AND (c.oid = ANY (coalesce(x.extconfig, '{}'))
+                     OR EXISTS (SELECT 1 FROM pg_depend o
+                                 WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid AND o.deptype IN ('a', 'i')
+                                   AND o.refobjid = ANY (coalesce(x.extconfig, '{}'))))))`;
 
 /** Schemas pgferry never migrates. */
 export const EXCLUDED_SCHEMAS = ['pg_catalog', 'information_schema', 'pgferry'];

@@ -4,7 +4,15 @@
  */
 import { readFileSync } from 'node:fs';
 import { AssessmentBlockedError } from '@pgferry/core';
-import { copyableTables, hasReplicaIdentity, listSequences, listTables, userObjects } from '../catalog';
+import {
+  copyableTables,
+  hasReplicaIdentity,
+  listSequences,
+  listTables,
+  SCHEDULER_EXTENSIONS,
+  type TableInfo,
+  userObjects,
+} from '../catalog';
 import type { Db } from '../db';
 import { freezeHazards } from '../freeze';
 import { longTransactions } from '../lag';
@@ -408,6 +416,36 @@ async function targetFindings(
   }
 }
 
+/**
+ * The schema restore creates each extension at the target's default version, whatever the source
+ * runs: say so where they differ, the more loudly for an extension whose configuration tables are
+ * copied (their columns must match on both sides, or the cutover gate stays closed on the drift).
+ */
+async function extensionVersionFindings(
+  db: Db,
+  installed: Array<{ extname: string; extversion: string }>,
+  tables: TableInfo[],
+  add: (f: Finding) => void,
+) {
+  if (installed.length === 0) return;
+  const rows = await db.query<{ name: string; version: string; target: string | null }>(
+    `SELECT e.name, e.version, a.default_version AS target
+       FROM unnest($1::text[], $2::text[]) AS e(name, version) JOIN pg_available_extensions a ON a.name = e.name
+      WHERE a.default_version IS DISTINCT FROM e.version ORDER BY 1`,
+    [installed.map((x) => x.extname), installed.map((x) => x.extversion)],
+  );
+  for (const r of rows) {
+    const config = tables.filter((t) => t.extension === r.name).map((t) => `${t.schema}.${t.name}`);
+    add({
+      level: 'warning',
+      code: 'extension-version',
+      object: r.name,
+      message: `extension ${r.name} is version ${r.version} on the source; the schema restore creates version ${r.target} on the target${config.length ? `. Its configuration tables (${config.join(', ')}) are copied and replicated: if the versions' columns differ, the copy fails or the cutover gate stays closed on the drift` : ''}`,
+      hint: `bring both to one version first: ALTER EXTENSION ${r.name} UPDATE TO '${r.target}' on the source, if that version is installed there`,
+    });
+  }
+}
+
 export async function assess(
   source: Db,
   target?: Db,
@@ -433,13 +471,24 @@ export async function assess(
         'the cutover gate will stay closed until this is fixed: the source role may not create the reverse subscription (the way back after cutover)',
       hint: 'superuser, rds_superuser on RDS, or from PostgreSQL 16 on pg_create_subscription and CREATE on the database',
     });
-  const extensions = (
-    await source.query<{ extname: string }>("SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1")
-  ).map((r) => r.extname);
+  const installed = await source.query<{ extname: string; extversion: string }>(
+    "SELECT extname, extversion FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1",
+  );
+  const extensions = installed.map((r) => r.extname);
+  for (const x of installed.filter((e) => SCHEDULER_EXTENSIONS.includes(e.extname))) {
+    add({
+      level: 'warning',
+      code: 'scheduler-extension',
+      object: x.extname,
+      message: `the jobs of extension ${x.extname} are not migrated: copied, the target's scheduler would run them too while the source still does`,
+      hint: `after the cutover, schedule them on the target (for pg_cron: SELECT jobname, schedule, command FROM cron.job on the source, then cron.schedule(...) on the target)`,
+    });
+  }
   let tgt: ServerFacts | undefined;
   if (target) {
     tgt = await facts(target);
     await targetFindings(target, tgt, src, extensions, options.migrationId, add);
+    await extensionVersionFindings(target, installed, tables, add);
   }
   // An RDS target answers for itself (pg_available_extensions above); otherwise check the RDS list.
   if (!tgt?.isRds) {

@@ -8,10 +8,10 @@ import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { BulkLoadFailedError, objectNames } from '@pgferry/core';
-import { copyableTables, listTables, type TableInfo } from '../catalog';
+import { copyableTables, listTables, SCHEDULER_EXTENSIONS, type TableInfo } from '../catalog';
 import { relayCopy } from '../copy-relay';
 import { undoOnInterrupt } from '../critical';
-import { connectClient, ident, qualified, sleep } from '../db';
+import { connectClient, type Db, ident, qualified, sleep } from '../db';
 import {
   createSlotWithSnapshot,
   createSubscription,
@@ -287,6 +287,18 @@ async function loadInSnapshot(
   return `${restored}; ${rows} rows of ${configTables.length} extension configuration table(s) copied`;
 }
 
+/** The configuration tables and sequences of SCHEDULER_EXTENSIONS, quoted. */
+async function schedulerRelations(db: Db): Promise<string[]> {
+  const rows = await db.query<{ t: string }>(
+    `SELECT format('%I.%I', n.nspname, c.relname) AS t
+       FROM pg_extension x CROSS JOIN LATERAL unnest(x.extconfig) AS cfg(oid)
+       JOIN pg_class c ON c.oid = cfg.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE x.extname = ANY ($1) ORDER BY 1`,
+    [SCHEDULER_EXTENSIONS],
+  );
+  return rows.map((r) => r.t);
+}
+
 async function dumpAndRestore(
   ctx: PhaseContext,
   snapshot: string,
@@ -309,6 +321,8 @@ async function dumpAndRestore(
       '--exclude-schema=pgferry',
       // A quoted name is a pattern whose every character is literal.
       ...configTables.map((t) => `--exclude-table-data=${qualified(t)}`),
+      // A scheduler's jobs stay behind (SCHEDULER_EXTENSIONS): the target would run them too.
+      ...(await schedulerRelations(ctx.source)).map((t) => `--exclude-table-data=${t}`),
       '--file',
       file,
       '--dbname',

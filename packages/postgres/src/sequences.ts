@@ -20,14 +20,15 @@ export async function syncSequences(from: Db, to: Db): Promise<number> {
   }
   const seqs = all.filter((s) => s.lastValue !== null);
   if (seqs.length === 0) return 0;
+  // A sequence already ahead, or already at the same called value, is not set again: after the sync
+  // the cutover runs before its freeze, the one inside the write gap writes only what moved since.
+  // (pg_sequences.last_value is null for a sequence never called: it is never ahead.)
   await to.query(
-    `SELECT setval(format('%I.%I', v.schema, v.name)::regclass,
-                   CASE WHEN k.ahead THEN s.last_value ELSE v.value END,
-                   CASE WHEN k.ahead THEN true ELSE v.called END)
+    `SELECT setval(format('%I.%I', v.schema, v.name)::regclass, v.value, v.called)
        FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[]) AS v(schema, name, value, called)
        LEFT JOIN pg_sequences s ON s.schemaname = v.schema AND s.sequencename = v.name
-       CROSS JOIN LATERAL (SELECT CASE WHEN s.increment_by < 0 THEN s.last_value < v.value
-                                       ELSE s.last_value > v.value END AS ahead) k`,
+      WHERE NOT coalesce(CASE WHEN s.increment_by < 0 THEN s.last_value < v.value ELSE s.last_value > v.value END, false)
+        AND NOT (v.called AND s.last_value IS NOT DISTINCT FROM v.value)`,
     [seqs.map((s) => s.schema), seqs.map((s) => s.name), seqs.map((s) => s.lastValue), seqs.map((s) => s.isCalled)],
   );
   return seqs.length;

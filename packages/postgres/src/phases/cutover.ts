@@ -123,6 +123,8 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target));
   }
   await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
+  // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.
+  await syncSequences(ctx.source, ctx.target);
   const freezeAt = new Date();
   await ctx.update((s) => {
     s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward' };

@@ -176,6 +176,8 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
   }
   // A rollback interrupted after it stopped the reverse stream would otherwise wait on it forever.
   await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} ENABLE`);
+  // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.
+  await syncSequences(ctx.target, ctx.source);
   // Recorded before the freeze: a rollback killed in its write gap shows in status, and resume refuses
   // to pretend the application is on the target; running the rollback again finishes it.
   const freezeAt = new Date();

@@ -1,3 +1,4 @@
+import { CutoverFailedError } from '@pgferry/core';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
@@ -427,6 +428,55 @@ describe('phases', () => {
     expect(state.verify?.ok).toBe(true);
     expect((await pair.target("SELECT count(*)::int AS n FROM orders WHERE gift_note = 'with love'"))[0]?.n).toBe(1);
     expect(await pair.target('SELECT code, pct FROM coupons')).toEqual([{ code: 'WINTER', pct: 10 }]);
+  });
+
+  it('reports a failure to prepare the cutover as a cutover failure: nothing frozen, nothing prepared left, the load kept', async () => {
+    const { pair, rt } = await setup('prepfail', 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // A sequence made on the source after the gate looked: the sync before the freeze cannot set it.
+    await pair.source("CREATE SEQUENCE only_here; SELECT nextval('only_here')");
+    const session = await openSession(rt, m.id);
+    try {
+      const err = await cutover(session.ctx).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(CutoverFailedError);
+      expect((err as Error).message).toMatch(/^preparing the cutover failed; nothing was frozen: /);
+      expect(await frozen(pair, 'source')).toBe(false);
+      expect(
+        await pair.source('SELECT count(*)::int AS n FROM pg_subscription WHERE subname = $1', [`pgferry_${m.id}_rev`]),
+      ).toEqual([{ n: 0 }]);
+      expect(await count(pair, 'target', 'orders')).toBe(await count(pair, 'source', 'orders'));
+    } finally {
+      await session.close();
+    }
+    await pair.source('DROP SEQUENCE only_here');
+    const state = await advance(rt, m.id, { cutover: 'auto' });
+    expect(state.verify?.ok).toBe(true);
+  });
+
+  it('rolls back what a cutover killed in its write gap left before the switch: prepared subscription and reverse slot', async () => {
+    const { pair, rt } = await setup('gapkill', 50);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    const { objectNames } = await import('@pgferry/core');
+    const { prepareSubscription, ensurePublication, listTables } = await import('../packages/postgres/src/index');
+    const n = objectNames(m.id);
+    const session = await openSession(rt, m.id);
+    try {
+      // As a kill -9 leaves it after the reverse slot was made and before the subscription started.
+      const { ctx } = session;
+      await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target));
+      await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
+      await pair.target("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [n.reverseSlot]);
+      await ctx.update((s) => {
+        s.cutover = { freezeAt: new Date().toISOString(), direction: 'forward' };
+      });
+    } finally {
+      await session.close();
+    }
+    const rolled = await rollbackMigration(rt, m.id);
+    expect(rolled.status).toBe('rolled-back');
+    expect(await leftovers(pair)).toEqual([]);
   });
 
   it('keeps the loaded data and the slot when catch-up times out, and resumes once the cause is fixed', async () => {

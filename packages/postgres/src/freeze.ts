@@ -123,11 +123,12 @@ export async function freezeWrites(db: Db, options: { timeoutMs?: number } = {})
  * A commit acknowledged with synchronous_commit = off may still sit in the WAL buffers, past
  * pg_current_wal_lsn(), where a drain would not wait for it. A synchronous commit of our own that
  * wrote WAL (a transactional logical message, which subscriptions ignore; a bare xid would commit
- * asynchronously) flushes every record before it: an LSN read afterwards covers them.
+ * asynchronously) flushes every record before it: an LSN read afterwards covers them. `local`: flushed
+ * here, without waiting for a synchronous standby (one that is down would stall the write gap).
  */
 export async function flushWal(db: Db, tag: 'freeze' | 'verify'): Promise<void> {
   await db.query(
-    `BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'pgferry', '${tag}'); COMMIT`,
+    `BEGIN; SET LOCAL synchronous_commit = local; SELECT pg_logical_emit_message(true, 'pgferry', '${tag}'); COMMIT`,
   );
 }
 

@@ -212,17 +212,11 @@ export async function createSubscription(
  * Create a subscription that does not run yet: disabled, without a slot, its table list fetched from
  * the publisher and recorded now. Starting it (`startPreparedSubscription`) is then two catalog
  * updates: the cutover prepares reverse replication this way before the freeze, because CREATE
- * SUBSCRIPTION's table fetch took 219 ms of the write gap for 5,000 tables. A subscription already
- * there in that state is kept; one in any other state is replaced.
+ * SUBSCRIPTION's table fetch took 219 ms of the write gap for 5,000 tables. One left by an earlier
+ * attempt is made again, so that it carries today's credentials and tables.
  */
 export async function prepareSubscription(db: Db, name: string, publisherUrl: string, publication: string) {
-  const [sub] = await db.query<{ ready: boolean }>(
-    `SELECT NOT subenabled AND subslotname IS NULL AS ready FROM pg_subscription
-      WHERE subname = $1 AND subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())`,
-    [name],
-  );
-  if (sub?.ready) return;
-  if (sub) await dropSubscription(db, name, { keepSlot: true });
+  await dropSubscription(db, name, { keepSlot: true });
   await db.query(
     `CREATE SUBSCRIPTION ${ident(name)} CONNECTION ${literal(conninfo(publisherUrl))} PUBLICATION ${ident(publication)}
        WITH (slot_name = NONE, synchronous_commit = 'on', create_slot = false, copy_data = false, enabled = false)`,

@@ -118,13 +118,26 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
   if (c?.switchStartedAt) return finishInterruptedSwitch(ctx);
   // A crash between freeze and switch: the application still points at the source. Undo, then go again.
   await undoInterruptedCutover(ctx);
-  // Everything that can be prepared outside the write gap is prepared here.
-  if (!(await publicationExists(ctx.target, n.reversePublication))) {
-    await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target));
+  // Everything that can be prepared outside the write gap is prepared here. A failure here leaves the
+  // load and forward replication as they are (a cutover failure, not a migration failure).
+  try {
+    if (!(await publicationExists(ctx.target, n.reversePublication))) {
+      await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target));
+    }
+    await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
+    // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.
+    await syncSequences(ctx.source, ctx.target);
+  } catch (err) {
+    await dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }).catch(() => {});
+    throw new CutoverFailedError(`preparing the cutover failed; nothing was frozen: ${errorMessage(err)}`, {
+      cause: err,
+      phase: 'cutover',
+      hint:
+        err instanceof PgferryError && err.hint
+          ? err.hint
+          : 'the source must reach the target for reverse replication (the way back): check the target URL, its pg_hba.conf and free WAL senders; then run `pgferry cutover` again',
+    });
   }
-  await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
-  // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.
-  await syncSequences(ctx.source, ctx.target);
   const freezeAt = new Date();
   await ctx.update((s) => {
     s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward' };

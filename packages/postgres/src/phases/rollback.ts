@@ -103,9 +103,10 @@ async function beforeCutover(ctx: PhaseContext): Promise<string> {
   const done: string[] = [];
   if (await dropSubscription(ctx.target, n.subscription, { keepSlot: true }))
     done.push(`target subscription ${n.subscription}`);
-  // Reverse replication the cutover prepared before a freeze it never reached (disabled, no slot).
+  // Reverse replication a cutover prepared, or began in a write gap it did not finish.
   if (await dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }))
     done.push(`source subscription ${n.reverseSubscription}`);
+  if (await dropSlot(ctx.target, n.reverseSlot)) done.push(`target slot ${n.reverseSlot}`);
   if (await dropSlot(ctx.source, n.slot)) done.push(`source slot ${n.slot}`);
   if (await dropPublication(ctx.source, n.publication)) done.push(`source publication ${n.publication}`);
   if (await dropPublication(ctx.target, n.reversePublication)) done.push(`target publication ${n.reversePublication}`);

@@ -502,6 +502,39 @@ describe('pgferry CLI', () => {
     }
   });
 
+  it("gives pgferry's subscription the new password after the source's is rotated, so replication goes on", async () => {
+    pair = await freshPair(15, 'clirotsrc');
+    await loadSample(pair, 50);
+    const role = `rots_${pair.sourceDb.slice(-8)}`;
+    await pair.source(`CREATE ROLE ${role} LOGIN SUPERUSER PASSWORD 'src-pw-1'`);
+    const as = (pw: string) => pair!.sourceUrl.replace(/\/\/[^@]*@/, `//${role}:${pw}@`);
+    try {
+      expect(
+        (await pgferry(['migrate', '--source', as('src-pw-1'), '--target', pair.targetUrl, '--id', 'rs', '--yes']))
+          .code,
+      ).toBe(0);
+      // The password changes and the subscription's connection drops: it has to log in again.
+      await pair.source(`ALTER ROLE ${role} PASSWORD 'src-pw-2'`);
+      await pair.source(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'pgferry_rs' AND active_pid IS NOT NULL",
+      );
+      await pair.source("INSERT INTO customers (name, email) VALUES ('after rotation', 'rot@example.com')");
+      const cut = await pgferry(['cutover', '--id', 'rs', '--source', as('src-pw-2')]);
+      expect(cut.code).toBe(0);
+      expect(cut.stdout + cut.stderr).toContain(
+        'subscription pgferry_rs on the target now logs in with the new source credentials',
+      );
+      expect(await pair.target("SELECT count(*)::int AS n FROM customers WHERE email = 'rot@example.com'")).toEqual([
+        { n: 1 },
+      ]);
+      expect((await pgferry(['cleanup', '--id', 'rs'])).code).toBe(0);
+    } finally {
+      await pair.drop();
+      const { sql } = await import('./harness/pairs');
+      await sql(serverUrl(pair.sourceServer), `DROP ROLE IF EXISTS ${role}`);
+    }
+  });
+
   it.each([
     ['SIGINT', 130],
     ['SIGTERM', 143],

@@ -50,6 +50,7 @@ import {
   undoInterruptedCutover,
   unfreezeWrites,
   unreachable,
+  updateSubscriptionConnection,
   verify,
   wasInterrupted,
 } from '@pgferry/postgres';
@@ -133,6 +134,22 @@ export async function useCredentials(
   }
   if (!rt.store.updateSecrets) throw new PgferryError('this state store cannot change credentials');
   await rt.store.updateSecrets(id, next);
+  // pgferry's subscriptions log in to the other server with what they were created with: a rotated
+  // password would stop them at their next reconnect (and with the reverse one, the way back).
+  const n = objectNames(id);
+  const refresh = async (side: 'source' | 'target', url: string, subscription: string, publisherUrl: string) => {
+    const db = await connect(url, { side, applicationName: n.applicationName, max: 1 });
+    try {
+      if (await updateSubscriptionConnection(db, subscription, publisherUrl))
+        rt.events.log(
+          `subscription ${subscription} on the ${side} now logs in with the new ${side === 'target' ? 'source' : 'target'} credentials`,
+        );
+    } finally {
+      await db.end();
+    }
+  };
+  if (urls.sourceUrl) await refresh('target', next.targetUrl, n.subscription, next.sourceUrl);
+  if (urls.targetUrl) await refresh('source', next.sourceUrl, n.reverseSubscription, next.targetUrl);
 }
 
 /**

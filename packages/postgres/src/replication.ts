@@ -252,6 +252,16 @@ export async function subscriptionMatchesPublication(
   return sub.d === pub.d && sub.d !== '';
 }
 
+/**
+ * Give a subscription its publisher's current credentials (a rotated password): a catalog update,
+ * no connection made; the apply worker restarts and connects with them. False when there is none.
+ */
+export async function updateSubscriptionConnection(db: Db, name: string, publisherUrl: string): Promise<boolean> {
+  if (!(await subscriptionExists(db, name))) return false;
+  await db.query(`ALTER SUBSCRIPTION ${ident(name)} CONNECTION ${literal(conninfo(publisherUrl))}`);
+  return true;
+}
+
 /** Start a prepared subscription at an existing slot. */
 export async function startPreparedSubscription(db: Db, name: string, slot: string) {
   await db.query(`ALTER SUBSCRIPTION ${ident(name)} SET (slot_name = ${literal(slot)})`);

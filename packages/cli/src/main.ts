@@ -34,7 +34,8 @@ import { FileMigrationStore } from './store';
 
 /** The --source/--target of commands on a stored migration. */
 const CREDENTIALS = `--source URL, --target URL  new credentials (a rotated password) for the same user, server and
-                            database as the migration uses; they replace the stored ones`;
+                            database as the migration uses; they replace the stored ones and the
+                            ones pgferry's subscriptions log in with`;
 
 const HELP: Record<string, string> = {
   main: `pgferry — move a live PostgreSQL database to another server (Amazon RDS) with zero downtime

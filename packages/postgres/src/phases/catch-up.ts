@@ -82,7 +82,7 @@ export async function sampleGate(
 async function unreplicatedTables(ctx: PhaseContext): Promise<string[]> {
   const names = objectNames(ctx.config.id);
   const [tables, published, subscribed] = await Promise.all([
-    listTables(ctx.source),
+    listTables(ctx.source, { sizes: false }),
     ctx.source.query<{ t: string }>(
       `SELECT format('%s.%s', n.nspname, c.relname) AS t FROM pg_publication_rel r
          JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid

@@ -122,7 +122,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
   // load and forward replication as they are (a cutover failure, not a migration failure).
   try {
     if (!(await publicationExists(ctx.target, n.reversePublication))) {
-      await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target));
+      await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target, { sizes: false }));
     }
     await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
     // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.

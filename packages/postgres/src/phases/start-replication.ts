@@ -22,7 +22,7 @@ export async function startReplication(ctx: PhaseContext): Promise<string> {
   }
   await createSubscription(ctx.target, names.subscription, ctx.config.sourceUrl, names.publication, names.slot);
   // The reverse publication is made now, outside any write gap (it only names tables; nothing flows yet).
-  await ensurePublication(ctx.target, names.reversePublication, await listTables(ctx.target));
+  await ensurePublication(ctx.target, names.reversePublication, await listTables(ctx.target, { sizes: false }));
   // Wait for the apply worker to attach to the slot, so a misconfiguration surfaces here, not later.
   for (let i = 0; i < 100; i++) {
     const [row] = await ctx.source.query<{ active: boolean }>(

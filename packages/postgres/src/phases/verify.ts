@@ -217,7 +217,7 @@ async function heldChecksums(
 }
 
 export async function verifyTables(ctx: PhaseContext): Promise<{ ok: boolean; tables: VerifyTableResult[] }> {
-  const tables = copyableTables(await listTables(ctx.source));
+  const tables = copyableTables(await listTables(ctx.source, { sizes: false }));
   const encoding = 'SELECT pg_encoding_to_char(encoding) AS e FROM pg_database WHERE datname = current_database()';
   const [se, te] = await Promise.all([
     ctx.source.one<{ e: string }>(encoding),

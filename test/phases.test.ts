@@ -441,6 +441,7 @@ describe('phases', () => {
       const err = await cutover(session.ctx).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(CutoverFailedError);
       expect((err as Error).message).toMatch(/^preparing the cutover failed; nothing was frozen: /);
+      expect((err as CutoverFailedError).hint).toMatch(/every source sequence must exist on the target/);
       expect(await frozen(pair, 'source')).toBe(false);
       expect(
         await pair.source('SELECT count(*)::int AS n FROM pg_subscription WHERE subname = $1', [`pgferry_${m.id}_rev`]),
@@ -477,6 +478,36 @@ describe('phases', () => {
     const rolled = await rollbackMigration(rt, m.id);
     expect(rolled.status).toBe('rolled-back');
     expect(await leftovers(pair)).toEqual([]);
+  });
+
+  it('mirrors sequences, also one the source moved back since an earlier sync', async () => {
+    pair = await freshPair(15, 'seqback');
+    const ddl = `CREATE SEQUENCE capped MAXVALUE 1000; CREATE SEQUENCE countdown INCREMENT BY -1 MAXVALUE -1 START -1;
+      CREATE SEQUENCE fresh`;
+    await pair.source(ddl);
+    await pair.target(ddl);
+    await pair.source("SELECT setval('capped', 990); SELECT nextval('countdown') FROM generate_series(1, 5)");
+    const { syncSequences } = await import('../packages/postgres/src/index');
+    const [src, tgt] = await Promise.all([
+      connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' }),
+      connect(pair.targetUrl, { side: 'target', applicationName: 'pgferry:test' }),
+    ]);
+    try {
+      // The sync before a freeze, then the source RESTARTs one (a yearly counter, say) before the one inside it.
+      await syncSequences(src, tgt);
+      await pair.source("ALTER SEQUENCE capped RESTART; SELECT nextval('capped') FROM generate_series(1, 5)");
+      await pair.source("ALTER SEQUENCE countdown RESTART; SELECT nextval('countdown')");
+      await syncSequences(src, tgt);
+      const state = 'SELECT sequencename AS s, last_value::int AS v FROM pg_sequences ORDER BY 1';
+      expect(await pair.target(state)).toEqual(await pair.source(state));
+      expect(await pair.target(state)).toEqual([
+        { s: 'capped', v: 5 },
+        { s: 'countdown', v: -1 },
+        { s: 'fresh', v: null },
+      ]);
+    } finally {
+      await Promise.all([src.end(), tgt.end()]);
+    }
   });
 
   it('keeps the loaded data and the slot when catch-up times out, and resumes once the cause is fixed', async () => {

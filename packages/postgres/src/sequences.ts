@@ -3,9 +3,11 @@ import { listSequences } from './catalog';
 import type { Db } from './db';
 
 /**
- * Copy every sequence's value (owned by a column or not) from one side to the other in one statement.
- * Values never move backwards: the target keeps the one further along, the larger of the two for an
- * ascending sequence, the smaller for a descending one (INCREMENT BY below zero).
+ * Copy every sequence's value and is_called (owned by a column or not) from one side to the other in
+ * one statement: the receiving side mirrors the sending one, backwards too (a sequence RESTARTed,
+ * set lower or cycled on the sending side since an earlier sync). The receiving side takes no writes
+ * of its own before its switch (the target until the cutover's, the read-only source until the
+ * rollback's), so nothing there is further along than the sending side says.
  */
 export async function syncSequences(from: Db, to: Db): Promise<number> {
   const all = await listSequences(from, { owners: false });
@@ -20,15 +22,14 @@ export async function syncSequences(from: Db, to: Db): Promise<number> {
   }
   const seqs = all.filter((s) => s.lastValue !== null);
   if (seqs.length === 0) return 0;
-  // A sequence already ahead, or already at the same called value, is not set again: after the sync
-  // the cutover runs before its freeze, the one inside the write gap writes only what moved since.
-  // (pg_sequences.last_value is null for a sequence never called: it is never ahead.)
+  // One already at the same called value is not set again: after the sync the cutover runs before its
+  // freeze, the one inside the write gap writes only what moved since. (pg_sequences.last_value is
+  // null for a sequence never called: always set.)
   await to.query(
     `SELECT setval(format('%I.%I', v.schema, v.name)::regclass, v.value, v.called)
        FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[]) AS v(schema, name, value, called)
        LEFT JOIN pg_sequences s ON s.schemaname = v.schema AND s.sequencename = v.name
-      WHERE NOT coalesce(CASE WHEN s.increment_by < 0 THEN s.last_value < v.value ELSE s.last_value > v.value END, false)
-        AND NOT (v.called AND s.last_value IS NOT DISTINCT FROM v.value)`,
+      WHERE NOT (v.called AND s.last_value IS NOT DISTINCT FROM v.value)`,
     [seqs.map((s) => s.schema), seqs.map((s) => s.name), seqs.map((s) => s.lastValue), seqs.map((s) => s.isCalled)],
   );
   return seqs.length;

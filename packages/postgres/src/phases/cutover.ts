@@ -132,10 +132,11 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     throw new CutoverFailedError(`preparing the cutover failed; nothing was frozen: ${errorMessage(err)}`, {
       cause: err,
       phase: 'cutover',
+      // (A failed query's own hint only quotes the query.)
       hint:
-        err instanceof PgferryError && err.hint
+        err instanceof PgferryError && err.hint && !err.hint.startsWith('while running:')
           ? err.hint
-          : 'the source must reach the target for reverse replication (the way back): check the target URL, its pg_hba.conf and free WAL senders; then run `pgferry cutover` again',
+          : 'nothing changed for the application; the source must reach the target for reverse replication (check the target URL, its pg_hba.conf and free WAL senders), and every source sequence must exist on the target; then run `pgferry cutover` again',
     });
   }
   const freezeAt = new Date();

@@ -290,7 +290,13 @@ export async function main(argv: string[]): Promise<number> {
     const rt: Runtime = { store: new FileMigrationStore(stateDir), stateDir, events: out };
     // A stored migration's commands take --source/--target only to bring new credentials (a rotated password).
     if (command !== 'migrate' && command !== 'assess' && values.id && (values.source || values.target))
-      await useCredentials(rt, values.id, { sourceUrl: values.source, targetUrl: values.target });
+      await useCredentials(
+        rt,
+        values.id,
+        { sourceUrl: values.source, targetUrl: values.target },
+        // status only reads: it changes no server object.
+        { subscriptions: command !== 'status' },
+      );
 
     switch (command) {
       case 'assess': {

@@ -104,6 +104,7 @@ export async function useCredentials(
   rt: Runtime,
   id: string,
   urls: { sourceUrl?: string; targetUrl?: string },
+  options: { subscriptions?: boolean } = {},
 ): Promise<void> {
   if (!urls.sourceUrl && !urls.targetUrl) return;
   const secrets = await rt.store.secrets(id);
@@ -137,15 +138,26 @@ export async function useCredentials(
   // pgferry's subscriptions log in to the other server with what they were created with: a rotated
   // password would stop them at their next reconnect (and with the reverse one, the way back).
   const n = objectNames(id);
+  if (options.subscriptions === false) return;
   const refresh = async (side: 'source' | 'target', url: string, subscription: string, publisherUrl: string) => {
-    const db = await connect(url, { side, applicationName: n.applicationName, max: 1 });
     try {
-      if (await updateSubscriptionConnection(db, subscription, publisherUrl))
-        rt.events.log(
-          `subscription ${subscription} on the ${side} now logs in with the new ${side === 'target' ? 'source' : 'target'} credentials`,
-        );
-    } finally {
-      await db.end();
+      const db = await connect(url, { side, applicationName: n.applicationName, max: 1 });
+      try {
+        if (await updateSubscriptionConnection(db, subscription, publisherUrl))
+          rt.events.log(
+            `subscription ${subscription} on the ${side} now logs in with the new ${side === 'target' ? 'source' : 'target'} credentials`,
+          );
+      } finally {
+        await db.end();
+      }
+    } catch (err) {
+      throw new PgferryError(
+        `the new credentials are stored, but subscription ${subscription} on the ${side} could not be given them: ${errorMessage(err)}`,
+        {
+          cause: err,
+          hint: `run the command again with the same --source/--target once the ${side} answers; until then that subscription logs in with the old password`,
+        },
+      );
     }
   };
   if (urls.sourceUrl) await refresh('target', next.targetUrl, n.subscription, next.sourceUrl);

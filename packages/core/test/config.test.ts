@@ -68,6 +68,10 @@ describe('redaction', () => {
     expect(
       redactText("CREATE SUBSCRIPTION s CONNECTION 'host=''db'' password=''hunter2pass'' user=''u''' PUBLICATION p"),
     ).toBe("CREATE SUBSCRIPTION s CONNECTION 'host=''db'' password=''***'' user=''u''' PUBLICATION p");
+    // A quote in the password: conninfo escapes it (\'), the SQL literal then doubles both (E'…\\''…').
+    expect(redactText("CONNECTION E'host=h password=''a\\\\''secretTail'' dbname=d' PUBLICATION p")).toBe(
+      "CONNECTION E'host=h password=''***'' dbname=d' PUBLICATION p",
+    );
     // Cut short (a hint keeps the first 120 characters): nothing of the password shows either.
     expect(redactText("CONNECTION 'host=''db'' password=''hunter2p")).not.toContain('hunter');
   });

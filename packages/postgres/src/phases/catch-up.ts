@@ -19,9 +19,20 @@ export interface GateStatus {
 const MiB = 1024 * 1024;
 
 /** One sample: records lag, checks WAL retention, returns why the gate is closed (if it is). */
+/** What a gate sample reads from both catalogs, kept between samples (see `catchUp`). */
+interface CatalogCheck {
+  reasons: string[];
+  drift: string[];
+  at: number;
+}
+
+/** The catalog checks (drift, tables, hazards, prerequisites) run at most this often, and on the sample that could open the gate. */
+const CATALOG_CHECK_EVERY_MS = 5_000;
+
 export async function sampleGate(
   ctx: PhaseContext,
-  warned: { wal: boolean },
+  warned: { wal: boolean; catalog?: CatalogCheck },
+  options: { catalog?: boolean } = {},
 ): Promise<{ lagMs: number; reasons: string[] }> {
   const names = objectNames(ctx.config.id);
   const lag = await readLag(ctx.source, names.slot);
@@ -58,13 +69,21 @@ export async function sampleGate(
       `write transaction pid ${t.pid} (user ${t.user}) open on the target: the reverse slot cannot be created until it ends`,
     );
   }
-  // Whatever would let a write past the freeze keeps the gate closed, named with its remedy.
-  for (const h of await freezeHazards(ctx.source)) reasons.push(h.message);
-  const drift = await schemaDrift(ctx.source, ctx.target);
-  for (const d of drift) reasons.push(`DDL on the source: ${d}`);
-  // (A table on one side only is drift already; one on both may still not be replicated.)
-  if (!drift.length) for (const u of await unreplicatedTables(ctx)) reasons.push(u);
-  for (const r of await cutoverPrerequisites(ctx)) reasons.push(r);
+  // The catalogs of both sides: on a database of thousands of tables these queries cost the source
+  // ~250 ms, so a caller may reuse the last answer (never for a sample that could open the gate).
+  if (options.catalog !== false || !warned.catalog) {
+    const found: string[] = [];
+    // Whatever would let a write past the freeze keeps the gate closed, named with its remedy.
+    for (const h of await freezeHazards(ctx.source)) found.push(h.message);
+    const drift = await schemaDrift(ctx.source, ctx.target);
+    for (const d of drift) found.push(`DDL on the source: ${d}`);
+    // (A table on one side only is drift already; one on both may still not be replicated.)
+    if (!drift.length) for (const u of await unreplicatedTables(ctx)) found.push(u);
+    for (const r of await cutoverPrerequisites(ctx)) found.push(r);
+    warned.catalog = { reasons: found, drift, at: Date.now() };
+  }
+  const { drift } = warned.catalog;
+  reasons.push(...warned.catalog.reasons);
   const sample = { at: new Date().toISOString(), bytes: lag.bytes, ms: lag.ms };
   await ctx.update((s) => {
     s.lag = [...(s.lag ?? []).slice(-59), sample];
@@ -140,11 +159,15 @@ export async function cutoverPrerequisites(ctx: PhaseContext): Promise<string[]>
 /** Phase "Catch up": returns once the gate has been open for `lagSamples` consecutive samples. */
 export async function catchUp(ctx: PhaseContext): Promise<string> {
   const started = Date.now();
-  const warned = { wal: false };
+  const warned: { wal: boolean; catalog?: CatalogCheck } = { wal: false };
   let streak = 0;
   let lastReasons = '';
   for (;;) {
-    const { lagMs, reasons } = await sampleGate(ctx, warned);
+    const catalog =
+      streak + 1 >= ctx.config.lagSamples ||
+      !warned.catalog ||
+      Date.now() - warned.catalog.at >= CATALOG_CHECK_EVERY_MS;
+    const { lagMs, reasons } = await sampleGate(ctx, warned, { catalog });
     streak = reasons.length === 0 ? streak + 1 : 0;
     const text = reasons.join('; ');
     if (text && text !== lastReasons) ctx.log(`cutover gate closed: ${text}`);

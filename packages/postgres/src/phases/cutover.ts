@@ -127,6 +127,10 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
     // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.
     await syncSequences(ctx.source, ctx.target);
+    // The application kept writing meanwhile (hundreds of ms on a wide schema), and the gate's lag
+    // reading is that old: catch up once more, so the drain inside the gap waits only for the last
+    // moment's writes. (Not caught up in time: the drain after the freeze decides, as before.)
+    await waitConfirmed(ctx.source, n.slot, await currentLsn(ctx.source), ctx.config.drainTimeoutMs);
   } catch (err) {
     await dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }).catch(() => {});
     throw new CutoverFailedError(`preparing the cutover failed; nothing was frozen: ${errorMessage(err)}`, {

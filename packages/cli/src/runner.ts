@@ -135,10 +135,10 @@ export async function useCredentials(
   }
   if (!rt.store.updateSecrets) throw new PgferryError('this state store cannot change credentials');
   await rt.store.updateSecrets(id, next);
+  if (options.subscriptions === false) return;
   // pgferry's subscriptions log in to the other server with what they were created with: a rotated
   // password would stop them at their next reconnect (and with the reverse one, the way back).
   const n = objectNames(id);
-  if (options.subscriptions === false) return;
   const refresh = async (side: 'source' | 'target', url: string, subscription: string, publisherUrl: string) => {
     try {
       const db = await connect(url, { side, applicationName: n.applicationName, max: 1 });

@@ -18,7 +18,6 @@ export interface GateStatus {
 
 const MiB = 1024 * 1024;
 
-/** One sample: records lag, checks WAL retention, returns why the gate is closed (if it is). */
 /** What a gate sample reads from both catalogs, kept between samples (see `catchUp`). */
 interface CatalogCheck {
   reasons: string[];
@@ -29,6 +28,7 @@ interface CatalogCheck {
 /** The catalog checks (drift, tables, hazards, prerequisites) run at most this often, and on the sample that could open the gate. */
 const CATALOG_CHECK_EVERY_MS = 5_000;
 
+/** One sample: records lag, checks WAL retention, returns why the gate is closed (if it is). */
 export async function sampleGate(
   ctx: PhaseContext,
   warned: { wal: boolean; catalog?: CatalogCheck },

@@ -227,6 +227,9 @@ export async function prepareSubscription(db: Db, name: string, publisherUrl: st
  * Whether a subscription's recorded tables are its publication's (explicit table list) now: names
  * compared in one collation on both servers.
  */
+/** The names of the tables of `pg_class c` / `pg_namespace n`, in one order on any server. */
+const TABLE_NAMES = `coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ',' ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"), '')`;
+
 export async function subscriptionMatchesPublication(
   subscriber: Db,
   subscription: string,
@@ -235,14 +238,14 @@ export async function subscriptionMatchesPublication(
 ): Promise<boolean> {
   const [sub, pub] = await Promise.all([
     subscriber.one<{ d: string }>(
-      `SELECT coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ',' ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"), '') AS d
+      `SELECT ${TABLE_NAMES} AS d
          FROM pg_subscription_rel r JOIN pg_subscription s ON s.oid = r.srsubid
          JOIN pg_class c ON c.oid = r.srrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE s.subname = $1 AND s.subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())`,
       [subscription],
     ),
     publisher.one<{ d: string }>(
-      `SELECT coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ',' ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"), '') AS d
+      `SELECT ${TABLE_NAMES} AS d
          FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
          JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE p.pubname = $1`,

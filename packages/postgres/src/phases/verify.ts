@@ -4,6 +4,7 @@
  * chunk that differs is checked again after replication has drained, and reported by table and range.
  */
 import { DEFAULTS, objectNames, type VerifyTableResult } from '@pgferry/core';
+import type pg from 'pg';
 import { copyableTables, listTables, type TableInfo } from '../catalog';
 import { type Db, ident, qualified, sleep, tableLabel } from '../db';
 import { currentLsn, flushWal, waitConfirmed } from '../freeze';
@@ -89,6 +90,12 @@ async function plan(source: Db, t: TableInfo): Promise<Plan | undefined> {
 const ROW_TEXT = { same: 't::text', converted: "encode(convert_to(t::text, 'UTF8'), 'escape')" };
 
 type Query = Db['query'];
+
+/** A dedicated connection's queries, as rows. */
+const rowsOf =
+  (client: pg.PoolClient): Query =>
+  async (sql, params) =>
+    (await client.query(sql, params)).rows;
 
 async function checksums(query: Query, p: Plan, rowText: string, only?: number[]): Promise<Map<number, Bucket>> {
   const ranges = only && p.range && only.length <= 64 ? ` AND (${only.map((b) => p.range?.(b)).join(' OR ')})` : '';
@@ -178,28 +185,29 @@ async function heldChecksums(
     ctx.log(`verify: ${tableLabel(p.table)}: no last recheck with its writes held: ${why}`);
     return undefined;
   };
+  // Everything committed so far on the live side (asynchronous commits included: WAL flushed first)
+  // confirmed by the other side within `ms`.
+  const caughtUp = async (ms: number) => {
+    await flushWal(live, 'verify');
+    return waitConfirmed(live, slot, await currentLsn(live), ms);
+  };
   // Drained before the hold, so that under it only the last moment's writes are waited for.
-  await flushWal(live, 'verify');
-  if (!(await waitConfirmed(live, slot, await currentLsn(live), 5_000)))
-    return giveUp('replication is more than 5 s behind');
+  if (!(await caughtUp(5_000))) return giveUp('replication is more than 5 s behind');
   return await live.withClient(async (client) => {
-    const query: Query = async (sql, params) => (await client.query(sql, params)).rows;
     await client.query('BEGIN');
     try {
       await client.query(`SET LOCAL lock_timeout = ${HOLD_LOCK_TIMEOUT_MS}`);
       await client.query(`SET LOCAL statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
       await client.query(`LOCK TABLE ONLY ${qualified(p.table)} IN SHARE MODE`);
       const held = performance.now();
-      // Every write of the table committed before the lock, asynchronous commits included, is below this.
-      await flushWal(live, 'verify');
-      if (!(await waitConfirmed(live, slot, await currentLsn(live), HOLD_DRAIN_MS)))
-        return giveUp(`replication did not catch up within ${HOLD_DRAIN_MS} ms`);
+      // Every write of the table was committed before the lock.
+      if (!(await caughtUp(HOLD_DRAIN_MS))) return giveUp(`replication did not catch up within ${HOLD_DRAIN_MS} ms`);
       const [l, o] = await Promise.all([
-        checksums(query, p, rowText, only),
+        checksums(rowsOf(client), p, rowText, only),
         other.withClient(async (c) => {
           await c.query(`SET statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
           try {
-            return await checksums(async (sql, params) => (await c.query(sql, params)).rows, p, rowText, only);
+            return await checksums(rowsOf(c), p, rowText, only);
           } finally {
             await c.query('RESET statement_timeout');
           }

@@ -9,6 +9,8 @@ export interface ColumnInfo {
   identity: boolean;
   /** The type can be sent and received in binary COPY format. */
   binary: boolean;
+  /** `char(n)`: stored padded with blanks to n characters, which its input function adds back. */
+  padded: boolean;
 }
 
 export interface TableInfo {
@@ -155,6 +157,7 @@ export async function listTables(
     generated: boolean;
     identity: boolean;
     binary: boolean;
+    padded: boolean;
   }>(
     `SELECT a.attrelid::int AS oid, a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS notnull,
             a.attgenerated <> '' AS generated, a.attidentity <> '' AS identity,
@@ -163,7 +166,8 @@ export async function listTables(
             -- The reg* types are OIDs in binary, which name other objects on the target: as text
             -- they are names. tsquery's receive refuses an empty query its send writes.
             (t.typsend <> 0 AND t.typreceive <> 0 AND bt.oid < 16384 AND t.typtype <> 'e'
-             AND bt.typname NOT LIKE 'reg%' AND bt.typname <> 'tsquery') AS binary
+             AND bt.typname NOT LIKE 'reg%' AND bt.typname <> 'tsquery') AS binary,
+            (a.atttypid = 'pg_catalog.bpchar'::pg_catalog.regtype AND a.atttypmod > 4) AS padded
        FROM pg_attribute a
        JOIN pg_type t ON t.oid = a.atttypid
        JOIN pg_type bt ON bt.oid = CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
@@ -183,6 +187,7 @@ export async function listTables(
       generated: c.generated,
       identity: c.identity,
       binary: c.binary,
+      padded: c.padded,
     });
     byTable.set(c.oid, list);
   }

@@ -127,10 +127,13 @@ try {
       `pgferry also ANALYZEs every table and builds indexes with maintenance_work_mem=${indexBuildMemoryMB(jobs, jobs)}MB each, up to ${indexBuildMemoryMB(jobs, 1)}MB for an index built alone; pg_restore and pgcopydb run with their defaults\n`,
     );
   }
-  // Every contender starts from the same quiet state: no pending checkpoint, no autovacuum backlog.
+  // Every contender starts from the same quiet state: no pending checkpoint, no autovacuum backlog,
+  // and no dirty page cache of an earlier contender (the servers run with fsync=off) for the kernel
+  // to write back while this one runs.
   const settle = async () => {
     await source.query('CHECKPOINT');
     await target.query('CHECKPOINT');
+    await runOk('sync', []);
   };
   // A new server has to create (zero-fill) every WAL segment it writes, a server in service reuses
   // old ones: whoever ran first used to pay ~3 s for it. Write and recycle ~1.5 GiB of WAL first.

@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
 import { advance, cleanupMigration, openSession, rollbackMigration } from '../packages/cli/src/runner';
 import { LiveWriter } from '../packages/cli/src/writer';
+import type { Progress } from '../packages/postgres/src/index';
 import {
   buildPostData,
   bulkLoad,
@@ -298,8 +299,19 @@ describe('phases', () => {
     const items = await planCopy(ctx, table ? [table] : []);
     expect(items.length).toBeGreaterThan(1); // split into ranges (the harness's small split size)
     expect(items.every((i) => i.unpadded?.join() === 'wide')).toBe(true);
+    // Progress counts what the source holds: it never goes back while ranges copy side by side, and
+    // ends near the total although far fewer bytes travel.
+    const copyProgress: Progress[] = [];
+    rt.events.progress = (p) => {
+      if (p.step === 'copy') copyProgress.push(p);
+    };
     const state = await advance(rt, m.id, { cutover: 'auto' });
     expect(state.verify?.ok).toBe(true);
+    const dones = copyProgress.map((p) => p.done);
+    expect(dones.length).toBeGreaterThan(10);
+    expect(dones.every((d, i) => i === 0 || d >= (dones[i - 1] ?? 0))).toBe(true);
+    const last = copyProgress.at(-1);
+    expect((last?.done ?? 0) / (last?.total ?? 1)).toBeGreaterThan(0.9);
     // The stored bytes, blanks included, are the source's.
     const digest = `SELECT count(*)::int AS n, md5(string_agg(coalesce(encode(bpcharsend(wide), 'hex'), 'null') || ':' ||
         encode(bpcharsend(code), 'hex') || ':' || encode(bpcharsend(bare), 'hex'), ',' ORDER BY id)) AS d,
@@ -308,6 +320,30 @@ describe('phases', () => {
     expect(source?.full150).toBe(40000); // padded to 150 bytes: all but the NULLs and the multibyte values
     expect(await pair.target(digest)).toEqual([source]);
     expect(await pair.target('SELECT bare FROM padded WHERE id = 7')).toEqual([{ bare: 'b7  ' }]);
+
+    // COPY's own output needs no privilege on bpcharsend, a query calling it does: a source that
+    // revoked it from PUBLIC is copied as before, with the padding.
+    const { serverUrl } = await import('./harness/pairs');
+    const role = `unpad_${pair.sourceDb.slice(-8)}`;
+    await pair.source(`CREATE ROLE ${role} LOGIN PASSWORD 'pw'; GRANT SELECT ON padded TO ${role};
+      REVOKE EXECUTE ON FUNCTION pg_catalog.bpcharsend(bpchar) FROM PUBLIC`);
+    try {
+      const limited = { ...pair, sourceUrl: serverUrl(pair.sourceServer, pair.sourceDb, role, 'pw') };
+      const m2 = await newMigration(rt, limited, { cutover: 'manual' });
+      const session = await openSession(rt, m2.id);
+      try {
+        const plain = await planCopy(session.ctx, table ? [table] : []);
+        expect(plain.length).toBe(items.length);
+        expect(plain.every((i) => i.unpadded === undefined)).toBe(true);
+        expect(
+          rt.logs.some((l) => /copied with their padding \(.*permission denied for function bpcharsend/.test(l)),
+        ).toBe(true);
+      } finally {
+        await session.close();
+      }
+    } finally {
+      await pair.source(`DROP OWNED BY ${role}; DROP ROLE ${role}`);
+    }
   });
 
   it('verifies a LATIN1 source against a UTF8 target by the text, not the bytes', async () => {

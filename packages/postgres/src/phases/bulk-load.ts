@@ -84,8 +84,8 @@ export interface CopyItem {
 const UNPAD_MIN_BYTES = 8 * 1024 ** 2;
 /** A `char(n)` column is sent trimmed when the sampled rows carry at least this many blank bytes on average. */
 const UNPAD_MIN_BLANKS = 16;
-/** Rows read (from the start of the table) to measure the blanks. */
-const UNPAD_SAMPLE_ROWS = 1000;
+/** Pages read (at random, the same ones every time) to measure the blanks. */
+const UNPAD_SAMPLE_PAGES = 256;
 /** The source's bytes of a `char(n)` value without trailing blanks (what binary COPY sends, less them). */
 const unpaddedSql = (column: string) =>
   `pg_catalog.rtrim(pg_catalog.bpcharsend(${ident(column)}), '\\x20'::pg_catalog.bytea)`;
@@ -102,17 +102,26 @@ async function unpaddedColumns(ctx: PhaseContext, t: TableInfo, sourceVersion: n
   const padded = t.columns.filter((c) => c.padded && !c.generated);
   if (!padded.length || sourceVersion < 14 || t.heapBytes < UNPAD_MIN_BYTES) return [];
   if (!t.columns.every((c) => c.binary || c.generated)) return [];
-  const blanks = await ctx.source.one<Record<string, string | null>>(
-    `SELECT ${padded
-      .map(
-        (c, i) =>
-          `pg_catalog.avg(pg_catalog.octet_length(pg_catalog.bpcharsend(${ident(c.name)})) - pg_catalog.octet_length(${unpaddedSql(c.name)})) AS c${i}`,
-      )
-      .join(
-        ', ',
-      )} FROM (SELECT ${padded.map((c) => ident(c.name)).join(', ')} FROM ONLY ${qualified(t)} LIMIT ${UNPAD_SAMPLE_ROWS}) s`,
-  );
-  return padded.filter((_, i) => Number(blanks[`c${i}`] ?? 0) >= UNPAD_MIN_BLANKS).map((c) => c.name);
+  // A few pages at random: bounded reading whatever the table holds (dead rows, a huge heap).
+  const percent = Math.min(100, (100 * UNPAD_SAMPLE_PAGES * 8192) / t.heapBytes);
+  try {
+    const blanks = await ctx.source.one<Record<string, string | null>>(
+      `SELECT ${padded
+        .map(
+          (c, i) =>
+            `pg_catalog.avg(pg_catalog.octet_length(pg_catalog.bpcharsend(${ident(c.name)})) - pg_catalog.octet_length(${unpaddedSql(c.name)})) AS c${i}`,
+        )
+        .join(', ')} FROM ONLY ${qualified(t)} TABLESAMPLE SYSTEM (${percent.toFixed(6)}) REPEATABLE (1)`,
+    );
+    return padded.filter((_, i) => Number(blanks[`c${i}`] ?? 0) >= UNPAD_MIN_BLANKS).map((c) => c.name);
+  } catch (err) {
+    // Calling bpcharsend or rtrim needs EXECUTE on them (COPY's own output needs none): a source
+    // that revoked it is copied as it stores its values.
+    ctx.log(
+      `${qualified(t)}: char(n) columns copied with their padding (${err instanceof Error ? err.message : String(err)})`,
+    );
+    return [];
+  }
 }
 
 /** Work items, largest first; tables above the split size become ctid block ranges of about that size. */
@@ -187,11 +196,17 @@ async function copyAll(
     (a, b) => a + b,
     0,
   );
-  /** Bytes sent, and bytes counted for progress (see below). */
+  /** Bytes sent; bytes counted for progress by the items done, and by each item being copied (see below). */
   let bytes = 0;
   let progressed = 0;
+  const inFlight = new Map<CopyItem, number>();
   let rows = 0;
   let rowsSeen = 0;
+  const report = () => {
+    let done = progressed;
+    for (const b of inFlight.values()) done += b;
+    ctx.progress?.({ step: 'copy', done, total, unit: 'bytes', rows: rowsSeen, rowsTotal });
+  };
   let next = 0;
   const left = new Map<number, number>();
   for (const i of items) left.set(i.table.oid, (left.get(i.table.oid) ?? 0) + 1);
@@ -221,21 +236,27 @@ async function copyAll(
         await tgt.query('BEGIN');
         if (whole) await tgt.query(`TRUNCATE ONLY ${qualified(item.table)}`);
         // Progress is counted in the source's bytes. A trimmed item sends far fewer than it holds:
-        // it counts its share of the estimate by rows instead, when the table's row count is known.
+        // it counts its share of the estimate by rows when the table's row count is known, and its
+        // whole estimate once done.
+        const trimmed = (item.unpadded?.length ?? 0) > 0;
         const itemRows = Math.max(0, item.table.rowEstimate) * (item.estBytes / Math.max(1, item.table.heapBytes));
-        const byRows = item.unpadded?.length && itemRows > 0;
+        let itemBytes = 0;
         let itemMessages = 0;
+        const credit = () =>
+          !trimmed
+            ? itemBytes
+            : Math.min(item.estBytes, itemRows > 0 ? (item.estBytes * itemMessages) / itemRows : itemBytes);
         const copied = await relayCopy(src, tgt, sql.out, sql.in, (n, messages) => {
+          itemBytes += n;
           itemMessages += messages;
           bytes += n;
-          if (!byRows) progressed += n;
           rowsSeen += messages; // one CopyData message per row
-          const done = byRows
-            ? progressed + Math.min(item.estBytes, (item.estBytes * itemMessages) / itemRows)
-            : progressed;
-          ctx.progress?.({ step: 'copy', done, total, unit: 'bytes', rows: rowsSeen, rowsTotal });
+          inFlight.set(item, credit());
+          report();
         });
-        if (byRows) progressed += item.estBytes;
+        inFlight.delete(item);
+        progressed += trimmed ? item.estBytes : itemBytes;
+        report();
         rows += copied.rows;
         await tgt.query('COMMIT');
         const remaining = (left.get(item.table.oid) ?? 1) - 1;

@@ -2,16 +2,21 @@
  * Cutover benchmark (not a test): migrates under pgbench load several times and prints the write gap
  * (median, max), what the live writers saw, lag p50/p99 during catch-up, and lost commits.
  *
- *   npm run bench:cutover -- [--scale N] [--cutovers N] [--clients N] [--tables N] [--target-version 15|16|17] [--json]
+ *   npm run bench:cutover -- [--scale N] [--cutovers N] [--clients N] [--tables N] [--neighbour-clients N] [--target-version 15|16|17] [--json]
  *
  * --tables N adds N small tables, each with its own sequence (a bigserial key), index and 20 rows: every
  * sequence is synced inside the write gap.
+ *
+ * --neighbour-clients N runs pgbench with N clients on another database of the source server the whole
+ * time (one instance, several databases, one of them migrated): the freeze is per database, so it keeps
+ * committing through every write gap.
  *
  * pgbench supplies the load (it cannot follow a switch, so its clients end at the freeze); two LiveWriters
  * commit through the switch file and every one of their acknowledged commits is looked up on the target.
  * Once the switch file names the target, a second pgbench runs there while verify reads both sides, as
  * the application would, and each cutover's verify result is printed.
  */
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,6 +33,7 @@ const { values } = parseArgs({
     cutovers: { type: 'string', default: '5' },
     clients: { type: 'string', default: '4' },
     tables: { type: 'string', default: '0' },
+    'neighbour-clients': { type: 'string', default: '0' },
     'target-version': { type: 'string', default: '15' },
     json: { type: 'boolean', default: false },
   },
@@ -36,6 +42,7 @@ const scale = Number(values.scale);
 const cutovers = Number(values.cutovers);
 const clients = Number(values.clients);
 const extraTables = Number(values.tables);
+const neighbourClients = Number(values['neighbour-clients']);
 const targetVersion = Number(values['target-version']) as 15 | 16 | 17;
 const PGBENCH = '/usr/lib/postgresql/15/bin/pgbench';
 
@@ -56,6 +63,8 @@ const results: {
   sessionsEnded: number;
   verify: string;
 }[] = [];
+/** pgbench on another database of the source server (--neighbour-clients). */
+let neighbour: ReturnType<typeof spawn> | undefined;
 try {
   // Each cutover starts from a fresh copy of this template: after a cutover the source's sequences are
   // behind the rows reverse replication brought back, as they would be in production until rollback.
@@ -63,7 +72,7 @@ try {
   const env = { PGPASSWORD: source.password };
   const conn = ['-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres'];
   console.log(
-    `dataset: pgbench -i -s ${scale}${extraTables ? ` + ${extraTables} small tables with a sequence each` : ''} (PostgreSQL 15 → ${targetVersion}); ${cutovers} cutovers under ${clients} pgbench clients`,
+    `dataset: pgbench -i -s ${scale}${extraTables ? ` + ${extraTables} small tables with a sequence each` : ''} (PostgreSQL 15 → ${targetVersion}); ${cutovers} cutovers under ${clients} pgbench clients${neighbourClients ? `; ${neighbourClients} more on another database of the source server` : ''}`,
   );
   const init = await run(PGBENCH, ['-i', '-s', String(scale), '-q', ...conn, 'bench_template'], env);
   if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.out}`);
@@ -85,6 +94,14 @@ try {
       [],
       'bench_template',
     );
+  // Another database of the same server, busy throughout (not migrated, not frozen).
+  if (neighbourClients > 0) {
+    await source.query('CREATE DATABASE neighbour TEMPLATE bench_template');
+    neighbour = spawn(PGBENCH, ['-c', String(neighbourClients), '-j', '1', '-T', '86400', '-n', ...conn, 'neighbour'], {
+      env: { ...process.env, ...env },
+      stdio: 'ignore',
+    });
+  }
   for (let i = 1; i <= cutovers; i++) {
     const db = `target_${i}`;
     const src = `bench_${i}`;
@@ -157,6 +174,7 @@ try {
     }
   }
 } finally {
+  neighbour?.kill();
   await Promise.allSettled([source.stop(), target.stop()]);
   rmSync(work, { recursive: true, force: true });
 }

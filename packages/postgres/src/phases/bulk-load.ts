@@ -8,6 +8,7 @@ import { mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { BulkLoadFailedError, objectNames } from '@pgferry/core';
+import type pg from 'pg';
 import { copyableTables, listTables, SCHEDULER_EXTENSIONS, type TableInfo } from '../catalog';
 import { relayCopy } from '../copy-relay';
 import { undoOnInterrupt } from '../critical';
@@ -116,7 +117,8 @@ async function unpaddedColumns(ctx: PhaseContext, t: TableInfo, sourceVersion: n
     return padded.filter((_, i) => Number(blanks[`c${i}`] ?? 0) >= UNPAD_MIN_BLANKS).map((c) => c.name);
   } catch (err) {
     // Calling bpcharsend or rtrim needs EXECUTE on them (COPY's own output needs none): a source
-    // that revoked it is copied as it stores its values.
+    // that revoked it is copied as it stores its values. Anything else fails the load, as it would.
+    if ((err as { cause?: { code?: string } }).cause?.code !== '42501') throw err;
     ctx.log(
       `${qualified(t)}: char(n) columns copied with their padding (${err instanceof Error ? err.message : String(err)})`,
     );
@@ -211,10 +213,19 @@ async function copyAll(
   const left = new Map<number, number>();
   for (const i of items) left.set(i.table.oid, (left.get(i.table.oid) ?? 0) + 1);
   const app = `${objectNames(ctx.config.id).applicationName}:copy`;
+  // The first failure stops every stream: the others' copies in flight are cut off (their target
+  // transactions roll back) and no new item starts, so a failed phase does not go on copying.
+  let failure: { error: unknown } | undefined;
+  const open = new Set<{ end(): Promise<void> }>();
   const worker = async () => {
-    const src = await connectClient(ctx.config.sourceUrl, { side: 'source', applicationName: app });
-    const tgt = await connectClient(ctx.config.targetUrl, { side: 'target', applicationName: app });
+    let src: pg.Client | undefined;
+    let tgt: pg.Client | undefined;
     try {
+      src = await connectClient(ctx.config.sourceUrl, { side: 'source', applicationName: app });
+      open.add(src);
+      tgt = await connectClient(ctx.config.targetUrl, { side: 'target', applicationName: app });
+      open.add(tgt);
+      if (failure) return;
       await src.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
       await src.query(`SET TRANSACTION SNAPSHOT '${snapshot.replace(/'/g, '')}'`);
       await tgt.query('SET synchronous_commit = off');
@@ -226,7 +237,7 @@ async function copyAll(
       for (;;) {
         // An index build that failed fails the load now, not after hours more of copying.
         if (indexes?.error) throw indexes.error;
-        const item = items[next++];
+        const item = failure ? undefined : items[next++];
         if (!item) break;
         const binary = item.table.columns.every((c) => c.binary || c.generated);
         // A whole table is truncated and loaded in one transaction: re-runnable, and COPY FREEZE
@@ -235,17 +246,16 @@ async function copyAll(
         const sql = copySql(item, binary, whole);
         await tgt.query('BEGIN');
         if (whole) await tgt.query(`TRUNCATE ONLY ${qualified(item.table)}`);
-        // Progress is counted in the source's bytes. A trimmed item sends far fewer than it holds:
-        // it counts its share of the estimate by rows when the table's row count is known, and its
-        // whole estimate once done.
+        // Progress is counted in the source's bytes on disk (the total is their sum): each item
+        // counts up to its estimate while it copies, and its estimate once done. Bytes sent stand in
+        // for them, except for a trimmed item, which sends far fewer than it holds: it counts by
+        // rows when the table's row count is known.
         const trimmed = (item.unpadded?.length ?? 0) > 0;
         const itemRows = Math.max(0, item.table.rowEstimate) * (item.estBytes / Math.max(1, item.table.heapBytes));
         let itemBytes = 0;
         let itemMessages = 0;
         const credit = () =>
-          !trimmed
-            ? itemBytes
-            : Math.min(item.estBytes, itemRows > 0 ? (item.estBytes * itemMessages) / itemRows : itemBytes);
+          Math.min(item.estBytes, trimmed && itemRows > 0 ? (item.estBytes * itemMessages) / itemRows : itemBytes);
         const copied = await relayCopy(src, tgt, sql.out, sql.in, (n, messages) => {
           itemBytes += n;
           itemMessages += messages;
@@ -255,7 +265,7 @@ async function copyAll(
           report();
         });
         inFlight.delete(item);
-        progressed += trimmed ? item.estBytes : itemBytes;
+        progressed += item.estBytes;
         report();
         rows += copied.rows;
         await tgt.query('COMMIT');
@@ -263,14 +273,23 @@ async function copyAll(
         left.set(item.table.oid, remaining);
         if (remaining === 0) indexes?.tableCopied(item.table);
       }
-      await src.query('COMMIT');
+      if (!failure) await src.query('COMMIT');
+    } catch (error) {
+      if (!failure) {
+        failure = { error };
+        for (const c of open) if (c !== src && c !== tgt) c.end().catch(() => {});
+      }
     } finally {
-      await src.end().catch(() => {});
-      await tgt.end().catch(() => {});
+      for (const c of [src, tgt]) {
+        if (!c) continue;
+        open.delete(c);
+        await c.end().catch(() => {});
+      }
     }
   };
   const jobs = Math.max(1, Math.min(ctx.config.jobs, items.length));
   await Promise.all(Array.from({ length: jobs }, worker));
+  if (failure) throw failure.error;
   return { rows, bytes };
 }
 

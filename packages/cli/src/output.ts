@@ -115,7 +115,7 @@ export function describeState(s: MigrationState): string {
           : '';
     lines.push(`  ${PHASE_TITLES[phase as Phase].padEnd(18)}${took}${rec.summary ? `: ${rec.summary}` : ''}`);
   }
-  if (s.rowsCopied !== undefined) lines.push(`  copied ${s.rowsCopied} rows, ${formatBytes(s.bytesCopied ?? 0)}`);
+  if (s.rowsCopied !== undefined) lines.push(`  copied ${s.rowsCopied} rows, ${formatBytes(s.bytesCopied ?? 0)} sent`);
   const lag = s.lag?.at(-1);
   if (lag && !s.cutover?.switchAt)
     lines.push(

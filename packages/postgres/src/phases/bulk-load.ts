@@ -370,7 +370,10 @@ async function loadInSnapshot(
       s.rowsCopied = rows;
       s.bytesCopied = bytes;
     });
-    return `${rows} rows (${(bytes / 1024 / 1024).toFixed(1)} MiB) copied by ${Math.min(ctx.config.jobs, items.length)} streams from ${copyableTables(tables).length} tables in ${seconds.toFixed(1)} s`;
+    const unpadded = new Set(items.filter((i) => i.unpadded?.length).map((i) => i.table.oid)).size;
+    // What travelled, not what the tables hold: trimmed char(n) values are far smaller than stored.
+    const trimmed = unpadded ? `; the target added back the char(n) padding of ${unpadded} table(s)` : '';
+    return `${rows} rows (${(bytes / 1024 / 1024).toFixed(1)} MiB sent) copied by ${Math.min(ctx.config.jobs, items.length)} streams from ${copyableTables(tables).length} tables in ${seconds.toFixed(1)} s${trimmed}`;
   }
   // pg_dump carries only the rows an extension's filter picks from its configuration tables and adds
   // them to those the target's extension made; pgferry copies such tables whole, in every strategy,

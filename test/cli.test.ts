@@ -77,6 +77,9 @@ describe('pgferry CLI', () => {
     const misplaced = await pgferry(['status', '--jobs', '3']);
     expect(misplaced.code).toBe(2);
     expect(misplaced.stderr).toContain('--jobs does not apply to pgferry status');
+    const split = await pgferry(['migrate', '--split-table-mb', '0', '--source', 'x', '--target', 'y', '--yes']);
+    expect(split.code).toBe(2);
+    expect(split.stderr).toContain('--split-table-mb must be at least 1 (MiB)');
     pair = await freshPair(15, 'cliyes');
     const r = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl]);
     expect(r.code).toBe(2);
@@ -235,6 +238,9 @@ describe('pgferry CLI', () => {
       'killed',
       '--jobs',
       '2',
+      // Its bigger tables go as ranges, so the kill and the resume meet split tables too.
+      '--split-table-mb',
+      '1',
       '--yes',
     ];
     const child = spawn(process.execPath, [BIN, ...args], { cwd, stdio: 'ignore' });
@@ -256,6 +262,7 @@ describe('pgferry CLI', () => {
     const sessions = "SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name LIKE 'pgferry:killed%'";
     for (let i = 0; i < 200 && ((await pair.source(sessions))[0]?.n || (await pair.target(sessions))[0]?.n); i++)
       await new Promise((r) => setTimeout(r, 50));
+    expect(JSON.parse(readFileSync(stateFile, 'utf8')).config.splitTableBytes).toBe(1024 * 1024);
     const status = await pgferry(['status', '--id', 'killed']);
     expect(status.stdout).toMatch(/Bulk load\s+\(running or interrupted\)/);
     // After a kill -9 nothing reads the slot: status says so from the servers, and what to run.

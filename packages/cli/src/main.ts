@@ -74,6 +74,9 @@ Reads the source (and target) and reports blockers and warnings. Creates nothing
                         native: CREATE SUBSCRIPTION with copy_data
                         dump: pg_dump -Fc --snapshot to the state dir, then pg_restore --jobs
   --jobs N              parallel copy streams and index builds (default 4)
+  --split-table-mb N    tables over N MiB are copied as ranges by several streams at once
+                        (default 1024). A split table is loaded without COPY FREEZE, and its
+                        streams share the target's cores: with few cores, a larger N loads faster
   --cutover auto|manual auto: cut over as soon as caught up; manual (default): stop caught up,
                         then run \`pgferry cutover --id ID\`
   --max-lag-ms N        cutover gate: lag under N ms for consecutive samples (default 1000)
@@ -115,6 +118,7 @@ const OPTIONS = {
   target: { type: 'string' },
   strategy: { type: 'string' },
   jobs: { type: 'string' },
+  'split-table-mb': { type: 'string' },
   cutover: { type: 'string' },
   'max-lag-ms': { type: 'string' },
   'switch-file': { type: 'string' },
@@ -139,6 +143,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'target',
     'strategy',
     'jobs',
+    'split-table-mb',
     'cutover',
     'max-lag-ms',
     'switch-file',
@@ -174,6 +179,14 @@ function int(value: string | undefined, field: string): number | undefined {
   if (value === undefined) return undefined;
   if (!/^\d+$/.test(value)) throw new InvalidInputError(`${field} must be a whole number (got "${value}")`, { field });
   return Number(value);
+}
+
+/** A size given in MiB, as bytes; at least 1 MiB. */
+function mebibytes(value: string | undefined, field: string): number | undefined {
+  const n = int(value, field);
+  if (n === undefined) return undefined;
+  if (n < 1) throw new InvalidInputError(`${field} must be at least 1 (MiB)`, { field });
+  return n * 1024 * 1024;
 }
 
 function demoVersion(v: number): 15 | 16 | 17 {
@@ -328,6 +341,7 @@ export async function main(argv: string[]): Promise<number> {
           targetUrl: values.target ?? process.env.PGFERRY_TARGET_URL,
           strategy: values.strategy,
           jobs: int(values.jobs, '--jobs'),
+          splitTableBytes: mebibytes(values['split-table-mb'], '--split-table-mb'),
           cutover: values.cutover,
           maxLagMs: int(values['max-lag-ms'], '--max-lag-ms'),
           switchFile: values['switch-file'] ? resolve(values['switch-file']) : undefined,

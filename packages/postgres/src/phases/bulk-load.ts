@@ -37,6 +37,7 @@ class EarlyIndexBuilder {
   /** Tables analyzed right after their indexes (left out of the final ANALYZE). */
   readonly analyzed = new Set<number>();
   tables = 0;
+  private readonly analyses: Promise<void>[] = [];
 
   constructor(
     private readonly ctx: PhaseContext,
@@ -54,21 +55,35 @@ class EarlyIndexBuilder {
         await buildTablePostData(this.ctx, table.oid, lines);
         for (const l of lines) this.built.add(l);
         this.tables++;
-        // Its statistics too, while the copy goes on, unless an index it has is still to come.
-        if (!this.plan.lateStats.has(table.oid)) {
-          await this.ctx.target.query(`ANALYZE ${qualified(table)}`);
-          this.analyzed.add(table.oid);
-        }
+        // Its statistics too, while the copy goes on, unless an index it has is still to come. Beside
+        // the next table's build (and the final post-data restore), not before it: no lock in common.
+        if (!this.plan.lateStats.has(table.oid))
+          this.analyses.push(
+            this.ctx.target.query(`ANALYZE ${qualified(table)}`).then(
+              () => void this.analyzed.add(table.oid),
+              (err) => {
+                this.error ??= err;
+              },
+            ),
+          );
       } catch (err) {
         this.error = err;
       }
     });
   }
 
+  /** Every build started so far is done (statistics may still be gathered: see `statistics`). */
   async finish(): Promise<{ plan: PostDataPlan; built: Set<string> }> {
     await this.chain;
     if (this.error) throw this.error;
     return { plan: this.plan, built: this.built };
+  }
+
+  /** Every build is done, and every ANALYZE they started. */
+  async statistics(): Promise<void> {
+    await this.chain;
+    await Promise.all(this.analyses);
+    if (this.error) throw this.error;
   }
 }
 
@@ -507,7 +522,9 @@ export async function bulkLoad(ctx: PhaseContext): Promise<string> {
           ? await nativeLoad(ctx, tables)
           : await snapshotLoad(ctx, tables, strategy === 'dump' ? 'dump' : 'copy', early);
     } catch (err) {
-      await early?.finish().catch(() => {}); // no pg_restore may run on after the phase failed
+      // No pg_restore or ANALYZE may run on after the phase failed.
+      await early?.finish().catch(() => {});
+      await early?.statistics().catch(() => {});
       throw err;
     }
     await ctx.update((s) => {
@@ -516,7 +533,14 @@ export async function bulkLoad(ctx: PhaseContext): Promise<string> {
   }
   ctx.log('building indexes and constraints');
   let started = performance.now();
-  const post = await buildPostData(ctx, await early?.finish());
+  // The rest of post-data is built while the tables built early are still being analyzed.
+  const [built, analyzed] = await Promise.allSettled([
+    early ? early.finish().then((e) => buildPostData(ctx, e)) : buildPostData(ctx),
+    early?.statistics(),
+  ]);
+  if (built.status === 'rejected') throw built.reason;
+  if (analyzed.status === 'rejected') throw analyzed.reason;
+  const post = built.value;
   const postSeconds = (performance.now() - started) / 1000;
   if (early?.tables)
     summary += `; indexes of ${early.tables} big tables built during the copy (${early.analyzed.size} analyzed then too)`;

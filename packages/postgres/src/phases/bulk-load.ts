@@ -96,6 +96,9 @@ export interface CopyItem {
   unpadded?: string[];
 }
 
+/** A table goes in binary COPY format when every column it sends can. */
+const binaryCopy = (t: TableInfo) => t.columns.every((c) => c.binary || c.generated);
+
 /** Tables smaller than this are copied as they are: what trimming saves on them is not worth a sample. */
 const UNPAD_MIN_BYTES = 8 * 1024 ** 2;
 /** A `char(n)` column is sent trimmed when the sampled rows carry at least this many blank bytes on average. */
@@ -117,7 +120,7 @@ const unpaddedSql = (column: string) =>
 async function unpaddedColumns(ctx: PhaseContext, t: TableInfo, sourceVersion: number): Promise<string[]> {
   const padded = t.columns.filter((c) => c.padded && !c.generated);
   if (!padded.length || sourceVersion < 14 || t.heapBytes < UNPAD_MIN_BYTES) return [];
-  if (!t.columns.every((c) => c.binary || c.generated)) return [];
+  if (!binaryCopy(t)) return [];
   // A few pages at random: bounded reading whatever the table holds (dead rows, a huge heap).
   const percent = Math.min(100, (100 * UNPAD_SAMPLE_PAGES * 8192) / t.heapBytes);
   try {
@@ -231,7 +234,7 @@ async function copyAll(
   // The first failure stops every stream: the others' copies in flight are cut off (their target
   // transactions roll back) and no new item starts, so a failed phase does not go on copying.
   let failure: { error: unknown } | undefined;
-  const open = new Set<{ end(): Promise<void> }>();
+  const open = new Set<pg.Client>();
   const worker = async () => {
     let src: pg.Client | undefined;
     let tgt: pg.Client | undefined;
@@ -254,7 +257,7 @@ async function copyAll(
         if (indexes?.error) throw indexes.error;
         const item = failure ? undefined : items[next++];
         if (!item) break;
-        const binary = item.table.columns.every((c) => c.binary || c.generated);
+        const binary = binaryCopy(item.table);
         // A whole table is truncated and loaded in one transaction: re-runnable, and COPY FREEZE
         // writes the rows already frozen so the target needs no anti-wraparound vacuum later.
         const whole = !item.blocks && !referenced.has(`${item.table.schema}.${item.table.name}`);
@@ -523,7 +526,6 @@ export async function bulkLoad(ctx: PhaseContext): Promise<string> {
           : await snapshotLoad(ctx, tables, strategy === 'dump' ? 'dump' : 'copy', early);
     } catch (err) {
       // No pg_restore or ANALYZE may run on after the phase failed.
-      await early?.finish().catch(() => {});
       await early?.statistics().catch(() => {});
       throw err;
     }

@@ -3,7 +3,7 @@
  *   pgferry's snapshot load · the seed's pg_dump -Fc + pg_restore --jobs · pgcopydb clone (when installed).
  * Prints wall time, MiB/s and ratios, and checks every contender's row counts against the source.
  *
- *   npm run bench -- [--scale 50] [--jobs 4] [--rounds 3] [--target-version 15|16|17] [--only pgferry,dump,pgcopydb] [--split-mb 1024] [--early-index-mb 32] [--json]
+ *   npm run bench -- [--scale 50] [--jobs 4] [--rounds 3] [--target-version 15|16|17] [--only pgferry,dump,pgcopydb] [--split-mb 8192] [--early-index-mb 32] [--json]
  *
  * This machine's timings vary by ±20 % from run to run, so every contender runs --rounds times,
  * interleaved with a rotating order (A B C, B C A, …), and the goals are judged on the medians; every round is printed.

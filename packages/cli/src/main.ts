@@ -75,7 +75,7 @@ Reads the source (and target) and reports blockers and warnings. Creates nothing
                         dump: pg_dump -Fc --snapshot to the state dir, then pg_restore --jobs
   --jobs N              parallel copy streams and index builds (default 4)
   --split-table-mb N    tables over N MiB are copied as ranges by several streams at once
-                        (default 1024). A split table is loaded without COPY FREEZE, and its
+                        (default 8192). A split table is loaded without COPY FREEZE, and its
                         streams share the target's cores: with few cores, a larger N loads faster
   --cutover auto|manual auto: cut over as soon as caught up; manual (default): stop caught up,
                         then run \`pgferry cutover --id ID\`

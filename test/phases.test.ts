@@ -11,7 +11,9 @@ import {
   catchUp,
   cleanup,
   connect,
+  createSlotWithSnapshot,
   cutover,
+  dropSlot,
   indexBuildMemoryMB,
   indexMemoryCapMB,
   listTables,
@@ -435,6 +437,41 @@ describe('phases', () => {
     const m = await newMigration(rt, pair, { cutover: 'auto', jobs: 1, splitTableBytes: 16 * 1024 });
     const state = await advance(rt, m.id, { cutover: 'auto' });
     expect(state.verify?.ok).toBe(true);
+  });
+
+  it('keeps the exported snapshot importable while the source ends idle sessions and idle transactions', async () => {
+    const { pair } = await setup('idlesnap', 10);
+    await pair.source(
+      `ALTER DATABASE ${pair.sourceDb} SET idle_in_transaction_session_timeout = '50ms';
+       ALTER DATABASE ${pair.sourceDb} SET idle_session_timeout = '50ms'`,
+    );
+    const db = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
+    try {
+      const exported = await createSlotWithSnapshot(db, pair.sourceUrl, 'pgferry_idlesnap', {
+        applicationName: 'pgferry:test:slot',
+        timeoutMs: 10_000,
+        log: () => {},
+        major: 15,
+      });
+      try {
+        // Far longer than either timeout: the exporting session sits idle in its transaction, as during a copy.
+        await sleep(400);
+        const rows = await db.withClient(async (c) => {
+          await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+          await c.query(`SET TRANSACTION SNAPSHOT '${exported.snapshot}'`);
+          await sleep(200);
+          const r = await c.query('SELECT count(*)::int AS n FROM customers');
+          await c.query('COMMIT');
+          return r.rows;
+        });
+        expect(rows[0]?.n).toBeGreaterThan(0);
+      } finally {
+        await exported.close();
+        await dropSlot(db, 'pgferry_idlesnap');
+      }
+    } finally {
+      await db.end();
+    }
   });
 
   it('names the long transaction that keeps the slot from being created, and leaves nothing behind', async () => {

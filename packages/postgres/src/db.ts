@@ -165,16 +165,26 @@ async function poolConfig(url: string, options: DbOptions): Promise<pg.PoolConfi
     application_name: options.applicationName,
     statement_timeout: options.statementTimeoutMs ?? DEFAULTS.statementTimeoutMs,
     lock_timeout: options.lockTimeoutMs ?? DEFAULTS.lockTimeoutMs,
-    // The source may set idle_in_transaction_session_timeout; our snapshot transactions must survive it.
-    idle_in_transaction_session_timeout: 0,
     connectionTimeoutMillis: 10_000,
     // Our own sessions keep writing while a database is frozen with default_transaction_read_only.
     // Text as each server writes and reads it must mean the same on both: dates, intervals, floats and
     // time zones in fixed forms (as pg_dump and PostgreSQL's own subscriber set them), whatever the
     // database or role sets. A date copied as text under DateStyle 'SQL, DMY' came back day for month.
-    options: `${urlOptions}-c default_transaction_read_only=off ${TEXT_SETTINGS}`,
+    // The source may set idle_in_transaction_session_timeout (RDS parameter groups often do): the session
+    // that exported the load's snapshot sits idle in its transaction while the copy runs, and a timeout
+    // ending it makes every later SET TRANSACTION SNAPSHOT fail. node-postgres drops a 0 given as its own
+    // `idle_in_transaction_session_timeout` setting (it sends only truthy values), so it goes in here.
+    options: `${urlOptions}-c default_transaction_read_only=off -c idle_in_transaction_session_timeout=0 ${TEXT_SETTINGS}`,
   };
 }
+
+/**
+ * Timeouts newer servers add that would end a session pgferry holds on purpose: idle_session_timeout (14+)
+ * an idle held connection, transaction_timeout (17+) the exported snapshot's transaction during a long copy.
+ * Not startup options: an older server refuses a setting it does not know at connection time.
+ */
+const NEWER_TIMEOUTS_OFF =
+  "SELECT set_config(name, '0', false) FROM pg_settings WHERE name IN ('idle_session_timeout', 'transaction_timeout')";
 
 export async function connect(url: string, options: DbOptions): Promise<Db> {
   let config: pg.PoolConfig;
@@ -185,6 +195,8 @@ export async function connect(url: string, options: DbOptions): Promise<Db> {
   }
   const pool = new pg.Pool(config);
   pool.on('error', () => {}); // an idle client killed by the server (e.g. our own freeze) is not fatal
+  // Queued ahead of whatever the pool hands the new client out for.
+  pool.on('connect', (client) => void client.query(NEWER_TIMEOUTS_OFF).catch(() => {}));
   try {
     const c = await pool.connect();
     c.release();
@@ -252,6 +264,8 @@ export async function connectClient(url: string, options: DbOptions & { replicat
     await client.end().catch(() => {});
     throw connectionError(options.side, url, err);
   }
+  // A replication connection with replication=database runs plain SQL too (10+).
+  await client.query(NEWER_TIMEOUTS_OFF).catch(() => {});
   return client;
 }
 

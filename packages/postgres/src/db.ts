@@ -186,6 +186,16 @@ async function poolConfig(url: string, options: DbOptions): Promise<pg.PoolConfi
 const NEWER_TIMEOUTS_OFF =
   "SELECT set_config(name, '0', false) FROM pg_settings WHERE name IN ('idle_session_timeout', 'transaction_timeout')";
 
+/** The pool's clients: connected only once those timeouts are off. */
+class TimeoutsOffClient extends pg.Client {
+  // biome-ignore lint/suspicious/noExplicitAny: pg's connect has a callback overload the pool uses
+  override connect(callback?: any): any {
+    const ready = super.connect().then(() => this.query(NEWER_TIMEOUTS_OFF).then(() => undefined));
+    if (!callback) return ready;
+    ready.then(() => callback(), callback);
+  }
+}
+
 export async function connect(url: string, options: DbOptions): Promise<Db> {
   let config: pg.PoolConfig;
   try {
@@ -193,10 +203,8 @@ export async function connect(url: string, options: DbOptions): Promise<Db> {
   } catch (err) {
     throw connectionError(options.side, url, err);
   }
-  const pool = new pg.Pool(config);
+  const pool = new pg.Pool({ ...config, Client: TimeoutsOffClient });
   pool.on('error', () => {}); // an idle client killed by the server (e.g. our own freeze) is not fatal
-  // Queued ahead of whatever the pool hands the new client out for.
-  pool.on('connect', (client) => void client.query(NEWER_TIMEOUTS_OFF).catch(() => {}));
   try {
     const c = await pool.connect();
     c.release();

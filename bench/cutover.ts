@@ -2,7 +2,7 @@
  * Cutover benchmark (not a test): migrates under pgbench load several times and prints the write gap
  * (median, max), what the live writers saw, lag p50/p99 during catch-up, and lost commits.
  *
- *   npm run bench:cutover -- [--scale N] [--cutovers N] [--clients N] [--tables N] [--neighbour-clients N] [--target-version 15|16|17] [--json]
+ *   npm run bench:cutover -- [--scale N] [--cutovers N] [--clients N] [--tables N] [--neighbour-clients N] [--churn] [--target-version 15|16|17] [--json]
  *
  * --tables N adds N small tables, each with its own sequence (a bigserial key), index and 20 rows: every
  * sequence is synced inside the write gap.
@@ -10,6 +10,11 @@
  * --neighbour-clients N runs pgbench with N clients on another database of the source server the whole
  * time (one instance, several databases, one of them migrated): the freeze is per database, so it keeps
  * committing through every write gap.
+ *
+ * --churn adds a writer that rewrites 3,000 rows per transaction in a tight loop, as fast as the target's
+ * apply sustains: it pauses while the slot's unconfirmed WAL is over 8 MiB (half the gate's default
+ * limit) and goes on below 4 MiB. Each cutover then also prints the drain predicted before the freeze and
+ * the one measured inside the write gap, drains given up past the budget, and lag in bytes and seconds.
  *
  * pgbench supplies the load (it cannot follow a switch, so its clients end at the freeze); two LiveWriters
  * commit through the switch file and every one of their acknowledged commits is looked up on the target.
@@ -21,6 +26,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import pg from 'pg';
 import { startServer } from '../packages/cli/src/local-servers';
 import { advance, cleanupMigration, createMigration, type Runtime } from '../packages/cli/src/runner';
 import { FileMigrationStore } from '../packages/cli/src/store';
@@ -34,6 +40,7 @@ const { values } = parseArgs({
     clients: { type: 'string', default: '4' },
     tables: { type: 'string', default: '0' },
     'neighbour-clients': { type: 'string', default: '0' },
+    churn: { type: 'boolean', default: false },
     'target-version': { type: 'string', default: '15' },
     json: { type: 'boolean', default: false },
   },
@@ -44,6 +51,10 @@ const clients = Number(values.clients);
 const extraTables = Number(values.tables);
 const neighbourClients = Number(values['neighbour-clients']);
 const targetVersion = Number(values['target-version']) as 15 | 16 | 17;
+const churn = values.churn;
+const CHURN_ROWS = 100_000;
+const CHURN_BATCH = 3_000;
+const MiB = 1024 * 1024;
 const PGBENCH = '/usr/lib/postgresql/15/bin/pgbench';
 
 const quantile = (xs: number[], q: number) => {
@@ -60,9 +71,66 @@ const results: {
   lost: number;
   acked: number;
   lagMs: number[];
+  lagBytes: number[];
   sessionsEnded: number;
   verify: string;
+  predictedDrainMs: number;
+  drainMs: number;
+  abandoned: number;
+  attempts: number;
+  churnTxns: number;
 }[] = [];
+
+/**
+ * The churn writer (--churn): 3,000 rows per transaction, as fast as the apply sustains (paused while
+ * the slot's backlog is over 8 MiB, until it is under 4 MiB). Ends when the freeze ends its session.
+ */
+function churnWriter(url: string, slot: string) {
+  let stop = false;
+  let txns = 0;
+  const done = (async () => {
+    const c = new pg.Client({ connectionString: url });
+    const probe = new pg.Client({ connectionString: url });
+    c.on('error', () => {});
+    probe.on('error', () => {});
+    await c.connect();
+    await probe.connect();
+    let paused = false;
+    try {
+      for (let i = 0; !stop; i++) {
+        if (i % 5 === 0) {
+          const [row] = (
+            await probe.query(
+              'SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::float8 AS b FROM pg_replication_slots WHERE slot_name = $1',
+              [slot],
+            )
+          ).rows;
+          const backlog = Number(row?.b ?? 0);
+          paused = paused ? backlog > 4 * MiB : backlog > 8 * MiB;
+        }
+        if (paused) {
+          await new Promise((r) => setTimeout(r, 20));
+          continue;
+        }
+        const from = ((txns * CHURN_BATCH) % CHURN_ROWS) + 1;
+        await c.query('UPDATE churn SET v = v + 1 WHERE id BETWEEN $1 AND $2', [from, from + CHURN_BATCH - 1]);
+        txns++;
+      }
+    } catch {
+      // The freeze ended the session: the churn stops here, as pgbench's clients do.
+    } finally {
+      await c.end().catch(() => {});
+      await probe.end().catch(() => {});
+    }
+    return txns;
+  })();
+  return {
+    stop: async () => {
+      stop = true;
+      return done;
+    },
+  };
+}
 /** pgbench on another database of the source server (--neighbour-clients). */
 let neighbour: ReturnType<typeof spawn> | undefined;
 try {
@@ -84,6 +152,13 @@ try {
     'bench_template',
   );
 
+  if (churn)
+    await source.query(
+      `CREATE TABLE churn (id int PRIMARY KEY, v bigint NOT NULL, pad text NOT NULL);
+       INSERT INTO churn SELECT g, 0, repeat('x', 100) FROM generate_series(1, ${CHURN_ROWS}) g`,
+      [],
+      'bench_template',
+    );
   if (extraTables > 0)
     await source.query(
       `DO $$ BEGIN FOR i IN 1..${extraTables} LOOP
@@ -120,6 +195,7 @@ try {
           PGPASSWORD: target.password,
         });
     }, 2);
+    const churner = churn ? churnWriter(source.url(src), `pgferry_bench${i}`) : undefined;
     const writers = ['w1', 'w2'].map((name) => new LiveWriter({ switchFile, name, intervalMs: 1 }));
     for (const w of writers) w.start();
     const stateDir = join(work, `state-${i}`);
@@ -140,6 +216,7 @@ try {
       switchFile,
     });
     const state = await advance(rt, m.id, { cutover: 'auto' });
+    const churnTxns = (await churner?.stop()) ?? 0;
     clearInterval(follow);
     await new Promise((r) => setTimeout(r, 1000));
     const stats = await Promise.all(writers.map((w) => w.stop()));
@@ -160,8 +237,14 @@ try {
       lost,
       acked: stats.reduce((s, x) => s + x.acked, 0),
       lagMs: (state.lag ?? []).map((l) => l.ms),
+      lagBytes: (state.lag ?? []).map((l) => l.bytes),
       sessionsEnded: state.cutover?.sessionsEnded ?? 0,
       verify,
+      predictedDrainMs: state.cutover?.predictedDrainMs ?? Number.NaN,
+      drainMs: state.cutover?.drainMs ?? Number.NaN,
+      abandoned: state.events.filter((e) => /drain abandoned/.test(e.message)).length,
+      attempts: state.phases.cutover?.attempts ?? 0,
+      churnTxns,
     };
     results.push(r);
     if (!values.json) {
@@ -169,7 +252,12 @@ try {
         .map(([k, v]) => `${k} ${v}`)
         .join(', ');
       console.log(
-        `cutover ${i}: write gap ${r.writeGapMs} ms (${steps}), longest writer pause ${r.writerPauseMs} ms, ${r.sessionsEnded} sessions ended, ${r.acked} acknowledged, ${r.lost} lost; verify under pgbench on the target (${targetTps ?? '?'} tps): ${r.verify}`,
+        `cutover ${i}: write gap ${r.writeGapMs} ms (${steps}); drain predicted ${r.predictedDrainMs} ms, measured ${r.drainMs} ms; ${r.attempts} attempt(s), ${r.abandoned} drain(s) given up; lag at the last samples ${r.lagBytes
+          .slice(-3)
+          .map((b) => `${(b / MiB).toFixed(1)} MiB`)
+          .join(
+            ', ',
+          )} / ${r.lagMs.slice(-3).join(', ')} ms${churn ? `; ${r.churnTxns} churn transactions` : ''}; longest writer pause ${r.writerPauseMs} ms, ${r.sessionsEnded} sessions ended, ${r.acked} acknowledged, ${r.lost} lost; verify under pgbench on the target (${targetTps ?? '?'} tps): ${r.verify}`,
       );
     }
   }
@@ -193,6 +281,24 @@ const summary = {
   lagP50Ms: quantile(lags, 0.5),
   lagP99Ms: quantile(lags, 0.99),
   lagSamples: lags.length,
+  lagBytesP50: quantile(
+    results.flatMap((r) => r.lagBytes),
+    0.5,
+  ),
+  lagBytesP99: quantile(
+    results.flatMap((r) => r.lagBytes),
+    0.99,
+  ),
+  predictedDrainMedianMs: quantile(
+    results.map((r) => r.predictedDrainMs),
+    0.5,
+  ),
+  drainMedianMs: quantile(
+    results.map((r) => r.drainMs),
+    0.5,
+  ),
+  drainMaxMs: Math.max(...results.map((r) => r.drainMs)),
+  drainsGivenUp: results.reduce((s, r) => s + r.abandoned, 0),
   acknowledgedCommits: results.reduce((s, r) => s + r.acked, 0),
   lostCommits: results.reduce((s, r) => s + r.lost, 0),
   verifyOk: results.filter((r) => r.verify === 'ok').length,
@@ -207,6 +313,12 @@ else {
   );
   console.log(
     `lag during catch-up: p50 ${summary.lagP50Ms} ms, p99 ${summary.lagP99Ms} ms (${summary.lagSamples} samples)`,
+  );
+  console.log(
+    `lag during catch-up in bytes: p50 ${(summary.lagBytesP50 / MiB).toFixed(2)} MiB, p99 ${(summary.lagBytesP99 / MiB).toFixed(2)} MiB`,
+  );
+  console.log(
+    `drain: predicted median ${summary.predictedDrainMedianMs} ms; measured median ${summary.drainMedianMs} ms, max ${summary.drainMaxMs} ms; ${summary.drainsGivenUp} given up past the budget`,
   );
   console.log(`lost commits: ${summary.lostCommits} of ${summary.acknowledgedCommits} acknowledged`);
   console.log(`verify with the application writing to the target: ok in ${summary.verifyOk} of ${summary.cutovers}`);

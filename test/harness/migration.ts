@@ -1,11 +1,13 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterEach } from 'vitest';
 import { createMigration, type Runtime } from '../../packages/cli/src/runner';
 import { SAMPLE_SCHEMA, sampleData } from '../../packages/cli/src/sample';
 import { FileMigrationStore } from '../../packages/cli/src/store';
+import { LiveWriter } from '../../packages/cli/src/writer';
 import type { MigrationConfigInput } from '../../packages/core/src/index';
-import type { Pair } from './pairs';
+import { freshPair, type Pair, type TargetVersion } from './pairs';
 
 let counter = 0;
 
@@ -67,4 +69,36 @@ export async function frozen(pair: Pair, side: 'source' | 'target'): Promise<boo
     "SELECT 1 FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = current_database() AND 'default_transaction_read_only=on' = ANY (s.setconfig)",
   );
   return rows.length > 0;
+}
+
+/**
+ * A test file's pair of fresh databases and runtime, made by `setup` and dropped after each test, with
+ * the live writers it started stopped first.
+ */
+export function migrationFixture() {
+  let pair: Pair | undefined;
+  let rt: TestRuntime | undefined;
+  const writers: LiveWriter[] = [];
+  afterEach(async () => {
+    for (const w of writers.splice(0)) await w.stop();
+    await pair?.drop();
+    rt?.dispose();
+    pair = undefined;
+    rt = undefined;
+  });
+  return {
+    async setup(label: string, rows = 500, targetVersion: TargetVersion = 15) {
+      pair = await freshPair(targetVersion, label);
+      rt = testRuntime();
+      await loadSample(pair, rows);
+      return { pair, rt };
+    },
+    /** A writer committing through the runtime's switch file, stopped after the test. */
+    writer(r: TestRuntime, intervalMs = 1) {
+      const w = new LiveWriter({ switchFile: r.switchFile, name: 'app', intervalMs });
+      w.start();
+      writers.push(w);
+      return w;
+    },
+  };
 }

@@ -56,6 +56,8 @@ export interface LocalServer {
     database?: string,
   ): Promise<pg.QueryResult<R>>;
   stop(): Promise<void>;
+  /** Shut down fast, stay down `downMs`, start again on the same port and data (an outage, a restart). */
+  restart(downMs?: number): Promise<void>;
 }
 
 const running = new Set<ChildProcess>();
@@ -233,57 +235,78 @@ export async function startServer(options: ServerOptions = {}): Promise<LocalSer
   const logFile = join(baseDir, 'server.log');
   const logFd = openSync(logFile, 'a', 0o644);
   if (owner) chownSync(logFile, owner.uid, owner.gid);
-  const child = spawn(join(bin, 'postgres'), ['-D', dataDir], {
-    env,
-    ...(owner ?? {}),
-    cwd: baseDir,
-    stdio: ['ignore', logFd, logFd],
-  });
-  running.add(child);
+  let child: ChildProcess;
   let exited = false;
-  const exitedPromise = new Promise<void>((resolve) =>
-    child.once('exit', () => {
-      exited = true;
-      running.delete(child);
-      resolve();
-    }),
-  );
+  let exitedPromise: Promise<void>;
+  const launch = () => {
+    const started = spawn(join(bin, 'postgres'), ['-D', dataDir], {
+      env,
+      ...(owner ?? {}),
+      cwd: baseDir,
+      stdio: ['ignore', logFd, logFd],
+    });
+    child = started;
+    running.add(started);
+    exited = false;
+    exitedPromise = new Promise<void>((resolve) =>
+      started.once('exit', () => {
+        exited = true;
+        running.delete(started);
+        resolve();
+      }),
+    );
+  };
 
   const url = (database = 'postgres', user = 'postgres', pw = password) =>
     `postgres://${encodeURIComponent(user)}:${encodeURIComponent(pw)}@127.0.0.1:${port}/${encodeURIComponent(database)}`;
 
-  const stop = async () => {
+  const halt = async () => {
     if (!exited) {
       child.kill('SIGINT'); // fast shutdown
       const timer = setTimeout(() => child.kill('SIGQUIT'), 10_000);
       await exitedPromise;
       clearTimeout(timer);
     }
+  };
+  const stop = async () => {
+    await halt();
     rmSync(baseDir, { recursive: true, force: true });
   };
 
-  // Wait until the server accepts connections.
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    if (exited) {
-      const log = require_('node:fs').readFileSync(logFile, 'utf8');
-      rmSync(baseDir, { recursive: true, force: true });
-      throw new Error(`PostgreSQL ${version} did not start:\n${log.slice(-2000)}`);
-    }
-    const client = new pg.Client({ connectionString: url() });
-    try {
-      await client.connect();
-      await client.end();
-      break;
-    } catch (err) {
-      await client.end().catch(() => {});
-      if (Date.now() > deadline) {
-        await stop();
-        throw new Error(`PostgreSQL ${version} did not accept connections within 30 s: ${err}`);
+  /** Wait until the server accepts connections. */
+  const ready = async () => {
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      if (exited) {
+        const log = require_('node:fs').readFileSync(logFile, 'utf8');
+        rmSync(baseDir, { recursive: true, force: true });
+        throw new Error(`PostgreSQL ${version} did not start:\n${log.slice(-2000)}`);
       }
-      await new Promise((r) => setTimeout(r, 100));
+      const client = new pg.Client({ connectionString: url() });
+      try {
+        await client.connect();
+        await client.end();
+        break;
+      } catch (err) {
+        await client.end().catch(() => {});
+        if (Date.now() > deadline) {
+          await stop();
+          throw new Error(`PostgreSQL ${version} did not accept connections within 30 s: ${err}`);
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
     }
-  }
+  };
+  launch();
+  await ready();
+
+  /** A fast shutdown (every session ended), down for `downMs`, then started again on the same port. */
+  const restart = async (downMs = 0) => {
+    await halt();
+    await new Promise((r) => setTimeout(r, downMs));
+    launch();
+    await ready();
+  };
 
   const query = async <R extends pg.QueryResultRow>(sql: string, params?: unknown[], database = 'postgres') => {
     const client = new pg.Client({ connectionString: url(database) });
@@ -296,7 +319,7 @@ export async function startServer(options: ServerOptions = {}): Promise<LocalSer
   };
 
   const certFile = options.ssl ? join(dataDir, 'server.crt') : undefined;
-  return { version, host: '127.0.0.1', port, password, baseDir, logFile, certFile, url, query, stop };
+  return { version, host: '127.0.0.1', port, password, baseDir, logFile, certFile, url, query, stop, restart };
 }
 
 export function currentUser(): string {

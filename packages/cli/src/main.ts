@@ -60,6 +60,7 @@ Global options:
 Exit codes:
   0 ok · 1 failed · 2 invalid input · 3 cannot connect · 4 assessment blocked
   5 lag or drain timeout · 6 verification mismatch · 7 state changed by another process
+  8 not verified: the replica was too far behind to compare (not a mismatch; resume verifies again)
   130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP (a write gap is finished first)`,
   assess: `Usage: pgferry assess --source URL [--target URL] [--json]
        (or PGFERRY_SOURCE_URL / PGFERRY_TARGET_URL in the environment)
@@ -79,7 +80,16 @@ Reads the source (and target) and reports blockers and warnings. Creates nothing
                         streams share the target's cores: with few cores, a larger N loads faster
   --cutover auto|manual auto: cut over as soon as caught up; manual (default): stop caught up,
                         then run \`pgferry cutover --id ID\`
-  --max-lag-ms N        cutover gate: lag under N ms for consecutive samples (default 1000)
+  --max-lag-ms N        cutover gate: the oldest WAL the target has not confirmed is under N ms
+                        old (default 1000)...
+  --max-lag-mb N        ...and the WAL it has not confirmed under N MiB (default 16), neither
+                        growing, for consecutive samples
+  --max-drain-ms N      the drain's budget inside the write gap (default 1000): no freeze when
+                        the drain predicted from the measured apply rate is over it; a drain that
+                        passes it is given up (source unfrozen, back to catch-up, tried again)
+  --verify-wait-ms N    how long verify waits for the other side to apply past the point a
+                        table was read at (default 30000); a table it does not reach in time
+                        is reported not verified (exit 8), never as a mismatch
   --switch-file PATH    rewritten atomically with the URL the application must use
   --on-switch CMD       run at the switch with PGFERRY_ACTIVE_URL, PGFERRY_SOURCE_URL,
                         PGFERRY_TARGET_URL, PGFERRY_DIRECTION in its environment
@@ -121,6 +131,9 @@ const OPTIONS = {
   'split-table-mb': { type: 'string' },
   cutover: { type: 'string' },
   'max-lag-ms': { type: 'string' },
+  'max-lag-mb': { type: 'string' },
+  'max-drain-ms': { type: 'string' },
+  'verify-wait-ms': { type: 'string' },
   'switch-file': { type: 'string' },
   'on-switch': { type: 'string' },
   report: { type: 'string' },
@@ -146,6 +159,9 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'split-table-mb',
     'cutover',
     'max-lag-ms',
+    'max-lag-mb',
+    'max-drain-ms',
+    'verify-wait-ms',
     'switch-file',
     'on-switch',
     'report',
@@ -223,7 +239,9 @@ function finalText(s: MigrationState): string {
 }
 
 function exitCodeFor(s: MigrationState): number {
-  if (s.verify && !s.verify.ok) return EXIT_CODES.verificationFailed;
+  const outcome = s.verify ? (s.verify.outcome ?? (s.verify.ok ? 'ok' : 'mismatch')) : 'ok';
+  if (outcome === 'mismatch') return EXIT_CODES.verificationFailed;
+  if (outcome === 'behind') return EXIT_CODES.notVerified;
   return EXIT_CODES.ok;
 }
 
@@ -344,6 +362,9 @@ export async function main(argv: string[]): Promise<number> {
           splitTableBytes: mebibytes(values['split-table-mb'], '--split-table-mb'),
           cutover: values.cutover,
           maxLagMs: int(values['max-lag-ms'], '--max-lag-ms'),
+          maxLagBytes: mebibytes(values['max-lag-mb'], '--max-lag-mb'),
+          maxDrainMs: int(values['max-drain-ms'], '--max-drain-ms'),
+          verifyWaitMs: int(values['verify-wait-ms'], '--verify-wait-ms'),
           switchFile: values['switch-file'] ? resolve(values['switch-file']) : undefined,
           onSwitch: values['on-switch'],
           reportPath: values.report,

@@ -137,7 +137,24 @@ export function describeState(s: MigrationState): string {
       `  ATTENTION: a rollback began at ${s.rollback.freezeAt} and did not finish; the target may be read-only.\n  Run \`pgferry rollback --id ${s.id}\` to finish it.`,
     );
   if (s.rollback?.switchAt) lines.push(`  rolled back: write gap ${s.rollback.writeGapMs} ms`);
-  if (s.verify) lines.push(`  verify: ${s.verify.ok ? 'OK' : 'MISMATCH'} (${s.verify.tables.length} tables)`);
+  for (const [label, v] of [
+    ['verify before the switch', s.verifyBeforeSwitch],
+    ['verify', s.verify],
+  ] as const) {
+    if (!v) continue;
+    const outcome = v.outcome ?? (v.ok ? 'ok' : 'mismatch');
+    const word =
+      outcome === 'ok'
+        ? 'OK'
+        : outcome === 'mismatch'
+          ? 'MISMATCH'
+          : `NOT VERIFIED (${v.replication} ${formatBytes(v.behindBytes ?? 0)} behind)`;
+    const speed =
+      v.ms !== undefined
+        ? `, ${(v.ms / 1000).toFixed(1)} s; source read at ${v.sourceMiBps} MiB/s, target at ${v.targetMiBps} MiB/s`
+        : '';
+    lines.push(`  ${label}: ${word} (${v.tables.length} tables${speed})`);
+  }
   for (const w of s.warnings ?? []) lines.push(`  warning: ${w}`);
   if (s.failure)
     lines.push(

@@ -7,6 +7,7 @@
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  ConnectionLostError,
   CutoverFailedError,
   DEFAULTS,
   DrainTimeoutError,
@@ -17,6 +18,7 @@ import {
   type MigrationConfig,
   type MigrationState,
   type MigrationStore,
+  NotVerifiedError,
   objectNames,
   PgferryError,
   PHASE_TITLES,
@@ -24,20 +26,23 @@ import {
   parseMigrationConfig,
   redactUrl,
   StateConflictError,
+  VerificationFailedError,
 } from '@pgferry/core';
 import {
   assertNoBlockers,
   assess,
   bulkLoad,
-  catchUp,
+  catchUpAndVerify,
   cleanup,
   connect,
   connectionSettings,
   cutover,
   type Db,
   endOrphanSessions,
+  type FaultPoints,
   inspectApplicationName,
   inspectSide,
+  isConnectionLoss,
   isFrozen,
   type LiveStatus,
   liveAttention,
@@ -65,6 +70,8 @@ export interface Runtime {
   store: MigrationStore;
   stateDir: string;
   events: RunnerEvents;
+  /** Tests only: see FaultPoints. */
+  faults?: FaultPoints;
 }
 
 /** Connect to `url` and let go: throws the usual connection error (naming --source/--target) if it does not answer. */
@@ -228,6 +235,7 @@ export async function openSession(rt: Runtime, id: string): Promise<Session> {
     log: (m) => rt.events.log(m),
     progress: rt.events.progress,
     artifactDir: config.artifactDir ?? join(rt.stateDir, 'artifacts', id),
+    faults: rt.faults,
   };
   return {
     ctx,
@@ -377,7 +385,7 @@ async function advanceClaimed(rt: Runtime, id: string, options: AdvanceOptions):
         await runPhase(rt, ctx, phase, fn);
       }
       for (let attempt = 1; ; attempt++) {
-        await runPhase(rt, ctx, 'catch-up', catchUp);
+        await runPhase(rt, ctx, 'catch-up', catchUpAndVerify);
         if (options.cutover === 'manual') {
           await ctx.update((s) => {
             s.status = 'awaiting-cutover';
@@ -463,7 +471,19 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
       );
     }
   }
-  if (err instanceof LagTimeoutError || err instanceof DrainTimeoutError || cutoverUndone) {
+  // Verification before the switch found a difference, or could not finish: nothing was switched or
+  // frozen, replication goes on; the loaded target stays for whoever investigates (resume verifies again).
+  const verifiedBeforeSwitch = !switched && (err instanceof VerificationFailedError || err instanceof NotVerifiedError);
+  // A server that stayed away past the reconnect window during catch-up: nothing is wrong with what was
+  // built, and a rollback could not reach it anyway. Kept, with the slot named (status shows its WAL).
+  const outage = phase === 'catch-up' && (err instanceof ConnectionLostError || isConnectionLoss(err));
+  if (
+    err instanceof LagTimeoutError ||
+    err instanceof DrainTimeoutError ||
+    cutoverUndone ||
+    verifiedBeforeSwitch ||
+    outage
+  ) {
     // Replication is healthy, only not caught up (or DDL awaits the target, or the drain was too slow;
     // the cutover already unfroze the source): keep the loaded data and
     // the slot; the slot's WAL is bounded by the abort limit while pgferry runs and by

@@ -4,7 +4,15 @@ import { InvalidInputError } from './errors';
 /** Thresholds and retry policies, named in one place. */
 export const DEFAULTS = {
   jobs: 4,
+  /** Cutover gate: the subscriber's time lag (age of the oldest WAL it has not confirmed) under this... */
   maxLagMs: 1000,
+  /** ...and its unconfirmed WAL under this, both not growing over the streak. */
+  maxLagBytes: 16 * 1024 ** 2,
+  /**
+   * The drain's budget inside the write gap: the cutover does not freeze when the drain predicted from
+   * the measured apply rate is over it, and gives up a drain that passes it (unfreeze, catch up, again).
+   */
+  maxDrainMs: 1000,
   /** Consecutive lag samples under maxLagMs before the cutover gate opens. */
   lagSamples: 5,
   lagSampleIntervalMs: 500,
@@ -14,8 +22,13 @@ export const DEFAULTS = {
   walWarnBytes: 8 * 1024 ** 3,
   /** ...and drop the slot (abort) past this, before the source's disk fills. */
   walAbortBytes: 64 * 1024 ** 3,
-  /** How long the drain may take with writes frozen before the source is unfrozen again. */
+  /** How long the catch-up just before the freeze (outside the write gap) may wait for the subscriber. */
   drainTimeoutMs: 15_000,
+  /**
+   * How long catch-up waits, reconnecting with backoff, for a server that stopped answering (a restart,
+   * a Multi-AZ failover takes 1-2 minutes) before it stops, keeping everything, with the truth.
+   */
+  reconnectTimeoutMs: 5 * 60_000,
   /** How long catch-up waits for the gate before giving up (0 = forever). */
   catchUpTimeoutMs: 30 * 60_000,
   /**
@@ -29,6 +42,11 @@ export const DEFAULTS = {
   /** Tables at least this big get their own indexes built as soon as their rows are in, during the copy. */
   earlyIndexBytes: 32 * 1024 ** 2,
   verifyChunkRows: 50_000,
+  /**
+   * How long verify waits for the replica (the target before the switch, the source after it) to apply
+   * past the point the live side was read at; not there by then, the table is "not verified", never a mismatch.
+   */
+  verifyWaitMs: 30_000,
   /**
    * Index builds on the target share `jobs` × this much maintenance_work_mem: post-data runs `jobs`
    * builds at once with this much each, and a big table's lone primary key gets the whole budget
@@ -106,6 +124,21 @@ export const migrationConfigSchema = z
       .int()
       .min(1, '--max-lag-ms must be at least 1')
       .default(DEFAULTS.maxLagMs),
+    maxLagBytes: z
+      .number({ error: '--max-lag-mb must be a number' })
+      .int()
+      .min(1, '--max-lag-mb must be more than 0')
+      .default(DEFAULTS.maxLagBytes),
+    maxDrainMs: z
+      .number({ error: '--max-drain-ms must be a number' })
+      .int('--max-drain-ms must be a whole number')
+      .min(10, '--max-drain-ms must be at least 10')
+      .default(DEFAULTS.maxDrainMs),
+    verifyWaitMs: z
+      .number({ error: '--verify-wait-ms must be a number' })
+      .int('--verify-wait-ms must be a whole number')
+      .min(1, '--verify-wait-ms must be at least 1')
+      .default(DEFAULTS.verifyWaitMs),
     lagSamples: z.number().int().min(1).default(DEFAULTS.lagSamples),
     lagSampleIntervalMs: z.number().int().min(10).default(DEFAULTS.lagSampleIntervalMs),
     longTransactionMs: z.number().int().min(1).default(DEFAULTS.longTransactionMs),
@@ -113,6 +146,7 @@ export const migrationConfigSchema = z
     walAbortBytes: z.number().int().min(1).default(DEFAULTS.walAbortBytes),
     drainTimeoutMs: z.number().int().min(1).default(DEFAULTS.drainTimeoutMs),
     catchUpTimeoutMs: z.number().int().min(0).default(DEFAULTS.catchUpTimeoutMs),
+    reconnectTimeoutMs: z.number().int().min(0).default(DEFAULTS.reconnectTimeoutMs),
     splitTableBytes: z.number().int().min(1).default(DEFAULTS.splitTableBytes),
     earlyIndexBytes: z.number().int().min(0).default(DEFAULTS.earlyIndexBytes),
     slotWaitTimeoutMs: z.number().int().min(1).default(DEFAULTS.slotWaitTimeoutMs),

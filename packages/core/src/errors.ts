@@ -41,6 +41,12 @@ export class ConnectionFailedError extends PgferryError {
   override readonly exitCode = 3;
 }
 
+/** A server stopped answering and did not come back within the time pgferry waits for it. Nothing was undone. */
+export class ConnectionLostError extends PgferryError {
+  override name = 'ConnectionLostError';
+  override readonly exitCode = 3;
+}
+
 /** Assessment found blockers; nothing was created. */
 export class AssessmentBlockedError extends PgferryError {
   override name = 'AssessmentBlockedError';
@@ -85,6 +91,11 @@ export class VerificationFailedError extends PgferryError {
   override name = 'VerificationFailedError';
   override readonly exitCode = 6;
 }
+/** Verification could not compare every table: the replica was too far behind. Not a mismatch. */
+export class NotVerifiedError extends PgferryError {
+  override name = 'NotVerifiedError';
+  override readonly exitCode = 8;
+}
 export class RollbackFailedError extends PgferryError {
   override name = 'RollbackFailedError';
 }
@@ -108,6 +119,7 @@ export const EXIT_CODES = {
   lagOrDrainTimeout: 5,
   verificationFailed: 6,
   stateConflict: 7,
+  notVerified: 8,
 } as const;
 
 export function errorMessage(err: unknown): string {

@@ -277,6 +277,41 @@ export async function connectClient(url: string, options: DbOptions & { replicat
   return client;
 }
 
+/** Error codes of a server going away or refusing connections for a while (a restart, a failover, a network blip). */
+const CONNECTION_LOSS = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  '57P01', // admin_shutdown
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now (starting up, shutting down)
+  '08000',
+  '08001',
+  '08003',
+  '08004',
+  '08006',
+]);
+
+/**
+ * Whether `err` (or its cause) says the server is gone for now rather than that something is wrong:
+ * worth waiting out, reconnecting, for a bounded time.
+ */
+export function isConnectionLoss(err: unknown): boolean {
+  for (let e = err as { code?: string; message?: string; cause?: unknown } | undefined, i = 0; e && i < 5; i++) {
+    if (e.code && CONNECTION_LOSS.has(e.code)) return true;
+    if (
+      /Connection terminated|connection ended|Client has encountered a connection error|timeout exceeded when trying to connect/i.test(
+        e.message ?? '',
+      )
+    )
+      return true;
+    e = e.cause as typeof e;
+  }
+  return false;
+}
+
 export const ident = (name: string) => pg.escapeIdentifier(name);
 export const literal = (value: string) => pg.escapeLiteral(value);
 export const qualified = (t: { schema: string; name: string }) => `${ident(t.schema)}.${ident(t.name)}`;

@@ -161,16 +161,22 @@ export async function currentLsn(db: Db): Promise<string> {
   return (await db.one<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn')).lsn;
 }
 
-/** Wait until the slot's consumer has confirmed `lsn`; false on timeout. */
+/**
+ * Wait until the slot's consumer has confirmed `lsn`; false on timeout. Polled every 2 ms at first (a
+ * drain inside the write gap is over in tens of ms), less often the longer it takes (verify may wait
+ * seconds for a replica).
+ */
 export async function waitConfirmed(db: Db, slot: string, lsn: string, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
+  const start = Date.now();
+  const deadline = start + timeoutMs;
   for (;;) {
     const [row] = await db.query<{ ok: boolean }>(
       'SELECT confirmed_flush_lsn >= $2::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = $1',
       [slot, lsn],
     );
     if (row?.ok) return true;
-    if (Date.now() > deadline) return false;
-    await sleep(2);
+    const now = Date.now();
+    if (now > deadline) return false;
+    await sleep(Math.min(20, 2 + Math.floor((now - start) / 50), deadline - now + 1));
   }
 }

@@ -1,32 +1,86 @@
 /** Lag, retained WAL, open transactions and schema drift: what the cutover gate looks at. */
+
+import type { LagPoint } from '@pgferry/core';
 import { EXCLUDED_SCHEMAS, NOT_EXTENSION_MEMBER, USER_SCHEMA } from './catalog';
 import type { Db } from './db';
 
 export interface LagReading {
   /** WAL the subscriber has not confirmed, including WAL not yet sent. */
   bytes: number;
-  /** Replay lag reported by the walsender; 0 when nothing is pending. */
-  ms: number;
+  /** The source's WAL position and the slot's confirmed_flush_lsn, as bytes from 0/0 (see LagPoint). */
+  point: LagPoint;
   /** WAL the slot keeps on the source's disk. */
   retainedBytes: number;
   active: boolean;
 }
 
 export async function readLag(source: Db, slot: string): Promise<LagReading | undefined> {
-  const [row] = await source.query<{ bytes: number; retained: number; active: boolean; ms: number | null }>(
-    `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint AS bytes,
-            pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained, s.active,
-            (SELECT extract(epoch FROM coalesce(r.replay_lag, r.flush_lag, r.write_lag)) * 1000 FROM pg_stat_replication r WHERE r.pid = s.active_pid) AS ms
+  const [row] = await source.query<{ current: number; confirmed: number; retained: number; active: boolean }>(
+    `SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0') AS current,
+            pg_wal_lsn_diff(s.confirmed_flush_lsn, '0/0') AS confirmed,
+            pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained, s.active
        FROM pg_replication_slots s WHERE s.slot_name = $1`,
     [slot],
   );
   if (!row) return undefined;
+  const point = { t: Date.now(), current: row.current, confirmed: row.confirmed ?? 0 };
   return {
-    bytes: Math.max(0, row.bytes),
-    ms: row.ms === null ? 0 : Math.round(row.ms),
+    bytes: Math.max(0, point.current - point.confirmed),
+    point,
     retainedBytes: Math.max(0, row.retained),
     active: row.active,
   };
+}
+
+/**
+ * Likely causes of an apply that cannot keep up, named from both catalogs: tables whose UPDATE and DELETE
+ * the subscriber must find by a scan of the whole table (REPLICA IDENTITY FULL with no index it can use;
+ * from 16 on it uses any plain b-tree index), and transactions too large for the decoding memory (spilled
+ * to disk or streamed: they arrive, or are applied, only at their commit).
+ */
+export async function applyBottlenecks(source: Db, target: Db, slot: string): Promise<string[]> {
+  const out: string[] = [];
+  const full = await source.query<{ t: string }>(
+    `SELECT format('%I.%I', n.nspname, c.relname) AS t FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND c.relreplident = 'f' AND ${USER_SCHEMA} AND ${NOT_EXTENSION_MEMBER}`,
+    [EXCLUDED_SCHEMAS],
+  );
+  if (full.length) {
+    const { v } = await target.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v");
+    const indexed =
+      v >= 16
+        ? new Set(
+            (
+              await target.query<{ t: string }>(
+                `SELECT DISTINCT format('%I.%I', n.nspname, c.relname) AS t FROM pg_index x
+                   JOIN pg_class c ON c.oid = x.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                   JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_am am ON am.oid = i.relam
+                  WHERE am.amname IN ('btree', 'hash') AND x.indpred IS NULL AND x.indexprs IS NULL AND x.indisvalid`,
+              )
+            ).map((r) => r.t),
+          )
+        : new Set<string>();
+    const scanned = full.map((r) => r.t).filter((t) => !indexed.has(t));
+    if (scanned.length)
+      out.push(
+        `REPLICA IDENTITY FULL without an index the target can use on ${scanned.slice(0, 5).join(', ')}${scanned.length > 5 ? ` and ${scanned.length - 5} more` : ''} (each UPDATE/DELETE scans the table on the target: give it a primary key, or on a 16+ target an index)`,
+      );
+  }
+  // (pg_stat_replication_slots is 14+: an older source cannot say.)
+  const [spill] = await source
+    .query<{ spilled: number; streamed: number }>(
+      'SELECT spill_txns AS spilled, stream_txns AS streamed FROM pg_stat_replication_slots WHERE slot_name = $1',
+      [slot],
+    )
+    .catch(() => []);
+  if (spill && (spill.spilled > 0 || spill.streamed > 0))
+    out.push(
+      `large transactions (${spill.spilled} spilled to disk, ${spill.streamed} streamed on the source since the slot was made: each is applied only at its commit; a larger logical_decoding_work_mem on the source, or smaller transactions, help)`,
+    );
+  out.push(
+    "a target too small for the write rate (each subscription applies with one worker, parallel only for streamed large transactions on 16+: its CPU and the target's disk bound the rate)",
+  );
+  return out;
 }
 
 export interface OpenTransaction {

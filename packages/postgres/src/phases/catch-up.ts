@@ -1,15 +1,34 @@
 /**
- * Catch up: sample lag until it stays under --max-lag-ms for N samples with no long transaction open
- * and no DDL drift. Watch the slot's retained WAL: warn past a threshold, and past the hard limit drop
+ * Catch up: sample lag until, for N samples, it stays under --max-lag-ms and --max-lag-mb without
+ * growing and with a drain predicted within --max-drain-ms, with no long transaction open and no DDL drift. Watch the slot's retained WAL: warn past a threshold, and past the hard limit drop
  * the slot (and the subscription) before the source's disk fills.
  */
-import { LagTimeoutError, objectNames, ReplicationFailedError, WalRetentionExceededError } from '@pgferry/core';
+import {
+  applyFallsBehind,
+  ConnectionLostError,
+  errorMessage,
+  LAG_HISTORY,
+  type LagFigures,
+  type LagPoint,
+  type LagSample,
+  LagTimeoutError,
+  lagFigures,
+  lagReasons,
+  mbps,
+  mib,
+  NotVerifiedError,
+  objectNames,
+  ReplicationFailedError,
+  VerificationFailedError,
+  WalRetentionExceededError,
+} from '@pgferry/core';
 import { EXCLUDED_SCHEMAS, listTables, publishedTables, USER_SEQUENCE } from '../catalog';
-import { ident, qualified, sleep, tableLabel } from '../db';
+import { ident, isConnectionLoss, qualified, sleep, tableLabel } from '../db';
 import { freezeHazards } from '../freeze';
-import { longTransactions, readLag, schemaDrift, targetWriteTransactions } from '../lag';
+import { applyBottlenecks, longTransactions, readLag, schemaDrift, targetWriteTransactions } from '../lag';
 import { canCreateSubscription, dropSlot, dropSubscription } from '../replication';
 import type { PhaseContext } from './context';
+import { verifySummary, verifyTables } from './verify';
 
 export interface GateStatus {
   open: boolean;
@@ -25,15 +44,22 @@ interface CatalogCheck {
   at: number;
 }
 
+/** What the gate remembers between samples: lag readings, the last catalog check, warnings given. */
+export interface GateMemory {
+  wal: boolean;
+  catalog?: CatalogCheck;
+  /** Lag readings, oldest first (LAG_HISTORY at most), and the figures computed at each. */
+  points?: LagPoint[];
+  figures?: LagFigures[];
+  /** The likely causes of a slow apply, looked up once per catch-up. */
+  bottlenecks?: string[];
+}
+
 /** The catalog checks (drift, tables, hazards, prerequisites) run at most this often, and on the sample that could open the gate. */
 const CATALOG_CHECK_EVERY_MS = 5_000;
 
-/** One sample: records lag, checks WAL retention, returns why the gate is closed (if it is). */
-export async function sampleGate(
-  ctx: PhaseContext,
-  warned: { wal: boolean; catalog?: CatalogCheck },
-  options: { catalog?: boolean } = {},
-): Promise<{ lagMs: number; reasons: string[] }> {
+/** One lag reading of the forward slot, added to the gate's memory; the slot's retention is watched too. */
+export async function sampleLag(ctx: PhaseContext, memory: GateMemory) {
   const names = objectNames(ctx.config.id);
   const lag = await readLag(ctx.source, names.slot);
   if (!lag) {
@@ -42,6 +68,21 @@ export async function sampleGate(
       hint: 'roll back and migrate again',
     });
   }
+  const points = [...(memory.points ?? []).slice(-(LAG_HISTORY - 1)), lag.point];
+  const figures = lagFigures(points);
+  memory.points = points;
+  memory.figures = [...(memory.figures ?? []).slice(-(LAG_HISTORY - 1)), figures];
+  return { lag, figures };
+}
+
+/** One sample: records lag, checks WAL retention, returns why the gate is closed (if it is). */
+export async function sampleGate(
+  ctx: PhaseContext,
+  warned: GateMemory,
+  options: { catalog?: boolean } = {},
+): Promise<{ lagMs: number; lagBytes: number; figures: LagFigures; reasons: string[] }> {
+  const names = objectNames(ctx.config.id);
+  const { lag, figures } = await sampleLag(ctx, warned);
   if (lag.retainedBytes > ctx.config.walAbortBytes) {
     await dropSubscription(ctx.target, names.subscription, { keepSlot: true }).catch(() => {});
     await dropSlot(ctx.source, names.slot);
@@ -60,7 +101,17 @@ export async function sampleGate(
   }
   const reasons: string[] = [];
   if (!lag.active) reasons.push('the subscription is not connected to the slot');
-  if (lag.ms >= ctx.config.maxLagMs) reasons.push(`lag ${lag.ms} ms ≥ ${ctx.config.maxLagMs} ms`);
+  // Lag under both limits and not growing since the sample the streak would start from.
+  const history = warned.figures ?? [];
+  const since = history.length >= ctx.config.lagSamples ? history[history.length - ctx.config.lagSamples] : history[0];
+  const lagged = lagReasons(figures, since === figures ? undefined : since, ctx.config);
+  reasons.push(...lagged);
+  if (lagged.length && applyFallsBehind(figures)) {
+    warned.bottlenecks ??= await applyBottlenecks(ctx.source, ctx.target, names.slot);
+    reasons.push(
+      `apply cannot keep up with the source: the source generates ${mbps(figures.generatedBps)}, the target applies ${mbps(figures.appliedBps)}; likely causes: ${warned.bottlenecks.join('; ')}`,
+    );
+  }
   const open = await longTransactions(ctx.source, ctx.config.longTransactionMs);
   for (const t of open)
     reasons.push(`transaction pid ${t.pid} (user ${t.user}) open for ${Math.round(t.ageMs / 1000)} s: ${t.query}`);
@@ -84,13 +135,19 @@ export async function sampleGate(
   }
   const { drift } = warned.catalog;
   reasons.push(...warned.catalog.reasons);
-  const sample = { at: new Date().toISOString(), bytes: lag.bytes, ms: lag.ms };
+  const sample: LagSample = {
+    at: new Date(lag.point.t).toISOString(),
+    bytes: figures.bytes,
+    ms: figures.ms,
+    generatedBps: Math.round(figures.generatedBps),
+    appliedBps: Math.round(figures.appliedBps),
+  };
   await ctx.update((s) => {
     s.lag = [...(s.lag ?? []).slice(-59), sample];
     s.walRetainedBytes = lag.retainedBytes;
     s.ddlDrift = drift;
   });
-  return { lagMs: lag.ms, reasons };
+  return { lagMs: figures.ms, lagBytes: figures.bytes, figures, reasons };
 }
 
 /**
@@ -156,10 +213,53 @@ export async function cutoverPrerequisites(ctx: PhaseContext): Promise<string[]>
   return out;
 }
 
+/**
+ * Rides out a server that went away (a restart, a failover, a dropped connection): the first loss is
+ * logged, the sample retried with backoff (the pools reconnect on their own), and the return logged;
+ * past `reconnectTimeoutMs` it stops with the truth: nothing undone, the slot kept and retaining WAL.
+ */
+function outageGuard(ctx: PhaseContext) {
+  let since: number | undefined;
+  let tries = 0;
+  return {
+    /** The sample answered: an outage, if there was one, is over. */
+    answered() {
+      if (since !== undefined)
+        ctx.log(`the servers answer again after ${((Date.now() - since) / 1000).toFixed(1)} s; catching up`);
+      since = undefined;
+      tries = 0;
+    },
+    /** A sample failed: wait and let it be retried, or throw. */
+    async failed(err: unknown) {
+      if (!isConnectionLoss(err)) throw err;
+      const now = Date.now();
+      if (since === undefined) {
+        since = now;
+        ctx.log(
+          `lost the connection during catch-up (${errorMessage(err)}); reconnecting for up to ${Math.round(ctx.config.reconnectTimeoutMs / 1000)} s`,
+        );
+      }
+      if (now - since > ctx.config.reconnectTimeoutMs) {
+        const n = objectNames(ctx.config.id);
+        throw new ConnectionLostError(
+          `a server did not answer for ${Math.round((now - since) / 1000)} s during catch-up: ${errorMessage(err)}. Nothing was undone: slot ${n.slot} stays on the source and retains WAL until replication reads it again`,
+          {
+            cause: err,
+            phase: 'catch-up',
+            hint: `once both servers answer, \`pgferry resume --id ${ctx.config.id}\` goes on where it stopped; \`pgferry rollback --id ${ctx.config.id}\` removes what the migration made (\`pgferry status --id ${ctx.config.id}\` shows the WAL the slot holds)`,
+          },
+        );
+      }
+      await sleep(Math.min(5_000, 250 * 2 ** tries++));
+    },
+  };
+}
+
 /** Phase "Catch up": returns once the gate has been open for `lagSamples` consecutive samples. */
 export async function catchUp(ctx: PhaseContext): Promise<string> {
   const started = Date.now();
-  const warned: { wal: boolean; catalog?: CatalogCheck } = { wal: false };
+  const warned: GateMemory = { wal: false };
+  const outage = outageGuard(ctx);
   let streak = 0;
   let lastReasons = '';
   for (;;) {
@@ -167,13 +267,22 @@ export async function catchUp(ctx: PhaseContext): Promise<string> {
       streak + 1 >= ctx.config.lagSamples ||
       !warned.catalog ||
       Date.now() - warned.catalog.at >= CATALOG_CHECK_EVERY_MS;
-    const { lagMs, reasons } = await sampleGate(ctx, warned, { catalog });
+    let sample: Awaited<ReturnType<typeof sampleGate>>;
+    try {
+      sample = await sampleGate(ctx, warned, { catalog });
+      outage.answered();
+    } catch (err) {
+      await outage.failed(err);
+      streak = 0;
+      continue;
+    }
+    const { figures, reasons } = sample;
     streak = reasons.length === 0 ? streak + 1 : 0;
     const text = reasons.join('; ');
     if (text && text !== lastReasons) ctx.log(`cutover gate closed: ${text}`);
     lastReasons = text;
     if (streak >= ctx.config.lagSamples) {
-      return `lag ${lagMs} ms under ${ctx.config.maxLagMs} ms for ${streak} samples; no long transactions; schemas agree`;
+      return `lag ${mib(figures.bytes)} / ${figures.ms} ms (limits ${mib(ctx.config.maxLagBytes)} / ${ctx.config.maxLagMs} ms), not growing, for ${streak} samples; drain predicted at ${figures.predictedDrainMs} ms (budget ${ctx.config.maxDrainMs} ms); source ${mbps(figures.generatedBps)}, applied ${mbps(figures.appliedBps)}; no long transactions; schemas agree`;
     }
     if (ctx.config.catchUpTimeoutMs > 0 && Date.now() - started > ctx.config.catchUpTimeoutMs) {
       throw new LagTimeoutError(
@@ -185,5 +294,44 @@ export async function catchUp(ctx: PhaseContext): Promise<string> {
       );
     }
     await sleep(ctx.config.lagSampleIntervalMs);
+  }
+}
+
+/** Rounds of "gate, then verify" before a replica that stays behind makes the pre-switch verify give up. */
+const VERIFY_BEFORE_SWITCH_ROUNDS = 3;
+
+/**
+ * Catch up, then verify every table before anything is switched (once per migration, until it passes):
+ * the source read, the target read once the subscription has passed that read's position. A real
+ * difference stops here, with the application still on the source (VerificationFailedError); then the
+ * gate again, since the reads took a while.
+ */
+export async function catchUpAndVerify(ctx: PhaseContext): Promise<string> {
+  let summary = await catchUp(ctx);
+  if (ctx.state.verifyBeforeSwitch?.outcome === 'ok') return summary;
+  for (let round = 1; ; round++) {
+    ctx.log('verifying every table before the switch, while replication runs');
+    const result = await verifyTables(ctx);
+    await ctx.update((s) => {
+      s.verifyBeforeSwitch = result;
+    });
+    const said = verifySummary(result);
+    if (result.outcome === 'mismatch')
+      throw new VerificationFailedError(`before the switch: ${said}`, {
+        phase: 'catch-up',
+        hint: `nothing was switched or frozen: the application stays on the source and replication goes on. Find what wrote those rows differently (a write to the target, a trigger or rule enabled on it, a changed column default), fix the target, then \`pgferry resume --id ${ctx.config.id}\` verifies again (or \`pgferry rollback --id ${ctx.config.id}\`)`,
+      });
+    if (result.outcome === 'ok') {
+      ctx.log(`verified before the switch: ${said}`);
+      summary = await catchUp(ctx);
+      return `${summary}; verified before the switch: ${said}`;
+    }
+    if (round >= VERIFY_BEFORE_SWITCH_ROUNDS)
+      throw new NotVerifiedError(`before the switch: ${said}`, {
+        phase: 'catch-up',
+        hint: `nothing was switched: replication goes on; \`pgferry resume --id ${ctx.config.id}\` catches up and verifies again once the target keeps up`,
+      });
+    ctx.log(`${said}: catching up before verifying again`);
+    await catchUp(ctx);
   }
 }

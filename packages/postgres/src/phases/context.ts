@@ -14,6 +14,13 @@ export interface PhaseContext {
   progress?(p: Progress): void;
   /** Directory for artifacts (schema dumps, dump strategy data). */
   artifactDir: string;
+  /** Fault points for tests: a moment a test cannot time from outside (inside the write gap) made to happen. */
+  faults?: FaultPoints;
+}
+
+export interface FaultPoints {
+  /** Inside the write gap, once the source is frozen, before the drain LSN is read. */
+  afterFreeze?(): Promise<void>;
 }
 
 export function sourceMajor(ctx: PhaseContext): Promise<number> {

@@ -11,19 +11,24 @@ import {
   DrainTimeoutError,
   errorMessage,
   FreezeFailedError,
+  mbps,
+  mib,
   objectNames,
   PgferryError,
+  predictDrainMs,
 } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { critical } from '../critical';
 import { type Db, ident } from '../db';
 import { currentLsn, freezeWrites, unfreezeWrites, waitConfirmed, writesSince } from '../freeze';
 import {
+  applyTuning,
   createSubscription,
   dropPublication,
   dropSlot,
   dropSubscription,
   ensurePublication,
+  NO_TUNING,
   prepareSubscription,
   publicationExists,
   slotExists,
@@ -34,7 +39,8 @@ import {
 } from '../replication';
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
-import type { PhaseContext } from './context';
+import { type GateMemory, sampleLag } from './catch-up';
+import { type PhaseContext, targetMajor } from './context';
 
 /** The last look may decode at most 16 MiB of WAL and take at most 250 ms of the write gap. */
 const LAST_LOOK = { maxDecodeBytes: 16 * 1024 * 1024, timeoutMs: 250 };
@@ -78,6 +84,46 @@ export async function undoInterruptedCutover(ctx: PhaseContext): Promise<boolean
   return true;
 }
 
+/** Bytes from the slot's confirmed position to `lsn`. */
+async function lsnDistance(db: Db, lsn: string, slot: string): Promise<number> {
+  const [row] = await db.query<{ b: number }>(
+    'SELECT greatest(0, pg_wal_lsn_diff($1::pg_lsn, confirmed_flush_lsn))::bigint AS b FROM pg_replication_slots WHERE slot_name = $2',
+    [lsn, slot],
+  );
+  return row?.b ?? 0;
+}
+
+/**
+ * Catch up once more and predict the drain the freeze would start: the rate is measured on this very
+ * catch-up (bytes confirmed over the time they took) when it had enough to go on, otherwise over the
+ * last readings, never below the floor. Over the budget: no freeze (DrainTimeoutError, back to catch-up).
+ */
+async function predictDrain(ctx: PhaseContext): Promise<number> {
+  const n = objectNames(ctx.config.id);
+  const memory: GateMemory = { wal: false };
+  const before = await sampleLag(ctx, memory);
+  const caughtUp = await waitConfirmed(
+    ctx.source,
+    n.slot,
+    await currentLsn(ctx.source),
+    Math.min(ctx.config.drainTimeoutMs, Math.max(ctx.config.maxDrainMs * 5, 1000)),
+  );
+  const after = await sampleLag(ctx, memory);
+  const elapsed = (after.lag.point.t - before.lag.point.t) / 1000;
+  const confirmed = after.lag.point.confirmed - before.lag.point.confirmed;
+  const rate = elapsed > 0 && confirmed >= 256 * 1024 ? confirmed / elapsed : after.figures.appliedBps;
+  const predicted = predictDrainMs(after.lag.bytes, rate);
+  if (!caughtUp || predicted > ctx.config.maxDrainMs)
+    throw new DrainTimeoutError(
+      `not freezing: the drain is predicted at ${predicted} ms, over the budget of ${ctx.config.maxDrainMs} ms (${mib(after.lag.bytes)} unconfirmed, the target applying ${mbps(rate)}${caughtUp ? '' : '; it did not catch up with the source before the freeze'})`,
+      {
+        phase: 'cutover',
+        hint: 'pgferry returns to catch-up and tries again when lag is low (raise --max-drain-ms to allow a longer write gap)',
+      },
+    );
+  return predicted;
+}
+
 function switchOptions(ctx: PhaseContext) {
   return {
     switchFile: ctx.config.switchFile,
@@ -118,21 +164,32 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
   if (c?.switchStartedAt) return finishInterruptedSwitch(ctx);
   // A crash between freeze and switch: the application still points at the source. Undo, then go again.
   await undoInterruptedCutover(ctx);
+  let reverseTuning = NO_TUNING;
+  let predictedDrainMs = 0;
   // Everything that can be prepared outside the write gap is prepared here. A failure here leaves the
   // load and forward replication as they are (a cutover failure, not a migration failure).
   try {
+    const targetTables = await listTables(ctx.target, { sizes: false });
     if (!(await publicationExists(ctx.target, n.reversePublication))) {
-      await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target, { sizes: false }));
+      await ensurePublication(ctx.target, n.reversePublication, targetTables);
     }
-    await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
+    reverseTuning = await applyTuning(ctx.source, await targetMajor(ctx), targetTables);
+    await prepareSubscription(
+      ctx.source,
+      n.reverseSubscription,
+      ctx.config.targetUrl,
+      n.reversePublication,
+      reverseTuning,
+    );
     // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.
     await syncSequences(ctx.source, ctx.target);
     // The application kept writing meanwhile (hundreds of ms on a wide schema), and the gate's lag
     // reading is that old: catch up once more, so the drain inside the gap waits only for the last
-    // moment's writes. (Not caught up in time: the drain after the freeze decides, as before.)
-    await waitConfirmed(ctx.source, n.slot, await currentLsn(ctx.source), ctx.config.drainTimeoutMs);
+    // moment's writes; then predict that drain and freeze only if it fits the budget.
+    predictedDrainMs = await predictDrain(ctx);
   } catch (err) {
     await dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }).catch(() => {});
+    if (err instanceof DrainTimeoutError) throw err;
     throw new CutoverFailedError(`preparing the cutover failed; nothing was frozen: ${errorMessage(err)}`, {
       cause: err,
       phase: 'cutover',
@@ -162,6 +219,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     let freezeLsn: string;
     try {
       freeze = await freezeWrites(ctx.source);
+      await ctx.faults?.afterFreeze?.();
       freezeLsn = await currentLsn(ctx.source);
     } catch (err) {
       // Whatever broke the freeze (a refused check, a lost connection), the source must not stay frozen.
@@ -176,19 +234,30 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       });
     }
     step('freeze');
-    if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.drainTimeoutMs))) {
+    const drainBytes = await lsnDistance(ctx.source, freezeLsn, n.slot);
+    // The budget is the drain's, not the freeze's: the write gap's drain part is what it bounds.
+    const drainStart = performance.now();
+    if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.maxDrainMs))) {
       await unfreezeWrites(ctx.source);
       await ctx.update((s) => {
         s.cutover = undefined;
+        s.events = [
+          ...s.events,
+          {
+            at: new Date().toISOString(),
+            message: `drain abandoned after ${Math.round(performance.now() - drainStart)} ms (budget ${ctx.config.maxDrainMs} ms, predicted ${predictedDrainMs} ms, ${drainBytes} bytes to confirm): source unfrozen`,
+          },
+        ];
       });
       throw new DrainTimeoutError(
-        `the target did not confirm ${freezeLsn} within ${ctx.config.drainTimeoutMs} ms; the source was unfrozen`,
+        `the target did not confirm ${freezeLsn} within the drain budget of ${ctx.config.maxDrainMs} ms (predicted ${predictedDrainMs} ms); the source was unfrozen after a write gap of ${Math.round(performance.now() - t0)} ms`,
         {
           phase: 'cutover',
-          hint: 'pgferry returns to catch-up and tries again when lag is low',
+          hint: 'pgferry returns to catch-up and tries again when lag is low (raise --max-drain-ms to allow a longer write gap)',
         },
       );
     }
+    const actualDrainMs = Math.round(performance.now() - drainStart);
     const drainedMs = performance.now() - t0;
     step('drain');
     let writesAfterFreeze = 0;
@@ -201,7 +270,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       writesAfterFreeze = await writesSince(ctx.source, freeze.xmax);
       if (writesAfterFreeze > 0) {
         const lsn = await currentLsn(ctx.source);
-        if (!(await waitConfirmed(ctx.source, n.slot, lsn, ctx.config.drainTimeoutMs))) {
+        if (!(await waitConfirmed(ctx.source, n.slot, lsn, ctx.config.maxDrainMs))) {
           throw new DrainTimeoutError(`writes after the freeze were not drained to ${lsn}`);
         }
         sequences = await syncSequences(ctx.source, ctx.target);
@@ -238,6 +307,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
           ctx.config.targetUrl,
           n.reversePublication,
           n.reverseSlot,
+          { tuning: reverseTuning },
         );
       }
       step('reverseSubscription');
@@ -294,6 +364,9 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       switchStartedAt: ctx.state.cutover?.switchStartedAt,
       switchAt: new Date(freezeAt.getTime() + switchedMs).toISOString(),
       writeGapMs: Math.round(switchedMs),
+      predictedDrainMs,
+      drainMs: actualDrainMs,
+      drainBytes,
       sessionsEnded: freeze.sessionsEnded,
       writesAfterFreeze,
       sequencesSynced: sequences,
@@ -335,5 +408,5 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     });
   }
   await finish(ctx);
-  return `write gap ${record.writeGapMs} ms (drain ${Math.round(record.drainedMs)} ms); ${record.sessionsEnded} session(s) ended; ${record.sequencesSynced} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
+  return `write gap ${record.writeGapMs} ms (drain ${record.drainMs} ms, predicted ${record.predictedDrainMs} ms, ${mib(record.drainBytes)}); ${record.sessionsEnded} session(s) ended; ${record.sequencesSynced} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
 }

@@ -2,8 +2,8 @@
 import { objectNames, ReplicationFailedError } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { sleep } from '../db';
-import { createSubscription, ensurePublication, slotExists, subscriptionExists } from '../replication';
-import type { PhaseContext } from './context';
+import { applyTuning, createSubscription, ensurePublication, slotExists, subscriptionExists } from '../replication';
+import { type PhaseContext, sourceMajor } from './context';
 
 export async function startReplication(ctx: PhaseContext): Promise<string> {
   const names = objectNames(ctx.config.id);
@@ -20,7 +20,10 @@ export async function startReplication(ctx: PhaseContext): Promise<string> {
       },
     );
   }
-  await createSubscription(ctx.target, names.subscription, ctx.config.sourceUrl, names.publication, names.slot);
+  const tuning = await applyTuning(ctx.target, await sourceMajor(ctx), await listTables(ctx.source, { sizes: false }));
+  await createSubscription(ctx.target, names.subscription, ctx.config.sourceUrl, names.publication, names.slot, {
+    tuning,
+  });
   // The reverse publication is made now, outside any write gap (it only names tables; nothing flows yet).
   await ensurePublication(ctx.target, names.reversePublication, await listTables(ctx.target, { sizes: false }));
   // Wait for the apply worker to attach to the slot, so a misconfiguration surfaces here, not later.
@@ -30,7 +33,7 @@ export async function startReplication(ctx: PhaseContext): Promise<string> {
       [names.slot],
     );
     if (row?.active)
-      return `subscription ${names.subscription} streaming from slot ${names.slot} at ${ctx.state.slotLsn ?? '?'}`;
+      return `subscription ${names.subscription} streaming from slot ${names.slot} at ${ctx.state.slotLsn ?? '?'} (apply: ${tuning.binary ? 'binary' : 'text'}, streaming ${tuning.streaming})`;
     await sleep(100);
   }
   throw new ReplicationFailedError(`subscription ${names.subscription} did not connect to the source within 10 s`, {

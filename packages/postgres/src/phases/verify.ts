@@ -1,13 +1,26 @@
 /**
- * Verify every table: row counts and per-chunk checksums on both sides, computed after the switch so
- * the write gap does not grow. Chunks are key ranges for integer keys (hash buckets otherwise); a
- * chunk that differs is checked again after replication has drained, and reported by table and range.
+ * Verify every table: row counts and per-chunk checksums on both sides, at matching points. The side the
+ * application writes to (the live side: the source before the switch, the target after it) is read
+ * first; its WAL position right after that read covers every commit the read saw; the other side (the
+ * replica) is read only once its subscription has confirmed that position. So a difference is never
+ * just lag. A chunk that still differs (the replica may have applied newer writes by then) is read again
+ * the same way, and last with the table's writes held; only then is it reported, by table and range.
+ * A replica that does not reach the position in time makes the table "behind": not verified, which is
+ * never a mismatch. Run during catch-up (before the switch: a wrong row is found while the application
+ * can still stay where it is) and again after the switch, outside the write gap.
  */
-import { DEFAULTS, objectNames, type VerifyTableResult } from '@pgferry/core';
+import {
+  DEFAULTS,
+  mib,
+  objectNames,
+  type VerifyOutcome,
+  type VerifyResult,
+  type VerifyTableResult,
+} from '@pgferry/core';
 import type pg from 'pg';
 import { copyableTables, listTables, type TableInfo } from '../catalog';
-import { type Db, ident, qualified, sleep, tableLabel } from '../db';
-import { currentLsn, flushWal, waitConfirmed } from '../freeze';
+import { type Db, ident, qualified, tableLabel } from '../db';
+import { flushWal, waitConfirmed } from '../freeze';
 import type { PhaseContext } from './context';
 
 interface Bucket {
@@ -31,7 +44,7 @@ interface Plan {
 
 const INTEGER = new Set(['smallint', 'integer', 'bigint']);
 
-async function plan(source: Db, t: TableInfo): Promise<Plan | undefined> {
+async function plan(source: Db, t: TableInfo): Promise<Plan> {
   const key = t.identityColumns;
   const { n } = await source.one<{ n: number }>(`SELECT count(*)::bigint AS n FROM ONLY ${qualified(t)}`);
   const buckets = Math.max(1, Math.ceil(n / DEFAULTS.verifyChunkRows));
@@ -129,25 +142,52 @@ function reread(
   return differing(sides[0][0], sides[1][0]);
 }
 
-/**
- * The side the application writes to, the other one, and the slot that carries the changes between
- * them; undefined when that slot is not being read (nothing replicates, so no difference shrinks).
- */
-async function stream(ctx: PhaseContext): Promise<{ live: Db; other: Db; slot: string } | undefined> {
-  const n = objectNames(ctx.config.id);
-  const reverse = !!ctx.state.cutover?.switchAt;
-  const live = reverse ? ctx.target : ctx.source;
-  const slot = reverse ? n.reverseSlot : n.slot;
-  const [row] = await live.query<{ active: boolean }>('SELECT active FROM pg_replication_slots WHERE slot_name = $1', [
-    slot,
-  ]);
-  return row?.active ? { live, other: reverse ? ctx.source : ctx.target, slot } : undefined;
+/** The side the application writes to, the other one, and the slot that carries the changes between them. */
+interface Stream {
+  live: Db;
+  replica: Db;
+  slot: string;
+  /** What to call the replication that feeds the replica, in messages. */
+  name: string;
 }
 
-/** Wait until whatever the live side wrote has reached the other side; false when nothing replicates. */
-async function drain(ctx: PhaseContext): Promise<boolean> {
-  const s = await stream(ctx);
-  return !!s && (await waitConfirmed(s.live, s.slot, await currentLsn(s.live), 5_000));
+function streamOf(ctx: PhaseContext): Stream {
+  const n = objectNames(ctx.config.id);
+  return ctx.state.cutover?.switchAt
+    ? { live: ctx.target, replica: ctx.source, slot: n.reverseSlot, name: 'reverse replication' }
+    : { live: ctx.source, replica: ctx.target, slot: n.slot, name: 'replication' };
+}
+
+/** The live side's WAL insert position: past every commit a read that ended before it saw. */
+async function insertLsn(db: Db): Promise<string> {
+  return (await db.one<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn')).lsn;
+}
+
+/** WAL the replica has not confirmed (0 when the slot is gone). */
+async function behindBytes(s: Stream): Promise<number> {
+  const [row] = await s.live.query<{ b: number }>(
+    'SELECT greatest(0, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn))::bigint AS b FROM pg_replication_slots WHERE slot_name = $1',
+    [s.slot],
+  );
+  return row?.b ?? 0;
+}
+
+/** Once one wait for the replica has failed, later tables wait this long at most (a final pass waits in full). */
+const WAIT_AFTER_BEHIND_MS = 1_000;
+/**
+ * Tables in flight at once. Each side reads one table at a time; a table waiting for the replica to
+ * pass its position waits without holding either, so a lagging replica does not stall the reads.
+ */
+const VERIFY_CONCURRENCY = 4;
+
+/** One at a time, in order of asking. */
+function oneAtATime() {
+  let tail: Promise<unknown> = Promise.resolve();
+  return <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = tail.then(fn, fn);
+    tail = run.catch(() => {});
+    return run;
+  };
 }
 
 /** How long a last recheck waits to hold a table's writes (the table's writers queue behind it meanwhile). */
@@ -172,15 +212,14 @@ const HOLD_MAX_CHUNKS = 4;
  */
 async function heldChecksums(
   ctx: PhaseContext,
+  s: Stream,
   p: Plan,
   rowText: string,
   only: number[],
 ): Promise<{ src: Map<number, Bucket>; tgt: Map<number, Bucket>; heldMs: number } | undefined> {
   const bounded = p.range ? only.length <= HOLD_MAX_CHUNKS : p.rows <= HOLD_MAX_CHUNKS * DEFAULTS.verifyChunkRows;
   if (!bounded) return undefined;
-  const s = await stream(ctx);
-  if (!s) return undefined;
-  const { live, other, slot } = s;
+  const { live, replica: other, slot } = s;
   const giveUp = (why: string) => {
     ctx.log(`verify: ${tableLabel(p.table)}: no last recheck with its writes held: ${why}`);
     return undefined;
@@ -189,7 +228,7 @@ async function heldChecksums(
   // confirmed by the other side within `ms`.
   const caughtUp = async (ms: number) => {
     await flushWal(live, 'verify');
-    return waitConfirmed(live, slot, await currentLsn(live), ms);
+    return waitConfirmed(live, slot, await insertLsn(live), ms);
   };
   // Drained before the hold, so that under it only the last moment's writes are waited for.
   if (!(await caughtUp(5_000))) return giveUp('replication is more than 5 s behind');
@@ -224,7 +263,15 @@ async function heldChecksums(
   });
 }
 
-export async function verifyTables(ctx: PhaseContext): Promise<{ ok: boolean; tables: VerifyTableResult[] }> {
+/** Time spent reading, and bytes of table read, on one side. */
+interface SideReads {
+  ms: number;
+  bytes: number;
+}
+
+export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
+  const started = performance.now();
+  const s = streamOf(ctx);
   const tables = copyableTables(await listTables(ctx.source, { sizes: false }));
   const encoding = 'SELECT pg_encoding_to_char(encoding) AS e FROM pg_database WHERE datname = current_database()';
   const [se, te] = await Promise.all([
@@ -232,55 +279,133 @@ export async function verifyTables(ctx: PhaseContext): Promise<{ ok: boolean; ta
     ctx.target.one<{ e: string }>(encoding),
   ]);
   const rowText = se.e === te.e ? ROW_TEXT.same : ROW_TEXT.converted;
-  const results: VerifyTableResult[] = [];
-  for (const t of tables) {
+  // Heap sizes on each side, once: what the reads cover, for the throughput figures.
+  const sizeSql = `SELECT format('%s.%s', n.nspname, c.relname) AS t, pg_relation_size(c.oid)::bigint AS b
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r'`;
+  const sizes = async (db: Db) => new Map((await db.query<{ t: string; b: number }>(sizeSql)).map((r) => [r.t, r.b]));
+  const [srcSizes, tgtSizes] = await Promise.all([sizes(ctx.source), sizes(ctx.target)]);
+  const reads: Record<'source' | 'target', SideReads> = { source: { ms: 0, bytes: 0 }, target: { ms: 0, bytes: 0 } };
+  const turn = { source: oneAtATime(), target: oneAtATime() };
+  const timed = <T>(db: Db, read: () => Promise<T>): Promise<T> =>
+    turn[db.side](async () => {
+      const t0 = performance.now();
+      try {
+        return await read();
+      } finally {
+        reads[db.side].ms += performance.now() - t0;
+      }
+    });
+  let waitMs = ctx.config.verifyWaitMs;
+
+  /** Live side read, then the replica once it passed that read's position; undefined when it did not in time. */
+  const atMatchingPoints = async (p: Plan, only?: number[]) => {
+    const live = await timed(s.live, () => checksums(s.live.query, p, rowText, only));
+    const lsn = await insertLsn(s.live);
+    if (!(await waitConfirmed(s.live, s.slot, lsn, waitMs))) {
+      waitMs = Math.min(waitMs, WAIT_AFTER_BEHIND_MS);
+      return undefined;
+    }
+    const replica = await timed(s.replica, () => checksums(s.replica.query, p, rowText, only));
+    return s.live === ctx.source ? { src: live, tgt: replica } : { src: replica, tgt: live };
+  };
+
+  const verifyOne = async (t: TableInfo): Promise<VerifyTableResult> => {
     const p = await plan(ctx.source, t);
-    if (!p) continue;
-    const [src, tgt] = await Promise.all([
-      checksums(ctx.source.query, p, rowText),
-      checksums(ctx.target.query, p, rowText),
-    ]);
+    const label = tableLabel(t);
+    reads.source.bytes += srcSizes.get(label) ?? 0;
+    reads.target.bytes += tgtSizes.get(label) ?? 0;
+    const behind = async (): Promise<VerifyTableResult> => ({
+      table: label,
+      sourceRows: p.rows,
+      targetRows: 0,
+      chunks: 0,
+      mismatchedRanges: [],
+      outcome: 'behind',
+      behindBytes: await behindBytes(s),
+    });
+    const first = await atMatchingPoints(p);
+    if (!first) return behind();
+    const { src, tgt } = first;
     let bad = differing(src, tgt);
     for (let i = 0; i < DEFAULTS.verifyRechecks && bad.length > 0; i++) {
-      const replicating = await drain(ctx);
-      if (!replicating && i > 0) break;
-      await sleep(100 * (i + 1));
-      const [s2, t2] = await Promise.all([
-        checksums(ctx.source.query, p, rowText, bad),
-        checksums(ctx.target.query, p, rowText, bad),
-      ]);
-      bad = reread(bad, [src, s2], [tgt, t2]);
+      const again = await atMatchingPoints(p, bad);
+      if (!again) return behind();
+      bad = reread(bad, [src, again.src], [tgt, again.tgt]);
     }
     if (bad.length > 0) {
-      const held = await heldChecksums(ctx, p, rowText, bad);
+      const held = await heldChecksums(ctx, s, p, rowText, bad);
       if (held) {
         const before = bad.length;
         bad = reread(bad, [src, held.src], [tgt, held.tgt]);
         ctx.log(
-          `verify: ${tableLabel(p.table)}: ${before} chunk(s) that kept changing read again with its writes held for ${held.heldMs} ms: ${bad.length ? `${bad.length} still differ` : 'they match'}`,
+          `verify: ${label}: ${before} chunk(s) that kept changing read again with its writes held for ${held.heldMs} ms: ${bad.length ? `${bad.length} still differ` : 'they match'}`,
         );
       }
     }
-    const count = (m: Map<number, Bucket>) => [...m.values()].reduce((s, b) => s + Number(b.n), 0);
-    results.push({
-      table: tableLabel(t),
+    const count = (m: Map<number, Bucket>) => [...m.values()].reduce((n, b) => n + Number(b.n), 0);
+    return {
+      table: label,
       sourceRows: count(src),
       targetRows: count(tgt),
       chunks: Math.max(src.size, tgt.size),
       mismatchedRanges: bad.map((b) => p.label(b, src.get(b) ?? tgt.get(b))),
-    });
+      outcome: bad.length ? 'mismatch' : 'ok',
+    };
+  };
+
+  const results: VerifyTableResult[] = new Array(tables.length);
+  let next = 0;
+  const worker = async () => {
+    for (let i = next++; i < tables.length; i = next++) results[i] = await verifyOne(tables[i] as TableInfo);
+  };
+  await Promise.all(Array.from({ length: Math.min(VERIFY_CONCURRENCY, tables.length) }, worker));
+  // A replica that was behind may have caught up since: those tables once more, with the full wait.
+  const late = results.flatMap((r, i) => (r.outcome === 'behind' ? [i] : []));
+  if (late.length) {
+    waitMs = ctx.config.verifyWaitMs;
+    for (const i of late) results[i] = await verifyOne(tables[i] as TableInfo);
   }
-  return { ok: results.every((r) => r.mismatchedRanges.length === 0), tables: results };
+  const outcome: VerifyOutcome = results.some((r) => r.outcome === 'mismatch')
+    ? 'mismatch'
+    : results.some((r) => r.outcome === 'behind')
+      ? 'behind'
+      : 'ok';
+  const ms = Math.round(performance.now() - started);
+  const rate = (r: SideReads) => (r.ms > 0 ? Math.round((r.bytes / 1024 / 1024 / (r.ms / 1000)) * 10) / 10 : 0);
+  return {
+    ok: outcome === 'ok',
+    outcome,
+    stage: s.live === ctx.source ? 'before-switch' : 'after-switch',
+    behindBytes: outcome === 'behind' ? Math.max(...results.map((r) => r.behindBytes ?? 0)) : undefined,
+    replication: s.name,
+    tables: results,
+    ms,
+    sourceBytes: reads.source.bytes,
+    targetBytes: reads.target.bytes,
+    sourceMiBps: rate(reads.source),
+    targetMiBps: rate(reads.target),
+    at: new Date().toISOString(),
+  };
 }
 
-/** Phase "Verify". Re-running it simply verifies again. */
+/** One line for a verify result: what it found, how long it took, how fast each side was read. */
+export function verifySummary(r: VerifyResult): string {
+  const rows = r.tables.reduce((n, t) => n + t.sourceRows, 0);
+  const speed = `in ${(r.ms / 1000).toFixed(1)} s (source ${mib(r.sourceBytes)} at ${r.sourceMiBps} MiB/s, target ${mib(r.targetBytes)} at ${r.targetMiBps} MiB/s)`;
+  if (r.outcome === 'ok') return `${r.tables.length} tables, ${rows} rows: counts and checksums match ${speed}`;
+  if (r.outcome === 'behind') {
+    const late = r.tables.filter((t) => t.outcome === 'behind').map((t) => t.table);
+    return `NOT VERIFIED: ${r.replication} ${mib(r.behindBytes ?? 0)} behind; ${late.length} table(s) could not be compared (${late.slice(0, 3).join(', ')}${late.length > 3 ? ', …' : ''}); every other table matches ${speed}`;
+  }
+  const bad = r.tables.filter((t) => t.outcome === 'mismatch');
+  return `MISMATCH in ${bad.length} table(s): ${bad.map((t) => `${t.table} [${t.mismatchedRanges.slice(0, 3).join(', ')}${t.mismatchedRanges.length > 3 ? ', …' : ''}]`).join('; ')} ${speed}`;
+}
+
+/** Phase "Verify" (after the switch). Re-running it simply verifies again. */
 export async function verify(ctx: PhaseContext): Promise<string> {
   const result = await verifyTables(ctx);
   await ctx.update((s) => {
-    s.verify = { ...result, at: new Date().toISOString() };
+    s.verify = result;
   });
-  const rows = result.tables.reduce((s, t) => s + t.sourceRows, 0);
-  if (result.ok) return `${result.tables.length} tables, ${rows} rows: counts and checksums match`;
-  const bad = result.tables.filter((t) => t.mismatchedRanges.length > 0);
-  return `MISMATCH in ${bad.length} table(s): ${bad.map((t) => `${t.table} [${t.mismatchedRanges.slice(0, 3).join(', ')}${t.mismatchedRanges.length > 3 ? ', …' : ''}]`).join('; ')}`;
+  return verifySummary(result);
 }

@@ -1,0 +1,190 @@
+import pg from 'pg';
+import { describe, expect, it } from 'vitest';
+import { startServer } from '../packages/cli/src/local-servers';
+import { advance, createMigration, openSession } from '../packages/cli/src/runner';
+import { SAMPLE_SCHEMA, sampleData } from '../packages/cli/src/sample';
+import { LiveWriter } from '../packages/cli/src/writer';
+import { type GateMemory, sampleGate } from '../packages/postgres/src/index';
+import { migrationFixture, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
+
+const fixture = migrationFixture();
+
+describe('cutover gate', () => {
+  it('stays closed while the unconfirmed WAL grows under a churning writer, naming both rates and the likely causes', async () => {
+    const { pair, rt } = await fixture.setup('churn', 300);
+    await pair.source('CREATE TABLE churn (id int PRIMARY KEY, v bigint NOT NULL, pad text NOT NULL)');
+    await pair.source("INSERT INTO churn SELECT g, 0, repeat('x', 100) FROM generate_series(1, 3000) g");
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // The target's apply stalls on a lock (as behind a slow or saturated target) while a writer rewrites
+    // 3,000 rows per transaction in a tight loop on the source.
+    const locker = new pg.Client({ connectionString: pair.targetUrl });
+    await locker.connect();
+    await locker.query('BEGIN');
+    await locker.query('LOCK TABLE churn IN SHARE MODE');
+    let stop = false;
+    const writer = (async () => {
+      const c = new pg.Client({ connectionString: pair.sourceUrl });
+      await c.connect();
+      try {
+        while (!stop) await c.query('UPDATE churn SET v = v + 1');
+      } finally {
+        await c.end();
+      }
+    })();
+    await sleep(500);
+    const session = await openSession(rt, m.id);
+    const memory: GateMemory = { wal: false };
+    const samples: { reasons: string[]; bytes: number }[] = [];
+    try {
+      for (let i = 0; i < 8; i++) {
+        const g = await sampleGate(session.ctx, memory, { catalog: i === 0 });
+        samples.push({ reasons: g.reasons, bytes: g.lagBytes });
+        await sleep(250);
+      }
+    } finally {
+      stop = true;
+      await writer;
+      await locker.query('ROLLBACK');
+      await locker.end();
+      await session.close();
+    }
+    // Closed on every sample: never a streak that could open it.
+    for (const s of samples) expect(s.reasons, JSON.stringify(samples)).not.toEqual([]);
+    const last = samples.at(-1)?.reasons.join('; ') ?? '';
+    expect((samples.at(-1)?.bytes ?? 0) > (samples[1]?.bytes ?? 0)).toBe(true);
+    expect(last).toMatch(/lag growing: /);
+    expect(last).toMatch(/lag \d+ ms ≥ 1000 ms/);
+    expect(last).toMatch(
+      /apply cannot keep up with the source: the source generates [\d.]+ MB\/s, the target applies [\d.]+ MB\/s; likely causes: REPLICA IDENTITY FULL without an index the target can use on public\.audit_log/,
+    );
+    // Recorded in the state with both figures.
+    const state = await rt.store.get(m.id);
+    const lag = state.lag?.at(-1);
+    expect(lag?.bytes).toBeGreaterThan(1024 * 1024);
+    expect(lag?.generatedBps).toBeGreaterThan(0);
+    expect(lag?.ms).toBeGreaterThanOrEqual(1000);
+  });
+
+  it('makes the subscriptions apply in binary and stream large transactions where both servers allow it', async () => {
+    const { pair, rt } = await fixture.setup('tuning', 100, 16);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    await advance(rt, m.id, { cutover: 'auto' });
+    const sub = (side: 'source' | 'target', name: string) =>
+      pair[side](`SELECT subbinary, substream::text AS stream FROM pg_subscription WHERE subname = '${name}'`);
+    // 15 → 16: binary (every column type is built in), streaming in parallel on the 16 subscriber...
+    expect(await rt.store.get(m.id).then((s) => s.phases['start-replication']?.summary)).toMatch(
+      /apply: binary, streaming parallel/,
+    );
+    // ...and back on the 15 source, streaming (a bool there).
+    expect(await sub('source', `pgferry_${m.id}_rev`)).toEqual([{ subbinary: true, stream: 'true' }]);
+  });
+
+  it('keeps text apply for a table with an enum column (its OID differs on the other server)', async () => {
+    const { pair, rt } = await fixture.setup('enum', 100, 16);
+    await pair.source(`CREATE TYPE mood AS ENUM ('ok', 'sad');
+      CREATE TABLE moods (id int PRIMARY KEY, m mood NOT NULL, ms mood[] NOT NULL);
+      INSERT INTO moods SELECT g, 'ok', ARRAY['ok', 'sad']::mood[] FROM generate_series(1, 10) g`);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    expect(
+      await pair.target(
+        `SELECT subbinary, substream::text AS stream FROM pg_subscription WHERE subname = 'pgferry_${m.id}'`,
+      ),
+    ).toEqual([{ subbinary: false, stream: 'p' }]);
+    await pair.source("UPDATE moods SET m = 'sad', ms = ARRAY['sad']::mood[] WHERE id = 3");
+    await advance(rt, m.id, { cutover: 'now' });
+    expect(await pair.target('SELECT m::text, ms::text FROM moods WHERE id = 3')).toEqual([{ m: 'sad', ms: '{sad}' }]);
+  });
+
+  it('rides out a restart of the target and of the source during catch-up, and stops with the truth past its window', async () => {
+    const [source, target] = await Promise.all([
+      startServer({ version: 15, name: 'outage-src' }),
+      startServer({ version: 15, name: 'outage-tgt' }),
+    ]);
+    const runtimes: TestRuntime[] = [];
+    const writers: LiveWriter[] = [];
+    try {
+      const migrate = async (db: string, extra: Record<string, unknown>) => {
+        await source.query(`CREATE DATABASE ${db}`);
+        await target.query(`CREATE DATABASE ${db}`);
+        await source.query(SAMPLE_SCHEMA, [], db);
+        await source.query(sampleData(300), [], db);
+        const r = testRuntime();
+        runtimes.push(r);
+        const { writeFileSync } = await import('node:fs');
+        writeFileSync(r.switchFile, `${source.url(db)}\n`);
+        const w = new LiveWriter({ switchFile: r.switchFile, name: 'app', intervalMs: 5 });
+        w.start();
+        writers.push(w);
+        const m = await createMigration(r, {
+          id: `out${db}`,
+          sourceUrl: source.url(db),
+          targetUrl: target.url(db),
+          jobs: 2,
+          lagSamples: 2,
+          lagSampleIntervalMs: 100,
+          longTransactionMs: 500,
+          switchFile: r.switchFile,
+          ...extra,
+        });
+        await advance(r, m.id, { cutover: 'manual' });
+        // A long transaction keeps the gate closed, so catch-up is running when the servers go away.
+        const blocker = new pg.Client({ connectionString: source.url(db) });
+        blocker.on('error', () => {});
+        await blocker.connect();
+        await blocker.query("BEGIN; INSERT INTO audit_log (actor, action) VALUES ('batch', 'long')");
+        return { r, w, m, blocker };
+      };
+
+      // Past the window: stops, undoing nothing, and says so.
+      const a = await migrate('shortwait', { reconnectTimeoutMs: 1500 });
+      const failing = advance(a.r, a.m.id, { cutover: 'now' }).catch((e) => e);
+      await sleep(600);
+      await target.restart(4000);
+      const err = await failing;
+      expect(err.name).toBe('ConnectionLostError');
+      expect(err.exitCode).toBe(3);
+      expect(err.message).toMatch(
+        /did not answer for \d+ s during catch-up.*Nothing was undone: slot pgferry_outshortwait stays/,
+      );
+      let state = await a.r.store.get(a.m.id);
+      expect(state.status).toBe('running');
+      expect(
+        await source.query("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgferry_outshortwait'"),
+      ).toHaveProperty('rowCount', 1);
+      await a.blocker.query('ROLLBACK');
+      await a.blocker.end();
+      // Both servers back: resume goes on from there.
+      state = await advance(a.r, a.m.id, { cutover: 'now' });
+      expect(state.status).toBe('cut-over');
+      expect(state.verify?.outcome).toBe('ok');
+
+      // Within the window (the default): the target restarts, then the source; catch-up rides both out.
+      const b = await migrate('ride', {});
+      const riding = advance(b.r, b.m.id, { cutover: 'now' });
+      await sleep(600);
+      await target.restart(3000);
+      await sleep(1000);
+      await b.blocker.query('ROLLBACK').catch(() => {});
+      await b.blocker.end().catch(() => {});
+      await source.restart(2000);
+      state = await riding;
+      expect(state.status).toBe('cut-over');
+      expect(state.verify?.outcome).toBe('ok');
+      expect(b.r.logs.some((l) => /lost the connection during catch-up/.test(l))).toBe(true);
+      expect(b.r.logs.some((l) => /the servers answer again after [\d.]+ s/.test(l))).toBe(true);
+      for (const [w, db] of [
+        [a.w, 'shortwait'],
+        [b.w, 'ride'],
+      ] as const) {
+        await w.stop();
+        expect(await w.lostWrites(target.url(db))).toEqual([]);
+      }
+    } finally {
+      for (const w of writers) await w.stop().catch(() => {});
+      for (const r of runtimes) r.dispose();
+      await Promise.allSettled([source.stop(), target.stop()]);
+    }
+  });
+});

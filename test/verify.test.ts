@@ -1,0 +1,96 @@
+import { execFile } from 'node:child_process';
+import { resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { advance, openSession } from '../packages/cli/src/runner';
+import { verifySummary, verifyTables } from '../packages/postgres/src/index';
+import { frozen, migrationFixture, newMigration, sleep } from './harness/migration';
+
+const BIN = resolve(__dirname, '../packages/cli/bin/pgferry.mjs');
+const fixture = migrationFixture();
+
+function pgferry(args: string[], cwd: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((res) => {
+    execFile(process.execPath, [BIN, ...args], { cwd, timeout: 120_000 }, (err, stdout, stderr) => {
+      res({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+describe('verify', () => {
+  it('verifies every table before the switch and does not cut over on a real difference', async () => {
+    const { pair, rt } = await fixture.setup('prev', 300);
+    // A trigger the schema copy enables ALWAYS: it fires again when the target applies the row, so every
+    // update replicated after the load arrives twice incremented. A real difference, made by replication.
+    await pair.source(`CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
+      INSERT INTO counters SELECT g, 0 FROM generate_series(1, 20) g;
+      CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN NEW.n := NEW.n + 1; RETURN NEW; END $f$;
+      CREATE TRIGGER bump BEFORE UPDATE ON counters FOR EACH ROW EXECUTE FUNCTION bump();
+      ALTER TABLE counters ENABLE ALWAYS TRIGGER bump`);
+    let stop = false;
+    const updater = (async () => {
+      while (!stop) {
+        await pair.source('UPDATE counters SET n = n WHERE id = 5').catch(() => {});
+        await sleep(50);
+      }
+    })();
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    const err = await advance(rt, m.id, { cutover: 'auto' }).catch((e) => e);
+    stop = true;
+    await updater;
+    expect(err.name).toBe('VerificationFailedError');
+    expect(err.exitCode).toBe(6);
+    expect(err.message).toMatch(/^before the switch: MISMATCH in 1 table\(s\): public\.counters \[id 1\.\.20\]/);
+    const state = await rt.store.get(m.id);
+    // Nothing switched or frozen; replication and the load stay for whoever looks into it.
+    expect(state.status).toBe('running');
+    expect(state.cutover).toBeUndefined();
+    expect(state.verifyBeforeSwitch?.outcome).toBe('mismatch');
+    expect(state.verifyBeforeSwitch?.stage).toBe('before-switch');
+    expect(state.verifyBeforeSwitch?.tables.find((t) => t.table === 'public.orders')?.outcome).toBe('ok');
+    expect(await frozen(pair, 'source')).toBe(false);
+    expect(await pair.target(`SELECT subenabled FROM pg_subscription WHERE subname = 'pgferry_${m.id}'`)).toEqual([
+      { subenabled: true },
+    ]);
+  });
+
+  it('reports a lagging replica as not verified, never as a mismatch, and verifies once it has caught up', async () => {
+    const { pair, rt } = await fixture.setup('behind', 2000);
+    const writer = fixture.writer(rt, 2);
+    const m = await newMigration(rt, pair, { cutover: 'auto', verifyWaitMs: 1000 });
+    const state = await advance(rt, m.id, { cutover: 'auto' });
+    // Before the switch every table was compared at matching points, with its time and throughput.
+    expect(state.verifyBeforeSwitch?.outcome).toBe('ok');
+    expect(state.verifyBeforeSwitch?.sourceBytes).toBeGreaterThan(0);
+    expect(state.verifyBeforeSwitch?.sourceMiBps).toBeGreaterThan(0);
+    expect(state.verifyBeforeSwitch?.targetMiBps).toBeGreaterThan(0);
+    expect(state.verify?.outcome).toBe('ok');
+    // Reverse replication stops (as if far behind) while the application goes on writing to the target.
+    await pair.source(`ALTER SUBSCRIPTION pgferry_${m.id}_rev DISABLE`);
+    await sleep(300);
+    await pair.target('UPDATE orders SET amount = amount + 1 WHERE id <= 50');
+    const session = await openSession(rt, m.id);
+    try {
+      const behind = await verifyTables(session.ctx);
+      expect(behind.outcome).toBe('behind');
+      expect(behind.ok).toBe(false);
+      expect(behind.behindBytes).toBeGreaterThan(0);
+      expect(behind.tables.every((t) => t.mismatchedRanges.length === 0)).toBe(true);
+      expect(behind.tables.find((t) => t.table === 'public.orders')?.outcome).toBe('behind');
+      expect(verifySummary(behind)).toMatch(/^NOT VERIFIED: reverse replication [\d.]+ [KM]iB behind/);
+    } finally {
+      await session.close();
+    }
+    // The CLI says so with its own exit code, not 6.
+    const resumed = await pgferry(['resume', '--id', m.id, '--state-dir', rt.stateDir], rt.dir);
+    expect(resumed.stdout).toMatch(/verify: NOT VERIFIED \(reverse replication [\d.]+ [KMG]?i?B behind\)/);
+    expect(resumed.code).toBe(8);
+    // Caught up, the same data verifies.
+    await pair.source(`ALTER SUBSCRIPTION pgferry_${m.id}_rev ENABLE`);
+    const again = await pgferry(['resume', '--id', m.id, '--state-dir', rt.stateDir], rt.dir);
+    expect(again.stdout).toMatch(/verify: OK/);
+    expect(again.code).toBe(0);
+    const stats = await writer.stop();
+    expect(await writer.lostWrites(pair.targetUrl)).toEqual([]);
+    expect(stats.acked).toBeGreaterThan(0);
+  });
+});

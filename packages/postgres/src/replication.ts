@@ -8,13 +8,20 @@ export async function publicationExists(db: Db, name: string): Promise<boolean> 
   return (await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name])).length > 0;
 }
 
-export async function ensurePublication(db: Db, name: string, tables: TableInfo[]): Promise<void> {
+export async function ensurePublication(
+  db: Db,
+  name: string,
+  tables: TableInfo[],
+  options: { viaRoot: boolean },
+): Promise<void> {
   if (await publicationExists(db, name)) return;
-  const list = publishedTables(tables).map(qualified);
+  const list = publishedTables(tables, options.viaRoot).map(qualified);
   // An explicit table list (not FOR ALL TABLES) needs only ownership, which RDS roles have, and keeps
-  // pgferry's own schema out. Partitions publish through their root so either side may re-partition.
+  // pgferry's own schema out. Partitions publish through their root so either side may re-partition;
+  // or, with a source older than 13, leaf by leaf (see partitionsViaRoot).
   const forTables = list.length > 0 ? ` FOR TABLE ${list.join(', ')}` : '';
-  await db.query(`CREATE PUBLICATION ${ident(name)}${forTables} WITH (publish_via_partition_root = true)`);
+  const via = options.viaRoot ? ' WITH (publish_via_partition_root = true)' : '';
+  await db.query(`CREATE PUBLICATION ${ident(name)}${forTables}${via}`);
 }
 
 /**
@@ -223,12 +230,13 @@ export async function prepareSubscription(db: Db, name: string, publisherUrl: st
   );
 }
 
+/** The names of the tables of `pg_class c` / `pg_namespace n`, in one order on any server (as text: `name` takes no collation before 12). */
+const TABLE_NAMES = `coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ',' ORDER BY n.nspname::text COLLATE "C", c.relname::text COLLATE "C"), '')`;
+
 /**
  * Whether a subscription's recorded tables are its publication's (explicit table list) now: names
  * compared in one collation on both servers.
  */
-/** The names of the tables of `pg_class c` / `pg_namespace n`, in one order on any server. */
-const TABLE_NAMES = `coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ',' ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"), '')`;
 
 export async function subscriptionMatchesPublication(
   subscriber: Db,
@@ -324,9 +332,10 @@ export async function unappliedChanges(
           if (bounds.timeoutMs) await c.query(`SET LOCAL statement_timeout = ${Math.round(bounds.timeoutMs)}`);
           // pgoutput messages: Insert, Update, Delete, Truncate (Begin/Commit/Relation do not count).
           // With excludeOrigins, transactions that carry an Origin message (79: applied by a
-          // subscription, the reverse one after the switch) do not count either.
+          // subscription, the reverse one after the switch) do not count either. (A CTE calling a
+          // volatile function is read once without MATERIALIZED, which a source older than 12 lacks.)
           const { rows } = await c.query<{ n: number }>(
-            `WITH m AS MATERIALIZED (
+            `WITH m AS (
                SELECT xid, get_byte(data, 0) AS kind FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
                       'proto_version', '1', 'publication_names', $2))
              SELECT count(*)::int AS n FROM m

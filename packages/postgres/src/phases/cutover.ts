@@ -34,7 +34,7 @@ import {
 } from '../replication';
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
-import type { PhaseContext } from './context';
+import { type PhaseContext, partitionsViaRoot } from './context';
 
 /** The last look may decode at most 16 MiB of WAL and take at most 250 ms of the write gap. */
 const LAST_LOOK = { maxDecodeBytes: 16 * 1024 * 1024, timeoutMs: 250 };
@@ -122,7 +122,9 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
   // load and forward replication as they are (a cutover failure, not a migration failure).
   try {
     if (!(await publicationExists(ctx.target, n.reversePublication))) {
-      await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target, { sizes: false }));
+      await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target, { sizes: false }), {
+        viaRoot: await partitionsViaRoot(ctx),
+      });
     }
     await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
     // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.

@@ -3,7 +3,7 @@ import { objectNames, ReplicationFailedError } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { sleep } from '../db';
 import { createSubscription, ensurePublication, slotExists, subscriptionExists } from '../replication';
-import type { PhaseContext } from './context';
+import { type PhaseContext, partitionsViaRoot } from './context';
 
 export async function startReplication(ctx: PhaseContext): Promise<string> {
   const names = objectNames(ctx.config.id);
@@ -22,7 +22,9 @@ export async function startReplication(ctx: PhaseContext): Promise<string> {
   }
   await createSubscription(ctx.target, names.subscription, ctx.config.sourceUrl, names.publication, names.slot);
   // The reverse publication is made now, outside any write gap (it only names tables; nothing flows yet).
-  await ensurePublication(ctx.target, names.reversePublication, await listTables(ctx.target, { sizes: false }));
+  await ensurePublication(ctx.target, names.reversePublication, await listTables(ctx.target, { sizes: false }), {
+    viaRoot: await partitionsViaRoot(ctx),
+  });
   // Wait for the apply worker to attach to the slot, so a misconfiguration surfaces here, not later.
   for (let i = 0; i < 100; i++) {
     const [row] = await ctx.source.query<{ active: boolean }>(

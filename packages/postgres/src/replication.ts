@@ -8,18 +8,32 @@ export async function publicationExists(db: Db, name: string): Promise<boolean> 
   return (await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name])).length > 0;
 }
 
+/**
+ * Create the publication of `tables`, or bring an existing one's table list up to date with them: a
+ * table made since (before 13, a new partition is one) is carried too, and what it holds with it.
+ */
 export async function ensurePublication(
   db: Db,
   name: string,
   tables: TableInfo[],
   options: { viaRoot: boolean },
 ): Promise<void> {
-  if (await publicationExists(db, name)) return;
-  const list = publishedTables(tables, options.viaRoot).map(qualified);
+  const published = publishedTables(tables, options.viaRoot);
+  const list = published.map(qualified).join(', ');
+  if (await publicationExists(db, name)) {
+    const has = await db.query<{ oid: number }>(
+      'SELECT r.prrelid::int AS oid FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid WHERE p.pubname = $1',
+      [name],
+    );
+    const oids = new Set(has.map((r) => r.oid));
+    if (list && (has.length !== published.length || published.some((t) => !oids.has(t.oid))))
+      await db.query(`ALTER PUBLICATION ${ident(name)} SET TABLE ${list}`);
+    return;
+  }
   // An explicit table list (not FOR ALL TABLES) needs only ownership, which RDS roles have, and keeps
   // pgferry's own schema out. Partitions publish through their root so either side may re-partition;
   // or, with a source older than 13, leaf by leaf (see partitionsViaRoot).
-  const forTables = list.length > 0 ? ` FOR TABLE ${list.join(', ')}` : '';
+  const forTables = list ? ` FOR TABLE ${list}` : '';
   const via = options.viaRoot ? ' WITH (publish_via_partition_root = true)' : '';
   await db.query(`CREATE PUBLICATION ${ident(name)}${forTables}${via}`);
 }

@@ -25,7 +25,6 @@ import {
   dropSubscription,
   ensurePublication,
   prepareSubscription,
-  publicationExists,
   slotExists,
   startPreparedSubscription,
   subscriptionExists,
@@ -121,11 +120,10 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
   // Everything that can be prepared outside the write gap is prepared here. A failure here leaves the
   // load and forward replication as they are (a cutover failure, not a migration failure).
   try {
-    if (!(await publicationExists(ctx.target, n.reversePublication))) {
-      await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target, { sizes: false }), {
-        viaRoot: await partitionsViaRoot(ctx),
-      });
-    }
+    // Made at start-replication; its tables brought up to date (a partition made since, before 13).
+    await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target, { sizes: false }), {
+      viaRoot: await partitionsViaRoot(ctx),
+    });
     await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
     // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.
     await syncSequences(ctx.source, ctx.target);

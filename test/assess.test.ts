@@ -7,6 +7,7 @@ import {
   type Db,
   formatReport,
   prepareSchema,
+  sourceVersionFinding,
   userObjects,
 } from '../packages/postgres/src/index';
 import { loadSample, newMigration, type TestRuntime, testRuntime } from './harness/migration';
@@ -131,5 +132,31 @@ describe('assess', () => {
       for (const db of open.splice(0)) await db.end();
       await pair.source(`DROP OWNED BY ${role}; DROP ROLE ${role}`);
     }
+  });
+
+  it('assesses a PostgreSQL 11 source: its partitions published one by one, its slot unbounded', async () => {
+    pair = await freshPair(17, 'asm11', 11);
+    await loadSample(pair, 100);
+    const { source, target } = await dbs(pair);
+    const report = await assess(source, target);
+    expect(report.source.version).toBe(11);
+    expect(codes(report)).toEqual([]);
+    expect(report.findings.find((f) => f.code === 'partitioned-table')?.message).toContain('published one by one');
+    expect(report.findings.find((f) => f.code === 'source-wal-keep-unbounded')?.message).toContain(
+      'PostgreSQL 11 cannot bound the WAL a slot keeps',
+    );
+  });
+
+  // No PostgreSQL 10 server runs here: the decision is checked on the version a source reports.
+  it('blocks a source older than PostgreSQL 11, naming its version and what is supported', () => {
+    const blocker = sourceVersionFinding(10, 'PostgreSQL 10.23 on x86_64-pc-linux-gnu, compiled by gcc, 64-bit');
+    expect(blocker).toMatchObject({ level: 'blocker', code: 'source-version' });
+    expect(blocker?.message).toBe(
+      'source runs PostgreSQL 10.23: pgferry migrates sources of PostgreSQL 11 or newer (nothing else was checked)',
+    );
+    expect(blocker?.hint).toMatch(/upgrade the source to PostgreSQL 11 or newer/);
+    expect(sourceVersionFinding(9, 'PostgreSQL 9.6.24 on x86_64-pc-linux-gnu')?.message).toContain('9.6.24');
+    for (const version of [11, 12, 13, 17])
+      expect(sourceVersionFinding(version, `PostgreSQL ${version}.1`)).toBe(undefined);
   });
 });

@@ -619,7 +619,7 @@ describe('phases', () => {
     try {
       // As a kill -9 leaves it after the reverse slot was made and before the subscription started.
       const { ctx } = session;
-      await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target));
+      await ensurePublication(ctx.target, n.reversePublication, await listTables(ctx.target), { viaRoot: true });
       await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication);
       await pair.target("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [n.reverseSlot]);
       await ctx.update((s) => {

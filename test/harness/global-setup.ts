@@ -11,9 +11,11 @@ export interface ServerInfo {
 
 declare module 'vitest' {
   export interface ProvidedContext {
-    servers: Record<'source15' | 'target15' | 'target16' | 'target17', ServerInfo>;
+    servers: Record<ServerRole, ServerInfo>;
   }
 }
+
+export type ServerRole = 'source11' | 'source12' | 'source15' | 'target15' | 'target16' | 'target17';
 
 let started: LocalServer[] = [];
 
@@ -23,14 +25,18 @@ let started: LocalServer[] = [];
  * does pgferry; target15 offers none, so `prefer` falling back to plain connections is covered too.
  */
 export async function setup(project: TestProject) {
-  const [source15, target15, target16, target17] = await Promise.all([
-    // Prepared transactions on, as many sources have them (and the freeze must see them).
-    startServer({ version: 15, name: 'source15', ssl: true, settings: { max_prepared_transactions: 10 } }),
+  // Prepared transactions on, as many sources have them (and the freeze must see them).
+  const source = { ssl: true, settings: { max_prepared_transactions: 10 } };
+  const [source11, source12, source15, target15, target16, target17] = await Promise.all([
+    // The oldest sources pgferry supports (before 13: no publish_via_partition_root, no pg_current_snapshot).
+    startServer({ version: 11, name: 'source11', ...source }),
+    startServer({ version: 12, name: 'source12', ...source }),
+    startServer({ version: 15, name: 'source15', ...source }),
     startServer({ version: 15, name: 'target15' }),
     startServer({ version: 16, name: 'target16', ssl: true }),
     startServer({ version: 17, name: 'target17', ssl: true }),
   ]);
-  started = [source15, target15, target16, target17];
+  started = [source11, source12, source15, target15, target16, target17];
   const info = (s: LocalServer): ServerInfo => ({
     version: s.version,
     port: s.port,
@@ -38,6 +44,8 @@ export async function setup(project: TestProject) {
     certFile: s.certFile,
   });
   project.provide('servers', {
+    source11: info(source11),
+    source12: info(source12),
     source15: info(source15),
     target15: info(target15),
     target16: info(target16),

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach } from 'vitest';
 import { createMigration, type Runtime } from '../../packages/cli/src/runner';
-import { SAMPLE_SCHEMA, sampleData } from '../../packages/cli/src/sample';
+import { sampleData, sampleSchema } from '../../packages/cli/src/sample';
 import { FileMigrationStore } from '../../packages/cli/src/store';
 import { LiveWriter } from '../../packages/cli/src/writer';
 import type { MigrationConfigInput } from '../../packages/core/src/index';
@@ -38,7 +38,7 @@ export function testRuntime(): TestRuntime {
 }
 
 export async function loadSample(pair: Pair, rows = 2000) {
-  await pair.source(SAMPLE_SCHEMA);
+  await pair.source(sampleSchema(pair.sourceServer.version));
   await pair.source(sampleData(rows));
 }
 

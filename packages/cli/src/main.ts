@@ -65,12 +65,15 @@ Exit codes:
   assess: `Usage: pgferry assess --source URL [--target URL] [--json]
        (or PGFERRY_SOURCE_URL / PGFERRY_TARGET_URL in the environment)
 
-Reads the source (and target) and reports blockers and warnings. Creates nothing.`,
+Reads the source (and target) and reports blockers and warnings. Creates nothing. A source older than
+PostgreSQL 11 is a blocker.`,
   migrate: `Usage: pgferry migrate --source URL --target URL [options]
 
-  --source URL          postgres://user:password@host:port/database of the live database
-                        (or PGFERRY_SOURCE_URL in the environment, kept out of ps)
-  --target URL          the new (empty) database, e.g. on Amazon RDS (or PGFERRY_TARGET_URL)
+  --source URL          postgres://user:password@host:port/database of the live database, PostgreSQL
+                        11 or newer with wal_level = logical (or PGFERRY_SOURCE_URL in the environment,
+                        kept out of ps)
+  --target URL          the new (empty) database, e.g. on Amazon RDS, of the source's version or newer
+                        (or PGFERRY_TARGET_URL)
   --strategy S          snapshot (default): slot + exported snapshot + parallel COPY
                         native: CREATE SUBSCRIPTION with copy_data
                         dump: pg_dump -Fc --snapshot to the state dir, then pg_restore --jobs

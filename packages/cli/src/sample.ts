@@ -40,6 +40,11 @@ ALTER TABLE audit_log REPLICA IDENTITY FULL;
 CREATE TABLE writes (id bigserial PRIMARY KEY, writer text NOT NULL, payload text NOT NULL, at timestamptz NOT NULL DEFAULT now());
 `;
 
+/** The sample schema as a source of PostgreSQL `major` can hold it: before 12, orders has no generated column. */
+export function sampleSchema(major: number): string {
+  return major >= 12 ? SAMPLE_SCHEMA : SAMPLE_SCHEMA.replace(' GENERATED ALWAYS AS (amount * 1.2) STORED', '');
+}
+
 /** Rows for the sample schema; `rows` orders, with customers, invoices and events in proportion. */
 export function sampleData(rows: number): string {
   const customers = Math.max(10, Math.round(rows / 10));

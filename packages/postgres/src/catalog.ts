@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { type Db, qualified } from './db';
+import { type Db, qualified, serverMajor } from './db';
 
 export interface ColumnInfo {
   name: string;
@@ -108,6 +108,15 @@ export async function listTables(
   options: { sizes?: boolean } = {},
 ): Promise<TableInfo[]> {
   const sizes = options.sizes ?? true;
+  const major = await serverMajor(db);
+  // Before 12 there is no pg_partition_root (the root is found by walking pg_inherits up) and no
+  // generated column.
+  const partitionRoot =
+    major >= 12
+      ? 'pg_partition_root(c.oid)'
+      : `(WITH RECURSIVE up(oid, depth) AS (
+            SELECT c.oid, 0 UNION ALL SELECT i.inhparent, up.depth + 1 FROM up JOIN pg_inherits i ON i.inhrelid = up.oid)
+          SELECT oid FROM up ORDER BY depth DESC LIMIT 1)`;
   const rows = await db.query<{
     oid: number;
     schema: string;
@@ -140,7 +149,7 @@ export async function listTables(
             (SELECT x.extname FROM pg_extension x WHERE c.oid = ANY (x.extconfig)) AS extension
        FROM pg_class c
        JOIN pg_namespace n ON n.oid = c.relnamespace
-       LEFT JOIN LATERAL pg_partition_root(c.oid) AS root(oid) ON c.relispartition
+       LEFT JOIN LATERAL ${partitionRoot} AS root(oid) ON c.relispartition
        LEFT JOIN pg_class rc ON rc.oid = root.oid
        LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
       WHERE c.relkind IN ('r', 'p')
@@ -160,7 +169,7 @@ export async function listTables(
     padded: boolean;
   }>(
     `SELECT a.attrelid::int AS oid, a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS notnull,
-            a.attgenerated <> '' AS generated, a.attidentity <> '' AS identity,
+            ${major >= 12 ? "a.attgenerated <> ''" : 'false'} AS generated, a.attidentity <> '' AS identity,
             -- binary COPY is safe for built-in types with send/receive functions; extension and
             -- user-defined types go as text so a differing binary layout on the target cannot bite.
             -- The reg* types are OIDs in binary, which name other objects on the target: as text
@@ -226,10 +235,14 @@ export function copyableTables(tables: TableInfo[]): TableInfo[] {
 
 /**
  * Tables named in the publication: plain tables and partition roots (published via the root so the
- * target may partition differently); leaves are covered by their root.
+ * target may partition differently); leaves are covered by their root. Not `viaRoot` (a source older
+ * than 13): plain tables and leaves, each published and applied under its own name.
  */
-export function publishedTables(tables: TableInfo[]): TableInfo[] {
-  return tables.filter((t) => !t.unlogged && (t.kind === 'table' || (t.kind === 'partitioned' && !t.root)));
+export function publishedTables(tables: TableInfo[], viaRoot: boolean): TableInfo[] {
+  return tables.filter(
+    (t) =>
+      !t.unlogged && (t.kind === 'table' || (viaRoot ? t.kind === 'partitioned' && !t.root : t.kind === 'partition')),
+  );
 }
 
 export interface SequenceInfo {

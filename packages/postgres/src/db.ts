@@ -312,6 +312,19 @@ export function isConnectionLoss(err: unknown): boolean {
   return false;
 }
 
+const majors = new WeakMap<Db, Promise<number>>();
+
+/** The server's major version (11, 12, …, 17), asked once per pool: older servers lack catalog columns and functions. */
+export function serverMajor(db: Db): Promise<number> {
+  let major = majors.get(db);
+  if (!major) {
+    major = db.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v").then((r) => r.v);
+    major.catch(() => majors.delete(db));
+    majors.set(db, major);
+  }
+  return major;
+}
+
 export const ident = (name: string) => pg.escapeIdentifier(name);
 export const literal = (value: string) => pg.escapeLiteral(value);
 export const qualified = (t: { schema: string; name: string }) => `${ident(t.schema)}.${ident(t.name)}`;

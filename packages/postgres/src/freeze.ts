@@ -4,7 +4,7 @@
  * because it may already be inside a writing transaction or have turned read-only off.
  */
 import { FreezeFailedError } from '@pgferry/core';
-import { type Db, ident, sleep } from './db';
+import { type Db, ident, serverMajor, sleep } from './db';
 
 export interface FreezeResult {
   sessionsEnded: number;
@@ -115,7 +115,7 @@ export async function freezeWrites(db: Db, options: { timeoutMs?: number } = {})
   }
   // So that the LSN read after the freeze covers commits acknowledged with synchronous_commit = off.
   await flushWal(db, 'freeze');
-  const { xmax } = await db.one<{ xmax: string }>('SELECT pg_snapshot_xmax(pg_current_snapshot())::text AS xmax');
+  const { xmax } = await db.one<{ xmax: string }>(`SELECT ${nextXid(await serverMajor(db))}::text AS xmax`);
   return { sessionsEnded: ended, xmax };
 }
 
@@ -144,14 +144,19 @@ export async function isFrozen(db: Db): Promise<boolean> {
   return rows.length > 0;
 }
 
+/** The first xid not yet assigned, with its epoch (before 13: the txid_* functions, which count the same way). */
+const nextXid = (major: number) =>
+  major >= 13 ? 'pg_snapshot_xmax(pg_current_snapshot())' : 'txid_snapshot_xmax(txid_current_snapshot())';
+
 /**
  * Transactions that committed with an xid assigned at or after `xmax`: writes after the freeze
  * (a session that turned read-only off). Autovacuum's ANALYZE also takes xids, so this may count it.
  */
 export async function writesSince(db: Db, xmax: string): Promise<number> {
+  const major = await serverMajor(db);
   const { n } = await db.one<{ n: number }>(
-    `SELECT count(*)::int AS n FROM generate_series($1::text::bigint, pg_snapshot_xmax(pg_current_snapshot())::text::bigint - 1) x
-      WHERE pg_xact_status(x::text::xid8) = 'committed'`,
+    `SELECT count(*)::int AS n FROM generate_series($1::text::bigint, ${nextXid(major)}::text::bigint - 1) x
+      WHERE ${major >= 13 ? 'pg_xact_status(x::text::xid8)' : 'txid_status(x)'} = 'committed'`,
     [xmax],
   );
   return n;

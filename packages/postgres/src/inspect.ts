@@ -5,7 +5,7 @@
  * application's writes. Everything here only reads.
  */
 import { formatBytes, type MigrationState, objectNames } from '@pgferry/core';
-import type { Db, Side } from './db';
+import { type Db, type Side, serverMajor } from './db';
 import { isFrozen } from './freeze';
 
 export interface SlotLive {
@@ -14,7 +14,7 @@ export interface SlotLive {
   active: boolean;
   /** WAL the slot keeps on this server's disk. */
   retainedBytes: number;
-  /** pg_replication_slots.wal_status: `lost` means the slot can no longer replicate. */
+  /** pg_replication_slots.wal_status (13+; null before): `lost` means the slot can no longer replicate. */
   walStatus: string | null;
 }
 
@@ -83,7 +83,7 @@ export async function inspectSide(db: Db, id: string): Promise<SideLive> {
   const ours = [names.slot, names.reverseSlot];
   const [slots, publications, subscriptions, sessions, frozen] = await Promise.all([
     db.query<SlotLive>(
-      `SELECT slot_name AS name, active, wal_status AS "walStatus",
+      `SELECT slot_name AS name, active, ${(await serverMajor(db)) >= 13 ? 'wal_status' : 'NULL'} AS "walStatus",
               greatest(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint AS "retainedBytes"
          FROM pg_replication_slots WHERE slot_name = ANY($1) ORDER BY slot_name`,
       [ours],

@@ -8,13 +8,34 @@ export async function publicationExists(db: Db, name: string): Promise<boolean> 
   return (await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name])).length > 0;
 }
 
-export async function ensurePublication(db: Db, name: string, tables: TableInfo[]): Promise<void> {
-  if (await publicationExists(db, name)) return;
-  const list = publishedTables(tables).map(qualified);
+/**
+ * Create the publication of `tables`, or bring an existing one's table list up to date with them: a
+ * table made since (before 13, a new partition is one) is carried too, and what it holds with it.
+ */
+export async function ensurePublication(
+  db: Db,
+  name: string,
+  tables: TableInfo[],
+  options: { viaRoot: boolean },
+): Promise<void> {
+  const published = publishedTables(tables, options.viaRoot);
+  const list = published.map(qualified).join(', ');
+  if (await publicationExists(db, name)) {
+    const has = await db.query<{ oid: number }>(
+      'SELECT r.prrelid::int AS oid FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid WHERE p.pubname = $1',
+      [name],
+    );
+    const oids = new Set(has.map((r) => r.oid));
+    if (list && (has.length !== published.length || published.some((t) => !oids.has(t.oid))))
+      await db.query(`ALTER PUBLICATION ${ident(name)} SET TABLE ${list}`);
+    return;
+  }
   // An explicit table list (not FOR ALL TABLES) needs only ownership, which RDS roles have, and keeps
-  // pgferry's own schema out. Partitions publish through their root so either side may re-partition.
-  const forTables = list.length > 0 ? ` FOR TABLE ${list.join(', ')}` : '';
-  await db.query(`CREATE PUBLICATION ${ident(name)}${forTables} WITH (publish_via_partition_root = true)`);
+  // pgferry's own schema out. Partitions publish through their root so either side may re-partition;
+  // or, with a source older than 13, leaf by leaf (see partitionsViaRoot).
+  const forTables = list ? ` FOR TABLE ${list}` : '';
+  const via = options.viaRoot ? ' WITH (publish_via_partition_root = true)' : '';
+  await db.query(`CREATE PUBLICATION ${ident(name)}${forTables}${via}`);
 }
 
 /**
@@ -264,12 +285,13 @@ export async function prepareSubscription(
   );
 }
 
+/** The names of the tables of `pg_class c` / `pg_namespace n`, in one order on any server (as text: `name` takes no collation before 12). */
+const TABLE_NAMES = `coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ',' ORDER BY n.nspname::text COLLATE "C", c.relname::text COLLATE "C"), '')`;
+
 /**
  * Whether a subscription's recorded tables are its publication's (explicit table list) now: names
  * compared in one collation on both servers.
  */
-/** The names of the tables of `pg_class c` / `pg_namespace n`, in one order on any server. */
-const TABLE_NAMES = `coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ',' ORDER BY n.nspname COLLATE "C", c.relname COLLATE "C"), '')`;
 
 export async function subscriptionMatchesPublication(
   subscriber: Db,
@@ -365,9 +387,10 @@ export async function unappliedChanges(
           if (bounds.timeoutMs) await c.query(`SET LOCAL statement_timeout = ${Math.round(bounds.timeoutMs)}`);
           // pgoutput messages: Insert, Update, Delete, Truncate (Begin/Commit/Relation do not count).
           // With excludeOrigins, transactions that carry an Origin message (79: applied by a
-          // subscription, the reverse one after the switch) do not count either.
+          // subscription, the reverse one after the switch) do not count either. (A CTE calling a
+          // volatile function is read once without MATERIALIZED, which a source older than 12 lacks.)
           const { rows } = await c.query<{ n: number }>(
-            `WITH m AS MATERIALIZED (
+            `WITH m AS (
                SELECT xid, get_byte(data, 0) AS kind FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
                       'proto_version', '1', 'publication_names', $2))
              SELECT count(*)::int AS n FROM m

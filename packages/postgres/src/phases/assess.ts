@@ -52,6 +52,9 @@ function rdsExtensions(): RdsExtensions {
   return rdsList;
 }
 
+/** The oldest source pgferry migrates (hashtextextended for verify, primary keys on partitioned tables). */
+export const MIN_SOURCE_MAJOR = 11;
+
 const LONG_TRANSACTION_MS = 5 * 60_000;
 const MiB = 1024 * 1024;
 
@@ -148,14 +151,26 @@ function replicationSettings(side: 'source' | 'target', f: ServerFacts, add: (f:
       hint: 'raise max_wal_senders (restart needed)',
     });
   }
-  if (side === 'source' && f.maxSlotWalKeep === '-1') {
+  if (side === 'source' && (f.maxSlotWalKeep === '-1' || f.maxSlotWalKeep === null)) {
     add({
       level: 'warning',
       code: 'source-wal-keep-unbounded',
-      message: 'source max_slot_wal_keep_size is -1: a stalled slot could retain WAL until the disk fills',
-      hint: 'pgferry watches the retained WAL and drops its slot past the abort limit; consider setting max_slot_wal_keep_size',
+      message: `source ${f.maxSlotWalKeep === null ? `PostgreSQL ${f.version} cannot bound the WAL a slot keeps (max_slot_wal_keep_size is 13+)` : 'max_slot_wal_keep_size is -1'}: a stalled slot could retain WAL until the disk fills`,
+      hint: `pgferry watches the retained WAL and drops its slot past the abort limit${f.maxSlotWalKeep === null ? '' : '; consider setting max_slot_wal_keep_size'}`,
     });
   }
+}
+
+/** A source too old to migrate, as a blocker naming its version and what is supported; undefined otherwise. */
+export function sourceVersionFinding(version: number, versionText: string): Finding | undefined {
+  if (version >= MIN_SOURCE_MAJOR) return undefined;
+  const release = /PostgreSQL (\S+)/.exec(versionText)?.[1] ?? String(version);
+  return {
+    level: 'blocker',
+    code: 'source-version',
+    message: `source runs PostgreSQL ${release}: pgferry migrates sources of PostgreSQL ${MIN_SOURCE_MAJOR} or newer (nothing else was checked)`,
+    hint: `upgrade the source to PostgreSQL ${MIN_SOURCE_MAJOR} or newer first (pg_upgrade), or move this database with pg_dump/pg_restore during a maintenance window`,
+  };
 }
 
 async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void) {
@@ -234,7 +249,7 @@ async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void)
         level: 'info',
         code: 'partitioned-table',
         object: name,
-        message: `table ${name} is partitioned: published through its root, copied partition by partition`,
+        message: `table ${name} is partitioned: ${f.version >= 13 ? 'published through its root' : 'its partitions published one by one (PostgreSQL 13 publishes through the root)'}, copied partition by partition`,
       });
     }
     const generated = t.columns.filter((c) => c.generated).map((c) => c.name);
@@ -454,6 +469,9 @@ export async function assess(
   const findings: Finding[] = [];
   const add = (f: Finding) => findings.push(f);
   const src = await facts(source);
+  // Before anything that reads the source's catalogs: an older one lacks what they read.
+  const tooOld = sourceVersionFinding(src.version, src.versionText);
+  if (tooOld) return { source: sourceReport(source, src, []), findings: [tooOld] };
   const tables = await sourceFindings(source, src, add);
   // What would keep the cutover's freeze from holding (prepared transactions are a finding of their own).
   for (const h of await freezeHazards(source))
@@ -510,22 +528,26 @@ export async function assess(
   const order = { blocker: 0, warning: 1, info: 2 } as const;
   findings.sort((a, b) => order[a.level] - order[b.level]);
   return {
-    source: {
-      version: src.version,
-      versionText: src.versionText,
-      database: source.database,
-      sizeBytes: src.size,
-      tables: copyableTables(tables).map((t) => ({
-        name: `${t.schema}.${t.name}`,
-        sizeBytes: t.sizeBytes,
-        rowEstimate: t.rowEstimate,
-      })),
-    },
+    source: sourceReport(source, src, tables),
     target:
       tgt && target
         ? { version: tgt.version, versionText: tgt.versionText, database: target.database, isRds: tgt.isRds }
         : undefined,
     findings,
+  };
+}
+
+function sourceReport(db: Db, f: ServerFacts, tables: TableInfo[]): AssessmentReport['source'] {
+  return {
+    version: f.version,
+    versionText: f.versionText,
+    database: db.database,
+    sizeBytes: f.size,
+    tables: copyableTables(tables).map((t) => ({
+      name: `${t.schema}.${t.name}`,
+      sizeBytes: t.sizeBytes,
+      rowEstimate: t.rowEstimate,
+    })),
   };
 }
 

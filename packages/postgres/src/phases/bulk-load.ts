@@ -22,7 +22,7 @@ import {
   slotExists,
 } from '../replication';
 import { findTool, runTool, toolConnection } from '../tools';
-import { type PhaseContext, sourceMajor } from './context';
+import { type PhaseContext, partitionsViaRoot, sourceMajor } from './context';
 import { buildPostData, buildTablePostData, type PostDataPlan, planPostData } from './prepare-schema';
 
 /**
@@ -327,7 +327,7 @@ async function truncateTarget(ctx: PhaseContext, tables: TableInfo[]) {
 
 async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' | 'dump', indexes?: EarlyIndexBuilder) {
   const names = objectNames(ctx.config.id);
-  await ensurePublication(ctx.source, names.publication, tables);
+  await ensurePublication(ctx.source, names.publication, tables, { viaRoot: await partitionsViaRoot(ctx) });
   if (await slotExists(ctx.source, names.slot)) {
     // The exported snapshot died with the previous run's connection: the copy cannot resume inside
     // it, so start over with a new slot and an empty target.
@@ -463,7 +463,7 @@ async function dumpAndRestore(
 /** native: PostgreSQL's own table sync through a subscription that creates its slot and copies. */
 async function nativeLoad(ctx: PhaseContext, tables: TableInfo[]): Promise<string> {
   const names = objectNames(ctx.config.id);
-  await ensurePublication(ctx.source, names.publication, tables);
+  await ensurePublication(ctx.source, names.publication, tables, { viaRoot: await partitionsViaRoot(ctx) });
   const existing = await ctx.target.query('SELECT 1 FROM pg_subscription WHERE subname = $1', [names.subscription]);
   if (existing.length === 0) {
     if (await slotExists(ctx.source, names.slot)) await dropSlot(ctx.source, names.slot);

@@ -27,7 +27,7 @@ import { ident, isConnectionLoss, qualified, sleep, tableLabel } from '../db';
 import { freezeHazards } from '../freeze';
 import { applyBottlenecks, longTransactions, readLag, schemaDrift, targetWriteTransactions } from '../lag';
 import { canCreateSubscription, dropSlot, dropSubscription } from '../replication';
-import type { PhaseContext } from './context';
+import { type PhaseContext, partitionsViaRoot } from './context';
 import { verifySummary, verifyTables } from './verify';
 
 export interface GateStatus {
@@ -175,7 +175,7 @@ async function unreplicatedTables(ctx: PhaseContext): Promise<string[]> {
   const inPublication = new Set(published.map((r) => r.t));
   const state = new Map(subscribed.map((r) => [r.t, r.state]));
   const out: string[] = [];
-  for (const t of publishedTables(tables)) {
+  for (const t of publishedTables(tables, await partitionsViaRoot(ctx))) {
     const label = tableLabel(t);
     if (!inPublication.has(label))
       out.push(

@@ -1,5 +1,5 @@
 import type { MigrationConfig, MigrationState } from '@pgferry/core';
-import type { Db } from '../db';
+import { type Db, serverMajor } from '../db';
 
 /** What every phase gets: config with real URLs, open connections, the state and a way to persist it. */
 export interface PhaseContext {
@@ -24,14 +24,20 @@ export interface FaultPoints {
 }
 
 export function sourceMajor(ctx: PhaseContext): Promise<number> {
-  return ctx.source
-    .one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v")
-    .then((r) => r.v);
+  return serverMajor(ctx.source);
 }
 export function targetMajor(ctx: PhaseContext): Promise<number> {
-  return ctx.target
-    .one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v")
-    .then((r) => r.v);
+  return serverMajor(ctx.target);
+}
+
+/**
+ * Whether partitioned tables are published through their root, forward and back: publish_via_partition_root,
+ * and a subscriber applying changes to a partitioned table, are PostgreSQL 13+ (the target is never older
+ * than the source). Before, each leaf is published and applied under its own name: the target has the
+ * same leaves, its schema being the source's.
+ */
+export async function partitionsViaRoot(ctx: PhaseContext): Promise<boolean> {
+  return (await sourceMajor(ctx)) >= 13;
 }
 
 export interface Progress {

@@ -30,7 +30,6 @@ import {
   ensurePublication,
   NO_TUNING,
   prepareSubscription,
-  publicationExists,
   slotExists,
   startPreparedSubscription,
   subscriptionExists,
@@ -40,7 +39,7 @@ import {
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
 import { type GateMemory, sampleLag } from './catch-up';
-import { type PhaseContext, targetMajor } from './context';
+import { type PhaseContext, partitionsViaRoot, targetMajor } from './context';
 
 /** The last look may decode at most 16 MiB of WAL and take at most 250 ms of the write gap. */
 const LAST_LOOK = { maxDecodeBytes: 16 * 1024 * 1024, timeoutMs: 250 };
@@ -169,10 +168,9 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
   // Everything that can be prepared outside the write gap is prepared here. A failure here leaves the
   // load and forward replication as they are (a cutover failure, not a migration failure).
   try {
+    // Made at start-replication; its tables brought up to date (a partition made since, before 13).
     const targetTables = await listTables(ctx.target, { sizes: false });
-    if (!(await publicationExists(ctx.target, n.reversePublication))) {
-      await ensurePublication(ctx.target, n.reversePublication, targetTables);
-    }
+    await ensurePublication(ctx.target, n.reversePublication, targetTables, { viaRoot: await partitionsViaRoot(ctx) });
     reverseTuning = await applyTuning(ctx.source, await targetMajor(ctx), targetTables);
     await prepareSubscription(
       ctx.source,

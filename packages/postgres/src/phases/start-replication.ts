@@ -3,7 +3,7 @@ import { objectNames, ReplicationFailedError } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { sleep } from '../db';
 import { applyTuning, createSubscription, ensurePublication, slotExists, subscriptionExists } from '../replication';
-import { type PhaseContext, sourceMajor } from './context';
+import { type PhaseContext, partitionsViaRoot, sourceMajor } from './context';
 
 export async function startReplication(ctx: PhaseContext): Promise<string> {
   const names = objectNames(ctx.config.id);
@@ -25,7 +25,9 @@ export async function startReplication(ctx: PhaseContext): Promise<string> {
     tuning,
   });
   // The reverse publication is made now, outside any write gap (it only names tables; nothing flows yet).
-  await ensurePublication(ctx.target, names.reversePublication, await listTables(ctx.target, { sizes: false }));
+  await ensurePublication(ctx.target, names.reversePublication, await listTables(ctx.target, { sizes: false }), {
+    viaRoot: await partitionsViaRoot(ctx),
+  });
   // Wait for the apply worker to attach to the slot, so a misconfiguration surfaces here, not later.
   for (let i = 0; i < 100; i++) {
     const [row] = await ctx.source.query<{ active: boolean }>(

@@ -57,6 +57,9 @@ const CHURN_BATCH = 3_000;
 const MiB = 1024 * 1024;
 const PGBENCH = '/usr/lib/postgresql/15/bin/pgbench';
 
+const phaseMs = (p?: { startedAt?: string; endedAt?: string }) =>
+  p?.startedAt && p.endedAt ? Date.parse(p.endedAt) - Date.parse(p.startedAt) : Number.NaN;
+
 const quantile = (xs: number[], q: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length ? (s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? 0) : 0;
@@ -79,6 +82,9 @@ const results: {
   abandoned: number;
   attempts: number;
   churnTxns: number;
+  loadMs: number;
+  verifyBeforeMs: number;
+  verifyMiBps: string;
 }[] = [];
 
 /**
@@ -140,7 +146,7 @@ try {
   const env = { PGPASSWORD: source.password };
   const conn = ['-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres'];
   console.log(
-    `dataset: pgbench -i -s ${scale}${extraTables ? ` + ${extraTables} small tables with a sequence each` : ''} (PostgreSQL 15 → ${targetVersion}); ${cutovers} cutovers under ${clients} pgbench clients${neighbourClients ? `; ${neighbourClients} more on another database of the source server` : ''}`,
+    `dataset: pgbench -i -s ${scale}${extraTables ? ` + ${extraTables} small tables with a sequence each` : ''}${churn ? ` + churn (${CHURN_ROWS} rows, ${CHURN_BATCH} rewritten per transaction in a tight loop)` : ''} (PostgreSQL 15 → ${targetVersion}); ${cutovers} cutovers under ${clients} pgbench clients${neighbourClients ? `; ${neighbourClients} more on another database of the source server` : ''}`,
   );
   const init = await run(PGBENCH, ['-i', '-s', String(scale), '-q', ...conn, 'bench_template'], env);
   if (init.code !== 0) throw new Error(`pgbench -i failed: ${init.out}`);
@@ -245,6 +251,11 @@ try {
       abandoned: state.events.filter((e) => /drain abandoned/.test(e.message)).length,
       attempts: state.phases.cutover?.attempts ?? 0,
       churnTxns,
+      loadMs: phaseMs(state.phases['bulk-load']),
+      verifyBeforeMs: state.verifyBeforeSwitch?.ms ?? Number.NaN,
+      verifyMiBps: state.verifyBeforeSwitch
+        ? `source ${state.verifyBeforeSwitch.sourceMiBps}, target ${state.verifyBeforeSwitch.targetMiBps} MiB/s`
+        : 'not run',
     };
     results.push(r);
     if (!values.json) {
@@ -252,7 +263,7 @@ try {
         .map(([k, v]) => `${k} ${v}`)
         .join(', ');
       console.log(
-        `cutover ${i}: write gap ${r.writeGapMs} ms (${steps}); drain predicted ${r.predictedDrainMs} ms, measured ${r.drainMs} ms; ${r.attempts} attempt(s), ${r.abandoned} drain(s) given up; lag at the last samples ${r.lagBytes
+        `cutover ${i}: bulk load ${r.loadMs} ms, verify before the switch ${r.verifyBeforeMs} ms (${r.verifyMiBps}); write gap ${r.writeGapMs} ms (${steps}); drain predicted ${r.predictedDrainMs} ms, measured ${r.drainMs} ms; ${r.attempts} attempt(s), ${r.abandoned} drain(s) given up; lag at the last samples ${r.lagBytes
           .slice(-3)
           .map((b) => `${(b / MiB).toFixed(1)} MiB`)
           .join(

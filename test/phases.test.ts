@@ -936,6 +936,10 @@ describe('schema, roles and verification', () => {
     await pair.source(
       'CREATE TABLE big (id bigint PRIMARY KEY, v text); INSERT INTO big SELECT 1000000000000000000 + g, g::text FROM generate_series(1, 60) g',
     );
+    // A two-column key: its buckets are hashed and its rows matched by the key's text.
+    await pair.source(
+      "CREATE TABLE pairs (a int, b text, v int, PRIMARY KEY (a, b)); INSERT INTO pairs SELECT g, 'x' || g, g FROM generate_series(1, 30) g",
+    );
     const m = await newMigration(rt, pair, { cutover: 'auto' });
     await advance(rt, m.id, { cutover: 'auto' });
     // Rows changed on the source only, after the switch (a session that overrides its read-only default):
@@ -944,6 +948,7 @@ describe('schema, roles and verification', () => {
       UPDATE orders SET amount = amount + 1 WHERE id = 1234;
       UPDATE big SET v = 'changed' WHERE id = 1000000000000000059;
       INSERT INTO audit_log (actor, action) VALUES ('rogue', 'source only');
+      UPDATE pairs SET v = -1 WHERE a = 7;
       COMMIT`);
     const session = await openSession(rt, m.id);
     try {
@@ -952,6 +957,7 @@ describe('schema, roles and verification', () => {
       expect(result.ok).toBe(false);
       const orders = result.tables.find((t) => t.table === 'public.orders');
       expect(orders?.mismatchedRanges).toHaveLength(1);
+      expect(orders?.mismatchedKeys).toEqual(['1234']);
       const [lo, hi] = (orders?.mismatchedRanges[0] ?? '').replace('id ', '').split('..').map(Number);
       expect(lo).toBeLessThanOrEqual(1234);
       expect(hi).toBeGreaterThanOrEqual(1234);
@@ -968,7 +974,8 @@ describe('schema, roles and verification', () => {
           .filter((t) => t.mismatchedRanges.length > 0)
           .map((t) => t.table)
           .sort(),
-      ).toEqual(['public.audit_log', 'public.big', 'public.orders']);
+      ).toEqual(['public.audit_log', 'public.big', 'public.orders', 'public.pairs']);
+      expect(result.tables.find((t) => t.table === 'public.pairs')?.mismatchedKeys).toEqual(['(7,x7)']);
     } finally {
       await session.close();
     }
@@ -1006,7 +1013,7 @@ describe('schema, roles and verification', () => {
       const ranges = (table: string) => result.tables.find((t) => t.table === table)?.mismatchedRanges;
       expect(ranges('public.counters')).toEqual([]);
       expect(
-        rt.logs.some((l) => /counters: 1 chunk\(s\) that kept changing .* held for \d+ ms: they match/.test(l)),
+        rt.logs.some((l) => /counters: 1 row\(s\) that kept changing .* held for \d+ ms: they match/.test(l)),
       ).toBe(true);
       // Held and drained, the real difference is still one.
       expect(ranges('public.tallies')).toEqual(['id 1..10']);

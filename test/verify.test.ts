@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { resolve } from 'node:path';
+import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { advance, openSession } from '../packages/cli/src/runner';
 import { verifySummary, verifyTables } from '../packages/postgres/src/index';
@@ -92,5 +93,43 @@ describe('verify', () => {
     const stats = await writer.stop();
     expect(await writer.lostWrites(pair.targetUrl)).toEqual([]);
     expect(stats.acked).toBeGreaterThan(0);
+  });
+
+  it('calls a chunk the application changes at every read, and that cannot be held still, not verified rather than different', async () => {
+    const { pair, rt } = await fixture.setup('unsettled', 100);
+    await pair.source(`CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);
+      INSERT INTO counters SELECT g, 0 FROM generate_series(1, 10) g`);
+    const m = await newMigration(rt, pair, { cutover: 'auto', verifyWaitMs: 2000 });
+    await advance(rt, m.id, { cutover: 'auto' });
+    // On the target (live now): a counter bumped as fast as the application can, and an open write
+    // transaction on the same table, so the last recheck cannot take its share lock.
+    const bumper = new pg.Client({ connectionString: pair.targetUrl });
+    const holder = new pg.Client({ connectionString: pair.targetUrl });
+    await bumper.connect();
+    await holder.connect();
+    await holder.query('BEGIN');
+    await holder.query('UPDATE counters SET n = n WHERE id = 2');
+    let stop = false;
+    const bumping = (async () => {
+      while (!stop) await bumper.query('UPDATE counters SET n = n + 1 WHERE id = 1');
+    })();
+    const session = await openSession(rt, m.id);
+    try {
+      const result = await verifyTables(session.ctx);
+      const counters = result.tables.find((t) => t.table === 'public.counters');
+      expect(counters?.mismatchedRanges).toEqual([]);
+      expect(counters?.unsettledRanges).toEqual(['id 1..10']);
+      expect(counters?.outcome).toBe('behind');
+      expect(result.outcome).toBe('behind');
+      expect(verifySummary(result)).toMatch(
+        /^NOT VERIFIED: 1 table\(s\) \(public\.counters\) changed at every read and could not be held still/,
+      );
+      expect(rt.logs.some((l) => /counters: no last recheck with its writes held/.test(l))).toBe(true);
+    } finally {
+      stop = true;
+      await bumping;
+      await holder.query('ROLLBACK');
+      await Promise.all([bumper.end(), holder.end(), session.close()]);
+    }
   });
 });

@@ -18,7 +18,6 @@ import {
   type MigrationConfig,
   type MigrationState,
   type MigrationStore,
-  NotVerifiedError,
   objectNames,
   PgferryError,
   PHASE_TITLES,
@@ -471,9 +470,9 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
       );
     }
   }
-  // Verification before the switch found a difference, or could not finish: nothing was switched or
-  // frozen, replication goes on; the loaded target stays for whoever investigates (resume verifies again).
-  const verifiedBeforeSwitch = !switched && (err instanceof VerificationFailedError || err instanceof NotVerifiedError);
+  // Verification before the switch found a difference: nothing was switched or frozen, replication goes
+  // on; the loaded target stays for whoever investigates (resume verifies again).
+  const verifiedBeforeSwitch = !switched && err instanceof VerificationFailedError;
   // A server that stayed away past the reconnect window during catch-up: nothing is wrong with what was
   // built, and a rollback could not reach it anyway. Kept, with the slot named (status shows its WAL).
   const outage = phase === 'catch-up' && (err instanceof ConnectionLostError || isConnectionLoss(err));

@@ -91,11 +91,6 @@ export class VerificationFailedError extends PgferryError {
   override name = 'VerificationFailedError';
   override readonly exitCode = 6;
 }
-/** Verification could not compare every table: the replica was too far behind. Not a mismatch. */
-export class NotVerifiedError extends PgferryError {
-  override name = 'NotVerifiedError';
-  override readonly exitCode = 8;
-}
 export class RollbackFailedError extends PgferryError {
   override name = 'RollbackFailedError';
 }

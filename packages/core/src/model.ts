@@ -91,9 +91,16 @@ export interface VerifyTableResult {
   targetRows: number;
   chunks: number;
   mismatchedRanges: string[];
+  /** Up to 10 keys of rows shown to differ (tables with a key). */
+  mismatchedKeys?: string[];
   outcome?: VerifyOutcome;
   /** Unconfirmed WAL of the replication feeding the replica, when the table could not be compared. */
   behindBytes?: number;
+  /**
+   * Chunks the application changed at every read that could not be read with the table's writes held:
+   * not shown to differ, not shown to match (outcome behind).
+   */
+  unsettledRanges?: string[];
 }
 
 export interface VerifyResult {

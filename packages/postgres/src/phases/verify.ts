@@ -40,6 +40,8 @@ interface Plan {
   keyExpr: string;
   /** For integer keys: a chunk's key range as SQL, so that a recheck reads only that range (by the key's index). */
   range?: (b: number) => string;
+  /** SQL true for the rows whose key (as keyExpr gives it) is in the text[] parameter $2. */
+  keyMatch: string;
 }
 
 const INTEGER = new Set(['smallint', 'integer', 'bigint']);
@@ -63,6 +65,7 @@ async function plan(source: Db, t: TableInfo): Promise<Plan> {
         where: 'true',
         label: () => 'all rows',
         keyExpr: `${k}::text`,
+        keyMatch: `${k} = ANY($2::text[]::numeric[])`,
       };
     const [lo, hi] = [BigInt(r.lo), BigInt(r.hi)];
     const span = hi - lo + 1n;
@@ -81,6 +84,8 @@ async function plan(source: Db, t: TableInfo): Promise<Plan> {
         return `${col.name} ${from}..${to < hi ? to : hi}`;
       },
       keyExpr: `${k}::text`,
+      // Compared as the key's own type, so that the key's index finds the rows.
+      keyMatch: `${k} = ANY($2::text[]::${col.type}[])`,
       range: (b) => {
         const from = lo + BigInt(b) * width;
         return `${k} BETWEEN ${from} AND ${from + width - 1n}`;
@@ -96,6 +101,7 @@ async function plan(source: Db, t: TableInfo): Promise<Plan> {
     label: (b, bucket) =>
       `bucket ${b} (${key.length ? `keys ${bucket?.lo ?? '?'}..${bucket?.hi ?? '?'}` : 'whole-row hash'})`,
     keyExpr,
+    keyMatch: `${keyExpr} = ANY($2::text[])`,
   };
 }
 
@@ -125,21 +131,6 @@ async function checksums(query: Query, p: Plan, rowText: string, only?: number[]
 function differing(a: Map<number, Bucket>, b: Map<number, Bucket>): number[] {
   const keys = new Set([...a.keys(), ...b.keys()]);
   return [...keys].filter((k) => a.get(k)?.n !== b.get(k)?.n || a.get(k)?.h !== b.get(k)?.h).sort((x, y) => x - y);
-}
-
-/** Put the chunks `again` read anew into each side's map; the chunks that still differ. */
-function reread(
-  again: number[],
-  ...sides: [[Map<number, Bucket>, Map<number, Bucket>], [Map<number, Bucket>, Map<number, Bucket>]]
-): number[] {
-  for (const [all, fresh] of sides) {
-    for (const b of again) {
-      const bucket = fresh.get(b);
-      if (bucket) all.set(b, bucket);
-      else all.delete(b);
-    }
-  }
-  return differing(sides[0][0], sides[1][0]);
 }
 
 /** The side the application writes to, the other one, and the slot that carries the changes between them. */
@@ -210,18 +201,15 @@ const HOLD_MAX_CHUNKS = 4;
  * read under it, each read within HOLD_READ_TIMEOUT_MS. Whenever it is given up the chunks are reported
  * as the plain rechecks found them, and the log says why.
  */
-async function heldChecksums(
+async function heldReads<T>(
   ctx: PhaseContext,
   s: Stream,
-  p: Plan,
-  rowText: string,
-  only: number[],
-): Promise<{ src: Map<number, Bucket>; tgt: Map<number, Bucket>; heldMs: number } | undefined> {
-  const bounded = p.range ? only.length <= HOLD_MAX_CHUNKS : p.rows <= HOLD_MAX_CHUNKS * DEFAULTS.verifyChunkRows;
-  if (!bounded) return undefined;
-  const { live, replica: other, slot } = s;
+  table: TableInfo,
+  read: (query: Query) => Promise<T>,
+): Promise<{ live: T; replica: T; heldMs: number } | undefined> {
+  const { live, replica, slot } = s;
   const giveUp = (why: string) => {
-    ctx.log(`verify: ${tableLabel(p.table)}: no last recheck with its writes held: ${why}`);
+    ctx.log(`verify: ${tableLabel(table)}: no last recheck with its writes held: ${why}`);
     return undefined;
   };
   // Everything committed so far on the live side (asynchronous commits included: WAL flushed first)
@@ -237,23 +225,22 @@ async function heldChecksums(
     try {
       await client.query(`SET LOCAL lock_timeout = ${HOLD_LOCK_TIMEOUT_MS}`);
       await client.query(`SET LOCAL statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
-      await client.query(`LOCK TABLE ONLY ${qualified(p.table)} IN SHARE MODE`);
+      await client.query(`LOCK TABLE ONLY ${qualified(table)} IN SHARE MODE`);
       const held = performance.now();
       // Every write of the table was committed before the lock.
       if (!(await caughtUp(HOLD_DRAIN_MS))) return giveUp(`replication did not catch up within ${HOLD_DRAIN_MS} ms`);
       const [l, o] = await Promise.all([
-        checksums(rowsOf(client), p, rowText, only),
-        other.withClient(async (c) => {
+        read(rowsOf(client)),
+        replica.withClient(async (c) => {
           await c.query(`SET statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
           try {
-            return await checksums(rowsOf(c), p, rowText, only);
+            return await read(rowsOf(c));
           } finally {
             await c.query('RESET statement_timeout');
           }
         }),
       ]);
-      const heldMs = Math.round(performance.now() - held);
-      return live === ctx.target ? { src: o, tgt: l, heldMs } : { src: l, tgt: o, heldMs };
+      return { live: l, replica: o, heldMs: Math.round(performance.now() - held) };
     } catch (err) {
       // Not granted in time, not allowed, or a read too slow: the plain rechecks' answer stands.
       return giveUp((err as Error).message);
@@ -262,6 +249,30 @@ async function heldChecksums(
     }
   });
 }
+
+/** Key (as text) → hash of the row, for one side. */
+type RowHashes = Map<string, string>;
+
+/** The rows of some chunks (and, given, only those keys): key and row hash. */
+async function rowHashes(
+  query: Query,
+  p: Plan,
+  rowText: string,
+  chunks: number[],
+  keys?: string[],
+): Promise<RowHashes> {
+  const ranges = p.range && chunks.length <= 64 ? ` AND (${chunks.map((b) => p.range?.(b)).join(' OR ')})` : '';
+  const byKey = keys ? ` AND ${p.keyMatch}` : '';
+  const rows = await query<{ k: string; h: string }>(
+    `SELECT ${p.keyExpr} AS k, hashtextextended(${rowText}, 0)::text AS h
+       FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where} AND ${p.bucketExpr} = ANY($1::int[])${ranges}${byKey}`,
+    keys ? [chunks, keys] : [chunks],
+  );
+  return new Map(rows.map((r) => [r.k, r.h]));
+}
+
+/** Rows differing between the sides are followed one by one; at most this many at once. */
+const MAX_OPEN_ROWS = 100_000;
 
 /** Time spent reading, and bytes of table read, on one side. */
 interface SideReads {
@@ -297,17 +308,22 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     });
   let waitMs = ctx.config.verifyWaitMs;
 
-  /** Live side read, then the replica once it passed that read's position; undefined when it did not in time. */
-  const atMatchingPoints = async (p: Plan, only?: number[]) => {
-    const live = await timed(s.live, () => checksums(s.live.query, p, rowText, only));
+  /**
+   * `read` on the live side, then on the replica once it has applied past that read's position (so a
+   * difference is never lag); undefined when it did not get there in time.
+   */
+  const atMatchingPoints = async <T>(read: (query: Query) => Promise<T>) => {
+    const live = await timed(s.live, () => read(s.live.query));
     const lsn = await insertLsn(s.live);
     if (!(await waitConfirmed(s.live, s.slot, lsn, waitMs))) {
       waitMs = Math.min(waitMs, WAIT_AFTER_BEHIND_MS);
       return undefined;
     }
-    const replica = await timed(s.replica, () => checksums(s.replica.query, p, rowText, only));
-    return s.live === ctx.source ? { src: live, tgt: replica } : { src: replica, tgt: live };
+    const replica = await timed(s.replica, () => read(s.replica.query));
+    return { live, replica };
   };
+  const sides = <T>(r: { live: T; replica: T }) =>
+    s.live === ctx.source ? { src: r.live, tgt: r.replica } : { src: r.replica, tgt: r.live };
 
   const verifyOne = async (t: TableInfo): Promise<VerifyTableResult> => {
     const p = await plan(ctx.source, t);
@@ -323,34 +339,133 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       outcome: 'behind',
       behindBytes: await behindBytes(s),
     });
-    const first = await atMatchingPoints(p);
+    const first = await atMatchingPoints((q) => checksums(q, p, rowText));
     if (!first) return behind();
-    const { src, tgt } = first;
-    let bad = differing(src, tgt);
-    for (let i = 0; i < DEFAULTS.verifyRechecks && bad.length > 0; i++) {
-      const again = await atMatchingPoints(p, bad);
-      if (!again) return behind();
-      bad = reread(bad, [src, again.src], [tgt, again.tgt]);
-    }
-    if (bad.length > 0) {
-      const held = await heldChecksums(ctx, s, p, rowText, bad);
-      if (held) {
-        const before = bad.length;
-        bad = reread(bad, [src, held.src], [tgt, held.tgt]);
-        ctx.log(
-          `verify: ${label}: ${before} chunk(s) that kept changing read again with its writes held for ${held.heldMs} ms: ${bad.length ? `${bad.length} still differ` : 'they match'}`,
-        );
-      }
-    }
+    const { src, tgt } = sides(first);
+    const bad = differing(src, tgt);
+    const settled =
+      bad.length === 0
+        ? { proven: [], unsettled: [], keys: [] }
+        : t.identityColumns.length > 0
+          ? await settleRows(p, bad)
+          : await settleChunks(p, bad, first);
+    if (settled === undefined) return behind();
     const count = (m: Map<number, Bucket>) => [...m.values()].reduce((n, b) => n + Number(b.n), 0);
+    const labels = (chunks: number[]) => chunks.map((b) => p.label(b, src.get(b) ?? tgt.get(b)));
     return {
       table: label,
       sourceRows: count(src),
       targetRows: count(tgt),
       chunks: Math.max(src.size, tgt.size),
-      mismatchedRanges: bad.map((b) => p.label(b, src.get(b) ?? tgt.get(b))),
-      outcome: bad.length ? 'mismatch' : 'ok',
+      mismatchedRanges: labels(settled.proven),
+      mismatchedKeys: settled.keys.length ? settled.keys.slice(0, 10) : undefined,
+      unsettledRanges: settled.unsettled.length ? labels(settled.unsettled) : undefined,
+      outcome: settled.proven.length ? 'mismatch' : settled.unsettled.length ? 'behind' : 'ok',
     };
+  };
+
+  /**
+   * Differing chunks of a table with a key, followed row by row: each chunk's rows (key, hash) read at
+   * matching points, then only the differing rows again, until each is settled. A row is proven
+   * different when the live side read it the same before and after a replica read that came once the
+   * replica had applied past the first read (nothing changed it meanwhile, so the replica had to show
+   * exactly that); it is settled equal when both sides read the same. Rows the application changed at
+   * every read are read once more with the table's writes held; if that cannot be done, they stay
+   * unsettled: not shown to differ, not shown to match.
+   */
+  const settleRows = async (p: Plan, bad: number[]) => {
+    const open = new Map<string, { chunk: number; live?: string; replica?: string }>();
+    for (const b of bad) {
+      const r = await atMatchingPoints((q) => rowHashes(q, p, rowText, [b]));
+      if (!r) return undefined;
+      for (const k of new Set([...r.live.keys(), ...r.replica.keys()])) {
+        const [live, replica] = [r.live.get(k), r.replica.get(k)];
+        if (live !== replica && open.size < MAX_OPEN_ROWS) open.set(k, { chunk: b, live, replica });
+      }
+    }
+    const proven = new Map<string, number>();
+    for (let i = 0; i < DEFAULTS.verifyRechecks && open.size > 0; i++) {
+      const keys = [...open.keys()];
+      const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
+      const r = await atMatchingPoints((q) => rowHashes(q, p, rowText, chunks, keys));
+      if (!r) {
+        if (proven.size) break;
+        return undefined;
+      }
+      for (const [k, prev] of open) {
+        const [live, replica] = [r.live.get(k), r.replica.get(k)];
+        if (live === prev.live && prev.replica !== prev.live) {
+          proven.set(k, prev.chunk);
+          open.delete(k);
+        } else if (live === replica) open.delete(k);
+        else open.set(k, { chunk: prev.chunk, live, replica });
+      }
+    }
+    if (open.size > 0) {
+      const keys = [...open.keys()];
+      const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
+      const held = await heldReads(ctx, s, p.table, (q) => rowHashes(q, p, rowText, chunks, keys));
+      if (held) {
+        const before = open.size;
+        for (const [k, o] of open) if (held.live.get(k) !== held.replica.get(k)) proven.set(k, o.chunk);
+        open.clear();
+        ctx.log(
+          `verify: ${tableLabel(p.table)}: ${before} row(s) that kept changing read again with its writes held for ${held.heldMs} ms: ${proven.size ? `${proven.size} differ` : 'they match'}`,
+        );
+      }
+    }
+    const chunksOf = (ks: Iterable<number>) => [...new Set(ks)].sort((x, y) => x - y);
+    return {
+      proven: chunksOf(proven.values()),
+      unsettled: chunksOf([...open.values()].map((o) => o.chunk)),
+      keys: [...proven.keys()],
+    };
+  };
+
+  /**
+   * Differing chunks of a table without a key (its rows cannot be told apart): the chunks read again at
+   * matching points; proven different as rows are above (the same live read before and after), then
+   * once more with the table's writes held when few enough chunks are left.
+   */
+  const settleChunks = async (
+    p: Plan,
+    bad: number[],
+    first: { live: Map<number, Bucket>; replica: Map<number, Bucket> },
+  ) => {
+    const same = (a?: Bucket, b?: Bucket) => a?.n === b?.n && a?.h === b?.h;
+    const last = { live: new Map(first.live), replica: new Map(first.replica) };
+    const proven = new Set<number>();
+    let open = bad;
+    for (let i = 0; i < DEFAULTS.verifyRechecks && open.length > 0; i++) {
+      const r = await atMatchingPoints((q) => checksums(q, p, rowText, open));
+      if (!r) {
+        if (proven.size) break;
+        return undefined;
+      }
+      const next: number[] = [];
+      for (const b of open) {
+        const [prevLive, prevReplica] = [last.live.get(b), last.replica.get(b)];
+        const [live, replica] = [r.live.get(b), r.replica.get(b)];
+        if (same(live, prevLive) && !same(prevReplica, prevLive)) proven.add(b);
+        else if (!same(live, replica)) next.push(b);
+        last.live.set(b, live as Bucket);
+        last.replica.set(b, replica as Bucket);
+      }
+      open = next;
+    }
+    if (open.length > 0 && p.rows <= HOLD_MAX_CHUNKS * DEFAULTS.verifyChunkRows) {
+      const only = open;
+      const held = await heldReads(ctx, s, p.table, (q) => checksums(q, p, rowText, only));
+      if (held) {
+        const still = only.filter((b) => !same(held.live.get(b), held.replica.get(b)));
+        for (const b of still) proven.add(b);
+        ctx.log(
+          `verify: ${tableLabel(p.table)}: ${only.length} chunk(s) that kept changing read again with its writes held for ${held.heldMs} ms: ${still.length ? `${still.length} still differ` : 'they match'}`,
+        );
+        open = [];
+      }
+    }
+    return { proven: [...proven].sort((x, y) => x - y), unsettled: open, keys: [] as string[] };
   };
 
   const results: VerifyTableResult[] = new Array(tables.length);
@@ -376,7 +491,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     ok: outcome === 'ok',
     outcome,
     stage: s.live === ctx.source ? 'before-switch' : 'after-switch',
-    behindBytes: outcome === 'behind' ? Math.max(...results.map((r) => r.behindBytes ?? 0)) : undefined,
+    behindBytes: outcome === 'behind' ? Math.max(0, ...results.map((r) => r.behindBytes ?? 0)) : undefined,
     replication: s.name,
     tables: results,
     ms,
@@ -394,8 +509,20 @@ export function verifySummary(r: VerifyResult): string {
   const speed = `in ${(r.ms / 1000).toFixed(1)} s (source ${mib(r.sourceBytes)} at ${r.sourceMiBps} MiB/s, target ${mib(r.targetBytes)} at ${r.targetMiBps} MiB/s)`;
   if (r.outcome === 'ok') return `${r.tables.length} tables, ${rows} rows: counts and checksums match ${speed}`;
   if (r.outcome === 'behind') {
-    const late = r.tables.filter((t) => t.outcome === 'behind').map((t) => t.table);
-    return `NOT VERIFIED: ${r.replication} ${mib(r.behindBytes ?? 0)} behind; ${late.length} table(s) could not be compared (${late.slice(0, 3).join(', ')}${late.length > 3 ? ', …' : ''}); every other table matches ${speed}`;
+    const list = (ts: VerifyTableResult[]) =>
+      `${ts.length} table(s) (${ts
+        .slice(0, 3)
+        .map((t) => t.table)
+        .join(', ')}${ts.length > 3 ? ', …' : ''})`;
+    const late = r.tables.filter((t) => t.outcome === 'behind' && !t.unsettledRanges);
+    const changing = r.tables.filter((t) => t.outcome === 'behind' && t.unsettledRanges);
+    const why = [
+      late.length ? `${r.replication} ${mib(r.behindBytes ?? 0)} behind: ${list(late)} could not be compared` : '',
+      changing.length
+        ? `${list(changing)} changed at every read and could not be held still long enough to compare`
+        : '',
+    ].filter(Boolean);
+    return `NOT VERIFIED: ${why.join('; ')}; every other table matches ${speed}`;
   }
   const bad = r.tables.filter((t) => t.outcome === 'mismatch');
   return `MISMATCH in ${bad.length} table(s): ${bad.map((t) => `${t.table} [${t.mismatchedRanges.slice(0, 3).join(', ')}${t.mismatchedRanges.length > 3 ? ', …' : ''}]`).join('; ')} ${speed}`;

@@ -1,5 +1,14 @@
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import pg from 'pg';
@@ -178,6 +187,14 @@ describe('pgferry CLI', () => {
     // Copy progress in bytes and rows (plain lines: stdout is not a terminal here).
     expect(m.stdout).toMatch(/copy: [\d.]+ [KMG]iB of ~[\d.]+ [KMG]iB, \d+k? of ~\d+k? rows \(\d+%\)/);
     expect(m.stdout + m.stderr).not.toContain(pair.sourceServer.password);
+    // The state, its secrets and the schema dump (a copy of the data's shape) are readable by this user only.
+    const artifacts = join(cwd, '.pgferry', 'artifacts', 'climanual');
+    for (const file of [
+      join(cwd, '.pgferry', 'climanual.json'),
+      join(cwd, '.pgferry', 'climanual.secrets.json'),
+      ...readdirSync(artifacts).map((f) => join(artifacts, f)),
+    ])
+      expect(statSync(file).mode & 0o777, file).toBe(0o600);
     const status = await pgferry(['status', '--id', 'climanual', '--json']);
     const last = JSON.parse(status.stdout.trim().split('\n').at(-1)!);
     expect(last.result.status).toBe('awaiting-cutover');
@@ -215,6 +232,7 @@ describe('pgferry CLI', () => {
     expect(clean.code).toBe(0);
     expect(await leftovers(pair)).toEqual([]);
     expect(existsSync(join(cwd, '.pgferry', 'artifacts', 'climanual'))).toBe(false); // the schema dump went too
+    expect(existsSync(join(cwd, '.pgferry', 'climanual.secrets.json'))).toBe(false); // and the passwords
     // A migration that is over stays as it is: resume and rollback say why, as invalid input.
     for (const command of ['resume', 'rollback']) {
       const late = await pgferry([command, '--id', 'climanual']);
@@ -468,6 +486,9 @@ describe('pgferry CLI', () => {
     expect(again.code).toBe(0);
     expect(await frozen(pair, 'source')).toBe(false);
     expect(await frozen(pair, 'target')).toBe(true);
+    // Clean-up resets what the rollback set: the target is an ordinary database again.
+    expect((await pgferry(['cleanup', '--id', 'rf'])).code).toBe(0);
+    expect(await frozen(pair, 'target')).toBe(false);
   });
 
   it('takes new credentials for the same servers after a password rotation, and refuses other servers', async () => {

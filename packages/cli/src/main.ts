@@ -371,24 +371,23 @@ export async function main(argv: string[]): Promise<number> {
       case 'status': {
         if (values.id) {
           const s = await rt.store.get(values.id);
-          if (values.offline) out.result(s, describeState(s));
+          // A cleaned-up migration has nothing left on the servers, nor the passwords to look.
+          if (values.offline || s.status === 'cleaned-up') out.result(s, describeState(s));
           else {
             const live = await inspectMigration(rt, values.id);
             out.result({ ...s, live }, `${describeState(s)}\n${describeLive(live)}`);
           }
         } else {
-          const all = await rt.store.list();
-          out.result(
-            all,
-            all.length
-              ? all
-                  .map(
-                    (s) =>
-                      `${s.id}  ${s.status.padEnd(16)} ${s.phase.padEnd(18)} ${s.config.sourceUrl} → ${s.config.targetUrl}`,
-                  )
-                  .join('\n')
-              : `no migrations in ${stateDir}`,
-          );
+          const { migrations, unreadable } = await rt.store.list();
+          const lines = [
+            ...migrations.map(
+              (s) =>
+                `${s.id}  ${s.status.padEnd(16)} ${s.phase.padEnd(18)} ${s.config.sourceUrl} → ${s.config.targetUrl}`,
+            ),
+            ...unreadable.map((u) => `${u.id}  UNREADABLE: ${u.problem}`),
+          ];
+          out.result(migrations, lines.length ? lines.join('\n') : `no migrations in ${stateDir}`);
+          if (out.json) for (const u of unreadable) out.log(`warning: ${u.problem}`);
         }
         return EXIT_CODES.ok;
       }

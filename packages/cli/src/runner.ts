@@ -555,6 +555,8 @@ async function cleanupClaimed(rt: Runtime, id: string, options: { force?: boolea
     await session.ctx.update((st) => {
       st.status = 'cleaned-up';
     });
+    // Nothing is left to connect to for this migration: its passwords go too (kept while a re-run must finish).
+    if (!session.ctx.state.leftovers?.length) await rt.store.removeSecrets?.(id);
     return session.ctx.state;
   } finally {
     await session.close();

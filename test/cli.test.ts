@@ -80,6 +80,109 @@ describe('pgferry CLI', () => {
     expect((await pgferry(['status'])).stdout).toContain('no migrations');
   });
 
+  it('checks --switch-file, --report and --state-dir before creating anything, naming the flag', async () => {
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const urls = ['--source', 'postgres://u:p@127.0.0.1:1/a', '--target', 'postgres://u:p@127.0.0.1:2/b', '--yes'];
+    const cases: [string[], string, RegExp][] = [
+      [['--switch-file', join(cwd, 'no-such-dir', 'url')], '--switch-file', /does not exist/],
+      [['--switch-file', cwd], '--switch-file', /is a directory/],
+      [['--switch-file', ''], '--switch-file', /empty/],
+      [['--report', join(cwd, 'no-such-dir', 'r.json')], '--report', /does not exist/],
+      [['--report', ''], '--report', /empty/],
+    ];
+    for (const [args, field, problem] of cases) {
+      const r = await pgferry(['migrate', ...urls, ...args]);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toContain(field);
+      expect(r.stderr).toMatch(problem);
+    }
+    const cutover = await pgferry(['cutover', '--id', 'someid', '--report', join(cwd, 'nope', 'r.json')]);
+    expect(cutover.code).toBe(2);
+    expect(cutover.stderr).toContain('--report');
+    expect(existsSync(join(cwd, '.pgferry'))).toBe(false);
+    expect(readdirSync(cwd).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+    // A state dir that is a file: named, for every command.
+    writeFileSync(join(cwd, 'state-file'), '');
+    for (const command of [['status'], ['migrate', ...urls]]) {
+      const r = await pgferry([...command, '--state-dir', join(cwd, 'state-file')]);
+      expect(r.code, command[0]).toBe(2);
+      expect(r.stderr).toContain('--state-dir');
+      expect(r.stderr).toContain('is a file');
+    }
+  });
+
+  it('validates --id wherever it is given, and names an unreadable state file', async () => {
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    mkdirSync(join(cwd, '.pgferry'));
+    writeFileSync(join(cwd, 'outside.json'), '{}');
+    for (const command of ['status', 'resume', 'rollback', 'cleanup', 'cutover']) {
+      const r = await pgferry([command, '--id', '../outside', ...(command === 'status' ? ['--offline'] : [])]);
+      expect(r.code, command).toBe(2);
+      expect(r.stderr).toContain('--id "../outside" is not a migration id');
+    }
+    writeFileSync(join(cwd, '.pgferry', 'broken.json'), '{"id": "broken", "vers');
+    const one = await pgferry(['status', '--id', 'broken', '--offline']);
+    expect(one.code).toBe(1);
+    expect(one.stderr).toContain(
+      `the state file ${join(cwd, '.pgferry', 'broken.json')} of migration broken is unreadable`,
+    );
+    expect(one.stderr).toContain('restore');
+    const all = await pgferry(['status']);
+    expect(all.code).toBe(0);
+    expect(all.stdout).toContain('broken  UNREADABLE');
+  });
+
+  it('refuses an --id that exists as invalid input (exit 2), not as a conflict to retry', async () => {
+    pair = await freshPair(15, 'cliidreuse');
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    mkdirSync(join(cwd, '.pgferry'));
+    writeFileSync(join(cwd, '.pgferry', 'taken.json'), '{}');
+    const urls = ['--source', pair.sourceUrl, '--target', pair.targetUrl];
+    const r = await pgferry(['migrate', ...urls, '--id', 'taken', '--yes']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--id taken: migration taken already exists');
+    expect(readFileSync(join(cwd, '.pgferry', 'taken.json'), 'utf8')).toBe('{}');
+  });
+
+  it('checks URLs the same way in assess and migrate: scheme, port, sslmode, unknown parameters', async () => {
+    const ok = 'postgres://u:p@127.0.0.1:1/db';
+    const cases: [string, RegExp][] = [
+      ['notaurl', /--source is not a valid URL/],
+      ['host=127.0.0.1 dbname=db user=u', /--source is a key=value connection string/],
+      ['postgres://u:p@127.0.0.1:99999/db', /--source is not a valid URL.*port/],
+      ['http://u:p@127.0.0.1:1/db', /--source must start with postgres:\/\//],
+      [`${ok}?sslmode=bogus`, /--source has sslmode=bogus; sslmode must be one of disable/],
+      [`${ok}?sslmod=require`, /--source has an unknown parameter "sslmod"/],
+    ];
+    for (const [url, message] of cases) {
+      for (const command of [
+        ['assess', '--source', url],
+        ['migrate', '--source', url, '--target', 'postgres://u:p@127.0.0.1:2/db', '--yes'],
+      ]) {
+        const r = await pgferry(command);
+        expect(r.code, `${command[0]} ${url}`).toBe(2);
+        expect(r.stderr).toMatch(message);
+      }
+    }
+    const typoTarget = await pgferry(['assess', '--source', ok, '--target', `${ok}?sslmod=require`]);
+    expect(typoTarget.code).toBe(2);
+    expect(typoTarget.stderr).toContain('--target has an unknown parameter "sslmod"');
+    // A password with an unencoded @: nothing of it shows, up to the last @ before the host.
+    const at = await pgferry(['assess', '--source', 'postgres://app:p@ss@word9@127.0.0.1:1/db']);
+    expect(at.code).toBe(3);
+    expect(at.stderr).toContain('postgres://app:***@127.0.0.1:1/db');
+    expect(at.stderr).not.toMatch(/ss@|word9/);
+  });
+
+  it('says what --jobs accepts when given a negative number', async () => {
+    const urls = ['--source', 'postgres://u:p@127.0.0.1:1/a', '--target', 'postgres://u:p@127.0.0.1:2/b', '--yes'];
+    for (const args of [['--jobs', '-1'], ['--jobs=-1'], ['--jobs', '0'], ['--jobs', '65']]) {
+      const r = await pgferry(['migrate', ...urls, ...args]);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toContain('--jobs must be a whole number from 1 to 64');
+    }
+  });
+
   it('rejects an unknown flag and a missing --yes without a terminal', async () => {
     expect((await pgferry(['migrate', '--sorce', 'x'])).code).toBe(2);
     // A real option on the wrong command is not ignored either.

@@ -650,6 +650,20 @@ describe('pgferry CLI', () => {
         "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'pgferry_rs' AND active_pid IS NOT NULL",
       );
       await pair.source("INSERT INTO customers (name, email) VALUES ('after rotation', 'rot@example.com')");
+      // status takes the new URL too, as the README says, and gives it to the subscription.
+      const status = await pgferry(['status', '--id', 'rs', '--source', as('src-pw-2')]);
+      expect(status.code).toBe(0);
+      expect(status.stdout + status.stderr).toContain(
+        'subscription pgferry_rs on the target now logs in with the new source credentials',
+      );
+      expect(status.stdout + status.stderr).not.toContain('src-pw-2');
+      await expect
+        .poll(
+          async () =>
+            (await pair!.target("SELECT count(*)::int AS n FROM customers WHERE email = 'rot@example.com'"))[0]?.n,
+          { timeout: 30_000, interval: 200 },
+        )
+        .toBe(1);
       const cut = await pgferry(['cutover', '--id', 'rs', '--source', as('src-pw-2')]);
       expect(cut.code).toBe(0);
       expect(cut.stdout + cut.stderr).toContain(

@@ -97,6 +97,7 @@ state, then checks both servers (read-only): its replication slots and the WAL t
 subscriptions and their apply workers, whether a database is read-only, and whether a pgferry process is
 connected. Lines marked ATTENTION need someone (a slot nobody reads after a crash fills the source's
 disk) and say which command puts it right. --offline shows only the recorded state.
+status changes nothing, except with --source/--target:
 ${CREDENTIALS}`,
   cutover: `Usage: pgferry cutover --id ID [--report PATH] [--source URL] [--target URL] [--json]
 
@@ -384,8 +385,7 @@ export async function main(argv: string[]): Promise<number> {
         rt,
         values.id,
         { sourceUrl: values.source, targetUrl: values.target },
-        // status only reads: it changes no server object.
-        { subscriptions: command !== 'status' },
+        // status too, as the README says: with the old password a subscription stops at its next reconnect.
       );
 
     switch (command) {

@@ -212,6 +212,37 @@ describe('pgferry CLI', () => {
     expect(existsSync(join(cwd!, '.pgferry')) ? readdirSync(join(cwd!, '.pgferry')) : []).toEqual([]);
   });
 
+  it('refuses the same database under another host name or user as the target, creating nothing', async () => {
+    pair = await freshPair(15, 'clisame');
+    const role = `same_${pair.sourceDb.slice(-8)}`;
+    await pair.source(`CREATE ROLE ${role} LOGIN PASSWORD 'same-pw' REPLICATION`);
+    try {
+      const byName = pair.sourceUrl.replace('127.0.0.1', 'localhost');
+      const m = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', byName, '--yes']);
+      expect(m.code).toBe(4);
+      expect(m.stderr).toContain('--source and --target name the same database');
+      await nothingLeft(pair);
+      // Another user, here one who may not read pg_control_system() (revoked in this database): still the same database.
+      await pair.source('REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC');
+      const asOther = serverUrl(pair.sourceServer, pair.sourceDb, role, 'same-pw');
+      for (const [source, target] of [
+        [pair.sourceUrl, asOther],
+        [asOther, pair.sourceUrl],
+      ]) {
+        const a = await pgferry(['assess', '--source', source as string, '--target', target as string]);
+        expect(a.code).toBe(4);
+        expect(a.stdout).toContain('--source and --target name the same database');
+      }
+      // Another database of the same server is not the same database.
+      const other = await pgferry(['assess', '--source', pair.sourceUrl, '--target', serverUrl(pair.sourceServer)]);
+      expect(other.stdout).not.toContain('name the same database');
+    } finally {
+      await pair.drop();
+      const { sql } = await import('./harness/pairs');
+      await sql(serverUrl(pair.sourceServer), `DROP ROLE IF EXISTS ${role}`);
+    }
+  });
+
   it('refuses a non-empty target before creating anything', async () => {
     pair = await freshPair(15, 'clinonempty');
     await loadSample(pair, 50);

@@ -14,7 +14,8 @@ import { join, resolve } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
-import { frozen, loadSample } from './harness/migration';
+import { advance } from '../packages/cli/src/runner';
+import { frozen, loadSample, newMigration, testRuntime } from './harness/migration';
 import { freshPair, leftovers, type Pair, serverUrl } from './harness/pairs';
 
 const BIN = resolve(__dirname, '../packages/cli/bin/pgferry.mjs');
@@ -241,6 +242,80 @@ describe('pgferry CLI', () => {
       const { sql } = await import('./harness/pairs');
       await sql(serverUrl(pair.sourceServer), `DROP ROLE IF EXISTS ${role}`);
     }
+  });
+
+  it("leaks no password, another session's or a URL's, to any output, state file, event or server log, failing or succeeding", async () => {
+    pair = await freshPair(15, 'clileak');
+    await loadSample(pair, 200);
+    const planted = 'S3cr3t-planted';
+    const role = `leak_${pair.sourceDb.slice(-8)}`;
+    await pair.source(`CREATE ROLE ${role}`);
+    const logs = [pair.sourceServer.logFile, pair.targetServer.logFile].map((file) => ({
+      file,
+      from: statSync(file).size,
+    }));
+    const written: string[] = [];
+    /** Every file under `dir`, as text, but the two made to hold URLs: the secrets and the switch file. */
+    const files = (dir: string): string[] =>
+      readdirSync(dir, { recursive: true, encoding: 'utf8' })
+        .map((f) => join(dir, f))
+        .filter((f) => statSync(f).isFile() && !/(\.secrets\.json|[/]url|[/]database-url)$/.test(f))
+        .map((f) => readFileSync(f, 'latin1'));
+    // Another session changes a password in a transaction it keeps open: it holds the slot's creation back.
+    const holder = new pg.Client({ connectionString: pair.sourceUrl });
+    holder.on('error', () => {});
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`ALTER ROLE ${role} PASSWORD '${planted}'`);
+      // Failing: the slot cannot be created in time, and the failure names what holds it back.
+      const rt = testRuntime();
+      try {
+        const m = await newMigration(rt, pair, { slotWaitTimeoutMs: 2000 });
+        const err = await advance(rt, m.id, { cutover: 'manual' }).catch((e: Error & { hint?: string }) => e);
+        expect(err).toBeInstanceOf(Error);
+        written.push((err as Error).message, (err as { hint?: string }).hint ?? '', ...rt.logs, ...files(rt.dir));
+        expect((err as Error).message).toContain('ALTER ROLE'); // it was seen, and named
+      } finally {
+        rt.dispose();
+      }
+      // Succeeding: the CLI waits for that transaction, naming it, until it ends.
+      cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+      const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'leak', '--cutover', 'auto'];
+      const child = spawn(
+        process.execPath,
+        [BIN, 'migrate', ...args, '--switch-file', join(cwd, 'url'), '--report', join(cwd, 'report.json'), '--yes'],
+        { cwd, stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let output = '';
+      child.stdout.on('data', (d) => {
+        output += d;
+      });
+      child.stderr.on('data', (d) => {
+        output += d;
+      });
+      const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+      await expect.poll(() => output, { timeout: 60_000, interval: 100 }).toContain('open transaction(s)');
+      await holder.query('ROLLBACK');
+      await holder.end();
+      expect(await exited).toBe(0);
+      expect(output).toContain('ALTER ROLE');
+      written.push(output);
+      for (const command of [['status', '--id', 'leak', '--json'], ['cleanup', '--id', 'leak'], ['status']]) {
+        const r = await pgferry(command);
+        written.push(r.stdout, r.stderr);
+      }
+      written.push(...files(cwd));
+    } finally {
+      await holder.end().catch(() => {});
+      const { sql } = await import('./harness/pairs');
+      await pair.drop();
+      await sql(serverUrl(pair.sourceServer), `DROP ROLE IF EXISTS ${role}`);
+    }
+    for (const { file, from } of logs) written.push(readFileSync(file, 'latin1').slice(from));
+    const all = written.join('\n');
+    for (const secret of [planted, pair.sourceServer.password, pair.targetServer.password])
+      expect(all.includes(secret), `${secret.slice(0, 3)}… found`).toBe(false);
   });
 
   it('refuses a non-empty target before creating anything', async () => {

@@ -7,6 +7,8 @@ export interface ServerInfo {
   password: string;
   /** The server's self-signed certificate, when it offers TLS. */
   certFile?: string;
+  /** Where the server writes its log (stderr): a test can search what it wrote. */
+  logFile: string;
 }
 
 declare module 'vitest' {
@@ -36,6 +38,7 @@ export async function setup(project: TestProject) {
     port: s.port,
     password: s.password,
     certFile: s.certFile,
+    logFile: s.logFile,
   });
   project.provide('servers', {
     source15: info(source15),

@@ -379,6 +379,7 @@ describe('pgferry CLI', () => {
     await loadSample(pair, 300);
     cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
     const switchFile = join(cwd, 'url');
+    mkdirSync(join(cwd, 'reports'));
     const m = await pgferry([
       'migrate',
       '--source',
@@ -389,6 +390,8 @@ describe('pgferry CLI', () => {
       'climanual',
       '--switch-file',
       switchFile,
+      '--report',
+      join(cwd, 'reports', 'first.json'),
       '--yes',
     ]);
     expect(m.code).toBe(0);
@@ -428,6 +431,12 @@ describe('pgferry CLI', () => {
     );
     await pair.source(`ALTER DATABASE ${pair.sourceDb} RESET default_transaction_read_only`);
     await pair.target('ALTER SUBSCRIPTION pgferry_climanual ENABLE');
+    // The report's directory went away since migrate: a resume warns and goes on, it does not fail.
+    expect(existsSync(join(cwd, 'reports', 'first.json'))).toBe(true);
+    rmSync(join(cwd, 'reports'), { recursive: true });
+    const resumed = await pgferry(['resume', '--id', 'climanual']);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toContain('warning: the report could not be written to');
     expect(JSON.stringify(last)).not.toContain(pair.targetServer.password);
     await pair.source('INSERT INTO orders (customer_id, amount) VALUES (1, 42)');
     const c = await pgferry(['cutover', '--id', 'climanual', '--report', 'report.json']);

@@ -86,7 +86,8 @@ Reads the source (and target) and reports blockers and warnings. Creates nothing
                         (its directory must exist: checked before anything is created)
   --on-switch CMD       run at the switch with PGFERRY_ACTIVE_URL, PGFERRY_SOURCE_URL,
                         PGFERRY_TARGET_URL, PGFERRY_DIRECTION in its environment
-  --report PATH         write the final state as JSON to PATH
+  --report PATH         write the final state as JSON to PATH (its directory must exist; a report
+                        that cannot be written at the end is a warning)
   --id ID               migration id (default generated); object names derive from it
   --yes                 do not ask for confirmation (required when stdin is not a terminal)
   --json                JSON lines on stdout`,

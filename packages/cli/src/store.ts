@@ -16,7 +16,7 @@ import {
   type MigrationState,
   type MigrationStore,
   PgferryError,
-  redactText,
+  redactedJson,
   StateConflictError,
 } from '@pgferry/core';
 
@@ -32,7 +32,7 @@ function checkId(id: string): string {
 
 /** State as written: every string redacted once more, whatever a driver or another session put in a message. */
 function stateJson(state: MigrationState): string {
-  return JSON.stringify(state, (_key, value) => (typeof value === 'string' ? redactText(value) : value), 2);
+  return redactedJson(state, 2);
 }
 
 function pidAlive(pid: number | undefined): boolean {

@@ -45,6 +45,14 @@ export function redactText(text: string): string {
     .replace(SQL_PASSWORD, "$1'***'");
 }
 
+/**
+ * `value` as JSON with every string redacted before it is quoted: redacting the JSON text instead
+ * would let an unquoted `password=` value run on over the string's closing quote and break the line.
+ */
+export function redactedJson(value: unknown, space?: number): string {
+  return JSON.stringify(value, (_key, v) => (typeof v === 'string' ? redactText(v) : v), space);
+}
+
 /** How much of another session's SQL pgferry keeps (to name it in a message): a short, redacted prefix. */
 export const SQL_PREFIX_CHARS = 40;
 

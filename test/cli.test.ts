@@ -165,6 +165,13 @@ describe('pgferry CLI', () => {
         expect(r.stderr).toMatch(message);
       }
     }
+    // New credentials for a stored migration are checked the same way.
+    mkdirSync(join(cwd!, '.pgferry'), { recursive: true });
+    writeFileSync(join(cwd!, '.pgferry', 'stored.json'), JSON.stringify({ id: 'stored', version: 0, config: {} }));
+    writeFileSync(join(cwd!, '.pgferry', 'stored.secrets.json'), JSON.stringify({ sourceUrl: ok, targetUrl: ok }));
+    const rotated = await pgferry(['status', '--id', 'stored', '--source', `${ok}?sslmod=require`]);
+    expect(rotated.code).toBe(2);
+    expect(rotated.stderr).toContain('--source has an unknown parameter "sslmod"');
     const typoTarget = await pgferry(['assess', '--source', ok, '--target', `${ok}?sslmod=require`]);
     expect(typoTarget.code).toBe(2);
     expect(typoTarget.stderr).toContain('--target has an unknown parameter "sslmod"');

@@ -8,6 +8,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   CutoverFailedError,
+  checkPostgresUrl,
   DEFAULTS,
   DrainTimeoutError,
   errorMessage,
@@ -124,6 +125,7 @@ export async function useCredentials(
   ] as const) {
     const url = urls[key];
     if (!url) continue;
+    checkPostgresUrl(url, field); // as migrate checks it: a typo in a parameter is not a new password
     const [given, stored] = [await identity(url, field), await identity(secrets[key], field)];
     if (given !== stored)
       throw new InvalidInputError(`${field} names ${given}, but migration ${id} uses ${stored}`, {

@@ -121,6 +121,11 @@ describe('pgferry CLI', () => {
       expect(r.code, command).toBe(2);
       expect(r.stderr).toContain('--id "../outside" is not a migration id');
     }
+    for (const option of ['--id', '--source']) {
+      const empty = await pgferry(['status', option, '']);
+      expect(empty.code, option).toBe(2);
+      expect(empty.stderr).toContain(`${option} is empty`);
+    }
     writeFileSync(join(cwd, '.pgferry', 'broken.json'), '{"id": "broken", "vers');
     const one = await pgferry(['status', '--id', 'broken', '--offline']);
     expect(one.code).toBe(1);

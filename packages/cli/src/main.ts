@@ -177,6 +177,12 @@ function checkOptions(command: string, values: Record<string, unknown>) {
         field: `--${name}`,
         hint: `pgferry ${command} --help lists its options`,
       });
+    // `--id ""` (an unset shell variable, say) is not "no --id": status would list every migration.
+    if (value === '')
+      throw new InvalidInputError(`--${name} is empty`, {
+        field: `--${name}`,
+        hint: `pgferry ${command} --help says what it takes`,
+      });
   }
 }
 

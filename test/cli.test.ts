@@ -14,7 +14,7 @@ import { join, resolve } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
-import { advance } from '../packages/cli/src/runner';
+import { advance, openSession } from '../packages/cli/src/runner';
 import { frozen, loadSample, newMigration, testRuntime } from './harness/migration';
 import { freshPair, leftovers, type Pair, serverUrl } from './harness/pairs';
 
@@ -328,6 +328,24 @@ describe('pgferry CLI', () => {
     const all = written.join('\n');
     for (const secret of [planted, pair.sourceServer.password, pair.targetServer.password])
       expect(all.includes(secret), `${secret.slice(0, 3)}… found`).toBe(false);
+  });
+
+  it('keeps an --on-switch command that holds a password whole for a later command, and out of the state file', async () => {
+    pair = await freshPair(15, 'clionswitch');
+    const rt = testRuntime();
+    try {
+      const command = `psql 'postgres://app:Sw1tch-secret@db/app' -c 'SELECT 1'; echo password=Sw1tch-secret2`;
+      const m = await newMigration(rt, pair, { onSwitch: command });
+      const session = await openSession(rt, m.id); // as `pgferry cutover` opens it, in another process
+      try {
+        expect(session.ctx.config.onSwitch).toBe(command);
+      } finally {
+        await session.close();
+      }
+      expect(readFileSync(join(rt.stateDir, `${m.id}.json`), 'utf8')).not.toContain('Sw1tch');
+    } finally {
+      rt.dispose();
+    }
   });
 
   it('refuses a non-empty target before creating anything', async () => {

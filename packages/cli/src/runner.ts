@@ -23,6 +23,7 @@ import {
   PHASE_TITLES,
   type Phase,
   parseMigrationConfig,
+  redactText,
   redactUrl,
   StateConflictError,
 } from '@pgferry/core';
@@ -89,11 +90,18 @@ export async function createMigration(rt: Runtime, input: unknown): Promise<Migr
     updatedAt: now,
     status: 'running',
     phase: 'assess',
-    config: { ...config, sourceUrl: redactUrl(config.sourceUrl), targetUrl: redactUrl(config.targetUrl) },
+    config: {
+      ...config,
+      sourceUrl: redactUrl(config.sourceUrl),
+      targetUrl: redactUrl(config.targetUrl),
+      onSwitch: config.onSwitch && redactText(config.onSwitch),
+    },
     phases: {},
     events: [{ at: now, message: 'migration created' }],
   };
-  await rt.store.create(state, { sourceUrl: config.sourceUrl, targetUrl: config.targetUrl });
+  // An --on-switch command with a password in it runs whole in a later command (cutover, rollback).
+  const onSwitch = config.onSwitch !== state.config.onSwitch ? { onSwitch: config.onSwitch } : {};
+  await rt.store.create(state, { sourceUrl: config.sourceUrl, targetUrl: config.targetUrl, ...onSwitch });
   return state;
 }
 

@@ -137,4 +137,6 @@ export interface MigrationListing {
 export interface MigrationSecrets {
   sourceUrl: string;
   targetUrl: string;
+  /** The --on-switch command, when it holds a password (a URL, password=): the state keeps it redacted. */
+  onSwitch?: string;
 }

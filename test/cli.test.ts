@@ -1,11 +1,21 @@
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
-import { frozen, loadSample } from './harness/migration';
+import { advance, openSession } from '../packages/cli/src/runner';
+import { frozen, loadSample, newMigration, testRuntime } from './harness/migration';
 import { freshPair, leftovers, type Pair, serverUrl } from './harness/pairs';
 
 const BIN = resolve(__dirname, '../packages/cli/bin/pgferry.mjs');
@@ -71,6 +81,121 @@ describe('pgferry CLI', () => {
     expect((await pgferry(['status'])).stdout).toContain('no migrations');
   });
 
+  it('checks --switch-file, --report and --state-dir before creating anything, naming the flag', async () => {
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const urls = ['--source', 'postgres://u:p@127.0.0.1:1/a', '--target', 'postgres://u:p@127.0.0.1:2/b', '--yes'];
+    const cases: [string[], string, RegExp][] = [
+      [['--switch-file', join(cwd, 'no-such-dir', 'url')], '--switch-file', /does not exist/],
+      [['--switch-file', cwd], '--switch-file', /is a directory/],
+      [['--switch-file', ''], '--switch-file', /empty/],
+      [['--report', join(cwd, 'no-such-dir', 'r.json')], '--report', /does not exist/],
+      [['--report', ''], '--report', /empty/],
+    ];
+    for (const [args, field, problem] of cases) {
+      const r = await pgferry(['migrate', ...urls, ...args]);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toContain(field);
+      expect(r.stderr).toMatch(problem);
+    }
+    const cutover = await pgferry(['cutover', '--id', 'someid', '--report', join(cwd, 'nope', 'r.json')]);
+    expect(cutover.code).toBe(2);
+    expect(cutover.stderr).toContain('--report');
+    expect(existsSync(join(cwd, '.pgferry'))).toBe(false);
+    expect(readdirSync(cwd).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+    // A state dir that is a file: named, for every command.
+    writeFileSync(join(cwd, 'state-file'), '');
+    for (const command of [['status'], ['migrate', ...urls]]) {
+      const r = await pgferry([...command, '--state-dir', join(cwd, 'state-file')]);
+      expect(r.code, command[0]).toBe(2);
+      expect(r.stderr).toContain('--state-dir');
+      expect(r.stderr).toContain('is a file');
+    }
+  });
+
+  it('validates --id wherever it is given, and names an unreadable state file', async () => {
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    mkdirSync(join(cwd, '.pgferry'));
+    writeFileSync(join(cwd, 'outside.json'), '{}');
+    for (const command of ['status', 'resume', 'rollback', 'cleanup', 'cutover']) {
+      const r = await pgferry([command, '--id', '../outside', ...(command === 'status' ? ['--offline'] : [])]);
+      expect(r.code, command).toBe(2);
+      expect(r.stderr).toContain('--id "../outside" is not a migration id');
+    }
+    for (const option of ['--id', '--source']) {
+      const empty = await pgferry(['status', option, '']);
+      expect(empty.code, option).toBe(2);
+      expect(empty.stderr).toContain(`${option} is empty`);
+    }
+    writeFileSync(join(cwd, '.pgferry', 'broken.json'), '{"id": "broken", "vers');
+    const one = await pgferry(['status', '--id', 'broken', '--offline']);
+    expect(one.code).toBe(1);
+    expect(one.stderr).toContain(
+      `the state file ${join(cwd, '.pgferry', 'broken.json')} of migration broken is unreadable`,
+    );
+    expect(one.stderr).toContain('restore');
+    const all = await pgferry(['status']);
+    expect(all.code).toBe(0);
+    expect(all.stdout).toContain('broken  UNREADABLE');
+  });
+
+  it('refuses an --id that exists as invalid input (exit 2), not as a conflict to retry', async () => {
+    pair = await freshPair(15, 'cliidreuse');
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    mkdirSync(join(cwd, '.pgferry'));
+    writeFileSync(join(cwd, '.pgferry', 'taken.json'), '{}');
+    const urls = ['--source', pair.sourceUrl, '--target', pair.targetUrl];
+    const r = await pgferry(['migrate', ...urls, '--id', 'taken', '--yes']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--id taken: migration taken already exists');
+    expect(readFileSync(join(cwd, '.pgferry', 'taken.json'), 'utf8')).toBe('{}');
+  });
+
+  it('checks URLs the same way in assess and migrate: scheme, port, sslmode, unknown parameters', async () => {
+    const ok = 'postgres://u:p@127.0.0.1:1/db';
+    const cases: [string, RegExp][] = [
+      ['notaurl', /--source is not a valid URL/],
+      ['host=127.0.0.1 dbname=db user=u', /--source is a key=value connection string/],
+      ['postgres://u:p@127.0.0.1:99999/db', /--source is not a valid URL.*port/],
+      ['http://u:p@127.0.0.1:1/db', /--source must start with postgres:\/\//],
+      [`${ok}?sslmode=bogus`, /--source has sslmode=bogus; sslmode must be one of disable/],
+      [`${ok}?sslmod=require`, /--source has an unknown parameter "sslmod"/],
+    ];
+    for (const [url, message] of cases) {
+      for (const command of [
+        ['assess', '--source', url],
+        ['migrate', '--source', url, '--target', 'postgres://u:p@127.0.0.1:2/db', '--yes'],
+      ]) {
+        const r = await pgferry(command);
+        expect(r.code, `${command[0]} ${url}`).toBe(2);
+        expect(r.stderr).toMatch(message);
+      }
+    }
+    // New credentials for a stored migration are checked the same way.
+    mkdirSync(join(cwd!, '.pgferry'), { recursive: true });
+    writeFileSync(join(cwd!, '.pgferry', 'stored.json'), JSON.stringify({ id: 'stored', version: 0, config: {} }));
+    writeFileSync(join(cwd!, '.pgferry', 'stored.secrets.json'), JSON.stringify({ sourceUrl: ok, targetUrl: ok }));
+    const rotated = await pgferry(['status', '--id', 'stored', '--source', `${ok}?sslmod=require`]);
+    expect(rotated.code).toBe(2);
+    expect(rotated.stderr).toContain('--source has an unknown parameter "sslmod"');
+    const typoTarget = await pgferry(['assess', '--source', ok, '--target', `${ok}?sslmod=require`]);
+    expect(typoTarget.code).toBe(2);
+    expect(typoTarget.stderr).toContain('--target has an unknown parameter "sslmod"');
+    // A password with an unencoded @: nothing of it shows, up to the last @ before the host.
+    const at = await pgferry(['assess', '--source', 'postgres://app:p@ss@word9@127.0.0.1:1/db']);
+    expect(at.code).toBe(3);
+    expect(at.stderr).toContain('postgres://app:***@127.0.0.1:1/db');
+    expect(at.stderr).not.toMatch(/ss@|word9/);
+  });
+
+  it('says what --jobs accepts when given a negative number', async () => {
+    const urls = ['--source', 'postgres://u:p@127.0.0.1:1/a', '--target', 'postgres://u:p@127.0.0.1:2/b', '--yes'];
+    for (const args of [['--jobs', '-1'], ['--jobs=-1'], ['--jobs', '0'], ['--jobs', '65']]) {
+      const r = await pgferry(['migrate', ...urls, ...args]);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.stderr).toContain('--jobs must be a whole number from 1 to 64');
+    }
+  });
+
   it('rejects an unknown flag and a missing --yes without a terminal', async () => {
     expect((await pgferry(['migrate', '--sorce', 'x'])).code).toBe(2);
     // A real option on the wrong command is not ignored either.
@@ -98,6 +223,129 @@ describe('pgferry CLI', () => {
     await nothingLeft(pair);
     // No migration was recorded that could be neither resumed nor removed.
     expect(existsSync(join(cwd!, '.pgferry')) ? readdirSync(join(cwd!, '.pgferry')) : []).toEqual([]);
+  });
+
+  it('refuses the same database under another host name or user as the target, creating nothing', async () => {
+    pair = await freshPair(15, 'clisame');
+    const role = `same_${pair.sourceDb.slice(-8)}`;
+    await pair.source(`CREATE ROLE ${role} LOGIN PASSWORD 'same-pw' REPLICATION`);
+    try {
+      const byName = pair.sourceUrl.replace('127.0.0.1', 'localhost');
+      const m = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', byName, '--yes']);
+      expect(m.code).toBe(4);
+      expect(m.stderr).toContain('--source and --target name the same database');
+      await nothingLeft(pair);
+      // Another user, here one who may not read pg_control_system() (revoked in this database): still the same database.
+      await pair.source('REVOKE EXECUTE ON FUNCTION pg_control_system() FROM PUBLIC');
+      const asOther = serverUrl(pair.sourceServer, pair.sourceDb, role, 'same-pw');
+      for (const [source, target] of [
+        [pair.sourceUrl, asOther],
+        [asOther, pair.sourceUrl],
+      ]) {
+        const a = await pgferry(['assess', '--source', source as string, '--target', target as string]);
+        expect(a.code).toBe(4);
+        expect(a.stdout).toContain('--source and --target name the same database');
+      }
+      // Another database of the same server is not the same database.
+      const other = await pgferry(['assess', '--source', pair.sourceUrl, '--target', serverUrl(pair.sourceServer)]);
+      expect(other.stdout).not.toContain('name the same database');
+    } finally {
+      await pair.drop();
+      const { sql } = await import('./harness/pairs');
+      await sql(serverUrl(pair.sourceServer), `DROP ROLE IF EXISTS ${role}`);
+    }
+  });
+
+  it("leaks no password, another session's or a URL's, to any output, state file, event or server log, failing or succeeding", async () => {
+    pair = await freshPair(15, 'clileak');
+    await loadSample(pair, 200);
+    const planted = 'S3cr3t-planted';
+    const role = `leak_${pair.sourceDb.slice(-8)}`;
+    await pair.source(`CREATE ROLE ${role}`);
+    const logs = [pair.sourceServer.logFile, pair.targetServer.logFile].map((file) => ({
+      file,
+      from: statSync(file).size,
+    }));
+    const written: string[] = [];
+    /** Every file under `dir`, as text, but the two made to hold URLs: the secrets and the switch file. */
+    const files = (dir: string): string[] =>
+      readdirSync(dir, { recursive: true, encoding: 'utf8' })
+        .map((f) => join(dir, f))
+        .filter((f) => statSync(f).isFile() && !/(\.secrets\.json|[/]url|[/]database-url)$/.test(f))
+        .map((f) => readFileSync(f, 'latin1'));
+    // Another session changes a password in a transaction it keeps open: it holds the slot's creation back.
+    const holder = new pg.Client({ connectionString: pair.sourceUrl });
+    holder.on('error', () => {});
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`ALTER ROLE ${role} PASSWORD '${planted}'`);
+      // Failing: the slot cannot be created in time, and the failure names what holds it back.
+      const rt = testRuntime();
+      try {
+        const m = await newMigration(rt, pair, { slotWaitTimeoutMs: 2000 });
+        const err = await advance(rt, m.id, { cutover: 'manual' }).catch((e: Error & { hint?: string }) => e);
+        expect(err).toBeInstanceOf(Error);
+        written.push((err as Error).message, (err as { hint?: string }).hint ?? '', ...rt.logs, ...files(rt.dir));
+        expect((err as Error).message).toContain('ALTER ROLE'); // it was seen, and named
+      } finally {
+        rt.dispose();
+      }
+      // Succeeding: the CLI waits for that transaction, naming it, until it ends.
+      cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+      const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'leak', '--cutover', 'auto'];
+      const child = spawn(
+        process.execPath,
+        [BIN, 'migrate', ...args, '--switch-file', join(cwd, 'url'), '--report', join(cwd, 'report.json'), '--yes'],
+        { cwd, stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let output = '';
+      child.stdout.on('data', (d) => {
+        output += d;
+      });
+      child.stderr.on('data', (d) => {
+        output += d;
+      });
+      const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+      await expect.poll(() => output, { timeout: 60_000, interval: 100 }).toContain('open transaction(s)');
+      await holder.query('ROLLBACK');
+      await holder.end();
+      expect(await exited).toBe(0);
+      expect(output).toContain('ALTER ROLE');
+      written.push(output);
+      for (const command of [['status', '--id', 'leak', '--json'], ['cleanup', '--id', 'leak'], ['status']]) {
+        const r = await pgferry(command);
+        written.push(r.stdout, r.stderr);
+      }
+      written.push(...files(cwd));
+    } finally {
+      await holder.end().catch(() => {});
+      const { sql } = await import('./harness/pairs');
+      await pair.drop();
+      await sql(serverUrl(pair.sourceServer), `DROP ROLE IF EXISTS ${role}`);
+    }
+    for (const { file, from } of logs) written.push(readFileSync(file, 'latin1').slice(from));
+    const all = written.join('\n');
+    for (const secret of [planted, pair.sourceServer.password, pair.targetServer.password])
+      expect(all.includes(secret), `${secret.slice(0, 3)}… found`).toBe(false);
+  });
+
+  it('keeps an --on-switch command that holds a password whole for a later command, and out of the state file', async () => {
+    pair = await freshPair(15, 'clionswitch');
+    const rt = testRuntime();
+    try {
+      const command = `psql 'postgres://app:Sw1tch-secret@db/app' -c 'SELECT 1'; echo password=Sw1tch-secret2`;
+      const m = await newMigration(rt, pair, { onSwitch: command });
+      const session = await openSession(rt, m.id); // as `pgferry cutover` opens it, in another process
+      try {
+        expect(session.ctx.config.onSwitch).toBe(command);
+      } finally {
+        await session.close();
+      }
+      expect(readFileSync(join(rt.stateDir, `${m.id}.json`), 'utf8')).not.toContain('Sw1tch');
+    } finally {
+      rt.dispose();
+    }
   });
 
   it('refuses a non-empty target before creating anything', async () => {
@@ -161,6 +409,7 @@ describe('pgferry CLI', () => {
     await loadSample(pair, 300);
     cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
     const switchFile = join(cwd, 'url');
+    mkdirSync(join(cwd, 'reports'));
     const m = await pgferry([
       'migrate',
       '--source',
@@ -171,6 +420,8 @@ describe('pgferry CLI', () => {
       'climanual',
       '--switch-file',
       switchFile,
+      '--report',
+      join(cwd, 'reports', 'first.json'),
       '--yes',
     ]);
     expect(m.code).toBe(0);
@@ -178,6 +429,14 @@ describe('pgferry CLI', () => {
     // Copy progress in bytes and rows (plain lines: stdout is not a terminal here).
     expect(m.stdout).toMatch(/copy: [\d.]+ [KMG]iB of ~[\d.]+ [KMG]iB, \d+k? of ~\d+k? rows \(\d+%\)/);
     expect(m.stdout + m.stderr).not.toContain(pair.sourceServer.password);
+    // The state, its secrets and the schema dump (a copy of the data's shape) are readable by this user only.
+    const artifacts = join(cwd, '.pgferry', 'artifacts', 'climanual');
+    for (const file of [
+      join(cwd, '.pgferry', 'climanual.json'),
+      join(cwd, '.pgferry', 'climanual.secrets.json'),
+      ...readdirSync(artifacts).map((f) => join(artifacts, f)),
+    ])
+      expect(statSync(file).mode & 0o777, file).toBe(0o600);
     const status = await pgferry(['status', '--id', 'climanual', '--json']);
     const last = JSON.parse(status.stdout.trim().split('\n').at(-1)!);
     expect(last.result.status).toBe('awaiting-cutover');
@@ -202,6 +461,12 @@ describe('pgferry CLI', () => {
     );
     await pair.source(`ALTER DATABASE ${pair.sourceDb} RESET default_transaction_read_only`);
     await pair.target('ALTER SUBSCRIPTION pgferry_climanual ENABLE');
+    // The report's directory went away since migrate: a resume warns and goes on, it does not fail.
+    expect(existsSync(join(cwd, 'reports', 'first.json'))).toBe(true);
+    rmSync(join(cwd, 'reports'), { recursive: true });
+    const resumed = await pgferry(['resume', '--id', 'climanual']);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toContain('warning: the report could not be written to');
     expect(JSON.stringify(last)).not.toContain(pair.targetServer.password);
     await pair.source('INSERT INTO orders (customer_id, amount) VALUES (1, 42)');
     const c = await pgferry(['cutover', '--id', 'climanual', '--report', 'report.json']);
@@ -215,6 +480,7 @@ describe('pgferry CLI', () => {
     expect(clean.code).toBe(0);
     expect(await leftovers(pair)).toEqual([]);
     expect(existsSync(join(cwd, '.pgferry', 'artifacts', 'climanual'))).toBe(false); // the schema dump went too
+    expect(existsSync(join(cwd, '.pgferry', 'climanual.secrets.json'))).toBe(false); // and the passwords
     // A migration that is over stays as it is: resume and rollback say why, as invalid input.
     for (const command of ['resume', 'rollback']) {
       const late = await pgferry([command, '--id', 'climanual']);
@@ -468,6 +734,9 @@ describe('pgferry CLI', () => {
     expect(again.code).toBe(0);
     expect(await frozen(pair, 'source')).toBe(false);
     expect(await frozen(pair, 'target')).toBe(true);
+    // Clean-up resets what the rollback set: the target is an ordinary database again.
+    expect((await pgferry(['cleanup', '--id', 'rf'])).code).toBe(0);
+    expect(await frozen(pair, 'target')).toBe(false);
   });
 
   it('takes new credentials for the same servers after a password rotation, and refuses other servers', async () => {
@@ -526,6 +795,20 @@ describe('pgferry CLI', () => {
         "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = 'pgferry_rs' AND active_pid IS NOT NULL",
       );
       await pair.source("INSERT INTO customers (name, email) VALUES ('after rotation', 'rot@example.com')");
+      // status takes the new URL too, as the README says, and gives it to the subscription.
+      const status = await pgferry(['status', '--id', 'rs', '--source', as('src-pw-2')]);
+      expect(status.code).toBe(0);
+      expect(status.stdout + status.stderr).toContain(
+        'subscription pgferry_rs on the target now logs in with the new source credentials',
+      );
+      expect(status.stdout + status.stderr).not.toContain('src-pw-2');
+      await expect
+        .poll(
+          async () =>
+            (await pair!.target("SELECT count(*)::int AS n FROM customers WHERE email = 'rot@example.com'"))[0]?.n,
+          { timeout: 30_000, interval: 200 },
+        )
+        .toBe(1);
       const cut = await pgferry(['cutover', '--id', 'rs', '--source', as('src-pw-2')]);
       expect(cut.code).toBe(0);
       expect(cut.stdout + cut.stderr).toContain(

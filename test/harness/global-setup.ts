@@ -7,6 +7,8 @@ export interface ServerInfo {
   password: string;
   /** The server's self-signed certificate, when it offers TLS. */
   certFile?: string;
+  /** Where the server writes its log (stderr): a test can search what it wrote. */
+  logFile: string;
 }
 
 declare module 'vitest' {
@@ -42,6 +44,7 @@ export async function setup(project: TestProject) {
     port: s.port,
     password: s.password,
     certFile: s.certFile,
+    logFile: s.logFile,
   });
   project.provide('servers', {
     source11: info(source11),

@@ -1,10 +1,12 @@
 /** The `pgferry` command. */
-import { writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { accessSync, constants, statSync, writeFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
 import {
+  checkPostgresUrl,
   EXIT_CODES,
+  errorMessage,
   InvalidInputError,
   type MigrationState,
   newMigrationId,
@@ -77,7 +79,7 @@ PostgreSQL 11 is a blocker.`,
   --strategy S          snapshot (default): slot + exported snapshot + parallel COPY
                         native: CREATE SUBSCRIPTION with copy_data
                         dump: pg_dump -Fc --snapshot to the state dir, then pg_restore --jobs
-  --jobs N              parallel copy streams and index builds (default 4)
+  --jobs N              parallel copy streams and index builds, 1 to 64 (default 4)
   --split-table-mb N    tables over N MiB are copied as ranges by several streams at once
                         (default 8192). A split table is loaded without COPY FREEZE, and its
                         streams share the target's cores: with few cores, a larger N loads faster
@@ -94,9 +96,11 @@ PostgreSQL 11 is a blocker.`,
                         table was read at (default 30000); a table it does not reach in time
                         is reported not verified (exit 8), never as a mismatch
   --switch-file PATH    rewritten atomically with the URL the application must use
+                        (its directory must exist: checked before anything is created)
   --on-switch CMD       run at the switch with PGFERRY_ACTIVE_URL, PGFERRY_SOURCE_URL,
                         PGFERRY_TARGET_URL, PGFERRY_DIRECTION in its environment
-  --report PATH         write the final state as JSON to PATH
+  --report PATH         write the final state as JSON to PATH (its directory must exist; a report
+                        that cannot be written at the end is a warning)
   --id ID               migration id (default generated); object names derive from it
   --yes                 do not ask for confirmation (required when stdin is not a terminal)
   --json                JSON lines on stdout`,
@@ -107,6 +111,7 @@ state, then checks both servers (read-only): its replication slots and the WAL t
 subscriptions and their apply workers, whether a database is read-only, and whether a pgferry process is
 connected. Lines marked ATTENTION need someone (a slot nobody reads after a crash fills the source's
 disk) and say which command puts it right. --offline shows only the recorded state.
+status changes nothing, except with --source/--target:
 ${CREDENTIALS}`,
   cutover: `Usage: pgferry cutover --id ID [--report PATH] [--source URL] [--target URL] [--json]
 
@@ -191,13 +196,82 @@ function checkOptions(command: string, values: Record<string, unknown>) {
         field: `--${name}`,
         hint: `pgferry ${command} --help lists its options`,
       });
+    // `--id ""` (an unset shell variable, say) is not "no --id": status would list every migration.
+    if (value === '')
+      throw new InvalidInputError(`--${name} is empty`, {
+        field: `--${name}`,
+        hint: `pgferry ${command} --help says what it takes`,
+      });
   }
 }
 
-function int(value: string | undefined, field: string): number | undefined {
+function int(value: string | undefined, field: string, range?: { min: number; max?: number }): number | undefined {
   if (value === undefined) return undefined;
-  if (!/^\d+$/.test(value)) throw new InvalidInputError(`${field} must be a whole number (got "${value}")`, { field });
-  return Number(value);
+  const accepts = range ? ` from ${range.min}${range.max === undefined ? ' up' : ` to ${range.max}`}` : '';
+  const n = Number(value);
+  if (!/^-?\d+$/.test(value.trim()) || (range && (n < range.min || (range.max !== undefined && n > range.max))))
+    throw new InvalidInputError(`${field} must be a whole number${accepts} (got "${value}")`, { field });
+  return n;
+}
+
+/**
+ * A value that starts with a dash (`--jobs -1`) is refused by the argument parser as "ambiguous";
+ * given as `--jobs=-1` instead, it reaches the option's own check, which says what the option accepts.
+ */
+function joinDashValues(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i] as string;
+    const name = arg.startsWith('--') ? arg.slice(2) : undefined;
+    const next = args[i + 1];
+    const option = name ? OPTIONS[name as keyof typeof OPTIONS] : undefined;
+    if (option?.type === 'string' && next !== undefined && /^-\d/.test(next)) {
+      out.push(`${arg}=${next}`);
+      i++;
+    } else out.push(arg);
+  }
+  return out;
+}
+
+/**
+ * A file pgferry will write later (the switch file at the cutover, the report at the end): checked
+ * before anything is created, so a typo fails now with the flag named, not after an hour of load.
+ */
+function writablePath(value: string | undefined, field: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (!value.trim()) throw new InvalidInputError(`${field} is empty; give the path of a file`, { field });
+  const path = resolve(value);
+  const dir = dirname(path);
+  const info = statSync(path, { throwIfNoEntry: false });
+  if (info?.isDirectory())
+    throw new InvalidInputError(`${field} ${path} is a directory; give the path of a file in it`, { field });
+  const parent = statSync(dir, { throwIfNoEntry: false });
+  if (!parent?.isDirectory())
+    throw new InvalidInputError(`${field} ${path}: the directory ${dir} does not exist`, {
+      field,
+      hint: `create it first (mkdir -p ${dir}) or give another path`,
+    });
+  try {
+    accessSync(dir, constants.W_OK);
+    if (info) accessSync(path, constants.W_OK);
+  } catch {
+    throw new InvalidInputError(`${field} ${path} cannot be written by this user`, { field });
+  }
+  return path;
+}
+
+/** The state directory: a directory, or a path where one can be made. */
+function stateDirectory(value: string | undefined): string {
+  if (value !== undefined && !value.trim())
+    throw new InvalidInputError('--state-dir is empty; give a directory', { field: '--state-dir' });
+  const dir = resolve(value ?? '.pgferry');
+  const info = statSync(dir, { throwIfNoEntry: false });
+  if (info && !info.isDirectory())
+    throw new InvalidInputError(`--state-dir ${dir} is a file, not a directory`, {
+      field: '--state-dir',
+      hint: 'give the directory that holds pgferry state (default ./.pgferry)',
+    });
+  return dir;
 }
 
 /** A size given in MiB, as bytes; at least 1 MiB. */
@@ -227,8 +301,16 @@ async function confirm(question: string): Promise<boolean> {
   }
 }
 
-function writeReport(path: string | undefined, state: MigrationState) {
-  if (path) writeFileSync(resolve(path), `${JSON.stringify(state, null, 2)}\n`);
+/** The report is a copy of the state: one that cannot be written is a warning, never a failed migration. */
+function writeReport(path: string | undefined, state: MigrationState, out: Output) {
+  if (!path) return;
+  try {
+    writeFileSync(resolve(path), `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
+  } catch (err) {
+    out.log(
+      `warning: the report could not be written to ${path} (${errorMessage(err)}); \`pgferry status --id ${state.id} --offline --json\` prints the same state`,
+    );
+  }
 }
 
 function finalText(s: MigrationState): string {
@@ -303,7 +385,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     try {
       ({ values } = parseArgs({
-        args: argv.slice(command ? 1 : 0),
+        args: joinDashValues(argv.slice(command ? 1 : 0)),
         options: OPTIONS,
         allowPositionals: false,
         strict: true,
@@ -320,7 +402,10 @@ export async function main(argv: string[]): Promise<number> {
     }
     checkOptions(command, values);
     if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup'].includes(command)) handleInterrupts();
-    const stateDir = resolve(values['state-dir'] ?? '.pgferry');
+    const stateDir = stateDirectory(values['state-dir']);
+    // Where the command will write, checked before anything is created.
+    const reportPath = writablePath(values.report, '--report');
+    const switchFile = writablePath(values['switch-file'], '--switch-file');
     const rt: Runtime = { store: new FileMigrationStore(stateDir), stateDir, events: out };
     // A stored migration's commands take --source/--target only to bring new credentials (a rotated password).
     if (command !== 'migrate' && command !== 'assess' && values.id && (values.source || values.target))
@@ -328,17 +413,19 @@ export async function main(argv: string[]): Promise<number> {
         rt,
         values.id,
         { sourceUrl: values.source, targetUrl: values.target },
-        // status only reads: it changes no server object.
-        { subscriptions: command !== 'status' },
+        // status too, as the README says: with the old password a subscription stops at its next reconnect.
       );
 
     switch (command) {
       case 'assess': {
-        const source = await connect(need(values.source ?? process.env.PGFERRY_SOURCE_URL, '--source', 'assess'), {
-          side: 'source',
-          applicationName: 'pgferry:assess',
-        });
-        const targetUrl = values.target ?? process.env.PGFERRY_TARGET_URL;
+        // Checked as migrate checks them: a URL assess accepts is one migrate accepts.
+        const sourceUrl = checkPostgresUrl(
+          need(values.source ?? process.env.PGFERRY_SOURCE_URL, '--source', 'assess'),
+          '--source',
+        );
+        const given = values.target ?? process.env.PGFERRY_TARGET_URL;
+        const targetUrl = given === undefined ? undefined : checkPostgresUrl(given, '--target');
+        const source = await connect(sourceUrl, { side: 'source', applicationName: 'pgferry:assess' });
         const target = targetUrl
           ? await connect(targetUrl, { side: 'target', applicationName: 'pgferry:assess' }).catch(async (e) => {
               await source.end();
@@ -361,16 +448,16 @@ export async function main(argv: string[]): Promise<number> {
           sourceUrl: values.source ?? process.env.PGFERRY_SOURCE_URL,
           targetUrl: values.target ?? process.env.PGFERRY_TARGET_URL,
           strategy: values.strategy,
-          jobs: int(values.jobs, '--jobs'),
+          jobs: int(values.jobs, '--jobs', { min: 1, max: 64 }),
           splitTableBytes: mebibytes(values['split-table-mb'], '--split-table-mb'),
           cutover: values.cutover,
-          maxLagMs: int(values['max-lag-ms'], '--max-lag-ms'),
+          maxLagMs: int(values['max-lag-ms'], '--max-lag-ms', { min: 1 }),
           maxLagBytes: mebibytes(values['max-lag-mb'], '--max-lag-mb'),
-          maxDrainMs: int(values['max-drain-ms'], '--max-drain-ms'),
-          verifyWaitMs: int(values['verify-wait-ms'], '--verify-wait-ms'),
-          switchFile: values['switch-file'] ? resolve(values['switch-file']) : undefined,
+          maxDrainMs: int(values['max-drain-ms'], '--max-drain-ms', { min: 10 }),
+          verifyWaitMs: int(values['verify-wait-ms'], '--verify-wait-ms', { min: 1 }),
+          switchFile,
           onSwitch: values['on-switch'],
-          reportPath: values.report,
+          reportPath,
         };
         for (const [k, v] of Object.entries(input)) if (v === undefined) delete (input as Record<string, unknown>)[k];
         if (!values.yes) {
@@ -388,38 +475,37 @@ export async function main(argv: string[]): Promise<number> {
         const created = await createMigration(rt, input);
         out.log(`migration ${created.id} (state in ${stateDir})`);
         const state = await advance(rt, created.id, { cutover: created.config.cutover });
-        writeReport(values.report, state);
+        writeReport(reportPath, state, out);
         out.result(state, finalText(state));
         return exitCodeFor(state);
       }
       case 'status': {
         if (values.id) {
           const s = await rt.store.get(values.id);
-          if (values.offline) out.result(s, describeState(s));
+          // A cleaned-up migration has nothing left on the servers, nor the passwords to look.
+          if (values.offline || s.status === 'cleaned-up') out.result(s, describeState(s));
           else {
             const live = await inspectMigration(rt, values.id);
             out.result({ ...s, live }, `${describeState(s)}\n${describeLive(live)}`);
           }
         } else {
-          const all = await rt.store.list();
-          out.result(
-            all,
-            all.length
-              ? all
-                  .map(
-                    (s) =>
-                      `${s.id}  ${s.status.padEnd(16)} ${s.phase.padEnd(18)} ${s.config.sourceUrl} → ${s.config.targetUrl}`,
-                  )
-                  .join('\n')
-              : `no migrations in ${stateDir}`,
-          );
+          const { migrations, unreadable } = await rt.store.list();
+          const lines = [
+            ...migrations.map(
+              (s) =>
+                `${s.id}  ${s.status.padEnd(16)} ${s.phase.padEnd(18)} ${s.config.sourceUrl} → ${s.config.targetUrl}`,
+            ),
+            ...unreadable.map((u) => `${u.id}  UNREADABLE: ${u.problem}`),
+          ];
+          out.result(migrations, lines.length ? lines.join('\n') : `no migrations in ${stateDir}`);
+          if (out.json) for (const u of unreadable) out.log(`warning: ${u.problem}`);
         }
         return EXIT_CODES.ok;
       }
       case 'cutover': {
         const id = need(values.id, '--id', 'cutover');
         const state = await advance(rt, id, { cutover: 'now' });
-        writeReport(values.report, state);
+        writeReport(reportPath, state, out);
         out.result(state, finalText(state));
         return exitCodeFor(state);
       }
@@ -427,7 +513,7 @@ export async function main(argv: string[]): Promise<number> {
         const id = need(values.id, '--id', 'resume');
         const s = await rt.store.get(id);
         const state = await advance(rt, id, { cutover: s.status === 'cut-over' ? 'now' : s.config.cutover });
-        writeReport(values.report ?? s.config.reportPath, state);
+        writeReport(reportPath ?? s.config.reportPath, state, out);
         out.result(state, finalText(state));
         return exitCodeFor(state);
       }
@@ -445,7 +531,7 @@ export async function main(argv: string[]): Promise<number> {
         const { runDemo } = await import('./demo');
         return await runDemo({
           targetVersion: demoVersion(int(values['target-version'], '--target-version') ?? 17),
-          rows: int(values.rows, '--rows') ?? 20_000,
+          rows: int(values.rows, '--rows', { min: 1 }) ?? 20_000,
           out,
         });
       }

@@ -1,5 +1,5 @@
 /** Output: progress bars on a terminal, plain lines otherwise, JSON lines with --json. Never a password. */
-import { formatBytes, type MigrationState, PHASE_TITLES, type Phase, redactText } from '@pgferry/core';
+import { formatBytes, type MigrationState, PHASE_TITLES, type Phase, redactedJson, redactText } from '@pgferry/core';
 import type { LiveStatus, SideLive } from '@pgferry/postgres';
 import type { RunnerEvents } from './runner';
 
@@ -36,7 +36,7 @@ export function createOutput(options: { json: boolean; stream?: NodeJS.WriteStre
     out.write(`${redactText(text)}\n`);
   };
   const emit = (obj: Record<string, unknown>) =>
-    out.write(`${redactText(JSON.stringify({ at: new Date().toISOString(), ...obj }))}\n`);
+    out.write(`${redactedJson({ at: new Date().toISOString(), ...obj })}\n`);
   return {
     json: options.json,
     log(message) {

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import {
   ConnectionLostError,
   CutoverFailedError,
+  checkPostgresUrl,
   DEFAULTS,
   DrainTimeoutError,
   errorMessage,
@@ -23,6 +24,7 @@ import {
   PHASE_TITLES,
   type Phase,
   parseMigrationConfig,
+  redactText,
   redactUrl,
   StateConflictError,
   VerificationFailedError,
@@ -94,11 +96,18 @@ export async function createMigration(rt: Runtime, input: unknown): Promise<Migr
     updatedAt: now,
     status: 'running',
     phase: 'assess',
-    config: { ...config, sourceUrl: redactUrl(config.sourceUrl), targetUrl: redactUrl(config.targetUrl) },
+    config: {
+      ...config,
+      sourceUrl: redactUrl(config.sourceUrl),
+      targetUrl: redactUrl(config.targetUrl),
+      onSwitch: config.onSwitch && redactText(config.onSwitch),
+    },
     phases: {},
     events: [{ at: now, message: 'migration created' }],
   };
-  await rt.store.create(state, { sourceUrl: config.sourceUrl, targetUrl: config.targetUrl });
+  // An --on-switch command with a password in it runs whole in a later command (cutover, rollback).
+  const onSwitch = config.onSwitch !== state.config.onSwitch ? { onSwitch: config.onSwitch } : {};
+  await rt.store.create(state, { sourceUrl: config.sourceUrl, targetUrl: config.targetUrl, ...onSwitch });
   return state;
 }
 
@@ -130,6 +139,7 @@ export async function useCredentials(
   ] as const) {
     const url = urls[key];
     if (!url) continue;
+    checkPostgresUrl(url, field); // as migrate checks it: a typo in a parameter is not a new password
     const [given, stored] = [await identity(url, field), await identity(secrets[key], field)];
     if (given !== stored)
       throw new InvalidInputError(`${field} names ${given}, but migration ${id} uses ${stored}`, {
@@ -574,6 +584,8 @@ async function cleanupClaimed(rt: Runtime, id: string, options: { force?: boolea
     await session.ctx.update((st) => {
       st.status = 'cleaned-up';
     });
+    // Nothing is left to connect to for this migration: its passwords go too (kept while a re-run must finish).
+    if (!session.ctx.state.leftovers?.length) await rt.store.removeSecrets?.(id);
     return session.ctx.state;
   } finally {
     await session.close();

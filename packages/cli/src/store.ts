@@ -7,12 +7,33 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'nod
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
+  errorMessage,
+  InvalidInputError,
+  MIGRATION_ID,
+  type MigrationListing,
   MigrationNotFoundError,
   type MigrationSecrets,
   type MigrationState,
   type MigrationStore,
+  PgferryError,
+  redactedJson,
   StateConflictError,
 } from '@pgferry/core';
+
+/** The id of a stored migration names its files: anything but the grammar of new ids could lead outside the state dir. */
+function checkId(id: string): string {
+  if (!MIGRATION_ID.test(id))
+    throw new InvalidInputError(
+      `--id "${id}" is not a migration id: 1-24 characters of a-z, 0-9 and _, starting with a letter`,
+      { field: '--id', hint: 'run `pgferry status` to list migrations' },
+    );
+  return id;
+}
+
+/** State as written: every string redacted once more, whatever a driver or another session put in a message. */
+function stateJson(state: MigrationState): string {
+  return redactedJson(state, 2);
+}
 
 function pidAlive(pid: number | undefined): boolean {
   if (!pid || !Number.isInteger(pid) || pid <= 0) return false;
@@ -41,14 +62,19 @@ async function staleLock(lock: string): Promise<boolean> {
 export class FileMigrationStore implements MigrationStore {
   constructor(readonly dir: string) {}
 
+  /** A migration's file with `suffix` (`.json`, `.secrets.json`, `.lock`, `.run`), for a valid id only. */
+  private path(id: string, suffix: string) {
+    return join(this.dir, `${checkId(id)}${suffix}`);
+  }
   private file(id: string) {
-    return join(this.dir, `${id}.json`);
+    return this.path(id, '.json');
   }
   private secretsFile(id: string) {
-    return join(this.dir, `${id}.secrets.json`);
+    return this.path(id, '.secrets.json');
   }
 
-  private async atomicWrite(path: string, data: string, mode = 0o644) {
+  /** State and secrets alike are readable by this user only: the state names servers, users and databases. */
+  private async atomicWrite(path: string, data: string, mode = 0o600) {
     const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
     await writeFile(tmp, data, { mode });
     await rename(tmp, path);
@@ -59,7 +85,7 @@ export class FileMigrationStore implements MigrationStore {
    * process that is gone (killed, or exited on a signal in the middle of an update) is taken over.
    */
   private async withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const lock = join(this.dir, `${id}.lock`);
+    const lock = this.path(id, '.lock');
     for (let i = 0; ; i++) {
       try {
         const h = await open(lock, 'wx');
@@ -87,13 +113,14 @@ export class FileMigrationStore implements MigrationStore {
         () => false,
       );
       // Checked before anything is written: an existing migration's secrets must not be replaced.
+      // Invalid input, not a conflict: trying again can never work.
       if (exists)
-        throw new StateConflictError(`migration ${state.id} already exists`, {
+        throw new InvalidInputError(`--id ${state.id}: migration ${state.id} already exists in ${this.dir}`, {
           field: '--id',
-          hint: 'choose another --id or `pgferry resume --id ...`',
+          hint: `choose another --id, or continue that one with \`pgferry resume --id ${state.id}\``,
         });
-      await this.atomicWrite(this.secretsFile(state.id), JSON.stringify(secrets), 0o600);
-      await this.atomicWrite(this.file(state.id), JSON.stringify(state, null, 2));
+      await this.atomicWrite(this.secretsFile(state.id), JSON.stringify(secrets));
+      await this.atomicWrite(this.file(state.id), stateJson(state));
     });
   }
 
@@ -104,7 +131,7 @@ export class FileMigrationStore implements MigrationStore {
    */
   async claim(id: string): Promise<() => Promise<void>> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const path = join(this.dir, `${id}.run`);
+    const path = this.path(id, '.run');
     const mine = JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() });
     // Under the update lock, so that two commands finding the same dead claim cannot both take it over.
     await this.withLock(id, () => this.takeClaim(id, path, mine));
@@ -141,12 +168,18 @@ export class FileMigrationStore implements MigrationStore {
   /** Replace a migration's connection secrets (new passwords for the same servers). */
   async updateSecrets(id: string, secrets: MigrationSecrets): Promise<void> {
     await this.get(id);
-    await this.withLock(id, () => this.atomicWrite(this.secretsFile(id), JSON.stringify(secrets), 0o600));
+    await this.withLock(id, () => this.atomicWrite(this.secretsFile(id), JSON.stringify(secrets)));
+  }
+
+  async removeSecrets(id: string): Promise<void> {
+    await rm(this.secretsFile(id), { force: true });
   }
 
   async get(id: string): Promise<MigrationState> {
+    const file = this.file(id);
+    let text: string;
     try {
-      return JSON.parse(await readFile(this.file(id), 'utf8')) as MigrationState;
+      text = await readFile(file, 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
         throw new MigrationNotFoundError(`no migration ${id} in ${this.dir}`, {
@@ -155,6 +188,19 @@ export class FileMigrationStore implements MigrationStore {
         });
       }
       throw err;
+    }
+    try {
+      const state = JSON.parse(text) as MigrationState;
+      if (state?.id !== id || typeof state.version !== 'number' || !state.config) throw new Error('not a migration');
+      return state;
+    } catch (err) {
+      // pgferry replaces the file whole (temp file + rename): this one was changed or damaged by hand.
+      throw new PgferryError(`the state file ${file} of migration ${id} is unreadable (${errorMessage(err)})`, {
+        cause: err,
+        field: '--id',
+        migrationId: id,
+        hint: `restore ${file} from a backup; its objects on the servers are named pgferry_${id}, and \`pgferry status\` lists it as unreadable until then`,
+      });
     }
   }
 
@@ -180,15 +226,26 @@ export class FileMigrationStore implements MigrationStore {
         );
       }
       const next = { ...state, version: state.version + 1, updatedAt: new Date().toISOString() };
-      await this.atomicWrite(this.file(state.id), JSON.stringify(next, null, 2));
+      await this.atomicWrite(this.file(state.id), stateJson(next));
       return next;
     });
   }
 
-  async list(): Promise<MigrationState[]> {
-    const files = await readdir(this.dir).catch(() => [] as string[]);
+  async list(): Promise<MigrationListing> {
+    const files = await readdir(this.dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return [] as string[];
+      throw err;
+    });
     const ids = files.filter((f) => f.endsWith('.json') && !f.endsWith('.secrets.json')).map((f) => f.slice(0, -5));
-    const states = await Promise.all(ids.map((id) => this.get(id).catch(() => undefined)));
-    return states.filter((s): s is MigrationState => !!s).sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    const listing: MigrationListing = { migrations: [], unreadable: [] };
+    for (const id of ids) {
+      if (!MIGRATION_ID.test(id)) continue; // not pgferry's (a report written here, say)
+      await this.get(id).then(
+        (s) => listing.migrations.push(s),
+        (err) => listing.unreadable.push({ id, problem: errorMessage(err) }),
+      );
+    }
+    listing.migrations.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    return listing;
   }
 }

@@ -3,7 +3,7 @@ import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type MigrationState, parseMigrationConfig, StateConflictError } from '../../core/src/index';
+import { InvalidInputError, type MigrationState, parseMigrationConfig, StateConflictError } from '../../core/src/index';
 import { FileMigrationStore } from '../src/store';
 
 const dirs: string[] = [];
@@ -55,15 +55,39 @@ describe('file migration store', () => {
     expect((await store.secrets('m2')).sourceUrl).toContain('pw1');
   });
 
+  it('writes the state file 0600 with every message redacted, and forgets the secrets on request', async () => {
+    const store = fresh();
+    await store.create(state('m5'), { sourceUrl: 'postgres://u:pw1@a/db', targetUrl: 'postgres://u:pw2@b/db' });
+    const m = await store.get('m5');
+    await store.put({
+      ...m,
+      failure: {
+        name: 'Error',
+        phase: 'catch-up',
+        message: "pid 7 open for 90 s: ALTER ROLE x PASSWORD 'S3cr3t-state'",
+      },
+      events: [{ at: '', message: 'cannot connect to postgres://u:S3cr3t-url@a/db' }],
+    });
+    const { readFileSync } = await import('node:fs');
+    for (const name of ['m5.json', 'm5.secrets.json']) expect(statSync(join(store.dir, name)).mode & 0o777).toBe(0o600);
+    const text = readFileSync(join(store.dir, 'm5.json'), 'utf8');
+    expect(text).not.toContain('S3cr3t');
+    expect(JSON.parse(text).failure.message).toContain("PASSWORD '***'");
+    await store.removeSecrets('m5');
+    expect(existsSync(join(store.dir, 'm5.secrets.json'))).toBe(false);
+    expect((await store.get('m5')).id).toBe('m5');
+  });
+
   it('refuses to create the same migration twice and lists what exists', async () => {
     const store = fresh();
     const s = { sourceUrl: 'postgres://u:p@a/db', targetUrl: 'postgres://u:p@b/db' };
     await store.create(state('m3'), s);
     // Refused before anything is written: the existing migration keeps its servers and passwords.
     const other = { sourceUrl: 'postgres://u:p@elsewhere/db', targetUrl: 'postgres://u:p@elsewhere/db2' };
-    await expect(store.create(state('m3'), other)).rejects.toBeInstanceOf(StateConflictError);
+    // Invalid input (exit 2), not a conflict (exit 7): trying again could never work.
+    await expect(store.create(state('m3'), other)).rejects.toBeInstanceOf(InvalidInputError);
     expect(await store.secrets('m3')).toEqual(s);
-    expect((await store.list()).map((m) => m.id)).toEqual(['m3']);
+    expect((await store.list()).migrations.map((m) => m.id)).toEqual(['m3']);
   });
 
   it('lets one command at a time claim a migration, naming the holder, and takes over a dead one', async () => {

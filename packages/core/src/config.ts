@@ -73,31 +73,101 @@ export type Strategy = (typeof STRATEGIES)[number];
 
 export const MIGRATION_ID = /^[a-z][a-z0-9_]{0,23}$/;
 
+/**
+ * libpq's connection keywords (PostgreSQL 17), which a URL may carry as parameters, and node-postgres's
+ * own `ssl` / `uselibpqcompat`. pg_dump, pg_restore and the subscriptions refuse any other parameter:
+ * a typo (`sslmod=require`) is caught here, before anything is created, not half way by pg_dump.
+ */
+export const URL_PARAMETERS = [
+  'host',
+  'hostaddr',
+  'port',
+  'dbname',
+  'user',
+  'password',
+  'passfile',
+  'require_auth',
+  'channel_binding',
+  'connect_timeout',
+  'client_encoding',
+  'options',
+  'application_name',
+  'fallback_application_name',
+  'keepalives',
+  'keepalives_idle',
+  'keepalives_interval',
+  'keepalives_count',
+  'tcp_user_timeout',
+  'replication',
+  'gssencmode',
+  'sslmode',
+  'sslnegotiation',
+  'sslcompression',
+  'sslcert',
+  'sslkey',
+  'sslpassword',
+  'sslcertmode',
+  'sslrootcert',
+  'sslcrl',
+  'sslcrldir',
+  'sslsni',
+  'requirepeer',
+  'ssl_min_protocol_version',
+  'ssl_max_protocol_version',
+  'krbsrvname',
+  'gsslib',
+  'gssdelegation',
+  'service',
+  'target_session_attrs',
+  'load_balance_hosts',
+  'ssl',
+  'uselibpqcompat',
+] as const;
+
+export const SSL_MODES = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
+
+const URL_SHAPE = 'expected postgres://user:password@host:port/database';
+
+/** What is wrong with `value` as the postgres URL of `field` (none: it is one). */
+export function urlProblems(value: string, field: string): string[] {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    // new URL also refuses a port above 65535; key=value conninfo is not a URL either.
+    return [
+      /^\s*\w+\s*=/.test(value)
+        ? `${field} is a key=value connection string; give it as a URL, ${URL_SHAPE}`
+        : `${field} is not a valid URL; ${URL_SHAPE} (a port from 1 to 65535; %-encode @ : / ? # in the password)`,
+    ];
+  }
+  const problems: string[] = [];
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:')
+    return [`${field} must start with postgres:// (got ${url.protocol}//)`];
+  if (!url.hostname) problems.push(`${field} has no host; ${URL_SHAPE}`);
+  if (url.port === '0') problems.push(`${field} has port 0; give a port from 1 to 65535`);
+  if (!url.pathname || url.pathname === '/') problems.push(`${field} names no database; add /<database> to the URL`);
+  for (const [key, v] of url.searchParams) {
+    if (!(URL_PARAMETERS as readonly string[]).includes(key))
+      problems.push(`${field} has an unknown parameter "${key}" (libpq would refuse it); check its spelling`);
+    else if (key === 'sslmode' && !(SSL_MODES as readonly string[]).includes(v))
+      problems.push(`${field} has sslmode=${v}; sslmode must be one of ${SSL_MODES.join(', ')}`);
+  }
+  return problems;
+}
+
+/** Throw InvalidInputError naming `field` unless `value` is a postgres URL pgferry and libpq can use. */
+export function checkPostgresUrl(value: string, field: string): string {
+  const problems = urlProblems(value, field);
+  if (problems.length) throw new InvalidInputError(problems.join('; '), { field });
+  return value;
+}
+
 function postgresUrl(field: string) {
   return z
     .string({ error: `${field} is required: a postgres://user:password@host:port/database URL` })
     .superRefine((value, ctx) => {
-      let url: URL;
-      try {
-        url = new URL(value);
-      } catch {
-        ctx.addIssue({
-          code: 'custom',
-          message: `${field} is not a valid URL; expected postgres://user:password@host:port/database`,
-        });
-        return;
-      }
-      if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
-        ctx.addIssue({ code: 'custom', message: `${field} must start with postgres:// (got ${url.protocol}//)` });
-      }
-      if (!url.hostname)
-        ctx.addIssue({
-          code: 'custom',
-          message: `${field} has no host; expected postgres://user:password@host:port/database`,
-        });
-      if (!url.pathname || url.pathname === '/') {
-        ctx.addIssue({ code: 'custom', message: `${field} names no database; add /<database> to the URL` });
-      }
+      for (const message of urlProblems(value, field)) ctx.addIssue({ code: 'custom', message });
     });
 }
 
@@ -150,9 +220,9 @@ export const migrationConfigSchema = z
     splitTableBytes: z.number().int().min(1).default(DEFAULTS.splitTableBytes),
     earlyIndexBytes: z.number().int().min(0).default(DEFAULTS.earlyIndexBytes),
     slotWaitTimeoutMs: z.number().int().min(1).default(DEFAULTS.slotWaitTimeoutMs),
-    switchFile: z.string().min(1, '--switch-file must be a path').optional(),
+    switchFile: z.string({ error: '--switch-file must be a path' }).min(1, '--switch-file must be a path').optional(),
     onSwitch: z.string().min(1, '--on-switch must be a command').optional(),
-    reportPath: z.string().min(1).optional(),
+    reportPath: z.string({ error: '--report must be a path' }).min(1, '--report must be a path').optional(),
     artifactDir: z.string().min(1).optional(),
   })
   .superRefine((c, ctx) => {

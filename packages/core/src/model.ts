@@ -165,15 +165,25 @@ export interface MigrationStore {
   secrets(id: string): Promise<MigrationSecrets>;
   /** Write `state` if the stored version is still `state.version`; returns the stored state (version + 1). */
   put(state: MigrationState): Promise<MigrationState>;
-  list(): Promise<MigrationState[]>;
+  list(): Promise<MigrationListing>;
   /** Replace a migration's connection secrets (new passwords for the same servers). */
   updateSecrets?(id: string, secrets: MigrationSecrets): Promise<void>;
+  /** Forget a migration's connection secrets (after its clean-up: nothing needs them any more). */
+  removeSecrets?(id: string): Promise<void>;
   /** Claim a migration for one command at a time; resolves with the release (see FileMigrationStore). */
   claim?(id: string): Promise<() => Promise<void>>;
+}
+
+/** Every stored migration, and the records that could not be read (named, with what is wrong). */
+export interface MigrationListing {
+  migrations: MigrationState[];
+  unreadable: { id: string; problem: string }[];
 }
 
 /** The only place URLs with passwords are kept (Secrets Manager in AWS, a 0600 file locally). */
 export interface MigrationSecrets {
   sourceUrl: string;
   targetUrl: string;
+  /** The --on-switch command, when it holds a password (a URL, password=): the state keeps it redacted. */
+  onSwitch?: string;
 }

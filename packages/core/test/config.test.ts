@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { InvalidInputError, objectNames, parseMigrationConfig, redactText, redactUrl } from '../src/index';
+import { InvalidInputError, objectNames, parseMigrationConfig, redactText, redactUrl, sqlPrefix } from '../src/index';
 
 const ok = { id: 'm1', sourceUrl: 'postgres://u:p@db1:5432/app', targetUrl: 'postgres://u:p@db2:5432/app' };
 
@@ -74,5 +74,38 @@ describe('redaction', () => {
     );
     // Cut short (a hint keeps the first 120 characters): nothing of the password shows either.
     expect(redactText("CONNECTION 'host=''db'' password=''hunter2p")).not.toContain('hunter');
+  });
+
+  it('hides an unencoded @ in a URL password up to the last @ before the host', () => {
+    expect(redactUrl('postgres://app:p@ss@word@db:5432/x')).toBe('postgres://app:***@db:5432/x');
+    expect(redactText('cannot connect: postgresql://app:p@ss@db/x?sslmode=require')).toBe(
+      'cannot connect: postgresql://app:***@db/x?sslmode=require',
+    );
+  });
+
+  it('hides the password literals of SQL: roles, ENCRYPTED PASSWORD, servers and user mappings', () => {
+    const cases = [
+      "ALTER ROLE app PASSWORD 'hunter2'",
+      "alter user app with encrypted password 'hunter2' valid until 'infinity'",
+      "CREATE ROLE app LOGIN PASSWORD E'hun\\'ter2'",
+      'CREATE USER app PASSWORD $pw$hunter2$pw$',
+      "ALTER ROLE app PASSWORD 'SCRAM-SHA-256$4096:hunter2'",
+      "CREATE USER MAPPING FOR app SERVER s OPTIONS (user 'u', password 'hunter2')",
+      "ALTER SERVER s OPTIONS (ADD password 'hunter2')",
+      "SELECT dblink_connect('host=h password=hunter2 dbname=d')",
+      "ALTER ROLE app PASSWORD 'hunter", // cut short
+    ];
+    for (const sql of cases) expect(redactText(sql), sql).not.toContain('hunter');
+    expect(redactText("ALTER ROLE app PASSWORD 'hunter2' VALID UNTIL 'x'")).toBe(
+      "ALTER ROLE app PASSWORD '***' VALID UNTIL 'x'",
+    );
+  });
+
+  it("keeps only a short redacted prefix of another session's SQL", () => {
+    const q = sqlPrefix("ALTER   ROLE app\n PASSWORD 'hunter2'; SELECT * FROM orders WHERE card = '4111111111111111'");
+    expect(q).not.toContain('hunter2');
+    expect(q).not.toContain('4111');
+    expect(q.length).toBeLessThanOrEqual(41);
+    expect(sqlPrefix('SELECT 1')).toBe('SELECT 1');
   });
 });

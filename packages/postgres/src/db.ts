@@ -2,7 +2,7 @@
  * All SQL goes through this door: timeouts and application_name are set on every connection,
  * connections are always released, errors keep their cause and never carry a password.
  */
-import { ConnectionFailedError, DEFAULTS, PgferryError, redactText, redactUrl } from '@pgferry/core';
+import { ConnectionFailedError, DEFAULTS, PgferryError, redactText, redactUrl, SSL_MODES } from '@pgferry/core';
 import pg from 'pg';
 import { parse as parseUrl, toClientConfig } from 'pg-connection-string';
 
@@ -97,7 +97,7 @@ export function libpqParams(u: URL): [string, string][] {
 export async function connectionSettings(url: string): Promise<pg.ClientConfig> {
   const query = new URL(url).searchParams;
   const mode = query.get('sslmode') ?? undefined;
-  if (mode !== undefined && !SSL_MODES.includes(mode))
+  if (mode !== undefined && !(SSL_MODES as readonly string[]).includes(mode))
     throw new Error(`sslmode=${mode} is not one of ${SSL_MODES.join(', ')}`);
   const parsed = parseUrl(url, { useLibpqCompat: true });
   const settings = toClientConfig({ ...parsed, sslmode: undefined, uselibpqcompat: undefined });
@@ -119,8 +119,6 @@ export async function connectionSettings(url: string): Promise<pg.ClientConfig> 
   }
   return settings;
 }
-
-const SSL_MODES = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'];
 
 /** libpq's `prefer`, decided once per server: does it accept TLS? */
 const tlsOffered = new Map<string, Promise<boolean>>();

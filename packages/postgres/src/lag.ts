@@ -1,6 +1,6 @@
 /** Lag, retained WAL, open transactions and schema drift: what the cutover gate looks at. */
 
-import type { LagPoint } from '@pgferry/core';
+import { type LagPoint, sqlPrefix } from '@pgferry/core';
 import { EXCLUDED_SCHEMAS, NOT_EXTENSION_MEMBER, USER_SCHEMA } from './catalog';
 import type { Db } from './db';
 
@@ -94,7 +94,7 @@ export interface OpenTransaction {
 /** Client sessions with an open transaction matching `where` (other than this session), oldest first. */
 async function openTransactions(db: Db, where: string, params: unknown[] = []): Promise<OpenTransaction[]> {
   const rows = await db.query<{ pid: number; usename: string; application_name: string; age: number; query: string }>(
-    `SELECT pid, usename, application_name, (extract(epoch FROM now() - xact_start) * 1000)::bigint AS age, left(query, 80) AS query
+    `SELECT pid, usename, application_name, (extract(epoch FROM now() - xact_start) * 1000)::bigint AS age, left(query, 200) AS query
        FROM pg_stat_activity
       WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() AND ${where}
       ORDER BY xact_start`,
@@ -105,7 +105,7 @@ async function openTransactions(db: Db, where: string, params: unknown[] = []): 
     user: r.usename,
     application: r.application_name,
     ageMs: r.age,
-    query: r.query.replace(/\s+/g, ' '),
+    query: sqlPrefix(r.query),
   }));
 }
 

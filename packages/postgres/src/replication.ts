@@ -1,5 +1,5 @@
 /** Publications, slots and subscriptions: named from the migration id, each created only if missing. */
-import { PgferryError } from '@pgferry/core';
+import { PgferryError, sqlPrefix } from '@pgferry/core';
 import type pg from 'pg';
 import { publishedTables, type TableInfo } from './catalog';
 import { connectClient, type Db, ident, libpqParams, literal, qualified, sleep } from './db';
@@ -134,14 +134,14 @@ export async function createSlotWithSnapshot(
       state: string;
       query: string;
     }>(
-      `SELECT pid, usename, application_name, xact_start, state, left(query, 80) AS query FROM pg_stat_activity
+      `SELECT pid, usename, application_name, xact_start, state, left(query, 200) AS query FROM pg_stat_activity
         WHERE backend_xid IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()
           AND xact_start < now() - interval '1 second' ORDER BY xact_start`,
     );
     const named = blockers
       .map(
         (b) =>
-          `pid ${b.pid} (user ${b.usename}${b.application_name ? `, ${b.application_name}` : ''}, ${b.state}, open since ${b.xact_start.toISOString()}: ${b.query.replace(/\s+/g, ' ')})`,
+          `pid ${b.pid} (user ${b.usename}${b.application_name ? `, ${b.application_name}` : ''}, ${b.state}, open since ${b.xact_start.toISOString()}: ${sqlPrefix(b.query)})`,
       )
       .join('; ');
     if (named && named !== lastNamed) {

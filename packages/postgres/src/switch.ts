@@ -1,6 +1,6 @@
 /** Switching the application's connection: an atomically rewritten file and/or a user command. */
 import { spawn } from 'node:child_process';
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { CutoverFailedError, DEFAULTS, redactText } from '@pgferry/core';
 
@@ -19,8 +19,13 @@ export interface SwitchOptions {
 /** Write-then-rename, so a reader sees the old URL or the new one, never half a file. */
 export function writeSwitchFile(path: string, url: string) {
   const tmp = join(dirname(path), `.${Date.now()}.${process.pid}.pgferry-switch.tmp`);
-  writeFileSync(tmp, `${url}\n`, { mode: 0o600 });
-  renameSync(tmp, path);
+  try {
+    writeFileSync(tmp, `${url}\n`, { mode: 0o600 });
+    renameSync(tmp, path);
+  } catch (err) {
+    rmSync(tmp, { force: true }); // it holds the URL, password and all
+    throw err;
+  }
 }
 
 /** The URL a switch file names now, or undefined when there is none. */

@@ -1,6 +1,6 @@
 /** Client tools (pg_dump, pg_restore): finding one able to handle the server, and running it without leaking passwords. */
 import { execFile, spawn } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { PgferryError, redactText } from '@pgferry/core';
@@ -84,6 +84,18 @@ export function toolConnection(url: string, applicationName?: string): { url: st
     url: u.toString(),
     env: { ...(password ? { PGPASSWORD: password } : {}), ...(applicationName ? { PGAPPNAME: applicationName } : {}) },
   };
+}
+
+/**
+ * A file of the artifact directory, created empty and readable by this user only before a tool writes
+ * it: the dumps are copies of the data (pg_dump truncates the file it is given and keeps its mode).
+ */
+export function artifactFile(dir: string, name: string, content = ''): string {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const file = join(dir, name);
+  writeFileSync(file, content, { mode: 0o600 });
+  chmodSync(file, 0o600); // a file left by an earlier run keeps its old mode through writeFileSync
+  return file;
 }
 
 export interface RunResult {

@@ -461,6 +461,31 @@ async function extensionVersionFindings(
   }
 }
 
+/**
+ * Which database of which server `db` is, whatever the URL calls it (localhost or 127.0.0.1, another
+ * user, a DNS alias): the cluster's system_identifier and the database's oid. pg_control_system()
+ * may be refused to a role without the privilege; then the postmaster's start time (to the
+ * microsecond), which two servers do not share in practice, stands in for the cluster.
+ */
+async function databaseIdentity(db: Db): Promise<{ oid: number; started: string; system?: string }> {
+  const [d] = await db.query<{ oid: number; started: string }>(
+    `SELECT d.oid::int AS oid, pg_postmaster_start_time()::text AS started
+       FROM pg_database d WHERE d.datname = current_database()`,
+  );
+  const system = await db
+    .query<{ id: string }>('SELECT system_identifier::text AS id FROM pg_control_system()')
+    .then((r) => r[0]?.id)
+    .catch(() => undefined);
+  return { oid: d?.oid ?? 0, started: d?.started ?? '', system };
+}
+
+/** The same database under another spelling would be migrated onto itself: a slot and a subscription to itself. */
+async function sameDatabase(source: Db, target: Db): Promise<boolean> {
+  const [s, t] = await Promise.all([databaseIdentity(source), databaseIdentity(target)]);
+  if (s.oid !== t.oid) return false;
+  return s.system && t.system ? s.system === t.system : s.started === t.started;
+}
+
 export async function assess(
   source: Db,
   target?: Db,
@@ -503,6 +528,14 @@ export async function assess(
     });
   }
   let tgt: ServerFacts | undefined;
+  if (target && (await sameDatabase(source, target))) {
+    add({
+      level: 'blocker',
+      code: 'same-database',
+      message: `--source and --target name the same database (${source.database} on the same server, under another host name, port or user)`,
+      hint: 'point --target at the new server: a migration onto itself would replicate the database into itself',
+    });
+  }
   if (target) {
     tgt = await facts(target);
     await targetFindings(target, tgt, src, extensions, options.migrationId, add);

@@ -4,8 +4,7 @@
  * indexes and constraints. `native`: a subscription with copy_data. `dump`: pg_dump --snapshot to the
  * artifact store, then pg_restore --jobs.
  */
-import { mkdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { statSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { BulkLoadFailedError, objectNames } from '@pgferry/core';
 import type pg from 'pg';
@@ -21,7 +20,7 @@ import {
   ensurePublication,
   slotExists,
 } from '../replication';
-import { findTool, runTool, toolConnection } from '../tools';
+import { artifactFile, findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, partitionsViaRoot, sourceMajor } from './context';
 import { buildPostData, buildTablePostData, type PostDataPlan, planPostData } from './prepare-schema';
 
@@ -423,8 +422,7 @@ async function dumpAndRestore(
 ): Promise<string> {
   const pgDump = await findTool('pg_dump', major);
   const pgRestore = await findTool('pg_restore', 0);
-  mkdirSync(ctx.artifactDir, { recursive: true, mode: 0o700 }); // dumps are copies of the data
-  const file = join(ctx.artifactDir, 'data.dump');
+  const file = artifactFile(ctx.artifactDir, 'data.dump');
   const src = toolConnection(ctx.config.sourceUrl, `${objectNames(ctx.config.id).applicationName}:pg_dump`);
   const dumped = await runTool(
     pgDump,

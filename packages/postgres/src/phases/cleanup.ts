@@ -1,7 +1,7 @@
 /** Clean up: pgferry's subscriptions, slots, publications and marker schema on both sides; report leftovers. */
 import { objectNames } from '@pgferry/core';
 import { ident } from '../db';
-import { isFrozen } from '../freeze';
+import { isFrozen, unfreezeWrites } from '../freeze';
 import { dropPublication, dropSlot, dropSubscription } from '../replication';
 import type { PhaseContext } from './context';
 
@@ -53,6 +53,11 @@ export async function cleanup(ctx: PhaseContext): Promise<string> {
     await ctx.target
       .query(`DELETE FROM ${ident(n.markerSchema)}.migration WHERE id = $1`, [ctx.config.id])
       .catch(() => {});
+  }
+  // A rollback left the target read-only while pgferry could still switch to it again; that is over now.
+  if (ctx.state.rollback?.switchAt && (await isFrozen(ctx.target))) {
+    await unfreezeWrites(ctx.target);
+    removed.push(`the target's default_transaction_read_only (set by the rollback)`);
   }
   const left = await leftovers(ctx);
   await ctx.update((s) => {

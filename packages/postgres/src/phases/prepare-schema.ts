@@ -3,12 +3,12 @@
  * pre-data section (types, tables, functions) before the copy; the post-data section (indexes,
  * constraints, triggers) is built after the data by `buildPostData`, in parallel.
  */
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, objectNames, SchemaFailedError } from '@pgferry/core';
 import { EXCLUDED_SCHEMAS, listTables, schemasAndExtensions, USER_SCHEMA, userObjects } from '../catalog';
 import { type Db, ident, qualified } from '../db';
-import { findTool, runTool, toolConnection } from '../tools';
+import { artifactFile, findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, sourceMajor } from './context';
 
 const DUMP_FILE = 'schema.dump';
@@ -106,8 +106,7 @@ async function marker(ctx: PhaseContext): Promise<{ pre_data_at: Date | null; po
 
 async function dumpSchema(ctx: PhaseContext): Promise<string> {
   const pgDump = await findTool('pg_dump', await sourceMajor(ctx));
-  mkdirSync(ctx.artifactDir, { recursive: true, mode: 0o700 }); // dumps are copies of the data
-  const file = join(ctx.artifactDir, DUMP_FILE);
+  const file = artifactFile(ctx.artifactDir, DUMP_FILE);
   const src = toolConnection(ctx.config.sourceUrl, `${objectNames(ctx.config.id).applicationName}:pg_dump`);
   const res = await runTool(
     pgDump,
@@ -179,8 +178,7 @@ async function restore(
   const tgt = toolConnection(ctx.config.targetUrl, `${objectNames(ctx.config.id).applicationName}:pg_restore`);
   const args = ['--section', section, '--dbname', tgt.url, '--no-publications', '--no-subscriptions'];
   if (list) {
-    const listFile = join(ctx.artifactDir, `${list.name}.list`);
-    writeFileSync(listFile, `${list.lines.join('\n')}\n`);
+    const listFile = artifactFile(ctx.artifactDir, `${list.name}.list`, `${list.lines.join('\n')}\n`);
     args.push('--use-list', listFile);
   }
   // pre-data is all-or-nothing so a crash cannot leave half a schema; post-data builds in parallel.

@@ -61,10 +61,12 @@ Exit codes:
   0 ok · 1 failed · 2 invalid input · 3 cannot connect · 4 assessment blocked
   5 lag or drain timeout · 6 verification mismatch · 7 state changed by another process
   130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP (a write gap is finished first)`,
-  assess: `Usage: pgferry assess --source URL [--target URL] [--json]
+  assess: `Usage: pgferry assess --source URL [--target URL] [--prepared-orphan-ms N] [--json]
        (or PGFERRY_SOURCE_URL / PGFERRY_TARGET_URL in the environment)
 
-Reads the source (and target) and reports blockers and warnings. Creates nothing.`,
+Reads the source (and target) and reports blockers and warnings. Creates nothing.
+  --prepared-orphan-ms N  a prepared transaction (two-phase commit) older than N ms is an orphan and
+                          blocks (default 300000, 5 min); younger ones are in flight and reported`,
   migrate: `Usage: pgferry migrate --source URL --target URL [options]
 
   --source URL          postgres://user:password@host:port/database of the live database
@@ -80,6 +82,13 @@ Reads the source (and target) and reports blockers and warnings. Creates nothing
   --cutover auto|manual auto: cut over as soon as caught up; manual (default): stop caught up,
                         then run \`pgferry cutover --id ID\`
   --max-lag-ms N        cutover gate: lag under N ms for consecutive samples (default 1000)
+  --max-prepared-wait-ms N
+                        after the freeze, wait up to N ms for the prepared transactions (two-phase
+                        commit) in flight to be committed or rolled back (default 2000); past it
+                        the source is unfrozen and the cutover tries again after catching up
+  --prepared-orphan-ms N
+                        a prepared transaction older than N ms is an orphan: it blocks the
+                        assessment and the cutover gate (default 300000, 5 min)
   --switch-file PATH    rewritten atomically with the URL the application must use
   --on-switch CMD       run at the switch with PGFERRY_ACTIVE_URL, PGFERRY_SOURCE_URL,
                         PGFERRY_TARGET_URL, PGFERRY_DIRECTION in its environment
@@ -121,6 +130,8 @@ const OPTIONS = {
   'split-table-mb': { type: 'string' },
   cutover: { type: 'string' },
   'max-lag-ms': { type: 'string' },
+  'max-prepared-wait-ms': { type: 'string' },
+  'prepared-orphan-ms': { type: 'string' },
   'switch-file': { type: 'string' },
   'on-switch': { type: 'string' },
   report: { type: 'string' },
@@ -137,7 +148,7 @@ const OPTIONS = {
 
 /** The options each command takes, besides the global ones (--state-dir, --json, --help). */
 const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
-  assess: ['source', 'target'],
+  assess: ['source', 'target', 'prepared-orphan-ms'],
   migrate: [
     'source',
     'target',
@@ -146,6 +157,8 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'split-table-mb',
     'cutover',
     'max-lag-ms',
+    'max-prepared-wait-ms',
+    'prepared-orphan-ms',
     'switch-file',
     'on-switch',
     'report',
@@ -325,7 +338,9 @@ export async function main(argv: string[]): Promise<number> {
             })
           : undefined;
         try {
-          const report = await assess(source, target);
+          const report = await assess(source, target, {
+            preparedOrphanMs: int(values['prepared-orphan-ms'], '--prepared-orphan-ms'),
+          });
           out.result(report, formatReport(report));
           return report.findings.some((f) => f.level === 'blocker') ? EXIT_CODES.assessmentBlocked : EXIT_CODES.ok;
         } finally {
@@ -344,6 +359,8 @@ export async function main(argv: string[]): Promise<number> {
           splitTableBytes: mebibytes(values['split-table-mb'], '--split-table-mb'),
           cutover: values.cutover,
           maxLagMs: int(values['max-lag-ms'], '--max-lag-ms'),
+          maxPreparedWaitMs: int(values['max-prepared-wait-ms'], '--max-prepared-wait-ms'),
+          preparedOrphanMs: int(values['prepared-orphan-ms'], '--prepared-orphan-ms'),
           switchFile: values['switch-file'] ? resolve(values['switch-file']) : undefined,
           onSwitch: values['on-switch'],
           reportPath: values.report,

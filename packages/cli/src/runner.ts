@@ -271,7 +271,10 @@ export async function runPhase(
 }
 
 async function assessPhase(ctx: PhaseContext): Promise<string> {
-  const report = await assess(ctx.source, ctx.target, { migrationId: ctx.config.id });
+  const report = await assess(ctx.source, ctx.target, {
+    migrationId: ctx.config.id,
+    preparedOrphanMs: ctx.config.preparedOrphanMs,
+  });
   assertNoBlockers(report, ctx.config.id);
   const warnings = report.findings.filter((f) => f.level === 'warning');
   if (warnings.length) {

@@ -78,6 +78,13 @@ export class DrainTimeoutError extends PgferryError {
   override name = 'DrainTimeoutError';
   override readonly exitCode = 5;
 }
+/**
+ * Prepared transactions of the frozen database were neither committed nor rolled back in time: the
+ * database was unfrozen again and the cutover returns to catch-up, like a drain that timed out.
+ */
+export class PreparedTransactionsPendingError extends DrainTimeoutError {
+  override name = 'PreparedTransactionsPendingError';
+}
 export class CutoverFailedError extends PgferryError {
   override name = 'CutoverFailedError';
 }

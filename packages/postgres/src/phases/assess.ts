@@ -3,7 +3,7 @@
  * migration, warnings are recorded, info explains what pgferry will do. Read-only: it creates nothing.
  */
 import { readFileSync } from 'node:fs';
-import { AssessmentBlockedError } from '@pgferry/core';
+import { AssessmentBlockedError, DEFAULTS } from '@pgferry/core';
 import {
   copyableTables,
   hasReplicaIdentity,
@@ -14,7 +14,7 @@ import {
   userObjects,
 } from '../catalog';
 import type { Db } from '../db';
-import { freezeHazards } from '../freeze';
+import { describePrepared, formatAge, freezeHazards, preparedTransactions } from '../freeze';
 import { longTransactions } from '../lag';
 import { canCreateSubscription } from '../replication';
 
@@ -158,7 +158,34 @@ function replicationSettings(side: 'source' | 'target', f: ServerFacts, add: (f:
   }
 }
 
-async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void) {
+/**
+ * Two-phase commit. A transaction manager (JTA/XA, .NET TransactionScope) always has a few prepared
+ * transactions in flight: the slot's creation and the cutover wait for those. One older than
+ * `orphanMs` is an orphan its coordinator forgot; slot creation waits for every prepared transaction
+ * of the server (whatever its database), and anyone could commit one of this database after the freeze.
+ */
+async function preparedFindings(db: Db, orphanMs: number, add: (f: Finding) => void) {
+  const all = await preparedTransactions(db, { all: true });
+  for (const p of all.filter((x) => x.ageMs >= orphanMs)) {
+    const here = p.database === db.database;
+    add({
+      level: 'blocker',
+      code: 'prepared-transaction-orphan',
+      object: p.gid,
+      message: `prepared transaction ${describePrepared(p, !here)} is older than ${formatAge(orphanMs)}: an orphan its transaction manager forgot. The replication slot cannot be created while it is pending${here ? ", and anyone could still commit it after the cutover's freeze" : ' (it holds back slot creation for every database of the server)'}`,
+      hint: `COMMIT PREPARED '${p.gid}' or ROLLBACK PREPARED '${p.gid}'${here ? '' : ` in database ${p.database}`}, as its transaction manager's log says`,
+    });
+  }
+  const inFlight = all.filter((x) => x.ageMs < orphanMs && x.database === db.database);
+  if (inFlight.length)
+    add({
+      level: 'info',
+      code: 'prepared-transactions',
+      message: `${inFlight.length} prepared transaction(s) in flight (${inFlight.map((p) => describePrepared(p)).join(', ')}): a transaction manager's two-phase commits. Slot creation waits for them, and the cutover, once frozen, waits for them to be committed or rolled back (--max-prepared-wait-ms) before it reads the LSN to drain to`,
+    });
+}
+
+async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void, preparedOrphanMs: number) {
   replicationSettings('source', f, add);
   const replicates =
     f.superuser || f.replication || f.rdsRoles.includes('rds_replication') || f.rdsRoles.includes('rds_superuser');
@@ -311,17 +338,7 @@ async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void)
       hint: 'let it finish, or end it with pg_terminate_backend',
     });
   }
-  const [prepared] = await db.query<{ n: number; gids: string[] | null }>(
-    'SELECT count(*)::int AS n, array_agg(gid) AS gids FROM pg_prepared_xacts WHERE database = current_database()',
-  );
-  if ((prepared?.n ?? 0) > 0) {
-    add({
-      level: 'blocker',
-      code: 'prepared-transactions',
-      message: `source has ${prepared?.n} prepared transaction(s) (${(prepared?.gids ?? []).join(', ')}): the replication slot cannot be created while they are pending`,
-      hint: 'COMMIT PREPARED or ROLLBACK PREPARED them',
-    });
-  }
+  await preparedFindings(db, preparedOrphanMs, add);
   for (const e of await db.query<{ evtname: string }>('SELECT evtname FROM pg_event_trigger ORDER BY 1')) {
     add({
       level: 'warning',
@@ -449,14 +466,14 @@ async function extensionVersionFindings(
 export async function assess(
   source: Db,
   target?: Db,
-  options: { migrationId?: string } = {},
+  options: { migrationId?: string; preparedOrphanMs?: number } = {},
 ): Promise<AssessmentReport> {
   const findings: Finding[] = [];
   const add = (f: Finding) => findings.push(f);
   const src = await facts(source);
-  const tables = await sourceFindings(source, src, add);
+  const tables = await sourceFindings(source, src, add, options.preparedOrphanMs ?? DEFAULTS.preparedOrphanMs);
   // What would keep the cutover's freeze from holding (prepared transactions are a finding of their own).
-  for (const h of await freezeHazards(source))
+  for (const h of await freezeHazards(source, options))
     if (h.kind !== 'prepared-transaction')
       add({
         level: 'warning',

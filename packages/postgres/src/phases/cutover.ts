@@ -13,11 +13,19 @@ import {
   FreezeFailedError,
   objectNames,
   PgferryError,
+  PreparedTransactionsPendingError,
 } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { critical } from '../critical';
 import { type Db, ident } from '../db';
-import { currentLsn, freezeWrites, unfreezeWrites, waitConfirmed, writesSince } from '../freeze';
+import {
+  currentLsn,
+  freezeWrites,
+  unfreezeWrites,
+  waitConfirmed,
+  waitPreparedTransactions,
+  writesSince,
+} from '../freeze';
 import {
   createSubscription,
   dropPublication,
@@ -161,9 +169,25 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     let freeze: Awaited<ReturnType<typeof freezeWrites>>;
     let freezeLsn: string;
     try {
-      freeze = await freezeWrites(ctx.source);
+      freeze = await freezeWrites(ctx.source, { preparedOrphanMs: ctx.config.preparedOrphanMs });
+      step('freeze');
+      // A transaction manager's prepared transactions commit after the freeze (COMMIT PREPARED works
+      // on a read-only database): the LSN to drain to is read once none is left.
+      await waitPreparedTransactions(ctx.source, ctx.config.maxPreparedWaitMs);
+      step('prepared');
       freezeLsn = await currentLsn(ctx.source);
     } catch (err) {
+      if (err instanceof PreparedTransactionsPendingError) {
+        // As after a drain timeout: unfrozen, and the runner returns to catch-up.
+        await unfreezeWrites(ctx.source);
+        await ctx.update((s) => {
+          s.cutover = undefined;
+        });
+        throw new PreparedTransactionsPendingError(`${err.message}; the source was unfrozen`, {
+          phase: 'cutover',
+          hint: err.hint,
+        });
+      }
       // Whatever broke the freeze (a refused check, a lost connection), the source must not stay frozen.
       await undo(ctx).catch(() => {});
       await ctx.update((s) => {
@@ -175,7 +199,6 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
         phase: 'cutover',
       });
     }
-    step('freeze');
     if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.drainTimeoutMs))) {
       await unfreezeWrites(ctx.source);
       await ctx.update((s) => {

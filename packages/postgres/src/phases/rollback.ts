@@ -8,7 +8,7 @@ import { DrainTimeoutError, errorMessage, objectNames, RollbackFailedError } fro
 import { schemasAndExtensions } from '../catalog';
 import { critical } from '../critical';
 import { ident, literal } from '../db';
-import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed } from '../freeze';
+import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed, waitPreparedTransactions } from '../freeze';
 import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
@@ -197,7 +197,9 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
     let freeze: Awaited<ReturnType<typeof freezeWrites>>;
     let lsn: string;
     try {
-      freeze = await freezeWrites(ctx.target);
+      freeze = await freezeWrites(ctx.target, { preparedOrphanMs: ctx.config.preparedOrphanMs });
+      // The application's prepared transactions on the target commit (read-only or not) before the LSN.
+      await waitPreparedTransactions(ctx.target, ctx.config.maxPreparedWaitMs);
       lsn = await currentLsn(ctx.target);
     } catch (err) {
       await unfreezeWrites(ctx.target).catch(() => {});

@@ -24,6 +24,7 @@ import {
   parseMigrationConfig,
   redactUrl,
   StateConflictError,
+  UndoFailedError,
 } from '@pgferry/core';
 import {
   assertNoBlockers,
@@ -38,7 +39,6 @@ import {
   endOrphanSessions,
   inspectApplicationName,
   inspectSide,
-  isFrozen,
   type LiveStatus,
   liveAttention,
   type PhaseContext,
@@ -48,7 +48,6 @@ import {
   type SideLive,
   startReplication,
   undoInterruptedCutover,
-  unfreezeWrites,
   unreachable,
   updateSubscriptionConnection,
   verify,
@@ -328,7 +327,11 @@ function assertAdvanceable(state: MigrationState) {
       {
         field: '--id',
         migrationId: id,
-        hint: 'start a new migration (what the failed one created was rolled back)',
+        // (Failed is what a rollback after the failure could not finish, or an assessment's blockers.)
+        hint:
+          state.failure?.phase === 'assess'
+            ? 'nothing was created: fix the cause and start a new migration'
+            : `the rollback after that failure did not finish: \`pgferry rollback --id ${id}\` finishes it; then start a new migration`,
       },
     );
   }
@@ -437,8 +440,9 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
     phase,
     hint: err instanceof PgferryError ? err.hint : undefined,
   };
-  if (phase === 'verify' && switched) {
-    // Verification failed after the switch: the application is on the target with a way back.
+  if (switched) {
+    // A failure after the switch (verify, or the clean-up of forward replication after it): the
+    // application is on the target with a way back. Nothing is rolled back; resume goes on from here.
     await ctx
       .update((s) => {
         s.status = 'cut-over';
@@ -447,25 +451,20 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
       .catch(() => {});
     return;
   }
-  if (ctx.state.cutover?.switchStartedAt && !switched) {
+  if (ctx.state.cutover?.switchStartedAt) {
     // The switch began (the switch file may already name the target): never rolled back; resume finishes it.
     await keepRunning(ctx, failure, `stopped while switching: ${failure.message}`);
     return;
   }
-  // A cutover that failed before the switch undid itself (source writable, forward replication on):
-  // the loaded target is as good as before, so it stays, as after a drain timeout.
-  const cutoverUndone =
-    !switched && !ctx.state.cutover && (err instanceof CutoverFailedError || err instanceof FreezeFailedError);
-  if (cutoverUndone) {
-    // The cutover's own undo may have failed quietly: the application is on the source, which must write.
-    try {
-      if (await isFrozen(ctx.source)) await unfreezeWrites(ctx.source);
-    } catch (unfreezeErr) {
-      rt.events.log(
-        `ATTENTION: could not check that the source is writable (${errorMessage(unfreezeErr)}); \`pgferry rollback --id ${ctx.config.id}\` unfreezes it`,
-      );
-    }
+  if (err instanceof UndoFailedError) {
+    // The cutover's undo failed: its breadcrumb stays, and resume (undoInterruptedCutover) undoes it
+    // again. A rollback now would go through the same frozen source, and throw away the load.
+    await keepRunning(ctx, failure, `stopped in ${PHASE_TITLES[phase]}, undo failed: ${failure.message}`);
+    return;
   }
+  // A cutover that failed before the switch undid itself (source writable, forward replication on, or
+  // an UndoFailedError above): the loaded target is as good as before, so it stays, as after a drain timeout.
+  const cutoverUndone = !ctx.state.cutover && (err instanceof CutoverFailedError || err instanceof FreezeFailedError);
   if (err instanceof LagTimeoutError || err instanceof DrainTimeoutError || cutoverUndone) {
     // Replication is healthy, only not caught up (or DDL awaits the target, or the drain was too slow;
     // the cutover already unfroze the source): keep the loaded data and
@@ -475,7 +474,7 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
     return;
   }
   let undone = '';
-  if (!switched && phase !== 'assess') {
+  if (phase !== 'assess') {
     try {
       rt.events.log(`rolling back after the failure in ${PHASE_TITLES[phase]}`);
       undone = await rollback(ctx);
@@ -485,8 +484,7 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
   }
   await ctx
     .update((s) => {
-      s.status =
-        switched || undone.startsWith('ROLLBACK FAILED') ? 'failed' : phase === 'assess' ? 'failed' : 'rolled-back';
+      s.status = undone.startsWith('ROLLBACK FAILED') || phase === 'assess' ? 'failed' : 'rolled-back';
       s.failedAt = new Date().toISOString();
       s.failure = failure;
       s.events = [

@@ -85,6 +85,13 @@ export class DrainTimeoutError extends PgferryError {
 export class PreparedTransactionsPendingError extends DrainTimeoutError {
   override name = 'PreparedTransactionsPendingError';
 }
+/**
+ * An undo (unfreeze, re-freeze, replication back on) failed: what it could not put back is kept in the
+ * state (its breadcrumb), and `status` names it with the command that ends it.
+ */
+export class UndoFailedError extends PgferryError {
+  override name = 'UndoFailedError';
+}
 export class CutoverFailedError extends PgferryError {
   override name = 'CutoverFailedError';
 }

@@ -3,7 +3,7 @@
  * for every new session; every existing session of the database is ended, whoever it belongs to,
  * because it may already be inside a writing transaction or have turned read-only off.
  */
-import { DEFAULTS, FreezeFailedError, PreparedTransactionsPendingError } from '@pgferry/core';
+import { DEFAULTS, errorMessage, FreezeFailedError, PreparedTransactionsPendingError } from '@pgferry/core';
 import { type Db, ident, sleep } from './db';
 
 export interface FreezeResult {
@@ -100,15 +100,25 @@ export async function freezeHazards(db: Db, options: { preparedOrphanMs?: number
 export interface FreezeOptions {
   timeoutMs?: number;
   preparedOrphanMs?: number;
+  /**
+   * Freeze again a database an undo had unfrozen: no hazard check first (it must hold whatever they
+   * are), and a database whose sessions do not end stays frozen (unfreezing it would let both sides write).
+   */
+  refreeze?: boolean;
 }
 
 export async function freezeWrites(db: Db, options: FreezeOptions = {}): Promise<FreezeResult> {
-  const hazards = await freezeHazards(db, options);
-  if (hazards.length)
-    throw new FreezeFailedError(`the ${db.side} cannot be frozen safely: ${hazards.map((h) => h.message).join('; ')}`, {
-      phase: 'cutover',
-      hint: 'nothing was frozen; fix the above and run the cutover again',
-    });
+  if (!options.refreeze) {
+    const hazards = await freezeHazards(db, options);
+    if (hazards.length)
+      throw new FreezeFailedError(
+        `the ${db.side} cannot be frozen safely: ${hazards.map((h) => h.message).join('; ')}`,
+        {
+          phase: 'cutover',
+          hint: 'nothing was frozen; fix the above and run the cutover again',
+        },
+      );
+  }
   await db.query(`ALTER DATABASE ${ident(db.database)} SET default_transaction_read_only = on`);
   const deadline = Date.now() + (options.timeoutMs ?? 5000);
   let ended = 0;
@@ -122,14 +132,19 @@ export async function freezeWrites(db: Db, options: FreezeOptions = {}): Promise
     const left = await db.query(OTHER_SESSIONS);
     if (left.length === 0) break;
     if (Date.now() > deadline) {
-      await unfreezeWrites(db).catch(() => {});
-      throw new FreezeFailedError(
-        `${left.length} session(s) on ${db.side} database ${db.database} did not end after pg_terminate_backend`,
-        {
-          phase: 'cutover',
-          hint: 'the source was unfrozen again; check for stuck backends in pg_stat_activity',
-        },
+      const what = `${left.length} session(s) on ${db.side} database ${db.database} did not end after pg_terminate_backend`;
+      if (options.refreeze)
+        throw new FreezeFailedError(`${what}; the ${db.side} stays read-only`, {
+          hint: 'check for stuck backends in pg_stat_activity',
+        });
+      const unfrozen = await unfreezeWrites(db).then(
+        () => `the ${db.side} was unfrozen again`,
+        (err) => `unfreezing the ${db.side} again failed too (${errorMessage(err)}): it may still be read-only`,
       );
+      throw new FreezeFailedError(`${what}; ${unfrozen}`, {
+        phase: 'cutover',
+        hint: 'check for stuck backends in pg_stat_activity',
+      });
     }
     await sleep(5);
   }

@@ -21,6 +21,7 @@ import { type Db, ident } from '../db';
 import {
   currentLsn,
   freezeWrites,
+  isFrozen,
   unfreezeWrites,
   waitConfirmed,
   waitPreparedTransactions,
@@ -43,6 +44,7 @@ import {
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
 import type { PhaseContext } from './context';
+import { runUndo, type UndoStep } from './undo';
 
 /** The last look may decode at most 16 MiB of WAL and take at most 250 ms of the write gap. */
 const LAST_LOOK = { maxDecodeBytes: 16 * 1024 * 1024, timeoutMs: 250 };
@@ -52,20 +54,50 @@ async function createLogicalSlot(db: Db, name: string) {
     await db.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [name]);
 }
 
-/** Undo a cutover that has not switched: reverse objects gone, forward replication on, source writable. */
-async function undo(ctx: PhaseContext) {
+/**
+ * The source unfrozen, if this cutover froze it: one that was read-only before (another migration's
+ * freeze, recorded before ours) stays read-only.
+ */
+function unfreezeSource(ctx: PhaseContext): UndoStep[] {
+  return ctx.state.cutover?.wasFrozen ? [] : [['unfreeze the source', () => unfreezeWrites(ctx.source)]];
+}
+
+/**
+ * Undo a cutover that has not switched: reverse objects gone, forward replication on, source writable.
+ * Its breadcrumb goes only if all of that worked (runUndo); `resume` undoes it again otherwise.
+ */
+async function undo(ctx: PhaseContext, cause?: unknown, steps?: UndoStep[]) {
   const n = objectNames(ctx.config.id);
-  await dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }).catch(() => {});
-  await dropSlot(ctx.target, n.reverseSlot).catch(() => {});
-  await dropPublication(ctx.target, n.reversePublication).catch(() => {});
-  if (await subscriptionExists(ctx.target, n.subscription))
-    await ctx.target.query(`ALTER SUBSCRIPTION ${ident(n.subscription)} ENABLE`);
-  await unfreezeWrites(ctx.source);
+  await runUndo(
+    ctx,
+    'cutover',
+    steps ?? [
+      [
+        `drop the prepared subscription ${n.reverseSubscription} on the source`,
+        () => dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }),
+      ],
+      [`drop the reverse slot ${n.reverseSlot} on the target`, () => dropSlot(ctx.target, n.reverseSlot)],
+      [
+        `drop the publication ${n.reversePublication} on the target`,
+        () => dropPublication(ctx.target, n.reversePublication),
+      ],
+      [
+        `enable the forward subscription ${n.subscription}`,
+        async () => {
+          if (await subscriptionExists(ctx.target, n.subscription))
+            await ctx.target.query(`ALTER SUBSCRIPTION ${ident(n.subscription)} ENABLE`);
+        },
+      ],
+      ...unfreezeSource(ctx),
+    ],
+    { cause, command: `pgferry resume --id ${ctx.config.id}` },
+  );
 }
 
 /** Finish what follows the switch (outside the write gap): forward subscription and slot dropped. */
 async function finish(ctx: PhaseContext) {
   const n = objectNames(ctx.config.id);
+  await ctx.fault?.('cutover: finish');
   await dropSubscription(ctx.target, n.subscription);
   await dropSlot(ctx.source, n.slot);
 }
@@ -80,9 +112,6 @@ export async function undoInterruptedCutover(ctx: PhaseContext): Promise<boolean
   if (!c?.freezeAt || c.switchAt || c.switchStartedAt) return false;
   ctx.log('a previous cutover stopped before the switch: unfreezing the source and resuming forward replication');
   await undo(ctx);
-  await ctx.update((s) => {
-    s.cutover = undefined;
-  });
   return true;
 }
 
@@ -152,8 +181,10 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     });
   }
   const freezeAt = new Date();
+  // Recorded before the freeze: a source already read-only (another migration's freeze) is left so by an undo.
+  const wasFrozen = await isFrozen(ctx.source);
   await ctx.update((s) => {
-    s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward' };
+    s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward', wasFrozen };
   });
 
   // From the freeze until the switch is recorded (or undone), Ctrl-C waits: see critical.ts.
@@ -179,20 +210,14 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     } catch (err) {
       if (err instanceof PreparedTransactionsPendingError) {
         // As after a drain timeout: unfrozen, and the runner returns to catch-up.
-        await unfreezeWrites(ctx.source);
-        await ctx.update((s) => {
-          s.cutover = undefined;
-        });
+        await undo(ctx, err, unfreezeSource(ctx));
         throw new PreparedTransactionsPendingError(`${err.message}; the source was unfrozen`, {
           phase: 'cutover',
           hint: err.hint,
         });
       }
       // Whatever broke the freeze (a refused check, a lost connection), the source must not stay frozen.
-      await undo(ctx).catch(() => {});
-      await ctx.update((s) => {
-        s.cutover = undefined;
-      });
+      await undo(ctx, err);
       if (err instanceof FreezeFailedError) throw err;
       throw new CutoverFailedError(`the write freeze failed; the source was unfrozen: ${errorMessage(err)}`, {
         cause: err,
@@ -200,10 +225,8 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       });
     }
     if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.drainTimeoutMs))) {
-      await unfreezeWrites(ctx.source);
-      await ctx.update((s) => {
-        s.cutover = undefined;
-      });
+      const timeout = new DrainTimeoutError(`the target did not confirm ${freezeLsn} in time`);
+      await undo(ctx, timeout, unfreezeSource(ctx));
       throw new DrainTimeoutError(
         `the target did not confirm ${freezeLsn} within ${ctx.config.drainTimeoutMs} ms; the source was unfrozen`,
         {
@@ -271,10 +294,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       });
       step('record');
     } catch (err) {
-      await undo(ctx).catch(() => {});
-      await ctx.update((s) => {
-        s.cutover = undefined;
-      });
+      await undo(ctx, err);
       if (err instanceof DrainTimeoutError) throw err;
       throw new CutoverFailedError(
         `cutover failed before the switch; the source was unfrozen and forward replication resumed: ${(err as Error).message}`,
@@ -301,11 +321,12 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
             hint: `fix the --on-switch command, then \`pgferry resume --id ${ctx.config.id}\` switches again and finishes`,
           },
         );
-      // Only the switch command ran, and it failed: the application did not move. Undo everything.
-      await undo(ctx).catch(() => {});
+      // Only the switch command ran, and it failed: the application did not move. Undo everything;
+      // should the undo fail, its breadcrumb must lead `resume` to undo again, not to switch.
       await ctx.update((s) => {
-        s.cutover = undefined;
+        s.cutover = { ...s.cutover, switchStartedAt: undefined };
       });
+      await undo(ctx, err);
       throw err;
     }
     const switchedMs = performance.now() - t0;
@@ -322,6 +343,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       sequencesSynced: sequences,
       direction: 'forward' as const,
       stepsMs: steps,
+      wasFrozen,
     };
     await ctx.update((s) => {
       s.cutover = done;

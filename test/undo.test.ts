@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { advance, inspectMigration, openSession, rollbackMigration } from '../packages/cli/src/runner';
-import { cleanup, connect } from '../packages/postgres/src/index';
+import { assess, cleanup, connect } from '../packages/postgres/src/index';
 import { frozen, loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
 import { freshPair, type Pair, serverUrl, sql } from './harness/pairs';
 
@@ -208,5 +208,40 @@ describe('undo paths', () => {
       { id: 'another' },
       { id: m.id },
     ]);
+  });
+});
+
+describe('a second migration, and a rollback run again', () => {
+  it('blocks the assessment of a source another migration cut over: its objects and its freeze', async () => {
+    pair = await freshPair(15, 'second');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const first = await newMigration(rt, pair, { cutover: 'auto' });
+    expect((await advance(rt, first.id, { cutover: 'auto' })).status).toBe('cut-over');
+    const source = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
+    try {
+      const report = await assess(source, undefined, { migrationId: 'second' });
+      const blockers = report.findings.filter((f) => f.level === 'blocker');
+      expect(blockers.map((f) => f.code).sort()).toEqual(['source-frozen', 'source-other-migration']);
+      expect(blockers.find((f) => f.code === 'source-other-migration')?.message).toContain(
+        `subscription pgferry_${first.id}_rev`,
+      );
+    } finally {
+      await source.end();
+    }
+  });
+
+  it('leaves a freeze it did not set when it undoes a cutover', async () => {
+    pair = await freshPair(15, 'notmine');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'manual', switchFile: undefined, onSwitch: 'exit 3' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // Someone else froze the source meanwhile (another migration's cutover, its DBA).
+    await pair.source(`ALTER DATABASE ${pg.escapeIdentifier(pair.sourceDb)} SET default_transaction_read_only = on`);
+    const err = await failure(advance(rt, m.id, { cutover: 'now' }));
+    expect(err.message).toMatch(/--on-switch command failed \(exit 3\)/);
+    expect((await rt.store.get(m.id)).cutover).toBeUndefined(); // undone...
+    expect(await frozen(pair, 'source')).toBe(true); // ...but not that freeze
   });
 });

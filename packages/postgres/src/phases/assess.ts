@@ -3,7 +3,7 @@
  * migration, warnings are recorded, info explains what pgferry will do. Read-only: it creates nothing.
  */
 import { readFileSync } from 'node:fs';
-import { AssessmentBlockedError, DEFAULTS } from '@pgferry/core';
+import { AssessmentBlockedError, DEFAULTS, objectNames } from '@pgferry/core';
 import {
   copyableTables,
   hasReplicaIdentity,
@@ -14,7 +14,7 @@ import {
   userObjects,
 } from '../catalog';
 import type { Db } from '../db';
-import { describePrepared, formatAge, freezeHazards, preparedTransactions } from '../freeze';
+import { describePrepared, formatAge, freezeHazards, isFrozen, preparedTransactions } from '../freeze';
 import { longTransactions } from '../lag';
 import { canCreateSubscription } from '../replication';
 
@@ -182,6 +182,41 @@ async function preparedFindings(db: Db, orphanMs: number, add: (f: Finding) => v
       level: 'info',
       code: 'prepared-transactions',
       message: `${inFlight.length} prepared transaction(s) in flight (${inFlight.map((p) => describePrepared(p)).join(', ')}): a transaction manager's two-phase commits. Slot creation waits for them, and the cutover, once frozen, waits for them to be committed or rolled back (--max-prepared-wait-ms) before it reads the LSN to drain to`,
+    });
+}
+
+/**
+ * Another pgferry migration's objects, or a database left read-only: the source of a migration that
+ * cut over stays frozen while reverse replication applies into it. A second migration of it would
+ * fight the first (its undo could unfreeze that source under reverse replication).
+ */
+async function otherMigrationFindings(db: Db, migrationId: string | undefined, add: (f: Finding) => void) {
+  const own = migrationId ? [objectNames(migrationId).slot, objectNames(migrationId).reverseSlot] : [];
+  const found = await db.query<{ what: string }>(
+    `SELECT 'replication slot ' || slot_name AS what FROM pg_replication_slots
+      WHERE database = current_database() AND slot_name LIKE 'pgferry\\_%' AND slot_name::text <> ALL ($1::text[])
+     UNION ALL
+     SELECT 'publication ' || pubname FROM pg_publication WHERE pubname LIKE 'pgferry\\_%' AND pubname::text <> ALL ($1::text[])
+     UNION ALL
+     SELECT 'subscription ' || subname FROM pg_subscription
+      WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+        AND subname LIKE 'pgferry\\_%' AND subname::text <> ALL ($1::text[])
+     ORDER BY 1`,
+    [own],
+  );
+  if (found.length)
+    add({
+      level: 'blocker',
+      code: `${db.side}-other-migration`,
+      message: `${db.side} database ${db.database} holds another pgferry migration's ${found.map((r) => r.what).join(', ')}: that migration is not over (after a cutover its reverse replication still applies into the old source)`,
+      hint: 'finish that migration first (`pgferry cleanup --id <its id>` once it is over), or migrate a database no migration uses',
+    });
+  if (db.side === 'source' && (await isFrozen(db)))
+    add({
+      level: 'blocker',
+      code: 'source-frozen',
+      message: `source database ${db.database} is read-only (default_transaction_read_only is set on it): frozen by another migration's cutover, or by its DBA, so the application does not write to it`,
+      hint: 'migrate the database the application writes to now; if this one should take writes, find out who froze it first',
     });
 }
 
@@ -472,6 +507,8 @@ export async function assess(
   const add = (f: Finding) => findings.push(f);
   const src = await facts(source);
   const tables = await sourceFindings(source, src, add, options.preparedOrphanMs ?? DEFAULTS.preparedOrphanMs);
+  await otherMigrationFindings(source, options.migrationId, add);
+  if (target) await otherMigrationFindings(target, options.migrationId, add);
   // What would keep the cutover's freeze from holding (prepared transactions are a finding of their own).
   for (const h of await freezeHazards(source, options))
     if (h.kind !== 'prepared-transaction')

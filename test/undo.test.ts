@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -243,5 +243,30 @@ describe('a second migration, and a rollback run again', () => {
     expect(err.message).toMatch(/--on-switch command failed \(exit 3\)/);
     expect((await rt.store.get(m.id)).cutover).toBeUndefined(); // undone...
     expect(await frozen(pair, 'source')).toBe(true); // ...but not that freeze
+  });
+
+  it('never moves a source sequence back when a rollback killed after its switch file named the source runs again', async () => {
+    pair = await freshPair(15, 'seqagain');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    await advance(rt, m.id, { cutover: 'auto' });
+    // What a rollback killed right after rewriting the switch file leaves: target frozen, reverse stream
+    // stopped, source writable and named by the switch file, the rollback begun but not recorded as done.
+    const rev = `pgferry_${m.id}_rev`;
+    await pair.target(`ALTER DATABASE ${pg.escapeIdentifier(pair.targetDb)} SET default_transaction_read_only = on`);
+    await pair.source(`ALTER SUBSCRIPTION ${rev} DISABLE`);
+    await pair.source(`ALTER DATABASE ${pg.escapeIdentifier(pair.sourceDb)} RESET default_transaction_read_only`);
+    writeFileSync(rt.switchFile, `${pair.sourceUrl}\n`);
+    const state = await rt.store.get(m.id);
+    await rt.store.put({ ...state, rollback: { freezeAt: new Date().toISOString(), direction: 'reverse' } });
+    // The application follows the file and writes to the source.
+    const [{ last }] = (await pair.source(
+      "SELECT max(v)::int AS last FROM (SELECT nextval('orders_id_seq') AS v FROM generate_series(1, 20)) s",
+    )) as [{ last: number }];
+    const rolled = await rollbackMigration(rt, m.id);
+    expect(rolled.status).toBe('rolled-back');
+    const [{ next }] = (await pair.source("SELECT nextval('orders_id_seq')::int AS next")) as [{ next: number }];
+    expect(next).toBeGreaterThan(last);
   });
 });

@@ -185,9 +185,15 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
   }
   // A rollback interrupted after it stopped the reverse stream would otherwise wait on it forever.
   await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} ENABLE`);
+  // An earlier attempt that began to switch back (the switch file may name the source): the
+  // application may already write to the source, so no sequence there may go backwards.
   const earlier = ctx.state.rollback;
+  const sourceMayWrite =
+    !!earlier?.switchStartedAt ||
+    (!!ctx.config.switchFile && readSwitchFile(ctx.config.switchFile) === ctx.config.sourceUrl);
+  const seqOptions = { neverLower: sourceMayWrite };
   // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.
-  await syncSequences(ctx.target, ctx.source);
+  await syncSequences(ctx.target, ctx.source, seqOptions);
   // Recorded before the freeze: a rollback killed in its write gap shows in status, and resume refuses
   // to pretend the application is on the target; running the rollback again finishes it. So is whether
   // the target was read-only before (then an undo leaves it so); an earlier attempt's answer stands.
@@ -263,10 +269,11 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
     };
     let sequences: number;
     try {
-      sequences = await syncSequences(ctx.target, ctx.source);
+      sequences = await syncSequences(ctx.target, ctx.source, seqOptions);
       await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} DISABLE`);
       sourceUnfrozen = true;
       await unfreezeWrites(ctx.source);
+      // From here a rollback run again must not move the source's sequences back (see sourceMayWrite).
       await ctx.update((s) => {
         s.rollback = { ...s.rollback, switchStartedAt: new Date().toISOString() };
       });

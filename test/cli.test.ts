@@ -405,6 +405,28 @@ describe('pgferry CLI', () => {
     expect(again.stdout).toContain('verify: OK');
   });
 
+  it('shows the last lines a failing switch command wrote, redacted, and takes the fixed command on cutover', async () => {
+    pair = await freshPair(15, 'clifixswitch');
+    await loadSample(pair, 100);
+    // A chatty command that fails at the end, last saying which URL it could not use.
+    const onSwitch = `for i in $(seq 1 40); do echo "reloading pool member $i of 40, waiting for its health check"; done >&2; echo "gave up: $PGFERRY_TARGET_URL unreachable from the pool" >&2; exit 5`;
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'fx', '--on-switch', onSwitch];
+    expect((await pgferry(['migrate', ...args, '--yes'])).code).toBe(0);
+    const failed = await pgferry(['cutover', '--id', 'fx']);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain('reloading pool member 40 of 40');
+    expect(failed.stderr).toMatch(
+      /gave up: postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:\d+\/tgt_clifixswitch_\w+ unreachable/,
+    );
+    expect(failed.stderr).not.toContain(pair.targetServer.password);
+    expect(failed.stderr).toContain("pgferry cutover --id fx --on-switch '<the fixed command>'");
+    // The hint's command works: the fixed switch command is taken, and the cutover goes through.
+    const fixed = await pgferry(['cutover', '--id', 'fx', '--on-switch', 'true']);
+    expect(fixed.code).toBe(0);
+    expect(fixed.stdout).toContain('verify: OK');
+    expect(JSON.parse(readFileSync(join(cwd!, '.pgferry', 'fx.json'), 'utf8')).config.onSwitch).toBe('true');
+  });
+
   it('does not undo a switch whose file already names the target when the switch command then fails', async () => {
     pair = await freshPair(15, 'cliswitchfile');
     await loadSample(pair, 200);

@@ -27,6 +27,7 @@ import {
   createMigration,
   inspectMigration,
   type Runtime,
+  reconfigure,
   rollbackMigration,
   useCredentials,
 } from './runner';
@@ -36,6 +37,10 @@ import { FileMigrationStore } from './store';
 const CREDENTIALS = `--source URL, --target URL  new credentials (a rotated password) for the same user, server and
                             database as the migration uses; they replace the stored ones and the
                             ones pgferry's subscriptions log in with`;
+
+/** Options of the commands that switch, replacing what migrate was given (say, a fixed --on-switch). */
+const SWITCHING = `--on-switch CMD, --switch-file PATH  replace the migration's switch command or file from now on
+                            (a command that failed, fixed); --max-prepared-wait-ms N likewise`;
 
 const HELP: Record<string, string> = {
   main: `pgferry — move a live PostgreSQL database to another server (Amazon RDS) with zero downtime
@@ -104,20 +109,25 @@ subscriptions and their apply workers, whether a database is read-only, and whet
 connected. Lines marked ATTENTION need someone (a slot nobody reads after a crash fills the source's
 disk) and say which command puts it right. --offline shows only the recorded state.
 ${CREDENTIALS}`,
-  cutover: `Usage: pgferry cutover --id ID [--report PATH] [--source URL] [--target URL] [--json]
+  cutover: `Usage: pgferry cutover --id ID [--report PATH] [--on-switch CMD] [--switch-file PATH]
+                       [--max-prepared-wait-ms N] [--source URL] [--target URL] [--json]
 
 Waits for the cutover gate, freezes writes, drains, switches, verifies.
+${SWITCHING}
 ${CREDENTIALS}`,
-  rollback: `Usage: pgferry rollback --id ID [--source URL] [--target URL] [--json]
+  rollback: `Usage: pgferry rollback --id ID [--on-switch CMD] [--switch-file PATH] [--source URL] [--target URL] [--json]
+${SWITCHING}
 ${CREDENTIALS}`,
   cleanup: `Usage: pgferry cleanup --id ID [--force] [--source URL] [--target URL] [--json]
 
 --force cleans up a migration that is still replicating (it stops replication).
 ${CREDENTIALS}`,
-  resume: `Usage: pgferry resume --id ID [--report PATH] [--source URL] [--target URL] [--json]
+  resume: `Usage: pgferry resume --id ID [--report PATH] [--on-switch CMD] [--switch-file PATH]
+                      [--max-prepared-wait-ms N] [--source URL] [--target URL] [--json]
 
 Continues from the last recorded step; cuts over only if the migration was started with --cutover auto.
 --report PATH writes the final state as JSON (default: the path given to migrate).
+${SWITCHING}
 ${CREDENTIALS}`,
   demo: 'Usage: pgferry demo [--target-version 15|16|17] [--rows N]\n\nStarts a source (PostgreSQL 15) and a target server, runs a live writer, migrates with automatic cutover.',
 };
@@ -166,10 +176,10 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'yes',
   ],
   status: ['id', 'offline', 'source', 'target'],
-  cutover: ['id', 'report', 'source', 'target'],
-  rollback: ['id', 'source', 'target'],
+  cutover: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
+  rollback: ['id', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
   cleanup: ['id', 'force', 'source', 'target'],
-  resume: ['id', 'report', 'source', 'target'],
+  resume: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
   demo: ['target-version', 'rows'],
 };
 const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
@@ -323,6 +333,12 @@ export async function main(argv: string[]): Promise<number> {
         // status only reads: it changes no server object.
         { subscriptions: command !== 'status' },
       );
+    if (['cutover', 'resume', 'rollback'].includes(command) && values.id)
+      await reconfigure(rt, values.id, {
+        onSwitch: values['on-switch'],
+        switchFile: values['switch-file'] ? resolve(values['switch-file']) : undefined,
+        maxPreparedWaitMs: int(values['max-prepared-wait-ms'], '--max-prepared-wait-ms'),
+      });
 
     switch (command) {
       case 'assess': {

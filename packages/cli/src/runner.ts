@@ -163,6 +163,32 @@ export async function useCredentials(
   if (urls.targetUrl) await refresh('source', next.sourceUrl, n.reverseSubscription, next.targetUrl);
 }
 
+/** What `cutover`, `resume` and `rollback` may change in a stored migration's configuration. */
+export interface Reconfiguration {
+  onSwitch?: string;
+  switchFile?: string;
+  maxPreparedWaitMs?: number;
+}
+
+/**
+ * Change how a stored migration switches (a --on-switch command that failed, fixed) or waits, before
+ * the command that needs it runs. Validated as `migrate` validates it.
+ */
+export async function reconfigure(rt: Runtime, id: string, changes: Reconfiguration): Promise<void> {
+  const given = Object.fromEntries(Object.entries(changes).filter(([, v]) => v !== undefined));
+  if (Object.keys(given).length === 0) return;
+  const state = await rt.store.get(id);
+  const config = parseMigrationConfig({ ...state.config, ...given });
+  await rt.store.put({
+    ...state,
+    config: { ...config, sourceUrl: state.config.sourceUrl, targetUrl: state.config.targetUrl },
+    events: [
+      ...state.events,
+      { at: new Date().toISOString(), message: `configuration changed: ${Object.keys(given).join(', ')}` },
+    ],
+  });
+}
+
 /**
  * What is live on both servers for a stored migration (`pgferry status`): each side is checked on its
  * own, with short timeouts, so an unreachable one is reported rather than fatal. Only reads.

@@ -318,7 +318,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
             cause: err,
             phase: 'cutover',
             field: '--on-switch',
-            hint: `fix the --on-switch command, then \`pgferry resume --id ${ctx.config.id}\` switches again and finishes`,
+            hint: `fix the --on-switch command, then \`pgferry resume --id ${ctx.config.id} --on-switch '<the fixed command>'\` switches again and finishes`,
           },
         );
       // Only the switch command ran, and it failed: the application did not move. Undo everything;

@@ -300,7 +300,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
             cause: err,
             phase: 'rollback',
             field: '--on-switch',
-            hint: `fix the --on-switch command, then \`${command} --on-switch CMD\` switches back again and finishes`,
+            hint: `fix the --on-switch command, then \`${command} --on-switch '<the fixed command>'\` switches back again and finishes`,
           },
         );
       throw await undo(err, 'the switch back failed');

@@ -427,6 +427,40 @@ describe('pgferry CLI', () => {
     expect(JSON.parse(readFileSync(join(cwd!, '.pgferry', 'fx.json'), 'utf8')).config.onSwitch).toBe('true');
   });
 
+  it('makes the source writable again without a dead target, once --yes accepts the risk its help spells out', async () => {
+    pair = await freshPair(15, 'cliunfreeze');
+    await loadSample(pair, 100);
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'uf', '--cutover', 'auto'];
+    expect((await pgferry(['migrate', ...args, '--yes'])).code).toBe(0);
+    expect(await frozen(pair, 'source')).toBe(true);
+    // The target dies: nothing can connect to it any more.
+    const admin = serverUrl(pair.targetServer);
+    const { sql } = await import('./harness/pairs');
+    await sql(admin, `ALTER DATABASE ${pair.targetDb} ALLOW_CONNECTIONS false`);
+    await sql(admin, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [pair.targetDb]);
+    try {
+      expect((await pgferry(['rollback', '--id', 'uf'])).code).toBe(3); // a rollback needs the target
+      expect(await frozen(pair, 'source')).toBe(true);
+      expect((await pgferry(['unfreeze', '--help'])).stdout).toContain(
+        'RISK: every write the application made on the target',
+      );
+      const refused = await pgferry(['unfreeze', '--id', 'uf']);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toContain('pass --yes to accept that');
+      expect(await frozen(pair, 'source')).toBe(true);
+      const unfrozen = await pgferry(['unfreeze', '--id', 'uf', '--yes']);
+      expect(unfrozen.code).toBe(0);
+      expect(unfrozen.stdout).toContain('The source takes writes again.');
+      expect(await frozen(pair, 'source')).toBe(false);
+      // A target that comes back applies nothing more into the source, which now takes writes of its own.
+      expect(await pair.source("SELECT subenabled FROM pg_subscription WHERE subname = 'pgferry_uf_rev'")).toEqual([
+        { subenabled: false },
+      ]);
+    } finally {
+      await sql(admin, `ALTER DATABASE ${pair.targetDb} ALLOW_CONNECTIONS true`);
+    }
+  });
+
   it('does not undo a switch whose file already names the target when the switch command then fails', async () => {
     pair = await freshPair(15, 'cliswitchfile');
     await loadSample(pair, 200);

@@ -29,6 +29,7 @@ import {
   type Runtime,
   reconfigure,
   rollbackMigration,
+  unfreezeMigration,
   useCredentials,
 } from './runner';
 import { FileMigrationStore } from './store';
@@ -55,6 +56,7 @@ Commands:
   rollback  Roll back: before cutover remove what pgferry created; after cutover switch back losing nothing
   cleanup   Remove replication objects and pgferry's marker on both sides after cutover or rollback
   resume    Continue a migration after a crash or an interrupted command
+  unfreeze  Make the source writable again without the target (when the target is gone); see its --help
   demo      Start two local servers, migrate a sample database under live writes, print the result
 
 Global options:
@@ -129,6 +131,17 @@ Continues from the last recorded step; cuts over only if the migration was start
 --report PATH writes the final state as JSON (default: the path given to migrate).
 ${SWITCHING}
 ${CREDENTIALS}`,
+  unfreeze: `Usage: pgferry unfreeze --id ID --yes [--source URL] [--json]
+
+The way back when the target is gone: a rollback needs the target (it drains the writes made there and
+syncs the sequences back), so without it the source stays read-only. This stops reverse replication into
+the source (so a target that comes back applies nothing more into it) and makes the source writable; it
+does not switch the application (point it at the source yourself, or run the switch command).
+
+RISK: every write the application made on the target that reverse replication had not yet brought to the
+source is NOT on the source, and the source's sequences were not synced from the target, so new rows may
+take keys the target already used (duplicate keys when the data is brought together later). Use it only
+when the target cannot come back in time; --yes says you accept this.`,
   demo: 'Usage: pgferry demo [--target-version 15|16|17] [--rows N]\n\nStarts a source (PostgreSQL 15) and a target server, runs a live writer, migrates with automatic cutover.',
 };
 
@@ -180,6 +193,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
   rollback: ['id', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
   cleanup: ['id', 'force', 'source', 'target'],
   resume: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
+  unfreeze: ['id', 'yes', 'source'],
   demo: ['target-version', 'rows'],
 };
 const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
@@ -321,7 +335,7 @@ export async function main(argv: string[]): Promise<number> {
       return command || values.help ? EXIT_CODES.ok : EXIT_CODES.invalidInput;
     }
     checkOptions(command, values);
-    if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup'].includes(command)) handleInterrupts();
+    if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup', 'unfreeze'].includes(command)) handleInterrupts();
     const stateDir = resolve(values['state-dir'] ?? '.pgferry');
     const rt: Runtime = { store: new FileMigrationStore(stateDir), stateDir, events: out };
     // A stored migration's commands take --source/--target only to bring new credentials (a rotated password).
@@ -331,7 +345,7 @@ export async function main(argv: string[]): Promise<number> {
         values.id,
         { sourceUrl: values.source, targetUrl: values.target },
         // status only reads: it changes no server object.
-        { subscriptions: command !== 'status' },
+        { subscriptions: command !== 'status' && command !== 'unfreeze' },
       );
     if (['cutover', 'resume', 'rollback'].includes(command) && values.id)
       await reconfigure(rt, values.id, {
@@ -443,6 +457,17 @@ export async function main(argv: string[]): Promise<number> {
       case 'rollback': {
         const state = await rollbackMigration(rt, need(values.id, '--id', 'rollback'));
         out.result(state, `${describeState(state)}\n\nRolled back. Run: pgferry cleanup --id ${state.id}`);
+        return EXIT_CODES.ok;
+      }
+      case 'unfreeze': {
+        const id = need(values.id, '--id', 'unfreeze');
+        if (!values.yes)
+          throw new InvalidInputError(
+            'unfreeze makes the source writable without the target: writes made on the target that reverse replication had not brought over are not on it; pass --yes to accept that',
+            { field: '--yes', hint: 'pgferry unfreeze --help says what is at risk' },
+          );
+        const state = await unfreezeMigration(rt, id);
+        out.result(state, `${describeState(state)}\n\nThe source takes writes again. Point the application at it.`);
         return EXIT_CODES.ok;
       }
       case 'cleanup': {

@@ -37,8 +37,10 @@ import {
   cutover,
   type Db,
   endOrphanSessions,
+  ident,
   inspectApplicationName,
   inspectSide,
+  isFrozen,
   type LiveStatus,
   liveAttention,
   type PhaseContext,
@@ -47,7 +49,9 @@ import {
   rollback,
   type SideLive,
   startReplication,
+  subscriptionExists,
   undoInterruptedCutover,
+  unfreezeWrites,
   unreachable,
   updateSubscriptionConnection,
   verify,
@@ -557,6 +561,41 @@ async function rollbackClaimed(rt: Runtime, id: string): Promise<MigrationState>
   } finally {
     await session.close();
   }
+}
+
+/**
+ * The way out when the target is gone and a rollback cannot run (it needs the target): make the source
+ * writable again, without the target. Reverse replication into the source is stopped first, so that a
+ * target that comes back applies nothing into a source that takes writes of its own. What the target
+ * took that reverse replication had not brought over is not on the source: the caller was told.
+ */
+export function unfreezeMigration(rt: Runtime, id: string): Promise<MigrationState> {
+  return claimed(rt, id, async () => {
+    const state = await rt.store.get(id);
+    const secrets = await rt.store.secrets(id);
+    const n = objectNames(id);
+    const source = await connect(secrets.sourceUrl, { side: 'source', applicationName: n.applicationName, max: 1 });
+    try {
+      const done: string[] = [];
+      if (await subscriptionExists(source, n.reverseSubscription)) {
+        await source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} DISABLE`);
+        done.push(`reverse replication (${n.reverseSubscription}) stopped`);
+      }
+      if (await isFrozen(source)) {
+        await unfreezeWrites(source);
+        done.push('source unfrozen');
+      }
+      const message = `pgferry unfreeze: ${done.length ? done.join(', ') : 'the source was writable already'}, without the target; writes the target took that reverse replication had not brought over are not on the source, and its sequences were not synced from the target`;
+      rt.events.log(message);
+      return await rt.store.put({
+        ...state,
+        events: [...state.events, { at: new Date().toISOString(), message }],
+        warnings: [...(state.warnings ?? []), message],
+      });
+    } finally {
+      await source.end();
+    }
+  });
 }
 
 export function cleanupMigration(rt: Runtime, id: string, options: { force?: boolean } = {}): Promise<MigrationState> {

@@ -139,6 +139,10 @@ export function describeState(s: MigrationState): string {
       `  ATTENTION: a rollback began at ${s.rollback.freezeAt} and did not finish; the target may be read-only.\n  Run \`pgferry rollback --id ${s.id}\` to finish it.`,
     );
   if (s.rollback?.switchAt) lines.push(`  rolled back: write gap ${s.rollback.writeGapMs} ms`);
+  if (s.rollback?.switchAt && !['rolled-back', 'cleaned-up'].includes(s.status))
+    lines.push(
+      `  ATTENTION: the rollback switched back at ${s.rollback.switchAt} but did not finish (status still ${s.status}).\n  Run \`pgferry rollback --id ${s.id}\` to finish it.`,
+    );
   if (s.verify) lines.push(`  verify: ${s.verify.ok ? 'OK' : 'MISMATCH'} (${s.verify.tables.length} tables)`);
   for (const w of s.warnings ?? []) lines.push(`  warning: ${w}`);
   if (s.failure)

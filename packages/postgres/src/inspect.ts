@@ -224,6 +224,11 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
       `the ${writable.side} database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: ${fix}`,
     );
   }
+  // Killed after the switch back was recorded (kill -9): the application is on the source, the state not yet rolled back.
+  if (state.rollback?.switchAt && !working && !['rolled-back', 'cleaned-up'].includes(state.status))
+    out.push(
+      `a rollback switched the application back to the source at ${state.rollback.switchAt} and stopped before it finished (the state still says ${state.status}): \`pgferry rollback --id ${id}\` finishes it`,
+    );
   if (!working && !source.error && !target.error && state.status === 'running' && !undo)
     out.push(
       `no pgferry process is connected to either server, but the state says ${state.phase} is running: the process stopped (crash, kill, lost machine); \`pgferry resume --id ${id}\` goes on`,

@@ -75,6 +75,18 @@ describe('liveAttention', () => {
     expect(after).toContain('subscription pgferry_m1_rev on the source is disabled: nothing replicates');
   });
 
+  it('notices a rollback killed after its switch back was recorded, while the state still says cut-over', () => {
+    const killed = state({
+      status: 'cut-over',
+      phase: 'rollback',
+      cutover: { switchAt: '2026-11-26T00:00:00Z' },
+      rollback: { freezeAt: '2026-11-27T00:00:00Z', switchAt: '2026-11-27T00:00:01Z' },
+    });
+    expect(liveAttention(killed, side('source'), side('target', { frozen: true }))).toEqual([
+      'a rollback switched the application back to the source at 2026-11-27T00:00:01Z and stopped before it finished (the state still says cut-over): `pgferry rollback --id m1` finishes it',
+    ]);
+  });
+
   it('says a slot that lost its WAL cannot replicate any more', () => {
     const a = liveAttention(state(), side('source', { slots: [slot('pgferry_m1', false, 'lost')] }), side('target'));
     expect(a[0]).toMatch(/has lost WAL it needed .* `pgferry rollback --id m1`, then migrate again$/);

@@ -14,11 +14,6 @@ export interface PhaseContext {
   progress?(p: Progress): void;
   /** Directory for artifacts (schema dumps, dump strategy data). */
   artifactDir: string;
-  /**
-   * Fault injection, for tests of the failure paths only: awaited before each undo step and at a few
-   * named points (`cutover: finish`, `cleanup: read markers`); a throw there is that step failing.
-   */
-  fault?(point: string): Promise<void> | void;
 }
 
 export function sourceMajor(ctx: PhaseContext): Promise<number> {

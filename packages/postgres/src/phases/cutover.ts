@@ -97,7 +97,6 @@ async function undo(ctx: PhaseContext, cause?: unknown, steps?: UndoStep[]) {
 /** Finish what follows the switch (outside the write gap): forward subscription and slot dropped. */
 async function finish(ctx: PhaseContext) {
   const n = objectNames(ctx.config.id);
-  await ctx.fault?.('cutover: finish');
   await dropSubscription(ctx.target, n.subscription);
   await dropSlot(ctx.source, n.slot);
 }

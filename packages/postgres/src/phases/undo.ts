@@ -18,7 +18,6 @@ export async function runUndo(
   const failed: string[] = [];
   for (const [what, run] of steps) {
     try {
-      await ctx.fault?.(`${of} undo: ${what}`);
       await run();
     } catch (err) {
       failed.push(`${what}: ${errorMessage(err)}`);

@@ -198,7 +198,7 @@ describe('pgferry CLI', () => {
     expect(stuck.stdout).toContain('ATTENTION: subscription pgferry_climanual on the target is disabled');
     expect(stuck.stdout).toMatch(/ATTENTION: replication slot pgferry_climanual on the source is not being read/);
     expect(stuck.stdout).toContain(
-      'ATTENTION: the source database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: a cutover was interrupted',
+      'ATTENTION: the source database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: not frozen by this migration',
     );
     await pair.source(`ALTER DATABASE ${pair.sourceDb} RESET default_transaction_read_only`);
     await pair.target('ALTER SUBSCRIPTION pgferry_climanual ENABLE');

@@ -219,7 +219,10 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
           : `a cutover stopped while switching: \`pgferry resume --id ${id}\` finishes the switch`
         : rolledBack
           ? `\`ALTER DATABASE … RESET default_transaction_read_only\` on it reopens it`
-          : `a cutover was interrupted: \`pgferry resume --id ${id}\` finishes or undoes it, \`pgferry rollback --id ${id}\` unfreezes the source`;
+          : state.cutover?.freezeAt
+            ? `a cutover was interrupted: \`pgferry resume --id ${id}\` finishes or undoes it, \`pgferry rollback --id ${id}\` unfreezes the source`
+            : // pgferry records its freeze before it freezes: none recorded, none of this migration's.
+              `not frozen by this migration (it recorded no freeze), so pgferry leaves it so: whoever froze it (another migration's cutover, a DBA) reopens it, with \`ALTER DATABASE … RESET default_transaction_read_only\``;
     out.push(
       `the ${writable.side} database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: ${fix}`,
     );

@@ -107,8 +107,13 @@ describe('liveAttention', () => {
   });
 
   it('flags the database the application writes to when an interrupted freeze left it read-only', () => {
-    expect(liveAttention(state({ phase: 'cutover' }), side('source', { frozen: true }), side('target'))).toContain(
+    const interrupted = state({ phase: 'cutover', cutover: { freezeAt: '2026-11-26T00:00:00Z' } });
+    expect(liveAttention(interrupted, side('source', { frozen: true }), side('target'))).toContain(
       'the source database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: a cutover was interrupted: `pgferry resume --id m1` finishes or undoes it, `pgferry rollback --id m1` unfreezes the source',
+    );
+    // No freeze recorded (pgferry records it before freezing): someone else's, which no pgferry command resets.
+    expect(liveAttention(state({ phase: 'catch-up' }), side('source', { frozen: true }), side('target'))).toContain(
+      "the source database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: not frozen by this migration (it recorded no freeze), so pgferry leaves it so: whoever froze it (another migration's cutover, a DBA) reopens it, with `ALTER DATABASE … RESET default_transaction_read_only`",
     );
     const midRollback = state({ status: 'cut-over', phase: 'rollback', ...switched });
     expect(liveAttention(midRollback, side('source', { frozen: true }), side('target', { frozen: true }))).toEqual([

@@ -166,7 +166,9 @@ describe('two-phase commit', () => {
     pair = await freshPair(15, 'xacut');
     rt = testRuntime();
     await loadSample(pair, 200);
-    const m = await newMigration(rt, pair, { cutover: 'auto', catchUpTimeoutMs: 30_000 });
+    // The wait outlasts the longest hold (3 s), so no attempt gives up on a loaded machine either; giving up
+    // and trying again is the next test's.
+    const m = await newMigration(rt, pair, { cutover: 'auto', catchUpTimeoutMs: 30_000, maxPreparedWaitMs: 6000 });
     const coordinators = ['a', 'b', 'c'].map((x) => new Coordinator(pair!.sourceUrl, rt!.switchFile, `xa-${x}`));
     stops.push(...coordinators.map((c) => () => c.stop()));
     await sleep(1500); // prepared transactions in flight from the start: assessment, slot, gate and freeze

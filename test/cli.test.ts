@@ -457,7 +457,7 @@ describe('pgferry CLI', () => {
     expect(stuck.stdout).toContain('ATTENTION: subscription pgferry_climanual on the target is disabled');
     expect(stuck.stdout).toMatch(/ATTENTION: replication slot pgferry_climanual on the source is not being read/);
     expect(stuck.stdout).toContain(
-      'ATTENTION: the source database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: a cutover was interrupted',
+      'ATTENTION: the source database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: not frozen by this migration',
     );
     await pair.source(`ALTER DATABASE ${pair.sourceDb} RESET default_transaction_read_only`);
     await pair.target('ALTER SUBSCRIPTION pgferry_climanual ENABLE');
@@ -669,6 +669,62 @@ describe('pgferry CLI', () => {
     const again = await pgferry(['cutover', '--id', 'os']);
     expect(again.code).toBe(0);
     expect(again.stdout).toContain('verify: OK');
+  });
+
+  it('shows the last lines a failing switch command wrote, redacted, and takes the fixed command on cutover', async () => {
+    pair = await freshPair(15, 'clifixswitch');
+    await loadSample(pair, 100);
+    // A chatty command that fails at the end, last saying which URL it could not use.
+    const onSwitch = `for i in $(seq 1 40); do echo "reloading pool member $i of 40, waiting for its health check"; done >&2; echo "gave up: $PGFERRY_TARGET_URL unreachable from the pool" >&2; exit 5`;
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'fx', '--on-switch', onSwitch];
+    expect((await pgferry(['migrate', ...args, '--yes'])).code).toBe(0);
+    const failed = await pgferry(['cutover', '--id', 'fx']);
+    expect(failed.code).toBe(1);
+    expect(failed.stderr).toContain('reloading pool member 40 of 40');
+    expect(failed.stderr).toMatch(
+      /gave up: postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:\d+\/tgt_clifixswitch_\w+ unreachable/,
+    );
+    expect(failed.stderr).not.toContain(pair.targetServer.password);
+    expect(failed.stderr).toContain("pgferry cutover --id fx --on-switch '<the fixed command>'");
+    // The hint's command works: the fixed switch command is taken, and the cutover goes through.
+    const fixed = await pgferry(['cutover', '--id', 'fx', '--on-switch', 'true']);
+    expect(fixed.code).toBe(0);
+    expect(fixed.stdout).toContain('verify: OK');
+    expect(JSON.parse(readFileSync(join(cwd!, '.pgferry', 'fx.json'), 'utf8')).config.onSwitch).toBe('true');
+  });
+
+  it('makes the source writable again without a dead target, once --yes accepts the risk its help spells out', async () => {
+    pair = await freshPair(15, 'cliunfreeze');
+    await loadSample(pair, 100);
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'uf', '--cutover', 'auto'];
+    expect((await pgferry(['migrate', ...args, '--yes'])).code).toBe(0);
+    expect(await frozen(pair, 'source')).toBe(true);
+    // The target dies: nothing can connect to it any more.
+    const admin = serverUrl(pair.targetServer);
+    const { sql } = await import('./harness/pairs');
+    await sql(admin, `ALTER DATABASE ${pair.targetDb} ALLOW_CONNECTIONS false`);
+    await sql(admin, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [pair.targetDb]);
+    try {
+      expect((await pgferry(['rollback', '--id', 'uf'])).code).toBe(3); // a rollback needs the target
+      expect(await frozen(pair, 'source')).toBe(true);
+      expect((await pgferry(['unfreeze', '--help'])).stdout).toContain(
+        'RISK: every write the application made on the target',
+      );
+      const refused = await pgferry(['unfreeze', '--id', 'uf']);
+      expect(refused.code).toBe(2);
+      expect(refused.stderr).toContain('pass --yes to accept that');
+      expect(await frozen(pair, 'source')).toBe(true);
+      const unfrozen = await pgferry(['unfreeze', '--id', 'uf', '--yes']);
+      expect(unfrozen.code).toBe(0);
+      expect(unfrozen.stdout).toContain('The source takes writes again.');
+      expect(await frozen(pair, 'source')).toBe(false);
+      // A target that comes back applies nothing more into the source, which now takes writes of its own.
+      expect(await pair.source("SELECT subenabled FROM pg_subscription WHERE subname = 'pgferry_uf_rev'")).toEqual([
+        { subenabled: false },
+      ]);
+    } finally {
+      await sql(admin, `ALTER DATABASE ${pair.targetDb} ALLOW_CONNECTIONS true`);
+    }
   });
 
   it('does not undo a switch whose file already names the target when the switch command then fails', async () => {

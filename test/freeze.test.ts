@@ -12,6 +12,7 @@ import {
   unfreezeWrites,
   writesSince,
 } from '../packages/postgres/src/index';
+import { sleep } from './harness/migration';
 import { freshPair, type Pair } from './harness/pairs';
 
 let pair: Pair | undefined;
@@ -55,7 +56,7 @@ describe('write freeze', () => {
     expect(await pair.source('SELECT id FROM t ORDER BY id')).toEqual([{ id: 3 }]);
   });
 
-  it('refuses to freeze what it could not hold: a role that overrides it, a prepared transaction, a role that cannot end sessions', async () => {
+  it('refuses to freeze what it could not hold: a role that overrides it, an orphaned prepared transaction, a role that cannot end sessions', async () => {
     pair = await freshPair(15, 'hazards');
     await pair.source('CREATE TABLE t (id int PRIMARY KEY)');
     db = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
@@ -76,11 +77,16 @@ describe('write freeze', () => {
       }
       await pair.source(`ALTER ROLE ${role} IN DATABASE ${pair.sourceDb} SET default_transaction_read_only = off`);
       await pair.source("BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION 'pay-42'");
-      const hazards = (await freezeHazards(db)).map((h) => h.message);
+      const roleHazard = `role ${role} has its own default_transaction_read_only=off, which overrides the freeze: its sessions could write after it. Until the migration is over, run ALTER ROLE "${role}" IN DATABASE "${pair.sourceDb}" RESET default_transaction_read_only`;
+      // A prepared transaction in flight is a transaction manager's: the cutover waits for it after the freeze.
+      expect((await freezeHazards(db)).map((h) => h.message)).toEqual([roleHazard]);
+      // One older than the orphan threshold is a hazard: anyone could commit it after the freeze.
+      await sleep(20);
+      const hazards = (await freezeHazards(db, { preparedOrphanMs: 10 })).map((h) => h.message);
       expect(hazards).toEqual([
-        `role ${role} has its own default_transaction_read_only=off, which overrides the freeze: its sessions could write after it. Until the migration is over, run ALTER ROLE "${role}" IN DATABASE "${pair.sourceDb}" RESET default_transaction_read_only`,
+        roleHazard,
         expect.stringMatching(
-          /^prepared transaction 'pay-42' \(owner postgres, prepared .*\) is open: a COMMIT PREPARED after the freeze would stay on the source; COMMIT PREPARED or ROLLBACK PREPARED it first$/,
+          /^prepared transaction 'pay-42' \(owner postgres, prepared \d+ s ago\) is older than 0 s: an orphan its transaction manager forgot, which anyone could still commit after the freeze \(it would stay on the source\); COMMIT PREPARED or ROLLBACK PREPARED it, as its transaction manager's log says$/,
         ),
       ]);
       // So the freeze refuses, and freezes nothing.

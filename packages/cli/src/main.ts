@@ -29,7 +29,9 @@ import {
   createMigration,
   inspectMigration,
   type Runtime,
+  reconfigure,
   rollbackMigration,
+  unfreezeMigration,
   useCredentials,
 } from './runner';
 import { FileMigrationStore } from './store';
@@ -38,6 +40,10 @@ import { FileMigrationStore } from './store';
 const CREDENTIALS = `--source URL, --target URL  new credentials (a rotated password) for the same user, server and
                             database as the migration uses; they replace the stored ones and the
                             ones pgferry's subscriptions log in with`;
+
+/** Options of the commands that switch, replacing what migrate was given (say, a fixed --on-switch). */
+const SWITCHING = `--on-switch CMD, --switch-file PATH  replace the migration's switch command or file from now on
+                            (a command that failed, fixed); --max-prepared-wait-ms N likewise`;
 
 const HELP: Record<string, string> = {
   main: `pgferry — move a live PostgreSQL database to another server (Amazon RDS) with zero downtime
@@ -52,6 +58,7 @@ Commands:
   rollback  Roll back: before cutover remove what pgferry created; after cutover switch back losing nothing
   cleanup   Remove replication objects and pgferry's marker on both sides after cutover or rollback
   resume    Continue a migration after a crash or an interrupted command
+  unfreeze  Make the source writable again without the target (when the target is gone); see its --help
   demo      Start two local servers, migrate a sample database under live writes, print the result
 
 Global options:
@@ -64,11 +71,13 @@ Exit codes:
   5 lag or drain timeout · 6 verification mismatch · 7 state changed by another process
   8 not verified: the replica was too far behind to compare (not a mismatch; resume verifies again)
   130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP (a write gap is finished first)`,
-  assess: `Usage: pgferry assess --source URL [--target URL] [--json]
+  assess: `Usage: pgferry assess --source URL [--target URL] [--prepared-orphan-ms N] [--json]
        (or PGFERRY_SOURCE_URL / PGFERRY_TARGET_URL in the environment)
 
 Reads the source (and target) and reports blockers and warnings. Creates nothing. A source older than
-PostgreSQL 11 is a blocker.`,
+PostgreSQL 11 is a blocker.
+  --prepared-orphan-ms N  a prepared transaction (two-phase commit) older than N ms is an orphan and
+                          blocks (default 300000, 5 min); younger ones are in flight and reported`,
   migrate: `Usage: pgferry migrate --source URL --target URL [options]
 
   --source URL          postgres://user:password@host:port/database of the live database, PostgreSQL
@@ -95,6 +104,13 @@ PostgreSQL 11 is a blocker.`,
   --verify-wait-ms N    how long verify waits for the other side to apply past the point a
                         table was read at (default 30000); a table it does not reach in time
                         is reported not verified (exit 8), never as a mismatch
+  --max-prepared-wait-ms N
+                        after the freeze, wait up to N ms for the prepared transactions (two-phase
+                        commit) in flight to be committed or rolled back (default 2000); past it
+                        the source is unfrozen and the cutover tries again after catching up
+  --prepared-orphan-ms N
+                        a prepared transaction older than N ms is an orphan: it blocks the
+                        assessment and the cutover gate (default 300000, 5 min)
   --switch-file PATH    rewritten atomically with the URL the application must use
                         (its directory must exist: checked before anything is created)
   --on-switch CMD       run at the switch with PGFERRY_ACTIVE_URL, PGFERRY_SOURCE_URL,
@@ -113,21 +129,37 @@ connected. Lines marked ATTENTION need someone (a slot nobody reads after a cras
 disk) and say which command puts it right. --offline shows only the recorded state.
 status changes nothing, except with --source/--target:
 ${CREDENTIALS}`,
-  cutover: `Usage: pgferry cutover --id ID [--report PATH] [--source URL] [--target URL] [--json]
+  cutover: `Usage: pgferry cutover --id ID [--report PATH] [--on-switch CMD] [--switch-file PATH]
+                       [--max-prepared-wait-ms N] [--source URL] [--target URL] [--json]
 
 Waits for the cutover gate, freezes writes, drains, switches, verifies.
+${SWITCHING}
 ${CREDENTIALS}`,
-  rollback: `Usage: pgferry rollback --id ID [--source URL] [--target URL] [--json]
+  rollback: `Usage: pgferry rollback --id ID [--on-switch CMD] [--switch-file PATH] [--source URL] [--target URL] [--json]
+${SWITCHING}
 ${CREDENTIALS}`,
   cleanup: `Usage: pgferry cleanup --id ID [--force] [--source URL] [--target URL] [--json]
 
 --force cleans up a migration that is still replicating (it stops replication).
 ${CREDENTIALS}`,
-  resume: `Usage: pgferry resume --id ID [--report PATH] [--source URL] [--target URL] [--json]
+  resume: `Usage: pgferry resume --id ID [--report PATH] [--on-switch CMD] [--switch-file PATH]
+                      [--max-prepared-wait-ms N] [--source URL] [--target URL] [--json]
 
 Continues from the last recorded step; cuts over only if the migration was started with --cutover auto.
 --report PATH writes the final state as JSON (default: the path given to migrate).
+${SWITCHING}
 ${CREDENTIALS}`,
+  unfreeze: `Usage: pgferry unfreeze --id ID --yes [--source URL] [--json]
+
+The way back when the target is gone: a rollback needs the target (it drains the writes made there and
+syncs the sequences back), so without it the source stays read-only. This stops reverse replication into
+the source (so a target that comes back applies nothing more into it) and makes the source writable; it
+does not switch the application (point it at the source yourself, or run the switch command).
+
+RISK: every write the application made on the target that reverse replication had not yet brought to the
+source is NOT on the source, and the source's sequences were not synced from the target, so new rows may
+take keys the target already used (duplicate keys when the data is brought together later). Use it only
+when the target cannot come back in time; --yes says you accept this.`,
   demo: 'Usage: pgferry demo [--target-version 15|16|17] [--rows N]\n\nStarts a source (PostgreSQL 15) and a target server, runs a live writer, migrates with automatic cutover.',
 };
 
@@ -142,6 +174,8 @@ const OPTIONS = {
   'max-lag-mb': { type: 'string' },
   'max-drain-ms': { type: 'string' },
   'verify-wait-ms': { type: 'string' },
+  'max-prepared-wait-ms': { type: 'string' },
+  'prepared-orphan-ms': { type: 'string' },
   'switch-file': { type: 'string' },
   'on-switch': { type: 'string' },
   report: { type: 'string' },
@@ -158,7 +192,7 @@ const OPTIONS = {
 
 /** The options each command takes, besides the global ones (--state-dir, --json, --help). */
 const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
-  assess: ['source', 'target'],
+  assess: ['source', 'target', 'prepared-orphan-ms'],
   migrate: [
     'source',
     'target',
@@ -170,6 +204,8 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'max-lag-mb',
     'max-drain-ms',
     'verify-wait-ms',
+    'max-prepared-wait-ms',
+    'prepared-orphan-ms',
     'switch-file',
     'on-switch',
     'report',
@@ -177,10 +213,11 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'yes',
   ],
   status: ['id', 'offline', 'source', 'target'],
-  cutover: ['id', 'report', 'source', 'target'],
-  rollback: ['id', 'source', 'target'],
+  cutover: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
+  rollback: ['id', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
   cleanup: ['id', 'force', 'source', 'target'],
-  resume: ['id', 'report', 'source', 'target'],
+  resume: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
+  unfreeze: ['id', 'yes', 'source'],
   demo: ['target-version', 'rows'],
 };
 const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
@@ -401,7 +438,7 @@ export async function main(argv: string[]): Promise<number> {
       return command || values.help ? EXIT_CODES.ok : EXIT_CODES.invalidInput;
     }
     checkOptions(command, values);
-    if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup'].includes(command)) handleInterrupts();
+    if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup', 'unfreeze'].includes(command)) handleInterrupts();
     const stateDir = stateDirectory(values['state-dir']);
     // Where the command will write, checked before anything is created.
     const reportPath = writablePath(values.report, '--report');
@@ -414,7 +451,15 @@ export async function main(argv: string[]): Promise<number> {
         values.id,
         { sourceUrl: values.source, targetUrl: values.target },
         // status too, as the README says: with the old password a subscription stops at its next reconnect.
+        // (Not unfreeze: the target it is used for is gone.)
+        { subscriptions: command !== 'unfreeze' },
       );
+    if (['cutover', 'resume', 'rollback'].includes(command) && values.id)
+      await reconfigure(rt, values.id, {
+        onSwitch: values['on-switch'],
+        switchFile: values['switch-file'] ? resolve(values['switch-file']) : undefined,
+        maxPreparedWaitMs: int(values['max-prepared-wait-ms'], '--max-prepared-wait-ms'),
+      });
 
     switch (command) {
       case 'assess': {
@@ -433,7 +478,9 @@ export async function main(argv: string[]): Promise<number> {
             })
           : undefined;
         try {
-          const report = await assess(source, target);
+          const report = await assess(source, target, {
+            preparedOrphanMs: int(values['prepared-orphan-ms'], '--prepared-orphan-ms'),
+          });
           out.result(report, formatReport(report));
           return report.findings.some((f) => f.level === 'blocker') ? EXIT_CODES.assessmentBlocked : EXIT_CODES.ok;
         } finally {
@@ -455,6 +502,8 @@ export async function main(argv: string[]): Promise<number> {
           maxLagBytes: mebibytes(values['max-lag-mb'], '--max-lag-mb'),
           maxDrainMs: int(values['max-drain-ms'], '--max-drain-ms', { min: 10 }),
           verifyWaitMs: int(values['verify-wait-ms'], '--verify-wait-ms', { min: 1 }),
+          maxPreparedWaitMs: int(values['max-prepared-wait-ms'], '--max-prepared-wait-ms', { min: 0 }),
+          preparedOrphanMs: int(values['prepared-orphan-ms'], '--prepared-orphan-ms', { min: 1 }),
           switchFile,
           onSwitch: values['on-switch'],
           reportPath,
@@ -520,6 +569,17 @@ export async function main(argv: string[]): Promise<number> {
       case 'rollback': {
         const state = await rollbackMigration(rt, need(values.id, '--id', 'rollback'));
         out.result(state, `${describeState(state)}\n\nRolled back. Run: pgferry cleanup --id ${state.id}`);
+        return EXIT_CODES.ok;
+      }
+      case 'unfreeze': {
+        const id = need(values.id, '--id', 'unfreeze');
+        if (!values.yes)
+          throw new InvalidInputError(
+            'unfreeze makes the source writable without the target: writes made on the target that reverse replication had not brought over are not on it; pass --yes to accept that',
+            { field: '--yes', hint: 'pgferry unfreeze --help says what is at risk' },
+          );
+        const state = await unfreezeMigration(rt, id);
+        out.result(state, `${describeState(state)}\n\nThe source takes writes again. Point the application at it.`);
         return EXIT_CODES.ok;
       }
       case 'cleanup': {

@@ -1,6 +1,6 @@
 /** Output: progress bars on a terminal, plain lines otherwise, JSON lines with --json. Never a password. */
 import { formatBytes, type MigrationState, PHASE_TITLES, type Phase, redactedJson, redactText } from '@pgferry/core';
-import type { LiveStatus, SideLive } from '@pgferry/postgres';
+import { describeUndoFailure, type LiveStatus, type SideLive } from '@pgferry/postgres';
 import type { RunnerEvents } from './runner';
 
 export interface Output extends RunnerEvents {
@@ -126,17 +126,23 @@ export function describeState(s: MigrationState): string {
     lines.push(
       `  ATTENTION: a cutover stopped while switching the application to the target (at ${s.cutover.switchStartedAt}); the application may already write there.\n  Run \`pgferry resume --id ${s.id}\` to finish the switch (then \`pgferry rollback --id ${s.id}\` switches back losing nothing).`,
     );
+  } else if (s.undoFailed) {
+    lines.push(`  ATTENTION: ${describeUndoFailure(s)}`);
   } else if (s.cutover?.freezeAt && !s.cutover.switchAt && s.status !== 'rolled-back') {
     lines.push(
       `  ATTENTION: a cutover began at ${s.cutover.freezeAt} and did not finish; the source may still be frozen (read-only).\n  Run \`pgferry resume --id ${s.id}\` to finish it or \`pgferry rollback --id ${s.id}\` to unfreeze and undo.`,
     );
   }
   if (s.cutover?.switchAt) lines.push(`  write gap: ${s.cutover.writeGapMs} ms (switched at ${s.cutover.switchAt})`);
-  if (s.rollback?.freezeAt && !s.rollback.switchAt)
+  if (s.rollback?.freezeAt && !s.rollback.switchAt && !s.undoFailed)
     lines.push(
       `  ATTENTION: a rollback began at ${s.rollback.freezeAt} and did not finish; the target may be read-only.\n  Run \`pgferry rollback --id ${s.id}\` to finish it.`,
     );
   if (s.rollback?.switchAt) lines.push(`  rolled back: write gap ${s.rollback.writeGapMs} ms`);
+  if (s.rollback?.switchAt && !['rolled-back', 'cleaned-up'].includes(s.status))
+    lines.push(
+      `  ATTENTION: the rollback switched back at ${s.rollback.switchAt} but did not finish (status still ${s.status}).\n  Run \`pgferry rollback --id ${s.id}\` to finish it.`,
+    );
   for (const [label, v] of [
     ['verify before the switch', s.verifyBeforeSwitch],
     ['verify', s.verify],

@@ -27,6 +27,7 @@ import {
   redactText,
   redactUrl,
   StateConflictError,
+  UndoFailedError,
   VerificationFailedError,
 } from '@pgferry/core';
 import {
@@ -41,6 +42,7 @@ import {
   type Db,
   endOrphanSessions,
   type FaultPoints,
+  ident,
   inspectApplicationName,
   inspectSide,
   isConnectionLoss,
@@ -53,6 +55,7 @@ import {
   rollback,
   type SideLive,
   startReplication,
+  subscriptionExists,
   undoInterruptedCutover,
   unfreezeWrites,
   unreachable,
@@ -180,6 +183,32 @@ export async function useCredentials(
   if (urls.targetUrl) await refresh('source', next.sourceUrl, n.reverseSubscription, next.targetUrl);
 }
 
+/** What `cutover`, `resume` and `rollback` may change in a stored migration's configuration. */
+export interface Reconfiguration {
+  onSwitch?: string;
+  switchFile?: string;
+  maxPreparedWaitMs?: number;
+}
+
+/**
+ * Change how a stored migration switches (a --on-switch command that failed, fixed) or waits, before
+ * the command that needs it runs. Validated as `migrate` validates it.
+ */
+export async function reconfigure(rt: Runtime, id: string, changes: Reconfiguration): Promise<void> {
+  const given = Object.fromEntries(Object.entries(changes).filter(([, v]) => v !== undefined));
+  if (Object.keys(given).length === 0) return;
+  const state = await rt.store.get(id);
+  const config = parseMigrationConfig({ ...state.config, ...given });
+  await rt.store.put({
+    ...state,
+    config: { ...config, sourceUrl: state.config.sourceUrl, targetUrl: state.config.targetUrl },
+    events: [
+      ...state.events,
+      { at: new Date().toISOString(), message: `configuration changed: ${Object.keys(given).join(', ')}` },
+    ],
+  });
+}
+
 /**
  * What is live on both servers for a stored migration (`pgferry status`): each side is checked on its
  * own, with short timeouts, so an unreachable one is reported rather than fatal. Only reads.
@@ -288,7 +317,10 @@ export async function runPhase(
 }
 
 async function assessPhase(ctx: PhaseContext): Promise<string> {
-  const report = await assess(ctx.source, ctx.target, { migrationId: ctx.config.id });
+  const report = await assess(ctx.source, ctx.target, {
+    migrationId: ctx.config.id,
+    preparedOrphanMs: ctx.config.preparedOrphanMs,
+  });
   assertNoBlockers(report, ctx.config.id);
   const warnings = report.findings.filter((f) => f.level === 'warning');
   if (warnings.length) {
@@ -342,7 +374,11 @@ function assertAdvanceable(state: MigrationState) {
       {
         field: '--id',
         migrationId: id,
-        hint: 'start a new migration (what the failed one created was rolled back)',
+        // (Failed is what a rollback after the failure could not finish, or an assessment's blockers.)
+        hint:
+          state.failure?.phase === 'assess'
+            ? 'nothing was created: fix the cause and start a new migration'
+            : `the rollback after that failure did not finish: \`pgferry rollback --id ${id}\` finishes it; then start a new migration`,
       },
     );
   }
@@ -451,8 +487,9 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
     phase,
     hint: err instanceof PgferryError ? err.hint : undefined,
   };
-  if (phase === 'verify' && switched) {
-    // Verification failed after the switch: the application is on the target with a way back.
+  if (switched) {
+    // A failure after the switch (verify, or the clean-up of forward replication after it): the
+    // application is on the target with a way back. Nothing is rolled back; resume goes on from here.
     await ctx
       .update((s) => {
         s.status = 'cut-over';
@@ -461,24 +498,16 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
       .catch(() => {});
     return;
   }
-  if (ctx.state.cutover?.switchStartedAt && !switched) {
+  if (ctx.state.cutover?.switchStartedAt) {
     // The switch began (the switch file may already name the target): never rolled back; resume finishes it.
     await keepRunning(ctx, failure, `stopped while switching: ${failure.message}`);
     return;
   }
-  // A cutover that failed before the switch undid itself (source writable, forward replication on):
-  // the loaded target is as good as before, so it stays, as after a drain timeout.
-  const cutoverUndone =
-    !switched && !ctx.state.cutover && (err instanceof CutoverFailedError || err instanceof FreezeFailedError);
-  if (cutoverUndone) {
-    // The cutover's own undo may have failed quietly: the application is on the source, which must write.
-    try {
-      if (await isFrozen(ctx.source)) await unfreezeWrites(ctx.source);
-    } catch (unfreezeErr) {
-      rt.events.log(
-        `ATTENTION: could not check that the source is writable (${errorMessage(unfreezeErr)}); \`pgferry rollback --id ${ctx.config.id}\` unfreezes it`,
-      );
-    }
+  if (err instanceof UndoFailedError) {
+    // The cutover's undo failed: its breadcrumb stays, and resume (undoInterruptedCutover) undoes it
+    // again. A rollback now would go through the same frozen source, and throw away the load.
+    await keepRunning(ctx, failure, `stopped in ${PHASE_TITLES[phase]}, undo failed: ${failure.message}`);
+    return;
   }
   // Verification before the switch found a difference: nothing was switched or frozen, replication goes
   // on; the loaded target stays for whoever investigates (resume verifies again).
@@ -486,6 +515,9 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
   // A server that stayed away past the reconnect window during catch-up: nothing is wrong with what was
   // built, and a rollback could not reach it anyway. Kept, with the slot named (status shows its WAL).
   const outage = phase === 'catch-up' && (err instanceof ConnectionLostError || isConnectionLoss(err));
+  // A cutover that failed before the switch undid itself (source writable, forward replication on, or
+  // an UndoFailedError above): the loaded target is as good as before, so it stays, as after a drain timeout.
+  const cutoverUndone = !ctx.state.cutover && (err instanceof CutoverFailedError || err instanceof FreezeFailedError);
   if (
     err instanceof LagTimeoutError ||
     err instanceof DrainTimeoutError ||
@@ -501,7 +533,7 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
     return;
   }
   let undone = '';
-  if (!switched && phase !== 'assess') {
+  if (phase !== 'assess') {
     try {
       rt.events.log(`rolling back after the failure in ${PHASE_TITLES[phase]}`);
       undone = await rollback(ctx);
@@ -511,8 +543,7 @@ async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
   }
   await ctx
     .update((s) => {
-      s.status =
-        switched || undone.startsWith('ROLLBACK FAILED') ? 'failed' : phase === 'assess' ? 'failed' : 'rolled-back';
+      s.status = undone.startsWith('ROLLBACK FAILED') || phase === 'assess' ? 'failed' : 'rolled-back';
       s.failedAt = new Date().toISOString();
       s.failure = failure;
       s.events = [
@@ -559,6 +590,41 @@ async function rollbackClaimed(rt: Runtime, id: string): Promise<MigrationState>
   } finally {
     await session.close();
   }
+}
+
+/**
+ * The way out when the target is gone and a rollback cannot run (it needs the target): make the source
+ * writable again, without the target. Reverse replication into the source is stopped first, so that a
+ * target that comes back applies nothing into a source that takes writes of its own. What the target
+ * took that reverse replication had not brought over is not on the source: the caller was told.
+ */
+export function unfreezeMigration(rt: Runtime, id: string): Promise<MigrationState> {
+  return claimed(rt, id, async () => {
+    const state = await rt.store.get(id);
+    const secrets = await rt.store.secrets(id);
+    const n = objectNames(id);
+    const source = await connect(secrets.sourceUrl, { side: 'source', applicationName: n.applicationName, max: 1 });
+    try {
+      const done: string[] = [];
+      if (await subscriptionExists(source, n.reverseSubscription)) {
+        await source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} DISABLE`);
+        done.push(`reverse replication (${n.reverseSubscription}) stopped`);
+      }
+      if (await isFrozen(source)) {
+        await unfreezeWrites(source);
+        done.push('source unfrozen');
+      }
+      const message = `pgferry unfreeze: ${done.length ? done.join(', ') : 'the source was writable already'}, without the target; writes the target took that reverse replication had not brought over are not on the source, and its sequences were not synced from the target`;
+      rt.events.log(message);
+      return await rt.store.put({
+        ...state,
+        events: [...state.events, { at: new Date().toISOString(), message }],
+        warnings: [...(state.warnings ?? []), message],
+      });
+    } finally {
+      await source.end();
+    }
+  });
 }
 
 export function cleanupMigration(rt: Runtime, id: string, options: { force?: boolean } = {}): Promise<MigrationState> {

@@ -18,6 +18,14 @@ export const DEFAULTS = {
   lagSampleIntervalMs: 500,
   /** A source transaction open longer than this keeps the cutover gate closed. */
   longTransactionMs: 60_000,
+  /**
+   * A prepared transaction (two-phase commit) older than this is an orphan its transaction manager
+   * forgot: it blocks the assessment and keeps the cutover gate closed. Younger ones are in flight
+   * (JTA/XA, TransactionScope) and the cutover waits for them after its freeze.
+   */
+  preparedOrphanMs: 5 * 60_000,
+  /** How long the cutover waits, frozen, for the prepared transactions in flight to be committed or rolled back. */
+  maxPreparedWaitMs: 2000,
   /** Retained WAL behind our slot: warn past this... */
   walWarnBytes: 8 * 1024 ** 3,
   /** ...and drop the slot (abort) past this, before the source's disk fills. */
@@ -212,6 +220,16 @@ export const migrationConfigSchema = z
     lagSamples: z.number().int().min(1).default(DEFAULTS.lagSamples),
     lagSampleIntervalMs: z.number().int().min(10).default(DEFAULTS.lagSampleIntervalMs),
     longTransactionMs: z.number().int().min(1).default(DEFAULTS.longTransactionMs),
+    preparedOrphanMs: z
+      .number({ error: '--prepared-orphan-ms must be a number' })
+      .int()
+      .min(1, '--prepared-orphan-ms must be at least 1')
+      .default(DEFAULTS.preparedOrphanMs),
+    maxPreparedWaitMs: z
+      .number({ error: '--max-prepared-wait-ms must be a number' })
+      .int()
+      .min(0, '--max-prepared-wait-ms must be at least 0')
+      .default(DEFAULTS.maxPreparedWaitMs),
     walWarnBytes: z.number().int().min(0).default(DEFAULTS.walWarnBytes),
     walAbortBytes: z.number().int().min(1).default(DEFAULTS.walAbortBytes),
     drainTimeoutMs: z.number().int().min(1).default(DEFAULTS.drainTimeoutMs),

@@ -84,6 +84,20 @@ export class DrainTimeoutError extends PgferryError {
   override name = 'DrainTimeoutError';
   override readonly exitCode = 5;
 }
+/**
+ * Prepared transactions of the frozen database were neither committed nor rolled back in time: the
+ * database was unfrozen again and the cutover returns to catch-up, like a drain that timed out.
+ */
+export class PreparedTransactionsPendingError extends DrainTimeoutError {
+  override name = 'PreparedTransactionsPendingError';
+}
+/**
+ * An undo (unfreeze, re-freeze, replication back on) failed: what it could not put back is kept in the
+ * state (its breadcrumb), and `status` names it with the command that ends it.
+ */
+export class UndoFailedError extends PgferryError {
+  override name = 'UndoFailedError';
+}
 export class CutoverFailedError extends PgferryError {
   override name = 'CutoverFailedError';
 }

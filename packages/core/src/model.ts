@@ -76,6 +76,20 @@ export interface CutoverRecord {
   drainBytes?: number;
   /** Where the write gap went, step by step (ms). */
   stepsMs?: Record<string, number>;
+  /**
+   * Recorded before the freeze: the database to freeze was read-only already (another migration's
+   * freeze, or its DBA's). An undo then leaves it read-only: it only resets a freeze it set itself.
+   */
+  wasFrozen?: boolean;
+}
+
+/** An undo that failed: what it left, kept until an undo succeeds, and the one command that ends it. */
+export interface UndoFailure {
+  at: string;
+  /** What was being undone: `cutover` (the source may be frozen) or `rollback` (the target may be). */
+  of: 'cutover' | 'rollback';
+  message: string;
+  command: string;
 }
 
 /**
@@ -155,6 +169,7 @@ export interface MigrationState {
   warnings?: string[];
   failedAt?: string;
   failure?: { name: string; message: string; phase?: Phase; hint?: string };
+  undoFailed?: UndoFailure;
   events: { at: string; message: string }[];
 }
 

@@ -3,7 +3,7 @@
  * for every new session; every existing session of the database is ended, whoever it belongs to,
  * because it may already be inside a writing transaction or have turned read-only off.
  */
-import { FreezeFailedError } from '@pgferry/core';
+import { DEFAULTS, errorMessage, FreezeFailedError, PreparedTransactionsPendingError } from '@pgferry/core';
 import { type Db, ident, serverMajor, sleep } from './db';
 
 export interface FreezeResult {
@@ -17,15 +17,32 @@ const OTHER_SESSIONS = `SELECT pid FROM pg_stat_activity
   WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
     AND application_name NOT LIKE 'pgferry:%'`;
 
-/** Prepared transactions of this database: any session may COMMIT PREPARED one, read-only or not. */
-async function preparedTransactions(db: Db): Promise<string[]> {
-  const rows = await db.query<{ gid: string; owner: string; prepared: Date }>(
-    'SELECT gid, owner, prepared FROM pg_prepared_xacts WHERE database = current_database() ORDER BY prepared',
+export interface PreparedTransaction {
+  gid: string;
+  owner: string;
+  database: string;
+  ageMs: number;
+}
+
+/**
+ * Prepared transactions (two-phase commit) of this database, or of every database with `all`, oldest
+ * first. Any session may COMMIT PREPARED one, read-only or not.
+ */
+export async function preparedTransactions(db: Db, options: { all?: boolean } = {}): Promise<PreparedTransaction[]> {
+  const rows = await db.query<PreparedTransaction & { ageMs: string }>(
+    `SELECT gid, owner, database, (extract(epoch FROM clock_timestamp() - prepared) * 1000)::bigint AS "ageMs"
+       FROM pg_prepared_xacts ${options.all ? '' : 'WHERE database = current_database()'} ORDER BY prepared`,
   );
-  return rows.map(
-    (r) =>
-      `prepared transaction '${r.gid}' (owner ${r.owner}, prepared ${r.prepared.toISOString()}) is open: a COMMIT PREPARED after the freeze would stay on the ${db.side}; COMMIT PREPARED or ROLLBACK PREPARED it first`,
-  );
+  return rows.map((r) => ({ ...r, ageMs: Number(r.ageMs) }));
+}
+
+export function formatAge(ms: number): string {
+  return ms < 120_000 ? `${Math.round(ms / 1000)} s` : `${Math.round(ms / 60_000)} min`;
+}
+
+/** `'gid' (owner x, prepared 7 min ago)`, with the database when `withDatabase`. */
+export function describePrepared(p: PreparedTransaction, withDatabase = false): string {
+  return `'${p.gid}' (owner ${p.owner}${withDatabase ? `, database ${p.database}` : ''}, prepared ${formatAge(p.ageMs)} ago)`;
 }
 
 export interface FreezeHazard {
@@ -37,11 +54,14 @@ export interface FreezeHazard {
  * Why a freeze of this database would not stop every write, each saying what to do; empty when it
  * would. The catch-up gate stays closed on these, and freezeWrites refuses to start.
  * - A role's own default_transaction_read_only (ALTER ROLE … SET) overrides the database's.
- * - A prepared transaction can be committed by a read-only session.
+ * - An orphaned prepared transaction (older than `preparedOrphanMs`: its transaction manager forgot
+ *   it) could be committed by a read-only session at any time. Younger ones are in flight: the
+ *   cutover waits for them after the freeze (waitPreparedTransactions).
  * - Without pg_signal_backend and pg_read_all_stats (or superuser), other roles' sessions can be
  *   neither seen (pg_stat_activity hides their backend_type) nor ended.
  */
-export async function freezeHazards(db: Db): Promise<FreezeHazard[]> {
+export async function freezeHazards(db: Db, options: { preparedOrphanMs?: number } = {}): Promise<FreezeHazard[]> {
+  const orphanMs = options.preparedOrphanMs ?? DEFAULTS.preparedOrphanMs;
   const out: FreezeHazard[] = [];
   const roles = await db.query<{ role: string; everywhere: boolean; setting: string }>(
     `SELECT r.rolname AS role, s.setdatabase = 0 AS everywhere, c AS setting
@@ -59,7 +79,11 @@ export async function freezeHazards(db: Db): Promise<FreezeHazard[]> {
       kind: 'role-setting',
       message: `role ${r.role} has its own ${r.setting}, which overrides the freeze: its sessions could write after it. Until the migration is over, run ALTER ROLE ${ident(r.role)}${r.everywhere ? '' : ` IN DATABASE ${ident(db.database)}`} RESET default_transaction_read_only`,
     });
-  for (const message of await preparedTransactions(db)) out.push({ kind: 'prepared-transaction', message });
+  for (const p of (await preparedTransactions(db)).filter((x) => x.ageMs >= orphanMs))
+    out.push({
+      kind: 'prepared-transaction',
+      message: `prepared transaction ${describePrepared(p)} is older than ${formatAge(orphanMs)}: an orphan its transaction manager forgot, which anyone could still commit after the freeze (it would stay on the ${db.side}); COMMIT PREPARED or ROLLBACK PREPARED it, as its transaction manager's log says`,
+    });
   const { ok } = await db.one<{ ok: boolean }>(
     `SELECT rolsuper OR (pg_has_role(current_user, 'pg_signal_backend', 'USAGE')
                          AND pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')) AS ok
@@ -73,13 +97,28 @@ export async function freezeHazards(db: Db): Promise<FreezeHazard[]> {
   return out;
 }
 
-export async function freezeWrites(db: Db, options: { timeoutMs?: number } = {}): Promise<FreezeResult> {
-  const hazards = await freezeHazards(db);
-  if (hazards.length)
-    throw new FreezeFailedError(`the ${db.side} cannot be frozen safely: ${hazards.map((h) => h.message).join('; ')}`, {
-      phase: 'cutover',
-      hint: 'nothing was frozen; fix the above and run the cutover again',
-    });
+export interface FreezeOptions {
+  timeoutMs?: number;
+  preparedOrphanMs?: number;
+  /**
+   * Freeze again a database an undo had unfrozen: no hazard check first (it must hold whatever they
+   * are), and a database whose sessions do not end stays frozen (unfreezing it would let both sides write).
+   */
+  refreeze?: boolean;
+}
+
+export async function freezeWrites(db: Db, options: FreezeOptions = {}): Promise<FreezeResult> {
+  if (!options.refreeze) {
+    const hazards = await freezeHazards(db, options);
+    if (hazards.length)
+      throw new FreezeFailedError(
+        `the ${db.side} cannot be frozen safely: ${hazards.map((h) => h.message).join('; ')}`,
+        {
+          phase: 'cutover',
+          hint: 'nothing was frozen; fix the above and run the cutover again',
+        },
+      );
+  }
   await db.query(`ALTER DATABASE ${ident(db.database)} SET default_transaction_read_only = on`);
   const deadline = Date.now() + (options.timeoutMs ?? 5000);
   let ended = 0;
@@ -93,30 +132,49 @@ export async function freezeWrites(db: Db, options: { timeoutMs?: number } = {})
     const left = await db.query(OTHER_SESSIONS);
     if (left.length === 0) break;
     if (Date.now() > deadline) {
-      await unfreezeWrites(db).catch(() => {});
-      throw new FreezeFailedError(
-        `${left.length} session(s) on ${db.side} database ${db.database} did not end after pg_terminate_backend`,
-        {
-          phase: 'cutover',
-          hint: 'the source was unfrozen again; check for stuck backends in pg_stat_activity',
-        },
+      const what = `${left.length} session(s) on ${db.side} database ${db.database} did not end after pg_terminate_backend`;
+      if (options.refreeze)
+        throw new FreezeFailedError(`${what}; the ${db.side} stays read-only`, {
+          hint: 'check for stuck backends in pg_stat_activity',
+        });
+      const unfrozen = await unfreezeWrites(db).then(
+        () => `the ${db.side} was unfrozen again`,
+        (err) => `unfreezing the ${db.side} again failed too (${errorMessage(err)}): it may still be read-only`,
       );
+      throw new FreezeFailedError(`${what}; ${unfrozen}`, {
+        phase: 'cutover',
+        hint: 'check for stuck backends in pg_stat_activity',
+      });
     }
     await sleep(5);
-  }
-  // A transaction prepared between the check above and the freeze could still be committed.
-  const prepared = await preparedTransactions(db);
-  if (prepared.length) {
-    await unfreezeWrites(db).catch(() => {});
-    throw new FreezeFailedError(`the ${db.side} cannot be frozen safely: ${prepared.join('; ')}`, {
-      phase: 'cutover',
-      hint: `the ${db.side} was unfrozen again; run the cutover again once it is resolved`,
-    });
   }
   // So that the LSN read after the freeze covers commits acknowledged with synchronous_commit = off.
   await flushWal(db, 'freeze');
   const { xmax } = await db.one<{ xmax: string }>(`SELECT ${nextXid(await serverMajor(db))}::text AS xmax`);
   return { sessionsEnded: ended, xmax };
+}
+
+/**
+ * After the freeze, wait until no prepared transaction of the database is left. A transaction manager
+ * commits what it prepared before the freeze with COMMIT PREPARED, which a read-only database accepts
+ * (from a new session, when the freeze ended its own); a drain LSN read before that commit would miss
+ * it, so the LSN is read only once there is none. Past `timeoutMs`, throws naming them (the caller
+ * unfreezes and tries again later, as after a drain timeout).
+ */
+export async function waitPreparedTransactions(db: Db, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const left = await preparedTransactions(db);
+    if (left.length === 0) return;
+    if (Date.now() >= deadline)
+      throw new PreparedTransactionsPendingError(
+        `${left.length} prepared transaction(s) of the ${db.side} database were neither committed nor rolled back within ${timeoutMs} ms of the freeze: ${left.map((p) => describePrepared(p)).join(', ')}`,
+        {
+          hint: 'pgferry returns to catch-up and tries again; if they stay, ask their transaction manager why (or raise --max-prepared-wait-ms)',
+        },
+      );
+    await sleep(5);
+  }
 }
 
 /**

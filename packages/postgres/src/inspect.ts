@@ -140,6 +140,17 @@ export const unreachable = (side: Side, error: string): SideLive => ({
   subscriptions: [],
 });
 
+/** A failed undo, as recorded: what failed, what it may have left, and the one command that ends it. */
+export function describeUndoFailure(state: MigrationState): string {
+  const u = state.undoFailed!;
+  const n = objectNames(state.id);
+  const left =
+    u.of === 'cutover'
+      ? `the source database may be read-only (frozen) and slot ${n.slot} on the source retains WAL while forward replication is stopped`
+      : `the target database, which the application uses, may be read-only (frozen) and the source writable, with reverse replication (slot ${n.reverseSlot} on the target) stopped`;
+  return `${u.message} (at ${u.at}): ${left}. \`${u.command}\` ends it`;
+}
+
 /**
  * What needs someone's attention, judged from the state and what the servers show. Each line says
  * what is wrong and which command puts it right.
@@ -148,6 +159,19 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
   const id = state.id;
   const out: string[] = [];
   const working = (source.sessions ?? 0) + (target.sessions ?? 0) > 0;
+  // A failed undo says, from the servers, what it left, with its one command (then not repeated below).
+  const undo = state.undoFailed;
+  if (undo) {
+    const left = [source, target].flatMap((side) => [
+      ...(side.frozen ? [`the ${side.side} database is read-only`] : []),
+      ...side.slots
+        .filter((s) => !s.active)
+        .map((s) => `slot ${s.name} on the ${side.side} retains ${formatBytes(s.retainedBytes)} of WAL, unread`),
+    ]);
+    out.push(
+      `the undo of the ${undo.of} failed at ${undo.at} (${undo.message}): ${left.length ? left.join('; ') : 'no frozen database and no unread slot show now'}; \`${undo.command}\` ends it`,
+    );
+  }
   // A switch that began counts as done: the application may already write to the target.
   const switched = !!state.cutover?.switchAt || !!state.cutover?.switchStartedAt;
   const rolledBack = !!state.rollback?.switchAt || state.status === 'rolled-back';
@@ -169,7 +193,7 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
         );
         continue;
       }
-      if (slot.active || (copying && slot.name === names.slot)) continue;
+      if (slot.active || (copying && slot.name === names.slot) || undo) continue;
       out.push(
         `replication slot ${slot.name} on the ${side.side} is not being read and retains ${formatBytes(slot.retainedBytes)} of WAL, more with every write, until ${next}`,
       );
@@ -187,7 +211,7 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
   // After the switch the source stays read-only, after a rollback the target does. The database the
   // application writes to frozen with no pgferry process at work is an interrupted freeze.
   const writable = switched && !rolledBack ? target : source;
-  if (writable.frozen && !working) {
+  if (writable.frozen && !working && !undo) {
     const fix =
       writable === target
         ? state.cutover?.switchAt
@@ -195,12 +219,20 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
           : `a cutover stopped while switching: \`pgferry resume --id ${id}\` finishes the switch`
         : rolledBack
           ? `\`ALTER DATABASE … RESET default_transaction_read_only\` on it reopens it`
-          : `a cutover was interrupted: \`pgferry resume --id ${id}\` finishes or undoes it, \`pgferry rollback --id ${id}\` unfreezes the source`;
+          : state.cutover?.freezeAt
+            ? `a cutover was interrupted: \`pgferry resume --id ${id}\` finishes or undoes it, \`pgferry rollback --id ${id}\` unfreezes the source`
+            : // pgferry records its freeze before it freezes: none recorded, none of this migration's.
+              `not frozen by this migration (it recorded no freeze), so pgferry leaves it so: whoever froze it (another migration's cutover, a DBA) reopens it, with \`ALTER DATABASE … RESET default_transaction_read_only\``;
     out.push(
       `the ${writable.side} database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: ${fix}`,
     );
   }
-  if (!working && !source.error && !target.error && state.status === 'running')
+  // Killed after the switch back was recorded (kill -9): the application is on the source, the state not yet rolled back.
+  if (state.rollback?.switchAt && !working && !['rolled-back', 'cleaned-up'].includes(state.status))
+    out.push(
+      `a rollback switched the application back to the source at ${state.rollback.switchAt} and stopped before it finished (the state still says ${state.status}): \`pgferry rollback --id ${id}\` finishes it`,
+    );
+  if (!working && !source.error && !target.error && state.status === 'running' && !undo)
     out.push(
       `no pgferry process is connected to either server, but the state says ${state.phase} is running: the process stopped (crash, kill, lost machine); \`pgferry resume --id ${id}\` goes on`,
     );

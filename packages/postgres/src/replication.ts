@@ -3,6 +3,7 @@ import { PgferryError, sqlPrefix } from '@pgferry/core';
 import type pg from 'pg';
 import { publishedTables, type TableInfo } from './catalog';
 import { connectClient, type Db, ident, libpqParams, literal, qualified, sleep } from './db';
+import { describePrepared, preparedTransactions } from './freeze';
 
 export async function publicationExists(db: Db, name: string): Promise<boolean> {
   return (await db.query('SELECT 1 FROM pg_publication WHERE pubname = $1', [name])).length > 0;
@@ -98,7 +99,8 @@ export interface ExportedSlot {
  * Create the logical slot over a replication connection and export its snapshot. The slot is
  * created before the copy so that the subscription later starts exactly where the snapshot ends:
  * every change committed after the snapshot is in the slot, every change before it is in the copy.
- * Creation waits for transactions already running with an xid; those are named while we wait.
+ * Creation waits for transactions already running with an xid, on every database of the server,
+ * prepared ones (two-phase commit) included; those are named while we wait, up to `timeoutMs`.
  */
 export async function createSlotWithSnapshot(
   db: Db,
@@ -138,17 +140,21 @@ export async function createSlotWithSnapshot(
         WHERE backend_xid IS NOT NULL AND backend_type = 'client backend' AND pid <> pg_backend_pid()
           AND xact_start < now() - interval '1 second' ORDER BY xact_start`,
     );
-    const named = blockers
-      .map(
+    // A prepared transaction has no session: it is named by its gid until someone commits it.
+    const prepared = (await preparedTransactions(db, { all: true })).filter((p) => p.ageMs >= 1000);
+    const named = [
+      ...blockers.map(
         (b) =>
           `pid ${b.pid} (user ${b.usename}${b.application_name ? `, ${b.application_name}` : ''}, ${b.state}, open since ${b.xact_start.toISOString()}: ${sqlPrefix(b.query)})`,
-      )
-      .join('; ');
-    if (named && named !== lastNamed) {
-      options.log(
-        `creating slot ${slot}: waiting for ${blockers.length} open transaction(s) on the source to finish: ${named}`,
-      );
-      lastNamed = named;
+      ),
+      ...prepared.map((p) => `prepared transaction ${describePrepared(p, true)}`),
+    ].join('; ');
+    const count = blockers.length + prepared.length;
+    // (Said again when the transactions change, not when only their ages do.)
+    const key = named.replace(/\d+ (s|min) ago/g, '');
+    if (named && key !== lastNamed) {
+      options.log(`creating slot ${slot}: waiting for ${count} open transaction(s) on the source to finish: ${named}`);
+      lastNamed = key;
     }
     if (Date.now() - started > options.timeoutMs) {
       await client.end().catch(() => {});
@@ -156,10 +162,10 @@ export async function createSlotWithSnapshot(
       await sleep(200);
       await dropSlot(db, slot).catch(() => {});
       throw new PgferryError(
-        `the replication slot could not be created within ${Math.round(options.timeoutMs / 1000)} s: ${blockers.length ? `open transaction(s) on the source hold it back: ${named}` : 'the source did not answer'}`,
+        `the replication slot could not be created within ${Math.round(options.timeoutMs / 1000)} s: ${count ? `open transaction(s) on the source hold it back: ${named}` : 'the source did not answer'}`,
         {
           phase: 'bulk-load',
-          hint: 'let those transactions finish (or end them with pg_terminate_backend), then migrate again; nothing was left behind',
+          hint: `let those transactions finish (or end them with pg_terminate_backend${prepared.length ? '; a prepared one with COMMIT PREPARED or ROLLBACK PREPARED, as its transaction manager says' : ''}), then migrate again; nothing was left behind`,
         },
       );
     }

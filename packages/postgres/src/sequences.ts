@@ -8,8 +8,10 @@ import type { Db } from './db';
  * set lower or cycled on the sending side since an earlier sync). The receiving side takes no writes
  * of its own before its switch (the target until the cutover's, the read-only source until the
  * rollback's), so nothing there is further along than the sending side says.
+ * `neverLower`: the receiving side may already take writes (a rollback run again after its switch
+ * began): a sequence there is only moved forward, never back below values it may have handed out.
  */
-export async function syncSequences(from: Db, to: Db): Promise<number> {
+export async function syncSequences(from: Db, to: Db, options: { neverLower?: boolean } = {}): Promise<number> {
   const all = await listSequences(from, { owners: false });
   const unreadable = all.filter((s) => !s.readable);
   if (unreadable.length > 0) {
@@ -29,8 +31,18 @@ export async function syncSequences(from: Db, to: Db): Promise<number> {
     `SELECT setval(format('%I.%I', v.schema, v.name)::regclass, v.value, v.called)
        FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[]) AS v(schema, name, value, called)
        LEFT JOIN pg_sequences s ON s.schemaname = v.schema AND s.sequencename = v.name
-      WHERE NOT (v.called AND s.last_value IS NOT DISTINCT FROM v.value)`,
-    [seqs.map((s) => s.schema), seqs.map((s) => s.name), seqs.map((s) => s.lastValue), seqs.map((s) => s.isCalled)],
+      WHERE NOT (v.called AND s.last_value IS NOT DISTINCT FROM v.value)
+        -- The next value each side would hand out, compared in the sequence's direction.
+        AND (NOT $5::bool OR s.last_value IS NULL
+             OR sign(s.increment_by) * (v.value::numeric + CASE WHEN v.called THEN s.increment_by ELSE 0 END
+                                        - (s.last_value::numeric + s.increment_by)) > 0)`,
+    [
+      seqs.map((s) => s.schema),
+      seqs.map((s) => s.name),
+      seqs.map((s) => s.lastValue),
+      seqs.map((s) => s.isCalled),
+      options.neverLower ?? false,
+    ],
   );
   return seqs.length;
 }

@@ -37,6 +37,15 @@ export function readSwitchFile(path: string): string | undefined {
   }
 }
 
+const STDERR_TAIL_BYTES = 8192;
+const STDERR_LINES = 10;
+
+/** The last lines the command wrote to stderr, passwords redacted. */
+function lastLines(stderr: string): string {
+  const lines = redactText(stderr).trimEnd().split('\n');
+  return (lines.length > STDERR_LINES ? ['…', ...lines.slice(-STDERR_LINES)] : lines).join('\n');
+}
+
 export async function switchConnection(o: SwitchOptions): Promise<void> {
   if (o.switchFile) writeSwitchFile(o.switchFile, o.activeUrl);
   if (!o.onSwitch) return;
@@ -51,9 +60,10 @@ export async function switchConnection(o: SwitchOptions): Promise<void> {
   };
   await new Promise<void>((resolve, reject) => {
     const child = spawn('/bin/sh', ['-c', o.onSwitch!], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    // What the command says last is why it failed: only the tail is kept.
     let stderr = '';
     child.stderr.on('data', (d) => {
-      stderr += d;
+      stderr = (stderr + d).slice(-STDERR_TAIL_BYTES);
     });
     const timer = setTimeout(() => child.kill('SIGKILL'), DEFAULTS.onSwitchTimeoutMs);
     child.on('error', reject);
@@ -63,11 +73,11 @@ export async function switchConnection(o: SwitchOptions): Promise<void> {
       else
         reject(
           new CutoverFailedError(
-            `--on-switch command failed (${signal ? `killed by ${signal}` : `exit ${code}`}): ${redactText(stderr.trim()).slice(0, 500)}`,
+            `--on-switch command failed (${signal ? `killed by ${signal}` : `exit ${code}`}): ${lastLines(stderr)}`,
             {
               field: '--on-switch',
-              phase: 'cutover',
-              hint: 'fix the command and run `pgferry cutover` again (replication goes on meanwhile)',
+              phase: o.direction === 'forward' ? 'cutover' : 'rollback',
+              hint: `fix the command, then run \`pgferry ${o.direction === 'forward' ? 'cutover' : 'rollback'} --id ${o.migrationId} --on-switch '<the fixed command>'\` (replication goes on meanwhile)`,
             },
           ),
         );

@@ -75,6 +75,18 @@ describe('liveAttention', () => {
     expect(after).toContain('subscription pgferry_m1_rev on the source is disabled: nothing replicates');
   });
 
+  it('notices a rollback killed after its switch back was recorded, while the state still says cut-over', () => {
+    const killed = state({
+      status: 'cut-over',
+      phase: 'rollback',
+      cutover: { switchAt: '2026-11-26T00:00:00Z' },
+      rollback: { freezeAt: '2026-11-27T00:00:00Z', switchAt: '2026-11-27T00:00:01Z' },
+    });
+    expect(liveAttention(killed, side('source'), side('target', { frozen: true }))).toEqual([
+      'a rollback switched the application back to the source at 2026-11-27T00:00:01Z and stopped before it finished (the state still says cut-over): `pgferry rollback --id m1` finishes it',
+    ]);
+  });
+
   it('says a slot that lost its WAL cannot replicate any more', () => {
     const a = liveAttention(state(), side('source', { slots: [slot('pgferry_m1', false, 'lost')] }), side('target'));
     expect(a[0]).toMatch(/has lost WAL it needed .* `pgferry rollback --id m1`, then migrate again$/);
@@ -95,8 +107,13 @@ describe('liveAttention', () => {
   });
 
   it('flags the database the application writes to when an interrupted freeze left it read-only', () => {
-    expect(liveAttention(state({ phase: 'cutover' }), side('source', { frozen: true }), side('target'))).toContain(
+    const interrupted = state({ phase: 'cutover', cutover: { freezeAt: '2026-11-26T00:00:00Z' } });
+    expect(liveAttention(interrupted, side('source', { frozen: true }), side('target'))).toContain(
       'the source database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: a cutover was interrupted: `pgferry resume --id m1` finishes or undoes it, `pgferry rollback --id m1` unfreezes the source',
+    );
+    // No freeze recorded (pgferry records it before freezing): someone else's, which no pgferry command resets.
+    expect(liveAttention(state({ phase: 'catch-up' }), side('source', { frozen: true }), side('target'))).toContain(
+      "the source database, which the application writes to, is read-only (default_transaction_read_only) and no pgferry process is working on it: not frozen by this migration (it recorded no freeze), so pgferry leaves it so: whoever froze it (another migration's cutover, a DBA) reopens it, with `ALTER DATABASE … RESET default_transaction_read_only`",
     );
     const midRollback = state({ status: 'cut-over', phase: 'rollback', ...switched });
     expect(liveAttention(midRollback, side('source', { frozen: true }), side('target', { frozen: true }))).toEqual([

@@ -3,7 +3,7 @@
  * migration, warnings are recorded, info explains what pgferry will do. Read-only: it creates nothing.
  */
 import { readFileSync } from 'node:fs';
-import { AssessmentBlockedError } from '@pgferry/core';
+import { AssessmentBlockedError, DEFAULTS, objectNames } from '@pgferry/core';
 import {
   copyableTables,
   hasReplicaIdentity,
@@ -14,7 +14,7 @@ import {
   userObjects,
 } from '../catalog';
 import type { Db } from '../db';
-import { freezeHazards } from '../freeze';
+import { describePrepared, formatAge, freezeHazards, isFrozen, preparedTransactions } from '../freeze';
 import { longTransactions } from '../lag';
 import { canCreateSubscription } from '../replication';
 
@@ -173,7 +173,69 @@ export function sourceVersionFinding(version: number, versionText: string): Find
   };
 }
 
-async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void) {
+/**
+ * Two-phase commit. A transaction manager (JTA/XA, .NET TransactionScope) always has a few prepared
+ * transactions in flight: the slot's creation and the cutover wait for those. One older than
+ * `orphanMs` is an orphan its coordinator forgot; slot creation waits for every prepared transaction
+ * of the server (whatever its database), and anyone could commit one of this database after the freeze.
+ */
+async function preparedFindings(db: Db, orphanMs: number, add: (f: Finding) => void) {
+  const all = await preparedTransactions(db, { all: true });
+  for (const p of all.filter((x) => x.ageMs >= orphanMs)) {
+    const here = p.database === db.database;
+    add({
+      level: 'blocker',
+      code: 'prepared-transaction-orphan',
+      object: p.gid,
+      message: `prepared transaction ${describePrepared(p, !here)} is older than ${formatAge(orphanMs)}: an orphan its transaction manager forgot. The replication slot cannot be created while it is pending${here ? ", and anyone could still commit it after the cutover's freeze" : ' (it holds back slot creation for every database of the server)'}`,
+      hint: `COMMIT PREPARED '${p.gid}' or ROLLBACK PREPARED '${p.gid}'${here ? '' : ` in database ${p.database}`}, as its transaction manager's log says`,
+    });
+  }
+  const inFlight = all.filter((x) => x.ageMs < orphanMs && x.database === db.database);
+  if (inFlight.length)
+    add({
+      level: 'info',
+      code: 'prepared-transactions',
+      message: `${inFlight.length} prepared transaction(s) in flight (${inFlight.map((p) => describePrepared(p)).join(', ')}): a transaction manager's two-phase commits. Slot creation waits for them, and the cutover, once frozen, waits for them to be committed or rolled back (--max-prepared-wait-ms) before it reads the LSN to drain to`,
+    });
+}
+
+/**
+ * Another pgferry migration's objects, or a database left read-only: the source of a migration that
+ * cut over stays frozen while reverse replication applies into it. A second migration of it would
+ * fight the first (its undo could unfreeze that source under reverse replication).
+ */
+async function otherMigrationFindings(db: Db, migrationId: string | undefined, add: (f: Finding) => void) {
+  const own = migrationId ? [objectNames(migrationId).slot, objectNames(migrationId).reverseSlot] : [];
+  const found = await db.query<{ what: string }>(
+    `SELECT 'replication slot ' || slot_name AS what FROM pg_replication_slots
+      WHERE database = current_database() AND slot_name LIKE 'pgferry\\_%' AND slot_name::text <> ALL ($1::text[])
+     UNION ALL
+     SELECT 'publication ' || pubname FROM pg_publication WHERE pubname LIKE 'pgferry\\_%' AND pubname::text <> ALL ($1::text[])
+     UNION ALL
+     SELECT 'subscription ' || subname FROM pg_subscription
+      WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+        AND subname LIKE 'pgferry\\_%' AND subname::text <> ALL ($1::text[])
+     ORDER BY 1`,
+    [own],
+  );
+  if (found.length)
+    add({
+      level: 'blocker',
+      code: `${db.side}-other-migration`,
+      message: `${db.side} database ${db.database} holds another pgferry migration's ${found.map((r) => r.what).join(', ')}: that migration is not over (after a cutover its reverse replication still applies into the old source)`,
+      hint: 'finish that migration first (`pgferry cleanup --id <its id>` once it is over), or migrate a database no migration uses',
+    });
+  if (db.side === 'source' && (await isFrozen(db)))
+    add({
+      level: 'blocker',
+      code: 'source-frozen',
+      message: `source database ${db.database} is read-only (default_transaction_read_only is set on it): frozen by another migration's cutover, or by its DBA, so the application does not write to it`,
+      hint: 'migrate the database the application writes to now; if this one should take writes, find out who froze it first',
+    });
+}
+
+async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void, preparedOrphanMs: number) {
   replicationSettings('source', f, add);
   const replicates =
     f.superuser || f.replication || f.rdsRoles.includes('rds_replication') || f.rdsRoles.includes('rds_superuser');
@@ -326,17 +388,7 @@ async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void)
       hint: 'let it finish, or end it with pg_terminate_backend',
     });
   }
-  const [prepared] = await db.query<{ n: number; gids: string[] | null }>(
-    'SELECT count(*)::int AS n, array_agg(gid) AS gids FROM pg_prepared_xacts WHERE database = current_database()',
-  );
-  if ((prepared?.n ?? 0) > 0) {
-    add({
-      level: 'blocker',
-      code: 'prepared-transactions',
-      message: `source has ${prepared?.n} prepared transaction(s) (${(prepared?.gids ?? []).join(', ')}): the replication slot cannot be created while they are pending`,
-      hint: 'COMMIT PREPARED or ROLLBACK PREPARED them',
-    });
-  }
+  await preparedFindings(db, preparedOrphanMs, add);
   for (const e of await db.query<{ evtname: string }>('SELECT evtname FROM pg_event_trigger ORDER BY 1')) {
     add({
       level: 'warning',
@@ -489,7 +541,7 @@ async function sameDatabase(source: Db, target: Db): Promise<boolean> {
 export async function assess(
   source: Db,
   target?: Db,
-  options: { migrationId?: string } = {},
+  options: { migrationId?: string; preparedOrphanMs?: number } = {},
 ): Promise<AssessmentReport> {
   const findings: Finding[] = [];
   const add = (f: Finding) => findings.push(f);
@@ -497,9 +549,11 @@ export async function assess(
   // Before anything that reads the source's catalogs: an older one lacks what they read.
   const tooOld = sourceVersionFinding(src.version, src.versionText);
   if (tooOld) return { source: sourceReport(source, src, []), findings: [tooOld] };
-  const tables = await sourceFindings(source, src, add);
+  const tables = await sourceFindings(source, src, add, options.preparedOrphanMs ?? DEFAULTS.preparedOrphanMs);
+  await otherMigrationFindings(source, options.migrationId, add);
+  if (target) await otherMigrationFindings(target, options.migrationId, add);
   // What would keep the cutover's freeze from holding (prepared transactions are a finding of their own).
-  for (const h of await freezeHazards(source))
+  for (const h of await freezeHazards(source, options))
     if (h.kind !== 'prepared-transaction')
       add({
         level: 'warning',

@@ -124,7 +124,7 @@ export async function sampleGate(
   if (options.catalog !== false || !warned.catalog) {
     const found: string[] = [];
     // Whatever would let a write past the freeze keeps the gate closed, named with its remedy.
-    for (const h of await freezeHazards(ctx.source)) found.push(h.message);
+    for (const h of await freezeHazards(ctx.source, ctx.config)) found.push(h.message);
     const drift = await schemaDrift(ctx.source, ctx.target);
     for (const d of drift) found.push(`DDL on the source: ${d}`);
     // (A table on one side only is drift already; one on both may still not be replicated.)

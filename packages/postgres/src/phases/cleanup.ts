@@ -44,15 +44,18 @@ export async function cleanup(ctx: PhaseContext): Promise<string> {
   if (await dropPublication(ctx.source, n.publication)) removed.push(`source publication ${n.publication}`);
   if (await dropPublication(ctx.target, n.reversePublication))
     removed.push(`target publication ${n.reversePublication}`);
-  const other = await ctx.target
-    .query(`SELECT 1 FROM ${ident(n.markerSchema)}.migration WHERE id <> $1`, [ctx.config.id])
-    .catch(() => []);
+  // The marker schema goes only when no other migration's marker is in it. Only a marker table that is
+  // not there means none: a read that fails (a lock timeout, a lost connection) fails the clean-up.
+  const { t } = await ctx.target.one<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [
+    `${n.markerSchema}.migration`,
+  ]);
+  const other = t
+    ? await ctx.target.query(`SELECT 1 FROM ${ident(n.markerSchema)}.migration WHERE id <> $1`, [ctx.config.id])
+    : [];
   if (other.length === 0) {
     await ctx.target.query(`DROP SCHEMA IF EXISTS ${ident(n.markerSchema)} CASCADE`);
   } else {
-    await ctx.target
-      .query(`DELETE FROM ${ident(n.markerSchema)}.migration WHERE id = $1`, [ctx.config.id])
-      .catch(() => {});
+    await ctx.target.query(`DELETE FROM ${ident(n.markerSchema)}.migration WHERE id = $1`, [ctx.config.id]);
   }
   // A rollback left the target read-only while pgferry could still switch to it again; that is over now.
   if (ctx.state.rollback?.switchAt && (await isFrozen(ctx.target))) {

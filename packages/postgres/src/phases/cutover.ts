@@ -15,12 +15,21 @@ import {
   mib,
   objectNames,
   PgferryError,
+  PreparedTransactionsPendingError,
   predictDrainMs,
 } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { critical } from '../critical';
 import { type Db, ident } from '../db';
-import { currentLsn, freezeWrites, unfreezeWrites, waitConfirmed, writesSince } from '../freeze';
+import {
+  currentLsn,
+  freezeWrites,
+  isFrozen,
+  unfreezeWrites,
+  waitConfirmed,
+  waitPreparedTransactions,
+  writesSince,
+} from '../freeze';
 import {
   applyTuning,
   createSubscription,
@@ -40,6 +49,7 @@ import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
 import { type GateMemory, sampleLag } from './catch-up';
 import { type PhaseContext, partitionsViaRoot, targetMajor } from './context';
+import { runUndo, type UndoStep } from './undo';
 
 /** The last look may decode at most 16 MiB of WAL and take at most 250 ms of the write gap. */
 const LAST_LOOK = { maxDecodeBytes: 16 * 1024 * 1024, timeoutMs: 250 };
@@ -49,15 +59,44 @@ async function createLogicalSlot(db: Db, name: string) {
     await db.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [name]);
 }
 
-/** Undo a cutover that has not switched: reverse objects gone, forward replication on, source writable. */
-async function undo(ctx: PhaseContext) {
+/**
+ * The source unfrozen, if this cutover froze it: one that was read-only before (another migration's
+ * freeze, recorded before ours) stays read-only.
+ */
+function unfreezeSource(ctx: PhaseContext): UndoStep[] {
+  return ctx.state.cutover?.wasFrozen ? [] : [['unfreeze the source', () => unfreezeWrites(ctx.source)]];
+}
+
+/**
+ * Undo a cutover that has not switched: reverse objects gone, forward replication on, source writable.
+ * Its breadcrumb goes only if all of that worked (runUndo); `resume` undoes it again otherwise.
+ */
+async function undo(ctx: PhaseContext, cause?: unknown, steps?: UndoStep[]) {
   const n = objectNames(ctx.config.id);
-  await dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }).catch(() => {});
-  await dropSlot(ctx.target, n.reverseSlot).catch(() => {});
-  await dropPublication(ctx.target, n.reversePublication).catch(() => {});
-  if (await subscriptionExists(ctx.target, n.subscription))
-    await ctx.target.query(`ALTER SUBSCRIPTION ${ident(n.subscription)} ENABLE`);
-  await unfreezeWrites(ctx.source);
+  await runUndo(
+    ctx,
+    'cutover',
+    steps ?? [
+      [
+        `drop the prepared subscription ${n.reverseSubscription} on the source`,
+        () => dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }),
+      ],
+      [`drop the reverse slot ${n.reverseSlot} on the target`, () => dropSlot(ctx.target, n.reverseSlot)],
+      [
+        `drop the publication ${n.reversePublication} on the target`,
+        () => dropPublication(ctx.target, n.reversePublication),
+      ],
+      [
+        `enable the forward subscription ${n.subscription}`,
+        async () => {
+          if (await subscriptionExists(ctx.target, n.subscription))
+            await ctx.target.query(`ALTER SUBSCRIPTION ${ident(n.subscription)} ENABLE`);
+        },
+      ],
+      ...unfreezeSource(ctx),
+    ],
+    { cause, command: `pgferry resume --id ${ctx.config.id}` },
+  );
 }
 
 /** Finish what follows the switch (outside the write gap): forward subscription and slot dropped. */
@@ -77,9 +116,6 @@ export async function undoInterruptedCutover(ctx: PhaseContext): Promise<boolean
   if (!c?.freezeAt || c.switchAt || c.switchStartedAt) return false;
   ctx.log('a previous cutover stopped before the switch: unfreezing the source and resuming forward replication');
   await undo(ctx);
-  await ctx.update((s) => {
-    s.cutover = undefined;
-  });
   return true;
 }
 
@@ -199,8 +235,10 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     });
   }
   const freezeAt = new Date();
+  // Recorded before the freeze: a source already read-only (another migration's freeze) is left so by an undo.
+  const wasFrozen = await isFrozen(ctx.source);
   await ctx.update((s) => {
-    s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward' };
+    s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward', wasFrozen };
   });
 
   // From the freeze until the switch is recorded (or undone), Ctrl-C waits: see critical.ts.
@@ -216,34 +254,43 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     let freeze: Awaited<ReturnType<typeof freezeWrites>>;
     let freezeLsn: string;
     try {
-      freeze = await freezeWrites(ctx.source);
+      freeze = await freezeWrites(ctx.source, { preparedOrphanMs: ctx.config.preparedOrphanMs });
+      step('freeze');
+      // A transaction manager's prepared transactions commit after the freeze (COMMIT PREPARED works
+      // on a read-only database): the LSN to drain to is read once none is left.
+      await waitPreparedTransactions(ctx.source, ctx.config.maxPreparedWaitMs);
+      step('prepared');
       await ctx.faults?.afterFreeze?.();
       freezeLsn = await currentLsn(ctx.source);
     } catch (err) {
+      if (err instanceof PreparedTransactionsPendingError) {
+        // As after a drain timeout: unfrozen, and the runner returns to catch-up.
+        await undo(ctx, err, unfreezeSource(ctx));
+        throw new PreparedTransactionsPendingError(`${err.message}; the source was unfrozen`, {
+          phase: 'cutover',
+          hint: err.hint,
+        });
+      }
       // Whatever broke the freeze (a refused check, a lost connection), the source must not stay frozen.
-      await undo(ctx).catch(() => {});
-      await ctx.update((s) => {
-        s.cutover = undefined;
-      });
+      await undo(ctx, err);
       if (err instanceof FreezeFailedError) throw err;
       throw new CutoverFailedError(`the write freeze failed; the source was unfrozen: ${errorMessage(err)}`, {
         cause: err,
         phase: 'cutover',
       });
     }
-    step('freeze');
     const drainBytes = await lsnDistance(ctx.source, freezeLsn, n.slot);
     // The budget is the drain's, not the freeze's: the write gap's drain part is what it bounds.
     const drainStart = performance.now();
     if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.maxDrainMs))) {
-      await unfreezeWrites(ctx.source);
+      const abandonedMs = Math.round(performance.now() - drainStart);
+      await undo(ctx, new DrainTimeoutError(`the target did not confirm ${freezeLsn} in time`), unfreezeSource(ctx));
       await ctx.update((s) => {
-        s.cutover = undefined;
         s.events = [
           ...s.events,
           {
             at: new Date().toISOString(),
-            message: `drain abandoned after ${Math.round(performance.now() - drainStart)} ms (budget ${ctx.config.maxDrainMs} ms, predicted ${predictedDrainMs} ms, ${drainBytes} bytes to confirm): source unfrozen`,
+            message: `drain abandoned after ${abandonedMs} ms (budget ${ctx.config.maxDrainMs} ms, predicted ${predictedDrainMs} ms, ${drainBytes} bytes to confirm): source unfrozen`,
           },
         ];
       });
@@ -316,10 +363,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       });
       step('record');
     } catch (err) {
-      await undo(ctx).catch(() => {});
-      await ctx.update((s) => {
-        s.cutover = undefined;
-      });
+      await undo(ctx, err);
       if (err instanceof DrainTimeoutError) throw err;
       throw new CutoverFailedError(
         `cutover failed before the switch; the source was unfrozen and forward replication resumed: ${(err as Error).message}`,
@@ -343,14 +387,15 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
             cause: err,
             phase: 'cutover',
             field: '--on-switch',
-            hint: `fix the --on-switch command, then \`pgferry resume --id ${ctx.config.id}\` switches again and finishes`,
+            hint: `fix the --on-switch command, then \`pgferry resume --id ${ctx.config.id} --on-switch '<the fixed command>'\` switches again and finishes`,
           },
         );
-      // Only the switch command ran, and it failed: the application did not move. Undo everything.
-      await undo(ctx).catch(() => {});
+      // Only the switch command ran, and it failed: the application did not move. Undo everything;
+      // should the undo fail, its breadcrumb must lead `resume` to undo again, not to switch.
       await ctx.update((s) => {
-        s.cutover = undefined;
+        s.cutover = { ...s.cutover, switchStartedAt: undefined };
       });
+      await undo(ctx, err);
       throw err;
     }
     const switchedMs = performance.now() - t0;
@@ -370,6 +415,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       sequencesSynced: sequences,
       direction: 'forward' as const,
       stepsMs: steps,
+      wasFrozen,
     };
     await ctx.update((s) => {
       s.cutover = done;

@@ -8,11 +8,12 @@ import { DrainTimeoutError, errorMessage, objectNames, RollbackFailedError } fro
 import { schemasAndExtensions } from '../catalog';
 import { critical } from '../critical';
 import { ident, literal } from '../db';
-import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed } from '../freeze';
+import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed, waitPreparedTransactions } from '../freeze';
 import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
 import type { PhaseContext } from './context';
+import { runUndo, type UndoStep } from './undo';
 
 /** Drop what the schema restore created on the target, only if pgferry's marker says it made it. */
 async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kept: string[] }> {
@@ -110,10 +111,17 @@ async function beforeCutover(ctx: PhaseContext): Promise<string> {
   if (await dropSlot(ctx.source, n.slot)) done.push(`source slot ${n.slot}`);
   if (await dropPublication(ctx.source, n.publication)) done.push(`source publication ${n.publication}`);
   if (await dropPublication(ctx.target, n.reversePublication)) done.push(`target publication ${n.reversePublication}`);
-  if (await isFrozen(ctx.source)) {
+  // Only a freeze this migration's cutover set (its breadcrumb says so): a source read-only before it
+  // (another migration's cutover made it so, and reverse replication still applies into it) stays so.
+  const c = ctx.state.cutover;
+  if (c?.freezeAt && !c.wasFrozen && (await isFrozen(ctx.source))) {
     await unfreezeWrites(ctx.source);
     done.push('source unfrozen');
   }
+  if (ctx.state.undoFailed)
+    await ctx.update((s) => {
+      s.undoFailed = undefined; // what a failed undo of the cutover left is removed above
+    });
   const loaded = await dropLoadedSchema(ctx);
   if (loaded.ours) done.push('schema and data loaded on the target');
   const roles = await dropCreatedRoles(ctx, loaded.ours);
@@ -177,73 +185,98 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
   }
   // A rollback interrupted after it stopped the reverse stream would otherwise wait on it forever.
   await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} ENABLE`);
+  // An earlier attempt that began to switch back (the switch file may name the source): the
+  // application may already write to the source, so no sequence there may go backwards.
+  const earlier = ctx.state.rollback;
+  const sourceMayWrite =
+    !!earlier?.switchStartedAt ||
+    (!!ctx.config.switchFile && readSwitchFile(ctx.config.switchFile) === ctx.config.sourceUrl);
+  const seqOptions = { neverLower: sourceMayWrite };
   // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.
-  await syncSequences(ctx.target, ctx.source);
+  await syncSequences(ctx.target, ctx.source, seqOptions);
   // Recorded before the freeze: a rollback killed in its write gap shows in status, and resume refuses
-  // to pretend the application is on the target; running the rollback again finishes it.
+  // to pretend the application is on the target; running the rollback again finishes it. So is whether
+  // the target was read-only before (then an undo leaves it so); an earlier attempt's answer stands.
+  const wasFrozen = earlier?.freezeAt ? earlier.wasFrozen : await isFrozen(ctx.target);
   const freezeAt = new Date();
   await ctx.update((s) => {
-    s.rollback = { freezeAt: freezeAt.toISOString(), direction: 'reverse' };
+    s.rollback = {
+      freezeAt: freezeAt.toISOString(),
+      direction: 'reverse',
+      wasFrozen,
+      switchStartedAt: earlier?.switchStartedAt,
+    };
   });
-  const forget = () =>
-    ctx
-      .update((s) => {
-        s.rollback = undefined;
-      })
-      .catch(() => {});
+  const command = `pgferry rollback --id ${ctx.config.id}`;
+  const unfreezeTarget: UndoStep[] = wasFrozen ? [] : [['unfreeze the target', () => unfreezeWrites(ctx.target)]];
   // From the freeze of the target until the switch back is recorded, Ctrl-C waits (critical.ts).
   const { gap, sequences } = await critical(async () => {
     const t0 = performance.now();
     let freeze: Awaited<ReturnType<typeof freezeWrites>>;
     let lsn: string;
     try {
-      freeze = await freezeWrites(ctx.target);
+      freeze = await freezeWrites(ctx.target, { preparedOrphanMs: ctx.config.preparedOrphanMs });
+      // The application's prepared transactions on the target commit (read-only or not) before the LSN.
+      await waitPreparedTransactions(ctx.target, ctx.config.maxPreparedWaitMs);
       lsn = await currentLsn(ctx.target);
     } catch (err) {
-      await unfreezeWrites(ctx.target).catch(() => {});
-      await forget();
+      await runUndo(ctx, 'rollback', unfreezeTarget, { cause: err, command });
       throw new RollbackFailedError(
         `the write freeze of the target failed; the target was unfrozen and the application stays on it: ${errorMessage(err)}`,
         {
           cause: err,
           phase: 'rollback',
-          hint: `fix the cause, then run \`pgferry rollback --id ${ctx.config.id}\` again`,
+          hint: `fix the cause, then run \`${command}\` again`,
         },
       );
     }
     if (!(await waitConfirmed(ctx.target, n.reverseSlot, lsn, ctx.config.drainTimeoutMs))) {
-      await unfreezeWrites(ctx.target);
-      await forget();
-      throw new DrainTimeoutError(
-        `the source did not confirm ${lsn} from the reverse stream within ${ctx.config.drainTimeoutMs} ms; the target was unfrozen`,
-        {
-          phase: 'rollback',
-          hint: 'run `pgferry rollback` again once reverse lag is low',
-        },
-      );
+      const message = `the source did not confirm ${lsn} from the reverse stream within ${ctx.config.drainTimeoutMs} ms`;
+      await runUndo(ctx, 'rollback', unfreezeTarget, { cause: new DrainTimeoutError(message), command });
+      throw new DrainTimeoutError(`${message}; the target was unfrozen`, {
+        phase: 'rollback',
+        hint: 'run `pgferry rollback` again once reverse lag is low',
+      });
     }
     // Until the switch back, a failure is undone: the application stays on the target, which writes again.
+    let sourceUnfrozen = false;
     const undo = async (err: unknown, what: string) => {
-      await ctx.source
-        .query(`ALTER DATABASE ${ident(ctx.source.database)} SET default_transaction_read_only = on`)
-        .catch(() => {});
-      await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} ENABLE`).catch(() => {});
-      await unfreezeWrites(ctx.target).catch(() => {});
-      await forget();
+      await runUndo(
+        ctx,
+        'rollback',
+        [
+          // The same freeze as the cutover's, sessions ended: one that connected to the source while it
+          // was writable could otherwise write there while the application writes to the target.
+          ...(sourceUnfrozen
+            ? ([['freeze the source again', () => freezeWrites(ctx.source, { refreeze: true })]] as UndoStep[])
+            : []),
+          [
+            'resume reverse replication',
+            () => ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} ENABLE`),
+          ],
+          ...unfreezeTarget,
+        ],
+        { cause: err, command },
+      );
       return new RollbackFailedError(
         `${what}; the rollback was undone: the application stays on the target, which takes writes again, and reverse replication goes on: ${errorMessage(err)}`,
         {
           cause: err,
           phase: 'rollback',
-          hint: `fix the cause, then run \`pgferry rollback --id ${ctx.config.id}\` again`,
+          hint: `fix the cause, then run \`${command}\` again`,
         },
       );
     };
     let sequences: number;
     try {
-      sequences = await syncSequences(ctx.target, ctx.source);
+      sequences = await syncSequences(ctx.target, ctx.source, seqOptions);
       await ctx.source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} DISABLE`);
+      sourceUnfrozen = true;
       await unfreezeWrites(ctx.source);
+      // From here a rollback run again must not move the source's sequences back (see sourceMayWrite).
+      await ctx.update((s) => {
+        s.rollback = { ...s.rollback, switchStartedAt: new Date().toISOString() };
+      });
     } catch (err) {
       throw await undo(err, 'the rollback failed before switching back');
     }
@@ -267,7 +300,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
             cause: err,
             phase: 'rollback',
             field: '--on-switch',
-            hint: `fix the --on-switch command, then \`pgferry rollback --id ${ctx.config.id}\` switches back again and finishes`,
+            hint: `fix the --on-switch command, then \`${command} --on-switch '<the fixed command>'\` switches back again and finishes`,
           },
         );
       throw await undo(err, 'the switch back failed');
@@ -277,12 +310,15 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
       s.rollback = {
         freezeAt: freezeAt.toISOString(),
         freezeLsn: lsn,
+        switchStartedAt: s.rollback?.switchStartedAt,
         switchAt: new Date(freezeAt.getTime() + gap).toISOString(),
         writeGapMs: gap,
         sessionsEnded: freeze.sessionsEnded,
         sequencesSynced: sequences,
         direction: 'reverse',
+        wasFrozen,
       };
+      s.undoFailed = undefined;
     });
     return { gap, sequences };
   });

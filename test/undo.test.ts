@@ -1,0 +1,272 @@
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { advance, inspectMigration, openSession, rollbackMigration } from '../packages/cli/src/runner';
+import { assess, cleanup, connect } from '../packages/postgres/src/index';
+import { frozen, loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
+import { freshPair, type Pair, serverUrl, sql } from './harness/pairs';
+
+let pair: Pair | undefined;
+let rt: TestRuntime | undefined;
+
+afterEach(async () => {
+  if (pair) {
+    for (const side of ['source', 'target'] as const) await allowConnections(pair, side);
+    await pair.drop();
+  }
+  rt?.dispose();
+  pair = undefined;
+  rt = undefined;
+});
+
+/**
+ * A shell command (run as --on-switch) that cuts pgferry off one side, for real: no new connection to
+ * that database is allowed (superusers included), and pgferry's sessions there are ended.
+ */
+function cutOff(p: Pair, side: 'source' | 'target') {
+  const admin = serverUrl(side === 'source' ? p.sourceServer : p.targetServer);
+  const db = side === 'source' ? p.sourceDb : p.targetDb;
+  return `psql '${admin}' -qAt -v ON_ERROR_STOP=1 -c 'ALTER DATABASE "${db}" ALLOW_CONNECTIONS false' -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '${db}' AND application_name LIKE 'pgferry:%'" >/dev/null`;
+}
+
+/** The error `p` rejects with (a test failure if it resolves). */
+async function failure(p: Promise<unknown>): Promise<Error> {
+  return p.then(
+    () => {
+      throw new Error('expected a failure');
+    },
+    (e: Error) => e,
+  );
+}
+
+async function allowConnections(p: Pair, side: 'source' | 'target') {
+  const server = side === 'source' ? p.sourceServer : p.targetServer;
+  const db = side === 'source' ? p.sourceDb : p.targetDb;
+  await sql(serverUrl(server), `ALTER DATABASE ${pg.escapeIdentifier(db)} ALLOW_CONNECTIONS true`);
+}
+
+describe('undo paths', () => {
+  it('keeps the breadcrumb of a cutover whose undo fails, and status names the frozen source, its slot and the command that ends it', async () => {
+    pair = await freshPair(15, 'undocut');
+    rt = testRuntime();
+    await loadSample(pair, 100);
+    // The switch command fails, and there is no switch file: the cutover is undone, with the source cut off.
+    const onSwitch = `${cutOff(pair, 'source')}; exit 3`;
+    const m = await newMigration(rt, pair, { cutover: 'manual', switchFile: undefined, onSwitch });
+    await advance(rt, m.id, { cutover: 'manual' });
+    const err = await failure(advance(rt, m.id, { cutover: 'now' }));
+    await allowConnections(pair, 'source');
+    expect(err.name).toBe('UndoFailedError');
+    expect(err.message).toMatch(
+      /^the undo of the cutover failed \(.*unfreeze the source: .*\); it was undoing: --on-switch command failed \(exit 3\)/,
+    );
+    const state = await rt.store.get(m.id);
+    expect(state.status).toBe('running');
+    expect(state.cutover?.freezeAt).toBeDefined(); // the breadcrumb resume undoes again
+    expect(state.cutover?.switchStartedAt).toBeUndefined(); // (and does not mistake for a switch)
+    expect(state.undoFailed?.command).toBe(`pgferry resume --id ${m.id}`);
+    expect(await frozen(pair, 'source')).toBe(true);
+    const live = await inspectMigration(rt, m.id);
+    expect(live.attention[0]).toMatch(
+      new RegExp(
+        `^the undo of the cutover failed at .*: the source database is read-only; .*slot pgferry_${m.id} on the source retains .* of WAL, unread.*; \`pgferry resume --id ${m.id}\` ends it$`,
+      ),
+    );
+    const { describeState } = await import('../packages/cli/src/output');
+    expect(describeState(state)).toContain(`\`pgferry resume --id ${m.id}\` ends it`);
+    // Once the source answers, resume finishes the undo: writable, replicating, caught up.
+    const resumed = await advance(rt, m.id, { cutover: 'manual' });
+    expect(resumed.status).toBe('awaiting-cutover');
+    expect(resumed.undoFailed).toBeUndefined();
+    expect(resumed.cutover).toBeUndefined();
+    expect(await frozen(pair, 'source')).toBe(false);
+  });
+
+  it('records a failure after the switch as cut-over, and resume goes on from there', async () => {
+    pair = await freshPair(15, 'undoafter');
+    rt = testRuntime();
+    await loadSample(pair, 100);
+    // The switch succeeds and then the target is cut off: dropping forward replication fails after it.
+    const m = await newMigration(rt, pair, { cutover: 'auto', onSwitch: cutOff(pair, 'target') });
+    const err = await failure(advance(rt, m.id, { cutover: 'auto' }));
+    await allowConnections(pair, 'target');
+    expect(err).toBeInstanceOf(Error);
+    const state = await rt.store.get(m.id);
+    expect(state.cutover?.switchAt).toBeDefined();
+    expect(state.status).toBe('cut-over'); // the application is on the target, with a way back
+    expect(state.failure?.phase).toBe('cutover');
+    const resumed = await advance(rt, m.id, { cutover: 'now' });
+    expect(resumed.status).toBe('cut-over');
+    expect(resumed.verify?.ok).toBe(true);
+    expect(resumed.failure).toBeUndefined();
+  });
+
+  it('freezes the source again as the cutover does when a rollback is undone, ending a session that connected meanwhile', async () => {
+    pair = await freshPair(15, 'undorefreeze');
+    rt = testRuntime();
+    await loadSample(pair, 100);
+    const marker = join(rt.dir, 'switching-back');
+    const onSwitch = `[ "$PGFERRY_DIRECTION" = forward ] || { touch ${marker}; sleep 1; exit 4; }`;
+    const m = await newMigration(rt, pair, { cutover: 'auto', switchFile: undefined, onSwitch });
+    expect((await advance(rt, m.id, { cutover: 'auto' })).status).toBe('cut-over');
+    // While the switch back runs, the source is writable: a session connects to it then.
+    const late = (async () => {
+      const until = Date.now() + 30_000;
+      while (!existsSync(marker) && Date.now() < until) await sleep(10);
+      const c = new pg.Client({ connectionString: pair!.sourceUrl, application_name: 'late' });
+      c.on('error', () => {});
+      await c.connect();
+      return c;
+    })();
+    const err = await failure(rollbackMigration(rt, m.id));
+    const client = await late;
+    try {
+      expect(err.message).toMatch(/^the switch back failed; the rollback was undone/);
+      // Its session was ended by the freeze: it cannot write to the source while the application writes to the target.
+      await expect(
+        client.query("INSERT INTO audit_log (actor, action) VALUES ('late', 'both sides')"),
+      ).rejects.toThrow();
+    } finally {
+      await client.end().catch(() => {});
+    }
+    expect(await pair.source("SELECT count(*)::int AS n FROM audit_log WHERE actor = 'late'")).toEqual([{ n: 0 }]);
+    expect(await frozen(pair, 'source')).toBe(true);
+    expect(await frozen(pair, 'target')).toBe(false);
+    expect((await rt.store.get(m.id)).rollback).toBeUndefined();
+  });
+
+  it('keeps the breadcrumb of a rollback whose undo fails, and status names the command that ends it', async () => {
+    pair = await freshPair(15, 'undorb');
+    rt = testRuntime();
+    await loadSample(pair, 100);
+    const once = join(rt.dir, 'cut-once');
+    const onSwitch = `[ "$PGFERRY_DIRECTION" = forward ] || test -f ${once} || { touch ${once}; ${cutOff(pair, 'source')}; exit 4; }`;
+    const m = await newMigration(rt, pair, { cutover: 'auto', switchFile: undefined, onSwitch });
+    expect((await advance(rt, m.id, { cutover: 'auto' })).status).toBe('cut-over');
+    const err = await failure(rollbackMigration(rt, m.id));
+    await allowConnections(pair, 'source');
+    expect(err.name).toBe('UndoFailedError');
+    expect(err.message).toMatch(
+      /^the undo of the rollback failed \(freeze the source again: .*resume reverse replication: .*\); it was undoing: --on-switch command failed \(exit 4\)/,
+    );
+    const state = await rt.store.get(m.id);
+    expect(state.rollback?.freezeAt).toBeDefined();
+    expect(state.undoFailed?.command).toBe(`pgferry rollback --id ${m.id}`);
+    const live = await inspectMigration(rt, m.id);
+    expect(live.attention[0]).toMatch(
+      new RegExp(`^the undo of the rollback failed at .*; \`pgferry rollback --id ${m.id}\` ends it$`),
+    );
+    // The command it names finishes the rollback.
+    const rolled = await rollbackMigration(rt, m.id);
+    expect(rolled.status).toBe('rolled-back');
+    expect(rolled.undoFailed).toBeUndefined();
+    expect(await frozen(pair, 'source')).toBe(false);
+  });
+
+  it("keeps the marker schema when another migration's marker cannot be read, instead of dropping it", async () => {
+    pair = await freshPair(15, 'undomarker');
+    rt = testRuntime();
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await pair.target(
+      `CREATE SCHEMA pgferry; CREATE TABLE pgferry.migration (id text PRIMARY KEY); INSERT INTO pgferry.migration VALUES ('${m.id}'), ('another')`,
+    );
+    // Another process holds the marker table: reading it fails (lock timeout), for real.
+    const locker = new pg.Client({ connectionString: pair.targetUrl });
+    await locker.connect();
+    await locker.query('BEGIN; LOCK TABLE pgferry.migration IN ACCESS EXCLUSIVE MODE');
+    const session = await openSession(rt, m.id);
+    const target = await connect(pair.targetUrl, {
+      side: 'target',
+      applicationName: 'pgferry:test',
+      lockTimeoutMs: 300,
+    });
+    try {
+      let settled = false;
+      const cleaning = cleanup({ ...session.ctx, target })
+        .catch((e: Error) => e)
+        .finally(() => {
+          settled = true;
+        });
+      // Released once the clean-up failed, or once it went on to DROP SCHEMA (which then goes through).
+      const until = Date.now() + 20_000;
+      while (!settled && Date.now() < until) {
+        const dropping = await pair.target("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'DROP SCHEMA%'");
+        if (dropping.length) break;
+        await sleep(20);
+      }
+      await locker.query('ROLLBACK');
+      const result = await cleaning;
+      expect(result).toBeInstanceOf(Error);
+      expect((result as Error).message).toMatch(/lock timeout/);
+    } finally {
+      await locker.end();
+      await target.end();
+      await session.close();
+    }
+    expect(await pair.target('SELECT id FROM pgferry.migration ORDER BY id')).toEqual([
+      { id: 'another' },
+      { id: m.id },
+    ]);
+  });
+});
+
+describe('a second migration, and a rollback run again', () => {
+  it('blocks the assessment of a source another migration cut over: its objects and its freeze', async () => {
+    pair = await freshPair(15, 'second');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const first = await newMigration(rt, pair, { cutover: 'auto' });
+    expect((await advance(rt, first.id, { cutover: 'auto' })).status).toBe('cut-over');
+    const source = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
+    try {
+      const report = await assess(source, undefined, { migrationId: 'second' });
+      const blockers = report.findings.filter((f) => f.level === 'blocker');
+      expect(blockers.map((f) => f.code).sort()).toEqual(['source-frozen', 'source-other-migration']);
+      expect(blockers.find((f) => f.code === 'source-other-migration')?.message).toContain(
+        `subscription pgferry_${first.id}_rev`,
+      );
+    } finally {
+      await source.end();
+    }
+  });
+
+  it('leaves a freeze it did not set when it undoes a cutover', async () => {
+    pair = await freshPair(15, 'notmine');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'manual', switchFile: undefined, onSwitch: 'exit 3' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // Someone else froze the source meanwhile (another migration's cutover, its DBA).
+    await pair.source(`ALTER DATABASE ${pg.escapeIdentifier(pair.sourceDb)} SET default_transaction_read_only = on`);
+    const err = await failure(advance(rt, m.id, { cutover: 'now' }));
+    expect(err.message).toMatch(/--on-switch command failed \(exit 3\)/);
+    expect((await rt.store.get(m.id)).cutover).toBeUndefined(); // undone...
+    expect(await frozen(pair, 'source')).toBe(true); // ...but not that freeze
+  });
+
+  it('never moves a source sequence back when a rollback killed after its switch file named the source runs again', async () => {
+    pair = await freshPair(15, 'seqagain');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    await advance(rt, m.id, { cutover: 'auto' });
+    // What a rollback killed right after rewriting the switch file leaves: target frozen, reverse stream
+    // stopped, source writable and named by the switch file, the rollback begun but not recorded as done.
+    const rev = `pgferry_${m.id}_rev`;
+    await pair.target(`ALTER DATABASE ${pg.escapeIdentifier(pair.targetDb)} SET default_transaction_read_only = on`);
+    await pair.source(`ALTER SUBSCRIPTION ${rev} DISABLE`);
+    await pair.source(`ALTER DATABASE ${pg.escapeIdentifier(pair.sourceDb)} RESET default_transaction_read_only`);
+    writeFileSync(rt.switchFile, `${pair.sourceUrl}\n`);
+    const state = await rt.store.get(m.id);
+    await rt.store.put({ ...state, rollback: { freezeAt: new Date().toISOString(), direction: 'reverse' } });
+    // The application follows the file and writes to the source.
+    const [{ last }] = (await pair.source(
+      "SELECT max(v)::int AS last FROM (SELECT nextval('orders_id_seq') AS v FROM generate_series(1, 20)) s",
+    )) as [{ last: number }];
+    const rolled = await rollbackMigration(rt, m.id);
+    expect(rolled.status).toBe('rolled-back');
+    const [{ next }] = (await pair.source("SELECT nextval('orders_id_seq')::int AS next")) as [{ next: number }];
+    expect(next).toBeGreaterThan(last);
+  });
+});

@@ -12,8 +12,8 @@
  * committing through every write gap.
  *
  * --churn adds a writer that rewrites 3,000 rows per transaction in a tight loop, as fast as the target's
- * apply sustains: it pauses while the slot's unconfirmed WAL is over 8 MiB (half the gate's default
- * limit) and goes on below 4 MiB. Each cutover then also prints the drain predicted before the freeze and
+ * apply sustains: it pauses while the slot's unconfirmed WAL is over 2 MiB and goes on below 0.5 MiB
+ * (more, and the lag stays over the gate's time limit: it never opens). Each cutover then also prints the drain predicted before the freeze and
  * the one measured inside the write gap, drains given up past the budget, and lag in bytes and seconds.
  *
  * pgbench supplies the load (it cannot follow a switch, so its clients end at the freeze); two LiveWriters
@@ -55,6 +55,9 @@ const churn = values.churn;
 const CHURN_ROWS = 100_000;
 const CHURN_BATCH = 3_000;
 const MiB = 1024 * 1024;
+/** The churn writer pauses while the slot's backlog is over this, and goes on once it is under the second. */
+const CHURN_PAUSE_BYTES = 2 * MiB;
+const CHURN_RESUME_BYTES = MiB / 2;
 const PGBENCH = '/usr/lib/postgresql/15/bin/pgbench';
 
 const phaseMs = (p?: { startedAt?: string; endedAt?: string }) =>
@@ -89,7 +92,7 @@ const results: {
 
 /**
  * The churn writer (--churn): 3,000 rows per transaction, as fast as the apply sustains (paused while
- * the slot's backlog is over 8 MiB, until it is under 4 MiB). Ends when the freeze ends its session.
+ * the slot's backlog is over CHURN_PAUSE_BYTES, until it is under CHURN_RESUME_BYTES). Ends when the freeze ends its session.
  */
 function churnWriter(url: string, slot: string) {
   let stop = false;
@@ -112,7 +115,7 @@ function churnWriter(url: string, slot: string) {
             )
           ).rows;
           const backlog = Number(row?.b ?? 0);
-          paused = paused ? backlog > 4 * MiB : backlog > 8 * MiB;
+          paused = paused ? backlog > CHURN_RESUME_BYTES : backlog > CHURN_PAUSE_BYTES;
         }
         if (paused) {
           await new Promise((r) => setTimeout(r, 20));

@@ -69,7 +69,8 @@ Global options:
 Exit codes:
   0 ok · 1 failed · 2 invalid input · 3 cannot connect · 4 assessment blocked
   5 lag or drain timeout · 6 verification mismatch · 7 state changed by another process
-  8 not verified: the replica was too far behind to compare (not a mismatch; resume verifies again)
+  8 not verified: some tables could not be compared (the other side too far behind, or rows changed
+    at every read); never a mismatch; resume verifies again
   130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP (a write gap is finished first)`,
   assess: `Usage: pgferry assess --source URL [--target URL] [--prepared-orphan-ms N] [--json]
        (or PGFERRY_SOURCE_URL / PGFERRY_TARGET_URL in the environment)

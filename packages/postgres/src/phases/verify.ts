@@ -42,6 +42,8 @@ interface Plan {
   range?: (b: number) => string;
   /** SQL true for the rows whose key (as keyExpr gives it) is in the text[] parameter $2. */
   keyMatch: string;
+  /** Whether a bucket's label needs its lowest and highest key (hash buckets; a range labels itself). */
+  keyBounds: boolean;
 }
 
 const INTEGER = new Set(['smallint', 'integer', 'bigint']);
@@ -64,6 +66,7 @@ async function plan(source: Db, t: TableInfo): Promise<Plan> {
         bucketExpr: '0',
         where: 'true',
         label: () => 'all rows',
+        keyBounds: false,
         keyExpr: `${k}::text`,
         keyMatch: `${k} = ANY($2::text[]::numeric[])`,
       };
@@ -75,8 +78,12 @@ async function plan(source: Db, t: TableInfo): Promise<Plan> {
     return {
       table: t,
       rows: Number(n),
-      // numeric: k - lo overflows bigint when the keys span both signs.
-      bucketExpr: `floor((${k}::numeric - ${lo}) / ${width})::int`,
+      // bigint arithmetic where k - lo cannot overflow (keys within ±2^62), numeric otherwise.
+      bucketExpr:
+        lo > -(2n ** 62n) && hi < 2n ** 62n
+          ? `((${k}::bigint - ${lo}) / ${width})::int`
+          : `floor((${k}::numeric - ${lo}) / ${width})::int`,
+      keyBounds: false,
       where: `${k} <= ${hi}`,
       label: (b) => {
         const from = lo + BigInt(b) * width;
@@ -102,6 +109,7 @@ async function plan(source: Db, t: TableInfo): Promise<Plan> {
       `bucket ${b} (${key.length ? `keys ${bucket?.lo ?? '?'}..${bucket?.hi ?? '?'}` : 'whole-row hash'})`,
     keyExpr,
     keyMatch: `${keyExpr} = ANY($2::text[])`,
+    keyBounds: key.length > 0,
   };
 }
 
@@ -120,8 +128,9 @@ async function checksums(query: Query, p: Plan, rowText: string, only?: number[]
   const ranges = only && p.range && only.length <= 64 ? ` AND (${only.map((b) => p.range?.(b)).join(' OR ')})` : '';
   const filter = only ? ` AND ${p.bucketExpr} = ANY($1::int[])${ranges}` : '';
   const rows = await query<{ b: number; n: number; h: string; lo: string | null; hi: string | null }>(
-    `SELECT b, count(*)::bigint AS n, sum(h)::text AS h, min(k) AS lo, max(k) AS hi FROM (
-       SELECT ${p.bucketExpr} AS b, hashtextextended(${rowText}, 0)::numeric AS h, ${p.keyExpr} AS k
+    // sum(bigint) adds in 128 bits; min/max of the key as text only where a label needs them.
+    `SELECT b, count(*)::bigint AS n, sum(h)::text AS h, ${p.keyBounds ? 'min(k) AS lo, max(k) AS hi' : 'NULL AS lo, NULL AS hi'} FROM (
+       SELECT ${p.bucketExpr} AS b, hashtextextended(${rowText}, 0) AS h${p.keyBounds ? `, ${p.keyExpr} AS k` : ''}
          FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${filter}) x GROUP BY b`,
     only ? [only] : [],
   );
@@ -273,6 +282,24 @@ async function rowHashes(
 
 /** Rows differing between the sides are followed one by one; at most this many at once. */
 const MAX_OPEN_ROWS = 100_000;
+/** Chunks whose rows are read at once (verifyChunkRows each) when differing chunks are followed row by row. */
+const ROW_READ_CHUNKS = 8;
+
+/** The rows of some chunks: key → [chunk, row hash]. */
+async function rowHashesByChunk(
+  query: Query,
+  p: Plan,
+  rowText: string,
+  chunks: number[],
+): Promise<Map<string, [number, string]>> {
+  const ranges = p.range && chunks.length <= 64 ? ` AND (${chunks.map((b) => p.range?.(b)).join(' OR ')})` : '';
+  const rows = await query<{ b: number; k: string; h: string }>(
+    `SELECT b, k, h FROM (SELECT ${p.bucketExpr} AS b, ${p.keyExpr} AS k, hashtextextended(${rowText}, 0)::text AS h
+       FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${ranges}) x WHERE b = ANY($1::int[])`,
+    [chunks],
+  );
+  return new Map(rows.map((r) => [r.k, [r.b, r.h]]));
+}
 
 /** Time spent reading, and bytes of table read, on one side. */
 interface SideReads {
@@ -375,13 +402,18 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
    */
   const settleRows = async (p: Plan, bad: number[]) => {
     const open = new Map<string, { chunk: number; live?: string; replica?: string }>();
-    for (const b of bad) {
-      const r = await atMatchingPoints((q) => rowHashes(q, p, rowText, [b]));
+    // Several chunks per read, so that a table whose every chunk the application touches waits for the
+    // replica a few times, not once per chunk.
+    for (let i = 0; i < bad.length; i += ROW_READ_CHUNKS) {
+      const chunks = bad.slice(i, i + ROW_READ_CHUNKS);
+      const r = await atMatchingPoints((q) => rowHashesByChunk(q, p, rowText, chunks));
       if (!r) return undefined;
-      for (const k of new Set([...r.live.keys(), ...r.replica.keys()])) {
-        const [live, replica] = [r.live.get(k), r.replica.get(k)];
+      for (const [k, [b, live]] of r.live) {
+        const replica = r.replica.get(k)?.[1];
         if (live !== replica && open.size < MAX_OPEN_ROWS) open.set(k, { chunk: b, live, replica });
       }
+      for (const [k, [b, replica]] of r.replica)
+        if (!r.live.has(k) && open.size < MAX_OPEN_ROWS) open.set(k, { chunk: b, replica });
     }
     const proven = new Map<string, number>();
     for (let i = 0; i < DEFAULTS.verifyRechecks && open.size > 0; i++) {

@@ -34,6 +34,7 @@ import {
   assertNoBlockers,
   assess,
   bulkLoad,
+  catchUp,
   catchUpAndVerify,
   cleanup,
   connect,
@@ -430,7 +431,9 @@ async function advanceClaimed(rt: Runtime, id: string, options: AdvanceOptions):
         await runPhase(rt, ctx, phase, fn);
       }
       for (let attempt = 1; ; attempt++) {
-        await runPhase(rt, ctx, 'catch-up', catchUpAndVerify);
+        // Every table is verified before a cutover may freeze anything: with --cutover manual when the
+        // cutover is asked for (`pgferry cutover`), so that `migrate` returns as soon as it is caught up.
+        await runPhase(rt, ctx, 'catch-up', options.cutover === 'manual' ? catchUp : catchUpAndVerify);
         if (options.cutover === 'manual') {
           await ctx.update((s) => {
             s.status = 'awaiting-cutover';

@@ -336,18 +336,36 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   let waitMs = ctx.config.verifyWaitMs;
 
   /**
-   * `read` on the live side, then on the replica once it has applied past that read's position (so a
-   * difference is never lag); undefined when it did not get there in time.
+   * `read` on the live side in a snapshot taken first, and on the replica once it has confirmed the live
+   * side's WAL position read just after that snapshot (so it has every commit the live read sees; a
+   * difference is never lag): both sides read at once, not one after the other. Undefined when the
+   * replica did not get there in time.
    */
   const atMatchingPoints = async <T>(read: (query: Query) => Promise<T>) => {
-    const live = await timed(s.live, () => read(s.live.query));
-    const lsn = await insertLsn(s.live);
-    if (!(await waitConfirmed(s.live, s.slot, lsn, waitMs))) {
-      waitMs = Math.min(waitMs, WAIT_AFTER_BEHIND_MS);
-      return undefined;
-    }
-    const replica = await timed(s.replica, () => read(s.replica.query));
-    return { live, replica };
+    let replica: Promise<T | undefined> = Promise.resolve(undefined);
+    const live = await timed(s.live, () =>
+      s.live.withClient(async (client) => {
+        await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+        try {
+          // The snapshot is taken by this first statement, the position read during it: after the snapshot.
+          const { rows } = await client.query<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn');
+          const lsn = rows[0]?.lsn as string;
+          replica = (async () => {
+            if (!(await waitConfirmed(s.live, s.slot, lsn, waitMs))) {
+              waitMs = Math.min(waitMs, WAIT_AFTER_BEHIND_MS);
+              return undefined;
+            }
+            return timed(s.replica, () => read(s.replica.query));
+          })();
+          replica.catch(() => {}); // (awaited below)
+          return await read(rowsOf(client));
+        } finally {
+          await client.query('COMMIT').catch(() => {});
+        }
+      }),
+    );
+    const other = await replica;
+    return other === undefined ? undefined : { live, replica: other };
   };
   const sides = <T>(r: { live: T; replica: T }) =>
     s.live === ctx.source ? { src: r.live, tgt: r.replica } : { src: r.replica, tgt: r.live };

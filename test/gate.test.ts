@@ -97,6 +97,15 @@ describe('cutover gate', () => {
     expect(await pair.target('SELECT m::text, ms::text FROM moods WHERE id = 3')).toEqual([{ m: 'sad', ms: '{sad}' }]);
   });
 
+  /** Once the runtime's next catch-up has begun (a migration's commands start with other phases and checks). */
+  async function catchUpRunning(r: TestRuntime) {
+    const started = () => r.logs.filter((l) => l.startsWith('start catch-up')).length;
+    const before = started();
+    const until = Date.now() + 60_000;
+    while (started() === before && Date.now() < until) await sleep(20);
+    await sleep(300);
+  }
+
   it('rides out a restart of the target and of the source during catch-up, and stops with the truth past its window', async () => {
     const [source, target] = await Promise.all([
       startServer({ version: 15, name: 'outage-src' }),
@@ -140,7 +149,7 @@ describe('cutover gate', () => {
       // Past the window: stops, undoing nothing, and says so.
       const a = await migrate('shortwait', { reconnectTimeoutMs: 1500 });
       const failing = advance(a.r, a.m.id, { cutover: 'now' }).catch((e) => e);
-      await sleep(600);
+      await catchUpRunning(a.r);
       await target.restart(4000);
       const err = await failing;
       expect(err.name).toBe('ConnectionLostError');
@@ -163,7 +172,7 @@ describe('cutover gate', () => {
       // Within the window (the default): the target restarts, then the source; catch-up rides both out.
       const b = await migrate('ride', {});
       const riding = advance(b.r, b.m.id, { cutover: 'now' });
-      await sleep(600);
+      await catchUpRunning(b.r);
       await target.restart(3000);
       await sleep(1000);
       await b.blocker.query('ROLLBACK').catch(() => {});

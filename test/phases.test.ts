@@ -9,6 +9,7 @@ import {
   buildPostData,
   bulkLoad,
   catchUp,
+  catchUpAndVerify,
   cleanup,
   connect,
   createSlotWithSnapshot,
@@ -58,6 +59,9 @@ async function caughtUpWithLocker(label: string, extra: Partial<MigrationConfigI
   writers.push(writer);
   const m = await newMigration(rt, pair, { cutover: 'manual', ...extra });
   await advance(rt, m.id, { cutover: 'manual' });
+  // The verify before the switch done now, before the test stalls the apply (it would wait for it).
+  const session = await openSession(rt, m.id);
+  await catchUpAndVerify(session.ctx).finally(() => session.close());
   const locker = new pg.Client({ connectionString: pair.targetUrl });
   locker.on('error', () => {});
   await locker.connect();

@@ -58,6 +58,20 @@ export interface GateMemory {
 /** The catalog checks (drift, tables, hazards, prerequisites) run at most this often, and on the sample that could open the gate. */
 const CATALOG_CHECK_EVERY_MS = 5_000;
 
+/**
+ * While there is nothing to catch up (no reason to keep the gate closed and at most IDLE_LAG_BYTES
+ * unconfirmed), samples come every IDLE_SAMPLE_INTERVAL_MS: the gate's streak then takes a fraction
+ * of a second instead of lagSamples intervals. Any backlog brings the configured interval back, so
+ * that growth is judged over a real span while there is something to drain.
+ */
+export const IDLE_SAMPLE_INTERVAL_MS = 100;
+export const IDLE_LAG_BYTES = 64 * 1024;
+
+export function sampleIntervalMs(figures: LagFigures, reasons: string[], intervalMs: number): number {
+  const idle = reasons.length === 0 && figures.bytes <= IDLE_LAG_BYTES;
+  return idle ? Math.min(intervalMs, IDLE_SAMPLE_INTERVAL_MS) : intervalMs;
+}
+
 /** One lag reading of the forward slot, added to the gate's memory; the slot's retention is watched too. */
 export async function sampleLag(ctx: PhaseContext, memory: GateMemory) {
   const names = objectNames(ctx.config.id);
@@ -293,7 +307,7 @@ export async function catchUp(ctx: PhaseContext): Promise<string> {
         },
       );
     }
-    await sleep(ctx.config.lagSampleIntervalMs);
+    await sleep(sampleIntervalMs(figures, reasons, ctx.config.lagSampleIntervalMs));
   }
 }
 

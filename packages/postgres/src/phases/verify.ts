@@ -1,9 +1,9 @@
 /**
  * Verify every table: row counts and per-chunk checksums on both sides, at matching points. The side the
- * application writes to (the live side: the source before the switch, the target after it) is read
- * first; its WAL position right after that read covers every commit the read saw; the other side (the
- * replica) is read only once its subscription has confirmed that position. So a difference is never
- * just lag. A chunk that still differs (the replica may have applied newer writes by then) is read again
+ * application writes to (the live side: the source before the switch, the target after it) is read in
+ * a snapshot taken first; its WAL position right after that snapshot covers every commit the read sees;
+ * the other side (the replica) is read, while the live side still reads, once its subscription has
+ * confirmed that position. So a difference is never just lag. A chunk that still differs (the replica may have applied newer writes by then) is read again
  * the same way, and last with the table's writes held; only then is it reported, by table and range.
  * A replica that does not reach the position in time makes the table "behind": not verified, which is
  * never a mismatch. Run during catch-up (before the switch: a wrong row is found while the application
@@ -32,7 +32,7 @@ interface Bucket {
 
 interface Plan {
   table: TableInfo;
-  /** The source's row count when the plan was made. */
+  /** The source's row count when the plan was made (its estimate, for a table of COUNTED_UP_TO rows or more). */
   rows: number;
   bucketExpr: string;
   where: string;
@@ -44,9 +44,18 @@ interface Plan {
 
 const INTEGER = new Set(['smallint', 'integer', 'bigint']);
 
+/**
+ * A table estimated to hold this many rows or more is not counted to plan its chunks: the count is a
+ * whole read of the table, and the estimate sizes the chunks well enough (the checksums count the rows).
+ */
+const COUNTED_UP_TO = 1_000_000;
+
 async function plan(source: Db, t: TableInfo): Promise<Plan> {
   const key = t.identityColumns;
-  const { n } = await source.one<{ n: number }>(`SELECT count(*)::bigint AS n FROM ONLY ${qualified(t)}`);
+  const { n } =
+    t.rowEstimate >= COUNTED_UP_TO
+      ? { n: t.rowEstimate }
+      : await source.one<{ n: number }>(`SELECT count(*)::bigint AS n FROM ONLY ${qualified(t)}`);
   const buckets = Math.max(1, Math.ceil(n / DEFAULTS.verifyChunkRows));
   const col = key.length === 1 ? t.columns.find((c) => c.name === key[0]) : undefined;
   if (col && INTEGER.has(col.type)) {
@@ -297,16 +306,37 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     });
   let waitMs = ctx.config.verifyWaitMs;
 
-  /** Live side read, then the replica once it passed that read's position; undefined when it did not in time. */
+  /**
+   * The live side read in a snapshot taken first, and the replica read once it has confirmed the live
+   * side's WAL position taken just after that snapshot (so it has every commit the live read sees):
+   * both sides read at once, not one after the other. Undefined when the replica did not get there in time.
+   */
   const atMatchingPoints = async (p: Plan, only?: number[]) => {
-    const live = await timed(s.live, () => checksums(s.live.query, p, rowText, only));
-    const lsn = await insertLsn(s.live);
-    if (!(await waitConfirmed(s.live, s.slot, lsn, waitMs))) {
-      waitMs = Math.min(waitMs, WAIT_AFTER_BEHIND_MS);
-      return undefined;
-    }
-    const replica = await timed(s.replica, () => checksums(s.replica.query, p, rowText, only));
-    return s.live === ctx.source ? { src: live, tgt: replica } : { src: replica, tgt: live };
+    let replica: Promise<Map<number, Bucket> | undefined> = Promise.resolve(undefined);
+    const live = await timed(s.live, () =>
+      s.live.withClient(async (client) => {
+        await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+        try {
+          // The snapshot is taken by this first statement, the position read during it: after the snapshot.
+          const { rows } = await client.query<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn');
+          const lsn = rows[0]?.lsn as string;
+          replica = (async () => {
+            if (!(await waitConfirmed(s.live, s.slot, lsn, waitMs))) {
+              waitMs = Math.min(waitMs, WAIT_AFTER_BEHIND_MS);
+              return undefined;
+            }
+            return timed(s.replica, () => checksums(s.replica.query, p, rowText, only));
+          })();
+          replica.catch(() => {}); // (awaited below)
+          return await checksums(rowsOf(client), p, rowText, only);
+        } finally {
+          await client.query('COMMIT').catch(() => {});
+        }
+      }),
+    );
+    const other = await replica;
+    if (!other) return undefined;
+    return s.live === ctx.source ? { src: live, tgt: other } : { src: other, tgt: live };
   };
 
   const verifyOne = async (t: TableInfo): Promise<VerifyTableResult> => {

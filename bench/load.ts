@@ -342,10 +342,16 @@ try {
       const state = JSON.parse(readFileSync(report, 'utf8')) as {
         createdAt?: string;
         phases: Record<string, { startedAt?: string; endedAt?: string }>;
+        verifyBeforeSwitch?: { ms: number };
       };
       const phases = Object.entries(state.phases)
         .filter(([, p]) => p.startedAt && p.endedAt)
-        .map(([phase, p]) => `${phase} ${secs(Date.parse(p.endedAt as string) - Date.parse(p.startedAt as string))}`);
+        .map(([phase, p]) => `${phase} ${secs(Date.parse(p.endedAt as string) - Date.parse(p.startedAt as string))}`)
+        .map((text) =>
+          text.startsWith('catch-up ') && state.verifyBeforeSwitch
+            ? `${text} (of which verify before the switch ${secs(state.verifyBeforeSwitch.ms)})`
+            : text,
+        );
       const stamps = Object.values(state.phases).flatMap((p) => [
         Date.parse(p.startedAt ?? ''),
         Date.parse(p.endedAt ?? ''),

@@ -1,65 +1,76 @@
 /**
- * Bulk-load benchmark (not a test): one generated dataset, one server pair, three contenders in one run:
- *   pgferry's snapshot load · the seed's pg_dump -Fc + pg_restore --jobs · pgcopydb clone (when installed).
- * Prints wall time, MiB/s and ratios, and checks every contender's row counts against the source.
+ * Load benchmark (not a test): each dataset on one server pair, three contenders spawned as the
+ * commands a user runs, timed as the user waits for them:
+ *   pgferry migrate --cutover manual --yes (returns once the target is a complete, indexed, replicating
+ *     copy, caught up and verified) · pg_dump -Fc + pg_restore --jobs · pgcopydb clone (when installed).
+ * Prints wall time, each contender's phases, MiB/s and ratios, and checks every contender's row
+ * counts against the source. Asserts nothing.
  *
- *   npm run bench -- [--scale 50] [--jobs 4] [--rounds 3] [--target-version 15|16|17] [--only pgferry,dump,pgcopydb] [--split-mb 8192] [--early-index-mb 32] [--json]
+ *   npm run bench -- [--dataset orders,pgbench] [--orders-mb 1290] [--scale 50] [--jobs 4]
+ *                    [--copydb-jobs 2] [--rounds 3] [--fsync on|off] [--target-version 15|16|17]
+ *                    [--only pgferry,dump,pgcopydb] [--split-mb 8192] [--json]
  *
+ * "orders" has no wide char(n) column (bigint keys, timestamptz, numeric, text, jsonb, two secondary
+ * indexes, a foreign key); "pgbench" is pgbench's schema, whose `filler char(84)` pgferry sends trimmed.
  * This machine's timings vary by ±20 % from run to run, so every contender runs --rounds times,
- * interleaved with a rotating order (A B C, B C A, …), and the goals are judged on the medians; every round is printed.
+ * interleaved with a rotating order (A B C, B C A, …), and the goals are judged on the medians.
  */
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs, promisify } from 'node:util';
 import { type LocalServer, type ServerVersion, startServer } from '../packages/cli/src/local-servers';
-import { createMigration, openSession, type Runtime } from '../packages/cli/src/runner';
-import { FileMigrationStore } from '../packages/cli/src/store';
 import { DEFAULTS } from '../packages/core/src/index';
-import { bulkLoad, indexBuildMemoryMB, prepareSchema, rollback } from '../packages/postgres/src/index';
 import { runOk } from './lib';
 
 const { values } = parseArgs({
   options: {
+    dataset: { type: 'string', default: 'orders,pgbench' },
+    /** Size of the orders database (tables and indexes), about. */
+    'orders-mb': { type: 'string', default: '1290' },
     scale: { type: 'string', default: '50' },
-    jobs: { type: 'string', default: '4' },
+    /** pgferry's --jobs and pg_restore's --jobs. */
+    jobs: { type: 'string', default: String(DEFAULTS.jobs) },
+    /** pgcopydb's --table-jobs and --index-jobs. */
+    'copydb-jobs': { type: 'string', default: '2' },
     rounds: { type: 'string', default: '3' },
+    /** Production durability (on) by default; off makes both servers skip every fsync. */
+    fsync: { type: 'string', default: 'on' },
     /** The target server's major version (the source is 15: pg_dump 15 cannot dump a newer server). */
     'target-version': { type: 'string', default: '15' },
     json: { type: 'boolean', default: false },
     only: { type: 'string' },
     'split-mb': { type: 'string', default: String(DEFAULTS.splitTableBytes / 1024 / 1024) },
-    /** pgferry's earlyIndexBytes (tables at least this big get their indexes built during the copy). */
-    'early-index-mb': { type: 'string', default: String(DEFAULTS.earlyIndexBytes / 1024 / 1024) },
   },
 });
-/** --only pgferry,dump,pgcopydb runs a subset (ratios need the dump baseline). */
 const only = new Set((values.only ?? 'pgferry,dump,pgcopydb').split(','));
+const datasets = (values.dataset ?? '').split(',').filter(Boolean);
 const scale = Number(values.scale);
+const ordersMB = Number(values['orders-mb']);
 const jobs = Number(values.jobs);
+const copydbJobs = Number(values['copydb-jobs']);
 const rounds = Math.max(1, Number(values.rounds));
 const SPLIT_BYTES = Number(values['split-mb']) * 1024 * 1024; // the same split threshold for pgferry and pgcopydb
-const TABLES = ['pgbench_accounts', 'pgbench_branches', 'pgbench_tellers', 'pgbench_history'];
 const BIN = '/usr/lib/postgresql/15/bin';
+const PGFERRY = resolve(import.meta.dirname, '../packages/cli/bin/pgferry.mjs');
 const targetVersion = Number(values['target-version']);
-if (![15, 16, 17].includes(targetVersion)) {
-  console.error(`--target-version: ${values['target-version']} is not one of 15, 16, 17`);
+const fail = (message: string) => {
+  console.error(message);
   process.exit(2);
-}
+};
+if (![15, 16, 17].includes(targetVersion))
+  fail(`--target-version: ${values['target-version']} is not one of 15, 16, 17`);
+if (!['on', 'off'].includes(values.fsync ?? '')) fail(`--fsync: ${values.fsync} is not on or off`);
+for (const d of datasets) if (!['orders', 'pgbench'].includes(d)) fail(`--dataset: ${d} is not orders or pgbench`);
+const durable = values.fsync === 'on';
 
 const which = (cmd: string) =>
   promisify(execFile)('which', [cmd]).then(
     (r) => r.stdout.trim(),
     () => undefined,
   );
-
-async function counts(server: LocalServer, db: string): Promise<Record<string, number>> {
-  const out: Record<string, number> = {};
-  for (const t of TABLES) out[t] = Number((await server.query(`SELECT count(*) AS n FROM ${t}`, [], db)).rows[0]?.n);
-  return out;
-}
 
 /** Busy and total CPU time of the whole machine so far (jiffies, from /proc/stat). */
 function cpuTimes(): { busy: number; total: number } {
@@ -77,64 +88,138 @@ async function measured<T>(fn: () => Promise<T>): Promise<{ value: T; busy: numb
   return { value, busy: (after.busy - before.busy) / Math.max(1, after.total - before.total) };
 }
 
+const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
 interface Result {
+  dataset: string;
   name: string;
   round: number;
   seconds?: number;
   /** Share of the machine's CPU in use while it ran. */
   busy?: number;
-  note?: string;
+  /** The contender's own steps, as it reports them. */
+  phases?: string;
   countsOk?: boolean;
 }
 
-const work = mkdtempSync(join(tmpdir(), 'pgferry-bench-load-'));
-const source = await startServer({ version: 15, name: 'bench-load-src' });
-const target = await startServer({ version: targetVersion as ServerVersion, name: 'bench-load-tgt' });
-const results: Result[] = [];
 const DUMP = 'pg_dump -Fc + pg_restore';
 const COPYDB = 'pgcopydb clone';
-const FERRY = 'pgferry snapshot';
-let pgcopydbInstalled = false;
-let sizeBytes = 0;
+const FERRY = 'pgferry migrate';
+
+interface Dataset {
+  name: string;
+  label: string;
+  tables: string[];
+  generate(source: LocalServer, db: string): Promise<void>;
+}
+
+const pgbench: Dataset = {
+  name: 'pgbench',
+  label: `pgbench scale ${scale} + ${scale * 20_000} history rows`,
+  tables: ['pgbench_accounts', 'pgbench_branches', 'pgbench_tellers', 'pgbench_history'],
+  async generate(source, db) {
+    await runOk(
+      `${BIN}/pgbench`,
+      ['-i', '-s', String(scale), '-q', '-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres', db],
+      { PGPASSWORD: source.password },
+    );
+    // pgbench_history has no key; logical replication needs one, and every contender copies the same database.
+    await source.query('ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY', [], db);
+    await source.query(
+      'INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1 + g % 10, 1, g, g % 100, now() FROM generate_series(1, $1) g',
+      [scale * 20_000],
+      db,
+    );
+  },
+};
+
+/** About 236 bytes per order in the heap and its three indexes (the customers included), measured at 4.7 M rows. */
+const ORDER_BYTES = 236;
+const orders: Dataset = {
+  name: 'orders',
+  label: `orders ~${ordersMB} MiB: bigint keys, timestamptz, numeric, text, jsonb, two secondary indexes, a foreign key`,
+  tables: ['customers', 'orders'],
+  async generate(source, db) {
+    const rows = Math.round((ordersMB * 1024 * 1024) / ORDER_BYTES);
+    const customers = Math.max(1000, Math.round(rows / 25));
+    await source.query(
+      `CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, email text NOT NULL, created_at timestamptz NOT NULL);
+       CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES customers (id),
+         created_at timestamptz NOT NULL, amount numeric(12, 2) NOT NULL, status text NOT NULL, note text, payload jsonb NOT NULL)`,
+      [],
+      db,
+    );
+    await source.query(
+      `INSERT INTO customers SELECT g, 'customer ' || g, 'c' || g || '@example.com', '2020-01-01'::timestamptz + g * interval '1 min'
+         FROM generate_series(1, $1) g`,
+      [customers],
+      db,
+    );
+    // In slices, so that no one transaction holds the whole table's WAL.
+    const slice = 1_000_000;
+    for (let from = 1; from <= rows; from += slice) {
+      await source.query(
+        `INSERT INTO orders
+         SELECT g, 1 + (g * 7919) % $3, '2021-01-01'::timestamptz + g * interval '3 s', ((g * 37) % 100000) / 100.0,
+                (ARRAY['new', 'paid', 'shipped', 'delivered', 'returned'])[1 + g % 5],
+                CASE WHEN g % 3 = 0 THEN 'gift wrap, leave at the door ' || g END,
+                jsonb_build_object('sku', 'SKU-' || (g % 5000), 'qty', 1 + g % 7, 'channel', (ARRAY['web', 'app', 'store'])[1 + g % 3],
+                                   'tags', jsonb_build_array('t' || (g % 11), 't' || (g % 13)))
+           FROM generate_series($1::bigint, $2::bigint) g`,
+        [from, Math.min(rows, from + slice - 1), customers],
+        db,
+      );
+    }
+    await source.query(
+      `CREATE INDEX orders_customer_id ON orders (customer_id);
+       CREATE INDEX orders_created_at ON orders (created_at)`,
+      [],
+      db,
+    );
+  },
+};
+
+async function counts(server: LocalServer, db: string, tables: string[]): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const t of tables) out[t] = Number((await server.query(`SELECT count(*) AS n FROM ${t}`, [], db)).rows[0]?.n);
+  return out;
+}
+
+/** pgcopydb's closing summary: its steps and their durations, as it prints them. */
+function copydbSteps(out: string): string {
+  const lines = out.split('\n');
+  const head = lines.findIndex((l) => /Step\s+Connection\s+Duration/.test(l));
+  if (head < 0) return '';
+  return lines
+    .slice(head + 2)
+    .map((l) => l.replace(/^.*?(INFO|NOTICE)\s+/, '').trim())
+    .filter((l) => /\d+(ms|s|m)\b/.test(l) && !/^-+/.test(l))
+    .map((l) => {
+      const [step, , duration] = l.split(/\s{2,}/);
+      return step && duration ? `${step.trim()} ${duration.trim()}` : l;
+    })
+    .join(', ');
+}
+
+const work = mkdtempSync(join(tmpdir(), 'pgferry-bench-load-'));
+// Production durability unless --fsync off: what a user's servers do, and what the issue measured.
+const settings = durable ? { fsync: 'on', full_page_writes: 'on' } : { fsync: 'off', full_page_writes: 'off' };
+const source = await startServer({ version: 15, name: 'bench-load-src', settings });
+const target = await startServer({ version: targetVersion as ServerVersion, name: 'bench-load-tgt', settings });
+const results: Result[] = [];
+const sizes = new Map<string, number>();
+const pgcopydb = only.has('pgcopydb') ? await which('pgcopydb') : undefined;
 try {
-  const env = { PGPASSWORD: source.password };
-  await source.query('CREATE DATABASE bench');
-  const t0 = performance.now();
-  await runOk(
-    `${BIN}/pgbench`,
-    ['-i', '-s', String(scale), '-q', '-h', '127.0.0.1', '-p', String(source.port), '-U', 'postgres', 'bench'],
-    env,
-  );
-  // pgbench_history has no key; logical replication needs one, and every contender copies the same database.
-  await source.query('ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY', [], 'bench');
-  await source.query(
-    'INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) SELECT 1 + g % 10, 1, g, g % 100, now() FROM generate_series(1, $1) g',
-    [scale * 20_000],
-    'bench',
-  );
-  await source.query('VACUUM ANALYZE', [], 'bench');
-  sizeBytes = Number((await source.query("SELECT pg_database_size('bench') AS s")).rows[0]?.s);
-  const expected = await counts(source, 'bench');
-  const MiB = sizeBytes / 1024 / 1024;
-  if (!values.json) {
-    console.log(
-      `dataset: pgbench scale ${scale} + ${scale * 20_000} history rows, ${MiB.toFixed(0)} MiB (generated in ${((performance.now() - t0) / 1000).toFixed(1)} s)`,
-    );
-    console.log(
-      `servers: PostgreSQL 15 → ${targetVersion} on loopback, fsync=off, full_page_writes=off (same for every contender); --jobs ${jobs}; tables over ${SPLIT_BYTES / 1024 / 1024} MiB split into ranges (pgferry, pgcopydb)`,
-    );
-    console.log(
-      `pgferry also ANALYZEs every table and builds indexes with maintenance_work_mem=${indexBuildMemoryMB(jobs, jobs)}MB each, up to ${indexBuildMemoryMB(jobs, 1)}MB for an index built alone; pg_restore and pgcopydb run with their defaults\n`,
-    );
-  }
-  // Every contender starts from the same quiet state: no pending checkpoint, no autovacuum backlog,
-  // and no dirty page cache of an earlier contender (the servers run with fsync=off) for the kernel
-  // to write back while this one runs.
-  const settle = async () => {
-    await source.query('CHECKPOINT');
-    await target.query('CHECKPOINT');
-    await runOk('sync', []);
+  const log = (line: string) => {
+    if (!values.json) console.log(line);
   };
+  log(
+    `servers: PostgreSQL 15 → ${targetVersion} on loopback, fsync=${durable ? 'on, full_page_writes=on (production durability)' : 'off, full_page_writes=off'}, the same for every contender; load average at start: ${loadAverage()}`,
+  );
+  log(
+    `contenders: ${FERRY} --cutover manual --jobs ${jobs} · ${DUMP} --jobs ${jobs} · ${pgcopydb ? `${COPYDB} --table-jobs ${copydbJobs} --index-jobs ${copydbJobs} (${(await runOk(pgcopydb, ['--version'])).match(/pgcopydb version \S+/)?.[0] ?? 'version unknown'})` : only.has('pgcopydb') ? `${COPYDB}: not installed (apt-get install -y pgcopydb)` : `${COPYDB}: not run (--only)`}; tables over ${SPLIT_BYTES / 1024 / 1024} MiB split into ranges (pgferry, pgcopydb)`,
+  );
   // A new server has to create (zero-fill) every WAL segment it writes, a server in service reuses
   // old ones: whoever ran first used to pay ~3 s for it. Write and recycle ~1.5 GiB of WAL first.
   const warm = performance.now();
@@ -145,125 +230,163 @@ try {
     'warmup',
   );
   await target.query('DROP DATABASE warmup');
-  await settle();
-  if (!values.json)
-    console.log(`warm-up: target wrote and recycled its WAL in ${((performance.now() - warm) / 1000).toFixed(1)} s\n`);
-  const check = async (db: string) => JSON.stringify(await counts(target, db)) === JSON.stringify(expected);
-  const pgcopydb = only.has('pgcopydb') ? await which('pgcopydb') : undefined;
-  pgcopydbInstalled = pgcopydb !== undefined;
+  log(`warm-up: target wrote and recycled its WAL in ${secs(performance.now() - warm)}`);
+  // Every contender starts from the same quiet state: no pending checkpoint, no autovacuum backlog,
+  // and no dirty page cache of an earlier contender for the kernel to write back while this one runs.
+  const settle = async () => {
+    await source.query('CHECKPOINT');
+    await target.query('CHECKPOINT');
+    await runOk('sync', []);
+  };
 
-  // A: the seed's way.
-  const dumpRestore = async (round: number): Promise<Result> => {
-    await target.query('CREATE DATABASE dump_restore');
-    await settle();
-    const file = join(work, 'bench.dump');
-    const start = performance.now();
-    await runOk('pg_dump', ['-Fc', '-f', file, '-d', `postgres://postgres@127.0.0.1:${source.port}/bench`], env);
-    const dumped = performance.now();
-    await runOk(
-      'pg_restore',
-      ['-j', String(jobs), '-d', `postgres://postgres@127.0.0.1:${target.port}/dump_restore`, file],
-      { PGPASSWORD: target.password },
+  for (const name of datasets) {
+    const dataset = name === 'orders' ? orders : pgbench;
+    const db = `bench_${name}`;
+    await source.query(`CREATE DATABASE ${db}`);
+    const t0 = performance.now();
+    await dataset.generate(source, db);
+    await source.query('VACUUM ANALYZE', [], db);
+    const sizeBytes = Number((await source.query('SELECT pg_database_size($1) AS s', [db])).rows[0]?.s);
+    sizes.set(name, sizeBytes);
+    const expected = JSON.stringify(await counts(source, db, dataset.tables));
+    log(
+      `\ndataset ${name}: ${dataset.label}; ${(sizeBytes / 1024 / 1024).toFixed(0)} MiB (${(sizeBytes / 1024 ** 3).toFixed(2)} GiB), generated in ${secs(performance.now() - t0)}`,
     );
-    const end = performance.now();
-    const result = {
-      name: DUMP,
-      round,
-      seconds: (end - start) / 1000,
-      note: `dump ${((dumped - start) / 1000).toFixed(1)} s + restore ${((end - dumped) / 1000).toFixed(1)} s`,
-      countsOk: await check('dump_restore'),
-    };
-    await target.query('DROP DATABASE dump_restore');
-    rmSync(file, { force: true });
-    return result;
-  };
+    const check = async (into: string) => JSON.stringify(await counts(target, into, dataset.tables)) === expected;
 
-  // B: pgcopydb, when installed.
-  const copydb = async (round: number, bin: string): Promise<Result> => {
-    await target.query('CREATE DATABASE pgcopydb');
-    await settle();
-    const dir = join(work, `pgcopydb-${round}`);
-    const start = performance.now();
-    await runOk(bin, [
-      'clone',
-      '--source',
-      source.url('bench'),
-      '--target',
-      target.url('pgcopydb'),
-      '--table-jobs',
-      String(jobs),
-      '--index-jobs',
-      String(jobs),
-      '--split-tables-larger-than',
-      `${SPLIT_BYTES / 1024 / 1024} MB`,
-      '--dir',
-      dir,
-    ]);
-    const result = {
-      name: COPYDB,
-      round,
-      seconds: (performance.now() - start) / 1000,
-      countsOk: await check('pgcopydb'),
-    };
-    await target.query('DROP DATABASE pgcopydb');
-    rmSync(dir, { recursive: true, force: true });
-    return result;
-  };
-
-  // C: pgferry's snapshot load: slot + exported snapshot, schema, parallel COPY, indexes, ANALYZE.
-  const ferry = async (round: number): Promise<Result> => {
-    await target.query('CREATE DATABASE pgferry');
-    const stateDir = join(work, `state-${round}`);
-    const rt: Runtime = {
-      store: new FileMigrationStore(stateDir),
-      stateDir,
-      events: { log: () => {}, phase: () => {} },
-    };
-    const m = await createMigration(rt, {
-      id: `benchload${round}`,
-      sourceUrl: source.url('bench'),
-      targetUrl: target.url('pgferry'),
-      jobs,
-      splitTableBytes: SPLIT_BYTES,
-      earlyIndexBytes: Number(values['early-index-mb']) * 1024 * 1024,
-    });
-    const session = await openSession(rt, m.id);
-    await settle();
-    let result: Result;
-    let ownCpu = 0;
-    try {
+    const dumpRestore = async (round: number): Promise<Result> => {
+      await target.query('CREATE DATABASE dump_restore');
+      await settle();
+      const file = join(work, 'bench.dump');
       const start = performance.now();
-      const cpu = process.cpuUsage();
-      await prepareSchema(session.ctx);
-      const summary = await bulkLoad(session.ctx);
-      const used = process.cpuUsage(cpu);
-      ownCpu = (used.user + used.system) / 1e6;
-      result = {
-        name: FERRY,
+      await runOk('pg_dump', ['-Fc', '-f', file, '-d', source.url(db)]);
+      const dumped = performance.now();
+      await runOk('pg_restore', ['-j', String(jobs), '-d', target.url('dump_restore'), file]);
+      const end = performance.now();
+      const result = {
+        dataset: name,
+        name: DUMP,
+        round,
+        seconds: (end - start) / 1000,
+        phases: `pg_dump ${secs(dumped - start)}, pg_restore ${secs(end - dumped)}`,
+        countsOk: await check('dump_restore'),
+      };
+      await target.query('DROP DATABASE dump_restore');
+      rmSync(file, { force: true });
+      return result;
+    };
+
+    const copydb = async (round: number, bin: string): Promise<Result> => {
+      await target.query('CREATE DATABASE pgcopydb');
+      await settle();
+      const dir = join(work, `pgcopydb-${name}-${round}`);
+      const start = performance.now();
+      const out = await runOk(bin, [
+        'clone',
+        '--source',
+        source.url(db),
+        '--target',
+        target.url('pgcopydb'),
+        '--table-jobs',
+        String(copydbJobs),
+        '--index-jobs',
+        String(copydbJobs),
+        '--split-tables-larger-than',
+        `${SPLIT_BYTES / 1024 / 1024} MB`,
+        '--dir',
+        dir,
+      ]);
+      const result = {
+        dataset: name,
+        name: COPYDB,
         round,
         seconds: (performance.now() - start) / 1000,
-        note: `${summary}; pgferry's own process used ${ownCpu.toFixed(2)} CPU-s`,
+        phases: copydbSteps(out),
+        countsOk: await check('pgcopydb'),
+      };
+      await target.query('DROP DATABASE pgcopydb');
+      rmSync(dir, { recursive: true, force: true });
+      return result;
+    };
+
+    // The whole command, as a user runs it: the CLI process from start to exit.
+    const ferry = async (round: number): Promise<Result> => {
+      await target.query('CREATE DATABASE pgferry');
+      const stateDir = join(work, `state-${name}-${round}`);
+      const report = join(work, `report-${name}-${round}.json`);
+      const id = `bench${name}${round}`;
+      const cli = (args: string[]) => runOk(process.execPath, [PGFERRY, ...args, '--state-dir', stateDir]);
+      await settle();
+      const start = performance.now();
+      const startedAt = Date.now();
+      await cli([
+        'migrate',
+        '--source',
+        source.url(db),
+        '--target',
+        target.url('pgferry'),
+        '--cutover',
+        'manual',
+        '--yes',
+        '--id',
+        id,
+        '--jobs',
+        String(jobs),
+        '--split-table-mb',
+        String(SPLIT_BYTES / 1024 / 1024),
+        '--report',
+        report,
+      ]);
+      const seconds = (performance.now() - start) / 1000;
+      const exitedAt = startedAt + seconds * 1000;
+      const state = JSON.parse(readFileSync(report, 'utf8')) as {
+        createdAt?: string;
+        phases: Record<string, { startedAt?: string; endedAt?: string }>;
+        verifyBeforeSwitch?: { ms: number };
+      };
+      const phases = Object.entries(state.phases)
+        .filter(([, p]) => p.startedAt && p.endedAt)
+        .map(([phase, p]) => `${phase} ${secs(Date.parse(p.endedAt as string) - Date.parse(p.startedAt as string))}`)
+        .map((text) =>
+          text.startsWith('catch-up ') && state.verifyBeforeSwitch
+            ? `${text} (of which verify before the switch ${secs(state.verifyBeforeSwitch.ms)})`
+            : text,
+        );
+      const stamps = Object.values(state.phases).flatMap((p) => [
+        Date.parse(p.startedAt ?? ''),
+        Date.parse(p.endedAt ?? ''),
+      ]);
+      const first = Math.min(...stamps.filter(Number.isFinite));
+      const last = Math.max(...stamps.filter(Number.isFinite));
+      const result = {
+        dataset: name,
+        name: FERRY,
+        round,
+        seconds,
+        phases: `start-up ${secs(first - startedAt)}, ${phases.join(', ')}, exit ${secs(exitedAt - last)}`,
         countsOk: await check('pgferry'),
       };
-      await rollback(session.ctx); // drop the slot and publication; nothing stays on the source
-    } finally {
-      await session.close();
-    }
-    await target.query('DROP DATABASE pgferry');
-    return result;
-  };
+      // Not timed: drop the slot, subscription and publication, so nothing stays on the source.
+      await cli(['rollback', '--id', id]);
+      await target.query('DROP DATABASE pgferry');
+      return result;
+    };
 
-  for (let round = 1; round <= rounds; round++) {
-    const order: Array<() => Promise<Result>> = [];
-    if (only.has('dump')) order.push(() => dumpRestore(round));
-    if (pgcopydb) order.push(() => copydb(round, pgcopydb));
-    if (only.has('pgferry')) order.push(() => ferry(round));
-    // Each round starts with a different contender, so none always runs first (or last).
-    for (let i = 0; i < order.length; i++) {
-      const { value, busy } = await measured(order[(i + round - 1) % order.length] as () => Promise<Result>);
-      results.push({ ...value, busy });
+    for (let round = 1; round <= rounds; round++) {
+      const order: Array<() => Promise<Result>> = [];
+      if (only.has('dump')) order.push(() => dumpRestore(round));
+      if (pgcopydb) order.push(() => copydb(round, pgcopydb));
+      if (only.has('pgferry')) order.push(() => ferry(round));
+      // Each round starts with a different contender, so none always runs first (or last).
+      for (let i = 0; i < order.length; i++) {
+        const { value, busy } = await measured(order[(i + round - 1) % order.length] as () => Promise<Result>);
+        results.push({ ...value, busy });
+        log(
+          `  round ${round}: ${value.name.padEnd(26)} ${(value.seconds ?? 0).toFixed(1).padStart(6)} s  (${value.phases})  load average ${loadAverage()}`,
+        );
+      }
     }
-    if (!values.json) console.log(`round ${round}/${rounds} done`);
+    await source.query(`DROP DATABASE ${db}`);
   }
 } finally {
   await Promise.allSettled([source.stop(), target.stop()]);
@@ -275,53 +398,67 @@ const median = (xs: number[]) => {
   const m = Math.floor(s.length / 2);
   return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 };
-const MiB = sizeBytes / 1024 / 1024;
-const timesOf = (name: string) =>
-  results.filter((r) => r.name === name && r.seconds !== undefined).map((r) => r.seconds as number);
-const medianOf = (name: string) => (timesOf(name).length ? median(timesOf(name)) : undefined);
-const baseline = medianOf(DUMP);
-const copydbMedian = medianOf(COPYDB);
-const ferryMedian = medianOf(FERRY);
+const timesOf = (dataset: string, name: string) =>
+  results
+    .filter((r) => r.dataset === dataset && r.name === name && r.seconds !== undefined)
+    .map((r) => r.seconds as number);
+const medianOf = (dataset: string, name: string) =>
+  timesOf(dataset, name).length ? median(timesOf(dataset, name)) : undefined;
 const allMatch = results.every((r) => r.countsOk);
 if (values.json) {
   console.log(
     JSON.stringify({
-      scale,
+      datasets: Object.fromEntries(
+        datasets.map((d) => [
+          d,
+          {
+            sizeBytes: sizes.get(d),
+            medians: { dump: medianOf(d, DUMP), pgcopydb: medianOf(d, COPYDB), pgferry: medianOf(d, FERRY) },
+          },
+        ]),
+      ),
       jobs,
+      copydbJobs,
       rounds,
-      sizeBytes,
-      medians: { dump: baseline, pgcopydb: copydbMedian, pgferry: ferryMedian },
+      fsync: durable,
       results,
+      loadAverage: loadAverage(),
     }),
   );
 } else {
-  console.log(
-    `\n${'contender'.padEnd(28)}${'round'.padStart(6)}${'wall s'.padStart(9)}${'MiB/s'.padStart(9)}${'CPU busy'.padStart(10)}  rows`,
-  );
-  for (const r of results) {
-    console.log(
-      `${r.name.padEnd(28)}${String(r.round).padStart(6)}${(r.seconds?.toFixed(1) ?? '-').padStart(9)}${(r.seconds ? (MiB / r.seconds).toFixed(1) : '-').padStart(9)}${(r.busy === undefined ? '-' : `${(r.busy * 100).toFixed(0)} %`).padStart(10)}  ${r.countsOk ? 'match' : 'MISMATCH'}${r.note ? `  (${r.note})` : ''}`,
-    );
-  }
-  if (only.has('pgcopydb') && !pgcopydbInstalled)
-    console.log(`${COPYDB.padEnd(28)}  not installed (apt-get install -y pgcopydb)`);
-  console.log(`\nmedians over ${rounds} round(s):`);
-  for (const name of [DUMP, COPYDB, FERRY]) {
-    const m = medianOf(name);
-    if (m === undefined) continue;
-    const ratio = baseline ? `${(baseline / m).toFixed(2)}× dump+restore` : '';
-    const range = `${Math.min(...timesOf(name)).toFixed(1)}–${Math.max(...timesOf(name)).toFixed(1)} s`;
-    console.log(
-      `  ${name.padEnd(28)}${m.toFixed(1).padStart(6)} s  ${(MiB / m).toFixed(1).padStart(6)} MiB/s  ${ratio}  (range ${range})`,
-    );
-  }
   const goal = (ok: boolean | undefined) => (ok === undefined ? 'n/a' : ok ? 'met' : 'NOT met');
-  console.log(
-    `\ngoal: pgferry ≥ 1.6× faster than dump+restore (medians): ${goal(baseline && ferryMedian ? baseline / ferryMedian >= 1.6 : undefined)}${baseline && ferryMedian ? ` (${(baseline / ferryMedian).toFixed(2)}×)` : ''}`,
-  );
-  console.log(
-    `goal: pgferry at least as fast as pgcopydb (medians): ${goal(copydbMedian && ferryMedian ? ferryMedian <= copydbMedian : undefined)}${copydbMedian && ferryMedian ? ` (${(copydbMedian / ferryMedian).toFixed(2)}×)` : ''}`,
-  );
-  console.log(`every contender's row counts match the source: ${allMatch ? 'yes' : 'NO'}`);
+  for (const d of datasets) {
+    const MiB = (sizes.get(d) ?? 0) / 1024 / 1024;
+    console.log(
+      `\n${d} (${MiB.toFixed(0)} MiB)\n${'contender'.padEnd(28)}${'round'.padStart(6)}${'wall s'.padStart(9)}${'MiB/s'.padStart(9)}${'CPU busy'.padStart(10)}  rows`,
+    );
+    for (const r of results.filter((x) => x.dataset === d))
+      console.log(
+        `${r.name.padEnd(28)}${String(r.round).padStart(6)}${(r.seconds?.toFixed(1) ?? '-').padStart(9)}${(r.seconds ? (MiB / r.seconds).toFixed(1) : '-').padStart(9)}${(r.busy === undefined ? '-' : `${(r.busy * 100).toFixed(0)} %`).padStart(10)}  ${r.countsOk ? 'match' : 'MISMATCH'}${r.phases ? `  (${r.phases})` : ''}`,
+      );
+    const baseline = medianOf(d, DUMP);
+    const copydbMedian = medianOf(d, COPYDB);
+    const ferryMedian = medianOf(d, FERRY);
+    console.log(`medians over ${rounds} round(s):`);
+    for (const name of [DUMP, COPYDB, FERRY]) {
+      const m = medianOf(d, name);
+      if (m === undefined) continue;
+      const range = `${Math.min(...timesOf(d, name)).toFixed(1)}–${Math.max(...timesOf(d, name)).toFixed(1)} s`;
+      console.log(
+        `  ${name.padEnd(28)}${m.toFixed(1).padStart(6)} s  ${(MiB / m).toFixed(1).padStart(6)} MiB/s  (range ${range})`,
+      );
+    }
+    const ratio = (a?: number, b?: number) => (a && b ? a / b : undefined);
+    const vsDump = ratio(baseline, ferryMedian);
+    const vsCopydb = ratio(copydbMedian, ferryMedian);
+    console.log(
+      `goal (${d}): pgferry ≥ 1.8× faster than dump+restore, whole command (medians): ${goal(vsDump === undefined ? undefined : vsDump >= 1.8)}${vsDump ? ` (${vsDump.toFixed(2)}×)` : ''}`,
+    );
+    console.log(
+      `goal (${d}): pgferry ≥ 1.2× faster than pgcopydb, whole command (medians): ${goal(vsCopydb === undefined ? undefined : vsCopydb >= 1.2)}${vsCopydb ? ` (${vsCopydb.toFixed(2)}×)` : ''}`,
+    );
+  }
+  console.log(`\nevery contender's row counts match the source: ${allMatch ? 'yes' : 'NO'}`);
+  console.log(`load average at the end: ${loadAverage()}`);
 }
 if (!allMatch) process.exitCode = 1;

@@ -7,10 +7,12 @@ import {
   readFileSync,
   rmSync,
   statSync,
+  symlinkSync,
+  utimesSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
@@ -65,6 +67,38 @@ describe('pgferry CLI', () => {
     expect(main.stdout).toContain('4 assessment blocked');
     const migrate = await pgferry(['migrate', '--help']);
     expect(migrate.stdout).toContain('--max-lag-ms');
+  });
+
+  it('runs the bundle only while it is newer than every source, the sources through tsx otherwise', async () => {
+    // A copy of the layout bin/pgferry.mjs looks at, with a bundle and sources that say which ran.
+    const root = mkdtempSync(join(tmpdir(), 'pgferry-bin-'));
+    try {
+      symlinkSync(resolve(__dirname, '../node_modules'), join(root, 'node_modules'));
+      const write = (path: string, text: string) => {
+        mkdirSync(dirname(join(root, path)), { recursive: true });
+        writeFileSync(join(root, path), text);
+      };
+      write('packages/cli/bin/pgferry.mjs', readFileSync(BIN, 'utf8'));
+      write('packages/cli/package.json', '{ "type": "module" }\n');
+      for (const pkg of ['core', 'postgres', 'cli']) write(`packages/${pkg}/src/index.ts`, 'export {};\n');
+      write('packages/cli/src/main.ts', "export async function main() { console.log('sources'); return 0; }\n");
+      write('packages/cli/dist/pgferry.mjs', "export async function main() { console.log('bundle'); return 0; }\n");
+      const run = () =>
+        new Promise<string>((res) =>
+          execFile(process.execPath, [join(root, 'packages/cli/bin/pgferry.mjs')], (_, stdout) => res(stdout.trim())),
+        );
+      const past = new Date(Date.now() - 60_000);
+      for (const pkg of ['core', 'postgres', 'cli']) utimesSync(join(root, `packages/${pkg}/src/index.ts`), past, past);
+      for (const f of ['src/main.ts', 'package.json']) utimesSync(join(root, 'packages/cli', f), past, past);
+      expect(await run()).toBe('bundle');
+      // A source edited after the build: the bundle is older code and does not run.
+      utimesSync(join(root, 'packages/postgres/src/index.ts'), new Date(), new Date(Date.now() + 1000));
+      expect(await run()).toBe('sources');
+      rmSync(join(root, 'packages/cli/dist'), { recursive: true });
+      expect(await run()).toBe('sources');
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 
   it('rejects a malformed URL naming --source, creating nothing', async () => {

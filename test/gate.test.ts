@@ -4,7 +4,7 @@ import { startServer } from '../packages/cli/src/local-servers';
 import { advance, createMigration, openSession } from '../packages/cli/src/runner';
 import { SAMPLE_SCHEMA, sampleData } from '../packages/cli/src/sample';
 import { LiveWriter } from '../packages/cli/src/writer';
-import { type GateMemory, sampleGate } from '../packages/postgres/src/index';
+import { type GateMemory, IDLE_SAMPLE_INTERVAL_MS, sampleGate, sampleIntervalMs } from '../packages/postgres/src/index';
 import { migrationFixture, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
 
 const fixture = migrationFixture();
@@ -64,6 +64,22 @@ describe('cutover gate', () => {
     expect(lag?.bytes).toBeGreaterThan(1024 * 1024);
     expect(lag?.generatedBps).toBeGreaterThan(0);
     expect(lag?.ms).toBeGreaterThanOrEqual(1000);
+  });
+
+  it('samples quickly while there is nothing to catch up, at the configured interval while there is', async () => {
+    const quiet = { bytes: 0, ms: 0, generatedBps: 0, appliedBps: 0, predictedDrainMs: 0 };
+    expect(sampleIntervalMs(quiet, [], 500)).toBe(IDLE_SAMPLE_INTERVAL_MS);
+    expect(sampleIntervalMs(quiet, [], 50)).toBe(50);
+    expect(sampleIntervalMs({ ...quiet, bytes: 4 * 1024 * 1024 }, [], 500)).toBe(500);
+    expect(sampleIntervalMs(quiet, ['the subscription is not connected to the slot'], 500)).toBe(500);
+    // A migration with nothing written after its load: the streak's samples are not an interval apart.
+    const { pair, rt } = await fixture.setup('idlegate', 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual', lagSamples: 4, lagSampleIntervalMs: 5_000 });
+    const state = await advance(rt, m.id, { cutover: 'manual' });
+    const times = (state.lag ?? []).slice(-4).map((l) => Date.parse(l.at));
+    expect(times).toHaveLength(4);
+    for (let i = 1; i < times.length; i++)
+      expect((times[i] as number) - (times[i - 1] as number), JSON.stringify(state.lag)).toBeLessThan(5_000);
   });
 
   it('makes the subscriptions apply in binary and stream large transactions where both servers allow it', async () => {

@@ -667,6 +667,86 @@ describe('phases', () => {
     }
   });
 
+  it('adds foreign keys NOT VALID after the load and keeps the gate closed, without reporting drift, until catch-up validated them', async () => {
+    const { pair, rt } = await setup('fkdefer', 300);
+    // One not valid on the source already: it stays so on the target, and is nothing to validate.
+    await pair.source(
+      'ALTER TABLE invoices ADD CONSTRAINT invoices_order_unchecked FOREIGN KEY (order_id) REFERENCES orders (id) NOT VALID',
+    );
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    const session = await openSession(rt, m.id);
+    const { ctx } = session;
+    const validity = async () =>
+      Object.fromEntries(
+        (
+          (await pair.target(
+            "SELECT conname, convalidated FROM pg_constraint WHERE contype = 'f' ORDER BY conname",
+          )) as Array<{ conname: string; convalidated: boolean }>
+        ).map((r) => [r.conname, r.convalidated]),
+      );
+    try {
+      await prepareSchema(ctx);
+      expect(await bulkLoad(ctx)).toMatch(/2 foreign key\(s\) added NOT VALID, validated during catch-up/);
+      expect(await validity()).toEqual({
+        invoices_order_id_fkey: false,
+        invoices_order_unchecked: false,
+        orders_customer_id_fkey: false,
+      });
+      expect(ctx.state.foreignKeysToValidate?.map((f) => f.drift).sort()).toEqual([
+        'foreign key invoices_order_id_fkey on public.invoices',
+        'foreign key orders_customer_id_fkey on public.orders',
+      ]);
+      await startReplication(ctx);
+      const gate = await sampleGate(ctx, { wal: false });
+      expect(gate.reasons.join('; ')).toMatch(
+        /foreign key orders_customer_id_fkey on public\.orders is being validated/,
+      );
+      expect(gate.reasons.join('; ')).not.toMatch(/not valid on the target/);
+      expect(await catchUp(ctx)).toMatch(/2 foreign key\(s\) validated/);
+      expect(await validity()).toEqual({
+        invoices_order_id_fkey: true,
+        invoices_order_unchecked: false,
+        orders_customer_id_fkey: true,
+      });
+      expect((await rt.store.get(m.id)).foreignKeysToValidate).toBeUndefined();
+      expect((await sampleGate(ctx, { wal: false })).reasons).toEqual([]);
+    } finally {
+      await session.close();
+    }
+  });
+
+  it('stops validating foreign keys when catch-up fails, and rolls back with the validation left undone', async () => {
+    const { pair, rt } = await setup('fkstop', 300);
+    const m = await newMigration(rt, pair, { cutover: 'manual', catchUpTimeoutMs: 1500 });
+    // The validation waits behind a lock on the target until catch-up gives up.
+    const locker = new pg.Client({ connectionString: pair.targetUrl });
+    locker.on('error', () => {});
+    await locker.connect();
+    const session = await openSession(rt, m.id);
+    try {
+      await prepareSchema(session.ctx);
+      await bulkLoad(session.ctx);
+      await startReplication(session.ctx);
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE orders IN SHARE ROW EXCLUSIVE MODE');
+      const err = await catchUp(session.ctx).catch((e) => e);
+      expect(err.name).toBe('LagTimeoutError');
+      expect(err.message).toMatch(/foreign key orders_customer_id_fkey on public\.orders is being validated/);
+      const validating = await pair.target(
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgferry:%:validate'",
+      );
+      expect(validating).toEqual([]);
+      // (invoices' key, whose tables are not locked, may have been validated before.)
+      expect((await rt.store.get(m.id)).foreignKeysToValidate?.map((f) => f.name)).toContain('orders_customer_id_fkey');
+    } finally {
+      await locker.end();
+      await session.close();
+    }
+    const rolled = await rollbackMigration(rt, m.id);
+    expect(rolled.status).toBe('rolled-back');
+    expect(await leftovers(pair)).toEqual([]);
+  });
+
   it('keeps the loaded data and the slot when catch-up times out, and resumes once the cause is fixed', async () => {
     const { pair, rt } = await setup('lagtimeout', 300);
     const m = await newMigration(rt, pair, { cutover: 'manual', catchUpTimeoutMs: 1500 });

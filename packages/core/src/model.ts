@@ -135,6 +135,15 @@ export interface VerifyResult {
   targetMiBps: number;
 }
 
+/** A foreign key the load added NOT VALID, to be validated during catch-up. */
+export interface DeferredForeignKey {
+  /** Its table, as SQL (schema-qualified, quoted). */
+  table: string;
+  name: string;
+  /** How the schema-drift check names it ("foreign key name on schema.table"). */
+  drift: string;
+}
+
 export interface MigrationState {
   id: string;
   /** Optimistic locking: every write must name the version it read. */
@@ -155,6 +164,12 @@ export interface MigrationState {
   /** Set when every row is on the target (before indexes): a crash after this does not copy again. */
   dataLoadedAt?: string;
   rowsCopied?: number;
+  /**
+   * Foreign keys added NOT VALID at the end of the load (checking every row there held up the load's
+   * end) and not validated yet: catch-up validates them while replication runs, and the cutover gate
+   * stays closed until none is left.
+   */
+  foreignKeysToValidate?: DeferredForeignKey[];
   bytesCopied?: number;
   lag?: LagSample[];
   walRetainedBytes?: number;

@@ -2,7 +2,6 @@
  * Assess the source (and the target when given) before anything is created: blockers stop the
  * migration, warnings are recorded, info explains what pgferry will do. Read-only: it creates nothing.
  */
-import { readFileSync } from 'node:fs';
 import { AssessmentBlockedError, DEFAULTS, objectNames } from '@pgferry/core';
 import {
   copyableTables,
@@ -13,6 +12,7 @@ import {
   type TableInfo,
   userObjects,
 } from '../catalog';
+import rdsList from '../data/rds-extensions.json' with { type: 'json' };
 import type { Db } from '../db';
 import { describePrepared, formatAge, freezeHazards, isFrozen, preparedTransactions } from '../freeze';
 import { longTransactions } from '../lag';
@@ -44,13 +44,8 @@ interface RdsExtensions {
   versions: Record<string, string[]>;
 }
 
-let rdsList: RdsExtensions | undefined;
-function rdsExtensions(): RdsExtensions {
-  rdsList ??= JSON.parse(
-    readFileSync(new URL('../data/rds-extensions.json', import.meta.url), 'utf8'),
-  ) as RdsExtensions;
-  return rdsList;
-}
+// Imported, not read from a path next to this file: the CLI runs as one bundled file.
+const rdsExtensions = (): RdsExtensions => rdsList;
 
 /** The oldest source pgferry migrates (hashtextextended for verify, primary keys on partitioned tables). */
 export const MIN_SOURCE_MAJOR = 11;

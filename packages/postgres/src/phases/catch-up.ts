@@ -6,6 +6,7 @@
 import {
   applyFallsBehind,
   ConnectionLostError,
+  type DeferredForeignKey,
   errorMessage,
   LAG_HISTORY,
   type LagFigures,
@@ -18,11 +19,12 @@ import {
   mib,
   objectNames,
   ReplicationFailedError,
+  SchemaFailedError,
   VerificationFailedError,
   WalRetentionExceededError,
 } from '@pgferry/core';
 import { EXCLUDED_SCHEMAS, listTables, publishedTables, USER_SEQUENCE } from '../catalog';
-import { ident, isConnectionLoss, qualified, sleep, tableLabel } from '../db';
+import { connectClient, ident, isConnectionLoss, qualified, sleep, tableLabel } from '../db';
 import { freezeHazards } from '../freeze';
 import { applyBottlenecks, longTransactions, readLag, schemaDrift, targetWriteTransactions } from '../lag';
 import { canCreateSubscription, dropSlot, dropSubscription } from '../replication';
@@ -57,6 +59,20 @@ export interface GateMemory {
 /** The catalog checks (drift, tables, hazards, prerequisites) run at most this often, and on the sample that could open the gate. */
 const CATALOG_CHECK_EVERY_MS = 5_000;
 
+/**
+ * While there is nothing to catch up (no reason to keep the gate closed and at most IDLE_LAG_BYTES
+ * unconfirmed), samples come every IDLE_SAMPLE_INTERVAL_MS: the gate's streak then takes a fraction
+ * of a second instead of lagSamples intervals. Any backlog brings the configured interval back, so
+ * that growth is judged over a real span while there is something to drain.
+ */
+export const IDLE_SAMPLE_INTERVAL_MS = 100;
+export const IDLE_LAG_BYTES = 64 * 1024;
+
+export function sampleIntervalMs(figures: LagFigures, reasons: string[], intervalMs: number): number {
+  const idle = reasons.length === 0 && figures.bytes <= IDLE_LAG_BYTES;
+  return idle ? Math.min(intervalMs, IDLE_SAMPLE_INTERVAL_MS) : intervalMs;
+}
+
 /** One lag reading of the forward slot, added to the gate's memory; the slot's retention is watched too. */
 export async function sampleLag(ctx: PhaseContext, memory: GateMemory) {
   const names = objectNames(ctx.config.id);
@@ -74,11 +90,81 @@ export async function sampleLag(ctx: PhaseContext, memory: GateMemory) {
   return { lag, figures };
 }
 
+/** The validation of the foreign keys the load added NOT VALID, while it runs (see validateForeignKeys). */
+interface Validation {
+  /** Not validated yet, in order. */
+  pending: DeferredForeignKey[];
+  error?: unknown;
+  stopped: boolean;
+  done: Promise<void>;
+  pid?: number;
+}
+const validations = new WeakMap<PhaseContext, Validation>();
+
+/**
+ * Validate the foreign keys the load added NOT VALID (`state.foreignKeysToValidate`), one at a time on
+ * a session of its own, started once per context and left running across the gate and the verify
+ * before the switch. VALIDATE CONSTRAINT takes SHARE UPDATE EXCLUSIVE on the table and ROW SHARE on
+ * the one it references: the apply worker's writes go on meanwhile. The gate samples record what is
+ * left, and keep the gate closed until nothing is.
+ */
+export function validateForeignKeys(ctx: PhaseContext): Validation {
+  const running = validations.get(ctx);
+  if (running) return running;
+  const v: Validation = {
+    pending: [...(ctx.state.foreignKeysToValidate ?? [])],
+    stopped: false,
+    done: Promise.resolve(),
+  };
+  validations.set(ctx, v);
+  if (!v.pending.length) return v;
+  v.done = (async () => {
+    const client = await connectClient(ctx.config.targetUrl, {
+      side: 'target',
+      applicationName: `${objectNames(ctx.config.id).applicationName}:validate`,
+      lockTimeoutMs: 0,
+    });
+    v.pid = (client as unknown as { processID?: number }).processID;
+    try {
+      for (let fk = v.pending[0]; fk && !v.stopped; fk = v.pending[0]) {
+        ctx.log(`validating ${fk.drift} on the target`);
+        await client.query(`ALTER TABLE ONLY ${fk.table} VALIDATE CONSTRAINT ${ident(fk.name)}`).catch((err) => {
+          throw new SchemaFailedError(`${fk.drift} could not be validated on the target: ${errorMessage(err)}`, {
+            cause: err,
+            phase: 'catch-up',
+            hint: `it was added NOT VALID after the load; fix the rows it names on the target (they passed the check on the source), then \`pgferry resume --id ${ctx.config.id}\``,
+          });
+        });
+        v.pending.shift();
+      }
+    } finally {
+      await client.end().catch(() => {});
+    }
+  })().catch((err) => {
+    if (!v.stopped) v.error = err;
+  });
+  return v;
+}
+
+/** Stop a validation that runs (a failed catch-up: the rollback must not wait for it); the next catch-up starts again. */
+export async function stopValidation(ctx: PhaseContext) {
+  const v = validations.get(ctx);
+  if (!v) return;
+  validations.delete(ctx);
+  v.stopped = true;
+  if (v.pid) await ctx.target.query('SELECT pg_cancel_backend($1)', [v.pid]).catch(() => {});
+  await v.done;
+}
+
 /** One sample: records lag, checks WAL retention, returns why the gate is closed (if it is). */
 export async function sampleGate(
   ctx: PhaseContext,
   warned: GateMemory,
-  options: { catalog?: boolean } = {},
+  options: {
+    catalog?: boolean;
+    /** Whether foreign keys still to validate keep the gate closed (the default), or are left to validate meanwhile. */
+    validation?: 'wait' | 'background';
+  } = {},
 ): Promise<{ lagMs: number; lagBytes: number; figures: LagFigures; reasons: string[] }> {
   const names = objectNames(ctx.config.id);
   const { lag, figures } = await sampleLag(ctx, warned);
@@ -100,6 +186,14 @@ export async function sampleGate(
   }
   const reasons: string[] = [];
   if (!lag.active) reasons.push('the subscription is not connected to the slot');
+  const validation = validations.get(ctx);
+  if (validation?.error) throw validation.error;
+  const unvalidated = validation?.pending ?? ctx.state.foreignKeysToValidate ?? [];
+  if (options.validation !== 'background')
+    for (const fk of unvalidated)
+      reasons.push(
+        `${fk.drift} is being validated on the target (added NOT VALID after the load; replication goes on meanwhile)`,
+      );
   // Lag under both limits and not growing since the sample the streak would start from.
   const history = warned.figures ?? [];
   const since = history.length >= ctx.config.lagSamples ? history[history.length - ctx.config.lagSamples] : history[0];
@@ -125,7 +219,8 @@ export async function sampleGate(
     const found: string[] = [];
     // Whatever would let a write past the freeze keeps the gate closed, named with its remedy.
     for (const h of await freezeHazards(ctx.source, ctx.config)) found.push(h.message);
-    const drift = await schemaDrift(ctx.source, ctx.target);
+    // A foreign key still to validate is not valid on the target yet: that is no drift.
+    const drift = await schemaDrift(ctx.source, ctx.target, new Set(unvalidated.map((f) => f.drift)));
     for (const d of drift) found.push(`DDL on the source: ${d}`);
     // (A table on one side only is drift already; one on both may still not be replicated.)
     if (!drift.length) for (const u of await unreplicatedTables(ctx)) found.push(u);
@@ -145,6 +240,7 @@ export async function sampleGate(
     s.lag = [...(s.lag ?? []).slice(-59), sample];
     s.walRetainedBytes = lag.retainedBytes;
     s.ddlDrift = drift;
+    if (validation) s.foreignKeysToValidate = validation.pending.length ? [...validation.pending] : undefined;
   });
   return { lagMs: figures.ms, lagBytes: figures.bytes, figures, reasons };
 }
@@ -254,9 +350,26 @@ function outageGuard(ctx: PhaseContext) {
   };
 }
 
-/** Phase "Catch up": returns once the gate has been open for `lagSamples` consecutive samples. */
-export async function catchUp(ctx: PhaseContext): Promise<string> {
+/**
+ * Phase "Catch up": returns once the gate has been open for `lagSamples` consecutive samples. With
+ * `validation: 'background'`, foreign keys still being validated do not hold the gate (a catch-up before
+ * the verify, which the last one follows); a failure stops their validation.
+ */
+export async function catchUp(
+  ctx: PhaseContext,
+  options: { validation?: 'wait' | 'background' } = {},
+): Promise<string> {
+  try {
+    return await catchUpWith(ctx, options);
+  } catch (err) {
+    await stopValidation(ctx);
+    throw err;
+  }
+}
+
+async function catchUpWith(ctx: PhaseContext, options: { validation?: 'wait' | 'background' }): Promise<string> {
   const started = Date.now();
+  const validating = validateForeignKeys(ctx).pending.length;
   const warned: GateMemory = { wal: false };
   const outage = outageGuard(ctx);
   let streak = 0;
@@ -268,7 +381,7 @@ export async function catchUp(ctx: PhaseContext): Promise<string> {
       Date.now() - warned.catalog.at >= CATALOG_CHECK_EVERY_MS;
     let sample: Awaited<ReturnType<typeof sampleGate>>;
     try {
-      sample = await sampleGate(ctx, warned, { catalog });
+      sample = await sampleGate(ctx, warned, { catalog, validation: options.validation });
       outage.answered();
     } catch (err) {
       await outage.failed(err);
@@ -281,7 +394,9 @@ export async function catchUp(ctx: PhaseContext): Promise<string> {
     if (text && text !== lastReasons) ctx.log(`cutover gate closed: ${text}`);
     lastReasons = text;
     if (streak >= ctx.config.lagSamples) {
-      return `lag ${mib(figures.bytes)} / ${figures.ms} ms (limits ${mib(ctx.config.maxLagBytes)} / ${ctx.config.maxLagMs} ms), not growing, for ${streak} samples; drain predicted at ${figures.predictedDrainMs} ms (budget ${ctx.config.maxDrainMs} ms); source ${mbps(figures.generatedBps)}, applied ${mbps(figures.appliedBps)}; no long transactions; schemas agree`;
+      const validated =
+        validating && options.validation !== 'background' ? `; ${validating} foreign key(s) validated` : '';
+      return `lag ${mib(figures.bytes)} / ${figures.ms} ms (limits ${mib(ctx.config.maxLagBytes)} / ${ctx.config.maxLagMs} ms), not growing, for ${streak} samples; drain predicted at ${figures.predictedDrainMs} ms (budget ${ctx.config.maxDrainMs} ms); source ${mbps(figures.generatedBps)}, applied ${mbps(figures.appliedBps)}; no long transactions; schemas agree${validated}`;
     }
     if (ctx.config.catchUpTimeoutMs > 0 && Date.now() - started > ctx.config.catchUpTimeoutMs) {
       throw new LagTimeoutError(
@@ -292,7 +407,7 @@ export async function catchUp(ctx: PhaseContext): Promise<string> {
         },
       );
     }
-    await sleep(ctx.config.lagSampleIntervalMs);
+    await sleep(sampleIntervalMs(figures, reasons, ctx.config.lagSampleIntervalMs));
   }
 }
 
@@ -306,8 +421,19 @@ const VERIFY_BEFORE_SWITCH_ROUNDS = 3;
  * gate again, since the reads took a while.
  */
 export async function catchUpAndVerify(ctx: PhaseContext): Promise<string> {
-  let summary = await catchUp(ctx);
-  if (ctx.state.verifyBeforeSwitch?.outcome === 'ok') return summary;
+  try {
+    return await catchUpAndVerifyWith(ctx);
+  } catch (err) {
+    await stopValidation(ctx);
+    throw err;
+  }
+}
+
+async function catchUpAndVerifyWith(ctx: PhaseContext): Promise<string> {
+  // Foreign keys added NOT VALID are validated on the target while the verify reads the source; the
+  // last catch-up waits for them.
+  if (ctx.state.verifyBeforeSwitch?.outcome === 'ok') return await catchUp(ctx);
+  let summary = await catchUp(ctx, { validation: 'background' });
   for (let round = 1; ; round++) {
     ctx.log('verifying every table before the switch, while replication runs');
     const result = await verifyTables(ctx);
@@ -337,6 +463,6 @@ export async function catchUpAndVerify(ctx: PhaseContext): Promise<string> {
       return `${summary}; ${said}`;
     }
     ctx.log(`${said}: catching up before verifying again`);
-    await catchUp(ctx);
+    await catchUp(ctx, { validation: 'background' });
   }
 }

@@ -5,9 +5,9 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { DEFAULTS, objectNames, SchemaFailedError } from '@pgferry/core';
+import { DEFAULTS, type DeferredForeignKey, objectNames, SchemaFailedError } from '@pgferry/core';
 import { EXCLUDED_SCHEMAS, listTables, schemasAndExtensions, USER_SCHEMA, userObjects } from '../catalog';
-import { type Db, ident, qualified } from '../db';
+import { connectClient, type Db, ident, qualified } from '../db';
 import { artifactFile, findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, sourceMajor } from './context';
 
@@ -357,6 +357,12 @@ export interface PostDataPlan {
    * once the index exists, so these are analyzed at the end too.
    */
   lateStats: Set<number>;
+  /**
+   * Foreign keys added NOT VALID after the load instead of restored (which checks every row while
+   * the load waits), keyed by TOC line: those checked on the source, between plain tables (a
+   * partitioned table takes no NOT VALID foreign key). Catch-up validates them (`validateForeignKeys`).
+   */
+  foreignKeys: Map<string, DeferredForeignKey & { definition: string }>;
 }
 
 export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
@@ -405,7 +411,76 @@ export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
     if (table === undefined) continue;
     byTable.set(table, [...(byTable.get(table) ?? []), e.line]);
   }
-  return { entries: entries.map((e) => e.line), byTable, lateStats };
+  return {
+    entries: entries.map((e) => e.line),
+    byTable,
+    lateStats,
+    foreignKeys: await deferrableForeignKeys(ctx, entries),
+  };
+}
+
+async function deferrableForeignKeys(
+  ctx: PhaseContext,
+  entries: Array<{ line: string; catalog: number; oid: number }>,
+): Promise<PostDataPlan['foreignKeys']> {
+  const fks = entries.filter((e) => e.catalog === 2606 && / FK CONSTRAINT /.test(e.line));
+  if (!fks.length) return new Map();
+  // Read with search_path pg_catalog, so that the definition names every table with its schema.
+  const client = await connectClient(ctx.config.sourceUrl, {
+    side: 'source',
+    applicationName: objectNames(ctx.config.id).applicationName,
+  });
+  try {
+    await client.query('SET search_path = pg_catalog');
+    const { rows } = await client.query<{
+      oid: string;
+      table: string;
+      name: string;
+      definition: string;
+      drift: string;
+    }>(
+      `SELECT k.oid::int8::text AS oid, format('%I.%I', n.nspname, c.relname) AS table, k.conname AS name,
+              pg_get_constraintdef(k.oid) AS definition,
+              format('foreign key %I on %s', k.conname, format('%s.%s', n.nspname, c.relname)) AS drift
+         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_class r ON r.oid = k.confrelid
+        WHERE k.oid = ANY($1::oid[]) AND k.contype = 'f' AND k.convalidated AND c.relkind = 'r' AND r.relkind = 'r'`,
+      [fks.map((e) => e.oid)],
+    );
+    const byOid = new Map(rows.map((r) => [Number(r.oid), r]));
+    const out: PostDataPlan['foreignKeys'] = new Map();
+    for (const e of fks) {
+      const fk = byOid.get(e.oid);
+      if (fk) out.set(e.line, { table: fk.table, name: fk.name, definition: fk.definition, drift: fk.drift });
+    }
+    return out;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+/**
+ * Add foreign keys NOT VALID: at once, whatever the tables hold (the rows were checked on the source).
+ * On a session without lock_timeout: the ANALYZE of a table built during the copy may still hold it.
+ */
+async function addForeignKeysNotValid(ctx: PhaseContext, fks: Array<DeferredForeignKey & { definition: string }>) {
+  const client = await connectClient(ctx.config.targetUrl, {
+    side: 'target',
+    applicationName: objectNames(ctx.config.id).applicationName,
+    lockTimeoutMs: 0,
+  });
+  try {
+    for (const fk of fks) {
+      const exists = await client.query(
+        'SELECT 1 FROM pg_constraint WHERE conrelid = $1::regclass AND conname = $2 AND contype = $3',
+        [fk.table, fk.name, 'f'],
+      );
+      if (exists.rows.length) continue; // a re-run: added (and perhaps validated) already
+      await client.query(`ALTER TABLE ONLY ${fk.table} ADD CONSTRAINT ${ident(fk.name)} ${fk.definition} NOT VALID`);
+    }
+  } finally {
+    await client.end().catch(() => {});
+  }
 }
 
 /** One table's own indexes and constraints (lines of `planPostData`). Idempotent. */
@@ -431,7 +506,10 @@ export async function buildPostData(
   const dump = await schemaDump(ctx);
   // Every post-data entry not built during the copy (all of them without an early plan).
   const plan = early?.plan ?? (await planPostData(ctx));
-  const rest = plan.entries.filter((l) => !early?.built.has(l));
+  const left = plan.entries.filter((l) => !early?.built.has(l));
+  // Foreign keys last, after the indexes they need on the referenced tables, and NOT VALID.
+  const deferred = left.filter((l) => plan.foreignKeys.has(l));
+  const rest = left.filter((l) => !plan.foreignKeys.has(l));
   if (rest.length > 0)
     await ensureBuilt(
       ctx,
@@ -441,9 +519,23 @@ export async function buildPostData(
         lines: rest,
       }),
     );
+  if (deferred.length > 0) {
+    const fks = deferred.map((l) => plan.foreignKeys.get(l) as DeferredForeignKey & { definition: string });
+    await addForeignKeysNotValid(ctx, fks);
+    await ensureBuilt(ctx, deferred, []);
+    // Recorded before the marker says post-data is done: a re-run finds them to validate either way.
+    await ctx.update((s) => {
+      const known = new Set((s.foreignKeysToValidate ?? []).map((f) => f.drift));
+      s.foreignKeysToValidate = [
+        ...(s.foreignKeysToValidate ?? []),
+        ...fks.filter((f) => !known.has(f.drift)).map(({ table, name, drift }) => ({ table, name, drift })),
+      ];
+    });
+  }
   await ctx.target.query(
     `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET post_data_at = now() WHERE id = $1`,
     [ctx.config.id],
   );
-  return 'indexes, constraints and triggers built';
+  const fks = plan.entries.filter((l) => plan.foreignKeys.has(l) && !early?.built.has(l)).length;
+  return `indexes, constraints and triggers built${fks ? `; ${fks} foreign key(s) added NOT VALID, validated during catch-up` : ''}`;
 }

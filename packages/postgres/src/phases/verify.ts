@@ -1,9 +1,9 @@
 /**
  * Verify every table: row counts and per-chunk checksums on both sides, at matching points. The side the
- * application writes to (the live side: the source before the switch, the target after it) is read
- * first; its WAL position right after that read covers every commit the read saw; the other side (the
- * replica) is read only once its subscription has confirmed that position. So a difference is never
- * just lag. A chunk that still differs (the replica may have applied newer writes by then) is read again
+ * application writes to (the live side: the source before the switch, the target after it) is read in
+ * a snapshot taken first; its WAL position right after that snapshot covers every commit the read sees;
+ * the other side (the replica) is read, while the live side still reads, once its subscription has
+ * confirmed that position. So a difference is never just lag. A chunk that still differs (the replica may have applied newer writes by then) is read again
  * the same way, and last with the table's writes held; only then is it reported, by table and range.
  * A replica that does not reach the position in time makes the table "behind": not verified, which is
  * never a mismatch. Run during catch-up (before the switch: a wrong row is found while the application
@@ -32,7 +32,7 @@ interface Bucket {
 
 interface Plan {
   table: TableInfo;
-  /** The source's row count when the plan was made. */
+  /** The source's row count when the plan was made (its estimate, for a table of COUNTED_UP_TO rows or more). */
   rows: number;
   bucketExpr: string;
   where: string;
@@ -48,9 +48,18 @@ interface Plan {
 
 const INTEGER = new Set(['smallint', 'integer', 'bigint']);
 
+/**
+ * A table estimated to hold this many rows or more is not counted to plan its chunks: the count is a
+ * whole read of the table, and the estimate sizes the chunks well enough (the checksums count the rows).
+ */
+const COUNTED_UP_TO = 1_000_000;
+
 async function plan(source: Db, t: TableInfo): Promise<Plan> {
   const key = t.identityColumns;
-  const { n } = await source.one<{ n: number }>(`SELECT count(*)::bigint AS n FROM ONLY ${qualified(t)}`);
+  const { n } =
+    t.rowEstimate >= COUNTED_UP_TO
+      ? { n: t.rowEstimate }
+      : await source.one<{ n: number }>(`SELECT count(*)::bigint AS n FROM ONLY ${qualified(t)}`);
   const buckets = Math.max(1, Math.ceil(n / DEFAULTS.verifyChunkRows));
   const col = key.length === 1 ? t.columns.find((c) => c.name === key[0]) : undefined;
   if (col && INTEGER.has(col.type)) {

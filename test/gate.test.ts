@@ -159,6 +159,7 @@ describe('cutover gate', () => {
         blocker.on('error', () => {});
         await blocker.connect();
         await blocker.query("BEGIN; INSERT INTO audit_log (actor, action) VALUES ('batch', 'long')");
+        await sleep(700); // older than longTransactionMs before the next catch-up's first sample
         return { r, w, m, blocker };
       };
 
@@ -168,7 +169,7 @@ describe('cutover gate', () => {
       await catchUpRunning(a.r);
       await target.restart(4000);
       const err = await failing;
-      expect(err.name).toBe('ConnectionLostError');
+      expect(err.name, err.message).toBe('ConnectionLostError');
       expect(err.exitCode).toBe(3);
       expect(err.message).toMatch(
         /did not answer for \d+ s during catch-up.*Nothing was undone: slot pgferry_outshortwait stays/,

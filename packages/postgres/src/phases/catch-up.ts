@@ -436,7 +436,17 @@ async function catchUpAndVerifyWith(ctx: PhaseContext): Promise<string> {
   let summary = await catchUp(ctx, { validation: 'background' });
   for (let round = 1; ; round++) {
     ctx.log('verifying every table before the switch, while replication runs');
-    const result = await verifyTables(ctx);
+    let result: Awaited<ReturnType<typeof verifyTables>>;
+    try {
+      result = await verifyTables(ctx);
+    } catch (err) {
+      // A server that went away mid-read: catch-up rides it out (or stops with the truth), then again.
+      if (!isConnectionLoss(err)) throw err;
+      ctx.log(`lost the connection while verifying (${errorMessage(err)}); catching up before verifying again`);
+      round--;
+      await catchUp(ctx, { validation: 'background' });
+      continue;
+    }
     await ctx.update((s) => {
       s.verifyBeforeSwitch = result;
     });

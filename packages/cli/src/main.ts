@@ -133,7 +133,9 @@ ${CREDENTIALS}`,
   cutover: `Usage: pgferry cutover --id ID [--report PATH] [--on-switch CMD] [--switch-file PATH]
                        [--max-prepared-wait-ms N] [--source URL] [--target URL] [--json]
 
-Waits for the cutover gate, freezes writes, drains, switches, verifies.
+Waits for the cutover gate, verifies every table before anything is frozen (once; a proven
+difference stops here, exit 6, the application still on the source), freezes writes, drains,
+switches, verifies again.
 ${SWITCHING}
 ${CREDENTIALS}`,
   rollback: `Usage: pgferry rollback --id ID [--on-switch CMD] [--switch-file PATH] [--source URL] [--target URL] [--json]

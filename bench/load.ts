@@ -338,7 +338,7 @@ try {
       const exitedAt = startedAt + seconds * 1000;
       const state = JSON.parse(readFileSync(report, 'utf8')) as {
         createdAt?: string;
-        phases: Record<string, { startedAt?: string; endedAt?: string }>;
+        phases: Record<string, { startedAt?: string; endedAt?: string; summary?: string }>;
         verifyBeforeSwitch?: { ms: number };
       };
       const phases = Object.entries(state.phases)
@@ -347,7 +347,9 @@ try {
         .map((text) =>
           text.startsWith('catch-up ') && state.verifyBeforeSwitch
             ? `${text} (of which verify before the switch ${secs(state.verifyBeforeSwitch.ms)})`
-            : text,
+            : text.startsWith('bulk-load ') && state.phases['bulk-load']?.summary
+              ? `${text} (${state.phases['bulk-load'].summary})`
+              : text,
         );
       const stamps = Object.values(state.phases).flatMap((p) => [
         Date.parse(p.startedAt ?? ''),

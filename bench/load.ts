@@ -186,19 +186,16 @@ async function counts(server: LocalServer, db: string, tables: string[]): Promis
   return out;
 }
 
-/** pgcopydb's closing summary: its steps and their durations, as it prints them. */
+/** pgcopydb's closing summary table: each step and its duration, as it prints them. */
 function copydbSteps(out: string): string {
   const lines = out.split('\n');
   const head = lines.findIndex((l) => /Step\s+Connection\s+Duration/.test(l));
   if (head < 0) return '';
   return lines
-    .slice(head + 2)
-    .map((l) => l.replace(/^.*?(INFO|NOTICE)\s+/, '').trim())
-    .filter((l) => /\d+(ms|s|m)\b/.test(l) && !/^-+/.test(l))
-    .map((l) => {
-      const [step, , duration] = l.split(/\s{2,}/);
-      return step && duration ? `${step.trim()} ${duration.trim()}` : l;
-    })
+    .slice(head + 1)
+    .map((l) => l.trim().split(/\s{2,}/))
+    .filter((c) => c.length >= 4 && !/^-+$/.test(c[0] ?? ''))
+    .map((c) => `${c[0]} ${c[2]}`)
     .join(', ');
 }
 
@@ -341,7 +338,7 @@ try {
       const exitedAt = startedAt + seconds * 1000;
       const state = JSON.parse(readFileSync(report, 'utf8')) as {
         createdAt?: string;
-        phases: Record<string, { startedAt?: string; endedAt?: string }>;
+        phases: Record<string, { startedAt?: string; endedAt?: string; summary?: string }>;
         verifyBeforeSwitch?: { ms: number };
       };
       const phases = Object.entries(state.phases)
@@ -350,7 +347,9 @@ try {
         .map((text) =>
           text.startsWith('catch-up ') && state.verifyBeforeSwitch
             ? `${text} (of which verify before the switch ${secs(state.verifyBeforeSwitch.ms)})`
-            : text,
+            : text.startsWith('bulk-load ') && state.phases['bulk-load']?.summary
+              ? `${text} (${state.phases['bulk-load'].summary})`
+              : text,
         );
       const stamps = Object.values(state.phases).flatMap((p) => [
         Date.parse(p.startedAt ?? ''),

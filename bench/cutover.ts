@@ -283,35 +283,23 @@ try {
 
 const gaps = results.map((r) => r.writeGapMs);
 const lags = results.flatMap((r) => r.lagMs);
+const lagBytes = results.flatMap((r) => r.lagBytes);
+const drains = results.map((r) => r.drainMs);
+const median = (xs: number[]) => quantile(xs, 0.5);
 const summary = {
   cutovers: results.length,
-  writeGapMedianMs: quantile(gaps, 0.5),
+  writeGapMedianMs: median(gaps),
   writeGapMaxMs: Math.max(...gaps),
-  writerPauseMedianMs: quantile(
-    results.map((r) => r.writerPauseMs),
-    0.5,
-  ),
+  writerPauseMedianMs: median(results.map((r) => r.writerPauseMs)),
   writerPauseMaxMs: Math.max(...results.map((r) => r.writerPauseMs)),
-  lagP50Ms: quantile(lags, 0.5),
+  lagP50Ms: median(lags),
   lagP99Ms: quantile(lags, 0.99),
   lagSamples: lags.length,
-  lagBytesP50: quantile(
-    results.flatMap((r) => r.lagBytes),
-    0.5,
-  ),
-  lagBytesP99: quantile(
-    results.flatMap((r) => r.lagBytes),
-    0.99,
-  ),
-  predictedDrainMedianMs: quantile(
-    results.map((r) => r.predictedDrainMs),
-    0.5,
-  ),
-  drainMedianMs: quantile(
-    results.map((r) => r.drainMs),
-    0.5,
-  ),
-  drainMaxMs: Math.max(...results.map((r) => r.drainMs)),
+  lagBytesP50: median(lagBytes),
+  lagBytesP99: quantile(lagBytes, 0.99),
+  predictedDrainMedianMs: median(results.map((r) => r.predictedDrainMs)),
+  drainMedianMs: median(drains),
+  drainMaxMs: Math.max(...drains),
   drainsGivenUp: results.reduce((s, r) => s + r.abandoned, 0),
   acknowledgedCommits: results.reduce((s, r) => s + r.acked, 0),
   lostCommits: results.reduce((s, r) => s + r.lost, 0),

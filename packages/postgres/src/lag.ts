@@ -2,7 +2,7 @@
 
 import { type LagPoint, sqlPrefix } from '@pgferry/core';
 import { EXCLUDED_SCHEMAS, NOT_EXTENSION_MEMBER, USER_SCHEMA } from './catalog';
-import type { Db } from './db';
+import { type Db, serverMajor } from './db';
 
 export interface LagReading {
   /** WAL the subscriber has not confirmed, including WAL not yet sent. */
@@ -46,9 +46,8 @@ export async function applyBottlenecks(source: Db, target: Db, slot: string): Pr
     [EXCLUDED_SCHEMAS],
   );
   if (full.length) {
-    const { v } = await target.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v");
     const indexed =
-      v >= 16
+      (await serverMajor(target)) >= 16
         ? new Set(
             (
               await target.query<{ t: string }>(

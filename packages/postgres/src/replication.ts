@@ -2,7 +2,7 @@
 import { PgferryError, sqlPrefix } from '@pgferry/core';
 import type pg from 'pg';
 import { publishedTables, type TableInfo } from './catalog';
-import { connectClient, type Db, ident, libpqParams, literal, qualified, sleep } from './db';
+import { connectClient, type Db, ident, libpqParams, literal, qualified, serverMajor, sleep } from './db';
 import { describePrepared, preparedTransactions } from './freeze';
 
 export async function publicationExists(db: Db, name: string): Promise<boolean> {
@@ -238,7 +238,7 @@ export async function applyTuning(
   publisherMajor: number,
   tables: { columns: { binary: boolean; generated: boolean }[] }[],
 ): Promise<ApplyTuning> {
-  const { v } = await subscriber.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v");
+  const v = await serverMajor(subscriber);
   if (v < 14 || publisherMajor < 14) return NO_TUNING;
   return {
     binary: tables.every((t) => t.columns.every((c) => c.binary || c.generated)),

@@ -21,6 +21,7 @@ import type pg from 'pg';
 import { copyableTables, listTables, type TableInfo } from '../catalog';
 import { type Db, ident, qualified, tableLabel } from '../db';
 import { flushWal, waitConfirmed } from '../freeze';
+import { readLag } from '../lag';
 import type { PhaseContext } from './context';
 
 interface Bucket {
@@ -133,8 +134,13 @@ const rowsOf =
   async (sql, params) =>
     (await client.query(sql, params)).rows;
 
+/** For integer keys, the chunks' key ranges as SQL (so that the key's index finds their rows); '' otherwise. */
+function keyRanges(p: Plan, chunks: number[]): string {
+  return p.range && chunks.length <= 64 ? ` AND (${chunks.map((b) => p.range?.(b)).join(' OR ')})` : '';
+}
+
 async function checksums(query: Query, p: Plan, rowText: string, only?: number[]): Promise<Map<number, Bucket>> {
-  const ranges = only && p.range && only.length <= 64 ? ` AND (${only.map((b) => p.range?.(b)).join(' OR ')})` : '';
+  const ranges = only ? keyRanges(p, only) : '';
   const filter = only ? ` AND ${p.bucketExpr} = ANY($1::int[])${ranges}` : '';
   const rows = await query<{ b: number; n: number; h: string; lo: string | null; hi: string | null }>(
     // sum(bigint) adds in 128 bits; min/max of the key as text only where a label needs them.
@@ -174,11 +180,7 @@ async function insertLsn(db: Db): Promise<string> {
 
 /** WAL the replica has not confirmed (0 when the slot is gone). */
 async function behindBytes(s: Stream): Promise<number> {
-  const [row] = await s.live.query<{ b: number }>(
-    'SELECT greatest(0, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn))::bigint AS b FROM pg_replication_slots WHERE slot_name = $1',
-    [s.slot],
-  );
-  return row?.b ?? 0;
+  return (await readLag(s.live, s.slot))?.bytes ?? 0;
 }
 
 /** Once one wait for the replica has failed, later tables wait this long at most (a final pass waits in full). */
@@ -279,7 +281,7 @@ async function rowHashes(
   chunks: number[],
   keys?: string[],
 ): Promise<RowHashes> {
-  const ranges = p.range && chunks.length <= 64 ? ` AND (${chunks.map((b) => p.range?.(b)).join(' OR ')})` : '';
+  const ranges = keyRanges(p, chunks);
   const byKey = keys ? ` AND ${p.keyMatch}` : '';
   const rows = await query<{ k: string; h: string }>(
     `SELECT ${p.keyExpr} AS k, hashtextextended(${rowText}, 0)::text AS h
@@ -301,7 +303,7 @@ async function rowHashesByChunk(
   rowText: string,
   chunks: number[],
 ): Promise<Map<string, [number, string]>> {
-  const ranges = p.range && chunks.length <= 64 ? ` AND (${chunks.map((b) => p.range?.(b)).join(' OR ')})` : '';
+  const ranges = keyRanges(p, chunks);
   const rows = await query<{ b: number; k: string; h: string }>(
     `SELECT b, k, h FROM (SELECT ${p.bucketExpr} AS b, ${p.keyExpr} AS k, hashtextextended(${rowText}, 0)::text AS h
        FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${ranges}) x WHERE b = ANY($1::int[])`,

@@ -3,4 +3,6 @@ export * from './errors';
 export * from './format';
 export * from './lag';
 export * from './model';
+export * from './ports';
 export * from './redact';
+export * from './workflow/tasks';

@@ -202,6 +202,13 @@ export interface MigrationStore {
   removeSecrets?(id: string): Promise<void>;
   /** Claim a migration for one command at a time; resolves with the release (see FileMigrationStore). */
   claim?(id: string): Promise<() => Promise<void>>;
+  /** Correlation items (`RDS#<instance>`, `S3#<key>`, `DMS#<task>`): an event finds its migration. */
+  correlate?(key: string, migrationId: string): Promise<void>;
+  findCorrelation?(key: string): Promise<string | undefined>;
+  /** A callback step's task token, kept until an event, a person or the worker completes it. */
+  putTaskToken?(migrationId: string, step: string, token: string): Promise<void>;
+  /** Remove and return a step's token, atomically: of two duplicate events, only one gets it. */
+  takeTaskToken?(migrationId: string, step: string): Promise<string | undefined>;
 }
 
 /** Every stored migration, and the records that could not be read (named, with what is wrong). */

@@ -1,0 +1,67 @@
+/**
+ * The workflow's tasks: what the state machine calls, where each runs in AWS, and the names the
+ * deployed definition substitutes. The Step Functions definition (workflow/definition.ts), the stack
+ * (one Lambda per Lambda task, the worker for the others) and the local runtime all read this table.
+ */
+
+/** Where a task runs in AWS: a Lambda invocation, or the Fargate worker (long tasks, pg_dump/pg_restore, snapshots). */
+export type TaskRuntime = 'lambda' | 'worker';
+
+export interface TaskSpec {
+  /** The state's name in the Step Functions console. */
+  state: string;
+  runtime: TaskRuntime;
+  /** The state waits on a task token (`.waitForTaskToken`) that an event, a person or the worker completes. */
+  callback?: boolean;
+}
+
+export const WORKFLOW_TASKS = {
+  assess: { state: 'Assess source', runtime: 'lambda' },
+  provisionTarget: { state: 'Provision target', runtime: 'lambda', callback: true },
+  prepareSchema: { state: 'Prepare schema', runtime: 'worker', callback: true },
+  bulkLoad: { state: 'Bulk load', runtime: 'worker', callback: true },
+  copyShare: { state: 'Copy a share of the tables', runtime: 'worker', callback: true },
+  startReplication: { state: 'Start replication', runtime: 'lambda' },
+  checkLag: { state: 'Check lag', runtime: 'lambda' },
+  verifyBeforeSwitch: { state: 'Verify before cutover', runtime: 'worker', callback: true },
+  awaitApproval: { state: 'Await cutover approval', runtime: 'lambda', callback: true },
+  cutover: { state: 'Cut over', runtime: 'lambda' },
+  verify: { state: 'Verify', runtime: 'worker', callback: true },
+  cleanup: { state: 'Clean up', runtime: 'lambda' },
+  rollback: { state: 'Roll back', runtime: 'lambda' },
+  recordFailure: { state: 'Record failure', runtime: 'lambda' },
+} as const satisfies Record<string, TaskSpec>;
+
+export type TaskName = keyof typeof WORKFLOW_TASKS;
+
+export const TASK_NAMES = Object.keys(WORKFLOW_TASKS) as TaskName[];
+
+/** `${AssessFunctionArn}`-style substitution key a deployed definition fills with a Lambda task's ARN. */
+export function functionArnKey(task: TaskName): string {
+  return `${task[0]!.toUpperCase()}${task.slice(1)}FunctionArn`;
+}
+
+/** Substitutions a deployed definition fills for the worker (ECS RunTask). */
+export const WORKER_SUBSTITUTIONS = [
+  'WorkerClusterArn',
+  'WorkerTaskDefinitionArn',
+  'WorkerContainerName',
+  'WorkerSubnets',
+  'WorkerSecurityGroups',
+] as const;
+
+/** What every task receives: the migration it acts on, and (callback tasks) the token to complete. */
+export interface TaskInput {
+  migrationId: string;
+  taskToken?: string;
+  [key: string]: unknown;
+}
+
+/**
+ * What every task returns: a short summary for a person reading the console, plus typed figures
+ * (rows, bytes, LSNs, lag, write gap). Never a secret.
+ */
+export interface TaskOutput {
+  summary: string;
+  [key: string]: unknown;
+}

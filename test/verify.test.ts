@@ -63,7 +63,7 @@ describe('verify', () => {
     const session = await openSession(rt, m.id);
     // Both sides' checksum reads of the big table seen running at once.
     const reading =
-      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' AND query LIKE '%hashtextextended%\"wide\"%'";
+      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' AND query LIKE '%hash%extended%\"wide\"%'";
     let both = false;
     let done = false;
     const watch = (async () => {
@@ -82,6 +82,42 @@ describe('verify', () => {
       await session.close();
     }
     expect(both).toBe(true);
+  });
+
+  it('hashes values by their type where that is faithful, and tells apart what equal-comparing values would hide, on 15 → 17', async () => {
+    const { pair, rt } = await fixture.setup('byvalue', 50, 17);
+    await pair.source(`CREATE TYPE mood AS ENUM ('sad', 'happy');
+      CREATE TABLE typed (id int PRIMARY KEY, i8 bigint, n12 numeric(12, 2), n numeric, f float8, ts timestamptz,
+        d date, u uuid, b bytea, t text, c char(3), iv interval, tz timetz, j jsonb, js json, m mood, a int[], p point);
+      INSERT INTO typed SELECT g, g::bigint * 1000000000, g / 7.0, g / 4.0, g / 3.0, now() - g * interval '1 h', current_date - g,
+        md5(g::text)::uuid, decode(md5(g::text), 'hex'), 'row ' || g, 'ab', g * interval '1 min', '12:00+01', jsonb_build_object('n', g / 2.0),
+        json_build_object('k', g), 'happy', ARRAY[g, g + 1], point(g, g) FROM generate_series(1, 200) g`);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    const session = await openSession(rt, m.id);
+    try {
+      // PostgreSQL 15 and 17 hash every type the same way: the same rows verify.
+      const same = await verifyTables(session.ctx);
+      expect(verifySummary(same)).toMatch(/counts and checksums match/);
+      // Values the types call equal, but that are not the same: each one a difference.
+      await pair.source("UPDATE typed SET iv = interval '24 hours' WHERE id = 3; UPDATE typed SET f = 0 WHERE id = 5");
+      expect(verifySummary(await verifyTables(session.ctx))).toMatch(/counts and checksums match/);
+      const changes: [number, string][] = [
+        [1, 'n = 0.250'], // numeric without a scale: 0.25 = 0.250
+        [2, `j = '{"n": 1.00}'`], // jsonb: 1.0 = 1.00 inside a document
+        [3, "iv = interval '1 day'"], // interval: '24 hours' = '1 day'
+        [4, "tz = '11:00+00'"], // timetz: the same instant in another zone
+        [5, "f = '-0'"], // float8: 0 = -0
+        [6, "t = 'row 6 '"], // text: a trailing blank
+      ];
+      await pair.target(changes.map(([id, set]) => `UPDATE typed SET ${set} WHERE id = ${id}`).join('; '));
+      const differs = await verifyTables(session.ctx);
+      const typed = differs.tables.find((t) => t.table === 'public.typed');
+      expect(typed?.outcome).toBe('mismatch');
+      expect([...(typed?.mismatchedKeys ?? [])].sort()).toEqual(changes.map(([id]) => `${id}`).sort());
+    } finally {
+      await session.close();
+    }
   });
 
   it('reports a lagging replica as not verified, never as a mismatch, and verifies once it has caught up', async () => {

@@ -2,9 +2,10 @@
  * Load benchmark (not a test): each dataset on one server pair, three contenders spawned as the
  * commands a user runs, timed as the user waits for them:
  *   pgferry migrate --cutover manual --yes (returns once the target is a complete, indexed, replicating
- *     copy, caught up and verified) · pg_dump -Fc + pg_restore --jobs · pgcopydb clone (when installed).
+ *     copy, caught up) · pg_dump -Fc + pg_restore --jobs · pgcopydb clone (when installed).
  * Prints wall time, each contender's phases, MiB/s and ratios, and checks every contender's row
- * counts against the source. Asserts nothing.
+ * counts against the source. After pgferry's load, outside its time, the verify that `pgferry cutover`
+ * runs before it freezes anything is timed and set against the load's time. Asserts nothing.
  *
  *   npm run bench -- [--dataset orders,pgbench] [--orders-mb 1290] [--scale 50] [--jobs 4]
  *                    [--copydb-jobs 2] [--rounds 3] [--fsync on|off] [--target-version 15|16|17]
@@ -22,7 +23,10 @@ import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs, promisify } from 'node:util';
 import { type LocalServer, type ServerVersion, startServer } from '../packages/cli/src/local-servers';
+import { openSession } from '../packages/cli/src/runner';
+import { FileMigrationStore } from '../packages/cli/src/store';
 import { DEFAULTS } from '../packages/core/src/index';
+import { verifyTables } from '../packages/postgres/src/index';
 import { runOk } from './lib';
 
 const { values } = parseArgs({
@@ -101,7 +105,12 @@ interface Result {
   /** The contender's own steps, as it reports them. */
   phases?: string;
   countsOk?: boolean;
+  /** pgferry only: the verify `pgferry cutover` runs before it freezes anything, timed after the load. */
+  verify?: { seconds: number; sourceMiBps: number; targetMiBps: number; outcome: string };
 }
+
+/** The runner's events, unheard: the bench prints its own lines. */
+const quiet = { log: () => {}, phase: () => {} };
 
 const DUMP = 'pg_dump -Fc + pg_restore';
 const COPYDB = 'pgcopydb clone';
@@ -357,7 +366,7 @@ try {
       ]);
       const first = Math.min(...stamps.filter(Number.isFinite));
       const last = Math.max(...stamps.filter(Number.isFinite));
-      const result = {
+      const result: Result = {
         dataset: name,
         name: FERRY,
         round,
@@ -365,6 +374,21 @@ try {
         phases: `start-up ${secs(first - startedAt)}, ${phases.join(', ')}, exit ${secs(exitedAt - last)}`,
         countsOk: await check('pgferry'),
       };
+      // After the load, not part of its time: the verify `pgferry cutover` runs before it freezes
+      // anything (every table, both sides at matching points), as the cutover runs it.
+      const session = await openSession({ store: new FileMigrationStore(stateDir), stateDir, events: quiet }, id);
+      try {
+        const t0 = performance.now();
+        const v = await verifyTables(session.ctx);
+        result.verify = {
+          seconds: (performance.now() - t0) / 1000,
+          sourceMiBps: v.sourceMiBps,
+          targetMiBps: v.targetMiBps,
+          outcome: v.outcome,
+        };
+      } finally {
+        await session.close();
+      }
       // Not timed: drop the slot, subscription and publication, so nothing stays on the source.
       await cli(['rollback', '--id', id]);
       await target.query('DROP DATABASE pgferry');
@@ -381,7 +405,7 @@ try {
         const { value, busy } = await measured(order[(i + round - 1) % order.length] as () => Promise<Result>);
         results.push({ ...value, busy });
         log(
-          `  round ${round}: ${value.name.padEnd(26)} ${(value.seconds ?? 0).toFixed(1).padStart(6)} s  (${value.phases})  load average ${loadAverage()}`,
+          `  round ${round}: ${value.name.padEnd(26)} ${(value.seconds ?? 0).toFixed(1).padStart(6)} s  (${value.phases})  load average ${loadAverage()}${value.verify ? `\n           then verify before the switch ${verifyText(value.verify)}` : ''}`,
         );
       }
     }
@@ -390,6 +414,10 @@ try {
 } finally {
   await Promise.allSettled([source.stop(), target.stop()]);
   rmSync(work, { recursive: true, force: true });
+}
+
+function verifyText(v: NonNullable<Result['verify']>): string {
+  return `${v.seconds.toFixed(1)} s (source ${v.sourceMiBps} MiB/s, target ${v.targetMiBps} MiB/s): ${v.outcome}`;
 }
 
 const median = (xs: number[]) => {
@@ -445,6 +473,16 @@ if (values.json) {
       const range = `${Math.min(...timesOf(d, name)).toFixed(1)}–${Math.max(...timesOf(d, name)).toFixed(1)} s`;
       console.log(
         `  ${name.padEnd(28)}${m.toFixed(1).padStart(6)} s  ${(MiB / m).toFixed(1).padStart(6)} MiB/s  (range ${range})`,
+      );
+    }
+    const verifies = results.filter((r) => r.dataset === d && r.verify).map((r) => r.verify?.seconds as number);
+    if (verifies.length && ferryMedian) {
+      const v = median(verifies);
+      console.log(
+        `  verify before the switch (after pgferry's load)${v.toFixed(1).padStart(6)} s  = ${((v / ferryMedian) * 100).toFixed(0)} % of pgferry's load  (range ${Math.min(...verifies).toFixed(1)}–${Math.max(...verifies).toFixed(1)} s)`,
+      );
+      console.log(
+        `goal (${d}): verify well under the load's time (≤ 50 % of it, medians): ${goal(v <= ferryMedian / 2)} (${((v / ferryMedian) * 100).toFixed(0)} %)`,
       );
     }
     const ratio = (a?: number, b?: number) => (a && b ? a / b : undefined);

@@ -137,6 +137,50 @@ describe('undo paths', () => {
     expect((await rt.store.get(m.id)).rollback).toBeUndefined();
   });
 
+  it('does not freeze the target for a rollback while the reverse drain is predicted over its budget, and rolls back once it fits', async () => {
+    pair = await freshPair(15, 'rollbackgate');
+    rt = testRuntime();
+    await loadSample(pair, 200);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    expect((await advance(rt, m.id, { cutover: 'auto' })).status).toBe('cut-over');
+    // Reverse apply stalls behind a lock on the source while the application writes to the target.
+    const holder = new pg.Client({ connectionString: pair.sourceUrl, application_name: 'holder' });
+    await holder.connect();
+    let sawFrozen = false;
+    let watching = true;
+    const watch = (async () => {
+      while (watching) {
+        sawFrozen ||= await frozen(pair!, 'target');
+        await sleep(20);
+      }
+    })();
+    try {
+      await holder.query('BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE');
+      await pair.target('UPDATE orders SET amount = amount + 1');
+      const err = await failure(rollbackMigration(rt, m.id));
+      expect(err.name).toBe('DrainTimeoutError');
+      expect(err.message).toMatch(
+        /^not freezing the target: the reverse drain is predicted at \d+ ms, over the budget of 1000 ms/,
+      );
+      expect(sawFrozen).toBe(false);
+      const state = await rt.store.get(m.id);
+      expect(state.rollback).toBeUndefined();
+      expect(state.status).toBe('cut-over');
+    } finally {
+      await holder.query('ROLLBACK').catch(() => {});
+      await holder.end();
+      watching = false;
+      await watch;
+    }
+    // Caught up, the same command rolls back.
+    const rolled = await rollbackMigration(rt, m.id);
+    expect(rolled.status).toBe('rolled-back');
+    expect(await pair.source('SELECT count(*)::int AS n FROM orders')).toEqual(
+      await pair.target('SELECT count(*)::int AS n FROM orders'),
+    );
+    expect(await frozen(pair, 'source')).toBe(false);
+  });
+
   it('keeps the breadcrumb of a rollback whose undo fails, and status names the command that ends it', async () => {
     pair = await freshPair(15, 'undorb');
     rt = testRuntime();

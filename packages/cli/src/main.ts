@@ -43,7 +43,8 @@ const CREDENTIALS = `--source URL, --target URL  new credentials (a rotated pass
 
 /** Options of the commands that switch, replacing what migrate was given (say, a fixed --on-switch). */
 const SWITCHING = `--on-switch CMD, --switch-file PATH  replace the migration's switch command or file from now on
-                            (a command that failed, fixed); --max-prepared-wait-ms N likewise`;
+                            (a command that failed, fixed); --max-prepared-wait-ms N and
+                            --max-drain-ms N likewise (a longer write gap allowed)`;
 
 const HELP: Record<string, string> = {
   main: `pgferry — move a live PostgreSQL database to another server (Amazon RDS) with zero downtime
@@ -131,14 +132,19 @@ disk) and say which command puts it right. --offline shows only the recorded sta
 status changes nothing, except with --source/--target:
 ${CREDENTIALS}`,
   cutover: `Usage: pgferry cutover --id ID [--report PATH] [--on-switch CMD] [--switch-file PATH]
-                       [--max-prepared-wait-ms N] [--source URL] [--target URL] [--json]
+                       [--max-prepared-wait-ms N] [--max-drain-ms N] [--source URL] [--target URL] [--json]
 
 Waits for the cutover gate, verifies every table before anything is frozen (once; a proven
 difference stops here, exit 6, the application still on the source), freezes writes, drains,
 switches, verifies again.
 ${SWITCHING}
 ${CREDENTIALS}`,
-  rollback: `Usage: pgferry rollback --id ID [--on-switch CMD] [--switch-file PATH] [--source URL] [--target URL] [--json]
+  rollback: `Usage: pgferry rollback --id ID [--on-switch CMD] [--switch-file PATH] [--max-prepared-wait-ms N]
+                        [--max-drain-ms N] [--source URL] [--target URL] [--json]
+
+After the cutover: the target is frozen only when the reverse drain predicted from a catch-up just
+before fits the --max-drain-ms budget, and a drain that passes it inside the write gap is given up
+(target unfrozen, the application stays on it): run rollback again once reverse lag is low.
 ${SWITCHING}
 ${CREDENTIALS}`,
   cleanup: `Usage: pgferry cleanup --id ID [--force] [--source URL] [--target URL] [--json]
@@ -146,7 +152,7 @@ ${CREDENTIALS}`,
 --force cleans up a migration that is still replicating (it stops replication).
 ${CREDENTIALS}`,
   resume: `Usage: pgferry resume --id ID [--report PATH] [--on-switch CMD] [--switch-file PATH]
-                      [--max-prepared-wait-ms N] [--source URL] [--target URL] [--json]
+                      [--max-prepared-wait-ms N] [--max-drain-ms N] [--source URL] [--target URL] [--json]
 
 Continues from the last recorded step; cuts over only if the migration was started with --cutover auto.
 --report PATH writes the final state as JSON (default: the path given to migrate).
@@ -216,10 +222,10 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'yes',
   ],
   status: ['id', 'offline', 'source', 'target'],
-  cutover: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
-  rollback: ['id', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
+  cutover: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
+  rollback: ['id', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
   cleanup: ['id', 'force', 'source', 'target'],
-  resume: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
+  resume: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
   unfreeze: ['id', 'yes', 'source'],
   demo: ['target-version', 'rows'],
 };
@@ -462,6 +468,7 @@ export async function main(argv: string[]): Promise<number> {
         onSwitch: values['on-switch'],
         switchFile: values['switch-file'] ? resolve(values['switch-file']) : undefined,
         maxPreparedWaitMs: int(values['max-prepared-wait-ms'], '--max-prepared-wait-ms'),
+        maxDrainMs: int(values['max-drain-ms'], '--max-drain-ms', { min: 10 }),
       });
 
     switch (command) {

@@ -189,6 +189,7 @@ export interface Reconfiguration {
   onSwitch?: string;
   switchFile?: string;
   maxPreparedWaitMs?: number;
+  maxDrainMs?: number;
 }
 
 /**

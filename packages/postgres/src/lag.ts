@@ -1,8 +1,9 @@
 /** Lag, retained WAL, open transactions and schema drift: what the cutover gate looks at. */
 
-import { type LagPoint, sqlPrefix } from '@pgferry/core';
+import { APPLY_RATE_FLOOR_BPS, type LagPoint, predictDrainMs, sqlPrefix } from '@pgferry/core';
 import { EXCLUDED_SCHEMAS, NOT_EXTENSION_MEMBER, USER_SCHEMA } from './catalog';
 import { type Db, serverMajor } from './db';
+import { currentLsn, waitConfirmed } from './freeze';
 
 export interface LagReading {
   /** WAL the subscriber has not confirmed, including WAL not yet sent. */
@@ -210,4 +211,30 @@ export async function schemaDrift(source: Db, target: Db, validating: Set<string
  */
 export function targetWriteTransactions(target: Db): Promise<OpenTransaction[]> {
   return openTransactions(target, 'backend_xid IS NOT NULL');
+}
+
+/** What a catch-up just before a freeze says about the drain the freeze would start. */
+export interface DrainForecast {
+  /** The subscriber confirmed the position taken at the start within the wait. */
+  caughtUp: boolean;
+  /** Unconfirmed WAL after the catch-up. */
+  bytes: number;
+  /** Bytes per second confirmed during the catch-up (the floor when it had too little to go on). */
+  appliedBps: number;
+  predictedMs: number;
+}
+
+/**
+ * Catch up once (wait until the subscriber of `slot` confirms the position taken now, for at most
+ * `waitMs`) and predict the drain a freeze would start from the rate measured on this very catch-up.
+ */
+export async function forecastDrain(live: Db, slot: string, waitMs: number): Promise<DrainForecast> {
+  const before = await readLag(live, slot);
+  const caughtUp = await waitConfirmed(live, slot, await currentLsn(live), waitMs);
+  const after = await readLag(live, slot);
+  if (!before || !after) return { caughtUp: false, bytes: 0, appliedBps: 0, predictedMs: Number.POSITIVE_INFINITY };
+  const elapsed = (after.point.t - before.point.t) / 1000;
+  const confirmed = after.point.confirmed - before.point.confirmed;
+  const appliedBps = elapsed > 0 && confirmed >= 256 * 1024 ? confirmed / elapsed : APPLY_RATE_FLOOR_BPS;
+  return { caughtUp, bytes: after.bytes, appliedBps, predictedMs: predictDrainMs(after.bytes, appliedBps) };
 }

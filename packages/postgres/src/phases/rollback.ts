@@ -4,11 +4,12 @@
  * drain the reverse stream, sync sequences back, switch back, unfreeze the source.
  */
 import { performance } from 'node:perf_hooks';
-import { DrainTimeoutError, errorMessage, objectNames, RollbackFailedError } from '@pgferry/core';
+import { DrainTimeoutError, errorMessage, mbps, mib, objectNames, RollbackFailedError } from '@pgferry/core';
 import { schemasAndExtensions } from '../catalog';
 import { critical } from '../critical';
 import { ident, literal } from '../db';
 import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed, waitPreparedTransactions } from '../freeze';
+import { forecastDrain } from '../lag';
 import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
@@ -194,6 +195,24 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
   const seqOptions = { neverLower: sourceMayWrite };
   // Sequences synced once outside the gap: the sync inside it then sets only those that moved since.
   await syncSequences(ctx.target, ctx.source, seqOptions);
+  // As the cutover: the target is frozen only when the reverse drain fits the budget, predicted from a
+  // catch-up just now. A rollback that began its write gap before (killed in it) finishes whatever the lag.
+  const fresh = !earlier?.freezeAt;
+  if (fresh) {
+    const f = await forecastDrain(
+      ctx.target,
+      n.reverseSlot,
+      Math.min(ctx.config.drainTimeoutMs, Math.max(ctx.config.maxDrainMs * 5, 1000)),
+    );
+    if (!f.caughtUp || f.predictedMs > ctx.config.maxDrainMs)
+      throw new DrainTimeoutError(
+        `not freezing the target: the reverse drain is predicted at ${f.predictedMs} ms, over the budget of ${ctx.config.maxDrainMs} ms (${mib(f.bytes)} unconfirmed, the source applying ${mbps(f.appliedBps)}${f.caughtUp ? '' : '; it did not catch up with the target'})`,
+        {
+          phase: 'rollback',
+          hint: `nothing was frozen and the application stays on the target; run \`pgferry rollback --id ${ctx.config.id}\` again once reverse lag is low (\`pgferry status\` shows it), or raise --max-drain-ms to allow a longer write gap`,
+        },
+      );
+  }
   // Recorded before the freeze: a rollback killed in its write gap shows in status, and resume refuses
   // to pretend the application is on the target; running the rollback again finishes it. So is whether
   // the target was read-only before (then an undo leaves it so); an earlier attempt's answer stands.
@@ -230,8 +249,10 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
         },
       );
     }
-    if (!(await waitConfirmed(ctx.target, n.reverseSlot, lsn, ctx.config.drainTimeoutMs))) {
-      const message = `the source did not confirm ${lsn} from the reverse stream within ${ctx.config.drainTimeoutMs} ms`;
+    // Inside the gap the budget holds as in the cutover; an interrupted rollback's second try waits longer.
+    const drainMs = fresh ? ctx.config.maxDrainMs : ctx.config.drainTimeoutMs;
+    if (!(await waitConfirmed(ctx.target, n.reverseSlot, lsn, drainMs))) {
+      const message = `the source did not confirm ${lsn} from the reverse stream within ${drainMs} ms`;
       await runUndo(ctx, 'rollback', unfreezeTarget, { cause: new DrainTimeoutError(message), command });
       throw new DrainTimeoutError(`${message}; the target was unfrozen`, {
         phase: 'rollback',

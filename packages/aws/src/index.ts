@@ -1,1 +1,2 @@
-export {};
+// switch: the connection switch (Secrets Manager, SSM, Route 53) and the DMS path
+export * from './switch/index';

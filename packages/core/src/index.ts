@@ -1,4 +1,5 @@
 export * from './config';
+export * from './connection-switch';
 export * from './errors';
 export * from './format';
 export * from './lag';

@@ -1,2 +1,3 @@
 // switch: the connection switch (Secrets Manager, SSM, Route 53) and the DMS path
+export * from './dms';
 export * from './switch/index';

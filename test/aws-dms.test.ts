@@ -28,6 +28,7 @@ import {
   classifyDmsTaskEvent,
   type DmsPlan,
   type DmsTableInput,
+  dmsDrained,
   dmsFindings,
   dmsNames,
   dmsPlanProblems,
@@ -66,7 +67,8 @@ describe('dmsFindings', () => {
     const findings = dmsFindings([
       table('orders', [
         ['id', 'bigint'],
-        ['total', 'numeric(12,2)'],
+        ['quantity', 'numeric(12)'],
+        ['code', 'character varying(40)'],
         ['note', 'text'],
         ['at', 'date'],
       ]),
@@ -133,7 +135,10 @@ describe('dmsFindings', () => {
       { object: 'public.hosts', columns: ['price'], severity: 'blocker' },
     ]);
     expect(by('dms-lob-primary-key')).toEqual([{ object: 'public.docs', columns: ['slug'], severity: 'blocker' }]);
-    expect(by('dms-type-partial')).toEqual([{ object: 'public.docs', columns: ['body', 'at'], severity: 'warning' }]);
+    expect(by('dms-type-partial')).toEqual([
+      { object: 'public.events', columns: ['payload'], severity: 'warning' },
+      { object: 'public.docs', columns: ['body', 'at'], severity: 'warning' },
+    ]);
     expect(by('dms-timestamp-infinity')).toEqual([{ object: 'public.docs', columns: ['seen'], severity: 'warning' }]);
     expect(by('dms-unlogged')).toEqual([{ object: 'public.scratch', columns: undefined, severity: 'blocker' }]);
     expect(by('dms-partitioned')).toEqual([{ object: 'public.measurements', columns: undefined, severity: 'warning' }]);
@@ -144,6 +149,20 @@ describe('dmsFindings', () => {
     expect(findings.find((f) => f.code === 'dms-type-not-migrated')!.message).toBe(
       'public.hosts: DMS does not migrate the type of addr (inet), mac (macaddr)',
     );
+  });
+
+  it('follows the data-type table on lengths and scales: VARCHAR(n) migrates, VARCHAR and NUMERIC(p,s>0) partially', () => {
+    const partial = dmsFindings([
+      table('prices', [
+        ['id', 'integer'],
+        ['amount', 'numeric(12,2)'],
+        ['huge', 'numeric(40)'],
+        ['label', 'character varying'],
+        ['sku', 'character varying(12)'],
+        ['flag', 'character(1)'],
+      ]),
+    ]).find((f) => f.code === 'dms-type-partial');
+    expect(partial!.columns).toEqual(['amount', 'huge', 'label']);
   });
 
   it('takes REPLICA IDENTITY FULL without a primary key as a warning, not a blocker', () => {
@@ -541,6 +560,17 @@ describe('handleDmsTaskStateChange', () => {
       kind: 'full-load-finished',
       stopReason: 'FULL_LOAD_ONLY_FINISHED',
     });
+  });
+});
+
+describe('dmsDrained', () => {
+  const freezeAt = '2026-11-02T13:57:20Z';
+  it('is true only for a 0 over a whole minute begun after the freeze', () => {
+    expect(dmsDrained({ targetSeconds: 0, at: '2026-11-02T13:59:00.000Z' }, freezeAt)).toBe(true);
+    // That minute began before the freeze: it may not have seen the last writes.
+    expect(dmsDrained({ targetSeconds: 0, at: '2026-11-02T13:58:00.000Z' }, freezeAt)).toBe(false);
+    expect(dmsDrained({ targetSeconds: 2, at: '2026-11-02T13:59:00.000Z' }, freezeAt)).toBe(false);
+    expect(dmsDrained({}, freezeAt)).toBe(false);
   });
 });
 

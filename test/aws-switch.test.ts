@@ -23,6 +23,7 @@ import {
   ParameterNotFound,
   PutParameterCommand,
   SSMClient,
+  UnlabelParameterVersionCommand,
 } from '@aws-sdk/client-ssm';
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -66,7 +67,8 @@ function fakeSecretsManager(initial: Record<string, unknown>) {
     return { ARN: SECRET_ARN, VersionId: i.VersionId, SecretString: v.value, VersionStages: [...v.stages] };
   });
   sm.on(UpdateSecretVersionStageCommand).callsFake((i) => {
-    move(i.VersionStage, i.MoveToVersionId, i.RemoveFromVersionId);
+    if (!i.MoveToVersionId) versions.get(i.RemoveFromVersionId)!.stages.delete(i.VersionStage);
+    else move(i.VersionStage, i.MoveToVersionId, i.RemoveFromVersionId);
     return { ARN: SECRET_ARN };
   });
   sm.on(PutSecretValueCommand).callsFake((i) => {
@@ -171,12 +173,13 @@ describe('SecretsManagerSwitch', () => {
         MoveToVersionId: 'v-original',
         RemoveFromVersionId: record.currentVersionId,
       },
+      { SecretId: SECRET_ARN, VersionStage: 'pgferry-before-shop', RemoveFromVersionId: 'v-original' },
     ]);
     expect(fake.holderOf('AWSCURRENT')).toBe('v-original');
     expect(fake.current()).toEqual(SOURCE_SECRET);
 
     expect(await sw.restore(record)).toMatchObject({ changed: false });
-    expect(fake.sm.commandCalls(UpdateSecretVersionStageCommand)).toHaveLength(1);
+    expect(fake.sm.commandCalls(UpdateSecretVersionStageCommand)).toHaveLength(2);
   });
 
   it('switches again after a rollback (the same version is made current again)', async () => {
@@ -272,6 +275,11 @@ function fakeSsm(type: 'String' | 'SecureString', value: string) {
     versions.find((v) => v.Version === i.ParameterVersion)!.Labels.push(...i.Labels);
     return { ParameterVersion: i.ParameterVersion, InvalidLabels: [] };
   });
+  ssm.on(UnlabelParameterVersionCommand).callsFake((i) => {
+    const v = versions.find((x) => x.Version === i.ParameterVersion)!;
+    v.Labels = v.Labels.filter((l) => !i.Labels.includes(l));
+    return { RemovedLabels: i.Labels, InvalidLabels: [] };
+  });
   ssm.on(PutParameterCommand).callsFake((i) => {
     if (!i.Overwrite) throw new Error('ParameterAlreadyExists');
     versions.push({ Version: latest().Version + 1, Value: i.Value, Labels: [] });
@@ -321,6 +329,7 @@ describe('SsmParameterSwitch', () => {
       KeyId: KEY,
     });
     expect(fake.latest().Value).toBe('postgres://app:s0urce-pw@db-old.internal:5432/shop');
+    expect(fake.versions[0]!.Labels).toEqual([]);
     expect(await sw.restore(record)).toMatchObject({ changed: false });
     expect(fake.ssm.commandCalls(PutParameterCommand)).toHaveLength(1);
   });

@@ -99,8 +99,11 @@ export interface CnameSwitchRecord extends SwitchRecordBase {
   current: { value: string; ttl: number };
   /** TXT record that keeps `previous` in the zone until the restore. */
   breadcrumb: string;
-  /** Route 53 reported the change INSYNC on its name servers within the wait. */
-  insync: boolean;
+  /**
+   * Route 53 reported the change INSYNC on its name servers within the wait; absent when this call
+   * wrote nothing (it already pointed there) and so had no change to follow.
+   */
+  insync?: boolean;
 }
 
 export interface SwitchRestore {

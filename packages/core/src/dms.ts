@@ -68,17 +68,11 @@ const NOT_MIGRATED = new Set([
   'datemultirange',
 ]);
 
-/** Per the same table: these migrate partially. */
-const PARTIAL = new Set([
-  'timestamp with time zone',
-  'time with time zone',
-  'interval',
-  'xml',
-  'json',
-  'character varying',
-  'character',
-  'bpchar',
-]);
+/** Per the same table: these migrate partially (json: jsonb goes the same way, as an NCLOB). */
+const PARTIAL = new Set(['timestamp with time zone', 'time with time zone', 'interval', 'xml', 'json', 'jsonb']);
+
+/** Partial without a length only: CHAR(n) and VARCHAR(n) migrate. */
+const PARTIAL_WITHOUT_LENGTH = new Set(['character varying', 'character', 'bpchar']);
 
 /** Built-in types the table lists as migrating (an unknown name is a user type: enum, composite, domain, range). */
 const MIGRATED = new Set([
@@ -96,7 +90,9 @@ const MIGRATED = new Set([
   'boolean',
   'cidr',
   'uuid',
-  'jsonb',
+  'character varying',
+  'character',
+  'bpchar',
   'bit',
   'bit varying',
   'oid',
@@ -243,7 +239,12 @@ export function dmsFindings(tables: DmsTableInput[]): DmsFinding[] {
         source: DMS_DOCS.dataTypes,
       });
     }
-    const partial = by((type) => PARTIAL.has(baseType(type)) || bigNumeric(type));
+    const partial = by(
+      (type) =>
+        PARTIAL.has(baseType(type)) ||
+        (PARTIAL_WITHOUT_LENGTH.has(baseType(type)) && !type.includes('(')) ||
+        partialNumeric(type),
+    );
     if (partial.length > 0) {
       out.push({
         severity: 'warning',
@@ -298,10 +299,13 @@ function isLob(type: string): boolean {
   return type.endsWith('[]') || LOB.has(baseType(type));
 }
 
-/** numeric(p,s) with p > 38: DMS carries it as a string. */
-function bigNumeric(type: string): boolean {
-  const m = /^numeric\((\d+)/.exec(type);
-  return !!m && Number(m[1]) > 38;
+/**
+ * The data-type table has NUMERIC(p,s) with 0 < p < 39 and 0 < s, and p > 38, as migrating partially
+ * (numeric(p) and numeric(p,0) migrate; numeric without precision is a finding of its own).
+ */
+function partialNumeric(type: string): boolean {
+  const m = /^numeric\((\d+)(?:,\s*(\d+))?\)/.exec(type);
+  return !!m && (Number(m[1]) > 38 || Number(m[2] ?? 0) > 0);
 }
 
 function describe(t: DmsTableInput, columns: string[]): string {
@@ -598,4 +602,22 @@ export function dmsReplicationConfigInput(
     ReplicationSettings: JSON.stringify(dmsTaskSettings()),
     Tags: [{ Key: 'pgferry:migration', Value: plan.migrationId }],
   } as const;
+}
+
+/** A CDC latency reading (see packages/aws's dmsCdcLatency). */
+export interface DmsLatencyReading {
+  targetSeconds?: number;
+  /** End of the minute the target figure covers. */
+  at?: string;
+}
+
+/**
+ * The cutover's drain on the DMS path: the target applied everything committed before the freeze when
+ * a whole minute of CloudWatch's figure, begun after the freeze, says 0. An older minute, or none, says
+ * nothing about writes made just before the freeze.
+ */
+export function dmsDrained(latency: DmsLatencyReading, freezeAt: string): boolean {
+  if (latency.targetSeconds === undefined || !latency.at) return false;
+  const minuteStart = new Date(latency.at).getTime() - 60_000;
+  return latency.targetSeconds === 0 && minuteStart >= new Date(freezeAt).getTime();
 }

@@ -104,7 +104,7 @@ export class Route53CnameSwitch extends AwsSwitchBase implements ConnectionSwitc
       warnings,
     };
     if (sameHost(now, host)) {
-      return { ...base, at: this.now().toISOString(), changed: false, insync: true };
+      return { ...base, at: this.now().toISOString(), changed: false };
     }
     const changes: Change[] = [{ Action: 'UPSERT', ResourceRecordSet: cnameSet(this.name, host, ttl) }];
     // CREATE, not UPSERT: a breadcrumb that exists already holds the value from before the first switch.

@@ -129,6 +129,7 @@ export class SecretsManagerSwitch extends AwsSwitchBase implements ConnectionSwi
     const versions = await this.versions();
     const currentId = holder(versions, CURRENT);
     if (currentId === record.previousVersionId) {
+      await this.unlabel(record, versions);
       return { changed: false, summary: `${this.resource} already reads version ${record.previousVersionId}` };
     }
     if (!versions[record.previousVersionId]) {
@@ -148,7 +149,22 @@ export class SecretsManagerSwitch extends AwsSwitchBase implements ConnectionSwi
       );
     }
     await this.moveCurrent(record.previousVersionId, currentId);
+    await this.unlabel(record, versions);
     return { changed: true, summary: `${this.resource} reads version ${record.previousVersionId} again` };
+  }
+
+  /** Back where it was, the label has done its work: a later switch labels what is current then. */
+  private async unlabel(record: SecretSwitchRecord, versions: Record<string, string[]>) {
+    if (!versions[record.previousVersionId]?.includes(record.label)) return;
+    await this.send('secretsmanager:UpdateSecretVersionStage', () =>
+      this.client.send(
+        new UpdateSecretVersionStageCommand({
+          SecretId: this.secretId,
+          VersionStage: record.label,
+          RemoveFromVersionId: record.previousVersionId,
+        }),
+      ),
+    );
   }
 
   private async moveCurrent(to: string, from: string | undefined) {

@@ -11,6 +11,7 @@ import {
   type ParameterHistory,
   PutParameterCommand,
   type SSMClient,
+  UnlabelParameterVersionCommand,
 } from '@aws-sdk/client-ssm';
 import {
   type ConnectionSwitch,
@@ -117,6 +118,7 @@ export class SsmParameterSwitch extends AwsSwitchBase implements ConnectionSwitc
     const previous = await this.get(`${this.name}:${record.previousVersion}`);
     const current = await this.get(this.name);
     if (current.value === previous.value) {
+      await this.unlabel(record);
       return {
         changed: false,
         summary: `${this.resource} already holds the value of version ${record.previousVersion}`,
@@ -130,10 +132,26 @@ export class SsmParameterSwitch extends AwsSwitchBase implements ConnectionSwitc
       );
     }
     const version = await this.put(previous.value, record.type, record.keyId);
+    await this.unlabel(record);
     return {
       changed: true,
       summary: `${this.resource} holds the value of version ${record.previousVersion} again (as version ${version})`,
     };
+  }
+
+  /** Back where it was, the label has done its work: a later switch labels what is current then. */
+  private async unlabel(record: ParameterSwitchRecord) {
+    const labelled = (await this.history()).find((h) => h.Labels?.includes(record.label));
+    if (!labelled) return;
+    await this.send('ssm:UnlabelParameterVersion', () =>
+      this.client.send(
+        new UnlabelParameterVersionCommand({
+          Name: this.name,
+          ParameterVersion: labelled.Version!,
+          Labels: [record.label],
+        }),
+      ),
+    );
   }
 
   private valueFor(to: SwitchEndpoint): string {

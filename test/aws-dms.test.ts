@@ -8,6 +8,7 @@ import {
   DatabaseMigrationServiceClient,
   DescribeEndpointsCommand,
   DescribeReplicationConfigsCommand,
+  DescribeReplicationInstancesCommand,
   DescribeReplicationTasksCommand,
   ResourceNotFoundFault,
   StartReplicationTaskCommand,
@@ -18,6 +19,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   type DmsTaskStateChangeEvent,
   dmsCdcLatency,
+  dmsInstanceIdentifier,
   ensureDmsEndpoints,
   ensureDmsReplication,
   handleDmsTaskStateChange,
@@ -286,8 +288,8 @@ describe('DMS task and endpoints', () => {
           DatabaseName: 'shop',
           SecretsManagerSecretId: plan.sourceSecretArn,
           SecretsManagerAccessRoleArn: plan.secretsAccessRoleArn,
-          HeartbeatEnable: true,
           CaptureDdls: false,
+          HeartbeatEnable: false,
         },
         Tags: [{ Key: 'pgferry:migration', Value: 'shop' }],
       },
@@ -579,6 +581,18 @@ describe('dmsCdcLatency', () => {
   afterEach(() => cw.reset());
   const ids = { replicationInstanceIdentifier: 'pgferry-shop', taskArn: TASK_ARN };
   const now = new Date('2026-11-02T14:00:00Z');
+
+  it("finds the instance identifier the metrics are named by from the plan's instance ARN", async () => {
+    const dms = mockClient(DatabaseMigrationServiceClient);
+    dms
+      .on(DescribeReplicationInstancesCommand)
+      .resolves({ ReplicationInstances: [{ ReplicationInstanceIdentifier: 'pgferry-shop' }] });
+    const arn = 'arn:aws:dms:eu-west-1:123456789012:rep:ABCDEFGHIJKLMNOP';
+    expect(await dmsInstanceIdentifier(new DatabaseMigrationServiceClient({}), arn)).toBe('pgferry-shop');
+    expect(dms.commandCalls(DescribeReplicationInstancesCommand)[0]!.args[0].input).toEqual({
+      Filters: [{ Name: 'replication-instance-arn', Values: [arn] }],
+    });
+  });
 
   it("reads the task's CDCLatencyTarget and CDCLatencySource, newest minute first", async () => {
     cw.on(GetMetricDataCommand).resolves({

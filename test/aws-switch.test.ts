@@ -197,6 +197,15 @@ describe('SecretsManagerSwitch', () => {
     expect(fake.current().host).toBe('shop.abc123.eu-west-1.rds.amazonaws.com');
   });
 
+  it('says so when a switch back to the same server brings other credentials than the version it made before', async () => {
+    fakeSecretsManager(SOURCE_SECRET);
+    const sw = new SecretsManagerSwitch({ client: new SecretsManagerClient({}), secretId: SECRET_ARN, now });
+    await sw.restore(await sw.switchTo({ url: TARGET }, 'shop'));
+    await expect(sw.switchTo({ url: TARGET.replace('t%40rget-pw', 'new-pw') }, 'shop')).rejects.toThrow(
+      `secret ${SECRET_ARN} has a version from an earlier switch of shop to the same server with other credentials`,
+    );
+  });
+
   it('refuses to restore over a change made after the switch (a rotation), naming the secret', async () => {
     const fake = fakeSecretsManager(SOURCE_SECRET);
     const sw = new SecretsManagerSwitch({ client: new SecretsManagerClient({}), secretId: SECRET_ARN, now });

@@ -11,6 +11,7 @@ import {
   type DatabaseMigrationServiceClient,
   DescribeEndpointsCommand,
   DescribeReplicationConfigsCommand,
+  DescribeReplicationInstancesCommand,
   DescribeReplicationTasksCommand,
   StartReplicationTaskCommand,
   StopReplicationTaskCommand,
@@ -221,6 +222,20 @@ export async function stopDmsTask(dms: DatabaseMigrationServiceClient, taskArn: 
     dms.send(new StopReplicationTaskCommand({ ReplicationTaskArn: taskArn })),
   );
   return { stopped: true };
+}
+
+/** The identifier CloudWatch's AWS/DMS metrics name a replication instance by (the plan holds its ARN). */
+export async function dmsInstanceIdentifier(dms: DatabaseMigrationServiceClient, instanceArn: string): Promise<string> {
+  const out = await call(`DMS replication instance ${instanceArn}`, 'dms:DescribeReplicationInstances', () =>
+    dms.send(
+      new DescribeReplicationInstancesCommand({
+        Filters: [{ Name: 'replication-instance-arn', Values: [instanceArn] }],
+      }),
+    ),
+  );
+  const id = out.ReplicationInstances?.[0]?.ReplicationInstanceIdentifier;
+  if (!id) throw new DmsError(`DMS replication instance ${instanceArn} was not found`, { field: instanceArn });
+  return id;
 }
 
 export interface DmsLatency {

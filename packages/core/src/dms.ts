@@ -143,7 +143,7 @@ export function dmsFindings(tables: DmsTableInput[]): DmsFinding[] {
       code: 'dms-ddl',
       object: '*',
       message:
-        'DMS does not replicate ALTER COLUMN SET/DROP DEFAULT or SET/DROP NOT NULL, nor DDL run inside a function: keep the schema unchanged until the cutover',
+        "pgferry's DMS endpoints do not capture DDL (DMS would not carry all of it anyway: not ALTER COLUMN SET/DROP DEFAULT, SET/DROP NOT NULL, nor DDL inside a function): keep the schema unchanged until the cutover",
       source: DMS_DOCS.limitations,
     },
   ];
@@ -538,8 +538,9 @@ export function dmsEndpointInput(plan: DmsPlan, side: 'source' | 'target') {
       SecretsManagerSecretId: side === 'source' ? plan.sourceSecretArn : plan.targetSecretArn,
       SecretsManagerAccessRoleArn: plan.secretsAccessRoleArn,
       ...(side === 'source'
-        ? // An idle source still moves the slot forward, so it does not hold WAL for hours.
-          { HeartbeatEnable: true, CaptureDdls: false }
+        ? // No DDL capture: DMS would install an event trigger on the source, and pgferry owns the
+          // target's schema. No heartbeat: its writes on the source would meet the cutover's freeze.
+          { CaptureDdls: false, HeartbeatEnable: false }
         : { AfterConnectScript: 'SET session_replication_role = replica' }),
     },
     Tags: [{ Key: 'pgferry:migration', Value: plan.migrationId }],

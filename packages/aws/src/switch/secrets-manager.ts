@@ -96,15 +96,29 @@ export class SecretsManagerSwitch extends AwsSwitchBase implements ConnectionSwi
         currentVersionId: currentId,
       };
     }
-    const put = await this.send('secretsmanager:PutSecretValue', () =>
-      this.client.send(
-        new PutSecretValueCommand({
-          SecretId: this.secretId,
-          SecretString: JSON.stringify(next),
-          ClientRequestToken: versionToken(migrationId, next),
-        }),
-      ),
-    );
+    const put = await this.send('secretsmanager:PutSecretValue', async () => {
+      try {
+        return await this.client.send(
+          new PutSecretValueCommand({
+            SecretId: this.secretId,
+            SecretString: JSON.stringify(next),
+            ClientRequestToken: versionToken(migrationId, next),
+          }),
+        );
+      } catch (err) {
+        if (err instanceof Error && err.name === 'ResourceExistsException') {
+          throw new ConnectionSwitchError(
+            `${this.resource} has a version from an earlier switch of ${migrationId} to the same server with other credentials`,
+            this.resource,
+            {
+              cause: err,
+              hint: `the target's credentials changed since that switch: update ${this.resource} by hand (the switch record still restores the version from before the switch)`,
+            },
+          );
+        }
+        throw err;
+      }
+    });
     const newId = put.VersionId!;
     // A version with this token that exists already (a second cutover after a rollback) is not made
     // current again by PutSecretValue: move the stage explicitly.

@@ -28,7 +28,7 @@ import {
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Route53CnameSwitch, SecretsManagerSwitch, SsmParameterSwitch } from '../packages/aws/src/index';
-import { ConnectionSwitchError, InvalidInputError } from '../packages/core/src/index';
+import { type ConnectionSwitch, ConnectionSwitchError, InvalidInputError } from '../packages/core/src/index';
 
 const TARGET = 'postgres://app:t%40rget-pw@shop.abc123.eu-west-1.rds.amazonaws.com:5432/shop';
 const SECRET_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/app-db-AbCdEf';
@@ -569,5 +569,71 @@ describe('Route53CnameSwitch', () => {
     await expect(wrongName.switchTo({ url: TARGET }, 'shop')).rejects.toThrow(
       `CNAME pg.shop.example. in hosted zone ${ZONE} does not exist`,
     );
+  });
+});
+
+/**
+ * The contract every ConnectionSwitch keeps, run against each implementation over its fake: what the
+ * application reads is the target after a switch, exactly the original after a restore, and retries of
+ * either change nothing; a second cutover after a rollback works the same way.
+ */
+const contract: [string, () => { sw: ConnectionSwitch; reads: () => string; original: string }, () => void][] = [
+  [
+    'SecretsManagerSwitch',
+    () => {
+      const fake = fakeSecretsManager(SOURCE_SECRET);
+      const sw = new SecretsManagerSwitch({ client: new SecretsManagerClient({}), secretId: SECRET_ARN, now });
+      return { sw, reads: () => JSON.stringify(fake.current()), original: JSON.stringify(SOURCE_SECRET) };
+    },
+    () => mockClient(SecretsManagerClient).restore(),
+  ],
+  [
+    'SsmParameterSwitch',
+    () => {
+      const fake = fakeSsm('SecureString', 'postgres://app:s0urce-pw@db-old.internal:5432/shop');
+      const sw = new SsmParameterSwitch({ client: new SSMClient({}), name: PARAM, now });
+      return { sw, reads: () => fake.latest().Value, original: 'postgres://app:s0urce-pw@db-old.internal:5432/shop' };
+    },
+    () => mockClient(SSMClient).restore(),
+  ],
+  [
+    'Route53CnameSwitch',
+    () => {
+      const fake = fakeRoute53({ value: 'db-old.internal', ttl: 30 });
+      const reads = () => JSON.stringify(fake.sets.get('db.shop.example.|CNAME'));
+      return { sw: r53Switch(), reads, original: reads() };
+    },
+    () => mockClient(Route53Client).restore(),
+  ],
+];
+
+describe.each(contract)('ConnectionSwitch contract: %s', (_name, make, cleanup) => {
+  afterEach(cleanup);
+
+  it('switches, retries without change, restores exactly, and restores again without change', async () => {
+    const { sw, reads, original } = make();
+    const record = await sw.switchTo({ url: TARGET }, 'shop');
+    const switched = reads();
+    expect(switched).not.toBe(original);
+    expect(switched).toContain('shop.abc123.eu-west-1.rds.amazonaws.com');
+    expect(JSON.stringify(record)).not.toMatch(/pw/);
+
+    expect(await sw.switchTo({ url: TARGET }, 'shop')).toMatchObject({ changed: false });
+    expect(reads()).toBe(switched);
+
+    expect(await sw.restore(record)).toMatchObject({ changed: true });
+    expect(reads()).toBe(original);
+    expect(await sw.restore(record)).toMatchObject({ changed: false });
+    expect(reads()).toBe(original);
+  });
+
+  it('cuts over again after a rollback, and rolls back again to the original', async () => {
+    const { sw, reads, original } = make();
+    await sw.restore(await sw.switchTo({ url: TARGET }, 'shop'));
+    const second = await sw.switchTo({ url: TARGET }, 'shop');
+    expect(second).toMatchObject({ changed: true });
+    expect(reads()).toContain('shop.abc123.eu-west-1.rds.amazonaws.com');
+    await sw.restore(second);
+    expect(reads()).toBe(original);
   });
 });

@@ -1,4 +1,6 @@
 export * from './config';
+export * from './connection-switch';
+export * from './dms';
 export * from './errors';
 export * from './format';
 export * from './lag';

@@ -1,0 +1,4 @@
+export * from './aws-error';
+export * from './route53-cname';
+export * from './secrets-manager';
+export * from './ssm-parameter';

@@ -1,0 +1,156 @@
+/**
+ * Moving the application's connection: the one place the application reads which server to use (a
+ * Secrets Manager secret, an SSM parameter, a DNS name) is pointed at the target, and a rollback puts
+ * back exactly what was there before.
+ *
+ * Every implementation keeps the previous value where a crash cannot lose it (a staging label on the
+ * secret's version, a label on the parameter's version, a TXT record next to the CNAME) before it
+ * writes the new one: a switch retried after a crash between the write and the saving of its record
+ * finds what it replaced there, instead of taking its own write for the previous value.
+ */
+import { InvalidInputError, PgferryError, type PgferryErrorOptions } from './errors';
+
+/** Where the application should connect from now on. */
+export interface SwitchEndpoint {
+  /** postgres:// URL of the server, with the credentials the application should use when the resource holds them. */
+  url: string;
+}
+
+/** A postgres URL taken apart the way RDS's connection secrets and DNS names hold it. */
+export interface EndpointParts {
+  host: string;
+  port: number;
+  dbname: string;
+  username?: string;
+  password?: string;
+}
+
+/** Split a postgres URL (the password is %-decoded; nothing here is logged). */
+export function endpointParts(url: string, field = 'url'): EndpointParts {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new InvalidInputError(`${field} is not a postgres URL`, {
+      field,
+      hint: 'give postgres://user:password@host:port/database',
+    });
+  }
+  if (!/^postgres(ql)?:$/.test(u.protocol) || !u.hostname) {
+    throw new InvalidInputError(`${field} is not a postgres URL with a host`, {
+      field,
+      hint: 'give postgres://user:password@host:port/database',
+    });
+  }
+  const dbname = decodeURIComponent(u.pathname.replace(/^\//, ''));
+  return {
+    host: u.hostname.replace(/^\[|\]$/g, ''),
+    port: u.port ? Number(u.port) : 5432,
+    dbname: dbname || 'postgres',
+    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+  };
+}
+
+/**
+ * What a switch did, kept in the migration's state so that a rollback restores the previous value
+ * exactly. It never holds a password: a secret's previous value is named by its version id, a
+ * parameter's by its version number and label (its value is read back from the parameter at restore).
+ */
+export type SwitchRecord = SecretSwitchRecord | ParameterSwitchRecord | CnameSwitchRecord;
+
+interface SwitchRecordBase {
+  /** The resource, named for a person: the secret's ARN, the parameter's name, `record in zone`. */
+  resource: string;
+  migrationId: string;
+  at: string;
+  /** False when it already pointed there (a retried switch, or a switch to where it points): nothing was written. */
+  changed: boolean;
+  /** What the person running the migration should know (a TTL that keeps clients on the old server for a while). */
+  warnings: string[];
+}
+
+export interface SecretSwitchRecord extends SwitchRecordBase {
+  kind: 'secrets-manager';
+  /** The version that was AWSCURRENT before the first switch of this migration (it carries `label`). */
+  previousVersionId: string;
+  /** The version the switch made AWSCURRENT. */
+  currentVersionId: string;
+  /** Staging label pgferry put on the previous version, so that Secrets Manager keeps it and a retry finds it. */
+  label: string;
+}
+
+export interface ParameterSwitchRecord extends SwitchRecordBase {
+  kind: 'ssm-parameter';
+  previousVersion: number;
+  currentVersion: number;
+  /** Parameter label pgferry put on the previous version. */
+  label: string;
+  type: 'String' | 'StringList' | 'SecureString';
+  /** The KMS key of a SecureString, kept on every version pgferry writes. */
+  keyId?: string;
+}
+
+export interface CnameSwitchRecord extends SwitchRecordBase {
+  kind: 'route53-cname';
+  hostedZoneId: string;
+  recordName: string;
+  previous: { value: string; ttl: number };
+  current: { value: string; ttl: number };
+  /** TXT record that keeps `previous` in the zone until the restore. */
+  breadcrumb: string;
+  /**
+   * Route 53 reported the change INSYNC on its name servers within the wait; absent when this call
+   * wrote nothing (it already pointed there) and so had no change to follow.
+   */
+  insync?: boolean;
+}
+
+export interface SwitchRestore {
+  changed: boolean;
+  summary: string;
+}
+
+/** A problem found before anything is frozen, naming the resource and what to do. */
+export interface SwitchCheckProblem {
+  resource: string;
+  message: string;
+  hint: string;
+}
+
+export interface ConnectionSwitch {
+  /** The resource this switch writes, for messages. */
+  readonly resource: string;
+  /**
+   * Before the cutover: the resource exists, pgferry can read it, and it can take the switch (a DNS
+   * TTL short enough). Write permission is only proven by the switch itself.
+   */
+  check(): Promise<SwitchCheckProblem[]>;
+  /** Point the application at `to`. Idempotent: retried, or already there, it changes nothing and succeeds. */
+  switchTo(to: SwitchEndpoint, migrationId: string): Promise<SwitchRecord>;
+  /**
+   * Put back what `record` replaced. Idempotent; refuses (naming what changed) when someone else
+   * changed the resource after the switch, rather than undoing their change.
+   */
+  restore(record: SwitchRecord): Promise<SwitchRestore>;
+}
+
+/** The connection switch failed; `resource` names the secret, parameter or DNS record. */
+export class ConnectionSwitchError extends PgferryError {
+  override name = 'ConnectionSwitchError';
+  constructor(
+    message: string,
+    readonly resource: string,
+    options: PgferryErrorOptions = {},
+  ) {
+    super(message, { field: resource, ...options });
+  }
+}
+
+/** The label pgferry puts on the value it replaced: derived from the migration id, so a retry finds it. */
+export function switchLabel(migrationId: string): string {
+  return `pgferry-before-${migrationId}`;
+}
+
+/** The longest DNS TTL a CNAME switch accepts: clients may keep the old answer this long after the switch. */
+export const MAX_SWITCH_TTL_SECONDS = 60;

@@ -1,0 +1,648 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import {
+  CreateEndpointCommand,
+  CreateReplicationConfigCommand,
+  CreateReplicationTaskCommand,
+  DatabaseMigrationServiceClient,
+  DescribeEndpointsCommand,
+  DescribeReplicationConfigsCommand,
+  DescribeReplicationInstancesCommand,
+  DescribeReplicationTasksCommand,
+  ResourceNotFoundFault,
+  StartReplicationTaskCommand,
+  StopReplicationTaskCommand,
+} from '@aws-sdk/client-database-migration-service';
+import { mockClient } from 'aws-sdk-client-mock';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  type DmsTaskStateChangeEvent,
+  dmsCdcLatency,
+  dmsInstanceIdentifier,
+  ensureDmsEndpoints,
+  ensureDmsReplication,
+  handleDmsTaskStateChange,
+  startDmsTask,
+  stopDmsTask,
+} from '../packages/aws/src/index';
+import {
+  classifyDmsTaskEvent,
+  type DmsPlan,
+  type DmsTableInput,
+  dmsDrained,
+  dmsFindings,
+  dmsNames,
+  dmsPlanProblems,
+  dmsTableMappings,
+  InvalidInputError,
+  type TaskCallbacks,
+} from '../packages/core/src/index';
+import type { TableInfo } from '../packages/postgres/src/catalog';
+import { DmsMemoryStore } from './harness/memory-store-dms';
+
+const fixture = (name: string) =>
+  JSON.parse(readFileSync(join(__dirname, 'fixtures/events', name), 'utf8')) as DmsTaskStateChangeEvent;
+
+function table(name: string, columns: [string, string][], o: Partial<DmsTableInput> = {}): DmsTableInput {
+  return {
+    schema: 'public',
+    name,
+    kind: 'table',
+    unlogged: false,
+    primaryKey: ['id'],
+    replicaIdentity: 'default',
+    columns: columns.map(([n, type]) => ({ name: n, type })),
+    ...o,
+  };
+}
+
+describe('dmsFindings', () => {
+  it("takes the assessment's TableInfo as it is", () => {
+    // Type-level: a catalog TableInfo is a DmsTableInput.
+    const info = {} as TableInfo;
+    const input: DmsTableInput = info;
+    expect(input).toBe(info);
+  });
+
+  it('finds nothing per table for types DMS migrates, only the database-wide limits (sequences, TRUNCATE, DDL)', () => {
+    const findings = dmsFindings([
+      table('orders', [
+        ['id', 'bigint'],
+        ['quantity', 'numeric(12)'],
+        ['code', 'character varying(40)'],
+        ['note', 'text'],
+        ['at', 'date'],
+      ]),
+    ]);
+    expect(findings.map((f) => [f.code, f.object])).toEqual([
+      ['dms-sequences', '*'],
+      ['dms-truncate', '*'],
+      ['dms-ddl', '*'],
+    ]);
+    for (const f of findings) expect(f.source).toMatch(/^https:\/\//);
+  });
+
+  it('names each table and column DMS would not carry faithfully, citing the documentation', () => {
+    const findings = dmsFindings([
+      table(
+        'events',
+        [
+          ['payload', 'jsonb'],
+          ['tags', 'text[]'],
+        ],
+        { primaryKey: [] },
+      ),
+      table('hosts', [
+        ['id', 'integer'],
+        ['addr', 'inet'],
+        ['mac', 'macaddr'],
+        ['mood', 'public.mood'],
+        ['price', 'numeric'],
+      ]),
+      table(
+        'docs',
+        [
+          ['slug', 'text'],
+          ['body', 'xml'],
+          ['at', 'timestamp with time zone'],
+          ['seen', 'timestamp(3) without time zone'],
+        ],
+        {
+          primaryKey: ['slug'],
+        },
+      ),
+      table('scratch', [['id', 'integer']], { unlogged: true }),
+      table('measurements', [['id', 'integer']], { kind: 'partitioned' }),
+      table('Orders', [['id', 'integer']]),
+      table('orders', [['id', 'integer']]),
+      table('blobs', [
+        ['id', 'integer'],
+        ['data', 'oid'],
+      ]),
+    ]).filter((f) => f.object !== '*');
+    const by = (code: string) =>
+      findings
+        .filter((f) => f.code === code)
+        .map((f) => ({ object: f.object, columns: f.columns, severity: f.severity }));
+    expect(by('dms-no-primary-key')).toEqual([{ object: 'public.events', columns: undefined, severity: 'blocker' }]);
+    expect(by('dms-array-without-primary-key')).toEqual([
+      { object: 'public.events', columns: ['tags'], severity: 'blocker' },
+    ]);
+    expect(by('dms-type-not-migrated')).toEqual([
+      { object: 'public.hosts', columns: ['addr', 'mac'], severity: 'blocker' },
+    ]);
+    expect(by('dms-user-type')).toEqual([{ object: 'public.hosts', columns: ['mood'], severity: 'blocker' }]);
+    expect(by('dms-numeric-without-precision')).toEqual([
+      { object: 'public.hosts', columns: ['price'], severity: 'blocker' },
+    ]);
+    expect(by('dms-lob-primary-key')).toEqual([{ object: 'public.docs', columns: ['slug'], severity: 'blocker' }]);
+    expect(by('dms-type-partial')).toEqual([
+      { object: 'public.events', columns: ['payload'], severity: 'warning' },
+      { object: 'public.docs', columns: ['body', 'at'], severity: 'warning' },
+    ]);
+    expect(by('dms-timestamp-infinity')).toEqual([{ object: 'public.docs', columns: ['seen'], severity: 'warning' }]);
+    expect(by('dms-unlogged')).toEqual([{ object: 'public.scratch', columns: undefined, severity: 'blocker' }]);
+    expect(by('dms-partitioned')).toEqual([{ object: 'public.measurements', columns: undefined, severity: 'warning' }]);
+    expect(by('dms-names-differ-in-case')).toEqual([
+      { object: 'public.Orders, public.orders', columns: undefined, severity: 'blocker' },
+    ]);
+    expect(by('dms-oid-lob')).toEqual([{ object: 'public.blobs', columns: ['data'], severity: 'blocker' }]);
+    expect(findings.find((f) => f.code === 'dms-type-not-migrated')!.message).toBe(
+      'public.hosts: DMS does not migrate the type of addr (inet), mac (macaddr)',
+    );
+  });
+
+  it('follows the data-type table on lengths and scales: VARCHAR(n) migrates, VARCHAR and NUMERIC(p,s>0) partially', () => {
+    const partial = dmsFindings([
+      table('prices', [
+        ['id', 'integer'],
+        ['amount', 'numeric(12,2)'],
+        ['huge', 'numeric(40)'],
+        ['label', 'character varying'],
+        ['sku', 'character varying(12)'],
+        ['flag', 'character(1)'],
+      ]),
+    ]).find((f) => f.code === 'dms-type-partial');
+    expect(partial!.columns).toEqual(['amount', 'huge', 'label']);
+  });
+
+  it('takes REPLICA IDENTITY FULL without a primary key as a warning, not a blocker', () => {
+    const [f] = dmsFindings([table('log', [['line', 'text']], { primaryKey: [], replicaIdentity: 'full' })]).filter(
+      (x) => x.code === 'dms-no-primary-key',
+    );
+    expect(f!.severity).toBe('warning');
+  });
+});
+
+describe('dmsTableMappings', () => {
+  it('includes every table of each schema and excludes the left-out tables and partitioned parents, underscores literal', () => {
+    expect(
+      dmsTableMappings({
+        schemas: ['public', 'sales_eu'],
+        excluded: [{ schema: 'cron', name: 'job_run_details' }],
+        partitionedParents: [{ schema: 'public', name: 'measurements' }],
+      }),
+    ).toEqual({
+      rules: [
+        {
+          'rule-type': 'selection',
+          'rule-id': '1',
+          'rule-name': '1-include-schema',
+          'object-locator': { 'schema-name': 'public', 'table-name': '%' },
+          'rule-action': 'include',
+        },
+        {
+          'rule-type': 'selection',
+          'rule-id': '2',
+          'rule-name': '2-include-schema',
+          'object-locator': { 'schema-name': 'sales[_]eu', 'table-name': '%' },
+          'rule-action': 'include',
+        },
+        {
+          'rule-type': 'selection',
+          'rule-id': '3',
+          'rule-name': '3-exclude-table',
+          'object-locator': { 'schema-name': 'cron', 'table-name': 'job[_]run[_]details' },
+          'rule-action': 'exclude',
+        },
+        {
+          'rule-type': 'selection',
+          'rule-id': '4',
+          'rule-name': '4-exclude-partitioned-parent',
+          'object-locator': { 'schema-name': 'public', 'table-name': 'measurements' },
+          'rule-action': 'exclude',
+        },
+      ],
+    });
+  });
+
+  it('refuses to map no schema', () => {
+    expect(() => dmsTableMappings({ schemas: [], excluded: [], partitionedParents: [] })).toThrow(InvalidInputError);
+  });
+});
+
+describe('dmsNames', () => {
+  it('derives valid, distinct DMS identifiers from migration ids', () => {
+    const valid = /^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,254}(?<!-)$/;
+    const a = dmsNames('shop_v2_');
+    const b = dmsNames('shop__v2');
+    for (const n of [...Object.values(a), ...Object.values(b)]) expect(n).toMatch(valid);
+    expect(a.task).not.toBe(b.task);
+    expect(dmsNames('shop_v2_')).toEqual(a);
+  });
+});
+
+const plan: DmsPlan = {
+  migrationId: 'shop',
+  sourceSecretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgferry/shop/source-AbCdEf',
+  targetSecretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgferry/shop/target-GhIjKl',
+  secretsAccessRoleArn: 'arn:aws:iam::123456789012:role/pgferry-dms-secrets',
+  sourceDatabase: 'shop',
+  targetDatabase: 'shop',
+  compute: { kind: 'instance', replicationInstanceArn: 'arn:aws:dms:eu-west-1:123456789012:rep:ABCDEFGHIJKLMNOP' },
+};
+const mappings = { schemas: ['public'], excluded: [], partitionedParents: [] };
+const TASK_ARN = 'arn:aws:dms:eu-west-1:123456789012:task:QXAJ6QWKZ5TPBHX7SOPGLY4F2Y';
+
+describe('dmsPlanProblems', () => {
+  it('names every field that is wrong', () => {
+    expect(
+      dmsPlanProblems({
+        ...plan,
+        sourceSecretArn: 'pgferry/shop/source',
+        compute: { kind: 'serverless', maxCapacityUnits: 3, replicationSubnetGroupId: '', vpcSecurityGroupIds: [] },
+      }).map((p) => p.field),
+    ).toEqual(['sourceSecretArn', 'compute.maxCapacityUnits', 'compute.replicationSubnetGroupId']);
+    expect(dmsPlanProblems(plan)).toEqual([]);
+  });
+});
+
+describe('DMS task and endpoints', () => {
+  const dms = mockClient(DatabaseMigrationServiceClient);
+  const client = new DatabaseMigrationServiceClient({});
+  beforeEach(() => dms.reset());
+
+  it('creates the endpoints from the Secrets Manager secrets once, and finds them on a re-run', async () => {
+    dms
+      .on(DescribeEndpointsCommand)
+      .rejects(new ResourceNotFoundFault({ message: 'No Endpoints found', $metadata: {} }));
+    dms.on(CreateEndpointCommand).callsFake((i) => ({
+      Endpoint: { EndpointArn: `arn:aws:dms:eu-west-1:123456789012:endpoint:${i.EndpointType}` },
+    }));
+    const names = dmsNames('shop');
+    expect(await ensureDmsEndpoints(client, plan)).toEqual({
+      sourceArn: 'arn:aws:dms:eu-west-1:123456789012:endpoint:source',
+      targetArn: 'arn:aws:dms:eu-west-1:123456789012:endpoint:target',
+    });
+    expect(dms.commandCalls(DescribeEndpointsCommand)[0]!.args[0].input).toEqual({
+      Filters: [{ Name: 'endpoint-id', Values: [names.sourceEndpoint] }],
+    });
+    expect(dms.commandCalls(CreateEndpointCommand).map((c) => c.args[0].input)).toEqual([
+      {
+        EndpointIdentifier: names.sourceEndpoint,
+        EndpointType: 'source',
+        EngineName: 'postgres',
+        SslMode: 'require',
+        PostgreSQLSettings: {
+          DatabaseName: 'shop',
+          SecretsManagerSecretId: plan.sourceSecretArn,
+          SecretsManagerAccessRoleArn: plan.secretsAccessRoleArn,
+          CaptureDdls: false,
+          HeartbeatEnable: false,
+        },
+        Tags: [{ Key: 'pgferry:migration', Value: 'shop' }],
+      },
+      {
+        EndpointIdentifier: names.targetEndpoint,
+        EndpointType: 'target',
+        EngineName: 'postgres',
+        SslMode: 'require',
+        PostgreSQLSettings: {
+          DatabaseName: 'shop',
+          SecretsManagerSecretId: plan.targetSecretArn,
+          SecretsManagerAccessRoleArn: plan.secretsAccessRoleArn,
+          AfterConnectScript: 'SET session_replication_role = replica',
+        },
+        Tags: [{ Key: 'pgferry:migration', Value: 'shop' }],
+      },
+    ]);
+
+    dms.reset();
+    dms
+      .on(DescribeEndpointsCommand)
+      .callsFake((i) => ({ Endpoints: [{ EndpointArn: `found:${i.Filters[0].Values[0]}` }] }));
+    expect(await ensureDmsEndpoints(client, plan)).toEqual({
+      sourceArn: `found:${names.sourceEndpoint}`,
+      targetArn: `found:${names.targetEndpoint}`,
+    });
+    expect(dms.commandCalls(CreateEndpointCommand)).toHaveLength(0);
+  });
+
+  it('creates the full-load-and-CDC task with the mappings and settings, and correlates it with the migration', async () => {
+    dms
+      .on(DescribeReplicationTasksCommand)
+      .rejects(new ResourceNotFoundFault({ message: 'No Tasks found', $metadata: {} }));
+    dms.on(CreateReplicationTaskCommand).resolves({ ReplicationTask: { ReplicationTaskArn: TASK_ARN } });
+    const store = new DmsMemoryStore();
+    const endpoints = { sourceArn: 'arn:src', targetArn: 'arn:tgt' };
+    expect(await ensureDmsReplication(client, plan, endpoints, mappings, store)).toEqual({
+      arn: TASK_ARN,
+      created: true,
+    });
+    const input = dms.commandCalls(CreateReplicationTaskCommand)[0]!.args[0].input;
+    expect({
+      ...input,
+      TableMappings: JSON.parse(input.TableMappings!),
+      ReplicationTaskSettings: JSON.parse(input.ReplicationTaskSettings!),
+    }).toEqual({
+      ReplicationTaskIdentifier: dmsNames('shop').task,
+      SourceEndpointArn: 'arn:src',
+      TargetEndpointArn: 'arn:tgt',
+      ReplicationInstanceArn: 'arn:aws:dms:eu-west-1:123456789012:rep:ABCDEFGHIJKLMNOP',
+      MigrationType: 'full-load-and-cdc',
+      TableMappings: dmsTableMappings(mappings),
+      ReplicationTaskSettings: {
+        TargetMetadata: {
+          SupportLobs: true,
+          FullLobMode: true,
+          LobChunkSize: 64,
+          LimitedSizeLobMode: false,
+          LobMaxSize: 0,
+        },
+        FullLoadSettings: {
+          TargetTablePrepMode: 'DO_NOTHING',
+          StopTaskCachedChangesApplied: true,
+          StopTaskCachedChangesNotApplied: false,
+        },
+        Logging: { EnableLogging: true },
+      },
+      Tags: [{ Key: 'pgferry:migration', Value: 'shop' }],
+    });
+    expect(store.correlations.get(`DMS#${TASK_ARN}`)).toBe('shop');
+
+    dms.reset();
+    dms.on(DescribeReplicationTasksCommand).resolves({ ReplicationTasks: [{ ReplicationTaskArn: TASK_ARN }] });
+    expect(await ensureDmsReplication(client, plan, endpoints, mappings, store)).toEqual({
+      arn: TASK_ARN,
+      created: false,
+    });
+    expect(dms.commandCalls(CreateReplicationTaskCommand)).toHaveLength(0);
+  });
+
+  it('creates a DMS Serverless replication config when the plan asks for one', async () => {
+    dms.on(DescribeReplicationConfigsCommand).rejects(new ResourceNotFoundFault({ message: 'none', $metadata: {} }));
+    dms.on(CreateReplicationConfigCommand).resolves({
+      ReplicationConfig: { ReplicationConfigArn: 'arn:aws:dms:eu-west-1:123456789012:replication-config:XYZ' },
+    });
+    const serverless: DmsPlan = {
+      ...plan,
+      compute: {
+        kind: 'serverless',
+        maxCapacityUnits: 16,
+        minCapacityUnits: 2,
+        replicationSubnetGroupId: 'pgferry-subnets',
+        vpcSecurityGroupIds: ['sg-0123'],
+      },
+    };
+    await ensureDmsReplication(client, serverless, { sourceArn: 'arn:src', targetArn: 'arn:tgt' }, mappings);
+    const input = dms.commandCalls(CreateReplicationConfigCommand)[0]!.args[0].input;
+    expect(input.ReplicationType).toBe('full-load-and-cdc');
+    expect(input.ComputeConfig).toEqual({
+      MaxCapacityUnits: 16,
+      MinCapacityUnits: 2,
+      ReplicationSubnetGroupId: 'pgferry-subnets',
+      VpcSecurityGroupIds: ['sg-0123'],
+      MultiAZ: false,
+    });
+    expect(JSON.parse(input.ReplicationSettings!).FullLoadSettings.StopTaskCachedChangesApplied).toBe(true);
+  });
+
+  it('starts or resumes the task only when it is not running, and stops it only once', async () => {
+    dms
+      .on(DescribeReplicationTasksCommand)
+      .resolves({ ReplicationTasks: [{ ReplicationTaskArn: TASK_ARN, Status: 'stopped' }] });
+    expect(await startDmsTask(client, TASK_ARN, 'resume-processing')).toEqual({ started: true, status: 'starting' });
+    expect(dms.commandCalls(StartReplicationTaskCommand)[0]!.args[0].input).toEqual({
+      ReplicationTaskArn: TASK_ARN,
+      StartReplicationTaskType: 'resume-processing',
+    });
+    expect(await stopDmsTask(client, TASK_ARN)).toEqual({ stopped: false });
+    dms
+      .on(DescribeReplicationTasksCommand)
+      .resolves({ ReplicationTasks: [{ ReplicationTaskArn: TASK_ARN, Status: 'running' }] });
+    expect(await startDmsTask(client, TASK_ARN, 'resume-processing')).toEqual({ started: false, status: 'running' });
+    expect(dms.commandCalls(StartReplicationTaskCommand)).toHaveLength(1);
+    expect(await stopDmsTask(client, TASK_ARN)).toEqual({ stopped: true });
+    expect(dms.commandCalls(StopReplicationTaskCommand)[0]!.args[0].input).toEqual({ ReplicationTaskArn: TASK_ARN });
+  });
+
+  it('names the task and the permission when DMS refuses', async () => {
+    dms.on(DescribeReplicationTasksCommand).rejects(
+      Object.assign(new Error('not authorized to perform dms:DescribeReplicationTasks'), {
+        name: 'AccessDeniedFault',
+      }),
+    );
+    const err = (await startDmsTask(client, TASK_ARN, 'start-replication').catch((e: unknown) => e)) as Error & {
+      hint?: string;
+    };
+    expect(err.message).toContain(`dms:DescribeReplicationTasks for DMS task ${TASK_ARN} failed`);
+    expect(err.hint).toBe('grant dms:DescribeReplicationTasks to the role pgferry runs as');
+  });
+});
+
+/** TaskCallbacks that records what it was asked; SendTask* themselves are the adapters' (packages/aws/src/callbacks). */
+function recordingCallbacks(fail = false) {
+  const calls: unknown[][] = [];
+  const callbacks: TaskCallbacks = {
+    succeed: async (token, output) => {
+      if (fail) throw new Error('Step Functions unreachable');
+      calls.push(['succeed', token, output]);
+      return true;
+    },
+    fail: async (token, error, cause) => {
+      calls.push(['fail', token, error, cause]);
+      return true;
+    },
+    heartbeat: async () => {},
+  };
+  return { callbacks, calls };
+}
+
+describe('handleDmsTaskStateChange', () => {
+  let store: DmsMemoryStore;
+  let lines: string[];
+  beforeEach(async () => {
+    store = new DmsMemoryStore();
+    lines = [];
+    await store.correlate(`DMS#${TASK_ARN}`, 'shop');
+    await store.putTaskToken('shop', 'bulkLoad', 'token-1');
+  });
+  const deps = (callbacks: TaskCallbacks) => ({ store, callbacks, log: (l: string) => lines.push(l) });
+
+  it('completes the bulk load when the full load and its cached changes are applied, once for duplicate events', async () => {
+    const { callbacks, calls } = recordingCallbacks();
+    const event = fixture('dms-task-stopped-full-load-finished.json');
+    expect(await handleDmsTaskStateChange(event, deps(callbacks))).toEqual({
+      action: 'succeeded',
+      migrationId: 'shop',
+      taskArn: TASK_ARN,
+      summary: 'DMS full load finished (STOPPED_AFTER_CACHED_EVENTS)',
+    });
+    expect(calls).toEqual([
+      [
+        'succeed',
+        'token-1',
+        {
+          summary: 'DMS full load finished (STOPPED_AFTER_CACHED_EVENTS)',
+          taskArn: TASK_ARN,
+          stopReason: 'STOPPED_AFTER_CACHED_EVENTS',
+        },
+      ],
+    ]);
+    // EventBridge delivers at least once: the duplicate finds no token.
+    expect(await handleDmsTaskStateChange(event, deps(callbacks))).toMatchObject({
+      action: 'ignored',
+      migrationId: 'shop',
+    });
+    // A failure event arriving late (out of order) changes nothing either.
+    expect(await handleDmsTaskStateChange(fixture('dms-task-failed.json'), deps(callbacks))).toMatchObject({
+      action: 'ignored',
+    });
+    expect(calls).toHaveLength(1);
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toContain('no step of migration shop waits on task');
+  });
+
+  it('fails the bulk load on a failed task, with the reason', async () => {
+    const { callbacks, calls } = recordingCallbacks();
+    expect(await handleDmsTaskStateChange(fixture('dms-task-failed.json'), deps(callbacks))).toMatchObject({
+      action: 'failed',
+    });
+    expect(calls).toEqual([
+      [
+        'fail',
+        'token-1',
+        'DmsTaskFailed',
+        'DMS task failed: Last Error  ODBC general error. Stop Reason RECOVERABLE_ERROR Error Level RECOVERABLE',
+      ],
+    ]);
+  });
+
+  it('fails the bulk load when the task is stopped before its full load finished', async () => {
+    const { callbacks, calls } = recordingCallbacks();
+    await handleDmsTaskStateChange(fixture('dms-task-stopped-by-user.json'), deps(callbacks));
+    expect(calls).toEqual([
+      [
+        'fail',
+        'token-1',
+        'DmsTaskStopped',
+        'DMS task stopped before its full load finished (NORMAL): Stop Reason NORMAL',
+      ],
+    ]);
+  });
+
+  it('ignores a start, and the tasks that are not pgferry’s, with a log line', async () => {
+    const { callbacks, calls } = recordingCallbacks();
+    expect(await handleDmsTaskStateChange(fixture('dms-task-started.json'), deps(callbacks))).toMatchObject({
+      action: 'ignored',
+    });
+    const other = {
+      ...fixture('dms-task-stopped-full-load-finished.json'),
+      resources: ['arn:aws:dms:eu-west-1:123456789012:task:OTHER'],
+    };
+    expect(await handleDmsTaskStateChange(other, deps(callbacks))).toMatchObject({ action: 'ignored' });
+    expect(calls).toEqual([]);
+    expect(store.tokens.get('shop#bulkLoad')).toBe('token-1');
+    expect(lines).toEqual([
+      'DMS event 0d6b1f52-4a0e-4c47-9a3d-6f3b1d2c7e10 ignored: REPLICATION_TASK_STARTED does not end a step',
+      `DMS event 6f1d9a3e-2b7c-4e58-8d0a-1c9e4b7f2a61 ignored: task arn:aws:dms:eu-west-1:123456789012:task:OTHER is not one of pgferry's`,
+    ]);
+  });
+
+  it('puts the token back when the callback could not be delivered, so the retried event completes it', async () => {
+    const event = fixture('dms-task-stopped-full-load-finished.json');
+    await expect(handleDmsTaskStateChange(event, deps(recordingCallbacks(true).callbacks))).rejects.toThrow(
+      'Step Functions unreachable',
+    );
+    expect(store.tokens.get('shop#bulkLoad')).toBe('token-1');
+    const { callbacks, calls } = recordingCallbacks();
+    await handleDmsTaskStateChange(event, deps(callbacks));
+    expect(calls).toHaveLength(1);
+  });
+
+  it('reads the event id under either name the documentation gives it', () => {
+    expect(classifyDmsTaskEvent({ eventName: 'DMS-EVENT-0078', detailMessage: 'x' })).toEqual({
+      kind: 'failed',
+      message: 'x',
+    });
+    expect(
+      classifyDmsTaskEvent({ eventId: 'DMS-EVENT-0079', detailMessage: 'Stop Reason FULL_LOAD_ONLY_FINISHED' }),
+    ).toEqual({
+      kind: 'full-load-finished',
+      stopReason: 'FULL_LOAD_ONLY_FINISHED',
+    });
+  });
+});
+
+describe('dmsDrained', () => {
+  const freezeAt = '2026-11-02T13:57:20Z';
+  it('is true only for a 0 over a whole minute begun after the freeze', () => {
+    expect(dmsDrained({ targetSeconds: 0, at: '2026-11-02T13:59:00.000Z' }, freezeAt)).toBe(true);
+    // That minute began before the freeze: it may not have seen the last writes.
+    expect(dmsDrained({ targetSeconds: 0, at: '2026-11-02T13:58:00.000Z' }, freezeAt)).toBe(false);
+    expect(dmsDrained({ targetSeconds: 2, at: '2026-11-02T13:59:00.000Z' }, freezeAt)).toBe(false);
+    expect(dmsDrained({}, freezeAt)).toBe(false);
+  });
+});
+
+describe('dmsCdcLatency', () => {
+  const cw = mockClient(CloudWatchClient);
+  afterEach(() => cw.reset());
+  const ids = { replicationInstanceIdentifier: 'pgferry-shop', taskArn: TASK_ARN };
+  const now = new Date('2026-11-02T14:00:00Z');
+
+  it("finds the instance identifier the metrics are named by from the plan's instance ARN", async () => {
+    const dms = mockClient(DatabaseMigrationServiceClient);
+    dms
+      .on(DescribeReplicationInstancesCommand)
+      .resolves({ ReplicationInstances: [{ ReplicationInstanceIdentifier: 'pgferry-shop' }] });
+    const arn = 'arn:aws:dms:eu-west-1:123456789012:rep:ABCDEFGHIJKLMNOP';
+    expect(await dmsInstanceIdentifier(new DatabaseMigrationServiceClient({}), arn)).toBe('pgferry-shop');
+    expect(dms.commandCalls(DescribeReplicationInstancesCommand)[0]!.args[0].input).toEqual({
+      Filters: [{ Name: 'replication-instance-arn', Values: [arn] }],
+    });
+  });
+
+  it("reads the task's CDCLatencyTarget and CDCLatencySource, newest minute first", async () => {
+    cw.on(GetMetricDataCommand).resolves({
+      MetricDataResults: [
+        {
+          Id: 'target',
+          Values: [3, 7],
+          Timestamps: [new Date('2026-11-02T13:58:00Z'), new Date('2026-11-02T13:57:00Z')],
+        },
+        { Id: 'source', Values: [1], Timestamps: [new Date('2026-11-02T13:58:00Z')] },
+      ],
+    });
+    expect(await dmsCdcLatency(new CloudWatchClient({}), ids, { now })).toEqual({
+      targetSeconds: 3,
+      sourceSeconds: 1,
+      at: '2026-11-02T13:59:00.000Z',
+    });
+    const dims = [
+      { Name: 'ReplicationInstanceIdentifier', Value: 'pgferry-shop' },
+      { Name: 'ReplicationTaskIdentifier', Value: 'QXAJ6QWKZ5TPBHX7SOPGLY4F2Y' },
+    ];
+    expect(cw.commandCalls(GetMetricDataCommand)[0]!.args[0].input).toEqual({
+      StartTime: new Date('2026-11-02T13:50:00Z'),
+      EndTime: now,
+      ScanBy: 'TimestampDescending',
+      MetricDataQueries: [
+        {
+          Id: 'target',
+          MetricStat: {
+            Metric: { Namespace: 'AWS/DMS', MetricName: 'CDCLatencyTarget', Dimensions: dims },
+            Period: 60,
+            Stat: 'Maximum',
+          },
+          ReturnData: true,
+        },
+        {
+          Id: 'source',
+          MetricStat: {
+            Metric: { Namespace: 'AWS/DMS', MetricName: 'CDCLatencySource', Dimensions: dims },
+            Period: 60,
+            Stat: 'Maximum',
+          },
+          ReturnData: true,
+        },
+      ],
+    });
+  });
+
+  it('says nothing rather than 0 when there is no datapoint', async () => {
+    cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [{ Id: 'target', Values: [], Timestamps: [] }] });
+    expect(await dmsCdcLatency(new CloudWatchClient({}), ids, { now })).toEqual({});
+  });
+});

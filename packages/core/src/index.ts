@@ -1,5 +1,6 @@
 export * from './config';
 export * from './errors';
+export * from './events';
 export * from './format';
 export * from './lag';
 export * from './model';

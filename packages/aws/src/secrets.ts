@@ -12,7 +12,8 @@ import { InvalidInputError, type MigrationSecrets, PgferryError, SSL_MODES } fro
 import { z } from 'zod';
 import { withVerifyFull } from './tls';
 
-const SECRET_ARN = /^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$/;
+/** A secret's ARN; the name may hold `!`, as RDS-managed master secrets' do (`rds!db-<id>`). */
+const SECRET_ARN = /^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@!-]+$/;
 
 /** Where one side's credentials live, and what the secret itself may not say. */
 export const databaseSecretRefSchema = z

@@ -18,6 +18,7 @@ import {
   RdsTargetUnusableError,
   rdsName,
   SfnTaskCallbacks,
+  targetSecretRef,
 } from '../packages/aws/src/index';
 import { InvalidInputError } from '../packages/core/src/index';
 import { TEST_CLIENT_CONFIG } from './harness/aws-clients';
@@ -180,6 +181,20 @@ describe('Provision target: a new RDS instance', () => {
       { taskToken: 'token-1', output: JSON.stringify(out) },
     ]);
     expect(store.tokens.size).toBe(0);
+  });
+
+  it("points the target's credentials at the master secret RDS manages, on the endpoint it reports", async () => {
+    rds.on(DescribeDBInstancesCommand).resolves({ DBInstances: [availableInstance({ migrationId: 'shop' })] });
+    rds.on(DescribeDBParametersCommand).resolves({ Parameters: LOGICAL_ON });
+    const out = await provisioner.provision(CREATE);
+    expect(targetSecretRef(out, 'shop')).toEqual({
+      secretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:rds!db-0a1b2c3d-AbCdEf',
+      host: 'pgferry-shop.c1a2b3c4d5e6.eu-west-1.rds.amazonaws.com',
+      port: 5432,
+      dbname: 'shop',
+    });
+    const unmanaged = { ...out, masterUserSecretArn: undefined };
+    expect(() => targetSecretRef(unmanaged, 'shop')).toThrow(/has no master secret managed by RDS/);
   });
 
   it('refuses bad plans naming the field, before creating anything', async () => {

@@ -27,6 +27,7 @@ import {
   type WORKFLOW_TASKS,
 } from '@pgferry/core';
 import { z } from 'zod';
+import type { DatabaseSecretRef } from './secrets';
 
 /** The workflow step whose token the RDS events complete. */
 export const PROVISION_STEP = 'provisionTarget' satisfies keyof typeof WORKFLOW_TASKS;
@@ -171,6 +172,27 @@ export interface RdsTargetOutput extends TaskOutput {
   engineVersion?: string;
   /** The RDS-managed master secret's ARN (an ARN, not a secret): the target's credentials at run time. */
   masterUserSecretArn?: string;
+}
+
+/**
+ * Where the target's credentials are, from Provision target's output: the master secret RDS manages
+ * (it holds username and password only), the instance's endpoint, and the database to load into.
+ */
+export function targetSecretRef(output: RdsTargetOutput, dbname: string): DatabaseSecretRef {
+  if (!output.masterUserSecretArn || !output.endpoint)
+    throw new InvalidInputError(
+      `RDS instance ${output.instance} has ${output.endpoint ? 'no master secret managed by RDS' : 'no endpoint yet'}`,
+      {
+        field: 'secrets.target.secretArn',
+        hint: 'give the ARN of a secret holding the target credentials as secrets.target.secretArn',
+      },
+    );
+  return {
+    secretArn: output.masterUserSecretArn,
+    host: output.endpoint,
+    ...(output.port ? { port: output.port } : {}),
+    dbname,
+  };
 }
 
 const FAILED_STATUSES: Record<string, string> = {

@@ -31,6 +31,7 @@ const context = {} as Context;
 
 let store: MemoryMigrationStore;
 let logged: string[];
+let slept: number[];
 let handler: ReturnType<typeof createHandler>;
 
 beforeEach(async () => {
@@ -39,11 +40,15 @@ beforeEach(async () => {
   sfn.on(SendTaskSuccessCommand).resolves({}).on(SendTaskFailureCommand).resolves({});
   store = new MemoryMigrationStore();
   logged = [];
+  slept = [];
   const deps: RdsEventDeps = {
     rds: rdsClient,
     store,
     callbacks: new SfnTaskCallbacks(sfnClient),
     log: (m) => logged.push(m),
+    sleep: async (ms) => {
+      slept.push(ms);
+    },
   };
   handler = createHandler(() => deps);
   // Provision target created pgferry-shop for migration shop and waits on token-1.
@@ -124,6 +129,32 @@ describe('functions/rds-instance-event', () => {
       'ignored RDS-EVENT-0001 (Backing up the DB instance.) for RDS instance pgferry-shop of migration shop: not an event that ends the wait',
       'completed Provision target of migration shop on RDS-EVENT-0002 (Finished DB Instance backup.) for RDS instance pgferry-shop: instance available',
     ]);
+  });
+
+  it('reads the status again when it trails "Finished DB Instance backup", and gives up after a few reads', async () => {
+    const backingUp = { DBInstances: [rdsInstance({ migrationId: 'shop', DBInstanceStatus: 'backing-up' })] };
+    rds
+      .on(DescribeDBInstancesCommand)
+      .resolvesOnce(backingUp)
+      .resolvesOnce(backingUp)
+      .resolves({ DBInstances: [availableInstance({ migrationId: 'shop' })] });
+    expect(await handler(fixture('instance-backup-finished'), context)).toMatchObject({ action: 'succeeded' });
+    expect(rds.commandCalls(DescribeDBInstancesCommand)).toHaveLength(3);
+    expect(slept).toEqual([5000, 5000]);
+    rds.reset();
+    slept = [];
+    await store.putTaskToken('shop', 'provisionTarget', 'token-2');
+    rds
+      .on(DescribeDBInstancesCommand)
+      .resolves({ DBInstances: [rdsInstance({ migrationId: 'shop', DBInstanceStatus: 'modifying' })] });
+    expect(await handler(fixture('instance-backup-finished'), context)).toMatchObject({
+      action: 'ignored',
+      reason: 'not-available-yet',
+      status: 'modifying',
+    });
+    expect(rds.commandCalls(DescribeDBInstancesCommand)).toHaveLength(4);
+    expect(slept).toEqual([5000, 5000, 5000]);
+    expect(store.tokens.get('shop#provisionTarget')).toBe('token-2');
   });
 
   it('completes nothing twice: a duplicate or a late event is ignored with a log line', async () => {

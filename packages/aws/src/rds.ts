@@ -567,11 +567,36 @@ export type RdsEventOutcome =
       status?: string;
     };
 
+/**
+ * Events after which RDS sends nothing more for this wait. On "DB instance created" with the first
+ * backup still running, "Finished DB Instance backup" follows; after these, if the instance still
+ * reports a passing status (the status can trail the event by a moment), it is read again a few times.
+ */
+const LAST_EVENTS = new Set(['RDS-EVENT-0002', 'RDS-EVENT-0088']);
+
+/** How often, and how far apart, the status is read again after a last event (up to ~15 s of a Lambda's time). */
+export const RDS_STATUS_RECHECK = { attempts: 3, intervalMs: 5000 } as const;
+
 export interface RdsEventDeps {
   rds: RDSClient;
   store: MigrationStore;
   callbacks: TaskCallbacks;
   log: Log;
+  /** Waits between status reads; injected so that tests do not sleep. */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/** The instance's status when it settles (available, failed or gone), or as it is after the last read. */
+async function settledStatus(deps: RdsEventDeps, instance: string, recheck: boolean) {
+  const sleep = deps.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  for (let attempt = 0; ; attempt++) {
+    const current = await describeInstance(deps.rds, instance);
+    const status = current?.DBInstanceStatus ?? 'deleted';
+    const failure = current ? FAILED_STATUSES[status] : 'it no longer exists';
+    if (status === 'available' || failure || !recheck || attempt >= RDS_STATUS_RECHECK.attempts)
+      return { current, status, failure };
+    await sleep(RDS_STATUS_RECHECK.intervalMs);
+  }
 }
 
 export async function handleRdsInstanceEvent(event: RdsInstanceEvent, deps: RdsEventDeps): Promise<RdsEventOutcome> {
@@ -589,9 +614,7 @@ export async function handleRdsInstanceEvent(event: RdsInstanceEvent, deps: RdsE
   }
   // The status now, not the event, decides: a late failure event after the instance became available
   // (or a stale "created" of an instance deleted since) must not decide the step.
-  const current = await describeInstance(deps.rds, instance);
-  const status = current?.DBInstanceStatus ?? 'deleted';
-  const failure = current ? FAILED_STATUSES[status] : 'it no longer exists';
+  const { current, status, failure } = await settledStatus(deps, instance, LAST_EVENTS.has(eventId));
   if (status !== 'available' && !failure) {
     deps.log(`ignored ${what} of migration ${migrationId}: the instance is ${status}, not available yet`);
     return { action: 'ignored', reason: 'not-available-yet', instance, eventId, migrationId, status };

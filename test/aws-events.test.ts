@@ -5,11 +5,17 @@ import { mockClient } from 'aws-sdk-client-mock';
 import { beforeEach, describe, expect, it } from 'vitest';
 import { EventBridgePublisher, EventPublishFailedError } from '../packages/aws/src/index';
 import {
+  cutoverCompletedEvent,
   EVENT_TYPES,
   eventDetailProblems,
   eventJsonSchema,
   eventSchemaFileName,
+  lagSampledEvent,
+  type MigrationState,
+  migrationFailedEvent,
   type PgferryEvent,
+  parseMigrationConfig,
+  phaseChangedEvent,
 } from '../packages/core/src/index';
 import { TEST_CLIENT_CONFIG } from './harness/aws-clients';
 
@@ -227,5 +233,98 @@ describe('EventBridgePublisher', () => {
     expect(eventBridge.commandCalls(PutEventsCommand)[0]!.args[0].input.Entries![0]!.EventBusName).toBe(
       'pgferry-staging',
     );
+  });
+});
+
+describe("event details from the migration's state", () => {
+  const state: MigrationState = {
+    id: 'shop',
+    version: 7,
+    createdAt: '2026-11-02T10:00:00.000Z',
+    updatedAt: '2026-11-02T11:06:00.000Z',
+    status: 'running',
+    phase: 'start-replication',
+    config: parseMigrationConfig({
+      id: 'shop',
+      sourceUrl: 'postgres://app@old/shop',
+      targetUrl: 'postgres://app@new/shop',
+    }),
+    phases: { 'bulk-load': { summary: '1,204,331 rows in 14 tables, 2.1 GiB' } },
+    events: [],
+  };
+
+  it('builds each detail-type from what the workflow records, every one matching its schema', () => {
+    const events = [
+      phaseChangedEvent(state, 'bulk-load', new Date('2026-11-02T10:40:00.000Z')),
+      lagSampledEvent(
+        'shop',
+        { at: '2026-11-02T11:00:00.500Z', bytes: 4096, ms: 35, appliedBps: 1e6 },
+        { gateOpen: true, streak: 2 },
+      ),
+      cutoverCompletedEvent('shop', {
+        unfreezeAt: '2026-11-02T11:05:00.840Z',
+        writeGapMs: 840,
+        freezeLsn: '0/3A2B1C8',
+        direction: 'forward',
+        sequencesSynced: 3,
+      }),
+      migrationFailedEvent({
+        ...state,
+        failedAt: '2026-11-02T11:06:00.000Z',
+        failure: {
+          name: 'LagTimeoutError',
+          message: 'lag stayed over 1000 ms',
+          phase: 'catch-up',
+          hint: 'raise --max-lag-ms',
+        },
+      }),
+    ];
+    for (const e of events) expect(eventDetailProblems(e!.type, e!.detail), e!.type).toEqual([]);
+    expect(events.map((e) => e!.detail)).toEqual([
+      {
+        migrationId: 'shop',
+        at: '2026-11-02T10:40:00.000Z',
+        phase: 'start-replication',
+        previousPhase: 'bulk-load',
+        status: 'running',
+        summary: '1,204,331 rows in 14 tables, 2.1 GiB',
+      },
+      {
+        migrationId: 'shop',
+        at: '2026-11-02T11:00:00.500Z',
+        lagBytes: 4096,
+        lagMs: 35,
+        appliedBps: 1e6,
+        gateOpen: true,
+        streak: 2,
+      },
+      {
+        migrationId: 'shop',
+        at: '2026-11-02T11:05:00.840Z',
+        direction: 'forward',
+        writeGapMs: 840,
+        freezeLsn: '0/3A2B1C8',
+        sequencesSynced: 3,
+      },
+      {
+        migrationId: 'shop',
+        at: '2026-11-02T11:06:00.000Z',
+        phase: 'catch-up',
+        errorName: 'LagTimeoutError',
+        message: 'lag stayed over 1000 ms',
+        hint: 'raise --max-lag-ms',
+      },
+    ]);
+  });
+
+  it('builds no cutover event before its write gap is measured, and no failure event for a state without one', () => {
+    expect(cutoverCompletedEvent('shop', { freezeAt: '2026-11-02T11:05:00.000Z' })).toBeUndefined();
+    expect(migrationFailedEvent(state)).toBeUndefined();
+  });
+
+  it('cuts a long failure message to what its schema allows', () => {
+    const e = migrationFailedEvent({ ...state, failure: { name: 'CutoverFailedError', message: 'x'.repeat(5000) } })!;
+    expect(eventDetailProblems(e.type, e.detail)).toEqual([]);
+    expect((e.detail.message as string).length).toBe(1000);
   });
 });

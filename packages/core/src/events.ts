@@ -5,8 +5,15 @@
  */
 import { z } from 'zod';
 import { MIGRATION_ID } from './config';
-import { type MigrationStatus, PHASES } from './model';
-import type { PgferryEventType } from './ports';
+import {
+  type CutoverRecord,
+  type LagSample,
+  type MigrationState,
+  type MigrationStatus,
+  PHASES,
+  type Phase,
+} from './model';
+import type { PgferryEvent, PgferryEventType } from './ports';
 
 /** The custom bus pgferry publishes on, and the `source` of every event it puts there. */
 export const EVENT_BUS_NAME = 'pgferry';
@@ -132,4 +139,79 @@ export function eventDetailProblems(type: PgferryEventType, detail: unknown): st
   if (!schema) return [`"${type}" is not a pgferry detail-type (one of ${EVENT_TYPES.join(', ')})`];
   const result = schema.safeParse(detail);
   return result.success ? [] : result.error.issues.map((i) => `${i.path.join('.') || 'detail'}: ${i.message}`);
+}
+
+// ---- Details from the migration's state, as the workflow publishes them ----------------------------
+
+const cut = (text: string) => (text.length > 1000 ? `${text.slice(0, 999)}…` : text);
+
+/** `Migration Phase Changed` for the phase `state` is in now, left from `previousPhase`. */
+export function phaseChangedEvent(state: MigrationState, previousPhase?: Phase, at = new Date()): PgferryEvent {
+  const summary = previousPhase ? state.phases[previousPhase]?.summary : undefined;
+  return {
+    type: 'Migration Phase Changed',
+    detail: {
+      migrationId: state.id,
+      at: at.toISOString(),
+      phase: state.phase,
+      ...(previousPhase ? { previousPhase } : {}),
+      status: state.status,
+      ...(summary ? { summary: cut(summary) } : {}),
+    },
+  };
+}
+
+/** `Replication Lag Sampled` for one gate sample. */
+export function lagSampledEvent(
+  migrationId: string,
+  sample: LagSample,
+  gate: { walRetainedBytes?: number; gateOpen?: boolean; streak?: number } = {},
+): PgferryEvent {
+  return {
+    type: 'Replication Lag Sampled',
+    detail: {
+      migrationId,
+      at: sample.at,
+      lagBytes: sample.bytes,
+      lagMs: sample.ms,
+      ...(sample.generatedBps !== undefined ? { generatedBps: sample.generatedBps } : {}),
+      ...(sample.appliedBps !== undefined ? { appliedBps: sample.appliedBps } : {}),
+      ...gate,
+    },
+  };
+}
+
+/** `Cutover Completed` from a cutover (or rollback) record; none while its write gap is not measured. */
+export function cutoverCompletedEvent(migrationId: string, record: CutoverRecord): PgferryEvent | undefined {
+  if (record.writeGapMs === undefined) return undefined;
+  return {
+    type: 'Cutover Completed',
+    detail: {
+      migrationId,
+      at: record.unfreezeAt ?? record.switchAt ?? new Date().toISOString(),
+      direction: record.direction ?? 'forward',
+      writeGapMs: record.writeGapMs,
+      ...(record.freezeLsn ? { freezeLsn: record.freezeLsn } : {}),
+      ...(record.drainMs !== undefined ? { drainMs: record.drainMs } : {}),
+      ...(record.sequencesSynced !== undefined ? { sequencesSynced: record.sequencesSynced } : {}),
+      ...(record.sessionsEnded !== undefined ? { sessionsEnded: record.sessionsEnded } : {}),
+    },
+  };
+}
+
+/** `Migration Failed` from a state that records its failure; none when it records none. */
+export function migrationFailedEvent(state: MigrationState): PgferryEvent | undefined {
+  if (!state.failure) return undefined;
+  const { name, message, phase: failedPhase, hint } = state.failure;
+  return {
+    type: 'Migration Failed',
+    detail: {
+      migrationId: state.id,
+      at: state.failedAt ?? state.updatedAt,
+      ...(failedPhase ? { phase: failedPhase } : {}),
+      errorName: name.slice(0, 256) || 'Error',
+      message: cut(message),
+      ...(hint ? { hint: cut(hint) } : {}),
+    },
+  };
 }

@@ -20,7 +20,7 @@ import {
   SfnTaskCallbacks,
   targetSecretRef,
 } from '../packages/aws/src/index';
-import { InvalidInputError } from '../packages/core/src/index';
+import { InvalidInputError, parseMigrationConfig } from '../packages/core/src/index';
 import { TEST_CLIENT_CONFIG } from './harness/aws-clients';
 import { MemoryMigrationStore } from './harness/memory-store';
 import { availableInstance, groupParameters, rdsInstance } from './harness/rds';
@@ -214,6 +214,46 @@ describe('Provision target: a new RDS instance', () => {
     expect(older.message).toBe('target.engineVersion 14.9 is older than the source (PostgreSQL 15)');
     expect(rds.commandCalls(CreateDBInstanceCommand)).toHaveLength(0);
     expect(rds.commandCalls(CreateDBParameterGroupCommand)).toHaveLength(0);
+  });
+
+  it('runs as the workflow task: token from the input, source version and jobs from the state', async () => {
+    await store.create(
+      {
+        id: 'shop',
+        version: 1,
+        createdAt: '2026-11-02T10:00:00.000Z',
+        updatedAt: '2026-11-02T10:00:00.000Z',
+        status: 'running',
+        phase: 'assess',
+        sourceVersion: 16,
+        config: parseMigrationConfig({
+          id: 'shop',
+          sourceUrl: 'postgres://a@old/shop',
+          targetUrl: 'postgres://a@new/shop',
+          jobs: 2,
+        }),
+        phases: {},
+        events: [],
+      },
+      { sourceUrl: 'postgres://a@old/shop', targetUrl: 'postgres://a@new/shop' },
+    );
+    rds.on(DescribeDBInstancesCommand).rejects(notFound());
+    const older = await provisioner
+      .run({ migrationId: 'shop', taskToken: 'token-3', target: { ...CREATE.target, engineVersion: '15.8' } })
+      .catch((e) => e);
+    expect(older.message).toBe('target.engineVersion 15.8 is older than the source (PostgreSQL 16)');
+    rds.on(CreateDBParameterGroupCommand).resolves({}).on(ModifyDBParameterGroupCommand).resolves({});
+    rds.on(CreateDBInstanceCommand).resolves({ DBInstance: rdsInstance({ migrationId: 'shop' }) });
+    expect(await provisioner.run({ migrationId: 'shop', taskToken: 'token-3', target: CREATE.target })).toMatchObject({
+      waiting: true,
+    });
+    const workers = rds.commandCalls(ModifyDBParameterGroupCommand)[0]!.args[0].input.Parameters!;
+    expect(workers.find((p) => p.ParameterName === 'max_logical_replication_workers')?.ParameterValue).toBe('4');
+    expect(store.tokens.get('shop#provisionTarget')).toBe('token-3');
+    const noToken = await provisioner.run({ migrationId: 'shop', target: CREATE.target }).catch((e) => e);
+    expect(noToken.message).toMatch(/no task token: its state must call it with .waitForTaskToken/);
+    const noPlan = await provisioner.run({ migrationId: 'shop', taskToken: 't' }).catch((e) => e);
+    expect(noPlan.field).toBe('target');
   });
 
   it('names instances after the migration id, as RDS allows (no underscores)', () => {

@@ -23,6 +23,7 @@ import {
   type MigrationStore,
   PgferryError,
   type TaskCallbacks,
+  type TaskInput,
   type TaskOutput,
   type WORKFLOW_TASKS,
 } from '@pgferry/core';
@@ -260,6 +261,30 @@ export class RdsTargetProvisioner {
     private readonly callbacks: TaskCallbacks,
     private readonly log: Log = () => {},
   ) {}
+
+  /**
+   * `Provision target` as the workflow calls it: the token from `.waitForTaskToken`, the plan's
+   * `target` from the execution input, the source's major version and the load's jobs from the state.
+   */
+  async run(input: TaskInput): Promise<RdsTargetOutput> {
+    if (!input.taskToken)
+      throw new PgferryError('Provision target has no task token: its state must call it with .waitForTaskToken', {
+        migrationId: input.migrationId,
+      });
+    if (input.target === undefined)
+      throw new InvalidInputError('target: the plan names no RDS target to create or adopt', {
+        field: 'target',
+        hint: 'give target: {mode: "create", ...} or {mode: "adopt", instanceIdentifier}, or a target URL instead',
+      });
+    const state = await this.store.get(input.migrationId);
+    return this.provision({
+      migrationId: input.migrationId,
+      taskToken: input.taskToken,
+      target: input.target as RdsTargetPlanInput,
+      ...(state.sourceVersion ? { sourceMajor: state.sourceVersion } : {}),
+      jobs: state.config.jobs,
+    });
+  }
 
   /**
    * Create or adopt the target, record the token and the correlation item, and return: the state

@@ -106,4 +106,18 @@ describe('SfnTaskCallbacks', () => {
       { taskToken: 'tok-4' },
     ]);
   });
+
+  it('makes its own client from the environment when given none (as the worker constructs it)', async () => {
+    // Every SFNClient's send is mocked here, the one made inside included.
+    const anyClient = mockClient(SFNClient);
+    try {
+      anyClient.on(SendTaskHeartbeatCommand).resolves({});
+      await new SfnTaskCallbacks().heartbeat('tok-5');
+      expect(anyClient.commandCalls(SendTaskHeartbeatCommand).map((c) => c.args[0].input)).toEqual([
+        { taskToken: 'tok-5' },
+      ]);
+    } finally {
+      anyClient.restore();
+    }
+  });
 });

@@ -7,7 +7,7 @@ import {
   SendTaskFailureCommand,
   SendTaskHeartbeatCommand,
   SendTaskSuccessCommand,
-  type SFNClient,
+  SFNClient,
 } from '@aws-sdk/client-sfn';
 import { PgferryError, redactedJson, redactText, type TaskCallbacks } from '@pgferry/core';
 
@@ -44,7 +44,11 @@ export function truncate(text: string, max: number): string {
 }
 
 export class SfnTaskCallbacks implements TaskCallbacks {
-  constructor(private readonly sfn: SFNClient) {}
+  /**
+   * `sfn` is injected by every caller that has one (tests, handlers); without one, a client for the
+   * region and credentials of the environment (Lambda, the Fargate worker) is made here, at the edge.
+   */
+  constructor(private readonly sfn: SFNClient = new SFNClient({})) {}
 
   async succeed(token: string, output: unknown): Promise<boolean> {
     const json = redactedJson(output ?? {});

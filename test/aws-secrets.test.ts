@@ -5,8 +5,14 @@ import {
 } from '@aws-sdk/client-secrets-manager';
 import { mockClient } from 'aws-sdk-client-mock';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { type DatabaseSecretRef, SecretsManagerResolver, SecretUnusableError } from '../packages/aws/src/index';
-import { InvalidInputError } from '../packages/core/src/index';
+import {
+  type DatabaseSecretRef,
+  type MigrationSecretRefs,
+  SecretsManagerResolver,
+  SecretsManagerVault,
+  SecretUnusableError,
+} from '../packages/aws/src/index';
+import { InvalidInputError, type MigrationState } from '../packages/core/src/index';
 import { TEST_CLIENT_CONFIG } from './harness/aws-clients';
 
 const client = new SecretsManagerClient(TEST_CLIENT_CONFIG);
@@ -132,5 +138,28 @@ describe('SecretsManagerResolver', () => {
     expect(err.field).toBe('secrets.source.secretArn');
     expect(err.message).toMatch(/must be a Secrets Manager secret ARN/);
     expect(sm.calls()).toHaveLength(0);
+  });
+
+  it("serves the store as its vault: a migration's secrets read by the ARNs found for it, or a clear error", async () => {
+    secret(SOURCE_ARN, { username: 'app', password: 'x', host: 'old', dbname: 'shop' });
+    secret(TARGET_ARN, { username: 'admin', password: 'y' });
+    const refs = new Map<string, MigrationSecretRefs>([
+      [
+        'shop',
+        {
+          source: { secretArn: SOURCE_ARN, sslmode: 'require' },
+          target: { secretArn: TARGET_ARN, host: 'new', dbname: 'shop', sslmode: 'require' },
+        },
+      ],
+    ]);
+    const vault = new SecretsManagerVault(resolver, (m) => refs.get(m.id));
+    const migration = (id: string) => ({ id }) as MigrationState;
+    expect(await vault.resolve(migration('shop'))).toEqual({
+      sourceUrl: 'postgres://app:x@old:5432/shop?sslmode=require',
+      targetUrl: 'postgres://admin:y@new:5432/shop?sslmode=require',
+    });
+    const none = await vault.resolve(migration('other')).catch((e) => e);
+    expect(none).toBeInstanceOf(InvalidInputError);
+    expect(none.message).toBe('migration other names no Secrets Manager secrets for its servers');
   });
 });

@@ -8,7 +8,7 @@
  * documented shape `{engine, host, port, username, password, dbname}`.
  */
 import { GetSecretValueCommand, type SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { InvalidInputError, type MigrationSecrets, PgferryError, SSL_MODES } from '@pgferry/core';
+import { InvalidInputError, type MigrationSecrets, type MigrationState, PgferryError, SSL_MODES } from '@pgferry/core';
 import { z } from 'zod';
 import { withVerifyFull } from './tls';
 
@@ -158,4 +158,27 @@ function secretPort(value: unknown, arn: string, field: string): number {
 /** An IPv6 address goes in brackets in a URL. */
 function hostPart(host: string): string {
   return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+}
+
+/**
+ * The DynamoDB store's vault in AWS: a migration's secrets are read from Secrets Manager when asked
+ * for, by the ARNs `refsOf` finds for it; nothing is kept. `store`/`remove` are absent on purpose:
+ * the secrets exist before the migration does, and outlive it.
+ */
+export class SecretsManagerVault {
+  constructor(
+    private readonly resolver: SecretsManagerResolver,
+    private readonly refsOf: (migration: MigrationState) => MigrationSecretRefs | undefined,
+  ) {}
+
+  async resolve(migration: MigrationState): Promise<MigrationSecrets> {
+    const refs = this.refsOf(migration);
+    if (!refs)
+      throw new InvalidInputError(`migration ${migration.id} names no Secrets Manager secrets for its servers`, {
+        field: 'secrets',
+        migrationId: migration.id,
+        hint: 'give secrets: {source: {secretArn}, target: {secretArn}} when starting it',
+      });
+    return this.resolver.resolve(refs);
+  }
 }

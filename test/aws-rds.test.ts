@@ -14,6 +14,7 @@ import { mockClient } from 'aws-sdk-client-mock';
 import { beforeEach, describe, expect, it } from 'vitest';
 import {
   type ProvisionTargetInput,
+  type RdsTargetPlanInput,
   RdsTargetProvisioner,
   RdsTargetUnusableError,
   rdsName,
@@ -45,20 +46,22 @@ beforeEach(() => {
   provisioner = new RdsTargetProvisioner(rdsClient, store, new SfnTaskCallbacks(sfnClient), (m) => logged.push(m));
 });
 
+const CREATE_TARGET = {
+  mode: 'create',
+  engineVersion: '17.4',
+  instanceClass: 'db.r7g.large',
+  allocatedStorageGiB: 200,
+  dbSubnetGroupName: 'pgferry-private',
+  vpcSecurityGroupIds: ['sg-0123abcd'],
+  dbName: 'shop',
+} as const satisfies RdsTargetPlanInput;
+
 const CREATE: ProvisionTargetInput = {
   migrationId: 'shop',
   taskToken: 'token-1',
   sourceMajor: 15,
   jobs: 6,
-  target: {
-    mode: 'create',
-    engineVersion: '17.4',
-    instanceClass: 'db.r7g.large',
-    allocatedStorageGiB: 200,
-    dbSubnetGroupName: 'pgferry-private',
-    vpcSecurityGroupIds: ['sg-0123abcd'],
-    dbName: 'shop',
-  },
+  target: CREATE_TARGET,
 };
 
 const LOGICAL_ON = groupParameters({
@@ -160,6 +163,17 @@ describe('Provision target: a new RDS instance', () => {
     expect(out).toMatchObject({ instance: 'pgferry-shop', waiting: true });
   });
 
+  it('asks for provisioned IOPS on io1 / io2 storage', async () => {
+    rds.on(DescribeDBInstancesCommand).rejects(notFound());
+    rds.on(CreateDBParameterGroupCommand).resolves({}).on(ModifyDBParameterGroupCommand).resolves({});
+    rds.on(CreateDBInstanceCommand).resolves({ DBInstance: rdsInstance({ migrationId: 'shop' }) });
+    await provisioner.provision({ ...CREATE, target: { ...CREATE_TARGET, storageType: 'io2', iops: 12000 } });
+    expect(rds.commandCalls(CreateDBInstanceCommand)[0]!.args[0].input).toMatchObject({
+      StorageType: 'io2',
+      Iops: 12000,
+    });
+  });
+
   it("refuses an instance with its name that is not this migration's, and leaves no token behind", async () => {
     rds.on(DescribeDBInstancesCommand).resolves({ DBInstances: [rdsInstance({ migrationId: 'other' })] });
     const err = await provisioner.provision(CREATE).catch((e) => e);
@@ -206,6 +220,9 @@ describe('Provision target: a new RDS instance', () => {
     expect(noSg.message).toMatch(/needs at least one security group/);
     const small = await bad({ allocatedStorageGiB: 5 }).catch((e) => e);
     expect(small.message).toMatch(/allocatedStorageGiB must be at least 20/);
+    const noIops = await bad({ storageType: 'io2' }).catch((e) => e);
+    expect(noIops.field).toBe('target.iops');
+    expect(noIops.message).toMatch(/io1 and io2 need iops/);
     const mode = await provisioner.provision({ ...CREATE, target: { mode: 'clone' } as never }).catch((e) => e);
     expect(mode.message).toMatch(/target.mode must be "create".*or "adopt"/);
     rds.on(DescribeDBInstancesCommand).rejects(notFound());
@@ -348,6 +365,16 @@ describe('Provision target: adopting an instance named in the plan', () => {
       groupParameters({ 'rds.logical_replication': '1', max_replication_slots: '1' }),
     );
     expect(fewSlots.hint).toMatch(/set max_replication_slots to at least 10/);
+  });
+
+  it('refuses an instance older than the source', async () => {
+    rds.on(DescribeDBInstancesCommand).resolves({
+      DBInstances: [availableInstance({ DBInstanceIdentifier: 'orders-prod', EngineVersion: '14.12' })],
+    });
+    const err = await provisioner.provision({ ...ADOPT, sourceMajor: 15 }).catch((e) => e);
+    expect(err).toBeInstanceOf(InvalidInputError);
+    expect(err.message).toBe('RDS instance orders-prod (PostgreSQL 14.12) is older than the source (PostgreSQL 15)');
+    expect(rds.commandCalls(DescribeDBParametersCommand)).toHaveLength(0);
   });
 
   it('refuses a name with no instance, naming the field', async () => {

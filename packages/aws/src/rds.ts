@@ -77,6 +77,8 @@ export const rdsTargetPlanSchema = z.discriminatedUnion(
           .regex(/^db\.[a-z0-9-]+\.[a-z0-9]+$/, 'instanceClass is an RDS class such as "db.r7g.large"'),
         allocatedStorageGiB: z.number().int().min(20, 'allocatedStorageGiB must be at least 20').max(65536),
         storageType: z.enum(['gp3', 'gp2', 'io1', 'io2']).default('gp3'),
+        /** Provisioned IOPS: required by io1 / io2, optional for gp3 (RDS's baseline otherwise). */
+        iops: z.number().int().min(1000, 'iops must be at least 1000').optional(),
         dbSubnetGroupName: z
           .string()
           .min(1, 'dbSubnetGroupName names the DB subnet group of the VPC to create the instance in'),
@@ -97,7 +99,11 @@ export const rdsTargetPlanSchema = z.discriminatedUnion(
         backupRetentionDays: z.number().int().min(1).max(35).default(7),
         deletionProtection: z.boolean().default(true),
       })
-      .strict(),
+      .strict()
+      .refine((p) => p.iops !== undefined || (p.storageType !== 'io1' && p.storageType !== 'io2'), {
+        path: ['iops'],
+        message: 'storageType io1 and io2 need iops (provisioned IOPS)',
+      }),
     z.object({ mode: z.literal('adopt'), instanceIdentifier }).strict(),
   ],
   { error: 'target.mode must be "create" (a new instance) or "adopt" (an existing one, named by instanceIdentifier)' },
@@ -111,6 +117,15 @@ export function parseRdsTargetPlan(input: unknown): RdsTargetPlan {
   const issue = result.error.issues[0]!;
   const field = ['target', ...issue.path].join('.');
   throw new InvalidInputError(`${field}: ${result.error.issues.map((i) => i.message).join('; ')}`, { field });
+}
+
+/** A target older than the source cannot take its dump or its replication: refused before anything is made. */
+function checkNotOlder(what: string, targetMajor: number, sourceMajor: number | undefined, field: string) {
+  if (sourceMajor === undefined || !(targetMajor < sourceMajor)) return;
+  throw new InvalidInputError(`${what} is older than the source (PostgreSQL ${sourceMajor})`, {
+    field,
+    hint: `choose PostgreSQL ${sourceMajor} or later for the target`,
+  });
 }
 
 /** The target instance cannot be used as it is: what to change is in the message and the hint. */
@@ -301,7 +316,9 @@ export class RdsTargetProvisioner {
     await store.putTaskToken(id, PROVISION_STEP, input.taskToken);
     try {
       const result =
-        plan.mode === 'adopt' ? await this.adopt(plan, instanceId) : await this.create(plan, instanceId, input);
+        plan.mode === 'adopt'
+          ? await this.adopt(plan, instanceId, input.sourceMajor)
+          : await this.create(plan, instanceId, input);
       return await this.completeIfSettled(id, result.instance, result.created, result.parameterGroup);
     } catch (err) {
       // The Lambda's error fails the step; no event should complete a token of a step that failed.
@@ -317,11 +334,7 @@ export class RdsTargetProvisioner {
   ): Promise<{ instance: DBInstance; created: boolean; parameterGroup: string }> {
     const id = input.migrationId;
     const major = Number.parseInt(plan.engineVersion, 10);
-    if (input.sourceMajor !== undefined && major < input.sourceMajor)
-      throw new InvalidInputError(
-        `target.engineVersion ${plan.engineVersion} is older than the source (PostgreSQL ${input.sourceMajor})`,
-        { field: 'target.engineVersion', hint: `choose PostgreSQL ${input.sourceMajor} or later for the target` },
-      );
+    checkNotOlder(`target.engineVersion ${plan.engineVersion}`, major, input.sourceMajor, 'target.engineVersion');
     const parameterGroup = rdsName(id);
     const existing = await this.describe(instanceId);
     if (existing) {
@@ -341,6 +354,7 @@ export class RdsTargetProvisioner {
           DBInstanceClass: plan.instanceClass,
           AllocatedStorage: plan.allocatedStorageGiB,
           StorageType: plan.storageType,
+          ...(plan.iops ? { Iops: plan.iops } : {}),
           StorageEncrypted: true,
           ...(plan.kmsKeyId ? { KmsKeyId: plan.kmsKeyId } : {}),
           MultiAZ: true,
@@ -376,6 +390,7 @@ export class RdsTargetProvisioner {
   private async adopt(
     plan: Extract<RdsTargetPlan, { mode: 'adopt' }>,
     instanceId: string,
+    sourceMajor: number | undefined,
   ): Promise<{ instance: DBInstance; created: boolean; parameterGroup?: string }> {
     const instance = await this.describe(instanceId);
     if (!instance)
@@ -383,6 +398,13 @@ export class RdsTargetProvisioner {
         field: 'target.instanceIdentifier',
         hint: 'check the name and the region, or use mode "create"',
       });
+    const version = instance.EngineVersion ?? '';
+    checkNotOlder(
+      `RDS instance ${instanceId} (PostgreSQL ${version})`,
+      Number.parseInt(version, 10),
+      sourceMajor,
+      'target.instanceIdentifier',
+    );
     const parameterGroup = await this.checkInstance(instance, 'target.instanceIdentifier');
     return { instance, created: false, parameterGroup };
   }

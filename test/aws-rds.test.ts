@@ -182,7 +182,9 @@ describe('Provision target: a new RDS instance', () => {
       "an RDS instance named pgferry-shop exists and is not this migration's (tag pgferry:migration-id = other)",
     );
     expect(err.field).toBe('target.instanceIdentifier');
+    // Nothing of ours points at it: the other migration's events still find their own migration.
     expect(store.tokens.size).toBe(0);
+    expect(store.correlations.size).toBe(0);
     expect(rds.commandCalls(CreateDBInstanceCommand)).toHaveLength(0);
   });
 
@@ -327,6 +329,7 @@ describe('Provision target: adopting an instance named in the plan', () => {
       expect(err).toBeInstanceOf(RdsTargetUnusableError);
       expect(err.field).toBe('target.instanceIdentifier');
       expect(store.tokens.size).toBe(0);
+      expect(store.correlations.size).toBe(0);
       expect(sfn.calls()).toHaveLength(0);
       return err;
     };

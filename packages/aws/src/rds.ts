@@ -311,18 +311,24 @@ export class RdsTargetProvisioner {
     const store = callbackStore(this.store);
     const id = input.migrationId;
     const instanceId = plan.instanceIdentifier ?? rdsName(id);
-    // The token and the correlation item go first: an event that comes before this returns finds them.
-    await store.correlate(rdsCorrelationKey(instanceId), id);
-    await store.putTaskToken(id, PROVISION_STEP, input.taskToken);
+    let waiting = false;
+    // The token and the correlation item are stored once the instance is known to be usable (never
+    // over another migration's correlation), and before it is created: an event that comes before
+    // this returns finds them.
+    const wait = async () => {
+      await store.correlate(rdsCorrelationKey(instanceId), id);
+      await store.putTaskToken(id, PROVISION_STEP, input.taskToken);
+      waiting = true;
+    };
     try {
       const result =
         plan.mode === 'adopt'
-          ? await this.adopt(plan, instanceId, input.sourceMajor)
-          : await this.create(plan, instanceId, input);
+          ? await this.adopt(plan, instanceId, input.sourceMajor, wait)
+          : await this.create(plan, instanceId, input, wait);
       return await this.completeIfSettled(id, result.instance, result.created, result.parameterGroup);
     } catch (err) {
       // The Lambda's error fails the step; no event should complete a token of a step that failed.
-      await store.takeTaskToken(id, PROVISION_STEP).catch(() => undefined);
+      if (waiting) await store.takeTaskToken(id, PROVISION_STEP).catch(() => undefined);
       throw err;
     }
   }
@@ -331,6 +337,7 @@ export class RdsTargetProvisioner {
     plan: Extract<RdsTargetPlan, { mode: 'create' }>,
     instanceId: string,
     input: ProvisionTargetInput,
+    wait: () => Promise<void>,
   ): Promise<{ instance: DBInstance; created: boolean; parameterGroup: string }> {
     const id = input.migrationId;
     const major = Number.parseInt(plan.engineVersion, 10);
@@ -340,10 +347,12 @@ export class RdsTargetProvisioner {
     if (existing) {
       this.checkOurs(existing, id);
       await this.checkInstance(existing, 'target.instanceIdentifier');
+      await wait();
       this.log(`instance ${instanceId} exists with this migration's tag: adopting it (a retry of Provision target)`);
       return { instance: existing, created: true, parameterGroup };
     }
     await this.ensureParameterGroup(parameterGroup, `postgres${major}`, id, input.jobs ?? 1);
+    await wait();
     const tags = [{ Key: MIGRATION_TAG, Value: id }];
     try {
       const created = await this.rds.send(
@@ -378,7 +387,8 @@ export class RdsTargetProvisioner {
       return { instance: created.DBInstance ?? { DBInstanceIdentifier: instanceId }, created: true, parameterGroup };
     } catch (err) {
       if (!isFault(err, 'DBInstanceAlreadyExistsFault')) throw err;
-      // Created meanwhile by a concurrent attempt of this step: adopt it if it is ours.
+      // Created meanwhile by a concurrent attempt of this step: adopt it if it is ours. (Were it another
+      // migration's, racing for the same name, our correlation item now shadows its own: its step times out.)
       const raced = await this.describe(instanceId);
       if (!raced) throw err;
       this.checkOurs(raced, id);
@@ -391,6 +401,7 @@ export class RdsTargetProvisioner {
     plan: Extract<RdsTargetPlan, { mode: 'adopt' }>,
     instanceId: string,
     sourceMajor: number | undefined,
+    wait: () => Promise<void>,
   ): Promise<{ instance: DBInstance; created: boolean; parameterGroup?: string }> {
     const instance = await this.describe(instanceId);
     if (!instance)
@@ -406,6 +417,7 @@ export class RdsTargetProvisioner {
       'target.instanceIdentifier',
     );
     const parameterGroup = await this.checkInstance(instance, 'target.instanceIdentifier');
+    await wait();
     return { instance, created: false, parameterGroup };
   }
 

@@ -2,6 +2,7 @@ export * from './config';
 export * from './connection-switch';
 export * from './dms';
 export * from './errors';
+export * from './events';
 export * from './format';
 export * from './lag';
 export * from './model';

@@ -1,0 +1,135 @@
+/**
+ * The DynamoDB store's requests, exactly, and what DynamoDB Local cannot show: writes left unprocessed
+ * by throttling. Everything else about the store runs on DynamoDB Local in store-contract.test.ts.
+ */
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import {
+  BatchWriteCommand,
+  DeleteCommand,
+  DynamoDBDocumentClient,
+  GetCommand,
+  PutCommand,
+  UpdateCommand,
+} from '@aws-sdk/lib-dynamodb';
+import { mockClient } from 'aws-sdk-client-mock';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { DynamoMigrationStore } from '../packages/aws/src/index';
+import type { MigrationState } from '../packages/core/src/index';
+
+const doc = DynamoDBDocumentClient.from(
+  new DynamoDBClient({ region: 'local', credentials: { accessKeyId: 'x', secretAccessKey: 'x' } }),
+);
+const ddb = mockClient(doc);
+const NOW = Date.parse('2026-12-06T12:00:00Z');
+const vault = {
+  resolve: async () => ({ sourceUrl: 'postgres://a:b@s/db', targetUrl: 'postgres://a:b@t/db' }),
+};
+const store = () =>
+  new DynamoMigrationStore({ client: doc, tableName: 'pgferry-migrations', vault, now: () => NOW, holder: 'task 7' });
+
+function state(version: number, extra: Partial<MigrationState> = {}): MigrationState {
+  return {
+    id: 'm1',
+    version,
+    createdAt: '2026-12-06T11:00:00.000Z',
+    updatedAt: '2026-12-06T11:00:00.000Z',
+    status: 'running',
+    phase: 'catch-up',
+    config: { id: 'm1' } as MigrationState['config'],
+    phases: {},
+    events: [],
+    ...extra,
+  };
+}
+
+beforeEach(() => {
+  ddb.reset();
+});
+
+describe('DynamoMigrationStore requests', () => {
+  it('writes the migration item only if the version read is still stored', async () => {
+    ddb.on(GetCommand).resolves({ Item: { pk: 'MIGRATION#m1', sk: 'STATE', version: 4, parts: {} } });
+    ddb.on(PutCommand).resolves({});
+    const next = await store().put(state(4));
+    expect(next.version).toBe(5);
+    expect(ddb.commandCalls(GetCommand)[0]!.args[0].input).toEqual({
+      TableName: 'pgferry-migrations',
+      Key: { pk: 'MIGRATION#m1', sk: 'STATE' },
+      ConsistentRead: true,
+    });
+    const put = ddb.commandCalls(PutCommand)[0]!.args[0].input;
+    expect(put).toMatchObject({
+      TableName: 'pgferry-migrations',
+      ConditionExpression: 'version = :read',
+      ExpressionAttributeValues: { ':read': 4 },
+      ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+      Item: { pk: 'MIGRATION#m1', sk: 'STATE', id: 'm1', version: 5, status: 'running', phase: 'catch-up', parts: {} },
+    });
+    expect(JSON.parse(String(put.Item!.body))).toMatchObject({ id: 'm1', version: 5, phase: 'catch-up' });
+    expect(ddb.commandCalls(BatchWriteCommand)).toHaveLength(0); // nothing large: one item written
+  });
+
+  it('sends again the chunk writes DynamoDB left unprocessed, until all are written', async () => {
+    ddb.on(GetCommand).resolves({ Item: { pk: 'MIGRATION#m1', sk: 'STATE', version: 1, parts: {} } });
+    ddb.on(PutCommand).resolves({});
+    const unprocessed = (requests: unknown[]) => ({ UnprocessedItems: { 'pgferry-migrations': requests as never } });
+    ddb
+      .on(BatchWriteCommand)
+      .callsFakeOnce((input) => unprocessed(input.RequestItems['pgferry-migrations']))
+      .resolves({});
+    const tables = Array.from({ length: 400 }, (_, i) => ({ schema: 'public', name: `table_${i}` }));
+    await store().put(state(1, { tables }));
+    const batches = ddb
+      .commandCalls(BatchWriteCommand)
+      .map((c) => c.args[0].input.RequestItems!['pgferry-migrations']!);
+    expect(batches).toHaveLength(2);
+    expect(batches[1]).toEqual(batches[0]);
+    expect(batches[0]![0]).toMatchObject({ PutRequest: { Item: { pk: 'MIGRATION#m1' } } });
+    expect(String(batches[0]![0]!.PutRequest!.Item!.sk)).toMatch(/^PART#tables#\w+#00000$/);
+  });
+
+  it('takes a lease with a condition on its expiry and a TTL in epoch seconds', async () => {
+    ddb.on(PutCommand).resolves({});
+    ddb.on(DeleteCommand).resolves({});
+    const release = await store().claim('m1');
+    const put = ddb.commandCalls(PutCommand)[0]!.args[0].input;
+    expect(put).toMatchObject({
+      TableName: 'pgferry-migrations',
+      ConditionExpression: 'attribute_not_exists(pk) OR leaseUntil < :now',
+      ExpressionAttributeValues: { ':now': NOW },
+      Item: {
+        pk: 'MIGRATION#m1',
+        sk: 'LEASE',
+        who: 'task 7',
+        since: '2026-12-06T12:00:00.000Z',
+        leaseUntil: NOW + 60_000,
+        expiresAt: (NOW + 60_000) / 1000 + 60,
+      },
+    });
+    await release();
+    expect(ddb.commandCalls(DeleteCommand)[0]!.args[0].input).toEqual({
+      TableName: 'pgferry-migrations',
+      Key: { pk: 'MIGRATION#m1', sk: 'LEASE' },
+      ConditionExpression: 'holder = :me',
+      ExpressionAttributeValues: { ':me': put.Item!.holder },
+    });
+    expect(ddb.commandCalls(UpdateCommand)).toHaveLength(0);
+  });
+
+  it('takes a task token with one delete that returns it', async () => {
+    ddb.on(DeleteCommand).resolves({ Attributes: { token: 'tok' } });
+    expect(await store().takeTaskToken('m1', 'provisionTarget')).toBe('tok');
+    expect(ddb.commandCalls(DeleteCommand)[0]!.args[0].input).toEqual({
+      TableName: 'pgferry-migrations',
+      Key: { pk: 'MIGRATION#m1', sk: 'TOKEN#provisionTarget' },
+      ConditionExpression: 'attribute_exists(pk)',
+      ReturnValues: 'ALL_OLD',
+    });
+  });
+
+  it('asks for its table name', () => {
+    expect(() => new DynamoMigrationStore({ client: doc, tableName: '', vault })).toThrow(
+      expect.objectContaining({ field: 'tableName' }),
+    );
+  });
+});

@@ -4,6 +4,7 @@
  */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import {
+  BatchGetCommand,
   BatchWriteCommand,
   DeleteCommand,
   DynamoDBDocumentClient,
@@ -13,7 +14,7 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import { mockClient } from 'aws-sdk-client-mock';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { DynamoMigrationStore } from '../packages/aws/src/index';
+import { DynamoMigrationStore, sha256 } from '../packages/aws/src/index';
 import type { MigrationState } from '../packages/core/src/index';
 
 const doc = DynamoDBDocumentClient.from(
@@ -86,6 +87,30 @@ describe('DynamoMigrationStore requests', () => {
     expect(batches[1]).toEqual(batches[0]);
     expect(batches[0]![0]).toMatchObject({ PutRequest: { Item: { pk: 'MIGRATION#m1' } } });
     expect(String(batches[0]![0]!.PutRequest!.Item!.sk)).toMatch(/^PART#tables#\w+#00000$/);
+  });
+
+  it('reads the chunks of a large field once: they never change, a new value is a new set of chunks', async () => {
+    const tables = Array.from({ length: 400 }, (_, i) => ({ schema: 'public', name: `table_${i}` }));
+    const json = JSON.stringify(tables);
+    const parts = { tables: { set: 'abc', chunks: 1, bytes: json.length, sha256: sha256(json) } };
+    const { tables: _, ...small } = state(3);
+    ddb
+      .on(GetCommand)
+      .resolves({ Item: { pk: 'MIGRATION#m1', sk: 'STATE', version: 3, body: JSON.stringify(small), parts } });
+    ddb
+      .on(BatchGetCommand)
+      .resolves({ Responses: { 'pgferry-migrations': [{ sk: 'PART#tables#abc#00000', data: json }] } });
+    const reader = store();
+    expect((await reader.get('m1')).tables).toEqual(tables);
+    expect((await reader.get('m1')).tables).toEqual(tables);
+    expect(ddb.commandCalls(GetCommand)).toHaveLength(2);
+    expect(ddb.commandCalls(BatchGetCommand).map((c) => c.args[0].input)).toEqual([
+      {
+        RequestItems: {
+          'pgferry-migrations': { Keys: [{ pk: 'MIGRATION#m1', sk: 'PART#tables#abc#00000' }], ConsistentRead: true },
+        },
+      },
+    ]);
   });
 
   it('takes a lease with a condition on its expiry and a TTL in epoch seconds', async () => {

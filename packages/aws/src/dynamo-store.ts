@@ -116,6 +116,8 @@ export class DynamoMigrationStore implements MigrationStore {
   private readonly holder: string;
   private readonly now: () => number;
   private readonly onLeaseLost?: (id: string, message: string) => void;
+  private readonly parts = new Map<string, string>();
+  private partBytes = 0;
 
   constructor(options: DynamoStoreOptions) {
     if (!options.tableName)
@@ -451,13 +453,14 @@ export class DynamoMigrationStore implements MigrationStore {
         refs[field] = kept;
         continue;
       }
-      const set = randomUUID().slice(0, 8);
+      const set = randomUUID().replaceAll('-', '').slice(0, 16);
       const pieces = splitUtf8(json, CHUNK_BYTES);
       pieces.forEach((data, i) => {
         chunks.push({ ...this.key(state.id, chunkSk(field, set, i)), data });
       });
       refs[field] = { set, chunks: pieces.length, bytes: utf8Bytes(json), sha256: hash };
       written[field] = refs[field];
+      this.remember(state.id, field, set, json);
     }
     const item: Item = {
       ...this.key(state.id, STATE_SK),
@@ -531,11 +534,12 @@ export class DynamoMigrationStore implements MigrationStore {
   private async assemble(id: string, item: Item): Promise<MigrationState> {
     const state = JSON.parse(String(item.body)) as Record<string, unknown>;
     const parts = (item.parts ?? {}) as Record<string, PartRef>;
-    const keys = Object.entries(parts).flatMap(([field, ref]) =>
+    const missing = Object.entries(parts).filter(([field, ref]) => !this.parts.has(partKey(id, field, ref.set)));
+    const keys = missing.flatMap(([field, ref]) =>
       Array.from({ length: ref.chunks }, (_, i) => this.key(id, chunkSk(field, ref.set, i))),
     );
     const bySk = new Map((await this.batchGet(keys)).map((c) => [String(c.sk), String(c.data)]));
-    for (const [field, ref] of Object.entries(parts)) {
+    for (const [field, ref] of missing) {
       let json = '';
       for (let i = 0; i < ref.chunks; i++) {
         const data = bySk.get(chunkSk(field, ref.set, i));
@@ -543,14 +547,34 @@ export class DynamoMigrationStore implements MigrationStore {
         json += data;
       }
       if (sha256(json) !== ref.sha256) throw new Error(`its ${field} does not match its checksum`);
-      state[field] = JSON.parse(json);
+      this.remember(id, field, ref.set, json);
     }
+    for (const [field, ref] of Object.entries(parts))
+      state[field] = JSON.parse(this.parts.get(partKey(id, field, ref.set))!);
     const migration = state as unknown as MigrationState;
     if (migration.id !== id || typeof migration.version !== 'number' || !migration.config)
       throw new Error('not a migration');
     return migration;
   }
+
+  /**
+   * A part's chunks are never changed once written (a new value is a new set), so what was read or
+   * written once is what DynamoDB holds for as long as a migration item names it: a read fetches only
+   * the parts that changed, not the table list of 5,000 tables at every update.
+   */
+  private remember(id: string, field: string, set: string, json: string) {
+    if (this.partBytes + json.length > PART_CACHE_CHARS) {
+      this.parts.clear();
+      this.partBytes = 0;
+    }
+    this.parts.set(partKey(id, field, set), json);
+    this.partBytes += json.length;
+  }
 }
+
+const partKey = (id: string, field: string, set: string) => `${id}#${field}#${set}`;
+/** What the part cache of one store holds at most (characters of JSON) before it starts over. */
+const PART_CACHE_CHARS = 64 * 1024 * 1024;
 
 class PartMissing extends Error {
   override name = 'PartMissing';

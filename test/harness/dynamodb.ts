@@ -42,6 +42,9 @@ export async function startDynamoLocal(): Promise<LocalDynamo> {
   const port = await freePort();
   // -inMemory is the default without a path; the jar binds every interface, the client only loopback.
   const child = spawn({ port, stdio: 'pipe' });
+  // A test run that ends without stop() (a failed hook, Ctrl-C) takes the Java process with it.
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
   let output = '';
   child.stdout?.on('data', (d) => {
     output += d;
@@ -70,6 +73,7 @@ export async function startDynamoLocal(): Promise<LocalDynamo> {
   } catch (err) {
     client.destroy();
     await stopProcess(child);
+    process.off('exit', killOnExit);
     throw err;
   }
   const doc = DynamoDBDocumentClient.from(client);
@@ -98,6 +102,7 @@ export async function startDynamoLocal(): Promise<LocalDynamo> {
     async stop() {
       client.destroy();
       await stopProcess(child);
+      process.off('exit', killOnExit);
     },
   };
 }

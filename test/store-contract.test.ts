@@ -458,7 +458,10 @@ describe('DynamoDB store on DynamoDB Local', () => {
     const first = Number((await lease())!.leaseUntil);
     // Until the lease was renewed past where it first ran out: longer than one lease, held all along.
     while (Number((await lease())!.leaseUntil) < first + 1500) await new Promise((r) => setTimeout(r, 100));
-    await expect(store.claim(id)).rejects.toMatchObject({ name: 'StateConflictError' });
+    await expect(store.claim(id)).rejects.toMatchObject({
+      name: 'StateConflictError',
+      message: expect.stringMatching(new RegExp(`\\(pid ${process.pid} on .+, since .+, lease until 20\\d\\d-`)),
+    });
     expect((await lease())!.expiresAt).toBeGreaterThan(Date.now() / 1000);
     await release();
     expect(await lease()).toBeUndefined();

@@ -89,6 +89,32 @@ describe('DynamoMigrationStore requests', () => {
     expect(String(batches[0]![0]!.PutRequest!.Item!.sk)).toMatch(/^PART#tables#\w+#00000$/);
   });
 
+  it('removes the chunks of a write that lost its version check, and keeps those of one that may have landed', async () => {
+    ddb.on(GetCommand).resolves({ Item: { pk: 'MIGRATION#m1', sk: 'STATE', version: 2, parts: {} } });
+    ddb.on(BatchWriteCommand).resolves({});
+    const tables = Array.from({ length: 400 }, (_, i) => ({ schema: 'public', name: `table_${i}` }));
+    const requests = () =>
+      ddb.commandCalls(BatchWriteCommand).flatMap((c) => c.args[0].input.RequestItems!['pgferry-migrations']!);
+
+    ddb.on(PutCommand).rejects(
+      Object.assign(new Error('conditional request failed'), {
+        name: 'ConditionalCheckFailedException',
+        Item: { version: { N: '3' } },
+      }),
+    );
+    await expect(store().put(state(2, { tables }))).rejects.toMatchObject({
+      name: 'StateConflictError',
+      message: expect.stringContaining('version 3, expected 2'),
+    });
+    const [written, removed] = requests();
+    expect(removed).toEqual({ DeleteRequest: { Key: { pk: 'MIGRATION#m1', sk: written!.PutRequest!.Item!.sk } } });
+
+    ddb.resetHistory();
+    ddb.on(PutCommand).rejects(Object.assign(new Error('socket hang up'), { name: 'TimeoutError' }));
+    await expect(store().put(state(2, { tables }))).rejects.toMatchObject({ name: 'TimeoutError' });
+    expect(requests().map((r) => Object.keys(r))).toEqual([['PutRequest']]);
+  });
+
   it('reads the chunks of a large field once: they never change, a new value is a new set of chunks', async () => {
     const tables = Array.from({ length: 400 }, (_, i) => ({ schema: 'public', name: `table_${i}` }));
     const json = JSON.stringify(tables);

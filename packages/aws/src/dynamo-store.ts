@@ -155,9 +155,10 @@ export class DynamoMigrationStore implements MigrationStore {
         new PutCommand({ TableName: this.tableName, Item: item, ConditionExpression: 'attribute_not_exists(pk)' }),
       );
     } catch (err) {
-      await this.deleteParts(state.id, written);
-      if (isConditionFailure(err)) throw alreadyExistsError(state.id, this.where);
-      throw err;
+      // Only a refused write is known not to name the chunks: after a timeout it may have landed.
+      if (!isConditionFailure(err)) throw err;
+      await this.deleteParts(state.id, written).catch(() => {});
+      throw alreadyExistsError(state.id, this.where);
     }
     try {
       await this.vault.store?.(state.id, secrets);
@@ -230,8 +231,8 @@ export class DynamoMigrationStore implements MigrationStore {
         }),
       );
     } catch (err) {
-      await this.deleteParts(id, written);
-      if (!isConditionFailure(err)) throw err;
+      if (!isConditionFailure(err)) throw err; // it may have landed: its chunks stay
+      await this.deleteParts(id, written).catch(() => {});
       const now = oldAttribute(err, 'version');
       if (now === undefined) throw this.notFound(id);
       throw versionConflictError(id, Number(now), state.version);

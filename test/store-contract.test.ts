@@ -224,6 +224,18 @@ describe.each(Object.keys(subjects))('MigrationStore contract: %s store', (kind)
     expect(await s.store.secrets(id)).toEqual(SECRETS);
   });
 
+  it("replaces and forgets a migration's secrets, and only an existing migration's", async () => {
+    const id = newId();
+    await s.store.create(migration(id), SECRETS);
+    const rotated = { ...SECRETS, sourceUrl: SECRETS.sourceUrl.replace(PASSWORD, 'rotated-pw') };
+    await s.store.updateSecrets(id, rotated);
+    expect(await s.fresh().secrets(id)).toEqual(rotated);
+    await expect(s.store.updateSecrets('nosuch', rotated)).rejects.toMatchObject({ name: 'MigrationNotFoundError' });
+    await s.store.removeSecrets(id);
+    await expect(s.store.secrets(id)).rejects.toThrow();
+    expect((await s.store.get(id)).id).toBe(id); // the state stays: status still shows the migration
+  });
+
   it('lists its migrations in creation order and names the unreadable ones', async () => {
     const ids = [newId(), newId(), newId()];
     const base = Date.parse('2020-01-01T00:00:00Z');

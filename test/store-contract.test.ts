@@ -460,6 +460,28 @@ describe('DynamoDB store on DynamoDB Local', () => {
     expect((await dynamoStore({ table }).get(id)).tables).toHaveLength(4000);
   });
 
+  it('sweeps the chunks no migration item names once they are older than any write in progress', async () => {
+    const id = newId();
+    await store.create(migration(id), SECRETS);
+    const written = await store.put({ ...(await store.get(id)), tables: largeParts().tables });
+    // What a writer that died between its chunks and its migration item leaves.
+    const orphan = {
+      pk: `MIGRATION#${id}`,
+      sk: 'PART#tables#0123456789abcdef#00000',
+      data: '[',
+      writtenAt: Date.now(),
+    };
+    await dynamo.doc.send(new PutCommand({ TableName: table, Item: orphan }));
+    const chunks = async () =>
+      (await scanAll(table)).filter((i) => i.pk === `MIGRATION#${id}` && String(i.sk).startsWith('PART#')).length;
+    const before = await chunks();
+    expect(await store.sweep(id)).toBe(0); // young: it may be a write about to land
+    const hoursLater = dynamoStore({ table, now: () => Date.now() + 2 * 3_600_000 });
+    expect(await hoursLater.sweep(id)).toBe(1);
+    expect(await chunks()).toBe(before - 1);
+    expect(await dynamoStore({ table }).get(id)).toEqual(written);
+  });
+
   it('renews a held lease, so that a holder working longer than one lease keeps it', async () => {
     const id = newId();
     await store.create(migration(id), SECRETS);

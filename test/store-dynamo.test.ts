@@ -14,7 +14,7 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import { mockClient } from 'aws-sdk-client-mock';
 import { beforeEach, describe, expect, it } from 'vitest';
-import { DynamoMigrationStore, sha256 } from '../packages/aws/src/index';
+import { COMMIT_WINDOW_MS, DynamoMigrationStore, sha256 } from '../packages/aws/src/index';
 import type { MigrationState } from '../packages/core/src/index';
 
 const doc = DynamoDBDocumentClient.from(
@@ -113,6 +113,27 @@ describe('DynamoMigrationStore requests', () => {
     ddb.on(PutCommand).rejects(Object.assign(new Error('socket hang up'), { name: 'TimeoutError' }));
     await expect(store().put(state(2, { tables }))).rejects.toMatchObject({ name: 'TimeoutError' });
     expect(requests().map((r) => Object.keys(r))).toEqual([['PutRequest']]);
+  });
+
+  it('gives up a write whose chunks took longer than the commit window, removing them', async () => {
+    ddb.on(GetCommand).resolves({ Item: { pk: 'MIGRATION#m1', sk: 'STATE', version: 2, parts: {} } });
+    ddb.on(BatchWriteCommand).resolves({});
+    const tables = Array.from({ length: 400 }, (_, i) => ({ schema: 'public', name: `table_${i}` }));
+    let clock = NOW;
+    const slow = new DynamoMigrationStore({ client: doc, tableName: 'pgferry-migrations', vault, now: () => clock });
+    ddb.on(BatchWriteCommand).callsFake(async () => {
+      clock += COMMIT_WINDOW_MS + 1; // the chunk writes were throttled for that long
+      return {};
+    });
+    await expect(slow.put(state(2, { tables }))).rejects.toMatchObject({
+      message: expect.stringContaining('not committed'),
+    });
+    expect(ddb.commandCalls(PutCommand)).toHaveLength(0);
+    const requests = ddb
+      .commandCalls(BatchWriteCommand)
+      .flatMap((c) => c.args[0].input.RequestItems!['pgferry-migrations']!);
+    expect(requests.map((r) => Object.keys(r)[0])).toEqual(['PutRequest', 'DeleteRequest']);
+    expect(requests[0]!.PutRequest!.Item!.writtenAt).toBe(NOW);
   });
 
   it('reads the chunks of a large field once: they never change, a new value is a new set of chunks', async () => {

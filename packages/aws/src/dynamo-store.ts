@@ -15,6 +15,7 @@ import {
   type DynamoDBDocumentClient,
   GetCommand,
   PutCommand,
+  QueryCommand,
   ScanCommand,
   TransactWriteCommand,
   UpdateCommand,
@@ -97,6 +98,13 @@ function oldAttribute(err: unknown, name: string): string | undefined {
 }
 
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A write names its chunks within this long of writing them, or gives up and removes them. */
+export const COMMIT_WINDOW_MS = 10 * 60_000;
+/** Chunks no migration item names are removed once this old (well past any commit window). */
+export const ORPHAN_AGE_MS = 6 * COMMIT_WINDOW_MS;
+/** Every this many versions of a migration, a write sweeps the chunks nothing names. */
+const SWEEP_EVERY = 50;
 
 /** BatchWrite's and BatchGet's limits per request. */
 const BATCH_WRITE = 25;
@@ -242,6 +250,7 @@ export class DynamoMigrationStore implements MigrationStore {
     const after = item.parts as Record<string, PartRef>;
     const replaced = Object.fromEntries(Object.entries(before).filter(([f, ref]) => after[f]?.set !== ref.set));
     await this.deleteParts(id, replaced).catch(() => {});
+    if (next.version % SWEEP_EVERY === 0) await this.sweep(id).catch(() => {});
     return next;
   }
 
@@ -447,6 +456,7 @@ export class DynamoMigrationStore implements MigrationStore {
     const refs: Record<string, PartRef> = {};
     const written: Record<string, PartRef> = {};
     const chunks: Item[] = [];
+    const writtenAt = this.now();
     for (const [field, json] of Object.entries(parts)) {
       const hash = sha256(json);
       const kept = before[field];
@@ -457,7 +467,7 @@ export class DynamoMigrationStore implements MigrationStore {
       const set = randomUUID().replaceAll('-', '').slice(0, 16);
       const pieces = splitUtf8(json, CHUNK_BYTES);
       pieces.forEach((data, i) => {
-        chunks.push({ ...this.key(state.id, chunkSk(field, set, i)), data });
+        chunks.push({ ...this.key(state.id, chunkSk(field, set, i)), data, writtenAt });
       });
       refs[field] = { set, chunks: pieces.length, bytes: utf8Bytes(json), sha256: hash };
       written[field] = refs[field];
@@ -482,11 +492,49 @@ export class DynamoMigrationStore implements MigrationStore {
       });
     try {
       await this.batchWrite(chunks.map((Item) => ({ PutRequest: { Item } })));
+      // The sweep takes unnamed chunks of this age for a dead writer's: one this slow does not commit.
+      if (this.now() - writtenAt > COMMIT_WINDOW_MS)
+        throw new PgferryError(
+          `writing the state of migration ${state.id} took longer than ${COMMIT_WINDOW_MS / 60_000} minutes; not committed`,
+          { migrationId: state.id, hint: 'DynamoDB is throttling or unreachable; re-run the command' },
+        );
     } catch (err) {
       await this.deleteParts(state.id, written).catch(() => {});
       throw err;
     }
     return { item, written };
+  }
+
+  /**
+   * Remove the chunks no migration item names: left by a writer that died between its chunks and its
+   * migration item, or by a delete that failed. Only chunks older than a commit window and then some
+   * (ORPHAN_AGE_MS): a younger one may belong to a write about to land. Returns how many it removed.
+   */
+  async sweep(id: string): Promise<number> {
+    const pk = migrationPk(checkMigrationId(id));
+    const chunks: { sk: string; writtenAt?: number }[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await this.client.send(
+        new QueryCommand({
+          TableName: this.tableName,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :part)',
+          ProjectionExpression: 'sk, writtenAt',
+          ExpressionAttributeValues: { ':pk': pk, ':part': 'PART#' },
+          ConsistentRead: true,
+          ExclusiveStartKey: start,
+        }),
+      );
+      chunks.push(...((page.Items ?? []) as typeof chunks));
+      start = page.LastEvaluatedKey;
+    } while (start);
+    // Read after the chunks: a set named by then and written before the query is in both.
+    const parts = ((await this.getItem(this.key(id, STATE_SK)))?.parts ?? {}) as Record<string, PartRef>;
+    const named = new Set(Object.entries(parts).map(([field, ref]) => chunkSk(field, ref.set, 0).slice(0, -5)));
+    const old = this.now() - ORPHAN_AGE_MS;
+    const orphans = chunks.filter((c) => !named.has(c.sk.slice(0, -5)) && !((c.writtenAt ?? 0) >= old));
+    await this.batchWrite(orphans.map((c) => ({ DeleteRequest: { Key: { pk, sk: c.sk } } })));
+    return orphans.length;
   }
 
   private async deleteParts(id: string, parts: Record<string, PartRef>): Promise<void> {

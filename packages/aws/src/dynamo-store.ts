@@ -255,21 +255,18 @@ export class DynamoMigrationStore implements MigrationStore {
   }
 
   async list(): Promise<MigrationListing> {
-    const ids: string[] = [];
-    let start: Record<string, unknown> | undefined;
-    do {
-      const page = await this.client.send(
+    const items = await this.allPages((ExclusiveStartKey) =>
+      this.client.send(
         new ScanCommand({
           TableName: this.tableName,
           FilterExpression: 'sk = :state AND begins_with(pk, :migration)',
           ProjectionExpression: 'pk',
           ExpressionAttributeValues: { ':state': STATE_SK, ':migration': 'MIGRATION#' },
-          ExclusiveStartKey: start,
+          ExclusiveStartKey,
         }),
-      );
-      for (const item of page.Items ?? []) ids.push(String(item.pk).slice('MIGRATION#'.length));
-      start = page.LastEvaluatedKey;
-    } while (start);
+      ),
+    );
+    const ids = items.map((item) => String(item.pk).slice('MIGRATION#'.length));
     return readListing(ids, (id) => this.get(id));
   }
 
@@ -512,22 +509,18 @@ export class DynamoMigrationStore implements MigrationStore {
    */
   async sweep(id: string): Promise<number> {
     const pk = migrationPk(checkMigrationId(id));
-    const chunks: { sk: string; writtenAt?: number }[] = [];
-    let start: Record<string, unknown> | undefined;
-    do {
-      const page = await this.client.send(
+    const chunks = (await this.allPages((ExclusiveStartKey) =>
+      this.client.send(
         new QueryCommand({
           TableName: this.tableName,
           KeyConditionExpression: 'pk = :pk AND begins_with(sk, :part)',
           ProjectionExpression: 'sk, writtenAt',
           ExpressionAttributeValues: { ':pk': pk, ':part': 'PART#' },
           ConsistentRead: true,
-          ExclusiveStartKey: start,
+          ExclusiveStartKey,
         }),
-      );
-      chunks.push(...((page.Items ?? []) as typeof chunks));
-      start = page.LastEvaluatedKey;
-    } while (start);
+      ),
+    )) as { sk: string; writtenAt?: number }[];
     // Read after the chunks: a set named by then and written before the query is in both.
     const parts = ((await this.getItem(this.key(id, STATE_SK)))?.parts ?? {}) as Record<string, PartRef>;
     const named = new Set(Object.entries(parts).map(([field, ref]) => chunkSk(field, ref.set, 0).slice(0, -5)));
@@ -542,6 +535,20 @@ export class DynamoMigrationStore implements MigrationStore {
       Array.from({ length: ref.chunks }, (_, i) => this.key(id, chunkSk(field, ref.set, i))),
     );
     await this.batchWrite(keys.map((Key) => ({ DeleteRequest: { Key } })));
+  }
+
+  /** Every item of a Scan or Query, page after page. */
+  private async allPages(
+    page: (start: Record<string, unknown> | undefined) => Promise<{ Items?: Item[]; LastEvaluatedKey?: Item }>,
+  ): Promise<Item[]> {
+    const items: Item[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const out = await page(start);
+      items.push(...(out.Items ?? []));
+      start = out.LastEvaluatedKey;
+    } while (start);
+    return items;
   }
 
   private async batchWrite(requests: Record<string, unknown>[]): Promise<void> {

@@ -188,6 +188,31 @@ describe('DynamoMigrationStore requests', () => {
     expect(ddb.commandCalls(UpdateCommand)).toHaveLength(0);
   });
 
+  it('does not report a lease lost when a renewal still in flight at its release finds it gone', async () => {
+    ddb.on(PutCommand).resolves({});
+    ddb.on(DeleteCommand).resolves({});
+    let refuse: (err: Error) => void = () => {};
+    ddb.on(UpdateCommand).callsFake(() => new Promise((_, reject) => (refuse = reject)));
+    const lost: string[] = [];
+    const holder = new DynamoMigrationStore({
+      client: doc,
+      tableName: 'pgferry-migrations',
+      vault,
+      renewEveryMs: 5,
+      onLeaseLost: (_id, m) => lost.push(m),
+    });
+    const release = await holder.claim('m1');
+    while (ddb.commandCalls(UpdateCommand).length === 0) await new Promise((r) => setTimeout(r, 5));
+    await release();
+    refuse(Object.assign(new Error('conditional request failed'), { name: 'ConditionalCheckFailedException' }));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(lost).toEqual([]);
+    expect(ddb.commandCalls(UpdateCommand)[0]!.args[0].input).toMatchObject({
+      Key: { pk: 'MIGRATION#m1', sk: 'LEASE' },
+      ConditionExpression: 'holder = :me',
+    });
+  });
+
   it('takes a task token with one delete that returns it', async () => {
     ddb.on(DeleteCommand).resolves({ Attributes: { token: 'tok' } });
     expect(await store().takeTaskToken('m1', 'provisionTarget')).toBe('tok');

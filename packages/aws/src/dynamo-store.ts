@@ -298,15 +298,18 @@ export class DynamoMigrationStore implements MigrationStore {
         `A lease its holder stops renewing lapses by itself ${Math.ceil(this.leaseMs / 1000)} s after its last renewal.`,
       );
     }
+    let released = false;
     const renewal = setInterval(() => {
       this.renew(id, me).catch((err) => {
-        if (!isConditionFailure(err)) return; // transient: the next tick tries again while the lease lasts
+        // Transient: the next tick tries again while the lease lasts. Released: a late renewal found no lease.
+        if (!isConditionFailure(err) || released) return;
         clearInterval(renewal);
         this.onLeaseLost?.(id, `the lease on migration ${id} was taken over by another holder after it lapsed`);
       });
     }, this.renewEveryMs);
     renewal.unref();
     return async () => {
+      released = true;
       clearInterval(renewal);
       await this.client
         .send(

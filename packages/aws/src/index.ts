@@ -1,8 +1,10 @@
-// switch: the connection switch (Secrets Manager, SSM, Route 53) and the DMS path
-
-// Adapters (helper `adapters`): task callbacks, events, secrets, TLS, the RDS target.
+// Task callbacks, events, secrets, TLS, the RDS target.
 export * from './callbacks';
+// The DMS path and the connection switch (Secrets Manager, SSM, Route 53).
 export * from './dms';
+// The DynamoDB migration store and its table layout.
+export * from './dynamo-parts';
+export * from './dynamo-store';
 export * from './events';
 export * from './rds';
 export * from './secrets';

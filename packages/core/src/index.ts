@@ -8,4 +8,5 @@ export * from './lag';
 export * from './model';
 export * from './ports';
 export * from './redact';
+export * from './store-rules';
 export * from './workflow/tasks';

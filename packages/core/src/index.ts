@@ -5,4 +5,5 @@ export * from './lag';
 export * from './model';
 export * from './ports';
 export * from './redact';
+export * from './workflow/bulk-load';
 export * from './workflow/tasks';

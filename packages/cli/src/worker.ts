@@ -172,7 +172,17 @@ export async function runWorker(task: WorkerTask, options: WorkerOptions): Promi
  * the worker command: the CLI's other commands never need the AWS SDK.
  */
 export async function awsTaskCallbacks(): Promise<TaskCallbacks> {
-  const aws: Record<string, unknown> = await import('@pgferry/aws');
+  let aws: Record<string, unknown>;
+  try {
+    aws = await import('@pgferry/aws');
+  } catch (err) {
+    // The CLI's own bundle leaves the AWS adapters out (every command would load the SDK): the worker
+    // image bundles them (Dockerfile).
+    throw new PgferryError(`the AWS adapters are not in this build of pgferry: ${errorMessage(err)}`, {
+      cause: err,
+      hint: 'pgferry worker runs in the worker image built from the Dockerfile',
+    });
+  }
   const Callbacks = aws.SfnTaskCallbacks as (new () => TaskCallbacks) | undefined;
   if (typeof Callbacks !== 'function')
     throw new PgferryError('this build of pgferry has no Step Functions task callbacks (SfnTaskCallbacks)', {

@@ -156,6 +156,7 @@ export interface PlannedCopy {
 
 /** One worker's part of a scaled-out copy, and what it reported. */
 export interface CopyShareRecord {
+  /** What the share's worker copies (empty when the coordinator copies everything itself). */
   items: PlannedCopy[];
   estBytes: number;
   startedAt?: string;

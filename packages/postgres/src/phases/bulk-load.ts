@@ -518,7 +518,11 @@ async function loadInSnapshot(
         snapshot,
         slotLsn: exported.lsn,
         plannedAt: new Date().toISOString(),
-        shares: parts.map((p) => ({ items: p.map(plannedCopy), estBytes: p.reduce((sum, i) => sum + i.estBytes, 0) })),
+        // Copied here, the items are not written out: a plan of thousands of tables is not small.
+        shares: parts.map((p) => ({
+          items: inProcess ? [] : p.map(plannedCopy),
+          estBytes: p.reduce((sum, i) => sum + i.estBytes, 0),
+        })),
         ...(inProcess ? { inProcess } : {}),
       };
     });

@@ -4,7 +4,12 @@ import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { openSession, type Runtime } from '../packages/cli/src/runner';
 import { InProcessTaskCallbacks, runWorkerInProcess } from '../packages/cli/src/worker';
-import { BULK_LOAD_STATES, bulkLoadStates } from '../packages/core/src/workflow/bulk-load';
+import {
+  BULK_LOAD_STATES,
+  bulkLoadStates,
+  copyPlanStatus,
+  splitIntoShares,
+} from '../packages/core/src/workflow/bulk-load';
 import { catchUp, prepareSchema, readCopyPlan, startReplication } from '../packages/postgres/src/index';
 import { migrationFixture, newMigration, type TestRuntime } from './harness/migration';
 import type { Pair } from './harness/pairs';
@@ -154,6 +159,43 @@ async function prepared(label: string) {
   await prepareSchema(session.ctx).finally(() => session.close());
   return { pair, rt, writer, m };
 }
+
+describe('copy plan', () => {
+  it('splits the items into shares of about equal bytes, each item once', () => {
+    const items = [90, 10, 40, 40, 30, 30, 20, 5].map((estBytes, i) => ({ estBytes, i }));
+    const shares = splitIntoShares(items, 3);
+    expect(
+      shares
+        .flat()
+        .map((x) => x.i)
+        .sort(),
+    ).toEqual(items.map((x) => x.i).sort());
+    const bytes = shares.map((s) => s.reduce((sum, x) => sum + x.estBytes, 0));
+    expect(Math.max(...bytes) - Math.min(...bytes)).toBeLessThanOrEqual(10);
+    // No empty share: fewer items than workers means fewer shares.
+    expect(splitIntoShares(items.slice(0, 2), 5)).toHaveLength(2);
+    expect(splitIntoShares([], 4)).toEqual([[]]);
+  });
+
+  it('is ready for the Map only when it is this attempt’s, and has no iteration when copied in-process', () => {
+    const share = { items: [], estBytes: 1 };
+    const plan = { loadId: 'a', snapshot: 's', slotLsn: '0/1', plannedAt: '', shares: [share, share] };
+    expect(copyPlanStatus({ id: 'm', copyPlan: plan }, 'b')).toMatchObject({ ready: false, shares: [] });
+    expect(copyPlanStatus({ id: 'm', copyPlan: plan }, 'a')).toMatchObject({
+      ready: true,
+      failed: false,
+      workers: 2,
+      shares: [
+        { migrationId: 'm', loadId: 'a', share: 0 },
+        { migrationId: 'm', loadId: 'a', share: 1 },
+      ],
+    });
+    const here = copyPlanStatus({ id: 'm', copyPlan: { ...plan, shares: [share], inProcess: true } }, 'a');
+    expect(here).toMatchObject({ ready: true, shares: [], workers: 1 });
+    const failed = { ...plan, shares: [share, { ...share, failedAt: 'now', failure: 'x' }] };
+    expect(copyPlanStatus({ id: 'm', copyPlan: failed }, 'a').failed).toBe(true);
+  });
+});
 
 describe('bulk load scaled out over two workers', () => {
   it('the sub-graph is valid ASL inside a complete definition', () => {

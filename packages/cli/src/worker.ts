@@ -110,7 +110,7 @@ async function dispatch(task: WorkerTask, rt: Runtime, ctx: PhaseContext, stoppe
       return { summary, rows: s.rowsCopied, bytes: s.bytesCopied, slotLsn: s.slotLsn };
     }
     case 'copyShare': {
-      const r = await copyShare(ctx, { loadId: task.loadId ?? '', share: task.share ?? 0 });
+      const r = await copyShare(ctx, { loadId: task.loadId ?? '', share: task.share ?? 0 }, stopped);
       return { summary: r.summary, share: r.share, rows: r.rows, bytes: r.bytes };
     }
     // Until the workflow's runWorkflowTask exists, the worker's other tasks call the phases directly.
@@ -128,7 +128,8 @@ async function dispatch(task: WorkerTask, rt: Runtime, ctx: PhaseContext, stoppe
 /**
  * Runs the task and completes its token. Heartbeats go out every `heartbeatMs` while it runs; a
  * heartbeat refused (the execution stopped, failed or timed out: the token is dead) stops a
- * coordinator's wait, so that its slot is dropped instead of holding WAL for nobody.
+ * coordinator's wait, so that its slot is dropped instead of holding WAL for nobody, and a share's
+ * copy between two items.
  */
 export async function runWorker(task: WorkerTask, options: WorkerOptions): Promise<WorkerOutcome> {
   const { rt, callbacks } = options;

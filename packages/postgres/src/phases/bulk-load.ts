@@ -208,6 +208,8 @@ export async function copyAll(
   items: CopyItem[],
   snapshot: string,
   indexes?: EarlyIndexBuilder,
+  /** Stops the copy between two items (a share worker whose execution is gone). */
+  signal?: AbortSignal,
 ): Promise<{ rows: number; bytes: number }> {
   // Tables other tables reference through a foreign key (when a restarted load finds constraints
   // already built) cannot be truncated alone, so they are loaded without TRUNCATE + FREEZE.
@@ -262,6 +264,8 @@ export async function copyAll(
       for (;;) {
         // An index build that failed fails the load now, not after hours more of copying.
         if (indexes?.error) throw indexes.error;
+        if (signal?.aborted)
+          throw new BulkLoadFailedError('the copy was stopped: its execution ended', { phase: 'bulk-load' });
         const item = failure ? undefined : items[next++];
         if (!item) break;
         const binary = binaryCopy(item.table);

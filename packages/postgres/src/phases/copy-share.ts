@@ -57,9 +57,10 @@ async function updateShare(ctx: PhaseContext, ref: ShareRef, change: (r: CopySha
 /**
  * Task "Copy a share of the tables". A share is copied once per plan: a share started before and
  * never reported may have committed some of its ranges, so it fails (and with it the load, which a
- * resume starts again on an empty target) instead of copying them twice.
+ * resume starts again on an empty target) instead of copying them twice. `signal` stops it between
+ * two items (its execution is gone: nobody will use what it copies).
  */
-export async function copyShare(ctx: PhaseContext, ref: ShareRef): Promise<ShareResult> {
+export async function copyShare(ctx: PhaseContext, ref: ShareRef, signal?: AbortSignal): Promise<ShareResult> {
   const label = `share ${ref.share + 1}`;
   const plan = ctx.state.copyPlan;
   if (!plan || plan.loadId !== ref.loadId)
@@ -94,7 +95,7 @@ export async function copyShare(ctx: PhaseContext, ref: ShareRef): Promise<Share
     const items = copyItems(record.items, await listTables(ctx.source));
     // copyAll's streams import the snapshot (SET TRANSACTION SNAPSHOT): it fails if the coordinator's
     // exporting session is gone, so no share copies outside the slot's snapshot.
-    const { rows, bytes } = await copyAll(ctx, items, plan.snapshot);
+    const { rows, bytes } = await copyAll(ctx, items, plan.snapshot, undefined, signal);
     await updateShare(ctx, ref, (r) => {
       Object.assign(r, { doneAt: new Date().toISOString(), rows, bytes });
     });

@@ -10,6 +10,7 @@ import {
   copyPlanStatus,
   errorMessage,
   type MigrationStore,
+  PgferryError,
   redactText,
 } from '@pgferry/core';
 import { listTables } from '../catalog';
@@ -112,7 +113,13 @@ export async function copyShare(ctx: PhaseContext, ref: ShareRef, signal?: Abort
     await updateShare(ctx, ref, (r) => {
       Object.assign(r, { failedAt: new Date().toISOString(), failure });
     }).catch(() => {});
-    throw err;
+    // Step Functions' Retry and Catch match on the error's name: a driver's error is named "error".
+    if (err instanceof PgferryError) throw err;
+    throw new BulkLoadFailedError(`${label2} failed: ${redactText(errorMessage(err))}`, {
+      cause: err,
+      phase: 'bulk-load',
+      hint: 'fix the cause, then resume the migration: the load starts again on an empty target',
+    });
   }
 }
 

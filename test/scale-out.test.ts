@@ -249,6 +249,10 @@ describe('bulk load scaled out over two workers', () => {
       }
       for (const t of TABLES)
         expect(await fingerprint(pair, 'target', t), t).toEqual(await fingerprint(pair, 'source', t));
+      // Run again (a redriven execution), the load is done: no copy, no Map iteration.
+      const again = await runBulkLoad(rt, m.id);
+      expect(again.result).toMatchObject({ ok: true, output: { bulkLoad: { summary: 'already done' } } });
+      expect((await rt.store.get(m.id)).copyPlan).toMatchObject({ inProcess: true, shares: [] });
     } finally {
       await orders.stop();
     }

@@ -9,6 +9,7 @@ import {
   errorMessage,
   InvalidInputError,
   PgferryError,
+  type Phase,
   redactText,
   type TaskCallbacks,
   type TaskName,
@@ -96,11 +97,19 @@ export interface WorkerOutcome {
   error?: { name: string; message: string };
 }
 
+/**
+ * A phase with its start and end recorded, unless it has ended already: then the phase itself says so
+ * (runPhase would clear its end first). A re-run task converges instead of doing its work again.
+ */
+function phase(rt: Runtime, ctx: PhaseContext, name: Phase, fn: (c: PhaseContext) => Promise<string>) {
+  return ctx.state.phases[name]?.endedAt ? fn(ctx) : runPhase(rt, ctx, name, fn);
+}
+
 /** Runs one task of the workflow as the state machine asked, on the session's connections. */
 async function dispatch(task: WorkerTask, rt: Runtime, ctx: PhaseContext, stopped: AbortSignal): Promise<TaskOutput> {
   switch (task.task) {
     case 'bulkLoad': {
-      const summary = await runPhase(rt, ctx, 'bulk-load', (c) =>
+      const summary = await phase(rt, ctx, 'bulk-load', (c) =>
         bulkLoad(c, {
           loadId: task.loadId,
           shares: { read: () => rt.store.get(task.migrationId), signal: stopped },
@@ -115,11 +124,11 @@ async function dispatch(task: WorkerTask, rt: Runtime, ctx: PhaseContext, stoppe
     }
     // Until the workflow's runWorkflowTask exists, the worker's other tasks call the phases directly.
     case 'prepareSchema':
-      return { summary: await runPhase(rt, ctx, 'prepare-schema', prepareSchema) };
+      return { summary: await phase(rt, ctx, 'prepare-schema', prepareSchema) };
     case 'verifyBeforeSwitch':
       return { summary: await catchUpAndVerify(ctx), outcome: ctx.state.verifyBeforeSwitch?.outcome };
     case 'verify':
-      return { summary: await runPhase(rt, ctx, 'verify', verify), outcome: ctx.state.verify?.outcome };
+      return { summary: await phase(rt, ctx, 'verify', verify), outcome: ctx.state.verify?.outcome };
     default:
       throw new InvalidInputError(`${task.task} is not a worker task`, { field: WORKER_ENV.task });
   }

@@ -18,7 +18,8 @@ await build({
   format: 'esm',
   target: 'node20',
   // pg loads it only when asked for the native client, which pgferry never is; it may be absent.
-  external: ['pg-native'],
+  // The AWS adapters (and their SDK) only `pgferry worker` loads: the worker image bundles them.
+  external: ['pg-native', '@pgferry/aws'],
   // pg and its dependencies are CommonJS and call require(): give the ESM bundle a real one.
   banner: {
     js: "import { createRequire as __pgferryRequire } from 'node:module';\nconst require = __pgferryRequire(import.meta.url);",

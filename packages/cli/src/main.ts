@@ -12,6 +12,7 @@ import {
   newMigrationId,
   PgferryError,
   redactUrl,
+  WORKER_HEARTBEAT_TIMEOUT_SECONDS,
 } from '@pgferry/core';
 import {
   assess,
@@ -35,6 +36,7 @@ import {
   useCredentials,
 } from './runner';
 import { FileMigrationStore } from './store';
+import { awsTaskCallbacks, runWorker, WORKER_TASKS, workerTaskFromEnv } from './worker';
 
 /** The --source/--target of commands on a stored migration. */
 const CREDENTIALS = `--source URL, --target URL  new credentials (a rotated password) for the same user, server and
@@ -47,6 +49,22 @@ const SWITCHING = `--on-switch CMD, --switch-file PATH  replace the migration's 
                             --max-drain-ms N likewise (a longer write gap allowed)`;
 
 const HELP: Record<string, string> = {
+  worker: `pgferry worker — run one workflow task in the worker container (the Fargate task's entry point)
+
+Usage: pgferry worker
+
+The state machine starts the container with ecs:runTask.waitForTaskToken and sets, in its environment:
+  PGFERRY_TASK           the task: ${WORKER_TASKS.join(', ')}
+  PGFERRY_MIGRATION_ID   the migration to act on
+  PGFERRY_TASK_TOKEN     the task token the worker completes (SendTaskSuccess / SendTaskFailure)
+  PGFERRY_LOAD_ID        bulkLoad and copyShare: the bulk load attempt the copy plan belongs to
+  PGFERRY_SHARE          copyShare: the share of the plan to copy (0-based)
+  PGFERRY_HEARTBEAT_SECONDS  between two heartbeats (default 30; the state waits ${WORKER_HEARTBEAT_TIMEOUT_SECONDS})
+
+The worker sends heartbeats while the task runs and completes the token with a short summary, or
+with the error's name and message (never a password). A refused heartbeat (the execution is gone)
+stops a bulk load's coordinator, which then drops its replication slot.
+Exit code 0 when the task succeeded, otherwise the error's exit code.`,
   main: `pgferry — move a live PostgreSQL database to another server (Amazon RDS) with zero downtime
 
 Usage: pgferry <command> [options]
@@ -61,6 +79,7 @@ Commands:
   resume    Continue a migration after a crash or an interrupted command
   unfreeze  Make the source writable again without the target (when the target is gone); see its --help
   demo      Start two local servers, migrate a sample database under live writes, print the result
+  worker    Run one workflow task in the AWS worker container (Fargate); see its --help
 
 Global options:
   --state-dir DIR   where migration state lives (default ./.pgferry)
@@ -228,6 +247,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
   resume: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
   unfreeze: ['id', 'yes', 'source'],
   demo: ['target-version', 'rows'],
+  worker: [],
 };
 const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
 
@@ -447,7 +467,8 @@ export async function main(argv: string[]): Promise<number> {
       return command || values.help ? EXIT_CODES.ok : EXIT_CODES.invalidInput;
     }
     checkOptions(command, values);
-    if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup', 'unfreeze'].includes(command)) handleInterrupts();
+    if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup', 'unfreeze', 'worker'].includes(command))
+      handleInterrupts();
     const stateDir = stateDirectory(values['state-dir']);
     // Where the command will write, checked before anything is created.
     const reportPath = writablePath(values.report, '--report');
@@ -604,6 +625,14 @@ export async function main(argv: string[]): Promise<number> {
           rows: int(values.rows, '--rows', { min: 1 }) ?? 20_000,
           out,
         });
+      }
+      case 'worker': {
+        const task = workerTaskFromEnv(process.env);
+        const seconds = int(process.env.PGFERRY_HEARTBEAT_SECONDS, 'PGFERRY_HEARTBEAT_SECONDS', { min: 1 }) ?? 30;
+        const outcome = await runWorker(task, { rt, callbacks: await awsTaskCallbacks(), heartbeatMs: seconds * 1000 });
+        if (outcome.ok) out.log(outcome.output?.summary ?? 'done');
+        else out.log(`${task.task} failed: ${outcome.error?.name}: ${outcome.error?.message}`);
+        return outcome.ok ? EXIT_CODES.ok : EXIT_CODES.failed;
       }
       default:
         throw new InvalidInputError(`unknown command "${command}"`, { hint: 'pgferry --help lists the commands' });

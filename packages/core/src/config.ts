@@ -196,6 +196,14 @@ export const migrationConfigSchema = z
       .min(1, '--jobs must be at least 1')
       .max(64, '--jobs must be at most 64')
       .default(DEFAULTS.jobs),
+    // Workers the snapshot copy is split over in AWS (a Map of Fargate tasks, each with --jobs streams,
+    // inside the coordinator's snapshot). 1: the coordinator copies everything itself.
+    copyWorkers: z
+      .number({ error: '--copy-workers must be a number' })
+      .int('--copy-workers must be a whole number')
+      .min(1, '--copy-workers must be at least 1')
+      .max(32, '--copy-workers must be at most 32')
+      .default(1),
     cutover: z.enum(['auto', 'manual'], { error: '--cutover must be auto or manual' }).default('manual'),
     maxLagMs: z
       .number({ error: '--max-lag-ms must be a number' })

@@ -9,4 +9,5 @@ export * from './model';
 export * from './ports';
 export * from './redact';
 export * from './store-rules';
+export * from './workflow/bulk-load';
 export * from './workflow/tasks';

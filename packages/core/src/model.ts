@@ -144,6 +144,45 @@ export interface DeferredForeignKey {
   drift: string;
 }
 
+/** One item of a copy plan: a whole table, or the ctid block range [from, to) of one. */
+export interface PlannedCopy {
+  schema: string;
+  name: string;
+  blocks?: { from: number; to?: number };
+  estBytes: number;
+  /** `char(n)` columns sent without their trailing blanks. */
+  unpadded?: string[];
+}
+
+/** One worker's part of a scaled-out copy, and what it reported. */
+export interface CopyShareRecord {
+  /** What the share's worker copies (empty when the coordinator copies everything itself). */
+  items: PlannedCopy[];
+  estBytes: number;
+  startedAt?: string;
+  doneAt?: string;
+  rows?: number;
+  bytes?: number;
+  failedAt?: string;
+  /** Error name and message (no secret): the coordinator ends the load with it. */
+  failure?: string;
+}
+
+/**
+ * The snapshot load's plan: the coordinator's exported snapshot and the shares of the tables each
+ * worker copies inside it. `loadId` names one attempt: a share or a poll of an earlier attempt's plan
+ * never takes it for the current one.
+ */
+export interface CopyPlan {
+  loadId: string;
+  snapshot: string;
+  slotLsn: string;
+  plannedAt: string;
+  shares: CopyShareRecord[];
+  /** One share, copied by the coordinator itself (one worker, or a strategy other than copy): no Map iteration. */
+  inProcess?: boolean;
+}
+
 export interface MigrationState {
   id: string;
   /** Optimistic locking: every write must name the version it read. */
@@ -164,6 +203,8 @@ export interface MigrationState {
   /** Set when every row is on the target (before indexes): a crash after this does not copy again. */
   dataLoadedAt?: string;
   rowsCopied?: number;
+  /** The current (or last) snapshot load's plan, while its shares copy and after. */
+  copyPlan?: CopyPlan;
   /**
    * Foreign keys added NOT VALID at the end of the load (checking every row there held up the load's
    * end) and not validated yet: catch-up validates them while replication runs, and the cutover gate

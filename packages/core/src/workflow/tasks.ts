@@ -21,6 +21,8 @@ export const WORKFLOW_TASKS = {
   prepareSchema: { state: 'Prepare schema', runtime: 'worker', callback: true },
   bulkLoad: { state: 'Bulk load', runtime: 'worker', callback: true },
   copyShare: { state: 'Copy a share of the tables', runtime: 'worker', callback: true },
+  /** The bulk load's poll until the coordinator has recorded the copy plan (reads the store only). */
+  readCopyPlan: { state: 'Read the copy plan', runtime: 'lambda' },
   startReplication: { state: 'Start replication', runtime: 'lambda' },
   checkLag: { state: 'Check lag', runtime: 'lambda' },
   verifyBeforeSwitch: { state: 'Verify before cutover', runtime: 'worker', callback: true },

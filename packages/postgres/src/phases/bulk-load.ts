@@ -4,9 +4,17 @@
  * indexes and constraints. `native`: a subscription with copy_data. `dump`: pg_dump --snapshot to the
  * artifact store, then pg_restore --jobs.
  */
+import { randomUUID } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { BulkLoadFailedError, objectNames } from '@pgferry/core';
+import {
+  BulkLoadFailedError,
+  type CopyPlan,
+  type MigrationState,
+  objectNames,
+  type PlannedCopy,
+  splitIntoShares,
+} from '@pgferry/core';
 import type pg from 'pg';
 import { copyableTables, listTables, SCHEDULER_EXTENSIONS, type TableInfo } from '../catalog';
 import { relayCopy } from '../copy-relay';
@@ -144,7 +152,7 @@ async function unpaddedColumns(ctx: PhaseContext, t: TableInfo, sourceVersion: n
 }
 
 /** Work items, largest first; tables above the split size become ctid block ranges of about that size. */
-export async function planCopy(ctx: PhaseContext, tables: TableInfo[]): Promise<CopyItem[]> {
+export async function planCopy(ctx: PhaseContext, tables: TableInfo[], streams = ctx.config.jobs): Promise<CopyItem[]> {
   const items: CopyItem[] = [];
   const sourceVersion = await sourceMajor(ctx);
   for (const t of copyableTables(tables)) {
@@ -160,7 +168,7 @@ export async function planCopy(ctx: PhaseContext, tables: TableInfo[]): Promise<
     );
     // At least one range per stream: the whole crew copies a big table, so it is finished early and
     // its indexes build while the rest is copied.
-    const parts = Math.max(2, ctx.config.jobs, Math.ceil(t.heapBytes / ctx.config.splitTableBytes));
+    const parts = Math.max(2, streams, Math.ceil(t.heapBytes / ctx.config.splitTableBytes));
     const step = Math.max(1, Math.ceil(pages / parts));
     for (let from = 0; from < pages; from += step) {
       // The last range is open-ended: rows may live past the page count read a moment ago.
@@ -195,11 +203,13 @@ function copySql(item: CopyItem, binary: boolean, freeze: boolean) {
 }
 
 /** Copy every item inside the exported snapshot with `jobs` parallel streams. */
-async function copyAll(
+export async function copyAll(
   ctx: PhaseContext,
   items: CopyItem[],
   snapshot: string,
   indexes?: EarlyIndexBuilder,
+  /** Stops the copy between two items (a share worker whose execution is gone). */
+  signal?: AbortSignal,
 ): Promise<{ rows: number; bytes: number }> {
   // Tables other tables reference through a foreign key (when a restarted load finds constraints
   // already built) cannot be truncated alone, so they are loaded without TRUNCATE + FREEZE.
@@ -254,6 +264,8 @@ async function copyAll(
       for (;;) {
         // An index build that failed fails the load now, not after hours more of copying.
         if (indexes?.error) throw indexes.error;
+        if (signal?.aborted)
+          throw new BulkLoadFailedError('the copy was stopped: its execution ended', { phase: 'bulk-load' });
         const item = failure ? undefined : items[next++];
         if (!item) break;
         const binary = binaryCopy(item.table);
@@ -324,7 +336,58 @@ async function truncateTarget(ctx: PhaseContext, tables: TableInfo[]) {
   if (list.length) await ctx.target.query(`TRUNCATE ${list.join(', ')}`);
 }
 
-async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' | 'dump', indexes?: EarlyIndexBuilder) {
+/**
+ * Ends the copy sessions an earlier attempt of this migration may have left running (a share worker
+ * of a failed scaled-out load): a range it committed after the truncate below would be a duplicate.
+ */
+async function endStaleCopies(ctx: PhaseContext) {
+  const app = `${objectNames(ctx.config.id).applicationName}:copy`;
+  for (const db of [ctx.target, ctx.source]) {
+    const stale = await db.query<{ pid: number }>(
+      'SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() AND pid <> pg_backend_pid()',
+      [app],
+    );
+    if (!stale.length) continue;
+    // Read first, ended after: a qual's evaluation order is the planner's, never a filter to rely on.
+    await db.query('SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid', [stale.map((r) => r.pid)]);
+    ctx.log(`ended ${stale.length} copy session(s) of an earlier bulk load on the ${db.side}`);
+  }
+}
+
+/** How the coordinator runs the copy's shares. */
+export interface BulkLoadOptions {
+  /** Names this attempt (the state machine passes its execution and entry time); a fresh one otherwise. */
+  loadId?: string;
+  /**
+   * Other workers copy the shares (the state machine's Map runs `copyShare` once per share) when the
+   * migration's copyWorkers is above 1: the coordinator records the plan, keeps the exporting session
+   * open, and reads their reports through `read` every `pollMs`. `signal` ends the wait (the execution
+   * is gone: the worker's heartbeat was refused). Without it the coordinator copies everything itself.
+   */
+  shares?: { read(): Promise<MigrationState>; pollMs?: number; signal?: AbortSignal };
+}
+
+interface LoadRun {
+  loadId: string;
+  shares?: BulkLoadOptions['shares'];
+}
+
+const nothingForWorkers = (loadId: string, snapshot = '', slotLsn = ''): CopyPlan => ({
+  loadId,
+  snapshot,
+  slotLsn,
+  plannedAt: new Date().toISOString(),
+  shares: [],
+  inProcess: true,
+});
+
+async function snapshotLoad(
+  ctx: PhaseContext,
+  tables: TableInfo[],
+  via: 'copy' | 'dump',
+  run: LoadRun,
+  indexes?: EarlyIndexBuilder,
+) {
   const names = objectNames(ctx.config.id);
   await ensurePublication(ctx.source, names.publication, tables, { viaRoot: await partitionsViaRoot(ctx) });
   if (await slotExists(ctx.source, names.slot)) {
@@ -333,6 +396,7 @@ async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' 
     ctx.log('a previous bulk load did not finish: dropping its slot and starting the copy again');
     await dropSlot(ctx.source, names.slot);
   }
+  await endStaleCopies(ctx);
   await truncateTarget(ctx, tables);
   const major = await sourceMajor(ctx);
   const exported = await createSlotWithSnapshot(ctx.source, ctx.config.sourceUrl, names.slot, {
@@ -357,9 +421,10 @@ async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' 
     try {
       await ctx.update((s) => {
         s.slotLsn = exported.lsn;
+        if (via === 'dump' && run.shares) s.copyPlan = nothingForWorkers(run.loadId, exported.snapshot, exported.lsn);
       });
       ctx.log(`slot ${names.slot} created at ${exported.lsn}; copying inside snapshot ${exported.snapshot}`);
-      return await loadInSnapshot(ctx, tables, via, exported.snapshot, major, indexes);
+      return await loadInSnapshot(ctx, tables, via, exported, major, run, indexes);
     } catch (err) {
       // No slot may outlive a failed copy: it would retain WAL on the source forever.
       await drop().catch(() => {});
@@ -370,27 +435,119 @@ async function snapshotLoad(ctx: PhaseContext, tables: TableInfo[], via: 'copy' 
   });
 }
 
+const plannedCopy = (i: CopyItem): PlannedCopy => ({
+  schema: i.table.schema,
+  name: i.table.name,
+  ...(i.blocks ? { blocks: i.blocks } : {}),
+  estBytes: i.estBytes,
+  ...(i.unpadded?.length ? { unpadded: i.unpadded } : {}),
+});
+
+/** A plan's items back as copy items of `tables` (the share worker's own catalog read). */
+export function copyItems(planned: PlannedCopy[], tables: TableInfo[]): CopyItem[] {
+  const byName = new Map(tables.map((t) => [`${t.schema}.${t.name}`, t]));
+  return planned.map((p) => {
+    const table = byName.get(`${p.schema}.${p.name}`);
+    if (!table)
+      throw new BulkLoadFailedError(`table ${p.schema}.${p.name} of the copy plan is not on the source any more`, {
+        phase: 'bulk-load',
+        hint: 'a table was dropped or renamed during the load: resume the migration to plan the copy again',
+      });
+    return { table, blocks: p.blocks, estBytes: p.estBytes, unpadded: p.unpadded };
+  });
+}
+
+/**
+ * The coordinator's wait: every share reported done (their rows and bytes), or one failed (the load
+ * ends with its error), or the execution is gone. The exporting session stays open meanwhile.
+ */
+async function awaitShares(
+  ctx: PhaseContext,
+  loadId: string,
+  shares: NonNullable<BulkLoadOptions['shares']>,
+): Promise<{ rows: number; bytes: number }> {
+  let reported = -1;
+  for (;;) {
+    if (shares.signal?.aborted)
+      throw new BulkLoadFailedError('the bulk load was stopped while its workers copied (its execution ended)', {
+        phase: 'bulk-load',
+        hint: 'resume the migration: the load starts again on an empty target',
+      });
+    const plan = (await shares.read()).copyPlan;
+    if (plan?.loadId !== loadId)
+      throw new BulkLoadFailedError(`another bulk load (${plan?.loadId ?? 'none'}) replaced the plan of ${loadId}`, {
+        phase: 'bulk-load',
+        hint: 'one bulk load of a migration runs at a time: stop the other execution, then resume',
+      });
+    const count = plan.shares.length;
+    const failed = plan.shares.findIndex((s) => s.failedAt);
+    if (failed >= 0)
+      throw new BulkLoadFailedError(`share ${failed + 1} of ${count} failed: ${plan.shares[failed]?.failure}`, {
+        phase: 'bulk-load',
+        hint: 'fix the cause, then resume the migration: the load starts again on an empty target',
+      });
+    const done = plan.shares.filter((s) => s.doneAt);
+    const total = plan.shares.reduce((sum, s) => sum + s.estBytes, 0);
+    ctx.progress?.({ step: 'copy', done: done.reduce((sum, s) => sum + s.estBytes, 0), total, unit: 'bytes' });
+    if (done.length === count)
+      return {
+        rows: done.reduce((sum, s) => sum + (s.rows ?? 0), 0),
+        bytes: done.reduce((sum, s) => sum + (s.bytes ?? 0), 0),
+      };
+    if (done.length !== reported) ctx.log(`${done.length} of ${count} shares copied`);
+    reported = done.length;
+    await sleep(shares.pollMs ?? 2000);
+  }
+}
+
 async function loadInSnapshot(
   ctx: PhaseContext,
   tables: TableInfo[],
   via: 'copy' | 'dump',
-  snapshot: string,
+  exported: { snapshot: string; lsn: string },
   major: number,
+  run: LoadRun,
   indexes?: EarlyIndexBuilder,
 ): Promise<string> {
+  const { snapshot } = exported;
   if (via === 'copy') {
-    const items = await planCopy(ctx, tables);
+    const workers = run.shares ? Math.max(1, ctx.config.copyWorkers ?? 1) : 1;
+    // Large tables split so that every stream of every worker has a range of them.
+    const items = await planCopy(ctx, tables, ctx.config.jobs * workers);
+    const parts = splitIntoShares(items, workers);
+    const inProcess = parts.length === 1;
+    await ctx.update((s) => {
+      s.copyPlan = {
+        loadId: run.loadId,
+        snapshot,
+        slotLsn: exported.lsn,
+        plannedAt: new Date().toISOString(),
+        // Copied here, the items are not written out: a plan of thousands of tables is not small.
+        shares: parts.map((p) => ({
+          items: inProcess ? [] : p.map(plannedCopy),
+          estBytes: p.reduce((sum, i) => sum + i.estBytes, 0),
+        })),
+        ...(inProcess ? { inProcess } : {}),
+      };
+    });
     const started = performance.now();
-    const { rows, bytes } = await copyAll(ctx, items, snapshot, indexes);
+    const { rows, bytes } =
+      inProcess || !run.shares
+        ? await copyAll(ctx, items, snapshot, indexes)
+        : await awaitShares(ctx, run.loadId, run.shares);
     const seconds = (performance.now() - started) / 1000;
     await ctx.update((s) => {
       s.rowsCopied = rows;
       s.bytesCopied = bytes;
+      const share = inProcess && s.copyPlan?.loadId === run.loadId ? s.copyPlan.shares[0] : undefined;
+      if (share) Object.assign(share, { doneAt: new Date().toISOString(), rows, bytes });
     });
     const unpadded = new Set(items.filter((i) => i.unpadded?.length).map((i) => i.table.oid)).size;
     // What travelled, not what the tables hold: trimmed char(n) values are far smaller than stored.
     const trimmed = unpadded ? `; the target added back the char(n) padding of ${unpadded} table(s)` : '';
-    return `${rows} rows (${(bytes / 1024 / 1024).toFixed(1)} MiB sent) copied by ${Math.min(ctx.config.jobs, items.length)} streams from ${copyableTables(tables).length} tables in ${seconds.toFixed(1)} s${trimmed}`;
+    const streams = Math.min(ctx.config.jobs, items.length);
+    const by = inProcess ? `${streams} streams` : `${parts.length} workers of ${ctx.config.jobs} streams`;
+    return `${rows} rows (${(bytes / 1024 / 1024).toFixed(1)} MiB sent) copied by ${by} from ${copyableTables(tables).length} tables in ${seconds.toFixed(1)} s${trimmed}`;
   }
   // pg_dump carries only the rows an extension's filter picks from its configuration tables and adds
   // them to those the target's extension made; pgferry copies such tables whole, in every strategy,
@@ -502,8 +659,21 @@ async function nativeLoad(ctx: PhaseContext, tables: TableInfo[]): Promise<strin
   return `native table sync finished for ${copyableTables(tables).length} tables`;
 }
 
-/** Phase "Bulk load". Idempotent: a finished load is recorded; an unfinished one starts again cleanly. */
-export async function bulkLoad(ctx: PhaseContext): Promise<string> {
+/**
+ * Phase "Bulk load", the coordinator: slot and exported snapshot, the copy planned in shares and
+ * recorded (`copyPlan`), copied here or by the workers of `options.shares`, then indexes, constraints
+ * and statistics. Idempotent: a finished load is recorded; an unfinished one starts again cleanly.
+ */
+export async function bulkLoad(ctx: PhaseContext, options: BulkLoadOptions = {}): Promise<string> {
+  const run: LoadRun = { loadId: options.loadId ?? randomUUID(), shares: options.shares };
+  const strategy = ctx.config.strategy;
+  // The state machine's poll waits for a plan of this attempt: one with nothing for the workers when
+  // there is nothing to copy in shares.
+  const noShares = ctx.state.phases['bulk-load']?.endedAt || ctx.state.dataLoadedAt || strategy === 'native';
+  if (run.shares && noShares)
+    await ctx.update((s) => {
+      s.copyPlan = nothingForWorkers(run.loadId);
+    });
   const done = ctx.state.phases['bulk-load']?.endedAt;
   if (done) return 'already done';
   const tables = await listTables(ctx.source);
@@ -515,13 +685,12 @@ export async function bulkLoad(ctx: PhaseContext): Promise<string> {
   if (ctx.state.dataLoadedAt) {
     summary = 'data already loaded';
   } else {
-    const strategy = ctx.config.strategy;
     if (strategy === 'snapshot') early = new EarlyIndexBuilder(ctx, await planPostData(ctx));
     try {
       summary =
         strategy === 'native'
           ? await nativeLoad(ctx, tables)
-          : await snapshotLoad(ctx, tables, strategy === 'dump' ? 'dump' : 'copy', early);
+          : await snapshotLoad(ctx, tables, strategy === 'dump' ? 'dump' : 'copy', run, early);
     } catch (err) {
       // No pg_restore or ANALYZE may run on after the phase failed.
       await early?.statistics().catch(() => {});

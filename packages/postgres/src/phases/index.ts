@@ -3,6 +3,7 @@ export * from './bulk-load';
 export * from './catch-up';
 export * from './cleanup';
 export * from './context';
+export * from './copy-share';
 export * from './cutover';
 export * from './prepare-schema';
 export * from './rollback';

@@ -1,0 +1,254 @@
+/**
+ * `pgferry worker`: the Fargate container's entry point. The state machine starts it with
+ * `ecs:runTask.waitForTaskToken` and passes, in the container's environment, the task to run, the
+ * migration and the task token. The worker runs that one task, sends a heartbeat every few seconds
+ * while it runs, and completes the token: SendTaskSuccess with a short summary, or SendTaskFailure
+ * with the error's name and message (never a secret).
+ */
+import {
+  errorMessage,
+  InvalidInputError,
+  PgferryError,
+  type Phase,
+  redactText,
+  type TaskCallbacks,
+  type TaskName,
+  type TaskOutput,
+  WORKFLOW_TASKS,
+} from '@pgferry/core';
+import { bulkLoad, catchUpAndVerify, copyShare, type PhaseContext, prepareSchema, verify } from '@pgferry/postgres';
+import { openSession, type Runtime, runPhase } from './runner';
+
+/** What the state machine puts in the container's environment (ContainerOverrides). */
+export interface WorkerTask {
+  task: TaskName;
+  migrationId: string;
+  taskToken: string;
+  /** Bulk load and its shares: the attempt the coordinator's plan belongs to. */
+  loadId?: string;
+  /** copyShare: which share of the plan (0-based). */
+  share?: number;
+}
+
+export const WORKER_ENV = {
+  task: 'PGFERRY_TASK',
+  migrationId: 'PGFERRY_MIGRATION_ID',
+  taskToken: 'PGFERRY_TASK_TOKEN',
+  loadId: 'PGFERRY_LOAD_ID',
+  share: 'PGFERRY_SHARE',
+} as const;
+
+/** The tasks a worker runs: those the task table places on the worker. */
+export const WORKER_TASKS = (Object.keys(WORKFLOW_TASKS) as TaskName[]).filter(
+  (t) => WORKFLOW_TASKS[t].runtime === 'worker',
+);
+
+function required(env: NodeJS.ProcessEnv, name: string, what: string): string {
+  const value = env[name]?.trim();
+  if (!value)
+    throw new InvalidInputError(`${name} is not set: the worker needs ${what}`, {
+      field: name,
+      hint: 'the state machine sets it in the task’s ContainerOverrides; to run a worker by hand, export it',
+    });
+  return value;
+}
+
+/** The task to run, from the environment; a missing or wrong variable is named with what to do. */
+export function workerTaskFromEnv(env: NodeJS.ProcessEnv): WorkerTask {
+  const task = required(env, WORKER_ENV.task, 'the task to run') as TaskName;
+  if (!WORKER_TASKS.includes(task))
+    throw new InvalidInputError(`${WORKER_ENV.task}=${task} is not a worker task`, {
+      field: WORKER_ENV.task,
+      hint: `one of ${WORKER_TASKS.join(', ')}`,
+    });
+  const spec: WorkerTask = {
+    task,
+    migrationId: required(env, WORKER_ENV.migrationId, 'the migration to act on'),
+    taskToken: required(env, WORKER_ENV.taskToken, 'the task token to complete'),
+  };
+  if (task === 'bulkLoad' || task === 'copyShare')
+    spec.loadId = required(env, WORKER_ENV.loadId, 'the bulk load attempt its plan belongs to');
+  if (task === 'copyShare') {
+    const raw = required(env, WORKER_ENV.share, 'the share of the copy plan to copy');
+    const share = Number(raw);
+    if (!Number.isInteger(share) || share < 0)
+      throw new InvalidInputError(`${WORKER_ENV.share}=${raw} is not a share number`, {
+        field: WORKER_ENV.share,
+        hint: 'a whole number from 0 (the index into the copy plan’s shares)',
+      });
+    spec.share = share;
+  }
+  return spec;
+}
+
+export interface WorkerOptions {
+  rt: Runtime;
+  callbacks: TaskCallbacks;
+  /** Between two heartbeats; well under the state's HeartbeatSeconds. */
+  heartbeatMs?: number;
+  /** Between two reads of the shares' reports (the coordinator of a scaled-out load). */
+  pollMs?: number;
+}
+
+export interface WorkerOutcome {
+  ok: boolean;
+  /** What the token was completed with. */
+  output?: TaskOutput;
+  error?: { name: string; message: string };
+}
+
+/**
+ * A phase with its start and end recorded, unless it has ended already: then the phase itself says so
+ * (runPhase would clear its end first). A re-run task converges instead of doing its work again.
+ */
+function phase(rt: Runtime, ctx: PhaseContext, name: Phase, fn: (c: PhaseContext) => Promise<string>) {
+  return ctx.state.phases[name]?.endedAt ? fn(ctx) : runPhase(rt, ctx, name, fn);
+}
+
+/** Runs one task of the workflow as the state machine asked, on the session's connections. */
+async function dispatch(task: WorkerTask, rt: Runtime, ctx: PhaseContext, stopped: AbortSignal): Promise<TaskOutput> {
+  switch (task.task) {
+    case 'bulkLoad': {
+      const summary = await phase(rt, ctx, 'bulk-load', (c) =>
+        bulkLoad(c, {
+          loadId: task.loadId,
+          shares: { read: () => rt.store.get(task.migrationId), signal: stopped },
+        }),
+      );
+      const s = ctx.state;
+      return { summary, rows: s.rowsCopied, bytes: s.bytesCopied, slotLsn: s.slotLsn };
+    }
+    case 'copyShare': {
+      const r = await copyShare(ctx, { loadId: task.loadId ?? '', share: task.share ?? 0 }, stopped);
+      return { summary: r.summary, share: r.share, rows: r.rows, bytes: r.bytes };
+    }
+    // Until the workflow's runWorkflowTask exists, the worker's other tasks call the phases directly.
+    case 'prepareSchema':
+      return { summary: await phase(rt, ctx, 'prepare-schema', prepareSchema) };
+    case 'verifyBeforeSwitch':
+      return { summary: await catchUpAndVerify(ctx), outcome: ctx.state.verifyBeforeSwitch?.outcome };
+    case 'verify':
+      return { summary: await phase(rt, ctx, 'verify', verify), outcome: ctx.state.verify?.outcome };
+    default:
+      throw new InvalidInputError(`${task.task} is not a worker task`, { field: WORKER_ENV.task });
+  }
+}
+
+/**
+ * Runs the task and completes its token. Heartbeats go out every `heartbeatMs` while it runs; a
+ * heartbeat refused (the execution stopped, failed or timed out: the token is dead) stops a
+ * coordinator's wait, so that its slot is dropped instead of holding WAL for nobody, and a share's
+ * copy between two items.
+ */
+export async function runWorker(task: WorkerTask, options: WorkerOptions): Promise<WorkerOutcome> {
+  const { rt, callbacks } = options;
+  const stop = new AbortController();
+  const beat = setInterval(() => {
+    callbacks.heartbeat(task.taskToken).catch((err) => {
+      if (stop.signal.aborted) return;
+      rt.events.log(`heartbeat refused (${redactText(errorMessage(err))}): stopping ${task.task}`);
+      stop.abort();
+    });
+  }, options.heartbeatMs ?? 30_000);
+  try {
+    let output: TaskOutput;
+    try {
+      const session = await openSession(rt, task.migrationId);
+      try {
+        output = await dispatch(task, rt, session.ctx, stop.signal);
+      } finally {
+        await session.close();
+      }
+    } catch (err) {
+      const error = {
+        name: (err as Error)?.name || 'Error',
+        // The cause Step Functions shows (and keeps in the execution history): never a password.
+        message: redactText(errorMessage(err)),
+      };
+      await callbacks.fail(task.taskToken, error.name, error.message);
+      return { ok: false, error };
+    }
+    const summary = redactText(output.summary);
+    const result: TaskOutput = { ...output, summary };
+    await callbacks.succeed(task.taskToken, result);
+    return { ok: true, output: result };
+  } finally {
+    clearInterval(beat);
+  }
+}
+
+/**
+ * The Step Functions callbacks (SendTaskSuccess / Failure / Heartbeat) of packages/aws, loaded only by
+ * the worker command: the CLI's other commands never need the AWS SDK.
+ */
+export async function awsTaskCallbacks(): Promise<TaskCallbacks> {
+  let aws: Record<string, unknown>;
+  try {
+    aws = await import('@pgferry/aws');
+  } catch (err) {
+    // The CLI's own bundle leaves the AWS adapters out (every command would load the SDK): the worker
+    // image bundles them (Dockerfile).
+    throw new PgferryError(`the AWS adapters are not in this build of pgferry: ${errorMessage(err)}`, {
+      cause: err,
+      hint: 'pgferry worker runs in the worker image built from the Dockerfile',
+    });
+  }
+  const Callbacks = aws.SfnTaskCallbacks as (new () => TaskCallbacks) | undefined;
+  if (typeof Callbacks !== 'function')
+    throw new PgferryError('this build of pgferry has no Step Functions task callbacks (SfnTaskCallbacks)', {
+      hint: 'build the worker image from a revision whose packages/aws exports SfnTaskCallbacks',
+    });
+  return new Callbacks();
+}
+
+/** The container's environment in an `ecs:runTask` request's ContainerOverrides (what the worker reads). */
+export function containerEnvironment(runTask: unknown): NodeJS.ProcessEnv {
+  const overrides = (runTask as { Overrides?: { ContainerOverrides?: { Environment?: unknown[] }[] } })?.Overrides;
+  const env: NodeJS.ProcessEnv = {};
+  for (const container of overrides?.ContainerOverrides ?? [])
+    for (const e of container.Environment ?? []) {
+      const { Name, Value } = e as { Name?: unknown; Value?: unknown };
+      if (typeof Name === 'string' && Value !== undefined && Value !== null) env[Name] = String(Value);
+    }
+  return env;
+}
+
+/** A task token completed in this process: what it was completed with, once. */
+export class InProcessTaskCallbacks implements TaskCallbacks {
+  readonly completed = new Map<string, { output?: unknown; error?: string; cause?: string }>();
+  heartbeats = 0;
+  /** Set when the token's execution is gone: heartbeats are refused from then on, as Step Functions does. */
+  gone = false;
+
+  async succeed(token: string, output: unknown): Promise<boolean> {
+    if (this.completed.has(token)) return false;
+    this.completed.set(token, { output });
+    return true;
+  }
+  async fail(token: string, error: string, cause: string): Promise<boolean> {
+    if (this.completed.has(token)) return false;
+    this.completed.set(token, { error, cause });
+    return true;
+  }
+  async heartbeat(token: string): Promise<void> {
+    if (this.gone || this.completed.has(token)) throw new Error(`TaskTimedOut: task token ${token} is no longer open`);
+    this.heartbeats++;
+  }
+}
+
+/**
+ * Runs a worker task state in this process, as its container would: the `ecs:runTask` request's
+ * environment read by `pgferry worker`'s own code, the token completed through `callbacks`. Resolves
+ * with the success output; a failure throws an error of the worker's error name, for Retry and Catch.
+ */
+export async function runWorkerInProcess(
+  runTask: unknown,
+  options: WorkerOptions & { callbacks: InProcessTaskCallbacks },
+): Promise<TaskOutput> {
+  const task = workerTaskFromEnv(containerEnvironment(runTask));
+  const outcome = await runWorker(task, options);
+  if (outcome.ok && outcome.output) return outcome.output;
+  const error = new Error(outcome.error?.message ?? 'the worker failed');
+  error.name = outcome.error?.name ?? 'Error';
+  throw error;
+}

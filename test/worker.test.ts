@@ -1,0 +1,135 @@
+import { InvalidInputError, objectNames } from '@pgferry/core';
+import { describe, expect, it } from 'vitest';
+import { main } from '../packages/cli/src/main';
+import { openSession } from '../packages/cli/src/runner';
+import {
+  containerEnvironment,
+  InProcessTaskCallbacks,
+  runWorker,
+  type WorkerTask,
+  workerTaskFromEnv,
+} from '../packages/cli/src/worker';
+import { prepareSchema } from '../packages/postgres/src/index';
+import { migrationFixture, newMigration, sleep, testRuntime } from './harness/migration';
+
+const fixture = migrationFixture();
+
+const ENV = {
+  PGFERRY_TASK: 'copyShare',
+  PGFERRY_MIGRATION_ID: 'm1',
+  PGFERRY_TASK_TOKEN: 'tok',
+  PGFERRY_LOAD_ID: 'exec@now',
+  PGFERRY_SHARE: '1',
+};
+
+function refused(env: NodeJS.ProcessEnv): InvalidInputError {
+  try {
+    workerTaskFromEnv(env);
+  } catch (err) {
+    if (err instanceof InvalidInputError) return err;
+    throw err;
+  }
+  throw new Error('accepted');
+}
+
+describe('pgferry worker', () => {
+  it('reads its task from the container environment the state machine sets', () => {
+    expect(workerTaskFromEnv(ENV)).toEqual({
+      task: 'copyShare',
+      migrationId: 'm1',
+      taskToken: 'tok',
+      loadId: 'exec@now',
+      share: 1,
+    });
+    const runTask = {
+      Overrides: {
+        ContainerOverrides: [
+          { Name: 'worker', Environment: Object.entries(ENV).map(([Name, Value]) => ({ Name, Value })) },
+        ],
+      },
+    };
+    expect(containerEnvironment(runTask)).toEqual(ENV);
+  });
+
+  it('names the variable that is missing or wrong, and what it takes', () => {
+    expect(refused({ ...ENV, PGFERRY_TASK_TOKEN: '' })).toMatchObject({ field: 'PGFERRY_TASK_TOKEN' });
+    const lambda = refused({ ...ENV, PGFERRY_TASK: 'cutover' });
+    expect(lambda.field).toBe('PGFERRY_TASK');
+    expect(lambda.hint).toMatch(/bulkLoad.*copyShare/);
+    expect(refused({ ...ENV, PGFERRY_SHARE: 'two' })).toMatchObject({ field: 'PGFERRY_SHARE' });
+    expect(refused({ ...ENV, PGFERRY_LOAD_ID: undefined })).toMatchObject({ field: 'PGFERRY_LOAD_ID' });
+  });
+
+  it('has --help, and exits 2 naming the variable when started without its environment', async () => {
+    const out: string[] = [];
+    const write = process.stdout.write.bind(process.stdout);
+    const err = process.stderr.write.bind(process.stderr);
+    process.stdout.write = ((s: string) => out.push(s) > 0) as typeof process.stdout.write;
+    process.stderr.write = ((s: string) => out.push(s) > 0) as typeof process.stderr.write;
+    const saved = process.env.PGFERRY_TASK;
+    delete process.env.PGFERRY_TASK;
+    const rt = testRuntime();
+    try {
+      expect(await main(['worker', '--help'])).toBe(0);
+      expect(out.join('')).toMatch(/PGFERRY_TASK_TOKEN/);
+      out.length = 0;
+      expect(await main(['worker', '--state-dir', rt.stateDir])).toBe(2);
+      expect(out.join('')).toMatch(/PGFERRY_TASK is not set/);
+    } finally {
+      process.stdout.write = write;
+      process.stderr.write = err;
+      if (saved !== undefined) process.env.PGFERRY_TASK = saved;
+      rt.dispose();
+    }
+  });
+
+  it('fails its token with the error name and a message without a secret', async () => {
+    const rt = testRuntime();
+    try {
+      const callbacks = new InProcessTaskCallbacks();
+      const task: WorkerTask = { task: 'prepareSchema', migrationId: 'nosuch', taskToken: 't1' };
+      const outcome = await runWorker(task, { rt, callbacks, heartbeatMs: 10 });
+      expect(outcome).toMatchObject({ ok: false, error: { name: 'MigrationNotFoundError' } });
+      expect(callbacks.completed.get('t1')).toMatchObject({ error: 'MigrationNotFoundError' });
+      // Completing twice is harmless, and no heartbeat goes out for a completed token.
+      expect(await callbacks.fail('t1', 'x', 'y')).toBe(false);
+    } finally {
+      rt.dispose();
+    }
+  });
+
+  it('runs a task with heartbeats and completes its token with a short summary', async () => {
+    const { pair, rt } = await fixture.setup('workerok', 200);
+    const m = await newMigration(rt, pair);
+    const callbacks = new InProcessTaskCallbacks();
+    const task: WorkerTask = { task: 'prepareSchema', migrationId: m.id, taskToken: 't2' };
+    const outcome = await runWorker(task, { rt, callbacks, heartbeatMs: 5 });
+    expect(outcome.ok).toBe(true);
+    const done = callbacks.completed.get('t2');
+    expect(done?.output).toMatchObject({ summary: expect.stringMatching(/schema restored/) });
+    expect(JSON.stringify(done?.output)).not.toContain(new URL(pair.sourceUrl).password);
+    expect(callbacks.heartbeats).toBeGreaterThan(0);
+    expect((await rt.store.get(m.id)).phases['prepare-schema']?.endedAt).toBeDefined();
+  });
+
+  it('a coordinator whose heartbeat is refused (the execution is gone) stops and drops its slot', async () => {
+    const { pair, rt } = await fixture.setup('workergone', 300);
+    const m = await newMigration(rt, pair, { copyWorkers: 2, splitTableBytes: 32 * 1024 });
+    const session = await openSession(rt, m.id);
+    await prepareSchema(session.ctx).finally(() => session.close());
+    const callbacks = new InProcessTaskCallbacks();
+    const task: WorkerTask = { task: 'bulkLoad', migrationId: m.id, taskToken: 't3', loadId: 'gone@1' };
+    const running = runWorker(task, { rt, callbacks, heartbeatMs: 20 });
+    // The plan is recorded and the slot holds WAL: no worker will ever copy a share.
+    for (let i = 0; i < 200 && (await rt.store.get(m.id)).copyPlan?.loadId !== 'gone@1'; i++) await sleep(50);
+    expect((await rt.store.get(m.id)).copyPlan?.shares).toHaveLength(2);
+    callbacks.gone = true;
+    const outcome = await running;
+    expect(outcome).toMatchObject({ ok: false, error: { name: 'BulkLoadFailedError' } });
+    expect(outcome.error?.message).toMatch(/stopped while its workers copied/);
+    expect(
+      await pair.source('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [objectNames(m.id).slot]),
+    ).toEqual([]);
+    expect((await rt.store.get(m.id)).dataLoadedAt).toBeUndefined();
+  });
+});

@@ -1,1 +1,2 @@
-export {};
+// dump (S3 artifacts)
+export * from './artifacts';

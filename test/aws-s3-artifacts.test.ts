@@ -20,6 +20,7 @@ import {
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
+  awaitDumpUpload,
   DUMP_UPLOAD,
   DUMP_UPLOAD_STEP,
   deleteDumps,
@@ -198,7 +199,7 @@ describe('the Object Created event', () => {
     s3.on(HeadObjectCommand).rejects(Object.assign(new Error('Not Found'), { name: 'NotFound' }));
     expect(await handleS3ObjectCreated(event, d)).toMatchObject({
       action: 'ignored',
-      reason: 'the object is gone (a late event)',
+      reason: 'no such object (not uploaded yet, or deleted since)',
     });
     expect(calls).toHaveLength(0);
     expect(tokens).toEqual({ [`shop#${DUMP_UPLOAD_STEP}`]: 'tok' });
@@ -219,6 +220,55 @@ describe('the Object Created event', () => {
         },
       },
     ]);
+  });
+});
+
+describe('awaitDumpUpload', () => {
+  function storeWithPut(d: S3EventDeps, tokens: Record<string, string>, correlations: Record<string, string>) {
+    return {
+      ...d,
+      store: {
+        ...d.store,
+        async putTaskToken(migrationId: string, step: string, token: string) {
+          tokens[`${migrationId}#${step}`] = token;
+        },
+        async correlate(key: string, migrationId: string) {
+          correlations[key] = migrationId;
+        },
+      },
+    };
+  }
+
+  it('stores the token and correlation and waits when the dump is not there yet; the event then completes it', async () => {
+    const tokens: Record<string, string> = {};
+    const correlations: Record<string, string> = {};
+    const { deps: d, calls } = deps(tokens, correlations);
+    s3.on(HeadObjectCommand).rejects(Object.assign(new Error('Not Found'), { name: 'NotFound' }));
+    expect(await awaitDumpUpload(storeWithPut(d, tokens, correlations), 'shop', 'tok')).toMatchObject({
+      action: 'ignored',
+    });
+    expect(tokens).toEqual({ [`shop#${DUMP_UPLOAD_STEP}`]: 'tok' });
+    expect(correlations).toEqual({ 'S3#dumps/shop/data.dump': 'shop' });
+    expect(calls).toHaveLength(0);
+    s3.on(HeadObjectCommand).resolves({ ContentLength: 10, Metadata: { sha256: SHA, size: '10' } });
+    const event = parseS3ObjectCreatedEvent(fixture('s3-object-created-dump.json'));
+    expect(await handleS3ObjectCreated(event, d)).toMatchObject({ action: 'succeeded', migrationId: 'shop' });
+    expect(calls.map((c) => [c.kind, c.token])).toEqual([['succeed', 'tok']]);
+  });
+
+  it('completes the step at once when the dump was uploaded (and its event missed the token) before', async () => {
+    const tokens: Record<string, string> = {};
+    const { deps: d, calls } = deps(tokens);
+    s3.on(HeadObjectCommand).resolves({ ContentLength: 10, Metadata: { sha256: SHA, size: '10' } });
+    expect(await awaitDumpUpload(storeWithPut(d, tokens, {}), 'shop', 'tok')).toMatchObject({
+      action: 'succeeded',
+      migrationId: 'shop',
+    });
+    expect(tokens).toEqual({});
+    // The event delivered late finds nothing to complete.
+    const event = parseS3ObjectCreatedEvent(fixture('s3-object-created-dump.json'));
+    expect(await handleS3ObjectCreated(event, d)).toMatchObject({ action: 'ignored' });
+    expect(calls.map((c) => [c.kind, c.token])).toEqual([['succeed', 'tok']]);
   });
 });
 

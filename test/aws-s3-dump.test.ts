@@ -156,11 +156,17 @@ async function withSnapshot<T>(p: Pair, fn: (snapshot: string) => Promise<T>): P
   }
 }
 
-async function dumpToS3(p: Pair, id: string, snapshot: string, compress?: number): Promise<DumpArtifact> {
+async function dumpToS3(
+  p: Pair,
+  id: string,
+  snapshot: string,
+  compress?: number,
+  onProgress?: (bytes: number) => void,
+): Promise<DumpArtifact> {
   const { pgDump } = await tools();
   return dumpInto(
     { pgDump, sourceUrl: p.sourceUrl, snapshot, applicationName: `pgferry:${id}:pg_dump`, compress },
-    (dump) => uploadDump(deps, id, dump, { partSize: 5 * MiB, queueSize: 2 }),
+    (dump) => uploadDump(deps, id, dump, { partSize: 5 * MiB, queueSize: 2, onProgress }),
   );
 }
 
@@ -205,10 +211,11 @@ describe('the S3 dump path', () => {
       major: 15,
     });
     let artifact: DumpArtifact;
+    const progress: number[] = [];
     try {
       // Committed after the snapshot: in the slot, so never in the dump.
       await fill(p, 100_001, 100_500);
-      artifact = await dumpToS3(p, id, slot.snapshot);
+      artifact = await dumpToS3(p, id, slot.snapshot, undefined, (bytes) => progress.push(bytes));
     } finally {
       await slot.close();
       await dropSlot(source, `pgferry_${id}`);
@@ -217,6 +224,8 @@ describe('the S3 dump path', () => {
     const key = dumpKey(id);
     expect(artifact.key).toBe(key);
     expect(artifact.size).toBeGreaterThan(5 * MiB); // several parts of the multipart upload
+    expect(progress.length).toBeGreaterThan(1);
+    expect(Math.max(...progress)).toBe(artifact.size);
     // The staging object is gone; the final one carries the digest and size the stream had.
     expect(await keysOf(id)).toEqual([key]);
     const head = await client.send(new HeadObjectCommand({ Bucket: s3.bucket, Key: key }));
@@ -349,9 +358,9 @@ describe('the S3 dump path', () => {
 
   it('holds no more than its parts in memory while streaming a dump many times their size', async () => {
     const p = await setupPair('s3mem', 0);
-    // ~113 MiB of row text, stored small (pglz compresses the repeats) and dumped uncompressed.
+    // ~132 MiB of row text, stored small (pglz compresses the repeats) and dumped uncompressed.
     await p.source(
-      "INSERT INTO orders (id, customer, note) SELECT i, 'c', repeat(md5(i::text), 310) FROM generate_series(1, 12000) AS i",
+      "INSERT INTO orders (id, customer, note) SELECT i, 'c', repeat(md5(i::text), 310) FROM generate_series(1, 14000) AS i",
     );
     const id = `s3mem${counter++}`;
     const partSize = 5 * MiB;
@@ -381,9 +390,10 @@ describe('the S3 dump path', () => {
       `dump ${(out.size / MiB).toFixed(0)} MiB; bound (queueSize + 2) × partSize = ${bound / MiB} MiB; RSS grew by ${(grew / MiB).toFixed(1)} MiB (baseline ${(out.baselineRss / MiB).toFixed(0)} MiB, peak ${(out.peakRss / MiB).toFixed(0)} MiB)`,
     );
     // On top of the parts: the SDK's and the streams' own buffers, and garbage the GC has not
-    // reclaimed yet (allowed 32 MiB). An upload that held the dump would grow by twice as much.
-    const allowed = bound + 32 * MiB;
-    expect(out.size).toBeGreaterThan(2 * allowed);
+    // reclaimed yet (V8 lets freed Buffers pile up before it collects; allowed 64 MiB). An upload
+    // that held the dump would grow by more than the dump.
+    const allowed = bound + 64 * MiB;
+    expect(out.size).toBeGreaterThan(1.5 * allowed);
     expect(grew).toBeLessThan(allowed);
   });
 });

@@ -134,6 +134,8 @@ export interface UploadDumpOptions {
   singleCopyLimit?: number;
   copyPartSize?: number;
   log?: (message: string) => void;
+  /** Bytes sent so far, after each part: the worker's heartbeat for its callback step. */
+  onProgress?: (bytes: number) => void;
 }
 
 /**
@@ -171,6 +173,8 @@ export async function uploadDump(
     queueSize: options.queueSize ?? DUMP_UPLOAD.queueSize,
     leavePartsOnError: false,
   });
+  const { onProgress } = options;
+  if (onProgress) upload.on('httpUploadProgress', (p) => onProgress(p.loaded ?? 0));
   try {
     await upload.done();
   } catch (err) {
@@ -458,7 +462,7 @@ export interface DumpUploadedOutput extends TaskOutput, DumpArtifact {
 export async function handleS3ObjectCreated(event: S3ObjectCreatedEvent, deps: S3EventDeps): Promise<S3EventOutcome> {
   const { key, id: eventId } = event;
   const ignore = (reason: string, migrationId?: string): S3EventOutcome => {
-    deps.log(`S3 event ${eventId ?? ''} for ${event.bucket}/${key} ignored: ${reason}`);
+    deps.log(`${eventId ? `S3 event ${eventId}` : 'look'} for s3://${event.bucket}/${key} ignored: ${reason}`);
     return { action: 'ignored', reason, key, eventId, ...(migrationId ? { migrationId } : {}) };
   };
   if (event.bucket !== deps.bucket) return ignore(`not the artifacts bucket (${deps.bucket})`);
@@ -474,7 +478,8 @@ export async function handleS3ObjectCreated(event: S3ObjectCreatedEvent, deps: S
     const out = await deps.s3.send(new HeadObjectCommand({ Bucket: event.bucket, Key: key }));
     head = { ...digestOf(out.Metadata), length: out.ContentLength, etag: out.ETag, versionId: out.VersionId };
   } catch (err) {
-    if ((err as { name?: string }).name === 'NotFound') return ignore('the object is gone (a late event)', migrationId);
+    if ((err as { name?: string }).name === 'NotFound')
+      return ignore('no such object (not uploaded yet, or deleted since)', migrationId);
     throw err;
   }
   if (head.sha256 === undefined || head.size === undefined)
@@ -504,4 +509,20 @@ export async function handleS3ObjectCreated(event: S3ObjectCreatedEvent, deps: S
   const completed = await deps.callbacks.succeed(token, output);
   deps.log(`${output.summary}${completed ? '' : ' (the step had already timed out or finished)'}`);
   return { action: 'succeeded', migrationId, key, eventId };
+}
+
+/**
+ * Store the upload step's token (and the `S3#<key>` correlation), then look for the dump: when it was
+ * uploaded before the token was stored, its event found no token and did nothing, so the step is
+ * completed here instead, through the handler's own path (the token is taken once, whoever is first).
+ */
+export async function awaitDumpUpload(
+  deps: S3EventDeps & { store: Required<Pick<MigrationStore, 'putTaskToken'>> & Pick<MigrationStore, 'correlate'> },
+  migrationId: string,
+  token: string,
+): Promise<S3EventOutcome> {
+  const key = dumpKey(migrationId);
+  await deps.store.correlate?.(s3CorrelationKey(key), migrationId);
+  await deps.store.putTaskToken(migrationId, DUMP_UPLOAD_STEP, token);
+  return handleS3ObjectCreated({ bucket: deps.bucket, key }, deps);
 }

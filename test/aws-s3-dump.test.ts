@@ -356,6 +356,19 @@ describe('the S3 dump path', () => {
     });
   });
 
+  it('rolls back every table already restored when pg_restore fails on a later one', async () => {
+    const p = await setupPair('s3rollback', 2000);
+    const id = `s3rollback${counter++}`;
+    const artifact = await withSnapshot(p, (snapshot) => dumpToS3(p, id, snapshot));
+    // pg_dump orders table data by name: items is restored, then orders fails.
+    await p.target('DROP TABLE orders');
+    const err = await restoreFromS3(p, id, artifact.key, artifact).catch((e: unknown) => e);
+    expect(err).toMatchObject({ name: 'BulkLoadFailedError' });
+    expect((err as Error).message).toContain(`pg_restore of the data from s3://${s3.bucket}/${artifact.key} failed`);
+    expect((err as Error).message).toContain('orders');
+    expect(await p.target('SELECT count(*)::int AS n FROM items')).toEqual([{ n: 0 }]);
+  });
+
   it('holds no more than its parts in memory while streaming a dump many times their size', async () => {
     const p = await setupPair('s3mem', 0);
     // ~132 MiB of row text, stored small (pglz compresses the repeats) and dumped uncompressed.

@@ -114,6 +114,11 @@ describe('the Object Created event', () => {
     expect(() => parseS3ObjectCreatedEvent(rds)).toThrow(/not an S3 Object Created event: source aws.rds/);
     const noKey = { ...fixture('s3-object-created.json'), detail: { bucket: { name: 'b' }, object: {} } };
     expect(() => parseS3ObjectCreatedEvent(noKey)).toThrow(/detail.object.key is missing/);
+    const badKey = {
+      ...fixture('s3-object-created.json'),
+      detail: { bucket: { name: 'b' }, object: { key: '%E0%A4%A' } },
+    };
+    expect(() => parseS3ObjectCreatedEvent(badKey)).toThrow(InvalidInputError);
     const encoded = fixture('s3-object-created.json') as { detail: { object: { key: string } } };
     encoded.detail.object.key = 'dumps/a+b%3Dc/data.dump';
     expect(parseS3ObjectCreatedEvent(encoded).key).toBe('dumps/a b=c/data.dump');
@@ -371,6 +376,24 @@ describe('uploadDump', () => {
       { Bucket: BUCKET, Key: 'dumps/shop/data.dump', UploadId: 'up-2' },
     ]);
     expect(s3.commandCalls(CompleteMultipartUploadCommand)).toHaveLength(0);
+  });
+
+  it('fails with the S3 error and ends the dump stream when S3 refuses the upload', async () => {
+    s3.on(CreateMultipartUploadCommand).rejects(new Error('AccessDenied'));
+    // An endless dump: only ending it lets the upload's failure come back.
+    const chunk = Buffer.alloc(64 * 1024);
+    const body = new Readable({
+      read() {
+        this.push(chunk);
+      },
+    });
+    await expect(
+      uploadDump({ s3: new S3Client({ region: 'eu-west-1' }), bucket: BUCKET }, 'shop', body, {
+        partSize: 5 * 1024 * 1024,
+      }),
+    ).rejects.toThrow('upload of dumps/shop/data.dump.partial failed: AccessDenied');
+    expect(body.destroyed).toBe(true);
+    expect(s3.commandCalls(CopyObjectCommand)).toHaveLength(0);
   });
 
   it('fails with the stream error and never copies when the dump stream fails', async () => {

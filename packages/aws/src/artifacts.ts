@@ -178,9 +178,13 @@ export async function uploadDump(
   try {
     await upload.done();
   } catch (err) {
+    // The dump's own failure (pg_dump's error) is the cause when there is one; the upload's abort
+    // only follows from it. Otherwise S3 failed, and nothing reads the stream any more: end it, or
+    // pg_dump would wait on a full pipe for ever.
+    const dumpError = dump.errored ?? streamError;
+    digesting.destroy();
     await feeding;
-    // The dump's own failure (pg_dump's error) is the cause; the upload's abort only follows from it.
-    throw streamError ?? new BulkLoadFailedError(`upload of ${staging} failed: ${errorMessage(err)}`, { cause: err });
+    throw dumpError ?? new BulkLoadFailedError(`upload of ${staging} failed: ${errorMessage(err)}`, { cause: err });
   }
   await feeding;
   if (streamError) throw streamError;
@@ -394,6 +398,16 @@ export interface S3ObjectCreatedEvent {
   reason?: string;
 }
 
+function decodeKey(key: string): string {
+  try {
+    return decodeURIComponent(key.replace(/\+/g, ' '));
+  } catch {
+    throw new InvalidInputError(`S3 event key '${key}' is not URL-encoded as S3 sends it`, {
+      field: 'detail.object.key',
+    });
+  }
+}
+
 /** Validate an EventBridge event as S3's `Object Created`; anything else is refused by name. */
 export function parseS3ObjectCreatedEvent(event: unknown): S3ObjectCreatedEvent {
   const e = event as {
@@ -424,7 +438,7 @@ export function parseS3ObjectCreatedEvent(event: unknown): S3ObjectCreatedEvent 
     id: str(e.id),
     bucket,
     // EventBridge gives the key URL-encoded, as S3 notifications do: `dumps/a+b` for `dumps/a b`.
-    key: decodeURIComponent(key.replace(/\+/g, ' ')),
+    key: decodeKey(key),
     size: typeof object.size === 'number' ? object.size : undefined,
     etag: str(object.etag),
     versionId: str(object['version-id']),

@@ -1,3 +1,5 @@
+// The S3 dump path: upload, verified download, the Object Created event.
+export * from './artifacts';
 // Task callbacks, events, secrets, TLS, the RDS target.
 export * from './callbacks';
 // The DMS path and the connection switch (Secrets Manager, SSM, Route 53).

@@ -1,6 +1,8 @@
 export * from './catalog';
 export * from './critical';
 export * from './db';
+// dump (S3 dump stream)
+export * from './dump-stream';
 export * from './freeze';
 export * from './inspect';
 export * from './lag';

@@ -3,6 +3,8 @@ export * from './errors';
 export * from './format';
 export * from './lag';
 export * from './model';
+export * from './plan';
 export * from './ports';
 export * from './redact';
+export * from './slack/index';
 export * from './workflow/tasks';

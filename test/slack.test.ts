@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import {
   authorizeSlack,
   GATE_BLOCK_ID,
+  interactionRequest,
   MemoryReplayCache,
   type MigrationState,
   migrationMessage,
@@ -10,6 +11,7 @@ import {
   SLACK_ACTIONS,
   SlackRequestRejectedError,
   slackSignature,
+  slashCommandRequest,
   verifiedSlackForm,
   verifySlackRequest,
 } from '../packages/core/src/index';
@@ -315,5 +317,90 @@ describe('the Slack message of a migration', () => {
     expect(all).toContain('check &lt;the&gt; host');
     expect(all).not.toContain('s3cret');
     expect(actions(m)).toEqual([]);
+  });
+});
+
+describe('the Slack endpoints: signature, then command or click, then who', () => {
+  const access = { users: ['U0APPROVER'], channels: [] };
+  const options = () => ({ signingSecret: SECRET, replayCache: new MemoryReplayCache(() => NOW), access, now: NOW });
+  const form = (fields: Record<string, string>) => new URLSearchParams(fields).toString();
+
+  it('acknowledges an allowed command and hands it on to be done', async () => {
+    const out = await slashCommandRequest(
+      signed(form({ text: 'approve m1', user_id: 'U0APPROVER', channel_id: 'C0OPS' })),
+      options(),
+    );
+    expect(out).toEqual({
+      status: 200,
+      reply: { response_type: 'ephemeral', text: 'Approving the cutover of `m1`…' },
+      actor: { userId: 'U0APPROVER', channelId: 'C0OPS' },
+      act: { kind: 'approve', id: 'm1' },
+    });
+  });
+
+  it('refuses an unauthorized user politely and hands nothing on', async () => {
+    const out = await slashCommandRequest(signed(form({ text: 'abort m1', user_id: 'U0INTRUDER' })), options());
+    expect(out.status).toBe(200);
+    expect(out.status === 200 && out.act).toBeUndefined();
+    expect(out.status === 200 && out.reply.text).toMatch(/^Sorry <@U0INTRUDER>.*nothing was changed/);
+  });
+
+  it('answers a malformed command with what is wrong and the usage, and help with the usage only', async () => {
+    const bad = await slashCommandRequest(signed(form({ text: 'approve', user_id: 'U0APPROVER' })), options());
+    expect(bad.status === 200 && bad.act).toBeUndefined();
+    expect(bad.status === 200 && bad.reply.text).toMatch(/^`approve` needs a migration id.*\n\nUsage:\n/s);
+    const help = await slashCommandRequest(signed(form({ text: 'help', user_id: 'U0ANYONE' })), options());
+    expect(help.status === 200 && help.act).toBeUndefined();
+    expect(help.status === 200 && help.reply.text).toMatch(/^Usage:\n`\/pgferry start <plan>`/);
+  });
+
+  it('answers 401 to a tampered or replayed request, reading nothing of it', async () => {
+    const opts = options();
+    const req = signed(form({ text: 'status', user_id: 'U0APPROVER' }));
+    expect(
+      await slashCommandRequest({ ...req, rawBody: form({ text: 'abort m1', user_id: 'U0APPROVER' }) }, opts),
+    ).toEqual({
+      status: 401,
+      reason: 'invalid',
+    });
+    expect((await slashCommandRequest(req, opts)).status).toBe(200);
+    expect(await slashCommandRequest(req, opts)).toEqual({ status: 401, reason: 'replayed' });
+  });
+
+  const click = (actionId: string, value: string, user = 'U0APPROVER') =>
+    signed(
+      form({
+        payload: JSON.stringify({
+          type: 'block_actions',
+          user: { id: user },
+          channel: { id: 'C0OPS' },
+          actions: [{ action_id: actionId, block_id: GATE_BLOCK_ID, value }],
+        }),
+      }),
+    );
+
+  it("turns an approver's click on a gate button into its action, once", async () => {
+    const opts = options();
+    const req = click(SLACK_ACTIONS.approve, 'm1');
+    const out = await interactionRequest(req, opts);
+    expect(out.status === 200 && out.act).toEqual({ action: 'approve', migrationId: 'm1' });
+    expect(await interactionRequest(req, opts)).toEqual({ status: 401, reason: 'replayed' });
+    const back = await interactionRequest(click(SLACK_ACTIONS.rollback, 'm1'), opts);
+    expect(back.status === 200 && back.act).toEqual({ action: 'rollback', migrationId: 'm1' });
+  });
+
+  it('ignores another button, a value that is not a migration id, and a click by someone not allowed', async () => {
+    for (const req of [
+      click('other_button', 'm1'),
+      click(SLACK_ACTIONS.approve, 'm1; drop'),
+      click(SLACK_ACTIONS.approve, 'm1', 'U0INTRUDER'),
+    ]) {
+      const out = await interactionRequest(req, options());
+      expect(out.status).toBe(200);
+      expect(out.status === 200 && out.act).toBeUndefined();
+      expect(out.status === 200 && out.reply.text).toMatch(/nothing was changed/);
+    }
+    const notJson = await interactionRequest(signed(form({ payload: '{' })), options());
+    expect(notJson.status === 200 && notJson.act).toBeUndefined();
   });
 });

@@ -61,7 +61,8 @@ function byteUnit(max: number): readonly [string, number] {
   return unit;
 }
 
-const fmt = (n: number) => (Number.isInteger(n) ? `${n}` : n.toFixed(n < 1 ? 2 : 1));
+/** Three significant digits, no trailing zeros: axis ticks (1.25, 0.5, 375) and step times. */
+const fmt = (n: number) => String(Number(n.toPrecision(3)));
 
 /** Section text when there is nothing to draw yet. */
 const notYet = (text: string) => `<p class="empty">${escapeHtml(text)}</p>`;
@@ -146,7 +147,9 @@ export function lagChart(samples: LagSample[]): string {
   }
   const [unit, perUnit] = byteUnit(Math.max(...samples.map((p) => p.bytes)));
   const bytesMax = niceCeiling(Math.max(...samples.map((p) => p.bytes / perUnit)));
-  const secondsMax = niceCeiling(Math.max(...samples.map((p) => p.ms / 1000)));
+  // Under a second the time axis counts milliseconds: ticks of 0.0025 s read badly.
+  const [timeUnit, msPerUnit] = Math.max(...samples.map((p) => p.ms)) < 1000 ? ['ms', 1] : ['s', 1000];
+  const secondsMax = niceCeiling(Math.max(...samples.map((p) => p.ms / msPerUnit)));
   const x = (t: number) => pad.left + ((t - t0) / (t1 - t0)) * plotW;
   const y = (v: number, max: number) => pad.top + plotH - (v / max) * plotH;
   const points = (value: (p: LagSample) => number, max: number) =>
@@ -154,7 +157,7 @@ export function lagChart(samples: LagSample[]): string {
   const path = (pts: (readonly [number, number])[]) =>
     pts.map(([px, py], i) => `${i ? 'L' : 'M'}${px.toFixed(1)} ${py.toFixed(1)}`).join(' ');
   const bytesPts = points((p) => p.bytes / perUnit, bytesMax);
-  const secondsPts = points((p) => p.ms / 1000, secondsMax);
+  const secondsPts = points((p) => p.ms / msPerUnit, secondsMax);
   const dots = (pts: (readonly [number, number])[], cls: string) =>
     pts.map(([px, py]) => `<circle class="${cls}" cx="${px.toFixed(1)}" cy="${py.toFixed(1)}" r="2.5"/>`).join('');
   const yTicks = [0, 0.25, 0.5, 0.75, 1]
@@ -170,7 +173,7 @@ export function lagChart(samples: LagSample[]): string {
     })
     .join('');
   const frame = `<rect class="frame" x="${pad.left}" y="${pad.top}" width="${plotW}" height="${plotH}"/>`;
-  const labels = `<text class="axis-bytes" transform="translate(16 ${pad.top + plotH / 2}) rotate(-90)" text-anchor="middle">lag (${unit})</text><text class="axis-seconds" transform="translate(${width - 14} ${pad.top + plotH / 2}) rotate(90)" text-anchor="middle">lag (s)</text><text x="${pad.left + plotW / 2}" y="${height - 6}" text-anchor="middle">time (UTC)</text>`;
+  const labels = `<text class="axis-bytes" transform="translate(16 ${pad.top + plotH / 2}) rotate(-90)" text-anchor="middle">lag (${unit})</text><text class="axis-seconds" transform="translate(${width - 14} ${pad.top + plotH / 2}) rotate(90)" text-anchor="middle">lag (${timeUnit})</text><text x="${pad.left + plotW / 2}" y="${height - 6}" text-anchor="middle">time (UTC)</text>`;
   return `<svg class="chart lag" role="img" aria-label="replication lag over time, bytes and seconds" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}" xmlns="http://www.w3.org/2000/svg">${frame}${yTicks}${xTicks}${labels}<path class="series lag-bytes" data-series="bytes" data-points="${samples.length}" d="${path(bytesPts)}"/><path class="series lag-seconds" data-series="seconds" data-points="${samples.length}" d="${path(secondsPts)}"/>${dots(bytesPts, 'dot-bytes')}${dots(secondsPts, 'dot-seconds')}</svg>`;
 }
 
@@ -183,7 +186,7 @@ function lagSection(s: MigrationState): string {
   const last = samples.at(-1)!;
   const peakBytes = Math.max(...samples.map((p) => p.bytes));
   const peakMs = Math.max(...samples.map((p) => p.ms));
-  const legend = `<p class="legend"><span class="key-bytes">━ lag in bytes (left axis)</span> <span class="key-seconds">━ lag in seconds (right axis)</span></p>`;
+  const legend = `<p class="legend"><span class="key-bytes">━ lag in bytes (left axis)</span> <span class="key-seconds">━ lag in time (right axis)</span></p>`;
   const facts = `<p>${samples.length} sample(s) from ${escapeHtml(samples[0]!.at)} to ${escapeHtml(last.at)} (the state keeps the most recent ones). Last: ${escapeHtml(formatBytes(last.bytes))} (${last.bytes} bytes), ${last.ms} ms. Peak: ${escapeHtml(formatBytes(peakBytes))}, ${peakMs} ms.</p>`;
   return `${legend}${lagChart(samples)}${facts}`;
 }

@@ -1,5 +1,6 @@
 export * from './authorize';
 export * from './commands';
 export * from './message';
+export * from './requests';
 export * from './signature';
 export * from './text';

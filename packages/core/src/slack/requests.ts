@@ -31,16 +31,21 @@ export type SlackOutcome<T> =
 
 const reply = (text: string): SlackReply => ({ response_type: 'ephemeral', text });
 
-async function verified<T>(
-  request: SlackRequest,
-  options: SlackEndpointOptions,
-): Promise<URLSearchParams | SlackOutcome<T>> {
-  try {
-    return await verifiedSlackForm(request, options);
-  } catch (err) {
-    if (err instanceof SlackRequestRejectedError) return { status: 401, reason: err.reason };
-    throw err;
-  }
+/**
+ * An endpoint whose handler only ever sees a verified form: the signature is checked (and a replay
+ * refused) before the body is parsed, whatever the handler does.
+ */
+function endpoint<T>(handle: (form: URLSearchParams, options: SlackEndpointOptions) => SlackOutcome<T>) {
+  return async (request: SlackRequest, options: SlackEndpointOptions): Promise<SlackOutcome<T>> => {
+    let form: URLSearchParams;
+    try {
+      form = await verifiedSlackForm(request, options);
+    } catch (err) {
+      if (err instanceof SlackRequestRejectedError) return { status: 401, reason: err.reason };
+      throw err;
+    }
+    return handle(form, options);
+  };
 }
 
 /** What the person sees at once; the work goes on afterwards. */
@@ -62,12 +67,7 @@ function ack(command: SlackCommand): string {
 }
 
 /** `/pgferry …` (application/x-www-form-urlencoded: text, user_id, channel_id, response_url, …). */
-export async function slashCommandRequest(
-  request: SlackRequest,
-  options: SlackEndpointOptions,
-): Promise<SlackOutcome<SlackCommand>> {
-  const form = await verified<SlackCommand>(request, options);
-  if (!(form instanceof URLSearchParams)) return form;
+export const slashCommandRequest = endpoint<SlackCommand>((form, options) => {
   const actor: SlackActor = { userId: form.get('user_id') ?? '', channelId: form.get('channel_id') ?? undefined };
   const parsed = parseSlackCommand(form.get('text') ?? '');
   if (!parsed.ok) return { status: 200, reply: reply(parsed.message), actor };
@@ -76,7 +76,7 @@ export async function slashCommandRequest(
   if (!allowed.allowed) return { status: 200, reply: reply(allowed.message), actor };
   // help acts on nothing: its reply is all there is.
   return { status: 200, reply: reply(ack(command)), actor, act: command.kind === 'help' ? undefined : command };
-}
+});
 
 export interface GateClick {
   action: 'approve' | 'rollback';
@@ -87,12 +87,7 @@ export interface GateClick {
  * A button click (interactivity: a form with one field, `payload`, holding JSON of type block_actions).
  * Only our two buttons with a well-formed migration id are a click; anything else is answered and ignored.
  */
-export async function interactionRequest(
-  request: SlackRequest,
-  options: SlackEndpointOptions,
-): Promise<SlackOutcome<GateClick>> {
-  const form = await verified<GateClick>(request, options);
-  if (!(form instanceof URLSearchParams)) return form;
+export const interactionRequest = endpoint<GateClick>((form, options) => {
   let payload: {
     type?: string;
     user?: { id?: string };
@@ -125,4 +120,4 @@ export async function interactionRequest(
     actor,
     act: { action, migrationId },
   };
-}
+});

@@ -130,6 +130,46 @@ describe('the HTML report, rendered', () => {
     expect(html).toContain('postgres://app:***@old-db/shop');
   });
 
+  it('sums the write gap steps into its six stages, and says that a rollback records no steps', () => {
+    const html = renderHtmlReport(
+      state({
+        status: 'rolled-back',
+        cutover: {
+          freezeAt: '2026-12-06T11:00:01.000Z',
+          switchAt: '2026-12-06T11:00:01.200Z',
+          writeGapMs: 200,
+          stepsMs: {
+            freeze: 10,
+            prepared: 5,
+            drain: 40,
+            sequences: 20,
+            writesAfterFreeze: 2,
+            stopForward: 3,
+            lastLook: 4,
+            reverseSlot: 30,
+            reverseSubscription: 6,
+            record: 50,
+            switch: 30,
+          },
+        },
+        rollback: { freezeAt: '2026-12-06T11:10:00.000Z', switchAt: '2026-12-06T11:10:00.090Z', writeGapMs: 90 },
+      }),
+    );
+    const stage = (name: string) =>
+      new RegExp(`${name}</td><td class="num">([^<]+)</td>`).exec(html.replace(/<span[^>]*><\/span>/g, ''))?.[1];
+    expect([
+      stage('freeze'),
+      stage('drain'),
+      stage('sequences'),
+      stage('reverse replication'),
+      stage('unfreeze'),
+      stage('switch'),
+    ]).toEqual(['15 ms', '42 ms', '20 ms', '43 ms', '50 ms', '30 ms']);
+    expect(html).toContain('Cutover write gap: 200 ms');
+    expect(html).toContain('Rollback write gap: 90 ms');
+    expect(html).toContain('pgferry records the total of a rollback&#39;s write gap, not its steps.');
+  });
+
   it('draws both lag series with one point per sample, on axes with units', () => {
     const svg = lagChart([
       { at: '2026-12-06T11:00:00.000Z', bytes: 3 * 1024 ** 2, ms: 2500 },

@@ -213,7 +213,7 @@ const GAP_STEPS: Record<string, { stage: string; label: string }> = {
 };
 export const GAP_STAGES = ['freeze', 'drain', 'sequences', 'reverse replication', 'unfreeze', 'switch'] as const;
 
-function writeGapOf(record: CutoverRecord, title: string): string {
+function writeGapOf(record: CutoverRecord, title: string, noSteps: string): string {
   if (!record.freezeAt)
     return `<h3>${escapeHtml(title)}</h3>${notYet('Writes were not frozen: there was no write gap.')}`;
   if (!record.switchAt)
@@ -241,9 +241,9 @@ function writeGapOf(record: CutoverRecord, title: string): string {
       return r;
     })
     .join('');
-  const svg = steps.length
-    ? `<svg class="chart gap" role="img" aria-label="write gap by step" viewBox="0 0 ${width} 28" width="${width}" height="28" xmlns="http://www.w3.org/2000/svg">${rects}</svg>`
-    : notYet('The steps of this write gap were not recorded (a state written by an older pgferry).');
+  if (!steps.length)
+    return `<h3>${escapeHtml(title)}: ${escapeHtml(total)} ms</h3>${notYet(`Frozen at ${record.freezeAt}, switched at ${record.switchAt}; ${noSteps}`)}`;
+  const svg = `<svg class="chart gap" role="img" aria-label="write gap by step" viewBox="0 0 ${width} 28" width="${width}" height="28" xmlns="http://www.w3.org/2000/svg">${rects}</svg>`;
   const stageRows = stages
     .map(
       (st) =>
@@ -273,8 +273,18 @@ function writeGapSection(s: MigrationState): string {
       'No cutover yet: the write gap is measured when writes are frozen on the source and the application is switched.',
     );
   const parts = [];
-  if (s.cutover) parts.push(writeGapOf(s.cutover, 'Cutover write gap'));
-  if (s.rollback) parts.push(writeGapOf(s.rollback, 'Rollback write gap'));
+  if (s.cutover)
+    parts.push(
+      writeGapOf(s.cutover, 'Cutover write gap', 'its steps were not recorded (a state from an older pgferry).'),
+    );
+  if (s.rollback)
+    parts.push(
+      writeGapOf(
+        s.rollback,
+        'Rollback write gap',
+        "pgferry records the total of a rollback's write gap, not its steps.",
+      ),
+    );
   return parts.join('');
 }
 

@@ -3,6 +3,7 @@ import {
   authorizeSlack,
   GATE_BLOCK_ID,
   interactionRequest,
+  LAG_REFRESH_MS,
   MemoryReplayCache,
   type MigrationState,
   migrationMessage,
@@ -10,6 +11,7 @@ import {
   parseSlackCommand,
   SLACK_ACTIONS,
   SlackRequestRejectedError,
+  slackCallFor,
   slackSignature,
   slashCommandRequest,
   verifiedSlackForm,
@@ -402,5 +404,50 @@ describe('the Slack endpoints: signature, then command or click, then who', () =
     }
     const notJson = await interactionRequest(signed(form({ payload: '{' })), options());
     expect(notJson.status === 200 && notJson.act).toBeUndefined();
+  });
+});
+
+describe('Slack message updates, driven by pgferry events', () => {
+  const ref = { channel: 'C0OPS', ts: '1733486400.000100', updatedAt: '2026-12-06T11:59:50.000Z' };
+  const phaseChanged = { type: 'Migration Phase Changed' as const, detail: { migrationId: 'm1', phase: 'catch-up' } };
+
+  it('posts the first message, then updates that same message in place at every phase change', () => {
+    const s = state({ phase: 'catch-up', status: 'running' });
+    const first = slackCallFor(phaseChanged, s, { channel: 'C0OPS' });
+    expect(first?.method).toBe('chat.postMessage');
+    expect(first?.body).toMatchObject({ channel: 'C0OPS', text: 'pgferry migration m1: running (Catch up)' });
+    const gate = slackCallFor(phaseChanged, state({ phase: 'catch-up', status: 'awaiting-cutover' }), {
+      channel: 'C0OPS',
+      message: ref,
+      now: NOW,
+    });
+    expect(gate?.method).toBe('chat.update');
+    expect(gate?.body).toMatchObject({ channel: 'C0OPS', ts: ref.ts });
+    // The update carries the gate's buttons, from the state the event announced.
+    expect(JSON.stringify(gate?.body.blocks)).toContain(SLACK_ACTIONS.approve);
+    for (const type of ['Cutover Completed', 'Migration Failed'] as const)
+      expect(
+        slackCallFor({ type, detail: { migrationId: 'm1' } }, s, { channel: 'C0OPS', message: ref, now: NOW })?.method,
+      ).toBe('chat.update');
+  });
+
+  it('refreshes on lag samples at most every LAG_REFRESH_MS', () => {
+    const lag = { type: 'Replication Lag Sampled' as const, detail: { migrationId: 'm1', bytes: 10, ms: 5 } };
+    const s = state({ phase: 'catch-up' });
+    const updated = Date.parse(ref.updatedAt);
+    expect(slackCallFor(lag, s, { channel: 'C0OPS', message: ref, now: updated + LAG_REFRESH_MS - 1 })).toBeUndefined();
+    expect(slackCallFor(lag, s, { channel: 'C0OPS', message: ref, now: updated + LAG_REFRESH_MS })?.method).toBe(
+      'chat.update',
+    );
+  });
+
+  it("never shows another migration's event in this message", () => {
+    expect(
+      slackCallFor({ ...phaseChanged, detail: { migrationId: 'm2' } }, state(), {
+        channel: 'C0OPS',
+        message: ref,
+        now: NOW,
+      }),
+    ).toBeUndefined();
   });
 });

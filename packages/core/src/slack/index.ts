@@ -4,3 +4,4 @@ export * from './message';
 export * from './requests';
 export * from './signature';
 export * from './text';
+export * from './updates';

@@ -1,6 +1,7 @@
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import puppeteer, { type Browser } from 'puppeteer-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -198,6 +199,14 @@ describe('the HTML report, rendered', () => {
     writeHtmlReport(file, state());
     expect(statSync(file).mode & 0o777).toBe(0o600);
     expect(readFileSync(file, 'utf8')).toMatch(/^<!doctype html>/);
+  });
+
+  it('is a command of the built pgferry, with its help', () => {
+    const bin = resolve(__dirname, '../packages/cli/bin/pgferry.mjs');
+    expect(execFileSync(process.execPath, [bin, '--help'], { encoding: 'utf8' })).toMatch(/^ {2}report {4}Write one/m);
+    expect(execFileSync(process.execPath, [bin, 'report', '--help'], { encoding: 'utf8' })).toMatch(
+      /^Usage: pgferry report ID --html FILE/,
+    );
   });
 
   it('pgferry report refuses a missing --html, an unknown id and two ids, naming what is wrong', async () => {

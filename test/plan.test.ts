@@ -1,0 +1,126 @@
+import { describe, expect, it } from 'vitest';
+import { InvalidInputError, type MigrationPlanInput, parseMigrationPlan } from '../packages/core/src/index';
+
+const ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/source-AbCdEf';
+const APP_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/app-url-XyZ123';
+
+function plan(overrides: Record<string, unknown> = {}): MigrationPlanInput {
+  return {
+    name: 'shop-to-rds',
+    source: { secretArn: ARN },
+    target: {
+      kind: 'new',
+      instanceClass: 'db.r6g.large',
+      engineVersion: '17',
+      allocatedStorageGiB: 200,
+      dbSubnetGroupName: 'private-db',
+      vpcSecurityGroupIds: ['sg-0123456789abcdef0'],
+    },
+    cutover: { policy: 'manual' },
+    switch: { kind: 'secret', secretArn: APP_ARN },
+    approvers: { users: ['U024BE7LH'], channels: [] },
+    ...overrides,
+  } as MigrationPlanInput;
+}
+
+function problem(input: unknown): InvalidInputError {
+  try {
+    parseMigrationPlan(input);
+  } catch (err) {
+    expect(err).toBeInstanceOf(InvalidInputError);
+    return err as InvalidInputError;
+  }
+  throw new Error('the plan was accepted');
+}
+
+describe('migration plans', () => {
+  it('accepts a complete plan and fills the defaults', () => {
+    const p = parseMigrationPlan(plan());
+    expect(p.strategy).toBe('snapshot');
+    expect(p.target).toMatchObject({ kind: 'new', storageType: 'gp3', multiAz: true });
+    expect(p.approvers).toEqual({ users: ['U024BE7LH'], channels: [] });
+  });
+
+  it('accepts an existing instance, a cutover window, an SSM parameter and a Route 53 record', () => {
+    const existing = parseMigrationPlan(
+      plan({
+        target: { kind: 'existing', instanceIdentifier: 'shop-prod-17', secretArn: APP_ARN },
+        cutover: { policy: 'window', start: '02:00', end: '04:30', timezone: 'Europe/Paris', days: ['sat', 'sun'] },
+        switch: { kind: 'ssm-parameter', name: '/shop/database-url' },
+        strategy: 'dms',
+      }),
+    );
+    expect(existing.target.kind).toBe('existing');
+    expect(existing.cutover).toMatchObject({ policy: 'window', timezone: 'Europe/Paris' });
+    const dns = parseMigrationPlan(
+      plan({ switch: { kind: 'route53', hostedZoneId: 'Z0123456789ABCDEFGHIJ', recordName: 'db.shop.internal' } }),
+    );
+    expect(dns.switch).toEqual({
+      kind: 'route53',
+      hostedZoneId: 'Z0123456789ABCDEFGHIJ',
+      recordName: 'db.shop.internal',
+      ttlSeconds: 30,
+    });
+  });
+
+  it.each([
+    ['name', { name: 'Shop To RDS' }, /^invalid migration plan: name must be 1-48 characters/],
+    [
+      'source.secretArn',
+      { source: { secretArn: 'shop/source' } },
+      /source\.secretArn must be a Secrets Manager secret ARN/,
+    ],
+    ['source', { source: undefined }, /source is required/],
+    [
+      'target.instanceClass',
+      { target: { ...(plan().target as object), instanceClass: 'r6g.large' } },
+      /target\.instanceClass must be an RDS instance class/,
+    ],
+    [
+      'target.engineVersion',
+      { target: { ...(plan().target as object), engineVersion: '10' } },
+      /target\.engineVersion must be 11 or newer/,
+    ],
+    ['target.kind', { target: { kind: 'aurora' } }, /target\.kind must be new .* or existing/],
+    ['cutover.policy', { cutover: { policy: 'sometime' } }, /cutover\.policy must be manual, auto or window/],
+    [
+      'cutover.timezone',
+      { cutover: { policy: 'window', start: '02:00', end: '04:00', timezone: 'Mars/Olympus' } },
+      /cutover\.timezone must be an IANA time zone/,
+    ],
+    [
+      'cutover.start',
+      { cutover: { policy: 'window', start: '2am', end: '04:00', timezone: 'UTC' } },
+      /cutover\.start must be a time of day as HH:MM/,
+    ],
+    ['switch.kind', { switch: { kind: 'dns' } }, /switch\.kind must be secret, ssm-parameter or route53/],
+    [
+      'switch.secretArn',
+      { switch: { kind: 'secret', secretArn: ARN } },
+      /switch\.secretArn is the source's own credentials secret/,
+    ],
+    ['approvers', { approvers: { users: [], channels: [] } }, /approvers needs at least one Slack user or channel/],
+    ['approvers.users.0', { approvers: { users: ['@alice'] } }, /approvers\.users holds Slack member ids/],
+    ['strategy', { strategy: 'pglogical' }, /strategy must be one of snapshot, native, dump, dms/],
+  ])('names %s when it is wrong', (field, overrides, message) => {
+    const err = problem(plan(overrides));
+    expect(err.field).toBe(field);
+    expect(err.message).toMatch(message);
+  });
+
+  it('refuses a password or any unknown key, naming it, instead of storing it', () => {
+    const err = problem(plan({ source: { secretArn: ARN, password: 'hunter2' } }));
+    expect(err.field).toBe('source.password');
+    expect(err.message).toContain('source.password: not a plan field');
+    expect(err.message).not.toContain('hunter2');
+  });
+
+  it('lists every problem of a plan at once', () => {
+    const err = problem({ name: 'x', cutover: { policy: 'auto' } });
+    expect(err.message).toContain('source is required');
+    expect(err.message).toContain('target.kind must be');
+    expect(err.message).toContain('switch.kind must be');
+    expect(err.message).toContain('approvers is required');
+    expect(err.hint).toMatch(/source\.secretArn/);
+  });
+});

@@ -1,0 +1,453 @@
+import { describe, expect, it } from 'vitest';
+import {
+  authorizeSlack,
+  GATE_BLOCK_ID,
+  interactionRequest,
+  LAG_REFRESH_MS,
+  MemoryReplayCache,
+  type MigrationState,
+  migrationMessage,
+  parseMigrationConfig,
+  parseSlackCommand,
+  SLACK_ACTIONS,
+  SlackRequestRejectedError,
+  slackCallFor,
+  slackSignature,
+  slashCommandRequest,
+  verifiedSlackForm,
+  verifySlackRequest,
+} from '../packages/core/src/index';
+
+// Slack's documented example (api.slack.com/authentication/verifying-requests-from-slack).
+const DOC_SECRET = '8f742231b10e8888abcd99yyyzzz85a5';
+const DOC_TIMESTAMP = '1531420618';
+const DOC_BODY =
+  'token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c';
+const DOC_SIGNATURE = 'v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503';
+
+const SECRET = 'test-signing-secret-0123456789abcdef';
+const NOW = Date.parse('2026-12-06T12:00:00Z');
+
+function signed(body: string, at = NOW, secret = SECRET) {
+  const timestamp = String(Math.floor(at / 1000));
+  return { rawBody: body, timestamp, signature: slackSignature(secret, timestamp, body) };
+}
+
+async function rejection(p: Promise<unknown>): Promise<SlackRequestRejectedError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(SlackRequestRejectedError);
+  return err as SlackRequestRejectedError;
+}
+
+describe('Slack request signatures', () => {
+  it("computes Slack's documented example signature", () => {
+    expect(slackSignature(DOC_SECRET, DOC_TIMESTAMP, DOC_BODY)).toBe(DOC_SIGNATURE);
+  });
+
+  it('accepts a valid request once and gives its form fields', async () => {
+    const cache = new MemoryReplayCache(() => NOW);
+    const body = 'command=%2Fpgferry&text=status&user_id=U024BE7LH&channel_id=C024BE91L';
+    const form = await verifiedSlackForm(signed(body), { signingSecret: SECRET, replayCache: cache, now: NOW });
+    expect(form.get('text')).toBe('status');
+    expect(form.get('user_id')).toBe('U024BE7LH');
+  });
+
+  it('accepts the raw bytes as received (a Buffer body)', async () => {
+    const body = 'text=approve+m1&user_id=U1';
+    const req = { ...signed(body), rawBody: Buffer.from(body) };
+    await expect(
+      verifySlackRequest(req, { signingSecret: SECRET, replayCache: new MemoryReplayCache(), now: NOW }),
+    ).resolves.toBeUndefined();
+  });
+
+  it('refuses a tampered body, a tampered timestamp and another secret, before parsing anything', async () => {
+    const body = 'text=status&user_id=U024BE7LH';
+    const good = signed(body);
+    const opts = () => ({ signingSecret: SECRET, replayCache: new MemoryReplayCache(), now: NOW });
+    const tampered = await rejection(
+      verifiedSlackForm({ ...good, rawBody: 'text=approve+m1&user_id=U024BE7LH' }, opts()),
+    );
+    expect(tampered.reason).toBe('invalid');
+    const moved = await rejection(
+      verifySlackRequest({ ...good, timestamp: String(Number(good.timestamp) - 1) }, opts()),
+    );
+    expect(moved.reason).toBe('invalid');
+    const other = await rejection(verifySlackRequest(signed(body, NOW, 'another-secret'), opts()));
+    expect(other.reason).toBe('invalid');
+    // One flipped hex digit: same length, compared in constant time, refused.
+    const last = good.signature.at(-1) === '0' ? '1' : '0';
+    const flipped = await rejection(
+      verifySlackRequest({ ...good, signature: good.signature.slice(0, -1) + last }, opts()),
+    );
+    expect(flipped.reason).toBe('invalid');
+    expect(flipped.message).not.toContain(good.signature);
+  });
+
+  it('refuses a request signed more than 5 minutes ago or ahead, even with a valid signature', async () => {
+    const opts = { signingSecret: SECRET, replayCache: new MemoryReplayCache(), now: NOW };
+    const stale = await rejection(verifySlackRequest(signed('text=help', NOW - 301_000), opts));
+    expect(stale.reason).toBe('stale');
+    expect(stale.message).toContain('301 s ago');
+    const ahead = await rejection(verifySlackRequest(signed('text=help', NOW + 301_000), opts));
+    expect(ahead.reason).toBe('stale');
+    // Inside the window it passes.
+    await expect(verifySlackRequest(signed('text=help', NOW - 299_000), opts)).resolves.toBeUndefined();
+  });
+
+  it('refuses the second copy of a replayed request, and remembers only valid signatures', async () => {
+    const cache = new MemoryReplayCache(() => NOW);
+    const opts = { signingSecret: SECRET, replayCache: cache, now: NOW };
+    const req = signed('text=approve+m1&user_id=U024BE7LH');
+    await verifySlackRequest(req, opts);
+    expect((await rejection(verifySlackRequest(req, opts))).reason).toBe('replayed');
+    // A forged request with the same signature later does not poison anything: it is invalid first.
+    const forged = { ...req, rawBody: 'text=abort+m1' };
+    expect((await rejection(verifySlackRequest(forged, opts))).reason).toBe('invalid');
+  });
+
+  it('refuses missing and malformed headers and a missing signing secret', async () => {
+    const opts = { signingSecret: SECRET, replayCache: new MemoryReplayCache(), now: NOW };
+    const good = signed('text=help');
+    expect((await rejection(verifySlackRequest({ ...good, signature: undefined }, opts))).reason).toBe('missing');
+    expect((await rejection(verifySlackRequest({ ...good, timestamp: undefined }, opts))).reason).toBe('missing');
+    expect((await rejection(verifySlackRequest({ ...good, timestamp: '12ab' }, opts))).reason).toBe('malformed');
+    expect((await rejection(verifySlackRequest({ ...good, signature: 'v1=abc' }, opts))).reason).toBe('malformed');
+    const noSecret = await rejection(verifySlackRequest(good, { ...opts, signingSecret: '' }));
+    expect(noSecret.reason).toBe('missing');
+  });
+
+  it('forgets a remembered signature after its time to live', async () => {
+    let now = NOW;
+    const cache = new MemoryReplayCache(() => now);
+    expect(await cache.remember('a', 600)).toBe(true);
+    expect(await cache.remember('a', 600)).toBe(false);
+    now += 601_000;
+    expect(await cache.remember('a', 600)).toBe(true);
+  });
+});
+
+describe('the /pgferry command parser', () => {
+  it.each([
+    ['start shop-to-rds', { kind: 'start', plan: 'shop-to-rds' }],
+    ['status', { kind: 'status' }],
+    ['  status   m2612061200_ab12 ', { kind: 'status', id: 'm2612061200_ab12' }],
+    ['approve m1', { kind: 'approve', id: 'm1' }],
+    ['ROLLBACK m1', { kind: 'rollback', id: 'm1' }],
+    ['abort\u00a0m1', { kind: 'abort', id: 'm1' }],
+    ['help', { kind: 'help' }],
+    ['', { kind: 'help' }],
+  ])('reads "%s"', (text, command) => {
+    expect(parseSlackCommand(text)).toEqual({ ok: true, command });
+  });
+
+  it.each([
+    ['deploy m1', /unknown command `deploy`/],
+    ['approve', /`approve` needs a migration id: `\/pgferry approve <id>`/],
+    ['start', /`start` needs a plan name: `\/pgferry start <plan>`/],
+    ['rollback m1 m2', /`rollback` takes one migration id, got 2: `m1` `m2`/],
+    ['status M1;DROP', /`M1;DROP` is not a migration id: a migration id is 1-24 characters/],
+    ['start Shop_Plan', /`Shop_Plan` is not a plan name: a plan name is 1-48 characters/],
+    ['help me', /`help` takes nothing/],
+  ])('says what is wrong with "%s" and shows the usage', (text, message) => {
+    const parsed = parseSlackCommand(text);
+    expect(parsed.ok).toBe(false);
+    if (parsed.ok) return;
+    expect(parsed.message).toMatch(message);
+    expect(parsed.message).toContain('Usage:\n`/pgferry start <plan>`');
+  });
+});
+
+describe('Slack authorization', () => {
+  const access = { users: ['U0APPROVER'], channels: ['C0DBATEAM'] };
+
+  it('lets configured users act anywhere and anyone act in a configured channel', () => {
+    expect(authorizeSlack({ userId: 'U0APPROVER', channelId: 'C0RANDOM' }, access, 'approve')).toEqual({
+      allowed: true,
+      by: 'user',
+    });
+    expect(authorizeSlack({ userId: 'U0SOMEONE', channelId: 'C0DBATEAM' }, access, 'rollback')).toEqual({
+      allowed: true,
+      by: 'channel',
+    });
+  });
+
+  it.each(['start', 'status', 'approve', 'rollback', 'abort'] as const)(
+    'refuses %s to an unauthorized user politely, saying nothing changed',
+    (command) => {
+      const result = authorizeSlack({ userId: 'U0INTRUDER', channelId: 'C0RANDOM' }, access, command);
+      expect(result.allowed).toBe(false);
+      if (result.allowed) return;
+      expect(result.message).toMatch(/^Sorry <@U0INTRUDER>, you are not allowed to .* so nothing was changed\./);
+    },
+  );
+
+  it('lets anyone read the help', () => {
+    expect(authorizeSlack({ userId: 'U0INTRUDER' }, { users: [], channels: [] }, 'help').allowed).toBe(true);
+  });
+
+  it('escapes a user id that is not one, so it cannot mention a channel', () => {
+    const result = authorizeSlack({ userId: 'x> <!channel' }, access, 'abort');
+    expect(!result.allowed && result.message).toContain('<@x&gt; &lt;!channel>');
+  });
+});
+
+function state(overrides: Partial<MigrationState> = {}): MigrationState {
+  const config = parseMigrationConfig({
+    id: 'm1',
+    sourceUrl: 'postgres://app:***@old-db:5432/shop',
+    targetUrl: 'postgres://admin:***@new-db:5432/shop',
+  });
+  return {
+    id: 'm1',
+    version: 7,
+    createdAt: '2026-12-06T11:00:00.000Z',
+    updatedAt: '2026-12-06T11:30:00.000Z',
+    status: 'running',
+    phase: 'bulk-load',
+    config,
+    phases: {},
+    events: [],
+    ...overrides,
+  };
+}
+
+const texts = (m: ReturnType<typeof migrationMessage>) => JSON.stringify(m.blocks);
+const actions = (m: ReturnType<typeof migrationMessage>) => m.blocks.filter((b) => b.type === 'actions');
+
+describe('the Slack message of a migration', () => {
+  it('shows phase, lag, rows copied and the predicted drain, without buttons while it runs', () => {
+    const m = migrationMessage(
+      state({
+        phase: 'catch-up',
+        rowsCopied: 1234567,
+        bytesCopied: 512 * 1024 ** 2,
+        lag: [{ at: '2026-12-06T11:29:59.000Z', bytes: 3 * 1024 ** 2, ms: 1500, appliedBps: 2 * 1024 ** 2 }],
+      }),
+    );
+    expect(m.text).toBe('pgferry migration m1: running (Catch up)');
+    expect(m.blocks[0]).toEqual({
+      type: 'header',
+      text: { type: 'plain_text', text: 'pgferry migration m1', emoji: false },
+    });
+    const section = m.blocks[1];
+    expect(section?.type === 'section' && section.fields?.map((f) => f.text)).toEqual([
+      '*Phase*\nCatch up',
+      '*Status*\nrunning',
+      '*Lag*\n3.0 MiB · 1.5 s',
+      '*Rows copied*\n1,234,567 (512.0 MiB)',
+      // 3 MiB at 2 MiB/s applied.
+      '*Predicted drain*\n1500 ms (budget 1000 ms)',
+    ]);
+    expect(actions(m)).toEqual([]);
+  });
+
+  it('says what is not known yet', () => {
+    const fields = JSON.stringify(migrationMessage(state()).blocks[1]);
+    expect(fields).toContain('*Lag*\\nnot measured yet');
+    expect(fields).toContain('*Rows copied*\\nnot copied yet');
+    expect(fields).toContain('*Predicted drain*\\nnot predicted yet');
+  });
+
+  it('at the gate, carries Approve cutover and Roll back buttons with the migration id and nothing else', () => {
+    const m = migrationMessage(state({ status: 'awaiting-cutover', phase: 'catch-up' }));
+    const [gate] = actions(m);
+    expect(gate?.type === 'actions' && gate.block_id).toBe(GATE_BLOCK_ID);
+    const buttons = gate?.type === 'actions' ? gate.elements : [];
+    expect(buttons.map((b) => [b.action_id, b.text.text, b.value, b.style])).toEqual([
+      [SLACK_ACTIONS.approve, 'Approve cutover', 'm1', 'primary'],
+      [SLACK_ACTIONS.rollback, 'Roll back', 'm1', 'danger'],
+    ]);
+    expect(buttons.every((b) => b.confirm)).toBe(true);
+  });
+
+  it('after the switch shows the write gap and verification and offers only Roll back', () => {
+    const m = migrationMessage(
+      state({
+        status: 'cut-over',
+        phase: 'verify',
+        cutover: {
+          freezeAt: '2026-12-06T11:20:00.000Z',
+          switchAt: '2026-12-06T11:20:00.042Z',
+          writeGapMs: 42,
+          predictedDrainMs: 12,
+          drainMs: 9,
+        },
+        verify: {
+          ok: false,
+          outcome: 'mismatch',
+          stage: 'after-switch',
+          replication: 'reverse replication',
+          tables: [
+            { table: 'public.orders', sourceRows: 10, targetRows: 10, chunks: 1, mismatchedRanges: [] },
+            { table: 'public.<!channel>', sourceRows: 3, targetRows: 2, chunks: 1, mismatchedRanges: ['id 1..3'] },
+          ],
+          at: '2026-12-06T11:21:00.000Z',
+          ms: 100,
+          sourceBytes: 0,
+          targetBytes: 0,
+          sourceMiBps: 1,
+          targetMiBps: 1,
+        },
+      }),
+    );
+    const all = texts(m);
+    expect(all).toContain('*Write gap*\\n42 ms');
+    expect(all).toContain('*Predicted drain*\\n12 ms predicted, measured 9 ms');
+    expect(all).toContain('*Verify after the switch*\\nMISMATCH, 2 tables: public.&lt;!channel&gt;');
+    expect(all).not.toContain('<!channel>');
+    const buttons = actions(m).flatMap((b) => (b.type === 'actions' ? b.elements : []));
+    expect(buttons.map((b) => b.action_id)).toEqual([SLACK_ACTIONS.rollback]);
+  });
+
+  it('shows a failure, escaped and without a password', () => {
+    const m = migrationMessage(
+      state({
+        status: 'failed',
+        failure: {
+          name: 'ConnectionFailedError',
+          message: 'could not connect to postgres://app:s3cret@old-db/shop',
+          phase: 'assess',
+          hint: 'check <the> host',
+        },
+      }),
+    );
+    const all = texts(m);
+    expect(all).toContain('*Failed in assess:* could not connect to postgres://app:***@old-db/shop');
+    expect(all).toContain('check &lt;the&gt; host');
+    expect(all).not.toContain('s3cret');
+    expect(actions(m)).toEqual([]);
+  });
+});
+
+describe('the Slack endpoints: signature, then command or click, then who', () => {
+  const access = { users: ['U0APPROVER'], channels: [] };
+  const options = () => ({ signingSecret: SECRET, replayCache: new MemoryReplayCache(() => NOW), access, now: NOW });
+  const form = (fields: Record<string, string>) => new URLSearchParams(fields).toString();
+
+  it('acknowledges an allowed command and hands it on to be done', async () => {
+    const out = await slashCommandRequest(
+      signed(form({ text: 'approve m1', user_id: 'U0APPROVER', channel_id: 'C0OPS' })),
+      options(),
+    );
+    expect(out).toEqual({
+      status: 200,
+      reply: { response_type: 'ephemeral', text: 'Approving the cutover of `m1`…' },
+      actor: { userId: 'U0APPROVER', channelId: 'C0OPS' },
+      act: { kind: 'approve', id: 'm1' },
+    });
+  });
+
+  it('refuses an unauthorized user politely and hands nothing on', async () => {
+    const out = await slashCommandRequest(signed(form({ text: 'abort m1', user_id: 'U0INTRUDER' })), options());
+    expect(out.status).toBe(200);
+    expect(out.status === 200 && out.act).toBeUndefined();
+    expect(out.status === 200 && out.reply.text).toMatch(/^Sorry <@U0INTRUDER>.*nothing was changed/);
+  });
+
+  it('answers a malformed command with what is wrong and the usage, and help with the usage only', async () => {
+    const bad = await slashCommandRequest(signed(form({ text: 'approve', user_id: 'U0APPROVER' })), options());
+    expect(bad.status === 200 && bad.act).toBeUndefined();
+    expect(bad.status === 200 && bad.reply.text).toMatch(/^`approve` needs a migration id.*\n\nUsage:\n/s);
+    const help = await slashCommandRequest(signed(form({ text: 'help', user_id: 'U0ANYONE' })), options());
+    expect(help.status === 200 && help.act).toBeUndefined();
+    expect(help.status === 200 && help.reply.text).toMatch(/^Usage:\n`\/pgferry start <plan>`/);
+  });
+
+  it('answers 401 to a tampered or replayed request, reading nothing of it', async () => {
+    const opts = options();
+    const req = signed(form({ text: 'status', user_id: 'U0APPROVER' }));
+    expect(
+      await slashCommandRequest({ ...req, rawBody: form({ text: 'abort m1', user_id: 'U0APPROVER' }) }, opts),
+    ).toEqual({
+      status: 401,
+      reason: 'invalid',
+    });
+    expect((await slashCommandRequest(req, opts)).status).toBe(200);
+    expect(await slashCommandRequest(req, opts)).toEqual({ status: 401, reason: 'replayed' });
+  });
+
+  const click = (actionId: string, value: string, user = 'U0APPROVER') =>
+    signed(
+      form({
+        payload: JSON.stringify({
+          type: 'block_actions',
+          user: { id: user },
+          channel: { id: 'C0OPS' },
+          actions: [{ action_id: actionId, block_id: GATE_BLOCK_ID, value }],
+        }),
+      }),
+    );
+
+  it("turns an approver's click on a gate button into its action, once", async () => {
+    const opts = options();
+    const req = click(SLACK_ACTIONS.approve, 'm1');
+    const out = await interactionRequest(req, opts);
+    expect(out.status === 200 && out.act).toEqual({ action: 'approve', migrationId: 'm1' });
+    expect(await interactionRequest(req, opts)).toEqual({ status: 401, reason: 'replayed' });
+    const back = await interactionRequest(click(SLACK_ACTIONS.rollback, 'm1'), opts);
+    expect(back.status === 200 && back.act).toEqual({ action: 'rollback', migrationId: 'm1' });
+  });
+
+  it('ignores another button, a value that is not a migration id, and a click by someone not allowed', async () => {
+    for (const req of [
+      click('other_button', 'm1'),
+      click(SLACK_ACTIONS.approve, 'm1; drop'),
+      click(SLACK_ACTIONS.approve, 'm1', 'U0INTRUDER'),
+    ]) {
+      const out = await interactionRequest(req, options());
+      expect(out.status).toBe(200);
+      expect(out.status === 200 && out.act).toBeUndefined();
+      expect(out.status === 200 && out.reply.text).toMatch(/nothing was changed/);
+    }
+    const notJson = await interactionRequest(signed(form({ payload: '{' })), options());
+    expect(notJson.status === 200 && notJson.act).toBeUndefined();
+  });
+});
+
+describe('Slack message updates, driven by pgferry events', () => {
+  const ref = { channel: 'C0OPS', ts: '1733486400.000100', updatedAt: '2026-12-06T11:59:50.000Z' };
+  const phaseChanged = { type: 'Migration Phase Changed' as const, detail: { migrationId: 'm1', phase: 'catch-up' } };
+
+  it('posts the first message, then updates that same message in place at every phase change', () => {
+    const s = state({ phase: 'catch-up', status: 'running' });
+    const first = slackCallFor(phaseChanged, s, { channel: 'C0OPS' });
+    expect(first?.method).toBe('chat.postMessage');
+    expect(first?.body).toMatchObject({ channel: 'C0OPS', text: 'pgferry migration m1: running (Catch up)' });
+    const gate = slackCallFor(phaseChanged, state({ phase: 'catch-up', status: 'awaiting-cutover' }), {
+      channel: 'C0OPS',
+      message: ref,
+      now: NOW,
+    });
+    expect(gate?.method).toBe('chat.update');
+    expect(gate?.body).toMatchObject({ channel: 'C0OPS', ts: ref.ts });
+    // The update carries the gate's buttons, from the state the event announced.
+    expect(JSON.stringify(gate?.body.blocks)).toContain(SLACK_ACTIONS.approve);
+    for (const type of ['Cutover Completed', 'Migration Failed'] as const)
+      expect(
+        slackCallFor({ type, detail: { migrationId: 'm1' } }, s, { channel: 'C0OPS', message: ref, now: NOW })?.method,
+      ).toBe('chat.update');
+  });
+
+  it('refreshes on lag samples at most every LAG_REFRESH_MS', () => {
+    const lag = { type: 'Replication Lag Sampled' as const, detail: { migrationId: 'm1', bytes: 10, ms: 5 } };
+    const s = state({ phase: 'catch-up' });
+    const updated = Date.parse(ref.updatedAt);
+    expect(slackCallFor(lag, s, { channel: 'C0OPS', message: ref, now: updated + LAG_REFRESH_MS - 1 })).toBeUndefined();
+    expect(slackCallFor(lag, s, { channel: 'C0OPS', message: ref, now: updated + LAG_REFRESH_MS })?.method).toBe(
+      'chat.update',
+    );
+  });
+
+  it("never shows another migration's event in this message", () => {
+    expect(
+      slackCallFor({ ...phaseChanged, detail: { migrationId: 'm2' } }, state(), {
+        channel: 'C0OPS',
+        message: ref,
+        now: NOW,
+      }),
+    ).toBeUndefined();
+  });
+});

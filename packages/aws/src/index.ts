@@ -1,1 +1,3 @@
-export {};
+// store: the DynamoDB migration store and its table layout
+export * from './dynamo-parts';
+export * from './dynamo-store';

@@ -7,8 +7,15 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'nod
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
+  alreadyExistsError,
+  checkCorrelationKey,
+  checkMigrationId as checkId,
+  checkTaskStep,
+  checkTaskToken,
+  claimedError,
+  correlationTakenError,
   errorMessage,
-  InvalidInputError,
+  FINISHED_STATUSES,
   MIGRATION_ID,
   type MigrationListing,
   MigrationNotFoundError,
@@ -16,19 +23,17 @@ import {
   type MigrationState,
   type MigrationStore,
   PgferryError,
+  readListing,
   redactedJson,
-  StateConflictError,
+  refuseSecretsInState,
+  versionConflictError,
 } from '@pgferry/core';
 
-/** The id of a stored migration names its files: anything but the grammar of new ids could lead outside the state dir. */
-function checkId(id: string): string {
-  if (!MIGRATION_ID.test(id))
-    throw new InvalidInputError(
-      `--id "${id}" is not a migration id: 1-24 characters of a-z, 0-9 and _, starting with a letter`,
-      { field: '--id', hint: 'run `pgferry status` to list migrations' },
-    );
-  return id;
-}
+/**
+ * Every migration's correlation keys, in one file beside the migrations: its name starts with `_`, which
+ * no migration id does, so it is never taken for one.
+ */
+const CORRELATIONS = '_correlations';
 
 /** State as written: every string redacted once more, whatever a driver or another session put in a message. */
 function stateJson(state: MigrationState): string {
@@ -85,7 +90,10 @@ export class FileMigrationStore implements MigrationStore {
    * process that is gone (killed, or exited on a signal in the middle of an update) is taken over.
    */
   private async withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const lock = this.path(id, '.lock');
+    return this.withLockFile(this.path(id, '.lock'), fn);
+  }
+
+  private async withLockFile<T>(lock: string, fn: () => Promise<T>): Promise<T> {
     for (let i = 0; ; i++) {
       try {
         const h = await open(lock, 'wx');
@@ -106,6 +114,8 @@ export class FileMigrationStore implements MigrationStore {
   }
 
   async create(state: MigrationState, secrets: MigrationSecrets): Promise<void> {
+    checkId(state.id);
+    refuseSecretsInState(state);
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     await this.withLock(state.id, async () => {
       const exists = await readFile(this.file(state.id)).then(
@@ -113,12 +123,7 @@ export class FileMigrationStore implements MigrationStore {
         () => false,
       );
       // Checked before anything is written: an existing migration's secrets must not be replaced.
-      // Invalid input, not a conflict: trying again can never work.
-      if (exists)
-        throw new InvalidInputError(`--id ${state.id}: migration ${state.id} already exists in ${this.dir}`, {
-          field: '--id',
-          hint: `choose another --id, or continue that one with \`pgferry resume --id ${state.id}\``,
-        });
+      if (exists) throw alreadyExistsError(state.id, this.dir);
       await this.atomicWrite(this.secretsFile(state.id), JSON.stringify(secrets));
       await this.atomicWrite(this.file(state.id), stateJson(state));
     });
@@ -153,12 +158,10 @@ export class FileMigrationStore implements MigrationStore {
           .catch(() => ({}) as { pid?: number; host?: string; since?: string });
         const alive = held.host !== undefined && held.host !== hostname() ? true : pidAlive(held.pid);
         if (alive)
-          throw new StateConflictError(
-            `migration ${id} is being worked on by another pgferry process (pid ${held.pid ?? '?'} on ${held.host ?? '?'}, since ${held.since ?? '?'})`,
-            {
-              field: '--id',
-              hint: `wait for it to finish, or stop it (Ctrl-C) first; \`pgferry status --id ${id}\` shows where it is. A claim left on another host by a process that is gone can be removed: ${path}`,
-            },
+          throw claimedError(
+            id,
+            `pid ${held.pid ?? '?'} on ${held.host ?? '?'}, since ${held.since ?? '?'}`,
+            `A claim left on another host by a process that is gone can be removed: ${path}`,
           );
         await rm(path, { force: true }); // its process is gone
       }
@@ -217,18 +220,85 @@ export class FileMigrationStore implements MigrationStore {
   async put(state: MigrationState): Promise<MigrationState> {
     return this.withLock(state.id, async () => {
       const current = await this.get(state.id);
-      if (current.version !== state.version) {
-        throw new StateConflictError(
-          `migration ${state.id} was changed by another process (version ${current.version}, expected ${state.version})`,
-          {
-            hint: 'another pgferry command is working on this migration; wait for it or re-run your command',
-          },
-        );
-      }
+      if (current.version !== state.version) throw versionConflictError(state.id, current.version, state.version);
       const next = { ...state, version: state.version + 1, updatedAt: new Date().toISOString() };
       await this.atomicWrite(this.file(state.id), stateJson(next));
       return next;
     });
+  }
+
+  /**
+   * Point correlation `key` at migration `id`. A key held by another migration that is not over is
+   * refused; one whose migration is over (or gone) is taken over, as a target instance may be reused.
+   */
+  async correlate(key: string, id: string): Promise<void> {
+    checkCorrelationKey(key);
+    await this.get(id);
+    const file = join(this.dir, `${CORRELATIONS}.json`);
+    await this.withLockFile(join(this.dir, `${CORRELATIONS}.lock`), async () => {
+      const keys = await this.readCorrelations();
+      const owner = keys[key];
+      if (owner === id) return;
+      if (owner !== undefined) {
+        const status = await this.get(owner).then(
+          (s) => s.status,
+          () => undefined, // gone, or unreadable: it cannot be acting on events
+        );
+        if (status && !FINISHED_STATUSES.includes(status)) throw correlationTakenError(key, owner, id);
+      }
+      await this.atomicWrite(file, JSON.stringify({ ...keys, [key]: id }, null, 2));
+    });
+  }
+
+  async findCorrelation(key: string): Promise<string | undefined> {
+    return (await this.readCorrelations())[checkCorrelationKey(key)];
+  }
+
+  private async readCorrelations(): Promise<Record<string, string>> {
+    const file = join(this.dir, `${CORRELATIONS}.json`);
+    const text = await readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return '{}';
+      throw err;
+    });
+    try {
+      return JSON.parse(text) as Record<string, string>;
+    } catch (err) {
+      throw new PgferryError(`the correlation file ${file} is unreadable (${errorMessage(err)})`, {
+        cause: err,
+        hint: `events cannot find their migrations until it is repaired or removed (\`pgferry status\` still lists them)`,
+      });
+    }
+  }
+
+  /** A callback step's task token, in a 0600 file of the migration's (a token completes its step). */
+  async putTaskToken(id: string, step: string, token: string): Promise<void> {
+    checkTaskStep(step);
+    checkTaskToken(token);
+    await this.get(id);
+    await this.withLock(id, async () => {
+      const tokens = await this.readTokens(id);
+      await this.atomicWrite(this.path(id, '.tokens.json'), JSON.stringify({ ...tokens, [step]: token }));
+    });
+  }
+
+  /** Read and removed under the migration's lock file: of two takers, in any processes, one gets the token. */
+  async takeTaskToken(id: string, step: string): Promise<string | undefined> {
+    checkTaskStep(step);
+    // No token was ever filed (or the migration is unknown): nothing to lock for.
+    if (!(await stat(this.path(id, '.tokens.json')).catch(() => undefined))) return undefined;
+    return this.withLock(id, async () => {
+      const { [step]: token, ...rest } = await this.readTokens(id);
+      if (token !== undefined) await this.atomicWrite(this.path(id, '.tokens.json'), JSON.stringify(rest));
+      return token;
+    });
+  }
+
+  private async readTokens(id: string): Promise<Record<string, string>> {
+    const text = await readFile(this.path(id, '.tokens.json'), 'utf8').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return '{}';
+      throw err;
+    });
+    return JSON.parse(text) as Record<string, string>;
   }
 
   async list(): Promise<MigrationListing> {
@@ -237,15 +307,10 @@ export class FileMigrationStore implements MigrationStore {
       throw err;
     });
     const ids = files.filter((f) => f.endsWith('.json') && !f.endsWith('.secrets.json')).map((f) => f.slice(0, -5));
-    const listing: MigrationListing = { migrations: [], unreadable: [] };
-    for (const id of ids) {
-      if (!MIGRATION_ID.test(id)) continue; // not pgferry's (a report written here, say)
-      await this.get(id).then(
-        (s) => listing.migrations.push(s),
-        (err) => listing.unreadable.push({ id, problem: errorMessage(err) }),
-      );
-    }
-    listing.migrations.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
-    return listing;
+    // Not pgferry's (a report written here, say): skipped.
+    return readListing(
+      ids.filter((id) => MIGRATION_ID.test(id)),
+      (id) => this.get(id),
+    );
   }
 }

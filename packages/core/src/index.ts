@@ -7,4 +7,5 @@ export * from './metrics';
 export * from './model';
 export * from './ports';
 export * from './redact';
+export * from './store-rules';
 export * from './workflow/tasks';

@@ -1,0 +1,557 @@
+/**
+ * Migration state in one DynamoDB table (layout in dynamo-parts.ts): the migration item with optimistic
+ * versioning, its large fields as chunk items, a lease with a TTL for the one command or execution
+ * acting on it, callback steps' task tokens, and correlation items that let an event find its
+ * migration. Passwords are never written here: the connection secrets are resolved at run time
+ * (Secrets Manager by ARN in AWS) through the injected vault.
+ */
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { AttributeValue } from '@aws-sdk/client-dynamodb';
+import {
+  BatchGetCommand,
+  BatchWriteCommand,
+  DeleteCommand,
+  type DynamoDBDocumentClient,
+  GetCommand,
+  PutCommand,
+  ScanCommand,
+  TransactWriteCommand,
+  UpdateCommand,
+} from '@aws-sdk/lib-dynamodb';
+import {
+  alreadyExistsError,
+  checkCorrelationKey,
+  checkMigrationId,
+  checkTaskStep,
+  checkTaskToken,
+  claimedError,
+  correlationTakenError,
+  errorMessage,
+  FINISHED_STATUSES,
+  type MigrationListing,
+  MigrationNotFoundError,
+  type MigrationSecrets,
+  type MigrationState,
+  type MigrationStore,
+  PgferryError,
+  readListing,
+  redactedJson,
+  refuseSecretsInState,
+  versionConflictError,
+} from '@pgferry/core';
+import {
+  CHUNK_BYTES,
+  CORRELATION_SK,
+  chunkSk,
+  DYNAMO_ITEM_LIMIT_BYTES,
+  LEASE_SK,
+  migrationPk,
+  type PartRef,
+  STATE_SK,
+  sha256,
+  splitState,
+  splitUtf8,
+  tokenSk,
+  utf8Bytes,
+} from './dynamo-parts';
+
+/** Where a migration's connection secrets live; the store itself never holds them. */
+export interface SecretsVault {
+  /** The migration's secrets at run time (in AWS: Secrets Manager, by the ARNs in its config). */
+  resolve(migration: MigrationState): Promise<MigrationSecrets>;
+  /** Keep the secrets `create` is handed; absent where they exist before the migration does (ARNs in its config). */
+  store?(id: string, secrets: MigrationSecrets): Promise<void>;
+  remove?(id: string): Promise<void>;
+}
+
+export interface DynamoStoreOptions {
+  /** Injected: its region, credentials and retry policy are the caller's. */
+  client: DynamoDBDocumentClient;
+  tableName: string;
+  vault: SecretsVault;
+  /** How long a lease lasts unless renewed, and how often its holder renews it. */
+  leaseMs?: number;
+  renewEveryMs?: number;
+  /** Who holds a lease, as a conflict names it (default: pid and host; a Lambda passes its execution). */
+  holder?: string;
+  /** Told when a renewal finds the lease taken over (its holder stalled past the lease). */
+  onLeaseLost?: (id: string, message: string) => void;
+  now?: () => number;
+}
+
+export const DEFAULT_LEASE_MS = 60_000;
+
+const isConditionFailure = (err: unknown) => (err as Error | undefined)?.name === 'ConditionalCheckFailedException';
+
+/** A transaction cancelled because of its condition at `index` (the others report `None`). */
+function cancelledBy(err: unknown, index: number): boolean {
+  const reasons = (err as { CancellationReasons?: { Code?: string }[] }).CancellationReasons;
+  return (err as Error)?.name === 'TransactionCanceledException' && reasons?.[index]?.Code === 'ConditionalCheckFailed';
+}
+
+/** An attribute of the item a failed condition returns (raw AttributeValues: the document client leaves it so). */
+function oldAttribute(err: unknown, name: string): string | undefined {
+  const value = (err as { Item?: Record<string, AttributeValue> }).Item?.[name];
+  return value?.S ?? value?.N;
+}
+
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** BatchWrite's and BatchGet's limits per request. */
+const BATCH_WRITE = 25;
+const BATCH_GET = 100;
+/** Throttled batch work is retried with growing pauses this many times before the write fails. */
+const BATCH_ATTEMPTS = 8;
+
+type Key = { pk: string; sk: string };
+type Item = Record<string, unknown>;
+
+export class DynamoMigrationStore implements MigrationStore {
+  private readonly client: DynamoDBDocumentClient;
+  readonly tableName: string;
+  private readonly vault: SecretsVault;
+  private readonly leaseMs: number;
+  private readonly renewEveryMs: number;
+  private readonly holder: string;
+  private readonly now: () => number;
+  private readonly onLeaseLost?: (id: string, message: string) => void;
+
+  constructor(options: DynamoStoreOptions) {
+    if (!options.tableName)
+      throw new PgferryError('the DynamoDB store needs its table name', {
+        field: 'tableName',
+        hint: 'set it from the stack output (the migrations table)',
+      });
+    this.client = options.client;
+    this.tableName = options.tableName;
+    this.vault = options.vault;
+    this.leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
+    this.renewEveryMs = options.renewEveryMs ?? Math.floor(this.leaseMs / 3);
+    this.holder = options.holder ?? `pid ${process.pid} on ${hostname()}`;
+    this.now = options.now ?? Date.now;
+    this.onLeaseLost = options.onLeaseLost;
+  }
+
+  private get where() {
+    return `DynamoDB table ${this.tableName}`;
+  }
+
+  private notFound(id: string) {
+    return new MigrationNotFoundError(`no migration ${id} in ${this.where}`, {
+      field: '--id',
+      hint: 'run `pgferry status` to list migrations',
+    });
+  }
+
+  async create(state: MigrationState, secrets: MigrationSecrets): Promise<void> {
+    checkMigrationId(state.id);
+    refuseSecretsInState(state);
+    const { item, written } = await this.writeParts(state, {});
+    try {
+      await this.client.send(
+        new PutCommand({ TableName: this.tableName, Item: item, ConditionExpression: 'attribute_not_exists(pk)' }),
+      );
+    } catch (err) {
+      await this.deleteParts(state.id, written);
+      if (isConditionFailure(err)) throw alreadyExistsError(state.id, this.where);
+      throw err;
+    }
+    try {
+      await this.vault.store?.(state.id, secrets);
+    } catch (err) {
+      // A migration whose secrets are not kept could never run: it is not left behind.
+      await this.client.send(new DeleteCommand({ TableName: this.tableName, Key: this.key(state.id, STATE_SK) }));
+      await this.deleteParts(state.id, written);
+      throw err;
+    }
+  }
+
+  async get(id: string): Promise<MigrationState> {
+    checkMigrationId(id);
+    // The chunks named by the item read may be replaced by a write that lands in between: read again.
+    for (let attempt = 1; ; attempt++) {
+      const item = await this.getItem(this.key(id, STATE_SK));
+      if (!item) throw this.notFound(id);
+      try {
+        return await this.assemble(id, item);
+      } catch (err) {
+        if (!(err instanceof PartMissing) || attempt >= 3) throw this.unreadable(id, err);
+      }
+    }
+  }
+
+  private unreadable(id: string, err: unknown) {
+    return new PgferryError(`the state of migration ${id} in ${this.where} is unreadable (${errorMessage(err)})`, {
+      cause: err,
+      field: '--id',
+      migrationId: id,
+      hint: `restore the table from its point-in-time backup; the migration's objects on the servers are named pgferry_${id}, and \`pgferry status\` lists it as unreadable until then`,
+    });
+  }
+
+  async secrets(id: string): Promise<MigrationSecrets> {
+    return this.vault.resolve(await this.get(id));
+  }
+
+  async updateSecrets(id: string, secrets: MigrationSecrets): Promise<void> {
+    await this.get(id);
+    if (!this.vault.store)
+      throw new PgferryError(`the connection secrets of migration ${id} are not kept by pgferry`, {
+        field: '--id',
+        migrationId: id,
+        hint: 'change them where its config points (the Secrets Manager secrets named by ARN)',
+      });
+    await this.vault.store(id, secrets);
+  }
+
+  async removeSecrets(id: string): Promise<void> {
+    await this.vault.remove?.(checkMigrationId(id));
+  }
+
+  async put(state: MigrationState): Promise<MigrationState> {
+    const id = checkMigrationId(state.id);
+    const stored = await this.getItem(this.key(id, STATE_SK));
+    if (!stored) throw this.notFound(id);
+    if (stored.version !== state.version) throw versionConflictError(id, Number(stored.version), state.version);
+    const next: MigrationState = { ...state, version: state.version + 1, updatedAt: new Date().toISOString() };
+    const before = (stored.parts ?? {}) as Record<string, PartRef>;
+    const { item, written } = await this.writeParts(next, before);
+    try {
+      await this.client.send(
+        new PutCommand({
+          TableName: this.tableName,
+          Item: item,
+          ConditionExpression: 'version = :read',
+          ExpressionAttributeValues: { ':read': state.version },
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        }),
+      );
+    } catch (err) {
+      await this.deleteParts(id, written);
+      if (!isConditionFailure(err)) throw err;
+      const now = oldAttribute(err, 'version');
+      if (now === undefined) throw this.notFound(id);
+      throw versionConflictError(id, Number(now), state.version);
+    }
+    // Only now are the replaced chunks no longer named by the migration item. A failure here leaves
+    // chunks nothing reads: harmless, so it does not fail the write that succeeded.
+    const after = item.parts as Record<string, PartRef>;
+    const replaced = Object.fromEntries(Object.entries(before).filter(([f, ref]) => after[f]?.set !== ref.set));
+    await this.deleteParts(id, replaced).catch(() => {});
+    return next;
+  }
+
+  async list(): Promise<MigrationListing> {
+    const ids: string[] = [];
+    let start: Record<string, unknown> | undefined;
+    do {
+      const page = await this.client.send(
+        new ScanCommand({
+          TableName: this.tableName,
+          FilterExpression: 'sk = :state AND begins_with(pk, :migration)',
+          ProjectionExpression: 'pk',
+          ExpressionAttributeValues: { ':state': STATE_SK, ':migration': 'MIGRATION#' },
+          ExclusiveStartKey: start,
+        }),
+      );
+      for (const item of page.Items ?? []) ids.push(String(item.pk).slice('MIGRATION#'.length));
+      start = page.LastEvaluatedKey;
+    } while (start);
+    return readListing(ids, (id) => this.get(id));
+  }
+
+  /**
+   * A lease on migration `id` for this holder until the release is called, renewed while held. A lease
+   * another holder keeps renewing is refused; one that lapsed (its holder died or stalled) is taken over.
+   */
+  async claim(id: string): Promise<() => Promise<void>> {
+    checkMigrationId(id);
+    const me = randomUUID();
+    const since = new Date(this.now()).toISOString();
+    const now = this.now();
+    try {
+      await this.client.send(
+        new PutCommand({
+          TableName: this.tableName,
+          Item: { ...this.key(id, LEASE_SK), holder: me, who: this.holder, since, ...this.leaseUntil(now) },
+          ConditionExpression: 'attribute_not_exists(pk) OR leaseUntil < :now',
+          ExpressionAttributeValues: { ':now': now },
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        }),
+      );
+    } catch (err) {
+      if (!isConditionFailure(err)) throw err;
+      const until = Number(oldAttribute(err, 'leaseUntil'));
+      throw claimedError(
+        id,
+        `${oldAttribute(err, 'who') ?? 'unknown holder'}, since ${oldAttribute(err, 'since') ?? '?'}, lease until ${Number.isFinite(until) ? new Date(until).toISOString() : '?'}`,
+        `A lease its holder stops renewing lapses by itself ${Math.ceil(this.leaseMs / 1000)} s after its last renewal.`,
+      );
+    }
+    const renewal = setInterval(() => {
+      this.renew(id, me).catch((err) => {
+        if (!isConditionFailure(err)) return; // transient: the next tick tries again while the lease lasts
+        clearInterval(renewal);
+        this.onLeaseLost?.(id, `the lease on migration ${id} was taken over by another holder after it lapsed`);
+      });
+    }, this.renewEveryMs);
+    renewal.unref();
+    return async () => {
+      clearInterval(renewal);
+      await this.client
+        .send(
+          new DeleteCommand({
+            TableName: this.tableName,
+            Key: this.key(id, LEASE_SK),
+            ConditionExpression: 'holder = :me',
+            ExpressionAttributeValues: { ':me': me },
+          }),
+        )
+        .catch((err) => {
+          if (!isConditionFailure(err)) throw err; // no longer ours: nothing to release
+        });
+    };
+  }
+
+  private leaseUntil(now: number) {
+    const until = now + this.leaseMs;
+    // expiresAt (seconds, the table's TTL) only tidies up: the condition reads leaseUntil, exact to the ms.
+    return { leaseUntil: until, expiresAt: Math.ceil(until / 1000) + 60 };
+  }
+
+  private async renew(id: string, me: string): Promise<void> {
+    const { leaseUntil, expiresAt } = this.leaseUntil(this.now());
+    await this.client.send(
+      new UpdateCommand({
+        TableName: this.tableName,
+        Key: this.key(id, LEASE_SK),
+        UpdateExpression: 'SET leaseUntil = :until, expiresAt = :expires',
+        ConditionExpression: 'holder = :me',
+        ExpressionAttributeValues: { ':until': leaseUntil, ':expires': expiresAt, ':me': me },
+      }),
+    );
+  }
+
+  /**
+   * Point `key` at migration `id`. A key held by another migration that is not over is refused; one
+   * whose migration is over (or gone) is taken over, as a target instance may be reused.
+   */
+  async correlate(key: string, id: string): Promise<void> {
+    checkCorrelationKey(key);
+    checkMigrationId(id);
+    for (let attempt = 0; ; attempt++) {
+      const owner = (await this.getItem({ pk: key, sk: CORRELATION_SK }))?.migrationId as string | undefined;
+      if (owner === id) return;
+      if (owner !== undefined) {
+        const ownerItem = await this.getItem(this.key(owner, STATE_SK));
+        if (ownerItem && !FINISHED_STATUSES.includes(ownerItem.status as never))
+          throw correlationTakenError(key, owner, id);
+      }
+      try {
+        await this.putForMigration(id, {
+          Item: { pk: key, sk: CORRELATION_SK, migrationId: id, at: new Date(this.now()).toISOString() },
+          // Exactly the owner read above: a third migration taking it meanwhile is read again.
+          ConditionExpression: owner === undefined ? 'attribute_not_exists(pk)' : 'migrationId = :owner',
+          ExpressionAttributeValues: owner === undefined ? undefined : { ':owner': owner },
+        });
+        return;
+      } catch (err) {
+        if (!cancelledBy(err, 1) || attempt >= 3) throw err;
+      }
+    }
+  }
+
+  async findCorrelation(key: string): Promise<string | undefined> {
+    const item = await this.getItem({ pk: checkCorrelationKey(key), sk: CORRELATION_SK });
+    return item?.migrationId as string | undefined;
+  }
+
+  async putTaskToken(id: string, step: string, token: string): Promise<void> {
+    checkMigrationId(id);
+    checkTaskStep(step);
+    checkTaskToken(token);
+    await this.putForMigration(id, {
+      Item: { ...this.key(id, tokenSk(step)), token, at: new Date(this.now()).toISOString() },
+    });
+  }
+
+  /** Write `put` only while migration `id` exists (its own condition, if any, is the transaction's second). */
+  private async putForMigration(
+    id: string,
+    put: { Item: Item; ConditionExpression?: string; ExpressionAttributeValues?: Record<string, unknown> },
+  ): Promise<void> {
+    try {
+      await this.client.send(
+        new TransactWriteCommand({
+          TransactItems: [
+            {
+              ConditionCheck: {
+                TableName: this.tableName,
+                Key: this.key(id, STATE_SK),
+                ConditionExpression: 'attribute_exists(pk)',
+              },
+            },
+            { Put: { TableName: this.tableName, ...put } },
+          ],
+        }),
+      );
+    } catch (err) {
+      if (cancelledBy(err, 0)) throw this.notFound(id);
+      throw err;
+    }
+  }
+
+  /** One conditional delete: of two takers, DynamoDB returns the old item to one only. */
+  async takeTaskToken(id: string, step: string): Promise<string | undefined> {
+    checkMigrationId(id);
+    checkTaskStep(step);
+    const out = await this.client
+      .send(
+        new DeleteCommand({
+          TableName: this.tableName,
+          Key: this.key(id, tokenSk(step)),
+          ConditionExpression: 'attribute_exists(pk)',
+          ReturnValues: 'ALL_OLD',
+        }),
+      )
+      .catch((err) => {
+        if (isConditionFailure(err)) return undefined;
+        throw err;
+      });
+    return out?.Attributes?.token as string | undefined;
+  }
+
+  private key(id: string, sk: string): Key {
+    return { pk: migrationPk(id), sk };
+  }
+
+  private async getItem(key: Key): Promise<Item | undefined> {
+    const out = await this.client.send(new GetCommand({ TableName: this.tableName, Key: key, ConsistentRead: true }));
+    return out.Item;
+  }
+
+  /**
+   * The migration item for `state` (redacted once more, whatever a driver put in a message), after
+   * writing the chunks of every large field that changed since `before`; `written` names those chunks.
+   */
+  private async writeParts(
+    state: MigrationState,
+    before: Record<string, PartRef>,
+  ): Promise<{ item: Item; written: Record<string, PartRef> }> {
+    const redacted = JSON.parse(redactedJson(state)) as Record<string, unknown>;
+    const { body, parts } = splitState(redacted);
+    const refs: Record<string, PartRef> = {};
+    const written: Record<string, PartRef> = {};
+    const chunks: Item[] = [];
+    for (const [field, json] of Object.entries(parts)) {
+      const hash = sha256(json);
+      const kept = before[field];
+      if (kept?.sha256 === hash) {
+        refs[field] = kept;
+        continue;
+      }
+      const set = randomUUID().slice(0, 8);
+      const pieces = splitUtf8(json, CHUNK_BYTES);
+      pieces.forEach((data, i) => {
+        chunks.push({ ...this.key(state.id, chunkSk(field, set, i)), data });
+      });
+      refs[field] = { set, chunks: pieces.length, bytes: utf8Bytes(json), sha256: hash };
+      written[field] = refs[field];
+    }
+    const item: Item = {
+      ...this.key(state.id, STATE_SK),
+      id: state.id,
+      version: state.version,
+      status: state.status,
+      phase: state.phase,
+      createdAt: state.createdAt,
+      updatedAt: state.updatedAt,
+      body: JSON.stringify(body),
+      parts: refs,
+    };
+    const size = utf8Bytes(JSON.stringify(item));
+    if (size > DYNAMO_ITEM_LIMIT_BYTES - 16 * 1024)
+      throw new PgferryError(`the state of migration ${state.id} is too large for one DynamoDB item (${size} bytes)`, {
+        migrationId: state.id,
+        hint: 'this is a pgferry bug: a field of the state should be stored as a part of its own',
+      });
+    try {
+      await this.batchWrite(chunks.map((Item) => ({ PutRequest: { Item } })));
+    } catch (err) {
+      await this.deleteParts(state.id, written).catch(() => {});
+      throw err;
+    }
+    return { item, written };
+  }
+
+  private async deleteParts(id: string, parts: Record<string, PartRef>): Promise<void> {
+    const keys = Object.entries(parts).flatMap(([field, ref]) =>
+      Array.from({ length: ref.chunks }, (_, i) => this.key(id, chunkSk(field, ref.set, i))),
+    );
+    await this.batchWrite(keys.map((Key) => ({ DeleteRequest: { Key } })));
+  }
+
+  private async batchWrite(requests: Record<string, unknown>[]): Promise<void> {
+    await this.inBatches(requests, BATCH_WRITE, 'writes to', async (batch) => {
+      const out = await this.client.send(new BatchWriteCommand({ RequestItems: { [this.tableName]: batch as never } }));
+      return (out.UnprocessedItems?.[this.tableName] ?? []) as Record<string, unknown>[];
+    });
+  }
+
+  private async batchGet(keys: Key[]): Promise<Item[]> {
+    const items: Item[] = [];
+    await this.inBatches(keys, BATCH_GET, 'reads of', async (batch) => {
+      const out = await this.client.send(
+        new BatchGetCommand({ RequestItems: { [this.tableName]: { Keys: batch, ConsistentRead: true } } }),
+      );
+      items.push(...(out.Responses?.[this.tableName] ?? []));
+      return (out.UnprocessedKeys?.[this.tableName]?.Keys ?? []) as Key[];
+    });
+    return items;
+  }
+
+  /** `all` in batches of `size`; what DynamoDB leaves unprocessed (throttled) is sent again after a growing pause. */
+  private async inBatches<T>(all: T[], size: number, what: string, send: (batch: T[]) => Promise<T[]>) {
+    for (let i = 0; i < all.length; i += size) {
+      let pending = all.slice(i, i + size);
+      for (let attempt = 1; pending.length > 0; attempt++) {
+        if (attempt > BATCH_ATTEMPTS)
+          throw new PgferryError(
+            `DynamoDB left ${pending.length} ${what} ${this.where} unprocessed ${BATCH_ATTEMPTS} times (throttled)`,
+            { hint: "raise the table's capacity or use on-demand capacity, then re-run the command" },
+          );
+        if (attempt > 1) await pause(25 * 2 ** attempt);
+        pending = await send(pending);
+      }
+    }
+  }
+
+  /** The state from its migration item and the chunks it names. */
+  private async assemble(id: string, item: Item): Promise<MigrationState> {
+    const state = JSON.parse(String(item.body)) as Record<string, unknown>;
+    const parts = (item.parts ?? {}) as Record<string, PartRef>;
+    const keys = Object.entries(parts).flatMap(([field, ref]) =>
+      Array.from({ length: ref.chunks }, (_, i) => this.key(id, chunkSk(field, ref.set, i))),
+    );
+    const bySk = new Map((await this.batchGet(keys)).map((c) => [String(c.sk), String(c.data)]));
+    for (const [field, ref] of Object.entries(parts)) {
+      let json = '';
+      for (let i = 0; i < ref.chunks; i++) {
+        const data = bySk.get(chunkSk(field, ref.set, i));
+        if (data === undefined) throw new PartMissing(`chunk ${i + 1} of ${ref.chunks} of its ${field} is missing`);
+        json += data;
+      }
+      if (sha256(json) !== ref.sha256) throw new Error(`its ${field} does not match its checksum`);
+      state[field] = JSON.parse(json);
+    }
+    const migration = state as unknown as MigrationState;
+    if (migration.id !== id || typeof migration.version !== 'number' || !migration.config)
+      throw new Error('not a migration');
+    return migration;
+  }
+}
+
+class PartMissing extends Error {
+  override name = 'PartMissing';
+}

@@ -1,6 +1,7 @@
 export * from './config';
 export * from './deployment';
 export * from './errors';
+export * from './events';
 export * from './format';
 export * from './lag';
 export * from './metrics';

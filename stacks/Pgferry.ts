@@ -58,7 +58,13 @@ export function pgferryStack(config: DeployConfig) {
     for (const fn of Object.values(handlers)) attach(fn, allow.completeTaskTokens(machineArn));
     // A target that is already available when the step starts (an adopted instance) sends no event:
     // the task completes its own token.
-    attach(tasks.get('provisionTarget')!, allow.provisionTarget(), allow.completeTaskTokens(machineArn));
+    attach(
+      tasks.get('provisionTarget')!,
+      allow.provisionTarget(),
+      allow.describeInstances(),
+      allow.completeTaskTokens(machineArn),
+    );
+    attach(handlers.rdsInstance, allow.describeInstances());
     for (const task of ['checkLag', 'cutover'] as const) attach(tasks.get(task)!, allow.publishMetrics());
 
     const machine = migrationStateMachine(
@@ -106,6 +112,7 @@ export function pgferryStack(config: DeployConfig) {
       taskFunctions: [...tasks.values()],
       eventHandlers: Object.values(handlers),
       provisionTarget: tasks.get('provisionTarget')!,
+      rdsInstanceHandler: handlers.rdsInstance,
       workerTask: worker.taskDefinition,
       stateMachine: machine,
       deadLetterQueues: Object.values(rules).map((r) => r.deadLetters),

@@ -1,3 +1,4 @@
+import { RDS_WAIT_EVENTS } from '@pgferry/aws';
 import { Duration, Stack } from 'aws-cdk-lib';
 import { EventBus, type EventPattern, Match, Rule } from 'aws-cdk-lib/aws-events';
 import { LambdaFunction } from 'aws-cdk-lib/aws-events-targets';
@@ -7,7 +8,7 @@ import type { Construct } from 'constructs';
 import type { Function as SstFunction } from 'sst/constructs';
 import { DUMPS_PREFIX } from './storage';
 
-/** RDS instances pgferry creates are named `pgferry-<migration id>` (packages/aws, provision target). */
+/** RDS instances pgferry creates are named `pgferry-<migration id>` unless the plan names one (packages/aws rdsName). */
 export const RDS_INSTANCE_PREFIX = 'pgferry-';
 
 /**
@@ -16,10 +17,12 @@ export const RDS_INSTANCE_PREFIX = 'pgferry-';
  */
 export function eventPatterns(bucketName: string, { account, region, partition }: StackEnv) {
   return {
+    // Only the events that can end Provision target's wait, for any instance: a target the plan names
+    // or adopts need not be called pgferry-*, and the handler ignores instances no migration waits for.
     rdsInstance: {
       source: ['aws.rds'],
       detailType: ['RDS DB Instance Event'],
-      detail: { SourceIdentifier: Match.prefix(RDS_INSTANCE_PREFIX) },
+      detail: { EventID: Object.keys(RDS_WAIT_EVENTS) },
     },
     dumpCreated: {
       source: ['aws.s3'],

@@ -35,6 +35,13 @@ const SECRETS_BY_PREFIX: Finding = {
   appliesTo: [{ regex: '/^Resource::arn:<AWS::Partition>:secretsmanager:.*:secret:(.+\\*|rds!db-\\*)$/' }],
 };
 
+const DESCRIBE_INSTANCES: Finding = {
+  id: 'AwsSolutions-IAM5',
+  reason:
+    'DescribeDBInstances reads the status and tags of the instance an event or a plan names, whatever its name; it changes nothing',
+  appliesTo: [{ regex: '/^Resource::arn:<AWS::Partition>:rds:.*:db:\\*$/' }],
+};
+
 const TASK_LEVEL: Finding[] = [LAMBDA_RUNTIME, LAMBDA_MANAGED_POLICIES, NO_RESOURCE_TYPE, SECRETS_BY_PREFIX];
 
 const DEAD_LETTER_QUEUE: Finding = {
@@ -52,6 +59,7 @@ export function suppressNagFindings(
     taskFunctions: IConstruct[];
     eventHandlers: IConstruct[];
     provisionTarget: IConstruct;
+    rdsInstanceHandler: IConstruct;
     workerTask: IConstruct;
     stateMachine: IConstruct;
     deadLetterQueues: IConstruct[];
@@ -62,14 +70,15 @@ export function suppressNagFindings(
 
   for (const fn of parts.taskFunctions) suppress(fn, TASK_LEVEL);
   for (const fn of parts.eventHandlers) suppress(fn, [LAMBDA_RUNTIME, LAMBDA_MANAGED_POLICIES, NO_RESOURCE_TYPE]);
+  suppress(parts.rdsInstanceHandler, [DESCRIBE_INSTANCES]);
   suppress(parts.provisionTarget, [
     {
       id: 'AwsSolutions-IAM5',
       reason:
-        'The target, its parameter group and its master secret do not exist before the task creates them: they are named pgferry-<migration id> (rds!… for the secret RDS names); describing any instance lets the task adopt one named in the plan; CreateDBInstance needs the subnet group and option group the plan names',
+        'The target, its parameter group and its master secret do not exist before the task creates them: the group is pgferry-<migration id>, the instance is named by the plan and may only be created carrying the migration tag (a request-tag condition), its secret is named by RDS (rds!…); CreateDBInstance also needs the subnet group and option group the plan names; describing instances lets the task adopt one the plan names',
       appliesTo: [
-        { regex: '/^Resource::arn:<AWS::Partition>:rds:.*:(db|pg):pgferry-\\*$/' },
-        { regex: '/^Resource::arn:<AWS::Partition>:rds:.*:(db|pg|subgrp|og):\\*$/' },
+        { regex: '/^Resource::arn:<AWS::Partition>:rds:.*:pg:pgferry-\\*$/' },
+        { regex: '/^Resource::arn:<AWS::Partition>:rds:.*:(db|subgrp|og):\\*$/' },
         { regex: '/^Resource::arn:<AWS::Partition>:secretsmanager:.*:secret:rds!\\*$/' },
       ],
     },

@@ -1,3 +1,4 @@
+import { MIGRATION_TAG } from '@pgferry/aws';
 import { METRIC_NAMESPACE } from '@pgferry/core';
 import { Stack } from 'aws-cdk-lib';
 import { type IGrantable, PolicyStatement } from 'aws-cdk-lib/aws-iam';
@@ -56,34 +57,34 @@ export function statements(scope: Construct) {
         resources: ['*'],
         conditions: { StringEquals: { 'cloudwatch:namespace': METRIC_NAMESPACE } },
       }),
-    /** The target pgferry creates: a parameter group with logical replication on, and an instance, both named pgferry-<id>. */
+    /**
+     * The target pgferry creates: a parameter group named pgferry-<id> with logical replication on, and
+     * an instance (named pgferry-<id> or as the plan says) that must carry the migration's tag.
+     */
     provisionTarget: () => [
       new PolicyStatement({
-        actions: [
-          'rds:CreateDBParameterGroup',
-          'rds:ModifyDBParameterGroup',
-          'rds:DescribeDBParameters',
-          'rds:CreateDBInstance',
-          'rds:AddTagsToResource',
-        ],
+        actions: ['rds:CreateDBParameterGroup', 'rds:ModifyDBParameterGroup', 'rds:DescribeDBParameters'],
+        resources: [arn('rds', `pg:${RDS_INSTANCE_PREFIX}*`)],
+      }),
+      new PolicyStatement({
+        actions: ['rds:CreateDBInstance', 'rds:AddTagsToResource'],
         resources: [
-          arn('rds', `db:${RDS_INSTANCE_PREFIX}*`),
+          arn('rds', 'db:*'),
           arn('rds', `pg:${RDS_INSTANCE_PREFIX}*`),
           arn('rds', 'subgrp:*'),
           arn('rds', 'og:*'),
         ],
-      }),
-      // An existing instance named in the plan is adopted after a look at it; describing changes nothing.
-      new PolicyStatement({
-        actions: ['rds:DescribeDBInstances', 'rds:DescribeDBParameterGroups', 'rds:ListTagsForResource'],
-        resources: [arn('rds', 'db:*'), arn('rds', 'pg:*')],
+        conditions: { Null: { [`aws:RequestTag/${MIGRATION_TAG}`]: 'false' } },
       }),
       // ManageMasterUserPassword: RDS creates the master secret with the caller's permissions.
       new PolicyStatement({
-        actions: ['secretsmanager:CreateSecret', 'secretsmanager:TagResource', 'secretsmanager:RotateSecret'],
+        actions: ['secretsmanager:CreateSecret', 'secretsmanager:TagResource'],
         resources: [arn('secretsmanager', 'secret:rds!*')],
       }),
     ],
+    /** An instance's status and tags: to adopt one the plan names, and to check an event against the instance now. */
+    describeInstances: () =>
+      new PolicyStatement({ actions: ['rds:DescribeDBInstances'], resources: [arn('rds', 'db:*')] }),
   };
 }
 

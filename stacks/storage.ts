@@ -1,14 +1,8 @@
+import { MIGRATION_TABLE_KEYS as KEYS } from '@pgferry/aws';
 import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import { AttributeType, BillingMode, Table, TableEncryption } from 'aws-cdk-lib/aws-dynamodb';
 import { BlockPublicAccess, Bucket, BucketEncryption, ObjectOwnership } from 'aws-cdk-lib/aws-s3';
 import type { Construct } from 'constructs';
-
-/**
- * The store's key schema (packages/aws DynamoMigrationStore): one table, `pk = MIGRATION#<id>`, items
- * sorted by `sk`, and `expiresAt` (epoch seconds) for leases, task tokens and correlations that may
- * lapse. Literal until the store's constants can be imported from packages/aws.
- */
-export const TABLE_KEYS = { partitionKey: 'pk', sortKey: 'sk', ttlAttribute: 'expiresAt' } as const;
 
 /** Where the `dump` strategy writes (`dumps/<migrationId>/…`); its `Object Created` events advance the workflow. */
 export const DUMPS_PREFIX = 'dumps/';
@@ -18,9 +12,11 @@ const DUMP_EXPIRY = Duration.days(14);
 
 export function migrationTable(scope: Construct): Table {
   return new Table(scope, 'Migrations', {
-    partitionKey: { name: TABLE_KEYS.partitionKey, type: AttributeType.STRING },
-    sortKey: { name: TABLE_KEYS.sortKey, type: AttributeType.STRING },
-    timeToLiveAttribute: TABLE_KEYS.ttlAttribute,
+    // The store's layout (packages/aws DynamoMigrationStore): `pk = MIGRATION#<id>`, items sorted by
+    // `sk`, and leases that lapse through the TTL attribute.
+    partitionKey: { name: KEYS.partitionKey, type: AttributeType.STRING },
+    sortKey: { name: KEYS.sortKey, type: AttributeType.STRING },
+    timeToLiveAttribute: KEYS.timeToLive,
     billingMode: BillingMode.PAY_PER_REQUEST,
     encryption: TableEncryption.AWS_MANAGED,
     pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },

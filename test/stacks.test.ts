@@ -1,5 +1,6 @@
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { MIGRATION_TABLE_KEYS, RDS_WAIT_EVENTS } from '@pgferry/aws';
 import {
   functionArnKey,
   METRIC_DIMENSIONS,
@@ -87,14 +88,14 @@ describe('the deployed stack', () => {
     expect(table.DeletionPolicy).toBe('Retain');
     expect(table.Properties).toMatchObject({
       KeySchema: [
-        { AttributeName: 'pk', KeyType: 'HASH' },
-        { AttributeName: 'sk', KeyType: 'RANGE' },
+        { AttributeName: MIGRATION_TABLE_KEYS.partitionKey, KeyType: 'HASH' },
+        { AttributeName: MIGRATION_TABLE_KEYS.sortKey, KeyType: 'RANGE' },
       ],
       AttributeDefinitions: [
         { AttributeName: 'pk', AttributeType: 'S' },
         { AttributeName: 'sk', AttributeType: 'S' },
       ],
-      TimeToLiveSpecification: { AttributeName: 'expiresAt', Enabled: true },
+      TimeToLiveSpecification: { AttributeName: MIGRATION_TABLE_KEYS.timeToLive, Enabled: true },
       PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
       SSESpecification: { SSEEnabled: true },
       BillingMode: 'PAY_PER_REQUEST',
@@ -230,7 +231,7 @@ describe('the deployed stack', () => {
         pattern: {
           source: ['aws.rds'],
           'detail-type': ['RDS DB Instance Event'],
-          detail: { SourceIdentifier: [{ prefix: 'pgferry-' }] },
+          detail: { EventID: Object.keys(RDS_WAIT_EVENTS) },
         },
         handler: 'RdsInstanceEvent',
       },

@@ -5,4 +5,8 @@ export * from './lag';
 export * from './model';
 export * from './ports';
 export * from './redact';
+export * from './workflow/bulk-load';
+export * from './workflow/definition';
+export * from './workflow/failure';
+export * from './workflow/states';
 export * from './workflow/tasks';

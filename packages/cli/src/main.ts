@@ -12,6 +12,7 @@ import {
   newMigrationId,
   PgferryError,
   redactUrl,
+  workflowDefinitionJson,
 } from '@pgferry/core';
 import {
   assess,
@@ -60,6 +61,7 @@ Commands:
   resume    Continue a migration after a crash or an interrupted command
   unfreeze  Make the source writable again without the target (when the target is gone); see its --help
   demo      Start two local servers, migrate a sample database under live writes, print the result
+  workflow print  Print the workflow's state machine definition (Amazon States Language JSON), as deployed
 
 Global options:
   --state-dir DIR   where migration state lives (default ./.pgferry)
@@ -163,6 +165,12 @@ RISK: every write the application made on the target that reverse replication ha
 source is NOT on the source, and the source's sequences were not synced from the target, so new rows may
 take keys the target already used (duplicate keys when the data is brought together later). Use it only
 when the target cannot come back in time; --yes says you accept this.`,
+  workflow: `Usage: pgferry workflow print
+
+Prints the state machine definition (Amazon States Language JSON) that the stack deploys and that
+migrate, resume, cutover and rollback run locally. \${...} placeholders are the stack's
+definitionSubstitutions: the Lambda functions' ARNs and the worker's cluster, task definition,
+container, subnets and security groups.`,
   demo: 'Usage: pgferry demo [--target-version 15|16|17] [--rows N]\n\nStarts a source (PostgreSQL 15) and a target server, runs a live writer, migrates with automatic cutover.',
 };
 
@@ -222,6 +230,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
   resume: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms'],
   unfreeze: ['id', 'yes', 'source'],
   demo: ['target-version', 'rows'],
+  workflow: [],
 };
 const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
 
@@ -420,12 +429,14 @@ function handleInterrupts() {
 
 export async function main(argv: string[]): Promise<number> {
   const command = argv[0] && !argv[0].startsWith('-') ? argv[0] : undefined;
+  // `workflow` takes a subcommand (`print`), the one positional argument pgferry has.
+  const subcommand = command === 'workflow' && argv[1] && !argv[1].startsWith('-') ? argv[1] : undefined;
   let values: ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
   let out: Output = createOutput({ json: argv.includes('--json') });
   try {
     try {
       ({ values } = parseArgs({
-        args: joinDashValues(argv.slice(command ? 1 : 0)),
+        args: joinDashValues(argv.slice(command ? (subcommand ? 2 : 1) : 0)),
         options: OPTIONS,
         allowPositionals: false,
         strict: true,
@@ -441,6 +452,15 @@ export async function main(argv: string[]): Promise<number> {
       return command || values.help ? EXIT_CODES.ok : EXIT_CODES.invalidInput;
     }
     checkOptions(command, values);
+    if (command === 'workflow') {
+      if (subcommand !== 'print')
+        throw new InvalidInputError(
+          subcommand ? `unknown workflow subcommand "${subcommand}"` : 'pgferry workflow needs a subcommand',
+          { field: 'workflow', hint: 'pgferry workflow print' },
+        );
+      process.stdout.write(`${workflowDefinitionJson()}\n`);
+      return EXIT_CODES.ok;
+    }
     if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup', 'unfreeze'].includes(command)) handleInterrupts();
     const stateDir = stateDirectory(values['state-dir']);
     // Where the command will write, checked before anything is created.

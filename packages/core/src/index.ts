@@ -9,4 +9,8 @@ export * from './model';
 export * from './ports';
 export * from './redact';
 export * from './store-rules';
+export * from './workflow/bulk-load';
+export * from './workflow/definition';
+export * from './workflow/failure';
+export * from './workflow/states';
 export * from './workflow/tasks';

@@ -1,11 +1,10 @@
-import { functionArnKey, type TaskName, type WORKER_SUBSTITUTIONS } from '@pgferry/core';
+import { functionArnKey, type TaskName, type WORKER_SUBSTITUTIONS, workflowDefinitionJson } from '@pgferry/core';
 import { ArnFormat, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import type { ISecurityGroup, ISubnet } from 'aws-cdk-lib/aws-ec2';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import { DefinitionBody, LogLevel, StateMachine } from 'aws-cdk-lib/aws-stepfunctions';
 import type { Construct } from 'constructs';
 import type { Function as SstFunction } from 'sst/constructs';
-import { workflowDefinitionJson } from '../packages/core/src/workflow/definition';
 import { WORKER_CONTAINER_NAME, type Worker } from './worker';
 
 type WorkerSubstitution = (typeof WORKER_SUBSTITUTIONS)[number];

@@ -308,6 +308,8 @@ describe('metrics', () => {
 });
 
 describe('bundles', () => {
+  // SST bundles with the esbuild this resolves to (package.json overrides SST's own 0.18, which cannot
+  // parse the import attributes packages/postgres uses): a handler that fails here fails `sst deploy`.
   it('every handler the stack names bundles for Node 22 as ESM', async () => {
     const entryPoints = [
       ...readdirSync('functions/tasks').map((f) => `functions/tasks/${f}`),

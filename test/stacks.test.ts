@@ -8,6 +8,7 @@ import {
   METRICS,
   WORKER_SUBSTITUTIONS,
   WORKFLOW_TASKS,
+  workflowDefinitionJson,
 } from '@pgferry/core';
 import { Aspects, type Stack } from 'aws-cdk-lib';
 import { Template } from 'aws-cdk-lib/assertions';
@@ -16,8 +17,9 @@ import type { SynthesisMessage } from 'aws-cdk-lib/cx-api';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { App, getStack } from 'sst/constructs';
 import { initProject } from 'sst/project.js';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { workflowDefinitionJson } from '../packages/core/src/workflow/definition';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
+import { main } from '../packages/cli/src/main';
+
 import { pgferryApp } from '../stacks/app';
 import { type DeployConfig, deployConfigFromEnv } from '../stacks/config';
 import { LAMBDA_TASKS } from '../stacks/tasks';
@@ -58,7 +60,19 @@ function statementsOf(predicate: (policyId: string, roleRefs: string[]) => boole
 
 const list = (x: unknown) => (Array.isArray(x) ? x : [x]);
 
+/** What `pgferry workflow print` writes, through the CLI's own entry point. */
+let printed = '';
+
 beforeAll(async () => {
+  const write = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => {
+    printed += String(chunk);
+    return true;
+  });
+  try {
+    expect(await main(['workflow', 'print'])).toBe(0);
+  } finally {
+    write.mockRestore();
+  }
   await initProject({ stage: 'test' });
   // Inactive: SST does not bundle the functions (test/functions.test.ts bundles every handler once, with
   // esbuild), which keeps this file to seconds; everything else is synthesized as `sst deploy` would.
@@ -142,6 +156,7 @@ describe('the deployed stack', () => {
     const machines = Object.values(template.findResources('AWS::StepFunctions::StateMachine'));
     expect(machines).toHaveLength(1);
     const machine = machines[0]!.Properties;
+    expect(machine.DefinitionString).toBe(printed.trimEnd());
     expect(machine.DefinitionString).toBe(workflowDefinitionJson());
     expect(machine.StateMachineName).toBe('test-pgferry-migration');
     expect(machine.TracingConfiguration).toEqual({ Enabled: true });

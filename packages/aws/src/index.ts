@@ -1,8 +1,8 @@
-// store: the DynamoDB migration store and its table layout
+// The DynamoDB store and its table layout (helper `store`); task callbacks, events, secrets, TLS and
+// the RDS target (helper `adapters`).
+export * from './callbacks';
 export * from './dynamo-parts';
 export * from './dynamo-store';
-// Adapters (helper `adapters`): task callbacks, events, secrets, TLS, the RDS target.
-export * from './callbacks';
 export * from './events';
 export * from './rds';
 export * from './secrets';

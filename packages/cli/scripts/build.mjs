@@ -19,7 +19,9 @@ await build({
   target: 'node20',
   // pg loads it only when asked for the native client, which pgferry never is; it may be absent.
   // The AWS adapters (and their SDK) only `pgferry worker` loads: the worker image bundles them.
-  external: ['pg-native', '@pgferry/aws'],
+  // aws-local-stepfunctions (and the AWS SDK clients it imports) loads from node_modules only when
+  // a command runs the workflow: status and assess do not pay for it.
+  external: ['pg-native', '@pgferry/aws', 'aws-local-stepfunctions'],
   // pg and its dependencies are CommonJS and call require(): give the ESM bundle a real one.
   banner: {
     js: "import { createRequire as __pgferryRequire } from 'node:module';\nconst require = __pgferryRequire(import.meta.url);",

@@ -13,6 +13,7 @@ import {
   PgferryError,
   redactUrl,
   WORKER_HEARTBEAT_TIMEOUT_SECONDS,
+  workflowDefinitionJson,
 } from '@pgferry/core';
 import {
   assess,
@@ -82,6 +83,7 @@ Commands:
   demo      Start two local servers, migrate a sample database under live writes, print the result
   worker    Run one workflow task in the AWS worker container (Fargate); see its --help
   report    Write one migration's report as one self-contained HTML page: pgferry report ID --html FILE
+  workflow print  Print the workflow's state machine definition (Amazon States Language JSON), as deployed
 
 Global options:
   --state-dir DIR   where migration state lives (default ./.pgferry)
@@ -196,6 +198,12 @@ Writes one self-contained HTML page (no script, font or image loaded from anywhe
 from the recorded state: the phase timeline, replication lag over time (bytes and seconds), the write
 gap step by step, and the verification before and after the switch, table by table. The file is
 written readable by its owner only (it names the servers; no password is in it). Reads no server.`,
+  workflow: `Usage: pgferry workflow print
+
+Prints the state machine definition (Amazon States Language JSON) that the stack deploys and that
+migrate, resume, cutover and rollback run locally. \${...} placeholders are the stack's
+definitionSubstitutions: the Lambda functions' ARNs and the worker's cluster, task definition,
+container, subnets and security groups.`,
   demo: 'Usage: pgferry demo [--target-version 15|16|17] [--rows N]\n\nStarts a source (PostgreSQL 15) and a target server, runs a live writer, migrates with automatic cutover.',
 };
 
@@ -258,6 +266,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
   demo: ['target-version', 'rows'],
   worker: [],
   report: ['id', 'html'],
+  workflow: [],
 };
 const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
 
@@ -456,13 +465,15 @@ function handleInterrupts() {
 
 export async function main(argv: string[]): Promise<number> {
   const command = argv[0] && !argv[0].startsWith('-') ? argv[0] : undefined;
+  // `workflow` takes a subcommand (`print`); `report` takes the migration id as its one positional argument.
+  const subcommand = command === 'workflow' && argv[1] && !argv[1].startsWith('-') ? argv[1] : undefined;
   let values: ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
   let positionals: string[] = [];
   let out: Output = createOutput({ json: argv.includes('--json') });
   try {
     try {
       ({ values, positionals } = parseArgs({
-        args: joinDashValues(argv.slice(command ? 1 : 0)),
+        args: joinDashValues(argv.slice(command ? (subcommand ? 2 : 1) : 0)),
         options: OPTIONS,
         // Only `report` takes one (the id, as issue 13 spells the command); the others take --id.
         allowPositionals: command === 'report',
@@ -481,6 +492,16 @@ export async function main(argv: string[]): Promise<number> {
     checkOptions(command, values);
     if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup', 'unfreeze', 'worker'].includes(command))
       handleInterrupts();
+    if (command === 'workflow') {
+      if (subcommand !== 'print')
+        throw new InvalidInputError(
+          subcommand ? `unknown workflow subcommand "${subcommand}"` : 'pgferry workflow needs a subcommand',
+          { field: 'workflow', hint: 'pgferry workflow print' },
+        );
+      process.stdout.write(`${workflowDefinitionJson()}\n`);
+      return EXIT_CODES.ok;
+    }
+    if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup', 'unfreeze'].includes(command)) handleInterrupts();
     const stateDir = stateDirectory(values['state-dir']);
     // Where the command will write, checked before anything is created.
     const reportPath = writablePath(values.report, '--report');

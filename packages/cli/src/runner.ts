@@ -16,7 +16,6 @@ import {
   FreezeFailedError,
   InvalidInputError,
   LagTimeoutError,
-  type MigrationConfig,
   type MigrationState,
   type MigrationStore,
   objectNames,
@@ -31,8 +30,7 @@ import {
   VerificationFailedError,
 } from '@pgferry/core';
 import {
-  assertNoBlockers,
-  assess,
+  assessPhase,
   bulkLoad,
   catchUp,
   catchUpAndVerify,
@@ -50,10 +48,13 @@ import {
   isFrozen,
   type LiveStatus,
   liveAttention,
+  openSession as openTaskSession,
   type PhaseContext,
   type Progress,
   prepareSchema,
   rollback,
+  runPhase as runTaskPhase,
+  type Session,
   type SideLive,
   startReplication,
   subscriptionExists,
@@ -239,103 +240,25 @@ export async function inspectMigration(rt: Runtime, id: string): Promise<LiveSta
   return { at: new Date().toISOString(), source, target, attention: liveAttention(state, source, target) };
 }
 
-export interface Session {
-  ctx: PhaseContext;
-  close(): Promise<void>;
-}
+export type { Session } from '@pgferry/postgres';
 
 /** Open connections and a phase context for a stored migration. */
-export async function openSession(rt: Runtime, id: string): Promise<Session> {
-  let state = await rt.store.get(id);
-  const secrets = await rt.store.secrets(id);
-  const config: MigrationConfig = { ...state.config, ...secrets };
-  const app = objectNames(id).applicationName;
-  let source: Db | undefined;
-  let target: Db | undefined;
-  try {
-    source = await connect(config.sourceUrl, { side: 'source', applicationName: app, max: Math.max(4, config.jobs) });
-    target = await connect(config.targetUrl, { side: 'target', applicationName: app, max: Math.max(4, config.jobs) });
-  } catch (err) {
-    await source?.end();
-    throw err;
-  }
-  const ctx: PhaseContext = {
-    config,
-    source,
-    target,
-    get state() {
-      return state;
-    },
-    async update(change) {
-      // Re-read, apply, write with the version read: concurrent writers get a StateConflictError.
-      const fresh = await rt.store.get(id);
-      change(fresh);
-      state = await rt.store.put(fresh);
-    },
-    log: (m) => rt.events.log(m),
-    progress: rt.events.progress,
-    artifactDir: config.artifactDir ?? join(rt.stateDir, 'artifacts', id),
+export function openSession(rt: Runtime, id: string): Promise<Session> {
+  return openTaskSession(rt.store, id, {
+    listener: rt.events,
+    artifactDir: join(rt.stateDir, 'artifacts', id),
     faults: rt.faults,
-  };
-  return {
-    ctx,
-    close: async () => {
-      await Promise.allSettled([source.end(), target.end()]);
-    },
-  };
-}
-
-async function record(ctx: PhaseContext, message: string) {
-  await ctx.update((s) => {
-    s.events = [...s.events.slice(-199), { at: new Date().toISOString(), message }];
   });
 }
 
 /** Run one phase with start/end bookkeeping. */
-export async function runPhase(
+export function runPhase(
   rt: Runtime,
   ctx: PhaseContext,
   phase: Phase,
   fn: (ctx: PhaseContext) => Promise<string>,
 ): Promise<string> {
-  rt.events.phase(phase, 'start');
-  await ctx.update((s) => {
-    s.phase = phase;
-    const p = s.phases[phase] ?? {};
-    s.phases[phase] = {
-      ...p,
-      startedAt: new Date().toISOString(),
-      endedAt: undefined,
-      attempts: (p.attempts ?? 0) + 1,
-    };
-  });
-  const summary = await fn(ctx);
-  await ctx.update((s) => {
-    s.phases[phase] = { ...s.phases[phase], endedAt: new Date().toISOString(), summary };
-  });
-  await record(ctx, `${PHASE_TITLES[phase]}: ${summary}`);
-  rt.events.phase(phase, 'end', summary);
-  return summary;
-}
-
-async function assessPhase(ctx: PhaseContext): Promise<string> {
-  const report = await assess(ctx.source, ctx.target, {
-    migrationId: ctx.config.id,
-    preparedOrphanMs: ctx.config.preparedOrphanMs,
-  });
-  assertNoBlockers(report, ctx.config.id);
-  const warnings = report.findings.filter((f) => f.level === 'warning');
-  if (warnings.length) {
-    for (const w of warnings) ctx.log(`warning: ${w.message}`);
-    await ctx.update((s) => {
-      s.warnings = [...(s.warnings ?? []), ...warnings.map((w) => w.message)];
-    });
-  }
-  await ctx.update((s) => {
-    s.sourceVersion = report.source.version;
-    s.targetVersion = report.target?.version;
-  });
-  return `PostgreSQL ${report.source.version} → ${report.target?.version ?? '?'}; ${report.source.tables.length} tables, ${(report.source.sizeBytes / 1024 / 1024).toFixed(1)} MiB; ${warnings.length} warning(s), no blockers`;
+  return runTaskPhase(ctx, phase, fn, rt.events);
 }
 
 const LOAD_PHASES: [Phase, (ctx: PhaseContext) => Promise<string>][] = [

@@ -10,4 +10,5 @@ export * from './phases/index';
 export * from './replication';
 export * from './sequences';
 export * from './switch';
+export * from './tasks/index';
 export * from './tools';

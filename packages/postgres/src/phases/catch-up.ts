@@ -308,45 +308,122 @@ export async function cutoverPrerequisites(ctx: PhaseContext): Promise<string[]>
   return out;
 }
 
+/** Where the gate loop is between samples: its memory, the streak, an outage being ridden out. */
+export interface GateLoop {
+  memory: GateMemory;
+  streak: number;
+  /** The reasons last logged, so that only a change is logged again. */
+  lastReasons: string;
+  /** When this catch-up began (ms since the epoch): catchUpTimeoutMs counts from here. */
+  startedAt: number;
+  /** When the servers stopped answering, and how many samples failed since (the backoff). */
+  outageSince?: number;
+  outageTries: number;
+}
+
+export function newGateLoop(): GateLoop {
+  return { memory: { wal: false }, streak: 0, lastReasons: '', startedAt: Date.now(), outageTries: 0 };
+}
+
 /**
  * Rides out a server that went away (a restart, a failover, a dropped connection): the first loss is
- * logged, the sample retried with backoff (the pools reconnect on their own), and the return logged;
- * past `reconnectTimeoutMs` it stops with the truth: nothing undone, the slot kept and retaining WAL.
+ * logged and the sample retried with backoff (the pools reconnect on their own); past
+ * `reconnectTimeoutMs` it stops with the truth: nothing undone, the slot kept and retaining WAL.
+ * Returns how long to wait before the next sample.
  */
-function outageGuard(ctx: PhaseContext) {
-  let since: number | undefined;
-  let tries = 0;
+function outageFailed(ctx: PhaseContext, loop: GateLoop, err: unknown): number {
+  if (!isConnectionLoss(err)) throw err;
+  const now = Date.now();
+  if (loop.outageSince === undefined) {
+    loop.outageSince = now;
+    ctx.log(
+      `lost the connection during catch-up (${errorMessage(err)}); reconnecting for up to ${Math.round(ctx.config.reconnectTimeoutMs / 1000)} s`,
+    );
+  }
+  if (now - loop.outageSince > ctx.config.reconnectTimeoutMs) {
+    const n = objectNames(ctx.config.id);
+    throw new ConnectionLostError(
+      `a server did not answer for ${Math.round((now - loop.outageSince) / 1000)} s during catch-up: ${errorMessage(err)}. Nothing was undone: slot ${n.slot} stays on the source and retains WAL until replication reads it again`,
+      {
+        cause: err,
+        phase: 'catch-up',
+        hint: `once both servers answer, \`pgferry resume --id ${ctx.config.id}\` goes on where it stopped; \`pgferry rollback --id ${ctx.config.id}\` removes what the migration made (\`pgferry status --id ${ctx.config.id}\` shows the WAL the slot holds)`,
+      },
+    );
+  }
+  return Math.min(5_000, 250 * 2 ** loop.outageTries++);
+}
+
+/** The sample answered: an outage, if there was one, is over. */
+function outageOver(ctx: PhaseContext, loop: GateLoop) {
+  if (loop.outageSince !== undefined)
+    ctx.log(`the servers answer again after ${((Date.now() - loop.outageSince) / 1000).toFixed(1)} s; catching up`);
+  loop.outageSince = undefined;
+  loop.outageTries = 0;
+}
+
+export interface GateStep {
+  /** The gate has been open for lagSamples samples in a row. */
+  ready: boolean;
+  /** When to take the next sample. */
+  waitMs: number;
+  /** What a person reads: the figures when ready, else why the gate is closed. */
+  summary: string;
+  figures?: LagFigures;
+}
+
+/**
+ * One gate sample, the whole of it: the loop below runs it until ready, and the workflow's "Check lag"
+ * task runs it once per invocation, carrying `loop` in the execution state between invocations.
+ */
+export async function gateStep(
+  ctx: PhaseContext,
+  loop: GateLoop,
+  options: { validation?: 'wait' | 'background' } = {},
+): Promise<GateStep> {
+  const warned = loop.memory;
+  const catalog =
+    loop.streak + 1 >= ctx.config.lagSamples ||
+    !warned.catalog ||
+    Date.now() - warned.catalog.at >= CATALOG_CHECK_EVERY_MS;
+  let sample: Awaited<ReturnType<typeof sampleGate>>;
+  try {
+    sample = await sampleGate(ctx, warned, { catalog, validation: options.validation });
+    outageOver(ctx, loop);
+  } catch (err) {
+    const waitMs = outageFailed(ctx, loop, err);
+    loop.streak = 0;
+    return { ready: false, waitMs, summary: `reconnecting: ${errorMessage(err)}` };
+  }
+  const { figures, reasons } = sample;
+  loop.streak = reasons.length === 0 ? loop.streak + 1 : 0;
+  const text = reasons.join('; ');
+  if (text && text !== loop.lastReasons) ctx.log(`cutover gate closed: ${text}`);
+  loop.lastReasons = text;
+  if (loop.streak >= ctx.config.lagSamples) {
+    return {
+      ready: true,
+      waitMs: 0,
+      figures,
+      summary: `lag ${mib(figures.bytes)} / ${figures.ms} ms (limits ${mib(ctx.config.maxLagBytes)} / ${ctx.config.maxLagMs} ms), not growing, for ${loop.streak} samples; drain predicted at ${figures.predictedDrainMs} ms (budget ${ctx.config.maxDrainMs} ms); source ${mbps(figures.generatedBps)}, applied ${mbps(figures.appliedBps)}; no long transactions; schemas agree`,
+    };
+  }
+  if (ctx.config.catchUpTimeoutMs > 0 && Date.now() - loop.startedAt > ctx.config.catchUpTimeoutMs) {
+    throw new LagTimeoutError(
+      `the cutover gate did not open within ${Math.round(ctx.config.catchUpTimeoutMs / 1000)} s: ${text || 'lag unstable'}`,
+      {
+        phase: 'catch-up',
+        hint: 'replication keeps running and nothing was removed; fix the reason above and run `pgferry resume` (or `pgferry rollback`)',
+      },
+    );
+  }
   return {
-    /** The sample answered: an outage, if there was one, is over. */
-    answered() {
-      if (since !== undefined)
-        ctx.log(`the servers answer again after ${((Date.now() - since) / 1000).toFixed(1)} s; catching up`);
-      since = undefined;
-      tries = 0;
-    },
-    /** A sample failed: wait and let it be retried, or throw. */
-    async failed(err: unknown) {
-      if (!isConnectionLoss(err)) throw err;
-      const now = Date.now();
-      if (since === undefined) {
-        since = now;
-        ctx.log(
-          `lost the connection during catch-up (${errorMessage(err)}); reconnecting for up to ${Math.round(ctx.config.reconnectTimeoutMs / 1000)} s`,
-        );
-      }
-      if (now - since > ctx.config.reconnectTimeoutMs) {
-        const n = objectNames(ctx.config.id);
-        throw new ConnectionLostError(
-          `a server did not answer for ${Math.round((now - since) / 1000)} s during catch-up: ${errorMessage(err)}. Nothing was undone: slot ${n.slot} stays on the source and retains WAL until replication reads it again`,
-          {
-            cause: err,
-            phase: 'catch-up',
-            hint: `once both servers answer, \`pgferry resume --id ${ctx.config.id}\` goes on where it stopped; \`pgferry rollback --id ${ctx.config.id}\` removes what the migration made (\`pgferry status --id ${ctx.config.id}\` shows the WAL the slot holds)`,
-          },
-        );
-      }
-      await sleep(Math.min(5_000, 250 * 2 ** tries++));
-    },
+    ready: false,
+    waitMs: sampleIntervalMs(figures, reasons, ctx.config.lagSampleIntervalMs),
+    figures,
+    summary: text
+      ? `gate closed: ${text}`
+      : `gate open, ${loop.streak} of ${ctx.config.lagSamples} samples; lag ${mib(figures.bytes)} / ${figures.ms} ms`,
   };
 }
 
@@ -368,51 +445,21 @@ export async function catchUp(
 }
 
 async function catchUpWith(ctx: PhaseContext, options: { validation?: 'wait' | 'background' }): Promise<string> {
-  const started = Date.now();
   const validating = validateForeignKeys(ctx).pending.length;
-  const warned: GateMemory = { wal: false };
-  const outage = outageGuard(ctx);
-  let streak = 0;
-  let lastReasons = '';
+  const loop = newGateLoop();
   for (;;) {
-    const catalog =
-      streak + 1 >= ctx.config.lagSamples ||
-      !warned.catalog ||
-      Date.now() - warned.catalog.at >= CATALOG_CHECK_EVERY_MS;
-    let sample: Awaited<ReturnType<typeof sampleGate>>;
-    try {
-      sample = await sampleGate(ctx, warned, { catalog, validation: options.validation });
-      outage.answered();
-    } catch (err) {
-      await outage.failed(err);
-      streak = 0;
-      continue;
-    }
-    const { figures, reasons } = sample;
-    streak = reasons.length === 0 ? streak + 1 : 0;
-    const text = reasons.join('; ');
-    if (text && text !== lastReasons) ctx.log(`cutover gate closed: ${text}`);
-    lastReasons = text;
-    if (streak >= ctx.config.lagSamples) {
+    const step = await gateStep(ctx, loop, options);
+    if (step.ready) {
       const validated =
         validating && options.validation !== 'background' ? `; ${validating} foreign key(s) validated` : '';
-      return `lag ${mib(figures.bytes)} / ${figures.ms} ms (limits ${mib(ctx.config.maxLagBytes)} / ${ctx.config.maxLagMs} ms), not growing, for ${streak} samples; drain predicted at ${figures.predictedDrainMs} ms (budget ${ctx.config.maxDrainMs} ms); source ${mbps(figures.generatedBps)}, applied ${mbps(figures.appliedBps)}; no long transactions; schemas agree${validated}`;
+      return `${step.summary}${validated}`;
     }
-    if (ctx.config.catchUpTimeoutMs > 0 && Date.now() - started > ctx.config.catchUpTimeoutMs) {
-      throw new LagTimeoutError(
-        `the cutover gate did not open within ${Math.round(ctx.config.catchUpTimeoutMs / 1000)} s: ${text || 'lag unstable'}`,
-        {
-          phase: 'catch-up',
-          hint: 'replication keeps running and nothing was removed; fix the reason above and run `pgferry resume` (or `pgferry rollback`)',
-        },
-      );
-    }
-    await sleep(sampleIntervalMs(figures, reasons, ctx.config.lagSampleIntervalMs));
+    await sleep(step.waitMs);
   }
 }
 
 /** Rounds of "gate, then verify" before a replica that stays behind makes the pre-switch verify give up. */
-const VERIFY_BEFORE_SWITCH_ROUNDS = 3;
+export const VERIFY_BEFORE_SWITCH_ROUNDS = 3;
 
 /**
  * Catch up, then verify every table before anything is switched (once per migration, until it passes):
@@ -429,50 +476,67 @@ export async function catchUpAndVerify(ctx: PhaseContext): Promise<string> {
   }
 }
 
+export interface VerifyRound {
+  /** No more rounds: verified, or not shown equal after the last round (a warning). */
+  done: boolean;
+  /** The round ended on a lost connection (not counted): catch up, then again. */
+  interrupted: boolean;
+  said: string;
+  outcome?: string;
+}
+
+/**
+ * One round of the verify before the switch (the `round`th, from 1): every table read while
+ * replication runs. A difference throws VerificationFailedError; tables the replica did not reach in
+ * time are tried again after catching up, up to VERIFY_BEFORE_SWITCH_ROUNDS rounds.
+ */
+export async function verifyBeforeSwitchRound(ctx: PhaseContext, round: number): Promise<VerifyRound> {
+  ctx.log('verifying every table before the switch, while replication runs');
+  let result: Awaited<ReturnType<typeof verifyTables>>;
+  try {
+    result = await verifyTables(ctx);
+  } catch (err) {
+    // A server that went away mid-read: catch-up rides it out (or stops with the truth), then again.
+    if (!isConnectionLoss(err)) throw err;
+    ctx.log(`lost the connection while verifying (${errorMessage(err)}); catching up before verifying again`);
+    return { done: false, interrupted: true, said: `interrupted: ${errorMessage(err)}` };
+  }
+  await ctx.update((s) => {
+    s.verifyBeforeSwitch = result;
+  });
+  const said = verifySummary(result);
+  if (result.outcome === 'mismatch')
+    throw new VerificationFailedError(`before the switch: ${said}`, {
+      phase: 'catch-up',
+      hint: `nothing was switched or frozen: the application stays on the source and replication goes on. Find what wrote those rows differently (a write to the target, a trigger or rule enabled on it, a changed column default), fix the target, then \`pgferry resume --id ${ctx.config.id}\` verifies again (or \`pgferry rollback --id ${ctx.config.id}\`)`,
+    });
+  if (result.outcome === 'ok') {
+    ctx.log(`verified before the switch: ${said}`);
+    return { done: true, interrupted: false, said: `verified before the switch: ${said}`, outcome: result.outcome };
+  }
+  if (round >= VERIFY_BEFORE_SWITCH_ROUNDS) {
+    // Not a difference, only not shown equal: the gate (lag) decides the cutover, and the verify after
+    // the switch reads every table again. Said where status shows it.
+    const message = `verify before the switch, ${round} rounds: ${said}`;
+    ctx.log(`warning: ${message}`);
+    await ctx.update((s) => {
+      s.warnings = [...(s.warnings ?? []), message];
+    });
+    return { done: true, interrupted: false, said, outcome: result.outcome };
+  }
+  ctx.log(`${said}: catching up before verifying again`);
+  return { done: false, interrupted: false, said, outcome: result.outcome };
+}
+
 async function catchUpAndVerifyWith(ctx: PhaseContext): Promise<string> {
   // Foreign keys added NOT VALID are validated on the target while the verify reads the source; the
   // last catch-up waits for them.
   if (ctx.state.verifyBeforeSwitch?.outcome === 'ok') return await catchUp(ctx);
-  let summary = await catchUp(ctx, { validation: 'background' });
+  await catchUp(ctx, { validation: 'background' });
   for (let round = 1; ; round++) {
-    ctx.log('verifying every table before the switch, while replication runs');
-    let result: Awaited<ReturnType<typeof verifyTables>>;
-    try {
-      result = await verifyTables(ctx);
-    } catch (err) {
-      // A server that went away mid-read: catch-up rides it out (or stops with the truth), then again.
-      if (!isConnectionLoss(err)) throw err;
-      ctx.log(`lost the connection while verifying (${errorMessage(err)}); catching up before verifying again`);
-      round--;
-      await catchUp(ctx, { validation: 'background' });
-      continue;
-    }
-    await ctx.update((s) => {
-      s.verifyBeforeSwitch = result;
-    });
-    const said = verifySummary(result);
-    if (result.outcome === 'mismatch')
-      throw new VerificationFailedError(`before the switch: ${said}`, {
-        phase: 'catch-up',
-        hint: `nothing was switched or frozen: the application stays on the source and replication goes on. Find what wrote those rows differently (a write to the target, a trigger or rule enabled on it, a changed column default), fix the target, then \`pgferry resume --id ${ctx.config.id}\` verifies again (or \`pgferry rollback --id ${ctx.config.id}\`)`,
-      });
-    if (result.outcome === 'ok') {
-      ctx.log(`verified before the switch: ${said}`);
-      summary = await catchUp(ctx);
-      return `${summary}; verified before the switch: ${said}`;
-    }
-    if (round >= VERIFY_BEFORE_SWITCH_ROUNDS) {
-      // Not a difference, only not shown equal: the gate (lag) decides the cutover, and the verify after
-      // the switch reads every table again. Said where status shows it.
-      const message = `verify before the switch, ${round} rounds: ${said}`;
-      ctx.log(`warning: ${message}`);
-      await ctx.update((s) => {
-        s.warnings = [...(s.warnings ?? []), message];
-      });
-      summary = await catchUp(ctx);
-      return `${summary}; ${said}`;
-    }
-    ctx.log(`${said}: catching up before verifying again`);
+    const r = await verifyBeforeSwitchRound(ctx, round);
+    if (r.done) return `${await catchUp(ctx)}; ${r.said}`;
+    if (r.interrupted) round--;
     await catchUp(ctx, { validation: 'background' });
   }
 }

@@ -1,0 +1,4 @@
+/** The "Roll back" state's Lambda function. */
+import { taskHandler } from '../lib/task-handler';
+
+export const handler = taskHandler('rollback');

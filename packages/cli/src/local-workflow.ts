@@ -1,0 +1,198 @@
+/**
+ * The local runtime of the state machine: the very definition the stack deploys
+ * (`workflowDefinitionJson()`), run by aws-local-stepfunctions, each Task state mapped in-process to
+ * one task function. Lambda tasks answer as `lambda:invoke` does (the output in `Payload`), callback
+ * steps as SendTaskSuccess does (the output itself), and worker tasks get their input from the
+ * container environment the definition builds, decoded as the worker decodes it.
+ */
+import {
+  completeOutput,
+  TASK_NAMES,
+  TASK_RESULTS,
+  type TaskInput,
+  type TaskName,
+  type TaskOutput,
+  taskInputFromEnvironment,
+  WORKFLOW_TASKS,
+  type WorkflowInput,
+  workflowDefinitionJson,
+} from '@pgferry/core';
+import { ExecutionAbortedError, ExecutionError, StateMachine } from 'aws-local-stepfunctions';
+
+// aws-local-stepfunctions 3 calls Promise.withResolvers (Node 22); Node 20 lacks it.
+if (typeof (Promise as { withResolvers?: unknown }).withResolvers !== 'function') {
+  Object.defineProperty(Promise, 'withResolvers', {
+    configurable: true,
+    writable: true,
+    value: function withResolvers<T>() {
+      let resolve!: (v: T | PromiseLike<T>) => void;
+      let reject!: (e: unknown) => void;
+      const promise = new Promise<T>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      return { promise, resolve, reject };
+    },
+  });
+}
+
+/** One state of an execution, as the console's execution view lists it. */
+export interface HistoryEntry {
+  state: string;
+  type: string;
+  enteredAt: string;
+  leftAt?: string;
+  ms?: number;
+  /** The task's summary (Task states), or what the state did. */
+  summary?: string;
+  /** The error the state failed with (then caught, retried or ending the execution). */
+  error?: string;
+  retried?: number;
+}
+
+export interface ExecutionOutcome {
+  status: 'succeeded' | 'failed' | 'aborted';
+  /** The last state entered: where a failed or aborted execution stopped. */
+  lastState?: string;
+  error?: string;
+  cause?: string;
+  output?: unknown;
+}
+
+export type TaskHandler = (task: TaskName, input: TaskInput) => Promise<TaskOutput>;
+
+export interface LocalExecution {
+  /** Resolves when the execution ends, whichever way; never rejects on a failed execution. */
+  done: Promise<ExecutionOutcome>;
+  /** Stop at the current state (a callback step that waits for a person, locally). */
+  abort(): void;
+}
+
+export interface RunOptions {
+  /** Every state entered and left, as it happens. */
+  onHistory?(entry: HistoryEntry, event: 'entered' | 'left'): void;
+  /** Wait states locally, in ms (the bake, the wait between lag samples). */
+  waitMs?: Record<string, number>;
+  /** Retry intervals locally, in ms. */
+  retryMs?: Record<string, number>;
+}
+
+function lambdaResult(task: TaskName, output: TaskOutput): unknown {
+  const spec = WORKFLOW_TASKS[task] as { runtime: string; callback?: boolean };
+  return spec.runtime === 'lambda' && !spec.callback ? { StatusCode: 200, Payload: output } : output;
+}
+
+/** The task input a state's evaluated Parameters carry (Lambda Payload, or the worker's environment). */
+export function taskInputFrom(task: TaskName, parameters: unknown): TaskInput {
+  const p = parameters as {
+    Payload?: TaskInput;
+    Overrides?: { ContainerOverrides?: { Environment?: { Name: string; Value: string }[] }[] };
+  };
+  if (WORKFLOW_TASKS[task].runtime === 'lambda') {
+    const { task: _, ...input } = p.Payload ?? ({} as TaskInput);
+    return input as TaskInput;
+  }
+  const env = Object.fromEntries(
+    (p.Overrides?.ContainerOverrides?.[0]?.Environment ?? []).map((e) => [e.Name, e.Value]),
+  );
+  return taskInputFromEnvironment(env).input;
+}
+
+/** The value at a simple `$.a.b` path. */
+function at$(value: unknown, path: string): unknown {
+  let v = value;
+  for (const key of path
+    .replace(/^\$\.?/, '')
+    .split('.')
+    .filter(Boolean))
+    v = v && typeof v === 'object' ? (v as Record<string, unknown>)[key] : undefined;
+  return v;
+}
+
+/** Run the workflow definition locally with `handler` doing every task. */
+export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, options: RunOptions = {}): LocalExecution {
+  const machine = new StateMachine(JSON.parse(workflowDefinitionJson()), {
+    // The definition still holds the ${...} placeholders the stack substitutes; no ARN is called here.
+    validationOptions: { checkArn: false },
+  });
+  const byState = new Map<string, TaskName>(TASK_NAMES.map((t) => [WORKFLOW_TASKS[t].state, t]));
+  const handlers: Record<string, (i: unknown) => Promise<unknown>> = {};
+  for (const task of TASK_NAMES) {
+    const state = WORKFLOW_TASKS[task].state;
+    handlers[state] = async (parameters) => {
+      return lambdaResult(task, completeOutput(task, await handler(task, taskInputFrom(task, parameters))));
+    };
+  }
+  const execution = machine.run(
+    { ...input },
+    {
+      overrides: {
+        taskResourceLocalHandlers: handlers as never,
+        waitTimeOverrides: options.waitMs,
+        retryIntervalOverrides: options.retryMs,
+      },
+      context: { Task: { Token: `local:${input.migrationId}` } },
+    },
+  );
+  let last: string | undefined;
+  const open = new Map<string, HistoryEntry>();
+  const close = (entry: HistoryEntry, at: number, output?: unknown) => {
+    entry.leftAt = new Date(at).toISOString();
+    entry.ms = at - Date.parse(entry.enteredAt);
+    // A task's summary is in the state's output, where its ResultPath put it.
+    const task = byState.get(entry.state);
+    if (task && !entry.error) {
+      const result = at$(output, TASK_RESULTS[task].path) as { summary?: unknown } | undefined;
+      if (typeof result?.summary === 'string') entry.summary = result.summary;
+    }
+    options.onHistory?.(entry, 'left');
+  };
+  const follow = (async () => {
+    for await (const e of execution.eventLogs as AsyncIterable<{
+      type: string;
+      timestamp: number;
+      state?: { name: string; type: string; output?: unknown };
+      Error?: string;
+      Cause?: string;
+    }>) {
+      if (!e.state) continue;
+      const at = new Date(e.timestamp).toISOString();
+      const name = e.state.name;
+      if (e.type === 'StateEntered') {
+        last = name;
+        const entry: HistoryEntry = { state: name, type: e.state.type, enteredAt: at };
+        open.set(name, entry);
+        options.onHistory?.(entry, 'entered');
+      } else if (e.type === 'StateRetried') {
+        const entry = open.get(name);
+        if (entry) entry.retried = (entry.retried ?? 0) + 1;
+      } else if (e.type === 'StateFailed') {
+        // Caught, the state still exits (StateCaught, then StateExited); uncaught, the execution ends here.
+        const entry = open.get(name);
+        if (entry) entry.error = `${e.Error ?? 'Error'}: ${e.Cause ?? ''}`.slice(0, 500);
+      } else if (e.type === 'StateExited') {
+        const entry = open.get(name);
+        if (!entry) continue;
+        close(entry, e.timestamp, e.state.output);
+        open.delete(name);
+      }
+    }
+  })();
+  const done = (async (): Promise<ExecutionOutcome> => {
+    let outcome: Omit<ExecutionOutcome, 'lastState'>;
+    try {
+      outcome = { status: 'succeeded', output: await execution.result };
+    } catch (err) {
+      if (err instanceof ExecutionAbortedError) outcome = { status: 'aborted' };
+      else {
+        const cause = err instanceof ExecutionError ? (err.cause as Error | undefined) : (err as Error);
+        outcome = { status: 'failed', error: cause?.name, cause: cause?.message };
+      }
+    }
+    // The event log ends with the execution: read to its end before saying where it stopped.
+    await follow.catch(() => {});
+    for (const entry of open.values()) close(entry, Date.now());
+    return { ...outcome, lastState: last };
+  })();
+  return { done, abort: () => execution.abort() };
+}

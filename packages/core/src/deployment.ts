@@ -1,0 +1,30 @@
+import { InvalidInputError } from './errors';
+
+/**
+ * The environment the stack gives every Lambda function and the worker container: the names of the
+ * resources they act on. Names only: credentials are read from Secrets Manager by ARN at run time.
+ */
+export const DEPLOYMENT_ENV = {
+  /** The DynamoDB table of migrations, task tokens and correlations. */
+  tableName: 'PGFERRY_TABLE_NAME',
+  /** The event bus pgferry publishes its own events on (source `pgferry`). */
+  busName: 'PGFERRY_BUS_NAME',
+  /** The artifacts bucket (dumps, large per-migration records). */
+  bucketName: 'PGFERRY_BUCKET_NAME',
+  /** The deployment's stage, the `Stage` dimension of every metric. */
+  stage: 'PGFERRY_STAGE',
+} as const;
+
+export type DeploymentEnv = Record<keyof typeof DEPLOYMENT_ENV, string>;
+
+/** Reads the deployment's environment; a missing variable is named, since nothing works without it. */
+export function deploymentEnv(env: NodeJS.ProcessEnv = process.env): DeploymentEnv {
+  const missing = Object.values(DEPLOYMENT_ENV).filter((name) => !env[name]);
+  if (missing.length) {
+    throw new InvalidInputError(`${missing.join(', ')} not set`, {
+      field: missing[0],
+      hint: 'the stack sets these on every pgferry function and on the worker container: deploy with `npx sst deploy`',
+    });
+  }
+  return Object.fromEntries(Object.entries(DEPLOYMENT_ENV).map(([key, name]) => [key, env[name]!])) as DeploymentEnv;
+}

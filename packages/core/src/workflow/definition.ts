@@ -1,0 +1,249 @@
+/**
+ * The workflow as an Amazon States Language definition, built from the task table (tasks.ts) and the
+ * failure policy (failure.ts). No I/O. The stack deploys exactly `workflowDefinitionJson()` with
+ * `DefinitionBody.fromString` and `definitionSubstitutions` (function ARNs, the worker's cluster,
+ * task definition, container, subnets and security groups); `pgferry` runs the same text locally.
+ */
+import { DEFAULTS } from '../config';
+import { bulkLoadStates } from './bulk-load';
+import { catchFor, lambdaTaskState, RECORD_FAILURE, ROLL_BACK, taskState, workerTaskState } from './states';
+import { WORKFLOW_TASKS } from './tasks';
+
+/** What an execution is started with. Only the migration id names data: credentials stay in the store. */
+export interface WorkflowInput {
+  migrationId: string;
+  /** `migrate` runs the migration (skipping what is done); `rollback` goes straight to "Roll back". */
+  action: 'migrate' | 'rollback';
+  /** `manual` waits at "Await cutover approval" once caught up; `auto` cuts over. */
+  cutover: 'auto' | 'manual';
+  /** The cutover was approved already (a later execution started by `pgferry cutover`). */
+  approved: boolean;
+  /** Create the RDS target first ("Provision target"); false when the plan names an existing target. */
+  provisionTarget: boolean;
+  /** Run "Clean up" after the bake (in AWS); locally clean-up is the separate `pgferry cleanup`. */
+  cleanup: boolean;
+  /** The bake before clean-up, in seconds. */
+  bakeSeconds: number;
+}
+
+/** The gate's figures between two "Check lag" samples (see packages/postgres/src/tasks). */
+export interface GateState {
+  /** The gate has been open for the configured number of samples in a row. */
+  ready: boolean;
+  streak: number;
+  /** The wait before the next sample ("Wait for the next lag sample"). */
+  waitSeconds: number;
+  /** What the next sample needs from this one (lag readings, the last catalog check, when catch-up began). */
+  memory?: unknown;
+}
+
+export const STATE = {
+  start: 'Start',
+  whatToDo: 'Migrate or roll back?',
+  whereFrom: 'Where does the migration stand?',
+  needsTarget: 'Target to provision?',
+  beginCatchUp: 'Begin catch-up',
+  waitSample: 'Wait for the next lag sample',
+  caughtUp: 'Caught up?',
+  approved: 'Cutover approved',
+  drainAgain: 'Cutover attempts left?',
+  countAttempt: 'Count the cutover attempt',
+  cleanupAsked: 'Clean up requested?',
+  bake: 'Bake',
+  migrated: 'Migrated',
+  afterRollback: 'Rolled back on request or after a failure?',
+  rolledBack: 'Rolled back',
+  afterRecord: 'Undo needed?',
+  stopped: 'Stopped (resumable)',
+  failed: 'Failed',
+  rollbackFailed: 'Rollback failed',
+} as const;
+
+const T = WORKFLOW_TASKS;
+
+/** A fresh gate for a new catch-up: not ready, sample at once. */
+const FRESH_GATE = { ready: false, streak: 0, waitSeconds: 0 };
+
+export function workflowDefinition(): object {
+  const states: Record<string, object> = {
+    [STATE.start]: {
+      Type: 'Pass',
+      Comment: 'What the execution carries: the migration id and its choices, never a credential',
+      Parameters: {
+        'migrationId.$': '$.migrationId',
+        'action.$': '$.action',
+        'cutover.$': '$.cutover',
+        'approved.$': '$.approved',
+        'provisionTarget.$': '$.provisionTarget',
+        'cleanup.$': '$.cleanup',
+        'bakeSeconds.$': '$.bakeSeconds',
+        results: {},
+        gate: FRESH_GATE,
+        verify: { done: false, rounds: 0 },
+        cutoverAttempt: { count: 1 },
+        error: null,
+      },
+      Next: STATE.whatToDo,
+    },
+    [STATE.whatToDo]: {
+      Type: 'Choice',
+      Choices: [{ Variable: '$.action', StringEquals: 'rollback', Next: ROLL_BACK }],
+      Default: T.assess.state,
+    },
+    [T.assess.state]: taskState('assess', { next: STATE.whereFrom, onError: RECORD_FAILURE }),
+    // A later execution of a stored migration: once the switch began it is finished, never gone back from.
+    [STATE.whereFrom]: {
+      Type: 'Choice',
+      Choices: [
+        { Variable: '$.results.assess.resumeAt', StringEquals: 'cutover', Next: T.cutover.state },
+        { Variable: '$.results.assess.resumeAt', StringEquals: 'verify', Next: T.verify.state },
+      ],
+      Default: STATE.needsTarget,
+    },
+    [STATE.needsTarget]: {
+      Type: 'Choice',
+      Choices: [{ Variable: '$.provisionTarget', BooleanEquals: true, Next: T.provisionTarget.state }],
+      Default: T.prepareSchema.state,
+    },
+    [T.provisionTarget.state]: taskState('provisionTarget', { next: T.prepareSchema.state, onError: ROLL_BACK }),
+    [T.prepareSchema.state]: taskState('prepareSchema', { next: T.bulkLoad.state, onError: ROLL_BACK }),
+    ...bulkLoadStates(T.startReplication.state, ROLL_BACK),
+    [T.startReplication.state]: taskState('startReplication', { next: STATE.beginCatchUp, onError: ROLL_BACK }),
+
+    // Catch-up: one gate sample per "Check lag"; the streak and what the gate compares across samples
+    // travel in $.gate, so each invocation is short and the loop survives a Lambda's lifetime.
+    [STATE.beginCatchUp]: {
+      Type: 'Pass',
+      Comment: 'A new streak: after the load, after a verify (its reads took a while), after a drain over budget',
+      Result: FRESH_GATE,
+      ResultPath: '$.gate',
+      Next: STATE.waitSample,
+    },
+    [STATE.waitSample]: { Type: 'Wait', SecondsPath: '$.gate.waitSeconds', Next: T.checkLag.state },
+    [T.checkLag.state]: taskState('checkLag', { next: STATE.caughtUp, onError: ROLL_BACK }),
+    [STATE.caughtUp]: {
+      Type: 'Choice',
+      Choices: [
+        { Variable: '$.gate.ready', BooleanEquals: false, Next: STATE.waitSample },
+        {
+          And: [
+            { Variable: '$.cutover', StringEquals: 'manual' },
+            { Variable: '$.approved', BooleanEquals: false },
+          ],
+          Next: T.awaitApproval.state,
+        },
+        { Variable: '$.verify.done', BooleanEquals: false, Next: T.verifyBeforeSwitch.state },
+      ],
+      Default: T.cutover.state,
+    },
+    [T.awaitApproval.state]: taskState('awaitApproval', { next: STATE.approved, onError: ROLL_BACK }),
+    [STATE.approved]: {
+      Type: 'Pass',
+      Result: true,
+      ResultPath: '$.approved',
+      Next: STATE.beginCatchUp,
+    },
+    [T.verifyBeforeSwitch.state]: workerTaskState('verifyBeforeSwitch', {
+      next: STATE.beginCatchUp,
+      onError: ROLL_BACK,
+    }),
+    [T.cutover.state]: lambdaTaskState('cutover', {
+      next: T.verify.state,
+      catch: [
+        // The drain would not fit its budget (or prepared transactions did not end): the source was
+        // unfrozen; catch up again and try, up to DEFAULTS.cutoverAttempts times.
+        {
+          ErrorEquals: ['DrainTimeoutError', 'PreparedTransactionsPendingError'],
+          ResultPath: '$.error',
+          Next: STATE.drainAgain,
+        },
+        ...catchFor('cutover', ROLL_BACK),
+      ],
+    }),
+    [STATE.drainAgain]: {
+      Type: 'Choice',
+      Choices: [
+        { Variable: '$.cutoverAttempt.count', NumericLessThan: DEFAULTS.cutoverAttempts, Next: STATE.countAttempt },
+      ],
+      Default: RECORD_FAILURE,
+    },
+    [STATE.countAttempt]: {
+      Type: 'Pass',
+      Parameters: { 'count.$': 'States.MathAdd($.cutoverAttempt.count, 1)' },
+      ResultPath: '$.cutoverAttempt',
+      Next: STATE.beginCatchUp,
+    },
+    [T.verify.state]: taskState('verify', { next: STATE.cleanupAsked, onError: RECORD_FAILURE }),
+    [STATE.cleanupAsked]: {
+      Type: 'Choice',
+      Choices: [{ Variable: '$.cleanup', BooleanEquals: true, Next: STATE.bake }],
+      Default: STATE.migrated,
+    },
+    [STATE.bake]: {
+      Type: 'Wait',
+      Comment: 'The application runs on the target, reverse replication keeping the source current, before clean-up',
+      SecondsPath: '$.bakeSeconds',
+      Next: T.cleanup.state,
+    },
+    [T.cleanup.state]: taskState('cleanup', { next: STATE.migrated, onError: RECORD_FAILURE }),
+    [STATE.migrated]: { Type: 'Succeed' },
+
+    // Failure paths. "Roll back" and "Record failure" both apply the failure policy again with the
+    // stored state, so a route taken on the error's name alone never undoes more than it may.
+    [ROLL_BACK]: lambdaTaskState('rollback', {
+      next: STATE.afterRollback,
+      catch: [{ ErrorEquals: ['States.ALL'], ResultPath: '$.rollbackError', Next: STATE.rollbackFailed }],
+    }),
+    [STATE.afterRollback]: {
+      Type: 'Choice',
+      Choices: [
+        { Variable: '$.error', IsNull: true, Next: STATE.rolledBack },
+        { Variable: '$.results.rollback.action', StringEquals: 'roll-back', Next: STATE.failed },
+        { Variable: '$.results.rollback.action', StringEquals: 'fail', Next: STATE.failed },
+      ],
+      Default: STATE.stopped,
+    },
+    [STATE.rolledBack]: { Type: 'Succeed' },
+    [RECORD_FAILURE]: lambdaTaskState('recordFailure', {
+      next: STATE.afterRecord,
+      catch: [{ ErrorEquals: ['States.ALL'], ResultPath: '$.recordError', Next: STATE.failed }],
+    }),
+    [STATE.afterRecord]: {
+      Type: 'Choice',
+      Choices: [
+        { Variable: '$.failure.action', StringEquals: 'roll-back', Next: ROLL_BACK },
+        { Variable: '$.failure.action', StringEquals: 'fail', Next: STATE.failed },
+      ],
+      Default: STATE.stopped,
+    },
+    [STATE.stopped]: {
+      Type: 'Fail',
+      Comment: 'Nothing undone: the migration is kept as it was (resume goes on, rollback removes it)',
+      ErrorPath: '$.error.Error',
+      CausePath: '$.error.Cause',
+    },
+    [STATE.failed]: {
+      Type: 'Fail',
+      Comment:
+        'The migration failed; what it had built on the source was rolled back (nothing, if it failed at the assessment)',
+      ErrorPath: '$.error.Error',
+      CausePath: '$.error.Cause',
+    },
+    [STATE.rollbackFailed]: {
+      Type: 'Fail',
+      Comment: 'The rollback did not finish: `pgferry status` names what is left and the command that ends it',
+      ErrorPath: '$.rollbackError.Error',
+      CausePath: '$.rollbackError.Cause',
+    },
+  };
+  return {
+    Comment: 'pgferry: move a live PostgreSQL database onto Amazon RDS with zero downtime',
+    StartAt: STATE.start,
+    States: states,
+  };
+}
+
+/** The definition as deployed and printed: stable key order, pretty-printed. */
+export function workflowDefinitionJson(): string {
+  return JSON.stringify(workflowDefinition(), null, 2);
+}

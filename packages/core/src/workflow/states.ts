@@ -1,0 +1,249 @@
+/**
+ * Builders for the state machine's Task states: one Lambda invocation or one worker (ECS RunTask) per
+ * task of the table in tasks.ts, with the Retry and Catch every task gets. No I/O.
+ */
+import type { Phase } from '../model';
+import { resumableErrors } from './failure';
+import { functionArnKey, type TaskName, WORKFLOW_TASKS } from './tasks';
+
+/** The phase whose failure policy applies to a task's errors. */
+export const TASK_PHASE: Record<TaskName, Phase> = {
+  assess: 'assess',
+  // Nothing exists on the source yet: a target that cannot be provisioned leaves nothing to undo there.
+  provisionTarget: 'assess',
+  prepareSchema: 'prepare-schema',
+  bulkLoad: 'bulk-load',
+  copyShare: 'bulk-load',
+  readCopyPlan: 'bulk-load',
+  startReplication: 'start-replication',
+  checkLag: 'catch-up',
+  verifyBeforeSwitch: 'catch-up',
+  awaitApproval: 'catch-up',
+  cutover: 'cutover',
+  verify: 'verify',
+  cleanup: 'cleanup',
+  rollback: 'rollback',
+  recordFailure: 'rollback',
+};
+
+/** The states every failure path goes through (their names are fixed: bulk-load.ts and the tests use them). */
+export const RECORD_FAILURE = WORKFLOW_TASKS.recordFailure.state;
+export const ROLL_BACK = WORKFLOW_TASKS.rollback.state;
+
+/**
+ * Execution-state paths a task reads besides the migration id: the gate's memory between lag samples,
+ * the caught error, the verify rounds. Lambda tasks get them as Payload fields; the worker as
+ * environment variables (see `workerEnvironment`).
+ */
+export const TASK_INPUTS: Partial<Record<TaskName, Record<string, string>>> = {
+  checkLag: { gate: '$.gate', verify: '$.verify' },
+  verifyBeforeSwitch: { verify: '$.verify' },
+  rollback: { error: '$.error' },
+  recordFailure: { error: '$.error' },
+};
+
+/**
+ * Where a task's output goes in the execution state, and which of its fields are kept (always
+ * `summary`). A ResultSelector fails the state on a field that is missing, so every task's output
+ * goes through `completeOutput`.
+ */
+export const TASK_RESULTS: Record<TaskName, { path: string; fields: string[] }> = {
+  assess: { path: '$.results.assess', fields: ['resumeAt'] },
+  provisionTarget: { path: '$.results.provisionTarget', fields: [] },
+  prepareSchema: { path: '$.results.prepareSchema', fields: [] },
+  bulkLoad: { path: '$.results.bulkLoad', fields: ['rows', 'bytes'] },
+  copyShare: { path: '$.results.copyShare', fields: [] },
+  readCopyPlan: { path: '$.results.copyPlan', fields: [] },
+  startReplication: { path: '$.results.startReplication', fields: [] },
+  checkLag: { path: '$.gate', fields: ['ready', 'streak', 'waitSeconds', 'memory'] },
+  verifyBeforeSwitch: { path: '$.verify', fields: ['done', 'rounds', 'outcome'] },
+  awaitApproval: { path: '$.results.approval', fields: [] },
+  cutover: { path: '$.results.cutover', fields: ['writeGapMs'] },
+  verify: { path: '$.results.verify', fields: ['outcome'] },
+  cleanup: { path: '$.results.cleanup', fields: [] },
+  rollback: { path: '$.results.rollback', fields: ['action'] },
+  recordFailure: { path: '$.failure', fields: ['action'] },
+};
+
+/** A task's output with every field its ResultSelector reads (null where the task had nothing to say). */
+export function completeOutput<T extends { summary: string }>(task: TaskName, output: T): T {
+  const out: Record<string, unknown> = { ...output };
+  for (const f of TASK_RESULTS[task].fields) if (out[f] === undefined) out[f] = null;
+  return out as T;
+}
+
+/** How long a task may run: a Lambda at most its 15 minutes; the worker's long tasks a day or two. */
+export const TASK_TIMEOUT_SECONDS: Record<TaskName, number> = {
+  assess: 900,
+  // An RDS instance takes 10-40 minutes to become available.
+  provisionTarget: 2 * 3600,
+  prepareSchema: 6 * 3600,
+  bulkLoad: 3 * 24 * 3600,
+  copyShare: 3 * 24 * 3600,
+  readCopyPlan: 900,
+  startReplication: 900,
+  checkLag: 900,
+  verifyBeforeSwitch: 24 * 3600,
+  // A person decides: a week, then the execution stops (resumable) and replication goes on.
+  awaitApproval: 7 * 24 * 3600,
+  cutover: 900,
+  verify: 24 * 3600,
+  cleanup: 900,
+  rollback: 900,
+  recordFailure: 900,
+};
+
+/** The worker sends a heartbeat at least this often; a worker that died is noticed after this. */
+export const WORKER_HEARTBEAT_SECONDS = 300;
+
+/** Errors of the Lambda and ECS services themselves, retried with backoff. Tasks are idempotent (each checks its own marker). */
+const LAMBDA_TRANSIENT = [
+  'Lambda.ServiceException',
+  'Lambda.AWSLambdaException',
+  'Lambda.SdkClientException',
+  'Lambda.TooManyRequestsException',
+];
+const ECS_TRANSIENT = ['ECS.AmazonECSException', 'ECS.ServerException', 'ECS.ThrottlingException'];
+
+function retry(errors: string[]) {
+  return [{ ErrorEquals: errors, IntervalSeconds: 2, MaxAttempts: 5, BackoffRate: 2, JitterStrategy: 'FULL' }];
+}
+
+/**
+ * The Catch list of a task: errors the failure policy never rolls back in its phase go to "Record
+ * failure" (a resumable stop); everything else to `onError` ("Roll back", which applies the policy
+ * again with the stored state). The failure handlers themselves are not given one here.
+ */
+export function catchFor(task: TaskName, onError: string): object[] {
+  const resumable = resumableErrors(TASK_PHASE[task]);
+  const all = { ErrorEquals: ['States.ALL'], ResultPath: '$.error', Next: onError };
+  if (onError === RECORD_FAILURE || resumable.length === 0) return [all];
+  return [{ ErrorEquals: resumable, ResultPath: '$.error', Next: RECORD_FAILURE }, all];
+}
+
+function selector(task: TaskName, from: string) {
+  const out: Record<string, string> = { 'summary.$': `${from}.summary` };
+  for (const f of TASK_RESULTS[task].fields) out[`${f}.$`] = `${from}.${f}`;
+  return out;
+}
+
+export interface TaskStateOptions {
+  next?: string;
+  end?: boolean;
+  /** Where failures go (see catchFor); none for the failure handlers' own Catch, given by the caller. */
+  onError?: string;
+  catch?: object[];
+}
+
+function flow(task: TaskName, o: TaskStateOptions) {
+  const catches = o.catch ?? (o.onError ? catchFor(task, o.onError) : []);
+  return {
+    ...(o.end ? { End: true } : { Next: o.next }),
+    ...(catches.length ? { Catch: catches } : {}),
+  };
+}
+
+/** A Lambda task: `lambda:invoke` (callback steps `.waitForTaskToken`, passing the task token). */
+export function lambdaTaskState(task: TaskName, o: TaskStateOptions): object {
+  const spec = WORKFLOW_TASKS[task];
+  if (spec.runtime !== 'lambda') throw new Error(`${task} runs on the worker`);
+  const callback = 'callback' in spec && spec.callback;
+  const payload: Record<string, string> = { 'migrationId.$': '$.migrationId', task };
+  for (const [k, path] of Object.entries(TASK_INPUTS[task] ?? {})) payload[`${k}.$`] = path;
+  if (callback) payload['taskToken.$'] = '$$.Task.Token';
+  return {
+    Type: 'Task',
+    Comment: `${spec.state} (Lambda)`,
+    Resource: callback ? 'arn:aws:states:::lambda:invoke.waitForTaskToken' : 'arn:aws:states:::lambda:invoke',
+    Parameters: { FunctionName: substitution(functionArnKey(task)), Payload: payload },
+    TimeoutSeconds: TASK_TIMEOUT_SECONDS[task],
+    // A plain invocation's result is the Lambda response, the task's output in its Payload; a callback's is what SendTaskSuccess sent.
+    ResultSelector: selector(task, callback ? '$' : '$.Payload'),
+    ResultPath: TASK_RESULTS[task].path,
+    Retry: retry(LAMBDA_TRANSIENT),
+    ...flow(task, o),
+  };
+}
+
+/** A placeholder the stack's `definitionSubstitutions` fills (`${Key}`). */
+export function substitution(key: string): string {
+  return `\${${key}}`;
+}
+
+/** Environment variable names the worker reads its task from (`taskInputFromEnvironment` parses them). */
+export const WORKER_ENV = {
+  task: 'PGFERRY_TASK',
+  migrationId: 'PGFERRY_MIGRATION_ID',
+  taskToken: 'PGFERRY_TASK_TOKEN',
+  /** A task input besides the id, as JSON: `PGFERRY_INPUT_<KEY>` (e.g. PGFERRY_INPUT_VERIFY). */
+  inputPrefix: 'PGFERRY_INPUT_',
+} as const;
+
+/**
+ * A worker task: ECS RunTask on Fargate, `.waitForTaskToken`; the container's environment carries the
+ * task's name, the migration id and the token (never a credential: the worker reads those from the store).
+ * The subnet and security-group lists are substituted as one comma-separated string and split by the
+ * intrinsic, so the definition stays valid JSON before substitution.
+ */
+export function workerTaskState(task: TaskName, o: TaskStateOptions): object {
+  const spec = WORKFLOW_TASKS[task];
+  if (spec.runtime !== 'worker') throw new Error(`${task} runs on Lambda`);
+  const environment: object[] = [
+    { Name: WORKER_ENV.task, Value: task },
+    { Name: WORKER_ENV.migrationId, 'Value.$': '$.migrationId' },
+    { Name: WORKER_ENV.taskToken, 'Value.$': '$$.Task.Token' },
+  ];
+  for (const [k, path] of Object.entries(TASK_INPUTS[task] ?? {}))
+    environment.push({
+      Name: `${WORKER_ENV.inputPrefix}${k.toUpperCase()}`,
+      'Value.$': `States.JsonToString(${path})`,
+    });
+  return {
+    Type: 'Task',
+    Comment: `${spec.state} (Fargate worker)`,
+    Resource: 'arn:aws:states:::ecs:runTask.waitForTaskToken',
+    Parameters: {
+      LaunchType: 'FARGATE',
+      Cluster: substitution('WorkerClusterArn'),
+      TaskDefinition: substitution('WorkerTaskDefinitionArn'),
+      NetworkConfiguration: {
+        AwsvpcConfiguration: {
+          'Subnets.$': `States.StringSplit('${substitution('WorkerSubnets')}', ',')`,
+          'SecurityGroups.$': `States.StringSplit('${substitution('WorkerSecurityGroups')}', ',')`,
+          AssignPublicIp: 'DISABLED',
+        },
+      },
+      Overrides: { ContainerOverrides: [{ Name: substitution('WorkerContainerName'), Environment: environment }] },
+    },
+    TimeoutSeconds: TASK_TIMEOUT_SECONDS[task],
+    HeartbeatSeconds: WORKER_HEARTBEAT_SECONDS,
+    ResultSelector: selector(task, '$'),
+    ResultPath: TASK_RESULTS[task].path,
+    Retry: retry(ECS_TRANSIENT),
+    ...flow(task, o),
+  };
+}
+
+/** The state for a task, Lambda or worker as the table says. */
+export function taskState(task: TaskName, o: TaskStateOptions): object {
+  return WORKFLOW_TASKS[task].runtime === 'lambda' ? lambdaTaskState(task, o) : workerTaskState(task, o);
+}
+
+/** A worker's task and input from its environment (what `workerTaskState` put there). */
+export function taskInputFromEnvironment(env: Record<string, string | undefined>): {
+  task: TaskName;
+  input: { migrationId: string; taskToken?: string; [key: string]: unknown };
+} {
+  const task = env[WORKER_ENV.task];
+  if (!task || !(task in WORKFLOW_TASKS))
+    throw new Error(`${WORKER_ENV.task} must name a workflow task (got ${JSON.stringify(task ?? null)})`);
+  const migrationId = env[WORKER_ENV.migrationId];
+  if (!migrationId) throw new Error(`${WORKER_ENV.migrationId} is not set`);
+  const input: { migrationId: string; taskToken?: string; [key: string]: unknown } = { migrationId };
+  if (env[WORKER_ENV.taskToken]) input.taskToken = env[WORKER_ENV.taskToken];
+  for (const k of Object.keys(TASK_INPUTS[task as TaskName] ?? {})) {
+    const raw = env[`${WORKER_ENV.inputPrefix}${k.toUpperCase()}`];
+    if (raw !== undefined) input[k] = JSON.parse(raw);
+  }
+  return { task: task as TaskName, input };
+}

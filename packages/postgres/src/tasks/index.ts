@@ -1,0 +1,482 @@
+/**
+ * The workflow's tasks: what every Lambda handler, the Fargate worker and the local runtime call, one
+ * state of the state machine per call. A task opens the migration's connections from the store's
+ * secrets (only the migration id travels in the execution), checks whether its phase is done already
+ * (a re-run converges), runs it with the usual bookkeeping, and returns a short summary with figures.
+ */
+import {
+  completeOutput,
+  type EventPublisher,
+  errorMessage,
+  type FailureFacts,
+  failureAction,
+  type GateState,
+  InvalidInputError,
+  type MigrationStore,
+  PgferryError,
+  PHASE_TITLES,
+  type Phase,
+  statusAfter,
+  type TaskCallbacks,
+  type TaskInput,
+  type TaskName,
+  type TaskOutput,
+  WORKFLOW_TASKS,
+} from '@pgferry/core';
+import { wasInterrupted } from '../critical';
+import { isConnectionLoss } from '../db';
+import { endOrphanSessions } from '../inspect';
+import { assertNoBlockers, assess } from '../phases/assess';
+import { bulkLoad } from '../phases/bulk-load';
+import {
+  type GateLoop,
+  gateStep,
+  newGateLoop,
+  stopValidation,
+  validateForeignKeys,
+  verifyBeforeSwitchRound,
+} from '../phases/catch-up';
+import { cleanup } from '../phases/cleanup';
+import type { FaultPoints, PhaseContext } from '../phases/context';
+import { copyShare, readCopyPlan } from '../phases/copy-share';
+import { cutover, undoInterruptedCutover } from '../phases/cutover';
+import { prepareSchema } from '../phases/prepare-schema';
+import { rollback } from '../phases/rollback';
+import { startReplication } from '../phases/start-replication';
+import { verify } from '../phases/verify';
+import {
+  openSession,
+  type PhaseListener,
+  phaseDone,
+  phaseEnded,
+  phaseStarted,
+  recordEvent,
+  runPhase,
+  type Session,
+} from './session';
+
+export * from './session';
+
+export interface TaskDeps {
+  store: MigrationStore;
+  log(message: string): void;
+  /** Phases starting and ending (the CLI prints them). */
+  phase?: PhaseListener['phase'];
+  progress?: PhaseListener['progress'];
+  events?: EventPublisher;
+  /**
+   * Completes the task token of a worker task (and sends its heartbeats while it runs). Without it the
+   * caller completes the token (the local runtime: the returned output is the state's result).
+   */
+  callbacks?: TaskCallbacks;
+  /** Tests only: see FaultPoints. */
+  faults?: FaultPoints;
+  /** Where schema dumps go. */
+  artifactDir?: string;
+  /**
+   * The session a task runs in. The local runtime keeps one open for a whole execution (the gate's
+   * foreign-key validation goes on between samples, and no sample pays for new connections); by
+   * default each task opens its own and closes it.
+   */
+  session?(migrationId: string): Promise<Session>;
+  /** The error that a failure task handles, as thrown (the local runtime has it; in AWS only Error/Cause travel). */
+  thrown?(error: { Error: string; Cause: string }): unknown;
+  /** "Provision target": the RDS provisioner (packages/aws) stores the token and completes it on an RDS event. */
+  provisionTarget?(input: TaskInput): Promise<TaskOutput>;
+}
+
+/** How often a worker task tells Step Functions it is alive (HeartbeatSeconds is 300 in the definition). */
+export const HEARTBEAT_MS = 60_000;
+
+/**
+ * Run one task of the workflow for `input.migrationId`. Throws the task's typed error (its `name` is
+ * what the state machine's Retry and Catch match). A worker task given `deps.callbacks` and a token
+ * also completes the token (success with the output, failure with the error's name and message).
+ */
+export async function runWorkflowTask(task: TaskName, input: TaskInput, deps: TaskDeps): Promise<TaskOutput> {
+  if (!(task in WORKFLOW_TASKS))
+    throw new InvalidInputError(`unknown workflow task "${String(task)}"`, { field: 'task' });
+  if (typeof input?.migrationId !== 'string' || !input.migrationId)
+    throw new InvalidInputError('the task input has no migrationId', { field: 'migrationId' });
+  const token = WORKFLOW_TASKS[task].runtime === 'worker' && deps.callbacks ? input.taskToken : undefined;
+  const heartbeat = token
+    ? setInterval(() => void deps.callbacks?.heartbeat(token).catch(() => {}), HEARTBEAT_MS)
+    : undefined;
+  try {
+    const output = completeOutput(task, await TASKS[task](input, deps));
+    if (token) await deps.callbacks?.succeed(token, output);
+    return output;
+  } catch (err) {
+    if (token)
+      await deps.callbacks
+        ?.fail(token, err instanceof Error ? err.name : 'Error', errorMessage(err))
+        .catch(() => false);
+    throw err;
+  } finally {
+    if (heartbeat) clearInterval(heartbeat);
+  }
+}
+
+type Task = (input: TaskInput, deps: TaskDeps) => Promise<TaskOutput>;
+
+/** Run `fn` in the migration's session (the runtime's, or one of its own). */
+async function inSession<T>(input: TaskInput, deps: TaskDeps, fn: (ctx: PhaseContext) => Promise<T>): Promise<T> {
+  if (deps.session) return fn((await deps.session(input.migrationId)).ctx);
+  const session = await openSession(deps.store, input.migrationId, {
+    listener: listener(deps),
+    artifactDir: deps.artifactDir,
+    faults: deps.faults,
+  });
+  try {
+    return await fn(session.ctx);
+  } finally {
+    await session.close();
+  }
+}
+
+function listener(deps: TaskDeps): PhaseListener {
+  return { log: deps.log, phase: deps.phase, progress: deps.progress };
+}
+
+/** A phase task: skipped when its done-check says so, else run with its bookkeeping. */
+function phaseTask(
+  phase: Phase,
+  fn: (ctx: PhaseContext) => Promise<string>,
+  extra?: (ctx: PhaseContext) => object,
+): Task {
+  return (input, deps) =>
+    inSession(input, deps, async (ctx) => {
+      if (phaseDone(ctx.state, phase)) {
+        deps.phase?.(phase, 'skip', 'already done');
+        return { summary: `already done: ${ctx.state.phases[phase]?.summary ?? ''}`, skipped: true, ...extra?.(ctx) };
+      }
+      const summary = await runPhase(ctx, phase, fn, listener(deps));
+      return { summary, ...extra?.(ctx) };
+    });
+}
+
+export async function assessPhase(ctx: PhaseContext): Promise<string> {
+  const report = await assess(ctx.source, ctx.target, {
+    migrationId: ctx.config.id,
+    preparedOrphanMs: ctx.config.preparedOrphanMs,
+  });
+  assertNoBlockers(report, ctx.config.id);
+  const warnings = report.findings.filter((f) => f.level === 'warning');
+  if (warnings.length) {
+    for (const w of warnings) ctx.log(`warning: ${w.message}`);
+    await ctx.update((s) => {
+      s.warnings = [...(s.warnings ?? []), ...warnings.map((w) => w.message)];
+    });
+  }
+  await ctx.update((s) => {
+    s.sourceVersion = report.source.version;
+    s.targetVersion = report.target?.version;
+  });
+  return `PostgreSQL ${report.source.version} → ${report.target?.version ?? '?'}; ${report.source.tables.length} tables, ${(report.source.sizeBytes / 1024 / 1024).toFixed(1)} MiB; ${warnings.length} warning(s), no blockers`;
+}
+
+/**
+ * Where a stored migration stands when an execution starts: `cutover` when the switch began and must
+ * be finished (never gone back from), `verify` once the switch is done, `start` otherwise.
+ */
+function resumeAt(ctx: PhaseContext): 'start' | 'cutover' | 'verify' {
+  const c = ctx.state.cutover;
+  if (c?.switchStartedAt && !c.switchAt) return 'cutover';
+  if (c?.switchAt) return phaseDone(ctx.state, 'cutover') ? 'verify' : 'cutover';
+  return 'start';
+}
+
+/**
+ * "Assess source": on a new migration, the assessment. On a stored one (a later execution: resume,
+ * cutover), what makes it safe to go on first: sessions a dead process left are ended, and a cutover
+ * killed inside its write gap is undone (the source is never left frozen).
+ */
+const assessTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    for (const db of [ctx.source, ctx.target]) {
+      const n = await endOrphanSessions(db, ctx.config.id);
+      if (n) deps.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
+    }
+    await ctx.update((s) => {
+      s.status = s.status === 'cut-over' ? 'cut-over' : 'running';
+      s.failure = undefined;
+    });
+    const undone = await undoInterruptedCutover(ctx);
+    if (phaseDone(ctx.state, 'assess')) {
+      deps.phase?.('assess', 'skip', 'already done');
+      return {
+        summary: `already done${undone ? '; an interrupted cutover was undone' : ''}`,
+        skipped: true,
+        resumeAt: resumeAt(ctx),
+      };
+    }
+    const summary = await runPhase(ctx, 'assess', assessPhase, listener(deps));
+    return { summary, resumeAt: resumeAt(ctx) };
+  });
+
+/** What the gate's memory keeps between samples in the execution state: enough, and small. */
+const GATE_POINTS_KEPT = 64;
+
+function gateState(loop: GateLoop, ready: boolean, waitMs: number, lagSamples: number): GateState {
+  const m = loop.memory;
+  return {
+    ready,
+    streak: loop.streak,
+    // Step Functions waits whole seconds; a 100 ms idle interval rounds to 1 s there.
+    waitSeconds: ready ? 0 : Math.max(1, Math.ceil(waitMs / 1000)),
+    memory: {
+      ...loop,
+      // The interval the gate itself asks for (ms); a runtime that can wait less than a second uses it.
+      nextWaitMs: ready ? 0 : waitMs,
+      memory: {
+        ...m,
+        points: m.points?.slice(-GATE_POINTS_KEPT),
+        figures: m.figures?.slice(-(lagSamples + 1)),
+      },
+    },
+  };
+}
+
+/**
+ * "Check lag": ONE gate sample. The streak and what the gate compares across samples come in
+ * `input.gate` and go back out in the result; the first sample of a catch-up starts its bookkeeping,
+ * the one that opens the gate ends it.
+ */
+const checkLagTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    const given = (input.gate as GateState | undefined)?.memory as GateLoop | undefined;
+    const verify = input.verify as { done?: boolean } | undefined;
+    const loop = given ?? newGateLoop();
+    // Before the verify that precedes a cutover, foreign keys still being validated do not hold the gate.
+    const validation = verify?.done === false ? 'background' : 'wait';
+    if (!given) await phaseStarted(ctx, 'catch-up', listener(deps));
+    const v = validateForeignKeys(ctx);
+    // Without a session kept between samples a validation cannot go on in the background: it runs here.
+    if (!deps.session && v.pending.length && validation === 'wait') await v.done;
+    try {
+      const step = await gateStep(ctx, loop, { validation });
+      if (step.ready) await phaseEnded(ctx, 'catch-up', step.summary, listener(deps));
+      return { summary: step.summary, ...gateState(loop, step.ready, step.waitMs, ctx.config.lagSamples) };
+    } catch (err) {
+      await stopValidation(ctx);
+      throw err;
+    }
+  });
+
+/**
+ * "Verify before cutover": every table compared while replication runs (once per migration, until it
+ * passes). A difference stops here (VerificationFailedError), nothing frozen; tables the replica did
+ * not reach in time are tried again after catching up, up to VERIFY_BEFORE_SWITCH_ROUNDS rounds.
+ */
+const verifyBeforeSwitchTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    const rounds = Number((input.verify as { rounds?: number } | undefined)?.rounds ?? 0);
+    if (ctx.state.verifyBeforeSwitch?.outcome === 'ok')
+      return { summary: 'verified before the switch already', done: true, rounds, outcome: 'ok' };
+    const r = await verifyBeforeSwitchRound(ctx, rounds + 1);
+    return { summary: r.said, done: r.done, rounds: r.interrupted ? rounds : rounds + 1, outcome: r.outcome ?? null };
+  });
+
+/**
+ * "Await cutover approval": the migration waits, caught up and replicating; the token is kept in the
+ * store for whoever approves (Slack, `pgferry cutover`), who completes it.
+ */
+const awaitApprovalTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    if (input.taskToken) await deps.store.putTaskToken?.(input.migrationId, 'awaitApproval', input.taskToken);
+    await ctx.update((s) => {
+      s.status = 'awaiting-cutover';
+    });
+    await recordEvent(ctx, 'caught up; waiting for the cutover to be approved');
+    return { summary: 'caught up and replicating; waiting for approval' };
+  });
+
+/** "Cut over": the write gap, whole, inside this one call; then the migration is cut over. */
+const cutoverTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    if (phaseDone(ctx.state, 'cutover') && ctx.state.cutover?.switchAt) {
+      deps.phase?.('cutover', 'skip', 'already done');
+      return {
+        summary: `already done: ${ctx.state.phases.cutover?.summary ?? ''}`,
+        writeGapMs: ctx.state.cutover.writeGapMs,
+      };
+    }
+    await ctx.update((s) => {
+      s.status = 'running';
+    });
+    const summary = await runPhase(ctx, 'cutover', cutover, listener(deps));
+    await ctx.update((s) => {
+      s.status = 'cut-over';
+    });
+    await deps.events
+      ?.publish([
+        {
+          type: 'Cutover Completed',
+          detail: { migrationId: ctx.config.id, writeGapMs: ctx.state.cutover?.writeGapMs ?? null },
+        },
+      ])
+      .catch((err) => deps.log(`warning: the Cutover Completed event was not published: ${errorMessage(err)}`));
+    return { summary, writeGapMs: ctx.state.cutover?.writeGapMs ?? null };
+  });
+
+const verifyTask = phaseTask('verify', verify, (ctx) => ({ outcome: ctx.state.verify?.outcome ?? null }));
+
+/** "Clean up": every pgferry object on both sides, the dumps, and the passwords once nothing is left. */
+const cleanupTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    const { rmSync } = await import('node:fs');
+    const summary = await runPhase(ctx, 'cleanup', cleanup, listener(deps));
+    rmSync(ctx.artifactDir, { recursive: true, force: true });
+    await ctx.update((s) => {
+      s.status = 'cleaned-up';
+    });
+    if (!ctx.state.leftovers?.length) await deps.store.removeSecrets?.(input.migrationId);
+    return { summary };
+  });
+
+interface CaughtError {
+  Error: string;
+  Cause: string;
+}
+
+/** The message of a caught error: Lambda's Cause is its JSON error object, a local one the message. */
+function causeMessage(e: CaughtError): string {
+  try {
+    const parsed = JSON.parse(e.Cause) as { errorMessage?: unknown };
+    if (typeof parsed?.errorMessage === 'string') return parsed.errorMessage;
+  } catch {
+    // not JSON: the message itself
+  }
+  return e.Cause;
+}
+
+/**
+ * The failure → undo policy applied with what the stored state says (failureAction, in core), then
+ * done: record a resumable stop, keep the cut-over, or (only when `mayRollBack`) roll back.
+ */
+async function handleFailure(ctx: PhaseContext, error: CaughtError, deps: TaskDeps, mayRollBack: boolean) {
+  const thrown = deps.thrown?.(error);
+  const phase = ctx.state.phase;
+  const facts: FailureFacts = {
+    switchStarted: !!ctx.state.cutover?.switchStartedAt,
+    switched: !!ctx.state.cutover?.switchAt,
+    cutoverRecorded: !!ctx.state.cutover,
+    connectionLoss: thrown !== undefined && isConnectionLoss(thrown),
+    interrupted: wasInterrupted(),
+  };
+  const action = failureAction(error.Error, phase, facts);
+  const failure = {
+    name: error.Error,
+    message: causeMessage(error),
+    phase,
+    hint: thrown instanceof PgferryError ? thrown.hint : undefined,
+  };
+  const now = () => new Date().toISOString();
+  if (action === 'ignore') return { action, summary: `not recorded: ${failure.name} (${failure.message})` };
+  if (action === 'roll-back' && !mayRollBack) return { action, summary: 'the failure calls for a rollback' };
+  if (action === 'stop' || action === 'keep-cut-over') {
+    const message =
+      facts.switchStarted && !facts.switched
+        ? `stopped while switching: ${failure.message}`
+        : `stopped in ${PHASE_TITLES[phase]}${error.Error === 'UndoFailedError' ? ', undo failed' : ''}: ${failure.message}`;
+    await ctx
+      .update((s) => {
+        s.status = statusAfter(action) ?? s.status;
+        s.failure = failure;
+        s.events = [...s.events, { at: now(), message }];
+      })
+      .catch(() => {});
+    return { action, summary: message };
+  }
+  let undone = '';
+  let rollbackFailed = false;
+  if (action === 'roll-back') {
+    try {
+      deps.log(`rolling back after the failure in ${PHASE_TITLES[phase]}`);
+      undone = await rollback(ctx);
+    } catch (rollbackErr) {
+      rollbackFailed = true;
+      undone = `ROLLBACK FAILED: ${errorMessage(rollbackErr)}; run \`pgferry rollback --id ${ctx.config.id}\``;
+    }
+  }
+  const message = `failed in ${PHASE_TITLES[phase]}: ${failure.message}${undone ? ` (${undone})` : ''}`;
+  await ctx
+    .update((s) => {
+      s.status = statusAfter(action, rollbackFailed) ?? s.status;
+      s.failedAt = now();
+      s.failure = failure;
+      s.events = [...s.events, { at: s.failedAt, message }];
+    })
+    .catch(() => {});
+  if (undone) deps.log(undone);
+  await deps.events
+    ?.publish([{ type: 'Migration Failed', detail: { migrationId: ctx.config.id, error: failure.name, phase } }])
+    .catch((err) => deps.log(`warning: the Migration Failed event was not published: ${errorMessage(err)}`));
+  return { action, summary: message };
+}
+
+/** "Roll back": on request (no error), the rollback; after a failure, what the failure policy says. */
+const rollbackTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    const error = input.error as CaughtError | null | undefined;
+    if (error) return handleFailure(ctx, error, deps, true);
+    for (const db of [ctx.source, ctx.target]) {
+      const n = await endOrphanSessions(db, ctx.config.id);
+      if (n) deps.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
+    }
+    const summary = await runPhase(ctx, 'rollback', rollback, listener(deps));
+    await ctx.update((s) => {
+      s.status = 'rolled-back';
+    });
+    return { summary, action: 'roll-back' };
+  });
+
+/** "Record failure": a resumable stop (or the kept cut-over) recorded; a rollback, if the stored state calls for one, is left to "Roll back". */
+const recordFailureTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    const error = input.error as CaughtError | null | undefined;
+    if (!error) throw new InvalidInputError('"Record failure" needs the caught error', { field: 'error' });
+    return handleFailure(ctx, error, deps, false);
+  });
+
+const provisionTargetTask: Task = async (input, deps) => {
+  if (!deps.provisionTarget)
+    throw new PgferryError('no target provisioner is configured here', {
+      migrationId: input.migrationId,
+      hint: 'start the migration with provisionTarget false and a --target, or run it where the RDS provisioner is wired in',
+    });
+  return deps.provisionTarget(input);
+};
+
+/** One share of a scaled-out load, inside the coordinator's exported snapshot. */
+const copyShareTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    const r = await copyShare(ctx, { loadId: String(input.loadId ?? ''), share: Number(input.share ?? 0) });
+    return { summary: r.summary, share: r.share, rows: r.rows, bytes: r.bytes };
+  });
+
+/** The state machine's poll for the coordinator's plan: from the store alone, no server. */
+const readCopyPlanTask: Task = async (input, deps) => ({
+  ...(await readCopyPlan(deps.store, { migrationId: input.migrationId, loadId: String(input.loadId ?? '') })),
+});
+
+const TASKS: Record<TaskName, Task> = {
+  assess: assessTask,
+  provisionTarget: provisionTargetTask,
+  prepareSchema: phaseTask('prepare-schema', prepareSchema),
+  bulkLoad: phaseTask('bulk-load', bulkLoad, (ctx) => ({
+    rows: ctx.state.rowsCopied ?? null,
+    bytes: ctx.state.bytesCopied ?? null,
+  })),
+  copyShare: copyShareTask,
+  readCopyPlan: readCopyPlanTask,
+  startReplication: phaseTask('start-replication', startReplication),
+  checkLag: checkLagTask,
+  verifyBeforeSwitch: verifyBeforeSwitchTask,
+  awaitApproval: awaitApprovalTask,
+  cutover: cutoverTask,
+  verify: verifyTask,
+  cleanup: cleanupTask,
+  rollback: rollbackTask,
+  recordFailure: recordFailureTask,
+};

@@ -1,0 +1,124 @@
+/**
+ * What every workflow task does around its phase: open the migration's connections from the store's
+ * secrets, and record each phase's start, end and summary in the state (the bookkeeping `status`,
+ * `resume` and the done-checks read).
+ */
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  type MigrationConfig,
+  type MigrationState,
+  type MigrationStore,
+  objectNames,
+  PHASE_TITLES,
+  type Phase,
+} from '@pgferry/core';
+import { connect, type Db } from '../db';
+import type { FaultPoints, PhaseContext, Progress } from '../phases/context';
+
+/** Who hears about phases as they start and end (the CLI's output). */
+export interface PhaseListener {
+  log(message: string): void;
+  phase?(phase: Phase, event: 'start' | 'end' | 'skip', summary?: string): void;
+  progress?(p: Progress): void;
+}
+
+export interface Session {
+  ctx: PhaseContext;
+  close(): Promise<void>;
+}
+
+export interface SessionOptions {
+  listener: PhaseListener;
+  /** Where schema dumps go unless the config names a directory (default: under the system's temp directory). */
+  artifactDir?: string;
+  faults?: FaultPoints;
+}
+
+/** Open connections and a phase context for a stored migration; credentials come from the store's secrets only. */
+export async function openSession(store: MigrationStore, id: string, options: SessionOptions): Promise<Session> {
+  let state = await store.get(id);
+  const secrets = await store.secrets(id);
+  const config: MigrationConfig = { ...state.config, ...secrets };
+  const app = objectNames(id).applicationName;
+  let source: Db | undefined;
+  let target: Db | undefined;
+  try {
+    source = await connect(config.sourceUrl, { side: 'source', applicationName: app, max: Math.max(4, config.jobs) });
+    target = await connect(config.targetUrl, { side: 'target', applicationName: app, max: Math.max(4, config.jobs) });
+  } catch (err) {
+    await source?.end();
+    throw err;
+  }
+  const ctx: PhaseContext = {
+    config,
+    source,
+    target,
+    get state() {
+      return state;
+    },
+    async update(change) {
+      // Re-read, apply, write with the version read: concurrent writers get a StateConflictError.
+      const fresh = await store.get(id);
+      change(fresh);
+      state = await store.put(fresh);
+    },
+    log: (m) => options.listener.log(m),
+    progress: options.listener.progress,
+    artifactDir: config.artifactDir ?? options.artifactDir ?? join(tmpdir(), 'pgferry', 'artifacts', id),
+    faults: options.faults,
+  };
+  return {
+    ctx,
+    close: async () => {
+      await Promise.allSettled([source.end(), target.end()]);
+    },
+  };
+}
+
+/** Append to the migration's event history (bounded). */
+export async function recordEvent(ctx: PhaseContext, message: string) {
+  await ctx.update((s) => {
+    s.events = [...s.events.slice(-199), { at: new Date().toISOString(), message }];
+  });
+}
+
+export async function phaseStarted(ctx: PhaseContext, phase: Phase, listener: PhaseListener) {
+  listener.phase?.(phase, 'start');
+  await ctx.update((s) => {
+    s.phase = phase;
+    const p = s.phases[phase] ?? {};
+    s.phases[phase] = {
+      ...p,
+      startedAt: new Date().toISOString(),
+      endedAt: undefined,
+      attempts: (p.attempts ?? 0) + 1,
+    };
+  });
+}
+
+export async function phaseEnded(ctx: PhaseContext, phase: Phase, summary: string, listener: PhaseListener) {
+  await ctx.update((s) => {
+    s.phases[phase] = { ...s.phases[phase], endedAt: new Date().toISOString(), summary };
+  });
+  await recordEvent(ctx, `${PHASE_TITLES[phase]}: ${summary}`);
+  listener.phase?.(phase, 'end', summary);
+}
+
+/** Run one phase with start/end bookkeeping. */
+export async function runPhase(
+  ctx: PhaseContext,
+  phase: Phase,
+  fn: (ctx: PhaseContext) => Promise<string>,
+  listener: PhaseListener,
+): Promise<string> {
+  await phaseStarted(ctx, phase, listener);
+  const summary = await fn(ctx);
+  await phaseEnded(ctx, phase, summary, listener);
+  return summary;
+}
+
+/** A phase's done-check: it ended (and was not started again since). */
+export function phaseDone(state: MigrationState, phase: Phase): boolean {
+  return !!state.phases[phase]?.endedAt;
+}

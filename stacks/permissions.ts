@@ -1,0 +1,95 @@
+import { MIGRATION_TAG } from '@pgferry/aws';
+import { METRIC_NAMESPACE } from '@pgferry/core';
+import { Stack } from 'aws-cdk-lib';
+import { type IGrantable, PolicyStatement } from 'aws-cdk-lib/aws-iam';
+import type { Construct } from 'constructs';
+import { RDS_INSTANCE_PREFIX } from './events';
+
+/**
+ * Policy statements written out action by action: no `*` action on a data service, and every resource
+ * named (a table, a bucket's objects, a state machine, a name prefix), never `*` alone.
+ */
+export function statements(scope: Construct) {
+  const stack = Stack.of(scope);
+  const arn = (service: string, resource: string) =>
+    `arn:${stack.partition}:${service}:${stack.region}:${stack.account}:${resource}`;
+  return {
+    /** Connection credentials, by ARN at run time: the operator's secrets under the prefix, and the master password RDS manages for a target pgferry created. */
+    readSecrets: (prefix: string) => [
+      new PolicyStatement({
+        actions: ['secretsmanager:GetSecretValue', 'secretsmanager:DescribeSecret'],
+        resources: [arn('secretsmanager', `secret:${prefix}*`)],
+      }),
+      new PolicyStatement({
+        actions: ['secretsmanager:GetSecretValue', 'secretsmanager:DescribeSecret'],
+        resources: [arn('secretsmanager', 'secret:rds!db-*')],
+        conditions: {
+          StringLike: {
+            'secretsmanager:ResourceTag/aws:rds:primaryDBInstanceArn': arn('rds', `db:${RDS_INSTANCE_PREFIX}*`),
+          },
+        },
+      }),
+    ],
+    /** Only the tasks that complete a step's token (the worker, the event handlers, a target already available). */
+    completeTaskTokens: (stateMachineArn: string) =>
+      new PolicyStatement({
+        actions: ['states:SendTaskSuccess', 'states:SendTaskFailure', 'states:SendTaskHeartbeat'],
+        resources: [stateMachineArn],
+      }),
+    /** The artifacts bucket's objects (dumps, large per-migration records), read and written, never the bucket's settings. */
+    artifacts: (bucketArn: string) => [
+      new PolicyStatement({
+        actions: [
+          's3:GetObject',
+          's3:PutObject',
+          's3:DeleteObject',
+          's3:AbortMultipartUpload',
+          's3:ListMultipartUploadParts',
+        ],
+        resources: [`${bucketArn}/*`],
+      }),
+      new PolicyStatement({ actions: ['s3:ListBucket'], resources: [bucketArn] }),
+    ],
+    /** PutMetricData has no resource type; the namespace condition keeps it to pgferry's metrics. */
+    publishMetrics: () =>
+      new PolicyStatement({
+        actions: ['cloudwatch:PutMetricData'],
+        resources: ['*'],
+        conditions: { StringEquals: { 'cloudwatch:namespace': METRIC_NAMESPACE } },
+      }),
+    /**
+     * The target pgferry creates: a parameter group named pgferry-<id> with logical replication on, and
+     * an instance (named pgferry-<id> or as the plan says) that must carry the migration's tag.
+     */
+    provisionTarget: () => [
+      new PolicyStatement({
+        actions: ['rds:CreateDBParameterGroup', 'rds:ModifyDBParameterGroup', 'rds:DescribeDBParameters'],
+        resources: [arn('rds', `pg:${RDS_INSTANCE_PREFIX}*`)],
+      }),
+      new PolicyStatement({
+        actions: ['rds:CreateDBInstance', 'rds:AddTagsToResource'],
+        resources: [
+          arn('rds', 'db:*'),
+          arn('rds', `pg:${RDS_INSTANCE_PREFIX}*`),
+          arn('rds', 'subgrp:*'),
+          arn('rds', 'og:*'),
+        ],
+        conditions: { Null: { [`aws:RequestTag/${MIGRATION_TAG}`]: 'false' } },
+      }),
+      // ManageMasterUserPassword: RDS creates the master secret with the caller's permissions.
+      new PolicyStatement({
+        actions: ['secretsmanager:CreateSecret', 'secretsmanager:TagResource'],
+        resources: [arn('secretsmanager', 'secret:rds!*')],
+      }),
+    ],
+    /** A DMS task's status now (the event only says that it changed); a list call filtered by the task's ARN. */
+    describeDmsTasks: () => new PolicyStatement({ actions: ['dms:DescribeReplicationTasks'], resources: ['*'] }),
+    /** An instance's status and tags: to adopt one the plan names, and to check an event against the instance now. */
+    describeInstances: () =>
+      new PolicyStatement({ actions: ['rds:DescribeDBInstances'], resources: [arn('rds', 'db:*')] }),
+  };
+}
+
+export function attach(grantee: IGrantable, ...list: (PolicyStatement | PolicyStatement[])[]) {
+  for (const statement of list.flat()) grantee.grantPrincipal.addToPrincipalPolicy(statement);
+}

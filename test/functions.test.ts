@@ -1,0 +1,340 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { CloudWatchClient, PutMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import {
+  DatabaseMigrationServiceClient,
+  DescribeReplicationTasksCommand,
+} from '@aws-sdk/client-database-migration-service';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
+import { RDSClient } from '@aws-sdk/client-rds';
+import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { SendTaskFailureCommand, SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
+import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
+import { SfnTaskCallbacks } from '@pgferry/aws';
+import {
+  type DeploymentEnv,
+  deploymentEnv,
+  type MigrationState,
+  type TaskName,
+  WORKFLOW_TASKS,
+  workflowDefinition,
+} from '@pgferry/core';
+import { mockClient } from 'aws-sdk-client-mock';
+import { build } from 'esbuild';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createHandler as createDmsHandler } from '../functions/events/dms-task-state';
+import { createHandler as createDumpHandler } from '../functions/events/dump-created';
+import { type AwsClients, awsTaskDeps } from '../functions/lib/aws-deps';
+import { publishFigures, taskFigures } from '../functions/lib/metrics';
+import { createTaskHandler } from '../functions/lib/task-handler';
+import { LAMBDA_TASKS } from '../stacks/tasks';
+import { MemoryMigrationStore } from './harness/memory-store';
+
+const ENV: DeploymentEnv = {
+  tableName: 'test-pgferry-Migrations',
+  busName: 'test-pgferry-events',
+  bucketName: 'test-pgferry-artifacts',
+  stage: 'test',
+};
+
+const clients: AwsClients = {
+  dynamo: new DynamoDBClient({ region: 'eu-west-1' }),
+  sfn: new SFNClient({ region: 'eu-west-1' }),
+  events: new EventBridgeClient({ region: 'eu-west-1' }),
+  rds: new RDSClient({ region: 'eu-west-1' }),
+  secrets: new SecretsManagerClient({ region: 'eu-west-1' }),
+  cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }),
+};
+// The store sends through a document client made from `clients.dynamo`: mocked on its class.
+const dynamo = mockClient(DynamoDBDocumentClient);
+const cloudwatch = mockClient(clients.cloudwatch);
+const sfnMock = mockClient(clients.sfn);
+const mocks = [
+  dynamo,
+  cloudwatch,
+  sfnMock,
+  mockClient(clients.events),
+  mockClient(clients.rds),
+  mockClient(clients.secrets),
+];
+/** Every request any client sent, as `Command` names. */
+const sent = () => mocks.flatMap((m) => m.calls().map((c) => c.args[0].constructor.name));
+
+let logged: string[];
+const handlerFor = (task: TaskName) => createTaskHandler(task, () => awsTaskDeps(clients, ENV, (m) => logged.push(m)));
+const context = { awsRequestId: 'req-1', functionName: 'fn' } as never;
+
+/**
+ * The Payload the deployed definition sends a Lambda task state, its `.$` paths read from an
+ * execution's data (definition.ts builds them; the same text is deployed).
+ */
+function payloadFor(task: TaskName, data: Record<string, unknown>): Record<string, unknown> {
+  const states: Record<string, { Resource?: string; Parameters?: { Payload?: Record<string, string> } }> = {};
+  const collect = (node: unknown): void => {
+    if (!node || typeof node !== 'object') return;
+    const { States } = node as { States?: Record<string, unknown> };
+    if (States) Object.assign(states, States);
+    for (const value of Object.values(node)) collect(value);
+  };
+  collect(workflowDefinition());
+  const state = Object.values(states).find((s) => s.Parameters?.Payload?.task === task);
+  if (!state?.Parameters?.Payload) throw new Error(`no Lambda state sends task ${task}`);
+  const payload: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(state.Parameters.Payload)) {
+    if (!key.endsWith('.$')) payload[key] = value;
+    else if (value === '$$.Task.Token') payload[key.slice(0, -2)] = 'AQCEAAAAKgAAAAMAAAAAAAAAAe-token';
+    else payload[key.slice(0, -2)] = data[value.replace(/^\$\./, '').split('.')[0]!];
+  }
+  return payload;
+}
+
+beforeEach(() => {
+  for (const m of mocks) m.reset();
+  logged = [];
+});
+afterEach(() => {
+  for (const m of mocks) m.reset();
+});
+
+describe('task handlers', () => {
+  it('one handler file per Lambda task of the table, and no other', () => {
+    expect(readdirSync('functions/tasks').sort()).toEqual(LAMBDA_TASKS.map((t) => `${t}.ts`).sort());
+  });
+
+  it.each(LAMBDA_TASKS.filter((t) => t !== 'provisionTarget'))(
+    '%s: a migration the table does not hold fails with MigrationNotFoundError after one consistent read, nothing else sent',
+    async (task) => {
+      dynamo.on(GetCommand).resolves({});
+      const event = payloadFor(task, { migrationId: 'shop_1', target: {}, gate: {}, verify: {} });
+      expect(event).toMatchObject({ migrationId: 'shop_1', task });
+      if ('callback' in WORKFLOW_TASKS[task]) expect(event.taskToken).toBeDefined();
+      const error = await handlerFor(task)(event, context).catch((e: Error) => e);
+      expect(error).toBeInstanceOf(Error);
+      expect((error as Error).name).toBe('MigrationNotFoundError');
+      expect((error as Error).message).toContain('shop_1');
+      const gets = dynamo.commandCalls(GetCommand);
+      expect(gets.length).toBeGreaterThanOrEqual(1);
+      for (const call of gets)
+        expect(call.args[0].input).toEqual({
+          TableName: ENV.tableName,
+          Key: { pk: 'MIGRATION#shop_1', sk: 'STATE' },
+          ConsistentRead: true,
+        });
+      expect(new Set(sent())).toEqual(new Set(['GetCommand']));
+      expect(logged.join('\n')).toContain(`${task} of migration shop_1 failed`);
+    },
+  );
+
+  it('provisionTarget: a plan without a target is refused naming the field, before anything is created', async () => {
+    const event = payloadFor('provisionTarget', { migrationId: 'shop_1' });
+    expect(event.taskToken).toBeDefined();
+    const error = (await handlerFor('provisionTarget')(event, context).catch((e: Error) => e)) as Error & {
+      field?: string;
+    };
+    expect(error.name).toBe('InvalidInputError');
+    expect(error.field).toMatch(/^target/);
+    expect(
+      sent().filter((c) => !/^(GetItem|PutItem|UpdateItem|DeleteItem|TransactWriteItems)Command$/.test(c)),
+    ).toEqual([]);
+  });
+
+  it('refuses an event without a migration id, naming the field, and sends nothing', async () => {
+    const error = (await handlerFor('assess')({ task: 'assess' }, context).catch((e: Error) => e)) as Error & {
+      field?: string;
+    };
+    expect(error.name).toBe('InvalidInputError');
+    expect(error.field).toBe('migrationId');
+    expect(sent()).toEqual([]);
+  });
+
+  it('refuses an event meant for another task (a wrong substitution), and sends nothing', async () => {
+    const error = (await handlerFor('cutover')({ migrationId: 'shop_1', task: 'rollback' }, context).catch(
+      (e: Error) => e,
+    )) as Error & { field?: string };
+    expect(error.name).toBe('InvalidInputError');
+    expect(error.field).toBe('task');
+    expect(error.message).toContain('"cutover" function was sent the "rollback" task');
+    expect(sent()).toEqual([]);
+  });
+
+  it('names the deployment variables that are missing', () => {
+    expect(() => deploymentEnv({ PGFERRY_TABLE_NAME: 't' })).toThrow(
+      'PGFERRY_BUS_NAME, PGFERRY_BUCKET_NAME, PGFERRY_STAGE not set',
+    );
+  });
+});
+
+const fixture = (name: string) => JSON.parse(readFileSync(`test/fixtures/events/${name}.json`, 'utf8'));
+
+function eventDeps() {
+  const store = new MemoryMigrationStore();
+  const deps = { store, callbacks: new SfnTaskCallbacks(clients.sfn), log: (m: string) => logged.push(m), dms };
+  return { store, deps };
+}
+const dms = new DatabaseMigrationServiceClient({ region: 'eu-west-1' });
+const dmsMock = mockClient(dms);
+
+describe('event handlers', () => {
+  beforeEach(() => dmsMock.reset());
+
+  it('S3: a dump under dumps/ completes the waiting bulk load once; a duplicate completes nothing', async () => {
+    const { store, deps } = eventDeps();
+    await store.correlate('S3#dumps/shop_1/shop.dump', 'shop_1');
+    await store.putTaskToken('shop_1', 'bulkLoad', 'token-dump');
+    sfnMock.on(SendTaskSuccessCommand).resolves({});
+    const handler = createDumpHandler(() => deps);
+    const event = fixture('s3-dump-created');
+    expect(await handler(event, context)).toEqual({ action: 'succeeded', migrationId: 'shop_1', step: 'bulkLoad' });
+    expect(await handler(event, context)).toEqual({
+      action: 'ignored',
+      reason: 'no-waiting-step',
+      migrationId: 'shop_1',
+    });
+    const calls = sfnMock.commandCalls(SendTaskSuccessCommand);
+    expect(calls).toHaveLength(1);
+    expect(calls[0]!.args[0].input.taskToken).toBe('token-dump');
+    expect(JSON.parse(calls[0]!.args[0].input.output!)).toEqual({
+      summary: 'dump s3://test-pgferry-artifacts/dumps/shop_1/shop.dump written (734003200 bytes)',
+      bucket: 'test-pgferry-artifacts',
+      key: 'dumps/shop_1/shop.dump',
+      bytes: 734003200,
+    });
+  });
+
+  it('S3: a dump no migration waits for is ignored with a log line; an object outside dumps/ is refused', async () => {
+    const { deps } = eventDeps();
+    const handler = createDumpHandler(() => deps);
+    expect(await handler(fixture('s3-dump-created'), context)).toEqual({ action: 'ignored', reason: 'unknown' });
+    expect(logged.join('\n')).toContain('no migration waits for S3#dumps/shop_1/shop.dump');
+    const elsewhere = fixture('s3-dump-created');
+    elsewhere.detail.object.key = 'reports/x.json';
+    const error = (await handler(elsewhere, context).catch((e: Error) => e)) as Error & { field?: string };
+    expect(error.name).toBe('InvalidInputError');
+    expect(error.field).toBe('detail.object.key');
+    expect(sent()).toEqual([]);
+  });
+
+  it('DMS: the task status read now decides: failed fails the waiting step with the reason', async () => {
+    const { store, deps } = eventDeps();
+    const arn = 'arn:aws:dms:eu-west-1:123456789012:task:PGFERRYSHOP1FULLLOAD';
+    await store.correlate(`DMS#${arn}`, 'shop_1');
+    await store.putTaskToken('shop_1', 'bulkLoad', 'token-dms');
+    dmsMock.on(DescribeReplicationTasksCommand).resolves({
+      ReplicationTasks: [
+        {
+          ReplicationTaskIdentifier: 'pgferry-shop-1',
+          Status: 'failed',
+          LastFailureMessage: 'Last Error Table public.orders load failed',
+        },
+      ],
+    });
+    sfnMock.on(SendTaskFailureCommand).resolves({});
+    const outcome = await createDmsHandler(() => deps)(fixture('dms-task-state-change'), context);
+    expect(outcome).toEqual({ action: 'failed', migrationId: 'shop_1', step: 'bulkLoad' });
+    expect(dmsMock.commandCalls(DescribeReplicationTasksCommand).map((c) => c.args[0].input)).toEqual([
+      { Filters: [{ Name: 'replication-task-arn', Values: [arn] }], WithoutSettings: true },
+    ]);
+    expect(sfnMock.commandCalls(SendTaskFailureCommand).map((c) => c.args[0].input)).toEqual([
+      {
+        taskToken: 'token-dms',
+        error: 'DmsTaskFailedError',
+        cause: 'DMS task pgferry-shop-1 is failed: Last Error Table public.orders load failed',
+      },
+    ]);
+  });
+
+  it('DMS: a task still loading completes nothing', async () => {
+    const { deps } = eventDeps();
+    dmsMock.on(DescribeReplicationTasksCommand).resolves({
+      ReplicationTasks: [
+        {
+          ReplicationTaskIdentifier: 'pgferry-shop-1',
+          Status: 'running',
+          ReplicationTaskStats: { FullLoadProgressPercent: 40 },
+        },
+      ],
+    });
+    const outcome = await createDmsHandler(() => deps)(fixture('dms-task-state-change'), context);
+    expect(outcome).toEqual({ action: 'ignored', reason: 'not-finished', status: 'running' });
+    expect(sent()).toEqual([]);
+  });
+});
+
+describe('metrics', () => {
+  const state = {
+    lag: [
+      { at: '2026-12-06T10:00:00Z', bytes: 10, ms: 100, generatedBps: 1, appliedBps: 1 },
+      { at: '2026-12-06T10:00:05Z', bytes: 4096, ms: 1500, generatedBps: 1, appliedBps: 1 },
+    ],
+    walRetainedBytes: 123456,
+    cutover: { writeGapMs: 87 },
+  } as unknown as MigrationState;
+
+  it('publishes the last lag sample and the retained WAL after Check lag, the write gap after Cut over, nothing else', () => {
+    expect(taskFigures('checkLag', state)).toEqual({ lagBytes: 4096, lagSeconds: 1.5, walRetainedBytes: 123456 });
+    expect(taskFigures('cutover', state)).toEqual({ writeGapMs: 87 });
+    expect(taskFigures('assess', state)).toEqual({});
+  });
+
+  it('sends each figure per stage (what the alarms read) and per stage and migration', async () => {
+    cloudwatch.on(PutMetricDataCommand).resolves({});
+    const at = new Date('2026-12-06T10:00:05Z');
+    await publishFigures(clients.cloudwatch, 'test', 'shop_1', { walRetainedBytes: 123456 }, at);
+    expect(cloudwatch.commandCalls(PutMetricDataCommand).map((c) => c.args[0].input)).toEqual([
+      {
+        Namespace: 'pgferry',
+        MetricData: [
+          {
+            MetricName: 'WalRetainedBytes',
+            Dimensions: [{ Name: 'Stage', Value: 'test' }],
+            Value: 123456,
+            Unit: 'Bytes',
+            Timestamp: at,
+          },
+          {
+            MetricName: 'WalRetainedBytes',
+            Dimensions: [
+              { Name: 'Stage', Value: 'test' },
+              { Name: 'MigrationId', Value: 'shop_1' },
+            ],
+            Value: 123456,
+            Unit: 'Bytes',
+            Timestamp: at,
+          },
+        ],
+      },
+    ]);
+  });
+});
+
+describe('bundles', () => {
+  // SST bundles with the esbuild this resolves to (package.json overrides SST's own 0.18, which cannot
+  // parse the import attributes packages/postgres uses): a handler that fails here fails `sst deploy`.
+  it('every handler the stack names bundles for Node 22 as ESM', async () => {
+    const entryPoints = [
+      ...readdirSync('functions/tasks').map((f) => `functions/tasks/${f}`),
+      ...readdirSync('functions/events').map((f) => `functions/events/${f}`),
+      'functions/rds-instance-event.ts',
+    ];
+    const result = await build({
+      entryPoints,
+      bundle: true,
+      platform: 'node',
+      format: 'esm',
+      target: 'node22',
+      // One build of the shared code for all of them (SST bundles each alone; the code is the same).
+      splitting: true,
+      outdir: 'out',
+      write: false,
+      // As SST builds them: pg's optional native binding is not installed.
+      external: ['pg-native'],
+      logLevel: 'silent',
+      metafile: true,
+    });
+    expect(result.errors).toEqual([]);
+    // With splitting, a dynamic import of a dependency is an entry point of its own.
+    const entries = Object.values(result.metafile.outputs).filter((o) => o.entryPoint?.startsWith('functions/'));
+    expect(entries.map((o) => o.entryPoint).sort()).toEqual([...entryPoints].sort());
+    for (const entry of entries) expect(entry.exports).toContain('handler');
+  });
+});

@@ -1,0 +1,446 @@
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { MIGRATION_TABLE_KEYS, RDS_WAIT_EVENTS } from '@pgferry/aws';
+import {
+  functionArnKey,
+  METRIC_DIMENSIONS,
+  METRIC_NAMESPACE,
+  METRICS,
+  WORKER_SUBSTITUTIONS,
+  WORKFLOW_TASKS,
+  workflowDefinitionJson,
+} from '@pgferry/core';
+import { Aspects, type Stack } from 'aws-cdk-lib';
+import { Template } from 'aws-cdk-lib/assertions';
+import { DockerImageAsset } from 'aws-cdk-lib/aws-ecr-assets';
+import type { SynthesisMessage } from 'aws-cdk-lib/cx-api';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { App, getStack } from 'sst/constructs';
+import { initProject } from 'sst/project.js';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
+import { main } from '../packages/cli/src/main';
+
+import { pgferryApp } from '../stacks/app';
+import { type DeployConfig, deployConfigFromEnv } from '../stacks/config';
+import { LAMBDA_TASKS } from '../stacks/tasks';
+
+const CONFIG: DeployConfig = {
+  vpcId: 'vpc-0a1b2c3d',
+  subnetIds: ['subnet-0aaa', 'subnet-0bbb'],
+  securityGroupIds: ['sg-0ccc'],
+  secretNamePrefix: 'pgferry/',
+  walRetainedAlarmBytes: 5 * 1024 ** 3,
+};
+const ACCOUNT = '123456789012';
+const REGION = 'eu-west-1';
+
+// biome-ignore lint/suspicious/noExplicitAny: a synthesized template is untyped JSON, read by the assertions below
+type Json = any;
+type Resource = { Type: string; Properties: Record<string, Json>; DeletionPolicy?: string; Metadata?: Json };
+type Statement = { Effect: string; Action: string | string[]; Resource: unknown; Condition?: unknown };
+
+let template: Template;
+let resources: Record<string, Resource>;
+let messages: SynthesisMessage[];
+let stack: Stack;
+
+/** The one resource of a type whose logical id starts with the construct id given. */
+function logicalId(type: string, prefix: string): string {
+  const ids = Object.keys(template.findResources(type)).filter((id) => id.startsWith(prefix));
+  expect(ids, `${type} ${prefix}*`).toHaveLength(1);
+  return ids[0]!;
+}
+
+function statementsOf(predicate: (policyId: string, roleRefs: string[]) => boolean): Statement[] {
+  return Object.entries(template.findResources('AWS::IAM::Policy')).flatMap(([id, policy]) => {
+    const roles = (policy.Properties.Roles ?? []).map((r: { Ref: string }) => r.Ref);
+    return predicate(id, roles) ? policy.Properties.PolicyDocument.Statement : [];
+  });
+}
+
+const list = (x: unknown) => (Array.isArray(x) ? x : [x]);
+
+/** What `pgferry workflow print` writes, through the CLI's own entry point. */
+let printed = '';
+
+beforeAll(async () => {
+  const write = vi.spyOn(process.stdout, 'write').mockImplementation((chunk) => {
+    printed += String(chunk);
+    return true;
+  });
+  try {
+    expect(await main(['workflow', 'print'])).toBe(0);
+  } finally {
+    write.mockRestore();
+  }
+  await initProject({ stage: 'test' });
+  // Inactive: SST does not bundle the functions (test/functions.test.ts bundles every handler once, with
+  // esbuild), which keeps this file to seconds; everything else is synthesized as `sst deploy` would.
+  const app = new App({
+    mode: 'deploy',
+    stage: 'test',
+    name: 'pgferry',
+    region: REGION,
+    account: ACCOUNT,
+    isActiveStack: () => false,
+  });
+  const stackFn = pgferryApp(app, CONFIG);
+  Aspects.of(app).add(new AwsSolutionsChecks());
+  await app.finish();
+  stack = getStack(stackFn);
+  // One synthesis for the template and cdk-nag's findings alike (a second one re-runs SST's aspects).
+  const artifact = app.synth().getStackArtifact(stack.artifactId);
+  template = Template.fromJSON(artifact.template);
+  resources = artifact.template.Resources;
+  messages = artifact.messages;
+});
+
+describe('the deployed stack', () => {
+  it('keeps migrations in one table: pk/sk strings, TTL on expiresAt, point-in-time recovery, encrypted, retained', () => {
+    const id = logicalId('AWS::DynamoDB::Table', 'Migrations');
+    const table = resources[id]!;
+    expect(table.DeletionPolicy).toBe('Retain');
+    expect(table.Properties).toMatchObject({
+      KeySchema: [
+        { AttributeName: MIGRATION_TABLE_KEYS.partitionKey, KeyType: 'HASH' },
+        { AttributeName: MIGRATION_TABLE_KEYS.sortKey, KeyType: 'RANGE' },
+      ],
+      AttributeDefinitions: [
+        { AttributeName: 'pk', AttributeType: 'S' },
+        { AttributeName: 'sk', AttributeType: 'S' },
+      ],
+      TimeToLiveSpecification: { AttributeName: MIGRATION_TABLE_KEYS.timeToLive, Enabled: true },
+      PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
+      SSESpecification: { SSEEnabled: true },
+      BillingMode: 'PAY_PER_REQUEST',
+    });
+  });
+
+  it('keeps artifacts in an encrypted, private, TLS-only bucket that tells EventBridge and expires dumps', () => {
+    const id = logicalId('AWS::S3::Bucket', 'Artifacts8');
+    const bucket = resources[id]!;
+    expect(bucket.DeletionPolicy).toBe('Retain');
+    expect(bucket.Properties.BucketEncryption).toEqual({
+      ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }],
+    });
+    expect(bucket.Properties.PublicAccessBlockConfiguration).toEqual({
+      BlockPublicAcls: true,
+      BlockPublicPolicy: true,
+      IgnorePublicAcls: true,
+      RestrictPublicBuckets: true,
+    });
+    expect(bucket.Properties.LifecycleConfiguration.Rules).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 }, Status: 'Enabled' }),
+        expect.objectContaining({ Prefix: 'dumps/', ExpirationInDays: 14, Status: 'Enabled' }),
+      ]),
+    );
+    expect(bucket.Properties.LoggingConfiguration).toBeDefined();
+    template.hasResourceProperties('Custom::S3BucketNotifications', {
+      BucketName: { Ref: id },
+      NotificationConfiguration: { EventBridgeConfiguration: {} },
+    });
+    const policy = Object.values(template.findResources('AWS::S3::BucketPolicy')).find(
+      (p) => p.Properties.Bucket.Ref === id,
+    );
+    expect(policy?.Properties.PolicyDocument.Statement).toContainEqual(
+      expect.objectContaining({
+        Effect: 'Deny',
+        Action: 's3:*',
+        Condition: { Bool: { 'aws:SecureTransport': 'false' } },
+      }),
+    );
+  });
+
+  it('deploys exactly the definition `pgferry workflow print` prints, every substitution filled, with logging and X-Ray on', () => {
+    const machines = Object.values(template.findResources('AWS::StepFunctions::StateMachine'));
+    expect(machines).toHaveLength(1);
+    const machine = machines[0]!.Properties;
+    expect(machine.DefinitionString).toBe(printed.trimEnd());
+    expect(machine.DefinitionString).toBe(workflowDefinitionJson());
+    expect(machine.StateMachineName).toBe('test-pgferry-migration');
+    expect(machine.TracingConfiguration).toEqual({ Enabled: true });
+    expect(machine.LoggingConfiguration).toMatchObject({ Level: 'ALL', IncludeExecutionData: false });
+
+    const named = new Set([...workflowDefinitionJson().matchAll(/\$\{(\w+)\}/g)].map((m) => m[1]));
+    expect(new Set(Object.keys(machine.DefinitionSubstitutions))).toEqual(named);
+    for (const task of LAMBDA_TASKS) {
+      const fnId = logicalId('AWS::Lambda::Function', `${task[0]!.toUpperCase()}${task.slice(1)}`);
+      expect(machine.DefinitionSubstitutions[functionArnKey(task)]).toEqual({ 'Fn::GetAtt': [fnId, 'Arn'] });
+    }
+    expect(machine.DefinitionSubstitutions).toMatchObject({
+      WorkerClusterArn: { 'Fn::GetAtt': [logicalId('AWS::ECS::Cluster', 'WorkerCluster'), 'Arn'] },
+      WorkerTaskDefinitionArn: { Ref: logicalId('AWS::ECS::TaskDefinition', 'WorkerTask') },
+      WorkerContainerName: 'worker',
+      WorkerSubnets: 'subnet-0aaa,subnet-0bbb',
+      WorkerSecurityGroups: 'sg-0ccc',
+    });
+    for (const key of WORKER_SUBSTITUTIONS) expect(machine.DefinitionSubstitutions).toHaveProperty(key);
+  });
+
+  it('runs each Lambda task as its own function: Node 22 on arm64 in the configured subnets, named for a person', () => {
+    const lambdaTasks = Object.entries(WORKFLOW_TASKS).filter(([, spec]) => spec.runtime === 'lambda');
+    expect(LAMBDA_TASKS).toEqual(lambdaTasks.map(([task]) => task));
+    for (const [task, spec] of lambdaTasks) {
+      const id = logicalId('AWS::Lambda::Function', `${task[0]!.toUpperCase()}${task.slice(1)}`);
+      const fn = resources[id]!.Properties;
+      expect(fn).toMatchObject({
+        Runtime: 'nodejs22.x',
+        Architectures: ['arm64'],
+        Description: `pgferry: ${spec.state}`,
+        TracingConfig: { Mode: 'Active' },
+        VpcConfig: { SubnetIds: CONFIG.subnetIds, SecurityGroupIds: CONFIG.securityGroupIds },
+      });
+      expect(fn.Environment.Variables).toMatchObject({
+        PGFERRY_TABLE_NAME: { Ref: logicalId('AWS::DynamoDB::Table', 'Migrations') },
+        PGFERRY_BUS_NAME: { Ref: logicalId('AWS::Events::EventBus', 'Bus') },
+        PGFERRY_BUCKET_NAME: { Ref: logicalId('AWS::S3::Bucket', 'Artifacts8') },
+        PGFERRY_STAGE: 'test',
+      });
+      // The handler SST bundles at deploy (the template holds a placeholder in this inactive test stack).
+      const construct = stack.node.findChild(id.replace(/[0-9A-F]{8}$/, '')) as unknown as {
+        props: { handler: string; runtime: string; architecture: string };
+      };
+      expect(construct.props).toMatchObject({
+        handler: `functions/tasks/${task}.handler`,
+        runtime: 'nodejs22.x',
+        architecture: 'arm_64',
+      });
+      expect(existsSync(`functions/tasks/${task}.ts`), `functions/tasks/${task}.ts`).toBe(true);
+    }
+  });
+
+  it('runs the long tasks on a Fargate worker whose image is built from the Dockerfile without node_modules', () => {
+    template.hasResourceProperties('AWS::ECS::Cluster', {
+      ClusterSettings: [{ Name: 'containerInsights', Value: 'enabled' }],
+    });
+    const task = resources[logicalId('AWS::ECS::TaskDefinition', 'WorkerTask')]!.Properties;
+    expect(task).toMatchObject({
+      RequiresCompatibilities: ['FARGATE'],
+      NetworkMode: 'awsvpc',
+      RuntimePlatform: { CpuArchitecture: 'X86_64', OperatingSystemFamily: 'LINUX' },
+    });
+    const [container] = task.ContainerDefinitions;
+    expect(container.Name).toBe('worker');
+    expect(container.LogConfiguration.LogDriver).toBe('awslogs');
+    expect(container.Environment.map((e: { Name: string }) => e.Name).sort()).toEqual(
+      ['PGFERRY_BUCKET_NAME', 'PGFERRY_BUS_NAME', 'PGFERRY_STAGE', 'PGFERRY_TABLE_NAME'].sort(),
+    );
+    // The staged build context: what `docker build` gets at deploy, copied at every synth.
+    const assets = stack.node.findAll().filter((c): c is DockerImageAsset => c instanceof DockerImageAsset);
+    expect(assets).toHaveLength(1);
+    // Both are private in CDK's types, public at run time.
+    const asset = assets[0] as unknown as { dockerfilePath: string; assetPath: string };
+    expect(asset.dockerfilePath).toBe('Dockerfile');
+    const staged = join((stack.node.root as App).outdir, asset.assetPath);
+    const entries = readdirSync(staged);
+    expect(entries).toContain('Dockerfile');
+    expect(entries).not.toContain('node_modules');
+    expect(entries).not.toContain('.git');
+  });
+
+  it('routes RDS, S3 and DMS events with exact patterns to their handlers, each with a dead-letter queue', () => {
+    const bucketId = logicalId('AWS::S3::Bucket', 'Artifacts8');
+    const expected = {
+      RdsInstanceRule: {
+        pattern: {
+          source: ['aws.rds'],
+          'detail-type': ['RDS DB Instance Event'],
+          detail: { EventID: Object.keys(RDS_WAIT_EVENTS) },
+        },
+        handler: 'RdsInstanceEvent',
+      },
+      DumpCreatedRule: {
+        pattern: {
+          source: ['aws.s3'],
+          'detail-type': ['Object Created'],
+          detail: { bucket: { name: [{ Ref: bucketId }] }, object: { key: [{ prefix: 'dumps/' }] } },
+        },
+        handler: 'DumpCreated',
+      },
+      DmsTaskStateRule: {
+        pattern: {
+          source: ['aws.dms'],
+          'detail-type': ['DMS Replication Task State Change'],
+          resources: [
+            {
+              prefix: {
+                'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, `:dms:${REGION}:${ACCOUNT}:task:`]],
+              },
+            },
+          ],
+        },
+        handler: 'DmsTaskState',
+      },
+    };
+    expect(Object.keys(template.findResources('AWS::Events::Rule'))).toHaveLength(3);
+    for (const [ruleId, { pattern, handler }] of Object.entries(expected)) {
+      const rule = resources[logicalId('AWS::Events::Rule', ruleId)]!.Properties;
+      expect(rule.EventPattern, ruleId).toEqual(pattern);
+      const queueId = logicalId('AWS::SQS::Queue', `${ruleId}DeadLetters`);
+      const handlerId = logicalId('AWS::Lambda::Function', handler);
+      expect(rule.Targets).toEqual([
+        expect.objectContaining({
+          Arn: { 'Fn::GetAtt': [handlerId, 'Arn'] },
+          DeadLetterConfig: { Arn: { 'Fn::GetAtt': [queueId, 'Arn'] } },
+        }),
+      ]);
+      expect(resources[queueId]!.Properties.SqsManagedSseEnabled).toBe(true);
+      // A handler that throws: Lambda's own retries end in the same queue.
+      template.hasResourceProperties('AWS::Lambda::EventInvokeConfig', {
+        FunctionName: { Ref: handlerId },
+        DestinationConfig: { OnFailure: { Destination: { 'Fn::GetAtt': [queueId, 'Arn'] } } },
+      });
+    }
+  });
+
+  it('has its own event bus for the events pgferry publishes', () => {
+    template.hasResourceProperties('AWS::Events::EventBus', { Name: 'test-pgferry-events' });
+  });
+
+  it('alarms on failed executions, on WAL the slot retains and on undelivered events, to an encrypted topic', () => {
+    const topicId = logicalId('AWS::SNS::Topic', 'Alarms');
+    expect(resources[topicId]!.Properties.KmsMasterKeyId).toBeDefined();
+    const machineId = logicalId('AWS::StepFunctions::StateMachine', 'Workflow');
+    const failed = resources[logicalId('AWS::CloudWatch::Alarm', 'FailedExecutions')]!.Properties;
+    const failedMetrics = failed.Metrics.filter((m: Json) => m.MetricStat).map((m: Json) => m.MetricStat.Metric);
+    expect(failedMetrics.map((m: Json) => m.MetricName).sort()).toEqual(
+      ['ExecutionsAborted', 'ExecutionsFailed', 'ExecutionsTimedOut'].sort(),
+    );
+    for (const metric of failedMetrics)
+      expect(metric.Dimensions).toEqual([{ Name: 'StateMachineArn', Value: { Ref: machineId } }]);
+    expect(failed).toMatchObject({ Threshold: 1, AlarmActions: [{ Ref: topicId }] });
+
+    const wal = resources[logicalId('AWS::CloudWatch::Alarm', 'WalRetained')]!.Properties;
+    expect(wal).toMatchObject({
+      Namespace: METRIC_NAMESPACE,
+      MetricName: METRICS.walRetainedBytes,
+      Dimensions: [{ Name: METRIC_DIMENSIONS.stage, Value: 'test' }],
+      Threshold: CONFIG.walRetainedAlarmBytes,
+      ComparisonOperator: 'GreaterThanThreshold',
+      AlarmActions: [{ Ref: topicId }],
+    });
+    for (const rule of ['RdsInstanceRule', 'DumpCreatedRule', 'DmsTaskStateRule']) {
+      const alarm = resources[logicalId('AWS::CloudWatch::Alarm', `${rule}DeadLettersAlarm`)]!.Properties;
+      expect(alarm).toMatchObject({
+        MetricName: 'ApproximateNumberOfMessagesVisible',
+        AlarmActions: [{ Ref: topicId }],
+      });
+    }
+  });
+
+  it("shows the stage's lag in bytes and seconds, WAL retained, write gap and executions by status", () => {
+    const dashboard = resources[logicalId('AWS::CloudWatch::Dashboard', 'Dashboard')]!.Properties;
+    expect(dashboard.DashboardName).toBe('pgferry-test');
+    const body = JSON.stringify(dashboard.DashboardBody);
+    for (const metric of Object.values(METRICS)) {
+      expect(body).toContain(`\\"${METRIC_NAMESPACE}\\",\\"${metric}\\",\\"${METRIC_DIMENSIONS.stage}\\",\\"test\\"`);
+    }
+    for (const status of ['Started', 'Succeeded', 'Failed', 'TimedOut', 'Aborted']) {
+      expect(body).toContain(`\\"AWS/States\\",\\"Executions${status}\\"`);
+    }
+  });
+});
+
+describe('permissions', () => {
+  const DATA_SERVICES = ['dynamodb', 's3', 'secretsmanager', 'states'];
+
+  it('grant no `*` action and no `*` resource on DynamoDB, S3, Secrets Manager or Step Functions tasks', () => {
+    const all = statementsOf(() => true);
+    expect(all.length).toBeGreaterThan(20);
+    const offending = all.filter((s) => {
+      const actions = list(s.Action);
+      const onData = actions.filter((a) => a === '*' || DATA_SERVICES.includes(a.split(':')[0]!));
+      if (!onData.length) return false;
+      return onData.some((a) => a.includes('*')) || list(s.Resource).some((r) => r === '*');
+    });
+    expect(offending).toEqual([]);
+    // Roles carry no inline policy or managed policy that grants more than the statements above.
+    for (const role of Object.values(template.findResources('AWS::IAM::Role'))) {
+      expect(role.Properties.Policies).toBeUndefined();
+      for (const arn of role.Properties.ManagedPolicyArns ?? []) {
+        expect(JSON.stringify(arn)).toMatch(/AWSLambda(Basic|VPCAccess)ExecutionRole/);
+      }
+    }
+  });
+
+  it('let only the worker, the event handlers and Provision target complete task tokens, of this state machine only', () => {
+    const roleOf = (prefix: string) => logicalId('AWS::IAM::Role', prefix);
+    const allowed = new Set([
+      roleOf('WorkerTaskTaskRole'),
+      roleOf('RdsInstanceEventServiceRole'),
+      roleOf('DumpCreatedServiceRole'),
+      roleOf('DmsTaskStateServiceRole'),
+      roleOf('ProvisionTargetServiceRole'),
+    ]);
+    const machineArn = {
+      'Fn::Join': [
+        '',
+        ['arn:', { Ref: 'AWS::Partition' }, `:states:${REGION}:${ACCOUNT}:stateMachine:test-pgferry-migration`],
+      ],
+    };
+    const holders = new Set<string>();
+    for (const [, policy] of Object.entries(template.findResources('AWS::IAM::Policy'))) {
+      for (const s of policy.Properties.PolicyDocument.Statement as Statement[]) {
+        const tokenActions = list(s.Action).filter((a) => /^states:SendTask/.test(a));
+        if (!tokenActions.length) continue;
+        expect(s.Resource).toEqual(machineArn);
+        for (const role of policy.Properties.Roles) holders.add(role.Ref);
+      }
+    }
+    expect(holders).toEqual(allowed);
+  });
+
+  it('let the state machine invoke exactly the task functions and run exactly the worker task definition', () => {
+    const machineRole = logicalId('AWS::IAM::Role', 'WorkflowRole');
+    const statements = statementsOf((_, roles) => roles.includes(machineRole));
+    const invoked = statements
+      .filter((s) => list(s.Action).includes('lambda:InvokeFunction'))
+      .map((s) => (list(s.Resource)[0] as { 'Fn::GetAtt': string[] })['Fn::GetAtt'][0]);
+    expect(invoked.sort()).toEqual(
+      LAMBDA_TASKS.map((t) => logicalId('AWS::Lambda::Function', `${t[0]!.toUpperCase()}${t.slice(1)}`)).sort(),
+    );
+    const run = statements.find((s) => list(s.Action).includes('ecs:RunTask'));
+    expect(JSON.stringify(run?.Resource)).toContain(logicalId('AWS::ECS::TaskDefinition', 'WorkerTask'));
+  });
+
+  it('pass cdk-nag AwsSolutions: every finding is fixed or suppressed with a reason in the stack', () => {
+    const nag = messages.filter((m) => String(m.entry.data).startsWith('AwsSolutions-'));
+    const errors = nag.filter((m) => m.level === 'error').map((m) => `${m.id}: ${String(m.entry.data).slice(0, 160)}`);
+    expect(errors).toEqual([]);
+    // The checks did run: the suppressions they honoured are in the template's metadata.
+    const suppressed = Object.values(resources).filter((r) => r.Metadata?.cdk_nag?.rules_to_suppress?.length);
+    expect(suppressed.length).toBeGreaterThan(0);
+    for (const r of suppressed)
+      for (const rule of r.Metadata.cdk_nag.rules_to_suppress) expect(rule.reason.length).toBeGreaterThan(30);
+  });
+});
+
+describe('deployment configuration', () => {
+  it('names each missing or malformed variable', () => {
+    expect(() => deployConfigFromEnv({})).toThrow(/PGFERRY_VPC_ID: not set.*PGFERRY_SUBNET_IDS: not set/);
+    expect(() =>
+      deployConfigFromEnv({
+        PGFERRY_VPC_ID: 'vpc-0abc',
+        PGFERRY_SUBNET_IDS: 'subnet-0a, nonsense',
+        PGFERRY_SECURITY_GROUP_IDS: 'sg-0a',
+      }),
+    ).toThrow(/PGFERRY_SUBNET_IDS: expected subnet-… ids/);
+  });
+
+  it('reads comma-separated ids and defaults the secret prefix and the WAL alarm', () => {
+    expect(
+      deployConfigFromEnv({
+        PGFERRY_VPC_ID: 'vpc-0abc',
+        PGFERRY_SUBNET_IDS: 'subnet-0a, subnet-0b',
+        PGFERRY_SECURITY_GROUP_IDS: 'sg-0a',
+      }),
+    ).toEqual({
+      vpcId: 'vpc-0abc',
+      subnetIds: ['subnet-0a', 'subnet-0b'],
+      securityGroupIds: ['sg-0a'],
+      secretNamePrefix: 'pgferry/',
+      walRetainedAlarmBytes: 20 * 1024 ** 3,
+    });
+  });
+});

@@ -1,0 +1,347 @@
+/**
+ * The state machine definition: valid ASL (asl-validator), its shape (every task reachable, every Task
+ * caught, callback steps bounded), and its paths, walked by aws-local-stepfunctions with scripted task
+ * results (no database: the e2e test runs the real tasks).
+ */
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import {
+  DEFAULTS,
+  failureAction,
+  functionArnKey,
+  NO_FACTS,
+  STATE,
+  TASK_NAMES,
+  type TaskInput,
+  type TaskName,
+  type TaskOutput,
+  WORKER_SUBSTITUTIONS,
+  WORKFLOW_TASKS,
+  type WorkflowInput,
+  workflowDefinition,
+  workflowDefinitionJson,
+} from '@pgferry/core';
+import validator from 'asl-validator';
+import { describe, expect, it } from 'vitest';
+import { type HistoryEntry, runLocalWorkflow } from '../packages/cli/src/local-workflow';
+
+type State = Record<string, unknown> & { Type: string };
+const def = workflowDefinition() as { StartAt: string; States: Record<string, State> };
+
+function targets(s: State): string[] {
+  const out: string[] = [];
+  if (typeof s.Next === 'string') out.push(s.Next);
+  if (typeof s.Default === 'string') out.push(s.Default);
+  for (const c of (s.Choices as { Next: string }[] | undefined) ?? []) out.push(c.Next);
+  for (const c of (s.Catch as { Next: string }[] | undefined) ?? []) out.push(c.Next);
+  return out;
+}
+
+function reachable(): Set<string> {
+  const seen = new Set<string>();
+  const todo = [def.StartAt];
+  while (todo.length) {
+    const name = todo.pop() as string;
+    if (seen.has(name)) continue;
+    seen.add(name);
+    const s = def.States[name];
+    if (s) todo.push(...targets(s));
+  }
+  return seen;
+}
+
+/** The definition as the stack deploys it: every ${Key} substituted. */
+function substituted(): unknown {
+  const values: Record<string, string> = {
+    WorkerClusterArn: 'arn:aws:ecs:eu-west-1:123456789012:cluster/pgferry',
+    WorkerTaskDefinitionArn: 'arn:aws:ecs:eu-west-1:123456789012:task-definition/pgferry-worker:1',
+    WorkerContainerName: 'worker',
+    WorkerSubnets: 'subnet-0a1b2c3d,subnet-4e5f6a7b',
+    WorkerSecurityGroups: 'sg-0123456789abcdef0',
+  };
+  for (const t of TASK_NAMES) values[functionArnKey(t)] = `arn:aws:lambda:eu-west-1:123456789012:function:pgferry-${t}`;
+  const text = workflowDefinitionJson().replace(/\$\{(\w+)\}/g, (_, k: string) => {
+    if (!(k in values)) throw new Error(`unknown substitution ${k}`);
+    return values[k] as string;
+  });
+  return JSON.parse(text);
+}
+
+describe('workflow definition', () => {
+  it('is valid ASL, before and after the stack substitutes its ARNs and lists', () => {
+    const before = validator(JSON.parse(workflowDefinitionJson()));
+    expect(before.errorsText('\n')).toBe('');
+    expect(before.isValid).toBe(true);
+    const after = validator(substituted(), { checkArn: true, checkPaths: true });
+    expect(after.errorsText('\n')).toBe('');
+    expect(after.isValid).toBe(true);
+  });
+
+  it('substitutes only the keys the task table names', () => {
+    const keys = new Set([...workflowDefinitionJson().matchAll(/\$\{(\w+)\}/g)].map((m) => m[1]));
+    const lambda = TASK_NAMES.filter((t) => WORKFLOW_TASKS[t].runtime === 'lambda' && t !== 'copyShare');
+    const expected = new Set<string>([...WORKER_SUBSTITUTIONS, ...lambda.map(functionArnKey)]);
+    expect([...keys].sort()).toEqual([...expected].sort());
+  });
+
+  it('reaches the state of every task in the table (the scale-out copy comes with the scale-out bulk load)', () => {
+    const seen = reachable();
+    // copyShare is a state of the scale-out sub-graph (bulk-load.ts, the worker's); the single "Bulk load" stands in for it here.
+    for (const t of TASK_NAMES.filter((t) => t !== 'copyShare')) expect(seen, t).toContain(WORKFLOW_TASKS[t].state);
+    expect([...Object.keys(def.States)].filter((s) => !seen.has(s))).toEqual([]);
+  });
+
+  it('catches every Task, bounds every one in time, and gives the worker heartbeats', () => {
+    for (const [name, s] of Object.entries(def.States).filter(([, s]) => s.Type === 'Task')) {
+      expect((s.Catch as unknown[] | undefined)?.length, name).toBeGreaterThan(0);
+      expect(s.TimeoutSeconds, name).toBeGreaterThan(0);
+      if (String(s.Resource).includes('waitForTaskToken')) {
+        expect(JSON.stringify(s.Parameters), name).toContain('$$.Task.Token');
+      }
+      if (String(s.Resource).includes('ecs:runTask')) expect(s.HeartbeatSeconds, name).toBe(300);
+    }
+    expect(def.States[WORKFLOW_TASKS.awaitApproval.state]?.Resource).toBe(
+      'arn:aws:states:::lambda:invoke.waitForTaskToken',
+    );
+  });
+
+  it('passes only the migration id and workflow figures to tasks, never a URL or a password', () => {
+    const text = workflowDefinitionJson();
+    expect(text).not.toMatch(/postgres(ql)?:\/\/|password|secret/i);
+    for (const s of Object.values(def.States).filter((s) => s.Type === 'Task')) {
+      const params = JSON.stringify(s.Parameters);
+      expect(params).toContain('$.migrationId');
+    }
+  });
+
+  it('routes errors by the failure policy: resumable ones to "Record failure", the rest to "Roll back"', () => {
+    const catches = (state: string) => def.States[state]?.Catch as { ErrorEquals: string[]; Next: string }[];
+    const route = (state: string, error: string) =>
+      catches(state).find((c) => c.ErrorEquals.includes(error) || c.ErrorEquals.includes('States.ALL'))?.Next;
+    expect(route('Check lag', 'LagTimeoutError')).toBe('Record failure');
+    expect(route('Check lag', 'ConnectionLostError')).toBe('Record failure');
+    expect(route('Check lag', 'WalRetentionExceededError')).toBe('Roll back');
+    expect(route('Bulk load', 'BulkLoadFailedError')).toBe('Roll back');
+    expect(route('Bulk load', 'UndoFailedError')).toBe('Record failure');
+    expect(route('Cut over', 'DrainTimeoutError')).toBe(STATE.drainAgain);
+    expect(route('Cut over', 'CutoverFailedError')).toBe('Record failure');
+    expect(route('Cut over', 'ReplicationFailedError')).toBe('Roll back');
+    expect(route('Verify', 'VerificationFailedError')).toBe('Record failure');
+    expect(route('Verify', 'Error')).toBe('Record failure');
+    expect(route('Assess source', 'AssessmentBlockedError')).toBe('Record failure');
+    expect(route('Await cutover approval', 'States.Timeout')).toBe('Record failure');
+  });
+
+  it('is what `pgferry workflow print` prints, and --help names the command', () => {
+    const bin = fileURLToPath(new URL('../packages/cli/bin/pgferry.mjs', import.meta.url));
+    const printed = execFileSync(process.execPath, [bin, 'workflow', 'print'], { encoding: 'utf8' });
+    expect(printed).toBe(`${workflowDefinitionJson()}\n`);
+    expect(execFileSync(process.execPath, [bin, '--help'], { encoding: 'utf8' })).toContain('workflow print');
+    const wrong = spawnSync(process.execPath, [bin, 'workflow', 'show'], { encoding: 'utf8' });
+    expect(wrong.status).toBe(2);
+    expect(wrong.stderr).toContain('unknown workflow subcommand "show"');
+  });
+
+  it('prints the same text every time', () => {
+    expect(workflowDefinitionJson()).toBe(workflowDefinitionJson());
+    expect(JSON.parse(workflowDefinitionJson())).toEqual(workflowDefinition());
+  });
+});
+
+describe('failure policy', () => {
+  const facts = { ...NO_FACTS };
+  it('keeps a migration resumable where replication is healthy, rolls back the rest before the switch', () => {
+    expect(failureAction('LagTimeoutError', 'catch-up', facts)).toBe('stop');
+    expect(failureAction('DrainTimeoutError', 'cutover', facts)).toBe('stop');
+    expect(failureAction('PreparedTransactionsPendingError', 'cutover', facts)).toBe('stop');
+    expect(failureAction('VerificationFailedError', 'catch-up', facts)).toBe('stop');
+    expect(failureAction('ReplicationFailedError', 'catch-up', { ...facts, connectionLoss: true })).toBe('stop');
+    expect(failureAction('ReplicationFailedError', 'catch-up', facts)).toBe('roll-back');
+    expect(failureAction('BulkLoadFailedError', 'bulk-load', facts)).toBe('roll-back');
+    expect(failureAction('CutoverFailedError', 'cutover', facts)).toBe('stop');
+    // A cutover record left means its undo did not clear it: the load is not known good.
+    expect(failureAction('CutoverFailedError', 'cutover', { ...facts, cutoverRecorded: true })).toBe('roll-back');
+    expect(failureAction('AssessmentBlockedError', 'assess', facts)).toBe('fail');
+  });
+
+  it('never rolls back once the switch began, and records nothing for a conflict or a signal', () => {
+    expect(failureAction('ReplicationFailedError', 'cutover', { ...facts, switchStarted: true })).toBe('stop');
+    expect(failureAction('Error', 'verify', { ...facts, switched: true, switchStarted: true })).toBe('keep-cut-over');
+    expect(failureAction('StateConflictError', 'bulk-load', facts)).toBe('ignore');
+    expect(failureAction('BulkLoadFailedError', 'bulk-load', { ...facts, interrupted: true })).toBe('ignore');
+    expect(failureAction('UndoFailedError', 'cutover', facts)).toBe('stop');
+  });
+});
+
+/** Walk the definition with scripted task results; returns the states entered, in order. */
+async function walk(
+  input: Partial<WorkflowInput>,
+  script: (task: TaskName, input: TaskInput, n: number) => TaskOutput | Error,
+) {
+  const entered: string[] = [];
+  const history: HistoryEntry[] = [];
+  const calls = new Map<TaskName, number>();
+  const run = runLocalWorkflow(
+    {
+      migrationId: 'm1',
+      action: 'migrate',
+      cutover: 'auto',
+      approved: false,
+      provisionTarget: false,
+      cleanup: false,
+      bakeSeconds: 0,
+      ...input,
+    },
+    async (task, i) => {
+      const n = (calls.get(task) ?? 0) + 1;
+      calls.set(task, n);
+      const r = script(task, i, n);
+      if (r instanceof Error) throw r;
+      return r;
+    },
+    {
+      onHistory: (e, ev) => {
+        if (ev === 'entered') entered.push(e.state);
+        else history.push(e);
+      },
+    },
+  );
+  const outcome = await run.done;
+  return { outcome, entered, history, calls };
+}
+
+function named(name: string, message: string): Error {
+  const e = new Error(message);
+  e.name = name;
+  return e;
+}
+
+const ok = (task: TaskName, extra: Record<string, unknown> = {}): TaskOutput => ({ summary: `${task} done`, ...extra });
+
+/** Check lag: not ready on the first sample, ready on the second. */
+function gate(n: number): TaskOutput {
+  return { summary: `sample ${n}`, ready: n % 2 === 0, streak: n % 2, waitSeconds: 0, memory: { n } };
+}
+
+describe('workflow paths (scripted tasks)', () => {
+  it('runs a migration with automatic cutover through verify before the switch, cutover and verify', async () => {
+    const inputs: Partial<Record<TaskName, TaskInput>> = {};
+    const { outcome, entered, history } = await walk({}, (task, input, n) => {
+      inputs[task] = input;
+      if (task === 'checkLag') return gate(n);
+      if (task === 'verifyBeforeSwitch') return ok(task, { done: true, rounds: 1, outcome: 'ok' });
+      return ok(task);
+    });
+    expect(outcome.status).toBe('succeeded');
+    const tasks = entered.filter((s) => Object.values(WORKFLOW_TASKS).some((t) => t.state === s));
+    expect(tasks).toEqual([
+      'Assess source',
+      'Prepare schema',
+      'Bulk load',
+      'Start replication',
+      'Check lag',
+      'Check lag',
+      'Verify before cutover',
+      'Check lag',
+      'Check lag',
+      'Cut over',
+      'Verify',
+    ]);
+    // The gate's memory goes from one sample to the next; the worker's input arrives through its environment.
+    expect(inputs.checkLag?.gate).toMatchObject({ memory: { n: 3 } });
+    expect(inputs.verifyBeforeSwitch).toMatchObject({ migrationId: 'm1', verify: { done: false, rounds: 0 } });
+    expect(inputs.bulkLoad?.taskToken).toBe('local:m1');
+    expect(history.find((h) => h.state === 'Cut over')?.summary).toBe('cutover done');
+  });
+
+  it('waits for approval with --cutover manual, and skips it once approved', async () => {
+    const manual = await walk({ cutover: 'manual' }, (task, _i, n) =>
+      task === 'checkLag' ? gate(n) : task === 'verifyBeforeSwitch' ? ok(task, { done: true }) : ok(task),
+    );
+    expect(manual.entered).toContain('Await cutover approval');
+    expect(manual.entered.indexOf('Await cutover approval')).toBeLessThan(manual.entered.indexOf('Cut over'));
+    const approved = await walk({ cutover: 'manual', approved: true }, (task, _i, n) =>
+      task === 'checkLag' ? gate(n) : task === 'verifyBeforeSwitch' ? ok(task, { done: true }) : ok(task),
+    );
+    expect(approved.entered).not.toContain('Await cutover approval');
+    expect(approved.outcome.status).toBe('succeeded');
+  });
+
+  it('goes back to catch-up after a drain over budget, and stops resumable after the last attempt', async () => {
+    const drains = await walk({}, (task, _i, n) => {
+      if (task === 'checkLag') return gate(n);
+      if (task === 'verifyBeforeSwitch') return ok(task, { done: true });
+      if (task === 'cutover') return named('DrainTimeoutError', `drain ${n} over budget`);
+      if (task === 'recordFailure') return ok(task, { action: 'stop' });
+      return ok(task);
+    });
+    expect(drains.calls.get('cutover')).toBe(DEFAULTS.cutoverAttempts);
+    expect(drains.entered.slice(-3)).toEqual(['Record failure', STATE.afterRecord, STATE.stopped]);
+    expect(drains.outcome).toMatchObject({ status: 'failed', lastState: STATE.stopped, error: 'DrainTimeoutError' });
+    expect(drains.outcome.cause).toBe(`drain ${DEFAULTS.cutoverAttempts} over budget`);
+  });
+
+  it('rolls back after a failed bulk load and ends Failed with the reason', async () => {
+    const r = await walk({}, (task) => {
+      if (task === 'bulkLoad') return named('BulkLoadFailedError', 'COPY public.orders failed');
+      if (task === 'rollback') return ok(task, { action: 'roll-back' });
+      return ok(task);
+    });
+    expect(r.entered.slice(-3)).toEqual(['Roll back', STATE.afterRollback, STATE.failed]);
+    expect(r.outcome).toMatchObject({
+      status: 'failed',
+      error: 'BulkLoadFailedError',
+      cause: 'COPY public.orders failed',
+    });
+    expect(r.history.find((h) => h.state === 'Bulk load')?.error).toContain('BulkLoadFailedError');
+  });
+
+  it('goes from "Record failure" to "Roll back" when the stored state calls for it', async () => {
+    const r = await walk({}, (task, _i, n) => {
+      if (task === 'checkLag') return gate(n);
+      if (task === 'verifyBeforeSwitch') return ok(task, { done: true });
+      if (task === 'cutover') return named('CutoverFailedError', 'freeze refused');
+      if (task === 'recordFailure') return ok(task, { action: 'roll-back' });
+      if (task === 'rollback') return ok(task, { action: 'roll-back' });
+      return ok(task);
+    });
+    expect(r.entered).toContain('Record failure');
+    expect(r.entered).toContain('Roll back');
+    expect(r.outcome).toMatchObject({ status: 'failed', lastState: STATE.failed, error: 'CutoverFailedError' });
+  });
+
+  it('finishes a switch that began before anything else, never going back to catch-up', async () => {
+    const r = await walk({}, (task) => (task === 'assess' ? ok(task, { resumeAt: 'cutover' }) : ok(task)));
+    const tasks = r.entered.filter((s) => Object.values(WORKFLOW_TASKS).some((t) => t.state === s));
+    expect(tasks).toEqual(['Assess source', 'Cut over', 'Verify']);
+    expect(r.outcome.status).toBe('succeeded');
+  });
+
+  it('rolls back on request and succeeds', async () => {
+    const r = await walk({ action: 'rollback' }, (task) => ok(task, { action: 'roll-back' }));
+    expect(r.entered.filter((s) => s === 'Roll back')).toHaveLength(1);
+    expect(r.outcome).toMatchObject({ status: 'succeeded', lastState: STATE.rolledBack });
+    expect(r.calls.get('assess')).toBeUndefined();
+  });
+
+  it('ends in "Rollback failed" with the rollback\'s error when the rollback fails', async () => {
+    const r = await walk({ action: 'rollback' }, () => named('RollbackFailedError', 'target unreachable'));
+    expect(r.outcome).toMatchObject({
+      status: 'failed',
+      lastState: STATE.rollbackFailed,
+      error: 'RollbackFailedError',
+      cause: 'target unreachable',
+    });
+  });
+
+  it('bakes and cleans up only when asked to', async () => {
+    const script = (task: TaskName, _i: TaskInput, n: number) =>
+      task === 'checkLag' ? gate(n) : task === 'verifyBeforeSwitch' ? ok(task, { done: true }) : ok(task);
+    const without = await walk({}, script);
+    expect(without.entered).not.toContain('Clean up');
+    const withCleanup = await walk({ cleanup: true, bakeSeconds: 0, provisionTarget: true }, script);
+    expect(withCleanup.entered.slice(-3)).toEqual(['Bake', 'Clean up', 'Migrated']);
+    expect(withCleanup.entered).toContain('Provision target');
+  });
+});

@@ -269,14 +269,18 @@ describe('workflow paths (scripted tasks)', () => {
   });
 
   it('goes back to catch-up after a drain over budget, and stops resumable after the last attempt', async () => {
-    const drains = await walk({}, (task, _i, n) => {
+    const attempts: unknown[] = [];
+    const drains = await walk({}, (task, i, n) => {
       if (task === 'checkLag') return gate(n);
       if (task === 'verifyBeforeSwitch') return ok(task, { done: true });
+      if (task === 'cutover') attempts.push(i.attempt);
       if (task === 'cutover') return named('DrainTimeoutError', `drain ${n} over budget`);
       if (task === 'recordFailure') return ok(task, { action: 'stop' });
       return ok(task);
     });
     expect(drains.calls.get('cutover')).toBe(DEFAULTS.cutoverAttempts);
+    // Each attempt is told its number: the task says "back to catch-up (attempt n of 3)" only when there is one more.
+    expect(attempts).toEqual([{ count: 1 }, { count: 2 }, { count: 3 }]);
     expect(drains.entered.slice(-3)).toEqual(['Record failure', STATE.afterRecord, STATE.stopped]);
     expect(drains.outcome).toMatchObject({ status: 'failed', lastState: STATE.stopped, error: 'DrainTimeoutError' });
     expect(drains.outcome.cause).toBe(`drain ${DEFAULTS.cutoverAttempts} over budget`);

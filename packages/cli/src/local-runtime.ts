@@ -14,11 +14,12 @@ import {
   PgferryError,
   STATE,
   type TaskInput,
+  WORKFLOW_TASKS,
   type WorkflowInput,
 } from '@pgferry/core';
-import { runWorkflowTask, type Session, sleep, type TaskDeps } from '@pgferry/postgres';
+import { openSession, runWorkflowTask, type Session, sleep, type TaskDeps } from '@pgferry/postgres';
 import type { ExecutionOutcome, HistoryEntry } from './local-workflow';
-import { openSession, type Runtime } from './runner';
+import type { Runtime } from './runner';
 
 /** What `pgferry status` shows of the last execution. */
 export interface ExecutionRecord {
@@ -28,7 +29,8 @@ export interface ExecutionRecord {
   input: WorkflowInput;
   startedAt: string;
   endedAt?: string;
-  status: 'running' | ExecutionOutcome['status'];
+  /** `awaiting-approval`: stopped at "Await cutover approval" (locally, `pgferry cutover` goes on). */
+  status: 'running' | 'awaiting-approval' | ExecutionOutcome['status'];
   /** Where a failed or stopped execution ended, and why. */
   lastState?: string;
   error?: string;
@@ -43,7 +45,8 @@ const FLUSH_EVERY_MS = 1000;
 
 export function executionFile(stateDir: string, id: string): string {
   if (!MIGRATION_ID.test(id)) throw new PgferryError(`not a migration id: ${id}`, { field: '--id' });
-  return join(stateDir, `${id}.execution.json`);
+  // Not `.json`: the file store lists every `<id>.json` as a migration.
+  return join(stateDir, `${id}.execution`);
 }
 
 export function readExecution(stateDir: string, id: string): ExecutionRecord | undefined {
@@ -80,7 +83,13 @@ export interface LocalResult {
 export async function executeLocally(rt: Runtime, input: WorkflowInput, command: string): Promise<LocalResult> {
   const { runLocalWorkflow } = await import('./local-workflow');
   const id = input.migrationId;
-  let session: Session | undefined;
+  // Opened before the execution, as the commands always did: servers that do not answer fail the
+  // command with nothing recorded, instead of a task failure the failure policy would act on.
+  const session: Session = await openSession(rt.store, id, {
+    listener: rt.events,
+    artifactDir: join(rt.stateDir, 'artifacts', id),
+    faults: rt.faults,
+  });
   const thrown = new Map<string, unknown>();
   const key = (name: string, message: string) => `${name}\u0000${message}`;
   const deps: TaskDeps = {
@@ -89,10 +98,7 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
     phase: (p, e, s) => rt.events.phase(p, e, s),
     progress: rt.events.progress,
     faults: rt.faults,
-    async session() {
-      session ??= await openSession(rt, id);
-      return session;
-    },
+    session: async () => session,
     thrown: (e) => thrown.get(key(e.Error, e.Cause)),
   };
   const record: ExecutionRecord = {
@@ -113,7 +119,6 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
       rt.events.log(`warning: the execution history could not be written: ${errorMessage(err)}`);
     }
   };
-  flush(true);
   let waitingForApproval = false;
   const run = runLocalWorkflow(
     input,
@@ -139,7 +144,6 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
     },
     {
       waitMs: { [STATE.waitSample]: 0, [STATE.bake]: 0 },
-      retryMs: {},
       onHistory: (entry, event) => {
         if (event === 'entered') record.states = [...record.states.slice(-(HISTORY_KEPT - 1)), entry];
         flush();
@@ -150,10 +154,10 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
   try {
     outcome = await run.done;
   } finally {
-    await session?.close();
+    await session.close();
   }
   record.endedAt = new Date().toISOString();
-  record.status = waitingForApproval ? 'aborted' : outcome.status;
+  record.status = waitingForApproval ? 'awaiting-approval' : outcome.status;
   record.lastState = outcome.lastState;
   if (outcome.error) record.error = `${outcome.error}: ${outcome.cause ?? ''}`;
   flush(true);
@@ -165,4 +169,51 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
       migrationId: id,
     });
   return { outcome, state, error };
+}
+
+/** The states the catch-up loop repeats every sample: shown as one line, with the count and the last summary. */
+const LOOP_STATES = new Set<string>([STATE.waitSample, WORKFLOW_TASKS.checkLag.state, STATE.caughtUp]);
+
+function clock(iso: string | undefined): string {
+  return iso ? iso.slice(11, 23) : '…'.padEnd(12);
+}
+
+function duration(ms: number | undefined): string {
+  if (ms === undefined) return 'running';
+  return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** The last execution state by state, as the Step Functions console's execution view lists it. */
+export function describeExecution(r: ExecutionRecord): string {
+  const head = `Execution (${r.command}, started ${r.startedAt}): ${r.status}${r.lastState && r.status !== 'succeeded' ? ` at "${r.lastState}"` : ''}${r.error ? ` — ${r.error}` : ''}`;
+  const lines: string[] = [head];
+  const row = (
+    entered: string | undefined,
+    left: string | undefined,
+    ms: number | undefined,
+    name: string,
+    text = '',
+  ) =>
+    lines.push(
+      `  ${clock(entered)} → ${clock(left)}  ${duration(ms).padStart(8)}  ${name.padEnd(30)} ${text}`.trimEnd(),
+    );
+  for (let i = 0; i < r.states.length; i++) {
+    const e = r.states[i] as HistoryEntry;
+    if (!LOOP_STATES.has(e.state)) {
+      row(e.enteredAt, e.leftAt, e.ms, e.state, e.error ? `ERROR ${e.error}` : (e.summary ?? ''));
+      continue;
+    }
+    let j = i;
+    while (j + 1 < r.states.length && LOOP_STATES.has((r.states[j + 1] as HistoryEntry).state)) j++;
+    const run = r.states.slice(i, j + 1);
+    const samples = run.filter((s) => s.state === WORKFLOW_TASKS.checkLag.state);
+    const last = samples.at(-1);
+    const first = run[0] as HistoryEntry;
+    const end = run.at(-1) as HistoryEntry;
+    const ms = end.leftAt ? Date.parse(end.leftAt) - Date.parse(first.enteredAt) : undefined;
+    const text = last?.error ? `ERROR ${last.error}` : (last?.summary ?? '');
+    row(first.enteredAt, end.leftAt, ms, `Check lag ×${samples.length}`, text);
+    i = j;
+  }
+  return lines.join('\n');
 }

@@ -24,6 +24,7 @@ import {
   wasInterrupted,
   whenIdle,
 } from '@pgferry/postgres';
+import { describeExecution, readExecution } from './local-runtime';
 import { createOutput, describeLive, describeState, type Output } from './output';
 import { reportId, writeHtmlReport } from './report';
 import {
@@ -148,7 +149,8 @@ PostgreSQL 11 is a blocker.
   status: `Usage: pgferry status [--id ID] [--offline] [--source URL] [--target URL] [--json]
 
 Without --id, lists the migrations in the state directory. With --id, shows one migration's recorded
-state, then checks both servers (read-only): its replication slots and the WAL they retain, publications,
+state and its last workflow execution state by state (entered, left, duration, summary; the catch-up
+loop folded into one "Check lag ×N" line), then checks both servers (read-only): its replication slots and the WAL they retain, publications,
 subscriptions and their apply workers, whether a database is read-only, and whether a pgferry process is
 connected. Lines marked ATTENTION need someone (a slot nobody reads after a crash fills the source's
 disk) and say which command puts it right. --offline shows only the recorded state.
@@ -595,11 +597,15 @@ export async function main(argv: string[]): Promise<number> {
       case 'status': {
         if (values.id) {
           const s = await rt.store.get(values.id);
+          // The last execution of the workflow, state by state (what the Step Functions console shows).
+          const execution = readExecution(stateDir, values.id);
+          const shown = execution ? `\n${describeExecution(execution)}` : '';
           // A cleaned-up migration has nothing left on the servers, nor the passwords to look.
-          if (values.offline || s.status === 'cleaned-up') out.result(s, describeState(s));
+          if (values.offline || s.status === 'cleaned-up')
+            out.result({ ...s, execution }, `${describeState(s)}${shown}`);
           else {
             const live = await inspectMigration(rt, values.id);
-            out.result({ ...s, live }, `${describeState(s)}\n${describeLive(live)}`);
+            out.result({ ...s, execution, live }, `${describeState(s)}${shown}\n${describeLive(live)}`);
           }
         } else {
           const { migrations, unreadable } = await rt.store.list();

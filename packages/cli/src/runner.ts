@@ -6,65 +6,44 @@
  */
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
+import type { WorkflowInput } from '@pgferry/core';
 import {
-  ConnectionLostError,
-  CutoverFailedError,
   checkPostgresUrl,
-  DEFAULTS,
-  DrainTimeoutError,
   errorMessage,
-  FreezeFailedError,
   InvalidInputError,
-  LagTimeoutError,
   type MigrationState,
   type MigrationStore,
   objectNames,
   PgferryError,
-  PHASE_TITLES,
   type Phase,
   parseMigrationConfig,
   redactText,
   redactUrl,
-  StateConflictError,
-  UndoFailedError,
-  VerificationFailedError,
 } from '@pgferry/core';
 import {
-  assessPhase,
-  bulkLoad,
-  catchUp,
-  catchUpAndVerify,
   cleanup,
   connect,
   connectionSettings,
-  cutover,
   type Db,
-  endOrphanSessions,
   type FaultPoints,
   ident,
   inspectApplicationName,
   inspectSide,
-  isConnectionLoss,
   isFrozen,
   type LiveStatus,
   liveAttention,
   openSession as openTaskSession,
   type PhaseContext,
   type Progress,
-  prepareSchema,
-  rollback,
   runPhase as runTaskPhase,
   type Session,
   type SideLive,
-  startReplication,
   subscriptionExists,
-  undoInterruptedCutover,
   unfreezeWrites,
   unreachable,
   updateSubscriptionConnection,
-  verify,
-  wasInterrupted,
 } from '@pgferry/postgres';
+import { executeLocally } from './local-runtime';
 
 export interface RunnerEvents {
   log(message: string): void;
@@ -261,13 +240,6 @@ export function runPhase(
   return runTaskPhase(ctx, phase, fn, rt.events);
 }
 
-const LOAD_PHASES: [Phase, (ctx: PhaseContext) => Promise<string>][] = [
-  ['assess', assessPhase],
-  ['prepare-schema', prepareSchema],
-  ['bulk-load', bulkLoad],
-  ['start-replication', startReplication],
-];
-
 export interface AdvanceOptions {
   /** Cut over once caught up (auto), or stop at a steady catch-up (manual). */
   cutover: 'auto' | 'manual' | 'now';
@@ -325,164 +297,34 @@ function assertNoUnfinishedRollback(state: MigrationState) {
 
 /**
  * Advance a migration as far as it may go: to a steady catch-up (manual) or through cutover and
- * verify (auto, or `now` when the user runs `pgferry cutover`).
+ * verify (auto, or `now` when the user runs `pgferry cutover`). One execution of the workflow
+ * definition (local-runtime.ts); its tasks skip what is done.
  */
 export function advance(rt: Runtime, id: string, options: AdvanceOptions): Promise<MigrationState> {
-  return claimed(rt, id, () => advanceClaimed(rt, id, options));
+  return claimed(rt, id, async () => {
+    assertAdvanceable(await rt.store.get(id));
+    const input = workflowInput(id, 'migrate', options.cutover);
+    const r = await executeLocally(rt, input, options.cutover === 'now' ? 'cutover' : 'migrate');
+    if (r.error) throw r.error;
+    return r.state;
+  });
 }
 
-async function advanceClaimed(rt: Runtime, id: string, options: AdvanceOptions): Promise<MigrationState> {
-  assertAdvanceable(await rt.store.get(id));
-  const session = await openSession(rt, id);
-  const { ctx } = session;
-  try {
-    await endOrphans(rt, ctx);
-    await ctx.update((s) => {
-      s.status = 'running';
-      s.failure = undefined;
-    });
-    // Before anything else: never leave the source frozen by a cutover that died half way.
-    await undoInterruptedCutover(ctx);
-    if (ctx.state.cutover?.switchStartedAt && !ctx.state.cutover.switchAt) {
-      await runPhase(rt, ctx, 'cutover', cutover); // the switch began: finish it, never go back
-    }
-    if (!ctx.state.cutover?.switchAt) {
-      for (const [phase, fn] of LOAD_PHASES) {
-        if (ctx.state.phases[phase]?.endedAt) {
-          rt.events.phase(phase, 'skip', 'already done');
-          continue;
-        }
-        await runPhase(rt, ctx, phase, fn);
-      }
-      for (let attempt = 1; ; attempt++) {
-        // Every table is verified before a cutover may freeze anything: with --cutover manual when the
-        // cutover is asked for (`pgferry cutover`), so that `migrate` returns as soon as it is caught up.
-        await runPhase(rt, ctx, 'catch-up', options.cutover === 'manual' ? catchUp : catchUpAndVerify);
-        if (options.cutover === 'manual') {
-          await ctx.update((s) => {
-            s.status = 'awaiting-cutover';
-          });
-          return ctx.state;
-        }
-        try {
-          await runPhase(rt, ctx, 'cutover', cutover);
-          break;
-        } catch (err) {
-          if (!(err instanceof DrainTimeoutError) || attempt >= DEFAULTS.cutoverAttempts) throw err;
-          ctx.log(`${err.message}; back to catch-up (attempt ${attempt + 1} of ${DEFAULTS.cutoverAttempts})`);
-        }
-      }
-    } else if (!ctx.state.phases.cutover?.endedAt) {
-      await runPhase(rt, ctx, 'cutover', cutover); // finishes the tail after a crash
-    }
-    await ctx.update((s) => {
-      s.status = 'cut-over';
-    });
-    await runPhase(rt, ctx, 'verify', verify);
-    return ctx.state;
-  } catch (err) {
-    await fail(rt, ctx, err);
-    throw err;
-  } finally {
-    await session.close();
-  }
-}
-
-/** A failure that leaves the migration resumable: recorded, with everything it built kept. */
-function keepRunning(ctx: PhaseContext, failure: MigrationState['failure'], message: string) {
-  return ctx
-    .update((s) => {
-      s.status = 'running';
-      s.failure = failure;
-      s.events = [...s.events, { at: new Date().toISOString(), message }];
-    })
-    .catch(() => {});
-}
-
-/** Record the failure; before the switch, roll back so no slot or frozen source is left behind. */
-async function fail(rt: Runtime, ctx: PhaseContext, err: unknown) {
-  // A signal broke the phase (a killed pg_restore, a closed snapshot): the process is exiting, and a
-  // rollback cut off half way would be worse than none. The state stays as it was, for resume.
-  if (wasInterrupted()) return;
-  // Another process changed the state under us: it is working on this migration, so nothing is undone here.
-  if (err instanceof StateConflictError) return;
-  const phase = ctx.state.phase;
-  const switched = !!ctx.state.cutover?.switchAt;
-  const failure = {
-    name: err instanceof Error ? err.name : 'Error',
-    message: errorMessage(err),
-    phase,
-    hint: err instanceof PgferryError ? err.hint : undefined,
+/** The execution input of a local command: no target to provision, no clean-up (that is `pgferry cleanup`), no bake. */
+export function workflowInput(
+  id: string,
+  action: WorkflowInput['action'],
+  cutover: AdvanceOptions['cutover'] = 'auto',
+): WorkflowInput {
+  return {
+    migrationId: id,
+    action,
+    cutover: cutover === 'manual' ? 'manual' : 'auto',
+    approved: cutover === 'now',
+    provisionTarget: false,
+    cleanup: false,
+    bakeSeconds: 0,
   };
-  if (switched) {
-    // A failure after the switch (verify, or the clean-up of forward replication after it): the
-    // application is on the target with a way back. Nothing is rolled back; resume goes on from here.
-    await ctx
-      .update((s) => {
-        s.status = 'cut-over';
-        s.failure = failure;
-      })
-      .catch(() => {});
-    return;
-  }
-  if (ctx.state.cutover?.switchStartedAt) {
-    // The switch began (the switch file may already name the target): never rolled back; resume finishes it.
-    await keepRunning(ctx, failure, `stopped while switching: ${failure.message}`);
-    return;
-  }
-  if (err instanceof UndoFailedError) {
-    // The cutover's undo failed: its breadcrumb stays, and resume (undoInterruptedCutover) undoes it
-    // again. A rollback now would go through the same frozen source, and throw away the load.
-    await keepRunning(ctx, failure, `stopped in ${PHASE_TITLES[phase]}, undo failed: ${failure.message}`);
-    return;
-  }
-  // Verification before the switch found a difference: nothing was switched or frozen, replication goes
-  // on; the loaded target stays for whoever investigates (resume verifies again).
-  const verifiedBeforeSwitch = !switched && err instanceof VerificationFailedError;
-  // A server that stayed away past the reconnect window during catch-up: nothing is wrong with what was
-  // built, and a rollback could not reach it anyway. Kept, with the slot named (status shows its WAL).
-  const outage = phase === 'catch-up' && (err instanceof ConnectionLostError || isConnectionLoss(err));
-  // A cutover that failed before the switch undid itself (source writable, forward replication on, or
-  // an UndoFailedError above): the loaded target is as good as before, so it stays, as after a drain timeout.
-  const cutoverUndone = !ctx.state.cutover && (err instanceof CutoverFailedError || err instanceof FreezeFailedError);
-  if (
-    err instanceof LagTimeoutError ||
-    err instanceof DrainTimeoutError ||
-    cutoverUndone ||
-    verifiedBeforeSwitch ||
-    outage
-  ) {
-    // Replication is healthy, only not caught up (or DDL awaits the target, or the drain was too slow;
-    // the cutover already unfroze the source): keep the loaded data and
-    // the slot; the slot's WAL is bounded by the abort limit while pgferry runs and by
-    // max_slot_wal_keep_size (which assessment asks for) while it does not.
-    await keepRunning(ctx, failure, `stopped in ${PHASE_TITLES[phase]}: ${failure.message}`);
-    return;
-  }
-  let undone = '';
-  if (phase !== 'assess') {
-    try {
-      rt.events.log(`rolling back after the failure in ${PHASE_TITLES[phase]}`);
-      undone = await rollback(ctx);
-    } catch (rollbackErr) {
-      undone = `ROLLBACK FAILED: ${errorMessage(rollbackErr)}; run \`pgferry rollback --id ${ctx.config.id}\``;
-    }
-  }
-  await ctx
-    .update((s) => {
-      s.status = undone.startsWith('ROLLBACK FAILED') || phase === 'assess' ? 'failed' : 'rolled-back';
-      s.failedAt = new Date().toISOString();
-      s.failure = failure;
-      s.events = [
-        ...s.events,
-        {
-          at: s.failedAt,
-          message: `failed in ${PHASE_TITLES[phase]}: ${failure.message}${undone ? ` (${undone})` : ''}`,
-        },
-      ];
-    })
-    .catch(() => {});
-  if (undone) rt.events.log(undone);
 }
 
 export function rollbackMigration(rt: Runtime, id: string): Promise<MigrationState> {
@@ -497,26 +339,10 @@ export function rollbackMigration(rt: Runtime, id: string): Promise<MigrationSta
   });
 }
 
-/** Sessions a dead pgferry process left behind (an orphaned pg_restore) are ended before anything runs. */
-async function endOrphans(rt: Runtime, ctx: PhaseContext) {
-  for (const db of [ctx.source, ctx.target]) {
-    const n = await endOrphanSessions(db, ctx.config.id);
-    if (n) rt.events.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
-  }
-}
-
 async function rollbackClaimed(rt: Runtime, id: string): Promise<MigrationState> {
-  const session = await openSession(rt, id);
-  try {
-    await endOrphans(rt, session.ctx);
-    await runPhase(rt, session.ctx, 'rollback', rollback);
-    await session.ctx.update((s) => {
-      s.status = 'rolled-back';
-    });
-    return session.ctx.state;
-  } finally {
-    await session.close();
-  }
+  const r = await executeLocally(rt, workflowInput(id, 'rollback'), 'rollback');
+  if (r.error) throw r.error;
+  return r.state;
 }
 
 /**

@@ -2,6 +2,7 @@
  * Builders for the state machine's Task states: one Lambda invocation or one worker (ECS RunTask) per
  * task of the table in tasks.ts, with the Retry and Catch every task gets. No I/O.
  */
+import { InvalidInputError } from '../errors';
 import type { Phase } from '../model';
 import { resumableErrors } from './failure';
 import { functionArnKey, type TaskName, WORKFLOW_TASKS } from './tasks';
@@ -38,6 +39,8 @@ export const ROLL_BACK = WORKFLOW_TASKS.rollback.state;
 export const TASK_INPUTS: Partial<Record<TaskName, Record<string, string>>> = {
   checkLag: { gate: '$.gate', verify: '$.verify' },
   verifyBeforeSwitch: { verify: '$.verify' },
+  // The drain-over-budget loop's count: the task says whether a failed drain goes back to catch-up.
+  cutover: { attempt: '$.cutoverAttempt' },
   rollback: { error: '$.error' },
   recordFailure: { error: '$.error' },
 };
@@ -236,14 +239,24 @@ export function taskInputFromEnvironment(env: Record<string, string | undefined>
 } {
   const task = env[WORKER_ENV.task];
   if (!task || !(task in WORKFLOW_TASKS))
-    throw new Error(`${WORKER_ENV.task} must name a workflow task (got ${JSON.stringify(task ?? null)})`);
+    throw new InvalidInputError(`${WORKER_ENV.task} must name a workflow task (got ${JSON.stringify(task ?? null)})`, {
+      field: WORKER_ENV.task,
+    });
   const migrationId = env[WORKER_ENV.migrationId];
-  if (!migrationId) throw new Error(`${WORKER_ENV.migrationId} is not set`);
+  if (!migrationId)
+    throw new InvalidInputError(`${WORKER_ENV.migrationId} is not set`, { field: WORKER_ENV.migrationId });
   const input: { migrationId: string; taskToken?: string; [key: string]: unknown } = { migrationId };
   if (env[WORKER_ENV.taskToken]) input.taskToken = env[WORKER_ENV.taskToken];
   for (const k of Object.keys(TASK_INPUTS[task as TaskName] ?? {})) {
     const raw = env[`${WORKER_ENV.inputPrefix}${k.toUpperCase()}`];
-    if (raw !== undefined) input[k] = JSON.parse(raw);
+    if (raw === undefined) continue;
+    try {
+      input[k] = JSON.parse(raw);
+    } catch {
+      throw new InvalidInputError(`${WORKER_ENV.inputPrefix}${k.toUpperCase()} is not JSON`, {
+        field: `${WORKER_ENV.inputPrefix}${k.toUpperCase()}`,
+      });
+    }
   }
   return { task: task as TaskName, input };
 }

@@ -6,6 +6,8 @@
  */
 import {
   completeOutput,
+  DEFAULTS,
+  DrainTimeoutError,
   type EventPublisher,
   errorMessage,
   type FailureFacts,
@@ -14,6 +16,7 @@ import {
   InvalidInputError,
   type MigrationStore,
   PgferryError,
+  type PgferryEvent,
   PHASE_TITLES,
   type Phase,
   statusAfter,
@@ -134,8 +137,23 @@ async function inSession<T>(input: TaskInput, deps: TaskDeps, fn: (ctx: PhaseCon
   }
 }
 
-function listener(deps: TaskDeps): PhaseListener {
-  return { log: deps.log, phase: deps.phase, progress: deps.progress };
+function listener(deps: TaskDeps, migrationId?: string): PhaseListener {
+  const l: PhaseListener = { log: deps.log, phase: deps.phase, progress: deps.progress };
+  if (deps.events && migrationId)
+    l.changed = (phase, event, summary) =>
+      publish(deps, [
+        { type: 'Migration Phase Changed', detail: { migrationId, phase, event, summary: summary ?? null } },
+      ]);
+  return l;
+}
+
+/** Events are news, not the migration: one that cannot be published is logged, never a failed task. */
+async function publish(deps: TaskDeps, events: PgferryEvent[]) {
+  try {
+    await deps.events?.publish(events);
+  } catch (err) {
+    deps.log(`warning: ${events.map((e) => e.type).join(', ')} not published: ${errorMessage(err)}`);
+  }
 }
 
 /** A phase task: skipped when its done-check says so, else run with its bookkeeping. */
@@ -150,7 +168,7 @@ function phaseTask(
         deps.phase?.(phase, 'skip', 'already done');
         return { summary: `already done: ${ctx.state.phases[phase]?.summary ?? ''}`, skipped: true, ...extra?.(ctx) };
       }
-      const summary = await runPhase(ctx, phase, fn, listener(deps));
+      const summary = await runPhase(ctx, phase, fn, listener(deps, ctx.config.id));
       return { summary, ...extra?.(ctx) };
     });
 }
@@ -210,7 +228,7 @@ const assessTask: Task = (input, deps) =>
         resumeAt: resumeAt(ctx),
       };
     }
-    const summary = await runPhase(ctx, 'assess', assessPhase, listener(deps));
+    const summary = await runPhase(ctx, 'assess', assessPhase, listener(deps, ctx.config.id));
     return { summary, resumeAt: resumeAt(ctx) };
   });
 
@@ -249,13 +267,26 @@ const checkLagTask: Task = (input, deps) =>
     const loop = given ?? newGateLoop();
     // Before the verify that precedes a cutover, foreign keys still being validated do not hold the gate.
     const validation = verify?.done === false ? 'background' : 'wait';
-    if (!given) await phaseStarted(ctx, 'catch-up', listener(deps));
+    if (!given) await phaseStarted(ctx, 'catch-up', listener(deps, ctx.config.id));
     const v = validateForeignKeys(ctx);
     // Without a session kept between samples a validation cannot go on in the background: it runs here.
     if (!deps.session && v.pending.length && validation === 'wait') await v.done;
     try {
       const step = await gateStep(ctx, loop, { validation });
-      if (step.ready) await phaseEnded(ctx, 'catch-up', step.summary, listener(deps));
+      if (step.figures)
+        await publish(deps, [
+          {
+            type: 'Replication Lag Sampled',
+            detail: {
+              migrationId: ctx.config.id,
+              lagBytes: step.figures.bytes,
+              lagMs: step.figures.ms,
+              walRetainedBytes: ctx.state.walRetainedBytes ?? null,
+              gateOpen: step.ready,
+            },
+          },
+        ]);
+      if (step.ready) await phaseEnded(ctx, 'catch-up', step.summary, listener(deps, ctx.config.id));
       return { summary: step.summary, ...gateState(loop, step.ready, step.waitMs, ctx.config.lagSamples) };
     } catch (err) {
       await stopValidation(ctx);
@@ -304,28 +335,40 @@ const cutoverTask: Task = (input, deps) =>
     await ctx.update((s) => {
       s.status = 'running';
     });
-    const summary = await runPhase(ctx, 'cutover', cutover, listener(deps));
+    let summary: string;
+    try {
+      summary = await runPhase(ctx, 'cutover', cutover, listener(deps, ctx.config.id));
+    } catch (err) {
+      // The state machine goes back to catch-up ("Cutover attempts left?") while attempts remain.
+      const attempt = Number((input.attempt as { count?: number } | undefined)?.count ?? 1);
+      if (err instanceof DrainTimeoutError && attempt < DEFAULTS.cutoverAttempts)
+        ctx.log(`${err.message}; back to catch-up (attempt ${attempt + 1} of ${DEFAULTS.cutoverAttempts})`);
+      throw err;
+    }
     await ctx.update((s) => {
       s.status = 'cut-over';
     });
-    await deps.events
-      ?.publish([
-        {
-          type: 'Cutover Completed',
-          detail: { migrationId: ctx.config.id, writeGapMs: ctx.state.cutover?.writeGapMs ?? null },
-        },
-      ])
-      .catch((err) => deps.log(`warning: the Cutover Completed event was not published: ${errorMessage(err)}`));
+    await publish(deps, [
+      {
+        type: 'Cutover Completed',
+        detail: { migrationId: ctx.config.id, writeGapMs: ctx.state.cutover?.writeGapMs ?? null },
+      },
+    ]);
     return { summary, writeGapMs: ctx.state.cutover?.writeGapMs ?? null };
   });
 
-const verifyTask = phaseTask('verify', verify, (ctx) => ({ outcome: ctx.state.verify?.outcome ?? null }));
+/** "Verify" (after the switch): always run when reached; a resume verifies again (a table not verified in time, exit 8). */
+const verifyTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    const summary = await runPhase(ctx, 'verify', verify, listener(deps, ctx.config.id));
+    return { summary, outcome: ctx.state.verify?.outcome ?? null };
+  });
 
 /** "Clean up": every pgferry object on both sides, the dumps, and the passwords once nothing is left. */
 const cleanupTask: Task = (input, deps) =>
   inSession(input, deps, async (ctx) => {
     const { rmSync } = await import('node:fs');
-    const summary = await runPhase(ctx, 'cleanup', cleanup, listener(deps));
+    const summary = await runPhase(ctx, 'cleanup', cleanup, listener(deps, ctx.config.id));
     rmSync(ctx.artifactDir, { recursive: true, force: true });
     await ctx.update((s) => {
       s.status = 'cleaned-up';
@@ -409,9 +452,9 @@ async function handleFailure(ctx: PhaseContext, error: CaughtError, deps: TaskDe
     })
     .catch(() => {});
   if (undone) deps.log(undone);
-  await deps.events
-    ?.publish([{ type: 'Migration Failed', detail: { migrationId: ctx.config.id, error: failure.name, phase } }])
-    .catch((err) => deps.log(`warning: the Migration Failed event was not published: ${errorMessage(err)}`));
+  await publish(deps, [
+    { type: 'Migration Failed', detail: { migrationId: ctx.config.id, error: failure.name, phase } },
+  ]);
   return { action, summary: message };
 }
 
@@ -424,7 +467,7 @@ const rollbackTask: Task = (input, deps) =>
       const n = await endOrphanSessions(db, ctx.config.id);
       if (n) deps.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
     }
-    const summary = await runPhase(ctx, 'rollback', rollback, listener(deps));
+    const summary = await runPhase(ctx, 'rollback', rollback, listener(deps, ctx.config.id));
     await ctx.update((s) => {
       s.status = 'rolled-back';
     });

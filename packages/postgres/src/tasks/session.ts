@@ -21,6 +21,8 @@ export interface PhaseListener {
   log(message: string): void;
   phase?(phase: Phase, event: 'start' | 'end' | 'skip', summary?: string): void;
   progress?(p: Progress): void;
+  /** Awaited as a phase starts and ends (the workflow's tasks publish `Migration Phase Changed`). */
+  changed?(phase: Phase, event: 'start' | 'end', summary?: string): Promise<void>;
 }
 
 export interface Session {
@@ -103,6 +105,7 @@ export async function phaseEnded(ctx: PhaseContext, phase: Phase, summary: strin
   });
   await recordEvent(ctx, `${PHASE_TITLES[phase]}: ${summary}`);
   listener.phase?.(phase, 'end', summary);
+  await listener.changed?.(phase, 'end', summary);
 }
 
 /** Run one phase with start/end bookkeeping. */

@@ -1,0 +1,102 @@
+/**
+ * runWorkflowTask's contract where no database is involved: its input checks, the worker's token
+ * completed with the task's result, the task read back from the worker's environment.
+ */
+import {
+  InvalidInputError,
+  type MigrationStore,
+  PgferryError,
+  type TaskCallbacks,
+  taskInputFromEnvironment,
+} from '@pgferry/core';
+import { describe, expect, it } from 'vitest';
+import { runWorkflowTask, type TaskDeps } from '../packages/postgres/src/index';
+
+/** A store no test here may reach: the tasks under test must refuse or delegate before reading state. */
+const unreachableStore = new Proxy({} as MigrationStore, {
+  get: (_t, p) => () => Promise.reject(new Error(`store.${String(p)} called`)),
+});
+
+function recordingCallbacks() {
+  const calls: unknown[][] = [];
+  const callbacks: TaskCallbacks = {
+    async succeed(token, output) {
+      calls.push(['succeed', token, output]);
+      return true;
+    },
+    async fail(token, error, cause) {
+      calls.push(['fail', token, error, cause]);
+      return true;
+    },
+    heartbeat: async (token) => void calls.push(['heartbeat', token]),
+  };
+  return { calls, callbacks };
+}
+
+const deps = (extra: Partial<TaskDeps> = {}): TaskDeps => ({ store: unreachableStore, log: () => {}, ...extra });
+
+describe('runWorkflowTask', () => {
+  it('refuses an unknown task or an input without a migration id, naming the field', async () => {
+    await expect(runWorkflowTask('nope' as never, { migrationId: 'm1' }, deps())).rejects.toMatchObject({
+      name: 'InvalidInputError',
+      field: 'task',
+    });
+    await expect(runWorkflowTask('assess', {} as never, deps())).rejects.toMatchObject({
+      name: 'InvalidInputError',
+      field: 'migrationId',
+    });
+  });
+
+  it("fails a worker task's token with the error's name and message, and throws it", async () => {
+    const { calls, callbacks } = recordingCallbacks();
+    const err = await runWorkflowTask(
+      'copyShare',
+      { migrationId: 'm1', taskToken: 'tok-1' },
+      deps({ callbacks }),
+    ).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PgferryError);
+    expect(calls).toEqual([['fail', 'tok-1', 'PgferryError', (err as Error).message]]);
+  });
+
+  it('hands "Provision target" to the provisioner, and says so when there is none', async () => {
+    await expect(runWorkflowTask('provisionTarget', { migrationId: 'm1' }, deps())).rejects.toThrow(
+      /no target provisioner/,
+    );
+    const out = await runWorkflowTask(
+      'provisionTarget',
+      { migrationId: 'm1', taskToken: 't' },
+      deps({ provisionTarget: async (i) => ({ summary: `creating the target of ${i.migrationId}` }) }),
+    );
+    expect(out).toEqual({ summary: 'creating the target of m1' });
+  });
+});
+
+describe("the worker's environment", () => {
+  it('gives back the task, the id, the token and the JSON inputs the definition put there', () => {
+    expect(
+      taskInputFromEnvironment({
+        PGFERRY_TASK: 'verifyBeforeSwitch',
+        PGFERRY_MIGRATION_ID: 'm1',
+        PGFERRY_TASK_TOKEN: 'tok',
+        PGFERRY_INPUT_VERIFY: '{"done":false,"rounds":1}',
+      }),
+    ).toEqual({
+      task: 'verifyBeforeSwitch',
+      input: { migrationId: 'm1', taskToken: 'tok', verify: { done: false, rounds: 1 } },
+    });
+  });
+
+  it('names the variable that is missing or wrong', () => {
+    expect(() => taskInputFromEnvironment({ PGFERRY_TASK: 'bulkLoad' })).toThrow(InvalidInputError);
+    expect(() => taskInputFromEnvironment({ PGFERRY_TASK: 'load', PGFERRY_MIGRATION_ID: 'm1' })).toThrow(
+      /PGFERRY_TASK must name a workflow task/,
+    );
+    expect(() =>
+      taskInputFromEnvironment({
+        PGFERRY_TASK: 'verifyBeforeSwitch',
+        PGFERRY_MIGRATION_ID: 'm1',
+        PGFERRY_INPUT_VERIFY: '{',
+      }),
+    ).toThrow(/PGFERRY_INPUT_VERIFY is not JSON/);
+  });
+});

@@ -55,7 +55,7 @@ describe('runWorkflowTask', () => {
       deps({ callbacks }),
     ).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PgferryError);
-    expect(calls).toEqual([['fail', 'tok-1', 'PgferryError', (err as Error).message]]);
+    expect(calls).toEqual([['fail', 'tok-1', 'InvalidInputError', (err as Error).message]]);
   });
 
   it('hands "Provision target" to the provisioner, and says so when there is none', async () => {

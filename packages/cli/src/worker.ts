@@ -14,9 +14,10 @@ import {
   type TaskCallbacks,
   type TaskName,
   type TaskOutput,
+  taskInputFromEnvironment,
   WORKFLOW_TASKS,
 } from '@pgferry/core';
-import { bulkLoad, catchUpAndVerify, copyShare, type PhaseContext, prepareSchema, verify } from '@pgferry/postgres';
+import { bulkLoad, copyShare, type PhaseContext, runWorkflowTask } from '@pgferry/postgres';
 import { openSession, type Runtime, runPhase } from './runner';
 
 /** What the state machine puts in the container's environment (ContainerOverrides). */
@@ -28,6 +29,8 @@ export interface WorkerTask {
   loadId?: string;
   /** copyShare: which share of the plan (0-based). */
   share?: number;
+  /** The task's other inputs (`PGFERRY_INPUT_<KEY>`, JSON): verify's rounds, for one. */
+  input?: Record<string, unknown>;
 }
 
 export const WORKER_ENV = {
@@ -66,8 +69,11 @@ export function workerTaskFromEnv(env: NodeJS.ProcessEnv): WorkerTask {
     migrationId: required(env, WORKER_ENV.migrationId, 'the migration to act on'),
     taskToken: required(env, WORKER_ENV.taskToken, 'the task token to complete'),
   };
-  if (task === 'bulkLoad' || task === 'copyShare')
-    spec.loadId = required(env, WORKER_ENV.loadId, 'the bulk load attempt its plan belongs to');
+  // "Hold snapshot" of a scaled-out load names its attempt; a load by one worker ("Bulk load") does not.
+  if (task === 'copyShare') spec.loadId = required(env, WORKER_ENV.loadId, 'the bulk load attempt its plan belongs to');
+  else if (task === 'bulkLoad' && env[WORKER_ENV.loadId]?.trim()) spec.loadId = env[WORKER_ENV.loadId]?.trim();
+  const { migrationId: _id, taskToken: _token, ...input } = taskInputFromEnvironment(env).input;
+  if (Object.keys(input).length) spec.input = input;
   if (task === 'copyShare') {
     const raw = required(env, WORKER_ENV.share, 'the share of the copy plan to copy');
     const share = Number(raw);
@@ -109,6 +115,7 @@ function phase(rt: Runtime, ctx: PhaseContext, name: Phase, fn: (c: PhaseContext
 async function dispatch(task: WorkerTask, rt: Runtime, ctx: PhaseContext, stopped: AbortSignal): Promise<TaskOutput> {
   switch (task.task) {
     case 'bulkLoad': {
+      if (!task.loadId) break; // one worker copies everything: the workflow's own task below
       const summary = await phase(rt, ctx, 'bulk-load', (c) =>
         bulkLoad(c, {
           loadId: task.loadId,
@@ -122,16 +129,19 @@ async function dispatch(task: WorkerTask, rt: Runtime, ctx: PhaseContext, stoppe
       const r = await copyShare(ctx, { loadId: task.loadId ?? '', share: task.share ?? 0 }, stopped);
       return { summary: r.summary, share: r.share, rows: r.rows, bytes: r.bytes };
     }
-    // Until the workflow's runWorkflowTask exists, the worker's other tasks call the phases directly.
-    case 'prepareSchema':
-      return { summary: await phase(rt, ctx, 'prepare-schema', prepareSchema) };
-    case 'verifyBeforeSwitch':
-      return { summary: await catchUpAndVerify(ctx), outcome: ctx.state.verifyBeforeSwitch?.outcome };
-    case 'verify':
-      return { summary: await phase(rt, ctx, 'verify', verify), outcome: ctx.state.verify?.outcome };
-    default:
-      throw new InvalidInputError(`${task.task} is not a worker task`, { field: WORKER_ENV.task });
   }
+  // Every other worker task as the Lambda tasks run theirs (done-checks, verify rounds), on this
+  // session; the worker completes the token itself.
+  return runWorkflowTask(
+    task.task,
+    { ...task.input, migrationId: task.migrationId },
+    {
+      store: rt.store,
+      log: (m) => rt.events.log(m),
+      phase: (p, e, summary) => rt.events.phase(p, e, summary),
+      session: async () => ({ ctx, close: async () => {} }),
+    },
+  );
 }
 
 /**

@@ -9,6 +9,7 @@
  *      "Copy a share of the tables", each worker inside the coordinator's snapshot)
  */
 import type { CopyPlan, MigrationState } from '../model';
+import { catchFor } from './states';
 import { functionArnKey, type TaskName, type WORKER_SUBSTITUTIONS, WORKFLOW_TASKS } from './tasks';
 
 /** Seconds between two reads of the plan while the coordinator creates the slot and plans. */
@@ -114,7 +115,7 @@ function workerTask(task: TaskName, environment: Record<string, string>, extra: 
 
 /** Names of the sub-graph's states, for a person reading the console (the tasks' names come from the task table). */
 export const BULK_LOAD_STATES = {
-  load: WORKFLOW_TASKS.bulkLoad.state,
+  load: 'Bulk load in shares',
   hold: 'Hold snapshot',
   wait: 'Wait for the copy plan',
   read: WORKFLOW_TASKS.readCopyPlan.state,
@@ -153,7 +154,7 @@ export function bulkLoadStates(next: string, onError: string): Record<string, ob
         Resource: 'arn:aws:states:::lambda:invoke',
         Parameters: {
           FunctionName: sub(functionArnKey('readCopyPlan')),
-          Payload: { 'migrationId.$': '$.migrationId', 'loadId.$': '$.loadId' },
+          Payload: { 'migrationId.$': '$.migrationId', task: 'readCopyPlan', 'loadId.$': '$.loadId' },
         },
         ResultSelector: {
           'ready.$': '$.Payload.ready',
@@ -222,7 +223,8 @@ export function bulkLoadStates(next: string, onError: string): Record<string, ob
       Branches: [coordinator, shares],
       ResultSelector: { 'summary.$': '$[0].summary' },
       ResultPath: '$.bulkLoad',
-      Catch: [{ ErrorEquals: ['States.ALL'], ResultPath: '$.error', Next: onError }],
+      // As every task: resumable errors (a server away for a while) are recorded, the rest undone.
+      Catch: catchFor('bulkLoad', onError),
       Next: next,
     },
   };

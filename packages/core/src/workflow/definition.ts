@@ -5,7 +5,7 @@
  * task definition, container, subnets and security groups); `pgferry` runs the same text locally.
  */
 import { DEFAULTS } from '../config';
-import { bulkLoadStates } from './bulk-load';
+import { BULK_LOAD_STATES, bulkLoadStates } from './bulk-load';
 import { catchFor, lambdaTaskState, RECORD_FAILURE, ROLL_BACK, taskState, workerTaskState } from './states';
 import { WORKFLOW_TASKS } from './tasks';
 
@@ -42,6 +42,7 @@ export const STATE = {
   whatToDo: 'Migrate or roll back?',
   whereFrom: 'Where does the migration stand?',
   needsTarget: 'Target to provision?',
+  scaleOut: 'Copy with more than one worker?',
   beginCatchUp: 'Begin catch-up',
   waitSample: 'Wait for the next lag sample',
   caughtUp: 'Caught up?',
@@ -106,7 +107,23 @@ export function workflowDefinition(): object {
       Default: T.prepareSchema.state,
     },
     [T.provisionTarget.state]: taskState('provisionTarget', { next: T.prepareSchema.state, onError: ROLL_BACK }),
-    [T.prepareSchema.state]: taskState('prepareSchema', { next: T.bulkLoad.state, onError: ROLL_BACK }),
+    [T.prepareSchema.state]: taskState('prepareSchema', { next: STATE.scaleOut, onError: ROLL_BACK }),
+    // One worker copies a source it is big enough for (and the CLI always: copyWorkers 1); beyond
+    // that, the coordinator holds the snapshot while a Map of workers copies its shares inside it.
+    [STATE.scaleOut]: {
+      Type: 'Choice',
+      Choices: [
+        {
+          And: [
+            { Variable: '$.copyWorkers', IsPresent: true },
+            { Variable: '$.copyWorkers', NumericGreaterThan: 1 },
+          ],
+          Next: BULK_LOAD_STATES.load,
+        },
+      ],
+      Default: T.bulkLoad.state,
+    },
+    [T.bulkLoad.state]: taskState('bulkLoad', { next: T.startReplication.state, onError: ROLL_BACK }),
     ...bulkLoadStates(T.startReplication.state, ROLL_BACK),
     [T.startReplication.state]: taskState('startReplication', { next: STATE.beginCatchUp, onError: ROLL_BACK }),
 

@@ -491,26 +491,67 @@ const provisionTargetTask: Task = async (input, deps) => {
   return deps.provisionTarget(input);
 };
 
+const loadFigures = (ctx: PhaseContext) => ({
+  rows: ctx.state.rowsCopied ?? null,
+  bytes: ctx.state.bytesCopied ?? null,
+});
+
+/**
+ * "Bulk load" (one worker copies everything) or, given the attempt's loadId, "Hold snapshot" of the
+ * scaled-out load: the coordinator records its plan, holds the snapshot and waits for the shares'
+ * reports. Even when the load is done it records an empty plan, so that the poll of that attempt
+ * does not wait for one.
+ */
+const bulkLoadTask: Task = (input, deps) => {
+  const loadId = typeof input.loadId === 'string' ? input.loadId : undefined;
+  if (!loadId) return phaseTask('bulk-load', bulkLoad, loadFigures)(input, deps);
+  const coordinate = (ctx: PhaseContext) =>
+    bulkLoad(ctx, { loadId, shares: { read: () => deps.store.get(input.migrationId) } });
+  return inSession(input, deps, async (ctx) => {
+    if (phaseDone(ctx.state, 'bulk-load')) {
+      await coordinate(ctx);
+      return {
+        summary: `already done: ${ctx.state.phases['bulk-load']?.summary ?? ''}`,
+        skipped: true,
+        ...loadFigures(ctx),
+      };
+    }
+    return { summary: await runPhase(ctx, 'bulk-load', coordinate, listener(deps)), ...loadFigures(ctx) };
+  });
+};
+
 /** One share of a scaled-out load, inside the coordinator's exported snapshot. */
-const copyShareTask: Task = (input, deps) =>
-  inSession(input, deps, async (ctx) => {
-    const r = await copyShare(ctx, { loadId: String(input.loadId ?? ''), share: Number(input.share ?? 0) });
+const copyShareTask: Task = async (input, deps) => {
+  const { loadId, share } = input;
+  if (typeof loadId !== 'string' || !loadId)
+    throw new InvalidInputError('"Copy a share of the tables" needs the load attempt it belongs to', {
+      field: 'loadId',
+      migrationId: input.migrationId,
+      hint: 'the scaled-out bulk load passes it (its Parallel names each attempt)',
+    });
+  if (!Number.isInteger(share) || (share as number) < 0)
+    throw new InvalidInputError('"Copy a share of the tables" needs the share of the plan to copy', {
+      field: 'share',
+      migrationId: input.migrationId,
+      hint: 'a whole number from 0, the index into the copy plan',
+    });
+  return inSession(input, deps, async (ctx) => {
+    const r = await copyShare(ctx, { loadId, share: share as number });
     return { summary: r.summary, share: r.share, rows: r.rows, bytes: r.bytes };
   });
+};
 
 /** The state machine's poll for the coordinator's plan: from the store alone, no server. */
-const readCopyPlanTask: Task = async (input, deps) => ({
-  ...(await readCopyPlan(deps.store, { migrationId: input.migrationId, loadId: String(input.loadId ?? '') })),
-});
+const readCopyPlanTask: Task = async (input, deps) => {
+  const status = await readCopyPlan(deps.store, { migrationId: input.migrationId, loadId: String(input.loadId ?? '') });
+  return { ...status };
+};
 
 const TASKS: Record<TaskName, Task> = {
   assess: assessTask,
   provisionTarget: provisionTargetTask,
   prepareSchema: phaseTask('prepare-schema', prepareSchema),
-  bulkLoad: phaseTask('bulk-load', bulkLoad, (ctx) => ({
-    rows: ctx.state.rowsCopied ?? null,
-    bytes: ctx.state.bytesCopied ?? null,
-  })),
+  bulkLoad: bulkLoadTask,
   copyShare: copyShareTask,
   readCopyPlan: readCopyPlanTask,
   startReplication: phaseTask('start-replication', startReplication),

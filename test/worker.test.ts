@@ -1,9 +1,11 @@
+import { DynamoMigrationStore } from '@pgferry/aws';
 import { InvalidInputError, objectNames } from '@pgferry/core';
 import { describe, expect, it } from 'vitest';
 import { main } from '../packages/cli/src/main';
 import { openSession } from '../packages/cli/src/runner';
 import {
   containerEnvironment,
+  deployedWorkerStore,
   InProcessTaskCallbacks,
   runWorker,
   type WorkerTask,
@@ -49,6 +51,23 @@ describe('pgferry worker', () => {
       },
     };
     expect(containerEnvironment(runTask)).toEqual(ENV);
+  });
+
+  it('acts on the table of the stack when its environment names one, and on the local state directory otherwise', async () => {
+    expect(await deployedWorkerStore({})).toBeUndefined();
+    const deployed = {
+      PGFERRY_TABLE_NAME: 'prod-pgferry-migrations',
+      PGFERRY_BUS_NAME: 'prod-pgferry-events',
+      PGFERRY_BUCKET_NAME: 'prod-pgferry-artifacts',
+      PGFERRY_STAGE: 'prod',
+      AWS_REGION: 'eu-west-1',
+    };
+    expect(await deployedWorkerStore(deployed)).toBeInstanceOf(DynamoMigrationStore);
+    // Half a deployment's environment is named, not guessed around.
+    await expect(deployedWorkerStore({ PGFERRY_TABLE_NAME: 'prod-pgferry-migrations' })).rejects.toMatchObject({
+      name: 'InvalidInputError',
+      field: 'PGFERRY_BUS_NAME',
+    });
   });
 
   it('names the variable that is missing or wrong, and what it takes', () => {

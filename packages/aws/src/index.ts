@@ -2,6 +2,8 @@
 export * from './artifacts';
 // Task callbacks, events, secrets, TLS, the RDS target.
 export * from './callbacks';
+// The store as a deployment builds it (table from the environment, credentials from Secrets Manager).
+export * from './deployed';
 // The DMS path and the connection switch (Secrets Manager, SSM, Route 53).
 export * from './dms';
 // The DynamoDB migration store and its table layout.

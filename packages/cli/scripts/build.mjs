@@ -21,7 +21,7 @@ await build({
   // The AWS adapters (and their SDK) only `pgferry worker` loads: the worker image bundles them.
   // aws-local-stepfunctions (and the AWS SDK clients it imports) loads from node_modules only when
   // a command runs the workflow: status and assess do not pay for it.
-  external: ['pg-native', '@pgferry/aws', 'aws-local-stepfunctions'],
+  external: ['pg-native', '@pgferry/aws', '@aws-sdk/*', 'aws-local-stepfunctions'],
   // pg and its dependencies are CommonJS and call require(): give the ESM bundle a real one.
   banner: {
     js: "import { createRequire as __pgferryRequire } from 'node:module';\nconst require = __pgferryRequire(import.meta.url);",

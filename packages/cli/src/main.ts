@@ -39,7 +39,7 @@ import {
   useCredentials,
 } from './runner';
 import { FileMigrationStore } from './store';
-import { awsTaskCallbacks, runWorker, WORKER_TASKS, workerTaskFromEnv } from './worker';
+import { awsTaskCallbacks, deployedWorkerStore, runWorker, WORKER_TASKS, workerTaskFromEnv } from './worker';
 
 /** The --source/--target of commands on a stored migration. */
 const CREDENTIALS = `--source URL, --target URL  new credentials (a rotated password) for the same user, server and
@@ -668,7 +668,13 @@ export async function main(argv: string[]): Promise<number> {
       case 'worker': {
         const task = workerTaskFromEnv(process.env);
         const seconds = int(process.env.PGFERRY_HEARTBEAT_SECONDS, 'PGFERRY_HEARTBEAT_SECONDS', { min: 1 }) ?? 30;
-        const outcome = await runWorker(task, { rt, callbacks: await awsTaskCallbacks(), heartbeatMs: seconds * 1000 });
+        // Deployed, the stack's table (named in the container's environment); else the local state dir.
+        const store = (await deployedWorkerStore(process.env)) ?? rt.store;
+        const outcome = await runWorker(task, {
+          rt: { ...rt, store },
+          callbacks: await awsTaskCallbacks(),
+          heartbeatMs: seconds * 1000,
+        });
         if (outcome.ok) out.log(outcome.output?.summary ?? 'done');
         else out.log(`${task.task} failed: ${outcome.error?.name}: ${outcome.error?.message}`);
         return outcome.ok ? EXIT_CODES.ok : EXIT_CODES.failed;

@@ -6,8 +6,11 @@
  * with the error's name and message (never a secret).
  */
 import {
+  DEPLOYMENT_ENV,
+  deploymentEnv,
   errorMessage,
   InvalidInputError,
+  type MigrationStore,
   PgferryError,
   type Phase,
   redactText,
@@ -192,23 +195,44 @@ export async function runWorker(task: WorkerTask, options: WorkerOptions): Promi
  * the worker command: the CLI's other commands never need the AWS SDK.
  */
 export async function awsTaskCallbacks(): Promise<TaskCallbacks> {
-  let aws: Record<string, unknown>;
-  try {
-    aws = await import('@pgferry/aws');
-  } catch (err) {
-    // The CLI's own bundle leaves the AWS adapters out (every command would load the SDK): the worker
-    // image bundles them (Dockerfile).
-    throw new PgferryError(`the AWS adapters are not in this build of pgferry: ${errorMessage(err)}`, {
-      cause: err,
-      hint: 'pgferry worker runs in the worker image built from the Dockerfile',
-    });
-  }
+  const aws = await loadAwsAdapters();
   const Callbacks = aws.SfnTaskCallbacks as (new () => TaskCallbacks) | undefined;
   if (typeof Callbacks !== 'function')
     throw new PgferryError('this build of pgferry has no Step Functions task callbacks (SfnTaskCallbacks)', {
       hint: 'build the worker image from a revision whose packages/aws exports SfnTaskCallbacks',
     });
   return new Callbacks();
+}
+
+/** packages/aws, which only the worker loads: the CLI's own bundle leaves the AWS SDK out. */
+async function loadAwsAdapters(): Promise<typeof import('@pgferry/aws')> {
+  try {
+    return await import('@pgferry/aws');
+  } catch (err) {
+    // The worker image bundles them (Dockerfile).
+    throw new PgferryError(`the AWS adapters are not in this build of pgferry: ${errorMessage(err)}`, {
+      cause: err,
+      hint: 'pgferry worker runs in the worker image built from the Dockerfile',
+    });
+  }
+}
+
+/**
+ * The store a deployed worker acts on: the stack's DynamoDB table (named in its environment), with
+ * credentials from Secrets Manager, as the Lambda functions use it. Undefined outside a deployment
+ * (no table named): the local file store then stands.
+ */
+export async function deployedWorkerStore(env: NodeJS.ProcessEnv): Promise<MigrationStore | undefined> {
+  if (!env[DEPLOYMENT_ENV.tableName]) return undefined;
+  const aws = await loadAwsAdapters();
+  const [{ DynamoDBClient }, { SecretsManagerClient }] = await Promise.all([
+    import('@aws-sdk/client-dynamodb'),
+    import('@aws-sdk/client-secrets-manager'),
+  ]);
+  return aws.deployedStore(
+    { dynamo: new DynamoDBClient({}), secrets: new SecretsManagerClient({}) },
+    deploymentEnv(env).tableName,
+  );
 }
 
 /** The container's environment in an `ecs:runTask` request's ContainerOverrides (what the worker reads). */

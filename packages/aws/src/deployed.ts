@@ -1,0 +1,44 @@
+/**
+ * The migration store as a deployment uses it (the Lambda functions and the Fargate worker alike): the
+ * DynamoDB table the stack names in the environment, with credentials read from Secrets Manager by the
+ * ARNs the migration's config names, when a task connects. Nothing secret is kept in the table.
+ */
+import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
+import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
+import { InvalidInputError, type MigrationState } from '@pgferry/core';
+import { DynamoMigrationStore, type SecretsVault } from './dynamo-store';
+import { type MigrationSecretRefs, SecretsManagerResolver } from './secrets';
+import { rdsCaBundleFile } from './tls';
+
+/**
+ * The migration's connection secrets, read from Secrets Manager by the ARNs its config names
+ * (`config.secrets.source` / `.target`, the shape SecretsManagerResolver validates). Nothing is
+ * kept: the store holds ARNs only, and the URLs live in the task's memory.
+ */
+export function secretsManagerVault(resolver: SecretsManagerResolver): SecretsVault {
+  return {
+    resolve(migration: MigrationState) {
+      const refs = (migration.config as { secrets?: MigrationSecretRefs }).secrets;
+      if (!refs)
+        throw new InvalidInputError(`migration ${migration.config.id} names no secrets`, {
+          field: 'secrets',
+          migrationId: migration.config.id,
+          hint: 'its config needs secrets.source.secretArn and secrets.target.secretArn (Secrets Manager ARNs)',
+        });
+      return resolver.resolve(refs);
+    },
+  };
+}
+
+/** The deployment's store: the table `tableName`, credentials from Secrets Manager over verify-full TLS. */
+export function deployedStore(
+  clients: { dynamo: DynamoDBClient; secrets: SecretsManagerClient },
+  tableName: string,
+): DynamoMigrationStore {
+  return new DynamoMigrationStore({
+    client: DynamoDBDocumentClient.from(clients.dynamo),
+    tableName,
+    vault: secretsManagerVault(new SecretsManagerResolver(clients.secrets, { caBundleFile: () => rdsCaBundleFile() })),
+  });
+}

@@ -10,6 +10,7 @@ import {
   copyPlanStatus,
   splitIntoShares,
 } from '../packages/core/src/workflow/bulk-load';
+import { RECORD_FAILURE } from '../packages/core/src/workflow/states';
 import { catchUp, prepareSchema, readCopyPlan, startReplication } from '../packages/postgres/src/index';
 import { migrationFixture, newMigration, type TestRuntime } from './harness/migration';
 import type { Pair } from './harness/pairs';
@@ -41,6 +42,8 @@ function definition() {
       Loaded: { Type: 'Succeed' },
       // The workflow's undo would follow: here the caught error is the execution's output.
       'Load failed': { Type: 'Pass', End: true },
+      // Where the failure policy sends resumable errors (a server away for a while): recorded, not undone.
+      [RECORD_FAILURE]: { Type: 'Pass', End: true },
     },
   };
 }

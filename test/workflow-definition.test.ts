@@ -23,6 +23,7 @@ import {
   workflowDefinitionJson,
 } from '@pgferry/core';
 import validator from 'asl-validator';
+import { StateMachine } from 'aws-local-stepfunctions';
 import { describe, expect, it } from 'vitest';
 import { type HistoryEntry, runLocalWorkflow } from '../packages/cli/src/local-workflow';
 
@@ -84,6 +85,8 @@ describe('workflow definition', () => {
     const after = validator(substituted(), { checkArn: true, checkPaths: true });
     expect(after.errorsText('\n')).toBe('');
     expect(after.isValid).toBe(true);
+    // And by the local runtime's own checks, which it skips on every command for this test's sake.
+    expect(() => new StateMachine(substituted() as never, { validationOptions: { checkArn: true } })).not.toThrow();
   });
 
   it('substitutes only the keys the task table names', () => {

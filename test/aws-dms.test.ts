@@ -39,7 +39,7 @@ import {
   type TaskCallbacks,
 } from '../packages/core/src/index';
 import type { TableInfo } from '../packages/postgres/src/catalog';
-import { DmsMemoryStore } from './harness/memory-store-dms';
+import { MemoryMigrationStore } from './harness/memory-store';
 
 const fixture = (name: string) =>
   JSON.parse(readFileSync(join(__dirname, 'fixtures/events', name), 'utf8')) as DmsTaskStateChangeEvent;
@@ -324,7 +324,7 @@ describe('DMS task and endpoints', () => {
       .on(DescribeReplicationTasksCommand)
       .rejects(new ResourceNotFoundFault({ message: 'No Tasks found', $metadata: {} }));
     dms.on(CreateReplicationTaskCommand).resolves({ ReplicationTask: { ReplicationTaskArn: TASK_ARN } });
-    const store = new DmsMemoryStore();
+    const store = new MemoryMigrationStore();
     const endpoints = { sourceArn: 'arn:src', targetArn: 'arn:tgt' };
     expect(await ensureDmsReplication(client, plan, endpoints, mappings, store)).toEqual({
       arn: TASK_ARN,
@@ -450,10 +450,10 @@ function recordingCallbacks(fail = false) {
 }
 
 describe('handleDmsTaskStateChange', () => {
-  let store: DmsMemoryStore;
+  let store: MemoryMigrationStore;
   let lines: string[];
   beforeEach(async () => {
-    store = new DmsMemoryStore();
+    store = new MemoryMigrationStore();
     lines = [];
     await store.correlate(`DMS#${TASK_ARN}`, 'shop');
     await store.putTaskToken('shop', 'bulkLoad', 'token-1');

@@ -9,8 +9,8 @@
  *      "Copy a share of the tables", each worker inside the coordinator's snapshot)
  */
 import type { CopyPlan, MigrationState } from '../model';
-import { catchFor } from './states';
-import { functionArnKey, type TaskName, type WORKER_SUBSTITUTIONS, WORKFLOW_TASKS } from './tasks';
+import { catchFor, runTaskParameters, substitution } from './states';
+import { functionArnKey, type TaskName, WORKFLOW_TASKS } from './tasks';
 
 /** Seconds between two reads of the plan while the coordinator creates the slot and plans. */
 export const PLAN_POLL_SECONDS = 5;
@@ -73,40 +73,17 @@ export function copyPlanStatus(state: Pick<MigrationState, 'id' | 'copyPlan'>, l
   };
 }
 
-/** `${Key}`: what a deployed definition's definitionSubstitutions fill in. */
-const sub = (key: (typeof WORKER_SUBSTITUTIONS)[number] | ReturnType<typeof functionArnKey>) => `\${${key}}`;
-
 /** A worker task: ECS RunTask on Fargate, completed by the worker through the task token. */
 function workerTask(task: TaskName, environment: Record<string, string>, extra: object): object {
   return {
     Type: 'Task',
     Comment: `runs "pgferry worker" (${task}) on Fargate; the worker completes the task token and sends heartbeats`,
     Resource: 'arn:aws:states:::ecs:runTask.waitForTaskToken',
-    Parameters: {
-      LaunchType: 'FARGATE',
-      Cluster: sub('WorkerClusterArn'),
-      TaskDefinition: sub('WorkerTaskDefinitionArn'),
-      NetworkConfiguration: {
-        AwsvpcConfiguration: {
-          // Lists: a substitution fills in a string ("subnet-a,subnet-b"), split into the array ECS wants.
-          'Subnets.$': `States.StringSplit('${sub('WorkerSubnets')}', ',')`,
-          'SecurityGroups.$': `States.StringSplit('${sub('WorkerSecurityGroups')}', ',')`,
-          AssignPublicIp: 'DISABLED',
-        },
-      },
-      Overrides: {
-        ContainerOverrides: [
-          {
-            Name: sub('WorkerContainerName'),
-            Environment: [
-              { Name: 'PGFERRY_TASK', Value: task },
-              { Name: 'PGFERRY_TASK_TOKEN', 'Value.$': '$$.Task.Token' },
-              ...Object.entries(environment).map(([name, path]) => ({ Name: name, 'Value.$': path })),
-            ],
-          },
-        ],
-      },
-    },
+    Parameters: runTaskParameters([
+      { Name: 'PGFERRY_TASK', Value: task },
+      { Name: 'PGFERRY_TASK_TOKEN', 'Value.$': '$$.Task.Token' },
+      ...Object.entries(environment).map(([name, path]) => ({ Name: name, 'Value.$': path })),
+    ]),
     HeartbeatSeconds: WORKER_HEARTBEAT_TIMEOUT_SECONDS,
     TimeoutSeconds: BULK_LOAD_TIMEOUT_SECONDS,
     ...extra,
@@ -153,7 +130,7 @@ export function bulkLoadStates(next: string, onError: string): Record<string, ob
         Comment: 'reads the coordinator plan from the migration state (no database connection)',
         Resource: 'arn:aws:states:::lambda:invoke',
         Parameters: {
-          FunctionName: sub(functionArnKey('readCopyPlan')),
+          FunctionName: substitution(functionArnKey('readCopyPlan')),
           Payload: { 'migrationId.$': '$.migrationId', task: 'readCopyPlan', 'loadId.$': '$.loadId' },
         },
         ResultSelector: {

@@ -183,6 +183,26 @@ export const WORKER_ENV = {
 } as const;
 
 /**
+ * An `ecs:runTask` request for the worker on Fargate, its container given `environment`. Lists are
+ * substituted as strings ("subnet-a,subnet-b") and split into the arrays ECS wants.
+ */
+export function runTaskParameters(environment: object[]): object {
+  return {
+    LaunchType: 'FARGATE',
+    Cluster: substitution('WorkerClusterArn'),
+    TaskDefinition: substitution('WorkerTaskDefinitionArn'),
+    NetworkConfiguration: {
+      AwsvpcConfiguration: {
+        'Subnets.$': `States.StringSplit('${substitution('WorkerSubnets')}', ',')`,
+        'SecurityGroups.$': `States.StringSplit('${substitution('WorkerSecurityGroups')}', ',')`,
+        AssignPublicIp: 'DISABLED',
+      },
+    },
+    Overrides: { ContainerOverrides: [{ Name: substitution('WorkerContainerName'), Environment: environment }] },
+  };
+}
+
+/**
  * A worker task: ECS RunTask on Fargate, `.waitForTaskToken`; the container's environment carries the
  * task's name, the migration id and the token (never a credential: the worker reads those from the store).
  * The subnet and security-group lists are substituted as one comma-separated string and split by the
@@ -205,19 +225,7 @@ export function workerTaskState(task: TaskName, o: TaskStateOptions): object {
     Type: 'Task',
     Comment: `${spec.state} (Fargate worker)`,
     Resource: 'arn:aws:states:::ecs:runTask.waitForTaskToken',
-    Parameters: {
-      LaunchType: 'FARGATE',
-      Cluster: substitution('WorkerClusterArn'),
-      TaskDefinition: substitution('WorkerTaskDefinitionArn'),
-      NetworkConfiguration: {
-        AwsvpcConfiguration: {
-          'Subnets.$': `States.StringSplit('${substitution('WorkerSubnets')}', ',')`,
-          'SecurityGroups.$': `States.StringSplit('${substitution('WorkerSecurityGroups')}', ',')`,
-          AssignPublicIp: 'DISABLED',
-        },
-      },
-      Overrides: { ContainerOverrides: [{ Name: substitution('WorkerContainerName'), Environment: environment }] },
-    },
+    Parameters: runTaskParameters(environment),
     TimeoutSeconds: TASK_TIMEOUT_SECONDS[task],
     HeartbeatSeconds: WORKER_HEARTBEAT_SECONDS,
     ResultSelector: selector(task, '$'),

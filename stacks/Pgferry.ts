@@ -65,7 +65,6 @@ export function pgferryStack(config: DeployConfig) {
       allow.completeTaskTokens(machineArn),
     );
     attach(handlers.rdsInstance, allow.describeInstances());
-    attach(handlers.dmsTask, allow.describeDmsTasks());
     for (const task of ['checkLag', 'cutover'] as const) attach(tasks.get(task)!, allow.publishMetrics());
 
     const machine = migrationStateMachine(

@@ -24,7 +24,7 @@ const LAMBDA_MANAGED_POLICIES: Finding = {
 const NO_RESOURCE_TYPE: Finding = {
   id: 'AwsSolutions-IAM5',
   reason:
-    'X-Ray PutTraceSegments/PutTelemetryRecords, CloudWatch PutMetricData and DMS DescribeReplicationTasks (a read-only list call, filtered by the task ARN) have no resource to name; PutMetricData is held to the pgferry namespace by a condition',
+    'X-Ray PutTraceSegments/PutTelemetryRecords and CloudWatch PutMetricData have no resource to name; PutMetricData is held to the pgferry namespace by a condition',
   appliesTo: ['Resource::*'],
 };
 

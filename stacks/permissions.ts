@@ -82,8 +82,6 @@ export function statements(scope: Construct) {
         resources: [arn('secretsmanager', 'secret:rds!*')],
       }),
     ],
-    /** A DMS task's status now (the event only says that it changed); a list call filtered by the task's ARN. */
-    describeDmsTasks: () => new PolicyStatement({ actions: ['dms:DescribeReplicationTasks'], resources: ['*'] }),
     /** An instance's status and tags: to adopt one the plan names, and to check an event against the instance now. */
     describeInstances: () =>
       new PolicyStatement({ actions: ['rds:DescribeDBInstances'], resources: [arn('rds', 'db:*')] }),

@@ -1,9 +1,5 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { CloudWatchClient, PutMetricDataCommand } from '@aws-sdk/client-cloudwatch';
-import {
-  DatabaseMigrationServiceClient,
-  DescribeReplicationTasksCommand,
-} from '@aws-sdk/client-database-migration-service';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { RDSClient } from '@aws-sdk/client-rds';
@@ -168,15 +164,11 @@ const fixture = (name: string) => JSON.parse(readFileSync(`test/fixtures/events/
 
 function eventDeps() {
   const store = new MemoryMigrationStore();
-  const deps = { store, callbacks: new SfnTaskCallbacks(clients.sfn), log: (m: string) => logged.push(m), dms };
+  const deps = { store, callbacks: new SfnTaskCallbacks(clients.sfn), log: (m: string) => logged.push(m) };
   return { store, deps };
 }
-const dms = new DatabaseMigrationServiceClient({ region: 'eu-west-1' });
-const dmsMock = mockClient(dms);
 
 describe('event handlers', () => {
-  beforeEach(() => dmsMock.reset());
-
   it('S3: a dump under dumps/ completes the waiting bulk load once; a duplicate completes nothing', async () => {
     const { store, deps } = eventDeps();
     await store.correlate('S3#dumps/shop_1/shop.dump', 'shop_1');
@@ -214,48 +206,36 @@ describe('event handlers', () => {
     expect(sent()).toEqual([]);
   });
 
-  it('DMS: the task status read now decides: failed fails the waiting step with the reason', async () => {
+  it('DMS: the full load finished completes the waiting bulk load once; a duplicate completes nothing', async () => {
     const { store, deps } = eventDeps();
-    const arn = 'arn:aws:dms:eu-west-1:123456789012:task:PGFERRYSHOP1FULLLOAD';
+    const event = fixture('dms-task-stopped-full-load-finished');
+    const arn = event.resources[0];
     await store.correlate(`DMS#${arn}`, 'shop_1');
     await store.putTaskToken('shop_1', 'bulkLoad', 'token-dms');
-    dmsMock.on(DescribeReplicationTasksCommand).resolves({
-      ReplicationTasks: [
-        {
-          ReplicationTaskIdentifier: 'pgferry-shop-1',
-          Status: 'failed',
-          LastFailureMessage: 'Last Error Table public.orders load failed',
-        },
-      ],
-    });
-    sfnMock.on(SendTaskFailureCommand).resolves({});
-    const outcome = await createDmsHandler(() => deps)(fixture('dms-task-state-change'), context);
-    expect(outcome).toEqual({ action: 'failed', migrationId: 'shop_1', step: 'bulkLoad' });
-    expect(dmsMock.commandCalls(DescribeReplicationTasksCommand).map((c) => c.args[0].input)).toEqual([
-      { Filters: [{ Name: 'replication-task-arn', Values: [arn] }], WithoutSettings: true },
-    ]);
-    expect(sfnMock.commandCalls(SendTaskFailureCommand).map((c) => c.args[0].input)).toEqual([
-      {
-        taskToken: 'token-dms',
-        error: 'DmsTaskFailedError',
-        cause: 'DMS task pgferry-shop-1 is failed: Last Error Table public.orders load failed',
-      },
-    ]);
+    sfnMock.on(SendTaskSuccessCommand).resolves({});
+    const handler = createDmsHandler(() => deps);
+    expect(await handler(event, context)).toMatchObject({ action: 'succeeded', migrationId: 'shop_1', taskArn: arn });
+    expect(await handler(event, context)).toMatchObject({ action: 'ignored', migrationId: 'shop_1' });
+    expect(sfnMock.commandCalls(SendTaskSuccessCommand).map((c) => c.args[0].input.taskToken)).toEqual(['token-dms']);
   });
 
-  it('DMS: a task still loading completes nothing', async () => {
-    const { deps } = eventDeps();
-    dmsMock.on(DescribeReplicationTasksCommand).resolves({
-      ReplicationTasks: [
-        {
-          ReplicationTaskIdentifier: 'pgferry-shop-1',
-          Status: 'running',
-          ReplicationTaskStats: { FullLoadProgressPercent: 40 },
-        },
-      ],
-    });
-    const outcome = await createDmsHandler(() => deps)(fixture('dms-task-state-change'), context);
-    expect(outcome).toEqual({ action: 'ignored', reason: 'not-finished', status: 'running' });
+  it('DMS: a failed task fails the waiting step; an event that is not a DMS task change is refused naming the field', async () => {
+    const { store, deps } = eventDeps();
+    const event = fixture('dms-task-failed');
+    await store.correlate(`DMS#${event.resources[0]}`, 'shop_1');
+    await store.putTaskToken('shop_1', 'bulkLoad', 'token-dms');
+    sfnMock.on(SendTaskFailureCommand).resolves({});
+    const handler = createDmsHandler(() => deps);
+    expect(await handler(event, context)).toMatchObject({ action: 'failed', migrationId: 'shop_1' });
+    expect(sfnMock.commandCalls(SendTaskFailureCommand).map((c) => c.args[0].input)).toMatchObject([
+      { taskToken: 'token-dms', error: 'DmsTaskFailed' },
+    ]);
+    sfnMock.resetHistory();
+    const error = (await handler({ ...event, resources: [] }, context).catch((e: Error) => e)) as Error & {
+      field?: string;
+    };
+    expect(error.name).toBe('InvalidInputError');
+    expect(error.field).toBe('resources');
     expect(sent()).toEqual([]);
   });
 });

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { switchTargetSchema } from './connection-switch';
 import { InvalidInputError } from './errors';
 
 /** Thresholds and retry policies, named in one place. */
@@ -74,6 +75,8 @@ export const DEFAULTS = {
   cutoverAttempts: 3,
   /** Time allowed for the --on-switch command. */
   onSwitchTimeoutMs: 30_000,
+  /** Time allowed for the AWS connection switch (config `switch`; a CNAME waits up to 120 s for INSYNC). */
+  connectionSwitchTimeoutMs: 180_000,
 } as const;
 
 export const STRATEGIES = ['snapshot', 'native', 'dump'] as const;
@@ -248,6 +251,8 @@ export const migrationConfigSchema = z
     slotWaitTimeoutMs: z.number().int().min(1).default(DEFAULTS.slotWaitTimeoutMs),
     switchFile: z.string({ error: '--switch-file must be a path' }).min(1, '--switch-file must be a path').optional(),
     onSwitch: z.string().min(1, '--on-switch must be a command').optional(),
+    /** In AWS: the secret, SSM parameter or CNAME the application reads, switched in the write gap (a plan's `switch`). */
+    switch: switchTargetSchema.optional(),
     reportPath: z.string({ error: '--report must be a path' }).min(1, '--report must be a path').optional(),
     artifactDir: z.string().min(1).optional(),
   })

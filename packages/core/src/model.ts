@@ -1,4 +1,5 @@
 import type { MigrationConfig } from './config';
+import type { SwitchRecord } from './connection-switch';
 
 /** Phases in workflow order; names match packages/postgres/src/phases and the state machine. */
 export const PHASES = [
@@ -81,6 +82,11 @@ export interface CutoverRecord {
    * freeze, or its DBA's). An undo then leaves it read-only: it only resets a freeze it set itself.
    */
   wasFrozen?: boolean;
+  /**
+   * What the connection switch (config `switch`) replaced, with no password: a cutover resumed after a
+   * failed switch, and the rollback, restore from it (the rollback's own record says it restored).
+   */
+  switchRecord?: SwitchRecord;
 }
 
 /** An undo that failed: what it left, kept until an undo succeeds, and the one command that ends it. */

@@ -40,7 +40,7 @@ import {
   verifyBeforeSwitchRound,
 } from '../phases/catch-up';
 import { cleanup } from '../phases/cleanup';
-import type { FaultPoints, PhaseContext } from '../phases/context';
+import type { ConnectionSwitchFactory, FaultPoints, PhaseContext } from '../phases/context';
 import { copyShare, readCopyPlan } from '../phases/copy-share';
 import { cutover, undoInterruptedCutover } from '../phases/cutover';
 import { prepareSchema } from '../phases/prepare-schema';
@@ -74,6 +74,8 @@ export interface TaskDeps {
   callbacks?: TaskCallbacks;
   /** Tests only: see FaultPoints. */
   faults?: FaultPoints;
+  /** The AWS connection switch a migration's config names (functions/lib/aws-deps.ts); none locally. */
+  connectionSwitch?: ConnectionSwitchFactory;
   /** Where schema dumps go. */
   artifactDir?: string;
   /**
@@ -129,6 +131,7 @@ async function inSession<T>(input: TaskInput, deps: TaskDeps, fn: (ctx: PhaseCon
     listener: listener(deps),
     artifactDir: deps.artifactDir,
     faults: deps.faults,
+    connectionSwitch: deps.connectionSwitch,
   });
   try {
     return await fn(session.ctx);

@@ -66,6 +66,10 @@ export function pgferryStack(config: DeployConfig) {
     );
     attach(handlers.rdsInstance, allow.describeInstances());
     for (const task of ['checkLag', 'cutover'] as const) attach(tasks.get(task)!, allow.publishMetrics());
+    // The cutover switches the application's connection, the rollback puts it back: only they change it.
+    if (config.switchTarget)
+      for (const task of ['cutover', 'rollback'] as const)
+        attach(tasks.get(task)!, allow.connectionSwitch(config.switchTarget));
 
     const machine = migrationStateMachine(
       stack,

@@ -1,4 +1,4 @@
-import { InvalidInputError } from '@pgferry/core';
+import { InvalidInputError, type SwitchTarget, switchTargetSchema } from '@pgferry/core';
 import { z } from 'zod';
 
 /**
@@ -18,6 +18,11 @@ export interface DeployConfig {
   walRetainedAlarmBytes: number;
   /** Where alarms are mailed; without it they go to the SNS topic only. */
   alarmEmail?: string;
+  /**
+   * The secret, SSM parameter or CNAME the application reads its connection from (a plan's `switch`):
+   * the cutover and rollback functions may change exactly that resource, and none without it.
+   */
+  switchTarget?: SwitchTarget;
 }
 
 /** The variables `sst deploy` and `npm run synth` read, by field. */
@@ -28,6 +33,7 @@ export const DEPLOY_ENV = {
   secretNamePrefix: 'PGFERRY_SECRET_PREFIX',
   walRetainedAlarmBytes: 'PGFERRY_WAL_RETAINED_ALARM_BYTES',
   alarmEmail: 'PGFERRY_ALARM_EMAIL',
+  switchTarget: 'PGFERRY_SWITCH',
 } as const satisfies Record<keyof DeployConfig, string>;
 
 const DEFAULT_WAL_RETAINED_ALARM_BYTES = 20 * 1024 ** 3;
@@ -53,6 +59,18 @@ const schema = z.object({
     .default('pgferry/'),
   walRetainedAlarmBytes: z.coerce.number().int().positive().default(DEFAULT_WAL_RETAINED_ALARM_BYTES),
   alarmEmail: z.email().optional(),
+  switchTarget: z
+    .string()
+    .transform((s, ctx) => {
+      try {
+        return JSON.parse(s) as unknown;
+      } catch {
+        ctx.addIssue({ code: 'custom', message: 'expected JSON such as {"kind":"secret","secretArn":"arn:…"}' });
+        return z.NEVER;
+      }
+    })
+    .pipe(switchTargetSchema)
+    .optional(),
 });
 
 /** Reads the deployment's configuration from the environment; a missing or malformed value names its variable. */

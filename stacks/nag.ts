@@ -24,7 +24,7 @@ const LAMBDA_MANAGED_POLICIES: Finding = {
 const NO_RESOURCE_TYPE: Finding = {
   id: 'AwsSolutions-IAM5',
   reason:
-    'X-Ray PutTraceSegments/PutTelemetryRecords and CloudWatch PutMetricData have no resource to name; PutMetricData is held to the pgferry namespace by a condition',
+    'X-Ray PutTraceSegments/PutTelemetryRecords, CloudWatch PutMetricData and SSM DescribeParameters (read-only metadata, for an SSM connection switch) have no resource to name; PutMetricData is held to the pgferry namespace by a condition',
   appliesTo: ['Resource::*'],
 };
 

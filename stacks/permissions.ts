@@ -1,5 +1,5 @@
 import { MIGRATION_TAG } from '@pgferry/aws';
-import { METRIC_NAMESPACE } from '@pgferry/core';
+import { METRIC_NAMESPACE, type SwitchTarget } from '@pgferry/core';
 import { Stack } from 'aws-cdk-lib';
 import { type IGrantable, PolicyStatement } from 'aws-cdk-lib/aws-iam';
 import type { Construct } from 'constructs';
@@ -82,6 +82,52 @@ export function statements(scope: Construct) {
         resources: [arn('secretsmanager', 'secret:rds!*')],
       }),
     ],
+    /**
+     * The one resource the connection switch changes (the deployment's `switchTarget`), with the calls
+     * its adapter makes (packages/aws/src/switch/) and no other.
+     */
+    connectionSwitch: (target: SwitchTarget) => {
+      switch (target.kind) {
+        case 'secret':
+          return [
+            new PolicyStatement({
+              actions: [
+                'secretsmanager:DescribeSecret',
+                'secretsmanager:GetSecretValue',
+                'secretsmanager:PutSecretValue',
+                'secretsmanager:UpdateSecretVersionStage',
+              ],
+              resources: [target.secretArn],
+            }),
+          ];
+        case 'ssm-parameter':
+          return [
+            new PolicyStatement({
+              actions: [
+                'ssm:GetParameter',
+                'ssm:GetParameterHistory',
+                'ssm:PutParameter',
+                'ssm:LabelParameterVersion',
+                'ssm:UnlabelParameterVersion',
+              ],
+              resources: [arn('ssm', `parameter/${target.name.replace(/^\//, '')}`)],
+            }),
+            // The parameter's type and KMS key: DescribeParameters has no resource type.
+            new PolicyStatement({ actions: ['ssm:DescribeParameters'], resources: ['*'] }),
+          ];
+        case 'route53':
+          return [
+            new PolicyStatement({
+              actions: ['route53:ChangeResourceRecordSets', 'route53:ListResourceRecordSets'],
+              resources: [`arn:${stack.partition}:route53:::hostedzone/${target.hostedZoneId}`],
+            }),
+            new PolicyStatement({
+              actions: ['route53:GetChange'],
+              resources: [`arn:${stack.partition}:route53:::change/*`],
+            }),
+          ];
+      }
+    },
     /** An instance's status and tags: to adopt one the plan names, and to check an event against the instance now. */
     describeInstances: () =>
       new PolicyStatement({ actions: ['rds:DescribeDBInstances'], resources: [arn('rds', 'db:*')] }),

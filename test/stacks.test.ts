@@ -30,6 +30,10 @@ const CONFIG: DeployConfig = {
   securityGroupIds: ['sg-0ccc'],
   secretNamePrefix: 'pgferry/',
   walRetainedAlarmBytes: 5 * 1024 ** 3,
+  switchTarget: {
+    kind: 'secret',
+    secretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/app-db-AbCdEf',
+  },
 };
 const ACCOUNT = '123456789012';
 const REGION = 'eu-west-1';
@@ -391,6 +395,26 @@ describe('permissions', () => {
     expect(holders).toEqual(allowed);
   });
 
+  it('let only Cut over and Roll back change the connection switch, on exactly the configured secret', () => {
+    const roleOf = (prefix: string) => logicalId('AWS::IAM::Role', prefix);
+    const writes = ['secretsmanager:PutSecretValue', 'secretsmanager:UpdateSecretVersionStage'];
+    const holders = new Set<string>();
+    for (const [, policy] of Object.entries(template.findResources('AWS::IAM::Policy'))) {
+      for (const s of policy.Properties.PolicyDocument.Statement as Statement[]) {
+        if (!list(s.Action).some((a) => writes.includes(a))) continue;
+        expect(s.Resource).toEqual(CONFIG.switchTarget?.kind === 'secret' && CONFIG.switchTarget.secretArn);
+        expect(list(s.Action).sort()).toEqual([
+          'secretsmanager:DescribeSecret',
+          'secretsmanager:GetSecretValue',
+          'secretsmanager:PutSecretValue',
+          'secretsmanager:UpdateSecretVersionStage',
+        ]);
+        for (const role of policy.Properties.Roles) holders.add(role.Ref);
+      }
+    }
+    expect(holders).toEqual(new Set([roleOf('CutoverServiceRole'), roleOf('RollbackServiceRole')]));
+  });
+
   it('let the state machine invoke exactly the task functions and run exactly the worker task definition', () => {
     const machineRole = logicalId('AWS::IAM::Role', 'WorkflowRole');
     const statements = statementsOf((_, roles) => roles.includes(machineRole));
@@ -426,6 +450,18 @@ describe('deployment configuration', () => {
         PGFERRY_SECURITY_GROUP_IDS: 'sg-0a',
       }),
     ).toThrow(/PGFERRY_SUBNET_IDS: expected subnet-… ids/);
+  });
+
+  it('reads the connection switch as JSON and names PGFERRY_SWITCH when it is not one', () => {
+    const env = { PGFERRY_VPC_ID: 'vpc-0abc', PGFERRY_SUBNET_IDS: 'subnet-0a', PGFERRY_SECURITY_GROUP_IDS: 'sg-0a' };
+    expect(
+      deployConfigFromEnv({ ...env, PGFERRY_SWITCH: '{"kind":"ssm-parameter","name":"/shop/database-url"}' })
+        .switchTarget,
+    ).toEqual({ kind: 'ssm-parameter', name: '/shop/database-url' });
+    expect(() => deployConfigFromEnv({ ...env, PGFERRY_SWITCH: 'secret' })).toThrow(/PGFERRY_SWITCH: expected JSON/);
+    expect(() => deployConfigFromEnv({ ...env, PGFERRY_SWITCH: '{"kind":"ssm-parameter"}' })).toThrow(
+      /PGFERRY_SWITCH: switch.name is required/,
+    );
   });
 
   it('reads comma-separated ids and defaults the secret prefix and the WAL alarm', () => {

@@ -35,7 +35,11 @@ export function pgferryStack(config: DeployConfig) {
       pgferryFunction(stack, id, { handler: `functions/${file}.handler`, description, timeout: 60, environment });
     const handlers = {
       rdsInstance: handler('RdsInstanceEvent', 'rds-instance-event', 'pgferry: RDS instance events for a target'),
-      dumpCreated: handler('DumpCreated', 'events/dump-created', 'pgferry: a dump written under dumps/'),
+      dumpCreated: handler(
+        'DumpCreated',
+        'events/dump-created',
+        'pgferry: a dump written under dumps/ (digest checked)',
+      ),
       dmsTask: handler('DmsTaskState', 'events/dms-task-state', 'pgferry: DMS replication task state changes'),
     };
     const network = importNetwork(stack, config);
@@ -65,6 +69,7 @@ export function pgferryStack(config: DeployConfig) {
       allow.completeTaskTokens(machineArn),
     );
     attach(handlers.rdsInstance, allow.describeInstances());
+    attach(handlers.dumpCreated, allow.readDumps(bucket.bucketArn));
     for (const task of ['checkLag', 'cutover'] as const) attach(tasks.get(task)!, allow.publishMetrics());
     // The cutover switches the application's connection, the rollback puts it back: only they change it.
     if (config.switchTarget)

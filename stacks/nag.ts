@@ -69,7 +69,18 @@ export function suppressNagFindings(
     NagSuppressions.addResourceSuppressions(construct, findings, true);
 
   for (const fn of parts.taskFunctions) suppress(fn, TASK_LEVEL);
-  for (const fn of parts.eventHandlers) suppress(fn, [LAMBDA_RUNTIME, LAMBDA_MANAGED_POLICIES, NO_RESOURCE_TYPE]);
+  for (const fn of parts.eventHandlers)
+    suppress(fn, [
+      LAMBDA_RUNTIME,
+      LAMBDA_MANAGED_POLICIES,
+      NO_RESOURCE_TYPE,
+      {
+        id: 'AwsSolutions-IAM5',
+        reason:
+          'The S3 event handler reads back the metadata (sha256, size) of the dump an event names, dumps/<migration id>/data.dump: object keys are not known in advance, and it may only read under dumps/',
+        appliesTo: [{ regex: '/^Resource::<Artifacts[0-9A-F]+\\.Arn>\\/dumps\\/\\*$/' }],
+      },
+    ]);
   suppress(parts.rdsInstanceHandler, [DESCRIBE_INSTANCES]);
   suppress(parts.provisionTarget, [
     {

@@ -50,6 +50,9 @@ export function statements(scope: Construct) {
       }),
       new PolicyStatement({ actions: ['s3:ListBucket'], resources: [bucketArn] }),
     ],
+    /** The dumps' metadata (HeadObject), read back by the S3 event handler before it completes an upload step. */
+    readDumps: (bucketArn: string) =>
+      new PolicyStatement({ actions: ['s3:GetObject'], resources: [`${bucketArn}/dumps/*`] }),
     /** PutMetricData has no resource type; the namespace condition keeps it to pgferry's metrics. */
     publishMetrics: () =>
       new PolicyStatement({

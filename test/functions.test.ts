@@ -3,10 +3,11 @@ import { CloudWatchClient, PutMetricDataCommand } from '@aws-sdk/client-cloudwat
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { RDSClient } from '@aws-sdk/client-rds';
+import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SendTaskFailureCommand, SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
-import { SfnTaskCallbacks } from '@pgferry/aws';
+import { DUMP_UPLOAD_STEP, SfnTaskCallbacks } from '@pgferry/aws';
 import {
   type DeploymentEnv,
   deploymentEnv,
@@ -168,42 +169,42 @@ function eventDeps() {
   return { store, deps };
 }
 
+const s3 = new S3Client({ region: 'eu-west-1' });
+const s3Mock = mockClient(s3);
+
 describe('event handlers', () => {
-  it('S3: a dump under dumps/ completes the waiting bulk load once; a duplicate completes nothing', async () => {
+  beforeEach(() => s3Mock.reset());
+
+  it('S3: the dump under dumps/ completes the waiting upload step once with its digest; a duplicate completes nothing', async () => {
     const { store, deps } = eventDeps();
-    await store.correlate('S3#dumps/shop_1/shop.dump', 'shop_1');
-    await store.putTaskToken('shop_1', 'bulkLoad', 'token-dump');
+    const event = fixture('s3-object-created-dump');
+    const sha256 = 'ab'.repeat(32);
+    s3Mock.on(HeadObjectCommand).resolves({ Metadata: { sha256, size: '734003200' }, ContentLength: 734003200 });
+    await store.putTaskToken('shop', DUMP_UPLOAD_STEP, 'token-dump');
     sfnMock.on(SendTaskSuccessCommand).resolves({});
-    const handler = createDumpHandler(() => deps);
-    const event = fixture('s3-dump-created');
-    expect(await handler(event, context)).toEqual({ action: 'succeeded', migrationId: 'shop_1', step: 'bulkLoad' });
-    expect(await handler(event, context)).toEqual({
-      action: 'ignored',
-      reason: 'no-waiting-step',
-      migrationId: 'shop_1',
+    const handler = createDumpHandler(() => ({ ...deps, s3, bucket: event.detail.bucket.name }));
+    expect(await handler(event, context)).toMatchObject({ action: 'succeeded', migrationId: 'shop' });
+    expect(await handler(event, context)).toMatchObject({ action: 'ignored', migrationId: 'shop' });
+    expect(s3Mock.commandCalls(HeadObjectCommand)[0]!.args[0].input).toEqual({
+      Bucket: event.detail.bucket.name,
+      Key: 'dumps/shop/data.dump',
     });
     const calls = sfnMock.commandCalls(SendTaskSuccessCommand);
-    expect(calls).toHaveLength(1);
-    expect(calls[0]!.args[0].input.taskToken).toBe('token-dump');
-    expect(JSON.parse(calls[0]!.args[0].input.output!)).toEqual({
-      summary: 'dump s3://test-pgferry-artifacts/dumps/shop_1/shop.dump written (734003200 bytes)',
-      bucket: 'test-pgferry-artifacts',
-      key: 'dumps/shop_1/shop.dump',
-      bytes: 734003200,
-    });
+    expect(calls.map((c) => c.args[0].input.taskToken)).toEqual(['token-dump']);
+    expect(JSON.parse(calls[0]!.args[0].input.output!)).toMatchObject({ key: 'dumps/shop/data.dump', sha256 });
   });
 
-  it('S3: a dump no migration waits for is ignored with a log line; an object outside dumps/ is refused', async () => {
+  it('S3: an event that is not Object Created is refused naming what is wrong, and sends nothing', async () => {
     const { deps } = eventDeps();
-    const handler = createDumpHandler(() => deps);
-    expect(await handler(fixture('s3-dump-created'), context)).toEqual({ action: 'ignored', reason: 'unknown' });
-    expect(logged.join('\n')).toContain('no migration waits for S3#dumps/shop_1/shop.dump');
-    const elsewhere = fixture('s3-dump-created');
-    elsewhere.detail.object.key = 'reports/x.json';
-    const error = (await handler(elsewhere, context).catch((e: Error) => e)) as Error & { field?: string };
+    const event = fixture('s3-object-created-dump');
+    const handler = createDumpHandler(() => ({ ...deps, s3, bucket: event.detail.bucket.name }));
+    const error = (await handler({ ...event, 'detail-type': 'Object Deleted' }, context).catch(
+      (e: Error) => e,
+    )) as Error;
     expect(error.name).toBe('InvalidInputError');
-    expect(error.field).toBe('detail.object.key');
+    expect(error.message).toContain('detail-type Object Deleted');
     expect(sent()).toEqual([]);
+    expect(s3Mock.commandCalls(HeadObjectCommand)).toEqual([]);
   });
 
   it('DMS: the full load finished completes the waiting bulk load once; a duplicate completes nothing', async () => {

@@ -456,7 +456,7 @@ describe('handleDmsTaskStateChange', () => {
     store = new MemoryMigrationStore();
     lines = [];
     await store.correlate(`DMS#${TASK_ARN}`, 'shop');
-    await store.putTaskToken('shop', 'bulkLoad', 'token-1');
+    await store.putTaskToken('shop', 'awaitDmsFullLoad', 'token-1');
   });
   const deps = (callbacks: TaskCallbacks) => ({ store, callbacks, log: (l: string) => lines.push(l) });
 
@@ -533,7 +533,7 @@ describe('handleDmsTaskStateChange', () => {
     };
     expect(await handleDmsTaskStateChange(other, deps(callbacks))).toMatchObject({ action: 'ignored' });
     expect(calls).toEqual([]);
-    expect(store.tokens.get('shop#bulkLoad')).toBe('token-1');
+    expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-1');
     expect(lines).toEqual([
       'DMS event 0d6b1f52-4a0e-4c47-9a3d-6f3b1d2c7e10 ignored: REPLICATION_TASK_STARTED does not end a step',
       `DMS event 6f1d9a3e-2b7c-4e58-8d0a-1c9e4b7f2a61 ignored: task arn:aws:dms:eu-west-1:123456789012:task:OTHER is not one of pgferry's`,
@@ -545,7 +545,7 @@ describe('handleDmsTaskStateChange', () => {
     await expect(handleDmsTaskStateChange(event, deps(recordingCallbacks(true).callbacks))).rejects.toThrow(
       'Step Functions unreachable',
     );
-    expect(store.tokens.get('shop#bulkLoad')).toBe('token-1');
+    expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-1');
     const { callbacks, calls } = recordingCallbacks();
     await handleDmsTaskStateChange(event, deps(callbacks));
     expect(calls).toHaveLength(1);

@@ -44,6 +44,7 @@ const clients: AwsClients = {
   rds: new RDSClient({ region: 'eu-west-1' }),
   secrets: new SecretsManagerClient({ region: 'eu-west-1' }),
   cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }),
+  dms: new DatabaseMigrationServiceClient({ region: 'eu-west-1' }),
 };
 // The store sends through a document client made from `clients.dynamo`: mocked on its class.
 const dynamo = mockClient(DynamoDBDocumentClient);
@@ -56,6 +57,7 @@ const mocks = [
   mockClient(clients.events),
   mockClient(clients.rds),
   mockClient(clients.secrets),
+  mockClient(clients.dms),
 ];
 /** Every request any client sent, as `Command` names. */
 const sent = () => mocks.flatMap((m) => m.calls().map((c) => c.args[0].constructor.name));

@@ -4,12 +4,14 @@
  * Functions callbacks, the pgferry bus, the RDS provisioner and CloudWatch for the metrics.
  */
 import { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
+import { DatabaseMigrationServiceClient } from '@aws-sdk/client-database-migration-service';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { RDSClient } from '@aws-sdk/client-rds';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SFNClient } from '@aws-sdk/client-sfn';
 import {
+  AwsDmsReplication,
   deployedStore,
   EventBridgePublisher,
   type ProvisionTargetInput,
@@ -26,6 +28,7 @@ export interface AwsClients {
   rds: RDSClient;
   secrets: SecretsManagerClient;
   cloudwatch: CloudWatchClient;
+  dms: DatabaseMigrationServiceClient;
 }
 
 export function awsClients(): AwsClients {
@@ -36,6 +39,7 @@ export function awsClients(): AwsClients {
     rds: new RDSClient({}),
     secrets: new SecretsManagerClient({}),
     cloudwatch: new CloudWatchClient({}),
+    dms: new DatabaseMigrationServiceClient({}),
   };
 }
 
@@ -61,5 +65,6 @@ export function awsTaskDeps(
     events: new EventBridgePublisher(clients.events, { busName: env.busName }),
     log,
     provisionTarget: (input) => provisioner.provision(input as unknown as ProvisionTargetInput),
+    dms: new AwsDmsReplication(clients.dms, clients.cloudwatch, store, callbacks),
   };
 }

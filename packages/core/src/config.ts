@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { dmsSettingsSchema } from './dms';
 import { InvalidInputError } from './errors';
 
 /** Thresholds and retry policies, named in one place. */
@@ -76,7 +77,8 @@ export const DEFAULTS = {
   onSwitchTimeoutMs: 30_000,
 } as const;
 
-export const STRATEGIES = ['snapshot', 'native', 'dump'] as const;
+/** `dms` runs in AWS only: the bulk load and change capture by an AWS DMS task (see dms.ts). */
+export const STRATEGIES = ['snapshot', 'native', 'dump', 'dms'] as const;
 export type Strategy = (typeof STRATEGIES)[number];
 
 export const MIGRATION_ID = /^[a-z][a-z0-9_]{0,23}$/;
@@ -250,8 +252,23 @@ export const migrationConfigSchema = z
     onSwitch: z.string().min(1, '--on-switch must be a command').optional(),
     reportPath: z.string({ error: '--report must be a path' }).min(1, '--report must be a path').optional(),
     artifactDir: z.string().min(1).optional(),
+    /** With --strategy dms: where DMS reads the credentials from and what it runs on (see DmsSettings). */
+    dms: dmsSettingsSchema.optional(),
   })
   .superRefine((c, ctx) => {
+    if (c.strategy === 'dms' && !c.dms)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['dms'],
+        message:
+          'dms is required with strategy dms: { sourceSecretArn, targetSecretArn, secretsAccessRoleArn, compute }',
+      });
+    if (c.dms && c.strategy !== 'dms')
+      ctx.addIssue({
+        code: 'custom',
+        path: ['dms'],
+        message: `dms is only for strategy dms (strategy is ${c.strategy})`,
+      });
     if (c.sourceUrl === c.targetUrl) {
       ctx.addIssue({
         code: 'custom',

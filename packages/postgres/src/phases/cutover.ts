@@ -159,7 +159,7 @@ async function predictDrain(ctx: PhaseContext): Promise<number> {
   return predicted;
 }
 
-function switchOptions(ctx: PhaseContext) {
+export function switchOptions(ctx: PhaseContext) {
   return {
     switchFile: ctx.config.switchFile,
     onSwitch: ctx.config.onSwitch,

@@ -55,8 +55,9 @@ class ScriptedDms implements DmsReplication {
   latencies: (number | undefined)[] = [];
   /** "Drained?" answers per cutover attempt (false: never within the budget). */
   drainedPerAttempt: boolean[] = [true];
-  /** Whether the source was frozen whenever "drained?" was asked. */
+  /** Whether the source was frozen whenever "drained?" was asked, and whenever catch-up sampled. */
   readonly frozenWhenAsked: boolean[] = [];
+  readonly frozenWhileSampling: boolean[] = [];
   private attempt = -1;
   private lastFreeze?: string;
 
@@ -80,6 +81,7 @@ class ScriptedDms implements DmsReplication {
   }
   async cdcLatency(): Promise<DmsLatencyReading> {
     this.calls.push('cdcLatency');
+    this.frozenWhileSampling.push(await frozen(this.pair, 'source'));
     const s = this.latencies.shift();
     return s === undefined ? {} : { targetSeconds: s, at: new Date().toISOString() };
   }
@@ -201,7 +203,7 @@ async function execute(r: Run, fullLoadEvent: string, input: Partial<WorkflowInp
 describe('strategy dms in the workflow', () => {
   it('loads by DMS, waits for the full-load event, gates on CDC latency, cuts over and rolls back over native reverse replication', async () => {
     const r = await setup();
-    r.dms.latencies = [undefined, 3, 0, 0];
+    r.dms.latencies = [undefined, 3, undefined, 0, 0];
     const { outcome, entered } = await execute(r, 'dms-task-stopped-full-load-finished.json');
     expect(outcome.status, JSON.stringify(outcome)).toBe('succeeded');
     expect(entered).toContain('Start the DMS task');
@@ -209,13 +211,14 @@ describe('strategy dms in the workflow', () => {
     expect(entered).not.toContain('Bulk load');
     // Verify before the switch waits on pgferry's own slot, which this path has not.
     expect(entered).not.toContain('Verify before cutover');
-    expect(entered.filter((s) => s === 'Check lag')).toHaveLength(4);
+    expect(entered.filter((s) => s === 'Check lag')).toHaveLength(5);
     expect(entered.slice(-4)).toEqual(['Cut over', 'Verify', 'Clean up requested?', 'Migrated']);
     // No datapoint is not 0: the gate opened only after two zero readings in a row.
     expect(r.dms.calls).toEqual([
       'start',
       'awaitFullLoad',
       'resume',
+      'cdcLatency',
       'cdcLatency',
       'cdcLatency',
       'cdcLatency',
@@ -247,7 +250,7 @@ describe('strategy dms in the workflow', () => {
 
   it('unfreezes and goes back to catch-up when DMS does not drain within --max-drain-ms, and stops the task only once drained', async () => {
     const r = await setup();
-    r.dms.latencies = [0, 0, 0, 0];
+    r.dms.latencies = [0, 0, 0, 0, 0, 0];
     r.dms.drainedPerAttempt = [false, true];
     const { outcome, entered } = await execute(r, 'dms-task-stopped-full-load-finished.json');
     expect(outcome.status, JSON.stringify(outcome)).toBe('succeeded');
@@ -259,6 +262,9 @@ describe('strategy dms in the workflow', () => {
     expect(r.dms.calls.slice(first, checkAfter)).not.toContain('stop');
     expect(r.dms.calls.filter((c) => c === 'stop')).toHaveLength(1);
     expect(r.dms.frozenWhenAsked.every(Boolean)).toBe(true);
+    // Between the attempts the source took writes again.
+    expect(r.dms.frozenWhileSampling).toHaveLength(4);
+    expect(r.dms.frozenWhileSampling.some(Boolean)).toBe(false);
     const state = await r.rt.store.get(r.id);
     expect(state.events.some((e) => e.message.startsWith('DMS drain abandoned'))).toBe(true);
     expect(state.cutover?.switchAt).toBeDefined();

@@ -20,6 +20,7 @@ import type {
   TaskOutput,
   WorkflowInput,
 } from '@pgferry/core';
+import { parseMigrationConfig } from '@pgferry/core';
 import { openSession, runWorkflowTask, type Session, type TaskDeps } from '@pgferry/postgres';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runLocalWorkflow } from '../packages/cli/src/local-workflow';
@@ -290,5 +291,40 @@ describe('strategy dms in the workflow', () => {
     expect(outcome.cause).toMatch(/hits has no primary key: DMS ignores its UPDATEs and DELETEs/);
     expect(outcome.cause).toMatch(/DMS does not migrate the type of addr \(inet\)/);
     expect(r.dms.calls).toEqual([]);
+  });
+});
+
+describe("a dms migration's configuration", () => {
+  const urls = { id: 'shop', sourceUrl: 'postgres://u:p@db1:5432/shop', targetUrl: 'postgres://u:p@db2:5432/shop' };
+  const problem = (input: Record<string, unknown>) => {
+    try {
+      parseMigrationConfig({ ...urls, ...input });
+    } catch (err) {
+      return err as { message: string; field?: string };
+    }
+    return undefined;
+  };
+
+  it('needs the DMS settings, each wrong one named, and refuses DMS Serverless, whose end of full load it could not see', () => {
+    expect(problem({ strategy: 'dms' })).toMatchObject({
+      field: 'dms',
+      message: expect.stringContaining('dms is required with strategy dms'),
+    });
+    expect(
+      problem({ strategy: 'dms', dms: { ...DMS_SETTINGS, secretsAccessRoleArn: 'pgferry-dms' } })?.message,
+    ).toContain('dms.secretsAccessRoleArn must be the ARN of the role DMS assumes to read the secrets');
+    const serverless = problem({
+      strategy: 'dms',
+      dms: {
+        ...DMS_SETTINGS,
+        compute: { kind: 'serverless', maxCapacityUnits: 4, replicationSubnetGroupId: 'g', vpcSecurityGroupIds: [] },
+      },
+    });
+    expect(serverless).toMatchObject({
+      field: 'dms.compute.kind',
+      message: expect.stringContaining('serverless is not supported'),
+    });
+    expect(problem({ strategy: 'snapshot', dms: DMS_SETTINGS })?.message).toContain('dms is only for strategy dms');
+    expect(problem({ strategy: 'dms', dms: DMS_SETTINGS })).toBeUndefined();
   });
 });

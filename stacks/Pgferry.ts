@@ -5,7 +5,7 @@ import { eventPatterns, pgferryBus, ruleToHandler, stackEnv } from './events';
 import { monitoring } from './monitoring';
 import { suppressNagFindings } from './nag';
 import { importNetwork } from './network';
-import { attach, statements } from './permissions';
+import { attach, DMS_TASK_ACTIONS, statements } from './permissions';
 import { artifactsBucket, migrationTable } from './storage';
 import { pgferryFunction, taskFunctions } from './tasks';
 import { worker as workerResources } from './worker';
@@ -75,6 +75,13 @@ export function pgferryStack(config: DeployConfig) {
     if (config.switchTarget)
       for (const task of ['cutover', 'rollback'] as const)
         attach(tasks.get(task)!, allow.connectionSwitch(config.switchTarget));
+    // Strategy dms: each task calls exactly its part of DMS; the full-load step may complete its own token.
+    const dmsTasks = Object.entries(DMS_TASK_ACTIONS).map(([task, actions]) => {
+      const fn = tasks.get(task as keyof typeof DMS_TASK_ACTIONS)!;
+      attach(fn, allow.dms(actions));
+      return fn;
+    });
+    attach(tasks.get('awaitDmsFullLoad')!, allow.completeTaskTokens(machineArn));
 
     const machine = migrationStateMachine(
       stack,
@@ -122,6 +129,7 @@ export function pgferryStack(config: DeployConfig) {
       eventHandlers: Object.values(handlers),
       provisionTarget: tasks.get('provisionTarget')!,
       rdsInstanceHandler: handlers.rdsInstance,
+      dmsTasks,
       workerTask: worker.taskDefinition,
       stateMachine: machine,
       deadLetterQueues: Object.values(rules).map((r) => r.deadLetters),

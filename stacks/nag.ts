@@ -42,6 +42,16 @@ const DESCRIBE_INSTANCES: Finding = {
   appliesTo: [{ regex: '/^Resource::arn:<AWS::Partition>:rds:.*:db:\\*$/' }],
 };
 
+const DMS_RESOURCES: Finding = {
+  id: 'AwsSolutions-IAM5',
+  reason:
+    'DMS names its tasks, endpoints, instances and replication configs by random ids, not by the names pgferry gives them (pgferry-<migration id>-…), so the resource types are named; iam:PassRole is held to DMS by iam:PassedToService, for the role the plan names to read its secrets',
+  appliesTo: [
+    { regex: '/^Resource::arn:<AWS::Partition>:dms:.*:(task|endpoint|rep|replication-config):\\*$/' },
+    { regex: '/^Resource::arn:<AWS::Partition>:iam::.*:role/\\*$/' },
+  ],
+};
+
 const TASK_LEVEL: Finding[] = [LAMBDA_RUNTIME, LAMBDA_MANAGED_POLICIES, NO_RESOURCE_TYPE, SECRETS_BY_PREFIX];
 
 const DEAD_LETTER_QUEUE: Finding = {
@@ -60,6 +70,7 @@ export function suppressNagFindings(
     eventHandlers: IConstruct[];
     provisionTarget: IConstruct;
     rdsInstanceHandler: IConstruct;
+    dmsTasks: IConstruct[];
     workerTask: IConstruct;
     stateMachine: IConstruct;
     deadLetterQueues: IConstruct[];
@@ -82,6 +93,7 @@ export function suppressNagFindings(
       },
     ]);
   suppress(parts.rdsInstanceHandler, [DESCRIBE_INSTANCES]);
+  for (const fn of parts.dmsTasks) suppress(fn, [DMS_RESOURCES]);
   suppress(parts.provisionTarget, [
     {
       id: 'AwsSolutions-IAM5',

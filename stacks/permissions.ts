@@ -1,5 +1,5 @@
 import { MIGRATION_TAG } from '@pgferry/aws';
-import { METRIC_NAMESPACE, type SwitchTarget } from '@pgferry/core';
+import { METRIC_NAMESPACE, type SwitchTarget, type TaskName } from '@pgferry/core';
 import { Stack } from 'aws-cdk-lib';
 import { type IGrantable, PolicyStatement } from 'aws-cdk-lib/aws-iam';
 import type { Construct } from 'constructs';
@@ -131,6 +131,35 @@ export function statements(scope: Construct) {
           ];
       }
     },
+    /**
+     * The DMS path, per task: exactly the calls that task's part of packages/aws's AwsDmsReplication
+     * makes (DMS_TASK_ACTIONS). DMS names its ARNs by random ids, not by the names pgferry gives, so the
+     * resources are the resource types; Describe… calls are list calls filtered by name or ARN, and
+     * GetMetricData has no resource type.
+     */
+    dms: (actions: readonly string[]) => {
+      const out: PolicyStatement[] = [];
+      const listed = actions.filter((a) => a.startsWith('dms:Describe') || a === 'cloudwatch:GetMetricData');
+      const acting = actions.filter((a) => a.startsWith('dms:') && !a.startsWith('dms:Describe'));
+      if (listed.length) out.push(new PolicyStatement({ actions: listed, resources: ['*'] }));
+      if (acting.length)
+        out.push(
+          new PolicyStatement({
+            actions: acting,
+            resources: ['task', 'endpoint', 'rep', 'replication-config'].map((t) => arn('dms', `${t}:*`)),
+          }),
+        );
+      // The endpoints name the role DMS reads the connection secrets with.
+      if (actions.includes('iam:PassRole'))
+        out.push(
+          new PolicyStatement({
+            actions: ['iam:PassRole'],
+            resources: [`arn:${stack.partition}:iam::${stack.account}:role/*`],
+            conditions: { StringEquals: { 'iam:PassedToService': 'dms.amazonaws.com' } },
+          }),
+        );
+      return out;
+    },
     /** An instance's status and tags: to adopt one the plan names, and to check an event against the instance now. */
     describeInstances: () =>
       new PolicyStatement({ actions: ['rds:DescribeDBInstances'], resources: [arn('rds', 'db:*')] }),
@@ -140,3 +169,46 @@ export function statements(scope: Construct) {
 export function attach(grantee: IGrantable, ...list: (PolicyStatement | PolicyStatement[])[]) {
   for (const statement of list.flat()) grantee.grantPrincipal.addToPrincipalPolicy(statement);
 }
+
+/** What each Lambda task calls on the DMS path (strategy dms); see AwsDmsReplication in packages/aws. */
+export const DMS_TASK_ACTIONS = {
+  startDms: [
+    'dms:DescribeEndpoints',
+    'dms:CreateEndpoint',
+    'dms:DescribeReplicationTasks',
+    'dms:CreateReplicationTask',
+    'dms:StartReplicationTask',
+    'dms:DescribeReplicationConfigs',
+    'dms:CreateReplicationConfig',
+    'dms:StartReplication',
+    'dms:AddTagsToResource',
+    'iam:PassRole',
+  ],
+  awaitDmsFullLoad: ['dms:DescribeReplicationTasks'],
+  startReplication: ['dms:DescribeReplicationTasks', 'dms:StartReplicationTask', 'dms:StartReplication'],
+  checkLag: ['dms:DescribeReplicationInstances', 'cloudwatch:GetMetricData'],
+  cutover: [
+    'dms:DescribeReplicationInstances',
+    'cloudwatch:GetMetricData',
+    'dms:DescribeReplicationTasks',
+    'dms:StopReplicationTask',
+    'dms:StartReplicationTask',
+    'dms:StopReplication',
+    'dms:StartReplication',
+  ],
+  ...Object.fromEntries(
+    (['rollback', 'cleanup'] as const).map((t) => [
+      t,
+      [
+        'dms:DescribeReplicationTasks',
+        'dms:DescribeEndpoints',
+        'dms:DescribeReplicationConfigs',
+        'dms:StopReplicationTask',
+        'dms:DeleteReplicationTask',
+        'dms:DeleteEndpoint',
+        'dms:StopReplication',
+        'dms:DeleteReplicationConfig',
+      ],
+    ]),
+  ),
+} as const satisfies Partial<Record<TaskName, readonly string[]>>;

@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { CloudWatchClient, PutMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { DatabaseMigrationServiceClient } from '@aws-sdk/client-database-migration-service';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { RDSClient } from '@aws-sdk/client-rds';
@@ -7,7 +8,7 @@ import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SendTaskFailureCommand, SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
-import { DUMP_UPLOAD_STEP, SfnTaskCallbacks } from '@pgferry/aws';
+import { DMS_CALLBACK_STEP, DUMP_UPLOAD_STEP, SfnTaskCallbacks } from '@pgferry/aws';
 import {
   type DeploymentEnv,
   deploymentEnv,
@@ -41,6 +42,7 @@ const clients: AwsClients = {
   rds: new RDSClient({ region: 'eu-west-1' }),
   secrets: new SecretsManagerClient({ region: 'eu-west-1' }),
   cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }),
+  dms: new DatabaseMigrationServiceClient({ region: 'eu-west-1' }),
 };
 // The store sends through a document client made from `clients.dynamo`: mocked on its class.
 const dynamo = mockClient(DynamoDBDocumentClient);
@@ -53,6 +55,7 @@ const mocks = [
   mockClient(clients.events),
   mockClient(clients.rds),
   mockClient(clients.secrets),
+  mockClient(clients.dms),
 ];
 /** Every request any client sent, as `Command` names. */
 const sent = () => mocks.flatMap((m) => m.calls().map((c) => c.args[0].constructor.name));
@@ -207,12 +210,12 @@ describe('event handlers', () => {
     expect(s3Mock.commandCalls(HeadObjectCommand)).toEqual([]);
   });
 
-  it('DMS: the full load finished completes the waiting bulk load once; a duplicate completes nothing', async () => {
+  it('DMS: the full load finished completes the waiting full-load step once; a duplicate completes nothing', async () => {
     const { store, deps } = eventDeps();
     const event = fixture('dms-task-stopped-full-load-finished');
     const arn = event.resources[0];
     await store.correlate(`DMS#${arn}`, 'shop_1');
-    await store.putTaskToken('shop_1', 'bulkLoad', 'token-dms');
+    await store.putTaskToken('shop_1', DMS_CALLBACK_STEP, 'token-dms');
     sfnMock.on(SendTaskSuccessCommand).resolves({});
     const handler = createDmsHandler(() => deps);
     expect(await handler(event, context)).toMatchObject({ action: 'succeeded', migrationId: 'shop_1', taskArn: arn });
@@ -224,7 +227,7 @@ describe('event handlers', () => {
     const { store, deps } = eventDeps();
     const event = fixture('dms-task-failed');
     await store.correlate(`DMS#${event.resources[0]}`, 'shop_1');
-    await store.putTaskToken('shop_1', 'bulkLoad', 'token-dms');
+    await store.putTaskToken('shop_1', DMS_CALLBACK_STEP, 'token-dms');
     sfnMock.on(SendTaskFailureCommand).resolves({});
     const handler = createDmsHandler(() => deps);
     expect(await handler(event, context)).toMatchObject({ action: 'failed', migrationId: 'shop_1' });

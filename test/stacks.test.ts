@@ -22,6 +22,7 @@ import { main } from '../packages/cli/src/main';
 
 import { pgferryApp } from '../stacks/app';
 import { type DeployConfig, deployConfigFromEnv } from '../stacks/config';
+import { DMS_TASK_ACTIONS } from '../stacks/permissions';
 import { LAMBDA_TASKS } from '../stacks/tasks';
 
 const CONFIG: DeployConfig = {
@@ -368,7 +369,7 @@ describe('permissions', () => {
     }
   });
 
-  it('let only the worker, the event handlers and Provision target complete task tokens, of this state machine only', () => {
+  it('let only the worker, the event handlers, Provision target and the DMS full-load wait complete task tokens, of this state machine only', () => {
     const roleOf = (prefix: string) => logicalId('AWS::IAM::Role', prefix);
     const allowed = new Set([
       roleOf('WorkerTaskTaskRole'),
@@ -376,6 +377,8 @@ describe('permissions', () => {
       roleOf('DumpCreatedServiceRole'),
       roleOf('DmsTaskStateServiceRole'),
       roleOf('ProvisionTargetServiceRole'),
+      // A full load that ended before its token was kept sends no event the handler could use.
+      roleOf('AwaitDmsFullLoadServiceRole'),
     ]);
     const machineArn = {
       'Fn::Join': [
@@ -426,6 +429,32 @@ describe('permissions', () => {
     );
     const run = statements.find((s) => list(s.Action).includes('ecs:RunTask'));
     expect(JSON.stringify(run?.Resource)).toContain(logicalId('AWS::ECS::TaskDefinition', 'WorkerTask'));
+  });
+
+  it('give each task that calls DMS exactly the DMS and CloudWatch actions its part of the DMS path makes, and no other task any', () => {
+    const dmsActions = (role: string) =>
+      statementsOf((_, roles) => roles.includes(role))
+        .flatMap((s) => list(s.Action))
+        .filter((a) => /^dms:|^cloudwatch:GetMetricData$|^iam:PassRole$/.test(a))
+        .sort();
+    for (const task of LAMBDA_TASKS) {
+      const role = logicalId('AWS::IAM::Role', `${task[0]!.toUpperCase()}${task.slice(1)}ServiceRole`);
+      const expected = [...((DMS_TASK_ACTIONS as Record<string, readonly string[]>)[task] ?? [])].sort();
+      expect(dmsActions(role), task).toEqual(expected);
+    }
+    expect(dmsActions(logicalId('AWS::IAM::Role', 'WorkerTaskTaskRole'))).toEqual([]);
+    // The role DMS reads the secrets with may be passed to DMS only.
+    const startDms = logicalId('AWS::IAM::Role', 'StartDmsServiceRole');
+    const passRole = statementsOf((_, roles) => roles.includes(startDms)).filter((s) =>
+      list(s.Action).includes('iam:PassRole'),
+    );
+    expect(passRole).toHaveLength(1);
+    expect(passRole[0]!.Condition).toEqual({ StringEquals: { 'iam:PassedToService': 'dms.amazonaws.com' } });
+    // Deleting is for the rollback and the clean-up only.
+    const deleters = LAMBDA_TASKS.filter((t) =>
+      ((DMS_TASK_ACTIONS as Record<string, readonly string[]>)[t] ?? []).includes('dms:DeleteReplicationTask'),
+    );
+    expect(deleters.sort()).toEqual(['cleanup', 'rollback']);
   });
 
   it('pass cdk-nag AwsSolutions: every finding is fixed or suppressed with a reason in the stack', () => {

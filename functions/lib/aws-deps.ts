@@ -5,12 +5,14 @@
  * connection switch the migration's config names.
  */
 import { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
+import { DatabaseMigrationServiceClient } from '@aws-sdk/client-database-migration-service';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { RDSClient } from '@aws-sdk/client-rds';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SFNClient } from '@aws-sdk/client-sfn';
 import {
+  AwsDmsReplication,
   connectionSwitchFor,
   deployedStore,
   EventBridgePublisher,
@@ -28,6 +30,7 @@ export interface AwsClients {
   rds: RDSClient;
   secrets: SecretsManagerClient;
   cloudwatch: CloudWatchClient;
+  dms: DatabaseMigrationServiceClient;
 }
 
 export function awsClients(): AwsClients {
@@ -38,6 +41,7 @@ export function awsClients(): AwsClients {
     rds: new RDSClient({}),
     secrets: new SecretsManagerClient({}),
     cloudwatch: new CloudWatchClient({}),
+    dms: new DatabaseMigrationServiceClient({}),
   };
 }
 
@@ -66,5 +70,6 @@ export function awsTaskDeps(
     provisionTarget: (input) => provisioner.provision(input as unknown as ProvisionTargetInput),
     // The migration's `switch` (a secret, SSM parameter or CNAME), switched by the cutover, put back by the rollback.
     connectionSwitch: (config) => connectionSwitchFor(config.switch, switchClients),
+    dms: new AwsDmsReplication(clients.dms, clients.cloudwatch, store, callbacks),
   };
 }

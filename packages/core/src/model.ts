@@ -1,5 +1,6 @@
 import type { MigrationConfig } from './config';
 import type { SwitchRecord } from './connection-switch';
+import type { DmsRef } from './dms';
 
 /** Phases in workflow order; names match packages/postgres/src/phases and the state machine. */
 export const PHASES = [
@@ -223,6 +224,8 @@ export interface MigrationState {
   ddlDrift?: string[];
   cutover?: CutoverRecord;
   rollback?: CutoverRecord;
+  /** The DMS replication of a `dms` migration (strategy dms), and when each step of it happened. */
+  dms?: DmsRef & { startedAt?: string; resumedAt?: string; stoppedAt?: string; cleanedUpAt?: string };
   /** After the switch. */
   verify?: VerifyResult;
   /** During catch-up, before the cutover may freeze anything. */

@@ -161,7 +161,7 @@ async function predictDrain(ctx: PhaseContext): Promise<number> {
   return predicted;
 }
 
-function switchOptions(ctx: PhaseContext) {
+export function switchOptions(ctx: PhaseContext) {
   return {
     switchFile: ctx.config.switchFile,
     onSwitch: ctx.config.onSwitch,
@@ -180,7 +180,7 @@ function switchOptions(ctx: PhaseContext) {
  * or no answer within the time allowed, may have moved the application already: the caller never
  * undoes the cutover for it.
  */
-async function switchAwsConnection(ctx: PhaseContext): Promise<SwitchRecord | undefined> {
+export async function switchAwsConnection(ctx: PhaseContext): Promise<SwitchRecord | undefined> {
   const sw = ctx.connectionSwitch;
   if (!sw) return undefined;
   try {

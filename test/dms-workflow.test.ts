@@ -169,7 +169,9 @@ async function execute(r: Run, fullLoadEvent: string, input: Partial<WorkflowInp
     const waiting = new Promise<TaskOutput>((resolve, reject) => {
       pending = { resolve, reject };
     });
-    await runWorkflowTask(task, taskInput, deps);
+    const kept = await runWorkflowTask(task, taskInput, deps);
+    // A later execution: the full load ended in an earlier one.
+    if (kept.skipped) return kept;
     await r.dms.apply();
     const outcome = await handleDmsTaskStateChange(fixture(fullLoadEvent), {
       store: r.rt.store as Required<typeof r.rt.store>,
@@ -269,6 +271,33 @@ describe('strategy dms in the workflow', () => {
     const state = await r.rt.store.get(r.id);
     expect(state.events.some((e) => e.message.startsWith('DMS drain abandoned'))).toBe(true);
     expect(state.cutover?.switchAt).toBeDefined();
+  });
+
+  it('stops resumable after the last drain over budget, and a resume after a kill that left the task stopped resumes it before sampling', async () => {
+    const r = await setup();
+    r.dms.latencies = Array(6).fill(0);
+    r.dms.drainedPerAttempt = [false, false, false];
+    const first = await execute(r, 'dms-task-stopped-full-load-finished.json');
+    expect(first.outcome).toMatchObject({
+      status: 'failed',
+      error: 'DrainTimeoutError',
+      lastState: 'Stopped (resumable)',
+    });
+    expect(r.dms.calls).not.toContain('stop');
+    expect(await frozen(r.pair, 'source')).toBe(false);
+    // As if a cutover had stopped the task and the process died before the switch.
+    await r.session.ctx.update((s) => {
+      s.dms = { ...s.dms!, stoppedAt: new Date().toISOString() };
+    });
+    r.dms.calls.length = 0;
+    r.dms.latencies = [0, 0];
+    r.dms.drainedPerAttempt = [true];
+    const again = await execute(r, 'dms-task-stopped-full-load-finished.json');
+    expect(again.outcome.status, JSON.stringify(again.outcome)).toBe('succeeded');
+    // The full load is not awaited again; change capture resumed before the first sample.
+    expect(r.dms.calls.slice(0, 2)).toEqual(['resume', 'cdcLatency']);
+    expect(r.dms.calls).not.toContain('start');
+    expect((await r.rt.store.get(r.id)).cutover?.switchAt).toBeDefined();
   });
 
   it('ends Failed on a failed full load, with the DMS task deleted, the target emptied and the source writable', async () => {

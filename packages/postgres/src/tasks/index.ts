@@ -322,6 +322,15 @@ async function dmsCheckLag(ctx: PhaseContext, input: TaskInput, deps: TaskDeps):
   const gate = input.gate as GateState | undefined;
   const given = gate?.memory as { dmsStreak?: number } | undefined;
   if (!given) await phaseStarted(ctx, 'catch-up', listener(deps, ctx.config.id));
+  // A cutover killed after it stopped the task and before the switch (its undo never ran): a stopped
+  // task reports no latency, so catch-up would wait for ever. Change capture goes on first.
+  if (ctx.state.dms?.stoppedAt && !ctx.state.cutover?.switchStartedAt && !ctx.state.cutover?.switchAt) {
+    await dms.resume(dmsRef(ctx));
+    await ctx.update((s) => {
+      s.dms = { ...s.dms!, stoppedAt: undefined, resumedAt: new Date().toISOString() };
+    });
+    deps.log('the DMS task was left stopped by an interrupted cutover: change capture resumed');
+  }
   const step = await dmsGateSample(ctx, dms, given?.dmsStreak ?? 0);
   await publish(deps, [
     {

@@ -5,6 +5,7 @@ import { main } from '../packages/cli/src/main';
 import { openSession } from '../packages/cli/src/runner';
 import {
   containerEnvironment,
+  deployedWorkerDumpStore,
   deployedWorkerStore,
   InProcessTaskCallbacks,
   runWorker,
@@ -63,6 +64,9 @@ describe('pgferry worker', () => {
       AWS_REGION: 'eu-west-1',
     };
     expect(await deployedWorkerStore(deployed)).toBeInstanceOf(DynamoMigrationStore);
+    // The dump strategy's data goes through the stack's bucket there, and through a local file otherwise.
+    expect(await deployedWorkerDumpStore({})).toBeUndefined();
+    expect(Object.keys((await deployedWorkerDumpStore(deployed)) ?? {}).sort()).toEqual(['open', 'put']);
     // Half a deployment's environment is named, not guessed around.
     await expect(deployedWorkerStore({ PGFERRY_TABLE_NAME: 'prod-pgferry-migrations' })).rejects.toMatchObject({
       name: 'InvalidInputError',

@@ -16,7 +16,7 @@ import {
   GetObjectCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
-  type S3Client,
+  S3Client,
   UploadPartCopyCommand,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -539,4 +539,21 @@ export async function awaitDumpUpload(
   await deps.store.correlate?.(s3CorrelationKey(key), migrationId);
   await deps.store.putTaskToken(migrationId, DUMP_UPLOAD_STEP, token);
   return handleS3ObjectCreated({ bucket: deps.bucket, key }, deps);
+}
+
+/**
+ * The `dump` strategy's store in AWS (PhaseContext.dumpStore): `uploadDump` into
+ * `dumps/<migrationId>/data.dump` with its digest, and `openDump` checking it on the way back.
+ */
+export function s3DumpStore(deps: ArtifactDeps | { bucket: string }, options: UploadDumpOptions = {}) {
+  const d: ArtifactDeps = 's3' in deps ? deps : { ...deps, s3: new S3Client({}) };
+  return {
+    async put(migrationId: string, dump: Readable) {
+      const a = await uploadDump(d, migrationId, dump, options);
+      return { where: `s3://${a.bucket}/${a.key}`, key: a.key, sha256: a.sha256, size: a.size };
+    },
+    async open(stored: { key: string; sha256: string; size: number }): Promise<Readable> {
+      return (await openDump(d, stored.key, { sha256: stored.sha256, size: stored.size })).dump;
+    },
+  };
 }

@@ -90,6 +90,7 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
     artifactDir: join(rt.stateDir, 'artifacts', id),
     faults: rt.faults,
     connectionSwitch: rt.connectionSwitch,
+    dumpStore: rt.dumpStore,
   });
   const thrown = new Map<string, unknown>();
   const key = (name: string, message: string) => `${name}\u0000${message}`;

@@ -39,7 +39,14 @@ import {
   useCredentials,
 } from './runner';
 import { FileMigrationStore } from './store';
-import { awsTaskCallbacks, deployedWorkerStore, runWorker, WORKER_TASKS, workerTaskFromEnv } from './worker';
+import {
+  awsTaskCallbacks,
+  deployedWorkerDumpStore,
+  deployedWorkerStore,
+  runWorker,
+  WORKER_TASKS,
+  workerTaskFromEnv,
+} from './worker';
 
 /** The --source/--target of commands on a stored migration. */
 const CREDENTIALS = `--source URL, --target URL  new credentials (a rotated password) for the same user, server and
@@ -680,8 +687,9 @@ export async function main(argv: string[]): Promise<number> {
         const seconds = int(process.env.PGFERRY_HEARTBEAT_SECONDS, 'PGFERRY_HEARTBEAT_SECONDS', { min: 1 }) ?? 30;
         // Deployed, the stack's table (named in the container's environment); else the local state dir.
         const store = (await deployedWorkerStore(process.env)) ?? rt.store;
+        const dumpStore = await deployedWorkerDumpStore(process.env);
         const outcome = await runWorker(task, {
-          rt: { ...rt, store },
+          rt: { ...rt, store, dumpStore },
           callbacks: await awsTaskCallbacks(),
           heartbeatMs: seconds * 1000,
         });

@@ -26,6 +26,7 @@ import {
   connect,
   connectionSettings,
   type Db,
+  type DumpStore,
   type FaultPoints,
   ident,
   inspectApplicationName,
@@ -60,6 +61,8 @@ export interface Runtime {
   faults?: FaultPoints;
   /** A connection switch besides the switch file and command (tests: an in-memory one; AWS: functions/lib/aws-deps.ts). */
   connectionSwitch?: ConnectionSwitchFactory;
+  /** The `dump` strategy's data through a store instead of a local file (tests: S3 on s3rver). */
+  dumpStore?: DumpStore;
 }
 
 /** Connect to `url` and let go: throws the usual connection error (naming --source/--target) if it does not answer. */
@@ -231,6 +234,7 @@ export function openSession(rt: Runtime, id: string): Promise<Session> {
     artifactDir: join(rt.stateDir, 'artifacts', id),
     faults: rt.faults,
     connectionSwitch: rt.connectionSwitch,
+    dumpStore: rt.dumpStore,
   });
 }
 

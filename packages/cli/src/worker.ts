@@ -20,7 +20,7 @@ import {
   taskInputFromEnvironment,
   WORKFLOW_TASKS,
 } from '@pgferry/core';
-import { bulkLoad, copyShare, type PhaseContext, runWorkflowTask } from '@pgferry/postgres';
+import { bulkLoad, copyShare, type DumpStore, type PhaseContext, runWorkflowTask } from '@pgferry/postgres';
 import { openSession, type Runtime, runPhase } from './runner';
 
 /** What the state machine puts in the container's environment (ContainerOverrides). */
@@ -233,6 +233,16 @@ export async function deployedWorkerStore(env: NodeJS.ProcessEnv): Promise<Migra
     { dynamo: new DynamoDBClient({}), secrets: new SecretsManagerClient({}) },
     deploymentEnv(env).tableName,
   );
+}
+
+/**
+ * Deployed, the `dump` strategy streams its data through the stack's artifacts bucket (packages/aws
+ * s3DumpStore) instead of the container's small disk. Undefined outside a deployment.
+ */
+export async function deployedWorkerDumpStore(env: NodeJS.ProcessEnv): Promise<DumpStore | undefined> {
+  if (!env[DEPLOYMENT_ENV.tableName]) return undefined;
+  const aws = await loadAwsAdapters();
+  return aws.s3DumpStore({ bucket: deploymentEnv(env).bucketName });
 }
 
 /** The container's environment in an `ecs:runTask` request's ContainerOverrides (what the worker reads). */

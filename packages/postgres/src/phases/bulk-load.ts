@@ -20,6 +20,7 @@ import { copyableTables, listTables, SCHEDULER_EXTENSIONS, type TableInfo } from
 import { relayCopy } from '../copy-relay';
 import { undoOnInterrupt } from '../critical';
 import { connectClient, type Db, ident, qualified, sleep } from '../db';
+import { dumpInto, restoreFrom } from '../dump-stream';
 import {
   createSlotWithSnapshot,
   createSubscription,
@@ -29,7 +30,7 @@ import {
   slotExists,
 } from '../replication';
 import { artifactFile, findTool, runTool, toolConnection } from '../tools';
-import { type PhaseContext, partitionsViaRoot, sourceMajor } from './context';
+import { type DumpStore, type PhaseContext, partitionsViaRoot, sourceMajor } from './context';
 import { buildPostData, buildTablePostData, type PostDataPlan, planPostData } from './prepare-schema';
 
 /**
@@ -579,6 +580,7 @@ async function dumpAndRestore(
 ): Promise<string> {
   const pgDump = await findTool('pg_dump', major);
   const pgRestore = await findTool('pg_restore', 0);
+  if (ctx.dumpStore) return dumpThroughStore(ctx, ctx.dumpStore, snapshot, pgDump, pgRestore, configTables);
   const file = artifactFile(ctx.artifactDir, 'data.dump');
   const src = toolConnection(ctx.config.sourceUrl, `${objectNames(ctx.config.id).applicationName}:pg_dump`);
   const dumped = await runTool(
@@ -613,6 +615,38 @@ async function dumpAndRestore(
     throw new BulkLoadFailedError(`pg_restore of the data failed: ${restored.stderr.trim()}`, { phase: 'bulk-load' });
   const { size } = statSync(file);
   return `data dumped to ${file} (${(size / 1024 / 1024).toFixed(1)} MiB) and restored with ${ctx.config.jobs} jobs`;
+}
+
+/**
+ * The `dump` strategy in AWS: pg_dump in the slot's exported snapshot streamed into the store (S3),
+ * then the stored object streamed into pg_restore, its digest checked on the way (the restore is one
+ * transaction, so a dump refused at its end leaves nothing). Nothing is staged on local disk.
+ */
+async function dumpThroughStore(
+  ctx: PhaseContext,
+  store: DumpStore,
+  snapshot: string,
+  pgDump: string,
+  pgRestore: string,
+  configTables: TableInfo[],
+): Promise<string> {
+  const app = objectNames(ctx.config.id).applicationName;
+  const stored = await dumpInto(
+    {
+      pgDump,
+      sourceUrl: ctx.config.sourceUrl,
+      snapshot,
+      applicationName: `${app}:pg_dump`,
+      excludeTableData: [...configTables.map(qualified), ...(await schedulerRelations(ctx.source))],
+    },
+    (dump) => store.put(ctx.config.id, dump),
+  );
+  ctx.log(`data dumped to ${stored.where} (sha256 ${stored.sha256.slice(0, 12)}…); restoring from it`);
+  const { bytes } = await restoreFrom(
+    { pgRestore, targetUrl: ctx.config.targetUrl, applicationName: `${app}:pg_restore`, from: stored.where },
+    await store.open(stored),
+  );
+  return `data dumped to ${stored.where} (${(stored.size / 1024 / 1024).toFixed(1)} MiB, sha256 checked) and restored from it (${bytes} bytes)`;
 }
 
 /** native: PostgreSQL's own table sync through a subscription that creates its slot and copies. */

@@ -1,3 +1,4 @@
+import type { Readable } from 'node:stream';
 import type { ConnectionSwitch, MigrationConfig, MigrationState } from '@pgferry/core';
 import { type Db, serverMajor } from '../db';
 
@@ -21,6 +22,24 @@ export interface PhaseContext {
    * the write gap after the switch file and command; none locally.
    */
   connectionSwitch?: ConnectionSwitch;
+  /** Where the `dump` strategy's data goes instead of a local file (S3 in AWS: packages/aws s3DumpStore). */
+  dumpStore?: DumpStore;
+}
+
+/** A place a dump is streamed into and read back from, checked, without staging it on disk. */
+export interface DumpStore {
+  /** Store the whole stream; a stream that fails stores nothing. */
+  put(migrationId: string, dump: Readable): Promise<StoredDump>;
+  /** The dump as stored; the stream fails (and nothing is restored) when it does not match `dump`. */
+  open(dump: StoredDump): Promise<Readable>;
+}
+
+export interface StoredDump {
+  /** `s3://bucket/key`, for messages. */
+  where: string;
+  key: string;
+  sha256: string;
+  size: number;
 }
 
 /** Builds the connection switch a migration's config names (undefined: it names none). */

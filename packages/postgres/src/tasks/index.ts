@@ -42,7 +42,7 @@ import {
   verifyBeforeSwitchRound,
 } from '../phases/catch-up';
 import { cleanup } from '../phases/cleanup';
-import type { ConnectionSwitchFactory, FaultPoints, PhaseContext } from '../phases/context';
+import type { ConnectionSwitchFactory, DumpStore, FaultPoints, PhaseContext } from '../phases/context';
 import { copyShare, readCopyPlan } from '../phases/copy-share';
 import { cutover, undoInterruptedCutover } from '../phases/cutover';
 import {
@@ -88,6 +88,8 @@ export interface TaskDeps {
   faults?: FaultPoints;
   /** The AWS connection switch a migration's config names (functions/lib/aws-deps.ts); none locally. */
   connectionSwitch?: ConnectionSwitchFactory;
+  /** In AWS: the `dump` strategy streams its data through S3 (packages/aws s3DumpStore), not a local file. */
+  dumpStore?: DumpStore;
   /** Where schema dumps go. */
   artifactDir?: string;
   /**
@@ -146,6 +148,7 @@ async function inSession<T>(input: TaskInput, deps: TaskDeps, fn: (ctx: PhaseCon
     artifactDir: deps.artifactDir,
     faults: deps.faults,
     connectionSwitch: deps.connectionSwitch,
+    dumpStore: deps.dumpStore,
   });
   try {
     return await fn(session.ctx);

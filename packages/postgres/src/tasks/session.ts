@@ -14,7 +14,7 @@ import {
   type Phase,
 } from '@pgferry/core';
 import { connect, type Db } from '../db';
-import type { ConnectionSwitchFactory, FaultPoints, PhaseContext, Progress } from '../phases/context';
+import type { ConnectionSwitchFactory, DumpStore, FaultPoints, PhaseContext, Progress } from '../phases/context';
 
 /** Who hears about phases as they start and end (the CLI's output). */
 export interface PhaseListener {
@@ -36,6 +36,7 @@ export interface SessionOptions {
   artifactDir?: string;
   faults?: FaultPoints;
   connectionSwitch?: ConnectionSwitchFactory;
+  dumpStore?: DumpStore;
 }
 
 /** Open connections and a phase context for a stored migration; credentials come from the store's secrets only. */
@@ -71,6 +72,7 @@ export async function openSession(store: MigrationStore, id: string, options: Se
     artifactDir: config.artifactDir ?? options.artifactDir ?? join(tmpdir(), 'pgferry', 'artifacts', id),
     faults: options.faults,
     connectionSwitch: options.connectionSwitch?.(config),
+    dumpStore: options.dumpStore,
   };
   return {
     ctx,

@@ -9,13 +9,7 @@ import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { RDSClient } from '@aws-sdk/client-rds';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SFNClient } from '@aws-sdk/client-sfn';
-import {
-  deployedStore,
-  EventBridgePublisher,
-  type ProvisionTargetInput,
-  RdsTargetProvisioner,
-  SfnTaskCallbacks,
-} from '@pgferry/aws';
+import { deployedStore, EventBridgePublisher, RdsTargetProvisioner, SfnTaskCallbacks } from '@pgferry/aws';
 import { type DeploymentEnv, deploymentEnv, type TaskCallbacks } from '@pgferry/core';
 import type { TaskDeps } from '@pgferry/postgres';
 
@@ -60,6 +54,7 @@ export function awsTaskDeps(
     callbacks,
     events: new EventBridgePublisher(clients.events, { busName: env.busName }),
     log,
-    provisionTarget: (input) => provisioner.provision(input as unknown as ProvisionTargetInput),
+    // The target comes from the migration's record (its plan), not the state's payload.
+    provisionTarget: (input) => provisioner.run(input),
   };
 }

@@ -18,7 +18,6 @@ import {
 } from '../packages/aws/src/index';
 import { FileMigrationStore } from '../packages/cli/src/store';
 import {
-  type MigrationPlanInput,
   type MigrationSecrets,
   type MigrationState,
   type MigrationStore,
@@ -26,6 +25,7 @@ import {
   type VerifyTableResult,
 } from '../packages/core/src/index';
 import { dynamoItemSize, type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
+import { samplePlan } from './harness/plan';
 
 type FullStore = Required<MigrationStore>;
 
@@ -35,19 +35,7 @@ const SECRETS: MigrationSecrets = {
   targetUrl: `postgres://app:${PASSWORD}@target.example:5432/shop`,
 };
 
-/** A valid plan named `name`. */
-const PLAN = (name: string): MigrationPlanInput => ({
-  name,
-  source: { secretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-source' },
-  target: {
-    kind: 'existing',
-    instanceIdentifier: 'shop-17',
-    secretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-target',
-  },
-  cutover: { policy: 'manual' },
-  switch: { kind: 'ssm-parameter', name: '/shop/database-url' },
-  approvers: { users: ['U024BE7LH'] },
-});
+const PLAN = samplePlan;
 
 let seq = 0;
 function newId(): string {

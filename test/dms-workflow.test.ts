@@ -190,6 +190,7 @@ async function execute(r: Run, fullLoadEvent: string, input: Partial<WorkflowInp
       provisionTarget: false,
       cleanup: false,
       bakeSeconds: 0,
+      copyWorkers: 1,
       ...input,
     },
     handler,

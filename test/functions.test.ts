@@ -125,7 +125,19 @@ describe('task handlers', () => {
     },
   );
 
-  it('provisionTarget: a plan without a target is refused naming the field, before anything is created', async () => {
+  it('provisionTarget: a migration whose record names no target is refused naming the field, before anything is created', async () => {
+    // The record of a migration not started from a plan: its config has no target.
+    const state = {
+      id: 'shop_1',
+      version: 1,
+      status: 'running',
+      phase: 'assess',
+      config: { id: 'shop_1' },
+      events: [],
+    };
+    dynamo
+      .on(GetCommand)
+      .resolves({ Item: { pk: 'MIGRATION#shop_1', sk: 'STATE', version: 1, body: JSON.stringify(state) } });
     const event = payloadFor('provisionTarget', { migrationId: 'shop_1' });
     expect(event.taskToken).toBeDefined();
     const error = (await handlerFor('provisionTarget')(event, context).catch((e: Error) => e)) as Error & {
@@ -134,7 +146,7 @@ describe('task handlers', () => {
     expect(error.name).toBe('InvalidInputError');
     expect(error.field).toMatch(/^target/);
     expect(
-      sent().filter((c) => !/^(GetItem|PutItem|UpdateItem|DeleteItem|TransactWriteItems)Command$/.test(c)),
+      sent().filter((c) => !/^(Get|GetItem|PutItem|UpdateItem|DeleteItem|TransactWriteItems)Command$/.test(c)),
     ).toEqual([]);
   });
 

@@ -17,8 +17,15 @@ import {
   type SecretsVault,
 } from '../packages/aws/src/index';
 import { FileMigrationStore } from '../packages/cli/src/store';
-import type { MigrationSecrets, MigrationState, MigrationStore, VerifyTableResult } from '../packages/core/src/index';
+import {
+  type MigrationSecrets,
+  type MigrationState,
+  type MigrationStore,
+  parseMigrationPlan,
+  type VerifyTableResult,
+} from '../packages/core/src/index';
 import { dynamoItemSize, type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
+import { samplePlan } from './harness/plan';
 
 type FullStore = Required<MigrationStore>;
 
@@ -27,6 +34,8 @@ const SECRETS: MigrationSecrets = {
   sourceUrl: `postgres://app:${PASSWORD}@source.example:5432/shop`,
   targetUrl: `postgres://app:${PASSWORD}@target.example:5432/shop`,
 };
+
+const PLAN = samplePlan;
 
 let seq = 0;
 function newId(): string {
@@ -78,6 +87,8 @@ interface Subject {
   corrupt(id: string): Promise<void>;
   /** Leave a claim on `id` whose holder is gone (a dead process; a lease nobody renewed). */
   abandonClaim(id: string): Promise<void>;
+  /** Replace a stored plan's content by hand (an edit that skipped `pgferry plan put`). */
+  editPlan(name: string, value: unknown): Promise<void>;
 }
 
 let dynamo: LocalDynamo;
@@ -133,6 +144,7 @@ const subjects: Record<string, () => Promise<Subject>> = {
         const { hostname } = await import('node:os');
         await writeFile(join(d, `${id}.run`), JSON.stringify({ pid: await deadPid(), host: hostname(), since: 'x' }));
       },
+      editPlan: (name, value) => writeFile(join(d, 'plans', `${name}.json`), JSON.stringify(value)),
     };
   },
   dynamodb: async () => {
@@ -157,6 +169,17 @@ const subjects: Record<string, () => Promise<Subject>> = {
         // A holder whose last renewal was two leases ago.
         const gone = dynamoStore({ table, now: () => Date.now() - 2 * 60_000, renewEveryMs: 3_600_000 }, vault);
         await gone.claim(id);
+      },
+      async editPlan(name, value) {
+        await dynamo.doc.send(
+          new UpdateCommand({
+            TableName: table,
+            Key: { pk: `PLAN#${name}`, sk: 'PLAN' },
+            UpdateExpression: 'SET #plan = :p',
+            ExpressionAttributeNames: { '#plan': 'plan' },
+            ExpressionAttributeValues: { ':p': JSON.stringify(value) },
+          }),
+        );
       },
     };
   },
@@ -333,6 +356,46 @@ describe.each(Object.keys(subjects))('MigrationStore contract: %s store', (kind)
     expect(await s.store.get(id)).toEqual(again);
     expect(await s.fresh().get(id)).toEqual(again);
     expect((await s.fresh().list()).migrations.find((m) => m.id === id)).toEqual(again);
+  });
+
+  it('stores named plans validated, reads one back or undefined, lists them by name, and replaces one by name', async () => {
+    const name = `shop-${kind}`;
+    expect(await s.store.getPlan(name)).toBeUndefined();
+    const stored = await s.store.putPlan(PLAN(name));
+    expect(stored).toEqual(parseMigrationPlan(PLAN(name)));
+    await s.store.putPlan(PLAN(`another-${kind}`));
+    expect(await s.fresh().getPlan(name)).toEqual(stored);
+    const names = (await s.fresh().listPlans()).map((p) => p.name);
+    expect(names).toEqual([...names].sort());
+    expect(names).toEqual(expect.arrayContaining([name, `another-${kind}`]));
+    // The same name again replaces it.
+    const changed = await s.store.putPlan({ ...PLAN(name), cutover: { policy: 'auto' } });
+    expect((await s.fresh().getPlan(name))?.cutover).toEqual({ policy: 'auto' });
+    expect(changed.cutover.policy).toBe('auto');
+    expect((await s.fresh().listPlans()).filter((p) => p.name === name)).toHaveLength(1);
+    // A plan is never listed as a migration.
+    const listing = await s.fresh().list();
+    expect([...listing.migrations.map((m) => m.id), ...listing.unreadable.map((u) => u.id)]).not.toEqual(
+      expect.arrayContaining([expect.stringMatching(/shop|another|plan/i)]),
+    );
+  });
+
+  it('refuses a bad plan on put, and one edited by hand on read, naming the plan and the field', async () => {
+    const name = `bad-${kind}`;
+    await expect(s.store.putPlan({ ...PLAN(name), approvers: { users: ['alice'] } } as never)).rejects.toMatchObject({
+      name: 'InvalidInputError',
+      field: 'approvers.users.0',
+    });
+    expect(await s.store.getPlan(name)).toBeUndefined();
+    await expect(s.store.getPlan('../etc')).rejects.toMatchObject({ name: 'InvalidInputError', field: 'plan' });
+    await s.store.putPlan(PLAN(name));
+    await s.editPlan(name, { ...PLAN(name), approvers: { users: ['alice'] } });
+    const read = s.fresh().getPlan(name);
+    await expect(read).rejects.toMatchObject({ name: 'InvalidInputError', field: 'plan.approvers.users.0' });
+    await expect(s.fresh().getPlan(name)).rejects.toThrow(new RegExp(`plan ${name} .*approvers\\.users\\.0`));
+    await expect(s.fresh().listPlans()).rejects.toMatchObject({ field: 'plan.approvers.users.0' });
+    await s.editPlan(name, { ...PLAN(name), name: 'other' });
+    await expect(s.fresh().getPlan(name)).rejects.toMatchObject({ field: 'plan.name' });
   });
 
   it('never stores a password: a state holding one is refused, one in a later message is redacted', async () => {

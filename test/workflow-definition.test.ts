@@ -201,6 +201,7 @@ async function walk(
       provisionTarget: false,
       cleanup: false,
       bakeSeconds: 0,
+      copyWorkers: 1,
       ...input,
     },
     async (task, i) => {

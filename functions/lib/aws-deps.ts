@@ -16,7 +16,6 @@ import {
   connectionSwitchFor,
   deployedStore,
   EventBridgePublisher,
-  type ProvisionTargetInput,
   RdsTargetProvisioner,
   SfnTaskCallbacks,
 } from '@pgferry/aws';
@@ -67,7 +66,8 @@ export function awsTaskDeps(
     callbacks,
     events: new EventBridgePublisher(clients.events, { busName: env.busName }),
     log,
-    provisionTarget: (input) => provisioner.provision(input as unknown as ProvisionTargetInput),
+    // The target comes from the migration's record (its plan), not the state's payload.
+    provisionTarget: (input) => provisioner.run(input),
     // The migration's `switch` (a secret, SSM parameter or CNAME), switched by the cutover, put back by the rollback.
     connectionSwitch: (config) => connectionSwitchFor(config.switch, switchClients),
     dms: new AwsDmsReplication(clients.dms, clients.cloudwatch, store, callbacks),

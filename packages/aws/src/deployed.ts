@@ -8,7 +8,7 @@ import type { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { DynamoDBDocumentClient } from '@aws-sdk/lib-dynamodb';
 import { InvalidInputError, type MigrationState } from '@pgferry/core';
 import { DynamoMigrationStore, type SecretsVault } from './dynamo-store';
-import { type MigrationSecretRefs, SecretsManagerResolver } from './secrets';
+import { SecretsManagerResolver } from './secrets';
 import { rdsCaBundleFile } from './tls';
 
 /**
@@ -19,14 +19,23 @@ import { rdsCaBundleFile } from './tls';
 export function secretsManagerVault(resolver: SecretsManagerResolver): SecretsVault {
   return {
     resolve(migration: MigrationState) {
-      const refs = (migration.config as { secrets?: MigrationSecretRefs }).secrets;
+      const refs = migration.config.secrets;
       if (!refs)
         throw new InvalidInputError(`migration ${migration.config.id} names no secrets`, {
           field: 'secrets',
           migrationId: migration.config.id,
           hint: 'its config needs secrets.source.secretArn and secrets.target.secretArn (Secrets Manager ARNs)',
         });
-      return resolver.resolve(refs);
+      if (!refs.target)
+        throw new InvalidInputError(
+          `migration ${migration.config.id} has no target credentials yet: secrets.target is recorded when "Provision target" finds its instance available`,
+          {
+            field: 'secrets.target',
+            migrationId: migration.config.id,
+            hint: 'start it from a plan (`pgferry start PLAN`) so that its first execution provisions or adopts the target',
+          },
+        );
+      return resolver.resolve({ source: refs.source, target: refs.target });
     },
   };
 }

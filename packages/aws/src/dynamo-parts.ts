@@ -30,6 +30,9 @@ export const migrationPk = (id: string) => `MIGRATION#${id}`;
 export const STATE_SK = 'STATE';
 export const LEASE_SK = 'LEASE';
 export const CORRELATION_SK = 'CORRELATION';
+/** A named plan's item: `PLAN#<name>` / `PLAN` (a plan name never starts with MIGRATION# or a correlation prefix). */
+export const planPk = (name: string) => `PLAN#${name}`;
+export const PLAN_SK = 'PLAN';
 export const tokenSk = (step: string) => `TOKEN#${step}`;
 /** `set` is new for every write of a part: a write that loses its version check can remove its own chunks only. */
 export const chunkSk = (field: string, set: string, index: number) =>

@@ -24,21 +24,27 @@ import {
   alreadyExistsError,
   checkCorrelationKey,
   checkMigrationId,
+  checkPlanName,
   checkTaskStep,
   checkTaskToken,
   claimedError,
   correlationTakenError,
   errorMessage,
   FINISHED_STATUSES,
+  InvalidInputError,
   type MigrationListing,
   MigrationNotFoundError,
+  type MigrationPlan,
+  type MigrationPlanInput,
   type MigrationSecrets,
   type MigrationState,
   type MigrationStore,
   PgferryError,
+  parseMigrationPlan,
   readListing,
   redactedJson,
   refuseSecretsInState,
+  storedPlan,
   versionConflictError,
 } from '@pgferry/core';
 import {
@@ -49,6 +55,8 @@ import {
   LEASE_SK,
   migrationPk,
   type PartRef,
+  PLAN_SK,
+  planPk,
   STATE_SK,
   sha256,
   splitState,
@@ -432,6 +440,60 @@ export class DynamoMigrationStore implements MigrationStore {
         throw err;
       });
     return out?.Attributes?.token as string | undefined;
+  }
+
+  /** A named plan: one item, its validated JSON in `plan`. */
+  async putPlan(input: MigrationPlanInput): Promise<MigrationPlan> {
+    const plan = parseMigrationPlan(input);
+    await this.client.send(
+      new PutCommand({
+        TableName: this.tableName,
+        Item: {
+          pk: planPk(plan.name),
+          sk: PLAN_SK,
+          name: plan.name,
+          plan: JSON.stringify(plan),
+          at: new Date(this.now()).toISOString(),
+        },
+      }),
+    );
+    return plan;
+  }
+
+  async getPlan(name: string): Promise<MigrationPlan | undefined> {
+    const item = await this.getItem({ pk: planPk(checkPlanName(name)), sk: PLAN_SK });
+    return item ? this.readPlan(name, item) : undefined;
+  }
+
+  async listPlans(): Promise<MigrationPlan[]> {
+    const items = await this.allPages((ExclusiveStartKey) =>
+      this.client.send(
+        new ScanCommand({
+          TableName: this.tableName,
+          FilterExpression: 'sk = :plan AND begins_with(pk, :prefix)',
+          ExpressionAttributeValues: { ':plan': PLAN_SK, ':prefix': 'PLAN#' },
+          ConsistentRead: true,
+          ExclusiveStartKey,
+        }),
+      ),
+    );
+    return items
+      .map((item) => this.readPlan(String(item.pk).slice('PLAN#'.length), item))
+      .sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  private readPlan(name: string, item: Item): MigrationPlan {
+    const where = `${this.where} (item ${planPk(name)})`;
+    let value: unknown;
+    try {
+      value = JSON.parse(String(item.plan));
+    } catch (err) {
+      throw new InvalidInputError(`the stored plan ${name} in ${where} is not JSON (${errorMessage(err)})`, {
+        field: 'plan',
+        hint: 'store it again with `pgferry plan put FILE --table ...`',
+      });
+    }
+    return storedPlan(name, value, where);
   }
 
   private key(id: string, sk: string): Key {

@@ -13,5 +13,7 @@ export * from './dynamo-store';
 export * from './events';
 export * from './rds';
 export * from './secrets';
+// A migration started in AWS from a named plan (Slack's /pgferry start, the CLI's pgferry start).
+export * from './start';
 export * from './switch/index';
 export * from './tls';

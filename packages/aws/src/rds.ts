@@ -20,8 +20,11 @@ import {
 } from '@aws-sdk/client-rds';
 import {
   InvalidInputError,
+  type MigrationConfig,
   type MigrationStore,
   PgferryError,
+  type PlanTarget,
+  secretRefUrl,
   type TaskCallbacks,
   type TaskInput,
   type TaskOutput,
@@ -160,6 +163,76 @@ function callbackStore(store: MigrationStore): CallbackStore {
   };
 }
 
+type TargetRef = NonNullable<NonNullable<MigrationConfig['secrets']>['target']>;
+
+/** A plan's target (core's PlanTarget, kept in the migration's config) as the provisioner takes it. */
+export function rdsTargetFromPlan(target: PlanTarget | undefined): RdsTargetPlanInput | undefined {
+  if (!target) return undefined;
+  if (target.kind === 'existing') return { mode: 'adopt', instanceIdentifier: target.instanceIdentifier };
+  return {
+    mode: 'create',
+    engineVersion: target.engineVersion,
+    instanceClass: target.instanceClass,
+    allocatedStorageGiB: target.allocatedStorageGiB,
+    storageType: target.storageType,
+    dbSubnetGroupName: target.dbSubnetGroupName,
+    vpcSecurityGroupIds: target.vpcSecurityGroupIds,
+    ...(target.dbName ? { dbName: target.dbName } : {}),
+  };
+}
+
+/**
+ * The available instance's endpoint (and, for an instance pgferry created, its RDS-managed master
+ * secret) into the migration's `secrets.target`, so that the tasks after "Provision target" connect to
+ * it. Only for a migration started from a plan (its config names the target); idempotent.
+ */
+export async function recordTargetEndpoint(store: MigrationStore, migrationId: string, instance: DBInstance) {
+  for (let attempt = 1; ; attempt++) {
+    const state = await store.get(migrationId).catch((err: Error) => {
+      // Gone: nothing connects for it any more, and its token (if any) completes harmlessly.
+      if (err.name === 'MigrationNotFoundError') return undefined;
+      throw err;
+    });
+    if (!state) return;
+    const target = state.config.target;
+    const endpoint = instance.Endpoint?.Address;
+    if (!target || !state.config.secrets || !endpoint) return;
+    const before = state.config.secrets.target;
+    const secretArn = target.kind === 'existing' ? target.secretArn : instance.MasterUserSecret?.SecretArn;
+    if (!secretArn)
+      throw new RdsTargetUnusableError(
+        `RDS instance ${instance.DBInstanceIdentifier} has no master secret managed by RDS`,
+        {
+          field: 'secrets.target.secretArn',
+          migrationId,
+          hint: 'create the instance with ManageMasterUserPassword, or name it as an existing target with its secret in the plan',
+        },
+      );
+    const ref: TargetRef = {
+      ...(before ?? {}),
+      sslmode: before?.sslmode ?? 'verify-full',
+      secretArn,
+      host: endpoint,
+      ...(instance.Endpoint?.Port ? { port: instance.Endpoint.Port } : {}),
+      ...(target.kind === 'new' ? { dbname: target.dbName ?? 'postgres' } : {}),
+    };
+    if (JSON.stringify(ref) === JSON.stringify(before)) return;
+    try {
+      await store.put({
+        ...state,
+        config: { ...state.config, secrets: { ...state.config.secrets, target: ref }, targetUrl: secretRefUrl(ref) },
+        events: [
+          ...state.events,
+          { at: new Date().toISOString(), message: `target ${instance.DBInstanceIdentifier} available at ${endpoint}` },
+        ],
+      });
+      return;
+    } catch (err) {
+      if ((err as Error).name !== 'StateConflictError' || attempt >= 3) throw err;
+    }
+  }
+}
+
 /** The correlation key through which an RDS event finds its migration. */
 export function rdsCorrelationKey(instance: string): string {
   return `RDS#${instance}`;
@@ -286,16 +359,20 @@ export class RdsTargetProvisioner {
       throw new PgferryError('Provision target has no task token: its state must call it with .waitForTaskToken', {
         migrationId: input.migrationId,
       });
-    if (input.target === undefined)
-      throw new InvalidInputError('target: the plan names no RDS target to create or adopt', {
-        field: 'target',
-        hint: 'give target: {mode: "create", ...} or {mode: "adopt", instanceIdentifier}, or a target URL instead',
-      });
     const state = await this.store.get(input.migrationId);
+    // The migration's plan, recorded in its config when it was started (startFromPlan); a target in
+    // the payload (a hand-started execution) wins.
+    const target = input.target ?? rdsTargetFromPlan(state.config.target);
+    if (target === undefined)
+      throw new InvalidInputError(`target: migration ${input.migrationId} names no RDS target to create or adopt`, {
+        field: 'target',
+        migrationId: input.migrationId,
+        hint: 'start it from a plan whose target is {kind: "new", ...} or {kind: "existing", instanceIdentifier, secretArn} (`pgferry start PLAN`)',
+      });
     return this.provision({
       migrationId: input.migrationId,
       taskToken: input.taskToken,
-      target: input.target as RdsTargetPlanInput,
+      target: target as RdsTargetPlanInput,
       ...(state.sourceVersion ? { sourceMajor: state.sourceVersion } : {}),
       jobs: state.config.jobs,
     });
@@ -437,6 +514,7 @@ export class RdsTargetProvisioner {
       });
     if (status !== 'available') return outputOf(instance, created, true, parameterGroup);
     const output = outputOf(instance, created, false, parameterGroup);
+    await recordTargetEndpoint(this.store, migrationId, instance);
     const token = await callbackStore(this.store).takeTaskToken(migrationId, PROVISION_STEP);
     // No token: an event completed it meanwhile.
     if (token) await this.callbacks.succeed(token, output);
@@ -678,6 +756,8 @@ export async function handleRdsInstanceEvent(event: RdsInstanceEvent, deps: RdsE
     deps.log(`ignored ${what} of migration ${migrationId}: the instance is ${status}, not available yet`);
     return { action: 'ignored', reason: 'not-available-yet', instance, eventId, migrationId, status };
   }
+  // Before the step completes: the tasks after it connect to the target through these.
+  if (!failure) await recordTargetEndpoint(deps.store, migrationId, current!);
   const token = await store.takeTaskToken(migrationId, PROVISION_STEP);
   if (!token) {
     deps.log(`ignored ${what} of migration ${migrationId}: no step waits on it (a duplicate or late event)`);

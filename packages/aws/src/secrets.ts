@@ -8,38 +8,25 @@
  * documented shape `{engine, host, port, username, password, dbname}`.
  */
 import { GetSecretValueCommand, type SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import { InvalidInputError, type MigrationSecrets, type MigrationState, PgferryError, SSL_MODES } from '@pgferry/core';
-import { z } from 'zod';
+import {
+  type databaseSecretRefSchema,
+  InvalidInputError,
+  type MigrationSecretRefs,
+  type MigrationSecrets,
+  type MigrationState,
+  migrationSecretRefsSchema,
+  PgferryError,
+} from '@pgferry/core';
+import type { z } from 'zod';
 import { withVerifyFull } from './tls';
 
-/** A secret's ARN; the name may hold `!`, as RDS-managed master secrets' do (`rds!db-<id>`). */
-const SECRET_ARN = /^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@!-]+$/;
-
-/** Where one side's credentials live, and what the secret itself may not say. */
-export const databaseSecretRefSchema = z
-  .object({
-    secretArn: z
-      .string({ error: 'secretArn is required: the ARN of the Secrets Manager secret holding username and password' })
-      .regex(
-        SECRET_ARN,
-        'secretArn must be a Secrets Manager secret ARN (arn:aws:secretsmanager:<region>:<account>:secret:<name>)',
-      ),
-    /** The endpoint, when the secret has none (an RDS-managed master secret). Wins over the secret's. */
-    host: z.string().min(1).optional(),
-    port: z.number().int().min(1).max(65535).optional(),
-    dbname: z.string().min(1).optional(),
-    /** verify-full (default) checks the server's certificate against `sslrootcert` and its name against host. */
-    sslmode: z.enum(SSL_MODES).default('verify-full'),
-    /** The CA file for verify-full; RDS's CA bundle when not given. */
-    sslrootcert: z.string().min(1).optional(),
-  })
-  .strict();
-export type DatabaseSecretRef = z.input<typeof databaseSecretRefSchema>;
-
-export const migrationSecretRefsSchema = z
-  .object({ source: databaseSecretRefSchema, target: databaseSecretRefSchema })
-  .strict();
-export type MigrationSecretRefs = z.input<typeof migrationSecretRefsSchema>;
+// The reference schemas belong to the migration's config (core); re-exported here for the adapters' callers.
+export {
+  type DatabaseSecretRef,
+  databaseSecretRefSchema,
+  type MigrationSecretRefs,
+  migrationSecretRefsSchema,
+} from '@pgferry/core';
 
 /** The secret could not be read, or lacks what a connection needs; names the ARN and the key, never a value. */
 export class SecretUnusableError extends PgferryError {

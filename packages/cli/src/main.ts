@@ -26,6 +26,7 @@ import {
 } from '@pgferry/postgres';
 import { describeExecution, readExecution } from './local-runtime';
 import { createOutput, describeLive, describeState, type Output } from './output';
+import { planCommand, startCommand } from './plans';
 import { reportId, writeHtmlReport } from './report';
 import {
   advance,
@@ -92,6 +93,8 @@ Commands:
   worker    Run one workflow task in the AWS worker container (Fargate); see its --help
   report    Write one migration's report as one self-contained HTML page: pgferry report ID --html FILE
   workflow print  Print the workflow's state machine definition (Amazon States Language JSON), as deployed
+  plan      Store, list and show named plans: pgferry plan put FILE|- · plan list · plan show NAME
+  start     Start a migration in AWS from a stored plan: pgferry start PLAN --table T --state-machine-arn ARN
 
 Global options:
   --state-dir DIR   where migration state lives (default ./.pgferry)
@@ -214,6 +217,32 @@ Prints the state machine definition (Amazon States Language JSON) that the stack
 migrate, resume, cutover and rollback run locally. \${...} placeholders are the stack's
 definitionSubstitutions: the Lambda functions' ARNs and the worker's cluster, task definition,
 container, subnets and security groups.`,
+  plan: `Usage: pgferry plan put FILE|-     store the plan in FILE (- reads stdin), replacing one of its name
+       pgferry plan list            list the stored plans
+       pgferry plan show NAME       print one plan as JSON
+Options: --table TABLE [--region R]  the deployment's DynamoDB table instead of the state directory
+         (credentials, region and endpoint from the standard AWS configuration: AWS_PROFILE,
+         AWS_REGION, AWS_ENDPOINT_URL_DYNAMODB...)
+
+A plan names everything a migration in AWS needs, secrets by ARN only (a password is refused):
+  {"name": "shop-to-rds",
+   "source": {"secretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-source"},
+   "target": {"kind": "new", "instanceClass": "db.r6g.large", "engineVersion": "17",
+              "allocatedStorageGiB": 100, "dbSubnetGroupName": "shop-db", "vpcSecurityGroupIds": ["sg-0123abcd"],
+              "dbName": "shop"},
+   "strategy": "snapshot", "cutover": {"policy": "manual"},
+   "switch": {"kind": "secret", "secretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-app"},
+   "approvers": {"users": ["U024BE7LH"]}, "copyWorkers": 2}
+target may also be {"kind": "existing", "instanceIdentifier": "...", "secretArn": "..."}. A plan is
+checked when stored and again when read; each problem is named by its field (plan.approvers.users.0).`,
+  start: `Usage: pgferry start PLAN --table TABLE --state-machine-arn ARN [--region R] [--id ID] [--requested-by WHO]
+
+Starts a migration in AWS from the stored plan PLAN (pgferry plan put --table ...), as Slack's
+/pgferry start does: writes the migration's record in the DynamoDB table (its config from the plan;
+secrets by ARN, never a password) and starts the state machine's execution named after the migration.
+--id ID         the migration id (default generated); the same id again starts nothing twice
+--requested-by  who asks, recorded in the migration (default $USER)
+Then follow it in the Step Functions console; a manual cutover is approved from Slack.`,
   demo: 'Usage: pgferry demo [--target-version 15|16|17] [--rows N]\n\nStarts a source (PostgreSQL 15) and a target server, runs a live writer, migrates with automatic cutover.',
 };
 
@@ -242,6 +271,10 @@ const OPTIONS = {
   'target-version': { type: 'string' },
   'state-dir': { type: 'string' },
   html: { type: 'string' },
+  table: { type: 'string' },
+  region: { type: 'string' },
+  'state-machine-arn': { type: 'string' },
+  'requested-by': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -277,6 +310,8 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
   worker: [],
   report: ['id', 'html'],
   workflow: [],
+  plan: ['table', 'region'],
+  start: ['table', 'region', 'state-machine-arn', 'requested-by', 'id'],
 };
 const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
 
@@ -476,7 +511,8 @@ function handleInterrupts() {
 export async function main(argv: string[]): Promise<number> {
   const command = argv[0] && !argv[0].startsWith('-') ? argv[0] : undefined;
   // `workflow` takes a subcommand (`print`); `report` takes the migration id as its one positional argument.
-  const subcommand = command === 'workflow' && argv[1] && !argv[1].startsWith('-') ? argv[1] : undefined;
+  const subcommand =
+    (command === 'workflow' || command === 'plan') && argv[1] && !argv[1].startsWith('-') ? argv[1] : undefined;
   let values: ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>['values'];
   let positionals: string[] = [];
   let out: Output = createOutput({ json: argv.includes('--json') });
@@ -485,8 +521,8 @@ export async function main(argv: string[]): Promise<number> {
       ({ values, positionals } = parseArgs({
         args: joinDashValues(argv.slice(command ? (subcommand ? 2 : 1) : 0)),
         options: OPTIONS,
-        // Only `report` takes one (the id, as issue 13 spells the command); the others take --id.
-        allowPositionals: command === 'report',
+        // `report` takes the id (as issue 13 spells the command), `plan` a file or name, `start` a plan; the others --id.
+        allowPositionals: command === 'report' || command === 'plan' || command === 'start',
         strict: true,
       }));
     } catch (err) {
@@ -697,6 +733,25 @@ export async function main(argv: string[]): Promise<number> {
         else out.log(`${task.task} failed: ${outcome.error?.name}: ${outcome.error?.message}`);
         return outcome.ok ? EXIT_CODES.ok : EXIT_CODES.failed;
       }
+      case 'plan':
+        return await planCommand(
+          subcommand,
+          positionals,
+          { table: values.table, region: values.region, stateDir },
+          out,
+        );
+      case 'start':
+        return await startCommand(
+          positionals,
+          {
+            table: values.table,
+            region: values.region,
+            stateMachineArn: values['state-machine-arn'],
+            requestedBy: values['requested-by'],
+            id: values.id,
+          },
+          out,
+        );
       case 'report': {
         const id = reportId(positionals, values.id);
         const file = writablePath(need(values.html, '--html', 'report'), '--html')!;
@@ -711,6 +766,9 @@ export async function main(argv: string[]): Promise<number> {
     // Broken by a signal: its handler reports and exits once the undo is done.
     if (wasInterrupted()) await new Promise(() => {});
     out.error(err);
-    return err instanceof PgferryError ? err.exitCode : EXIT_CODES.failed;
+    // By name too: the AWS adapters (loaded apart from the CLI's bundle) throw their own copy's classes.
+    if (err instanceof PgferryError) return err.exitCode;
+    const code = (err as { exitCode?: unknown } | undefined)?.exitCode;
+    return Number.isInteger(code) && err instanceof Error ? (code as number) : EXIT_CODES.failed;
   }
 }

@@ -6,8 +6,8 @@
  */
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import type { WorkflowInput } from '@pgferry/core';
 import {
+  workflowInput as buildWorkflowInput,
   checkPostgresUrl,
   errorMessage,
   InvalidInputError,
@@ -19,6 +19,7 @@ import {
   parseMigrationConfig,
   redactText,
   redactUrl,
+  type WorkflowInput,
 } from '@pgferry/core';
 import {
   type ConnectionSwitchFactory,
@@ -324,15 +325,12 @@ export function workflowInput(
   action: WorkflowInput['action'],
   cutover: AdvanceOptions['cutover'] = 'auto',
 ): WorkflowInput {
-  return {
+  return buildWorkflowInput({
     migrationId: id,
     action,
     cutover: cutover === 'manual' ? 'manual' : 'auto',
     approved: cutover === 'now',
-    provisionTarget: false,
-    cleanup: false,
-    bakeSeconds: 0,
-  };
+  });
 }
 
 export function rollbackMigration(rt: Runtime, id: string): Promise<MigrationState> {

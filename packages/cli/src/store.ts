@@ -10,22 +10,29 @@ import {
   alreadyExistsError,
   checkCorrelationKey,
   checkMigrationId as checkId,
+  checkPlanName,
   checkTaskStep,
   checkTaskToken,
   claimedError,
   correlationTakenError,
   errorMessage,
   FINISHED_STATUSES,
+  InvalidInputError,
   MIGRATION_ID,
   type MigrationListing,
   MigrationNotFoundError,
+  type MigrationPlan,
+  type MigrationPlanInput,
   type MigrationSecrets,
   type MigrationState,
   type MigrationStore,
   PgferryError,
+  PLAN_NAME,
+  parseMigrationPlan,
   readListing,
   redactedJson,
   refuseSecretsInState,
+  storedPlan,
   versionConflictError,
 } from '@pgferry/core';
 
@@ -299,6 +306,53 @@ export class FileMigrationStore implements MigrationStore {
       throw err;
     });
     return JSON.parse(text) as Record<string, string>;
+  }
+
+  /** Named plans, one 0600 file each under `plans/`, replaced whole (temp file + rename). */
+  private planFile(name: string) {
+    return join(this.dir, 'plans', `${checkPlanName(name)}.json`);
+  }
+
+  async putPlan(input: MigrationPlanInput): Promise<MigrationPlan> {
+    const plan = parseMigrationPlan(input);
+    await mkdir(join(this.dir, 'plans'), { recursive: true, mode: 0o700 });
+    await this.atomicWrite(this.planFile(plan.name), `${JSON.stringify(plan, null, 2)}\n`);
+    return plan;
+  }
+
+  async getPlan(name: string): Promise<MigrationPlan | undefined> {
+    const file = this.planFile(name);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (err) {
+      throw new InvalidInputError(`the stored plan ${name} in ${file} is not JSON (${errorMessage(err)})`, {
+        field: 'plan',
+        hint: 'fix the plan and store it again with `pgferry plan put FILE`',
+      });
+    }
+    return storedPlan(name, value, file);
+  }
+
+  async listPlans(): Promise<MigrationPlan[]> {
+    const files = await readdir(join(this.dir, 'plans')).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return [] as string[];
+      throw err;
+    });
+    const names = files
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => f.slice(0, -5))
+      .filter((n) => PLAN_NAME.test(n))
+      .sort();
+    const plans = await Promise.all(names.map((n) => this.getPlan(n)));
+    return plans.filter((p): p is MigrationPlan => p !== undefined);
   }
 
   async list(): Promise<MigrationListing> {

@@ -205,15 +205,30 @@ export async function awsTaskCallbacks(): Promise<TaskCallbacks> {
 }
 
 /** packages/aws, which only the worker loads: the CLI's own bundle leaves the AWS SDK out. */
-async function loadAwsAdapters(): Promise<typeof import('@pgferry/aws')> {
+export async function loadAwsAdapters(): Promise<typeof import('@pgferry/aws')> {
   try {
+    // A checkout's bundle leaves them out, as TypeScript sources: those load through tsx (a dev
+    // dependency), registered first. The worker image bundles them (Dockerfile).
+    if (resolvesTo('@pgferry/aws')?.endsWith('.ts')) {
+      // Not a literal: the CLI's bundle must not try to include tsx.
+      const api = 'tsx/esm/api';
+      const tsx = (await import(api).catch(() => undefined)) as typeof import('tsx/esm/api') | undefined;
+      tsx?.register();
+    }
     return await import('@pgferry/aws');
   } catch (err) {
-    // The worker image bundles them (Dockerfile).
     throw new PgferryError(`the AWS adapters are not in this build of pgferry: ${errorMessage(err)}`, {
       cause: err,
-      hint: 'pgferry worker runs in the worker image built from the Dockerfile',
+      hint: 'pgferry worker runs in the worker image built from the Dockerfile; in a checkout, run `npm ci` first',
     });
+  }
+}
+
+function resolvesTo(specifier: string): string | undefined {
+  try {
+    return import.meta.resolve(specifier);
+  } catch {
+    return undefined;
   }
 }
 
@@ -224,14 +239,24 @@ async function loadAwsAdapters(): Promise<typeof import('@pgferry/aws')> {
  */
 export async function deployedWorkerStore(env: NodeJS.ProcessEnv): Promise<MigrationStore | undefined> {
   if (!env[DEPLOYMENT_ENV.tableName]) return undefined;
+  return deployedTableStore(deploymentEnv(env).tableName);
+}
+
+/**
+ * The deployment's store on table `tableName` (the worker's, and the CLI's `--table`): DynamoDB and
+ * Secrets Manager clients from the standard AWS configuration (credentials, AWS_REGION, endpoints),
+ * `region` overriding the configured one.
+ */
+export async function deployedTableStore(tableName: string, region?: string): Promise<MigrationStore> {
   const aws = await loadAwsAdapters();
   const [{ DynamoDBClient }, { SecretsManagerClient }] = await Promise.all([
     import('@aws-sdk/client-dynamodb'),
     import('@aws-sdk/client-secrets-manager'),
   ]);
+  const config = region ? { region } : {};
   return aws.deployedStore(
-    { dynamo: new DynamoDBClient({}), secrets: new SecretsManagerClient({}) },
-    deploymentEnv(env).tableName,
+    { dynamo: new DynamoDBClient(config), secrets: new SecretsManagerClient(config) },
+    tableName,
   );
 }
 

@@ -2,6 +2,9 @@ import { z } from 'zod';
 import { switchTargetSchema } from './connection-switch';
 import { dmsSettingsSchema } from './dms';
 import { InvalidInputError } from './errors';
+import { planTargetSchema } from './plan-target';
+import { redactText } from './redact';
+import { configSecretRefsSchema, SSL_MODES, secretRefUrl, unprovisionedTargetUrl } from './secret-refs';
 
 /** Thresholds and retry policies, named in one place. */
 export const DEFAULTS = {
@@ -137,8 +140,6 @@ export const URL_PARAMETERS = [
   'uselibpqcompat',
 ] as const;
 
-export const SSL_MODES = ['disable', 'allow', 'prefer', 'require', 'verify-ca', 'verify-full'] as const;
-
 const URL_SHAPE = 'expected postgres://user:password@host:port/database';
 
 /** What is wrong with `value` as the postgres URL of `field` (none: it is one). */
@@ -192,8 +193,14 @@ export const migrationConfigSchema = z
         MIGRATION_ID,
         '--id must be 1-24 characters of a-z, 0-9 and _, starting with a letter (object names derive from it)',
       ),
-    sourceUrl: postgresUrl('--source'),
-    targetUrl: postgresUrl('--target'),
+    // Locally both are required (with their passwords). An AWS migration names its credentials by
+    // secret ARN (`secrets`) instead: its URLs then carry no password and default to secretRefUrl.
+    sourceUrl: postgresUrl('--source').optional(),
+    targetUrl: postgresUrl('--target').optional(),
+    /** Where an AWS migration's credentials are: Secrets Manager ARNs, read when a task connects. */
+    secrets: configSecretRefsSchema.optional(),
+    /** The RDS target to create or adopt in "Provision target" (from the migration's plan). */
+    target: planTargetSchema.optional(),
     strategy: z.enum(STRATEGIES, { error: `--strategy must be one of ${STRATEGIES.join(', ')}` }).default('snapshot'),
     jobs: z
       .number({ error: '--jobs must be a number' })
@@ -253,7 +260,7 @@ export const migrationConfigSchema = z
     slotWaitTimeoutMs: z.number().int().min(1).default(DEFAULTS.slotWaitTimeoutMs),
     switchFile: z.string({ error: '--switch-file must be a path' }).min(1, '--switch-file must be a path').optional(),
     onSwitch: z.string().min(1, '--on-switch must be a command').optional(),
-    /** In AWS: the secret, SSM parameter or CNAME the application reads, switched in the write gap (a plan's `switch`). */
+    /** In AWS: the secret, SSM parameter or CNAME the application reads, switched in the write gap (from the migration's plan). */
     switch: switchTargetSchema.optional(),
     reportPath: z.string({ error: '--report must be a path' }).min(1, '--report must be a path').optional(),
     artifactDir: z.string().min(1).optional(),
@@ -283,7 +290,27 @@ export const migrationConfigSchema = z
         path: ['dms'],
         message: `dms is only for strategy dms (strategy is ${c.strategy})`,
       });
-    if (c.sourceUrl === c.targetUrl) {
+    for (const [side, flag] of [
+      ['source', '--source'],
+      ['target', '--target'],
+    ] as const) {
+      const key = side === 'source' ? 'sourceUrl' : 'targetUrl';
+      const url = c[key];
+      if (!c.secrets && url === undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: [key],
+          message: `${flag} is required: a postgres://user:password@host:port/database URL`,
+        });
+      // The secret holds the password: a URL beside it that holds one too would be stored as it is.
+      else if (c.secrets && url !== undefined && redactText(url) !== url)
+        ctx.addIssue({
+          code: 'custom',
+          path: [key],
+          message: `${key} holds a password, but this migration reads its credentials from secrets.${side}.secretArn; give the URL without one, or leave it out`,
+        });
+    }
+    if (c.sourceUrl !== undefined && c.sourceUrl === c.targetUrl) {
       ctx.addIssue({
         code: 'custom',
         path: ['targetUrl'],
@@ -297,7 +324,13 @@ export const migrationConfigSchema = z
         message: 'the WAL warning threshold must be below the abort limit',
       });
     }
-  });
+  })
+  // Both URLs are there after parsing: given, or (with secrets) the password-free secretRefUrl.
+  .transform(({ sourceUrl, targetUrl, ...c }) => ({
+    ...c,
+    sourceUrl: sourceUrl ?? secretRefUrl(c.secrets!.source),
+    targetUrl: targetUrl ?? (c.secrets!.target ? secretRefUrl(c.secrets!.target) : unprovisionedTargetUrl()),
+  }));
 
 export type MigrationConfigInput = z.input<typeof migrationConfigSchema>;
 export type MigrationConfig = z.output<typeof migrationConfigSchema>;

@@ -9,12 +9,16 @@ export * from './lag';
 export * from './metrics';
 export * from './model';
 export * from './plan';
+// Plans stored and started (the config's secret references, the plan's target and switch).
+export { type PlanTarget, planTargetSchema } from './plan-target';
 export * from './ports';
 export * from './redact';
+export * from './secret-refs';
 export * from './slack/index';
 export * from './store-rules';
 export * from './workflow/bulk-load';
 export * from './workflow/definition';
 export * from './workflow/failure';
+export * from './workflow/start-input';
 export * from './workflow/states';
 export * from './workflow/tasks';

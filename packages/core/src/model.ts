@@ -1,6 +1,7 @@
 import type { MigrationConfig } from './config';
 import type { SwitchRecord } from './connection-switch';
 import type { DmsRef } from './dms';
+import type { MigrationPlan, MigrationPlanInput } from './plan';
 
 /** Phases in workflow order; names match packages/postgres/src/phases and the state machine. */
 export const PHASES = [
@@ -200,6 +201,9 @@ export interface MigrationState {
   phase: Phase;
   /** Config with passwords redacted from the URLs; secrets live in the secret store. */
   config: MigrationConfig;
+  /** The named plan it was started from (`pgferry start`, `/pgferry start`), and who asked. */
+  planName?: string;
+  requestedBy?: string;
   phases: Partial<Record<Phase, PhaseRecord>>;
   sourceVersion?: number;
   targetVersion?: number;
@@ -259,6 +263,12 @@ export interface MigrationStore {
   putTaskToken?(migrationId: string, step: string, token: string): Promise<void>;
   /** Remove and return a step's token, atomically: of two duplicate events, only one gets it. */
   takeTaskToken?(migrationId: string, step: string): Promise<string | undefined>;
+  /** Store a named plan (validated; replaces the plan of that name). */
+  putPlan?(plan: MigrationPlanInput): Promise<MigrationPlan>;
+  /** The plan named `name` (validated as read), or undefined when there is none. */
+  getPlan?(name: string): Promise<MigrationPlan | undefined>;
+  /** Every stored plan, by name. */
+  listPlans?(): Promise<MigrationPlan[]>;
 }
 
 /** Every stored migration, and the records that could not be read (named, with what is wrong). */

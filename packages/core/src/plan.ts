@@ -4,70 +4,25 @@
  * credentials stay in Secrets Manager, and an unknown key (a `password`, say) is refused, not ignored.
  */
 import { z } from 'zod';
-import { DEFAULTS } from './config';
+import { DEFAULTS, type MigrationConfig, parseMigrationConfig } from './config';
 import { switchTargetSchema } from './connection-switch';
-import { InvalidInputError } from './errors';
+import { InvalidInputError, PgferryError } from './errors';
+import { planTargetSchema, secretArn } from './plan-target';
+import { unprovisionedTargetUrl } from './secret-refs';
 
 /** Plan names: what a person types after `/pgferry start`, and part of the store's keys. */
 export const PLAN_NAME = /^[a-z][a-z0-9-]{0,47}$/;
 
 export const PLAN_STRATEGIES = ['snapshot', 'native', 'dump', 'dms'] as const;
 
-const SECRET_ARN = /^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$/;
 /** Slack member ids (U…, or W… on Enterprise Grid) and conversation ids (C…, G… private, D… direct). */
 export const SLACK_USER_ID = /^[UW][A-Z0-9]{2,}$/;
 export const SLACK_CHANNEL_ID = /^[CGD][A-Z0-9]{2,}$/;
-
-const secretArn = (field: string) =>
-  z
-    .string({ error: `${field} is required: the ARN of a Secrets Manager secret` })
-    .regex(
-      SECRET_ARN,
-      `${field} must be a Secrets Manager secret ARN (arn:aws:secretsmanager:<region>:<account>:secret:<name>)`,
-    );
 
 const hhmm = (field: string) =>
   z
     .string({ error: `${field} is required, as HH:MM (24 h)` })
     .regex(/^([01]\d|2[0-3]):[0-5]\d$/, `${field} must be a time of day as HH:MM (24 h), e.g. 02:30`);
-
-const newTarget = z.strictObject({
-  kind: z.literal('new'),
-  instanceClass: z
-    .string({ error: 'target.instanceClass is required, e.g. db.r6g.large' })
-    .regex(/^db\.[a-z0-9-]+\.[a-z0-9]+$/, 'target.instanceClass must be an RDS instance class, e.g. db.r6g.large'),
-  engineVersion: z
-    .string({ error: 'target.engineVersion is required, e.g. 17 or 16.4' })
-    .regex(/^\d{2}(\.\d+)?$/, 'target.engineVersion must be a PostgreSQL version such as 17 or 16.4')
-    .refine((v) => Number.parseInt(v, 10) >= 11, 'target.engineVersion must be 11 or newer'),
-  allocatedStorageGiB: z
-    .number({ error: 'target.allocatedStorageGiB is required: the storage in GiB (20 to 65536)' })
-    .int('target.allocatedStorageGiB must be a whole number of GiB')
-    .min(20, 'target.allocatedStorageGiB must be at least 20 (RDS minimum)')
-    .max(65536, 'target.allocatedStorageGiB must be at most 65536'),
-  storageType: z.enum(['gp3', 'io1', 'io2'], { error: 'target.storageType must be gp3, io1 or io2' }).default('gp3'),
-  multiAz: z.boolean({ error: 'target.multiAz must be true or false' }).default(true),
-  dbSubnetGroupName: z
-    .string({ error: 'target.dbSubnetGroupName is required: the DB subnet group the instance goes in' })
-    .min(1, 'target.dbSubnetGroupName is empty'),
-  vpcSecurityGroupIds: z
-    .array(z.string().regex(/^sg-[0-9a-f]{8,17}$/, 'target.vpcSecurityGroupIds holds security group ids (sg-…)'), {
-      error: 'target.vpcSecurityGroupIds must be a list of security group ids',
-    })
-    .min(1, 'target.vpcSecurityGroupIds needs at least one security group id'),
-  parameterGroupName: z.string().min(1, 'target.parameterGroupName is empty').optional(),
-});
-
-const existingTarget = z.strictObject({
-  kind: z.literal('existing'),
-  instanceIdentifier: z
-    .string({ error: 'target.instanceIdentifier is required: the RDS DB instance identifier' })
-    .regex(
-      /^[a-zA-Z][a-zA-Z0-9-]{0,62}$/,
-      'target.instanceIdentifier must be an RDS DB instance identifier (a letter, then letters, digits and hyphens, up to 63)',
-    ),
-  secretArn: secretArn('target.secretArn'),
-});
 
 const cutoverPolicy = z.discriminatedUnion(
   'policy',
@@ -105,9 +60,7 @@ export const migrationPlanSchema = z
       { secretArn: secretArn('source.secretArn') },
       { error: 'source is required: { "secretArn": "<the source credentials secret ARN>" }' },
     ),
-    target: z.discriminatedUnion('kind', [newTarget, existingTarget], {
-      error: 'target.kind must be new (pgferry creates the RDS instance) or existing (an instance you made)',
-    }),
+    target: planTargetSchema,
     strategy: z
       .enum(PLAN_STRATEGIES, { error: `strategy must be one of ${PLAN_STRATEGIES.join(', ')}` })
       .default('snapshot'),
@@ -135,6 +88,13 @@ export const migrationPlanSchema = z
         (a) => a.users.length + a.channels.length > 0,
         'approvers needs at least one Slack user or channel: nobody could approve or roll back the cutover',
       ),
+    /** Fargate workers the snapshot copy is split over (1: the coordinator copies everything). */
+    copyWorkers: z
+      .number({ error: 'copyWorkers must be a number' })
+      .int('copyWorkers must be a whole number')
+      .min(1, 'copyWorkers must be at least 1')
+      .max(32, 'copyWorkers must be at most 32')
+      .optional(),
     limits: z
       .strictObject({
         maxLagMs: z.number().int().min(1, 'limits.maxLagMs must be at least 1').default(DEFAULTS.maxLagMs),
@@ -181,17 +141,97 @@ export function planProblems(error: z.ZodError): string[] {
   });
 }
 
+/** The field of a plan's first problem (an unknown key by its own path: `source.password`), if any. */
+export function planIssueField(error: z.ZodError): string | undefined {
+  const first = error.issues[0];
+  return first?.code === 'unrecognized_keys'
+    ? [...first.path.map(String), first.keys[0]].join('.')
+    : first?.path.map(String).join('.') || undefined;
+}
+
 /** Validate a plan; InvalidInputError names every bad field at once (`field`: the first). */
 export function parseMigrationPlan(input: unknown): MigrationPlan {
   const result = migrationPlanSchema.safeParse(input);
   if (result.success) return result.data;
-  const first = result.error.issues[0];
-  const field =
-    first?.code === 'unrecognized_keys'
-      ? [...first.path.map(String), first.keys[0]].join('.')
-      : first?.path.map(String).join('.') || undefined;
+  const field = planIssueField(result.error);
   throw new InvalidInputError(`invalid migration plan: ${planProblems(result.error).join('; ')}`, {
     field,
     hint: 'a plan holds name, source.secretArn, target (kind new or existing), strategy, cutover.policy, switch (kind secret, ssm-parameter or route53) and approvers',
+  });
+}
+
+/** No plan of that name is stored. */
+export class PlanNotFoundError extends PgferryError {
+  override name = 'PlanNotFoundError';
+  override readonly exitCode = 2;
+}
+
+/** A plan name as a store keys it; anything else is refused before it names a file or an item. */
+export function checkPlanName(name: string): string {
+  if (typeof name !== 'string' || !PLAN_NAME.test(name))
+    throw new InvalidInputError(
+      `plan name "${String(name).slice(0, 80)}" is not a plan name: 1-48 characters of a-z, 0-9 and -, starting with a letter`,
+      { field: 'plan', hint: 'run `pgferry plan list` to see the stored plans' },
+    );
+  return name;
+}
+
+export function planNotFoundError(name: string, where: string): PlanNotFoundError {
+  return new PlanNotFoundError(`no plan named ${name} in ${where}`, {
+    field: 'plan',
+    hint: 'run `pgferry plan list` to see the stored plans, or store one with `pgferry plan put FILE`',
+  });
+}
+
+/**
+ * A plan as a store read it, validated again: a plan edited by hand (a file, an item) that no longer
+ * passes is refused with its name and the field that is wrong, never used half-checked.
+ */
+export function storedPlan(name: string, value: unknown, where: string): MigrationPlan {
+  const result = migrationPlanSchema.safeParse(value);
+  if (!result.success) {
+    const field = planIssueField(result.error);
+    throw new InvalidInputError(
+      `the stored plan ${name} in ${where} is invalid: ${planProblems(result.error).join('; ')}`,
+      {
+        field: field ? `plan.${field}` : 'plan',
+        hint: `fix the plan and store it again with \`pgferry plan put FILE\``,
+      },
+    );
+  }
+  if (result.data.name !== name)
+    throw new InvalidInputError(`the stored plan ${name} in ${where} is named ${result.data.name} inside`, {
+      field: 'plan.name',
+      hint: `store it again with \`pgferry plan put FILE\``,
+    });
+  return result.data;
+}
+
+/**
+ * A new migration's config from its plan: the secrets by ARN (the target's once known: an existing
+ * instance's secret now, a new instance's after "Provision target"), the target to provision, the
+ * switch, the strategy, cutover policy, copy workers and limits. No URL with a password anywhere.
+ */
+export function migrationConfigFromPlan(plan: MigrationPlan, migrationId: string): MigrationConfig {
+  if (plan.strategy === 'dms')
+    throw new InvalidInputError(`plan ${plan.name}: strategy dms cannot be started from a plan yet`, {
+      field: 'plan.strategy',
+      hint: 'use snapshot, native or dump in the plan (`pgferry plan put FILE`)',
+    });
+  const target = plan.target;
+  return parseMigrationConfig({
+    id: migrationId,
+    strategy: plan.strategy,
+    // A window is not enforced by the workflow yet: the cutover waits for a person's approval.
+    cutover: plan.cutover.policy === 'auto' ? 'auto' : 'manual',
+    copyWorkers: plan.copyWorkers ?? 1,
+    ...(plan.limits ?? {}),
+    secrets: {
+      source: { secretArn: plan.source.secretArn },
+      ...(target.kind === 'existing' ? { target: { secretArn: target.secretArn } } : {}),
+    },
+    ...(target.kind === 'new' ? { targetUrl: unprovisionedTargetUrl(target.dbName) } : {}),
+    target,
+    switch: plan.switch,
   });
 }

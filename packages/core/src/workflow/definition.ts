@@ -18,12 +18,14 @@ export interface WorkflowInput {
   cutover: 'auto' | 'manual';
   /** The cutover was approved already (a later execution started by `pgferry cutover`). */
   approved: boolean;
-  /** Create the RDS target first ("Provision target"); false when the plan names an existing target. */
+  /** Create (or adopt and check) the plan's RDS target first ("Provision target"); false locally, where --target names it. */
   provisionTarget: boolean;
   /** Run "Clean up" after the bake (in AWS); locally clean-up is the separate `pgferry cleanup`. */
   cleanup: boolean;
   /** The bake before clean-up, in seconds. */
   bakeSeconds: number;
+  /** Fargate workers the snapshot copy is split over (the config's copyWorkers); 1 locally. */
+  copyWorkers: number;
 }
 
 /** The gate's figures between two "Check lag" samples (see packages/postgres/src/tasks). */
@@ -79,6 +81,7 @@ export function workflowDefinition(): object {
         'provisionTarget.$': '$.provisionTarget',
         'cleanup.$': '$.cleanup',
         'bakeSeconds.$': '$.bakeSeconds',
+        'copyWorkers.$': '$.copyWorkers',
         results: {},
         gate: FRESH_GATE,
         verify: { done: false, rounds: 0 },

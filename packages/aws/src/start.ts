@@ -1,0 +1,170 @@
+/**
+ * Start a migration in AWS from a named plan: what `/pgferry start <plan>` (Slack) and `pgferry start`
+ * (the CLI) both call. It writes the migration's record (its config from the plan: secrets by ARN, the
+ * target to provision, the switch, the strategy and cutover policy) and starts the state machine's
+ * execution named after the migration, with the input the definition's "Start" state reads.
+ *
+ * A retried start (the same migration id, a Slack retry, a second click) creates nothing twice: the
+ * record is kept, and Step Functions refuses a second execution of the same name (ExecutionAlreadyExists),
+ * which is then compared with the one this start would have made.
+ */
+import { DescribeExecutionCommand, type SFNClient, StartExecutionCommand } from '@aws-sdk/client-sfn';
+import {
+  checkMigrationId,
+  checkPlanName,
+  InvalidInputError,
+  type MigrationState,
+  type MigrationStore,
+  migrationConfigFromPlan,
+  newMigrationId,
+  PgferryError,
+  planNotFoundError,
+  StateConflictError,
+  workflowInputForConfig,
+} from '@pgferry/core';
+
+export interface StartFromPlanRequest {
+  planName: string;
+  /** Who asked (a Slack member id, a CLI user): recorded in the migration's state. */
+  requestedBy: string;
+  /** Given on a retry, so that it finds the same migration; a new id otherwise. */
+  migrationId?: string;
+}
+
+export interface StartFromPlanDeps {
+  store: MigrationStore;
+  sfn: SFNClient;
+  stateMachineArn: string;
+  now?: () => Date;
+}
+
+export interface StartFromPlanResult {
+  migrationId: string;
+  executionArn: string;
+  /** The record and the execution existed already (a retried start): nothing was created. */
+  alreadyStarted: boolean;
+}
+
+const STATE_MACHINE_ARN = /^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:stateMachine:[A-Za-z0-9_-]{1,80}$/;
+
+/** The ARN of execution `name` of `stateMachineArn`, as Step Functions forms it. */
+export function executionArnOf(stateMachineArn: string, name: string): string {
+  return `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
+}
+
+export async function startFromPlan(
+  request: StartFromPlanRequest,
+  deps: StartFromPlanDeps,
+): Promise<StartFromPlanResult> {
+  const planName = checkPlanName(request.planName);
+  const requestedBy = typeof request.requestedBy === 'string' ? request.requestedBy.trim() : '';
+  if (!requestedBy || requestedBy.length > 200)
+    throw new InvalidInputError('requestedBy must name who starts the migration (1-200 characters)', {
+      field: 'requestedBy',
+    });
+  if (!STATE_MACHINE_ARN.test(deps.stateMachineArn ?? ''))
+    throw new InvalidInputError(
+      `state machine ARN "${deps.stateMachineArn}" is not a Step Functions state machine ARN (arn:aws:states:<region>:<account>:stateMachine:<name>)`,
+      { field: '--state-machine-arn', hint: "the stack's output names the pgferry state machine" },
+    );
+  if (!deps.store.getPlan)
+    throw new PgferryError('this migration store keeps no plans', {
+      hint: 'start migrations from plans with the DynamoDB store of the deployment',
+    });
+  const plan = await deps.store.getPlan(planName);
+  if (!plan) throw planNotFoundError(planName, storeName(deps.store));
+  const now = deps.now?.() ?? new Date();
+  const migrationId = checkMigrationId(request.migrationId ?? newMigrationId(now));
+  const config = migrationConfigFromPlan(plan, migrationId);
+
+  let existed = false;
+  let state = await deps.store.get(migrationId).catch((err: Error) => {
+    if (err.name === 'MigrationNotFoundError') return undefined;
+    throw err;
+  });
+  if (!state) {
+    state = initialState(config, planName, requestedBy, now, plan.cutover.policy === 'window');
+    try {
+      // The store's vault keeps nothing for ARNs; the URLs handed here carry no password.
+      await deps.store.create(state, { sourceUrl: config.sourceUrl, targetUrl: config.targetUrl });
+    } catch (err) {
+      // Created meanwhile by the same start retried: read it back, as below.
+      if ((err as Error).name !== 'InvalidInputError' || !/exists/.test((err as Error).message)) throw err;
+      state = await deps.store.get(migrationId);
+      existed = true;
+    }
+  } else existed = true;
+  if (existed && state.planName !== planName)
+    throw new StateConflictError(
+      `migration ${migrationId} exists already${state.planName ? `, started from plan ${state.planName}` : ''}, not from plan ${planName}`,
+      { field: 'migrationId', migrationId, hint: 'leave the migration id out to start a new migration' },
+    );
+
+  // From the stored config: a retry sends what the first start sent, whatever the plan became since.
+  const input = JSON.stringify(workflowInputForConfig(state.config));
+  const executionArn = executionArnOf(deps.stateMachineArn, migrationId);
+  try {
+    const out = await deps.sfn.send(
+      new StartExecutionCommand({ stateMachineArn: deps.stateMachineArn, name: migrationId, input }),
+    );
+    return { migrationId, executionArn: out.executionArn ?? executionArn, alreadyStarted: existed };
+  } catch (err) {
+    if ((err as Error).name !== 'ExecutionAlreadyExists') throw err;
+    const running = await deps.sfn.send(new DescribeExecutionCommand({ executionArn }));
+    if (running.input !== undefined && sameJson(running.input, input))
+      return { migrationId, executionArn, alreadyStarted: true };
+    throw new StateConflictError(
+      `an execution named ${migrationId} exists already with another input (status ${running.status ?? 'unknown'})`,
+      {
+        field: 'migrationId',
+        migrationId,
+        cause: err,
+        hint: 'execution names are never reused: leave the migration id out to start a new migration',
+      },
+    );
+  }
+}
+
+function initialState(
+  config: MigrationState['config'],
+  planName: string,
+  requestedBy: string,
+  now: Date,
+  window: boolean,
+): MigrationState {
+  const at = now.toISOString();
+  return {
+    id: config.id,
+    version: 0,
+    createdAt: at,
+    updatedAt: at,
+    status: 'running',
+    phase: 'assess',
+    config,
+    planName,
+    requestedBy,
+    phases: {},
+    ...(window
+      ? {
+          warnings: [
+            `plan ${planName} names a cutover window, which the workflow does not enforce yet: the cutover waits for an approval, to be given inside the window`,
+          ],
+        }
+      : {}),
+    events: [{ at, message: `migration created from plan ${planName} by ${requestedBy}` }],
+  };
+}
+
+function sameJson(a: string, b: string): boolean {
+  try {
+    return JSON.stringify(JSON.parse(a)) === JSON.stringify(JSON.parse(b));
+  } catch {
+    return false;
+  }
+}
+
+function storeName(store: MigrationStore): string {
+  const table = (store as { tableName?: unknown }).tableName;
+  const dir = (store as { dir?: unknown }).dir;
+  return typeof table === 'string' ? `DynamoDB table ${table}` : typeof dir === 'string' ? dir : 'the store';
+}

@@ -12,5 +12,7 @@ export * from './dynamo-store';
 export * from './events';
 export * from './rds';
 export * from './secrets';
+// Slack: secrets, the replay cache and message record, the Web API, the work behind commands and buttons.
+export * from './slack';
 export * from './switch/index';
 export * from './tls';

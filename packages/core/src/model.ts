@@ -191,6 +191,8 @@ export interface MigrationState {
   updatedAt: string;
   status: MigrationStatus;
   phase: Phase;
+  /** The named plan the migration was started from (`/pgferry start <plan>`); its approvers may act on it. */
+  planName?: string;
   /** Config with passwords redacted from the URLs; secrets live in the secret store. */
   config: MigrationConfig;
   phases: Partial<Record<Phase, PhaseRecord>>;

@@ -55,6 +55,11 @@ export function slackResources(
       description,
       timeout,
       environment: env,
+      // Outside the customer's subnets: they talk to AWS APIs and slack.com only, never to a database,
+      // and a VPC would make the 3 s answer depend on a cold ENI and the message on a NAT to slack.com.
+      vpc: undefined,
+      vpcSubnets: undefined,
+      securityGroups: undefined,
       ...more,
     });
 

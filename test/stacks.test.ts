@@ -518,6 +518,14 @@ describe('Slack', () => {
     ]);
     expect(resources[fnId('SlackMessages')]!.Properties.ReservedConcurrentExecutions).toBe(1);
   });
+
+  it('runs its functions outside the subnets: they reach AWS APIs and slack.com, never a database', () => {
+    for (const prefix of ['SlackCommands', 'SlackInteractions', 'SlackWorker', 'SlackMessages']) {
+      const fn = resources[fnId(prefix)]!.Properties;
+      expect(fn.VpcConfig, prefix).toBeUndefined();
+      expect(fn).toMatchObject({ Runtime: 'nodejs22.x', Architectures: ['arm64'], TracingConfig: { Mode: 'Active' } });
+    }
+  });
 });
 
 describe('deployment configuration', () => {

@@ -565,6 +565,22 @@ describe("each migration's Slack message", () => {
     });
     // The bot token is read once per container.
     expect(secretsMock.commandCalls(GetSecretValueCommand, { SecretId: BOT_ARN })).toHaveLength(1);
+    // A message someone deleted is posted anew, and the new one is updated from then on.
+    webApiAnswer = (path) =>
+      path === '/api/chat.update'
+        ? { ok: false, error: 'message_not_found' }
+        : { ok: true, channel: 'C0MIGRATE', ts: '1733486999.000200' };
+    received = [];
+    expect(await handler(event('Cutover Completed', { direction: 'forward', writeGapMs: 800 }), {} as never)).toEqual({
+      action: 'posted',
+      channel: 'C0MIGRATE',
+      ts: '1733486999.000200',
+    });
+    expect(received.map((r) => [r.path, r.body.ts])).toEqual([
+      ['/api/chat.update', '1733486400.000100'],
+      ['/api/chat.postMessage', undefined],
+    ]);
+    expect((await messages.get('m1'))?.ts).toBe('1733486999.000200');
   });
 });
 

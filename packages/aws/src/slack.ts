@@ -491,7 +491,17 @@ export async function updateSlackMessage(event: PgferryEvent, deps: SlackMessage
     record?.ts && record.updatedAt ? { channel, ts: record.ts, updatedAt: record.updatedAt } : undefined;
   const call = slackCallFor(event, state, { channel, message, now });
   if (!call) return { action: 'ignored', reason: 'throttled' };
-  const posted = await deps.api.call(call.method, call.body);
+  let method = call.method;
+  let posted: { channel: string; ts: string };
+  try {
+    posted = await deps.api.call(call.method, call.body);
+  } catch (err) {
+    // Someone deleted the message: the migration gets a new one rather than none.
+    if (!(err instanceof SlackApiError && call.method === 'chat.update' && err.code === 'message_not_found')) throw err;
+    const { ts: _gone, ...message } = call.body;
+    method = 'chat.postMessage';
+    posted = await deps.api.call(method, message);
+  }
   await deps.messages.put(id, { channel: posted.channel, ts: posted.ts, updatedAt: new Date(now).toISOString() });
-  return { action: call.method === 'chat.postMessage' ? 'posted' : 'updated', ...posted };
+  return { action: method === 'chat.postMessage' ? 'posted' : 'updated', ...posted };
 }

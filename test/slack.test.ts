@@ -25,6 +25,8 @@ import {
   slashCommandRequest,
   verifiedSlackForm,
   verifySlackRequest,
+  WORKFLOW_TASKS,
+  workflowDefinition,
 } from '../packages/core/src/index';
 
 // Slack's documented example (api.slack.com/authentication/verifying-requests-from-slack).
@@ -524,6 +526,14 @@ describe('what approve, rollback and abort do to a migration', () => {
 
   it('goes to "Roll back" with the policy rolling back when the gate is failed with CutoverRejectedError', () => {
     expect(failureAction(CUTOVER_REJECTED_ERROR, 'catch-up', NO_FACTS)).toBe('roll-back');
+    // The state machine's Catch on the gate: the first entry whose errors match sends it on.
+    const states = (
+      workflowDefinition() as { States: Record<string, { Catch?: { ErrorEquals: string[]; Next: string }[] }> }
+    ).States;
+    const route = states[WORKFLOW_TASKS.awaitApproval.state]!.Catch!.find(
+      (c) => c.ErrorEquals.includes(CUTOVER_REJECTED_ERROR) || c.ErrorEquals.includes('States.ALL'),
+    );
+    expect(route?.Next).toBe(WORKFLOW_TASKS.rollback.state);
     expect(rollbackExecutionInput('m1')).toMatchObject({ migrationId: 'm1', action: 'rollback' });
   });
 });

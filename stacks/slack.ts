@@ -17,6 +17,9 @@ export const SLACK_ROUTES = {
   interactions: 'POST /slack/interactions',
 } as const;
 
+/** The endpoints' throttle: far above what a team types or clicks, far below what would flood the functions. */
+export const SLACK_REQUESTS_PER_SECOND = 20;
+
 /**
  * Slack, when the deployment configures it: two endpoints on an HTTP API (they verify Slack's signature
  * and answer at once), a worker they invoke asynchronously for the work, and a function that keeps one
@@ -120,6 +123,9 @@ export function slackResources(
 
   const api = new Api(scope, 'SlackApi', {
     accessLog: { retention: 'three_months' },
+    // Slack calls from its servers: no browser reads these, and people type a few commands a minute.
+    cors: false,
+    defaults: { throttle: { rate: SLACK_REQUESTS_PER_SECOND, burst: SLACK_REQUESTS_PER_SECOND * 2 } },
     routes: {
       [SLACK_ROUTES.commands]: { function: commands },
       [SLACK_ROUTES.interactions]: { function: interactions },

@@ -23,7 +23,7 @@ import { main } from '../packages/cli/src/main';
 
 import { pgferryApp } from '../stacks/app';
 import { type DeployConfig, deployConfigFromEnv } from '../stacks/config';
-import { SLACK_ROUTES } from '../stacks/slack';
+import { SLACK_REQUESTS_PER_SECOND, SLACK_ROUTES } from '../stacks/slack';
 import { LAMBDA_TASKS } from '../stacks/tasks';
 
 const CONFIG: DeployConfig = {
@@ -456,7 +456,14 @@ describe('Slack', () => {
     }
     template.hasResourceProperties('AWS::ApiGatewayV2::Stage', {
       AccessLogSettings: { DestinationArn: Match.anyValue() },
+      DefaultRouteSettings: {
+        ThrottlingRateLimit: SLACK_REQUESTS_PER_SECOND,
+        ThrottlingBurstLimit: SLACK_REQUESTS_PER_SECOND * 2,
+      },
     });
+    expect(
+      Object.values(template.findResources('AWS::ApiGatewayV2::Api'))[0]!.Properties.CorsConfiguration,
+    ).toBeUndefined();
   });
 
   it('gives each function only what it uses: the endpoints the signing secret, replay items and the worker; the worker the table and the state machine; the message function the bot token', () => {

@@ -513,6 +513,30 @@ describe('the Slack worker', () => {
   });
 });
 
+describe('the Slack functions’ input', () => {
+  it('is refused naming the field when it is not what the endpoints or the bus send, and nothing is done', async () => {
+    const { deps } = await workerDeps([migration('m1')]);
+    const worker = createWorkerHandler(() => deps);
+    await expect(
+      worker({ ...work('approve', 'm1'), command: { kind: 'approve', id: 'M1; drop' } }, {} as never),
+    ).rejects.toThrow(/not Slack work: command\.id: /);
+    await expect(
+      worker({ command: { kind: 'help' }, actor: { userId: APPROVER }, via: 'command' }, {} as never),
+    ).rejects.toThrow(/not Slack work: command\.kind/);
+    const message = createMessageHandler(() => {
+      throw new Error('no dependencies are needed to refuse an event');
+    });
+    await expect(
+      message({ source: 'aws.rds', 'detail-type': 'Migration Failed', detail: { migrationId: 'm1' } }, {} as never),
+    ).rejects.toThrow(/not a pgferry bus event: source: /);
+    await expect(
+      message({ source: 'pgferry', 'detail-type': 'Something Else', detail: { migrationId: 'm1' } }, {} as never),
+    ).rejects.toThrow(/not a pgferry bus event: detail-type: /);
+    expect(sfnMock.calls()).toHaveLength(0);
+    expect(received).toEqual([]);
+  });
+});
+
 describe("each migration's Slack message", () => {
   it('is posted on its first event and updated in place after, through the Web API with the bot token', async () => {
     const store = new MemoryMigrationStore();

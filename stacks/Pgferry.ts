@@ -5,7 +5,7 @@ import { eventPatterns, pgferryBus, ruleToHandler, stackEnv } from './events';
 import { monitoring } from './monitoring';
 import { suppressNagFindings } from './nag';
 import { importNetwork } from './network';
-import { attach, statements } from './permissions';
+import { attach, DMS_TASK_ACTIONS, statements } from './permissions';
 import { slackResources } from './slack';
 import { artifactsBucket, migrationTable } from './storage';
 import { pgferryFunction, taskFunctions } from './tasks';
@@ -36,7 +36,11 @@ export function pgferryStack(config: DeployConfig) {
       pgferryFunction(stack, id, { handler: `functions/${file}.handler`, description, timeout: 60, environment });
     const handlers = {
       rdsInstance: handler('RdsInstanceEvent', 'rds-instance-event', 'pgferry: RDS instance events for a target'),
-      dumpCreated: handler('DumpCreated', 'events/dump-created', 'pgferry: a dump written under dumps/'),
+      dumpCreated: handler(
+        'DumpCreated',
+        'events/dump-created',
+        'pgferry: a dump written under dumps/ (digest checked)',
+      ),
       dmsTask: handler('DmsTaskState', 'events/dms-task-state', 'pgferry: DMS replication task state changes'),
     };
     const network = importNetwork(stack, config);
@@ -66,8 +70,19 @@ export function pgferryStack(config: DeployConfig) {
       allow.completeTaskTokens(machineArn),
     );
     attach(handlers.rdsInstance, allow.describeInstances());
-    attach(handlers.dmsTask, allow.describeDmsTasks());
+    attach(handlers.dumpCreated, allow.readDumps(bucket.bucketArn));
     for (const task of ['checkLag', 'cutover'] as const) attach(tasks.get(task)!, allow.publishMetrics());
+    // The cutover switches the application's connection, the rollback puts it back: only they change it.
+    if (config.switchTarget)
+      for (const task of ['cutover', 'rollback'] as const)
+        attach(tasks.get(task)!, allow.connectionSwitch(config.switchTarget));
+    // Strategy dms: each task calls exactly its part of DMS; the full-load step may complete its own token.
+    const dmsTasks = Object.entries(DMS_TASK_ACTIONS).map(([task, actions]) => {
+      const fn = tasks.get(task as keyof typeof DMS_TASK_ACTIONS)!;
+      attach(fn, allow.dms(actions));
+      return fn;
+    });
+    attach(tasks.get('awaitDmsFullLoad')!, allow.completeTaskTokens(machineArn));
 
     const machine = migrationStateMachine(
       stack,
@@ -118,6 +133,7 @@ export function pgferryStack(config: DeployConfig) {
       eventHandlers: Object.values(handlers),
       provisionTarget: tasks.get('provisionTarget')!,
       rdsInstanceHandler: handlers.rdsInstance,
+      dmsTasks,
       workerTask: worker.taskDefinition,
       stateMachine: machine,
       deadLetterQueues: deadLetters,

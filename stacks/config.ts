@@ -1,4 +1,11 @@
-import { InvalidInputError, SLACK_CHANNEL_ID, SLACK_ENV, SLACK_USER_ID } from '@pgferry/core';
+import {
+  InvalidInputError,
+  SLACK_CHANNEL_ID,
+  SLACK_ENV,
+  SLACK_USER_ID,
+  type SwitchTarget,
+  switchTargetSchema,
+} from '@pgferry/core';
 import { z } from 'zod';
 
 /**
@@ -18,6 +25,11 @@ export interface DeployConfig {
   walRetainedAlarmBytes: number;
   /** Where alarms are mailed; without it they go to the SNS topic only. */
   alarmEmail?: string;
+  /**
+   * The secret, SSM parameter or CNAME the application reads its connection from (a plan's `switch`):
+   * the cutover and rollback functions may change exactly that resource, and none without it.
+   */
+  switchTarget?: SwitchTarget;
   /** Slack (optional, both or neither): the secrets holding the app's signing secret and its xoxb- bot token, by full ARN. */
   slackSigningSecretArn?: string;
   slackBotTokenArn?: string;
@@ -36,6 +48,7 @@ export const DEPLOY_ENV = {
   secretNamePrefix: 'PGFERRY_SECRET_PREFIX',
   walRetainedAlarmBytes: 'PGFERRY_WAL_RETAINED_ALARM_BYTES',
   alarmEmail: 'PGFERRY_ALARM_EMAIL',
+  switchTarget: 'PGFERRY_SWITCH',
   slackSigningSecretArn: SLACK_ENV.signingSecretArn,
   slackBotTokenArn: SLACK_ENV.botTokenArn,
   slackUsers: SLACK_ENV.users,
@@ -86,6 +99,18 @@ const schema = z
       .default('pgferry/'),
     walRetainedAlarmBytes: z.coerce.number().int().positive().default(DEFAULT_WAL_RETAINED_ALARM_BYTES),
     alarmEmail: z.email().optional(),
+    switchTarget: z
+      .string()
+      .transform((s, ctx) => {
+        try {
+          return JSON.parse(s) as unknown;
+        } catch {
+          ctx.addIssue({ code: 'custom', message: 'expected JSON such as {"kind":"secret","secretArn":"arn:…"}' });
+          return z.NEVER;
+        }
+      })
+      .pipe(switchTargetSchema)
+      .optional(),
     slackSigningSecretArn: fullSecretArn.optional(),
     slackBotTokenArn: fullSecretArn.optional(),
     slackUsers: slackIds(SLACK_USER_ID, 'U024BE7LH').optional(),

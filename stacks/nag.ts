@@ -24,7 +24,7 @@ const LAMBDA_MANAGED_POLICIES: Finding = {
 const NO_RESOURCE_TYPE: Finding = {
   id: 'AwsSolutions-IAM5',
   reason:
-    'X-Ray PutTraceSegments/PutTelemetryRecords, CloudWatch PutMetricData and DMS DescribeReplicationTasks (a read-only list call, filtered by the task ARN) have no resource to name; PutMetricData is held to the pgferry namespace by a condition',
+    'X-Ray PutTraceSegments/PutTelemetryRecords, CloudWatch PutMetricData and SSM DescribeParameters (read-only metadata, for an SSM connection switch) have no resource to name; PutMetricData is held to the pgferry namespace by a condition',
   appliesTo: ['Resource::*'],
 };
 
@@ -40,6 +40,16 @@ const DESCRIBE_INSTANCES: Finding = {
   reason:
     'DescribeDBInstances reads the status and tags of the instance an event or a plan names, whatever its name; it changes nothing',
   appliesTo: [{ regex: '/^Resource::arn:<AWS::Partition>:rds:.*:db:\\*$/' }],
+};
+
+const DMS_RESOURCES: Finding = {
+  id: 'AwsSolutions-IAM5',
+  reason:
+    'DMS names its tasks, endpoints, instances and replication configs by random ids, not by the names pgferry gives them (pgferry-<migration id>-…), so the resource types are named; iam:PassRole is held to DMS by iam:PassedToService, for the role the plan names to read its secrets',
+  appliesTo: [
+    { regex: '/^Resource::arn:<AWS::Partition>:dms:.*:(task|endpoint|rep|replication-config):\\*$/' },
+    { regex: '/^Resource::arn:<AWS::Partition>:iam::.*:role/\\*$/' },
+  ],
 };
 
 const TASK_LEVEL: Finding[] = [LAMBDA_RUNTIME, LAMBDA_MANAGED_POLICIES, NO_RESOURCE_TYPE, SECRETS_BY_PREFIX];
@@ -60,6 +70,7 @@ export function suppressNagFindings(
     eventHandlers: IConstruct[];
     provisionTarget: IConstruct;
     rdsInstanceHandler: IConstruct;
+    dmsTasks: IConstruct[];
     workerTask: IConstruct;
     stateMachine: IConstruct;
     deadLetterQueues: IConstruct[];
@@ -76,8 +87,20 @@ export function suppressNagFindings(
     NagSuppressions.addResourceSuppressions(construct, findings, true);
 
   for (const fn of parts.taskFunctions) suppress(fn, TASK_LEVEL);
-  for (const fn of parts.eventHandlers) suppress(fn, [LAMBDA_RUNTIME, LAMBDA_MANAGED_POLICIES, NO_RESOURCE_TYPE]);
+  for (const fn of parts.eventHandlers)
+    suppress(fn, [
+      LAMBDA_RUNTIME,
+      LAMBDA_MANAGED_POLICIES,
+      NO_RESOURCE_TYPE,
+      {
+        id: 'AwsSolutions-IAM5',
+        reason:
+          'The S3 event handler reads back the metadata (sha256, size) of the dump an event names, dumps/<migration id>/data.dump: object keys are not known in advance, and it may only read under dumps/',
+        appliesTo: [{ regex: '/^Resource::<Artifacts[0-9A-F]+\\.Arn>\\/dumps\\/\\*$/' }],
+      },
+    ]);
   suppress(parts.rdsInstanceHandler, [DESCRIBE_INSTANCES]);
+  for (const fn of parts.dmsTasks) suppress(fn, [DMS_RESOURCES]);
   suppress(parts.provisionTarget, [
     {
       id: 'AwsSolutions-IAM5',

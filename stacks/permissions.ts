@@ -1,5 +1,5 @@
 import { MIGRATION_TAG } from '@pgferry/aws';
-import { METRIC_NAMESPACE } from '@pgferry/core';
+import { METRIC_NAMESPACE, type SwitchTarget, type TaskName } from '@pgferry/core';
 import { Stack } from 'aws-cdk-lib';
 import { type IGrantable, PolicyStatement } from 'aws-cdk-lib/aws-iam';
 import type { Construct } from 'constructs';
@@ -50,6 +50,9 @@ export function statements(scope: Construct) {
       }),
       new PolicyStatement({ actions: ['s3:ListBucket'], resources: [bucketArn] }),
     ],
+    /** The dumps' metadata (HeadObject), read back by the S3 event handler before it completes an upload step. */
+    readDumps: (bucketArn: string) =>
+      new PolicyStatement({ actions: ['s3:GetObject'], resources: [`${bucketArn}/dumps/*`] }),
     /** PutMetricData has no resource type; the namespace condition keeps it to pgferry's metrics. */
     publishMetrics: () =>
       new PolicyStatement({
@@ -82,8 +85,81 @@ export function statements(scope: Construct) {
         resources: [arn('secretsmanager', 'secret:rds!*')],
       }),
     ],
-    /** A DMS task's status now (the event only says that it changed); a list call filtered by the task's ARN. */
-    describeDmsTasks: () => new PolicyStatement({ actions: ['dms:DescribeReplicationTasks'], resources: ['*'] }),
+    /**
+     * The one resource the connection switch changes (the deployment's `switchTarget`), with the calls
+     * its adapter makes (packages/aws/src/switch/) and no other.
+     */
+    connectionSwitch: (target: SwitchTarget) => {
+      switch (target.kind) {
+        case 'secret':
+          return [
+            new PolicyStatement({
+              actions: [
+                'secretsmanager:DescribeSecret',
+                'secretsmanager:GetSecretValue',
+                'secretsmanager:PutSecretValue',
+                'secretsmanager:UpdateSecretVersionStage',
+              ],
+              resources: [target.secretArn],
+            }),
+          ];
+        case 'ssm-parameter':
+          return [
+            new PolicyStatement({
+              actions: [
+                'ssm:GetParameter',
+                'ssm:GetParameterHistory',
+                'ssm:PutParameter',
+                'ssm:LabelParameterVersion',
+                'ssm:UnlabelParameterVersion',
+              ],
+              resources: [arn('ssm', `parameter/${target.name.replace(/^\//, '')}`)],
+            }),
+            // The parameter's type and KMS key: DescribeParameters has no resource type.
+            new PolicyStatement({ actions: ['ssm:DescribeParameters'], resources: ['*'] }),
+          ];
+        case 'route53':
+          return [
+            new PolicyStatement({
+              actions: ['route53:ChangeResourceRecordSets', 'route53:ListResourceRecordSets'],
+              resources: [`arn:${stack.partition}:route53:::hostedzone/${target.hostedZoneId}`],
+            }),
+            new PolicyStatement({
+              actions: ['route53:GetChange'],
+              resources: [`arn:${stack.partition}:route53:::change/*`],
+            }),
+          ];
+      }
+    },
+    /**
+     * The DMS path, per task: exactly the calls that task's part of packages/aws's AwsDmsReplication
+     * makes (DMS_TASK_ACTIONS). DMS names its ARNs by random ids, not by the names pgferry gives, so the
+     * resources are the resource types; Describe… calls are list calls filtered by name or ARN, and
+     * GetMetricData has no resource type.
+     */
+    dms: (actions: readonly string[]) => {
+      const out: PolicyStatement[] = [];
+      const listed = actions.filter((a) => a.startsWith('dms:Describe') || a === 'cloudwatch:GetMetricData');
+      const acting = actions.filter((a) => a.startsWith('dms:') && !a.startsWith('dms:Describe'));
+      if (listed.length) out.push(new PolicyStatement({ actions: listed, resources: ['*'] }));
+      if (acting.length)
+        out.push(
+          new PolicyStatement({
+            actions: acting,
+            resources: ['task', 'endpoint', 'rep', 'replication-config'].map((t) => arn('dms', `${t}:*`)),
+          }),
+        );
+      // The endpoints name the role DMS reads the connection secrets with.
+      if (actions.includes('iam:PassRole'))
+        out.push(
+          new PolicyStatement({
+            actions: ['iam:PassRole'],
+            resources: [`arn:${stack.partition}:iam::${stack.account}:role/*`],
+            conditions: { StringEquals: { 'iam:PassedToService': 'dms.amazonaws.com' } },
+          }),
+        );
+      return out;
+    },
     /** An instance's status and tags: to adopt one the plan names, and to check an event against the instance now. */
     describeInstances: () =>
       new PolicyStatement({ actions: ['rds:DescribeDBInstances'], resources: [arn('rds', 'db:*')] }),
@@ -93,3 +169,46 @@ export function statements(scope: Construct) {
 export function attach(grantee: IGrantable, ...list: (PolicyStatement | PolicyStatement[])[]) {
   for (const statement of list.flat()) grantee.grantPrincipal.addToPrincipalPolicy(statement);
 }
+
+/** What each Lambda task calls on the DMS path (strategy dms); see AwsDmsReplication in packages/aws. */
+export const DMS_TASK_ACTIONS = {
+  startDms: [
+    'dms:DescribeEndpoints',
+    'dms:CreateEndpoint',
+    'dms:DescribeReplicationTasks',
+    'dms:CreateReplicationTask',
+    'dms:StartReplicationTask',
+    'dms:DescribeReplicationConfigs',
+    'dms:CreateReplicationConfig',
+    'dms:StartReplication',
+    'dms:AddTagsToResource',
+    'iam:PassRole',
+  ],
+  awaitDmsFullLoad: ['dms:DescribeReplicationTasks'],
+  startReplication: ['dms:DescribeReplicationTasks', 'dms:StartReplicationTask', 'dms:StartReplication'],
+  checkLag: ['dms:DescribeReplicationInstances', 'cloudwatch:GetMetricData'],
+  cutover: [
+    'dms:DescribeReplicationInstances',
+    'cloudwatch:GetMetricData',
+    'dms:DescribeReplicationTasks',
+    'dms:StopReplicationTask',
+    'dms:StartReplicationTask',
+    'dms:StopReplication',
+    'dms:StartReplication',
+  ],
+  ...Object.fromEntries(
+    (['rollback', 'cleanup'] as const).map((t) => [
+      t,
+      [
+        'dms:DescribeReplicationTasks',
+        'dms:DescribeEndpoints',
+        'dms:DescribeReplicationConfigs',
+        'dms:StopReplicationTask',
+        'dms:DeleteReplicationTask',
+        'dms:DeleteEndpoint',
+        'dms:StopReplication',
+        'dms:DeleteReplicationConfig',
+      ],
+    ]),
+  ),
+} as const satisfies Partial<Record<TaskName, readonly string[]>>;

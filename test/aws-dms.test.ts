@@ -6,6 +6,8 @@ import {
   CreateReplicationConfigCommand,
   CreateReplicationTaskCommand,
   DatabaseMigrationServiceClient,
+  DeleteEndpointCommand,
+  DeleteReplicationTaskCommand,
   DescribeEndpointsCommand,
   DescribeReplicationConfigsCommand,
   DescribeReplicationInstancesCommand,
@@ -17,6 +19,7 @@ import {
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
+  AwsDmsReplication,
   type DmsTaskStateChangeEvent,
   dmsCdcLatency,
   dmsInstanceIdentifier,
@@ -456,7 +459,7 @@ describe('handleDmsTaskStateChange', () => {
     store = new MemoryMigrationStore();
     lines = [];
     await store.correlate(`DMS#${TASK_ARN}`, 'shop');
-    await store.putTaskToken('shop', 'bulkLoad', 'token-1');
+    await store.putTaskToken('shop', 'awaitDmsFullLoad', 'token-1');
   });
   const deps = (callbacks: TaskCallbacks) => ({ store, callbacks, log: (l: string) => lines.push(l) });
 
@@ -533,7 +536,7 @@ describe('handleDmsTaskStateChange', () => {
     };
     expect(await handleDmsTaskStateChange(other, deps(callbacks))).toMatchObject({ action: 'ignored' });
     expect(calls).toEqual([]);
-    expect(store.tokens.get('shop#bulkLoad')).toBe('token-1');
+    expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-1');
     expect(lines).toEqual([
       'DMS event 0d6b1f52-4a0e-4c47-9a3d-6f3b1d2c7e10 ignored: REPLICATION_TASK_STARTED does not end a step',
       `DMS event 6f1d9a3e-2b7c-4e58-8d0a-1c9e4b7f2a61 ignored: task arn:aws:dms:eu-west-1:123456789012:task:OTHER is not one of pgferry's`,
@@ -545,7 +548,7 @@ describe('handleDmsTaskStateChange', () => {
     await expect(handleDmsTaskStateChange(event, deps(recordingCallbacks(true).callbacks))).rejects.toThrow(
       'Step Functions unreachable',
     );
-    expect(store.tokens.get('shop#bulkLoad')).toBe('token-1');
+    expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-1');
     const { callbacks, calls } = recordingCallbacks();
     await handleDmsTaskStateChange(event, deps(callbacks));
     expect(calls).toHaveLength(1);
@@ -644,5 +647,171 @@ describe('dmsCdcLatency', () => {
   it('says nothing rather than 0 when there is no datapoint', async () => {
     cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [{ Id: 'target', Values: [], Timestamps: [] }] });
     expect(await dmsCdcLatency(new CloudWatchClient({}), ids, { now })).toEqual({});
+  });
+});
+
+describe('AwsDmsReplication (the DmsReplication port in AWS)', () => {
+  const dms = mockClient(DatabaseMigrationServiceClient);
+  const cw = mockClient(CloudWatchClient);
+  const ref = {
+    arn: TASK_ARN,
+    kind: 'instance' as const,
+    replicationInstanceArn: plan.compute.kind === 'instance' ? plan.compute.replicationInstanceArn : '',
+  };
+  let store: MemoryMigrationStore;
+  let calls: unknown[][];
+  let port: AwsDmsReplication;
+  beforeEach(async () => {
+    dms.reset();
+    cw.reset();
+    store = new MemoryMigrationStore();
+    const recorded = recordingCallbacks();
+    calls = recorded.calls;
+    port = new AwsDmsReplication(
+      new DatabaseMigrationServiceClient({}),
+      new CloudWatchClient({}),
+      store,
+      recorded.callbacks,
+      { pollMs: 1, sleep: async () => {}, now: () => new Date('2026-11-02T14:10:00Z') },
+    );
+  });
+  /** DescribeReplicationTasks answers with these statuses in turn (the last one repeated). */
+  const statuses = (...list: (string | undefined)[]) => {
+    let i = 0;
+    dms.on(DescribeReplicationTasksCommand).callsFake(() => {
+      const s = list[Math.min(i++, list.length - 1)];
+      if (s === undefined) throw new ResourceNotFoundFault({ message: 'No Tasks found', $metadata: {} });
+      return { ReplicationTasks: [{ ReplicationTaskArn: TASK_ARN, Status: s }] };
+    });
+  };
+
+  it('creates the endpoints and the task, waits until it is ready, starts it (start-replication) and correlates it', async () => {
+    dms.on(DescribeEndpointsCommand).rejects(new ResourceNotFoundFault({ message: 'none', $metadata: {} }));
+    dms.on(CreateEndpointCommand).callsFake((i) => ({ Endpoint: { EndpointArn: `arn:endpoint:${i.EndpointType}` } }));
+    dms.on(CreateReplicationTaskCommand).resolves({ ReplicationTask: { ReplicationTaskArn: TASK_ARN } });
+    statuses(undefined, 'creating', 'ready', 'ready');
+    dms.on(StartReplicationTaskCommand).resolves({});
+    expect(await port.start(plan, mappings)).toEqual({ ...ref, started: true });
+    expect(dms.commandCalls(CreateEndpointCommand)).toHaveLength(2);
+    expect(dms.commandCalls(CreateReplicationTaskCommand)[0]!.args[0].input).toMatchObject({
+      ReplicationTaskIdentifier: dmsNames('shop').task,
+      SourceEndpointArn: 'arn:endpoint:source',
+      TargetEndpointArn: 'arn:endpoint:target',
+      MigrationType: 'full-load-and-cdc',
+    });
+    expect(dms.commandCalls(StartReplicationTaskCommand).map((c) => c.args[0].input)).toEqual([
+      { ReplicationTaskArn: TASK_ARN, StartReplicationTaskType: 'start-replication' },
+    ]);
+    expect(await store.findCorrelation(`DMS#${TASK_ARN}`)).toBe('shop');
+  });
+
+  it('resumes (never reloads) a task a retried start finds stopped part way', async () => {
+    dms.on(DescribeEndpointsCommand).resolves({ Endpoints: [{ EndpointArn: 'arn:endpoint:x' }] });
+    statuses('stopped');
+    dms.on(StartReplicationTaskCommand).resolves({});
+    await port.start(plan, mappings);
+    expect(dms.commandCalls(CreateReplicationTaskCommand)).toHaveLength(0);
+    expect(dms.commandCalls(StartReplicationTaskCommand)[0]!.args[0].input).toEqual({
+      ReplicationTaskArn: TASK_ARN,
+      StartReplicationTaskType: 'resume-processing',
+    });
+  });
+
+  it('keeps the full-load token, and completes it itself when the task already stopped after its full load', async () => {
+    statuses('running');
+    await port.awaitFullLoad('shop', ref, 'token-9');
+    expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-9');
+    expect(calls).toEqual([]);
+    dms.reset();
+    dms.on(DescribeReplicationTasksCommand).resolves({
+      ReplicationTasks: [
+        { ReplicationTaskArn: TASK_ARN, Status: 'stopped', StopReason: 'Stop Reason STOPPED_AFTER_CACHED_EVENTS' },
+      ],
+    });
+    await port.awaitFullLoad('shop', ref, 'token-10');
+    expect(calls).toEqual([
+      [
+        'succeed',
+        'token-10',
+        {
+          summary: 'DMS full load finished (STOPPED_AFTER_CACHED_EVENTS)',
+          taskArn: TASK_ARN,
+          stopReason: 'STOPPED_AFTER_CACHED_EVENTS',
+        },
+      ],
+    ]);
+    expect(store.tokens.has('shop#awaitDmsFullLoad')).toBe(false);
+  });
+
+  it('is drained only by a 0 over a whole minute that began after the freeze (CloudWatch GetMetricData)', async () => {
+    dms
+      .on(DescribeReplicationInstancesCommand)
+      .resolves({ ReplicationInstances: [{ ReplicationInstanceIdentifier: 'pgferry-shop' }] });
+    cw.on(GetMetricDataCommand).resolves({
+      MetricDataResults: [{ Id: 'target', Values: [0], Timestamps: [new Date('2026-11-02T14:08:00Z')] }],
+    });
+    expect(await port.drained(ref, '2026-11-02T14:07:30Z')).toBe(true);
+    expect(await port.drained(ref, '2026-11-02T14:08:30Z')).toBe(false);
+    const input = cw.commandCalls(GetMetricDataCommand)[0]!.args[0].input;
+    expect(input.EndTime).toEqual(new Date('2026-11-02T14:10:00Z'));
+    expect(input.MetricDataQueries?.[0]?.MetricStat?.Metric?.MetricName).toBe('CDCLatencyTarget');
+    // The instance identifier is looked up once.
+    expect(dms.commandCalls(DescribeReplicationInstancesCommand)).toHaveLength(1);
+    cw.reset();
+    cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [{ Id: 'target', Values: [], Timestamps: [] }] });
+    expect(await port.cdcLatency(ref)).toEqual({});
+  });
+
+  it('stops a running task (StopReplicationTask) and leaves a stopped one alone', async () => {
+    statuses('running');
+    dms.on(StopReplicationTaskCommand).resolves({});
+    await port.stop(ref);
+    statuses('stopped');
+    await port.stop(ref);
+    expect(dms.commandCalls(StopReplicationTaskCommand).map((c) => c.args[0].input)).toEqual([
+      { ReplicationTaskArn: TASK_ARN },
+    ]);
+  });
+
+  it('cleans up: stops the task, waits until it stopped, deletes it, waits until it is gone, then deletes both endpoints', async () => {
+    const names = dmsNames('shop');
+    // By name (found), by ARN for the stop (running), stopping, stopped, deleting, gone.
+    statuses('running', 'running', 'stopping', 'stopped', 'deleting', undefined);
+    dms.on(StopReplicationTaskCommand).resolves({});
+    dms.on(DeleteReplicationTaskCommand).resolves({});
+    dms
+      .on(DescribeEndpointsCommand)
+      .callsFake((i) => ({ Endpoints: [{ EndpointArn: `arn:endpoint:${i.Filters[0].Values[0]}` }] }));
+    dms.on(DeleteEndpointCommand).resolves({});
+    expect(await port.cleanup(plan, ref)).toEqual([names.task, names.sourceEndpoint, names.targetEndpoint]);
+    const order = dms.calls().map((c) => (c.args[0] as { constructor: { name: string } }).constructor.name);
+    const acting = order.filter((n) => !n.startsWith('Describe'));
+    expect(acting).toEqual([
+      'StopReplicationTaskCommand',
+      'DeleteReplicationTaskCommand',
+      'DeleteEndpointCommand',
+      'DeleteEndpointCommand',
+    ]);
+    // The endpoints go only after the task is gone (looked for again after its deletion).
+    expect(order.lastIndexOf('DescribeReplicationTasksCommand')).toBeGreaterThan(
+      order.indexOf('DeleteReplicationTaskCommand'),
+    );
+    expect(order.lastIndexOf('DescribeReplicationTasksCommand')).toBeLessThan(order.indexOf('DeleteEndpointCommand'));
+    expect(dms.commandCalls(DeleteReplicationTaskCommand)[0]!.args[0].input).toEqual({ ReplicationTaskArn: TASK_ARN });
+    expect(dms.commandCalls(DeleteEndpointCommand).map((c) => c.args[0].input)).toEqual([
+      { EndpointArn: `arn:endpoint:${names.sourceEndpoint}` },
+      { EndpointArn: `arn:endpoint:${names.targetEndpoint}` },
+    ]);
+  });
+
+  it('cleans up nothing when nothing was created, and says so', async () => {
+    statuses(undefined);
+    dms.on(DescribeEndpointsCommand).rejects(new ResourceNotFoundFault({ message: 'none', $metadata: {} }));
+    expect(await port.cleanup(plan)).toEqual([]);
+    expect(
+      dms
+        .calls()
+        .filter((c) => !(c.args[0] as { constructor: { name: string } }).constructor.name.startsWith('Describe')),
+    ).toHaveLength(0);
   });
 });

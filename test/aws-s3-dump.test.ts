@@ -16,7 +16,7 @@ import {
 } from '@aws-sdk/client-s3';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createHandler } from '../functions/s3-object-created';
+import { createHandler } from '../functions/events/dump-created';
 import {
   type ArtifactDeps,
   DUMP_UPLOAD_STEP,

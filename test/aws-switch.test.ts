@@ -17,18 +17,15 @@ import {
 } from '@aws-sdk/client-secrets-manager';
 import {
   DescribeParametersCommand,
-  GetParameterCommand,
-  GetParameterHistoryCommand,
   LabelParameterVersionCommand,
-  ParameterNotFound,
   PutParameterCommand,
   SSMClient,
-  UnlabelParameterVersionCommand,
 } from '@aws-sdk/client-ssm';
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Route53CnameSwitch, SecretsManagerSwitch, SsmParameterSwitch } from '../packages/aws/src/index';
 import { type ConnectionSwitch, ConnectionSwitchError, InvalidInputError } from '../packages/core/src/index';
+import { fakeSsm, KEY, PARAM } from './harness/fake-ssm';
 
 const TARGET = 'postgres://app:t%40rget-pw@shop.abc123.eu-west-1.rds.amazonaws.com:5432/shop';
 const SECRET_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/app-db-AbCdEf';
@@ -246,56 +243,6 @@ describe('SecretsManagerSwitch', () => {
     expect(sm.commandCalls(PutSecretValueCommand)).toHaveLength(0);
   });
 });
-
-const PARAM = '/shop/prod/database-url';
-const KEY = 'arn:aws:kms:eu-west-1:123456789012:key/5b2a1c3d-0e4f-4a5b-8c6d-7e8f9a0b1c2d';
-
-/** SSM Parameter Store as far as the switch uses it: versions, labels, history, selectors. */
-function fakeSsm(type: 'String' | 'SecureString', value: string) {
-  const ssm = mockClient(SSMClient);
-  const versions = [{ Version: 1, Value: value, Labels: [] as string[] }];
-  const latest = () => versions[versions.length - 1]!;
-  ssm.on(DescribeParametersCommand).callsFake((i) =>
-    i.ParameterFilters?.[0]?.Values?.[0] === PARAM
-      ? {
-          Parameters: [
-            {
-              Name: PARAM,
-              Type: type,
-              ...(type === 'SecureString' ? { KeyId: KEY } : {}),
-              Version: latest().Version,
-            },
-          ],
-        }
-      : { Parameters: [] },
-  );
-  ssm.on(GetParameterCommand).callsFake((i) => {
-    const [name, selector] = String(i.Name).split(/:(?=[^:/]*$)/);
-    if (name !== PARAM) throw new ParameterNotFound({ message: 'not found', $metadata: {} });
-    const v = selector ? versions.find((x) => String(x.Version) === selector || x.Labels.includes(selector)) : latest();
-    if (!v) throw new ParameterNotFound({ message: 'no such version', $metadata: {} });
-    return { Parameter: { Name: PARAM, Type: type, Value: v.Value, Version: v.Version } };
-  });
-  ssm.on(GetParameterHistoryCommand).callsFake(() => ({
-    Parameters: versions.map((v) => ({ Name: PARAM, Type: type, Version: v.Version, Labels: [...v.Labels] })),
-  }));
-  ssm.on(LabelParameterVersionCommand).callsFake((i) => {
-    for (const v of versions) v.Labels = v.Labels.filter((l) => !i.Labels.includes(l));
-    versions.find((v) => v.Version === i.ParameterVersion)!.Labels.push(...i.Labels);
-    return { ParameterVersion: i.ParameterVersion, InvalidLabels: [] };
-  });
-  ssm.on(UnlabelParameterVersionCommand).callsFake((i) => {
-    const v = versions.find((x) => x.Version === i.ParameterVersion)!;
-    v.Labels = v.Labels.filter((l) => !i.Labels.includes(l));
-    return { RemovedLabels: i.Labels, InvalidLabels: [] };
-  });
-  ssm.on(PutParameterCommand).callsFake((i) => {
-    if (!i.Overwrite) throw new Error('ParameterAlreadyExists');
-    versions.push({ Version: latest().Version + 1, Value: i.Value, Labels: [] });
-    return { Version: latest().Version, Tier: 'Standard' };
-  });
-  return { ssm, versions, latest };
-}
 
 describe('SsmParameterSwitch', () => {
   afterEach(() => {

@@ -221,6 +221,22 @@ describe('pgferry CLI', () => {
     expect(at.stderr).not.toMatch(/ss@|word9/);
   });
 
+  it('refuses --strategy dms, which runs in AWS only, creating nothing', async () => {
+    const r = await pgferry([
+      'migrate',
+      '--strategy',
+      'dms',
+      '--source',
+      'postgres://u:p@127.0.0.1:1/a',
+      '--target',
+      'postgres://u:p@127.0.0.1:2/b',
+      '--yes',
+    ]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('--strategy dms runs in AWS only');
+    expect((await pgferry(['status'])).stdout).toContain('no migrations');
+  });
+
   it('says what --jobs accepts when given a negative number', async () => {
     const urls = ['--source', 'postgres://u:p@127.0.0.1:1/a', '--target', 'postgres://u:p@127.0.0.1:2/b', '--yes'];
     for (const args of [['--jobs', '-1'], ['--jobs=-1'], ['--jobs', '0'], ['--jobs', '65']]) {

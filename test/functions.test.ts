@@ -1,16 +1,14 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { CloudWatchClient, PutMetricDataCommand } from '@aws-sdk/client-cloudwatch';
-import {
-  DatabaseMigrationServiceClient,
-  DescribeReplicationTasksCommand,
-} from '@aws-sdk/client-database-migration-service';
+import { DatabaseMigrationServiceClient } from '@aws-sdk/client-database-migration-service';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { RDSClient } from '@aws-sdk/client-rds';
+import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SendTaskFailureCommand, SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
-import { SfnTaskCallbacks } from '@pgferry/aws';
+import { DMS_CALLBACK_STEP, DUMP_UPLOAD_STEP, SfnTaskCallbacks } from '@pgferry/aws';
 import {
   type DeploymentEnv,
   deploymentEnv,
@@ -44,6 +42,7 @@ const clients: AwsClients = {
   rds: new RDSClient({ region: 'eu-west-1' }),
   secrets: new SecretsManagerClient({ region: 'eu-west-1' }),
   cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }),
+  dms: new DatabaseMigrationServiceClient({ region: 'eu-west-1' }),
 };
 // The store sends through a document client made from `clients.dynamo`: mocked on its class.
 const dynamo = mockClient(DynamoDBDocumentClient);
@@ -56,6 +55,7 @@ const mocks = [
   mockClient(clients.events),
   mockClient(clients.rds),
   mockClient(clients.secrets),
+  mockClient(clients.dms),
 ];
 /** Every request any client sent, as `Command` names. */
 const sent = () => mocks.flatMap((m) => m.calls().map((c) => c.args[0].constructor.name));
@@ -168,94 +168,78 @@ const fixture = (name: string) => JSON.parse(readFileSync(`test/fixtures/events/
 
 function eventDeps() {
   const store = new MemoryMigrationStore();
-  const deps = { store, callbacks: new SfnTaskCallbacks(clients.sfn), log: (m: string) => logged.push(m), dms };
+  const deps = { store, callbacks: new SfnTaskCallbacks(clients.sfn), log: (m: string) => logged.push(m) };
   return { store, deps };
 }
-const dms = new DatabaseMigrationServiceClient({ region: 'eu-west-1' });
-const dmsMock = mockClient(dms);
+
+const s3 = new S3Client({ region: 'eu-west-1' });
+const s3Mock = mockClient(s3);
 
 describe('event handlers', () => {
-  beforeEach(() => dmsMock.reset());
+  beforeEach(() => s3Mock.reset());
 
-  it('S3: a dump under dumps/ completes the waiting bulk load once; a duplicate completes nothing', async () => {
+  it('S3: the dump under dumps/ completes the waiting upload step once with its digest; a duplicate completes nothing', async () => {
     const { store, deps } = eventDeps();
-    await store.correlate('S3#dumps/shop_1/shop.dump', 'shop_1');
-    await store.putTaskToken('shop_1', 'bulkLoad', 'token-dump');
+    const event = fixture('s3-object-created-dump');
+    const sha256 = 'ab'.repeat(32);
+    s3Mock.on(HeadObjectCommand).resolves({ Metadata: { sha256, size: '734003200' }, ContentLength: 734003200 });
+    await store.putTaskToken('shop', DUMP_UPLOAD_STEP, 'token-dump');
     sfnMock.on(SendTaskSuccessCommand).resolves({});
-    const handler = createDumpHandler(() => deps);
-    const event = fixture('s3-dump-created');
-    expect(await handler(event, context)).toEqual({ action: 'succeeded', migrationId: 'shop_1', step: 'bulkLoad' });
-    expect(await handler(event, context)).toEqual({
-      action: 'ignored',
-      reason: 'no-waiting-step',
-      migrationId: 'shop_1',
+    const handler = createDumpHandler(() => ({ ...deps, s3, bucket: event.detail.bucket.name }));
+    expect(await handler(event, context)).toMatchObject({ action: 'succeeded', migrationId: 'shop' });
+    expect(await handler(event, context)).toMatchObject({ action: 'ignored', migrationId: 'shop' });
+    expect(s3Mock.commandCalls(HeadObjectCommand)[0]!.args[0].input).toEqual({
+      Bucket: event.detail.bucket.name,
+      Key: 'dumps/shop/data.dump',
     });
     const calls = sfnMock.commandCalls(SendTaskSuccessCommand);
-    expect(calls).toHaveLength(1);
-    expect(calls[0]!.args[0].input.taskToken).toBe('token-dump');
-    expect(JSON.parse(calls[0]!.args[0].input.output!)).toEqual({
-      summary: 'dump s3://test-pgferry-artifacts/dumps/shop_1/shop.dump written (734003200 bytes)',
-      bucket: 'test-pgferry-artifacts',
-      key: 'dumps/shop_1/shop.dump',
-      bytes: 734003200,
-    });
+    expect(calls.map((c) => c.args[0].input.taskToken)).toEqual(['token-dump']);
+    expect(JSON.parse(calls[0]!.args[0].input.output!)).toMatchObject({ key: 'dumps/shop/data.dump', sha256 });
   });
 
-  it('S3: a dump no migration waits for is ignored with a log line; an object outside dumps/ is refused', async () => {
+  it('S3: an event that is not Object Created is refused naming what is wrong, and sends nothing', async () => {
     const { deps } = eventDeps();
-    const handler = createDumpHandler(() => deps);
-    expect(await handler(fixture('s3-dump-created'), context)).toEqual({ action: 'ignored', reason: 'unknown' });
-    expect(logged.join('\n')).toContain('no migration waits for S3#dumps/shop_1/shop.dump');
-    const elsewhere = fixture('s3-dump-created');
-    elsewhere.detail.object.key = 'reports/x.json';
-    const error = (await handler(elsewhere, context).catch((e: Error) => e)) as Error & { field?: string };
+    const event = fixture('s3-object-created-dump');
+    const handler = createDumpHandler(() => ({ ...deps, s3, bucket: event.detail.bucket.name }));
+    const error = (await handler({ ...event, 'detail-type': 'Object Deleted' }, context).catch(
+      (e: Error) => e,
+    )) as Error;
     expect(error.name).toBe('InvalidInputError');
-    expect(error.field).toBe('detail.object.key');
+    expect(error.message).toContain('detail-type Object Deleted');
     expect(sent()).toEqual([]);
+    expect(s3Mock.commandCalls(HeadObjectCommand)).toEqual([]);
   });
 
-  it('DMS: the task status read now decides: failed fails the waiting step with the reason', async () => {
+  it('DMS: the full load finished completes the waiting full-load step once; a duplicate completes nothing', async () => {
     const { store, deps } = eventDeps();
-    const arn = 'arn:aws:dms:eu-west-1:123456789012:task:PGFERRYSHOP1FULLLOAD';
+    const event = fixture('dms-task-stopped-full-load-finished');
+    const arn = event.resources[0];
     await store.correlate(`DMS#${arn}`, 'shop_1');
-    await store.putTaskToken('shop_1', 'bulkLoad', 'token-dms');
-    dmsMock.on(DescribeReplicationTasksCommand).resolves({
-      ReplicationTasks: [
-        {
-          ReplicationTaskIdentifier: 'pgferry-shop-1',
-          Status: 'failed',
-          LastFailureMessage: 'Last Error Table public.orders load failed',
-        },
-      ],
-    });
-    sfnMock.on(SendTaskFailureCommand).resolves({});
-    const outcome = await createDmsHandler(() => deps)(fixture('dms-task-state-change'), context);
-    expect(outcome).toEqual({ action: 'failed', migrationId: 'shop_1', step: 'bulkLoad' });
-    expect(dmsMock.commandCalls(DescribeReplicationTasksCommand).map((c) => c.args[0].input)).toEqual([
-      { Filters: [{ Name: 'replication-task-arn', Values: [arn] }], WithoutSettings: true },
-    ]);
-    expect(sfnMock.commandCalls(SendTaskFailureCommand).map((c) => c.args[0].input)).toEqual([
-      {
-        taskToken: 'token-dms',
-        error: 'DmsTaskFailedError',
-        cause: 'DMS task pgferry-shop-1 is failed: Last Error Table public.orders load failed',
-      },
-    ]);
+    await store.putTaskToken('shop_1', DMS_CALLBACK_STEP, 'token-dms');
+    sfnMock.on(SendTaskSuccessCommand).resolves({});
+    const handler = createDmsHandler(() => deps);
+    expect(await handler(event, context)).toMatchObject({ action: 'succeeded', migrationId: 'shop_1', taskArn: arn });
+    expect(await handler(event, context)).toMatchObject({ action: 'ignored', migrationId: 'shop_1' });
+    expect(sfnMock.commandCalls(SendTaskSuccessCommand).map((c) => c.args[0].input.taskToken)).toEqual(['token-dms']);
   });
 
-  it('DMS: a task still loading completes nothing', async () => {
-    const { deps } = eventDeps();
-    dmsMock.on(DescribeReplicationTasksCommand).resolves({
-      ReplicationTasks: [
-        {
-          ReplicationTaskIdentifier: 'pgferry-shop-1',
-          Status: 'running',
-          ReplicationTaskStats: { FullLoadProgressPercent: 40 },
-        },
-      ],
-    });
-    const outcome = await createDmsHandler(() => deps)(fixture('dms-task-state-change'), context);
-    expect(outcome).toEqual({ action: 'ignored', reason: 'not-finished', status: 'running' });
+  it('DMS: a failed task fails the waiting step; an event that is not a DMS task change is refused naming the field', async () => {
+    const { store, deps } = eventDeps();
+    const event = fixture('dms-task-failed');
+    await store.correlate(`DMS#${event.resources[0]}`, 'shop_1');
+    await store.putTaskToken('shop_1', DMS_CALLBACK_STEP, 'token-dms');
+    sfnMock.on(SendTaskFailureCommand).resolves({});
+    const handler = createDmsHandler(() => deps);
+    expect(await handler(event, context)).toMatchObject({ action: 'failed', migrationId: 'shop_1' });
+    expect(sfnMock.commandCalls(SendTaskFailureCommand).map((c) => c.args[0].input)).toMatchObject([
+      { taskToken: 'token-dms', error: 'DmsTaskFailed' },
+    ]);
+    sfnMock.resetHistory();
+    const error = (await handler({ ...event, resources: [] }, context).catch((e: Error) => e)) as Error & {
+      field?: string;
+    };
+    expect(error.name).toBe('InvalidInputError');
+    expect(error.field).toBe('resources');
     expect(sent()).toEqual([]);
   });
 });

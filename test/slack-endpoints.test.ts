@@ -6,6 +6,7 @@
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
+import { DatabaseMigrationServiceClient } from '@aws-sdk/client-database-migration-service';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
@@ -84,6 +85,7 @@ const clients: AwsClients & { lambda: LambdaClient } = {
   rds: new RDSClient({ region }),
   secrets: new SecretsManagerClient({ region }),
   cloudwatch: new CloudWatchClient({ region }),
+  dms: new DatabaseMigrationServiceClient({ region }),
   lambda: new LambdaClient({ region }),
 };
 const secretsMock = mockClient(clients.secrets);

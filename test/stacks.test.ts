@@ -23,6 +23,7 @@ import { main } from '../packages/cli/src/main';
 
 import { pgferryApp } from '../stacks/app';
 import { type DeployConfig, deployConfigFromEnv } from '../stacks/config';
+import { DMS_TASK_ACTIONS } from '../stacks/permissions';
 import { SLACK_REQUESTS_PER_SECOND, SLACK_ROUTES } from '../stacks/slack';
 import { LAMBDA_TASKS } from '../stacks/tasks';
 
@@ -37,6 +38,10 @@ const CONFIG: DeployConfig = {
   slackUsers: ['U024BE7LH'],
   slackChannels: ['C024BE91L'],
   slackChannel: 'C0MIGRATE',
+  switchTarget: {
+    kind: 'secret',
+    secretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/app-db-AbCdEf',
+  },
 };
 const ACCOUNT = '123456789012';
 const REGION = 'eu-west-1';
@@ -372,7 +377,7 @@ describe('permissions', () => {
     }
   });
 
-  it('let only the worker, the event handlers, Provision target and the Slack worker complete task tokens, of this state machine only', () => {
+  it('let only the worker, the event handlers, Provision target, the DMS full-load wait and the Slack worker complete task tokens, of this state machine only', () => {
     const roleOf = (prefix: string) => logicalId('AWS::IAM::Role', prefix);
     const allowed = new Set([
       roleOf('WorkerTaskTaskRole'),
@@ -380,6 +385,8 @@ describe('permissions', () => {
       roleOf('DumpCreatedServiceRole'),
       roleOf('DmsTaskStateServiceRole'),
       roleOf('ProvisionTargetServiceRole'),
+      // A full load that ended before its token was kept sends no event the handler could use.
+      roleOf('AwaitDmsFullLoadServiceRole'),
       roleOf('SlackWorkerServiceRole'),
     ]);
     const machineArn = {
@@ -400,6 +407,26 @@ describe('permissions', () => {
     expect(holders).toEqual(allowed);
   });
 
+  it('let only Cut over and Roll back change the connection switch, on exactly the configured secret', () => {
+    const roleOf = (prefix: string) => logicalId('AWS::IAM::Role', prefix);
+    const writes = ['secretsmanager:PutSecretValue', 'secretsmanager:UpdateSecretVersionStage'];
+    const holders = new Set<string>();
+    for (const [, policy] of Object.entries(template.findResources('AWS::IAM::Policy'))) {
+      for (const s of policy.Properties.PolicyDocument.Statement as Statement[]) {
+        if (!list(s.Action).some((a) => writes.includes(a))) continue;
+        expect(s.Resource).toEqual(CONFIG.switchTarget?.kind === 'secret' && CONFIG.switchTarget.secretArn);
+        expect(list(s.Action).sort()).toEqual([
+          'secretsmanager:DescribeSecret',
+          'secretsmanager:GetSecretValue',
+          'secretsmanager:PutSecretValue',
+          'secretsmanager:UpdateSecretVersionStage',
+        ]);
+        for (const role of policy.Properties.Roles) holders.add(role.Ref);
+      }
+    }
+    expect(holders).toEqual(new Set([roleOf('CutoverServiceRole'), roleOf('RollbackServiceRole')]));
+  });
+
   it('let the state machine invoke exactly the task functions and run exactly the worker task definition', () => {
     const machineRole = logicalId('AWS::IAM::Role', 'WorkflowRole');
     const statements = statementsOf((_, roles) => roles.includes(machineRole));
@@ -411,6 +438,32 @@ describe('permissions', () => {
     );
     const run = statements.find((s) => list(s.Action).includes('ecs:RunTask'));
     expect(JSON.stringify(run?.Resource)).toContain(logicalId('AWS::ECS::TaskDefinition', 'WorkerTask'));
+  });
+
+  it('give each task that calls DMS exactly the DMS and CloudWatch actions its part of the DMS path makes, and no other task any', () => {
+    const dmsActions = (role: string) =>
+      statementsOf((_, roles) => roles.includes(role))
+        .flatMap((s) => list(s.Action))
+        .filter((a) => /^dms:|^cloudwatch:GetMetricData$|^iam:PassRole$/.test(a))
+        .sort();
+    for (const task of LAMBDA_TASKS) {
+      const role = logicalId('AWS::IAM::Role', `${task[0]!.toUpperCase()}${task.slice(1)}ServiceRole`);
+      const expected = [...((DMS_TASK_ACTIONS as Record<string, readonly string[]>)[task] ?? [])].sort();
+      expect(dmsActions(role), task).toEqual(expected);
+    }
+    expect(dmsActions(logicalId('AWS::IAM::Role', 'WorkerTaskTaskRole'))).toEqual([]);
+    // The role DMS reads the secrets with may be passed to DMS only.
+    const startDms = logicalId('AWS::IAM::Role', 'StartDmsServiceRole');
+    const passRole = statementsOf((_, roles) => roles.includes(startDms)).filter((s) =>
+      list(s.Action).includes('iam:PassRole'),
+    );
+    expect(passRole).toHaveLength(1);
+    expect(passRole[0]!.Condition).toEqual({ StringEquals: { 'iam:PassedToService': 'dms.amazonaws.com' } });
+    // Deleting is for the rollback and the clean-up only.
+    const deleters = LAMBDA_TASKS.filter((t) =>
+      ((DMS_TASK_ACTIONS as Record<string, readonly string[]>)[t] ?? []).includes('dms:DeleteReplicationTask'),
+    );
+    expect(deleters.sort()).toEqual(['cleanup', 'rollback']);
   });
 
   it('pass cdk-nag AwsSolutions: every finding is fixed or suppressed with a reason in the stack', () => {
@@ -545,6 +598,18 @@ describe('deployment configuration', () => {
         PGFERRY_SECURITY_GROUP_IDS: 'sg-0a',
       }),
     ).toThrow(/PGFERRY_SUBNET_IDS: expected subnet-… ids/);
+  });
+
+  it('reads the connection switch as JSON and names PGFERRY_SWITCH when it is not one', () => {
+    const env = { PGFERRY_VPC_ID: 'vpc-0abc', PGFERRY_SUBNET_IDS: 'subnet-0a', PGFERRY_SECURITY_GROUP_IDS: 'sg-0a' };
+    expect(
+      deployConfigFromEnv({ ...env, PGFERRY_SWITCH: '{"kind":"ssm-parameter","name":"/shop/database-url"}' })
+        .switchTarget,
+    ).toEqual({ kind: 'ssm-parameter', name: '/shop/database-url' });
+    expect(() => deployConfigFromEnv({ ...env, PGFERRY_SWITCH: 'secret' })).toThrow(/PGFERRY_SWITCH: expected JSON/);
+    expect(() => deployConfigFromEnv({ ...env, PGFERRY_SWITCH: '{"kind":"ssm-parameter"}' })).toThrow(
+      /PGFERRY_SWITCH: switch.name is required/,
+    );
   });
 
   it('reads comma-separated ids and defaults the secret prefix and the WAL alarm', () => {

@@ -1,15 +1,19 @@
 /**
  * What a task needs in AWS, built once per Lambda container from the environment the stack sets:
  * the DynamoDB store (credentials read from Secrets Manager by ARN when a task connects), Step
- * Functions callbacks, the pgferry bus, the RDS provisioner and CloudWatch for the metrics.
+ * Functions callbacks, the pgferry bus, the RDS provisioner, CloudWatch for the metrics, and the
+ * connection switch the migration's config names.
  */
 import { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
+import { DatabaseMigrationServiceClient } from '@aws-sdk/client-database-migration-service';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { RDSClient } from '@aws-sdk/client-rds';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SFNClient } from '@aws-sdk/client-sfn';
 import {
+  AwsDmsReplication,
+  connectionSwitchFor,
   deployedStore,
   EventBridgePublisher,
   type ProvisionTargetInput,
@@ -26,6 +30,7 @@ export interface AwsClients {
   rds: RDSClient;
   secrets: SecretsManagerClient;
   cloudwatch: CloudWatchClient;
+  dms: DatabaseMigrationServiceClient;
 }
 
 export function awsClients(): AwsClients {
@@ -36,6 +41,7 @@ export function awsClients(): AwsClients {
     rds: new RDSClient({}),
     secrets: new SecretsManagerClient({}),
     cloudwatch: new CloudWatchClient({}),
+    dms: new DatabaseMigrationServiceClient({}),
   };
 }
 
@@ -53,6 +59,7 @@ export function awsTaskDeps(
   const store = deployedStore(clients, env.tableName);
   const callbacks = new SfnTaskCallbacks(clients.sfn);
   const provisioner = new RdsTargetProvisioner(clients.rds, store, callbacks, log);
+  const switchClients = { secrets: clients.secrets };
   return {
     env,
     clients,
@@ -61,5 +68,8 @@ export function awsTaskDeps(
     events: new EventBridgePublisher(clients.events, { busName: env.busName }),
     log,
     provisionTarget: (input) => provisioner.provision(input as unknown as ProvisionTargetInput),
+    // The migration's `switch` (a secret, SSM parameter or CNAME), switched by the cutover, put back by the rollback.
+    connectionSwitch: (config) => connectionSwitchFor(config.switch, switchClients),
+    dms: new AwsDmsReplication(clients.dms, clients.cloudwatch, store, callbacks),
   };
 }

@@ -53,7 +53,7 @@ function dmsError(err: unknown, what: string, action: string): DmsError {
   });
 }
 
-async function call<T>(what: string, action: string, fn: () => Promise<T>): Promise<T> {
+export async function call<T>(what: string, action: string, fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (err) {
@@ -62,7 +62,7 @@ async function call<T>(what: string, action: string, fn: () => Promise<T>): Prom
 }
 
 /** DMS answers a Describe… that matches nothing with ResourceNotFoundFault. */
-async function describeOrNone<T>(what: string, action: string, fn: () => Promise<T>): Promise<T | undefined> {
+export async function describeOrNone<T>(what: string, action: string, fn: () => Promise<T>): Promise<T | undefined> {
   try {
     return await fn();
   } catch (err) {
@@ -306,7 +306,7 @@ export function dmsCorrelationKey(arn: string): string {
 }
 
 /** The step a DMS task's events complete: the bulk load ends when the full load and its cached changes are applied. */
-export const DMS_CALLBACK_STEP: TaskName = 'bulkLoad';
+export const DMS_CALLBACK_STEP: TaskName = 'awaitDmsFullLoad';
 
 export interface DmsTaskStateChangeEvent {
   source: string;

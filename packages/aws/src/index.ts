@@ -6,6 +6,7 @@ export * from './callbacks';
 export * from './deployed';
 // The DMS path and the connection switch (Secrets Manager, SSM, Route 53).
 export * from './dms';
+export * from './dms-replication';
 // The DynamoDB migration store and its table layout.
 export * from './dynamo-parts';
 export * from './dynamo-store';

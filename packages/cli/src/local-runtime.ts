@@ -89,6 +89,7 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
     listener: rt.events,
     artifactDir: join(rt.stateDir, 'artifacts', id),
     faults: rt.faults,
+    connectionSwitch: rt.connectionSwitch,
   });
   const thrown = new Map<string, unknown>();
   const key = (name: string, message: string) => `${name}\u0000${message}`;

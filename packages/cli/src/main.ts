@@ -114,6 +114,7 @@ PostgreSQL 11 is a blocker.
   --strategy S          snapshot (default): slot + exported snapshot + parallel COPY
                         native: CREATE SUBSCRIPTION with copy_data
                         dump: pg_dump -Fc --snapshot to the state dir, then pg_restore --jobs
+                        dms: an AWS DMS task (in the deployed pipeline only; refused here)
   --jobs N              parallel copy streams and index builds, 1 to 64 (default 4)
   --split-table-mb N    tables over N MiB are copied as ranges by several streams at once
                         (default 8192). A split table is loaded without COPY FREEZE, and its
@@ -555,6 +556,15 @@ export async function main(argv: string[]): Promise<number> {
         }
       }
       case 'migrate': {
+        // Before anything else (the confirmation, the state): DMS is an AWS service, driven by the deployed pipeline.
+        if (values.strategy === 'dms')
+          throw new InvalidInputError(
+            '--strategy dms runs in AWS only: the DMS task, its events and its CloudWatch latency are driven by the deployed pipeline, not by this command',
+            {
+              field: '--strategy',
+              hint: 'start a dms migration in the deployed pipeline (a plan with strategy dms), or choose --strategy snapshot, native or dump here',
+            },
+          );
         const input = {
           id: values.id ?? newMigrationId(),
           // From the environment too, so passwords need not sit on a command line (visible in ps).

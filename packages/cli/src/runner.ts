@@ -21,6 +21,7 @@ import {
   redactUrl,
 } from '@pgferry/core';
 import {
+  type ConnectionSwitchFactory,
   cleanup,
   connect,
   connectionSettings,
@@ -57,6 +58,8 @@ export interface Runtime {
   events: RunnerEvents;
   /** Tests only: see FaultPoints. */
   faults?: FaultPoints;
+  /** A connection switch besides the switch file and command (tests: an in-memory one; AWS: functions/lib/aws-deps.ts). */
+  connectionSwitch?: ConnectionSwitchFactory;
 }
 
 /** Connect to `url` and let go: throws the usual connection error (naming --source/--target) if it does not answer. */
@@ -227,6 +230,7 @@ export function openSession(rt: Runtime, id: string): Promise<Session> {
     listener: rt.events,
     artifactDir: join(rt.stateDir, 'artifacts', id),
     faults: rt.faults,
+    connectionSwitch: rt.connectionSwitch,
   });
 }
 

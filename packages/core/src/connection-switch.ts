@@ -8,7 +8,53 @@
  * writes the new one: a switch retried after a crash between the write and the saving of its record
  * finds what it replaced there, instead of taking its own write for the previous value.
  */
+import { z } from 'zod';
 import { InvalidInputError, PgferryError, type PgferryErrorOptions } from './errors';
+
+/**
+ * Where the application reads its connection in AWS: what a plan's and a migration config's `switch`
+ * name (one schema for both). The cutover points it at the target; a rollback puts back what it held.
+ */
+export const switchTargetSchema = z.discriminatedUnion(
+  'kind',
+  [
+    /** The application reads its database URL / credentials from this secret. */
+    z.strictObject({
+      kind: z.literal('secret'),
+      secretArn: z
+        .string({ error: 'switch.secretArn is required: the ARN of a Secrets Manager secret' })
+        .regex(
+          /^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+$/,
+          'switch.secretArn must be a Secrets Manager secret ARN (arn:aws:secretsmanager:<region>:<account>:secret:<name>)',
+        ),
+    }),
+    z.strictObject({
+      kind: z.literal('ssm-parameter'),
+      name: z
+        .string({ error: 'switch.name is required: the SSM parameter name, e.g. /shop/database-url' })
+        .regex(/^\/?[a-zA-Z0-9_.\-/]{1,2047}$/, 'switch.name must be an SSM parameter name such as /shop/database-url'),
+    }),
+    /** A CNAME the application connects through, pointed at the new endpoint. */
+    z.strictObject({
+      kind: z.literal('route53'),
+      hostedZoneId: z
+        .string({ error: 'switch.hostedZoneId is required, e.g. Z0123456789ABCDEFGHIJ' })
+        .regex(/^Z[A-Z0-9]{1,31}$/, 'switch.hostedZoneId must be a Route 53 hosted zone id (Z…)'),
+      recordName: z
+        .string({ error: 'switch.recordName is required, e.g. db.shop.internal' })
+        .regex(/^[a-zA-Z0-9_.-]+\.?$/, 'switch.recordName must be a DNS name such as db.shop.internal'),
+      ttlSeconds: z
+        .number({ error: 'switch.ttlSeconds must be a number' })
+        .int('switch.ttlSeconds must be a whole number')
+        .min(0, 'switch.ttlSeconds must be at least 0')
+        .max(300, 'switch.ttlSeconds must be at most 300: clients would keep the old address longer than a cutover')
+        .default(30),
+    }),
+  ],
+  { error: 'switch.kind must be secret, ssm-parameter or route53' },
+);
+
+export type SwitchTarget = z.output<typeof switchTargetSchema>;
 
 /** Where the application should connect from now on. */
 export interface SwitchEndpoint {

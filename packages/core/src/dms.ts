@@ -3,6 +3,7 @@
  * DMS does not carry (per AWS's documentation, each finding cites it), and what a `DMS Replication
  * Task State Change` event means for the workflow. The SDK calls live in packages/aws/src/dms.ts.
  */
+import { z } from 'zod';
 import { InvalidInputError } from './errors';
 import type { TableRef } from './model';
 
@@ -621,4 +622,92 @@ export function dmsDrained(latency: DmsLatencyReading, freezeAt: string): boolea
   if (latency.targetSeconds === undefined || !latency.at) return false;
   const minuteStart = new Date(latency.at).getTime() - 60_000;
   return latency.targetSeconds === 0 && minuteStart >= new Date(freezeAt).getTime();
+}
+
+/**
+ * What a migration with `strategy: 'dms'` says of DMS (the plan without what the migration itself
+ * gives: its id and the two database names, read from its URLs). Each problem names its field.
+ */
+export const dmsSettingsSchema = z
+  .strictObject(
+    {
+      sourceSecretArn: z.string({ error: 'dms.sourceSecretArn is required' }),
+      targetSecretArn: z.string({ error: 'dms.targetSecretArn is required' }),
+      secretsAccessRoleArn: z.string({ error: 'dms.secretsAccessRoleArn is required' }),
+      compute: z.discriminatedUnion(
+        'kind',
+        [
+          z.strictObject({ kind: z.literal('instance'), replicationInstanceArn: z.string() }),
+          z.strictObject({
+            kind: z.literal('serverless'),
+            maxCapacityUnits: z.number(),
+            minCapacityUnits: z.number().optional(),
+            replicationSubnetGroupId: z.string(),
+            vpcSecurityGroupIds: z.array(z.string()),
+            multiAz: z.boolean().optional(),
+          }),
+        ],
+        { error: 'dms.compute.kind must be instance (with replicationInstanceArn) or serverless' },
+      ),
+      sslMode: z
+        .enum(['require', 'verify-ca', 'verify-full'], {
+          error: 'dms.sslMode must be require, verify-ca or verify-full',
+        })
+        .optional(),
+    },
+    { error: 'dms must be an object: { sourceSecretArn, targetSecretArn, secretsAccessRoleArn, compute }' },
+  )
+  .superRefine((d, ctx) => {
+    for (const p of dmsPlanProblems({ ...d, migrationId: 'm', sourceDatabase: 'db', targetDatabase: 'db' }))
+      ctx.addIssue({ code: 'custom', path: p.field.split('.'), message: `dms.${p.message}` });
+  });
+
+export type DmsSettings = z.output<typeof dmsSettingsSchema>;
+
+/** The database a postgres:// URL names (its path, else its dbname parameter). */
+function databaseOf(url: string): string {
+  const u = new URL(url);
+  return decodeURIComponent(u.pathname.replace(/^\//, '')) || u.searchParams.get('dbname') || '';
+}
+
+/** The DMS plan of a migration: its settings, its id and the databases its URLs name. */
+export function dmsPlanFor(config: { id: string; sourceUrl: string; targetUrl: string; dms?: DmsSettings }): DmsPlan {
+  if (!config.dms)
+    throw new InvalidInputError('the migration has no dms settings', {
+      field: 'dms',
+      migrationId: config.id,
+      hint: 'a dms migration names its secrets, the role DMS reads them with, and its compute under dms',
+    });
+  return {
+    ...config.dms,
+    migrationId: config.id,
+    sourceDatabase: databaseOf(config.sourceUrl),
+    targetDatabase: databaseOf(config.targetUrl),
+  };
+}
+
+/** A DMS replication pgferry runs: its task (instance) or replication config (Serverless) ARN. */
+export interface DmsRef {
+  arn: string;
+  kind: DmsCompute['kind'];
+  /** Instance compute: CloudWatch names the task's metrics by the instance's identifier. */
+  replicationInstanceArn?: string;
+}
+
+/**
+ * The catch-up gate on the DMS path: the task's CDC latency under the lag limit for `samples`
+ * readings in a row. No figure (no datapoint yet) breaks the streak: it is not 0.
+ */
+export function dmsGate(
+  latency: DmsLatencyReading,
+  previousStreak: number,
+  limits: { maxLagMs: number; lagSamples: number },
+): { ready: boolean; streak: number; reason?: string } {
+  if (latency.targetSeconds === undefined)
+    return { ready: false, streak: 0, reason: 'no CDC latency figure from CloudWatch yet (no datapoint is not 0)' };
+  const ms = latency.targetSeconds * 1000;
+  if (ms > limits.maxLagMs)
+    return { ready: false, streak: 0, reason: `CDC latency ${ms} ms is over the limit of ${limits.maxLagMs} ms` };
+  const streak = previousStreak + 1;
+  return { ready: streak >= limits.lagSamples, streak };
 }

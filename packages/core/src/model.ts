@@ -1,4 +1,6 @@
 import type { MigrationConfig } from './config';
+import type { SwitchRecord } from './connection-switch';
+import type { DmsRef } from './dms';
 
 /** Phases in workflow order; names match packages/postgres/src/phases and the state machine. */
 export const PHASES = [
@@ -81,6 +83,11 @@ export interface CutoverRecord {
    * freeze, or its DBA's). An undo then leaves it read-only: it only resets a freeze it set itself.
    */
   wasFrozen?: boolean;
+  /**
+   * What the connection switch (config `switch`) replaced, with no password: a cutover resumed after a
+   * failed switch, and the rollback, restore from it (the rollback's own record says it restored).
+   */
+  switchRecord?: SwitchRecord;
 }
 
 /** An undo that failed: what it left, kept until an undo succeeds, and the one command that ends it. */
@@ -219,6 +226,8 @@ export interface MigrationState {
   ddlDrift?: string[];
   cutover?: CutoverRecord;
   rollback?: CutoverRecord;
+  /** The DMS replication of a `dms` migration (strategy dms), and when each step of it happened. */
+  dms?: DmsRef & { startedAt?: string; resumedAt?: string; stoppedAt?: string; cleanedUpAt?: string };
   /** After the switch. */
   verify?: VerifyResult;
   /** During catch-up, before the cutover may freeze anything. */

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { DEFAULTS } from './config';
+import { switchTargetSchema } from './connection-switch';
 import { InvalidInputError } from './errors';
 
 /** Plan names: what a person types after `/pgferry start`, and part of the store's keys. */
@@ -94,37 +95,6 @@ const cutoverPolicy = z.discriminatedUnion(
   { error: 'cutover.policy must be manual, auto or window' },
 );
 
-const switchTarget = z.discriminatedUnion(
-  'kind',
-  [
-    /** The application reads its database URL / credentials from this secret. */
-    z.strictObject({ kind: z.literal('secret'), secretArn: secretArn('switch.secretArn') }),
-    z.strictObject({
-      kind: z.literal('ssm-parameter'),
-      name: z
-        .string({ error: 'switch.name is required: the SSM parameter name, e.g. /shop/database-url' })
-        .regex(/^\/?[a-zA-Z0-9_.\-/]{1,2047}$/, 'switch.name must be an SSM parameter name such as /shop/database-url'),
-    }),
-    /** A CNAME the application connects through, pointed at the new endpoint. */
-    z.strictObject({
-      kind: z.literal('route53'),
-      hostedZoneId: z
-        .string({ error: 'switch.hostedZoneId is required, e.g. Z0123456789ABCDEFGHIJ' })
-        .regex(/^Z[A-Z0-9]{1,31}$/, 'switch.hostedZoneId must be a Route 53 hosted zone id (Z…)'),
-      recordName: z
-        .string({ error: 'switch.recordName is required, e.g. db.shop.internal' })
-        .regex(/^[a-zA-Z0-9_.-]+\.?$/, 'switch.recordName must be a DNS name such as db.shop.internal'),
-      ttlSeconds: z
-        .number({ error: 'switch.ttlSeconds must be a number' })
-        .int('switch.ttlSeconds must be a whole number')
-        .min(0, 'switch.ttlSeconds must be at least 0')
-        .max(300, 'switch.ttlSeconds must be at most 300: clients would keep the old address longer than a cutover')
-        .default(30),
-    }),
-  ],
-  { error: 'switch.kind must be secret, ssm-parameter or route53' },
-);
-
 export const migrationPlanSchema = z
   .strictObject({
     name: z
@@ -142,7 +112,7 @@ export const migrationPlanSchema = z
       .enum(PLAN_STRATEGIES, { error: `strategy must be one of ${PLAN_STRATEGIES.join(', ')}` })
       .default('snapshot'),
     cutover: cutoverPolicy,
-    switch: switchTarget,
+    switch: switchTargetSchema,
     approvers: z
       .strictObject(
         {

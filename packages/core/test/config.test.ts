@@ -52,6 +52,21 @@ describe('migration config', () => {
       reverseSlot: 'pgferry_m1_rev',
     });
   });
+
+  it('takes an AWS connection switch and names the field of a wrong one', () => {
+    const arn = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/app-db-AbCdEf';
+    expect(parseMigrationConfig({ ...ok, switch: { kind: 'secret', secretArn: arn } }).switch).toEqual({
+      kind: 'secret',
+      secretArn: arn,
+    });
+    expect(parseMigrationConfig(ok).switch).toBeUndefined();
+    const missing = errorOf({ ...ok, switch: { kind: 'ssm-parameter' } });
+    expect(missing.field).toBe('switch.name');
+    expect(missing.message).toContain('switch.name is required');
+    expect(errorOf({ ...ok, switch: { kind: 'dns' } }).message).toContain(
+      'switch.kind must be secret, ssm-parameter or route53',
+    );
+  });
 });
 
 describe('redaction', () => {

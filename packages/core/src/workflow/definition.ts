@@ -43,6 +43,7 @@ export const STATE = {
   whereFrom: 'Where does the migration stand?',
   needsTarget: 'Target to provision?',
   scaleOut: 'Copy with more than one worker?',
+  loadBy: 'Load with DMS?',
   beginCatchUp: 'Begin catch-up',
   waitSample: 'Wait for the next lag sample',
   caughtUp: 'Caught up?',
@@ -107,7 +108,15 @@ export function workflowDefinition(): object {
       Default: T.prepareSchema.state,
     },
     [T.provisionTarget.state]: taskState('provisionTarget', { next: T.prepareSchema.state, onError: ROLL_BACK }),
-    [T.prepareSchema.state]: taskState('prepareSchema', { next: STATE.scaleOut, onError: ROLL_BACK }),
+    [T.prepareSchema.state]: taskState('prepareSchema', { next: STATE.loadBy, onError: ROLL_BACK }),
+    // Strategy dms: an AWS DMS task loads and then captures changes instead of the copy and the subscription.
+    [STATE.loadBy]: {
+      Type: 'Choice',
+      Choices: [{ Variable: '$.results.assess.strategy', StringEquals: 'dms', Next: T.startDms.state }],
+      Default: STATE.scaleOut,
+    },
+    [T.startDms.state]: taskState('startDms', { next: T.awaitDmsFullLoad.state, onError: ROLL_BACK }),
+    [T.awaitDmsFullLoad.state]: taskState('awaitDmsFullLoad', { next: T.startReplication.state, onError: ROLL_BACK }),
     // One worker copies a source it is big enough for (and the CLI always: copyWorkers 1); beyond
     // that, the coordinator holds the snapshot while a Map of workers copies its shares inside it.
     [STATE.scaleOut]: {
@@ -149,7 +158,15 @@ export function workflowDefinition(): object {
           ],
           Next: T.awaitApproval.state,
         },
-        { Variable: '$.verify.done', BooleanEquals: false, Next: T.verifyBeforeSwitch.state },
+        // Verify before the switch waits for pgferry's own slot, which the DMS path has not: only the
+        // verify after the switch (over native reverse replication) runs there.
+        {
+          And: [
+            { Variable: '$.verify.done', BooleanEquals: false },
+            { Not: { Variable: '$.results.assess.strategy', StringEquals: 'dms' } },
+          ],
+          Next: T.verifyBeforeSwitch.state,
+        },
       ],
       Default: T.cutover.state,
     },

@@ -16,6 +16,8 @@ export const TASK_PHASE: Record<TaskName, Phase> = {
   bulkLoad: 'bulk-load',
   copyShare: 'bulk-load',
   readCopyPlan: 'bulk-load',
+  startDms: 'bulk-load',
+  awaitDmsFullLoad: 'bulk-load',
   startReplication: 'start-replication',
   checkLag: 'catch-up',
   verifyBeforeSwitch: 'catch-up',
@@ -51,12 +53,14 @@ export const TASK_INPUTS: Partial<Record<TaskName, Record<string, string>>> = {
  * goes through `completeOutput`.
  */
 export const TASK_RESULTS: Record<TaskName, { path: string; fields: string[] }> = {
-  assess: { path: '$.results.assess', fields: ['resumeAt'] },
+  assess: { path: '$.results.assess', fields: ['resumeAt', 'strategy'] },
   provisionTarget: { path: '$.results.provisionTarget', fields: [] },
   prepareSchema: { path: '$.results.prepareSchema', fields: [] },
   bulkLoad: { path: '$.results.bulkLoad', fields: ['rows', 'bytes'] },
   copyShare: { path: '$.results.copyShare', fields: [] },
   readCopyPlan: { path: '$.results.copyPlan', fields: [] },
+  startDms: { path: '$.results.startDms', fields: [] },
+  awaitDmsFullLoad: { path: '$.results.bulkLoad', fields: [] },
   startReplication: { path: '$.results.startReplication', fields: [] },
   checkLag: { path: '$.gate', fields: ['ready', 'streak', 'waitSeconds', 'memory'] },
   verifyBeforeSwitch: { path: '$.verify', fields: ['done', 'rounds', 'outcome'] },
@@ -84,6 +88,9 @@ export const TASK_TIMEOUT_SECONDS: Record<TaskName, number> = {
   bulkLoad: 3 * 24 * 3600,
   copyShare: 3 * 24 * 3600,
   readCopyPlan: 900,
+  startDms: 900,
+  // DMS copies a very large source for days; the task's failure or stop ends the wait sooner.
+  awaitDmsFullLoad: 7 * 24 * 3600,
   startReplication: 900,
   checkLag: 900,
   verifyBeforeSwitch: 24 * 3600,

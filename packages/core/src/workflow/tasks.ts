@@ -23,6 +23,10 @@ export const WORKFLOW_TASKS = {
   copyShare: { state: 'Copy a share of the tables', runtime: 'worker', callback: true },
   /** The bulk load's poll until the coordinator has recorded the copy plan (reads the store only). */
   readCopyPlan: { state: 'Read the copy plan', runtime: 'lambda' },
+  /** Strategy dms: the endpoints and the DMS task (or Serverless config) made and started. */
+  startDms: { state: 'Start the DMS task', runtime: 'lambda' },
+  /** Strategy dms: the DMS task's state-change event (full load finished, failed, stopped) completes it. */
+  awaitDmsFullLoad: { state: 'Wait for the DMS full load', runtime: 'lambda', callback: true },
   startReplication: { state: 'Start replication', runtime: 'lambda' },
   checkLag: { state: 'Check lag', runtime: 'lambda' },
   verifyBeforeSwitch: { state: 'Verify before cutover', runtime: 'worker', callback: true },

@@ -1,4 +1,4 @@
-import type { MigrationConfig, MigrationState } from '@pgferry/core';
+import type { ConnectionSwitch, MigrationConfig, MigrationState } from '@pgferry/core';
 import { type Db, serverMajor } from '../db';
 
 /** What every phase gets: config with real URLs, open connections, the state and a way to persist it. */
@@ -16,7 +16,15 @@ export interface PhaseContext {
   artifactDir: string;
   /** Fault points for tests: a moment a test cannot time from outside (inside the write gap) made to happen. */
   faults?: FaultPoints;
+  /**
+   * The AWS connection switch of the config's `switch` (a secret, SSM parameter or CNAME), called in
+   * the write gap after the switch file and command; none locally.
+   */
+  connectionSwitch?: ConnectionSwitch;
 }
+
+/** Builds the connection switch a migration's config names (undefined: it names none). */
+export type ConnectionSwitchFactory = (config: MigrationConfig) => ConnectionSwitch | undefined;
 
 export interface FaultPoints {
   /** Inside the write gap, once the source is frozen, before the drain LSN is read. */

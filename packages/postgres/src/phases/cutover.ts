@@ -8,6 +8,7 @@
 import { performance } from 'node:perf_hooks';
 import {
   CutoverFailedError,
+  DEFAULTS,
   DrainTimeoutError,
   errorMessage,
   FreezeFailedError,
@@ -17,6 +18,7 @@ import {
   PgferryError,
   PreparedTransactionsPendingError,
   predictDrainMs,
+  type SwitchRecord,
 } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { critical } from '../critical';
@@ -159,7 +161,7 @@ async function predictDrain(ctx: PhaseContext): Promise<number> {
   return predicted;
 }
 
-function switchOptions(ctx: PhaseContext) {
+export function switchOptions(ctx: PhaseContext) {
   return {
     switchFile: ctx.config.switchFile,
     onSwitch: ctx.config.onSwitch,
@@ -173,6 +175,45 @@ function switchOptions(ctx: PhaseContext) {
 }
 
 /**
+ * The AWS connection switch (config `switch`), after the switch file and command. Idempotent: a retry
+ * (resume after a failure or a crash) finds the value it replaced in the resource itself. A failure,
+ * or no answer within the time allowed, may have moved the application already: the caller never
+ * undoes the cutover for it.
+ */
+export async function switchAwsConnection(ctx: PhaseContext): Promise<SwitchRecord | undefined> {
+  const sw = ctx.connectionSwitch;
+  if (!sw) return undefined;
+  try {
+    const record = await withTimeout(
+      sw.switchTo({ url: ctx.config.targetUrl }, ctx.config.id),
+      DEFAULTS.connectionSwitchTimeoutMs,
+      `${sw.resource} did not answer within ${DEFAULTS.connectionSwitchTimeoutMs} ms`,
+    );
+    ctx.log(`${sw.resource} ${record.changed ? 'now points at the target' : 'already pointed at the target'}`);
+    return record;
+  } catch (err) {
+    throw new CutoverFailedError(
+      `the connection switch of ${sw.resource} did not finish: ${errorMessage(err)}; it may already point the application at the target, so the cutover is not undone (the source stays read-only)`,
+      {
+        cause: err,
+        phase: 'cutover',
+        field: 'switch',
+        hint: `fix what stopped it (its permissions, the resource), then \`pgferry resume --id ${ctx.config.id}\` switches again and finishes the cutover`,
+      },
+    );
+  }
+}
+
+/** `p`, or a rejection with `message` after `ms` (the work itself is not cancelled). */
+export function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
  * The switch began and the process died before recording its end. Everything before the switch was
  * done (drained, sequences synced, reverse replication running), so switching again — file rewrite and
  * --on-switch are idempotent — and recording it is the safe way out; undoing could split the writes.
@@ -181,9 +222,15 @@ async function finishInterruptedSwitch(ctx: PhaseContext): Promise<string> {
   const c = ctx.state.cutover!;
   ctx.log('a previous cutover stopped while switching the connection: switching again to finish it');
   await switchConnection(switchOptions(ctx));
+  const switchRecord = await switchAwsConnection(ctx);
   const now = new Date();
   await ctx.update((s) => {
-    s.cutover = { ...c, switchAt: now.toISOString(), writeGapMs: now.getTime() - Date.parse(c.freezeAt!) };
+    s.cutover = {
+      ...c,
+      switchAt: now.toISOString(),
+      writeGapMs: now.getTime() - Date.parse(c.freezeAt!),
+      ...(switchRecord ? { switchRecord } : {}),
+    };
   });
   await finish(ctx);
   return `switch finished after an interruption (write gap ${ctx.state.cutover?.writeGapMs} ms, including the interruption)`;
@@ -398,6 +445,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       await undo(ctx, err);
       throw err;
     }
+    const switchRecord = await switchAwsConnection(ctx);
     const switchedMs = performance.now() - t0;
     step('switch');
     const done = {
@@ -416,6 +464,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       direction: 'forward' as const,
       stepsMs: steps,
       wasFrozen,
+      ...(switchRecord ? { switchRecord } : {}),
     };
     await ctx.update((s) => {
       s.cutover = done;

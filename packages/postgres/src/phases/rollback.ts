@@ -4,7 +4,7 @@
  * drain the reverse stream, sync sequences back, switch back, unfreeze the source.
  */
 import { performance } from 'node:perf_hooks';
-import { DrainTimeoutError, errorMessage, mbps, mib, objectNames, RollbackFailedError } from '@pgferry/core';
+import { DEFAULTS, DrainTimeoutError, errorMessage, mbps, mib, objectNames, RollbackFailedError } from '@pgferry/core';
 import { schemasAndExtensions } from '../catalog';
 import { critical } from '../critical';
 import { ident, literal } from '../db';
@@ -14,6 +14,7 @@ import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionEx
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
 import type { PhaseContext } from './context';
+import { withTimeout } from './cutover';
 import { runUndo, type UndoStep } from './undo';
 
 /** Drop what the schema restore created on the target, only if pgferry's marker says it made it. */
@@ -229,7 +230,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
   const command = `pgferry rollback --id ${ctx.config.id}`;
   const unfreezeTarget: UndoStep[] = wasFrozen ? [] : [['unfreeze the target', () => unfreezeWrites(ctx.target)]];
   // From the freeze of the target until the switch back is recorded, Ctrl-C waits (critical.ts).
-  const { gap, sequences } = await critical(async () => {
+  const { gap, sequences, restored } = await critical(async () => {
     const t0 = performance.now();
     let freeze: Awaited<ReturnType<typeof freezeWrites>>;
     let lsn: string;
@@ -326,6 +327,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
         );
       throw await undo(err, 'the switch back failed');
     }
+    const restored = await restoreAwsConnection(ctx, command);
     const gap = Math.round(performance.now() - t0);
     await ctx.update((s) => {
       s.rollback = {
@@ -341,10 +343,40 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
       };
       s.undoFailed = undefined;
     });
-    return { gap, sequences };
+    return { gap, sequences, restored };
   });
   await finish(ctx);
-  return `switched back to the source: write gap ${gap} ms, ${sequences} sequence(s) synced; the target is left read-only`;
+  return `switched back to the source: write gap ${gap} ms, ${sequences} sequence(s) synced${restored ? `; ${restored}` : ''}; the target is left read-only`;
+}
+
+/**
+ * The AWS connection switch put back as the cutover's record says (its previous value, exactly).
+ * Idempotent. A failure may have moved the application back already, so it is not undone: the target
+ * stays read-only, and the rollback run again restores and finishes.
+ */
+async function restoreAwsConnection(ctx: PhaseContext, command: string): Promise<string | undefined> {
+  const sw = ctx.connectionSwitch;
+  const record = ctx.state.cutover?.switchRecord;
+  if (!sw || !record) return undefined;
+  try {
+    const r = await withTimeout(
+      sw.restore(record),
+      DEFAULTS.connectionSwitchTimeoutMs,
+      `${sw.resource} did not answer within ${DEFAULTS.connectionSwitchTimeoutMs} ms`,
+    );
+    ctx.log(r.summary);
+    return r.summary;
+  } catch (err) {
+    throw new RollbackFailedError(
+      `the connection switch of ${sw.resource} was not put back: ${errorMessage(err)}; it may already point the application at the source, so the rollback is not undone (the target stays read-only)`,
+      {
+        cause: err,
+        phase: 'rollback',
+        field: 'switch',
+        hint: `fix what stopped it (its permissions, the resource), then \`${command}\` puts it back and finishes`,
+      },
+    );
+  }
 }
 
 async function finish(ctx: PhaseContext) {

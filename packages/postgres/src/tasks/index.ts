@@ -7,6 +7,7 @@
 import {
   completeOutput,
   DEFAULTS,
+  type DmsReplication,
   DrainTimeoutError,
   type EventPublisher,
   errorMessage,
@@ -26,6 +27,7 @@ import {
   type TaskOutput,
   WORKFLOW_TASKS,
 } from '@pgferry/core';
+import { listTables } from '../catalog';
 import { wasInterrupted } from '../critical';
 import { isConnectionLoss } from '../db';
 import { endOrphanSessions } from '../inspect';
@@ -40,9 +42,19 @@ import {
   verifyBeforeSwitchRound,
 } from '../phases/catch-up';
 import { cleanup } from '../phases/cleanup';
-import type { FaultPoints, PhaseContext } from '../phases/context';
+import type { ConnectionSwitchFactory, FaultPoints, PhaseContext } from '../phases/context';
 import { copyShare, readCopyPlan } from '../phases/copy-share';
 import { cutover, undoInterruptedCutover } from '../phases/cutover';
+import {
+  dmsAssessmentFindings,
+  dmsCleanup,
+  dmsGateSample,
+  dmsRef,
+  dmsStart,
+  dmsStartReplication,
+  requireDms,
+} from '../phases/dms';
+import { dmsCutover } from '../phases/dms-cutover';
 import { prepareSchema } from '../phases/prepare-schema';
 import { rollback } from '../phases/rollback';
 import { startReplication } from '../phases/start-replication';
@@ -74,6 +86,8 @@ export interface TaskDeps {
   callbacks?: TaskCallbacks;
   /** Tests only: see FaultPoints. */
   faults?: FaultPoints;
+  /** The AWS connection switch a migration's config names (functions/lib/aws-deps.ts); none locally. */
+  connectionSwitch?: ConnectionSwitchFactory;
   /** Where schema dumps go. */
   artifactDir?: string;
   /**
@@ -86,6 +100,8 @@ export interface TaskDeps {
   thrown?(error: { Error: string; Cause: string }): unknown;
   /** "Provision target": the RDS provisioner (packages/aws) stores the token and completes it on an RDS event. */
   provisionTarget?(input: TaskInput): Promise<TaskOutput>;
+  /** Strategy dms: the AWS DMS side (packages/aws's AwsDmsReplication). Without it a dms migration is refused. */
+  dms?: DmsReplication;
 }
 
 /** How often a worker task tells Step Functions it is alive (HeartbeatSeconds is 300 in the definition). */
@@ -129,6 +145,7 @@ async function inSession<T>(input: TaskInput, deps: TaskDeps, fn: (ctx: PhaseCon
     listener: listener(deps),
     artifactDir: deps.artifactDir,
     faults: deps.faults,
+    connectionSwitch: deps.connectionSwitch,
   });
   try {
     return await fn(session.ctx);
@@ -178,6 +195,9 @@ export async function assessPhase(ctx: PhaseContext): Promise<string> {
     migrationId: ctx.config.id,
     preparedOrphanMs: ctx.config.preparedOrphanMs,
   });
+  // What DMS would not carry (per its PostgreSQL-source documentation) counts like any finding.
+  if (ctx.config.strategy === 'dms')
+    report.findings.push(...dmsAssessmentFindings(await listTables(ctx.source, { sizes: false })));
   assertNoBlockers(report, ctx.config.id);
   const warnings = report.findings.filter((f) => f.level === 'warning');
   if (warnings.length) {
@@ -226,10 +246,11 @@ const assessTask: Task = (input, deps) =>
         summary: `already done${undone ? '; an interrupted cutover was undone' : ''}`,
         skipped: true,
         resumeAt: resumeAt(ctx),
+        strategy: ctx.config.strategy,
       };
     }
     const summary = await runPhase(ctx, 'assess', assessPhase, listener(deps, ctx.config.id));
-    return { summary, resumeAt: resumeAt(ctx) };
+    return { summary, resumeAt: resumeAt(ctx), strategy: ctx.config.strategy };
   });
 
 /** What the gate's memory keeps between samples in the execution state: enough, and small. */
@@ -262,6 +283,7 @@ function gateState(loop: GateLoop, ready: boolean, waitMs: number, lagSamples: n
  */
 const checkLagTask: Task = (input, deps) =>
   inSession(input, deps, async (ctx) => {
+    if (ctx.config.strategy === 'dms') return dmsCheckLag(ctx, input, deps);
     const given = (input.gate as GateState | undefined)?.memory as GateLoop | undefined;
     const verify = input.verify as { done?: boolean } | undefined;
     const loop = given ?? newGateLoop();
@@ -293,6 +315,38 @@ const checkLagTask: Task = (input, deps) =>
       throw err;
     }
   });
+
+/** "Check lag" on the DMS path: one reading of the task's CDC latency; the streak travels in $.gate. */
+async function dmsCheckLag(ctx: PhaseContext, input: TaskInput, deps: TaskDeps): Promise<TaskOutput> {
+  const dms = requireDms(deps.dms, ctx.config.id);
+  const gate = input.gate as GateState | undefined;
+  const given = gate?.memory as { dmsStreak?: number } | undefined;
+  if (!given) await phaseStarted(ctx, 'catch-up', listener(deps, ctx.config.id));
+  // A cutover killed after it stopped the task and before the switch (its undo never ran): a stopped
+  // task reports no latency, so catch-up would wait for ever. Change capture goes on first.
+  if (ctx.state.dms?.stoppedAt && !ctx.state.cutover?.switchStartedAt && !ctx.state.cutover?.switchAt) {
+    await dms.resume(dmsRef(ctx));
+    await ctx.update((s) => {
+      s.dms = { ...s.dms!, stoppedAt: undefined, resumedAt: new Date().toISOString() };
+    });
+    deps.log('the DMS task was left stopped by an interrupted cutover: change capture resumed');
+  }
+  const step = await dmsGateSample(ctx, dms, given?.dmsStreak ?? 0);
+  await publish(deps, [
+    {
+      type: 'Replication Lag Sampled',
+      detail: { migrationId: ctx.config.id, lagBytes: null, lagMs: step.lagMs, gateOpen: step.ready },
+    },
+  ]);
+  if (step.ready) await phaseEnded(ctx, 'catch-up', step.summary, listener(deps, ctx.config.id));
+  return {
+    summary: step.summary,
+    ready: step.ready,
+    streak: step.streak,
+    waitSeconds: step.waitSeconds,
+    memory: { dmsStreak: step.streak },
+  };
+}
 
 /**
  * "Verify before cutover": every table compared while replication runs (once per migration, until it
@@ -337,7 +391,11 @@ const cutoverTask: Task = (input, deps) =>
     });
     let summary: string;
     try {
-      summary = await runPhase(ctx, 'cutover', cutover, listener(deps, ctx.config.id));
+      const run =
+        ctx.config.strategy === 'dms'
+          ? (c: PhaseContext) => dmsCutover(c, requireDms(deps.dms, ctx.config.id))
+          : cutover;
+      summary = await runPhase(ctx, 'cutover', run, listener(deps, ctx.config.id));
     } catch (err) {
       // The state machine goes back to catch-up ("Cutover attempts left?") while attempts remain.
       const attempt = Number((input.attempt as { count?: number } | undefined)?.count ?? 1);
@@ -368,7 +426,17 @@ const verifyTask: Task = (input, deps) =>
 const cleanupTask: Task = (input, deps) =>
   inSession(input, deps, async (ctx) => {
     const { rmSync } = await import('node:fs');
-    const summary = await runPhase(ctx, 'cleanup', cleanup, listener(deps, ctx.config.id));
+    const summary = await runPhase(
+      ctx,
+      'cleanup',
+      async (c) => {
+        const done = await cleanup(c);
+        return c.config.strategy === 'dms'
+          ? `${done}; ${await dmsCleanup(c, requireDms(deps.dms, c.config.id))}`
+          : done;
+      },
+      listener(deps, ctx.config.id),
+    );
     rmSync(ctx.artifactDir, { recursive: true, force: true });
     await ctx.update((s) => {
       s.status = 'cleaned-up';
@@ -436,7 +504,7 @@ async function handleFailure(ctx: PhaseContext, error: CaughtError, deps: TaskDe
   if (action === 'roll-back') {
     try {
       deps.log(`rolling back after the failure in ${PHASE_TITLES[phase]}`);
-      undone = await rollback(ctx);
+      undone = await rollbackWithDms(ctx, deps);
     } catch (rollbackErr) {
       rollbackFailed = true;
       undone = `ROLLBACK FAILED: ${errorMessage(rollbackErr)}; run \`pgferry rollback --id ${ctx.config.id}\``;
@@ -458,6 +526,18 @@ async function handleFailure(ctx: PhaseContext, error: CaughtError, deps: TaskDe
   return { action, summary: message };
 }
 
+/**
+ * The rollback; on the DMS path before the switch, the DMS task is stopped and deleted (with its
+ * endpoints) first, so that nothing writes into the target the rollback empties. After the switch the
+ * way back is native reverse replication, as on every path.
+ */
+async function rollbackWithDms(ctx: PhaseContext, deps: TaskDeps): Promise<string> {
+  if (ctx.config.strategy !== 'dms' || ctx.state.cutover?.switchStartedAt || ctx.state.cutover?.switchAt)
+    return rollback(ctx);
+  const removed = await dmsCleanup(ctx, requireDms(deps.dms, ctx.config.id));
+  return `${removed}; ${await rollback(ctx)}`;
+}
+
 /** "Roll back": on request (no error), the rollback; after a failure, what the failure policy says. */
 const rollbackTask: Task = (input, deps) =>
   inSession(input, deps, async (ctx) => {
@@ -467,7 +547,7 @@ const rollbackTask: Task = (input, deps) =>
       const n = await endOrphanSessions(db, ctx.config.id);
       if (n) deps.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
     }
-    const summary = await runPhase(ctx, 'rollback', rollback, listener(deps, ctx.config.id));
+    const summary = await runPhase(ctx, 'rollback', (c) => rollbackWithDms(c, deps), listener(deps, ctx.config.id));
     await ctx.update((s) => {
       s.status = 'rolled-back';
     });
@@ -547,6 +627,50 @@ const readCopyPlanTask: Task = async (input, deps) => {
   return { ...status };
 };
 
+/** "Start the DMS task": the bulk load begins (it ends when the full load's event completes the next step). */
+const startDmsTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    const dms = requireDms(deps.dms, ctx.config.id);
+    if (phaseDone(ctx.state, 'bulk-load'))
+      return { summary: 'already done: the DMS full load finished', skipped: true };
+    if (ctx.state.phase !== 'bulk-load') await phaseStarted(ctx, 'bulk-load', listener(deps, ctx.config.id));
+    return { summary: await dmsStart(ctx, dms) };
+  });
+
+/**
+ * "Wait for the DMS full load": the token is kept for the task's `DMS Replication Task State Change`
+ * event (handleDmsTaskStateChange completes it: full load finished, or failed/stopped with the reason).
+ */
+const awaitDmsFullLoadTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    const dms = requireDms(deps.dms, ctx.config.id);
+    const ref = dmsRef(ctx);
+    if (phaseDone(ctx.state, 'bulk-load')) {
+      const output = { summary: 'already done: the DMS full load finished', skipped: true };
+      if (input.taskToken) await deps.callbacks?.succeed(input.taskToken, output);
+      return output;
+    }
+    if (!input.taskToken)
+      throw new InvalidInputError('"Wait for the DMS full load" needs its task token', { field: 'taskToken' });
+    await dms.awaitFullLoad(ctx.config.id, ref, input.taskToken);
+    return { summary: `waiting for the full load of ${ref.arn}` };
+  });
+
+/** "Start replication": the subscription at the slot, or on the DMS path change capture resumed after the full load. */
+const startReplicationTask: Task = async (input, deps) => {
+  const { config } = await deps.store.get(input.migrationId);
+  if (config.strategy !== 'dms') return phaseTask('start-replication', startReplication)(input, deps);
+  return inSession(input, deps, async (ctx) => {
+    const dms = requireDms(deps.dms, ctx.config.id);
+    if (!phaseDone(ctx.state, 'bulk-load'))
+      await phaseEnded(ctx, 'bulk-load', 'DMS full load finished', listener(deps, ctx.config.id));
+    if (phaseDone(ctx.state, 'start-replication'))
+      return { summary: `already done: ${ctx.state.phases['start-replication']?.summary ?? ''}`, skipped: true };
+    const run = (c: PhaseContext) => dmsStartReplication(c, dms);
+    return { summary: await runPhase(ctx, 'start-replication', run, listener(deps, ctx.config.id)) };
+  });
+};
+
 const TASKS: Record<TaskName, Task> = {
   assess: assessTask,
   provisionTarget: provisionTargetTask,
@@ -554,7 +678,9 @@ const TASKS: Record<TaskName, Task> = {
   bulkLoad: bulkLoadTask,
   copyShare: copyShareTask,
   readCopyPlan: readCopyPlanTask,
-  startReplication: phaseTask('start-replication', startReplication),
+  startDms: startDmsTask,
+  awaitDmsFullLoad: awaitDmsFullLoadTask,
+  startReplication: startReplicationTask,
   checkLag: checkLagTask,
   verifyBeforeSwitch: verifyBeforeSwitchTask,
   awaitApproval: awaitApprovalTask,

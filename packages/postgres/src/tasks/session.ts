@@ -14,7 +14,7 @@ import {
   type Phase,
 } from '@pgferry/core';
 import { connect, type Db } from '../db';
-import type { FaultPoints, PhaseContext, Progress } from '../phases/context';
+import type { ConnectionSwitchFactory, FaultPoints, PhaseContext, Progress } from '../phases/context';
 
 /** Who hears about phases as they start and end (the CLI's output). */
 export interface PhaseListener {
@@ -35,6 +35,7 @@ export interface SessionOptions {
   /** Where schema dumps go unless the config names a directory (default: under the system's temp directory). */
   artifactDir?: string;
   faults?: FaultPoints;
+  connectionSwitch?: ConnectionSwitchFactory;
 }
 
 /** Open connections and a phase context for a stored migration; credentials come from the store's secrets only. */
@@ -69,6 +70,7 @@ export async function openSession(store: MigrationStore, id: string, options: Se
     progress: options.listener.progress,
     artifactDir: config.artifactDir ?? options.artifactDir ?? join(tmpdir(), 'pgferry', 'artifacts', id),
     faults: options.faults,
+    connectionSwitch: options.connectionSwitch?.(config),
   };
   return {
     ctx,

@@ -1,0 +1,269 @@
+/**
+ * The `DmsReplication` port in AWS: what the workflow's DMS path asks of DMS and CloudWatch, made of
+ * the adapter's calls in dms.ts. Instance compute is complete; DMS Serverless is started, stopped and
+ * deleted, but its CDC latency is not read (see cdcLatency).
+ */
+import type { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
+import {
+  type DatabaseMigrationServiceClient,
+  DeleteEndpointCommand,
+  DeleteReplicationConfigCommand,
+  DeleteReplicationTaskCommand,
+  DescribeEndpointsCommand,
+  DescribeReplicationConfigsCommand,
+  DescribeReplicationTasksCommand,
+  StartReplicationCommand,
+  StopReplicationCommand,
+} from '@aws-sdk/client-database-migration-service';
+import {
+  classifyDmsTaskEvent,
+  type DmsLatencyReading,
+  type DmsMappingInput,
+  type DmsPlan,
+  type DmsRef,
+  type DmsReplication,
+  dmsDrained,
+  dmsNames,
+  type MigrationStore,
+  type TaskCallbacks,
+} from '@pgferry/core';
+import {
+  call,
+  DMS_CALLBACK_STEP,
+  DmsError,
+  describeOrNone,
+  dmsCdcLatency,
+  dmsInstanceIdentifier,
+  dmsTaskStatus,
+  ensureDmsEndpoints,
+  ensureDmsReplication,
+  startDmsTask,
+  stopDmsTask,
+} from './dms';
+
+export interface AwsDmsReplicationOptions {
+  /** Between two looks at a task that is being created, stopped or deleted. */
+  pollMs?: number;
+  /** How long those waits may take (a Lambda has 15 minutes). */
+  maxWaitMs?: number;
+  sleep?: (ms: number) => Promise<void>;
+  now?: () => Date;
+}
+
+/** Task states that need no stop before a delete. */
+const AT_REST = ['stopped', 'ready', 'failed'];
+
+export class AwsDmsReplication implements DmsReplication {
+  private readonly instanceIds = new Map<string, string>();
+  private readonly pollMs: number;
+  private readonly maxWaitMs: number;
+  private readonly sleep: (ms: number) => Promise<void>;
+
+  constructor(
+    private readonly dms: DatabaseMigrationServiceClient,
+    private readonly cloudwatch: CloudWatchClient,
+    private readonly store: Pick<MigrationStore, 'correlate' | 'putTaskToken' | 'takeTaskToken'>,
+    private readonly callbacks: TaskCallbacks,
+    private readonly options: AwsDmsReplicationOptions = {},
+  ) {
+    this.pollMs = options.pollMs ?? 5000;
+    this.maxWaitMs = options.maxWaitMs ?? 10 * 60_000;
+    this.sleep = options.sleep ?? ((ms) => new Promise((r) => setTimeout(r, ms)));
+  }
+
+  /** Poll `status` until `done` says so, bounded by maxWaitMs. */
+  private async until(what: string, status: () => Promise<string>, done: (s: string) => boolean): Promise<string> {
+    const deadline = Date.now() + this.maxWaitMs;
+    for (;;) {
+      const s = await status();
+      if (done(s)) return s;
+      if (Date.now() >= deadline)
+        throw new DmsError(`${what} is still ${s} after ${Math.round(this.maxWaitMs / 1000)} s`, {
+          field: what,
+          hint: 'look at it in the DMS console; the step can be run again',
+        });
+      await this.sleep(this.pollMs);
+    }
+  }
+
+  async start(plan: DmsPlan, mappings: DmsMappingInput): Promise<DmsRef & { started: boolean }> {
+    const endpoints = await ensureDmsEndpoints(this.dms, plan);
+    const { arn } = await ensureDmsReplication(this.dms, plan, endpoints, mappings, this.store);
+    if (plan.compute.kind === 'serverless') {
+      await call(`DMS replication config ${arn}`, 'dms:StartReplication', () =>
+        this.dms.send(
+          new StartReplicationCommand({ ReplicationConfigArn: arn, StartReplicationType: 'start-replication' }),
+        ),
+      );
+      return { arn, kind: 'serverless', started: true };
+    }
+    const ref: DmsRef = { arn, kind: 'instance', replicationInstanceArn: plan.compute.replicationInstanceArn };
+    // A task just created is `creating` for a while and cannot be started until it is `ready`.
+    const status = await this.until(
+      `DMS task ${arn}`,
+      async () => (await dmsTaskStatus(this.dms, arn)).status,
+      (s) => s !== 'creating',
+    );
+    // Never run before: start. Stopped or failed part way (a retried step): resume, so that the tables
+    // loaded already are not loaded again into a target DMS does not empty (TargetTablePrepMode DO_NOTHING).
+    const { started } = await startDmsTask(
+      this.dms,
+      arn,
+      status === 'ready' ? 'start-replication' : 'resume-processing',
+    );
+    return { ...ref, started };
+  }
+
+  async awaitFullLoad(migrationId: string, ref: DmsRef, token: string): Promise<void> {
+    await this.store.putTaskToken!(migrationId, DMS_CALLBACK_STEP, token);
+    if (ref.kind !== 'instance') return;
+    // The event may have come before the token was kept (it was then ignored): look at the task itself.
+    const t = await dmsTaskStatus(this.dms, ref.arn);
+    if (t.status !== 'stopped' && t.status !== 'failed') return;
+    const outcome = classifyDmsTaskEvent({
+      eventType: t.status === 'failed' ? 'REPLICATION_TASK_FAILED' : 'REPLICATION_TASK_STOPPED',
+      detailMessage:
+        t.status === 'failed'
+          ? (t.lastFailureMessage ?? 'the DMS task failed')
+          : `Stop Reason ${(t.stopReason ?? '').replace(/^Stop Reason\s+/i, '')}`,
+    });
+    if (outcome.kind === 'ignored') return;
+    const taken = await this.store.takeTaskToken!(migrationId, DMS_CALLBACK_STEP);
+    if (!taken) return;
+    if (outcome.kind === 'full-load-finished')
+      await this.callbacks.succeed(taken, {
+        summary: `DMS full load finished (${outcome.stopReason})`,
+        taskArn: ref.arn,
+        stopReason: outcome.stopReason,
+      });
+    else
+      await this.callbacks.fail(
+        taken,
+        outcome.kind === 'failed' ? 'DmsTaskFailed' : 'DmsTaskStopped',
+        outcome.kind === 'failed' ? `DMS task failed: ${outcome.message}` : `DMS task stopped: ${outcome.message}`,
+      );
+  }
+
+  async resume(ref: DmsRef): Promise<void> {
+    if (ref.kind === 'serverless') {
+      await call(`DMS replication config ${ref.arn}`, 'dms:StartReplication', () =>
+        this.dms.send(
+          new StartReplicationCommand({ ReplicationConfigArn: ref.arn, StartReplicationType: 'resume-processing' }),
+        ),
+      );
+      return;
+    }
+    await startDmsTask(this.dms, ref.arn, 'resume-processing');
+  }
+
+  async cdcLatency(ref: DmsRef): Promise<DmsLatencyReading> {
+    if (ref.kind !== 'instance' || !ref.replicationInstanceArn)
+      throw new DmsError(`the CDC latency of DMS Serverless replication ${ref.arn} is not read by pgferry yet`, {
+        field: 'dms.compute.kind',
+        hint: 'use a replication instance (compute.kind instance) for the DMS path',
+      });
+    let id = this.instanceIds.get(ref.replicationInstanceArn);
+    if (!id) {
+      id = await dmsInstanceIdentifier(this.dms, ref.replicationInstanceArn);
+      this.instanceIds.set(ref.replicationInstanceArn, id);
+    }
+    const now = this.options.now?.();
+    return dmsCdcLatency(this.cloudwatch, { replicationInstanceIdentifier: id, taskArn: ref.arn }, now ? { now } : {});
+  }
+
+  async drained(ref: DmsRef, freezeAt: string): Promise<boolean> {
+    return dmsDrained(await this.cdcLatency(ref), freezeAt);
+  }
+
+  async stop(ref: DmsRef): Promise<void> {
+    if (ref.kind === 'serverless') {
+      await call(`DMS replication config ${ref.arn}`, 'dms:StopReplication', () =>
+        this.dms.send(new StopReplicationCommand({ ReplicationConfigArn: ref.arn })),
+      );
+      return;
+    }
+    await stopDmsTask(this.dms, ref.arn);
+  }
+
+  async cleanup(plan: DmsPlan, ref?: DmsRef): Promise<string[]> {
+    const names = dmsNames(plan.migrationId);
+    const deleted: string[] = [];
+    if (plan.compute.kind === 'instance') {
+      const found = await describeOrNone(`DMS task ${names.task}`, 'dms:DescribeReplicationTasks', () =>
+        this.dms.send(
+          new DescribeReplicationTasksCommand({
+            Filters: [{ Name: 'replication-task-id', Values: [names.task] }],
+            WithoutSettings: true,
+          }),
+        ),
+      );
+      const arn = found?.ReplicationTasks?.[0]?.ReplicationTaskArn ?? ref?.arn;
+      if (found?.ReplicationTasks?.[0] && arn) {
+        const what = `DMS task ${arn}`;
+        await stopDmsTask(this.dms, arn);
+        await this.until(
+          what,
+          async () => (await dmsTaskStatus(this.dms, arn)).status,
+          (s) => AT_REST.includes(s),
+        );
+        await call(what, 'dms:DeleteReplicationTask', () =>
+          this.dms.send(new DeleteReplicationTaskCommand({ ReplicationTaskArn: arn })),
+        );
+        // Its endpoints cannot go while the task is being deleted.
+        await this.until(
+          what,
+          async () => {
+            const t = await describeOrNone(what, 'dms:DescribeReplicationTasks', () =>
+              this.dms.send(
+                new DescribeReplicationTasksCommand({
+                  Filters: [{ Name: 'replication-task-arn', Values: [arn] }],
+                  WithoutSettings: true,
+                }),
+              ),
+            );
+            return t?.ReplicationTasks?.[0]?.Status ?? 'deleted';
+          },
+          (s) => s === 'deleted',
+        );
+        deleted.push(names.task);
+      }
+    } else {
+      const found = await describeOrNone(
+        `DMS replication config ${names.replicationConfig}`,
+        'dms:DescribeReplicationConfigs',
+        () =>
+          this.dms.send(
+            new DescribeReplicationConfigsCommand({
+              Filters: [{ Name: 'replication-config-id', Values: [names.replicationConfig] }],
+            }),
+          ),
+      );
+      const arn = found?.ReplicationConfigs?.[0]?.ReplicationConfigArn;
+      if (arn) {
+        const what = `DMS replication config ${arn}`;
+        await call(what, 'dms:StopReplication', () =>
+          this.dms.send(new StopReplicationCommand({ ReplicationConfigArn: arn })),
+        ).catch((err: DmsError) => {
+          // Not running: nothing to stop.
+          if ((err.cause as Error | undefined)?.name !== 'InvalidResourceStateFault') throw err;
+        });
+        await call(what, 'dms:DeleteReplicationConfig', () =>
+          this.dms.send(new DeleteReplicationConfigCommand({ ReplicationConfigArn: arn })),
+        );
+        deleted.push(names.replicationConfig);
+      }
+    }
+    for (const id of [names.sourceEndpoint, names.targetEndpoint]) {
+      const found = await describeOrNone(`DMS endpoint ${id}`, 'dms:DescribeEndpoints', () =>
+        this.dms.send(new DescribeEndpointsCommand({ Filters: [{ Name: 'endpoint-id', Values: [id] }] })),
+      );
+      const arn = found?.Endpoints?.[0]?.EndpointArn;
+      if (!arn) continue;
+      await call(`DMS endpoint ${id}`, 'dms:DeleteEndpoint', () =>
+        this.dms.send(new DeleteEndpointCommand({ EndpointArn: arn })),
+      );
+      deleted.push(id);
+    }
+    return deleted;
+  }
+}

@@ -1,0 +1,240 @@
+/**
+ * Cut over on the DMS path, as a list of steps:
+ *   prepare reverse replication → freeze writes on the source → wait until DMS has applied everything
+ *   committed before the freeze (its CDC latency 0 over a minute begun after the freeze) → stop the
+ *   DMS task → sync sequences → start reverse replication (native PostgreSQL, target → source) →
+ *   switch the connection → target writable.
+ * As on the native path the source stays read-only, kept current by reverse replication, so rollback
+ * (rollback.ts, after the switch) loses nothing. A drain over --max-drain-ms unfreezes the source and
+ * hands back to catch-up; any other failure before the switch is undone: the task resumes, the source
+ * is writable. DMS reports latency per minute, so its write gap is a minute or more: --max-drain-ms
+ * must allow that (see DMS_MIN_DRAIN_MS).
+ */
+import { performance } from 'node:perf_hooks';
+import {
+  CutoverFailedError,
+  type DmsReplication,
+  DrainTimeoutError,
+  errorMessage,
+  FreezeFailedError,
+  objectNames,
+  PgferryError,
+  PreparedTransactionsPendingError,
+} from '@pgferry/core';
+import { listTables } from '../catalog';
+import { critical } from '../critical';
+import { sleep } from '../db';
+import { freezeWrites, isFrozen, unfreezeWrites, waitPreparedTransactions, writesSince } from '../freeze';
+import {
+  applyTuning,
+  dropPublication,
+  dropSlot,
+  dropSubscription,
+  ensurePublication,
+  prepareSubscription,
+  slotExists,
+  startPreparedSubscription,
+} from '../replication';
+import { syncSequences } from '../sequences';
+import { readSwitchFile, switchConnection } from '../switch';
+import { type PhaseContext, partitionsViaRoot, targetMajor } from './context';
+import { switchAwsConnection, switchOptions } from './cutover';
+import { dmsRef } from './dms';
+import { runUndo, type UndoStep } from './undo';
+
+/** CloudWatch's figure comes a minute at a time: a drain budget below two of them can never be met. */
+export const DMS_MIN_DRAIN_MS = 120_000;
+
+export interface DmsCutoverOptions {
+  /** How often "drained?" is asked inside the gap (tests make it short). */
+  pollMs?: number;
+}
+
+/** Undo a DMS cutover that has not switched: reverse objects gone, the task capturing changes again, source writable. */
+async function undo(ctx: PhaseContext, dms: DmsReplication, cause: unknown, onlyUnfreeze = false) {
+  const n = objectNames(ctx.config.id);
+  const unfreeze: UndoStep[] = ctx.state.cutover?.wasFrozen
+    ? []
+    : [['unfreeze the source', () => unfreezeWrites(ctx.source)]];
+  const steps: UndoStep[] = onlyUnfreeze
+    ? unfreeze
+    : [
+        [
+          `drop the prepared subscription ${n.reverseSubscription} on the source`,
+          () => dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }),
+        ],
+        [`drop the reverse slot ${n.reverseSlot} on the target`, () => dropSlot(ctx.target, n.reverseSlot)],
+        ['resume the DMS task', () => resumeIfStopped(ctx, dms)],
+        ...unfreeze,
+      ];
+  await runUndo(ctx, 'cutover', steps, { cause, command: `pgferry resume --id ${ctx.config.id}` });
+}
+
+async function resumeIfStopped(ctx: PhaseContext, dms: DmsReplication) {
+  if (!ctx.state.dms?.stoppedAt) return;
+  await dms.resume(dmsRef(ctx));
+  await ctx.update((s) => {
+    s.dms = { ...s.dms!, stoppedAt: undefined, resumedAt: new Date().toISOString() };
+  });
+}
+
+/** Poll the port until DMS says it applied everything committed before `freezeAt`, within `budgetMs`. */
+async function waitDrained(dms: DmsReplication, ctx: PhaseContext, freezeAt: string, budgetMs: number, pollMs: number) {
+  const ref = dmsRef(ctx);
+  const end = performance.now() + budgetMs;
+  for (;;) {
+    if (await dms.drained(ref, freezeAt)) return true;
+    const left = end - performance.now();
+    if (left <= 0) return false;
+    await sleep(Math.min(pollMs, left));
+  }
+}
+
+export async function dmsCutover(
+  ctx: PhaseContext,
+  dms: DmsReplication,
+  options: DmsCutoverOptions = {},
+): Promise<string> {
+  const n = objectNames(ctx.config.id);
+  const c = ctx.state.cutover;
+  if (c?.switchAt) return `already done: switched at ${c.switchAt} (write gap ${c.writeGapMs} ms)`;
+  if (c?.switchStartedAt) {
+    // Everything before the switch was done: switching again (idempotent) and recording it is the way out.
+    await switchConnection(switchOptions(ctx));
+    const switchRecord = await switchAwsConnection(ctx);
+    const now = new Date();
+    await ctx.update((s) => {
+      s.cutover = {
+        ...s.cutover,
+        switchAt: now.toISOString(),
+        writeGapMs: now.getTime() - Date.parse(c.freezeAt!),
+        ...(switchRecord ? { switchRecord } : {}),
+      };
+    });
+    return 'switch finished after an interruption';
+  }
+  // A cutover stopped inside its gap (its task maybe stopped): undone, then done again.
+  if (c?.freezeAt || ctx.state.dms?.stoppedAt) await undo(ctx, dms, undefined);
+  try {
+    const targetTables = await listTables(ctx.target, { sizes: false });
+    await ensurePublication(ctx.target, n.reversePublication, targetTables, { viaRoot: await partitionsViaRoot(ctx) });
+    const tuning = await applyTuning(ctx.source, await targetMajor(ctx), targetTables);
+    await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication, tuning);
+    // DMS does not carry sequences: synced once outside the gap, then only those that moved since.
+    await syncSequences(ctx.source, ctx.target);
+  } catch (err) {
+    await dropSubscription(ctx.source, n.reverseSubscription, { keepSlot: true }).catch(() => {});
+    throw new CutoverFailedError(`preparing the cutover failed; nothing was frozen: ${errorMessage(err)}`, {
+      cause: err,
+      phase: 'cutover',
+      hint: 'the source must reach the target for reverse replication, and every source sequence must exist on the target; then cut over again',
+    });
+  }
+  const freezeAt = new Date();
+  const wasFrozen = await isFrozen(ctx.source);
+  await ctx.update((s) => {
+    s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward', wasFrozen };
+  });
+  const record = await critical(async () => {
+    const t0 = performance.now();
+    let freeze: Awaited<ReturnType<typeof freezeWrites>>;
+    try {
+      freeze = await freezeWrites(ctx.source, { preparedOrphanMs: ctx.config.preparedOrphanMs });
+      await waitPreparedTransactions(ctx.source, ctx.config.maxPreparedWaitMs);
+    } catch (err) {
+      await undo(ctx, dms, err, err instanceof PreparedTransactionsPendingError);
+      if (err instanceof FreezeFailedError || err instanceof PreparedTransactionsPendingError) throw err;
+      throw new CutoverFailedError(`the write freeze failed; the source was unfrozen: ${errorMessage(err)}`, {
+        cause: err,
+        phase: 'cutover',
+      });
+    }
+    const drainStart = performance.now();
+    if (!(await waitDrained(dms, ctx, freezeAt.toISOString(), ctx.config.maxDrainMs, options.pollMs ?? 5000))) {
+      const cause = new DrainTimeoutError(`DMS did not report a drain within ${ctx.config.maxDrainMs} ms`);
+      await undo(ctx, dms, cause, true);
+      await ctx.update((s) => {
+        s.events = [
+          ...s.events,
+          {
+            at: new Date().toISOString(),
+            message: `DMS drain abandoned after ${Math.round(performance.now() - drainStart)} ms (budget ${ctx.config.maxDrainMs} ms): source unfrozen`,
+          },
+        ];
+      });
+      throw new DrainTimeoutError(
+        `DMS did not report every change before the freeze applied (CDC latency 0 over a minute begun after it) within the drain budget of ${ctx.config.maxDrainMs} ms; the source was unfrozen`,
+        {
+          phase: 'cutover',
+          hint: `pgferry returns to catch-up and tries again; DMS reports latency once a minute, so --max-drain-ms needs ${DMS_MIN_DRAIN_MS} or more on this path`,
+        },
+      );
+    }
+    const drainMs = Math.round(performance.now() - drainStart);
+    let sequences = 0;
+    try {
+      await dms.stop(dmsRef(ctx));
+      await ctx.update((s) => {
+        s.dms = { ...s.dms!, stoppedAt: new Date().toISOString() };
+      });
+      sequences = await syncSequences(ctx.source, ctx.target);
+      // A session that turned read-only off may have written after the drain; DMS no longer carries it.
+      const late = await writesSince(ctx.source, freeze.xmax);
+      if (late > 0)
+        throw new CutoverFailedError(
+          `${late} transaction(s) committed on the source after the freeze (a session that turned default_transaction_read_only off)`,
+          {
+            phase: 'cutover',
+            hint: 'find that writer in pg_stat_activity on the source and stop it, then cut over again',
+          },
+        );
+      if (!(await slotExists(ctx.target, n.reverseSlot)))
+        await ctx.target.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [n.reverseSlot]);
+      await startPreparedSubscription(ctx.source, n.reverseSubscription, n.reverseSlot);
+      await unfreezeWrites(ctx.target);
+      await ctx.update((s) => {
+        s.cutover = { ...s.cutover, switchStartedAt: new Date().toISOString() };
+      });
+    } catch (err) {
+      await undo(ctx, dms, err);
+      throw new CutoverFailedError(
+        `cutover failed before the switch; the DMS task resumed and the source was unfrozen: ${errorMessage(err)}`,
+        { cause: err, phase: 'cutover', hint: err instanceof PgferryError ? err.hint : undefined },
+      );
+    }
+    try {
+      await switchConnection(switchOptions(ctx));
+    } catch (err) {
+      if (ctx.config.switchFile && readSwitchFile(ctx.config.switchFile) === ctx.config.targetUrl)
+        throw new CutoverFailedError(
+          `the switch did not finish: ${errorMessage(err)}; the switch file already names the target, so the cutover is not undone`,
+          { cause: err, phase: 'cutover', hint: `fix it, then \`pgferry resume --id ${ctx.config.id}\` finishes` },
+        );
+      await ctx.update((s) => {
+        s.cutover = { ...s.cutover, switchStartedAt: undefined };
+      });
+      await undo(ctx, dms, err);
+      throw err;
+    }
+    // The AWS connection switch: a failure here is never undone (it may have moved the application already).
+    const switchRecord = await switchAwsConnection(ctx);
+    const writeGapMs = Math.round(performance.now() - t0);
+    const done = {
+      ...ctx.state.cutover,
+      drainedAt: new Date(freezeAt.getTime() + (performance.now() - t0)).toISOString(),
+      switchAt: new Date(freezeAt.getTime() + writeGapMs).toISOString(),
+      writeGapMs,
+      drainMs,
+      sessionsEnded: freeze.sessionsEnded,
+      sequencesSynced: sequences,
+      ...(switchRecord ? { switchRecord } : {}),
+    };
+    await ctx.update((s) => {
+      s.cutover = done;
+    });
+    return done;
+  });
+  // Forward replication was DMS's: nothing of pgferry's forward objects to drop (the task goes at clean-up).
+  await dropPublication(ctx.source, n.publication).catch(() => {});
+  return `write gap ${record.writeGapMs} ms (DMS drain ${record.drainMs} ms); ${record.sessionsEnded} session(s) ended; DMS task stopped; ${record.sequencesSynced} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
+}

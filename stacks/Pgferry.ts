@@ -6,6 +6,7 @@ import { monitoring } from './monitoring';
 import { suppressNagFindings } from './nag';
 import { importNetwork } from './network';
 import { attach, DMS_TASK_ACTIONS, statements } from './permissions';
+import { slackResources } from './slack';
 import { artifactsBucket, migrationTable } from './storage';
 import { pgferryFunction, taskFunctions } from './tasks';
 import { worker as workerResources } from './worker';
@@ -116,10 +117,13 @@ export function pgferryStack(config: DeployConfig) {
       ),
     };
 
+    const slack = slackResources(stack, config, { environment, table, bus, machineName, machineArn });
+    const deadLetters = [...Object.values(rules), ...(slack ? [slack.rule] : [])].map((r) => r.deadLetters);
+
     const watch = monitoring(stack, {
       stage: app.stage,
       machine,
-      deadLetters: Object.values(rules).map((r) => r.deadLetters),
+      deadLetters,
       walRetainedAlarmBytes: config.walRetainedAlarmBytes,
       alarmEmail: config.alarmEmail,
     });
@@ -132,7 +136,8 @@ export function pgferryStack(config: DeployConfig) {
       dmsTasks,
       workerTask: worker.taskDefinition,
       stateMachine: machine,
-      deadLetterQueues: Object.values(rules).map((r) => r.deadLetters),
+      deadLetterQueues: deadLetters,
+      slack,
     });
 
     stack.addOutputs({
@@ -141,7 +146,13 @@ export function pgferryStack(config: DeployConfig) {
       BucketName: bucket.bucketName,
       BusName: bus.eventBusName,
       Dashboard: watch.dashboard.dashboardName,
+      ...(slack
+        ? {
+            SlackCommandsUrl: `${slack.api.url}/slack/commands`,
+            SlackInteractionsUrl: `${slack.api.url}/slack/interactions`,
+          }
+        : {}),
     });
-    return { table, bucket, bus, machine, tasks, handlers, worker, rules, ...watch };
+    return { table, bucket, bus, machine, tasks, handlers, worker, rules, slack, ...watch };
   };
 }

@@ -1,6 +1,6 @@
 import { RDS_WAIT_EVENTS } from '@pgferry/aws';
 import { Duration, Stack } from 'aws-cdk-lib';
-import { EventBus, type EventPattern, Match, Rule } from 'aws-cdk-lib/aws-events';
+import { EventBus, type EventPattern, type IEventBus, Match, Rule } from 'aws-cdk-lib/aws-events';
 import { LambdaFunction } from 'aws-cdk-lib/aws-events-targets';
 import { SqsDestination } from 'aws-cdk-lib/aws-lambda-destinations';
 import { Queue, QueueEncryption } from 'aws-cdk-lib/aws-sqs';
@@ -52,13 +52,15 @@ export function ruleToHandler(
   description: string,
   pattern: EventPattern,
   fn: SstFunction,
+  /** The bus the rule listens on; AWS's events arrive on the default bus. */
+  eventBus?: IEventBus,
 ) {
   const deadLetters = new Queue(scope, `${id}DeadLetters`, {
     encryption: QueueEncryption.SQS_MANAGED,
     enforceSSL: true,
     retentionPeriod: Duration.days(14),
   });
-  const rule = new Rule(scope, id, { description, eventPattern: pattern });
+  const rule = new Rule(scope, id, { description, eventPattern: pattern, eventBus });
   rule.addTarget(
     new LambdaFunction(fn, { deadLetterQueue: deadLetters, retryAttempts: 8, maxEventAge: Duration.hours(6) }),
   );

@@ -74,6 +74,13 @@ export function suppressNagFindings(
     workerTask: IConstruct;
     stateMachine: IConstruct;
     deadLetterQueues: IConstruct[];
+    slack?: {
+      api: IConstruct;
+      commands: IConstruct;
+      interactions: IConstruct;
+      worker: IConstruct;
+      messages: IConstruct;
+    };
   },
 ) {
   const suppress = (construct: IConstruct, findings: Finding[]) =>
@@ -134,6 +141,7 @@ export function suppressNagFindings(
     },
   ]);
   for (const queue of parts.deadLetterQueues) suppress(queue, [DEAD_LETTER_QUEUE]);
+  if (parts.slack) suppressSlackFindings(parts.slack, suppress);
 
   // Handlers CDK and SST add to every stack of this kind (S3 bucket notifications, SST's custom resources).
   const frameworkHandlers = stack.node
@@ -149,4 +157,36 @@ export function suppressNagFindings(
       },
     ]);
   }
+}
+
+/** The Slack endpoints are public by design: Slack calls them, and each request proves itself by its signature. */
+function suppressSlackFindings(
+  slack: { api: IConstruct; commands: IConstruct; interactions: IConstruct; worker: IConstruct; messages: IConstruct },
+  suppress: (construct: IConstruct, findings: Finding[]) => void,
+) {
+  const base = [LAMBDA_RUNTIME, LAMBDA_MANAGED_POLICIES, NO_RESOURCE_TYPE];
+  suppress(slack.api, [
+    {
+      id: 'AwsSolutions-APIG4',
+      reason:
+        "Slack cannot send IAM, JWT or Lambda-authorizer credentials: every request is authenticated in the handler by Slack's v0 signature (HMAC-SHA256 of the raw body with the app's signing secret, 5-minute window, replay cache) before anything in it is read",
+    },
+  ]);
+  const invokeWorker: Finding = {
+    id: 'AwsSolutions-IAM5',
+    reason:
+      "lambda:InvokeFunction on <worker ARN>:* covers the versions and aliases of exactly the Slack worker function, which the endpoints hand a command's work to",
+    appliesTo: [{ regex: '/^Resource::<SlackWorker[0-9A-F]+\\.Arn>:\\*$/' }],
+  };
+  for (const endpoint of [slack.commands, slack.interactions]) suppress(endpoint, [...base, invokeWorker]);
+  suppress(slack.worker, [
+    ...base,
+    {
+      id: 'AwsSolutions-IAM5',
+      reason:
+        "abort and rollback describe and stop the migration's own execution, whose name (the migration id) is known only when the command arrives: the resource is every execution of this stack's state machine, no other",
+      appliesTo: [{ regex: '/^Resource::arn:<AWS::Partition>:states:.*:execution:.+:\\*$/' }],
+    },
+  ]);
+  suppress(slack.messages, base);
 }

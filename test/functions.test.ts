@@ -310,6 +310,7 @@ describe('bundles', () => {
     const entryPoints = [
       ...readdirSync('functions/tasks').map((f) => `functions/tasks/${f}`),
       ...readdirSync('functions/events').map((f) => `functions/events/${f}`),
+      ...readdirSync('functions/slack').map((f) => `functions/slack/${f}`),
       'functions/rds-instance-event.ts',
     ];
     const result = await build({

@@ -1,21 +1,32 @@
 import { describe, expect, it } from 'vitest';
 import {
+  actionStep,
+  authorizeForMigration,
   authorizeSlack,
+  CUTOVER_REJECTED_ERROR,
+  failureAction,
   GATE_BLOCK_ID,
   interactionRequest,
   LAG_REFRESH_MS,
   MemoryReplayCache,
+  type MigrationAction,
   type MigrationState,
   migrationMessage,
+  NO_FACTS,
   parseMigrationConfig,
   parseSlackCommand,
+  requiredSlackEnv,
+  rollbackExecutionInput,
   SLACK_ACTIONS,
   SlackRequestRejectedError,
   slackCallFor,
+  slackEnv,
   slackSignature,
   slashCommandRequest,
   verifiedSlackForm,
   verifySlackRequest,
+  WORKFLOW_TASKS,
+  workflowDefinition,
 } from '../packages/core/src/index';
 
 // Slack's documented example (api.slack.com/authentication/verifying-requests-from-slack).
@@ -449,5 +460,95 @@ describe('Slack message updates, driven by pgferry events', () => {
         now: NOW,
       }),
     ).toBeUndefined();
+  });
+});
+
+describe('what approve, rollback and abort do to a migration', () => {
+  const gate = state({ status: 'awaiting-cutover', phase: 'catch-up' });
+  const loading = state({ status: 'running', phase: 'bulk-load' });
+  const cutOver = state({
+    status: 'cut-over',
+    phase: 'verify',
+    cutover: { switchStartedAt: '2026-12-06T12:00:00Z', switchAt: '2026-12-06T12:00:01Z' },
+  });
+  const switching = state({
+    status: 'running',
+    phase: 'cutover',
+    cutover: { switchStartedAt: '2026-12-06T12:00:00Z' },
+  });
+  const step = (action: MigrationAction, s: MigrationState) => actionStep(action, s).step;
+
+  it('approves only at the gate; rolls back at the gate through its token, after the switch with an execution; aborts before the switch', () => {
+    expect(step('approve', gate)).toBe('approve');
+    expect(step('approve', loading)).toBe('refuse');
+    expect(step('rollback', gate)).toBe('reject-at-gate');
+    expect(step('rollback', cutOver)).toBe('stop-then-roll-back');
+    expect(step('rollback', loading)).toBe('refuse');
+    expect(step('abort', loading)).toBe('stop-then-roll-back');
+    expect(step('abort', gate)).toBe('stop-then-roll-back');
+    expect(step('abort', cutOver)).toBe('refuse');
+  });
+
+  it('touches nothing stopped half way through the switch, cleaned up or finished, and says what to do instead', () => {
+    for (const action of ['approve', 'rollback', 'abort'] as const) {
+      expect(actionStep(action, switching)).toEqual({
+        step: 'refuse',
+        message: expect.stringContaining('`pgferry status m1`'),
+      });
+      for (const status of ['rolled-back', 'cleaned-up', 'failed'] as const)
+        expect(step(action, state({ status }))).toBe('refuse');
+    }
+    expect(actionStep('rollback', { ...cutOver, phase: 'cleanup' })).toEqual({
+      step: 'refuse',
+      message: expect.stringContaining('no way back'),
+    });
+    expect(actionStep('rollback', loading)).toEqual({
+      step: 'refuse',
+      message: expect.stringContaining('`/pgferry abort m1`'),
+    });
+  });
+
+  it("lets only the plan's approvers act on a migration of a plan; a migration without one is the configured users'", () => {
+    const planned = { id: 'm1', planName: 'shop' };
+    const plan = { approvers: { users: ['U0APPROVER'], channels: ['C0OPS'] } };
+    expect(authorizeForMigration({ userId: 'U0APPROVER' }, planned, plan, 'approve')).toEqual({ allowed: true });
+    expect(authorizeForMigration({ userId: 'U0ANYONE', channelId: 'C0OPS' }, planned, plan, 'abort')).toEqual({
+      allowed: true,
+    });
+    const refused = authorizeForMigration({ userId: 'U0OTHER', channelId: 'C0ELSE' }, planned, plan, 'rollback');
+    expect(refused).toEqual({ allowed: false, message: expect.stringContaining('approvers of plan `shop`') });
+    expect(authorizeForMigration({ userId: 'U0APPROVER' }, planned, undefined, 'approve')).toEqual({
+      allowed: false,
+      message: expect.stringContaining('no longer exists'),
+    });
+    expect(authorizeForMigration({ userId: 'U0OTHER' }, { id: 'm1' }, undefined, 'approve')).toEqual({ allowed: true });
+  });
+
+  it('goes to "Roll back" with the policy rolling back when the gate is failed with CutoverRejectedError', () => {
+    expect(failureAction(CUTOVER_REJECTED_ERROR, 'catch-up', NO_FACTS)).toBe('roll-back');
+    // The state machine's Catch on the gate: the first entry whose errors match sends it on.
+    const states = (
+      workflowDefinition() as { States: Record<string, { Catch?: { ErrorEquals: string[]; Next: string }[] }> }
+    ).States;
+    const route = states[WORKFLOW_TASKS.awaitApproval.state]!.Catch!.find(
+      (c) => c.ErrorEquals.includes(CUTOVER_REJECTED_ERROR) || c.ErrorEquals.includes('States.ALL'),
+    );
+    expect(route?.Next).toBe(WORKFLOW_TASKS.rollback.state);
+    expect(rollbackExecutionInput('m1')).toMatchObject({ migrationId: 'm1', action: 'rollback' });
+  });
+});
+
+describe('the Slack environment', () => {
+  it('reads the allowed users and channels and names a malformed one', () => {
+    expect(slackEnv({ PGFERRY_SLACK_USERS: 'U024BE7LH, W0ENTERPR', PGFERRY_SLACK_CHANNELS: '' }).access).toEqual({
+      users: ['U024BE7LH', 'W0ENTERPR'],
+      channels: [],
+    });
+    expect(() => slackEnv({ PGFERRY_SLACK_CHANNELS: '#ops' })).toThrow(
+      /PGFERRY_SLACK_CHANNELS: "#ops" is not a Slack channel id/,
+    );
+    expect(() => requiredSlackEnv(slackEnv({}), 'signingSecretArn')).toThrow(
+      /PGFERRY_SLACK_SIGNING_SECRET_ARN not set/,
+    );
   });
 });

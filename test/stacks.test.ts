@@ -2,6 +2,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { MIGRATION_TABLE_KEYS, RDS_WAIT_EVENTS } from '@pgferry/aws';
 import {
+  EVENT_TYPES,
   functionArnKey,
   METRIC_DIMENSIONS,
   METRIC_NAMESPACE,
@@ -11,7 +12,7 @@ import {
   workflowDefinitionJson,
 } from '@pgferry/core';
 import { Aspects, type Stack } from 'aws-cdk-lib';
-import { Template } from 'aws-cdk-lib/assertions';
+import { Match, Template } from 'aws-cdk-lib/assertions';
 import { DockerImageAsset } from 'aws-cdk-lib/aws-ecr-assets';
 import type { SynthesisMessage } from 'aws-cdk-lib/cx-api';
 import { AwsSolutionsChecks } from 'cdk-nag';
@@ -23,6 +24,7 @@ import { main } from '../packages/cli/src/main';
 import { pgferryApp } from '../stacks/app';
 import { type DeployConfig, deployConfigFromEnv } from '../stacks/config';
 import { DMS_TASK_ACTIONS } from '../stacks/permissions';
+import { SLACK_REQUESTS_PER_SECOND, SLACK_ROUTES } from '../stacks/slack';
 import { LAMBDA_TASKS } from '../stacks/tasks';
 
 const CONFIG: DeployConfig = {
@@ -31,6 +33,11 @@ const CONFIG: DeployConfig = {
   securityGroupIds: ['sg-0ccc'],
   secretNamePrefix: 'pgferry/',
   walRetainedAlarmBytes: 5 * 1024 ** 3,
+  slackSigningSecretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgferry/slack-signing-AbCdEf',
+  slackBotTokenArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgferry/slack-bot-GhIjKl',
+  slackUsers: ['U024BE7LH'],
+  slackChannels: ['C024BE91L'],
+  slackChannel: 'C0MIGRATE',
   switchTarget: {
     kind: 'secret',
     secretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/app-db-AbCdEf',
@@ -278,7 +285,8 @@ describe('the deployed stack', () => {
         handler: 'DmsTaskState',
       },
     };
-    expect(Object.keys(template.findResources('AWS::Events::Rule'))).toHaveLength(3);
+    // The fourth is Slack's, on pgferry's own bus (its own test below).
+    expect(Object.keys(template.findResources('AWS::Events::Rule'))).toHaveLength(4);
     for (const [ruleId, { pattern, handler }] of Object.entries(expected)) {
       const rule = resources[logicalId('AWS::Events::Rule', ruleId)]!.Properties;
       expect(rule.EventPattern, ruleId).toEqual(pattern);
@@ -369,7 +377,7 @@ describe('permissions', () => {
     }
   });
 
-  it('let only the worker, the event handlers, Provision target and the DMS full-load wait complete task tokens, of this state machine only', () => {
+  it('let only the worker, the event handlers, Provision target, the DMS full-load wait and the Slack worker complete task tokens, of this state machine only', () => {
     const roleOf = (prefix: string) => logicalId('AWS::IAM::Role', prefix);
     const allowed = new Set([
       roleOf('WorkerTaskTaskRole'),
@@ -379,6 +387,7 @@ describe('permissions', () => {
       roleOf('ProvisionTargetServiceRole'),
       // A full load that ended before its token was kept sends no event the handler could use.
       roleOf('AwaitDmsFullLoadServiceRole'),
+      roleOf('SlackWorkerServiceRole'),
     ]);
     const machineArn = {
       'Fn::Join': [
@@ -469,6 +478,116 @@ describe('permissions', () => {
   });
 });
 
+describe('Slack', () => {
+  const fnId = (prefix: string) => logicalId('AWS::Lambda::Function', prefix);
+  const roleOf = (prefix: string) => logicalId('AWS::IAM::Role', `${prefix}ServiceRole`);
+  const statementsOfRole = (prefix: string) => statementsOf((_, roles) => roles.includes(roleOf(prefix)));
+  // X-Ray tracing, which every function has, aside.
+  const actionsOf = (prefix: string) =>
+    statementsOfRole(prefix)
+      .flatMap((s) => list(s.Action) as string[])
+      .filter((a) => !a.startsWith('xray:'));
+
+  it('routes POST /slack/commands and POST /slack/interactions to their own functions, with access logs', () => {
+    const routes = Object.values(template.findResources('AWS::ApiGatewayV2::Route')) as Resource[];
+    expect(routes.map((r) => r.Properties.RouteKey).sort()).toEqual([SLACK_ROUTES.commands, SLACK_ROUTES.interactions]);
+    const integrations = template.findResources('AWS::ApiGatewayV2::Integration');
+    for (const [key, fn] of [
+      [SLACK_ROUTES.commands, 'SlackCommands'],
+      [SLACK_ROUTES.interactions, 'SlackInteractions'],
+    ] as const) {
+      const route = routes.find((r) => r.Properties.RouteKey === key)!;
+      const target = JSON.stringify(route.Properties.Target);
+      const [integrationId] = Object.keys(integrations).filter((id) => target.includes(id));
+      expect(integrations[integrationId!]!.Properties).toMatchObject({
+        IntegrationType: 'AWS_PROXY',
+        PayloadFormatVersion: '2.0',
+        IntegrationUri: { 'Fn::GetAtt': [fnId(fn), 'Arn'] },
+      });
+      // No authorizer: Slack cannot send one; the handler checks the signature.
+      expect(route.Properties.AuthorizationType ?? 'NONE').toBe('NONE');
+    }
+    template.hasResourceProperties('AWS::ApiGatewayV2::Stage', {
+      AccessLogSettings: { DestinationArn: Match.anyValue() },
+      DefaultRouteSettings: {
+        ThrottlingRateLimit: SLACK_REQUESTS_PER_SECOND,
+        ThrottlingBurstLimit: SLACK_REQUESTS_PER_SECOND * 2,
+      },
+    });
+    expect(
+      Object.values(template.findResources('AWS::ApiGatewayV2::Api'))[0]!.Properties.CorsConfiguration,
+    ).toBeUndefined();
+  });
+
+  it('gives each function only what it uses: the endpoints the signing secret, replay items and the worker; the worker the table and the state machine; the message function the bot token', () => {
+    const signing = CONFIG.slackSigningSecretArn!;
+    const bot = CONFIG.slackBotTokenArn!;
+    for (const endpoint of ['SlackCommands', 'SlackInteractions']) {
+      const st = statementsOfRole(endpoint);
+      expect(actionsOf(endpoint).sort()).toEqual([
+        'dynamodb:PutItem',
+        'lambda:InvokeFunction',
+        'secretsmanager:GetSecretValue',
+      ]);
+      expect(st.find((s) => list(s.Action).includes('secretsmanager:GetSecretValue'))!.Resource).toBe(signing);
+      const put = st.find((s) => list(s.Action).includes('dynamodb:PutItem'))!;
+      expect(put.Condition).toEqual({ 'ForAllValues:StringLike': { 'dynamodb:LeadingKeys': ['SLACK#SIGNATURE#*'] } });
+      const invoke = st.find((s) => list(s.Action).includes('lambda:InvokeFunction'))!;
+      expect(JSON.stringify(invoke.Resource)).toContain(fnId('SlackWorker'));
+      expect(JSON.stringify(invoke.Resource)).not.toMatch(/SlackCommands|SlackInteractions|SlackMessages/);
+    }
+    const worker = actionsOf('SlackWorker');
+    expect(worker).toEqual(
+      expect.arrayContaining([
+        'states:SendTaskSuccess',
+        'states:SendTaskFailure',
+        'states:StartExecution',
+        'states:StopExecution',
+        'states:DescribeExecution',
+      ]),
+    );
+    expect(worker.filter((a) => a.startsWith('secretsmanager:'))).toEqual([]);
+    const stop = statementsOfRole('SlackWorker').find((s) => list(s.Action).includes('states:StopExecution'))!;
+    expect(JSON.stringify(stop.Resource)).toContain(':execution:test-pgferry-migration:*');
+    const messageSecrets = statementsOfRole('SlackMessages').filter((s) =>
+      list(s.Action).some((a) => a.startsWith('secretsmanager:')),
+    );
+    expect(messageSecrets.map((s) => s.Resource)).toEqual([bot]);
+    // The secrets themselves never reach a function's environment: their ARNs do.
+    const text = JSON.stringify(template.toJSON());
+    expect(text).not.toMatch(/xoxb-/);
+    const envOf = (prefix: string) => resources[fnId(prefix)]!.Properties.Environment.Variables;
+    expect(envOf('SlackCommands').PGFERRY_SLACK_SIGNING_SECRET_ARN).toBe(signing);
+    expect(envOf('SlackCommands').PGFERRY_SLACK_BOT_TOKEN_ARN).toBeUndefined();
+    expect(envOf('SlackMessages').PGFERRY_SLACK_BOT_TOKEN_ARN).toBe(bot);
+    expect(envOf('SlackWorker').PGFERRY_SLACK_SIGNING_SECRET_ARN).toBeUndefined();
+    expect(envOf('SlackWorker').PGFERRY_SLACK_USERS).toBe('U024BE7LH');
+  });
+
+  it("keeps each migration's message current from every pgferry detail-type on its own bus, one event at a time", () => {
+    const rule = resources[logicalId('AWS::Events::Rule', 'SlackMessagesRule')]!.Properties;
+    expect(rule.EventPattern).toEqual({ source: ['pgferry'], 'detail-type': EVENT_TYPES });
+    expect(rule.EventBusName).toEqual({ Ref: logicalId('AWS::Events::EventBus', 'Bus') });
+    expect(rule.Targets).toEqual([
+      expect.objectContaining({
+        Arn: { 'Fn::GetAtt': [fnId('SlackMessages'), 'Arn'] },
+        DeadLetterConfig: {
+          Arn: { 'Fn::GetAtt': [logicalId('AWS::SQS::Queue', 'SlackMessagesRuleDeadLetters'), 'Arn'] },
+        },
+      }),
+    ]);
+    expect(resources[fnId('SlackMessages')]!.Properties.ReservedConcurrentExecutions).toBe(1);
+  });
+
+  it('runs its functions outside the subnets: they reach AWS APIs and slack.com, never a database', () => {
+    for (const prefix of ['SlackCommands', 'SlackInteractions', 'SlackWorker', 'SlackMessages']) {
+      const fn = resources[fnId(prefix)]!.Properties;
+      expect(fn.VpcConfig, prefix).toBeUndefined();
+      expect(fn).toMatchObject({ Runtime: 'nodejs22.x', Architectures: ['arm64'], TracingConfig: { Mode: 'Active' } });
+    }
+  });
+});
+
 describe('deployment configuration', () => {
   it('names each missing or malformed variable', () => {
     expect(() => deployConfigFromEnv({})).toThrow(/PGFERRY_VPC_ID: not set.*PGFERRY_SUBNET_IDS: not set/);
@@ -506,6 +625,48 @@ describe('deployment configuration', () => {
       securityGroupIds: ['sg-0a'],
       secretNamePrefix: 'pgferry/',
       walRetainedAlarmBytes: 20 * 1024 ** 3,
+    });
+  });
+
+  it('takes Slack with both secrets by full ARN and someone allowed, and names what is missing', () => {
+    const base = { PGFERRY_VPC_ID: 'vpc-0abc', PGFERRY_SUBNET_IDS: 'subnet-0a', PGFERRY_SECURITY_GROUP_IDS: 'sg-0a' };
+    const signing = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgferry/slack-signing-AbCdEf';
+    const bot = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgferry/slack-bot-GhIjKl';
+    expect(() => deployConfigFromEnv({ ...base, PGFERRY_SLACK_SIGNING_SECRET_ARN: signing })).toThrow(
+      /PGFERRY_SLACK_BOT_TOKEN_ARN: not set \(Slack needs both secrets/,
+    );
+    expect(() =>
+      deployConfigFromEnv({ ...base, PGFERRY_SLACK_SIGNING_SECRET_ARN: signing, PGFERRY_SLACK_BOT_TOKEN_ARN: bot }),
+    ).toThrow(/PGFERRY_SLACK_USERS: not set \(nobody could use \/pgferry/);
+    expect(() =>
+      deployConfigFromEnv({
+        ...base,
+        PGFERRY_SLACK_SIGNING_SECRET_ARN: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:pgferry/slack-signing',
+        PGFERRY_SLACK_BOT_TOKEN_ARN: bot,
+        PGFERRY_SLACK_USERS: 'U024BE7LH',
+      }),
+    ).toThrow(/PGFERRY_SLACK_SIGNING_SECRET_ARN: expected the full secret ARN/);
+    expect(() =>
+      deployConfigFromEnv({
+        ...base,
+        PGFERRY_SLACK_SIGNING_SECRET_ARN: signing,
+        PGFERRY_SLACK_BOT_TOKEN_ARN: bot,
+        PGFERRY_SLACK_USERS: '@alice',
+      }),
+    ).toThrow(/PGFERRY_SLACK_USERS: expected Slack ids such as U024BE7LH/);
+    expect(
+      deployConfigFromEnv({
+        ...base,
+        PGFERRY_SLACK_SIGNING_SECRET_ARN: signing,
+        PGFERRY_SLACK_BOT_TOKEN_ARN: bot,
+        PGFERRY_SLACK_USERS: 'U024BE7LH, W0ENTERPR',
+        PGFERRY_SLACK_CHANNEL: 'C0MIGRATE',
+      }),
+    ).toMatchObject({
+      slackSigningSecretArn: signing,
+      slackBotTokenArn: bot,
+      slackUsers: ['U024BE7LH', 'W0ENTERPR'],
+      slackChannel: 'C0MIGRATE',
     });
   });
 });

@@ -13,6 +13,8 @@ export * from './dynamo-store';
 export * from './events';
 export * from './rds';
 export * from './secrets';
+// Slack: secrets, the replay cache and message record, the Web API, the work behind commands and buttons.
+export * from './slack';
 // A migration started in AWS from a named plan (Slack's /pgferry start, the CLI's pgferry start).
 export * from './start';
 export * from './switch/index';

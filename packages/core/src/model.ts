@@ -201,7 +201,7 @@ export interface MigrationState {
   phase: Phase;
   /** Config with passwords redacted from the URLs; secrets live in the secret store. */
   config: MigrationConfig;
-  /** The named plan it was started from (`pgferry start`, `/pgferry start`), and who asked. */
+  /** The named plan it was started from (`pgferry start`, `/pgferry start`; its approvers may act on it), and who asked. */
   planName?: string;
   requestedBy?: string;
   phases: Partial<Record<Phase, PhaseRecord>>;

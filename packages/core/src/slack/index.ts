@@ -1,5 +1,7 @@
+export * from './actions';
 export * from './authorize';
 export * from './commands';
+export * from './env';
 export * from './message';
 export * from './requests';
 export * from './signature';

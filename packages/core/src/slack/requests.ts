@@ -27,7 +27,7 @@ export type SlackOutcome<T> =
   /** 401: not from Slack (or replayed); nothing in it was read. */
   | { status: 401; reason: SlackRequestRejectedError['reason'] }
   /** 200 with a reply, and `act` when something is to be done. */
-  | { status: 200; reply: SlackReply; actor?: SlackActor; act?: T };
+  | { status: 200; reply: SlackReply; actor?: SlackActor; act?: T; responseUrl?: string };
 
 const reply = (text: string): SlackReply => ({ response_type: 'ephemeral', text });
 
@@ -75,7 +75,13 @@ export const slashCommandRequest = endpoint<SlackCommand>((form, options) => {
   const allowed = authorizeSlack(actor, options.access, command.kind);
   if (!allowed.allowed) return { status: 200, reply: reply(allowed.message), actor };
   // help acts on nothing: its reply is all there is.
-  return { status: 200, reply: reply(ack(command)), actor, act: command.kind === 'help' ? undefined : command };
+  return {
+    status: 200,
+    reply: reply(ack(command)),
+    actor,
+    act: command.kind === 'help' ? undefined : command,
+    responseUrl: form.get('response_url') ?? undefined,
+  };
 });
 
 export interface GateClick {
@@ -93,6 +99,7 @@ export const interactionRequest = endpoint<GateClick>((form, options) => {
     user?: { id?: string };
     channel?: { id?: string };
     actions?: { action_id?: string; value?: string }[];
+    response_url?: string;
   };
   try {
     payload = JSON.parse(form.get('payload') ?? '');
@@ -100,6 +107,7 @@ export const interactionRequest = endpoint<GateClick>((form, options) => {
     return { status: 200, reply: reply('That click could not be read (no JSON payload); nothing was changed.') };
   }
   const actor: SlackActor = { userId: payload.user?.id ?? '', channelId: payload.channel?.id };
+  const responseUrl = typeof payload.response_url === 'string' ? payload.response_url : undefined;
   const clicked = payload.type === 'block_actions' ? payload.actions?.[0] : undefined;
   const action =
     clicked?.action_id === SLACK_ACTIONS.approve
@@ -109,9 +117,9 @@ export const interactionRequest = endpoint<GateClick>((form, options) => {
         : undefined;
   const migrationId = clicked?.value ?? '';
   if (!action || !MIGRATION_ID.test(migrationId))
-    return { status: 200, reply: reply('That is not a pgferry button; nothing was changed.'), actor };
+    return { status: 200, reply: reply('That is not a pgferry button; nothing was changed.'), actor, responseUrl };
   const allowed = authorizeSlack(actor, options.access, action);
-  if (!allowed.allowed) return { status: 200, reply: reply(allowed.message), actor };
+  if (!allowed.allowed) return { status: 200, reply: reply(allowed.message), actor, responseUrl };
   return {
     status: 200,
     reply: reply(
@@ -119,5 +127,6 @@ export const interactionRequest = endpoint<GateClick>((form, options) => {
     ),
     actor,
     act: { action, migrationId },
+    responseUrl,
   };
 });

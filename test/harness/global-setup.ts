@@ -1,5 +1,3 @@
-import { execFileSync } from 'node:child_process';
-import { resolve } from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { type LocalServer, startServer } from '../../packages/cli/src/local-servers';
 
@@ -29,9 +27,6 @@ let started: LocalServer[] = [];
  * does pgferry; target15 offers none, so `prefer` falling back to plain connections is covered too.
  */
 export async function setup(project: TestProject) {
-  // The CLI tests spawn bin/pgferry.mjs, which runs the bundle when it is up to date: build it, so
-  // that they test what a user runs after npm install.
-  execFileSync(process.execPath, [resolve(__dirname, '../../packages/cli/scripts/build.mjs')], { stdio: 'inherit' });
   // Prepared transactions on, as many sources have them (and the freeze must see them).
   const source = { ssl: true, settings: { max_prepared_transactions: 10 } };
   const [source11, source12, source15, target15, target16, target17] = await Promise.all([

@@ -17,7 +17,6 @@ import {
   type WorkflowInput,
   workflowDefinitionJson,
 } from '@pgferry/core';
-import { ExecutionAbortedError, ExecutionError, StateMachine } from 'aws-local-stepfunctions';
 
 // aws-local-stepfunctions 3 calls Promise.withResolvers (Node 22); Node 20 lacks it.
 if (typeof (Promise as { withResolvers?: unknown }).withResolvers !== 'function') {
@@ -109,8 +108,39 @@ function at$(value: unknown, path: string): unknown {
   return v;
 }
 
-/** Run the workflow definition locally with `handler` doing every task. */
+/**
+ * Run the workflow definition locally with `handler` doing every task. aws-local-stepfunctions (and the
+ * AWS SDK clients it imports) is imported here when an execution starts, not at the top: a static import
+ * of this external package is hoisted to the top of the CLI's bundle, and every command (--help, status)
+ * would load it.
+ */
 export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, options: RunOptions = {}): LocalExecution {
+  let stop: (() => void) | undefined;
+  let stopAsked = false;
+  const done = (async () => {
+    const sfn = await import('aws-local-stepfunctions');
+    return execute(sfn, input, handler, options, (abort) => {
+      stop = abort;
+      if (stopAsked) abort();
+    });
+  })();
+  return {
+    done,
+    abort: () => {
+      stopAsked = true;
+      stop?.();
+    },
+  };
+}
+
+async function execute(
+  sfn: typeof import('aws-local-stepfunctions'),
+  input: WorkflowInput,
+  handler: TaskHandler,
+  options: RunOptions,
+  started: (abort: () => void) => void,
+): Promise<ExecutionOutcome> {
+  const { ExecutionAbortedError, ExecutionError, StateMachine } = sfn;
   const machine = new StateMachine(JSON.parse(workflowDefinitionJson()), {
     // Not validated again on every command (about 0.3 s of every migrate, resume, cutover and rollback):
     // it is the very text the tests validate with asl-validator and aws-local-stepfunctions' own checks.
@@ -135,6 +165,7 @@ export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, opt
       context: { Task: { Token: `local:${input.migrationId}` } },
     },
   );
+  started(() => execution.abort());
   let last: string | undefined;
   const open = new Map<string, HistoryEntry>();
   const close = (entry: HistoryEntry, at: number, output?: unknown) => {
@@ -179,21 +210,18 @@ export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, opt
       }
     }
   })();
-  const done = (async (): Promise<ExecutionOutcome> => {
-    let outcome: Omit<ExecutionOutcome, 'lastState'>;
-    try {
-      outcome = { status: 'succeeded', output: await execution.result };
-    } catch (err) {
-      if (err instanceof ExecutionAbortedError) outcome = { status: 'aborted' };
-      else {
-        const cause = err instanceof ExecutionError ? (err.cause as Error | undefined) : (err as Error);
-        outcome = { status: 'failed', error: cause?.name, cause: cause?.message };
-      }
+  let outcome: Omit<ExecutionOutcome, 'lastState'>;
+  try {
+    outcome = { status: 'succeeded', output: await execution.result };
+  } catch (err) {
+    if (err instanceof ExecutionAbortedError) outcome = { status: 'aborted' };
+    else {
+      const cause = err instanceof ExecutionError ? (err.cause as Error | undefined) : (err as Error);
+      outcome = { status: 'failed', error: cause?.name, cause: cause?.message };
     }
-    // The event log ends with the execution: read to its end before saying where it stopped.
-    await follow.catch(() => {});
-    for (const entry of open.values()) close(entry, Date.now());
-    return { ...outcome, lastState: last };
-  })();
-  return { done, abort: () => execution.abort() };
+  }
+  // The event log ends with the execution: read to its end before saying where it stopped.
+  await follow.catch(() => {});
+  for (const entry of open.values()) close(entry, Date.now());
+  return { ...outcome, lastState: last };
 }

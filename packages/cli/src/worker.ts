@@ -18,6 +18,7 @@ import {
   type TaskName,
   type TaskOutput,
   taskInputFromEnvironment,
+  WORKER_ENV,
   WORKFLOW_TASKS,
 } from '@pgferry/core';
 import { bulkLoad, copyShare, type DumpStore, type PhaseContext, runWorkflowTask } from '@pgferry/postgres';
@@ -35,14 +36,6 @@ export interface WorkerTask {
   /** The task's other inputs (`PGFERRY_INPUT_<KEY>`, JSON): verify's rounds, for one. */
   input?: Record<string, unknown>;
 }
-
-export const WORKER_ENV = {
-  task: 'PGFERRY_TASK',
-  migrationId: 'PGFERRY_MIGRATION_ID',
-  taskToken: 'PGFERRY_TASK_TOKEN',
-  loadId: 'PGFERRY_LOAD_ID',
-  share: 'PGFERRY_SHARE',
-} as const;
 
 /** The tasks a worker runs: those the task table places on the worker. */
 export const WORKER_TASKS = (Object.keys(WORKFLOW_TASKS) as TaskName[]).filter(

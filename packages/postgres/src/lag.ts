@@ -1,6 +1,6 @@
 /** Lag, retained WAL, open transactions and schema drift: what the cutover gate looks at. */
 
-import { APPLY_RATE_FLOOR_BPS, type LagPoint, predictDrainMs, sqlPrefix } from '@pgferry/core';
+import { APPLY_RATE_FLOOR_BPS, type LagPoint, mbps, mib, predictDrainMs, sqlPrefix } from '@pgferry/core';
 import { EXCLUDED_SCHEMAS, NOT_EXTENSION_MEMBER, USER_SCHEMA } from './catalog';
 import { type Db, serverMajor } from './db';
 import { currentLsn, waitConfirmed } from './freeze';
@@ -215,26 +215,65 @@ export function targetWriteTransactions(target: Db): Promise<OpenTransaction[]> 
 
 /** What a catch-up just before a freeze says about the drain the freeze would start. */
 export interface DrainForecast {
+  /** The replication slot exists (without it there is nothing to forecast: predictedMs is Infinity). */
+  slotFound: boolean;
   /** The subscriber confirmed the position taken at the start within the wait. */
   caughtUp: boolean;
   /** Unconfirmed WAL after the catch-up. */
   bytes: number;
-  /** Bytes per second confirmed during the catch-up (the floor when it had too little to go on). */
+  /** Bytes per second the prediction uses: measured on the catch-up, or the fallback (never below the floor). */
   appliedBps: number;
+  /** appliedBps was measured on this catch-up; false when too little was confirmed to measure a rate. */
+  measured: boolean;
   predictedMs: number;
 }
+
+/** Below this many bytes confirmed during the catch-up, a rate measured on it is noise. */
+const MEASURABLE_BYTES = 256 * 1024;
 
 /**
  * Catch up once (wait until the subscriber of `slot` confirms the position taken now, for at most
  * `waitMs`) and predict the drain a freeze would start from the rate measured on this very catch-up.
+ * When too little was confirmed to measure one, `fallbackBps` stands in (the cutover passes the rate
+ * its gate last saw), never below APPLY_RATE_FLOOR_BPS. The cutover and the rollback both decide
+ * whether to freeze from this one forecast, so their predictions cannot drift apart.
  */
-export async function forecastDrain(live: Db, slot: string, waitMs: number): Promise<DrainForecast> {
+export async function forecastDrain(
+  live: Db,
+  slot: string,
+  waitMs: number,
+  fallbackBps = APPLY_RATE_FLOOR_BPS,
+): Promise<DrainForecast> {
   const before = await readLag(live, slot);
   const caughtUp = await waitConfirmed(live, slot, await currentLsn(live), waitMs);
   const after = await readLag(live, slot);
-  if (!before || !after) return { caughtUp: false, bytes: 0, appliedBps: 0, predictedMs: Number.POSITIVE_INFINITY };
+  if (!before || !after)
+    return {
+      slotFound: false,
+      caughtUp: false,
+      bytes: 0,
+      appliedBps: 0,
+      measured: false,
+      predictedMs: Number.POSITIVE_INFINITY,
+    };
   const elapsed = (after.point.t - before.point.t) / 1000;
   const confirmed = after.point.confirmed - before.point.confirmed;
-  const appliedBps = elapsed > 0 && confirmed >= 256 * 1024 ? confirmed / elapsed : APPLY_RATE_FLOOR_BPS;
-  return { caughtUp, bytes: after.bytes, appliedBps, predictedMs: predictDrainMs(after.bytes, appliedBps) };
+  const measured = elapsed > 0 && confirmed >= MEASURABLE_BYTES;
+  const appliedBps = measured ? confirmed / elapsed : Math.max(fallbackBps, APPLY_RATE_FLOOR_BPS);
+  return {
+    slotFound: true,
+    caughtUp,
+    bytes: after.bytes,
+    appliedBps,
+    measured,
+    predictedMs: predictDrainMs(after.bytes, appliedBps),
+  };
+}
+
+/** A forecast's figures for a person: "12.0 MiB unconfirmed, the target applying 3.1 MB/s". */
+export function describeDrainForecast(f: DrainForecast, applier: string): string {
+  const rate = f.measured
+    ? mbps(f.appliedBps)
+    : `${mbps(f.appliedBps)} assumed (too little was applied during the catch-up to measure a rate)`;
+  return `${mib(f.bytes)} unconfirmed, ${applier} applying ${rate}`;
 }

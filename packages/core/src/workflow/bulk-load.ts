@@ -9,7 +9,7 @@
  *      "Copy a share of the tables", each worker inside the coordinator's snapshot)
  */
 import type { CopyPlan, MigrationState } from '../model';
-import { catchFor, runTaskParameters, substitution } from './states';
+import { catchFor, runTaskParameters, substitution, WORKER_ENV } from './states';
 import { functionArnKey, type TaskName, WORKFLOW_TASKS } from './tasks';
 
 /** Seconds between two reads of the plan while the coordinator creates the slot and plans. */
@@ -80,8 +80,8 @@ function workerTask(task: TaskName, environment: Record<string, string>, extra: 
     Comment: `runs "pgferry worker" (${task}) on Fargate; the worker completes the task token and sends heartbeats`,
     Resource: 'arn:aws:states:::ecs:runTask.waitForTaskToken',
     Parameters: runTaskParameters([
-      { Name: 'PGFERRY_TASK', Value: task },
-      { Name: 'PGFERRY_TASK_TOKEN', 'Value.$': '$$.Task.Token' },
+      { Name: WORKER_ENV.task, Value: task },
+      { Name: WORKER_ENV.taskToken, 'Value.$': '$$.Task.Token' },
       ...Object.entries(environment).map(([name, path]) => ({ Name: name, 'Value.$': path })),
     ]),
     HeartbeatSeconds: WORKER_HEARTBEAT_TIMEOUT_SECONDS,
@@ -116,7 +116,7 @@ export function bulkLoadStates(next: string, onError: string): Record<string, ob
     States: {
       [n.hold]: workerTask(
         'bulkLoad',
-        { PGFERRY_MIGRATION_ID: '$.migrationId', PGFERRY_LOAD_ID: '$.loadId' },
+        { [WORKER_ENV.migrationId]: '$.migrationId', [WORKER_ENV.loadId]: '$.loadId' },
         { End: true },
       ),
     },
@@ -175,9 +175,9 @@ export function bulkLoadStates(next: string, onError: string): Record<string, ob
             [n.share]: workerTask(
               'copyShare',
               {
-                PGFERRY_MIGRATION_ID: '$.migrationId',
-                PGFERRY_LOAD_ID: '$.loadId',
-                PGFERRY_SHARE: "States.Format('{}', $.share)",
+                [WORKER_ENV.migrationId]: '$.migrationId',
+                [WORKER_ENV.loadId]: '$.loadId',
+                [WORKER_ENV.share]: "States.Format('{}', $.share)",
               },
               { End: true },
             ),

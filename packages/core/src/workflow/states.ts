@@ -180,11 +180,18 @@ export function substitution(key: string): string {
   return `\${${key}}`;
 }
 
-/** Environment variable names the worker reads its task from (`taskInputFromEnvironment` parses them). */
+/**
+ * Environment variable names the worker reads its task from: the one table the definition's worker
+ * states and `pgferry worker` (packages/cli/src/worker.ts) both use. `taskInputFromEnvironment` parses them.
+ */
 export const WORKER_ENV = {
   task: 'PGFERRY_TASK',
   migrationId: 'PGFERRY_MIGRATION_ID',
   taskToken: 'PGFERRY_TASK_TOKEN',
+  /** The scaled-out bulk load's attempt (its coordinator and shares). */
+  loadId: 'PGFERRY_LOAD_ID',
+  /** copyShare: which share of the copy plan (0-based). */
+  share: 'PGFERRY_SHARE',
   /** A task input besides the id, as JSON: `PGFERRY_INPUT_<KEY>` (e.g. PGFERRY_INPUT_VERIFY). */
   inputPrefix: 'PGFERRY_INPUT_',
 } as const;

@@ -12,12 +12,11 @@ import {
   DrainTimeoutError,
   errorMessage,
   FreezeFailedError,
-  mbps,
   mib,
   objectNames,
   PgferryError,
   PreparedTransactionsPendingError,
-  predictDrainMs,
+  ReplicationFailedError,
   type SwitchRecord,
 } from '@pgferry/core';
 import { listTables } from '../catalog';
@@ -32,6 +31,7 @@ import {
   waitPreparedTransactions,
   writesSince,
 } from '../freeze';
+import { describeDrainForecast, forecastDrain } from '../lag';
 import {
   applyTuning,
   createSubscription,
@@ -49,7 +49,6 @@ import {
 } from '../replication';
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
-import { type GateMemory, sampleLag } from './catch-up';
 import { type PhaseContext, partitionsViaRoot, targetMajor } from './context';
 import { runUndo, type UndoStep } from './undo';
 
@@ -131,34 +130,32 @@ async function lsnDistance(db: Db, lsn: string, slot: string): Promise<number> {
 }
 
 /**
- * Catch up once more and predict the drain the freeze would start: the rate is measured on this very
- * catch-up (bytes confirmed over the time they took) when it had enough to go on, otherwise over the
- * last readings, never below the floor. Over the budget: no freeze (DrainTimeoutError, back to catch-up).
+ * Catch up once more and predict the drain the freeze would start (forecastDrain, as the rollback does):
+ * the rate is measured on this very catch-up when it had enough to go on, otherwise the rate the gate
+ * last saw stands in, never below the floor. Over the budget: no freeze (DrainTimeoutError, back to catch-up).
  */
 async function predictDrain(ctx: PhaseContext): Promise<number> {
   const n = objectNames(ctx.config.id);
-  const memory: GateMemory = { wal: false };
-  const before = await sampleLag(ctx, memory);
-  const caughtUp = await waitConfirmed(
+  const f = await forecastDrain(
     ctx.source,
     n.slot,
-    await currentLsn(ctx.source),
     Math.min(ctx.config.drainTimeoutMs, Math.max(ctx.config.maxDrainMs * 5, 1000)),
+    ctx.state.lag?.at(-1)?.appliedBps ?? 0,
   );
-  const after = await sampleLag(ctx, memory);
-  const elapsed = (after.lag.point.t - before.lag.point.t) / 1000;
-  const confirmed = after.lag.point.confirmed - before.lag.point.confirmed;
-  const rate = elapsed > 0 && confirmed >= 256 * 1024 ? confirmed / elapsed : after.figures.appliedBps;
-  const predicted = predictDrainMs(after.lag.bytes, rate);
-  if (!caughtUp || predicted > ctx.config.maxDrainMs)
+  if (!f.slotFound)
+    throw new ReplicationFailedError(`replication slot ${n.slot} disappeared from the source`, {
+      phase: 'cutover',
+      hint: 'roll back and migrate again',
+    });
+  if (!f.caughtUp || f.predictedMs > ctx.config.maxDrainMs)
     throw new DrainTimeoutError(
-      `not freezing: the drain is predicted at ${predicted} ms, over the budget of ${ctx.config.maxDrainMs} ms (${mib(after.lag.bytes)} unconfirmed, the target applying ${mbps(rate)}${caughtUp ? '' : '; it did not catch up with the source before the freeze'})`,
+      `not freezing: the drain is predicted at ${f.predictedMs} ms, over the budget of ${ctx.config.maxDrainMs} ms (${describeDrainForecast(f, 'the target')}${f.caughtUp ? '' : '; it did not catch up with the source before the freeze'})`,
       {
         phase: 'cutover',
         hint: 'pgferry returns to catch-up and tries again when lag is low (raise --max-drain-ms to allow a longer write gap)',
       },
     );
-  return predicted;
+  return f.predictedMs;
 }
 
 export function switchOptions(ctx: PhaseContext) {

@@ -4,12 +4,12 @@
  * drain the reverse stream, sync sequences back, switch back, unfreeze the source.
  */
 import { performance } from 'node:perf_hooks';
-import { DEFAULTS, DrainTimeoutError, errorMessage, mbps, mib, objectNames, RollbackFailedError } from '@pgferry/core';
+import { DEFAULTS, DrainTimeoutError, errorMessage, objectNames, RollbackFailedError } from '@pgferry/core';
 import { schemasAndExtensions } from '../catalog';
 import { critical } from '../critical';
 import { ident, literal } from '../db';
 import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed, waitPreparedTransactions } from '../freeze';
-import { forecastDrain } from '../lag';
+import { describeDrainForecast, forecastDrain } from '../lag';
 import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
@@ -207,7 +207,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
     );
     if (!f.caughtUp || f.predictedMs > ctx.config.maxDrainMs)
       throw new DrainTimeoutError(
-        `not freezing the target: the reverse drain is predicted at ${f.predictedMs} ms, over the budget of ${ctx.config.maxDrainMs} ms (${mib(f.bytes)} unconfirmed, the source applying ${mbps(f.appliedBps)}${f.caughtUp ? '' : '; it did not catch up with the target'})`,
+        `not freezing the target: the reverse drain is predicted at ${f.predictedMs} ms, over the budget of ${ctx.config.maxDrainMs} ms (${describeDrainForecast(f, 'the source')}${f.caughtUp ? '' : '; it did not catch up with the target'})`,
         {
           phase: 'rollback',
           hint: `nothing was frozen and the application stays on the target; run \`pgferry rollback --id ${ctx.config.id}\` again once reverse lag is low (\`pgferry status\` shows it), or raise --max-drain-ms to allow a longer write gap`,

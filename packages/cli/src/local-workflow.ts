@@ -66,6 +66,8 @@ export interface LocalExecution {
   done: Promise<ExecutionOutcome>;
   /** Stop at the current state (a callback step that waits for a person, locally). */
   abort(): void;
+  /** The input `state` was last entered with (read once `done` resolves: the event log is then read whole). */
+  inputOf(state: string): unknown;
 }
 
 export interface RunOptions {
@@ -75,6 +77,11 @@ export interface RunOptions {
   waitMs?: Record<string, number>;
   /** Retry intervals locally, in ms. */
   retryMs?: Record<string, number>;
+  /**
+   * Continue a suspended execution: start at `state` with the input it was entered with (the
+   * definition's own StartAt is replaced; aws-local-stepfunctions has no other way in).
+   */
+  startAt?: { state: string; input: unknown };
 }
 
 function lambdaResult(task: TaskName, output: TaskOutput): unknown {
@@ -111,7 +118,13 @@ function at$(value: unknown, path: string): unknown {
 
 /** Run the workflow definition locally with `handler` doing every task. */
 export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, options: RunOptions = {}): LocalExecution {
-  const machine = new StateMachine(JSON.parse(workflowDefinitionJson()), {
+  const definition = JSON.parse(workflowDefinitionJson()) as { StartAt: string; States: Record<string, unknown> };
+  if (options.startAt) {
+    if (!(options.startAt.state in definition.States))
+      throw new Error(`no state "${options.startAt.state}" in the workflow definition to continue from`);
+    definition.StartAt = options.startAt.state;
+  }
+  const machine = new StateMachine(definition as never, {
     // Not validated again on every command (about 0.3 s of every migrate, resume, cutover and rollback):
     // it is the very text the tests validate with asl-validator and aws-local-stepfunctions' own checks.
     validationOptions: { noValidate: true },
@@ -124,19 +137,18 @@ export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, opt
       return lambdaResult(task, completeOutput(task, await handler(task, taskInputFrom(task, parameters))));
     };
   }
-  const execution = machine.run(
-    { ...input },
-    {
-      overrides: {
-        taskResourceLocalHandlers: handlers as never,
-        waitTimeOverrides: options.waitMs,
-        retryIntervalOverrides: options.retryMs,
-      },
-      context: { Task: { Token: `local:${input.migrationId}` } },
+  const execution = machine.run((options.startAt ? options.startAt.input : { ...input }) as never, {
+    overrides: {
+      taskResourceLocalHandlers: handlers as never,
+      waitTimeOverrides: options.waitMs,
+      retryIntervalOverrides: options.retryMs,
     },
-  );
+    context: { Task: { Token: `local:${input.migrationId}` } },
+  });
   let last: string | undefined;
   const open = new Map<string, HistoryEntry>();
+  /** The input each state was last entered with (what a suspended execution continues from). */
+  const inputs = new Map<string, unknown>();
   const close = (entry: HistoryEntry, at: number, output?: unknown) => {
     entry.leftAt = new Date(at).toISOString();
     entry.ms = at - Date.parse(entry.enteredAt);
@@ -152,7 +164,7 @@ export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, opt
     for await (const e of execution.eventLogs as AsyncIterable<{
       type: string;
       timestamp: number;
-      state?: { name: string; type: string; output?: unknown };
+      state?: { name: string; type: string; input?: unknown; output?: unknown };
       Error?: string;
       Cause?: string;
     }>) {
@@ -163,6 +175,7 @@ export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, opt
         last = name;
         const entry: HistoryEntry = { state: name, type: e.state.type, enteredAt: at };
         open.set(name, entry);
+        inputs.set(name, e.state.input);
         options.onHistory?.(entry, 'entered');
       } else if (e.type === 'StateRetried') {
         const entry = open.get(name);
@@ -195,5 +208,5 @@ export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, opt
     for (const entry of open.values()) close(entry, Date.now());
     return { ...outcome, lastState: last };
   })();
-  return { done, abort: () => execution.abort() };
+  return { done, abort: () => execution.abort(), inputOf: (state) => inputs.get(state) };
 }

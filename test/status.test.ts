@@ -6,7 +6,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoMigrationStore, type SecretsVault } from '../packages/aws/src/index';
@@ -156,8 +156,7 @@ describe('pgferry status --table (DynamoDB Local)', () => {
     const vault: SecretsVault = { resolve: async () => SECRETS, store: async () => {} };
     const store = new DynamoMigrationStore({ client: dynamo.doc, tableName: table, vault });
     await store.create(migration('deployed1'), SECRETS);
-    // The CLI's sources run through tsx (the built bundle leaves the AWS adapters out); only
-    // DynamoDB Local is reachable: its endpoint is the one the SDK is given, with fake credentials.
+    // Only DynamoDB Local is reachable: its endpoint is the one the SDK is given, with fake credentials.
     const env = {
       ...process.env,
       AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
@@ -168,19 +167,9 @@ describe('pgferry status --table (DynamoDB Local)', () => {
       // DynamoDB Local keeps a database per region and key: the harness's. No --region: the environment's.
       AWS_REGION: 'local',
     };
-    const main = resolve(__dirname, '../packages/cli/src/main.ts');
     const cli = (args: string[]) => {
-      const child: ChildProcess = spawn(
-        process.execPath,
-        [
-          '--import',
-          'tsx',
-          '--input-type=module',
-          '-e',
-          `import { main } from ${JSON.stringify(main)}; process.exitCode = await main(JSON.parse(process.env.ARGS));`,
-        ],
-        { env: { ...env, ARGS: JSON.stringify(args) } },
-      );
+      // The CLI as a user runs it (the bundle, which loads the AWS adapters from the checkout).
+      const child: ChildProcess = spawn(process.execPath, [bin, ...args], { env });
       let out = '';
       let err = '';
       child.stdout?.on('data', (c) => {

@@ -209,6 +209,17 @@ async function loadAwsAdapters(): Promise<typeof import('@pgferry/aws')> {
   try {
     return await import('@pgferry/aws');
   } catch (err) {
+    // A checkout (npm install): packages/aws is TypeScript source, run through tsx as bin/pgferry.mjs
+    // runs stale sources. (A specifier in a variable: the bundle must not take tsx in.)
+    const tsx = 'tsx/esm/api';
+    try {
+      const { register } = (await import(tsx)) as { register(): void };
+      register();
+      // (Another URL than the failed import's: Node keeps a failed module's error.)
+      return await import(`${import.meta.resolve('@pgferry/aws')}?tsx`);
+    } catch {
+      // not a checkout either: said below
+    }
     // The worker image bundles them (Dockerfile).
     throw new PgferryError(`the AWS adapters are not in this build of pgferry: ${errorMessage(err)}`, {
       cause: err,

@@ -3,13 +3,14 @@
  * runWorkflowTask) on a real PostgreSQL pair under a live writer: the CLI's commands are executions
  * of it, and each leaves its history, state by state, for `pgferry status`.
  */
-import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { STATE, WalRetentionExceededError } from '@pgferry/core';
-import { describe, expect, it } from 'vitest';
-import { describeExecution, readExecution } from '../packages/cli/src/local-runtime';
+import { describe, expect, it, vi } from 'vitest';
+import { LocalTaskCallbacks } from '../packages/cli/src/local-callbacks';
+import { completeApproval, describeExecution, readExecution } from '../packages/cli/src/local-runtime';
 import { advance, rollbackMigration } from '../packages/cli/src/runner';
 import { frozen, migrationFixture, newMigration, sleep } from './harness/migration';
 import { leftovers } from './harness/pairs';
@@ -36,6 +37,17 @@ describe('the workflow definition, run locally', () => {
     expect(waiting?.status).toBe('awaiting-approval');
     expect(waiting?.lastState).toBe('Await cutover approval');
     expect((await rt.store.get(m.id)).status).toBe('awaiting-cutover');
+    // It waits on a task token of the local registry, filed in the store for whoever approves.
+    expect(waiting?.waiting).toMatchObject({ state: 'Await cutover approval', task: 'awaitApproval' });
+    expect(waiting?.waiting?.token).toMatch(new RegExp(`^local:${m.id}:awaitApproval:`));
+    const tokens = JSON.parse(readFileSync(`${rt.stateDir}/${m.id}.tokens.json`, 'utf8'));
+    expect(tokens.awaitApproval).toBe(waiting?.waiting?.token);
+    const waitingEntry = waiting?.states.findLast((s) => s.state === 'Await cutover approval');
+    expect(waitingEntry?.leftAt).toBeUndefined();
+    const waitingStatus = await run(['status', '--id', m.id, '--offline']);
+    expect(waitingStatus.stdout).toContain(
+      `\`pgferry cutover --id ${m.id}\` completes its task token and continues this execution`,
+    );
 
     const cut = await run(['cutover', '--id', m.id]);
     expect(cut.stdout).toContain('The application now uses the target');
@@ -49,9 +61,16 @@ describe('the workflow definition, run locally', () => {
     expect(state.status).toBe('cut-over');
     expect(state.cutover?.writeGapMs).toBeGreaterThan(0);
     const execution = readExecution(rt.stateDir, m.id);
-    expect(execution).toMatchObject({ command: 'cutover', status: 'succeeded', lastState: STATE.migrated });
+    // ONE execution: started by resume, waiting at the approval, continued by cutover from there.
+    expect(execution).toMatchObject({
+      command: 'migrate',
+      startedAt: waiting?.startedAt,
+      status: 'succeeded',
+      lastState: STATE.migrated,
+      continued: [{ command: 'cutover' }],
+    });
+    expect(execution?.waiting).toBeUndefined();
     const visited = tasksOf(execution?.states ?? []);
-    // A new execution: the done phases answer from their done-checks, the approval is given.
     expect(visited.slice(0, 6)).toEqual([
       'Start',
       'Migrate or roll back?',
@@ -60,16 +79,32 @@ describe('the workflow definition, run locally', () => {
       'Target to provision?',
       'Prepare schema',
     ]);
-    expect(visited).toContain('Verify before cutover');
+    expect(visited.filter((s) => s === 'Assess source')).toHaveLength(1);
+    expect(visited.filter((s) => s === 'Await cutover approval')).toHaveLength(1);
+    const approval = visited.indexOf('Await cutover approval');
+    expect(visited.slice(approval, approval + 3)).toEqual([
+      'Await cutover approval',
+      'Cutover approved',
+      'Begin catch-up',
+    ]);
+    expect(visited.indexOf('Verify before cutover')).toBeGreaterThan(approval);
     expect(visited.slice(-3)).toEqual(['Verify', 'Clean up requested?', 'Migrated']);
-    expect(visited).not.toContain('Await cutover approval');
+    // The approval state is one entry, from when the execution began to wait to when cutover approved it.
+    const approved = execution?.states.find((s) => s.state === 'Await cutover approval');
+    expect(approved?.enteredAt).toBe(waitingEntry?.enteredAt);
+    expect(approved?.summary).toMatch(/^approved with pgferry cutover/);
+    expect(Date.parse(approved?.leftAt ?? '')).toBeGreaterThan(Date.parse(execution?.continued?.[0]?.at ?? ''));
+    // The token was taken once, and its completion is gone with the execution.
+    expect(JSON.parse(readFileSync(`${rt.stateDir}/${m.id}.tokens.json`, 'utf8'))).toEqual({});
+    expect(existsSync(`${rt.stateDir}/callbacks/${m.id}`)).toBe(false);
     const cutState = execution?.states.find((s) => s.state === 'Cut over');
     expect(cutState?.summary).toMatch(/write gap/);
-    expect(execution?.states.find((s) => s.state === 'Prepare schema')?.summary).toMatch(/^already done/);
+    expect(execution?.states.find((s) => s.state === 'Prepare schema')?.summary).toBe('schema restored');
 
     // status shows it state by state, the catch-up loop folded into one line.
     const status = await run(['status', '--id', m.id, '--offline']);
-    expect(status.stdout).toContain('Execution (cutover');
+    expect(status.stdout).toContain('Execution (migrate');
+    expect(status.stdout).toContain(', continued by cutover at ');
     expect(status.stdout).toMatch(/Check lag ×\d+/);
     expect(status.stdout).toMatch(/Cut over\s+.*write gap/);
     // Only the migration id travels in the execution: no password in the history.
@@ -80,7 +115,12 @@ describe('the workflow definition, run locally', () => {
     const { pair, rt } = await fixture.setup('wf_back', 300);
     const writer = fixture.writer(rt);
     const m = await newMigration(rt, pair, { cutover: 'auto' });
+    // The worker's callback tasks run in-process and complete their tokens through the local registry.
+    const succeeded = vi.spyOn(LocalTaskCallbacks.prototype, 'succeed');
     await advance(rt, m.id, { cutover: 'auto' });
+    const completed = succeeded.mock.calls.map(([token]) => token.split(':')[2]);
+    succeeded.mockRestore();
+    expect(completed).toEqual(['prepareSchema', 'bulkLoad', 'verifyBeforeSwitch', 'verify']);
     await sleep(300);
     const rolled = await rollbackMigration(rt, m.id);
     await sleep(300);
@@ -127,5 +167,58 @@ describe('the workflow definition, run locally', () => {
     const before = (await writer.stop()).acked;
     expect(before).toBeGreaterThan(0);
     await pair.source("INSERT INTO audit_log (actor, action) VALUES ('test', 'after-failure')");
+  });
+
+  it('a cutover killed once it approved leaves a state the next cutover continues from, losing nothing', async () => {
+    const { pair, rt } = await fixture.setup('wf_kill', 300);
+    const writer = fixture.writer(rt);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    const waiting = readExecution(rt.stateDir, m.id);
+    expect(waiting?.status).toBe('awaiting-approval');
+    // kill -9 as soon as the approval is given (its completion written), before the execution goes on.
+    const child = spawn(process.execPath, [bin, 'cutover', '--id', m.id, '--state-dir', rt.stateDir], {
+      stdio: 'ignore',
+    });
+    const exited = new Promise((r) => child.on('exit', r));
+    const dir = `${rt.stateDir}/callbacks/${m.id}`;
+    const registry = new LocalTaskCallbacks(rt.stateDir);
+    while (!registry.result(waiting?.waiting?.token ?? '-')) {
+      if (child.exitCode !== null) throw new Error(`cutover exited (${child.exitCode}) before approving`);
+      await sleep(2);
+    }
+    child.kill('SIGKILL');
+    await exited;
+    expect(await rt.store.takeTaskToken?.(m.id, 'awaitApproval')).toBeUndefined();
+    // The next cutover goes on: the same execution when the killed one had not started it again,
+    // otherwise a new one whose done-checks skip what is done.
+    const state = await advance(rt, m.id, { cutover: 'now' });
+    expect(state.status).toBe('cut-over');
+    await sleep(300);
+    await writer.stop();
+    expect(await writer.lostWrites(pair.targetUrl)).toEqual([]);
+    expect(await frozen(pair, 'target')).toBe(false); // the application writes there now
+    const execution = readExecution(rt.stateDir, m.id);
+    expect(execution).toMatchObject({ status: 'succeeded', lastState: STATE.migrated });
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  it('continues the waiting execution when an approval was given by a cutover that stopped before going on', async () => {
+    const { pair, rt } = await fixture.setup('wf_cont', 200);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    const waiting = readExecution(rt.stateDir, m.id);
+    // What a cutover does first; it stopped there (killed, its machine rebooted).
+    expect(await completeApproval(rt, m.id)).toBe(true);
+    expect(await completeApproval(rt, m.id)).toBe(false);
+    const state = await advance(rt, m.id, { cutover: 'now' });
+    expect(state.status).toBe('cut-over');
+    const execution = readExecution(rt.stateDir, m.id);
+    expect(execution).toMatchObject({
+      startedAt: waiting?.startedAt,
+      status: 'succeeded',
+      continued: [{ command: 'cutover' }],
+    });
+    expect(tasksOf(execution?.states ?? []).filter((s) => s === 'Assess source')).toHaveLength(1);
   });
 });

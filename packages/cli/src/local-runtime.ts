@@ -14,10 +14,13 @@ import {
   PgferryError,
   STATE,
   type TaskInput,
+  type TaskName,
+  type TaskOutput,
   WORKFLOW_TASKS,
   type WorkflowInput,
 } from '@pgferry/core';
 import { openSession, runWorkflowTask, type Session, sleep, type TaskDeps } from '@pgferry/postgres';
+import { LocalTaskCallbacks } from './local-callbacks';
 import type { ExecutionOutcome, HistoryEntry } from './local-workflow';
 import type { Runtime } from './runner';
 
@@ -36,6 +39,14 @@ export interface ExecutionRecord {
   error?: string;
   /** Oldest first; at most HISTORY_KEPT (the catch-up loop repeats its states). */
   states: HistoryEntry[];
+  /**
+   * Where a suspended execution waits (status `awaiting-approval`): the callback state, its task
+   * token (kept in the store for whoever approves) and the input the state was entered with. `pgferry
+   * cutover` completes the token and continues this execution from here.
+   */
+  waiting?: { state: string; task: TaskName; token: string; since: string; input: unknown };
+  /** The commands that continued this execution after it waited (`pgferry cutover`). */
+  continued?: { command: string; at: string }[];
 }
 
 /** States kept per execution: a long catch-up repeats "Wait", "Check lag", "Caught up?" every sample. */
@@ -75,14 +86,25 @@ export interface LocalResult {
 }
 
 /**
- * Run one execution of the workflow for a stored (and claimed) migration. A callback step that waits
- * for a person ("Await cutover approval") ends the execution locally: the migration is recorded as
- * awaiting the cutover, and `pgferry cutover` starts a new execution, approved, whose tasks skip what
- * is done by their done-checks.
+ * Run one execution of the workflow for a stored (and claimed) migration. Callback states run with a
+ * task token of the local registry (local-callbacks.ts): a worker task completes its own token, as the
+ * Fargate worker does, and the state's result is read from the completion. A state whose token nobody
+ * has completed when its task returns ("Await cutover approval": a person completes it) suspends the
+ * execution: it is recorded as waiting there, with its token and input, and the command returns.
+ * `continueFrom` (`pgferry cutover`, the token completed) continues that same execution at that state.
  */
-export async function executeLocally(rt: Runtime, input: WorkflowInput, command: string): Promise<LocalResult> {
+export async function executeLocally(
+  rt: Runtime,
+  input: WorkflowInput,
+  command: string,
+  continueFrom?: ExecutionRecord,
+): Promise<LocalResult> {
   const { runLocalWorkflow } = await import('./local-workflow');
   const id = input.migrationId;
+  const registry = new LocalTaskCallbacks(rt.stateDir);
+  const waited = continueFrom?.waiting;
+  // A new execution: tokens of earlier ones complete nothing any more.
+  if (!waited) registry.clear(id);
   // Opened before the execution, as the commands always did: servers that do not answer fail the
   // command with nothing recorded, instead of a task failure the failure policy would act on.
   const session: Session = await openSession(rt.store, id, {
@@ -103,14 +125,15 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
     session: async () => session,
     thrown: (e) => thrown.get(key(e.Error, e.Cause)),
   };
-  const record: ExecutionRecord = {
-    migrationId: id,
-    command,
-    input,
-    startedAt: new Date().toISOString(),
-    status: 'running',
-    states: [],
-  };
+  const record: ExecutionRecord = continueFrom
+    ? {
+        ...continueFrom,
+        status: 'running',
+        endedAt: undefined,
+        waiting: undefined,
+        continued: [...(continueFrom.continued ?? []), { command, at: new Date().toISOString() }],
+      }
+    : { migrationId: id, command, input, startedAt: new Date().toISOString(), status: 'running', states: [] };
   let flushed = 0;
   const flush = (force = false) => {
     if (!force && Date.now() - flushed < FLUSH_EVERY_MS) return;
@@ -121,7 +144,46 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
       rt.events.log(`warning: the execution history could not be written: ${errorMessage(err)}`);
     }
   };
-  let waitingForApproval = false;
+  flush(true);
+  let suspended: { task: TaskName; token: string } | undefined;
+  /** The state's result, from its token's completion (as Step Functions hands it on); undefined: nobody completed it. */
+  const completed = (token: string, caught: unknown): TaskOutput | undefined => {
+    const c = registry.result(token);
+    if (!c) return undefined;
+    if (c.status === 'succeeded') return c.output as TaskOutput;
+    // The error as thrown (its class gives the exit code), or as the completion names it.
+    const err = caught ?? thrown.get(key(c.error, c.cause)) ?? Object.assign(new Error(c.cause), { name: c.error });
+    throw err;
+  };
+  const callbackTask = async (task: TaskName, taskInput: TaskInput): Promise<TaskOutput> => {
+    // The execution continued: the state it waited in answers from the token someone completed.
+    if (waited && task === waited.task && !resumed) {
+      resumed = true;
+      const output = completed(waited.token, undefined);
+      if (output) return output;
+      throw new PgferryError(`the approval of migration ${id} was not given: its task token is not completed`, {
+        migrationId: id,
+      });
+    }
+    const token = LocalTaskCallbacks.mint(id, task);
+    let caught: unknown;
+    try {
+      // A worker task completes its token itself (runWorkflowTask with callbacks); "Await cutover
+      // approval" files it in the store for whoever approves.
+      await runWorkflowTask(task, { ...taskInput, taskToken: token }, { ...deps, callbacks: registry });
+    } catch (err) {
+      caught = err;
+      if (err instanceof Error) thrown.set(key(err.name, err.message), err);
+    }
+    const output = completed(token, caught);
+    if (output) return output;
+    if (caught) throw caught;
+    // Nobody completed it yet: a person will. Locally the execution stops here and is continued later.
+    suspended = { task, token };
+    run.abort();
+    return { summary: 'waiting for its task token to be completed' };
+  };
+  let resumed = false;
   const run = runLocalWorkflow(
     input,
     async (task, taskInput: TaskInput) => {
@@ -132,13 +194,11 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
         const waitMs = (gate?.memory as { nextWaitMs?: number } | undefined)?.nextWaitMs;
         if (waitMs) await sleep(waitMs);
       }
+      // "Provision target" stays inline: locally there is no target to provision.
+      if ((WORKFLOW_TASKS[task] as { callback?: boolean }).callback && task !== 'provisionTarget')
+        return callbackTask(task, taskInput);
       try {
-        const output = await runWorkflowTask(task, taskInput, deps);
-        if (task === 'awaitApproval') {
-          waitingForApproval = true;
-          run.abort();
-        }
-        return output;
+        return await runWorkflowTask(task, taskInput, deps);
       } catch (err) {
         if (err instanceof Error) thrown.set(key(err.name, err.message), err);
         throw err;
@@ -146,8 +206,16 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
     },
     {
       waitMs: { [STATE.waitSample]: 0, [STATE.bake]: 0 },
+      startAt: waited && { state: waited.state, input: waited.input },
       onHistory: (entry, event) => {
-        if (event === 'entered') record.states = [...record.states.slice(-(HISTORY_KEPT - 1)), entry];
+        if (event === 'entered') {
+          // The state it waited in is one entry, from when it was entered first to when it is left.
+          const last = record.states.at(-1);
+          if (waited && !record.states.includes(entry) && last?.state === entry.state && !last.leftAt) {
+            entry.enteredAt = last.enteredAt;
+            record.states = [...record.states.slice(0, -1), entry];
+          } else record.states = [...record.states.slice(-(HISTORY_KEPT - 1)), entry];
+        }
         flush();
       },
     },
@@ -158,9 +226,29 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
   } finally {
     await session.close();
   }
-  record.endedAt = new Date().toISOString();
-  record.status = waitingForApproval ? 'awaiting-approval' : outcome.status;
   record.lastState = outcome.lastState;
+  if (suspended) {
+    const state = WORKFLOW_TASKS[suspended.task].state;
+    record.status = 'awaiting-approval';
+    record.waiting = {
+      state,
+      task: suspended.task,
+      token: suspended.token,
+      since: new Date().toISOString(),
+      input: run.inputOf(state),
+    };
+    // Still in that state: it is left when the execution continues.
+    const entry = record.states.findLast((e) => e.state === state);
+    if (entry) {
+      entry.leftAt = undefined;
+      entry.ms = undefined;
+      entry.summary = 'waiting for its task token to be completed';
+    }
+  } else {
+    record.endedAt = new Date().toISOString();
+    record.status = outcome.status;
+    registry.clear(id);
+  }
   if (outcome.error) record.error = `${outcome.error}: ${outcome.cause ?? ''}`;
   flush(true);
   const state = await rt.store.get(id);
@@ -171,6 +259,27 @@ export async function executeLocally(rt: Runtime, input: WorkflowInput, command:
       migrationId: id,
     });
   return { outcome, state, error };
+}
+
+/**
+ * Give the approval a waiting execution asks for (`pgferry cutover`): the token "Await cutover
+ * approval" filed in the store is taken (one taker, in any process) and completed through the local
+ * registry. True when this call completed it.
+ */
+export async function completeApproval(rt: Pick<Runtime, 'store' | 'stateDir'>, id: string): Promise<boolean> {
+  const token = await rt.store.takeTaskToken?.(id, 'awaitApproval');
+  if (!token) return false;
+  return new LocalTaskCallbacks(rt.stateDir).succeed(token, {
+    summary: `approved with pgferry cutover at ${new Date().toISOString()}`,
+  });
+}
+
+/** The last execution, when it waits in a callback state whose token is completed: it can go on. */
+export function continuableExecution(stateDir: string, id: string): ExecutionRecord | undefined {
+  const record = readExecution(stateDir, id);
+  const waiting = record?.status === 'awaiting-approval' ? record.waiting : undefined;
+  if (!waiting || !new LocalTaskCallbacks(stateDir).result(waiting.token)) return undefined;
+  return record;
 }
 
 /** The states the catch-up loop repeats every sample: shown as one line, with the count and the last summary. */
@@ -187,7 +296,13 @@ function duration(ms: number | undefined): string {
 
 /** The last execution state by state, as the Step Functions console's execution view lists it. */
 export function describeExecution(r: ExecutionRecord): string {
-  const head = `Execution (${r.command}, started ${r.startedAt}): ${r.status}${r.lastState && r.status !== 'succeeded' ? ` at "${r.lastState}"` : ''}${r.error ? ` — ${r.error}` : ''}`;
+  const continued = (r.continued ?? []).map((c) => `, continued by ${c.command} at ${c.at}`).join('');
+  const at = r.waiting
+    ? ` at "${r.waiting.state}"`
+    : r.lastState && r.status !== 'succeeded'
+      ? ` at "${r.lastState}"`
+      : '';
+  const head = `Execution (${r.command}, started ${r.startedAt}${continued}): ${r.status}${at}${r.error ? ` — ${r.error}` : ''}`;
   const lines: string[] = [head];
   const row = (
     entered: string | undefined,
@@ -217,5 +332,9 @@ export function describeExecution(r: ExecutionRecord): string {
     row(first.enteredAt, end.leftAt, ms, `Check lag ×${samples.length}`, text);
     i = j;
   }
+  if (r.waiting)
+    lines.push(
+      `  waiting since ${r.waiting.since}: \`pgferry cutover --id ${r.migrationId}\` completes its task token and continues this execution`,
+    );
   return lines.join('\n');
 }

@@ -65,6 +65,8 @@ export interface LocalExecution {
   done: Promise<ExecutionOutcome>;
   /** Stop at the current state (a callback step that waits for a person, locally). */
   abort(): void;
+  /** The input `state` was last entered with (read once `done` resolves: the event log is then read whole). */
+  inputOf(state: string): unknown;
 }
 
 export interface RunOptions {
@@ -74,6 +76,11 @@ export interface RunOptions {
   waitMs?: Record<string, number>;
   /** Retry intervals locally, in ms. */
   retryMs?: Record<string, number>;
+  /**
+   * Continue a suspended execution: start at `state` with the input it was entered with (the
+   * definition's own StartAt is replaced; aws-local-stepfunctions has no other way in).
+   */
+  startAt?: { state: string; input: unknown };
 }
 
 function lambdaResult(task: TaskName, output: TaskOutput): unknown {
@@ -117,9 +124,11 @@ function at$(value: unknown, path: string): unknown {
 export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, options: RunOptions = {}): LocalExecution {
   let stop: (() => void) | undefined;
   let stopAsked = false;
+  /** The input each state was last entered with (what a suspended execution continues from). */
+  const inputs = new Map<string, unknown>();
   const done = (async () => {
     const sfn = await import('aws-local-stepfunctions');
-    return execute(sfn, input, handler, options, (abort) => {
+    return execute(sfn, input, handler, options, inputs, (abort) => {
       stop = abort;
       if (stopAsked) abort();
     });
@@ -130,6 +139,7 @@ export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, opt
       stopAsked = true;
       stop?.();
     },
+    inputOf: (state) => inputs.get(state),
   };
 }
 
@@ -138,10 +148,17 @@ async function execute(
   input: WorkflowInput,
   handler: TaskHandler,
   options: RunOptions,
+  inputs: Map<string, unknown>,
   started: (abort: () => void) => void,
 ): Promise<ExecutionOutcome> {
   const { ExecutionAbortedError, ExecutionError, StateMachine } = sfn;
-  const machine = new StateMachine(JSON.parse(workflowDefinitionJson()), {
+  const definition = JSON.parse(workflowDefinitionJson()) as { StartAt: string; States: Record<string, unknown> };
+  if (options.startAt) {
+    if (!(options.startAt.state in definition.States))
+      throw new Error(`no state "${options.startAt.state}" in the workflow definition to continue from`);
+    definition.StartAt = options.startAt.state;
+  }
+  const machine = new StateMachine(definition as never, {
     // Not validated again on every command (about 0.3 s of every migrate, resume, cutover and rollback):
     // it is the very text the tests validate with asl-validator and aws-local-stepfunctions' own checks.
     validationOptions: { noValidate: true },
@@ -154,17 +171,14 @@ async function execute(
       return lambdaResult(task, completeOutput(task, await handler(task, taskInputFrom(task, parameters))));
     };
   }
-  const execution = machine.run(
-    { ...input },
-    {
-      overrides: {
-        taskResourceLocalHandlers: handlers as never,
-        waitTimeOverrides: options.waitMs,
-        retryIntervalOverrides: options.retryMs,
-      },
-      context: { Task: { Token: `local:${input.migrationId}` } },
+  const execution = machine.run((options.startAt ? options.startAt.input : { ...input }) as never, {
+    overrides: {
+      taskResourceLocalHandlers: handlers as never,
+      waitTimeOverrides: options.waitMs,
+      retryIntervalOverrides: options.retryMs,
     },
-  );
+    context: { Task: { Token: `local:${input.migrationId}` } },
+  });
   started(() => execution.abort());
   let last: string | undefined;
   const open = new Map<string, HistoryEntry>();
@@ -183,7 +197,7 @@ async function execute(
     for await (const e of execution.eventLogs as AsyncIterable<{
       type: string;
       timestamp: number;
-      state?: { name: string; type: string; output?: unknown };
+      state?: { name: string; type: string; input?: unknown; output?: unknown };
       Error?: string;
       Cause?: string;
     }>) {
@@ -194,6 +208,7 @@ async function execute(
         last = name;
         const entry: HistoryEntry = { state: name, type: e.state.type, enteredAt: at };
         open.set(name, entry);
+        inputs.set(name, e.state.input);
         options.onHistory?.(entry, 'entered');
       } else if (e.type === 'StateRetried') {
         const entry = open.get(name);

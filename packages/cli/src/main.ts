@@ -24,21 +24,20 @@ import {
   wasInterrupted,
   whenIdle,
 } from '@pgferry/postgres';
-import { describeExecution, readExecution } from './local-runtime';
-import { createOutput, describeLive, describeState, type Output } from './output';
+import { createOutput, describeState, type Output } from './output';
 import { planCommand, startCommand } from './plans';
 import { reportId, writeHtmlReport } from './report';
 import {
   advance,
   cleanupMigration,
   createMigration,
-  inspectMigration,
   type Runtime,
   reconfigure,
   rollbackMigration,
   unfreezeMigration,
   useCredentials,
 } from './runner';
+import { runStatus } from './status';
 import { FileMigrationStore } from './store';
 import {
   awsTaskCallbacks,
@@ -83,7 +82,7 @@ Usage: pgferry <command> [options]
 Commands:
   assess    Check a source (and target) for what would block or complicate a migration
   migrate   Start a migration: schema, bulk load, replication, and (with --cutover auto) cutover and verify
-  status    Show one migration (--id) or list all
+  status    Show one migration (ID; --watch follows it) or list all
   cutover   Cut over a migration waiting at catch-up (--cutover manual), then verify
   rollback  Roll back: before cutover remove what pgferry created; after cutover switch back losing nothing
   cleanup   Remove replication objects and pgferry's marker on both sides after cutover or rollback
@@ -157,14 +156,24 @@ PostgreSQL 11 is a blocker.
   --id ID               migration id (default generated); object names derive from it
   --yes                 do not ask for confirmation (required when stdin is not a terminal)
   --json                JSON lines on stdout`,
-  status: `Usage: pgferry status [--id ID] [--offline] [--source URL] [--target URL] [--json]
+  status: `Usage: pgferry status [ID] [--offline] [--watch [--interval S]] [--table NAME [--region R]]
+                      [--source URL] [--target URL] [--json]
 
-Without --id, lists the migrations in the state directory. With --id, shows one migration's recorded
-state and its last workflow execution state by state (entered, left, duration, summary; the catch-up
-loop folded into one "Check lag ×N" line), then checks both servers (read-only): its replication slots and the WAL they retain, publications,
+Without an id, lists the migrations in the state directory (or, with --table, in the deployed table).
+With an id (or --id ID): its status, each phase with its start, end and duration (UTC), the lag now in
+bytes and seconds, the write gap, the verification, and what to do next; then its last workflow
+execution state by state (entered, left, duration, summary; the catch-up loop folded into one "Check
+lag ×N" line; an execution waiting for the cutover's approval says so); then it checks both servers
+(read-only): its replication slots and the WAL they retain, publications,
 subscriptions and their apply workers, whether a database is read-only, and whether a pgferry process is
 connected. Lines marked ATTENTION need someone (a slot nobody reads after a crash fills the source's
 disk) and say which command puts it right. --offline shows only the recorded state.
+--watch               redraw the recorded state every --interval seconds (default 2; at least 0.1): in
+                      place on a terminal, appended on a pipe (only when it changed). Ends when the
+                      migration settles (its execution ended, or it is over) or on Ctrl-C, exit 0
+--table NAME          read the migration from a deployed stack's DynamoDB table instead of the state
+                      directory (recorded state only; the execution is in the Step Functions console);
+                      --region R its region (default: the AWS environment's, as the AWS SDK finds it)
 status changes nothing, except with --source/--target:
 ${CREDENTIALS}`,
   cutover: `Usage: pgferry cutover --id ID [--report PATH] [--on-switch CMD] [--switch-file PATH]
@@ -267,12 +276,14 @@ const OPTIONS = {
   json: { type: 'boolean' },
   force: { type: 'boolean' },
   offline: { type: 'boolean' },
+  watch: { type: 'boolean' },
+  interval: { type: 'string' },
+  table: { type: 'string' },
+  region: { type: 'string' },
   rows: { type: 'string' },
   'target-version': { type: 'string' },
   'state-dir': { type: 'string' },
   html: { type: 'string' },
-  table: { type: 'string' },
-  region: { type: 'string' },
   'state-machine-arn': { type: 'string' },
   'requested-by': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
@@ -300,7 +311,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'id',
     'yes',
   ],
-  status: ['id', 'offline', 'source', 'target'],
+  status: ['id', 'offline', 'source', 'target', 'watch', 'interval', 'table', 'region'],
   cutover: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
   rollback: ['id', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
   cleanup: ['id', 'force', 'source', 'target'],
@@ -521,8 +532,8 @@ export async function main(argv: string[]): Promise<number> {
       ({ values, positionals } = parseArgs({
         args: joinDashValues(argv.slice(command ? (subcommand ? 2 : 1) : 0)),
         options: OPTIONS,
-        // `report` takes the id (as issue 13 spells the command), `plan` a file or name, `start` a plan; the others --id.
-        allowPositionals: command === 'report' || command === 'plan' || command === 'start',
+        // `report` and `status` take the id (as issue 13 spells them), `plan` a file or name, `start` a plan; the others --id.
+        allowPositionals: command === 'report' || command === 'status' || command === 'plan' || command === 'start',
         strict: true,
       }));
     } catch (err) {
@@ -554,10 +565,16 @@ export async function main(argv: string[]): Promise<number> {
     const switchFile = writablePath(values['switch-file'], '--switch-file');
     const rt: Runtime = { store: new FileMigrationStore(stateDir), stateDir, events: out };
     // A stored migration's commands take --source/--target only to bring new credentials (a rotated password).
-    if (command !== 'migrate' && command !== 'assess' && values.id && (values.source || values.target))
+    // (`pgferry status ID` names it as its argument.)
+    const storedId = values.id ?? (command === 'status' ? positionals[0] : undefined);
+    if (command === 'status' && values.table && (values.source || values.target))
+      throw new InvalidInputError('--source/--target bring new credentials to a local migration, not to --table', {
+        field: values.source ? '--source' : '--target',
+      });
+    if (command !== 'migrate' && command !== 'assess' && storedId && (values.source || values.target))
       await useCredentials(
         rt,
-        values.id,
+        storedId,
         { sourceUrl: values.source, targetUrl: values.target },
         // status too, as the README says: with the old password a subscription stops at its next reconnect.
         // (Not unfreeze: the target it is used for is gone.)
@@ -647,33 +664,20 @@ export async function main(argv: string[]): Promise<number> {
         out.result(state, finalText(state));
         return exitCodeFor(state);
       }
-      case 'status': {
-        if (values.id) {
-          const s = await rt.store.get(values.id);
-          // The last execution of the workflow, state by state (what the Step Functions console shows).
-          const execution = readExecution(stateDir, values.id);
-          const shown = execution ? `\n${describeExecution(execution)}` : '';
-          // A cleaned-up migration has nothing left on the servers, nor the passwords to look.
-          if (values.offline || s.status === 'cleaned-up')
-            out.result({ ...s, execution }, `${describeState(s)}${shown}`);
-          else {
-            const live = await inspectMigration(rt, values.id);
-            out.result({ ...s, execution, live }, `${describeState(s)}${shown}\n${describeLive(live)}`);
-          }
-        } else {
-          const { migrations, unreadable } = await rt.store.list();
-          const lines = [
-            ...migrations.map(
-              (s) =>
-                `${s.id}  ${s.status.padEnd(16)} ${s.phase.padEnd(18)} ${s.config.sourceUrl} → ${s.config.targetUrl}`,
-            ),
-            ...unreadable.map((u) => `${u.id}  UNREADABLE: ${u.problem}`),
-          ];
-          out.result(migrations, lines.length ? lines.join('\n') : `no migrations in ${stateDir}`);
-          if (out.json) for (const u of unreadable) out.log(`warning: ${u.problem}`);
-        }
-        return EXIT_CODES.ok;
-      }
+      case 'status':
+        return await runStatus(
+          {
+            positionals,
+            id: values.id,
+            offline: values.offline,
+            watch: values.watch,
+            interval: values.interval,
+            table: values.table,
+            region: values.region,
+          },
+          rt,
+          out,
+        );
       case 'cutover': {
         const id = need(values.id, '--id', 'cutover');
         const state = await advance(rt, id, { cutover: 'now' });

@@ -98,14 +98,37 @@ export function createOutput(options: { json: boolean; stream?: NodeJS.WriteStre
   };
 }
 
-export function describeState(s: MigrationState): string {
+const clockOf = (iso: string | undefined) => (iso ? iso.slice(11, 23) : '');
+const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+/** A phase as `pgferry status ID` lists it: start, end, duration, summary. */
+function timelineLine(phase: Phase, rec: { startedAt?: string; endedAt?: string; summary?: string }): string {
+  const title = PHASE_TITLES[phase].padEnd(18);
+  const summary = rec.summary ? `  ${rec.summary}` : '';
+  if (!rec.startedAt) return `    ${title}${summary}`.trimEnd();
+  // Not ended: a command may be running it, or it was stopped (status cannot tell from the state).
+  if (!rec.endedAt)
+    return `    ${title} (running or interrupted) since ${clockOf(rec.startedAt)}, ${seconds(Date.now() - Date.parse(rec.startedAt))} so far${summary}`;
+  const took = seconds(Date.parse(rec.endedAt) - Date.parse(rec.startedAt));
+  return `    ${title} ${clockOf(rec.startedAt)} → ${clockOf(rec.endedAt)} ${took.padStart(10)}${summary}`;
+}
+
+/**
+ * A stored migration in words. `timeline` (`pgferry status ID`): each phase with start, end and
+ * duration, and the lag in bytes and seconds.
+ */
+export function describeState(s: MigrationState, options: { timeline?: boolean } = {}): string {
   const lines = [
     `migration ${s.id}: ${s.status} (phase: ${PHASE_TITLES[s.phase]})`,
     `  source ${s.config.sourceUrl}${s.sourceVersion ? ` (PostgreSQL ${s.sourceVersion})` : ''}`,
     `  target ${s.config.targetUrl}${s.targetVersion ? ` (PostgreSQL ${s.targetVersion})` : ''}`,
     `  strategy ${s.config.strategy}, jobs ${s.config.jobs}, cutover ${s.config.cutover}`,
   ];
-  for (const [phase, rec] of Object.entries(s.phases)) {
+  if (options.timeline) {
+    lines.push(`  phases (UTC)${''.padEnd(9)}start          end              took`);
+    for (const [phase, rec] of Object.entries(s.phases)) if (rec) lines.push(timelineLine(phase as Phase, rec));
+  }
+  for (const [phase, rec] of Object.entries(options.timeline ? {} : s.phases)) {
     if (!rec) continue;
     const took =
       rec.startedAt && rec.endedAt
@@ -117,7 +140,11 @@ export function describeState(s: MigrationState): string {
   }
   if (s.rowsCopied !== undefined) lines.push(`  copied ${s.rowsCopied} rows, ${formatBytes(s.bytesCopied ?? 0)} sent`);
   const lag = s.lag?.at(-1);
-  if (lag && !s.cutover?.switchAt)
+  if (lag && !s.cutover?.switchAt && options.timeline)
+    lines.push(
+      `  lag now: ${formatBytes(lag.bytes)} (${lag.bytes} bytes), ${(lag.ms / 1000).toFixed(2)} s behind, sampled at ${clockOf(lag.at)}; slot retains ${formatBytes(s.walRetainedBytes ?? 0)}`,
+    );
+  else if (lag && !s.cutover?.switchAt)
     lines.push(
       `  lag ${lag.ms} ms / ${lag.bytes} bytes at ${lag.at}; slot retains ${formatBytes(s.walRetainedBytes ?? 0)}`,
     );

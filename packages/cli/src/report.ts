@@ -406,22 +406,23 @@ export function writeHtmlReport(path: string, state: MigrationState): void {
 }
 
 /** `pgferry report ID` or `pgferry report --id ID`: exactly one of them. */
-export function reportId(positionals: string[], id: string | undefined): string {
+export function reportId(positionals: string[], id: string | undefined, command = 'report'): string {
+  const usage = command === 'report' ? 'pgferry report ID --html FILE' : `pgferry ${command} ID`;
   if (positionals.length > 1)
     throw new InvalidInputError(
-      `pgferry report takes one migration id (got ${positionals.length}: ${positionals.join(' ')})`,
+      `pgferry ${command} takes one migration id (got ${positionals.length}: ${positionals.join(' ')})`,
       {
         field: 'ID',
-        hint: 'pgferry report ID --html FILE',
+        hint: usage,
       },
     );
   if (positionals.length && id !== undefined && positionals[0] !== id)
     throw new InvalidInputError(`two different ids: ${positionals[0]} and --id ${id}; give one`, { field: '--id' });
   const chosen = positionals[0] ?? id;
   if (!chosen)
-    throw new InvalidInputError('pgferry report needs the migration id', {
+    throw new InvalidInputError(`pgferry ${command} needs the migration id`, {
       field: 'ID',
-      hint: 'pgferry report ID --html FILE (pgferry status lists the ids)',
+      hint: `${usage} (pgferry status lists the ids)`,
     });
   return chosen;
 }

@@ -46,7 +46,7 @@ import {
   unreachable,
   updateSubscriptionConnection,
 } from '@pgferry/postgres';
-import { executeLocally } from './local-runtime';
+import { completeApproval, continuableExecution, executeLocally } from './local-runtime';
 
 export interface RunnerEvents {
   log(message: string): void;
@@ -307,11 +307,23 @@ function assertNoUnfinishedRollback(state: MigrationState) {
 /**
  * Advance a migration as far as it may go: to a steady catch-up (manual) or through cutover and
  * verify (auto, or `now` when the user runs `pgferry cutover`). One execution of the workflow
- * definition (local-runtime.ts); its tasks skip what is done.
+ * definition (local-runtime.ts); its tasks skip what is done. `pgferry cutover` on an execution
+ * waiting at "Await cutover approval" completes its token and continues that execution instead.
  */
 export function advance(rt: Runtime, id: string, options: AdvanceOptions): Promise<MigrationState> {
   return claimed(rt, id, async () => {
-    assertAdvanceable(await rt.store.get(id));
+    const state = await rt.store.get(id);
+    assertAdvanceable(state);
+    if (options.cutover === 'now' && state.status === 'awaiting-cutover') {
+      await completeApproval(rt, id);
+      // Completed now, or by a cutover that stopped before it went on.
+      const waiting = continuableExecution(rt.stateDir, id);
+      if (waiting) {
+        const r = await executeLocally(rt, waiting.input, 'cutover', waiting);
+        if (r.error) throw r.error;
+        return r.state;
+      }
+    }
     const input = workflowInput(id, 'migrate', options.cutover);
     const r = await executeLocally(rt, input, options.cutover === 'now' ? 'cutover' : 'migrate');
     if (r.error) throw r.error;
@@ -346,6 +358,8 @@ export function rollbackMigration(rt: Runtime, id: string): Promise<MigrationSta
 }
 
 async function rollbackClaimed(rt: Runtime, id: string): Promise<MigrationState> {
+  // An approval still awaited is moot: nobody may complete it after the rollback.
+  await rt.store.takeTaskToken?.(id, 'awaitApproval');
   const r = await executeLocally(rt, workflowInput(id, 'rollback'), 'rollback');
   if (r.error) throw r.error;
   return r.state;

@@ -235,12 +235,30 @@ export async function deployedWorkerStore(env: NodeJS.ProcessEnv): Promise<Migra
   return deployedTableStore(deploymentEnv(env).tableName);
 }
 
+/** DynamoDB's rule for a table name. */
+const TABLE_NAME = /^[A-Za-z0-9_.-]{3,255}$/;
+/** An AWS region's shape (us-east-1, eu-central-2, us-gov-west-1). */
+const REGION = /^[a-z]{2}(-[a-z]+)+-\d+$/;
+
 /**
- * The deployment's store on table `tableName` (the worker's, and the CLI's `--table`): DynamoDB and
- * Secrets Manager clients from the standard AWS configuration (credentials, AWS_REGION, endpoints),
- * `region` overriding the configured one.
+ * The deployed stack's table `tableName` as a migration store (the worker, `pgferry status --table`):
+ * credentials from Secrets Manager, as the Lambda functions read them. `region` defaults to the
+ * environment's (AWS_REGION, the profile), as the AWS SDK resolves it.
  */
-export async function deployedTableStore(tableName: string, region?: string): Promise<MigrationStore> {
+export async function deployedTableStore(
+  tableName: string,
+  region?: string,
+  fields: { table: string; region: string } = { table: 'table', region: 'region' },
+): Promise<MigrationStore> {
+  if (!TABLE_NAME.test(tableName))
+    throw new InvalidInputError(
+      `${fields.table} "${tableName.slice(0, 80)}" is not a DynamoDB table name: 3-255 letters, digits, _ . or -`,
+      { field: fields.table, hint: "the stack's migration table (its PGFERRY_TABLE_NAME)" },
+    );
+  if (region !== undefined && !REGION.test(region))
+    throw new InvalidInputError(`${fields.region} "${region.slice(0, 40)}" is not an AWS region (such as eu-west-1)`, {
+      field: fields.region,
+    });
   const aws = await loadAwsAdapters();
   const [{ DynamoDBClient }, { SecretsManagerClient }] = await Promise.all([
     import('@aws-sdk/client-dynamodb'),

@@ -1,0 +1,188 @@
+/**
+ * `pgferry status ID`: one migration as a person checks on it — each phase with its start, end and
+ * duration, the current lag (bytes and seconds), the write gap, the verification, and what to do
+ * next; `--watch` redraws it every interval until the migration settles (or Ctrl-C).
+ */
+import {
+  EXIT_CODES,
+  FINISHED_STATUSES,
+  InvalidInputError,
+  type MigrationState,
+  type MigrationStore,
+} from '@pgferry/core';
+import { describeExecution, type ExecutionRecord, readExecution } from './local-runtime';
+import { describeLive, describeState, type Output } from './output';
+import { reportId } from './report';
+import { inspectMigration, type Runtime } from './runner';
+import { deployedTableStore } from './worker';
+
+/** What to do next, for a person reading the status. */
+export function nextStep(s: MigrationState, execution?: ExecutionRecord): string {
+  const id = s.id;
+  if (execution?.status === 'running')
+    return `a pgferry ${execution.command} is working on it (since ${execution.continued?.at(-1)?.at ?? execution.startedAt}); wait, or follow it with \`pgferry status ${id} --watch\``;
+  switch (s.status) {
+    case 'awaiting-cutover':
+      return `caught up and replicating: \`pgferry cutover --id ${id}\` when ready (or \`pgferry rollback --id ${id}\`)`;
+    case 'cut-over':
+      return `the application uses the target: \`pgferry rollback --id ${id}\` goes back; \`pgferry cleanup --id ${id}\` once satisfied`;
+    case 'rolled-back':
+      return `the application is back on the source: \`pgferry cleanup --id ${id}\` removes what pgferry left`;
+    case 'completed':
+    case 'cleaned-up':
+      return 'nothing: the migration is over';
+    case 'failed':
+      return (
+        s.failure?.hint ??
+        `see the failure above; \`pgferry rollback --id ${id}\` removes what is left, then start a new migration`
+      );
+    default:
+      return `no pgferry command is running it: \`pgferry resume --id ${id}\` continues (or \`pgferry rollback --id ${id}\`)`;
+  }
+}
+
+/** The status of one migration, as `pgferry status ID` prints it (without the live check of the servers). */
+export function describeStatus(s: MigrationState, execution?: ExecutionRecord): string {
+  const parts = [describeState(s, { timeline: true })];
+  if (execution) parts.push(describeExecution(execution));
+  parts.push(`next: ${nextStep(s, execution)}`);
+  return parts.join('\n');
+}
+
+/**
+ * The migration has settled: it is over, or its last execution ended without waiting for anyone
+ * (`--watch` stops there). An execution waiting for the approval, or one still running, is watched on.
+ */
+export function settled(s: MigrationState, execution?: ExecutionRecord): boolean {
+  if (FINISHED_STATUSES.includes(s.status) || s.status === 'failed') return true;
+  if (!execution || execution.status === 'running' || execution.status === 'awaiting-approval') return false;
+  // An execution ended (cut over, failed and stopped, aborted): nothing goes on until someone acts.
+  return true;
+}
+
+export interface WatchOptions {
+  /** Between two redraws. */
+  intervalMs: number;
+  /** One frame: the text to show and whether the migration has settled. */
+  frame(): Promise<{ text: string; done: boolean }>;
+  out: NodeJS.WritableStream & { isTTY?: boolean };
+  /** Resolves when the watch should stop (Ctrl-C). */
+  stop: Promise<void>;
+}
+
+/**
+ * Redraw `frame()` every interval: in place on a terminal, appended on a pipe (only frames that
+ * changed, each under a line with the time). Ends when the migration settles or `stop` resolves.
+ */
+export async function watch(o: WatchOptions): Promise<void> {
+  let stopped = false;
+  void o.stop.then(() => {
+    stopped = true;
+  });
+  let last: string | undefined;
+  for (;;) {
+    const { text, done } = await o.frame();
+    if (o.out.isTTY) o.out.write(`\x1b[H\x1b[2J${text}\n\n(refreshing every ${o.intervalMs / 1000} s; Ctrl-C ends)\n`);
+    else if (text !== last) o.out.write(`--- ${new Date().toISOString()}\n${text}\n`);
+    last = text;
+    if (done || stopped) return;
+    await Promise.race([new Promise((r) => setTimeout(r, o.intervalMs)), o.stop]);
+    if (stopped) return;
+  }
+}
+
+export interface StatusCommand {
+  positionals: string[];
+  id?: string;
+  offline?: boolean;
+  watch?: boolean;
+  /** Seconds between two redraws with --watch. */
+  interval?: string;
+  /** The deployed stack's DynamoDB table, instead of the state directory. */
+  table?: string;
+  region?: string;
+}
+
+/** Seconds, as milliseconds: at least 0.1 s. */
+function intervalMs(value: string | undefined): number {
+  if (value === undefined) return 2000;
+  const n = Number(value);
+  if (!/^\d+(\.\d+)?$/.test(value.trim()) || n < 0.1)
+    throw new InvalidInputError(`--interval must be a number of seconds, at least 0.1 (got "${value}")`, {
+      field: '--interval',
+    });
+  return Math.round(n * 1000);
+}
+
+/** `pgferry status [ID] [--watch [--interval S]] [--offline] [--table NAME [--region R]]`. */
+export async function runStatus(c: StatusCommand, rt: Runtime, out: Output): Promise<number> {
+  const id = c.positionals.length || c.id !== undefined ? reportId(c.positionals, c.id, 'status') : undefined;
+  if (c.region !== undefined && c.table === undefined)
+    throw new InvalidInputError('--region applies to the --table of a deployed stack', {
+      field: '--region',
+      hint: 'pgferry status ID --table NAME --region REGION',
+    });
+  if (c.interval !== undefined && !c.watch)
+    throw new InvalidInputError('--interval applies to --watch', { field: '--interval' });
+  if (c.watch && !id)
+    throw new InvalidInputError('--watch follows one migration: give its id', {
+      field: '--watch',
+      hint: 'pgferry status ID --watch (pgferry status lists the ids)',
+    });
+  if (c.watch && out.json)
+    throw new InvalidInputError('--watch redraws text for a person; --json prints the state once', {
+      field: '--watch',
+      hint: 'drop one of --watch and --json',
+    });
+  const every = intervalMs(c.interval);
+  // A deployed stack's table: the recorded state (its execution history is the Step Functions console's).
+  const store: MigrationStore = c.table
+    ? await deployedTableStore(c.table, c.region, { table: '--table', region: '--region' })
+    : rt.store;
+  const execution = (i: string) => (c.table ? undefined : readExecution(rt.stateDir, i));
+  if (!id) {
+    const { migrations, unreadable } = await store.list();
+    const lines = [
+      ...migrations.map(
+        (s) => `${s.id}  ${s.status.padEnd(16)} ${s.phase.padEnd(18)} ${s.config.sourceUrl} → ${s.config.targetUrl}`,
+      ),
+      ...unreadable.map((u) => `${u.id}  UNREADABLE: ${u.problem}`),
+    ];
+    out.result(migrations, lines.length ? lines.join('\n') : `no migrations in ${c.table ?? rt.stateDir}`);
+    if (out.json) for (const u of unreadable) out.log(`warning: ${u.problem}`);
+    return EXIT_CODES.ok;
+  }
+  if (c.watch) {
+    let stop: () => void = () => {};
+    const stopped = new Promise<void>((r) => {
+      stop = r;
+    });
+    // Ctrl-C ends the watch, not the migration it watches: exit 0.
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, stop);
+    try {
+      await watch({
+        intervalMs: every,
+        out: process.stdout,
+        stop: stopped,
+        frame: async () => {
+          const s = await store.get(id);
+          const e = execution(id);
+          return { text: describeStatus(s, e), done: settled(s, e) };
+        },
+      });
+    } finally {
+      for (const signal of ['SIGINT', 'SIGTERM'] as const) process.off(signal, stop);
+    }
+    return EXIT_CODES.ok;
+  }
+  const s = await store.get(id);
+  const e = execution(id);
+  // A cleaned-up migration has nothing left on the servers, nor the passwords to look; a deployed
+  // one's servers are in its VPC.
+  if (c.offline || c.table || s.status === 'cleaned-up') out.result({ ...s, execution: e }, describeStatus(s, e));
+  else {
+    const live = await inspectMigration(rt, id);
+    out.result({ ...s, execution: e, live }, `${describeStatus(s, e)}\n${describeLive(live)}`);
+  }
+  return EXIT_CODES.ok;
+}

@@ -1,0 +1,199 @@
+/**
+ * `pgferry status ID`: phases with start, end and duration, lag, write gap, verification and what to
+ * do next; `--watch` following a real migration through a pipe; `--table` reading a deployed stack's
+ * DynamoDB table (DynamoDB Local).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DynamoMigrationStore, type SecretsVault } from '../packages/aws/src/index';
+import { FileMigrationStore } from '../packages/cli/src/store';
+import type { MigrationSecrets, MigrationState } from '../packages/core/src/index';
+import { type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
+import { migrationFixture, newMigration, sleep } from './harness/migration';
+
+const fixture = migrationFixture();
+const bin = fileURLToPath(new URL('../packages/cli/bin/pgferry.mjs', import.meta.url));
+const PASSWORD = 'hunter2-s3cret';
+
+function started(args: string[], env: NodeJS.ProcessEnv = process.env) {
+  const child = spawn(process.execPath, [bin, ...args], { env });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c) => {
+    stdout += c;
+  });
+  child.stderr.on('data', (c) => {
+    stderr += c;
+  });
+  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  return { child, exit, out: () => stdout, err: () => stderr };
+}
+
+/** The frames `--watch` appended on a pipe. */
+const framesOf = (out: string) => out.split(/^--- \d{4}-\d\d-\d\dT[\d:.]+Z$/m).slice(1);
+
+function migration(id: string, at = new Date().toISOString()): MigrationState {
+  return {
+    id,
+    version: 0,
+    createdAt: at,
+    updatedAt: at,
+    status: 'running',
+    phase: 'catch-up',
+    config: {
+      id,
+      sourceUrl: 'postgres://app:***@source.example:5432/shop',
+      targetUrl: 'postgres://app:***@target.example:5432/shop',
+      strategy: 'snapshot',
+      jobs: 4,
+      cutover: 'manual',
+    } as MigrationState['config'],
+    phases: {
+      assess: { startedAt: '2026-12-06T10:00:00.000Z', endedAt: '2026-12-06T10:00:01.500Z', summary: 'no blockers' },
+      'bulk-load': { startedAt: '2026-12-06T10:00:02.000Z', endedAt: '2026-12-06T10:01:02.000Z', summary: '6 tables' },
+      'catch-up': { startedAt: '2026-12-06T10:01:03.000Z' },
+    },
+    lag: [{ at: '2026-12-06T10:02:00.000Z', bytes: 3 * 1024 * 1024, ms: 1250 }],
+    events: [{ at, message: 'migration created' }],
+  };
+}
+
+const SECRETS: MigrationSecrets = {
+  sourceUrl: `postgres://app:${PASSWORD}@source.example:5432/shop`,
+  targetUrl: `postgres://app:${PASSWORD}@target.example:5432/shop`,
+};
+
+describe('pgferry status', () => {
+  it('--watch follows a real migration through a pipe, showing its phases change, and ends with it', async () => {
+    const { pair, rt } = await fixture.setup('st_watch', 300);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    const watcher = started(['status', m.id, '--watch', '--interval', '0.2', '--state-dir', rt.stateDir]);
+    // The migration runs in another process (`resume` of the one created above: it starts from the beginning).
+    const migrating = started(['resume', '--id', m.id, '--state-dir', rt.stateDir]);
+    expect(await migrating.exit).toBe(0);
+    // It ends by itself once the migration has settled (cut over, its execution ended).
+    expect(await watcher.exit).toBe(0);
+    expect(watcher.err()).toBe('');
+    const frames = framesOf(watcher.out());
+    const phases = frames.map((f) => /^migration \S+: (\S+) \(phase: ([^)]+)\)/m.exec(f)?.slice(1, 3).join(' '));
+    expect(new Set(phases).size).toBeGreaterThan(1);
+    expect(phases[0]).toMatch(/^running /);
+    const last = frames.at(-1) ?? '';
+    expect(last).toMatch(/: cut-over \(phase: /);
+    expect(last).toMatch(/Cut over\s+[\d:.]+ → [\d:.]+\s+[\d.]+ s/);
+    expect(last).toMatch(/write gap: \d+ ms/);
+    expect(last).toContain('verify: OK');
+    expect(last).toContain(`next: the application uses the target: \`pgferry rollback --id ${m.id}\``);
+    expect(last).toMatch(/Execution \(migrate, started [^)]+\): succeeded/);
+  });
+});
+
+describe('pgferry status (recorded state)', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'pgferry-status-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('shows each phase with start, end and duration, the lag in bytes and seconds, and what to do next', async () => {
+    const stateDir = join(dir, 'shown');
+    await new FileMigrationStore(stateDir).create(migration('shown1'), SECRETS);
+    const r = started(['status', 'shown1', '--offline', '--state-dir', stateDir]);
+    expect(await r.exit).toBe(0);
+    const out = r.out();
+    expect(out).toMatch(/Assess source\s+10:00:00\.000 → 10:00:01\.500\s+1\.5 s {2}no blockers/);
+    expect(out).toMatch(/Bulk load\s+10:00:02\.000 → 10:01:02\.000\s+60\.0 s {2}6 tables/);
+    expect(out).toMatch(/Catch up\s+\(running or interrupted\) since 10:01:03\.000, [\d.]+ s so far/);
+    expect(out).toContain('lag now: 3.0 MiB (3145728 bytes), 1.25 s behind');
+    expect(out).toContain('next: no pgferry command is running it: `pgferry resume --id shown1`');
+  });
+
+  it('--watch ends on Ctrl-C with exit 0, and refuses what it cannot do, naming the option', async () => {
+    const stateDir = join(dir, 'watched');
+    await new FileMigrationStore(stateDir).create(migration('watched1'), SECRETS);
+    const r = started(['status', 'watched1', '--watch', '--interval', '0.1', '--state-dir', stateDir]);
+    while (!r.out().includes('migration watched1')) {
+      if (r.child.exitCode !== null) throw new Error(`status --watch exited ${r.child.exitCode}: ${r.err()}`);
+      await sleep(20);
+    }
+    r.child.kill('SIGINT');
+    expect(await r.exit).toBe(0);
+    // Nothing changed: one frame on the pipe.
+    expect(framesOf(r.out())).toHaveLength(1);
+    for (const [args, message] of [
+      [['--watch'], '--watch follows one migration: give its id'],
+      [['watched1', '--interval', '0'], '--interval applies to --watch'],
+      [['watched1', '--watch', '--interval', 'soon'], '--interval must be a number of seconds, at least 0.1'],
+      [['watched1', '--region', 'eu-west-1'], '--region applies to the --table of a deployed stack'],
+      [['watched1', '--table', 'x'], '--table "x" is not a DynamoDB table name'],
+      [['watched1', '--table', 'pgferry-migrations', '--region', 'moon'], '--region "moon" is not an AWS region'],
+      [['watched1', 'other1'], 'pgferry status takes one migration id'],
+    ] as const) {
+      const bad = started(['status', ...args, '--state-dir', stateDir]);
+      expect(await bad.exit).toBe(2);
+      expect(bad.err()).toContain(message);
+    }
+  });
+});
+
+describe('pgferry status --table (DynamoDB Local)', () => {
+  let dynamo: LocalDynamo;
+  beforeAll(async () => {
+    dynamo = await startDynamoLocal();
+  });
+  afterAll(async () => {
+    await dynamo?.stop();
+  });
+
+  it('reads the migration a deployed stack recorded, and lists the table', async () => {
+    const table = await dynamo.createTable('prod-pgferry-migrations');
+    const vault: SecretsVault = { resolve: async () => SECRETS, store: async () => {} };
+    const store = new DynamoMigrationStore({ client: dynamo.doc, tableName: table, vault });
+    await store.create(migration('deployed1'), SECRETS);
+    // Only DynamoDB Local is reachable: its endpoint is the one the SDK is given, with fake credentials.
+    const env = {
+      ...process.env,
+      AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
+      AWS_ENDPOINT_URL_SECRETS_MANAGER: 'http://127.0.0.1:9',
+      AWS_ACCESS_KEY_ID: 'fake',
+      AWS_SECRET_ACCESS_KEY: 'fake',
+      AWS_EC2_METADATA_DISABLED: 'true',
+      // DynamoDB Local keeps a database per region and key: the harness's. No --region: the environment's.
+      AWS_REGION: 'local',
+    };
+    const cli = (args: string[]) => {
+      // The CLI as a user runs it (the bundle, which loads the AWS adapters from the checkout).
+      const child: ChildProcess = spawn(process.execPath, [bin, ...args], { env });
+      let out = '';
+      let err = '';
+      child.stdout?.on('data', (c) => {
+        out += c;
+      });
+      child.stderr?.on('data', (c) => {
+        err += c;
+      });
+      return new Promise<{ code: number | null; out: string; err: string }>((r) =>
+        child.on('exit', (code) => r({ code, out, err })),
+      );
+    };
+    const shown = await cli(['status', 'deployed1', '--table', table]);
+    expect(shown.err).not.toMatch(/^error/m);
+    expect(shown.code).toBe(0);
+    expect(shown.out).toContain('migration deployed1: running (phase: Catch up)');
+    expect(shown.out).toMatch(/Bulk load\s+10:00:02\.000 → 10:01:02\.000\s+60\.0 s/);
+    expect(shown.out).toContain('lag now: 3.0 MiB');
+    expect(shown.out).not.toContain(PASSWORD);
+    const listed = await cli(['status', '--table', table]);
+    expect(listed.code).toBe(0);
+    expect(listed.out).toMatch(/^deployed1 +running/m);
+    const missing = await cli(['status', 'nothere1', '--table', table]);
+    expect(missing.err).toContain('nothere1');
+    expect(missing.code).not.toBe(0);
+  });
+});

@@ -35,6 +35,7 @@ import {
 } from '@pgferry/aws';
 import {
   type DeploymentEnv,
+  MIGRATION_ID,
   type MigrationState,
   parseMigrationConfig,
   rollbackExecutionInput,
@@ -302,6 +303,7 @@ describe('the Slack endpoints', () => {
           actor: { userId: APPROVER, channelId: 'C0OPS' },
           via: 'command',
           responseUrl: `${slackUrl}/hooks/commands/1`,
+          requestKey: expect.stringMatching(/^v0=[0-9a-f]{64}$/),
         },
       },
     ]);
@@ -487,6 +489,25 @@ describe('the Slack worker', () => {
     );
     expect(unknown.text).toMatch(/^There is no plan `nope`; nothing was started/);
     expect(start).toHaveBeenCalledTimes(1);
+  });
+
+  it('start names the migration after the Slack request, so a retried invocation of the same work starts the same migration', async () => {
+    const { deps, start } = await workerDeps([]);
+    const work = (requestKey: string) =>
+      ({
+        command: { kind: 'start', plan: 'shop' },
+        actor: { userId: APPROVER, channelId: 'C0OPS' },
+        via: 'command',
+        requestKey,
+      }) as const;
+    await handleSlackWork(work('v0=aaaa'), deps);
+    await handleSlackWork(work('v0=aaaa'), deps);
+    await handleSlackWork(work('v0=bbbb'), deps);
+    const ids = start.mock.calls.map((c) => c[0].migrationId);
+    expect(ids[0]).toMatch(MIGRATION_ID);
+    expect(ids[1]).toBe(ids[0]);
+    expect(ids[2]).toMatch(MIGRATION_ID);
+    expect(ids[2]).not.toBe(ids[0]);
   });
 
   it('status shows the migration’s message, or the list; a failure is answered through response_url, redacted', async () => {

@@ -67,6 +67,7 @@ export function createSlackEndpoint(endpoint: SlackEndpoint, deps: () => SlackEn
           actor: outcome.actor,
           via: 'command',
           responseUrl: outcome.responseUrl,
+          requestKey: request.signature,
         });
       return json(outcome.reply);
     }

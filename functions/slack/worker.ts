@@ -20,6 +20,7 @@ const work = z.object({
   actor: z.object({ userId: z.string().min(1), channelId: z.string().optional() }),
   via: z.enum(['command', 'button']),
   responseUrl: z.string().optional(),
+  requestKey: z.string().optional(),
 });
 
 type WorkerDeps = SlackWorkDeps & { respond(url: string, response: SlackResponse): Promise<void> };

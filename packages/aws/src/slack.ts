@@ -38,6 +38,7 @@ import {
   type SlackCommand,
   type SlackMessageRef,
   slackCallFor,
+  slackStartMigrationId,
   type TaskCallbacks,
 } from '@pgferry/core';
 import { MIGRATION_TABLE_KEYS, migrationPk } from './dynamo-parts';
@@ -242,6 +243,12 @@ export interface SlackWork {
   actor: SlackActor;
   via: 'command' | 'button';
   responseUrl?: string;
+  /**
+   * The Slack request the work came from (its signature, accepted once): a `start` derives the
+   * migration id from it, so an invocation Lambda retries after a failure starts the same migration
+   * (startFromPlan's retry) instead of a second one of the same source.
+   */
+  requestKey?: string;
 }
 
 export function clickWork(click: GateClick, actor: SlackActor, responseUrl?: string): SlackWork {
@@ -250,7 +257,7 @@ export function clickWork(click: GateClick, actor: SlackActor, responseUrl?: str
 
 /** helper `start`'s `startFromPlan` from @pgferry/aws, injected (see functions/lib/slack-deps.ts). */
 export type StartFromPlan = (
-  request: { planName: string; requestedBy: string },
+  request: { planName: string; requestedBy: string; migrationId?: string },
   deps: { store: MigrationStore; sfn: SFNClient; stateMachineArn: string },
 ) => Promise<{ migrationId: string; executionArn: string; alreadyStarted: boolean }>;
 
@@ -297,7 +304,11 @@ async function start(planName: string, work: SlackWork, deps: SlackWorkDeps): Pr
   if (!plan)
     return { text: `There is no plan ${code(planName)}; nothing was started. \`pgferry plan list\` shows the plans.` };
   const started = await deps.start(
-    { planName, requestedBy: work.actor.userId },
+    {
+      planName,
+      requestedBy: work.actor.userId,
+      ...(work.requestKey ? { migrationId: slackStartMigrationId(work.requestKey) } : {}),
+    },
     { store: deps.store, sfn: deps.sfn, stateMachineArn: deps.stateMachineArn },
   );
   // The message goes to the channel the command was typed in, unless the migration has one already.

@@ -3,6 +3,7 @@
  * stored state and its plan's approvers. Pure: packages/aws carries the decision out (the task token,
  * Step Functions), so that the rules read in one place and are tested without AWS.
  */
+import { createHash } from 'node:crypto';
 import type { MigrationState } from '../model';
 import type { WorkflowInput } from '../workflow/definition';
 import { workflowInput } from '../workflow/start-input';
@@ -19,6 +20,14 @@ export const APPROVAL_STEP = 'awaitApproval';
  * machine's Catch sends it to "Roll back", and the failure policy (catch-up, not resumable) rolls back.
  */
 export const CUTOVER_REJECTED_ERROR = 'CutoverRejectedError';
+
+/**
+ * The id of the migration a Slack `start` request begins: derived from the request (its signature, which
+ * the replay cache accepts once), so a retried invocation of the same work finds the same migration.
+ */
+export function slackStartMigrationId(requestKey: string): string {
+  return `s${createHash('sha256').update(requestKey).digest('hex').slice(0, 15)}`;
+}
 
 /** The execution that `start` begins is named after the migration id; a rollback's after it, once. */
 export const migrateExecutionName = (migrationId: string) => migrationId;

@@ -2,6 +2,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { MIGRATION_TABLE_KEYS, RDS_WAIT_EVENTS } from '@pgferry/aws';
 import {
+  deployedTableName,
   EVENT_TYPES,
   functionArnKey,
   METRIC_DIMENSIONS,
@@ -112,6 +113,8 @@ describe('the deployed stack', () => {
     const id = logicalId('AWS::DynamoDB::Table', 'Migrations');
     const table = resources[id]!;
     expect(table.DeletionPolicy).toBe('Retain');
+    // The name the CLI's --stage reads.
+    expect(table.Properties.TableName).toBe(deployedTableName('test'));
     expect(table.Properties).toMatchObject({
       KeySchema: [
         { AttributeName: MIGRATION_TABLE_KEYS.partitionKey, KeyType: 'HASH' },

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoMigrationStore, type SecretsVault } from '../packages/aws/src/index';
 import { FileMigrationStore } from '../packages/cli/src/store';
-import type { MigrationSecrets, MigrationState } from '../packages/core/src/index';
+import { deployedTableName, type MigrationSecrets, type MigrationState } from '../packages/core/src/index';
 import { type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
 import { migrationFixture, newMigration, sleep } from './harness/migration';
 
@@ -134,6 +134,8 @@ describe('pgferry status (recorded state)', () => {
       [['watched1', '--table', 'x'], '--table "x" is not a DynamoDB table name'],
       [['watched1', '--table', 'pgferry-migrations', '--region', 'moon'], '--region "moon" is not an AWS region'],
       [['watched1', 'other1'], 'pgferry status takes one migration id'],
+      [['watched1', '--stage', 'prod', '--table', 'pgferry-migrations'], 'give --stage or --table, not both'],
+      [['watched1', '--stage', '9prod'], '--stage "9prod" is not an SST stage name'],
     ] as const) {
       const bad = started(['status', ...args, '--state-dir', stateDir]);
       expect(await bad.exit).toBe(2);
@@ -152,7 +154,8 @@ describe('pgferry status --table (DynamoDB Local)', () => {
   });
 
   it('reads the migration a deployed stack recorded, and lists the table', async () => {
-    const table = await dynamo.createTable('prod-pgferry-migrations');
+    // The name `npx sst deploy --stage prod` gives the table (the stack test pins it), which --stage reads.
+    const table = await dynamo.createTable(deployedTableName('prod'));
     const vault: SecretsVault = { resolve: async () => SECRETS, store: async () => {} };
     const store = new DynamoMigrationStore({ client: dynamo.doc, tableName: table, vault });
     await store.create(migration('deployed1'), SECRETS);
@@ -189,7 +192,7 @@ describe('pgferry status --table (DynamoDB Local)', () => {
     expect(shown.out).toMatch(/Bulk load\s+10:00:02\.000 → 10:01:02\.000\s+60\.0 s/);
     expect(shown.out).toContain('lag now: 3.0 MiB');
     expect(shown.out).not.toContain(PASSWORD);
-    const listed = await cli(['status', '--table', table]);
+    const listed = await cli(['status', '--stage', 'prod']);
     expect(listed.code).toBe(0);
     expect(listed.out).toMatch(/^deployed1 +running/m);
     const missing = await cli(['status', 'nothere1', '--table', table]);

@@ -5,6 +5,7 @@ import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
 import {
   checkPostgresUrl,
+  deployedTableName,
   EXIT_CODES,
   errorMessage,
   InvalidInputError,
@@ -12,6 +13,7 @@ import {
   newMigrationId,
   PgferryError,
   redactUrl,
+  SST_APP_NAME,
   WORKER_HEARTBEAT_TIMEOUT_SECONDS,
   workflowDefinitionJson,
 } from '@pgferry/core';
@@ -156,7 +158,7 @@ PostgreSQL 11 is a blocker.
   --id ID               migration id (default generated); object names derive from it
   --yes                 do not ask for confirmation (required when stdin is not a terminal)
   --json                JSON lines on stdout`,
-  status: `Usage: pgferry status [ID] [--offline] [--watch [--interval S]] [--table NAME [--region R]]
+  status: `Usage: pgferry status [ID] [--offline] [--watch [--interval S]] [--stage S | --table NAME] [--region R]
                       [--source URL] [--target URL] [--json]
 
 Without an id, lists the migrations in the state directory (or, with --table, in the deployed table).
@@ -174,6 +176,7 @@ disk) and say which command puts it right. --offline shows only the recorded sta
 --table NAME          read the migration from a deployed stack's DynamoDB table instead of the state
                       directory (recorded state only; the execution is in the Step Functions console);
                       --region R its region (default: the AWS environment's, as the AWS SDK finds it)
+--stage S             the table \`npx sst deploy --stage S\` made (S-pgferry-Migrations): --table for short
 status changes nothing, except with --source/--target:
 ${CREDENTIALS}`,
   cutover: `Usage: pgferry cutover --id ID [--report PATH] [--on-switch CMD] [--switch-file PATH]
@@ -230,6 +233,7 @@ container, subnets and security groups.`,
        pgferry plan list            list the stored plans
        pgferry plan show NAME       print one plan as JSON
 Options: --table TABLE [--region R]  the deployment's DynamoDB table instead of the state directory
+         (--stage S: the table \`npx sst deploy --stage S\` made, S-pgferry-Migrations)
          (credentials, region and endpoint from the standard AWS configuration: AWS_PROFILE,
          AWS_REGION, AWS_ENDPOINT_URL_DYNAMODB...)
 
@@ -244,11 +248,13 @@ A plan names everything a migration in AWS needs, secrets by ARN only (a passwor
    "approvers": {"users": ["U024BE7LH"]}, "copyWorkers": 2}
 target may also be {"kind": "existing", "instanceIdentifier": "...", "secretArn": "..."}. A plan is
 checked when stored and again when read; each problem is named by its field (plan.approvers.users.0).`,
-  start: `Usage: pgferry start PLAN --table TABLE --state-machine-arn ARN [--region R] [--id ID] [--requested-by WHO]
+  start: `Usage: pgferry start PLAN (--stage S | --table TABLE) --state-machine-arn ARN [--region R] [--id ID]
+                     [--requested-by WHO]
 
 Starts a migration in AWS from the stored plan PLAN (pgferry plan put --table ...), as Slack's
 /pgferry start does: writes the migration's record in the DynamoDB table (its config from the plan;
 secrets by ARN, never a password) and starts the state machine's execution named after the migration.
+--stage S       the table \`npx sst deploy --stage S\` made (S-pgferry-Migrations); or --table TABLE
 --id ID         the migration id (default generated); the same id again starts nothing twice
 --requested-by  who asks, recorded in the migration (default $USER)
 Then follow it in the Step Functions console; a manual cutover is approved from Slack.`,
@@ -279,6 +285,7 @@ const OPTIONS = {
   watch: { type: 'boolean' },
   interval: { type: 'string' },
   table: { type: 'string' },
+  stage: { type: 'string' },
   region: { type: 'string' },
   rows: { type: 'string' },
   'target-version': { type: 'string' },
@@ -311,7 +318,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'id',
     'yes',
   ],
-  status: ['id', 'offline', 'source', 'target', 'watch', 'interval', 'table', 'region'],
+  status: ['id', 'offline', 'source', 'target', 'watch', 'interval', 'table', 'stage', 'region'],
   cutover: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
   rollback: ['id', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
   cleanup: ['id', 'force', 'source', 'target'],
@@ -321,8 +328,8 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
   worker: [],
   report: ['id', 'html'],
   workflow: [],
-  plan: ['table', 'region'],
-  start: ['table', 'region', 'state-machine-arn', 'requested-by', 'id'],
+  plan: ['table', 'stage', 'region'],
+  start: ['table', 'stage', 'region', 'state-machine-arn', 'requested-by', 'id'],
 };
 const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
 
@@ -547,6 +554,15 @@ export async function main(argv: string[]): Promise<number> {
       return command || values.help ? EXIT_CODES.ok : EXIT_CODES.invalidInput;
     }
     checkOptions(command, values);
+    // `--stage S`: the table `npx sst deploy --stage S` made, by SST's naming.
+    if (values.stage !== undefined) {
+      if (values.table !== undefined)
+        throw new InvalidInputError('give --stage or --table, not both', {
+          field: '--stage',
+          hint: `--stage S reads the table S-${SST_APP_NAME}-Migrations; --table names any other`,
+        });
+      values.table = deployedTableName(values.stage);
+    }
     if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup', 'unfreeze', 'worker'].includes(command))
       handleInterrupts();
     if (command === 'workflow') {

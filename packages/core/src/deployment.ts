@@ -28,3 +28,25 @@ export function deploymentEnv(env: NodeJS.ProcessEnv = process.env): DeploymentE
   }
   return Object.fromEntries(Object.entries(DEPLOYMENT_ENV).map(([key, name]) => [key, env[name]!])) as DeploymentEnv;
 }
+
+/** The SST app's name (sst.config.ts): the prefix of every resource name the stack leaves to SST. */
+export const SST_APP_NAME = 'pgferry';
+
+/** SST's stage names: what `npx sst deploy --stage` takes. */
+const STAGE = /^[a-zA-Z][a-zA-Z0-9-]{0,62}$/;
+
+/**
+ * The migration table a stage's deploy made: SST names a construct's resource `<stage>-<app>-<id>`
+ * (the stack's Table `Migrations`, stacks/storage.ts). What `--stage` of the CLI reads.
+ */
+export function deployedTableName(stage: string, field = '--stage'): string {
+  if (!STAGE.test(stage))
+    throw new InvalidInputError(
+      `${field} "${stage.slice(0, 70)}" is not an SST stage name: a letter, then letters, digits and -`,
+      {
+        field,
+        hint: 'the stage given to `npx sst deploy --stage`',
+      },
+    );
+  return `${stage}-${SST_APP_NAME}-Migrations`;
+}

@@ -4,7 +4,13 @@ import { startServer } from '../packages/cli/src/local-servers';
 import { advance, createMigration, openSession } from '../packages/cli/src/runner';
 import { SAMPLE_SCHEMA, sampleData } from '../packages/cli/src/sample';
 import { LiveWriter } from '../packages/cli/src/writer';
-import { type GateMemory, IDLE_SAMPLE_INTERVAL_MS, sampleGate, sampleIntervalMs } from '../packages/postgres/src/index';
+import {
+  type GateMemory,
+  IDLE_SAMPLE_INTERVAL_MS,
+  runWorkflowTask,
+  sampleGate,
+  sampleIntervalMs,
+} from '../packages/postgres/src/index';
 import { migrationFixture, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
 
 const fixture = migrationFixture();
@@ -80,6 +86,48 @@ describe('cutover gate', () => {
     expect(times).toHaveLength(4);
     for (let i = 1; i < times.length; i++)
       expect((times[i] as number) - (times[i - 1] as number), JSON.stringify(state.lag)).toBeLessThan(5_000);
+  });
+
+  it("keeps the gate closed outside a plan's cutover window when caught up, saying when it opens, and opens inside it", async () => {
+    const { pair, rt } = await fixture.setup('windowgate', 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual', lagSamples: 2 });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // A window that opens in two hours (UTC, every day), then one open all day.
+    const inTwoHours = new Date(Date.now() + 2 * 3_600_000);
+    const hhmm = (d: Date) => d.toISOString().slice(11, 16);
+    const closed = { start: hhmm(inTwoHours), end: hhmm(new Date(inTwoHours.getTime() + 3_600_000)), timezone: 'UTC' };
+    const setWindow = async (window: typeof closed) => {
+      const state = await rt.store.get(m.id);
+      await rt.store.put({ ...state, config: { ...state.config, cutover: 'auto', cutoverWindow: window } });
+    };
+    const samples = async (n: number) => {
+      let gate: unknown;
+      const out: { ready: boolean; summary: string }[] = [];
+      for (let i = 0; i < n; i++) {
+        const step = (await runWorkflowTask(
+          'checkLag',
+          { migrationId: m.id, gate },
+          { store: rt.store, log: () => {} },
+        )) as {
+          ready: boolean;
+          summary: string;
+        };
+        gate = step;
+        out.push(step);
+        if (step.ready) break;
+        await sleep(150);
+      }
+      return out;
+    };
+    await setWindow(closed);
+    const outside = await samples(5);
+    expect(outside.some((s) => s.ready)).toBe(false);
+    const waiting = outside.at(-1)!.summary;
+    expect(waiting).toContain(`waiting for the cutover window ${closed.start}–${closed.end} UTC`);
+    expect(waiting).toContain(`opens at ${inTwoHours.toISOString().slice(0, 16)}`);
+    await setWindow({ start: '00:00', end: '00:00', timezone: 'UTC' });
+    const inside = await samples(10);
+    expect(inside.at(-1)).toMatchObject({ ready: true });
   });
 
   it('makes the subscriptions apply in binary and stream large transactions where both servers allow it', async () => {

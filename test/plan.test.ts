@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { InvalidInputError, type MigrationPlanInput, parseMigrationPlan } from '../packages/core/src/index';
+import {
+  cutoverWindowOpensAt,
+  InvalidInputError,
+  inCutoverWindow,
+  type MigrationPlanInput,
+  migrationConfigFromPlan,
+  parseMigrationPlan,
+} from '../packages/core/src/index';
 
 const ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/source-AbCdEf';
 const APP_ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/app-url-XyZ123';
@@ -122,5 +129,42 @@ describe('migration plans', () => {
     expect(err.message).toContain('switch.kind must be');
     expect(err.message).toContain('approvers is required');
     expect(err.hint).toMatch(/source\.secretArn/);
+  });
+});
+
+describe("a plan's cutover window", () => {
+  const weekend = { start: '02:00', end: '04:30', timezone: 'Europe/Paris', days: ['sat', 'sun'] as ('sat' | 'sun')[] };
+  it('is open between start and end, local time, on its days only', () => {
+    // December: Paris is UTC+1. Saturday 5 December 2026, 02:30 in Paris.
+    expect(inCutoverWindow(weekend, new Date('2026-12-05T01:30:00Z'))).toBe(true);
+    expect(inCutoverWindow(weekend, new Date('2026-12-05T00:59:00Z'))).toBe(false); // 01:59
+    expect(inCutoverWindow(weekend, new Date('2026-12-05T03:30:00Z'))).toBe(false); // 04:30, the end
+    expect(inCutoverWindow(weekend, new Date('2026-12-04T01:30:00Z'))).toBe(false); // a Friday
+    // Summer: UTC+2.
+    expect(inCutoverWindow(weekend, new Date('2026-07-04T00:30:00Z'))).toBe(true);
+    expect(cutoverWindowOpensAt(weekend, new Date('2026-12-04T01:30:00Z'))?.toISOString()).toBe(
+      '2026-12-05T01:00:00.000Z',
+    );
+    expect(cutoverWindowOpensAt(weekend, new Date('2026-12-05T01:30:00Z'))).toBeUndefined();
+  });
+
+  it('crossing midnight belongs to the day it starts on', () => {
+    const friday = { start: '23:00', end: '01:00', timezone: 'UTC', days: ['fri'] as 'fri'[] };
+    expect(inCutoverWindow(friday, new Date('2026-12-04T23:30:00Z'))).toBe(true); // Friday night
+    expect(inCutoverWindow(friday, new Date('2026-12-05T00:30:00Z'))).toBe(true); // Saturday, still Friday's
+    expect(inCutoverWindow(friday, new Date('2026-12-05T23:30:00Z'))).toBe(false); // Saturday night
+    expect(inCutoverWindow(friday, new Date('2026-12-04T01:30:00Z'))).toBe(false);
+  });
+
+  it("becomes an automatic cutover that keeps the window, in the started migration's config", () => {
+    const config = migrationConfigFromPlan(
+      parseMigrationPlan(plan({ cutover: { policy: 'window', ...weekend } })),
+      'm1',
+    );
+    expect(config.cutover).toBe('auto');
+    expect(config.cutoverWindow).toEqual(weekend);
+    const manual = migrationConfigFromPlan(parseMigrationPlan(plan()), 'm2');
+    expect(manual.cutover).toBe('manual');
+    expect(manual.cutoverWindow).toBeUndefined();
   });
 });

@@ -83,7 +83,7 @@ export async function startFromPlan(
     throw err;
   });
   if (!state) {
-    state = initialState(config, planName, requestedBy, now, plan.cutover.policy === 'window');
+    state = initialState(config, planName, requestedBy, now);
     try {
       // The store's vault keeps nothing for ARNs; the URLs handed here carry no password.
       await deps.store.create(state, { sourceUrl: config.sourceUrl, targetUrl: config.targetUrl });
@@ -130,7 +130,6 @@ function initialState(
   planName: string,
   requestedBy: string,
   now: Date,
-  window: boolean,
 ): MigrationState {
   const at = now.toISOString();
   return {
@@ -144,13 +143,6 @@ function initialState(
     planName,
     requestedBy,
     phases: {},
-    ...(window
-      ? {
-          warnings: [
-            `plan ${planName} names a cutover window, which the workflow does not enforce yet: the cutover waits for an approval, to be given inside the window`,
-          ],
-        }
-      : {}),
     events: [{ at, message: `migration created from plan ${planName} by ${requestedBy}` }],
   };
 }

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { switchTargetSchema } from './connection-switch';
+import { cutoverWindowSchema } from './cutover-window';
 import { dmsSettingsSchema } from './dms';
 import { InvalidInputError } from './errors';
 import { planTargetSchema } from './plan-target';
@@ -217,6 +218,8 @@ export const migrationConfigSchema = z
       .max(32, '--copy-workers must be at most 32')
       .default(1),
     cutover: z.enum(['auto', 'manual'], { error: '--cutover must be auto or manual' }).default('manual'),
+    /** A plan's cutover window: with cutover auto, the gate opens only inside it (gateStep). */
+    cutoverWindow: cutoverWindowSchema.optional(),
     maxLagMs: z
       .number({ error: '--max-lag-ms must be a number' })
       .int()

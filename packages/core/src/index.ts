@@ -1,5 +1,6 @@
 export * from './config';
 export * from './connection-switch';
+export * from './cutover-window';
 export * from './deployment';
 export * from './dms';
 export * from './errors';

@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { DEFAULTS, type MigrationConfig, parseMigrationConfig } from './config';
 import { switchTargetSchema } from './connection-switch';
+import { type CutoverWindow, cutoverWindowSchema } from './cutover-window';
 import { InvalidInputError, PgferryError } from './errors';
 import { planTargetSchema, secretArn } from './plan-target';
 import { unprovisionedTargetUrl } from './secret-refs';
@@ -19,11 +20,6 @@ export const PLAN_STRATEGIES = ['snapshot', 'native', 'dump', 'dms'] as const;
 export const SLACK_USER_ID = /^[UW][A-Z0-9]{2,}$/;
 export const SLACK_CHANNEL_ID = /^[CGD][A-Z0-9]{2,}$/;
 
-const hhmm = (field: string) =>
-  z
-    .string({ error: `${field} is required, as HH:MM (24 h)` })
-    .regex(/^([01]\d|2[0-3]):[0-5]\d$/, `${field} must be a time of day as HH:MM (24 h), e.g. 02:30`);
-
 const cutoverPolicy = z.discriminatedUnion(
   'policy',
   [
@@ -32,20 +28,7 @@ const cutoverPolicy = z.discriminatedUnion(
     /** As soon as the gate opens. */
     z.strictObject({ policy: z.literal('auto') }),
     /** As soon as the gate opens inside the window. */
-    z.strictObject({
-      policy: z.literal('window'),
-      start: hhmm('cutover.start'),
-      end: hhmm('cutover.end'),
-      timezone: z
-        .string({ error: 'cutover.timezone is required, e.g. Europe/Paris or UTC' })
-        .refine(validTimeZone, 'cutover.timezone must be an IANA time zone such as Europe/Paris or UTC'),
-      days: z
-        .array(z.enum(['mon', 'tue', 'wed', 'thu', 'fri', 'sat', 'sun']), {
-          error: 'cutover.days must be a list of mon, tue, wed, thu, fri, sat, sun',
-        })
-        .min(1, 'cutover.days needs at least one day (or leave it out for every day)')
-        .optional(),
-    }),
+    z.strictObject({ policy: z.literal('window'), ...cutoverWindowSchema.shape }),
   ],
   { error: 'cutover.policy must be manual, auto or window' },
 );
@@ -115,15 +98,6 @@ export const migrationPlanSchema = z
 
 export type MigrationPlanInput = z.input<typeof migrationPlanSchema>;
 export type MigrationPlan = z.output<typeof migrationPlanSchema>;
-
-function validTimeZone(tz: string): boolean {
-  try {
-    new Intl.DateTimeFormat('en', { timeZone: tz });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * One line per problem, each starting with the field it is about (`target.instanceClass: …`), so that
@@ -222,8 +196,9 @@ export function migrationConfigFromPlan(plan: MigrationPlan, migrationId: string
   return parseMigrationConfig({
     id: migrationId,
     strategy: plan.strategy,
-    // A window is not enforced by the workflow yet: the cutover waits for a person's approval.
-    cutover: plan.cutover.policy === 'auto' ? 'auto' : 'manual',
+    // A window: automatic, but the gate opens only inside the window (gateStep).
+    cutover: plan.cutover.policy === 'manual' ? 'manual' : 'auto',
+    ...(plan.cutover.policy === 'window' ? { cutoverWindow: windowOf(plan.cutover) } : {}),
     copyWorkers: plan.copyWorkers ?? 1,
     ...(plan.limits ?? {}),
     secrets: {
@@ -234,4 +209,8 @@ export function migrationConfigFromPlan(plan: MigrationPlan, migrationId: string
     target,
     switch: plan.switch,
   });
+}
+
+function windowOf({ start, end, timezone, days }: CutoverWindow & { policy: 'window' }): CutoverWindow {
+  return { start, end, timezone, ...(days ? { days } : {}) };
 }

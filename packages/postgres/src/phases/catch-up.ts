@@ -6,7 +6,9 @@
 import {
   applyFallsBehind,
   ConnectionLostError,
+  cutoverWindowOpensAt,
   type DeferredForeignKey,
+  describeCutoverWindow,
   errorMessage,
   LAG_HISTORY,
   type LagFigures,
@@ -319,6 +321,8 @@ export interface GateLoop {
   /** When the servers stopped answering, and how many samples failed since (the backoff). */
   outageSince?: number;
   outageTries: number;
+  /** When the plan's cutover window opens, as last logged (caught up, outside the window). */
+  lastWindow?: string;
 }
 
 export function newGateLoop(): GateLoop {
@@ -400,6 +404,22 @@ export async function gateStep(
   const text = reasons.join('; ');
   if (text && text !== loop.lastReasons) ctx.log(`cutover gate closed: ${text}`);
   loop.lastReasons = text;
+  const window = ctx.config.cutover === 'auto' ? ctx.config.cutoverWindow : undefined;
+  const opensAt = window && loop.streak >= ctx.config.lagSamples ? cutoverWindowOpensAt(window, new Date()) : undefined;
+  if (window && opensAt) {
+    // Caught up, outside the plan's cutover window: catch-up goes on (the catch-up timeout counts from
+    // the window's opening), and the gate is sampled again at most a minute later.
+    loop.startedAt = Date.now();
+    const summary = `caught up (lag ${mib(figures.bytes)} / ${figures.ms} ms); waiting for the cutover window ${describeCutoverWindow(window)}, which opens at ${opensAt.toISOString()}`;
+    if (summary.split(';')[1] !== loop.lastWindow) ctx.log(summary);
+    loop.lastWindow = summary.split(';')[1];
+    return {
+      ready: false,
+      waitMs: Math.min(60_000, Math.max(ctx.config.lagSampleIntervalMs, opensAt.getTime() - Date.now())),
+      figures,
+      summary,
+    };
+  }
   if (loop.streak >= ctx.config.lagSamples) {
     return {
       ready: true,

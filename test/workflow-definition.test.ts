@@ -333,6 +333,27 @@ describe('workflow paths (scripted tasks)', () => {
     expect(r.outcome.status).toBe('succeeded');
   });
 
+  it('ends "Rolled back", not Failed, when someone rolls back at the approval (CutoverRejectedError)', async () => {
+    const r = await walk({ cutover: 'manual' }, (task, _i, n) => {
+      if (task === 'checkLag') return gate(n);
+      if (task === 'verifyBeforeSwitch') return ok(task, { done: true });
+      if (task === 'awaitApproval') return named('CutoverRejectedError', 'rollback requested in Slack by U1');
+      if (task === 'rollback') return ok(task, { action: 'roll-back' });
+      return ok(task);
+    });
+    expect(r.entered.slice(-3)).toEqual(['Roll back', STATE.afterRollback, STATE.rolledBack]);
+    expect(r.outcome).toMatchObject({ status: 'succeeded', lastState: STATE.rolledBack });
+    // A rollback that could undo nothing is not called rolled back.
+    const kept = await walk({ cutover: 'manual' }, (task, _i, n) => {
+      if (task === 'checkLag') return gate(n);
+      if (task === 'verifyBeforeSwitch') return ok(task, { done: true });
+      if (task === 'awaitApproval') return named('CutoverRejectedError', 'rollback requested in Slack by U1');
+      if (task === 'rollback') return ok(task, { action: 'stop' });
+      return ok(task);
+    });
+    expect(kept.outcome).toMatchObject({ status: 'failed', lastState: STATE.stopped });
+  });
+
   it('rolls back on request and succeeds', async () => {
     const r = await walk({ action: 'rollback' }, (task) => ok(task, { action: 'roll-back' }));
     expect(r.entered.filter((s) => s === 'Roll back')).toHaveLength(1);

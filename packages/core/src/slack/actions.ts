@@ -15,11 +15,7 @@ export type MigrationAction = 'approve' | 'rollback' | 'abort';
 /** The step of "Await cutover approval": its token is stored under this name (packages/postgres tasks). */
 export const APPROVAL_STEP = 'awaitApproval';
 
-/**
- * The error "Await cutover approval" is failed with when someone rolls back at the gate: the state
- * machine's Catch sends it to "Roll back", and the failure policy (catch-up, not resumable) rolls back.
- */
-export const CUTOVER_REJECTED_ERROR = 'CutoverRejectedError';
+export { CUTOVER_REJECTED_ERROR } from '../workflow/failure';
 
 /**
  * The id of the migration a Slack `start` request begins: derived from the request (its signature, which

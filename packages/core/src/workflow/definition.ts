@@ -6,6 +6,7 @@
  */
 import { DEFAULTS } from '../config';
 import { BULK_LOAD_STATES, bulkLoadStates } from './bulk-load';
+import { CUTOVER_REJECTED_ERROR } from './failure';
 import { catchFor, lambdaTaskState, RECORD_FAILURE, ROLL_BACK, taskState, workerTaskState } from './states';
 import { WORKFLOW_TASKS } from './tasks';
 
@@ -235,6 +236,15 @@ export function workflowDefinition(): object {
       Type: 'Choice',
       Choices: [
         { Variable: '$.error', IsNull: true, Next: STATE.rolledBack },
+        // A rollback someone asked for at the gate (the approval failed with CutoverRejectedError).
+        {
+          And: [
+            { Variable: '$.error.Error', IsPresent: true },
+            { Variable: '$.error.Error', StringEquals: CUTOVER_REJECTED_ERROR },
+            { Variable: '$.results.rollback.action', StringEquals: 'roll-back' },
+          ],
+          Next: STATE.rolledBack,
+        },
         { Variable: '$.results.rollback.action', StringEquals: 'roll-back', Next: STATE.failed },
         { Variable: '$.results.rollback.action', StringEquals: 'fail', Next: STATE.failed },
       ],

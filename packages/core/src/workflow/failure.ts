@@ -100,3 +100,10 @@ export function resumableErrors(phase: Phase): string[] {
 export function neverRolledBack(phase: Phase): boolean {
   return failureAction('Error', phase, NO_FACTS) !== 'roll-back';
 }
+
+/**
+ * The error "Await cutover approval" is failed with when someone rolls back at the gate (Slack's
+ * `/pgferry rollback` or its button): its Catch sends it to "Roll back", the failure policy rolls back
+ * (nothing was switched), and the execution ends "Rolled back", not Failed: nothing went wrong.
+ */
+export const CUTOVER_REJECTED_ERROR = 'CutoverRejectedError';

@@ -159,6 +159,7 @@ describe('pgferry status --table (DynamoDB Local)', () => {
     const vault: SecretsVault = { resolve: async () => SECRETS, store: async () => {} };
     const store = new DynamoMigrationStore({ client: dynamo.doc, tableName: table, vault });
     await store.create(migration('deployed1'), SECRETS);
+    await store.create({ ...migration('deployed2'), status: 'cut-over', phase: 'verify' }, SECRETS);
     // Only DynamoDB Local is reachable: its endpoint is the one the SDK is given, with fake credentials.
     const env = {
       ...process.env,
@@ -192,6 +193,15 @@ describe('pgferry status --table (DynamoDB Local)', () => {
     expect(shown.out).toMatch(/Bulk load\s+10:00:02\.000 → 10:01:02\.000\s+60\.0 s/);
     expect(shown.out).toContain('lag now: 3.0 MiB');
     expect(shown.out).not.toContain(PASSWORD);
+    // Its state machine runs it: the next step is not a local command, which could not act on it.
+    expect(shown.out).toMatch(
+      /^next: its execution \(named deployed1\) is working on it: follow it in the Step Functions console/m,
+    );
+    expect(shown.out).not.toContain('pgferry resume');
+    // A cut-over one has settled (nothing goes on until someone acts): --watch ends, exit 0.
+    const watched = await cli(['status', 'deployed2', '--stage', 'prod', '--watch', '--interval', '0.1']);
+    expect(watched.code).toBe(0);
+    expect(watched.out).toContain('/pgferry rollback deployed2');
     const listed = await cli(['status', '--stage', 'prod']);
     expect(listed.code).toBe(0);
     expect(listed.out).toMatch(/^deployed1 +running/m);

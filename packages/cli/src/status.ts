@@ -17,8 +17,10 @@ import { inspectMigration, type Runtime } from './runner';
 import { deployedTableStore } from './worker';
 
 /** What to do next, for a person reading the status. */
-export function nextStep(s: MigrationState, execution?: ExecutionRecord): string {
+export function nextStep(s: MigrationState, execution?: ExecutionRecord, deployed = false): string {
   const id = s.id;
+  // In AWS the state machine runs it: the CLI's commands act on the state directory, not on it.
+  if (deployed) return deployedNextStep(s);
   if (execution?.status === 'running')
     return `a pgferry ${execution.command} is working on it (since ${execution.continued?.at(-1)?.at ?? execution.startedAt}); wait, or follow it with \`pgferry status ${id} --watch\``;
   switch (s.status) {
@@ -41,11 +43,31 @@ export function nextStep(s: MigrationState, execution?: ExecutionRecord): string
   }
 }
 
+/** What to do next with a migration the deployed state machine runs: Slack, or its execution in the console. */
+function deployedNextStep(s: MigrationState): string {
+  const id = s.id;
+  switch (s.status) {
+    case 'running':
+      return `its execution (named ${id}) is working on it: follow it in the Step Functions console, or with \`pgferry status ${id} --stage S --watch\``;
+    case 'awaiting-cutover':
+      return `caught up, waiting at "Await cutover approval": \`/pgferry approve ${id}\` in Slack (or \`/pgferry rollback ${id}\`)`;
+    case 'cut-over':
+      return `the application uses the target: \`/pgferry rollback ${id}\` in Slack goes back`;
+    case 'rolled-back':
+      return 'the application is back on the source';
+    case 'completed':
+    case 'cleaned-up':
+      return 'nothing: the migration is over';
+    default:
+      return s.failure?.hint ?? `see the failure above, and its execution (named ${id}) in the Step Functions console`;
+  }
+}
+
 /** The status of one migration, as `pgferry status ID` prints it (without the live check of the servers). */
-export function describeStatus(s: MigrationState, execution?: ExecutionRecord): string {
+export function describeStatus(s: MigrationState, execution?: ExecutionRecord, deployed = false): string {
   const parts = [describeState(s, { timeline: true })];
   if (execution) parts.push(describeExecution(execution));
-  parts.push(`next: ${nextStep(s, execution)}`);
+  parts.push(`next: ${nextStep(s, execution, deployed)}`);
   return parts.join('\n');
 }
 
@@ -53,8 +75,11 @@ export function describeStatus(s: MigrationState, execution?: ExecutionRecord): 
  * The migration has settled: it is over, or its last execution ended without waiting for anyone
  * (`--watch` stops there). An execution waiting for the approval, or one still running, is watched on.
  */
-export function settled(s: MigrationState, execution?: ExecutionRecord): boolean {
+export function settled(s: MigrationState, execution?: ExecutionRecord, deployed = false): boolean {
   if (FINISHED_STATUSES.includes(s.status) || s.status === 'failed') return true;
+  // A deployed one (no local execution record): its execution goes on while running or waiting for the
+  // approval; cut over (baking or done) or rolled back, nothing goes on until someone acts.
+  if (deployed) return s.status !== 'running' && s.status !== 'awaiting-cutover';
   if (!execution || execution.status === 'running' || execution.status === 'awaiting-approval') return false;
   // An execution ended (cut over, failed and stopped, aborted): nothing goes on until someone acts.
   return true;
@@ -167,7 +192,7 @@ export async function runStatus(c: StatusCommand, rt: Runtime, out: Output): Pro
         frame: async () => {
           const s = await store.get(id);
           const e = execution(id);
-          return { text: describeStatus(s, e), done: settled(s, e) };
+          return { text: describeStatus(s, e, !!c.table), done: settled(s, e, !!c.table) };
         },
       });
     } finally {
@@ -179,7 +204,8 @@ export async function runStatus(c: StatusCommand, rt: Runtime, out: Output): Pro
   const e = execution(id);
   // A cleaned-up migration has nothing left on the servers, nor the passwords to look; a deployed
   // one's servers are in its VPC.
-  if (c.offline || c.table || s.status === 'cleaned-up') out.result({ ...s, execution: e }, describeStatus(s, e));
+  if (c.offline || c.table || s.status === 'cleaned-up')
+    out.result({ ...s, execution: e }, describeStatus(s, e, !!c.table));
   else {
     const live = await inspectMigration(rt, id);
     out.result({ ...s, execution: e, live }, `${describeStatus(s, e)}\n${describeLive(live)}`);

@@ -91,6 +91,11 @@ describe('migration plans', () => {
     ['target.kind', { target: { kind: 'aurora' } }, /target\.kind must be new .* or existing/],
     ['cutover.policy', { cutover: { policy: 'sometime' } }, /cutover\.policy must be manual, auto or window/],
     [
+      'description',
+      { description: 'old db postgres://admin:hunter2@db.example.com/shop' },
+      /description holds a password/,
+    ],
+    [
       'cutover.timezone',
       { cutover: { policy: 'window', start: '02:00', end: '04:00', timezone: 'Mars/Olympus' } },
       /cutover\.timezone must be an IANA time zone/,

@@ -178,6 +178,32 @@ describe('startFromPlan', () => {
     expect((await items()).length).toBe(before.length + 1); // only the other plan's item
   });
 
+  it('refuses a second migration of a plan in progress; a start whose execution failed to start names its id, and its retry starts it', async () => {
+    sfn
+      .on(StartExecutionCommand)
+      .rejectsOnce(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:9'), { name: 'Error' }))
+      .resolves({ executionArn: 'arn:retried' });
+    const failed = await startFromPlan(
+      { planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop3' },
+      deps(),
+    ).catch((e: Error & { hint?: string }) => e);
+    expect(failed).toMatchObject({
+      message: expect.stringContaining('migration shop3 is recorded, but its execution did not start'),
+      hint: expect.stringContaining('--id shop3'),
+    });
+    // Another start of the plan (another Slack request, another id) is refused while shop3 is in progress.
+    await expect(startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U2' }, deps())).rejects.toMatchObject({
+      name: 'StateConflictError',
+      migrationId: 'shop3',
+      message: expect.stringContaining('plan shop-to-rds has a migration in progress already: shop3'),
+    });
+    // The retry with the id reuses the record and starts the execution: that is a start, not "already started".
+    const retried = await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop3' }, deps());
+    expect(retried).toMatchObject({ migrationId: 'shop3', alreadyStarted: false });
+    expect(sfn.commandCalls(StartExecutionCommand)).toHaveLength(2);
+    expect((await store.list()).migrations.map((m) => m.id)).toEqual(['shop3']);
+  });
+
   it('names an unknown plan and the command that lists them, creating nothing and starting nothing', async () => {
     const before = await items();
     await expect(startFromPlan({ planName: 'nosuch', requestedBy: 'U1' }, deps())).rejects.toMatchObject({

@@ -12,6 +12,7 @@ import { DescribeExecutionCommand, type SFNClient, StartExecutionCommand } from 
 import {
   checkMigrationId,
   checkPlanName,
+  errorMessage,
   InvalidInputError,
   type MigrationState,
   type MigrationStore,
@@ -83,6 +84,20 @@ export async function startFromPlan(
     throw err;
   });
   if (!state) {
+    // One live migration per plan: a second `/pgferry start` (another Slack request, another id) would
+    // run a second migration of the same source into the same target.
+    const live = (await deps.store.list()).migrations.find(
+      (m) => m.planName === planName && LIVE_STATUSES.includes(m.status),
+    );
+    if (live)
+      throw new StateConflictError(
+        `plan ${planName} has a migration in progress already: ${live.id} (${live.status}); nothing was started`,
+        {
+          field: 'plan',
+          migrationId: live.id,
+          hint: `follow it (\`pgferry status ${live.id} --stage S\`, \`/pgferry status ${live.id}\`); roll it back or let it finish before starting another`,
+        },
+      );
     state = initialState(config, planName, requestedBy, now);
     try {
       // The store's vault keeps nothing for ARNs; the URLs handed here carry no password.
@@ -107,9 +122,18 @@ export async function startFromPlan(
     const out = await deps.sfn.send(
       new StartExecutionCommand({ stateMachineArn: deps.stateMachineArn, name: migrationId, input }),
     );
-    return { migrationId, executionArn: out.executionArn ?? executionArn, alreadyStarted: existed };
+    // The execution began now, whether or not an earlier try had written the record.
+    return { migrationId, executionArn: out.executionArn ?? executionArn, alreadyStarted: false };
   } catch (err) {
-    if ((err as Error).name !== 'ExecutionAlreadyExists') throw err;
+    if ((err as Error).name !== 'ExecutionAlreadyExists')
+      throw new PgferryError(
+        `migration ${migrationId} is recorded, but its execution did not start: ${errorMessage(err)}`,
+        {
+          cause: err,
+          migrationId,
+          hint: `start it again with the same id (\`pgferry start ${planName} --id ${migrationId} …\`): the record is reused, nothing is created twice`,
+        },
+      );
     const running = await deps.sfn.send(new DescribeExecutionCommand({ executionArn }));
     if (running.input !== undefined && sameJson(running.input, input))
       return { migrationId, executionArn, alreadyStarted: true };
@@ -124,6 +148,9 @@ export async function startFromPlan(
     );
   }
 }
+
+/** A plan's migration in these states is in progress: another start of the plan is refused. */
+const LIVE_STATUSES: MigrationState['status'][] = ['running', 'awaiting-cutover', 'cut-over'];
 
 function initialState(
   config: MigrationState['config'],

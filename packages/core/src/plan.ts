@@ -9,6 +9,7 @@ import { switchTargetSchema } from './connection-switch';
 import { type CutoverWindow, cutoverWindowSchema } from './cutover-window';
 import { InvalidInputError, PgferryError } from './errors';
 import { planTargetSchema, secretArn } from './plan-target';
+import { redactText } from './redact';
 import { unprovisionedTargetUrl } from './secret-refs';
 
 /** Plan names: what a person types after `/pgferry start`, and part of the store's keys. */
@@ -38,7 +39,12 @@ export const migrationPlanSchema = z
     name: z
       .string({ error: 'name is required' })
       .regex(PLAN_NAME, 'name must be 1-48 characters of a-z, 0-9 and -, starting with a letter'),
-    description: z.string().max(500, 'description must be at most 500 characters').optional(),
+    description: z
+      .string()
+      .max(500, 'description must be at most 500 characters')
+      // Plans are stored and shown as they are: a password has no place in one, not even in prose.
+      .refine((d) => redactText(d) === d, 'description holds a password (a URL or password literal): take it out')
+      .optional(),
     source: z.strictObject(
       { secretArn: secretArn('source.secretArn') },
       { error: 'source is required: { "secretArn": "<the source credentials secret ARN>" }' },

@@ -99,7 +99,14 @@ describe('pgferry plan on the local state directory', () => {
     expect(bad.stderr).not.toContain('"x"');
     const notJson = await pgferry(['plan', 'put', '-', '--state-dir', stateDir], { stdin: '{"name": ' });
     expect(notJson.code).toBe(2);
-    expect(notJson.stderr).toContain('not JSON');
+    expect(notJson.stderr).toContain('the plan on stdin is not JSON (it ends too early)');
+    // The parser's excerpt of the text is not echoed: it may hold a secret pasted by mistake.
+    const pasted = await pgferry(['plan', 'put', '-', '--state-dir', stateDir], {
+      stdin: '{"name": "shop",\n "pw": hunter2sec}',
+    });
+    expect(pasted.code).toBe(2);
+    expect(pasted.stderr).toContain('is not JSON (line 2, column 8)');
+    expect(pasted.stderr).not.toContain('hunter2');
     const list = await pgferry(['plan', 'list', '--state-dir', stateDir]);
     expect(list.stdout).toContain('no plans');
     const unknown = await pgferry(['plan', 'show', 'nosuch', '--state-dir', stateDir]);

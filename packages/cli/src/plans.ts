@@ -57,8 +57,10 @@ export function readPlanFile(file: string): MigrationPlan {
   let value: unknown;
   try {
     value = JSON.parse(text);
-  } catch (err) {
-    throw new InvalidInputError(`${what} is not JSON: ${errorMessage(err)}`, {
+  } catch {
+    // The parser's message quotes the text around the fault, which may be a secret pasted by mistake:
+    // only where it is, by line and column.
+    throw new InvalidInputError(`${what} is not JSON (${jsonFault(text)})`, {
       field: 'FILE',
       hint: 'a plan is one JSON object; `pgferry plan --help` shows one',
     });
@@ -168,4 +170,31 @@ export async function startCommand(positionals: string[], o: StartOptions, out: 
     `${started.alreadyStarted ? 'already started' : 'started'}: migration ${started.migrationId} from plan ${positionals[0]}\nexecution ${started.executionArn}`,
   );
   return EXIT_CODES.ok;
+}
+
+/** Where JSON.parse gives up on `text`, as "line L, column C" (the longest prefix that still parses as far as it goes). */
+function jsonFault(text: string): string {
+  let lo = 0;
+  let hi = text.length;
+  // The parser reads left to right: a prefix fails "at the end" until the fault is inside it.
+  const failsInside = (n: number) => {
+    try {
+      JSON.parse(text.slice(0, n));
+      return false;
+    } catch (err) {
+      // Running out of text is "end of JSON input", or a fault placed at the prefix's very end.
+      const message = errorMessage(err);
+      const at = /at position (\d+)/.exec(message);
+      return !/end of JSON input/i.test(message) && !(at && Number(at[1]) >= n);
+    }
+  };
+  while (lo < hi) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (failsInside(mid + 1)) hi = mid;
+    else lo = mid + 1;
+  }
+  const before = text.slice(0, lo);
+  const line = before.split('\n').length;
+  const column = lo - before.lastIndexOf('\n');
+  return lo >= text.length ? 'it ends too early' : `line ${line}, column ${column}`;
 }

@@ -10,8 +10,14 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DynamoMigrationStore, type SecretsVault } from '../packages/aws/src/index';
+import { writeExecution } from '../packages/cli/src/local-runtime';
 import { FileMigrationStore } from '../packages/cli/src/store';
-import { deployedTableName, type MigrationSecrets, type MigrationState } from '../packages/core/src/index';
+import {
+  deployedTableName,
+  type MigrationSecrets,
+  type MigrationState,
+  workflowInput,
+} from '../packages/core/src/index';
 import { type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
 import { migrationFixture, newMigration, sleep } from './harness/migration';
 
@@ -112,6 +118,28 @@ describe('pgferry status (recorded state)', () => {
     expect(out).toMatch(/Catch up\s+\(running or interrupted\) since 10:01:03\.000, [\d.]+ s so far/);
     expect(out).toContain('lag now: 3.0 MiB (3145728 bytes), 1.25 s behind');
     expect(out).toContain('next: no pgferry command is running it: `pgferry resume --id shown1`');
+  });
+
+  it('says an execution left "running" by a process that is gone (kill -9) stopped, and --watch ends on it', async () => {
+    const stateDir = join(dir, 'crashed');
+    await new FileMigrationStore(stateDir).create(migration('crashed1'), SECRETS);
+    // What a `pgferry migrate` killed with -9 leaves: its execution record still "running", no live claim.
+    writeExecution(stateDir, {
+      migrationId: 'crashed1',
+      command: 'migrate',
+      input: workflowInput({ migrationId: 'crashed1' }),
+      startedAt: '2026-12-06T10:00:00.000Z',
+      status: 'running',
+      states: [],
+    });
+    const r = started(['status', 'crashed1', '--offline', '--state-dir', stateDir]);
+    expect(await r.exit).toBe(0);
+    expect(r.out()).toMatch(
+      /Execution \(migrate, started [^)]+\): aborted .*its pgferry process stopped without finishing/,
+    );
+    expect(r.out()).toContain('next: no pgferry command is running it: `pgferry resume --id crashed1`');
+    const w = started(['status', 'crashed1', '--watch', '--interval', '0.1', '--state-dir', stateDir]);
+    expect(await w.exit).toBe(0);
   });
 
   it('--watch ends on Ctrl-C with exit 0, and refuses what it cannot do, naming the option', async () => {

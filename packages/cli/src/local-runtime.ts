@@ -68,7 +68,7 @@ export function readExecution(stateDir: string, id: string): ExecutionRecord | u
   }
 }
 
-function writeExecution(stateDir: string, record: ExecutionRecord) {
+export function writeExecution(stateDir: string, record: ExecutionRecord) {
   const file = executionFile(stateDir, record.migrationId);
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const tmp = `${file}.${process.pid}.tmp`;

@@ -14,6 +14,7 @@ import { describeExecution, type ExecutionRecord, readExecution } from './local-
 import { describeLive, describeState, type Output } from './output';
 import { reportId } from './report';
 import { inspectMigration, type Runtime } from './runner';
+import { FileMigrationStore } from './store';
 import { deployedTableStore } from './worker';
 
 /** What to do next, for a person reading the status. */
@@ -164,7 +165,19 @@ export async function runStatus(c: StatusCommand, rt: Runtime, out: Output): Pro
   const store: MigrationStore = c.table
     ? await deployedTableStore(c.table, c.region, { table: '--table', region: '--region' })
     : rt.store;
-  const execution = (i: string) => (c.table ? undefined : readExecution(rt.stateDir, i));
+  const execution = async (i: string): Promise<ExecutionRecord | undefined> => {
+    if (c.table) return undefined;
+    const e = readExecution(rt.stateDir, i);
+    // A record left "running" by a process that is gone (kill -9, a crash): no command holds the
+    // migration's claim any more, so nothing is working on it.
+    if (e?.status === 'running' && rt.store instanceof FileMigrationStore && !(await rt.store.claimed(i)))
+      return {
+        ...e,
+        status: 'aborted',
+        error: e.error ?? 'its pgferry process stopped without finishing (a crash, kill -9)',
+      };
+    return e;
+  };
   if (!id) {
     const { migrations, unreadable } = await store.list();
     const lines = [
@@ -191,7 +204,7 @@ export async function runStatus(c: StatusCommand, rt: Runtime, out: Output): Pro
         stop: stopped,
         frame: async () => {
           const s = await store.get(id);
-          const e = execution(id);
+          const e = await execution(id);
           return { text: describeStatus(s, e, !!c.table), done: settled(s, e, !!c.table) };
         },
       });
@@ -201,7 +214,7 @@ export async function runStatus(c: StatusCommand, rt: Runtime, out: Output): Pro
     return EXIT_CODES.ok;
   }
   const s = await store.get(id);
-  const e = execution(id);
+  const e = await execution(id);
   // A cleaned-up migration has nothing left on the servers, nor the passwords to look; a deployed
   // one's servers are in its VPC.
   if (c.offline || c.table || s.status === 'cleaned-up')

@@ -153,6 +153,15 @@ export class FileMigrationStore implements MigrationStore {
     };
   }
 
+  /** Whether a live process holds migration `id`'s claim (one on another host counts as live). */
+  async claimed(id: string): Promise<boolean> {
+    const held = await readFile(this.path(id, '.run'), 'utf8')
+      .then((t) => JSON.parse(t) as { pid?: number; host?: string })
+      .catch(() => undefined);
+    if (!held) return false;
+    return held.host !== undefined && held.host !== hostname() ? true : pidAlive(held.pid);
+  }
+
   private async takeClaim(id: string, path: string, mine: string): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       try {

@@ -4,6 +4,7 @@
  * DynamoDB table (DynamoDB Local).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -230,6 +231,12 @@ describe('pgferry status --table (DynamoDB Local)', () => {
     const watched = await cli(['status', 'deployed2', '--stage', 'prod', '--watch', '--interval', '0.1']);
     expect(watched.code).toBe(0);
     expect(watched.out).toContain('/pgferry rollback deployed2');
+    // The report of a deployed migration, from the same table.
+    const html = join(await mkdtemp(join(tmpdir(), 'pgferry-report-')), 'deployed1.html');
+    const report = await cli(['report', 'deployed1', '--html', html, '--stage', 'prod']);
+    expect(report.err).not.toMatch(/^error/m);
+    expect(report.code).toBe(0);
+    expect(readFileSync(html, 'utf8')).toContain('deployed1');
     const listed = await cli(['status', '--stage', 'prod']);
     expect(listed.code).toBe(0);
     expect(listed.out).toMatch(/^deployed1 +running/m);

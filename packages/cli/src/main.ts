@@ -43,6 +43,7 @@ import { runStatus } from './status';
 import { FileMigrationStore } from './store';
 import {
   awsTaskCallbacks,
+  deployedTableStore,
   deployedWorkerDumpStore,
   deployedWorkerStore,
   runWorker,
@@ -217,12 +218,14 @@ RISK: every write the application made on the target that reverse replication ha
 source is NOT on the source, and the source's sequences were not synced from the target, so new rows may
 take keys the target already used (duplicate keys when the data is brought together later). Use it only
 when the target cannot come back in time; --yes says you accept this.`,
-  report: `Usage: pgferry report ID --html FILE   (or --id ID)
+  report: `Usage: pgferry report ID --html FILE   (or --id ID)  [--stage S | --table NAME] [--region R]
 
 Writes one self-contained HTML page (no script, font or image loaded from anywhere; readable offline)
 from the recorded state: the phase timeline, replication lag over time (bytes and seconds), the write
 gap step by step, and the verification before and after the switch, table by table. The file is
-written readable by its owner only (it names the servers; no password is in it). Reads no server.`,
+written readable by its owner only (it names the servers; no password is in it). Reads no server.
+--stage S / --table NAME  a migration a deployed stack recorded (as for pgferry status), not the state
+                          directory's`,
   workflow: `Usage: pgferry workflow print
 
 Prints the state machine definition (Amazon States Language JSON) that the stack deploys and that
@@ -326,7 +329,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
   unfreeze: ['id', 'yes', 'source'],
   demo: ['target-version', 'rows'],
   worker: [],
-  report: ['id', 'html'],
+  report: ['id', 'html', 'table', 'stage', 'region'],
   workflow: [],
   plan: ['table', 'stage', 'region'],
   start: ['table', 'stage', 'region', 'state-machine-arn', 'requested-by', 'id'],
@@ -775,7 +778,11 @@ export async function main(argv: string[]): Promise<number> {
       case 'report': {
         const id = reportId(positionals, values.id);
         const file = writablePath(need(values.html, '--html', 'report'), '--html')!;
-        writeHtmlReport(file, await rt.store.get(id));
+        // A deployed migration's record (--stage/--table), or the state directory's.
+        const store = values.table
+          ? await deployedTableStore(values.table, values.region, { table: '--table', region: '--region' })
+          : rt.store;
+        writeHtmlReport(file, await store.get(id));
         out.result({ id, html: file }, `report of ${id} written to ${file}`);
         return EXIT_CODES.ok;
       }

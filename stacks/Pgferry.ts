@@ -18,7 +18,7 @@ import { definitionSubstitutions, migrationStateMachine, stateMachineArn } from 
  */
 export function pgferryStack(config: DeployConfig) {
   return function Pgferry({ stack, app }: StackContext) {
-    const table = migrationTable(stack);
+    const table = migrationTable(stack, app.stage);
     const bucket = artifactsBucket(stack);
     const bus = pgferryBus(stack, app.logicalPrefixedName('events'));
     const environment = {

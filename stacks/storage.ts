@@ -1,4 +1,5 @@
 import { MIGRATION_TABLE_KEYS as KEYS } from '@pgferry/aws';
+import { deployedTableName } from '@pgferry/core';
 import { Duration, RemovalPolicy } from 'aws-cdk-lib';
 import { AttributeType, BillingMode, Table, TableEncryption } from 'aws-cdk-lib/aws-dynamodb';
 import { BlockPublicAccess, Bucket, BucketEncryption, ObjectOwnership } from 'aws-cdk-lib/aws-s3';
@@ -10,8 +11,10 @@ export const DUMPS_PREFIX = 'dumps/';
 /** Dumps are only needed until the target is restored and verified; a failed multipart upload holds no value at all. */
 const DUMP_EXPIRY = Duration.days(14);
 
-export function migrationTable(scope: Construct): Table {
+export function migrationTable(scope: Construct, stage: string): Table {
   return new Table(scope, 'Migrations', {
+    // A name known from the stage alone: what the CLI's `--stage S` reads (status, plan, start, report).
+    tableName: deployedTableName(stage),
     // The store's layout (packages/aws DynamoMigrationStore): `pk = MIGRATION#<id>`, items sorted by
     // `sk`, and leases that lapse through the TTL attribute.
     partitionKey: { name: KEYS.partitionKey, type: AttributeType.STRING },

@@ -557,7 +557,7 @@ export async function main(argv: string[]): Promise<number> {
       return command || values.help ? EXIT_CODES.ok : EXIT_CODES.invalidInput;
     }
     checkOptions(command, values);
-    // `--stage S`: the table `npx sst deploy --stage S` made, by SST's naming.
+    // `--stage S`: the table `npx sst deploy --stage S` made (the stack names it from the stage).
     if (values.stage !== undefined) {
       if (values.table !== undefined)
         throw new InvalidInputError('give --stage or --table, not both', {

@@ -36,8 +36,8 @@ export const SST_APP_NAME = 'pgferry';
 const STAGE = /^[a-zA-Z][a-zA-Z0-9-]{0,62}$/;
 
 /**
- * The migration table a stage's deploy made: SST names a construct's resource `<stage>-<app>-<id>`
- * (the stack's Table `Migrations`, stacks/storage.ts). What `--stage` of the CLI reads.
+ * The migration table a stage's deploy makes: the stack names it so (stacks/storage.ts), and the CLI's
+ * `--stage` reads it (status, plan, start, report).
  */
 export function deployedTableName(stage: string, field = '--stage'): string {
   if (!STAGE.test(stage))

@@ -57,6 +57,11 @@ function pidAlive(pid: number | undefined): boolean {
   }
 }
 
+/** A claim's process is alive: one on another host cannot be checked from here, so it counts as alive. */
+function claimAlive(held: { pid?: number; host?: string }): boolean {
+  return held.host !== undefined && held.host !== hostname() ? true : pidAlive(held.pid);
+}
+
 /** The process that wrote `lock` is gone (or wrote no pid at all, a second ago or more). */
 async function staleLock(lock: string): Promise<boolean> {
   const [text, info] = await Promise.all([readFile(lock, 'utf8').catch(() => ''), stat(lock).catch(() => undefined)]);
@@ -158,8 +163,7 @@ export class FileMigrationStore implements MigrationStore {
     const held = await readFile(this.path(id, '.run'), 'utf8')
       .then((t) => JSON.parse(t) as { pid?: number; host?: string })
       .catch(() => undefined);
-    if (!held) return false;
-    return held.host !== undefined && held.host !== hostname() ? true : pidAlive(held.pid);
+    return held !== undefined && claimAlive(held);
   }
 
   private async takeClaim(id: string, path: string, mine: string): Promise<void> {
@@ -172,8 +176,7 @@ export class FileMigrationStore implements MigrationStore {
         const held = await readFile(path, 'utf8')
           .then((t) => JSON.parse(t) as { pid?: number; host?: string; since?: string })
           .catch(() => ({}) as { pid?: number; host?: string; since?: string });
-        const alive = held.host !== undefined && held.host !== hostname() ? true : pidAlive(held.pid);
-        if (alive)
+        if (claimAlive(held))
           throw claimedError(
             id,
             `pid ${held.pid ?? '?'} on ${held.host ?? '?'}, since ${held.since ?? '?'}`,

@@ -39,15 +39,23 @@ export type CutoverWindow = z.output<typeof cutoverWindowSchema>;
 
 const minutes = (hhmm: string) => Number(hhmm.slice(0, 2)) * 60 + Number(hhmm.slice(3, 5));
 
+/** One formatter per zone: cutoverWindowOpensAt asks for thousands of minutes, and building one is costly. */
+const FORMATS = new Map<string, Intl.DateTimeFormat>();
+
 /** The local weekday and minute of the day of `at` in `timeZone`. */
 function localTime(at: Date, timeZone: string): { day: Weekday; minute: number } {
-  const parts = new Intl.DateTimeFormat('en-US', {
-    timeZone,
-    weekday: 'short',
-    hour: '2-digit',
-    minute: '2-digit',
-    hourCycle: 'h23',
-  }).formatToParts(at);
+  let format = FORMATS.get(timeZone);
+  if (!format) {
+    format = new Intl.DateTimeFormat('en-US', {
+      timeZone,
+      weekday: 'short',
+      hour: '2-digit',
+      minute: '2-digit',
+      hourCycle: 'h23',
+    });
+    FORMATS.set(timeZone, format);
+  }
+  const parts = format.formatToParts(at);
   const part = (type: string) => parts.find((p) => p.type === type)?.value ?? '';
   return {
     day: part('weekday').toLowerCase().slice(0, 3) as Weekday,

@@ -201,6 +201,19 @@ export async function switchAwsConnection(ctx: PhaseContext): Promise<SwitchReco
   }
 }
 
+/**
+ * The cutover's breadcrumb, written just before the source is frozen: when, and whether the source was
+ * read-only already (another migration's freeze), which an undo then leaves as it was.
+ */
+export async function recordForwardFreeze(ctx: PhaseContext): Promise<{ freezeAt: Date; wasFrozen: boolean }> {
+  const freezeAt = new Date();
+  const wasFrozen = await isFrozen(ctx.source);
+  await ctx.update((s) => {
+    s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward', wasFrozen };
+  });
+  return { freezeAt, wasFrozen };
+}
+
 /** `p`, or a rejection with `message` after `ms` (the work itself is not cancelled). */
 export function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -278,12 +291,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
           : 'nothing changed for the application; the source must reach the target for reverse replication (check the target URL, its pg_hba.conf and free WAL senders), and every source sequence must exist on the target; then run `pgferry cutover` again',
     });
   }
-  const freezeAt = new Date();
-  // Recorded before the freeze: a source already read-only (another migration's freeze) is left so by an undo.
-  const wasFrozen = await isFrozen(ctx.source);
-  await ctx.update((s) => {
-    s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward', wasFrozen };
-  });
+  const { freezeAt, wasFrozen } = await recordForwardFreeze(ctx);
 
   // From the freeze until the switch is recorded (or undone), Ctrl-C waits: see critical.ts.
   const record = await critical(async () => {

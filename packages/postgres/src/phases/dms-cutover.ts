@@ -24,7 +24,7 @@ import {
 import { listTables } from '../catalog';
 import { critical } from '../critical';
 import { sleep } from '../db';
-import { freezeWrites, isFrozen, unfreezeWrites, waitPreparedTransactions, writesSince } from '../freeze';
+import { freezeWrites, unfreezeWrites, waitPreparedTransactions, writesSince } from '../freeze';
 import {
   applyTuning,
   dropPublication,
@@ -38,7 +38,7 @@ import {
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
 import { type PhaseContext, partitionsViaRoot, targetMajor } from './context';
-import { switchAwsConnection, switchOptions } from './cutover';
+import { recordForwardFreeze, switchAwsConnection, switchOptions } from './cutover';
 import { dmsRef } from './dms';
 import { runUndo, type UndoStep } from './undo';
 
@@ -130,11 +130,7 @@ export async function dmsCutover(
       hint: 'the source must reach the target for reverse replication, and every source sequence must exist on the target; then cut over again',
     });
   }
-  const freezeAt = new Date();
-  const wasFrozen = await isFrozen(ctx.source);
-  await ctx.update((s) => {
-    s.cutover = { freezeAt: freezeAt.toISOString(), direction: 'forward', wasFrozen };
-  });
+  const { freezeAt } = await recordForwardFreeze(ctx);
   const record = await critical(async () => {
     const t0 = performance.now();
     let freeze: Awaited<ReturnType<typeof freezeWrites>>;

@@ -10,7 +10,8 @@ import { defineConfig } from 'vitest/config';
  * - `postgres`: every test file that reaches `inject('servers')` through its own imports of the test
  *   folders (in practice: it imports test/harness/pairs.ts or test/harness/migration.ts). They share the
  *   servers the global setup starts and run one file at a time: migrations are timing-sensitive (lag,
- *   drain, freeze) and a 2-core machine has no room for two at once.
+ *   drain, freeze) and a 2-core machine has no room for two at once. PGFERRY_TEST_PG_WORKERS=N runs
+ *   N files at once instead, each worker on its own set of servers (see postgresWorkers).
  * - `unit`: every other test file (pure logic, aws-sdk-client-mock, DynamoDB Local, s3rver, the stacks
  *   and cdk-nag). No PostgreSQL is started for them, and they run in parallel, before the `postgres`
  *   files (sequence.groupOrder), so that they never compete with a migration for the CPU.
@@ -73,6 +74,26 @@ const all = testFiles();
 const postgres = all.filter((f) => needsPostgres(join(root, f)));
 const unit = all.filter((f) => !postgres.includes(f));
 
+/**
+ * How many `postgres` files run at once: PGFERRY_TEST_PG_WORKERS, 1 unless set. The global setup starts
+ * one set of servers per worker (the project's maxWorkers) and each file takes its worker's set
+ * (test/harness/workers.ts), so that no test sees another file's roles, slots, server log or
+ * restarts. Off by default: lag, drain and freeze tests are timing-sensitive, and two migrations at
+ * once on a 2-core machine may starve them.
+ */
+export function postgresWorkers(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.PGFERRY_TEST_PG_WORKERS;
+  if (raw === undefined || raw.trim() === '') return 1;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 4)
+    throw new Error(
+      `PGFERRY_TEST_PG_WORKERS=${raw}: give a whole number from 1 to 4 (PostgreSQL test files run at once; unset: 1)`,
+    );
+  return n;
+}
+
+const pgWorkers = postgresWorkers();
+
 const common = {
   testTimeout: 180_000,
   hookTimeout: 120_000,
@@ -99,8 +120,8 @@ export default defineConfig({
           name: 'postgres',
           include: postgres,
           globalSetup: ['test/harness/build-cli.ts', 'test/harness/global-setup.ts'],
-          fileParallelism: false,
-          maxWorkers: 1,
+          fileParallelism: pgWorkers > 1,
+          maxWorkers: pgWorkers,
           sequence: { groupOrder: 1 },
         },
       },

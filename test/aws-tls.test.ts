@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { mockClient } from 'aws-sdk-client-mock';
-import { afterAll, afterEach, describe, expect, inject, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import {
   pemCertificates,
   RDS_CA_BUNDLE_ENV,
@@ -14,10 +14,10 @@ import {
 } from '../packages/aws/src/index';
 import { connect, type Db } from '../packages/postgres/src/index';
 import { TEST_CLIENT_CONFIG } from './harness/aws-clients';
-import { serverUrl } from './harness/pairs';
+import { serverUrl, testServers } from './harness/pairs';
 
 // source15 offers TLS with a throw-away self-signed certificate for 127.0.0.1 (test/harness/global-setup.ts).
-const server = inject('servers').source15;
+const server = testServers().source15;
 const serverCa = server.certFile ?? 'missing';
 const work = mkdtempSync(join(tmpdir(), 'pgferry-aws-tls-'));
 const dbs: Db[] = [];

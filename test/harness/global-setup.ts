@@ -1,5 +1,5 @@
 import type { TestProject } from 'vitest/node';
-import { type LocalServer, startServer } from '../../packages/cli/src/local-servers';
+import { type LocalServer, type ServerOptions, startServer } from '../../packages/cli/src/local-servers';
 
 export interface ServerInfo {
   version: number;
@@ -11,34 +11,49 @@ export interface ServerInfo {
   logFile: string;
 }
 
+export type ServerRole = 'source11' | 'source12' | 'source15' | 'target15' | 'target16' | 'target17';
+export type ServerSet = Record<ServerRole, ServerInfo>;
+
 declare module 'vitest' {
   export interface ProvidedContext {
-    servers: Record<ServerRole, ServerInfo>;
+    /** One set of servers per worker of the `postgres` project (see test/harness/workers.ts). */
+    servers: ServerSet[];
   }
 }
-
-export type ServerRole = 'source11' | 'source12' | 'source15' | 'target15' | 'target16' | 'target17';
 
 let started: LocalServer[] = [];
 
 /**
- * One server per role for the whole run; each test makes its own databases on them. All but target15
- * offer TLS, as RDS does: libpq's tools and the subscriptions use it unasked (sslmode=prefer), and so
- * does pgferry; target15 offers none, so `prefer` falling back to plain connections is covered too.
+ * One server per role for the whole run (one set per worker when PGFERRY_TEST_PG_WORKERS runs
+ * PostgreSQL files side by side); each test makes its own databases on them. All but target15 offer
+ * TLS, as RDS does: libpq's tools and the subscriptions use it unasked (sslmode=prefer), and so does
+ * pgferry; target15 offers none, so `prefer` falling back to plain connections is covered too.
  */
 export async function setup(project: TestProject) {
   // Prepared transactions on, as many sources have them (and the freeze must see them).
   const source = { ssl: true, settings: { max_prepared_transactions: 10 } };
-  const [source11, source12, source15, target15, target16, target17] = await Promise.all([
+  const roles: [ServerRole, ServerOptions][] = [
     // The oldest sources pgferry supports (before 13: no publish_via_partition_root, no pg_current_snapshot).
-    startServer({ version: 11, name: 'source11', ...source }),
-    startServer({ version: 12, name: 'source12', ...source }),
-    startServer({ version: 15, name: 'source15', ...source }),
-    startServer({ version: 15, name: 'target15' }),
-    startServer({ version: 16, name: 'target16', ssl: true }),
-    startServer({ version: 17, name: 'target17', ssl: true }),
-  ]);
-  started = [source11, source12, source15, target15, target16, target17];
+    ['source11', { version: 11, ...source }],
+    ['source12', { version: 12, ...source }],
+    ['source15', { version: 15, ...source }],
+    ['target15', { version: 15 }],
+    ['target16', { version: 16, ssl: true }],
+    ['target17', { version: 17, ssl: true }],
+  ];
+  // One set per worker: PGFERRY_TEST_PG_WORKERS sets the project's maxWorkers (vitest.config.ts).
+  const workers = Math.max(1, project.config.maxWorkers);
+  const results = await Promise.allSettled(
+    Array.from({ length: workers }, (_, n) =>
+      roles.map(([role, options]) => startServer({ ...options, name: n === 0 ? role : `${role}-w${n + 1}` })),
+    ).flat(),
+  );
+  started = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed) {
+    await teardown(); // (the servers that did start)
+    throw failed.reason;
+  }
   const info = (s: LocalServer): ServerInfo => ({
     version: s.version,
     port: s.port,
@@ -46,14 +61,12 @@ export async function setup(project: TestProject) {
     certFile: s.certFile,
     logFile: s.logFile,
   });
-  project.provide('servers', {
-    source11: info(source11),
-    source12: info(source12),
-    source15: info(source15),
-    target15: info(target15),
-    target16: info(target16),
-    target17: info(target17),
-  });
+  const set = (n: number) =>
+    Object.fromEntries(roles.map(([role], i) => [role, info(started[n * roles.length + i]!)])) as ServerSet;
+  project.provide(
+    'servers',
+    Array.from({ length: workers }, (_, n) => set(n)),
+  );
 }
 
 export async function teardown() {

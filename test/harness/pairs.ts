@@ -1,10 +1,17 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { inject } from 'vitest';
-import type { ServerInfo } from './global-setup';
+import type { ServerInfo, ServerSet } from './global-setup';
+import { workerIndex } from './workers';
 
 export type TargetVersion = 15 | 16 | 17;
 export type SourceVersion = 11 | 12 | 15;
+
+/** The servers of this test file's worker (one set per worker when several PostgreSQL files run at once). */
+export function testServers(): ServerSet {
+  const sets = inject('servers');
+  return sets[workerIndex(sets.length)] as ServerSet;
+}
 
 export function serverUrl(s: ServerInfo, database = 'postgres', user = 'postgres', password = s.password) {
   return `postgres://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${s.port}/${encodeURIComponent(database)}`;
@@ -95,7 +102,7 @@ export async function freshPair(
   label = 'db',
   sourceVersion: SourceVersion = 15,
 ): Promise<Pair> {
-  const servers = inject('servers');
+  const servers = testServers();
   const sourceServer = servers[`source${sourceVersion}`];
   const targetServer = servers[`target${targetVersion}`];
   const suffix = randomBytes(4).toString('hex');

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
-import { inject } from 'vitest';
+import { afterAll, inject } from 'vitest';
 import type { ServerInfo, ServerSet } from './global-setup';
 import { workerIndex } from './workers';
 
@@ -32,49 +32,108 @@ export async function sql<R extends pg.QueryResultRow = pg.QueryResultRow>(
   }
 }
 
-/** Drop a database and anything replication-related that points at it, whatever state a test left. */
-async function dropDatabase(server: ServerInfo, db: string) {
-  const admin = serverUrl(server);
-  const subs = await sql<{ subname: string }>(
-    admin,
+/**
+ * One session per server on its `postgres` database for the harness's own bookkeeping (making and
+ * dropping each test's databases, looking for leftovers): opening a connection (a backend forked, a
+ * SCRAM exchange) for each of those statements cost more than the statements. Tests' own checks keep
+ * a session each (`sql`), so that no session of the harness sits in a database a test inspects.
+ */
+const adminSessions = new Map<number, Promise<pg.Client>>();
+
+afterAll(async () => {
+  const sessions = [...adminSessions.values()];
+  adminSessions.clear();
+  await Promise.allSettled(sessions.map(async (s) => (await s).end()));
+});
+
+async function admin<R extends pg.QueryResultRow = pg.QueryResultRow>(
+  server: ServerInfo,
+  text: string,
+  params?: unknown[],
+): Promise<R[]> {
+  for (let attempt = 1; ; attempt++) {
+    let session = adminSessions.get(server.port);
+    if (!session) {
+      const client = new pg.Client({
+        connectionString: serverUrl(server),
+        options: '-c default_transaction_read_only=off',
+      });
+      // A session a test ended (or a lost connection) is replaced by the next statement.
+      const forget = () => {
+        if (adminSessions.get(server.port) === session) adminSessions.delete(server.port);
+      };
+      client.on('error', forget);
+      client.on('end', forget);
+      session = client.connect().then(() => client);
+      session.catch(forget);
+      adminSessions.set(server.port, session);
+    }
+    try {
+      return (await (await session).query<R>(text, params)).rows;
+    } catch (err) {
+      // Once more on a new session when this one was gone; an error of the statement itself is the caller's.
+      if (attempt > 1 || adminSessions.get(server.port) === session) throw err;
+    }
+  }
+}
+
+/** Disable and drop a database's subscriptions (and let go of their slots), so that nothing reconnects to a peer. */
+async function dropSubscriptions(server: ServerInfo, db: string) {
+  const subs = await admin<{ subname: string }>(
+    server,
     'SELECT subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = $1',
     [db],
   );
-  for (const { subname } of subs) {
-    const dbUrl = serverUrl(server, db);
-    await sql(dbUrl, `ALTER SUBSCRIPTION ${pg.escapeIdentifier(subname)} DISABLE`).catch(() => {});
-    await sql(dbUrl, `ALTER SUBSCRIPTION ${pg.escapeIdentifier(subname)} SET (slot_name = NONE)`).catch(() => {});
-    await sql(dbUrl, `DROP SUBSCRIPTION IF EXISTS ${pg.escapeIdentifier(subname)}`).catch(() => {});
+  if (subs.length === 0) return;
+  const client = new pg.Client({
+    connectionString: serverUrl(server, db),
+    options: '-c default_transaction_read_only=off',
+  });
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    for (const { subname } of subs) {
+      const sub = pg.escapeIdentifier(subname);
+      await client.query(`ALTER SUBSCRIPTION ${sub} DISABLE`).catch(() => {});
+      await client.query(`ALTER SUBSCRIPTION ${sub} SET (slot_name = NONE)`).catch(() => {});
+      await client.query(`DROP SUBSCRIPTION IF EXISTS ${sub}`).catch(() => {});
+    }
+  } finally {
+    await client.end().catch(() => {});
   }
+}
+
+/** Drop a database's replication slots, then the database, whatever state a test left. */
+async function dropSlotsAndDatabase(server: ServerInfo, db: string) {
   // Slots of this database (ours, or a peer's subscription's) go first, or DROP DATABASE refuses.
   for (let i = 0; i < 50; i++) {
-    await sql(
-      admin,
+    await admin(
+      server,
       'SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE database = $1 AND active_pid IS NOT NULL',
       [db],
     );
-    await sql(
-      admin,
+    await admin(
+      server,
       'SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active',
       [db],
     ).catch(() => {});
-    const left = await sql(admin, 'SELECT 1 FROM pg_replication_slots WHERE database = $1', [db]);
+    const left = await admin(server, 'SELECT 1 FROM pg_replication_slots WHERE database = $1', [db]);
     if (left.length === 0) break;
     await new Promise((r) => setTimeout(r, 100));
   }
   if (server.version >= 13) {
-    await sql(admin, `DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)} WITH (FORCE)`);
+    await admin(server, `DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)} WITH (FORCE)`);
     return;
   }
   // Before 13, no FORCE: its sessions are ended first (a writer may still be reconnecting).
   for (let i = 0; ; i++) {
-    await sql(
-      admin,
+    await admin(
+      server,
       'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()',
       [db],
     );
     try {
-      await sql(admin, `DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)}`);
+      await admin(server, `DROP DATABASE IF EXISTS ${pg.escapeIdentifier(db)}`);
       return;
     } catch (err) {
       if ((err as { code?: string }).code !== '55006' || i >= 50) throw err;
@@ -108,8 +167,10 @@ export async function freshPair(
   const suffix = randomBytes(4).toString('hex');
   const sourceDb = `src_${label}_${suffix}`;
   const targetDb = `tgt_${label}_${suffix}`;
-  await sql(serverUrl(sourceServer), `CREATE DATABASE ${pg.escapeIdentifier(sourceDb)}`);
-  await sql(serverUrl(targetServer), `CREATE DATABASE ${pg.escapeIdentifier(targetDb)}`);
+  await Promise.all([
+    admin(sourceServer, `CREATE DATABASE ${pg.escapeIdentifier(sourceDb)}`),
+    admin(targetServer, `CREATE DATABASE ${pg.escapeIdentifier(targetDb)}`),
+  ]);
   const sourceUrl = serverUrl(sourceServer, sourceDb);
   const targetUrl = serverUrl(targetServer, targetDb);
   return {
@@ -123,40 +184,44 @@ export async function freshPair(
     target: (text, params) => sql(targetUrl, text, params),
     async drop() {
       const t = Date.now();
-      await dropDatabase(sourceServer, sourceDb);
-      const t1 = Date.now();
-      await dropDatabase(targetServer, targetDb);
-      if (process.env.PGFERRY_TIMING) console.error(`drop: source ${t1 - t} ms, target ${Date.now() - t1} ms`);
+      // Both sides at once: first every subscription (forward and reverse), so that no apply worker
+      // reconnects to a slot about to be dropped, then the slots and the databases.
+      const sides: [ServerInfo, string][] = [
+        [sourceServer, sourceDb],
+        [targetServer, targetDb],
+      ];
+      await Promise.all(sides.map(([server, db]) => dropSubscriptions(server, db)));
+      await Promise.all(sides.map(([server, db]) => dropSlotsAndDatabase(server, db)));
+      if (process.env.PGFERRY_TIMING) console.error(`drop: ${Date.now() - t} ms`);
     },
   };
 }
 
 /** Replication slots and publications left on a server for a database: what clean-up must remove. */
 export async function leftovers(pair: Pair) {
-  const slots = await sql<{ slot_name: string }>(
-    serverUrl(pair.sourceServer),
-    'SELECT slot_name FROM pg_replication_slots WHERE database = $1',
-    [pair.sourceDb],
-  );
-  const targetSlots = await sql<{ slot_name: string }>(
-    serverUrl(pair.targetServer),
-    'SELECT slot_name FROM pg_replication_slots WHERE database = $1',
-    [pair.targetDb],
-  );
-  const pubs = await pair.source('SELECT pubname FROM pg_publication');
-  const targetPubs = await pair.target('SELECT pubname FROM pg_publication');
-  const subs = await pair.source(
-    'SELECT subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = current_database()',
-  );
-  const targetSubs = await pair.target(
-    'SELECT subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = current_database()',
-  );
+  const slots = (server: ServerInfo, db: string) =>
+    admin<{ slot_name: string }>(server, 'SELECT slot_name FROM pg_replication_slots WHERE database = $1', [db]);
+  // (pg_subscription is shared by the server's databases; pg_publication is each database's own.)
+  const subs = (server: ServerInfo, db: string) =>
+    admin<{ subname: string }>(
+      server,
+      'SELECT subname FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid WHERE d.datname = $1',
+      [db],
+    );
+  const [sourceSlots, targetSlots, pubs, targetPubs, sourceSubs, targetSubs] = await Promise.all([
+    slots(pair.sourceServer, pair.sourceDb),
+    slots(pair.targetServer, pair.targetDb),
+    pair.source('SELECT pubname FROM pg_publication'),
+    pair.target('SELECT pubname FROM pg_publication'),
+    subs(pair.sourceServer, pair.sourceDb),
+    subs(pair.targetServer, pair.targetDb),
+  ]);
   return [
-    ...slots.map((r) => `source slot ${r.slot_name}`),
+    ...sourceSlots.map((r) => `source slot ${r.slot_name}`),
     ...targetSlots.map((r) => `target slot ${r.slot_name}`),
     ...pubs.map((r) => `source publication ${r.pubname}`),
     ...targetPubs.map((r) => `target publication ${r.pubname}`),
-    ...subs.map((r) => `source subscription ${r.subname}`),
+    ...sourceSubs.map((r) => `source subscription ${r.subname}`),
     ...targetSubs.map((r) => `target subscription ${r.subname}`),
   ];
 }

@@ -42,12 +42,7 @@ export class SideReaders {
   private readonly opened = new Set<pg.Client>();
   private free: number;
   private readonly waiting: { n: number; grant: () => void }[] = [];
-  private readingNow = 0;
-  private busySince = 0;
-  /** Time during which at least one reader of this side was reading (not the sum of the readers' times). */
-  busyMs = 0;
-  /** The most readers reading this side at once. */
-  peak = 0;
+  private readonly clock = new ReadingClock();
 
   constructor(
     readonly db: Db,
@@ -93,13 +88,13 @@ export class SideReaders {
           await say(i + 1, 'snapshot');
         }),
       );
-      this.reading(n);
+      this.clock.reading(n);
       try {
         return await settled(
           clients.map((c, i) => (read.parts[i] as SideRead<T>['parts'][number])(rowsOf(c, this.db.side))),
         );
       } finally {
-        this.reading(-n);
+        this.clock.reading(-n);
       }
     } catch (err) {
       broken = true;
@@ -112,20 +107,22 @@ export class SideReaders {
     }
   }
 
+  /** Time during which at least one reader of this side was reading (not the sum of the readers' times). */
+  get busyMs(): number {
+    return this.clock.busyMs;
+  }
+
+  /** The most readers reading this side at once. */
+  get peak(): number {
+    return this.clock.peak;
+  }
+
   /** Ends every connection (the reads are done). */
   async close(): Promise<void> {
     const all = [...this.opened];
     this.opened.clear();
     this.idle.length = 0;
     await Promise.all(all.map((c) => c.end().catch(() => {})));
-  }
-
-  private reading(delta: number) {
-    const now = performance.now();
-    if (this.readingNow === 0 && delta > 0) this.busySince = now;
-    this.readingNow += delta;
-    if (this.readingNow === 0) this.busyMs += now - this.busySince;
-    this.peak = Math.max(this.peak, this.readingNow);
   }
 
   /** n readers' connections, once n are free and every read that asked before has had its own. */
@@ -162,6 +159,25 @@ export class SideReaders {
       this.free -= w.n;
       w.grant();
     }
+  }
+}
+
+/**
+ * How long, and by how many readers at most, one side was read: readers start and stop reading (`delta`
+ * of them at `now`); the time counted is the time at least one was reading, so that a side's MiB/s
+ * is its bytes over the time it was being read, however many readers shared that time.
+ */
+export class ReadingClock {
+  private now = 0;
+  private since = 0;
+  busyMs = 0;
+  peak = 0;
+
+  reading(delta: number, at = performance.now()) {
+    if (this.now === 0 && delta > 0) this.since = at;
+    this.now += delta;
+    if (this.now === 0) this.busyMs += at - this.since;
+    this.peak = Math.max(this.peak, this.now);
   }
 }
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { advance, openSession } from '../packages/cli/src/runner';
 import { verifySummary, verifyTables } from '../packages/postgres/src/index';
 import type { VerifyReaderPoint } from '../packages/postgres/src/phases/context';
-import { migrationFixture, newMigration } from './harness/migration';
+import { migrationFixture, newMigration, sleep } from './harness/migration';
 import type { Pair } from './harness/pairs';
 
 const fixture = migrationFixture();
@@ -158,5 +158,34 @@ describe('verify with several readers a side', () => {
     } finally {
       await session.close();
     }
+  });
+
+  it('leaves no reader connection open when a read fails', async () => {
+    const { pair, rt } = await fixture.setup('failing', 500);
+    await pair.source(`CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
+      INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 20000) g`);
+    const m = await newMigration(rt, pair, { cutover: 'manual', jobs: 3, verifyPartBytes: PART_BYTES });
+    await advance(rt, m.id, { cutover: 'manual' });
+    rt.faults = {
+      async verifyReader(p) {
+        if (p.table === 'public.big' && p.reader === 2 && p.stage === 'start') throw new Error('reader 3 lost');
+      },
+    };
+    const session = await openSession(rt, m.id);
+    try {
+      await expect(verifyTables(session.ctx)).rejects.toThrow(/reader 3 lost/);
+    } finally {
+      await session.close();
+    }
+    // The other tables' reads still in flight end on their own; none keeps or opens a connection.
+    const readers =
+      "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'pgferry:%:verify'";
+    let open = -1;
+    for (let i = 0; i < 100 && open !== 0; i++) {
+      await sleep(100);
+      const [src, tgt] = await Promise.all([pair.source(readers), pair.target(readers)]);
+      open = Number(src[0]?.n) + Number(tgt[0]?.n);
+    }
+    expect(open).toBe(0);
   });
 });

@@ -43,6 +43,8 @@ export class SideReaders {
   private free: number;
   private readonly waiting: { n: number; grant: () => void }[] = [];
   private readonly clock = new ReadingClock();
+  /** Closed: a read still in flight (another failed and verify ended) opens no connection and keeps none. */
+  private closed = false;
 
   constructor(
     readonly db: Db,
@@ -119,6 +121,7 @@ export class SideReaders {
 
   /** Ends every connection (the reads are done). */
   async close(): Promise<void> {
+    this.closed = true;
     const all = [...this.opened];
     this.opened.clear();
     this.idle.length = 0;
@@ -132,6 +135,7 @@ export class SideReaders {
     const clients: pg.Client[] = [];
     try {
       while (clients.length < n) {
+        if (this.closed) throw new PgferryError(`${this.db.side}: verify's readers are closed`);
         const c =
           this.idle.pop() ??
           (await connectClient(this.db.url, { side: this.db.side, applicationName: this.applicationName }));
@@ -148,7 +152,7 @@ export class SideReaders {
   /** Back to the idle ones (or ended, after a failure), and their places to whoever waits. */
   private give(clients: pg.Client[], broken: boolean, places = clients.length) {
     for (const c of clients) {
-      if (broken) {
+      if (broken || this.closed) {
         this.opened.delete(c);
         c.end().catch(() => {});
       } else this.idle.push(c);

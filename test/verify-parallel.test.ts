@@ -46,13 +46,19 @@ function writeBetweenReaders(table: string, write: () => Promise<unknown>) {
   };
 }
 
+/** A migration loaded and caught up, with three readers a side and a table `big` of 20,000 rows (~3 MiB). */
+async function migratedWithBigTable(label: string, sampleRows: number) {
+  const { pair, rt } = await fixture.setup(label, sampleRows);
+  await pair.source(`CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
+    INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 20000) g`);
+  const m = await newMigration(rt, pair, { cutover: 'manual', jobs: 3, verifyPartBytes: PART_BYTES });
+  await advance(rt, m.id, { cutover: 'manual' });
+  return { pair, rt, m };
+}
+
 describe('verify with several readers a side', () => {
   it('reads a big table by as many readers as --jobs asks, and finds a wrong row in a part a second reader reads', async () => {
-    const { pair, rt } = await fixture.setup('parts', 100);
-    await pair.source(`CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
-      INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 20000) g`);
-    const m = await newMigration(rt, pair, { cutover: 'manual', jobs: 3, verifyPartBytes: PART_BYTES });
-    await advance(rt, m.id, { cutover: 'manual' });
+    const { pair, rt, m } = await migratedWithBigTable('parts', 100);
     // Which readers of which side read the big table, in a snapshot.
     const readersOfBig = new Set<string>();
     rt.faults = {
@@ -161,11 +167,7 @@ describe('verify with several readers a side', () => {
   });
 
   it('leaves no reader connection open when a read fails', async () => {
-    const { pair, rt } = await fixture.setup('failing', 500);
-    await pair.source(`CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
-      INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 20000) g`);
-    const m = await newMigration(rt, pair, { cutover: 'manual', jobs: 3, verifyPartBytes: PART_BYTES });
-    await advance(rt, m.id, { cutover: 'manual' });
+    const { pair, rt, m } = await migratedWithBigTable('failing', 500);
     rt.faults = {
       async verifyReader(p) {
         if (p.table === 'public.big' && p.reader === 2 && p.stage === 'start') throw new Error('reader 3 lost');

@@ -127,7 +127,7 @@ PostgreSQL 11 is a blocker.
                         native: CREATE SUBSCRIPTION with copy_data
                         dump: pg_dump -Fc --snapshot to the state dir, then pg_restore --jobs
                         dms: an AWS DMS task (in the deployed pipeline only; refused here)
-  --jobs N              parallel copy streams and index builds, 1 to 64 (default 4)
+  --jobs N              parallel copy streams, index builds and verify readers a side, 1 to 64 (default 4)
   --split-table-mb N    tables over N MiB are copied as ranges by several streams at once
                         (default 8192). A split table is loaded without COPY FREEZE, and its
                         streams share the target's cores: with few cores, a larger N loads faster

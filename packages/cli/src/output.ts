@@ -184,7 +184,7 @@ export function describeState(s: MigrationState, options: { timeline?: boolean }
           : `NOT VERIFIED (${v.replication} ${formatBytes(v.behindBytes ?? 0)} behind)`;
     const speed =
       v.ms !== undefined
-        ? `, ${(v.ms / 1000).toFixed(1)} s; source read at ${v.sourceMiBps} MiB/s, target at ${v.targetMiBps} MiB/s`
+        ? `, ${(v.ms / 1000).toFixed(1)} s; source read at ${v.sourceMiBps} MiB/s, target at ${v.targetMiBps} MiB/s${v.readers ? ` (readers at once: ${v.readers.source} source, ${v.readers.target} target)` : ''}`
         : '';
     lines.push(`  ${label}: ${word} (${v.tables.length} tables${speed})`);
   }

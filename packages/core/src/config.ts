@@ -57,6 +57,12 @@ export const DEFAULTS = {
   earlyIndexBytes: 32 * 1024 ** 2,
   verifyChunkRows: 50_000,
   /**
+   * Verify reads a table holding at least twice this much by several readers at once (up to `jobs` a
+   * side), each a range of its heap, all in one snapshot (PostgreSQL 14+ on that side: a ctid range is
+   * a scan of that range only there).
+   */
+  verifyPartBytes: 32 * 1024 ** 2,
+  /**
    * How long verify waits for the replica (the target before the switch, the source after it) to apply
    * past the point the live side was read at; not there by then, the table is "not verified", never a mismatch.
    */
@@ -259,6 +265,7 @@ export const migrationConfigSchema = z
     catchUpTimeoutMs: z.number().int().min(0).default(DEFAULTS.catchUpTimeoutMs),
     reconnectTimeoutMs: z.number().int().min(0).default(DEFAULTS.reconnectTimeoutMs),
     splitTableBytes: z.number().int().min(1).default(DEFAULTS.splitTableBytes),
+    verifyPartBytes: z.number().int().min(8192).default(DEFAULTS.verifyPartBytes),
     earlyIndexBytes: z.number().int().min(0).default(DEFAULTS.earlyIndexBytes),
     slotWaitTimeoutMs: z.number().int().min(1).default(DEFAULTS.slotWaitTimeoutMs),
     switchFile: z.string({ error: '--switch-file must be a path' }).min(1, '--switch-file must be a path').optional(),

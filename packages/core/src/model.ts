@@ -141,6 +141,8 @@ export interface VerifyResult {
   targetBytes: number;
   sourceMiBps: number;
   targetMiBps: number;
+  /** The most readers (connections, at most `jobs`) that read each side at once. */
+  readers?: { source: number; target: number };
 }
 
 /** A foreign key the load added NOT VALID, to be validated during catch-up. */

@@ -48,6 +48,20 @@ export type ConnectionSwitchFactory = (config: MigrationConfig) => ConnectionSwi
 export interface FaultPoints {
   /** Inside the write gap, once the source is frozen, before the drain LSN is read. */
   afterFreeze?(): Promise<void>;
+  /** Each reader of a verify read: before it takes or imports its snapshot, and once it is in it. */
+  verifyReader?(point: VerifyReaderPoint): Promise<void>;
+}
+
+/** Where one of verify's readers is (verify-readers.ts): its side, the table, which reader of how many. */
+export interface VerifyReaderPoint {
+  side: 'source' | 'target';
+  /** The side the application writes to (read first); otherwise the replica. */
+  live: boolean;
+  table: string;
+  /** 0 takes (and, with others, exports) the snapshot; the others import it. */
+  reader: number;
+  readers: number;
+  stage: 'start' | 'snapshot';
 }
 
 export function sourceMajor(ctx: PhaseContext): Promise<number> {

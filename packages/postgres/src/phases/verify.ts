@@ -7,7 +7,9 @@
  * the same way, and last with the table's writes held; only then is it reported, by table and range.
  * A replica that does not reach the position in time makes the table "behind": not verified, which is
  * never a mismatch. Run during catch-up (before the switch: a wrong row is found while the application
- * can still stay where it is) and again after the switch, outside the write gap.
+ * can still stay where it is) and again after the switch, outside the write gap. Each side is read by up
+ * to `jobs` readers at once: several tables, and a big table's heap in ranges whose readers all share
+ * one snapshot of their side (verify-readers.ts).
  */
 import {
   DEFAULTS,
@@ -17,12 +19,12 @@ import {
   type VerifyResult,
   type VerifyTableResult,
 } from '@pgferry/core';
-import type pg from 'pg';
 import { copyableTables, listTables, type TableInfo } from '../catalog';
-import { type Db, ident, qualified, serverMajor, tableLabel } from '../db';
+import { type Db, ident, qualified, type Side, serverMajor, tableLabel } from '../db';
 import { flushWal, waitConfirmed } from '../freeze';
 import { readLag } from '../lag';
 import type { PhaseContext } from './context';
+import { type Query, rowsOf, type SideRead, SideReaders } from './verify-readers';
 
 interface Bucket {
   n: number;
@@ -145,30 +147,61 @@ function rowHashSql(t: TableInfo, byValue: boolean, rowText: string): string {
   return `hash_record_extended(ROW(${fields.join(', ')}), 0)`;
 }
 
-type Query = Db['query'];
-
-/** A dedicated connection's queries, as rows. */
-const rowsOf =
-  (client: pg.PoolClient): Query =>
-  async (sql, params) =>
-    (await client.query(sql, params)).rows;
-
 /** For integer keys, the chunks' key ranges as SQL (so that the key's index finds their rows); '' otherwise. */
 function keyRanges(p: Plan, chunks: number[]): string {
   return p.range && chunks.length <= 64 ? ` AND (${chunks.map((b) => p.range?.(b)).join(' OR ')})` : '';
 }
 
-async function checksums(query: Query, p: Plan, only?: number[]): Promise<Map<number, Bucket>> {
+/** Heap pages [from, to) of one side's table (to undefined: to its end); what one reader of a split read reads. */
+interface Blocks {
+  from: number;
+  to?: number;
+}
+
+async function checksums(query: Query, p: Plan, only?: number[], blocks?: Blocks): Promise<Map<number, Bucket>> {
   const ranges = only ? keyRanges(p, only) : '';
   const filter = only ? ` AND ${p.bucketExpr} = ANY($1::int[])${ranges}` : '';
+  // A TID range scan (14+) reads only these pages.
+  const heap = blocks
+    ? ` AND t.ctid >= '(${blocks.from},0)'::tid${blocks.to !== undefined ? ` AND t.ctid < '(${blocks.to},0)'::tid` : ''}`
+    : '';
   const rows = await query<{ b: number; n: number; h: string; lo: string | null; hi: string | null }>(
-    // sum(bigint) adds in 128 bits; min/max of the key as text only where a label needs them.
-    `SELECT b, count(*)::bigint AS n, sum(h)::text AS h, ${p.keyBounds ? 'min(k) AS lo, max(k) AS hi' : 'NULL AS lo, NULL AS hi'} FROM (
+    // sum(bigint) adds in 128 bits; min/max of the key as text only where a label needs them, byte-wise
+    // (so that the bounds of a table read in parts combine the same way: mergeChecksums).
+    `SELECT b, count(*)::bigint AS n, sum(h)::text AS h, ${p.keyBounds ? 'min(k COLLATE "C") AS lo, max(k COLLATE "C") AS hi' : 'NULL AS lo, NULL AS hi'} FROM (
        SELECT ${p.bucketExpr} AS b, ${p.rowHash} AS h${p.keyBounds ? `, ${p.keyExpr} AS k` : ''}
-         FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${filter}) x GROUP BY b`,
+         FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${filter}${heap}) x GROUP BY b`,
     only ? [only] : [],
   );
   return new Map(rows.map((r) => [r.b, { n: r.n, h: r.h, lo: r.lo, hi: r.hi }]));
+}
+
+/**
+ * The checksums of a table read in parts (ranges of its heap, in one snapshot), as one read of the
+ * whole would give them: counts and hash sums add up (as BigInt: a sum of 64-bit hashes is past 2^53),
+ * key bounds are the lowest and highest byte-wise.
+ */
+function mergeChecksums(parts: Map<number, Bucket>[]): Map<number, Bucket> {
+  if (parts.length === 1) return parts[0] as Map<number, Bucket>;
+  const lower = (a: string | null, b: string | null) => (a === null ? b : b === null || a <= b ? a : b);
+  const higher = (a: string | null, b: string | null) => (a === null ? b : b === null || a >= b ? a : b);
+  const all = new Map<number, Bucket>();
+  for (const part of parts)
+    for (const [b, x] of part) {
+      const y = all.get(b);
+      all.set(
+        b,
+        y
+          ? {
+              n: Number(y.n) + Number(x.n),
+              h: (BigInt(y.h) + BigInt(x.h)).toString(),
+              lo: lower(y.lo, x.lo),
+              hi: higher(y.hi, x.hi),
+            }
+          : x,
+      );
+    }
+  return all;
 }
 
 function differing(a: Map<number, Bucket>, b: Map<number, Bucket>): number[] {
@@ -205,20 +238,11 @@ async function behindBytes(s: Stream): Promise<number> {
 /** Once one wait for the replica has failed, later tables wait this long at most (a final pass waits in full). */
 const WAIT_AFTER_BEHIND_MS = 1_000;
 /**
- * Tables in flight at once. Each side reads one table at a time; a table waiting for the replica to
- * pass its position waits without holding either, so a lagging replica does not stall the reads.
+ * Tables in flight at once, at least (twice `jobs` with more readers). Each side has `jobs` readers
+ * (verify-readers.ts); a table waiting for the replica to pass its position waits without holding a
+ * reader of either side, so a lagging replica does not stall the reads.
  */
 const VERIFY_CONCURRENCY = 4;
-
-/** One at a time, in order of asking. */
-function oneAtATime() {
-  let tail: Promise<unknown> = Promise.resolve();
-  return <T>(fn: () => Promise<T>): Promise<T> => {
-    const run = tail.then(fn, fn);
-    tail = run.catch(() => {});
-    return run;
-  };
-}
 
 /** How long a last recheck waits to hold a table's writes (the table's writers queue behind it meanwhile). */
 const HOLD_LOCK_TIMEOUT_MS = 200;
@@ -269,11 +293,11 @@ async function heldReads<T>(
       // Every write of the table was committed before the lock.
       if (!(await caughtUp(HOLD_DRAIN_MS))) return giveUp(`replication did not catch up within ${HOLD_DRAIN_MS} ms`);
       const [l, o] = await Promise.all([
-        read(rowsOf(client)),
+        read(rowsOf(client, live.side)),
         replica.withClient(async (c) => {
           await c.query(`SET statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
           try {
-            return await read(rowsOf(c));
+            return await read(rowsOf(c, replica.side));
           } finally {
             await c.query('RESET statement_timeout');
           }
@@ -320,10 +344,31 @@ async function rowHashesByChunk(query: Query, p: Plan, chunks: number[]): Promis
   return new Map(rows.map((r) => [r.k, [r.b, r.h]]));
 }
 
-/** Time spent reading, and bytes of table read, on one side. */
+/** Bytes of table read on one side, and its time reading them (at least one reader reading). */
 interface SideReads {
   ms: number;
   bytes: number;
+}
+
+/** A table's heap on one side: its bytes, and its pages (as the ranges split it). */
+interface Heap {
+  bytes: number;
+  pages: number;
+}
+
+/**
+ * The page ranges a side's readers read a table in: one per `partBytes` of heap, at most `readers`,
+ * and only on PostgreSQL 14+ (before, a ctid range is a scan of the whole table, each part the cost of
+ * the whole). The last range is open-ended: rows may live past the page count read before.
+ */
+function heapParts(heap: Heap | undefined, partBytes: number, readers: number, major: number): Blocks[] {
+  const n = heap && major >= 14 ? Math.min(readers, Math.floor(heap.bytes / partBytes)) : 1;
+  if (!heap || n < 2) return [{ from: 0 }];
+  const step = Math.max(1, Math.ceil(heap.pages / n));
+  const parts: Blocks[] = [];
+  for (let from = 0; from < heap.pages; from += step)
+    parts.push(from + step >= heap.pages ? { from } : { from, to: from + step });
+  return parts;
 }
 
 export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
@@ -337,51 +382,65 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   ]);
   const rowText = se.e === te.e ? ROW_TEXT.same : ROW_TEXT.converted;
   const byValue = se.e === te.e && Math.min(await serverMajor(ctx.source), await serverMajor(ctx.target)) >= 14;
-  // Heap sizes on each side, once: what the reads cover, for the throughput figures.
-  const sizeSql = `SELECT format('%s.%s', n.nspname, c.relname) AS t, pg_relation_size(c.oid)::bigint AS b
+  // Heap sizes on each side, once: what the reads cover, for the throughput figures, and how a big
+  // table is split among a side's readers.
+  const sizeSql = `SELECT format('%s.%s', n.nspname, c.relname) AS t, pg_relation_size(c.oid)::bigint AS b,
+                          pg_relation_size(c.oid) / current_setting('block_size')::int AS p
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r'`;
-  const sizes = async (db: Db) => new Map((await db.query<{ t: string; b: number }>(sizeSql)).map((r) => [r.t, r.b]));
+  const sizes = async (db: Db) =>
+    new Map(
+      (await db.query<{ t: string; b: number; p: number }>(sizeSql)).map((r) => [r.t, { bytes: r.b, pages: r.p }]),
+    );
   const [srcSizes, tgtSizes] = await Promise.all([sizes(ctx.source), sizes(ctx.target)]);
-  const reads: Record<'source' | 'target', SideReads> = { source: { ms: 0, bytes: 0 }, target: { ms: 0, bytes: 0 } };
-  const turn = { source: oneAtATime(), target: oneAtATime() };
-  const timed = <T>(db: Db, read: () => Promise<T>): Promise<T> =>
-    turn[db.side](async () => {
-      const t0 = performance.now();
-      try {
-        return await read();
-      } finally {
-        reads[db.side].ms += performance.now() - t0;
-      }
-    });
+  const heaps: Record<Side, Map<string, Heap>> = { source: srcSizes, target: tgtSizes };
+  const majors: Record<Side, number> = { source: await serverMajor(ctx.source), target: await serverMajor(ctx.target) };
+  const jobs = ctx.config.jobs;
+  const app = `${objectNames(ctx.config.id).applicationName}:verify`;
+  const point = ctx.faults?.verifyReader?.bind(ctx.faults);
+  const readers: Record<Side, SideReaders> = {
+    source: new SideReaders(ctx.source, jobs, app, point),
+    target: new SideReaders(ctx.target, jobs, app, point),
+  };
+  const reads: Record<Side, SideReads> = { source: { ms: 0, bytes: 0 }, target: { ms: 0, bytes: 0 } };
   let waitMs = ctx.config.verifyWaitMs;
 
+  /** What one side reads of a table: `read` by one reader, or for a whole table's checksums, by parts. */
+  type Reading<T> = (db: Db) => SideRead<T> & { merge(parts: T[]): T };
+  const once =
+    <T>(t: TableInfo, read: (query: Query) => Promise<T>): Reading<T> =>
+    (db) => ({ parts: [read], label: tableLabel(t), live: db === s.live, merge: (r) => r[0] as T });
+  const wholeChecksums =
+    (p: Plan): Reading<Map<number, Bucket>> =>
+    (db) => ({
+      parts: heapParts(heaps[db.side].get(tableLabel(p.table)), ctx.config.verifyPartBytes, jobs, majors[db.side]).map(
+        (blocks, _, all) => (q: Query) => checksums(q, p, undefined, all.length > 1 ? blocks : undefined),
+      ),
+      label: tableLabel(p.table),
+      live: db === s.live,
+      merge: mergeChecksums,
+    });
+
   /**
-   * `read` on the live side in a snapshot taken first, and on the replica once it has confirmed the live
-   * side's WAL position read just after that snapshot (so it has every commit the live read sees; a
-   * difference is never lag): both sides read at once, not one after the other. Undefined when the
-   * replica did not get there in time.
+   * The read on the live side in a snapshot taken first, and on the replica once it has confirmed the
+   * live side's WAL position read just after that snapshot (so it has every commit the live read sees; a
+   * difference is never lag): both sides read at once, not one after the other. Each side's readers of
+   * one read share one snapshot (the replica's taken once it has confirmed the position). Undefined
+   * when the replica did not get there in time.
    */
-  const atMatchingPoints = async <T>(read: (query: Query) => Promise<T>) => {
+  const atMatchingPoints = async <T>(reading: Reading<T>) => {
     let replica: Promise<T | undefined> = Promise.resolve(undefined);
-    const live = await timed(s.live, () =>
-      s.live.withClient(async (client) => {
-        await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-        try {
-          // The snapshot is taken by this first statement, the position read during it: after the snapshot.
-          const { rows } = await client.query<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn');
-          const lsn = rows[0]?.lsn as string;
-          replica = (async () => {
-            if (!(await waitConfirmed(s.live, s.slot, lsn, waitMs))) {
-              waitMs = Math.min(waitMs, WAIT_AFTER_BEHIND_MS);
-              return undefined;
-            }
-            return timed(s.replica, () => read(s.replica.query));
-          })();
-          replica.catch(() => {}); // (awaited below)
-          return await read(rowsOf(client));
-        } finally {
-          await client.query('COMMIT').catch(() => {});
-        }
+    const liveRead = reading(s.live);
+    const live = liveRead.merge(
+      await readers[s.live.side].atOnePoint(liveRead, (lsn) => {
+        replica = (async () => {
+          if (!(await waitConfirmed(s.live, s.slot, lsn, waitMs))) {
+            waitMs = Math.min(waitMs, WAIT_AFTER_BEHIND_MS);
+            return undefined;
+          }
+          const replicaRead = reading(s.replica);
+          return replicaRead.merge(await readers[s.replica.side].atOnePoint(replicaRead));
+        })();
+        replica.catch(() => {}); // (awaited below)
       }),
     );
     const other = await replica;
@@ -393,8 +452,8 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   const verifyOne = async (t: TableInfo): Promise<VerifyTableResult> => {
     const p = await plan(ctx.source, t, rowHashSql(t, byValue, rowText));
     const label = tableLabel(t);
-    reads.source.bytes += srcSizes.get(label) ?? 0;
-    reads.target.bytes += tgtSizes.get(label) ?? 0;
+    reads.source.bytes += srcSizes.get(label)?.bytes ?? 0;
+    reads.target.bytes += tgtSizes.get(label)?.bytes ?? 0;
     const behind = async (): Promise<VerifyTableResult> => ({
       table: label,
       sourceRows: p.rows,
@@ -404,7 +463,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       outcome: 'behind',
       behindBytes: await behindBytes(s),
     });
-    const first = await atMatchingPoints((q) => checksums(q, p));
+    const first = await atMatchingPoints(wholeChecksums(p));
     if (!first) return behind();
     const { src, tgt } = sides(first);
     const bad = differing(src, tgt);
@@ -444,7 +503,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     // replica a few times, not once per chunk.
     for (let i = 0; i < bad.length; i += ROW_READ_CHUNKS) {
       const chunks = bad.slice(i, i + ROW_READ_CHUNKS);
-      const r = await atMatchingPoints((q) => rowHashesByChunk(q, p, chunks));
+      const r = await atMatchingPoints(once(p.table, (q) => rowHashesByChunk(q, p, chunks)));
       if (!r) return undefined;
       for (const [k, [b, live]] of r.live) {
         const replica = r.replica.get(k)?.[1];
@@ -458,7 +517,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       const before = open.size;
       const keys = [...open.keys()];
       const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
-      const r = await atMatchingPoints((q) => rowHashes(q, p, chunks, keys));
+      const r = await atMatchingPoints(once(p.table, (q) => rowHashes(q, p, chunks, keys)));
       if (!r) {
         if (proven.size) break;
         return undefined;
@@ -511,7 +570,8 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     const proven = new Set<number>();
     let open = bad;
     for (let i = 0; i < DEFAULTS.verifyRechecks && open.length > 0; i++) {
-      const r = await atMatchingPoints((q) => checksums(q, p, open));
+      const only = open;
+      const r = await atMatchingPoints(once(p.table, (q) => checksums(q, p, only)));
       if (!r) {
         if (proven.size) break;
         return undefined;
@@ -543,17 +603,29 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   };
 
   const results: VerifyTableResult[] = new Array(tables.length);
+  // Largest first (by the source's heap), as the load does: a big table's parts are not left for last.
+  const order = tables
+    .map((t, i) => ({ i, bytes: srcSizes.get(tableLabel(t))?.bytes ?? 0 }))
+    .sort((a, b) => b.bytes - a.bytes)
+    .map((x) => x.i);
   let next = 0;
   const worker = async () => {
-    for (let i = next++; i < tables.length; i = next++) results[i] = await verifyOne(tables[i] as TableInfo);
+    for (let i = order[next++]; i !== undefined; i = order[next++])
+      results[i] = await verifyOne(tables[i] as TableInfo);
   };
-  await Promise.all(Array.from({ length: Math.min(VERIFY_CONCURRENCY, tables.length) }, worker));
-  // A replica that was behind may have caught up since: those tables once more, with the full wait.
-  const late = results.flatMap((r, i) => (r.outcome === 'behind' ? [i] : []));
-  if (late.length) {
-    waitMs = ctx.config.verifyWaitMs;
-    for (const i of late) results[i] = await verifyOne(tables[i] as TableInfo);
+  try {
+    await Promise.all(Array.from({ length: Math.min(Math.max(VERIFY_CONCURRENCY, 2 * jobs), tables.length) }, worker));
+    // A replica that was behind may have caught up since: those tables once more, with the full wait.
+    const late = results.flatMap((r, i) => (r.outcome === 'behind' ? [i] : []));
+    if (late.length) {
+      waitMs = ctx.config.verifyWaitMs;
+      for (const i of late) results[i] = await verifyOne(tables[i] as TableInfo);
+    }
+  } finally {
+    await Promise.all([readers.source.close(), readers.target.close()]);
   }
+  reads.source.ms = readers.source.busyMs;
+  reads.target.ms = readers.target.busyMs;
   const outcome: VerifyOutcome = results.some((r) => r.outcome === 'mismatch')
     ? 'mismatch'
     : results.some((r) => r.outcome === 'behind')
@@ -573,6 +645,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     targetBytes: reads.target.bytes,
     sourceMiBps: rate(reads.source),
     targetMiBps: rate(reads.target),
+    readers: { source: readers.source.peak, target: readers.target.peak },
     at: new Date().toISOString(),
   };
 }
@@ -580,7 +653,12 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
 /** One line for a verify result: what it found, how long it took, how fast each side was read. */
 export function verifySummary(r: VerifyResult): string {
   const rows = r.tables.reduce((n, t) => n + t.sourceRows, 0);
-  const speed = `in ${(r.ms / 1000).toFixed(1)} s (source ${mib(r.sourceBytes)} at ${r.sourceMiBps} MiB/s, target ${mib(r.targetBytes)} at ${r.targetMiBps} MiB/s)`;
+  const by = !r.readers
+    ? ''
+    : r.readers.source === r.readers.target
+      ? `; ${r.readers.source} reader(s) a side`
+      : `; ${r.readers.source} source reader(s), ${r.readers.target} target reader(s)`;
+  const speed = `in ${(r.ms / 1000).toFixed(1)} s (source ${mib(r.sourceBytes)} at ${r.sourceMiBps} MiB/s, target ${mib(r.targetBytes)} at ${r.targetMiBps} MiB/s${by})`;
   if (r.outcome === 'ok') return `${r.tables.length} tables, ${rows} rows: counts and checksums match ${speed}`;
   if (r.outcome === 'behind') {
     const list = (ts: VerifyTableResult[]) =>

@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, type DeferredForeignKey, objectNames, SchemaFailedError } from '@pgferry/core';
+import type pg from 'pg';
 import { EXCLUDED_SCHEMAS, listTables, schemasAndExtensions, USER_SCHEMA, userObjects } from '../catalog';
 import { connectClient, type Db, ident, qualified } from '../db';
 import { artifactFile, findTool, runTool, toolConnection } from '../tools';
@@ -172,7 +173,8 @@ async function restore(
   file: string,
   section: 'pre-data' | 'post-data',
   jobs: number,
-  list?: { name: string; lines: string[] },
+  /** `sessions`: index builds running at once with this restore's (its jobs if not given). */
+  list?: { name: string; lines: string[]; sessions?: number },
 ) {
   const pgRestore = await findTool('pg_restore', 0);
   const tgt = toolConnection(ctx.config.targetUrl, `${objectNames(ctx.config.id).applicationName}:pg_restore`);
@@ -188,7 +190,7 @@ async function restore(
   // Index builds sort in memory instead of spilling to disk (pg_restore alone uses the server default).
   const memory =
     section === 'post-data'
-      ? ` -c maintenance_work_mem=${indexBuildMemoryMB(ctx.config.jobs, jobs, await indexMemoryCapMB(ctx.target))}MB`
+      ? ` -c maintenance_work_mem=${indexBuildMemoryMB(ctx.config.jobs, list?.sessions ?? jobs, await indexMemoryCapMB(ctx.target))}MB`
       : '';
   const res = await runTool(pgRestore, [...args, file], {
     ...tgt.env,
@@ -419,19 +421,27 @@ export async function planPostData(ctx: PhaseContext): Promise<PostDataPlan> {
   };
 }
 
-async function deferrableForeignKeys(
-  ctx: PhaseContext,
-  entries: Array<{ line: string; catalog: number; oid: number }>,
-): Promise<PostDataPlan['foreignKeys']> {
-  const fks = entries.filter((e) => e.catalog === 2606 && / FK CONSTRAINT /.test(e.line));
-  if (!fks.length) return new Map();
-  // Read with search_path pg_catalog, so that the definition names every table with its schema.
+/** `fn` on a source session with search_path pg_catalog, so that definitions read name every table with its schema. */
+async function withCatalogSession<T>(ctx: PhaseContext, fn: (client: pg.Client) => Promise<T>): Promise<T> {
   const client = await connectClient(ctx.config.sourceUrl, {
     side: 'source',
     applicationName: objectNames(ctx.config.id).applicationName,
   });
   try {
     await client.query('SET search_path = pg_catalog');
+    return await fn(client);
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+async function deferrableForeignKeys(
+  ctx: PhaseContext,
+  entries: Array<{ line: string; catalog: number; oid: number }>,
+): Promise<PostDataPlan['foreignKeys']> {
+  const fks = entries.filter((e) => e.catalog === 2606 && / FK CONSTRAINT /.test(e.line));
+  if (!fks.length) return new Map();
+  return withCatalogSession(ctx, async (client) => {
     const { rows } = await client.query<{
       oid: string;
       table: string;
@@ -454,9 +464,7 @@ async function deferrableForeignKeys(
       if (fk) out.set(e.line, { table: fk.table, name: fk.name, definition: fk.definition, drift: fk.drift });
     }
     return out;
-  } finally {
-    await client.end().catch(() => {});
-  }
+  });
 }
 
 /**
@@ -483,13 +491,136 @@ async function addForeignKeysNotValid(ctx: PhaseContext, fks: Array<DeferredFore
   }
 }
 
-/** One table's own indexes and constraints (lines of `planPostData`). Idempotent. */
+/** A primary key or unique constraint built as a unique index first, then attached (`USING INDEX`). */
+interface KeyByIndex {
+  line: string;
+  table: string;
+  name: string;
+  kind: 'PRIMARY KEY' | 'UNIQUE';
+  deferrable: string;
+  indexDef: string;
+}
+
+/**
+ * The primary keys and unique constraints of TOC `lines` that can be built as a plain unique index
+ * and then attached with `ADD CONSTRAINT … USING INDEX` (a B-tree on plain columns, default
+ * operator classes and order, no predicate, no INCLUDE, the default tablespace). pg_restore adds a
+ * constraint under ACCESS EXCLUSIVE, so it waits for every other index build on its table and then
+ * builds alone; as an index it builds beside them (SHARE locks), and attaching it is a catalog change.
+ */
+async function keysByIndex(ctx: PhaseContext, lines: string[]): Promise<KeyByIndex[]> {
+  const oids = new Map<number, string>();
+  for (const line of lines) {
+    const m = /^\d+; 2606 (\d+) CONSTRAINT /.exec(line);
+    if (m) oids.set(Number(m[1]), line);
+  }
+  if (!oids.size) return [];
+  return withCatalogSession(ctx, async (client) => {
+    const { rows } = await client.query<{
+      oid: string;
+      table: string;
+      name: string;
+      contype: 'p' | 'u';
+      deferrable: boolean;
+      deferred: boolean;
+      indexdef: string;
+    }>(
+      `SELECT k.oid::int8::text AS oid, format('%I.%I', n.nspname, c.relname) AS table, k.conname AS name,
+              k.contype, k.condeferrable AS deferrable, k.condeferred AS deferred, pg_get_indexdef(k.conindid) AS indexdef
+         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         JOIN pg_index x ON x.indexrelid = k.conindid JOIN pg_class i ON i.oid = k.conindid
+         JOIN pg_am a ON a.oid = i.relam
+        WHERE k.oid = ANY($1::oid[]) AND k.contype IN ('p', 'u') AND c.relkind = 'r' AND i.relname = k.conname
+          AND a.amname = 'btree' AND x.indisunique AND x.indexprs IS NULL AND x.indpred IS NULL
+          AND x.indnkeyatts = x.indnatts AND i.reltablespace = 0 AND 0 = ALL (x.indoption::int2[])
+          AND NOT EXISTS (SELECT 1 FROM unnest(x.indclass::oid[]) AS oc(oid) JOIN pg_opclass o ON o.oid = oc.oid WHERE NOT o.opcdefault)`,
+      [[...oids.keys()]],
+    );
+    return rows.flatMap((r) => {
+      const line = oids.get(Number(r.oid));
+      // The definition pg_get_indexdef gives: "CREATE UNIQUE INDEX name ON schema.table USING btree (…)".
+      if (!line || !r.indexdef.startsWith('CREATE UNIQUE INDEX ')) return [];
+      return [
+        {
+          line,
+          table: r.table,
+          name: r.name,
+          kind: r.contype === 'p' ? ('PRIMARY KEY' as const) : ('UNIQUE' as const),
+          deferrable: r.deferrable ? (r.deferred ? ' DEFERRABLE INITIALLY DEFERRED' : ' DEFERRABLE') : '',
+          indexDef: r.indexdef,
+        },
+      ];
+    });
+  });
+}
+
+/**
+ * Build `key`'s unique index, then attach it as the constraint. Idempotent (a re-run finds either).
+ * A name taken by something else is let pass as pg_restore lets it ("already exists", returned):
+ * `ensureBuilt` then names what is missing.
+ */
+async function buildKeyByIndex(ctx: PhaseContext, key: KeyByIndex, memoryMB: number): Promise<string[]> {
+  const client = await connectClient(ctx.config.targetUrl, {
+    side: 'target',
+    applicationName: `${objectNames(ctx.config.id).applicationName}:pg_restore`,
+    statementTimeoutMs: 0,
+    lockTimeoutMs: 0,
+  });
+  try {
+    await client.query(`SET maintenance_work_mem = '${Math.floor(memoryMB)}MB'`);
+    await client.query('SET search_path = pg_catalog');
+    const { rows } = await client.query<{ constraint: boolean; index: boolean }>(
+      `SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1::regclass AND conname = $2) AS constraint,
+              EXISTS (SELECT 1 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                       WHERE x.indrelid = $1::regclass AND i.relname = $2) AS index`,
+      [key.table, key.name],
+    );
+    if (rows[0]?.constraint) return []; // an earlier run's (ensureBuilt checks it is there)
+    if (!rows[0]?.index) await client.query(key.indexDef);
+    await client.query(
+      `ALTER TABLE ONLY ${key.table} ADD CONSTRAINT ${ident(key.name)} ${key.kind} USING INDEX ${ident(key.name)}${key.deferrable}`,
+    );
+    return [];
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    if (e.code === '42P07' || e.code === '42710') return [e.message ?? 'already exists'];
+    throw new SchemaFailedError(
+      `${key.kind} ${key.name} on ${key.table} could not be built on the target: ${e.message ?? String(err)}`,
+      { migrationId: ctx.config.id, phase: 'bulk-load', cause: err },
+    );
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+/**
+ * One table's own indexes and constraints (lines of `planPostData`), all at once: its primary key
+ * and unique constraints as unique indexes beside the other indexes (`keysByIndex`), the rest by
+ * pg_restore. Idempotent.
+ */
 export async function buildTablePostData(ctx: PhaseContext, tableOid: number, lines: string[]) {
   const file = join(ctx.artifactDir, DUMP_FILE);
-  const passed = await restore(ctx, file, 'post-data', Math.min(ctx.config.jobs, lines.length), {
-    name: `post-data-${tableOid}`,
-    lines,
-  });
+  const keys = await keysByIndex(ctx, lines);
+  const byIndex = new Set(keys.map((k) => k.line));
+  const others = lines.filter((l) => !byIndex.has(l));
+  // Every build of the table runs at once, sharing the memory of --jobs builds.
+  const sessions = Math.min(ctx.config.jobs, others.length) + keys.length;
+  const memoryMB = indexBuildMemoryMB(ctx.config.jobs, sessions, await indexMemoryCapMB(ctx.target));
+  const [restored, ...built] = await Promise.allSettled([
+    others.length
+      ? restore(ctx, file, 'post-data', Math.min(ctx.config.jobs, others.length), {
+          name: `post-data-${tableOid}`,
+          lines: others,
+          sessions,
+        })
+      : Promise.resolve([]),
+    ...keys.map((k) => buildKeyByIndex(ctx, k, memoryMB)),
+  ]);
+  const passed: string[] = [];
+  for (const r of [restored, ...built]) {
+    if (r?.status === 'rejected') throw r.reason;
+    if (r) passed.push(...(r.value ?? []));
+  }
   await ensureBuilt(ctx, lines, passed);
 }
 

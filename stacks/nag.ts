@@ -52,7 +52,21 @@ const DMS_RESOURCES: Finding = {
   ],
 };
 
-const TASK_LEVEL: Finding[] = [LAMBDA_RUNTIME, LAMBDA_MANAGED_POLICIES, NO_RESOURCE_TYPE, SECRETS_BY_PREFIX];
+/** A Route 53 connection switch follows the change it submitted to INSYNC: Route 53 makes the change's id. */
+const ROUTE53_CHANGES: Finding = {
+  id: 'AwsSolutions-IAM5',
+  reason:
+    'route53:GetChange reads the status of the change the Route 53 connection switch submitted (to see it INSYNC); Route 53 gives the change its id only when it is submitted, and GetChange changes nothing',
+  appliesTo: [{ regex: '/^Resource::arn:<AWS::Partition>:route53:::change/\\*$/' }],
+};
+
+const TASK_LEVEL: Finding[] = [
+  LAMBDA_RUNTIME,
+  LAMBDA_MANAGED_POLICIES,
+  NO_RESOURCE_TYPE,
+  SECRETS_BY_PREFIX,
+  ROUTE53_CHANGES,
+];
 
 const DEAD_LETTER_QUEUE: Finding = {
   id: 'AwsSolutions-SQS3',

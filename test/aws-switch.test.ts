@@ -394,7 +394,7 @@ describe('Route53CnameSwitch', () => {
     mockClient(Route53Client).restore();
   });
 
-  it('UPSERTs the CNAME and records its previous value in the same change batch, then waits for INSYNC', async () => {
+  it('UPSERTs the CNAME and records its previous value in the same change batch, returns once Route 53 accepted it, and settle waits for INSYNC', async () => {
     const fake = fakeRoute53({ value: 'db-old.internal', ttl: 30 }, 2);
     const sw = r53Switch();
     expect(await sw.check()).toEqual([]);
@@ -428,6 +428,9 @@ describe('Route53CnameSwitch', () => {
         },
       },
     ]);
+    // Accepted is where the write gap may end: propagation is followed after it.
+    expect(fake.r53.commandCalls(GetChangeCommand)).toHaveLength(0);
+    expect(await sw.settle(record)).toBe(true);
     expect(fake.r53.commandCalls(GetChangeCommand).map((c) => c.args[0].input)).toEqual([
       { Id: '/change/C1' },
       { Id: '/change/C1' },
@@ -435,7 +438,7 @@ describe('Route53CnameSwitch', () => {
     expect(record).toMatchObject({
       kind: 'route53-cname',
       changed: true,
-      insync: true,
+      changeId: '/change/C1',
       previous: { value: 'db-old.internal', ttl: 30 },
       current: { value: 'shop.abc123.eu-west-1.rds.amazonaws.com.', ttl: 30 },
       warnings: [],
@@ -499,11 +502,17 @@ describe('Route53CnameSwitch', () => {
     ]);
   });
 
-  it('returns insync false when Route 53 has not propagated the change within the wait', async () => {
+  it('settles false when Route 53 has not propagated the change within the wait, and true at once for a switch that wrote nothing', async () => {
     const fake = fakeRoute53({ value: 'db-old.internal', ttl: 30 }, 99);
     const sw = r53Switch({ syncWaitMs: 0 });
-    expect(await sw.switchTo({ url: TARGET }, 'shop')).toMatchObject({ changed: true, insync: false });
+    const record = await sw.switchTo({ url: TARGET }, 'shop');
+    expect(record).toMatchObject({ changed: true, changeId: '/change/C1' });
+    expect(await sw.settle(record)).toBe(false);
     expect(fake.r53.commandCalls(GetChangeCommand)).toHaveLength(0);
+    const again = await sw.switchTo({ url: TARGET }, 'shop');
+    expect(again).toMatchObject({ changed: false });
+    expect(again).not.toHaveProperty('changeId');
+    expect(await sw.settle(again)).toBe(true);
   });
 
   it('names the hosted zone and record when either is missing', async () => {

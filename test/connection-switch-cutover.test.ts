@@ -154,6 +154,49 @@ describe('the connection switch in the cutover and the rollback', () => {
     expect(await writer.lostWrites(pair.sourceUrl)).toEqual([]);
   });
 
+  it('waits for the switch to propagate after the write gap, recording its own duration; a propagation that fails leaves the cutover done, with a warning', async () => {
+    for (const outcome of ['propagates', 'fails'] as const) {
+      const { pair, rt } = await fixture.setup(`swsettle${outcome === 'fails' ? 'f' : ''}`, 100);
+      const m = await newMigration(rt, pair, { cutover: 'auto', switchFile: undefined });
+      const sw = new FileSwitch(rt.switchFile);
+      const seen: { switchAt?: string; writeGapMs?: number; targetWritable: boolean }[] = [];
+      // As Route 53's INSYNC: asked once the change is accepted, answered after it reached every server.
+      Object.assign(sw, {
+        settle: async (record: SwitchRecord) => {
+          expect(record.changed).toBe(true);
+          const c = (await rt.store.get(m.id)).cutover;
+          seen.push({
+            switchAt: c?.switchAt,
+            writeGapMs: c?.writeGapMs,
+            targetWritable: !(await frozen(pair, 'target')),
+          });
+          if (outcome === 'fails') throw new Error('Rate exceeded');
+          return true;
+        },
+      });
+      rt.connectionSwitch = () => sw;
+      const cut = await advance(rt, m.id, { cutover: 'auto' });
+      expect(cut.status).toBe('cut-over');
+      // Asked after the gap ended: the switch and the gap were recorded before it, the target took writes.
+      expect(seen).toEqual([{ switchAt: expect.any(String), writeGapMs: expect.any(Number), targetWritable: true }]);
+      expect(cut.cutover?.writeGapMs).toBe(seen[0]!.writeGapMs);
+      expect(readFileSync(rt.switchFile, 'utf8').trim()).toBe(pair.targetUrl);
+      expect(await frozen(pair, 'source')).toBe(true);
+      if (outcome === 'propagates') {
+        expect(cut.cutover?.switchPropagation).toEqual({ ms: expect.any(Number), done: true });
+        expect((cut.warnings ?? []).filter((w) => w.includes('propagation'))).toEqual([]);
+      } else {
+        expect(cut.cutover?.switchPropagation).toEqual({ ms: expect.any(Number), done: false, error: 'Rate exceeded' });
+        expect(cut.warnings).toContainEqual(
+          expect.stringMatching(
+            /^the switch of the test application connection is done, but its propagation was not confirmed after \d+ ms \(Rate exceeded\); .* the cutover stands$/,
+          ),
+        );
+        expect(sw.calls.map((c) => c.op)).toEqual(['switchTo']);
+      }
+    }
+  });
+
   it('the deployed tasks build the switch the config names: an SSM parameter labelled, overwritten with the target, and put back by the rollback', async () => {
     const { pair, rt } = await fixture.setup('swssm', 100);
     const fake = fakeSsm('SecureString', pair.sourceUrl);

@@ -24,6 +24,7 @@ import { parseMigrationConfig } from '@pgferry/core';
 import { openSession, runWorkflowTask, type Session, type TaskDeps } from '@pgferry/postgres';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runLocalWorkflow } from '../packages/cli/src/local-workflow';
+import { dmsStart } from '../packages/postgres/src/phases/dms';
 import { frozen, newMigration, type TestRuntime, testRuntime } from './harness/migration';
 import { freshPair, type Pair } from './harness/pairs';
 
@@ -51,6 +52,7 @@ const SCHEMA = `
 /** DMS, scripted: what it is asked, in order, and what it answers. */
 class ScriptedDms implements DmsReplication {
   readonly calls: string[] = [];
+  plan?: DmsPlan;
   mappings?: DmsMappingInput;
   /** CDC latency readings, seconds (undefined: no datapoint), one per sample. */
   latencies: (number | undefined)[] = [];
@@ -69,6 +71,7 @@ class ScriptedDms implements DmsReplication {
 
   async start(plan: DmsPlan, mappings: DmsMappingInput) {
     this.calls.push('start');
+    this.plan = plan;
     this.mappings = mappings;
     await this.rt.store.correlate!(`DMS#${TASK_ARN}`, plan.migrationId);
     return { arn: TASK_ARN, kind: 'instance' as const, replicationInstanceArn: INSTANCE_ARN, started: true };
@@ -299,6 +302,58 @@ describe('strategy dms in the workflow', () => {
     expect(r.dms.calls.slice(0, 2)).toEqual(['resume', 'cdcLatency']);
     expect(r.dms.calls).not.toContain('start');
     expect((await r.rt.store.get(r.id)).cutover?.switchAt).toBeDefined();
+  });
+
+  it('stops resumable when CDC latency stays over the limit past the catch-up timeout, as the native gate does, and a resume goes on', async () => {
+    const r = await setup(SCHEMA, { catchUpTimeoutMs: 1 });
+    // Over --max-lag-ms (5 s against the default), then no datapoint at all: the gate never opens.
+    r.dms.latencies = [5, 5];
+    const first = await execute(r, 'dms-task-stopped-full-load-finished.json');
+    expect(first.outcome).toMatchObject({
+      status: 'failed',
+      error: 'LagTimeoutError',
+      lastState: 'Stopped (resumable)',
+    });
+    expect(first.outcome.cause).toMatch(
+      /the cutover gate did not open within 0 s: CDC latency 5000 ms is over the limit/,
+    );
+    // (How many samples fit in the 1 ms allowed depends on the machine; at least one was read.)
+    expect(r.dms.calls).toContain('cdcLatency');
+    // Nothing stopped or deleted: the task keeps replicating, the source takes writes.
+    expect(r.dms.calls).not.toContain('stop');
+    expect(r.dms.calls).not.toContain('cleanup');
+    expect(await frozen(r.pair, 'source')).toBe(false);
+    const stopped = await r.rt.store.get(r.id);
+    expect(stopped.status).toBe('running');
+    expect(stopped.failure?.name).toBe('LagTimeoutError');
+    // Resumed with the cause gone (and a timeout that allows the samples), it cuts over.
+    r.session.ctx.config.catchUpTimeoutMs = 60_000;
+    r.dms.calls.length = 0;
+    r.dms.latencies = [0, 0];
+    const again = await execute(r, 'dms-task-stopped-full-load-finished.json');
+    expect(again.outcome.status, JSON.stringify(again.outcome)).toBe('succeeded');
+    expect(r.dms.calls).not.toContain('start');
+    expect((await r.rt.store.get(r.id)).cutover?.switchAt).toBeDefined();
+  });
+
+  it('names in the DMS endpoints the databases it is connected to, not the placeholders of a config started from a plan', async () => {
+    const r = await setup();
+    // What startFromPlan records: the secrets hold the endpoints, the URLs only placeholders (the
+    // session is connected already, as a deployed task is through the secrets).
+    Object.assign(r.session.ctx.config, {
+      sourceUrl: 'postgres://shop-source-AbCdEf@from-secret.invalid/from-secret',
+      targetUrl: 'postgres://shop-target-AbCdEf@from-secret.invalid/from-secret',
+    });
+    await dmsStart(r.session.ctx, r.dms);
+    const name = async (side: 'source' | 'target') =>
+      ((await r.pair[side]('SELECT current_database() AS name')) as [{ name: string }])[0].name;
+    expect(r.dms.plan).toMatchObject({
+      migrationId: r.id,
+      sourceDatabase: await name('source'),
+      targetDatabase: await name('target'),
+      sourceSecretArn: DMS_SETTINGS.sourceSecretArn,
+    });
+    expect(r.dms.plan?.sourceDatabase).not.toBe('from-secret');
   });
 
   it('ends Failed on a failed full load, with the DMS task deleted, the target emptied and the source writable', async () => {

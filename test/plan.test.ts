@@ -30,6 +30,15 @@ function plan(overrides: Record<string, unknown> = {}): MigrationPlanInput {
   } as MigrationPlanInput;
 }
 
+const ROLE_ARN = 'arn:aws:iam::123456789012:role/pgferry-dms-secrets';
+const INSTANCE_ARN = 'arn:aws:dms:eu-west-1:123456789012:rep:R3PL1CAT10N1NSTANC3';
+const DMS = { secretsAccessRoleArn: ROLE_ARN, compute: { kind: 'instance', replicationInstanceArn: INSTANCE_ARN } };
+const EXISTING = {
+  kind: 'existing',
+  instanceIdentifier: 'shop-prod-17',
+  secretArn: APP_ARN.replace('app-url', 'rds-app'),
+};
+
 function problem(input: unknown): InvalidInputError {
   try {
     parseMigrationPlan(input);
@@ -55,6 +64,7 @@ describe('migration plans', () => {
         cutover: { policy: 'window', start: '02:00', end: '04:30', timezone: 'Europe/Paris', days: ['sat', 'sun'] },
         switch: { kind: 'ssm-parameter', name: '/shop/database-url' },
         strategy: 'dms',
+        dms: DMS,
       }),
     );
     expect(existing.target.kind).toBe('existing');
@@ -115,6 +125,61 @@ describe('migration plans', () => {
     ['approvers.users.0', { approvers: { users: ['@alice'] } }, /approvers\.users holds Slack member ids/],
     ['strategy', { strategy: 'pglogical' }, /strategy must be one of snapshot, native, dump, dms/],
   ])('names %s when it is wrong', (field, overrides, message) => {
+    const err = problem(plan(overrides));
+    expect(err.field).toBe(field);
+    expect(err.message).toMatch(message);
+  });
+
+  it("starts a dms plan on an existing target: the config carries DMS settings naming the plan's own two secrets", () => {
+    const p = parseMigrationPlan(plan({ strategy: 'dms', target: EXISTING, dms: { ...DMS, sslMode: 'verify-full' } }));
+    const config = migrationConfigFromPlan(p, 'shop1');
+    expect(config.strategy).toBe('dms');
+    expect(config.dms).toEqual({
+      sourceSecretArn: ARN,
+      targetSecretArn: EXISTING.secretArn,
+      secretsAccessRoleArn: ROLE_ARN,
+      compute: { kind: 'instance', replicationInstanceArn: INSTANCE_ARN },
+      sslMode: 'verify-full',
+    });
+    expect(config.secrets).toMatchObject({ source: { secretArn: ARN }, target: { secretArn: EXISTING.secretArn } });
+  });
+
+  it.each([
+    ['dms', { strategy: 'dms', target: EXISTING }, /dms is required with strategy dms/],
+    ['dms', { strategy: 'native', dms: DMS }, /dms is only for strategy dms \(strategy is native\)/],
+    [
+      'target.kind',
+      { strategy: 'dms', dms: DMS },
+      /target\.kind must be existing with strategy dms: DMS reads the host and port from the target secret/,
+    ],
+    [
+      'dms.secretsAccessRoleArn',
+      { strategy: 'dms', target: EXISTING, dms: { ...DMS, secretsAccessRoleArn: 'pgferry-dms' } },
+      /dms\.secretsAccessRoleArn must be the ARN of the role DMS assumes/,
+    ],
+    [
+      'dms.compute.replicationInstanceArn',
+      {
+        strategy: 'dms',
+        target: EXISTING,
+        dms: { ...DMS, compute: { kind: 'instance', replicationInstanceArn: 'r1' } },
+      },
+      /dms\.compute\.replicationInstanceArn must be the ARN of a DMS replication instance/,
+    ],
+    [
+      'dms.compute.kind',
+      {
+        strategy: 'dms',
+        target: EXISTING,
+        dms: {
+          ...DMS,
+          compute: { kind: 'serverless', maxCapacityUnits: 4, replicationSubnetGroupId: 'g', vpcSecurityGroupIds: [] },
+        },
+      },
+      /dms\.compute\.kind serverless is not supported/,
+    ],
+    ['dms.sslMode', { strategy: 'dms', target: EXISTING, dms: { ...DMS, sslMode: 'none' } }, /dms\.sslMode must be/],
+  ])('refuses at plan put a dms plan start could not run, naming %s', (field, overrides, message) => {
     const err = problem(plan(overrides));
     expect(err.field).toBe(field);
     expect(err.message).toMatch(message);

@@ -73,6 +73,28 @@ function statementsOf(predicate: (policyId: string, roleRefs: string[]) => boole
 
 const list = (x: unknown) => (Array.isArray(x) ? x : [x]);
 
+/**
+ * The stack of `config`, with cdk-nag's checks. Inactive: SST does not bundle the functions
+ * (test/functions.test.ts bundles every handler once, with esbuild), which keeps this file to seconds;
+ * everything else is synthesized as `sst deploy` would. One synthesis for the template and cdk-nag's
+ * findings alike (a second one re-runs SST's aspects).
+ */
+async function synthesize(config: DeployConfig) {
+  const app = new App({
+    mode: 'deploy',
+    stage: 'test',
+    name: 'pgferry',
+    region: REGION,
+    account: ACCOUNT,
+    isActiveStack: () => false,
+  });
+  const stackFn = pgferryApp(app, config);
+  Aspects.of(app).add(new AwsSolutionsChecks());
+  await app.finish();
+  const synthesized = getStack(stackFn);
+  return { stack: synthesized, artifact: app.synth().getStackArtifact(synthesized.artifactId) };
+}
+
 /** What `pgferry workflow print` writes, through the CLI's own entry point. */
 let printed = '';
 
@@ -87,22 +109,9 @@ beforeAll(async () => {
     write.mockRestore();
   }
   await initProject({ stage: 'test' });
-  // Inactive: SST does not bundle the functions (test/functions.test.ts bundles every handler once, with
-  // esbuild), which keeps this file to seconds; everything else is synthesized as `sst deploy` would.
-  const app = new App({
-    mode: 'deploy',
-    stage: 'test',
-    name: 'pgferry',
-    region: REGION,
-    account: ACCOUNT,
-    isActiveStack: () => false,
-  });
-  const stackFn = pgferryApp(app, CONFIG);
-  Aspects.of(app).add(new AwsSolutionsChecks());
-  await app.finish();
-  stack = getStack(stackFn);
-  // One synthesis for the template and cdk-nag's findings alike (a second one re-runs SST's aspects).
-  const artifact = app.synth().getStackArtifact(stack.artifactId);
+  const synthesized = await synthesize(CONFIG);
+  stack = synthesized.stack;
+  const artifact = synthesized.artifact;
   template = Template.fromJSON(artifact.template);
   resources = artifact.template.Resources;
   messages = artifact.messages;
@@ -478,6 +487,85 @@ describe('permissions', () => {
     expect(suppressed.length).toBeGreaterThan(0);
     for (const r of suppressed)
       for (const rule of r.Metadata.cdk_nag.rules_to_suppress) expect(rule.reason.length).toBeGreaterThan(30);
+  });
+});
+
+describe('the connection switch of an SSM parameter or a Route 53 record', () => {
+  /** The stack synthesized (with cdk-nag) for another switch: its policies and nag's errors. */
+  async function synthWith(switchTarget: DeployConfig['switchTarget']) {
+    const { artifact } = await synthesize({ ...CONFIG, switchTarget });
+    const t = Template.fromJSON(artifact.template);
+    const roleId = (prefix: string) =>
+      Object.keys(t.findResources('AWS::IAM::Role')).find((id) => id.startsWith(prefix));
+    /** Every statement granting an action of `service`, with the roles holding it. */
+    const granting = (service: string) =>
+      Object.values(t.findResources('AWS::IAM::Policy')).flatMap((policy) =>
+        (policy.Properties.PolicyDocument.Statement as Statement[])
+          .filter((st) => list(st.Action).some((a: string) => a.startsWith(`${service}:`)))
+          .map((st) => ({
+            actions: list(st.Action).sort(),
+            resource: st.Resource,
+            roles: (policy.Properties.Roles as { Ref: string }[]).map((r) => r.Ref).sort(),
+          })),
+      );
+    const nagErrors = artifact.messages
+      .filter((m) => m.level === 'error' && String(m.entry.data).startsWith('AwsSolutions-'))
+      .map((m) => `${m.id}: ${String(m.entry.data).slice(0, 160)}`);
+    return { granting, roles: [roleId('CutoverServiceRole'), roleId('RollbackServiceRole')].sort(), nagErrors };
+  }
+  /** A resource ARN as the template holds it (the partition a reference). */
+  const arnOf = (rest: string) => ({ 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, rest]] });
+  /** Exactly `expected` in each of `roles`, and no other role granted any action of the service. */
+  function grantedExactly(
+    granted: { actions: string[]; resource: unknown; roles: string[] }[],
+    roles: string[],
+    expected: { actions: string[]; resource: unknown }[],
+  ) {
+    expect(roles).toHaveLength(2);
+    expect([...new Set(granted.flatMap((g) => g.roles))].sort()).toEqual(roles);
+    for (const role of roles)
+      expect(
+        granted.filter((g) => g.roles.includes(role)).map(({ actions, resource }) => ({ actions, resource })),
+        role,
+      ).toEqual(expected);
+  }
+
+  it('let only Cut over and Roll back read, write and label exactly the configured SSM parameter; cdk-nag stays clean', async () => {
+    const { granting, roles, nagErrors } = await synthWith({ kind: 'ssm-parameter', name: '/shop/database-url' });
+    grantedExactly(granting('ssm'), roles as string[], [
+      {
+        actions: [
+          'ssm:GetParameter',
+          'ssm:GetParameterHistory',
+          'ssm:LabelParameterVersion',
+          'ssm:PutParameter',
+          'ssm:UnlabelParameterVersion',
+        ],
+        resource: arnOf(`:ssm:${REGION}:${ACCOUNT}:parameter/shop/database-url`),
+      },
+      // The parameter's type and KMS key: DescribeParameters has no resource type.
+      { actions: ['ssm:DescribeParameters'], resource: '*' },
+    ]);
+    expect(granting('route53')).toEqual([]);
+    expect(nagErrors).toEqual([]);
+  });
+
+  it('let only Cut over and Roll back change records of exactly the configured hosted zone and follow their changes; cdk-nag stays clean', async () => {
+    const { granting, roles, nagErrors } = await synthWith({
+      kind: 'route53',
+      hostedZoneId: 'Z0123456789ABCDEFGHIJ',
+      recordName: 'db.shop.internal',
+      ttlSeconds: 30,
+    });
+    grantedExactly(granting('route53'), roles as string[], [
+      {
+        actions: ['route53:ChangeResourceRecordSets', 'route53:ListResourceRecordSets'],
+        resource: arnOf(':route53:::hostedzone/Z0123456789ABCDEFGHIJ'),
+      },
+      { actions: ['route53:GetChange'], resource: arnOf(':route53:::change/*') },
+    ]);
+    expect(granting('ssm')).toEqual([]);
+    expect(nagErrors).toEqual([]);
   });
 });
 

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { switchTargetSchema } from './connection-switch';
 import { cutoverWindowSchema } from './cutover-window';
-import { dmsSettingsSchema } from './dms';
+import { dmsComputeUnsupported, dmsSettingsSchema } from './dms';
 import { InvalidInputError } from './errors';
 import { planTargetSchema } from './plan-target';
 import { redactText } from './redact';
@@ -86,7 +86,7 @@ export const DEFAULTS = {
   cutoverAttempts: 3,
   /** Time allowed for the --on-switch command. */
   onSwitchTimeoutMs: 30_000,
-  /** Time allowed for the AWS connection switch (config `switch`; a CNAME waits up to 120 s for INSYNC). */
+  /** Time allowed for the AWS connection switch (config `switch`), and after the gap for its propagation (a CNAME waits up to 120 s for INSYNC). */
   connectionSwitchTimeoutMs: 180_000,
 } as const;
 
@@ -285,15 +285,8 @@ export const migrationConfigSchema = z
         message:
           'dms is required with strategy dms: { sourceSecretArn, targetSecretArn, secretsAccessRoleArn, compute }',
       });
-    // DMS Serverless: EventBridge lists a `DMS Replication State Change` detail-type, but no sample of its
-    // detail is documented, and its CDC latency metrics are not read: its full load would never be seen to end.
-    if (c.dms?.compute.kind === 'serverless')
-      ctx.addIssue({
-        code: 'custom',
-        path: ['dms', 'compute', 'kind'],
-        message:
-          'dms.compute.kind serverless is not supported by the workflow yet (its events and CDC latency are not handled): use instance, with replicationInstanceArn',
-      });
+    const unsupported = c.dms && dmsComputeUnsupported(c.dms.compute);
+    if (unsupported) ctx.addIssue({ code: 'custom', path: ['dms', 'compute', 'kind'], message: unsupported });
     if (c.dms && c.strategy !== 'dms')
       ctx.addIssue({
         code: 'custom',

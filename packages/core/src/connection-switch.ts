@@ -146,10 +146,10 @@ export interface CnameSwitchRecord extends SwitchRecordBase {
   /** TXT record that keeps `previous` in the zone until the restore. */
   breadcrumb: string;
   /**
-   * Route 53 reported the change INSYNC on its name servers within the wait; absent when this call
-   * wrote nothing (it already pointed there) and so had no change to follow.
+   * The change Route 53 accepted (ChangeResourceRecordSets' ChangeInfo.Id), which `settle` follows to
+   * INSYNC after the write gap; absent when this call wrote nothing (it already pointed there).
    */
-  insync?: boolean;
+  changeId?: string;
 }
 
 export interface SwitchRestore {
@@ -179,6 +179,12 @@ export interface ConnectionSwitch {
    * changed the resource after the switch, rather than undoing their change.
    */
   restore(record: SwitchRecord): Promise<SwitchRestore>;
+  /**
+   * Optional, after the write gap: wait (bounded) until the change `switchTo` made has reached every
+   * server that answers for the resource (Route 53: INSYNC on its name servers). True when it did
+   * within the wait. `switchTo` returns once the change is accepted, without this wait.
+   */
+  settle?(record: SwitchRecord): Promise<boolean>;
 }
 
 /** The connection switch failed; `resource` names the secret, parameter or DNS record. */

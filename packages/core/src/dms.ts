@@ -628,32 +628,46 @@ export function dmsDrained(latency: DmsLatencyReading, freezeAt: string): boolea
  * What a migration with `strategy: 'dms'` says of DMS (the plan without what the migration itself
  * gives: its id and the two database names, read from its URLs). Each problem names its field.
  */
+/** What DMS runs on: a replication instance (its ARN), or DMS Serverless capacity in a subnet group. */
+export const dmsComputeSchema = z.discriminatedUnion(
+  'kind',
+  [
+    z.strictObject({ kind: z.literal('instance'), replicationInstanceArn: z.string() }),
+    z.strictObject({
+      kind: z.literal('serverless'),
+      maxCapacityUnits: z.number(),
+      minCapacityUnits: z.number().optional(),
+      replicationSubnetGroupId: z.string(),
+      vpcSecurityGroupIds: z.array(z.string()),
+      multiAz: z.boolean().optional(),
+    }),
+  ],
+  { error: 'dms.compute.kind must be instance (with replicationInstanceArn) or serverless' },
+);
+
+export const dmsSslModeSchema = z.enum(['require', 'verify-ca', 'verify-full'], {
+  error: 'dms.sslMode must be require, verify-ca or verify-full',
+});
+
+/**
+ * Why the workflow cannot run this compute yet, or undefined. DMS Serverless: EventBridge lists a `DMS
+ * Replication State Change` detail-type, but no sample of its detail is documented, and its CDC latency
+ * metrics are not read: its full load would never be seen to end. The config and the plan both refuse it.
+ */
+export function dmsComputeUnsupported(compute: DmsCompute): string | undefined {
+  return compute.kind === 'serverless'
+    ? 'dms.compute.kind serverless is not supported by the workflow yet (its events and CDC latency are not handled): use instance, with replicationInstanceArn'
+    : undefined;
+}
+
 export const dmsSettingsSchema = z
   .strictObject(
     {
       sourceSecretArn: z.string({ error: 'dms.sourceSecretArn is required' }),
       targetSecretArn: z.string({ error: 'dms.targetSecretArn is required' }),
       secretsAccessRoleArn: z.string({ error: 'dms.secretsAccessRoleArn is required' }),
-      compute: z.discriminatedUnion(
-        'kind',
-        [
-          z.strictObject({ kind: z.literal('instance'), replicationInstanceArn: z.string() }),
-          z.strictObject({
-            kind: z.literal('serverless'),
-            maxCapacityUnits: z.number(),
-            minCapacityUnits: z.number().optional(),
-            replicationSubnetGroupId: z.string(),
-            vpcSecurityGroupIds: z.array(z.string()),
-            multiAz: z.boolean().optional(),
-          }),
-        ],
-        { error: 'dms.compute.kind must be instance (with replicationInstanceArn) or serverless' },
-      ),
-      sslMode: z
-        .enum(['require', 'verify-ca', 'verify-full'], {
-          error: 'dms.sslMode must be require, verify-ca or verify-full',
-        })
-        .optional(),
+      compute: dmsComputeSchema,
+      sslMode: dmsSslModeSchema.optional(),
     },
     { error: 'dms must be an object: { sourceSecretArn, targetSecretArn, secretsAccessRoleArn, compute }' },
   )

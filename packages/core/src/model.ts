@@ -89,6 +89,11 @@ export interface CutoverRecord {
    * failed switch, and the rollback, restore from it (the rollback's own record says it restored).
    */
   switchRecord?: SwitchRecord;
+  /**
+   * After the write gap: how long the switch took to propagate where it has such a step (Route 53's
+   * INSYNC), and whether that was confirmed. Not confirmed is a warning; the switch stands.
+   */
+  switchPropagation?: { ms: number; done: boolean; error?: string };
 }
 
 /** An undo that failed: what it left, kept until an undo succeeds, and the one command that ends it. */

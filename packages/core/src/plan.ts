@@ -7,8 +7,9 @@ import { z } from 'zod';
 import { DEFAULTS, type MigrationConfig, parseMigrationConfig } from './config';
 import { switchTargetSchema } from './connection-switch';
 import { type CutoverWindow, cutoverWindowSchema } from './cutover-window';
+import { dmsComputeSchema, dmsComputeUnsupported, dmsPlanProblems, dmsSslModeSchema } from './dms';
 import { InvalidInputError, PgferryError } from './errors';
-import { planTargetSchema, secretArn } from './plan-target';
+import { type PlanTarget, planTargetSchema, secretArn } from './plan-target';
 import { redactText } from './redact';
 import { unprovisionedTargetUrl } from './secret-refs';
 
@@ -32,6 +33,21 @@ const cutoverPolicy = z.discriminatedUnion(
     z.strictObject({ policy: z.literal('window'), ...cutoverWindowSchema.shape }),
   ],
   { error: 'cutover.policy must be manual, auto or window' },
+);
+
+/**
+ * With strategy dms: the role DMS reads the plan's source and target secrets with, and what DMS runs
+ * on. The secrets themselves are the plan's `source.secretArn` and `target.secretArn`.
+ */
+const planDmsSchema = z.strictObject(
+  {
+    secretsAccessRoleArn: z.string({
+      error: 'dms.secretsAccessRoleArn is required: the ARN of the IAM role DMS assumes to read the two secrets',
+    }),
+    compute: dmsComputeSchema,
+    sslMode: dmsSslModeSchema.optional(),
+  },
+  { error: 'dms must be an object: { secretsAccessRoleArn, compute: { kind: "instance", replicationInstanceArn } }' },
 );
 
 export const migrationPlanSchema = z
@@ -84,6 +100,7 @@ export const migrationPlanSchema = z
       .min(1, 'copyWorkers must be at least 1')
       .max(32, 'copyWorkers must be at most 32')
       .optional(),
+    dms: planDmsSchema.optional(),
     limits: z
       .strictObject({
         maxLagMs: z.number().int().min(1, 'limits.maxLagMs must be at least 1').default(DEFAULTS.maxLagMs),
@@ -93,6 +110,7 @@ export const migrationPlanSchema = z
       .optional(),
   })
   .superRefine((plan, ctx) => {
+    dmsPlanIssues(plan, ctx);
     if (plan.switch.kind === 'secret' && plan.switch.secretArn === plan.source.secretArn)
       ctx.addIssue({
         code: 'custom',
@@ -101,6 +119,54 @@ export const migrationPlanSchema = z
           "switch.secretArn is the source's own credentials secret; the switch rewrites the secret the application reads, which must be another one",
       });
   });
+
+/** What a plan with strategy dms needs, each problem on its field, so that `plan put` refuses what `start` could not run. */
+function dmsPlanIssues(
+  plan: { strategy: string; dms?: z.output<typeof planDmsSchema>; source: { secretArn: string }; target: PlanTarget },
+  ctx: z.RefinementCtx,
+) {
+  if (plan.strategy !== 'dms') {
+    if (plan.dms)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['dms'],
+        message: `dms is only for strategy dms (strategy is ${plan.strategy})`,
+      });
+    return;
+  }
+  if (!plan.dms) {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['dms'],
+      message:
+        'dms is required with strategy dms: { secretsAccessRoleArn, compute: { kind: "instance", replicationInstanceArn } }',
+    });
+    return;
+  }
+  // DMS reads host and port from the secret; RDS's master secret of a new instance holds neither.
+  if (plan.target.kind === 'new') {
+    ctx.addIssue({
+      code: 'custom',
+      path: ['target', 'kind'],
+      message:
+        'target.kind must be existing with strategy dms: DMS reads the host and port from the target secret, and the master secret RDS makes for a new instance holds only username and password. Create the instance, store a secret with host, port, username and password, and name both as an existing target',
+    });
+  }
+  const unsupported = dmsComputeUnsupported(plan.dms.compute);
+  if (unsupported) ctx.addIssue({ code: 'custom', path: ['dms', 'compute', 'kind'], message: unsupported });
+  const targetSecretArn = plan.target.kind === 'existing' ? plan.target.secretArn : plan.source.secretArn;
+  // (The two secrets are the plan's own fields, checked there.)
+  for (const p of dmsPlanProblems({
+    ...plan.dms,
+    sourceSecretArn: plan.source.secretArn,
+    targetSecretArn,
+    migrationId: 'm',
+    sourceDatabase: 'db',
+    targetDatabase: 'db',
+  }))
+    if (p.field !== 'sourceSecretArn' && p.field !== 'targetSecretArn')
+      ctx.addIssue({ code: 'custom', path: ['dms', ...p.field.split('.')], message: `dms.${p.message}` });
+}
 
 export type MigrationPlanInput = z.input<typeof migrationPlanSchema>;
 export type MigrationPlan = z.output<typeof migrationPlanSchema>;
@@ -136,7 +202,7 @@ export function parseMigrationPlan(input: unknown): MigrationPlan {
   const field = planIssueField(result.error);
   throw new InvalidInputError(`invalid migration plan: ${planProblems(result.error).join('; ')}`, {
     field,
-    hint: 'a plan holds name, source.secretArn, target (kind new or existing), strategy, cutover.policy, switch (kind secret, ssm-parameter or route53) and approvers',
+    hint: 'a plan holds name, source.secretArn, target (kind new or existing), strategy, cutover.policy, switch (kind secret, ssm-parameter or route53), approvers, and with strategy dms a dms block (secretsAccessRoleArn, compute)',
   });
 }
 
@@ -193,11 +259,6 @@ export function storedPlan(name: string, value: unknown, where: string): Migrati
  * switch, the strategy, cutover policy, copy workers and limits. No URL with a password anywhere.
  */
 export function migrationConfigFromPlan(plan: MigrationPlan, migrationId: string): MigrationConfig {
-  if (plan.strategy === 'dms')
-    throw new InvalidInputError(`plan ${plan.name}: strategy dms cannot be started from a plan yet`, {
-      field: 'plan.strategy',
-      hint: 'use snapshot, native or dump in the plan (`pgferry plan put FILE`)',
-    });
   const target = plan.target;
   return parseMigrationConfig({
     id: migrationId,
@@ -214,6 +275,10 @@ export function migrationConfigFromPlan(plan: MigrationPlan, migrationId: string
     ...(target.kind === 'new' ? { targetUrl: unprovisionedTargetUrl(target.dbName) } : {}),
     target,
     switch: plan.switch,
+    // DMS reads the same two secrets the tasks connect with (the schema refuses a new target with dms).
+    ...(plan.dms && target.kind === 'existing'
+      ? { dms: { ...plan.dms, sourceSecretArn: plan.source.secretArn, targetSecretArn: target.secretArn } }
+      : {}),
   });
 }
 

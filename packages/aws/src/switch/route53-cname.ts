@@ -31,7 +31,7 @@ export interface Route53CnameSwitchOptions {
   recordName: string;
   /** Longest TTL `check` accepts (seconds). */
   maxTtlSeconds?: number;
-  /** How long a change may take to reach every Route 53 name server (INSYNC) before the switch returns anyway. */
+  /** How long `settle` (and a restore) waits for a change to reach every Route 53 name server (INSYNC). */
   syncWaitMs?: number;
   syncPollMs?: number;
   sleep?: (ms: number) => Promise<void>;
@@ -109,8 +109,15 @@ export class Route53CnameSwitch extends AwsSwitchBase implements ConnectionSwitc
     const changes: Change[] = [{ Action: 'UPSERT', ResourceRecordSet: cnameSet(this.name, host, ttl) }];
     // CREATE, not UPSERT: a breadcrumb that exists already holds the value from before the first switch.
     if (!crumb) changes.push({ Action: 'CREATE', ResourceRecordSet: crumbSet(breadcrumb, previous) });
-    const insync = await this.change(`pgferry ${migrationId}: switch to the target`, changes);
-    return { ...base, at: this.now().toISOString(), changed: true, insync };
+    // Accepted once this returns; its propagation (INSYNC) is `settle`'s, after the write gap.
+    const { id: changeId } = await this.submit(`pgferry ${migrationId}: switch to the target`, changes);
+    return { ...base, at: this.now().toISOString(), changed: true, ...(changeId ? { changeId } : {}) };
+  }
+
+  /** Wait, bounded by syncWaitMs, for the switch's change to be INSYNC; false when it was not in time. */
+  async settle(record: SwitchRecord): Promise<boolean> {
+    if (record.kind !== 'route53-cname' || !record.changed) return true;
+    return record.changeId ? this.insync(record.changeId, 'PENDING') : false;
   }
 
   async restore(record: SwitchRecord): Promise<SwitchRestore> {
@@ -153,6 +160,12 @@ export class Route53CnameSwitch extends AwsSwitchBase implements ConnectionSwitc
 
   /** Submit a change batch and wait, bounded, for INSYNC; false when it was not INSYNC in time. */
   private async change(comment: string, changes: Change[]): Promise<boolean> {
+    const { id, status } = await this.submit(comment, changes);
+    return id ? this.insync(id, status) : status === 'INSYNC';
+  }
+
+  /** Submit a change batch; Route 53 has accepted it once this returns. Its change id, to follow to INSYNC. */
+  private async submit(comment: string, changes: Change[]): Promise<{ id?: string; status?: string }> {
     const out = await this.send('route53:ChangeResourceRecordSets', () =>
       this.o.client.send(
         new ChangeResourceRecordSetsCommand({
@@ -161,10 +174,13 @@ export class Route53CnameSwitch extends AwsSwitchBase implements ConnectionSwitc
         }),
       ),
     );
-    let status = out.ChangeInfo?.Status;
-    const id = out.ChangeInfo?.Id;
+    return { id: out.ChangeInfo?.Id, status: out.ChangeInfo?.Status };
+  }
+
+  /** Poll GetChange until INSYNC, for at most syncWaitMs. */
+  private async insync(id: string, status: string | undefined): Promise<boolean> {
     const deadline = Date.now() + this.o.syncWaitMs;
-    while (status !== 'INSYNC' && id && Date.now() < deadline) {
+    while (status !== 'INSYNC' && Date.now() < deadline) {
       await this.o.sleep(this.o.syncPollMs);
       const got = await this.send('route53:GetChange', () => this.o.client.send(new GetChangeCommand({ Id: id })));
       status = got.ChangeInfo?.Status;

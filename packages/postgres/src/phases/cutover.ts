@@ -224,13 +224,13 @@ export function withTimeout<T>(p: Promise<T>, ms: number, message: string): Prom
 }
 
 /**
- * The switch began and the process died before recording its end. Everything before the switch was
- * done (drained, sequences synced, reverse replication running), so switching again — file rewrite and
- * --on-switch are idempotent — and recording it is the safe way out; undoing could split the writes.
+ * The switch began and the process died (or the switch failed) before its end was recorded. Everything
+ * before the switch was done (drained, sequences synced, reverse replication running), so switching
+ * again — file rewrite, --on-switch and the AWS switch are idempotent — and recording it is the safe way
+ * out; undoing could split the writes. Both cutovers' (this one and dms-cutover.ts).
  */
-async function finishInterruptedSwitch(ctx: PhaseContext): Promise<string> {
+export async function redoSwitch(ctx: PhaseContext): Promise<void> {
   const c = ctx.state.cutover!;
-  ctx.log('a previous cutover stopped while switching the connection: switching again to finish it');
   await switchConnection(switchOptions(ctx));
   const switchRecord = await switchAwsConnection(ctx);
   const now = new Date();
@@ -242,6 +242,83 @@ async function finishInterruptedSwitch(ctx: PhaseContext): Promise<string> {
       ...(switchRecord ? { switchRecord } : {}),
     };
   });
+  await settleSwitch(ctx);
+}
+
+/**
+ * The switch inside the write gap, both cutovers' (this one and dms-cutover.ts): the switch file and
+ * command, then the AWS switch (its propagation is waited for after the gap: settleSwitch). A failed
+ * command with no switch file naming the target did not move the application: `undoCutover` runs (the
+ * breadcrumb without switchStartedAt leads `resume` to undo again, not to switch) and the error is
+ * thrown. Once the switch file names the target, or the AWS switch failed, nothing is undone: the
+ * switch stays begun and `resume` finishes it.
+ */
+export async function switchInGap(
+  ctx: PhaseContext,
+  undoCutover: (cause: unknown) => Promise<void>,
+): Promise<SwitchRecord | undefined> {
+  try {
+    await switchConnection(switchOptions(ctx));
+  } catch (err) {
+    // Once the switch file names the target, the application may have moved and written there:
+    // undoing could lose those writes, so the switch stays begun and `resume` finishes it.
+    if (ctx.config.switchFile && readSwitchFile(ctx.config.switchFile) === ctx.config.targetUrl)
+      throw new CutoverFailedError(
+        `the switch did not finish: ${errorMessage(err)}; the switch file already names the target, so the cutover is not undone (the source stays read-only)`,
+        {
+          cause: err,
+          phase: 'cutover',
+          field: '--on-switch',
+          hint: `fix the --on-switch command, then \`pgferry resume --id ${ctx.config.id} --on-switch '<the fixed command>'\` switches again and finishes`,
+        },
+      );
+    // Only the switch command ran, and it failed: the application did not move. Undo everything;
+    // should the undo fail, its breadcrumb must lead `resume` to undo again, not to switch.
+    await ctx.update((s) => {
+      s.cutover = { ...s.cutover, switchStartedAt: undefined };
+    });
+    await undoCutover(err);
+    throw err;
+  }
+  return switchAwsConnection(ctx);
+}
+
+/**
+ * After the write gap: a switch whose change takes a while to reach every server that answers for it
+ * (Route 53's INSYNC) is waited for here, bounded, with its own duration recorded as
+ * `cutover.switchPropagation`. The switch is done and stays done: a propagation that fails or does not
+ * finish in time is a warning, never an undo. Clients still hold the old answer for up to the TTL.
+ */
+export async function settleSwitch(ctx: PhaseContext): Promise<void> {
+  const sw = ctx.connectionSwitch;
+  const record = ctx.state.cutover?.switchRecord;
+  if (!sw?.settle || !record?.changed) return;
+  const t0 = performance.now();
+  let done = false;
+  let failure: string | undefined;
+  try {
+    done = await withTimeout(
+      sw.settle(record),
+      DEFAULTS.connectionSwitchTimeoutMs,
+      `no answer within ${DEFAULTS.connectionSwitchTimeoutMs} ms`,
+    );
+  } catch (err) {
+    failure = errorMessage(err);
+  }
+  const ms = Math.round(performance.now() - t0);
+  const warning = done
+    ? undefined
+    : `the switch of ${sw.resource} is done, but its propagation was not confirmed after ${ms} ms (${failure ?? 'still pending'}); clients may reach the source (read-only) a while longer, the cutover stands`;
+  ctx.log(warning ? `warning: ${warning}` : `${sw.resource}: the switch propagated ${ms} ms after the write gap`);
+  await ctx.update((s) => {
+    s.cutover = { ...s.cutover, switchPropagation: { ms, done, ...(failure ? { error: failure } : {}) } };
+    if (warning) s.warnings = [...(s.warnings ?? []), warning];
+  });
+}
+
+async function finishInterruptedSwitch(ctx: PhaseContext): Promise<string> {
+  ctx.log('a previous cutover stopped while switching the connection: switching again to finish it');
+  await redoSwitch(ctx);
   await finish(ctx);
   return `switch finished after an interruption (write gap ${ctx.state.cutover?.writeGapMs} ms, including the interruption)`;
 }
@@ -427,30 +504,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
         },
       );
     }
-    try {
-      await switchConnection(switchOptions(ctx));
-    } catch (err) {
-      // Once the switch file names the target, the application may have moved and written there:
-      // undoing could lose those writes, so the switch stays begun and `resume` finishes it.
-      if (ctx.config.switchFile && readSwitchFile(ctx.config.switchFile) === ctx.config.targetUrl)
-        throw new CutoverFailedError(
-          `the switch did not finish: ${errorMessage(err)}; the switch file already names the target, so the cutover is not undone (the source stays read-only)`,
-          {
-            cause: err,
-            phase: 'cutover',
-            field: '--on-switch',
-            hint: `fix the --on-switch command, then \`pgferry resume --id ${ctx.config.id} --on-switch '<the fixed command>'\` switches again and finishes`,
-          },
-        );
-      // Only the switch command ran, and it failed: the application did not move. Undo everything;
-      // should the undo fail, its breadcrumb must lead `resume` to undo again, not to switch.
-      await ctx.update((s) => {
-        s.cutover = { ...s.cutover, switchStartedAt: undefined };
-      });
-      await undo(ctx, err);
-      throw err;
-    }
-    const switchRecord = await switchAwsConnection(ctx);
+    const switchRecord = await switchInGap(ctx, (err) => undo(ctx, err));
     const switchedMs = performance.now() - t0;
     step('switch');
     const done = {
@@ -476,6 +530,8 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     });
     return { ...done, drainedMs, lastLookSkipped };
   });
+  // The gap is over once the switch is accepted; its propagation (Route 53's INSYNC) is waited for now.
+  await settleSwitch(ctx);
   if (record.lastLookSkipped) {
     const message =
       "the last look for writes that ignored the freeze was skipped: the forward slot's restart point trailed too far behind to decode it within the write gap";

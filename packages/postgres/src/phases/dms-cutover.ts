@@ -36,9 +36,8 @@ import {
   startPreparedSubscription,
 } from '../replication';
 import { syncSequences } from '../sequences';
-import { readSwitchFile, switchConnection } from '../switch';
 import { type PhaseContext, partitionsViaRoot, targetMajor } from './context';
-import { recordForwardFreeze, switchAwsConnection, switchOptions } from './cutover';
+import { recordForwardFreeze, redoSwitch, settleSwitch, switchInGap } from './cutover';
 import { dmsRef } from './dms';
 import { runUndo, type UndoStep } from './undo';
 
@@ -100,17 +99,7 @@ export async function dmsCutover(
   if (c?.switchAt) return `already done: switched at ${c.switchAt} (write gap ${c.writeGapMs} ms)`;
   if (c?.switchStartedAt) {
     // Everything before the switch was done: switching again (idempotent) and recording it is the way out.
-    await switchConnection(switchOptions(ctx));
-    const switchRecord = await switchAwsConnection(ctx);
-    const now = new Date();
-    await ctx.update((s) => {
-      s.cutover = {
-        ...s.cutover,
-        switchAt: now.toISOString(),
-        writeGapMs: now.getTime() - Date.parse(c.freezeAt!),
-        ...(switchRecord ? { switchRecord } : {}),
-      };
-    });
+    await redoSwitch(ctx);
     return 'switch finished after an interruption';
   }
   // A cutover stopped inside its gap (its task maybe stopped): undone, then done again.
@@ -198,22 +187,8 @@ export async function dmsCutover(
         { cause: err, phase: 'cutover', hint: err instanceof PgferryError ? err.hint : undefined },
       );
     }
-    try {
-      await switchConnection(switchOptions(ctx));
-    } catch (err) {
-      if (ctx.config.switchFile && readSwitchFile(ctx.config.switchFile) === ctx.config.targetUrl)
-        throw new CutoverFailedError(
-          `the switch did not finish: ${errorMessage(err)}; the switch file already names the target, so the cutover is not undone`,
-          { cause: err, phase: 'cutover', hint: `fix it, then \`pgferry resume --id ${ctx.config.id}\` finishes` },
-        );
-      await ctx.update((s) => {
-        s.cutover = { ...s.cutover, switchStartedAt: undefined };
-      });
-      await undo(ctx, dms, err);
-      throw err;
-    }
-    // The AWS connection switch: a failure here is never undone (it may have moved the application already).
-    const switchRecord = await switchAwsConnection(ctx);
+    // A failure here, once the application may have moved, is never undone (switchInGap).
+    const switchRecord = await switchInGap(ctx, (err) => undo(ctx, dms, err));
     const writeGapMs = Math.round(performance.now() - t0);
     const done = {
       ...ctx.state.cutover,
@@ -230,6 +205,8 @@ export async function dmsCutover(
     });
     return done;
   });
+  // The gap is over once the switch is accepted; its propagation (Route 53's INSYNC) is waited for now.
+  await settleSwitch(ctx);
   // Forward replication was DMS's: nothing of pgferry's forward objects to drop (the task goes at clean-up).
   await dropPublication(ctx.source, n.publication).catch(() => {});
   return `write gap ${record.writeGapMs} ms (DMS drain ${record.drainMs} ms); ${record.sessionsEnded} session(s) ended; DMS task stopped; ${record.sequencesSynced} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;

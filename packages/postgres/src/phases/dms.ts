@@ -11,6 +11,7 @@ import {
   dmsFindings,
   dmsGate,
   dmsPlanFor,
+  LagTimeoutError,
   objectNames,
   PgferryError,
   type TableRef,
@@ -76,7 +77,16 @@ export function dmsRef(ctx: PhaseContext): DmsRef {
 
 /** "Start the DMS task": endpoints and task (or Serverless config) made once, started, and recorded. */
 export async function dmsStart(ctx: PhaseContext, dms: DmsReplication): Promise<string> {
-  const ref = await dms.start(dmsPlanFor(ctx.config), await dmsMappings(ctx));
+  // The databases pgferry is connected to: a config started from a plan names them only in its secrets
+  // (its URLs hold placeholders), and DMS's endpoints need them by name.
+  const database = async (db: PhaseContext['source']) =>
+    (await db.query<{ name: string }>('SELECT current_database() AS name'))[0]!.name;
+  const plan = {
+    ...dmsPlanFor(ctx.config),
+    sourceDatabase: await database(ctx.source),
+    targetDatabase: await database(ctx.target),
+  };
+  const ref = await dms.start(plan, await dmsMappings(ctx));
   await ctx.update((s) => {
     s.dms = {
       ...s.dms,
@@ -110,11 +120,17 @@ export async function dmsStartReplication(ctx: PhaseContext, dms: DmsReplication
 /** DMS publishes CDC latency once a minute: sampling faster reads the same datapoint again. */
 export const DMS_SAMPLE_SECONDS = 30;
 
-/** One gate sample on the DMS path: the task's CDC latency (CloudWatch) under --max-lag-ms, `lagSamples` times in a row. */
+/**
+ * One gate sample on the DMS path: the task's CDC latency (CloudWatch) under --max-lag-ms, `lagSamples`
+ * times in a row. As on the native path (gateStep), a gate still closed `catchUpTimeoutMs` after
+ * `startedAt` (when this catch-up began, ms since the epoch) ends in LagTimeoutError: the migration
+ * stops resumable, the task keeps replicating.
+ */
 export async function dmsGateSample(
   ctx: PhaseContext,
   dms: DmsReplication,
   streak: number,
+  startedAt = Date.now(),
 ): Promise<{ ready: boolean; streak: number; waitSeconds: number; summary: string; lagMs: number | null }> {
   const latency = await dms.cdcLatency(dmsRef(ctx));
   const g = dmsGate(latency, streak, ctx.config);
@@ -122,6 +138,14 @@ export async function dmsGateSample(
   const summary = g.ready
     ? `caught up: DMS CDC latency ${lagMs} ms, ${g.streak} sample(s) in a row under ${ctx.config.maxLagMs} ms`
     : (g.reason ?? `DMS CDC latency ${lagMs} ms (${g.streak} of ${ctx.config.lagSamples} samples under the limit)`);
+  if (!g.ready && ctx.config.catchUpTimeoutMs > 0 && Date.now() - startedAt > ctx.config.catchUpTimeoutMs)
+    throw new LagTimeoutError(
+      `the cutover gate did not open within ${Math.round(ctx.config.catchUpTimeoutMs / 1000)} s: ${summary}`,
+      {
+        phase: 'catch-up',
+        hint: `the DMS task keeps replicating and nothing was removed; fix the reason above and run \`pgferry resume --id ${ctx.config.id}\` (or \`pgferry rollback --id ${ctx.config.id}\`)`,
+      },
+    );
   return { ready: g.ready, streak: g.streak, waitSeconds: g.ready ? 0 : DMS_SAMPLE_SECONDS, summary, lagMs };
 }
 

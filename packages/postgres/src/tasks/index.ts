@@ -323,7 +323,9 @@ const checkLagTask: Task = (input, deps) =>
 async function dmsCheckLag(ctx: PhaseContext, input: TaskInput, deps: TaskDeps): Promise<TaskOutput> {
   const dms = requireDms(deps.dms, ctx.config.id);
   const gate = input.gate as GateState | undefined;
-  const given = gate?.memory as { dmsStreak?: number } | undefined;
+  const given = gate?.memory as { dmsStreak?: number; startedAt?: number } | undefined;
+  // When this catch-up began: catchUpTimeoutMs counts from here, as on the native path.
+  const startedAt = given?.startedAt ?? Date.now();
   if (!given) await phaseStarted(ctx, 'catch-up', listener(deps, ctx.config.id));
   // A cutover killed after it stopped the task and before the switch (its undo never ran): a stopped
   // task reports no latency, so catch-up would wait for ever. Change capture goes on first.
@@ -334,7 +336,7 @@ async function dmsCheckLag(ctx: PhaseContext, input: TaskInput, deps: TaskDeps):
     });
     deps.log('the DMS task was left stopped by an interrupted cutover: change capture resumed');
   }
-  const step = await dmsGateSample(ctx, dms, given?.dmsStreak ?? 0);
+  const step = await dmsGateSample(ctx, dms, given?.dmsStreak ?? 0, startedAt);
   await publish(deps, [
     {
       type: 'Replication Lag Sampled',
@@ -347,7 +349,7 @@ async function dmsCheckLag(ctx: PhaseContext, input: TaskInput, deps: TaskDeps):
     ready: step.ready,
     streak: step.streak,
     waitSeconds: step.waitSeconds,
-    memory: { dmsStreak: step.streak },
+    memory: { dmsStreak: step.streak, startedAt },
   };
 }
 

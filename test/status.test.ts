@@ -99,6 +99,54 @@ describe('pgferry status', () => {
   });
 });
 
+describe('pgferry status at the cutover gate', () => {
+  it('shows a lag sample it takes itself, refreshed by --watch, and the last recorded one with its age when the source does not answer', async () => {
+    const { pair, rt } = await fixture.setup('st_gate', 300);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    // `--cutover manual`: the execution stops at "Await cutover approval"; nothing samples the lag after that.
+    const migrating = started(['resume', '--id', m.id, '--state-dir', rt.stateDir]);
+    await migrating.exit;
+    const store = new FileMigrationStore(rt.stateDir);
+    const waiting = await store.get(m.id);
+    expect(waiting.status).toBe('awaiting-cutover');
+    const recordedAt = Date.parse(waiting.lag!.at(-1)!.at);
+    await sleep(1100);
+
+    const json = started(['status', m.id, '--json', '--state-dir', rt.stateDir]);
+    expect(await json.exit).toBe(0);
+    const { result } = JSON.parse(json.out().trim().split('\n').at(-1)!) as {
+      result: { lagNow: { at: string; bytes: number } };
+    };
+    const { lagNow } = result;
+    expect(Date.parse(lagNow.at)).toBeGreaterThan(recordedAt + 1000);
+    expect(lagNow.bytes).toBeGreaterThanOrEqual(0);
+
+    const text = started(['status', m.id, '--state-dir', rt.stateDir]);
+    expect(await text.exit).toBe(0);
+    expect(text.out()).toMatch(
+      /^ {2}lag now: .* behind, sampled \d\d:\d\d:\d\d UTC, \d+ s ago \(taken by this status\)/m,
+    );
+
+    // --watch samples again at every frame (a pipe gets each frame that changed).
+    const watcher = started(['status', m.id, '--watch', '--interval', '1.1', '--state-dir', rt.stateDir]);
+    await sleep(4000);
+    watcher.child.kill('SIGINT');
+    expect(await watcher.exit).toBe(0);
+    const sampled = framesOf(watcher.out()).map((f) => /lag now: .*, sampled (\S+ UTC)/.exec(f)?.[1]);
+    expect(sampled.length).toBeGreaterThan(1);
+    expect(new Set(sampled).size).toBeGreaterThan(1);
+
+    // The source does not answer: the last recorded sample, with its time and age, and why.
+    const secrets = await store.secrets(m.id);
+    await store.updateSecrets(m.id, { ...secrets, sourceUrl: 'postgres://app@127.0.0.1:1/gone' });
+    const blind = started(['status', m.id, '--state-dir', rt.stateDir]);
+    expect(await blind.exit).toBe(0);
+    expect(blind.out()).toMatch(/^ {2}lag \(last recorded\): .* behind, sampled \d\d:\d\d:\d\d UTC, \d+ s ago/m);
+    expect(blind.out()).toContain('(no live sample: the source did not answer');
+    await store.updateSecrets(m.id, secrets);
+  }, 120_000);
+});
+
 describe('pgferry status (recorded state)', () => {
   let dir: string;
   beforeAll(async () => {

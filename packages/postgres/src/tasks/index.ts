@@ -421,7 +421,9 @@ const awaitApprovalTask: Task = async (input, deps) => {
     s.status = 'awaiting-cutover';
     s.approvalWait = {
       since: (first ? wait?.since : s.approvalWait?.since) ?? now,
-      ...(deadline ? { deadlineAt: deadline.toISOString() } : {}),
+      // Locally (a runtime session) the execution stops at the gate and `pgferry cutover` may come any
+      // time: no window renews there, so no deadline is shown.
+      ...(deadline && !deps.session ? { deadlineAt: deadline.toISOString() } : {}),
       ...(wait?.windowSeconds ? { windowSeconds: wait.windowSeconds } : {}),
       ...sample,
     };

@@ -452,10 +452,19 @@ interface WaitingSample {
 async function waitingSample(ctx: PhaseContext, input: TaskInput, deps: TaskDeps): Promise<WaitingSample> {
   if (ctx.config.strategy === 'dms') {
     if (!deps.dms) return {};
+    // DMS's CDC latency (CloudWatch), published as "Check lag" publishes it on that path.
     const step = await dmsGateSample(ctx, deps.dms, 0);
+    const gateOpen = step.lagMs !== null && step.lagMs <= ctx.config.maxLagMs;
+    await publish(deps, [
+      {
+        type: 'Replication Lag Sampled',
+        detail: { migrationId: ctx.config.id, lagBytes: null, lagMs: step.lagMs, gateOpen },
+      },
+    ]);
     return {
       sampledAt: new Date().toISOString(),
-      gateOpen: step.lagMs !== null && step.lagMs <= ctx.config.maxLagMs,
+      gateOpen,
+      reasons: gateOpen ? [] : [step.summary],
       summary: `DMS CDC latency ${step.lagMs ?? '?'} ms`,
     };
   }

@@ -17,8 +17,11 @@ import {
   deployedTableName,
   type MigrationSecrets,
   type MigrationState,
+  objectNames,
+  type PgferryEvent,
   workflowInput,
 } from '../packages/core/src/index';
+import { runWorkflowTask } from '../packages/postgres/src/index';
 import { type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
 import { migrationFixture, newMigration, sleep } from './harness/migration';
 
@@ -135,6 +138,38 @@ describe('pgferry status at the cutover gate', () => {
     const sampled = framesOf(watcher.out()).map((f) => /lag now: .*, sampled (\S+ UTC)/.exec(f)?.[1]);
     expect(sampled.length).toBeGreaterThan(1);
     expect(new Set(sampled).size).toBeGreaterThan(1);
+
+    // In AWS each approval window samples once more ("Await cutover approval" in its own Lambda, no
+    // runtime session): recorded and published; with replication stopped, the gate's limits no longer
+    // hold, and status says so.
+    const published: PgferryEvent[] = [];
+    const events = { publish: async (e: PgferryEvent[]) => void published.push(...e) };
+    const before = (await store.get(m.id)).lag!.at(-1)!.at;
+    await pair.target(`ALTER SUBSCRIPTION ${objectNames(m.id).subscription} DISABLE`);
+    await sleep(500);
+    const wait = { since: new Date().toISOString(), windowSeconds: 600, deadlineSeconds: 3600 };
+    const window = await runWorkflowTask(
+      'awaitApproval',
+      { migrationId: m.id, taskToken: 'token-of-window-2', approvalWait: wait },
+      { store, log: () => {}, events },
+    );
+    expect(window.summary).toMatch(/waiting for approval; lag .*the gate's limits no longer hold: .*not connected/);
+    const sampledWaiting = await store.get(m.id);
+    expect(Date.parse(sampledWaiting.lag!.at(-1)!.at)).toBeGreaterThan(Date.parse(before));
+    expect(sampledWaiting.approvalWait).toMatchObject({ gateOpen: false, sampledAt: sampledWaiting.lag!.at(-1)!.at });
+    expect(published).toEqual([
+      expect.objectContaining({
+        type: 'Replication Lag Sampled',
+        detail: expect.objectContaining({ gateOpen: false }),
+      }),
+    ]);
+    expect(await store.takeTaskToken(m.id, 'awaitApproval')).toBe('token-of-window-2');
+    const told = started(['status', m.id, '--offline', '--state-dir', rt.stateDir]);
+    expect(await told.exit).toBe(0);
+    expect(told.out()).toMatch(
+      /ATTENTION: the gate's limits no longer hold while waiting for the approval: .*not connected/,
+    );
+    await pair.target(`ALTER SUBSCRIPTION ${objectNames(m.id).subscription} ENABLE`);
 
     // The source does not answer: the last recorded sample, with its time and age, and why.
     const secrets = await store.secrets(m.id);

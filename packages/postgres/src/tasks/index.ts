@@ -383,6 +383,8 @@ const verifyBeforeSwitchTask: Task = (input, deps) =>
  */
 const awaitApprovalTask: Task = async (input, deps) => {
   const id = input.migrationId;
+  // A migration the store does not hold: refused before anything is written (MigrationNotFoundError).
+  await deps.store.get(id);
   const wait = input.approvalWait as ApprovalWaitInput | undefined;
   const deadline = approvalDeadline(wait);
   if (deadline && Date.now() >= deadline.getTime()) {

@@ -394,7 +394,7 @@ const awaitApprovalTask: Task = async (input, deps) => {
       {
         migrationId: id,
         phase: 'catch-up',
-        hint: 'replication goes on and nothing was removed; start the migration again to wait for an approval anew (`pgferry start PLAN --id ID`), or roll it back',
+        hint: `replication goes on and nothing was removed: a new execution of the state machine for ${id} (its done-checks skip what is done) waits for an approval again; \`/pgferry abort ${id}\` removes the migration`,
       },
     );
   }
@@ -416,6 +416,7 @@ const awaitApprovalTask: Task = async (input, deps) => {
   } finally {
     if (own) await session?.close();
   }
+  const { summary: said, ...recorded } = sample;
   const now = new Date().toISOString();
   let first = false;
   const change = (s: MigrationState) => {
@@ -427,14 +428,14 @@ const awaitApprovalTask: Task = async (input, deps) => {
       // time: no window renews there, so no deadline is shown.
       ...(deadline && !deps.session ? { deadlineAt: deadline.toISOString() } : {}),
       ...(wait?.windowSeconds ? { windowSeconds: wait.windowSeconds } : {}),
-      ...sample,
+      ...recorded,
     };
     if (first)
       s.events = [...s.events.slice(-199), { at: now, message: 'caught up; waiting for the cutover to be approved' }];
   };
   if (session && !own) await session.ctx.update(change);
   else await updateStored(deps.store, id, change);
-  const lag = sample.sampledAt ? `${sample.summary}` : `no lag sample (${sample.sampleError ?? 'not taken'})`;
+  const lag = sample.sampledAt ? said : `no lag sample (${sample.sampleError ?? 'not taken'})`;
   return { summary: `caught up and replicating; waiting for approval; ${lag}` };
 };
 

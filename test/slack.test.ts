@@ -562,6 +562,15 @@ describe('what approve, rollback and abort do to a migration', () => {
     });
     const refused = authorizeForMigration({ userId: 'U0OTHER', channelId: 'C0ELSE' }, planned, plan, 'rollback');
     expect(refused).toEqual({ allowed: false, message: expect.stringContaining('approvers of plan `shop`') });
+    // It says which list is missing the person, and that the plan's approvers are read at the click.
+    const planMessage = refused.allowed ? '' : refused.message;
+    expect(planMessage).toMatch(/^Sorry <@U0OTHER>, you are not an approver of plan `shop`, so nothing was changed\./);
+    expect(planMessage).toContain('pgferry reads them from the plan when the click or command arrives');
+    expect(planMessage).not.toContain('PGFERRY_SLACK_USERS');
+    const global = authorizeSlack({ userId: 'U0OTHER' }, { users: [], channels: [] }, 'approve');
+    const globalMessage = global.allowed ? '' : global.message;
+    expect(globalMessage).toContain('(PGFERRY_SLACK_USERS, PGFERRY_SLACK_CHANNELS)');
+    expect(globalMessage).not.toContain('approvers of the plan');
     expect(authorizeForMigration({ userId: 'U0APPROVER' }, planned, undefined, 'approve')).toEqual({
       allowed: false,
       message: expect.stringContaining('no longer exists'),

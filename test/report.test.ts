@@ -193,6 +193,26 @@ describe('the HTML report, rendered', () => {
     ]);
   });
 
+  it('says when the last lag was sampled and how long before the report, the gate while waiting, and the cutover window', () => {
+    const html = renderHtmlReport(
+      state({
+        status: 'awaiting-cutover',
+        phase: 'catch-up',
+        config: { ...state().config, cutoverWindow: { start: '04:00', end: '05:00', timezone: 'UTC' } },
+        lag: [{ at: '2026-12-07T03:10:00.000Z', bytes: 2048, ms: 300 }],
+        approvalWait: { since: '2026-12-07T01:00:00.000Z', gateOpen: false, reasons: ['lag 900 MiB over the limit'] },
+      }),
+      new Date('2026-12-07T03:10:05.000Z'),
+    );
+    expect(html).toContain(
+      '<tr><th>last lag</th><td>2 KiB (2048 bytes), 0.30 s behind, sampled 03:10:00 UTC, 5 s ago</td></tr>',
+    );
+    expect(html).toContain(
+      '<tr><th>gate while waiting</th><td>limits no longer hold: lag 900 MiB over the limit</td></tr>',
+    );
+    expect(html).toContain('<tr><th>cutover window</th><td>closed; opens 04:00:00 UTC (04:00–05:00 UTC)</td></tr>');
+  });
+
   it('writes the file readable by its owner only, even over a file that was not', () => {
     const file = join(dir, 'open.html');
     writeFileSync(file, 'old', { mode: 0o644 });

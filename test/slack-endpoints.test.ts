@@ -393,6 +393,35 @@ describe('the Slack worker', () => {
     expect(store.tokens.size).toBe(0);
   });
 
+  it('approve: a click that took the token of a window that had just ended completes the renewed token, exactly once', async () => {
+    const { store, deps } = await workerDeps([migration('m1')]);
+    const RENEWED = `${TOKEN}-renewed`;
+    await store.putTaskToken('m1', 'awaitApproval', TOKEN);
+    // The window ended as the click arrived: Step Functions answers TaskTimedOut, and the next window
+    // files its token (the waiting task does that first thing).
+    sfnMock.on(SendTaskSuccessCommand, { taskToken: TOKEN }).callsFake(async () => {
+      setTimeout(() => void store.putTaskToken('m1', 'awaitApproval', RENEWED), 300);
+      throw Object.assign(new Error('Task Timed Out'), { name: 'TaskTimedOut' });
+    });
+    sfnMock.on(SendTaskSuccessCommand, { taskToken: RENEWED }).resolves({});
+    const answer = await handleSlackWork(work('approve', 'm1'), deps);
+    expect(sfnMock.commandCalls(SendTaskSuccessCommand).map((c) => c.args[0].input.taskToken)).toEqual([
+      TOKEN,
+      RENEWED,
+    ]);
+    expect(answer.text).toMatch(/^Cutover of `m1` approved by <@U0APPROVER>/);
+    expect(store.tokens.size).toBe(0);
+
+    // No new window within the wait (the execution stopped): nothing is claimed done; press again.
+    sfnMock.reset();
+    await store.putTaskToken('m1', 'awaitApproval', TOKEN);
+    sfnMock.on(SendTaskSuccessCommand).rejects(Object.assign(new Error('Task Timed Out'), { name: 'TaskTimedOut' }));
+    const lost = await handleSlackWork(work('approve', 'm1'), { ...deps, renewedTokenWaitMs: 600 });
+    expect(sfnMock.commandCalls(SendTaskSuccessCommand)).toHaveLength(1);
+    expect(lost.text).toMatch(/approval window of `m1` had just ended .*nothing was changed.*press again/);
+    expect(lost.text).not.toMatch(/approved/);
+  });
+
   it('approve: only the approvers of the migration’s plan; anyone else changes nothing and the token stays', async () => {
     const { store, deps, responses } = await workerDeps([migration('m1')]);
     await store.putTaskToken('m1', 'awaitApproval', TOKEN);

@@ -237,6 +237,7 @@ describe('the Slack message of a migration', () => {
         bytesCopied: 512 * 1024 ** 2,
         lag: [{ at: '2026-12-06T11:29:59.000Z', bytes: 3 * 1024 ** 2, ms: 1500, appliedBps: 2 * 1024 ** 2 }],
       }),
+      new Date('2026-12-06T11:30:02.000Z'),
     );
     expect(m.text).toBe('pgferry migration m1: running (Catch up)');
     expect(m.blocks[0]).toEqual({
@@ -247,7 +248,8 @@ describe('the Slack message of a migration', () => {
     expect(section?.type === 'section' && section.fields?.map((f) => f.text)).toEqual([
       '*Phase*\nCatch up',
       '*Status*\nrunning',
-      '*Lag*\n3.0 MiB · 1.5 s',
+      // Its time, and its age as the reader's Slack client renders it (3 s when the message was written).
+      '*Lag*\n3.0 MiB · 1.5 s\nsampled 11:29:59 UTC (<!date^1796556599^{ago}|3 s ago>)',
       '*Rows copied*\n1,234,567 (512.0 MiB)',
       // 3 MiB at 2 MiB/s applied.
       '*Predicted drain*\n1500 ms (budget 1000 ms)',
@@ -260,6 +262,49 @@ describe('the Slack message of a migration', () => {
     expect(fields).toContain('*Lag*\\nnot measured yet');
     expect(fields).toContain('*Rows copied*\\nnot copied yet');
     expect(fields).toContain('*Predicted drain*\\nnot predicted yet');
+  });
+
+  it('at the gate, says when the lag was sampled, when the gate’s limits no longer hold, and the cutover window', () => {
+    const now = new Date('2026-12-07T03:12:00.000Z');
+    const waiting = state({
+      status: 'awaiting-cutover',
+      phase: 'catch-up',
+      config: {
+        ...state().config,
+        cutover: 'auto',
+        cutoverWindow: { start: '04:00', end: '05:00', timezone: 'UTC' },
+      },
+      lag: [{ at: '2026-12-07T03:10:00.000Z', bytes: 900 * 1024 ** 2, ms: 42_000 }],
+      approvalWait: {
+        since: '2026-12-07T01:00:00.000Z',
+        sampledAt: '2026-12-07T03:10:00.000Z',
+        gateOpen: false,
+        reasons: ['lag 900.0 MiB over the limit of 64.0 MiB'],
+      },
+    });
+    const shown = texts(migrationMessage(waiting, now));
+    expect(shown).toContain('sampled 03:10:00 UTC (<!date^1796613000^{ago}|2 min ago>)');
+    expect(shown).toContain("The gate's limits no longer hold");
+    expect(shown).toContain('lag 900.0 MiB over the limit of 64.0 MiB');
+    expect(shown).toContain('*Cutover window*\\nclosed; opens 04:00:00 UTC (04:00–05:00 UTC)');
+    const open = texts(
+      migrationMessage(
+        { ...waiting, approvalWait: { since: '2026-12-07T01:00:00.000Z', gateOpen: true } },
+        new Date('2026-12-07T04:30:00.000Z'),
+      ),
+    );
+    expect(open).toContain('*Cutover window*\\nopen now (04:00–05:00 UTC)');
+    expect(open).not.toContain('no longer hold');
+    const blind = texts(
+      migrationMessage(
+        {
+          ...waiting,
+          approvalWait: { since: waiting.approvalWait!.since, sampleError: 'cannot connect to the source' },
+        },
+        now,
+      ),
+    );
+    expect(blind).toContain('No fresh lag sample:* cannot connect to the source (the lag shown is older)');
   });
 
   it('at the gate, carries Approve cutover and Roll back buttons with the migration id and nothing else', () => {
@@ -517,6 +562,15 @@ describe('what approve, rollback and abort do to a migration', () => {
     });
     const refused = authorizeForMigration({ userId: 'U0OTHER', channelId: 'C0ELSE' }, planned, plan, 'rollback');
     expect(refused).toEqual({ allowed: false, message: expect.stringContaining('approvers of plan `shop`') });
+    // It says which list is missing the person, and that the plan's approvers are read at the click.
+    const planMessage = refused.allowed ? '' : refused.message;
+    expect(planMessage).toMatch(/^Sorry <@U0OTHER>, you are not an approver of plan `shop`, so nothing was changed\./);
+    expect(planMessage).toContain('pgferry reads them from the plan when the click or command arrives');
+    expect(planMessage).not.toContain('PGFERRY_SLACK_USERS');
+    const global = authorizeSlack({ userId: 'U0OTHER' }, { users: [], channels: [] }, 'approve');
+    const globalMessage = global.allowed ? '' : global.message;
+    expect(globalMessage).toContain('(PGFERRY_SLACK_USERS, PGFERRY_SLACK_CHANNELS)');
+    expect(globalMessage).not.toContain('approvers of the plan');
     expect(authorizeForMigration({ userId: 'U0APPROVER' }, planned, undefined, 'approve')).toEqual({
       allowed: false,
       message: expect.stringContaining('no longer exists'),

@@ -17,8 +17,11 @@ import {
   deployedTableName,
   type MigrationSecrets,
   type MigrationState,
+  objectNames,
+  type PgferryEvent,
   workflowInput,
 } from '../packages/core/src/index';
+import { runWorkflowTask } from '../packages/postgres/src/index';
 import { type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
 import { migrationFixture, newMigration, sleep } from './harness/migration';
 
@@ -97,6 +100,86 @@ describe('pgferry status', () => {
     expect(last).toContain(`next: the application uses the target: \`pgferry rollback --id ${m.id}\``);
     expect(last).toMatch(/Execution \(migrate, started [^)]+\): succeeded/);
   });
+});
+
+describe('pgferry status at the cutover gate', () => {
+  it('shows a lag sample it takes itself, refreshed by --watch, and the last recorded one with its age when the source does not answer', async () => {
+    const { pair, rt } = await fixture.setup('st_gate', 300);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    // `--cutover manual`: the execution stops at "Await cutover approval"; nothing samples the lag after that.
+    const migrating = started(['resume', '--id', m.id, '--state-dir', rt.stateDir]);
+    await migrating.exit;
+    const store = new FileMigrationStore(rt.stateDir);
+    const waiting = await store.get(m.id);
+    expect(waiting.status).toBe('awaiting-cutover');
+    const recordedAt = Date.parse(waiting.lag!.at(-1)!.at);
+    await sleep(1100);
+
+    const json = started(['status', m.id, '--json', '--state-dir', rt.stateDir]);
+    expect(await json.exit).toBe(0);
+    const { result } = JSON.parse(json.out().trim().split('\n').at(-1)!) as {
+      result: { lagNow: { at: string; bytes: number } };
+    };
+    const { lagNow } = result;
+    expect(Date.parse(lagNow.at)).toBeGreaterThan(recordedAt + 1000);
+    expect(lagNow.bytes).toBeGreaterThanOrEqual(0);
+
+    const text = started(['status', m.id, '--state-dir', rt.stateDir]);
+    expect(await text.exit).toBe(0);
+    expect(text.out()).toMatch(
+      /^ {2}lag now: .* behind, sampled \d\d:\d\d:\d\d UTC, \d+ s ago \(taken by this status\)/m,
+    );
+
+    // --watch samples again at every frame (a pipe gets each frame that changed).
+    const watcher = started(['status', m.id, '--watch', '--interval', '1.1', '--state-dir', rt.stateDir]);
+    await sleep(4000);
+    watcher.child.kill('SIGINT');
+    expect(await watcher.exit).toBe(0);
+    const sampled = framesOf(watcher.out()).map((f) => /lag now: .*, sampled (\S+ UTC)/.exec(f)?.[1]);
+    expect(sampled.length).toBeGreaterThan(1);
+    expect(new Set(sampled).size).toBeGreaterThan(1);
+
+    // In AWS each approval window samples once more ("Await cutover approval" in its own Lambda, no
+    // runtime session): recorded and published; with replication stopped, the gate's limits no longer
+    // hold, and status says so.
+    const published: PgferryEvent[] = [];
+    const events = { publish: async (e: PgferryEvent[]) => void published.push(...e) };
+    const before = (await store.get(m.id)).lag!.at(-1)!.at;
+    await pair.target(`ALTER SUBSCRIPTION ${objectNames(m.id).subscription} DISABLE`);
+    await sleep(500);
+    const wait = { since: new Date().toISOString(), windowSeconds: 600, deadlineSeconds: 3600 };
+    const window = await runWorkflowTask(
+      'awaitApproval',
+      { migrationId: m.id, taskToken: 'token-of-window-2', approvalWait: wait },
+      { store, log: () => {}, events },
+    );
+    expect(window.summary).toMatch(/waiting for approval; lag .*the gate's limits no longer hold: .*not connected/);
+    const sampledWaiting = await store.get(m.id);
+    expect(Date.parse(sampledWaiting.lag!.at(-1)!.at)).toBeGreaterThan(Date.parse(before));
+    expect(sampledWaiting.approvalWait).toMatchObject({ gateOpen: false, sampledAt: sampledWaiting.lag!.at(-1)!.at });
+    expect(published).toEqual([
+      expect.objectContaining({
+        type: 'Replication Lag Sampled',
+        detail: expect.objectContaining({ gateOpen: false }),
+      }),
+    ]);
+    expect(await store.takeTaskToken(m.id, 'awaitApproval')).toBe('token-of-window-2');
+    const told = started(['status', m.id, '--offline', '--state-dir', rt.stateDir]);
+    expect(await told.exit).toBe(0);
+    expect(told.out()).toMatch(
+      /ATTENTION: the gate's limits no longer hold while waiting for the approval: .*not connected/,
+    );
+    await pair.target(`ALTER SUBSCRIPTION ${objectNames(m.id).subscription} ENABLE`);
+
+    // The source does not answer: the last recorded sample, with its time and age, and why.
+    const secrets = await store.secrets(m.id);
+    await store.updateSecrets(m.id, { ...secrets, sourceUrl: 'postgres://app@127.0.0.1:1/gone' });
+    const blind = started(['status', m.id, '--state-dir', rt.stateDir]);
+    expect(await blind.exit).toBe(0);
+    expect(blind.out()).toMatch(/^ {2}lag \(last recorded\): .* behind, sampled \d\d:\d\d:\d\d UTC, \d+ s ago/m);
+    expect(blind.out()).toContain('(no live sample: the source did not answer');
+    await store.updateSecrets(m.id, secrets);
+  }, 120_000);
 });
 
 describe('pgferry status (recorded state)', () => {

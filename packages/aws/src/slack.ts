@@ -271,6 +271,8 @@ export interface SlackWorkDeps {
   start: StartFromPlan;
   messages: SlackMessages;
   log(message: string): void;
+  /** Tests: how long a click waits for a renewed approval token (RENEWED_TOKEN_WAIT_MS). */
+  renewedTokenWaitMs?: number;
 }
 
 /** `arn:…:stateMachine:<machine>` → `arn:…:execution:<machine>:<name>`. */
@@ -365,33 +367,64 @@ async function act(
   }
 }
 
-/** Takes the approval token (atomically: of two clicks one gets it) and completes it once. */
+/**
+ * How long a decision whose token had just timed out waits for the next approval window's token (the
+ * waiting task files it first thing; the worker function runs for up to 60 s).
+ */
+export const RENEWED_TOKEN_WAIT_MS = 20_000;
+const RENEWED_TOKEN_POLL_MS = 500;
+
+/**
+ * Takes the approval token (atomically: of two clicks one gets it) and completes it once. The wait
+ * renews its token every window (definition.ts): a click that took a token whose window had just ended
+ * (Step Functions answers TaskTimedOut) takes the next window's token and completes that one, so the
+ * decision is neither lost nor reported done when it did nothing.
+ */
 async function completeApproval(
   state: MigrationState,
   deps: SlackWorkDeps,
   result: { output: object } | { error: string; cause: string },
   done: string[],
 ): Promise<SlackResponse> {
-  const token = await deps.store.takeTaskToken?.(state.id, APPROVAL_STEP);
+  let token = await deps.store.takeTaskToken?.(state.id, APPROVAL_STEP);
   if (!token)
     return {
       text: `Nothing waits for a decision on ${code(state.id)} any more (someone decided already); nothing was changed.`,
     };
-  let completed: boolean;
-  try {
-    completed =
-      'output' in result
-        ? await deps.callbacks.succeed(token, result.output)
-        : await deps.callbacks.fail(token, result.error, result.cause);
-  } catch (err) {
-    // Step Functions did not answer: the token goes back so that the next click can complete it.
-    await deps.store.putTaskToken?.(state.id, APPROVAL_STEP, token);
-    throw err;
+  for (;;) {
+    let completed: boolean;
+    try {
+      completed =
+        'output' in result
+          ? await deps.callbacks.succeed(token, result.output)
+          : await deps.callbacks.fail(token, result.error, result.cause);
+    } catch (err) {
+      // Step Functions did not answer: the token goes back so that the next click can complete it.
+      await deps.store.putTaskToken?.(state.id, APPROVAL_STEP, token);
+      throw err;
+    }
+    if (completed) break;
+    const next = await renewedToken(state.id, token, deps);
+    if (!next)
+      return {
+        text: `The approval window of ${code(state.id)} had just ended when this arrived, and no new one opened within ${RENEWED_TOKEN_WAIT_MS / 1000} s (the execution may have stopped); nothing was changed. Check \`/pgferry status ${escapeMrkdwn(state.id)}\` and press again.`,
+      };
+    deps.log(`slack: the approval window of migration ${state.id} renewed under a click; completing the new token`);
+    token = next;
   }
-  if (!completed)
-    return { text: `Step Functions no longer waits at the gate of ${code(state.id)}; nothing was changed.` };
   deps.log(`slack: ${'output' in result ? 'approved' : 'rejected'} the cutover of migration ${state.id}`);
   return { text: done.join('\n') };
+}
+
+/** The token the next approval window files after `spent` timed out, taken; undefined if none comes in time. */
+async function renewedToken(id: string, spent: string, deps: SlackWorkDeps): Promise<string | undefined> {
+  const until = Date.now() + (deps.renewedTokenWaitMs ?? RENEWED_TOKEN_WAIT_MS);
+  for (;;) {
+    const token = await deps.store.takeTaskToken?.(id, APPROVAL_STEP);
+    if (token && token !== spent) return token;
+    if (Date.now() >= until) return undefined;
+    await new Promise((r) => setTimeout(r, RENEWED_TOKEN_POLL_MS));
+  }
 }
 
 /**

@@ -177,7 +177,9 @@ async function execute(
       waitTimeOverrides: options.waitMs,
       retryIntervalOverrides: options.retryMs,
     },
-    context: { Task: { Token: `local:${input.migrationId}` } },
+    // aws-local-stepfunctions has no $$.State.EnteredTime: "Begin the approval wait" reads when the wait
+    // began from it, and locally the execution stops at the gate anyway (the deadline is AWS's concern).
+    context: { Task: { Token: `local:${input.migrationId}` }, State: { EnteredTime: new Date().toISOString() } },
   });
   started(() => execution.abort());
   let last: string | undefined;

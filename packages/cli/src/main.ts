@@ -163,8 +163,10 @@ PostgreSQL 11 is a blocker.
                       [--source URL] [--target URL] [--json]
 
 Without an id, lists the migrations in the state directory (or, with --table, in the deployed table).
-With an id (or --id ID): its status, each phase with its start, end and duration (UTC), the lag now in
-bytes and seconds, the write gap, the verification, and what to do next; then its last workflow
+With an id (or --id ID): its status, each phase with its start, end and duration (UTC), the lag in
+bytes and seconds with when it was sampled (waiting at the cutover gate, status samples it from the source
+itself, at every --watch frame too; the last recorded sample, with its age, if the source does not answer),
+the plan's cutover window (open, or when it opens), the write gap, the verification, and what to do next; then its last workflow
 execution state by state (entered, left, duration, summary; the catch-up loop folded into one "Check
 lag ×N" line; an execution waiting for the cutover's approval says so); then it checks both servers
 (read-only): its replication slots and the WAL they retain, publications,

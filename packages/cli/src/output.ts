@@ -1,5 +1,14 @@
 /** Output: progress bars on a terminal, plain lines otherwise, JSON lines with --json. Never a password. */
-import { formatBytes, type MigrationState, PHASE_TITLES, type Phase, redactedJson, redactText } from '@pgferry/core';
+import {
+  cutoverWindowText,
+  formatBytes,
+  type MigrationState,
+  PHASE_TITLES,
+  type Phase,
+  redactedJson,
+  redactText,
+  sampledText,
+} from '@pgferry/core';
 import { describeUndoFailure, type LiveStatus, type SideLive } from '@pgferry/postgres';
 import type { RunnerEvents } from './runner';
 
@@ -117,7 +126,10 @@ function timelineLine(phase: Phase, rec: { startedAt?: string; endedAt?: string;
  * A stored migration in words. `timeline` (`pgferry status ID`): each phase with start, end and
  * duration, and the lag in bytes and seconds.
  */
-export function describeState(s: MigrationState, options: { timeline?: boolean } = {}): string {
+/** A lag sample `pgferry status` took itself, or why it could not. */
+export type LiveLag = { at: string; bytes: number; ms: number | null; retainedBytes: number } | { error: string };
+
+export function describeState(s: MigrationState, options: { timeline?: boolean; liveLag?: LiveLag } = {}): string {
   const lines = [
     `migration ${s.id}: ${s.status} (phase: ${PHASE_TITLES[s.phase]})`,
     `  source ${s.config.sourceUrl}${s.sourceVersion ? ` (PostgreSQL ${s.sourceVersion})` : ''}`,
@@ -140,14 +152,31 @@ export function describeState(s: MigrationState, options: { timeline?: boolean }
   }
   if (s.rowsCopied !== undefined) lines.push(`  copied ${s.rowsCopied} rows, ${formatBytes(s.bytesCopied ?? 0)} sent`);
   const lag = s.lag?.at(-1);
-  if (lag && !s.cutover?.switchAt && options.timeline)
+  const live = options.liveLag;
+  if (live && 'at' in live && !s.cutover?.switchAt)
     lines.push(
-      `  lag now: ${formatBytes(lag.bytes)} (${lag.bytes} bytes), ${(lag.ms / 1000).toFixed(2)} s behind, sampled at ${clockOf(lag.at)}; slot retains ${formatBytes(s.walRetainedBytes ?? 0)}`,
+      `  lag now: ${formatBytes(live.bytes)} (${live.bytes} bytes), ${live.ms === null ? 'time behind not reported' : `${(live.ms / 1000).toFixed(2)} s behind`}, ${sampledText(live.at)} (taken by this status); slot retains ${formatBytes(live.retainedBytes)}`,
+    );
+  else if (lag && !s.cutover?.switchAt && options.timeline)
+    lines.push(
+      `  lag${live ? ' (last recorded)' : ' now'}: ${formatBytes(lag.bytes)} (${lag.bytes} bytes), ${(lag.ms / 1000).toFixed(2)} s behind, ${sampledText(lag.at)}; slot retains ${formatBytes(s.walRetainedBytes ?? 0)}${live && 'error' in live ? `\n  (no live sample: ${live.error})` : ''}`,
     );
   else if (lag && !s.cutover?.switchAt)
     lines.push(
-      `  lag ${lag.ms} ms / ${lag.bytes} bytes at ${lag.at}; slot retains ${formatBytes(s.walRetainedBytes ?? 0)}`,
+      `  lag ${lag.ms} ms / ${lag.bytes} bytes, ${sampledText(lag.at)}; slot retains ${formatBytes(s.walRetainedBytes ?? 0)}`,
     );
+  const wait = s.status === 'awaiting-cutover' ? s.approvalWait : undefined;
+  if (wait?.gateOpen === false)
+    lines.push(
+      `  ATTENTION: the gate's limits no longer hold while waiting for the approval: ${(wait.reasons ?? []).join('; ')}`,
+    );
+  if (wait?.sampleError) lines.push(`  no lag sample while waiting (${wait.sampleError}); the lag above is older`);
+  if (wait?.deadlineAt)
+    lines.push(
+      `  waiting for the cutover approval since ${wait.since}; the wait ends unanswered at ${wait.deadlineAt}`,
+    );
+  const window = s.cutover?.switchAt ? undefined : cutoverWindowText(s, new Date());
+  if (window) lines.push(`  cutover window: ${window}`);
   if (s.ddlDrift?.length) lines.push(`  DDL drift: ${s.ddlDrift.join('; ')}`);
   if (s.cutover?.switchStartedAt && !s.cutover.switchAt && s.status !== 'rolled-back') {
     lines.push(

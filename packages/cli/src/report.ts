@@ -7,6 +7,7 @@
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import {
   type CutoverRecord,
+  cutoverWindowText,
   formatBytes,
   InvalidInputError,
   type LagSample,
@@ -15,6 +16,7 @@ import {
   PHASES,
   type Phase,
   redactedJson,
+  sampledText,
   type VerifyResult,
 } from '@pgferry/core';
 
@@ -344,6 +346,24 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}td ul{margin:0;padding
 .stage-reverse-replication{fill:#bf8700;background:#bf8700}.stage-unfreeze{fill:#57606a;background:#57606a}.stage-switch{fill:#cf222e;background:#cf222e}.stage-other{fill:#8c959f;background:#8c959f}
 .outcome-mismatch{color:#cf222e;font-weight:600}.outcome-behind{color:#9a6700}.attention{color:#cf222e}`;
 
+/** The last lag figure with its time and age (when the report was made), the gate while waiting, the cutover window. */
+function lastLagRows(s: MigrationState, now: Date): (readonly [string, string])[] {
+  const rows: (readonly [string, string])[] = [];
+  const last = s.lag?.at(-1);
+  if (last && !s.cutover?.switchAt)
+    rows.push([
+      'last lag',
+      `${formatBytes(last.bytes)} (${last.bytes} bytes), ${(last.ms / 1000).toFixed(2)} s behind, ${sampledText(last.at, now)}`,
+    ]);
+  const wait = s.status === 'awaiting-cutover' ? s.approvalWait : undefined;
+  if (wait?.gateOpen === false)
+    rows.push(['gate while waiting', `limits no longer hold: ${(wait.reasons ?? []).join('; ')}`]);
+  if (wait?.sampleError) rows.push(['gate while waiting', `no fresh sample: ${wait.sampleError}`]);
+  const window = s.cutover?.switchAt ? undefined : cutoverWindowText(s, now);
+  if (window) rows.push(['cutover window', window]);
+  return rows;
+}
+
 /**
  * The report's HTML. Every string of the state is redacted again (it should hold no password: it is
  * stored redacted) and escaped: table names, summaries and messages come from users' databases.
@@ -361,6 +381,7 @@ export function renderHtmlReport(state: MigrationState, generatedAt = new Date()
     ...(s.rowsCopied !== undefined
       ? [['copied', `${s.rowsCopied} rows, ${formatBytes(s.bytesCopied ?? 0)} sent`] as const]
       : []),
+    ...lastLagRows(s, generatedAt),
   ]
     .map(([k, v]) => `<tr><th>${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`)
     .join('');

@@ -5,13 +5,16 @@
  */
 import {
   EXIT_CODES,
+  errorMessage,
   FINISHED_STATUSES,
   InvalidInputError,
   type MigrationState,
   type MigrationStore,
+  objectNames,
 } from '@pgferry/core';
+import { connect, type Db, inspectApplicationName, readLag } from '@pgferry/postgres';
 import { describeExecution, type ExecutionRecord, readExecution } from './local-runtime';
-import { describeLive, describeState, type Output } from './output';
+import { describeLive, describeState, type LiveLag, type Output } from './output';
 import { reportId } from './report';
 import { inspectMigration, type Runtime } from './runner';
 import { FileMigrationStore } from './store';
@@ -65,8 +68,13 @@ function deployedNextStep(s: MigrationState): string {
 }
 
 /** The status of one migration, as `pgferry status ID` prints it (without the live check of the servers). */
-export function describeStatus(s: MigrationState, execution?: ExecutionRecord, deployed = false): string {
-  const parts = [describeState(s, { timeline: true })];
+export function describeStatus(
+  s: MigrationState,
+  execution?: ExecutionRecord,
+  deployed = false,
+  liveLag?: LiveLag,
+): string {
+  const parts = [describeState(s, { timeline: true, liveLag })];
   if (execution) parts.push(describeExecution(execution));
   parts.push(`next: ${nextStep(s, execution, deployed)}`);
   return parts.join('\n');
@@ -84,6 +92,44 @@ export function settled(s: MigrationState, execution?: ExecutionRecord, deployed
   if (!execution || execution.status === 'running' || execution.status === 'awaiting-approval') return false;
   // An execution ended (cut over, failed and stopped, aborted): nothing goes on until someone acts.
   return true;
+}
+
+/**
+ * The lag now, read by status itself from the source (the slot's unconfirmed WAL; the time behind as
+ * the walsender reports it), for a migration waiting at the gate: nothing else samples it then
+ * locally (`migrate --cutover manual` has returned). When the source does not answer, why.
+ */
+export async function sampleLagNow(store: MigrationStore, id: string): Promise<LiveLag> {
+  let db: Db | undefined;
+  try {
+    const secrets = await store.secrets(id);
+    db = await connect(secrets.sourceUrl, {
+      side: 'source',
+      applicationName: inspectApplicationName(id),
+      max: 1,
+      statementTimeoutMs: 5000,
+      lockTimeoutMs: 1000,
+    });
+    const names = objectNames(id);
+    const lag = await readLag(db, names.slot);
+    if (!lag) return { error: `replication slot ${names.slot} is not on the source` };
+    const [sender] = await db.query<{ ms: number | null }>(
+      `SELECT (extract(epoch FROM replay_lag) * 1000)::bigint AS ms FROM pg_stat_replication WHERE application_name = $1`,
+      [names.subscription],
+    );
+    // The walsender reports no lag once nothing is left to confirm.
+    const ms = sender?.ms != null ? Number(sender.ms) : lag.bytes === 0 ? 0 : null;
+    return { at: new Date(lag.point.t).toISOString(), bytes: lag.bytes, ms, retainedBytes: lag.retainedBytes };
+  } catch (err) {
+    return { error: `the source did not answer: ${errorMessage(err)}` };
+  } finally {
+    await db?.end().catch(() => {});
+  }
+}
+
+/** A live sample is worth taking: the migration waits at the gate and nothing local samples it. */
+function wantsLiveLag(s: MigrationState, deployed: boolean, offline?: boolean): boolean {
+  return !deployed && !offline && s.status === 'awaiting-cutover' && !s.cutover?.switchAt;
 }
 
 export interface WatchOptions {
@@ -205,7 +251,8 @@ export async function runStatus(c: StatusCommand, rt: Runtime, out: Output): Pro
         frame: async () => {
           const s = await store.get(id);
           const e = await execution(id);
-          return { text: describeStatus(s, e, !!c.table), done: settled(s, e, !!c.table) };
+          const live = wantsLiveLag(s, !!c.table, c.offline) ? await sampleLagNow(store, id) : undefined;
+          return { text: describeStatus(s, e, !!c.table, live), done: settled(s, e, !!c.table) };
         },
       });
     } finally {
@@ -220,8 +267,11 @@ export async function runStatus(c: StatusCommand, rt: Runtime, out: Output): Pro
   if (c.offline || c.table || s.status === 'cleaned-up')
     out.result({ ...s, execution: e }, describeStatus(s, e, !!c.table));
   else {
-    const live = await inspectMigration(rt, id);
-    out.result({ ...s, execution: e, live }, `${describeStatus(s, e)}\n${describeLive(live)}`);
+    const [live, lagNow] = await Promise.all([
+      inspectMigration(rt, id),
+      wantsLiveLag(s, false) ? sampleLagNow(store, id) : undefined,
+    ]);
+    out.result({ ...s, execution: e, live, lagNow }, `${describeStatus(s, e, false, lagNow)}\n${describeLive(live)}`);
   }
   return EXIT_CODES.ok;
 }

@@ -73,6 +73,14 @@ export class LagTimeoutError extends PgferryError {
   override name = 'LagTimeoutError';
   override readonly exitCode = 5;
 }
+/**
+ * Nobody approved the cutover before the approval deadline (APPROVAL_DEADLINE_SECONDS): the wait ends,
+ * resumable; replication goes on and nothing is undone.
+ */
+export class ApprovalTimeoutError extends PgferryError {
+  override name = 'ApprovalTimeoutError';
+  override readonly exitCode = 5;
+}
 /** The slot retained more WAL than the hard limit: the slot was dropped to protect the source's disk. */
 export class WalRetentionExceededError extends PgferryError {
   override name = 'WalRetentionExceededError';

@@ -1,3 +1,4 @@
+export * from './approval-wait';
 export * from './config';
 export * from './connection-switch';
 export * from './cutover-window';

@@ -60,6 +60,20 @@ export interface LagSample {
   appliedBps?: number;
 }
 
+export interface ApprovalWaitRecord {
+  since: string;
+  /** The wait ends unanswered then (resumable). */
+  deadlineAt?: string;
+  windowSeconds?: number;
+  /** The last sample taken while waiting. */
+  sampledAt?: string;
+  /** Whether that sample met every limit of the gate; `reasons` say what it did not meet. */
+  gateOpen?: boolean;
+  reasons?: string[];
+  /** The sample could not be taken (a server did not answer): the lag shown is older. */
+  sampleError?: string;
+}
+
 export interface CutoverRecord {
   freezeAt?: string;
   freezeLsn?: string;
@@ -231,6 +245,11 @@ export interface MigrationState {
   foreignKeysToValidate?: DeferredForeignKey[];
   bytesCopied?: number;
   lag?: LagSample[];
+  /**
+   * While the migration waits for its cutover approval in AWS: when the wait began and ends, and what the
+   * last gate sample taken while waiting found (the gate's limits still met, or why not).
+   */
+  approvalWait?: ApprovalWaitRecord;
   walRetainedBytes?: number;
   ddlDrift?: string[];
   cutover?: CutoverRecord;

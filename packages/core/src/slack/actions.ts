@@ -52,9 +52,10 @@ export function authorizeForMigration(
     };
   const allowed = authorizeSlack(actor, plan.approvers, action);
   if (allowed.allowed) return { allowed: true };
+  const plan$ = `\`${escapeMrkdwn(state.planName)}\``;
   return {
     allowed: false,
-    message: `${allowed.message} (Only the approvers of plan \`${escapeMrkdwn(state.planName)}\` may act on \`${escapeMrkdwn(state.id)}\`.)`,
+    message: `Sorry <@${escapeMrkdwn(actor.userId)}>, you are not an approver of plan ${plan$}, so nothing was changed. Only the approvers of plan ${plan$} may act on \`${escapeMrkdwn(state.id)}\`; pgferry reads them from the plan when the click or command arrives, so ask one of them, or whoever manages the plan to add you (\`pgferry plan put\`).`,
   };
 }
 

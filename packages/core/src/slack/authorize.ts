@@ -33,6 +33,6 @@ export function authorizeSlack(actor: SlackActor, access: SlackAccess, command: 
   if (actor.channelId && access.channels.includes(actor.channelId)) return { allowed: true, by: 'channel' };
   return {
     allowed: false,
-    message: `Sorry <@${escapeMrkdwn(actor.userId)}>, you are not allowed to ${VERBS[command]} with pgferry here, so nothing was changed. Ask someone listed as an approver, or ask to be added to the approvers of the plan.`,
+    message: `Sorry <@${escapeMrkdwn(actor.userId)}>, you are not allowed to ${VERBS[command]} with pgferry here, so nothing was changed. pgferry takes commands only from the Slack members and channels its deployment lists (PGFERRY_SLACK_USERS, PGFERRY_SLACK_CHANNELS): ask whoever deploys it.`,
   };
 }

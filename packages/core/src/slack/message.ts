@@ -4,6 +4,8 @@
  * remembered elsewhere. Buttons carry the migration id only: whoever clicks is checked against the
  * approvers when the click arrives, and the task token stays in the store.
  */
+import { agoText, utcClock } from '../approval-wait';
+import { cutoverWindowOpensAt, describeCutoverWindow } from '../cutover-window';
 import { formatBytes } from '../format';
 import { predictDrainMs } from '../lag';
 import { type MigrationState, PHASE_TITLES, type VerifyResult } from '../model';
@@ -49,11 +51,33 @@ const plain = (text: string): SlackText => ({ type: 'plain_text', text: text.sli
 const md = (text: string): SlackText => ({ type: 'mrkdwn', text: text.slice(0, 3000) });
 const field = (label: string, value: string): SlackText => md(`*${label}*\n${value}`);
 
-function lagText(s: MigrationState): string {
+function lagText(s: MigrationState, now: Date): string {
   const last = s.lag?.at(-1);
   if (!last) return 'not measured yet';
   if (s.cutover?.switchAt) return 'replication reversed (cut over)';
-  return `${formatBytes(last.bytes)} · ${(last.ms / 1000).toFixed(1)} s`;
+  const epoch = Math.floor(Date.parse(last.at) / 1000);
+  // {ago} is rendered by the reader's Slack client, so it stays true as the message sits there.
+  const when = `sampled ${utcClock(last.at, now)} (<!date^${Number.isFinite(epoch) ? epoch : 0}^{ago}|${agoText(last.at, now)}>)`;
+  return `${formatBytes(last.bytes)} · ${(last.ms / 1000).toFixed(1)} s\n${when}`;
+}
+
+/** At the gate in AWS: what the last sample taken while waiting found, when it is news to the approver. */
+function waitingText(s: MigrationState): string | undefined {
+  const w = s.status === 'awaiting-cutover' ? s.approvalWait : undefined;
+  if (!w) return undefined;
+  if (w.sampleError) return `:warning: *No fresh lag sample:* ${escapeMrkdwn(w.sampleError)} (the lag shown is older)`;
+  if (w.gateOpen === false)
+    return `:warning: *The gate's limits no longer hold* (the cutover would wait or refuse to freeze): ${escapeMrkdwn((w.reasons ?? []).slice(0, 3).join('; '))}`;
+  return undefined;
+}
+
+/** The plan's cutover window: open now, or when it next opens. */
+export function cutoverWindowText(s: Pick<MigrationState, 'config'>, now: Date): string | undefined {
+  const window = s.config.cutoverWindow;
+  if (!window) return undefined;
+  const opens = cutoverWindowOpensAt(window, now);
+  const what = describeCutoverWindow(window);
+  return opens ? `closed; opens ${utcClock(opens.toISOString(), now)} (${what})` : `open now (${what})`;
 }
 
 /** The cutover's own prediction once it froze; before that, the last sample's bytes at its apply rate. */
@@ -110,13 +134,13 @@ function rollbackButton(id: string): SlackButton {
 }
 
 /** The message for one migration. At the gate: "Approve cutover" and "Roll back"; after the switch: "Roll back". */
-export function migrationMessage(s: MigrationState): SlackMessage {
+export function migrationMessage(s: MigrationState, now: Date = new Date()): SlackMessage {
   const id = escapeMrkdwn(s.id);
   const phase = PHASE_TITLES[s.phase] ?? s.phase;
   const fields = [
     field('Phase', escapeMrkdwn(phase)),
     field('Status', escapeMrkdwn(STATUS_WORDS[s.status] ?? s.status)),
-    field('Lag', lagText(s)),
+    field('Lag', lagText(s, now)),
     field(
       'Rows copied',
       s.rowsCopied === undefined
@@ -127,6 +151,8 @@ export function migrationMessage(s: MigrationState): SlackMessage {
   ];
   if (s.cutover?.switchAt && s.cutover.writeGapMs !== undefined)
     fields.push(field('Write gap', `${s.cutover.writeGapMs} ms`));
+  const window = s.cutover?.switchAt ? undefined : cutoverWindowText(s, now);
+  if (window) fields.push(field('Cutover window', escapeMrkdwn(window)));
   if (s.verifyBeforeSwitch) fields.push(field('Verify before the switch', verifyText(s.verifyBeforeSwitch)));
   if (s.verify) fields.push(field('Verify after the switch', verifyText(s.verify)));
   const blocks: SlackBlock[] = [
@@ -140,6 +166,8 @@ export function migrationMessage(s: MigrationState): SlackMessage {
         `:x: *Failed in ${escapeMrkdwn(s.failure.phase ?? phase)}:* ${escapeMrkdwn(s.failure.message)}${s.failure.hint ? `\n_${escapeMrkdwn(s.failure.hint)}_` : ''}`,
       ),
     });
+  const waiting = waitingText(s);
+  if (waiting) blocks.push({ type: 'section', text: md(waiting) });
   if (s.status === 'awaiting-cutover')
     blocks.push({
       type: 'actions',

@@ -4,6 +4,7 @@
  * `DefinitionBody.fromString` and `definitionSubstitutions` (function ARNs, the worker's cluster,
  * task definition, container, subnets and security groups); `pgferry` runs the same text locally.
  */
+import { APPROVAL_DEADLINE_SECONDS, APPROVAL_WINDOW_SECONDS } from '../approval-wait';
 import { DEFAULTS } from '../config';
 import { BULK_LOAD_STATES, bulkLoadStates } from './bulk-load';
 import { CUTOVER_REJECTED_ERROR } from './failure';
@@ -50,6 +51,7 @@ export const STATE = {
   beginCatchUp: 'Begin catch-up',
   waitSample: 'Wait for the next lag sample',
   caughtUp: 'Caught up?',
+  beginApprovalWait: 'Begin the approval wait',
   approved: 'Cutover approved',
   drainAgain: 'Cutover attempts left?',
   countAttempt: 'Count the cutover attempt',
@@ -69,7 +71,17 @@ const T = WORKFLOW_TASKS;
 /** A fresh gate for a new catch-up: not ready, sample at once. */
 const FRESH_GATE = { ready: false, streak: 0, waitSeconds: 0 };
 
-export function workflowDefinition(): object {
+/** What the definition is built with; the defaults are what the stack deploys and `workflow print` prints. */
+export interface WorkflowDefinitionOptions {
+  /** One window of the approval wait (see APPROVAL_WINDOW_SECONDS): tests shorten it. */
+  approvalWindowSeconds?: number;
+  /** The approval deadline, counted from when the wait began. */
+  approvalDeadlineSeconds?: number;
+}
+
+export function workflowDefinition(options: WorkflowDefinitionOptions = {}): object {
+  const windowSeconds = options.approvalWindowSeconds ?? APPROVAL_WINDOW_SECONDS;
+  const deadlineSeconds = options.approvalDeadlineSeconds ?? APPROVAL_DEADLINE_SECONDS;
   const states: Record<string, object> = {
     [STATE.start]: {
       Type: 'Pass',
@@ -160,7 +172,7 @@ export function workflowDefinition(): object {
             { Variable: '$.cutover', StringEquals: 'manual' },
             { Variable: '$.approved', BooleanEquals: false },
           ],
-          Next: T.awaitApproval.state,
+          Next: STATE.beginApprovalWait,
         },
         // Verify before the switch waits for pgferry's own slot, which the DMS path has not: only the
         // verify after the switch (over native reverse replication) runs there.
@@ -174,7 +186,24 @@ export function workflowDefinition(): object {
       ],
       Default: T.cutover.state,
     },
-    [T.awaitApproval.state]: taskState('awaitApproval', { next: STATE.approved, onError: ROLL_BACK }),
+    // The wait for a person, one window at a time: on each window's timeout the state is entered again,
+    // with a new token, and its task samples the lag once (so what the approver reads is minutes old,
+    // not as old as the gate's opening) and ends the wait past the deadline (ApprovalTimeoutError).
+    [STATE.beginApprovalWait]: {
+      Type: 'Pass',
+      Comment: `The approval wait: windows of ${windowSeconds} s, ended unanswered after ${deadlineSeconds} s`,
+      Parameters: { 'since.$': '$$.State.EnteredTime', windowSeconds, deadlineSeconds },
+      ResultPath: '$.approvalWait',
+      Next: T.awaitApproval.state,
+    },
+    [T.awaitApproval.state]: taskState('awaitApproval', {
+      next: STATE.approved,
+      timeoutSeconds: windowSeconds,
+      catch: [
+        { ErrorEquals: ['States.Timeout'], ResultPath: '$.approvalWait.renewed', Next: T.awaitApproval.state },
+        ...catchFor('awaitApproval', ROLL_BACK),
+      ],
+    }),
     [STATE.approved]: {
       Type: 'Pass',
       Result: true,
@@ -291,6 +320,6 @@ export function workflowDefinition(): object {
 }
 
 /** The definition as deployed and printed: stable key order, pretty-printed. */
-export function workflowDefinitionJson(): string {
-  return JSON.stringify(workflowDefinition(), null, 2);
+export function workflowDefinitionJson(options: WorkflowDefinitionOptions = {}): string {
+  return JSON.stringify(workflowDefinition(options), null, 2);
 }

@@ -37,7 +37,7 @@ export const NO_FACTS: FailureFacts = {
 };
 
 /** Failures where replication is healthy, only not caught up or not drained in time: keep what was built. */
-const RESUMABLE = ['LagTimeoutError', 'DrainTimeoutError', 'PreparedTransactionsPendingError'];
+const RESUMABLE = ['LagTimeoutError', 'DrainTimeoutError', 'PreparedTransactionsPendingError', 'ApprovalTimeoutError'];
 /** A cutover that failed before the switch undid itself: the loaded target is as good as before. */
 const CUTOVER_UNDONE = ['CutoverFailedError', 'FreezeFailedError'];
 

@@ -2,6 +2,7 @@
  * Builders for the state machine's Task states: one Lambda invocation or one worker (ECS RunTask) per
  * task of the table in tasks.ts, with the Retry and Catch every task gets. No I/O.
  */
+import { APPROVAL_WINDOW_SECONDS } from '../approval-wait';
 import { InvalidInputError } from '../errors';
 import type { Phase } from '../model';
 import { resumableErrors } from './failure';
@@ -40,6 +41,8 @@ export const ROLL_BACK = WORKFLOW_TASKS.rollback.state;
  */
 export const TASK_INPUTS: Partial<Record<TaskName, Record<string, string>>> = {
   checkLag: { gate: '$.gate', verify: '$.verify' },
+  // Each approval window samples the gate once more, and ends the wait past its deadline.
+  awaitApproval: { gate: '$.gate', approvalWait: '$.approvalWait' },
   verifyBeforeSwitch: { verify: '$.verify' },
   // The drain-over-budget loop's count: the task says whether a failed drain goes back to catch-up.
   cutover: { attempt: '$.cutoverAttempt' },
@@ -94,8 +97,9 @@ export const TASK_TIMEOUT_SECONDS: Record<TaskName, number> = {
   startReplication: 900,
   checkLag: 900,
   verifyBeforeSwitch: 24 * 3600,
-  // A person decides: a week, then the execution stops (resumable) and replication goes on.
-  awaitApproval: 7 * 24 * 3600,
+  // One window of the approval wait (APPROVAL_WINDOW_SECONDS, definition.ts); the week a person has to
+  // decide is its deadline (APPROVAL_DEADLINE_SECONDS), after which the execution stops, resumable.
+  awaitApproval: APPROVAL_WINDOW_SECONDS,
   cutover: 900,
   verify: 24 * 3600,
   cleanup: 900,
@@ -143,6 +147,8 @@ export interface TaskStateOptions {
   /** Where failures go (see catchFor); none for the failure handlers' own Catch, given by the caller. */
   onError?: string;
   catch?: object[];
+  /** Instead of TASK_TIMEOUT_SECONDS (the approval wait's window, which tests shorten). */
+  timeoutSeconds?: number;
 }
 
 function flow(task: TaskName, o: TaskStateOptions) {
@@ -166,7 +172,7 @@ export function lambdaTaskState(task: TaskName, o: TaskStateOptions): object {
     Comment: `${spec.state} (Lambda)`,
     Resource: callback ? 'arn:aws:states:::lambda:invoke.waitForTaskToken' : 'arn:aws:states:::lambda:invoke',
     Parameters: { FunctionName: substitution(functionArnKey(task)), Payload: payload },
-    TimeoutSeconds: TASK_TIMEOUT_SECONDS[task],
+    TimeoutSeconds: o.timeoutSeconds ?? TASK_TIMEOUT_SECONDS[task],
     // A plain invocation's result is the Lambda response, the task's output in its Payload; a callback's is what SendTaskSuccess sent.
     ResultSelector: selector(task, callback ? '$' : '$.Payload'),
     ResultPath: TASK_RESULTS[task].path,

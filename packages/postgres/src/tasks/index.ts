@@ -5,6 +5,11 @@
  * (a re-run converges), runs it with the usual bookkeeping, and returns a short summary with figures.
  */
 import {
+  APPROVAL_DEADLINE_SECONDS,
+  ApprovalTimeoutError,
+  type ApprovalWaitInput,
+  approvalDeadline,
+  ConnectionLostError,
   completeOutput,
   DEFAULTS,
   type DmsReplication,
@@ -15,7 +20,9 @@ import {
   failureAction,
   type GateState,
   InvalidInputError,
+  type MigrationState,
   type MigrationStore,
+  mib,
   PgferryError,
   type PgferryEvent,
   PHASE_TITLES,
@@ -37,6 +44,7 @@ import {
   type GateLoop,
   gateStep,
   newGateLoop,
+  sampleGate,
   stopValidation,
   validateForeignKeys,
   verifyBeforeSwitchRound,
@@ -65,7 +73,6 @@ import {
   phaseDone,
   phaseEnded,
   phaseStarted,
-  recordEvent,
   runPhase,
   type Session,
 } from './session';
@@ -368,18 +375,144 @@ const verifyBeforeSwitchTask: Task = (input, deps) =>
   });
 
 /**
- * "Await cutover approval": the migration waits, caught up and replicating; the token is kept in the
- * store for whoever approves (Slack, `pgferry cutover`), who completes it.
+ * "Await cutover approval", entered once per approval window (definition.ts): the migration waits,
+ * caught up and replicating. The window's token goes to the store first (whoever approves, Slack or
+ * `pgferry cutover`, completes the token stored last; a click that took the previous window's token
+ * retries on this one), then ONE gate sample, recorded and published as "Check lag" does, so that the
+ * lag an approver reads is at most a window old and says whether the gate's limits still hold. A
+ * server that does not answer does not end the wait (the approver sees the sample's age and why);
+ * past the deadline the wait ends, resumable (ApprovalTimeoutError), the stale token removed.
  */
-const awaitApprovalTask: Task = (input, deps) =>
-  inSession(input, deps, async (ctx) => {
-    if (input.taskToken) await deps.store.putTaskToken?.(input.migrationId, 'awaitApproval', input.taskToken);
-    await ctx.update((s) => {
-      s.status = 'awaiting-cutover';
-    });
-    await recordEvent(ctx, 'caught up; waiting for the cutover to be approved');
-    return { summary: 'caught up and replicating; waiting for approval' };
-  });
+const awaitApprovalTask: Task = async (input, deps) => {
+  const id = input.migrationId;
+  // A migration the store does not hold: refused before anything is written (MigrationNotFoundError).
+  await deps.store.get(id);
+  const wait = input.approvalWait as ApprovalWaitInput | undefined;
+  const deadline = approvalDeadline(wait);
+  if (deadline && Date.now() >= deadline.getTime()) {
+    await deps.store.takeTaskToken?.(id, 'awaitApproval');
+    throw new ApprovalTimeoutError(
+      `nobody approved the cutover of migration ${id} by ${deadline.toISOString()} (${Math.round((wait?.deadlineSeconds ?? APPROVAL_DEADLINE_SECONDS) / 3600)} h after the gate opened): the wait ended`,
+      {
+        migrationId: id,
+        phase: 'catch-up',
+        hint: `replication goes on and nothing was removed: a new execution of the state machine for ${id} (its done-checks skip what is done) waits for an approval again; \`/pgferry abort ${id}\` removes the migration`,
+      },
+    );
+  }
+  if (input.taskToken) await deps.store.putTaskToken?.(id, 'awaitApproval', input.taskToken);
+  let sample: WaitingSample;
+  let session: Session | undefined;
+  let own = false;
+  try {
+    if (deps.session) session = await deps.session(id);
+    else {
+      session = await openSession(deps.store, id, { listener: listener(deps), artifactDir: deps.artifactDir });
+      own = true;
+    }
+    sample = await waitingSample(session.ctx, input, deps);
+  } catch (err) {
+    if (!isConnectionLoss(err) && !(err instanceof ConnectionLostError)) throw err;
+    deps.log(`warning: no lag sample while waiting for the approval of ${id}: ${errorMessage(err)}`);
+    sample = { sampleError: errorMessage(err) };
+  } finally {
+    if (own) await session?.close();
+  }
+  const { summary: said, ...recorded } = sample;
+  const now = new Date().toISOString();
+  let first = false;
+  const change = (s: MigrationState) => {
+    first = s.status !== 'awaiting-cutover' || !s.approvalWait;
+    s.status = 'awaiting-cutover';
+    s.approvalWait = {
+      since: (first ? wait?.since : s.approvalWait?.since) ?? now,
+      // Locally (a runtime session) the execution stops at the gate and `pgferry cutover` may come any
+      // time: no window renews there, so no deadline is shown.
+      ...(deadline && !deps.session ? { deadlineAt: deadline.toISOString() } : {}),
+      ...(wait?.windowSeconds ? { windowSeconds: wait.windowSeconds } : {}),
+      ...recorded,
+    };
+    if (first)
+      s.events = [...s.events.slice(-199), { at: now, message: 'caught up; waiting for the cutover to be approved' }];
+  };
+  if (session && !own) await session.ctx.update(change);
+  else await updateStored(deps.store, id, change);
+  const lag = sample.sampledAt ? said : `no lag sample (${sample.sampleError ?? 'not taken'})`;
+  return { summary: `caught up and replicating; waiting for approval; ${lag}` };
+};
+
+interface WaitingSample {
+  sampledAt?: string;
+  gateOpen?: boolean;
+  reasons?: string[];
+  sampleError?: string;
+  summary?: string;
+}
+
+/**
+ * One gate sample while the approval is awaited: recorded as every "Check lag" sample is (sampleGate),
+ * against the gate's memory as it opened, and published. The gate is not re-judged here (no streak, no
+ * catch-up timeout): what did not hold is said, and the cutover's own drain forecast decides.
+ */
+async function waitingSample(ctx: PhaseContext, input: TaskInput, deps: TaskDeps): Promise<WaitingSample> {
+  if (ctx.config.strategy === 'dms') {
+    if (!deps.dms) return {};
+    // DMS's CDC latency (CloudWatch), published as "Check lag" publishes it on that path.
+    const step = await dmsGateSample(ctx, deps.dms, 0);
+    const gateOpen = step.lagMs !== null && step.lagMs <= ctx.config.maxLagMs;
+    await publish(deps, [
+      {
+        type: 'Replication Lag Sampled',
+        detail: { migrationId: ctx.config.id, lagBytes: null, lagMs: step.lagMs, gateOpen },
+      },
+    ]);
+    return {
+      sampledAt: new Date().toISOString(),
+      gateOpen,
+      reasons: gateOpen ? [] : [step.summary],
+      summary: `DMS CDC latency ${step.lagMs ?? '?'} ms`,
+    };
+  }
+  const loop = (input.gate as GateState | undefined)?.memory as GateLoop | undefined;
+  const memory = structuredClone(loop?.memory ?? { wal: false });
+  const { figures, reasons } = await sampleGate(ctx, memory, { catalog: true, validation: 'background' });
+  const sampledAt = ctx.state.lag?.at(-1)?.at ?? new Date().toISOString();
+  await publish(deps, [
+    {
+      type: 'Replication Lag Sampled',
+      detail: {
+        migrationId: ctx.config.id,
+        lagBytes: figures.bytes,
+        lagMs: figures.ms,
+        walRetainedBytes: ctx.state.walRetainedBytes ?? null,
+        gateOpen: reasons.length === 0,
+      },
+    },
+  ]);
+  const lag = `lag ${mib(figures.bytes)} / ${figures.ms} ms`;
+  return {
+    sampledAt,
+    gateOpen: reasons.length === 0,
+    reasons,
+    summary: reasons.length
+      ? `${lag}; the gate's limits no longer hold: ${reasons.join('; ')}`
+      : `${lag}, within the gate's limits`,
+  };
+}
+
+/** Re-read, change, write with the version read (a task that has no session: the servers did not answer). */
+async function updateStored(store: MigrationStore, id: string, change: (s: MigrationState) => void) {
+  for (let attempt = 1; ; attempt++) {
+    const fresh = await store.get(id);
+    change(fresh);
+    try {
+      await store.put(fresh);
+      return;
+    } catch (err) {
+      if (!(err instanceof Error && err.name === 'StateConflictError') || attempt >= 5) throw err;
+    }
+  }
+}
 
 /** "Cut over": the write gap, whole, inside this one call; then the migration is cut over. */
 const cutoverTask: Task = (input, deps) =>

@@ -782,7 +782,8 @@ export async function main(argv: string[]): Promise<number> {
         const store = values.table
           ? await deployedTableStore(values.table, values.region, { table: '--table', region: '--region' })
           : rt.store;
-        writeHtmlReport(file, await store.get(id));
+        const state = await store.get(id);
+        writeHtmlReport(file, state, await store.lagSeries?.(id));
         out.result({ id, html: file }, `report of ${id} written to ${file}`);
         return EXIT_CODES.ok;
       }

@@ -5,6 +5,7 @@ import {
   DBInstanceNotFoundFault,
   DBParameterGroupAlreadyExistsFault,
   DescribeDBInstancesCommand,
+  DescribeDBParameterGroupsCommand,
   DescribeDBParametersCommand,
   ModifyDBParameterGroupCommand,
   RDSClient,
@@ -18,6 +19,7 @@ import {
   RdsTargetProvisioner,
   RdsTargetUnusableError,
   rdsName,
+  rdsTargetFromPlan,
   SfnTaskCallbacks,
   targetSecretRef,
 } from '../packages/aws/src/index';
@@ -64,6 +66,29 @@ const CREATE: ProvisionTargetInput = {
   target: CREATE_TARGET,
 };
 
+/** The CreateDBInstance request of CREATE_TARGET, exactly. */
+const CREATE_REQUEST = {
+  DBInstanceIdentifier: 'pgferry-shop',
+  Engine: 'postgres',
+  EngineVersion: '17.4',
+  DBInstanceClass: 'db.r7g.large',
+  AllocatedStorage: 200,
+  StorageType: 'gp3',
+  StorageEncrypted: true,
+  MultiAZ: true,
+  MasterUsername: 'pgferry_admin',
+  ManageMasterUserPassword: true,
+  DBParameterGroupName: 'pgferry-shop',
+  DBSubnetGroupName: 'pgferry-private',
+  VpcSecurityGroupIds: ['sg-0123abcd'],
+  PubliclyAccessible: false,
+  DBName: 'shop',
+  BackupRetentionPeriod: 7,
+  DeletionProtection: true,
+  CopyTagsToSnapshot: true,
+  Tags: [{ Key: 'pgferry:migration-id', Value: 'shop' }],
+};
+
 const LOGICAL_ON = groupParameters({
   'rds.logical_replication': '1',
   max_replication_slots: '10',
@@ -101,35 +126,80 @@ describe('Provision target: a new RDS instance', () => {
         ],
       },
     ]);
-    expect(rds.commandCalls(CreateDBInstanceCommand).map((c) => c.args[0].input)).toEqual([
-      {
-        DBInstanceIdentifier: 'pgferry-shop',
-        Engine: 'postgres',
-        EngineVersion: '17.4',
-        DBInstanceClass: 'db.r7g.large',
-        AllocatedStorage: 200,
-        StorageType: 'gp3',
-        StorageEncrypted: true,
-        MultiAZ: true,
-        MasterUsername: 'pgferry_admin',
-        ManageMasterUserPassword: true,
-        DBParameterGroupName: 'pgferry-shop',
-        DBSubnetGroupName: 'pgferry-private',
-        VpcSecurityGroupIds: ['sg-0123abcd'],
-        PubliclyAccessible: false,
-        DBName: 'shop',
-        BackupRetentionPeriod: 7,
-        DeletionProtection: true,
-        CopyTagsToSnapshot: true,
-        Tags: [{ Key: 'pgferry:migration-id', Value: 'shop' }],
-      },
-    ]);
+    expect(rds.commandCalls(CreateDBInstanceCommand).map((c) => c.args[0].input)).toEqual([CREATE_REQUEST]);
     // The step waits: its token and the correlation item an RDS event finds it by are stored.
     expect(out).toMatchObject({ instance: 'pgferry-shop', created: true, waiting: true, status: 'creating' });
     expect(out.summary).toBe('RDS instance pgferry-shop is creating; waiting for it to be available');
     expect(store.correlations.get('RDS#pgferry-shop')).toBe('shop');
     expect(store.tokens.get('shop#provisionTarget')).toBe('token-1');
     expect(sfn.calls()).toHaveLength(0);
+  });
+
+  it("creates the plan's Single-AZ instance with the plan's own parameter group, checked and left as it is", async () => {
+    rds.on(DescribeDBInstancesCommand).rejects(notFound());
+    rds.on(DescribeDBParameterGroupsCommand).resolves({
+      DBParameterGroups: [{ DBParameterGroupName: 'shop-pg17', DBParameterGroupFamily: 'postgres17' }],
+    });
+    rds.on(DescribeDBParametersCommand).resolves({ Parameters: LOGICAL_ON });
+    rds.on(CreateDBInstanceCommand).resolves({ DBInstance: rdsInstance({ migrationId: 'shop' }) });
+    // As the plan's target reaches the provisioner (rdsTargetFromPlan, from the migration's config).
+    const target = rdsTargetFromPlan(
+      parseMigrationConfig({
+        id: 'shop',
+        sourceUrl: 'postgres://u:p@old-db/shop',
+        targetUrl: 'postgres://u:p@new-db/shop',
+        target: {
+          kind: 'new',
+          instanceClass: 'db.r7g.large',
+          engineVersion: '17.4',
+          allocatedStorageGiB: 200,
+          dbSubnetGroupName: 'pgferry-private',
+          vpcSecurityGroupIds: ['sg-0123abcd'],
+          multiAz: false,
+          parameterGroupName: 'shop-pg17',
+          dbName: 'shop',
+        },
+      }).target,
+    )!;
+    await provisioner.provision({ ...CREATE, target });
+    expect(rds.commandCalls(CreateDBInstanceCommand).map((c) => c.args[0].input)).toEqual([
+      { ...CREATE_REQUEST, MultiAZ: false, DBParameterGroupName: 'shop-pg17' },
+    ]);
+    // The user's group may serve other instances: read, never created or changed.
+    expect(rds.commandCalls(CreateDBParameterGroupCommand)).toHaveLength(0);
+    expect(rds.commandCalls(ModifyDBParameterGroupCommand)).toHaveLength(0);
+    expect(rds.commandCalls(DescribeDBParametersCommand)[0]!.args[0].input).toMatchObject({
+      DBParameterGroupName: 'shop-pg17',
+    });
+  });
+
+  it("refuses the plan's parameter group when it is missing, of another family, or has logical replication off", async () => {
+    rds.on(DescribeDBInstancesCommand).rejects(notFound());
+    const withGroup = { ...CREATE, target: { ...CREATE_TARGET, parameterGroupName: 'shop-pg' } };
+    rds.on(DescribeDBParameterGroupsCommand).resolves({ DBParameterGroups: [] });
+    await expect(provisioner.provision(withGroup)).rejects.toMatchObject({
+      field: 'target.parameterGroupName',
+      message: 'target.parameterGroupName: no DB parameter group named shop-pg here',
+    });
+    rds.on(DescribeDBParameterGroupsCommand).resolves({
+      DBParameterGroups: [{ DBParameterGroupName: 'shop-pg', DBParameterGroupFamily: 'postgres16' }],
+    });
+    await expect(provisioner.provision(withGroup)).rejects.toMatchObject({
+      field: 'target.parameterGroupName',
+      message:
+        'target.parameterGroupName: parameter group shop-pg is of family postgres16, not postgres17 (target.engineVersion)',
+    });
+    rds.on(DescribeDBParameterGroupsCommand).resolves({
+      DBParameterGroups: [{ DBParameterGroupName: 'shop-pg', DBParameterGroupFamily: 'postgres17' }],
+    });
+    rds.on(DescribeDBParametersCommand).resolves({ Parameters: groupParameters({ 'rds.logical_replication': '0' }) });
+    await expect(provisioner.provision(withGroup)).rejects.toMatchObject({
+      field: 'target.parameterGroupName',
+      message:
+        'target.parameterGroupName: parameter group shop-pg has logical replication off (rds.logical_replication = 0)',
+    });
+    expect(rds.commandCalls(CreateDBInstanceCommand)).toHaveLength(0);
+    expect(store.tokens.size).toBe(0);
   });
 
   it('adopts, on a retry, the instance and parameter group an earlier attempt created, and waits with the new token', async () => {

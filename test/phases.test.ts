@@ -842,6 +842,15 @@ describe('phases', () => {
     expect(Number(/after (\d+) ms/.exec(abandoned?.message ?? '')?.[1])).toBeLessThan(1000);
     expect(state.status).toBe('cut-over');
     expect(state.phases.cutover?.attempts).toBe(2);
+    // The history keeps the abandoned cutover and the catch-up it went back to, in order.
+    const attempts = (state.phaseHistory ?? []).filter((a) => a.phase === 'catch-up' || a.phase === 'cutover');
+    const failed = attempts.findIndex((a) => a.phase === 'cutover' && a.outcome === 'failed');
+    expect(attempts[failed]?.summary).toMatch(/^DrainTimeoutError: .*within the drain budget of 300 ms/);
+    expect(attempts.slice(failed + 1).map((a) => [a.phase, a.outcome])).toEqual([
+      ['catch-up', 'done'],
+      ['cutover', 'done'],
+    ]);
+    expect(attempts.slice(0, failed).some((a) => a.phase === 'catch-up' && a.outcome === 'done')).toBe(true);
     expect(await writer.lostWrites(pair.targetUrl)).toEqual([]);
     expect(await pair.target("SELECT count(*)::int AS n FROM writes WHERE writer = 'late'")).toEqual([{ n: 1 }]);
     expect(stats.servers.length).toBe(2);

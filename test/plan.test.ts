@@ -6,6 +6,8 @@ import {
   type MigrationPlanInput,
   migrationConfigFromPlan,
   parseMigrationPlan,
+  planBakeSeconds,
+  workflowInputForConfig,
 } from '../packages/core/src/index';
 
 const ARN = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop/source-AbCdEf';
@@ -199,6 +201,50 @@ describe('migration plans', () => {
     expect(err.message).toContain('switch.kind must be');
     expect(err.message).toContain('approvers is required');
     expect(err.hint).toMatch(/source\.secretArn/);
+  });
+});
+
+describe("a plan's clean-up and bake", () => {
+  it('defaults to a manual clean-up; an automatic one bakes a day unless the plan says how long', () => {
+    expect(parseMigrationPlan(plan())).toMatchObject({ cleanup: 'manual' });
+    expect(parseMigrationPlan(plan()).bakeSeconds).toBeUndefined();
+    expect(migrationConfigFromPlan(parseMigrationPlan(plan()), 'm1').autoCleanup).toBeUndefined();
+    const day = parseMigrationPlan(plan({ cleanup: 'automatic' }));
+    expect(planBakeSeconds(day)).toBe(86_400);
+    expect(migrationConfigFromPlan(day, 'm1').autoCleanup).toEqual({ bakeSeconds: 86_400 });
+    const twoHours = migrationConfigFromPlan(
+      parseMigrationPlan(plan({ cleanup: 'automatic', bakeSeconds: 7200 })),
+      'm1',
+    );
+    expect(twoHours.autoCleanup).toEqual({ bakeSeconds: 7200 });
+    expect(workflowInputForConfig(twoHours)).toMatchObject({ cleanup: true, bakeSeconds: 7200 });
+    expect(workflowInputForConfig(migrationConfigFromPlan(parseMigrationPlan(plan()), 'm1'))).toMatchObject({
+      cleanup: false,
+      bakeSeconds: 0,
+    });
+  });
+
+  it('refuses a bake without an automatic clean-up, and a bake or clean-up that is not one, naming the field', () => {
+    expect(problem(plan({ bakeSeconds: 3600 }))).toMatchObject({
+      field: 'bakeSeconds',
+      message: expect.stringContaining(
+        'bakeSeconds is the wait before an automatic clean-up: set "cleanup": "automatic", or leave bakeSeconds out',
+      ),
+    });
+    for (const [bake, message] of [
+      [-1, 'bakeSeconds must be at least 0'],
+      [1.5, 'bakeSeconds must be a whole number of seconds'],
+      [31 * 86_400, 'bakeSeconds must be at most 2592000 (30 days)'],
+      ['1d', 'bakeSeconds must be a number of seconds'],
+    ] as const)
+      expect(problem(plan({ cleanup: 'automatic', bakeSeconds: bake }))).toMatchObject({
+        field: 'bakeSeconds',
+        message: expect.stringContaining(message),
+      });
+    expect(problem(plan({ cleanup: 'yes' }))).toMatchObject({
+      field: 'cleanup',
+      message: expect.stringContaining('cleanup must be "manual" (a person runs pgferry cleanup) or "automatic"'),
+    });
   });
 });
 

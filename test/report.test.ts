@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../packages/cli/src/main';
 import { lagChart, niceCeiling, renderHtmlReport, writeHtmlReport } from '../packages/cli/src/report';
 import { advance } from '../packages/cli/src/runner';
-import { type MigrationState, parseMigrationConfig } from '../packages/core/src/index';
+import { type LagSample, type MigrationState, parseMigrationConfig } from '../packages/core/src/index';
 import { migrationFixture, newMigration, sleep } from './harness/migration';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -21,6 +21,8 @@ const PAGE_PROBE = `(() => {
         const box = path?.getBBox();
         return {
           commands: (path?.getAttribute('d')?.match(/[ML]/g) ?? []).length,
+          moves: (path?.getAttribute('d')?.match(/M/g) ?? []).length,
+          d: path?.getAttribute('d') ?? '',
           length: path?.getTotalLength() ?? 0,
           stroke: path ? getComputedStyle(path).stroke : '',
           inside: !!box && box.x >= 0 && box.y >= 0 && box.x + box.width <= 760 && box.y + box.height <= 300,
@@ -42,6 +44,15 @@ const PAGE_PROBE = `(() => {
           r.dataset.phase,
           r.getBBox().width > 0,
         ]),
+        attempts: q('svg.timeline rect.phase-bar').map((r) => [
+          r.dataset.phase,
+          Number(r.dataset.attempt),
+          r.dataset.outcome,
+          r.getBBox().x,
+        ]),
+        phaseRows: q('table.phases tbody tr').map((tr) => [tr.cells[0]?.textContent, tr.cells[4]?.textContent]),
+        gaps: q('svg.lag rect.sampling-gap').map((r) => [r.getBBox().x, r.getBBox().width]),
+        dotXs: q('svg.lag circle.dot-bytes').map((c) => Number(c.getAttribute('cx'))),
         gapStages: q('svg.gap rect.gap-step').map((r) => r.dataset.stage),
         gapTableStages: q('table.gap-steps tbody tr').map((tr) => tr.cells[0]?.textContent),
         before: rows('before-switch'),
@@ -52,13 +63,26 @@ const PAGE_PROBE = `(() => {
       };
     })()`;
 
+interface Series {
+  commands: number;
+  moves: number;
+  d: string;
+  length: number;
+  stroke: string;
+  inside: boolean;
+}
+
 interface Drawn {
-  bytes: { commands: number; length: number; stroke: string; inside: boolean };
-  seconds: { commands: number; length: number; stroke: string; inside: boolean };
+  bytes: Series;
+  seconds: Series;
   dots: number;
   axisLabels: (string | null)[];
   lagSize: number[];
   phaseBars: [string, boolean][];
+  attempts: [string, number, string, number][];
+  phaseRows: (string | null)[][];
+  gaps: [number, number][];
+  dotXs: number[];
   gapStages: string[];
   gapTableStages: (string | null)[];
   before: (string | null)[][];
@@ -256,6 +280,83 @@ describe('the HTML report of a real migration, in headless Chromium', () => {
     browser = undefined;
   });
 
+  it('breaks the lag lines where sampling stopped, and shows every attempt of a phase in order, a failed one too', async () => {
+    const at = (ms: number) => new Date(Date.parse('2026-12-06T10:00:00.000Z') + ms).toISOString();
+    // Five minutes sampled every 5 s, a stop of 20 hours (killed, resumed the next day), two minutes more.
+    const series: LagSample[] = [
+      ...Array.from({ length: 60 }, (_, i) => ({ at: at(i * 5000), bytes: 1000 + i * 10, ms: 200 + i })),
+      ...Array.from({ length: 24 }, (_, i) => ({ at: at(20 * 3_600_000 + i * 5000), bytes: 500 + i, ms: 100 + i })),
+    ];
+    const h = 3_600_000;
+    const s = state({
+      status: 'cut-over',
+      phase: 'verify',
+      updatedAt: at(21 * h),
+      lag: series.slice(-10),
+      phaseHistory: [
+        { phase: 'assess', startedAt: at(-60_000), endedAt: at(-50_000), outcome: 'done', summary: 'no blockers' },
+        { phase: 'catch-up', startedAt: at(0), endedAt: at(290_000), outcome: 'done', summary: 'caught up' },
+        {
+          phase: 'cutover',
+          startedAt: at(291_000),
+          endedAt: at(292_000),
+          outcome: 'failed',
+          summary: 'DrainTimeoutError: the target did not confirm 0/3000 within the drain budget of 300 ms',
+        },
+        { phase: 'catch-up', startedAt: at(293_000), outcome: 'interrupted' },
+        { phase: 'catch-up', startedAt: at(20 * h), endedAt: at(20 * h + 115_000), outcome: 'done', summary: 'ok' },
+        {
+          phase: 'cutover',
+          startedAt: at(20 * h + 116_000),
+          endedAt: at(20 * h + 117_000),
+          outcome: 'done',
+          summary: 'gap 90 ms',
+        },
+      ],
+    });
+    const file = join(dir, 'history.html');
+    writeFileSync(file, renderHtmlReport(s, new Date(), series));
+    browser = await puppeteer.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], headless: true });
+    const page = await browser.newPage();
+    await page.goto(pathToFileURL(file).href, { waitUntil: 'load' });
+    const drawn = (await page.evaluate(PAGE_PROBE)) as Drawn;
+
+    // Every point drawn, as two segments: a new M where sampling stopped, nothing drawn across the stop.
+    for (const line of [drawn.bytes, drawn.seconds]) {
+      expect(line.commands).toBe(series.length);
+      expect(line.moves).toBe(2);
+      const xs = [...line.d.matchAll(/([ML])([\d.]+) /g)].map(([, c, x]) => [c, Number(x)] as const);
+      expect(xs[60]?.[0]).toBe('M');
+      expect(xs.filter(([c]) => c === 'M').map(([, x]) => x)).toEqual([xs[0]![1], xs[60]![1]]);
+    }
+    expect(drawn.dotXs).toHaveLength(series.length);
+    // The stop is shaded between the last point before it and the first after it.
+    expect(drawn.gaps).toHaveLength(1);
+    const [[gapX, gapW]] = drawn.gaps as [[number, number]];
+    expect(gapX).toBeCloseTo(drawn.dotXs[59]!, 0);
+    expect(gapX + gapW).toBeCloseTo(drawn.dotXs[60]!, 0);
+
+    // The timeline: one bar and one row per attempt, in order, numbered, each with its outcome.
+    expect(drawn.attempts.map(([p, n, o]) => [p, n, o])).toEqual([
+      ['assess', 1, 'done'],
+      ['catch-up', 1, 'done'],
+      ['cutover', 1, 'failed'],
+      ['catch-up', 2, 'interrupted'],
+      ['catch-up', 3, 'done'],
+      ['cutover', 2, 'done'],
+    ]);
+    const xs = drawn.attempts.map(([, , , x]) => x);
+    expect([...xs].sort((a, b) => a - b)).toEqual(xs);
+    expect(drawn.phaseRows).toEqual([
+      ['Assess source', 'done'],
+      ['Catch up (1st)', 'done'],
+      ['Cut over (1st)', 'failed'],
+      ['Catch up (2nd)', 'interrupted (its process stopped before the phase ended)'],
+      ['Catch up (3rd)', 'done'],
+      ['Cut over (2nd)', 'done'],
+    ]);
+  });
+
   it('draws the timeline, both lag series, the write gap and both verification tables, loading nothing', async () => {
     const { pair, rt } = await fixture.setup('report', 500);
     // A table name is user data: it must come out as text, never as markup.
@@ -272,7 +373,11 @@ describe('the HTML report of a real migration, in headless Chromium', () => {
     expect(s.cutover?.writeGapMs).toBeGreaterThan(0);
     expect(s.verifyBeforeSwitch?.tables.length).toBeGreaterThan(3);
     expect(s.verify?.tables.length).toBe(s.verifyBeforeSwitch?.tables.length);
-    const samples = s.lag?.length ?? 0;
+    // The report draws the whole series the store kept (the state keeps only its last samples).
+    const series = await rt.store.lagSeries!(m.id);
+    expect(series.length).toBeGreaterThanOrEqual(s.lag?.length ?? 0);
+    expect(series.slice(-(s.lag?.length ?? 0))).toEqual(s.lag);
+    const samples = series.length;
     expect(samples).toBeGreaterThanOrEqual(2);
 
     // Through the command, as a user runs it.
@@ -319,11 +424,10 @@ describe('the HTML report of a real migration, in headless Chromium', () => {
     expect(drawn.axisLabels.some((t) => /^lag \((B|KiB|MiB|GiB)\)$/.test(t ?? ''))).toBe(true);
     expect(drawn.lagSize[0]).toBeGreaterThan(0);
     expect(drawn.lagSize[1]).toBeGreaterThan(0);
-    // Every phase that ran has its bar.
-    const ran = Object.entries(s.phases)
-      .filter(([, r]) => r?.startedAt)
-      .map(([p]) => p);
-    expect(drawn.phaseBars.map(([p]) => p).sort()).toEqual([...ran].sort());
+    // Every attempt of every phase that ran has its bar, in the order they ran (catch-up twice: before
+    // and after the verification that precedes the cutover).
+    expect(drawn.phaseBars.map(([p]) => p)).toEqual(s.phaseHistory?.map((a) => a.phase));
+    expect(drawn.phaseBars.filter(([p]) => p === 'catch-up').length).toBeGreaterThanOrEqual(2);
     expect(drawn.phaseBars.every(([, visible]) => visible)).toBe(true);
     // The write gap, by stage, as recorded.
     expect(drawn.gapTableStages).toEqual(['freeze', 'drain', 'sequences', 'reverse replication', 'unfreeze', 'switch']);

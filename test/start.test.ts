@@ -34,10 +34,12 @@ import { runLocalWorkflow } from '../packages/cli/src/local-workflow';
 import {
   BULK_LOAD_STATES,
   type MigrationPlanInput,
+  STATE,
   type TaskName,
   type TaskOutput,
   WORKFLOW_TASKS,
   type WorkflowInput,
+  workflowDefinitionJson,
 } from '../packages/core/src/index';
 import { TEST_CLIENT_CONFIG } from './harness/aws-clients';
 import { type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
@@ -296,6 +298,64 @@ describe('the definition run from the input startFromPlan sends (scripted tasks)
     expect(tasks).toContain('Bulk load');
     expect(tasks).toContain('Await cutover approval');
     expect(tasks.indexOf('Await cutover approval')).toBeLessThan(tasks.indexOf('Cut over'));
+  });
+});
+
+describe("a plan's automatic clean-up, through the start and the definition", () => {
+  it('starts the execution with the plan’s bake, which "Bake" waits before "Clean up"', async () => {
+    sfn.on(StartExecutionCommand).resolves({ executionArn: 'arn:x' });
+    await store.putPlan({
+      ...PLAN,
+      name: 'baked',
+      cutover: { policy: 'auto' },
+      cleanup: 'automatic',
+      bakeSeconds: 7200,
+    });
+    await startFromPlan({ planName: 'baked', requestedBy: 'U1', migrationId: 'baked1' }, deps());
+    const input = JSON.parse(sfn.commandCalls(StartExecutionCommand).at(-1)!.args[0].input!.input!);
+    expect(input).toEqual({
+      migrationId: 'baked1',
+      action: 'migrate',
+      cutover: 'auto',
+      approved: false,
+      provisionTarget: true,
+      cleanup: true,
+      bakeSeconds: 7200,
+      copyWorkers: 2,
+    });
+    // "Bake" reads its wait from the execution's state, not from a constant of the definition.
+    const definition = JSON.parse(workflowDefinitionJson()) as { States: Record<string, Record<string, unknown>> };
+    expect(definition.States[STATE.bake]).toMatchObject({ Type: 'Wait', SecondsPath: '$.bakeSeconds' });
+    expect(definition.States[STATE.bake]).not.toHaveProperty('Seconds');
+    await store.putPlan({
+      ...PLAN,
+      name: 'baked-one',
+      copyWorkers: 1,
+      cutover: { policy: 'auto' },
+      cleanup: 'automatic',
+      bakeSeconds: 7200,
+    });
+    await startFromPlan({ planName: 'baked-one', requestedBy: 'U1', migrationId: 'baked2' }, deps());
+    const one = JSON.parse(sfn.commandCalls(StartExecutionCommand).at(-1)!.args[0].input!.input!);
+    const ran: string[] = [];
+    const second = runLocalWorkflow(
+      one,
+      async (task) => {
+        if (task === 'checkLag') return { summary: task, ready: true, streak: 1, waitSeconds: 0 };
+        if (task === 'verifyBeforeSwitch') return { summary: task, done: true, rounds: 1, outcome: 'ok' };
+        return { summary: task };
+      },
+      { onHistory: (e, ev) => ev === 'entered' && ran.push(e.state), waitMs: { [STATE.bake]: 0 } },
+    );
+    expect((await second.done).status).toBe('succeeded');
+    expect(ran.slice(ran.indexOf('Verify'))).toEqual([
+      'Verify',
+      STATE.cleanupAsked,
+      STATE.bake,
+      'Clean up',
+      STATE.migrated,
+    ]);
+    expect(second.inputOf(STATE.bake)).toMatchObject({ cleanup: true, bakeSeconds: 7200 });
   });
 });
 

@@ -5,7 +5,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -299,7 +299,8 @@ describe('pgferry status --table (DynamoDB Local)', () => {
       );
     };
     const shown = await cli(['status', 'deployed1', '--table', table]);
-    expect(shown.err).not.toMatch(/^error/m);
+    // Nothing on stderr: not the AWS SDK's warning that its 2027 releases need Node 22 either.
+    expect(shown.err).toBe('');
     expect(shown.code).toBe(0);
     expect(shown.out).toContain('migration deployed1: running (phase: Catch up)');
     expect(shown.out).toMatch(/Bulk load\s+10:00:02\.000 → 10:01:02\.000\s+60\.0 s/);
@@ -326,5 +327,42 @@ describe('pgferry status --table (DynamoDB Local)', () => {
     const missing = await cli(['status', 'nothere1', '--table', table]);
     expect(missing.err).toContain('nothere1');
     expect(missing.code).not.toBe(0);
+    // A stage never deployed (or deployed in another region): the table tried, its stage, the region, what to do.
+    for (const command of [['status', 'deployed1'], ['status'], ['report', 'deployed1', '--html', html]]) {
+      const nope = await cli([...command, '--stage', 'nope']);
+      expect(nope.code).toBe(2);
+      expect(nope.err).toContain(
+        'error: DynamoDB table nope-pgferry-Migrations does not exist in region local (the table `npx sst deploy --stage nope` makes)',
+      );
+      expect(nope.err).toMatch(
+        /^hint: deploy the stage first \(npx sst deploy --stage nope\), or check --stage and --region/m,
+      );
+      expect(nope.err).not.toContain('non-existent table');
+    }
+    const other = await cli(['status', 'deployed1', '--table', 'not-there', '--region', 'eu-west-3']);
+    expect(other.code).toBe(2);
+    expect(other.err).toContain('error: DynamoDB table not-there does not exist in region eu-west-3');
+    expect(other.err).toMatch(/^hint: check the table's name .* and --region/m);
+  });
+
+  it("silences only the AWS SDK's Node 20 notice: any other warning still reaches stderr", async () => {
+    const table = await dynamo.createTable('warnings');
+    const warner = join(await mkdtemp(join(tmpdir(), 'pgferry-warn-')), 'warn.mjs');
+    await writeFile(warner, "process.once('beforeExit', () => process.emitWarning('another warning'));\n");
+    const env = {
+      ...process.env,
+      AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
+      AWS_ACCESS_KEY_ID: 'fake',
+      AWS_SECRET_ACCESS_KEY: 'fake',
+      AWS_EC2_METADATA_DISABLED: 'true',
+      AWS_REGION: 'local',
+      // Another warning of the same process, emitted once the CLI has made its AWS clients.
+      NODE_OPTIONS: `--import=${warner}`,
+    };
+    const r = started(['status', '--table', table], env);
+    expect(await r.exit).toBe(0);
+    expect(r.out()).toContain(`no migrations in ${table}`);
+    expect(r.err()).toContain('Warning: another warning');
+    expect(r.err()).not.toContain('NodeVersionSupportWarning');
   });
 });

@@ -18,10 +18,14 @@ import {
 } from '../packages/aws/src/index';
 import { FileMigrationStore } from '../packages/cli/src/store';
 import {
+  LAG_SERIES,
+  type LagSample,
+  lagBucket,
   type MigrationSecrets,
   type MigrationState,
   type MigrationStore,
   parseMigrationPlan,
+  peakOfBucket,
   type VerifyTableResult,
 } from '../packages/core/src/index';
 import { dynamoItemSize, type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
@@ -59,6 +63,17 @@ function migration(id: string, createdAt = new Date().toISOString()): MigrationS
     phases: { assess: { startedAt: createdAt } },
     events: [{ at: createdAt, message: 'migration created' }],
   };
+}
+
+/** Two hours of lag samples 20 s apart, with values that differ within each minute. */
+function twoHoursOfLag(): LagSample[] {
+  const t0 = Date.parse('2026-12-06T06:00:03.000Z');
+  return Array.from({ length: 2 * 180 }, (_, i) => ({
+    at: new Date(t0 + i * 20_000).toISOString(),
+    bytes: (i * 7919) % 100_000,
+    ms: (i * 104_729) % 5000,
+    appliedBps: i,
+  }));
 }
 
 /** Secrets kept in memory, as the Secrets Manager vault keeps them in AWS. */
@@ -358,6 +373,40 @@ describe.each(Object.keys(subjects))('MigrationStore contract: %s store', (kind)
     expect((await s.fresh().list()).migrations.find((m) => m.id === id)).toEqual(again);
   });
 
+  it("keeps a migration's whole lag series beside its state: every sample of the last hour, one point a minute before", async () => {
+    const id = newId();
+    await s.store.create(migration(id), SECRETS);
+    const created = await s.store.get(id);
+    // Two hours of samples every 20 s, appended as "Check lag" writes them, a few at a time.
+    const samples = twoHoursOfLag();
+    for (let i = 0; i < samples.length; i += 6) await s.store.appendLag(id, samples.slice(i, i + 6));
+    const series = await s.fresh().lagSeries(id);
+    const newest = samples.at(-1)!.at;
+    const firstFull = lagBucket(new Date(Date.parse(newest) - LAG_SERIES.fullMs).toISOString());
+    // The last hour whole, as written.
+    expect(series.filter((p) => p.of === undefined)).toEqual(samples.filter((p) => lagBucket(p.at) >= firstFull));
+    // Before it, one point per minute: that minute's peak.
+    const older = [...new Set(samples.map((p) => lagBucket(p.at)).filter((b) => b < firstFull))];
+    expect(older.length).toBeGreaterThan(50);
+    expect(series.filter((p) => p.of !== undefined)).toEqual(
+      older.map((b) => peakOfBucket(samples.filter((p) => lagBucket(p.at) === b))),
+    );
+    // Nothing of it is in the migration's state.
+    expect(await s.fresh().get(id)).toEqual(created);
+    // A minute takes so many samples at most; a migration without samples has an empty series.
+    const burst = Array.from({ length: LAG_SERIES.maxPerBucket + 10 }, (_, i) => ({
+      at: new Date(Date.parse('2026-12-07T00:00:00.000Z') + i * 50).toISOString(),
+      bytes: i,
+      ms: 1,
+    }));
+    const other = newId();
+    await s.store.create(migration(other), SECRETS);
+    expect(await s.store.lagSeries(other)).toEqual([]);
+    await s.store.appendLag(other, burst.slice(0, 100));
+    await s.store.appendLag(other, burst.slice(100));
+    expect(await s.fresh().lagSeries(other)).toEqual(burst.slice(0, LAG_SERIES.maxPerBucket));
+  });
+
   it('stores named plans validated, reads one back or undefined, lists them by name, and replaces one by name', async () => {
     const name = `shop-${kind}`;
     expect(await s.store.getPlan(name)).toBeUndefined();
@@ -521,6 +570,31 @@ describe('DynamoDB store on DynamoDB Local', () => {
       before.filter((k) => !k.startsWith('PART#tables#')),
     );
     expect((await dynamoStore({ table }).get(id)).tables).toHaveLength(4000);
+  });
+
+  it('keeps the lag series in items of its own, each under the limit: the migration item does not grow', async () => {
+    const id = newId();
+    await store.create(migration(id), SECRETS);
+    const stateItem = async () => (await scanAll(table)).find((i) => i.pk === `MIGRATION#${id}` && i.sk === 'STATE')!;
+    const before = dynamoItemSize(await stateItem());
+    const samples = twoHoursOfLag();
+    for (let i = 0; i < samples.length; i += 30) await store.appendLag(id, samples.slice(i, i + 30));
+    const items = (await scanAll(table)).filter((i) => i.pk === `MIGRATION#${id}`);
+    expect(dynamoItemSize(await stateItem())).toBe(before);
+    const lag = items.filter((i) => String(i.sk).startsWith('LAG#'));
+    // A raw item per minute of the last hour (and the minute it started in), one per minute thinned before.
+    expect(lag.filter((i) => String(i.sk).startsWith('LAG#RAW#')).length).toBeLessThanOrEqual(61);
+    expect(lag.filter((i) => String(i.sk).startsWith('LAG#MIN#')).length).toBeGreaterThan(50);
+    // The fullest minute DynamoDB would hold, with the widest samples: far under the limit.
+    const wide = {
+      at: '2026-12-07T00:00:00.000Z',
+      bytes: 2 ** 52,
+      ms: 2 ** 40,
+      generatedBps: 2 ** 40,
+      appliedBps: 2 ** 40,
+    };
+    const full = { pk: 'x', sk: 'LAG#RAW#2026-12-07T00:00', samples: Array(LAG_SERIES.maxPerBucket).fill(wide) };
+    expect(dynamoItemSize(full)).toBeLessThan(DYNAMO_ITEM_LIMIT_BYTES / 2);
   });
 
   it('sweeps the chunks no migration item names once they are older than any write in progress', async () => {

@@ -34,6 +34,14 @@ export const CORRELATION_SK = 'CORRELATION';
 export const planPk = (name: string) => `PLAN#${name}`;
 export const PLAN_SK = 'PLAN';
 export const tokenSk = (step: string) => `TOKEN#${step}`;
+/**
+ * The whole lag series (core's lag-series.ts): an item per minute of samples (`LAG#RAW#<minute>`,
+ * `samples` a list appended to) and, for minutes past the hour of full samples, an item with their
+ * peak (`LAG#MIN#<minute>`). Apart from the migration item, which they would soon outgrow.
+ */
+export const LAG_PREFIX = 'LAG#';
+export const lagRawSk = (bucket: string) => `LAG#RAW#${bucket}`;
+export const lagThinnedSk = (bucket: string) => `LAG#MIN#${bucket}`;
 /** `set` is new for every write of a part: a write that loses its version check can remove its own chunks only. */
 export const chunkSk = (field: string, set: string, index: number) =>
   `PART#${field}#${set}#${String(index).padStart(5, '0')}`;

@@ -22,6 +22,8 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import {
   alreadyExistsError,
+  bucketed,
+  bucketsToThin,
   checkCorrelationKey,
   checkMigrationId,
   checkPlanName,
@@ -32,6 +34,8 @@ import {
   errorMessage,
   FINISHED_STATUSES,
   InvalidInputError,
+  LAG_SERIES,
+  type LagSample,
   type MigrationListing,
   MigrationNotFoundError,
   type MigrationPlan,
@@ -39,8 +43,10 @@ import {
   type MigrationSecrets,
   type MigrationState,
   type MigrationStore,
+  mergeLagSeries,
   PgferryError,
   parseMigrationPlan,
+  peakOfBucket,
   readListing,
   redactedJson,
   refuseSecretsInState,
@@ -52,7 +58,10 @@ import {
   CORRELATION_SK,
   chunkSk,
   DYNAMO_ITEM_LIMIT_BYTES,
+  LAG_PREFIX,
   LEASE_SK,
+  lagRawSk,
+  lagThinnedSk,
   migrationPk,
   type PartRef,
   PLAN_SK,
@@ -440,6 +449,92 @@ export class DynamoMigrationStore implements MigrationStore {
         throw err;
       });
     return out?.Attributes?.token as string | undefined;
+  }
+
+  /**
+   * Samples into their minute's item (list_append: no read, one write per minute touched). A sample
+   * that opens a new minute also thins the minutes past the hour of full samples (lag-series.ts).
+   * A minute's item takes LAG_SERIES.maxPerBucket samples at most (far under the item limit).
+   */
+  async appendLag(id: string, samples: LagSample[]): Promise<void> {
+    checkMigrationId(id);
+    const { buckets, newestAt } = bucketed(samples);
+    let opened = false;
+    for (const [bucket, list] of buckets) {
+      const key = this.key(id, lagRawSk(bucket));
+      let room = list;
+      for (let attempt = 1; room.length; attempt++) {
+        try {
+          const out = await this.client.send(
+            new UpdateCommand({
+              TableName: this.tableName,
+              Key: key,
+              UpdateExpression: 'SET samples = list_append(if_not_exists(samples, :none), :new)',
+              ConditionExpression: 'attribute_not_exists(samples) OR size(samples) <= :room',
+              ExpressionAttributeValues: {
+                ':none': [],
+                ':new': room.map((p) => ({ ...p })),
+                ':room': LAG_SERIES.maxPerBucket - room.length,
+              },
+              ReturnValues: 'UPDATED_OLD',
+            }),
+          );
+          if (!out.Attributes?.samples) opened = true;
+          break;
+        } catch (err) {
+          if (!isConditionFailure(err) || attempt >= 3) throw err;
+          // The minute is (nearly) full: what fits goes in, the rest is left out of the series (the state keeps its own).
+          const held = ((await this.getItem(key))?.samples as unknown[] | undefined)?.length ?? 0;
+          room = room.slice(0, Math.max(0, LAG_SERIES.maxPerBucket - held));
+        }
+      }
+    }
+    if (opened && newestAt) await this.thinLag(id, newestAt);
+  }
+
+  private async thinLag(id: string, newestAt: string): Promise<void> {
+    const raw = await this.allPages((ExclusiveStartKey) =>
+      this.client.send(
+        new QueryCommand({
+          TableName: this.tableName,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :raw)',
+          ExpressionAttributeValues: { ':pk': migrationPk(id), ':raw': lagRawSk('') },
+          ProjectionExpression: 'sk',
+          ExclusiveStartKey,
+        }),
+      ),
+    );
+    const buckets = raw.map((item) => String(item.sk).slice(lagRawSk('').length));
+    for (const bucket of bucketsToThin(buckets, newestAt)) {
+      const item = await this.getItem(this.key(id, lagRawSk(bucket)));
+      const list = (item?.samples ?? []) as LagSample[];
+      // Written before the minute's samples go: a failure in between leaves both, which the reader merges.
+      if (list.length)
+        await this.client.send(
+          new PutCommand({
+            TableName: this.tableName,
+            Item: { ...this.key(id, lagThinnedSk(bucket)), sample: peakOfBucket(list) },
+          }),
+        );
+      await this.client.send(new DeleteCommand({ TableName: this.tableName, Key: this.key(id, lagRawSk(bucket)) }));
+    }
+  }
+
+  async lagSeries(id: string): Promise<LagSample[]> {
+    checkMigrationId(id);
+    const items = await this.allPages((ExclusiveStartKey) =>
+      this.client.send(
+        new QueryCommand({
+          TableName: this.tableName,
+          KeyConditionExpression: 'pk = :pk AND begins_with(sk, :lag)',
+          ExpressionAttributeValues: { ':pk': migrationPk(id), ':lag': LAG_PREFIX },
+          ExclusiveStartKey,
+        }),
+      ),
+    );
+    const thinned = items.filter((i) => i.sample).map((i) => i.sample as LagSample);
+    const raw = items.flatMap((i) => (i.samples ?? []) as LagSample[]);
+    return mergeLagSeries(thinned, raw);
   }
 
   /** A named plan: one item, its validated JSON in `plan`. */

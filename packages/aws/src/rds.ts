@@ -13,6 +13,7 @@ import {
   CreateDBParameterGroupCommand,
   type DBInstance,
   DescribeDBInstancesCommand,
+  DescribeDBParameterGroupsCommand,
   DescribeDBParametersCommand,
   ModifyDBParameterGroupCommand,
   type Parameter,
@@ -101,6 +102,17 @@ export const rdsTargetPlanSchema = z.discriminatedUnion(
           .optional(),
         backupRetentionDays: z.number().int().min(1).max(35).default(7),
         deletionProtection: z.boolean().default(true),
+        /** A standby in another Availability Zone (the plan's target.multiAz). */
+        multiAz: z.boolean().default(true),
+        /**
+         * The plan's own DB parameter group (target.parameterGroupName), used as it is: it must be of
+         * the engine's family and have logical replication on. Without it pgferry creates one.
+         */
+        parameterGroupName: z
+          .string()
+          .max(255)
+          .regex(RDS_NAME, 'parameterGroupName is letters, digits and single hyphens, starting with a letter')
+          .optional(),
       })
       .strict()
       .refine((p) => p.iops !== undefined || (p.storageType !== 'io1' && p.storageType !== 'io2'), {
@@ -177,6 +189,8 @@ export function rdsTargetFromPlan(target: PlanTarget | undefined): RdsTargetPlan
     storageType: target.storageType,
     dbSubnetGroupName: target.dbSubnetGroupName,
     vpcSecurityGroupIds: target.vpcSecurityGroupIds,
+    multiAz: target.multiAz,
+    ...(target.parameterGroupName ? { parameterGroupName: target.parameterGroupName } : {}),
     ...(target.dbName ? { dbName: target.dbName } : {}),
   };
 }
@@ -419,7 +433,7 @@ export class RdsTargetProvisioner {
     const id = input.migrationId;
     const major = Number.parseInt(plan.engineVersion, 10);
     checkNotOlder(`target.engineVersion ${plan.engineVersion}`, major, input.sourceMajor, 'target.engineVersion');
-    const parameterGroup = rdsName(id);
+    const parameterGroup = plan.parameterGroupName ?? rdsName(id);
     const existing = await this.describe(instanceId);
     if (existing) {
       this.checkOurs(existing, id);
@@ -428,7 +442,9 @@ export class RdsTargetProvisioner {
       this.log(`instance ${instanceId} exists with this migration's tag: adopting it (a retry of Provision target)`);
       return { instance: existing, created: true, parameterGroup };
     }
-    await this.ensureParameterGroup(parameterGroup, `postgres${major}`, id, input.jobs ?? 1);
+    // The plan's group is the user's (other instances may use it): checked, never changed.
+    if (plan.parameterGroupName) await this.checkParameterGroup(plan.parameterGroupName, `postgres${major}`);
+    else await this.ensureParameterGroup(parameterGroup, `postgres${major}`, id, input.jobs ?? 1);
     await wait();
     const tags = [{ Key: MIGRATION_TAG, Value: id }];
     try {
@@ -443,7 +459,7 @@ export class RdsTargetProvisioner {
           ...(plan.iops ? { Iops: plan.iops } : {}),
           StorageEncrypted: true,
           ...(plan.kmsKeyId ? { KmsKeyId: plan.kmsKeyId } : {}),
-          MultiAZ: true,
+          MultiAZ: plan.multiAz,
           MasterUsername: plan.masterUsername,
           // RDS keeps the master password in Secrets Manager: pgferry never sees or stores it.
           ManageMasterUserPassword: true,
@@ -459,7 +475,7 @@ export class RdsTargetProvisioner {
         }),
       );
       this.log(
-        `creating RDS instance ${instanceId} (PostgreSQL ${plan.engineVersion}, ${plan.instanceClass}, Multi-AZ)`,
+        `creating RDS instance ${instanceId} (PostgreSQL ${plan.engineVersion}, ${plan.instanceClass}${plan.multiAz ? ', Multi-AZ' : ', Single-AZ'}, parameter group ${parameterGroup})`,
       );
       return { instance: created.DBInstance ?? { DBInstanceIdentifier: instanceId }, created: true, parameterGroup };
     } catch (err) {
@@ -573,21 +589,12 @@ export class RdsTargetProvisioner {
           hint: howTo,
         },
       );
-    for (const [param, min] of [
-      ['max_replication_slots', TARGET_REPLICATION_SETTINGS.maxReplicationSlots],
-      ['max_wal_senders', TARGET_REPLICATION_SETTINGS.maxWalSenders],
-    ] as const) {
-      const v = values.get(param);
-      // RDS may give a formula ({DBInstanceClassMemory...}) instead of a number: only numbers are checked.
-      if (v !== undefined && /^\d+$/.test(v) && Number(v) < min)
-        throw new RdsTargetUnusableError(
-          `RDS instance ${name} has ${param} = ${v}, under the ${min} pgferry needs for replication both ways`,
-          {
-            field,
-            hint: `set ${param} to at least ${min} in parameter group ${groupName} and reboot ${name}`,
-          },
-        );
-    }
+    const short = tooFewReplicationSlots(values);
+    if (short)
+      throw new RdsTargetUnusableError(`RDS instance ${name} has ${short.what}`, {
+        field,
+        hint: `set ${short.param} to at least ${short.min} in parameter group ${groupName} and reboot ${name}`,
+      });
     return groupName;
   }
 
@@ -604,6 +611,46 @@ export class RdsTargetProvisioner {
       marker = out.Marker;
     } while (marker && found.size < names.length);
     return found;
+  }
+
+  /**
+   * The plan's own parameter group, before an instance is created with it: of the engine's family
+   * (RDS refuses another), with logical replication on and room for replication both ways.
+   */
+  private async checkParameterGroup(name: string, family: string): Promise<void> {
+    const field = 'target.parameterGroupName';
+    let group: { DBParameterGroupFamily?: string } | undefined;
+    try {
+      group = (await this.rds.send(new DescribeDBParameterGroupsCommand({ DBParameterGroupName: name })))
+        .DBParameterGroups?.[0];
+    } catch (err) {
+      if (!isFault(err, 'DBParameterGroupNotFoundFault')) throw err;
+    }
+    if (!group)
+      throw new InvalidInputError(`${field}: no DB parameter group named ${name} here`, {
+        field,
+        hint: 'check the name and the region, or leave parameterGroupName out and pgferry creates one',
+      });
+    if (group.DBParameterGroupFamily !== family)
+      throw new InvalidInputError(
+        `${field}: parameter group ${name} is of family ${group.DBParameterGroupFamily ?? '?'}, not ${family} (target.engineVersion)`,
+        { field, hint: `name a parameter group of family ${family}` },
+      );
+    const values = await this.parameters(name, ['rds.logical_replication', 'max_replication_slots', 'max_wal_senders']);
+    if (values.get('rds.logical_replication') !== '1')
+      throw new InvalidInputError(
+        `${field}: parameter group ${name} has logical replication off (rds.logical_replication = ${values.get('rds.logical_replication') ?? '0'})`,
+        {
+          field,
+          hint: `set rds.logical_replication = 1 in ${name}, or leave parameterGroupName out and pgferry creates one`,
+        },
+      );
+    const short = tooFewReplicationSlots(values);
+    if (short)
+      throw new InvalidInputError(`${field}: parameter group ${name} has ${short.what}`, {
+        field,
+        hint: `set ${short.param} to at least ${short.min} in ${name}`,
+      });
   }
 
   private async ensureParameterGroup(name: string, family: string, migrationId: string, jobs: number) {
@@ -624,6 +671,20 @@ export class RdsTargetProvisioner {
       new ModifyDBParameterGroupCommand({ DBParameterGroupName: name, Parameters: targetParameters(jobs) }),
     );
   }
+}
+
+/** A replication setting of a parameter group under what pgferry needs (replication both ways), if any. */
+function tooFewReplicationSlots(values: Map<string, string>): { param: string; min: number; what: string } | undefined {
+  for (const [param, min] of [
+    ['max_replication_slots', TARGET_REPLICATION_SETTINGS.maxReplicationSlots],
+    ['max_wal_senders', TARGET_REPLICATION_SETTINGS.maxWalSenders],
+  ] as const) {
+    const v = values.get(param);
+    // RDS may give a formula ({DBInstanceClassMemory...}) instead of a number: only numbers are checked.
+    if (v !== undefined && /^\d+$/.test(v) && Number(v) < min)
+      return { param, min, what: `${param} = ${v}, under the ${min} pgferry needs for replication both ways` };
+  }
+  return undefined;
 }
 
 /** The target's parameters: all static, so they apply when the instance is created with the group. */

@@ -250,8 +250,11 @@ A plan names everything a migration in AWS needs, secrets by ARN only (a passwor
               "dbName": "shop"},
    "strategy": "snapshot", "cutover": {"policy": "manual"},
    "switch": {"kind": "secret", "secretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-app"},
-   "approvers": {"users": ["U024BE7LH"]}, "copyWorkers": 2}
-target may also be {"kind": "existing", "instanceIdentifier": "...", "secretArn": "..."}. A plan is
+   "approvers": {"users": ["U024BE7LH"]}, "copyWorkers": 2,
+   "cleanup": "automatic", "bakeSeconds": 86400}
+target may also be {"kind": "existing", "instanceIdentifier": "...", "secretArn": "..."}; a new one takes
+"multiAz" (default true) and "parameterGroupName" (used as it is; logical replication must be on).
+"cleanup": "automatic" cleans up after a bake of bakeSeconds (default a day); "manual" (default) does not. A plan is
 checked when stored and again when read; each problem is named by its field (plan.approvers.users.0).`,
   start: `Usage: pgferry start PLAN (--stage S | --table TABLE) --state-machine-arn ARN [--region R] [--id ID]
                      [--requested-by WHO]
@@ -784,7 +787,8 @@ export async function main(argv: string[]): Promise<number> {
         const store = values.table
           ? await deployedTableStore(values.table, values.region, { table: '--table', region: '--region' })
           : rt.store;
-        writeHtmlReport(file, await store.get(id));
+        const state = await store.get(id);
+        writeHtmlReport(file, state, await store.lagSeries?.(id));
         out.result({ id, html: file }, `report of ${id} written to ${file}`);
         return EXIT_CODES.ok;
       }

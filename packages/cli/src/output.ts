@@ -3,6 +3,8 @@ import {
   cutoverWindowText,
   formatBytes,
   type MigrationState,
+  type NumberedAttempt,
+  numberedAttempts,
   PHASE_TITLES,
   type Phase,
   redactedJson,
@@ -110,16 +112,20 @@ export function createOutput(options: { json: boolean; stream?: NodeJS.WriteStre
 const clockOf = (iso: string | undefined) => (iso ? iso.slice(11, 23) : '');
 const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 
-/** A phase as `pgferry status ID` lists it: start, end, duration, summary. */
-function timelineLine(phase: Phase, rec: { startedAt?: string; endedAt?: string; summary?: string }): string {
-  const title = PHASE_TITLES[phase].padEnd(18);
-  const summary = rec.summary ? `  ${rec.summary}` : '';
-  if (!rec.startedAt) return `    ${title}${summary}`.trimEnd();
+/** Phase titles in the timeline: wide enough for "Start replication (2nd)". */
+const TITLE_WIDTH = 24;
+
+/** One attempt of a phase as `pgferry status ID` lists it: start, end, duration, outcome. */
+function timelineLine(a: NumberedAttempt): string {
+  const title = a.title.padEnd(TITLE_WIDTH);
+  const summary = a.summary ? `  ${a.outcome === 'failed' ? 'failed: ' : ''}${a.summary}` : '';
+  if (a.outcome === 'interrupted')
+    return `    ${title} ${clockOf(a.startedAt)} → interrupted (its process stopped before the phase ended)`;
   // Not ended: a command may be running it, or it was stopped (status cannot tell from the state).
-  if (!rec.endedAt)
-    return `    ${title} (running or interrupted) since ${clockOf(rec.startedAt)}, ${seconds(Date.now() - Date.parse(rec.startedAt))} so far${summary}`;
-  const took = seconds(Date.parse(rec.endedAt) - Date.parse(rec.startedAt));
-  return `    ${title} ${clockOf(rec.startedAt)} → ${clockOf(rec.endedAt)} ${took.padStart(10)}${summary}`;
+  if (!a.endedAt)
+    return `    ${title} (running or interrupted) since ${clockOf(a.startedAt)}, ${seconds(Date.now() - Date.parse(a.startedAt))} so far${summary}`;
+  const took = seconds(Date.parse(a.endedAt) - Date.parse(a.startedAt));
+  return `    ${title} ${clockOf(a.startedAt)} → ${clockOf(a.endedAt)} ${took.padStart(10)}${summary}`;
 }
 
 /**
@@ -137,8 +143,8 @@ export function describeState(s: MigrationState, options: { timeline?: boolean; 
     `  strategy ${s.config.strategy}, jobs ${s.config.jobs}, cutover ${s.config.cutover}`,
   ];
   if (options.timeline) {
-    lines.push(`  phases (UTC)${''.padEnd(9)}start          end              took`);
-    for (const [phase, rec] of Object.entries(s.phases)) if (rec) lines.push(timelineLine(phase as Phase, rec));
+    lines.push(`  phases (UTC)${''.padEnd(TITLE_WIDTH - 9)}start          end              took`);
+    lines.push(...numberedAttempts(s).map(timelineLine));
   }
   for (const [phase, rec] of Object.entries(options.timeline ? {} : s.phases)) {
     if (!rec) continue;

@@ -11,10 +11,13 @@ import {
   formatBytes,
   InvalidInputError,
   type LagSample,
+  lagGapMs,
+  lagSegments,
   type MigrationState,
+  mergeLagSeries,
+  type NumberedAttempt,
+  numberedAttempts,
   PHASE_TITLES,
-  PHASES,
-  type Phase,
   redactedJson,
   sampledText,
   type VerifyResult,
@@ -72,41 +75,47 @@ const notYet = (text: string) => `<p class="empty">${escapeHtml(text)}</p>`;
 // ---------------------------------------------------------------------------------------------------
 // Phase timeline
 
-interface TimelineRow {
-  phase: Phase;
-  start?: string;
-  end?: string;
-  summary?: string;
+interface TimelineRow extends NumberedAttempt {
+  /** Where its bar ends when it has no end: the next attempt's start (interrupted), or the last update. */
+  barEnd: string;
 }
 
+/** Every attempt of every phase, in the order they ran (a catch-up gone back to is a row of its own). */
 function timelineRows(s: MigrationState): TimelineRow[] {
-  const order: Phase[] = [...PHASES, 'rollback'];
-  return order
-    .map((phase) => ({ phase, rec: s.phases[phase] }))
-    .filter(({ rec }) => rec?.startedAt)
-    .map(({ phase, rec }) => ({ phase, start: rec?.startedAt, end: rec?.endedAt, summary: rec?.summary }));
+  const attempts = numberedAttempts(s);
+  return attempts.map((a, i) => ({
+    ...a,
+    barEnd: a.endedAt ?? (a.outcome === 'interrupted' ? attempts[i + 1]?.startedAt : undefined) ?? s.updatedAt,
+  }));
+}
+
+/** What the table says of an attempt without an end, and after its summary. */
+function outcomeText(r: TimelineRow): string {
+  if (r.outcome === 'interrupted') return 'interrupted (its process stopped before the phase ended)';
+  if (!r.endedAt) return 'not ended (running or interrupted)';
+  return r.outcome === 'failed' ? 'failed' : 'done';
 }
 
 function timelineSection(s: MigrationState): string {
   const rows = timelineRows(s);
   if (!rows.length) return notYet('No phase has started yet.');
-  const t0 = Math.min(...rows.map((r) => Date.parse(r.start!)));
-  // A phase with no end is running or was interrupted: its bar runs to the state's last update.
-  const endOf = (r: TimelineRow) => Date.parse(r.end ?? s.updatedAt);
+  const t0 = Math.min(...rows.map((r) => Date.parse(r.startedAt)));
+  const endOf = (r: TimelineRow) => Date.parse(r.barEnd);
   const t1 = Math.max(t0 + 1, ...rows.map(endOf));
   const width = 760;
-  const left = 150;
+  const left = 170;
   const plot = width - left - 20;
   const rowH = 24;
   const height = rows.length * rowH + 30;
   const x = (t: number) => left + ((t - t0) / (t1 - t0)) * plot;
   const bars = rows
     .map((r, i) => {
-      const x0 = x(Date.parse(r.start!));
+      const x0 = x(Date.parse(r.startedAt));
       const w = Math.max(2, x(endOf(r)) - x0);
       const y = i * rowH + 4;
-      const open = r.end ? '' : ' open';
-      return `<text x="${left - 8}" y="${y + 14}" text-anchor="end">${escapeHtml(PHASE_TITLES[r.phase])}</text><rect class="phase-bar${open}" data-phase="${escapeHtml(r.phase)}" x="${x0.toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="${rowH - 8}"><title>${escapeHtml(`${PHASE_TITLES[r.phase]}: ${r.end ? duration(ms(r.start!, r.end)) : 'running or interrupted'}`)}</title></rect>`;
+      const cls = r.outcome === 'failed' ? ' failed' : r.outcome === 'done' ? '' : ' open';
+      const took = r.endedAt ? duration(ms(r.startedAt, r.endedAt)) : outcomeText(r);
+      return `<text x="${left - 8}" y="${y + 14}" text-anchor="end">${escapeHtml(r.title)}</text><rect class="phase-bar${cls}" data-phase="${escapeHtml(r.phase)}" data-attempt="${r.nth}" data-outcome="${escapeHtml(r.outcome ?? 'running')}" x="${x0.toFixed(1)}" y="${y}" width="${w.toFixed(1)}" height="${rowH - 8}"><title>${escapeHtml(`${r.title}: ${took}${r.outcome === 'failed' ? ', failed' : ''}`)}</title></rect>`;
     })
     .join('');
   const axisY = rows.length * rowH + 8;
@@ -121,10 +130,10 @@ function timelineSection(s: MigrationState): string {
   const table = rows
     .map(
       (r) =>
-        `<tr><td>${escapeHtml(PHASE_TITLES[r.phase])}</td><td>${escapeHtml(r.start)}</td><td>${r.end ? escapeHtml(r.end) : 'not ended (running or interrupted)'}</td><td class="num">${r.end ? duration(ms(r.start!, r.end)) : '—'}</td><td>${escapeHtml(r.summary ?? '')}</td></tr>`,
+        `<tr class="outcome-${escapeHtml(r.outcome ?? 'running')}"><td>${escapeHtml(r.title)}</td><td>${escapeHtml(r.startedAt)}</td><td>${r.endedAt ? escapeHtml(r.endedAt) : escapeHtml(outcomeText(r))}</td><td class="num">${r.endedAt ? duration(ms(r.startedAt, r.endedAt)) : '—'}</td><td>${escapeHtml(outcomeText(r))}</td><td>${escapeHtml(r.summary ?? '')}</td></tr>`,
     )
     .join('');
-  return `${svg}<p class="note">Times in UTC.</p><table class="phases"><thead><tr><th>phase</th><th>started</th><th>ended</th><th>took</th><th>summary</th></tr></thead><tbody>${table}</tbody></table>`;
+  return `${svg}<p class="note">Times in UTC. Each attempt of a phase is a row of its own.</p><table class="phases"><thead><tr><th>phase</th><th>started</th><th>ended</th><th>took</th><th>outcome</th><th>summary</th></tr></thead><tbody>${table}</tbody></table>`;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -132,9 +141,11 @@ function timelineSection(s: MigrationState): string {
 
 /**
  * Lag in bytes (left axis) and in seconds (right axis) against time. Both scales start at zero, so
- * a line's height is comparable over time; the two lines are not comparable with each other.
+ * a line's height is comparable over time; the two lines are not comparable with each other. Where
+ * sampling stopped for longer than `gapMs` (a resume the next day, a process killed) the lines break
+ * (a new `M` in the path, a shaded band): no line is drawn across a time nothing was measured.
  */
-export function lagChart(samples: LagSample[]): string {
+export function lagChart(samples: LagSample[], gapMs = lagGapMs(0)): string {
   const width = 760;
   const height = 300;
   const pad = { left: 70, right: 70, top: 16, bottom: 44 };
@@ -156,8 +167,19 @@ export function lagChart(samples: LagSample[]): string {
   const y = (v: number, max: number) => pad.top + plotH - (v / max) * plotH;
   const points = (value: (p: LagSample) => number, max: number) =>
     samples.map((p, i) => [x(times[i]!), y(value(p), max)] as const);
+  // Indexes where a new segment starts: after a stop in sampling longer than gapMs.
+  const breaks = new Set<number>();
+  for (let i = 1; i < times.length; i++) if (times[i]! - times[i - 1]! > gapMs) breaks.add(i);
   const path = (pts: (readonly [number, number])[]) =>
-    pts.map(([px, py], i) => `${i ? 'L' : 'M'}${px.toFixed(1)} ${py.toFixed(1)}`).join(' ');
+    pts.map(([px, py], i) => `${i && !breaks.has(i) ? 'L' : 'M'}${px.toFixed(1)} ${py.toFixed(1)}`).join(' ');
+  const gaps = [...breaks]
+    .map((i) => {
+      const x0 = x(times[i - 1]!);
+      const x1 = x(times[i]!);
+      const label = `no samples from ${samples[i - 1]!.at} to ${samples[i]!.at} (${duration(times[i]! - times[i - 1]!)})`;
+      return `<rect class="sampling-gap" x="${x0.toFixed(1)}" y="${pad.top}" width="${(x1 - x0).toFixed(1)}" height="${plotH}"><title>${escapeHtml(label)}</title></rect>`;
+    })
+    .join('');
   const bytesPts = points((p) => p.bytes / perUnit, bytesMax);
   const secondsPts = points((p) => p.ms / msPerUnit, secondsMax);
   const dots = (pts: (readonly [number, number])[], cls: string) =>
@@ -176,11 +198,12 @@ export function lagChart(samples: LagSample[]): string {
     .join('');
   const frame = `<rect class="frame" x="${pad.left}" y="${pad.top}" width="${plotW}" height="${plotH}"/>`;
   const labels = `<text class="axis-bytes" transform="translate(16 ${pad.top + plotH / 2}) rotate(-90)" text-anchor="middle">lag (${unit})</text><text class="axis-seconds" transform="translate(${width - 14} ${pad.top + plotH / 2}) rotate(90)" text-anchor="middle">lag (${timeUnit})</text><text x="${pad.left + plotW / 2}" y="${height - 6}" text-anchor="middle">time (UTC)</text>`;
-  return `<svg class="chart lag" role="img" aria-label="replication lag over time, bytes and seconds" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}" xmlns="http://www.w3.org/2000/svg">${frame}${yTicks}${xTicks}${labels}<path class="series lag-bytes" data-series="bytes" data-points="${samples.length}" d="${path(bytesPts)}"/><path class="series lag-seconds" data-series="seconds" data-points="${samples.length}" d="${path(secondsPts)}"/>${dots(bytesPts, 'dot-bytes')}${dots(secondsPts, 'dot-seconds')}</svg>`;
+  return `<svg class="chart lag" role="img" aria-label="replication lag over time, bytes and seconds" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}" xmlns="http://www.w3.org/2000/svg">${frame}${gaps}${yTicks}${xTicks}${labels}<path class="series lag-bytes" data-series="bytes" data-points="${samples.length}" data-segments="${breaks.size + 1}" d="${path(bytesPts)}"/><path class="series lag-seconds" data-series="seconds" data-points="${samples.length}" data-segments="${breaks.size + 1}" d="${path(secondsPts)}"/>${dots(bytesPts, 'dot-bytes')}${dots(secondsPts, 'dot-seconds')}</svg>`;
 }
 
-function lagSection(s: MigrationState): string {
-  const samples = (s.lag ?? []).filter((p) => Number.isFinite(Date.parse(p.at)));
+/** The whole series the store kept (when given), with the state's own recent samples. */
+function lagSection(s: MigrationState, series?: LagSample[]): string {
+  const samples = mergeLagSeries(series, s.lag);
   if (!samples.length)
     return notYet(
       'No lag sample recorded yet: lag is sampled during catch-up, once replication has started. This migration has not got that far.',
@@ -188,9 +211,17 @@ function lagSection(s: MigrationState): string {
   const last = samples.at(-1)!;
   const peakBytes = Math.max(...samples.map((p) => p.bytes));
   const peakMs = Math.max(...samples.map((p) => p.ms));
+  const thinned = samples.filter((p) => p.of !== undefined).length;
+  const gapMs = lagGapMs(s.config.lagSampleIntervalMs ?? 0);
+  const stops = lagSegments(samples, gapMs).length - 1;
   const legend = `<p class="legend"><span class="key-bytes">━ lag in bytes (left axis)</span> <span class="key-seconds">━ lag in time (right axis)</span></p>`;
-  const facts = `<p>${samples.length} sample(s) from ${escapeHtml(samples[0]!.at)} to ${escapeHtml(last.at)} (the state keeps the most recent ones). Last: ${escapeHtml(formatBytes(last.bytes))} (${last.bytes} bytes), ${last.ms} ms. Peak: ${escapeHtml(formatBytes(peakBytes))}, ${peakMs} ms.</p>`;
-  return `${legend}${lagChart(samples)}${facts}`;
+  const kept = series
+    ? thinned
+      ? `every sample of the last hour of sampling, and before it ${thinned} point(s) of one minute each (that minute's peak)`
+      : 'every sample'
+    : 'the most recent samples the state keeps (the store kept no series)';
+  const facts = `<p>${samples.length} point(s) from ${escapeHtml(samples[0]!.at)} to ${escapeHtml(last.at)}: ${escapeHtml(kept)}. Last: ${escapeHtml(formatBytes(last.bytes))} (${last.bytes} bytes), ${last.ms} ms. Peak: ${escapeHtml(formatBytes(peakBytes))}, ${peakMs} ms.${stops ? ` Sampling stopped ${stops} time(s) for more than ${escapeHtml(duration(gapMs))} (shaded; the lines break there).` : ''}</p>`;
+  return `${legend}${lagChart(samples, gapMs)}${facts}`;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -338,9 +369,9 @@ table{border-collapse:collapse;width:100%;margin:.6em 0}th,td{border:1px solid #
 td.num{text-align:right;font-variant-numeric:tabular-nums}td ul{margin:0;padding-left:1.1em}
 .empty{color:#57606a;font-style:italic}.note{color:#57606a;font-size:.9em;margin:.2em 0}
 .chart text{font-size:11px;fill:#57606a}.grid{stroke:#eaeef2}.frame{fill:none;stroke:#d0d7de}
-.phase-bar{fill:#0969da}.phase-bar.open{fill:#bf8700}
+.phase-bar{fill:#0969da}.phase-bar.open{fill:#bf8700}.phase-bar.failed{fill:#cf222e}
 .series{fill:none;stroke-width:2}.lag-bytes,.key-bytes{stroke:#0969da;color:#0969da}.lag-seconds,.key-seconds{stroke:#cf222e;color:#cf222e}
-.dot-bytes{fill:#0969da}.dot-seconds{fill:#cf222e}.chart text.axis-bytes{fill:#0969da}.chart text.axis-seconds{fill:#cf222e}
+.sampling-gap{fill:#f6f8fa}.phases tr.outcome-failed td{color:#cf222e}.dot-bytes{fill:#0969da}.dot-seconds{fill:#cf222e}.chart text.axis-bytes{fill:#0969da}.chart text.axis-seconds{fill:#cf222e}
 .swatch{display:inline-block;width:.9em;height:.9em;margin-right:.4em;vertical-align:-1px}
 .stage-freeze{fill:#8250df;background:#8250df}.stage-drain{fill:#0969da;background:#0969da}.stage-sequences{fill:#1a7f37;background:#1a7f37}
 .stage-reverse-replication{fill:#bf8700;background:#bf8700}.stage-unfreeze{fill:#57606a;background:#57606a}.stage-switch{fill:#cf222e;background:#cf222e}.stage-other{fill:#8c959f;background:#8c959f}
@@ -368,7 +399,7 @@ function lastLagRows(s: MigrationState, now: Date): (readonly [string, string])[
  * The report's HTML. Every string of the state is redacted again (it should hold no password: it is
  * stored redacted) and escaped: table names, summaries and messages come from users' databases.
  */
-export function renderHtmlReport(state: MigrationState, generatedAt = new Date()): string {
+export function renderHtmlReport(state: MigrationState, generatedAt = new Date(), lagSeries?: LagSample[]): string {
   const s = JSON.parse(redactedJson(state)) as MigrationState;
   const header = [
     ['status', s.status],
@@ -403,7 +434,7 @@ export function renderHtmlReport(state: MigrationState, generatedAt = new Date()
 <h1>pgferry migration ${escapeHtml(s.id)}</h1>
 <table class="summary"><tbody>${header}</tbody></table>${failure}
 <section id="timeline"><h2>Phase timeline</h2>${timelineSection(s)}</section>
-<section id="lag"><h2>Replication lag</h2>${lagSection(s)}</section>
+<section id="lag"><h2>Replication lag</h2>${lagSection(s, lagSeries)}</section>
 <section id="write-gap"><h2>Write gap</h2>${writeGapSection(s)}</section>
 <section id="verification"><h2>Verification</h2>${verifySection(s)}</section>
 ${warnings}${events}
@@ -416,10 +447,10 @@ ${warnings}${events}
  * Written owner-only, as the state (it names the servers), through a new file renamed over the old:
  * an existing file's own mode would otherwise stay, and a reader never sees half a page.
  */
-export function writeHtmlReport(path: string, state: MigrationState): void {
+export function writeHtmlReport(path: string, state: MigrationState, lagSeries?: LagSample[]): void {
   const tmp = `${path}.${process.pid}.tmp`;
   try {
-    writeFileSync(tmp, renderHtmlReport(state), { mode: 0o600, flag: 'wx' });
+    writeFileSync(tmp, renderHtmlReport(state, new Date(), lagSeries), { mode: 0o600, flag: 'wx' });
     renameSync(tmp, path);
   } finally {
     rmSync(tmp, { force: true });

@@ -3,11 +3,13 @@
  * with optimistic versioning, so `status`, `resume` and `rollback` work from another shell or after a
  * crash. Passwords live only in a separate 0600 secrets file, never in the state.
  */
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import {
   alreadyExistsError,
+  bucketed,
+  bucketsToThin,
   checkCorrelationKey,
   checkMigrationId as checkId,
   checkPlanName,
@@ -18,6 +20,8 @@ import {
   errorMessage,
   FINISHED_STATUSES,
   InvalidInputError,
+  LAG_SERIES,
+  type LagSample,
   MIGRATION_ID,
   type MigrationListing,
   MigrationNotFoundError,
@@ -26,9 +30,11 @@ import {
   type MigrationSecrets,
   type MigrationState,
   type MigrationStore,
+  mergeLagSeries,
   PgferryError,
   PLAN_NAME,
   parseMigrationPlan,
+  peakOfBucket,
   readListing,
   redactedJson,
   refuseSecretsInState,
@@ -76,8 +82,31 @@ async function staleLock(lock: string): Promise<boolean> {
   }
 }
 
+/** A lag bucket's file name (no `:` in file names): `raw-2026-12-06T10-04.jsonl`. */
+const rawLagFile = (bucket: string) => `raw-${bucket.replace(':', '-')}.jsonl`;
+const RAW_LAG_FILE = /^raw-(\d{4}-\d\d-\d\dT\d\d)-(\d\d)\.jsonl$/;
+/** The thinned part of the series: one line per minute, appended. */
+const THINNED_LAG_FILE = 'minutes.jsonl';
+
+/** JSON lines; a line cut short by a crash is skipped. */
+function jsonLines<T>(text: string): T[] {
+  const out: T[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      out.push(JSON.parse(line) as T);
+    } catch {
+      // a partial last line
+    }
+  }
+  return out;
+}
+
 export class FileMigrationStore implements MigrationStore {
   constructor(readonly dir: string) {}
+
+  /** Samples in each lag bucket this store wrote to (it is the one writer: the migration's claim). */
+  private readonly bucketSizes = new Map<string, number>();
 
   /** A migration's file with `suffix` (`.json`, `.secrets.json`, `.lock`, `.run`), for a valid id only. */
   private path(id: string, suffix: string) {
@@ -318,6 +347,66 @@ export class FileMigrationStore implements MigrationStore {
       throw err;
     });
     return JSON.parse(text) as Record<string, string>;
+  }
+
+  /**
+   * The whole lag series, in `<id>.lag/`: a JSON-lines file per minute of samples, and `minutes.jsonl`
+   * with one line per minute thinned (lag-series.ts). Appended, never rewritten.
+   */
+  private lagDir(id: string) {
+    return this.path(id, '.lag');
+  }
+
+  async appendLag(id: string, samples: LagSample[]): Promise<void> {
+    const dir = this.lagDir(id);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    let opened = false;
+    const { buckets, newestAt } = bucketed(samples);
+    for (const [bucket, list] of buckets) {
+      const file = join(dir, rawLagFile(bucket));
+      const key = `${id}/${bucket}`;
+      let size = this.bucketSizes.get(key);
+      if (size === undefined) {
+        const text = await readFile(file, 'utf8').catch(() => undefined);
+        if (text === undefined) opened = true;
+        size = text === undefined ? 0 : jsonLines(text).length;
+      }
+      const room = list.slice(0, Math.max(0, LAG_SERIES.maxPerBucket - size));
+      if (room.length) await appendFile(file, room.map((p) => `${JSON.stringify(p)}\n`).join(''), { mode: 0o600 });
+      this.bucketSizes.set(key, size + room.length);
+    }
+    if (opened && newestAt) await this.thinLag(id, newestAt);
+  }
+
+  /** Buckets more than the hour of full samples older than `newestAt`, each replaced by its peak. */
+  private async thinLag(id: string, newestAt: string): Promise<void> {
+    const dir = this.lagDir(id);
+    const raw = new Map<string, string>();
+    for (const f of await readdir(dir)) {
+      const m = RAW_LAG_FILE.exec(f);
+      if (m) raw.set(`${m[1]}:${m[2]}`, f);
+    }
+    for (const bucket of bucketsToThin([...raw.keys()].sort(), newestAt)) {
+      const file = join(dir, raw.get(bucket)!);
+      const samples = jsonLines<LagSample>(await readFile(file, 'utf8'));
+      // Written before the bucket goes: a crash in between leaves both, which the reader merges.
+      if (samples.length)
+        await appendFile(join(dir, THINNED_LAG_FILE), `${JSON.stringify(peakOfBucket(samples))}\n`, { mode: 0o600 });
+      await rm(file, { force: true });
+      this.bucketSizes.delete(`${id}/${bucket}`);
+    }
+  }
+
+  async lagSeries(id: string): Promise<LagSample[]> {
+    const dir = this.lagDir(id);
+    const files = await readdir(dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return [] as string[];
+      throw err;
+    });
+    const read = (f: string) => readFile(join(dir, f), 'utf8').then((t) => jsonLines<LagSample>(t));
+    const thinned = files.includes(THINNED_LAG_FILE) ? await read(THINNED_LAG_FILE) : [];
+    const raw = await Promise.all(files.filter((f) => RAW_LAG_FILE.test(f)).map(read));
+    return mergeLagSeries(thinned, ...raw);
   }
 
   /** Named plans, one 0600 file each under `plans/`, replaced whole (temp file + rename). */

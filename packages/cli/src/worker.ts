@@ -14,6 +14,7 @@ import {
   PgferryError,
   type Phase,
   redactText,
+  SST_APP_NAME,
   type TaskCallbacks,
   type TaskName,
   type TaskOutput,
@@ -197,8 +198,17 @@ export async function awsTaskCallbacks(): Promise<TaskCallbacks> {
   return new Callbacks();
 }
 
+/**
+ * The AWS SDK warns on stderr, once per process, that its releases after January 2027 need Node 22,
+ * on every command that makes a client under Node 20 (which pgferry supports). Its documented switch
+ * (aws-sdk-js-v3 issue 7983), read by @aws-sdk/core when a client is made, silences that warning only;
+ * a value the user set is kept. The CLI only: Lambda and the worker image run Node 22.
+ */
+export const AWS_SDK_NODE_WARNING_SWITCH = 'AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED';
+
 /** packages/aws, which only the worker loads: the CLI's own bundle leaves the AWS SDK out. */
 export async function loadAwsAdapters(): Promise<typeof import('@pgferry/aws')> {
+  process.env[AWS_SDK_NODE_WARNING_SWITCH] ??= 'true';
   try {
     // A checkout's bundle leaves them out, as TypeScript sources: those load through tsx (a dev
     // dependency), registered first. The worker image bundles them (Dockerfile).
@@ -265,10 +275,44 @@ export async function deployedTableStore(
     import('@aws-sdk/client-secrets-manager'),
   ]);
   const config = region ? { region } : {};
-  return aws.deployedStore(
-    { dynamo: new DynamoDBClient(config), secrets: new SecretsManagerClient(config) },
-    tableName,
-  );
+  const dynamo = new DynamoDBClient(config);
+  const store = aws.deployedStore({ dynamo, secrets: new SecretsManagerClient(config) }, tableName);
+  return namingMissingTable(store, async (cause) => {
+    const where = await Promise.resolve(dynamo.config.region())
+      .then((r) => `region ${r}`)
+      .catch(() => 'the default region');
+    const stage = new RegExp(`^(.+)-${SST_APP_NAME}-Migrations$`).exec(tableName)?.[1];
+    return new InvalidInputError(
+      `DynamoDB table ${tableName} does not exist in ${where}${stage ? ` (the table \`npx sst deploy --stage ${stage}\` makes)` : ''}`,
+      {
+        cause,
+        field: stage ? '--stage' : fields.table,
+        hint: stage
+          ? `deploy the stage first (npx sst deploy --stage ${stage}), or check --stage and --region (the region the stage was deployed to; default: the AWS environment's); --table NAME reads any other table`
+          : `check the table's name (the stack's migrations table, its PGFERRY_TABLE_NAME) and ${fields.region} (default: the AWS environment's region)`,
+      },
+    );
+  });
+}
+
+/**
+ * DynamoDB answers a table that is not there with "Cannot do operations on a non-existent table",
+ * which names neither the table nor the region: every call of `store` that meets it throws `missing()`.
+ */
+function namingMissingTable<T extends object>(store: T, missing: (cause: unknown) => Promise<Error>): T {
+  return new Proxy(store, {
+    get(target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver);
+      if (typeof value !== 'function') return value;
+      return (...args: unknown[]) => {
+        const result = value.apply(target, args);
+        if (!(result instanceof Promise)) return result;
+        return result.catch(async (err: unknown) => {
+          throw (err as Error)?.name === 'ResourceNotFoundException' ? await missing(err) : err;
+        });
+      };
+    },
+  });
 }
 
 /**

@@ -43,6 +43,10 @@ export const DEFAULTS = {
    * a Multi-AZ failover takes 1-2 minutes) before it stops, keeping everything, with the truth.
    */
   reconnectTimeoutMs: 5 * 60_000,
+  /** A plan's bake before its automatic clean-up, when it names none: the application runs on the target a day first. */
+  bakeSeconds: 24 * 3600,
+  /** The longest bake a plan may ask for: 30 days (a Step Functions standard execution lasts a year at most). */
+  maxBakeSeconds: 30 * 24 * 3600,
   /** How long catch-up waits for the gate before giving up (0 = forever). */
   catchUpTimeoutMs: 30 * 60_000,
   /**
@@ -272,6 +276,19 @@ export const migrationConfigSchema = z
     onSwitch: z.string().min(1, '--on-switch must be a command').optional(),
     /** In AWS: the secret, SSM parameter or CNAME the application reads, switched in the write gap (from the migration's plan). */
     switch: switchTargetSchema.optional(),
+    /**
+     * In AWS, from the migration's plan: clean up automatically, after "Bake" has waited `bakeSeconds`
+     * with the application on the target. Absent: nobody cleans up but a person (`pgferry cleanup`).
+     */
+    autoCleanup: z
+      .strictObject({
+        bakeSeconds: z
+          .number({ error: 'autoCleanup.bakeSeconds must be a number of seconds' })
+          .int('autoCleanup.bakeSeconds must be a whole number of seconds')
+          .min(0, 'autoCleanup.bakeSeconds must be at least 0')
+          .max(DEFAULTS.maxBakeSeconds, `autoCleanup.bakeSeconds must be at most ${DEFAULTS.maxBakeSeconds} (30 days)`),
+      })
+      .optional(),
     reportPath: z.string({ error: '--report must be a path' }).min(1, '--report must be a path').optional(),
     artifactDir: z.string().min(1).optional(),
     /** With --strategy dms: where DMS reads the credentials from and what it runs on (see DmsSettings). */

@@ -8,8 +8,10 @@ export * from './errors';
 export * from './events';
 export * from './format';
 export * from './lag';
+export * from './lag-series';
 export * from './metrics';
 export * from './model';
+export * from './phase-history';
 export * from './plan';
 // Plans stored and started (the config's secret references, the plan's target and switch).
 export { type PlanTarget, planTargetSchema } from './plan-target';

@@ -101,6 +101,23 @@ export const migrationPlanSchema = z
       .max(32, 'copyWorkers must be at most 32')
       .optional(),
     dms: planDmsSchema.optional(),
+    /**
+     * After the cutover and its verification: `automatic` cleans up once the bake is over (the
+     * source's slot, publication and reverse replication removed: no way back after that), `manual`
+     * leaves it to a person (`pgferry cleanup`). Default manual.
+     */
+    cleanup: z
+      .enum(['manual', 'automatic'], {
+        error: 'cleanup must be "manual" (a person runs pgferry cleanup) or "automatic" (after the bake)',
+      })
+      .default('manual'),
+    /** The bake before an automatic clean-up, in seconds: the application runs on the target, the way back kept. */
+    bakeSeconds: z
+      .number({ error: 'bakeSeconds must be a number of seconds, e.g. 86400 for a day' })
+      .int('bakeSeconds must be a whole number of seconds')
+      .min(0, 'bakeSeconds must be at least 0')
+      .max(DEFAULTS.maxBakeSeconds, `bakeSeconds must be at most ${DEFAULTS.maxBakeSeconds} (30 days)`)
+      .optional(),
     limits: z
       .strictObject({
         maxLagMs: z.number().int().min(1, 'limits.maxLagMs must be at least 1').default(DEFAULTS.maxLagMs),
@@ -111,6 +128,13 @@ export const migrationPlanSchema = z
   })
   .superRefine((plan, ctx) => {
     dmsPlanIssues(plan, ctx);
+    if (plan.bakeSeconds !== undefined && plan.cleanup !== 'automatic')
+      ctx.addIssue({
+        code: 'custom',
+        path: ['bakeSeconds'],
+        message:
+          'bakeSeconds is the wait before an automatic clean-up: set "cleanup": "automatic", or leave bakeSeconds out',
+      });
     if (plan.switch.kind === 'secret' && plan.switch.secretArn === plan.source.secretArn)
       ctx.addIssue({
         code: 'custom',
@@ -170,6 +194,11 @@ function dmsPlanIssues(
 
 export type MigrationPlanInput = z.input<typeof migrationPlanSchema>;
 export type MigrationPlan = z.output<typeof migrationPlanSchema>;
+
+/** The bake an automatic clean-up waits (the plan's, or the default day); undefined when clean-up is manual. */
+export function planBakeSeconds(plan: MigrationPlan): number | undefined {
+  return plan.cleanup === 'automatic' ? (plan.bakeSeconds ?? DEFAULTS.bakeSeconds) : undefined;
+}
 
 /**
  * One line per problem, each starting with the field it is about (`target.instanceClass: …`), so that
@@ -279,6 +308,7 @@ export function migrationConfigFromPlan(plan: MigrationPlan, migrationId: string
     ...(plan.dms && target.kind === 'existing'
       ? { dms: { ...plan.dms, sourceSecretArn: plan.source.secretArn, targetSecretArn: target.secretArn } }
       : {}),
+    ...(plan.cleanup === 'automatic' ? { autoCleanup: { bakeSeconds: planBakeSeconds(plan) } } : {}),
   });
 }
 

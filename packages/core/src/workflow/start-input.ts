@@ -32,7 +32,8 @@ export function workflowInput(options: WorkflowInputOptions): WorkflowInput {
 
 /**
  * The input of a stored migration's first execution in AWS: its cutover policy and copy workers from
- * its config, and "Provision target" when its config names a new instance to create.
+ * its config, "Provision target" when its config names a new instance to create, and the automatic
+ * clean-up after "Bake" (which waits `bakeSeconds`) when its plan asked for one.
  */
 export function workflowInputForConfig(config: MigrationConfig): WorkflowInput {
   return workflowInput({
@@ -40,5 +41,6 @@ export function workflowInputForConfig(config: MigrationConfig): WorkflowInput {
     cutover: config.cutover,
     provisionTarget: config.target !== undefined,
     copyWorkers: config.copyWorkers,
+    ...(config.autoCleanup ? { cleanup: true, bakeSeconds: config.autoCleanup.bakeSeconds } : {}),
   });
 }

@@ -17,6 +17,7 @@ import {
   type EventPublisher,
   errorMessage,
   type FailureFacts,
+  failAttempt,
   failureAction,
   type GateState,
   InvalidInputError,
@@ -72,6 +73,7 @@ import {
   type PhaseListener,
   phaseDone,
   phaseEnded,
+  phaseFailed,
   phaseStarted,
   runPhase,
   type Session,
@@ -322,6 +324,7 @@ const checkLagTask: Task = (input, deps) =>
       return { summary: step.summary, ...gateState(loop, step.ready, step.waitMs, ctx.config.lagSamples) };
     } catch (err) {
       await stopValidation(ctx);
+      await phaseFailed(ctx, 'catch-up', err);
       throw err;
     }
   });
@@ -621,6 +624,9 @@ async function handleFailure(ctx: PhaseContext, error: CaughtError, deps: TaskDe
     hint: thrown instanceof PgferryError ? thrown.hint : undefined,
   };
   const now = () => new Date().toISOString();
+  // The attempt the error ended, if nothing marked it yet (a phase run outside runPhase: the catch-up).
+  if (action !== 'ignore' && ctx.state.phaseHistory?.some((a) => a.phase === phase && !a.outcome))
+    await ctx.update((s) => failAttempt(s, phase, now(), `${failure.name}: ${failure.message}`)).catch(() => {});
   if (action === 'ignore') return { action, summary: `not recorded: ${failure.name} (${failure.message})` };
   if (action === 'roll-back' && !mayRollBack) return { action, summary: 'the failure calls for a rollback' };
   if (action === 'stop' || action === 'keep-cut-over') {

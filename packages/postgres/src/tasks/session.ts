@@ -6,12 +6,17 @@
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  beginAttempt,
+  endAttempt,
+  errorMessage,
+  failAttempt,
   type MigrationConfig,
   type MigrationState,
   type MigrationStore,
   objectNames,
   PHASE_TITLES,
   type Phase,
+  samplesAfter,
 } from '@pgferry/core';
 import { connect, type Db } from '../db';
 import type { ConnectionSwitchFactory, DumpStore, FaultPoints, PhaseContext, Progress } from '../phases/context';
@@ -64,8 +69,16 @@ export async function openSession(store: MigrationStore, id: string, options: Se
     async update(change) {
       // Re-read, apply, write with the version read: concurrent writers get a StateConflictError.
       const fresh = await store.get(id);
+      const lastSample = fresh.lag?.at(-1)?.at;
       change(fresh);
       state = await store.put(fresh);
+      // The state keeps the last lag samples; whatever a change added to them also goes to the whole
+      // series the store keeps beside the state (the report's chart). Losing one there fails nothing.
+      const added = samplesAfter(lastSample, state.lag);
+      if (added.length)
+        await store.appendLag?.(id, added).catch((err) => {
+          options.listener.log(`warning: lag sample not added to the series: ${errorMessage(err)}`);
+        });
     },
     log: (m) => options.listener.log(m),
     progress: options.listener.progress,
@@ -94,18 +107,17 @@ export async function phaseStarted(ctx: PhaseContext, phase: Phase, listener: Ph
   await ctx.update((s) => {
     s.phase = phase;
     const p = s.phases[phase] ?? {};
-    s.phases[phase] = {
-      ...p,
-      startedAt: new Date().toISOString(),
-      endedAt: undefined,
-      attempts: (p.attempts ?? 0) + 1,
-    };
+    const at = new Date().toISOString();
+    s.phases[phase] = { ...p, startedAt: at, endedAt: undefined, attempts: (p.attempts ?? 0) + 1 };
+    beginAttempt(s, phase, at);
   });
 }
 
 export async function phaseEnded(ctx: PhaseContext, phase: Phase, summary: string, listener: PhaseListener) {
   await ctx.update((s) => {
-    s.phases[phase] = { ...s.phases[phase], endedAt: new Date().toISOString(), summary };
+    const at = new Date().toISOString();
+    s.phases[phase] = { ...s.phases[phase], endedAt: at, summary };
+    endAttempt(s, phase, at, summary);
   });
   await recordEvent(ctx, `${PHASE_TITLES[phase]}: ${summary}`);
   listener.phase?.(phase, 'end', summary);
@@ -120,9 +132,26 @@ export async function runPhase(
   listener: PhaseListener,
 ): Promise<string> {
   await phaseStarted(ctx, phase, listener);
-  const summary = await fn(ctx);
+  let summary: string;
+  try {
+    summary = await fn(ctx);
+  } catch (err) {
+    await phaseFailed(ctx, phase, err);
+    throw err;
+  }
   await phaseEnded(ctx, phase, summary, listener);
   return summary;
+}
+
+/**
+ * The phase's attempt failed (the phase's record is left as it was: not done). Best effort: the error
+ * goes on to the workflow's failure handling whatever happens here.
+ */
+export async function phaseFailed(ctx: PhaseContext, phase: Phase, err: unknown): Promise<void> {
+  const name = err instanceof Error ? err.name : 'Error';
+  await ctx
+    .update((s) => failAttempt(s, phase, new Date().toISOString(), `${name}: ${errorMessage(err)}`))
+    .catch(() => {});
 }
 
 /** A phase's done-check: it ended (and was not started again since). */

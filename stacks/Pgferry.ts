@@ -71,6 +71,8 @@ export function pgferryStack(config: DeployConfig) {
     );
     attach(handlers.rdsInstance, allow.describeInstances());
     attach(handlers.dumpCreated, allow.readDumps(bucket.bucketArn));
+    // The upload step looks for a dump uploaded before its token was stored, and completes its own token then.
+    attach(tasks.get('awaitDumpUpload')!, allow.readDumps(bucket.bucketArn), allow.completeTaskTokens(machineArn));
     for (const task of ['checkLag', 'cutover'] as const) attach(tasks.get(task)!, allow.publishMetrics());
     // The cutover switches the application's connection, the rollback puts it back: only they change it.
     if (config.switchTarget)
@@ -132,6 +134,7 @@ export function pgferryStack(config: DeployConfig) {
       taskFunctions: [...tasks.values()],
       eventHandlers: Object.values(handlers),
       provisionTarget: tasks.get('provisionTarget')!,
+      dumpUploadTask: tasks.get('awaitDumpUpload')!,
       rdsInstanceHandler: handlers.rdsInstance,
       dmsTasks,
       workerTask: worker.taskDefinition,

@@ -34,7 +34,7 @@ import {
   uploadDump,
   VerifiedDump,
 } from '../packages/aws/src/index';
-import { InvalidInputError, type TaskCallbacks } from '../packages/core/src/index';
+import { InvalidInputError, MigrationNotFoundError, type TaskCallbacks } from '../packages/core/src/index';
 
 const s3 = mockClient(S3Client);
 afterEach(() => s3.reset());
@@ -72,6 +72,13 @@ function deps(tokens: Record<string, string> = {}, correlations: Record<string, 
         const token = tokens[k];
         delete tokens[k];
         return token;
+      },
+      // No migration record: these tests are about the token (the copy plan's record: aws-s3-upload-event.test.ts).
+      async get(id) {
+        throw new MigrationNotFoundError(id);
+      },
+      async put(state) {
+        throw new MigrationNotFoundError(state.id);
       },
     },
     log: (m) => logs.push(m),

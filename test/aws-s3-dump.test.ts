@@ -26,7 +26,7 @@ import {
   openDump,
   uploadDump,
 } from '../packages/aws/src/index';
-import type { TaskCallbacks } from '../packages/core/src/index';
+import { MigrationNotFoundError, type MigrationState, type TaskCallbacks } from '../packages/core/src/index';
 import {
   connect,
   createSlotWithSnapshot,
@@ -110,6 +110,13 @@ function tokenStore() {
       const token = tokens.get(k);
       tokens.delete(k);
       return token;
+    },
+    // No migration record here: these tests are about the token (the copy plan's record: aws-s3-upload-event.test.ts).
+    async get(id: string): Promise<MigrationState> {
+      throw new MigrationNotFoundError(id);
+    },
+    async put(state: MigrationState): Promise<MigrationState> {
+      throw new MigrationNotFoundError(state.id);
     },
   };
 }

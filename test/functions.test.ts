@@ -43,6 +43,7 @@ const clients: AwsClients = {
   secrets: new SecretsManagerClient({ region: 'eu-west-1' }),
   cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }),
   dms: new DatabaseMigrationServiceClient({ region: 'eu-west-1' }),
+  s3: new S3Client({ region: 'eu-west-1' }),
 };
 // The store sends through a document client made from `clients.dynamo`: mocked on its class.
 const dynamo = mockClient(DynamoDBDocumentClient);

@@ -11,6 +11,7 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { RDSClient } from '@aws-sdk/client-rds';
+import { S3Client } from '@aws-sdk/client-s3';
 import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import {
   DescribeExecutionCommand,
@@ -87,6 +88,7 @@ const clients: AwsClients & { lambda: LambdaClient } = {
   secrets: new SecretsManagerClient({ region }),
   cloudwatch: new CloudWatchClient({ region }),
   dms: new DatabaseMigrationServiceClient({ region }),
+  s3: new S3Client({ region }),
   lambda: new LambdaClient({ region }),
 };
 const secretsMock = mockClient(clients.secrets);

@@ -389,7 +389,7 @@ describe('permissions', () => {
     }
   });
 
-  it('let only the worker, the event handlers, Provision target, the DMS full-load wait and the Slack worker complete task tokens, of this state machine only', () => {
+  it('let only the worker, the event handlers, Provision target, the DMS full-load and dump-upload waits and the Slack worker complete task tokens, of this state machine only', () => {
     const roleOf = (prefix: string) => logicalId('AWS::IAM::Role', prefix);
     const allowed = new Set([
       roleOf('WorkerTaskTaskRole'),
@@ -399,6 +399,8 @@ describe('permissions', () => {
       roleOf('ProvisionTargetServiceRole'),
       // A full load that ended before its token was kept sends no event the handler could use.
       roleOf('AwaitDmsFullLoadServiceRole'),
+      // Likewise a dump uploaded before "Wait for the dump upload" kept its token.
+      roleOf('AwaitDumpUploadServiceRole'),
       roleOf('SlackWorkerServiceRole'),
     ]);
     const machineArn = {

@@ -9,10 +9,12 @@ import { DatabaseMigrationServiceClient } from '@aws-sdk/client-database-migrati
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { RDSClient } from '@aws-sdk/client-rds';
+import { S3Client } from '@aws-sdk/client-s3';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SFNClient } from '@aws-sdk/client-sfn';
 import {
   AwsDmsReplication,
+  awaitDumpUploadTask,
   connectionSwitchFor,
   deployedStore,
   EventBridgePublisher,
@@ -30,6 +32,7 @@ export interface AwsClients {
   secrets: SecretsManagerClient;
   cloudwatch: CloudWatchClient;
   dms: DatabaseMigrationServiceClient;
+  s3: S3Client;
 }
 
 export function awsClients(): AwsClients {
@@ -41,6 +44,7 @@ export function awsClients(): AwsClients {
     secrets: new SecretsManagerClient({}),
     cloudwatch: new CloudWatchClient({}),
     dms: new DatabaseMigrationServiceClient({}),
+    s3: new S3Client({}),
   };
 }
 
@@ -71,5 +75,8 @@ export function awsTaskDeps(
     // The migration's `switch` (a secret, SSM parameter or CNAME), switched by the cutover, put back by the rollback.
     connectionSwitch: (config) => connectionSwitchFor(config.switch, switchClients),
     dms: new AwsDmsReplication(clients.dms, clients.cloudwatch, store, callbacks),
+    // The dump's S3 event completes the token; a dump already there completes it here.
+    awaitDumpUpload: (input) =>
+      awaitDumpUploadTask({ s3: clients.s3, bucket: env.bucketName, callbacks, store, log }, input),
   };
 }

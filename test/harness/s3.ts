@@ -10,6 +10,14 @@ import { S3Client } from '@aws-sdk/client-s3';
 interface S3rverServer {
   run(): Promise<AddressInfo>;
   close(): Promise<void>;
+  /** s3rver's own notification of a write: an S3 event record (Records[0].eventName `ObjectCreated:Put`…). */
+  on(event: 'event', listener: (notification: S3rverNotification) => void): void;
+}
+interface S3rverNotification {
+  Records: {
+    eventName: string;
+    s3: { bucket: { name: string }; object: { key: string; size?: number; eTag?: string } };
+  }[];
 }
 type S3rverOptions = {
   address: string;
@@ -30,6 +38,11 @@ export interface LocalS3 {
   endpoint: string;
   /** A client for the local server, as the worker's would be for AWS. */
   client(): S3Client;
+  /**
+   * Every object the server stores, as S3 announces it: `listener` gets the EventBridge `Object
+   * Created` event (objectCreatedEvent) for each write s3rver notifies (put, copy, multipart end).
+   */
+  onObjectCreated(listener: (event: unknown) => void): void;
   stop(): Promise<void>;
 }
 
@@ -45,9 +58,24 @@ export async function startS3(bucket = 'pgferry-artifacts-test'): Promise<LocalS
   const { port } = await server.run();
   const endpoint = `http://127.0.0.1:${port}`;
   const clients: S3Client[] = [];
+  const reasons: Record<string, 'PutObject' | 'CopyObject' | 'CompleteMultipartUpload'> = {
+    'ObjectCreated:Put': 'PutObject',
+    'ObjectCreated:Copy': 'CopyObject',
+    'ObjectCreated:Post': 'CompleteMultipartUpload',
+  };
   return {
     bucket,
     endpoint,
+    onObjectCreated(listener) {
+      server.on('event', (notification) => {
+        for (const r of notification.Records) {
+          const reason = reasons[r.eventName];
+          if (!reason) continue;
+          const { key, size, eTag } = r.s3.object;
+          listener(objectCreatedEvent({ bucket: r.s3.bucket.name, key, size: size ?? 0, etag: eTag }, reason));
+        }
+      });
+    },
     client() {
       const client = new S3Client({
         endpoint,

@@ -22,6 +22,7 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import {
   BulkLoadFailedError,
+  type DumpUploadRecord,
   errorMessage,
   InvalidInputError,
   MIGRATION_ID,
@@ -451,8 +452,34 @@ export interface S3EventDeps {
   /** The artifacts bucket: an event from any other bucket is ignored. */
   bucket: string;
   callbacks: TaskCallbacks;
-  store: Pick<MigrationStore, 'findCorrelation' | 'takeTaskToken'>;
+  /** `get`/`put`: the handler confirms (or refuses) the dump in the copy plan the coordinator waits on. */
+  store: Pick<MigrationStore, 'findCorrelation' | 'takeTaskToken' | 'get' | 'put'>;
   log: (message: string) => void;
+}
+
+/**
+ * Record what the dump's event found in the migration's copy plan, when the plan waits for it
+ * (`copyPlan.dumpUpload`): the coordinator restores on a confirmation of its own digest, and ends the
+ * load on a refusal. Idempotent (a duplicate event writes nothing new); a conflicting write is retried.
+ */
+async function recordDumpUpload(store: S3EventDeps['store'], migrationId: string, record: DumpUploadRecord) {
+  for (let attempt = 1; ; attempt++) {
+    const state = await store.get(migrationId).catch((err: Error) => {
+      if (err.name === 'MigrationNotFoundError') return undefined;
+      throw err;
+    });
+    const plan = state?.copyPlan;
+    if (!state || !plan?.dumpUpload) return;
+    const next: DumpUploadRecord = { ...plan.dumpUpload, ...record };
+    const same = (a?: object, b?: object) => JSON.stringify({ ...a, at: 0 }) === JSON.stringify({ ...b, at: 0 });
+    if (same(plan.dumpUpload.confirmed, next.confirmed) && plan.dumpUpload.refused === next.refused) return;
+    try {
+      await store.put({ ...state, copyPlan: { ...plan, dumpUpload: next } });
+      return;
+    } catch (err) {
+      if ((err as Error).name !== 'StateConflictError' || attempt >= 5) throw err;
+    }
+  }
 }
 
 export type S3EventOutcome =
@@ -498,16 +525,25 @@ export async function handleS3ObjectCreated(event: S3ObjectCreatedEvent, deps: S
   }
   if (head.sha256 === undefined || head.size === undefined)
     return ignore('the object carries no sha256/size metadata', migrationId);
+  const where = `s3://${event.bucket}/${key}`;
+  const refused =
+    head.length !== head.size
+      ? `dump ${where} holds ${head.length} bytes, but it was uploaded with ${head.size}: refused`
+      : undefined;
+  // The coordinator's go-ahead (or stop), whoever holds the step's token.
+  await recordDumpUpload(
+    deps.store,
+    migrationId,
+    refused ? { refused } : { confirmed: { key, sha256: head.sha256, size: head.size, at: new Date().toISOString() } },
+  );
   const takeTaskToken = deps.store.takeTaskToken;
   if (!takeTaskToken)
     throw new InvalidInputError('the store keeps no task tokens', { field: 'store', hint: 'use the DynamoDB store' });
   const token = await takeTaskToken.call(deps.store, migrationId, DUMP_UPLOAD_STEP);
   if (!token) return ignore('no upload step is waiting (a duplicate or late event)', migrationId);
-  const where = `s3://${event.bucket}/${key}`;
-  if (head.length !== head.size) {
-    const message = `dump ${where} holds ${head.length} bytes, but it was uploaded with ${head.size}: refused`;
-    deps.log(message);
-    await deps.callbacks.fail(token, 'DumpIntegrityError', message);
+  if (refused) {
+    deps.log(refused);
+    await deps.callbacks.fail(token, 'DumpIntegrityError', refused);
     return { action: 'failed', migrationId, key, eventId };
   }
   const output: DumpUploadedOutput = {
@@ -541,13 +577,43 @@ export async function awaitDumpUpload(
   return handleS3ObjectCreated({ bucket: deps.bucket, key }, deps);
 }
 
+/** The "Wait for the dump upload" task (its Lambda, and the local runtime in tests): awaitDumpUpload's outcome as the state's output. */
+export async function awaitDumpUploadTask(
+  deps: Parameters<typeof awaitDumpUpload>[0],
+  input: { migrationId: string; taskToken?: string },
+): Promise<TaskOutput> {
+  if (!input.taskToken)
+    throw new InvalidInputError('"Wait for the dump upload" needs its task token', { field: 'taskToken' });
+  const outcome = await awaitDumpUpload(deps, input.migrationId, input.taskToken);
+  const where = `s3://${deps.bucket}/${outcome.key}`;
+  return {
+    summary:
+      outcome.action === 'ignored'
+        ? `waiting for the S3 event of ${where}`
+        : `${where} was already there when the step began: ${outcome.action}`,
+  };
+}
+
 /**
  * The `dump` strategy's store in AWS (PhaseContext.dumpStore): `uploadDump` into
  * `dumps/<migrationId>/data.dump` with its digest, and `openDump` checking it on the way back.
  */
-export function s3DumpStore(deps: ArtifactDeps | { bucket: string }, options: UploadDumpOptions = {}) {
+export function s3DumpStore(
+  deps: ArtifactDeps | { bucket: string },
+  options: UploadDumpOptions & {
+    /**
+     * The bucket sends its events to EventBridge and the state machine waits for the dump's (the
+     * deployed stack): the coordinator restores only once the event's handler confirmed the object.
+     */
+    announces?: boolean;
+  } = {},
+) {
   const d: ArtifactDeps = 's3' in deps ? deps : { ...deps, s3: new S3Client({}) };
   return {
+    announces: options.announces === true,
+    async discard(migrationId: string) {
+      await deleteDumps(d, migrationId);
+    },
     async put(migrationId: string, dump: Readable) {
       const a = await uploadDump(d, migrationId, dump, options);
       return { where: `s3://${a.bucket}/${a.key}`, key: a.key, sha256: a.sha256, size: a.size };

@@ -7,12 +7,14 @@
 import { chmodSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
+  BULK_LOAD_STATES,
   errorMessage,
   type GateState,
   MIGRATION_ID,
   type MigrationState,
   PgferryError,
   STATE,
+  TASK_TIMEOUT_SECONDS,
   type TaskInput,
   type TaskName,
   type TaskOutput,
@@ -53,6 +55,12 @@ export interface ExecutionRecord {
 export const HISTORY_KEPT = 300;
 /** The history is written at most this often (and when the execution ends). */
 const FLUSH_EVERY_MS = 1000;
+/**
+ * Callback states an event completes while the execution runs on (not a person): locally the execution
+ * waits in them for the completion instead of stopping there.
+ */
+const EVENT_COMPLETED: ReadonlySet<TaskName> = new Set(['awaitDumpUpload']);
+const EVENT_POLL_MS = 200;
 
 export function executionFile(stateDir: string, id: string): string {
   if (!MIGRATION_ID.test(id)) throw new PgferryError(`not a migration id: ${id}`, { field: '--id' });
@@ -124,6 +132,7 @@ export async function executeLocally(
     faults: rt.faults,
     session: async () => session,
     thrown: (e) => thrown.get(key(e.Error, e.Cause)),
+    awaitDumpUpload: rt.awaitDumpUpload,
   };
   const record: ExecutionRecord = continueFrom
     ? {
@@ -175,9 +184,20 @@ export async function executeLocally(
       caught = err;
       if (err instanceof Error) thrown.set(key(err.name, err.message), err);
     }
-    const output = completed(token, caught);
+    let output = completed(token, caught);
     if (output) return output;
     if (caught) throw caught;
+    if (EVENT_COMPLETED.has(task)) {
+      // An event completes it while the execution goes on (the dump's S3 event): wait for it, until
+      // the execution ends another way (the Parallel it is in failed) or the state's timeout.
+      const until = Date.now() + TASK_TIMEOUT_SECONDS[task] * 1000;
+      while (!ended && Date.now() < until) {
+        await sleep(EVENT_POLL_MS);
+        output = completed(token, undefined);
+        if (output) return output;
+      }
+      throw Object.assign(new Error(`no event completed "${WORKFLOW_TASKS[task].state}"`), { name: 'States.Timeout' });
+    }
     // Nobody completed it yet: a person will. Locally the execution stops here and is continued later.
     suspended = { task, token };
     run.abort();
@@ -205,7 +225,8 @@ export async function executeLocally(
       }
     },
     {
-      waitMs: { [STATE.waitSample]: 0, [STATE.bake]: 0 },
+      // The coordinator records its plan in the same process: the branch beside it polls quickly.
+      waitMs: { [STATE.waitSample]: 0, [STATE.bake]: 0, [BULK_LOAD_STATES.wait]: 200 },
       startAt: waited && { state: waited.state, input: waited.input },
       onHistory: (entry, event) => {
         if (event === 'entered') {
@@ -220,6 +241,10 @@ export async function executeLocally(
       },
     },
   );
+  let ended = false;
+  void run.done.finally(() => {
+    ended = true;
+  });
   let outcome: ExecutionOutcome;
   try {
     outcome = await run.done;

@@ -6,6 +6,7 @@
  * container environment the definition builds, decoded as the worker decodes it.
  */
 import {
+  BULK_LOAD_STATES,
   completeOutput,
   TASK_NAMES,
   TASK_RESULTS,
@@ -13,6 +14,7 @@ import {
   type TaskName,
   type TaskOutput,
   taskInputFromEnvironment,
+  WORKER_ENV,
   WORKFLOW_TASKS,
   type WorkflowInput,
   workflowDefinitionJson,
@@ -101,7 +103,25 @@ export function taskInputFrom(task: TaskName, parameters: unknown): TaskInput {
   const env = Object.fromEntries(
     (p.Overrides?.ContainerOverrides?.[0]?.Environment ?? []).map((e) => [e.Name, e.Value]),
   );
-  return taskInputFromEnvironment(env).input;
+  const { input } = taskInputFromEnvironment(env);
+  // The scaled-out bulk load's attempt and share (the deployed worker reads them in worker.ts).
+  if (env[WORKER_ENV.loadId]) input.loadId = env[WORKER_ENV.loadId];
+  if (env[WORKER_ENV.share] !== undefined) input.share = Number(env[WORKER_ENV.share]);
+  return input;
+}
+
+/** The names of every Task state of a definition, its Parallel branches and Map processors included. */
+function taskStates(definition: unknown): string[] {
+  const names: string[] = [];
+  const walk = (machine: { States?: Record<string, Record<string, unknown>> } | undefined) => {
+    for (const [name, state] of Object.entries(machine?.States ?? {})) {
+      if (state.Type === 'Task') names.push(name);
+      for (const branch of (state.Branches as object[] | undefined) ?? []) walk(branch);
+      walk((state.ItemProcessor ?? state.Iterator) as object | undefined);
+    }
+  };
+  walk(definition as object);
+  return names;
 }
 
 /** The value at a simple `$.a.b` path. */
@@ -171,15 +191,27 @@ async function execute(
       return lambdaResult(task, completeOutput(task, await handler(task, taskInputFrom(task, parameters))));
     };
   }
+  // The scaled-out bulk load's coordinator is the bulk load task under a state name of its own.
+  handlers[BULK_LOAD_STATES.hold] = handlers[WORKFLOW_TASKS.bulkLoad.state]!;
+  // A Task state without a local handler would be sent to AWS by aws-local-stepfunctions: never.
+  const unhandled = taskStates(definition).filter((name) => !handlers[name]);
+  if (unhandled.length)
+    throw new Error(`the local runtime has no task for state(s) ${unhandled.map((n) => `"${n}"`).join(', ')}`);
   const execution = machine.run((options.startAt ? options.startAt.input : { ...input }) as never, {
     overrides: {
       taskResourceLocalHandlers: handlers as never,
       waitTimeOverrides: options.waitMs,
       retryIntervalOverrides: options.retryMs,
     },
-    // aws-local-stepfunctions has no $$.State.EnteredTime: "Begin the approval wait" reads when the wait
-    // began from it, and locally the execution stops at the gate anyway (the deadline is AWS's concern).
-    context: { Task: { Token: `local:${input.migrationId}` }, State: { EnteredTime: new Date().toISOString() } },
+    // What the definition reads of the context (aws-local-stepfunctions fills none of it): the bulk load's
+    // Parallel names its attempt after the execution and the time it was entered (one attempt per local
+    // execution); "Begin the approval wait" reads when the wait began (locally the execution stops at the
+    // gate anyway: the deadline is AWS's concern).
+    context: {
+      Execution: { Name: `local-${input.migrationId}-${Date.now()}` },
+      State: { EnteredTime: new Date().toISOString() },
+      Task: { Token: `local:${input.migrationId}` },
+    } as never,
   });
   started(() => execution.abort());
   let last: string | undefined;

@@ -42,6 +42,7 @@ import {
   type Session,
   type SideLive,
   subscriptionExists,
+  type TaskDeps,
   unfreezeWrites,
   unreachable,
   updateSubscriptionConnection,
@@ -64,6 +65,11 @@ export interface Runtime {
   connectionSwitch?: ConnectionSwitchFactory;
   /** The `dump` strategy's data through a store instead of a local file (tests: S3 on s3rver). */
   dumpStore?: DumpStore;
+  /**
+   * "Wait for the dump upload", when `dumpStore` announces its dumps (tests: packages/aws
+   * awaitDumpUpload on s3rver, its events delivered to the S3 handler): the step waits for the event.
+   */
+  awaitDumpUpload?: TaskDeps['awaitDumpUpload'];
 }
 
 /** Connect to `url` and let go: throws the usual connection error (naming --source/--target) if it does not answer. */

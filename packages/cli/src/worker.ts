@@ -322,7 +322,8 @@ function namingMissingTable<T extends object>(store: T, missing: (cause: unknown
 export async function deployedWorkerDumpStore(env: NodeJS.ProcessEnv): Promise<DumpStore | undefined> {
   if (!env[DEPLOYMENT_ENV.tableName]) return undefined;
   const aws = await loadAwsAdapters();
-  return aws.s3DumpStore({ bucket: deploymentEnv(env).bucketName });
+  // The bucket sends its events to EventBridge (the stack): "Wait for the dump upload" waits for the dump's.
+  return aws.s3DumpStore({ bucket: deploymentEnv(env).bucketName }, { announces: true });
 }
 
 /** The container's environment in an `ecs:runTask` request's ContainerOverrides (what the worker reads). */

@@ -228,6 +228,20 @@ export interface CopyPlan {
   shares: CopyShareRecord[];
   /** One share, copied by the coordinator itself (one worker, or a strategy other than copy): no Map iteration. */
   inProcess?: boolean;
+  /**
+   * Strategy dump through a store that announces its objects (S3's `Object Created` event): the
+   * state machine waits for the event in "Wait for the dump upload", and the coordinator restores the
+   * dump only once the event's handler has confirmed it here.
+   */
+  dumpUpload?: DumpUploadRecord;
+}
+
+/** The dump of one load attempt as the store's event saw it (see CopyPlan.dumpUpload). */
+export interface DumpUploadRecord {
+  /** Set by the event's handler: the object read back carries this digest and size in its metadata. */
+  confirmed?: { key: string; sha256: string; size: number; at: string };
+  /** Set by the event's handler when it refused the object (it does not hold what was uploaded). */
+  refused?: string;
 }
 
 export interface MigrationState {

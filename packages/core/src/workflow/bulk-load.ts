@@ -7,9 +7,10 @@
  *   │  keeps the exporting session open until every share has reported (then indexes, constraints…)
  *   └─ Wait for the copy plan ↔ Read the copy plan → Copy tables (Map over the shares:
  *      "Copy a share of the tables", each worker inside the coordinator's snapshot)
+ *      or, strategy dump through S3, → Wait for the dump upload (the S3 event completes it)
  */
 import type { CopyPlan, MigrationState } from '../model';
-import { catchFor, runTaskParameters, substitution, WORKER_ENV } from './states';
+import { catchFor, lambdaTaskState, runTaskParameters, substitution, WORKER_ENV } from './states';
 import { functionArnKey, type TaskName, WORKFLOW_TASKS } from './tasks';
 
 /** Seconds between two reads of the plan while the coordinator creates the slot and plans. */
@@ -48,6 +49,8 @@ export interface CopyPlanStatus {
   ready: boolean;
   /** A share already failed: the load is ending (the coordinator drops its slot). */
   failed: boolean;
+  /** The coordinator dumps into S3 and restores once the object's event came: wait for that event. */
+  dumpUpload: boolean;
   workers: number;
   shares: ShareInput[];
   summary: string;
@@ -57,13 +60,30 @@ export interface CopyPlanStatus {
 export function copyPlanStatus(state: Pick<MigrationState, 'id' | 'copyPlan'>, loadId: string): CopyPlanStatus {
   const plan: CopyPlan | undefined = state.copyPlan;
   if (!plan || plan.loadId !== loadId)
-    return { ready: false, failed: false, workers: 0, shares: [], summary: 'the coordinator is still planning' };
+    return {
+      ready: false,
+      failed: false,
+      dumpUpload: false,
+      workers: 0,
+      shares: [],
+      summary: 'the coordinator is still planning',
+    };
   const failed = plan.shares.some((s) => s.failedAt);
+  if (plan.dumpUpload)
+    return {
+      ready: true,
+      failed,
+      dumpUpload: true,
+      workers: 1,
+      shares: [],
+      summary: `the coordinator dumps into S3 in snapshot ${plan.snapshot}; waiting for the object's event`,
+    };
   const shares = plan.inProcess ? [] : plan.shares.map((_, share) => ({ migrationId: state.id, loadId, share }));
   const bytes = plan.shares.reduce((sum, s) => sum + s.estBytes, 0);
   return {
     ready: true,
     failed,
+    dumpUpload: false,
     // The Map's MaxConcurrency: every share must run while the coordinator holds the snapshot.
     workers: Math.max(1, shares.length),
     shares,
@@ -100,6 +120,7 @@ export const BULK_LOAD_STATES = {
   abandoned: 'A share failed',
   copy: 'Copy tables',
   share: WORKFLOW_TASKS.copyShare.state,
+  upload: WORKFLOW_TASKS.awaitDumpUpload.state,
 } as const;
 
 /**
@@ -136,6 +157,7 @@ export function bulkLoadStates(next: string, onError: string): Record<string, ob
         ResultSelector: {
           'ready.$': '$.Payload.ready',
           'failed.$': '$.Payload.failed',
+          'dumpUpload.$': '$.Payload.dumpUpload',
           'workers.$': '$.Payload.workers',
           'shares.$': '$.Payload.shares',
           'summary.$': '$.Payload.summary',
@@ -155,6 +177,7 @@ export function bulkLoadStates(next: string, onError: string): Record<string, ob
         Type: 'Choice',
         Choices: [
           { Variable: '$.plan.failed', BooleanEquals: true, Next: n.abandoned },
+          { Variable: '$.plan.dumpUpload', BooleanEquals: true, Next: n.upload },
           { Variable: '$.plan.ready', BooleanEquals: true, Next: n.copy },
         ],
         Default: n.wait,
@@ -186,6 +209,8 @@ export function bulkLoadStates(next: string, onError: string): Record<string, ob
         ResultPath: null,
         End: true,
       },
+      // A failure (the object refused, no event before the timeout) fails the branch, so the Parallel.
+      [n.upload]: lambdaTaskState('awaitDumpUpload', { end: true }),
     },
   };
   return {

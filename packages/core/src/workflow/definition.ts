@@ -135,9 +135,12 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
     [T.awaitDmsFullLoad.state]: taskState('awaitDmsFullLoad', { next: T.startReplication.state, onError: ROLL_BACK }),
     // One worker copies a source it is big enough for (and the CLI always: copyWorkers 1); beyond
     // that, the coordinator holds the snapshot while a Map of workers copies its shares inside it.
+    // The dump strategy always goes that way: in AWS the branch beside the coordinator waits for the
+    // dump's S3 event ("Wait for the dump upload"); locally, with a file, it has nothing to wait for.
     [STATE.scaleOut]: {
       Type: 'Choice',
       Choices: [
+        { Variable: '$.results.assess.strategy', StringEquals: 'dump', Next: BULK_LOAD_STATES.load },
         {
           And: [
             { Variable: '$.copyWorkers', IsPresent: true },

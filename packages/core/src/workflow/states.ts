@@ -17,6 +17,7 @@ export const TASK_PHASE: Record<TaskName, Phase> = {
   bulkLoad: 'bulk-load',
   copyShare: 'bulk-load',
   readCopyPlan: 'bulk-load',
+  awaitDumpUpload: 'bulk-load',
   startDms: 'bulk-load',
   awaitDmsFullLoad: 'bulk-load',
   startReplication: 'start-replication',
@@ -44,6 +45,8 @@ export const TASK_INPUTS: Partial<Record<TaskName, Record<string, string>>> = {
   // Each approval window samples the gate once more, and ends the wait past its deadline.
   awaitApproval: { gate: '$.gate', approvalWait: '$.approvalWait' },
   verifyBeforeSwitch: { verify: '$.verify' },
+  // The load attempt whose dump the event must announce (an earlier attempt's confirms nothing).
+  awaitDumpUpload: { loadId: '$.loadId' },
   // The drain-over-budget loop's count: the task says whether a failed drain goes back to catch-up.
   cutover: { attempt: '$.cutoverAttempt' },
   rollback: { error: '$.error' },
@@ -62,6 +65,7 @@ export const TASK_RESULTS: Record<TaskName, { path: string; fields: string[] }> 
   bulkLoad: { path: '$.results.bulkLoad', fields: ['rows', 'bytes'] },
   copyShare: { path: '$.results.copyShare', fields: [] },
   readCopyPlan: { path: '$.results.copyPlan', fields: [] },
+  awaitDumpUpload: { path: '$.dumpUpload', fields: [] },
   startDms: { path: '$.results.startDms', fields: [] },
   awaitDmsFullLoad: { path: '$.results.bulkLoad', fields: [] },
   startReplication: { path: '$.results.startReplication', fields: [] },
@@ -91,6 +95,8 @@ export const TASK_TIMEOUT_SECONDS: Record<TaskName, number> = {
   bulkLoad: 3 * 24 * 3600,
   copyShare: 3 * 24 * 3600,
   readCopyPlan: 900,
+  // The upload ends with the dump, which takes as long as the load may.
+  awaitDumpUpload: 3 * 24 * 3600,
   startDms: 900,
   // DMS copies a very large source for days; the task's failure or stop ends the wait sooner.
   awaitDmsFullLoad: 7 * 24 * 3600,

@@ -23,6 +23,11 @@ export const WORKFLOW_TASKS = {
   copyShare: { state: 'Copy a share of the tables', runtime: 'worker', callback: true },
   /** The bulk load's poll until the coordinator has recorded the copy plan (reads the store only). */
   readCopyPlan: { state: 'Read the copy plan', runtime: 'lambda' },
+  /**
+   * Strategy dump through S3: the S3 `Object Created` event of the coordinator's dump completes it (the
+   * object read back with its digest); the coordinator restores only once it has.
+   */
+  awaitDumpUpload: { state: 'Wait for the dump upload', runtime: 'lambda', callback: true },
   /** Strategy dms: the endpoints and the DMS task (or Serverless config) made and started. */
   startDms: { state: 'Start the DMS task', runtime: 'lambda' },
   /** Strategy dms: the DMS task's state-change event (full load finished, failed, stopped) completes it. */

@@ -30,7 +30,7 @@ import {
   slotExists,
 } from '../replication';
 import { artifactFile, findTool, runTool, toolConnection } from '../tools';
-import { type DumpStore, type PhaseContext, partitionsViaRoot, sourceMajor } from './context';
+import { type DumpStore, type PhaseContext, partitionsViaRoot, type StoredDump, sourceMajor } from './context';
 import { buildPostData, buildTablePostData, type PostDataPlan, planPostData } from './prepare-schema';
 
 /**
@@ -420,9 +420,17 @@ async function snapshotLoad(
   };
   return await undoOnInterrupt(drop, async () => {
     try {
+      // The state machine waits for the store's event of this attempt's dump: an earlier attempt's
+      // object goes first, so that nothing but this dump can be announced.
+      const announced = via === 'dump' && run.shares !== undefined && ctx.dumpStore?.announces === true;
+      if (announced) await ctx.dumpStore?.discard?.(ctx.config.id);
       await ctx.update((s) => {
         s.slotLsn = exported.lsn;
-        if (via === 'dump' && run.shares) s.copyPlan = nothingForWorkers(run.loadId, exported.snapshot, exported.lsn);
+        if (via === 'dump' && run.shares)
+          s.copyPlan = {
+            ...nothingForWorkers(run.loadId, exported.snapshot, exported.lsn),
+            ...(announced ? { dumpUpload: {} } : {}),
+          };
       });
       ctx.log(`slot ${names.slot} created at ${exported.lsn}; copying inside snapshot ${exported.snapshot}`);
       return await loadInSnapshot(ctx, tables, via, exported, major, run, indexes);
@@ -458,6 +466,26 @@ export function copyItems(planned: PlannedCopy[], tables: TableInfo[]): CopyItem
   });
 }
 
+/** The copy plan of attempt `loadId`, read again; the load ends when its execution did or another attempt replaced it. */
+async function ownPlan(
+  shares: NonNullable<BulkLoadOptions['shares']>,
+  loadId: string,
+  waiting: string,
+): Promise<CopyPlan> {
+  if (shares.signal?.aborted)
+    throw new BulkLoadFailedError(`the bulk load was stopped ${waiting} (its execution ended)`, {
+      phase: 'bulk-load',
+      hint: 'resume the migration: the load starts again on an empty target',
+    });
+  const plan = (await shares.read()).copyPlan;
+  if (plan?.loadId !== loadId)
+    throw new BulkLoadFailedError(`another bulk load (${plan?.loadId ?? 'none'}) replaced the plan of ${loadId}`, {
+      phase: 'bulk-load',
+      hint: 'one bulk load of a migration runs at a time: stop the other execution, then resume',
+    });
+  return plan;
+}
+
 /**
  * The coordinator's wait: every share reported done (their rows and bytes), or one failed (the load
  * ends with its error), or the execution is gone. The exporting session stays open meanwhile.
@@ -469,17 +497,7 @@ async function awaitShares(
 ): Promise<{ rows: number; bytes: number }> {
   let reported = -1;
   for (;;) {
-    if (shares.signal?.aborted)
-      throw new BulkLoadFailedError('the bulk load was stopped while its workers copied (its execution ended)', {
-        phase: 'bulk-load',
-        hint: 'resume the migration: the load starts again on an empty target',
-      });
-    const plan = (await shares.read()).copyPlan;
-    if (plan?.loadId !== loadId)
-      throw new BulkLoadFailedError(`another bulk load (${plan?.loadId ?? 'none'}) replaced the plan of ${loadId}`, {
-        phase: 'bulk-load',
-        hint: 'one bulk load of a migration runs at a time: stop the other execution, then resume',
-      });
+    const plan = await ownPlan(shares, loadId, 'while its workers copied');
     const count = plan.shares.length;
     const failed = plan.shares.findIndex((s) => s.failedAt);
     if (failed >= 0)
@@ -554,7 +572,7 @@ async function loadInSnapshot(
   // them to those the target's extension made; pgferry copies such tables whole, in every strategy,
   // so that they equal the source's (and verify). They are small and go over COPY in the same snapshot.
   const configTables = copyableTables(tables).filter((t) => t.extension);
-  const restored = await dumpAndRestore(ctx, snapshot, major, configTables);
+  const restored = await dumpAndRestore(ctx, snapshot, major, configTables, run);
   if (configTables.length === 0) return restored;
   const { rows } = await copyAll(ctx, await planCopy(ctx, configTables), snapshot);
   return `${restored}; ${rows} rows of ${configTables.length} extension configuration table(s) copied`;
@@ -577,10 +595,11 @@ async function dumpAndRestore(
   snapshot: string,
   major: number,
   configTables: TableInfo[],
+  run: LoadRun,
 ): Promise<string> {
   const pgDump = await findTool('pg_dump', major);
   const pgRestore = await findTool('pg_restore', 0);
-  if (ctx.dumpStore) return dumpThroughStore(ctx, ctx.dumpStore, snapshot, pgDump, pgRestore, configTables);
+  if (ctx.dumpStore) return dumpThroughStore(ctx, ctx.dumpStore, snapshot, pgDump, pgRestore, configTables, run);
   const file = artifactFile(ctx.artifactDir, 'data.dump');
   const src = toolConnection(ctx.config.sourceUrl, `${objectNames(ctx.config.id).applicationName}:pg_dump`);
   const dumped = await runTool(
@@ -617,6 +636,50 @@ async function dumpAndRestore(
   return `data dumped to ${file} (${(size / 1024 / 1024).toFixed(1)} MiB) and restored with ${ctx.config.jobs} jobs`;
 }
 
+/** How long the coordinator waits for its dump's event once the upload is complete (EventBridge delivers in seconds). */
+export const DUMP_EVENT_WAIT_MS = 15 * 60_000;
+
+/**
+ * The coordinator's wait for the store's event of its dump (S3 `Object Created`, handled by packages/aws
+ * handleS3ObjectCreated): the handler confirms the object (digest and size read back) or refuses it in
+ * the copy plan. The exporting session stays open meanwhile; nothing is restored before the event.
+ */
+async function awaitDumpAnnounced(
+  ctx: PhaseContext,
+  loadId: string,
+  shares: NonNullable<BulkLoadOptions['shares']>,
+  stored: StoredDump,
+): Promise<void> {
+  const started = Date.now();
+  ctx.log(`waiting for the S3 event of ${stored.where}`);
+  for (;;) {
+    const plan = await ownPlan(shares, loadId, 'while it waited for its dump upload event');
+    const upload = plan.dumpUpload;
+    if (upload?.refused)
+      throw new BulkLoadFailedError(
+        `the dump ${stored.where} was refused when its upload event came: ${upload.refused}`,
+        {
+          phase: 'bulk-load',
+          hint: 'resume the migration: the load dumps again into a new object',
+        },
+      );
+    const confirmed = upload?.confirmed;
+    if (confirmed && confirmed.sha256 === stored.sha256 && confirmed.size === stored.size) {
+      ctx.log(`the S3 event of ${stored.where} came after ${((Date.now() - started) / 1000).toFixed(1)} s`);
+      return;
+    }
+    if (Date.now() - started > DUMP_EVENT_WAIT_MS)
+      throw new BulkLoadFailedError(
+        `no S3 event announced ${stored.where} within ${DUMP_EVENT_WAIT_MS / 60_000} minutes of its upload${confirmed ? ` (the last one announced sha256 ${confirmed.sha256.slice(0, 12)}…, not this dump's ${stored.sha256.slice(0, 12)}…)` : ''}`,
+        {
+          phase: 'bulk-load',
+          hint: 'the artifacts bucket must send its events to EventBridge (the stack turns that on) and the rule must target the dump handler; check both, then resume',
+        },
+      );
+    await sleep(shares.pollMs ?? 2000);
+  }
+}
+
 /**
  * The `dump` strategy in AWS: pg_dump in the slot's exported snapshot streamed into the store (S3),
  * then the stored object streamed into pg_restore, its digest checked on the way (the restore is one
@@ -629,6 +692,7 @@ async function dumpThroughStore(
   pgDump: string,
   pgRestore: string,
   configTables: TableInfo[],
+  run: LoadRun,
 ): Promise<string> {
   const app = objectNames(ctx.config.id).applicationName;
   const stored = await dumpInto(
@@ -641,6 +705,8 @@ async function dumpThroughStore(
     },
     (dump) => store.put(ctx.config.id, dump),
   );
+  if (ctx.state.copyPlan?.loadId === run.loadId && ctx.state.copyPlan.dumpUpload && run.shares)
+    await awaitDumpAnnounced(ctx, run.loadId, run.shares, stored);
   ctx.log(`data dumped to ${stored.where} (sha256 ${stored.sha256.slice(0, 12)}…); restoring from it`);
   const { bytes } = await restoreFrom(
     { pgRestore, targetUrl: ctx.config.targetUrl, applicationName: `${app}:pg_restore`, from: stored.where },

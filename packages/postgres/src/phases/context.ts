@@ -32,6 +32,14 @@ export interface DumpStore {
   put(migrationId: string, dump: Readable): Promise<StoredDump>;
   /** The dump as stored; the stream fails (and nothing is restored) when it does not match `dump`. */
   open(dump: StoredDump): Promise<Readable>;
+  /**
+   * The store announces every stored dump with an event the state machine waits on (S3's `Object
+   * Created` through EventBridge, "Wait for the dump upload"): the coordinator restores only once that
+   * event's handler has confirmed the object in the copy plan.
+   */
+  announces?: boolean;
+  /** Remove what an earlier attempt stored, so that only this attempt's dump can be announced. */
+  discard?(migrationId: string): Promise<void>;
 }
 
 export interface StoredDump {

@@ -111,6 +111,11 @@ export interface TaskDeps {
   thrown?(error: { Error: string; Cause: string }): unknown;
   /** "Provision target": the RDS provisioner (packages/aws) stores the token and completes it on an RDS event. */
   provisionTarget?(input: TaskInput): Promise<TaskOutput>;
+  /**
+   * "Wait for the dump upload": stores the token for the S3 event of the dump (packages/aws
+   * awaitDumpUpload), completing it at once when the object is already there.
+   */
+  awaitDumpUpload?(input: TaskInput): Promise<TaskOutput>;
   /** Strategy dms: the AWS DMS side (packages/aws's AwsDmsReplication). Without it a dms migration is refused. */
   dms?: DmsReplication;
 }
@@ -706,6 +711,18 @@ const recordFailureTask: Task = (input, deps) =>
     return handleFailure(ctx, error, deps, false);
   });
 
+const awaitDumpUploadTask: Task = async (input, deps) => {
+  if (!deps.awaitDumpUpload)
+    throw new InvalidInputError('"Wait for the dump upload" runs only where the dump goes through S3', {
+      field: 'strategy',
+      migrationId: input.migrationId,
+      hint: 'the deployed stack wires it in; locally the dump strategy writes a file and never waits for an upload',
+    });
+  if (!input.taskToken)
+    throw new InvalidInputError('"Wait for the dump upload" needs its task token', { field: 'taskToken' });
+  return deps.awaitDumpUpload(input);
+};
+
 const provisionTargetTask: Task = async (input, deps) => {
   if (!deps.provisionTarget)
     throw new PgferryError('no target provisioner is configured here', {
@@ -822,6 +839,7 @@ const TASKS: Record<TaskName, Task> = {
   bulkLoad: bulkLoadTask,
   copyShare: copyShareTask,
   readCopyPlan: readCopyPlanTask,
+  awaitDumpUpload: awaitDumpUploadTask,
   startDms: startDmsTask,
   awaitDmsFullLoad: awaitDmsFullLoadTask,
   startReplication: startReplicationTask,

@@ -584,6 +584,8 @@ export async function awaitDumpUploadTask(
 ): Promise<TaskOutput> {
   if (!input.taskToken)
     throw new InvalidInputError('"Wait for the dump upload" needs its task token', { field: 'taskToken' });
+  // An unknown migration fails the step before anything is written for it.
+  await deps.store.get(input.migrationId);
   const outcome = await awaitDumpUpload(deps, input.migrationId, input.taskToken);
   const where = `s3://${deps.bucket}/${outcome.key}`;
   return {

@@ -61,4 +61,34 @@ describe('bulk load: keys built as indexes', () => {
     }
     expect(await pair.target('SELECT v FROM big WHERE id = 7')).toEqual([{ v: 'changed' }]);
   });
+
+  it('leaves to pg_restore a key that is the replica identity or the CLUSTER index, so the target keeps both', async () => {
+    pair = await freshPair(15, 'keyident');
+    rt = testRuntime();
+    // Replication on this table needs its replica identity (no primary key); the other is clustered on its key.
+    await pair.source(`CREATE TABLE big (code text NOT NULL, v text, CONSTRAINT big_code_key UNIQUE (code));
+      ALTER TABLE big REPLICA IDENTITY USING INDEX big_code_key;
+      CREATE TABLE big2 (id bigint PRIMARY KEY, v text);
+      CLUSTER big2 USING big2_pkey;
+      INSERT INTO big SELECT 'c' || g, 'v' FROM generate_series(1, 20000) g;
+      INSERT INTO big2 SELECT g, 'v' FROM generate_series(1, 20000) g`);
+    const m = await newMigration(rt, pair, { cutover: 'manual', earlyIndexBytes: 64 * 1024 });
+    const state = await advance(rt, m.id, { cutover: 'manual' });
+    expect(state.status).toBe('awaiting-cutover');
+    const FLAGS = `SELECT c.relname, i.relname AS index, x.indisreplident, x.indisclustered, c.relreplident
+                     FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid JOIN pg_class i ON i.oid = x.indexrelid
+                    WHERE c.relname IN ('big', 'big2') ORDER BY 1, 2`;
+    const source = await pair.source(FLAGS);
+    expect(source).toContainEqual(expect.objectContaining({ index: 'big_code_key', indisreplident: true }));
+    expect(source).toContainEqual(expect.objectContaining({ index: 'big2_pkey', indisclustered: true }));
+    expect(await pair.target(FLAGS)).toEqual(source);
+    // Updates on the table keyed by its replica identity replicate.
+    await pair.source("UPDATE big SET v = 'changed' WHERE code = 'c7'");
+    for (let i = 0; i < 100; i++) {
+      const [row] = await pair.target("SELECT v FROM big WHERE code = 'c7'");
+      if (row?.v === 'changed') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(await pair.target("SELECT v FROM big WHERE code = 'c7'")).toEqual([{ v: 'changed' }]);
+  });
 });

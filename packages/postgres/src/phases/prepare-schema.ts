@@ -504,7 +504,9 @@ interface KeyByIndex {
 /**
  * The primary keys and unique constraints of TOC `lines` that can be built as a plain unique index
  * and then attached with `ADD CONSTRAINT … USING INDEX` (a B-tree on plain columns, default
- * operator classes and order, no predicate, no INCLUDE, the default tablespace). pg_restore adds a
+ * operator classes and order, no predicate, no INCLUDE, the default tablespace; not the table's
+ * REPLICA IDENTITY USING INDEX or CLUSTER ON index, which pg_dump sets inside the constraint's own TOC
+ * entry, so the entry stays with pg_restore and sets them). pg_restore adds a
  * constraint under ACCESS EXCLUSIVE, so it waits for every other index build on its table and then
  * builds alone; as an index it builds beside them (SHARE locks), and attaching it is a catalog change.
  */
@@ -533,6 +535,8 @@ async function keysByIndex(ctx: PhaseContext, lines: string[]): Promise<KeyByInd
         WHERE k.oid = ANY($1::oid[]) AND k.contype IN ('p', 'u') AND c.relkind = 'r' AND i.relname = k.conname
           AND a.amname = 'btree' AND x.indisunique AND x.indexprs IS NULL AND x.indpred IS NULL
           AND x.indnkeyatts = x.indnatts AND i.reltablespace = 0 AND 0 = ALL (x.indoption::int2[])
+          AND NOT x.indisreplident AND NOT x.indisclustered
+
           AND NOT EXISTS (SELECT 1 FROM unnest(x.indclass::oid[]) AS oc(oid) JOIN pg_opclass o ON o.oid = oc.oid WHERE NOT o.opcdefault)`,
       [[...oids.keys()]],
     );

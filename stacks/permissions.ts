@@ -187,6 +187,8 @@ export const DMS_TASK_ACTIONS = {
   awaitDmsFullLoad: ['dms:DescribeReplicationTasks'],
   startReplication: ['dms:DescribeReplicationTasks', 'dms:StartReplicationTask', 'dms:StartReplication'],
   checkLag: ['dms:DescribeReplicationInstances', 'cloudwatch:GetMetricData'],
+  // Each approval window takes one sample, as "Check lag" does (the CDC latency on this path).
+  awaitApproval: ['dms:DescribeReplicationInstances', 'cloudwatch:GetMetricData'],
   cutover: [
     'dms:DescribeReplicationInstances',
     'cloudwatch:GetMetricData',

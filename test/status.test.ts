@@ -179,6 +179,35 @@ describe('pgferry status at the cutover gate', () => {
     expect(blind.out()).toMatch(/^ {2}lag \(last recorded\): .* behind, sampled \d\d:\d\d:\d\d UTC, \d+ s ago/m);
     expect(blind.out()).toContain('(no live sample: the source did not answer');
     await store.updateSecrets(m.id, secrets);
+
+    // A window whose sample fails for another reason than a lost connection (here: the servers refuse
+    // the catalog read, as a revoked grant would) goes on waiting with its token filed: a person decides
+    // at the gate, nothing is rolled back.
+    const refused = await runWorkflowTask(
+      'awaitApproval',
+      { migrationId: m.id, taskToken: 'token-of-window-3', approvalWait: wait },
+      {
+        store,
+        log: () => {},
+        events,
+        session: async () => {
+          throw Object.assign(new Error('permission denied for view pg_stat_replication'), { code: '42501' });
+        },
+      },
+    );
+    expect(refused.summary).toMatch(/waiting for approval; no lag sample \(permission denied/);
+    expect(await store.takeTaskToken(m.id, 'awaitApproval')).toBe('token-of-window-3');
+
+    // A window still sampling when the approval came (its token completed at once) and the cutover
+    // began writes nothing over the cutover's state.
+    const cutting = await store.get(m.id);
+    await store.put({ ...cutting, phase: 'cutover', status: 'running' });
+    await runWorkflowTask(
+      'awaitApproval',
+      { migrationId: m.id, taskToken: 'token-of-window-4', approvalWait: wait },
+      { store, log: () => {}, events },
+    );
+    expect(await store.get(m.id)).toMatchObject({ phase: 'cutover', status: 'running' });
   }, 120_000);
 });
 

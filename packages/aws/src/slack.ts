@@ -399,8 +399,10 @@ async function completeApproval(
           ? await deps.callbacks.succeed(token, result.output)
           : await deps.callbacks.fail(token, result.error, result.cause);
     } catch (err) {
-      // Step Functions did not answer: the token goes back so that the next click can complete it.
-      await deps.store.putTaskToken?.(state.id, APPROVAL_STEP, token);
+      // Step Functions did not answer: the token goes back so that the next click can complete it,
+      // unless a window renewed meanwhile and filed a newer one, which stays.
+      const newer = await deps.store.takeTaskToken?.(state.id, APPROVAL_STEP);
+      await deps.store.putTaskToken?.(state.id, APPROVAL_STEP, newer ?? token);
       throw err;
     }
     if (completed) break;

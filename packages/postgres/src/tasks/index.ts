@@ -9,7 +9,6 @@ import {
   ApprovalTimeoutError,
   type ApprovalWaitInput,
   approvalDeadline,
-  ConnectionLostError,
   completeOutput,
   DEFAULTS,
   type DmsReplication,
@@ -33,6 +32,7 @@ import {
   type TaskInput,
   type TaskName,
   type TaskOutput,
+  WalRetentionExceededError,
   WORKFLOW_TASKS,
 } from '@pgferry/core';
 import { listTables } from '../catalog';
@@ -420,7 +420,10 @@ const awaitApprovalTask: Task = async (input, deps) => {
     }
     sample = await waitingSample(session.ctx, input, deps);
   } catch (err) {
-    if (!isConnectionLoss(err) && !(err instanceof ConnectionLostError)) throw err;
+    // A sample that fails (a server away, a lock or statement timeout, a DMS or CloudWatch refusal) is
+    // said and the wait goes on: a person decides here, and the cutover's own checks run before any
+    // freeze. Only the slot retaining more WAL than allowed ends the wait (the source's disk is at stake).
+    if (err instanceof WalRetentionExceededError) throw err;
     deps.log(`warning: no lag sample while waiting for the approval of ${id}: ${errorMessage(err)}`);
     sample = { sampleError: errorMessage(err) };
   } finally {
@@ -430,6 +433,9 @@ const awaitApprovalTask: Task = async (input, deps) => {
   const now = new Date().toISOString();
   let first = false;
   const change = (s: MigrationState) => {
+    // The approval may have come while this window sampled (its token completed at once): once the
+    // cutover began, or anything but the gate holds the migration, this late window writes nothing.
+    if (s.phase !== 'catch-up' || !['running', 'awaiting-cutover'].includes(s.status) || s.cutover?.freezeAt) return;
     first = s.status !== 'awaiting-cutover' || !s.approvalWait;
     s.status = 'awaiting-cutover';
     s.approvalWait = {

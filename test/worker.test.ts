@@ -66,7 +66,10 @@ describe('pgferry worker', () => {
     expect(await deployedWorkerStore(deployed)).toBeInstanceOf(DynamoMigrationStore);
     // The dump strategy's data goes through the stack's bucket there, and through a local file otherwise.
     expect(await deployedWorkerDumpStore({})).toBeUndefined();
-    expect(Object.keys((await deployedWorkerDumpStore(deployed)) ?? {}).sort()).toEqual(['open', 'put']);
+    // Deployed, the bucket announces each dump (its S3 event completes "Wait for the dump upload").
+    const dumps = await deployedWorkerDumpStore(deployed);
+    expect(Object.keys(dumps ?? {}).sort()).toEqual(['announces', 'discard', 'open', 'put']);
+    expect(dumps?.announces).toBe(true);
     // Half a deployment's environment is named, not guessed around.
     await expect(deployedWorkerStore({ PGFERRY_TABLE_NAME: 'prod-pgferry-migrations' })).rejects.toMatchObject({
       name: 'InvalidInputError',

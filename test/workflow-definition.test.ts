@@ -373,13 +373,28 @@ describe('workflow paths (scripted tasks)', () => {
     });
   });
 
-  it('bakes and cleans up only when asked to', async () => {
-    const script = (task: TaskName, _i: TaskInput, n: number) =>
-      task === 'checkLag' ? gate(n) : task === 'verifyBeforeSwitch' ? ok(task, { done: true }) : ok(task);
-    const without = await walk({}, script);
+  it('bakes and cleans up only when asked to, and only after a verify that found the sides equal', async () => {
+    const script =
+      (outcome: string) =>
+      (task: TaskName, _i: TaskInput, n: number): TaskOutput =>
+        task === 'checkLag'
+          ? gate(n)
+          : task === 'verifyBeforeSwitch'
+            ? ok(task, { done: true })
+            : task === 'verify'
+              ? ok(task, { outcome })
+              : ok(task);
+    const without = await walk({}, script('ok'));
     expect(without.entered).not.toContain('Clean up');
-    const withCleanup = await walk({ cleanup: true, bakeSeconds: 0, provisionTarget: true }, script);
+    const withCleanup = await walk({ cleanup: true, bakeSeconds: 0, provisionTarget: true }, script('ok'));
     expect(withCleanup.entered.slice(-3)).toEqual(['Bake', 'Clean up', 'Migrated']);
     expect(withCleanup.entered).toContain('Provision target');
+    // A mismatch, or reverse replication behind: the way back stays, nothing is baked or cleaned up.
+    for (const outcome of ['mismatch', 'behind']) {
+      const held = await walk({ cleanup: true, bakeSeconds: 0 }, script(outcome));
+      expect(held.entered.slice(-2)).toEqual(['Clean-up held: verify was not ok', 'Migrated']);
+      expect(held.entered).not.toContain('Bake');
+      expect(held.entered).not.toContain('Clean up');
+    }
   });
 });

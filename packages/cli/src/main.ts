@@ -164,8 +164,9 @@ PostgreSQL 11 is a blocker.
 
 Without an id, lists the migrations in the state directory (or, with --table, in the deployed table).
 With an id (or --id ID): its status, each phase with its start, end and duration (UTC), the lag in
-bytes and seconds with when it was sampled (waiting at the cutover gate, status samples it from the source
-itself, at every --watch frame too; the last recorded sample, with its age, if the source does not answer),
+bytes and seconds with when it was sampled (a local migration waiting at the cutover gate: status samples
+it from the source itself, at every --watch frame too; the last recorded sample, with its age, if the source
+does not answer, and always with --table/--stage, where the approval wait samples every 10 minutes),
 the plan's cutover window (open, or when it opens), the write gap, the verification, and what to do next; then its last workflow
 execution state by state (entered, left, duration, summary; the catch-up loop folded into one "Check
 lag ×N" line; an execution waiting for the cutover's approval says so); then it checks both servers
@@ -254,7 +255,10 @@ A plan names everything a migration in AWS needs, secrets by ARN only (a passwor
    "cleanup": "automatic", "bakeSeconds": 86400}
 target may also be {"kind": "existing", "instanceIdentifier": "...", "secretArn": "..."}; a new one takes
 "multiAz" (default true) and "parameterGroupName" (used as it is; logical replication must be on).
-"cleanup": "automatic" cleans up after a bake of bakeSeconds (default a day); "manual" (default) does not. A plan is
+"cleanup": "automatic" cleans up after a bake of bakeSeconds (default a day), only after a verify that found
+the sides equal; "manual" (default) does not. "strategy": "dms" needs an existing target and a "dms" block:
+{"secretsAccessRoleArn": "...", "compute": {"kind": "instance", "replicationInstanceArn": "..."}} (both
+secrets must hold host, port, username and password: DMS reads the endpoint from them). A plan is
 checked when stored and again when read; each problem is named by its field (plan.approvers.users.0).`,
   start: `Usage: pgferry start PLAN (--stage S | --table TABLE) --state-machine-arn ARN [--region R] [--id ID]
                      [--requested-by WHO]

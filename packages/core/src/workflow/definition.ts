@@ -57,6 +57,7 @@ export const STATE = {
   countAttempt: 'Count the cutover attempt',
   cleanupAsked: 'Clean up requested?',
   bake: 'Bake',
+  cleanupHeld: 'Clean-up held: verify was not ok',
   migrated: 'Migrated',
   afterRollback: 'Rolled back on request or after a failure?',
   rolledBack: 'Rolled back',
@@ -244,10 +245,29 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
       Next: STATE.beginCatchUp,
     },
     [T.verify.state]: taskState('verify', { next: STATE.cleanupAsked, onError: RECORD_FAILURE }),
+    // Clean-up ends the way back: only after a verify that found the two sides equal. Any other
+    // outcome (a mismatch, reverse replication behind) keeps everything for a person to decide.
     [STATE.cleanupAsked]: {
       Type: 'Choice',
-      Choices: [{ Variable: '$.cleanup', BooleanEquals: true, Next: STATE.bake }],
+      Choices: [
+        {
+          And: [
+            { Variable: '$.cleanup', BooleanEquals: true },
+            { Variable: '$.results.verify.outcome', IsPresent: true },
+            { Variable: '$.results.verify.outcome', IsString: true },
+            { Variable: '$.results.verify.outcome', StringEquals: 'ok' },
+          ],
+          Next: STATE.bake,
+        },
+        { Variable: '$.cleanup', BooleanEquals: true, Next: STATE.cleanupHeld },
+      ],
       Default: STATE.migrated,
+    },
+    [STATE.cleanupHeld]: {
+      Type: 'Pass',
+      Comment:
+        'Verify after the switch was not ok: no bake and no clean-up, the reverse replication and every object kept; pgferry status says what verify found',
+      Next: STATE.migrated,
     },
     [STATE.bake]: {
       Type: 'Wait',

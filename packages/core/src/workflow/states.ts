@@ -45,8 +45,6 @@ export const TASK_INPUTS: Partial<Record<TaskName, Record<string, string>>> = {
   // Each approval window samples the gate once more, and ends the wait past its deadline.
   awaitApproval: { gate: '$.gate', approvalWait: '$.approvalWait' },
   verifyBeforeSwitch: { verify: '$.verify' },
-  // The load attempt whose dump the event must announce (an earlier attempt's confirms nothing).
-  awaitDumpUpload: { loadId: '$.loadId' },
   // The drain-over-budget loop's count: the task says whether a failed drain goes back to catch-up.
   cutover: { attempt: '$.cutoverAttempt' },
   rollback: { error: '$.error' },

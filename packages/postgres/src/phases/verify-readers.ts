@@ -122,6 +122,8 @@ export class SideReaders {
   /** Ends every connection (the reads are done). */
   async close(): Promise<void> {
     this.closed = true;
+    // Reads still waiting for readers go on to find them closed (and fail) instead of waiting for ever.
+    for (const w of this.waiting.splice(0)) w.grant();
     const all = [...this.opened];
     this.opened.clear();
     this.idle.length = 0;

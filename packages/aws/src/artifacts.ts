@@ -30,6 +30,7 @@ import {
   type PgferryErrorOptions,
   type TaskCallbacks,
   type TaskOutput,
+  updateMigration,
 } from '@pgferry/core';
 
 /** The step whose task token the dump's `Object Created` event completes. */
@@ -463,23 +464,19 @@ export interface S3EventDeps {
  * load on a refusal. Idempotent (a duplicate event writes nothing new); a conflicting write is retried.
  */
 async function recordDumpUpload(store: S3EventDeps['store'], migrationId: string, record: DumpUploadRecord) {
-  for (let attempt = 1; ; attempt++) {
-    const state = await store.get(migrationId).catch((err: Error) => {
-      if (err.name === 'MigrationNotFoundError') return undefined;
-      throw err;
-    });
-    const plan = state?.copyPlan;
-    if (!state || !plan?.dumpUpload) return;
-    const next: DumpUploadRecord = { ...plan.dumpUpload, ...record };
-    const same = (a?: object, b?: object) => JSON.stringify({ ...a, at: 0 }) === JSON.stringify({ ...b, at: 0 });
-    if (same(plan.dumpUpload.confirmed, next.confirmed) && plan.dumpUpload.refused === next.refused) return;
-    try {
-      await store.put({ ...state, copyPlan: { ...plan, dumpUpload: next } });
-      return;
-    } catch (err) {
-      if ((err as Error).name !== 'StateConflictError' || attempt >= 5) throw err;
-    }
-  }
+  const same = (a?: object, b?: object) => JSON.stringify({ ...a, at: 0 }) === JSON.stringify({ ...b, at: 0 });
+  await updateMigration(
+    store,
+    migrationId,
+    (state) => {
+      const plan = state.copyPlan;
+      if (!plan?.dumpUpload) return false;
+      const next: DumpUploadRecord = { ...plan.dumpUpload, ...record };
+      if (same(plan.dumpUpload.confirmed, next.confirmed) && plan.dumpUpload.refused === next.refused) return false;
+      state.copyPlan = { ...plan, dumpUpload: next };
+    },
+    { ifGone: 'skip' },
+  );
 }
 
 export type S3EventOutcome =

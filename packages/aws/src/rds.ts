@@ -29,6 +29,7 @@ import {
   type TaskCallbacks,
   type TaskInput,
   type TaskOutput,
+  updateMigration,
   type WORKFLOW_TASKS,
 } from '@pgferry/core';
 import { z } from 'zod';
@@ -201,50 +202,46 @@ export function rdsTargetFromPlan(target: PlanTarget | undefined): RdsTargetPlan
  * it. Only for a migration started from a plan (its config names the target); idempotent.
  */
 export async function recordTargetEndpoint(store: MigrationStore, migrationId: string, instance: DBInstance) {
-  for (let attempt = 1; ; attempt++) {
-    const state = await store.get(migrationId).catch((err: Error) => {
-      // Gone: nothing connects for it any more, and its token (if any) completes harmlessly.
-      if (err.name === 'MigrationNotFoundError') return undefined;
-      throw err;
-    });
-    if (!state) return;
-    const target = state.config.target;
-    const endpoint = instance.Endpoint?.Address;
-    if (!target || !state.config.secrets || !endpoint) return;
-    const before = state.config.secrets.target;
-    const secretArn = target.kind === 'existing' ? target.secretArn : instance.MasterUserSecret?.SecretArn;
-    if (!secretArn)
-      throw new RdsTargetUnusableError(
-        `RDS instance ${instance.DBInstanceIdentifier} has no master secret managed by RDS`,
-        {
-          field: 'secrets.target.secretArn',
-          migrationId,
-          hint: 'create the instance with ManageMasterUserPassword, or name it as an existing target with its secret in the plan',
-        },
-      );
-    const ref: TargetRef = {
-      ...(before ?? {}),
-      sslmode: before?.sslmode ?? 'verify-full',
-      secretArn,
-      host: endpoint,
-      ...(instance.Endpoint?.Port ? { port: instance.Endpoint.Port } : {}),
-      ...(target.kind === 'new' ? { dbname: target.dbName ?? 'postgres' } : {}),
-    };
-    if (JSON.stringify(ref) === JSON.stringify(before)) return;
-    try {
-      await store.put({
-        ...state,
-        config: { ...state.config, secrets: { ...state.config.secrets, target: ref }, targetUrl: secretRefUrl(ref) },
-        events: [
-          ...state.events,
-          { at: new Date().toISOString(), message: `target ${instance.DBInstanceIdentifier} available at ${endpoint}` },
-        ],
-      });
-      return;
-    } catch (err) {
-      if ((err as Error).name !== 'StateConflictError' || attempt >= 3) throw err;
-    }
-  }
+  // Gone: nothing connects for it any more, and its token (if any) completes harmlessly.
+  await updateMigration(
+    store,
+    migrationId,
+    (state) => {
+      const target = state.config.target;
+      const endpoint = instance.Endpoint?.Address;
+      if (!target || !state.config.secrets || !endpoint) return false;
+      const before = state.config.secrets.target;
+      const secretArn = target.kind === 'existing' ? target.secretArn : instance.MasterUserSecret?.SecretArn;
+      if (!secretArn)
+        throw new RdsTargetUnusableError(
+          `RDS instance ${instance.DBInstanceIdentifier} has no master secret managed by RDS`,
+          {
+            field: 'secrets.target.secretArn',
+            migrationId,
+            hint: 'create the instance with ManageMasterUserPassword, or name it as an existing target with its secret in the plan',
+          },
+        );
+      const ref: TargetRef = {
+        ...(before ?? {}),
+        sslmode: before?.sslmode ?? 'verify-full',
+        secretArn,
+        host: endpoint,
+        ...(instance.Endpoint?.Port ? { port: instance.Endpoint.Port } : {}),
+        ...(target.kind === 'new' ? { dbname: target.dbName ?? 'postgres' } : {}),
+      };
+      if (JSON.stringify(ref) === JSON.stringify(before)) return false;
+      state.config = {
+        ...state.config,
+        secrets: { ...state.config.secrets, target: ref },
+        targetUrl: secretRefUrl(ref),
+      };
+      state.events = [
+        ...state.events,
+        { at: new Date().toISOString(), message: `target ${instance.DBInstanceIdentifier} available at ${endpoint}` },
+      ];
+    },
+    { attempts: 3, ifGone: 'skip' },
+  );
 }
 
 /** The correlation key through which an RDS event finds its migration. */

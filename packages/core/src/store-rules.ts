@@ -5,7 +5,7 @@
  */
 import { MIGRATION_ID } from './config';
 import { errorMessage, InvalidInputError, StateConflictError } from './errors';
-import type { MigrationListing, MigrationState, MigrationStatus } from './model';
+import type { MigrationListing, MigrationState, MigrationStatus, MigrationStore } from './model';
 import { redactText } from './redact';
 
 /** The id of a stored migration names its files and items: anything but the grammar of new ids is refused. */
@@ -137,4 +137,31 @@ export async function readListing(
   }
   listing.migrations.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
   return listing;
+}
+
+/**
+ * Re-read migration `id`, change it, and write it with the version read (optimistic locking): a write
+ * that lost to another writer (StateConflictError) is tried again on the state as it now is, at most
+ * `attempts` times in all. `change` returning false writes nothing (there is nothing to change). A
+ * migration that is gone throws its MigrationNotFoundError, or with `ifGone: 'skip'` changes nothing.
+ */
+export async function updateMigration(
+  store: Pick<MigrationStore, 'get' | 'put'>,
+  id: string,
+  change: (state: MigrationState) => boolean | undefined,
+  options: { attempts?: number; ifGone?: 'throw' | 'skip' } = {},
+): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    const state = await store.get(id).catch((err: Error) => {
+      if (options.ifGone === 'skip' && err.name === 'MigrationNotFoundError') return undefined;
+      throw err;
+    });
+    if (!state || change(state) === false) return;
+    try {
+      await store.put(state);
+      return;
+    } catch (err) {
+      if ((err as Error).name !== 'StateConflictError' || attempt >= (options.attempts ?? 5)) throw err;
+    }
+  }
 }

@@ -32,6 +32,7 @@ import {
   type TaskInput,
   type TaskName,
   type TaskOutput,
+  updateMigration,
   WalRetentionExceededError,
   WORKFLOW_TASKS,
 } from '@pgferry/core';
@@ -435,7 +436,8 @@ const awaitApprovalTask: Task = async (input, deps) => {
   const change = (s: MigrationState) => {
     // The approval may have come while this window sampled (its token completed at once): once the
     // cutover began, or anything but the gate holds the migration, this late window writes nothing.
-    if (s.phase !== 'catch-up' || !['running', 'awaiting-cutover'].includes(s.status) || s.cutover?.freezeAt) return;
+    if (s.phase !== 'catch-up' || !['running', 'awaiting-cutover'].includes(s.status) || s.cutover?.freezeAt)
+      return false;
     first = s.status !== 'awaiting-cutover' || !s.approvalWait;
     s.status = 'awaiting-cutover';
     s.approvalWait = {
@@ -450,7 +452,7 @@ const awaitApprovalTask: Task = async (input, deps) => {
       s.events = [...s.events.slice(-199), { at: now, message: 'caught up; waiting for the cutover to be approved' }];
   };
   if (session && !own) await session.ctx.update(change);
-  else await updateStored(deps.store, id, change);
+  else await updateMigration(deps.store, id, change);
   const lag = sample.sampledAt ? said : `no lag sample (${sample.sampleError ?? 'not taken'})`;
   return { summary: `caught up and replicating; waiting for approval; ${lag}` };
 };
@@ -512,20 +514,6 @@ async function waitingSample(ctx: PhaseContext, input: TaskInput, deps: TaskDeps
       ? `${lag}; the gate's limits no longer hold: ${reasons.join('; ')}`
       : `${lag}, within the gate's limits`,
   };
-}
-
-/** Re-read, change, write with the version read (a task that has no session: the servers did not answer). */
-async function updateStored(store: MigrationStore, id: string, change: (s: MigrationState) => void) {
-  for (let attempt = 1; ; attempt++) {
-    const fresh = await store.get(id);
-    change(fresh);
-    try {
-      await store.put(fresh);
-      return;
-    } catch (err) {
-      if (!(err instanceof Error && err.name === 'StateConflictError') || attempt >= 5) throw err;
-    }
-  }
 }
 
 /** "Cut over": the write gap, whole, inside this one call; then the migration is cut over. */

@@ -5,7 +5,7 @@
  * answers are the test's, and its full-load event is a documented fixture delivered through the real
  * handler (handleDmsTaskStateChange).
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DMS_CALLBACK_STEP, type DmsTaskStateChangeEvent, handleDmsTaskStateChange } from '@pgferry/aws';
 import type {
@@ -26,7 +26,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { runLocalWorkflow } from '../packages/cli/src/local-workflow';
 import { dmsStart } from '../packages/postgres/src/phases/dms';
 import { frozen, newMigration, type TestRuntime, testRuntime } from './harness/migration';
-import { freshPair, type Pair } from './harness/pairs';
+import { freshPair, type Pair, serverUrl, sql } from './harness/pairs';
 
 const TASK_ARN = 'arn:aws:dms:eu-west-1:123456789012:task:QXAJ6QWKZ5TPBHX7SOPGLY4F2Y';
 const INSTANCE_ARN = 'arn:aws:dms:eu-west-1:123456789012:rep:R3PL1CAT10N1NSTANC3';
@@ -61,6 +61,8 @@ class ScriptedDms implements DmsReplication {
   /** Whether the source was frozen whenever "drained?" was asked, and whenever catch-up sampled. */
   readonly frozenWhenAsked: boolean[] = [];
   readonly frozenWhileSampling: boolean[] = [];
+  /** Run while the source is frozen, at the first "drained?" of a cutover attempt (what else happens on the server). */
+  duringDrain?: () => Promise<void>;
   private attempt = -1;
   private lastFreeze?: string;
 
@@ -94,6 +96,8 @@ class ScriptedDms implements DmsReplication {
     if (freezeAt !== this.lastFreeze) {
       this.lastFreeze = freezeAt;
       this.attempt++;
+      await this.duringDrain?.();
+      this.duringDrain = undefined;
     }
     this.frozenWhenAsked.push(await frozen(this.pair, 'source'));
     await this.apply();
@@ -275,6 +279,50 @@ describe('strategy dms in the workflow', () => {
     const state = await r.rt.store.get(r.id);
     expect(state.events.some((e) => e.message.startsWith('DMS drain abandoned'))).toBe(true);
     expect(state.cutover?.switchAt).toBeDefined();
+  });
+
+  it('cuts over when, inside the gap, other databases of the server and an ANALYZE of the source take transaction ids', async () => {
+    const r = await setup();
+    r.dms.latencies = [0, 0];
+    let checked = false;
+    r.dms.duringDrain = async () => {
+      // As on any busy server: another database's application, autovacuum's ANALYZE (both commit an xid).
+      const other = serverUrl(r.pair.sourceServer, 'postgres');
+      await sql(other, 'CREATE TEMP TABLE elsewhere (a int); INSERT INTO elsewhere VALUES (1)');
+      await r.pair.source('ANALYZE items');
+      const [row] = await r.pair.source('SELECT pg_xact_status(pg_current_xact_id()::text::xid8) AS s');
+      expect(row?.s).toBe('in progress');
+      checked = true;
+    };
+    const { outcome } = await execute(r, 'dms-task-stopped-full-load-finished.json');
+    expect(outcome.status, JSON.stringify(outcome)).toBe('succeeded');
+    expect(checked).toBe(true);
+    const state = await r.rt.store.get(r.id);
+    expect(state.cutover?.switchAt).toBeDefined();
+    expect(r.rt.logs.some((m) => m.includes('no watch slot'))).toBe(false);
+    // The watch slot went with its session; the source publication goes after the switch.
+    const slots = await r.pair.source("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE '%_watch'");
+    expect(slots).toEqual([]);
+  });
+
+  it('does not switch when a session that turned read-only off wrote to a replicated table inside the gap: undone, the source writable', async () => {
+    const r = await setup();
+    r.dms.latencies = [0, 0];
+    r.dms.duringDrain = async () => {
+      // pair.source's sessions run with default_transaction_read_only off: the freeze does not hold them.
+      await r.pair.source("INSERT INTO items (name, price) VALUES ('late', 1)");
+    };
+    const { outcome } = await execute(r, 'dms-task-stopped-full-load-finished.json');
+    expect(outcome.status, JSON.stringify(outcome)).toBe('failed');
+    expect(JSON.stringify(outcome)).toContain(
+      'change(s) to replicated tables were committed on the source after the freeze',
+    );
+    const state = await r.rt.store.get(r.id);
+    expect(state.cutover?.switchAt).toBeUndefined();
+    expect(await frozen(r.pair, 'source')).toBe(false);
+    expect(existsSync(r.rt.switchFile) && readFileSync(r.rt.switchFile, 'utf8').trim()).not.toBe(r.pair.targetUrl);
+    // The task that was stopped for the switch captures changes again.
+    expect(r.dms.calls.slice(r.dms.calls.indexOf('stop'))).toContain('resume');
   });
 
   it('stops resumable after the last drain over budget, and a resume after a kill that left the task stopped resumes it before sampling', async () => {

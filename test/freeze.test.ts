@@ -10,10 +10,11 @@ import {
   isFrozen,
   unappliedChanges,
   unfreezeWrites,
+  watchChanges,
   writesSince,
 } from '../packages/postgres/src/index';
 import { sleep } from './harness/migration';
-import { freshPair, type Pair } from './harness/pairs';
+import { freshPair, type Pair, serverUrl, sql } from './harness/pairs';
 
 let pair: Pair | undefined;
 let db: Db | undefined;
@@ -54,6 +55,50 @@ describe('write freeze', () => {
     await unfreezeWrites(db);
     expect(await isFrozen(db)).toBe(false);
     expect(await pair.source('SELECT id FROM t ORDER BY id')).toEqual([{ id: 3 }]);
+  });
+
+  it('tells a write to a published table after the freeze from the xids of other databases, and its slot goes with it', async () => {
+    pair = await freshPair(15, 'watch');
+    await pair.source(
+      'CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int); CREATE PUBLICATION w FOR TABLE t',
+    );
+    db = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
+    const watch = await watchChanges(pair.sourceUrl, 'w_watch', {
+      applicationName: 'pgferry:test:watch',
+      timeoutMs: 5000,
+    });
+    try {
+      await pair.source('INSERT INTO t VALUES (1)'); // before the freeze: not counted
+      const freeze = await freezeWrites(db);
+      // Xids after the freeze that change no published table: an unpublished table, another database.
+      await pair.source('INSERT INTO other VALUES (1); ANALYZE t');
+      await sql(serverUrl(pair.sourceServer, 'postgres'), 'CREATE TEMP TABLE x (a int); INSERT INTO x VALUES (1)');
+      expect(await writesSince(db, freeze.xmax)).toBeGreaterThanOrEqual(3);
+      expect(await watch.changesFrom('w', freeze.xmax, 5000)).toBe(0);
+      await pair.source('INSERT INTO t VALUES (2), (3); DELETE FROM t WHERE id = 1');
+      expect(await watch.changesFrom('w', freeze.xmax, 5000)).toBe(3);
+      await unfreezeWrites(db);
+    } finally {
+      await watch.close();
+    }
+    await sleep(100);
+    expect(await pair.source("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'w_watch'")).toEqual([]);
+  });
+
+  it('gives up making the watch slot when a transaction elsewhere holds it back, leaving nothing', async () => {
+    pair = await freshPair(15, 'watchwait');
+    const open = new pg.Client({ connectionString: serverUrl(pair.sourceServer, 'postgres') });
+    await open.connect();
+    try {
+      await open.query('BEGIN; SELECT pg_current_xact_id()');
+      await expect(
+        watchChanges(pair.sourceUrl, 'w_wait', { applicationName: 'pgferry:test:watch', timeoutMs: 300 }),
+      ).rejects.toThrow(/statement timeout/);
+    } finally {
+      await open.end();
+    }
+    await sleep(100);
+    expect(await pair.source("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'w_wait'")).toEqual([]);
   });
 
   it('refuses to freeze what it could not hold: a role that overrides it, an orphaned prepared transaction, a role that cannot end sessions', async () => {

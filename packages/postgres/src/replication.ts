@@ -422,3 +422,62 @@ export async function unappliedChanges(
     }
   }
 }
+
+/**
+ * A temporary logical slot (pgoutput) on the source, held by a session of its own: it decodes every
+ * change committed after it was made. The DMS cutover makes one before the freeze, so that a change
+ * to a replicated table committed after the freeze (by a session that turned read-only off) can be
+ * told from what else takes an xid on the server: another database's transactions, autovacuum's
+ * ANALYZE. Temporary: it goes with its session, so nothing is left behind by a crash.
+ */
+export interface ChangeWatch {
+  readonly slot: string;
+  /**
+   * Changes (insert, update, delete, truncate) to `publication`'s tables in transactions whose xid is
+   * `xmax` (with its epoch, as the freeze read it) or later; undefined when decoding took over `timeoutMs`.
+   */
+  changesFrom(publication: string, xmax: string, timeoutMs: number): Promise<number | undefined>;
+  close(): Promise<void>;
+}
+
+export async function watchChanges(
+  url: string,
+  slot: string,
+  options: { applicationName: string; timeoutMs: number },
+): Promise<ChangeWatch> {
+  const client = await connectClient(url, { side: 'source', applicationName: options.applicationName });
+  try {
+    // Creation waits for every transaction on the server that holds an xid: bounded, as it comes
+    // before the freeze and an open transaction elsewhere must not hold the cutover back.
+    await client.query(`SET statement_timeout = ${Math.round(options.timeoutMs)}`);
+    await client.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)", [slot]);
+    await client.query('SET statement_timeout = 0');
+  } catch (err) {
+    await client.end().catch(() => {});
+    throw err;
+  }
+  return {
+    slot,
+    async changesFrom(publication, xmax, timeoutMs) {
+      await client.query(`SET statement_timeout = ${Math.round(timeoutMs)}`);
+      try {
+        // The peek's xid is 32 bits: at or after xmax's low 32 bits, in wraparound order. Kinds as in
+        // unappliedChanges: Insert, Update, Delete, Truncate.
+        const { rows } = await client.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+                  'proto_version', '1', 'publication_names', $2)
+            WHERE get_byte(data, 0) IN (73, 85, 68, 84)
+              AND (xid::text::bigint - $3::bigint % 4294967296 + 4294967296) % 4294967296 < 2147483648`,
+          [slot, publication, xmax],
+        );
+        return rows[0]?.n ?? 0;
+      } catch (err) {
+        if ((err as { code?: string }).code === '57014') return undefined;
+        throw err;
+      } finally {
+        await client.query('SET statement_timeout = 0').catch(() => {});
+      }
+    },
+    close: () => client.end().catch(() => {}),
+  };
+}

@@ -27,6 +27,7 @@ import { sleep } from '../db';
 import { freezeWrites, unfreezeWrites, waitPreparedTransactions, writesSince } from '../freeze';
 import {
   applyTuning,
+  type ChangeWatch,
   dropPublication,
   dropSlot,
   dropSubscription,
@@ -34,6 +35,7 @@ import {
   prepareSubscription,
   slotExists,
   startPreparedSubscription,
+  watchChanges,
 } from '../replication';
 import { syncSequences } from '../sequences';
 import { type PhaseContext, partitionsViaRoot, targetMajor } from './context';
@@ -89,6 +91,64 @@ async function waitDrained(dms: DmsReplication, ctx: PhaseContext, freezeAt: str
   }
 }
 
+/** How long the watch slot's creation may wait for open transactions (on any database of the server). */
+const WATCH_CREATE_MS = 10_000;
+/** How long decoding what was written since the watch began may take, inside the (minute-long) gap. */
+const WATCH_DECODE_MS = 30_000;
+
+interface Watch {
+  watch?: ChangeWatch;
+  /** Why there is no watch: late writes are then counted server-wide, and any refuses the cutover. */
+  missing?: string;
+  close(): Promise<void>;
+}
+
+/** The late-write watch, made before the freeze; without one the cutover still goes, more cautiously. */
+async function openWatch(ctx: PhaseContext): Promise<Watch> {
+  const n = objectNames(ctx.config.id);
+  try {
+    const watch = await watchChanges(ctx.config.sourceUrl, `${n.slot}_watch`, {
+      applicationName: `${n.applicationName}:watch`,
+      timeoutMs: WATCH_CREATE_MS,
+    });
+    return { watch, close: () => watch.close() };
+  } catch (err) {
+    const missing = `no watch slot: ${errorMessage(err)}`;
+    ctx.log(`cutover: ${missing}; a transaction anywhere on the source server after the freeze will stop the cutover`);
+    return { missing, close: async () => {} };
+  }
+}
+
+/**
+ * Stop the cutover if a change to a replicated table was committed on the source after the freeze. Xids
+ * committed since the freeze are counted first (none: nothing to decode); they may be another
+ * database's or autovacuum's, so the watch slot then says whether any of them changed a replicated
+ * table. Without the watch (or when decoding runs out of time) any such xid stops the cutover.
+ */
+async function refuseLateWrites(ctx: PhaseContext, w: Watch, xmax: string): Promise<void> {
+  const xids = await writesSince(ctx.source, xmax);
+  if (xids === 0) return;
+  const n = objectNames(ctx.config.id);
+  const changes = w.watch ? await w.watch.changesFrom(n.publication, xmax, WATCH_DECODE_MS) : undefined;
+  if (changes === 0) return;
+  if (changes !== undefined)
+    throw new CutoverFailedError(
+      `${changes} change(s) to replicated tables were committed on the source after the freeze, by a session that turned default_transaction_read_only off`,
+      {
+        phase: 'cutover',
+        hint: 'find that writer in pg_stat_activity on the source and stop it (it ignores the freeze), then cut over again',
+      },
+    );
+  const why = w.missing ?? `decoding them took over ${WATCH_DECODE_MS / 1000} s`;
+  throw new CutoverFailedError(
+    `${xids} transaction(s) committed on the source server after the freeze, and pgferry could not tell whether any changed a replicated table (${why})`,
+    {
+      phase: 'cutover',
+      hint: 'make sure nothing writes to the source database (pg_stat_activity), then cut over again',
+    },
+  );
+}
+
 export async function dmsCutover(
   ctx: PhaseContext,
   dms: DmsReplication,
@@ -105,8 +165,11 @@ export async function dmsCutover(
   // A cutover stopped inside its gap (its task maybe stopped): undone, then done again.
   if (c?.freezeAt || ctx.state.dms?.stoppedAt) await undo(ctx, dms, undefined);
   try {
+    const viaRoot = await partitionsViaRoot(ctx);
     const targetTables = await listTables(ctx.target, { sizes: false });
-    await ensurePublication(ctx.target, n.reversePublication, targetTables, { viaRoot: await partitionsViaRoot(ctx) });
+    await ensurePublication(ctx.target, n.reversePublication, targetTables, { viaRoot });
+    // What the late-write watch decodes: the replicated tables (DMS's own slot is not pgferry's to read).
+    await ensurePublication(ctx.source, n.publication, await listTables(ctx.source, { sizes: false }), { viaRoot });
     const tuning = await applyTuning(ctx.source, await targetMajor(ctx), targetTables);
     await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication, tuning);
     // DMS does not carry sequences: synced once outside the gap, then only those that moved since.
@@ -119,8 +182,9 @@ export async function dmsCutover(
       hint: 'the source must reach the target for reverse replication, and every source sequence must exist on the target; then cut over again',
     });
   }
-  const { freezeAt } = await recordForwardFreeze(ctx);
+  const watch = await openWatch(ctx);
   const record = await critical(async () => {
+    const { freezeAt } = await recordForwardFreeze(ctx);
     const t0 = performance.now();
     let freeze: Awaited<ReturnType<typeof freezeWrites>>;
     try {
@@ -164,15 +228,7 @@ export async function dmsCutover(
       });
       sequences = await syncSequences(ctx.source, ctx.target);
       // A session that turned read-only off may have written after the drain; DMS no longer carries it.
-      const late = await writesSince(ctx.source, freeze.xmax);
-      if (late > 0)
-        throw new CutoverFailedError(
-          `${late} transaction(s) committed on the source after the freeze (a session that turned default_transaction_read_only off)`,
-          {
-            phase: 'cutover',
-            hint: 'find that writer in pg_stat_activity on the source and stop it, then cut over again',
-          },
-        );
+      await refuseLateWrites(ctx, watch, freeze.xmax);
       if (!(await slotExists(ctx.target, n.reverseSlot)))
         await ctx.target.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [n.reverseSlot]);
       await startPreparedSubscription(ctx.source, n.reverseSubscription, n.reverseSlot);
@@ -204,7 +260,7 @@ export async function dmsCutover(
       s.cutover = done;
     });
     return done;
-  });
+  }).finally(() => watch.close());
   // The gap is over once the switch is accepted; its propagation (Route 53's INSYNC) is waited for now.
   await settleSwitch(ctx);
   // Forward replication was DMS's: nothing of pgferry's forward objects to drop (the task goes at clean-up).

@@ -181,6 +181,43 @@ describe('undo paths', () => {
     expect(await frozen(pair, 'source')).toBe(false);
   });
 
+  it('refuses a rollback that would leave behind the rows of a table made on the target after the cutover, and carries them once it is replicated', async () => {
+    pair = await freshPair(15, 'rollbacknew');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    expect((await advance(rt, m.id, { cutover: 'auto' })).status).toBe('cut-over');
+    // The application's next deploy adds a table on the target, which the reverse publication does not list.
+    await pair.target(
+      'CREATE TABLE coupons (id int PRIMARY KEY, code text); INSERT INTO coupons VALUES (1, $$X1$$), (2, $$X2$$)',
+    );
+    const err = await failure(rollbackMigration(rt, m.id));
+    expect(err.name).toBe('RollbackFailedError');
+    const pub = `pgferry_${m.id}_rev`;
+    expect(err.message).toContain(
+      `table public.coupons is not replicated (created on the target after the cutover): create it on the source too (the same columns), then on the target run ALTER PUBLICATION "${pub}" ADD TABLE "public"."coupons", then on the source ALTER SUBSCRIPTION "${pub}" REFRESH PUBLICATION (which copies its rows)`,
+    );
+    expect(await frozen(pair, 'target')).toBe(false);
+    const state = await rt.store.get(m.id);
+    expect(state.rollback).toBeUndefined();
+    expect(state.status).toBe('cut-over');
+    // Done as it says, the same command rolls back, rows and all.
+    await pair.source('CREATE TABLE coupons (id int PRIMARY KEY, code text)');
+    await pair.target(`ALTER PUBLICATION ${pub} ADD TABLE public.coupons`);
+    await pair.source(`ALTER SUBSCRIPTION ${pub} REFRESH PUBLICATION`);
+    for (let i = 0; i < 200; i++) {
+      const [row] = await pair.source(
+        "SELECT bool_and(srsubstate = 'r') AS ready FROM pg_subscription_rel WHERE srrelid = 'coupons'::regclass",
+      );
+      if (row?.ready) break;
+      await sleep(50);
+    }
+    await pair.target('INSERT INTO coupons VALUES (3, $$X3$$)');
+    const rolled = await rollbackMigration(rt, m.id);
+    expect(rolled.status).toBe('rolled-back');
+    expect(await pair.source('SELECT id FROM coupons ORDER BY id')).toEqual([{ id: 1 }, { id: 2 }, { id: 3 }]);
+  });
+
   it('keeps the breadcrumb of a rollback whose undo fails, and status names the command that ends it', async () => {
     pair = await freshPair(15, 'undorb');
     rt = testRuntime();

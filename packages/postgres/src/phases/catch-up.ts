@@ -248,39 +248,49 @@ export async function sampleGate(
 }
 
 /**
- * Tables the source has but replication does not carry. The publication lists its tables (not FOR ALL
- * TABLES), so a table created on the source after the load, even one created on the target too (no
- * schema drift then), is not replicated: its rows would stay behind at the switch.
+ * Tables one side has but replication does not carry to the other. The publication lists its tables (not
+ * FOR ALL TABLES), so a table created after the load on the source (forward), or after the cutover on
+ * the target (reverse, which a rollback relies on), even one created on both sides, is not replicated:
+ * its rows would stay behind at the switch.
  */
-async function unreplicatedTables(ctx: PhaseContext): Promise<string[]> {
+export async function unreplicatedTables(
+  ctx: PhaseContext,
+  direction: 'forward' | 'reverse' = 'forward',
+): Promise<string[]> {
   const names = objectNames(ctx.config.id);
+  const forward = direction === 'forward';
+  const [from, to] = forward ? [ctx.source, ctx.target] : [ctx.target, ctx.source];
+  const publication = forward ? names.publication : names.reversePublication;
+  const subscription = forward ? names.subscription : names.reverseSubscription;
   const [tables, published, subscribed] = await Promise.all([
-    listTables(ctx.source, { sizes: false }),
-    ctx.source.query<{ t: string }>(
+    listTables(from, { sizes: false }),
+    from.query<{ t: string }>(
       `SELECT format('%s.%s', n.nspname, c.relname) AS t FROM pg_publication_rel r
          JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = $1`,
-      [names.publication],
+      [publication],
     ),
-    ctx.target.query<{ t: string; state: string }>(
+    to.query<{ t: string; state: string }>(
       `SELECT format('%s.%s', n.nspname, c.relname) AS t, r.srsubstate AS state FROM pg_subscription_rel r
          JOIN pg_subscription s ON s.oid = r.srsubid JOIN pg_class c ON c.oid = r.srrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace WHERE s.subname = $1`,
-      [names.subscription],
+      [subscription],
     ),
   ]);
   const inPublication = new Set(published.map((r) => r.t));
   const state = new Map(subscribed.map((r) => [r.t, r.state]));
+  const made = forward ? 'created on the source after the load' : 'created on the target after the cutover';
+  const also = forward ? '' : 'create it on the source too (the same columns), then ';
   const out: string[] = [];
   for (const t of publishedTables(tables, await partitionsViaRoot(ctx))) {
     const label = tableLabel(t);
     if (!inPublication.has(label))
       out.push(
-        `table ${label} is not replicated (created on the source after the load): on the source run ALTER PUBLICATION ${ident(names.publication)} ADD TABLE ${qualified(t)}, then on the target ALTER SUBSCRIPTION ${ident(names.subscription)} REFRESH PUBLICATION (which copies its rows); or drop it`,
+        `table ${label} is not replicated (${made}): ${also}on the ${from.side} run ALTER PUBLICATION ${ident(publication)} ADD TABLE ${qualified(t)}, then on the ${to.side} ALTER SUBSCRIPTION ${ident(subscription)} REFRESH PUBLICATION (which copies its rows); or drop it`,
       );
     else if (!state.has(label))
       out.push(
-        `table ${label} is published but the target does not replicate it yet: on the target run ALTER SUBSCRIPTION ${ident(names.subscription)} REFRESH PUBLICATION`,
+        `table ${label} is published but the ${to.side} does not replicate it yet: on the ${to.side} run ALTER SUBSCRIPTION ${ident(subscription)} REFRESH PUBLICATION`,
       );
     else if (state.get(label) !== 'r') out.push(`table ${label} is still being copied by the subscription`);
   }

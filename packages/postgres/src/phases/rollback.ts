@@ -13,6 +13,7 @@ import { describeDrainForecast, forecastDrain } from '../lag';
 import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
+import { unreplicatedTables } from './catch-up';
 import type { PhaseContext } from './context';
 import { withTimeout } from './cutover';
 import { runUndo, type UndoStep } from './undo';
@@ -200,6 +201,15 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
   // catch-up just now. A rollback that began its write gap before (killed in it) finishes whatever the lag.
   const fresh = !earlier?.freezeAt;
   if (fresh) {
+    // A table made on the target since the cutover (a deploy's migration, a new partition from a source
+    // older than 13) is not in the reverse publication: switching back would leave its rows behind.
+    // (The freeze then stops DDL too: a read-only transaction cannot create a table.)
+    const unreplicated = await unreplicatedTables(ctx, 'reverse');
+    if (unreplicated.length)
+      throw new RollbackFailedError(`switching back would leave rows behind: ${unreplicated.join('; ')}`, {
+        phase: 'rollback',
+        hint: `nothing was frozen and the application stays on the target; do the above, then run \`pgferry rollback --id ${ctx.config.id}\` again`,
+      });
     const f = await forecastDrain(
       ctx.target,
       n.reverseSlot,

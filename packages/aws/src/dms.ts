@@ -308,9 +308,9 @@ export async function dmsCdcLatency(
 }
 
 /**
- * A DMS Serverless replication as DescribeReplications reports it (filter `replication-config-arn`,
- * API Reference DescribeReplications; fields: DMS_DOCS.replication), or undefined when DMS has none for
- * the config (never started). FailureMessages are redacted: they may quote a connection string.
+ * A DMS Serverless replication as DescribeReplications reports it (filter `replication-config-arn`:
+ * DMS_DOCS.describeReplications; fields: DMS_DOCS.replication), or undefined when DMS has none for the
+ * config (never started). FailureMessages are redacted: they may quote a connection string.
  */
 export async function dmsReplicationStatus(
   dms: DatabaseMigrationServiceClient,
@@ -337,11 +337,13 @@ const LIST_METRICS_PAGES = 20;
 /**
  * The dimensions CloudWatch files a DMS Serverless replication's CDCLatencyTarget under. The DMS User
  * Guide lists the metric for Serverless replications, "grouped by each serverless replication"
- * (DMS_DOCS.serverless, "AWS DMS serverless replication metrics"), but names no dimension. So none is
- * guessed: ListMetrics (namespace AWS/DMS) lists the metric's series, and the series taken are those
+ * (DMS_DOCS.serverless, "AWS DMS serverless replication metrics"), but names no dimension (nor its
+ * namespace: AWS/DMS is where DMS publishes its metrics, as for a task). So no dimension is guessed:
+ * ListMetrics (namespace AWS/DMS) lists the metric's series, and the series taken are those
  * whose every dimension value names this replication (its config ARN, the ARN's resource id, or its
- * identifier). None (ListMetrics lists only series with data in the last two weeks, so a replication
- * that has not published yet has none) is an empty list: no figure.
+ * identifier). None is an empty list: no figure. ListMetrics (DMS_DOCS.listMetrics) lists a series only
+ * once it has data, up to 15 minutes after its first datapoint, so a replication that has just begun
+ * publishing reads as no figure for that long (the gate waits; it never takes that for 0).
  */
 export async function dmsServerlessMetricDimensions(
   cloudwatch: CloudWatchClient,
@@ -447,7 +449,7 @@ export interface DmsTaskStateChangeEvent {
 /**
  * A `DMS Replication State Change` (DMS Serverless). EventBridge lists the detail-type
  * (DMS_DOCS.eventBridgeDms) but DMS documents no sample of it: only the envelope every AWS event has
- * is read (source, detail-type, id, resources), never `detail`.
+ * is read (source, detail-type, id, resources: DMS_DOCS.eventStructure), never `detail`.
  */
 export interface DmsReplicationStateChangeEvent {
   source: string;

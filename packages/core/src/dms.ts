@@ -24,6 +24,12 @@ export const DMS_DOCS = {
   replication: 'https://docs.aws.amazon.com/dms/latest/APIReference/API_Replication.html',
   /** EventBridge's list of DMS detail-types ("DMS Replication State Change"), best-effort delivery. */
   eventBridgeDms: 'https://docs.aws.amazon.com/eventbridge/latest/ref/events-ref-dms.html',
+  /** EventBridge's event structure: `resources` holds ARNs "at the discretion of the service". */
+  eventStructure: 'https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-events-structure.html',
+  /** DescribeReplications: filters replication-config-arn | replication-config-id. */
+  describeReplications: 'https://docs.aws.amazon.com/dms/latest/APIReference/API_DescribeReplications.html',
+  /** ListMetrics: 500 a page; a new series appears within 15 minutes; none without data in two weeks. */
+  listMetrics: 'https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_ListMetrics.html',
   unlogged: 'https://www.postgresql.org/docs/current/sql-createtable.html#SQL-CREATETABLE-UNLOGGED',
 } as const;
 

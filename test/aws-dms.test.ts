@@ -44,6 +44,7 @@ import {
   dmsFindings,
   dmsNames,
   dmsPlanProblems,
+  dmsReplicationConfigInput,
   dmsTableMappings,
   InvalidInputError,
   parseMigrationConfig,
@@ -458,6 +459,20 @@ describe('DMS task and endpoints', () => {
       MultiAZ: false,
     });
     expect(JSON.parse(input.ReplicationSettings!).FullLoadSettings.StopTaskCachedChangesApplied).toBe(true);
+    // Without security groups DMS uses the VPC's default group: none is sent, rather than an empty list.
+    const bare = dmsReplicationConfigInput(
+      {
+        ...serverless,
+        compute: { kind: 'serverless', maxCapacityUnits: 4, replicationSubnetGroupId: 'pgferry-subnets' },
+      },
+      { sourceArn: 'arn:src', targetArn: 'arn:tgt' },
+      mappings,
+    );
+    expect(bare.ComputeConfig).toEqual({
+      MaxCapacityUnits: 4,
+      ReplicationSubnetGroupId: 'pgferry-subnets',
+      MultiAZ: false,
+    });
   });
 
   it('starts or resumes the task only when it is not running, and stops it only once', async () => {

@@ -459,7 +459,7 @@ describe('DMS task and endpoints', () => {
       MultiAZ: false,
     });
     expect(JSON.parse(input.ReplicationSettings!).FullLoadSettings.StopTaskCachedChangesApplied).toBe(true);
-    // Without security groups DMS uses the VPC's default group: none is sent, rather than an empty list.
+    // Without security groups none is sent (DMS chooses), rather than an empty list.
     const bare = dmsReplicationConfigInput(
       {
         ...serverless,

@@ -508,7 +508,7 @@ export type DmsCompute =
       minCapacityUnits?: number;
       /** The replication subnet group the replication runs in (the one that reaches both databases). */
       replicationSubnetGroupId: string;
-      /** Security groups of the replication (DMS's default: the VPC's default group). */
+      /** Security groups of the replication; none given, none is sent (DMS chooses). */
       vpcSecurityGroupIds?: string[];
       /** A standby in another AZ (DMS recommends it for change capture). */
       multiAz?: boolean;

@@ -5,7 +5,7 @@ import { eventPatterns, pgferryBus, ruleToHandler, stackEnv } from './events';
 import { monitoring } from './monitoring';
 import { suppressNagFindings } from './nag';
 import { importNetwork } from './network';
-import { attach, DMS_TASK_ACTIONS, statements } from './permissions';
+import { attach, DMS_EVENT_HANDLER_ACTIONS, DMS_TASK_ACTIONS, statements } from './permissions';
 import { slackResources } from './slack';
 import { artifactsBucket, migrationTable } from './storage';
 import { pgferryFunction, taskFunctions } from './tasks';
@@ -42,6 +42,12 @@ export function pgferryStack(config: DeployConfig) {
         'pgferry: a dump written under dumps/ (digest checked)',
       ),
       dmsTask: handler('DmsTaskState', 'events/dms-task-state', 'pgferry: DMS replication task state changes'),
+      // The same handler file; a function of its own, the only one that may read DMS Serverless replications.
+      dmsReplication: handler(
+        'DmsReplicationState',
+        'events/dms-task-state',
+        'pgferry: DMS Serverless replication state changes (read with DescribeReplications)',
+      ),
     };
     const network = importNetwork(stack, config);
     const worker = workerResources(stack, network.vpc, environment);
@@ -85,6 +91,8 @@ export function pgferryStack(config: DeployConfig) {
       return fn;
     });
     attach(tasks.get('awaitDmsFullLoad')!, allow.completeTaskTokens(machineArn));
+    // A DMS Serverless event is a prompt: the handler reads the replication itself.
+    attach(handlers.dmsReplication, allow.dms(DMS_EVENT_HANDLER_ACTIONS));
 
     const machine = migrationStateMachine(
       stack,
@@ -116,6 +124,13 @@ export function pgferryStack(config: DeployConfig) {
         'DMS replication task state changes',
         patterns.dmsTask,
         handlers.dmsTask,
+      ),
+      dmsReplication: ruleToHandler(
+        stack,
+        'DmsReplicationStateRule',
+        'DMS Serverless replication state changes',
+        patterns.dmsReplication,
+        handlers.dmsReplication,
       ),
     };
 

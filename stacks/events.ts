@@ -34,6 +34,14 @@ export function eventPatterns(bucketName: string, { account, region, partition }
       detailType: ['DMS Replication Task State Change'],
       resources: Match.prefix(`arn:${partition}:dms:${region}:${account}:task:`),
     },
+    // DMS Serverless. EventBridge lists this detail-type for DMS, but no sample of it is documented, and
+    // whether an AWS event carries resources is the service's choice (EventBridge's event structure):
+    // matched on source and detail-type only; the handler looks for a replication config of pgferry's
+    // among its resources and reads the truth with DescribeReplications.
+    dmsReplication: {
+      source: ['aws.dms'],
+      detailType: ['DMS Replication State Change'],
+    },
   } satisfies Record<string, EventPattern>;
 }
 

@@ -24,7 +24,7 @@ const LAMBDA_MANAGED_POLICIES: Finding = {
 const NO_RESOURCE_TYPE: Finding = {
   id: 'AwsSolutions-IAM5',
   reason:
-    'X-Ray PutTraceSegments/PutTelemetryRecords, CloudWatch PutMetricData and SSM DescribeParameters (read-only metadata, for an SSM connection switch) have no resource to name; PutMetricData is held to the pgferry namespace by a condition',
+    'X-Ray PutTraceSegments/PutTelemetryRecords, CloudWatch PutMetricData, GetMetricData and ListMetrics, SSM DescribeParameters (read-only metadata, for an SSM connection switch) and the DMS Describe… calls (list calls filtered by a name or an ARN DMS gives at run time; they change nothing) have no resource to name; PutMetricData is held to the pgferry namespace by a condition',
   appliesTo: ['Resource::*'],
 };
 

@@ -139,7 +139,7 @@ export function statements(scope: Construct) {
      */
     dms: (actions: readonly string[]) => {
       const out: PolicyStatement[] = [];
-      const listed = actions.filter((a) => a.startsWith('dms:Describe') || a === 'cloudwatch:GetMetricData');
+      const listed = actions.filter((a) => a.startsWith('dms:Describe') || a.startsWith('cloudwatch:'));
       const acting = actions.filter((a) => a.startsWith('dms:') && !a.startsWith('dms:Describe'));
       if (listed.length) out.push(new PolicyStatement({ actions: listed, resources: ['*'] }));
       if (acting.length)
@@ -170,7 +170,12 @@ export function attach(grantee: IGrantable, ...list: (PolicyStatement | PolicySt
   for (const statement of list.flat()) grantee.grantPrincipal.addToPrincipalPolicy(statement);
 }
 
-/** What each Lambda task calls on the DMS path (strategy dms); see AwsDmsReplication in packages/aws. */
+/**
+ * What each Lambda task calls on the DMS path (strategy dms); see AwsDmsReplication in packages/aws.
+ * A replication instance's task: …ReplicationTask(s), DescribeReplicationInstances and GetMetricData.
+ * DMS Serverless: …ReplicationConfig(s), Start/StopReplication, DescribeReplications (every step reads
+ * the replication's state first), and ListMetrics to find the series its CDC latency is filed under.
+ */
 export const DMS_TASK_ACTIONS = {
   startDms: [
     'dms:DescribeEndpoints',
@@ -180,21 +185,29 @@ export const DMS_TASK_ACTIONS = {
     'dms:StartReplicationTask',
     'dms:DescribeReplicationConfigs',
     'dms:CreateReplicationConfig',
+    'dms:DescribeReplications',
     'dms:StartReplication',
     'dms:AddTagsToResource',
     'iam:PassRole',
   ],
-  awaitDmsFullLoad: ['dms:DescribeReplicationTasks'],
-  startReplication: ['dms:DescribeReplicationTasks', 'dms:StartReplicationTask', 'dms:StartReplication'],
-  checkLag: ['dms:DescribeReplicationInstances', 'cloudwatch:GetMetricData'],
+  awaitDmsFullLoad: ['dms:DescribeReplicationTasks', 'dms:DescribeReplications'],
+  startReplication: [
+    'dms:DescribeReplicationTasks',
+    'dms:StartReplicationTask',
+    'dms:DescribeReplications',
+    'dms:StartReplication',
+  ],
+  checkLag: ['dms:DescribeReplicationInstances', 'cloudwatch:GetMetricData', 'cloudwatch:ListMetrics'],
   // Each approval window takes one sample, as "Check lag" does (the CDC latency on this path).
-  awaitApproval: ['dms:DescribeReplicationInstances', 'cloudwatch:GetMetricData'],
+  awaitApproval: ['dms:DescribeReplicationInstances', 'cloudwatch:GetMetricData', 'cloudwatch:ListMetrics'],
   cutover: [
     'dms:DescribeReplicationInstances',
     'cloudwatch:GetMetricData',
+    'cloudwatch:ListMetrics',
     'dms:DescribeReplicationTasks',
     'dms:StopReplicationTask',
     'dms:StartReplicationTask',
+    'dms:DescribeReplications',
     'dms:StopReplication',
     'dms:StartReplication',
   ],
@@ -208,9 +221,13 @@ export const DMS_TASK_ACTIONS = {
         'dms:StopReplicationTask',
         'dms:DeleteReplicationTask',
         'dms:DeleteEndpoint',
+        'dms:DescribeReplications',
         'dms:StopReplication',
         'dms:DeleteReplicationConfig',
       ],
     ]),
   ),
 } as const satisfies Partial<Record<TaskName, readonly string[]>>;
+
+/** The DMS events' handler: a DMS Serverless event is a prompt to read the replication (handleDmsReplicationStateChange). */
+export const DMS_EVENT_HANDLER_ACTIONS = ['dms:DescribeReplications'] as const;

@@ -1,35 +1,42 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { CloudWatchClient, GetMetricDataCommand, ListMetricsCommand } from '@aws-sdk/client-cloudwatch';
 import {
   CreateEndpointCommand,
   CreateReplicationConfigCommand,
   CreateReplicationTaskCommand,
   DatabaseMigrationServiceClient,
   DeleteEndpointCommand,
+  DeleteReplicationConfigCommand,
   DeleteReplicationTaskCommand,
   DescribeEndpointsCommand,
   DescribeReplicationConfigsCommand,
   DescribeReplicationInstancesCommand,
+  DescribeReplicationsCommand,
   DescribeReplicationTasksCommand,
   ResourceNotFoundFault,
+  StartReplicationCommand,
   StartReplicationTaskCommand,
+  StopReplicationCommand,
   StopReplicationTaskCommand,
 } from '@aws-sdk/client-database-migration-service';
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   AwsDmsReplication,
+  type DmsReplicationStateChangeEvent,
   type DmsTaskStateChangeEvent,
   dmsCdcLatency,
   dmsInstanceIdentifier,
   ensureDmsEndpoints,
   ensureDmsReplication,
+  handleDmsReplicationStateChange,
   handleDmsTaskStateChange,
   startDmsTask,
   stopDmsTask,
 } from '../packages/aws/src/index';
 import {
+  classifyDmsReplication,
   classifyDmsTaskEvent,
   type DmsPlan,
   type DmsTableInput,
@@ -37,8 +44,10 @@ import {
   dmsFindings,
   dmsNames,
   dmsPlanProblems,
+  dmsReplicationConfigInput,
   dmsTableMappings,
   InvalidInputError,
+  parseMigrationConfig,
   type TaskCallbacks,
 } from '../packages/core/src/index';
 import type { TableInfo } from '../packages/postgres/src/catalog';
@@ -259,6 +268,57 @@ describe('dmsPlanProblems', () => {
     ).toEqual(['sourceSecretArn', 'compute.maxCapacityUnits', 'compute.replicationSubnetGroupId']);
     expect(dmsPlanProblems(plan)).toEqual([]);
   });
+
+  it('checks each DMS Serverless field, naming it: DCU sizes, min under max, the subnet group, security group ids', () => {
+    const serverless = (c: Record<string, unknown>) =>
+      dmsPlanProblems({
+        ...plan,
+        compute: { kind: 'serverless', maxCapacityUnits: 16, replicationSubnetGroupId: 'pgferry-subnets', ...c },
+      });
+    expect(serverless({})).toEqual([]);
+    expect(serverless({ minCapacityUnits: 2, vpcSecurityGroupIds: ['sg-0123abcd'], multiAz: true })).toEqual([]);
+    expect(serverless({ maxCapacityUnits: 12 })).toEqual([
+      {
+        field: 'compute.maxCapacityUnits',
+        message: expect.stringContaining('1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384'),
+      },
+    ]);
+    expect(serverless({ minCapacityUnits: 32 }).map((p) => p.field)).toEqual(['compute.minCapacityUnits']);
+    expect(serverless({ minCapacityUnits: 3 }).map((p) => p.field)).toEqual(['compute.minCapacityUnits']);
+    expect(serverless({ vpcSecurityGroupIds: ['sg-0123abcd', 'default'] })).toEqual([
+      { field: 'compute.vpcSecurityGroupIds', message: expect.stringContaining('"default"') },
+    ]);
+    expect(serverless({ replicationSubnetGroupId: 'subnets with spaces' }).map((p) => p.field)).toEqual([
+      'compute.replicationSubnetGroupId',
+    ]);
+  });
+
+  it("takes a migration's DMS Serverless settings, and names a field of the wrong type", () => {
+    const config = (compute: Record<string, unknown>) =>
+      parseMigrationConfig({
+        id: 'shop',
+        sourceUrl: 'postgres://u@s/shop',
+        targetUrl: 'postgres://u@t/shop',
+        strategy: 'dms',
+        dms: {
+          sourceSecretArn: plan.sourceSecretArn,
+          targetSecretArn: plan.targetSecretArn,
+          secretsAccessRoleArn: plan.secretsAccessRoleArn,
+          compute,
+        },
+      });
+    expect(
+      config({ kind: 'serverless', maxCapacityUnits: 8, replicationSubnetGroupId: 'g', multiAz: true }).dms?.compute,
+    ).toEqual({ kind: 'serverless', maxCapacityUnits: 8, replicationSubnetGroupId: 'g', multiAz: true });
+    const err = (() => {
+      try {
+        config({ kind: 'serverless', maxCapacityUnits: '8', replicationSubnetGroupId: 'g' });
+      } catch (e) {
+        return e as Error;
+      }
+    })();
+    expect(err?.message).toContain('dms.compute.maxCapacityUnits');
+  });
 });
 
 describe('DMS task and endpoints', () => {
@@ -385,7 +445,7 @@ describe('DMS task and endpoints', () => {
         maxCapacityUnits: 16,
         minCapacityUnits: 2,
         replicationSubnetGroupId: 'pgferry-subnets',
-        vpcSecurityGroupIds: ['sg-0123'],
+        vpcSecurityGroupIds: ['sg-0123abcd'],
       },
     };
     await ensureDmsReplication(client, serverless, { sourceArn: 'arn:src', targetArn: 'arn:tgt' }, mappings);
@@ -395,10 +455,24 @@ describe('DMS task and endpoints', () => {
       MaxCapacityUnits: 16,
       MinCapacityUnits: 2,
       ReplicationSubnetGroupId: 'pgferry-subnets',
-      VpcSecurityGroupIds: ['sg-0123'],
+      VpcSecurityGroupIds: ['sg-0123abcd'],
       MultiAZ: false,
     });
     expect(JSON.parse(input.ReplicationSettings!).FullLoadSettings.StopTaskCachedChangesApplied).toBe(true);
+    // Without security groups none is sent (DMS chooses), rather than an empty list.
+    const bare = dmsReplicationConfigInput(
+      {
+        ...serverless,
+        compute: { kind: 'serverless', maxCapacityUnits: 4, replicationSubnetGroupId: 'pgferry-subnets' },
+      },
+      { sourceArn: 'arn:src', targetArn: 'arn:tgt' },
+      mappings,
+    );
+    expect(bare.ComputeConfig).toEqual({
+      MaxCapacityUnits: 4,
+      ReplicationSubnetGroupId: 'pgferry-subnets',
+      MultiAZ: false,
+    });
   });
 
   it('starts or resumes the task only when it is not running, and stops it only once', async () => {
@@ -650,6 +724,47 @@ describe('dmsCdcLatency', () => {
   });
 });
 
+/** The port with recorded callbacks, polling without waiting, its clock at 14:10. */
+function portUnderTest() {
+  const store = new MemoryMigrationStore();
+  const recorded = recordingCallbacks();
+  const port = new AwsDmsReplication(
+    new DatabaseMigrationServiceClient({}),
+    new CloudWatchClient({}),
+    store,
+    recorded.callbacks,
+    { pollMs: 1, sleep: async () => {}, now: () => new Date('2026-11-02T14:10:00Z') },
+  );
+  return { store, calls: recorded.calls, port };
+}
+
+/** awaitFullLoad keeps the token while DMS still loads, and completes it itself once DMS says the full load finished. */
+async function expectFullLoadLook(
+  { store, calls, port }: ReturnType<typeof portUnderTest>,
+  ref: Parameters<AwsDmsReplication['awaitFullLoad']>[1],
+  loading: () => void,
+  finished: () => void,
+) {
+  loading();
+  await port.awaitFullLoad('shop', ref, 'token-9');
+  expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-9');
+  expect(calls).toEqual([]);
+  finished();
+  await port.awaitFullLoad('shop', ref, 'token-10');
+  expect(calls).toEqual([
+    [
+      'succeed',
+      'token-10',
+      {
+        summary: 'DMS full load finished (STOPPED_AFTER_CACHED_EVENTS)',
+        taskArn: ref.arn,
+        stopReason: 'STOPPED_AFTER_CACHED_EVENTS',
+      },
+    ],
+  ]);
+  expect(store.tokens.has('shop#awaitDmsFullLoad')).toBe(false);
+}
+
 describe('AwsDmsReplication (the DmsReplication port in AWS)', () => {
   const dms = mockClient(DatabaseMigrationServiceClient);
   const cw = mockClient(CloudWatchClient);
@@ -658,22 +773,14 @@ describe('AwsDmsReplication (the DmsReplication port in AWS)', () => {
     kind: 'instance' as const,
     replicationInstanceArn: plan.compute.kind === 'instance' ? plan.compute.replicationInstanceArn : '',
   };
-  let store: MemoryMigrationStore;
-  let calls: unknown[][];
+  let t: ReturnType<typeof portUnderTest>;
   let port: AwsDmsReplication;
+  let store: MemoryMigrationStore;
   beforeEach(async () => {
     dms.reset();
     cw.reset();
-    store = new MemoryMigrationStore();
-    const recorded = recordingCallbacks();
-    calls = recorded.calls;
-    port = new AwsDmsReplication(
-      new DatabaseMigrationServiceClient({}),
-      new CloudWatchClient({}),
-      store,
-      recorded.callbacks,
-      { pollMs: 1, sleep: async () => {}, now: () => new Date('2026-11-02T14:10:00Z') },
-    );
+    t = portUnderTest();
+    ({ port, store } = t);
   });
   /** DescribeReplicationTasks answers with these statuses in turn (the last one repeated). */
   const statuses = (...list: (string | undefined)[]) => {
@@ -718,29 +825,17 @@ describe('AwsDmsReplication (the DmsReplication port in AWS)', () => {
   });
 
   it('keeps the full-load token, and completes it itself when the task already stopped after its full load', async () => {
-    statuses('running');
-    await port.awaitFullLoad('shop', ref, 'token-9');
-    expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-9');
-    expect(calls).toEqual([]);
-    dms.reset();
-    dms.on(DescribeReplicationTasksCommand).resolves({
-      ReplicationTasks: [
-        { ReplicationTaskArn: TASK_ARN, Status: 'stopped', StopReason: 'Stop Reason STOPPED_AFTER_CACHED_EVENTS' },
-      ],
-    });
-    await port.awaitFullLoad('shop', ref, 'token-10');
-    expect(calls).toEqual([
-      [
-        'succeed',
-        'token-10',
-        {
-          summary: 'DMS full load finished (STOPPED_AFTER_CACHED_EVENTS)',
-          taskArn: TASK_ARN,
-          stopReason: 'STOPPED_AFTER_CACHED_EVENTS',
-        },
-      ],
-    ]);
-    expect(store.tokens.has('shop#awaitDmsFullLoad')).toBe(false);
+    await expectFullLoadLook(
+      t,
+      ref,
+      () => statuses('running'),
+      () =>
+        dms.on(DescribeReplicationTasksCommand).resolves({
+          ReplicationTasks: [
+            { ReplicationTaskArn: TASK_ARN, Status: 'stopped', StopReason: 'Stop Reason STOPPED_AFTER_CACHED_EVENTS' },
+          ],
+        }),
+    );
   });
 
   it('is drained only by a 0 over a whole minute that began after the freeze (CloudWatch GetMetricData)', async () => {
@@ -813,5 +908,339 @@ describe('AwsDmsReplication (the DmsReplication port in AWS)', () => {
         .calls()
         .filter((c) => !(c.args[0] as { constructor: { name: string } }).constructor.name.startsWith('Describe')),
     ).toHaveLength(0);
+  });
+});
+
+const CONFIG_ARN = 'arn:aws:dms:eu-west-1:123456789012:replication-config:K7QZ2M4XWN5RBT3HDYFJ6VCEPA';
+const serverlessPlan: DmsPlan = {
+  ...plan,
+  compute: { kind: 'serverless', maxCapacityUnits: 16, replicationSubnetGroupId: 'pgferry-subnets' },
+};
+
+describe('AwsDmsReplication on DMS Serverless', () => {
+  const dms = mockClient(DatabaseMigrationServiceClient);
+  const cw = mockClient(CloudWatchClient);
+  const ref = {
+    arn: CONFIG_ARN,
+    kind: 'serverless' as const,
+    replicationConfigIdentifier: dmsNames('shop').replicationConfig,
+  };
+  let t: ReturnType<typeof portUnderTest>;
+  let port: AwsDmsReplication;
+  let store: MemoryMigrationStore;
+  beforeEach(async () => {
+    dms.reset();
+    cw.reset();
+    t = portUnderTest();
+    ({ port, store } = t);
+  });
+  /** DescribeReplications answers with these replications in turn (the last one repeated); undefined: none. */
+  const replications = (
+    ...list: ({ Status: string; StopReason?: string; FailureMessages?: string[] } | undefined)[]
+  ) => {
+    let i = 0;
+    dms.on(DescribeReplicationsCommand).callsFake(() => {
+      const r = list[Math.min(i++, list.length - 1)];
+      if (r === undefined) throw new ResourceNotFoundFault({ message: 'No replications found', $metadata: {} });
+      return { Replications: [{ ReplicationConfigArn: CONFIG_ARN, ...r }] };
+    });
+  };
+  const acting = () =>
+    dms
+      .calls()
+      .map((c) => (c.args[0] as { constructor: { name: string } }).constructor.name)
+      .filter((n) => !n.startsWith('Describe'));
+
+  it('creates the config, starts it once (start-replication) and correlates it; a retried start leaves a running one alone and resumes a stopped one', async () => {
+    dms.on(DescribeEndpointsCommand).resolves({ Endpoints: [{ EndpointArn: 'arn:endpoint:x' }] });
+    dms.on(DescribeReplicationConfigsCommand).rejects(new ResourceNotFoundFault({ message: 'none', $metadata: {} }));
+    dms.on(CreateReplicationConfigCommand).resolves({ ReplicationConfig: { ReplicationConfigArn: CONFIG_ARN } });
+    dms.on(StartReplicationCommand).resolves({});
+    replications(undefined);
+    expect(await port.start(serverlessPlan, mappings)).toEqual({ ...ref, started: true });
+    expect(dms.commandCalls(DescribeReplicationsCommand)[0]!.args[0].input).toEqual({
+      Filters: [{ Name: 'replication-config-arn', Values: [CONFIG_ARN] }],
+    });
+    expect(dms.commandCalls(StartReplicationCommand).map((c) => c.args[0].input)).toEqual([
+      { ReplicationConfigArn: CONFIG_ARN, StartReplicationType: 'start-replication' },
+    ]);
+    expect(await store.findCorrelation(`DMS#${CONFIG_ARN}`)).toBe('shop');
+
+    dms.on(DescribeReplicationConfigsCommand).resolves({ ReplicationConfigs: [{ ReplicationConfigArn: CONFIG_ARN }] });
+    replications({ Status: 'provisioning_capacity' });
+    expect(await port.start(serverlessPlan, mappings)).toEqual({ ...ref, started: false });
+    replications({ Status: 'failed', FailureMessages: ['lost the source'] });
+    expect(await port.start(serverlessPlan, mappings)).toEqual({ ...ref, started: true });
+    expect(dms.commandCalls(CreateReplicationConfigCommand)).toHaveLength(1);
+    expect(dms.commandCalls(StartReplicationCommand).map((c) => c.args[0].input.StartReplicationType)).toEqual([
+      'start-replication',
+      'resume-processing',
+    ]);
+  });
+
+  it('keeps the full-load token, and completes it itself when DescribeReplications says the full load finished', async () => {
+    await expectFullLoadLook(
+      t,
+      ref,
+      () => replications({ Status: 'running' }),
+      () => replications({ Status: 'stopped', StopReason: 'Stop Reason STOPPED_AFTER_CACHED_EVENTS' }),
+    );
+  });
+
+  it('resumes only a stopped replication and stops only a running one (StartReplication / StopReplication)', async () => {
+    dms.on(StartReplicationCommand).resolves({});
+    dms.on(StopReplicationCommand).resolves({});
+    replications({ Status: 'running' });
+    await port.resume(ref);
+    await port.stop(ref);
+    replications({ Status: 'stopped', StopReason: 'Stop Reason NORMAL' });
+    await port.stop(ref);
+    await port.resume(ref);
+    expect(acting()).toEqual(['StopReplicationCommand', 'StartReplicationCommand']);
+    // A cutover undone right after its stop: the replication is still stopping, and is resumed once stopped.
+    replications(
+      { Status: 'stopping' },
+      { Status: 'stopping' },
+      { Status: 'stopped', StopReason: 'Stop Reason NORMAL' },
+    );
+    await port.resume(ref);
+    expect(acting()).toEqual(['StopReplicationCommand', 'StartReplicationCommand', 'StartReplicationCommand']);
+    expect(dms.commandCalls(StopReplicationCommand)[0]!.args[0].input).toEqual({ ReplicationConfigArn: CONFIG_ARN });
+    expect(dms.commandCalls(StartReplicationCommand)[0]!.args[0].input).toEqual({
+      ReplicationConfigArn: CONFIG_ARN,
+      StartReplicationType: 'resume-processing',
+    });
+  });
+
+  it('reads CDC latency from the AWS/DMS series ListMetrics files under this replication, never from another, and no series is no figure', async () => {
+    const mine = [{ Name: 'ReplicationConfigIdentifier', Value: 'K7QZ2M4XWN5RBT3HDYFJ6VCEPA' }];
+    // Nothing published yet: no figure, and nothing asked of GetMetricData.
+    cw.on(ListMetricsCommand).resolves({ Metrics: [] });
+    expect(await port.cdcLatency(ref)).toEqual({});
+    expect(cw.commandCalls(GetMetricDataCommand)).toHaveLength(0);
+    expect(cw.commandCalls(ListMetricsCommand)[0]!.args[0].input).toEqual({
+      Namespace: 'AWS/DMS',
+      MetricName: 'CDCLatencyTarget',
+    });
+    cw.reset();
+    cw.on(ListMetricsCommand)
+      .resolvesOnce({
+        Metrics: [
+          // A replication instance's task, and another replication: not this one's.
+          {
+            Namespace: 'AWS/DMS',
+            MetricName: 'CDCLatencyTarget',
+            Dimensions: [
+              { Name: 'ReplicationInstanceIdentifier', Value: 'pgferry-shop' },
+              { Name: 'ReplicationTaskIdentifier', Value: 'QXAJ6QWKZ5TPBHX7SOPGLY4F2Y' },
+            ],
+          },
+          {
+            Namespace: 'AWS/DMS',
+            MetricName: 'CDCLatencyTarget',
+            Dimensions: [{ Name: 'ReplicationConfigIdentifier', Value: 'OTHERCONFIG' }],
+          },
+        ],
+        NextToken: 'page-2',
+      })
+      .resolves({ Metrics: [{ Namespace: 'AWS/DMS', MetricName: 'CDCLatencyTarget', Dimensions: mine }] });
+    cw.on(GetMetricDataCommand).resolves({
+      MetricDataResults: [
+        {
+          Id: 'target0',
+          Values: [0, 4],
+          Timestamps: [new Date('2026-11-02T14:08:00Z'), new Date('2026-11-02T14:07:00Z')],
+        },
+        { Id: 'source0', Values: [0], Timestamps: [new Date('2026-11-02T14:08:00Z')] },
+      ],
+    });
+    expect(await port.cdcLatency(ref)).toEqual({ targetSeconds: 0, sourceSeconds: 0, at: '2026-11-02T14:09:00.000Z' });
+    expect(cw.commandCalls(ListMetricsCommand)[1]!.args[0].input).toEqual({
+      Namespace: 'AWS/DMS',
+      MetricName: 'CDCLatencyTarget',
+      NextToken: 'page-2',
+    });
+    expect(cw.commandCalls(GetMetricDataCommand)[0]!.args[0].input).toEqual({
+      StartTime: new Date('2026-11-02T14:00:00Z'),
+      EndTime: new Date('2026-11-02T14:10:00Z'),
+      ScanBy: 'TimestampDescending',
+      MetricDataQueries: ['CDCLatencyTarget', 'CDCLatencySource'].map((metric) => ({
+        Id: metric === 'CDCLatencyTarget' ? 'target0' : 'source0',
+        MetricStat: {
+          Metric: { Namespace: 'AWS/DMS', MetricName: metric, Dimensions: mine },
+          Period: 60,
+          Stat: 'Maximum',
+        },
+        ReturnData: true,
+      })),
+    });
+    // Drained only by a 0 over a whole minute begun after the freeze; the series is not looked for again.
+    expect(await port.drained(ref, '2026-11-02T14:07:30Z')).toBe(true);
+    expect(await port.drained(ref, '2026-11-02T14:08:30Z')).toBe(false);
+    expect(cw.commandCalls(ListMetricsCommand)).toHaveLength(2);
+    cw.on(GetMetricDataCommand).resolves({ MetricDataResults: [{ Id: 'target0', Values: [], Timestamps: [] }] });
+    expect(await port.cdcLatency(ref)).toEqual({});
+  });
+
+  it('cleans up: stops a running replication, waits until it stopped, deletes the config, waits until it is gone, then deletes both endpoints', async () => {
+    const names = dmsNames('shop');
+    let configs = 0;
+    // Found by name; after its deletion, found once more (deleting), then gone.
+    dms.on(DescribeReplicationConfigsCommand).callsFake(() => {
+      configs++;
+      if (configs <= 2) return { ReplicationConfigs: [{ ReplicationConfigArn: CONFIG_ARN }] };
+      throw new ResourceNotFoundFault({ message: 'none', $metadata: {} });
+    });
+    replications(
+      { Status: 'running' },
+      { Status: 'stopping' },
+      { Status: 'stopped', StopReason: 'Stop Reason NORMAL' },
+    );
+    dms.on(StopReplicationCommand).resolves({});
+    dms.on(DeleteReplicationConfigCommand).resolves({});
+    dms
+      .on(DescribeEndpointsCommand)
+      .callsFake((i) => ({ Endpoints: [{ EndpointArn: `arn:endpoint:${i.Filters[0].Values[0]}` }] }));
+    dms.on(DeleteEndpointCommand).resolves({});
+    expect(await port.cleanup(serverlessPlan, ref)).toEqual([
+      names.replicationConfig,
+      names.sourceEndpoint,
+      names.targetEndpoint,
+    ]);
+    expect(acting()).toEqual([
+      'StopReplicationCommand',
+      'DeleteReplicationConfigCommand',
+      'DeleteEndpointCommand',
+      'DeleteEndpointCommand',
+    ]);
+    const order = dms.calls().map((c) => (c.args[0] as { constructor: { name: string } }).constructor.name);
+    // Deleted only once stopped (running, stopping, stopped read before), the endpoints only once the config is gone.
+    const beforeDelete = order.slice(0, order.indexOf('DeleteReplicationConfigCommand'));
+    expect(beforeDelete.filter((n) => n === 'DescribeReplicationsCommand')).toHaveLength(3);
+    expect(order.lastIndexOf('DescribeReplicationConfigsCommand')).toBeLessThan(order.indexOf('DeleteEndpointCommand'));
+    expect(configs).toBe(3);
+    expect(dms.commandCalls(DeleteReplicationConfigCommand)[0]!.args[0].input).toEqual({
+      ReplicationConfigArn: CONFIG_ARN,
+    });
+    expect(dms.commandCalls(DescribeReplicationConfigsCommand)[0]!.args[0].input).toEqual({
+      Filters: [{ Name: 'replication-config-id', Values: [names.replicationConfig] }],
+    });
+  });
+});
+
+describe('handleDmsReplicationStateChange (DMS Serverless)', () => {
+  const event = () =>
+    fixture('dms-replication-state-change-envelope-only.json') as unknown as DmsReplicationStateChangeEvent;
+  let store: MemoryMigrationStore;
+  let lines: string[];
+  let described: string[];
+  let replication: Parameters<typeof classifyDmsReplication>[0];
+  beforeEach(async () => {
+    store = new MemoryMigrationStore();
+    lines = [];
+    described = [];
+    await store.correlate(`DMS#${CONFIG_ARN}`, 'shop');
+    await store.putTaskToken('shop', 'awaitDmsFullLoad', 'token-1');
+  });
+  const deps = (callbacks: TaskCallbacks) => ({
+    store,
+    callbacks,
+    log: (l: string) => lines.push(l),
+    describeReplication: async (arn: string) => {
+      described.push(arn);
+      return replication;
+    },
+  });
+
+  it('takes the event as a prompt: DescribeReplications decides, the token is completed once; duplicate, late and out-of-order events are ignored', async () => {
+    const { callbacks, calls } = recordingCallbacks();
+    replication = { status: 'running' };
+    expect(await handleDmsReplicationStateChange(event(), deps(callbacks))).toMatchObject({
+      action: 'ignored',
+      migrationId: 'shop',
+    });
+    expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-1');
+    replication = { status: 'stopped', stopReason: 'Stop Reason STOPPED_AFTER_CACHED_EVENTS' };
+    expect(await handleDmsReplicationStateChange(event(), deps(callbacks))).toEqual({
+      action: 'succeeded',
+      migrationId: 'shop',
+      taskArn: CONFIG_ARN,
+      summary: 'DMS full load finished (STOPPED_AFTER_CACHED_EVENTS)',
+    });
+    // The same event again, and an older one read after the replication resumed: nothing more.
+    expect(await handleDmsReplicationStateChange(event(), deps(callbacks))).toMatchObject({ action: 'ignored' });
+    replication = { status: 'running' };
+    expect(await handleDmsReplicationStateChange(event(), deps(callbacks))).toMatchObject({ action: 'ignored' });
+    expect(calls.map((c) => c[0])).toEqual(['succeed']);
+    expect(described).toEqual([CONFIG_ARN, CONFIG_ARN, CONFIG_ARN, CONFIG_ARN]);
+    expect(lines.join('\n')).toContain('a duplicate or late event');
+  });
+
+  it('fails the bulk load on a failed replication with its failure messages, and on a stop before the full load finished', async () => {
+    const { callbacks, calls } = recordingCallbacks();
+    replication = { status: 'FAILED', failureMessages: ['Test connection failed for endpoint source.'] };
+    expect(await handleDmsReplicationStateChange(event(), deps(callbacks))).toMatchObject({ action: 'failed' });
+    await store.putTaskToken('shop', 'awaitDmsFullLoad', 'token-2');
+    replication = { status: 'stopped', stopReason: 'Stop Reason NORMAL' };
+    expect(await handleDmsReplicationStateChange(event(), deps(callbacks))).toMatchObject({ action: 'failed' });
+    expect(calls).toEqual([
+      [
+        'fail',
+        'token-1',
+        'DmsTaskFailed',
+        'DMS Serverless replication failed: Test connection failed for endpoint source.',
+      ],
+      [
+        'fail',
+        'token-2',
+        'DmsTaskStopped',
+        'DMS Serverless replication stopped before its full load finished (NORMAL): the DMS Serverless replication stopped',
+      ],
+    ]);
+  });
+
+  it("ignores, without reading DMS, an event that names no config of pgferry's, and one of another detail-type", async () => {
+    const { callbacks, calls } = recordingCallbacks();
+    replication = { status: 'stopped', stopReason: 'Stop Reason STOPPED_AFTER_CACHED_EVENTS' };
+    const other = { ...event(), resources: ['arn:aws:dms:eu-west-1:123456789012:replication-config:OTHER'] };
+    expect(await handleDmsReplicationStateChange(other, deps(callbacks))).toMatchObject({ action: 'ignored' });
+    const none = { ...event(), resources: [] };
+    expect(await handleDmsReplicationStateChange(none, deps(callbacks))).toMatchObject({ action: 'ignored' });
+    const task = { ...event(), 'detail-type': 'DMS Replication Task State Change' };
+    expect(await handleDmsReplicationStateChange(task, deps(callbacks))).toMatchObject({ action: 'ignored' });
+    expect(described).toEqual([]);
+    expect(calls).toEqual([]);
+    expect(lines).toHaveLength(3);
+  });
+
+  it('puts the token back when the callback could not be delivered, so the retried event completes it', async () => {
+    replication = { status: 'stopped', stopReason: 'Stop Reason STOPPED_AFTER_CACHED_EVENTS' };
+    await expect(handleDmsReplicationStateChange(event(), deps(recordingCallbacks(true).callbacks))).rejects.toThrow(
+      'Step Functions unreachable',
+    );
+    expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-1');
+  });
+});
+
+describe('classifyDmsReplication', () => {
+  it('reads only Status, StopReason and FailureMessages, in either case the documentation writes the states', () => {
+    expect(classifyDmsReplication(undefined)).toMatchObject({ kind: 'ignored' });
+    expect(classifyDmsReplication({ status: 'STOPPED', stopReason: 'Stop Reason FULL_LOAD_ONLY_FINISHED' })).toEqual({
+      kind: 'full-load-finished',
+      stopReason: 'FULL_LOAD_ONLY_FINISHED',
+    });
+    expect(classifyDmsReplication({ status: 'stopped', stopReason: 'STOPPED_AFTER_CACHED_EVENTS' })).toMatchObject({
+      kind: 'full-load-finished',
+    });
+    expect(classifyDmsReplication({ status: 'stopped', stopReason: 'Stop Reason RECOVERABLE_ERROR' })).toMatchObject({
+      kind: 'stopped',
+      stopReason: 'RECOVERABLE_ERROR',
+    });
+    expect(classifyDmsReplication({ status: 'failed' })).toEqual({
+      kind: 'failed',
+      message: 'the DMS Serverless replication failed',
+    });
+    for (const status of ['initializing', 'Provisioning Capacity', 'running', 'stopping'])
+      expect(classifyDmsReplication({ status })).toMatchObject({ kind: 'ignored' });
   });
 });

@@ -7,13 +7,20 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { DMS_CALLBACK_STEP, type DmsTaskStateChangeEvent, handleDmsTaskStateChange } from '@pgferry/aws';
+import {
+  DMS_CALLBACK_STEP,
+  type DmsReplicationStateChangeEvent,
+  type DmsTaskStateChangeEvent,
+  handleDmsReplicationStateChange,
+  handleDmsTaskStateChange,
+} from '@pgferry/aws';
 import type {
   DmsLatencyReading,
   DmsMappingInput,
   DmsPlan,
   DmsRef,
   DmsReplication,
+  DmsReplicationState,
   TaskCallbacks,
   TaskInput,
   TaskName,
@@ -30,6 +37,9 @@ import { freshPair, type Pair, serverUrl, sql } from './harness/pairs';
 
 const TASK_ARN = 'arn:aws:dms:eu-west-1:123456789012:task:QXAJ6QWKZ5TPBHX7SOPGLY4F2Y';
 const INSTANCE_ARN = 'arn:aws:dms:eu-west-1:123456789012:rep:R3PL1CAT10N1NSTANC3';
+/** The replication config's ARN the Serverless fixture names. */
+const CONFIG_ARN = 'arn:aws:dms:eu-west-1:123456789012:replication-config:K7QZ2M4XWN5RBT3HDYFJ6VCEPA';
+const SERVERLESS = { kind: 'serverless' as const, maxCapacityUnits: 16, replicationSubnetGroupId: 'pgferry-subnets' };
 const DMS_SETTINGS = {
   sourceSecretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-source-AbCdEf',
   targetSecretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-target-AbCdEf',
@@ -37,9 +47,12 @@ const DMS_SETTINGS = {
   compute: { kind: 'instance' as const, replicationInstanceArn: INSTANCE_ARN },
 };
 
-function fixture(name: string): DmsTaskStateChangeEvent {
+function fixture<T = DmsTaskStateChangeEvent>(name: string): T {
   return JSON.parse(readFileSync(join(__dirname, 'fixtures', 'events', name), 'utf8'));
 }
+
+/** The Serverless fixture: its envelope only (DMS documents no detail), delivered as a prompt. */
+const SERVERLESS_PROMPT = 'dms-replication-state-change-envelope-only.json';
 
 /** A schema DMS carries (no blocker): a key, bounded numeric, a sequence of its own. */
 const SCHEMA = `
@@ -75,6 +88,15 @@ class ScriptedDms implements DmsReplication {
     this.calls.push('start');
     this.plan = plan;
     this.mappings = mappings;
+    if (plan.compute.kind === 'serverless') {
+      await this.rt.store.correlate!(`DMS#${CONFIG_ARN}`, plan.migrationId);
+      return {
+        arn: CONFIG_ARN,
+        kind: 'serverless' as const,
+        replicationConfigIdentifier: 'pgferry-shop',
+        started: true,
+      };
+    }
     await this.rt.store.correlate!(`DMS#${TASK_ARN}`, plan.migrationId);
     return { arn: TASK_ARN, kind: 'instance' as const, replicationInstanceArn: INSTANCE_ARN, started: true };
   }
@@ -179,12 +201,32 @@ async function execute(r: Run, fullLoadEvent: string, input: Partial<WorkflowInp
     const kept = await runWorkflowTask(task, taskInput, deps);
     // A later execution: the full load ended in an earlier one.
     if (kept.skipped) return kept;
-    await r.dms.apply();
-    const outcome = await handleDmsTaskStateChange(fixture(fullLoadEvent), {
+    const eventDeps = {
       store: r.rt.store as Required<typeof r.rt.store>,
       callbacks,
-      log: (m) => r.rt.logs.push(m),
-    });
+      log: (m: string) => r.rt.logs.push(m),
+    };
+    if (fullLoadEvent === SERVERLESS_PROMPT) {
+      // DMS Serverless: each state change is a prompt; DescribeReplications (scripted) says what is true.
+      let replication: DmsReplicationState = { status: 'running' };
+      const prompt = () =>
+        handleDmsReplicationStateChange(fixture<DmsReplicationStateChangeEvent>(SERVERLESS_PROMPT), {
+          ...eventDeps,
+          describeReplication: async (arn) => {
+            expect(arn).toBe(CONFIG_ARN);
+            return replication;
+          },
+        });
+      expect((await prompt()).action).toBe('ignored');
+      await r.dms.apply();
+      replication = { status: 'stopped', stopReason: 'Stop Reason STOPPED_AFTER_CACHED_EVENTS' };
+      expect((await prompt()).action).toBe('succeeded');
+      // A duplicate delivery of the same prompt completes nothing.
+      expect((await prompt()).action).toBe('ignored');
+      return waiting;
+    }
+    await r.dms.apply();
+    const outcome = await handleDmsTaskStateChange(fixture(fullLoadEvent), eventDeps);
     expect(outcome.action).not.toBe('ignored');
     return waiting;
   };
@@ -257,6 +299,35 @@ describe('strategy dms in the workflow', () => {
     expect(readFileSync(r.rt.switchFile, 'utf8').trim()).toBe(r.pair.sourceUrl);
     expect(await r.pair.source("SELECT 1 FROM items WHERE name = 'after'")).toHaveLength(1);
     expect(await frozen(r.pair, 'source')).toBe(false);
+  });
+
+  it('runs on DMS Serverless: the state-change prompt and DescribeReplications end the full load, CDC latency gates, cut over, roll back', async () => {
+    const r = await setup(SCHEMA, { dms: { ...DMS_SETTINGS, compute: SERVERLESS } });
+    r.dms.latencies = [undefined, 0, 0];
+    const { outcome, entered } = await execute(r, SERVERLESS_PROMPT);
+    expect(outcome.status, JSON.stringify(outcome)).toBe('succeeded');
+    expect(r.dms.plan?.compute).toEqual(SERVERLESS);
+    expect(entered).toContain('Wait for the DMS full load');
+    expect(entered.slice(-4)).toEqual(['Cut over', 'Verify', 'Clean up requested?', 'Migrated']);
+    // One sample a reading: no datapoint first (not 0), then two zeros in a row.
+    const samples = Array<string>(3).fill('cdcLatency');
+    expect(r.dms.calls).toEqual(['start', 'awaitFullLoad', 'resume', ...samples, 'drained', 'stop']);
+    expect(r.dms.frozenWhenAsked).toEqual([true]);
+    const state = await r.rt.store.get(r.id);
+    expect(state.dms).toMatchObject({
+      arn: CONFIG_ARN,
+      kind: 'serverless',
+      replicationConfigIdentifier: 'pgferry-shop',
+      stoppedAt: expect.any(String),
+    });
+    expect(state.verify?.outcome).toBe('ok');
+    const [t] = await r.pair.target('SELECT last_value FROM invoice_no');
+    expect(Number(t?.last_value)).toBe(1004);
+    await r.pair.target("INSERT INTO items (name, price) VALUES ('after', 1)");
+    const back = await execute(r, SERVERLESS_PROMPT, { action: 'rollback' });
+    expect(back.outcome.status, JSON.stringify(back.outcome)).toBe('succeeded');
+    expect(readFileSync(r.rt.switchFile, 'utf8').trim()).toBe(r.pair.sourceUrl);
+    expect(await r.pair.source("SELECT 1 FROM items WHERE name = 'after'")).toHaveLength(1);
   });
 
   it('unfreezes and goes back to catch-up when DMS does not drain within --max-drain-ms, and stops the task only once drained', async () => {
@@ -438,7 +509,7 @@ describe("a dms migration's configuration", () => {
     return undefined;
   };
 
-  it('needs the DMS settings, each wrong one named, and refuses DMS Serverless, whose end of full load it could not see', () => {
+  it('needs the DMS settings, each wrong one named, and takes DMS Serverless compute', () => {
     expect(problem({ strategy: 'dms' })).toMatchObject({
       field: 'dms',
       message: expect.stringContaining('dms is required with strategy dms'),
@@ -446,17 +517,10 @@ describe("a dms migration's configuration", () => {
     expect(
       problem({ strategy: 'dms', dms: { ...DMS_SETTINGS, secretsAccessRoleArn: 'pgferry-dms' } })?.message,
     ).toContain('dms.secretsAccessRoleArn must be the ARN of the role DMS assumes to read the secrets');
-    const serverless = problem({
-      strategy: 'dms',
-      dms: {
-        ...DMS_SETTINGS,
-        compute: { kind: 'serverless', maxCapacityUnits: 4, replicationSubnetGroupId: 'g', vpcSecurityGroupIds: [] },
-      },
-    });
-    expect(serverless).toMatchObject({
-      field: 'dms.compute.kind',
-      message: expect.stringContaining('serverless is not supported'),
-    });
+    expect(problem({ strategy: 'dms', dms: { ...DMS_SETTINGS, compute: SERVERLESS } })).toBeUndefined();
+    expect(
+      problem({ strategy: 'dms', dms: { ...DMS_SETTINGS, compute: { ...SERVERLESS, minCapacityUnits: 32 } } }),
+    ).toMatchObject({ field: 'dms.compute.minCapacityUnits' });
     expect(problem({ strategy: 'snapshot', dms: DMS_SETTINGS })?.message).toContain('dms is only for strategy dms');
     expect(problem({ strategy: 'dms', dms: DMS_SETTINGS })).toBeUndefined();
   });

@@ -1,6 +1,9 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { CloudWatchClient, PutMetricDataCommand } from '@aws-sdk/client-cloudwatch';
-import { DatabaseMigrationServiceClient } from '@aws-sdk/client-database-migration-service';
+import {
+  DatabaseMigrationServiceClient,
+  DescribeReplicationsCommand,
+} from '@aws-sdk/client-database-migration-service';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
 import { RDSClient } from '@aws-sdk/client-rds';
@@ -8,7 +11,7 @@ import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SendTaskFailureCommand, SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
-import { DMS_CALLBACK_STEP, DUMP_UPLOAD_STEP, SfnTaskCallbacks } from '@pgferry/aws';
+import { DMS_CALLBACK_STEP, DUMP_UPLOAD_STEP, dmsReplicationStatus, SfnTaskCallbacks } from '@pgferry/aws';
 import {
   type DeploymentEnv,
   deploymentEnv,
@@ -56,8 +59,9 @@ const mocks = [
   mockClient(clients.events),
   mockClient(clients.rds),
   mockClient(clients.secrets),
-  mockClient(clients.dms),
 ];
+const dmsMock = mockClient(clients.dms);
+mocks.push(dmsMock);
 /** Every request any client sent, as `Command` names. */
 const sent = () => mocks.flatMap((m) => m.calls().map((c) => c.args[0].constructor.name));
 
@@ -181,7 +185,12 @@ const fixture = (name: string) => JSON.parse(readFileSync(`test/fixtures/events/
 
 function eventDeps() {
   const store = new MemoryMigrationStore();
-  const deps = { store, callbacks: new SfnTaskCallbacks(clients.sfn), log: (m: string) => logged.push(m) };
+  const deps = {
+    store,
+    callbacks: new SfnTaskCallbacks(clients.sfn),
+    log: (m: string) => logged.push(m),
+    describeReplication: (arn: string) => dmsReplicationStatus(clients.dms, arn),
+  };
   return { store, deps };
 }
 
@@ -234,6 +243,38 @@ describe('event handlers', () => {
     expect(await handler(event, context)).toMatchObject({ action: 'succeeded', migrationId: 'shop_1', taskArn: arn });
     expect(await handler(event, context)).toMatchObject({ action: 'ignored', migrationId: 'shop_1' });
     expect(sfnMock.commandCalls(SendTaskSuccessCommand).map((c) => c.args[0].input.taskToken)).toEqual(['token-dms']);
+  });
+
+  it('DMS Serverless: a state change is a prompt: DescribeReplications decides, the full-load step completes once, a duplicate completes nothing', async () => {
+    const { store, deps } = eventDeps();
+    const event = fixture('dms-replication-state-change-envelope-only');
+    const arn = event.resources[0];
+    await store.correlate(`DMS#${arn}`, 'shop_1');
+    await store.putTaskToken('shop_1', DMS_CALLBACK_STEP, 'token-dms');
+    sfnMock.on(SendTaskSuccessCommand).resolves({});
+    const handler = createDmsHandler(() => deps);
+    // Still loading: the event ends nothing, and the token stays for the next one.
+    dmsMock
+      .on(DescribeReplicationsCommand)
+      .resolves({ Replications: [{ ReplicationConfigArn: arn, Status: 'running' }] });
+    expect(await handler(event, context)).toMatchObject({ action: 'ignored', migrationId: 'shop_1' });
+    dmsMock.on(DescribeReplicationsCommand).resolves({
+      Replications: [
+        { ReplicationConfigArn: arn, Status: 'stopped', StopReason: 'Stop Reason STOPPED_AFTER_CACHED_EVENTS' },
+      ],
+    });
+    expect(await handler(event, context)).toMatchObject({ action: 'succeeded', migrationId: 'shop_1', taskArn: arn });
+    expect(await handler(event, context)).toMatchObject({ action: 'ignored', migrationId: 'shop_1' });
+    expect(dmsMock.commandCalls(DescribeReplicationsCommand)[0]!.args[0].input).toEqual({
+      Filters: [{ Name: 'replication-config-arn', Values: [arn] }],
+    });
+    expect(sfnMock.commandCalls(SendTaskSuccessCommand).map((c) => c.args[0].input.taskToken)).toEqual(['token-dms']);
+    // An event that is neither DMS detail-type is refused, naming the field.
+    const error = (await handler({ ...event, 'detail-type': 'DMS Replication Endpoint State Change' }, context).catch(
+      (e: Error) => e,
+    )) as Error & { field?: string };
+    expect(error.name).toBe('InvalidInputError');
+    expect(error.field).toBe('detail-type');
   });
 
   it('DMS: a failed task fails the waiting step; an event that is not a DMS task change is refused naming the field', async () => {

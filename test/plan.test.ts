@@ -169,16 +169,39 @@ describe('migration plans', () => {
       /dms\.compute\.replicationInstanceArn must be the ARN of a DMS replication instance/,
     ],
     [
-      'dms.compute.kind',
+      'dms.compute.maxCapacityUnits',
+      {
+        strategy: 'dms',
+        target: EXISTING,
+        dms: { ...DMS, compute: { kind: 'serverless', maxCapacityUnits: 12, replicationSubnetGroupId: 'g' } },
+      },
+      /dms\.compute\.maxCapacityUnits must be one of 1, 2, 4, 8, 16/,
+    ],
+    [
+      'dms.compute.vpcSecurityGroupIds',
       {
         strategy: 'dms',
         target: EXISTING,
         dms: {
           ...DMS,
-          compute: { kind: 'serverless', maxCapacityUnits: 4, replicationSubnetGroupId: 'g', vpcSecurityGroupIds: [] },
+          compute: {
+            kind: 'serverless',
+            maxCapacityUnits: 4,
+            replicationSubnetGroupId: 'g',
+            vpcSecurityGroupIds: ['web'],
+          },
         },
       },
-      /dms\.compute\.kind serverless is not supported/,
+      /dms\.compute\.vpcSecurityGroupIds must be security group ids \(sg-…\): "web"/,
+    ],
+    [
+      'dms.compute.replicationSubnetGroupId',
+      {
+        strategy: 'dms',
+        target: EXISTING,
+        dms: { ...DMS, compute: { kind: 'serverless', maxCapacityUnits: 4 } },
+      },
+      /dms\.compute\.replicationSubnetGroupId is required with kind serverless/,
     ],
     ['dms.sslMode', { strategy: 'dms', target: EXISTING, dms: { ...DMS, sslMode: 'none' } }, /dms\.sslMode must be/],
   ])('refuses at plan put a dms plan start could not run, naming %s', (field, overrides, message) => {

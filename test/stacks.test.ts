@@ -296,9 +296,15 @@ describe('the deployed stack', () => {
         },
         handler: 'DmsTaskState',
       },
+      // DMS Serverless: no resources filter (whether AWS events carry them is the service's choice, and
+      // DMS documents no sample of this one); the same handler looks for a config of pgferry's.
+      DmsReplicationStateRule: {
+        pattern: { source: ['aws.dms'], 'detail-type': ['DMS Replication State Change'] },
+        handler: 'DmsReplicationState',
+      },
     };
-    // The fourth is Slack's, on pgferry's own bus (its own test below).
-    expect(Object.keys(template.findResources('AWS::Events::Rule'))).toHaveLength(4);
+    // The fifth is Slack's, on pgferry's own bus (its own test below).
+    expect(Object.keys(template.findResources('AWS::Events::Rule'))).toHaveLength(5);
     for (const [ruleId, { pattern, handler }] of Object.entries(expected)) {
       const rule = resources[logicalId('AWS::Events::Rule', ruleId)]!.Properties;
       expect(rule.EventPattern, ruleId).toEqual(pattern);
@@ -396,6 +402,7 @@ describe('permissions', () => {
       roleOf('RdsInstanceEventServiceRole'),
       roleOf('DumpCreatedServiceRole'),
       roleOf('DmsTaskStateServiceRole'),
+      roleOf('DmsReplicationStateServiceRole'),
       roleOf('ProvisionTargetServiceRole'),
       // A full load that ended before its token was kept sends no event the handler could use.
       roleOf('AwaitDmsFullLoadServiceRole'),
@@ -458,7 +465,7 @@ describe('permissions', () => {
     const dmsActions = (role: string) =>
       statementsOf((_, roles) => roles.includes(role))
         .flatMap((s) => list(s.Action))
-        .filter((a) => /^dms:|^cloudwatch:GetMetricData$|^iam:PassRole$/.test(a))
+        .filter((a) => /^dms:|^cloudwatch:(GetMetricData|ListMetrics)$|^iam:PassRole$/.test(a))
         .sort();
     for (const task of LAMBDA_TASKS) {
       const role = logicalId('AWS::IAM::Role', `${task[0]!.toUpperCase()}${task.slice(1)}ServiceRole`);
@@ -466,6 +473,12 @@ describe('permissions', () => {
       expect(dmsActions(role), task).toEqual(expected);
     }
     expect(dmsActions(logicalId('AWS::IAM::Role', 'WorkerTaskTaskRole'))).toEqual([]);
+    // The DMS Serverless events' handler reads the replication an event prompts it to look at, and nothing else.
+    expect(dmsActions(logicalId('AWS::IAM::Role', 'DmsReplicationStateServiceRole'))).toEqual([
+      'dms:DescribeReplications',
+    ]);
+    for (const other of ['RdsInstanceEventServiceRole', 'DumpCreatedServiceRole', 'DmsTaskStateServiceRole'])
+      expect(dmsActions(logicalId('AWS::IAM::Role', other)), other).toEqual([]);
     // The role DMS reads the secrets with may be passed to DMS only.
     const startDms = logicalId('AWS::IAM::Role', 'StartDmsServiceRole');
     const passRole = statementsOf((_, roles) => roles.includes(startDms)).filter((s) =>

@@ -206,31 +206,41 @@ describe('startFromPlan', () => {
     expect((await store.list()).migrations.map((m) => m.id)).toEqual(['shop3']);
   });
 
-  it("starts a dms plan: the record carries the DMS settings naming the plan's own two secrets", async () => {
-    sfn.on(StartExecutionCommand).resolves({ executionArn: 'arn:dms' });
-    const targetSecret = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-target-GhIjKl';
-    const dms = {
-      secretsAccessRoleArn: 'arn:aws:iam::123456789012:role/pgferry-dms-secrets',
-      compute: { kind: 'instance' as const, replicationInstanceArn: 'arn:aws:dms:eu-west-1:123456789012:rep:R1' },
-    };
-    await store.putPlan({
-      ...PLAN,
-      name: 'shop-dms',
-      strategy: 'dms',
-      target: { kind: 'existing', instanceIdentifier: 'shop-17', secretArn: targetSecret },
-      dms,
-    });
-    await startFromPlan({ planName: 'shop-dms', requestedBy: 'U1', migrationId: 'shopdms' }, deps());
-    const state = await store.get('shopdms');
-    expect(state.config).toMatchObject({
-      strategy: 'dms',
-      dms: { ...dms, sourceSecretArn: SOURCE_SECRET, targetSecretArn: targetSecret },
-    });
-    expect(JSON.parse(String(sfn.commandCalls(StartExecutionCommand)[0]!.args[0].input!.input))).toMatchObject({
-      migrationId: 'shopdms',
-      provisionTarget: true,
-    });
-  });
+  it.each([
+    { kind: 'instance' as const, replicationInstanceArn: 'arn:aws:dms:eu-west-1:123456789012:rep:R1' },
+    {
+      kind: 'serverless' as const,
+      maxCapacityUnits: 16,
+      minCapacityUnits: 2,
+      replicationSubnetGroupId: 'pgferry-subnets',
+      vpcSecurityGroupIds: ['sg-0123abcd'],
+      multiAz: true,
+    },
+  ])(
+    "starts a dms plan ($kind compute): the record carries the DMS settings naming the plan's own two secrets",
+    async (compute) => {
+      sfn.on(StartExecutionCommand).resolves({ executionArn: 'arn:dms' });
+      const targetSecret = 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-target-GhIjKl';
+      const dms = { secretsAccessRoleArn: 'arn:aws:iam::123456789012:role/pgferry-dms-secrets', compute };
+      await store.putPlan({
+        ...PLAN,
+        name: 'shop-dms',
+        strategy: 'dms',
+        target: { kind: 'existing', instanceIdentifier: 'shop-17', secretArn: targetSecret },
+        dms,
+      });
+      await startFromPlan({ planName: 'shop-dms', requestedBy: 'U1', migrationId: 'shopdms' }, deps());
+      const state = await store.get('shopdms');
+      expect(state.config).toMatchObject({
+        strategy: 'dms',
+        dms: { ...dms, sourceSecretArn: SOURCE_SECRET, targetSecretArn: targetSecret },
+      });
+      expect(JSON.parse(String(sfn.commandCalls(StartExecutionCommand)[0]!.args[0].input!.input))).toMatchObject({
+        migrationId: 'shopdms',
+        provisionTarget: true,
+      });
+    },
+  );
 
   it('names an unknown plan and the command that lists them, creating nothing and starting nothing', async () => {
     const before = await items();

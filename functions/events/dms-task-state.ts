@@ -1,10 +1,20 @@
 /**
- * EventBridge `DMS Replication Task State Change` → the bulk load's task token (strategy `dms`,
- * packages/aws/src/dms.ts `handleDmsTaskStateChange`). An event that is not one fails the invocation
- * (the rule's DLQ keeps it); every other outcome, ignored ones included, is returned and logged.
+ * EventBridge → the bulk load's task token (strategy `dms`, packages/aws/src/dms.ts):
+ * - `DMS Replication Task State Change` (a replication instance's task): handleDmsTaskStateChange;
+ * - `DMS Replication State Change` (DMS Serverless): handleDmsReplicationStateChange, which takes the
+ *   event as a prompt and reads the replication with DescribeReplications (its detail is not documented).
+ * An event that is neither fails the invocation (the rule's DLQ keeps it); every other outcome, ignored
+ * ones included, is returned and logged.
  */
 import middy from '@middy/core';
-import { type DmsEventResult, type DmsTaskStateChangeEvent, handleDmsTaskStateChange } from '@pgferry/aws';
+import {
+  type DmsEventResult,
+  type DmsReplicationStateChangeEvent,
+  type DmsTaskStateChangeEvent,
+  dmsReplicationStatus,
+  handleDmsReplicationStateChange,
+  handleDmsTaskStateChange,
+} from '@pgferry/aws';
 import { InvalidInputError } from '@pgferry/core';
 import { z } from 'zod';
 import { awsTaskDeps } from '../lib/aws-deps';
@@ -18,26 +28,51 @@ const taskStateChange = z.object({
   detail: z.object({}).passthrough(),
 });
 
-export function parseDmsTaskStateChangeEvent(event: unknown): DmsTaskStateChangeEvent {
-  const parsed = taskStateChange.safeParse(event);
-  if (parsed.success) return parsed.data as DmsTaskStateChangeEvent;
+/** Only the envelope: an event naming no resource is logged and ignored by the handler, not refused here. */
+const replicationStateChange = z.object({
+  source: z.literal('aws.dms'),
+  'detail-type': z.literal('DMS Replication State Change'),
+  id: z.string().optional(),
+  time: z.string().optional(),
+  resources: z.array(z.string()).optional(),
+  detail: z.unknown().optional(),
+});
+
+type Parsed =
+  | { kind: 'task'; event: DmsTaskStateChangeEvent }
+  | { kind: 'replication'; event: DmsReplicationStateChangeEvent };
+
+export function parseDmsStateChangeEvent(event: unknown): Parsed {
+  const isServerless =
+    (event as { 'detail-type'?: unknown } | null)?.['detail-type'] === 'DMS Replication State Change';
+  const parsed = (isServerless ? replicationStateChange : taskStateChange).safeParse(event);
+  if (parsed.success)
+    return isServerless
+      ? { kind: 'replication', event: parsed.data as DmsReplicationStateChangeEvent }
+      : { kind: 'task', event: parsed.data as DmsTaskStateChangeEvent };
   const issue = parsed.error.issues[0]!;
   const field = issue.path.join('.') || 'event';
-  throw new InvalidInputError(`not a DMS Replication Task State Change: ${field}: ${issue.message}`, {
-    field,
-    hint: 'the rule should match source aws.dms and detail-type "DMS Replication Task State Change" only',
-  });
-}
-
-type DmsEventDeps = Parameters<typeof handleDmsTaskStateChange>[1];
-
-export function createHandler(deps: () => DmsEventDeps) {
-  return middy<unknown, DmsEventResult>().handler(async (event) =>
-    handleDmsTaskStateChange(parseDmsTaskStateChangeEvent(event), deps()),
+  throw new InvalidInputError(
+    `not a DMS Replication Task State Change nor a DMS Replication State Change: ${field}: ${issue.message}`,
+    {
+      field,
+      hint: 'the rules should match source aws.dms and detail-type "DMS Replication Task State Change" or "DMS Replication State Change" only',
+    },
   );
 }
 
-/** The store and callbacks every task uses, made once per Lambda container on the first event. */
+type DmsEventDeps = Parameters<typeof handleDmsReplicationStateChange>[1];
+
+export function createHandler(deps: () => DmsEventDeps) {
+  return middy<unknown, DmsEventResult>().handler(async (event) => {
+    const parsed = parseDmsStateChangeEvent(event);
+    return parsed.kind === 'task'
+      ? handleDmsTaskStateChange(parsed.event, deps())
+      : handleDmsReplicationStateChange(parsed.event, deps());
+  });
+}
+
+/** The store, callbacks and DMS client every task uses, made once per Lambda container on the first event. */
 let deps: DmsEventDeps | undefined;
 export const handler = createHandler(() => {
   if (!deps) {
@@ -56,6 +91,7 @@ export const handler = createHandler(() => {
       },
       callbacks: aws.callbacks,
       log: aws.log,
+      describeReplication: (arn) => dmsReplicationStatus(aws.clients.dms, arn),
     };
   }
   return deps;

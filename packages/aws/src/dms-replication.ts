@@ -1,9 +1,10 @@
 /**
  * The `DmsReplication` port in AWS: what the workflow's DMS path asks of DMS and CloudWatch, made of
- * the adapter's calls in dms.ts. Instance compute is complete; DMS Serverless is started, stopped and
- * deleted, but its CDC latency is not read (see cdcLatency).
+ * the adapter's calls in dms.ts, for a replication instance's task and for DMS Serverless alike. On
+ * Serverless every step reads the replication's state first (DescribeReplications), so a retried step
+ * starts, resumes or stops nothing twice; its CDC latency is read as dmsServerlessCdcLatency says.
  */
-import type { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
+import type { CloudWatchClient, Dimension } from '@aws-sdk/client-cloudwatch';
 import {
   type DatabaseMigrationServiceClient,
   DeleteEndpointCommand,
@@ -16,6 +17,7 @@ import {
   StopReplicationCommand,
 } from '@aws-sdk/client-database-migration-service';
 import {
+  classifyDmsReplication,
   classifyDmsTaskEvent,
   type DmsLatencyReading,
   type DmsMappingInput,
@@ -24,16 +26,21 @@ import {
   type DmsReplication,
   dmsDrained,
   dmsNames,
+  dmsReplicationAtRest,
   type MigrationStore,
   type TaskCallbacks,
 } from '@pgferry/core';
 import {
   call,
+  completeDmsFullLoad,
   DMS_CALLBACK_STEP,
   DmsError,
   describeOrNone,
   dmsCdcLatency,
   dmsInstanceIdentifier,
+  dmsReplicationStatus,
+  dmsServerlessCdcLatency,
+  dmsServerlessMetricDimensions,
   dmsTaskStatus,
   ensureDmsEndpoints,
   ensureDmsReplication,
@@ -55,6 +62,8 @@ const AT_REST = ['stopped', 'ready', 'failed'];
 
 export class AwsDmsReplication implements DmsReplication {
   private readonly instanceIds = new Map<string, string>();
+  /** Serverless: the metric dimensions found for a config ARN (once found, they do not change). */
+  private readonly serverlessDimensions = new Map<string, Dimension[][]>();
   private readonly pollMs: number;
   private readonly maxWaitMs: number;
   private readonly sleep: (ms: number) => Promise<void>;
@@ -90,12 +99,20 @@ export class AwsDmsReplication implements DmsReplication {
     const endpoints = await ensureDmsEndpoints(this.dms, plan);
     const { arn } = await ensureDmsReplication(this.dms, plan, endpoints, mappings, this.store);
     if (plan.compute.kind === 'serverless') {
-      await call(`DMS replication config ${arn}`, 'dms:StartReplication', () =>
-        this.dms.send(
-          new StartReplicationCommand({ ReplicationConfigArn: arn, StartReplicationType: 'start-replication' }),
-        ),
-      );
-      return { arn, kind: 'serverless', started: true };
+      // Never run (no replication yet, or `created`): start. Stopped or failed part way (a retried
+      // step): resume, so that tables already loaded are not loaded again. Anything else is running
+      // or on its way (initializing, provisioning, …): left alone.
+      const r = await dmsReplicationStatus(this.dms, arn);
+      const status = r?.status.toLowerCase() ?? 'created';
+      const type =
+        status === 'created' ? 'start-replication' : dmsReplicationAtRest(r) ? 'resume-processing' : undefined;
+      if (type) await this.startServerless(arn, type);
+      return {
+        arn,
+        kind: 'serverless',
+        replicationConfigIdentifier: dmsNames(plan.migrationId).replicationConfig,
+        started: type !== undefined,
+      };
     }
     const ref: DmsRef = { arn, kind: 'instance', replicationInstanceArn: plan.compute.replicationInstanceArn };
     // A task just created is `creating` for a while and cannot be started until it is `ready`.
@@ -114,60 +131,84 @@ export class AwsDmsReplication implements DmsReplication {
     return { ...ref, started };
   }
 
+  private startServerless(arn: string, type: 'start-replication' | 'resume-processing') {
+    return call(`DMS Serverless replication ${arn}`, 'dms:StartReplication', () =>
+      this.dms.send(new StartReplicationCommand({ ReplicationConfigArn: arn, StartReplicationType: type })),
+    );
+  }
+
   async awaitFullLoad(migrationId: string, ref: DmsRef, token: string): Promise<void> {
     await this.store.putTaskToken!(migrationId, DMS_CALLBACK_STEP, token);
-    if (ref.kind !== 'instance') return;
-    // The event may have come before the token was kept (it was then ignored): look at the task itself.
-    const t = await dmsTaskStatus(this.dms, ref.arn);
-    if (t.status !== 'stopped' && t.status !== 'failed') return;
-    const outcome = classifyDmsTaskEvent({
-      eventType: t.status === 'failed' ? 'REPLICATION_TASK_FAILED' : 'REPLICATION_TASK_STOPPED',
-      detailMessage:
-        t.status === 'failed'
-          ? (t.lastFailureMessage ?? 'the DMS task failed')
-          : `Stop Reason ${(t.stopReason ?? '').replace(/^Stop Reason\s+/i, '')}`,
-    });
-    if (outcome.kind === 'ignored') return;
-    const taken = await this.store.takeTaskToken!(migrationId, DMS_CALLBACK_STEP);
-    if (!taken) return;
-    if (outcome.kind === 'full-load-finished')
-      await this.callbacks.succeed(taken, {
-        summary: `DMS full load finished (${outcome.stopReason})`,
-        taskArn: ref.arn,
-        stopReason: outcome.stopReason,
+    // The event may have come before the token was kept (it was then ignored): look at DMS itself.
+    let outcome: ReturnType<typeof classifyDmsTaskEvent>;
+    if (ref.kind === 'serverless') outcome = classifyDmsReplication(await dmsReplicationStatus(this.dms, ref.arn));
+    else {
+      const t = await dmsTaskStatus(this.dms, ref.arn);
+      if (t.status !== 'stopped' && t.status !== 'failed') return;
+      outcome = classifyDmsTaskEvent({
+        eventType: t.status === 'failed' ? 'REPLICATION_TASK_FAILED' : 'REPLICATION_TASK_STOPPED',
+        detailMessage:
+          t.status === 'failed'
+            ? (t.lastFailureMessage ?? 'the DMS task failed')
+            : `Stop Reason ${(t.stopReason ?? '').replace(/^Stop Reason\s+/i, '')}`,
       });
-    else
-      await this.callbacks.fail(
-        taken,
-        outcome.kind === 'failed' ? 'DmsTaskFailed' : 'DmsTaskStopped',
-        outcome.kind === 'failed' ? `DMS task failed: ${outcome.message}` : `DMS task stopped: ${outcome.message}`,
-      );
+    }
+    if (outcome.kind === 'ignored') return;
+    await completeDmsFullLoad(
+      {
+        store: this.store as Required<Pick<MigrationStore, 'takeTaskToken' | 'putTaskToken'>>,
+        callbacks: this.callbacks,
+        log: () => {},
+      },
+      migrationId,
+      ref.arn,
+      outcome,
+      ref.kind === 'serverless' ? 'DMS Serverless replication' : 'DMS task',
+    );
   }
 
   async resume(ref: DmsRef): Promise<void> {
     if (ref.kind === 'serverless') {
-      await call(`DMS replication config ${ref.arn}`, 'dms:StartReplication', () =>
-        this.dms.send(
-          new StartReplicationCommand({ ReplicationConfigArn: ref.arn, StartReplicationType: 'resume-processing' }),
-        ),
-      );
+      // Only a stopped (or failed) replication resumes; one running already is left alone. One still
+      // stopping (a cutover undone just after its StopReplication) is waited for, then resumed.
+      let r = await dmsReplicationStatus(this.dms, ref.arn);
+      if (r?.status.toLowerCase() === 'stopping') {
+        await this.until(
+          `DMS Serverless replication ${ref.arn}`,
+          async () => {
+            r = await dmsReplicationStatus(this.dms, ref.arn);
+            return r?.status.toLowerCase() ?? 'created';
+          },
+          (s) => s !== 'stopping',
+        );
+      }
+      if (r && dmsReplicationAtRest(r) && r.status.toLowerCase() !== 'created')
+        await this.startServerless(ref.arn, 'resume-processing');
       return;
     }
     await startDmsTask(this.dms, ref.arn, 'resume-processing');
   }
 
   async cdcLatency(ref: DmsRef): Promise<DmsLatencyReading> {
-    if (ref.kind !== 'instance' || !ref.replicationInstanceArn)
-      throw new DmsError(`the CDC latency of DMS Serverless replication ${ref.arn} is not read by pgferry yet`, {
-        field: 'dms.compute.kind',
-        hint: 'use a replication instance (compute.kind instance) for the DMS path',
+    const now = this.options.now?.();
+    if (ref.kind === 'serverless') {
+      let dimensions = this.serverlessDimensions.get(ref.arn);
+      if (!dimensions?.length) {
+        dimensions = await dmsServerlessMetricDimensions(this.cloudwatch, ref);
+        this.serverlessDimensions.set(ref.arn, dimensions);
+      }
+      return dmsServerlessCdcLatency(this.cloudwatch, ref, dimensions, now ? { now } : {});
+    }
+    if (!ref.replicationInstanceArn)
+      throw new DmsError(`DMS task ${ref.arn} has no replication instance recorded`, {
+        field: 'dms.replicationInstanceArn',
+        hint: 'the DMS task is recorded by "Start the DMS task"; start a new execution for this migration',
       });
     let id = this.instanceIds.get(ref.replicationInstanceArn);
     if (!id) {
       id = await dmsInstanceIdentifier(this.dms, ref.replicationInstanceArn);
       this.instanceIds.set(ref.replicationInstanceArn, id);
     }
-    const now = this.options.now?.();
     return dmsCdcLatency(this.cloudwatch, { replicationInstanceIdentifier: id, taskArn: ref.arn }, now ? { now } : {});
   }
 
@@ -177,9 +218,11 @@ export class AwsDmsReplication implements DmsReplication {
 
   async stop(ref: DmsRef): Promise<void> {
     if (ref.kind === 'serverless') {
-      await call(`DMS replication config ${ref.arn}`, 'dms:StopReplication', () =>
-        this.dms.send(new StopReplicationCommand({ ReplicationConfigArn: ref.arn })),
-      );
+      const r = await dmsReplicationStatus(this.dms, ref.arn);
+      if (!dmsReplicationAtRest(r) && r!.status.toLowerCase() !== 'stopping')
+        await call(`DMS Serverless replication ${ref.arn}`, 'dms:StopReplication', () =>
+          this.dms.send(new StopReplicationCommand({ ReplicationConfigArn: ref.arn })),
+        );
       return;
     }
     await stopDmsTask(this.dms, ref.arn);
@@ -228,27 +271,35 @@ export class AwsDmsReplication implements DmsReplication {
         deleted.push(names.task);
       }
     } else {
-      const found = await describeOrNone(
-        `DMS replication config ${names.replicationConfig}`,
-        'dms:DescribeReplicationConfigs',
-        () =>
+      const describeConfig = () =>
+        describeOrNone(`DMS replication config ${names.replicationConfig}`, 'dms:DescribeReplicationConfigs', () =>
           this.dms.send(
             new DescribeReplicationConfigsCommand({
               Filters: [{ Name: 'replication-config-id', Values: [names.replicationConfig] }],
             }),
           ),
-      );
-      const arn = found?.ReplicationConfigs?.[0]?.ReplicationConfigArn;
+        );
+      const arn = (await describeConfig())?.ReplicationConfigs?.[0]?.ReplicationConfigArn;
       if (arn) {
-        const what = `DMS replication config ${arn}`;
-        await call(what, 'dms:StopReplication', () =>
-          this.dms.send(new StopReplicationCommand({ ReplicationConfigArn: arn })),
-        ).catch((err: DmsError) => {
-          // Not running: nothing to stop.
-          if ((err.cause as Error | undefined)?.name !== 'InvalidResourceStateFault') throw err;
-        });
+        const what = `DMS Serverless replication ${arn}`;
+        // A replication that runs (or is on its way) is stopped, and waited for: a config is deleted at rest.
+        await this.stop({ arn, kind: 'serverless' });
+        await this.until(
+          what,
+          async () => {
+            const r = await dmsReplicationStatus(this.dms, arn);
+            return dmsReplicationAtRest(r) ? 'at rest' : r!.status;
+          },
+          (s) => s === 'at rest',
+        );
         await call(what, 'dms:DeleteReplicationConfig', () =>
           this.dms.send(new DeleteReplicationConfigCommand({ ReplicationConfigArn: arn })),
+        );
+        // Its endpoints cannot go while the config that names them is being deleted.
+        await this.until(
+          what,
+          async () => ((await describeConfig())?.ReplicationConfigs?.[0] ? 'deleting' : 'deleted'),
+          (s) => s === 'deleted',
         );
         deleted.push(names.replicationConfig);
       }

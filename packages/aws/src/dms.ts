@@ -3,7 +3,12 @@
  * Serverless replication config), the `DMS Replication Task State Change` events that end the bulk
  * load, and the task's CDC latency as the lag. The inputs are built by pure functions in core (dms.ts).
  */
-import { type CloudWatchClient, GetMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import {
+  type CloudWatchClient,
+  type Dimension,
+  GetMetricDataCommand,
+  ListMetricsCommand,
+} from '@aws-sdk/client-cloudwatch';
 import {
   CreateEndpointCommand,
   CreateReplicationConfigCommand,
@@ -12,15 +17,19 @@ import {
   DescribeEndpointsCommand,
   DescribeReplicationConfigsCommand,
   DescribeReplicationInstancesCommand,
+  DescribeReplicationsCommand,
   DescribeReplicationTasksCommand,
   StartReplicationTaskCommand,
   StopReplicationTaskCommand,
 } from '@aws-sdk/client-database-migration-service';
 import {
+  classifyDmsReplication,
   classifyDmsTaskEvent,
   type DmsMappingInput,
   type DmsPlan,
+  type DmsReplicationState,
   type DmsTaskEventDetail,
+  type DmsTaskOutcome,
   dmsEndpointInput,
   dmsNames,
   dmsReplicationConfigInput,
@@ -147,10 +156,7 @@ export async function ensureDmsReplication(
         dms.send(
           new CreateReplicationConfigCommand({
             ...input,
-            ComputeConfig: {
-              ...input.ComputeConfig,
-              VpcSecurityGroupIds: [...input.ComputeConfig.VpcSecurityGroupIds],
-            },
+            ComputeConfig: { ...input.ComputeConfig },
             Tags: [...input.Tags],
           }),
         ),
@@ -301,6 +307,129 @@ export async function dmsCdcLatency(
   };
 }
 
+/**
+ * A DMS Serverless replication as DescribeReplications reports it (filter `replication-config-arn`:
+ * DMS_DOCS.describeReplications; fields: DMS_DOCS.replication), or undefined when DMS has none for the
+ * config (never started). FailureMessages are redacted: they may quote a connection string.
+ */
+export async function dmsReplicationStatus(
+  dms: DatabaseMigrationServiceClient,
+  configArn: string,
+): Promise<(DmsReplicationState & { fullLoadProgressPercent?: number; fullLoadFinishDate?: string }) | undefined> {
+  const out = await describeOrNone(`DMS Serverless replication ${configArn}`, 'dms:DescribeReplications', () =>
+    dms.send(new DescribeReplicationsCommand({ Filters: [{ Name: 'replication-config-arn', Values: [configArn] }] })),
+  );
+  const r = out?.Replications?.[0];
+  if (!r) return undefined;
+  const stats = r.ReplicationStats;
+  return {
+    status: r.Status ?? 'unknown',
+    ...(r.StopReason ? { stopReason: r.StopReason } : {}),
+    ...(r.FailureMessages?.length ? { failureMessages: r.FailureMessages.map((m) => redactText(m)) } : {}),
+    ...(stats?.FullLoadProgressPercent !== undefined ? { fullLoadProgressPercent: stats.FullLoadProgressPercent } : {}),
+    ...(stats?.FullLoadFinishDate ? { fullLoadFinishDate: stats.FullLoadFinishDate.toISOString() } : {}),
+  };
+}
+
+/** ListMetrics pages read at most while looking for a Serverless replication's metric (500 metrics a page). */
+const LIST_METRICS_PAGES = 20;
+
+/**
+ * The dimensions CloudWatch files a DMS Serverless replication's CDCLatencyTarget under. The DMS User
+ * Guide lists the metric for Serverless replications, "grouped by each serverless replication"
+ * (DMS_DOCS.serverless, "AWS DMS serverless replication metrics"), but names no dimension (nor its
+ * namespace: AWS/DMS is where DMS publishes its metrics, as for a task). So no dimension is guessed:
+ * ListMetrics (namespace AWS/DMS) lists the metric's series, and the series taken are those
+ * whose every dimension value names this replication (its config ARN, the ARN's resource id, or its
+ * identifier). None is an empty list: no figure. ListMetrics (DMS_DOCS.listMetrics) lists a series only
+ * once it has data, up to 15 minutes after its first datapoint, so a replication that has just begun
+ * publishing reads as no figure for that long (the gate waits; it never takes that for 0).
+ */
+export async function dmsServerlessMetricDimensions(
+  cloudwatch: CloudWatchClient,
+  ref: { arn: string; replicationConfigIdentifier?: string },
+): Promise<Dimension[][]> {
+  const names = new Set([
+    ref.arn,
+    ref.arn.split(':').pop()!,
+    ...(ref.replicationConfigIdentifier ? [ref.replicationConfigIdentifier] : []),
+  ]);
+  const found = new Map<string, Dimension[]>();
+  let token: string | undefined;
+  for (let page = 0; page < LIST_METRICS_PAGES; page++) {
+    const out = await call(`DMS Serverless replication ${ref.arn}`, 'cloudwatch:ListMetrics', () =>
+      cloudwatch.send(
+        new ListMetricsCommand({
+          Namespace: 'AWS/DMS',
+          MetricName: 'CDCLatencyTarget',
+          ...(token ? { NextToken: token } : {}),
+        }),
+      ),
+    );
+    for (const m of out.Metrics ?? []) {
+      const dims = m.Dimensions ?? [];
+      if (dims.length > 0 && dims.every((d) => d.Value !== undefined && names.has(d.Value)))
+        found.set(JSON.stringify(dims), dims);
+    }
+    token = out.NextToken;
+    if (!token) break;
+  }
+  return [...found.values()];
+}
+
+/**
+ * A DMS Serverless replication's CDC latency: CDCLatencyTarget and CDCLatencySource (AWS/DMS, the
+ * metrics DMS_DOCS.serverless lists for Serverless replications) under the dimensions
+ * dmsServerlessMetricDimensions found. Where several series name the replication, the newest minute
+ * of any of them counts, and its highest value. No series, or no datapoint, is no figure, never 0.
+ */
+export async function dmsServerlessCdcLatency(
+  cloudwatch: CloudWatchClient,
+  ref: { arn: string },
+  dimensions: Dimension[][],
+  options: { now?: Date; windowSeconds?: number } = {},
+): Promise<DmsLatency> {
+  if (dimensions.length === 0) return {};
+  const now = options.now ?? new Date();
+  const start = new Date(now.getTime() - (options.windowSeconds ?? 600) * 1000);
+  const queries = dimensions.flatMap((dims, i) =>
+    (['CDCLatencyTarget', 'CDCLatencySource'] as const).map((metric) => ({
+      Id: `${metric === 'CDCLatencyTarget' ? 'target' : 'source'}${i}`,
+      MetricStat: {
+        Metric: { Namespace: 'AWS/DMS', MetricName: metric, Dimensions: dims },
+        Period: 60,
+        Stat: 'Maximum',
+      },
+      ReturnData: true,
+    })),
+  );
+  const out = await call(`DMS Serverless replication ${ref.arn}`, 'cloudwatch:GetMetricData', () =>
+    cloudwatch.send(
+      new GetMetricDataCommand({
+        StartTime: start,
+        EndTime: now,
+        ScanBy: 'TimestampDescending',
+        MetricDataQueries: queries,
+      }),
+    ),
+  );
+  const newest = (prefix: string) => {
+    const points = (out.MetricDataResults ?? [])
+      .filter((r) => r.Id?.startsWith(prefix))
+      .flatMap((r) => (r.Values ?? []).map((v, i) => ({ v, t: r.Timestamps?.[i] })))
+      .filter((p): p is { v: number; t: Date } => p.t !== undefined);
+    if (points.length === 0) return undefined;
+    const latest = Math.max(...points.map((p) => p.t.getTime()));
+    return { v: Math.max(...points.filter((p) => p.t.getTime() === latest).map((p) => p.v)), t: new Date(latest) };
+  };
+  const target = newest('target');
+  const source = newest('source');
+  return {
+    ...(target ? { targetSeconds: target.v, at: new Date(target.t.getTime() + 60_000).toISOString() } : {}),
+    ...(source ? { sourceSeconds: source.v } : {}),
+  };
+}
+
 export function dmsCorrelationKey(arn: string): string {
   return `DMS#${arn}`;
 }
@@ -317,6 +446,20 @@ export interface DmsTaskStateChangeEvent {
   detail: DmsTaskEventDetail;
 }
 
+/**
+ * A `DMS Replication State Change` (DMS Serverless). EventBridge lists the detail-type
+ * (DMS_DOCS.eventBridgeDms) but DMS documents no sample of it: only the envelope every AWS event has
+ * is read (source, detail-type, id, resources: DMS_DOCS.eventStructure), never `detail`.
+ */
+export interface DmsReplicationStateChangeEvent {
+  source: string;
+  'detail-type': string;
+  id?: string;
+  time?: string;
+  resources?: string[];
+  detail?: unknown;
+}
+
 export interface DmsEventDeps {
   store: Required<Pick<MigrationStore, 'findCorrelation' | 'takeTaskToken' | 'putTaskToken'>>;
   callbacks: TaskCallbacks;
@@ -326,6 +469,39 @@ export interface DmsEventDeps {
 export type DmsEventResult =
   | { action: 'succeeded' | 'failed'; migrationId: string; taskArn: string; summary: string }
   | { action: 'ignored'; reason: string; migrationId?: string };
+
+/**
+ * Complete the bulk load's token with what ended the full load (an event, or the step's own look),
+ * once: no token (taken already: a duplicate, late or out-of-order event) is undefined. A token taken
+ * but not delivered is put back, so a retry (the event's, or a person's) can deliver it.
+ */
+export async function completeDmsFullLoad(
+  deps: Omit<DmsEventDeps, 'store'> & { store: Required<Pick<MigrationStore, 'takeTaskToken' | 'putTaskToken'>> },
+  migrationId: string,
+  arn: string,
+  outcome: Exclude<DmsTaskOutcome, { kind: 'ignored' }>,
+  what: 'DMS task' | 'DMS Serverless replication',
+): Promise<DmsEventResult | undefined> {
+  const token = await deps.store.takeTaskToken(migrationId, DMS_CALLBACK_STEP);
+  if (!token) return undefined;
+  try {
+    if (outcome.kind === 'full-load-finished') {
+      const summary = `DMS full load finished (${outcome.stopReason})`;
+      const done = await deps.callbacks.succeed(token, { summary, taskArn: arn, stopReason: outcome.stopReason });
+      if (!done) deps.log(`the ${DMS_CALLBACK_STEP} token of ${migrationId} was already complete`);
+      return { action: 'succeeded', migrationId, taskArn: arn, summary };
+    }
+    const summary =
+      outcome.kind === 'failed'
+        ? `${what} failed: ${redactText(outcome.message)}`
+        : `${what} stopped before its full load finished (${outcome.stopReason}): ${redactText(outcome.message)}`;
+    await deps.callbacks.fail(token, outcome.kind === 'failed' ? 'DmsTaskFailed' : 'DmsTaskStopped', summary);
+    return { action: 'failed', migrationId, taskArn: arn, summary };
+  } catch (err) {
+    await deps.store.putTaskToken(migrationId, DMS_CALLBACK_STEP, token);
+    throw err;
+  }
+}
 
 /**
  * An EventBridge `DMS Replication Task State Change`: the full load finished (the task stopped after
@@ -350,32 +526,55 @@ export async function handleDmsTaskStateChange(
   if (outcome.kind === 'ignored') return ignore(outcome.reason);
   const migrationId = await deps.store.findCorrelation(dmsCorrelationKey(taskArn));
   if (!migrationId) return ignore(`task ${taskArn} is not one of pgferry's`);
-  const token = await deps.store.takeTaskToken(migrationId, DMS_CALLBACK_STEP);
-  if (!token) {
-    return ignore(
+  const done = await completeDmsFullLoad(deps, migrationId, taskArn, outcome, 'DMS task');
+  return (
+    done ??
+    ignore(
       `no step of migration ${migrationId} waits on task ${taskArn} (${outcome.kind}): a duplicate or late event, or the step ended already`,
       migrationId,
-    );
-  }
-  let summary: string;
-  try {
-    if (outcome.kind === 'full-load-finished') {
-      summary = `DMS full load finished (${outcome.stopReason})`;
-      const done = await deps.callbacks.succeed(token, { summary, taskArn, stopReason: outcome.stopReason });
-      if (!done)
-        deps.log(`DMS event ${event.id ?? ''}: the ${DMS_CALLBACK_STEP} token of ${migrationId} was already complete`);
-      return { action: 'succeeded', migrationId, taskArn, summary };
+    )
+  );
+}
+
+/**
+ * An EventBridge `DMS Replication State Change` (DMS Serverless), taken as a prompt: its detail is not
+ * documented, so it is not read. The event's resources name the replication config (an ARN correlated
+ * with a migration by ensureDmsReplication); DescribeReplications then says what is true now
+ * (classifyDmsReplication): a finished full load completes the bulk load's token, a failure or another
+ * stop fails it, anything else ends nothing. So a duplicate, late or out-of-order event reads the same
+ * truth: the token is completed once, and every other event is logged and ignored.
+ */
+export async function handleDmsReplicationStateChange(
+  event: DmsReplicationStateChangeEvent,
+  deps: DmsEventDeps & { describeReplication: (configArn: string) => Promise<DmsReplicationState | undefined> },
+): Promise<DmsEventResult> {
+  const ignore = (reason: string, migrationId?: string): DmsEventResult => {
+    deps.log(`DMS event ${event.id ?? ''} ignored: ${reason}`);
+    return { action: 'ignored', reason, ...(migrationId ? { migrationId } : {}) };
+  };
+  if (event.source !== 'aws.dms' || event['detail-type'] !== 'DMS Replication State Change')
+    return ignore(`not a DMS Replication State Change (${event.source} / ${event['detail-type']})`);
+  let found: { arn: string; migrationId: string } | undefined;
+  for (const arn of event.resources ?? []) {
+    const migrationId = await deps.store.findCorrelation(dmsCorrelationKey(arn));
+    if (migrationId) {
+      found = { arn, migrationId };
+      break;
     }
-    const reason = outcome.kind === 'failed' ? outcome.message : outcome.message;
-    summary =
-      outcome.kind === 'failed'
-        ? `DMS task failed: ${redactText(reason)}`
-        : `DMS task stopped before its full load finished (${outcome.stopReason}): ${redactText(reason)}`;
-    await deps.callbacks.fail(token, outcome.kind === 'failed' ? 'DmsTaskFailed' : 'DmsTaskStopped', summary);
-    return { action: 'failed', migrationId, taskArn, summary };
-  } catch (err) {
-    // The token was taken but not delivered: put it back, so the event's retry (or a person) can.
-    await deps.store.putTaskToken(migrationId, DMS_CALLBACK_STEP, token);
-    throw err;
   }
+  if (!found)
+    return ignore(
+      `it names no replication config of pgferry's (${(event.resources ?? []).join(', ') || 'no resources'})`,
+    );
+  const { arn, migrationId } = found;
+  const outcome = classifyDmsReplication(await deps.describeReplication(arn));
+  if (outcome.kind === 'ignored') return ignore(`${arn}: ${outcome.reason}`, migrationId);
+  const done = await completeDmsFullLoad(deps, migrationId, arn, outcome, 'DMS Serverless replication');
+  return (
+    done ??
+    ignore(
+      `no step of migration ${migrationId} waits on ${arn} (${outcome.kind}): a duplicate or late event, or the step ended already`,
+      migrationId,
+    )
+  );
 }

@@ -257,8 +257,10 @@ target may also be {"kind": "existing", "instanceIdentifier": "...", "secretArn"
 "multiAz" (default true) and "parameterGroupName" (used as it is; logical replication must be on).
 "cleanup": "automatic" cleans up after a bake of bakeSeconds (default a day), only after a verify that found
 the sides equal; "manual" (default) does not. "strategy": "dms" needs an existing target and a "dms" block:
-{"secretsAccessRoleArn": "...", "compute": {"kind": "instance", "replicationInstanceArn": "..."}} (both
-secrets must hold host, port, username and password: DMS reads the endpoint from them). A plan is
+{"secretsAccessRoleArn": "...", "compute": {"kind": "instance", "replicationInstanceArn": "..."}}, or DMS
+Serverless: "compute": {"kind": "serverless", "maxCapacityUnits": 16, "replicationSubnetGroupId": "...",
+"minCapacityUnits"?, "vpcSecurityGroupIds"?, "multiAz"?} (DCUs: 1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384). Both
+secrets must hold host, port, username and password: DMS reads the endpoint from them. A plan is
 checked when stored and again when read; each problem is named by its field (plan.approvers.users.0).`,
   start: `Usage: pgferry start PLAN (--stage S | --table TABLE) --state-machine-arn ARN [--region R] [--id ID]
                      [--requested-by WHO]

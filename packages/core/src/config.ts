@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { switchTargetSchema } from './connection-switch';
 import { cutoverWindowSchema } from './cutover-window';
-import { dmsComputeUnsupported, dmsSettingsSchema } from './dms';
+import { dmsSettingsSchema } from './dms';
 import { InvalidInputError } from './errors';
 import { planTargetSchema } from './plan-target';
 import { redactText } from './redact';
@@ -302,8 +302,6 @@ export const migrationConfigSchema = z
         message:
           'dms is required with strategy dms: { sourceSecretArn, targetSecretArn, secretsAccessRoleArn, compute }',
       });
-    const unsupported = c.dms && dmsComputeUnsupported(c.dms.compute);
-    if (unsupported) ctx.addIssue({ code: 'custom', path: ['dms', 'compute', 'kind'], message: unsupported });
     if (c.dms && c.strategy !== 'dms')
       ctx.addIssue({
         code: 'custom',

@@ -16,6 +16,20 @@ export const DMS_DOCS = {
   cdc: 'https://docs.aws.amazon.com/dms/latest/userguide/CHAP_Source.PostgreSQL.html#CHAP_Source.PostgreSQL.Security',
   pgToPg: 'https://repost.aws/knowledge-center/dms-migrate-postgresql-to-postgresql',
   events: 'https://docs.aws.amazon.com/dms/latest/userguide/CHAP_EventBridge.html',
+  /** DMS Serverless: its replication states, what StopTaskCachedChangesApplied does there, its metrics. */
+  serverless: 'https://docs.aws.amazon.com/dms/latest/userguide/CHAP_Serverless.Components.html',
+  /** ComputeConfig: the DCU sizes MinCapacityUnits and MaxCapacityUnits take. */
+  computeConfig: 'https://docs.aws.amazon.com/dms/latest/APIReference/API_ComputeConfig.html',
+  /** Replication (DescribeReplications): Status, StopReason and its values, FailureMessages, ReplicationStats. */
+  replication: 'https://docs.aws.amazon.com/dms/latest/APIReference/API_Replication.html',
+  /** EventBridge's list of DMS detail-types ("DMS Replication State Change"), best-effort delivery. */
+  eventBridgeDms: 'https://docs.aws.amazon.com/eventbridge/latest/ref/events-ref-dms.html',
+  /** EventBridge's event structure: `resources` holds ARNs "at the discretion of the service". */
+  eventStructure: 'https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-events-structure.html',
+  /** DescribeReplications: filters replication-config-arn | replication-config-id. */
+  describeReplications: 'https://docs.aws.amazon.com/dms/latest/APIReference/API_DescribeReplications.html',
+  /** ListMetrics: 500 a page; a new series appears within 15 minutes; none without data in two weeks. */
+  listMetrics: 'https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_ListMetrics.html',
   unlogged: 'https://www.postgresql.org/docs/current/sql-createtable.html#SQL-CREATETABLE-UNLOGGED',
 } as const;
 
@@ -444,17 +458,64 @@ export function classifyDmsTaskEvent(detail: DmsTaskEventDetail): DmsTaskOutcome
   return { kind: 'ignored', reason: `${detail.eventType ?? id ?? 'an event'} does not end a step` };
 }
 
+/** What DescribeReplications says of a DMS Serverless replication (packages/aws's dmsReplicationStatus). */
+export interface DmsReplicationState {
+  status: string;
+  /** `Stop Reason STOPPED_AFTER_CACHED_EVENTS`, as Replication.StopReason writes it. */
+  stopReason?: string;
+  failureMessages?: string[];
+}
+
+/**
+ * What a DMS Serverless replication's state means for "Wait for the DMS full load". The event that
+ * prompts this look (`DMS Replication State Change`) has no documented detail, so only DescribeReplications
+ * is read: Replication.Status `failed` fails the step with its FailureMessages; `stopped` with a
+ * StopReason of a finished full load (the values are Replication.StopReason's, DMS_DOCS.replication)
+ * completes it, any other stop fails it; every other status (the replication is still initializing,
+ * provisioning or running: DMS_DOCS.serverless) ends nothing. The documentation writes the states both
+ * `STOPPED` and `stopped`, so case is not compared. No replication yet (never started) ends nothing.
+ */
+export function classifyDmsReplication(r: DmsReplicationState | undefined): DmsTaskOutcome {
+  if (!r) return { kind: 'ignored', reason: 'DMS has no replication for this config yet' };
+  const status = r.status.toLowerCase();
+  const message = (r.failureMessages ?? []).join('; ');
+  if (status === 'failed') return { kind: 'failed', message: message || 'the DMS Serverless replication failed' };
+  if (status === 'stopped') {
+    const stopReason = /(?:Stop Reason\s+)?([A-Z_]{4,})\s*$/.exec(r.stopReason ?? '')?.[1] ?? '';
+    if (FULL_LOAD_DONE.includes(stopReason)) return { kind: 'full-load-finished', stopReason };
+    return {
+      kind: 'stopped',
+      stopReason: stopReason || 'unknown',
+      message: message || 'the DMS Serverless replication stopped',
+    };
+  }
+  return { kind: 'ignored', reason: `the replication is ${r.status}: nothing ends yet` };
+}
+
+/** Replication.Status values of a replication that is not running nor on its way (stop and delete need nothing more). */
+export function dmsReplicationAtRest(r: DmsReplicationState | undefined): boolean {
+  return !r || ['stopped', 'failed', 'created'].includes(r.status.toLowerCase());
+}
+
 /** Where the DMS task runs: a replication instance the plan names, or DMS Serverless. */
 export type DmsCompute =
   | { kind: 'instance'; replicationInstanceArn: string }
   | {
       kind: 'serverless';
+      /** DCUs (2 GB of RAM each) DMS may scale up to; one of DMS_CAPACITY_UNITS. */
       maxCapacityUnits: number;
+      /** DCUs DMS keeps at least (DMS's default: 1). */
       minCapacityUnits?: number;
+      /** The replication subnet group the replication runs in (the one that reaches both databases). */
       replicationSubnetGroupId: string;
-      vpcSecurityGroupIds: string[];
+      /** Security groups of the replication; none given, none is sent (DMS chooses). */
+      vpcSecurityGroupIds?: string[];
+      /** A standby in another AZ (DMS recommends it for change capture). */
       multiAz?: boolean;
     };
+
+/** The DCU sizes ComputeConfig's MinCapacityUnits and MaxCapacityUnits take (DMS_DOCS.computeConfig). */
+export const DMS_CAPACITY_UNITS = [1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384] as const;
 
 export interface DmsPlan {
   migrationId: string;
@@ -487,26 +548,32 @@ export function dmsPlanProblems(plan: DmsPlan): { field: string; message: string
   if (plan.compute.kind === 'instance') {
     arn('compute.replicationInstanceArn', plan.compute.replicationInstanceArn, 'dms', 'a DMS replication instance');
   } else {
-    const { maxCapacityUnits: max, minCapacityUnits: min } = plan.compute;
-    // DMS capacity units come in these sizes only.
-    const dcu = [1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384];
+    const { maxCapacityUnits: max, minCapacityUnits: min, vpcSecurityGroupIds: groups } = plan.compute;
+    const dcu: readonly number[] = DMS_CAPACITY_UNITS;
     if (!dcu.includes(max))
       problems.push({
         field: 'compute.maxCapacityUnits',
-        message: `compute.maxCapacityUnits must be one of ${dcu.join(', ')}`,
+        message: `compute.maxCapacityUnits must be one of ${dcu.join(', ')} (DMS capacity units, 2 GB each; ${DMS_DOCS.computeConfig})`,
       });
     if (min !== undefined && (!dcu.includes(min) || min > max)) {
       problems.push({
         field: 'compute.minCapacityUnits',
-        message: 'compute.minCapacityUnits must be a DCU size no larger than maxCapacityUnits',
+        message: `compute.minCapacityUnits must be one of ${dcu.join(', ')}, no larger than compute.maxCapacityUnits`,
       });
     }
-    if (!plan.compute.replicationSubnetGroupId) {
+    if (!/^[A-Za-z][A-Za-z0-9-]{0,254}$/.test(plan.compute.replicationSubnetGroupId)) {
       problems.push({
         field: 'compute.replicationSubnetGroupId',
-        message: 'DMS Serverless needs a replication subnet group',
+        message:
+          'compute.replicationSubnetGroupId must name the DMS replication subnet group the Serverless replication runs in (one that reaches both databases)',
       });
     }
+    const badGroups = (groups ?? []).filter((g) => !/^sg-[0-9a-f]{8,17}$/.test(g));
+    if (badGroups.length > 0)
+      problems.push({
+        field: 'compute.vpcSecurityGroupIds',
+        message: `compute.vpcSecurityGroupIds must be security group ids (sg-…): ${badGroups.map((g) => JSON.stringify(g)).join(', ')}`,
+      });
   }
   return problems;
 }
@@ -597,7 +664,7 @@ export function dmsReplicationConfigInput(
       MaxCapacityUnits: c.maxCapacityUnits,
       ...(c.minCapacityUnits !== undefined ? { MinCapacityUnits: c.minCapacityUnits } : {}),
       ReplicationSubnetGroupId: c.replicationSubnetGroupId,
-      VpcSecurityGroupIds: c.vpcSecurityGroupIds,
+      ...(c.vpcSecurityGroupIds?.length ? { VpcSecurityGroupIds: [...c.vpcSecurityGroupIds] } : {}),
       MultiAZ: c.multiAz ?? false,
     },
     TableMappings: JSON.stringify(dmsTableMappings(mappings)),
@@ -632,15 +699,36 @@ export function dmsDrained(latency: DmsLatencyReading, freezeAt: string): boolea
 export const dmsComputeSchema = z.discriminatedUnion(
   'kind',
   [
-    z.strictObject({ kind: z.literal('instance'), replicationInstanceArn: z.string() }),
-    z.strictObject({
-      kind: z.literal('serverless'),
-      maxCapacityUnits: z.number(),
-      minCapacityUnits: z.number().optional(),
-      replicationSubnetGroupId: z.string(),
-      vpcSecurityGroupIds: z.array(z.string()),
-      multiAz: z.boolean().optional(),
-    }),
+    z.strictObject(
+      {
+        kind: z.literal('instance'),
+        replicationInstanceArn: z.string({
+          error: 'dms.compute.replicationInstanceArn is required with kind instance',
+        }),
+      },
+      { error: 'dms.compute must be { kind: "instance", replicationInstanceArn }' },
+    ),
+    z.strictObject(
+      {
+        kind: z.literal('serverless'),
+        maxCapacityUnits: z.number({
+          error: `dms.compute.maxCapacityUnits is required with kind serverless: one of ${DMS_CAPACITY_UNITS.join(', ')}`,
+        }),
+        minCapacityUnits: z.number({ error: 'dms.compute.minCapacityUnits must be a number of DCUs' }).optional(),
+        replicationSubnetGroupId: z.string({
+          error:
+            'dms.compute.replicationSubnetGroupId is required with kind serverless: the DMS replication subnet group',
+        }),
+        vpcSecurityGroupIds: z
+          .array(z.string(), { error: 'dms.compute.vpcSecurityGroupIds must be a list of security group ids' })
+          .optional(),
+        multiAz: z.boolean({ error: 'dms.compute.multiAz must be true or false' }).optional(),
+      },
+      {
+        error:
+          'dms.compute must be { kind: "serverless", maxCapacityUnits, replicationSubnetGroupId, minCapacityUnits?, vpcSecurityGroupIds?, multiAz? }',
+      },
+    ),
   ],
   { error: 'dms.compute.kind must be instance (with replicationInstanceArn) or serverless' },
 );
@@ -648,17 +736,6 @@ export const dmsComputeSchema = z.discriminatedUnion(
 export const dmsSslModeSchema = z.enum(['require', 'verify-ca', 'verify-full'], {
   error: 'dms.sslMode must be require, verify-ca or verify-full',
 });
-
-/**
- * Why the workflow cannot run this compute yet, or undefined. DMS Serverless: EventBridge lists a `DMS
- * Replication State Change` detail-type, but no sample of its detail is documented, and its CDC latency
- * metrics are not read: its full load would never be seen to end. The config and the plan both refuse it.
- */
-export function dmsComputeUnsupported(compute: DmsCompute): string | undefined {
-  return compute.kind === 'serverless'
-    ? 'dms.compute.kind serverless is not supported by the workflow yet (its events and CDC latency are not handled): use instance, with replicationInstanceArn'
-    : undefined;
-}
 
 export const dmsSettingsSchema = z
   .strictObject(
@@ -706,6 +783,8 @@ export interface DmsRef {
   kind: DmsCompute['kind'];
   /** Instance compute: CloudWatch names the task's metrics by the instance's identifier. */
   replicationInstanceArn?: string;
+  /** Serverless: the config's identifier (pgferry's name for it), one of the names its metrics may carry. */
+  replicationConfigIdentifier?: string;
 }
 
 /**

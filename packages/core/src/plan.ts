@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { DEFAULTS, type MigrationConfig, parseMigrationConfig } from './config';
 import { switchTargetSchema } from './connection-switch';
 import { type CutoverWindow, cutoverWindowSchema } from './cutover-window';
-import { dmsComputeSchema, dmsComputeUnsupported, dmsPlanProblems, dmsSslModeSchema } from './dms';
+import { dmsComputeSchema, dmsPlanProblems, dmsSslModeSchema } from './dms';
 import { InvalidInputError, PgferryError } from './errors';
 import { type PlanTarget, planTargetSchema, secretArn } from './plan-target';
 import { redactText } from './redact';
@@ -47,7 +47,10 @@ const planDmsSchema = z.strictObject(
     compute: dmsComputeSchema,
     sslMode: dmsSslModeSchema.optional(),
   },
-  { error: 'dms must be an object: { secretsAccessRoleArn, compute: { kind: "instance", replicationInstanceArn } }' },
+  {
+    error:
+      'dms must be an object: { secretsAccessRoleArn, compute: { kind: "instance", replicationInstanceArn } or { kind: "serverless", maxCapacityUnits, replicationSubnetGroupId } }',
+  },
 );
 
 export const migrationPlanSchema = z
@@ -163,7 +166,7 @@ function dmsPlanIssues(
       code: 'custom',
       path: ['dms'],
       message:
-        'dms is required with strategy dms: { secretsAccessRoleArn, compute: { kind: "instance", replicationInstanceArn } }',
+        'dms is required with strategy dms: { secretsAccessRoleArn, compute: { kind: "instance", replicationInstanceArn } or { kind: "serverless", maxCapacityUnits, replicationSubnetGroupId } }',
     });
     return;
   }
@@ -176,8 +179,6 @@ function dmsPlanIssues(
         'target.kind must be existing with strategy dms: DMS reads the host and port from the target secret, and the master secret RDS makes for a new instance holds only username and password. Create the instance, store a secret with host, port, username and password, and name both as an existing target',
     });
   }
-  const unsupported = dmsComputeUnsupported(plan.dms.compute);
-  if (unsupported) ctx.addIssue({ code: 'custom', path: ['dms', 'compute', 'kind'], message: unsupported });
   const targetSecretArn = plan.target.kind === 'existing' ? plan.target.secretArn : plan.source.secretArn;
   // (The two secrets are the plan's own fields, checked there.)
   for (const p of dmsPlanProblems({

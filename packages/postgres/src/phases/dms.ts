@@ -93,6 +93,7 @@ export async function dmsStart(ctx: PhaseContext, dms: DmsReplication): Promise<
       arn: ref.arn,
       kind: ref.kind,
       ...(ref.replicationInstanceArn ? { replicationInstanceArn: ref.replicationInstanceArn } : {}),
+      ...(ref.replicationConfigIdentifier ? { replicationConfigIdentifier: ref.replicationConfigIdentifier } : {}),
       startedAt: s.dms?.startedAt ?? new Date().toISOString(),
     };
   });

@@ -320,6 +320,7 @@ describe('strategy dms in the workflow', () => {
       replicationConfigIdentifier: 'pgferry-shop',
       stoppedAt: expect.any(String),
     });
+    expect(state.phases.cutover?.summary).toContain('DMS Serverless replication stopped');
     expect(state.verify?.outcome).toBe('ok');
     const [t] = await r.pair.target('SELECT last_value FROM invoice_no');
     expect(Number(t?.last_value)).toBe(1004);

@@ -265,5 +265,6 @@ export async function dmsCutover(
   await settleSwitch(ctx);
   // Forward replication was DMS's: nothing of pgferry's forward objects to drop (the task goes at clean-up).
   await dropPublication(ctx.source, n.publication).catch(() => {});
-  return `write gap ${record.writeGapMs} ms (DMS drain ${record.drainMs} ms); ${record.sessionsEnded} session(s) ended; DMS task stopped; ${record.sequencesSynced} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
+  const stopped = ctx.state.dms?.kind === 'serverless' ? 'DMS Serverless replication stopped' : 'DMS task stopped';
+  return `write gap ${record.writeGapMs} ms (DMS drain ${record.drainMs} ms); ${record.sessionsEnded} session(s) ended; ${stopped}; ${record.sequencesSynced} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
 }

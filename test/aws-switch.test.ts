@@ -454,12 +454,20 @@ describe('Route53CnameSwitch', () => {
     expect(again).toMatchObject({ changed: false, previous: { value: 'db-old.internal', ttl: 30 } });
   });
 
-  it('restores the previous CNAME and removes its TXT record in one batch; a second restore changes nothing', async () => {
-    const fake = fakeRoute53({ value: 'db-old.internal', ttl: 30 });
+  it('restores the previous CNAME and removes its TXT record in one batch, returns once Route 53 accepted it (settle follows it to INSYNC); a second restore changes nothing', async () => {
+    const fake = fakeRoute53({ value: 'db-old.internal', ttl: 30 }, 2);
     const sw = r53Switch();
     const record = await sw.switchTo({ url: TARGET }, 'shop');
     fake.r53.resetHistory();
-    expect(await sw.restore(record)).toMatchObject({ changed: true });
+    const restored = await sw.restore(record);
+    expect(restored).toMatchObject({ changed: true, changeId: '/change/C2' });
+    // Accepted is where the rollback's write gap may end: propagation is followed after it.
+    expect(fake.r53.commandCalls(GetChangeCommand)).toHaveLength(0);
+    expect(await sw.settle(record, restored)).toBe(true);
+    expect(fake.r53.commandCalls(GetChangeCommand).map((c) => c.args[0].input)).toEqual([
+      { Id: '/change/C2' },
+      { Id: '/change/C2' },
+    ]);
     expect(fake.r53.commandCalls(ChangeResourceRecordSetsCommand)[0]!.args[0].input.ChangeBatch!.Changes).toEqual([
       {
         Action: 'UPSERT',
@@ -482,8 +490,12 @@ describe('Route53CnameSwitch', () => {
     ]);
     expect(fake.sets.get('db.shop.example.|CNAME')!.ResourceRecords).toEqual([{ Value: 'db-old.internal' }]);
     expect(fake.sets.has('_pgferry-before-shop.db.shop.example.|TXT')).toBe(false);
-    expect(await sw.restore(record)).toMatchObject({ changed: false });
+    const again = await sw.restore(record);
+    expect(again).toMatchObject({ changed: false });
+    expect(again).not.toHaveProperty('changeId');
+    expect(await sw.settle(record, again)).toBe(true);
     expect(fake.r53.commandCalls(ChangeResourceRecordSetsCommand)).toHaveLength(1);
+    expect(fake.r53.commandCalls(GetChangeCommand)).toHaveLength(2);
   });
 
   it('says clearly that a long TTL keeps clients on the old server, and warns at the switch', async () => {

@@ -155,6 +155,11 @@ export interface CnameSwitchRecord extends SwitchRecordBase {
 export interface SwitchRestore {
   changed: boolean;
   summary: string;
+  /**
+   * The change the restore made, which `settle` follows after the rollback's write gap (Route 53's
+   * ChangeInfo.Id); absent when there is nothing to propagate.
+   */
+  changeId?: string;
 }
 
 /** A problem found before anything is frozen, naming the resource and what to do. */
@@ -180,11 +185,12 @@ export interface ConnectionSwitch {
    */
   restore(record: SwitchRecord): Promise<SwitchRestore>;
   /**
-   * Optional, after the write gap: wait (bounded) until the change `switchTo` made has reached every
-   * server that answers for the resource (Route 53: INSYNC on its name servers). True when it did
-   * within the wait. `switchTo` returns once the change is accepted, without this wait.
+   * Optional, after the write gap: wait (bounded) until the change `switchTo` made (or, given `restore`,
+   * the change that restore of `record` made: the rollback's) has reached every server that answers for
+   * the resource (Route 53: INSYNC on its name servers). True when it did within the wait. `switchTo`
+   * and `restore` return once the change is accepted, without this wait.
    */
-  settle?(record: SwitchRecord): Promise<boolean>;
+  settle?(record: SwitchRecord, restore?: SwitchRestore): Promise<boolean>;
 }
 
 /** The connection switch failed; `resource` names the secret, parameter or DNS record. */

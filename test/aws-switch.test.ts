@@ -23,7 +23,12 @@ import {
 } from '@aws-sdk/client-ssm';
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Route53CnameSwitch, SecretsManagerSwitch, SsmParameterSwitch } from '../packages/aws/src/index';
+import {
+  connectionSwitchFor,
+  Route53CnameSwitch,
+  SecretsManagerSwitch,
+  SsmParameterSwitch,
+} from '../packages/aws/src/index';
 import { type ConnectionSwitch, ConnectionSwitchError, InvalidInputError } from '../packages/core/src/index';
 import { fakeSsm, KEY, PARAM } from './harness/fake-ssm';
 
@@ -288,6 +293,24 @@ describe('SsmParameterSwitch', () => {
     expect(fake.versions[0]!.Labels).toEqual([]);
     expect(await sw.restore(record)).toMatchObject({ changed: false });
     expect(fake.ssm.commandCalls(PutParameterCommand)).toHaveLength(1);
+  });
+
+  it('writes under the KMS key the config names (switch.kmsKeyArn), whatever key id the parameter reports, switching and restoring', async () => {
+    const KMS_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0';
+    const source = 'postgres://app:s0urce-pw@db-old.internal:5432/shop';
+    // Made with an alias: DescribeParameters reports the alias, not the key the deployment grants.
+    const fake = fakeSsm('SecureString', source, 'alias/shop-db');
+    const sw = connectionSwitchFor(
+      { kind: 'ssm-parameter', name: PARAM, kmsKeyArn: KMS_KEY },
+      { ssm: new SSMClient({}) },
+    ) as ConnectionSwitch;
+    const record = await sw.switchTo({ url: TARGET }, 'shop');
+    expect(record).toMatchObject({ kind: 'ssm-parameter', changed: true, keyId: KMS_KEY });
+    await sw.restore(record);
+    expect(fake.ssm.commandCalls(PutParameterCommand).map((c) => c.args[0].input)).toEqual([
+      { Name: PARAM, Value: TARGET, Type: 'SecureString', Overwrite: true, KeyId: KMS_KEY },
+      { Name: PARAM, Value: source, Type: 'SecureString', Overwrite: true, KeyId: KMS_KEY },
+    ]);
   });
 
   it('changes nothing when retried, and the retry still names the version from before the first switch', async () => {

@@ -33,6 +33,18 @@ export const switchTargetSchema = z.discriminatedUnion(
       name: z
         .string({ error: 'switch.name is required: the SSM parameter name, e.g. /shop/database-url' })
         .regex(/^\/?[a-zA-Z0-9_.\-/]{1,2047}$/, 'switch.name must be an SSM parameter name such as /shop/database-url'),
+      /**
+       * The customer-managed KMS key of a SecureString parameter: the cutover and rollback may use exactly
+       * this key (kms:Decrypt to read, kms:Encrypt/GenerateDataKey to write), and every value they write
+       * is encrypted under it. Without it a SecureString must use the AWS managed key aws/ssm.
+       */
+      kmsKeyArn: z
+        .string({ error: 'switch.kmsKeyArn must be a string: the ARN of the KMS key the parameter is encrypted with' })
+        .regex(
+          /^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/,
+          'switch.kmsKeyArn must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<key id>), not an alias or a bare key id: the grant names the key itself',
+        )
+        .optional(),
     }),
     /** A CNAME the application connects through, pointed at the new endpoint. */
     z.strictObject({

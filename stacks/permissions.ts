@@ -117,6 +117,16 @@ export function statements(scope: Construct) {
             }),
             // The parameter's type and KMS key: DescribeParameters has no resource type.
             new PolicyStatement({ actions: ['ssm:DescribeParameters'], resources: ['*'] }),
+            // A SecureString under a customer-managed key: read (Decrypt) and write (Encrypt for a
+            // standard parameter, GenerateDataKey for an advanced one) with exactly that key.
+            ...(target.kmsKeyArn
+              ? [
+                  new PolicyStatement({
+                    actions: ['kms:Decrypt', 'kms:Encrypt', 'kms:GenerateDataKey'],
+                    resources: [target.kmsKeyArn],
+                  }),
+                ]
+              : []),
           ];
         case 'route53':
           return [

@@ -23,7 +23,12 @@ import {
 } from '@aws-sdk/client-ssm';
 import { mockClient } from 'aws-sdk-client-mock';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Route53CnameSwitch, SecretsManagerSwitch, SsmParameterSwitch } from '../packages/aws/src/index';
+import {
+  connectionSwitchFor,
+  Route53CnameSwitch,
+  SecretsManagerSwitch,
+  SsmParameterSwitch,
+} from '../packages/aws/src/index';
 import { type ConnectionSwitch, ConnectionSwitchError, InvalidInputError } from '../packages/core/src/index';
 import { fakeSsm, KEY, PARAM } from './harness/fake-ssm';
 
@@ -290,6 +295,24 @@ describe('SsmParameterSwitch', () => {
     expect(fake.ssm.commandCalls(PutParameterCommand)).toHaveLength(1);
   });
 
+  it('writes under the KMS key the config names (switch.kmsKeyArn), whatever key id the parameter reports, switching and restoring', async () => {
+    const KMS_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0';
+    const source = 'postgres://app:s0urce-pw@db-old.internal:5432/shop';
+    // Made with an alias: DescribeParameters reports the alias, not the key the deployment grants.
+    const fake = fakeSsm('SecureString', source, 'alias/shop-db');
+    const sw = connectionSwitchFor(
+      { kind: 'ssm-parameter', name: PARAM, kmsKeyArn: KMS_KEY },
+      { ssm: new SSMClient({}) },
+    ) as ConnectionSwitch;
+    const record = await sw.switchTo({ url: TARGET }, 'shop');
+    expect(record).toMatchObject({ kind: 'ssm-parameter', changed: true, keyId: KMS_KEY });
+    await sw.restore(record);
+    expect(fake.ssm.commandCalls(PutParameterCommand).map((c) => c.args[0].input)).toEqual([
+      { Name: PARAM, Value: TARGET, Type: 'SecureString', Overwrite: true, KeyId: KMS_KEY },
+      { Name: PARAM, Value: source, Type: 'SecureString', Overwrite: true, KeyId: KMS_KEY },
+    ]);
+  });
+
   it('changes nothing when retried, and the retry still names the version from before the first switch', async () => {
     const fake = fakeSsm('String', 'db-old.internal');
     const sw = new SsmParameterSwitch({ client: new SSMClient({}), name: PARAM, format: 'host', now });
@@ -454,12 +477,20 @@ describe('Route53CnameSwitch', () => {
     expect(again).toMatchObject({ changed: false, previous: { value: 'db-old.internal', ttl: 30 } });
   });
 
-  it('restores the previous CNAME and removes its TXT record in one batch; a second restore changes nothing', async () => {
-    const fake = fakeRoute53({ value: 'db-old.internal', ttl: 30 });
+  it('restores the previous CNAME and removes its TXT record in one batch, returns once Route 53 accepted it (settle follows it to INSYNC); a second restore changes nothing', async () => {
+    const fake = fakeRoute53({ value: 'db-old.internal', ttl: 30 }, 2);
     const sw = r53Switch();
     const record = await sw.switchTo({ url: TARGET }, 'shop');
     fake.r53.resetHistory();
-    expect(await sw.restore(record)).toMatchObject({ changed: true });
+    const restored = await sw.restore(record);
+    expect(restored).toMatchObject({ changed: true, changeId: '/change/C2' });
+    // Accepted is where the rollback's write gap may end: propagation is followed after it.
+    expect(fake.r53.commandCalls(GetChangeCommand)).toHaveLength(0);
+    expect(await sw.settle(record, restored)).toBe(true);
+    expect(fake.r53.commandCalls(GetChangeCommand).map((c) => c.args[0].input)).toEqual([
+      { Id: '/change/C2' },
+      { Id: '/change/C2' },
+    ]);
     expect(fake.r53.commandCalls(ChangeResourceRecordSetsCommand)[0]!.args[0].input.ChangeBatch!.Changes).toEqual([
       {
         Action: 'UPSERT',
@@ -482,8 +513,12 @@ describe('Route53CnameSwitch', () => {
     ]);
     expect(fake.sets.get('db.shop.example.|CNAME')!.ResourceRecords).toEqual([{ Value: 'db-old.internal' }]);
     expect(fake.sets.has('_pgferry-before-shop.db.shop.example.|TXT')).toBe(false);
-    expect(await sw.restore(record)).toMatchObject({ changed: false });
+    const again = await sw.restore(record);
+    expect(again).toMatchObject({ changed: false });
+    expect(again).not.toHaveProperty('changeId');
+    expect(await sw.settle(record, again)).toBe(true);
     expect(fake.r53.commandCalls(ChangeResourceRecordSetsCommand)).toHaveLength(1);
+    expect(fake.r53.commandCalls(GetChangeCommand)).toHaveLength(2);
   });
 
   it('says clearly that a long TTL keeps clients on the old server, and warns at the switch', async () => {

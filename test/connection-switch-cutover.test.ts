@@ -197,6 +197,57 @@ describe('the connection switch in the cutover and the rollback', () => {
     }
   });
 
+  it("waits for the switch back to propagate after the rollback's write gap, recording its own duration; a propagation that fails leaves the rollback done, with a warning", async () => {
+    for (const outcome of ['propagates', 'fails'] as const) {
+      const { pair, rt } = await fixture.setup(`swrbsettle${outcome === 'fails' ? 'f' : ''}`, 100);
+      const m = await newMigration(rt, pair, { cutover: 'auto', switchFile: undefined });
+      const sw = new FileSwitch(rt.switchFile);
+      const seen: { switchAt?: string; writeGapMs?: number; sourceWritable: boolean; changed: boolean }[] = [];
+      // As Route 53's INSYNC: asked once the change is accepted, answered after it reached every server.
+      Object.assign(sw, {
+        settle: async (_record: SwitchRecord, restore?: SwitchRestore) => {
+          if (!restore) return true; // the cutover's
+          const r = (await rt.store.get(m.id)).rollback;
+          seen.push({
+            switchAt: r?.switchAt,
+            writeGapMs: r?.writeGapMs,
+            sourceWritable: !(await frozen(pair, 'source')),
+            changed: restore.changed,
+          });
+          if (outcome === 'fails') throw new Error('Rate exceeded');
+          return true;
+        },
+      });
+      rt.connectionSwitch = () => sw;
+      expect((await advance(rt, m.id, { cutover: 'auto' })).status).toBe('cut-over');
+      const back = await rollbackMigration(rt, m.id);
+      expect(back.status).toBe('rolled-back');
+      // Asked after the gap ended: the switch back and the gap were recorded before it, the source took writes.
+      expect(seen).toEqual([
+        { switchAt: expect.any(String), writeGapMs: expect.any(Number), sourceWritable: true, changed: true },
+      ]);
+      expect(back.rollback?.writeGapMs).toBe(seen[0]!.writeGapMs);
+      expect(readFileSync(rt.switchFile, 'utf8').trim()).toBe(pair.sourceUrl);
+      expect(await frozen(pair, 'target')).toBe(true);
+      expect(sw.calls.map((c) => c.op)).toEqual(['switchTo', 'restore']);
+      if (outcome === 'propagates') {
+        expect(back.rollback?.switchPropagation).toEqual({ ms: expect.any(Number), done: true });
+        expect((back.warnings ?? []).filter((w) => w.includes('propagation'))).toEqual([]);
+      } else {
+        expect(back.rollback?.switchPropagation).toEqual({
+          ms: expect.any(Number),
+          done: false,
+          error: 'Rate exceeded',
+        });
+        expect(back.warnings).toContainEqual(
+          expect.stringMatching(
+            /^the switch back of the test application connection is done, but its propagation was not confirmed after \d+ ms \(Rate exceeded\); clients may reach the target \(read-only\) a while longer, the rollback stands$/,
+          ),
+        );
+      }
+    }
+  });
+
   it('the deployed tasks build the switch the config names: an SSM parameter labelled, overwritten with the target, and put back by the rollback', async () => {
     const { pair, rt } = await fixture.setup('swssm', 100);
     const fake = fakeSsm('SecureString', pair.sourceUrl);

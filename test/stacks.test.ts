@@ -565,6 +565,24 @@ describe('the connection switch of an SSM parameter or a Route 53 record', () =>
     expect(nagErrors).toEqual([]);
   });
 
+  it('let only Cut over and Roll back use exactly the SSM parameter’s configured KMS key (decrypt, encrypt, data keys), and no other key; cdk-nag stays clean', async () => {
+    const key = `arn:aws:kms:${REGION}:${ACCOUNT}:key/0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0`;
+    const { granting, roles, nagErrors } = await synthWith({
+      kind: 'ssm-parameter',
+      name: '/shop/database-url',
+      kmsKeyArn: key,
+    });
+    grantedExactly(granting('kms'), roles as string[], [
+      { actions: ['kms:Decrypt', 'kms:Encrypt', 'kms:GenerateDataKey'], resource: key },
+    ]);
+    // The parameter's own grant is unchanged.
+    expect(granting('ssm').flatMap((g) => g.actions)).not.toContain('kms:Decrypt');
+    expect(nagErrors).toEqual([]);
+    // Without a key named, no role may use any KMS key for the switch.
+    const plain = await synthWith({ kind: 'ssm-parameter', name: '/shop/database-url' });
+    expect(plain.granting('kms').filter((g) => g.roles.some((r) => roles.includes(r)))).toEqual([]);
+  });
+
   it('let only Cut over and Roll back change records of exactly the configured hosted zone and follow their changes; cdk-nag stays clean', async () => {
     const { granting, roles, nagErrors } = await synthWith({
       kind: 'route53',
@@ -716,6 +734,25 @@ describe('deployment configuration', () => {
     expect(() => deployConfigFromEnv({ ...env, PGFERRY_SWITCH: '{"kind":"ssm-parameter"}' })).toThrow(
       /PGFERRY_SWITCH: switch.name is required/,
     );
+    // A SecureString's customer-managed key, by its key ARN: the grant names the key itself.
+    const key = 'arn:aws:kms:eu-west-1:123456789012:key/0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0';
+    expect(
+      deployConfigFromEnv({
+        ...env,
+        PGFERRY_SWITCH: JSON.stringify({ kind: 'ssm-parameter', name: '/shop/database-url', kmsKeyArn: key }),
+      }).switchTarget,
+    ).toEqual({ kind: 'ssm-parameter', name: '/shop/database-url', kmsKeyArn: key });
+    for (const kmsKeyArn of [
+      'arn:aws:kms:eu-west-1:123456789012:alias/shop-db',
+      '0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0',
+      7,
+    ])
+      expect(() =>
+        deployConfigFromEnv({
+          ...env,
+          PGFERRY_SWITCH: JSON.stringify({ kind: 'ssm-parameter', name: '/shop/database-url', kmsKeyArn }),
+        }),
+      ).toThrow(/PGFERRY_SWITCH: switch\.kmsKeyArn must be /);
   });
 
   it('reads comma-separated ids and defaults the secret prefix and the WAL alarm', () => {

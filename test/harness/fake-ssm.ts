@@ -14,8 +14,12 @@ import { mockClient } from 'aws-sdk-client-mock';
 export const PARAM = '/shop/prod/database-url';
 export const KEY = 'arn:aws:kms:eu-west-1:123456789012:key/5b2a1c3d-0e4f-4a5b-8c6d-7e8f9a0b1c2d';
 
-/** SSM Parameter Store as far as the switch uses it: versions, labels, history, selectors. */
-export function fakeSsm(type: 'String' | 'SecureString', value: string) {
+/**
+ * SSM Parameter Store as far as the switch uses it: versions, labels, history, selectors.
+ * `describedKeyId`: the KeyId DescribeParameters reports for a SecureString (as the parameter was made:
+ * a key ARN, a key id or an alias).
+ */
+export function fakeSsm(type: 'String' | 'SecureString', value: string, describedKeyId = KEY) {
   const ssm = mockClient(SSMClient);
   const versions = [{ Version: 1, Value: value, Labels: [] as string[] }];
   const latest = () => versions[versions.length - 1]!;
@@ -26,7 +30,7 @@ export function fakeSsm(type: 'String' | 'SecureString', value: string) {
             {
               Name: PARAM,
               Type: type,
-              ...(type === 'SecureString' ? { KeyId: KEY } : {}),
+              ...(type === 'SecureString' ? { KeyId: describedKeyId } : {}),
               Version: latest().Version,
             },
           ],

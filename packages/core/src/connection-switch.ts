@@ -33,6 +33,18 @@ export const switchTargetSchema = z.discriminatedUnion(
       name: z
         .string({ error: 'switch.name is required: the SSM parameter name, e.g. /shop/database-url' })
         .regex(/^\/?[a-zA-Z0-9_.\-/]{1,2047}$/, 'switch.name must be an SSM parameter name such as /shop/database-url'),
+      /**
+       * The customer-managed KMS key of a SecureString parameter: the cutover and rollback may use exactly
+       * this key (kms:Decrypt to read, kms:Encrypt/GenerateDataKey to write), and every value they write
+       * is encrypted under it. Without it a SecureString must use the AWS managed key aws/ssm.
+       */
+      kmsKeyArn: z
+        .string({ error: 'switch.kmsKeyArn must be a string: the ARN of the KMS key the parameter is encrypted with' })
+        .regex(
+          /^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/,
+          'switch.kmsKeyArn must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<key id>), not an alias or a bare key id: the grant names the key itself',
+        )
+        .optional(),
     }),
     /** A CNAME the application connects through, pointed at the new endpoint. */
     z.strictObject({
@@ -155,6 +167,11 @@ export interface CnameSwitchRecord extends SwitchRecordBase {
 export interface SwitchRestore {
   changed: boolean;
   summary: string;
+  /**
+   * The change the restore made, which `settle` follows after the rollback's write gap (Route 53's
+   * ChangeInfo.Id); absent when there is nothing to propagate.
+   */
+  changeId?: string;
 }
 
 /** A problem found before anything is frozen, naming the resource and what to do. */
@@ -180,11 +197,12 @@ export interface ConnectionSwitch {
    */
   restore(record: SwitchRecord): Promise<SwitchRestore>;
   /**
-   * Optional, after the write gap: wait (bounded) until the change `switchTo` made has reached every
-   * server that answers for the resource (Route 53: INSYNC on its name servers). True when it did
-   * within the wait. `switchTo` returns once the change is accepted, without this wait.
+   * Optional, after the write gap: wait (bounded) until the change `switchTo` made (or, given `restore`,
+   * the change that restore of `record` made: the rollback's) has reached every server that answers for
+   * the resource (Route 53: INSYNC on its name servers). True when it did within the wait. `switchTo`
+   * and `restore` return once the change is accepted, without this wait.
    */
-  settle?(record: SwitchRecord): Promise<boolean>;
+  settle?(record: SwitchRecord, restore?: SwitchRestore): Promise<boolean>;
 }
 
 /** The connection switch failed; `resource` names the secret, parameter or DNS record. */

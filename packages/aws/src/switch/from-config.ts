@@ -29,7 +29,11 @@ export function connectionSwitchFor(
       return new SecretsManagerSwitch({ client: clients.secrets, secretId: target.secretArn });
     case 'ssm-parameter':
       clients.ssm ??= new SSMClient({});
-      return new SsmParameterSwitch({ client: clients.ssm, name: target.name });
+      return new SsmParameterSwitch({
+        client: clients.ssm,
+        name: target.name,
+        ...(target.kmsKeyArn ? { kmsKeyArn: target.kmsKeyArn } : {}),
+      });
     case 'route53':
       clients.route53 ??= new Route53Client({});
       return new Route53CnameSwitch({

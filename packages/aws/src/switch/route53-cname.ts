@@ -31,7 +31,7 @@ export interface Route53CnameSwitchOptions {
   recordName: string;
   /** Longest TTL `check` accepts (seconds). */
   maxTtlSeconds?: number;
-  /** How long `settle` (and a restore) waits for a change to reach every Route 53 name server (INSYNC). */
+  /** How long `settle` waits for a change (a switch's or a restore's) to reach every Route 53 name server (INSYNC). */
   syncWaitMs?: number;
   syncPollMs?: number;
   sleep?: (ms: number) => Promise<void>;
@@ -114,10 +114,12 @@ export class Route53CnameSwitch extends AwsSwitchBase implements ConnectionSwitc
     return { ...base, at: this.now().toISOString(), changed: true, ...(changeId ? { changeId } : {}) };
   }
 
-  /** Wait, bounded by syncWaitMs, for the switch's change to be INSYNC; false when it was not in time. */
-  async settle(record: SwitchRecord): Promise<boolean> {
-    if (record.kind !== 'route53-cname' || !record.changed) return true;
-    return record.changeId ? this.insync(record.changeId, 'PENDING') : false;
+  /** Wait, bounded by syncWaitMs, for the switch's (or the restore's) change to be INSYNC; false when it was not in time. */
+  async settle(record: SwitchRecord, restore?: SwitchRestore): Promise<boolean> {
+    if (record.kind !== 'route53-cname') return true;
+    const { changed, changeId } = restore ?? record;
+    if (!changed) return true;
+    return changeId ? this.insync(changeId, 'PENDING') : false;
   }
 
   async restore(record: SwitchRecord): Promise<SwitchRestore> {
@@ -147,21 +149,17 @@ export class Route53CnameSwitch extends AwsSwitchBase implements ConnectionSwitc
     // DELETE must name the record exactly as it is.
     if (crumb) changes.push({ Action: 'DELETE', ResourceRecordSet: crumb });
     if (changes.length === 0) return { changed: false, summary: `${this.resource} points at ${record.previous.value}` };
-    await this.change(`pgferry ${record.migrationId}: restore the source`, changes);
+    // Accepted once this returns; its propagation (INSYNC) is `settle`'s, after the rollback's write gap.
+    const { id: changeId } = await this.submit(`pgferry ${record.migrationId}: restore the source`, changes);
     return {
       changed: !back,
       summary: `${this.resource} points at ${record.previous.value}${back ? '' : ' again'}`,
+      ...(changeId && !back ? { changeId } : {}),
     };
   }
 
   private breadcrumbName(migrationId: string): string {
     return `_pgferry-before-${migrationId.replace(/_/g, '-')}.${this.name}`;
-  }
-
-  /** Submit a change batch and wait, bounded, for INSYNC; false when it was not INSYNC in time. */
-  private async change(comment: string, changes: Change[]): Promise<boolean> {
-    const { id, status } = await this.submit(comment, changes);
-    return id ? this.insync(id, status) : status === 'INSYNC';
   }
 
   /** Submit a change batch; Route 53 has accepted it once this returns. Its change id, to follow to INSYNC. */

@@ -34,6 +34,11 @@ export interface SsmParameterSwitchOptions {
   client: SSMClient;
   name: string;
   format?: ParameterFormat;
+  /**
+   * The customer-managed KMS key of a SecureString (the config's `switch.kmsKeyArn`): every value
+   * written is encrypted under it (PutParameter's KeyId). Without it, the key the parameter has.
+   */
+  kmsKeyArn?: string;
   now?: () => Date;
 }
 
@@ -43,12 +48,14 @@ export class SsmParameterSwitch extends AwsSwitchBase implements ConnectionSwitc
   private readonly client: SSMClient;
   private readonly name: string;
   private readonly format: ParameterFormat;
+  private readonly kmsKeyArn?: string;
 
   constructor(o: SsmParameterSwitchOptions) {
     super(`SSM parameter ${o.name}`, o.now);
     this.client = o.client;
     this.name = o.name;
     this.format = o.format ?? 'url';
+    this.kmsKeyArn = o.kmsKeyArn;
   }
 
   async check(): Promise<SwitchCheckProblem[]> {
@@ -72,7 +79,10 @@ export class SsmParameterSwitch extends AwsSwitchBase implements ConnectionSwitc
 
   async switchTo(to: SwitchEndpoint, migrationId: string): Promise<ParameterSwitchRecord> {
     const value = this.valueFor(to);
-    const { type, keyId } = await this.meta();
+    const meta = await this.meta();
+    const { type } = meta;
+    // The configured key (the one the deployment grants) over the one the parameter reports.
+    const keyId = type === 'SecureString' ? (this.kmsKeyArn ?? meta.keyId) : meta.keyId;
     if (type === 'StringList') throw new ConnectionSwitchError(`${this.resource} is a StringList`, this.resource);
     if (type !== 'SecureString' && this.format === 'url' && endpointParts(to.url).password !== undefined) {
       throw new InvalidInputError(`${this.resource} is a ${type}, and the URL to write carries a password`, {
@@ -131,7 +141,7 @@ export class SsmParameterSwitch extends AwsSwitchBase implements ConnectionSwitc
         { hint: `check who changed it; to go back anyway, write the value of version ${record.previousVersion} again` },
       );
     }
-    const version = await this.put(previous.value, record.type, record.keyId);
+    const version = await this.put(previous.value, record.type, this.kmsKeyArn ?? record.keyId);
     await this.unlabel(record);
     return {
       changed: true,

@@ -69,7 +69,8 @@ export interface VerifyReaderPoint {
   /** 0 takes (and, with others, exports) the snapshot; the others import it. */
   reader: number;
   readers: number;
-  stage: 'start' | 'snapshot';
+  /** start: before its transaction; snapshot: in the snapshot, holding the table's lock; reading: before its read. */
+  stage: 'start' | 'snapshot' | 'reading';
 }
 
 export function sourceMajor(ctx: PhaseContext): Promise<number> {

@@ -18,6 +18,7 @@ import {
   PreparedTransactionsPendingError,
   ReplicationFailedError,
   type SwitchRecord,
+  type SwitchRestore,
 } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { critical } from '../critical';
@@ -288,17 +289,22 @@ export async function switchInGap(
  * (Route 53's INSYNC) is waited for here, bounded, with its own duration recorded as
  * `cutover.switchPropagation`. The switch is done and stays done: a propagation that fails or does not
  * finish in time is a warning, never an undo. Clients still hold the old answer for up to the TTL.
+ * Given `restored` (the rollback's put-back of the switch, after its own gap), that change is followed
+ * the same way and recorded as `rollback.switchPropagation`.
  */
-export async function settleSwitch(ctx: PhaseContext): Promise<void> {
+export async function settleSwitch(ctx: PhaseContext, restored?: SwitchRestore): Promise<void> {
   const sw = ctx.connectionSwitch;
   const record = ctx.state.cutover?.switchRecord;
-  if (!sw?.settle || !record?.changed) return;
+  if (!sw?.settle || !record || !(restored ?? record).changed) return;
+  const [what, old, stands] = restored
+    ? ['switch back', 'the target', 'the rollback']
+    : ['switch', 'the source', 'the cutover'];
   const t0 = performance.now();
   let done = false;
   let failure: string | undefined;
   try {
     done = await withTimeout(
-      sw.settle(record),
+      sw.settle(record, restored),
       DEFAULTS.connectionSwitchTimeoutMs,
       `no answer within ${DEFAULTS.connectionSwitchTimeoutMs} ms`,
     );
@@ -308,10 +314,12 @@ export async function settleSwitch(ctx: PhaseContext): Promise<void> {
   const ms = Math.round(performance.now() - t0);
   const warning = done
     ? undefined
-    : `the switch of ${sw.resource} is done, but its propagation was not confirmed after ${ms} ms (${failure ?? 'still pending'}); clients may reach the source (read-only) a while longer, the cutover stands`;
-  ctx.log(warning ? `warning: ${warning}` : `${sw.resource}: the switch propagated ${ms} ms after the write gap`);
+    : `the ${what} of ${sw.resource} is done, but its propagation was not confirmed after ${ms} ms (${failure ?? 'still pending'}); clients may reach ${old} (read-only) a while longer, ${stands} stands`;
+  ctx.log(warning ? `warning: ${warning}` : `${sw.resource}: the ${what} propagated ${ms} ms after the write gap`);
+  const switchPropagation = { ms, done, ...(failure ? { error: failure } : {}) };
   await ctx.update((s) => {
-    s.cutover = { ...s.cutover, switchPropagation: { ms, done, ...(failure ? { error: failure } : {}) } };
+    if (restored) s.rollback = { ...s.rollback, switchPropagation };
+    else s.cutover = { ...s.cutover, switchPropagation };
     if (warning) s.warnings = [...(s.warnings ?? []), warning];
   });
 }

@@ -4,7 +4,14 @@
  * drain the reverse stream, sync sequences back, switch back, unfreeze the source.
  */
 import { performance } from 'node:perf_hooks';
-import { DEFAULTS, DrainTimeoutError, errorMessage, objectNames, RollbackFailedError } from '@pgferry/core';
+import {
+  DEFAULTS,
+  DrainTimeoutError,
+  errorMessage,
+  objectNames,
+  RollbackFailedError,
+  type SwitchRestore,
+} from '@pgferry/core';
 import { schemasAndExtensions } from '../catalog';
 import { critical } from '../critical';
 import { ident, literal } from '../db';
@@ -15,7 +22,7 @@ import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
 import { unreplicatedTables } from './catch-up';
 import type { PhaseContext } from './context';
-import { withTimeout } from './cutover';
+import { settleSwitch, withTimeout } from './cutover';
 import { runUndo, type UndoStep } from './undo';
 
 /** Drop what the schema restore created on the target, only if pgferry's marker says it made it. */
@@ -337,6 +344,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
         );
       throw await undo(err, 'the switch back failed');
     }
+    // Returns once the change is accepted: its propagation is waited for after the gap (below).
     const restored = await restoreAwsConnection(ctx, command);
     const gap = Math.round(performance.now() - t0);
     await ctx.update((s) => {
@@ -355,8 +363,10 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
     });
     return { gap, sequences, restored };
   });
+  // After the gap, as the cutover's: the put-back's propagation (Route 53 INSYNC), bounded, never an undo.
+  if (restored) await settleSwitch(ctx, restored);
   await finish(ctx);
-  return `switched back to the source: write gap ${gap} ms, ${sequences} sequence(s) synced${restored ? `; ${restored}` : ''}; the target is left read-only`;
+  return `switched back to the source: write gap ${gap} ms, ${sequences} sequence(s) synced${restored ? `; ${restored.summary}` : ''}; the target is left read-only`;
 }
 
 /**
@@ -364,7 +374,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
  * Idempotent. A failure may have moved the application back already, so it is not undone: the target
  * stays read-only, and the rollback run again restores and finishes.
  */
-async function restoreAwsConnection(ctx: PhaseContext, command: string): Promise<string | undefined> {
+async function restoreAwsConnection(ctx: PhaseContext, command: string): Promise<SwitchRestore | undefined> {
   const sw = ctx.connectionSwitch;
   const record = ctx.state.cutover?.switchRecord;
   if (!sw || !record) return undefined;
@@ -375,7 +385,7 @@ async function restoreAwsConnection(ctx: PhaseContext, command: string): Promise
       `${sw.resource} did not answer within ${DEFAULTS.connectionSwitchTimeoutMs} ms`,
     );
     ctx.log(r.summary);
-    return r.summary;
+    return r;
   } catch (err) {
     throw new RollbackFailedError(
       `the connection switch of ${sw.resource} was not put back: ${errorMessage(err)}; it may already point the application at the source, so the rollback is not undone (the target stays read-only)`,

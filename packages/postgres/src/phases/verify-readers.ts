@@ -5,11 +5,24 @@
  * wait on one another. The parts of one read are read at one point: the first reader takes a
  * REPEATABLE READ snapshot and exports it (pg_export_snapshot), every other reader imports it (SET
  * TRANSACTION SNAPSHOT) before any of them reads, as the load's streams do.
+ *
+ * Every reader holds the table's ACCESS SHARE lock before anyone reads (the first one before it takes
+ * the snapshot), taken with NOWAIT. Otherwise a session asking for ACCESS EXCLUSIVE (DDL, TRUNCATE, a
+ * replicated TRUNCATE on the replica) between two readers' first reads queues behind the first, the
+ * second queues behind it, and the first's transaction ends only once the second has read: a wait
+ * cycle no server sees, until lock_timeout. A lock not granted at once ends every reader's transaction
+ * (the session asking passes) and all of them begin again, for LOCK_WAIT_MS at most; then the read fails
+ * naming the table and the sessions holding or asking for that lock. Taken before the snapshot, the lock
+ * also keeps a table rewrite from committing between the snapshot and the reads (the rows it rewrote
+ * would be invisible to the snapshot: an empty table).
  */
 import { PgferryError, redactText } from '@pgferry/core';
 import type pg from 'pg';
-import { connectClient, type Db, literal } from '../db';
+import { connectClient, type Db, literal, sleep } from '../db';
 import type { VerifyReaderPoint } from './context';
+
+/** How long a read's readers keep beginning again while their table's lock is not granted at once. */
+export const LOCK_WAIT_MS = 30_000;
 
 /** Queries on one connection, as rows (a side's errors named as the pool's are). */
 export type Query = Db['query'];
@@ -33,6 +46,8 @@ export interface SideRead<T> {
   parts: ((query: Query) => Promise<T>)[];
   /** What the fault point is told the read is of (a table's label). */
   label: string;
+  /** The table every part reads, as SQL (schema-qualified, quoted): locked by every reader before anyone reads. */
+  relation: string;
   /** Whether this is the live side (read first, its WAL position taken in its snapshot). */
   live: boolean;
 }
@@ -52,6 +67,8 @@ export class SideReaders {
     readonly size: number,
     private readonly applicationName: string,
     private readonly point?: (p: VerifyReaderPoint) => Promise<void>,
+    /** How long a read keeps beginning again while its table's lock is not granted at once. */
+    private readonly lockWaitMs = LOCK_WAIT_MS,
   ) {
     this.free = size;
   }
@@ -59,7 +76,9 @@ export class SideReaders {
   /**
    * Reads `read`'s parts at one point of this side, each by its own reader, and returns their results
    * in order. `positioned` gets the side's WAL insert position, read in the first reader's snapshot
-   * (after it: every commit the read sees is before it), before anyone reads.
+   * (after it: every commit the read sees is before it), before anyone reads; again, with a later
+   * position, each time the readers had to begin again (a lock not granted at once): the last one is
+   * the read's.
    */
   async atOnePoint<T>(read: SideRead<T>, positioned?: (lsn: string) => void): Promise<T[]> {
     const n = Math.max(1, Math.min(read.parts.length, this.size));
@@ -69,31 +88,14 @@ export class SideReaders {
       this.point?.({ side: this.db.side, live: read.live, table: read.label, reader, readers: n, stage });
     let broken = false;
     try {
-      const [lead, ...others] = clients as [pg.Client, ...pg.Client[]];
-      await say(0, 'start');
-      await lead.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-      // The snapshot is taken by this first statement, the position read during it: after the snapshot.
-      const [first] = await rowsOf(
-        lead,
-        this.db.side,
-      )<{ lsn: string; snapshot: string | null }>(
-        `SELECT pg_current_wal_insert_lsn()::text AS lsn, ${n > 1 ? 'pg_export_snapshot()' : 'NULL'} AS snapshot`,
-      );
-      await say(0, 'snapshot');
-      positioned?.(first?.lsn as string);
-      // Every reader in the snapshot before anyone reads: the exporting transaction stays open until then.
-      await settled(
-        others.map(async (c, i) => {
-          await say(i + 1, 'start');
-          await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-          await rowsOf(c, this.db.side)(`SET TRANSACTION SNAPSHOT ${literal(first?.snapshot ?? '')}`);
-          await say(i + 1, 'snapshot');
-        }),
-      );
+      await this.enter(clients, read, say, positioned);
       this.clock.reading(n);
       try {
         return await settled(
-          clients.map((c, i) => (read.parts[i] as SideRead<T>['parts'][number])(rowsOf(c, this.db.side))),
+          clients.map(async (c, i) => {
+            await say(i, 'reading');
+            return (read.parts[i] as SideRead<T>['parts'][number])(rowsOf(c, this.db.side));
+          }),
         );
       } finally {
         this.clock.reading(-n);
@@ -107,6 +109,86 @@ export class SideReaders {
       if (!broken) await Promise.all(clients.map((c) => c.query('COMMIT'))).catch(() => (broken = true));
       this.give(clients, broken);
     }
+  }
+
+  /**
+   * Every reader in one transaction, holding the table's ACCESS SHARE lock, in the first reader's
+   * snapshot (taken once it holds the lock), whose WAL position `positioned` is told. While the lock is
+   * not granted at once to one of them, all their transactions end and they begin again, for
+   * lockWaitMs at most.
+   */
+  private async enter(
+    clients: pg.Client[],
+    read: SideRead<unknown>,
+    say: (reader: number, stage: VerifyReaderPoint['stage']) => Promise<void> | undefined,
+    positioned?: (lsn: string) => void,
+  ): Promise<void> {
+    const [lead, ...others] = clients as [pg.Client, ...pg.Client[]];
+    const lock = (c: pg.Client) =>
+      rowsOf(c, this.db.side)(`LOCK TABLE ONLY ${read.relation} IN ACCESS SHARE MODE NOWAIT`);
+    const started = performance.now();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await say(0, 'start');
+        await lead.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+        // The lock before the snapshot (LOCK takes none): no rewrite of the table commits after it.
+        await lock(lead);
+        // The snapshot is taken by this first query, the position read during it: after the snapshot.
+        const [first] = await rowsOf(
+          lead,
+          this.db.side,
+        )<{ lsn: string; snapshot: string | null }>(
+          `SELECT pg_current_wal_insert_lsn()::text AS lsn, ${clients.length > 1 ? 'pg_export_snapshot()' : 'NULL'} AS snapshot`,
+        );
+        await say(0, 'snapshot');
+        positioned?.(first?.lsn as string);
+        // Every reader in the snapshot and holding the lock before anyone reads: the exporting
+        // transaction stays open until then.
+        await settled(
+          others.map(async (c, i) => {
+            await say(i + 1, 'start');
+            await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+            await rowsOf(c, this.db.side)(`SET TRANSACTION SNAPSHOT ${literal(first?.snapshot ?? '')}`);
+            await lock(c);
+            await say(i + 1, 'snapshot');
+          }),
+        );
+        return;
+      } catch (err) {
+        if (!lockNotAvailable(err)) throw err;
+        // All out of their transactions, so that the session asking for the lock gets it; then again.
+        await Promise.all(clients.map((c) => c.query('ROLLBACK')));
+        if (performance.now() - started >= this.lockWaitMs) throw await this.blocked(read, err);
+        await sleep(Math.min(1_000, 25 * 2 ** attempt));
+      }
+    }
+  }
+
+  /** The error of a read whose table's lock was never granted at once: the table and who holds or asks for it. */
+  private async blocked(read: SideRead<unknown>, err: unknown): Promise<PgferryError> {
+    const who = await this.db
+      .query<{ pid: number; granted: boolean; app: string | null; usr: string | null; state: string | null }>(
+        `SELECT l.pid, l.granted, a.application_name AS app, a.usename::text AS usr, a.state
+           FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.locktype = 'relation' AND l.relation = to_regclass($1)
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND l.mode = 'AccessExclusiveLock' AND l.pid <> pg_backend_pid()
+          ORDER BY l.granted DESC, l.pid`,
+        [read.relation],
+      )
+      .catch(() => []);
+    const sessions = who.map(
+      (w) =>
+        `pid ${w.pid} (${w.granted ? 'holds it' : 'asks for it'}; application ${JSON.stringify(w.app ?? '')}, user ${JSON.stringify(w.usr ?? '')}, ${w.state ?? 'state unknown'})`,
+    );
+    const s = Math.round(this.lockWaitMs / 1000);
+    return new PgferryError(
+      `${this.db.side}: verify could not read ${read.label}: its ACCESS EXCLUSIVE lock was held or asked for by another session for ${s} s: ${sessions.length ? sessions.join(', ') : 'the session had ended when looked for'}`,
+      {
+        cause: err,
+        hint: `Let that session's DDL, TRUNCATE, VACUUM FULL or CLUSTER finish, or end it on the ${this.db.side} (SELECT pg_terminate_backend(<pid>)); then run verify again.`,
+      },
+    );
   }
 
   /** Time during which at least one reader of this side was reading (not the sum of the readers' times). */
@@ -185,6 +267,12 @@ export class ReadingClock {
     if (this.now === 0) this.busyMs += at - this.since;
     this.peak = Math.max(this.peak, this.now);
   }
+}
+
+/** A lock asked for with NOWAIT and not granted at once (lock_not_available), from rowsOf or pg. */
+function lockNotAvailable(err: unknown): boolean {
+  const e = err as { code?: string; cause?: { code?: string } };
+  return e?.code === '55P03' || e?.cause?.code === '55P03';
 }
 
 /** Every promise settled; then the first failure thrown, or all the results. */

@@ -408,7 +408,13 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   type Reading<T> = (db: Db) => SideRead<T> & { merge(parts: T[]): T };
   const once =
     <T>(t: TableInfo, read: (query: Query) => Promise<T>): Reading<T> =>
-    (db) => ({ parts: [read], label: tableLabel(t), live: db === s.live, merge: (r) => r[0] as T });
+    (db) => ({
+      parts: [read],
+      label: tableLabel(t),
+      relation: qualified(t),
+      live: db === s.live,
+      merge: (r) => r[0] as T,
+    });
   const wholeChecksums =
     (p: Plan): Reading<Map<number, Bucket>> =>
     (db) => ({
@@ -416,6 +422,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
         (blocks, _, all) => (q: Query) => checksums(q, p, undefined, all.length > 1 ? blocks : undefined),
       ),
       label: tableLabel(p.table),
+      relation: qualified(p.table),
       live: db === s.live,
       merge: mergeChecksums,
     });
@@ -431,6 +438,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     let replica: Promise<T | undefined> = Promise.resolve(undefined);
     const liveRead = reading(s.live);
     const live = liveRead.merge(
+      // (Called again with a later position when the live readers had to begin again: the last read counts.)
       await readers[s.live.side].atOnePoint(liveRead, (lsn) => {
         replica = (async () => {
           if (!(await waitConfirmed(s.live, s.slot, lsn, waitMs))) {

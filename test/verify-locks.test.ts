@@ -1,0 +1,184 @@
+/**
+ * Verify's split readers and a session asking for the table's ACCESS EXCLUSIVE lock (DDL). Without
+ * every reader holding the table's ACCESS SHARE lock before anyone reads, a DDL asking between two
+ * readers' reads queues behind the first, the second queues behind the DDL, and the first's
+ * transaction ends only once the second has read: a wait no server sees, until lock_timeout.
+ */
+import pg from 'pg';
+import { describe, expect, it } from 'vitest';
+import { advance, openSession } from '../packages/cli/src/runner';
+import { connect } from '../packages/postgres/src/db';
+import { verifyTables } from '../packages/postgres/src/index';
+import type { VerifyReaderPoint } from '../packages/postgres/src/phases/context';
+import { SideReaders } from '../packages/postgres/src/phases/verify-readers';
+import { migrationFixture, newMigration, sleep } from './harness/migration';
+import type { Pair } from './harness/pairs';
+
+const fixture = migrationFixture();
+
+/** Small parts, so that a table of a few hundred KiB is read by several readers a side. */
+const PART_BYTES = 64 * 1024;
+
+/** A migration loaded and caught up, with three readers a side and a table `big` of 20,000 rows (~3 MiB). */
+async function migratedWithBigTable(label: string) {
+  const { pair, rt } = await fixture.setup(label, 100);
+  await pair.source(`CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
+    INSERT INTO big SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 20000) g`);
+  const m = await newMigration(rt, pair, { cutover: 'manual', jobs: 3, verifyPartBytes: PART_BYTES });
+  await advance(rt, m.id, { cutover: 'manual' });
+  return { pair, rt, m };
+}
+
+/** A session of the test's own (a DBA's), known by its pid. */
+async function ownSession(url: string, name: string) {
+  const client = new pg.Client({ connectionString: url, application_name: name });
+  client.on('error', () => {});
+  await client.connect();
+  const { rows } = await client.query('SELECT pg_backend_pid() AS pid');
+  return { client, pid: Number(rows[0]?.pid) };
+}
+
+/** Polls `check` until it gives something (a bound, not a timing assertion: the test fails if it never does). */
+async function until<T>(what: string, check: () => Promise<T | undefined>): Promise<T> {
+  for (let i = 0; i < 1_000; i++) {
+    const got = await check();
+    if (got !== undefined) return got;
+    await sleep(20);
+  }
+  throw new Error(`never: ${what}`);
+}
+
+/** The source's verify readers holding big's ACCESS SHARE lock. */
+async function readersHoldingBig(pair: Pair): Promise<number> {
+  const [row] = await pair.source(
+    `SELECT count(*)::int AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+      WHERE l.relation = 'big'::regclass AND l.mode = 'AccessShareLock' AND l.granted
+        AND a.application_name LIKE 'pgferry:%:verify'`,
+  );
+  return Number(row?.n);
+}
+
+/**
+ * Starts a DDL rewriting big (its rows unchanged) in its own session; then where it is once it has
+ * either asked for big's lock and waits, or is done: 'waiting' or 'done'.
+ */
+async function rewriteBig(pair: Pair, ddl: { client: pg.Client; pid: number }) {
+  let done = false;
+  const finished = ddl.client.query("ALTER TABLE big ALTER COLUMN pad TYPE text USING pad || ''").then(
+    () => (done = true),
+    (err: Error) => err,
+  );
+  const where = await until('the DDL waits for the lock or is done', async () => {
+    if (done) return 'done';
+    const rows = await pair.source(
+      "SELECT 1 FROM pg_locks WHERE pid = $1 AND relation = 'big'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted",
+      [ddl.pid],
+    );
+    return rows.length > 0 ? 'waiting' : undefined;
+  });
+  return { where, finished };
+}
+
+/**
+ * Verify of a migration with `big` (three readers a side), a DDL rewriting big started once, at the
+ * first of the live side's reader points on big that `at` picks (after `ready`): what verify found,
+ * where the DDL was when started, how it ended, and every live reader point on big.
+ */
+async function verifyWithDdl(
+  label: string,
+  at: (p: VerifyReaderPoint) => boolean,
+  ready?: (pair: Pair) => Promise<unknown>,
+) {
+  const { pair, rt, m } = await migratedWithBigTable(label);
+  const ddl = await ownSession(pair.sourceUrl, 'ddl');
+  const seen: string[] = [];
+  const points: string[] = [];
+  let finished: Promise<unknown> | undefined;
+  rt.faults = {
+    async verifyReader(p: VerifyReaderPoint) {
+      if (p.table !== 'public.big' || !p.live) return;
+      points.push(`${p.reader} ${p.stage}`);
+      if (finished || !at(p)) return;
+      await ready?.(pair);
+      const r = await rewriteBig(pair, ddl);
+      finished = r.finished;
+      seen.push(`readers: ${p.readers}, DDL ${r.where}`);
+    },
+  };
+  const session = await openSession(rt, m.id);
+  try {
+    const result = await verifyTables(session.ctx);
+    return { result, seen, ddl: await finished, points };
+  } finally {
+    await session.close();
+    await ddl.client.end();
+  }
+}
+
+describe("verify's readers and a session asking for the table's ACCESS EXCLUSIVE lock", () => {
+  it('a DDL asking between two readers’ reads waits for the read, and the second reader does not wait for it', async () => {
+    // The first reader reads (its lock granted); the second has not begun.
+    const { result, seen, ddl } = await verifyWithDdl(
+      'lockcycle',
+      (p) => p.reader === 1 && p.stage === 'reading',
+      (pair) => until('a reader holds the lock', async () => ((await readersHoldingBig(pair)) > 0 ? true : undefined)),
+    );
+    expect(seen).toEqual(['readers: 3, DDL waiting']);
+    expect(ddl).toBe(true);
+    expect(result.tables.find((t) => t.table === 'public.big')?.outcome).toBe('ok');
+    expect(result.outcome).toBe('ok');
+  });
+
+  it('a DDL asking between two readers’ locks: all readers begin again once it has passed, no false difference', async () => {
+    // The first reader is in its snapshot; the second has not asked for the lock.
+    const { result, seen, ddl, points } = await verifyWithDdl(
+      'lockretry',
+      (p) => p.reader === 1 && p.stage === 'start',
+    );
+    // It waited for the first reader, which let it pass: the read began again after it.
+    expect(seen).toEqual(['readers: 3, DDL waiting']);
+    expect(ddl).toBe(true);
+    expect(points.filter((p) => p === '0 start').length).toBeGreaterThanOrEqual(2);
+    expect(result.tables.find((t) => t.table === 'public.big')?.outcome).toBe('ok');
+    expect(result.outcome).toBe('ok');
+  });
+
+  it('a lock held for longer than the readers wait: the read fails naming the table and the session, nothing read, no reader left', async () => {
+    const { pair } = await fixture.setup('lockheld', 100);
+    await pair.source('CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL)');
+    const blocker = await ownSession(pair.sourceUrl, 'blocker');
+    await blocker.client.query('BEGIN');
+    await blocker.client.query('LOCK TABLE big IN ACCESS EXCLUSIVE MODE');
+    const db = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test:verify' });
+    const readers = new SideReaders(db, 2, 'pgferry:test:verify', undefined, 300);
+    let reads = 0;
+    const part = async () => {
+      reads++;
+      return 0;
+    };
+    try {
+      const err = await readers
+        .atOnePoint({ parts: [part, part], label: 'public.big', relation: '"public"."big"', live: true })
+        .then(
+          () => undefined,
+          (e: Error) => e,
+        );
+      expect(err?.message).toMatch(/^source: verify could not read public\.big: its ACCESS EXCLUSIVE lock/);
+      expect(err?.message).toContain(`pid ${blocker.pid} (holds it; application "blocker"`);
+      expect((err as { hint?: string })?.hint).toContain('pg_terminate_backend');
+      expect(reads).toBe(0);
+    } finally {
+      await readers.close();
+      await blocker.client.query('ROLLBACK');
+      await blocker.client.end();
+      await db.end();
+    }
+    // (A backend leaves pg_stat_activity a moment after its client has gone.)
+    await until('no reader connection left', async () => {
+      const [left] = await pair.source(
+        "SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgferry:test:verify'",
+      );
+      return Number(left?.n) === 0 ? true : undefined;
+    });
+  });
+});

@@ -419,6 +419,7 @@ describe('DMS task and endpoints', () => {
           StopTaskCachedChangesNotApplied: false,
         },
         Logging: { EnableLogging: true },
+        ControlTablesSettings: { ControlSchema: 'pgferry' },
       },
       Tags: [{ Key: 'pgferry:migration', Value: 'shop' }],
     });

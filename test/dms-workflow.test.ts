@@ -27,7 +27,7 @@ import type {
   TaskOutput,
   WorkflowInput,
 } from '@pgferry/core';
-import { parseMigrationConfig } from '@pgferry/core';
+import { dmsTaskSettings, parseMigrationConfig } from '@pgferry/core';
 import { openSession, runWorkflowTask, type Session, type TaskDeps } from '@pgferry/postgres';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runLocalWorkflow } from '../packages/cli/src/local-workflow';
@@ -76,6 +76,8 @@ class ScriptedDms implements DmsReplication {
   readonly frozenWhileSampling: boolean[] = [];
   /** Run while the source is frozen, at the first "drained?" of a cutover attempt (what else happens on the server). */
   duringDrain?: () => Promise<void>;
+  /** Run at the first CDC latency sample (after the full load, before any cutover). */
+  duringCatchUp?: () => Promise<void>;
   private attempt = -1;
   private lastFreeze?: string;
 
@@ -109,6 +111,8 @@ class ScriptedDms implements DmsReplication {
   }
   async cdcLatency(): Promise<DmsLatencyReading> {
     this.calls.push('cdcLatency');
+    await this.duringCatchUp?.();
+    this.duringCatchUp = undefined;
     this.frozenWhileSampling.push(await frozen(this.pair, 'source'));
     const s = this.latencies.shift();
     return s === undefined ? {} : { targetSeconds: s, at: new Date().toISOString() };
@@ -134,6 +138,11 @@ class ScriptedDms implements DmsReplication {
   }
   /** DMS's full load and change capture: the source's rows the target lacks, applied there. */
   async apply() {
+    // DMS makes its Apply Exceptions table on the target, in the schema the task's settings name.
+    const schema = (dmsTaskSettings().ControlTablesSettings as { ControlSchema?: string } | undefined)?.ControlSchema;
+    await this.pair.target(
+      `CREATE SCHEMA IF NOT EXISTS ${schema ?? 'public'}; CREATE TABLE IF NOT EXISTS ${schema ?? 'public'}.awsdms_apply_exceptions ("TASK_NAME" varchar(128), "ERROR" text)`,
+    );
     const [{ max }] = (await this.pair.target('SELECT coalesce(max(id), 0) AS max FROM items')) as [{ max: string }];
     const rows = await this.pair.source('SELECT id, name, price FROM items WHERE id > $1 ORDER BY id', [max]);
     for (const r of rows)
@@ -395,6 +404,47 @@ describe('strategy dms in the workflow', () => {
     expect(existsSync(r.rt.switchFile) && readFileSync(r.rt.switchFile, 'utf8').trim()).not.toBe(r.pair.targetUrl);
     // The task that was stopped for the switch captures changes again.
     expect(r.dms.calls.slice(r.dms.calls.indexOf('stop'))).toContain('resume');
+  });
+
+  it('does not switch when a session that turned read-only off made a table and wrote to it inside the gap', async () => {
+    const r = await setup();
+    r.dms.latencies = [0, 0];
+    r.dms.duringDrain = async () => {
+      await r.pair.source(
+        "CREATE TABLE late_notes (id int PRIMARY KEY, body text); INSERT INTO late_notes VALUES (1, 'x')",
+      );
+    };
+    const { outcome } = await execute(r, 'dms-task-stopped-full-load-finished.json');
+    expect(outcome.status, JSON.stringify(outcome)).toBe('failed');
+    expect(JSON.stringify(outcome)).toContain(
+      'table(s) public.late_notes were created on the source during the cutover',
+    );
+    expect((await r.rt.store.get(r.id)).cutover?.switchAt).toBeUndefined();
+    expect(await frozen(r.pair, 'source')).toBe(false);
+  });
+
+  it('watches nothing when a table has no replica identity (publishing it would break its UPDATEs): any later xid then refuses, saying why', async () => {
+    const r = await setup();
+    r.dms.latencies = [0, 0];
+    // Made after the assessment (which would have blocked it), before the cutover.
+    r.dms.duringCatchUp = async () => {
+      await r.pair.source("CREATE TABLE notes (body text); INSERT INTO notes VALUES ('a')");
+    };
+    let watchPublications = -1;
+    r.dms.duringDrain = async () => {
+      const rows = await r.pair.source("SELECT 1 FROM pg_publication WHERE pubname LIKE '%\\_watch'");
+      watchPublications = rows.length;
+      await r.pair.source('ANALYZE items');
+    };
+    const { outcome } = await execute(r, 'dms-task-stopped-full-load-finished.json');
+    expect(outcome.status, JSON.stringify(outcome)).toBe('failed');
+    expect(JSON.stringify(outcome)).toContain(
+      'pgferry could not tell whether any changed a replicated table (no watch: 1 table(s) without a replica identity (public.notes)',
+    );
+    expect(watchPublications).toBe(0);
+    // The application's UPDATE on it works (no publication of updates holds it).
+    await r.pair.source("UPDATE notes SET body = 'b'");
+    expect(await frozen(r.pair, 'source')).toBe(false);
   });
 
   it('stops resumable after the last drain over budget, and a resume after a kill that left the task stopped resumes it before sampling', async () => {

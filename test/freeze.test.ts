@@ -8,6 +8,7 @@ import {
   freezeHazards,
   freezeWrites,
   isFrozen,
+  listTables,
   unappliedChanges,
   unfreezeWrites,
   watchChanges,
@@ -57,48 +58,68 @@ describe('write freeze', () => {
     expect(await pair.source('SELECT id FROM t ORDER BY id')).toEqual([{ id: 3 }]);
   });
 
-  it('tells a write to a published table after the freeze from the xids of other databases, and its slot goes with it', async () => {
+  it('tells a write to a watched table after the freeze from the xids of other databases, reading as it goes, and leaves nothing', async () => {
     pair = await freshPair(15, 'watch');
-    await pair.source(
-      'CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int); CREATE PUBLICATION w FOR TABLE t',
-    );
+    await pair.source('CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int)');
     db = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
-    const watch = await watchChanges(pair.sourceUrl, 'w_watch', {
+    const tables = (await listTables(db)).filter((x) => x.name === 't');
+    const watch = await watchChanges(db, 'w_watch', tables, {
       applicationName: 'pgferry:test:watch',
       timeoutMs: 5000,
+      viaRoot: true,
     });
     try {
       await pair.source('INSERT INTO t VALUES (1)'); // before the freeze: not counted
       const freeze = await freezeWrites(db);
-      // Xids after the freeze that change no published table: an unpublished table, another database.
+      watch.follow(freeze.xmax, 20);
+      // Xids after the freeze that change no watched table: an unwatched table, ANALYZE, another database.
       await pair.source('INSERT INTO other VALUES (1); ANALYZE t');
       await sql(serverUrl(pair.sourceServer, 'postgres'), 'CREATE TEMP TABLE x (a int); INSERT INTO x VALUES (1)');
       expect(await writesSince(db, freeze.xmax)).toBeGreaterThanOrEqual(3);
-      expect(await watch.changesFrom('w', freeze.xmax, 5000)).toBe(0);
       await pair.source('INSERT INTO t VALUES (2), (3); DELETE FROM t WHERE id = 1');
-      expect(await watch.changesFrom('w', freeze.xmax, 5000)).toBe(3);
+      // Read as it came: the slot has moved past those changes before the last read.
+      const lsn = (await db.one<{ l: string }>('SELECT pg_current_wal_lsn()::text AS l')).l;
+      for (let i = 0; i < 250; i++) {
+        const [row] = await db.query<{ ok: boolean }>(
+          "SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = 'w_watch'",
+          [lsn],
+        );
+        if (row?.ok) break;
+        await sleep(20);
+      }
+      const [moved] = await db.query<{ ok: boolean }>(
+        "SELECT confirmed_flush_lsn >= $1::pg_lsn AS ok FROM pg_replication_slots WHERE slot_name = 'w_watch'",
+        [lsn],
+      );
+      expect(moved?.ok).toBe(true);
+      expect(await watch.changesFrom(freeze.xmax, 5000)).toBe(3);
       await unfreezeWrites(db);
     } finally {
       await watch.close();
     }
     await sleep(100);
     expect(await pair.source("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'w_watch'")).toEqual([]);
+    expect(await pair.source("SELECT 1 FROM pg_publication WHERE pubname = 'w_watch'")).toEqual([]);
   });
 
   it('gives up making the watch slot when a transaction elsewhere holds it back, leaving nothing', async () => {
     pair = await freshPair(15, 'watchwait');
+    await pair.source('CREATE TABLE t (id int PRIMARY KEY)');
+    db = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
+    const tables = await listTables(db);
     const open = new pg.Client({ connectionString: serverUrl(pair.sourceServer, 'postgres') });
     await open.connect();
     try {
       await open.query('BEGIN; SELECT pg_current_xact_id()');
       await expect(
-        watchChanges(pair.sourceUrl, 'w_wait', { applicationName: 'pgferry:test:watch', timeoutMs: 300 }),
+        watchChanges(db, 'w_wait', tables, { applicationName: 'pgferry:test:watch', timeoutMs: 300, viaRoot: true }),
       ).rejects.toThrow(/statement timeout/);
     } finally {
       await open.end();
     }
     await sleep(100);
     expect(await pair.source("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'w_wait'")).toEqual([]);
+    expect(await pair.source("SELECT 1 FROM pg_publication WHERE pubname = 'w_wait'")).toEqual([]);
   });
 
   it('refuses to freeze what it could not hold: a role that overrides it, an orphaned prepared transaction, a role that cannot end sessions', async () => {

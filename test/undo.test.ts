@@ -1,4 +1,4 @@
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -195,7 +195,7 @@ describe('undo paths', () => {
     expect(err.name).toBe('RollbackFailedError');
     const pub = `pgferry_${m.id}_rev`;
     expect(err.message).toContain(
-      `table public.coupons is not replicated (created on the target after the cutover): create it on the source too (the same columns), then on the target run ALTER PUBLICATION "${pub}" ADD TABLE "public"."coupons", then on the source ALTER SUBSCRIPTION "${pub}" REFRESH PUBLICATION (which copies its rows)`,
+      `table public.coupons is not replicated (created on the target after the cutover): create it on the source too, with the same columns (the source is read-only: SET default_transaction_read_only = off in that session first), then on the target run ALTER PUBLICATION "${pub}" ADD TABLE "public"."coupons", then on the source ALTER SUBSCRIPTION "${pub}" REFRESH PUBLICATION (which copies its rows)`,
     );
     expect(await frozen(pair, 'target')).toBe(false);
     const state = await rt.store.get(m.id);
@@ -203,6 +203,11 @@ describe('undo paths', () => {
     expect(state.status).toBe('cut-over');
     // Done as it says, the same command rolls back, rows and all.
     await pair.source('CREATE TABLE coupons (id int PRIMARY KEY, code text)');
+    // On the source now: the steps left are the publication and the subscription.
+    const again = await failure(rollbackMigration(rt, m.id));
+    expect(again.message).toContain(
+      `table public.coupons is not replicated (created on the target after the cutover): on the target run ALTER PUBLICATION "${pub}"`,
+    );
     await pair.target(`ALTER PUBLICATION ${pub} ADD TABLE public.coupons`);
     await pair.source(`ALTER SUBSCRIPTION ${pub} REFRESH PUBLICATION`);
     for (let i = 0; i < 200; i++) {
@@ -325,6 +330,30 @@ describe('a second migration, and a rollback run again', () => {
     expect(err.message).toMatch(/--on-switch command failed \(exit 3\)/);
     expect((await rt.store.get(m.id)).cutover).toBeUndefined(); // undone...
     expect(await frozen(pair, 'source')).toBe(true); // ...but not that freeze
+  });
+
+  it('checks again inside the gap, when run again after a rollback killed in it, for a table the reverse stream does not carry', async () => {
+    pair = await freshPair(15, 'rollbackagain');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    await advance(rt, m.id, { cutover: 'auto' });
+    // A rollback killed in its gap (target frozen, not yet switched), then a table made on the target by a
+    // session that turned read-only off, with rows: the run again has no check before its freeze.
+    await pair.target(`ALTER DATABASE ${pg.escapeIdentifier(pair.targetDb)} SET default_transaction_read_only = on`);
+    const state = await rt.store.get(m.id);
+    await rt.store.put({
+      ...state,
+      rollback: { freezeAt: new Date().toISOString(), direction: 'reverse', wasFrozen: false },
+    });
+    await pair.target('CREATE TABLE coupons (id int PRIMARY KEY); INSERT INTO coupons VALUES (1)');
+    const err = await failure(rollbackMigration(rt, m.id));
+    expect(err.name).toBe('RollbackFailedError');
+    expect(err.message).toMatch(
+      /^switching back would leave rows behind: table public\.coupons is not replicated \(created on the target after the cutover\).*; the target was unfrozen and the application stays on it$/,
+    );
+    expect(await frozen(pair, 'target')).toBe(false);
+    expect(readFileSync(rt.switchFile, 'utf8').trim()).toBe(pair.targetUrl);
   });
 
   it('never moves a source sequence back when a rollback killed after its switch file named the source runs again', async () => {

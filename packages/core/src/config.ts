@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { switchTargetSchema } from './connection-switch';
 import { cutoverWindowSchema } from './cutover-window';
 import { dmsSettingsSchema } from './dms';
+import { MARKER_SCHEMA } from './model';
 import { InvalidInputError } from './errors';
 import { planTargetSchema } from './plan-target';
 import { redactText } from './redact';
@@ -372,8 +373,10 @@ export function objectNames(id: string) {
     reversePublication: `${base}_rev`,
     reverseSlot: `${base}_rev`,
     reverseSubscription: `${base}_rev`,
+    /** The DMS cutover's late-write watch on the source: a temporary slot and a publication. */
+    watch: `${base}_watch`,
     /** Schema on the target holding pgferry's marker table. */
-    markerSchema: 'pgferry',
+    markerSchema: MARKER_SCHEMA,
     applicationName: `pgferry:${id}`,
   };
 }

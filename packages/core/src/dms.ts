@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { InvalidInputError } from './errors';
-import type { TableRef } from './model';
+import { MARKER_SCHEMA, type TableRef } from './model';
 
 /** AWS DMS's PostgreSQL-source documentation: limitations, and the data types it migrates. */
 export const DMS_DOCS = {
@@ -398,6 +398,7 @@ export function dmsTableMappings(input: DmsMappingInput): { rules: Record<string
  * Task settings for pgferry's DMS path:
  * - the target's schema is pgferry's (prepared before the load): DMS must not drop or create tables;
  * - full LOB mode: limited LOB mode truncates values past its limit (text, bytea, json(b), arrays);
+ * - DMS's control tables go in pgferry's schema on the target, not among the application's tables;
  * - the task stops once the full load and the changes cached during it are applied: that stop is the
  *   event that ends the "Bulk load" step, and "Start replication" resumes the task for change capture.
  */
@@ -416,6 +417,11 @@ export function dmsTaskSettings(): Record<string, unknown> {
       StopTaskCachedChangesNotApplied: false,
     },
     Logging: { EnableLogging: true },
+    // DMS always makes its Apply Exceptions table on a database target (docs: "Control table task
+    // settings"), by default in the target's default schema (public on PostgreSQL). There it would be a
+    // table of the application's: in the reverse publication (which the source cannot subscribe to, not
+    // having it) and in verify. pgferry's own schema on the target keeps it out of both.
+    ControlTablesSettings: { ControlSchema: MARKER_SCHEMA },
   };
 }
 

@@ -3,6 +3,9 @@ import type { SwitchRecord } from './connection-switch';
 import type { DmsRef } from './dms';
 import type { MigrationPlan, MigrationPlanInput } from './plan';
 
+/** pgferry's own schema on the target (its marker table; DMS's control tables): never the application's. */
+export const MARKER_SCHEMA = 'pgferry';
+
 /** Phases in workflow order; names match packages/postgres/src/phases and the state machine. */
 export const PHASES = [
   'assess',

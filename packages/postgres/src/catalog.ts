@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { MARKER_SCHEMA } from '@pgferry/core';
 import { type Db, qualified, serverMajor } from './db';
 
 export interface ColumnInfo {
@@ -68,7 +69,7 @@ export const NOT_EXTENSION_MEMBER = `NOT EXISTS (
                                    AND o.refobjid = ANY (coalesce(x.extconfig, '{}'))))))`;
 
 /** Schemas pgferry never migrates. */
-export const EXCLUDED_SCHEMAS = ['pg_catalog', 'information_schema', 'pgferry'];
+export const EXCLUDED_SCHEMAS = ['pg_catalog', 'information_schema', MARKER_SCHEMA];
 /** The schemas of the application's own objects, for a `pg_namespace n` (with `EXCLUDED_SCHEMAS` as $1). */
 export const USER_SCHEMA = "n.nspname <> ALL($1) AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'";
 

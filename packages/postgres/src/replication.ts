@@ -424,60 +424,118 @@ export async function unappliedChanges(
 }
 
 /**
- * A temporary logical slot (pgoutput) on the source, held by a session of its own: it decodes every
- * change committed after it was made. The DMS cutover makes one before the freeze, so that a change
- * to a replicated table committed after the freeze (by a session that turned read-only off) can be
- * told from what else takes an xid on the server: another database's transactions, autovacuum's
- * ANALYZE. Temporary: it goes with its session, so nothing is left behind by a crash.
+ * A temporary logical slot (pgoutput) on the source, held by a session of its own, with a publication of
+ * its own: it decodes every change to the watched tables committed after it was made. The DMS cutover
+ * makes one before the freeze, so that a change to a replicated table committed after the freeze (by a
+ * session that turned read-only off) can be told from what else takes an xid on the server: another
+ * database's transactions, autovacuum's ANALYZE. The slot is temporary (it goes with its session, even
+ * on a crash); the publication is dropped by `close()` (and by clean-up and rollback, after a crash).
+ * Only tables with a replica identity may be watched: publishing updates of one without makes the
+ * application's UPDATE and DELETE on it fail.
  */
 export interface ChangeWatch {
   readonly slot: string;
   /**
-   * Changes (insert, update, delete, truncate) to `publication`'s tables in transactions whose xid is
-   * `xmax` (with its epoch, as the freeze read it) or later; undefined when decoding took over `timeoutMs`.
+   * From now on, read (and consume) what the slot decodes every `everyMs`, counting changes in
+   * transactions whose xid is `xmax` (with its epoch, as the freeze read it) or later: the count at the
+   * end is then decoded from a short tail, whatever the server wrote meanwhile.
    */
-  changesFrom(publication: string, xmax: string, timeoutMs: number): Promise<number | undefined>;
+  follow(xmax: string, everyMs?: number): void;
+  /**
+   * Changes (insert, update, delete, truncate) to the watched tables in transactions from `xmax` on,
+   * everything decoded so far included; undefined when the last read took over `timeoutMs`.
+   */
+  changesFrom(xmax: string, timeoutMs: number): Promise<number | undefined>;
   close(): Promise<void>;
 }
 
 export async function watchChanges(
-  url: string,
-  slot: string,
-  options: { applicationName: string; timeoutMs: number },
+  db: Db,
+  name: string,
+  tables: TableInfo[],
+  options: { applicationName: string; timeoutMs: number; viaRoot: boolean },
 ): Promise<ChangeWatch> {
-  const client = await connectClient(url, { side: 'source', applicationName: options.applicationName });
+  // Made (or remade) with exactly these tables, before the slot: pgoutput reads it as of each change.
+  await dropPublication(db, name);
+  const list = publishedTables(tables, options.viaRoot).map(qualified).join(', ');
+  await db.query(
+    list
+      ? `CREATE PUBLICATION ${ident(name)} FOR TABLE ${list}${options.viaRoot ? ' WITH (publish_via_partition_root = true)' : ''}`
+      : `CREATE PUBLICATION ${ident(name)}`,
+  );
+  let client: pg.Client | undefined;
   try {
+    client = await connectClient(db.url, { side: 'source', applicationName: options.applicationName });
     // Creation waits for every transaction on the server that holds an xid: bounded, as it comes
     // before the freeze and an open transaction elsewhere must not hold the cutover back.
     await client.query(`SET statement_timeout = ${Math.round(options.timeoutMs)}`);
-    await client.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)", [slot]);
+    await client.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput', true)", [name]);
     await client.query('SET statement_timeout = 0');
   } catch (err) {
-    await client.end().catch(() => {});
+    await client?.end().catch(() => {});
+    await dropPublication(db, name).catch(() => {});
     throw err;
   }
-  return {
-    slot,
-    async changesFrom(publication, xmax, timeoutMs) {
-      await client.query(`SET statement_timeout = ${Math.round(timeoutMs)}`);
+  const session = client;
+  let counted = 0;
+  let running: Promise<void> = Promise.resolve();
+  let following = false;
+  let timer: NodeJS.Timeout | undefined;
+  // One read at a time on the one session: consumed changes are counted exactly once.
+  const read = (xmax: string, timeoutMs: number) => {
+    const next = running.then(async () => {
+      await session.query(`SET statement_timeout = ${Math.round(timeoutMs)}`);
       try {
         // The peek's xid is 32 bits: at or after xmax's low 32 bits, in wraparound order. Kinds as in
         // unappliedChanges: Insert, Update, Delete, Truncate.
-        const { rows } = await client.query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
-                  'proto_version', '1', 'publication_names', $2)
-            WHERE get_byte(data, 0) IN (73, 85, 68, 84)
-              AND (xid::text::bigint - $3::bigint % 4294967296 + 4294967296) % 4294967296 < 2147483648`,
-          [slot, publication, xmax],
+        const { rows } = await session.query<{ n: number }>(
+          `SELECT count(*) FILTER (WHERE get_byte(data, 0) IN (73, 85, 68, 84)
+                    AND (xid::text::bigint - $3::bigint % 4294967296 + 4294967296) % 4294967296 < 2147483648)::int AS n
+             FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)`,
+          [name, name, xmax],
         );
-        return rows[0]?.n ?? 0;
+        counted += rows[0]?.n ?? 0;
+      } finally {
+        await session.query('SET statement_timeout = 0').catch(() => {});
+      }
+    });
+    running = next.catch(() => {});
+    return next;
+  };
+  const stop = () => {
+    following = false;
+    if (timer) clearTimeout(timer);
+  };
+  return {
+    slot: name,
+    follow(xmax, everyMs = 1000) {
+      following = true;
+      const tick = () => {
+        timer = setTimeout(() => {
+          // A read that fails consumed nothing: the last one reads it again.
+          read(xmax, 60_000).then(
+            () => following && tick(),
+            () => following && tick(),
+          );
+        }, everyMs);
+      };
+      tick();
+    },
+    async changesFrom(xmax, timeoutMs) {
+      stop();
+      try {
+        await read(xmax, timeoutMs);
+        return counted;
       } catch (err) {
         if ((err as { code?: string }).code === '57014') return undefined;
         throw err;
-      } finally {
-        await client.query('SET statement_timeout = 0').catch(() => {});
       }
     },
-    close: () => client.end().catch(() => {}),
+    async close() {
+      stop();
+      await running;
+      await session.end().catch(() => {});
+      await dropPublication(db, name).catch(() => {});
+    },
   };
 }

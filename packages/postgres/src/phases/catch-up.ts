@@ -280,13 +280,18 @@ export async function unreplicatedTables(
   const inPublication = new Set(published.map((r) => r.t));
   const state = new Map(subscribed.map((r) => [r.t, r.state]));
   const made = forward ? 'created on the source after the load' : 'created on the target after the cutover';
-  const also = forward ? '' : 'create it on the source too (the same columns), then ';
+  // Back to the source, the table may be missing there too; the source is read-only after the cutover.
+  const onSource = forward ? undefined : new Set((await listTables(to, { sizes: false })).map(tableLabel));
+  const also = (label: string) =>
+    !onSource || onSource.has(label)
+      ? ''
+      : 'create it on the source too, with the same columns (the source is read-only: SET default_transaction_read_only = off in that session first), then ';
   const out: string[] = [];
   for (const t of publishedTables(tables, await partitionsViaRoot(ctx))) {
     const label = tableLabel(t);
     if (!inPublication.has(label))
       out.push(
-        `table ${label} is not replicated (${made}): ${also}on the ${from.side} run ALTER PUBLICATION ${ident(publication)} ADD TABLE ${qualified(t)}, then on the ${to.side} ALTER SUBSCRIPTION ${ident(subscription)} REFRESH PUBLICATION (which copies its rows); or drop it`,
+        `table ${label} is not replicated (${made}): ${also(label)}on the ${from.side} run ALTER PUBLICATION ${ident(publication)} ADD TABLE ${qualified(t)}, then on the ${to.side} ALTER SUBSCRIPTION ${ident(subscription)} REFRESH PUBLICATION (which copies its rows); or drop it`,
       );
     else if (!state.has(label))
       out.push(

@@ -42,6 +42,8 @@ export async function cleanup(ctx: PhaseContext): Promise<string> {
   if (await dropSlot(ctx.source, n.slot)) removed.push(`source slot ${n.slot}`);
   if (await dropSlot(ctx.target, n.reverseSlot)) removed.push(`target slot ${n.reverseSlot}`);
   if (await dropPublication(ctx.source, n.publication)) removed.push(`source publication ${n.publication}`);
+  // A DMS cutover's late-write watch whose process died before it dropped it.
+  if (await dropPublication(ctx.source, n.watch)) removed.push(`source publication ${n.watch}`);
   if (await dropPublication(ctx.target, n.reversePublication))
     removed.push(`target publication ${n.reversePublication}`);
   // The marker schema goes only when no other migration's marker is in it. Only a marker table that is

@@ -21,9 +21,9 @@ import {
   PgferryError,
   PreparedTransactionsPendingError,
 } from '@pgferry/core';
-import { listTables } from '../catalog';
+import { listTables, publishedTables, type TableInfo } from '../catalog';
 import { critical } from '../critical';
-import { sleep } from '../db';
+import { sleep, tableLabel } from '../db';
 import { freezeWrites, unfreezeWrites, waitPreparedTransactions, writesSince } from '../freeze';
 import {
   applyTuning,
@@ -98,38 +98,70 @@ const WATCH_DECODE_MS = 30_000;
 
 interface Watch {
   watch?: ChangeWatch;
+  /** The source's tables when the watch began (a table made after the freeze is in no publication). */
+  tables: Set<number>;
   /** Why there is no watch: late writes are then counted server-wide, and any refuses the cutover. */
   missing?: string;
   close(): Promise<void>;
 }
 
+/** A table whose UPDATE and DELETE a publication of updates would make fail: no replica identity. */
+function identityless(t: TableInfo, all: TableInfo[], viaRoot: boolean): boolean {
+  const lacks = (x: TableInfo) =>
+    x.replicaIdentity === 'nothing' || (x.replicaIdentity === 'default' && x.primaryKey.length === 0);
+  // Published through its root, a partitioned table's rows are its leaves' (each checked when written).
+  if (t.kind === 'partitioned' && viaRoot)
+    return all.some((x) => x.kind === 'partition' && x.root?.schema === t.schema && x.root.name === t.name && lacks(x));
+  return t.kind !== 'partitioned' && lacks(t);
+}
+
 /** The late-write watch, made before the freeze; without one the cutover still goes, more cautiously. */
 async function openWatch(ctx: PhaseContext): Promise<Watch> {
   const n = objectNames(ctx.config.id);
-  try {
-    const watch = await watchChanges(ctx.config.sourceUrl, `${n.slot}_watch`, {
-      applicationName: `${n.applicationName}:watch`,
-      timeoutMs: WATCH_CREATE_MS,
-    });
-    return { watch, close: () => watch.close() };
-  } catch (err) {
-    const missing = `no watch slot: ${errorMessage(err)}`;
-    ctx.log(`cutover: ${missing}; a transaction anywhere on the source server after the freeze will stop the cutover`);
-    return { missing, close: async () => {} };
+  const viaRoot = await partitionsViaRoot(ctx);
+  const all = await listTables(ctx.source, { sizes: false });
+  const tables = new Set(all.map((t) => t.oid));
+  const without = publishedTables(all, viaRoot).filter((t) => identityless(t, all, viaRoot));
+  let missing: string;
+  if (without.length) {
+    const names = without.slice(0, 5).map(tableLabel).join(', ');
+    missing = `no watch: ${without.length} table(s) without a replica identity (${names}${without.length > 5 ? ', …' : ''}), whose updates cannot be published without making the application's UPDATE and DELETE on them fail`;
+  } else {
+    try {
+      const watch = await watchChanges(ctx.source, n.watch, all, {
+        applicationName: `${n.applicationName}:watch`,
+        timeoutMs: WATCH_CREATE_MS,
+        viaRoot,
+      });
+      return { watch, tables, close: () => watch.close() };
+    } catch (err) {
+      missing = `no watch: ${errorMessage(err)}`;
+    }
   }
+  ctx.log(`cutover: ${missing}; a transaction anywhere on the source server after the freeze will stop the cutover`);
+  return { missing, tables, close: async () => {} };
 }
 
 /**
  * Stop the cutover if a change to a replicated table was committed on the source after the freeze. Xids
- * committed since the freeze are counted first (none: nothing to decode); they may be another
- * database's or autovacuum's, so the watch slot then says whether any of them changed a replicated
- * table. Without the watch (or when decoding runs out of time) any such xid stops the cutover.
+ * committed since the freeze are counted first (none: nothing to decode, and no table was made); they
+ * may be another database's or autovacuum's, so the watch then says whether any of them changed a
+ * replicated table. A table made since the watch began is in no publication: that stops it too, as does
+ * any such xid without the watch (or when decoding runs out of time).
  */
 async function refuseLateWrites(ctx: PhaseContext, w: Watch, xmax: string): Promise<void> {
   const xids = await writesSince(ctx.source, xmax);
   if (xids === 0) return;
-  const n = objectNames(ctx.config.id);
-  const changes = w.watch ? await w.watch.changesFrom(n.publication, xmax, WATCH_DECODE_MS) : undefined;
+  const made = (await listTables(ctx.source, { sizes: false })).filter((t) => !w.tables.has(t.oid));
+  if (made.length)
+    throw new CutoverFailedError(
+      `table(s) ${made.map(tableLabel).join(', ')} were created on the source during the cutover, by a session that turned default_transaction_read_only off; DMS would not carry what was written to them`,
+      {
+        phase: 'cutover',
+        hint: 'find that session in pg_stat_activity on the source and stop it (it ignores the freeze), then cut over again',
+      },
+    );
+  const changes = w.watch ? await w.watch.changesFrom(xmax, WATCH_DECODE_MS) : undefined;
   if (changes === 0) return;
   if (changes !== undefined)
     throw new CutoverFailedError(
@@ -165,11 +197,8 @@ export async function dmsCutover(
   // A cutover stopped inside its gap (its task maybe stopped): undone, then done again.
   if (c?.freezeAt || ctx.state.dms?.stoppedAt) await undo(ctx, dms, undefined);
   try {
-    const viaRoot = await partitionsViaRoot(ctx);
     const targetTables = await listTables(ctx.target, { sizes: false });
-    await ensurePublication(ctx.target, n.reversePublication, targetTables, { viaRoot });
-    // What the late-write watch decodes: the replicated tables (DMS's own slot is not pgferry's to read).
-    await ensurePublication(ctx.source, n.publication, await listTables(ctx.source, { sizes: false }), { viaRoot });
+    await ensurePublication(ctx.target, n.reversePublication, targetTables, { viaRoot: await partitionsViaRoot(ctx) });
     const tuning = await applyTuning(ctx.source, await targetMajor(ctx), targetTables);
     await prepareSubscription(ctx.source, n.reverseSubscription, ctx.config.targetUrl, n.reversePublication, tuning);
     // DMS does not carry sequences: synced once outside the gap, then only those that moved since.
@@ -189,6 +218,8 @@ export async function dmsCutover(
     let freeze: Awaited<ReturnType<typeof freezeWrites>>;
     try {
       freeze = await freezeWrites(ctx.source, { preparedOrphanMs: ctx.config.preparedOrphanMs });
+      // What the source decodes meanwhile is read as it comes, so that the last read is short.
+      watch.watch?.follow(freeze.xmax);
       await waitPreparedTransactions(ctx.source, ctx.config.maxPreparedWaitMs);
     } catch (err) {
       await undo(ctx, dms, err, err instanceof PreparedTransactionsPendingError);

@@ -12,9 +12,9 @@ import {
   RollbackFailedError,
   type SwitchRestore,
 } from '@pgferry/core';
-import { schemasAndExtensions } from '../catalog';
+import { EXCLUDED_SCHEMAS, schemasAndExtensions, USER_SCHEMA } from '../catalog';
 import { critical } from '../critical';
-import { ident, literal } from '../db';
+import { type Db, ident, literal } from '../db';
 import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed, waitPreparedTransactions } from '../freeze';
 import { describeDrainForecast, forecastDrain } from '../lag';
 import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
@@ -121,6 +121,7 @@ async function beforeCutover(ctx: PhaseContext): Promise<string> {
   if (await dropSlot(ctx.source, n.slot)) done.push(`source slot ${n.slot}`);
   if (await dropPublication(ctx.source, n.publication)) done.push(`source publication ${n.publication}`);
   if (await dropPublication(ctx.target, n.reversePublication)) done.push(`target publication ${n.reversePublication}`);
+  if (await dropPublication(ctx.source, n.watch)) done.push(`source publication ${n.watch}`);
   // Only a freeze this migration's cutover set (its breadcrumb says so): a source read-only before it
   // (another migration's cutover made it so, and reverse replication still applies into it) stays so.
   const c = ctx.state.cutover;
@@ -173,6 +174,16 @@ async function dropCreatedRoles(
     s.rolesCreated = (s.rolesCreated ?? []).filter((r) => !dropped.includes(r));
   });
   return { dropped, kept };
+}
+
+/** The application's tables on `db` (what a new one is told from, inside the gap). */
+async function tableOids(db: Db): Promise<number[]> {
+  const rows = await db.query<{ oid: number }>(
+    `SELECT c.oid::int AS oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND ${USER_SCHEMA}`,
+    [EXCLUDED_SCHEMAS],
+  );
+  return rows.map((r) => r.oid);
 }
 
 async function afterCutover(ctx: PhaseContext): Promise<string> {
@@ -245,6 +256,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
     };
   });
   const command = `pgferry rollback --id ${ctx.config.id}`;
+  const tablesBefore = new Set(await tableOids(ctx.target));
   const unfreezeTarget: UndoStep[] = wasFrozen ? [] : [['unfreeze the target', () => unfreezeWrites(ctx.target)]];
   // From the freeze of the target until the switch back is recorded, Ctrl-C waits (critical.ts).
   const { gap, sequences, restored } = await critical(async () => {
@@ -266,6 +278,22 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
           hint: `fix the cause, then run \`${command}\` again`,
         },
       );
+    }
+    // A table made on the target between the check before the freeze and the freeze (none can be made
+    // now: a read-only transaction cannot): one query on the catalog, and the full check only if so. A
+    // rollback run again after one killed in its gap had no check before the freeze: the full one, now.
+    const made = await tableOids(ctx.target).then(
+      async (now) =>
+        !fresh || now.some((oid) => !tablesBefore.has(oid)) ? await unreplicatedTables(ctx, 'reverse') : [],
+      (err) => [`the check for tables made on the target failed (${errorMessage(err)})`],
+    );
+    if (made.length) {
+      const err = new RollbackFailedError(
+        `switching back would leave rows behind: ${made.join('; ')}; the target was unfrozen and the application stays on it`,
+        { phase: 'rollback', hint: `do the above, then run \`${command}\` again` },
+      );
+      await runUndo(ctx, 'rollback', unfreezeTarget, { cause: err, command });
+      throw err;
     }
     // Inside the gap the budget holds as in the cutover; an interrupted rollback's second try waits longer.
     const drainMs = fresh ? ctx.config.maxDrainMs : ctx.config.drainTimeoutMs;

@@ -503,6 +503,22 @@ describe('the Slack worker', () => {
     expect(refused.text).toMatch(/`m4` is cut over already: `\/pgferry rollback m4`/);
   });
 
+  it('abort stops the execution the catch-up continued in, not the first one', async () => {
+    const continued = migration('m5', {
+      status: 'running',
+      phase: 'catch-up',
+      execution: { name: 'm5-continued-2', number: 2, since: '2026-12-07T01:00:00.000Z' },
+    });
+    const { deps } = await workerDeps([continued]);
+    sfnMock.on(DescribeExecutionCommand).resolves({ status: 'RUNNING' });
+    sfnMock.on(StopExecutionCommand).resolves({});
+    sfnMock.on(StartExecutionCommand).resolves({ executionArn: 'arn' });
+    await handleSlackWork(work('abort', 'm5'), deps);
+    const running = 'arn:aws:states:eu-west-1:123456789012:execution:test-pgferry-migration:m5-continued-2';
+    expect(sfnMock.commandCalls(DescribeExecutionCommand)[0]!.args[0].input).toEqual({ executionArn: running });
+    expect(sfnMock.commandCalls(StopExecutionCommand)[0]!.args[0].input).toMatchObject({ executionArn: running });
+  });
+
   it('start calls startFromPlan with the plan and the Slack user, and files the channel for the message', async () => {
     const { deps, start, messages } = await workerDeps([]);
     const answer = await handleSlackWork(

@@ -25,7 +25,7 @@ import {
 import validator from 'asl-validator';
 import { StateMachine } from 'aws-local-stepfunctions';
 import { describe, expect, it } from 'vitest';
-import { type HistoryEntry, runLocalWorkflow } from '../packages/cli/src/local-workflow';
+import { type HistoryEntry, type RunOptions, runLocalWorkflow } from '../packages/cli/src/local-workflow';
 
 type State = Record<string, unknown> & { Type: string };
 const def = workflowDefinition() as { StartAt: string; States: Record<string, State> };
@@ -190,6 +190,7 @@ describe('failure policy', () => {
 async function walk(
   input: Partial<WorkflowInput>,
   script: (task: TaskName, input: TaskInput, n: number) => TaskOutput | Error,
+  options: Pick<RunOptions, 'definition' | 'onContinue'> = {},
 ) {
   const entered: string[] = [];
   const history: HistoryEntry[] = [];
@@ -204,6 +205,8 @@ async function walk(
       cleanup: false,
       bakeSeconds: 0,
       copyWorkers: 1,
+      execution: 0,
+      continued: null,
       ...input,
     },
     async (task, i) => {
@@ -214,6 +217,7 @@ async function walk(
       return r;
     },
     {
+      ...options,
       onHistory: (e, ev) => {
         if (ev === 'entered') entered.push(e.state);
         else history.push(e);
@@ -297,6 +301,79 @@ describe('workflow paths (scripted tasks)', () => {
     expect(drains.entered.slice(-3)).toEqual(['Record failure', STATE.afterRecord, STATE.stopped]);
     expect(drains.outcome).toMatchObject({ status: 'failed', lastState: STATE.stopped, error: 'DrainTimeoutError' });
     expect(drains.outcome.cause).toBe(`drain ${DEFAULTS.cutoverAttempts} over budget`);
+  });
+
+  it('continues the catch-up in a new execution past its samples, carrying the gate, and cuts over there', async () => {
+    const assessed: TaskInput[] = [];
+    const gates: unknown[] = [];
+    const continued: [string, number][] = [];
+    const { outcome, entered } = await walk(
+      {},
+      (task, input, n) => {
+        if (task === 'assess') assessed.push(input);
+        if (task === 'checkLag') {
+          // As the real task: one more sample counted. The gate opens from the 5th sample on.
+          const given = input.gate as { samples?: number };
+          gates.push(input.gate);
+          return { ...gate(n), ready: n >= 5, memory: { n }, samples: (given.samples ?? 0) + 1 };
+        }
+        if (task === 'verifyBeforeSwitch') return ok(task, { done: true, rounds: 1, outcome: 'ok' });
+        return ok(task);
+      },
+      { definition: { samplesPerExecution: 3 }, onContinue: (name, number) => continued.push([name, number]) },
+    );
+    expect(outcome.status).toBe('succeeded');
+    expect(outcome.lastState).toBe(STATE.migrated);
+    // Three samples an execution, over all its catch-ups: samples 1-3; 4-5, the verify, 6; then 7 cuts over.
+    expect(continued).toEqual([
+      ['m1-continued-1', 1],
+      ['m1-continued-2', 2],
+    ]);
+    expect(entered.filter((s) => s === STATE.continueAsNew)).toHaveLength(2);
+    expect(entered.filter((s) => s === STATE.continued)).toHaveLength(2);
+    expect(entered.filter((s) => s === 'Start')).toHaveLength(3);
+    // The load ran once, and the verify before the switch too (its result travels with the gate).
+    for (const once of ['Prepare schema', 'Bulk load', 'Start replication', 'Verify before cutover', 'Cut over'])
+      expect(
+        entered.filter((s) => s === once),
+        once,
+      ).toHaveLength(1);
+    const second = entered.indexOf('Start', 1);
+    expect(entered.slice(second, second + 6)).toEqual([
+      'Start',
+      'Migrate or roll back?',
+      'Assess source',
+      'Where does the migration stand?',
+      STATE.continueCatchUp,
+      STATE.waitSample,
+    ]);
+    // The count starts again in each execution and goes on over "Begin catch-up" (after the verify);
+    // the gate's memory goes on into the next execution (sample 4 reads what sample 3 left).
+    expect(gates.map((g) => (g as { samples: number }).samples)).toEqual([0, 1, 2, 0, 1, 2, 0]);
+    expect(gates.map((g) => (g as { memory?: { n: number } }).memory?.n ?? 0)).toEqual([0, 1, 2, 3, 4, 0, 6]);
+    // Each execution tells "Assess source" which it is.
+    expect(assessed.map((a) => [a.executionNumber, String(a.execution).replace(/-\d+$/, '')])).toEqual([
+      [0, 'local-m1'],
+      [1, 'm1-continued'],
+      [2, 'm1-continued'],
+    ]);
+    expect(entered.slice(-3)).toEqual(['Verify', 'Clean up requested?', 'Migrated']);
+  });
+
+  it('stops resumable, not rolled back, when the next execution cannot be started', () => {
+    const task = def.States[STATE.continueAsNew]!;
+    expect(task.Resource).toBe('arn:aws:states:::states:startExecution');
+    expect(task.Parameters).toMatchObject({
+      'StateMachineArn.$': '$$.StateMachine.Id',
+      'Name.$': "States.Format('{}-continued-{}', $.migrationId, States.MathAdd($.execution, 1))",
+    });
+    const caught = (task.Catch as { ErrorEquals: string[]; Next: string }[])[0]!;
+    expect(caught).toMatchObject({ ErrorEquals: ['States.ALL'], Next: STATE.continuationFailed });
+    const named = def.States[STATE.continuationFailed]!;
+    expect(named.Next).toBe('Record failure');
+    const error = (named.Parameters as { Error: string }).Error;
+    expect(failureAction(error, 'catch-up', NO_FACTS)).toBe('stop');
+    expect(def.States[STATE.continued]?.Type).toBe('Succeed');
   });
 
   it('rolls back after a failed bulk load and ends Failed with the reason', async () => {

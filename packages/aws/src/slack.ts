@@ -441,7 +441,9 @@ async function stopThenRollBack(
   actor: SlackActor,
   deps: SlackWorkDeps,
 ): Promise<SlackResponse> {
-  const migrateArn = executionArn(deps.stateMachineArn, migrateExecutionName(state.id));
+  // The execution that runs the migration now: a long catch-up continues in new executions (their names
+  // recorded by "Assess source"); the first is named after the migration.
+  const migrateArn = executionArn(deps.stateMachineArn, state.execution?.name ?? migrateExecutionName(state.id));
   const running = await deps.sfn
     .send(new DescribeExecutionCommand({ executionArn: migrateArn }))
     .then((out) => out.status === 'RUNNING')

@@ -7,6 +7,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import {
+  completeOutput,
   DEFAULTS,
   failureAction,
   functionArnKey,
@@ -21,6 +22,7 @@ import {
   type WorkflowInput,
   workflowDefinition,
   workflowDefinitionJson,
+  workflowInput,
 } from '@pgferry/core';
 import validator from 'asl-validator';
 import { StateMachine } from 'aws-local-stepfunctions';
@@ -374,6 +376,68 @@ describe('workflow paths (scripted tasks)', () => {
     const error = (named.Parameters as { Error: string }).Error;
     expect(failureAction(error, 'catch-up', NO_FACTS)).toBe('stop');
     expect(def.States[STATE.continued]?.Type).toBe('Succeed');
+  });
+
+  it('tries a failed start again, then records ContinuationFailedError and stops resumable (aws-local-stepfunctions)', async () => {
+    const short = workflowDefinition({ samplesPerExecution: 1 }) as { States: Record<string, State> };
+    const tries: unknown[] = [];
+    let recorded: unknown;
+    const handlers: Record<string, (input: unknown) => Promise<unknown>> = {};
+    const plain = (o: object) => ({ StatusCode: 200, Payload: o });
+    for (const task of TASK_NAMES)
+      handlers[WORKFLOW_TASKS[task].state] = async (p) => {
+        const payload = (p as { Payload?: Record<string, unknown> }).Payload ?? {};
+        if (task === 'checkLag') return plain(completeOutput(task, { ...gate(1), samples: 1 }));
+        if (task === 'recordFailure') {
+          recorded = payload.error;
+          return plain(completeOutput(task, { summary: 'recorded', action: 'stop' }));
+        }
+        const out = completeOutput(task, ok(task));
+        return (WORKFLOW_TASKS[task] as { callback?: boolean }).callback ? out : plain(out);
+      };
+    handlers[STATE.continueAsNew] = async (p) => {
+      tries.push(p);
+      throw named('StepFunctions.AccessDeniedException', 'not authorized to perform states:StartExecution');
+    };
+    const execution = new StateMachine(short as never, { validationOptions: { noValidate: true } }).run(
+      { ...workflowInput({ migrationId: 'm9' }) } as never,
+      {
+        overrides: {
+          taskResourceLocalHandlers: handlers as never,
+          waitTimeOverrides: { [STATE.waitSample]: 0 },
+          retryIntervalOverrides: { [STATE.continueAsNew]: 0 },
+        },
+        context: {
+          Execution: { Name: 'm9', Id: 'arn:aws:states:eu-west-1:123456789012:execution:pgferry:m9' },
+          StateMachine: { Id: 'arn:aws:states:eu-west-1:123456789012:stateMachine:pgferry' },
+          State: { EnteredTime: '2026-12-07T03:00:00.000Z' },
+          Task: { Token: 'token-m9' },
+        } as never,
+      },
+    );
+    const failure = await execution.result.then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    // "Stopped (resumable)": the error is the one "Record failure" was given.
+    expect((failure?.cause as Error | undefined)?.name).toBe('ContinuationFailedError');
+    expect(String(failure)).toContain('StepFunctions.AccessDeniedException');
+    const retry = (short.States[STATE.continueAsNew]!.Retry as { MaxAttempts: number }[])[0]!;
+    expect(tries).toHaveLength(1 + retry.MaxAttempts);
+    // Every try the same request: the name and input are the same, so a start that did happen is not repeated.
+    for (const t of tries) expect(t).toEqual(tries[0]);
+    expect(tries[0]).toMatchObject({
+      StateMachineArn: 'arn:aws:states:eu-west-1:123456789012:stateMachine:pgferry',
+      Name: 'm9-continued-1',
+      Input: {
+        migrationId: 'm9',
+        execution: 1,
+        continued: { gate: { samples: 0, memory: { n: 1 } }, cutoverAttempt: { count: 1 } },
+        AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID: 'arn:aws:states:eu-west-1:123456789012:execution:pgferry:m9',
+      },
+    });
+    expect(recorded).toMatchObject({ Error: 'ContinuationFailedError' });
+    expect(String((recorded as { Cause: string }).Cause)).toContain('StepFunctions.AccessDeniedException');
   });
 
   it('rolls back after a failed bulk load and ends Failed with the reason', async () => {

@@ -300,9 +300,10 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
       ResultPath: '$.continuedIn',
       // StartExecution answers at once (the new execution runs on its own).
       TimeoutSeconds: 60,
+      // Any failure is tried again: the same name and input make a repeated start harmless.
       Retry: [
         {
-          ErrorEquals: ['StepFunctions.AWSStepFunctionsException', 'StepFunctions.SdkClientException'],
+          ErrorEquals: ['States.ALL'],
           IntervalSeconds: 2,
           MaxAttempts: 5,
           BackoffRate: 2,
@@ -315,7 +316,7 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
     // Nothing went wrong with the migration: a resumable stop, replication going on.
     [STATE.continuationFailed]: {
       Type: 'Pass',
-      Parameters: { Error: CONTINUATION_FAILED_ERROR, 'Cause.$': '$.continuationError.Cause' },
+      Parameters: { Error: CONTINUATION_FAILED_ERROR, 'Cause.$': 'States.JsonToString($.continuationError)' },
       ResultPath: '$.error',
       Next: RECORD_FAILURE,
     },

@@ -378,6 +378,42 @@ describe('workflow paths (scripted tasks)', () => {
     expect(def.States[STATE.continued]?.Type).toBe('Succeed');
   });
 
+  it('continues an execution suspended at the approval by a pgferry that did not count samples yet', async () => {
+    // What such a version saved as the input of "Await cutover approval": no sample count, no execution number.
+    const saved = {
+      ...workflowInput({ migrationId: 'm8', cutover: 'manual' }),
+      results: { assess: { summary: 'done', resumeAt: 'start', strategy: 'snapshot' } },
+      gate: { ready: true, streak: 2, waitSeconds: 0, memory: { n: 2 } },
+      verify: { done: false, rounds: 0 },
+      cutoverAttempt: { count: 1 },
+      error: null,
+      approvalWait: { since: '2026-12-07T03:00:00.000Z', windowSeconds: 600, deadlineSeconds: 604800 },
+    } as Record<string, unknown>;
+    delete saved.execution;
+    delete saved.continued;
+    const entered: string[] = [];
+    const run = runLocalWorkflow(
+      workflowInput({ migrationId: 'm8', cutover: 'manual' }),
+      async (task, i) => {
+        if (task === 'checkLag') return { ...gate(2), samples: Number((i.gate as { samples: number }).samples) + 1 };
+        if (task === 'verifyBeforeSwitch') return ok(task, { done: true, rounds: 1, outcome: 'ok' });
+        return ok(task);
+      },
+      {
+        startAt: { state: WORKFLOW_TASKS.awaitApproval.state, input: saved },
+        definition: { samplesPerExecution: 2 },
+        onHistory: (e, ev) => {
+          if (ev === 'entered') entered.push(e.state);
+        },
+      },
+    );
+    const outcome = await run.done;
+    expect(outcome).toMatchObject({ status: 'succeeded', lastState: STATE.migrated });
+    // Its samples counted from 0: the second sample after the approval went on in a new execution.
+    expect(entered).toContain(STATE.continued);
+    expect(run.inputOf(WORKFLOW_TASKS.assess.state)).toMatchObject({ execution: 1 });
+  });
+
   it('tries a failed start again, then records ContinuationFailedError and stops resumable (aws-local-stepfunctions)', async () => {
     const short = workflowDefinition({ samplesPerExecution: 1 }) as { States: Record<string, State> };
     const tries: unknown[] = [];

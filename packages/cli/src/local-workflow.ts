@@ -146,6 +146,23 @@ function taskStates(definition: unknown, resource?: string): string[] {
   return names;
 }
 
+/**
+ * The state a suspended execution was saved with by a pgferry that did not count samples yet: "Begin
+ * catch-up" reads `$.gate.samples` and "Continue in a new execution" `$.execution`; a path that is not
+ * there would fail the execution.
+ */
+function savedBeforeCounting(input: unknown): unknown {
+  if (!input || typeof input !== 'object') return input;
+  const s = input as { gate?: unknown; execution?: unknown; continued?: unknown };
+  const gate = s.gate && typeof s.gate === 'object' ? (s.gate as Record<string, unknown>) : undefined;
+  return {
+    ...s,
+    ...(gate && !('samples' in gate) ? { gate: { ...gate, samples: 0 } } : {}),
+    ...(s.execution === undefined ? { execution: 0 } : {}),
+    ...(s.continued === undefined ? { continued: null } : {}),
+  };
+}
+
 /** The value at a simple `$.a.b` path. */
 function at$(value: unknown, path: string): unknown {
   let v = value;
@@ -175,7 +192,7 @@ export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, opt
       if (stopAsked) abort();
     };
     let run: RunOptions = options;
-    let runInput: unknown = options.startAt ? options.startAt.input : { ...input };
+    let runInput: unknown = options.startAt ? savedBeforeCounting(options.startAt.input) : { ...input };
     let name = `local-${input.migrationId}-${Date.now()}`;
     for (;;) {
       const next: { value?: Continuation } = {};

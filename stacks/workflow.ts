@@ -1,6 +1,7 @@
 import { functionArnKey, type TaskName, type WORKER_SUBSTITUTIONS, workflowDefinitionJson } from '@pgferry/core';
 import { ArnFormat, RemovalPolicy, Stack } from 'aws-cdk-lib';
 import type { ISecurityGroup, ISubnet } from 'aws-cdk-lib/aws-ec2';
+import { PolicyStatement } from 'aws-cdk-lib/aws-iam';
 import { LogGroup, RetentionDays } from 'aws-cdk-lib/aws-logs';
 import { DefinitionBody, LogLevel, StateMachine } from 'aws-cdk-lib/aws-stepfunctions';
 import type { Construct } from 'constructs';
@@ -66,5 +67,10 @@ export function migrationStateMachine(
   });
   for (const fn of invoked) fn.grantInvoke(machine);
   worker.taskDefinition.grantRun(machine);
+  // "Continue in a new execution" starts this same state machine again, before an execution's history
+  // reaches Step Functions' limit: its own ARN, built from the fixed name (a reference would be a cycle).
+  machine.addToRolePolicy(
+    new PolicyStatement({ actions: ['states:StartExecution'], resources: [stateMachineArn(scope, name)] }),
+  );
   return machine;
 }

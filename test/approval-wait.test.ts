@@ -16,11 +16,15 @@ import {
   APPROVAL_DEADLINE_SECONDS,
   APPROVAL_WINDOW_EVENTS,
   ApprovalTimeoutError,
+  BULK_LOAD_STATES,
   completeOutput,
   DEFAULTS,
   failureAction,
+  HISTORY_EVENT_BUDGET,
+  historyEventsOf,
   NO_FACTS,
   parseMigrationConfig,
+  RETRY_EVENTS,
   SFN_HISTORY_EVENT_LIMIT,
   STATE,
   type TaskName,
@@ -28,23 +32,53 @@ import {
   workflowDefinition,
   workflowInput,
 } from '../packages/core/src/index';
-import { runWorkflowTask } from '../packages/postgres/src/index';
+import { runWorkflowTask, VERIFY_BEFORE_SWITCH_ROUNDS } from '../packages/postgres/src/index';
 
 type State = Record<string, unknown> & { Type: string; Next?: string };
-type Definition = { StartAt: string; States: Record<string, State> };
-
-/** History events a state adds each time it is entered (a Lambda task 5, a callback task 6 with its TaskSubmitted). */
-function eventsOf(s: State): number {
-  if (s.Type !== 'Task') return 2;
-  return String(s.Resource).endsWith('.waitForTaskToken') ? 6 : 5;
-}
+type Graph = { StartAt: string; States: Record<string, State> };
+type Definition = Graph;
 
 const AWAIT = WORKFLOW_TASKS.awaitApproval.state;
+const CHECK_LAG = WORKFLOW_TASKS.checkLag.state;
+
+/** Every state of a graph and of the graphs inside it (Parallel branches, Map processors), with the Map it runs in. */
+function allStates(graph: Graph, inMap?: string): { name: string; state: State; inMap?: string }[] {
+  return Object.entries(graph.States).flatMap(([name, state]) => [
+    { name, state, inMap },
+    ...((state.Branches as Graph[] | undefined) ?? []).flatMap((b) => allStates(b, inMap)),
+    ...(state.ItemProcessor ? allStates(state.ItemProcessor as Graph, name) : []),
+  ]);
+}
+
+/** The most events one entry of a state adds: its own, every retry its Retry rules allow, a Parallel's or Map's start and end. */
+function worstEntry(state: State): number {
+  const retries = ((state.Retry as { MaxAttempts?: number }[] | undefined) ?? []).reduce(
+    (n, r) => n + (r.MaxAttempts ?? 3),
+    0,
+  );
+  const container = state.Type === 'Parallel' || state.Type === 'Map' ? 2 : 0;
+  return historyEventsOf(state) + retries * RETRY_EVENTS + container;
+}
+
+/** The largest copyWorkers a migration config takes (what one Map can run at most iterations of). */
+function maxCopyWorkers(): number {
+  let n = 1;
+  const parses = (k: number) => {
+    try {
+      parseMigrationConfig({ id: 'x1', sourceUrl: 'postgres://a@h/d', targetUrl: 'postgres://a@h2/d', copyWorkers: k });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  while (parses(n + 1) && n < 10_000) n++;
+  return n;
+}
 
 describe('the approval wait in the definition', () => {
   const def = workflowDefinition() as Definition;
 
-  it('renews its window on States.Timeout and keeps a week of windows within a quarter of the history limit', () => {
+  it('renews its window on States.Timeout, one window a few events', () => {
     const wait = def.States[AWAIT]!;
     const renewal = (wait.Catch as { ErrorEquals: string[]; Next: string }[])[0]!;
     // The first catcher takes the window's timeout, before the failure policy's.
@@ -56,20 +90,57 @@ describe('the approval wait in the definition', () => {
       if (name === AWAIT) break;
       name = def.States[name]!.Next as string;
     }
-    const perWindow = loop.reduce((n, name) => n + eventsOf(def.States[name]!), 0);
-    expect(perWindow).toBe(APPROVAL_WINDOW_EVENTS);
+    expect(loop.reduce((n, name) => n + historyEventsOf(def.States[name]!), 0)).toBe(APPROVAL_WINDOW_EVENTS);
     const begin = def.States[STATE.beginApprovalWait]!.Parameters as { windowSeconds: number; deadlineSeconds: number };
     expect(begin.windowSeconds).toBe(wait.TimeoutSeconds);
     expect(begin.deadlineSeconds).toBe(APPROVAL_DEADLINE_SECONDS);
-    const windows = Math.ceil(begin.deadlineSeconds / begin.windowSeconds);
-    const waiting = windows * perWindow;
-    expect(waiting).toBeLessThanOrEqual(SFN_HISTORY_EVENT_LIMIT / 4);
-    // Beside the longest catch-up the defaults allow, one sample a second (Step Functions' shortest
-    // wait), and the rest of an execution, it still fits.
-    const sampleLoop = [STATE.waitSample, WORKFLOW_TASKS.checkLag.state, STATE.caughtUp];
-    const perSample = sampleLoop.reduce((n, name) => n + eventsOf(def.States[name]!), 0);
-    const catchUp = (DEFAULTS.catchUpTimeoutMs / 1000) * perSample;
-    expect(waiting + catchUp + 1500).toBeLessThan(SFN_HISTORY_EVENT_LIMIT);
+  });
+
+  it('keeps every execution under the history limit: its samples over all its catch-ups, one approval wait, and the rest at their worst', () => {
+    const states = allStates(def);
+    const cost = (name: string) => historyEventsOf(def.States[name]!);
+    // The sample loop, read from the definition: Wait → Check lag → Caught up? → Wait.
+    expect(def.States[STATE.waitSample]!.Next).toBe(CHECK_LAG);
+    expect(def.States[CHECK_LAG]!.Next).toBe(STATE.caughtUp);
+    const perSample = [STATE.waitSample, CHECK_LAG, STATE.caughtUp].reduce((n, s) => n + cost(s), 0);
+    // The count is execution-wide: "Begin catch-up" (after a verify round, the approval, a drain over
+    // budget) keeps it, and "Caught up?" continues in a new execution at the budget's figure.
+    expect(def.States[STATE.beginCatchUp]!.Parameters).toMatchObject({ 'samples.$': '$.gate.samples' });
+    const rule = (def.States[STATE.caughtUp]!.Choices as { And?: Record<string, unknown>[]; Next: string }[])[0]!;
+    expect(rule.Next).toBe(STATE.continueAsNew);
+    const samples = rule.And!.find((c) => 'NumericGreaterThanEquals' in c)!.NumericGreaterThanEquals as number;
+    expect(rule.And!.find((c) => 'NumericGreaterThanEquals' in c)!.Variable).toBe('$.gate.samples');
+    // One approval wait per execution ("Cutover approved" sets $.approved; the Choice waits only while it is false).
+    const windows = Math.ceil(APPROVAL_DEADLINE_SECONDS / (def.States[AWAIT]!.TimeoutSeconds as number));
+    const approvalWait = windows * cost(AWAIT);
+    const loops = samples * perSample + approvalWait;
+    expect(loops).toBeLessThanOrEqual(HISTORY_EVENT_BUDGET);
+    expect(loops + perSample).toBeGreaterThan(HISTORY_EVENT_BUDGET);
+
+    // Everything else, at its worst: each state entered as often as the definition lets it be, each
+    // entry with every retry. Catch-up is entered again after each verify round, the approval and each
+    // drain over budget; the Map runs a worker per share.
+    const attempts = DEFAULTS.cutoverAttempts;
+    const rounds = VERIFY_BEFORE_SWITCH_ROUNDS;
+    const entries: Record<string, number> = {
+      [STATE.beginCatchUp]: 1 + rounds + 1 + (attempts - 1),
+      [WORKFLOW_TASKS.verifyBeforeSwitch.state]: rounds,
+      [WORKFLOW_TASKS.cutover.state]: attempts,
+      [STATE.drainAgain]: attempts,
+      [STATE.countAttempt]: attempts - 1,
+    };
+    // Not counted here: the loops above, and the scaled-out load's wait for the copy plan (one poll
+    // every few seconds while the coordinator creates its slot): bounded by that, not by the definition.
+    const planPoll = new Set<string>([BULK_LOAD_STATES.wait, BULK_LOAD_STATES.read, BULK_LOAD_STATES.ready]);
+    const loopStates = new Set<string>([STATE.waitSample, CHECK_LAG, STATE.caughtUp, AWAIT]);
+    let rest = 0;
+    for (const { name, state, inMap } of states) {
+      if (loopStates.has(name) || planPoll.has(name)) continue;
+      const times = (entries[name] ?? 1) * (inMap ? maxCopyWorkers() : 1);
+      rest += times * (worstEntry(state) + (state.Type === 'Map' ? 2 * maxCopyWorkers() : 0));
+    }
+    expect(rest).toBeLessThanOrEqual(SFN_HISTORY_EVENT_LIMIT - HISTORY_EVENT_BUDGET);
+    expect(loops + rest).toBeLessThan(SFN_HISTORY_EVENT_LIMIT);
   });
 
   it('is valid ASL with a short window too, and ends the wait past its deadline as a resumable stop', () => {
@@ -113,7 +184,7 @@ describe('the approval wait in the definition', () => {
     const since = '2026-12-07T03:00:00.000Z';
     const execution = machine.run(workflowInput({ migrationId: 'w1', cutover: 'manual' }) as never, {
       overrides: { taskResourceLocalHandlers: handlers as never, waitTimeOverrides: { [STATE.waitSample]: 0 } },
-      context: { Task: { Token: 'local:w1' }, State: { EnteredTime: since } },
+      context: { Execution: { Name: 'w1' }, Task: { Token: 'local:w1' }, State: { EnteredTime: since } },
     });
     const follow = (async () => {
       for await (const e of execution.eventLogs as AsyncIterable<{ type: string; state?: { name: string } }>)

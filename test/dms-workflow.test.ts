@@ -249,6 +249,8 @@ async function execute(r: Run, fullLoadEvent: string, input: Partial<WorkflowInp
       cleanup: false,
       bakeSeconds: 0,
       copyWorkers: 1,
+      execution: 0,
+      continued: null,
       ...input,
     },
     handler,

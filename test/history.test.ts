@@ -155,3 +155,17 @@ describe('the whole lag series', () => {
     expect(lagSegments(merged, lagGapMs(500)).map((part) => part.length)).toEqual([2, 1]);
   });
 });
+
+describe('the status of a migration whose catch-up continued in a new execution (deployed)', () => {
+  it('names the execution that runs it now and says it continued', () => {
+    const continued: MigrationState = {
+      ...migration(),
+      phase: 'catch-up',
+      execution: { name: 'h1-continued-2', number: 2, since: '2026-12-06T11:00:00.000Z' },
+    };
+    expect(describeStatus(continued, undefined, true)).toContain(
+      'next: its execution (named h1-continued-2: continued in execution 2) is working on it',
+    );
+    expect(describeStatus(migration(), undefined, true)).toContain('next: its execution (named h1) is working on it');
+  });
+});

@@ -485,14 +485,20 @@ describe('the Slack worker', () => {
     const running = migration('m3', { status: 'running', phase: 'bulk-load' });
     const cutOver = migration('m4', { status: 'cut-over', cutover: { switchStartedAt: 'x', switchAt: 'y' } });
     const { deps } = await workerDeps([running, cutOver]);
-    sfnMock.on(DescribeExecutionCommand).resolves({ status: 'RUNNING' });
+    sfnMock
+      .on(DescribeExecutionCommand)
+      .rejects(Object.assign(new Error('none'), { name: 'ExecutionDoesNotExist' }))
+      .on(DescribeExecutionCommand, { executionArn: `${MACHINE_ARN.replace(':stateMachine:', ':execution:')}:m3` })
+      .resolves({ status: 'RUNNING' });
     sfnMock.on(StopExecutionCommand).resolves({});
     sfnMock.on(StartExecutionCommand).resolves({ executionArn: 'arn' });
     const aborted = await handleSlackWork(work('abort', 'm3'), deps);
     const refused = await handleSlackWork(work('abort', 'm4'), deps);
+    // The execution named after it, stopped; none had continued it (m3-continued-1 does not exist).
     expect(sfnMock.calls().map((c) => c.args[0].constructor.name)).toEqual([
       'DescribeExecutionCommand',
       'StopExecutionCommand',
+      'DescribeExecutionCommand',
       'StartExecutionCommand',
     ]);
     expect(sfnMock.commandCalls(StopExecutionCommand)[0]!.args[0].input).toMatchObject({
@@ -501,6 +507,39 @@ describe('the Slack worker', () => {
     });
     expect(aborted.text).toMatch(/^Aborted `m3`/);
     expect(refused.text).toMatch(/`m4` is cut over already: `\/pgferry rollback m4`/);
+  });
+
+  it('abort stops the execution the catch-up continued in, and the one that just continued it before it was recorded', async () => {
+    const continued = migration('m5', {
+      status: 'running',
+      phase: 'catch-up',
+      execution: { name: 'm5-continued-1', number: 1, since: '2026-12-07T01:00:00.000Z' },
+    });
+    const { deps } = await workerDeps([continued]);
+    const arn = (name: string) => `${MACHINE_ARN.replace(':stateMachine:', ':execution:')}:${name}`;
+    // m5-continued-1 has just started m5-continued-2 and ended; the store does not name the new one yet.
+    sfnMock
+      .on(DescribeExecutionCommand)
+      .rejects(Object.assign(new Error('none'), { name: 'ExecutionDoesNotExist' }))
+      .on(DescribeExecutionCommand, { executionArn: arn('m5-continued-1') })
+      .resolves({ status: 'SUCCEEDED' })
+      .on(DescribeExecutionCommand, { executionArn: arn('m5-continued-2') })
+      .resolves({ status: 'RUNNING' });
+    sfnMock.on(StopExecutionCommand).resolves({});
+    sfnMock.on(StartExecutionCommand).resolves({ executionArn: 'arn' });
+    await handleSlackWork(work('abort', 'm5'), deps);
+    expect(sfnMock.commandCalls(DescribeExecutionCommand).map((c) => c.args[0].input.executionArn)).toEqual([
+      arn('m5-continued-1'),
+      arn('m5-continued-2'),
+    ]);
+    expect(sfnMock.commandCalls(StopExecutionCommand).map((c) => c.args[0].input)).toEqual([
+      {
+        executionArn: arn('m5-continued-2'),
+        error: 'MigrationAborted',
+        cause: `abort requested in Slack by ${APPROVER}`,
+      },
+    ]);
+    expect(sfnMock.commandCalls(StartExecutionCommand)).toHaveLength(1);
   });
 
   it('start calls startFromPlan with the plan and the Slack user, and files the channel for the message', async () => {

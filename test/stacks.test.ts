@@ -8,6 +8,7 @@ import {
   METRIC_DIMENSIONS,
   METRIC_NAMESPACE,
   METRICS,
+  STATE,
   WORKER_SUBSTITUTIONS,
   WORKFLOW_TASKS,
   workflowDefinitionJson,
@@ -200,6 +201,30 @@ describe('the deployed stack', () => {
       WorkerSecurityGroups: 'sg-0ccc',
     });
     for (const key of WORKER_SUBSTITUTIONS) expect(machine.DefinitionSubstitutions).toHaveProperty(key);
+  });
+
+  it('lets the state machine start only itself again ("Continue in a new execution"), by the ARN of its fixed name', () => {
+    const role = logicalId('AWS::IAM::Role', 'WorkflowRole');
+    const starts = statementsOf((_, roles) => roles.includes(role)).filter((s) =>
+      list(s.Action).includes('states:StartExecution'),
+    );
+    expect(starts).toEqual([
+      {
+        Effect: 'Allow',
+        Action: 'states:StartExecution',
+        Resource: {
+          'Fn::Join': [
+            '',
+            ['arn:', { Ref: 'AWS::Partition' }, `:states:${REGION}:${ACCOUNT}:stateMachine:test-pgferry-migration`],
+          ],
+        },
+      },
+    ]);
+    // The definition names no ARN of its own: the task reads it from the context object.
+    const task = (JSON.parse(workflowDefinitionJson()) as { States: Record<string, { Parameters?: object }> }).States[
+      STATE.continueAsNew
+    ];
+    expect(task?.Parameters).toMatchObject({ 'StateMachineArn.$': '$$.StateMachine.Id' });
   });
 
   it('runs each Lambda task as its own function: Node 22 on arm64 in the configured subnets, named for a person', () => {

@@ -128,6 +128,8 @@ describe('startFromPlan', () => {
       cleanup: false,
       bakeSeconds: 0,
       copyWorkers: 2,
+      execution: 0,
+      continued: null,
     };
     expect(sfn.commandCalls(StartExecutionCommand).map((c) => c.args[0].input)).toEqual([
       { stateMachineArn: ARN, name: 'shop1', input: JSON.stringify(expected) },
@@ -332,6 +334,8 @@ describe("a plan's automatic clean-up, through the start and the definition", ()
       cleanup: true,
       bakeSeconds: 7200,
       copyWorkers: 2,
+      execution: 0,
+      continued: null,
     });
     // "Bake" reads its wait from the execution's state, not from a constant of the definition.
     const definition = JSON.parse(workflowDefinitionJson()) as { States: Record<string, Record<string, unknown>> };

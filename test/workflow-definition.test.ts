@@ -7,6 +7,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import {
+  completeOutput,
   DEFAULTS,
   failureAction,
   functionArnKey,
@@ -21,11 +22,12 @@ import {
   type WorkflowInput,
   workflowDefinition,
   workflowDefinitionJson,
+  workflowInput,
 } from '@pgferry/core';
 import validator from 'asl-validator';
 import { StateMachine } from 'aws-local-stepfunctions';
 import { describe, expect, it } from 'vitest';
-import { type HistoryEntry, runLocalWorkflow } from '../packages/cli/src/local-workflow';
+import { type HistoryEntry, type RunOptions, runLocalWorkflow } from '../packages/cli/src/local-workflow';
 
 type State = Record<string, unknown> & { Type: string };
 const def = workflowDefinition() as { StartAt: string; States: Record<string, State> };
@@ -190,6 +192,7 @@ describe('failure policy', () => {
 async function walk(
   input: Partial<WorkflowInput>,
   script: (task: TaskName, input: TaskInput, n: number) => TaskOutput | Error,
+  options: Pick<RunOptions, 'definition' | 'onContinue'> = {},
 ) {
   const entered: string[] = [];
   const history: HistoryEntry[] = [];
@@ -204,6 +207,8 @@ async function walk(
       cleanup: false,
       bakeSeconds: 0,
       copyWorkers: 1,
+      execution: 0,
+      continued: null,
       ...input,
     },
     async (task, i) => {
@@ -214,6 +219,7 @@ async function walk(
       return r;
     },
     {
+      ...options,
       onHistory: (e, ev) => {
         if (ev === 'entered') entered.push(e.state);
         else history.push(e);
@@ -297,6 +303,177 @@ describe('workflow paths (scripted tasks)', () => {
     expect(drains.entered.slice(-3)).toEqual(['Record failure', STATE.afterRecord, STATE.stopped]);
     expect(drains.outcome).toMatchObject({ status: 'failed', lastState: STATE.stopped, error: 'DrainTimeoutError' });
     expect(drains.outcome.cause).toBe(`drain ${DEFAULTS.cutoverAttempts} over budget`);
+  });
+
+  it('continues the catch-up in a new execution past its samples, carrying the gate, and cuts over there', async () => {
+    const assessed: TaskInput[] = [];
+    const gates: unknown[] = [];
+    const continued: [string, number][] = [];
+    const { outcome, entered } = await walk(
+      {},
+      (task, input, n) => {
+        if (task === 'assess') assessed.push(input);
+        if (task === 'checkLag') {
+          // As the real task: one more sample counted. The gate opens from the 5th sample on.
+          const given = input.gate as { samples?: number };
+          gates.push(input.gate);
+          return { ...gate(n), ready: n >= 5, memory: { n }, samples: (given.samples ?? 0) + 1 };
+        }
+        if (task === 'verifyBeforeSwitch') return ok(task, { done: true, rounds: 1, outcome: 'ok' });
+        return ok(task);
+      },
+      { definition: { samplesPerExecution: 3 }, onContinue: (name, number) => continued.push([name, number]) },
+    );
+    expect(outcome.status).toBe('succeeded');
+    expect(outcome.lastState).toBe(STATE.migrated);
+    // Three samples an execution, over all its catch-ups: samples 1-3; 4-5, the verify, 6; then 7 cuts over.
+    expect(continued).toEqual([
+      ['m1-continued-1', 1],
+      ['m1-continued-2', 2],
+    ]);
+    expect(entered.filter((s) => s === STATE.continueAsNew)).toHaveLength(2);
+    expect(entered.filter((s) => s === STATE.continued)).toHaveLength(2);
+    expect(entered.filter((s) => s === 'Start')).toHaveLength(3);
+    // The load ran once, and the verify before the switch too (its result travels with the gate).
+    for (const once of ['Prepare schema', 'Bulk load', 'Start replication', 'Verify before cutover', 'Cut over'])
+      expect(
+        entered.filter((s) => s === once),
+        once,
+      ).toHaveLength(1);
+    const second = entered.indexOf('Start', 1);
+    expect(entered.slice(second, second + 6)).toEqual([
+      'Start',
+      'Migrate or roll back?',
+      'Assess source',
+      'Where does the migration stand?',
+      STATE.continueCatchUp,
+      STATE.waitSample,
+    ]);
+    // The count starts again in each execution and goes on over "Begin catch-up" (after the verify);
+    // the gate's memory goes on into the next execution (sample 4 reads what sample 3 left).
+    expect(gates.map((g) => (g as { samples: number }).samples)).toEqual([0, 1, 2, 0, 1, 2, 0]);
+    expect(gates.map((g) => (g as { memory?: { n: number } }).memory?.n ?? 0)).toEqual([0, 1, 2, 3, 4, 0, 6]);
+    // Each execution tells "Assess source" which it is.
+    expect(assessed.map((a) => [a.executionNumber, String(a.execution).replace(/-\d+$/, '')])).toEqual([
+      [0, 'local-m1'],
+      [1, 'm1-continued'],
+      [2, 'm1-continued'],
+    ]);
+    expect(entered.slice(-3)).toEqual(['Verify', 'Clean up requested?', 'Migrated']);
+  });
+
+  it('stops resumable, not rolled back, when the next execution cannot be started', () => {
+    const task = def.States[STATE.continueAsNew]!;
+    expect(task.Resource).toBe('arn:aws:states:::states:startExecution');
+    expect(task.Parameters).toMatchObject({
+      'StateMachineArn.$': '$$.StateMachine.Id',
+      'Name.$': "States.Format('{}-continued-{}', $.migrationId, States.MathAdd($.execution, 1))",
+    });
+    const caught = (task.Catch as { ErrorEquals: string[]; Next: string }[])[0]!;
+    expect(caught).toMatchObject({ ErrorEquals: ['States.ALL'], Next: STATE.continuationFailed });
+    const named = def.States[STATE.continuationFailed]!;
+    expect(named.Next).toBe('Record failure');
+    const error = (named.Parameters as { Error: string }).Error;
+    expect(failureAction(error, 'catch-up', NO_FACTS)).toBe('stop');
+    expect(def.States[STATE.continued]?.Type).toBe('Succeed');
+  });
+
+  it('continues an execution suspended at the approval by a pgferry that did not count samples yet', async () => {
+    // What such a version saved as the input of "Await cutover approval": no sample count, no execution number.
+    const saved = {
+      ...workflowInput({ migrationId: 'm8', cutover: 'manual' }),
+      results: { assess: { summary: 'done', resumeAt: 'start', strategy: 'snapshot' } },
+      gate: { ready: true, streak: 2, waitSeconds: 0, memory: { n: 2 } },
+      verify: { done: false, rounds: 0 },
+      cutoverAttempt: { count: 1 },
+      error: null,
+      approvalWait: { since: '2026-12-07T03:00:00.000Z', windowSeconds: 600, deadlineSeconds: 604800 },
+    } as Record<string, unknown>;
+    delete saved.execution;
+    delete saved.continued;
+    const entered: string[] = [];
+    const run = runLocalWorkflow(
+      workflowInput({ migrationId: 'm8', cutover: 'manual' }),
+      async (task, i) => {
+        if (task === 'checkLag') return { ...gate(2), samples: Number((i.gate as { samples: number }).samples) + 1 };
+        if (task === 'verifyBeforeSwitch') return ok(task, { done: true, rounds: 1, outcome: 'ok' });
+        return ok(task);
+      },
+      {
+        startAt: { state: WORKFLOW_TASKS.awaitApproval.state, input: saved },
+        definition: { samplesPerExecution: 2 },
+        onHistory: (e, ev) => {
+          if (ev === 'entered') entered.push(e.state);
+        },
+      },
+    );
+    const outcome = await run.done;
+    expect(outcome).toMatchObject({ status: 'succeeded', lastState: STATE.migrated });
+    // Its samples counted from 0: the second sample after the approval went on in a new execution.
+    expect(entered).toContain(STATE.continued);
+    expect(run.inputOf(WORKFLOW_TASKS.assess.state)).toMatchObject({ execution: 1 });
+  });
+
+  it('tries a failed start again, then records ContinuationFailedError and stops resumable (aws-local-stepfunctions)', async () => {
+    const short = workflowDefinition({ samplesPerExecution: 1 }) as { States: Record<string, State> };
+    const tries: unknown[] = [];
+    let recorded: unknown;
+    const handlers: Record<string, (input: unknown) => Promise<unknown>> = {};
+    const plain = (o: object) => ({ StatusCode: 200, Payload: o });
+    for (const task of TASK_NAMES)
+      handlers[WORKFLOW_TASKS[task].state] = async (p) => {
+        const payload = (p as { Payload?: Record<string, unknown> }).Payload ?? {};
+        if (task === 'checkLag') return plain(completeOutput(task, { ...gate(1), samples: 1 }));
+        if (task === 'recordFailure') {
+          recorded = payload.error;
+          return plain(completeOutput(task, { summary: 'recorded', action: 'stop' }));
+        }
+        const out = completeOutput(task, ok(task));
+        return (WORKFLOW_TASKS[task] as { callback?: boolean }).callback ? out : plain(out);
+      };
+    handlers[STATE.continueAsNew] = async (p) => {
+      tries.push(p);
+      throw named('StepFunctions.AccessDeniedException', 'not authorized to perform states:StartExecution');
+    };
+    const execution = new StateMachine(short as never, { validationOptions: { noValidate: true } }).run(
+      { ...workflowInput({ migrationId: 'm9' }) } as never,
+      {
+        overrides: {
+          taskResourceLocalHandlers: handlers as never,
+          waitTimeOverrides: { [STATE.waitSample]: 0 },
+          retryIntervalOverrides: { [STATE.continueAsNew]: 0 },
+        },
+        context: {
+          Execution: { Name: 'm9', Id: 'arn:aws:states:eu-west-1:123456789012:execution:pgferry:m9' },
+          StateMachine: { Id: 'arn:aws:states:eu-west-1:123456789012:stateMachine:pgferry' },
+          State: { EnteredTime: '2026-12-07T03:00:00.000Z' },
+          Task: { Token: 'token-m9' },
+        } as never,
+      },
+    );
+    const failure = await execution.result.then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    // "Stopped (resumable)": the error is the one "Record failure" was given.
+    expect((failure?.cause as Error | undefined)?.name).toBe('ContinuationFailedError');
+    expect(String(failure)).toContain('StepFunctions.AccessDeniedException');
+    const retry = (short.States[STATE.continueAsNew]!.Retry as { MaxAttempts: number }[])[0]!;
+    expect(tries).toHaveLength(1 + retry.MaxAttempts);
+    // Every try the same request: the name and input are the same, so a start that did happen is not repeated.
+    for (const t of tries) expect(t).toEqual(tries[0]);
+    expect(tries[0]).toMatchObject({
+      StateMachineArn: 'arn:aws:states:eu-west-1:123456789012:stateMachine:pgferry',
+      Name: 'm9-continued-1',
+      Input: {
+        migrationId: 'm9',
+        execution: 1,
+        continued: { gate: { samples: 0, memory: { n: 1 } }, cutoverAttempt: { count: 1 } },
+        AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID: 'arn:aws:states:eu-west-1:123456789012:execution:pgferry:m9',
+      },
+    });
+    expect(recorded).toMatchObject({ Error: 'ContinuationFailedError' });
+    expect(String((recorded as { Cause: string }).Cause)).toContain('StepFunctions.AccessDeniedException');
   });
 
   it('rolls back after a failed bulk load and ends Failed with the reason', async () => {

@@ -111,6 +111,53 @@ describe('the workflow definition, run locally', () => {
     expect(readFileSync(`${rt.stateDir}/${m.id}.execution`, 'utf8')).not.toContain(pair.sourceUrl.split('@')[0]);
   });
 
+  it('continues a long catch-up in new executions (before the history limit) in the same process, loading nothing twice and losing no write', async () => {
+    const { pair, rt } = await fixture.setup('wf_cont', 300);
+    // Three samples an execution: the first catch-up and the one after the verify before the switch
+    // take at least two each (lagSamples 2), so the migration goes on in at least one new execution.
+    rt.workflow = { samplesPerExecution: 3 };
+    const writer = fixture.writer(rt);
+    await sleep(200);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    const state = await advance(rt, m.id, { cutover: 'auto' });
+    await sleep(300);
+    const stats = await writer.stop();
+    expect(stats.servers.length).toBe(2);
+    expect(await writer.lostWrites(pair.targetUrl)).toEqual([]);
+    expect(state.status).toBe('cut-over');
+
+    const execution = readExecution(rt.stateDir, m.id);
+    expect(execution).toMatchObject({ command: 'migrate', status: 'succeeded', lastState: STATE.migrated });
+    const continuedIn = execution?.continuedIn ?? [];
+    expect(continuedIn.length).toBeGreaterThanOrEqual(1);
+    expect(continuedIn.map((c) => [c.name, c.number])).toEqual(
+      continuedIn.map((_, i) => [`${m.id}-continued-${i + 1}`, i + 1]),
+    );
+    // The store names the execution that runs the migration now, and says where it continued.
+    expect(state.execution).toMatchObject({
+      name: `${m.id}-continued-${continuedIn.length}`,
+      number: continuedIn.length,
+    });
+    expect(state.events.map((e) => e.message)).toContainEqual(
+      expect.stringMatching(new RegExp(`^continued in execution 1 \\(${m.id}-continued-1\\): the catch-up goes on`)),
+    );
+    // Each continued execution goes from its assessment straight back to the catch-up: the schema and the
+    // data were loaded once, the verify before the switch ran once.
+    const visited = (execution?.states ?? []).map((s) => s.state);
+    expect(visited.filter((s) => s === STATE.continued)).toHaveLength(continuedIn.length);
+    expect(visited.filter((s) => s === STATE.continueCatchUp)).toHaveLength(continuedIn.length);
+    expect(visited.filter((s) => s === 'Assess source')).toHaveLength(continuedIn.length + 1);
+    for (const once of ['Prepare schema', 'Bulk load', 'Start replication', 'Cut over', 'Verify'])
+      expect(
+        visited.filter((s) => s === once),
+        once,
+      ).toHaveLength(1);
+    expect(rt.logs.filter((l) => l === 'start bulk-load')).toHaveLength(1);
+    expect(rt.logs.filter((l) => l === 'start prepare-schema')).toHaveLength(1);
+    // `pgferry status` shows the continuation.
+    expect(describeExecution(execution!)).toContain(`, continued in execution 1 (${m.id}-continued-1) at `);
+  });
+
   it('rolls back after the cutover through a rollback execution, losing nothing', async () => {
     const { pair, rt } = await fixture.setup('wf_back', 300);
     const writer = fixture.writer(rt);

@@ -17,6 +17,7 @@ import {
   actionStep,
   authorizeForMigration,
   CUTOVER_REJECTED_ERROR,
+  continuedExecutionName,
   errorMessage,
   escapeMrkdwn,
   type GateClick,
@@ -441,22 +442,32 @@ async function stopThenRollBack(
   actor: SlackActor,
   deps: SlackWorkDeps,
 ): Promise<SlackResponse> {
-  const migrateArn = executionArn(deps.stateMachineArn, migrateExecutionName(state.id));
-  const running = await deps.sfn
-    .send(new DescribeExecutionCommand({ executionArn: migrateArn }))
-    .then((out) => out.status === 'RUNNING')
-    .catch((err) => {
-      if (err instanceof Error && err.name === 'ExecutionDoesNotExist') return false;
-      throw err;
-    });
-  if (running)
-    await deps.sfn.send(
-      new StopExecutionCommand({
-        executionArn: migrateArn,
-        error: action === 'abort' ? 'MigrationAborted' : 'RollbackRequested',
-        cause: `${action} requested in Slack by ${actor.userId}`,
-      }),
-    );
+  // The execution that runs the migration now (a long catch-up continues in new executions, whose names
+  // "Assess source" records; the first is named after the migration), and the one it may have started
+  // a moment ago, before that one's assessment recorded it: a rollback must never run beside either.
+  const current = state.execution;
+  const names = [
+    current?.name ?? migrateExecutionName(state.id),
+    continuedExecutionName(state.id, (current?.number ?? 0) + 1),
+  ];
+  for (const name of names) {
+    const arn = executionArn(deps.stateMachineArn, name);
+    const running = await deps.sfn
+      .send(new DescribeExecutionCommand({ executionArn: arn }))
+      .then((out) => out.status === 'RUNNING')
+      .catch((err) => {
+        if (err instanceof Error && err.name === 'ExecutionDoesNotExist') return false;
+        throw err;
+      });
+    if (running)
+      await deps.sfn.send(
+        new StopExecutionCommand({
+          executionArn: arn,
+          error: action === 'abort' ? 'MigrationAborted' : 'RollbackRequested',
+          cause: `${action} requested in Slack by ${actor.userId}`,
+        }),
+      );
+  }
   // A stopped execution's approval token is dead: leave no stale one behind.
   await deps.store.takeTaskToken?.(state.id, APPROVAL_STEP);
   try {

@@ -49,6 +49,11 @@ export interface ExecutionRecord {
   waiting?: { state: string; task: TaskName; token: string; since: string; input: unknown };
   /** The commands that continued this execution after it waited (`pgferry cutover`). */
   continued?: { command: string; at: string }[];
+  /**
+   * The executions this one went on in ("Continue in a new execution", before Step Functions' history
+   * limit; locally in the same process): `states` runs on through them.
+   */
+  continuedIn?: { name: string; number: number; at: string }[];
 }
 
 /** States kept per execution: a long catch-up repeats "Wait", "Check lag", "Caught up?" every sample. */
@@ -228,6 +233,11 @@ export async function executeLocally(
       // The coordinator records its plan in the same process: the branch beside it polls quickly.
       waitMs: { [STATE.waitSample]: 0, [STATE.bake]: 0, [BULK_LOAD_STATES.wait]: 200 },
       startAt: waited && { state: waited.state, input: waited.input },
+      definition: rt.workflow,
+      onContinue: (name, number) => {
+        record.continuedIn = [...(record.continuedIn ?? []), { name, number, at: new Date().toISOString() }];
+        flush(true);
+      },
       onHistory: (entry, event) => {
         if (event === 'entered') {
           // The state it waited in is one entry, from when it was entered first to when it is left.
@@ -321,7 +331,10 @@ function duration(ms: number | undefined): string {
 
 /** The last execution state by state, as the Step Functions console's execution view lists it. */
 export function describeExecution(r: ExecutionRecord): string {
-  const continued = (r.continued ?? []).map((c) => `, continued by ${c.command} at ${c.at}`).join('');
+  const continued = [
+    ...(r.continued ?? []).map((c) => `, continued by ${c.command} at ${c.at}`),
+    ...(r.continuedIn ?? []).map((c) => `, continued in execution ${c.number} (${c.name}) at ${c.at}`),
+  ].join('');
   const at = r.waiting
     ? ` at "${r.waiting.state}"`
     : r.lastState && r.status !== 'succeeded'

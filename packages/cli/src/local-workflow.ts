@@ -16,6 +16,7 @@ import {
   taskInputFromEnvironment,
   WORKER_ENV,
   WORKFLOW_TASKS,
+  type WorkflowDefinitionOptions,
   type WorkflowInput,
   workflowDefinitionJson,
 } from '@pgferry/core';
@@ -83,6 +84,27 @@ export interface RunOptions {
    * definition's own StartAt is replaced; aws-local-stepfunctions has no other way in).
    */
   startAt?: { state: string; input: unknown };
+  /** What the definition is built with (tests: a small `samplesPerExecution`). */
+  definition?: WorkflowDefinitionOptions;
+  /**
+   * "Continue in a new execution" asked for execution `name` (the n-th continuation): locally it runs
+   * in this process once this one has ended, with the same handler and history.
+   */
+  onContinue?(name: string, number: number): void;
+}
+
+/** The Step Functions integration that starts an execution (the definition's "Continue in a new execution"). */
+const START_EXECUTION = 'arn:aws:states:::states:startExecution';
+
+/** What the local runtime calls the state machine (`$$.StateMachine.Id`): never an AWS ARN. */
+const LOCAL_STATE_MACHINE = 'arn:aws:states:local:000000000000:stateMachine:pgferry-local';
+
+const localExecutionArn = (name: string) => `${LOCAL_STATE_MACHINE.replace(':stateMachine:', ':execution:')}:${name}`;
+
+/** The execution a local "Continue in a new execution" asked for. */
+interface Continuation {
+  name: string;
+  input: WorkflowInput;
 }
 
 function lambdaResult(task: TaskName, output: TaskOutput): unknown {
@@ -110,18 +132,35 @@ export function taskInputFrom(task: TaskName, parameters: unknown): TaskInput {
   return input;
 }
 
-/** The names of every Task state of a definition, its Parallel branches and Map processors included. */
-function taskStates(definition: unknown): string[] {
+/** The names of every Task state of a definition (of `resource` only, if given), its Parallel branches and Map processors included. */
+function taskStates(definition: unknown, resource?: string): string[] {
   const names: string[] = [];
   const walk = (machine: { States?: Record<string, Record<string, unknown>> } | undefined) => {
     for (const [name, state] of Object.entries(machine?.States ?? {})) {
-      if (state.Type === 'Task') names.push(name);
+      if (state.Type === 'Task' && (!resource || state.Resource === resource)) names.push(name);
       for (const branch of (state.Branches as object[] | undefined) ?? []) walk(branch);
       walk((state.ItemProcessor ?? state.Iterator) as object | undefined);
     }
   };
   walk(definition as object);
   return names;
+}
+
+/**
+ * The state a suspended execution was saved with by a pgferry that did not count samples yet: "Begin
+ * catch-up" reads `$.gate.samples` and "Continue in a new execution" `$.execution`; a path that is not
+ * there would fail the execution.
+ */
+function savedBeforeCounting(input: unknown): unknown {
+  if (!input || typeof input !== 'object') return input;
+  const s = input as { gate?: unknown; execution?: unknown; continued?: unknown };
+  const gate = s.gate && typeof s.gate === 'object' ? (s.gate as Record<string, unknown>) : undefined;
+  return {
+    ...s,
+    ...(gate && !('samples' in gate) ? { gate: { ...gate, samples: 0 } } : {}),
+    ...(s.execution === undefined ? { execution: 0 } : {}),
+    ...(s.continued === undefined ? { continued: null } : {}),
+  };
 }
 
 /** The value at a simple `$.a.b` path. */
@@ -148,10 +187,24 @@ export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, opt
   const inputs = new Map<string, unknown>();
   const done = (async () => {
     const sfn = await import('aws-local-stepfunctions');
-    return execute(sfn, input, handler, options, inputs, (abort) => {
+    const started = (abort: () => void) => {
       stop = abort;
       if (stopAsked) abort();
-    });
+    };
+    let run: RunOptions = options;
+    let runInput: unknown = options.startAt ? savedBeforeCounting(options.startAt.input) : { ...input };
+    let name = `local-${input.migrationId}-${Date.now()}`;
+    for (;;) {
+      const next: { value?: Continuation } = {};
+      const outcome = await execute(sfn, runInput, handler, run, inputs, started, name, next);
+      // An execution that ended in "Continued in a new execution": the next one runs here and now,
+      // from the input it was started with (no AWS call, ever).
+      if (outcome.status !== 'succeeded' || !next.value || stopAsked) return outcome;
+      name = next.value.name;
+      options.onContinue?.(name, next.value.input.execution);
+      run = { ...options, startAt: undefined };
+      runInput = next.value.input;
+    }
   })();
   return {
     done,
@@ -165,14 +218,19 @@ export function runLocalWorkflow(input: WorkflowInput, handler: TaskHandler, opt
 
 async function execute(
   sfn: typeof import('aws-local-stepfunctions'),
-  input: WorkflowInput,
+  input: unknown,
   handler: TaskHandler,
   options: RunOptions,
   inputs: Map<string, unknown>,
   started: (abort: () => void) => void,
+  executionName: string,
+  continuation: { value?: Continuation },
 ): Promise<ExecutionOutcome> {
   const { ExecutionAbortedError, ExecutionError, StateMachine } = sfn;
-  const definition = JSON.parse(workflowDefinitionJson()) as { StartAt: string; States: Record<string, unknown> };
+  const definition = JSON.parse(workflowDefinitionJson(options.definition)) as {
+    StartAt: string;
+    States: Record<string, unknown>;
+  };
   if (options.startAt) {
     if (!(options.startAt.state in definition.States))
       throw new Error(`no state "${options.startAt.state}" in the workflow definition to continue from`);
@@ -193,11 +251,20 @@ async function execute(
   }
   // The scaled-out bulk load's coordinator is the bulk load task under a state name of its own.
   handlers[BULK_LOAD_STATES.hold] = handlers[WORKFLOW_TASKS.bulkLoad.state]!;
+  // "Continue in a new execution": noted here, run by runLocalWorkflow once this execution has ended.
+  for (const state of taskStates(definition, START_EXECUTION))
+    handlers[state] = async (parameters) => {
+      const p = parameters as { Name: string; Input: WorkflowInput };
+      if (continuation.value)
+        throw new Error(`execution ${executionName} continued already, in ${continuation.value.name}`);
+      continuation.value = { name: p.Name, input: p.Input };
+      return { ExecutionArn: localExecutionArn(p.Name), StartDate: new Date().toISOString() };
+    };
   // A Task state without a local handler would be sent to AWS by aws-local-stepfunctions: never.
   const unhandled = taskStates(definition).filter((name) => !handlers[name]);
   if (unhandled.length)
     throw new Error(`the local runtime has no task for state(s) ${unhandled.map((n) => `"${n}"`).join(', ')}`);
-  const execution = machine.run((options.startAt ? options.startAt.input : { ...input }) as never, {
+  const execution = machine.run(input as never, {
     overrides: {
       taskResourceLocalHandlers: handlers as never,
       waitTimeOverrides: options.waitMs,
@@ -206,11 +273,13 @@ async function execute(
     // What the definition reads of the context (aws-local-stepfunctions fills none of it): the bulk load's
     // Parallel names its attempt after the execution and the time it was entered (one attempt per local
     // execution); "Begin the approval wait" reads when the wait began (locally the execution stops at the
-    // gate anyway: the deadline is AWS's concern).
+    // gate anyway: the deadline is AWS's concern); "Continue in a new execution" reads the machine's id
+    // and this execution's, and "Assess source" records the execution's name.
     context: {
-      Execution: { Name: `local-${input.migrationId}-${Date.now()}` },
+      Execution: { Name: executionName, Id: localExecutionArn(executionName) },
+      StateMachine: { Id: LOCAL_STATE_MACHINE },
       State: { EnteredTime: new Date().toISOString() },
-      Task: { Token: `local:${input.migrationId}` },
+      Task: { Token: `local:${(input as WorkflowInput).migrationId}` },
     } as never,
   });
   started(() => execution.abort());

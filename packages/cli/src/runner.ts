@@ -19,6 +19,7 @@ import {
   parseMigrationConfig,
   redactText,
   redactUrl,
+  type WorkflowDefinitionOptions,
   type WorkflowInput,
 } from '@pgferry/core';
 import {
@@ -70,6 +71,8 @@ export interface Runtime {
    * awaitDumpUpload on s3rver, its events delivered to the S3 handler): the step waits for the event.
    */
   awaitDumpUpload?: TaskDeps['awaitDumpUpload'];
+  /** Tests only: what the workflow definition is built with (a small `samplesPerExecution`). */
+  workflow?: WorkflowDefinitionOptions;
 }
 
 /** Connect to `url` and let go: throws the usual connection error (naming --source/--target) if it does not answer. */

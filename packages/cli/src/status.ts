@@ -52,7 +52,7 @@ function deployedNextStep(s: MigrationState): string {
   const id = s.id;
   switch (s.status) {
     case 'running':
-      return `its execution (named ${id}) is working on it: follow it in the Step Functions console, or with \`pgferry status ${id} --stage S --watch\``;
+      return `its execution (${executionNamed(s)}) is working on it: follow it in the Step Functions console, or with \`pgferry status ${id} --stage S --watch\``;
     case 'awaiting-cutover':
       return `caught up, waiting at "Await cutover approval": \`/pgferry approve ${id}\` in Slack (or \`/pgferry rollback ${id}\`)`;
     case 'cut-over':
@@ -63,8 +63,18 @@ function deployedNextStep(s: MigrationState): string {
     case 'cleaned-up':
       return 'nothing: the migration is over';
     default:
-      return s.failure?.hint ?? `see the failure above, and its execution (named ${id}) in the Step Functions console`;
+      return (
+        s.failure?.hint ??
+        `see the failure above, and its execution (${executionNamed(s)}) in the Step Functions console`
+      );
   }
+}
+
+/** The execution that runs the migration now (a long catch-up goes on in new executions: workflow/history.ts). */
+function executionNamed(s: MigrationState): string {
+  const e = s.execution;
+  if (e && e.number > 0) return `named ${e.name}: continued in execution ${e.number}`;
+  return `named ${e?.name ?? s.id}`;
 }
 
 /** The status of one migration, as `pgferry status ID` prints it (without the live check of the servers). */

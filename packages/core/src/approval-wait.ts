@@ -14,11 +14,9 @@ export const APPROVAL_DEADLINE_SECONDS = 7 * 24 * 3600;
  * One approval window: the lag shown at the gate is at most this old (plus one sample). Step Functions
  * keeps at most 25,000 events per execution; each window costs APPROVAL_WINDOW_EVENTS (TaskStateEntered,
  * TaskScheduled, TaskStarted, TaskSubmitted, TaskTimedOut, TaskStateExited), so a whole week of windows
- * costs 604,800 / 600 = 1,008 windows × 6 = 6,048 events, under a quarter of the limit. The rest is
- * the remainder of an execution: its worst with the defaults is a catch-up that takes all of its 30
- * minutes at one sample a second (Wait 2 + Check lag 5 + Choice 2 = 9 events a sample: 16,200), plus
- * the load, the verify and the cutover (well under 1,500). 5-minute windows (12,096 events) would not
- * fit beside such a catch-up. test/approval-wait.test.ts derives these figures from the definition.
+ * costs 604,800 / 600 = 1,008 windows × 6 = 6,048 events, under a quarter of the limit. It is set aside
+ * whole in each execution's budget (workflow/history.ts): the catch-up samples get the rest of it and
+ * continue in a new execution past that. test/approval-wait.test.ts derives these figures from the definition.
  */
 export const APPROVAL_WINDOW_SECONDS = 600;
 

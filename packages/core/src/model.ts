@@ -288,6 +288,12 @@ export interface MigrationState {
    * last gate sample taken while waiting found (the gate's limits still met, or why not).
    */
   approvalWait?: ApprovalWaitRecord;
+  /**
+   * The execution that runs the migration now, as "Assess source" recorded it: its name (Step
+   * Functions' execution name; locally a made-up one) and its number, n > 0 when it is the n-th that
+   * continued the catch-up in a new execution (workflow/history.ts). Slack stops this execution.
+   */
+  execution?: { name: string; number: number; since: string };
   walRetainedBytes?: number;
   ddlDrift?: string[];
   cutover?: CutoverRecord;

@@ -8,6 +8,13 @@ import { APPROVAL_DEADLINE_SECONDS, APPROVAL_WINDOW_SECONDS } from '../approval-
 import { DEFAULTS } from '../config';
 import { BULK_LOAD_STATES, bulkLoadStates } from './bulk-load';
 import { CUTOVER_REJECTED_ERROR } from './failure';
+import {
+  CONTINUATION_FAILED_ERROR,
+  CONTINUED_NAME_FORMAT,
+  type ContinuedFrom,
+  type HistoryCostState,
+  historyBudget,
+} from './history';
 import { catchFor, lambdaTaskState, RECORD_FAILURE, ROLL_BACK, taskState, workerTaskState } from './states';
 import { WORKFLOW_TASKS } from './tasks';
 
@@ -28,6 +35,10 @@ export interface WorkflowInput {
   bakeSeconds: number;
   /** Fargate workers the snapshot copy is split over (the config's copyWorkers); 1 locally. */
   copyWorkers: number;
+  /** 0 for a migration's first execution; n for the n-th that continued it ("Continue in a new execution"). */
+  execution: number;
+  /** What a continued execution carries on with (null for a first execution): it goes straight back to catch-up. */
+  continued: ContinuedFrom | null;
 }
 
 /** The gate's figures between two "Check lag" samples (see packages/postgres/src/tasks). */
@@ -39,6 +50,8 @@ export interface GateState {
   waitSeconds: number;
   /** What the next sample needs from this one (lag readings, the last catalog check, when catch-up began). */
   memory?: unknown;
+  /** Samples this execution has taken, over all its catch-ups (see workflow/history.ts). */
+  samples?: number;
 }
 
 export const STATE = {
@@ -65,6 +78,10 @@ export const STATE = {
   stopped: 'Stopped (resumable)',
   failed: 'Failed',
   rollbackFailed: 'Rollback failed',
+  continueCatchUp: 'Continue the catch-up',
+  continueAsNew: 'Continue in a new execution',
+  continuationFailed: 'Could not continue in a new execution',
+  continued: 'Continued in a new execution',
 } as const;
 
 const T = WORKFLOW_TASKS;
@@ -72,32 +89,46 @@ const T = WORKFLOW_TASKS;
 /** A fresh gate for a new catch-up: not ready, sample at once. */
 const FRESH_GATE = { ready: false, streak: 0, waitSeconds: 0 };
 
+/** Input fields the execution carries as they came, and hands on to an execution that continues it. */
+const CARRIED = [
+  'migrationId',
+  'action',
+  'cutover',
+  'approved',
+  'provisionTarget',
+  'cleanup',
+  'bakeSeconds',
+  'copyWorkers',
+  'execution',
+  'continued',
+] as const satisfies readonly (keyof WorkflowInput)[];
+
+const carried = (from: string, except: readonly string[] = []) =>
+  Object.fromEntries(CARRIED.filter((k) => !except.includes(k)).map((k) => [`${k}.$`, `${from}.${k}`]));
+
 /** What the definition is built with; the defaults are what the stack deploys and `workflow print` prints. */
 export interface WorkflowDefinitionOptions {
   /** One window of the approval wait (see APPROVAL_WINDOW_SECONDS): tests shorten it. */
   approvalWindowSeconds?: number;
   /** The approval deadline, counted from when the wait began. */
   approvalDeadlineSeconds?: number;
+  /** Tests only: samples an execution takes before it continues in a new one, instead of the budget's figure. */
+  samplesPerExecution?: number;
 }
 
 export function workflowDefinition(options: WorkflowDefinitionOptions = {}): object {
   const windowSeconds = options.approvalWindowSeconds ?? APPROVAL_WINDOW_SECONDS;
   const deadlineSeconds = options.approvalDeadlineSeconds ?? APPROVAL_DEADLINE_SECONDS;
+  // Filled in once the states exist: the loops' cost is read from the very states they are made of.
+  const continueAfter = { Variable: '$.gate.samples', NumericGreaterThanEquals: 0 };
   const states: Record<string, object> = {
     [STATE.start]: {
       Type: 'Pass',
       Comment: 'What the execution carries: the migration id and its choices, never a credential',
       Parameters: {
-        'migrationId.$': '$.migrationId',
-        'action.$': '$.action',
-        'cutover.$': '$.cutover',
-        'approved.$': '$.approved',
-        'provisionTarget.$': '$.provisionTarget',
-        'cleanup.$': '$.cleanup',
-        'bakeSeconds.$': '$.bakeSeconds',
-        'copyWorkers.$': '$.copyWorkers',
+        ...carried('$'),
         results: {},
-        gate: FRESH_GATE,
+        gate: { ...FRESH_GATE, samples: 0 },
         verify: { done: false, rounds: 0 },
         cutoverAttempt: { count: 1 },
         error: null,
@@ -116,8 +147,23 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
       Choices: [
         { Variable: '$.results.assess.resumeAt', StringEquals: 'cutover', Next: T.cutover.state },
         { Variable: '$.results.assess.resumeAt', StringEquals: 'verify', Next: T.verify.state },
+        // An execution that continues another: the load is done, back to its catch-up at once.
+        { Not: { Variable: '$.continued', IsNull: true }, Next: STATE.continueCatchUp },
       ],
       Default: STATE.needsTarget,
+    },
+    [STATE.continueCatchUp]: {
+      Type: 'Pass',
+      Comment: 'The gate, the verify rounds and the cutover attempts as the execution before this one left them',
+      Parameters: {
+        ...carried('$'),
+        'results.$': '$.results',
+        'gate.$': '$.continued.gate',
+        'verify.$': '$.continued.verify',
+        'cutoverAttempt.$': '$.continued.cutoverAttempt',
+        error: null,
+      },
+      Next: STATE.waitSample,
     },
     [STATE.needsTarget]: {
       Type: 'Choice',
@@ -160,8 +206,9 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
     // travel in $.gate, so each invocation is short and the loop survives a Lambda's lifetime.
     [STATE.beginCatchUp]: {
       Type: 'Pass',
-      Comment: 'A new streak: after the load, after a verify (its reads took a while), after a drain over budget',
-      Result: FRESH_GATE,
+      Comment:
+        'A new streak: after the load, after a verify (its reads took a while), after a drain over budget; the execution keeps counting its samples',
+      Parameters: { ...FRESH_GATE, 'samples.$': '$.gate.samples' },
       ResultPath: '$.gate',
       Next: STATE.waitSample,
     },
@@ -170,6 +217,15 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
     [STATE.caughtUp]: {
       Type: 'Choice',
       Choices: [
+        // Before the history limit comes near (workflow/history.ts): the catch-up goes on in a new execution.
+        {
+          And: [
+            { Variable: '$.gate.samples', IsPresent: true },
+            { Variable: '$.gate.samples', IsNumeric: true },
+            continueAfter,
+          ],
+          Next: STATE.continueAsNew,
+        },
         { Variable: '$.gate.ready', BooleanEquals: false, Next: STATE.waitSample },
         {
           And: [
@@ -213,6 +269,60 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
       Result: true,
       ResultPath: '$.approved',
       Next: STATE.beginCatchUp,
+    },
+    [STATE.continueAsNew]: {
+      Type: 'Task',
+      Comment:
+        'Starts this state machine again for the migration, from its catch-up. The name is fixed by the migration id and the execution number: Step Functions takes a retried StartExecution with the same name and input as the same request (idempotent while that execution runs), so a retry never starts a second execution',
+      Resource: 'arn:aws:states:::states:startExecution',
+      Parameters: {
+        'StateMachineArn.$': '$$.StateMachine.Id',
+        'Name.$': `States.Format('${CONTINUED_NAME_FORMAT}', $.migrationId, States.MathAdd($.execution, 1))`,
+        Input: {
+          ...carried('$', ['execution', 'continued']),
+          'execution.$': 'States.MathAdd($.execution, 1)',
+          continued: {
+            gate: {
+              'ready.$': '$.gate.ready',
+              'streak.$': '$.gate.streak',
+              'waitSeconds.$': '$.gate.waitSeconds',
+              'memory.$': '$.gate.memory',
+              samples: 0,
+            },
+            'verify.$': '$.verify',
+            'cutoverAttempt.$': '$.cutoverAttempt',
+          },
+          // Links the two executions in the console.
+          'AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID.$': '$$.Execution.Id',
+        },
+      },
+      ResultSelector: { 'executionArn.$': '$.ExecutionArn' },
+      ResultPath: '$.continuedIn',
+      // StartExecution answers at once (the new execution runs on its own).
+      TimeoutSeconds: 60,
+      // Any failure is tried again: the same name and input make a repeated start harmless.
+      Retry: [
+        {
+          ErrorEquals: ['States.ALL'],
+          IntervalSeconds: 2,
+          MaxAttempts: 5,
+          BackoffRate: 2,
+          JitterStrategy: 'FULL',
+        },
+      ],
+      Catch: [{ ErrorEquals: ['States.ALL'], ResultPath: '$.continuationError', Next: STATE.continuationFailed }],
+      Next: STATE.continued,
+    },
+    // Nothing went wrong with the migration: a resumable stop, replication going on.
+    [STATE.continuationFailed]: {
+      Type: 'Pass',
+      Parameters: { Error: CONTINUATION_FAILED_ERROR, 'Cause.$': 'States.JsonToString($.continuationError)' },
+      ResultPath: '$.error',
+      Next: RECORD_FAILURE,
+    },
+    [STATE.continued]: {
+      Type: 'Succeed',
+      Comment: 'The migration goes on in the execution named after it with the next number (-continued-N)',
     },
     [T.verifyBeforeSwitch.state]: workerTaskState('verifyBeforeSwitch', {
       next: STATE.beginCatchUp,
@@ -335,6 +445,15 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
       CausePath: '$.rollbackError.Cause',
     },
   };
+  const cost = (name: string) => states[name] as HistoryCostState;
+  continueAfter.NumericGreaterThanEquals =
+    options.samplesPerExecution ??
+    historyBudget({
+      sample: [cost(STATE.waitSample), cost(T.checkLag.state), cost(STATE.caughtUp)],
+      window: [cost(T.awaitApproval.state)],
+      windowSeconds,
+      deadlineSeconds,
+    }).samplesPerExecution;
   return {
     Comment: 'pgferry: move a live PostgreSQL database onto Amazon RDS with zero downtime',
     StartAt: STATE.start,

@@ -5,6 +5,7 @@
  * stored state knows (whether the switch began), so a static route can never undo too much.
  */
 import type { MigrationStatus, Phase } from '../model';
+import { CONTINUATION_FAILED_ERROR } from './history';
 
 /**
  * - `stop`: nothing undone; the migration stays `running` with the failure recorded, and `resume` goes on.
@@ -37,7 +38,13 @@ export const NO_FACTS: FailureFacts = {
 };
 
 /** Failures where replication is healthy, only not caught up or not drained in time: keep what was built. */
-const RESUMABLE = ['LagTimeoutError', 'DrainTimeoutError', 'PreparedTransactionsPendingError', 'ApprovalTimeoutError'];
+const RESUMABLE = [
+  'LagTimeoutError',
+  'DrainTimeoutError',
+  'PreparedTransactionsPendingError',
+  'ApprovalTimeoutError',
+  CONTINUATION_FAILED_ERROR,
+];
 /** A cutover that failed before the switch undid itself: the loaded target is as good as before. */
 const CUTOVER_UNDONE = ['CutoverFailedError', 'FreezeFailedError'];
 

@@ -27,6 +27,8 @@ export function workflowInput(options: WorkflowInputOptions): WorkflowInput {
     cleanup: options.cleanup ?? false,
     bakeSeconds: options.bakeSeconds ?? 0,
     copyWorkers: options.copyWorkers ?? 1,
+    execution: 0,
+    continued: null,
   };
 }
 

@@ -42,6 +42,8 @@ export const ROLL_BACK = WORKFLOW_TASKS.rollback.state;
  */
 export const TASK_INPUTS: Partial<Record<TaskName, Record<string, string>>> = {
   checkLag: { gate: '$.gate', verify: '$.verify' },
+  // Which execution runs the migration now (the n-th continuation of it, or its first).
+  assess: { execution: '$$.Execution.Name', executionNumber: '$.execution' },
   // Each approval window samples the gate once more, and ends the wait past its deadline.
   awaitApproval: { gate: '$.gate', approvalWait: '$.approvalWait' },
   verifyBeforeSwitch: { verify: '$.verify' },
@@ -67,7 +69,7 @@ export const TASK_RESULTS: Record<TaskName, { path: string; fields: string[] }> 
   startDms: { path: '$.results.startDms', fields: [] },
   awaitDmsFullLoad: { path: '$.results.bulkLoad', fields: [] },
   startReplication: { path: '$.results.startReplication', fields: [] },
-  checkLag: { path: '$.gate', fields: ['ready', 'streak', 'waitSeconds', 'memory'] },
+  checkLag: { path: '$.gate', fields: ['ready', 'streak', 'waitSeconds', 'memory', 'samples'] },
   verifyBeforeSwitch: { path: '$.verify', fields: ['done', 'rounds', 'outcome'] },
   awaitApproval: { path: '$.results.approval', fields: [] },
   cutover: { path: '$.results.cutover', fields: ['writeGapMs'] },

@@ -253,9 +253,21 @@ const assessTask: Task = (input, deps) =>
       const n = await endOrphanSessions(db, ctx.config.id);
       if (n) deps.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
     }
+    const execution = executionOf(input);
     await ctx.update((s) => {
       s.status = s.status === 'cut-over' ? 'cut-over' : 'running';
       s.failure = undefined;
+      if (execution) {
+        if (execution.number > 0 && s.execution?.name !== execution.name)
+          s.events = [
+            ...s.events,
+            {
+              at: execution.since,
+              message: `continued in execution ${execution.number} (${execution.name}): the catch-up goes on where ${s.execution?.name ?? 'the last execution'} left it`,
+            },
+          ];
+        s.execution = execution;
+      }
     });
     const undone = await undoInterruptedCutover(ctx);
     if (phaseDone(ctx.state, 'assess')) {
@@ -270,6 +282,19 @@ const assessTask: Task = (input, deps) =>
     const summary = await runPhase(ctx, 'assess', assessPhase, listener(deps, ctx.config.id));
     return { summary, resumeAt: resumeAt(ctx), strategy: ctx.config.strategy };
   });
+
+/** The execution "Assess source" runs in (its Payload's `execution` and `executionNumber`), if it was given. */
+function executionOf(input: TaskInput): MigrationState['execution'] {
+  if (typeof input.execution !== 'string' || !input.execution) return undefined;
+  const n = Number(input.executionNumber ?? 0);
+  return { name: input.execution, number: Number.isInteger(n) && n > 0 ? n : 0, since: new Date().toISOString() };
+}
+
+/** One more sample of this execution (see workflow/history.ts): the count the definition compares. */
+function samplesAfter(input: TaskInput): number {
+  const n = Number((input.gate as GateState | undefined)?.samples ?? 0);
+  return (Number.isFinite(n) && n > 0 ? n : 0) + 1;
+}
 
 /** What the gate's memory keeps between samples in the execution state: enough, and small. */
 const GATE_POINTS_KEPT = 64;
@@ -327,7 +352,11 @@ const checkLagTask: Task = (input, deps) =>
           },
         ]);
       if (step.ready) await phaseEnded(ctx, 'catch-up', step.summary, listener(deps, ctx.config.id));
-      return { summary: step.summary, ...gateState(loop, step.ready, step.waitMs, ctx.config.lagSamples) };
+      return {
+        summary: step.summary,
+        ...gateState(loop, step.ready, step.waitMs, ctx.config.lagSamples),
+        samples: samplesAfter(input),
+      };
     } catch (err) {
       await stopValidation(ctx);
       await phaseFailed(ctx, 'catch-up', err);
@@ -366,6 +395,7 @@ async function dmsCheckLag(ctx: PhaseContext, input: TaskInput, deps: TaskDeps):
     streak: step.streak,
     waitSeconds: step.waitSeconds,
     memory: { dmsStreak: step.streak, startedAt },
+    samples: samplesAfter(input),
   };
 }
 

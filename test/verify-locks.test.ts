@@ -7,6 +7,7 @@
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { advance, openSession } from '../packages/cli/src/runner';
+import { failureAction, NO_FACTS, resumableErrors, VerifyLockedError } from '../packages/core/src/index';
 import { connect } from '../packages/postgres/src/db';
 import { verifyTables } from '../packages/postgres/src/index';
 import type { VerifyReaderPoint } from '../packages/postgres/src/phases/context';
@@ -166,6 +167,10 @@ describe("verify's readers and a session asking for the table's ACCESS EXCLUSIVE
       expect(err?.message).toMatch(/^source: verify could not read public\.big: its ACCESS EXCLUSIVE lock/);
       expect(err?.message).toContain(`pid ${blocker.pid} (holds it; application "blocker"`);
       expect((err as { hint?: string })?.hint).toContain('pg_terminate_backend');
+      // Its own class, resumable: a DBA's long lock before the switch never rolls the load back.
+      expect(err).toBeInstanceOf(VerifyLockedError);
+      expect(failureAction((err as Error).name, 'catch-up', NO_FACTS)).toBe('stop');
+      expect(resumableErrors('catch-up')).toContain((err as Error).name);
       expect(reads).toBe(0);
     } finally {
       await readers.close();

@@ -36,8 +36,17 @@ export const NO_FACTS: FailureFacts = {
   connectionLoss: false,
 };
 
-/** Failures where replication is healthy, only not caught up or not drained in time: keep what was built. */
-const RESUMABLE = ['LagTimeoutError', 'DrainTimeoutError', 'PreparedTransactionsPendingError', 'ApprovalTimeoutError'];
+/**
+ * Failures where replication is healthy, only not caught up or not drained in time, or a table verify
+ * could not read for another session's lock: keep what was built.
+ */
+const RESUMABLE = [
+  'LagTimeoutError',
+  'DrainTimeoutError',
+  'PreparedTransactionsPendingError',
+  'ApprovalTimeoutError',
+  'VerifyLockedError',
+];
 /** A cutover that failed before the switch undid itself: the loaded target is as good as before. */
 const CUTOVER_UNDONE = ['CutoverFailedError', 'FreezeFailedError'];
 

@@ -295,21 +295,77 @@ describe('SsmParameterSwitch', () => {
     expect(fake.ssm.commandCalls(PutParameterCommand)).toHaveLength(1);
   });
 
-  it('writes under the KMS key the config names (switch.kmsKeyArn), whatever key id the parameter reports, switching and restoring', async () => {
+  it('with switch.kmsKeyArn, writes under the key the parameter reports (an alias here), switching and restoring', async () => {
     const KMS_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0';
     const source = 'postgres://app:s0urce-pw@db-old.internal:5432/shop';
-    // Made with an alias: DescribeParameters reports the alias, not the key the deployment grants.
+    // Made with an alias: DescribeParameters reports the alias. Resolving it would take kms:DescribeKey;
+    // writing under the alias keeps the key, whichever it is (and check()'s decrypting read needs the grant).
     const fake = fakeSsm('SecureString', source, 'alias/shop-db');
     const sw = connectionSwitchFor(
       { kind: 'ssm-parameter', name: PARAM, kmsKeyArn: KMS_KEY },
       { ssm: new SSMClient({}) },
     ) as ConnectionSwitch;
+    expect(await sw.check()).toEqual([]);
     const record = await sw.switchTo({ url: TARGET }, 'shop');
-    expect(record).toMatchObject({ kind: 'ssm-parameter', changed: true, keyId: KMS_KEY });
+    expect(record).toMatchObject({ kind: 'ssm-parameter', changed: true, keyId: 'alias/shop-db' });
     await sw.restore(record);
     expect(fake.ssm.commandCalls(PutParameterCommand).map((c) => c.args[0].input)).toEqual([
-      { Name: PARAM, Value: TARGET, Type: 'SecureString', Overwrite: true, KeyId: KMS_KEY },
-      { Name: PARAM, Value: source, Type: 'SecureString', Overwrite: true, KeyId: KMS_KEY },
+      { Name: PARAM, Value: TARGET, Type: 'SecureString', Overwrite: true, KeyId: 'alias/shop-db' },
+      { Name: PARAM, Value: source, Type: 'SecureString', Overwrite: true, KeyId: 'alias/shop-db' },
+    ]);
+  });
+
+  it('refuses, in check() and before writing anything, a parameter under another key than switch.kmsKeyArn, naming both keys and the field', async () => {
+    const KMS_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0';
+    const source = 'postgres://app:s0urce-pw@db-old.internal:5432/shop';
+    // KEY (a key ARN), another key's bare id, and the AWS managed key's alias: each shown to be another key.
+    for (const reported of [KEY, '5b2a1c3d-0e4f-4a5b-8c6d-7e8f9a0b1c2d', 'alias/aws/ssm']) {
+      const fake = fakeSsm('SecureString', source, reported);
+      const sw = connectionSwitchFor(
+        { kind: 'ssm-parameter', name: PARAM, kmsKeyArn: KMS_KEY },
+        { ssm: new SSMClient({}) },
+      ) as ConnectionSwitch;
+      const message = `SSM parameter ${PARAM} is encrypted under KMS key ${reported}, not the key switch.kmsKeyArn names (${KMS_KEY})`;
+      expect(await sw.check()).toEqual([
+        { resource: `SSM parameter ${PARAM}`, message, hint: expect.stringContaining('set switch.kmsKeyArn') },
+      ]);
+      const err = (await sw.switchTo({ url: TARGET }, 'shop').catch((e: unknown) => e)) as ConnectionSwitchError;
+      expect(err).toBeInstanceOf(ConnectionSwitchError);
+      expect(err.message).toBe(message);
+      expect(err.field).toBe('switch.kmsKeyArn');
+      expect(fake.ssm.commandCalls(LabelParameterVersionCommand)).toHaveLength(0);
+      expect(fake.ssm.commandCalls(PutParameterCommand)).toHaveLength(0);
+      mockClient(SSMClient).restore();
+    }
+  });
+
+  it('takes a parameter reported under the configured key by its bare id, and writes under that id', async () => {
+    const fake = fakeSsm('SecureString', 'postgres://app:s0urce-pw@db-old.internal:5432/shop', KEY.split('/')[1]);
+    const sw = connectionSwitchFor({ kind: 'ssm-parameter', name: PARAM, kmsKeyArn: KEY }, { ssm: new SSMClient({}) });
+    expect(await sw?.check()).toEqual([]);
+    await sw?.switchTo({ url: TARGET }, 'shop');
+    expect(fake.ssm.commandCalls(PutParameterCommand)[0]!.args[0].input).toEqual({
+      Name: PARAM,
+      Value: TARGET,
+      Type: 'SecureString',
+      Overwrite: true,
+      KeyId: KEY.split('/')[1],
+    });
+  });
+
+  it('restores under the key the record says the parameter had, not the key the config names now', async () => {
+    const source = 'postgres://app:s0urce-pw@db-old.internal:5432/shop';
+    const fake = fakeSsm('SecureString', source);
+    const record = await new SsmParameterSwitch({ client: new SSMClient({}), name: PARAM, now }).switchTo(
+      { url: TARGET },
+      'shop',
+    );
+    fake.ssm.resetHistory();
+    const OTHER = 'arn:aws:kms:eu-west-1:123456789012:key/0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0';
+    const later = new SsmParameterSwitch({ client: new SSMClient({}), name: PARAM, kmsKeyArn: OTHER, now });
+    expect(await later.restore(record)).toMatchObject({ changed: true });
+    expect(fake.ssm.commandCalls(PutParameterCommand).map((c) => c.args[0].input)).toEqual([
+      { Name: PARAM, Value: source, Type: 'SecureString', Overwrite: true, KeyId: KEY },
     ]);
   });
 

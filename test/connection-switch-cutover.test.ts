@@ -278,4 +278,34 @@ describe('the connection switch in the cutover and the rollback', () => {
     ]);
     expect(fake.latest().Value).toBe(pair.sourceUrl);
   });
+
+  it('refuses, before freezing anything, an SSM SecureString under another KMS key than switch.kmsKeyArn: resumable, nothing written', async () => {
+    const { pair, rt } = await fixture.setup('swssmkey', 100);
+    const KMS_KEY = 'arn:aws:kms:eu-west-1:123456789012:key/0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0';
+    const fake = fakeSsm('SecureString', pair.sourceUrl);
+    const m = await newMigration(rt, pair, {
+      cutover: 'auto',
+      switchFile: undefined,
+      switch: { kind: 'ssm-parameter', name: PARAM, kmsKeyArn: KMS_KEY },
+    });
+    const clients = { ssm: new SSMClient({ region: 'eu-west-1' }) };
+    rt.connectionSwitch = (config) => connectionSwitchFor(config.switch, clients);
+
+    const err = await advance(rt, m.id, { cutover: 'auto' }).then(
+      () => new Error('expected the cutover to be refused'),
+      (e: Error & { hint?: string }) => e,
+    );
+    expect(err.name).toBe('CutoverFailedError');
+    expect(err.message).toContain('nothing was frozen');
+    expect(err.message).toContain(
+      `SSM parameter ${PARAM} is encrypted under KMS key ${fake.keyId}, not the key switch.kmsKeyArn names (${KMS_KEY})`,
+    );
+    expect((err as { hint?: string }).hint).toContain('set switch.kmsKeyArn');
+    expect(await frozen(pair, 'source')).toBe(false);
+    expect(fake.ssm.commandCalls(LabelParameterVersionCommand)).toHaveLength(0);
+    expect(fake.ssm.commandCalls(PutParameterCommand)).toHaveLength(0);
+    const stopped = await rt.store.get(m.id);
+    expect(stopped.status).toBe('running');
+    expect(stopped.cutover?.switchStartedAt).toBeUndefined();
+  });
 });

@@ -7,6 +7,7 @@
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { advance, openSession } from '../packages/cli/src/runner';
+import { failureAction, NO_FACTS, resumableErrors, VerifyLockedError } from '../packages/core/src/index';
 import { connect } from '../packages/postgres/src/db';
 import { verifyTables } from '../packages/postgres/src/index';
 import type { VerifyReaderPoint } from '../packages/postgres/src/phases/context';
@@ -143,6 +144,45 @@ describe("verify's readers and a session asking for the table's ACCESS EXCLUSIVE
     expect(result.outcome).toBe('ok');
   });
 
+  it('a lock held past the readers’ wait in the verify before the switch: the migration stops resumable (no rollback, no cutover); resume cuts over once it is gone', async () => {
+    const { pair, rt } = await fixture.setup('lockstop', 100);
+    await pair.source(`CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
+      INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 100) g`);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    const blocker = await ownSession(pair.sourceUrl, 'blocker');
+    let locked = false;
+    // A DBA's VACUUM FULL or long ALTER TABLE, begun once verify reads big: the load had its lock.
+    rt.faults = {
+      verifyLockWaitMs: 300,
+      async verifyReader(p: VerifyReaderPoint) {
+        if (locked || p.table !== 'public.big') return;
+        locked = true;
+        await blocker.client.query('BEGIN');
+        await blocker.client.query('LOCK TABLE big IN ACCESS EXCLUSIVE MODE');
+      },
+    };
+    try {
+      const err = await advance(rt, m.id, { cutover: 'auto' }).then(
+        () => new Error('expected the verify to stop'),
+        (e: Error) => e,
+      );
+      expect(locked).toBe(true);
+      expect(err.name).toBe('VerifyLockedError');
+      expect(err.message).toMatch(/verify could not read public\.big: its ACCESS EXCLUSIVE lock/);
+      const stopped = await rt.store.get(m.id);
+      expect(stopped.status).toBe('running');
+      expect(stopped.cutover).toBeUndefined();
+      expect(stopped.phases.rollback).toBeUndefined();
+      expect(await pair.target('SELECT count(*)::int AS n FROM big')).toEqual([{ n: 100 }]);
+    } finally {
+      await blocker.client.query('ROLLBACK').catch(() => {});
+      await blocker.client.end();
+    }
+    const resumed = await advance(rt, m.id, { cutover: 'auto' });
+    expect(resumed.status).toBe('cut-over');
+    expect(resumed.verifyBeforeSwitch?.outcome).toBe('ok');
+  });
+
   it('a lock held for longer than the readers wait: the read fails naming the table and the session, nothing read, no reader left', async () => {
     const { pair } = await fixture.setup('lockheld', 100);
     await pair.source('CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL)');
@@ -166,6 +206,10 @@ describe("verify's readers and a session asking for the table's ACCESS EXCLUSIVE
       expect(err?.message).toMatch(/^source: verify could not read public\.big: its ACCESS EXCLUSIVE lock/);
       expect(err?.message).toContain(`pid ${blocker.pid} (holds it; application "blocker"`);
       expect((err as { hint?: string })?.hint).toContain('pg_terminate_backend');
+      // Its own class, resumable: a DBA's long lock before the switch never rolls the load back.
+      expect(err).toBeInstanceOf(VerifyLockedError);
+      expect(failureAction((err as Error).name, 'catch-up', NO_FACTS)).toBe('stop');
+      expect(resumableErrors('catch-up')).toContain((err as Error).name);
       expect(reads).toBe(0);
     } finally {
       await readers.close();

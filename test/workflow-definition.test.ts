@@ -132,6 +132,8 @@ describe('workflow definition', () => {
     const route = (state: string, error: string) =>
       catches(state).find((c) => c.ErrorEquals.includes(error) || c.ErrorEquals.includes('States.ALL'))?.Next;
     expect(route('Check lag', 'LagTimeoutError')).toBe('Record failure');
+    // A table verify could not read for another session's lock: resumable, never a rollback of the load.
+    expect(route('Verify before cutover', 'VerifyLockedError')).toBe('Record failure');
     expect(route('Check lag', 'ConnectionLostError')).toBe('Record failure');
     expect(route('Check lag', 'WalRetentionExceededError')).toBe('Roll back');
     expect(route('Bulk load', 'BulkLoadFailedError')).toBe('Roll back');
@@ -170,6 +172,7 @@ describe('failure policy', () => {
     expect(failureAction('DrainTimeoutError', 'cutover', facts)).toBe('stop');
     expect(failureAction('PreparedTransactionsPendingError', 'cutover', facts)).toBe('stop');
     expect(failureAction('VerificationFailedError', 'catch-up', facts)).toBe('stop');
+    expect(failureAction('VerifyLockedError', 'catch-up', facts)).toBe('stop');
     expect(failureAction('ReplicationFailedError', 'catch-up', { ...facts, connectionLoss: true })).toBe('stop');
     expect(failureAction('ReplicationFailedError', 'catch-up', facts)).toBe('roll-back');
     expect(failureAction('BulkLoadFailedError', 'bulk-load', facts)).toBe('roll-back');

@@ -113,6 +113,15 @@ export class VerificationFailedError extends PgferryError {
   override name = 'VerificationFailedError';
   override readonly exitCode = 6;
 }
+/**
+ * Verify could not read a table: another session held or asked for its ACCESS EXCLUSIVE lock (DDL,
+ * VACUUM FULL, CLUSTER, TRUNCATE) for longer than verify's readers keep trying. Not a difference and
+ * not a broken migration: nothing is undone, the table is not verified, and `resume` verifies again.
+ */
+export class VerifyLockedError extends PgferryError {
+  override name = 'VerifyLockedError';
+  override readonly exitCode = 8;
+}
 export class RollbackFailedError extends PgferryError {
   override name = 'RollbackFailedError';
 }

@@ -1,7 +1,9 @@
 /**
  * An SSM parameter the application reads its connection from (a URL, a host, or host:port). The switch
- * overwrites it, keeping its type and, for a SecureString, its KMS key; the restore writes back the
- * value of the version labelled before the switch (read from the parameter: the record holds no value).
+ * overwrites it, keeping its type and, for a SecureString, its KMS key (the key the parameter reports,
+ * never another: a value re-encrypted under a key the application may not use would cut it off); the
+ * restore writes back the value of the version labelled before the switch (read from the parameter: the
+ * record holds no value) under the key it had then.
  */
 import {
   DescribeParametersCommand,
@@ -35,8 +37,9 @@ export interface SsmParameterSwitchOptions {
   name: string;
   format?: ParameterFormat;
   /**
-   * The customer-managed KMS key of a SecureString (the config's `switch.kmsKeyArn`): every value
-   * written is encrypted under it (PutParameter's KeyId). Without it, the key the parameter has.
+   * The customer-managed KMS key of a SecureString (the config's `switch.kmsKeyArn`, the key the
+   * deployment grants): check() and switchTo() refuse a parameter reported under another key. Values
+   * are always written under the key the parameter reports (PutParameter's KeyId).
    */
   kmsKeyArn?: string;
   now?: () => Date;
@@ -71,7 +74,8 @@ export class SsmParameterSwitch extends AwsSwitchBase implements ConnectionSwitc
           },
         ];
       }
-      return [];
+      const other = this.otherKey(await this.meta());
+      return other ? [{ resource: this.resource, message: other.message, hint: other.hint ?? '' }] : [];
     } catch (err) {
       return this.unreadable(err, 'ssm:GetParameter/DescribeParameters');
     }
@@ -80,10 +84,12 @@ export class SsmParameterSwitch extends AwsSwitchBase implements ConnectionSwitc
   async switchTo(to: SwitchEndpoint, migrationId: string): Promise<ParameterSwitchRecord> {
     const value = this.valueFor(to);
     const meta = await this.meta();
-    const { type } = meta;
-    // The configured key (the one the deployment grants) over the one the parameter reports.
-    const keyId = type === 'SecureString' ? (this.kmsKeyArn ?? meta.keyId) : meta.keyId;
+    const { type, keyId } = meta;
     if (type === 'StringList') throw new ConnectionSwitchError(`${this.resource} is a StringList`, this.resource);
+    // Under another key than the configured one: refused before anything is written (check() says so
+    // before any freeze).
+    const other = this.otherKey(meta);
+    if (other) throw other;
     if (type !== 'SecureString' && this.format === 'url' && endpointParts(to.url).password !== undefined) {
       throw new InvalidInputError(`${this.resource} is a ${type}, and the URL to write carries a password`, {
         field: this.name,
@@ -141,7 +147,8 @@ export class SsmParameterSwitch extends AwsSwitchBase implements ConnectionSwitc
         { hint: `check who changed it; to go back anyway, write the value of version ${record.previousVersion} again` },
       );
     }
-    const version = await this.put(previous.value, record.type, this.kmsKeyArn ?? record.keyId);
+    // Under the key it had before the switch (the record's), whatever the config names now.
+    const version = await this.put(previous.value, record.type, record.keyId);
     await this.unlabel(record);
     return {
       changed: true,
@@ -161,6 +168,27 @@ export class SsmParameterSwitch extends AwsSwitchBase implements ConnectionSwitc
           Labels: [record.label],
         }),
       ),
+    );
+  }
+
+  /**
+   * The refusal when the parameter is a SecureString reported under a key that is not the configured
+   * `switch.kmsKeyArn`. DescribeParameters reports the key as the parameter was written with it: a key
+   * ARN, a bare key id, or an alias. A key ARN or id is compared with the configured ARN; an alias of the
+   * AWS managed keys (alias/aws/...) is never a customer-managed key; any other alias cannot be resolved
+   * without kms:DescribeKey and is taken as it is: check()'s decrypting read needs kms:Decrypt on the
+   * alias's key, which the deployment grants on the configured key only, and every write uses the alias.
+   */
+  private otherKey(meta: { type: ParameterType; keyId?: string }): ConnectionSwitchError | undefined {
+    const configured = this.kmsKeyArn;
+    if (meta.type !== 'SecureString' || !configured || sameKey(meta.keyId, configured) !== false) return undefined;
+    return new ConnectionSwitchError(
+      `${this.resource} is encrypted under KMS key ${meta.keyId ?? '(none reported)'}, not the key switch.kmsKeyArn names (${configured})`,
+      this.resource,
+      {
+        field: 'switch.kmsKeyArn',
+        hint: `pgferry writes the parameter under the key it has, so that the application can still read it; set switch.kmsKeyArn (and the deployment's PGFERRY_SWITCH) to the ARN of the key ${meta.keyId ?? ''} is, or drop kmsKeyArn if it is the AWS managed key aws/ssm`,
+      },
     );
   }
 
@@ -224,4 +252,18 @@ export class SsmParameterSwitch extends AwsSwitchBase implements ConnectionSwitc
     } while (NextToken);
     return all;
   }
+}
+
+/**
+ * Whether the key DescribeParameters reports (a key ARN, a key id, or an alias) is the key `arn`: false
+ * when it is shown to be another, undefined when it cannot be told (a customer alias).
+ */
+function sameKey(reported: string | undefined, arn: string): boolean | undefined {
+  if (!reported) return false;
+  if (reported === arn) return true;
+  const alias = /^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:)?alias\/(.+)$/.exec(reported);
+  // AWS managed keys (aws/ssm) are never a customer-managed key.
+  if (alias) return alias[2]?.startsWith('aws/') ? false : undefined;
+  if (reported.startsWith('arn:')) return false;
+  return arn.endsWith(`:key/${reported}`);
 }

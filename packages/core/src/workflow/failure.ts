@@ -37,13 +37,17 @@ export const NO_FACTS: FailureFacts = {
   connectionLoss: false,
 };
 
-/** Failures where replication is healthy, only not caught up or not drained in time: keep what was built. */
+/**
+ * Failures where replication is healthy, only not caught up or not drained in time, or a table verify
+ * could not read for another session's lock: keep what was built.
+ */
 const RESUMABLE = [
   'LagTimeoutError',
   'DrainTimeoutError',
   'PreparedTransactionsPendingError',
   'ApprovalTimeoutError',
   CONTINUATION_FAILED_ERROR,
+  'VerifyLockedError',
 ];
 /** A cutover that failed before the switch undid itself: the loaded target is as good as before. */
 const CUTOVER_UNDONE = ['CutoverFailedError', 'FreezeFailedError'];

@@ -58,6 +58,8 @@ export interface FaultPoints {
   afterFreeze?(): Promise<void>;
   /** Each reader of a verify read: before it takes or imports its snapshot, and once it is in it. */
   verifyReader?(point: VerifyReaderPoint): Promise<void>;
+  /** Tests only: how long verify's readers begin again while a table's lock is not granted (else LOCK_WAIT_MS). */
+  verifyLockWaitMs?: number;
 }
 
 /** Where one of verify's readers is (verify-readers.ts): its side, the table, which reader of how many. */

@@ -7,6 +7,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import {
+  ConnectionSwitchError,
   CutoverFailedError,
   DEFAULTS,
   DrainTimeoutError,
@@ -170,6 +171,29 @@ export function switchOptions(ctx: PhaseContext) {
     sourceUrl: ctx.config.sourceUrl,
     targetUrl: ctx.config.targetUrl,
   };
+}
+
+/**
+ * The AWS connection switch's own check (config `switch`: the resource there and readable, its type,
+ * an SSM SecureString's KMS key against `switch.kmsKeyArn`), before anything is frozen: a problem found
+ * then leaves the application where it is, instead of failing the switch inside the write gap.
+ */
+async function checkAwsConnection(ctx: PhaseContext): Promise<void> {
+  const sw = ctx.connectionSwitch;
+  if (!sw) return;
+  const problems = await withTimeout(
+    sw.check(),
+    DEFAULTS.connectionSwitchTimeoutMs,
+    `${sw.resource} did not answer within ${DEFAULTS.connectionSwitchTimeoutMs} ms`,
+  );
+  if (problems.length === 0) return;
+  throw new ConnectionSwitchError(problems.map((p) => p.message).join('; '), sw.resource, {
+    field: 'switch',
+    hint: `${problems
+      .map((p) => p.hint)
+      .filter(Boolean)
+      .join('; ')}; then run \`pgferry cutover\` again`,
+  });
 }
 
 /**
@@ -346,6 +370,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
   // Everything that can be prepared outside the write gap is prepared here. A failure here leaves the
   // load and forward replication as they are (a cutover failure, not a migration failure).
   try {
+    await checkAwsConnection(ctx);
     // Made at start-replication; its tables brought up to date (a partition made since, before 13).
     const targetTables = await listTables(ctx.target, { sizes: false });
     await ensurePublication(ctx.target, n.reversePublication, targetTables, { viaRoot: await partitionsViaRoot(ctx) });

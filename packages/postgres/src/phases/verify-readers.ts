@@ -12,11 +12,12 @@
  * second queues behind it, and the first's transaction ends only once the second has read: a wait
  * cycle no server sees, until lock_timeout. A lock not granted at once ends every reader's transaction
  * (the session asking passes) and all of them begin again, for LOCK_WAIT_MS at most; then the read fails
- * naming the table and the sessions holding or asking for that lock. Taken before the snapshot, the lock
- * also keeps a table rewrite from committing between the snapshot and the reads (the rows it rewrote
- * would be invisible to the snapshot: an empty table).
+ * naming the table and the sessions holding or asking for that lock (VerifyLockedError: resumable, the
+ * migration is never rolled back for it and the cutover does not go ahead on it). Taken before the
+ * snapshot, the lock also keeps a table rewrite from committing between the snapshot and the reads (the
+ * rows it rewrote would be invisible to the snapshot: an empty table).
  */
-import { PgferryError, redactText } from '@pgferry/core';
+import { PgferryError, redactText, VerifyLockedError } from '@pgferry/core';
 import type pg from 'pg';
 import { connectClient, type Db, literal, sleep } from '../db';
 import type { VerifyReaderPoint } from './context';
@@ -165,7 +166,7 @@ export class SideReaders {
   }
 
   /** The error of a read whose table's lock was never granted at once: the table and who holds or asks for it. */
-  private async blocked(read: SideRead<unknown>, err: unknown): Promise<PgferryError> {
+  private async blocked(read: SideRead<unknown>, err: unknown): Promise<VerifyLockedError> {
     const who = await this.db
       .query<{ pid: number; granted: boolean; app: string | null; usr: string | null; state: string | null }>(
         `SELECT l.pid, l.granted, a.application_name AS app, a.usename::text AS usr, a.state
@@ -182,11 +183,12 @@ export class SideReaders {
         `pid ${w.pid} (${w.granted ? 'holds it' : 'asks for it'}; application ${JSON.stringify(w.app ?? '')}, user ${JSON.stringify(w.usr ?? '')}, ${w.state ?? 'state unknown'})`,
     );
     const s = Math.round(this.lockWaitMs / 1000);
-    return new PgferryError(
+    return new VerifyLockedError(
       `${this.db.side}: verify could not read ${read.label}: its ACCESS EXCLUSIVE lock was held or asked for by another session for ${s} s: ${sessions.length ? sessions.join(', ') : 'the session had ended when looked for'}`,
       {
         cause: err,
-        hint: `Let that session's DDL, TRUNCATE, VACUUM FULL or CLUSTER finish, or end it on the ${this.db.side} (SELECT pg_terminate_backend(<pid>)); then run verify again.`,
+        field: read.label,
+        hint: `${read.label} is not verified; nothing was undone (before the switch: nothing switched or frozen, replication goes on). Let that session's DDL, TRUNCATE, VACUUM FULL or CLUSTER finish, or end it on the ${this.db.side} (SELECT pg_terminate_backend(<pid>)); then verify again (before the switch, \`pgferry resume --id <id>\` does).`,
       },
     );
   }

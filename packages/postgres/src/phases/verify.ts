@@ -398,8 +398,8 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   const app = `${objectNames(ctx.config.id).applicationName}:verify`;
   const point = ctx.faults?.verifyReader?.bind(ctx.faults);
   const readers: Record<Side, SideReaders> = {
-    source: new SideReaders(ctx.source, jobs, app, point),
-    target: new SideReaders(ctx.target, jobs, app, point),
+    source: new SideReaders(ctx.source, jobs, app, point, ctx.faults?.verifyLockWaitMs),
+    target: new SideReaders(ctx.target, jobs, app, point, ctx.faults?.verifyLockWaitMs),
   };
   const reads: Record<Side, SideReads> = { source: { ms: 0, bytes: 0 }, target: { ms: 0, bytes: 0 } };
   let waitMs = ctx.config.verifyWaitMs;

@@ -8,10 +8,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { STATE, WalRetentionExceededError } from '@pgferry/core';
+import pg from 'pg';
 import { describe, expect, it, vi } from 'vitest';
 import { LocalTaskCallbacks } from '../packages/cli/src/local-callbacks';
 import { completeApproval, describeExecution, readExecution } from '../packages/cli/src/local-runtime';
 import { advance, rollbackMigration } from '../packages/cli/src/runner';
+import { openSession, runWorkflowTask, type TaskDeps } from '../packages/postgres/src/index';
 import { frozen, migrationFixture, newMigration, sleep } from './harness/migration';
 import { leftovers } from './harness/pairs';
 
@@ -156,6 +158,53 @@ describe('the workflow definition, run locally', () => {
     expect(rt.logs.filter((l) => l === 'start prepare-schema')).toHaveLength(1);
     // `pgferry status` shows the continuation.
     expect(describeExecution(execution!)).toContain(`, continued in execution 1 (${m.id}-continued-1) at `);
+  });
+
+  it("a continued execution's assessment ends none of the migration's sessions, and one started after a stop touches nothing", async () => {
+    const { pair, rt } = await fixture.setup('wf_contassess', 50);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    const session = await openSession(rt.store, m.id, { listener: rt.events, artifactDir: rt.dir });
+    const deps: TaskDeps = { store: rt.store, log: (l) => rt.logs.push(l), session: async () => session };
+    try {
+      await runWorkflowTask('assess', { migrationId: m.id, execution: m.id, executionNumber: 0 }, deps);
+      // The catch-up's foreign-key validation runs in a session of this very process.
+      const validate = new pg.Client({
+        connectionString: pair.sourceUrl,
+        application_name: `pgferry:${m.id}:validate`,
+      });
+      validate.on('error', () => {});
+      await validate.connect();
+      try {
+        await runWorkflowTask(
+          'assess',
+          { migrationId: m.id, execution: `${m.id}-continued-1`, executionNumber: 1 },
+          deps,
+        );
+        expect((await validate.query('SELECT 1 AS ok')).rows).toEqual([{ ok: 1 }]);
+        expect((await rt.store.get(m.id)).execution).toMatchObject({ name: `${m.id}-continued-1`, number: 1 });
+        // Rolled back meanwhile (Slack stopped the execution while its start of the next was in flight):
+        // the late one stops without recording anything.
+        await rt.store.put({ ...(await rt.store.get(m.id)), status: 'rolled-back' });
+        const before = await rt.store.get(m.id);
+        await expect(
+          runWorkflowTask('assess', { migrationId: m.id, execution: `${m.id}-continued-2`, executionNumber: 2 }, deps),
+        ).rejects.toMatchObject({ name: 'StateConflictError' });
+        const after = await rt.store.get(m.id);
+        expect([after.status, after.execution, after.events.length]).toEqual([
+          'rolled-back',
+          before.execution,
+          before.events.length,
+        ]);
+        // A first execution (a resume after a dead process) does end them.
+        await rt.store.put({ ...after, status: 'running' });
+        await runWorkflowTask('assess', { migrationId: m.id, execution: `${m.id}-resumed`, executionNumber: 0 }, deps);
+        await expect(validate.query('SELECT 1')).rejects.toThrow();
+      } finally {
+        await validate.end().catch(() => {});
+      }
+    } finally {
+      await session.close();
+    }
   });
 
   it('rolls back after the cutover through a rollback execution, losing nothing', async () => {

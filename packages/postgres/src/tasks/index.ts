@@ -27,6 +27,7 @@ import {
   type PgferryEvent,
   PHASE_TITLES,
   type Phase,
+  StateConflictError,
   statusAfter,
   type TaskCallbacks,
   type TaskInput,
@@ -249,11 +250,27 @@ function resumeAt(ctx: PhaseContext): 'start' | 'cutover' | 'verify' {
  */
 const assessTask: Task = (input, deps) =>
   inSession(input, deps, async (ctx) => {
-    for (const db of [ctx.source, ctx.target]) {
-      const n = await endOrphanSessions(db, ctx.config.id);
-      if (n) deps.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
-    }
     const execution = executionOf(input);
+    const continued = !!execution && execution.number > 0;
+    if (continued) {
+      // Started by the execution before it (its last act): it goes on only from a catch-up still
+      // running in that one. A migration aborted or rolled back meanwhile (Slack stopped the
+      // predecessor while its start of this one was in flight) is left as it is: nothing recorded.
+      const s = await deps.store.get(ctx.config.id); // (what the store says now, not the session's copy)
+      const successor = s.execution?.name === execution.name || (s.execution?.number ?? 0) === execution.number - 1;
+      if (s.status !== 'running' || !successor)
+        throw new StateConflictError(
+          `execution ${execution.name} would continue a catch-up that is no longer running (status ${s.status}, current execution ${s.execution?.name ?? 'none'}): it stops without touching the migration`,
+          { migrationId: ctx.config.id, phase: 'assess' },
+        );
+    }
+    // A continued execution follows one that ended on purpose: its sessions are no orphans (the
+    // catch-up's foreign-key validation runs in one, in this very process when local).
+    else
+      for (const db of [ctx.source, ctx.target]) {
+        const n = await endOrphanSessions(db, ctx.config.id);
+        if (n) deps.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
+      }
     await ctx.update((s) => {
       s.status = s.status === 'cut-over' ? 'cut-over' : 'running';
       s.failure = undefined;

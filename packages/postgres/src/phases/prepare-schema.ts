@@ -327,11 +327,20 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
       },
     );
   }
-  const roles = await createRoles(ctx);
   // A crash after the single-transaction restore but before the marker update leaves the tables: done,
   // and the dump they came from stays the one post-data is built from.
   const landed = !!m && (await preDataLanded(ctx, existing));
-  const file = landed ? await schemaDump(ctx) : await dumpSchema(ctx);
+  // The roles are made on the target while pg_dump reads the source (and pg_restore is looked for).
+  void findTool('pg_restore', 0).catch(() => {});
+  // Both finish before a failure is thrown: no role is made (and recorded) after the phase failed.
+  const [createdRoles, dumped] = await Promise.allSettled([
+    createRoles(ctx),
+    landed ? schemaDump(ctx) : dumpSchema(ctx),
+  ]);
+  if (createdRoles.status === 'rejected') throw createdRoles.reason;
+  if (dumped.status === 'rejected') throw dumped.reason;
+  const roles = createdRoles.value;
+  const file = dumped.value;
   await ensureMarker(ctx);
   if (!landed) await restore(ctx, file, 'pre-data', 1);
   // The schemas and extensions the restore made (the target was empty): the only ones a rollback drops.

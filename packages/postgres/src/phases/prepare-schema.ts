@@ -606,19 +606,36 @@ async function buildKeyByIndex(ctx: PhaseContext, key: KeyByIndex, memoryMB: num
   }
 }
 
+/** What one table's build reads from the catalogs: asked for ahead, while its rows are still being copied. */
+export interface TablePostDataPrep {
+  keys: KeyByIndex[];
+  /** indexMemoryCapMB of the target. */
+  capMB: number;
+}
+
+export async function prepareTablePostData(ctx: PhaseContext, lines: string[]): Promise<TablePostDataPrep> {
+  const [keys, capMB] = await Promise.all([keysByIndex(ctx, lines), indexMemoryCapMB(ctx.target)]);
+  return { keys, capMB };
+}
+
 /**
  * One table's own indexes and constraints (lines of `planPostData`), all at once: its primary key
  * and unique constraints as unique indexes beside the other indexes (`keysByIndex`), the rest by
  * pg_restore. Idempotent.
  */
-export async function buildTablePostData(ctx: PhaseContext, tableOid: number, lines: string[]) {
+export async function buildTablePostData(
+  ctx: PhaseContext,
+  tableOid: number,
+  lines: string[],
+  prep?: TablePostDataPrep,
+) {
   const file = join(ctx.artifactDir, DUMP_FILE);
-  const keys = await keysByIndex(ctx, lines);
+  const { keys, capMB } = prep ?? (await prepareTablePostData(ctx, lines));
   const byIndex = new Set(keys.map((k) => k.line));
   const others = lines.filter((l) => !byIndex.has(l));
   // Every build of the table runs at once, sharing the memory of --jobs builds.
   const sessions = Math.min(ctx.config.jobs, others.length) + keys.length;
-  const memoryMB = indexBuildMemoryMB(ctx.config.jobs, sessions, await indexMemoryCapMB(ctx.target));
+  const memoryMB = indexBuildMemoryMB(ctx.config.jobs, sessions, capMB);
   const [restored, ...built] = await Promise.allSettled([
     others.length
       ? restore(ctx, file, 'post-data', Math.min(ctx.config.jobs, others.length), {

@@ -55,6 +55,10 @@ class EarlyIndexBuilder {
   readonly analyzed = new Set<number>();
   tables = 0;
   private readonly analyses: Promise<void>[] = [];
+  /** Set once every row is in: a build that ends later leaves its ANALYZE to catch-up (`deferred`). */
+  copyEnded = false;
+  /** Tables built after the copy ended, whose statistics catch-up gathers (state.tablesToAnalyze). */
+  readonly deferred = new Map<number, string>();
   /** Per big table, what its build reads from the catalogs, asked for before its rows are in. */
   private readonly prepared: Promise<Map<number, Promise<TablePostDataPrep>>>;
 
@@ -93,12 +97,17 @@ class EarlyIndexBuilder {
         const lines = plan.byTable.get(table.oid);
         if (!lines?.length) return;
         const prep = await (await this.prepared).get(table.oid);
+        await this.ctx.faults?.earlyBuild?.(qualified(table));
         await buildTablePostData(this.ctx, table.oid, lines, prep);
         for (const l of lines) this.built.add(l);
         this.tables++;
         // Its statistics too, while the copy goes on, unless an index it has is still to come. Beside
         // the next table's build (and the final post-data restore), not before it: no lock in common.
-        if (!plan.lateStats.has(table.oid))
+        // Once the copy has ended, nothing is left to overlap here: catch-up gathers them while
+        // replication starts (the gate waits for them), instead of the load waiting for them.
+        if (plan.lateStats.has(table.oid)) return;
+        if (this.copyEnded) this.deferred.set(table.oid, qualified(table));
+        else
           this.analyses.push(
             this.ctx.target.query(`ANALYZE ${qualified(table)}`).then(
               () => void this.analyzed.add(table.oid),
@@ -831,6 +840,8 @@ export async function bulkLoad(ctx: PhaseContext, options: BulkLoadOptions = {})
       await early?.statistics().catch(() => {});
       throw err;
     }
+    if (early) early.copyEnded = true;
+    ctx.faults?.copyEnded?.();
     await ctx.update((s) => {
       s.dataLoadedAt = new Date().toISOString();
     });
@@ -848,9 +859,16 @@ export async function bulkLoad(ctx: PhaseContext, options: BulkLoadOptions = {})
   const postSeconds = (performance.now() - started) / 1000;
   if (early?.tables)
     summary += `; indexes of ${early.tables} big tables built during the copy (${early.analyzed.size} analyzed then too)`;
-  // Fresh statistics before the application arrives; one table per job, as the copy did.
+  // Fresh statistics before the application arrives; one table per job, as the copy did. Those of the
+  // tables built after the copy ended are gathered by catch-up (finishLoad), recorded before the phase ends.
+  const deferred = [...(early?.deferred.values() ?? [])];
+  if (deferred.length)
+    await ctx.update((s) => {
+      s.tablesToAnalyze = [...new Set([...(s.tablesToAnalyze ?? []), ...deferred])];
+    });
   started = performance.now();
-  await analyzeTables(ctx, tables, early?.analyzed);
+  await analyzeTables(ctx, tables, new Set([...(early?.analyzed ?? []), ...(early?.deferred.keys() ?? [])]));
   const analyzeSeconds = (performance.now() - started) / 1000;
-  return `${summary}; ${post} in ${postSeconds.toFixed(1)} s; analyzed in ${analyzeSeconds.toFixed(1)} s`;
+  const later = deferred.length ? `; statistics of ${deferred.join(', ')} gathered while replication starts` : '';
+  return `${summary}; ${post} in ${postSeconds.toFixed(1)} s; analyzed in ${analyzeSeconds.toFixed(1)} s${later}`;
 }

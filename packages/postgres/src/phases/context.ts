@@ -58,6 +58,10 @@ export interface FaultPoints {
   afterFreeze?(): Promise<void>;
   /** Each reader of a verify read: before it takes or imports its snapshot, and once it is in it. */
   verifyReader?(point: VerifyReaderPoint): Promise<void>;
+  /** Bulk load: a big table's indexes are about to be built (`table` quoted and qualified), its rows in. */
+  earlyBuild?(table: string): Promise<void>;
+  /** Bulk load: every row is in (a build ending after this leaves its statistics to catch-up). */
+  copyEnded?(): void;
 }
 
 /** Where one of verify's readers is (verify-readers.ts): its side, the table, which reader of how many. */

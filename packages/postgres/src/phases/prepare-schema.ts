@@ -371,7 +371,7 @@ export interface PostDataPlan {
   /**
    * Foreign keys added NOT VALID after the load instead of restored (which checks every row while
    * the load waits), keyed by TOC line: those checked on the source, between plain tables (a
-   * partitioned table takes no NOT VALID foreign key). Catch-up validates them (`validateForeignKeys`).
+   * partitioned table takes no NOT VALID foreign key). Catch-up validates them (`finishLoad`).
    */
   foreignKeys: Map<string, DeferredForeignKey & { definition: string }>;
 }

@@ -86,8 +86,12 @@ export async function createMigration(rt: Runtime, input: unknown): Promise<Migr
   const config = parseMigrationConfig(input);
   // Both servers must answer before anything is recorded: a wrong password or host leaves no
   // migration behind that could be neither resumed nor removed.
-  await answers('source', config.sourceUrl, config.id);
-  await answers('target', config.targetUrl, config.id);
+  // Both at once; the source's failure is the one told when both fail, as when they were tried in turn.
+  const tried = await Promise.allSettled([
+    answers('source', config.sourceUrl, config.id),
+    answers('target', config.targetUrl, config.id),
+  ]);
+  for (const t of tried) if (t.status === 'rejected') throw t.reason;
   const now = new Date().toISOString();
   const state: MigrationState = {
     id: config.id,

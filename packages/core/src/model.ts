@@ -280,6 +280,12 @@ export interface MigrationState {
    * stays closed until none is left.
    */
   foreignKeysToValidate?: DeferredForeignKey[];
+  /**
+   * Tables (quoted, schema-qualified) whose statistics the load left to gather: their indexes were
+   * built after the copy ended, so catch-up runs their ANALYZE while replication starts and runs,
+   * and the cutover gate stays closed until none is left.
+   */
+  tablesToAnalyze?: string[];
   bytesCopied?: number;
   /** The most recent samples (status, Slack, the drain forecast); the whole series is the store's `lagSeries`. */
   lag?: LagSample[];

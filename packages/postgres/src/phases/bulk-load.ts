@@ -31,11 +31,20 @@ import {
 } from '../replication';
 import { artifactFile, findTool, runTool, toolConnection } from '../tools';
 import { type DumpStore, type PhaseContext, partitionsViaRoot, type StoredDump, sourceMajor } from './context';
-import { buildPostData, buildTablePostData, type PostDataPlan, planPostData } from './prepare-schema';
+import {
+  buildPostData,
+  buildTablePostData,
+  type PostDataPlan,
+  planPostData,
+  prepareTablePostData,
+  type TablePostDataPrep,
+} from './prepare-schema';
 
 /**
  * Builds tables' own indexes and constraints one table at a time while the copy goes on, so the
- * biggest table's index build overlaps the copy of the rest instead of following it.
+ * biggest table's index build overlaps the copy of the rest instead of following it. The post-data
+ * plan and what each big table's build needs from the catalogs are read while the slot is made and
+ * the copy runs, so a build starts the moment its table's last rows are in.
  */
 class EarlyIndexBuilder {
   private chain: Promise<void> = Promise.resolve();
@@ -46,26 +55,59 @@ class EarlyIndexBuilder {
   readonly analyzed = new Set<number>();
   tables = 0;
   private readonly analyses: Promise<void>[] = [];
+  /** Set once every row is in: a build that ends later leaves its ANALYZE to catch-up (`deferred`). */
+  copyEnded = false;
+  /** Tables built after the copy ended, whose statistics catch-up gathers (state.tablesToAnalyze). */
+  readonly deferred = new Map<number, string>();
+  /** Per big table, what its build reads from the catalogs, asked for before its rows are in. */
+  private readonly prepared: Promise<Map<number, Promise<TablePostDataPrep>>>;
 
   constructor(
     private readonly ctx: PhaseContext,
-    private readonly plan: PostDataPlan,
-  ) {}
+    private readonly plan: Promise<PostDataPlan>,
+    tables: TableInfo[],
+  ) {
+    const big = tables.filter((t) => t.heapBytes >= ctx.config.earlyIndexBytes);
+    this.prepared = plan.then((p) => {
+      const out = new Map<number, Promise<TablePostDataPrep>>();
+      for (const t of big) {
+        const lines = p.byTable.get(t.oid);
+        if (!lines?.length) continue;
+        const prep = prepareTablePostData(ctx, lines);
+        // Failed, it fails its build (awaited there), not the process.
+        prep.catch(() => {});
+        out.set(t.oid, prep);
+      }
+      return out;
+    });
+    // A plan that cannot be made fails the load at the next item, not after the whole copy.
+    this.prepared.catch((err) => {
+      this.error ??= err;
+    });
+  }
 
   /** Called when every range of `table` has been copied. */
   tableCopied(table: TableInfo) {
-    const lines = this.plan.byTable.get(table.oid);
     // Small tables' indexes cost less than a pg_restore of their own: they wait for the final one.
-    if (!lines?.length || table.heapBytes < this.ctx.config.earlyIndexBytes) return;
+    if (table.heapBytes < this.ctx.config.earlyIndexBytes) return;
     this.chain = this.chain.then(async () => {
       if (this.error) return;
       try {
-        await buildTablePostData(this.ctx, table.oid, lines);
+        const plan = await this.plan;
+        const lines = plan.byTable.get(table.oid);
+        if (!lines?.length) return;
+        const prep = await (await this.prepared).get(table.oid);
+        await this.ctx.faults?.earlyBuild?.(qualified(table));
+        await buildTablePostData(this.ctx, table.oid, lines, prep);
         for (const l of lines) this.built.add(l);
         this.tables++;
         // Its statistics too, while the copy goes on, unless an index it has is still to come. Beside
         // the next table's build (and the final post-data restore), not before it: no lock in common.
-        if (!this.plan.lateStats.has(table.oid))
+        // Once the copy has ended, nothing is left to overlap here: catch-up gathers them while
+        // replication starts (the gate waits for them), instead of the load waiting for them.
+        if (plan.lateStats.has(table.oid)) return;
+        if (this.copyEnded) this.deferred.set(table.oid, qualified(table));
+        else
           this.analyses.push(
             this.ctx.target.query(`ANALYZE ${qualified(table)}`).then(
               () => void this.analyzed.add(table.oid),
@@ -84,11 +126,12 @@ class EarlyIndexBuilder {
   async finish(): Promise<{ plan: PostDataPlan; built: Set<string> }> {
     await this.chain;
     if (this.error) throw this.error;
-    return { plan: this.plan, built: this.built };
+    return { plan: await this.plan, built: this.built };
   }
 
-  /** Every build is done, and every ANALYZE they started. */
+  /** Every build is done, and every ANALYZE they started (and the catalog reads ahead of them). */
   async statistics(): Promise<void> {
+    await this.prepared.catch(() => {});
     await this.chain;
     await Promise.all(this.analyses);
     if (this.error) throw this.error;
@@ -785,7 +828,8 @@ export async function bulkLoad(ctx: PhaseContext, options: BulkLoadOptions = {})
   if (ctx.state.dataLoadedAt) {
     summary = 'data already loaded';
   } else {
-    if (strategy === 'snapshot') early = new EarlyIndexBuilder(ctx, await planPostData(ctx));
+    // Planned while the slot is made (the plan is read once the first big table is copied).
+    if (strategy === 'snapshot') early = new EarlyIndexBuilder(ctx, planPostData(ctx), tables);
     try {
       summary =
         strategy === 'native'
@@ -796,6 +840,8 @@ export async function bulkLoad(ctx: PhaseContext, options: BulkLoadOptions = {})
       await early?.statistics().catch(() => {});
       throw err;
     }
+    if (early) early.copyEnded = true;
+    ctx.faults?.copyEnded?.();
     await ctx.update((s) => {
       s.dataLoadedAt = new Date().toISOString();
     });
@@ -813,9 +859,16 @@ export async function bulkLoad(ctx: PhaseContext, options: BulkLoadOptions = {})
   const postSeconds = (performance.now() - started) / 1000;
   if (early?.tables)
     summary += `; indexes of ${early.tables} big tables built during the copy (${early.analyzed.size} analyzed then too)`;
-  // Fresh statistics before the application arrives; one table per job, as the copy did.
+  // Fresh statistics before the application arrives; one table per job, as the copy did. Those of the
+  // tables built after the copy ended are gathered by catch-up (finishLoad), recorded before the phase ends.
+  const deferred = [...(early?.deferred.values() ?? [])];
+  if (deferred.length)
+    await ctx.update((s) => {
+      s.tablesToAnalyze = [...new Set([...(s.tablesToAnalyze ?? []), ...deferred])];
+    });
   started = performance.now();
-  await analyzeTables(ctx, tables, early?.analyzed);
+  await analyzeTables(ctx, tables, new Set([...(early?.analyzed ?? []), ...(early?.deferred.keys() ?? [])]));
   const analyzeSeconds = (performance.now() - started) / 1000;
-  return `${summary}; ${post} in ${postSeconds.toFixed(1)} s; analyzed in ${analyzeSeconds.toFixed(1)} s`;
+  const later = deferred.length ? `; statistics of ${deferred.join(', ')} gathered while replication starts` : '';
+  return `${summary}; ${post} in ${postSeconds.toFixed(1)} s; analyzed in ${analyzeSeconds.toFixed(1)} s${later}`;
 }

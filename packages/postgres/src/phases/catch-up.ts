@@ -92,34 +92,50 @@ export async function sampleLag(ctx: PhaseContext, memory: GateMemory) {
   return { lag, figures };
 }
 
-/** The validation of the foreign keys the load added NOT VALID, while it runs (see validateForeignKeys). */
-interface Validation {
-  /** Not validated yet, in order. */
+/** What the load left to do on the target while replication runs (see finishLoad). */
+interface AfterLoad {
+  /** Tables whose statistics are still to gather (`state.tablesToAnalyze`), in order. */
+  analyze: string[];
+  /** Foreign keys not validated yet, in order. */
   pending: DeferredForeignKey[];
   error?: unknown;
   stopped: boolean;
+  /** Every statement run (or the runner stopped); `analyzed`: the statistics gathered. */
   done: Promise<void>;
+  analyzed: Promise<void>;
   pid?: number;
 }
-const validations = new WeakMap<PhaseContext, Validation>();
+const afterLoads = new WeakMap<PhaseContext, AfterLoad>();
+
+/** Whatever the load left to do on the target: none left, the gate may open. */
+export const afterLoadLeft = (v: AfterLoad) => v.analyze.length + v.pending.length;
 
 /**
- * Validate the foreign keys the load added NOT VALID (`state.foreignKeysToValidate`), one at a time on
- * a session of its own, started once per context and left running across the gate and the verify
- * before the switch. VALIDATE CONSTRAINT takes SHARE UPDATE EXCLUSIVE on the table and ROW SHARE on
- * the one it references: the apply worker's writes go on meanwhile. The gate samples record what is
- * left, and keep the gate closed until nothing is.
+ * Finish the load on the target while replication runs, one statement at a time on a session of its
+ * own, started once per context and left running across the gate and the verify before the switch:
+ * first the statistics of the tables whose indexes were built after the copy ended
+ * (`state.tablesToAnalyze`: their ANALYZE would otherwise hold the load), then the foreign keys the
+ * load added NOT VALID (`state.foreignKeysToValidate`). ANALYZE and VALIDATE CONSTRAINT take SHARE
+ * UPDATE EXCLUSIVE on the table (VALIDATE ROW SHARE on the one it references): the apply worker's
+ * writes go on meanwhile. The gate samples record what is left, and keep the gate closed until
+ * nothing is, so the application never arrives on a table without statistics.
  */
-export function validateForeignKeys(ctx: PhaseContext): Validation {
-  const running = validations.get(ctx);
+export function finishLoad(ctx: PhaseContext): AfterLoad {
+  const running = afterLoads.get(ctx);
   if (running) return running;
-  const v: Validation = {
+  const v: AfterLoad = {
+    analyze: [...(ctx.state.tablesToAnalyze ?? [])],
     pending: [...(ctx.state.foreignKeysToValidate ?? [])],
     stopped: false,
     done: Promise.resolve(),
+    analyzed: Promise.resolve(),
   };
-  validations.set(ctx, v);
-  if (!v.pending.length) return v;
+  afterLoads.set(ctx, v);
+  if (!afterLoadLeft(v)) return v;
+  let analyzed = () => {};
+  v.analyzed = new Promise<void>((resolve) => {
+    analyzed = resolve;
+  });
   v.done = (async () => {
     const client = await connectClient(ctx.config.targetUrl, {
       side: 'target',
@@ -128,6 +144,21 @@ export function validateForeignKeys(ctx: PhaseContext): Validation {
     });
     v.pid = (client as unknown as { processID?: number }).processID;
     try {
+      for (let table = v.analyze[0]; table && !v.stopped; table = v.analyze[0]) {
+        await client.query(`ANALYZE ${table}`).catch((err) => {
+          // Dropped or renamed on the target since the load: the gate's schema check names the drift.
+          if ((err as { code?: string }).code === '42P01') return;
+          throw new SchemaFailedError(
+            `statistics of ${table} could not be gathered on the target: ${errorMessage(err)}`,
+            {
+              cause: err,
+              phase: 'catch-up',
+            },
+          );
+        });
+        v.analyze.shift();
+      }
+      analyzed();
       for (let fk = v.pending[0]; fk && !v.stopped; fk = v.pending[0]) {
         ctx.log(`validating ${fk.drift} on the target`);
         await client.query(`ALTER TABLE ONLY ${fk.table} VALIDATE CONSTRAINT ${ident(fk.name)}`).catch((err) => {
@@ -142,17 +173,19 @@ export function validateForeignKeys(ctx: PhaseContext): Validation {
     } finally {
       await client.end().catch(() => {});
     }
-  })().catch((err) => {
-    if (!v.stopped) v.error = err;
-  });
+  })()
+    .catch((err) => {
+      if (!v.stopped) v.error = err;
+    })
+    .finally(analyzed);
   return v;
 }
 
-/** Stop a validation that runs (a failed catch-up: the rollback must not wait for it); the next catch-up starts again. */
-export async function stopValidation(ctx: PhaseContext) {
-  const v = validations.get(ctx);
+/** Stop the work after the load while it runs (a failed catch-up: the rollback must not wait for it); the next catch-up starts again. */
+export async function stopFinishingLoad(ctx: PhaseContext) {
+  const v = afterLoads.get(ctx);
   if (!v) return;
-  validations.delete(ctx);
+  afterLoads.delete(ctx);
   v.stopped = true;
   if (v.pid) await ctx.target.query('SELECT pg_cancel_backend($1)', [v.pid]).catch(() => {});
   await v.done;
@@ -167,7 +200,14 @@ export async function sampleGate(
     /** Whether foreign keys still to validate keep the gate closed (the default), or are left to validate meanwhile. */
     validation?: 'wait' | 'background';
   } = {},
-): Promise<{ lagMs: number; lagBytes: number; figures: LagFigures; reasons: string[] }> {
+): Promise<{
+  lagMs: number;
+  lagBytes: number;
+  figures: LagFigures;
+  reasons: string[];
+  /** Work after the load still running (statistics): it keeps the gate closed, but the lag's streak goes on. */
+  waiting: string[];
+}> {
   const names = objectNames(ctx.config.id);
   const { lag, figures } = await sampleLag(ctx, warned);
   if (lag.retainedBytes > ctx.config.walAbortBytes) {
@@ -188,9 +228,16 @@ export async function sampleGate(
   }
   const reasons: string[] = [];
   if (!lag.active) reasons.push('the subscription is not connected to the slot');
-  const validation = validations.get(ctx);
+  const validation = afterLoads.get(ctx);
   if (validation?.error) throw validation.error;
   const unvalidated = validation?.pending ?? ctx.state.foreignKeysToValidate ?? [];
+  const unanalyzed = validation?.analyze ?? ctx.state.tablesToAnalyze ?? [];
+  // Statistics hold the gate even before a verify (they take seconds, and a caught-up migration is
+  // one the application may be moved onto); foreign keys may be validated during that verify.
+  const waiting = unanalyzed.map(
+    (table) =>
+      `statistics of ${table} are being gathered on the target (its index build ended the load; replication goes on meanwhile)`,
+  );
   if (options.validation !== 'background')
     for (const fk of unvalidated)
       reasons.push(
@@ -242,9 +289,12 @@ export async function sampleGate(
     s.lag = [...(s.lag ?? []).slice(-59), sample];
     s.walRetainedBytes = lag.retainedBytes;
     s.ddlDrift = drift;
-    if (validation) s.foreignKeysToValidate = validation.pending.length ? [...validation.pending] : undefined;
+    if (validation) {
+      s.foreignKeysToValidate = validation.pending.length ? [...validation.pending] : undefined;
+      s.tablesToAnalyze = validation.analyze.length ? [...validation.analyze] : undefined;
+    }
   });
-  return { lagMs: figures.ms, lagBytes: figures.bytes, figures, reasons };
+  return { lagMs: figures.ms, lagBytes: figures.bytes, figures, reasons, waiting };
 }
 
 /**
@@ -414,9 +464,9 @@ export async function gateStep(
     loop.streak = 0;
     return { ready: false, waitMs, summary: `reconnecting: ${errorMessage(err)}` };
   }
-  const { figures, reasons } = sample;
+  const { figures, reasons, waiting } = sample;
   loop.streak = reasons.length === 0 ? loop.streak + 1 : 0;
-  const text = reasons.join('; ');
+  const text = [...reasons, ...waiting].join('; ');
   if (text && text !== loop.lastReasons) ctx.log(`cutover gate closed: ${text}`);
   loop.lastReasons = text;
   const window = ctx.config.cutover === 'auto' ? ctx.config.cutoverWindow : undefined;
@@ -435,7 +485,7 @@ export async function gateStep(
       summary,
     };
   }
-  if (loop.streak >= ctx.config.lagSamples) {
+  if (loop.streak >= ctx.config.lagSamples && !waiting.length) {
     return {
       ready: true,
       waitMs: 0,
@@ -474,13 +524,13 @@ export async function catchUp(
   try {
     return await catchUpWith(ctx, options);
   } catch (err) {
-    await stopValidation(ctx);
+    await stopFinishingLoad(ctx);
     throw err;
   }
 }
 
 async function catchUpWith(ctx: PhaseContext, options: { validation?: 'wait' | 'background' }): Promise<string> {
-  const validating = validateForeignKeys(ctx).pending.length;
+  const validating = finishLoad(ctx).pending.length;
   const loop = newGateLoop();
   for (;;) {
     const step = await gateStep(ctx, loop, options);
@@ -506,7 +556,7 @@ export async function catchUpAndVerify(ctx: PhaseContext): Promise<string> {
   try {
     return await catchUpAndVerifyWith(ctx);
   } catch (err) {
-    await stopValidation(ctx);
+    await stopFinishingLoad(ctx);
     throw err;
   }
 }

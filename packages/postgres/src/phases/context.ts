@@ -60,6 +60,10 @@ export interface FaultPoints {
   verifyReader?(point: VerifyReaderPoint): Promise<void>;
   /** Tests only: how long verify's readers begin again while a table's lock is not granted (else LOCK_WAIT_MS). */
   verifyLockWaitMs?: number;
+  /** Bulk load: a big table's indexes are about to be built (`table` quoted and qualified), its rows in. */
+  earlyBuild?(table: string): Promise<void>;
+  /** Bulk load: every row is in (a build ending after this leaves its statistics to catch-up). */
+  copyEnded?(): void;
 }
 
 /** Where one of verify's readers is (verify-readers.ts): its side, the table, which reader of how many. */

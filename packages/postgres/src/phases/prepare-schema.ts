@@ -327,11 +327,20 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
       },
     );
   }
-  const roles = await createRoles(ctx);
   // A crash after the single-transaction restore but before the marker update leaves the tables: done,
   // and the dump they came from stays the one post-data is built from.
   const landed = !!m && (await preDataLanded(ctx, existing));
-  const file = landed ? await schemaDump(ctx) : await dumpSchema(ctx);
+  // The roles are made on the target while pg_dump reads the source (and pg_restore is looked for).
+  void findTool('pg_restore', 0).catch(() => {});
+  // Both finish before a failure is thrown: no role is made (and recorded) after the phase failed.
+  const [createdRoles, dumped] = await Promise.allSettled([
+    createRoles(ctx),
+    landed ? schemaDump(ctx) : dumpSchema(ctx),
+  ]);
+  if (createdRoles.status === 'rejected') throw createdRoles.reason;
+  if (dumped.status === 'rejected') throw dumped.reason;
+  const roles = createdRoles.value;
+  const file = dumped.value;
   await ensureMarker(ctx);
   if (!landed) await restore(ctx, file, 'pre-data', 1);
   // The schemas and extensions the restore made (the target was empty): the only ones a rollback drops.
@@ -362,7 +371,7 @@ export interface PostDataPlan {
   /**
    * Foreign keys added NOT VALID after the load instead of restored (which checks every row while
    * the load waits), keyed by TOC line: those checked on the source, between plain tables (a
-   * partitioned table takes no NOT VALID foreign key). Catch-up validates them (`validateForeignKeys`).
+   * partitioned table takes no NOT VALID foreign key). Catch-up validates them (`finishLoad`).
    */
   foreignKeys: Map<string, DeferredForeignKey & { definition: string }>;
 }
@@ -597,19 +606,36 @@ async function buildKeyByIndex(ctx: PhaseContext, key: KeyByIndex, memoryMB: num
   }
 }
 
+/** What one table's build reads from the catalogs: asked for ahead, while its rows are still being copied. */
+export interface TablePostDataPrep {
+  keys: KeyByIndex[];
+  /** indexMemoryCapMB of the target. */
+  capMB: number;
+}
+
+export async function prepareTablePostData(ctx: PhaseContext, lines: string[]): Promise<TablePostDataPrep> {
+  const [keys, capMB] = await Promise.all([keysByIndex(ctx, lines), indexMemoryCapMB(ctx.target)]);
+  return { keys, capMB };
+}
+
 /**
  * One table's own indexes and constraints (lines of `planPostData`), all at once: its primary key
  * and unique constraints as unique indexes beside the other indexes (`keysByIndex`), the rest by
  * pg_restore. Idempotent.
  */
-export async function buildTablePostData(ctx: PhaseContext, tableOid: number, lines: string[]) {
+export async function buildTablePostData(
+  ctx: PhaseContext,
+  tableOid: number,
+  lines: string[],
+  prep?: TablePostDataPrep,
+) {
   const file = join(ctx.artifactDir, DUMP_FILE);
-  const keys = await keysByIndex(ctx, lines);
+  const { keys, capMB } = prep ?? (await prepareTablePostData(ctx, lines));
   const byIndex = new Set(keys.map((k) => k.line));
   const others = lines.filter((l) => !byIndex.has(l));
   // Every build of the table runs at once, sharing the memory of --jobs builds.
   const sessions = Math.min(ctx.config.jobs, others.length) + keys.length;
-  const memoryMB = indexBuildMemoryMB(ctx.config.jobs, sessions, await indexMemoryCapMB(ctx.target));
+  const memoryMB = indexBuildMemoryMB(ctx.config.jobs, sessions, capMB);
   const [restored, ...built] = await Promise.allSettled([
     others.length
       ? restore(ctx, file, 'post-data', Math.min(ctx.config.jobs, others.length), {

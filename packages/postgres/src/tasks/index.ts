@@ -44,12 +44,13 @@ import { endOrphanSessions } from '../inspect';
 import { assertNoBlockers, assess } from '../phases/assess';
 import { bulkLoad } from '../phases/bulk-load';
 import {
+  afterLoadLeft,
+  finishLoad,
   type GateLoop,
   gateStep,
   newGateLoop,
   sampleGate,
-  stopValidation,
-  validateForeignKeys,
+  stopFinishingLoad,
   verifyBeforeSwitchRound,
 } from '../phases/catch-up';
 import { cleanup } from '../phases/cleanup';
@@ -350,9 +351,13 @@ const checkLagTask: Task = (input, deps) =>
     // Before the verify that precedes a cutover, foreign keys still being validated do not hold the gate.
     const validation = verify?.done === false ? 'background' : 'wait';
     if (!given) await phaseStarted(ctx, 'catch-up', listener(deps, ctx.config.id));
-    const v = validateForeignKeys(ctx);
-    // Without a session kept between samples a validation cannot go on in the background: it runs here.
-    if (!deps.session && v.pending.length && validation === 'wait') await v.done;
+    const v = finishLoad(ctx);
+    // Without a session kept between samples the work after the load cannot go on in the background:
+    // it runs here (the statistics always, the foreign keys unless a verify comes first).
+    if (!deps.session) {
+      if (validation === 'wait' && afterLoadLeft(v)) await v.done;
+      else if (v.analyze.length) await v.analyzed;
+    }
     try {
       const step = await gateStep(ctx, loop, { validation });
       if (step.figures)
@@ -375,7 +380,7 @@ const checkLagTask: Task = (input, deps) =>
         samples: samplesAfter(input),
       };
     } catch (err) {
-      await stopValidation(ctx);
+      await stopFinishingLoad(ctx);
       await phaseFailed(ctx, 'catch-up', err);
       throw err;
     }
@@ -538,7 +543,9 @@ async function waitingSample(ctx: PhaseContext, input: TaskInput, deps: TaskDeps
   }
   const loop = (input.gate as GateState | undefined)?.memory as GateLoop | undefined;
   const memory = structuredClone(loop?.memory ?? { wal: false });
-  const { figures, reasons } = await sampleGate(ctx, memory, { catalog: true, validation: 'background' });
+  const sample = await sampleGate(ctx, memory, { catalog: true, validation: 'background' });
+  const { figures } = sample;
+  const reasons = [...sample.reasons, ...sample.waiting];
   const sampledAt = ctx.state.lag?.at(-1)?.at ?? new Date().toISOString();
   await publish(deps, [
     {

@@ -1,0 +1,68 @@
+import pg from 'pg';
+import { describe, expect, it } from 'vitest';
+import { openSession } from '../packages/cli/src/runner';
+import { bulkLoad, catchUp, prepareSchema, sampleGate, startReplication } from '../packages/postgres/src/index';
+import { migrationFixture, newMigration } from './harness/migration';
+import type { Pair } from './harness/pairs';
+
+const { setup } = migrationFixture();
+
+/** The target's user tables without statistics, quoted as the state names them. */
+const unanalyzed = async (p: Pair) =>
+  (
+    (await p.target(
+      "SELECT format('%I.%I', schemaname, relname) AS t FROM pg_stat_user_tables WHERE last_analyze IS NULL AND schemaname = 'public' ORDER BY 1",
+    )) as Array<{ t: string }>
+  ).map((r) => r.t.replace(/^(\w+)\.(\w+)$/, '"$1"."$2"'));
+
+describe('statistics of the tables built after the copy', () => {
+  it('are left to catch-up, which gathers them while replication runs and keeps the gate closed until they are in', async () => {
+    const { pair, rt } = await setup('statsdefer', 3000);
+    // Every big table's build waits until the last row is in: each one ends after the copy.
+    let copyEnded = () => {};
+    const ended = new Promise<void>((resolve) => {
+      copyEnded = resolve;
+    });
+    rt.faults = { earlyBuild: () => ended, copyEnded: () => copyEnded() };
+    const m = await newMigration(rt, pair, { cutover: 'manual', catchUpTimeoutMs: 1500 });
+    const session = await openSession(rt, m.id);
+    const { ctx } = session;
+    const locker = new pg.Client({ connectionString: pair.targetUrl });
+    locker.on('error', () => {});
+    await locker.connect();
+    try {
+      await prepareSchema(ctx);
+      const summary = await bulkLoad(ctx);
+      const deferred = ctx.state.tablesToAnalyze ?? [];
+      expect(deferred).toContain('"public"."orders"');
+      expect(summary).toContain('"public"."orders"');
+      expect(summary).toMatch(/gathered while replication starts/);
+      // The load gathered every other table's statistics (a partition's maybe through its parent's).
+      const left = await unanalyzed(pair);
+      expect(left).toContain('"public"."orders"');
+      expect(deferred).toEqual(expect.arrayContaining(left));
+      expect((await rt.store.get(m.id)).tablesToAnalyze?.sort()).toEqual([...deferred].sort());
+
+      await startReplication(ctx);
+      // ANALYZE waits behind a lock that lets the apply worker write: the gate stays closed, saying why.
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE orders IN SHARE UPDATE EXCLUSIVE MODE');
+      const err = await catchUp(ctx).catch((e) => e);
+      expect(err.name).toBe('LagTimeoutError');
+      expect(err.message).toMatch(/statistics of "public"\."orders" are being gathered on the target/);
+      // Even before a verify (foreign keys may be validated during it), statistics keep the gate closed.
+      const before = await sampleGate(ctx, { wal: false }, { validation: 'background' });
+      expect(before.waiting.join('; ')).toMatch(/statistics of "public"\."orders"/);
+      await locker.query('COMMIT');
+
+      expect(await catchUp(ctx)).toMatch(/not growing/);
+      expect(await unanalyzed(pair)).toEqual([]);
+      expect((await rt.store.get(m.id)).tablesToAnalyze).toBeUndefined();
+      const after = await sampleGate(ctx, { wal: false }, { validation: 'background' });
+      expect(after.waiting).toEqual([]);
+    } finally {
+      await locker.end();
+      await session.close();
+    }
+  });
+});

@@ -1,5 +1,5 @@
-import type pg from 'pg';
 import { MARKER_SCHEMA } from '@pgferry/core';
+import type pg from 'pg';
 import { type Db, qualified, serverMajor } from './db';
 
 export interface ColumnInfo {

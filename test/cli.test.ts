@@ -83,6 +83,7 @@ describe('pgferry CLI', () => {
       for (const pkg of ['core', 'postgres', 'cli']) write(`packages/${pkg}/src/index.ts`, 'export {};\n');
       write('packages/cli/src/main.ts', "export async function main() { console.log('sources'); return 0; }\n");
       write('packages/cli/dist/pgferry.mjs', "export async function main() { console.log('bundle'); return 0; }\n");
+      write('packages/cli/dist/pgferry-sfn.mjs', 'export {};\n');
       const run = () =>
         new Promise<string>((res) =>
           execFile(process.execPath, [join(root, 'packages/cli/bin/pgferry.mjs')], (_, stdout) => res(stdout.trim())),

@@ -146,7 +146,14 @@ describe('pgferry status at the cutover gate', () => {
     const events = { publish: async (e: PgferryEvent[]) => void published.push(...e) };
     const before = (await store.get(m.id)).lag!.at(-1)!.at;
     await pair.target(`ALTER SUBSCRIPTION ${objectNames(m.id).subscription} DISABLE`);
-    await sleep(500);
+    // Until its walsender is gone, the slot still reads as connected (how long that takes depends on load).
+    for (let i = 0; i < 200; i++) {
+      const [slot] = await pair.source('SELECT active FROM pg_replication_slots WHERE slot_name = $1', [
+        objectNames(m.id).slot,
+      ]);
+      if (slot && !slot.active) break;
+      await sleep(50);
+    }
     const wait = { since: new Date().toISOString(), windowSeconds: 600, deadlineSeconds: 3600 };
     const window = await runWorkflowTask(
       'awaitApproval',

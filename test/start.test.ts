@@ -182,6 +182,66 @@ describe('startFromPlan', () => {
     expect((await items()).length).toBe(before.length + 1); // only the other plan's item
   });
 
+  it('resumes a migration whose executions all ended in a new execution numbered on from the last, and starts nothing while one runs or once it is over', async () => {
+    sfn.on(StartExecutionCommand).resolves({ executionArn: 'arn:first' });
+    await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps());
+    // Its executions ran (the last one, the 3rd continuation, recorded itself), then stopped resumable.
+    const stopped = { ...(await store.get('shop5')), status: 'running' as const };
+    stopped.execution = { name: 'shop5-continued-3', number: 3, since: '2026-12-06T21:00:00Z' };
+    await store.put(stopped);
+    const execArn = (name: string) => `arn:aws:states:eu-west-1:123456789012:execution:pgferry-prod:${name}`;
+    sfn.reset();
+    sfn.on(DescribeExecutionCommand).resolves({ status: 'FAILED' });
+    sfn.on(StartExecutionCommand).resolves({ executionArn: execArn('shop5-resumed-4') });
+    const resumed = await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps());
+    expect(resumed).toEqual({ migrationId: 'shop5', executionArn: execArn('shop5-resumed-4'), alreadyStarted: false });
+    expect(sfn.commandCalls(DescribeExecutionCommand).map((c) => c.args[0].input)).toEqual([
+      { executionArn: execArn('shop5-continued-3') },
+    ]);
+    const [start] = sfn.commandCalls(StartExecutionCommand).map((c) => c.args[0].input);
+    expect(start).toMatchObject({ stateMachineArn: ARN, name: 'shop5-resumed-4' });
+    expect(JSON.parse(start!.input!)).toMatchObject({
+      migrationId: 'shop5',
+      action: 'migrate',
+      execution: 4,
+      continued: null,
+    });
+    // The same resume retried: the execution it started, nothing new.
+    sfn.reset();
+    sfn.on(DescribeExecutionCommand, { executionArn: execArn('shop5-continued-3') }).resolves({ status: 'FAILED' });
+    sfn
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop5-resumed-4') })
+      .resolves({ input: start!.input, status: 'RUNNING' });
+    sfn
+      .on(StartExecutionCommand)
+      .rejects(new ExecutionAlreadyExists({ message: 'Execution Already Exists', $metadata: {} }));
+    expect(await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps())).toEqual({
+      migrationId: 'shop5',
+      executionArn: execArn('shop5-resumed-4'),
+      alreadyStarted: true,
+    });
+    // Its last execution still running: nothing started.
+    sfn.reset();
+    sfn.on(DescribeExecutionCommand).resolves({ status: 'RUNNING' });
+    expect(await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps())).toEqual({
+      migrationId: 'shop5',
+      executionArn: execArn('shop5-continued-3'),
+      alreadyStarted: true,
+    });
+    expect(sfn.commandCalls(StartExecutionCommand)).toHaveLength(0);
+    // Rolled back: nothing to resume.
+    await store.put({ ...(await store.get('shop5')), status: 'rolled-back' });
+    sfn.reset();
+    sfn.on(DescribeExecutionCommand).resolves({ status: 'SUCCEEDED' });
+    await expect(
+      startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps()),
+    ).rejects.toMatchObject({
+      name: 'StateConflictError',
+      message: 'migration shop5 is rolled-back: there is nothing to resume',
+    });
+    expect(sfn.commandCalls(StartExecutionCommand)).toHaveLength(0);
+  });
+
   it('refuses a second migration of a plan in progress; a start whose execution failed to start names its id, and its retry starts it', async () => {
     sfn
       .on(StartExecutionCommand)

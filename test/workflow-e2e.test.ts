@@ -195,9 +195,14 @@ describe('the workflow definition, run locally', () => {
           before.execution,
           before.events.length,
         ]);
-        // A first execution (a resume after a dead process) does end them.
+        // A resumed execution (`pgferry start --id` after a stop, numbered on) does end them: a dead
+        // process may have left them.
         await rt.store.put({ ...after, status: 'running' });
-        await runWorkflowTask('assess', { migrationId: m.id, execution: `${m.id}-resumed`, executionNumber: 0 }, deps);
+        await runWorkflowTask(
+          'assess',
+          { migrationId: m.id, execution: `${m.id}-resumed-3`, executionNumber: 3 },
+          deps,
+        );
         await expect(validate.query('SELECT 1')).rejects.toThrow();
       } finally {
         await validate.end().catch(() => {});

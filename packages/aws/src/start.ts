@@ -115,6 +115,11 @@ export async function startFromPlan(
       { field: 'migrationId', migrationId, hint: 'leave the migration id out to start a new migration' },
     );
 
+  // A migration an execution has run (it recorded itself at "Assess source") whose executions have all
+  // ended — a resumable stop, "Stopped (resumable)" — goes on in a new one: the next number, named
+  // `<id>-resumed-<n>` (its continuations number on from it, so no name is ever taken twice).
+  if (existed && state.execution) return resume(state, migrationId, deps);
+
   // From the stored config: a retry sends what the first start sent, whatever the plan became since.
   const input = JSON.stringify(workflowInputForConfig(state.config));
   const executionArn = executionArnOf(deps.stateMachineArn, migrationId);
@@ -151,6 +156,52 @@ export async function startFromPlan(
 
 /** A plan's migration in these states is in progress: another start of the plan is refused. */
 const LIVE_STATUSES: MigrationState['status'][] = ['running', 'awaiting-cutover', 'cut-over'];
+
+/** The name of the execution that resumes migration `id` as its `n`-th (n ≥ 1). */
+export function resumedExecutionName(migrationId: string, n: number): string {
+  return `${migrationId}-resumed-${n}`;
+}
+
+/** Start the next execution of a stored migration whose executions have ended; nothing if one runs. */
+async function resume(
+  state: MigrationState,
+  migrationId: string,
+  deps: StartFromPlanDeps,
+): Promise<StartFromPlanResult> {
+  const last = state.execution!;
+  const lastArn = executionArnOf(deps.stateMachineArn, last.name);
+  const described = await deps.sfn.send(new DescribeExecutionCommand({ executionArn: lastArn })).catch((err: Error) => {
+    if (err.name === 'ExecutionDoesNotExist') return undefined;
+    throw err;
+  });
+  if (described?.status === 'RUNNING') return { migrationId, executionArn: lastArn, alreadyStarted: true };
+  if (!LIVE_STATUSES.includes(state.status))
+    throw new StateConflictError(`migration ${migrationId} is ${state.status}: there is nothing to resume`, {
+      field: 'migrationId',
+      migrationId,
+      hint: 'leave the migration id out to start a new migration from the plan',
+    });
+  const n = last.number + 1;
+  const name = resumedExecutionName(migrationId, n);
+  const input = JSON.stringify({ ...workflowInputForConfig(state.config), execution: n });
+  const executionArn = executionArnOf(deps.stateMachineArn, name);
+  try {
+    const out = await deps.sfn.send(new StartExecutionCommand({ stateMachineArn: deps.stateMachineArn, name, input }));
+    return { migrationId, executionArn: out.executionArn ?? executionArn, alreadyStarted: false };
+  } catch (err) {
+    // The same resume retried (before its execution recorded itself): the one it started.
+    if ((err as Error).name !== 'ExecutionAlreadyExists') throw err;
+    const running = await deps.sfn.send(new DescribeExecutionCommand({ executionArn }));
+    if (running.input !== undefined && sameJson(running.input, input))
+      return { migrationId, executionArn, alreadyStarted: true };
+    throw new StateConflictError(`an execution named ${name} exists already with another input`, {
+      field: 'migrationId',
+      migrationId,
+      cause: err,
+      hint: 'look at the migration (`pgferry status`): another process may be resuming it',
+    });
+  }
+}
 
 function initialState(
   config: MigrationState['config'],

@@ -269,7 +269,8 @@ Starts a migration in AWS from the stored plan PLAN (pgferry plan put --table ..
 /pgferry start does: writes the migration's record in the DynamoDB table (its config from the plan;
 secrets by ARN, never a password) and starts the state machine's execution named after the migration.
 --stage S       the table \`npx sst deploy --stage S\` made (S-pgferry-Migrations); or --table TABLE
---id ID         the migration id (default generated); the same id again starts nothing twice
+--id ID         the migration id (default generated); the same id again starts nothing twice, and
+                resumes a migration that stopped resumable once its last execution ended (<id>-resumed-<n>)
 --requested-by  who asks, recorded in the migration (default $USER)
 Then follow it in the Step Functions console; a manual cutover is approved from Slack.`,
   demo: 'Usage: pgferry demo [--target-version 15|16|17] [--rows N]\n\nStarts a source (PostgreSQL 15) and a target server, runs a live writer, migrates with automatic cutover.',

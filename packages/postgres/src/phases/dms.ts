@@ -144,7 +144,7 @@ export async function dmsGateSample(
       `the cutover gate did not open within ${Math.round(ctx.config.catchUpTimeoutMs / 1000)} s: ${summary}`,
       {
         phase: 'catch-up',
-        hint: `the DMS task keeps replicating and nothing was removed; fix the reason above, then start a new execution of the state machine for ${ctx.config.id} (its done-checks skip what is done), or \`/pgferry abort ${ctx.config.id}\` to remove the migration`,
+        hint: `the DMS task keeps replicating and nothing was removed; fix the reason above, then resume it with \`pgferry start <plan> --stage <stage> --id ${ctx.config.id} --state-machine-arn <arn>\` (a new execution; its done-checks skip what is done), or \`/pgferry abort ${ctx.config.id}\` to remove the migration`,
       },
     );
   return { ready: g.ready, streak: g.streak, waitSeconds: g.ready ? 0 : DMS_SAMPLE_SECONDS, summary, lagMs };

@@ -252,14 +252,16 @@ function resumeAt(ctx: PhaseContext): 'start' | 'cutover' | 'verify' {
 const assessTask: Task = (input, deps) =>
   inSession(input, deps, async (ctx) => {
     const execution = executionOf(input);
-    const continued = !!execution && execution.number > 0;
+    // Continued by the one before it ("Continue in a new execution"), not resumed (`pgferry start --id`
+    // after a stop starts `<id>-resumed-<n>`, which ends what a dead process left as any first one does).
+    const continued = !!execution && execution.number > 0 && CONTINUED_NAME.test(execution.name);
     if (continued) {
       // Started by the execution before it (its last act): it goes on only from a catch-up still
       // running in that one. A migration aborted or rolled back meanwhile (Slack stopped the
       // predecessor while its start of this one was in flight) is left as it is: nothing recorded.
       const s = await deps.store.get(ctx.config.id); // (what the store says now, not the session's copy)
       const successor = s.execution?.name === execution.name || (s.execution?.number ?? 0) === execution.number - 1;
-      if (s.status !== 'running' || !successor)
+      if (!['running', 'awaiting-cutover'].includes(s.status) || !successor)
         throw new StateConflictError(
           `execution ${execution.name} would continue a catch-up that is no longer running (status ${s.status}, current execution ${s.execution?.name ?? 'none'}): it stops without touching the migration`,
           { migrationId: ctx.config.id, phase: 'assess' },
@@ -300,6 +302,9 @@ const assessTask: Task = (input, deps) =>
     const summary = await runPhase(ctx, 'assess', assessPhase, listener(deps, ctx.config.id));
     return { summary, resumeAt: resumeAt(ctx), strategy: ctx.config.strategy };
   });
+
+/** The name of an execution that continues the one before it (`continuedExecutionName`: `<id>-continued-<n>`). */
+const CONTINUED_NAME = /-continued-\d+$/;
 
 /** The execution "Assess source" runs in (its Payload's `execution` and `executionNumber`), if it was given. */
 function executionOf(input: TaskInput): MigrationState['execution'] {

@@ -23,6 +23,7 @@ import {
   HISTORY_EVENT_BUDGET,
   historyEventsOf,
   NO_FACTS,
+  PLAN_POLL_SECONDS,
   parseMigrationConfig,
   RETRY_EVENTS,
   SFN_HISTORY_EVENT_LIMIT,
@@ -130,7 +131,7 @@ describe('the approval wait in the definition', () => {
       [STATE.countAttempt]: attempts - 1,
     };
     // Not counted here: the loops above, and the scaled-out load's wait for the copy plan (one poll
-    // every few seconds while the coordinator creates its slot): bounded by that, not by the definition.
+    // every few seconds while the coordinator creates its slot): bounded by that, below.
     const planPoll = new Set<string>([BULK_LOAD_STATES.wait, BULK_LOAD_STATES.read, BULK_LOAD_STATES.ready]);
     const loopStates = new Set<string>([STATE.waitSample, CHECK_LAG, STATE.caughtUp, AWAIT]);
     let rest = 0;
@@ -141,6 +142,13 @@ describe('the approval wait in the definition', () => {
     }
     expect(rest).toBeLessThanOrEqual(SFN_HISTORY_EVENT_LIMIT - HISTORY_EVENT_BUDGET);
     expect(loops + rest).toBeLessThan(SFN_HISTORY_EVENT_LIMIT);
+    // The wait for the copy plan, at its longest in AWS: a poll every PLAN_POLL_SECONDS while the
+    // coordinator's Fargate task starts (allowed 5 minutes) and creates its slot (at most
+    // slotWaitTimeoutMs, which a plan cannot change from its default). It fits beside the rest.
+    const byName = new Map(states.map((s) => [s.name, s.state]));
+    const perPoll = [...planPoll].reduce((n, name) => n + historyEventsOf(byName.get(name)!), 0);
+    const polls = Math.ceil((DEFAULTS.slotWaitTimeoutMs / 1000 + 5 * 60) / PLAN_POLL_SECONDS);
+    expect(loops + rest + polls * perPoll).toBeLessThan(SFN_HISTORY_EVENT_LIMIT);
   });
 
   it('is valid ASL with a short window too, and ends the wait past its deadline as a resumable stop', () => {

@@ -21,7 +21,7 @@ import {
   PgferryError,
   PreparedTransactionsPendingError,
 } from '@pgferry/core';
-import { listTables, publishedTables, type TableInfo } from '../catalog';
+import { hasReplicaIdentity, listTables } from '../catalog';
 import { critical } from '../critical';
 import { sleep, tableLabel } from '../db';
 import { freezeWrites, unfreezeWrites, waitPreparedTransactions, writesSince } from '../freeze';
@@ -105,23 +105,15 @@ interface Watch {
   close(): Promise<void>;
 }
 
-/** A table whose UPDATE and DELETE a publication of updates would make fail: no replica identity. */
-function identityless(t: TableInfo, all: TableInfo[], viaRoot: boolean): boolean {
-  const lacks = (x: TableInfo) =>
-    x.replicaIdentity === 'nothing' || (x.replicaIdentity === 'default' && x.primaryKey.length === 0);
-  // Published through its root, a partitioned table's rows are its leaves' (each checked when written).
-  if (t.kind === 'partitioned' && viaRoot)
-    return all.some((x) => x.kind === 'partition' && x.root?.schema === t.schema && x.root.name === t.name && lacks(x));
-  return t.kind !== 'partitioned' && lacks(t);
-}
-
 /** The late-write watch, made before the freeze; without one the cutover still goes, more cautiously. */
 async function openWatch(ctx: PhaseContext): Promise<Watch> {
   const n = objectNames(ctx.config.id);
   const viaRoot = await partitionsViaRoot(ctx);
   const all = await listTables(ctx.source, { sizes: false });
   const tables = new Set(all.map((t) => t.oid));
-  const without = publishedTables(all, viaRoot).filter((t) => identityless(t, all, viaRoot));
+  // Every table whose rows the watch would publish, through its root or not: one without a replica
+  // identity would have the application's UPDATE and DELETE on it fail.
+  const without = all.filter((t) => t.kind !== 'partitioned' && !t.unlogged && !hasReplicaIdentity(t));
   let missing: string;
   if (without.length) {
     const names = without.slice(0, 5).map(tableLabel).join(', ');

@@ -122,36 +122,24 @@ export async function startFromPlan(
 
   // From the stored config: a retry sends what the first start sent, whatever the plan became since.
   const input = JSON.stringify(workflowInputForConfig(state.config));
-  const executionArn = executionArnOf(deps.stateMachineArn, migrationId);
-  try {
-    const out = await deps.sfn.send(
-      new StartExecutionCommand({ stateMachineArn: deps.stateMachineArn, name: migrationId, input }),
-    );
-    // The execution began now, whether or not an earlier try had written the record.
-    return { migrationId, executionArn: out.executionArn ?? executionArn, alreadyStarted: false };
-  } catch (err) {
-    if ((err as Error).name !== 'ExecutionAlreadyExists')
-      throw new PgferryError(
-        `migration ${migrationId} is recorded, but its execution did not start: ${errorMessage(err)}`,
-        {
-          cause: err,
-          migrationId,
-          hint: `start it again with the same id (\`pgferry start ${planName} --id ${migrationId} …\`): the record is reused, nothing is created twice`,
-        },
-      );
-    const running = await deps.sfn.send(new DescribeExecutionCommand({ executionArn }));
-    if (running.input !== undefined && sameJson(running.input, input))
-      return { migrationId, executionArn, alreadyStarted: true };
-    throw new StateConflictError(
-      `an execution named ${migrationId} exists already with another input (status ${running.status ?? 'unknown'})`,
-      {
-        field: 'migrationId',
-        migrationId,
+  return startOrFind(deps, migrationId, migrationId, input, {
+    notStarted: (err) =>
+      new PgferryError(`migration ${migrationId} is recorded, but its execution did not start: ${errorMessage(err)}`, {
         cause: err,
-        hint: 'execution names are never reused: leave the migration id out to start a new migration',
-      },
-    );
-  }
+        migrationId,
+        hint: `start it again with the same id (\`pgferry start ${planName} --id ${migrationId} …\`): the record is reused, nothing is created twice`,
+      }),
+    conflict: (status, cause) =>
+      new StateConflictError(
+        `an execution named ${migrationId} exists already with another input (status ${status ?? 'unknown'})`,
+        {
+          field: 'migrationId',
+          migrationId,
+          cause,
+          hint: 'execution names are never reused: leave the migration id out to start a new migration',
+        },
+      ),
+  });
 }
 
 /** A plan's migration in these states is in progress: another start of the plan is refused. */
@@ -184,22 +172,45 @@ async function resume(
   const n = last.number + 1;
   const name = resumedExecutionName(migrationId, n);
   const input = JSON.stringify({ ...workflowInputForConfig(state.config), execution: n });
+  // The same resume retried (before its execution recorded itself) finds the one it started.
+  return startOrFind(deps, migrationId, name, input, {
+    notStarted: (err) => err,
+    conflict: (_status, cause) =>
+      new StateConflictError(`an execution named ${name} exists already with another input`, {
+        field: 'migrationId',
+        migrationId,
+        cause,
+        hint: 'look at the migration (`pgferry status`): another process may be resuming it',
+      }),
+  });
+}
+
+/**
+ * Start execution `name` with `input`; one of that name already there (Step Functions refuses a second:
+ * ExecutionAlreadyExists) is this request's, retried, when its input is the same, and `conflict` otherwise;
+ * any other failure to start is thrown as `notStarted` makes it.
+ */
+async function startOrFind(
+  deps: StartFromPlanDeps,
+  migrationId: string,
+  name: string,
+  input: string,
+  errors: {
+    notStarted: (err: unknown) => unknown;
+    conflict: (status: string | undefined, cause: unknown) => StateConflictError;
+  },
+): Promise<StartFromPlanResult> {
   const executionArn = executionArnOf(deps.stateMachineArn, name);
   try {
     const out = await deps.sfn.send(new StartExecutionCommand({ stateMachineArn: deps.stateMachineArn, name, input }));
+    // The execution began now, whether or not an earlier try had written the record.
     return { migrationId, executionArn: out.executionArn ?? executionArn, alreadyStarted: false };
   } catch (err) {
-    // The same resume retried (before its execution recorded itself): the one it started.
-    if ((err as Error).name !== 'ExecutionAlreadyExists') throw err;
+    if ((err as Error).name !== 'ExecutionAlreadyExists') throw errors.notStarted(err);
     const running = await deps.sfn.send(new DescribeExecutionCommand({ executionArn }));
     if (running.input !== undefined && sameJson(running.input, input))
       return { migrationId, executionArn, alreadyStarted: true };
-    throw new StateConflictError(`an execution named ${name} exists already with another input`, {
-      field: 'migrationId',
-      migrationId,
-      cause: err,
-      hint: 'look at the migration (`pgferry status`): another process may be resuming it',
-    });
+    throw errors.conflict(running.status, err);
   }
 }
 

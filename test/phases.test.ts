@@ -15,8 +15,10 @@ import {
   createSlotWithSnapshot,
   cutover,
   dropSlot,
+  indexBuildLimits,
   indexBuildMemoryMB,
-  indexMemoryCapMB,
+  indexBuildSettings,
+  indexBuildWorkers,
   listTables,
   planCopy,
   planPostData,
@@ -875,12 +877,13 @@ describe('phases', () => {
 });
 
 describe('index build memory', () => {
-  it('shares --jobs x 256MB between the builds running at once, at most 1GB each, and at most shared_buffers on RDS', () => {
-    expect(indexBuildMemoryMB(4, 4)).toBe(256);
-    expect(indexBuildMemoryMB(4, 2)).toBe(512);
+  it('shares --jobs x 384MB between the builds running at once, at most 1GB each, and at most shared_buffers on RDS', () => {
+    expect(indexBuildMemoryMB(4, 4)).toBe(384);
+    expect(indexBuildMemoryMB(4, 3)).toBe(512);
+    expect(indexBuildMemoryMB(4, 2)).toBe(768);
     expect(indexBuildMemoryMB(4, 1)).toBe(1024);
     expect(indexBuildMemoryMB(16, 1)).toBe(1024);
-    expect(indexBuildMemoryMB(1, 1)).toBe(256);
+    expect(indexBuildMemoryMB(1, 1)).toBe(384);
     // RDS db.t4g.small: 2 GiB, shared_buffers 512MB.
     expect(indexBuildMemoryMB(4, 1, 512)).toBe(512);
     expect(indexBuildMemoryMB(4, 4, 512)).toBe(128);
@@ -888,16 +891,40 @@ describe('index build memory', () => {
     expect(indexBuildMemoryMB(8, 8, 256)).toBe(64);
   });
 
+  it("gives each build parallel workers only out of the --jobs the builds running at once leave, within the server's limit", () => {
+    // Three indexes of one table at once, --jobs 4: none (the builds already fill the cores).
+    expect(indexBuildWorkers(4, 3, 2)).toBe(0);
+    expect(indexBuildWorkers(4, 4, 2)).toBe(0);
+    expect(indexBuildWorkers(4, 2, 2)).toBe(1);
+    // A lone primary key: as many as the server allows.
+    expect(indexBuildWorkers(4, 1, 2)).toBe(2);
+    expect(indexBuildWorkers(16, 3, 2)).toBe(2);
+    expect(indexBuildWorkers(16, 3, 8)).toBe(4);
+    expect(indexBuildWorkers(1, 1, 2)).toBe(0);
+    expect(indexBuildSettings(4, 3, { capMB: Number.POSITIVE_INFINITY, maxWorkers: 2 })).toEqual({
+      maintenance_work_mem: '512MB',
+      max_parallel_maintenance_workers: '0',
+    });
+  });
+
   it('finds the cap from the target: none off RDS, shared_buffers on RDS, a quarter of it on Aurora', async () => {
     // A server of its own: the roles and functions that mark RDS would mislead other tests' assessments.
     const server = await startServer({ version: 15, name: 'rdslike', settings: { shared_buffers: "'192MB'" } });
     const db = await connect(server.url('postgres'), { side: 'target', applicationName: 'pgferry:test' });
     try {
-      expect(await indexMemoryCapMB(db)).toBe(Number.POSITIVE_INFINITY);
+      expect(await indexBuildLimits(db)).toEqual({ capMB: Number.POSITIVE_INFINITY, maxWorkers: 2 });
       await db.query('CREATE ROLE rds_superuser');
-      expect(await indexMemoryCapMB(db)).toBe(192);
+      expect((await indexBuildLimits(db)).capMB).toBe(192);
       await db.query("CREATE FUNCTION public.aurora_version() RETURNS text LANGUAGE sql AS $$SELECT '16.4'$$");
-      expect(await indexMemoryCapMB(db)).toBe(48);
+      expect((await indexBuildLimits(db)).capMB).toBe(48);
+      await db.query('ALTER SYSTEM SET max_parallel_maintenance_workers = 5');
+      await db.query('SELECT pg_reload_conf()');
+      const fresh = await connect(server.url('postgres'), { side: 'target', applicationName: 'pgferry:test' });
+      try {
+        expect((await indexBuildLimits(fresh)).maxWorkers).toBe(5);
+      } finally {
+        await fresh.end();
+      }
     } finally {
       await db.end();
       await server.stop();

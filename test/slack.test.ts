@@ -148,6 +148,7 @@ describe('the /pgferry command parser', () => {
     ['approve m1', { kind: 'approve', id: 'm1' }],
     ['ROLLBACK m1', { kind: 'rollback', id: 'm1' }],
     ['abort\u00a0m1', { kind: 'abort', id: 'm1' }],
+    ['resume m1', { kind: 'resume', id: 'm1' }],
     ['help', { kind: 'help' }],
     ['', { kind: 'help' }],
   ])('reads "%s"', (text, command) => {
@@ -157,6 +158,7 @@ describe('the /pgferry command parser', () => {
   it.each([
     ['deploy m1', /unknown command `deploy`/],
     ['approve', /`approve` needs a migration id: `\/pgferry approve <id>`/],
+    ['resume', /`resume` needs a migration id: `\/pgferry resume <id>`/],
     ['start', /`start` needs a plan name: `\/pgferry start <plan>`/],
     ['rollback m1 m2', /`rollback` takes one migration id, got 2: `m1` `m2`/],
     ['status M1;DROP', /`M1;DROP` is not a migration id: a migration id is 1-24 characters/],
@@ -185,7 +187,7 @@ describe('Slack authorization', () => {
     });
   });
 
-  it.each(['start', 'status', 'approve', 'rollback', 'abort'] as const)(
+  it.each(['start', 'status', 'approve', 'rollback', 'abort', 'resume'] as const)(
     'refuses %s to an unauthorized user politely, saying nothing changed',
     (command) => {
       const result = authorizeSlack({ userId: 'U0INTRUDER', channelId: 'C0RANDOM' }, access, command);

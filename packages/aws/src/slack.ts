@@ -292,6 +292,8 @@ export async function runSlackWork(work: SlackWork, deps: SlackWorkDeps): Promis
         return await start(command.plan, work, deps);
       case 'status':
         return await status(command.id, deps);
+      case 'resume':
+        return await resume(command.id, actor, deps);
       default:
         return await act(command.kind, command.id, actor, deps);
     }
@@ -322,6 +324,43 @@ async function start(planName: string, work: SlackWork, deps: SlackWorkDeps): Pr
     text: started.alreadyStarted
       ? `Migration ${code(started.migrationId)} of plan ${code(planName)} is running already; nothing new was started.`
       : `Started migration ${code(started.migrationId)} from plan ${code(planName)}.`,
+  };
+}
+
+/**
+ * `resume`: the next execution of a migration whose last one ended (a resumable stop), started as
+ * `pgferry start <plan> --id <id>` starts it: startFromPlan decides (nothing while an execution runs,
+ * nothing once the migration is over), so Slack and the CLI follow one rule.
+ */
+async function resume(id: string, actor: SlackActor, deps: SlackWorkDeps): Promise<SlackResponse> {
+  const state = await deps.store.get(id);
+  const plan = state.planName ? await deps.plans.getPlan(state.planName) : undefined;
+  const allowed = authorizeForMigration(actor, state, plan, 'resume');
+  if (!allowed.allowed) return { text: allowed.message };
+  if (!state.planName)
+    return {
+      text: `${code(id)} was not started from a plan, so Slack cannot resume it; nothing was started. Resume it where it was started: \`pgferry resume --id ${escapeMrkdwn(id)}\`.`,
+    };
+  let started: Awaited<ReturnType<StartFromPlan>>;
+  try {
+    started = await deps.start(
+      { planName: state.planName, requestedBy: actor.userId, migrationId: id },
+      { store: deps.store, sfn: deps.sfn, stateMachineArn: deps.stateMachineArn },
+    );
+  } catch (err) {
+    // Rolled back, aborted, completed (nothing to resume), or another process resuming it.
+    if (err instanceof Error && err.name === 'StateConflictError')
+      return { text: `${escapeMrkdwn(err.message)}. Nothing was started.` };
+    throw err;
+  }
+  const execution = code(started.executionArn.split(':').at(-1) ?? '');
+  if (started.alreadyStarted)
+    return {
+      text: `${code(id)} is running already, in execution ${execution}; nothing was started. \`/pgferry status ${escapeMrkdwn(id)}\` shows where it stands.`,
+    };
+  deps.log(`slack: resume of migration ${id} by ${actor.userId}: execution ${started.executionArn} started`);
+  return {
+    text: `Resumed ${code(id)} (requested by <@${escapeMrkdwn(actor.userId)}>) in execution ${execution}: it goes on from where it stopped.`,
   };
 }
 

@@ -660,13 +660,18 @@ describe('the Slack worker', () => {
   });
 
   it('status shows the migration’s message, or the list; a failure is answered through response_url, redacted', async () => {
-    const { deps, responses } = await workerDeps([migration('m1'), migration('m2', { status: 'running' })]);
+    const { deps, responses } = await workerDeps([
+      migration('m1', { execution: { name: 'm1-resumed-1', number: 1, since: '2026-12-07T01:00:00.000Z' } }),
+      migration('m2', { status: 'running' }),
+    ]);
     const one = await handleSlackWork(
       { command: { kind: 'status', id: 'm1' }, actor: { userId: APPROVER }, via: 'command' },
       deps,
     );
     expect(one.text).toMatch(/^pgferry migration m1: caught up, waiting for cutover approval/);
     expect(JSON.stringify(one.blocks)).toContain(SLACK_ACTIONS.approve);
+    // The execution to look for in the Step Functions console, and that it resumed the migration.
+    expect(JSON.stringify(one.blocks)).toMatch(/\*Execution\*\\n`m1-resumed-1` since [^"]*\\nresumed after a stop/);
     const all = await handleSlackWork(
       { command: { kind: 'status' }, actor: { userId: APPROVER }, via: 'command' },
       deps,

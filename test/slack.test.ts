@@ -259,6 +259,25 @@ describe('the Slack message of a migration', () => {
     expect(actions(m)).toEqual([]);
   });
 
+  it('names the execution that runs the migration, to find in the Step Functions console, and says when it continued or resumed', () => {
+    const now = new Date('2026-12-07T03:10:00.000Z');
+    const executionField = (execution: MigrationState['execution']) => {
+      const section = migrationMessage(state({ phase: 'catch-up', execution }), now).blocks[1];
+      return section?.type === 'section' ? section.fields?.find((f) => f.text.startsWith('*Execution*'))?.text : 'none';
+    };
+    expect(executionField({ name: 'm1', number: 0, since: '2026-12-07T01:00:00.000Z' })).toBe(
+      '*Execution*\n`m1` since 01:00:00 UTC',
+    );
+    expect(executionField({ name: 'm1-continued-2', number: 2, since: '2026-12-07T02:00:00.000Z' })).toBe(
+      '*Execution*\n`m1-continued-2` since 02:00:00 UTC\ncontinued: the long catch-up goes on in a new execution',
+    );
+    expect(executionField({ name: 'm1-resumed-3', number: 3, since: '2026-12-06T23:00:00.000Z' })).toBe(
+      '*Execution*\n`m1-resumed-3` since 2026-12-06 23:00:00 UTC\nresumed after a stop',
+    );
+    // Not recorded yet (before "Assess source"): no field rather than a guess.
+    expect(executionField(undefined)).toBeUndefined();
+  });
+
   it('says what is not known yet', () => {
     const fields = JSON.stringify(migrationMessage(state()).blocks[1]);
     expect(fields).toContain('*Lag*\\nnot measured yet');

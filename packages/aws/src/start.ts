@@ -20,6 +20,7 @@ import {
   newMigrationId,
   PgferryError,
   planNotFoundError,
+  resumedExecutionName,
   StateConflictError,
   workflowInputForConfig,
 } from '@pgferry/core';
@@ -144,11 +145,6 @@ export async function startFromPlan(
 
 /** A plan's migration in these states is in progress: another start of the plan is refused. */
 const LIVE_STATUSES: MigrationState['status'][] = ['running', 'awaiting-cutover', 'cut-over'];
-
-/** The name of the execution that resumes migration `id` as its `n`-th (n ≥ 1). */
-export function resumedExecutionName(migrationId: string, n: number): string {
-  return `${migrationId}-resumed-${n}`;
-}
 
 /** Start the next execution of a stored migration whose executions have ended; nothing if one runs. */
 async function resume(

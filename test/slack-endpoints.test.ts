@@ -499,8 +499,8 @@ describe('the Slack worker', () => {
     // The execution named after it, stopped; none had continued it (m3-continued-1 does not exist).
     expect(sfnMock.calls().map((c) => c.args[0].constructor.name)).toEqual([
       'DescribeExecutionCommand',
-      'StopExecutionCommand',
       'DescribeExecutionCommand',
+      'StopExecutionCommand',
       'StartExecutionCommand',
     ]);
     expect(sfnMock.commandCalls(StopExecutionCommand)[0]!.args[0].input).toMatchObject({

@@ -5,19 +5,13 @@
  * themselves (who may act, what an action does in which state, the message) are pure, in core/slack.
  */
 import { GetSecretValueCommand, type SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import {
-  DescribeExecutionCommand,
-  type SFNClient,
-  StartExecutionCommand,
-  StopExecutionCommand,
-} from '@aws-sdk/client-sfn';
+import { type SFNClient, StartExecutionCommand, StopExecutionCommand } from '@aws-sdk/client-sfn';
 import { type DynamoDBDocumentClient, GetCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
 import {
   APPROVAL_STEP,
   actionStep,
   authorizeForMigration,
   CUTOVER_REJECTED_ERROR,
-  continuedExecutionName,
   errorMessage,
   escapeMrkdwn,
   type GateClick,
@@ -25,7 +19,6 @@ import {
   MigrationNotFoundError,
   type MigrationState,
   type MigrationStore,
-  migrateExecutionName,
   migrationMessage,
   PgferryError,
   type PgferryEvent,
@@ -43,6 +36,7 @@ import {
   type TaskCallbacks,
 } from '@pgferry/core';
 import { MIGRATION_TABLE_KEYS, migrationPk } from './dynamo-parts';
+import { runningExecutions } from './start';
 
 // ---- Secrets -----------------------------------------------------------------------------------------
 
@@ -276,11 +270,6 @@ export interface SlackWorkDeps {
   renewedTokenWaitMs?: number;
 }
 
-/** `arn:…:stateMachine:<machine>` → `arn:…:execution:<machine>:<name>`. */
-export function executionArn(stateMachineArn: string, name: string): string {
-  return `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
-}
-
 const code = (id: string) => `\`${escapeMrkdwn(id)}\``;
 
 /** Carries out `work` and says what happened; a refusal changes nothing. */
@@ -481,32 +470,17 @@ async function stopThenRollBack(
   actor: SlackActor,
   deps: SlackWorkDeps,
 ): Promise<SlackResponse> {
-  // The execution that runs the migration now (a long catch-up continues in new executions, whose names
-  // "Assess source" records; the first is named after the migration), and the one it may have started
-  // a moment ago, before that one's assessment recorded it: a rollback must never run beside either.
-  const current = state.execution;
-  const names = [
-    current?.name ?? migrateExecutionName(state.id),
-    continuedExecutionName(state.id, (current?.number ?? 0) + 1),
-  ];
-  for (const name of names) {
-    const arn = executionArn(deps.stateMachineArn, name);
-    const running = await deps.sfn
-      .send(new DescribeExecutionCommand({ executionArn: arn }))
-      .then((out) => out.status === 'RUNNING')
-      .catch((err) => {
-        if (err instanceof Error && err.name === 'ExecutionDoesNotExist') return false;
-        throw err;
-      });
-    if (running)
-      await deps.sfn.send(
-        new StopExecutionCommand({
-          executionArn: arn,
-          error: action === 'abort' ? 'MigrationAborted' : 'RollbackRequested',
-          cause: `${action} requested in Slack by ${actor.userId}`,
-        }),
-      );
-  }
+  // The execution that runs the migration now (a long catch-up continues in new executions), and the
+  // one it may have started a moment ago, before that one's assessment recorded it (start.ts's
+  // runningExecutions): a rollback must never run beside either.
+  for (const arn of await runningExecutions(state, deps))
+    await deps.sfn.send(
+      new StopExecutionCommand({
+        executionArn: arn,
+        error: action === 'abort' ? 'MigrationAborted' : 'RollbackRequested',
+        cause: `${action} requested in Slack by ${actor.userId}`,
+      }),
+    );
   // A stopped execution's approval token is dead: leave no stale one behind.
   await deps.store.takeTaskToken?.(state.id, APPROVAL_STEP);
   try {

@@ -554,7 +554,8 @@ describe('the Slack worker', () => {
     const over = (['rolled-back', 'completed', 'cleaned-up', 'failed'] as const).map((status, i) =>
       migration(`m${10 + i}`, { status, phase: 'cleanup', execution: { name: `m${10 + i}`, number: 0, since } }),
     );
-    const { deps, store } = await workerDeps([stopped, ...over]);
+    const local = migration('m20', { status: 'running', planName: undefined });
+    const { deps, store } = await workerDeps([stopped, ...over, local]);
     // The real startFromPlan (packages/aws start.ts), reading the plan from the store.
     Object.assign(store, {
       getPlan: async (name: string) =>
@@ -618,6 +619,10 @@ describe('the Slack worker', () => {
       expect((await resume(s.id)).text).toBe(
         `migration ${s.id} is ${s.status}: there is nothing to resume. Nothing was started.`,
       );
+    // Not started from a plan (the CLI ran it): not Slack's to resume.
+    expect((await resume('m20')).text).toMatch(
+      /^`m20` was not started from a plan, so Slack cannot resume it; nothing was started\. .*`pgferry resume --id m20`/,
+    );
     expect(sfnMock.commandCalls(StartExecutionCommand)).toHaveLength(0);
   });
 

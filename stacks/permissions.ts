@@ -118,12 +118,15 @@ export function statements(scope: Construct) {
             // The parameter's type and KMS key: DescribeParameters has no resource type.
             new PolicyStatement({ actions: ['ssm:DescribeParameters'], resources: ['*'] }),
             // A SecureString under a customer-managed key: read (Decrypt) and write (Encrypt for a
-            // standard parameter, GenerateDataKey for an advanced one) with exactly that key.
+            // standard parameter, GenerateDataKey for an advanced one) with exactly that key, and only
+            // through Parameter Store of the stack's region (kms:ViaService): the roles cannot use the
+            // key directly, nor through another service.
             ...(target.kmsKeyArn
               ? [
                   new PolicyStatement({
                     actions: ['kms:Decrypt', 'kms:Encrypt', 'kms:GenerateDataKey'],
                     resources: [target.kmsKeyArn],
+                    conditions: { StringEquals: { 'kms:ViaService': `ssm.${stack.region}.amazonaws.com` } },
                   }),
                 ]
               : []),

@@ -167,5 +167,10 @@ describe('the status of a migration whose catch-up continued in a new execution 
       'next: its execution (named h1-continued-2: continued in execution 2) is working on it',
     );
     expect(describeStatus(migration(), undefined, true)).toContain('next: its execution (named h1) is working on it');
+    // Resumed after a stop (`pgferry start --id`, `/pgferry resume`): said so, not "continued".
+    const resumed = { ...continued, execution: { name: 'h1-resumed-3', number: 3, since: '2026-12-06T12:00:00.000Z' } };
+    expect(describeStatus(resumed, undefined, true)).toContain(
+      'next: its execution (named h1-resumed-3: resumed in execution 3) is working on it',
+    );
   });
 });

@@ -33,12 +33,14 @@ import {
   SlackWebApi,
   type SlackWork,
   type SlackWorkDeps,
+  startFromPlan,
 } from '@pgferry/aws';
 import {
   type DeploymentEnv,
   MIGRATION_ID,
   type MigrationState,
   parseMigrationConfig,
+  parseMigrationPlan,
   rollbackExecutionInput,
   SLACK_ACTIONS,
   type SlackEnv,
@@ -279,7 +281,7 @@ async function workerDeps(states: MigrationState[]) {
   return { store, start, deps, responses, messages };
 }
 
-const work = (kind: 'approve' | 'rollback' | 'abort', id: string, userId = APPROVER): SlackWork => ({
+const work = (kind: 'approve' | 'rollback' | 'abort' | 'resume', id: string, userId = APPROVER): SlackWork => ({
   command: { kind, id },
   actor: { userId, channelId: 'C0OPS' },
   via: 'button',
@@ -497,8 +499,8 @@ describe('the Slack worker', () => {
     // The execution named after it, stopped; none had continued it (m3-continued-1 does not exist).
     expect(sfnMock.calls().map((c) => c.args[0].constructor.name)).toEqual([
       'DescribeExecutionCommand',
-      'StopExecutionCommand',
       'DescribeExecutionCommand',
+      'StopExecutionCommand',
       'StartExecutionCommand',
     ]);
     expect(sfnMock.commandCalls(StopExecutionCommand)[0]!.args[0].input).toMatchObject({
@@ -542,6 +544,88 @@ describe('the Slack worker', () => {
     expect(sfnMock.commandCalls(StartExecutionCommand)).toHaveLength(1);
   });
 
+  it('resume starts the next execution of a stopped migration by the rule of `pgferry start --id`; nothing while one runs, once it is over, or for someone not an approver', async () => {
+    const since = '2026-12-07T01:00:00.000Z';
+    const stopped = migration('m6', {
+      status: 'running',
+      phase: 'catch-up',
+      execution: { name: 'm6-continued-2', number: 2, since },
+    });
+    const over = (['rolled-back', 'completed', 'cleaned-up', 'failed'] as const).map((status, i) =>
+      migration(`m${10 + i}`, { status, phase: 'cleanup', execution: { name: `m${10 + i}`, number: 0, since } }),
+    );
+    const local = migration('m20', { status: 'running', planName: undefined });
+    const { deps, store } = await workerDeps([stopped, ...over, local]);
+    // The real startFromPlan (packages/aws start.ts), reading the plan from the store.
+    Object.assign(store, {
+      getPlan: async (name: string) =>
+        name === 'shop'
+          ? parseMigrationPlan({
+              name: 'shop',
+              source: { secretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-source-AbCdEf' },
+              target: {
+                kind: 'existing',
+                instanceIdentifier: 'shop-db',
+                secretArn: 'arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-target-AbCdEf',
+              },
+              strategy: 'snapshot',
+              cutover: { policy: 'manual' },
+              switch: { kind: 'ssm-parameter', name: '/shop/database-url' },
+              approvers: { users: [APPROVER] },
+            })
+          : undefined,
+    });
+    deps.start = startFromPlan;
+    const arn = (name: string) => `${MACHINE_ARN.replace(':stateMachine:', ':execution:')}:${name}`;
+
+    // Typed in Slack: acknowledged at once and handed to the worker, which takes it.
+    const res = await call(endpoint('commands'), slackEvent(command('resume m6')));
+    expect(JSON.parse(res.body!).text).toBe('Resuming `m6`…');
+    const [handed] = invoked();
+    expect(handed!.Payload.command).toEqual({ kind: 'resume', id: 'm6' });
+    const worker = createWorkerHandler(() => deps);
+    const resume = (id: string, user = APPROVER) =>
+      worker(
+        { ...handed!.Payload, command: { kind: 'resume', id }, actor: { userId: user, channelId: 'C0OPS' } },
+        {} as never,
+      ) as Promise<{ text: string }>;
+
+    // Its last execution still runs: nothing is started.
+    sfnMock.on(DescribeExecutionCommand, { executionArn: arn('m6-continued-2') }).resolves({ status: 'RUNNING' });
+    expect((await resume('m6')).text).toBe(
+      '`m6` is running already, in execution `m6-continued-2`; nothing was started. `/pgferry status m6` shows where it stands.',
+    );
+    expect(sfnMock.commandCalls(StartExecutionCommand)).toHaveLength(0);
+
+    // Someone allowed to use /pgferry but not an approver of the plan: nothing is asked of Step Functions.
+    sfnMock.reset();
+    expect((await resume('m6', OTHER)).text).toMatch(/you are not an approver of plan `shop`, so nothing was changed/);
+    expect(sfnMock.calls()).toHaveLength(0);
+
+    // It stopped (resumable): the next execution, numbered on from the last.
+    sfnMock.on(DescribeExecutionCommand).resolves({ status: 'FAILED' });
+    sfnMock.on(StartExecutionCommand).resolves({ executionArn: arn('m6-resumed-3') });
+    expect((await resume('m6')).text).toBe(
+      `Resumed \`m6\` (requested by <@${APPROVER}>) in execution \`m6-resumed-3\`: it goes on from where it stopped.`,
+    );
+    const started = sfnMock.commandCalls(StartExecutionCommand).map((c) => c.args[0].input);
+    expect(started).toEqual([{ stateMachineArn: MACHINE_ARN, name: 'm6-resumed-3', input: expect.any(String) }]);
+    expect(JSON.parse(started[0]!.input!)).toMatchObject({ migrationId: 'm6', action: 'migrate', execution: 3 });
+
+    // Over (rolled back, aborted: rolled back or cleaned up; completed; failed): refused, nothing started.
+    sfnMock.reset();
+    sfnMock.on(DescribeExecutionCommand).resolves({ status: 'SUCCEEDED' });
+    for (const s of over)
+      expect((await resume(s.id)).text).toBe(
+        `migration ${s.id} is ${s.status}: there is nothing to resume. Nothing was started.`,
+      );
+    // Not started from a plan (the CLI ran it): not Slack's to resume.
+    expect((await resume('m20')).text).toMatch(
+      /^`m20` was not started from a plan, so Slack cannot resume it; nothing was started\. .*`pgferry resume --id m20`/,
+    );
+    expect(sfnMock.commandCalls(StartExecutionCommand)).toHaveLength(0);
+  });
+
   it('start calls startFromPlan with the plan and the Slack user, and files the channel for the message', async () => {
     const { deps, start, messages } = await workerDeps([]);
     const answer = await handleSlackWork(
@@ -581,13 +665,18 @@ describe('the Slack worker', () => {
   });
 
   it('status shows the migration’s message, or the list; a failure is answered through response_url, redacted', async () => {
-    const { deps, responses } = await workerDeps([migration('m1'), migration('m2', { status: 'running' })]);
+    const { deps, responses } = await workerDeps([
+      migration('m1', { execution: { name: 'm1-resumed-1', number: 1, since: '2026-12-07T01:00:00.000Z' } }),
+      migration('m2', { status: 'running' }),
+    ]);
     const one = await handleSlackWork(
       { command: { kind: 'status', id: 'm1' }, actor: { userId: APPROVER }, via: 'command' },
       deps,
     );
     expect(one.text).toMatch(/^pgferry migration m1: caught up, waiting for cutover approval/);
     expect(JSON.stringify(one.blocks)).toContain(SLACK_ACTIONS.approve);
+    // The execution to look for in the Step Functions console, and that it resumed the migration.
+    expect(JSON.stringify(one.blocks)).toMatch(/\*Execution\*\\n`m1-resumed-1` since [^"]*\\nresumed after a stop/);
     const all = await handleSlackWork(
       { command: { kind: 'status' }, actor: { userId: APPROVER }, via: 'command' },
       deps,

@@ -148,6 +148,7 @@ describe('the /pgferry command parser', () => {
     ['approve m1', { kind: 'approve', id: 'm1' }],
     ['ROLLBACK m1', { kind: 'rollback', id: 'm1' }],
     ['abort\u00a0m1', { kind: 'abort', id: 'm1' }],
+    ['resume m1', { kind: 'resume', id: 'm1' }],
     ['help', { kind: 'help' }],
     ['', { kind: 'help' }],
   ])('reads "%s"', (text, command) => {
@@ -157,6 +158,7 @@ describe('the /pgferry command parser', () => {
   it.each([
     ['deploy m1', /unknown command `deploy`/],
     ['approve', /`approve` needs a migration id: `\/pgferry approve <id>`/],
+    ['resume', /`resume` needs a migration id: `\/pgferry resume <id>`/],
     ['start', /`start` needs a plan name: `\/pgferry start <plan>`/],
     ['rollback m1 m2', /`rollback` takes one migration id, got 2: `m1` `m2`/],
     ['status M1;DROP', /`M1;DROP` is not a migration id: a migration id is 1-24 characters/],
@@ -185,7 +187,7 @@ describe('Slack authorization', () => {
     });
   });
 
-  it.each(['start', 'status', 'approve', 'rollback', 'abort'] as const)(
+  it.each(['start', 'status', 'approve', 'rollback', 'abort', 'resume'] as const)(
     'refuses %s to an unauthorized user politely, saying nothing changed',
     (command) => {
       const result = authorizeSlack({ userId: 'U0INTRUDER', channelId: 'C0RANDOM' }, access, command);
@@ -255,6 +257,25 @@ describe('the Slack message of a migration', () => {
       '*Predicted drain*\n1500 ms (budget 1000 ms)',
     ]);
     expect(actions(m)).toEqual([]);
+  });
+
+  it('names the execution that runs the migration, to find in the Step Functions console, and says when it continued or resumed', () => {
+    const now = new Date('2026-12-07T03:10:00.000Z');
+    const executionField = (execution: MigrationState['execution']) => {
+      const section = migrationMessage(state({ phase: 'catch-up', execution }), now).blocks[1];
+      return section?.type === 'section' ? section.fields?.find((f) => f.text.startsWith('*Execution*'))?.text : 'none';
+    };
+    expect(executionField({ name: 'm1', number: 0, since: '2026-12-07T01:00:00.000Z' })).toBe(
+      '*Execution*\n`m1` since 01:00:00 UTC',
+    );
+    expect(executionField({ name: 'm1-continued-2', number: 2, since: '2026-12-07T02:00:00.000Z' })).toBe(
+      '*Execution*\n`m1-continued-2` since 02:00:00 UTC\ncontinued: the long catch-up goes on in a new execution',
+    );
+    expect(executionField({ name: 'm1-resumed-3', number: 3, since: '2026-12-06T23:00:00.000Z' })).toBe(
+      '*Execution*\n`m1-resumed-3` since 2026-12-06 23:00:00 UTC\nresumed after a stop',
+    );
+    // Not recorded yet (before "Assess source"): no field rather than a guess.
+    expect(executionField(undefined)).toBeUndefined();
   });
 
   it('says what is not known yet', () => {

@@ -546,6 +546,7 @@ describe('the connection switch of an SSM parameter or a Route 53 record', () =>
             actions: list(st.Action).sort(),
             resource: st.Resource,
             roles: (policy.Properties.Roles as { Ref: string }[]).map((r) => r.Ref).sort(),
+            condition: st.Condition,
           })),
       );
     const nagErrors = artifact.messages
@@ -600,6 +601,9 @@ describe('the connection switch of an SSM parameter or a Route 53 record', () =>
     grantedExactly(granting('kms'), roles as string[], [
       { actions: ['kms:Decrypt', 'kms:Encrypt', 'kms:GenerateDataKey'], resource: key },
     ]);
+    // Only through Parameter Store of the stack's region, never directly or through another service.
+    for (const grant of granting('kms'))
+      expect(grant.condition).toEqual({ StringEquals: { 'kms:ViaService': `ssm.${REGION}.amazonaws.com` } });
     // The parameter's own grant is unchanged.
     expect(granting('ssm').flatMap((g) => g.actions)).not.toContain('kms:Decrypt');
     expect(nagErrors).toEqual([]);

@@ -195,8 +195,10 @@ describe('startFromPlan', () => {
     sfn.on(StartExecutionCommand).resolves({ executionArn: execArn('shop5-resumed-4') });
     const resumed = await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps());
     expect(resumed).toEqual({ migrationId: 'shop5', executionArn: execArn('shop5-resumed-4'), alreadyStarted: false });
+    // The last, and the continuation it may have started before that one recorded itself.
     expect(sfn.commandCalls(DescribeExecutionCommand).map((c) => c.args[0].input)).toEqual([
       { executionArn: execArn('shop5-continued-3') },
+      { executionArn: execArn('shop5-continued-4') },
     ]);
     const [start] = sfn.commandCalls(StartExecutionCommand).map((c) => c.args[0].input);
     expect(start).toMatchObject({ stateMachineArn: ARN, name: 'shop5-resumed-4' });
@@ -226,6 +228,22 @@ describe('startFromPlan', () => {
     expect(await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps())).toEqual({
       migrationId: 'shop5',
       executionArn: execArn('shop5-continued-3'),
+      alreadyStarted: true,
+    });
+    expect(sfn.commandCalls(StartExecutionCommand)).toHaveLength(0);
+    // The last one ended by continuing the catch-up in shop5-continued-4, which runs but has not recorded
+    // itself yet: nothing started beside it.
+    sfn.reset();
+    sfn
+      .on(DescribeExecutionCommand)
+      .rejects(Object.assign(new Error('none'), { name: 'ExecutionDoesNotExist' }))
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop5-continued-3') })
+      .resolves({ status: 'SUCCEEDED' })
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop5-continued-4') })
+      .resolves({ status: 'RUNNING' });
+    expect(await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps())).toEqual({
+      migrationId: 'shop5',
+      executionArn: execArn('shop5-continued-4'),
       alreadyStarted: true,
     });
     expect(sfn.commandCalls(StartExecutionCommand)).toHaveLength(0);

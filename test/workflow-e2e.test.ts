@@ -204,6 +204,10 @@ describe('the workflow definition, run locally', () => {
           deps,
         );
         await expect(validate.query('SELECT 1')).rejects.toThrow();
+        // Its event says it resumed the migration (not that a catch-up continued).
+        expect((await rt.store.get(m.id)).events.at(-1)?.message).toBe(
+          `resumed in execution 3 (${m.id}-resumed-3): the migration goes on from where ${m.id}-continued-1 stopped`,
+        );
       } finally {
         await validate.end().catch(() => {});
       }

@@ -15,7 +15,7 @@ const work = z.object({
   command: z.discriminatedUnion('kind', [
     z.object({ kind: z.literal('start'), plan: z.string().min(1) }),
     z.object({ kind: z.literal('status'), id: id.optional() }),
-    z.object({ kind: z.enum(['approve', 'rollback', 'abort']), id }),
+    z.object({ kind: z.enum(['approve', 'rollback', 'abort', 'resume']), id }),
   ]),
   actor: z.object({ userId: z.string().min(1), channelId: z.string().optional() }),
   via: z.enum(['command', 'button']),

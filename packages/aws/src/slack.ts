@@ -5,19 +5,13 @@
  * themselves (who may act, what an action does in which state, the message) are pure, in core/slack.
  */
 import { GetSecretValueCommand, type SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
-import {
-  DescribeExecutionCommand,
-  type SFNClient,
-  StartExecutionCommand,
-  StopExecutionCommand,
-} from '@aws-sdk/client-sfn';
+import { type SFNClient, StartExecutionCommand, StopExecutionCommand } from '@aws-sdk/client-sfn';
 import { type DynamoDBDocumentClient, GetCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
 import {
   APPROVAL_STEP,
   actionStep,
   authorizeForMigration,
   CUTOVER_REJECTED_ERROR,
-  continuedExecutionName,
   errorMessage,
   escapeMrkdwn,
   type GateClick,
@@ -25,7 +19,6 @@ import {
   MigrationNotFoundError,
   type MigrationState,
   type MigrationStore,
-  migrateExecutionName,
   migrationMessage,
   PgferryError,
   type PgferryEvent,
@@ -43,6 +36,7 @@ import {
   type TaskCallbacks,
 } from '@pgferry/core';
 import { MIGRATION_TABLE_KEYS, migrationPk } from './dynamo-parts';
+import { runningExecutions } from './start';
 
 // ---- Secrets -----------------------------------------------------------------------------------------
 
@@ -276,11 +270,6 @@ export interface SlackWorkDeps {
   renewedTokenWaitMs?: number;
 }
 
-/** `arn:…:stateMachine:<machine>` → `arn:…:execution:<machine>:<name>`. */
-export function executionArn(stateMachineArn: string, name: string): string {
-  return `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
-}
-
 const code = (id: string) => `\`${escapeMrkdwn(id)}\``;
 
 /** Carries out `work` and says what happened; a refusal changes nothing. */
@@ -292,6 +281,8 @@ export async function runSlackWork(work: SlackWork, deps: SlackWorkDeps): Promis
         return await start(command.plan, work, deps);
       case 'status':
         return await status(command.id, deps);
+      case 'resume':
+        return await resume(command.id, actor, deps);
       default:
         return await act(command.kind, command.id, actor, deps);
     }
@@ -322,6 +313,43 @@ async function start(planName: string, work: SlackWork, deps: SlackWorkDeps): Pr
     text: started.alreadyStarted
       ? `Migration ${code(started.migrationId)} of plan ${code(planName)} is running already; nothing new was started.`
       : `Started migration ${code(started.migrationId)} from plan ${code(planName)}.`,
+  };
+}
+
+/**
+ * `resume`: the next execution of a migration whose last one ended (a resumable stop), started as
+ * `pgferry start <plan> --id <id>` starts it: startFromPlan decides (nothing while an execution runs,
+ * nothing once the migration is over), so Slack and the CLI follow one rule.
+ */
+async function resume(id: string, actor: SlackActor, deps: SlackWorkDeps): Promise<SlackResponse> {
+  const state = await deps.store.get(id);
+  const plan = state.planName ? await deps.plans.getPlan(state.planName) : undefined;
+  const allowed = authorizeForMigration(actor, state, plan, 'resume');
+  if (!allowed.allowed) return { text: allowed.message };
+  if (!state.planName)
+    return {
+      text: `${code(id)} was not started from a plan, so Slack cannot resume it; nothing was started. Resume it where it was started: \`pgferry resume --id ${escapeMrkdwn(id)}\`.`,
+    };
+  let started: Awaited<ReturnType<StartFromPlan>>;
+  try {
+    started = await deps.start(
+      { planName: state.planName, requestedBy: actor.userId, migrationId: id },
+      { store: deps.store, sfn: deps.sfn, stateMachineArn: deps.stateMachineArn },
+    );
+  } catch (err) {
+    // Rolled back, aborted, completed (nothing to resume), or another process resuming it.
+    if (err instanceof Error && err.name === 'StateConflictError')
+      return { text: `${escapeMrkdwn(err.message)}. Nothing was started.` };
+    throw err;
+  }
+  const execution = code(started.executionArn.split(':').at(-1) ?? '');
+  if (started.alreadyStarted)
+    return {
+      text: `${code(id)} is running already, in execution ${execution}; nothing was started. \`/pgferry status ${escapeMrkdwn(id)}\` shows where it stands.`,
+    };
+  deps.log(`slack: resume of migration ${id} by ${actor.userId}: execution ${started.executionArn} started`);
+  return {
+    text: `Resumed ${code(id)} (requested by <@${escapeMrkdwn(actor.userId)}>) in execution ${execution}: it goes on from where it stopped.`,
   };
 }
 
@@ -442,32 +470,17 @@ async function stopThenRollBack(
   actor: SlackActor,
   deps: SlackWorkDeps,
 ): Promise<SlackResponse> {
-  // The execution that runs the migration now (a long catch-up continues in new executions, whose names
-  // "Assess source" records; the first is named after the migration), and the one it may have started
-  // a moment ago, before that one's assessment recorded it: a rollback must never run beside either.
-  const current = state.execution;
-  const names = [
-    current?.name ?? migrateExecutionName(state.id),
-    continuedExecutionName(state.id, (current?.number ?? 0) + 1),
-  ];
-  for (const name of names) {
-    const arn = executionArn(deps.stateMachineArn, name);
-    const running = await deps.sfn
-      .send(new DescribeExecutionCommand({ executionArn: arn }))
-      .then((out) => out.status === 'RUNNING')
-      .catch((err) => {
-        if (err instanceof Error && err.name === 'ExecutionDoesNotExist') return false;
-        throw err;
-      });
-    if (running)
-      await deps.sfn.send(
-        new StopExecutionCommand({
-          executionArn: arn,
-          error: action === 'abort' ? 'MigrationAborted' : 'RollbackRequested',
-          cause: `${action} requested in Slack by ${actor.userId}`,
-        }),
-      );
-  }
+  // The execution that runs the migration now (a long catch-up continues in new executions), and the
+  // one it may have started a moment ago, before that one's assessment recorded it (start.ts's
+  // runningExecutions): a rollback must never run beside either.
+  for (const arn of await runningExecutions(state, deps))
+    await deps.sfn.send(
+      new StopExecutionCommand({
+        executionArn: arn,
+        error: action === 'abort' ? 'MigrationAborted' : 'RollbackRequested',
+        cause: `${action} requested in Slack by ${actor.userId}`,
+      }),
+    );
   // A stopped execution's approval token is dead: leave no stale one behind.
   await deps.store.takeTaskToken?.(state.id, APPROVAL_STEP);
   try {

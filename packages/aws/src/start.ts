@@ -12,6 +12,7 @@ import { DescribeExecutionCommand, type SFNClient, StartExecutionCommand } from 
 import {
   checkMigrationId,
   checkPlanName,
+  continuedExecutionName,
   errorMessage,
   InvalidInputError,
   type MigrationState,
@@ -20,6 +21,7 @@ import {
   newMigrationId,
   PgferryError,
   planNotFoundError,
+  resumedExecutionName,
   StateConflictError,
   workflowInputForConfig,
 } from '@pgferry/core';
@@ -145,11 +147,6 @@ export async function startFromPlan(
 /** A plan's migration in these states is in progress: another start of the plan is refused. */
 const LIVE_STATUSES: MigrationState['status'][] = ['running', 'awaiting-cutover', 'cut-over'];
 
-/** The name of the execution that resumes migration `id` as its `n`-th (n ≥ 1). */
-export function resumedExecutionName(migrationId: string, n: number): string {
-  return `${migrationId}-resumed-${n}`;
-}
-
 /** Start the next execution of a stored migration whose executions have ended; nothing if one runs. */
 async function resume(
   state: MigrationState,
@@ -157,12 +154,8 @@ async function resume(
   deps: StartFromPlanDeps,
 ): Promise<StartFromPlanResult> {
   const last = state.execution!;
-  const lastArn = executionArnOf(deps.stateMachineArn, last.name);
-  const described = await deps.sfn.send(new DescribeExecutionCommand({ executionArn: lastArn })).catch((err: Error) => {
-    if (err.name === 'ExecutionDoesNotExist') return undefined;
-    throw err;
-  });
-  if (described?.status === 'RUNNING') return { migrationId, executionArn: lastArn, alreadyStarted: true };
+  const [running] = await runningExecutions(state, deps);
+  if (running) return { migrationId, executionArn: running, alreadyStarted: true };
   if (!LIVE_STATUSES.includes(state.status))
     throw new StateConflictError(`migration ${migrationId} is ${state.status}: there is nothing to resume`, {
       field: 'migrationId',
@@ -183,6 +176,31 @@ async function resume(
         hint: 'look at the migration (`pgferry status`): another process may be resuming it',
       }),
   });
+}
+
+/**
+ * The ARNs of the executions of migration `state` that run now, of the two that may: the one "Assess
+ * source" recorded last (the first, named after the migration, before any did), and the continuation
+ * it may have started a moment ago, which has not recorded itself yet (its predecessor has ended then).
+ * Slack's abort and rollback stop them; a resume starts nothing while one runs.
+ */
+export async function runningExecutions(
+  state: Pick<MigrationState, 'id' | 'execution'>,
+  deps: Pick<StartFromPlanDeps, 'sfn' | 'stateMachineArn'>,
+): Promise<string[]> {
+  const current = state.execution;
+  const names = [current?.name ?? state.id, continuedExecutionName(state.id, (current?.number ?? 0) + 1)];
+  const running: string[] = [];
+  for (const name of names) {
+    const executionArn = executionArnOf(deps.stateMachineArn, name);
+    try {
+      const out = await deps.sfn.send(new DescribeExecutionCommand({ executionArn }));
+      if (out?.status === 'RUNNING') running.push(executionArn);
+    } catch (err) {
+      if ((err as Error).name !== 'ExecutionDoesNotExist') throw err;
+    }
+  }
+  return running;
 }
 
 /**

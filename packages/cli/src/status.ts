@@ -6,6 +6,7 @@
 import {
   EXIT_CODES,
   errorMessage,
+  executionWords,
   FINISHED_STATUSES,
   InvalidInputError,
   type MigrationState,
@@ -72,9 +73,7 @@ function deployedNextStep(s: MigrationState): string {
 
 /** The execution that runs the migration now (a long catch-up goes on in new executions: workflow/history.ts). */
 function executionNamed(s: MigrationState): string {
-  const e = s.execution;
-  if (e && e.number > 0) return `named ${e.name}: continued in execution ${e.number}`;
-  return `named ${e?.name ?? s.id}`;
+  return executionWords(s.execution ?? { name: s.id, number: 0 });
 }
 
 /** The status of one migration, as `pgferry status ID` prints it (without the live check of the servers). */

@@ -365,6 +365,19 @@ export async function dropPublication(db: Db, name: string): Promise<boolean> {
 }
 
 /**
+ * pgoutput's message kinds (protocol version 1: the first byte of each binary change, an ASCII letter)
+ * that the counts below read: a change to a table's rows (Insert, Update, Delete, Truncate; Begin,
+ * Commit and Relation are not one), and Origin (a transaction applied by a subscription).
+ */
+const PGOUTPUT_KIND = { insert: 'I', update: 'U', delete: 'D', truncate: 'T', origin: 'O' } as const;
+const kindByte = (kind: string) => kind.charCodeAt(0);
+/** The row-change kinds as SQL's list for `get_byte(data, 0) IN (…)`: `73, 85, 68, 84`. */
+const ROW_CHANGE_KINDS = [PGOUTPUT_KIND.insert, PGOUTPUT_KIND.update, PGOUTPUT_KIND.delete, PGOUTPUT_KIND.truncate]
+  .map(kindByte)
+  .join(', ');
+const ORIGIN_KIND = kindByte(PGOUTPUT_KIND.origin);
+
+/**
  * Changes to published tables in `slot` past what its subscriber confirmed, read without consuming
  * them (peek). The subscription must be disabled: the walsender still holding the slot is ended.
  * A peek decodes from the slot's restart point, which trails by up to ~15 s of WAL (more while a
@@ -391,16 +404,16 @@ export async function unappliedChanges(
         await c.query('BEGIN');
         try {
           if (bounds.timeoutMs) await c.query(`SET LOCAL statement_timeout = ${Math.round(bounds.timeoutMs)}`);
-          // pgoutput messages: Insert, Update, Delete, Truncate (Begin/Commit/Relation do not count).
-          // With excludeOrigins, transactions that carry an Origin message (79: applied by a
-          // subscription, the reverse one after the switch) do not count either. (A CTE calling a
-          // volatile function is read once without MATERIALIZED, which a source older than 12 lacks.)
+          // Changes to rows (ROW_CHANGE_KINDS). With excludeOrigins, transactions that carry an Origin
+          // message (applied by a subscription, the reverse one after the switch) do not count either.
+          // (A CTE calling a volatile function is read once without MATERIALIZED, which a source older
+          // than 12 lacks.)
           const { rows } = await c.query<{ n: number }>(
             `WITH m AS (
                SELECT xid, get_byte(data, 0) AS kind FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL,
                       'proto_version', '1', 'publication_names', $2))
              SELECT count(*)::int AS n FROM m
-              WHERE kind IN (73, 85, 68, 84) AND NOT ($3 AND xid IN (SELECT xid FROM m WHERE kind = 79))`,
+              WHERE kind IN (${ROW_CHANGE_KINDS}) AND NOT ($3 AND xid IN (SELECT xid FROM m WHERE kind = ${ORIGIN_KIND}))`,
             [slot, publication, !!bounds.excludeOrigins],
           );
           return rows[0]?.n ?? 0;
@@ -486,10 +499,10 @@ export async function watchChanges(
     const next = running.then(async () => {
       await session.query(`SET statement_timeout = ${Math.round(timeoutMs)}`);
       try {
-        // The peek's xid is 32 bits: at or after xmax's low 32 bits, in wraparound order. Kinds as in
-        // unappliedChanges: Insert, Update, Delete, Truncate.
+        // Changes to rows (ROW_CHANGE_KINDS); the peek's xid is 32 bits: at or after xmax's low 32
+        // bits, in wraparound order.
         const { rows } = await session.query<{ n: number }>(
-          `SELECT count(*) FILTER (WHERE get_byte(data, 0) IN (73, 85, 68, 84)
+          `SELECT count(*) FILTER (WHERE get_byte(data, 0) IN (${ROW_CHANGE_KINDS})
                     AND (xid::text::bigint - $3::bigint % 4294967296 + 4294967296) % 4294967296 < 2147483648)::int AS n
              FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)`,
           [name, name, xmax],

@@ -12,6 +12,19 @@ import { escapeMrkdwn } from './text';
 
 export type MigrationAction = 'approve' | 'rollback' | 'abort';
 
+/**
+ * What a plan's approvers may do to its migration from Slack: the actions above, and `resume`, which
+ * starts the migration's next execution (packages/aws start.ts decides whether there is one to start).
+ */
+export type ApproverAction = MigrationAction | 'resume';
+
+const APPROVER_VERBS: Record<ApproverAction, string> = {
+  approve: 'approve',
+  rollback: 'roll back',
+  abort: 'abort',
+  resume: 'resume',
+};
+
 /** The step of "Await cutover approval": its token is stored under this name (packages/postgres tasks). */
 export const APPROVAL_STEP = 'awaitApproval';
 
@@ -42,13 +55,13 @@ export function authorizeForMigration(
   actor: SlackActor,
   state: Pick<MigrationState, 'id' | 'planName'>,
   plan: { approvers: SlackAccess } | undefined,
-  action: MigrationAction,
+  action: ApproverAction,
 ): { allowed: true } | { allowed: false; message: string } {
   if (!state.planName) return { allowed: true };
   if (!plan)
     return {
       allowed: false,
-      message: `Migration \`${escapeMrkdwn(state.id)}\` was started from plan \`${escapeMrkdwn(state.planName)}\`, which no longer exists, so nobody can ${action === 'approve' ? 'approve' : action === 'abort' ? 'abort' : 'roll back'} it from Slack; nothing was changed. Use the pgferry CLI, or put the plan back.`,
+      message: `Migration \`${escapeMrkdwn(state.id)}\` was started from plan \`${escapeMrkdwn(state.planName)}\`, which no longer exists, so nobody can ${APPROVER_VERBS[action]} it from Slack; nothing was changed. Use the pgferry CLI, or put the plan back.`,
     };
   const allowed = authorizeSlack(actor, plan.approvers, action);
   if (allowed.allowed) return { allowed: true };

@@ -24,6 +24,7 @@ const VERBS: Record<SlackCommandKind, string> = {
   approve: 'approve cutovers',
   rollback: 'roll migrations back',
   abort: 'abort migrations',
+  resume: 'resume migrations',
   help: 'read the help',
 };
 

@@ -8,12 +8,13 @@ export type SlackCommand =
   | { kind: 'approve'; id: string }
   | { kind: 'rollback'; id: string }
   | { kind: 'abort'; id: string }
+  | { kind: 'resume'; id: string }
   | { kind: 'help' };
 
 export type SlackCommandKind = SlackCommand['kind'];
 
 /** Commands that change a migration; the others (status, help) only read. */
-export const ACTING_COMMANDS: readonly SlackCommandKind[] = ['start', 'approve', 'rollback', 'abort'];
+export const ACTING_COMMANDS: readonly SlackCommandKind[] = ['start', 'approve', 'rollback', 'abort', 'resume'];
 
 export const SLACK_USAGE = [
   '`/pgferry start <plan>`: start a migration from a named plan',
@@ -21,6 +22,7 @@ export const SLACK_USAGE = [
   '`/pgferry approve <id>`: approve the cutover of a migration waiting at the gate',
   '`/pgferry rollback <id>`: switch back to the source, losing nothing',
   '`/pgferry abort <id>`: stop a migration that has not cut over and remove what it made',
+  '`/pgferry resume <id>`: go on with a migration whose execution stopped (status "Stopped (resumable)")',
   '`/pgferry help`: this list',
 ].join('\n');
 
@@ -71,7 +73,8 @@ export function parseSlackCommand(text: string): ParsedSlackCommand {
     }
     case 'approve':
     case 'rollback':
-    case 'abort': {
+    case 'abort':
+    case 'resume': {
       const id = one('a migration id', 'id', MIGRATION_ID, idRule);
       return typeof id === 'string' ? ok({ kind: name, id }) : id;
     }

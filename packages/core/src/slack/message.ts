@@ -9,6 +9,7 @@ import { cutoverWindowOpensAt, describeCutoverWindow } from '../cutover-window';
 import { formatBytes } from '../format';
 import { predictDrainMs } from '../lag';
 import { type MigrationState, PHASE_TITLES, type VerifyResult } from '../model';
+import { executionOrigin } from '../workflow/history';
 import { escapeMrkdwn } from './text';
 
 export interface SlackText {
@@ -104,6 +105,21 @@ function verifyText(v: VerifyResult): string {
   return `${word}, ${v.tables.length} tables${named}`;
 }
 
+/**
+ * The execution that runs the migration now (or ran it last), as "Assess source" recorded it: its name
+ * to find in the Step Functions console, and whether it continued a long catch-up or resumed a stop.
+ */
+function executionText(e: NonNullable<MigrationState['execution']>, now: Date): string {
+  const origin = e.number > 0 ? executionOrigin(e.name) : 'first';
+  const how =
+    origin === 'continued'
+      ? '\ncontinued: the long catch-up goes on in a new execution'
+      : origin === 'resumed'
+        ? '\nresumed after a stop'
+        : '';
+  return `\`${escapeMrkdwn(e.name)}\` since ${utcClock(e.since, now)}${how}`;
+}
+
 const STATUS_WORDS: Record<MigrationState['status'], string> = {
   running: 'running',
   'awaiting-cutover': 'caught up, waiting for cutover approval',
@@ -149,6 +165,7 @@ export function migrationMessage(s: MigrationState, now: Date = new Date()): Sla
     ),
     field('Predicted drain', drainText(s)),
   ];
+  if (s.execution) fields.push(field('Execution', executionText(s.execution, now)));
   if (s.cutover?.switchAt && s.cutover.writeGapMs !== undefined)
     fields.push(field('Write gap', `${s.cutover.writeGapMs} ms`));
   const window = s.cutover?.switchAt ? undefined : cutoverWindowText(s, now);

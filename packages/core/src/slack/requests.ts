@@ -61,6 +61,8 @@ function ack(command: SlackCommand): string {
       return `Rolling back \`${command.id}\`…`;
     case 'abort':
       return `Aborting \`${command.id}\`…`;
+    case 'resume':
+      return `Resuming \`${command.id}\`…`;
     case 'help':
       return `Usage:\n${SLACK_USAGE}`;
   }

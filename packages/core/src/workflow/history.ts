@@ -94,6 +94,30 @@ export function continuedExecutionName(migrationId: string, n: number): string {
 export const CONTINUED_NAME_FORMAT = '{}-continued-{}';
 
 /**
+ * The name of the execution that resumes migration `id` as its `n`-th (n ≥ 1): `pgferry start --id`
+ * (or Slack's `/pgferry resume`) after a resumable stop, numbered on from the last execution.
+ */
+export function resumedExecutionName(migrationId: string, n: number): string {
+  return `${migrationId}-resumed-${n}`;
+}
+
+/**
+ * How an execution of a migration began, read from its name (a migration id has no `-`): the first,
+ * one that continued the catch-up of the one before it, or one that resumed the migration after a stop.
+ */
+export function executionOrigin(name: string): 'first' | 'continued' | 'resumed' {
+  if (/-continued-\d+$/.test(name)) return 'continued';
+  if (/-resumed-\d+$/.test(name)) return 'resumed';
+  return 'first';
+}
+
+/** The execution as status names it: `named <name>`, and for a later one how it began and its number. */
+export function executionWords(e: { name: string; number: number }): string {
+  const origin = e.number > 0 ? executionOrigin(e.name) : 'first';
+  return origin === 'first' ? `named ${e.name}` : `named ${e.name}: ${origin} in execution ${e.number}`;
+}
+
+/**
  * What "Record failure" is given when the next execution could not be started (no permission, a name
  * taken): nothing is wrong with the migration, so it is a resumable stop (failure.ts).
  */

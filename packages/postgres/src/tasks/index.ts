@@ -15,6 +15,7 @@ import {
   DrainTimeoutError,
   type EventPublisher,
   errorMessage,
+  executionOrigin,
   type FailureFacts,
   failAttempt,
   failureAction,
@@ -254,7 +255,8 @@ const assessTask: Task = (input, deps) =>
     const execution = executionOf(input);
     // Continued by the one before it ("Continue in a new execution"), not resumed (`pgferry start --id`
     // after a stop starts `<id>-resumed-<n>`, which ends what a dead process left as any first one does).
-    const continued = !!execution && execution.number > 0 && CONTINUED_NAME.test(execution.name);
+    const origin = execution && execution.number > 0 ? executionOrigin(execution.name) : 'first';
+    const continued = !!execution && origin === 'continued';
     if (continued) {
       // Started by the execution before it (its last act): it goes on only from a catch-up still
       // running in that one. A migration aborted or rolled back meanwhile (Slack stopped the
@@ -283,7 +285,10 @@ const assessTask: Task = (input, deps) =>
             ...s.events,
             {
               at: execution.since,
-              message: `continued in execution ${execution.number} (${execution.name}): the catch-up goes on where ${s.execution?.name ?? 'the last execution'} left it`,
+              message:
+                origin === 'resumed'
+                  ? `resumed in execution ${execution.number} (${execution.name}): the migration goes on from where ${s.execution?.name ?? 'the last execution'} stopped`
+                  : `continued in execution ${execution.number} (${execution.name}): the catch-up goes on where ${s.execution?.name ?? 'the last execution'} left it`,
             },
           ];
         s.execution = execution;
@@ -302,9 +307,6 @@ const assessTask: Task = (input, deps) =>
     const summary = await runPhase(ctx, 'assess', assessPhase, listener(deps, ctx.config.id));
     return { summary, resumeAt: resumeAt(ctx), strategy: ctx.config.strategy };
   });
-
-/** The name of an execution that continues the one before it (`continuedExecutionName`: `<id>-continued-<n>`). */
-const CONTINUED_NAME = /-continued-\d+$/;
 
 /** The execution "Assess source" runs in (its Payload's `execution` and `executionNumber`), if it was given. */
 function executionOf(input: TaskInput): MigrationState['execution'] {

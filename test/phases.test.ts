@@ -15,11 +15,14 @@ import {
   createSlotWithSnapshot,
   cutover,
   dropSlot,
+  finishLoad,
+  gateStep,
   indexBuildLimits,
   indexBuildMemoryMB,
   indexBuildSettings,
   indexBuildWorkers,
   listTables,
+  newGateLoop,
   planCopy,
   planPostData,
   prepareSchema,
@@ -702,10 +705,12 @@ describe('phases', () => {
       ]);
       await startReplication(ctx);
       const gate = await sampleGate(ctx, { wal: false });
-      expect(gate.reasons.join('; ')).toMatch(
+      // It holds the gate without ending the lag's streak (VALIDATE does not block apply), and its own
+      // session's transaction is no application's write on the target.
+      expect(gate.waiting.join('; ')).toMatch(
         /foreign key orders_customer_id_fkey on public\.orders is being validated/,
       );
-      expect(gate.reasons.join('; ')).not.toMatch(/not valid on the target/);
+      expect(gate.reasons.join('; ')).not.toMatch(/being validated|not valid on the target|open on the target/);
       expect(await catchUp(ctx)).toMatch(/2 foreign key\(s\) validated/);
       expect(await validity()).toEqual({
         invoices_order_id_fkey: true,
@@ -715,6 +720,64 @@ describe('phases', () => {
       expect((await rt.store.get(m.id)).foreignKeysToValidate).toBeUndefined();
       expect((await sampleGate(ctx, { wal: false })).reasons).toEqual([]);
     } finally {
+      await session.close();
+    }
+  });
+
+  it('keeps the lag streak while foreign keys validate, does not take its own validating session for a write on the target, and opens once they are valid', async () => {
+    const { pair, rt } = await setup('fkstreak', 300);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    const session = await openSession(rt, m.id);
+    const { ctx } = session;
+    // First the validation of orders' key waits for a lock on orders (a session holding it has no
+    // transaction id); then it stops where it holds one: at its update of pg_constraint, whose rows
+    // another session keeps locked.
+    const [tableLocker, locker] = [0, 1].map(() => new pg.Client({ connectionString: pair.targetUrl }));
+    for (const c of [tableLocker, locker]) {
+      c?.on('error', () => {});
+      await c?.connect();
+    }
+    try {
+      await prepareSchema(ctx);
+      await bulkLoad(ctx);
+      await startReplication(ctx);
+      await tableLocker?.query('BEGIN');
+      // (SHARE ROW EXCLUSIVE: an ACCESS EXCLUSIVE lock would take a transaction id, to log it.)
+      await tableLocker?.query('LOCK TABLE orders IN SHARE ROW EXCLUSIVE MODE');
+      const after = finishLoad(ctx);
+      // Caught up, only the validation left: the streak goes past lagSamples, the gate stays closed.
+      const loop = newGateLoop();
+      for (let i = 0; i < ctx.config.lagSamples + 2; i++) {
+        const step = await gateStep(ctx, loop);
+        expect(step.ready, step.summary).toBe(false);
+      }
+      expect(loop.streak).toBeGreaterThanOrEqual(ctx.config.lagSamples);
+      expect(loop.waiting).toBe(true);
+      await locker?.query('BEGIN');
+      await locker?.query("SELECT 1 FROM pg_constraint WHERE contype = 'f' AND NOT convalidated FOR UPDATE");
+      await tableLocker?.query('COMMIT');
+      const stuck = async () =>
+        (await pair.target(
+          "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgferry:%:validate' AND backend_xid IS NOT NULL AND wait_event_type = 'Lock'",
+        )) as Array<{ pid: number }>;
+      for (let i = 0; i < 200 && (await stuck()).length === 0; i++) await sleep(50);
+      const [own] = await stuck();
+      const gate = await sampleGate(ctx, { wal: false });
+      expect(gate.waiting.join('; ')).toMatch(/is being validated on the target/);
+      // The locker's row locks are a write transaction on the target (rightly named); the validating
+      // session, holding a transaction id too, is not.
+      const writes = gate.reasons.filter((r) => /open on the target/.test(r));
+      expect(writes).toHaveLength(1);
+      expect(writes[0]).toContain(`pid ${(locker as unknown as { processID: number }).processID} `);
+      expect(writes.join()).not.toContain(`pid ${own?.pid} `);
+      await locker?.query('ROLLBACK');
+      await after.done;
+      expect(await catchUp(ctx)).toMatch(/not growing/);
+      expect(
+        await pair.target("SELECT count(*)::int AS n FROM pg_constraint WHERE contype = 'f' AND NOT convalidated"),
+      ).toEqual([{ n: 0 }]);
+    } finally {
+      await Promise.all([tableLocker?.end(), locker?.end()]);
       await session.close();
     }
   });

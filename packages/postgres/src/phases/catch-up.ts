@@ -238,9 +238,11 @@ export async function sampleGate(
     (table) =>
       `statistics of ${table} are being gathered on the target (its index build ended the load; replication goes on meanwhile)`,
   );
+  // Foreign keys being validated hold the gate as statistics do (the lag's streak goes on meanwhile:
+  // VALIDATE does not block apply), so that it opens as soon as the last one is valid.
   if (options.validation !== 'background')
     for (const fk of unvalidated)
-      reasons.push(
+      waiting.push(
         `${fk.drift} is being validated on the target (added NOT VALID after the load; replication goes on meanwhile)`,
       );
   // Lag under both limits and not growing since the sample the streak would start from.
@@ -257,7 +259,11 @@ export async function sampleGate(
   const open = await longTransactions(ctx.source, ctx.config.longTransactionMs);
   for (const t of open)
     reasons.push(`transaction pid ${t.pid} (user ${t.user}) open for ${Math.round(t.ageMs / 1000)} s: ${t.query}`);
+  // The after-load session's own ANALYZE or VALIDATE is no application's write: what it does holds
+  // the gate as `waiting`, and it ends before the gate opens.
+  const ownPid = validation && afterLoadLeft(validation) ? validation.pid : undefined;
   for (const t of await targetWriteTransactions(ctx.target)) {
+    if (t.pid === ownPid) continue;
     reasons.push(
       `write transaction pid ${t.pid} (user ${t.user}) open on the target: the reverse slot cannot be created until it ends`,
     );
@@ -388,6 +394,8 @@ export interface GateLoop {
   outageTries: number;
   /** When the plan's cutover window opens, as last logged (caught up, outside the window). */
   lastWindow?: string;
+  /** The last sample found work after the load still running (it held the gate closed). */
+  waiting?: boolean;
 }
 
 export function newGateLoop(): GateLoop {
@@ -451,8 +459,10 @@ export async function gateStep(
   options: { validation?: 'wait' | 'background' } = {},
 ): Promise<GateStep> {
   const warned = loop.memory;
+  // The catalogs are read on every sample that could open the gate (not while work after the load
+  // still holds it: that may take minutes), and at least every CATALOG_CHECK_EVERY_MS.
   const catalog =
-    loop.streak + 1 >= ctx.config.lagSamples ||
+    (loop.streak + 1 >= ctx.config.lagSamples && !loop.waiting) ||
     !warned.catalog ||
     Date.now() - warned.catalog.at >= CATALOG_CHECK_EVERY_MS;
   let sample: Awaited<ReturnType<typeof sampleGate>>;
@@ -466,6 +476,7 @@ export async function gateStep(
   }
   const { figures, reasons, waiting } = sample;
   loop.streak = reasons.length === 0 ? loop.streak + 1 : 0;
+  loop.waiting = waiting.length > 0;
   const text = [...reasons, ...waiting].join('; ');
   if (text && text !== loop.lastReasons) ctx.log(`cutover gate closed: ${text}`);
   loop.lastReasons = text;
@@ -484,6 +495,11 @@ export async function gateStep(
       figures,
       summary,
     };
+  }
+  if (loop.streak >= ctx.config.lagSamples && !waiting.length && !catalog) {
+    // The work after the load ended since the last sample, which skipped the catalogs: the gate opens
+    // only on a sample that read them, the next one, at once.
+    return { ready: false, waitMs: 0, figures, summary: `gate open, ${loop.streak} samples; checking the catalogs` };
   }
   if (loop.streak >= ctx.config.lagSamples && !waiting.length) {
     return {
@@ -504,7 +520,12 @@ export async function gateStep(
   }
   return {
     ready: false,
-    waitMs: sampleIntervalMs(figures, reasons, ctx.config.lagSampleIntervalMs),
+    // Caught up and waiting only for the work after the load: no need to sample faster than usual
+    // (the local loop samples again the moment that work ends).
+    waitMs:
+      loop.waiting && loop.streak >= ctx.config.lagSamples
+        ? ctx.config.lagSampleIntervalMs
+        : sampleIntervalMs(figures, reasons, ctx.config.lagSampleIntervalMs),
     figures,
     summary: text
       ? `gate closed: ${text}`
@@ -530,7 +551,14 @@ export async function catchUp(
 }
 
 async function catchUpWith(ctx: PhaseContext, options: { validation?: 'wait' | 'background' }): Promise<string> {
-  const validating = finishLoad(ctx).pending.length;
+  const after = finishLoad(ctx);
+  const validating = after.pending.length;
+  // What the gate waits for: the statistics, and unless validated in the background the foreign keys.
+  let settled = false;
+  const awaited = (options.validation === 'background' ? after.analyzed : after.done).then(
+    () => void (settled = true),
+    () => void (settled = true),
+  );
   const loop = newGateLoop();
   for (;;) {
     const step = await gateStep(ctx, loop, options);
@@ -539,7 +567,10 @@ async function catchUpWith(ctx: PhaseContext, options: { validation?: 'wait' | '
         validating && options.validation !== 'background' ? `; ${validating} foreign key(s) validated` : '';
       return `${step.summary}${validated}`;
     }
-    await sleep(step.waitMs);
+    // Caught up and only waiting for the work after the load: sampled again the moment it ends.
+    if (loop.waiting && loop.streak >= ctx.config.lagSamples && !settled)
+      await Promise.race([sleep(step.waitMs), awaited]);
+    else await sleep(step.waitMs);
   }
 }
 

@@ -555,10 +555,10 @@ async function catchUpWith(ctx: PhaseContext, options: { validation?: 'wait' | '
   const validating = after.pending.length;
   // What the gate waits for: the statistics, and unless validated in the background the foreign keys.
   let settled = false;
-  const awaited = (options.validation === 'background' ? after.analyzed : after.done).then(
-    () => void (settled = true),
-    () => void (settled = true),
-  );
+  const settle = () => {
+    settled = true;
+  };
+  const awaited = (options.validation === 'background' ? after.analyzed : after.done).then(settle, settle);
   const loop = newGateLoop();
   for (;;) {
     const step = await gateStep(ctx, loop, options);

@@ -3,8 +3,9 @@
  * commands a user runs, timed as the user waits for them:
  *   pgferry migrate --cutover manual --yes (returns once the target is a complete, indexed, replicating
  *     copy, caught up) · pg_dump -Fc + pg_restore --jobs · pgcopydb clone (when installed).
- * Prints wall time, each contender's phases, MiB/s and ratios, and checks every contender's row
- * counts against the source. After pgferry's load, outside its time, the verify that `pgferry cutover`
+ * Prints wall time, each contender's phases, MiB/s and ratios, the CPU-seconds each command cost
+ * (both servers, the command and what it started: over the machine's cores, the least time it could
+ * take here), and checks every contender's row counts against the source. After pgferry's load, outside its time, the verify that `pgferry cutover`
  * runs before it freezes anything is timed and set against the load's time. Asserts nothing.
  *
  *   npm run bench -- [--dataset orders,pgbench] [--orders-mb 1290] [--scale 50] [--jobs 4]
@@ -17,8 +18,8 @@
  * interleaved with a rotating order (A B C, B C A, …), and the goals are judged on the medians.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs, promisify } from 'node:util';
@@ -92,6 +93,37 @@ async function measured<T>(fn: () => Promise<T>): Promise<{ value: T; busy: numb
   return { value, busy: (after.busy - before.busy) / Math.max(1, after.total - before.total) };
 }
 
+/** CPU seconds of a process as /proc gives them: its own, and (with `children`) those of its children it has waited for. */
+function procCpu(pid: number | string, children: boolean): { cpu: number; ppid: number } {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    const own = Number(f[11]) + Number(f[12]);
+    return { cpu: (own + (children ? Number(f[13]) + Number(f[14]) : 0)) / 100, ppid: Number(f[1]) };
+  } catch {
+    return { cpu: 0, ppid: -1 };
+  }
+}
+
+/**
+ * CPU seconds used so far by both servers (every process of theirs, ended backends included) and by
+ * the commands this process ran and waited for (a contender and whatever it started): their
+ * difference over a run is what the run cost the machine, whatever else it was doing.
+ */
+function cpuSeconds(servers: LocalServer[]): number {
+  let total = procCpu('self', true).cpu - procCpu('self', false).cpu;
+  const pids = readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  for (const server of servers) {
+    const postmaster = Number(readFileSync(join(server.baseDir, 'data', 'postmaster.pid'), 'utf8').split('\n')[0]);
+    total += procCpu(postmaster, true).cpu;
+    for (const pid of pids) {
+      const p = procCpu(pid, false);
+      if (p.ppid === postmaster) total += p.cpu;
+    }
+  }
+  return total;
+}
+const CORES = availableParallelism();
+
 const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const secs = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 
@@ -102,6 +134,8 @@ interface Result {
   seconds?: number;
   /** Share of the machine's CPU in use while it ran. */
   busy?: number;
+  /** CPU seconds the command cost: both servers, the command and what it started (cpuSeconds). */
+  cpu?: number;
   /** The contender's own steps, as it reports them. */
   phases?: string;
   countsOk?: boolean;
@@ -264,12 +298,15 @@ try {
       await target.query('CREATE DATABASE dump_restore');
       await settle();
       const file = join(work, 'bench.dump');
+      const cpu0 = cpuSeconds([source, target]);
       const start = performance.now();
       await runOk('pg_dump', ['-Fc', '-f', file, '-d', source.url(db)]);
       const dumped = performance.now();
       await runOk('pg_restore', ['-j', String(jobs), '-d', target.url('dump_restore'), file]);
       const end = performance.now();
+      const cpu = cpuSeconds([source, target]) - cpu0;
       const result = {
+        cpu,
         dataset: name,
         name: DUMP,
         round,
@@ -286,6 +323,7 @@ try {
       await target.query('CREATE DATABASE pgcopydb');
       await settle();
       const dir = join(work, `pgcopydb-${name}-${round}`);
+      const cpu0 = cpuSeconds([source, target]);
       const start = performance.now();
       const out = await runOk(bin, [
         'clone',
@@ -302,11 +340,13 @@ try {
         '--dir',
         dir,
       ]);
+      const seconds = (performance.now() - start) / 1000;
       const result = {
+        cpu: cpuSeconds([source, target]) - cpu0,
         dataset: name,
         name: COPYDB,
         round,
-        seconds: (performance.now() - start) / 1000,
+        seconds,
         phases: copydbSteps(out),
         countsOk: await check('pgcopydb'),
       };
@@ -323,6 +363,7 @@ try {
       const id = `bench${name}${round}`;
       const cli = (args: string[]) => runOk(process.execPath, [PGFERRY, ...args, '--state-dir', stateDir]);
       await settle();
+      const cpu0 = cpuSeconds([source, target]);
       const start = performance.now();
       const startedAt = Date.now();
       await cli([
@@ -344,6 +385,7 @@ try {
         report,
       ]);
       const seconds = (performance.now() - start) / 1000;
+      const cpu = cpuSeconds([source, target]) - cpu0;
       const exitedAt = startedAt + seconds * 1000;
       const state = JSON.parse(readFileSync(report, 'utf8')) as {
         createdAt?: string;
@@ -367,6 +409,7 @@ try {
       const first = Math.min(...stamps.filter(Number.isFinite));
       const last = Math.max(...stamps.filter(Number.isFinite));
       const result: Result = {
+        cpu,
         dataset: name,
         name: FERRY,
         round,
@@ -457,11 +500,11 @@ if (values.json) {
   for (const d of datasets) {
     const MiB = (sizes.get(d) ?? 0) / 1024 / 1024;
     console.log(
-      `\n${d} (${MiB.toFixed(0)} MiB)\n${'contender'.padEnd(28)}${'round'.padStart(6)}${'wall s'.padStart(9)}${'MiB/s'.padStart(9)}${'CPU busy'.padStart(10)}  rows`,
+      `\n${d} (${MiB.toFixed(0)} MiB)\n${'contender'.padEnd(28)}${'round'.padStart(6)}${'wall s'.padStart(9)}${'MiB/s'.padStart(9)}${'CPU busy'.padStart(10)}${'CPU s'.padStart(8)}  rows`,
     );
     for (const r of results.filter((x) => x.dataset === d))
       console.log(
-        `${r.name.padEnd(28)}${String(r.round).padStart(6)}${(r.seconds?.toFixed(1) ?? '-').padStart(9)}${(r.seconds ? (MiB / r.seconds).toFixed(1) : '-').padStart(9)}${(r.busy === undefined ? '-' : `${(r.busy * 100).toFixed(0)} %`).padStart(10)}  ${r.countsOk ? 'match' : 'MISMATCH'}${r.phases ? `  (${r.phases})` : ''}`,
+        `${r.name.padEnd(28)}${String(r.round).padStart(6)}${(r.seconds?.toFixed(1) ?? '-').padStart(9)}${(r.seconds ? (MiB / r.seconds).toFixed(1) : '-').padStart(9)}${(r.busy === undefined ? '-' : `${(r.busy * 100).toFixed(0)} %`).padStart(10)}${(r.cpu?.toFixed(1) ?? '-').padStart(8)}  ${r.countsOk ? 'match' : 'MISMATCH'}${r.phases ? `  (${r.phases})` : ''}`,
       );
     const baseline = medianOf(d, DUMP);
     const copydbMedian = medianOf(d, COPYDB);
@@ -471,8 +514,12 @@ if (values.json) {
       const m = medianOf(d, name);
       if (m === undefined) continue;
       const range = `${Math.min(...timesOf(d, name)).toFixed(1)}–${Math.max(...timesOf(d, name)).toFixed(1)} s`;
+      const cpus = results
+        .filter((r) => r.dataset === d && r.name === name && r.cpu !== undefined)
+        .map((r) => r.cpu as number);
+      const cpu = cpus.length ? median(cpus) : undefined;
       console.log(
-        `  ${name.padEnd(28)}${m.toFixed(1).padStart(6)} s  ${(MiB / m).toFixed(1).padStart(6)} MiB/s  (range ${range})`,
+        `  ${name.padEnd(28)}${m.toFixed(1).padStart(6)} s  ${(MiB / m).toFixed(1).padStart(6)} MiB/s  (range ${range})${cpu === undefined ? '' : `; ${cpu.toFixed(1)} CPU-seconds: on ${CORES} cores it cannot take less than ${(cpu / CORES).toFixed(1)} s`}`,
       );
     }
     const verifies = results.filter((r) => r.dataset === d && r.verify).map((r) => r.verify?.seconds as number);
@@ -486,13 +533,20 @@ if (values.json) {
       );
     }
     const ratio = (a?: number, b?: number) => (a && b ? a / b : undefined);
+    // What a goal asks against what the machine allows: the command's CPU-seconds over the cores.
+    const ferryCpus = results.filter((r) => r.dataset === d && r.name === FERRY && r.cpu !== undefined);
+    const floor = ferryCpus.length ? median(ferryCpus.map((r) => r.cpu as number)) / CORES : undefined;
+    const needs = (other: number | undefined, factor: number) =>
+      other && floor !== undefined
+        ? `; needs ≤ ${(other / factor).toFixed(1)} s, and pgferry's CPU-seconds allow no less than ${floor.toFixed(1)} s on ${CORES} cores`
+        : '';
     const vsDump = ratio(baseline, ferryMedian);
     const vsCopydb = ratio(copydbMedian, ferryMedian);
     console.log(
-      `goal (${d}): pgferry ≥ 1.8× faster than dump+restore, whole command (medians): ${goal(vsDump === undefined ? undefined : vsDump >= 1.8)}${vsDump ? ` (${vsDump.toFixed(2)}×)` : ''}`,
+      `goal (${d}): pgferry ≥ 1.8× faster than dump+restore, whole command (medians): ${goal(vsDump === undefined ? undefined : vsDump >= 1.8)}${vsDump ? ` (${vsDump.toFixed(2)}×${needs(baseline, 1.8)})` : ''}`,
     );
     console.log(
-      `goal (${d}): pgferry ≥ 1.2× faster than pgcopydb, whole command (medians): ${goal(vsCopydb === undefined ? undefined : vsCopydb >= 1.2)}${vsCopydb ? ` (${vsCopydb.toFixed(2)}×)` : ''}`,
+      `goal (${d}): pgferry ≥ 1.2× faster than pgcopydb, whole command (medians): ${goal(vsCopydb === undefined ? undefined : vsCopydb >= 1.2)}${vsCopydb ? ` (${vsCopydb.toFixed(2)}×${needs(copydbMedian, 1.2)})` : ''}`,
     );
   }
   console.log(`\nevery contender's row counts match the source: ${allMatch ? 'yes' : 'NO'}`);

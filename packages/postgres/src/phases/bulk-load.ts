@@ -33,6 +33,7 @@ import { artifactFile, findTool, runTool, toolConnection } from '../tools';
 import { type DumpStore, type PhaseContext, partitionsViaRoot, type StoredDump, sourceMajor } from './context';
 import {
   buildPostData,
+  buildPostDataLines,
   buildTablePostData,
   type PostDataPlan,
   planPostData,
@@ -54,6 +55,12 @@ class EarlyIndexBuilder {
   /** Tables analyzed right after their indexes (left out of the final ANALYZE). */
   readonly analyzed = new Set<number>();
   tables = 0;
+  /** Big tables analyzed during the copy (the rest of `analyzed` are small ones). */
+  bigAnalyzed = 0;
+  /** Small tables whose own indexes were built during the copy, in batches (see streamIdle). */
+  smallTables = 0;
+  /** Small tables copied whose indexes wait for the next batch. */
+  private readonly smallCopied: TableInfo[] = [];
   private readonly analyses: Promise<void>[] = [];
   /** Set once every row is in: a build that ends later leaves its ANALYZE to catch-up (`deferred`). */
   copyEnded = false;
@@ -88,8 +95,11 @@ class EarlyIndexBuilder {
 
   /** Called when every range of `table` has been copied. */
   tableCopied(table: TableInfo) {
-    // Small tables' indexes cost less than a pg_restore of their own: they wait for the final one.
-    if (table.heapBytes < this.ctx.config.earlyIndexBytes) return;
+    // Small tables' indexes cost less than a pg_restore of their own: they wait for a batch.
+    if (table.heapBytes < this.ctx.config.earlyIndexBytes) {
+      this.smallCopied.push(table);
+      return;
+    }
     this.chain = this.chain.then(async () => {
       if (this.error) return;
       try {
@@ -110,12 +120,50 @@ class EarlyIndexBuilder {
         else
           this.analyses.push(
             this.ctx.target.query(`ANALYZE ${qualified(table)}`).then(
-              () => void this.analyzed.add(table.oid),
+              () => {
+                this.analyzed.add(table.oid);
+                this.bigAnalyzed++;
+              },
               (err) => {
                 this.error ??= err;
               },
             ),
           );
+      } catch (err) {
+        this.error = err;
+      }
+    });
+  }
+
+  /**
+   * A copy stream found nothing left to start: the small tables copied so far get their own indexes
+   * and constraints now, in one pg_restore, and their statistics, while the other streams finish their
+   * big tables (on a database of one big table and small ones, that is CPU the copy leaves idle). Those
+   * copied later wait for the next idle stream or the final post-data.
+   */
+  streamIdle() {
+    if (this.copyEnded || !this.smallCopied.length) return;
+    const batch = this.smallCopied.splice(0);
+    this.chain = this.chain.then(async () => {
+      if (this.error) return;
+      try {
+        const plan = await this.plan;
+        const lines = batch.flatMap((t) => plan.byTable.get(t.oid) ?? []);
+        if (lines.length) await buildPostDataLines(this.ctx, `post-data-small-${batch[0]?.oid}`, lines);
+        for (const l of lines) this.built.add(l);
+        this.smallTables += batch.length;
+        const analyze = batch.filter((t) => !t.unlogged && !plan.lateStats.has(t.oid));
+        if (this.copyEnded || !analyze.length) return;
+        this.analyses.push(
+          (async () => {
+            for (const t of analyze) {
+              await this.ctx.target.query(`ANALYZE ${qualified(t)}`);
+              this.analyzed.add(t.oid);
+            }
+          })().catch((err) => {
+            this.error ??= err;
+          }),
+        );
       } catch (err) {
         this.error = err;
       }
@@ -311,7 +359,10 @@ export async function copyAll(
         if (signal?.aborted)
           throw new BulkLoadFailedError('the copy was stopped: its execution ended', { phase: 'bulk-load' });
         const item = failure ? undefined : items[next++];
-        if (!item) break;
+        if (!item) {
+          if (!failure) indexes?.streamIdle();
+          break;
+        }
         const binary = binaryCopy(item.table);
         // A whole table is truncated and loaded in one transaction: re-runnable, and COPY FREEZE
         // writes the rows already frozen so the target needs no anti-wraparound vacuum later.
@@ -858,7 +909,9 @@ export async function bulkLoad(ctx: PhaseContext, options: BulkLoadOptions = {})
   const post = built.value;
   const postSeconds = (performance.now() - started) / 1000;
   if (early?.tables)
-    summary += `; indexes of ${early.tables} big tables built during the copy (${early.analyzed.size} analyzed then too)`;
+    summary += `; indexes of ${early.tables} big tables built during the copy (${early.bigAnalyzed} analyzed then too)`;
+  if (early?.smallTables)
+    summary += `; indexes of ${early.smallTables} small table(s) built during the copy (${early.analyzed.size - early.bigAnalyzed} analyzed then too)`;
   // Fresh statistics before the application arrives; one table per job, as the copy did. Those of the
   // tables built after the copy ended are gathered by catch-up (finishLoad), recorded before the phase ends.
   const deferred = [...(early?.deferred.values() ?? [])];

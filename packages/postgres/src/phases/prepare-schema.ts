@@ -689,6 +689,16 @@ export async function buildTablePostData(
   await ensureBuilt(ctx, lines, passed);
 }
 
+/** The post-data TOC `lines` by one pg_restore, `--jobs` at a time, then checked (ensureBuilt). Idempotent. */
+export async function buildPostDataLines(ctx: PhaseContext, name: string, lines: string[], dump?: string) {
+  const file = dump ?? (await schemaDump(ctx));
+  await ensureBuilt(
+    ctx,
+    lines,
+    await restore(ctx, file, 'post-data', Math.min(ctx.config.jobs, lines.length), { name, lines }),
+  );
+}
+
 /**
  * Indexes, constraints and triggers, after the data, `--jobs` at a time; the `built` lines of `plan`
  * (restored during the copy by `buildTablePostData`) are left out. Idempotent.
@@ -706,15 +716,7 @@ export async function buildPostData(
   // Foreign keys last, after the indexes they need on the referenced tables, and NOT VALID.
   const deferred = left.filter((l) => plan.foreignKeys.has(l));
   const rest = left.filter((l) => !plan.foreignKeys.has(l));
-  if (rest.length > 0)
-    await ensureBuilt(
-      ctx,
-      rest,
-      await restore(ctx, dump, 'post-data', Math.min(ctx.config.jobs, rest.length), {
-        name: 'post-data-rest',
-        lines: rest,
-      }),
-    );
+  if (rest.length > 0) await buildPostDataLines(ctx, 'post-data-rest', rest, dump);
   if (deferred.length > 0) {
     const fks = deferred.map((l) => plan.foreignKeys.get(l) as DeferredForeignKey & { definition: string });
     await addForeignKeysNotValid(ctx, fks);

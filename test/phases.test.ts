@@ -782,6 +782,27 @@ describe('phases', () => {
     }
   });
 
+  it('does not count a foreign key validation that is going on toward the catch-up timeout, only one stuck behind a lock', async () => {
+    const { pair, rt } = await setup('fkslow', 300);
+    // Each VALIDATE begins 1.2 s late (as one of a big table takes long), past a 1 s catch-up timeout.
+    rt.faults = { beforeValidate: async () => void (await sleep(1200)) };
+    const m = await newMigration(rt, pair, { cutover: 'manual', catchUpTimeoutMs: 1000 });
+    const session = await openSession(rt, m.id);
+    try {
+      await prepareSchema(session.ctx);
+      await bulkLoad(session.ctx);
+      await startReplication(session.ctx);
+      const started = Date.now();
+      expect(await catchUp(session.ctx)).toMatch(/2 foreign key\(s\) validated/);
+      expect(Date.now() - started).toBeGreaterThan(1000);
+      expect(
+        await pair.target("SELECT count(*)::int AS n FROM pg_constraint WHERE contype = 'f' AND NOT convalidated"),
+      ).toEqual([{ n: 0 }]);
+    } finally {
+      await session.close();
+    }
+  });
+
   it('stops validating foreign keys when catch-up fails, and rolls back with the validation left undone', async () => {
     const { pair, rt } = await setup('fkstop', 300);
     const m = await newMigration(rt, pair, { cutover: 'manual', catchUpTimeoutMs: 1500 });
@@ -799,6 +820,10 @@ describe('phases', () => {
       const err = await catchUp(session.ctx).catch((e) => e);
       expect(err.name).toBe('LagTimeoutError');
       expect(err.message).toMatch(/foreign key orders_customer_id_fkey on public\.orders is being validated/);
+      // Stuck behind the lock (not working), and who holds it.
+      expect(err.message).toContain(
+        `waits for a lock held by pid ${(locker as unknown as { processID: number }).processID} `,
+      );
       const validating = await pair.target(
         "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgferry:%:validate'",
       );

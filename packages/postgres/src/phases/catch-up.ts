@@ -161,6 +161,7 @@ export function finishLoad(ctx: PhaseContext): AfterLoad {
       analyzed();
       for (let fk = v.pending[0]; fk && !v.stopped; fk = v.pending[0]) {
         ctx.log(`validating ${fk.drift} on the target`);
+        await ctx.faults?.beforeValidate?.(fk.drift);
         await client.query(`ALTER TABLE ONLY ${fk.table} VALIDATE CONSTRAINT ${ident(fk.name)}`).catch((err) => {
           throw new SchemaFailedError(`${fk.drift} could not be validated on the target: ${errorMessage(err)}`, {
             cause: err,
@@ -207,6 +208,8 @@ export async function sampleGate(
   reasons: string[];
   /** Work after the load still running (statistics): it keeps the gate closed, but the lag's streak goes on. */
   waiting: string[];
+  /** That work waits for a lock another session holds (then, unlike work going on, it counts toward catchUpTimeoutMs). */
+  blocked: boolean;
 }> {
   const names = objectNames(ctx.config.id);
   const { lag, figures } = await sampleLag(ctx, warned);
@@ -245,6 +248,21 @@ export async function sampleGate(
       waiting.push(
         `${fk.drift} is being validated on the target (added NOT VALID after the load; replication goes on meanwhile)`,
       );
+  // The after-load session waiting for someone else's lock is stuck, not working: named, with the holders.
+  let blocked = false;
+  if (waiting.length && validation?.pid) {
+    const holders = await ctx.target.query<{ pid: number; app: string | null; usr: string | null }>(
+      `SELECT b.pid, b.application_name AS app, b.usename AS usr FROM pg_stat_activity b
+        WHERE b.pid = ANY (pg_blocking_pids($1))`,
+      [validation.pid],
+    );
+    if (holders.length) {
+      blocked = true;
+      waiting.push(
+        `the target's ${validation.analyze.length ? 'ANALYZE' : 'VALIDATE'} waits for a lock held by ${holders.map((h) => `pid ${h.pid} (application ${JSON.stringify(h.app ?? '')}, user ${JSON.stringify(h.usr ?? '')})`).join(', ')}`,
+      );
+    }
+  }
   // Lag under both limits and not growing since the sample the streak would start from.
   const history = warned.figures ?? [];
   const since = history.length >= ctx.config.lagSamples ? history[history.length - ctx.config.lagSamples] : history[0];
@@ -300,7 +318,7 @@ export async function sampleGate(
       s.tablesToAnalyze = validation.analyze.length ? [...validation.analyze] : undefined;
     }
   });
-  return { lagMs: figures.ms, lagBytes: figures.bytes, figures, reasons, waiting };
+  return { lagMs: figures.ms, lagBytes: figures.bytes, figures, reasons, waiting, blocked };
 }
 
 /**
@@ -474,7 +492,7 @@ export async function gateStep(
     loop.streak = 0;
     return { ready: false, waitMs, summary: `reconnecting: ${errorMessage(err)}` };
   }
-  const { figures, reasons, waiting } = sample;
+  const { figures, reasons, waiting, blocked } = sample;
   loop.streak = reasons.length === 0 ? loop.streak + 1 : 0;
   loop.waiting = waiting.length > 0;
   const text = [...reasons, ...waiting].join('; ');
@@ -509,6 +527,9 @@ export async function gateStep(
       summary: `lag ${mib(figures.bytes)} / ${figures.ms} ms (limits ${mib(ctx.config.maxLagBytes)} / ${ctx.config.maxLagMs} ms), not growing, for ${loop.streak} samples; drain predicted at ${figures.predictedDrainMs} ms (budget ${ctx.config.maxDrainMs} ms); source ${mbps(figures.generatedBps)}, applied ${mbps(figures.appliedBps)}; no long transactions; schemas agree`,
     };
   }
+  // Caught up and only waiting for the work after the load while it goes on (a VALIDATE of a big table
+  // may take hours): that time is not catch-up's. Waiting for someone else's lock, it counts.
+  if (!reasons.length && waiting.length && !blocked) loop.startedAt = Date.now();
   if (ctx.config.catchUpTimeoutMs > 0 && Date.now() - loop.startedAt > ctx.config.catchUpTimeoutMs) {
     throw new LagTimeoutError(
       `the cutover gate did not open within ${Math.round(ctx.config.catchUpTimeoutMs / 1000)} s: ${text || 'lag unstable'}`,

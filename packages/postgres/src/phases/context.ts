@@ -64,6 +64,8 @@ export interface FaultPoints {
   earlyBuild?(table: string): Promise<void>;
   /** Bulk load: every row is in (a build ending after this leaves its statistics to catch-up). */
   copyEnded?(): void;
+  /** Catch-up: a foreign key is about to be validated (`drift` names it) on the after-load session. */
+  beforeValidate?(drift: string): Promise<void>;
 }
 
 /** Where one of verify's readers is (verify-readers.ts): its side, the table, which reader of how many. */

@@ -92,14 +92,17 @@ describe('bulk load: keys built as indexes', () => {
     expect(await pair.target("SELECT v FROM big WHERE code = 'c7'")).toEqual([{ v: 'changed' }]);
   });
 
-  it("builds the small tables' keys and indexes (and their statistics) in one pg_restore during the copy, once a stream has nothing left to copy", async () => {
-    pair = await freshPair(15, 'smallearly');
-    rt = testRuntime();
-    await pair.source(`CREATE TABLE big (id bigint PRIMARY KEY, v text);
-      INSERT INTO big SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g;
+  // A big table that copies for a while, and small ones, with keys and an index.
+  const SCHEMA = `CREATE TABLE big (id bigint PRIMARY KEY, v text);
+      INSERT INTO big SELECT g, repeat('x', 400) FROM generate_series(1, 60000) g;
       CREATE TABLE small_a (id int PRIMARY KEY, code text UNIQUE); INSERT INTO small_a SELECT g, 'a' || g FROM generate_series(1, 50) g;
       CREATE TABLE small_b (id int PRIMARY KEY, grp int); CREATE INDEX small_b_grp ON small_b (grp);
-      INSERT INTO small_b SELECT g, g % 5 FROM generate_series(1, 50) g`);
+      INSERT INTO small_b SELECT g, g % 5 FROM generate_series(1, 50) g`;
+
+  it("builds the small tables' keys and indexes (and their statistics) in one pg_restore during the copy, once a stream has nothing left to copy while another still copies", async () => {
+    pair = await freshPair(15, 'smallearly');
+    rt = testRuntime();
+    await pair.source(SCHEMA);
     const m = await newMigration(rt, pair, { cutover: 'manual', earlyIndexBytes: 64 * 1024 });
     const state = await advance(rt, m.id, { cutover: 'manual' });
     expect(state.status).toBe('awaiting-cutover');
@@ -127,5 +130,17 @@ describe('bulk load: keys built as indexes', () => {
     expect(
       await pair.target("SELECT relname FROM pg_stat_user_tables WHERE schemaname = 'public' AND last_analyze IS NULL"),
     ).toEqual([]);
+    // One stream: no other copies while it runs out of tables, so the final post-data builds them.
+    const second = await freshPair(15, 'smallalone');
+    try {
+      await second.source(SCHEMA);
+      const one = await newMigration(rt, second, { cutover: 'manual', earlyIndexBytes: 64 * 1024, jobs: 1 });
+      const alone = await advance(rt, one.id, { cutover: 'manual' });
+      expect(alone.status).toBe('awaiting-cutover');
+      expect(alone.phases['bulk-load']?.summary).not.toMatch(/small table/);
+      expect(await second.target(defs)).toEqual(await second.source(defs));
+    } finally {
+      await second.drop();
+    }
   });
 });

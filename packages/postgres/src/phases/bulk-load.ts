@@ -136,10 +136,10 @@ class EarlyIndexBuilder {
   }
 
   /**
-   * A copy stream found nothing left to start: the small tables copied so far get their own indexes
-   * and constraints now, in one pg_restore, and their statistics, while the other streams finish their
-   * big tables (on a database of one big table and small ones, that is CPU the copy leaves idle). Those
-   * copied later wait for the next idle stream or the final post-data.
+   * A copy stream found nothing left to start while another still copies: the small tables copied so
+   * far get their own indexes and constraints now, in one pg_restore, and their statistics, while the
+   * other streams finish their big tables (on a database of one big table and small ones, that is CPU
+   * the copy leaves idle). Those copied later wait for the next idle stream or the final post-data.
    */
   streamIdle() {
     if (this.copyEnded || !this.smallCopied.length) return;
@@ -151,7 +151,7 @@ class EarlyIndexBuilder {
         const lines = batch.flatMap((t) => plan.byTable.get(t.oid) ?? []);
         if (lines.length) await buildPostDataLines(this.ctx, `post-data-small-${batch[0]?.oid}`, lines);
         for (const l of lines) this.built.add(l);
-        this.smallTables += batch.length;
+        this.smallTables += batch.filter((t) => plan.byTable.get(t.oid)?.length).length;
         const analyze = batch.filter((t) => !t.unlogged && !plan.lateStats.has(t.oid));
         if (this.copyEnded || !analyze.length) return;
         this.analyses.push(
@@ -336,6 +336,8 @@ export async function copyAll(
   // transactions roll back) and no new item starts, so a failed phase does not go on copying.
   let failure: { error: unknown } | undefined;
   const open = new Set<pg.Client>();
+  /** Streams that have not run out of items yet. */
+  let streaming = 0;
   const worker = async () => {
     let src: pg.Client | undefined;
     let tgt: pg.Client | undefined;
@@ -360,7 +362,9 @@ export async function copyAll(
           throw new BulkLoadFailedError('the copy was stopped: its execution ended', { phase: 'bulk-load' });
         const item = failure ? undefined : items[next++];
         if (!item) {
-          if (!failure) indexes?.streamIdle();
+          // Only while another stream still copies: after the last one, the final post-data builds them.
+          streaming--;
+          if (!failure && streaming > 0) indexes?.streamIdle();
           break;
         }
         const binary = binaryCopy(item.table);
@@ -412,6 +416,7 @@ export async function copyAll(
     }
   };
   const jobs = Math.max(1, Math.min(ctx.config.jobs, items.length));
+  streaming = jobs;
   await Promise.all(Array.from({ length: jobs }, worker));
   if (failure) throw failure.error;
   return { rows, bytes };

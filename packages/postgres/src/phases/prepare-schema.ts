@@ -217,13 +217,17 @@ async function restore(
   else args.push('--jobs', String(jobs));
   // Our session must write even if the target database is frozen (rollback of a previous attempt).
   // Index builds sort in memory instead of spilling to disk (pg_restore alone uses the server
-  // default), with as many parallel workers as --jobs leaves them.
-  const memory =
-    section === 'post-data'
-      ? Object.entries(indexBuildSettings(ctx.config.jobs, list?.sessions ?? jobs, await indexBuildLimits(ctx.target)))
-          .map(([k, v]) => ` -c ${k}=${v}`)
-          .join('')
-      : '';
+  // default). Their parallel workers are set only where the builds running at once are known (a
+  // table's own, `list.sessions`); in a general post-data restore, whose --jobs items are mostly
+  // not index builds and whose last big index may build alone, the server's setting stands.
+  let memory = '';
+  if (section === 'post-data') {
+    const settings = indexBuildSettings(ctx.config.jobs, list?.sessions ?? jobs, await indexBuildLimits(ctx.target));
+    const set = list?.sessions !== undefined ? settings : { maintenance_work_mem: settings.maintenance_work_mem };
+    memory = Object.entries(set)
+      .map(([k, v]) => ` -c ${k}=${v}`)
+      .join('');
+  }
   const res = await runTool(pgRestore, [...args, file], {
     ...tgt.env,
     PGOPTIONS: `-c default_transaction_read_only=off${memory}`,

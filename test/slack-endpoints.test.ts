@@ -496,8 +496,10 @@ describe('the Slack worker', () => {
     sfnMock.on(StartExecutionCommand).resolves({ executionArn: 'arn' });
     const aborted = await handleSlackWork(work('abort', 'm3'), deps);
     const refused = await handleSlackWork(work('abort', 'm4'), deps);
-    // The execution named after it, stopped; none had continued it (m3-continued-1 does not exist).
+    // The execution named after it, stopped; none had continued or resumed it (m3-continued-1 and
+    // m3-resumed-1 do not exist).
     expect(sfnMock.calls().map((c) => c.args[0].constructor.name)).toEqual([
+      'DescribeExecutionCommand',
       'DescribeExecutionCommand',
       'DescribeExecutionCommand',
       'StopExecutionCommand',
@@ -533,6 +535,7 @@ describe('the Slack worker', () => {
     expect(sfnMock.commandCalls(DescribeExecutionCommand).map((c) => c.args[0].input.executionArn)).toEqual([
       arn('m5-continued-1'),
       arn('m5-continued-2'),
+      arn('m5-resumed-2'),
     ]);
     expect(sfnMock.commandCalls(StopExecutionCommand).map((c) => c.args[0].input)).toEqual([
       {
@@ -542,6 +545,33 @@ describe('the Slack worker', () => {
       },
     ]);
     expect(sfnMock.commandCalls(StartExecutionCommand)).toHaveLength(1);
+  });
+
+  it('abort stops a resume started a moment ago that has not recorded itself yet, passing over one that ended unrecorded', async () => {
+    const stopped = migration('m7', {
+      status: 'running',
+      phase: 'catch-up',
+      execution: { name: 'm7', number: 0, since: '2026-12-07T01:00:00.000Z' },
+    });
+    const { deps } = await workerDeps([stopped]);
+    const arn = (name: string) => `${MACHINE_ARN.replace(':stateMachine:', ':execution:')}:${name}`;
+    // m7 stopped; a resume (m7-resumed-1) failed before its assessment; the next (m7-resumed-2) runs.
+    sfnMock
+      .on(DescribeExecutionCommand)
+      .rejects(Object.assign(new Error('none'), { name: 'ExecutionDoesNotExist' }))
+      .on(DescribeExecutionCommand, { executionArn: arn('m7') })
+      .resolves({ status: 'FAILED' })
+      .on(DescribeExecutionCommand, { executionArn: arn('m7-resumed-1') })
+      .resolves({ status: 'FAILED' })
+      .on(DescribeExecutionCommand, { executionArn: arn('m7-resumed-2') })
+      .resolves({ status: 'RUNNING' });
+    sfnMock.on(StopExecutionCommand).resolves({});
+    sfnMock.on(StartExecutionCommand).resolves({ executionArn: 'arn' });
+    await handleSlackWork(work('abort', 'm7'), deps);
+    expect(sfnMock.commandCalls(StopExecutionCommand).map((c) => c.args[0].input.executionArn)).toEqual([
+      arn('m7-resumed-2'),
+    ]);
+    expect(sfnMock.commandCalls(StartExecutionCommand).map((c) => c.args[0].input.name)).toEqual(['m7-rollback']);
   });
 
   it('resume starts the next execution of a stopped migration by the rule of `pgferry start --id`; nothing while one runs, once it is over, or for someone not an approver', async () => {

@@ -190,15 +190,23 @@ describe('startFromPlan', () => {
     stopped.execution = { name: 'shop5-continued-3', number: 3, since: '2026-12-06T21:00:00Z' };
     await store.put(stopped);
     const execArn = (name: string) => `arn:aws:states:eu-west-1:123456789012:execution:pgferry-prod:${name}`;
+    const missing = Object.assign(new Error('none'), { name: 'ExecutionDoesNotExist' });
     sfn.reset();
-    sfn.on(DescribeExecutionCommand).resolves({ status: 'FAILED' });
+    sfn
+      .on(DescribeExecutionCommand)
+      .rejects(missing)
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop5-continued-3') })
+      .resolves({ status: 'FAILED' });
     sfn.on(StartExecutionCommand).resolves({ executionArn: execArn('shop5-resumed-4') });
     const resumed = await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps());
     expect(resumed).toEqual({ migrationId: 'shop5', executionArn: execArn('shop5-resumed-4'), alreadyStarted: false });
-    // The last, and the continuation it may have started before that one recorded itself.
+    // The last, the continuation it may have started and a resume started before either recorded
+    // itself, and the migration's rollback.
     expect(sfn.commandCalls(DescribeExecutionCommand).map((c) => c.args[0].input)).toEqual([
       { executionArn: execArn('shop5-continued-3') },
       { executionArn: execArn('shop5-continued-4') },
+      { executionArn: execArn('shop5-resumed-4') },
+      { executionArn: execArn('shop5-rollback') },
     ]);
     const [start] = sfn.commandCalls(StartExecutionCommand).map((c) => c.args[0].input);
     expect(start).toMatchObject({ stateMachineArn: ARN, name: 'shop5-resumed-4' });
@@ -210,6 +218,7 @@ describe('startFromPlan', () => {
     });
     // The same resume retried: the execution it started, nothing new.
     sfn.reset();
+    sfn.on(DescribeExecutionCommand).rejects(missing);
     sfn.on(DescribeExecutionCommand, { executionArn: execArn('shop5-continued-3') }).resolves({ status: 'FAILED' });
     sfn
       .on(DescribeExecutionCommand, { executionArn: execArn('shop5-resumed-4') })
@@ -224,7 +233,11 @@ describe('startFromPlan', () => {
     });
     // Its last execution still running: nothing started.
     sfn.reset();
-    sfn.on(DescribeExecutionCommand).resolves({ status: 'RUNNING' });
+    sfn
+      .on(DescribeExecutionCommand)
+      .rejects(missing)
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop5-continued-3') })
+      .resolves({ status: 'RUNNING' });
     expect(await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps())).toEqual({
       migrationId: 'shop5',
       executionArn: execArn('shop5-continued-3'),
@@ -247,10 +260,52 @@ describe('startFromPlan', () => {
       alreadyStarted: true,
     });
     expect(sfn.commandCalls(StartExecutionCommand)).toHaveLength(0);
+    // Its rollback (Slack's abort) runs, the status not changed yet: nothing started beside it.
+    sfn.reset();
+    sfn
+      .on(DescribeExecutionCommand)
+      .rejects(missing)
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop5-continued-3') })
+      .resolves({ status: 'ABORTED' })
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop5-rollback') })
+      .resolves({ status: 'RUNNING' });
+    expect(await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps())).toEqual({
+      migrationId: 'shop5',
+      executionArn: execArn('shop5-rollback'),
+      alreadyStarted: true,
+    });
+    expect(sfn.commandCalls(StartExecutionCommand)).toHaveLength(0);
+    // A resume whose execution failed before it recorded itself (shop5-resumed-4): passed over, the
+    // next number starts.
+    sfn.reset();
+    sfn
+      .on(DescribeExecutionCommand)
+      .rejects(missing)
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop5-continued-3') })
+      .resolves({ status: 'FAILED' })
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop5-resumed-4') })
+      .resolves({ status: 'FAILED', input: start!.input });
+    sfn
+      .on(StartExecutionCommand)
+      .rejects(new ExecutionAlreadyExists({ message: 'Execution Already Exists', $metadata: {} }))
+      .on(StartExecutionCommand, { name: 'shop5-resumed-5' })
+      .resolves({ executionArn: execArn('shop5-resumed-5') });
+    expect(await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps())).toEqual({
+      migrationId: 'shop5',
+      executionArn: execArn('shop5-resumed-5'),
+      alreadyStarted: false,
+    });
+    const next = sfn.commandCalls(StartExecutionCommand).map((c) => c.args[0].input);
+    expect(next.map((i) => i.name)).toEqual(['shop5-resumed-4', 'shop5-resumed-5']);
+    expect(JSON.parse(next[1]!.input!)).toMatchObject({ execution: 5 });
     // Rolled back: nothing to resume.
     await store.put({ ...(await store.get('shop5')), status: 'rolled-back' });
     sfn.reset();
-    sfn.on(DescribeExecutionCommand).resolves({ status: 'SUCCEEDED' });
+    sfn
+      .on(DescribeExecutionCommand)
+      .rejects(missing)
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop5-continued-3') })
+      .resolves({ status: 'SUCCEEDED' });
     await expect(
       startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps()),
     ).rejects.toMatchObject({

@@ -22,6 +22,7 @@ import {
   PgferryError,
   planNotFoundError,
   resumedExecutionName,
+  rollbackExecutionName,
   StateConflictError,
   workflowInputForConfig,
 } from '@pgferry/core';
@@ -154,7 +155,9 @@ async function resume(
   deps: StartFromPlanDeps,
 ): Promise<StartFromPlanResult> {
   const last = state.execution!;
-  const [running] = await runningExecutions(state, deps);
+  // Nothing beside a running execution of the migration, nor beside its rollback (Slack's abort or
+  // rollback started it; the migration's status changes only once it runs).
+  const [running] = await runningExecutions(state, deps, { rollback: true });
   if (running) return { migrationId, executionArn: running, alreadyStarted: true };
   if (!LIVE_STATUSES.includes(state.status))
     throw new StateConflictError(`migration ${migrationId} is ${state.status}: there is nothing to resume`, {
@@ -162,44 +165,70 @@ async function resume(
       migrationId,
       hint: 'leave the migration id out to start a new migration from the plan',
     });
-  const n = last.number + 1;
-  const name = resumedExecutionName(migrationId, n);
-  const input = JSON.stringify({ ...workflowInputForConfig(state.config), execution: n });
-  // The same resume retried (before its execution recorded itself) finds the one it started.
-  return startOrFind(deps, migrationId, name, input, {
-    notStarted: (err) => err,
-    conflict: (_status, cause) =>
-      new StateConflictError(`an execution named ${name} exists already with another input`, {
-        field: 'migrationId',
-        migrationId,
-        cause,
-        hint: 'look at the migration (`pgferry status`): another process may be resuming it',
-      }),
-  });
+  // The next number; one an earlier resume took whose execution ended before it recorded itself (the
+  // source still unreachable, say) is passed over, since Step Functions never reuses a name.
+  for (let n = last.number + 1; n <= last.number + MAX_UNRECORDED; n++) {
+    const name = resumedExecutionName(migrationId, n);
+    const input = JSON.stringify({ ...workflowInputForConfig(state.config), execution: n });
+    // The same resume retried (before its execution recorded itself) finds the one it started.
+    const started = await startOrFind(deps, migrationId, name, input, {
+      notStarted: (err) => err,
+      conflict: (status, cause) =>
+        new StateConflictError(`an execution named ${name} exists already with another input`, {
+          field: 'migrationId',
+          migrationId,
+          cause,
+          hint: `look at the migration (\`pgferry status\`): another process may be resuming it (status ${status ?? 'unknown'})`,
+        }),
+      ended: true,
+    });
+    if (started) return started;
+  }
+  throw new StateConflictError(
+    `migration ${migrationId}: the executions ${resumedExecutionName(migrationId, last.number + 1)} to ${resumedExecutionName(migrationId, last.number + MAX_UNRECORDED)} all ended before recording themselves`,
+    {
+      field: 'migrationId',
+      migrationId,
+      hint: 'look at why they failed in the Step Functions console (their first state, Assess source), fix it, then resume again',
+    },
+  );
 }
 
+/** Resumed executions that ended without recording themselves passed over at most, and looked for at most. */
+const MAX_UNRECORDED = 20;
+
 /**
- * The ARNs of the executions of migration `state` that run now, of the two that may: the one "Assess
- * source" recorded last (the first, named after the migration, before any did), and the continuation
- * it may have started a moment ago, which has not recorded itself yet (its predecessor has ended then).
- * Slack's abort and rollback stop them; a resume starts nothing while one runs.
+ * The ARNs of the executions of migration `state` that run now, of those that may: the one "Assess
+ * source" recorded last (the first, named after the migration, before any did); the continuation it may
+ * have started a moment ago, which has not recorded itself yet (its predecessor has ended then); a
+ * resume started a moment ago, not recorded yet either (the resumed names after the last recorded
+ * number, as long as there are any); and with `rollback`, the migration's rollback execution.
+ * Slack's abort and rollback stop them (not the rollback); a resume starts nothing while one runs.
  */
 export async function runningExecutions(
   state: Pick<MigrationState, 'id' | 'execution'>,
   deps: Pick<StartFromPlanDeps, 'sfn' | 'stateMachineArn'>,
+  options: { rollback?: boolean } = {},
 ): Promise<string[]> {
   const current = state.execution;
-  const names = [current?.name ?? state.id, continuedExecutionName(state.id, (current?.number ?? 0) + 1)];
+  const number = current?.number ?? 0;
   const running: string[] = [];
-  for (const name of names) {
+  /** Whether execution `name` exists; a running one is added to `running`. */
+  const look = async (name: string) => {
     const executionArn = executionArnOf(deps.stateMachineArn, name);
     try {
       const out = await deps.sfn.send(new DescribeExecutionCommand({ executionArn }));
       if (out?.status === 'RUNNING') running.push(executionArn);
+      return true;
     } catch (err) {
       if ((err as Error).name !== 'ExecutionDoesNotExist') throw err;
+      return false;
     }
-  }
+  };
+  await look(current?.name ?? state.id);
+  await look(continuedExecutionName(state.id, number + 1));
+  for (let n = number + 1; n <= number + MAX_UNRECORDED && (await look(resumedExecutionName(state.id, n))); n++);
+  if (options.rollback) await look(rollbackExecutionName(state.id));
   return running;
 }
 
@@ -217,7 +246,30 @@ async function startOrFind(
     notStarted: (err: unknown) => unknown;
     conflict: (status: string | undefined, cause: unknown) => StateConflictError;
   },
-): Promise<StartFromPlanResult> {
+): Promise<StartFromPlanResult>;
+/** With `ended`: one of that name that has ended (whatever its input) is undefined, for the caller to pass over. */
+async function startOrFind(
+  deps: StartFromPlanDeps,
+  migrationId: string,
+  name: string,
+  input: string,
+  errors: {
+    notStarted: (err: unknown) => unknown;
+    conflict: (status: string | undefined, cause: unknown) => StateConflictError;
+    ended: true;
+  },
+): Promise<StartFromPlanResult | undefined>;
+async function startOrFind(
+  deps: StartFromPlanDeps,
+  migrationId: string,
+  name: string,
+  input: string,
+  errors: {
+    notStarted: (err: unknown) => unknown;
+    conflict: (status: string | undefined, cause: unknown) => StateConflictError;
+    ended?: true;
+  },
+): Promise<StartFromPlanResult | undefined> {
   const executionArn = executionArnOf(deps.stateMachineArn, name);
   try {
     const out = await deps.sfn.send(new StartExecutionCommand({ stateMachineArn: deps.stateMachineArn, name, input }));
@@ -226,6 +278,7 @@ async function startOrFind(
   } catch (err) {
     if ((err as Error).name !== 'ExecutionAlreadyExists') throw errors.notStarted(err);
     const running = await deps.sfn.send(new DescribeExecutionCommand({ executionArn }));
+    if (errors.ended && running.status !== undefined && running.status !== 'RUNNING') return undefined;
     if (running.input !== undefined && sameJson(running.input, input))
       return { migrationId, executionArn, alreadyStarted: true };
     throw errors.conflict(running.status, err);

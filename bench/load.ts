@@ -96,7 +96,9 @@ async function measured<T>(fn: () => Promise<T>): Promise<{ value: T; busy: numb
 /** CPU seconds of a process as /proc gives them: its own, and (with `children`) those of its children it has waited for. */
 function procCpu(pid: number | string, children: boolean): { cpu: number; ppid: number } {
   try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // After the command name, which may itself hold ") ".
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     const own = Number(f[11]) + Number(f[12]);
     return { cpu: (own + (children ? Number(f[13]) + Number(f[14]) : 0)) / 100, ppid: Number(f[1]) };
   } catch {

@@ -126,7 +126,8 @@ export function statements(scope: Construct) {
                   new PolicyStatement({
                     actions: ['kms:Decrypt', 'kms:Encrypt', 'kms:GenerateDataKey'],
                     resources: [target.kmsKeyArn],
-                    conditions: { StringEquals: { 'kms:ViaService': `ssm.${stack.region}.amazonaws.com` } },
+                    // ssm.<region>.amazonaws.com, or .amazonaws.com.cn in the China partition.
+                    conditions: { StringEquals: { 'kms:ViaService': `ssm.${stack.region}.${stack.urlSuffix}` } },
                   }),
                 ]
               : []),

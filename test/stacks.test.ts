@@ -602,8 +602,11 @@ describe('the connection switch of an SSM parameter or a Route 53 record', () =>
       { actions: ['kms:Decrypt', 'kms:Encrypt', 'kms:GenerateDataKey'], resource: key },
     ]);
     // Only through Parameter Store of the stack's region, never directly or through another service.
+    // (the partition's URL suffix: amazonaws.com, amazonaws.com.cn in China)
     for (const grant of granting('kms'))
-      expect(grant.condition).toEqual({ StringEquals: { 'kms:ViaService': `ssm.${REGION}.amazonaws.com` } });
+      expect(grant.condition).toEqual({
+        StringEquals: { 'kms:ViaService': { 'Fn::Join': ['', [`ssm.${REGION}.`, { Ref: 'AWS::URLSuffix' }]] } },
+      });
     // The parameter's own grant is unchanged.
     expect(granting('ssm').flatMap((g) => g.actions)).not.toContain('kms:Decrypt');
     expect(nagErrors).toEqual([]);

@@ -232,43 +232,39 @@ export async function runningExecutions(
   return running;
 }
 
+/** How startOrFind fails; with `ended`, an execution of the name that has ended is passed over (undefined). */
+interface StartOrFindErrors {
+  notStarted: (err: unknown) => unknown;
+  conflict: (status: string | undefined, cause: unknown) => StateConflictError;
+  ended?: true;
+}
+
 /**
  * Start execution `name` with `input`; one of that name already there (Step Functions refuses a second:
  * ExecutionAlreadyExists) is this request's, retried, when its input is the same, and `conflict` otherwise;
- * any other failure to start is thrown as `notStarted` makes it.
+ * any other failure to start is thrown as `notStarted` makes it. With `errors.ended`, one of that name
+ * that has ended (whatever its input) is undefined, for the caller to pass over.
  */
 async function startOrFind(
   deps: StartFromPlanDeps,
   migrationId: string,
   name: string,
   input: string,
-  errors: {
-    notStarted: (err: unknown) => unknown;
-    conflict: (status: string | undefined, cause: unknown) => StateConflictError;
-  },
-): Promise<StartFromPlanResult>;
-/** With `ended`: one of that name that has ended (whatever its input) is undefined, for the caller to pass over. */
-async function startOrFind(
-  deps: StartFromPlanDeps,
-  migrationId: string,
-  name: string,
-  input: string,
-  errors: {
-    notStarted: (err: unknown) => unknown;
-    conflict: (status: string | undefined, cause: unknown) => StateConflictError;
-    ended: true;
-  },
+  errors: StartOrFindErrors & { ended: true },
 ): Promise<StartFromPlanResult | undefined>;
 async function startOrFind(
   deps: StartFromPlanDeps,
   migrationId: string,
   name: string,
   input: string,
-  errors: {
-    notStarted: (err: unknown) => unknown;
-    conflict: (status: string | undefined, cause: unknown) => StateConflictError;
-    ended?: true;
-  },
+  errors: StartOrFindErrors,
+): Promise<StartFromPlanResult>;
+async function startOrFind(
+  deps: StartFromPlanDeps,
+  migrationId: string,
+  name: string,
+  input: string,
+  errors: StartOrFindErrors,
 ): Promise<StartFromPlanResult | undefined> {
   const executionArn = executionArnOf(deps.stateMachineArn, name);
   try {

@@ -589,9 +589,13 @@ async function catchUpWith(ctx: PhaseContext, options: { validation?: 'wait' | '
       return `${step.summary}${validated}`;
     }
     // Caught up and only waiting for the work after the load: sampled again the moment it ends.
-    if (loop.waiting && loop.streak >= ctx.config.lagSamples && !settled)
-      await Promise.race([sleep(step.waitMs), awaited]);
-    else await sleep(step.waitMs);
+    if (loop.waiting && loop.streak >= ctx.config.lagSamples && !settled) {
+      // The timer cleared once the work ends first: left pending, it would hold the process up to a
+      // sample interval after the phase is over.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([new Promise((resolve) => (timer = setTimeout(resolve, step.waitMs))), awaited]);
+      clearTimeout(timer);
+    } else await sleep(step.waitMs);
   }
 }
 

@@ -155,14 +155,14 @@ class EarlyIndexBuilder {
         const analyze = batch.filter((t) => !t.unlogged && !plan.lateStats.has(t.oid));
         if (this.copyEnded || !analyze.length) return;
         this.analyses.push(
-          (async () => {
-            for (const t of analyze) {
-              await this.ctx.target.query(`ANALYZE ${qualified(t)}`);
-              this.analyzed.add(t.oid);
-            }
-          })().catch((err) => {
-            this.error ??= err;
-          }),
+          analyzeTables(this.ctx, analyze).then(
+            () => {
+              for (const t of analyze) this.analyzed.add(t.oid);
+            },
+            (err) => {
+              this.error ??= err;
+            },
+          ),
         );
       } catch (err) {
         this.error = err;

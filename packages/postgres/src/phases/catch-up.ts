@@ -399,6 +399,10 @@ export async function cutoverPrerequisites(ctx: PhaseContext): Promise<string[]>
   return out;
 }
 
+/** Caught up (a full streak) and kept closed only by the work after the load. */
+const onlyWaiting = (ctx: PhaseContext, loop: GateLoop) =>
+  loop.waiting === true && loop.streak >= ctx.config.lagSamples;
+
 /** Where the gate loop is between samples: its memory, the streak, an outage being ridden out. */
 export interface GateLoop {
   memory: GateMemory;
@@ -543,10 +547,9 @@ export async function gateStep(
     ready: false,
     // Caught up and waiting only for the work after the load: no need to sample faster than usual
     // (the local loop samples again the moment that work ends).
-    waitMs:
-      loop.waiting && loop.streak >= ctx.config.lagSamples
-        ? ctx.config.lagSampleIntervalMs
-        : sampleIntervalMs(figures, reasons, ctx.config.lagSampleIntervalMs),
+    waitMs: onlyWaiting(ctx, loop)
+      ? ctx.config.lagSampleIntervalMs
+      : sampleIntervalMs(figures, reasons, ctx.config.lagSampleIntervalMs),
     figures,
     summary: text
       ? `gate closed: ${text}`
@@ -589,7 +592,7 @@ async function catchUpWith(ctx: PhaseContext, options: { validation?: 'wait' | '
       return `${step.summary}${validated}`;
     }
     // Caught up and only waiting for the work after the load: sampled again the moment it ends.
-    if (loop.waiting && loop.streak >= ctx.config.lagSamples && !settled) {
+    if (onlyWaiting(ctx, loop) && !settled) {
       // The timer cleared once the work ends first: left pending, it would hold the process up to a
       // sample interval after the phase is over.
       let timer: NodeJS.Timeout | undefined;

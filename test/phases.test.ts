@@ -869,10 +869,19 @@ describe('phases', () => {
 
   it('does not freeze while the drain predicted from the apply rate is over its budget, and cuts over once it fits', async () => {
     const { pair, rt, writer, m, locker } = await caughtUpWithLocker('predict', { maxDrainMs: 300 });
-    // A SHARE lock on the target (no xid, readers unaffected) stalls the apply worker's inserts: the
-    // backlog the cutover finds cannot be drained until it is released.
-    await locker.query('BEGIN');
-    await locker.query('LOCK TABLE writes IN SHARE MODE');
+    // Once the gate has opened, before the first forecast: a SHARE lock on the target (no xid, readers
+    // unaffected) stalls the apply worker's inserts, so the backlog the cutover finds cannot be drained
+    // until it is released. (Taken before the catch-up instead, the stall would keep the gate closed
+    // whenever the lag showed before the gate opened: a race with the machine's load, not the forecast.)
+    let stalled = false;
+    rt.faults = {
+      async beforeDrainForecast() {
+        if (stalled) return;
+        stalled = true;
+        await locker.query('BEGIN');
+        await locker.query('LOCK TABLE writes IN SHARE MODE');
+      },
+    };
     let frozenSeen = false;
     const released = (async () => {
       const until = Date.now() + 20_000;
@@ -886,6 +895,7 @@ describe('phases', () => {
     const state = await advance(rt, m.id, { cutover: 'now' });
     await released;
     const stats = await writer.stop();
+    expect(stalled).toBe(true);
     expect(
       rt.logs.some((l) => /not freezing: the drain is predicted at \d+ ms, over the budget of 300 ms/.test(l)),
     ).toBe(true);

@@ -54,6 +54,8 @@ export interface StoredDump {
 export type ConnectionSwitchFactory = (config: MigrationConfig) => ConnectionSwitch | undefined;
 
 export interface FaultPoints {
+  /** Cutover: the gate opened, the drain is about to be predicted (before anything is frozen). */
+  beforeDrainForecast?(): Promise<void>;
   /** Inside the write gap, once the source is frozen, before the drain LSN is read. */
   afterFreeze?(): Promise<void>;
   /** Each reader of a verify read: before it takes or imports its snapshot, and once it is in it. */

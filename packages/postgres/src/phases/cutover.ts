@@ -138,6 +138,7 @@ async function lsnDistance(db: Db, lsn: string, slot: string): Promise<number> {
  */
 async function predictDrain(ctx: PhaseContext): Promise<number> {
   const n = objectNames(ctx.config.id);
+  await ctx.faults?.beforeDrainForecast?.();
   const f = await forecastDrain(
     ctx.source,
     n.slot,

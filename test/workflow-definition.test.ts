@@ -147,6 +147,11 @@ describe('workflow definition', () => {
     // A window of the approval wait ends: the wait goes on with a new token; past its deadline it stops.
     expect(route('Await cutover approval', 'States.Timeout')).toBe('Await cutover approval');
     expect(route('Await cutover approval', 'ApprovalTimeoutError')).toBe('Record failure');
+    // A foreign key the target's rows fail, or a lock timeout, after the load: the load stays, resumable.
+    expect(route('Finish the load on the target', 'AfterLoadFailedError')).toBe('Record failure');
+    expect(route('Check lag', 'AfterLoadFailedError')).toBe('Record failure');
+    expect(route('Finish the load on the target', 'ConnectionLostError')).toBe('Record failure');
+    expect(route('Finish the load on the target', 'Error')).toBe('Roll back');
   });
 
   it('is what `pgferry workflow print` prints, and --help names the command', () => {
@@ -275,6 +280,48 @@ describe('workflow paths (scripted tasks)', () => {
     expect(inputs.verifyBeforeSwitch).toMatchObject({ migrationId: 'm1', verify: { done: false, rounds: 0 } });
     expect(inputs.bulkLoad?.taskToken).toBe('local:m1');
     expect(history.find((h) => h.state === 'Cut over')?.summary).toBe('cutover done');
+  });
+
+  it('hands the work the load left to the worker when "Check lag" cannot run it, then catches up afresh', async () => {
+    const inputs: TaskInput[] = [];
+    const { outcome, entered } = await walk({}, (task, input, n) => {
+      if (task === 'checkLag') {
+        inputs.push(input);
+        // The first sample finds work left and no session to run it on.
+        if (n === 1) return ok(task, { ready: false, streak: 3, waitSeconds: 0, memory: { n }, finishLoad: true });
+        return gate(n);
+      }
+      if (task === 'verifyBeforeSwitch') return ok(task, { done: true, rounds: 1, outcome: 'ok' });
+      return ok(task);
+    });
+    expect(outcome.status).toBe('succeeded');
+    const at = entered.indexOf('Finish the load on the target');
+    expect(entered.slice(at - 2, at + 3)).toEqual([
+      'Check lag',
+      'Caught up?',
+      'Finish the load on the target',
+      'Begin catch-up',
+      'Wait for the next lag sample',
+    ]);
+    expect(entered.filter((s) => s === 'Finish the load on the target')).toHaveLength(1);
+    // A new streak after it: the gate's memory does not carry over.
+    expect(inputs[1]?.gate).toMatchObject({ ready: false, streak: 0 });
+    expect(inputs[1]?.gate).not.toHaveProperty('memory');
+  });
+
+  it('stops resumable, nothing rolled back, when the work after the load fails', async () => {
+    const { entered, calls } = await walk({}, (task, _input, n) => {
+      if (task === 'checkLag')
+        return ok(task, { ready: false, streak: 0, waitSeconds: 0, memory: { n }, finishLoad: true });
+      if (task === 'finishLoad')
+        return named('AfterLoadFailedError', 'foreign key orders_customer_id_fkey could not be validated');
+      if (task === 'recordFailure') return ok(task, { action: 'stop' });
+      return ok(task);
+    });
+    expect(entered).toContain('Record failure');
+    expect(entered).not.toContain('Roll back');
+    expect(calls.get('rollback')).toBeUndefined();
+    expect(entered.at(-1)).toBe('Stopped (resumable)');
   });
 
   it('waits for approval with --cutover manual, and skips it once approved', async () => {

@@ -108,6 +108,8 @@ Exit codes:
   5 lag or drain timeout · 6 verification mismatch · 7 state changed by another process
   8 not verified: some tables could not be compared (the other side too far behind, or rows changed
     at every read); never a mismatch; resume verifies again
+  9 the work after the load failed on the target (a foreign key its rows fail, statistics): nothing
+    undone, replication goes on; fix the cause, then resume
   130/143/129 stopped by Ctrl-C/SIGTERM/SIGHUP (a write gap is finished first)`,
   assess: `Usage: pgferry assess --source URL [--target URL] [--prepared-orphan-ms N] [--json]
        (or PGFERRY_SOURCE_URL / PGFERRY_TARGET_URL in the environment)

@@ -63,6 +63,15 @@ export class AssessmentBlockedError extends PgferryError {
 export class SchemaFailedError extends PgferryError {
   override name = 'SchemaFailedError';
 }
+/**
+ * The work the load left to do on the target while replication runs (statistics, foreign keys added
+ * NOT VALID) failed: nothing is undone, replication goes on, the work left stays recorded, and `resume`
+ * runs it again once the cause is fixed.
+ */
+export class AfterLoadFailedError extends PgferryError {
+  override name = 'AfterLoadFailedError';
+  override readonly exitCode = 9;
+}
 export class BulkLoadFailedError extends PgferryError {
   override name = 'BulkLoadFailedError';
 }
@@ -146,6 +155,7 @@ export const EXIT_CODES = {
   verificationFailed: 6,
   stateConflict: 7,
   notVerified: 8,
+  afterLoadFailed: 9,
 } as const;
 
 export function errorMessage(err: unknown): string {

@@ -52,6 +52,8 @@ export interface GateState {
   memory?: unknown;
   /** Samples this execution has taken, over all its catch-ups (see workflow/history.ts). */
   samples?: number;
+  /** Work the load left on the target that this sample could not run itself: "Finish the load on the target" runs it. */
+  finishLoad?: boolean | null;
 }
 
 export const STATE = {
@@ -226,6 +228,16 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
           ],
           Next: STATE.continueAsNew,
         },
+        // Work the load left to the target that "Check lag" could not run itself (no session between
+        // Lambda invocations): the worker runs it to the end, then a new streak.
+        {
+          And: [
+            { Variable: '$.gate.finishLoad', IsPresent: true },
+            { Variable: '$.gate.finishLoad', IsBoolean: true },
+            { Variable: '$.gate.finishLoad', BooleanEquals: true },
+          ],
+          Next: T.finishLoad.state,
+        },
         { Variable: '$.gate.ready', BooleanEquals: false, Next: STATE.waitSample },
         {
           And: [
@@ -324,6 +336,7 @@ export function workflowDefinition(options: WorkflowDefinitionOptions = {}): obj
       Type: 'Succeed',
       Comment: 'The migration goes on in the execution named after it with the next number (-continued-N)',
     },
+    [T.finishLoad.state]: workerTaskState('finishLoad', { next: STATE.beginCatchUp, onError: ROLL_BACK }),
     [T.verifyBeforeSwitch.state]: workerTaskState('verifyBeforeSwitch', {
       next: STATE.beginCatchUp,
       onError: ROLL_BACK,

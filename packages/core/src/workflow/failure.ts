@@ -48,6 +48,9 @@ const RESUMABLE = [
   'ApprovalTimeoutError',
   CONTINUATION_FAILED_ERROR,
   'VerifyLockedError',
+  // The statistics or a foreign key's validation after the load failed (a row the key refuses, a lock
+  // timeout): the loaded target stays, the work left is recorded, and resume runs it again.
+  'AfterLoadFailedError',
 ];
 /** A cutover that failed before the switch undid itself: the loaded target is as good as before. */
 const CUTOVER_UNDONE = ['CutoverFailedError', 'FreezeFailedError'];

@@ -22,6 +22,7 @@ export const TASK_PHASE: Record<TaskName, Phase> = {
   awaitDmsFullLoad: 'bulk-load',
   startReplication: 'start-replication',
   checkLag: 'catch-up',
+  finishLoad: 'catch-up',
   verifyBeforeSwitch: 'catch-up',
   awaitApproval: 'catch-up',
   cutover: 'cutover',
@@ -69,7 +70,8 @@ export const TASK_RESULTS: Record<TaskName, { path: string; fields: string[] }> 
   startDms: { path: '$.results.startDms', fields: [] },
   awaitDmsFullLoad: { path: '$.results.bulkLoad', fields: [] },
   startReplication: { path: '$.results.startReplication', fields: [] },
-  checkLag: { path: '$.gate', fields: ['ready', 'streak', 'waitSeconds', 'memory', 'samples'] },
+  checkLag: { path: '$.gate', fields: ['ready', 'streak', 'waitSeconds', 'memory', 'samples', 'finishLoad'] },
+  finishLoad: { path: '$.results.finishLoad', fields: [] },
   verifyBeforeSwitch: { path: '$.verify', fields: ['done', 'rounds', 'outcome'] },
   awaitApproval: { path: '$.results.approval', fields: [] },
   cutover: { path: '$.results.cutover', fields: ['writeGapMs'] },
@@ -102,6 +104,8 @@ export const TASK_TIMEOUT_SECONDS: Record<TaskName, number> = {
   awaitDmsFullLoad: 7 * 24 * 3600,
   startReplication: 900,
   checkLag: 900,
+  // A VALIDATE CONSTRAINT reads the whole table (and looks up every row's key): as long as a load may take.
+  finishLoad: 3 * 24 * 3600,
   verifyBeforeSwitch: 24 * 3600,
   // One window of the approval wait (APPROVAL_WINDOW_SECONDS, definition.ts); the week a person has to
   // decide is its deadline (APPROVAL_DEADLINE_SECONDS), after which the execution stops, resumable.

@@ -34,6 +34,12 @@ export const WORKFLOW_TASKS = {
   awaitDmsFullLoad: { state: 'Wait for the DMS full load', runtime: 'lambda', callback: true },
   startReplication: { state: 'Start replication', runtime: 'lambda' },
   checkLag: { state: 'Check lag', runtime: 'lambda' },
+  /**
+   * The statistics and the NOT VALID foreign keys the load left to the target (a VALIDATE of a big table
+   * takes hours): run to the end on the worker, which "Check lag" hands them to when no session of its
+   * own can run them between samples (Lambda). Locally the execution's session runs them beside the gate.
+   */
+  finishLoad: { state: 'Finish the load on the target', runtime: 'worker', callback: true },
   verifyBeforeSwitch: { state: 'Verify before cutover', runtime: 'worker', callback: true },
   awaitApproval: { state: 'Await cutover approval', runtime: 'lambda', callback: true },
   cutover: { state: 'Cut over', runtime: 'lambda' },

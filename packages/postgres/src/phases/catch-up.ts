@@ -4,6 +4,7 @@
  * the slot (and the subscription) before the source's disk fills.
  */
 import {
+  AfterLoadFailedError,
   applyFallsBehind,
   ConnectionLostError,
   cutoverWindowOpensAt,
@@ -21,7 +22,6 @@ import {
   mib,
   objectNames,
   ReplicationFailedError,
-  SchemaFailedError,
   VerificationFailedError,
   WalRetentionExceededError,
 } from '@pgferry/core';
@@ -148,11 +148,12 @@ export function finishLoad(ctx: PhaseContext): AfterLoad {
         await client.query(`ANALYZE ${table}`).catch((err) => {
           // Dropped or renamed on the target since the load: the gate's schema check names the drift.
           if ((err as { code?: string }).code === '42P01') return;
-          throw new SchemaFailedError(
+          throw new AfterLoadFailedError(
             `statistics of ${table} could not be gathered on the target: ${errorMessage(err)}`,
             {
               cause: err,
               phase: 'catch-up',
+              hint: `nothing was undone and replication goes on; fix the cause, then \`pgferry resume --id ${ctx.config.id}\` gathers them again (or \`pgferry rollback --id ${ctx.config.id}\`)`,
             },
           );
         });
@@ -163,10 +164,10 @@ export function finishLoad(ctx: PhaseContext): AfterLoad {
         ctx.log(`validating ${fk.drift} on the target`);
         await ctx.faults?.beforeValidate?.(fk.drift);
         await client.query(`ALTER TABLE ONLY ${fk.table} VALIDATE CONSTRAINT ${ident(fk.name)}`).catch((err) => {
-          throw new SchemaFailedError(`${fk.drift} could not be validated on the target: ${errorMessage(err)}`, {
+          throw new AfterLoadFailedError(`${fk.drift} could not be validated on the target: ${errorMessage(err)}`, {
             cause: err,
             phase: 'catch-up',
-            hint: `it was added NOT VALID after the load; fix the rows it names on the target (they passed the check on the source), then \`pgferry resume --id ${ctx.config.id}\``,
+            hint: `it was added NOT VALID after the load and is enforced for new rows; nothing was undone and replication goes on. Fix the rows it names on the target (they passed the check on the source), then \`pgferry resume --id ${ctx.config.id}\` validates it again (or \`pgferry rollback --id ${ctx.config.id}\`)`,
           });
         });
         v.pending.shift();

@@ -45,7 +45,6 @@ import { endOrphanSessions } from '../inspect';
 import { assertNoBlockers, assess } from '../phases/assess';
 import { bulkLoad } from '../phases/bulk-load';
 import {
-  afterLoadLeft,
   finishLoad,
   type GateLoop,
   gateStep,
@@ -358,13 +357,19 @@ const checkLagTask: Task = (input, deps) =>
     // Before the verify that precedes a cutover, foreign keys still being validated do not hold the gate.
     const validation = verify?.done === false ? 'background' : 'wait';
     if (!given) await phaseStarted(ctx, 'catch-up', listener(deps, ctx.config.id));
-    const v = finishLoad(ctx);
-    // Without a session kept between samples the work after the load cannot go on in the background:
-    // it runs here (the statistics always, the foreign keys unless a verify comes first).
+    // Without a session kept between samples (a Lambda invocation, which ends in minutes and may be
+    // frozen between two), the work after the load is not started here: it is handed to the worker
+    // ("Finish the load on the target"), and the catch-up begins again once it is done.
     if (!deps.session) {
-      if (validation === 'wait' && afterLoadLeft(v)) await v.done;
-      else if (v.analyze.length) await v.analyzed;
-    }
+      const left = afterLoadRecorded(ctx);
+      if (left.tables + left.foreignKeys > 0)
+        return {
+          summary: `the load left ${left.tables} table(s) to analyze and ${left.foreignKeys} foreign key(s) to validate on the target: handed to the worker; replication goes on meanwhile`,
+          ...gateState(loop, false, 0, ctx.config.lagSamples),
+          finishLoad: true,
+          samples: samplesAfter(input),
+        };
+    } else finishLoad(ctx);
     try {
       const step = await gateStep(ctx, loop, { validation });
       if (step.figures)
@@ -427,6 +432,44 @@ async function dmsCheckLag(ctx: PhaseContext, input: TaskInput, deps: TaskDeps):
     samples: samplesAfter(input),
   };
 }
+
+/** What the state says the load left to do on the target (statistics, foreign keys added NOT VALID). */
+function afterLoadRecorded(ctx: PhaseContext) {
+  return {
+    tables: ctx.state.tablesToAnalyze?.length ?? 0,
+    foreignKeys: ctx.state.foreignKeysToValidate?.length ?? 0,
+  };
+}
+
+/**
+ * "Finish the load on the target" (the worker): the statistics and the foreign keys the load left,
+ * run to the end on one session of its own while replication goes on (ANALYZE and VALIDATE take
+ * SHARE UPDATE EXCLUSIVE: the apply worker's writes go on). What is done is recorded as it ends, so a
+ * worker that dies leaves only the rest; a statement that fails stops the migration resumable
+ * (AfterLoadFailedError), the work left recorded.
+ */
+const finishLoadTask: Task = (input, deps) =>
+  inSession(input, deps, async (ctx) => {
+    const before = afterLoadRecorded(ctx);
+    if (before.tables + before.foreignKeys === 0) return { summary: 'nothing left to do after the load' };
+    const started = Date.now();
+    const v = finishLoad(ctx);
+    try {
+      await v.done;
+    } finally {
+      await ctx.update((s) => {
+        s.foreignKeysToValidate = v.pending.length ? [...v.pending] : undefined;
+        s.tablesToAnalyze = v.analyze.length ? [...v.analyze] : undefined;
+      });
+    }
+    if (v.error) {
+      await stopFinishingLoad(ctx);
+      throw v.error;
+    }
+    return {
+      summary: `${before.tables} table(s) analyzed and ${before.foreignKeys} foreign key(s) validated on the target in ${((Date.now() - started) / 1000).toFixed(1)} s`,
+    };
+  });
 
 /**
  * "Verify before cutover": every table compared while replication runs (once per migration, until it
@@ -899,6 +942,7 @@ const TASKS: Record<TaskName, Task> = {
   awaitDmsFullLoad: awaitDmsFullLoadTask,
   startReplication: startReplicationTask,
   checkLag: checkLagTask,
+  finishLoad: finishLoadTask,
   verifyBeforeSwitch: verifyBeforeSwitchTask,
   awaitApproval: awaitApprovalTask,
   cutover: cutoverTask,

@@ -1,0 +1,120 @@
+/**
+ * The work the load leaves to the target while replication runs (statistics, foreign keys added NOT
+ * VALID): where it runs (the execution's session locally; the worker, never a Lambda invocation, in
+ * AWS) and what a failure of it does (a resumable stop, never a rollback of the load).
+ */
+import type { TaskCallbacks } from '@pgferry/core';
+import { describe, expect, it } from 'vitest';
+import { advance, openSession } from '../packages/cli/src/runner';
+import { bulkLoad, prepareSchema, runWorkflowTask, startReplication } from '../packages/postgres/src/index';
+import { migrationFixture, newMigration, sleep } from './harness/migration';
+import { leftovers, type Pair } from './harness/pairs';
+
+const fixture = migrationFixture();
+
+const unvalidated = async (pair: Pair) =>
+  (
+    await pair.target("SELECT conname FROM pg_constraint WHERE contype = 'f' AND NOT convalidated ORDER BY conname")
+  ).map((r) => r.conname);
+
+const afterLoadSessions = (pair: Pair) =>
+  pair.target("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgferry:%:validate'");
+
+describe('the work after the load', () => {
+  it('stops resumable when a foreign key fails its validation, keeps it listed, and resumes once the rows are fixed', async () => {
+    const { pair, rt } = await fixture.setup('fkbad', 300);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    // Before its VALIDATE, a row the key refuses appears on the target (written past the key, as a
+    // trigger-less bulk fix or a replica-role session could).
+    let planted = false;
+    rt.faults = {
+      beforeValidate: async (drift) => {
+        if (planted || !drift.includes('orders_customer_id_fkey')) return;
+        planted = true;
+        await pair.target(
+          'SET session_replication_role = replica; INSERT INTO orders (id, customer_id, amount) VALUES (900001, 900001, 1)',
+        );
+      },
+    };
+    const err = await advance(rt, m.id, { cutover: 'manual' }).catch((e) => e);
+    expect(planted).toBe(true);
+    expect(err.name, String(err)).toBe('AfterLoadFailedError');
+    expect(err.message).toMatch(/foreign key orders_customer_id_fkey on public\.orders could not be validated/);
+    expect(err.hint).toContain(`pgferry resume --id ${m.id}`);
+    expect(err.exitCode).toBe(9);
+    const stopped = await rt.store.get(m.id);
+    expect(stopped.status).toBe('running');
+    expect(stopped.failure?.name).toBe('AfterLoadFailedError');
+    expect(stopped.foreignKeysToValidate?.map((f) => f.name)).toContain('orders_customer_id_fkey');
+    // Nothing thrown away, nothing left running on the target.
+    expect(await leftovers(pair)).toContain(`source slot pgferry_${m.id}`);
+    expect(await afterLoadSessions(pair)).toEqual([]);
+    expect(await unvalidated(pair)).toContain('orders_customer_id_fkey');
+
+    await pair.target('DELETE FROM orders WHERE id = 900001');
+    const done = await advance(rt, m.id, { cutover: 'manual' });
+    expect(done.failure).toBeUndefined();
+    expect(done.foreignKeysToValidate).toBeUndefined();
+    expect(done.phases['catch-up']?.endedAt).toBeTruthy();
+    expect(await unvalidated(pair)).toEqual([]);
+  });
+
+  it('is handed to the worker by a "Check lag" with no session of its own, which runs it to the end', async () => {
+    const { pair, rt } = await fixture.setup('fkworker', 300);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    const session = await openSession(rt, m.id);
+    try {
+      await prepareSchema(session.ctx);
+      await bulkLoad(session.ctx);
+      await startReplication(session.ctx);
+    } finally {
+      await session.close();
+    }
+    const left = await rt.store.get(m.id);
+    expect(left.foreignKeysToValidate?.length).toBe(2);
+    expect(await unvalidated(pair)).toEqual(['invoices_order_id_fkey', 'orders_customer_id_fkey']);
+
+    // As a Lambda invocation runs it: no session between samples.
+    const lambda = { store: rt.store, log: () => {} };
+    const handed = (await runWorkflowTask('checkLag', { migrationId: m.id }, lambda)) as Record<string, unknown>;
+    expect(handed).toMatchObject({ ready: false, finishLoad: true });
+    expect(handed.summary).toMatch(/2 foreign key\(s\) to validate on the target: handed to the worker/);
+    // It started nothing that would outlive the invocation, and validated nothing.
+    expect(await afterLoadSessions(pair)).toEqual([]);
+    expect(await unvalidated(pair)).toHaveLength(2);
+
+    const calls: unknown[][] = [];
+    const callbacks: TaskCallbacks = {
+      async succeed(token, output) {
+        calls.push(['succeed', token, output]);
+        return true;
+      },
+      async fail(token, error) {
+        calls.push(['fail', token, error]);
+        return true;
+      },
+      heartbeat: async () => {},
+    };
+    const finished = await runWorkflowTask(
+      'finishLoad',
+      { migrationId: m.id, taskToken: 'tok-1' },
+      { ...lambda, callbacks },
+    );
+    expect(finished.summary).toMatch(/2 foreign key\(s\) validated on the target/);
+    expect(calls).toEqual([['succeed', 'tok-1', finished]]);
+    expect(await unvalidated(pair)).toEqual([]);
+    expect((await rt.store.get(m.id)).foreignKeysToValidate).toBeUndefined();
+
+    // The catch-up that follows samples the lag and opens, with nothing more to hand over.
+    let gate: unknown;
+    let last: Record<string, unknown> = {};
+    for (let i = 0; i < 40 && last.ready !== true; i++) {
+      last = (await runWorkflowTask('checkLag', { migrationId: m.id, gate }, lambda)) as Record<string, unknown>;
+      expect(last.finishLoad ?? null, String(last.summary)).toBeNull();
+      gate = last;
+      await sleep(150);
+    }
+    expect(last.ready, String(last.summary)).toBe(true);
+    expect(await afterLoadSessions(pair)).toEqual([]);
+  });
+});

@@ -182,6 +182,50 @@ describe('startFromPlan', () => {
     expect((await items()).length).toBe(before.length + 1); // only the other plan's item
   });
 
+  it('never calls a first execution that ended before recording itself "already started": it goes on in a new one, or names the failure it recorded', async () => {
+    const execArn = (name: string) => `arn:aws:states:eu-west-1:123456789012:execution:pgferry-prod:${name}`;
+    const missing = Object.assign(new Error('none'), { name: 'ExecutionDoesNotExist' });
+    const exists = new ExecutionAlreadyExists({ message: 'Execution Already Exists', $metadata: {} });
+    sfn.on(StartExecutionCommand).resolves({ executionArn: execArn('shop3') });
+    await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop3' }, deps());
+    const firstInput = String(sfn.commandCalls(StartExecutionCommand)[0]!.args[0].input.input);
+    // shop3 was stopped (or its failure could not be written) before "Assess source" recorded it.
+    sfn.reset();
+    sfn
+      .on(DescribeExecutionCommand)
+      .rejects(missing)
+      .on(DescribeExecutionCommand, { executionArn: execArn('shop3') })
+      .resolves({ input: firstInput, status: 'ABORTED' });
+    sfn
+      .on(StartExecutionCommand)
+      .rejects(exists)
+      .on(StartExecutionCommand, { name: 'shop3-resumed-1' })
+      .resolves({ executionArn: execArn('shop3-resumed-1') });
+    const again = await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop3' }, deps());
+    expect(again).toEqual({ migrationId: 'shop3', executionArn: execArn('shop3-resumed-1'), alreadyStarted: false });
+    const started = sfn.commandCalls(StartExecutionCommand).map((c) => c.args[0].input);
+    expect(started.map((i) => i.name)).toEqual(['shop3', 'shop3-resumed-1']);
+    expect(JSON.parse(started[1]!.input!)).toMatchObject({ migrationId: 'shop3', execution: 1, continued: null });
+    // Its assessment was blocked and recorded so: nothing to go on with, said with the failure.
+    await store.put({
+      ...(await store.get('shop3')),
+      status: 'failed',
+      failure: { name: 'AssessmentBlockedError', message: 'source has 2 blocker(s)', phase: 'assess' },
+    });
+    sfn.reset();
+    sfn.on(DescribeExecutionCommand).resolves({ input: firstInput, status: 'FAILED' });
+    sfn.on(StartExecutionCommand).rejects(exists);
+    const refused = await startFromPlan(
+      { planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop3' },
+      deps(),
+    ).catch((e) => e);
+    expect(refused).toMatchObject({ name: 'StateConflictError', field: 'migrationId' });
+    expect(refused.message).toBe(
+      'migration shop3 is failed: its execution shop3 ended (AssessmentBlockedError: source has 2 blocker(s))',
+    );
+    expect(sfn.commandCalls(StartExecutionCommand)).toHaveLength(1);
+  });
+
   it('resumes a migration whose executions all ended in a new execution numbered on from the last, and starts nothing while one runs or once it is over', async () => {
     sfn.on(StartExecutionCommand).resolves({ executionArn: 'arn:first' });
     await startFromPlan({ planName: 'shop-to-rds', requestedBy: 'U1', migrationId: 'shop5' }, deps());

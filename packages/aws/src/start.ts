@@ -125,7 +125,7 @@ export async function startFromPlan(
 
   // From the stored config: a retry sends what the first start sent, whatever the plan became since.
   const input = JSON.stringify(workflowInputForConfig(state.config));
-  return startOrFind(deps, migrationId, migrationId, input, {
+  const started = await startOrFind(deps, migrationId, migrationId, input, {
     notStarted: (err) =>
       new PgferryError(`migration ${migrationId} is recorded, but its execution did not start: ${errorMessage(err)}`, {
         cause: err,
@@ -142,7 +142,24 @@ export async function startFromPlan(
           hint: 'execution names are never reused: leave the migration id out to start a new migration',
         },
       ),
+    ended: true,
   });
+  if (started) return started;
+  // Its first execution has ended before "Assess source" recorded it: never "already started". The
+  // failure it recorded says why (a blocked assessment: nothing to go on with); without one (stopped,
+  // or its failure could not be written) the migration goes on in a new execution, as a resume.
+  const ended = await deps.store.get(migrationId);
+  if (ended.execution) return resume(ended, migrationId, deps);
+  if (!LIVE_STATUSES.includes(ended.status))
+    throw new StateConflictError(
+      `migration ${migrationId} is ${ended.status}: its execution ${migrationId} ended${ended.failure ? ` (${ended.failure.name}: ${ended.failure.message})` : ''}`,
+      {
+        field: 'migrationId',
+        migrationId,
+        hint: 'fix what it names, then leave the migration id out to start a new migration from the plan',
+      },
+    );
+  return resume({ ...ended, execution: { name: migrationId, number: 0, since: ended.createdAt } }, migrationId, deps);
 }
 
 /** A plan's migration in these states is in progress: another start of the plan is refused. */

@@ -379,6 +379,31 @@ describe('the Slack message of a migration', () => {
     expect(buttons.map((b) => b.action_id)).toEqual([SLACK_ACTIONS.rollback]);
   });
 
+  it("names Slack's own commands in the hint of a plan's migration, the CLI's for one it cannot act on", () => {
+    const ID = 'm1';
+    const stopped = (planName: string | undefined, switchAt?: string) =>
+      texts(
+        migrationMessage(
+          state({
+            planName,
+            status: 'running',
+            ...(switchAt ? { cutover: { switchAt } as MigrationState['cutover'] } : {}),
+            failure: {
+              name: 'AfterLoadFailedError',
+              message: 'foreign key orders_customer_id_fkey on public.orders could not be validated on the target',
+              phase: 'catch-up',
+              hint: `fix the rows, then \`pgferry resume --id ${ID}\` validates it again (or \`pgferry rollback --id ${ID}\`); \`pgferry cutover\` later`,
+            },
+          }),
+        ),
+      );
+    expect(stopped('shop-to-rds')).toContain(
+      `fix the rows, then \`/pgferry resume ${ID}\` validates it again (or \`/pgferry abort ${ID}\`); \`/pgferry approve ${ID}\` later`,
+    );
+    expect(stopped('shop-to-rds', '2026-12-06T20:00:00Z')).toContain(`(or \`/pgferry rollback ${ID}\`)`);
+    expect(stopped(undefined)).toContain(`then \`pgferry resume --id ${ID}\` validates it again`);
+  });
+
   it('shows a failure, escaped and without a password', () => {
     const m = migrationMessage(
       state({

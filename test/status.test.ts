@@ -308,6 +308,20 @@ describe('pgferry status --table (DynamoDB Local)', () => {
     const store = new DynamoMigrationStore({ client: dynamo.doc, tableName: table, vault });
     await store.create(migration('deployed1'), SECRETS);
     await store.create({ ...migration('deployed2'), status: 'cut-over', phase: 'verify' }, SECRETS);
+    // Stopped resumable by "Record failure": its hint names the local commands, which cannot act on it.
+    await store.create(
+      {
+        ...migration('deployed3'),
+        planName: 'shop-to-rds',
+        failure: {
+          name: 'AfterLoadFailedError',
+          message: 'foreign key orders_customer_id_fkey on public.orders could not be validated on the target',
+          phase: 'catch-up',
+          hint: 'fix the rows it names, then `pgferry resume --id deployed3` validates it again (or `pgferry rollback --id deployed3`)',
+        },
+      },
+      SECRETS,
+    );
     // Only DynamoDB Local is reachable: its endpoint is the one the SDK is given, with fake credentials.
     const env = {
       ...process.env,
@@ -347,6 +361,12 @@ describe('pgferry status --table (DynamoDB Local)', () => {
       /^next: its execution \(named deployed1\) is working on it: follow it in the Step Functions console/m,
     );
     expect(shown.out).not.toContain('pgferry resume');
+    const stopped = await cli(['status', 'deployed3', '--table', table]);
+    expect(stopped.code).toBe(0);
+    expect(stopped.out).toMatch(
+      /^next: stopped resumable, nothing undone: fix the rows it names, then `\/pgferry resume deployed3` validates it again \(or `\/pgferry abort deployed3`\)$/m,
+    );
+    expect(stopped.out).not.toContain('pgferry resume --id');
     // A cut-over one has settled (nothing goes on until someone acts): --watch ends, exit 0.
     const watched = await cli(['status', 'deployed2', '--stage', 'prod', '--watch', '--interval', '0.1']);
     expect(watched.code).toBe(0);

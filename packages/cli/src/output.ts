@@ -10,6 +10,7 @@ import {
   redactedJson,
   redactText,
   sampledText,
+  slackHint,
 } from '@pgferry/core';
 import { describeUndoFailure, type LiveStatus, type SideLive } from '@pgferry/postgres';
 import type { RunnerEvents } from './runner';
@@ -226,7 +227,7 @@ export function describeState(s: MigrationState, options: { timeline?: boolean; 
   for (const w of s.warnings ?? []) lines.push(`  warning: ${w}`);
   if (s.failure)
     lines.push(
-      `  failed in ${s.failure.phase ?? '?'}: ${s.failure.message}${s.failure.hint ? `\n  hint: ${s.failure.hint}` : ''}`,
+      `  failed in ${s.failure.phase ?? '?'}: ${s.failure.message}${s.failure.hint ? `\n  hint: ${slackHint(s, s.failure.hint)}` : ''}`,
     );
   if (s.leftovers?.length) lines.push(`  left behind: ${s.leftovers.join(', ')}`);
   return lines.join('\n');

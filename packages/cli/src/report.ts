@@ -20,6 +20,7 @@ import {
   PHASE_TITLES,
   redactedJson,
   sampledText,
+  slackHint,
   type VerifyResult,
 } from '@pgferry/core';
 
@@ -417,7 +418,7 @@ export function renderHtmlReport(state: MigrationState, generatedAt = new Date()
     .map(([k, v]) => `<tr><th>${escapeHtml(k)}</th><td>${escapeHtml(v)}</td></tr>`)
     .join('');
   const failure = s.failure
-    ? `<p class="attention">Failed in ${escapeHtml(s.failure.phase ?? '?')}: ${escapeHtml(s.failure.message)}${s.failure.hint ? `<br>hint: ${escapeHtml(s.failure.hint)}` : ''}</p>`
+    ? `<p class="attention">Failed in ${escapeHtml(s.failure.phase ?? '?')}: ${escapeHtml(s.failure.message)}${s.failure.hint ? `<br>hint: ${escapeHtml(slackHint(s, s.failure.hint))}` : ''}</p>`
     : '';
   const warnings = s.warnings?.length
     ? `<h2>Warnings</h2><ul>${s.warnings.map((w) => `<li>${escapeHtml(w)}</li>`).join('')}</ul>`

@@ -12,6 +12,7 @@ import {
   type MigrationState,
   type MigrationStore,
   objectNames,
+  slackHint,
 } from '@pgferry/core';
 import { connect, type Db, inspectApplicationName, readLag } from '@pgferry/postgres';
 import { describeExecution, type ExecutionRecord, readExecution } from './local-runtime';
@@ -52,8 +53,17 @@ export function nextStep(s: MigrationState, execution?: ExecutionRecord, deploye
 function deployedNextStep(s: MigrationState): string {
   const id = s.id;
   switch (s.status) {
-    case 'running':
-      return `its execution (${executionNamed(s)}) is working on it: follow it in the Step Functions console, or with \`pgferry status ${id} --stage S --watch\``;
+    case 'running': {
+      if (!s.failure)
+        return `its execution (${executionNamed(s)}) is working on it: follow it in the Step Functions console, or with \`pgferry status ${id} --stage S --watch\``;
+      // "Record failure" left it resumable (its execution ended "Stopped (resumable)"): the hint in the
+      // commands that act on a deployed migration, never a local `pgferry resume`, which cannot.
+      const hint = s.failure.hint ? slackHint(s, s.failure.hint) : 'see the failure above';
+      const goOn = s.planName
+        ? `\`/pgferry resume ${id}\` in Slack (or \`pgferry start ${s.planName} --id ${id} --stage S …\`) goes on in a new execution`
+        : `its execution (${executionNamed(s)}) ended: see it in the Step Functions console`;
+      return `stopped resumable, nothing undone: ${hint}${hint.includes(`/pgferry resume ${id}`) ? '' : `; ${goOn}`}`;
+    }
     case 'awaiting-cutover':
       return `caught up, waiting at "Await cutover approval": \`/pgferry approve ${id}\` in Slack (or \`/pgferry rollback ${id}\`)`;
     case 'cut-over':
@@ -64,10 +74,9 @@ function deployedNextStep(s: MigrationState): string {
     case 'cleaned-up':
       return 'nothing: the migration is over';
     default:
-      return (
-        s.failure?.hint ??
-        `see the failure above, and its execution (${executionNamed(s)}) in the Step Functions console`
-      );
+      return s.failure?.hint
+        ? slackHint(s, s.failure.hint)
+        : `see the failure above, and its execution (${executionNamed(s)}) in the Step Functions console`;
   }
 }
 

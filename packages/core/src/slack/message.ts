@@ -150,6 +150,22 @@ function rollbackButton(id: string): SlackButton {
 }
 
 /** The message for one migration. At the gate: "Approve cutover" and "Roll back"; after the switch: "Roll back". */
+/**
+ * A failure's hint as Slack shows it. Hints name the CLI's commands (`pgferry resume --id X`); a
+ * migration started from a plan is resumed, approved and undone in Slack with its own commands, so
+ * those are named instead: resume → `/pgferry resume`, cutover → `/pgferry approve`, rollback →
+ * `/pgferry rollback` once switched, `/pgferry abort` before (which removes what it made, as the CLI's
+ * rollback before the switch does). A migration not started from a plan Slack cannot act on: as written.
+ */
+export function slackHint(s: Pick<MigrationState, 'id' | 'planName' | 'cutover'>, hint: string): string {
+  if (!s.planName) return hint;
+  const slack = (command: string) => `\`/pgferry ${command} ${s.id}\``;
+  const undo = s.cutover?.switchAt ? 'rollback' : 'abort';
+  return hint.replace(/`pgferry (resume|cutover|rollback)(?: --id [^`\s]+)?`/g, (_, verb: string) =>
+    slack(verb === 'resume' ? 'resume' : verb === 'cutover' ? 'approve' : undo),
+  );
+}
+
 export function migrationMessage(s: MigrationState, now: Date = new Date()): SlackMessage {
   const id = escapeMrkdwn(s.id);
   const phase = PHASE_TITLES[s.phase] ?? s.phase;
@@ -180,7 +196,7 @@ export function migrationMessage(s: MigrationState, now: Date = new Date()): Sla
     blocks.push({
       type: 'section',
       text: md(
-        `:x: *Failed in ${escapeMrkdwn(s.failure.phase ?? phase)}:* ${escapeMrkdwn(s.failure.message)}${s.failure.hint ? `\n_${escapeMrkdwn(s.failure.hint)}_` : ''}`,
+        `:x: *Failed in ${escapeMrkdwn(s.failure.phase ?? phase)}:* ${escapeMrkdwn(s.failure.message)}${s.failure.hint ? `\n_${escapeMrkdwn(slackHint(s, s.failure.hint))}_` : ''}`,
       ),
     });
   const waiting = waitingText(s);

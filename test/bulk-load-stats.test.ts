@@ -65,4 +65,57 @@ describe('statistics of the tables built after the copy', () => {
       await session.close();
     }
   });
+
+  it('does not hold the report of a failed copy behind an index build: the builds are cancelled and none starts after it', async () => {
+    const { pair, rt } = await setup('buildstop', 3000);
+    // orders' build is held by a lock on the target while the copy of another table fails.
+    const locker = new pg.Client({ connectionString: pair.targetUrl });
+    locker.on('error', () => {});
+    await locker.connect();
+    const builds: string[] = [];
+    rt.faults = {
+      async earlyBuild(table) {
+        builds.push(table);
+        if (table !== '"public"."orders"') return;
+        await locker.query('BEGIN');
+        await locker.query('LOCK TABLE orders IN ROW EXCLUSIVE MODE');
+      },
+    };
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    const session = await openSession(rt, m.id);
+    const release = setTimeout(() => void locker.query('ROLLBACK').catch(() => {}), 20_000);
+    try {
+      await prepareSchema(session.ctx);
+      // Every other table's copy fails on the target, 2 s in: orders' rows are in by then, its build begun.
+      await pair.target(`CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN PERFORM pg_sleep(2); RAISE EXCEPTION 'injected: this row cannot be written'; END $$;
+        DO $$ DECLARE t regclass; BEGIN
+          FOR t IN SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                    WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> 'orders' LOOP
+            EXECUTE format('CREATE TRIGGER boom BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION boom()', t);
+            EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER boom', t);
+          END LOOP; END $$`);
+      const started = Date.now();
+      const err = await bulkLoad(session.ctx).catch((e) => e);
+      const took = Date.now() - started;
+      expect(String(err?.message ?? err)).toContain('injected: this row cannot be written');
+      // Reported at once, not once the lock holding orders' build is let go (20 s).
+      expect(took, `${took} ms`).toBeLessThan(8000);
+      expect(builds[0]).toBe('"public"."orders"');
+      // The build of orders was cancelled, and nothing of the builder runs on the target any more.
+      const restoring = await pair.target(
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgferry:%:pg_restore'",
+      );
+      expect(restoring).toEqual([]);
+      expect(
+        await pair.target(
+          "SELECT count(*)::int AS n FROM pg_indexes WHERE tablename = 'orders' AND indexname = 'orders_pkey'",
+        ),
+      ).toEqual([{ n: 0 }]);
+    } finally {
+      clearTimeout(release);
+      await locker.end();
+      await session.close();
+    }
+  });
 });

@@ -47,6 +47,9 @@ import {
  * plan and what each big table's build needs from the catalogs are read while the slot is made and
  * the copy runs, so a build starts the moment its table's last rows are in.
  */
+/** How often a stopped builder cancels its builds again until none runs (see EarlyIndexBuilder.stop). */
+const STOP_POLL_MS = 200;
+
 class EarlyIndexBuilder {
   private chain: Promise<void> = Promise.resolve();
   error: unknown;
@@ -108,6 +111,8 @@ class EarlyIndexBuilder {
         if (!lines?.length) return;
         const prep = await (await this.prepared).get(table.oid);
         await this.ctx.faults?.earlyBuild?.(qualified(table));
+        // The load may have failed meanwhile (see stop).
+        if (this.error) return;
         await buildTablePostData(this.ctx, table.oid, lines, prep);
         for (const l of lines) this.built.add(l);
         this.tables++;
@@ -175,6 +180,32 @@ class EarlyIndexBuilder {
     await this.chain;
     if (this.error) throw this.error;
     return { plan: await this.plan, built: this.built };
+  }
+
+  /**
+   * The load failed: no build that has not started yet starts, and those running (their pg_restore
+   * and key-building sessions on the target) are cancelled, again until none is left, so that the
+   * failure is reported (and the rollback begins) at once, not after hours of index builds of a load
+   * that is thrown away. Resolves once nothing of the builder runs.
+   */
+  async stop(err: unknown): Promise<void> {
+    this.error ??= err;
+    let settled = false;
+    const done = this.statistics()
+      .catch(() => {})
+      .finally(() => {
+        settled = true;
+      });
+    const app = `${objectNames(this.ctx.config.id).applicationName}:pg_restore`;
+    while (!settled) {
+      await this.ctx.target
+        .query(
+          'SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()',
+          [app],
+        )
+        .catch(() => {});
+      await Promise.race([done, sleep(STOP_POLL_MS)]);
+    }
   }
 
   /** Every build is done, and every ANALYZE they started (and the catalog reads ahead of them). */
@@ -892,8 +923,8 @@ export async function bulkLoad(ctx: PhaseContext, options: BulkLoadOptions = {})
           ? await nativeLoad(ctx, tables)
           : await snapshotLoad(ctx, tables, strategy === 'dump' ? 'dump' : 'copy', run, early);
     } catch (err) {
-      // No pg_restore or ANALYZE may run on after the phase failed.
-      await early?.statistics().catch(() => {});
+      // No pg_restore or ANALYZE may run on after the phase failed, nor hold its report back.
+      await early?.stop(err);
       throw err;
     }
     if (early) early.copyEnded = true;

@@ -44,9 +44,29 @@ function wire(rt: TestRuntime) {
     store: rt.store,
     log: () => {},
   };
-  rt.dumpStore = s3DumpStore({ s3: client, bucket: s3.bucket }, { partSize: 5 * 1024 * 1024, announces: true });
-  rt.awaitDumpUpload = (input) =>
-    awaitDumpUploadTask({ ...deps, store: deps.store as Parameters<typeof awaitDumpUploadTask>[0]['store'] }, input);
+  const store = s3DumpStore({ s3: client, bucket: s3.bucket }, { partSize: 5 * 1024 * 1024, announces: true });
+  // The upload begins once "Wait for the dump upload" has (a small dump is in S3 within milliseconds,
+  // before the step polls the copy plan: the step then finds it there and checks it itself, and the
+  // event this test holds would wait for nothing).
+  let stepBegan = () => {};
+  const began = new Promise<void>((resolve) => {
+    stepBegan = resolve;
+  });
+  rt.dumpStore = {
+    ...store,
+    async put(migrationId, dump) {
+      await began;
+      return store.put(migrationId, dump);
+    },
+  };
+  rt.awaitDumpUpload = async (input) => {
+    const out = await awaitDumpUploadTask(
+      { ...deps, store: deps.store as Parameters<typeof awaitDumpUploadTask>[0]['store'] },
+      input,
+    );
+    stepBegan();
+    return out;
+  };
   const handler = createHandler(() => deps);
   const outcomes: unknown[] = [];
   const release = async (events: unknown[]) => {

@@ -4,6 +4,7 @@
  * AWS) and what a failure of it does (a resumable stop, never a rollback of the load).
  */
 import type { TaskCallbacks } from '@pgferry/core';
+import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { advance, openSession } from '../packages/cli/src/runner';
 import { bulkLoad, prepareSchema, runWorkflowTask, startReplication } from '../packages/postgres/src/index';
@@ -19,6 +20,21 @@ const unvalidated = async (pair: Pair) =>
 
 const afterLoadSessions = (pair: Pair) =>
   pair.target("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'pgferry:%:validate'");
+
+/** A migration loaded and replicating, the work after the load left as the load leaves it. */
+async function loaded(label: string, extra: Parameters<typeof newMigration>[2] = {}) {
+  const { pair, rt } = await fixture.setup(label, 300);
+  const m = await newMigration(rt, pair, { cutover: 'manual', ...extra });
+  const session = await openSession(rt, m.id);
+  try {
+    await prepareSchema(session.ctx);
+    await bulkLoad(session.ctx);
+    await startReplication(session.ctx);
+  } finally {
+    await session.close();
+  }
+  return { pair, rt, m, lambda: { store: rt.store, log: () => {} } };
+}
 
 describe('the work after the load', () => {
   it('stops resumable when a foreign key fails its validation, keeps it listed, and resumes once the rows are fixed', async () => {
@@ -60,22 +76,12 @@ describe('the work after the load', () => {
   });
 
   it('is handed to the worker by a "Check lag" with no session of its own, which runs it to the end', async () => {
-    const { pair, rt } = await fixture.setup('fkworker', 300);
-    const m = await newMigration(rt, pair, { cutover: 'manual' });
-    const session = await openSession(rt, m.id);
-    try {
-      await prepareSchema(session.ctx);
-      await bulkLoad(session.ctx);
-      await startReplication(session.ctx);
-    } finally {
-      await session.close();
-    }
+    const { pair, rt, m, lambda } = await loaded('fkworker');
     const left = await rt.store.get(m.id);
     expect(left.foreignKeysToValidate?.length).toBe(2);
     expect(await unvalidated(pair)).toEqual(['invoices_order_id_fkey', 'orders_customer_id_fkey']);
 
-    // As a Lambda invocation runs it: no session between samples.
-    const lambda = { store: rt.store, log: () => {} };
+    // As a Lambda invocation runs it (\`lambda\`): no session between samples.
     const handed = (await runWorkflowTask('checkLag', { migrationId: m.id }, lambda)) as Record<string, unknown>;
     expect(handed).toMatchObject({ ready: false, finishLoad: true });
     expect(handed.summary).toMatch(/2 foreign key\(s\) to validate on the target: handed to the worker/);
@@ -116,5 +122,89 @@ describe('the work after the load', () => {
     }
     expect(last.ready, String(last.summary)).toBe(true);
     expect(await afterLoadSessions(pair)).toEqual([]);
+  });
+
+  it("guards the source's disk when it hands the work over: past the abort limit the slot is dropped", async () => {
+    const { pair, m, lambda } = await loaded('fkwal', { walWarnBytes: 1, walAbortBytes: 2 });
+    const err = await runWorkflowTask('checkLag', { migrationId: m.id }, lambda).catch((e) => e);
+    expect(err.name, String(err)).toBe('WalRetentionExceededError');
+    expect(await leftovers(pair)).not.toContain(`source slot pgferry_${m.id}`);
+  });
+
+  it('records what is done while it runs, and stops resumable, naming the holder, when a lock holds it past the catch-up timeout', async () => {
+    const { pair, rt, m, lambda } = await loaded('fklock', { catchUpTimeoutMs: 2500 });
+    // The second key to validate waits behind this session's lock; the first does not.
+    const [first, second] = (await rt.store.get(m.id)).foreignKeysToValidate ?? [];
+    expect(first && second).toBeTruthy();
+    const locker = new pg.Client({ connectionString: pair.targetUrl, application_name: 'nightly-job' });
+    await locker.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query(`LOCK TABLE ${second?.table} IN SHARE UPDATE EXCLUSIVE MODE`);
+      const err = await runWorkflowTask('finishLoad', { migrationId: m.id }, lambda).catch((e) => e);
+      expect(err.name, String(err)).toBe('AfterLoadFailedError');
+      expect(err.message).toMatch(/waits for a lock held by pid \d+ \(application "nightly-job"/);
+      expect(err.message).toMatch(/for \d+ s$/);
+      const state = await rt.store.get(m.id);
+      expect(state.foreignKeysToValidate?.map((f) => f.name)).toEqual([second?.name]);
+      // What was done stays done: the first key is valid, and no session of the work is left.
+      expect(await unvalidated(pair)).toEqual([second?.name]);
+      expect(await afterLoadSessions(pair)).toEqual([]);
+      expect((state.lag?.length ?? 0) > 0).toBe(true);
+    } finally {
+      await locker.end();
+    }
+    // The lock gone, the work goes on where it stopped.
+    const finished = await runWorkflowTask('finishLoad', { migrationId: m.id }, lambda);
+    expect(finished.summary).toMatch(/1 foreign key\(s\) validated/);
+    expect(await unvalidated(pair)).toEqual([]);
+  });
+
+  it('stops its work when its execution is gone, leaving the state to whatever acts on the migration now', async () => {
+    const { pair, rt, m, lambda } = await loaded('fkabort');
+    const locker = new pg.Client({ connectionString: pair.targetUrl });
+    await locker.connect();
+    const stop = new AbortController();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE orders, invoices IN SHARE UPDATE EXCLUSIVE MODE');
+      const running = runWorkflowTask('finishLoad', { migrationId: m.id }, { ...lambda, signal: stop.signal }).catch(
+        (e) => e,
+      );
+      for (let i = 0; i < 100 && (await afterLoadSessions(pair)).length === 0; i++) await sleep(50);
+      const before = (await rt.store.get(m.id)).version;
+      stop.abort();
+      const err = await running;
+      expect(err.name).toBe('AfterLoadFailedError');
+      expect(err.message).toContain('its execution ended');
+      expect(await afterLoadSessions(pair)).toEqual([]);
+      const after = await rt.store.get(m.id);
+      expect(after.foreignKeysToValidate?.length).toBe(2);
+      // Nothing written after the stop (a sample may have been recorded before it).
+      expect(after.version - before).toBeLessThanOrEqual(1);
+    } finally {
+      await locker.end();
+    }
+  });
+
+  it('ends the sessions a worker that died left running before the rollback a failure calls for', async () => {
+    const { pair, rt, m, lambda } = await loaded('fkdead');
+    // In catch-up, a worker killed mid-VALIDATE: its backend runs on, holding the table's lock.
+    await rt.store.put({ ...(await rt.store.get(m.id)), phase: 'catch-up' });
+    const orphan = new pg.Client({ connectionString: pair.targetUrl, application_name: `pgferry:${m.id}:validate` });
+    orphan.on('error', () => {});
+    await orphan.connect();
+    await orphan.query('BEGIN');
+    await orphan.query('LOCK TABLE orders IN SHARE UPDATE EXCLUSIVE MODE');
+    const out = await runWorkflowTask(
+      'rollback',
+      { migrationId: m.id, error: { Error: 'ReplicationFailedError', Cause: 'the subscription stopped' } },
+      lambda,
+    );
+    expect(out.action).toBe('roll-back');
+    const state = await rt.store.get(m.id);
+    expect(state.status, JSON.stringify(state.events.at(-1))).toBe('rolled-back');
+    expect(await leftovers(pair)).toEqual([]);
+    await orphan.end().catch(() => {});
   });
 });

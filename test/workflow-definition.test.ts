@@ -152,6 +152,10 @@ describe('workflow definition', () => {
     expect(route('Check lag', 'AfterLoadFailedError')).toBe('Record failure');
     expect(route('Finish the load on the target', 'ConnectionLostError')).toBe('Record failure');
     expect(route('Finish the load on the target', 'Error')).toBe('Roll back');
+    // Its worker killed (no heartbeat): what it did stays, replication goes on; a load's worker is rolled back.
+    expect(route('Finish the load on the target', 'States.HeartbeatTimeout')).toBe('Record failure');
+    expect(route('Verify before cutover', 'States.HeartbeatTimeout')).toBe('Record failure');
+    expect(route('Bulk load', 'States.HeartbeatTimeout')).toBe('Roll back');
   });
 
   it('is what `pgferry workflow print` prints, and --help names the command', () => {

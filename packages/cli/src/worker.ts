@@ -137,6 +137,8 @@ async function dispatch(task: WorkerTask, rt: Runtime, ctx: PhaseContext, stoppe
       log: (m) => rt.events.log(m),
       phase: (p, e, summary) => rt.events.phase(p, e, summary),
       session: async () => ({ ctx, close: async () => {} }),
+      // "Finish the load on the target" stops its work when its execution is gone.
+      signal: stopped,
     },
   );
 }

@@ -48,8 +48,9 @@ const RESUMABLE = [
   'ApprovalTimeoutError',
   CONTINUATION_FAILED_ERROR,
   'VerifyLockedError',
-  // The statistics or a foreign key's validation after the load failed (a row the key refuses, a lock
-  // timeout): the loaded target stays, the work left is recorded, and resume runs it again.
+  // The statistics or a foreign key's validation after the load failed (a row the key refuses, a
+  // session that held its lock past catchUpTimeoutMs): the loaded target stays, the work left is
+  // recorded, and resume runs it again.
   'AfterLoadFailedError',
 ];
 /** A cutover that failed before the switch undid itself: the loaded target is as good as before. */
@@ -65,6 +66,9 @@ export const POLICY_ERRORS = [
   'StateConflictError',
   // An approval step that timed out: replication goes on; a person (or a later execution) decides.
   'States.Timeout',
+  // A worker that stopped sending heartbeats (killed, its task stopped): in catch-up (the work after
+  // the load, the verify before the switch) nothing it did is lost and replication goes on.
+  'States.HeartbeatTimeout',
 ] as const;
 
 export function failureAction(error: string, phase: Phase, facts: FailureFacts): FailureAction {
@@ -79,7 +83,7 @@ export function failureAction(error: string, phase: Phase, facts: FailureFacts):
   // A difference found before the switch: nothing switched or frozen; the target stays to be looked at.
   if (error === 'VerificationFailedError') return 'stop';
   if (phase === 'catch-up' && (error === 'ConnectionLostError' || facts.connectionLoss)) return 'stop';
-  if (phase === 'catch-up' && error === 'States.Timeout') return 'stop';
+  if (phase === 'catch-up' && (error === 'States.Timeout' || error === 'States.HeartbeatTimeout')) return 'stop';
   if (phase === 'assess') return 'fail';
   if (phase === 'cleanup' || phase === 'verify') return 'keep-cut-over';
   return 'roll-back';

@@ -141,6 +141,16 @@ export function finishLoad(ctx: PhaseContext): AfterLoad {
       side: 'target',
       applicationName: `${objectNames(ctx.config.id).applicationName}:validate`,
       lockTimeoutMs: 0,
+    }).catch((err) => {
+      // (Too many clients, a failover just then: nothing about the load; resumable, as a statement's failure.)
+      throw new AfterLoadFailedError(
+        `the target refused the session of the work after the load: ${errorMessage(err)}`,
+        {
+          cause: err,
+          phase: 'catch-up',
+          hint: `nothing was undone and replication goes on; \`pgferry resume --id ${ctx.config.id}\` tries again`,
+        },
+      );
     });
     v.pid = (client as unknown as { processID?: number }).processID;
     try {

@@ -5,12 +5,14 @@
  * (a re-run converges), runs it with the usual bookkeeping, and returns a short summary with figures.
  */
 import {
+  AfterLoadFailedError,
   APPROVAL_DEADLINE_SECONDS,
   ApprovalTimeoutError,
   type ApprovalWaitInput,
   approvalDeadline,
   completeOutput,
   DEFAULTS,
+  type DeferredForeignKey,
   type DmsReplication,
   DrainTimeoutError,
   type EventPublisher,
@@ -40,13 +42,14 @@ import {
 } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { wasInterrupted } from '../critical';
-import { isConnectionLoss } from '../db';
+import { isConnectionLoss, sleep } from '../db';
 import { endOrphanSessions } from '../inspect';
 import { assertNoBlockers, assess } from '../phases/assess';
 import { bulkLoad } from '../phases/bulk-load';
 import {
   finishLoad,
   type GateLoop,
+  type GateMemory,
   gateStep,
   newGateLoop,
   sampleGate,
@@ -98,6 +101,8 @@ export interface TaskDeps {
   callbacks?: TaskCallbacks;
   /** Tests only: see FaultPoints. */
   faults?: FaultPoints;
+  /** The worker: aborted when its execution is gone (a heartbeat refused); a long task stops its work then. */
+  signal?: AbortSignal;
   /** The AWS connection switch a migration's config names (functions/lib/aws-deps.ts); none locally. */
   connectionSwitch?: ConnectionSwitchFactory;
   /** In AWS: the `dump` strategy streams its data through S3 (packages/aws s3DumpStore), not a local file. */
@@ -362,13 +367,17 @@ const checkLagTask: Task = (input, deps) =>
     // ("Finish the load on the target"), and the catch-up begins again once it is done.
     if (!deps.session) {
       const left = afterLoadRecorded(ctx);
-      if (left.tables + left.foreignKeys > 0)
+      if (left.tables + left.foreignKeys > 0) {
+        // Sampled all the same: the WAL the slot retains (dropped past the abort limit), the slot and
+        // the subscription, recorded and published, before the worker takes over.
+        await watchSample(ctx, loop.memory, deps);
         return {
           summary: `the load left ${left.tables} table(s) to analyze and ${left.foreignKeys} foreign key(s) to validate on the target: handed to the worker; replication goes on meanwhile`,
           ...gateState(loop, false, 0, ctx.config.lagSamples),
           finishLoad: true,
           samples: samplesAfter(input),
         };
+      }
     } else finishLoad(ctx);
     try {
       const step = await gateStep(ctx, loop, { validation });
@@ -442,11 +451,45 @@ function afterLoadRecorded(ctx: PhaseContext) {
 }
 
 /**
+ * One gate sample while the work after the load runs, outside the gate's loop: the WAL the slot retains
+ * (past the abort limit the slot is dropped: WalRetentionExceededError), the slot and the subscription,
+ * what is left of the work (recorded in the state as it ends), published as "Check lag" publishes
+ * its samples. A server away for a moment is no reason to stop the work.
+ */
+async function watchSample(ctx: PhaseContext, memory: GateMemory, deps: TaskDeps) {
+  try {
+    const sample = await sampleGate(ctx, memory, { catalog: false });
+    await publish(deps, [
+      {
+        type: 'Replication Lag Sampled',
+        detail: {
+          migrationId: ctx.config.id,
+          lagBytes: sample.figures.bytes,
+          lagMs: sample.figures.ms,
+          walRetainedBytes: ctx.state.walRetainedBytes ?? null,
+          gateOpen: false,
+        },
+      },
+    ]);
+    return sample;
+  } catch (err) {
+    if (!isConnectionLoss(err)) throw err;
+    deps.log(`warning: a lag sample failed (${errorMessage(err)}); the work after the load goes on`);
+    return undefined;
+  }
+}
+
+/** How often, at least, "Finish the load on the target" samples the gate while its work runs (as "Check lag": whole seconds). */
+export const FINISH_LOAD_SAMPLE_MS = 1_000;
+
+/**
  * "Finish the load on the target" (the worker): the statistics and the foreign keys the load left,
  * run to the end on one session of its own while replication goes on (ANALYZE and VALIDATE take
- * SHARE UPDATE EXCLUSIVE: the apply worker's writes go on). What is done is recorded as it ends, so a
- * worker that dies leaves only the rest; a statement that fails stops the migration resumable
- * (AfterLoadFailedError), the work left recorded.
+ * SHARE UPDATE EXCLUSIVE: the apply worker's writes go on). Meanwhile the gate is sampled every
+ * FINISH_LOAD_SAMPLE_MS (watchSample: the source's disk guarded, what is done recorded, so a worker
+ * that dies leaves only the rest); waiting for another session's lock is named with its holders, and
+ * past `catchUpTimeoutMs` stops the migration resumable. A statement that fails does too
+ * (AfterLoadFailedError), the work left recorded. A stopped execution (`deps.signal`) stops the work.
  */
 const finishLoadTask: Task = (input, deps) =>
   inSession(input, deps, async (ctx) => {
@@ -454,14 +497,46 @@ const finishLoadTask: Task = (input, deps) =>
     if (before.tables + before.foreignKeys === 0) return { summary: 'nothing left to do after the load' };
     const started = Date.now();
     const v = finishLoad(ctx);
+    let ended = false;
+    const done = v.done.finally(() => {
+      ended = true;
+    });
+    const memory: GateMemory = { wal: false };
+    let blockedSince: number | undefined;
+    let said: string | undefined;
     try {
-      await v.done;
-    } finally {
-      await ctx.update((s) => {
-        s.foreignKeysToValidate = v.pending.length ? [...v.pending] : undefined;
-        s.tablesToAnalyze = v.analyze.length ? [...v.analyze] : undefined;
-      });
+      while (!ended) {
+        if (deps.signal?.aborted)
+          throw new AfterLoadFailedError('the work after the load was stopped: its execution ended', {
+            phase: 'catch-up',
+          });
+        const sample = await watchSample(ctx, memory, deps);
+        const held = sample?.blocked ? sample.waiting.at(-1) : undefined;
+        if (held) {
+          blockedSince ??= Date.now();
+          if (held !== said) ctx.log(held);
+          said = held;
+          const waited = Date.now() - blockedSince;
+          if (ctx.config.catchUpTimeoutMs > 0 && waited > ctx.config.catchUpTimeoutMs)
+            throw new AfterLoadFailedError(`${held}, for ${Math.round(waited / 1000)} s`, {
+              phase: 'catch-up',
+              hint: `nothing was undone and replication goes on; end that session or let it finish, then resume (\`pgferry resume --id ${ctx.config.id}\`)`,
+            });
+        } else blockedSince = undefined;
+        if (!ended)
+          await Promise.race([
+            done,
+            sleep(Math.max(ctx.config.lagSampleIntervalMs, FINISH_LOAD_SAMPLE_MS)),
+            aborted(deps.signal),
+          ]);
+      }
+    } catch (err) {
+      await stopFinishingLoad(ctx);
+      // Stopped because its execution ended: whatever acts on the migration now (a rollback) owns its state.
+      if (!deps.signal?.aborted) await recordAfterLoad(ctx, v);
+      throw err;
     }
+    await recordAfterLoad(ctx, v);
     if (v.error) {
       await stopFinishingLoad(ctx);
       throw v.error;
@@ -470,6 +545,21 @@ const finishLoadTask: Task = (input, deps) =>
       summary: `${before.tables} table(s) analyzed and ${before.foreignKeys} foreign key(s) validated on the target in ${((Date.now() - started) / 1000).toFixed(1)} s`,
     };
   });
+
+/** What is left of the work after the load, recorded in the state. */
+function recordAfterLoad(ctx: PhaseContext, v: { pending: DeferredForeignKey[]; analyze: string[] }) {
+  return ctx.update((s) => {
+    s.foreignKeysToValidate = v.pending.length ? [...v.pending] : undefined;
+    s.tablesToAnalyze = v.analyze.length ? [...v.analyze] : undefined;
+  });
+}
+
+/** Resolves when `signal` is aborted (never without one). */
+function aborted(signal?: AbortSignal): Promise<void> {
+  if (!signal) return new Promise(() => {});
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+}
 
 /**
  * "Verify before cutover": every table compared while replication runs (once per migration, until it
@@ -751,6 +841,9 @@ async function handleFailure(ctx: PhaseContext, error: CaughtError, deps: TaskDe
   if (action === 'roll-back') {
     try {
       deps.log(`rolling back after the failure in ${PHASE_TITLES[phase]}`);
+      // A worker that died (its heartbeat stopped) may leave its sessions running on, holding the
+      // locks the rollback needs (a VALIDATE, a copy): ended first, as a requested rollback does.
+      await endSessionsLeft(ctx, deps);
       undone = await rollbackWithDms(ctx, deps);
     } catch (rollbackErr) {
       rollbackFailed = true;
@@ -785,15 +878,20 @@ async function rollbackWithDms(ctx: PhaseContext, deps: TaskDeps): Promise<strin
   return `${removed}; ${await rollback(ctx)}`;
 }
 
+/** Ends the migration's sessions a pgferry process that is gone left on both servers, said in the log. */
+async function endSessionsLeft(ctx: PhaseContext, deps: TaskDeps) {
+  for (const db of [ctx.source, ctx.target]) {
+    const n = await endOrphanSessions(db, ctx.config.id);
+    if (n) deps.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
+  }
+}
+
 /** "Roll back": on request (no error), the rollback; after a failure, what the failure policy says. */
 const rollbackTask: Task = (input, deps) =>
   inSession(input, deps, async (ctx) => {
     const error = input.error as CaughtError | null | undefined;
     if (error) return handleFailure(ctx, error, deps, true);
-    for (const db of [ctx.source, ctx.target]) {
-      const n = await endOrphanSessions(db, ctx.config.id);
-      if (n) deps.log(`ended ${n} session(s) on the ${db.side} left by a pgferry process that is gone`);
-    }
+    await endSessionsLeft(ctx, deps);
     const summary = await runPhase(ctx, 'rollback', (c) => rollbackWithDms(c, deps), listener(deps, ctx.config.id));
     await ctx.update((s) => {
       s.status = 'rolled-back';

@@ -81,7 +81,7 @@ describe('the work after the load', () => {
     expect(left.foreignKeysToValidate?.length).toBe(2);
     expect(await unvalidated(pair)).toEqual(['invoices_order_id_fkey', 'orders_customer_id_fkey']);
 
-    // As a Lambda invocation runs it (\`lambda\`): no session between samples.
+    // As a Lambda invocation runs it (`lambda`): no session between samples.
     const handed = (await runWorkflowTask('checkLag', { migrationId: m.id }, lambda)) as Record<string, unknown>;
     expect(handed).toMatchObject({ ready: false, finishLoad: true });
     expect(handed.summary).toMatch(/2 foreign key\(s\) to validate on the target: handed to the worker/);

@@ -151,6 +151,17 @@ describe('the work after the load', () => {
       expect(await unvalidated(pair)).toEqual([second?.name]);
       expect(await afterLoadSessions(pair)).toEqual([]);
       expect((state.lag?.length ?? 0) > 0).toBe(true);
+      // "Record failure" gets only the error's name and message (as in AWS): the hint comes from the state.
+      await runWorkflowTask(
+        'recordFailure',
+        { migrationId: m.id, error: { Error: err.name, Cause: JSON.stringify({ errorMessage: err.message }) } },
+        lambda,
+      );
+      const recorded = await rt.store.get(m.id);
+      expect(recorded.status).toBe('running');
+      expect(recorded.failure).toMatchObject({ name: 'AfterLoadFailedError', hint: err.hint });
+      expect(recorded.failure?.hint).toContain(`pgferry resume --id ${m.id}`);
+      expect(recorded.lastError).toBeUndefined();
     } finally {
       await locker.end();
     }

@@ -314,6 +314,12 @@ export interface MigrationState {
   warnings?: string[];
   failedAt?: string;
   failure?: { name: string; message: string; phase?: Phase; hint?: string };
+  /**
+   * The last typed error a task threw that had a hint for the person running the migration. In AWS
+   * only an error's name and message travel through the execution: "Record failure" and "Roll back"
+   * take its hint from here (when name and message are the same).
+   */
+  lastError?: { name: string; message: string; hint: string; at: string };
   undoFailed?: UndoFailure;
   events: { at: string; message: string }[];
 }

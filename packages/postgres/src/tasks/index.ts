@@ -150,6 +150,10 @@ export async function runWorkflowTask(task: TaskName, input: TaskInput, deps: Ta
     if (token) await deps.callbacks?.succeed(token, output);
     return output;
   } catch (err) {
+    // Where the thrown error does not reach the failure's handler (AWS: only name and message travel),
+    // its hint is kept with the migration for "Record failure" to show.
+    if (!deps.thrown && err instanceof PgferryError && err.hint && task !== 'recordFailure' && task !== 'rollback')
+      await keepHint(deps, input.migrationId, err);
     if (token)
       await deps.callbacks
         ?.fail(token, err instanceof Error ? err.name : 'Error', errorMessage(err))
@@ -158,6 +162,20 @@ export async function runWorkflowTask(task: TaskName, input: TaskInput, deps: Ta
   } finally {
     if (heartbeat) clearInterval(heartbeat);
   }
+}
+
+/** Records `err`'s hint as the migration's `lastError` (best effort: the error itself is what matters). */
+async function keepHint(deps: TaskDeps, id: string, err: PgferryError) {
+  const hint = err.hint ?? '';
+  await updateMigration(
+    deps.store,
+    id,
+    (s) => {
+      s.lastError = { name: err.name, message: errorMessage(err), hint, at: new Date().toISOString() };
+      return true;
+    },
+    { ifGone: 'skip' },
+  ).catch(() => {});
 }
 
 type Task = (input: TaskInput, deps: TaskDeps) => Promise<TaskOutput>;
@@ -814,7 +832,12 @@ async function handleFailure(ctx: PhaseContext, error: CaughtError, deps: TaskDe
     name: error.Error,
     message: causeMessage(error),
     phase,
-    hint: thrown instanceof PgferryError ? thrown.hint : undefined,
+    hint:
+      thrown instanceof PgferryError
+        ? thrown.hint
+        : ctx.state.lastError?.name === error.Error && ctx.state.lastError.message === causeMessage(error)
+          ? ctx.state.lastError.hint
+          : undefined,
   };
   const now = () => new Date().toISOString();
   // The attempt the error ended, if nothing marked it yet (a phase run outside runPhase: the catch-up).
@@ -831,6 +854,7 @@ async function handleFailure(ctx: PhaseContext, error: CaughtError, deps: TaskDe
       .update((s) => {
         s.status = statusAfter(action) ?? s.status;
         s.failure = failure;
+        s.lastError = undefined;
         s.events = [...s.events, { at: now(), message }];
       })
       .catch(() => {});
@@ -856,6 +880,7 @@ async function handleFailure(ctx: PhaseContext, error: CaughtError, deps: TaskDe
       s.status = statusAfter(action, rollbackFailed) ?? s.status;
       s.failedAt = now();
       s.failure = failure;
+      s.lastError = undefined;
       s.events = [...s.events, { at: s.failedAt, message }];
     })
     .catch(() => {});

@@ -256,6 +256,9 @@ describe('pgferry CLI', () => {
     const split = await pgferry(['migrate', '--split-table-mb', '0', '--source', 'x', '--target', 'y', '--yes']);
     expect(split.code).toBe(2);
     expect(split.stderr).toContain('--split-table-mb must be at least 1 (MiB)');
+    const memory = await pgferry(['migrate', '--index-memory-mb', '32', '--source', 'x', '--target', 'y', '--yes']);
+    expect(memory.code).toBe(2);
+    expect(memory.stderr).toContain('--index-memory-mb must be a whole number from 64 up (got "32")');
     pair = await freshPair(15, 'cliyes');
     const r = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl]);
     expect(r.code).toBe(2);

@@ -1005,14 +1005,18 @@ describe('index build memory', () => {
     });
   });
 
-  it('finds the cap from the target: none off RDS, shared_buffers on RDS, a quarter of it on Aurora', async () => {
+  it('finds the cap from the target: none off RDS, shared_buffers on RDS, a quarter of it on Aurora, --index-memory-mb where lower', async () => {
     // A server of its own: the roles and functions that mark RDS would mislead other tests' assessments.
     const server = await startServer({ version: 15, name: 'rdslike', settings: { shared_buffers: "'192MB'" } });
     const db = await connect(server.url('postgres'), { side: 'target', applicationName: 'pgferry:test' });
     try {
       expect(await indexBuildLimits(db)).toEqual({ capMB: Number.POSITIVE_INFINITY, maxWorkers: 2 });
+      // --index-memory-mb: the person's cap, off RDS and on it when lower than the server's.
+      expect((await indexBuildLimits(db, 1000)).capMB).toBe(1000);
       await db.query('CREATE ROLE rds_superuser');
       expect((await indexBuildLimits(db)).capMB).toBe(192);
+      expect((await indexBuildLimits(db, 100)).capMB).toBe(100);
+      expect((await indexBuildLimits(db, 1000)).capMB).toBe(192);
       await db.query("CREATE FUNCTION public.aurora_version() RETURNS text LANGUAGE sql AS $$SELECT '16.4'$$");
       expect((await indexBuildLimits(db)).capMB).toBe(48);
       await db.query('ALTER SYSTEM SET max_parallel_maintenance_workers = 5');

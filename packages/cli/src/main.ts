@@ -5,6 +5,7 @@ import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
 import {
   checkPostgresUrl,
+  DEFAULTS,
   deployedTableName,
   EXIT_CODES,
   errorMessage,
@@ -133,6 +134,10 @@ PostgreSQL 11 is a blocker.
   --split-table-mb N    tables over N MiB are copied as ranges by several streams at once
                         (default 8192). A split table is loaded without COPY FREEZE, and its
                         streams share the target's cores: with few cores, a larger N loads faster
+  --index-memory-mb N   the target's index builds running at once share at most N MiB of
+                        maintenance_work_mem (at least 64; default --jobs × 384, and on RDS no more
+                        than shared_buffers, a quarter of it on Aurora): set it on a small
+                        self-managed target, whose memory pgferry cannot see
   --cutover auto|manual auto: cut over as soon as caught up; manual (default): stop caught up,
                         then run \`pgferry cutover --id ID\`
   --max-lag-ms N        cutover gate: the oldest WAL the target has not confirmed is under N ms
@@ -284,6 +289,7 @@ const OPTIONS = {
   strategy: { type: 'string' },
   jobs: { type: 'string' },
   'split-table-mb': { type: 'string' },
+  'index-memory-mb': { type: 'string' },
   cutover: { type: 'string' },
   'max-lag-ms': { type: 'string' },
   'max-lag-mb': { type: 'string' },
@@ -322,6 +328,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
     'strategy',
     'jobs',
     'split-table-mb',
+    'index-memory-mb',
     'cutover',
     'max-lag-ms',
     'max-lag-mb',
@@ -666,6 +673,7 @@ export async function main(argv: string[]): Promise<number> {
           strategy: values.strategy,
           jobs: int(values.jobs, '--jobs', { min: 1, max: 64 }),
           splitTableBytes: mebibytes(values['split-table-mb'], '--split-table-mb'),
+          indexMemoryMB: int(values['index-memory-mb'], '--index-memory-mb', { min: DEFAULTS.indexBuildMemoryMinMB }),
           cutover: values.cutover,
           maxLagMs: int(values['max-lag-ms'], '--max-lag-ms', { min: 1 }),
           maxLagBytes: mebibytes(values['max-lag-mb'], '--max-lag-mb'),

@@ -271,6 +271,11 @@ export const migrationConfigSchema = z
     catchUpTimeoutMs: z.number().int().min(0).default(DEFAULTS.catchUpTimeoutMs),
     reconnectTimeoutMs: z.number().int().min(0).default(DEFAULTS.reconnectTimeoutMs),
     splitTableBytes: z.number().int().min(1).default(DEFAULTS.splitTableBytes),
+    /**
+     * At most this many MiB of maintenance_work_mem for the target's index builds running at once
+     * (`--index-memory-mb`); unset: `jobs` × indexBuildMemoryMB, and on RDS no more than shared_buffers.
+     */
+    indexMemoryMB: z.number().int().min(DEFAULTS.indexBuildMemoryMinMB).optional(),
     verifyPartBytes: z.number().int().min(8192).default(DEFAULTS.verifyPartBytes),
     earlyIndexBytes: z.number().int().min(0).default(DEFAULTS.earlyIndexBytes),
     slotWaitTimeoutMs: z.number().int().min(1).default(DEFAULTS.slotWaitTimeoutMs),

@@ -172,9 +172,10 @@ export interface IndexBuildLimits {
 /**
  * On RDS, whose parameter groups give shared_buffers a quarter of the instance's memory, concurrent
  * index builds take no more than shared_buffers between them (a quarter of it on Aurora), so that a small instance is not run
- * out of memory in the middle of the load. Elsewhere shared_buffers says little about the machine.
+ * out of memory in the middle of the load. Elsewhere shared_buffers says little about the machine: the
+ * person's `--index-memory-mb` (`userCapMB`) is the cap there, and on RDS too when it is lower.
  */
-export async function indexBuildLimits(target: Db): Promise<IndexBuildLimits> {
+export async function indexBuildLimits(target: Db, userCapMB?: number): Promise<IndexBuildLimits> {
   const { rds, aurora, mb, workers } = await target.one<{ rds: boolean; aurora: boolean; mb: string; workers: string }>(
     `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_superuser') AS rds,
             to_regproc('aurora_version') IS NOT NULL AS aurora,
@@ -182,7 +183,9 @@ export async function indexBuildLimits(target: Db): Promise<IndexBuildLimits> {
             current_setting('max_parallel_maintenance_workers') AS workers`,
   );
   // Aurora gives shared_buffers about two thirds of the memory: a quarter of it is what is safe.
-  return { capMB: rds ? Number(mb) / (aurora ? 4 : 1) : Number.POSITIVE_INFINITY, maxWorkers: Number(workers) };
+  const serverCap = rds ? Number(mb) / (aurora ? 4 : 1) : Number.POSITIVE_INFINITY;
+  // --index-memory-mb: what the person knows of the target's memory (a small self-managed server).
+  return { capMB: Math.min(serverCap, userCapMB ?? Number.POSITIVE_INFINITY), maxWorkers: Number(workers) };
 }
 
 /** The settings of one of `sessions` index builds running at once. */
@@ -222,7 +225,11 @@ async function restore(
   // not index builds and whose last big index may build alone, the server's setting stands.
   let memory = '';
   if (section === 'post-data') {
-    const settings = indexBuildSettings(ctx.config.jobs, list?.sessions ?? jobs, await indexBuildLimits(ctx.target));
+    const settings = indexBuildSettings(
+      ctx.config.jobs,
+      list?.sessions ?? jobs,
+      await indexBuildLimits(ctx.target, ctx.config.indexMemoryMB),
+    );
     const set = list?.sessions !== undefined ? settings : { maintenance_work_mem: settings.maintenance_work_mem };
     memory = Object.entries(set)
       .map(([k, v]) => ` -c ${k}=${v}`)
@@ -653,7 +660,10 @@ export interface TablePostDataPrep {
 }
 
 export async function prepareTablePostData(ctx: PhaseContext, lines: string[]): Promise<TablePostDataPrep> {
-  const [keys, limits] = await Promise.all([keysByIndex(ctx, lines), indexBuildLimits(ctx.target)]);
+  const [keys, limits] = await Promise.all([
+    keysByIndex(ctx, lines),
+    indexBuildLimits(ctx.target, ctx.config.indexMemoryMB),
+  ]);
   return { keys, limits };
 }
 

@@ -59,7 +59,8 @@ const copydbJobs = Number(values['copydb-jobs']);
 const rounds = Math.max(1, Number(values.rounds));
 const SPLIT_BYTES = Number(values['split-mb']) * 1024 * 1024; // the same split threshold for pgferry and pgcopydb
 const BIN = '/usr/lib/postgresql/15/bin';
-const PGFERRY = resolve(import.meta.dirname, '../packages/cli/bin/pgferry.mjs');
+/** The bundle `npm run bench` builds first, run as is (see pgferry-bundle.mjs). */
+const PGFERRY = resolve(import.meta.dirname, 'pgferry-bundle.mjs');
 const targetVersion = Number(values['target-version']);
 const fail = (message: string) => {
   console.error(message);

@@ -880,6 +880,9 @@ describe('phases', () => {
         stalled = true;
         await locker.query('BEGIN');
         await locker.query('LOCK TABLE writes IN SHARE MODE');
+        // A write after the stall, whatever the live writer's pace: the forecast's position is past
+        // something the target cannot apply.
+        await pair.source("INSERT INTO writes (writer, payload) VALUES ('late', 'after the stall')");
       },
     };
     let frozenSeen = false;
@@ -896,6 +899,7 @@ describe('phases', () => {
     await released;
     const stats = await writer.stop();
     expect(stalled).toBe(true);
+    expect(await pair.target("SELECT count(*)::int AS n FROM writes WHERE writer = 'late'")).toEqual([{ n: 1 }]);
     expect(
       rt.logs.some((l) => /not freezing: the drain is predicted at \d+ ms, over the budget of 300 ms/.test(l)),
     ).toBe(true);

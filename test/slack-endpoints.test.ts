@@ -633,7 +633,11 @@ describe('the Slack worker', () => {
     expect(sfnMock.calls()).toHaveLength(0);
 
     // It stopped (resumable): the next execution, numbered on from the last.
-    sfnMock.on(DescribeExecutionCommand).resolves({ status: 'FAILED' });
+    sfnMock
+      .on(DescribeExecutionCommand)
+      .rejects(Object.assign(new Error('none'), { name: 'ExecutionDoesNotExist' }))
+      .on(DescribeExecutionCommand, { executionArn: arn('m6-continued-2') })
+      .resolves({ status: 'FAILED' });
     sfnMock.on(StartExecutionCommand).resolves({ executionArn: arn('m6-resumed-3') });
     expect((await resume('m6')).text).toBe(
       `Resumed \`m6\` (requested by <@${APPROVER}>) in execution \`m6-resumed-3\`: it goes on from where it stopped.`,
@@ -649,6 +653,19 @@ describe('the Slack worker', () => {
       expect((await resume(s.id)).text).toBe(
         `migration ${s.id} is ${s.status}: there is nothing to resume. Nothing was started.`,
       );
+    // Aborted in Slack, whose rollback execution then failed (the migration still "running"): not resumed
+    // behind the back of whoever aborted it.
+    sfnMock.reset();
+    sfnMock
+      .on(DescribeExecutionCommand)
+      .rejects(Object.assign(new Error('none'), { name: 'ExecutionDoesNotExist' }))
+      .on(DescribeExecutionCommand, { executionArn: arn('m6-continued-2') })
+      .resolves({ status: 'ABORTED' })
+      .on(DescribeExecutionCommand, { executionArn: arn('m6-rollback') })
+      .resolves({ status: 'FAILED' });
+    expect((await resume('m6')).text).toMatch(
+      /^migration m6 was being rolled back \(execution m6-rollback: FAILED\): it is not resumed\. Nothing was started\./,
+    );
     // Not started from a plan (the CLI ran it): not Slack's to resume.
     expect((await resume('m20')).text).toMatch(
       /^`m20` was not started from a plan, so Slack cannot resume it; nothing was started\. .*`pgferry resume --id m20`/,

@@ -174,7 +174,8 @@ async function resume(
   const last = state.execution!;
   // Nothing beside a running execution of the migration, nor beside its rollback (Slack's abort or
   // rollback started it; the migration's status changes only once it runs).
-  const [running] = await runningExecutions(state, deps, { rollback: true });
+  const seen = await executionsOf(state, deps, { rollback: true });
+  const [running] = seen.running;
   if (running) return { migrationId, executionArn: running, alreadyStarted: true };
   if (!LIVE_STATUSES.includes(state.status))
     throw new StateConflictError(`migration ${migrationId} is ${state.status}: there is nothing to resume`, {
@@ -182,6 +183,18 @@ async function resume(
       migrationId,
       hint: 'leave the migration id out to start a new migration from the plan',
     });
+  // Someone aborted or rolled it back (Slack starts `<id>-rollback`), and that rollback ended without
+  // recording the migration rolled back (it failed): never resumed behind their back.
+  const rollback = seen.rollback;
+  if (rollback || state.phase === 'rollback')
+    throw new StateConflictError(
+      `migration ${migrationId} was being rolled back${rollback ? ` (execution ${rollbackExecutionName(migrationId)}: ${rollback})` : ''}: it is not resumed`,
+      {
+        field: 'migrationId',
+        migrationId,
+        hint: `see what is left with \`pgferry status ${migrationId} --stage S\` and the rollback's execution in the Step Functions console; leave the migration id out to start a new migration from the plan`,
+      },
+    );
   // The next number; one an earlier resume took whose execution ended before it recorded itself (the
   // source still unreachable, say) is passed over, since Step Functions never reuses a name.
   for (let n = last.number + 1; n <= last.number + MAX_UNRECORDED; n++) {
@@ -227,26 +240,35 @@ export async function runningExecutions(
   deps: Pick<StartFromPlanDeps, 'sfn' | 'stateMachineArn'>,
   options: { rollback?: boolean } = {},
 ): Promise<string[]> {
+  return (await executionsOf(state, deps, options)).running;
+}
+
+/** runningExecutions, and with `rollback` the status of the migration's rollback execution if there is one. */
+async function executionsOf(
+  state: Pick<MigrationState, 'id' | 'execution'>,
+  deps: Pick<StartFromPlanDeps, 'sfn' | 'stateMachineArn'>,
+  options: { rollback?: boolean } = {},
+): Promise<{ running: string[]; rollback?: string }> {
   const current = state.execution;
   const number = current?.number ?? 0;
   const running: string[] = [];
-  /** Whether execution `name` exists; a running one is added to `running`. */
+  /** Execution `name`'s status, undefined if there is none; a running one is added to `running`. */
   const look = async (name: string) => {
     const executionArn = executionArnOf(deps.stateMachineArn, name);
     try {
       const out = await deps.sfn.send(new DescribeExecutionCommand({ executionArn }));
       if (out?.status === 'RUNNING') running.push(executionArn);
-      return true;
+      return out?.status ?? 'UNKNOWN';
     } catch (err) {
       if ((err as Error).name !== 'ExecutionDoesNotExist') throw err;
-      return false;
+      return undefined;
     }
   };
   await look(current?.name ?? state.id);
   await look(continuedExecutionName(state.id, number + 1));
   for (let n = number + 1; n <= number + MAX_UNRECORDED && (await look(resumedExecutionName(state.id, n))); n++);
-  if (options.rollback) await look(rollbackExecutionName(state.id));
-  return running;
+  const rollback = options.rollback ? await look(rollbackExecutionName(state.id)) : undefined;
+  return { running, rollback };
 }
 
 /** How startOrFind fails; with `ended`, an execution of the name that has ended is passed over (undefined). */

@@ -991,6 +991,12 @@ describe('index build memory', () => {
     expect(indexBuildMemoryMB(4, 4, 512)).toBe(128);
     // db.t4g.micro: never below PostgreSQL's own default.
     expect(indexBuildMemoryMB(8, 8, 256)).toBe(64);
+    // --index-memory-mb is a cap whatever the floor: the builds at once never share more.
+    expect(indexBuildMemoryMB(8, 8, Number.POSITIVE_INFINITY, 64)).toBe(8);
+    expect(indexBuildMemoryMB(4, 4, Number.POSITIVE_INFINITY, 128)).toBe(32);
+    expect(indexBuildMemoryMB(4, 1, Number.POSITIVE_INFINITY, 2000)).toBe(1024);
+    expect(indexBuildMemoryMB(4, 4, 512, 1000)).toBe(128);
+    expect(indexBuildMemoryMB(4, 3, Number.POSITIVE_INFINITY, 1)).toBe(1);
   });
 
   it("gives each build parallel workers only out of the --jobs the builds running at once leave, within the server's limit", () => {
@@ -1009,18 +1015,21 @@ describe('index build memory', () => {
     });
   });
 
-  it('finds the cap from the target: none off RDS, shared_buffers on RDS, a quarter of it on Aurora, --index-memory-mb where lower', async () => {
+  it("finds the cap from the target: none off RDS, shared_buffers on RDS, a quarter of it on Aurora; and the person's --index-memory-mb", async () => {
     // A server of its own: the roles and functions that mark RDS would mislead other tests' assessments.
     const server = await startServer({ version: 15, name: 'rdslike', settings: { shared_buffers: "'192MB'" } });
     const db = await connect(server.url('postgres'), { side: 'target', applicationName: 'pgferry:test' });
     try {
       expect(await indexBuildLimits(db)).toEqual({ capMB: Number.POSITIVE_INFINITY, maxWorkers: 2 });
-      // --index-memory-mb: the person's cap, off RDS and on it when lower than the server's.
-      expect((await indexBuildLimits(db, 1000)).capMB).toBe(1000);
+      // --index-memory-mb: the person's cap, beside the server's.
+      expect(await indexBuildLimits(db, 1000)).toEqual({
+        capMB: Number.POSITIVE_INFINITY,
+        maxWorkers: 2,
+        userCapMB: 1000,
+      });
       await db.query('CREATE ROLE rds_superuser');
       expect((await indexBuildLimits(db)).capMB).toBe(192);
-      expect((await indexBuildLimits(db, 100)).capMB).toBe(100);
-      expect((await indexBuildLimits(db, 1000)).capMB).toBe(192);
+      expect(await indexBuildLimits(db, 100)).toMatchObject({ capMB: 192, userCapMB: 100 });
       await db.query("CREATE FUNCTION public.aurora_version() RETURNS text LANGUAGE sql AS $$SELECT '16.4'$$");
       expect((await indexBuildLimits(db)).capMB).toBe(48);
       await db.query('ALTER SYSTEM SET max_parallel_maintenance_workers = 5');

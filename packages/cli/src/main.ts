@@ -137,7 +137,8 @@ PostgreSQL 11 is a blocker.
   --index-memory-mb N   the target's index builds running at once share at most N MiB of
                         maintenance_work_mem (at least 64; default --jobs × 384, and on RDS no more
                         than shared_buffers, a quarter of it on Aurora): set it on a small
-                        self-managed target, whose memory pgferry cannot see
+                        self-managed target, whose memory pgferry cannot see (a build given less than
+                        it needs sorts on disk: slower, not bigger)
   --cutover auto|manual auto: cut over as soon as caught up; manual (default): stop caught up,
                         then run \`pgferry cutover --id ID\`
   --max-lag-ms N        cutover gate: the oldest WAL the target has not confirmed is under N ms

@@ -143,10 +143,17 @@ async function schemaDump(ctx: PhaseContext): Promise<string> {
  * maintenance_work_mem of each of `sessions` index builds running at once: together they share
  * `--jobs` × indexBuildMemoryMB, or `capMB` if that is less (see indexBuildLimits).
  */
-export function indexBuildMemoryMB(jobs: number, sessions: number, capMB = Number.POSITIVE_INFINITY): number {
+export function indexBuildMemoryMB(
+  jobs: number,
+  sessions: number,
+  capMB = Number.POSITIVE_INFINITY,
+  /** The person's `--index-memory-mb`: a cap whatever the floor (each build then 1 MB at least, PostgreSQL's minimum). */
+  userCapMB = Number.POSITIVE_INFINITY,
+): number {
   const budget = Math.min(jobs * DEFAULTS.indexBuildMemoryMB, capMB);
   const share = Math.floor(budget / Math.max(1, sessions));
-  return Math.max(DEFAULTS.indexBuildMemoryMinMB, Math.min(DEFAULTS.indexBuildMemoryMaxMB, share));
+  const mb = Math.max(DEFAULTS.indexBuildMemoryMinMB, Math.min(DEFAULTS.indexBuildMemoryMaxMB, share));
+  return Math.min(mb, Math.max(1, Math.floor(userCapMB / Math.max(1, sessions))));
 }
 
 /**
@@ -163,8 +170,10 @@ export function indexBuildWorkers(jobs: number, sessions: number, serverMax: num
 
 /** What the target allows index builds: see indexBuildMemoryMB and indexBuildWorkers. */
 export interface IndexBuildLimits {
-  /** At most this much maintenance_work_mem for all builds at once (Infinity: no cap). */
+  /** At most this much maintenance_work_mem for all builds at once (Infinity: no cap); never below 64 MB a build. */
   capMB: number;
+  /** The person's `--index-memory-mb`: all builds at once never above it, however many they are. */
+  userCapMB?: number;
   /** The target's max_parallel_maintenance_workers. */
   maxWorkers: number;
 }
@@ -173,7 +182,7 @@ export interface IndexBuildLimits {
  * On RDS, whose parameter groups give shared_buffers a quarter of the instance's memory, concurrent
  * index builds take no more than shared_buffers between them (a quarter of it on Aurora), so that a small instance is not run
  * out of memory in the middle of the load. Elsewhere shared_buffers says little about the machine: the
- * person's `--index-memory-mb` (`userCapMB`) is the cap there, and on RDS too when it is lower.
+ * person's `--index-memory-mb` (`userCapMB`) caps them there, and on RDS too when it is lower.
  */
 export async function indexBuildLimits(target: Db, userCapMB?: number): Promise<IndexBuildLimits> {
   const { rds, aurora, mb, workers } = await target.one<{ rds: boolean; aurora: boolean; mb: string; workers: string }>(
@@ -183,15 +192,18 @@ export async function indexBuildLimits(target: Db, userCapMB?: number): Promise<
             current_setting('max_parallel_maintenance_workers') AS workers`,
   );
   // Aurora gives shared_buffers about two thirds of the memory: a quarter of it is what is safe.
-  const serverCap = rds ? Number(mb) / (aurora ? 4 : 1) : Number.POSITIVE_INFINITY;
   // --index-memory-mb: what the person knows of the target's memory (a small self-managed server).
-  return { capMB: Math.min(serverCap, userCapMB ?? Number.POSITIVE_INFINITY), maxWorkers: Number(workers) };
+  return {
+    capMB: rds ? Number(mb) / (aurora ? 4 : 1) : Number.POSITIVE_INFINITY,
+    maxWorkers: Number(workers),
+    ...(userCapMB !== undefined ? { userCapMB } : {}),
+  };
 }
 
 /** The settings of one of `sessions` index builds running at once. */
 export function indexBuildSettings(jobs: number, sessions: number, limits: IndexBuildLimits) {
   return {
-    maintenance_work_mem: `${Math.floor(indexBuildMemoryMB(jobs, sessions, limits.capMB))}MB`,
+    maintenance_work_mem: `${Math.floor(indexBuildMemoryMB(jobs, sessions, limits.capMB, limits.userCapMB))}MB`,
     max_parallel_maintenance_workers: String(indexBuildWorkers(jobs, sessions, limits.maxWorkers)),
   };
 }

@@ -379,29 +379,42 @@ describe('the Slack message of a migration', () => {
     expect(buttons.map((b) => b.action_id)).toEqual([SLACK_ACTIONS.rollback]);
   });
 
-  it("names Slack's own commands in the hint of a plan's migration, the CLI's for one it cannot act on", () => {
+  it("names Slack's own commands in the hint of a plan's migration where Slack takes them, pgferry status where not", () => {
     const ID = 'm1';
-    const stopped = (planName: string | undefined, switchAt?: string) =>
+    const hint = `fix the rows, then \`pgferry resume --id ${ID}\` validates it again (or \`pgferry rollback --id ${ID}\`); \`pgferry cutover --id ${ID} --max-drain-ms 2000\` later`;
+    const shown = (overrides: Partial<MigrationState>) =>
       texts(
         migrationMessage(
           state({
-            planName,
+            planName: 'shop-to-rds',
             status: 'running',
-            ...(switchAt ? { cutover: { switchAt } as MigrationState['cutover'] } : {}),
-            failure: {
-              name: 'AfterLoadFailedError',
-              message: 'foreign key orders_customer_id_fkey on public.orders could not be validated on the target',
-              phase: 'catch-up',
-              hint: `fix the rows, then \`pgferry resume --id ${ID}\` validates it again (or \`pgferry rollback --id ${ID}\`); \`pgferry cutover\` later`,
-            },
+            phase: 'catch-up',
+            failure: { name: 'AfterLoadFailedError', message: 'could not be validated', phase: 'catch-up', hint },
+            ...overrides,
           }),
         ),
       );
-    expect(stopped('shop-to-rds')).toContain(
-      `fix the rows, then \`/pgferry resume ${ID}\` validates it again (or \`/pgferry abort ${ID}\`); \`/pgferry approve ${ID}\` later`,
+    const status = `\`pgferry status ${ID} --stage S\` (it names what is left and what ends it)`;
+    // Stopped resumable before the switch: resume and abort are Slack's; approve only at the gate.
+    expect(shown({})).toContain(
+      `fix the rows, then \`/pgferry resume ${ID}\` validates it again (or \`/pgferry abort ${ID}\`); ${status} later`,
     );
-    expect(stopped('shop-to-rds', '2026-12-06T20:00:00Z')).toContain(`(or \`/pgferry rollback ${ID}\`)`);
-    expect(stopped(undefined)).toContain(`then \`pgferry resume --id ${ID}\` validates it again`);
+    expect(shown({ status: 'awaiting-cutover' })).toContain(`; \`/pgferry approve ${ID}\` later`);
+    // Switched: the way back is /pgferry rollback.
+    expect(
+      shown({ status: 'cut-over', cutover: { switchAt: '2026-12-06T20:00:00Z' } as MigrationState['cutover'] }),
+    ).toContain(`(or \`/pgferry rollback ${ID}\`)`);
+    // Half switched, or failed: Slack refuses every one of them, so none is named.
+    for (const over of [
+      { cutover: { switchStartedAt: '2026-12-06T20:00:00Z' } as MigrationState['cutover'] },
+      { status: 'failed' as const },
+    ]) {
+      const text = shown(over);
+      expect(text).not.toContain('/pgferry');
+      expect(text).toContain(`fix the rows, then ${status} validates it again`);
+    }
+    // Not started from a plan: Slack cannot act on it; the hint as written.
+    expect(shown({ planName: undefined })).toContain(`then \`pgferry resume --id ${ID}\` validates it again`);
   });
 
   it('shows a failure, escaped and without a password', () => {

@@ -149,23 +149,47 @@ function rollbackButton(id: string): SlackButton {
   };
 }
 
-/** The message for one migration. At the gate: "Approve cutover" and "Roll back"; after the switch: "Roll back". */
 /**
  * A failure's hint as Slack shows it. Hints name the CLI's commands (`pgferry resume --id X`); a
- * migration started from a plan is resumed, approved and undone in Slack with its own commands, so
- * those are named instead: resume → `/pgferry resume`, cutover → `/pgferry approve`, rollback →
- * `/pgferry rollback` once switched, `/pgferry abort` before (which removes what it made, as the CLI's
- * rollback before the switch does). A migration not started from a plan Slack cannot act on: as written.
+ * migration started from a plan is resumed, approved and undone in Slack with its own, so those are
+ * named instead where Slack would take them now: resume → `/pgferry resume` (a migration that goes on),
+ * cutover → `/pgferry approve` (at the gate), rollback → `/pgferry abort` before the switch (which
+ * removes what it made, as the CLI's rollback then does) and `/pgferry rollback` after it. Any other
+ * (a failed or half-switched migration, clean-up, unfreeze) is replaced by `pgferry status --stage`,
+ * which names what is left and what ends it. A migration not started from a plan: as written.
  */
-export function slackHint(s: Pick<MigrationState, 'id' | 'planName' | 'cutover'>, hint: string): string {
+export function slackHint(
+  s: Pick<MigrationState, 'id' | 'planName' | 'cutover' | 'status' | 'phase'>,
+  hint: string,
+): string {
   if (!s.planName) return hint;
-  const slack = (command: string) => `\`/pgferry ${command} ${s.id}\``;
-  const undo = s.cutover?.switchAt ? 'rollback' : 'abort';
-  return hint.replace(/`pgferry (resume|cutover|rollback)(?: --id [^`\s]+)?`/g, (_, verb: string) =>
-    slack(verb === 'resume' ? 'resume' : verb === 'cutover' ? 'approve' : undo),
-  );
+  const switched = !!s.cutover?.switchAt;
+  const switching = !!s.cutover?.switchStartedAt && !switched;
+  const live = !switching && ['running', 'awaiting-cutover', 'cut-over'].includes(s.status);
+  const takes: Record<string, boolean> = {
+    resume: live && s.phase !== 'rollback',
+    approve: live && s.status === 'awaiting-cutover',
+    abort: live && !switched && s.status !== 'cut-over',
+    rollback: live && switched && s.phase !== 'cleanup',
+  };
+  return hint.replace(/`pgferry (resume|cutover|rollback|cleanup|unfreeze)\b[^`]*`/g, (_, verb: string) => {
+    const slack =
+      verb === 'resume'
+        ? 'resume'
+        : verb === 'cutover'
+          ? 'approve'
+          : verb === 'rollback'
+            ? switched
+              ? 'rollback'
+              : 'abort'
+            : '';
+    return slack && takes[slack]
+      ? `\`/pgferry ${slack} ${s.id}\``
+      : `\`pgferry status ${s.id} --stage S\` (it names what is left and what ends it)`;
+  });
 }
 
+/** The message for one migration. At the gate: "Approve cutover" and "Roll back"; after the switch: "Roll back". */
 export function migrationMessage(s: MigrationState, now: Date = new Date()): SlackMessage {
   const id = escapeMrkdwn(s.id);
   const phase = PHASE_TITLES[s.phase] ?? s.phase;

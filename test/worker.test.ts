@@ -7,6 +7,7 @@ import {
   containerEnvironment,
   deployedWorkerDumpStore,
   deployedWorkerStore,
+  HEARTBEAT_FAILURES_TO_STOP,
   InProcessTaskCallbacks,
   runWorker,
   type WorkerTask,
@@ -136,6 +137,20 @@ describe('pgferry worker', () => {
     expect(JSON.stringify(done?.output)).not.toContain(new URL(pair.sourceUrl).password);
     expect(callbacks.heartbeats).toBeGreaterThan(0);
     expect((await rt.store.get(m.id)).phases['prepare-schema']?.endedAt).toBeDefined();
+  });
+
+  it('goes on through heartbeats that fail for a moment (throttled, the network), and says so', async () => {
+    const { pair, rt } = await fixture.setup('workerblip', 200);
+    const m = await newMigration(rt, pair);
+    const callbacks = new InProcessTaskCallbacks();
+    callbacks.failing = HEARTBEAT_FAILURES_TO_STOP - 1;
+    const task: WorkerTask = { task: 'prepareSchema', migrationId: m.id, taskToken: 't4' };
+    const outcome = await runWorker(task, { rt, callbacks, heartbeatMs: 1 });
+    expect(outcome.ok, JSON.stringify(outcome)).toBe(true);
+    expect(
+      rt.logs.some((l) => /heartbeat failed \(ThrottlingException: Rate exceeded\), 1 of 5 in a row/.test(l)),
+    ).toBe(true);
+    expect(rt.logs.some((l) => /heartbeat refused/.test(l))).toBe(false);
   });
 
   it('a coordinator whose heartbeat is refused (the execution is gone) stops and drops its slot', async () => {

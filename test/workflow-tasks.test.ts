@@ -6,11 +6,12 @@ import {
   InvalidInputError,
   type MigrationStore,
   PgferryError,
+  StateConflictError,
   type TaskCallbacks,
   taskInputFromEnvironment,
 } from '@pgferry/core';
 import { describe, expect, it } from 'vitest';
-import { runWorkflowTask, type TaskDeps } from '../packages/postgres/src/index';
+import { keepErrorHint, runWorkflowTask, type TaskDeps } from '../packages/postgres/src/index';
 
 /** A store no test here may reach: the tasks under test must refuse or delegate before reading state. */
 const unreachableStore = new Proxy({} as MigrationStore, {
@@ -68,6 +69,32 @@ describe('runWorkflowTask', () => {
       deps({ provisionTarget: async (i) => ({ summary: `creating the target of ${i.migrationId}` }) }),
     );
     expect(out).toEqual({ summary: 'creating the target of m1' });
+  });
+});
+
+describe('keepErrorHint', () => {
+  it("keeps a typed error's hint with the migration, but never for a version conflict (another process acts on it)", async () => {
+    const calls: string[] = [];
+    const kept: unknown[] = [];
+    const store = {
+      get: async () => {
+        calls.push('get');
+        return { id: 'm1' } as never;
+      },
+      put: async (s: unknown) => {
+        calls.push('put');
+        kept.push(s);
+      },
+    } as unknown as MigrationStore;
+    await keepErrorHint(store, 'm1', new StateConflictError('changed by another process', { hint: 'look again' }));
+    expect(calls).toEqual([]);
+    await keepErrorHint(store, 'm1', new PgferryError('no hint'));
+    expect(calls).toEqual([]);
+    await keepErrorHint(store, 'm1', new PgferryError('the lock was held', { hint: 'resume once it is free' }));
+    expect(calls).toEqual(['get', 'put']);
+    expect(kept[0]).toMatchObject({
+      lastError: { name: 'PgferryError', message: 'the lock was held', hint: 'resume once it is free' },
+    });
   });
 });
 

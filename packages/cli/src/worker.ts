@@ -22,7 +22,14 @@ import {
   WORKER_ENV,
   WORKFLOW_TASKS,
 } from '@pgferry/core';
-import { bulkLoad, copyShare, type DumpStore, type PhaseContext, runWorkflowTask } from '@pgferry/postgres';
+import {
+  bulkLoad,
+  copyShare,
+  type DumpStore,
+  keepErrorHint,
+  type PhaseContext,
+  runWorkflowTask,
+} from '@pgferry/postgres';
 import { openSession, type Runtime, runPhase } from './runner';
 
 /** What the state machine puts in the container's environment (ContainerOverrides). */
@@ -149,15 +156,35 @@ async function dispatch(task: WorkerTask, rt: Runtime, ctx: PhaseContext, stoppe
  * coordinator's wait, so that its slot is dropped instead of holding WAL for nobody, and a share's
  * copy between two items.
  */
+/** Heartbeats failing in a row (not a dead token) before the work stops: with 30 s between two, well inside HeartbeatSeconds (300). */
+export const HEARTBEAT_FAILURES_TO_STOP = 5;
+
 export async function runWorker(task: WorkerTask, options: WorkerOptions): Promise<WorkerOutcome> {
   const { rt, callbacks } = options;
   const stop = new AbortController();
+  // A token Step Functions no longer waits on stops the work at once; any other failure (throttling,
+  // the network) only after HEARTBEAT_FAILURES_TO_STOP in a row: a moment's outage must not end hours
+  // of work for an execution that is alive.
+  let failures = 0;
   const beat = setInterval(() => {
-    callbacks.heartbeat(task.taskToken).catch((err) => {
-      if (stop.signal.aborted) return;
-      rt.events.log(`heartbeat refused (${redactText(errorMessage(err))}): stopping ${task.task}`);
-      stop.abort();
-    });
+    callbacks.heartbeat(task.taskToken).then(
+      () => {
+        failures = 0;
+      },
+      (err) => {
+        if (stop.signal.aborted) return;
+        failures++;
+        const why = redactText(errorMessage(err));
+        if ((err as Error)?.name !== 'TaskTokenGoneError' && failures < HEARTBEAT_FAILURES_TO_STOP) {
+          rt.events.log(
+            `heartbeat failed (${why}), ${failures} of ${HEARTBEAT_FAILURES_TO_STOP} in a row: ${task.task} goes on`,
+          );
+          return;
+        }
+        rt.events.log(`heartbeat refused (${why}): stopping ${task.task}`);
+        stop.abort();
+      },
+    );
   }, options.heartbeatMs ?? 30_000);
   try {
     let output: TaskOutput;
@@ -169,6 +196,10 @@ export async function runWorker(task: WorkerTask, options: WorkerOptions): Promi
         await session.close();
       }
     } catch (err) {
+      // A share's copy and the coordinator's load do not go through runWorkflowTask, which keeps a
+      // typed error's hint with the migration for "Record failure" (only name and message travel).
+      if ((task.task === 'copyShare' || task.loadId) && err instanceof PgferryError)
+        await keepErrorHint(rt.store, task.migrationId, err);
       const error = {
         name: (err as Error)?.name || 'Error',
         // The cause Step Functions shows (and keeps in the execution history): never a password.
@@ -346,6 +377,8 @@ export class InProcessTaskCallbacks implements TaskCallbacks {
   heartbeats = 0;
   /** Set when the token's execution is gone: heartbeats are refused from then on, as Step Functions does. */
   gone = false;
+  /** Tests: this many heartbeats fail as a throttled request would (the token still open). */
+  failing = 0;
 
   async succeed(token: string, output: unknown): Promise<boolean> {
     if (this.completed.has(token)) return false;
@@ -358,7 +391,14 @@ export class InProcessTaskCallbacks implements TaskCallbacks {
     return true;
   }
   async heartbeat(token: string): Promise<void> {
-    if (this.gone || this.completed.has(token)) throw new Error(`TaskTimedOut: task token ${token} is no longer open`);
+    if (this.gone || this.completed.has(token))
+      throw Object.assign(new Error(`TaskTimedOut: task token ${token} is no longer open`), {
+        name: 'TaskTokenGoneError',
+      });
+    if (this.failing > 0) {
+      this.failing--;
+      throw Object.assign(new Error('ThrottlingException: Rate exceeded'), { name: 'ThrottlingException' });
+    }
     this.heartbeats++;
   }
 }

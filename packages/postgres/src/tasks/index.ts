@@ -30,6 +30,7 @@ import {
   type PgferryEvent,
   PHASE_TITLES,
   type Phase,
+  redactText,
   StateConflictError,
   statusAfter,
   type TaskCallbacks,
@@ -42,7 +43,7 @@ import {
 } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { wasInterrupted } from '../critical';
-import { isConnectionLoss, sleep } from '../db';
+import { isConnectionLoss } from '../db';
 import { endOrphanSessions } from '../inspect';
 import { assertNoBlockers, assess } from '../phases/assess';
 import { bulkLoad } from '../phases/bulk-load';
@@ -153,7 +154,7 @@ export async function runWorkflowTask(task: TaskName, input: TaskInput, deps: Ta
     // Where the thrown error does not reach the failure's handler (AWS: only name and message travel),
     // its hint is kept with the migration for "Record failure" to show.
     if (!deps.thrown && err instanceof PgferryError && err.hint && task !== 'recordFailure' && task !== 'rollback')
-      await keepHint(deps, input.migrationId, err);
+      await keepErrorHint(deps.store, input.migrationId, err);
     if (token)
       await deps.callbacks
         ?.fail(token, err instanceof Error ? err.name : 'Error', errorMessage(err))
@@ -164,11 +165,15 @@ export async function runWorkflowTask(task: TaskName, input: TaskInput, deps: Ta
   }
 }
 
-/** Records `err`'s hint as the migration's `lastError` (best effort: the error itself is what matters). */
-async function keepHint(deps: TaskDeps, id: string, err: PgferryError) {
-  const hint = err.hint ?? '';
+/**
+ * Records `err`'s hint as the migration's `lastError` (best effort: the error itself is what matters).
+ * Not for a version conflict: another process acts on the migration, and this one must leave it be.
+ */
+export async function keepErrorHint(store: MigrationStore, id: string, err: PgferryError) {
+  if (!err.hint || err.name === 'StateConflictError') return;
+  const hint = err.hint;
   await updateMigration(
-    deps.store,
+    store,
     id,
     (s) => {
       s.lastError = { name: err.name, message: errorMessage(err), hint, at: new Date().toISOString() };
@@ -516,9 +521,14 @@ const finishLoadTask: Task = (input, deps) =>
     const started = Date.now();
     const v = finishLoad(ctx);
     let ended = false;
-    const done = v.done.finally(() => {
+    // Wakes the wait between two samples: the work ended, or the execution is gone. One listener each,
+    // for the whole run (the loop may go on for days at a sample a second).
+    let wake = () => {};
+    void v.done.finally(() => {
       ended = true;
+      wake();
     });
+    deps.signal?.addEventListener('abort', () => wake(), { once: true });
     const memory: GateMemory = { wal: false };
     let blockedSince: number | undefined;
     let said: string | undefined;
@@ -541,12 +551,14 @@ const finishLoadTask: Task = (input, deps) =>
               hint: `nothing was undone and replication goes on; end that session or let it finish, then resume (\`pgferry resume --id ${ctx.config.id}\`)`,
             });
         } else blockedSince = undefined;
-        if (!ended)
-          await Promise.race([
-            done,
-            sleep(Math.max(ctx.config.lagSampleIntervalMs, FINISH_LOAD_SAMPLE_MS)),
-            aborted(deps.signal),
-          ]);
+        if (!ended && !deps.signal?.aborted)
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, Math.max(ctx.config.lagSampleIntervalMs, FINISH_LOAD_SAMPLE_MS));
+            wake = () => {
+              clearTimeout(timer);
+              resolve();
+            };
+          });
       }
     } catch (err) {
       await stopFinishingLoad(ctx);
@@ -570,13 +582,6 @@ function recordAfterLoad(ctx: PhaseContext, v: { pending: DeferredForeignKey[]; 
     s.foreignKeysToValidate = v.pending.length ? [...v.pending] : undefined;
     s.tablesToAnalyze = v.analyze.length ? [...v.analyze] : undefined;
   });
-}
-
-/** Resolves when `signal` is aborted (never without one). */
-function aborted(signal?: AbortSignal): Promise<void> {
-  if (!signal) return new Promise(() => {});
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
 }
 
 /**
@@ -835,7 +840,9 @@ async function handleFailure(ctx: PhaseContext, error: CaughtError, deps: TaskDe
     hint:
       thrown instanceof PgferryError
         ? thrown.hint
-        : ctx.state.lastError?.name === error.Error && ctx.state.lastError.message === causeMessage(error)
+        : ctx.state.lastError?.name === error.Error &&
+            // (The worker sends its message redacted.)
+            [ctx.state.lastError.message, redactText(ctx.state.lastError.message)].includes(causeMessage(error))
           ? ctx.state.lastError.hint
           : undefined,
   };

@@ -18,6 +18,7 @@ import {
   LagTimeoutError,
   lagFigures,
   lagReasons,
+  type MigrationState,
   mbps,
   mib,
   objectNames,
@@ -193,6 +194,12 @@ export function finishLoad(ctx: PhaseContext): AfterLoad {
   return v;
 }
 
+/** What is left of the work after the load, written into the migration's state. */
+export function recordAfterLoad(s: MigrationState, v: Pick<AfterLoad, 'pending' | 'analyze'>) {
+  s.foreignKeysToValidate = v.pending.length ? [...v.pending] : undefined;
+  s.tablesToAnalyze = v.analyze.length ? [...v.analyze] : undefined;
+}
+
 /** Stop the work after the load while it runs (a failed catch-up: the rollback must not wait for it); the next catch-up starts again. */
 export async function stopFinishingLoad(ctx: PhaseContext) {
   const v = afterLoads.get(ctx);
@@ -324,10 +331,7 @@ export async function sampleGate(
     s.lag = [...(s.lag ?? []).slice(-59), sample];
     s.walRetainedBytes = lag.retainedBytes;
     s.ddlDrift = drift;
-    if (validation) {
-      s.foreignKeysToValidate = validation.pending.length ? [...validation.pending] : undefined;
-      s.tablesToAnalyze = validation.analyze.length ? [...validation.analyze] : undefined;
-    }
+    if (validation) recordAfterLoad(s, validation);
   });
   return { lagMs: figures.ms, lagBytes: figures.bytes, figures, reasons, waiting, blocked };
 }

@@ -12,7 +12,6 @@ import {
   approvalDeadline,
   completeOutput,
   DEFAULTS,
-  type DeferredForeignKey,
   type DmsReplication,
   DrainTimeoutError,
   type EventPublisher,
@@ -53,6 +52,7 @@ import {
   type GateMemory,
   gateStep,
   newGateLoop,
+  recordAfterLoad,
   sampleGate,
   stopFinishingLoad,
   verifyBeforeSwitchRound,
@@ -563,10 +563,10 @@ const finishLoadTask: Task = (input, deps) =>
     } catch (err) {
       await stopFinishingLoad(ctx);
       // Stopped because its execution ended: whatever acts on the migration now (a rollback) owns its state.
-      if (!deps.signal?.aborted) await recordAfterLoad(ctx, v);
+      if (!deps.signal?.aborted) await ctx.update((s) => recordAfterLoad(s, v));
       throw err;
     }
-    await recordAfterLoad(ctx, v);
+    await ctx.update((s) => recordAfterLoad(s, v));
     if (v.error) {
       await stopFinishingLoad(ctx);
       throw v.error;
@@ -575,14 +575,6 @@ const finishLoadTask: Task = (input, deps) =>
       summary: `${before.tables} table(s) analyzed and ${before.foreignKeys} foreign key(s) validated on the target in ${((Date.now() - started) / 1000).toFixed(1)} s`,
     };
   });
-
-/** What is left of the work after the load, recorded in the state. */
-function recordAfterLoad(ctx: PhaseContext, v: { pending: DeferredForeignKey[]; analyze: string[] }) {
-  return ctx.update((s) => {
-    s.foreignKeysToValidate = v.pending.length ? [...v.pending] : undefined;
-    s.tablesToAnalyze = v.analyze.length ? [...v.analyze] : undefined;
-  });
-}
 
 /**
  * "Verify before cutover": every table compared while replication runs (once per migration, until it

@@ -22,6 +22,7 @@ import {
   failureAction,
   type GateState,
   InvalidInputError,
+  type LagFigures,
   type MigrationState,
   type MigrationStore,
   mib,
@@ -221,6 +222,22 @@ async function publish(deps: TaskDeps, events: PgferryEvent[]) {
   }
 }
 
+/** A native gate sample's figures as "Replication Lag Sampled" (the slot's retained WAL as the sample recorded it). */
+function publishLagSample(ctx: PhaseContext, deps: TaskDeps, figures: LagFigures, gateOpen: boolean) {
+  return publish(deps, [
+    {
+      type: 'Replication Lag Sampled',
+      detail: {
+        migrationId: ctx.config.id,
+        lagBytes: figures.bytes,
+        lagMs: figures.ms,
+        walRetainedBytes: ctx.state.walRetainedBytes ?? null,
+        gateOpen,
+      },
+    },
+  ]);
+}
+
 /** A phase task: skipped when its done-check says so, else run with its bookkeeping. */
 function phaseTask(
   phase: Phase,
@@ -404,19 +421,7 @@ const checkLagTask: Task = (input, deps) =>
     } else finishLoad(ctx);
     try {
       const step = await gateStep(ctx, loop, { validation });
-      if (step.figures)
-        await publish(deps, [
-          {
-            type: 'Replication Lag Sampled',
-            detail: {
-              migrationId: ctx.config.id,
-              lagBytes: step.figures.bytes,
-              lagMs: step.figures.ms,
-              walRetainedBytes: ctx.state.walRetainedBytes ?? null,
-              gateOpen: step.ready,
-            },
-          },
-        ]);
+      if (step.figures) await publishLagSample(ctx, deps, step.figures, step.ready);
       if (step.ready) await phaseEnded(ctx, 'catch-up', step.summary, listener(deps, ctx.config.id));
       return {
         summary: step.summary,
@@ -482,18 +487,7 @@ function afterLoadRecorded(ctx: PhaseContext) {
 async function watchSample(ctx: PhaseContext, memory: GateMemory, deps: TaskDeps) {
   try {
     const sample = await sampleGate(ctx, memory, { catalog: false });
-    await publish(deps, [
-      {
-        type: 'Replication Lag Sampled',
-        detail: {
-          migrationId: ctx.config.id,
-          lagBytes: sample.figures.bytes,
-          lagMs: sample.figures.ms,
-          walRetainedBytes: ctx.state.walRetainedBytes ?? null,
-          gateOpen: false,
-        },
-      },
-    ]);
+    await publishLagSample(ctx, deps, sample.figures, false);
     return sample;
   } catch (err) {
     if (!isConnectionLoss(err)) throw err;
@@ -702,18 +696,7 @@ async function waitingSample(ctx: PhaseContext, input: TaskInput, deps: TaskDeps
   const { figures } = sample;
   const reasons = [...sample.reasons, ...sample.waiting];
   const sampledAt = ctx.state.lag?.at(-1)?.at ?? new Date().toISOString();
-  await publish(deps, [
-    {
-      type: 'Replication Lag Sampled',
-      detail: {
-        migrationId: ctx.config.id,
-        lagBytes: figures.bytes,
-        lagMs: figures.ms,
-        walRetainedBytes: ctx.state.walRetainedBytes ?? null,
-        gateOpen: reasons.length === 0,
-      },
-    },
-  ]);
+  await publishLagSample(ctx, deps, figures, reasons.length === 0);
   const lag = `lag ${mib(figures.bytes)} / ${figures.ms} ms`;
   return {
     sampledAt,

@@ -173,17 +173,8 @@ export function slackHint(
     rollback: live && switched && s.phase !== 'cleanup',
   };
   return hint.replace(/`pgferry (resume|cutover|rollback|cleanup|unfreeze)\b[^`]*`/g, (_, verb: string) => {
-    const slack =
-      verb === 'resume'
-        ? 'resume'
-        : verb === 'cutover'
-          ? 'approve'
-          : verb === 'rollback'
-            ? switched
-              ? 'rollback'
-              : 'abort'
-            : '';
-    return slack && takes[slack]
+    const slack = { resume: 'resume', cutover: 'approve', rollback: switched ? 'rollback' : 'abort' }[verb] ?? '';
+    return takes[slack]
       ? `\`/pgferry ${slack} ${s.id}\``
       : `\`pgferry status ${s.id} --stage S\` (it names what is left and what ends it)`;
   });

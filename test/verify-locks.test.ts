@@ -183,6 +183,49 @@ describe("verify's readers and a session asking for the table's ACCESS EXCLUSIVE
     expect(resumed.verifyBeforeSwitch?.outcome).toBe('ok');
   });
 
+  it('tells its position once, when every reader holds the lock in its snapshot, not before a DDL makes them begin again', async () => {
+    const { pair } = await fixture.setup('lockpos', 100);
+    await pair.source(`CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL);
+      INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 100) g`);
+    const ddl = await ownSession(pair.sourceUrl, 'ddl');
+    const db = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test:verify' });
+    const events: string[] = [];
+    let finished: Promise<unknown> | undefined;
+    // The first time the second reader begins (the first holds the lock in its snapshot), a DDL asks
+    // for big's ACCESS EXCLUSIVE lock: the second reader's lock is refused and both begin again.
+    const readers = new SideReaders(db, 2, 'pgferry:test:verify', async (p) => {
+      events.push(`${p.reader} ${p.stage}`);
+      if (finished || p.reader !== 1 || p.stage !== 'start') return;
+      const r = await rewriteBig(pair, ddl);
+      finished = r.finished;
+      events.push(`DDL ${r.where}`);
+    });
+    const part = async () => 0;
+    try {
+      await readers.atOnePoint(
+        { parts: [part, part], label: 'public.big', relation: '"public"."big"', live: true },
+        (lsn) => events.push(`positioned ${/^[0-9A-F]+\/[0-9A-F]+$/.test(lsn)}`),
+      );
+      expect(await finished).toBe(true);
+    } finally {
+      await readers.close();
+      await ddl.client.end();
+      await db.end();
+    }
+    // Once, after the DDL and after both readers of the attempt that read hold the lock in the snapshot.
+    expect(events.filter((e) => e.startsWith('positioned'))).toEqual(['positioned true']);
+    expect(events.indexOf('DDL waiting')).toBeGreaterThan(-1);
+    expect(events.slice(events.lastIndexOf('0 start'))).toEqual([
+      '0 start',
+      '0 snapshot',
+      '1 start',
+      '1 snapshot',
+      'positioned true',
+      '0 reading',
+      '1 reading',
+    ]);
+  });
+
   it('a lock held for longer than the readers wait: the read fails naming the table and the session, nothing read, no reader left', async () => {
     const { pair } = await fixture.setup('lockheld', 100);
     await pair.source('CREATE TABLE big (id bigint PRIMARY KEY, pad text NOT NULL)');

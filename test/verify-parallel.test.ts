@@ -1,3 +1,4 @@
+import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { advance, openSession } from '../packages/cli/src/runner';
 import { verifySummary, verifyTables } from '../packages/postgres/src/index';
@@ -20,25 +21,35 @@ async function pageOf(run: Pair['source'], table: string, where: string) {
 
 /**
  * Fault points that make a write happen on the live side between its first reader taking the
- * snapshot and its second reader importing it, once the replica's reader has its own snapshot (so the
- * replica cannot show the write, whenever its apply comes).
+ * snapshot and its second reader importing it, and keep the replica from applying it until the
+ * replica's first reader has its own snapshot (so the replica cannot show the write). The live side
+ * tells the replica its position only once every live reader is in, so the replica's apply of the
+ * write is held by a session of the test's own holding the table's SHARE lock on the replica (the
+ * readers' ACCESS SHARE passes it, the apply's writes wait), from before the write until then.
  */
-function writeBetweenReaders(table: string, write: () => Promise<unknown>) {
-  let replicaReady: () => void = () => {};
-  const replicaSnapshot = new Promise<void>((r) => {
-    replicaReady = r;
-  });
+function writeBetweenReaders(pair: Pair, table: string, write: () => Promise<unknown>) {
   const seen = { wrote: false, liveReaders: 0 };
+  let holder: pg.Client | undefined;
+  const release = async () => {
+    const c = holder;
+    holder = undefined;
+    await c?.query('ROLLBACK');
+    await c?.end();
+  };
   return {
     seen,
+    release,
     faults: {
       async verifyReader(p: VerifyReaderPoint) {
         if (p.table !== table) return;
-        if (!p.live && p.reader === 0 && p.stage === 'snapshot') replicaReady();
+        if (!p.live && p.reader === 0 && p.stage === 'snapshot') await release();
         if (p.live && p.reader === 1 && p.stage === 'start' && !seen.wrote) {
           seen.wrote = true;
           seen.liveReaders = p.readers;
-          await replicaSnapshot;
+          holder = new pg.Client({ connectionString: pair.targetUrl, application_name: 'holder' });
+          await holder.connect();
+          await holder.query('BEGIN');
+          await holder.query(`LOCK TABLE ONLY ${table} IN SHARE MODE`);
           await write();
         }
       },
@@ -109,7 +120,7 @@ describe('verify with several readers a side', () => {
     await advance(rt, m.id, { cutover: 'manual' });
     // A new row as wide as the others: no earlier page has room for it, so it lands at the heap's end,
     // which the second reader reads.
-    const between = writeBetweenReaders('public.journal', () =>
+    const between = writeBetweenReaders(pair, 'public.journal', () =>
       pair.source("INSERT INTO journal VALUES (20001, repeat(md5('20001'), 3))"),
     );
     rt.faults = between.faults;
@@ -122,6 +133,7 @@ describe('verify with several readers a side', () => {
       expect(result.tables.find((t) => t.table === 'public.journal')?.outcome).toBe('ok');
       expect(result.outcome).toBe('ok');
     } finally {
+      await between.release();
       await session.close();
     }
   });
@@ -147,7 +159,7 @@ describe('verify with several readers a side', () => {
     const before = await pageOf(pair.source, 'moves', `id = ${id}`);
     // Updated between the live readers' starts: its new version goes to page 0 (the first reader's part,
     // after its snapshot), its old one stays in the second reader's part.
-    const between = writeBetweenReaders('public.moves', () =>
+    const between = writeBetweenReaders(pair, 'public.moves', () =>
       pair.source(`UPDATE moves SET pad = 'moved' WHERE id = ${id}`),
     );
     rt.faults = between.faults;
@@ -162,6 +174,7 @@ describe('verify with several readers a side', () => {
       expect(moves?.outcome).toBe('mismatch');
       expect(moves?.mismatchedKeys).toEqual([String(id)]);
     } finally {
+      await between.release();
       await session.close();
     }
   });

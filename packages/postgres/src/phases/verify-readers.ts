@@ -77,9 +77,9 @@ export class SideReaders {
   /**
    * Reads `read`'s parts at one point of this side, each by its own reader, and returns their results
    * in order. `positioned` gets the side's WAL insert position, read in the first reader's snapshot
-   * (after it: every commit the read sees is before it), before anyone reads; again, with a later
-   * position, each time the readers had to begin again (a lock not granted at once): the last one is
-   * the read's.
+   * (after it: every commit the read sees is before it), once, when every reader holds the table's lock
+   * in that snapshot and before anyone reads (readers that had to begin again, a lock not granted at
+   * once, tell only the position of the attempt that read).
    */
   async atOnePoint<T>(read: SideRead<T>, positioned?: (lsn: string) => void): Promise<T[]> {
     const n = Math.max(1, Math.min(read.parts.length, this.size));
@@ -142,7 +142,6 @@ export class SideReaders {
           `SELECT pg_current_wal_insert_lsn()::text AS lsn, ${clients.length > 1 ? 'pg_export_snapshot()' : 'NULL'} AS snapshot`,
         );
         await say(0, 'snapshot');
-        positioned?.(first?.lsn as string);
         // Every reader in the snapshot and holding the lock before anyone reads: the exporting
         // transaction stays open until then.
         await settled(
@@ -154,6 +153,9 @@ export class SideReaders {
             await say(i + 1, 'snapshot');
           }),
         );
+        // Told only now, once this attempt cannot begin again: a position told before every reader held
+        // the lock sent the other side to wait for, and read at, a point a retry then left behind.
+        positioned?.(first?.lsn as string);
         return;
       } catch (err) {
         if (!lockNotAvailable(err)) throw err;

@@ -438,7 +438,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     let replica: Promise<T | undefined> = Promise.resolve(undefined);
     const liveRead = reading(s.live);
     const live = liveRead.merge(
-      // (Called again with a later position when the live readers had to begin again: the last read counts.)
+      // (Called once, when every live reader holds its lock in the snapshot the position was read in.)
       await readers[s.live.side].atOnePoint(liveRead, (lsn) => {
         replica = (async () => {
           if (!(await waitConfirmed(s.live, s.slot, lsn, waitMs))) {

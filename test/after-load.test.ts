@@ -122,6 +122,10 @@ describe('the work after the load', () => {
     }
     expect(last.ready, String(last.summary)).toBe(true);
     expect(await afterLoadSessions(pair)).toEqual([]);
+    // The timeline: the attempt that handed over ended so, not "interrupted" by the next one.
+    const attempts = (await rt.store.get(m.id)).phaseHistory?.filter((a) => a.phase === 'catch-up') ?? [];
+    expect(attempts.map((a) => a.outcome)).toEqual(['done', 'done']);
+    expect(attempts[0]?.summary).toMatch(/handed to the worker/);
   });
 
   it("guards the source's disk when it hands the work over: past the abort limit the slot is dropped", async () => {

@@ -15,6 +15,7 @@ import {
   type DmsReplication,
   DrainTimeoutError,
   type EventPublisher,
+  endAttempt,
   errorMessage,
   executionOrigin,
   type FailureFacts,
@@ -411,8 +412,12 @@ const checkLagTask: Task = (input, deps) =>
         // Sampled all the same: the WAL the slot retains (dropped past the abort limit), the slot and
         // the subscription, recorded and published, before the worker takes over.
         await watchSample(ctx, loop.memory, deps);
+        const summary = `the load left ${left.tables} table(s) to analyze and ${left.foreignKeys} foreign key(s) to validate on the target: handed to the worker; replication goes on meanwhile`;
+        // This catch-up attempt ends here, handed over (the phase itself is not done: the next one
+        // begins once the worker is); left open, the next would show it as interrupted.
+        await ctx.update((s) => endAttempt(s, 'catch-up', new Date().toISOString(), summary));
         return {
-          summary: `the load left ${left.tables} table(s) to analyze and ${left.foreignKeys} foreign key(s) to validate on the target: handed to the worker; replication goes on meanwhile`,
+          summary,
           ...gateState(loop, false, 0, ctx.config.lagSamples),
           finishLoad: true,
           samples: samplesAfter(input),

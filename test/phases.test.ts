@@ -1195,6 +1195,10 @@ describe('schema, roles and verification', () => {
       const orders = result.tables.find((t) => t.table === 'public.orders');
       expect(orders?.mismatchedRanges).toHaveLength(1);
       expect(orders?.mismatchedKeys).toEqual(['1234']);
+      // Only the rows of the chunk's part that differed were read one by one, not the chunk's 2,000.
+      expect(orders?.sourceRows).toBe(2000);
+      expect(orders?.rowsFollowed).toBeGreaterThan(0);
+      expect(orders?.rowsFollowed).toBeLessThan(100);
       const [lo, hi] = (orders?.mismatchedRanges[0] ?? '').replace('id ', '').split('..').map(Number);
       expect(lo).toBeLessThanOrEqual(1234);
       expect(hi).toBeGreaterThanOrEqual(1234);

@@ -163,6 +163,11 @@ export interface VerifyTableResult {
    * not shown to differ, not shown to match (outcome behind).
    */
   unsettledRanges?: string[];
+  /**
+   * Rows whose key and hash were read one by one (both sides, every read) to settle chunks that
+   * differed at first: only those of the chunks' parts that differed. Absent when none was.
+   */
+  rowsFollowed?: number;
 }
 
 export interface VerifyResult {

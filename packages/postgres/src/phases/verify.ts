@@ -334,14 +334,44 @@ const MAX_OPEN_ROWS = 100_000;
 const ROW_READ_CHUNKS = 8;
 
 /** The rows of some chunks: key → [chunk, row hash]. */
-async function rowHashesByChunk(query: Query, p: Plan, chunks: number[]): Promise<Map<string, [number, string]>> {
+async function rowHashesByChunk(
+  query: Query,
+  p: Plan,
+  chunks: number[],
+  parts?: number[],
+): Promise<Map<string, [number, string]>> {
   const ranges = keyRanges(p, chunks);
+  const inParts = parts ? ` AND ${partExpr(p)} = ANY($2::int[])` : '';
   const rows = await query<{ b: number; k: string; h: string }>(
     `SELECT b, k, h FROM (SELECT ${p.bucketExpr} AS b, ${p.keyExpr} AS k, ${p.rowHash}::text AS h
-       FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${ranges}) x WHERE b = ANY($1::int[])`,
-    [chunks],
+       FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${ranges}${inParts}) x WHERE b = ANY($1::int[])`,
+    parts ? [chunks, parts] : [chunks],
   );
   return new Map(rows.map((r) => [r.k, [r.b, r.h]]));
+}
+
+/**
+ * Parts a chunk is cut into when it differs, before its rows are read: a chunk of verifyChunkRows
+ * rows the application writes to all the time differs at every read by a few rows, and reading all its
+ * rows' hashes to find them moved 50,000 rows a chunk a side into this process (a table of pgbench
+ * under load: every chunk, seconds of the event loop and its garbage collector).
+ */
+const CHUNK_PARTS = 256;
+
+/** A row's part, as SQL: its chunk times CHUNK_PARTS plus a hash of its key (the same on both sides). */
+const partExpr = (p: Plan) =>
+  `((${p.bucketExpr}) * ${CHUNK_PARTS} + abs(hashtextextended(${p.keyExpr}, 0) % ${CHUNK_PARTS})::int)`;
+
+/** Checksums of some chunks' parts (keyed by partExpr): the rows of only the parts that differ are read next. */
+async function partChecksums(query: Query, p: Plan, chunks: number[]): Promise<Map<number, Bucket>> {
+  const rows = await query<{ b: number; n: number; h: string }>(
+    `SELECT b, count(*)::bigint AS n, sum(h)::text AS h FROM (
+       SELECT ${partExpr(p)} AS b, ${p.rowHash} AS h
+         FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where} AND ${p.bucketExpr} = ANY($1::int[])${keyRanges(p, chunks)}) x
+      GROUP BY b`,
+    [chunks],
+  );
+  return new Map(rows.map((r) => [r.b, { n: r.n, h: r.h, lo: null, hi: null }]));
 }
 
 /** Bytes of table read on one side, and its time reading them (at least one reader reading). */
@@ -477,7 +507,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     const bad = differing(src, tgt);
     const settled =
       bad.length === 0
-        ? { proven: [], unsettled: [], keys: [] }
+        ? { proven: [], unsettled: [], keys: [], followed: 0 }
         : t.identityColumns.length > 0
           ? await settleRows(p, bad)
           : await settleChunks(p, bad, first);
@@ -492,13 +522,15 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       mismatchedRanges: labels(settled.proven),
       mismatchedKeys: settled.keys.length ? settled.keys.slice(0, 10) : undefined,
       unsettledRanges: settled.unsettled.length ? labels(settled.unsettled) : undefined,
+      rowsFollowed: settled.followed || undefined,
       outcome: settled.proven.length ? 'mismatch' : settled.unsettled.length ? 'behind' : 'ok',
     };
   };
 
   /**
-   * Differing chunks of a table with a key, followed row by row: each chunk's rows (key, hash) read at
-   * matching points, then only the differing rows again, until each is settled. A row is proven
+   * Differing chunks of a table with a key, followed row by row: each chunk's parts' checksums read at
+   * matching points, then the rows (key, hash) of the parts that differ, then only the differing rows
+   * again, until each is settled. A row is proven
    * different when the live side read it the same before and after a replica read that came once the
    * replica had applied past the first read (nothing changed it meanwhile, so the replica had to show
    * exactly that); it is settled equal when both sides read the same. Rows the application changed at
@@ -507,12 +539,24 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
    */
   const settleRows = async (p: Plan, bad: number[]) => {
     const open = new Map<string, { chunk: number; live?: string; replica?: string }>();
+    let followed = 0;
+    const count = <T>(r: { live: Map<string, T>; replica: Map<string, T> }) => {
+      followed += r.live.size + r.replica.size;
+      return r;
+    };
     // Several chunks per read, so that a table whose every chunk the application touches waits for the
     // replica a few times, not once per chunk.
     for (let i = 0; i < bad.length; i += ROW_READ_CHUNKS) {
       const chunks = bad.slice(i, i + ROW_READ_CHUNKS);
-      const r = await atMatchingPoints(once(p.table, (q) => rowHashesByChunk(q, p, chunks)));
+      // The chunks' parts first, at matching points: a part that reads the same on both sides is
+      // verified (as a chunk is), and only the rows of the parts that differ are read.
+      const byPart = await atMatchingPoints(once(p.table, (q) => partChecksums(q, p, chunks)));
+      if (!byPart) return undefined;
+      const parts = differing(byPart.live, byPart.replica);
+      if (parts.length === 0) continue;
+      const r = await atMatchingPoints(once(p.table, (q) => rowHashesByChunk(q, p, chunks, parts)));
       if (!r) return undefined;
+      count(r);
       for (const [k, [b, live]] of r.live) {
         const replica = r.replica.get(k)?.[1];
         if (live !== replica && open.size < MAX_OPEN_ROWS) open.set(k, { chunk: b, live, replica });
@@ -530,6 +574,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
         if (proven.size) break;
         return undefined;
       }
+      count(r);
       for (const [k, prev] of open) {
         const [live, replica] = [r.live.get(k), r.replica.get(k)];
         if (live === prev.live && prev.replica !== prev.live) {
@@ -547,6 +592,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
       const held = await heldReads(ctx, s, p.table, (q) => rowHashes(q, p, chunks, keys));
       if (held) {
+        count(held);
         const before = open.size;
         for (const [k, o] of open) if (held.live.get(k) !== held.replica.get(k)) proven.set(k, o.chunk);
         open.clear();
@@ -560,6 +606,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       proven: chunksOf(proven.values()),
       unsettled: chunksOf([...open.values()].map((o) => o.chunk)),
       keys: [...proven.keys()],
+      followed,
     };
   };
 
@@ -607,7 +654,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
         open = [];
       }
     }
-    return { proven: [...proven].sort((x, y) => x - y), unsettled: open, keys: [] as string[] };
+    return { proven: [...proven].sort((x, y) => x - y), unsettled: open, keys: [] as string[], followed: 0 };
   };
 
   const results: VerifyTableResult[] = new Array(tables.length);

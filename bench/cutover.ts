@@ -25,12 +25,14 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { startServer } from '../packages/cli/src/local-servers';
 import { advance, cleanupMigration, createMigration, type Runtime } from '../packages/cli/src/runner';
 import { FileMigrationStore } from '../packages/cli/src/store';
-import { LiveWriter } from '../packages/cli/src/writer';
+import { LiveWriter, type WriterStats } from '../packages/cli/src/writer';
+import { type MigrationState, PHASE_TITLES, phaseAttempts } from '../packages/core/src/index';
 import { run } from './lib';
 
 const { values } = parseArgs({
@@ -68,12 +70,34 @@ const quantile = (xs: number[], q: number) => {
   return s.length ? (s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? 0) : 0;
 };
 
+/** The phase(s) during which the longest writer pause of `stats` began and ended. */
+function pausedIn(state: MigrationState, stats: WriterStats[]) {
+  const w = stats.reduce((a, b) => (b.maxPauseMs > a.maxPauseMs ? b : a));
+  const at = (t: number) => {
+    const a = phaseAttempts(state).findLast(
+      (p) => Date.parse(p.startedAt) <= t && (!p.endedAt || t <= Date.parse(p.endedAt)),
+    );
+    if (a) return PHASE_TITLES[a.phase];
+    // The verify before the switch runs between two catch-up attempts (its result is stamped at its end).
+    const v = state.verifyBeforeSwitch;
+    const vEnd = v ? Date.parse(v.at) : Number.NaN;
+    return v && t >= vEnd - v.ms && t <= vEnd ? 'the verify before the switch' : 'between phases';
+  };
+  const from = at(w.maxPauseEndedAt - w.maxPauseMs);
+  const to = at(w.maxPauseEndedAt);
+  return from === to ? `during ${from}` : `from ${from} to ${to}`;
+}
+
 const work = mkdtempSync(join(tmpdir(), 'pgferry-bench-cutover-'));
 const source = await startServer({ version: 15, name: 'bench-src' });
 const target = await startServer({ version: targetVersion, name: 'bench-tgt' });
 const results: {
   writeGapMs: number;
   writerPauseMs: number;
+  writerPauseIn: string;
+  loopStallMs: number;
+  holds: string;
+  holdsGivenUp: number;
   lost: number;
   acked: number;
   lagMs: number[];
@@ -208,10 +232,20 @@ try {
     const writers = ['w1', 'w2'].map((name) => new LiveWriter({ switchFile, name, intervalMs: 1 }));
     for (const w of writers) w.start();
     const stateDir = join(work, `state-${i}`);
+    // Verify's reads with a table's writes held (the application's writers of that table wait meanwhile).
+    const holds: number[] = [];
+    let holdsGivenUp = 0;
     const rt: Runtime = {
       store: new FileMigrationStore(stateDir),
       stateDir,
-      events: { log: () => {}, phase: () => {} },
+      events: {
+        log: (line: string) => {
+          const held = /with its writes held for (\d+) ms/.exec(line);
+          if (held) holds.push(Number(held[1]));
+          if (/no last recheck with its writes held/.test(line)) holdsGivenUp++;
+        },
+        phase: () => {},
+      },
     };
     const m = await createMigration(rt, {
       id: `bench${i}`,
@@ -224,7 +258,12 @@ try {
       lagSampleIntervalMs: 200,
       switchFile,
     });
+    // The writers share this process with pgferry's engine: a stretch of its event loop that never
+    // yields delays them as well, so it is measured and printed beside their pause.
+    const loop = monitorEventLoopDelay({ resolution: 10 });
+    loop.enable();
     const state = await advance(rt, m.id, { cutover: 'auto' });
+    loop.disable();
     const churnTxns = (await churner?.stop()) ?? 0;
     clearInterval(follow);
     await new Promise((r) => setTimeout(r, 1000));
@@ -243,6 +282,10 @@ try {
     const r = {
       writeGapMs: state.cutover?.writeGapMs ?? Number.NaN,
       writerPauseMs: Math.max(...stats.map((s) => s.maxPauseMs)),
+      writerPauseIn: pausedIn(state, stats),
+      loopStallMs: Math.round(loop.max / 1e6),
+      holds: holds.length ? `${holds.length}, longest ${Math.max(...holds)} ms` : 'none',
+      holdsGivenUp,
       lost,
       acked: stats.reduce((s, x) => s + x.acked, 0),
       lagMs: (state.lag ?? []).map((l) => l.ms),
@@ -271,7 +314,7 @@ try {
           .map((b) => `${(b / MiB).toFixed(1)} MiB`)
           .join(
             ', ',
-          )} / ${r.lagMs.slice(-3).join(', ')} ms${churn ? `; ${r.churnTxns} churn transactions` : ''}; longest writer pause ${r.writerPauseMs} ms, ${r.sessionsEnded} sessions ended, ${r.acked} acknowledged, ${r.lost} lost; verify under pgbench on the target (${targetTps ?? '?'} tps): ${r.verify}`,
+          )} / ${r.lagMs.slice(-3).join(', ')} ms${churn ? `; ${r.churnTxns} churn transactions` : ''}; longest writer pause ${r.writerPauseMs} ms (${r.writerPauseIn}; the engine's event loop stalled up to ${r.loopStallMs} ms); verify's holds of a table's writes: ${r.holds}, ${r.holdsGivenUp} given up; ${r.sessionsEnded} sessions ended, ${r.acked} acknowledged, ${r.lost} lost; verify under pgbench on the target (${targetTps ?? '?'} tps): ${r.verify}`,
       );
     }
   }

@@ -26,6 +26,8 @@ export interface WriterStats {
   reconnects: number;
   /** Longest time between two acknowledged writes. */
   maxPauseMs: number;
+  /** When that longest pause ended (epoch ms; 0: no write yet). */
+  maxPauseEndedAt: number;
   /** Acknowledged writes not visible after moving to another server (should be 0). */
   readYourWritesViolations: number;
   servers: string[];
@@ -45,6 +47,7 @@ export class LiveWriter {
     failedAttempts: 0,
     reconnects: 0,
     maxPauseMs: 0,
+    maxPauseEndedAt: 0,
     readYourWritesViolations: 0,
     servers: [],
     errors: {},
@@ -100,7 +103,8 @@ export class LiveWriter {
           );
           const id = Number(r.rows[0].id);
           const now = Date.now();
-          this.stats.maxPauseMs = Math.max(this.stats.maxPauseMs, now - this.lastAckAt);
+          if (now - this.lastAckAt > this.stats.maxPauseMs)
+            Object.assign(this.stats, { maxPauseMs: now - this.lastAckAt, maxPauseEndedAt: now });
           this.lastAckAt = now;
           this.lastAckId = id;
           this.ackedWrites.set(id, payload);

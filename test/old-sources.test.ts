@@ -122,8 +122,14 @@ describe('sources older than PostgreSQL 13', () => {
 
       expect(state.status).toBe('cut-over');
       expect(state.verify?.ok).toBe(true);
-      // (What assess warned about: before 13 nothing bounds the WAL a slot keeps.)
-      expect(state.warnings ?? []).toEqual([expect.stringContaining('cannot bound the WAL a slot keeps')]);
+      // (What assess warned about: before 13 nothing bounds the WAL a slot keeps.) Besides it, only the
+      // cutover's note of a transaction the server committed after the freeze, which the server's own
+      // autovacuum may or may not make in those milliseconds (fresh-clone CI saw it once in ~10 runs).
+      const warnings = state.warnings ?? [];
+      expect(warnings).toContainEqual(expect.stringContaining('cannot bound the WAL a slot keeps'));
+      expect(
+        warnings.filter((w) => !/cannot bound the WAL|committed on the source server after the freeze/.test(w)),
+      ).toEqual([]);
       // `pgferry status` reads the old source as well: its reverse subscription, running.
       const live = await inspectMigration(rt, m.id);
       expect(live.source.error).toBeUndefined();

@@ -49,6 +49,8 @@ interface Plan {
   keyBounds: boolean;
   /** A row's hash (bigint), the same on both sides for the same row: see rowHashSql. */
   rowHash: string;
+  /** Parts each chunk is cut into (see partsPerChunk); 1 for a table without a key (its rows are not followed). */
+  parts: number;
 }
 
 const INTEGER = new Set(['smallint', 'integer', 'bigint']);
@@ -66,6 +68,7 @@ async function plan(source: Db, t: TableInfo, rowHash: string): Promise<Plan> {
       ? { n: t.rowEstimate }
       : await source.one<{ n: number }>(`SELECT count(*)::bigint AS n FROM ONLY ${qualified(t)}`);
   const buckets = Math.max(1, Math.ceil(n / DEFAULTS.verifyChunkRows));
+  const perChunk = key.length > 0 ? partsPerChunk(buckets) : 1;
   const col = key.length === 1 ? t.columns.find((c) => c.name === key[0]) : undefined;
   if (col && INTEGER.has(col.type)) {
     const k = `t.${ident(col.name)}`;
@@ -77,6 +80,7 @@ async function plan(source: Db, t: TableInfo, rowHash: string): Promise<Plan> {
       return {
         table: t,
         rowHash,
+        parts: perChunk,
         rows: Number(n),
         bucketExpr: '0',
         where: 'true',
@@ -93,6 +97,7 @@ async function plan(source: Db, t: TableInfo, rowHash: string): Promise<Plan> {
     return {
       table: t,
       rowHash,
+      parts: perChunk,
       rows: Number(n),
       // bigint arithmetic where k - lo cannot overflow (keys within ±2^62), numeric otherwise.
       bucketExpr:
@@ -119,6 +124,7 @@ async function plan(source: Db, t: TableInfo, rowHash: string): Promise<Plan> {
   return {
     table: t,
     rowHash,
+    parts: perChunk,
     rows: Number(n),
     bucketExpr: `abs(hashtext(${keyExpr}) % ${buckets})`,
     where: 'true',
@@ -158,7 +164,14 @@ interface Blocks {
   to?: number;
 }
 
-async function checksums(query: Query, p: Plan, only?: number[], blocks?: Blocks): Promise<Map<number, Bucket>> {
+/** Per chunk, or (`byPart`) per part of a chunk (keyed by partExpr). */
+async function checksums(
+  query: Query,
+  p: Plan,
+  only?: number[],
+  blocks?: Blocks,
+  byPart = false,
+): Promise<Map<number, Bucket>> {
   const ranges = only ? keyRanges(p, only) : '';
   const filter = only ? ` AND ${p.bucketExpr} = ANY($1::int[])${ranges}` : '';
   // A TID range scan (14+) reads only these pages.
@@ -169,7 +182,7 @@ async function checksums(query: Query, p: Plan, only?: number[], blocks?: Blocks
     // sum(bigint) adds in 128 bits; min/max of the key as text only where a label needs them, byte-wise
     // (so that the bounds of a table read in parts combine the same way: mergeChecksums).
     `SELECT b, count(*)::bigint AS n, sum(h)::text AS h, ${p.keyBounds ? 'min(k COLLATE "C") AS lo, max(k COLLATE "C") AS hi' : 'NULL AS lo, NULL AS hi'} FROM (
-       SELECT ${p.bucketExpr} AS b, ${p.rowHash} AS h${p.keyBounds ? `, ${p.keyExpr} AS k` : ''}
+       SELECT ${byPart ? partExpr(p) : p.bucketExpr} AS b, ${p.rowHash} AS h${p.keyBounds ? `, ${p.keyExpr} AS k` : ''}
          FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${filter}${heap}) x GROUP BY b`,
     only ? [only] : [],
   );
@@ -179,15 +192,17 @@ async function checksums(query: Query, p: Plan, only?: number[], blocks?: Blocks
 /**
  * The checksums of a table read in parts (ranges of its heap, in one snapshot), as one read of the
  * whole would give them: counts and hash sums add up (as BigInt: a sum of 64-bit hashes is past 2^53),
- * key bounds are the lowest and highest byte-wise.
+ * key bounds are the lowest and highest byte-wise. With `key`, buckets are added up under key(b) (the
+ * parts of a chunk into the chunk).
  */
-function mergeChecksums(parts: Map<number, Bucket>[]): Map<number, Bucket> {
-  if (parts.length === 1) return parts[0] as Map<number, Bucket>;
+function mergeChecksums(parts: Map<number, Bucket>[], key?: (b: number) => number): Map<number, Bucket> {
+  if (parts.length === 1 && !key) return parts[0] as Map<number, Bucket>;
   const lower = (a: string | null, b: string | null) => (a === null ? b : b === null || a <= b ? a : b);
   const higher = (a: string | null, b: string | null) => (a === null ? b : b === null || a >= b ? a : b);
   const all = new Map<number, Bucket>();
   for (const part of parts)
-    for (const [b, x] of part) {
+    for (const [k, x] of part) {
+      const b = key ? key(k) : k;
       const y = all.get(b);
       all.set(
         b,
@@ -330,10 +345,32 @@ async function rowHashes(query: Query, p: Plan, chunks: number[], keys?: string[
 
 /** Rows differing between the sides are followed one by one; at most this many at once. */
 const MAX_OPEN_ROWS = 100_000;
-/** Chunks whose rows are read at once (verifyChunkRows each) when differing chunks are followed row by row. */
-const ROW_READ_CHUNKS = 8;
+/**
+ * The most parts a chunk of a table with a key is cut into: the first read's checksums are by part
+ * (a hash of the key within the chunk), so that a chunk that differs has only the rows of its parts
+ * that differ read one by one. A busy table differs in every chunk at every read by a few rows, and
+ * reading each such chunk's 50,000 rows into this process cost pgbench under load seconds of verify and
+ * of the event loop and its garbage collector.
+ */
+const CHUNK_PARTS = 256;
+/** The most parts a table's first read returns a side (a table of more chunks has fewer parts a chunk). */
+const TABLE_PARTS = 65_536;
+/** Parts a chunk is cut into for a table of `chunks` chunks: CHUNK_PARTS, fewer past TABLE_PARTS in all. */
+export const partsPerChunk = (chunks: number) =>
+  Math.max(1, Math.min(CHUNK_PARTS, Math.floor(TABLE_PARTS / Math.max(1, chunks))));
+/** Rows read one by one at once, at most (about: parts hold verifyChunkRows / parts rows each). */
+const ROW_READ_ROWS = 8 * DEFAULTS.verifyChunkRows;
 
-/** The rows of some chunks: key → [chunk, row hash]. */
+/** A row's part, as SQL: its chunk times p.parts plus a hash of its key (the same on both sides). */
+const partExpr = (p: Plan) =>
+  p.parts > 1
+    ? `((${p.bucketExpr}) * ${p.parts} + abs(hashtextextended(${p.keyExpr}, 0) % ${p.parts})::int)`
+    : p.bucketExpr;
+
+/** The chunk a part (partExpr) is of. */
+const chunkOf = (p: Plan, part: number) => Math.floor(part / p.parts);
+
+/** The rows of some chunks (and, given, only of those parts): key → [chunk, row hash]. */
 async function rowHashesByChunk(
   query: Query,
   p: Plan,
@@ -348,30 +385,6 @@ async function rowHashesByChunk(
     parts ? [chunks, parts] : [chunks],
   );
   return new Map(rows.map((r) => [r.k, [r.b, r.h]]));
-}
-
-/**
- * Parts a chunk is cut into when it differs, before its rows are read: a chunk of verifyChunkRows
- * rows the application writes to all the time differs at every read by a few rows, and reading all its
- * rows' hashes to find them moved 50,000 rows a chunk a side into this process (a table of pgbench
- * under load: every chunk, seconds of the event loop and its garbage collector).
- */
-const CHUNK_PARTS = 256;
-
-/** A row's part, as SQL: its chunk times CHUNK_PARTS plus a hash of its key (the same on both sides). */
-const partExpr = (p: Plan) =>
-  `((${p.bucketExpr}) * ${CHUNK_PARTS} + abs(hashtextextended(${p.keyExpr}, 0) % ${CHUNK_PARTS})::int)`;
-
-/** Checksums of some chunks' parts (keyed by partExpr): the rows of only the parts that differ are read next. */
-async function partChecksums(query: Query, p: Plan, chunks: number[]): Promise<Map<number, Bucket>> {
-  const rows = await query<{ b: number; n: number; h: string }>(
-    `SELECT b, count(*)::bigint AS n, sum(h)::text AS h FROM (
-       SELECT ${partExpr(p)} AS b, ${p.rowHash} AS h
-         FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where} AND ${p.bucketExpr} = ANY($1::int[])${keyRanges(p, chunks)}) x
-      GROUP BY b`,
-    [chunks],
-  );
-  return new Map(rows.map((r) => [r.b, { n: r.n, h: r.h, lo: null, hi: null }]));
 }
 
 /** Bytes of table read on one side, and its time reading them (at least one reader reading). */
@@ -445,11 +458,12 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       live: db === s.live,
       merge: (r) => r[0] as T,
     });
+  /** A whole table's checksums, by part (partExpr: by chunk for a table without a key). */
   const wholeChecksums =
     (p: Plan): Reading<Map<number, Bucket>> =>
     (db) => ({
       parts: heapParts(heaps[db.side].get(tableLabel(p.table)), ctx.config.verifyPartBytes, jobs, majors[db.side]).map(
-        (blocks, _, all) => (q: Query) => checksums(q, p, undefined, all.length > 1 ? blocks : undefined),
+        (blocks, _, all) => (q: Query) => checksums(q, p, undefined, all.length > 1 ? blocks : undefined, true),
       ),
       label: tableLabel(p.table),
       relation: qualified(p.table),
@@ -501,15 +515,17 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       outcome: 'behind',
       behindBytes: await behindBytes(s),
     });
-    const first = await atMatchingPoints(wholeChecksums(p));
-    if (!first) return behind();
+    const byPart = await atMatchingPoints(wholeChecksums(p));
+    if (!byPart) return behind();
+    const toChunks = (m: Map<number, Bucket>) => (p.parts > 1 ? mergeChecksums([m], (x) => chunkOf(p, x)) : m);
+    const first = { live: toChunks(byPart.live), replica: toChunks(byPart.replica) };
     const { src, tgt } = sides(first);
     const bad = differing(src, tgt);
     const settled =
       bad.length === 0
         ? { proven: [], unsettled: [], keys: [], followed: 0 }
         : t.identityColumns.length > 0
-          ? await settleRows(p, bad)
+          ? await settleRows(p, differing(byPart.live, byPart.replica))
           : await settleChunks(p, bad, first);
     if (settled === undefined) return behind();
     const count = (m: Map<number, Bucket>) => [...m.values()].reduce((n, b) => n + Number(b.n), 0);
@@ -528,33 +544,31 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   };
 
   /**
-   * Differing chunks of a table with a key, followed row by row: each chunk's parts' checksums read at
-   * matching points, then the rows (key, hash) of the parts that differ, then only the differing rows
-   * again, until each is settled. A row is proven
+   * Differing parts of a table with a key (the first read's checksums are by part), followed row by
+   * row: the rows (key, hash) of the parts that differ read at matching points, then only the
+   * differing rows again, until each is settled. A row is proven
    * different when the live side read it the same before and after a replica read that came once the
    * replica had applied past the first read (nothing changed it meanwhile, so the replica had to show
    * exactly that); it is settled equal when both sides read the same. Rows the application changed at
    * every read are read once more with the table's writes held; if that cannot be done, they stay
    * unsettled: not shown to differ, not shown to match.
    */
-  const settleRows = async (p: Plan, bad: number[]) => {
+  const settleRows = async (p: Plan, parts: number[]) => {
     const open = new Map<string, { chunk: number; live?: string; replica?: string }>();
     let followed = 0;
     const count = <T>(r: { live: Map<string, T>; replica: Map<string, T> }) => {
       followed += r.live.size + r.replica.size;
       return r;
     };
-    // Several chunks per read, so that a table whose every chunk the application touches waits for the
-    // replica a few times, not once per chunk.
-    for (let i = 0; i < bad.length; i += ROW_READ_CHUNKS) {
-      const chunks = bad.slice(i, i + ROW_READ_CHUNKS);
-      // The chunks' parts first, at matching points: a part that reads the same on both sides is
-      // verified (as a chunk is), and only the rows of the parts that differ are read.
-      const byPart = await atMatchingPoints(once(p.table, (q) => partChecksums(q, p, chunks)));
-      if (!byPart) return undefined;
-      const parts = differing(byPart.live, byPart.replica);
-      if (parts.length === 0) continue;
-      const r = await atMatchingPoints(once(p.table, (q) => rowHashesByChunk(q, p, chunks, parts)));
+    // The rows of many parts per read, so that a table whose every chunk the application touches
+    // waits for the replica a few times, not once per chunk.
+    const partsPerRead = Math.max(1, Math.floor(ROW_READ_ROWS / Math.max(1, DEFAULTS.verifyChunkRows / p.parts)));
+    for (let j = 0; j < parts.length; j += partsPerRead) {
+      const some = parts.slice(j, j + partsPerRead);
+      const their = [...new Set(some.map((x) => chunkOf(p, x)))];
+      const r = await atMatchingPoints(
+        once(p.table, (q) => rowHashesByChunk(q, p, their, p.parts > 1 ? some : undefined)),
+      );
       if (!r) return undefined;
       count(r);
       for (const [k, [b, live]] of r.live) {

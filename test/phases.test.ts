@@ -1222,6 +1222,39 @@ describe('schema, roles and verification', () => {
     }
   });
 
+  it('finds rows one side kept below and above the keys the source has, and follows a text key by parts that spread its rows', async () => {
+    const { pair, rt } = await setup('verifyedges', 100);
+    await pair.source(`CREATE TABLE ends (id bigint PRIMARY KEY, v text);
+      INSERT INTO ends SELECT g, g::text FROM generate_series(1001, 2000) g;
+      CREATE TABLE words (k text PRIMARY KEY, v int);
+      INSERT INTO words SELECT md5(g::text), g FROM generate_series(1, 200000) g`);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // Rows the target kept that the source no longer has (deletes that never arrived): just below the
+    // source's lowest key, far below it, and above its highest; and one wrong row of a text key.
+    await pair.target(`INSERT INTO ends SELECT g, g::text FROM generate_series(600, 1000) g;
+      INSERT INTO ends VALUES (-10000000000000, 'far'), (5000, 'kept');
+      UPDATE words SET v = -1 WHERE k = md5('777')`);
+    const session = await openSession(rt, m.id);
+    try {
+      const { verifyTables } = await import('../packages/postgres/src/index');
+      const result = await verifyTables(session.ctx);
+      const ends = result.tables.find((t) => t.table === 'public.ends');
+      expect(ends?.outcome).toBe('mismatch');
+      expect(ends?.mismatchedRanges).toEqual(['id below 1001', 'id above 2000']);
+      expect(ends?.targetRows).toBe(1000 + 401 + 2);
+      const words = result.tables.find((t) => t.table === 'public.words');
+      expect(words?.outcome).toBe('mismatch');
+      expect(words?.mismatchedKeys).toEqual([`(${(await pair.source("SELECT md5('777') AS k"))[0]?.k})`]);
+      // 4 chunks of 256 parts: ~195 rows a part, read on both sides (a part hash repeating the chunk's
+      // bits left 64 parts a chunk holding rows, ~780 rows each).
+      expect(words?.rowsFollowed).toBeGreaterThan(0);
+      expect(words?.rowsFollowed).toBeLessThan(1000);
+    } finally {
+      await session.close();
+    }
+  });
+
   it('compares a chunk that keeps differing with its writes held and replication drained, and still reports a real difference', async () => {
     const { pair, rt } = await setup('hot', 100);
     await pair.source(`CREATE TABLE counters (id int PRIMARY KEY, n bigint NOT NULL);

@@ -93,20 +93,26 @@ async function plan(source: Db, t: TableInfo, rowHash: string): Promise<Plan> {
     const span = hi - lo + 1n;
     const parts = BigInt(buckets);
     const width = span / parts + (span % parts ? 1n : 0n);
-    // Rows with keys above today's maximum are new writes made while we verify; they are not in scope.
+    // Keys below the lowest or above the highest the source had when planned (new writes made while
+    // we verify, or rows one side kept that the other deleted) are chunks of their own, -1 and
+    // `buckets`: in scope, and never counted into chunk 0 or a range that does not hold them.
+    const inside =
+      lo > -(2n ** 62n) && hi < 2n ** 62n
+        ? `((${k}::bigint - ${lo}) / ${width})::int` // bigint arithmetic: k - lo cannot overflow here
+        : `floor((${k}::numeric - ${lo}) / ${width})::int`;
+    const below = -1;
+    const above = buckets;
     return {
       table: t,
       rowHash,
       parts: perChunk,
       rows: Number(n),
-      // bigint arithmetic where k - lo cannot overflow (keys within ±2^62), numeric otherwise.
-      bucketExpr:
-        lo > -(2n ** 62n) && hi < 2n ** 62n
-          ? `((${k}::bigint - ${lo}) / ${width})::int`
-          : `floor((${k}::numeric - ${lo}) / ${width})::int`,
+      bucketExpr: `(CASE WHEN ${k} < ${lo} THEN ${below} WHEN ${k} > ${hi} THEN ${above} ELSE ${inside} END)`,
       keyBounds: false,
-      where: `${k} <= ${hi}`,
+      where: 'true',
       label: (b) => {
+        if (b === below) return `${col.name} below ${lo}`;
+        if (b === above) return `${col.name} above ${hi}`;
         const from = lo + BigInt(b) * width;
         const to = from + width - 1n;
         return `${col.name} ${from}..${to < hi ? to : hi}`;
@@ -115,6 +121,8 @@ async function plan(source: Db, t: TableInfo, rowHash: string): Promise<Plan> {
       // Compared as the key's own type, so that the key's index finds the rows.
       keyMatch: `${k} = ANY($2::text[]::${col.type}[])`,
       range: (b) => {
+        if (b === below) return `${k} < ${lo}`;
+        if (b === above) return `${k} > ${hi}`;
         const from = lo + BigInt(b) * width;
         return `${k} BETWEEN ${from} AND ${from + width - 1n}`;
       },
@@ -361,10 +369,18 @@ export const partsPerChunk = (chunks: number) =>
 /** Rows read one by one at once, at most (about: parts hold verifyChunkRows / parts rows each). */
 const ROW_READ_ROWS = 8 * DEFAULTS.verifyChunkRows;
 
+/**
+ * The seed of a part's hash of the key. Not 0: with seed 0 the low 32 bits of hashtextextended are
+ * hashtext itself, which already chose the chunk of a table without an integer key, so the part would
+ * repeat the chunk's bits (a table of 256 such chunks: 2 parts of its 256 holding rows, each 128 times
+ * the rows a part should hold).
+ */
+const PART_SEED = 1_000_003;
+
 /** A row's part, as SQL: its chunk times p.parts plus a hash of its key (the same on both sides). */
 const partExpr = (p: Plan) =>
   p.parts > 1
-    ? `((${p.bucketExpr}) * ${p.parts} + abs(hashtextextended(${p.keyExpr}, 0) % ${p.parts})::int)`
+    ? `((${p.bucketExpr}) * ${p.parts} + abs(hashtextextended(${p.keyExpr}, ${PART_SEED}) % ${p.parts})::int)`
     : p.bucketExpr;
 
 /** The chunk a part (partExpr) is of. */
@@ -556,6 +572,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   const settleRows = async (p: Plan, parts: number[]) => {
     const open = new Map<string, { chunk: number; live?: string; replica?: string }>();
     let followed = 0;
+    const unfollowed = new Set<number>();
     const count = <T>(r: { live: Map<string, T>; replica: Map<string, T> }) => {
       followed += r.live.size + r.replica.size;
       return r;
@@ -571,12 +588,16 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       );
       if (!r) return undefined;
       count(r);
+      // Past MAX_OPEN_ROWS a differing row is not followed: its chunk stays unsettled, never taken as equal.
+      const follow = (k: string, o: { chunk: number; live?: string; replica?: string }) => {
+        if (open.size < MAX_OPEN_ROWS) open.set(k, o);
+        else unfollowed.add(o.chunk);
+      };
       for (const [k, [b, live]] of r.live) {
         const replica = r.replica.get(k)?.[1];
-        if (live !== replica && open.size < MAX_OPEN_ROWS) open.set(k, { chunk: b, live, replica });
+        if (live !== replica) follow(k, { chunk: b, live, replica });
       }
-      for (const [k, [b, replica]] of r.replica)
-        if (!r.live.has(k) && open.size < MAX_OPEN_ROWS) open.set(k, { chunk: b, replica });
+      for (const [k, [b, replica]] of r.replica) if (!r.live.has(k)) follow(k, { chunk: b, replica });
     }
     const proven = new Map<string, number>();
     for (let i = 0; i < DEFAULTS.verifyRechecks && open.size > 0; i++) {
@@ -591,7 +612,9 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       count(r);
       for (const [k, prev] of open) {
         const [live, replica] = [r.live.get(k), r.replica.get(k)];
-        if (live === prev.live && prev.replica !== prev.live) {
+        // (Still different now as well: a row that came and went, or a value changed and changed back,
+        // reads the same live twice without having stood still in between.)
+        if (live === prev.live && prev.replica !== prev.live && replica !== live) {
           proven.set(k, prev.chunk);
           open.delete(k);
         } else if (live === replica) open.delete(k);
@@ -618,7 +641,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     const chunksOf = (ks: Iterable<number>) => [...new Set(ks)].sort((x, y) => x - y);
     return {
       proven: chunksOf(proven.values()),
-      unsettled: chunksOf([...open.values()].map((o) => o.chunk)),
+      unsettled: chunksOf([...[...open.values()].map((o) => o.chunk), ...unfollowed]),
       keys: [...proven.keys()],
       followed,
     };

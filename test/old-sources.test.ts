@@ -110,7 +110,9 @@ describe('sources older than PostgreSQL 13', () => {
       await pair.source(
         `CREATE TABLE ledger (id bigserial, writer text NOT NULL, payload text NOT NULL, PRIMARY KEY (id)) PARTITION BY HASH (id);
        CREATE TABLE ledger_0 PARTITION OF ledger FOR VALUES WITH (MODULUS 2, REMAINDER 0);
-       CREATE TABLE ledger_1 PARTITION OF ledger FOR VALUES WITH (MODULUS 2, REMAINDER 1);`,
+       CREATE TABLE ledger_1 PARTITION OF ledger FOR VALUES WITH (MODULUS 2, REMAINDER 1);
+       CREATE TABLE measures (id int PRIMARY KEY, r real, d double precision, note text);
+       INSERT INTO measures SELECT g, g / 10.0, g / 10.0 + 1e-17 * g, 'm' || g FROM generate_series(1, 300) g;`,
       );
       const writer = startWriter('app');
       const ledger = startWriter('ledger', 'ledger');

@@ -150,8 +150,23 @@ async function plan(source: Db, t: TableInfo, rowHash: string): Promise<Plan> {
   };
 }
 
-/** A row as text, the same on both sides: as UTF-8 bytes (escaped) when the database encodings differ. */
-const ROW_TEXT = { same: 't::text', converted: "encode(convert_to(t::text, 'UTF8'), 'escape')" };
+/** What a float column is read as for a row's text when the two servers print floats differently. */
+const FLOAT_BYTES: Record<string, string> = { 'double precision': 'float8send', real: 'float4send' };
+
+/**
+ * A row as text, the same on both sides: as UTF-8 bytes (escaped) when the database encodings differ
+ * (`converted`). With `floatBytes` (one server is 11 or older: it prints a float with 17 significant
+ * digits, 12+ the shortest exact form, whatever extra_float_digits says, so 0.1 read 0.10000000000000001
+ * on one side and 0.1 on the other, every row of a table with a float a false difference) each float
+ * column is read as its binary form, the same bytes on every version.
+ */
+function rowText(t: TableInfo, converted: boolean, floatBytes: boolean): string {
+  const floats = floatBytes && t.columns.some((c) => FLOAT_BYTES[c.type]);
+  const row = floats
+    ? `ROW(${t.columns.map((c) => (FLOAT_BYTES[c.type] ? `${FLOAT_BYTES[c.type]}(t.${ident(c.name)})` : `t.${ident(c.name)}`)).join(', ')})`
+    : 't';
+  return converted ? `encode(convert_to(${row}::text, 'UTF8'), 'escape')` : `${row}::text`;
+}
 
 /**
  * A row's hash, as SQL. Where both servers have hash_record_extended (14+) and the same encoding, the
@@ -161,8 +176,8 @@ const ROW_TEXT = { same: 't::text', converted: "encode(convert_to(t::text, 'UTF8
  * types' hash functions are the ones hash partitioning relies on, the same in every version. Otherwise
  * the whole row's text is hashed.
  */
-function rowHashSql(t: TableInfo, byValue: boolean, rowText: string): string {
-  if (!byValue || t.columns.length === 0) return `hashtextextended(${rowText}, 0)`;
+function rowHashSql(t: TableInfo, byValue: boolean, text: { converted: boolean; floatBytes: boolean }): string {
+  if (!byValue || t.columns.length === 0) return `hashtextextended(${rowText(t, text.converted, text.floatBytes)}, 0)`;
   const fields = t.columns.map((c) => (c.hashable ? `t.${ident(c.name)}` : `t.${ident(c.name)}::text COLLATE "C"`));
   return `hash_record_extended(ROW(${fields.join(', ')}), 0)`;
 }
@@ -443,8 +458,9 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     ctx.source.one<{ e: string }>(encoding),
     ctx.target.one<{ e: string }>(encoding),
   ]);
-  const rowText = se.e === te.e ? ROW_TEXT.same : ROW_TEXT.converted;
-  const byValue = se.e === te.e && Math.min(await serverMajor(ctx.source), await serverMajor(ctx.target)) >= 14;
+  const oldest = Math.min(await serverMajor(ctx.source), await serverMajor(ctx.target));
+  const text = { converted: se.e !== te.e, floatBytes: oldest < 12 };
+  const byValue = se.e === te.e && oldest >= 14;
   // Heap sizes on each side, once: what the reads cover, for the throughput figures, and how a big
   // table is split among a side's readers.
   const sizeSql = `SELECT format('%s.%s', n.nspname, c.relname) AS t, pg_relation_size(c.oid)::bigint AS b,
@@ -522,7 +538,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     s.live === ctx.source ? { src: r.live, tgt: r.replica } : { src: r.replica, tgt: r.live };
 
   const verifyOne = async (t: TableInfo): Promise<VerifyTableResult> => {
-    const p = await plan(ctx.source, t, rowHashSql(t, byValue, rowText));
+    const p = await plan(ctx.source, t, rowHashSql(t, byValue, text));
     const label = tableLabel(t);
     reads.source.bytes += srcSizes.get(label)?.bytes ?? 0;
     reads.target.bytes += tgtSizes.get(label)?.bytes ?? 0;

@@ -63,7 +63,11 @@ const INTEGER = new Set(['smallint', 'integer', 'bigint']);
  */
 const COUNTED_UP_TO = 1_000_000;
 
-async function plan(source: Db, t: TableInfo, rowHash: string): Promise<Plan> {
+/**
+ * How a table is read in chunks and parts. `converted`: the databases' encodings differ, so a key's
+ * text is hashed as its UTF-8 bytes (the same on both sides), as the row's text is.
+ */
+async function plan(source: Db, t: TableInfo, rowHash: string, converted = false): Promise<Plan> {
   const key = t.identityColumns;
   const { n } =
     t.rowEstimate >= COUNTED_UP_TO
@@ -134,17 +138,20 @@ async function plan(source: Db, t: TableInfo, rowHash: string): Promise<Plan> {
     };
   }
   const keyExpr = key.length > 0 ? `row(${key.map((c) => `t.${ident(c)}`).join(', ')})::text` : 't::text';
+  // (A non-ASCII key hashed as each server's own bytes fell in a different chunk and part on each side:
+  // every such row followed one by one at every verify.)
+  const hashed = converted ? `encode(convert_to(${keyExpr}, 'UTF8'), 'escape')` : keyExpr;
   return {
     table: t,
     rowHash,
     parts: perChunk,
     rows: Number(n),
-    bucketExpr: `abs(hashtext(${keyExpr}) % ${buckets})`,
+    bucketExpr: `abs(hashtext(${hashed}) % ${buckets})`,
     where: 'true',
     label: (b, bucket) =>
       `bucket ${b} (${key.length ? `keys ${bucket?.lo ?? '?'}..${bucket?.hi ?? '?'}` : 'whole-row hash'})`,
     keyExpr,
-    keyHash: `hashtextextended(${keyExpr}, ${PART_SEED})`,
+    keyHash: `hashtextextended(${hashed}, ${PART_SEED})`,
     keyMatch: `${keyExpr} = ANY($2::text[])`,
     keyBounds: key.length > 0,
   };
@@ -538,7 +545,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     s.live === ctx.source ? { src: r.live, tgt: r.replica } : { src: r.replica, tgt: r.live };
 
   const verifyOne = async (t: TableInfo): Promise<VerifyTableResult> => {
-    const p = await plan(ctx.source, t, rowHashSql(t, byValue, text));
+    const p = await plan(ctx.source, t, rowHashSql(t, byValue, text), text.converted);
     const label = tableLabel(t);
     reads.source.bytes += srcSizes.get(label)?.bytes ?? 0;
     reads.target.bytes += tgtSizes.get(label)?.bytes ?? 0;

@@ -111,8 +111,11 @@ describe('sources older than PostgreSQL 13', () => {
         `CREATE TABLE ledger (id bigserial, writer text NOT NULL, payload text NOT NULL, PRIMARY KEY (id)) PARTITION BY HASH (id);
        CREATE TABLE ledger_0 PARTITION OF ledger FOR VALUES WITH (MODULUS 2, REMAINDER 0);
        CREATE TABLE ledger_1 PARTITION OF ledger FOR VALUES WITH (MODULUS 2, REMAINDER 1);
-       CREATE TABLE measures (id int PRIMARY KEY, r real, d double precision, note text);
-       INSERT INTO measures SELECT g, g / 10.0, g / 10.0 + 1e-17 * g, 'm' || g FROM generate_series(1, 300) g;`,
+       CREATE TABLE measures (id int PRIMARY KEY, r real, d double precision, ds double precision[], note text);
+       INSERT INTO measures SELECT g, g / 10.0, g / 10.0 + 1e-17 * g, ARRAY[g / 3.0], 'm' || g FROM generate_series(1, 300) g;
+       CREATE TABLE readings (at int NOT NULL, v double precision);
+       ALTER TABLE readings REPLICA IDENTITY FULL;
+       INSERT INTO readings SELECT g, g / 10.0 FROM generate_series(1, 300) g;`,
       );
       const writer = startWriter('app');
       const ledger = startWriter('ledger', 'ledger');

@@ -70,6 +70,8 @@ export class SideReaders {
     private readonly point?: (p: VerifyReaderPoint) => Promise<void>,
     /** How long a read keeps beginning again while its table's lock is not granted at once. */
     private readonly lockWaitMs = LOCK_WAIT_MS,
+    /** Run on each reader's connection once it is opened (settings of how values read as text). */
+    private readonly setup?: string,
   ) {
     this.free = size;
   }
@@ -224,10 +226,12 @@ export class SideReaders {
     try {
       while (clients.length < n) {
         if (this.closed) throw new PgferryError(`${this.db.side}: verify's readers are closed`);
-        const c =
-          this.idle.pop() ??
-          (await connectClient(this.db.url, { side: this.db.side, applicationName: this.applicationName }));
-        this.opened.add(c);
+        let c = this.idle.pop();
+        if (!c) {
+          c = await connectClient(this.db.url, { side: this.db.side, applicationName: this.applicationName });
+          this.opened.add(c);
+          if (this.setup) await c.query(this.setup);
+        }
         clients.push(c);
       }
       return clients;

@@ -157,23 +157,17 @@ async function plan(source: Db, t: TableInfo, rowHash: string, converted = false
   };
 }
 
-/** What a float column is read as for a row's text when the two servers print floats differently. */
-const FLOAT_BYTES: Record<string, string> = { 'double precision': 'float8send', real: 'float4send' };
+/** A row as text, the same on both sides: as UTF-8 bytes (escaped) when the database encodings differ. */
+const rowText = (converted: boolean) => (converted ? "encode(convert_to(t::text, 'UTF8'), 'escape')" : 't::text');
 
 /**
- * A row as text, the same on both sides: as UTF-8 bytes (escaped) when the database encodings differ
- * (`converted`). With `floatBytes` (one server is 11 or older: it prints a float with 17 significant
- * digits, 12+ the shortest exact form, whatever extra_float_digits says, so 0.1 read 0.10000000000000001
- * on one side and 0.1 on the other, every row of a table with a float a false difference) each float
- * column is read as its binary form, the same bytes on every version.
+ * How a float reads as text in verify's sessions when one server is 11 or older: 11 prints it with 17
+ * significant digits under the extra_float_digits our sessions set (3), 12+ the shortest exact form, so
+ * 0.1 read 0.10000000000000001 on one side and 0.1 on the other: a row of a table with a float (a column,
+ * an array, a domain, a composite, a key) was a false difference on every row, the cutover stopped. At 0,
+ * both print 15 significant digits (a difference past the 15th goes unseen between such servers).
  */
-function rowText(t: TableInfo, converted: boolean, floatBytes: boolean): string {
-  const floats = floatBytes && t.columns.some((c) => FLOAT_BYTES[c.type]);
-  const row = floats
-    ? `ROW(${t.columns.map((c) => (FLOAT_BYTES[c.type] ? `${FLOAT_BYTES[c.type]}(t.${ident(c.name)})` : `t.${ident(c.name)}`)).join(', ')})`
-    : 't';
-  return converted ? `encode(convert_to(${row}::text, 'UTF8'), 'escape')` : `${row}::text`;
-}
+const LEGACY_FLOAT_TEXT = 'SET extra_float_digits = 0';
 
 /**
  * A row's hash, as SQL. Where both servers have hash_record_extended (14+) and the same encoding, the
@@ -183,8 +177,8 @@ function rowText(t: TableInfo, converted: boolean, floatBytes: boolean): string 
  * types' hash functions are the ones hash partitioning relies on, the same in every version. Otherwise
  * the whole row's text is hashed.
  */
-function rowHashSql(t: TableInfo, byValue: boolean, text: { converted: boolean; floatBytes: boolean }): string {
-  if (!byValue || t.columns.length === 0) return `hashtextextended(${rowText(t, text.converted, text.floatBytes)}, 0)`;
+function rowHashSql(t: TableInfo, byValue: boolean, converted: boolean): string {
+  if (!byValue || t.columns.length === 0) return `hashtextextended(${rowText(converted)}, 0)`;
   const fields = t.columns.map((c) => (c.hashable ? `t.${ident(c.name)}` : `t.${ident(c.name)}::text COLLATE "C"`));
   return `hash_record_extended(ROW(${fields.join(', ')}), 0)`;
 }
@@ -320,6 +314,8 @@ async function heldReads<T>(
   s: Stream,
   table: TableInfo,
   read: (query: Query) => Promise<T>,
+  /** Settings the reads need (LEGACY_FLOAT_TEXT), for the transaction on the live side and the read on the other. */
+  setup?: string,
 ): Promise<{ live: T; replica: T; heldMs: number } | undefined> {
   const { live, replica, slot } = s;
   const giveUp = (why: string) => {
@@ -339,6 +335,7 @@ async function heldReads<T>(
     try {
       await client.query(`SET LOCAL lock_timeout = ${HOLD_LOCK_TIMEOUT_MS}`);
       await client.query(`SET LOCAL statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
+      if (setup) await client.query(setup.replace(/^SET /, 'SET LOCAL '));
       await client.query(`LOCK TABLE ONLY ${qualified(table)} IN SHARE MODE`);
       const held = performance.now();
       // Every write of the table was committed before the lock.
@@ -347,10 +344,13 @@ async function heldReads<T>(
         read(rowsOf(client, live.side)),
         replica.withClient(async (c) => {
           await c.query(`SET statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
+          if (setup) await c.query(setup);
           try {
             return await read(rowsOf(c, replica.side));
           } finally {
             await c.query('RESET statement_timeout');
+            // (The pool's session goes back to the settings it was opened with.)
+            if (setup) await c.query('RESET extra_float_digits');
           }
         }),
       ]);
@@ -466,7 +466,8 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     ctx.target.one<{ e: string }>(encoding),
   ]);
   const oldest = Math.min(await serverMajor(ctx.source), await serverMajor(ctx.target));
-  const text = { converted: se.e !== te.e, floatBytes: oldest < 12 };
+  const converted = se.e !== te.e;
+  const floatText = oldest < 12 ? LEGACY_FLOAT_TEXT : undefined;
   const byValue = se.e === te.e && oldest >= 14;
   // Heap sizes on each side, once: what the reads cover, for the throughput figures, and how a big
   // table is split among a side's readers.
@@ -484,8 +485,8 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   const app = `${objectNames(ctx.config.id).applicationName}:verify`;
   const point = ctx.faults?.verifyReader?.bind(ctx.faults);
   const readers: Record<Side, SideReaders> = {
-    source: new SideReaders(ctx.source, jobs, app, point, ctx.faults?.verifyLockWaitMs),
-    target: new SideReaders(ctx.target, jobs, app, point, ctx.faults?.verifyLockWaitMs),
+    source: new SideReaders(ctx.source, jobs, app, point, ctx.faults?.verifyLockWaitMs, floatText),
+    target: new SideReaders(ctx.target, jobs, app, point, ctx.faults?.verifyLockWaitMs, floatText),
   };
   const reads: Record<Side, SideReads> = { source: { ms: 0, bytes: 0 }, target: { ms: 0, bytes: 0 } };
   let waitMs = ctx.config.verifyWaitMs;
@@ -545,7 +546,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     s.live === ctx.source ? { src: r.live, tgt: r.replica } : { src: r.replica, tgt: r.live };
 
   const verifyOne = async (t: TableInfo): Promise<VerifyTableResult> => {
-    const p = await plan(ctx.source, t, rowHashSql(t, byValue, text), text.converted);
+    const p = await plan(ctx.source, t, rowHashSql(t, byValue, converted), converted);
     const label = tableLabel(t);
     reads.source.bytes += srcSizes.get(label)?.bytes ?? 0;
     reads.target.bytes += tgtSizes.get(label)?.bytes ?? 0;
@@ -654,7 +655,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     if (open.size > 0) {
       const keys = [...open.keys()];
       const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
-      const held = await heldReads(ctx, s, p.table, (q) => rowHashes(q, p, chunks, keys));
+      const held = await heldReads(ctx, s, p.table, (q) => rowHashes(q, p, chunks, keys), floatText);
       if (held) {
         count(held);
         const before = open.size;
@@ -708,7 +709,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     }
     if (open.length > 0 && p.rows <= HOLD_MAX_CHUNKS * DEFAULTS.verifyChunkRows) {
       const only = open;
-      const held = await heldReads(ctx, s, p.table, (q) => checksums(q, p, only));
+      const held = await heldReads(ctx, s, p.table, (q) => checksums(q, p, only), floatText);
       if (held) {
         const still = only.filter((b) => !same(held.live.get(b), held.replica.get(b)));
         for (const b of still) proven.add(b);

@@ -167,7 +167,7 @@ const rowText = (converted: boolean) => (converted ? "encode(convert_to(t::text,
  * an array, a domain, a composite, a key) was a false difference on every row, the cutover stopped. At 0,
  * both print 15 significant digits (a difference past the 15th goes unseen between such servers).
  */
-const LEGACY_FLOAT_TEXT = 'SET extra_float_digits = 0';
+const LEGACY_FLOAT_DIGITS = 0;
 
 /**
  * A row's hash, as SQL. Where both servers have hash_record_extended (14+) and the same encoding, the
@@ -314,8 +314,8 @@ async function heldReads<T>(
   s: Stream,
   table: TableInfo,
   read: (query: Query) => Promise<T>,
-  /** Settings the reads need (LEGACY_FLOAT_TEXT), for the transaction on the live side and the read on the other. */
-  setup?: string,
+  /** extra_float_digits the reads need (LEGACY_FLOAT_DIGITS), on the live side's transaction and the other's read. */
+  floatDigits?: number,
 ): Promise<{ live: T; replica: T; heldMs: number } | undefined> {
   const { live, replica, slot } = s;
   const giveUp = (why: string) => {
@@ -335,7 +335,7 @@ async function heldReads<T>(
     try {
       await client.query(`SET LOCAL lock_timeout = ${HOLD_LOCK_TIMEOUT_MS}`);
       await client.query(`SET LOCAL statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
-      if (setup) await client.query(setup.replace(/^SET /, 'SET LOCAL '));
+      if (floatDigits !== undefined) await client.query(`SET LOCAL extra_float_digits = ${floatDigits}`);
       await client.query(`LOCK TABLE ONLY ${qualified(table)} IN SHARE MODE`);
       const held = performance.now();
       // Every write of the table was committed before the lock.
@@ -344,13 +344,13 @@ async function heldReads<T>(
         read(rowsOf(client, live.side)),
         replica.withClient(async (c) => {
           await c.query(`SET statement_timeout = ${HOLD_READ_TIMEOUT_MS}`);
-          if (setup) await c.query(setup);
+          if (floatDigits !== undefined) await c.query(`SET extra_float_digits = ${floatDigits}`);
           try {
             return await read(rowsOf(c, replica.side));
           } finally {
             await c.query('RESET statement_timeout');
             // (The pool's session goes back to the settings it was opened with.)
-            if (setup) await c.query('RESET extra_float_digits');
+            if (floatDigits !== undefined) await c.query('RESET extra_float_digits');
           }
         }),
       ]);
@@ -392,7 +392,7 @@ const CHUNK_PARTS = 256;
 /** The most parts a table's first read returns a side (a table of more chunks has fewer parts a chunk). */
 const TABLE_PARTS = 65_536;
 /** Parts a chunk is cut into for a table of `chunks` chunks: CHUNK_PARTS, fewer past TABLE_PARTS in all. */
-export const partsPerChunk = (chunks: number) =>
+const partsPerChunk = (chunks: number) =>
   Math.max(1, Math.min(CHUNK_PARTS, Math.floor(TABLE_PARTS / Math.max(1, chunks))));
 /** Rows read one by one at once, at most (about: parts hold verifyChunkRows / parts rows each). */
 const ROW_READ_ROWS = 8 * DEFAULTS.verifyChunkRows;
@@ -467,7 +467,8 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   ]);
   const oldest = Math.min(await serverMajor(ctx.source), await serverMajor(ctx.target));
   const converted = se.e !== te.e;
-  const floatText = oldest < 12 ? LEGACY_FLOAT_TEXT : undefined;
+  const floatDigits = oldest < 12 ? LEGACY_FLOAT_DIGITS : undefined;
+  const readerSetup = floatDigits !== undefined ? `SET extra_float_digits = ${floatDigits}` : undefined;
   const byValue = se.e === te.e && oldest >= 14;
   // Heap sizes on each side, once: what the reads cover, for the throughput figures, and how a big
   // table is split among a side's readers.
@@ -485,8 +486,8 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   const app = `${objectNames(ctx.config.id).applicationName}:verify`;
   const point = ctx.faults?.verifyReader?.bind(ctx.faults);
   const readers: Record<Side, SideReaders> = {
-    source: new SideReaders(ctx.source, jobs, app, point, ctx.faults?.verifyLockWaitMs, floatText),
-    target: new SideReaders(ctx.target, jobs, app, point, ctx.faults?.verifyLockWaitMs, floatText),
+    source: new SideReaders(ctx.source, jobs, app, point, ctx.faults?.verifyLockWaitMs, readerSetup),
+    target: new SideReaders(ctx.target, jobs, app, point, ctx.faults?.verifyLockWaitMs, readerSetup),
   };
   const reads: Record<Side, SideReads> = { source: { ms: 0, bytes: 0 }, target: { ms: 0, bytes: 0 } };
   let waitMs = ctx.config.verifyWaitMs;
@@ -603,7 +604,11 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     const unfollowed = new Set<number>();
     const count = <T>(r: { live: Map<string, T>; replica: Map<string, T> }) => {
       followed += r.live.size + r.replica.size;
-      return r;
+    };
+    // Past MAX_OPEN_ROWS a differing row is not followed: its chunk stays unsettled, never taken as equal.
+    const follow = (k: string, o: { chunk: number; live?: string; replica?: string }) => {
+      if (open.size < MAX_OPEN_ROWS) open.set(k, o);
+      else unfollowed.add(o.chunk);
     };
     // The rows of many parts per read, so that a table whose every chunk the application touches
     // waits for the replica a few times, not once per chunk.
@@ -616,11 +621,6 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       );
       if (!r) return undefined;
       count(r);
-      // Past MAX_OPEN_ROWS a differing row is not followed: its chunk stays unsettled, never taken as equal.
-      const follow = (k: string, o: { chunk: number; live?: string; replica?: string }) => {
-        if (open.size < MAX_OPEN_ROWS) open.set(k, o);
-        else unfollowed.add(o.chunk);
-      };
       for (const [k, [b, live]] of r.live) {
         const replica = r.replica.get(k)?.[1];
         if (live !== replica) follow(k, { chunk: b, live, replica });
@@ -655,7 +655,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     if (open.size > 0) {
       const keys = [...open.keys()];
       const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
-      const held = await heldReads(ctx, s, p.table, (q) => rowHashes(q, p, chunks, keys), floatText);
+      const held = await heldReads(ctx, s, p.table, (q) => rowHashes(q, p, chunks, keys), floatDigits);
       if (held) {
         count(held);
         const before = open.size;
@@ -709,7 +709,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     }
     if (open.length > 0 && p.rows <= HOLD_MAX_CHUNKS * DEFAULTS.verifyChunkRows) {
       const only = open;
-      const held = await heldReads(ctx, s, p.table, (q) => checksums(q, p, only), floatText);
+      const held = await heldReads(ctx, s, p.table, (q) => checksums(q, p, only), floatDigits);
       if (held) {
         const still = only.filter((b) => !same(held.live.get(b), held.replica.get(b)));
         for (const b of still) proven.add(b);

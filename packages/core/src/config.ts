@@ -84,6 +84,11 @@ export const DEFAULTS = {
   indexBuildMemoryMaxMB: 1024,
   indexBuildMemoryMinMB: 64,
   verifyRechecks: 5,
+  /**
+   * Rows differing between the sides that verify follows one by one at once, at most (the rest wait
+   * for a later round): bounds the engine's memory when a table took many rows between the reads.
+   */
+  verifyOpenRows: 100_000,
   statementTimeoutMs: 0,
   lockTimeoutMs: 10_000,
   /** How long slot creation may wait for transactions already open on the source. */
@@ -277,6 +282,7 @@ export const migrationConfigSchema = z
      */
     indexMemoryMB: z.number().int().min(DEFAULTS.indexBuildMemoryMinMB).optional(),
     verifyPartBytes: z.number().int().min(8192).default(DEFAULTS.verifyPartBytes),
+    verifyOpenRows: z.number().int().min(1).default(DEFAULTS.verifyOpenRows),
     earlyIndexBytes: z.number().int().min(0).default(DEFAULTS.earlyIndexBytes),
     slotWaitTimeoutMs: z.number().int().min(1).default(DEFAULTS.slotWaitTimeoutMs),
     switchFile: z.string({ error: '--switch-file must be a path' }).min(1, '--switch-file must be a path').optional(),

@@ -379,8 +379,6 @@ async function rowHashes(query: Query, p: Plan, chunks: number[], keys?: string[
   return new Map(rows.map((r) => [r.k, r.h]));
 }
 
-/** Rows differing between the sides are followed one by one; at most this many at once. */
-const MAX_OPEN_ROWS = 100_000;
 /**
  * The most parts a chunk of a table with a key is cut into: the first read's checksums are by part
  * (a hash of the key within the chunk), so that a chunk that differs has only the rows of its parts
@@ -412,21 +410,21 @@ const partExpr = (p: Plan) =>
 /** The chunk a part (partExpr) is of. */
 const chunkOf = (p: Plan, part: number) => Math.floor(part / p.parts);
 
-/** The rows of some chunks (and, given, only of those parts): key → [chunk, row hash]. */
+/** The rows of some chunks (and, given, only of those parts): key → [chunk, row hash, part]. */
 async function rowHashesByChunk(
   query: Query,
   p: Plan,
   chunks: number[],
   parts?: number[],
-): Promise<Map<string, [number, string]>> {
+): Promise<Map<string, [number, string, number]>> {
   const ranges = keyRanges(p, chunks);
-  const inParts = parts ? ` AND ${partExpr(p)} = ANY($2::int[])` : '';
-  const rows = await query<{ b: number; k: string; h: string }>(
-    `SELECT b, k, h FROM (SELECT ${p.bucketExpr} AS b, ${p.keyExpr} AS k, ${p.rowHash}::text AS h
-       FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${ranges}${inParts}) x WHERE b = ANY($1::int[])`,
+  const inParts = parts ? ` AND x = ANY($2::int[])` : '';
+  const rows = await query<{ b: number; k: string; h: string; x: number }>(
+    `SELECT b, k, h, x FROM (SELECT ${p.bucketExpr} AS b, ${partExpr(p)} AS x, ${p.keyExpr} AS k, ${p.rowHash}::text AS h
+       FROM ONLY ${qualified(p.table)} AS t WHERE ${p.where}${ranges}) AS r WHERE b = ANY($1::int[])${inParts}`,
     parts ? [chunks, parts] : [chunks],
   );
-  return new Map(rows.map((r) => [r.k, [r.b, r.h]]));
+  return new Map(rows.map((r) => [r.k, [r.b, r.h, r.x]]));
 }
 
 /** Bytes of table read on one side, and its time reading them (at least one reader reading). */
@@ -597,79 +595,118 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
    * exactly that); it is settled equal when both sides read the same. Rows the application changed at
    * every read are read once more with the table's writes held; if that cannot be done, they stay
    * unsettled: not shown to differ, not shown to match.
+   *
+   * At most `verifyOpenRows` rows are followed at once: the parts whose differing rows did not fit
+   * (an insert-only table that took more than that between the two sides' reads) are read again, once
+   * the rows taken before them are settled, in as many rounds as that takes. A round takes at least
+   * one part whole, so the rounds end.
    */
   const settleRows = async (p: Plan, parts: number[]) => {
-    const open = new Map<string, { chunk: number; live?: string; replica?: string }>();
+    const limit = ctx.config.verifyOpenRows;
+    const proven = new Map<string, number>();
+    const unsettled = new Set<number>();
     let followed = 0;
-    const unfollowed = new Set<number>();
+    let rounds = 0;
     const count = <T>(r: { live: Map<string, T>; replica: Map<string, T> }) => {
       followed += r.live.size + r.replica.size;
-    };
-    // Past MAX_OPEN_ROWS a differing row is not followed: its chunk stays unsettled, never taken as equal.
-    const follow = (k: string, o: { chunk: number; live?: string; replica?: string }) => {
-      if (open.size < MAX_OPEN_ROWS) open.set(k, o);
-      else unfollowed.add(o.chunk);
     };
     // The rows of many parts per read, so that a table whose every chunk the application touches
     // waits for the replica a few times, not once per chunk.
     const partsPerRead = Math.max(1, Math.floor(ROW_READ_ROWS / Math.max(1, DEFAULTS.verifyChunkRows / p.parts)));
-    for (let j = 0; j < parts.length; j += partsPerRead) {
-      const some = parts.slice(j, j + partsPerRead);
-      const their = [...new Set(some.map((x) => chunkOf(p, x)))];
-      const r = await atMatchingPoints(
-        once(p.table, (q) => rowHashesByChunk(q, p, their, p.parts > 1 ? some : undefined)),
-      );
-      if (!r) return undefined;
-      count(r);
-      for (const [k, [b, live]] of r.live) {
-        const replica = r.replica.get(k)?.[1];
-        if (live !== replica) follow(k, { chunk: b, live, replica });
-      }
-      for (const [k, [b, replica]] of r.replica) if (!r.live.has(k)) follow(k, { chunk: b, replica });
-    }
-    const proven = new Map<string, number>();
-    for (let i = 0; i < DEFAULTS.verifyRechecks && open.size > 0; i++) {
-      const before = open.size;
-      const keys = [...open.keys()];
-      const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
-      const r = await atMatchingPoints(once(p.table, (q) => rowHashes(q, p, chunks, keys)));
-      if (!r) {
-        if (proven.size) break;
-        return undefined;
-      }
-      count(r);
-      for (const [k, prev] of open) {
-        const [live, replica] = [r.live.get(k), r.replica.get(k)];
-        // (Still different now as well: a row that came and went, or a value changed and changed back,
-        // reads the same live twice without having stood still in between.)
-        if (live === prev.live && prev.replica !== prev.live && replica !== live) {
-          proven.set(k, prev.chunk);
-          open.delete(k);
-        } else if (live === replica) open.delete(k);
-        else open.set(k, { chunk: prev.chunk, live, replica });
-      }
-      // Rows the application rewrites all the time do not settle by reading again (each read of a
-      // bloated, churning table is a scan): when a recheck settled less than half, go to the hold.
-      if (open.size > before / 2) break;
-    }
-    if (open.size > 0) {
-      const keys = [...open.keys()];
-      const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
-      const held = await heldReads(ctx, s, p.table, (q) => rowHashes(q, p, chunks, keys), floatDigits);
-      if (held) {
-        count(held);
-        const before = open.size;
-        for (const [k, o] of open) if (held.live.get(k) !== held.replica.get(k)) proven.set(k, o.chunk);
-        open.clear();
-        ctx.log(
-          `verify: ${tableLabel(p.table)}: ${before} row(s) that kept changing read again with its writes held for ${held.heldMs} ms: ${proven.size ? `${proven.size} differ` : 'they match'}`,
+    let queue = parts;
+    while (queue.length > 0) {
+      rounds++;
+      const open = new Map<string, { chunk: number; live?: string; replica?: string }>();
+      const later: number[] = [];
+      let j = 0;
+      for (; j < queue.length && open.size < limit; j += partsPerRead) {
+        const some = queue.slice(j, j + partsPerRead);
+        const their = [...new Set(some.map((x) => chunkOf(p, x)))];
+        const r = await atMatchingPoints(
+          once(p.table, (q) => rowHashesByChunk(q, p, their, p.parts > 1 ? some : undefined)),
         );
+        if (!r) {
+          if (proven.size) {
+            for (const x of queue) unsettled.add(chunkOf(p, x));
+            queue = [];
+            break;
+          }
+          return undefined;
+        }
+        count(r);
+        // The differing rows by part, in the order the parts were asked for.
+        const byPart = new Map<number, [string, { chunk: number; live?: string; replica?: string }][]>();
+        const add = (k: string, x: number, o: { chunk: number; live?: string; replica?: string }) => {
+          const rows = byPart.get(x);
+          if (rows) rows.push([k, o]);
+          else byPart.set(x, [[k, o]]);
+        };
+        for (const [k, [b, live, x]] of r.live) {
+          const replica = r.replica.get(k)?.[1];
+          if (live !== replica) add(k, x, { chunk: b, live, replica });
+        }
+        for (const [k, [b, replica, x]] of r.replica) if (!r.live.has(k)) add(k, x, { chunk: b, replica });
+        for (const x of some) {
+          const rows = byPart.get(x);
+          if (!rows) continue;
+          if (open.size > 0 && open.size + rows.length > limit) later.push(x);
+          else for (const [k, o] of rows) open.set(k, o);
+        }
       }
+      queue = [...later, ...queue.slice(j)];
+      for (let i = 0; i < DEFAULTS.verifyRechecks && open.size > 0; i++) {
+        const before = open.size;
+        const keys = [...open.keys()];
+        const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
+        const r = await atMatchingPoints(once(p.table, (q) => rowHashes(q, p, chunks, keys)));
+        if (!r) {
+          if (proven.size) break;
+          return undefined;
+        }
+        count(r);
+        for (const [k, prev] of open) {
+          const [live, replica] = [r.live.get(k), r.replica.get(k)];
+          // (Still different now as well: a row that came and went, or a value changed and changed back,
+          // reads the same live twice without having stood still in between.)
+          if (live === prev.live && prev.replica !== prev.live && replica !== live) {
+            proven.set(k, prev.chunk);
+            open.delete(k);
+          } else if (live === replica) open.delete(k);
+          else open.set(k, { chunk: prev.chunk, live, replica });
+        }
+        // Rows the application rewrites all the time do not settle by reading again (each read of a
+        // bloated, churning table is a scan): when a recheck settled less than half, go to the hold.
+        if (open.size > before / 2) break;
+      }
+      if (open.size > 0) {
+        const keys = [...open.keys()];
+        const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
+        const held = await heldReads(ctx, s, p.table, (q) => rowHashes(q, p, chunks, keys), floatDigits);
+        if (held) {
+          count(held);
+          const before = open.size;
+          let differ = 0;
+          for (const [k, o] of open)
+            if (held.live.get(k) !== held.replica.get(k)) {
+              proven.set(k, o.chunk);
+              differ++;
+            }
+          open.clear();
+          ctx.log(
+            `verify: ${tableLabel(p.table)}: ${before} row(s) that kept changing read again with its writes held for ${held.heldMs} ms: ${differ ? `${differ} differ` : 'they match'}`,
+          );
+        }
+      }
+      for (const o of open.values()) unsettled.add(o.chunk);
     }
+    if (rounds > 1)
+      ctx.log(
+        `verify: ${tableLabel(p.table)}: more than ${limit} row(s) differed at one read (rows arriving between the two sides' reads): followed in ${rounds} rounds`,
+      );
     const chunksOf = (ks: Iterable<number>) => [...new Set(ks)].sort((x, y) => x - y);
     return {
       proven: chunksOf(proven.values()),
-      unsettled: chunksOf([...[...open.values()].map((o) => o.chunk), ...unfollowed]),
+      unsettled: chunksOf(unsettled),
       keys: [...proven.keys()],
       followed,
     };

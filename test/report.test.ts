@@ -138,7 +138,10 @@ describe('the HTML report, rendered', () => {
           outcome: 'ok',
           stage: 'before-switch',
           replication: 'replication',
-          tables: [{ table: `public."${evil}"`, sourceRows: 1, targetRows: 1, chunks: 1, mismatchedRanges: [] }],
+          tables: [
+            { table: `public."${evil}"`, sourceRows: 1, targetRows: 1, chunks: 1, mismatchedRanges: [] },
+            { table: 'public.busy', sourceRows: 9, targetRows: 9, chunks: 1, mismatchedRanges: [], rowsFollowed: 412 },
+          ],
           at: '2026-12-06T11:00:04.000Z',
           ms: 10,
           sourceBytes: 0,
@@ -153,6 +156,7 @@ describe('the HTML report, rendered', () => {
     expect(html).toContain('&amp; friends');
     expect(html).not.toContain('s3cret');
     expect(html).toContain('postgres://app:***@old-db/shop');
+    expect(html).toContain('<li>412 row read(s) compared one by one</li>');
   });
 
   it('sums the write gap steps into its six stages, and says that a rollback records no steps', () => {

@@ -338,11 +338,13 @@ function verifyTable(v: VerifyResult | undefined, title: string, missing: string
         ...t.mismatchedRanges.map((r) => `range ${r}`),
         ...(t.mismatchedKeys ?? []).map((k) => `key ${k}`),
         ...(t.unsettledRanges ?? []).map((r) => `unsettled ${r}`),
+        // Rows of the parts that differed at a read (changes arriving between the sides' reads, or a real difference).
+        ...(t.rowsFollowed ? [`${t.rowsFollowed} row read(s) compared one by one`] : []),
       ];
       return `<tr class="outcome-${escapeHtml(o)}"><td>${escapeHtml(t.table)}</td><td class="num">${t.sourceRows}</td><td class="num">${t.targetRows}</td><td class="num">${t.chunks}</td><td>${escapeHtml(o)}</td><td>${detail.length ? `<ul>${detail.map((d) => `<li>${escapeHtml(d)}</li>`).join('')}</ul>` : '—'}</td></tr>`;
     })
     .join('');
-  return `<h3>${escapeHtml(title)}: <span class="outcome-${escapeHtml(outcome)}">${word}</span>${escapeHtml(behind)}</h3><p>${v.tables.length} table(s) at ${escapeHtml(v.at)}, ${duration(v.ms)}; source read at ${v.sourceMiBps} MiB/s, target at ${v.targetMiBps} MiB/s.</p><table class="verify" data-stage="${escapeHtml(v.stage)}"><thead><tr><th>table</th><th>source rows</th><th>target rows</th><th>chunks</th><th>outcome</th><th>mismatched ranges</th></tr></thead><tbody>${rows}</tbody></table>`;
+  return `<h3>${escapeHtml(title)}: <span class="outcome-${escapeHtml(outcome)}">${word}</span>${escapeHtml(behind)}</h3><p>${v.tables.length} table(s) at ${escapeHtml(v.at)}, ${duration(v.ms)}; source read at ${v.sourceMiBps} MiB/s, target at ${v.targetMiBps} MiB/s.</p><table class="verify" data-stage="${escapeHtml(v.stage)}"><thead><tr><th>table</th><th>source rows</th><th>target rows</th><th>chunks</th><th>outcome</th><th>details</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 function verifySection(s: MigrationState): string {

@@ -7,7 +7,8 @@ import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { GetCommand, PutCommand, ScanCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { DynamoDBDocumentClient, GetCommand, PutCommand, ScanCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   CHUNK_BYTES,
@@ -655,6 +656,51 @@ describe('DynamoDB store on DynamoDB Local', () => {
     await expect(store.claim(id)).rejects.toMatchObject({ name: 'StateConflictError' });
     await releaseLater();
     await (await store.claim(id))();
+  });
+
+  it('takes a write the SDK sent again, after the reply to its landing was lost, for the success it was', async () => {
+    // The SDK's own retries (as deployed): a reply lost after the write landed (a 500, a reset
+    // connection) sends the write again, which its own landing makes fail its condition.
+    const client = new DynamoDBClient({
+      endpoint: dynamo.endpoint,
+      region: 'local',
+      credentials: { accessKeyId: 'fake', secretAccessKey: 'fake' },
+      maxAttempts: 3,
+    });
+    let lose = 0;
+    client.middlewareStack.add(
+      (next, context) => async (args) => {
+        const out = await next(args);
+        if (context.commandName === 'PutItemCommand' && lose > 0) {
+          lose--;
+          throw Object.assign(new Error('the reply was lost'), {
+            name: 'InternalServerError',
+            $fault: 'server',
+            $metadata: { httpStatusCode: 500 },
+          });
+        }
+        return out;
+      },
+      { step: 'deserialize', name: 'loseOneReply' },
+    );
+    const flaky = dynamoStore({ table, client: DynamoDBDocumentClient.from(client) });
+    const id = newId();
+    try {
+      lose = 1;
+      await flaky.create(migration(id), SECRETS);
+      lose = 1;
+      // (With its chunks: a write that took its refusal for a lost race removed them, and the
+      // migration item it had stored named chunks that were gone.)
+      const written = await flaky.put({ ...(await flaky.get(id)), ...largeParts() });
+      expect(lose).toBe(0);
+      expect(await dynamoStore({ table }).get(id)).toEqual(written);
+      lose = 1;
+      const release = await flaky.claim(id);
+      await expect(store.claim(id)).rejects.toMatchObject({ name: 'StateConflictError' });
+      await release();
+    } finally {
+      client.destroy();
+    }
   });
 
   it('keeps no password anywhere in the table, and the secrets only where the vault keeps them', async () => {

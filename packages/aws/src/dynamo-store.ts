@@ -114,6 +114,15 @@ function oldAttribute(err: unknown, name: string): string | undefined {
   return value?.S ?? value?.N;
 }
 
+/**
+ * Whether a write refused by its condition is the one the item already holds: a write whose reply was
+ * lost (a 500, a reset connection) is sent again by the SDK, and its second sending is refused by the
+ * condition the first one's landing broke. Each write carries its own `writeId`.
+ */
+function landed(err: unknown, item: Item): boolean {
+  return oldAttribute(err, 'writeId') === item.writeId;
+}
+
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A write names its chunks within this long of writing them, or gives up and removes them. */
@@ -177,13 +186,21 @@ export class DynamoMigrationStore implements MigrationStore {
     const { item, written } = await this.writeParts(state, {});
     try {
       await this.client.send(
-        new PutCommand({ TableName: this.tableName, Item: item, ConditionExpression: 'attribute_not_exists(pk)' }),
+        new PutCommand({
+          TableName: this.tableName,
+          Item: item,
+          ConditionExpression: 'attribute_not_exists(pk)',
+          ReturnValuesOnConditionCheckFailure: 'ALL_OLD',
+        }),
       );
     } catch (err) {
       // Only a refused write is known not to name the chunks: after a timeout it may have landed.
       if (!isConditionFailure(err)) throw err;
-      await this.deleteParts(state.id, written).catch(() => {});
-      throw alreadyExistsError(state.id, this.where);
+      // Refused because it had landed: the SDK sent it again after a reply that was lost.
+      if (!landed(err, item)) {
+        await this.deleteParts(state.id, written).catch(() => {});
+        throw alreadyExistsError(state.id, this.where);
+      }
     }
     try {
       await this.vault.store?.(state.id, secrets);
@@ -257,10 +274,14 @@ export class DynamoMigrationStore implements MigrationStore {
       );
     } catch (err) {
       if (!isConditionFailure(err)) throw err; // it may have landed: its chunks stay
-      await this.deleteParts(id, written).catch(() => {});
-      const now = oldAttribute(err, 'version');
-      if (now === undefined) throw this.notFound(id);
-      throw versionConflictError(id, Number(now), state.version);
+      // Refused because it had landed (the SDK sent it again after a reply that was lost): a success,
+      // whose chunks the item names. Removing them would leave the migration unreadable.
+      if (!landed(err, item)) {
+        await this.deleteParts(id, written).catch(() => {});
+        const now = oldAttribute(err, 'version');
+        if (now === undefined) throw this.notFound(id);
+        throw versionConflictError(id, Number(now), state.version);
+      }
     }
     // Only now are the replaced chunks no longer named by the migration item. A failure here leaves
     // chunks nothing reads: harmless, so it does not fail the write that succeeded.
@@ -308,12 +329,15 @@ export class DynamoMigrationStore implements MigrationStore {
       );
     } catch (err) {
       if (!isConditionFailure(err)) throw err;
-      const until = Number(oldAttribute(err, 'leaseUntil'));
-      throw claimedError(
-        id,
-        `${oldAttribute(err, 'who') ?? 'unknown holder'}, since ${oldAttribute(err, 'since') ?? '?'}, lease until ${Number.isFinite(until) ? new Date(until).toISOString() : '?'}`,
-        `A lease its holder stops renewing lapses by itself ${Math.ceil(this.leaseMs / 1000)} s after its last renewal.`,
-      );
+      // (Refused because it had landed: the SDK sent it again after a lost reply. The lease is ours.)
+      if (oldAttribute(err, 'holder') !== me) {
+        const until = Number(oldAttribute(err, 'leaseUntil'));
+        throw claimedError(
+          id,
+          `${oldAttribute(err, 'who') ?? 'unknown holder'}, since ${oldAttribute(err, 'since') ?? '?'}, lease until ${Number.isFinite(until) ? new Date(until).toISOString() : '?'}`,
+          `A lease its holder stops renewing lapses by itself ${Math.ceil(this.leaseMs / 1000)} s after its last renewal.`,
+        );
+      }
     }
     let released = false;
     const renewal = setInterval(() => {
@@ -640,6 +664,7 @@ export class DynamoMigrationStore implements MigrationStore {
       updatedAt: state.updatedAt,
       body: JSON.stringify(body),
       parts: refs,
+      writeId: randomUUID(),
     };
     const size = utf8Bytes(JSON.stringify(item));
     if (size > DYNAMO_ITEM_LIMIT_BYTES - 16 * 1024)

@@ -356,6 +356,45 @@ describe('a second migration, and a rollback run again', () => {
     expect(readFileSync(rt.switchFile, 'utf8').trim()).toBe(pair.targetUrl);
   });
 
+  it('undoes nothing toward the target when a rollback run again after its switch back began fails: the target stays frozen, the breadcrumb stays', async () => {
+    pair = await freshPair(15, 'rbswitching');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'auto', drainTimeoutMs: 1500 });
+    await advance(rt, m.id, { cutover: 'auto' });
+    // What a rollback killed after it unfroze the source and began to switch back leaves: reverse
+    // stream stopped with a write of the application's on the target still to bring over, target
+    // frozen, source writable (the application may be on it).
+    const rev = `pgferry_${m.id}_rev`;
+    await pair.source(`ALTER SUBSCRIPTION ${rev} DISABLE`);
+    await pair.target("INSERT INTO orders (customer_id, amount, status) VALUES (1, 1, 'late')");
+    await pair.target(`ALTER DATABASE ${pg.escapeIdentifier(pair.targetDb)} SET default_transaction_read_only = on`);
+    await pair.source(`ALTER DATABASE ${pg.escapeIdentifier(pair.sourceDb)} RESET default_transaction_read_only`);
+    const state = await rt.store.get(m.id);
+    const begun = new Date().toISOString();
+    await rt.store.put({
+      ...state,
+      rollback: { freezeAt: begun, direction: 'reverse', wasFrozen: false, switchStartedAt: begun },
+    });
+    // The run again fails before its switch: the reverse drain is held up by a lock on the source.
+    const locker = new pg.Client({ connectionString: pair.sourceUrl });
+    await locker.connect();
+    try {
+      await locker.query('BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE');
+      const err = await failure(rollbackMigration(rt, m.id));
+      expect(err.message).toMatch(/^the reverse drain did not finish: .*; not undone: an earlier attempt/);
+      // (Undone toward the target, it was unfrozen with the source writable too, and the breadcrumb gone.)
+      expect(await frozen(pair, 'target')).toBe(true);
+      expect((await rt.store.get(m.id)).rollback?.switchStartedAt).toBe(begun);
+      await locker.query('ROLLBACK');
+    } finally {
+      await locker.end();
+    }
+    const rolled = await rollbackMigration(rt, m.id);
+    expect(rolled.status).toBe('rolled-back');
+    expect(await pair.source("SELECT 1 FROM orders WHERE status = 'late'")).toHaveLength(1);
+  });
+
   it('never moves a source sequence back when a rollback killed after its switch file named the source runs again', async () => {
     pair = await freshPair(15, 'seqagain');
     rt = testRuntime();

@@ -256,6 +256,19 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
     };
   });
   const command = `pgferry rollback --id ${ctx.config.id}`;
+  // An earlier attempt began to switch back (the source was unfrozen, the switch file or command may
+  // have moved the application): undoing toward the target would leave both sides writable with the
+  // application on either. A failure now undoes nothing; the breadcrumb stays and a run again finishes.
+  const switching = !!earlier?.switchStartedAt;
+  const notUndone = (what: string, err: unknown) =>
+    new RollbackFailedError(
+      `${what}: ${errorMessage(err)}; not undone: an earlier attempt of this rollback began to switch back, so the application may already write to the source (which stays writable); the target stays read-only`,
+      {
+        cause: err,
+        phase: 'rollback',
+        hint: `fix the cause, then run \`${command}\` again: it finishes the switch back`,
+      },
+    );
   const tablesBefore = new Set(await tableOids(ctx.target));
   const unfreezeTarget: UndoStep[] = wasFrozen ? [] : [['unfreeze the target', () => unfreezeWrites(ctx.target)]];
   // From the freeze of the target until the switch back is recorded, Ctrl-C waits (critical.ts).
@@ -264,11 +277,13 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
     let freeze: Awaited<ReturnType<typeof freezeWrites>>;
     let lsn: string;
     try {
-      freeze = await freezeWrites(ctx.target, { preparedOrphanMs: ctx.config.preparedOrphanMs });
+      // (Run again after the switch back began: the target stays frozen whatever its sessions do.)
+      freeze = await freezeWrites(ctx.target, { preparedOrphanMs: ctx.config.preparedOrphanMs, refreeze: switching });
       // The application's prepared transactions on the target commit (read-only or not) before the LSN.
       await waitPreparedTransactions(ctx.target, ctx.config.maxPreparedWaitMs);
       lsn = await currentLsn(ctx.target);
     } catch (err) {
+      if (switching) throw notUndone('the write freeze of the target failed', err);
       await runUndo(ctx, 'rollback', unfreezeTarget, { cause: err, command });
       throw new RollbackFailedError(
         `the write freeze of the target failed; the target was unfrozen and the application stays on it: ${errorMessage(err)}`,
@@ -288,6 +303,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
       (err) => [`the check for tables made on the target failed (${errorMessage(err)})`],
     );
     if (made.length) {
+      if (switching) throw notUndone('switching back would leave rows behind', new Error(made.join('; ')));
       const err = new RollbackFailedError(
         `switching back would leave rows behind: ${made.join('; ')}; the target was unfrozen and the application stays on it`,
         { phase: 'rollback', hint: `do the above, then run \`${command}\` again` },
@@ -299,6 +315,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
     const drainMs = fresh ? ctx.config.maxDrainMs : ctx.config.drainTimeoutMs;
     if (!(await waitConfirmed(ctx.target, n.reverseSlot, lsn, drainMs))) {
       const message = `the source did not confirm ${lsn} from the reverse stream within ${drainMs} ms`;
+      if (switching) throw notUndone('the reverse drain did not finish', new DrainTimeoutError(message));
       await runUndo(ctx, 'rollback', unfreezeTarget, { cause: new DrainTimeoutError(message), command });
       throw new DrainTimeoutError(`${message}; the target was unfrozen`, {
         phase: 'rollback',
@@ -308,6 +325,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
     // Until the switch back, a failure is undone: the application stays on the target, which writes again.
     let sourceUnfrozen = false;
     const undo = async (err: unknown, what: string) => {
+      if (switching) return notUndone(what, err);
       await runUndo(
         ctx,
         'rollback',

@@ -2,7 +2,13 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
-import { advance, inspectMigration, openSession, rollbackMigration } from '../packages/cli/src/runner';
+import {
+  advance,
+  cleanupMigration,
+  inspectMigration,
+  openSession,
+  rollbackMigration,
+} from '../packages/cli/src/runner';
 import { assess, cleanup, connect } from '../packages/postgres/src/index';
 import { frozen, loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
 import { freshPair, type Pair, serverUrl, sql } from './harness/pairs';
@@ -249,6 +255,35 @@ describe('undo paths', () => {
     expect(rolled.status).toBe('rolled-back');
     expect(rolled.undoFailed).toBeUndefined();
     expect(await frozen(pair, 'source')).toBe(false);
+  });
+
+  it('unfreezes the source on clean-up of a cutover that froze it and never switched, and refuses one whose switch began', async () => {
+    pair = await freshPair(15, 'cleanfrozen');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // What a cutover killed in its write gap (or whose undo failed) leaves: the source frozen by it.
+    await pair.source(`ALTER DATABASE ${pg.escapeIdentifier(pair.sourceDb)} SET default_transaction_read_only = on`);
+    const state = await rt.store.get(m.id);
+    const frozenAt = new Date().toISOString();
+    await rt.store.put({
+      ...state,
+      cutover: { freezeAt: frozenAt, direction: 'forward', wasFrozen: false, switchStartedAt: frozenAt },
+    });
+    // Its switch began: the application may be on the target; cleaning up is refused, nothing touched.
+    const refused = await failure(cleanupMigration(rt, m.id, { force: true }));
+    expect(refused.message).toMatch(/began to switch the application .* and did not finish$/);
+    expect(await frozen(pair, 'source')).toBe(true);
+    const again = await rt.store.get(m.id);
+    await rt.store.put({ ...again, cutover: { freezeAt: frozenAt, direction: 'forward', wasFrozen: false } });
+    const cleaned = await cleanupMigration(rt, m.id, { force: true });
+    expect(cleaned.status).toBe('cleaned-up');
+    // (Left read-only before: the application's database closed for good, and nothing said so.)
+    expect(await frozen(pair, 'source')).toBe(false);
+    expect(cleaned.events.map((e) => e.message).join('\n')).toContain(
+      "the source's default_transaction_read_only (set by the cutover that did not switch)",
+    );
   });
 
   it("keeps the marker schema when another migration's marker cannot be read, instead of dropping it", async () => {

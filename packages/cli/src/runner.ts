@@ -419,7 +419,18 @@ export function cleanupMigration(rt: Runtime, id: string, options: { force?: boo
 
 async function cleanupClaimed(rt: Runtime, id: string, options: { force?: boolean }): Promise<MigrationState> {
   // Cleaning up would drop the reverse replication an unfinished rollback needs, and leave the target frozen.
-  assertNoUnfinishedRollback(await rt.store.get(id));
+  const before = await rt.store.get(id);
+  assertNoUnfinishedRollback(before);
+  // A cutover whose switch began may have moved the application to the target: only finishing it is safe.
+  if (before.cutover?.switchStartedAt && !before.cutover.switchAt)
+    throw new InvalidInputError(
+      `the cutover of migration ${id} began to switch the application at ${before.cutover.switchStartedAt} and did not finish`,
+      {
+        field: '--id',
+        migrationId: id,
+        hint: `run \`pgferry resume --id ${id}\` to finish the switch first (the source is read-only until then); clean up after it`,
+      },
+    );
   const session = await openSession(rt, id);
   try {
     const s = session.ctx.state;

@@ -59,6 +59,19 @@ export async function cleanup(ctx: PhaseContext): Promise<string> {
   } else {
     await ctx.target.query(`DELETE FROM ${ident(n.markerSchema)}.migration WHERE id = $1`, [ctx.config.id]);
   }
+  // A cutover that froze the source and stopped before its switch (its undo failed, or it was killed in
+  // its write gap): the application is on the source, which nothing will unfreeze once this is cleaned
+  // up. (A cutover whose switch began is refused before this: it is finished, not undone.)
+  const c = ctx.state.cutover;
+  if (c?.freezeAt && !c.switchStartedAt && !c.switchAt && !c.wasFrozen && (await isFrozen(ctx.source))) {
+    await unfreezeWrites(ctx.source);
+    removed.push(`the source's default_transaction_read_only (set by the cutover that did not switch)`);
+  }
+  // What a failed undo of that cutover left (the freeze, the slot) is gone now: nothing for resume to end.
+  if (ctx.state.undoFailed?.of === 'cutover' && !c?.switchAt)
+    await ctx.update((s) => {
+      s.undoFailed = undefined;
+    });
   // A rollback left the target read-only while pgferry could still switch to it again; that is over now.
   if (ctx.state.rollback?.switchAt && (await isFrozen(ctx.target))) {
     await unfreezeWrites(ctx.target);

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -88,6 +88,57 @@ describe('undo paths', () => {
     expect(resumed.undoFailed).toBeUndefined();
     expect(resumed.cutover).toBeUndefined();
     expect(await frozen(pair, 'source')).toBe(false);
+  });
+
+  it('undoes a cutover whose wait for the drain fails, keeping the load (not rolled back), and resume cuts over', async () => {
+    pair = await freshPair(15, 'drainfail');
+    rt = testRuntime();
+    await loadSample(pair, 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // Inside the write gap, while the drain is waited for: the query fails as a dropped connection's does.
+    let failures = 1;
+    rt.faults = {
+      async duringDrain() {
+        if (failures-- > 0) throw new Error('Connection terminated unexpectedly');
+      },
+    };
+    const err = await failure(advance(rt, m.id, { cutover: 'now' }));
+    expect(err.name).toBe('CutoverFailedError');
+    expect(err.message).toMatch(/^waiting for the drain failed; the source was unfrozen: Connection terminated/);
+    const state = await rt.store.get(m.id);
+    // (A raw error from the drain reached the failure policy, which rolled the whole load back.)
+    expect(state.status).toBe('running');
+    expect(state.cutover).toBeUndefined();
+    expect(await frozen(pair, 'source')).toBe(false);
+    expect(await pair.target('SELECT count(*)::int AS n FROM orders')).toEqual([{ n: 100 }]);
+    const done = await advance(rt, m.id, { cutover: 'now' });
+    expect(done.status).toBe('cut-over');
+    expect(done.verify?.ok).toBe(true);
+  });
+
+  it('undoes a cutover whose switch file cannot be written, keeping the load, and cuts over once it can', async () => {
+    pair = await freshPair(15, 'switchfail');
+    rt = testRuntime();
+    await loadSample(pair, 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // The switch file's path became a directory (as a full disk, the write fails with a raw error).
+    rmSync(rt.switchFile);
+    mkdirSync(rt.switchFile);
+    writeFileSync(join(rt.switchFile, 'kept'), '');
+    const err = await failure(advance(rt, m.id, { cutover: 'now' }));
+    expect(err.name).toBe('CutoverFailedError');
+    expect(err.message).toMatch(/^the switch failed; the cutover was undone: /);
+    const state = await rt.store.get(m.id);
+    // (The raw error reached the failure policy, which rolled the whole load back.)
+    expect(state.status).toBe('running');
+    expect(await frozen(pair, 'source')).toBe(false);
+    expect(await pair.target('SELECT count(*)::int AS n FROM orders')).toEqual([{ n: 100 }]);
+    rmSync(rt.switchFile, { recursive: true });
+    const done = await advance(rt, m.id, { cutover: 'now' });
+    expect(done.status).toBe('cut-over');
+    expect(readFileSync(rt.switchFile, 'utf8').trim()).toBe(pair.targetUrl);
   });
 
   it('records a failure after the switch as cut-over, and resume goes on from there', async () => {

@@ -58,6 +58,8 @@ export interface FaultPoints {
   beforeDrainForecast?(): Promise<void>;
   /** Inside the write gap, once the source is frozen, before the drain LSN is read. */
   afterFreeze?(): Promise<void>;
+  /** Inside the write gap, the drain LSN read, before the wait for the target to confirm it. */
+  duringDrain?(): Promise<void>;
   /** Each reader of a verify read: before it takes or imports its snapshot, and once it is in it. */
   verifyReader?(point: VerifyReaderPoint): Promise<void>;
   /** Tests only: how long verify's readers begin again while a table's lock is not granted (else LOCK_WAIT_MS). */

@@ -304,7 +304,14 @@ export async function switchInGap(
       s.cutover = { ...s.cutover, switchStartedAt: undefined };
     });
     await undoCutover(err);
-    throw err;
+    if (err instanceof PgferryError) throw err;
+    // (A raw error, the switch file not written for a full disk, say, would reach the failure policy as
+    // an unknown error and roll the whole load back: the cutover was undone, the load stays.)
+    throw new CutoverFailedError(`the switch failed; the cutover was undone: ${errorMessage(err)}`, {
+      cause: err,
+      phase: 'cutover',
+      hint: `fix the cause, then run \`pgferry cutover --id ${ctx.config.id}\` again (replication goes on meanwhile)`,
+    });
   }
   return switchAwsConnection(ctx);
 }
@@ -442,10 +449,27 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
         phase: 'cutover',
       });
     }
-    const drainBytes = await lsnDistance(ctx.source, freezeLsn, n.slot);
     // The budget is the drain's, not the freeze's: the write gap's drain part is what it bounds.
-    const drainStart = performance.now();
-    if (!(await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.maxDrainMs))) {
+    let drainBytes: number;
+    let drainStart: number;
+    let drained: boolean;
+    try {
+      drainBytes = await lsnDistance(ctx.source, freezeLsn, n.slot);
+      drainStart = performance.now();
+      await ctx.faults?.duringDrain?.();
+      drained = await waitConfirmed(ctx.source, n.slot, freezeLsn, ctx.config.maxDrainMs);
+    } catch (err) {
+      // A lost connection, a statement timeout: undone as a drain that ran out of time is (the source
+      // unfrozen, the reverse subscription kept prepared), never left to the failure policy as a raw
+      // error, which would roll the whole load back.
+      await undo(ctx, err, unfreezeSource(ctx));
+      throw new CutoverFailedError(`waiting for the drain failed; the source was unfrozen: ${errorMessage(err)}`, {
+        cause: err,
+        phase: 'cutover',
+        hint: `nothing was switched and the loaded target stays; \`pgferry resume --id ${ctx.config.id}\` goes on once the cause is fixed`,
+      });
+    }
+    if (!drained) {
       const abandonedMs = Math.round(performance.now() - drainStart);
       await undo(ctx, new DrainTimeoutError(`the target did not confirm ${freezeLsn} in time`), unfreezeSource(ctx));
       await ctx.update((s) => {

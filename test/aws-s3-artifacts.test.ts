@@ -73,6 +73,9 @@ function deps(tokens: Record<string, string> = {}, correlations: Record<string, 
         delete tokens[k];
         return token;
       },
+      async putTaskToken(migrationId, step, token) {
+        tokens[`${migrationId}#${step}`] = token;
+      },
       // No migration record: these tests are about the token (the copy plan's record: aws-s3-upload-event.test.ts).
       async get(id) {
         throw new MigrationNotFoundError(id);
@@ -168,6 +171,28 @@ describe('the Object Created event', () => {
       reason: 'no upload step is waiting (a duplicate or late event)',
     });
     expect(calls).toHaveLength(1);
+  });
+
+  it('gives the token back when Step Functions does not answer, so that the redelivered event completes the step', async () => {
+    s3.on(HeadObjectCommand).resolves({
+      ContentLength: 1024,
+      Metadata: { sha256: SHA, size: '1024', 'migration-id': 'shop' },
+    });
+    const { deps: d, calls } = deps({ [`shop#${DUMP_UPLOAD_STEP}`]: 'tok' });
+    const succeed = d.callbacks.succeed;
+    let throttled = 1;
+    d.callbacks = {
+      ...d.callbacks,
+      async succeed(token, output) {
+        if (throttled-- > 0) throw Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' });
+        return succeed(token, output);
+      },
+    };
+    const event = parseS3ObjectCreatedEvent(fixture('s3-object-created-dump.json'));
+    await expect(handleS3ObjectCreated(event, d)).rejects.toMatchObject({ name: 'ThrottlingException' });
+    // (The token was taken and lost: the retry found none, and the step waited out its 3-day timeout.)
+    expect(await handleS3ObjectCreated(event, d)).toMatchObject({ action: 'succeeded', migrationId: 'shop' });
+    expect(calls.map((c) => [c.kind, c.token])).toEqual([['succeed', 'tok']]);
   });
 
   it('ignores the staging object, other buckets and other keys without reading S3', async () => {

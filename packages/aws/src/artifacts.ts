@@ -454,7 +454,7 @@ export interface S3EventDeps {
   bucket: string;
   callbacks: TaskCallbacks;
   /** `get`/`put`: the handler confirms (or refuses) the dump in the copy plan the coordinator waits on. */
-  store: Pick<MigrationStore, 'findCorrelation' | 'takeTaskToken' | 'get' | 'put'>;
+  store: Pick<MigrationStore, 'findCorrelation' | 'takeTaskToken' | 'putTaskToken' | 'get' | 'put'>;
   log: (message: string) => void;
 }
 
@@ -538,9 +538,15 @@ export async function handleS3ObjectCreated(event: S3ObjectCreatedEvent, deps: S
     throw new InvalidInputError('the store keeps no task tokens', { field: 'store', hint: 'use the DynamoDB store' });
   const token = await takeTaskToken.call(deps.store, migrationId, DUMP_UPLOAD_STEP);
   if (!token) return ignore('no upload step is waiting (a duplicate or late event)', migrationId);
+  // Step Functions did not answer (throttled, a network error): the token goes back, so that a
+  // redelivery of this event completes the step instead of finding no token and leaving it to time out.
+  const giveBack = async (err: unknown): Promise<never> => {
+    await deps.store.putTaskToken?.(migrationId, DUMP_UPLOAD_STEP, token);
+    throw err;
+  };
   if (refused) {
     deps.log(refused);
-    await deps.callbacks.fail(token, 'DumpIntegrityError', refused);
+    await deps.callbacks.fail(token, 'DumpIntegrityError', refused).catch(giveBack);
     return { action: 'failed', migrationId, key, eventId };
   }
   const output: DumpUploadedOutput = {
@@ -553,7 +559,7 @@ export async function handleS3ObjectCreated(event: S3ObjectCreatedEvent, deps: S
     ...(head.etag ? { etag: head.etag } : {}),
     ...(head.versionId ? { versionId: head.versionId } : {}),
   };
-  const completed = await deps.callbacks.succeed(token, output);
+  const completed = await deps.callbacks.succeed(token, output).catch(giveBack);
   deps.log(`${output.summary}${completed ? '' : ' (the step had already timed out or finished)'}`);
   return { action: 'succeeded', migrationId, key, eventId };
 }

@@ -128,10 +128,10 @@ export function suppressNagFindings(
     {
       id: 'AwsSolutions-IAM5',
       reason:
-        'The target, its parameter group and its master secret do not exist before the task creates them: the group is pgferry-<migration id>, the instance is named by the plan and may only be created carrying the migration tag (a request-tag condition), its secret is named by RDS (rds!…); CreateDBInstance also needs the subnet group and option group the plan names; describing instances lets the task adopt one the plan names',
+        "The target, its parameter group and its master secret do not exist before the task creates them: the group is pgferry-<migration id> (only pgferry's own groups are created, changed or tagged), the instance is named by the plan and may only be created carrying the migration tag (a request-tag condition), its secret is named by RDS (rds!…); CreateDBInstance also needs the subnet group, option group and parameter group the plan names; describing instances and reading any parameter group (DescribeDBParameters/DescribeDBParameterGroups, which change nothing) lets the task adopt an instance the plan names and check a plan's own group for logical replication",
       appliesTo: [
         { regex: '/^Resource::arn:<AWS::Partition>:rds:.*:pg:pgferry-\\*$/' },
-        { regex: '/^Resource::arn:<AWS::Partition>:rds:.*:(db|subgrp|og):\\*$/' },
+        { regex: '/^Resource::arn:<AWS::Partition>:rds:.*:(db|subgrp|og|pg):\\*$/' },
         { regex: '/^Resource::arn:<AWS::Partition>:secretsmanager:.*:secret:rds!\\*$/' },
       ],
     },

@@ -62,21 +62,28 @@ export function statements(scope: Construct) {
       }),
     /**
      * The target pgferry creates: a parameter group named pgferry-<id> with logical replication on, and
-     * an instance (named pgferry-<id> or as the plan says) that must carry the migration's tag.
+     * an instance (named pgferry-<id> or as the plan says) that must carry the migration's tag. Only
+     * pgferry's own groups are created or changed; any group may be read (an adopted instance's, a
+     * plan's own, checked for logical replication) and a plan's own group given to the new instance.
      */
     provisionTarget: () => [
       new PolicyStatement({
-        actions: ['rds:CreateDBParameterGroup', 'rds:ModifyDBParameterGroup', 'rds:DescribeDBParameters'],
+        actions: ['rds:CreateDBParameterGroup', 'rds:ModifyDBParameterGroup'],
         resources: [arn('rds', `pg:${RDS_INSTANCE_PREFIX}*`)],
       }),
       new PolicyStatement({
-        actions: ['rds:CreateDBInstance', 'rds:AddTagsToResource'],
-        resources: [
-          arn('rds', 'db:*'),
-          arn('rds', `pg:${RDS_INSTANCE_PREFIX}*`),
-          arn('rds', 'subgrp:*'),
-          arn('rds', 'og:*'),
-        ],
+        actions: ['rds:DescribeDBParameters', 'rds:DescribeDBParameterGroups'],
+        resources: [arn('rds', 'pg:*')],
+      }),
+      new PolicyStatement({
+        actions: ['rds:CreateDBInstance'],
+        resources: [arn('rds', 'db:*'), arn('rds', 'pg:*'), arn('rds', 'subgrp:*'), arn('rds', 'og:*')],
+        conditions: { Null: { [`aws:RequestTag/${MIGRATION_TAG}`]: 'false' } },
+      }),
+      // Tags given on creation (the instance's, pgferry's own group's).
+      new PolicyStatement({
+        actions: ['rds:AddTagsToResource'],
+        resources: [arn('rds', 'db:*'), arn('rds', `pg:${RDS_INSTANCE_PREFIX}*`)],
         conditions: { Null: { [`aws:RequestTag/${MIGRATION_TAG}`]: 'false' } },
       }),
       // ManageMasterUserPassword: RDS creates the master secret with the caller's permissions.

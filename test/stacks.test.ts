@@ -1,4 +1,4 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MIGRATION_TABLE_KEYS, RDS_WAIT_EVENTS } from '@pgferry/aws';
 import {
@@ -451,6 +451,51 @@ describe('permissions', () => {
       }
     }
     expect(holders).toEqual(allowed);
+  });
+
+  it("let Provision target make every RDS call it makes: read any parameter group (an adopted instance's, a plan's own), create the instance with it, create and change only its own", () => {
+    const role = logicalId('AWS::IAM::Role', 'ProvisionTargetServiceRole');
+    const statements = statementsOf((_, roles) => roles.includes(role));
+    const refs: Record<string, string> = { 'AWS::Partition': 'aws', 'AWS::Region': REGION, 'AWS::AccountId': ACCOUNT };
+    const text = (r: unknown): string =>
+      typeof r === 'string'
+        ? r
+        : (r as { 'Fn::Join': [string, unknown[]] })['Fn::Join'][1]
+            .map((p) => (typeof p === 'string' ? p : (refs[(p as { Ref: string }).Ref] ?? '?')))
+            .join('');
+    const matches = (pattern: string, value: string) =>
+      new RegExp(
+        `^${pattern
+          .split('*')
+          .map((x) => x.replace(/[.?+^$()[\]{}|\\]/g, '\\$&'))
+          .join('.*')}$`,
+      ).test(value);
+    const allows = (action: string, resource: string) =>
+      statements.some(
+        (st) =>
+          st.Effect === 'Allow' &&
+          list(st.Action).includes(action) &&
+          list(st.Resource).some((r) => matches(text(r), `arn:aws:rds:${REGION}:${ACCOUNT}:${resource}`)),
+      );
+    // Every RDS call the task's code makes is granted to it at all (none forgotten).
+    const source = readFileSync(join(__dirname, '../packages/aws/src/rds.ts'), 'utf8');
+    const calls = [...new Set([...source.matchAll(/new (\w+)Command\(/g)].map((m) => `rds:${m[1]}`))];
+    expect(calls.length).toBeGreaterThan(4);
+    for (const action of calls)
+      expect(
+        statements.some((st) => list(st.Action).includes(action)),
+        action,
+      ).toBe(true);
+    // On the resources it needs: an adopted instance's own group, a plan's own group.
+    expect(allows('rds:DescribeDBInstances', 'db:orders-prod')).toBe(true);
+    expect(allows('rds:DescribeDBParameters', 'pg:orders-prod-pg16')).toBe(true);
+    expect(allows('rds:DescribeDBParameterGroups', 'pg:orders-prod-pg16')).toBe(true);
+    expect(allows('rds:CreateDBInstance', 'pg:orders-prod-pg16')).toBe(true);
+    expect(allows('rds:CreateDBParameterGroup', 'pg:pgferry-m1')).toBe(true);
+    expect(allows('rds:ModifyDBParameterGroup', 'pg:pgferry-m1')).toBe(true);
+    // And no more: nobody else's group is changed.
+    expect(allows('rds:ModifyDBParameterGroup', 'pg:orders-prod-pg16')).toBe(false);
+    expect(allows('rds:AddTagsToResource', 'pg:orders-prod-pg16')).toBe(false);
   });
 
   it('let only Cut over and Roll back change the connection switch, on exactly the configured secret', () => {

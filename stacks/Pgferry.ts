@@ -5,7 +5,13 @@ import { eventPatterns, pgferryBus, ruleToHandler, stackEnv } from './events';
 import { monitoring } from './monitoring';
 import { suppressNagFindings } from './nag';
 import { importNetwork } from './network';
-import { attach, DMS_EVENT_HANDLER_ACTIONS, DMS_TASK_ACTIONS, statements } from './permissions';
+import {
+  attach,
+  DMS_EVENT_HANDLER_ACTIONS,
+  DMS_TASK_ACTIONS,
+  DMS_TASK_EVENT_HANDLER_ACTIONS,
+  statements,
+} from './permissions';
 import { slackResources } from './slack';
 import { artifactsBucket, migrationTable } from './storage';
 import { pgferryFunction, taskFunctions } from './tasks';
@@ -93,6 +99,7 @@ export function pgferryStack(config: DeployConfig) {
     attach(tasks.get('awaitDmsFullLoad')!, allow.completeTaskTokens(machineArn));
     // A DMS Serverless event is a prompt: the handler reads the replication itself.
     attach(handlers.dmsReplication, allow.dms(DMS_EVENT_HANDLER_ACTIONS));
+    attach(handlers.dmsTask, allow.dms(DMS_TASK_EVENT_HANDLER_ACTIONS));
 
     const machine = migrationStateMachine(
       stack,

@@ -252,3 +252,5 @@ export const DMS_TASK_ACTIONS = {
 
 /** The DMS events' handler: a DMS Serverless event is a prompt to read the replication (handleDmsReplicationStateChange). */
 export const DMS_EVENT_HANDLER_ACTIONS = ['dms:DescribeReplications'] as const;
+/** A replication instance's task event is a prompt too: the task's state now decides (handleDmsTaskStateChange). */
+export const DMS_TASK_EVENT_HANDLER_ACTIONS = ['dms:DescribeReplicationTasks'] as const;

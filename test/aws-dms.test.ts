@@ -26,6 +26,7 @@ import {
   AwsDmsReplication,
   type DmsReplicationStateChangeEvent,
   type DmsTaskStateChangeEvent,
+  type DmsTaskStatus,
   dmsCdcLatency,
   dmsInstanceIdentifier,
   ensureDmsEndpoints,
@@ -530,13 +531,24 @@ function recordingCallbacks(fail = false) {
 describe('handleDmsTaskStateChange', () => {
   let store: MemoryMigrationStore;
   let lines: string[];
+  /** What DescribeReplicationTasks says of the task now. */
+  let task: DmsTaskStatus;
   beforeEach(async () => {
     store = new MemoryMigrationStore();
     lines = [];
+    task = { status: 'stopped', stopReason: 'STOPPED_AFTER_CACHED_EVENTS' };
     await store.correlate(`DMS#${TASK_ARN}`, 'shop');
     await store.putTaskToken('shop', 'awaitDmsFullLoad', 'token-1');
   });
-  const deps = (callbacks: TaskCallbacks) => ({ store, callbacks, log: (l: string) => lines.push(l) });
+  const deps = (callbacks: TaskCallbacks) => ({
+    store,
+    callbacks,
+    log: (l: string) => lines.push(l),
+    describeTask: async (arn: string) => {
+      expect(arn).toBe(TASK_ARN);
+      return task;
+    },
+  });
 
   it('completes the bulk load when the full load and its cached changes are applied, once for duplicate events', async () => {
     const { callbacks, calls } = recordingCallbacks();
@@ -573,6 +585,10 @@ describe('handleDmsTaskStateChange', () => {
   });
 
   it('fails the bulk load on a failed task, with the reason', async () => {
+    task = {
+      status: 'failed',
+      lastFailureMessage: 'Last Error  ODBC general error. Stop Reason RECOVERABLE_ERROR Error Level RECOVERABLE',
+    };
     const { callbacks, calls } = recordingCallbacks();
     expect(await handleDmsTaskStateChange(fixture('dms-task-failed.json'), deps(callbacks))).toMatchObject({
       action: 'failed',
@@ -588,6 +604,7 @@ describe('handleDmsTaskStateChange', () => {
   });
 
   it('fails the bulk load when the task is stopped before its full load finished', async () => {
+    task = { status: 'stopped', stopReason: 'NORMAL' };
     const { callbacks, calls } = recordingCallbacks();
     await handleDmsTaskStateChange(fixture('dms-task-stopped-by-user.json'), deps(callbacks));
     expect(calls).toEqual([
@@ -616,6 +633,23 @@ describe('handleDmsTaskStateChange', () => {
       'DMS event 0d6b1f52-4a0e-4c47-9a3d-6f3b1d2c7e10 ignored: REPLICATION_TASK_STARTED does not end a step',
       `DMS event 6f1d9a3e-2b7c-4e58-8d0a-1c9e4b7f2a61 ignored: task arn:aws:dms:eu-west-1:123456789012:task:OTHER is not one of pgferry's`,
     ]);
+  });
+
+  it('fails nothing on a failure event delivered late, once the migration was resumed and the task runs again under a new token', async () => {
+    // Run 1 failed and its token was failed; the migration was resumed (the task runs again, token-2
+    // waits); then EventBridge redelivers run 1's failure event.
+    await store.takeTaskToken('shop', 'awaitDmsFullLoad');
+    await store.putTaskToken('shop', 'awaitDmsFullLoad', 'token-2');
+    task = { status: 'running' };
+    const { callbacks, calls } = recordingCallbacks();
+    expect(await handleDmsTaskStateChange(fixture('dms-task-failed.json'), deps(callbacks))).toMatchObject({
+      action: 'ignored',
+      migrationId: 'shop',
+    });
+    // (Read from the event alone, it failed token-2: the new run, whose task was running.)
+    expect(calls).toEqual([]);
+    expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-2');
+    expect(lines[0]).toMatch(/the event says the task failed, but the task is running now: nothing ends yet/);
   });
 
   it('puts the token back when the callback could not be delivered, so the retried event completes it', async () => {

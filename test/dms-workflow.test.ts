@@ -11,6 +11,7 @@ import {
   DMS_CALLBACK_STEP,
   type DmsReplicationStateChangeEvent,
   type DmsTaskStateChangeEvent,
+  type DmsTaskStatus,
   handleDmsReplicationStateChange,
   handleDmsTaskStateChange,
 } from '@pgferry/aws';
@@ -235,7 +236,18 @@ async function execute(r: Run, fullLoadEvent: string, input: Partial<WorkflowInp
       return waiting;
     }
     await r.dms.apply();
-    const outcome = await handleDmsTaskStateChange(fixture(fullLoadEvent), eventDeps);
+    // What DescribeReplicationTasks says once the scripted DMS applied the load: what the event says.
+    const now: DmsTaskStatus =
+      fullLoadEvent === 'dms-task-failed.json'
+        ? { status: 'failed', lastFailureMessage: 'Last Error  ODBC general error.' }
+        : { status: 'stopped', stopReason: 'STOPPED_AFTER_CACHED_EVENTS' };
+    const outcome = await handleDmsTaskStateChange(fixture(fullLoadEvent), {
+      ...eventDeps,
+      describeTask: async (arn) => {
+        expect(arn).toBe(TASK_ARN);
+        return now;
+      },
+    });
     expect(outcome.action).not.toBe('ignored');
     return waiting;
   };

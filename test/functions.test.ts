@@ -3,6 +3,7 @@ import { CloudWatchClient, PutMetricDataCommand } from '@aws-sdk/client-cloudwat
 import {
   DatabaseMigrationServiceClient,
   DescribeReplicationsCommand,
+  DescribeReplicationTasksCommand,
 } from '@aws-sdk/client-database-migration-service';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { EventBridgeClient } from '@aws-sdk/client-eventbridge';
@@ -11,7 +12,13 @@ import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SendTaskFailureCommand, SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
 import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
-import { DMS_CALLBACK_STEP, DUMP_UPLOAD_STEP, dmsReplicationStatus, SfnTaskCallbacks } from '@pgferry/aws';
+import {
+  DMS_CALLBACK_STEP,
+  DUMP_UPLOAD_STEP,
+  dmsReplicationStatus,
+  dmsTaskStatus,
+  SfnTaskCallbacks,
+} from '@pgferry/aws';
 import {
   type DeploymentEnv,
   deploymentEnv,
@@ -191,6 +198,7 @@ function eventDeps() {
     callbacks: new SfnTaskCallbacks(clients.sfn),
     log: (m: string) => logged.push(m),
     describeReplication: (arn: string) => dmsReplicationStatus(clients.dms, arn),
+    describeTask: (arn: string) => dmsTaskStatus(clients.dms, arn),
   };
   return { store, deps };
 }
@@ -240,8 +248,15 @@ describe('event handlers', () => {
     await store.correlate(`DMS#${arn}`, 'shop_1');
     await store.putTaskToken('shop_1', DMS_CALLBACK_STEP, 'token-dms');
     sfnMock.on(SendTaskSuccessCommand).resolves({});
+    // The event is a prompt: DescribeReplicationTasks says what is true now.
+    dmsMock.on(DescribeReplicationTasksCommand).resolves({
+      ReplicationTasks: [{ ReplicationTaskArn: arn, Status: 'stopped', StopReason: 'STOPPED_AFTER_CACHED_EVENTS' }],
+    });
     const handler = createDmsHandler(() => deps);
     expect(await handler(event, context)).toMatchObject({ action: 'succeeded', migrationId: 'shop_1', taskArn: arn });
+    expect(dmsMock.commandCalls(DescribeReplicationTasksCommand)[0]!.args[0].input).toMatchObject({
+      Filters: [{ Name: 'replication-task-arn', Values: [arn] }],
+    });
     expect(await handler(event, context)).toMatchObject({ action: 'ignored', migrationId: 'shop_1' });
     expect(sfnMock.commandCalls(SendTaskSuccessCommand).map((c) => c.args[0].input.taskToken)).toEqual(['token-dms']);
   });
@@ -284,12 +299,18 @@ describe('event handlers', () => {
     await store.correlate(`DMS#${event.resources[0]}`, 'shop_1');
     await store.putTaskToken('shop_1', DMS_CALLBACK_STEP, 'token-dms');
     sfnMock.on(SendTaskFailureCommand).resolves({});
+    dmsMock.on(DescribeReplicationTasksCommand).resolves({
+      ReplicationTasks: [
+        { ReplicationTaskArn: event.resources[0], Status: 'failed', LastFailureMessage: 'ODBC general error' },
+      ],
+    });
     const handler = createDmsHandler(() => deps);
     expect(await handler(event, context)).toMatchObject({ action: 'failed', migrationId: 'shop_1' });
     expect(sfnMock.commandCalls(SendTaskFailureCommand).map((c) => c.args[0].input)).toMatchObject([
       { taskToken: 'token-dms', error: 'DmsTaskFailed' },
     ]);
     sfnMock.resetHistory();
+    dmsMock.resetHistory();
     const error = (await handler({ ...event, resources: [] }, context).catch((e: Error) => e)) as Error & {
       field?: string;
     };

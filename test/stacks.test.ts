@@ -547,7 +547,11 @@ describe('permissions', () => {
     expect(dmsActions(logicalId('AWS::IAM::Role', 'DmsReplicationStateServiceRole'))).toEqual([
       'dms:DescribeReplications',
     ]);
-    for (const other of ['RdsInstanceEventServiceRole', 'DumpCreatedServiceRole', 'DmsTaskStateServiceRole'])
+    // So does the task events' handler: the task's state now decides, not a late event.
+    expect(dmsActions(logicalId('AWS::IAM::Role', 'DmsTaskStateServiceRole'))).toEqual([
+      'dms:DescribeReplicationTasks',
+    ]);
+    for (const other of ['RdsInstanceEventServiceRole', 'DumpCreatedServiceRole'])
       expect(dmsActions(logicalId('AWS::IAM::Role', other)), other).toEqual([]);
     // The role DMS reads the secrets with may be passed to DMS only.
     const startDms = logicalId('AWS::IAM::Role', 'StartDmsServiceRole');

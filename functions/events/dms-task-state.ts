@@ -12,6 +12,7 @@ import {
   type DmsReplicationStateChangeEvent,
   type DmsTaskStateChangeEvent,
   dmsReplicationStatus,
+  dmsTaskStatus,
   handleDmsReplicationStateChange,
   handleDmsTaskStateChange,
 } from '@pgferry/aws';
@@ -61,7 +62,8 @@ export function parseDmsStateChangeEvent(event: unknown): Parsed {
   );
 }
 
-type DmsEventDeps = Parameters<typeof handleDmsReplicationStateChange>[1];
+type DmsEventDeps = Parameters<typeof handleDmsReplicationStateChange>[1] &
+  Parameters<typeof handleDmsTaskStateChange>[1];
 
 export function createHandler(deps: () => DmsEventDeps) {
   return middy<unknown, DmsEventResult>().handler(async (event) => {
@@ -92,6 +94,7 @@ export const handler = createHandler(() => {
       callbacks: aws.callbacks,
       log: aws.log,
       describeReplication: (arn) => dmsReplicationStatus(aws.clients.dms, arn),
+      describeTask: (arn) => dmsTaskStatus(aws.clients.dms, arn),
     };
   }
   return deps;

@@ -18,12 +18,12 @@ import {
 } from '@aws-sdk/client-database-migration-service';
 import {
   classifyDmsReplication,
-  classifyDmsTaskEvent,
   type DmsLatencyReading,
   type DmsMappingInput,
   type DmsPlan,
   type DmsRef,
   type DmsReplication,
+  type DmsTaskOutcome,
   dmsDrained,
   dmsNames,
   dmsReplicationAtRest,
@@ -32,6 +32,7 @@ import {
 } from '@pgferry/core';
 import {
   call,
+  classifyDmsTaskStatus,
   completeDmsFullLoad,
   DMS_CALLBACK_STEP,
   DmsError,
@@ -140,19 +141,9 @@ export class AwsDmsReplication implements DmsReplication {
   async awaitFullLoad(migrationId: string, ref: DmsRef, token: string): Promise<void> {
     await this.store.putTaskToken!(migrationId, DMS_CALLBACK_STEP, token);
     // The event may have come before the token was kept (it was then ignored): look at DMS itself.
-    let outcome: ReturnType<typeof classifyDmsTaskEvent>;
+    let outcome: DmsTaskOutcome;
     if (ref.kind === 'serverless') outcome = classifyDmsReplication(await dmsReplicationStatus(this.dms, ref.arn));
-    else {
-      const t = await dmsTaskStatus(this.dms, ref.arn);
-      if (t.status !== 'stopped' && t.status !== 'failed') return;
-      outcome = classifyDmsTaskEvent({
-        eventType: t.status === 'failed' ? 'REPLICATION_TASK_FAILED' : 'REPLICATION_TASK_STOPPED',
-        detailMessage:
-          t.status === 'failed'
-            ? (t.lastFailureMessage ?? 'the DMS task failed')
-            : `Stop Reason ${(t.stopReason ?? '').replace(/^Stop Reason\s+/i, '')}`,
-      });
-    }
+    else outcome = classifyDmsTaskStatus(await dmsTaskStatus(this.dms, ref.arn));
     if (outcome.kind === 'ignored') return;
     await completeDmsFullLoad(
       {

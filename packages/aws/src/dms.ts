@@ -466,6 +466,23 @@ export interface DmsEventDeps {
   log: (line: string) => void;
 }
 
+/**
+ * What a replication instance's task's state now (DescribeReplicationTasks: dmsTaskStatus) means for
+ * "Wait for the DMS full load": read as the event of that state would be (classifyDmsTaskEvent); a
+ * task that is neither stopped nor failed ends nothing.
+ */
+export function classifyDmsTaskStatus(t: DmsTaskStatus): DmsTaskOutcome {
+  if (t.status !== 'stopped' && t.status !== 'failed')
+    return { kind: 'ignored', reason: `the task is ${t.status} now: nothing ends yet` };
+  return classifyDmsTaskEvent({
+    eventType: t.status === 'failed' ? 'REPLICATION_TASK_FAILED' : 'REPLICATION_TASK_STOPPED',
+    detailMessage:
+      t.status === 'failed'
+        ? (t.lastFailureMessage ?? 'the DMS task failed')
+        : `Stop Reason ${(t.stopReason ?? '').replace(/^Stop Reason\s+/i, '')}`,
+  });
+}
+
 export type DmsEventResult =
   | { action: 'succeeded' | 'failed'; migrationId: string; taskArn: string; summary: string }
   | { action: 'ignored'; reason: string; migrationId?: string };
@@ -506,12 +523,14 @@ export async function completeDmsFullLoad(
 /**
  * An EventBridge `DMS Replication Task State Change`: the full load finished (the task stopped after
  * applying its cached changes) completes the bulk load's token; a failure or another stop fails it.
- * Unknown tasks, events that end nothing, and duplicate, late or out-of-order events (the token is
- * taken already) are logged and ignored.
+ * An event that could end the step is a prompt: the task's state now (DescribeReplicationTasks)
+ * decides, so that a failure event delivered late, after the migration was resumed and the task runs
+ * again under a new token, or one DMS recovered from, fails nothing. Unknown tasks, events that end
+ * nothing, and duplicate, late or out-of-order events (the token is taken already) are logged and ignored.
  */
 export async function handleDmsTaskStateChange(
   event: DmsTaskStateChangeEvent,
-  deps: DmsEventDeps,
+  deps: DmsEventDeps & { describeTask: (taskArn: string) => Promise<DmsTaskStatus> },
 ): Promise<DmsEventResult> {
   const ignore = (reason: string, migrationId?: string): DmsEventResult => {
     deps.log(`DMS event ${event.id ?? ''} ignored: ${reason}`);
@@ -526,11 +545,17 @@ export async function handleDmsTaskStateChange(
   if (outcome.kind === 'ignored') return ignore(outcome.reason);
   const migrationId = await deps.store.findCorrelation(dmsCorrelationKey(taskArn));
   if (!migrationId) return ignore(`task ${taskArn} is not one of pgferry's`);
-  const done = await completeDmsFullLoad(deps, migrationId, taskArn, outcome, 'DMS task');
+  const now = classifyDmsTaskStatus(await deps.describeTask(taskArn));
+  if (now.kind === 'ignored')
+    return ignore(
+      `the event says the task ${outcome.kind === 'failed' ? 'failed' : 'stopped'}, but ${now.reason}: a late or duplicate event, or one DMS recovered from`,
+      migrationId,
+    );
+  const done = await completeDmsFullLoad(deps, migrationId, taskArn, now, 'DMS task');
   return (
     done ??
     ignore(
-      `no step of migration ${migrationId} waits on task ${taskArn} (${outcome.kind}): a duplicate or late event, or the step ended already`,
+      `no step of migration ${migrationId} waits on task ${taskArn} (${now.kind}): a duplicate or late event, or the step ended already`,
       migrationId,
     )
   );

@@ -392,6 +392,8 @@ const TABLE_PARTS = 65_536;
 /** Parts a chunk is cut into for a table of `chunks` chunks: CHUNK_PARTS, fewer past TABLE_PARTS in all. */
 const partsPerChunk = (chunks: number) =>
   Math.max(1, Math.min(CHUNK_PARTS, Math.floor(TABLE_PARTS / Math.max(1, chunks))));
+/** Keys of rows shown to differ that a table's result names, at most. */
+const SHOWN_KEYS = 10;
 /** Rows read one by one at once, at most (about: parts hold verifyChunkRows / parts rows each). */
 const ROW_READ_ROWS = 8 * DEFAULTS.verifyChunkRows;
 
@@ -579,7 +581,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       targetRows: count(tgt),
       chunks: Math.max(src.size, tgt.size),
       mismatchedRanges: labels(settled.proven),
-      mismatchedKeys: settled.keys.length ? settled.keys.slice(0, 10) : undefined,
+      mismatchedKeys: settled.keys.length ? settled.keys.slice(0, SHOWN_KEYS) : undefined,
       unsettledRanges: settled.unsettled.length ? labels(settled.unsettled) : undefined,
       rowsFollowed: settled.followed || undefined,
       outcome: settled.proven.length ? 'mismatch' : settled.unsettled.length ? 'behind' : 'ok',
@@ -599,14 +601,23 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
    * At most `verifyOpenRows` rows are followed at once: the parts whose differing rows did not fit
    * (an insert-only table that took more than that between the two sides' reads) are read again, once
    * the rows taken before them are settled, in as many rounds as that takes. A round takes at least
-   * one part whole, so the rounds end.
+   * one part whole, so the rounds end; a round stops reading at the first part that does not fit, and
+   * the parts of a chunk already proven different are not read again (the chunk is reported), so that
+   * a table the target lost most of is not read once a round. Only the proven chunks, a count and the
+   * first keys are kept; the table's writes are held once at most.
    */
   const settleRows = async (p: Plan, parts: number[]) => {
     const limit = ctx.config.verifyOpenRows;
-    const proven = new Map<string, number>();
+    const provenChunks = new Set<number>();
+    const provenKeys: string[] = [];
+    const prove = (k: string, chunk: number) => {
+      provenChunks.add(chunk);
+      if (provenKeys.length < SHOWN_KEYS) provenKeys.push(k);
+    };
     const unsettled = new Set<number>();
     let followed = 0;
     let rounds = 0;
+    let heldOnce = false;
     const count = <T>(r: { live: Map<string, T>; replica: Map<string, T> }) => {
       followed += r.live.size + r.replica.size;
     };
@@ -619,19 +630,19 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       const open = new Map<string, { chunk: number; live?: string; replica?: string }>();
       const later: number[] = [];
       let j = 0;
-      for (; j < queue.length && open.size < limit; j += partsPerRead) {
+      let lost = false;
+      for (; j < queue.length && open.size < limit && later.length === 0; j += partsPerRead) {
         const some = queue.slice(j, j + partsPerRead);
         const their = [...new Set(some.map((x) => chunkOf(p, x)))];
         const r = await atMatchingPoints(
           once(p.table, (q) => rowHashesByChunk(q, p, their, p.parts > 1 ? some : undefined)),
         );
         if (!r) {
-          if (proven.size) {
-            for (const x of queue) unsettled.add(chunkOf(p, x));
-            queue = [];
-            break;
-          }
-          return undefined;
+          if (!provenChunks.size) return undefined;
+          // (The table is a mismatch already: what could not be read is said to be unsettled.)
+          for (const x of queue) unsettled.add(chunkOf(p, x));
+          lost = true;
+          break;
         }
         count(r);
         // The differing rows by part, in the order the parts were asked for.
@@ -653,14 +664,15 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
           else for (const [k, o] of rows) open.set(k, o);
         }
       }
-      queue = [...later, ...queue.slice(j)];
+      // Parts not read this round, and those that did not fit; none of a chunk proven different meanwhile.
+      queue = lost ? [] : [...later, ...queue.slice(j)];
       for (let i = 0; i < DEFAULTS.verifyRechecks && open.size > 0; i++) {
         const before = open.size;
         const keys = [...open.keys()];
         const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
         const r = await atMatchingPoints(once(p.table, (q) => rowHashes(q, p, chunks, keys)));
         if (!r) {
-          if (proven.size) break;
+          if (provenChunks.size) break;
           return undefined;
         }
         count(r);
@@ -669,7 +681,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
           // (Still different now as well: a row that came and went, or a value changed and changed back,
           // reads the same live twice without having stood still in between.)
           if (live === prev.live && prev.replica !== prev.live && replica !== live) {
-            proven.set(k, prev.chunk);
+            prove(k, prev.chunk);
             open.delete(k);
           } else if (live === replica) open.delete(k);
           else open.set(k, { chunk: prev.chunk, live, replica });
@@ -678,7 +690,8 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
         // bloated, churning table is a scan): when a recheck settled less than half, go to the hold.
         if (open.size > before / 2) break;
       }
-      if (open.size > 0) {
+      if (open.size > 0 && !heldOnce) {
+        heldOnce = true;
         const keys = [...open.keys()];
         const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
         const held = await heldReads(ctx, s, p.table, (q) => rowHashes(q, p, chunks, keys), floatDigits);
@@ -688,7 +701,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
           let differ = 0;
           for (const [k, o] of open)
             if (held.live.get(k) !== held.replica.get(k)) {
-              proven.set(k, o.chunk);
+              prove(k, o.chunk);
               differ++;
             }
           open.clear();
@@ -698,6 +711,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
         }
       }
       for (const o of open.values()) unsettled.add(o.chunk);
+      if (provenChunks.size) queue = queue.filter((x) => !provenChunks.has(chunkOf(p, x)));
     }
     if (rounds > 1)
       ctx.log(
@@ -705,9 +719,9 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       );
     const chunksOf = (ks: Iterable<number>) => [...new Set(ks)].sort((x, y) => x - y);
     return {
-      proven: chunksOf(proven.values()),
-      unsettled: chunksOf(unsettled),
-      keys: [...proven.keys()],
+      proven: chunksOf(provenChunks),
+      unsettled: chunksOf([...unsettled].filter((b) => !provenChunks.has(b))),
+      keys: provenKeys,
       followed,
     };
   };

@@ -26,6 +26,7 @@ import { critical } from '../critical';
 import { type Db, ident } from '../db';
 import {
   currentLsn,
+  flushWal,
   freezeWrites,
   isFrozen,
   unfreezeWrites,
@@ -501,6 +502,10 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       // A session that turned read-only off could still commit; carry its writes over before stopping.
       writesAfterFreeze = await writesSince(ctx.source, freeze.xmax);
       if (writesAfterFreeze > 0) {
+        // Flushed first: a commit made with synchronous_commit = off may still be in the WAL buffers,
+        // past the position currentLsn reads (and past what the last look decodes), acknowledged all
+        // the same.
+        await flushWal(ctx.source, 'freeze');
         const lsn = await currentLsn(ctx.source);
         if (!(await waitConfirmed(ctx.source, n.slot, lsn, ctx.config.maxDrainMs))) {
           throw new DrainTimeoutError(`writes after the freeze were not drained to ${lsn}`);

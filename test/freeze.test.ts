@@ -58,6 +58,48 @@ describe('write freeze', () => {
     expect(await pair.source('SELECT id FROM t ORDER BY id')).toEqual([{ id: 3 }]);
   });
 
+  it("finishes while the application's pools reconnect at once: sessions begun after the freeze are read-only, not ended", async () => {
+    pair = await freshPair(15, 'freezepool');
+    await pair.source('CREATE TABLE t (id int PRIMARY KEY)');
+    db = await connect(pair.sourceUrl, { side: 'source', applicationName: 'pgferry:test' });
+    // Sixteen pooled connections that reconnect the moment theirs is ended, and keep querying.
+    let stop = false;
+    const url = pair.sourceUrl;
+    const reconnects = Array.from({ length: 16 }, () => 0);
+    const pools = reconnects.map(async (_, i) => {
+      while (!stop) {
+        const c = new pg.Client({ connectionString: url, application_name: `app${i}` });
+        c.on('error', () => {});
+        try {
+          await c.connect();
+          while (!stop) await c.query('SELECT 1');
+        } catch {
+          reconnects[i] = (reconnects[i] ?? 0) + 1;
+        } finally {
+          await c.end().catch(() => {});
+        }
+      }
+    });
+    try {
+      await sleep(200);
+      // (Waiting for no session at all, it never finished: FreezeFailedError after its timeout.)
+      const freeze = await freezeWrites(db, { timeoutMs: 3000 });
+      expect(freeze.sessionsEnded).toBe(16);
+      expect(await isFrozen(db)).toBe(true);
+      await sleep(100);
+      expect(reconnects.every((n) => n >= 1)).toBe(true);
+      // A session made since is read-only.
+      const late = new pg.Client({ connectionString: url, application_name: 'late' });
+      await late.connect();
+      await expect(late.query('INSERT INTO t VALUES (1)')).rejects.toThrow(/read-only transaction/);
+      await late.end();
+    } finally {
+      stop = true;
+      await Promise.all(pools);
+    }
+    await unfreezeWrites(db);
+  });
+
   it('tells a write to a watched table after the freeze from the xids of other databases, reading as it goes, and leaves nothing', async () => {
     pair = await freshPair(15, 'watch');
     await pair.source('CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int)');

@@ -120,16 +120,22 @@ export async function freezeWrites(db: Db, options: FreezeOptions = {}): Promise
       );
   }
   await db.query(`ALTER DATABASE ${ident(db.database)} SET default_transaction_read_only = on`);
+  // Sessions that began after this are read-only from their start (they read the database's settings
+  // as they connect): they are neither ended nor waited for. A pool that reconnects at once would
+  // otherwise always have a session left, and the freeze could never finish.
+  const { since } = await db.one<{ since: string }>('SELECT clock_timestamp()::text AS since');
+  const before = `${OTHER_SESSIONS} AND backend_start < $1::timestamptz`;
   const deadline = Date.now() + (options.timeoutMs ?? 5000);
   let ended = 0;
   for (;;) {
     const rows = await db.query<{ pid: number; ok: boolean }>(
-      `SELECT pid, pg_terminate_backend(pid) AS ok FROM (${OTHER_SESSIONS}) s`,
+      `SELECT pid, pg_terminate_backend(pid) AS ok FROM (${before}) b`,
+      [since],
     );
     ended += rows.filter((r) => r.ok).length;
     // pg_terminate_backend only signals: a backend in the middle of COMMIT may still write its commit
     // record. Wait until they are gone so the LSN read after this covers every acknowledged write.
-    const left = await db.query(OTHER_SESSIONS);
+    const left = await db.query(before, [since]);
     if (left.length === 0) break;
     if (Date.now() > deadline) {
       const what = `${left.length} session(s) on ${db.side} database ${db.database} did not end after pg_terminate_backend`;

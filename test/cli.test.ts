@@ -194,6 +194,10 @@ describe('pgferry CLI', () => {
       ['http://u:p@127.0.0.1:1/db', /--source must start with postgres:\/\//],
       [`${ok}?sslmode=bogus`, /--source has sslmode=bogus; sslmode must be one of disable/],
       [`${ok}?sslmod=require`, /--source has an unknown parameter "sslmod"/],
+      // (Accepted, its password was shown and stored in full: redaction ends a URL at white space.)
+      ['postgres://u:SEK RET@127.0.0.1:1/db', /--source holds white space.*%20/],
+      ['postgres://u:SEK\u00a0RET@127.0.0.1:1/db', /--source holds white space/],
+      [`${ok}?password=a b`, /--source holds white space/],
     ];
     for (const [url, message] of cases) {
       for (const command of [
@@ -203,6 +207,7 @@ describe('pgferry CLI', () => {
         const r = await pgferry(command);
         expect(r.code, `${command[0]} ${url}`).toBe(2);
         expect(r.stderr).toMatch(message);
+        expect(`${r.stdout}${r.stderr}`).not.toMatch(/RET|a b/);
       }
     }
     // New credentials for a stored migration are checked the same way.

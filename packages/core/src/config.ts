@@ -162,6 +162,12 @@ const URL_SHAPE = 'expected postgres://user:password@host:port/database';
 
 /** What is wrong with `value` as the postgres URL of `field` (none: it is one). */
 export function urlProblems(value: string, field: string): string[] {
+  // A password with white space in it would not be hidden where the URL is shown (a URL ends at
+  // white space in a message), and new URL would take it as it is.
+  if (/\s/.test(value) && !/^\s*\w+\s*=/.test(value))
+    return [
+      `${field} holds white space (a space, a tab): %-encode it in the password (a space is %20), and leave none around the URL`,
+    ];
   let url: URL;
   try {
     url = new URL(value);

@@ -784,6 +784,24 @@ describe('pgferry CLI', () => {
     } finally {
       await sql(admin, `ALTER DATABASE ${pair.targetDb} ALLOW_CONNECTIONS true`);
     }
+    // The target is back, and the source has taken writes of its own: neither rollback nor resume may
+    // bring the target's into it (a rollback re-enabled reverse replication and synced sequences over
+    // the source's); status says so, and clean-up is the way out.
+    await pair.source("INSERT INTO orders (customer_id, amount, status) VALUES (1, 1, 'own')");
+    for (const command of ['rollback', 'resume']) {
+      const r = await pgferry([command, '--id', 'uf']);
+      expect(r.code, command).toBe(2);
+      expect(r.stderr).toMatch(/was made writable without the target by `pgferry unfreeze` at .*: both databases/);
+    }
+    expect(await pair.source("SELECT subenabled FROM pg_subscription WHERE subname = 'pgferry_uf_rev'")).toEqual([
+      { subenabled: false },
+    ]);
+    const status = await pgferry(['status', 'uf']);
+    expect(status.stdout).toMatch(
+      /no rollback or resume; compare the databases by hand, then `pgferry cleanup --id uf`/,
+    );
+    expect(status.stdout).not.toContain('`pgferry rollback --id uf` goes back');
+    expect((await pgferry(['cleanup', '--id', 'uf'])).code).toBe(0);
   });
 
   it('does not undo a switch whose file already names the target when the switch command then fails', async () => {

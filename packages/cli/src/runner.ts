@@ -279,8 +279,22 @@ async function claimed<T>(rt: Runtime, id: string, fn: () => Promise<T>): Promis
 }
 
 /** A migration that is over cannot be advanced: said before anything runs, so its state stays as it is. */
-function assertAdvanceable(state: MigrationState) {
+/** After `pgferry unfreeze`, each database takes writes of its own: bringing one into the other would mix them. */
+function assertNotUnfrozenWithoutTarget(state: MigrationState, command: 'resume' | 'rollback' | 'cutover') {
+  if (state.unfrozenWithoutTargetAt)
+    throw new InvalidInputError(
+      `the source of migration ${state.id} was made writable without the target by \`pgferry unfreeze\` at ${state.unfrozenWithoutTargetAt}: both databases have taken writes of their own since, and a ${command} would apply the target's into the source (and set the source's sequences from the target)`,
+      {
+        field: '--id',
+        migrationId: state.id,
+        hint: `compare the databases by hand and bring over what the application needs; \`pgferry cleanup --id ${state.id}\` removes pgferry's replication objects`,
+      },
+    );
+}
+
+function assertAdvanceable(state: MigrationState, command: 'resume' | 'cutover' = 'resume') {
   const id = state.id;
+  assertNotUnfrozenWithoutTarget(state, command);
   if (['completed', 'rolled-back', 'cleaned-up'].includes(state.status)) {
     throw new InvalidInputError(`migration ${id} is ${state.status}; nothing to resume`, {
       field: '--id',
@@ -326,7 +340,7 @@ function assertNoUnfinishedRollback(state: MigrationState) {
 export function advance(rt: Runtime, id: string, options: AdvanceOptions): Promise<MigrationState> {
   return claimed(rt, id, async () => {
     const state = await rt.store.get(id);
-    assertAdvanceable(state);
+    assertAdvanceable(state, options.cutover === 'now' ? 'cutover' : 'resume');
     if (options.cutover === 'now' && state.status === 'awaiting-cutover') {
       await completeApproval(rt, id);
       // Completed now, or by a cutover that stopped before it went on.
@@ -366,6 +380,7 @@ export function rollbackMigration(rt: Runtime, id: string): Promise<MigrationSta
         `migration ${id} was cleaned up: pgferry's objects are gone, and what it loaded on the target is no longer marked as its own, so there is nothing it may roll back`,
         { field: '--id', migrationId: id, hint: 'drop the target database yourself if the copy is not wanted' },
       );
+    assertNotUnfrozenWithoutTarget(state, 'rollback');
     return rollbackClaimed(rt, id);
   });
 }
@@ -402,8 +417,10 @@ export function unfreezeMigration(rt: Runtime, id: string): Promise<MigrationSta
       }
       const message = `pgferry unfreeze: ${done.length ? done.join(', ') : 'the source was writable already'}, without the target; writes the target took that reverse replication had not brought over are not on the source, and its sequences were not synced from the target`;
       rt.events.log(message);
+      const at = new Date().toISOString();
       return await rt.store.put({
         ...state,
+        unfrozenWithoutTargetAt: state.unfrozenWithoutTargetAt ?? at,
         events: [...state.events, { at: new Date().toISOString(), message }],
         warnings: [...(state.warnings ?? []), message],
       });

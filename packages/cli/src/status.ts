@@ -29,6 +29,8 @@ export function nextStep(s: MigrationState, execution?: ExecutionRecord, deploye
   if (deployed) return deployedNextStep(s);
   if (execution?.status === 'running')
     return `a pgferry ${execution.command} is working on it (since ${execution.continued?.at(-1)?.at ?? execution.startedAt}); wait, or follow it with \`pgferry status ${id} --watch\``;
+  if (s.unfrozenWithoutTargetAt && !['completed', 'cleaned-up'].includes(s.status))
+    return `the source was made writable without the target (\`pgferry unfreeze\` at ${s.unfrozenWithoutTargetAt}): no rollback or resume; compare the databases by hand, then \`pgferry cleanup --id ${id}\` removes what pgferry left`;
   switch (s.status) {
     case 'awaiting-cutover':
       return `caught up and replicating: \`pgferry cutover --id ${id}\` when ready (or \`pgferry rollback --id ${id}\`)`;

@@ -317,6 +317,11 @@ export interface MigrationState {
   verifyBeforeSwitch?: VerifyResult;
   leftovers?: string[];
   warnings?: string[];
+  /**
+   * When `pgferry unfreeze` made the source writable without the target (which was gone): the two
+   * databases take writes of their own since, and no rollback or resume may bring one into the other.
+   */
+  unfrozenWithoutTargetAt?: string;
   failedAt?: string;
   failure?: { name: string; message: string; phase?: Phase; hint?: string };
   /**

@@ -178,8 +178,9 @@ export function liveAttention(state: MigrationState, source: SideLive, target: S
   const names = objectNames(id);
   // Until the subscription exists nothing reads the slot: the copy is running, if its process is.
   const copying = working && !target.subscriptions.some((sub) => sub.name === names.subscription);
-  const next =
-    !state.cutover?.switchAt && state.cutover?.switchStartedAt
+  const next = state.unfrozenWithoutTargetAt
+    ? `\`pgferry cleanup --id ${id}\` (the source was made writable without the target: no rollback or resume)`
+    : !state.cutover?.switchAt && state.cutover?.switchStartedAt
       ? `\`pgferry resume --id ${id}\` (finishes the switch)`
       : switched
         ? `\`pgferry resume --id ${id}\` (goes on), \`pgferry rollback --id ${id}\` (switches back) or \`pgferry cleanup --id ${id}\` (ends reverse replication)`

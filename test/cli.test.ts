@@ -733,8 +733,9 @@ describe('pgferry CLI', () => {
   it('shows the last lines a failing switch command wrote, redacted, and takes the fixed command on cutover', async () => {
     pair = await freshPair(15, 'clifixswitch');
     await loadSample(pair, 100);
-    // A chatty command that fails at the end, last saying which URL it could not use.
-    const onSwitch = `for i in $(seq 1 40); do echo "reloading pool member $i of 40, waiting for its health check"; done >&2; echo "gave up: $PGFERRY_TARGET_URL unreachable from the pool" >&2; exit 5`;
+    // A chatty command that fails at the end, last saying which URL it could not use; it holds a
+    // password of its own (kept whole with the secrets, redacted in the state).
+    const onSwitch = `for i in $(seq 1 40); do echo "reloading pool member $i of 40, waiting for its health check"; done >&2; echo "gave up: $PGFERRY_TARGET_URL unreachable from the pool" >&2; exit 5 # admin postgres://ops:s3cr3t@pool.internal/admin`;
     const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'fx', '--on-switch', onSwitch];
     expect((await pgferry(['migrate', ...args, '--yes'])).code).toBe(0);
     const failed = await pgferry(['cutover', '--id', 'fx']);
@@ -745,7 +746,8 @@ describe('pgferry CLI', () => {
     );
     expect(failed.stderr).not.toContain(pair.targetServer.password);
     expect(failed.stderr).toContain("pgferry cutover --id fx --on-switch '<the fixed command>'");
-    // The hint's command works: the fixed switch command is taken, and the cutover goes through.
+    // The hint's command works: the fixed switch command is taken (not the secret one kept at migrate),
+    // and the cutover goes through.
     const fixed = await pgferry(['cutover', '--id', 'fx', '--on-switch', 'true']);
     expect(fixed.code).toBe(0);
     expect(fixed.stdout).toContain('verify: OK');
@@ -788,11 +790,16 @@ describe('pgferry CLI', () => {
     // bring the target's into it (a rollback re-enabled reverse replication and synced sequences over
     // the source's); status says so, and clean-up is the way out.
     await pair.source("INSERT INTO orders (customer_id, amount, status) VALUES (1, 1, 'own')");
+    const before = JSON.parse(readFileSync(join(cwd!, '.pgferry', 'uf.json'), 'utf8'));
     for (const command of ['rollback', 'resume']) {
-      const r = await pgferry([command, '--id', 'uf']);
+      const r = await pgferry([command, '--id', 'uf', '--max-drain-ms', '9000']);
       expect(r.code, command).toBe(2);
       expect(r.stderr).toMatch(/was made writable without the target by `pgferry unfreeze` at .*: both databases/);
     }
+    // A refused command changes nothing it was given (it stored its --max-drain-ms before it was refused).
+    const after = JSON.parse(readFileSync(join(cwd!, '.pgferry', 'uf.json'), 'utf8'));
+    expect(after.config.maxDrainMs).toBe(before.config.maxDrainMs);
+    expect(after.version).toBe(before.version);
     expect(await pair.source("SELECT subenabled FROM pg_subscription WHERE subname = 'pgferry_uf_rev'")).toEqual([
       { subenabled: false },
     ]);

@@ -35,7 +35,6 @@ import {
   cleanupMigration,
   createMigration,
   type Runtime,
-  reconfigure,
   rollbackMigration,
   unfreezeMigration,
   useCredentials,
@@ -624,13 +623,13 @@ export async function main(argv: string[]): Promise<number> {
         // (Not unfreeze: the target it is used for is gone.)
         { subscriptions: command !== 'unfreeze' },
       );
-    if (['cutover', 'resume', 'rollback'].includes(command) && values.id)
-      await reconfigure(rt, values.id, {
-        onSwitch: values['on-switch'],
-        switchFile: values['switch-file'] ? resolve(values['switch-file']) : undefined,
-        maxPreparedWaitMs: int(values['max-prepared-wait-ms'], '--max-prepared-wait-ms'),
-        maxDrainMs: int(values['max-drain-ms'], '--max-drain-ms', { min: 10 }),
-      });
+    // Stored by the command once it is allowed to run (claimed, its state checked): a refused one changes nothing.
+    const changes = {
+      onSwitch: values['on-switch'],
+      switchFile: values['switch-file'] ? resolve(values['switch-file']) : undefined,
+      maxPreparedWaitMs: int(values['max-prepared-wait-ms'], '--max-prepared-wait-ms'),
+      maxDrainMs: int(values['max-drain-ms'], '--max-drain-ms', { min: 10 }),
+    };
 
     switch (command) {
       case 'assess': {
@@ -725,7 +724,7 @@ export async function main(argv: string[]): Promise<number> {
         );
       case 'cutover': {
         const id = need(values.id, '--id', 'cutover');
-        const state = await advance(rt, id, { cutover: 'now' });
+        const state = await advance(rt, id, { cutover: 'now', changes });
         writeReport(reportPath, state, out);
         out.result(state, finalText(state));
         return exitCodeFor(state);
@@ -733,13 +732,13 @@ export async function main(argv: string[]): Promise<number> {
       case 'resume': {
         const id = need(values.id, '--id', 'resume');
         const s = await rt.store.get(id);
-        const state = await advance(rt, id, { cutover: s.status === 'cut-over' ? 'now' : s.config.cutover });
+        const state = await advance(rt, id, { cutover: s.status === 'cut-over' ? 'now' : s.config.cutover, changes });
         writeReport(reportPath ?? s.config.reportPath, state, out);
         out.result(state, finalText(state));
         return exitCodeFor(state);
       }
       case 'rollback': {
-        const state = await rollbackMigration(rt, need(values.id, '--id', 'rollback'));
+        const state = await rollbackMigration(rt, need(values.id, '--id', 'rollback'), changes);
         out.result(state, `${describeState(state)}\n\nRolled back. Run: pgferry cleanup --id ${state.id}`);
         return EXIT_CODES.ok;
       }

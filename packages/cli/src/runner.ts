@@ -194,13 +194,24 @@ export interface Reconfiguration {
 
 /**
  * Change how a stored migration switches (a --on-switch command that failed, fixed) or waits, before
- * the command that needs it runs. Validated as `migrate` validates it.
+ * the command that needs it runs (advance, rollbackMigration: once the migration is claimed and the
+ * command allowed, so a refused command changes nothing). Validated as `migrate` validates it. A
+ * command with a password in it is kept whole with the secrets, as `migrate` keeps it; one without
+ * replaces the secret one, which would otherwise still run (the session's config takes the secrets last).
  */
 export async function reconfigure(rt: Runtime, id: string, changes: Reconfiguration): Promise<void> {
-  const given = Object.fromEntries(Object.entries(changes).filter(([, v]) => v !== undefined));
+  const given: Record<string, unknown> = Object.fromEntries(Object.entries(changes).filter(([, v]) => v !== undefined));
   if (Object.keys(given).length === 0) return;
   const state = await rt.store.get(id);
   const config = parseMigrationConfig({ ...state.config, ...given });
+  if (changes.onSwitch !== undefined) {
+    const shown = redactText(changes.onSwitch);
+    const { onSwitch: _replaced, ...secrets } = await rt.store.secrets(id);
+    if (!rt.store.updateSecrets)
+      throw new InvalidInputError('this store keeps no secrets to change', { field: '--on-switch' });
+    await rt.store.updateSecrets(id, shown === changes.onSwitch ? secrets : { ...secrets, onSwitch: changes.onSwitch });
+    config.onSwitch = shown;
+  }
   await rt.store.put({
     ...state,
     config: { ...config, sourceUrl: state.config.sourceUrl, targetUrl: state.config.targetUrl },
@@ -265,6 +276,8 @@ export function runPhase(
 export interface AdvanceOptions {
   /** Cut over once caught up (auto), or stop at a steady catch-up (manual). */
   cutover: 'auto' | 'manual' | 'now';
+  /** Given with the command (`--on-switch`, …): stored once the command is allowed to run. */
+  changes?: Reconfiguration;
 }
 
 /** Run `fn` with migration `id` claimed for this process (one command at a time per migration). */
@@ -341,6 +354,7 @@ export function advance(rt: Runtime, id: string, options: AdvanceOptions): Promi
   return claimed(rt, id, async () => {
     const state = await rt.store.get(id);
     assertAdvanceable(state, options.cutover === 'now' ? 'cutover' : 'resume');
+    if (options.changes) await reconfigure(rt, id, options.changes);
     if (options.cutover === 'now' && state.status === 'awaiting-cutover') {
       await completeApproval(rt, id);
       // Completed now, or by a cutover that stopped before it went on.
@@ -372,7 +386,7 @@ export function workflowInput(
   });
 }
 
-export function rollbackMigration(rt: Runtime, id: string): Promise<MigrationState> {
+export function rollbackMigration(rt: Runtime, id: string, changes?: Reconfiguration): Promise<MigrationState> {
   return claimed(rt, id, async () => {
     const state = await rt.store.get(id);
     if (state.status === 'cleaned-up')
@@ -381,6 +395,7 @@ export function rollbackMigration(rt: Runtime, id: string): Promise<MigrationSta
         { field: '--id', migrationId: id, hint: 'drop the target database yourself if the copy is not wanted' },
       );
     assertNotUnfrozenWithoutTarget(state, 'rollback');
+    if (changes) await reconfigure(rt, id, changes);
     return rollbackClaimed(rt, id);
   });
 }

@@ -240,6 +240,30 @@ describe('pgferry status (recorded state)', () => {
     expect(out).toContain('next: no pgferry command is running it: `pgferry resume --id shown1`');
   });
 
+  it('names the one command that finishes a half-done switch, never one that refuses it', async () => {
+    const stateDir = join(dir, 'halfway');
+    const store = new FileMigrationStore(stateDir);
+    const at = '2026-12-06T10:02:00.000Z';
+    // A cutover killed while switching: rollback refuses it, resume finishes it.
+    await store.create({ ...migration('half1'), cutover: { freezeAt: at, switchStartedAt: at } }, SECRETS);
+    const r = started(['status', 'half1', '--offline', '--state-dir', stateDir]);
+    expect(await r.exit).toBe(0);
+    // (It said "resume continues (or rollback)".)
+    expect(r.out()).toMatch(
+      /^next: a cutover stopped while switching .*`pgferry resume --id half1` finishes the switch$/m,
+    );
+    // A rollback killed in its write gap: only rollback finishes it.
+    await store.create(
+      { ...migration('half2'), status: 'cut-over', rollback: { freezeAt: at, direction: 'reverse' } },
+      SECRETS,
+    );
+    const r2 = started(['status', 'half2', '--offline', '--state-dir', stateDir]);
+    expect(await r2.exit).toBe(0);
+    expect(r2.out()).toMatch(
+      /^next: a rollback began at .* and did not finish: `pgferry rollback --id half2` finishes it$/m,
+    );
+  });
+
   it('says an execution left "running" by a process that is gone (kill -9) stopped, and --watch ends on it', async () => {
     const stateDir = join(dir, 'crashed');
     await new FileMigrationStore(stateDir).create(migration('crashed1'), SECRETS);

@@ -113,6 +113,34 @@ describe('pgferry CLI', () => {
     ]);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('--source is not a valid URL');
+    // Checked before the confirmation is asked for (or, without a terminal, refused): every problem
+    // at once, never a question about a migration that cannot start.
+    const unasked = await pgferry(['migrate', '--source', 'postgres//nope', '--cutover', 'sometimes']);
+    expect(unasked.code).toBe(2);
+    expect(unasked.stderr).toContain('--source is not a valid URL');
+    expect(unasked.stderr).toContain('--cutover must be auto or manual');
+    expect(unasked.stderr).not.toContain('--yes');
+    // On a terminal (script(1) gives it one): "n" is not confirming, exit 2 saying so; Ctrl-C at the
+    // question exits 130. Nothing is created either way. (Both were exit 1, "n" without a word.)
+    const urls = '--source postgres://u:p@127.0.0.1:1/a --target postgres://u:p@127.0.0.1:2/b';
+    const onTerminal = (keys: string) =>
+      new Promise<{ code: number | null; out: string }>((res) => {
+        const child = spawn('script', ['-qec', `"${process.execPath}" "${BIN}" migrate ${urls}`, '/dev/null'], {
+          cwd,
+        });
+        let out = '';
+        child.stdout.on('data', (d) => {
+          out += d;
+          if (out.includes('[y/N]')) child.stdin.write(keys);
+        });
+        child.on('close', (code) => res({ code, out }));
+      });
+    const declined = await onTerminal('n\n');
+    expect(declined.code).toBe(2);
+    expect(declined.out).toContain('not confirmed: nothing was created');
+    const interrupted = await onTerminal('\u0003');
+    expect(interrupted.code).toBe(130);
+    expect(interrupted.out).toContain('not confirmed (Ctrl-C): nothing was created');
     expect((await pgferry(['status'])).stdout).toContain('no migrations');
   });
 

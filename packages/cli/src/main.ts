@@ -12,6 +12,7 @@ import {
   InvalidInputError,
   type MigrationState,
   newMigrationId,
+  parseMigrationConfig,
   PgferryError,
   redactUrl,
   SST_APP_NAME,
@@ -467,10 +468,14 @@ function need(value: string | undefined, field: string, command: string): string
   return value;
 }
 
-async function confirm(question: string): Promise<boolean> {
+/** The person's answer; 'interrupted' for Ctrl-C at the question. */
+async function confirm(question: string): Promise<boolean | 'interrupted'> {
   const rl = createInterface({ input: process.stdin, output: process.stderr });
   try {
     return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ABORT_ERR') return 'interrupted';
+    throw err;
   } finally {
     rl.close();
   }
@@ -689,6 +694,8 @@ export async function main(argv: string[]): Promise<number> {
           reportPath,
         };
         for (const [k, v] of Object.entries(input)) if (v === undefined) delete (input as Record<string, unknown>)[k];
+        // Every option checked before anyone is asked to confirm it (createMigration checks them again).
+        parseMigrationConfig(input);
         if (!values.yes) {
           if (!process.stdin.isTTY) {
             throw new InvalidInputError(
@@ -699,7 +706,15 @@ export async function main(argv: string[]): Promise<number> {
           const ok = await confirm(
             `Migrate ${redactUrl(String(input.sourceUrl))} → ${redactUrl(String(input.targetUrl))}? This creates a publication and a replication slot on the source and loads the target.`,
           );
-          if (!ok) return EXIT_CODES.failed;
+          if (ok === 'interrupted') {
+            process.stderr.write('\nnot confirmed (Ctrl-C): nothing was created\n');
+            return SIGNAL_EXIT.SIGINT;
+          }
+          if (!ok)
+            throw new InvalidInputError('not confirmed: nothing was created', {
+              field: '--yes',
+              hint: 'answer y to go on, or pass --yes',
+            });
         }
         const created = await createMigration(rt, input);
         out.log(`migration ${created.id} (state in ${stateDir})`);

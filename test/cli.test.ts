@@ -191,7 +191,7 @@ describe('pgferry CLI', () => {
     }
     writeFileSync(join(cwd, '.pgferry', 'broken.json'), '{"id": "broken", "vers');
     const one = await pgferry(['status', '--id', 'broken', '--offline']);
-    expect(one.code).toBe(1);
+    expect(one.code).toBe(2);
     expect(one.stderr).toContain(
       `the state file ${join(cwd, '.pgferry', 'broken.json')} of migration broken is unreadable`,
     );
@@ -199,6 +199,15 @@ describe('pgferry CLI', () => {
     const all = await pgferry(['status']);
     expect(all.code).toBe(0);
     expect(all.stdout).toContain('broken  UNREADABLE');
+    // A state file that is a directory, and a --state-dir under a file: named, exit 2, never a raw
+    // EISDIR / ENOTDIR with exit 1 (the code for a failed, rolled back migration).
+    mkdirSync(join(cwd, '.pgferry', 'dirlike.json'));
+    const dirlike = await pgferry(['status', '--id', 'dirlike', '--offline']);
+    expect(dirlike.code).toBe(2);
+    expect(dirlike.stderr).toContain(`cannot read the state file ${join(cwd, '.pgferry', 'dirlike.json')}`);
+    const under = await pgferry(['status', '--state-dir', join(cwd, '.pgferry', 'broken.json', 'x')]);
+    expect(under.code).toBe(2);
+    expect(under.stderr).toMatch(/--state-dir .* cannot be used \(ENOTDIR\)/);
   });
 
   it('refuses an --id that exists as invalid input (exit 2), not as a conflict to retry', async () => {

@@ -12,8 +12,8 @@ import {
   InvalidInputError,
   type MigrationState,
   newMigrationId,
-  parseMigrationConfig,
   PgferryError,
+  parseMigrationConfig,
   redactUrl,
   SST_APP_NAME,
   WORKER_HEARTBEAT_TIMEOUT_SECONDS,
@@ -441,7 +441,16 @@ function stateDirectory(value: string | undefined): string {
   if (value !== undefined && !value.trim())
     throw new InvalidInputError('--state-dir is empty; give a directory', { field: '--state-dir' });
   const dir = resolve(value ?? '.pgferry');
-  const info = statSync(dir, { throwIfNoEntry: false });
+  let info: ReturnType<typeof statSync>;
+  try {
+    info = statSync(dir, { throwIfNoEntry: false });
+  } catch (err) {
+    // A file on the way (ENOTDIR), a directory it may not enter (EACCES): named, never a raw error.
+    throw new InvalidInputError(`--state-dir ${dir} cannot be used (${(err as NodeJS.ErrnoException).code ?? err})`, {
+      field: '--state-dir',
+      hint: 'give the directory that holds pgferry state (default ./.pgferry), or one that can be made',
+    });
+  }
   if (info && !info.isDirectory())
     throw new InvalidInputError(`--state-dir ${dir} is a file, not a directory`, {
       field: '--state-dir',

@@ -232,13 +232,26 @@ export class FileMigrationStore implements MigrationStore {
     try {
       text = await readFile(file, 'utf8');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') {
         throw new MigrationNotFoundError(`no migration ${id} in ${this.dir}`, {
           field: '--id',
           hint: 'run `pgferry status` to list migrations',
         });
       }
-      throw err;
+      // Not a raw EACCES/ENOTDIR/EISDIR: which file, and what to do.
+      throw new InvalidInputError(
+        `cannot read the state file ${file} of migration ${id} (${code ?? errorMessage(err)})`,
+        {
+          cause: err,
+          field: '--state-dir',
+          migrationId: id,
+          hint:
+            code === 'EACCES' || code === 'EPERM'
+              ? 'state files are readable by their owner only (0600): run pgferry as the user that started the migration'
+              : '--state-dir must be the directory pgferry keeps its state files in (default .pgferry)',
+        },
+      );
     }
     try {
       const state = JSON.parse(text) as MigrationState;
@@ -246,7 +259,7 @@ export class FileMigrationStore implements MigrationStore {
       return state;
     } catch (err) {
       // pgferry replaces the file whole (temp file + rename): this one was changed or damaged by hand.
-      throw new PgferryError(`the state file ${file} of migration ${id} is unreadable (${errorMessage(err)})`, {
+      throw new InvalidInputError(`the state file ${file} of migration ${id} is unreadable (${errorMessage(err)})`, {
         cause: err,
         field: '--id',
         migrationId: id,

@@ -286,7 +286,7 @@ describe.each(Object.keys(subjects))('MigrationStore contract: %s store', (kind)
     const listed = listing.migrations.map((m) => m.id).filter((id) => ids.includes(id));
     expect(listed).toEqual([ids[0], ids[2]]);
     expect(listing.unreadable).toEqual([{ id: ids[1], problem: expect.stringContaining('unreadable') }]);
-    await expect(s.store.get(ids[1]!)).rejects.toMatchObject({ name: 'PgferryError', migrationId: ids[1] });
+    await expect(s.store.get(ids[1]!)).rejects.toMatchObject({ name: 'StateUnreadableError', migrationId: ids[1] });
   });
 
   it('gives a migration to one claimant at a time, and takes over a claim whose holder is gone', async () => {

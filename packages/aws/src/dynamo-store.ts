@@ -50,6 +50,7 @@ import {
   readListing,
   redactedJson,
   refuseSecretsInState,
+  StateUnreadableError,
   storedPlan,
   versionConflictError,
 } from '@pgferry/core';
@@ -227,12 +228,15 @@ export class DynamoMigrationStore implements MigrationStore {
   }
 
   private unreadable(id: string, err: unknown) {
-    return new PgferryError(`the state of migration ${id} in ${this.where} is unreadable (${errorMessage(err)})`, {
-      cause: err,
-      field: '--id',
-      migrationId: id,
-      hint: `restore the table from its point-in-time backup; the migration's objects on the servers are named pgferry_${id}, and \`pgferry status\` lists it as unreadable until then`,
-    });
+    return new StateUnreadableError(
+      `the state of migration ${id} in ${this.where} is unreadable (${errorMessage(err)})`,
+      {
+        cause: err,
+        field: '--id',
+        migrationId: id,
+        hint: `restore the table from its point-in-time backup; the migration's objects on the servers are named pgferry_${id}, and \`pgferry status\` lists it as unreadable until then`,
+      },
+    );
   }
 
   async secrets(id: string): Promise<MigrationSecrets> {

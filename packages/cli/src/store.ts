@@ -38,6 +38,7 @@ import {
   readListing,
   redactedJson,
   refuseSecretsInState,
+  StateUnreadableError,
   storedPlan,
   versionConflictError,
 } from '@pgferry/core';
@@ -259,7 +260,7 @@ export class FileMigrationStore implements MigrationStore {
       return state;
     } catch (err) {
       // pgferry replaces the file whole (temp file + rename): this one was changed or damaged by hand.
-      throw new InvalidInputError(`the state file ${file} of migration ${id} is unreadable (${errorMessage(err)})`, {
+      throw new StateUnreadableError(`the state file ${file} of migration ${id} is unreadable (${errorMessage(err)})`, {
         cause: err,
         field: '--id',
         migrationId: id,

@@ -139,6 +139,11 @@ export class StateConflictError extends PgferryError {
   override name = 'StateConflictError';
   override readonly exitCode = 7;
 }
+/** A migration's stored state cannot be read (damaged, or the store refuses): named, with what to do. */
+export class StateUnreadableError extends PgferryError {
+  override name = 'StateUnreadableError';
+  override readonly exitCode = 2;
+}
 export class MigrationNotFoundError extends PgferryError {
   override name = 'MigrationNotFoundError';
   override readonly exitCode = 2;

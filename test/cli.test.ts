@@ -1026,6 +1026,8 @@ describe('pgferry CLI', () => {
     const code = await new Promise((r) => child.once('exit', (c) => r(c)));
     expect(code).toBe(exitCode);
     expect(stderr).toContain(`${signal}: finishing the cutover write gap first`);
+    // Said once (the handlers were installed twice, and each said it).
+    expect(stderr.split(`${signal}: finishing the cutover write gap first`)).toHaveLength(2);
     const state = JSON.parse(readFileSync(join(cwd, '.pgferry', 'si.json'), 'utf8'));
     expect(state.cutover.switchAt).toBeDefined();
     expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.targetUrl);

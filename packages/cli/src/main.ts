@@ -615,7 +615,6 @@ export async function main(argv: string[]): Promise<number> {
       process.stdout.write(`${workflowDefinitionJson()}\n`);
       return EXIT_CODES.ok;
     }
-    if (['migrate', 'cutover', 'resume', 'rollback', 'cleanup', 'unfreeze'].includes(command)) handleInterrupts();
     const stateDir = stateDirectory(values['state-dir']);
     // Where the command will write, checked before anything is created.
     const reportPath = writablePath(values.report, '--report');

@@ -10,6 +10,8 @@ export interface FreezeResult {
   sessionsEnded: number;
   /** First xid not yet assigned when the freeze took hold: any committed xid from here on is a write after the freeze. */
   xmax: string;
+  /** The freeze's own transactions past xmax (its WAL flush): writesSince leaves them out. */
+  ownXids: string[];
 }
 
 /** Client sessions of this database that are not pgferry's own (walsenders and background workers are spared). */
@@ -123,16 +125,22 @@ export async function freezeWrites(db: Db, options: FreezeOptions = {}): Promise
   // Sessions that began after this are read-only from their start (they read the database's settings
   // as they connect): they are neither ended nor waited for. A pool that reconnects at once would
   // otherwise always have a session left, and the freeze could never finish.
-  const { since } = await db.one<{ since: string }>('SELECT clock_timestamp()::text AS since');
+  // The xid horizon is read at the same moment: a spared session that turns read-only off and writes
+  // takes an xid at or past it, so writesSince counts it, however long the sessions below take to end.
+  const major = await serverMajor(db);
+  const { since, xmax } = await db.one<{ since: string; xmax: string }>(
+    `SELECT clock_timestamp()::text AS since, ${nextXid(major)}::text AS xmax`,
+  );
   const before = `${OTHER_SESSIONS} AND backend_start < $1::timestamptz`;
   const deadline = Date.now() + (options.timeoutMs ?? 5000);
-  let ended = 0;
+  // (By pid: a backend still exiting is signalled again on the next pass.)
+  const ended = new Set<number>();
   for (;;) {
     const rows = await db.query<{ pid: number; ok: boolean }>(
       `SELECT pid, pg_terminate_backend(pid) AS ok FROM (${before}) b`,
       [since],
     );
-    ended += rows.filter((r) => r.ok).length;
+    for (const r of rows) if (r.ok) ended.add(r.pid);
     // pg_terminate_backend only signals: a backend in the middle of COMMIT may still write its commit
     // record. Wait until they are gone so the LSN read after this covers every acknowledged write.
     const left = await db.query(before, [since]);
@@ -155,9 +163,9 @@ export async function freezeWrites(db: Db, options: FreezeOptions = {}): Promise
     await sleep(5);
   }
   // So that the LSN read after the freeze covers commits acknowledged with synchronous_commit = off.
-  await flushWal(db, 'freeze');
-  const { xmax } = await db.one<{ xmax: string }>(`SELECT ${nextXid(await serverMajor(db))}::text AS xmax`);
-  return { sessionsEnded: ended, xmax };
+  // (Its own transaction is past xmax: not a write after the freeze.)
+  const own = await flushWal(db, 'freeze');
+  return { sessionsEnded: ended.size, xmax, ownXids: [own] };
 }
 
 /**
@@ -190,10 +198,22 @@ export async function waitPreparedTransactions(db: Db, timeoutMs: number): Promi
  * asynchronously) flushes every record before it: an LSN read afterwards covers them. `local`: flushed
  * here, without waiting for a synchronous standby (one that is down would stall the write gap).
  */
-export async function flushWal(db: Db, tag: 'freeze' | 'verify'): Promise<void> {
-  await db.query(
-    `BEGIN; SET LOCAL synchronous_commit = local; SELECT pg_logical_emit_message(true, 'pgferry', '${tag}'); COMMIT`,
-  );
+export async function flushWal(db: Db, tag: 'freeze' | 'verify'): Promise<string> {
+  const current = (await serverMajor(db)) >= 13 ? 'pg_current_xact_id()' : 'txid_current()';
+  return db.withClient(async (c) => {
+    await c.query('BEGIN');
+    try {
+      await c.query('SET LOCAL synchronous_commit = local');
+      const r = await c.query<{ xid: string }>(
+        `SELECT ${current}::text AS xid FROM pg_logical_emit_message(true, 'pgferry', '${tag}')`,
+      );
+      await c.query('COMMIT');
+      return r.rows[0]?.xid as string;
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      throw err;
+    }
+  });
 }
 
 export async function unfreezeWrites(db: Db): Promise<void> {
@@ -214,14 +234,16 @@ const nextXid = (major: number) =>
 
 /**
  * Transactions that committed with an xid assigned at or after `xmax`: writes after the freeze
- * (a session that turned read-only off). Autovacuum's ANALYZE also takes xids, so this may count it.
+ * (a session that turned read-only off), but for `own` (the freeze's). Autovacuum's ANALYZE also takes
+ * xids, so this may count it.
  */
-export async function writesSince(db: Db, xmax: string): Promise<number> {
+export async function writesSince(db: Db, xmax: string, own: string[] = []): Promise<number> {
   const major = await serverMajor(db);
   const { n } = await db.one<{ n: number }>(
     `SELECT count(*)::int AS n FROM generate_series($1::text::bigint, ${nextXid(major)}::text::bigint - 1) x
-      WHERE ${major >= 13 ? 'pg_xact_status(x::text::xid8)' : 'txid_status(x)'} = 'committed'`,
-    [xmax],
+      WHERE ${major >= 13 ? 'pg_xact_status(x::text::xid8)' : 'txid_status(x)'} = 'committed'
+        AND x <> ALL($2::bigint[])`,
+    [xmax, own],
   );
   return n;
 }

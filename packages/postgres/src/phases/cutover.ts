@@ -500,7 +500,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       sequences = await syncSequences(ctx.source, ctx.target);
       step('sequences');
       // A session that turned read-only off could still commit; carry its writes over before stopping.
-      writesAfterFreeze = await writesSince(ctx.source, freeze.xmax);
+      writesAfterFreeze = await writesSince(ctx.source, freeze.xmax, freeze.ownXids);
       if (writesAfterFreeze > 0) {
         // Flushed first: a commit made with synchronous_commit = off may still be in the WAL buffers,
         // past the position currentLsn reads (and past what the last look decodes), acknowledged all

@@ -141,8 +141,8 @@ async function openWatch(ctx: PhaseContext): Promise<Watch> {
  * replicated table. A table made since the watch began is in no publication: that stops it too, as does
  * any such xid without the watch (or when decoding runs out of time).
  */
-async function refuseLateWrites(ctx: PhaseContext, w: Watch, xmax: string): Promise<void> {
-  const xids = await writesSince(ctx.source, xmax);
+async function refuseLateWrites(ctx: PhaseContext, w: Watch, xmax: string, own: string[]): Promise<void> {
+  const xids = await writesSince(ctx.source, xmax, own);
   if (xids === 0) return;
   const made = (await listTables(ctx.source, { sizes: false })).filter((t) => !w.tables.has(t.oid));
   if (made.length)
@@ -251,7 +251,7 @@ export async function dmsCutover(
       });
       sequences = await syncSequences(ctx.source, ctx.target);
       // A session that turned read-only off may have written after the drain; DMS no longer carries it.
-      await refuseLateWrites(ctx, watch, freeze.xmax);
+      await refuseLateWrites(ctx, watch, freeze.xmax, freeze.ownXids);
       if (!(await slotExists(ctx.target, n.reverseSlot)))
         await ctx.target.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [n.reverseSlot]);
       await startPreparedSubscription(ctx.source, n.reverseSubscription, n.reverseSlot);

@@ -8,10 +8,11 @@ import {
   inspectMigration,
   openSession,
   rollbackMigration,
+  unfreezeMigration,
 } from '../packages/cli/src/runner';
 import { assess, cleanup, connect } from '../packages/postgres/src/index';
 import { frozen, loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
-import { freshPair, type Pair, serverUrl, sql } from './harness/pairs';
+import { freshPair, leftovers, type Pair, serverUrl, sql } from './harness/pairs';
 
 let pair: Pair | undefined;
 let rt: TestRuntime | undefined;
@@ -479,6 +480,30 @@ describe('a second migration, and a rollback run again', () => {
     const rolled = await rollbackMigration(rt, m.id);
     expect(rolled.status).toBe('rolled-back');
     expect(await pair.source("SELECT 1 FROM orders WHERE status = 'late'")).toHaveLength(1);
+  });
+
+  it('cleans up after `pgferry unfreeze` whatever was half done, where rollback, resume and clean-up all refused', async () => {
+    pair = await freshPair(15, 'unfrozenhalf');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    await advance(rt, m.id, { cutover: 'auto' });
+    // A rollback killed in its write gap (the target frozen), then the target given up: unfreeze.
+    await pair.target(`ALTER DATABASE ${pg.escapeIdentifier(pair.targetDb)} SET default_transaction_read_only = on`);
+    const state = await rt.store.get(m.id);
+    await rt.store.put({
+      ...state,
+      rollback: { freezeAt: new Date().toISOString(), direction: 'reverse', wasFrozen: false },
+    });
+    await unfreezeMigration(rt, m.id);
+    const { nextStep } = await import('../packages/cli/src/status');
+    expect(nextStep(await rt.store.get(m.id))).toMatch(
+      /^the source was made writable without the target .*`pgferry cleanup --id /,
+    );
+    // (Refused before: "a rollback … did not finish: run rollback first", which refuses after an unfreeze.)
+    const cleaned = await cleanupMigration(rt, m.id);
+    expect(cleaned.status).toBe('cleaned-up');
+    expect(await leftovers(pair)).toEqual([]);
   });
 
   it('never moves a source sequence back when a rollback killed after its switch file named the source runs again', async () => {

@@ -452,9 +452,12 @@ export function cleanupMigration(rt: Runtime, id: string, options: { force?: boo
 async function cleanupClaimed(rt: Runtime, id: string, options: { force?: boolean }): Promise<MigrationState> {
   // Cleaning up would drop the reverse replication an unfinished rollback needs, and leave the target frozen.
   const before = await rt.store.get(id);
-  assertNoUnfinishedRollback(before);
+  // After `pgferry unfreeze` nothing may finish a half-done switch (both databases take writes of
+  // their own): clean-up is the only way out, and must not be refused for it.
+  const unfrozen = !!before.unfrozenWithoutTargetAt;
+  if (!unfrozen) assertNoUnfinishedRollback(before);
   // A cutover whose switch began may have moved the application to the target: only finishing it is safe.
-  if (before.cutover?.switchStartedAt && !before.cutover.switchAt)
+  if (!unfrozen && before.cutover?.switchStartedAt && !before.cutover.switchAt)
     throw new InvalidInputError(
       `the cutover of migration ${id} began to switch the application at ${before.cutover.switchStartedAt} and did not finish`,
       {

@@ -241,7 +241,7 @@ export class FileMigrationStore implements MigrationStore {
         });
       }
       // Not a raw EACCES/ENOTDIR/EISDIR: which file, and what to do.
-      throw new InvalidInputError(
+      throw new StateUnreadableError(
         `cannot read the state file ${file} of migration ${id} (${code ?? errorMessage(err)})`,
         {
           cause: err,

@@ -53,6 +53,24 @@ async function allowConnections(p: Pair, side: 'source' | 'target') {
   await sql(serverUrl(server), `ALTER DATABASE ${pg.escapeIdentifier(db)} ALLOW_CONNECTIONS true`);
 }
 
+/** A cut-over migration whose rollback was killed in its write gap: the target frozen, not yet switched back. */
+async function rollbackKilledInItsGap(label: string) {
+  const p = await freshPair(15, label);
+  const r = testRuntime();
+  pair = p;
+  rt = r;
+  await loadSample(p, 50);
+  const m = await newMigration(r, p, { cutover: 'auto' });
+  await advance(r, m.id, { cutover: 'auto' });
+  await p.target(`ALTER DATABASE ${pg.escapeIdentifier(p.targetDb)} SET default_transaction_read_only = on`);
+  const state = await r.store.get(m.id);
+  await r.store.put({
+    ...state,
+    rollback: { freezeAt: new Date().toISOString(), direction: 'reverse', wasFrozen: false },
+  });
+  return { pair: p, rt: r, m };
+}
+
 describe('undo paths', () => {
   it('keeps the breadcrumb of a cutover whose undo fails, and status names the frozen source, its slot and the command that ends it', async () => {
     pair = await freshPair(15, 'undocut');
@@ -420,19 +438,9 @@ describe('a second migration, and a rollback run again', () => {
   });
 
   it('checks again inside the gap, when run again after a rollback killed in it, for a table the reverse stream does not carry', async () => {
-    pair = await freshPair(15, 'rollbackagain');
-    rt = testRuntime();
-    await loadSample(pair, 50);
-    const m = await newMigration(rt, pair, { cutover: 'auto' });
-    await advance(rt, m.id, { cutover: 'auto' });
     // A rollback killed in its gap (target frozen, not yet switched), then a table made on the target by a
     // session that turned read-only off, with rows: the run again has no check before its freeze.
-    await pair.target(`ALTER DATABASE ${pg.escapeIdentifier(pair.targetDb)} SET default_transaction_read_only = on`);
-    const state = await rt.store.get(m.id);
-    await rt.store.put({
-      ...state,
-      rollback: { freezeAt: new Date().toISOString(), direction: 'reverse', wasFrozen: false },
-    });
+    const { pair, rt, m } = await rollbackKilledInItsGap('rollbackagain');
     await pair.target('CREATE TABLE coupons (id int PRIMARY KEY); INSERT INTO coupons VALUES (1)');
     const err = await failure(rollbackMigration(rt, m.id));
     expect(err.name).toBe('RollbackFailedError');
@@ -483,18 +491,8 @@ describe('a second migration, and a rollback run again', () => {
   });
 
   it('cleans up after `pgferry unfreeze` whatever was half done, where rollback, resume and clean-up all refused', async () => {
-    pair = await freshPair(15, 'unfrozenhalf');
-    rt = testRuntime();
-    await loadSample(pair, 50);
-    const m = await newMigration(rt, pair, { cutover: 'auto' });
-    await advance(rt, m.id, { cutover: 'auto' });
     // A rollback killed in its write gap (the target frozen), then the target given up: unfreeze.
-    await pair.target(`ALTER DATABASE ${pg.escapeIdentifier(pair.targetDb)} SET default_transaction_read_only = on`);
-    const state = await rt.store.get(m.id);
-    await rt.store.put({
-      ...state,
-      rollback: { freezeAt: new Date().toISOString(), direction: 'reverse', wasFrozen: false },
-    });
+    const { pair, rt, m } = await rollbackKilledInItsGap('unfrozenhalf');
     await unfreezeMigration(rt, m.id);
     const { nextStep } = await import('../packages/cli/src/status');
     expect(nextStep(await rt.store.get(m.id))).toMatch(

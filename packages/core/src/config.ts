@@ -166,7 +166,7 @@ export function urlProblems(value: string, field: string): string[] {
   // white space in a message), and new URL would take it as it is.
   if (/\s/.test(value) && !/^\s*\w+\s*=/.test(value))
     return [
-      `${field} holds white space (a space, a tab): %-encode it in the password (a space is %20), and leave none around the URL`,
+      `${field} holds white space (a space, a tab, a line end): %-encode it wherever it is (a space is %20: in the password, a path, application_name), and leave none around the URL (a .env file with Windows line ends leaves a \\r at its end)`,
     ];
   let url: URL;
   try {

@@ -46,6 +46,20 @@ function writeBetweenReaders(pair: Pair, table: string, write: () => Promise<unk
         if (p.live && p.reader === 1 && p.stage === 'start' && !seen.wrote) {
           seen.wrote = true;
           seen.liveReaders = p.readers;
+          // The target confirms everything before this moment first (the position verify waits for is
+          // earlier): with its apply then held by the lock below, it could otherwise be stopped on the
+          // write before it confirmed that position, and verify wait for it in vain (a race the test lost
+          // now and then under load: 'behind').
+          await pair.source("SELECT pg_logical_emit_message(true, 'test', 'before the write')");
+          const [{ lsn }] = (await pair.source('SELECT pg_current_wal_lsn()::text AS lsn')) as [{ lsn: string }];
+          for (let i = 0; i < 1000; i++) {
+            const [row] = await pair.source(
+              "SELECT bool_and(confirmed_flush_lsn >= $1::pg_lsn) AS ok FROM pg_replication_slots WHERE slot_type = 'logical' AND slot_name LIKE 'pgferry%'",
+              [lsn],
+            );
+            if (row?.ok) break;
+            await new Promise((r) => setTimeout(r, 10));
+          }
           holder = new pg.Client({ connectionString: pair.targetUrl, application_name: 'holder' });
           await holder.connect();
           await holder.query('BEGIN');

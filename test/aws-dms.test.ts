@@ -652,6 +652,20 @@ describe('handleDmsTaskStateChange', () => {
     expect(lines[0]).toMatch(/the event says the task failed, but the task is running now: nothing ends yet/);
   });
 
+  it('fails the invocation, taking nothing, when the task still says stopping: the retried event completes the step', async () => {
+    const { callbacks, calls } = recordingCallbacks();
+    const event = fixture('dms-task-stopped-full-load-finished.json');
+    task = { status: 'stopping' };
+    // (Read as "nothing ends yet", the event was dropped and the step waited out its timeout.)
+    await expect(handleDmsTaskStateChange(event, deps(callbacks))).rejects.toThrow(
+      /still says stopping: the event is retried/,
+    );
+    expect(store.tokens.get('shop#awaitDmsFullLoad')).toBe('token-1');
+    task = { status: 'stopped', stopReason: 'STOPPED_AFTER_CACHED_EVENTS' };
+    expect(await handleDmsTaskStateChange(event, deps(callbacks))).toMatchObject({ action: 'succeeded' });
+    expect(calls).toHaveLength(1);
+  });
+
   it('puts the token back when the callback could not be delivered, so the retried event completes it', async () => {
     const event = fixture('dms-task-stopped-full-load-finished.json');
     await expect(handleDmsTaskStateChange(event, deps(recordingCallbacks(true).callbacks))).rejects.toThrow(

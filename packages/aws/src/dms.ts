@@ -545,7 +545,15 @@ export async function handleDmsTaskStateChange(
   if (outcome.kind === 'ignored') return ignore(outcome.reason);
   const migrationId = await deps.store.findCorrelation(dmsCorrelationKey(taskArn));
   if (!migrationId) return ignore(`task ${taskArn} is not one of pgferry's`);
-  const now = classifyDmsTaskStatus(await deps.describeTask(taskArn));
+  const task = await deps.describeTask(taskArn);
+  // The event may come before DescribeReplicationTasks shows the state it announces: the invocation
+  // fails (nothing taken), and Lambda's retry of the event reads it again once the task has stopped.
+  if (task.status === 'stopping')
+    throw new DmsError(
+      `the event says task ${taskArn} ${outcome.kind === 'failed' ? 'failed' : 'stopped'}, but DescribeReplicationTasks still says stopping: the event is retried`,
+      { migrationId, field: taskArn },
+    );
+  const now = classifyDmsTaskStatus(task);
   if (now.kind === 'ignored')
     return ignore(
       `the event says the task ${outcome.kind === 'failed' ? 'failed' : 'stopped'}, but ${now.reason}: a late or duplicate event, or one DMS recovered from`,

@@ -165,7 +165,8 @@ PostgreSQL 11 is a blocker.
   --report PATH         write the final state as JSON to PATH (its directory must exist; a report
                         that cannot be written at the end is a warning)
   --id ID               migration id (default generated); object names derive from it
-  --yes                 do not ask for confirmation (required when stdin is not a terminal)
+  --yes                 do not ask for confirmation (required when stdin is not a terminal); every
+                        option is checked before the question; not answering y is exit 2, Ctrl-C 130
   --json                JSON lines on stdout`,
   status: `Usage: pgferry status [ID] [--offline] [--watch [--interval S]] [--stage S | --table NAME] [--region R]
                       [--source URL] [--target URL] [--json]

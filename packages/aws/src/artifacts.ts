@@ -32,6 +32,7 @@ import {
   type TaskOutput,
   updateMigration,
 } from '@pgferry/core';
+import { deliverTakenToken } from './callbacks';
 
 /** The step whose task token the dump's `Object Created` event completes. */
 export const DUMP_UPLOAD_STEP = 'dumpUpload';
@@ -538,15 +539,11 @@ export async function handleS3ObjectCreated(event: S3ObjectCreatedEvent, deps: S
     throw new InvalidInputError('the store keeps no task tokens', { field: 'store', hint: 'use the DynamoDB store' });
   const token = await takeTaskToken.call(deps.store, migrationId, DUMP_UPLOAD_STEP);
   if (!token) return ignore('no upload step is waiting (a duplicate or late event)', migrationId);
-  // Step Functions did not answer (throttled, a network error): the token goes back, so that a
-  // redelivery of this event completes the step instead of finding no token and leaving it to time out.
-  const giveBack = async (err: unknown): Promise<never> => {
-    await deps.store.putTaskToken?.(migrationId, DUMP_UPLOAD_STEP, token);
-    throw err;
-  };
+  const deliver = <T>(send: () => Promise<T>) =>
+    deliverTakenToken(deps.store, migrationId, DUMP_UPLOAD_STEP, token, send);
   if (refused) {
     deps.log(refused);
-    await deps.callbacks.fail(token, 'DumpIntegrityError', refused).catch(giveBack);
+    await deliver(() => deps.callbacks.fail(token, 'DumpIntegrityError', refused));
     return { action: 'failed', migrationId, key, eventId };
   }
   const output: DumpUploadedOutput = {
@@ -559,7 +556,7 @@ export async function handleS3ObjectCreated(event: S3ObjectCreatedEvent, deps: S
     ...(head.etag ? { etag: head.etag } : {}),
     ...(head.versionId ? { versionId: head.versionId } : {}),
   };
-  const completed = await deps.callbacks.succeed(token, output).catch(giveBack);
+  const completed = await deliver(() => deps.callbacks.succeed(token, output));
   deps.log(`${output.summary}${completed ? '' : ' (the step had already timed out or finished)'}`);
   return { action: 'succeeded', migrationId, key, eventId };
 }

@@ -9,7 +9,28 @@ import {
   SendTaskSuccessCommand,
   SFNClient,
 } from '@aws-sdk/client-sfn';
-import { PgferryError, redactedJson, redactText, type TaskCallbacks } from '@pgferry/core';
+import { type MigrationStore, PgferryError, redactedJson, redactText, type TaskCallbacks } from '@pgferry/core';
+
+/**
+ * Deliver a task token taken from the store (`send`: SendTaskSuccess or SendTaskFailure). When Step
+ * Functions does not answer (throttled, a network error), the token goes back under `step` and the
+ * error is thrown, so that a retry of what took it (an event's redelivery) can deliver it: taken and
+ * lost, the step would wait out its timeout.
+ */
+export async function deliverTakenToken<T>(
+  store: Pick<MigrationStore, 'putTaskToken'>,
+  migrationId: string,
+  step: string,
+  token: string,
+  send: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await send();
+  } catch (err) {
+    await store.putTaskToken?.(migrationId, step, token);
+    throw err;
+  }
+}
 
 /** Step Functions' limits on SendTaskFailure's `error` and `cause`, and on a task's output (characters). */
 export const SFN_ERROR_MAX = 256;

@@ -41,6 +41,7 @@ import {
   type TaskCallbacks,
   type TaskName,
 } from '@pgferry/core';
+import { deliverTakenToken } from './callbacks';
 
 /** The DMS path's failures; `resource` names the endpoint, task or config. */
 export class DmsError extends PgferryError {
@@ -501,7 +502,7 @@ export async function completeDmsFullLoad(
 ): Promise<DmsEventResult | undefined> {
   const token = await deps.store.takeTaskToken(migrationId, DMS_CALLBACK_STEP);
   if (!token) return undefined;
-  try {
+  return deliverTakenToken(deps.store, migrationId, DMS_CALLBACK_STEP, token, async () => {
     if (outcome.kind === 'full-load-finished') {
       const summary = `DMS full load finished (${outcome.stopReason})`;
       const done = await deps.callbacks.succeed(token, { summary, taskArn: arn, stopReason: outcome.stopReason });
@@ -513,11 +514,8 @@ export async function completeDmsFullLoad(
         ? `${what} failed: ${redactText(outcome.message)}`
         : `${what} stopped before its full load finished (${outcome.stopReason}): ${redactText(outcome.message)}`;
     await deps.callbacks.fail(token, outcome.kind === 'failed' ? 'DmsTaskFailed' : 'DmsTaskStopped', summary);
-    return { action: 'failed', migrationId, taskArn: arn, summary };
-  } catch (err) {
-    await deps.store.putTaskToken(migrationId, DMS_CALLBACK_STEP, token);
-    throw err;
-  }
+    return { action: 'failed', migrationId, taskArn: arn, summary } as const;
+  });
 }
 
 /**

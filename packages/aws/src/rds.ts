@@ -33,6 +33,7 @@ import {
   type WORKFLOW_TASKS,
 } from '@pgferry/core';
 import { z } from 'zod';
+import { deliverTakenToken } from './callbacks';
 import type { DatabaseSecretRef } from './secrets';
 
 /** The workflow step whose token the RDS events complete. */
@@ -821,20 +822,15 @@ export async function handleRdsInstanceEvent(event: RdsInstanceEvent, deps: RdsE
     deps.log(`ignored ${what} of migration ${migrationId}: no step waits on it (a duplicate or late event)`);
     return { action: 'ignored', reason: 'no-waiting-step', instance, eventId, migrationId, status };
   }
-  let completed: boolean;
-  try {
-    completed = failure
-      ? await deps.callbacks.fail(
+  const completed = await deliverTakenToken(store, migrationId, PROVISION_STEP, token, () =>
+    failure
+      ? deps.callbacks.fail(
           token,
           'RdsTargetFailedError',
           `RDS instance ${instance} is ${status}: ${failure}. Last event: ${eventId} ${message ?? ''}`.trim(),
         )
-      : await deps.callbacks.succeed(token, outputOf(current!, tagsOf(current!)[MIGRATION_TAG] === migrationId, false));
-  } catch (err) {
-    // Step Functions did not answer: the token goes back, so that a redelivery of this event can complete it.
-    await store.putTaskToken(migrationId, PROVISION_STEP, token);
-    throw err;
-  }
+      : deps.callbacks.succeed(token, outputOf(current!, tagsOf(current!)[MIGRATION_TAG] === migrationId, false)),
+  );
   if (!completed) {
     deps.log(
       `ignored ${what} of migration ${migrationId}: Step Functions no longer waits on its token (timed out or completed)`,

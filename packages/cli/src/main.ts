@@ -212,7 +212,8 @@ ${CREDENTIALS}`,
 
 --force cleans up a migration that is still replicating (it stops replication).
 A source a cutover froze and never switched from is made writable again. Refused while a rollback or a
-cutover's switch is half done: \`pgferry rollback\` / \`pgferry resume\` finishes it first.
+cutover's switch is half done: \`pgferry rollback\` / \`pgferry resume\` finishes it first (after
+\`pgferry unfreeze\`, which ends both, it goes ahead).
 ${CREDENTIALS}`,
   resume: `Usage: pgferry resume --id ID [--report PATH] [--on-switch CMD] [--switch-file PATH]
                       [--max-prepared-wait-ms N] [--max-drain-ms N] [--source URL] [--target URL] [--json]

@@ -291,7 +291,6 @@ async function claimed<T>(rt: Runtime, id: string, fn: () => Promise<T>): Promis
   }
 }
 
-/** A migration that is over cannot be advanced: said before anything runs, so its state stays as it is. */
 /** After `pgferry unfreeze`, each database takes writes of its own: bringing one into the other would mix them. */
 function assertNotUnfrozenWithoutTarget(state: MigrationState, command: 'resume' | 'rollback' | 'cutover') {
   if (state.unfrozenWithoutTargetAt)
@@ -305,6 +304,7 @@ function assertNotUnfrozenWithoutTarget(state: MigrationState, command: 'resume'
     );
 }
 
+/** A migration that is over cannot be advanced: said before anything runs, so its state stays as it is. */
 function assertAdvanceable(state: MigrationState, command: 'resume' | 'cutover' = 'resume') {
   const id = state.id;
   assertNotUnfrozenWithoutTarget(state, command);
@@ -436,7 +436,7 @@ export function unfreezeMigration(rt: Runtime, id: string): Promise<MigrationSta
       return await rt.store.put({
         ...state,
         unfrozenWithoutTargetAt: state.unfrozenWithoutTargetAt ?? at,
-        events: [...state.events, { at: new Date().toISOString(), message }],
+        events: [...state.events, { at, message }],
         warnings: [...(state.warnings ?? []), message],
       });
     } finally {

@@ -160,11 +160,14 @@ export const URL_PARAMETERS = [
 
 const URL_SHAPE = 'expected postgres://user:password@host:port/database';
 
+/** A libpq key=value connection string (`host=… dbname=…`), which pgferry takes only as a URL. */
+const KEY_VALUE = /^\s*\w+\s*=/;
+
 /** What is wrong with `value` as the postgres URL of `field` (none: it is one). */
 export function urlProblems(value: string, field: string): string[] {
   // A password with white space in it would not be hidden where the URL is shown (a URL ends at
   // white space in a message), and new URL would take it as it is.
-  if (/\s/.test(value) && !/^\s*\w+\s*=/.test(value))
+  if (/\s/.test(value) && !KEY_VALUE.test(value))
     return [
       `${field} holds white space (a space, a tab, a line end): %-encode it wherever it is (a space is %20: in the password, a path, application_name), and leave none around the URL (a .env file with Windows line ends leaves a \\r at its end)`,
     ];
@@ -174,7 +177,7 @@ export function urlProblems(value: string, field: string): string[] {
   } catch {
     // new URL also refuses a port above 65535; key=value conninfo is not a URL either.
     return [
-      /^\s*\w+\s*=/.test(value)
+      KEY_VALUE.test(value)
         ? `${field} is a key=value connection string; give it as a URL, ${URL_SHAPE}`
         : `${field} is not a valid URL; ${URL_SHAPE} (a port from 1 to 65535; %-encode @ : / ? # in the password)`,
     ];

@@ -606,6 +606,8 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
    * a table the target lost most of is not read once a round. Only the proven chunks, a count and the
    * first keys are kept; the table's writes are held once at most.
    */
+  /** A row followed one by one: its chunk, and its hash as each side read it last (none: not there). */
+  type Open = { chunk: number; live?: string; replica?: string };
   const settleRows = async (p: Plan, parts: number[]) => {
     const limit = ctx.config.verifyOpenRows;
     const provenChunks = new Set<number>();
@@ -627,7 +629,9 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
     let queue = parts;
     while (queue.length > 0) {
       rounds++;
-      const open = new Map<string, { chunk: number; live?: string; replica?: string }>();
+      const open = new Map<string, Open>();
+      /** The open rows' keys, and the chunks they are in (what a read of only those rows names). */
+      const openRows = () => ({ keys: [...open.keys()], chunks: [...new Set([...open.values()].map((o) => o.chunk))] });
       const later: number[] = [];
       let j = 0;
       let lost = false;
@@ -646,8 +650,8 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
         }
         count(r);
         // The differing rows by part, in the order the parts were asked for.
-        const byPart = new Map<number, [string, { chunk: number; live?: string; replica?: string }][]>();
-        const add = (k: string, x: number, o: { chunk: number; live?: string; replica?: string }) => {
+        const byPart = new Map<number, [string, Open][]>();
+        const add = (k: string, x: number, o: Open) => {
           const rows = byPart.get(x);
           if (rows) rows.push([k, o]);
           else byPart.set(x, [[k, o]]);
@@ -668,8 +672,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       queue = lost ? [] : [...later, ...queue.slice(j)];
       for (let i = 0; i < DEFAULTS.verifyRechecks && open.size > 0; i++) {
         const before = open.size;
-        const keys = [...open.keys()];
-        const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
+        const { keys, chunks } = openRows();
         const r = await atMatchingPoints(once(p.table, (q) => rowHashes(q, p, chunks, keys)));
         if (!r) {
           if (provenChunks.size) break;
@@ -692,8 +695,7 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
       }
       if (open.size > 0 && !heldOnce) {
         heldOnce = true;
-        const keys = [...open.keys()];
-        const chunks = [...new Set([...open.values()].map((o) => o.chunk))];
+        const { keys, chunks } = openRows();
         const held = await heldReads(ctx, s, p.table, (q) => rowHashes(q, p, chunks, keys), floatDigits);
         if (held) {
           count(held);

@@ -11,7 +11,7 @@ import { RDSClient } from '@aws-sdk/client-rds';
 import { HeadObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { SendTaskFailureCommand, SendTaskSuccessCommand, SFNClient } from '@aws-sdk/client-sfn';
-import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
 import {
   DMS_CALLBACK_STEP,
   DUMP_UPLOAD_STEP,
@@ -23,7 +23,9 @@ import {
   type DeploymentEnv,
   deploymentEnv,
   type MigrationState,
+  type TaskInput,
   type TaskName,
+  takesLease,
   WORKFLOW_TASKS,
   workflowDefinition,
 } from '@pgferry/core';
@@ -114,7 +116,7 @@ describe('task handlers', () => {
   });
 
   it.each(LAMBDA_TASKS.filter((t) => t !== 'provisionTarget'))(
-    '%s: a migration the table does not hold fails with MigrationNotFoundError after one consistent read, nothing else sent',
+    '%s: a migration the table does not hold fails with MigrationNotFoundError after one consistent read, nothing else sent but its lease',
     async (task) => {
       dynamo.on(GetCommand).resolves({});
       const event = payloadFor(task, { migrationId: 'shop_1', target: {}, gate: {}, verify: {} });
@@ -132,7 +134,18 @@ describe('task handlers', () => {
           Key: { pk: 'MIGRATION#shop_1', sk: 'STATE' },
           ConsistentRead: true,
         });
-      expect(new Set(sent())).toEqual(new Set(['GetCommand']));
+      // The task's lease (withTaskLease), taken first and let go of after, unless the task takes none.
+      const lease = { TableName: ENV.tableName, Key: { pk: 'MIGRATION#shop_1', sk: 'LEASE' } };
+      const input: TaskInput = { ...event, migrationId: 'shop_1' };
+      if (takesLease(task, input)) {
+        expect(sent()).toEqual(['PutCommand', ...gets.map(() => 'GetCommand'), 'DeleteCommand']);
+        expect(dynamo.commandCalls(PutCommand)[0]!.args[0].input).toMatchObject({
+          TableName: ENV.tableName,
+          Item: { ...lease.Key, who: `"${WORKFLOW_TASKS[task].state}" in Lambda fn, request req-1` },
+          ConditionExpression: 'attribute_not_exists(pk) OR leaseUntil < :now',
+        });
+        expect(dynamo.commandCalls(DeleteCommand)[0]!.args[0].input).toMatchObject(lease);
+      } else expect(new Set(sent())).toEqual(new Set(['GetCommand']));
       expect(logged.join('\n')).toContain(`${task} of migration shop_1 failed`);
     },
   );
@@ -157,9 +170,11 @@ describe('task handlers', () => {
     };
     expect(error.name).toBe('InvalidInputError');
     expect(error.field).toMatch(/^target/);
-    // Nothing but the store's own items (the failure's hint is kept with the migration: lastError).
+    // Nothing but the store's own items (the failure's hint kept with the migration: lastError; the lease).
     expect(
-      sent().filter((c) => !/^(Get|Put|GetItem|PutItem|UpdateItem|DeleteItem|TransactWriteItems)Command$/.test(c)),
+      sent().filter(
+        (c) => !/^(Get|Put|Delete|GetItem|PutItem|UpdateItem|DeleteItem|TransactWriteItems)Command$/.test(c),
+      ),
     ).toEqual([]);
   });
 

@@ -5,6 +5,7 @@ import {
   deployedTableName,
   EVENT_TYPES,
   functionArnKey,
+  LAMBDA_MAX_SECONDS,
   METRIC_DIMENSIONS,
   METRIC_NAMESPACE,
   METRICS,
@@ -240,6 +241,8 @@ describe('the deployed stack', () => {
         TracingConfig: { Mode: 'Active' },
         VpcConfig: { SubnetIds: CONFIG.subnetIds, SecurityGroupIds: CONFIG.securityGroupIds },
       });
+      // A task the state machine stopped waiting for holds the lease no longer than this (busyRetry waits longer).
+      expect(fn.Timeout, task).toBeLessThanOrEqual(LAMBDA_MAX_SECONDS);
       expect(fn.Environment.Variables).toMatchObject({
         PGFERRY_TABLE_NAME: { Ref: logicalId('AWS::DynamoDB::Table', 'Migrations') },
         PGFERRY_BUS_NAME: { Ref: logicalId('AWS::Events::EventBus', 'Bus') },

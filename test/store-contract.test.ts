@@ -27,6 +27,7 @@ import {
   type MigrationStore,
   parseMigrationPlan,
   peakOfBucket,
+  StateConflictError,
   type VerifyTableResult,
 } from '../packages/core/src/index';
 import { dynamoItemSize, type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
@@ -293,8 +294,11 @@ describe.each(Object.keys(subjects))('MigrationStore contract: %s store', (kind)
     const id = newId();
     await s.store.create(migration(id), SECRETS);
     const release = await s.store.claim(id);
-    await expect(s.store.claim(id)).rejects.toMatchObject({
-      name: 'StateConflictError',
+    const refused = await s.store.claim(id).catch((e: Error) => e);
+    // A conflict still (exit 7), named for what it is: the state machine retries it (busyRetry).
+    expect(refused).toBeInstanceOf(StateConflictError);
+    expect(refused).toMatchObject({
+      name: 'MigrationBusyError',
       field: '--id',
       message: expect.stringContaining(`migration ${id} is being worked on by another pgferry process`),
     });
@@ -304,7 +308,7 @@ describe.each(Object.keys(subjects))('MigrationStore contract: %s store', (kind)
 
     await s.abandonClaim(id);
     const takenOver = await s.store.claim(id);
-    await expect(s.store.claim(id)).rejects.toMatchObject({ name: 'StateConflictError' });
+    await expect(s.store.claim(id)).rejects.toMatchObject({ name: 'MigrationBusyError' });
     await takenOver();
   });
 
@@ -631,12 +635,18 @@ describe('DynamoDB store on DynamoDB Local', () => {
     // Until the lease was renewed past where it first ran out: longer than one lease, held all along.
     while (Number((await lease())!.leaseUntil) < first + 1500) await new Promise((r) => setTimeout(r, 100));
     await expect(store.claim(id)).rejects.toMatchObject({
-      name: 'StateConflictError',
+      name: 'MigrationBusyError',
       message: expect.stringMatching(new RegExp(`\\(pid ${process.pid} on .+, since .+, lease until 20\\d\\d-`)),
     });
     expect((await lease())!.expiresAt).toBeGreaterThan(Date.now() / 1000);
     await release();
     expect(await lease()).toBeUndefined();
+    // A task's lease names the task and where its logs are, as the claim gave it.
+    const task = await holder.claim(id, '"Cut over" in Lambda pgferry-cutover, request r1');
+    await expect(store.claim(id)).rejects.toMatchObject({
+      message: expect.stringContaining('("Cut over" in Lambda pgferry-cutover, request r1, since '),
+    });
+    await task();
   });
 
   it('tells a stalled holder that its lapsed lease was taken over, and its release leaves the new holder alone', async () => {
@@ -653,7 +663,7 @@ describe('DynamoDB store on DynamoDB Local', () => {
     const releaseLater = await later.claim(id);
     expect(await told).toContain('taken over');
     await release();
-    await expect(store.claim(id)).rejects.toMatchObject({ name: 'StateConflictError' });
+    await expect(store.claim(id)).rejects.toMatchObject({ name: 'MigrationBusyError' });
     await releaseLater();
     await (await store.claim(id))();
   });
@@ -696,7 +706,7 @@ describe('DynamoDB store on DynamoDB Local', () => {
       expect(await dynamoStore({ table }).get(id)).toEqual(written);
       lose = 1;
       const release = await flaky.claim(id);
-      await expect(store.claim(id)).rejects.toMatchObject({ name: 'StateConflictError' });
+      await expect(store.claim(id)).rejects.toMatchObject({ name: 'MigrationBusyError' });
       await release();
     } finally {
       client.destroy();

@@ -3,6 +3,7 @@ import { InvalidInputError, objectNames } from '@pgferry/core';
 import { describe, expect, it } from 'vitest';
 import { main } from '../packages/cli/src/main';
 import { openSession } from '../packages/cli/src/runner';
+import type { FileMigrationStore } from '../packages/cli/src/store';
 import {
   containerEnvironment,
   deployedWorkerDumpStore,
@@ -137,6 +138,44 @@ describe('pgferry worker', () => {
     expect(JSON.stringify(done?.output)).not.toContain(new URL(pair.sourceUrl).password);
     expect(callbacks.heartbeats).toBeGreaterThan(0);
     expect((await rt.store.get(m.id)).phases['prepare-schema']?.endedAt).toBeDefined();
+  });
+
+  it('deployed, keeps out of a migration another holds, and lets go of it before completing its token', async () => {
+    const { pair, rt } = await fixture.setup('workerlease', 100);
+    const m = await newMigration(rt, pair);
+    const files = rt.store as FileMigrationStore;
+    const holder = await files.claim(m.id);
+    const callbacks = new InProcessTaskCallbacks();
+    const kept = await runWorker(
+      { task: 'prepareSchema', migrationId: m.id, taskToken: 't5' },
+      { rt, callbacks, lease: true },
+    );
+    expect(kept).toMatchObject({ ok: false, error: { name: 'MigrationBusyError' } });
+    expect(callbacks.completed.get('t5')).toMatchObject({ error: 'MigrationBusyError' });
+    const untouched = await rt.store.get(m.id);
+    expect(untouched.phases['prepare-schema']).toBeUndefined();
+    expect(untouched.lastError).toBeUndefined();
+    await holder();
+
+    // Once free, it runs; when its token is completed (the next state begins) the lease is free again.
+    let freeAtCompletion: boolean | undefined;
+    const completing = new (class extends InProcessTaskCallbacks {
+      override async succeed(token: string, output: unknown) {
+        try {
+          await (await files.claim(m.id))();
+          freeAtCompletion = true;
+        } catch {
+          freeAtCompletion = false;
+        }
+        return super.succeed(token, output);
+      }
+    })();
+    const ran = await runWorker(
+      { task: 'prepareSchema', migrationId: m.id, taskToken: 't6' },
+      { rt, callbacks: completing, lease: true },
+    );
+    expect(ran.ok).toBe(true);
+    expect(freeAtCompletion).toBe(true);
   });
 
   it('goes on through heartbeats that fail for a moment (throttled, the network), and says so', async () => {

@@ -7,16 +7,22 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import {
+  BUSY_RETRY,
+  busyWaitSeconds,
   completeOutput,
   DEFAULTS,
   failureAction,
   functionArnKey,
+  LAMBDA_MAX_SECONDS,
+  LEASE_SECONDS,
   NO_FACTS,
   STATE,
   TASK_NAMES,
   type TaskInput,
   type TaskName,
   type TaskOutput,
+  type TaskSpec,
+  takesLease,
   WORKER_SUBSTITUTIONS,
   WORKFLOW_TASKS,
   type WorkflowInput,
@@ -118,6 +124,48 @@ describe('workflow definition', () => {
     );
   });
 
+  it('waits out another task holding the migration: every task that takes the lease retries MigrationBusyError past the longest Lambda task and a lapsing lease', () => {
+    // Every Task state, those inside the bulk load's Parallel and Map included, with the task it runs.
+    const tasks: { name: string; state: State; task: TaskName }[] = [];
+    const collect = (graph: { States: Record<string, State> }) => {
+      for (const [name, s] of Object.entries(graph.States)) {
+        const inner = s as {
+          Branches?: { States: Record<string, State> }[];
+          ItemProcessor?: { States: Record<string, State> };
+        };
+        for (const b of inner.Branches ?? []) collect(b);
+        if (inner.ItemProcessor) collect(inner.ItemProcessor);
+        if (s.Type !== 'Task') continue;
+        const text = JSON.stringify(s.Parameters);
+        const task = TASK_NAMES.find(
+          (t) => text.includes(`"task":"${t}"`) || text.includes(`"Name":"PGFERRY_TASK","Value":"${t}"`),
+        );
+        if (task) tasks.push({ name, state: s, task });
+      }
+    };
+    collect(def);
+    expect(new Set(tasks.map((t) => t.task))).toEqual(new Set(TASK_NAMES));
+    for (const { name, state, task } of tasks) {
+      const retries = (state.Retry as object[] | undefined) ?? [];
+      if ((WORKFLOW_TASKS[task] as TaskSpec).insideLoad) continue;
+      expect(retries, name).toContainEqual(BUSY_RETRY);
+    }
+    // A Lambda invocation Step Functions stopped waiting for runs on at most LAMBDA_MAX_SECONDS; a dead
+    // holder's lease lapses LEASE_SECONDS after its last renewal.
+    expect(busyWaitSeconds()).toBeGreaterThan(LAMBDA_MAX_SECONDS + LEASE_SECONDS);
+    // The tasks inside the load run under the coordinator's lease; "Record failure" of another actor's
+    // error records nothing and takes none.
+    for (const t of ['readCopyPlan', 'copyShare', 'awaitDumpUpload'] as const)
+      expect(takesLease(t, { migrationId: 'm1' }), t).toBe(false);
+    expect(takesLease('recordFailure', { migrationId: 'm1', error: { Error: 'MigrationBusyError', Cause: '' } })).toBe(
+      false,
+    );
+    expect(takesLease('recordFailure', { migrationId: 'm1', error: { Error: 'CopyFailedError', Cause: '' } })).toBe(
+      true,
+    );
+    expect(takesLease('cutover', { migrationId: 'm1' })).toBe(true);
+  });
+
   it('passes only the migration id and workflow figures to tasks, never a URL or a password', () => {
     const text = workflowDefinitionJson();
     expect(text).not.toMatch(/postgres(ql)?:\/\/|password|secret/i);
@@ -204,7 +252,7 @@ describe('failure policy', () => {
 async function walk(
   input: Partial<WorkflowInput>,
   script: (task: TaskName, input: TaskInput, n: number) => TaskOutput | Error,
-  options: Pick<RunOptions, 'definition' | 'onContinue'> = {},
+  options: Pick<RunOptions, 'definition' | 'onContinue' | 'retryMs'> = {},
 ) {
   const entered: string[] = [];
   const history: HistoryEntry[] = [];
@@ -528,6 +576,54 @@ describe('workflow paths (scripted tasks)', () => {
     });
     expect(recorded).toMatchObject({ Error: 'ContinuationFailedError' });
     expect(String((recorded as { Cause: string }).Cause)).toContain('StepFunctions.AccessDeniedException');
+  });
+
+  it('tries a task again while another holds the migration, and stops resumable, nothing undone, past the wait', async () => {
+    const busy = () => named('MigrationBusyError', 'migration m1 is being worked on by another pgferry process');
+    const retryMs = { [WORKFLOW_TASKS.cutover.state]: 0, [WORKFLOW_TASKS.rollback.state]: 0 };
+    const waited = await walk(
+      {},
+      (task, _input, n) => {
+        if (task === 'checkLag') return gate(n);
+        if (task === 'verifyBeforeSwitch') return ok(task, { done: true, rounds: 1, outcome: 'ok' });
+        if (task === 'cutover' && n <= 2) return busy();
+        return ok(task);
+      },
+      { retryMs },
+    );
+    expect(waited.outcome.status).toBe('succeeded');
+    expect(waited.calls.get('cutover')).toBe(3);
+    expect(waited.calls.get('rollback')).toBeUndefined();
+
+    let recorded: unknown;
+    const outlasted = await walk(
+      {},
+      (task, input, n) => {
+        if (task === 'checkLag') return gate(n);
+        if (task === 'verifyBeforeSwitch') return ok(task, { done: true, rounds: 1, outcome: 'ok' });
+        if (task === 'cutover') return busy();
+        if (task === 'recordFailure') {
+          recorded = input.error;
+          const action = failureAction('MigrationBusyError', 'cutover', NO_FACTS);
+          return completeOutput(task, { summary: 'not recorded', action });
+        }
+        return ok(task);
+      },
+      { retryMs },
+    );
+    expect(outlasted.calls.get('cutover')).toBe(1 + BUSY_RETRY.MaxAttempts);
+    expect(recorded).toMatchObject({ Error: 'MigrationBusyError' });
+    expect(outlasted.calls.get('rollback')).toBeUndefined();
+    expect(outlasted.outcome).toMatchObject({ status: 'failed', lastState: STATE.stopped });
+
+    // A rollback someone asked for ends "Rollback failed", naming the holder; it did nothing.
+    const asked = await walk({ action: 'rollback' }, () => busy(), { retryMs });
+    expect(asked.calls.get('rollback')).toBe(1 + BUSY_RETRY.MaxAttempts);
+    expect(asked.outcome).toMatchObject({
+      status: 'failed',
+      lastState: STATE.rollbackFailed,
+      error: 'MigrationBusyError',
+    });
   });
 
   it('rolls back after a failed bulk load and ends Failed with the reason', async () => {

@@ -1,10 +1,19 @@
 /**
  * One Lambda task of the workflow: validate what the state machine sends, one call into
- * `runWorkflowTask`, and the figures of "Check lag" and "Cut over" published to CloudWatch. The
- * task's typed error is rethrown as is: its `name` is what the state machine's Retry and Catch match.
+ * `runWorkflowTask` holding the migration's lease (withTaskLease: no other execution's task acts on
+ * it meanwhile), and the figures of "Check lag" and "Cut over" published to CloudWatch. The task's
+ * typed error is rethrown as is: its `name` is what the state machine's Retry and Catch match.
  */
 import middy from '@middy/core';
-import { errorMessage, InvalidInputError, redactText, type TaskName, type TaskOutput } from '@pgferry/core';
+import {
+  errorMessage,
+  InvalidInputError,
+  redactText,
+  type TaskName,
+  type TaskOutput,
+  WORKFLOW_TASKS,
+  withTaskLease,
+} from '@pgferry/core';
 import { runWorkflowTask } from '@pgferry/postgres';
 import { z } from 'zod';
 import { type AwsTaskDeps, awsTaskDeps } from './aws-deps';
@@ -38,11 +47,13 @@ function parseTaskEvent(task: TaskName, event: unknown) {
 const PUBLISHES_FIGURES = new Set<TaskName>(['checkLag', 'cutover']);
 
 export function createTaskHandler(task: TaskName, deps: () => AwsTaskDeps) {
-  return middy<unknown, TaskOutput>().handler(async (event) => {
+  return middy<unknown, TaskOutput>().handler(async (event, context) => {
     const input = parseTaskEvent(task, event);
     const d = deps();
     try {
-      const output = await runWorkflowTask(task, input, d);
+      // Whoever meets this lease is told where to look: the function and its request's log lines.
+      const holder = `"${WORKFLOW_TASKS[task].state}" in Lambda ${context?.functionName ?? '?'}, request ${context?.awsRequestId ?? '?'}`;
+      const output = await withTaskLease(d.store, task, input, holder, () => runWorkflowTask(task, input, d), d.log);
       if (PUBLISHES_FIGURES.has(task)) {
         // Best effort: a missing data point must not fail a step that did its work.
         await d.store

@@ -36,6 +36,7 @@ import {
   InvalidInputError,
   LAG_SERIES,
   type LagSample,
+  LEASE_SECONDS,
   type MigrationListing,
   MigrationNotFoundError,
   type MigrationPlan,
@@ -92,14 +93,14 @@ export interface DynamoStoreOptions {
   /** How long a lease lasts unless renewed, and how often its holder renews it. */
   leaseMs?: number;
   renewEveryMs?: number;
-  /** Who holds a lease, as a conflict names it (default: pid and host; a Lambda passes its execution). */
+  /** Who holds a lease, as a conflict names it, unless a claim names its holder (default: pid and host). */
   holder?: string;
   /** Told when a renewal finds the lease taken over (its holder stalled past the lease). */
   onLeaseLost?: (id: string, message: string) => void;
   now?: () => number;
 }
 
-export const DEFAULT_LEASE_MS = 60_000;
+export const DEFAULT_LEASE_MS = LEASE_SECONDS * 1000;
 
 const isConditionFailure = (err: unknown) => (err as Error | undefined)?.name === 'ConditionalCheckFailedException';
 
@@ -316,7 +317,7 @@ export class DynamoMigrationStore implements MigrationStore {
    * A lease on migration `id` for this holder until the release is called, renewed while held. A lease
    * another holder keeps renewing is refused; one that lapsed (its holder died or stalled) is taken over.
    */
-  async claim(id: string): Promise<() => Promise<void>> {
+  async claim(id: string, holder: string = this.holder): Promise<() => Promise<void>> {
     checkMigrationId(id);
     const me = randomUUID();
     const since = new Date(this.now()).toISOString();
@@ -325,7 +326,7 @@ export class DynamoMigrationStore implements MigrationStore {
       await this.client.send(
         new PutCommand({
           TableName: this.tableName,
-          Item: { ...this.key(id, LEASE_SK), holder: me, who: this.holder, since, ...this.leaseUntil(now) },
+          Item: { ...this.key(id, LEASE_SK), holder: me, who: holder, since, ...this.leaseUntil(now) },
           ConditionExpression: 'attribute_not_exists(pk) OR leaseUntil < :now',
           ExpressionAttributeValues: { ':now': now },
           ReturnValuesOnConditionCheckFailure: 'ALL_OLD',

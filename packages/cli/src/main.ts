@@ -801,6 +801,8 @@ export async function main(argv: string[]): Promise<number> {
           rt: { ...rt, store, dumpStore },
           callbacks: await awsTaskCallbacks(),
           heartbeatMs: seconds * 1000,
+          // Started by the state machine: no command holds the migration, each task leases it.
+          lease: true,
         });
         if (outcome.ok) out.log(outcome.output?.summary ?? 'done');
         else out.log(`${task.task} failed: ${outcome.error?.name}: ${outcome.error?.message}`);

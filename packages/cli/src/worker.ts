@@ -5,6 +5,7 @@
  * while it runs, and completes the token: SendTaskSuccess with a short summary, or SendTaskFailure
  * with the error's name and message (never a secret).
  */
+import { hostname } from 'node:os';
 import {
   DEPLOYMENT_ENV,
   deploymentEnv,
@@ -15,12 +16,14 @@ import {
   type Phase,
   redactText,
   SST_APP_NAME,
+  StateConflictError,
   type TaskCallbacks,
   type TaskName,
   type TaskOutput,
   taskInputFromEnvironment,
   WORKER_ENV,
   WORKFLOW_TASKS,
+  withTaskLease,
 } from '@pgferry/core';
 import {
   bulkLoad,
@@ -98,6 +101,11 @@ export interface WorkerOptions {
   heartbeatMs?: number;
   /** Between two reads of the shares' reports (the coordinator of a scaled-out load). */
   pollMs?: number;
+  /**
+   * Hold the migration's lease while the task runs (withTaskLease): `pgferry worker`, started by the
+   * state machine. Not the local runtime's worker states, whose command holds the migration's claim.
+   */
+  lease?: boolean;
 }
 
 export interface WorkerOutcome {
@@ -189,16 +197,28 @@ export async function runWorker(task: WorkerTask, options: WorkerOptions): Promi
   try {
     let output: TaskOutput;
     try {
-      const session = await openSession(rt, task.migrationId);
-      try {
-        output = await dispatch(task, rt, session.ctx, stop.signal);
-      } finally {
-        await session.close();
-      }
+      const work = async () => {
+        const session = await openSession(rt, task.migrationId);
+        try {
+          return await dispatch(task, rt, session.ctx, stop.signal);
+        } finally {
+          await session.close();
+        }
+      };
+      // Released before the token is completed: the next state finds the lease free.
+      const holder = `"${WORKFLOW_TASKS[task.task].state}" on the pgferry worker ${hostname()} (pid ${process.pid})`;
+      const input = { ...task.input, migrationId: task.migrationId };
+      const log = (m: string) => rt.events.log(m);
+      output = options.lease ? await withTaskLease(rt.store, task.task, input, holder, work, log) : await work();
     } catch (err) {
       // A share's copy and the coordinator's load do not go through runWorkflowTask, which keeps a
       // typed error's hint with the migration for "Record failure" (only name and message travel).
-      if ((task.task === 'copyShare' || task.loadId) && err instanceof PgferryError)
+      // Not a conflict's: another actor has the migration, this one leaves it be.
+      if (
+        (task.task === 'copyShare' || task.loadId) &&
+        err instanceof PgferryError &&
+        !(err instanceof StateConflictError)
+      )
         await keepErrorHint(rt.store, task.migrationId, err);
       const error = {
         name: (err as Error)?.name || 'Error',

@@ -139,6 +139,13 @@ export class StateConflictError extends PgferryError {
   override name = 'StateConflictError';
   override readonly exitCode = 7;
 }
+/**
+ * Another command, execution or task holds the migration (its claim or lease) and keeps it: nothing was
+ * done. The state machine tries such a task again for longer than any task may hold it (busyRetry).
+ */
+export class MigrationBusyError extends StateConflictError {
+  override name = 'MigrationBusyError';
+}
 /** A migration's stored state cannot be read (damaged, or the store refuses): named, with what to do. */
 export class StateUnreadableError extends PgferryError {
   override name = 'StateUnreadableError';

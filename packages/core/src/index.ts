@@ -24,6 +24,7 @@ export * from './workflow/bulk-load';
 export * from './workflow/definition';
 export * from './workflow/failure';
 export * from './workflow/history';
+export * from './workflow/lease';
 export * from './workflow/start-input';
 export * from './workflow/states';
 export * from './workflow/tasks';

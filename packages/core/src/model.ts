@@ -346,8 +346,12 @@ export interface MigrationStore {
   updateSecrets?(id: string, secrets: MigrationSecrets): Promise<void>;
   /** Forget a migration's connection secrets (after its clean-up: nothing needs them any more). */
   removeSecrets?(id: string): Promise<void>;
-  /** Claim a migration for one command at a time; resolves with the release (see FileMigrationStore). */
-  claim?(id: string): Promise<() => Promise<void>>;
+  /**
+   * Claim a migration for one command (locally) or one task (deployed: a lease) at a time; resolves with
+   * the release (see FileMigrationStore, DynamoMigrationStore). `holder` names the claimant in another
+   * claimant's conflict, where the store does not name it itself (pid and host).
+   */
+  claim?(id: string, holder?: string): Promise<() => Promise<void>>;
   /** Correlation items (`RDS#<instance>`, `S3#<key>`, `DMS#<task>`): an event finds its migration. */
   correlate?(key: string, migrationId: string): Promise<void>;
   findCorrelation?(key: string): Promise<string | undefined>;

@@ -4,7 +4,7 @@
  * words of the conflicts both report. One contract test suite runs against both stores.
  */
 import { MIGRATION_ID } from './config';
-import { errorMessage, InvalidInputError, StateConflictError } from './errors';
+import { errorMessage, InvalidInputError, MigrationBusyError, StateConflictError } from './errors';
 import type { MigrationListing, MigrationState, MigrationStatus, MigrationStore } from './model';
 import { redactText } from './redact';
 
@@ -104,8 +104,8 @@ export function versionConflictError(id: string, stored: number, expected: numbe
 }
 
 /** Another process holds migration `id` (its claim or lease): `holder` says who and since when. */
-export function claimedError(id: string, holder: string, release: string): StateConflictError {
-  return new StateConflictError(`migration ${id} is being worked on by another pgferry process (${holder})`, {
+export function claimedError(id: string, holder: string, release: string): MigrationBusyError {
+  return new MigrationBusyError(`migration ${id} is being worked on by another pgferry process (${holder})`, {
     field: '--id',
     hint: `wait for it to finish, or stop it (Ctrl-C) first; \`pgferry status --id ${id}\` shows where it is. ${release}`,
   });

@@ -10,7 +10,7 @@
  *      or, strategy dump through S3, → Wait for the dump upload (the S3 event completes it)
  */
 import type { CopyPlan, MigrationState } from '../model';
-import { catchFor, lambdaTaskState, runTaskParameters, substitution, WORKER_ENV } from './states';
+import { BUSY_RETRY, catchFor, lambdaTaskState, runTaskParameters, substitution, WORKER_ENV } from './states';
 import { functionArnKey, type TaskName, WORKFLOW_TASKS } from './tasks';
 
 /** Seconds between two reads of the plan while the coordinator creates the slot and plans. */
@@ -138,7 +138,8 @@ export function bulkLoadStates(next: string, onError: string): Record<string, ob
       [n.hold]: workerTask(
         'bulkLoad',
         { [WORKER_ENV.migrationId]: '$.migrationId', [WORKER_ENV.loadId]: '$.loadId' },
-        { End: true },
+        // The coordinator holds the migration's lease for the load (lease.ts); the shares take none.
+        { Retry: [BUSY_RETRY], End: true },
       ),
     },
   };

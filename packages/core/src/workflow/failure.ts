@@ -64,6 +64,8 @@ export const POLICY_ERRORS = [
   'VerificationFailedError',
   'ConnectionLostError',
   'StateConflictError',
+  // Another execution's task holds the migration's lease past the state's retries (lease.ts).
+  'MigrationBusyError',
   // An approval step that timed out: replication goes on; a person (or a later execution) decides.
   'States.Timeout',
   // A worker that stopped sending heartbeats (killed, its task stopped): in catch-up (the work after
@@ -71,8 +73,11 @@ export const POLICY_ERRORS = [
   'States.HeartbeatTimeout',
 ] as const;
 
+/** Another actor has the migration: the failure is not this one's to record or undo. */
+export const IGNORED_ERRORS: readonly string[] = ['StateConflictError', 'MigrationBusyError'];
+
 export function failureAction(error: string, phase: Phase, facts: FailureFacts): FailureAction {
-  if (facts.interrupted || error === 'StateConflictError') return 'ignore';
+  if (facts.interrupted || IGNORED_ERRORS.includes(error)) return 'ignore';
   if (facts.switched) return 'keep-cut-over';
   if (facts.switchStarted) return 'stop';
   // The cutover's undo failed: its breadcrumb stays and resume undoes it again; a rollback now would

@@ -129,8 +129,35 @@ const LAMBDA_TRANSIENT = [
 ];
 const ECS_TRANSIENT = ['ECS.AmazonECSException', 'ECS.ServerException', 'ECS.ThrottlingException'];
 
+/** The longest a task's Lambda function may run (Lambda's limit; the stack's longest timeout). */
+export const LAMBDA_MAX_SECONDS = 900;
+
+/**
+ * A task that finds the migration's lease held (MigrationBusyError, lease.ts: a task of a stopped
+ * execution still running, or a crashed one's lease not yet lapsed) is tried again, for longer than a
+ * Lambda task may run plus a lease's lapse (busyWaitSeconds). A worker holding it for hours (a second
+ * execution begun beside a load) outlasts it: the task then stops resumable, nothing done.
+ */
+export const BUSY_RETRY = {
+  ErrorEquals: ['MigrationBusyError'],
+  IntervalSeconds: 10,
+  MaxAttempts: 12,
+  BackoffRate: 2,
+  MaxDelaySeconds: 120,
+} as const;
+
+/** How long BUSY_RETRY waits in all before the task's Catch takes the error. */
+export function busyWaitSeconds(r: typeof BUSY_RETRY = BUSY_RETRY): number {
+  let total = 0;
+  for (let i = 0; i < r.MaxAttempts; i++) total += Math.min(r.IntervalSeconds * r.BackoffRate ** i, r.MaxDelaySeconds);
+  return total;
+}
+
 function retry(errors: string[]) {
-  return [{ ErrorEquals: errors, IntervalSeconds: 2, MaxAttempts: 5, BackoffRate: 2, JitterStrategy: 'FULL' }];
+  return [
+    { ErrorEquals: errors, IntervalSeconds: 2, MaxAttempts: 5, BackoffRate: 2, JitterStrategy: 'FULL' },
+    BUSY_RETRY,
+  ];
 }
 
 /**

@@ -13,6 +13,11 @@ export interface TaskSpec {
   runtime: TaskRuntime;
   /** The state waits on a task token (`.waitForTaskToken`) that an event, a person or the worker completes. */
   callback?: boolean;
+  /**
+   * Runs inside the bulk load, beside its coordinator ("Hold snapshot"), which holds the migration's
+   * lease for the whole load: takes none itself (lease.ts).
+   */
+  insideLoad?: boolean;
 }
 
 export const WORKFLOW_TASKS = {
@@ -20,14 +25,14 @@ export const WORKFLOW_TASKS = {
   provisionTarget: { state: 'Provision target', runtime: 'lambda', callback: true },
   prepareSchema: { state: 'Prepare schema', runtime: 'worker', callback: true },
   bulkLoad: { state: 'Bulk load', runtime: 'worker', callback: true },
-  copyShare: { state: 'Copy a share of the tables', runtime: 'worker', callback: true },
+  copyShare: { state: 'Copy a share of the tables', runtime: 'worker', callback: true, insideLoad: true },
   /** The bulk load's poll until the coordinator has recorded the copy plan (reads the store only). */
-  readCopyPlan: { state: 'Read the copy plan', runtime: 'lambda' },
+  readCopyPlan: { state: 'Read the copy plan', runtime: 'lambda', insideLoad: true },
   /**
    * Strategy dump through S3: the S3 `Object Created` event of the coordinator's dump completes it (the
    * object read back with its digest); the coordinator restores only once it has.
    */
-  awaitDumpUpload: { state: 'Wait for the dump upload', runtime: 'lambda', callback: true },
+  awaitDumpUpload: { state: 'Wait for the dump upload', runtime: 'lambda', callback: true, insideLoad: true },
   /** Strategy dms: the endpoints and the DMS task (or Serverless config) made and started. */
   startDms: { state: 'Start the DMS task', runtime: 'lambda' },
   /** Strategy dms: the DMS task's state-change event (full load finished, failed, stopped) completes it. */

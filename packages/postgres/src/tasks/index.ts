@@ -172,7 +172,7 @@ export async function runWorkflowTask(task: TaskName, input: TaskInput, deps: Ta
  * Not for a version conflict: another process acts on the migration, and this one must leave it be.
  */
 export async function keepErrorHint(store: MigrationStore, id: string, err: PgferryError) {
-  if (!err.hint || err.name === 'StateConflictError') return;
+  if (!err.hint || err instanceof StateConflictError) return;
   const hint = err.hint;
   await updateMigration(
     store,

@@ -1,7 +1,11 @@
 /**
  * runWorkflowTask's contract where no database is involved: its input checks, the worker's token
- * completed with the task's result, the task read back from the worker's environment.
+ * completed with the task's result, the task read back from the worker's environment; the lease a
+ * deployed task holds (withTaskLease).
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   InvalidInputError,
   type MigrationStore,
@@ -9,8 +13,10 @@ import {
   StateConflictError,
   type TaskCallbacks,
   taskInputFromEnvironment,
+  withTaskLease,
 } from '@pgferry/core';
 import { describe, expect, it } from 'vitest';
+import { FileMigrationStore } from '../packages/cli/src/store';
 import { keepErrorHint, runWorkflowTask, type TaskDeps } from '../packages/postgres/src/index';
 
 /** A store no test here may reach: the tasks under test must refuse or delegate before reading state. */
@@ -125,5 +131,46 @@ describe("the worker's environment", () => {
         PGFERRY_INPUT_VERIFY: '{',
       }),
     ).toThrow(/PGFERRY_INPUT_VERIFY is not JSON/);
+  });
+});
+
+describe('withTaskLease', () => {
+  it('gives the lease up at once when the execution is gone, while the work runs on, and releases nothing of a later holder', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pgferry-lease-'));
+    try {
+      const store = new FileMigrationStore(dir);
+      const log: string[] = [];
+      const stop = new AbortController();
+      let later: (() => Promise<void>) | undefined;
+      const out = await withTaskLease(
+        store,
+        'verify',
+        { migrationId: 'm1' },
+        '"Verify" on a worker',
+        async () => {
+          await expect(store.claim('m1')).rejects.toMatchObject({ name: 'MigrationBusyError' });
+          // The heartbeat is refused: the lease goes while the work is still running.
+          stop.abort();
+          for (let i = 0; i < 100 && !later; i++)
+            later = await store.claim('m1').catch(() => new Promise((r) => setTimeout(() => r(undefined), 10)));
+          return 'done';
+        },
+        { log: (m) => log.push(m), signal: stop.signal },
+      );
+      expect(out).toBe('done');
+      expect(later).toBeDefined();
+      expect(log).toContain('the lease on migration m1 is given up: its execution is gone');
+      // The work's end released nothing more: the later holder keeps the migration.
+      await expect(store.claim('m1')).rejects.toMatchObject({ name: 'MigrationBusyError' });
+      await later?.();
+      // A task that takes no lease (inside the bulk load) claims nothing.
+      const held = await store.claim('m1');
+      expect(
+        await withTaskLease(store, 'copyShare', { migrationId: 'm1' }, 'x', async () => 1, { log: () => {} }),
+      ).toBe(1);
+      await held();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

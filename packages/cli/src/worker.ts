@@ -208,8 +208,9 @@ export async function runWorker(task: WorkerTask, options: WorkerOptions): Promi
       // Released before the token is completed: the next state finds the lease free.
       const holder = `"${WORKFLOW_TASKS[task.task].state}" on the pgferry worker ${hostname()} (pid ${process.pid})`;
       const input = { ...task.input, migrationId: task.migrationId };
-      const log = (m: string) => rt.events.log(m);
-      output = options.lease ? await withTaskLease(rt.store, task.task, input, holder, work, log) : await work();
+      // Given up as soon as its execution is gone: that execution's rollback ends what this still runs.
+      const lease = { log: (m: string) => rt.events.log(m), signal: stop.signal };
+      output = options.lease ? await withTaskLease(rt.store, task.task, input, holder, work, lease) : await work();
     } catch (err) {
       // A share's copy and the coordinator's load do not go through runWorkflowTask, which keeps a
       // typed error's hint with the migration for "Record failure" (only name and message travel).

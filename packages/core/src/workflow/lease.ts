@@ -33,6 +33,8 @@ export function takesLease(task: TaskName, input: TaskInput): boolean {
  * conflict's message), when the task takes one: another holder's live lease throws MigrationBusyError
  * before anything is done. Released before this returns or throws, so the next state, entered once
  * the result is sent, finds it free; a release that fails is only logged (the lease lapses by itself).
+ * Released at once when `signal` aborts: the worker's execution is gone (its heartbeat refused), and
+ * whatever it still does must not keep that execution's rollback out (which ends its sessions).
  */
 export async function withTaskLease<T>(
   store: Pick<MigrationStore, 'claim'>,
@@ -40,16 +42,28 @@ export async function withTaskLease<T>(
   input: TaskInput,
   holder: string,
   work: () => Promise<T>,
-  log: (message: string) => void,
+  options: { log: (message: string) => void; signal?: AbortSignal },
 ): Promise<T> {
-  const release = takesLease(task, input) ? await store.claim?.(input.migrationId, holder) : undefined;
+  const claimed = takesLease(task, input) ? await store.claim?.(input.migrationId, holder) : undefined;
+  let released: Promise<void> | undefined;
+  const release = () =>
+    (released ??= (claimed?.() ?? Promise.resolve()).catch((err: unknown) =>
+      options.log(
+        `warning: the lease on migration ${input.migrationId} was not released (${(err as Error)?.message ?? err}); it lapses by itself`,
+      ),
+    ));
+  const onAbort = () => {
+    options.log(`the lease on migration ${input.migrationId} is given up: its execution is gone`);
+    void release();
+  };
+  if (claimed && options.signal) {
+    if (options.signal.aborted) onAbort();
+    else options.signal.addEventListener('abort', onAbort, { once: true });
+  }
   try {
     return await work();
   } finally {
-    await release?.().catch((err: unknown) =>
-      log(
-        `warning: the lease on migration ${input.migrationId} was not released (${(err as Error)?.message ?? err}); it lapses by itself`,
-      ),
-    );
+    options.signal?.removeEventListener('abort', onAbort);
+    await release();
   }
 }

@@ -135,13 +135,16 @@ export const LAMBDA_MAX_SECONDS = 900;
 /**
  * A task that finds the migration's lease held (MigrationBusyError, lease.ts: a task of a stopped
  * execution still running, or a crashed one's lease not yet lapsed) is tried again, for longer than a
- * Lambda task may run plus a lease's lapse (busyWaitSeconds). A worker holding it for hours (a second
- * execution begun beside a load) outlasts it: the task then stops resumable, nothing done.
+ * Lambda task may run plus a lease's lapse (busyWaitSeconds). A worker gives its lease up as soon as its
+ * execution is gone (its heartbeat refused); one holding it for hours for a live execution (a second
+ * execution begun beside a load) outlasts the wait: the task then fails having done nothing.
  */
 export const BUSY_RETRY = {
   ErrorEquals: ['MigrationBusyError'],
-  IntervalSeconds: 10,
-  MaxAttempts: 12,
+  // Short at first: a callback task that completes its own token (an instance already available) may
+  // still hold the lease for a moment as the next state begins.
+  IntervalSeconds: 2,
+  MaxAttempts: 14,
   BackoffRate: 2,
   MaxDelaySeconds: 120,
 } as const;

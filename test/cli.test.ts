@@ -816,6 +816,15 @@ describe('pgferry CLI', () => {
       expect(unfrozen.code).toBe(0);
       expect(unfrozen.stdout).toContain('The source takes writes again.');
       expect(await frozen(pair, 'source')).toBe(false);
+      // A clean-up needs the target too; for one gone for good it names the flag that does without.
+      const cleanup = await pgferry(['cleanup', '--id', 'uf']);
+      expect(cleanup.code).toBe(3);
+      expect(cleanup.stderr).toContain(
+        '`pgferry cleanup --id uf --without-target` removes what pgferry left on the source',
+      );
+      expect((await pgferry(['cleanup', '--help'])).stdout).toContain(
+        '--without-target, when the target is gone for good',
+      );
       // A target that comes back applies nothing more into the source, which now takes writes of its own.
       expect(await pair.source("SELECT subenabled FROM pg_subscription WHERE subname = 'pgferry_uf_rev'")).toEqual([
         { subenabled: false },
@@ -845,7 +854,9 @@ describe('pgferry CLI', () => {
       /no rollback or resume; compare the databases by hand, then `pgferry cleanup --id uf`/,
     );
     expect(status.stdout).not.toContain('`pgferry rollback --id uf` goes back');
-    expect((await pgferry(['cleanup', '--id', 'uf'])).code).toBe(0);
+    // The target answers again: --without-target cleans it up as well, as a plain clean-up would.
+    expect((await pgferry(['cleanup', '--id', 'uf', '--without-target'])).code).toBe(0);
+    expect(await leftovers(pair)).toEqual([]);
   });
 
   it('does not undo a switch whose file already names the target when the switch command then fails', async () => {

@@ -504,6 +504,83 @@ describe('a second migration, and a rollback run again', () => {
     expect(await leftovers(pair)).toEqual([]);
   });
 
+  /** The target dies: nothing can connect to its database any more, until `revive`. */
+  async function killTarget(p: Pair) {
+    const admin = serverUrl(p.targetServer);
+    await sql(admin, `ALTER DATABASE ${pg.escapeIdentifier(p.targetDb)} ALLOW_CONNECTIONS false`);
+    await sql(admin, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [p.targetDb]);
+    return () => sql(admin, `ALTER DATABASE ${pg.escapeIdentifier(p.targetDb)} ALLOW_CONNECTIONS true`);
+  }
+
+  it('cleans up the source alone when the target died during catch-up (--without-target): no slot left retaining WAL', async () => {
+    pair = await freshPair(15, 'notargetcu');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    const n = `pgferry_${m.id}`;
+    const revive = await killTarget(pair);
+    try {
+      // A clean-up that needs the target says so, and names the way for a target that will not come back.
+      await expect(cleanupMigration(rt, m.id)).rejects.toMatchObject({
+        name: 'ConnectionFailedError',
+        field: '--target',
+        hint: expect.stringContaining(`\`pgferry cleanup --id ${m.id} --without-target\``),
+      });
+      // Still replicating (as far as anyone knows): --force says to stop it, as always.
+      await expect(cleanupMigration(rt, m.id, { withoutTarget: true })).rejects.toThrow(/still replicating/);
+      const held = 'SELECT slot_name FROM pg_replication_slots WHERE slot_name = $1';
+      expect(await pair.source(held, [n])).toHaveLength(1);
+      const cleaned = await cleanupMigration(rt, m.id, { withoutTarget: true, force: true });
+      expect(cleaned.status).toBe('cleaned-up');
+      expect(cleaned.leftovers).toEqual([]);
+      expect(cleaned.warnings?.at(-1)).toMatch(
+        new RegExp(
+          `^pgferry cleanup without the target \\(unreachable\\): removed source slot ${n}, source publication ${n}; not removed, on the target, if it comes back: subscription ${n}, `,
+        ),
+      );
+      expect(await pair.source(held, [n])).toEqual([]);
+      expect(await frozen(pair, 'source')).toBe(false);
+      // Nothing is left to connect to: the passwords go.
+      await expect(rt.store.secrets(m.id)).rejects.toThrow();
+    } finally {
+      await revive();
+    }
+    // What is left is on the target alone, as named.
+    expect((await leftovers(pair)).sort()).toEqual([`target publication ${n}_rev`, `target subscription ${n}`]);
+  });
+
+  it('cleans up without the target after a cutover only once `pgferry unfreeze` made the source writable', async () => {
+    pair = await freshPair(15, 'notargetco');
+    rt = testRuntime();
+    await loadSample(pair, 50);
+    const m = await newMigration(rt, pair, { cutover: 'auto' });
+    await advance(rt, m.id, { cutover: 'auto' });
+    const n = `pgferry_${m.id}`;
+    const revive = await killTarget(pair);
+    try {
+      // The application was switched to the target and the source is read-only: unfreeze decides that first.
+      await expect(cleanupMigration(rt, m.id, { withoutTarget: true })).rejects.toMatchObject({
+        name: 'InvalidInputError',
+        field: '--without-target',
+        hint: expect.stringContaining(`pgferry unfreeze --id ${m.id} --yes`),
+      });
+      expect(await frozen(pair, 'source')).toBe(true);
+      await unfreezeMigration(rt, m.id);
+      const cleaned = await cleanupMigration(rt, m.id, { withoutTarget: true });
+      expect(cleaned.status).toBe('cleaned-up');
+      expect(cleaned.warnings?.at(-1)).toMatch(
+        new RegExp(
+          `^pgferry cleanup without the target \\(unreachable\\): removed source subscription ${n}_rev, source publication ${n}; not removed, on the target, if it comes back: subscription ${n}, replication slot ${n}_rev, publication ${n}_rev, `,
+        ),
+      );
+      expect(await frozen(pair, 'source')).toBe(false);
+    } finally {
+      await revive();
+    }
+    expect((await leftovers(pair)).sort()).toEqual([`target publication ${n}_rev`, `target slot ${n}_rev`]);
+  });
+
   it('never moves a source sequence back when a rollback killed after its switch file named the source runs again', async () => {
     pair = await freshPair(15, 'seqagain');
     rt = testRuntime();

@@ -208,9 +208,14 @@ before fits the --max-drain-ms budget, and a drain that passes it inside the wri
 (target unfrozen, the application stays on it): run rollback again once reverse lag is low.
 ${SWITCHING}
 ${CREDENTIALS}`,
-  cleanup: `Usage: pgferry cleanup --id ID [--force] [--source URL] [--target URL] [--json]
+  cleanup: `Usage: pgferry cleanup --id ID [--force] [--without-target] [--source URL] [--target URL] [--json]
 
 --force cleans up a migration that is still replicating (it stops replication).
+--without-target, when the target is gone for good and cannot be reached: removes what pgferry left on
+the source (its replication slot retains the source's WAL until it is dropped, its publications, the
+reverse subscription) and forgets what it left on the target (named in the result, to drop by hand if
+the target comes back). A target that answers is cleaned up as always. A source read-only because the
+application was switched to the target needs \`pgferry unfreeze\` first.
 A source a cutover froze and never switched from is made writable again. Refused while a rollback or a
 cutover's switch is half done: \`pgferry rollback\` / \`pgferry resume\` finishes it first (after
 \`pgferry unfreeze\`, which ends both, it goes ahead).
@@ -310,6 +315,7 @@ const OPTIONS = {
   yes: { type: 'boolean' },
   json: { type: 'boolean' },
   force: { type: 'boolean' },
+  'without-target': { type: 'boolean' },
   offline: { type: 'boolean' },
   watch: { type: 'boolean' },
   interval: { type: 'string' },
@@ -351,7 +357,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
   status: ['id', 'offline', 'source', 'target', 'watch', 'interval', 'table', 'stage', 'region'],
   cutover: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
   rollback: ['id', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
-  cleanup: ['id', 'force', 'source', 'target'],
+  cleanup: ['id', 'force', 'without-target', 'source', 'target'],
   resume: ['id', 'report', 'source', 'target', 'on-switch', 'switch-file', 'max-prepared-wait-ms', 'max-drain-ms'],
   unfreeze: ['id', 'yes', 'source'],
   demo: ['target-version', 'rows'],
@@ -779,7 +785,10 @@ export async function main(argv: string[]): Promise<number> {
         return EXIT_CODES.ok;
       }
       case 'cleanup': {
-        const state = await cleanupMigration(rt, need(values.id, '--id', 'cleanup'), { force: values.force });
+        const state = await cleanupMigration(rt, need(values.id, '--id', 'cleanup'), {
+          force: values.force,
+          withoutTarget: values['without-target'],
+        });
         out.result(state, describeState(state));
         return state.leftovers?.length ? EXIT_CODES.failed : EXIT_CODES.ok;
       }

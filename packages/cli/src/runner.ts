@@ -8,6 +8,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   workflowInput as buildWorkflowInput,
+  ConnectionFailedError,
   checkPostgresUrl,
   errorMessage,
   InvalidInputError,
@@ -25,6 +26,7 @@ import {
 import {
   type ConnectionSwitchFactory,
   cleanup,
+  cleanupSource,
   connect,
   connectionSettings,
   type Db,
@@ -44,6 +46,8 @@ import {
   type SideLive,
   subscriptionExists,
   type TaskDeps,
+  targetObjects,
+  unfreezeUnswitchedSource,
   unfreezeWrites,
   unreachable,
   updateSubscriptionConnection,
@@ -409,6 +413,53 @@ async function rollbackClaimed(rt: Runtime, id: string): Promise<MigrationState>
 }
 
 /**
+ * `pgferry cleanup --without-target`, the target unreachable: the source's side of the clean-up alone
+ * (cleanupSource), and a source a cutover froze and never switched from made writable, as clean-up
+ * always does. What is on the target is forgotten, named in the migration's warnings. A source that
+ * is read-only because the application was switched to the target stays so: `pgferry unfreeze` decides that.
+ */
+async function cleanupWithoutTarget(rt: Runtime, id: string, options: CleanupOptions): Promise<MigrationState> {
+  const state = await rt.store.get(id);
+  if (stillReplicating(state) && !options.force) throw stillReplicatingError(id, state);
+  const c = state.cutover;
+  if (c?.switchAt && !state.rollback?.switchAt && !state.unfrozenWithoutTargetAt)
+    throw new InvalidInputError(
+      `the application of migration ${id} was switched to the target, which cannot be reached, and the source is read-only: cleaning up without the target would leave it so`,
+      {
+        field: '--without-target',
+        migrationId: id,
+        hint: `\`pgferry unfreeze --id ${id} --yes\` makes the source writable again (its --help spells out the risk); then clean up without the target`,
+      },
+    );
+  const secrets = await rt.store.secrets(id);
+  const source = await connect(secrets.sourceUrl, {
+    side: 'source',
+    applicationName: objectNames(id).applicationName,
+    max: 1,
+  });
+  try {
+    const removed = await cleanupSource(source, id);
+    const unfrozen = await unfreezeUnswitchedSource(source, state);
+    if (unfrozen) removed.push(unfrozen);
+    const message = `pgferry cleanup without the target (unreachable): removed ${removed.length ? removed.join(', ') : 'nothing on the source (already clean)'}; not removed, on the target, if it comes back: ${targetObjects(id).join(', ')}`;
+    rt.events.log(message);
+    rmSync(join(rt.stateDir, 'artifacts', id), { recursive: true, force: true });
+    const at = new Date().toISOString();
+    const done = await rt.store.put({
+      ...state,
+      status: 'cleaned-up',
+      leftovers: [],
+      events: [...state.events, { at, message }],
+      warnings: [...(state.warnings ?? []), message],
+    });
+    await rt.store.removeSecrets?.(id);
+    return done;
+  } finally {
+    await source.end();
+  }
+}
+
+/**
  * The way out when the target is gone and a rollback cannot run (it needs the target): make the source
  * writable again, without the target. Reverse replication into the source is stopped first, so that a
  * target that comes back applies nothing into a source that takes writes of its own. What the target
@@ -445,11 +496,32 @@ export function unfreezeMigration(rt: Runtime, id: string): Promise<MigrationSta
   });
 }
 
-export function cleanupMigration(rt: Runtime, id: string, options: { force?: boolean } = {}): Promise<MigrationState> {
+export interface CleanupOptions {
+  /** Clean up a migration that still replicates (stops it). */
+  force?: boolean;
+  /**
+   * The target is gone for good: when it cannot be reached, clean up the source alone (its slot retains
+   * WAL for nobody) and forget what is on the target. A target that answers is cleaned up as always.
+   */
+  withoutTarget?: boolean;
+}
+
+export function cleanupMigration(rt: Runtime, id: string, options: CleanupOptions = {}): Promise<MigrationState> {
   return claimed(rt, id, () => cleanupClaimed(rt, id, options));
 }
 
-async function cleanupClaimed(rt: Runtime, id: string, options: { force?: boolean }): Promise<MigrationState> {
+function stillReplicating(s: MigrationState): boolean {
+  return !s.cutover?.switchAt && ['running', 'awaiting-cutover'].includes(s.status);
+}
+
+function stillReplicatingError(id: string, s: MigrationState): PgferryError {
+  return new PgferryError(`migration ${id} is still replicating (${s.status}); clean-up would stop it`, {
+    field: '--id',
+    hint: 'run `pgferry cutover` or `pgferry rollback` first, or pass --force',
+  });
+}
+
+async function cleanupClaimed(rt: Runtime, id: string, options: CleanupOptions): Promise<MigrationState> {
   // Cleaning up would drop the reverse replication an unfinished rollback needs, and leave the target frozen.
   const before = await rt.store.get(id);
   // After `pgferry unfreeze` nothing may finish a half-done switch (both databases take writes of
@@ -466,16 +538,22 @@ async function cleanupClaimed(rt: Runtime, id: string, options: { force?: boolea
         hint: `run \`pgferry resume --id ${id}\` to finish the switch first (the source is read-only until then); clean up after it`,
       },
     );
-  const session = await openSession(rt, id);
+  let session: Session;
+  try {
+    session = await openSession(rt, id);
+  } catch (err) {
+    if (!(err instanceof ConnectionFailedError) || err.field !== '--target') throw err;
+    if (options.withoutTarget) return cleanupWithoutTarget(rt, id, options);
+    throw new ConnectionFailedError(err.message, {
+      cause: err,
+      field: '--target',
+      migrationId: id,
+      hint: `${err.hint ?? 'check --target'}; if the target is gone for good, \`pgferry cleanup --id ${id} --without-target\` removes what pgferry left on the source (its replication slot retains the source's WAL) and forgets what it left on the target`,
+    });
+  }
   try {
     const s = session.ctx.state;
-    const replicating = !s.cutover?.switchAt && ['running', 'awaiting-cutover'].includes(s.status);
-    if (replicating && !options.force) {
-      throw new PgferryError(`migration ${id} is still replicating (${s.status}); clean-up would stop it`, {
-        field: '--id',
-        hint: 'run `pgferry cutover` or `pgferry rollback` first, or pass --force',
-      });
-    }
+    if (stillReplicating(s) && !options.force) throw stillReplicatingError(id, s);
     await runPhase(rt, session.ctx, 'cleanup', cleanup);
     // The schema dump, and with --strategy dump the data dump: copies of the data, no longer needed.
     rmSync(session.ctx.artifactDir, { recursive: true, force: true });

@@ -31,7 +31,7 @@ export function nextStep(s: MigrationState, execution?: ExecutionRecord, deploye
     return `a pgferry ${execution.command} is working on it (since ${execution.continued?.at(-1)?.at ?? execution.startedAt}); wait, or follow it with \`pgferry status ${id} --watch\``;
   // After `pgferry unfreeze`, whatever was half done: nothing may finish it.
   if (s.unfrozenWithoutTargetAt && !['completed', 'cleaned-up'].includes(s.status))
-    return `the source was made writable without the target (\`pgferry unfreeze\` at ${s.unfrozenWithoutTargetAt}): no rollback or resume; compare the databases by hand, then \`pgferry cleanup --id ${id}\` removes what pgferry left`;
+    return `the source was made writable without the target (\`pgferry unfreeze\` at ${s.unfrozenWithoutTargetAt}): no rollback or resume; compare the databases by hand, then \`pgferry cleanup --id ${id}\` removes what pgferry left (\`--without-target\` while the target cannot be reached)`;
   // Half-done switches: only one command may finish each, and no other may run meanwhile.
   if (s.cutover?.switchStartedAt && !s.cutover.switchAt && !['completed', 'cleaned-up'].includes(s.status))
     return `a cutover stopped while switching the application (the application may already write to the target): \`pgferry resume --id ${id}\` finishes the switch`;

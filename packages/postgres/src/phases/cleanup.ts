@@ -1,6 +1,6 @@
 /** Clean up: pgferry's subscriptions, slots, publications and marker schema on both sides; report leftovers. */
-import { objectNames } from '@pgferry/core';
-import { ident } from '../db';
+import { type MigrationState, objectNames } from '@pgferry/core';
+import { type Db, ident } from '../db';
 import { isFrozen, unfreezeWrites } from '../freeze';
 import { dropPublication, dropSlot, dropSubscription } from '../replication';
 import type { PhaseContext } from './context';
@@ -63,10 +63,8 @@ export async function cleanup(ctx: PhaseContext): Promise<string> {
   // its write gap): the application is on the source, which nothing will unfreeze once this is cleaned
   // up. (A cutover whose switch began is refused before this: it is finished, not undone.)
   const c = ctx.state.cutover;
-  if (c?.freezeAt && !c.switchStartedAt && !c.switchAt && !c.wasFrozen && (await isFrozen(ctx.source))) {
-    await unfreezeWrites(ctx.source);
-    removed.push(`the source's default_transaction_read_only (set by the cutover that did not switch)`);
-  }
+  const unfrozen = await unfreezeUnswitchedSource(ctx.source, ctx.state);
+  if (unfrozen) removed.push(unfrozen);
   // What a failed undo of that cutover left (the freeze, the slot) is gone now: nothing for resume to end.
   if (ctx.state.undoFailed?.of === 'cutover' && !c?.switchAt)
     await ctx.update((s) => {
@@ -96,4 +94,42 @@ export async function cleanup(ctx: PhaseContext): Promise<string> {
     left.length ? `LEFT BEHIND: ${left.join(', ')}` : 'nothing left behind',
     ...notes,
   ].join('; ');
+}
+
+/**
+ * A source a cutover froze and never switched from (and that was not read-only before it) made
+ * writable again: what clean-up removed, said so, or undefined.
+ */
+export async function unfreezeUnswitchedSource(source: Db, state: MigrationState): Promise<string | undefined> {
+  const c = state.cutover;
+  if (!c?.freezeAt || c.switchStartedAt || c.switchAt || c.wasFrozen || !(await isFrozen(source))) return undefined;
+  await unfreezeWrites(source);
+  return `the source's default_transaction_read_only (set by the cutover that did not switch)`;
+}
+
+/**
+ * Clean-up of the source alone, for a target that is gone for good (`pgferry cleanup --without-target`):
+ * the reverse subscription (its slot on the target left alone: nothing could reach it), the forward slot,
+ * which retains the source's WAL for nobody, and the publications. Returns what was removed.
+ */
+export async function cleanupSource(source: Db, id: string): Promise<string[]> {
+  const n = objectNames(id);
+  const removed: string[] = [];
+  if (await dropSubscription(source, n.reverseSubscription, { keepSlot: true }))
+    removed.push(`source subscription ${n.reverseSubscription}`);
+  if (await dropSlot(source, n.slot)) removed.push(`source slot ${n.slot}`);
+  if (await dropPublication(source, n.publication)) removed.push(`source publication ${n.publication}`);
+  if (await dropPublication(source, n.watch)) removed.push(`source publication ${n.watch}`);
+  return removed;
+}
+
+/** What pgferry may have left on a target clean-up could not reach (the target's side of cleanup). */
+export function targetObjects(id: string): string[] {
+  const n = objectNames(id);
+  return [
+    `subscription ${n.subscription}`,
+    `replication slot ${n.reverseSlot}`,
+    `publication ${n.reversePublication}`,
+    `the row of ${n.markerSchema}.migration for ${id} (the schema ${n.markerSchema} when no other migration's row is in it)`,
+  ];
 }

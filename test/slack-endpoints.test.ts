@@ -459,7 +459,14 @@ describe('the Slack worker', () => {
     });
     const { deps } = await workerDeps([cutOver]);
     const executionArn = 'arn:aws:states:eu-west-1:123456789012:execution:test-pgferry-migration:m2';
-    sfnMock.on(DescribeExecutionCommand).resolves({ status: 'RUNNING' });
+    const none = Object.assign(new Error('none'), { name: 'ExecutionDoesNotExist' });
+    sfnMock
+      .on(DescribeExecutionCommand)
+      .resolves({ status: 'RUNNING' })
+      // The rollback execution: none yet at the first click, running at the second.
+      .on(DescribeExecutionCommand, { executionArn: `${executionArn}-rollback` })
+      .rejectsOnce(none)
+      .resolves({ status: 'RUNNING' });
     sfnMock.on(StopExecutionCommand).resolves({});
     sfnMock
       .on(StartExecutionCommand)
@@ -467,6 +474,7 @@ describe('the Slack worker', () => {
       .rejects(Object.assign(new Error('exists'), { name: 'ExecutionAlreadyExists' }));
     const first = await handleSlackWork(work('rollback', 'm2'), deps);
     const second = await handleSlackWork(work('rollback', 'm2'), deps);
+    expect(sfnMock.commandCalls(StartExecutionCommand)).toHaveLength(1);
     expect(sfnMock.commandCalls(StopExecutionCommand).map((c) => c.args[0].input)[0]).toEqual({
       executionArn,
       error: 'RollbackRequested',
@@ -480,7 +488,42 @@ describe('the Slack worker', () => {
     });
     expect(JSON.parse(starts[0]!.input!)).toMatchObject({ migrationId: 'm2', action: 'rollback' });
     expect(first.text).toMatch(/^Rolling `m2` back to the source/);
-    expect(second.text).toMatch(/^A rollback of `m2` was started already/);
+    expect(second.text).toMatch(/^A rollback of `m2` was started already \(`m2-rollback`\)/);
+  });
+
+  it('rollback asked for again after the last rollback execution failed starts the next one; resume stays refused', async () => {
+    const cutOver = migration('m8', {
+      status: 'cut-over',
+      phase: 'rollback',
+      cutover: { switchStartedAt: '2026-12-06T12:00:00.000Z', switchAt: '2026-12-06T12:00:01.000Z' },
+    });
+    const { deps } = await workerDeps([cutOver]);
+    const arn = (name: string) => `${MACHINE_ARN.replace(':stateMachine:', ':execution:')}:${name}`;
+    const none = Object.assign(new Error('none'), { name: 'ExecutionDoesNotExist' });
+    // The rollback failed (the target away, or a task of the stopped execution held the migration past
+    // the wait): m8-rollback ended FAILED.
+    sfnMock
+      .on(DescribeExecutionCommand)
+      .rejects(none)
+      .on(DescribeExecutionCommand, { executionArn: arn('m8') })
+      .resolves({ status: 'ABORTED' })
+      .on(DescribeExecutionCommand, { executionArn: arn('m8-rollback') })
+      .resolves({ status: 'FAILED' });
+    sfnMock.on(StartExecutionCommand).resolves({ executionArn: arn('m8-rollback-2') });
+    const again = await handleSlackWork(work('rollback', 'm8'), deps);
+    expect(sfnMock.commandCalls(StartExecutionCommand).map((c) => c.args[0].input)).toEqual([
+      { stateMachineArn: MACHINE_ARN, name: 'm8-rollback-2', input: JSON.stringify(rollbackExecutionInput('m8')) },
+    ]);
+    expect(again.text).toMatch(
+      /^Rolling `m8` back to the source .* Started again as `m8-rollback-2`: `m8-rollback: FAILED`\.$/,
+    );
+    expect(sfnMock.commandCalls(StopExecutionCommand)).toHaveLength(0);
+
+    // While the second runs, another rollback starts nothing (resume: the test of resume below).
+    sfnMock.on(DescribeExecutionCommand, { executionArn: arn('m8-rollback-2') }).resolves({ status: 'RUNNING' });
+    const third = await handleSlackWork(work('rollback', 'm8'), deps);
+    expect(third.text).toMatch(/^A rollback of `m8` was started already \(`m8-rollback-2`\)/);
+    expect(sfnMock.commandCalls(StartExecutionCommand)).toHaveLength(1);
   });
 
   it('abort stops a running migration and starts its rollback; after the switch it is refused', async () => {
@@ -503,6 +546,8 @@ describe('the Slack worker', () => {
       'DescribeExecutionCommand',
       'DescribeExecutionCommand',
       'StopExecutionCommand',
+      // No rollback execution yet (m3-rollback): the first is started.
+      'DescribeExecutionCommand',
       'StartExecutionCommand',
     ]);
     expect(sfnMock.commandCalls(StopExecutionCommand)[0]!.args[0].input).toMatchObject({
@@ -536,6 +581,7 @@ describe('the Slack worker', () => {
       arn('m5-continued-1'),
       arn('m5-continued-2'),
       arn('m5-resumed-2'),
+      arn('m5-rollback'),
     ]);
     expect(sfnMock.commandCalls(StopExecutionCommand).map((c) => c.args[0].input)).toEqual([
       {
@@ -666,6 +712,12 @@ describe('the Slack worker', () => {
     expect((await resume('m6')).text).toMatch(
       /^migration m6 was being rolled back \(execution m6-rollback: FAILED\): it is not resumed\. Nothing was started\./,
     );
+    // A rollback asked for again after that one failed (m6-rollback-2) runs: nothing is started beside it.
+    sfnMock.on(DescribeExecutionCommand, { executionArn: arn('m6-rollback-2') }).resolves({ status: 'RUNNING' });
+    expect((await resume('m6')).text).toMatch(
+      /^`m6` is running already, in execution `m6-rollback-2`; nothing was started/,
+    );
+    expect(sfnMock.commandCalls(StartExecutionCommand)).toHaveLength(0);
     // Not started from a plan (the CLI ran it): not Slack's to resume.
     expect((await resume('m20')).text).toMatch(
       /^`m20` was not started from a plan, so Slack cannot resume it; nothing was started\. .*`pgferry resume --id m20`/,

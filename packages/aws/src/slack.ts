@@ -15,6 +15,7 @@ import {
   errorMessage,
   escapeMrkdwn,
   type GateClick,
+  MAX_ROLLBACK_ATTEMPTS,
   type MigrationAction,
   MigrationNotFoundError,
   type MigrationState,
@@ -36,7 +37,7 @@ import {
   type TaskCallbacks,
 } from '@pgferry/core';
 import { MIGRATION_TABLE_KEYS, migrationPk } from './dynamo-parts';
-import { runningExecutions } from './start';
+import { executionStatus, runningExecutions } from './start';
 
 // ---- Secrets -----------------------------------------------------------------------------------------
 
@@ -483,11 +484,31 @@ async function stopThenRollBack(
     );
   // A stopped execution's approval token is dead: leave no stale one behind.
   await deps.store.takeTaskToken?.(state.id, APPROVAL_STEP);
+  // The next rollback execution: past those that ended without rolling back (a rollback that failed is
+  // asked for again this way); one that runs or rolled back already is the answer.
+  let name = '';
+  let failed: string | undefined;
+  for (let n = 1; !name; n++) {
+    if (n > MAX_ROLLBACK_ATTEMPTS)
+      return {
+        text: `${MAX_ROLLBACK_ATTEMPTS} rollback executions of ${code(state.id)} ended without rolling it back (the last: ${code(failed ?? '')}); nothing new was started. See why in the Step Functions console and \`/pgferry status ${escapeMrkdwn(state.id)}\`.`,
+      };
+    const candidate = rollbackExecutionName(state.id, n);
+    const status = await executionStatus(deps, candidate);
+    if (status === 'RUNNING')
+      return {
+        text: `A rollback of ${code(state.id)} was started already (${code(candidate)}); nothing new was started.`,
+      };
+    if (status === 'SUCCEEDED')
+      return { text: `${code(state.id)} was rolled back already (${code(candidate)}); nothing new was started.` };
+    if (status) failed = `${candidate}: ${status}`;
+    else name = candidate;
+  }
   try {
     await deps.sfn.send(
       new StartExecutionCommand({
         stateMachineArn: deps.stateMachineArn,
-        name: rollbackExecutionName(state.id),
+        name,
         input: JSON.stringify(rollbackExecutionInput(state.id)),
       }),
     );
@@ -496,13 +517,14 @@ async function stopThenRollBack(
       return { text: `A rollback of ${code(state.id)} was started already; nothing new was started.` };
     throw err;
   }
-  deps.log(`slack: ${action} of migration ${state.id} by ${actor.userId}: rollback execution started`);
+  deps.log(`slack: ${action} of migration ${state.id} by ${actor.userId}: rollback execution ${name} started`);
   const by = `<@${escapeMrkdwn(actor.userId)}>`;
+  const again = failed ? ` Started again as ${code(name)}: ${code(failed)}.` : '';
   return {
     text:
       action === 'abort'
-        ? `Aborted ${code(state.id)} (by ${by}): its execution is stopped and the rollback removes what pgferry made.`
-        : `Rolling ${code(state.id)} back to the source (requested by ${by}); reverse replication kept it current, nothing is lost.`,
+        ? `Aborted ${code(state.id)} (by ${by}): its execution is stopped and the rollback removes what pgferry made.${again}`
+        : `Rolling ${code(state.id)} back to the source (requested by ${by}); reverse replication kept it current, nothing is lost.${again}`,
   };
 }
 

@@ -15,6 +15,7 @@ import {
   continuedExecutionName,
   errorMessage,
   InvalidInputError,
+  MAX_ROLLBACK_ATTEMPTS,
   type MigrationState,
   type MigrationStore,
   migrationConfigFromPlan,
@@ -54,6 +55,22 @@ const STATE_MACHINE_ARN = /^arn:aws[a-z-]*:states:[a-z0-9-]+:\d{12}:stateMachine
 /** The ARN of execution `name` of `stateMachineArn`, as Step Functions forms it. */
 export function executionArnOf(stateMachineArn: string, name: string): string {
   return `${stateMachineArn.replace(':stateMachine:', ':execution:')}:${name}`;
+}
+
+/** Execution `name`'s status (RUNNING, SUCCEEDED, FAILED…), or undefined when there is none. */
+export async function executionStatus(
+  deps: Pick<StartFromPlanDeps, 'sfn' | 'stateMachineArn'>,
+  name: string,
+): Promise<string | undefined> {
+  try {
+    const out = await deps.sfn.send(
+      new DescribeExecutionCommand({ executionArn: executionArnOf(deps.stateMachineArn, name) }),
+    );
+    return out?.status ?? 'UNKNOWN';
+  } catch (err) {
+    if ((err as Error).name === 'ExecutionDoesNotExist') return undefined;
+    throw err;
+  }
 }
 
 export async function startFromPlan(
@@ -188,7 +205,7 @@ async function resume(
   const rollback = seen.rollback;
   if (rollback || state.phase === 'rollback')
     throw new StateConflictError(
-      `migration ${migrationId} was being rolled back${rollback ? ` (execution ${rollbackExecutionName(migrationId)}: ${rollback})` : ''}: it is not resumed`,
+      `migration ${migrationId} was being rolled back${rollback ? ` (execution ${rollback})` : ''}: it is not resumed`,
       {
         field: 'migrationId',
         migrationId,
@@ -254,20 +271,20 @@ async function executionsOf(
   const running: string[] = [];
   /** Execution `name`'s status, undefined if there is none; a running one is added to `running`. */
   const look = async (name: string) => {
-    const executionArn = executionArnOf(deps.stateMachineArn, name);
-    try {
-      const out = await deps.sfn.send(new DescribeExecutionCommand({ executionArn }));
-      if (out?.status === 'RUNNING') running.push(executionArn);
-      return out?.status ?? 'UNKNOWN';
-    } catch (err) {
-      if ((err as Error).name !== 'ExecutionDoesNotExist') throw err;
-      return undefined;
-    }
+    const status = await executionStatus(deps, name);
+    if (status === 'RUNNING') running.push(executionArnOf(deps.stateMachineArn, name));
+    return status;
   };
   await look(current?.name ?? state.id);
   await look(continuedExecutionName(state.id, number + 1));
   for (let n = number + 1; n <= number + MAX_UNRECORDED && (await look(resumedExecutionName(state.id, n))); n++);
-  const rollback = options.rollback ? await look(rollbackExecutionName(state.id)) : undefined;
+  // Every rollback execution asked for (the next only after the last ended): the last one's status.
+  let rollback: string | undefined;
+  for (let n = 1; options.rollback && n <= MAX_ROLLBACK_ATTEMPTS; n++) {
+    const status = await look(rollbackExecutionName(state.id, n));
+    if (!status) break;
+    rollback = `${rollbackExecutionName(state.id, n)}: ${status}`;
+  }
   return { running, rollback };
 }
 

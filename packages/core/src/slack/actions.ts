@@ -38,9 +38,16 @@ export function slackStartMigrationId(requestKey: string): string {
   return `s${createHash('sha256').update(requestKey).digest('hex').slice(0, 15)}`;
 }
 
-/** The execution that `start` begins is named after the migration id; a rollback's after it, once. */
+/**
+ * The execution that `start` begins is named after the migration id; a rollback's after it: the first
+ * `<id>-rollback`, and one asked for again after that one ended without rolling back (a server away)
+ * `<id>-rollback-2`, `-3`…: Step Functions never reuses a name.
+ */
 export const migrateExecutionName = (migrationId: string) => migrationId;
-export const rollbackExecutionName = (migrationId: string) => `${migrationId}-rollback`;
+export const rollbackExecutionName = (migrationId: string, attempt = 1) =>
+  attempt === 1 ? `${migrationId}-rollback` : `${migrationId}-rollback-${attempt}`;
+/** How many rollback executions of one migration Slack starts, each after the last one failed. */
+export const MAX_ROLLBACK_ATTEMPTS = 10;
 
 /** The input of an execution that goes straight to "Roll back" (no error: the rollback on request). */
 export function rollbackExecutionInput(migrationId: string): WorkflowInput {

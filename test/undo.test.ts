@@ -10,6 +10,7 @@ import {
   rollbackMigration,
   unfreezeMigration,
 } from '../packages/cli/src/runner';
+import type { FileMigrationStore } from '../packages/cli/src/store';
 import { assess, cleanup, connect } from '../packages/postgres/src/index';
 import { frozen, loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
 import { freshPair, leftovers, type Pair, serverUrl, sql } from './harness/pairs';
@@ -519,6 +520,31 @@ describe('a second migration, and a rollback run again', () => {
     const m = await newMigration(rt, pair, { cutover: 'manual' });
     await advance(rt, m.id, { cutover: 'manual' });
     const n = `pgferry_${m.id}`;
+    const files = rt.store as FileMigrationStore;
+    const secrets = await files.secrets(m.id);
+    const target = new URL(secrets.targetUrl);
+    // A target that answers and refuses (a wrong password) is not gone: nothing is dropped.
+    await files.updateSecrets(m.id, {
+      ...secrets,
+      targetUrl: `${target.protocol}//${target.username}:wrong@${target.host}${target.pathname}`,
+    });
+    await expect(cleanupMigration(rt, m.id, { withoutTarget: true, force: true })).rejects.toThrow(
+      /the target answered, so it is not gone/,
+    );
+    // Nothing answers at the URL pgferry has (a VPN down, a security group), but the target still streams
+    // from the slot: it is alive, only out of reach from here, and its slot is not dropped.
+    await files.updateSecrets(m.id, {
+      ...secrets,
+      targetUrl: `${target.protocol}//${target.username}:${target.password}@127.0.0.1:1${target.pathname}`,
+    });
+    await expect(cleanupMigration(rt, m.id, { withoutTarget: true, force: true })).rejects.toMatchObject({
+      field: '--without-target',
+      message: expect.stringMatching(
+        new RegExp(`^the target still streams from the source's slot ${n} \\(walsender pid \\d+`),
+      ),
+    });
+    expect(await pair.source('SELECT 1 FROM pg_replication_slots WHERE slot_name = $1', [n])).toHaveLength(1);
+    await files.updateSecrets(m.id, secrets);
     const revive = await killTarget(pair);
     try {
       // A clean-up that needs the target says so, and names the way for a target that will not come back.

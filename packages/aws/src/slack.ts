@@ -462,8 +462,9 @@ async function renewedToken(id: string, spent: string, deps: SlackWorkDeps): Pro
 /**
  * `abort` (before the switch) and `rollback` after it: the migrate execution is stopped (a stopped
  * execution runs no Catch, so its undo is started here: what the failure policy does for a failure
- * before the switch, the rollback), then one execution goes straight to "Roll back". Its name is fixed,
- * so a second click or a retry starts nothing twice.
+ * before the switch, the rollback), then one execution goes straight to "Roll back": the first of
+ * `<id>-rollback`, `-rollback-2`… that does not exist, past those that failed, so a second click or a
+ * retry while one runs starts nothing twice (two at once name the same one: Step Functions starts one).
  */
 async function stopThenRollBack(
   state: MigrationState,

@@ -641,8 +641,8 @@ export async function main(argv: string[]): Promise<number> {
         storedId,
         { sourceUrl: values.source, targetUrl: values.target },
         // status too, as the README says: with the old password a subscription stops at its next reconnect.
-        // (Not unfreeze: the target it is used for is gone.)
-        { subscriptions: command !== 'unfreeze' },
+        // (Not unfreeze, nor a clean-up without the target: the target it is used for is gone.)
+        { subscriptions: command !== 'unfreeze' && !(command === 'cleanup' && values['without-target']) },
       );
     // Stored by the command once it is allowed to run (claimed, its state checked): a refused one changes nothing.
     const changes = {

@@ -185,13 +185,15 @@ export function describeState(s: MigrationState, options: { timeline?: boolean; 
   const window = s.cutover?.switchAt ? undefined : cutoverWindowText(s, new Date());
   if (window) lines.push(`  cutover window: ${window}`);
   if (s.ddlDrift?.length) lines.push(`  DDL drift: ${s.ddlDrift.join('; ')}`);
-  if (s.cutover?.switchStartedAt && !s.cutover.switchAt && s.status !== 'rolled-back') {
+  // (Over: a rollback or a clean-up after `pgferry unfreeze` ended whatever was half done.)
+  const over = s.status === 'rolled-back' || s.status === 'cleaned-up';
+  if (s.cutover?.switchStartedAt && !s.cutover.switchAt && !over) {
     lines.push(
       `  ATTENTION: a cutover stopped while switching the application to the target (at ${s.cutover.switchStartedAt}); the application may already write there.\n  Run \`pgferry resume --id ${s.id}\` to finish the switch (then \`pgferry rollback --id ${s.id}\` switches back losing nothing).`,
     );
   } else if (s.undoFailed) {
     lines.push(`  ATTENTION: ${describeUndoFailure(s)}`);
-  } else if (s.cutover?.freezeAt && !s.cutover.switchAt && s.status !== 'rolled-back') {
+  } else if (s.cutover?.freezeAt && !s.cutover.switchAt && !over) {
     lines.push(
       `  ATTENTION: a cutover began at ${s.cutover.freezeAt} and did not finish; the source may still be frozen (read-only).\n  Run \`pgferry resume --id ${s.id}\` to finish it or \`pgferry rollback --id ${s.id}\` to unfreeze and undo.`,
     );

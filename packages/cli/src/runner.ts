@@ -438,10 +438,26 @@ async function cleanupWithoutTarget(rt: Runtime, id: string, options: CleanupOpt
     max: 1,
   });
   try {
+    // A target streaming from the slot is alive, only unreachable from here: its slot is not dropped.
+    const n = objectNames(id);
+    const [streaming] = await source.query<{ pid: number; client: string | null }>(
+      `SELECT s.active_pid AS pid, r.client_addr::text AS client FROM pg_replication_slots s
+         LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = $1 AND s.active_pid IS NOT NULL`,
+      [n.slot],
+    );
+    if (streaming)
+      throw new InvalidInputError(
+        `the target still streams from the source's slot ${n.slot} (walsender pid ${streaming.pid}${streaming.client ? `, from ${streaming.client}` : ''}): it is not gone, only unreachable from here`,
+        {
+          field: '--without-target',
+          migrationId: id,
+          hint: `run \`pgferry cleanup --id ${id}\` from where the target answers (it removes both sides' objects); --without-target is for a target that is gone for good`,
+        },
+      );
     const removed = await cleanupSource(source, id);
     const unfrozen = await unfreezeUnswitchedSource(source, state);
     if (unfrozen) removed.push(unfrozen);
-    const message = `pgferry cleanup without the target (unreachable): removed ${removed.length ? removed.join(', ') : 'nothing on the source (already clean)'}; not removed, on the target, if it comes back: ${targetObjects(id).join(', ')}`;
+    const message = `pgferry cleanup without the target (unreachable): removed ${removed.length ? removed.join(', ') : 'nothing on the source (already clean)'}; not removed, on the target, if it comes back: ${targetObjects(state).join(', ')}`;
     rt.events.log(message);
     rmSync(join(rt.stateDir, 'artifacts', id), { recursive: true, force: true });
     const at = new Date().toISOString();
@@ -449,6 +465,8 @@ async function cleanupWithoutTarget(rt: Runtime, id: string, options: CleanupOpt
       ...state,
       status: 'cleaned-up',
       leftovers: [],
+      // What a failed undo of a cutover left (the freeze, the slot) is gone now, as clean-up says.
+      undoFailed: state.undoFailed?.of === 'cutover' && !c?.switchAt ? undefined : state.undoFailed,
       events: [...state.events, { at, message }],
       warnings: [...(state.warnings ?? []), message],
     });
@@ -521,6 +539,25 @@ function stillReplicatingError(id: string, s: MigrationState): PgferryError {
   });
 }
 
+/** Connection failures where nothing answered at the target (not one it refused): no server, no such database. */
+const NO_ANSWER_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ETIMEDOUT',
+  // The database does not exist, or takes no connections (ALLOW_CONNECTIONS false).
+  '3D000',
+  '55000',
+]);
+
+function noAnswer(err: ConnectionFailedError): boolean {
+  const cause = err.cause as { code?: string; message?: string } | undefined;
+  return NO_ANSWER_CODES.has(cause?.code ?? '') || /timeout|terminated unexpectedly/i.test(cause?.message ?? '');
+}
+
 async function cleanupClaimed(rt: Runtime, id: string, options: CleanupOptions): Promise<MigrationState> {
   // Cleaning up would drop the reverse replication an unfinished rollback needs, and leave the target frozen.
   const before = await rt.store.get(id);
@@ -543,6 +580,16 @@ async function cleanupClaimed(rt: Runtime, id: string, options: CleanupOptions):
     session = await openSession(rt, id);
   } catch (err) {
     if (!(err instanceof ConnectionFailedError) || err.field !== '--target') throw err;
+    // A target that answered and refused (a password, pg_hba, TLS) is there: cleaned up as always.
+    if (!noAnswer(err)) {
+      if (!options.withoutTarget) throw err;
+      throw new ConnectionFailedError(`${err.message}: the target answered, so it is not gone`, {
+        cause: err,
+        field: '--target',
+        migrationId: id,
+        hint: `${err.hint ?? 'check --target'}; a target that answers is cleaned up as always (--without-target is for one nothing answers at)`,
+      });
+    }
     if (options.withoutTarget) return cleanupWithoutTarget(rt, id, options);
     throw new ConnectionFailedError(err.message, {
       cause: err,

@@ -33,8 +33,9 @@ export function takesLease(task: TaskName, input: TaskInput): boolean {
  * conflict's message), when the task takes one: another holder's live lease throws MigrationBusyError
  * before anything is done. Released before this returns or throws, so the next state, entered once
  * the result is sent, finds it free; a release that fails is only logged (the lease lapses by itself).
- * Released at once when `signal` aborts: the worker's execution is gone (its heartbeat refused), and
- * whatever it still does must not keep that execution's rollback out (which ends its sessions).
+ * Released at once when `signal` aborts: the worker's execution is gone (its heartbeat refused) or out
+ * of reach (heartbeats failing), its work is stopping, and what it still does must not keep that
+ * execution's rollback out for hours.
  */
 export async function withTaskLease<T>(
   store: Pick<MigrationStore, 'claim'>,
@@ -53,7 +54,7 @@ export async function withTaskLease<T>(
       ),
     ));
   const onAbort = () => {
-    options.log(`the lease on migration ${input.migrationId} is given up: its execution is gone`);
+    options.log(`the lease on migration ${input.migrationId} is given up: its execution is gone (or out of reach)`);
     void release();
   };
   if (claimed && options.signal) {

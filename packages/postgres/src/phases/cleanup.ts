@@ -124,12 +124,18 @@ export async function cleanupSource(source: Db, id: string): Promise<string[]> {
 }
 
 /** What pgferry may have left on a target clean-up could not reach (the target's side of cleanup). */
-export function targetObjects(id: string): string[] {
+export function targetObjects(state: MigrationState): string[] {
+  const id = state.id;
   const n = objectNames(id);
-  return [
+  const objects = [
     `subscription ${n.subscription}`,
     `replication slot ${n.reverseSlot}`,
     `publication ${n.reversePublication}`,
     `the row of ${n.markerSchema}.migration for ${id} (the schema ${n.markerSchema} when no other migration's row is in it)`,
   ];
+  if (state.rolesCreated?.length) objects.push(`the role(s) pgferry created: ${state.rolesCreated.join(', ')}`);
+  if (state.rollback?.switchAt) objects.push('the read-only setting the rollback left on the target database');
+  if (state.dataLoadedAt && !state.cutover?.switchAt)
+    objects.push('the data loaded (drop the target database if it is not wanted)');
+  return objects;
 }

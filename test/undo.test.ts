@@ -11,7 +11,14 @@ import {
   unfreezeMigration,
 } from '../packages/cli/src/runner';
 import type { FileMigrationStore } from '../packages/cli/src/store';
-import { assess, cleanup, connect } from '../packages/postgres/src/index';
+import {
+  assess,
+  cleanup,
+  connect,
+  type FaultPoints,
+  runWorkflowTask,
+  type TaskDeps,
+} from '../packages/postgres/src/index';
 import { frozen, loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
 import { freshPair, leftovers, type Pair, serverUrl, sql } from './harness/pairs';
 
@@ -503,6 +510,54 @@ describe('a second migration, and a rollback run again', () => {
     const cleaned = await cleanupMigration(rt, m.id);
     expect(cleaned.status).toBe('cleaned-up');
     expect(await leftovers(pair)).toEqual([]);
+  });
+
+  it('a task of a stopped execution that runs on changes nothing once another process rolled the migration back', async () => {
+    pair = await freshPair(15, 'lateverify');
+    const r = testRuntime();
+    rt = r;
+    await loadSample(pair, 300);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // Its verify before the switch not done yet (the state as it was before that step).
+    await rt.store.put({ ...(await rt.store.get(m.id)), verifyBeforeSwitch: undefined });
+    let entered!: () => void;
+    const inside = new Promise<void>((r) => {
+      entered = r;
+    });
+    let letGo!: () => void;
+    const held = new Promise<void>((r) => {
+      letGo = r;
+    });
+    const faults: FaultPoints = {
+      verifyReader: async (p) => {
+        if (p.stage !== 'reading') return;
+        entered();
+        await held;
+      },
+    };
+    const deps: TaskDeps = { store: r.store, log: (l) => r.logs.push(l), faults };
+    try {
+      const late = runWorkflowTask('verifyBeforeSwitch', { migrationId: m.id }, deps).catch((e: Error) => e);
+      await inside;
+      // Meanwhile another execution (Slack's rollback) ended the migration.
+      const ended = await rt.store.put({ ...(await rt.store.get(m.id)), status: 'rolled-back' });
+      letGo();
+      expect(await late).toMatchObject({
+        name: 'StateConflictError',
+        message: expect.stringContaining(
+          `migration ${m.id} was rolled-back by another process while this one worked on it`,
+        ),
+      });
+      const after = await rt.store.get(m.id);
+      expect([after.status, after.version, after.verifyBeforeSwitch]).toEqual([
+        'rolled-back',
+        ended.version,
+        undefined,
+      ]);
+    } finally {
+      letGo();
+    }
   });
 
   /** The target dies: nothing can connect to its database any more, until `revive`. */

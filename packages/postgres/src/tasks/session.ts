@@ -9,6 +9,7 @@ import {
   beginAttempt,
   endAttempt,
   errorMessage,
+  FINISHED_STATUSES,
   failAttempt,
   type MigrationConfig,
   type MigrationState,
@@ -16,6 +17,7 @@ import {
   objectNames,
   PHASE_TITLES,
   type Phase,
+  StateConflictError,
   samplesAfter,
 } from '@pgferry/core';
 import { connect, type Db } from '../db';
@@ -69,6 +71,13 @@ export async function openSession(store: MigrationStore, id: string, options: Se
     async update(change) {
       // Re-read, apply, write with the version read: concurrent writers get a StateConflictError.
       const fresh = await store.get(id);
+      // Ended meanwhile by another actor (a rollback Slack started while this task of the stopped
+      // execution ran on): this one changes nothing more, its failure recorded nowhere (a conflict).
+      if (FINISHED_STATUSES.includes(fresh.status) && !FINISHED_STATUSES.includes(state.status))
+        throw new StateConflictError(
+          `migration ${id} was ${fresh.status} by another process while this one worked on it: it changes nothing more`,
+          { migrationId: id, hint: `\`pgferry status --id ${id}\` shows where it stands` },
+        );
       const lastSample = fresh.lag?.at(-1)?.at;
       change(fresh);
       state = await store.put(fresh);

@@ -16,7 +16,7 @@ import { advance } from '../packages/cli/src/runner';
 import { InProcessTaskCallbacks } from '../packages/cli/src/worker';
 import type { FaultPoints } from '../packages/postgres/src/index';
 import { type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
-import { frozen, migrationFixture, newMigration } from './harness/migration';
+import { frozen, holdPoint, migrationFixture, newMigration } from './harness/migration';
 
 const fixture = migrationFixture();
 let dynamo: LocalDynamo;
@@ -50,19 +50,11 @@ describe('the lease each deployed task holds', () => {
     });
     await store.create(await rt.store.get(m.id), secrets);
 
-    let entered!: () => void;
-    const inside = new Promise<void>((r) => {
-      entered = r;
-    });
-    let letGo!: () => void;
-    const held = new Promise<void>((r) => {
-      letGo = r;
-    });
+    const point = holdPoint();
     // The cut-over held after its gate opened, before its freeze: a Lambda still running.
     const faults: FaultPoints = {
       beforeDrainForecast: async () => {
-        entered();
-        await held;
+        await point.hold();
       },
     };
     const logged: string[] = [];
@@ -80,7 +72,7 @@ describe('the lease each deployed task holds', () => {
 
     try {
       const cutover = handler('cutover')({ migrationId: m.id, task: 'cutover' }, context('pgferry-cutover', 'req-a'));
-      await inside;
+      await point.reached;
       const before = await store.get(m.id);
 
       // The next execution's "Roll back" (Slack's rollback): refused before it touches anything.
@@ -100,7 +92,7 @@ describe('the lease each deployed task holds', () => {
       );
       expect(plan).toMatchObject({ ready: false });
 
-      letGo();
+      point.release();
       const cut = await cutover;
       expect(cut.summary).toMatch(/^write gap \d+ ms/);
       expect((await store.get(m.id)).status).toBe('cut-over');
@@ -117,7 +109,7 @@ describe('the lease each deployed task holds', () => {
       // And it let go of the lease too.
       await (await store.claim(m.id))();
     } finally {
-      letGo();
+      point.release();
       cloudwatch.restore();
     }
   });

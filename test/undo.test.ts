@@ -11,15 +11,16 @@ import {
   unfreezeMigration,
 } from '../packages/cli/src/runner';
 import type { FileMigrationStore } from '../packages/cli/src/store';
+import { assess, cleanup, connect, runWorkflowTask, type TaskDeps } from '../packages/postgres/src/index';
 import {
-  assess,
-  cleanup,
-  connect,
-  type FaultPoints,
-  runWorkflowTask,
-  type TaskDeps,
-} from '../packages/postgres/src/index';
-import { frozen, loadSample, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
+  frozen,
+  loadSample,
+  newMigration,
+  sleep,
+  type TestRuntime,
+  testRuntime,
+  verifyHeldAtRead,
+} from './harness/migration';
 import { freshPair, leftovers, type Pair, serverUrl, sql } from './harness/pairs';
 
 let pair: Pair | undefined;
@@ -517,32 +518,14 @@ describe('a second migration, and a rollback run again', () => {
     const r = testRuntime();
     rt = r;
     await loadSample(pair, 300);
-    const m = await newMigration(rt, pair, { cutover: 'manual' });
-    await advance(rt, m.id, { cutover: 'manual' });
-    // Its verify before the switch not done yet (the state as it was before that step).
-    await rt.store.put({ ...(await rt.store.get(m.id)), verifyBeforeSwitch: undefined });
-    let entered!: () => void;
-    const inside = new Promise<void>((r) => {
-      entered = r;
-    });
-    let letGo!: () => void;
-    const held = new Promise<void>((r) => {
-      letGo = r;
-    });
-    const faults: FaultPoints = {
-      verifyReader: async (p) => {
-        if (p.stage !== 'reading') return;
-        entered();
-        await held;
-      },
-    };
+    const { m, point, faults } = await verifyHeldAtRead(r, pair);
     const deps: TaskDeps = { store: r.store, log: (l) => r.logs.push(l), faults };
     try {
       const late = runWorkflowTask('verifyBeforeSwitch', { migrationId: m.id }, deps).catch((e: Error) => e);
-      await inside;
+      await point.reached;
       // Meanwhile another execution (Slack's rollback) ended the migration.
       const ended = await rt.store.put({ ...(await rt.store.get(m.id)), status: 'rolled-back' });
-      letGo();
+      point.release();
       expect(await late).toMatchObject({
         name: 'StateConflictError',
         message: expect.stringContaining(
@@ -556,7 +539,7 @@ describe('a second migration, and a rollback run again', () => {
         undefined,
       ]);
     } finally {
-      letGo();
+      point.release();
     }
   });
 

@@ -15,7 +15,7 @@ import {
   workerTaskFromEnv,
 } from '../packages/cli/src/worker';
 import { prepareSchema } from '../packages/postgres/src/index';
-import { migrationFixture, newMigration, sleep, testRuntime } from './harness/migration';
+import { migrationFixture, newMigration, sleep, testRuntime, verifyHeldAtRead } from './harness/migration';
 
 const fixture = migrationFixture();
 
@@ -176,6 +176,37 @@ describe('pgferry worker', () => {
     );
     expect(ran.ok).toBe(true);
     expect(freeAtCompletion).toBe(true);
+  });
+
+  it('its execution gone, gives the lease up at once and ends the process when the work does not stop by itself', async () => {
+    const { pair, rt } = await fixture.setup('workerexit', 200);
+    // Its verify before the switch held inside its read (a verify checks no stop signal).
+    const { m, point, faults } = await verifyHeldAtRead(rt, pair);
+    const files = rt.store as FileMigrationStore;
+    const callbacks = new InProcessTaskCallbacks();
+    let exited = 0;
+    try {
+      const running = runWorker(
+        { task: 'verifyBeforeSwitch', migrationId: m.id, taskToken: 't7' },
+        { rt: { ...rt, faults }, callbacks, lease: true, heartbeatMs: 20, stopWithinMs: 200, exit: () => exited++ },
+      );
+      await point.reached;
+      await expect(files.claim(m.id)).rejects.toMatchObject({ name: 'MigrationBusyError' });
+      // The execution is gone (Slack's rollback stopped it): its heartbeat is refused.
+      callbacks.gone = true;
+      let free: (() => Promise<void>) | undefined;
+      for (let i = 0; i < 100 && !free; i++)
+        free = await files.claim(m.id).catch(() => sleep(20).then(() => undefined));
+      expect(free).toBeDefined();
+      await free?.();
+      for (let i = 0; i < 100 && !exited; i++) await sleep(20);
+      expect(exited).toBe(1);
+      expect(rt.logs).toContain('verifyBeforeSwitch did not stop within 200 ms: ending the process');
+      point.release();
+      await running;
+    } finally {
+      point.release();
+    }
   });
 
   it('goes on through heartbeats that fail for a moment (throttled, the network), and says so', async () => {

@@ -2,11 +2,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach } from 'vitest';
-import { createMigration, type Runtime } from '../../packages/cli/src/runner';
+import { advance, createMigration, type Runtime } from '../../packages/cli/src/runner';
 import { sampleData, sampleSchema } from '../../packages/cli/src/sample';
 import { FileMigrationStore } from '../../packages/cli/src/store';
 import { LiveWriter } from '../../packages/cli/src/writer';
 import type { MigrationConfigInput } from '../../packages/core/src/index';
+import type { FaultPoints } from '../../packages/postgres/src/index';
 import { freshPair, type Pair, type TargetVersion } from './pairs';
 
 let counter = 0;
@@ -63,6 +64,29 @@ export async function newMigration(rt: TestRuntime, pair: Pair, extra: Partial<M
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * A point a task is held at (a fault point's body: `await point.hold()`): `reached` resolves once the
+ * task is there, `release()` lets it (and every later arrival) go on.
+ */
+export function holdPoint() {
+  let reach!: () => void;
+  const reached = new Promise<void>((r) => {
+    reach = r;
+  });
+  let release!: () => void;
+  const released = new Promise<void>((r) => {
+    release = r;
+  });
+  return {
+    reached,
+    release,
+    async hold() {
+      reach();
+      await released;
+    },
+  };
+}
+
 /** Is the database frozen (default_transaction_read_only set on it)? */
 export async function frozen(pair: Pair, side: 'source' | 'target'): Promise<boolean> {
   const rows = await pair[side](
@@ -101,4 +125,21 @@ export function migrationFixture() {
       return w;
     },
   };
+}
+
+/**
+ * A migration caught up and awaiting its cutover, its verify before the switch not done yet (the
+ * state as it was before that step), and fault points that hold that verify inside its reads.
+ */
+export async function verifyHeldAtRead(rt: TestRuntime, pair: Pair) {
+  const m = await newMigration(rt, pair, { cutover: 'manual' });
+  await advance(rt, m.id, { cutover: 'manual' });
+  await rt.store.put({ ...(await rt.store.get(m.id)), verifyBeforeSwitch: undefined });
+  const point = holdPoint();
+  const faults: FaultPoints = {
+    verifyReader: async (p) => {
+      if (p.stage === 'reading') await point.hold();
+    },
+  };
+  return { m, point, faults };
 }

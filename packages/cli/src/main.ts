@@ -76,8 +76,10 @@ The state machine starts the container with ecs:runTask.waitForTaskToken and set
   PGFERRY_HEARTBEAT_SECONDS  between two heartbeats (default 30; the state waits ${WORKER_HEARTBEAT_TIMEOUT_SECONDS})
 
 The worker sends heartbeats while the task runs and completes the token with a short summary, or
-with the error's name and message (never a password). A refused heartbeat (the execution is gone)
-stops a bulk load's coordinator, which then drops its replication slot.
+with the error's name and message (never a password). It holds the migration's lease while the task
+runs; another execution's task finds it held and waits. A refused heartbeat (the execution is gone)
+gives the lease up and stops the task (a bulk load's coordinator then drops its replication slot);
+work that does not stop by itself within 30 s is ended with the process (exit 1).
 Exit code 0 when the task succeeded, otherwise the error's exit code.`,
   main: `pgferry — move a live PostgreSQL database to another server (Amazon RDS) with zero downtime
 
@@ -812,6 +814,9 @@ export async function main(argv: string[]): Promise<number> {
           heartbeatMs: seconds * 1000,
           // Started by the state machine: no command holds the migration, each task leases it.
           lease: true,
+          // Its execution gone, work that checks no signal is ended with the process (its sessions too).
+          stopWithinMs: 30_000,
+          exit: () => process.exit(EXIT_CODES.failed),
         });
         if (outcome.ok) out.log(outcome.output?.summary ?? 'done');
         else out.log(`${task.task} failed: ${outcome.error?.name}: ${outcome.error?.message}`);

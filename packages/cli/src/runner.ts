@@ -29,6 +29,7 @@ import {
   cleanupSource,
   connect,
   connectionSettings,
+  cutoverUndoCleanedUp,
   type Db,
   type DumpStore,
   type FaultPoints,
@@ -415,8 +416,8 @@ async function rollbackClaimed(rt: Runtime, id: string): Promise<MigrationState>
 /**
  * `pgferry cleanup --without-target`, the target unreachable: the source's side of the clean-up alone
  * (cleanupSource), and a source a cutover froze and never switched from made writable, as clean-up
- * always does. What is on the target is forgotten, named in the migration's warnings. A source that
- * is read-only because the application was switched to the target stays so: `pgferry unfreeze` decides that.
+ * always does. What is on the target is forgotten, named in the migration's warnings. Refused for a
+ * source read-only because the application was switched to the target: `pgferry unfreeze` decides that.
  */
 async function cleanupWithoutTarget(rt: Runtime, id: string, options: CleanupOptions): Promise<MigrationState> {
   const state = await rt.store.get(id);
@@ -466,7 +467,7 @@ async function cleanupWithoutTarget(rt: Runtime, id: string, options: CleanupOpt
       status: 'cleaned-up',
       leftovers: [],
       // What a failed undo of a cutover left (the freeze, the slot) is gone now, as clean-up says.
-      undoFailed: state.undoFailed?.of === 'cutover' && !c?.switchAt ? undefined : state.undoFailed,
+      undoFailed: cutoverUndoCleanedUp(state) ? undefined : state.undoFailed,
       events: [...state.events, { at, message }],
       warnings: [...(state.warnings ?? []), message],
     });
@@ -539,8 +540,11 @@ function stillReplicatingError(id: string, s: MigrationState): PgferryError {
   });
 }
 
-/** Connection failures where nothing answered at the target (not one it refused): no server, no such database. */
-const NO_ANSWER_CODES = new Set([
+/**
+ * Connection failures that say the target is not there (not that it refused us: a password, pg_hba,
+ * TLS): nothing answered, or its server answered that the database is gone or takes no connections.
+ */
+const NOT_THERE_CODES = new Set([
   'ECONNREFUSED',
   'ECONNRESET',
   'ENOTFOUND',
@@ -553,9 +557,9 @@ const NO_ANSWER_CODES = new Set([
   '55000',
 ]);
 
-function noAnswer(err: ConnectionFailedError): boolean {
+function targetNotThere(err: ConnectionFailedError): boolean {
   const cause = err.cause as { code?: string; message?: string } | undefined;
-  return NO_ANSWER_CODES.has(cause?.code ?? '') || /timeout|terminated unexpectedly/i.test(cause?.message ?? '');
+  return NOT_THERE_CODES.has(cause?.code ?? '') || /timeout|terminated unexpectedly/i.test(cause?.message ?? '');
 }
 
 async function cleanupClaimed(rt: Runtime, id: string, options: CleanupOptions): Promise<MigrationState> {
@@ -581,21 +585,18 @@ async function cleanupClaimed(rt: Runtime, id: string, options: CleanupOptions):
   } catch (err) {
     if (!(err instanceof ConnectionFailedError) || err.field !== '--target') throw err;
     // A target that answered and refused (a password, pg_hba, TLS) is there: cleaned up as always.
-    if (!noAnswer(err)) {
-      if (!options.withoutTarget) throw err;
-      throw new ConnectionFailedError(`${err.message}: the target answered, so it is not gone`, {
-        cause: err,
-        field: '--target',
-        migrationId: id,
-        hint: `${err.hint ?? 'check --target'}; a target that answers is cleaned up as always (--without-target is for one nothing answers at)`,
-      });
-    }
-    if (options.withoutTarget) return cleanupWithoutTarget(rt, id, options);
-    throw new ConnectionFailedError(err.message, {
+    const notThere = targetNotThere(err);
+    if (notThere && options.withoutTarget) return cleanupWithoutTarget(rt, id, options);
+    if (!notThere && !options.withoutTarget) throw err;
+    throw new ConnectionFailedError(notThere ? err.message : `${err.message}: the target answered, so it is not gone`, {
       cause: err,
       field: '--target',
       migrationId: id,
-      hint: `${err.hint ?? 'check --target'}; if the target is gone for good, \`pgferry cleanup --id ${id} --without-target\` removes what pgferry left on the source (its replication slot retains the source's WAL) and forgets what it left on the target`,
+      hint: `${err.hint ?? 'check --target'}; ${
+        notThere
+          ? `if the target is gone for good, \`pgferry cleanup --id ${id} --without-target\` removes what pgferry left on the source (its replication slot retains the source's WAL) and forgets what it left on the target`
+          : 'a target that answers is cleaned up as always (--without-target is for one that is not there)'
+      }`,
     });
   }
   try {

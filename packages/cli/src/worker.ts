@@ -16,7 +16,6 @@ import {
   type Phase,
   redactText,
   SST_APP_NAME,
-  StateConflictError,
   type TaskCallbacks,
   type TaskName,
   type TaskOutput,
@@ -103,9 +102,17 @@ export interface WorkerOptions {
   pollMs?: number;
   /**
    * Hold the migration's lease while the task runs (withTaskLease): `pgferry worker`, started by the
-   * state machine. Not the local runtime's worker states, whose command holds the migration's claim.
+   * state machine (not a worker run in this process, whose caller holds the migration).
    */
   lease?: boolean;
+  /**
+   * Once the work is told to stop (its execution gone), how long it has to stop by itself before
+   * `exit` ends the process: a load's COPY, a verify or a pg_restore checks no signal, and must not run
+   * on beside the rollback that follows (ending the process ends its sessions). None: it runs on.
+   */
+  stopWithinMs?: number;
+  /** What ends the process (`pgferry worker`: process.exit with the failure's code). */
+  exit?: () => void;
 }
 
 export interface WorkerOutcome {
@@ -191,6 +198,13 @@ export async function runWorker(task: WorkerTask, options: WorkerOptions): Promi
         }
         rt.events.log(`heartbeat refused (${why}): stopping ${task.task}`);
         stop.abort();
+        if (options.stopWithinMs !== undefined && options.exit) {
+          const exit = options.exit;
+          setTimeout(() => {
+            rt.events.log(`${task.task} did not stop within ${options.stopWithinMs} ms: ending the process`);
+            exit();
+          }, options.stopWithinMs).unref();
+        }
       },
     );
   }, options.heartbeatMs ?? 30_000);
@@ -214,12 +228,7 @@ export async function runWorker(task: WorkerTask, options: WorkerOptions): Promi
     } catch (err) {
       // A share's copy and the coordinator's load do not go through runWorkflowTask, which keeps a
       // typed error's hint with the migration for "Record failure" (only name and message travel).
-      // Not a conflict's: another actor has the migration, this one leaves it be.
-      if (
-        (task.task === 'copyShare' || task.loadId) &&
-        err instanceof PgferryError &&
-        !(err instanceof StateConflictError)
-      )
+      if ((task.task === 'copyShare' || task.loadId) && err instanceof PgferryError)
         await keepErrorHint(rt.store, task.migrationId, err);
       const error = {
         name: (err as Error)?.name || 'Error',

@@ -141,7 +141,7 @@ export class StateConflictError extends PgferryError {
 }
 /**
  * Another command, execution or task holds the migration (its claim or lease) and keeps it: nothing was
- * done. The state machine tries such a task again for longer than any task may hold it (busyRetry).
+ * done. The state machine tries such a task again for longer than a Lambda task may hold it (BUSY_RETRY).
  */
 export class MigrationBusyError extends StateConflictError {
   override name = 'MigrationBusyError';

@@ -5,7 +5,7 @@
  * not stop a Lambda invocation or a Fargate task when it stops waiting for it (an execution stopped by
  * Slack's rollback, a state's timeout): such a task, or a crashed one whose lease has not lapsed yet,
  * keeps the next execution's task out (MigrationBusyError, which the state machine tries again: see
- * busyRetry in states.ts) instead of both acting on the migration at once. No I/O but the store's.
+ * BUSY_RETRY in states.ts) instead of both acting on the migration at once. No I/O but the store's.
  */
 import type { MigrationStore } from '../model';
 import { IGNORED_ERRORS } from './failure';

@@ -62,11 +62,10 @@ export async function cleanup(ctx: PhaseContext): Promise<string> {
   // A cutover that froze the source and stopped before its switch (its undo failed, or it was killed in
   // its write gap): the application is on the source, which nothing will unfreeze once this is cleaned
   // up. (A cutover whose switch began is refused before this: it is finished, not undone.)
-  const c = ctx.state.cutover;
   const unfrozen = await unfreezeUnswitchedSource(ctx.source, ctx.state);
   if (unfrozen) removed.push(unfrozen);
   // What a failed undo of that cutover left (the freeze, the slot) is gone now: nothing for resume to end.
-  if (ctx.state.undoFailed?.of === 'cutover' && !c?.switchAt)
+  if (cutoverUndoCleanedUp(ctx.state))
     await ctx.update((s) => {
       s.undoFailed = undefined;
     });
@@ -94,6 +93,11 @@ export async function cleanup(ctx: PhaseContext): Promise<string> {
     left.length ? `LEFT BEHIND: ${left.join(', ')}` : 'nothing left behind',
     ...notes,
   ].join('; ');
+}
+
+/** Whether what a cutover's failed undo left (a freeze, a slot) is what a clean-up removes: no switch came after it. */
+export function cutoverUndoCleanedUp(state: MigrationState): boolean {
+  return state.undoFailed?.of === 'cutover' && !state.cutover?.switchAt;
 }
 
 /**
@@ -135,7 +139,8 @@ export function targetObjects(state: MigrationState): string[] {
   ];
   if (state.rolesCreated?.length) objects.push(`the role(s) pgferry created: ${state.rolesCreated.join(', ')}`);
   if (state.rollback?.switchAt) objects.push('the read-only setting the rollback left on the target database');
-  if (state.dataLoadedAt && !state.cutover?.switchAt)
+  // (A rollback before the switch dropped the loaded schema.)
+  if (state.dataLoadedAt && !state.cutover?.switchAt && state.status !== 'rolled-back')
     objects.push('the data loaded (drop the target database if it is not wanted)');
   return objects;
 }

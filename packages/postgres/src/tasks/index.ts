@@ -19,6 +19,7 @@ import {
   errorMessage,
   executionOrigin,
   type FailureFacts,
+  FINISHED_STATUSES,
   failAttempt,
   failureAction,
   type GateState,
@@ -178,6 +179,8 @@ export async function keepErrorHint(store: MigrationStore, id: string, err: Pgfe
     store,
     id,
     (s) => {
+      // A migration another actor ended (a rollback of a stopped execution) is left as it is.
+      if (FINISHED_STATUSES.includes(s.status)) return false;
       s.lastError = { name: err.name, message: errorMessage(err), hint, at: new Date().toISOString() };
       return true;
     },

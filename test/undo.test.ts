@@ -513,6 +513,27 @@ describe('a second migration, and a rollback run again', () => {
     expect(await leftovers(pair)).toEqual([]);
   });
 
+  it('a clean-up task whose passwords cannot be removed stays cleaned up, and says so', async () => {
+    pair = await freshPair(15, 'cleansecrets');
+    const r = testRuntime();
+    rt = r;
+    await loadSample(pair, 50);
+    const m = await newMigration(r, pair, { cutover: 'auto' });
+    await advance(r, m.id, { cutover: 'auto' });
+    const store = Object.assign(Object.create(r.store), {
+      removeSecrets: async () => {
+        throw new Error('EACCES: permission denied');
+      },
+    });
+    const out = await runWorkflowTask('cleanup', { migrationId: m.id }, { store, log: (l) => r.logs.push(l) });
+    expect(out.summary).toMatch(/nothing left behind/);
+    const after = await r.store.get(m.id);
+    expect(after.status).toBe('cleaned-up');
+    expect(after.warnings?.at(-1)).toBe(
+      "the migration's stored passwords were not removed (EACCES: permission denied): remove them by hand",
+    );
+  });
+
   it('a task of a stopped execution that runs on changes nothing once another process rolled the migration back', async () => {
     pair = await freshPair(15, 'lateverify');
     const r = testRuntime();

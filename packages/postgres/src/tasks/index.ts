@@ -781,7 +781,15 @@ const cleanupTask: Task = (input, deps) =>
     await ctx.update((s) => {
       s.status = 'cleaned-up';
     });
-    if (!ctx.state.leftovers?.length) await deps.store.removeSecrets?.(input.migrationId);
+    // Best effort: the clean-up is done, and a failure here would send the migration back to cut-over.
+    if (!ctx.state.leftovers?.length)
+      await deps.store.removeSecrets?.(input.migrationId).catch(async (err: unknown) => {
+        const message = `the migration's stored passwords were not removed (${redactText(errorMessage(err))}): remove them by hand`;
+        deps.log(`warning: ${message}`);
+        await ctx.update((s) => {
+          s.warnings = [...(s.warnings ?? []), message];
+        });
+      });
     return { summary };
   });
 

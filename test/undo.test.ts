@@ -11,6 +11,7 @@ import {
   unfreezeMigration,
 } from '../packages/cli/src/runner';
 import type { FileMigrationStore } from '../packages/cli/src/store';
+import type { PgferryError } from '../packages/core/src/index';
 import { assess, cleanup, connect, runWorkflowTask, type TaskDeps } from '../packages/postgres/src/index';
 import {
   frozen,
@@ -511,6 +512,46 @@ describe('a second migration, and a rollback run again', () => {
     const cleaned = await cleanupMigration(rt, m.id);
     expect(cleaned.status).toBe('cleaned-up');
     expect(await leftovers(pair)).toEqual([]);
+  });
+
+  it('refuses the cutover, nothing frozen, while the source subscribes to another server, and cuts over once that is disabled', async () => {
+    pair = await freshPair(15, 'upstream');
+    const r = testRuntime();
+    rt = r;
+    await loadSample(pair, 50);
+    const m = await newMigration(r, pair, { cutover: 'manual' });
+    await advance(r, m.id, { cutover: 'manual' });
+    // An upstream database the source subscribes to (its publication has no table: the apply worker
+    // runs and writes nothing; one that writes was seen to write through the freeze).
+    const upstreamDb = `up_${m.id}`;
+    const admin = serverUrl(pair.targetServer);
+    await sql(admin, `CREATE DATABASE ${upstreamDb}`);
+    const upstreamUrl = serverUrl(pair.targetServer, upstreamDb);
+    try {
+      await sql(upstreamUrl, 'CREATE PUBLICATION up_pub');
+      await pair.source(`CREATE SUBSCRIPTION up_sub CONNECTION '${upstreamUrl}' PUBLICATION up_pub`);
+      const source = await connect(pair.sourceUrl, { side: 'source', applicationName: 'test' });
+      try {
+        const found = (await assess(source, undefined)).findings.find((f) => f.code === 'source-subscription');
+        expect(found).toMatchObject({ level: 'warning', object: 'up_sub' });
+      } finally {
+        await source.end();
+      }
+      const err = await failure(advance(r, m.id, { cutover: 'now' }));
+      expect(err).toMatchObject({ name: 'CutoverFailedError' });
+      expect(err.message).toMatch(
+        /^the source subscribes to another server \(up_sub\): its apply writes through the freeze/,
+      );
+      expect((err as PgferryError).hint).toContain('ALTER SUBSCRIPTION up_sub DISABLE');
+      expect(await frozen(pair, 'source')).toBe(false);
+      expect((await r.store.get(m.id)).cutover?.freezeAt).toBeUndefined();
+      // Disabled (moved to the target at the cutover, as the hint says): the cutover goes ahead.
+      await pair.source('ALTER SUBSCRIPTION up_sub DISABLE');
+      expect((await advance(r, m.id, { cutover: 'now' })).status).toBe('cut-over');
+    } finally {
+      await sql(pair.sourceUrl, 'DROP SUBSCRIPTION IF EXISTS up_sub').catch(() => {});
+      await sql(admin, `DROP DATABASE IF EXISTS ${upstreamDb} WITH (FORCE)`);
+    }
   });
 
   it('a clean-up task whose passwords cannot be removed stays cleaned up, and says so', async () => {

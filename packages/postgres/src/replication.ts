@@ -205,6 +205,19 @@ export function conninfo(url: string): string {
     .join(' ');
 }
 
+/**
+ * The database's enabled subscriptions that are not pgferry's: it replicates from another server. Their
+ * apply workers write through a freeze (default_transaction_read_only does not hold them back).
+ */
+export async function upstreamSubscriptions(db: Db): Promise<string[]> {
+  const rows = await db.query<{ name: string }>(
+    `SELECT subname AS name FROM pg_subscription
+      WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND subenabled
+        AND subname !~ '^pgferry_' ORDER BY 1`,
+  );
+  return rows.map((r) => r.name);
+}
+
 export async function subscriptionExists(db: Db, name: string): Promise<boolean> {
   return (
     (

@@ -16,7 +16,7 @@ import rdsList from '../data/rds-extensions.json' with { type: 'json' };
 import type { Db } from '../db';
 import { describePrepared, formatAge, freezeHazards, isFrozen, preparedTransactions } from '../freeze';
 import { longTransactions } from '../lag';
-import { canCreateSubscription } from '../replication';
+import { canCreateSubscription, upstreamSubscriptions } from '../replication';
 
 export interface Finding {
   level: 'blocker' | 'warning' | 'info';
@@ -384,6 +384,15 @@ async function sourceFindings(db: Db, f: ServerFacts, add: (f: Finding) => void,
     });
   }
   await preparedFindings(db, preparedOrphanMs, add);
+  for (const sub of await upstreamSubscriptions(db)) {
+    add({
+      level: 'warning',
+      code: 'source-subscription',
+      object: sub,
+      message: `the source subscribes to another server (subscription ${sub}): what it applies is copied and replicated like the application's writes, but its apply writes through the cutover's freeze, so the cutover is refused while it is enabled`,
+      hint: `at the cutover, move it to the target: ALTER SUBSCRIPTION ${sub} DISABLE on the source, \`pgferry cutover\`, then subscribe the target from its slot (copy_data = false)`,
+    });
+  }
   for (const e of await db.query<{ evtname: string }>('SELECT evtname FROM pg_event_trigger ORDER BY 1')) {
     add({
       level: 'warning',

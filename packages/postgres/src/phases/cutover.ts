@@ -49,6 +49,7 @@ import {
   subscriptionExists,
   subscriptionMatchesPublication,
   unappliedChanges,
+  upstreamSubscriptions,
 } from '../replication';
 import { syncSequences } from '../sequences';
 import { readSwitchFile, switchConnection } from '../switch';
@@ -374,6 +375,17 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
   if (c?.switchStartedAt) return finishInterruptedSwitch(ctx);
   // A crash between freeze and switch: the application still points at the source. Undo, then go again.
   await undoInterruptedCutover(ctx);
+  // A source that replicates from another server: that apply writes through the freeze (the last look
+  // would then refuse every cutover), and after the switch into the source alone.
+  const upstream = await upstreamSubscriptions(ctx.source);
+  if (upstream.length)
+    throw new CutoverFailedError(
+      `the source subscribes to another server (${upstream.join(', ')}): its apply writes through the freeze, and after the switch would write into the source only; nothing was frozen`,
+      {
+        phase: 'cutover',
+        hint: `move it to the target at the cutover: on the source \`ALTER SUBSCRIPTION ${upstream[0]} DISABLE\` (its upstream keeps what follows in its slot), run \`pgferry cutover\` again, then subscribe the target from that slot (CREATE SUBSCRIPTION … WITH (create_slot = false, slot_name = '<its slot>', copy_data = false), after \`ALTER SUBSCRIPTION ${upstream[0]} SET (slot_name = NONE)\` on the source)`,
+      },
+    );
   let reverseTuning = NO_TUNING;
   let predictedDrainMs = 0;
   // Everything that can be prepared outside the write gap is prepared here. A failure here leaves the

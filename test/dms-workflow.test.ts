@@ -420,6 +420,29 @@ describe('strategy dms in the workflow', () => {
     expect(r.dms.calls.slice(r.dms.calls.indexOf('stop'))).toContain('resume');
   });
 
+  it('refuses the cutover before any freeze while the source subscribes to another server', async () => {
+    const r = await setup();
+    r.dms.latencies = [0, 0];
+    const upstreamDb = `up_dms_${Date.now().toString(36)}`;
+    const admin = serverUrl(r.pair.targetServer);
+    await sql(admin, `CREATE DATABASE ${upstreamDb}`);
+    const upstreamUrl = serverUrl(r.pair.targetServer, upstreamDb);
+    try {
+      await sql(upstreamUrl, 'CREATE PUBLICATION up_pub');
+      await r.pair.source(`CREATE SUBSCRIPTION up_sub CONNECTION '${upstreamUrl}' PUBLICATION up_pub`);
+      const { outcome } = await execute(r, 'dms-task-stopped-full-load-finished.json');
+      expect(outcome.status, JSON.stringify(outcome)).toBe('failed');
+      expect(JSON.stringify(outcome)).toContain('the source subscribes to another server (up_sub)');
+      expect((await r.rt.store.get(r.id)).cutover?.freezeAt).toBeUndefined();
+      expect(await frozen(r.pair, 'source')).toBe(false);
+      // DMS's task was never stopped for a switch.
+      expect(r.dms.calls).not.toContain('stop');
+    } finally {
+      await sql(r.pair.sourceUrl, 'DROP SUBSCRIPTION IF EXISTS up_sub').catch(() => {});
+      await sql(admin, `DROP DATABASE IF EXISTS ${upstreamDb} WITH (FORCE)`);
+    }
+  });
+
   it('does not switch when a session that turned read-only off made a table and wrote to it inside the gap', async () => {
     const r = await setup();
     r.dms.latencies = [0, 0];

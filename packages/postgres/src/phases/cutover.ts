@@ -365,6 +365,23 @@ async function finishInterruptedSwitch(ctx: PhaseContext): Promise<string> {
   return `switch finished after an interruption (write gap ${ctx.state.cutover?.writeGapMs} ms, including the interruption)`;
 }
 
+/**
+ * A source that replicates from another server: its subscription's apply writes through the freeze (the
+ * last look would then refuse every cutover), and after the switch into the source alone. Refused
+ * before anything is frozen, with how to move that subscription to the target (both cutovers).
+ */
+export async function refuseUpstreamSubscriptions(ctx: PhaseContext): Promise<void> {
+  const upstream = await upstreamSubscriptions(ctx.source);
+  if (!upstream.length) return;
+  throw new CutoverFailedError(
+    `the source subscribes to another server (${upstream.join(', ')}): its apply writes through the freeze, and after the switch would write into the source only; nothing was frozen`,
+    {
+      phase: 'cutover',
+      hint: `move it to the target at the cutover: on the source \`ALTER SUBSCRIPTION ${upstream[0]} DISABLE\` (its upstream keeps what follows in its slot), run \`pgferry cutover\` again, then subscribe the target from that slot (CREATE SUBSCRIPTION … WITH (create_slot = false, slot_name = '<its slot>', copy_data = false), after \`ALTER SUBSCRIPTION ${upstream[0]} SET (slot_name = NONE)\` on the source)`,
+    },
+  );
+}
+
 export async function cutover(ctx: PhaseContext): Promise<string> {
   const n = objectNames(ctx.config.id);
   const c = ctx.state.cutover;
@@ -375,17 +392,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
   if (c?.switchStartedAt) return finishInterruptedSwitch(ctx);
   // A crash between freeze and switch: the application still points at the source. Undo, then go again.
   await undoInterruptedCutover(ctx);
-  // A source that replicates from another server: that apply writes through the freeze (the last look
-  // would then refuse every cutover), and after the switch into the source alone.
-  const upstream = await upstreamSubscriptions(ctx.source);
-  if (upstream.length)
-    throw new CutoverFailedError(
-      `the source subscribes to another server (${upstream.join(', ')}): its apply writes through the freeze, and after the switch would write into the source only; nothing was frozen`,
-      {
-        phase: 'cutover',
-        hint: `move it to the target at the cutover: on the source \`ALTER SUBSCRIPTION ${upstream[0]} DISABLE\` (its upstream keeps what follows in its slot), run \`pgferry cutover\` again, then subscribe the target from that slot (CREATE SUBSCRIPTION … WITH (create_slot = false, slot_name = '<its slot>', copy_data = false), after \`ALTER SUBSCRIPTION ${upstream[0]} SET (slot_name = NONE)\` on the source)`,
-      },
-    );
+  await refuseUpstreamSubscriptions(ctx);
   let reverseTuning = NO_TUNING;
   let predictedDrainMs = 0;
   // Everything that can be prepared outside the write gap is prepared here. A failure here leaves the

@@ -39,7 +39,7 @@ import {
 } from '../replication';
 import { syncSequences } from '../sequences';
 import { type PhaseContext, partitionsViaRoot, targetMajor } from './context';
-import { recordForwardFreeze, redoSwitch, settleSwitch, switchInGap } from './cutover';
+import { recordForwardFreeze, redoSwitch, refuseUpstreamSubscriptions, settleSwitch, switchInGap } from './cutover';
 import { dmsRef } from './dms';
 import { runUndo, type UndoStep } from './undo';
 
@@ -188,6 +188,7 @@ export async function dmsCutover(
   }
   // A cutover stopped inside its gap (its task maybe stopped): undone, then done again.
   if (c?.freezeAt || ctx.state.dms?.stoppedAt) await undo(ctx, dms, undefined);
+  await refuseUpstreamSubscriptions(ctx);
   try {
     const targetTables = await listTables(ctx.target, { sizes: false });
     await ensurePublication(ctx.target, n.reversePublication, targetTables, { viaRoot: await partitionsViaRoot(ctx) });

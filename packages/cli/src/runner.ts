@@ -24,6 +24,7 @@ import {
   type WorkflowInput,
 } from '@pgferry/core';
 import {
+  artifactDirOf,
   type ConnectionSwitchFactory,
   cleanup,
   cleanupSource,
@@ -257,11 +258,14 @@ export async function inspectMigration(rt: Runtime, id: string): Promise<LiveSta
 
 export type { Session } from '@pgferry/postgres';
 
+/** Where this runtime keeps a migration's dumps unless its config names a directory. */
+const runtimeArtifactDir = (rt: Runtime, id: string) => join(rt.stateDir, 'artifacts', id);
+
 /** Open connections and a phase context for a stored migration. */
 export function openSession(rt: Runtime, id: string): Promise<Session> {
   return openTaskSession(rt.store, id, {
     listener: rt.events,
-    artifactDir: join(rt.stateDir, 'artifacts', id),
+    artifactDir: runtimeArtifactDir(rt, id),
     faults: rt.faults,
     connectionSwitch: rt.connectionSwitch,
     dumpStore: rt.dumpStore,
@@ -419,8 +423,12 @@ async function rollbackClaimed(rt: Runtime, id: string): Promise<MigrationState>
  * always does. What is on the target is forgotten, named in the migration's warnings. Refused for a
  * source read-only because the application was switched to the target: `pgferry unfreeze` decides that.
  */
-async function cleanupWithoutTarget(rt: Runtime, id: string, options: CleanupOptions): Promise<MigrationState> {
-  const state = await rt.store.get(id);
+async function cleanupWithoutTarget(
+  rt: Runtime,
+  state: MigrationState,
+  options: CleanupOptions,
+): Promise<MigrationState> {
+  const id = state.id;
   if (stillReplicating(state) && !options.force) throw stillReplicatingError(id, state);
   const c = state.cutover;
   if (c?.switchAt && !state.rollback?.switchAt && !state.unfrozenWithoutTargetAt)
@@ -455,12 +463,13 @@ async function cleanupWithoutTarget(rt: Runtime, id: string, options: CleanupOpt
           hint: `run \`pgferry cleanup --id ${id}\` from where the target answers (it removes both sides' objects); --without-target is for a target that is gone for good`,
         },
       );
-    const removed = await cleanupSource(source, id);
+    const removed = await cleanupSource(source, id, { keepReverseSlot: true });
     const unfrozen = await unfreezeUnswitchedSource(source, state);
     if (unfrozen) removed.push(unfrozen);
     const message = `pgferry cleanup without the target (unreachable): removed ${removed.length ? removed.join(', ') : 'nothing on the source (already clean)'}; not removed, on the target, if it comes back: ${targetObjects(state).join(', ')}`;
     rt.events.log(message);
-    rmSync(join(rt.stateDir, 'artifacts', id), { recursive: true, force: true });
+    // (Where the session would have put them.)
+    rmSync(artifactDirOf(state.config, runtimeArtifactDir(rt, id)), { recursive: true, force: true });
     const at = new Date().toISOString();
     const done = await rt.store.put({
       ...state,
@@ -586,7 +595,7 @@ async function cleanupClaimed(rt: Runtime, id: string, options: CleanupOptions):
     if (!(err instanceof ConnectionFailedError) || err.field !== '--target') throw err;
     // A target that answered and refused (a password, pg_hba, TLS) is there: cleaned up as always.
     const notThere = targetNotThere(err);
-    if (notThere && options.withoutTarget) return cleanupWithoutTarget(rt, id, options);
+    if (notThere && options.withoutTarget) return cleanupWithoutTarget(rt, before, options);
     if (!notThere && !options.withoutTarget) throw err;
     throw new ConnectionFailedError(notThere ? err.message : `${err.message}: the target answered, so it is not gone`, {
       cause: err,

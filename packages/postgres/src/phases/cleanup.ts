@@ -37,13 +37,9 @@ export async function cleanup(ctx: PhaseContext): Promise<string> {
   const n = objectNames(ctx.config.id);
   const removed: string[] = [];
   if (await dropSubscription(ctx.target, n.subscription)) removed.push(`target subscription ${n.subscription}`);
-  if (await dropSubscription(ctx.source, n.reverseSubscription))
-    removed.push(`source subscription ${n.reverseSubscription}`);
-  if (await dropSlot(ctx.source, n.slot)) removed.push(`source slot ${n.slot}`);
+  // (The reverse subscription drops its slot on the target as it goes.)
+  removed.push(...(await cleanupSource(ctx.source, ctx.config.id, { keepReverseSlot: false })));
   if (await dropSlot(ctx.target, n.reverseSlot)) removed.push(`target slot ${n.reverseSlot}`);
-  if (await dropPublication(ctx.source, n.publication)) removed.push(`source publication ${n.publication}`);
-  // A DMS cutover's late-write watch whose process died before it dropped it.
-  if (await dropPublication(ctx.source, n.watch)) removed.push(`source publication ${n.watch}`);
   if (await dropPublication(ctx.target, n.reversePublication))
     removed.push(`target publication ${n.reversePublication}`);
   // The marker schema goes only when no other migration's marker is in it. Only a marker table that is
@@ -112,14 +108,15 @@ export async function unfreezeUnswitchedSource(source: Db, state: MigrationState
 }
 
 /**
- * Clean-up of the source alone, for a target that is gone for good (`pgferry cleanup --without-target`):
- * the reverse subscription (its slot on the target left alone: nothing could reach it), the forward slot,
- * which retains the source's WAL for nobody, and the publications. Returns what was removed.
+ * The source's side of the clean-up: the reverse subscription, the forward slot (which retains the
+ * source's WAL), the publications (the DMS cutover's late-write watch too, if its process died before it
+ * dropped it). `keepReverseSlot` for a target that is gone for good (`pgferry cleanup --without-target`):
+ * the subscription's slot on the target is left alone, since nothing could reach it. Returns what was removed.
  */
-export async function cleanupSource(source: Db, id: string): Promise<string[]> {
+export async function cleanupSource(source: Db, id: string, options: { keepReverseSlot: boolean }): Promise<string[]> {
   const n = objectNames(id);
   const removed: string[] = [];
-  if (await dropSubscription(source, n.reverseSubscription, { keepSlot: true }))
+  if (await dropSubscription(source, n.reverseSubscription, { keepSlot: options.keepReverseSlot }))
     removed.push(`source subscription ${n.reverseSubscription}`);
   if (await dropSlot(source, n.slot)) removed.push(`source slot ${n.slot}`);
   if (await dropPublication(source, n.publication)) removed.push(`source publication ${n.publication}`);

@@ -46,6 +46,11 @@ export interface SessionOptions {
   dumpStore?: DumpStore;
 }
 
+/** Where a migration's dumps go: its config's directory, else the caller's, else one under the system's temp. */
+export function artifactDirOf(config: Pick<MigrationConfig, 'id' | 'artifactDir'>, fallback?: string): string {
+  return config.artifactDir ?? fallback ?? join(tmpdir(), 'pgferry', 'artifacts', config.id);
+}
+
 /** Open connections and a phase context for a stored migration; credentials come from the store's secrets only. */
 export async function openSession(store: MigrationStore, id: string, options: SessionOptions): Promise<Session> {
   let state = await store.get(id);
@@ -91,7 +96,7 @@ export async function openSession(store: MigrationStore, id: string, options: Se
     },
     log: (m) => options.listener.log(m),
     progress: options.listener.progress,
-    artifactDir: config.artifactDir ?? options.artifactDir ?? join(tmpdir(), 'pgferry', 'artifacts', id),
+    artifactDir: artifactDirOf(config, options.artifactDir),
     faults: options.faults,
     connectionSwitch: options.connectionSwitch?.(config),
     dumpStore: options.dumpStore,

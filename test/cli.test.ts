@@ -124,14 +124,21 @@ describe('pgferry CLI', () => {
     // question exits 130. Nothing is created either way. (Both were exit 1, "n" without a word.)
     const urls = '--source postgres://u:p@127.0.0.1:1/a --target postgres://u:p@127.0.0.1:2/b';
     const onTerminal = (keys: string) =>
-      new Promise<{ code: number | null; out: string }>((res) => {
+      new Promise<{ code: number | null; out: string }>((res, rej) => {
         const child = spawn('script', ['-qec', `"${process.execPath}" "${BIN}" migrate ${urls}`, '/dev/null'], {
           cwd,
         });
         let out = '';
+        let answered = false;
+        // The answer is typed once: written again on each later chunk, it met a closed pipe once
+        // the command had exited (EPIPE, an unhandled error that failed CI).
+        child.stdin.on('error', rej);
         child.stdout.on('data', (d) => {
           out += d;
-          if (out.includes('[y/N]')) child.stdin.write(keys);
+          if (!answered && out.includes('[y/N]')) {
+            answered = true;
+            child.stdin.write(keys);
+          }
         });
         child.on('close', (code) => res({ code, out }));
       });

@@ -866,6 +866,30 @@ describe('pgferry CLI', () => {
     expect(await leftovers(pair)).toEqual([]);
   });
 
+  it('cleans up the source alone with new source credentials, never trying the dead target (--without-target --source)', async () => {
+    pair = await freshPair(15, 'clinotarget');
+    await loadSample(pair, 100);
+    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'nt', '--cutover', 'manual'];
+    expect((await pgferry(['migrate', ...args, '--yes'])).code).toBe(0);
+    const admin = serverUrl(pair.targetServer);
+    const { sql } = await import('./harness/pairs');
+    await sql(admin, `ALTER DATABASE ${pair.targetDb} ALLOW_CONNECTIONS false`);
+    await sql(admin, 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1', [pair.targetDb]);
+    try {
+      // Credentials for the source (as after a rotated password) go with the clean-up: they are stored,
+      // and the dead target's subscription is not given them (that would fail, and keep the slot).
+      const r = await pgferry(['cleanup', '--id', 'nt', '--without-target', '--force', '--source', pair.sourceUrl]);
+      expect(r.stderr).not.toContain('could not be given them');
+      expect(r.code).toBe(0);
+      expect(
+        await pair.source("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgferry_nt%'"),
+      ).toEqual([]);
+      expect(JSON.parse(readFileSync(join(cwd!, '.pgferry', 'nt.json'), 'utf8')).status).toBe('cleaned-up');
+    } finally {
+      await sql(admin, `ALTER DATABASE ${pair.targetDb} ALLOW_CONNECTIONS true`);
+    }
+  });
+
   it('does not undo a switch whose file already names the target when the switch command then fails', async () => {
     pair = await freshPair(15, 'cliswitchfile');
     await loadSample(pair, 200);

@@ -16,7 +16,7 @@ import { advance } from '../packages/cli/src/runner';
 import { InProcessTaskCallbacks } from '../packages/cli/src/worker';
 import type { FaultPoints } from '../packages/postgres/src/index';
 import { type LocalDynamo, startDynamoLocal } from './harness/dynamodb';
-import { frozen, holdPoint, migrationFixture, newMigration } from './harness/migration';
+import { frozen, holdPoint, migrationFixture, newMigration, sleep } from './harness/migration';
 
 const fixture = migrationFixture();
 let dynamo: LocalDynamo;
@@ -35,6 +35,18 @@ const ENV: DeploymentEnv = {
   stage: 'test',
 };
 
+/** A Lambda task's dependencies as deployed, on `store`, its log lines kept in `logged`. */
+function taskDeps(store: DynamoMigrationStore, logged: string[], faults: FaultPoints): AwsTaskDeps {
+  return {
+    store,
+    log: (line: string) => logged.push(line),
+    callbacks: new InProcessTaskCallbacks(),
+    env: ENV,
+    clients: { cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }) } as AwsClients,
+    faults,
+  } as AwsTaskDeps;
+}
+
 describe('the lease each deployed task holds', () => {
   it("keeps a rollback out while a stopped execution's cutover still runs, and lets it run once that ends", async () => {
     const { pair, rt } = await fixture.setup('lease_cut', 300);
@@ -52,21 +64,9 @@ describe('the lease each deployed task holds', () => {
 
     const point = holdPoint();
     // The cut-over held after its gate opened, before its freeze: a Lambda still running.
-    const faults: FaultPoints = {
-      beforeDrainForecast: async () => {
-        await point.hold();
-      },
-    };
     const logged: string[] = [];
     const cloudwatch = mockClient(CloudWatchClient);
-    const deps = {
-      store,
-      log: (line: string) => logged.push(line),
-      callbacks: new InProcessTaskCallbacks(),
-      env: ENV,
-      clients: { cloudwatch: new CloudWatchClient({ region: 'eu-west-1' }) } as AwsClients,
-      faults,
-    } as AwsTaskDeps;
+    const deps = taskDeps(store, logged, { beforeDrainForecast: () => point.hold() });
     const handler = (task: TaskName) => createTaskHandler(task, () => deps);
     const context = (fn: string, request: string) => ({ functionName: fn, awsRequestId: request }) as never;
 
@@ -108,6 +108,50 @@ describe('the lease each deployed task holds', () => {
       expect(await frozen(pair, 'source')).toBe(false);
       // And it let go of the lease too.
       await (await store.claim(m.id))();
+    } finally {
+      point.release();
+      cloudwatch.restore();
+    }
+  });
+
+  it('a task whose lease lapsed and was taken over changes nothing more: its cutover freezes nothing', async () => {
+    const { pair, rt } = await fixture.setup('lease_lost', 200);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    expect((await advance(rt, m.id, { cutover: 'manual' })).status).toBe('awaiting-cutover');
+    const secrets = await rt.store.secrets(m.id);
+    const tableName = await dynamo.createTable('lease_lost');
+    const vault = { resolve: async () => secrets as MigrationSecrets };
+    // The cut-over's store: a lease of 1 s, renewed every 50 ms.
+    const store = new DynamoMigrationStore({ client: dynamo.doc, tableName, vault, leaseMs: 1000, renewEveryMs: 50 });
+    await store.create(await rt.store.get(m.id), secrets);
+    const point = holdPoint();
+    const logged: string[] = [];
+    const cloudwatch = mockClient(CloudWatchClient);
+    const deps = taskDeps(store, logged, { beforeDrainForecast: () => point.hold() });
+    try {
+      const cutover = createTaskHandler('cutover', () => deps)({ migrationId: m.id, task: 'cutover' }, {
+        functionName: 'pgferry-cutover',
+        awsRequestId: 'req-a',
+      } as never);
+      await point.reached;
+      // Its renewals stalled for a whole lease (seen from the next claimant's clock, two leases on):
+      // another holder takes the migration over.
+      const later = new DynamoMigrationStore({ client: dynamo.doc, tableName, vault, now: () => Date.now() + 5000 });
+      const other = await later.claim(m.id, 'the rollback');
+      for (let i = 0; i < 100 && !logged.some((l) => l.includes('taken over')); i++) await sleep(20);
+      const before = await store.get(m.id);
+      // The stalled cutover goes on, and is refused at its first write: nothing frozen, nothing recorded.
+      point.release();
+      await expect(cutover).rejects.toMatchObject({
+        name: 'MigrationBusyError',
+        message: expect.stringContaining('this task changes nothing more'),
+      });
+      expect(await frozen(pair, 'source')).toBe(false);
+      const after = await store.get(m.id);
+      expect([after.version, after.status]).toEqual([before.version, before.status]);
+      // Its release leaves the new holder's lease alone.
+      await expect(store.claim(m.id)).rejects.toMatchObject({ name: 'MigrationBusyError' });
+      await other();
     } finally {
       point.release();
       cloudwatch.restore();

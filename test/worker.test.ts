@@ -209,6 +209,42 @@ describe('pgferry worker', () => {
     }
   });
 
+  it('its lease lost to another holder, stops its work, changes nothing more and ends the process', async () => {
+    const { pair, rt } = await fixture.setup('workerlost', 200);
+    const { m, point, faults } = await verifyHeldAtRead(rt, pair);
+    const files = rt.store as FileMigrationStore;
+    // The real store, but its claim tells the holder it was lost when the test says (as the deployed
+    // store does once another holder took a lapsed lease).
+    let lose: ((message: string) => void) | undefined;
+    const store = Object.assign(Object.create(files) as FileMigrationStore, {
+      claim: async (id: string, _holder?: string, options?: { onLost?: (message: string) => void }) => {
+        lose = options?.onLost;
+        return files.claim(id);
+      },
+    });
+    const callbacks = new InProcessTaskCallbacks();
+    let exited = 0;
+    try {
+      const running = runWorker(
+        { task: 'verifyBeforeSwitch', migrationId: m.id, taskToken: 't8' },
+        { rt: { ...rt, store, faults }, callbacks, lease: true, stopWithinMs: 200, exit: () => exited++ },
+      );
+      await point.reached;
+      const before = await files.get(m.id);
+      lose?.(`the lease on migration ${m.id} was taken over by another holder after it lapsed`);
+      for (let i = 0; i < 100 && !exited; i++) await sleep(20);
+      expect(exited).toBe(1);
+      expect(rt.logs.join('\n')).toContain('this task changes nothing more');
+      point.release();
+      const outcome = await running;
+      // Its verify's result is written nowhere: the migration is as the other holder has it.
+      expect(outcome).toMatchObject({ ok: false, error: { name: 'MigrationBusyError' } });
+      expect((await files.get(m.id)).version).toBe(before.version);
+    } finally {
+      point.release();
+    }
+  });
+
   it('goes on through heartbeats that fail for a moment (throttled, the network), and says so', async () => {
     const { pair, rt } = await fixture.setup('workerblip', 200);
     const m = await newMigration(rt, pair);

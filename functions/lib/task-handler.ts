@@ -53,9 +53,15 @@ export function createTaskHandler(task: TaskName, deps: () => AwsTaskDeps) {
     try {
       // Whoever meets this lease is told where to look: the function and its request's log lines.
       const holder = `"${WORKFLOW_TASKS[task].state}" in Lambda ${context?.functionName ?? '?'}, request ${context?.awsRequestId ?? '?'}`;
-      const output = await withTaskLease(d.store, task, input, holder, () => runWorkflowTask(task, input, d), {
-        log: d.log,
-      });
+      // The task works through the store withTaskLease gives it: it refuses every write once the lease is lost.
+      const output = await withTaskLease(
+        d.store,
+        task,
+        input,
+        holder,
+        (store) => runWorkflowTask(task, input, { ...d, store }),
+        { log: d.log },
+      );
       if (PUBLISHES_FIGURES.has(task)) {
         // Best effort: a missing data point must not fail a step that did its work.
         await d.store

@@ -49,8 +49,8 @@ export function deployedStore(
     client: DynamoDBDocumentClient.from(clients.dynamo),
     tableName,
     vault: secretsManagerVault(new SecretsManagerResolver(clients.secrets, { caBundleFile: () => rdsCaBundleFile() })),
-    // A task whose renewals failed for a whole lease (DynamoDB away) goes on; its log says another may act.
-    onLeaseLost: (_id, message) =>
-      console.log(`warning: ${message}; this task goes on, guarded only by the state's versions`),
+    // A task whose renewals failed for a whole lease (DynamoDB away) and whose lease another holder took:
+    // withTaskLease's store refuses its every write from then on (its steps record themselves before acting).
+    onLeaseLost: (_id, message) => console.log(`warning: ${message}`),
   });
 }

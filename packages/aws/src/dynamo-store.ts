@@ -24,6 +24,7 @@ import {
   alreadyExistsError,
   bucketed,
   bucketsToThin,
+  type ClaimOptions,
   checkCorrelationKey,
   checkMigrationId,
   checkPlanName,
@@ -317,7 +318,7 @@ export class DynamoMigrationStore implements MigrationStore {
    * A lease on migration `id` for this holder until the release is called, renewed while held. A lease
    * another holder keeps renewing is refused; one that lapsed (its holder died or stalled) is taken over.
    */
-  async claim(id: string, holder: string = this.holder): Promise<() => Promise<void>> {
+  async claim(id: string, holder: string = this.holder, options: ClaimOptions = {}): Promise<() => Promise<void>> {
     checkMigrationId(id);
     const me = randomUUID();
     const since = new Date(this.now()).toISOString();
@@ -350,7 +351,9 @@ export class DynamoMigrationStore implements MigrationStore {
         // Transient: the next tick tries again while the lease lasts. Released: a late renewal found no lease.
         if (!isConditionFailure(err) || released) return;
         clearInterval(renewal);
-        this.onLeaseLost?.(id, `the lease on migration ${id} was taken over by another holder after it lapsed`);
+        const message = `the lease on migration ${id} was taken over by another holder after it lapsed`;
+        this.onLeaseLost?.(id, message);
+        options.onLost?.(message);
       });
     }, this.renewEveryMs);
     renewal.unref();

@@ -181,6 +181,20 @@ export async function runWorker(task: WorkerTask, options: WorkerOptions): Promi
   // the network) only after HEARTBEAT_FAILURES_TO_STOP in a row: a moment's outage must not end hours
   // of work for an execution that is alive.
   let failures = 0;
+  // Its execution gone, or its lease lost to another holder: the work stops, and ends the process if
+  // it does not stop by itself in time.
+  const stopWork = (why: string) => {
+    if (stop.signal.aborted) return;
+    rt.events.log(`${why}: stopping ${task.task}`);
+    stop.abort();
+    if (options.stopWithinMs !== undefined && options.exit) {
+      const exit = options.exit;
+      setTimeout(() => {
+        rt.events.log(`${task.task} did not stop within ${options.stopWithinMs} ms: ending the process`);
+        exit();
+      }, options.stopWithinMs).unref();
+    }
+  };
   const beat = setInterval(() => {
     callbacks.heartbeat(task.taskToken).then(
       () => {
@@ -196,25 +210,19 @@ export async function runWorker(task: WorkerTask, options: WorkerOptions): Promi
           );
           return;
         }
-        rt.events.log(`heartbeat refused (${why}): stopping ${task.task}`);
-        stop.abort();
-        if (options.stopWithinMs !== undefined && options.exit) {
-          const exit = options.exit;
-          setTimeout(() => {
-            rt.events.log(`${task.task} did not stop within ${options.stopWithinMs} ms: ending the process`);
-            exit();
-          }, options.stopWithinMs).unref();
-        }
+        stopWork(`heartbeat refused (${why})`);
       },
     );
   }, options.heartbeatMs ?? 30_000);
   try {
     let output: TaskOutput;
     try {
-      const work = async () => {
-        const session = await openSession(rt, task.migrationId);
+      // Through the store withTaskLease gives it: it refuses every write once the lease is lost.
+      const work = async (store: Runtime['store'] = rt.store) => {
+        const taskRt = { ...rt, store };
+        const session = await openSession(taskRt, task.migrationId);
         try {
-          return await dispatch(task, rt, session.ctx, stop.signal);
+          return await dispatch(task, taskRt, session.ctx, stop.signal);
         } finally {
           await session.close();
         }
@@ -223,7 +231,11 @@ export async function runWorker(task: WorkerTask, options: WorkerOptions): Promi
       const holder = `"${WORKFLOW_TASKS[task.task].state}" on the pgferry worker ${hostname()} (pid ${process.pid})`;
       const input = { ...task.input, migrationId: task.migrationId };
       // Given up as soon as its execution is gone: that execution's rollback ends what this still runs.
-      const lease = { log: (m: string) => rt.events.log(m), signal: stop.signal };
+      const lease = {
+        log: (m: string) => rt.events.log(m),
+        signal: stop.signal,
+        onLost: (m: string) => stopWork(m),
+      };
       output = options.lease ? await withTaskLease(rt.store, task.task, input, holder, work, lease) : await work();
     } catch (err) {
       // A share's copy and the coordinator's load do not go through runWorkflowTask, which keeps a

@@ -334,6 +334,11 @@ export interface MigrationState {
   events: { at: string; message: string }[];
 }
 
+export interface ClaimOptions {
+  /** The claim was lost while held: another holder has the migration now (`message` says so). */
+  onLost?: (message: string) => void;
+}
+
 /** Where migration state lives: DynamoDB in AWS, files under .pgferry/ locally. Same contract. */
 export interface MigrationStore {
   create(state: MigrationState, secrets: MigrationSecrets): Promise<void>;
@@ -349,9 +354,10 @@ export interface MigrationStore {
   /**
    * Claim a migration for one command (locally) or one task (deployed: a lease) at a time; resolves with
    * the release (see FileMigrationStore, DynamoMigrationStore). `holder` names the claimant in another
-   * claimant's conflict, where the store does not name it itself (pid and host).
+   * claimant's conflict, where the store does not name it itself (pid and host). `onLost` is told when
+   * a lease stops being this holder's while held (it lapsed, its renewals failing, and another took it).
    */
-  claim?(id: string, holder?: string): Promise<() => Promise<void>>;
+  claim?(id: string, holder?: string, options?: ClaimOptions): Promise<() => Promise<void>>;
   /** Correlation items (`RDS#<instance>`, `S3#<key>`, `DMS#<task>`): an event finds its migration. */
   correlate?(key: string, migrationId: string): Promise<void>;
   findCorrelation?(key: string): Promise<string | undefined>;

@@ -161,9 +161,11 @@ PostgreSQL 11 is a blocker.
                         a prepared transaction older than N ms is an orphan: it blocks the
                         assessment and the cutover gate (default 300000, 5 min)
   --switch-file PATH    rewritten atomically with the URL the application must use
-                        (its directory must exist: checked before anything is created)
+                        (its directory must exist: checked before anything is created); a file
+                        that exists keeps its mode, owner and group, a link stays a link
   --on-switch CMD       run at the switch with PGFERRY_ACTIVE_URL, PGFERRY_SOURCE_URL,
-                        PGFERRY_TARGET_URL, PGFERRY_DIRECTION in its environment
+                        PGFERRY_TARGET_URL, PGFERRY_DIRECTION in its environment; killed, with
+                        what it started, if it has not exited within 30 s (a failed switch)
   --report PATH         write the final state as JSON to PATH (its directory must exist; a report
                         that cannot be written at the end is a warning)
   --id ID               migration id (default generated); object names derive from it

@@ -15,21 +15,28 @@ const unanalyzed = async (p: Pair) =>
     )) as Array<{ t: string }>
   ).map((r) => r.t.replace(/^(\w+)\.(\w+)$/, '"$1"."$2"'));
 
+/**
+ * A migration whose every big table's build waits until the last row is in (each one ends after the
+ * copy), its session, and a client on the target to hold locks with.
+ */
+async function builtAfterCopy(name: string, config: Parameters<typeof newMigration>[2]) {
+  const { pair, rt } = await setup(name, 3000);
+  let copyEnded = () => {};
+  const ended = new Promise<void>((resolve) => {
+    copyEnded = resolve;
+  });
+  rt.faults = { earlyBuild: () => ended, copyEnded: () => copyEnded() };
+  const m = await newMigration(rt, pair, { cutover: 'manual', ...config });
+  const session = await openSession(rt, m.id);
+  const locker = new pg.Client({ connectionString: pair.targetUrl });
+  locker.on('error', () => {});
+  await locker.connect();
+  return { pair, rt, m, session, ctx: session.ctx, locker };
+}
+
 describe('statistics of the tables built after the copy', () => {
   it('are left to catch-up, which gathers them while replication runs and keeps the gate closed until they are in', async () => {
-    const { pair, rt } = await setup('statsdefer', 3000);
-    // Every big table's build waits until the last row is in: each one ends after the copy.
-    let copyEnded = () => {};
-    const ended = new Promise<void>((resolve) => {
-      copyEnded = resolve;
-    });
-    rt.faults = { earlyBuild: () => ended, copyEnded: () => copyEnded() };
-    const m = await newMigration(rt, pair, { cutover: 'manual', catchUpTimeoutMs: 1500 });
-    const session = await openSession(rt, m.id);
-    const { ctx } = session;
-    const locker = new pg.Client({ connectionString: pair.targetUrl });
-    locker.on('error', () => {});
-    await locker.connect();
+    const { pair, rt, m, session, ctx, locker } = await builtAfterCopy('statsdefer', { catchUpTimeoutMs: 1500 });
     try {
       await prepareSchema(ctx);
       const summary = await bulkLoad(ctx);
@@ -60,6 +67,41 @@ describe('statistics of the tables built after the copy', () => {
       expect((await rt.store.get(m.id)).tablesToAnalyze).toBeUndefined();
       const after = await sampleGate(ctx, { wal: false }, { validation: 'background' });
       expect(after.waiting).toEqual([]);
+    } finally {
+      await locker.end();
+      await session.close();
+    }
+  });
+
+  it('are gathered again when the target ends their session (a restart, a failover): catch-up rides it out', async () => {
+    // An outage longer than 3 s fails catch-up: the target's session ends once, and it answers at once.
+    const { pair, rt, session, ctx, locker } = await builtAfterCopy('statsagain', { reconnectTimeoutMs: 3000 });
+    try {
+      await prepareSchema(ctx);
+      await bulkLoad(ctx);
+      expect(ctx.state.tablesToAnalyze).toContain('"public"."orders"');
+      await startReplication(ctx);
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE orders IN SHARE UPDATE EXCLUSIVE MODE');
+      const caughtUp = catchUp(ctx);
+      caughtUp.catch(() => {});
+      // Its ANALYZE waits behind the lock; the target ends that session (as a restart does).
+      let pid: number | undefined;
+      for (let i = 0; i < 200 && !pid; i++) {
+        const [row] = (await pair.target(
+          "SELECT pid FROM pg_stat_activity WHERE application_name LIKE '%:validate' AND wait_event_type = 'Lock'",
+        )) as { pid: number }[];
+        pid = row?.pid;
+        if (!pid) await new Promise((r) => setTimeout(r, 25));
+      }
+      expect(pid).toBeDefined();
+      await pair.target('SELECT pg_terminate_backend($1)', [pid]);
+      await new Promise((r) => setTimeout(r, 300));
+      await locker.query('COMMIT');
+      // Gathered again on a new session, and the gate opens: no "did not answer for 3 s".
+      expect(await caughtUp).toMatch(/not growing/);
+      expect(await unanalyzed(pair)).toEqual([]);
+      expect(rt.logs.join('\n')).toMatch(/lost the connection during catch-up/);
     } finally {
       await locker.end();
       await session.close();

@@ -121,12 +121,12 @@ export const afterLoadLeft = (v: AfterLoad) => v.analyze.length + v.pending.leng
  * writes go on meanwhile. The gate samples record what is left, and keep the gate closed until
  * nothing is, so the application never arrives on a table without statistics.
  */
-export function finishLoad(ctx: PhaseContext): AfterLoad {
+export function finishLoad(ctx: PhaseContext, left?: Pick<AfterLoad, 'analyze' | 'pending'>): AfterLoad {
   const running = afterLoads.get(ctx);
   if (running) return running;
   const v: AfterLoad = {
-    analyze: [...(ctx.state.tablesToAnalyze ?? [])],
-    pending: [...(ctx.state.foreignKeysToValidate ?? [])],
+    analyze: [...(left?.analyze ?? ctx.state.tablesToAnalyze ?? [])],
+    pending: [...(left?.pending ?? ctx.state.foreignKeysToValidate ?? [])],
     stopped: false,
     done: Promise.resolve(),
     analyzed: Promise.resolve(),
@@ -250,7 +250,16 @@ export async function sampleGate(
   const reasons: string[] = [];
   if (!lag.active) reasons.push('the subscription is not connected to the slot');
   const validation = afterLoads.get(ctx);
-  if (validation?.error) throw validation.error;
+  if (validation?.error) {
+    if (!isConnectionLoss(validation.error)) throw validation.error;
+    // The target went away under it (a restart, a failover, its session ended): started again on
+    // what is left, and this sample fails as the outage's (the loop rides it out, and a target still
+    // away fails the new start too). Before, its first error came back at every sample until the
+    // reconnect timeout said the servers had not answered, although they had.
+    afterLoads.delete(ctx);
+    finishLoad(ctx, validation);
+    throw validation.error;
+  }
   const unvalidated = validation?.pending ?? ctx.state.foreignKeysToValidate ?? [];
   const unanalyzed = validation?.analyze ?? ctx.state.tablesToAnalyze ?? [];
   // Statistics hold the gate even before a verify (they take seconds, and a caught-up migration is

@@ -871,6 +871,11 @@ describe('pgferry CLI', () => {
     await loadSample(pair, 100);
     const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'nt', '--cutover', 'manual'];
     expect((await pgferry(['migrate', ...args, '--yes'])).code).toBe(0);
+    // Nothing frozen, nothing switched: unfreeze is refused and does not end the migration (it did, exit 0).
+    const unfreeze = await pgferry(['unfreeze', '--id', 'nt', '--yes']);
+    expect(unfreeze.code).toBe(2);
+    expect(unfreeze.stderr).toContain('is not frozen and its application was never switched');
+    expect(JSON.parse(readFileSync(join(cwd!, '.pgferry', 'nt.json'), 'utf8')).unfrozenWithoutTargetAt).toBeUndefined();
     const admin = serverUrl(pair.targetServer);
     const { sql } = await import('./harness/pairs');
     await sql(admin, `ALTER DATABASE ${pair.targetDb} ALLOW_CONNECTIONS false`);

@@ -242,7 +242,8 @@ RISK: every write the application made on the target that reverse replication ha
 source is NOT on the source, and the source's sequences were not synced from the target, so new rows may
 take keys the target already used (duplicate keys when the data is brought together later). Use it only
 when the target cannot come back in time; --yes says you accept this. Afterwards rollback, resume and
-cutover of this migration are refused, even once the target is back; cleanup removes what is left.`,
+cutover of this migration are refused, even once the target is back; cleanup removes what is left.
+Refused (exit 2, nothing changed) when the source is not frozen and the application was never switched.`,
   report: `Usage: pgferry report ID --html FILE   (or --id ID)  [--stage S | --table NAME] [--region R]
 
 Writes one self-contained HTML page (no script, font or image loaded from anywhere; readable offline)

@@ -500,8 +500,20 @@ export function unfreezeMigration(rt: Runtime, id: string): Promise<MigrationSta
     const n = objectNames(id);
     const source = await connect(secrets.sourceUrl, { side: 'source', applicationName: n.applicationName, max: 1 });
     try {
+      const reverse = await subscriptionExists(source, n.reverseSubscription);
+      // Nothing frozen and nothing switched: there is no way back to take, and marking the migration
+      // unfrozen would end it for good (no cutover after it). Refused, changing nothing.
+      if (!reverse && !state.cutover?.switchStartedAt && !(await isFrozen(source)))
+        throw new InvalidInputError(
+          `the source of migration ${id} is not frozen and its application was never switched: there is nothing to unfreeze`,
+          {
+            field: '--id',
+            migrationId: id,
+            hint: `the source takes writes as it is; \`pgferry status --id ${id}\` says what comes next (\`pgferry rollback --id ${id}\` or \`pgferry cleanup --id ${id}\` end the migration)`,
+          },
+        );
       const done: string[] = [];
-      if (await subscriptionExists(source, n.reverseSubscription)) {
+      if (reverse) {
         await source.query(`ALTER SUBSCRIPTION ${ident(n.reverseSubscription)} DISABLE`);
         done.push(`reverse replication (${n.reverseSubscription}) stopped`);
       }

@@ -178,7 +178,13 @@ describe('undo paths', () => {
     const m = await newMigration(rt, pair, { cutover: 'auto', onSwitch: cutOff(pair, 'target') });
     const err = await failure(advance(rt, m.id, { cutover: 'auto' }));
     await allowConnections(pair, 'target');
-    expect(err).toBeInstanceOf(Error);
+    // Said as what it is, a server away after the switch (exit 3), with the command that finishes it:
+    // not a bare query error with exit 1, which reads as a cutover rolled back.
+    expect(err).toMatchObject({
+      exitCode: 3,
+      message: expect.stringContaining('the application was switched to the target, but finishing the cutover failed'),
+      hint: expect.stringContaining(`\`pgferry resume --id ${m.id}\` finishes the cutover`),
+    });
     const state = await rt.store.get(m.id);
     expect(state.cutover?.switchAt).toBeDefined();
     expect(state.status).toBe('cut-over'); // the application is on the target, with a way back

@@ -7,12 +7,14 @@
  */
 import { performance } from 'node:perf_hooks';
 import {
+  ConnectionLostError,
   ConnectionSwitchError,
   CutoverFailedError,
   DEFAULTS,
   DrainTimeoutError,
   errorMessage,
   FreezeFailedError,
+  type MigrationState,
   mib,
   objectNames,
   PgferryError,
@@ -23,7 +25,7 @@ import {
 } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { critical } from '../critical';
-import { type Db, ident } from '../db';
+import { type Db, ident, isConnectionLoss } from '../db';
 import {
   currentLsn,
   flushWal,
@@ -358,6 +360,38 @@ export async function settleSwitch(ctx: PhaseContext, restored?: SwitchRestore):
   });
 }
 
+/**
+ * Runs what follows the switch: a failure there undoes nothing (the application may write to the
+ * target already), and says so, with the command that finishes the cutover. A server that went away is
+ * exit 3, as for any connection; never the bare error of a query, which read as a cutover rolled back.
+ */
+async function afterTheSwitch(ctx: PhaseContext, work: () => Promise<string>): Promise<string> {
+  try {
+    return await work();
+  } catch (err) {
+    const id = ctx.config.id;
+    const message = `the application was switched to the target, but finishing the cutover failed: ${errorMessage(err)}`;
+    const options = {
+      cause: err,
+      phase: 'cutover' as const,
+      migrationId: id,
+      hint: `nothing was undone: the application stays on the target, the source read-only, reverse replication kept; once both servers answer, \`pgferry resume --id ${id}\` finishes the cutover (and verifies)`,
+    };
+    throw isConnectionLoss(err) || refusesConnections(err) || (err as PgferryError)?.exitCode === 3
+      ? new ConnectionLostError(message, options)
+      : new CutoverFailedError(message, options);
+  }
+}
+
+/** A database that takes no connections (ALLOW_CONNECTIONS false, or a server shutting it down). */
+function refusesConnections(err: unknown): boolean {
+  for (let e = err as { code?: string; message?: string; cause?: unknown } | undefined, i = 0; e && i < 5; i++) {
+    if (e.code === '55000' && /accepting connections|allow connections/.test(e.message ?? '')) return true;
+    e = e.cause as typeof e;
+  }
+  return false;
+}
+
 async function finishInterruptedSwitch(ctx: PhaseContext): Promise<string> {
   ctx.log('a previous cutover stopped while switching the connection: switching again to finish it');
   await redoSwitch(ctx);
@@ -385,11 +419,12 @@ export async function refuseUpstreamSubscriptions(ctx: PhaseContext): Promise<vo
 export async function cutover(ctx: PhaseContext): Promise<string> {
   const n = objectNames(ctx.config.id);
   const c = ctx.state.cutover;
-  if (c?.switchAt) {
-    await finish(ctx);
-    return `already done: switched at ${c.switchAt} (write gap ${c.writeGapMs} ms)`;
-  }
-  if (c?.switchStartedAt) return finishInterruptedSwitch(ctx);
+  if (c?.switchAt)
+    return afterTheSwitch(ctx, async () => {
+      await finish(ctx);
+      return `already done: switched at ${c.switchAt} (write gap ${c.writeGapMs} ms)`;
+    });
+  if (c?.switchStartedAt) return afterTheSwitch(ctx, () => finishInterruptedSwitch(ctx));
   // A crash between freeze and switch: the application still points at the source. Undo, then go again.
   await undoInterruptedCutover(ctx);
   await refuseUpstreamSubscriptions(ctx);
@@ -617,6 +652,15 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     });
     return { ...done, drainedMs, lastLookSkipped };
   });
+  return afterTheSwitch(ctx, () => finishAfterGap(ctx, record));
+}
+
+/** What follows the write gap, once the application was switched. */
+async function finishAfterGap(
+  ctx: PhaseContext,
+  record: NonNullable<MigrationState['cutover']> & { lastLookSkipped: boolean },
+): Promise<string> {
+  const n = objectNames(ctx.config.id);
   // The gap is over once the switch is accepted; its propagation (Route 53's INSYNC) is waited for now.
   await settleSwitch(ctx);
   if (record.lastLookSkipped) {
@@ -649,5 +693,5 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
     });
   }
   await finish(ctx);
-  return `write gap ${record.writeGapMs} ms (drain ${record.drainMs} ms, predicted ${record.predictedDrainMs} ms, ${mib(record.drainBytes)}); ${record.sessionsEnded} session(s) ended; ${record.sequencesSynced} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
+  return `write gap ${record.writeGapMs} ms (drain ${record.drainMs} ms, predicted ${record.predictedDrainMs} ms, ${mib(record.drainBytes ?? 0)}); ${record.sessionsEnded} session(s) ended; ${record.sequencesSynced} sequence(s) synced; reverse replication ${n.reverseSubscription} running; source left read-only`;
 }

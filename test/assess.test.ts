@@ -35,6 +35,30 @@ const codes = (r: Awaited<ReturnType<typeof assess>>, level = 'blocker') =>
   r.findings.filter((f) => f.level === level).map((f) => f.code);
 
 describe('assess', () => {
+  it('closes the session of a connection whose first statement fails (its URL sets statement_timeout=1): nothing left open', async () => {
+    pair = await freshPair(15, 'asto');
+    const url = `${pair.sourceUrl}${pair.sourceUrl.includes('?') ? '&' : '?'}options=${encodeURIComponent('-c statement_timeout=1')}`;
+    // The statement after connecting (the timeouts turned off) is cancelled: the connection fails, and
+    // its session must go with it (it stayed, and kept the command from ever exiting).
+    const failed = await Promise.all(
+      [1, 2, 3].map(() =>
+        connect(url, { side: 'source', applicationName: 'pgferry:closetest' }).then(
+          // (Connected after all: closed here, it is not what this looks for.)
+          (db) => db.end().then(() => false),
+          () => true,
+        ),
+      ),
+    );
+    expect(failed).toContain(true);
+    let left: unknown[] = [];
+    for (let i = 0; i < 40; i++) {
+      left = await pair.source("SELECT pid FROM pg_stat_activity WHERE application_name = 'pgferry:closetest'");
+      if (!left.length) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(left).toEqual([]);
+  });
+
   it('finds no blocker in the sample database and explains what it will do, creating nothing', async () => {
     pair = await freshPair(16, 'asmok');
     await loadSample(pair, 100);

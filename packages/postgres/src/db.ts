@@ -188,7 +188,18 @@ const NEWER_TIMEOUTS_OFF =
 class TimeoutsOffClient extends pg.Client {
   // biome-ignore lint/suspicious/noExplicitAny: pg's connect has a callback overload the pool uses
   override connect(callback?: any): any {
-    const ready = super.connect().then(() => this.query(NEWER_TIMEOUTS_OFF).then(() => undefined));
+    // A failure after connecting (that statement cancelled: statement_timeout in the URL's options)
+    // fails the connection, and closes it: the pool ends only what it considers connected, and the
+    // open socket kept the command from ever exiting.
+    const ready = super.connect().then(() =>
+      this.query(NEWER_TIMEOUTS_OFF).then(
+        () => undefined,
+        async (err) => {
+          await this.end().catch(() => {});
+          throw err;
+        },
+      ),
+    );
     if (!callback) return ready;
     ready.then(() => callback(), callback);
   }

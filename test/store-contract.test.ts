@@ -4,7 +4,7 @@
  * can show (a lease's renewal, the size of DynamoDB items, a token taken by other processes) follows.
  */
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
@@ -727,6 +727,25 @@ describe('DynamoDB store on DynamoDB Local', () => {
 });
 
 describe('file store across processes', () => {
+  it('names a lock left behind under a pid that lives on, and takes it over once it is older than any update', async () => {
+    const d = await mkdtemp(join(dir, 'lock-'));
+    const store = new FileMigrationStore(d);
+    const id = newId();
+    await store.create(migration(id), SECRETS);
+    // Left by a process that is gone, its pid now another's (1: init, always alive).
+    const lock = join(d, `${id}.lock`);
+    await writeFile(lock, '1');
+    const state = await store.get(id);
+    await expect(store.put(state)).rejects.toMatchObject({
+      name: 'StateConflictError',
+      message: expect.stringContaining(`the state is locked by ${lock} (process 1)`),
+      hint: expect.stringContaining('remove the file'),
+    });
+    const old = new Date(Date.now() - 120_000);
+    await utimes(lock, old, old);
+    expect((await store.put(state)).version).toBe(state.version + 1);
+  });
+
   it('hands each task token to exactly one of several pgferry processes racing for them', async () => {
     const d = await mkdtemp(join(dir, 'procs-'));
     const store = new FileMigrationStore(d);

@@ -38,6 +38,7 @@ import {
   readListing,
   redactedJson,
   refuseSecretsInState,
+  StateConflictError,
   StateUnreadableError,
   storedPlan,
   versionConflictError,
@@ -70,9 +71,16 @@ function claimAlive(held: { pid?: number; host?: string }): boolean {
 }
 
 /** The process that wrote `lock` is gone (or wrote no pid at all, a second ago or more). */
+/**
+ * An update's lock is held for milliseconds: one this old was left by a process that is gone, whatever
+ * its pid now names (pids are reused, and in a container pgferry's is often a low one that lives on).
+ */
+const LOCK_STALE_MS = 60_000;
+
 async function staleLock(lock: string): Promise<boolean> {
   const [text, info] = await Promise.all([readFile(lock, 'utf8').catch(() => ''), stat(lock).catch(() => undefined)]);
   if (!info) return false; // released meanwhile
+  if (Date.now() - info.mtimeMs > LOCK_STALE_MS) return true;
   const pid = Number(text.trim());
   if (!Number.isInteger(pid) || pid <= 0) return Date.now() - info.mtimeMs > 1000;
   try {
@@ -143,7 +151,17 @@ export class FileMigrationStore implements MigrationStore {
         await h.close();
         break;
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || i > 500) throw err;
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        if (i > 500) {
+          const pid = (await readFile(lock, 'utf8').catch(() => '')).trim();
+          throw new StateConflictError(
+            `the state is locked by ${lock}${pid ? ` (process ${pid})` : ''}, for longer than an update takes`,
+            {
+              field: '--state-dir',
+              hint: `if no pgferry process is running on this state directory, that lock was left behind (its process id reused): remove the file, or wait ${LOCK_STALE_MS / 1000} s and it is taken over`,
+            },
+          );
+        }
         if (i % 20 === 19 && (await staleLock(lock))) await rm(lock, { force: true });
         else await new Promise((r) => setTimeout(r, 10));
       }

@@ -455,10 +455,13 @@ describe('pgferry CLI', () => {
     pair = await freshPair(15, 'clinonempty');
     await loadSample(pair, 50);
     await pair.target('CREATE TABLE something_else (id int PRIMARY KEY)');
-    const r = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl, '--yes']);
+    const r = await pgferry(['migrate', '--source', pair.sourceUrl, '--target', pair.targetUrl, '--yes', '--id', 'ne']);
     expect(r.code).toBe(4);
     expect(r.stderr).toMatch(/not empty/);
     expect(await leftovers(pair)).toEqual([]);
+    // Nothing goes on from it: its passwords are not left on disk (they were), and its clean-up needs no server.
+    expect(existsSync(join(cwd!, '.pgferry', 'ne.secrets.json'))).toBe(false);
+    expect((await pgferry(['cleanup', '--id', 'ne'])).code).toBe(0);
     // Whatever happens, a database holding someone's data is never touched.
     expect(await pair.target("SELECT count(*)::int AS n FROM pg_tables WHERE tablename = 'something_else'")).toEqual([
       { n: 1 },

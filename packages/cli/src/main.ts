@@ -739,7 +739,12 @@ export async function main(argv: string[]): Promise<number> {
         }
         const created = await createMigration(rt, input);
         out.log(`migration ${created.id} (state in ${stateDir})`);
-        const state = await advance(rt, created.id, { cutover: created.config.cutover });
+        const state = await advance(rt, created.id, { cutover: created.config.cutover }).catch(async (err) => {
+          // Nothing was created, and nothing goes on from a blocked assessment (a new migration does):
+          // its passwords are not kept on disk for nobody.
+          if ((err as Error)?.name === 'AssessmentBlockedError') await rt.store.removeSecrets?.(created.id);
+          throw err;
+        });
         writeReport(reportPath, state, out);
         out.result(state, finalText(state));
         return exitCodeFor(state);

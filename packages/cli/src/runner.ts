@@ -600,6 +600,11 @@ async function cleanupClaimed(rt: Runtime, id: string, options: CleanupOptions):
         hint: `run \`pgferry resume --id ${id}\` to finish the switch first (the source is read-only until then); clean up after it`,
       },
     );
+  // Blocked at its assessment: nothing was created on either server, and its passwords are gone.
+  if (before.status === 'failed' && before.failure?.phase === 'assess' && !before.phases['prepare-schema']) {
+    await rt.store.removeSecrets?.(id);
+    return rt.store.put({ ...before, status: 'cleaned-up' });
+  }
   let session: Session;
   try {
     session = await openSession(rt, id);

@@ -266,6 +266,16 @@ describe('phases', () => {
       expect(state?.failure?.phase).toBe('bulk-load');
       expect(await leftovers(pair)).toEqual([]);
       expect(await frozen(pair, 'source')).toBe(false);
+      // Someone else's table is kept, and public with it (what pgferry loaded there too), named.
+      const stranger = asIndex ? 'someone_elses' : clash;
+      expect(state?.events.map((e) => e.message).join('\n')).toContain(
+        `kept schema public whole, with what pgferry loaded into it, since it holds "public"."${stranger}"`,
+      );
+      expect(await pair.target(`SELECT to_regclass('public.${stranger}')::text AS t`)).toEqual([{ t: stranger }]);
+      // The next round starts from an empty target again (PostgreSQL 15's public).
+      await pair.target(
+        'DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC',
+      );
     }
   });
 
@@ -1203,6 +1213,23 @@ describe('schema, roles and verification', () => {
       await pair.drop();
       await sql(serverUrl(pair.targetServer), `DROP ROLE IF EXISTS ${role}`);
     }
+  });
+
+  it("keeps whole a schema that holds someone's table made on the target meanwhile, naming it, when rolled back before the cutover", async () => {
+    const { pair, rt } = await setup('stranger', 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    expect((await advance(rt, m.id, { cutover: 'manual' })).status).toBe('awaiting-cutover');
+    // Someone's table in public on the target, with a row (DROP SCHEMA public CASCADE took it silently).
+    await pair.target("CREATE TABLE public.alsokeep (x text); INSERT INTO public.alsokeep VALUES ('theirs')");
+    const rolled = await rollbackMigration(rt, m.id);
+    expect(rolled.status).toBe('rolled-back');
+    expect(rolled.phases.rollback?.summary).toContain(
+      'kept schema public whole, with what pgferry loaded into it, since it holds "public"."alsokeep"',
+    );
+    expect(await pair.target('SELECT x FROM public.alsokeep')).toEqual([{ x: 'theirs' }]);
+    // Replication is gone all the same: no slot on the source, the source writable.
+    expect(await pair.source("SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'pgferry%'")).toEqual([]);
+    await pair.source("INSERT INTO orders (customer_id, amount, status) VALUES (1, 1, 'after')");
   });
 
   it('reports a row that differs between the sides by table and key range', async () => {

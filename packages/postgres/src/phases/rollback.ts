@@ -12,9 +12,9 @@ import {
   RollbackFailedError,
   type SwitchRestore,
 } from '@pgferry/core';
-import { EXCLUDED_SCHEMAS, schemasAndExtensions, USER_SCHEMA } from '../catalog';
+import { EXCLUDED_SCHEMAS, listTables, schemasAndExtensions, USER_SCHEMA } from '../catalog';
 import { critical } from '../critical';
-import { type Db, ident, literal } from '../db';
+import { type Db, ident, literal, qualified } from '../db';
 import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed, waitPreparedTransactions } from '../freeze';
 import { describeDrainForecast, forecastDrain } from '../lag';
 import { dropPublication, dropSlot, dropSubscription, slotExists, subscriptionExists } from '../replication';
@@ -26,7 +26,7 @@ import { settleSwitch, withTimeout } from './cutover';
 import { runUndo, type UndoStep } from './undo';
 
 /** Drop what the schema restore created on the target, only if pgferry's marker says it made it. */
-async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kept: string[] }> {
+async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kept: string[]; keptWhole?: string[] }> {
   const n = objectNames(ctx.config.id);
   const { t } = await ctx.target.one<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [
     `${n.markerSchema}.migration`,
@@ -48,7 +48,24 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
   // (The marker schema is not among them: it goes last, so a rollback stopped half way finds it.)
   const { schemas, extensions } = await schemasAndExtensions(ctx.target);
   const restored = mine.restored;
+  // A table someone made on the target since, in public or in a schema the restore made: the schema
+  // is not dropped, and nothing in it (what pgferry loaded stays, named), since DROP SCHEMA … CASCADE
+  // took it silently. pgferry's own are the source's tables (as loaded, or as the source has them now).
+  const ours = new Set(
+    [...(ctx.state.tables ?? []), ...(await listTables(ctx.source, { sizes: false }))].map((t) =>
+      JSON.stringify([t.schema, t.name]),
+    ),
+  );
+  const dropping = ['public', ...schemas.filter((x) => !restored || restored.schemas.includes(x))];
+  const strangers = new Map<string, string[]>();
+  for (const t of await listTables(ctx.target, { sizes: false }))
+    if (dropping.includes(t.schema) && !ours.has(JSON.stringify([t.schema, t.name])))
+      strangers.set(t.schema, [...(strangers.get(t.schema) ?? []), qualified(t)]);
   const keptSchemas = schemas.filter((x) => restored && !restored.schemas.includes(x));
+  const keptWhole = [...strangers].map(
+    ([x, tables]) =>
+      `schema ${x} whole, with what pgferry loaded into it, since it holds ${tables.join(', ')} (made on the target since the migration began; not pgferry's): drop what you do not want yourself`,
+  );
   // An extension someone created in a schema that goes (public, or one the restore made) goes with it.
   const kept = [
     ...keptSchemas.map((x) => `schema ${x}`),
@@ -56,16 +73,21 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
       .filter((x) => restored && !restored.extensions.includes(x.name) && keptSchemas.includes(x.schema))
       .map((x) => `extension ${x.name}`),
   ];
-  for (const s of schemas.filter((x) => !restored || restored.schemas.includes(x)))
+  for (const s of schemas.filter((x) => (!restored || restored.schemas.includes(x)) && !strangers.has(x)))
     await ctx.target.query(`DROP SCHEMA ${ident(s)} CASCADE`);
-  for (const e of extensions.filter((x) => !restored || restored.extensions.includes(x.name)))
+  // (Not one in a schema kept whole: the tables kept there may use its types.)
+  for (const e of extensions.filter(
+    (x) => (!restored || restored.extensions.includes(x.name)) && !strangers.has(x.schema),
+  ))
     await ctx.target.query(`DROP EXTENSION IF EXISTS ${ident(e.name)} CASCADE`);
   const major = (await ctx.target.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v"))
     .v;
-  await ctx.target.query('DROP SCHEMA IF EXISTS public CASCADE');
-  await restorePublicSchema(ctx, mine.public_schema, major);
+  if (!strangers.has('public')) {
+    await ctx.target.query('DROP SCHEMA IF EXISTS public CASCADE');
+    await restorePublicSchema(ctx, mine.public_schema, major);
+  }
   await ctx.target.query(`DROP SCHEMA IF EXISTS ${ident(n.markerSchema)} CASCADE`);
-  return { ours: true, kept };
+  return { ours: true, kept, keptWhole };
 }
 
 /** What the target's schema `public` was like before pgferry restored into it (see ensureMarker). */
@@ -134,12 +156,20 @@ async function beforeCutover(ctx: PhaseContext): Promise<string> {
       s.undoFailed = undefined; // what a failed undo of the cutover left is removed above
     });
   const loaded = await dropLoadedSchema(ctx);
-  if (loaded.ours) done.push('schema and data loaded on the target');
-  const roles = await dropCreatedRoles(ctx, loaded.ours);
+  const wholeKept = (loaded.keptWhole ?? []).length > 0;
+  if (loaded.ours)
+    done.push(
+      wholeKept
+        ? 'schema and data loaded on the target, but in the schemas kept whole'
+        : 'schema and data loaded on the target',
+    );
+  // (DROP OWNED would take what is kept: the roles' objects there go only with a target emptied.)
+  const roles = await dropCreatedRoles(ctx, loaded.ours && !wholeKept);
   if (roles.dropped.length) done.push(`target roles ${roles.dropped.join(', ')}`);
   const summary = done.length ? `removed ${done.join(', ')}` : 'nothing to remove';
   const kept = [
     ...loaded.kept.map((k) => `${k} (created on the target since the migration began; not pgferry's)`),
+    ...(loaded.keptWhole ?? []),
     ...roles.kept,
   ];
   return kept.length ? `${summary}; kept ${kept.join('; ')}` : summary;

@@ -88,7 +88,13 @@ describe('undo paths', () => {
     await loadSample(pair, 100);
     // The switch command fails, and there is no switch file: the cutover is undone, with the source cut off.
     const onSwitch = `${cutOff(pair, 'source')}; exit 3`;
-    const m = await newMigration(rt, pair, { cutover: 'manual', switchFile: undefined, onSwitch });
+    // (Its undo tries again while the source is away: for 1 s here, then it fails.)
+    const m = await newMigration(rt, pair, {
+      cutover: 'manual',
+      switchFile: undefined,
+      onSwitch,
+      reconnectTimeoutMs: 1000,
+    });
     await advance(rt, m.id, { cutover: 'manual' });
     const err = await failure(advance(rt, m.id, { cutover: 'now' }));
     await allowConnections(pair, 'source');
@@ -117,6 +123,30 @@ describe('undo paths', () => {
     expect(resumed.undoFailed).toBeUndefined();
     expect(resumed.cutover).toBeUndefined();
     expect(await frozen(pair, 'source')).toBe(false);
+  });
+
+  it('rides out a source away for a moment while it undoes a cutover: the source is writable again without anyone', async () => {
+    pair = await freshPair(15, 'undoretry');
+    rt = testRuntime();
+    await loadSample(pair, 100);
+    // The switch command fails after cutting the source off; the source takes connections again 1.5 s later.
+    const admin = serverUrl(pair.sourceServer);
+    const back = `psql '${admin}' -qAt -c 'ALTER DATABASE "${pair.sourceDb}" ALLOW_CONNECTIONS true'`;
+    const onSwitch = `${cutOff(pair, 'source')}; (sleep 1.5; ${back}) >/dev/null 2>&1 & exit 3`;
+    const m = await newMigration(rt, pair, { cutover: 'manual', switchFile: undefined, onSwitch });
+    await advance(rt, m.id, { cutover: 'manual' });
+    const err = await failure(advance(rt, m.id, { cutover: 'now' }));
+    // The cutover failed for its switch command, and its undo went through once the source was back:
+    // no breadcrumb left for a person to find at 3 a.m., the source writable.
+    expect(err.name).toBe('CutoverFailedError');
+    expect(err.message).toContain('--on-switch command failed (exit 3)');
+    expect(rt.logs.join('\n')).toMatch(
+      /the undo of the cutover could not .*unfreeze the source \(.*not currently accepting connections\); trying again for up to 300 s/,
+    );
+    expect(await frozen(pair, 'source')).toBe(false);
+    const state = await rt.store.get(m.id);
+    expect(state.undoFailed).toBeUndefined();
+    expect(state.cutover).toBeUndefined();
   });
 
   it('undoes a cutover whose wait for the drain fails, keeping the load (not rolled back), and resume cuts over', async () => {
@@ -321,7 +351,12 @@ describe('undo paths', () => {
     await loadSample(pair, 100);
     const once = join(rt.dir, 'cut-once');
     const onSwitch = `[ "$PGFERRY_DIRECTION" = forward ] || test -f ${once} || { touch ${once}; ${cutOff(pair, 'source')}; exit 4; }`;
-    const m = await newMigration(rt, pair, { cutover: 'auto', switchFile: undefined, onSwitch });
+    const m = await newMigration(rt, pair, {
+      cutover: 'auto',
+      switchFile: undefined,
+      onSwitch,
+      reconnectTimeoutMs: 1000,
+    });
     expect((await advance(rt, m.id, { cutover: 'auto' })).status).toBe('cut-over');
     const err = await failure(rollbackMigration(rt, m.id));
     await allowConnections(pair, 'source');

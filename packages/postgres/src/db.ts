@@ -321,6 +321,18 @@ export function isConnectionLoss(err: unknown): boolean {
   return false;
 }
 
+/** A database that takes no connections for now (ALLOW_CONNECTIONS false, or one being shut down). */
+function refusesConnections(err: unknown): boolean {
+  for (let e = err as { code?: string; message?: string; cause?: unknown } | undefined, i = 0; e && i < 5; i++) {
+    if (e.code === '55000' && /accepting connections|allow connections/.test(e.message ?? '')) return true;
+    e = e.cause as typeof e;
+  }
+  return false;
+}
+
+/** The server went away or takes no connections to the database for now: worth trying again later. */
+export const isServerAway = (err: unknown): boolean => isConnectionLoss(err) || refusesConnections(err);
+
 const majors = new WeakMap<Db, Promise<number>>();
 
 /** The server's major version (11, 12, …, 17), asked once per pool: older servers lack catalog columns and functions. */

@@ -25,7 +25,7 @@ import {
 } from '@pgferry/core';
 import { listTables } from '../catalog';
 import { critical } from '../critical';
-import { type Db, ident, isConnectionLoss } from '../db';
+import { type Db, ident, isServerAway } from '../db';
 import {
   currentLsn,
   flushWal,
@@ -377,19 +377,10 @@ async function afterTheSwitch(ctx: PhaseContext, work: () => Promise<string>): P
       migrationId: id,
       hint: `nothing was undone: the application stays on the target, the source read-only, reverse replication kept; once both servers answer, \`pgferry resume --id ${id}\` finishes the cutover (and verifies)`,
     };
-    throw isConnectionLoss(err) || refusesConnections(err) || (err as PgferryError)?.exitCode === 3
+    throw isServerAway(err) || (err as PgferryError)?.exitCode === 3
       ? new ConnectionLostError(message, options)
       : new CutoverFailedError(message, options);
   }
-}
-
-/** A database that takes no connections (ALLOW_CONNECTIONS false, or a server shutting it down). */
-function refusesConnections(err: unknown): boolean {
-  for (let e = err as { code?: string; message?: string; cause?: unknown } | undefined, i = 0; e && i < 5; i++) {
-    if (e.code === '55000' && /accepting connections|allow connections/.test(e.message ?? '')) return true;
-    e = e.cause as typeof e;
-  }
-  return false;
 }
 
 async function finishInterruptedSwitch(ctx: PhaseContext): Promise<string> {

@@ -5,6 +5,7 @@
  * caller gets an UndoFailedError: never an undo that failed quietly behind a message saying it worked.
  */
 import { errorMessage, UndoFailedError } from '@pgferry/core';
+import { isServerAway, sleep } from '../db';
 import type { PhaseContext } from './context';
 
 export type UndoStep = [what: string, run: () => Promise<unknown>];
@@ -15,14 +16,32 @@ export async function runUndo(
   steps: UndoStep[],
   options: { cause?: unknown; command: string },
 ): Promise<void> {
-  const failed: string[] = [];
-  for (const [what, run] of steps) {
-    try {
-      await run();
-    } catch (err) {
-      failed.push(`${what}: ${errorMessage(err)}`);
+  // Every step once; then the ones a server away failed (a restart, a failover: the application waits
+  // on a frozen database meanwhile) again, with backoff, for as long as catch-up waits for a server.
+  // Every step is idempotent. A step that failed otherwise fails the undo.
+  let left = steps;
+  const failures = new Map<string, unknown>();
+  const deadline = Date.now() + ctx.config.reconnectTimeoutMs;
+  for (let round = 0; ; round++) {
+    const again: UndoStep[] = [];
+    for (const step of left) {
+      try {
+        await step[1]();
+        failures.delete(step[0]);
+      } catch (err) {
+        failures.set(step[0], err);
+        again.push(step);
+      }
     }
+    left = again;
+    if (!left.length || !left.every(([what]) => isServerAway(failures.get(what))) || Date.now() >= deadline) break;
+    if (round === 0)
+      ctx.log(
+        `the undo of the ${of} could not ${left.map(([what]) => what).join(', ')} (${errorMessage(failures.get(left[0]![0]))}); trying again for up to ${Math.round(ctx.config.reconnectTimeoutMs / 1000)} s`,
+      );
+    await sleep(Math.min(5_000, 250 * 2 ** round, Math.max(0, deadline - Date.now())));
   }
+  const failed = left.map(([what]) => `${what}: ${errorMessage(failures.get(what))}`);
   if (failed.length === 0) {
     await ctx.update((s) => {
       s[of] = undefined;

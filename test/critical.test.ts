@@ -1,5 +1,14 @@
 import { describe, expect, it } from 'vitest';
-import { InterruptedError, undoInterrupted, undoOnInterrupt, wasInterrupted } from '../packages/postgres/src/index';
+import {
+  CUTOVER_GAP,
+  critical,
+  criticalLabel,
+  InterruptedError,
+  ROLLBACK_GAP,
+  undoInterrupted,
+  undoOnInterrupt,
+  wasInterrupted,
+} from '../packages/postgres/src/index';
 
 // Its own file: undoInterrupted marks the whole process as interrupted.
 describe('undo on interrupt', () => {
@@ -34,5 +43,13 @@ describe('undo on interrupt', () => {
     );
     void hang;
     expect(await undoInterrupted(50)).toEqual(['gave up waiting after 50 ms']);
+  });
+});
+
+describe('the write gap a signal waits for', () => {
+  it("is named as the rollback's, the target frozen, inside a rollback's gap (it said the source was)", async () => {
+    const seen = await critical(async () => criticalLabel(), ROLLBACK_GAP);
+    expect(seen).toBe("the rollback's write gap (the target is frozen until it ends)");
+    expect(await critical(async () => criticalLabel())).toBe(CUTOVER_GAP);
   });
 });

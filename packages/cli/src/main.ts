@@ -22,6 +22,7 @@ import {
 import {
   assess,
   connect,
+  criticalLabel,
   formatReport,
   inCriticalSection,
   undoInterrupted,
@@ -563,7 +564,7 @@ function handleInterrupts() {
       }
       stopping = true;
       if (inCriticalSection()) {
-        say(`${signal}: finishing the cutover write gap first (the source is frozen until it ends); Ctrl-C to force`);
+        say(`${signal}: finishing ${criticalLabel()} first; Ctrl-C to force`);
         void whenIdle().then(() => {
           say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
           process.exit(code);

@@ -4,19 +4,32 @@
  */
 let depth = 0;
 const waiters: (() => void)[] = [];
+const labels: string[] = [];
 
-export async function critical<T>(fn: () => Promise<T>): Promise<T> {
+/** What a person is told is being finished when a signal comes inside the cutover's write gap. */
+export const CUTOVER_GAP = 'the cutover write gap (the source is frozen until it ends)';
+/** The same for a rollback's write gap, where the target is the frozen one. */
+export const ROLLBACK_GAP = "the rollback's write gap (the target is frozen until it ends)";
+
+export async function critical<T>(fn: () => Promise<T>, label = CUTOVER_GAP): Promise<T> {
   depth++;
+  labels.push(label);
   try {
     return await fn();
   } finally {
     depth--;
+    labels.splice(labels.lastIndexOf(label), 1);
     if (depth === 0) for (const w of waiters.splice(0)) w();
   }
 }
 
 export function inCriticalSection(): boolean {
   return depth > 0;
+}
+
+/** What the critical work running now is (the outermost), for the message a signal gets. */
+export function criticalLabel(): string {
+  return labels[0] ?? CUTOVER_GAP;
 }
 
 export function whenIdle(): Promise<void> {

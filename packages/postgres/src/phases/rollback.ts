@@ -13,7 +13,7 @@ import {
   type SwitchRestore,
 } from '@pgferry/core';
 import { EXCLUDED_SCHEMAS, listTables, schemasAndExtensions, USER_SCHEMA } from '../catalog';
-import { critical } from '../critical';
+import { critical, ROLLBACK_GAP } from '../critical';
 import { type Db, ident, literal, qualified } from '../db';
 import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed, waitPreparedTransactions } from '../freeze';
 import { describeDrainForecast, forecastDrain } from '../lag';
@@ -438,7 +438,7 @@ async function afterCutover(ctx: PhaseContext): Promise<string> {
       s.undoFailed = undefined;
     });
     return { gap, sequences, restored };
-  });
+  }, ROLLBACK_GAP);
   // After the gap, as the cutover's: the put-back's propagation (Route 53 INSYNC), bounded, never an undo.
   if (restored) await settleSwitch(ctx, restored);
   await finish(ctx);

@@ -586,6 +586,15 @@ function targetNotThere(err: ConnectionFailedError): boolean {
 async function cleanupClaimed(rt: Runtime, id: string, options: CleanupOptions): Promise<MigrationState> {
   // Cleaning up would drop the reverse replication an unfinished rollback needs, and leave the target frozen.
   const before = await rt.store.get(id);
+  // Done already: said so (its passwords are gone, so it could not connect anyway); one done without
+  // the target says again what it could not remove there.
+  if (before.status === 'cleaned-up') {
+    const left = before.events.findLast((e) => e.message.startsWith('pgferry cleanup without the target'));
+    rt.events.log(
+      `migration ${id} was cleaned up already${left ? `, without the target: ${left.message.slice(left.message.indexOf('not removed, on the target'))}` : ''}`,
+    );
+    return before;
+  }
   // After `pgferry unfreeze` nothing may finish a half-done switch (both databases take writes of
   // their own): clean-up is the only way out, and must not be refused for it.
   const unfrozen = !!before.unfrozenWithoutTargetAt;

@@ -1282,6 +1282,11 @@ describe('schema, roles and verification', () => {
           .sort(),
       ).toEqual(['public.audit_log', 'public.big', 'public.orders', 'public.pairs']);
       expect(result.tables.find((t) => t.table === 'public.pairs')?.mismatchedKeys).toEqual(['(7,x7)']);
+      // What a person reads names the rows by key, as the README says, not only their ranges.
+      const { verifySummary } = await import('../packages/postgres/src/index');
+      const summary = verifySummary(result);
+      expect(summary).toMatch(/public\.orders \[id \d+\.\.\d+\] key 1234/);
+      expect(summary).toContain('key (7,x7)');
     } finally {
       await session.close();
     }

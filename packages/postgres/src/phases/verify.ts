@@ -824,6 +824,9 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
 }
 
 /** One line for a verify result: what it found, how long it took, how fast each side was read. */
+/** Keys a summary names a table's differing rows by (all of them, up to SHOWN_KEYS, are in the result). */
+const SUMMARY_KEYS = 5;
+
 export function verifySummary(r: VerifyResult): string {
   const rows = r.tables.reduce((n, t) => n + t.sourceRows, 0);
   const by = !r.readers
@@ -850,7 +853,12 @@ export function verifySummary(r: VerifyResult): string {
     return `NOT VERIFIED: ${why.join('; ')}; every other table matches ${speed}`;
   }
   const bad = r.tables.filter((t) => t.outcome === 'mismatch');
-  return `MISMATCH in ${bad.length} table(s): ${bad.map((t) => `${t.table} [${t.mismatchedRanges.slice(0, 3).join(', ')}${t.mismatchedRanges.length > 3 ? ', …' : ''}]`).join('; ')} ${speed}`;
+  // Each table's ranges, and the keys of the rows proven different where the table has a key.
+  const keys = (t: VerifyTableResult) =>
+    t.mismatchedKeys?.length
+      ? ` key${t.mismatchedKeys.length > 1 ? 's' : ''} ${t.mismatchedKeys.slice(0, SUMMARY_KEYS).join(', ')}${t.mismatchedKeys.length > SUMMARY_KEYS ? ', …' : ''}`
+      : '';
+  return `MISMATCH in ${bad.length} table(s): ${bad.map((t) => `${t.table} [${t.mismatchedRanges.slice(0, 3).join(', ')}${t.mismatchedRanges.length > 3 ? ', …' : ''}]${keys(t)}`).join('; ')} ${speed}`;
 }
 
 /** Phase "Verify" (after the switch). Re-running it simply verifies again. */

@@ -12,8 +12,38 @@ import {
   sampleIntervalMs,
 } from '../packages/postgres/src/index';
 import { migrationFixture, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
+import type { Pair } from './harness/pairs';
 
 const fixture = migrationFixture();
+
+/**
+ * The target's apply of table churn stalls behind a lock while a writer rewrites every row of it in a
+ * tight loop on the source; `end` stops the writer and lets the apply go.
+ */
+async function stallApply(pair: Pair) {
+  const locker = new pg.Client({ connectionString: pair.targetUrl });
+  await locker.connect();
+  await locker.query('BEGIN');
+  await locker.query('LOCK TABLE churn IN SHARE MODE');
+  let stop = false;
+  const writer = (async () => {
+    const c = new pg.Client({ connectionString: pair.sourceUrl });
+    await c.connect();
+    try {
+      while (!stop) await c.query('UPDATE churn SET v = v + 1');
+    } finally {
+      await c.end();
+    }
+  })();
+  return {
+    async end() {
+      stop = true;
+      await writer;
+      await locker.query('ROLLBACK');
+      await locker.end();
+    },
+  };
+}
 
 describe('cutover gate', () => {
   it('stays closed while the unconfirmed WAL grows under a churning writer, naming both rates and the likely causes', async () => {
@@ -24,20 +54,7 @@ describe('cutover gate', () => {
     await advance(rt, m.id, { cutover: 'manual' });
     // The target's apply stalls on a lock (as behind a slow or saturated target) while a writer rewrites
     // 3,000 rows per transaction in a tight loop on the source.
-    const locker = new pg.Client({ connectionString: pair.targetUrl });
-    await locker.connect();
-    await locker.query('BEGIN');
-    await locker.query('LOCK TABLE churn IN SHARE MODE');
-    let stop = false;
-    const writer = (async () => {
-      const c = new pg.Client({ connectionString: pair.sourceUrl });
-      await c.connect();
-      try {
-        while (!stop) await c.query('UPDATE churn SET v = v + 1');
-      } finally {
-        await c.end();
-      }
-    })();
+    const stall = await stallApply(pair);
     await sleep(500);
     const session = await openSession(rt, m.id);
     const memory: GateMemory = { wal: false };
@@ -49,10 +66,7 @@ describe('cutover gate', () => {
         await sleep(250);
       }
     } finally {
-      stop = true;
-      await writer;
-      await locker.query('ROLLBACK');
-      await locker.end();
+      await stall.end();
       await session.close();
     }
     // Closed on every sample: never a streak that could open it.
@@ -70,6 +84,31 @@ describe('cutover gate', () => {
     expect(lag?.bytes).toBeGreaterThan(1024 * 1024);
     expect(lag?.generatedBps).toBeGreaterThan(0);
     expect(lag?.ms).toBeGreaterThanOrEqual(1000);
+  });
+
+  it('says why it stays closed when the reasons change, not at every sample whose figures do', async () => {
+    const { pair, rt } = await fixture.setup('gatelog', 100);
+    await pair.source('CREATE TABLE churn (id int PRIMARY KEY, v bigint NOT NULL)');
+    await pair.source('INSERT INTO churn SELECT g, 0 FROM generate_series(1, 2000) g');
+    const m = await newMigration(rt, pair, { cutover: 'manual', catchUpTimeoutMs: 3000, lagSampleIntervalMs: 100 });
+    await advance(rt, m.id, { cutover: 'manual' });
+    // Apply stalls behind a lock while a writer goes on: the lag, and the line's figures, grow at every sample.
+    const stall = await stallApply(pair);
+    const session = await openSession(rt, m.id);
+    const before = rt.logs.length;
+    try {
+      const { catchUp } = await import('../packages/postgres/src/index');
+      await expect(catchUp(session.ctx)).rejects.toMatchObject({ name: 'LagTimeoutError' });
+    } finally {
+      await stall.end();
+      await session.close();
+    }
+    const closed = rt.logs.slice(before).filter((l) => l.startsWith('cutover gate closed: '));
+    // Growing lag: said when it began and when another reason came, not at each of some 20 samples in 3 s.
+    expect(closed.length).toBeGreaterThan(0);
+    // (Each line a new set of reasons: lag over its limits, growing, the drain's forecast, the apply's rates.)
+    expect(closed.length).toBeLessThanOrEqual(6);
+    expect(closed.join('\n')).toMatch(/lag/);
   });
 
   it('samples quickly while there is nothing to catch up, at the configured interval while there is', async () => {

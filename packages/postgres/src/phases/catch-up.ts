@@ -423,6 +423,9 @@ export async function cutoverPrerequisites(ctx: PhaseContext): Promise<string[]>
   return out;
 }
 
+/** How often reasons that did not change but for their figures are said again. */
+const REASONS_AGAIN_MS = 30_000;
+
 /** Caught up (a full streak) and kept closed only by the work after the load. */
 const onlyWaiting = (ctx: PhaseContext, loop: GateLoop) =>
   loop.waiting === true && loop.streak >= ctx.config.lagSamples;
@@ -431,8 +434,10 @@ const onlyWaiting = (ctx: PhaseContext, loop: GateLoop) =>
 export interface GateLoop {
   memory: GateMemory;
   streak: number;
-  /** The reasons last logged, so that only a change is logged again. */
+  /** The reasons of the last sample, figures left out, so that only a change is logged again. */
   lastReasons: string;
+  /** When the reasons were last logged (ms since the epoch). */
+  lastLoggedAt?: number;
   /** When this catch-up began (ms since the epoch): catchUpTimeoutMs counts from here. */
   startedAt: number;
   /** When the servers stopped answering, and how many samples failed since (the backoff). */
@@ -524,8 +529,15 @@ export async function gateStep(
   loop.streak = reasons.length === 0 ? loop.streak + 1 : 0;
   loop.waiting = waiting.length > 0;
   const text = [...reasons, ...waiting].join('; ');
-  if (text && text !== loop.lastReasons) ctx.log(`cutover gate closed: ${text}`);
-  loop.lastReasons = text;
+  // Said when the reasons change, not when only their figures do (a lag that grows changed the line
+  // at every sample: hundreds of long lines on a pipe), and again every REASONS_AGAIN_MS with the figures of now.
+  const shape = text.replace(/\d+(?:\.\d+)?/g, '#');
+  const now = Date.now();
+  if (text && (shape !== loop.lastReasons || now - (loop.lastLoggedAt ?? 0) >= REASONS_AGAIN_MS)) {
+    ctx.log(`cutover gate closed: ${text}`);
+    loop.lastLoggedAt = now;
+  }
+  loop.lastReasons = shape;
   const window = ctx.config.cutover === 'auto' ? ctx.config.cutoverWindow : undefined;
   const opensAt = window && loop.streak >= ctx.config.lagSamples ? cutoverWindowOpensAt(window, new Date()) : undefined;
   if (window && opensAt) {

@@ -156,6 +156,26 @@ describe('the whole lag series', () => {
   });
 });
 
+describe('the status of a local migration while a command works on it', () => {
+  it('names the command that continued its execution last (a cutover going on from where migrate waited)', () => {
+    const execution = {
+      migrationId: 'h1',
+      command: 'migrate',
+      input: {} as never,
+      startedAt: '2026-12-06T10:00:00.000Z',
+      status: 'running' as const,
+      states: [],
+      continued: [{ command: 'cutover', at: '2026-12-06T11:00:00.000Z' }],
+    };
+    expect(describeStatus(migration(), execution)).toContain(
+      'next: a pgferry cutover is working on it (since 2026-12-06T11:00:00.000Z)',
+    );
+    expect(describeStatus(migration(), { ...execution, continued: undefined })).toContain(
+      'next: a pgferry migrate is working on it (since 2026-12-06T10:00:00.000Z)',
+    );
+  });
+});
+
 describe('the status of a migration whose catch-up continued in a new execution (deployed)', () => {
   it('names the execution that runs it now and says it continued', () => {
     const continued: MigrationState = {

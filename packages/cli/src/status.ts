@@ -27,8 +27,11 @@ export function nextStep(s: MigrationState, execution?: ExecutionRecord, deploye
   const id = s.id;
   // In AWS the state machine runs it: the CLI's commands act on the state directory, not on it.
   if (deployed) return deployedNextStep(s);
-  if (execution?.status === 'running')
-    return `a pgferry ${execution.command} is working on it (since ${execution.continued?.at(-1)?.at ?? execution.startedAt}); wait, or follow it with \`pgferry status ${id} --watch\``;
+  if (execution?.status === 'running') {
+    // The command that continued it last (a `pgferry cutover` going on from where migrate waited).
+    const by = execution.continued?.at(-1) ?? { command: execution.command, at: execution.startedAt };
+    return `a pgferry ${by.command} is working on it (since ${by.at}); wait, or follow it with \`pgferry status ${id} --watch\``;
+  }
   // After `pgferry unfreeze`, whatever was half done: nothing may finish it.
   if (s.unfrozenWithoutTargetAt && !['completed', 'cleaned-up'].includes(s.status))
     return `the source was made writable without the target (\`pgferry unfreeze\` at ${s.unfrozenWithoutTargetAt}): no rollback or resume; compare the databases by hand, then \`pgferry cleanup --id ${id}\` removes what pgferry left (\`--without-target\` while the target cannot be reached)`;

@@ -149,6 +149,10 @@ describe('pgferry CLI', () => {
     expect(interrupted.code).toBe(130);
     expect(interrupted.out).toContain('not confirmed (Ctrl-C): nothing was created');
     expect((await pgferry(['status'])).stdout).toContain('no migrations');
+    // --json before the command, as people write it: the same as after it (it said the command takes no positional arguments).
+    const leading = await pgferry(['--json', 'status']);
+    expect(leading.code).toBe(0);
+    expect(JSON.parse(leading.stdout)).toMatchObject({ event: 'result', result: [] });
   });
 
   it('checks --switch-file, --report and --state-dir before creating anything, naming the flag', async () => {

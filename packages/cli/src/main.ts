@@ -581,7 +581,18 @@ function handleInterrupts() {
   }
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** Options every command takes, which a person may also write before the command (`pgferry --json status`). */
+const LEADING_OPTIONS = ['--json'];
+
+export async function main(args: string[]): Promise<number> {
+  const leading = args.slice(
+    0,
+    args.findIndex((a) => !LEADING_OPTIONS.includes(a)),
+  );
+  const argv =
+    leading.length && args[leading.length] && !args[leading.length]!.startsWith('-')
+      ? [args[leading.length]!, ...leading, ...args.slice(leading.length + 1)]
+      : args;
   const command = argv[0] && !argv[0].startsWith('-') ? argv[0] : undefined;
   // `workflow` takes a subcommand (`print`); `report` takes the migration id as its one positional argument.
   const subcommand =

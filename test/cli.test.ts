@@ -158,10 +158,13 @@ describe('pgferry CLI', () => {
   it('checks --switch-file, --report and --state-dir before creating anything, naming the flag', async () => {
     cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
     const urls = ['--source', 'postgres://u:p@127.0.0.1:1/a', '--target', 'postgres://u:p@127.0.0.1:2/b', '--yes'];
+    symlinkSync(join(cwd, 'no-such-dir', 'url'), join(cwd, 'link-url'));
     const cases: [string[], string, RegExp][] = [
       [['--switch-file', join(cwd, 'no-such-dir', 'url')], '--switch-file', /does not exist/],
       [['--switch-file', cwd], '--switch-file', /is a directory/],
       [['--switch-file', ''], '--switch-file', /empty/],
+      // A link is written where it points: a directory there that does not exist is named up front.
+      [['--switch-file', join(cwd, 'link-url')], '--switch-file', /no-such-dir.* does not exist/],
       [['--report', join(cwd, 'no-such-dir', 'r.json')], '--report', /does not exist/],
       [['--report', ''], '--report', /empty/],
     ];

@@ -269,7 +269,7 @@ describe('phases', () => {
       // Someone else's table is kept, and public with it (what pgferry loaded there too), named.
       const stranger = asIndex ? 'someone_elses' : clash;
       expect(state?.events.map((e) => e.message).join('\n')).toContain(
-        `kept schema public whole, with what pgferry loaded into it, since it holds "public"."${stranger}"`,
+        `kept everything pgferry loaded on the target (schemas public), since "public"."${stranger}"`,
       );
       expect(await pair.target(`SELECT to_regclass('public.${stranger}')::text AS t`)).toEqual([{ t: stranger }]);
       // The next round starts from an empty target again (PostgreSQL 15's public).
@@ -1224,7 +1224,7 @@ describe('schema, roles and verification', () => {
     const rolled = await rollbackMigration(rt, m.id);
     expect(rolled.status).toBe('rolled-back');
     expect(rolled.phases.rollback?.summary).toContain(
-      'kept schema public whole, with what pgferry loaded into it, since it holds "public"."alsokeep"',
+      'kept everything pgferry loaded on the target (schemas public), since "public"."alsokeep"',
     );
     expect(await pair.target('SELECT x FROM public.alsokeep')).toEqual([{ x: 'theirs' }]);
     // Replication is gone all the same: no slot on the source, the source writable.

@@ -76,6 +76,9 @@ describe('the --on-switch command', () => {
     const started = Date.now();
     await switchConnection(options('sleep 613.75 & echo reloaded >&2; exit 0', { timeoutMs: 10_000 }));
     expect(Date.now() - started).toBeLessThan(5000);
+    // Exited 0 just inside its time, its stderr held open by what it left: a switch that worked, never
+    // killed and reported as timed out while its last words were awaited (the switch would be undone).
+    await switchConnection(options('sleep 0.2; sleep 613.75 & exit 0', { timeoutMs: 400 }));
   });
 
   it('fails with its exit code and last words, the target password redacted', async () => {

@@ -25,6 +25,7 @@ import {
   criticalLabel,
   formatReport,
   inCriticalSection,
+  switchFileTarget,
   undoInterrupted,
   wasInterrupted,
   whenIdle,
@@ -430,7 +431,9 @@ function joinDashValues(args: string[]): string[] {
 function writablePath(value: string | undefined, field: string): string | undefined {
   if (value === undefined) return undefined;
   if (!value.trim()) throw new InvalidInputError(`${field} is empty; give the path of a file`, { field });
-  const path = resolve(value);
+  const given = resolve(value);
+  // A link is written where it points: that file's directory is the one checked.
+  const path = field === '--switch-file' ? switchFileTarget(given) : given;
   const dir = dirname(path);
   const info = statSync(path, { throwIfNoEntry: false });
   if (info?.isDirectory())
@@ -447,7 +450,7 @@ function writablePath(value: string | undefined, field: string): string | undefi
   } catch {
     throw new InvalidInputError(`${field} ${path} cannot be written by this user`, { field });
   }
-  return path;
+  return given;
 }
 
 /** The state directory: a directory, or a path where one can be made. */

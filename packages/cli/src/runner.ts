@@ -588,7 +588,8 @@ async function cleanupClaimed(rt: Runtime, id: string, options: CleanupOptions):
   const before = await rt.store.get(id);
   // Done already: said so (its passwords are gone, so it could not connect anyway); one done without
   // the target says again what it could not remove there.
-  if (before.status === 'cleaned-up') {
+  // (One that left something behind, `leftovers`, is run again: it kept its passwords for that.)
+  if (before.status === 'cleaned-up' && !before.leftovers?.length) {
     const left = before.events.findLast((e) => e.message.startsWith('pgferry cleanup without the target'));
     rt.events.log(
       `migration ${id} was cleaned up already${left ? `, without the target: ${left.message.slice(left.message.indexOf('not removed, on the target'))}` : ''}`,

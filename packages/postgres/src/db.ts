@@ -293,6 +293,10 @@ const CONNECTION_LOSS = new Set([
   'EPIPE',
   'ETIMEDOUT',
   'EHOSTUNREACH',
+  // A name that does not resolve for a while (a DNS-based failover, RDS's endpoint moving).
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ENETUNREACH',
   '57P01', // admin_shutdown
   '57P02', // crash_shutdown
   '57P03', // cannot_connect_now (starting up, shutting down)

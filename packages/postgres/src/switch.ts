@@ -36,27 +36,46 @@ export interface SwitchOptions {
  * it). A new file is 0600: it holds a password.
  */
 export function writeSwitchFile(path: string, url: string) {
-  let real = path;
+  const real = switchFileTarget(path);
   let kept: { mode: number; uid: number; gid: number } | undefined;
   try {
-    real = realpathSync(path);
     const st = statSync(real);
     kept = { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
   } catch {
-    // No such file yet (or a dangling link: written where it points, below).
-    real = danglingLinkTarget(path) ?? path;
+    // No such file yet.
   }
   const tmp = join(dirname(real), `.${Date.now()}.${process.pid}.pgferry-switch.tmp`);
   try {
     writeFileSync(tmp, `${url}\n`, { mode: 0o600 });
     if (kept) {
-      if (kept.uid !== process.getuid?.() || kept.gid !== process.getgid?.()) chownSync(tmp, kept.uid, kept.gid);
+      // Only root may give a file to another user; anyone may give it a group they are in. Otherwise
+      // it is pgferry's own, with the mode kept (it was before: never a switch failed for it).
+      if (process.getuid?.() === 0) chownSync(tmp, kept.uid, kept.gid);
+      else if (kept.gid !== process.getgid?.()) {
+        try {
+          chownSync(tmp, -1, kept.gid);
+        } catch {
+          // not a group of this user
+        }
+      }
       chmodSync(tmp, kept.mode);
     }
     renameSync(tmp, real);
   } catch (err) {
     rmSync(tmp, { force: true }); // it holds the URL, password and all
     throw err;
+  }
+}
+
+/**
+ * The file a switch file's path names: itself, or what its symbolic link points at (a link pointing at
+ * nothing yet included). Written there, in that file's directory: `--switch-file` is checked there.
+ */
+export function switchFileTarget(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return danglingLinkTarget(path) ?? path;
   }
 }
 
@@ -170,6 +189,8 @@ export async function switchConnection(o: SwitchOptions): Promise<void> {
     // The command is over when its shell exits: something it left running in the background may keep
     // its stderr open, and is not waited for (its last words get a moment to arrive).
     child.on('exit', (code, signal) => {
+      // Exited in time: no kill past this point (a timeout during the grace would undo a switch that worked).
+      clearTimeout(timer);
       setTimeout(() => {
         child.stderr.destroy();
         settle(code, signal);

@@ -128,12 +128,14 @@ export async function cleanupSource(source: Db, id: string, options: { keepRever
 export function targetObjects(state: MigrationState): string[] {
   const id = state.id;
   const n = objectNames(id);
-  // Only what can be there: the forward subscription goes at the switch; the reverse slot is made in
-  // the cutover's gap, and its publication as the cutover prepares.
+  // Only what can be there: the forward subscription goes once the switch is finished (a failure after
+  // the switch may have left it); the reverse slot is made in the cutover's gap; the reverse publication
+  // as replication starts.
+  const switchFinished = !!state.cutover?.switchAt && state.failure?.phase !== 'cutover';
   const objects = [
-    ...(state.cutover?.switchAt ? [] : [`subscription ${n.subscription}`]),
+    ...(switchFinished ? [] : [`subscription ${n.subscription}`]),
     ...(state.cutover?.freezeAt ? [`replication slot ${n.reverseSlot}`] : []),
-    ...(state.cutover ? [`publication ${n.reversePublication}`] : []),
+    ...(state.phases['start-replication'] || state.cutover ? [`publication ${n.reversePublication}`] : []),
     `the row of ${n.markerSchema}.migration for ${id} (the schema ${n.markerSchema} when no other migration's row is in it)`,
   ];
   if (state.rolesCreated?.length) objects.push(`the role(s) pgferry created: ${state.rolesCreated.join(', ')}`);

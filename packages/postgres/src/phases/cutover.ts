@@ -20,6 +20,7 @@ import {
   PgferryError,
   PreparedTransactionsPendingError,
   ReplicationFailedError,
+  StateConflictError,
   type SwitchRecord,
   type SwitchRestore,
 } from '@pgferry/core';
@@ -369,6 +370,9 @@ async function afterTheSwitch(ctx: PhaseContext, work: () => Promise<string>): P
   try {
     return await work();
   } catch (err) {
+    // Another actor has the migration (a lost lease, a concurrent change): said as such, as the
+    // workflow's retry and failure policy read it, never as a failed cutover.
+    if (err instanceof StateConflictError) throw err;
     const id = ctx.config.id;
     const message = `the application was switched to the target, but finishing the cutover failed: ${errorMessage(err)}`;
     const options = {
@@ -385,8 +389,12 @@ async function afterTheSwitch(ctx: PhaseContext, work: () => Promise<string>): P
 
 async function finishInterruptedSwitch(ctx: PhaseContext): Promise<string> {
   ctx.log('a previous cutover stopped while switching the connection: switching again to finish it');
+  // Its own errors as they are (a switch command to fix, with its hint); only what follows is "after the switch".
   await redoSwitch(ctx);
-  await finish(ctx);
+  await afterTheSwitch(ctx, async () => {
+    await finish(ctx);
+    return '';
+  });
   return `switch finished after an interruption (write gap ${ctx.state.cutover?.writeGapMs} ms, including the interruption)`;
 }
 
@@ -415,7 +423,7 @@ export async function cutover(ctx: PhaseContext): Promise<string> {
       await finish(ctx);
       return `already done: switched at ${c.switchAt} (write gap ${c.writeGapMs} ms)`;
     });
-  if (c?.switchStartedAt) return afterTheSwitch(ctx, () => finishInterruptedSwitch(ctx));
+  if (c?.switchStartedAt) return finishInterruptedSwitch(ctx);
   // A crash between freeze and switch: the application still points at the source. Undo, then go again.
   await undoInterruptedCutover(ctx);
   await refuseUpstreamSubscriptions(ctx);

@@ -61,11 +61,15 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
   for (const t of await listTables(ctx.target, { sizes: false }))
     if (dropping.includes(t.schema) && !ours.has(JSON.stringify([t.schema, t.name])))
       strangers.set(t.schema, [...(strangers.get(t.schema) ?? []), qualified(t)]);
+  // With a stranger anywhere nothing of the load is dropped: a kept table may use a type, a default or
+  // a foreign key in another of those schemas, and their CASCADE would take its columns.
+  const dropNothing = strangers.size > 0;
   const keptSchemas = schemas.filter((x) => restored && !restored.schemas.includes(x));
-  const keptWhole = [...strangers].map(
-    ([x, tables]) =>
-      `schema ${x} whole, with what pgferry loaded into it, since it holds ${tables.join(', ')} (made on the target since the migration began; not pgferry's): drop what you do not want yourself`,
-  );
+  const keptWhole = dropNothing
+    ? [
+        `everything pgferry loaded on the target (schemas ${dropping.join(', ')}), since ${[...strangers.values()].flat().join(', ')} (made on the target since the migration began; not pgferry's) may depend on it: drop what you do not want yourself`,
+      ]
+    : [];
   // An extension someone created in a schema that goes (public, or one the restore made) goes with it.
   const kept = [
     ...keptSchemas.map((x) => `schema ${x}`),
@@ -73,16 +77,14 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
       .filter((x) => restored && !restored.extensions.includes(x.name) && keptSchemas.includes(x.schema))
       .map((x) => `extension ${x.name}`),
   ];
-  for (const s of schemas.filter((x) => (!restored || restored.schemas.includes(x)) && !strangers.has(x)))
+  for (const s of schemas.filter((x) => (!restored || restored.schemas.includes(x)) && !dropNothing))
     await ctx.target.query(`DROP SCHEMA ${ident(s)} CASCADE`);
   // (Not one in a schema kept whole: the tables kept there may use its types.)
-  for (const e of extensions.filter(
-    (x) => (!restored || restored.extensions.includes(x.name)) && !strangers.has(x.schema),
-  ))
+  for (const e of extensions.filter((x) => (!restored || restored.extensions.includes(x.name)) && !dropNothing))
     await ctx.target.query(`DROP EXTENSION IF EXISTS ${ident(e.name)} CASCADE`);
   const major = (await ctx.target.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v"))
     .v;
-  if (!strangers.has('public')) {
+  if (!dropNothing) {
     await ctx.target.query('DROP SCHEMA IF EXISTS public CASCADE');
     await restorePublicSchema(ctx, mine.public_schema, major);
   }
@@ -160,7 +162,7 @@ async function beforeCutover(ctx: PhaseContext): Promise<string> {
   if (loaded.ours)
     done.push(
       wholeKept
-        ? 'schema and data loaded on the target, but in the schemas kept whole'
+        ? 'nothing of the schema and data loaded on the target (kept, below)'
         : 'schema and data loaded on the target',
     );
   // (DROP OWNED would take what is kept: the roles' objects there go only with a target emptied.)

@@ -20,6 +20,7 @@ export async function runUndo(
   // on a frozen database meanwhile) again, with backoff, for as long as catch-up waits for a server.
   // Every step is idempotent. A step that failed otherwise fails the undo.
   let left = steps;
+  const finalFailures: UndoStep[] = [];
   const failures = new Map<string, unknown>();
   const deadline = Date.now() + ctx.config.reconnectTimeoutMs;
   for (let round = 0; ; round++) {
@@ -33,15 +34,19 @@ export async function runUndo(
         again.push(step);
       }
     }
-    left = again;
-    if (!left.length || !left.every(([what]) => isServerAway(failures.get(what))) || Date.now() >= deadline) break;
+    // Those a server away failed are tried again; one that failed otherwise is not, and does not keep
+    // the others (the unfreeze of a server that restarts) from being tried again.
+    const retried = again.filter(([what]) => isServerAway(failures.get(what)));
+    finalFailures.push(...again.filter((step) => !retried.includes(step)));
+    left = retried;
+    if (!left.length || Date.now() >= deadline) break;
     if (round === 0)
       ctx.log(
         `the undo of the ${of} could not ${left.map(([what]) => what).join(', ')} (${errorMessage(failures.get(left[0]![0]))}); trying again for up to ${Math.round(ctx.config.reconnectTimeoutMs / 1000)} s`,
       );
     await sleep(Math.min(5_000, 250 * 2 ** round, Math.max(0, deadline - Date.now())));
   }
-  const failed = left.map(([what]) => `${what}: ${errorMessage(failures.get(what))}`);
+  const failed = [...finalFailures, ...left].map(([what]) => `${what}: ${errorMessage(failures.get(what))}`);
   if (failed.length === 0) {
     await ctx.update((s) => {
       s[of] = undefined;

@@ -823,9 +823,10 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   };
 }
 
-/** One line for a verify result: what it found, how long it took, how fast each side was read. */
 /** Keys a summary names a table's differing rows by (all of them, up to SHOWN_KEYS, are in the result). */
 const SUMMARY_KEYS = 5;
+
+/** One line for a verify result: what it found, how long it took, how fast each side was read. */
 
 export function verifySummary(r: VerifyResult): string {
   const rows = r.tables.reduce((n, t) => n + t.sourceRows, 0);

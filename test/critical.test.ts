@@ -49,7 +49,7 @@ describe('undo on interrupt', () => {
 describe('the write gap a signal waits for', () => {
   it("is named as the rollback's, the target frozen, inside a rollback's gap (it said the source was)", async () => {
     const seen = await critical(async () => criticalLabel(), ROLLBACK_GAP);
-    expect(seen).toBe("the rollback's write gap (the target is frozen until it ends)");
+    expect(seen).toBe("the rollback's write gap first (the target is frozen until it ends)");
     expect(await critical(async () => criticalLabel())).toBe(CUTOVER_GAP);
   });
 });

@@ -567,7 +567,7 @@ function handleInterrupts() {
       }
       stopping = true;
       if (inCriticalSection()) {
-        say(`${signal}: finishing ${criticalLabel()} first; Ctrl-C to force`);
+        say(`${signal}: finishing ${criticalLabel()}; Ctrl-C to force`);
         void whenIdle().then(() => {
           say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
           process.exit(code);

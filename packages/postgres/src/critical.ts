@@ -7,9 +7,9 @@ const waiters: (() => void)[] = [];
 const labels: string[] = [];
 
 /** What a person is told is being finished when a signal comes inside the cutover's write gap. */
-export const CUTOVER_GAP = 'the cutover write gap (the source is frozen until it ends)';
+export const CUTOVER_GAP = 'the cutover write gap first (the source is frozen until it ends)';
 /** The same for a rollback's write gap, where the target is the frozen one. */
-export const ROLLBACK_GAP = "the rollback's write gap (the target is frozen until it ends)";
+export const ROLLBACK_GAP = "the rollback's write gap first (the target is frozen until it ends)";
 
 export async function critical<T>(fn: () => Promise<T>, label = CUTOVER_GAP): Promise<T> {
   depth++;

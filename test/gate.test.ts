@@ -7,6 +7,7 @@ import { LiveWriter } from '../packages/cli/src/writer';
 import {
   type GateMemory,
   IDLE_SAMPLE_INTERVAL_MS,
+  reasonsShape,
   runWorkflowTask,
   sampleGate,
   sampleIntervalMs,
@@ -109,6 +110,17 @@ describe('cutover gate', () => {
     // (Each line a new set of reasons: lag over its limits, growing, the drain's forecast, the apply's rates.)
     expect(closed.length).toBeLessThanOrEqual(6);
     expect(closed.join('\n')).toMatch(/lag/);
+  });
+
+  it('tells a change of reasons from a change of figures alone', () => {
+    const shape = (t: string) => reasonsShape(t);
+    expect(shape('lag 17.3 MiB ≥ 16.0 MiB; lag 1072 ms ≥ 1000 ms')).toBe(
+      shape('lag 64.6 MiB ≥ 16.0 MiB; lag 9 ms ≥ 1000 ms'),
+    );
+    // A name with a digit in it is no figure: another table is another reason.
+    expect(shape('statistics of "public"."t1" are being gathered')).not.toBe(
+      shape('statistics of "public"."t2" are being gathered'),
+    );
   });
 
   it('samples quickly while there is nothing to catch up, at the configured interval while there is', async () => {

@@ -423,6 +423,9 @@ export async function cutoverPrerequisites(ctx: PhaseContext): Promise<string[]>
   return out;
 }
 
+/** The gate's reasons with their figures left out (whole numbers only: a table named t1 is not t2). */
+export const reasonsShape = (text: string) => text.replace(/\b\d+(?:\.\d+)?/g, '#');
+
 /** How often reasons that did not change but for their figures are said again. */
 const REASONS_AGAIN_MS = 30_000;
 
@@ -531,7 +534,7 @@ export async function gateStep(
   const text = [...reasons, ...waiting].join('; ');
   // Said when the reasons change, not when only their figures do (a lag that grows changed the line
   // at every sample: hundreds of long lines on a pipe), and again every REASONS_AGAIN_MS with the figures of now.
-  const shape = text.replace(/\d+(?:\.\d+)?/g, '#');
+  const shape = text.replace(/\b\d+(?:\.\d+)?/g, '#');
   const now = Date.now();
   if (text && (shape !== loop.lastReasons || now - (loop.lastLoggedAt ?? 0) >= REASONS_AGAIN_MS)) {
     ctx.log(`cutover gate closed: ${text}`);

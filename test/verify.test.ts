@@ -41,6 +41,8 @@ describe('verify', () => {
     expect(err.name).toBe('VerificationFailedError');
     expect(err.exitCode).toBe(6);
     expect(err.message).toMatch(/^before the switch: MISMATCH in 1 table\(s\): public\.counters \[id 1\.\.20\]/);
+    // The command that verifies again whatever the migration's --cutover (a manual one's resume only catches up).
+    expect(err.hint).toContain(`\`pgferry cutover --id ${m.id}\` verifies again`);
     const state = await rt.store.get(m.id);
     // Nothing switched or frozen; replication and the load stay for whoever looks into it.
     expect(state.status).toBe('running');

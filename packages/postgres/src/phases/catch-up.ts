@@ -691,7 +691,7 @@ export async function verifyBeforeSwitchRound(ctx: PhaseContext, round: number):
   if (result.outcome === 'mismatch')
     throw new VerificationFailedError(`before the switch: ${said}`, {
       phase: 'catch-up',
-      hint: `nothing was switched or frozen: the application stays on the source and replication goes on. Find what wrote those rows differently (a write to the target, a trigger or rule enabled on it, a changed column default), fix the target, then \`pgferry resume --id ${ctx.config.id}\` verifies again (or \`pgferry rollback --id ${ctx.config.id}\`)`,
+      hint: `nothing was switched or frozen: the application stays on the source and replication goes on. Find what wrote those rows differently (a write to the target, a trigger or rule enabled on it, a changed column default), fix the target, then \`pgferry cutover --id ${ctx.config.id}\` verifies again and switches only once every table matches (a migration with --cutover auto: \`pgferry resume --id ${ctx.config.id}\` too; a manual one's resume only catches up), or \`pgferry rollback --id ${ctx.config.id}\``,
     });
   if (result.outcome === 'ok') {
     ctx.log(`verified before the switch: ${said}`);

@@ -534,7 +534,7 @@ export async function gateStep(
   const text = [...reasons, ...waiting].join('; ');
   // Said when the reasons change, not when only their figures do (a lag that grows changed the line
   // at every sample: hundreds of long lines on a pipe), and again every REASONS_AGAIN_MS with the figures of now.
-  const shape = text.replace(/\b\d+(?:\.\d+)?/g, '#');
+  const shape = reasonsShape(text);
   const now = Date.now();
   if (text && (shape !== loop.lastReasons || now - (loop.lastLoggedAt ?? 0) >= REASONS_AGAIN_MS)) {
     ctx.log(`cutover gate closed: ${text}`);

@@ -14,6 +14,7 @@ import {
 } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { CutoverFailedError, DEFAULTS, redactText } from '@pgferry/core';
+import { parse as parseUrl } from 'pg-connection-string';
 
 export interface SwitchOptions {
   switchFile?: string;
@@ -106,17 +107,18 @@ const STDERR_GRACE_MS = 500;
 /** Shorter passwords are not looked for in a command's output: they would match ordinary words. */
 const MIN_PASSWORD_SEARCHED = 4;
 
-/** The passwords of `urls`, as written in them and decoded. */
+/**
+ * The passwords of `urls` as the connections read them (pg-connection-string, as connectionSettings:
+ * an unencoded `@` in the password, `?password=`), and percent-encoded as a URL carries them.
+ */
 function passwordsOf(urls: string[]): string[] {
   const found = new Set<string>();
   for (const url of urls) {
-    const raw = /^[a-z]+:\/\/[^:@/]*:([^@/]*)@/i.exec(url)?.[1];
-    if (!raw) continue;
-    found.add(raw);
     try {
-      found.add(decodeURIComponent(raw));
+      found.add(parseUrl(url, { useLibpqCompat: true }).password ?? '');
+      found.add(new URL(url).password);
     } catch {
-      // not percent-encoded: only as written
+      // not a URL: nothing to look for
     }
   }
   return [...found].filter((p) => p.length >= MIN_PASSWORD_SEARCHED).sort((a, b) => b.length - a.length);

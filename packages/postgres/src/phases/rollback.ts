@@ -25,8 +25,11 @@ import type { PhaseContext } from './context';
 import { settleSwitch, withTimeout } from './cutover';
 import { runUndo, type UndoStep } from './undo';
 
-/** Drop what the schema restore created on the target, only if pgferry's marker says it made it. */
-async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kept: string[]; keptWhole?: string[] }> {
+/**
+ * Drop what the schema restore created on the target, only if pgferry's marker says it made it.
+ * `keptLoad`: nothing of the load was dropped, and why.
+ */
+async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kept: string[]; keptLoad?: string }> {
   const n = objectNames(ctx.config.id);
   const { t } = await ctx.target.one<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [
     `${n.markerSchema}.migration`,
@@ -48,28 +51,20 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
   // (The marker schema is not among them: it goes last, so a rollback stopped half way finds it.)
   const { schemas, extensions } = await schemasAndExtensions(ctx.target);
   const restored = mine.restored;
-  // A table someone made on the target since, in public or in a schema the restore made: the schema
-  // is not dropped, and nothing in it (what pgferry loaded stays, named), since DROP SCHEMA … CASCADE
-  // took it silently. pgferry's own are the source's tables (as loaded, or as the source has them now).
+  // A table someone made on the target since, in public or in a schema the restore made: nothing of the
+  // load is dropped then (DROP SCHEMA … CASCADE took such a table silently), since that table may also
+  // use a type, a default or a foreign key in another of those schemas, whose CASCADE would take its
+  // columns. pgferry's own are the source's tables (as loaded, or as the source has them now).
   const ours = new Set(
     [...(ctx.state.tables ?? []), ...(await listTables(ctx.source, { sizes: false }))].map((t) =>
       JSON.stringify([t.schema, t.name]),
     ),
   );
   const dropping = ['public', ...schemas.filter((x) => !restored || restored.schemas.includes(x))];
-  const strangers = new Map<string, string[]>();
-  for (const t of await listTables(ctx.target, { sizes: false }))
-    if (dropping.includes(t.schema) && !ours.has(JSON.stringify([t.schema, t.name])))
-      strangers.set(t.schema, [...(strangers.get(t.schema) ?? []), qualified(t)]);
-  // With a stranger anywhere nothing of the load is dropped: a kept table may use a type, a default or
-  // a foreign key in another of those schemas, and their CASCADE would take its columns.
-  const dropNothing = strangers.size > 0;
+  const strangers = (await listTables(ctx.target, { sizes: false }))
+    .filter((t) => dropping.includes(t.schema) && !ours.has(JSON.stringify([t.schema, t.name])))
+    .map(qualified);
   const keptSchemas = schemas.filter((x) => restored && !restored.schemas.includes(x));
-  const keptWhole = dropNothing
-    ? [
-        `everything pgferry loaded on the target (schemas ${dropping.join(', ')}), since ${[...strangers.values()].flat().join(', ')} (made on the target since the migration began; not pgferry's) may depend on it: drop what you do not want yourself`,
-      ]
-    : [];
   // An extension someone created in a schema that goes (public, or one the restore made) goes with it.
   const kept = [
     ...keptSchemas.map((x) => `schema ${x}`),
@@ -77,19 +72,22 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
       .filter((x) => restored && !restored.extensions.includes(x.name) && keptSchemas.includes(x.schema))
       .map((x) => `extension ${x.name}`),
   ];
-  for (const s of schemas.filter((x) => (!restored || restored.schemas.includes(x)) && !dropNothing))
-    await ctx.target.query(`DROP SCHEMA ${ident(s)} CASCADE`);
-  // (Not one in a schema kept whole: the tables kept there may use its types.)
-  for (const e of extensions.filter((x) => (!restored || restored.extensions.includes(x.name)) && !dropNothing))
-    await ctx.target.query(`DROP EXTENSION IF EXISTS ${ident(e.name)} CASCADE`);
-  const major = (await ctx.target.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v"))
-    .v;
-  if (!dropNothing) {
+  if (!strangers.length) {
+    for (const s of schemas.filter((x) => !restored || restored.schemas.includes(x)))
+      await ctx.target.query(`DROP SCHEMA ${ident(s)} CASCADE`);
+    for (const e of extensions.filter((x) => !restored || restored.extensions.includes(x.name)))
+      await ctx.target.query(`DROP EXTENSION IF EXISTS ${ident(e.name)} CASCADE`);
+    const major = (
+      await ctx.target.one<{ v: number }>("SELECT current_setting('server_version_num')::int / 10000 AS v")
+    ).v;
     await ctx.target.query('DROP SCHEMA IF EXISTS public CASCADE');
     await restorePublicSchema(ctx, mine.public_schema, major);
   }
   await ctx.target.query(`DROP SCHEMA IF EXISTS ${ident(n.markerSchema)} CASCADE`);
-  return { ours: true, kept, keptWhole };
+  const keptLoad = strangers.length
+    ? `everything pgferry loaded on the target (schemas ${dropping.join(', ')}), since ${strangers.join(', ')} (made on the target since the migration began; not pgferry's) may depend on it: drop what you do not want yourself`
+    : undefined;
+  return { ours: true, kept, keptLoad };
 }
 
 /** What the target's schema `public` was like before pgferry restored into it (see ensureMarker). */
@@ -158,20 +156,19 @@ async function beforeCutover(ctx: PhaseContext): Promise<string> {
       s.undoFailed = undefined; // what a failed undo of the cutover left is removed above
     });
   const loaded = await dropLoadedSchema(ctx);
-  const wholeKept = (loaded.keptWhole ?? []).length > 0;
   if (loaded.ours)
     done.push(
-      wholeKept
+      loaded.keptLoad
         ? 'nothing of the schema and data loaded on the target (kept, below)'
         : 'schema and data loaded on the target',
     );
   // (DROP OWNED would take what is kept: the roles' objects there go only with a target emptied.)
-  const roles = await dropCreatedRoles(ctx, loaded.ours && !wholeKept);
+  const roles = await dropCreatedRoles(ctx, loaded.ours && !loaded.keptLoad);
   if (roles.dropped.length) done.push(`target roles ${roles.dropped.join(', ')}`);
   const summary = done.length ? `removed ${done.join(', ')}` : 'nothing to remove';
   const kept = [
     ...loaded.kept.map((k) => `${k} (created on the target since the migration began; not pgferry's)`),
-    ...(loaded.keptWhole ?? []),
+    ...(loaded.keptLoad ? [loaded.keptLoad] : []),
     ...roles.kept,
   ];
   return kept.length ? `${summary}; kept ${kept.join('; ')}` : summary;

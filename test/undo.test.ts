@@ -63,15 +63,21 @@ async function allowConnections(p: Pair, side: 'source' | 'target') {
   await sql(serverUrl(server), `ALTER DATABASE ${pg.escapeIdentifier(db)} ALLOW_CONNECTIONS true`);
 }
 
-/** A cut-over migration whose rollback was killed in its write gap: the target frozen, not yet switched back. */
-async function rollbackKilledInItsGap(label: string) {
+/** A fresh 15 → 15 pair with 50 sample rows, and a migration advanced as far as `cutover` takes it. */
+async function advancedMigration(label: string, cutover: 'auto' | 'manual') {
   const p = await freshPair(15, label);
   const r = testRuntime();
   pair = p;
   rt = r;
   await loadSample(p, 50);
-  const m = await newMigration(r, p, { cutover: 'auto' });
-  await advance(r, m.id, { cutover: 'auto' });
+  const m = await newMigration(r, p, { cutover });
+  await advance(r, m.id, { cutover });
+  return { p, r, m };
+}
+
+/** A cut-over migration whose rollback was killed in its write gap: the target frozen, not yet switched back. */
+async function rollbackKilledInItsGap(label: string) {
+  const { p, r, m } = await advancedMigration(label, 'auto');
   await p.target(`ALTER DATABASE ${pg.escapeIdentifier(p.targetDb)} SET default_transaction_read_only = on`);
   const state = await r.store.get(m.id);
   await r.store.put({
@@ -556,22 +562,17 @@ describe('a second migration, and a rollback run again', () => {
   });
 
   it('refuses the cutover, nothing frozen, while the source subscribes to another server, and cuts over once that is disabled', async () => {
-    pair = await freshPair(15, 'upstream');
-    const r = testRuntime();
-    rt = r;
-    await loadSample(pair, 50);
-    const m = await newMigration(r, pair, { cutover: 'manual' });
-    await advance(r, m.id, { cutover: 'manual' });
+    const { p, r, m } = await advancedMigration('upstream', 'manual');
     // An upstream database the source subscribes to (its publication has no table: the apply worker
     // runs and writes nothing; one that writes was seen to write through the freeze).
     const upstreamDb = `up_${m.id}`;
-    const admin = serverUrl(pair.targetServer);
+    const admin = serverUrl(p.targetServer);
     await sql(admin, `CREATE DATABASE ${upstreamDb}`);
-    const upstreamUrl = serverUrl(pair.targetServer, upstreamDb);
+    const upstreamUrl = serverUrl(p.targetServer, upstreamDb);
     try {
       await sql(upstreamUrl, 'CREATE PUBLICATION up_pub');
-      await pair.source(`CREATE SUBSCRIPTION up_sub CONNECTION '${upstreamUrl}' PUBLICATION up_pub`);
-      const source = await connect(pair.sourceUrl, { side: 'source', applicationName: 'test' });
+      await p.source(`CREATE SUBSCRIPTION up_sub CONNECTION '${upstreamUrl}' PUBLICATION up_pub`);
+      const source = await connect(p.sourceUrl, { side: 'source', applicationName: 'test' });
       try {
         const found = (await assess(source, undefined)).findings.find((f) => f.code === 'source-subscription');
         expect(found).toMatchObject({ level: 'warning', object: 'up_sub' });
@@ -584,24 +585,19 @@ describe('a second migration, and a rollback run again', () => {
         /^the source subscribes to another server \(up_sub\): its apply writes through the freeze/,
       );
       expect((err as PgferryError).hint).toContain('ALTER SUBSCRIPTION up_sub DISABLE');
-      expect(await frozen(pair, 'source')).toBe(false);
+      expect(await frozen(p, 'source')).toBe(false);
       expect((await r.store.get(m.id)).cutover?.freezeAt).toBeUndefined();
       // Disabled (moved to the target at the cutover, as the hint says): the cutover goes ahead.
-      await pair.source('ALTER SUBSCRIPTION up_sub DISABLE');
+      await p.source('ALTER SUBSCRIPTION up_sub DISABLE');
       expect((await advance(r, m.id, { cutover: 'now' })).status).toBe('cut-over');
     } finally {
-      await sql(pair.sourceUrl, 'DROP SUBSCRIPTION IF EXISTS up_sub').catch(() => {});
+      await sql(p.sourceUrl, 'DROP SUBSCRIPTION IF EXISTS up_sub').catch(() => {});
       await sql(admin, `DROP DATABASE IF EXISTS ${upstreamDb} WITH (FORCE)`);
     }
   });
 
   it('a clean-up task whose passwords cannot be removed stays cleaned up, and says so', async () => {
-    pair = await freshPair(15, 'cleansecrets');
-    const r = testRuntime();
-    rt = r;
-    await loadSample(pair, 50);
-    const m = await newMigration(r, pair, { cutover: 'auto' });
-    await advance(r, m.id, { cutover: 'auto' });
+    const { r, m } = await advancedMigration('cleansecrets', 'auto');
     const store = Object.assign(Object.create(r.store), {
       removeSecrets: async () => {
         throw new Error('EACCES: permission denied');

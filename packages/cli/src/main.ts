@@ -164,7 +164,8 @@ PostgreSQL 11 is a blocker.
                         assessment and the cutover gate (default 300000, 5 min)
   --switch-file PATH    rewritten atomically with the URL the application must use
                         (its directory must exist: checked before anything is created); a file
-                        that exists keeps its mode, owner and group, a link stays a link
+                        that exists keeps its mode and group (its owner too, run as root),
+                        a link stays a link (its target's directory is checked)
   --on-switch CMD       run at the switch with PGFERRY_ACTIVE_URL, PGFERRY_SOURCE_URL,
                         PGFERRY_TARGET_URL, PGFERRY_DIRECTION in its environment; killed, with
                         what it started, if it has not exited within 30 s (a failed switch)

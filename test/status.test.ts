@@ -218,6 +218,47 @@ describe('pgferry status at the cutover gate', () => {
   }, 120_000);
 });
 
+describe('pgferry status when DDL on the source stopped replication', () => {
+  it('says replication stopped instead of "caught up and replicating", names the drift and its remedy, and goes back once the target matches', async () => {
+    const { pair, rt } = await fixture.setup('st_drift', 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    expect(await started(['resume', '--id', m.id, '--state-dir', rt.stateDir]).exit).toBe(0);
+    const status = async () => {
+      const run = started(['status', m.id, '--state-dir', rt.stateDir]);
+      expect(await run.exit).toBe(0);
+      return run.out();
+    };
+    expect(await status()).toContain(`next: caught up and replicating: \`pgferry cutover --id ${m.id}\``);
+
+    // A column added on the source alone, and a write that uses it: the target's apply fails on it.
+    await pair.source("ALTER TABLE orders ADD COLUMN note text; UPDATE orders SET note = 'gift' WHERE id = 1");
+    const stopped = await status();
+    expect(stopped).not.toContain('caught up and replicating');
+    expect(stopped).toMatch(
+      /^next: replication to the target has stopped: the source's schema changed and the target's did not \(column public\.orders\.note \(text\) exists on the source but not on the target\)/m,
+    );
+    expect(stopped).toMatch(
+      /ATTENTION: the source's schema changed and the target's did not: .*run the same DDL on the target/,
+    );
+    const json = started(['status', m.id, '--json', '--state-dir', rt.stateDir]);
+    expect(await json.exit).toBe(0);
+    const { result } = JSON.parse(json.out().trim().split('\n').at(-1)!) as { result: { live: { drift: string[] } } };
+    expect(result.live.drift).toEqual(['column public.orders.note (text) exists on the source but not on the target']);
+
+    // The same DDL on the target: the apply goes on from where it stopped, the write arrives.
+    await pair.target('ALTER TABLE orders ADD COLUMN note text');
+    let note: unknown;
+    for (let i = 0; i < 300 && note !== 'gift'; i++) {
+      note = (await pair.target('SELECT note FROM orders WHERE id = 1'))[0]?.note;
+      if (note !== 'gift') await sleep(100);
+    }
+    expect(note).toBe('gift');
+    const again = await status();
+    expect(again).toContain(`next: caught up and replicating: \`pgferry cutover --id ${m.id}\``);
+    expect(again).not.toContain("the source's schema changed");
+  }, 120_000);
+});
+
 describe('pgferry status (recorded state)', () => {
   let dir: string;
   beforeAll(async () => {

@@ -46,6 +46,7 @@ import {
   runPhase as runTaskPhase,
   type Session,
   type SideLive,
+  schemaDrift,
   subscriptionExists,
   type TaskDeps,
   targetObjects,
@@ -235,25 +236,45 @@ export async function reconfigure(rt: Runtime, id: string, changes: Reconfigurat
 export async function inspectMigration(rt: Runtime, id: string): Promise<LiveStatus> {
   const state = await rt.store.get(id);
   const secrets = await rt.store.secrets(id);
-  const side = async (which: 'source' | 'target', url: string): Promise<SideLive> => {
-    let db: Db | undefined;
+  const dbs: Db[] = [];
+  const side = async (which: 'source' | 'target', url: string): Promise<{ live: SideLive; db?: Db }> => {
     try {
-      db = await connect(url, {
+      const db = await connect(url, {
         side: which,
         applicationName: inspectApplicationName(id),
         max: 1,
         statementTimeoutMs: 5000,
         lockTimeoutMs: 1000,
       });
-      return await inspectSide(db, id);
+      dbs.push(db);
+      return { live: await inspectSide(db, id), db };
     } catch (err) {
-      return unreachable(which, errorMessage(err));
-    } finally {
-      await db?.end().catch(() => {});
+      return { live: unreachable(which, errorMessage(err)) };
     }
   };
-  const [source, target] = await Promise.all([side('source', secrets.sourceUrl), side('target', secrets.targetUrl)]);
-  return { at: new Date().toISOString(), source, target, attention: liveAttention(state, source, target) };
+  try {
+    const [source, target] = await Promise.all([side('source', secrets.sourceUrl), side('target', secrets.targetUrl)]);
+    // While forward replication carries the application's writes: DDL run on the source alone stops it.
+    const forward =
+      !state.cutover?.switchAt &&
+      !state.cutover?.switchStartedAt &&
+      !['rolled-back', 'completed', 'cleaned-up'].includes(state.status) &&
+      target.live.subscriptions.some((s) => s.name === objectNames(id).subscription);
+    let drift: string[] | undefined;
+    if (forward && source.db && target.db) {
+      const validating = new Set((state.foreignKeysToValidate ?? []).map((f) => f.drift));
+      drift = await schemaDrift(source.db, target.db, validating).catch(() => undefined);
+    }
+    return {
+      at: new Date().toISOString(),
+      source: source.live,
+      target: target.live,
+      ...(drift ? { drift } : {}),
+      attention: liveAttention(state, source.live, target.live, drift),
+    };
+  } finally {
+    await Promise.all(dbs.map((db) => db.end().catch(() => {})));
+  }
 }
 
 export type { Session } from '@pgferry/postgres';

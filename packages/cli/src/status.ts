@@ -14,7 +14,7 @@ import {
   objectNames,
   slackHint,
 } from '@pgferry/core';
-import { connect, type Db, inspectApplicationName, readLag } from '@pgferry/postgres';
+import { connect, type Db, forwardStopped, inspectApplicationName, type LiveStatus, readLag } from '@pgferry/postgres';
 import { describeExecution, type ExecutionRecord, readExecution } from './local-runtime';
 import { describeLive, describeState, type LiveLag, type Output } from './output';
 import { reportId } from './report';
@@ -23,7 +23,13 @@ import { FileMigrationStore } from './store';
 import { deployedTableStore } from './worker';
 
 /** What to do next, for a person reading the status. */
-export function nextStep(s: MigrationState, execution?: ExecutionRecord, deployed = false): string {
+export function nextStep(
+  s: MigrationState,
+  execution?: ExecutionRecord,
+  deployed = false,
+  /** What the servers show now, when status looked: "replicating" only if nothing shows it stopped. */
+  live?: LiveStatus,
+): string {
   const id = s.id;
   // In AWS the state machine runs it: the CLI's commands act on the state directory, not on it.
   if (deployed) return deployedNextStep(s);
@@ -41,8 +47,12 @@ export function nextStep(s: MigrationState, execution?: ExecutionRecord, deploye
   if (s.rollback?.freezeAt && !['rolled-back', 'cleaned-up'].includes(s.status))
     return `a rollback began at ${s.rollback.freezeAt} and did not finish: \`pgferry rollback --id ${id}\` finishes it`;
   switch (s.status) {
-    case 'awaiting-cutover':
+    case 'awaiting-cutover': {
+      const stopped = live && forwardStopped(s, live);
+      if (stopped)
+        return `replication to the target has stopped: ${stopped}. Put that right (see ATTENTION below); \`pgferry cutover --id ${id}\` then waits until the target has caught up again (or \`pgferry rollback --id ${id}\`)`;
       return `caught up and replicating: \`pgferry cutover --id ${id}\` when ready (or \`pgferry rollback --id ${id}\`)`;
+    }
     case 'cut-over':
       return `the application uses the target: \`pgferry rollback --id ${id}\` goes back; \`pgferry cleanup --id ${id}\` once satisfied`;
     case 'rolled-back':
@@ -102,10 +112,11 @@ export function describeStatus(
   execution?: ExecutionRecord,
   deployed = false,
   liveLag?: LiveLag,
+  live?: LiveStatus,
 ): string {
   const parts = [describeState(s, { timeline: true, liveLag })];
   if (execution) parts.push(describeExecution(execution));
-  parts.push(`next: ${nextStep(s, execution, deployed)}`);
+  parts.push(`next: ${nextStep(s, execution, deployed, live)}`);
   return parts.join('\n');
 }
 
@@ -300,7 +311,10 @@ export async function runStatus(c: StatusCommand, rt: Runtime, out: Output): Pro
       inspectMigration(rt, id),
       wantsLiveLag(s, false) ? sampleLagNow(store, id) : undefined,
     ]);
-    out.result({ ...s, execution: e, live, lagNow }, `${describeStatus(s, e, false, lagNow)}\n${describeLive(live)}`);
+    out.result(
+      { ...s, execution: e, live, lagNow },
+      `${describeStatus(s, e, false, lagNow, live)}\n${describeLive(live)}`,
+    );
   }
   return EXIT_CODES.ok;
 }

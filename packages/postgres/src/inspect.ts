@@ -46,8 +46,30 @@ export interface LiveStatus {
   at: string;
   source: SideLive;
   target: SideLive;
+  /**
+   * How the source's schema differs from the target's while forward replication carries the
+   * application's writes (lag.ts schemaDrift; not read after the switch, nor when a side did not answer).
+   */
+  drift?: string[];
   /** What someone has to act on, most urgent first, each saying what to run. */
   attention: string[];
+}
+
+/**
+ * Why forward replication does not carry the source's writes to the target now, as status tells it
+ * (undefined: nothing shows it stopped). Before the switch only: afterwards the application writes to
+ * the target. A subscription with apply errors and a worker running again is not counted: the count
+ * is since its creation, and a worker restarted after a server came back says nothing is wrong now.
+ */
+export function forwardStopped(state: MigrationState, live: LiveStatus): string | undefined {
+  if (state.cutover?.switchAt || state.cutover?.switchStartedAt || live.target.error) return undefined;
+  const names = objectNames(state.id);
+  const sub = live.target.subscriptions.find((x) => x.name === names.subscription);
+  if (!sub) return `subscription ${names.subscription} is not on the target`;
+  if (!sub.enabled) return `subscription ${names.subscription} on the target is disabled`;
+  if (live.drift?.length) return `the source's schema changed and the target's did not (${live.drift.join('; ')})`;
+  if (!sub.workerRunning) return `no apply worker runs for subscription ${names.subscription} on the target`;
+  return undefined;
 }
 
 /**
@@ -155,9 +177,20 @@ export function describeUndoFailure(state: MigrationState): string {
  * What needs someone's attention, judged from the state and what the servers show. Each line says
  * what is wrong and which command puts it right.
  */
-export function liveAttention(state: MigrationState, source: SideLive, target: SideLive): string[] {
+export function liveAttention(
+  state: MigrationState,
+  source: SideLive,
+  target: SideLive,
+  drift: string[] = [],
+): string[] {
   const id = state.id;
   const out: string[] = [];
+  // DDL run on the source alone: the target's apply fails at the next write to such a table (and
+  // retries, failing, until the target matches), and the cutover gate stays closed on it.
+  if (drift.length)
+    out.push(
+      `the source's schema changed and the target's did not: ${drift.join('; ')}. A write to such a table stops replication to the target (its apply fails and retries) and the cutover gate stays closed until the two match: run the same DDL on the target; replication goes on from where it stopped, nothing is lost meanwhile (the slot keeps the WAL)`,
+    );
   const working = (source.sessions ?? 0) + (target.sessions ?? 0) > 0;
   // A failed undo says, from the servers, what it left, with its one command (then not repeated below).
   const undo = state.undoFailed;

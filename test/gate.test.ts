@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
 import { advance, createMigration, openSession } from '../packages/cli/src/runner';
 import { SAMPLE_SCHEMA, sampleData } from '../packages/cli/src/sample';
+import { nextStep } from '../packages/cli/src/status';
 import { LiveWriter } from '../packages/cli/src/writer';
 import {
   type GateMemory,
@@ -12,7 +13,7 @@ import {
   sampleGate,
   sampleIntervalMs,
 } from '../packages/postgres/src/index';
-import { migrationFixture, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
+import { frozen, migrationFixture, newMigration, sleep, type TestRuntime, testRuntime } from './harness/migration';
 import type { Pair } from './harness/pairs';
 
 const fixture = migrationFixture();
@@ -179,6 +180,36 @@ describe('cutover gate', () => {
     await setWindow({ start: '00:00', end: '00:00', timezone: 'UTC' });
     const inside = await samples(10);
     expect(inside.at(-1)).toMatchObject({ ready: true });
+  });
+
+  it('stops a --cutover manual migration once caught up when only what the cutover needs is missing, naming it; the cutover holds on it until it is put right', async () => {
+    const { pair, rt } = await fixture.setup('forcutover', 100);
+    // A role whose own setting would override the freeze: a person has to reset it before any cutover.
+    const role = `w_${pair.sourceDb.slice(-8)}`;
+    await pair.source(
+      `CREATE ROLE ${role} LOGIN; ALTER ROLE ${role} IN DATABASE ${pair.sourceDb} SET default_transaction_read_only = off`,
+    );
+    try {
+      const m = await newMigration(rt, pair, { cutover: 'manual', catchUpTimeoutMs: 4000 });
+      // Before: the gate stayed closed on it, so migrate waited out the catch-up timeout and failed (exit 5).
+      const state = await advance(rt, m.id, { cutover: 'manual' });
+      const hazard = `role ${role} has its own default_transaction_read_only=off, which overrides the freeze: its sessions could write after it. Until the migration is over, run ALTER ROLE "${role}" IN DATABASE "${pair.sourceDb}" RESET default_transaction_read_only`;
+      expect(state.status).toBe('awaiting-cutover');
+      expect(state.beforeCutover).toEqual([hazard]);
+      expect(state.phases['catch-up']?.summary).toContain(`; before the cutover can switch, put right: ${hazard}`);
+      expect(nextStep(state)).toContain(`the cutover's gate stays closed until this is put right: ${hazard}`);
+      // The cutover's gate holds on it: nothing frozen, and past the catch-up timeout it says why.
+      const err = await advance(rt, m.id, { cutover: 'now' }).catch((e) => e);
+      expect(err.name).toBe('LagTimeoutError');
+      expect(err.message).toContain(hazard);
+      expect(await frozen(pair, 'source')).toBe(false);
+      await pair.source(`ALTER ROLE ${role} IN DATABASE ${pair.sourceDb} RESET default_transaction_read_only`);
+      const over = await advance(rt, m.id, { cutover: 'now' });
+      expect(over.status).toBe('cut-over');
+      expect(over.beforeCutover).toBeUndefined();
+    } finally {
+      await pair.source(`DROP ROLE IF EXISTS ${role}`).catch(() => {});
+    }
   });
 
   it('makes the subscriptions apply in binary and stream large transactions where both servers allow it', async () => {

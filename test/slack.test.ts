@@ -326,6 +326,12 @@ describe('the Slack message of a migration', () => {
       ),
     );
     expect(blind).toContain('No fresh lag sample:* cannot connect to the source (the lag shown is older)');
+    // What only the cutover needs, named at the gate: an approval would wait on it.
+    const grant = 'the source role (--source) may not create the reverse subscription';
+    expect(texts(migrationMessage({ ...waiting, beforeCutover: [grant] }, now))).toContain(
+      `Before the cutover can switch, put right* (an approval waits on it): ${grant}`,
+    );
+    expect(texts(migrationMessage(waiting, now))).not.toContain('Before the cutover can switch');
   });
 
   it('at the gate, carries Approve cutover and Roll back buttons with the migration id and nothing else', () => {

@@ -185,6 +185,8 @@ export function describeState(s: MigrationState, options: { timeline?: boolean; 
   const window = s.cutover?.switchAt ? undefined : cutoverWindowText(s, new Date());
   if (window) lines.push(`  cutover window: ${window}`);
   if (s.ddlDrift?.length) lines.push(`  DDL drift: ${s.ddlDrift.join('; ')}`);
+  if (s.beforeCutover?.length && !s.cutover?.switchAt)
+    lines.push(`  before the cutover can switch, put right: ${s.beforeCutover.join('; ')}`);
   // (Over: a rollback or a clean-up after `pgferry unfreeze` ended whatever was half done.)
   const over = s.status === 'rolled-back' || s.status === 'cleaned-up';
   if (s.cutover?.switchStartedAt && !s.cutover.switchAt && !over) {

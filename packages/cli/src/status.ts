@@ -51,6 +51,8 @@ export function nextStep(
       const stopped = live && forwardStopped(s, live);
       if (stopped)
         return `replication to the target has stopped: ${stopped}. Put that right (see ATTENTION below); \`pgferry cutover --id ${id}\` then waits until the target has caught up again (or \`pgferry rollback --id ${id}\`)`;
+      if (s.beforeCutover?.length)
+        return `caught up and replicating, but the cutover's gate stays closed until this is put right: ${s.beforeCutover.join('; ')}. Then \`pgferry cutover --id ${id}\` (or \`pgferry rollback --id ${id}\`)`;
       return `caught up and replicating: \`pgferry cutover --id ${id}\` when ready (or \`pgferry rollback --id ${id}\`)`;
     }
     case 'cut-over':

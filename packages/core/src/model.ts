@@ -307,6 +307,12 @@ export interface MigrationState {
   execution?: { name: string; number: number; since: string };
   walRetainedBytes?: number;
   ddlDrift?: string[];
+  /**
+   * What the last gate sample found that only the cutover needs and a person has to put right (a freeze
+   * hazard, a missing privilege or sequence): it keeps the gate closed for a cutover, not for a
+   * `--cutover manual` migration's stop once caught up.
+   */
+  beforeCutover?: string[];
   cutover?: CutoverRecord;
   rollback?: CutoverRecord;
   /** The DMS replication of a `dms` migration (strategy dms), and when each step of it happened. */

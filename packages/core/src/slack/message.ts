@@ -216,6 +216,14 @@ export function migrationMessage(s: MigrationState, now: Date = new Date()): Sla
     });
   const waiting = waitingText(s);
   if (waiting) blocks.push({ type: 'section', text: md(waiting) });
+  // Caught up, but the cutover's gate would hold on these until a person puts them right.
+  if (s.status === 'awaiting-cutover' && s.beforeCutover?.length)
+    blocks.push({
+      type: 'section',
+      text: md(
+        `:warning: *Before the cutover can switch, put right* (an approval waits on it): ${escapeMrkdwn(s.beforeCutover.slice(0, 3).join('; '))}`,
+      ),
+    });
   if (s.status === 'awaiting-cutover')
     blocks.push({
       type: 'actions',

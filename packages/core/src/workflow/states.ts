@@ -42,7 +42,8 @@ export const ROLL_BACK = WORKFLOW_TASKS.rollback.state;
  * environment variables (see `workerEnvironment`).
  */
 export const TASK_INPUTS: Partial<Record<TaskName, Record<string, string>>> = {
-  checkLag: { gate: '$.gate', verify: '$.verify' },
+  // (With the cutover mode and the approval: a manual migration not approved yet stops once caught up.)
+  checkLag: { gate: '$.gate', verify: '$.verify', cutover: '$.cutover', approved: '$.approved' },
   // Which execution runs the migration now (the n-th continuation of it, or its first).
   assess: { execution: '$$.Execution.Name', executionNumber: '$.execution' },
   // Each approval window samples the gate once more, and ends the wait past its deadline.

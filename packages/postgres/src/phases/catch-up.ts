@@ -44,6 +44,8 @@ const MiB = 1024 * 1024;
 /** What a gate sample reads from both catalogs, kept between samples (see `catchUp`). */
 interface CatalogCheck {
   reasons: string[];
+  /** Only the cutover needs these put right (freeze hazards, prerequisites): see GateOptions.beforeCutover. */
+  beforeCutover: string[];
   drift: string[];
   at: number;
 }
@@ -224,6 +226,8 @@ export async function sampleGate(
   lagBytes: number;
   figures: LagFigures;
   reasons: string[];
+  /** What only the cutover needs put right, by a person (freeze hazards, prerequisites); not in `reasons`. */
+  beforeCutover: string[];
   /** Work after the load still running (statistics): it keeps the gate closed, but the lag's streak goes on. */
   waiting: string[];
   /** That work waits for a lock another session holds (then, unlike work going on, it counts toward catchUpTimeoutMs). */
@@ -317,17 +321,18 @@ export async function sampleGate(
   // ~250 ms, so a caller may reuse the last answer (never for a sample that could open the gate).
   if (options.catalog !== false || !warned.catalog) {
     const found: string[] = [];
+    const forCutover: string[] = [];
     // Whatever would let a write past the freeze keeps the gate closed, named with its remedy.
-    for (const h of await freezeHazards(ctx.source, ctx.config)) found.push(h.message);
+    for (const h of await freezeHazards(ctx.source, ctx.config)) forCutover.push(h.message);
     // A foreign key still to validate is not valid on the target yet: that is no drift.
     const drift = await schemaDrift(ctx.source, ctx.target, new Set(unvalidated.map((f) => f.drift)));
     for (const d of drift) found.push(`DDL on the source: ${d}`);
     // (A table on one side only is drift already; one on both may still not be replicated.)
     if (!drift.length) for (const u of await unreplicatedTables(ctx)) found.push(u);
-    for (const r of await cutoverPrerequisites(ctx)) found.push(r);
-    warned.catalog = { reasons: found, drift, at: Date.now() };
+    for (const r of await cutoverPrerequisites(ctx)) forCutover.push(r);
+    warned.catalog = { reasons: found, beforeCutover: forCutover, drift, at: Date.now() };
   }
-  const { drift } = warned.catalog;
+  const { drift, beforeCutover = [] } = warned.catalog;
   reasons.push(...warned.catalog.reasons);
   const sample: LagSample = {
     at: new Date(lag.point.t).toISOString(),
@@ -340,9 +345,11 @@ export async function sampleGate(
     s.lag = [...(s.lag ?? []).slice(-59), sample];
     s.walRetainedBytes = lag.retainedBytes;
     s.ddlDrift = drift;
+    if (beforeCutover.length) s.beforeCutover = beforeCutover;
+    else delete s.beforeCutover;
     if (validation) recordAfterLoad(s, validation);
   });
-  return { lagMs: figures.ms, lagBytes: figures.bytes, figures, reasons, waiting, blocked };
+  return { lagMs: figures.ms, lagBytes: figures.bytes, figures, reasons, beforeCutover, waiting, blocked };
 }
 
 /**
@@ -510,7 +517,16 @@ export interface GateStep {
 export async function gateStep(
   ctx: PhaseContext,
   loop: GateLoop,
-  options: { validation?: 'wait' | 'background' } = {},
+  options: {
+    validation?: 'wait' | 'background';
+    /**
+     * What only the cutover needs put right (sampleGate's `beforeCutover`): `hold` keeps the gate closed
+     * on it (the default: a cutover follows); `note` opens it all the same, naming it in the summary and
+     * the log (a `--cutover manual` migration stopping once caught up: waiting on a person's grant for
+     * the catch-up timeout, 30 min, only to fail, helped nobody; the cutover's own gate holds on it).
+     */
+    beforeCutover?: 'hold' | 'note';
+  } = {},
 ): Promise<GateStep> {
   const warned = loop.memory;
   // The catalogs are read on every sample that could open the gate (not while work after the load
@@ -528,7 +544,9 @@ export async function gateStep(
     loop.streak = 0;
     return { ready: false, waitMs, summary: `reconnecting: ${errorMessage(err)}` };
   }
-  const { figures, reasons, waiting, blocked } = sample;
+  const { figures, waiting, blocked } = sample;
+  const noted = options.beforeCutover === 'note' ? sample.beforeCutover : [];
+  const reasons = noted.length ? sample.reasons : [...sample.reasons, ...sample.beforeCutover];
   loop.streak = reasons.length === 0 ? loop.streak + 1 : 0;
   loop.waiting = waiting.length > 0;
   const text = [...reasons, ...waiting].join('; ');
@@ -563,11 +581,13 @@ export async function gateStep(
     return { ready: false, waitMs: 0, figures, summary: `gate open, ${loop.streak} samples; checking the catalogs` };
   }
   if (loop.streak >= ctx.config.lagSamples && !waiting.length) {
+    const first = noted.length ? `before the cutover can switch, put right: ${noted.join('; ')}` : undefined;
+    if (first) ctx.log(`warning: caught up, but ${first}`);
     return {
       ready: true,
       waitMs: 0,
       figures,
-      summary: `lag ${mib(figures.bytes)} / ${figures.ms} ms (limits ${mib(ctx.config.maxLagBytes)} / ${ctx.config.maxLagMs} ms), not growing, for ${loop.streak} samples; drain predicted at ${figures.predictedDrainMs} ms (budget ${ctx.config.maxDrainMs} ms); source ${mbps(figures.generatedBps)}, applied ${mbps(figures.appliedBps)}; no long transactions; schemas agree`,
+      summary: `lag ${mib(figures.bytes)} / ${figures.ms} ms (limits ${mib(ctx.config.maxLagBytes)} / ${ctx.config.maxLagMs} ms), not growing, for ${loop.streak} samples; drain predicted at ${figures.predictedDrainMs} ms (budget ${ctx.config.maxDrainMs} ms); source ${mbps(figures.generatedBps)}, applied ${mbps(figures.appliedBps)}; no long transactions; schemas agree${first ? `; ${first}` : ''}`,
     };
   }
   // Caught up and only waiting for the work after the load while it goes on (a VALIDATE of a big table

@@ -405,6 +405,9 @@ const checkLagTask: Task = (input, deps) =>
     const loop = given ?? newGateLoop();
     // Before the verify that precedes a cutover, foreign keys still being validated do not hold the gate.
     const validation = verify?.done === false ? 'background' : 'wait';
+    // A manual migration not approved yet stops once caught up ("Await cutover approval"): what only the
+    // cutover needs put right is named then, and holds the gate after the approval.
+    const beforeCutover = input.cutover === 'manual' && input.approved === false ? 'note' : 'hold';
     if (!given) await phaseStarted(ctx, 'catch-up', listener(deps, ctx.config.id));
     // Without a session kept between samples (a Lambda invocation, which ends in minutes and may be
     // frozen between two), the work after the load is not started here: it is handed to the worker
@@ -428,7 +431,7 @@ const checkLagTask: Task = (input, deps) =>
       }
     } else finishLoad(ctx);
     try {
-      const step = await gateStep(ctx, loop, { validation });
+      const step = await gateStep(ctx, loop, { validation, beforeCutover });
       if (step.figures) await publishLagSample(ctx, deps, step.figures, step.ready);
       if (step.ready) await phaseEnded(ctx, 'catch-up', step.summary, listener(deps, ctx.config.id));
       return {
@@ -706,13 +709,17 @@ async function waitingSample(ctx: PhaseContext, input: TaskInput, deps: TaskDeps
   const sampledAt = ctx.state.lag?.at(-1)?.at ?? new Date().toISOString();
   await publishLagSample(ctx, deps, figures, reasons.length === 0);
   const lag = `lag ${mib(figures.bytes)} / ${figures.ms} ms`;
+  // What only the cutover needs (a person's grant): the approval is no use until it is put right.
+  const first = sample.beforeCutover.length
+    ? `; before the cutover can switch, put right: ${sample.beforeCutover.join('; ')}`
+    : '';
   return {
     sampledAt,
     gateOpen: reasons.length === 0,
     reasons,
     summary: reasons.length
-      ? `${lag}; the gate's limits no longer hold: ${reasons.join('; ')}`
-      : `${lag}, within the gate's limits`,
+      ? `${lag}; the gate's limits no longer hold: ${reasons.join('; ')}${first}`
+      : `${lag}, within the gate's limits${first}`,
   };
 }
 

@@ -1088,6 +1088,12 @@ describe('pgferry CLI', () => {
     const state = JSON.parse(readFileSync(join(cwd, '.pgferry', 'si.json'), 'utf8'));
     expect(state.cutover.switchAt).toBeDefined();
     expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.targetUrl);
+    // Status says the signal stopped it, not a crash (the execution record was left "running").
+    const status = await pgferry(['status', '--id', 'si']);
+    expect(status.stdout).toMatch(
+      new RegExp(`: aborted at "[^"]+" — stopped by ${signal}${signal === 'SIGINT' ? ' \\(Ctrl-C\\)' : ''}\n`),
+    );
+    expect(status.stdout).not.toContain('crash');
     const resumed = await pgferry(['resume', '--id', 'si']);
     expect(resumed.code).toBe(0);
     expect(resumed.stdout).toContain('verify: OK');

@@ -21,7 +21,7 @@ import {
   WORKFLOW_TASKS,
   type WorkflowInput,
 } from '@pgferry/core';
-import { openSession, runWorkflowTask, type Session, sleep, type TaskDeps } from '@pgferry/postgres';
+import { onSignalStop, openSession, runWorkflowTask, type Session, sleep, type TaskDeps } from '@pgferry/postgres';
 import { LocalTaskCallbacks } from './local-callbacks';
 import type { ExecutionOutcome, HistoryEntry } from './local-workflow';
 import type { Runtime } from './runner';
@@ -255,10 +255,21 @@ export async function executeLocally(
   void run.done.finally(() => {
     ended = true;
   });
+  // A signal that ends the process (Ctrl-C, SIGTERM, SIGHUP) is recorded as what stopped the execution:
+  // left "running", status took it for a crash.
+  const unhook = onSignalStop((signal) => {
+    if (ended) return;
+    record.status = 'aborted';
+    record.endedAt = new Date().toISOString();
+    record.lastState = record.states.at(-1)?.state ?? record.lastState;
+    record.error = `stopped by ${signal}${signal === 'SIGINT' ? ' (Ctrl-C)' : ''}`;
+    flush(true);
+  });
   let outcome: ExecutionOutcome;
   try {
     outcome = await run.done;
   } finally {
+    unhook();
     await session.close();
   }
   record.lastState = outcome.lastState;

@@ -25,6 +25,7 @@ import {
   criticalLabel,
   formatReport,
   inCriticalSection,
+  signalStopped,
   switchFileTarget,
   undoInterrupted,
   wasInterrupted,
@@ -567,19 +568,20 @@ function handleInterrupts() {
         return;
       }
       stopping = true;
+      const exit = () => {
+        signalStopped(signal);
+        say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
+        process.exit(code);
+      };
       if (inCriticalSection()) {
         say(`${signal}: finishing ${criticalLabel()}; Ctrl-C to force`);
-        void whenIdle().then(() => {
-          say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
-          process.exit(code);
-        });
+        void whenIdle().then(exit);
         return;
       }
       // What only this run could use (the slot of an unfinished copy) goes first, briefly.
       void undoInterrupted(10_000).then((undone) => {
         for (const u of undone) say(`${signal}: ${u}`);
-        say('stopped. `pgferry status` shows where; `pgferry resume --id …` or `pgferry rollback --id …` continues.');
-        process.exit(code);
+        exit();
       });
     });
   }

@@ -55,7 +55,7 @@ import {
   unreachable,
   updateSubscriptionConnection,
 } from '@pgferry/postgres';
-import { completeApproval, continuableExecution, executeLocally } from './local-runtime';
+import { completeApproval, continuableExecution, executeLocally, readExecution } from './local-runtime';
 
 export interface RunnerEvents {
   log(message: string): void;
@@ -233,6 +233,16 @@ export async function reconfigure(rt: Runtime, id: string, changes: Reconfigurat
  * What is live on both servers for a stored migration (`pgferry status`): each side is checked on its
  * own, with short timeouts, so an unreachable one is reported rather than fatal. Only reads.
  */
+/** What stopped the migration's last local execution, when its record says (a signal), for status's words. */
+function stoppedBy(rt: Runtime, id: string): string | undefined {
+  try {
+    const e = readExecution(rt.stateDir, id);
+    return e?.status === 'aborted' && e.error?.startsWith('stopped by ') ? e.error : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export async function inspectMigration(rt: Runtime, id: string): Promise<LiveStatus> {
   const state = await rt.store.get(id);
   const secrets = await rt.store.secrets(id);
@@ -270,7 +280,7 @@ export async function inspectMigration(rt: Runtime, id: string): Promise<LiveSta
       source: source.live,
       target: target.live,
       ...(drift ? { drift } : {}),
-      attention: liveAttention(state, source.live, target.live, drift),
+      attention: liveAttention(state, source.live, target.live, { drift, stoppedBy: stoppedBy(rt, id) }),
     };
   } finally {
     await Promise.all(dbs.map((db) => db.end().catch(() => {})));

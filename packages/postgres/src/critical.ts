@@ -81,3 +81,28 @@ export async function undoInterrupted(timeoutMs: number): Promise<string[]> {
   );
   return Promise.race([Promise.all(running), timeout]);
 }
+
+/**
+ * What records that a signal stopped this run, called by the CLI's signal handler just before the
+ * process exits: the local execution record, which would otherwise stay "running" until status took it
+ * for a crash. Each hook runs once, synchronously; one that throws does not stop the others.
+ */
+const stopHooks = new Set<(signal: string) => void>();
+
+/** Register `hook` for a stop by a signal; returns what unregisters it. */
+export function onSignalStop(hook: (signal: string) => void): () => void {
+  stopHooks.add(hook);
+  return () => stopHooks.delete(hook);
+}
+
+/** Run the hooks onSignalStop registered (the process is exiting on `signal`). */
+export function signalStopped(signal: string): void {
+  for (const hook of [...stopHooks]) {
+    stopHooks.delete(hook);
+    try {
+      hook(signal);
+    } catch {
+      // the process exits all the same
+    }
+  }
+}

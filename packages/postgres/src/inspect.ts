@@ -181,8 +181,14 @@ export function liveAttention(
   state: MigrationState,
   source: SideLive,
   target: SideLive,
-  drift: string[] = [],
+  more: {
+    /** How the schemas differ while forward replication runs (LiveStatus.drift). */
+    drift?: string[];
+    /** What stopped the last pgferry process, when it recorded that (a signal): said instead of guessing. */
+    stoppedBy?: string;
+  } = {},
 ): string[] {
+  const drift = more.drift ?? [];
   const id = state.id;
   const out: string[] = [];
   // DDL run on the source alone: the target's apply fails at the next write to such a table (and
@@ -268,7 +274,7 @@ export function liveAttention(
     );
   if (!working && !source.error && !target.error && state.status === 'running' && !undo)
     out.push(
-      `no pgferry process is connected to either server, but the state says ${state.phase} is running: the process stopped (crash, kill, lost machine); \`pgferry resume --id ${id}\` goes on`,
+      `no pgferry process is connected to either server, but the state says ${state.phase} is running: the process stopped (${more.stoppedBy ?? 'crash, kill, lost machine'}); \`pgferry resume --id ${id}\` goes on`,
     );
   return out;
 }

@@ -1,6 +1,6 @@
 import type { MigrationState } from '@pgferry/core';
 import { describe, expect, it } from 'vitest';
-import { liveAttention, type SideLive } from '../src/inspect';
+import { forwardStopped, liveAttention, type SideLive } from '../src/inspect';
 
 const state = (over: Partial<MigrationState> = {}): MigrationState =>
   ({ id: 'm1', status: 'running', phase: 'bulk-load', phases: {}, events: [], ...over }) as MigrationState;
@@ -136,5 +136,45 @@ describe('liveAttention', () => {
         side('target'),
       ),
     ).toEqual(['could not check the source: no PostgreSQL server answered']);
+  });
+
+  it('says what stopped the process when its record says (a signal), and guesses only otherwise', () => {
+    const [line] = liveAttention(state(), side('source'), side('target'), { stoppedBy: 'stopped by SIGTERM' });
+    expect(line).toBe(
+      'no pgferry process is connected to either server, but the state says bulk-load is running: the process stopped (stopped by SIGTERM); `pgferry resume --id m1` goes on',
+    );
+  });
+});
+
+describe('forwardStopped', () => {
+  const sub = { name: 'pgferry_m1', enabled: true, workerRunning: true, applyErrors: 3, prepared: false };
+  const live = (over: Partial<SideLive> = {}, drift?: string[]) => ({
+    at: '2026-12-07T00:00:00Z',
+    source: side('source'),
+    target: side('target', { subscriptions: [sub], ...over }),
+    attention: [],
+    ...(drift ? { drift } : {}),
+  });
+  const waiting = state({ status: 'awaiting-cutover', phase: 'catch-up' });
+
+  it('is silent while a worker applies, whatever errors it counted since its creation', () => {
+    expect(forwardStopped(waiting, live())).toBeUndefined();
+  });
+
+  it('names drift, a disabled or missing subscription and a missing worker, before the switch only', () => {
+    expect(
+      forwardStopped(waiting, live({}, ['column public.t.x (int) exists on the source but not on the target'])),
+    ).toBe(
+      "the source's schema changed and the target's did not (column public.t.x (int) exists on the source but not on the target)",
+    );
+    expect(forwardStopped(waiting, live({ subscriptions: [{ ...sub, enabled: false }] }))).toBe(
+      'subscription pgferry_m1 on the target is disabled',
+    );
+    expect(forwardStopped(waiting, live({ subscriptions: [] }))).toBe('subscription pgferry_m1 is not on the target');
+    expect(forwardStopped(waiting, live({ subscriptions: [{ ...sub, workerRunning: false }] }))).toBe(
+      'no apply worker runs for subscription pgferry_m1 on the target',
+    );
+    expect(forwardStopped(state({ ...switched }), live({ subscriptions: [] }))).toBeUndefined();
+    expect(forwardStopped(waiting, live({ error: 'timeout' }))).toBeUndefined();
   });
 });

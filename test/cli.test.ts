@@ -67,6 +67,13 @@ describe('pgferry CLI', () => {
     expect(main.stdout).toContain('4 assessment blocked');
     const migrate = await pgferry(['migrate', '--help']);
     expect(migrate.stdout).toContain('--max-lag-ms');
+    // --version: the CLI package's own, as text and as JSON.
+    const { version } = JSON.parse(readFileSync(resolve(__dirname, '../packages/cli/package.json'), 'utf8'));
+    const v = await pgferry(['--version']);
+    expect([v.code, v.stdout.trim()]).toEqual([0, `pgferry ${version} (Node ${process.version})`]);
+    const json = await pgferry(['--version', '--json']);
+    expect(JSON.parse(json.stdout.trim()).result).toEqual({ version, node: process.version });
+    expect(main.stdout).toContain('--version');
   });
 
   it('runs the bundle only while it is newer than every source, the sources through tsx otherwise', async () => {

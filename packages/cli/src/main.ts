@@ -31,6 +31,7 @@ import {
   wasInterrupted,
   whenIdle,
 } from '@pgferry/postgres';
+import cliPackage from '../package.json' with { type: 'json' };
 import { createOutput, describeState, type Output } from './output';
 import { planCommand, startCommand } from './plans';
 import { reportId, writeHtmlReport } from './report';
@@ -108,6 +109,7 @@ Global options:
   --state-dir DIR   where migration state lives (default ./.pgferry)
   --json            JSON lines on stdout instead of text
   -h, --help        help for a command
+  --version         print pgferry's version
 
 Exit codes:
   0 ok · 1 failed · 2 invalid input · 3 cannot connect · 4 assessment blocked
@@ -338,6 +340,7 @@ const OPTIONS = {
   'state-machine-arn': { type: 'string' },
   'requested-by': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean' },
 } as const;
 
 /** The options each command takes, besides the global ones (--state-dir, --json, --help). */
@@ -539,6 +542,9 @@ function exitCodeFor(s: MigrationState): number {
 }
 
 /** Exit codes of the signals handled like Ctrl-C (128 + the signal's number, as shells report them). */
+/** This CLI's version (its package.json, bundled in). */
+const CLI_VERSION: string = cliPackage.version;
+
 const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 } as const;
 
 /**
@@ -621,6 +627,10 @@ export async function main(args: string[]): Promise<number> {
       });
     }
     out = createOutput({ json: !!values.json });
+    if (values.version && !command) {
+      out.result({ version: CLI_VERSION, node: process.version }, `pgferry ${CLI_VERSION} (Node ${process.version})`);
+      return EXIT_CODES.ok;
+    }
     if (!command || values.help) {
       process.stdout.write(`${HELP[command ?? 'main'] ?? HELP.main}\n`);
       return command || values.help ? EXIT_CODES.ok : EXIT_CODES.invalidInput;

@@ -1,7 +1,8 @@
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { startServer } from '../packages/cli/src/local-servers';
-import { advance, createMigration, openSession } from '../packages/cli/src/runner';
+import { describeState } from '../packages/cli/src/output';
+import { advance, createMigration, inspectMigration, openSession } from '../packages/cli/src/runner';
 import { SAMPLE_SCHEMA, sampleData } from '../packages/cli/src/sample';
 import { nextStep } from '../packages/cli/src/status';
 import { LiveWriter } from '../packages/cli/src/writer';
@@ -198,12 +199,28 @@ describe('cutover gate', () => {
       expect(state.beforeCutover).toEqual([hazard]);
       expect(state.phases['catch-up']?.summary).toContain(`; before the cutover can switch, put right: ${hazard}`);
       expect(nextStep(state)).toContain(`the cutover's gate stays closed until this is put right: ${hazard}`);
+      // Status reads it again from the servers: put right meanwhile, it is no longer named.
+      const live = await inspectMigration(rt, m.id);
+      expect(live.attention).toContain(`before the cutover can switch, put right: ${hazard}`);
+      expect(nextStep(state, undefined, false, live)).toContain(`put right: ${hazard}`);
+      const reset = `ALTER ROLE ${role} IN DATABASE ${pair.sourceDb} RESET default_transaction_read_only`;
+      await pair.source(reset);
+      const fixed = await inspectMigration(rt, m.id);
+      expect(fixed.attention).toEqual([]);
+      expect(nextStep(state, undefined, false, fixed)).toMatch(/^caught up and replicating: /);
+      expect(describeState(state, { liveChecked: true })).not.toMatch(/^ {2}before the cutover can switch/m);
+      // Offline, the last sample's finding, said as such; never once a cutover is moot.
+      expect(describeState(state)).toContain(
+        `before the cutover can switch, put right (at the last gate sample): ${hazard}`,
+      );
+      expect(describeState({ ...state, status: 'rolled-back' })).not.toMatch(/^ {2}before the cutover can switch/m);
+      await pair.source(`ALTER ROLE ${role} IN DATABASE ${pair.sourceDb} SET default_transaction_read_only = off`);
       // The cutover's gate holds on it: nothing frozen, and past the catch-up timeout it says why.
       const err = await advance(rt, m.id, { cutover: 'now' }).catch((e) => e);
       expect(err.name).toBe('LagTimeoutError');
       expect(err.message).toContain(hazard);
       expect(await frozen(pair, 'source')).toBe(false);
-      await pair.source(`ALTER ROLE ${role} IN DATABASE ${pair.sourceDb} RESET default_transaction_read_only`);
+      await pair.source(reset);
       const over = await advance(rt, m.id, { cutover: 'now' });
       expect(over.status).toBe('cut-over');
       expect(over.beforeCutover).toBeUndefined();

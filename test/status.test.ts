@@ -218,8 +218,8 @@ describe('pgferry status at the cutover gate', () => {
   }, 120_000);
 });
 
-describe('pgferry status when DDL on the source stopped replication', () => {
-  it('says replication stopped instead of "caught up and replicating", names the drift and its remedy, and goes back once the target matches', async () => {
+describe('pgferry status when DDL on the source alone keeps the target from being a replicating copy', () => {
+  it('says so instead of "caught up and replicating", names the drift with what it does and its remedy, and goes back once the target matches', async () => {
     const { pair, rt } = await fixture.setup('st_drift', 100);
     const m = await newMigration(rt, pair, { cutover: 'manual' });
     expect(await started(['resume', '--id', m.id, '--state-dir', rt.stateDir]).exit).toBe(0);
@@ -228,22 +228,41 @@ describe('pgferry status when DDL on the source stopped replication', () => {
       expect(await run.exit).toBe(0);
       return run.out();
     };
-    expect(await status()).toContain(`next: caught up and replicating: \`pgferry cutover --id ${m.id}\``);
+    const caughtUp = `next: caught up and replicating: \`pgferry cutover --id ${m.id}\``;
+    expect(await status()).toContain(caughtUp);
+
+    // An index on the source alone: the gate stays closed on it, replication goes on (said so, not "stopped").
+    await pair.source('CREATE INDEX orders_note_idx ON orders (created_at)');
+    const indexed = await status();
+    expect(indexed).toMatch(/^next: the target is not a complete replicating copy now \(1 difference\(s\)/m);
+    expect(indexed).toMatch(
+      /ATTENTION: the source's schema changed and the target's did not: index public\.orders_note_idx on public\.orders exists on the source but not on the target\. The cutover gate stays closed until the two match\. Run the same DDL on the target/,
+    );
+    expect(indexed).not.toContain('stops replication');
+    await pair.target('CREATE INDEX orders_note_idx ON orders (created_at)');
 
     // A column added on the source alone, and a write that uses it: the target's apply fails on it.
     await pair.source("ALTER TABLE orders ADD COLUMN note text; UPDATE orders SET note = 'gift' WHERE id = 1");
     const stopped = await status();
     expect(stopped).not.toContain('caught up and replicating');
+    expect(stopped).toMatch(/^next: the target is not a complete replicating copy now \(1 difference\(s\)/m);
     expect(stopped).toMatch(
-      /^next: replication to the target has stopped: the source's schema changed and the target's did not \(column public\.orders\.note \(text\) exists on the source but not on the target\)/m,
-    );
-    expect(stopped).toMatch(
-      /ATTENTION: the source's schema changed and the target's did not: .*run the same DDL on the target/,
+      /ATTENTION: the source's schema changed and the target's did not: column public\.orders\.note \(text\) exists on the source but not on the target\. The cutover gate stays closed until the two match; until then a write to a table with a column the target lacks \(or has of another type\) stops replication to the target/,
     );
     const json = started(['status', m.id, '--json', '--state-dir', rt.stateDir]);
     expect(await json.exit).toBe(0);
-    const { result } = JSON.parse(json.out().trim().split('\n').at(-1)!) as { result: { live: { drift: string[] } } };
-    expect(result.live.drift).toEqual(['column public.orders.note (text) exists on the source but not on the target']);
+    const { result } = JSON.parse(json.out().trim().split('\n').at(-1)!) as {
+      result: { live: { catalog: { drift: string[] } } };
+    };
+    expect(result.live.catalog.drift).toEqual([
+      'column public.orders.note (text) exists on the source but not on the target',
+    ]);
+    // --watch reads the servers too while waiting at the gate.
+    const watcher = started(['status', m.id, '--watch', '--interval', '0.5', '--state-dir', rt.stateDir]);
+    await sleep(2000);
+    watcher.child.kill('SIGINT');
+    expect(await watcher.exit).toBe(0);
+    expect(framesOf(watcher.out()).at(-1)).toMatch(/^next: the target is not a complete replicating copy now/m);
 
     // The same DDL on the target: the apply goes on from where it stopped, the write arrives.
     await pair.target('ALTER TABLE orders ADD COLUMN note text');
@@ -254,8 +273,19 @@ describe('pgferry status when DDL on the source stopped replication', () => {
     }
     expect(note).toBe('gift');
     const again = await status();
-    expect(again).toContain(`next: caught up and replicating: \`pgferry cutover --id ${m.id}\``);
+    expect(again).toContain(caughtUp);
     expect(again).not.toContain("the source's schema changed");
+
+    // Before the load is done the target's indexes may simply not be built yet: no catalog read then.
+    await pair.target('DROP INDEX orders_note_idx');
+    const store = new FileMigrationStore(rt.stateDir);
+    const s = await store.get(m.id);
+    const { 'start-replication': _, ...loading } = s.phases;
+    await store.put({ ...s, status: 'running', phase: 'bulk-load', phases: loading });
+    const midLoad = started(['status', m.id, '--json', '--state-dir', rt.stateDir]);
+    expect(await midLoad.exit).toBe(0);
+    const read = JSON.parse(midLoad.out().trim().split('\n').at(-1)!) as { result: { live: { catalog?: unknown } } };
+    expect(read.result.live.catalog).toBeUndefined();
   }, 120_000);
 });
 

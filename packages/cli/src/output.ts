@@ -136,7 +136,15 @@ function timelineLine(a: NumberedAttempt): string {
 /** A lag sample `pgferry status` took itself, or why it could not. */
 export type LiveLag = { at: string; bytes: number; ms: number | null; retainedBytes: number } | { error: string };
 
-export function describeState(s: MigrationState, options: { timeline?: boolean; liveLag?: LiveLag } = {}): string {
+export function describeState(
+  s: MigrationState,
+  options: {
+    timeline?: boolean;
+    liveLag?: LiveLag;
+    /** Status read the catalogs now (its ATTENTION lines say what the cutover needs, not the last sample). */
+    liveChecked?: boolean;
+  } = {},
+): string {
   const lines = [
     `migration ${s.id}: ${s.status} (phase: ${PHASE_TITLES[s.phase]})`,
     `  source ${s.config.sourceUrl}${s.sourceVersion ? ` (PostgreSQL ${s.sourceVersion})` : ''}`,
@@ -185,8 +193,15 @@ export function describeState(s: MigrationState, options: { timeline?: boolean; 
   const window = s.cutover?.switchAt ? undefined : cutoverWindowText(s, new Date());
   if (window) lines.push(`  cutover window: ${window}`);
   if (s.ddlDrift?.length) lines.push(`  DDL drift: ${s.ddlDrift.join('; ')}`);
-  if (s.beforeCutover?.length && !s.cutover?.switchAt)
-    lines.push(`  before the cutover can switch, put right: ${s.beforeCutover.join('; ')}`);
+  // As the last gate sample found it, while a cutover is still to come (a rollback or a clean-up made it
+  // moot); status that read the servers says it as of now in its ATTENTION lines instead.
+  if (
+    !options.liveChecked &&
+    s.beforeCutover?.length &&
+    !s.cutover?.switchAt &&
+    (s.status === 'awaiting-cutover' || s.status === 'running')
+  )
+    lines.push(`  before the cutover can switch, put right (at the last gate sample): ${s.beforeCutover.join('; ')}`);
   // (Over: a rollback or a clean-up after `pgferry unfreeze` ended whatever was half done.)
   const over = s.status === 'rolled-back' || s.status === 'cleaned-up';
   if (s.cutover?.switchStartedAt && !s.cutover.switchAt && !over) {

@@ -26,6 +26,7 @@ import {
 import {
   artifactDirOf,
   type ConnectionSwitchFactory,
+  catalogChecks,
   cleanup,
   cleanupSource,
   connect,
@@ -38,6 +39,7 @@ import {
   inspectApplicationName,
   inspectSide,
   isFrozen,
+  type LiveCatalog,
   type LiveStatus,
   liveAttention,
   openSession as openTaskSession,
@@ -46,7 +48,6 @@ import {
   runPhase as runTaskPhase,
   type Session,
   type SideLive,
-  schemaDrift,
   subscriptionExists,
   type TaskDeps,
   targetObjects,
@@ -264,23 +265,33 @@ export async function inspectMigration(rt: Runtime, id: string): Promise<LiveSta
   };
   try {
     const [source, target] = await Promise.all([side('source', secrets.sourceUrl), side('target', secrets.targetUrl)]);
-    // While forward replication carries the application's writes: DDL run on the source alone stops it.
+    // Once the load is done and while forward replication carries the application's writes, the gate's
+    // catalog checks (before that, the target's indexes and constraints may simply not be built yet).
     const forward =
+      !!state.phases['start-replication']?.endedAt &&
       !state.cutover?.switchAt &&
       !state.cutover?.switchStartedAt &&
       !['rolled-back', 'completed', 'cleaned-up'].includes(state.status) &&
       target.live.subscriptions.some((s) => s.name === objectNames(id).subscription);
-    let drift: string[] | undefined;
+    let catalog: LiveCatalog | undefined;
     if (forward && source.db && target.db) {
       const validating = new Set((state.foreignKeysToValidate ?? []).map((f) => f.drift));
-      drift = await schemaDrift(source.db, target.db, validating).catch(() => undefined);
+      const ctx = { source: source.db, target: target.db, config: state.config };
+      catalog = await catalogChecks(ctx, validating).then(
+        (c) => ({
+          drift: c.drift,
+          unreplicated: c.reasons.filter((r) => !r.startsWith('DDL on the source: ')),
+          beforeCutover: c.beforeCutover,
+        }),
+        (err) => ({ drift: [], unreplicated: [], beforeCutover: [], error: errorMessage(err) }),
+      );
     }
     return {
       at: new Date().toISOString(),
       source: source.live,
       target: target.live,
-      ...(drift ? { drift } : {}),
-      attention: liveAttention(state, source.live, target.live, { drift, stoppedBy: stoppedBy(rt, id) }),
+      ...(catalog ? { catalog } : {}),
+      attention: liveAttention(state, source.live, target.live, { catalog, stoppedBy: stoppedBy(rt, id) }),
     };
   } finally {
     await Promise.all(dbs.map((db) => db.end().catch(() => {})));

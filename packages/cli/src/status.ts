@@ -48,11 +48,21 @@ export function nextStep(
     return `a rollback began at ${s.rollback.freezeAt} and did not finish: \`pgferry rollback --id ${id}\` finishes it`;
   switch (s.status) {
     case 'awaiting-cutover': {
+      const then = `\`pgferry cutover --id ${id}\` then waits until the target has caught up again (or \`pgferry rollback --id ${id}\`)`;
+      const away = live && [live.source, live.target].find((side) => side.error);
+      if (away)
+        return `caught up at the last gate sample; the ${away.side} did not answer now, so status cannot tell whether it still is (see ATTENTION below)`;
+      // (Drift first: a write it fails also ends the apply worker for a while, which says less.)
+      const missing = [...(live?.catalog?.drift ?? []), ...(live?.catalog?.unreplicated ?? [])];
+      if (missing.length)
+        return `the target is not a complete replicating copy now (${missing.length} difference(s): DDL on the source alone, or a table not replicated), and the cutover gate stays closed on it: put it right as ATTENTION below says; ${then}`;
       const stopped = live && forwardStopped(s, live);
       if (stopped)
-        return `replication to the target has stopped: ${stopped}. Put that right (see ATTENTION below); \`pgferry cutover --id ${id}\` then waits until the target has caught up again (or \`pgferry rollback --id ${id}\`)`;
-      if (s.beforeCutover?.length)
-        return `caught up and replicating, but the cutover's gate stays closed until this is put right: ${s.beforeCutover.join('; ')}. Then \`pgferry cutover --id ${id}\` (or \`pgferry rollback --id ${id}\`)`;
+        return `replication to the target has stopped: ${stopped}. Put that right (see ATTENTION below); ${then}`;
+      // What the cutover needs: as read now when status looked, else as the last gate sample found it.
+      const before = live?.catalog && !live.catalog.error ? live.catalog.beforeCutover : s.beforeCutover;
+      if (before?.length)
+        return `caught up and replicating, but the cutover's gate stays closed until this is put right: ${before.join('; ')}. Then \`pgferry cutover --id ${id}\` (or \`pgferry rollback --id ${id}\`)`;
       return `caught up and replicating: \`pgferry cutover --id ${id}\` when ready (or \`pgferry rollback --id ${id}\`)`;
     }
     case 'cut-over':
@@ -116,7 +126,8 @@ export function describeStatus(
   liveLag?: LiveLag,
   live?: LiveStatus,
 ): string {
-  const parts = [describeState(s, { timeline: true, liveLag })];
+  const liveChecked = !!live?.catalog && !live.catalog.error;
+  const parts = [describeState(s, { timeline: true, liveLag, liveChecked })];
   if (execution) parts.push(describeExecution(execution));
   parts.push(`next: ${nextStep(s, execution, deployed, live)}`);
   return parts.join('\n');
@@ -293,8 +304,13 @@ export async function runStatus(c: StatusCommand, rt: Runtime, out: Output): Pro
         frame: async () => {
           const s = await store.get(id);
           const e = await execution(id);
-          const live = wantsLiveLag(s, !!c.table, c.offline) ? await sampleLagNow(store, id) : undefined;
-          return { text: describeStatus(s, e, !!c.table, live), done: settled(s, e, !!c.table) };
+          // Waiting at the gate, nothing else samples: the lag, and what the servers show (the catalogs).
+          const waiting = wantsLiveLag(s, !!c.table, c.offline);
+          const [lag, live] = waiting
+            ? await Promise.all([sampleLagNow(store, id), inspectMigration(rt, id)])
+            : [undefined, undefined];
+          const text = describeStatus(s, e, !!c.table, lag, live);
+          return { text: live ? `${text}\n${describeLive(live)}` : text, done: settled(s, e, !!c.table) };
         },
       });
     } finally {

@@ -47,13 +47,36 @@ export interface LiveStatus {
   source: SideLive;
   target: SideLive;
   /**
-   * How the source's schema differs from the target's while forward replication carries the
-   * application's writes (lag.ts schemaDrift; not read after the switch, nor when a side did not answer).
+   * The cutover gate's catalog checks (catch-up.ts catalogChecks), read by status itself once the load is
+   * done and while forward replication carries the application's writes (nothing samples the gate after
+   * `migrate --cutover manual` returns): absent otherwise, or when a side did not answer.
    */
-  drift?: string[];
+  catalog?: LiveCatalog;
   /** What someone has to act on, most urgent first, each saying what to run. */
   attention: string[];
 }
+
+/** What status read of both catalogs (see LiveStatus.catalog). */
+export interface LiveCatalog {
+  /** How the two schemas differ (lag.ts schemaDrift). */
+  drift: string[];
+  /** Tables on both sides that replication does not carry, each with its remedy. */
+  unreplicated: string[];
+  /** What only the cutover needs and a person must put right (freeze hazards, its prerequisites). */
+  beforeCutover: string[];
+  /** Why the catalogs could not be compared (nothing else is set then). */
+  error?: string;
+}
+
+/**
+ * Drift that fails the target's apply at the next write to its table (as schemaDrift words it): a
+ * column the target lacks, or one of another type there. Other drift (an index, a constraint, a
+ * column dropped on the source) keeps the gate closed while replication goes on.
+ */
+export const driftStopsApply = (d: string) =>
+  /^column .+ \(.+\) exists on the source but not on the target$|^column .+ is .+ on the source but .+ on the target$/.test(
+    d,
+  );
 
 /**
  * Why forward replication does not carry the source's writes to the target now, as status tells it
@@ -67,7 +90,6 @@ export function forwardStopped(state: MigrationState, live: LiveStatus): string 
   const sub = live.target.subscriptions.find((x) => x.name === names.subscription);
   if (!sub) return `subscription ${names.subscription} is not on the target`;
   if (!sub.enabled) return `subscription ${names.subscription} on the target is disabled`;
-  if (live.drift?.length) return `the source's schema changed and the target's did not (${live.drift.join('; ')})`;
   if (!sub.workerRunning) return `no apply worker runs for subscription ${names.subscription} on the target`;
   return undefined;
 }
@@ -182,21 +204,28 @@ export function liveAttention(
   source: SideLive,
   target: SideLive,
   more: {
-    /** How the schemas differ while forward replication runs (LiveStatus.drift). */
-    drift?: string[];
+    /** The gate's catalog checks, when status read them (LiveStatus.catalog). */
+    catalog?: LiveCatalog;
     /** What stopped the last pgferry process, when it recorded that (a signal): said instead of guessing. */
     stoppedBy?: string;
   } = {},
 ): string[] {
-  const drift = more.drift ?? [];
   const id = state.id;
   const out: string[] = [];
-  // DDL run on the source alone: the target's apply fails at the next write to such a table (and
-  // retries, failing, until the target matches), and the cutover gate stays closed on it.
+  const catalog = more.catalog;
+  if (catalog?.error)
+    out.push(
+      `could not compare the two catalogs (${catalog.error}): status cannot tell whether DDL on the source, a table not replicated or what the cutover needs keeps the cutover gate closed`,
+    );
+  // DDL run on the source alone keeps the gate closed; only some of it stops the apply meanwhile.
+  const drift = catalog?.drift ?? [];
   if (drift.length)
     out.push(
-      `the source's schema changed and the target's did not: ${drift.join('; ')}. A write to such a table stops replication to the target (its apply fails and retries) and the cutover gate stays closed until the two match: run the same DDL on the target; replication goes on from where it stopped, nothing is lost meanwhile (the slot keeps the WAL)`,
+      `the source's schema changed and the target's did not: ${drift.join('; ')}. The cutover gate stays closed until the two match${drift.some(driftStopsApply) ? '; until then a write to a table with a column the target lacks (or has of another type) stops replication to the target: its apply fails, and retries' : ''}. Run the same DDL on the target (a table made on the source alone then needs adding to the publication, which status names); replication goes on from where it was, nothing is lost meanwhile (the slot keeps the WAL)`,
     );
+  out.push(...(catalog?.unreplicated ?? []));
+  if (catalog?.beforeCutover.length)
+    out.push(`before the cutover can switch, put right: ${catalog.beforeCutover.join('; ')}`);
   const working = (source.sessions ?? 0) + (target.sessions ?? 0) > 0;
   // A failed undo says, from the servers, what it left, with its one command (then not repeated below).
   const undo = state.undoFailed;

@@ -1,6 +1,6 @@
 import type { MigrationState } from '@pgferry/core';
 import { describe, expect, it } from 'vitest';
-import { forwardStopped, liveAttention, type SideLive } from '../src/inspect';
+import { driftStopsApply, forwardStopped, type LiveCatalog, liveAttention, type SideLive } from '../src/inspect';
 
 const state = (over: Partial<MigrationState> = {}): MigrationState =>
   ({ id: 'm1', status: 'running', phase: 'bulk-load', phases: {}, events: [], ...over }) as MigrationState;
@@ -153,7 +153,7 @@ describe('forwardStopped', () => {
     source: side('source'),
     target: side('target', { subscriptions: [sub], ...over }),
     attention: [],
-    ...(drift ? { drift } : {}),
+    ...(drift ? { catalog: { drift, unreplicated: [], beforeCutover: [] } } : {}),
   });
   const waiting = state({ status: 'awaiting-cutover', phase: 'catch-up' });
 
@@ -161,12 +161,10 @@ describe('forwardStopped', () => {
     expect(forwardStopped(waiting, live())).toBeUndefined();
   });
 
-  it('names drift, a disabled or missing subscription and a missing worker, before the switch only', () => {
+  it('names a disabled or missing subscription and a missing worker, before the switch only (drift is said apart)', () => {
     expect(
       forwardStopped(waiting, live({}, ['column public.t.x (int) exists on the source but not on the target'])),
-    ).toBe(
-      "the source's schema changed and the target's did not (column public.t.x (int) exists on the source but not on the target)",
-    );
+    ).toBeUndefined();
     expect(forwardStopped(waiting, live({ subscriptions: [{ ...sub, enabled: false }] }))).toBe(
       'subscription pgferry_m1 on the target is disabled',
     );
@@ -176,5 +174,55 @@ describe('forwardStopped', () => {
     );
     expect(forwardStopped(state({ ...switched }), live({ subscriptions: [] }))).toBeUndefined();
     expect(forwardStopped(waiting, live({ error: 'timeout' }))).toBeUndefined();
+  });
+});
+
+describe('liveAttention with the catalogs status read', () => {
+  const catalog = (over: Partial<LiveCatalog> = {}): LiveCatalog => ({
+    drift: [],
+    unreplicated: [],
+    beforeCutover: [],
+    ...over,
+  });
+  const waiting = state({ status: 'awaiting-cutover', phase: 'catch-up' });
+
+  it('says a write stops the apply only for drift that does: a column the target lacks or has of another type', () => {
+    const [index] = liveAttention(waiting, side('source'), side('target'), {
+      catalog: catalog({ drift: ['index public.i on public.t exists on the source but not on the target'] }),
+    });
+    expect(index).toMatch(
+      /^the source's schema changed and the target's did not: index public\.i .*\. The cutover gate stays closed until the two match\. Run the same DDL/,
+    );
+    for (const d of [
+      'column public.t.x (int) exists on the source but not on the target',
+      'column public."my t".x is bigint on the source but integer on the target',
+    ]) {
+      expect(driftStopsApply(d)).toBe(true);
+      const [line] = liveAttention(waiting, side('source'), side('target'), { catalog: catalog({ drift: [d] }) });
+      expect(line).toContain(
+        'until then a write to a table with a column the target lacks (or has of another type) stops replication',
+      );
+    }
+    expect(driftStopsApply('column public.t.x exists on the target but was dropped on the source')).toBe(false);
+  });
+
+  it('names tables not replicated, what the cutover needs, and a catalog read that failed', () => {
+    const a = liveAttention(waiting, side('source'), side('target'), {
+      catalog: catalog({
+        unreplicated: ['table public.c is not replicated (…)'],
+        beforeCutover: ['role r …', 'sequence s …'],
+      }),
+    });
+    expect(a).toEqual([
+      'table public.c is not replicated (…)',
+      'before the cutover can switch, put right: role r …; sequence s …',
+    ]);
+    expect(
+      liveAttention(waiting, side('source'), side('target'), {
+        catalog: catalog({ error: 'canceling statement due to statement timeout' }),
+      }),
+    ).toEqual([
+      'could not compare the two catalogs (canceling statement due to statement timeout): status cannot tell whether DDL on the source, a table not replicated or what the cutover needs keeps the cutover gate closed',
+    ]);
   });
 });

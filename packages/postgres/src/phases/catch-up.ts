@@ -31,7 +31,7 @@ import { connectClient, ident, isConnectionLoss, qualified, sleep, tableLabel } 
 import { freezeHazards } from '../freeze';
 import { applyBottlenecks, longTransactions, readLag, schemaDrift, targetWriteTransactions } from '../lag';
 import { canCreateSubscription, dropSlot, dropSubscription } from '../replication';
-import { type PhaseContext, partitionsViaRoot } from './context';
+import { type CatalogContext, type PhaseContext, partitionsViaRoot } from './context';
 import { verifySummary, verifyTables } from './verify';
 
 export interface GateStatus {
@@ -320,17 +320,9 @@ export async function sampleGate(
   // The catalogs of both sides: on a database of thousands of tables these queries cost the source
   // ~250 ms, so a caller may reuse the last answer (never for a sample that could open the gate).
   if (options.catalog !== false || !warned.catalog) {
-    const found: string[] = [];
-    const forCutover: string[] = [];
-    // Whatever would let a write past the freeze keeps the gate closed, named with its remedy.
-    for (const h of await freezeHazards(ctx.source, ctx.config)) forCutover.push(h.message);
     // A foreign key still to validate is not valid on the target yet: that is no drift.
-    const drift = await schemaDrift(ctx.source, ctx.target, new Set(unvalidated.map((f) => f.drift)));
-    for (const d of drift) found.push(`DDL on the source: ${d}`);
-    // (A table on one side only is drift already; one on both may still not be replicated.)
-    if (!drift.length) for (const u of await unreplicatedTables(ctx)) found.push(u);
-    for (const r of await cutoverPrerequisites(ctx)) forCutover.push(r);
-    warned.catalog = { reasons: found, beforeCutover: forCutover, drift, at: Date.now() };
+    const found = await catalogChecks(ctx, new Set(unvalidated.map((f) => f.drift)));
+    warned.catalog = { ...found, at: Date.now() };
   }
   const { drift, beforeCutover = [] } = warned.catalog;
   reasons.push(...warned.catalog.reasons);
@@ -359,7 +351,7 @@ export async function sampleGate(
  * its rows would stay behind at the switch.
  */
 export async function unreplicatedTables(
-  ctx: PhaseContext,
+  ctx: CatalogContext,
   direction: 'forward' | 'reverse' = 'forward',
 ): Promise<string[]> {
   const names = objectNames(ctx.config.id);
@@ -407,8 +399,31 @@ export async function unreplicatedTables(
   return out;
 }
 
+/**
+ * The gate's checks of both catalogs: `reasons`, what keeps the target from being a complete replicating
+ * copy (drift, each as "DDL on the source: …", or tables not replicated, each with its remedy), and
+ * `beforeCutover`, what only the cutover needs and a person must put right (freeze hazards, the
+ * cutover's prerequisites). `validating`: foreign keys still to validate (no drift). `pgferry status`
+ * runs them too, on connections of its own: nothing samples the gate after migrate --cutover manual.
+ */
+export async function catalogChecks(
+  ctx: CatalogContext,
+  validating: Set<string> = new Set(),
+): Promise<{ reasons: string[]; beforeCutover: string[]; drift: string[] }> {
+  const reasons: string[] = [];
+  const beforeCutover: string[] = [];
+  // Whatever would let a write past the freeze keeps the gate closed, named with its remedy.
+  for (const h of await freezeHazards(ctx.source, ctx.config)) beforeCutover.push(h.message);
+  const drift = await schemaDrift(ctx.source, ctx.target, validating);
+  for (const d of drift) reasons.push(`DDL on the source: ${d}`);
+  // (A table on one side only is drift already; one on both may still not be replicated.)
+  if (!drift.length) for (const u of await unreplicatedTables(ctx)) reasons.push(u);
+  for (const r of await cutoverPrerequisites(ctx)) beforeCutover.push(r);
+  return { reasons, beforeCutover, drift };
+}
+
 /** What the write gap itself would fail on, found before the freeze instead of inside it. */
-export async function cutoverPrerequisites(ctx: PhaseContext): Promise<string[]> {
+export async function cutoverPrerequisites(ctx: CatalogContext): Promise<string[]> {
   const out: string[] = [];
   // Every sequence's value is copied in the write gap: one the target lacks would fail it there.
   const names = `SELECT format('%I.%I', n.nspname, c.relname) AS s FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

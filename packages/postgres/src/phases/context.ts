@@ -85,7 +85,10 @@ export interface VerifyReaderPoint {
   stage: 'start' | 'snapshot' | 'reading';
 }
 
-export function sourceMajor(ctx: PhaseContext): Promise<number> {
+/** What the catalog checks of both sides need of a phase context (status builds one of its own). */
+export type CatalogContext = Pick<PhaseContext, 'source' | 'target' | 'config'>;
+
+export function sourceMajor(ctx: CatalogContext): Promise<number> {
   return serverMajor(ctx.source);
 }
 export function targetMajor(ctx: PhaseContext): Promise<number> {
@@ -98,7 +101,7 @@ export function targetMajor(ctx: PhaseContext): Promise<number> {
  * than the source). Before, each leaf is published and applied under its own name: the target has the
  * same leaves, its schema being the source's.
  */
-export async function partitionsViaRoot(ctx: PhaseContext): Promise<boolean> {
+export async function partitionsViaRoot(ctx: CatalogContext): Promise<boolean> {
   return (await sourceMajor(ctx)) >= 13;
 }
 

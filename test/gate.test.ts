@@ -6,6 +6,7 @@ import { advance, createMigration, inspectMigration, openSession } from '../pack
 import { SAMPLE_SCHEMA, sampleData } from '../packages/cli/src/sample';
 import { nextStep } from '../packages/cli/src/status';
 import { LiveWriter } from '../packages/cli/src/writer';
+import type { PgferryEvent } from '../packages/core/src/index';
 import {
   type GateMemory,
   IDLE_SAMPLE_INTERVAL_MS,
@@ -199,6 +200,25 @@ describe('cutover gate', () => {
       expect(state.beforeCutover).toEqual([hazard]);
       expect(state.phases['catch-up']?.summary).toContain(`; before the cutover can switch, put right: ${hazard}`);
       expect(nextStep(state)).toContain(`the cutover's gate stays closed until this is put right: ${hazard}`);
+      // An approval window's sample (AWS) names it too, and calls the gate closed: a cutover could not go through.
+      const published: PgferryEvent[] = [];
+      const window = await runWorkflowTask(
+        'awaitApproval',
+        {
+          migrationId: m.id,
+          taskToken: 'token-of-window',
+          approvalWait: { since: new Date().toISOString(), windowSeconds: 600, deadlineSeconds: 3600 },
+        },
+        { store: rt.store, log: () => {}, events: { publish: async (e: PgferryEvent[]) => void published.push(...e) } },
+      );
+      expect(window.summary).toContain(`within the gate's limits; before the cutover can switch, put right: ${hazard}`);
+      expect(published).toEqual([
+        expect.objectContaining({
+          type: 'Replication Lag Sampled',
+          detail: expect.objectContaining({ gateOpen: false }),
+        }),
+      ]);
+      expect((await rt.store.get(m.id)).approvalWait).toMatchObject({ gateOpen: false, reasons: [] });
       // Status reads it again from the servers: put right meanwhile, it is no longer named.
       const live = await inspectMigration(rt, m.id);
       expect(live.attention).toContain(`before the cutover can switch, put right: ${hazard}`);

@@ -67,7 +67,8 @@ function waitingText(s: MigrationState): string | undefined {
   const w = s.status === 'awaiting-cutover' ? s.approvalWait : undefined;
   if (!w) return undefined;
   if (w.sampleError) return `:warning: *No fresh lag sample:* ${escapeMrkdwn(w.sampleError)} (the lag shown is older)`;
-  if (w.gateOpen === false)
+  // (Closed only on what the cutover needs: its own block says what.)
+  if (w.gateOpen === false && (w.reasons?.length ?? 0) > 0)
     return `:warning: *The gate's limits no longer hold* (the cutover would wait or refuse to freeze): ${escapeMrkdwn((w.reasons ?? []).slice(0, 3).join('; '))}`;
   return undefined;
 }

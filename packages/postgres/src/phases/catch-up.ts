@@ -523,6 +523,8 @@ export interface GateStep {
   /** What a person reads: the figures when ready, else why the gate is closed. */
   summary: string;
   figures?: LagFigures;
+  /** Ready for a manual migration's stop, with these only the cutover needs still to put right (`note`). */
+  noted?: string[];
 }
 
 /**
@@ -603,6 +605,7 @@ export async function gateStep(
       waitMs: 0,
       figures,
       summary: `lag ${mib(figures.bytes)} / ${figures.ms} ms (limits ${mib(ctx.config.maxLagBytes)} / ${ctx.config.maxLagMs} ms), not growing, for ${loop.streak} samples; drain predicted at ${figures.predictedDrainMs} ms (budget ${ctx.config.maxDrainMs} ms); source ${mbps(figures.generatedBps)}, applied ${mbps(figures.appliedBps)}; no long transactions; schemas agree${first ? `; ${first}` : ''}`,
+      ...(noted.length ? { noted } : {}),
     };
   }
   // Caught up and only waiting for the work after the load while it goes on (a VALIDATE of a big table

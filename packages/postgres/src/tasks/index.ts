@@ -432,7 +432,8 @@ const checkLagTask: Task = (input, deps) =>
     } else finishLoad(ctx);
     try {
       const step = await gateStep(ctx, loop, { validation, beforeCutover });
-      if (step.figures) await publishLagSample(ctx, deps, step.figures, step.ready);
+      // (A manual migration's stop on what only the cutover needs is no gate a cutover could go through.)
+      if (step.figures) await publishLagSample(ctx, deps, step.figures, step.ready && !step.noted?.length);
       if (step.ready) await phaseEnded(ctx, 'catch-up', step.summary, listener(deps, ctx.config.id));
       return {
         summary: step.summary,
@@ -707,7 +708,9 @@ async function waitingSample(ctx: PhaseContext, input: TaskInput, deps: TaskDeps
   const { figures } = sample;
   const reasons = [...sample.reasons, ...sample.waiting];
   const sampledAt = ctx.state.lag?.at(-1)?.at ?? new Date().toISOString();
-  await publishLagSample(ctx, deps, figures, reasons.length === 0);
+  // Open only if a cutover could go through it now: what only the cutover needs holds it too.
+  const gateOpen = reasons.length === 0 && sample.beforeCutover.length === 0;
+  await publishLagSample(ctx, deps, figures, gateOpen);
   const lag = `lag ${mib(figures.bytes)} / ${figures.ms} ms`;
   // What only the cutover needs (a person's grant): the approval is no use until it is put right.
   const first = sample.beforeCutover.length
@@ -715,7 +718,7 @@ async function waitingSample(ctx: PhaseContext, input: TaskInput, deps: TaskDeps
     : '';
   return {
     sampledAt,
-    gateOpen: reasons.length === 0,
+    gateOpen,
     reasons,
     summary: reasons.length
       ? `${lag}; the gate's limits no longer hold: ${reasons.join('; ')}${first}`

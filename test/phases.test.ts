@@ -74,6 +74,41 @@ async function caughtUpWithLocker(label: string, extra: Partial<MigrationConfigI
 }
 
 describe('phases', () => {
+  it('lets one of two migrations started at once into one empty target take it; the other restores nothing, and its rollback leaves the first one whole', async () => {
+    const { pair, rt } = await setup('twoinone', 300);
+    const [a, b] = [
+      await newMigration(rt, pair, { cutover: 'manual' }),
+      await newMigration(rt, pair, { cutover: 'manual' }),
+    ];
+    const [sa, sb] = [await openSession(rt, a.id), await openSession(rt, b.id)];
+    let winner: typeof a | undefined;
+    try {
+      // Both find the target empty before either restores into it (pg_dump takes a while).
+      const results = await Promise.allSettled([prepareSchema(sa.ctx), prepareSchema(sb.ctx)]);
+      const ok = results.findIndex((r) => r.status === 'fulfilled');
+      const refused = results.find((r) => r.status === 'rejected') as PromiseRejectedResult | undefined;
+      expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+      winner = ok === 0 ? a : b;
+      const loser = ok === 0 ? b : a;
+      expect(refused?.reason.name).toBe('SchemaFailedError');
+      expect(refused?.reason.message).toMatch(
+        new RegExp(`is (taken by pgferry migration ${winner.id} \\(marked as its target\\)|not empty)`),
+      );
+      expect(refused?.reason.field).toBe('--target');
+      await bulkLoad(ok === 0 ? sa.ctx : sb.ctx);
+      // The refused one's rollback: its marker row was never written, so nothing of the other's goes.
+      const rolled = await rollbackMigration(rt, loser.id);
+      expect(rolled.status).toBe('rolled-back');
+      expect(await count(pair, 'target', 'orders')).toBe(await count(pair, 'source', 'orders'));
+      expect(await pair.target('SELECT id FROM pgferry.migration')).toEqual([{ id: winner.id }]);
+    } finally {
+      await sa.close();
+      await sb.close();
+    }
+    const state = await advance(rt, winner.id, { cutover: 'auto' });
+    expect(state.verify?.ok).toBe(true);
+  });
+
   it('converges when every phase is run again, including a bulk load interrupted half way', async () => {
     const { pair, rt } = await setup('rerun', 2000);
     // The source was once a pgferry target: its marker schema stays out of the dump.

@@ -72,25 +72,55 @@ export async function createRoles(ctx: PhaseContext): Promise<string[]> {
 async function ensureMarker(ctx: PhaseContext) {
   const { markerSchema } = objectNames(ctx.config.id);
   const table = `${ident(markerSchema)}.migration`;
-  await ctx.target.query(`CREATE SCHEMA IF NOT EXISTS ${ident(markerSchema)}`);
-  await ctx.target.query(
-    `CREATE TABLE IF NOT EXISTS ${table} (
-       id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(),
-       pre_data_at timestamptz, post_data_at timestamptz, public_schema jsonb, restored jsonb)`,
-  );
-  // A marker table made by an earlier pgferry lacks the columns.
-  await ctx.target.query(
-    `ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS public_schema jsonb, ADD COLUMN IF NOT EXISTS restored jsonb`,
-  );
-  await ctx.target.query(
-    `INSERT INTO ${table} (id, public_schema)
-     SELECT $1, coalesce((SELECT jsonb_build_object('exists', true, 'owner', pg_get_userbyid(n.nspowner),
-                                                    'acl', n.nspacl::text[], 'comment', obj_description(n.oid, 'pg_namespace'))
-                            FROM pg_namespace n WHERE n.nspname = 'public'), '{"exists": false}')
-     ON CONFLICT (id) DO NOTHING`,
-    [ctx.config.id],
-  );
+  // One target database takes one migration. Two started at once into the same empty database both
+  // found it empty, restored into it and copied into the same tables; the one that failed then
+  // dropped the other's load in its rollback. Under a lock, only the first marks the database; the
+  // other is refused here, before it restores or copies anything (and, unmarked, drops nothing).
+  await ctx.target.withClient(async (c) => {
+    await c.query('BEGIN');
+    try {
+      await c.query('SELECT pg_advisory_xact_lock($1)', [MARKER_LOCK]);
+      await c.query(`CREATE SCHEMA IF NOT EXISTS ${ident(markerSchema)}`);
+      await c.query(
+        `CREATE TABLE IF NOT EXISTS ${table} (
+           id text PRIMARY KEY, created_at timestamptz NOT NULL DEFAULT now(),
+           pre_data_at timestamptz, post_data_at timestamptz, public_schema jsonb, restored jsonb)`,
+      );
+      // A marker table made by an earlier pgferry lacks the columns.
+      await c.query(
+        `ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS public_schema jsonb, ADD COLUMN IF NOT EXISTS restored jsonb`,
+      );
+      const others = (
+        await c.query<{ id: string }>(`SELECT id FROM ${table} WHERE id <> $1 ORDER BY id`, [ctx.config.id])
+      ).rows;
+      if (others.length)
+        throw new SchemaFailedError(
+          `target database ${ctx.target.database} is taken by pgferry migration ${others.map((o) => o.id).join(', ')} (marked as its target): one target database takes one migration; nothing was restored or copied into it by this one`,
+          {
+            migrationId: ctx.config.id,
+            phase: 'prepare-schema',
+            field: '--target',
+            hint: `point --target at another empty database; or, if that migration is over or abandoned, \`pgferry rollback --id ${others[0]?.id}\` (or \`pgferry cleanup\`) with its state directory frees it`,
+          },
+        );
+      await c.query(
+        `INSERT INTO ${table} (id, public_schema)
+         SELECT $1, coalesce((SELECT jsonb_build_object('exists', true, 'owner', pg_get_userbyid(n.nspowner),
+                                                        'acl', n.nspacl::text[], 'comment', obj_description(n.oid, 'pg_namespace'))
+                                FROM pg_namespace n WHERE n.nspname = 'public'), '{"exists": false}')
+         ON CONFLICT (id) DO NOTHING`,
+        [ctx.config.id],
+      );
+      await c.query('COMMIT');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {});
+      throw err;
+    }
+  });
 }
+
+/** The advisory lock (on the target) under which a migration marks the target database as its own. */
+const MARKER_LOCK = 7_215_590_418_301;
 
 async function marker(ctx: PhaseContext): Promise<{ pre_data_at: Date | null; post_data_at: Date | null } | undefined> {
   const { markerSchema } = objectNames(ctx.config.id);
@@ -385,6 +415,8 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   // A crash after the single-transaction restore but before the marker update leaves the tables: done,
   // and the dump they came from stays the one post-data is built from.
   const landed = !!m && (await preDataLanded(ctx, existing));
+  // Marked first: a migration refused the target (another's) makes nothing there, not even roles.
+  await ensureMarker(ctx);
   // The roles are made on the target while pg_dump reads the source (and pg_restore is looked for).
   void findTool('pg_restore', 0).catch(() => {});
   // Both finish before a failure is thrown: no role is made (and recorded) after the phase failed.
@@ -396,7 +428,6 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   if (dumped.status === 'rejected') throw dumped.reason;
   const roles = createdRoles.value;
   const file = dumped.value;
-  await ensureMarker(ctx);
   if (!landed) await restore(ctx, file, 'pre-data', 1);
   // The schemas and extensions the restore made (the target was empty): the only ones a rollback drops.
   const made = await schemasAndExtensions(ctx.target);

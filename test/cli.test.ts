@@ -256,6 +256,12 @@ describe('pgferry CLI', () => {
       ['postgres://u:SEK RET@127.0.0.1:1/db', /--source holds white space.*%20/],
       ['postgres://u:SEK\u00a0RET@127.0.0.1:1/db', /--source holds white space/],
       [`${ok}?password=a b`, /--source holds white space/],
+      // libpq ends the password at the first @ (pg_dump failed late), a URL parser at the last.
+      [
+        'postgres://u:SEK@RET@127.0.0.1:1/db',
+        /--source has an unencoded @ in its user or password: %-encode it as %40/,
+      ],
+      [`${ok}?connect_timeout=abc`, /--source has connect_timeout=abc; connect_timeout must be a whole number/],
     ];
     for (const [url, message] of cases) {
       for (const command of [
@@ -278,10 +284,10 @@ describe('pgferry CLI', () => {
     const typoTarget = await pgferry(['assess', '--source', ok, '--target', `${ok}?sslmod=require`]);
     expect(typoTarget.code).toBe(2);
     expect(typoTarget.stderr).toContain('--target has an unknown parameter "sslmod"');
-    // A password with an unencoded @: nothing of it shows, up to the last @ before the host.
+    // A password with an unencoded @ is refused (libpq would read another host), showing nothing of it.
     const at = await pgferry(['assess', '--source', 'postgres://app:p@ss@word9@127.0.0.1:1/db']);
-    expect(at.code).toBe(3);
-    expect(at.stderr).toContain('postgres://app:***@127.0.0.1:1/db');
+    expect(at.code).toBe(2);
+    expect(at.stderr).toContain('--source has an unencoded @ in its user or password');
     expect(at.stderr).not.toMatch(/ss@|word9/);
   });
 

@@ -112,6 +112,16 @@ export const MIGRATION_ID = /^[a-z][a-z0-9_]{0,23}$/;
  * own `ssl` / `uselibpqcompat`. pg_dump, pg_restore and the subscriptions refuse any other parameter:
  * a typo (`sslmod=require`) is caught here, before anything is created, not half way by pg_dump.
  */
+/** URL parameters libpq reads as a whole number (it refuses anything else, only when it connects). */
+const WHOLE_NUMBER_PARAMETERS = [
+  'connect_timeout',
+  'keepalives',
+  'keepalives_idle',
+  'keepalives_interval',
+  'keepalives_count',
+  'tcp_user_timeout',
+] as const;
+
 export const URL_PARAMETERS = [
   'host',
   'hostaddr',
@@ -185,6 +195,11 @@ export function urlProblems(value: string, field: string): string[] {
   const problems: string[] = [];
   if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:')
     return [`${field} must start with postgres:// (got ${url.protocol}//)`];
+  // libpq ends the user and password at the first @, a URL parser at the last: pgferry's own sessions
+  // would connect and pg_dump would not (its host would be the password's end).
+  const authority = value.slice(value.indexOf('//') + 2).split(/[/?#]/)[0] ?? '';
+  if ((authority.match(/@/g) ?? []).length > 1)
+    problems.push(`${field} has an unencoded @ in its user or password: %-encode it as %40`);
   if (!url.hostname) problems.push(`${field} has no host; ${URL_SHAPE}`);
   if (url.port === '0') problems.push(`${field} has port 0; give a port from 1 to 65535`);
   if (!url.pathname || url.pathname === '/') problems.push(`${field} names no database; add /<database> to the URL`);
@@ -193,6 +208,10 @@ export function urlProblems(value: string, field: string): string[] {
       problems.push(`${field} has an unknown parameter "${key}" (libpq would refuse it); check its spelling`);
     else if (key === 'sslmode' && !(SSL_MODES as readonly string[]).includes(v))
       problems.push(`${field} has sslmode=${v}; sslmode must be one of ${SSL_MODES.join(', ')}`);
+    else if ((WHOLE_NUMBER_PARAMETERS as readonly string[]).includes(key) && !/^\d+$/.test(v))
+      problems.push(
+        `${field} has ${key}=${v}; ${key} must be a whole number (of seconds, or milliseconds for tcp_user_timeout)`,
+      );
   }
   return problems;
 }

@@ -289,6 +289,11 @@ describe('pgferry CLI', () => {
     expect(at.code).toBe(2);
     expect(at.stderr).toContain('--source has an unencoded @ in its user or password');
     expect(at.stderr).not.toMatch(/ss@|word9/);
+    // Given twice with two values (a script's default and its override): refused, not the last one taken.
+    const twice = await pgferry(['assess', '--source', ok, '--source', 'postgres://u:SEKRET@127.0.0.1:1/other']);
+    expect(twice.code).toBe(2);
+    expect(twice.stderr).toContain('--source is given twice, with two different values: give it once');
+    expect(twice.stderr).not.toContain('SEKRET');
   });
 
   it('refuses --strategy dms, which runs in AWS only, creating nothing', async () => {

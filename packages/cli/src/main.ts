@@ -414,6 +414,25 @@ function int(value: string | undefined, field: string, range?: { min: number; ma
  * A value that starts with a dash (`--jobs -1`) is refused by the argument parser as "ambiguous";
  * given as `--jobs=-1` instead, it reaches the option's own check, which says what the option accepts.
  */
+/**
+ * An option given twice with two values (`--source A … --source B`, a script's default and its
+ * override): parseArgs keeps the last, silently, and a migration would run against the other server
+ * than the one meant. Refused, naming both. The same value twice is harmless.
+ */
+function refuseRepeated(tokens: Array<{ kind: string; name?: string; value?: string }>) {
+  const given = new Map<string, string | undefined>();
+  for (const t of tokens) {
+    if (t.kind !== 'option' || !t.name) continue;
+    if (given.has(t.name) && given.get(t.name) !== t.value)
+      throw new InvalidInputError(
+        // (Not the values: a URL's password, a command's secrets.)
+        `--${t.name} is given twice, with two different values: give it once`,
+        { field: `--${t.name}` },
+      );
+    given.set(t.name, t.value);
+  }
+}
+
 function joinDashValues(args: string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < args.length; i++) {
@@ -614,14 +633,18 @@ export async function main(args: string[]): Promise<number> {
   let out: Output = createOutput({ json: argv.includes('--json') });
   try {
     try {
-      ({ values, positionals } = parseArgs({
+      let tokens: Array<{ kind: string; name?: string; value?: string }>;
+      ({ values, positionals, tokens } = parseArgs({
         args: joinDashValues(argv.slice(command ? (subcommand ? 2 : 1) : 0)),
         options: OPTIONS,
         // `report` and `status` take the id (as issue 13 spells them), `plan` a file or name, `start` a plan; the others --id.
         allowPositionals: command === 'report' || command === 'status' || command === 'plan' || command === 'start',
         strict: true,
+        tokens: true,
       }));
+      refuseRepeated(tokens);
     } catch (err) {
+      if (err instanceof InvalidInputError) throw err;
       throw new InvalidInputError((err as Error).message, {
         hint: `pgferry ${command ?? ''} --help`.replace('  ', ' '),
       });

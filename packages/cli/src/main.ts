@@ -207,7 +207,8 @@ ${CREDENTIALS}`,
 
 Waits for the cutover gate, verifies every table before anything is frozen (once; a proven
 difference stops here, exit 6, the application still on the source), freezes writes, drains,
-switches, verifies again.
+switches, verifies again. --report PATH writes the final state as JSON (default: the path given to
+migrate).
 ${SWITCHING}
 ${CREDENTIALS}`,
   rollback: `Usage: pgferry rollback --id ID [--on-switch CMD] [--switch-file PATH] [--max-prepared-wait-ms N]
@@ -816,8 +817,10 @@ export async function main(args: string[]): Promise<number> {
         );
       case 'cutover': {
         const id = need(values.id, '--id', 'cutover');
+        // The report migrate was given is brought up to date, as resume does.
+        const given = reportPath ?? (await rt.store.get(id)).config.reportPath;
         const state = await advance(rt, id, { cutover: 'now', changes });
-        writeReport(reportPath, state, out);
+        writeReport(given, state, out);
         out.result(state, finalText(state));
         return exitCodeFor(state);
       }

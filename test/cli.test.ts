@@ -194,6 +194,10 @@ describe('pgferry CLI', () => {
       expect(r.stderr).toContain('--state-dir');
       expect(r.stderr).toContain('is a file');
     }
+    // One that cannot be made: refused at once, naming why (under /proc Node's recursive mkdir looped for ever).
+    const proc = await pgferry(['migrate', ...urls, '--state-dir', '/proc/pgferry-state']);
+    expect(proc.code).toBe(2);
+    expect(proc.stderr).toContain('--state-dir /proc/pgferry-state cannot be made (ENOENT)');
   });
 
   it('validates --id wherever it is given, and names an unreadable state file', async () => {

@@ -7,7 +7,7 @@
  * result from the completion, as Step Functions does.
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { linkSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { linkSync, readFileSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   checkTaskToken,
@@ -17,6 +17,7 @@ import {
   redactText,
   type TaskCallbacks,
 } from '@pgferry/core';
+import { makeDirectory } from './store';
 
 /** What completed a token: the state's result, or the error the state fails with. */
 export type Completion =
@@ -84,7 +85,7 @@ export class LocalTaskCallbacks implements TaskCallbacks {
   /** Written whole to a temp file, then linked into place: link(2) refuses an existing name, so one completer wins. */
   private complete(token: string, completion: Completion): boolean {
     const file = this.file(token);
-    mkdirSync(join(file, '..'), { recursive: true, mode: 0o700 });
+    makeDirectory(join(file, '..'));
     const tmp = `${file}.${process.pid}.${randomUUID()}.tmp`;
     writeFileSync(tmp, `${JSON.stringify(completion)}\n`, { mode: 0o600 });
     try {

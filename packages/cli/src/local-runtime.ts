@@ -4,7 +4,7 @@
  * handlers and the worker call. One session (two pools) serves a whole execution. The execution's
  * history, state by state, is kept next to the migration's state for `pgferry status`.
  */
-import { chmodSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   BULK_LOAD_STATES,
@@ -25,6 +25,7 @@ import { onSignalStop, openSession, runWorkflowTask, type Session, sleep, type T
 import { LocalTaskCallbacks } from './local-callbacks';
 import type { ExecutionOutcome, HistoryEntry } from './local-workflow';
 import type { Runtime } from './runner';
+import { makeDirectory } from './store';
 
 /** What `pgferry status` shows of the last execution. */
 export interface ExecutionRecord {
@@ -83,7 +84,7 @@ export function readExecution(stateDir: string, id: string): ExecutionRecord | u
 
 export function writeExecution(stateDir: string, record: ExecutionRecord) {
   const file = executionFile(stateDir, record.migrationId);
-  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  makeDirectory(stateDir);
   const tmp = `${file}.${process.pid}.tmp`;
   writeFileSync(tmp, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
   chmodSync(tmp, 0o600);

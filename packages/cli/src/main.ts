@@ -1,5 +1,5 @@
 /** The `pgferry` command. */
-import { accessSync, constants, statSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
@@ -478,8 +478,12 @@ function writablePath(value: string | undefined, field: string): string | undefi
   return given;
 }
 
-/** The state directory: a directory, or a path where one can be made. */
-function stateDirectory(value: string | undefined): string {
+/**
+ * The state directory: a directory, or a path where one can be made. For a command that writes state
+ * (`writes`), checked writable, or that it can be made: a directory this user may not write (EACCES)
+ * failed only when the state was first written, with the raw error, and a path under /proc hung.
+ */
+function stateDirectory(value: string | undefined, writes = false): string {
   if (value !== undefined && !value.trim())
     throw new InvalidInputError('--state-dir is empty; give a directory', { field: '--state-dir' });
   const dir = resolve(value ?? '.pgferry');
@@ -498,8 +502,28 @@ function stateDirectory(value: string | undefined): string {
       field: '--state-dir',
       hint: 'give the directory that holds pgferry state (default ./.pgferry)',
     });
+  if (writes)
+    try {
+      if (info) accessSync(dir, constants.W_OK | constants.X_OK);
+      else {
+        // Made for a moment where it would be made (its first missing directory), then removed: nothing
+        // is left behind by a command that fails later (a bad URL, say).
+        let first = dir;
+        for (let p = dirname(dir); !existsSync(p) && dirname(p) !== p; p = dirname(p)) first = p;
+        mkdirSync(first, { mode: 0o700 });
+        rmdirSync(first);
+      }
+    } catch (err) {
+      throw new InvalidInputError(
+        `--state-dir ${dir} cannot be ${info ? 'written' : 'made'} (${(err as NodeJS.ErrnoException).code ?? err})`,
+        { field: '--state-dir', hint: 'give a directory this user may write (default ./.pgferry)' },
+      );
+    }
   return dir;
 }
+
+/** The commands that write a migration's state (the others only read it). */
+const WRITES_STATE = ['migrate', 'cutover', 'resume', 'rollback', 'cleanup', 'unfreeze'];
 
 /** A size given in MiB, as bytes; at least 1 MiB. */
 function mebibytes(value: string | undefined, field: string): number | undefined {
@@ -680,7 +704,7 @@ export async function main(args: string[]): Promise<number> {
       process.stdout.write(`${workflowDefinitionJson()}\n`);
       return EXIT_CODES.ok;
     }
-    const stateDir = stateDirectory(values['state-dir']);
+    const stateDir = stateDirectory(values['state-dir'], WRITES_STATE.includes(command));
     // Where the command will write, checked before anything is created.
     const reportPath = writablePath(values.report, '--report');
     const switchFile = writablePath(values['switch-file'], '--switch-file');

@@ -3,9 +3,10 @@
  * with optimistic versioning, so `status`, `resume` and `rollback` work from another shell or after a
  * crash. Passwords live only in a separate 0600 secrets file, never in the state.
  */
-import { appendFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync, mkdirSync } from 'node:fs';
+import { appendFile, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import {
   alreadyExistsError,
   bucketed,
@@ -111,6 +112,25 @@ function jsonLines<T>(text: string): T[] {
   return out;
 }
 
+/**
+ * mkdir -p: each missing directory made on its own. Node's recursive mkdir loops for ever where mkdir
+ * answers ENOENT under a directory that exists (/proc: `--state-dir /proc/x` hung); this throws that.
+ */
+export function makeDirectory(dir: string, mode = 0o700): void {
+  const missing: string[] = [];
+  for (let p = dir; !existsSync(p); p = dirname(p)) {
+    missing.push(p);
+    if (dirname(p) === p) break;
+  }
+  for (const m of missing.reverse()) {
+    try {
+      mkdirSync(m, { mode });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+}
+
 export class FileMigrationStore implements MigrationStore {
   constructor(readonly dir: string) {}
 
@@ -176,7 +196,7 @@ export class FileMigrationStore implements MigrationStore {
   async create(state: MigrationState, secrets: MigrationSecrets): Promise<void> {
     checkId(state.id);
     refuseSecretsInState(state);
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    makeDirectory(this.dir);
     await this.withLock(state.id, async () => {
       const exists = await readFile(this.file(state.id)).then(
         () => true,
@@ -195,7 +215,7 @@ export class FileMigrationStore implements MigrationStore {
    * process that is gone is taken over; a live one is named.
    */
   async claim(id: string): Promise<() => Promise<void>> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    makeDirectory(this.dir);
     const path = this.path(id, '.run');
     const mine = JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString() });
     // Under the update lock, so that two commands finding the same dead claim cannot both take it over.
@@ -391,7 +411,7 @@ export class FileMigrationStore implements MigrationStore {
 
   async appendLag(id: string, samples: LagSample[]): Promise<void> {
     const dir = this.lagDir(id);
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    makeDirectory(dir);
     let opened = false;
     const { buckets, newestAt } = bucketed(samples);
     for (const [bucket, list] of buckets) {
@@ -448,7 +468,7 @@ export class FileMigrationStore implements MigrationStore {
 
   async putPlan(input: MigrationPlanInput): Promise<MigrationPlan> {
     const plan = parseMigrationPlan(input);
-    await mkdir(join(this.dir, 'plans'), { recursive: true, mode: 0o700 });
+    makeDirectory(join(this.dir, 'plans'));
     await this.atomicWrite(this.planFile(plan.name), `${JSON.stringify(plan, null, 2)}\n`);
     return plan;
   }

@@ -266,6 +266,11 @@ describe('pgferry CLI', () => {
         /--source has an unencoded @ in its user or password: %-encode it as %40/,
       ],
       [`${ok}?connect_timeout=abc`, /--source has connect_timeout=abc; connect_timeout must be a whole number/],
+      // A CA file that is not there failed only on connecting (exit 3, as if the server were away).
+      [
+        `${ok}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem`,
+        /--source has sslrootcert=\/nonexistent\/ca\.pem, which is no file on this machine/,
+      ],
     ];
     for (const [url, message] of cases) {
       for (const command of [

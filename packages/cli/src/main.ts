@@ -37,6 +37,7 @@ import { planCommand, startCommand } from './plans';
 import { reportId, writeHtmlReport } from './report';
 import {
   advance,
+  checkUrlFiles,
   cleanupMigration,
   createMigration,
   type Runtime,
@@ -742,6 +743,8 @@ export async function main(args: string[]): Promise<number> {
         );
         const given = values.target ?? process.env.PGFERRY_TARGET_URL;
         const targetUrl = given === undefined ? undefined : checkPostgresUrl(given, '--target');
+        checkUrlFiles(sourceUrl, '--source');
+        checkUrlFiles(targetUrl, '--target');
         const source = await connect(sourceUrl, { side: 'source', applicationName: 'pgferry:assess' });
         const target = targetUrl
           ? await connect(targetUrl, { side: 'target', applicationName: 'pgferry:assess' }).catch(async (e) => {

@@ -4,7 +4,7 @@
  * Any failure before the switch rolls back what is safe (slot, publication, subscription, loaded
  * schema) so nothing is left behind on the source; after the switch the application stays on the target.
  */
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   workflowInput as buildWorkflowInput,
@@ -89,9 +89,36 @@ async function answers(side: 'source' | 'target', url: string, id: string) {
   await db.end();
 }
 
+/** URL parameters that name a file libpq reads on this machine. */
+const URL_FILES = ['sslrootcert', 'sslcert', 'sslkey', 'sslcrl', 'passfile'] as const;
+
+/**
+ * The files a URL names (a CA bundle, a client key) are here: a missing one failed only when the
+ * command connected, as a connection error (exit 3). `sslrootcert=system` is the system's CA store.
+ */
+export function checkUrlFiles(url: string | undefined, field: string): void {
+  if (!url) return;
+  let params: URLSearchParams;
+  try {
+    params = new URL(url).searchParams;
+  } catch {
+    return; // (the URL itself is checked, and named, elsewhere)
+  }
+  for (const key of URL_FILES) {
+    const file = params.get(key);
+    if (file && !(key === 'sslrootcert' && file === 'system') && !existsSync(file))
+      throw new InvalidInputError(`${field} has ${key}=${file}, which is no file on this machine`, {
+        field,
+        hint: `give the path of the ${key === 'sslrootcert' ? "server's CA certificate" : key === 'passfile' ? 'password file' : 'file'} (absolute, or relative to where pgferry runs)`,
+      });
+  }
+}
+
 /** A new migration's state: config with redacted URLs; the real ones go to the secret store. */
 export async function createMigration(rt: Runtime, input: unknown): Promise<MigrationState> {
   const config = parseMigrationConfig(input);
+  checkUrlFiles(config.sourceUrl, '--source');
+  checkUrlFiles(config.targetUrl, '--target');
   // Both servers must answer before anything is recorded: a wrong password or host leaves no
   // migration behind that could be neither resumed nor removed.
   // Both at once; the source's failure is the one told when both fail, as when they were tried in turn.
@@ -152,6 +179,7 @@ export async function useCredentials(
     const url = urls[key];
     if (!url) continue;
     checkPostgresUrl(url, field); // as migrate checks it: a typo in a parameter is not a new password
+    checkUrlFiles(url, field);
     const [given, stored] = [await identity(url, field), await identity(secrets[key], field)];
     if (given !== stored)
       throw new InvalidInputError(`${field} names ${given}, but migration ${id} uses ${stored}`, {

@@ -109,6 +109,49 @@ describe('phases', () => {
     expect(state.verify?.ok).toBe(true);
   });
 
+  it('keeps what someone made on the target when the schema dump fails after the target was marked', async () => {
+    const { pair, rt } = await setup('dumpfail', 100);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    const session = await openSession(rt, m.id);
+    const { Client } = pg;
+    // pg_dump waits for a lock on a source table until its session is ended.
+    const locker = new Client({ connectionString: pair.sourceUrl });
+    await locker.connect();
+    try {
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE orders IN ACCESS EXCLUSIVE MODE');
+      const preparing = prepareSchema(session.ctx).catch((e: unknown) => e);
+      for (let i = 0; i < 400; i++) {
+        const [row] = await pair.target("SELECT to_regclass('pgferry.migration') IS NOT NULL AS marked");
+        if (row?.marked && (await pair.target('SELECT 1 FROM pgferry.migration')).length) break;
+        await sleep(25);
+      }
+      // Meanwhile a DBA makes a schema and extensions on the target.
+      await pair.target('CREATE SCHEMA dba_stuff; CREATE EXTENSION hstore; CREATE EXTENSION citext SCHEMA dba_stuff');
+      for (let i = 0; i < 400; i++) {
+        const ended = await pair.source(
+          "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name LIKE 'pgferry:%pg_dump'",
+        );
+        if (ended.length) break;
+        await sleep(25);
+      }
+      expect(await preparing).toBeInstanceOf(Error);
+    } finally {
+      await locker.end();
+      await session.close();
+    }
+    const rolled = await rollbackMigration(rt, m.id);
+    expect(rolled.status).toBe('rolled-back');
+    // Before, the marker's restored list was null while pg_dump ran: the rollback took everything there for its own.
+    expect(await pair.target("SELECT nspname FROM pg_namespace WHERE nspname = 'dba_stuff'")).toEqual([
+      { nspname: 'dba_stuff' },
+    ]);
+    expect(
+      await pair.target("SELECT extname FROM pg_extension WHERE extname IN ('hstore', 'citext') ORDER BY 1"),
+    ).toEqual([{ extname: 'citext' }, { extname: 'hstore' }]);
+    await pair.target('DROP SCHEMA dba_stuff CASCADE; DROP EXTENSION hstore');
+  });
+
   it('converges when every phase is run again, including a bulk load interrupted half way', async () => {
     const { pair, rt } = await setup('rerun', 2000);
     // The source was once a pgferry target: its marker schema stays out of the dump.

@@ -104,10 +104,13 @@ async function ensureMarker(ctx: PhaseContext) {
           },
         );
       await c.query(
-        `INSERT INTO ${table} (id, public_schema)
+        // Nothing restored yet (not null: a marker of an earlier pgferry, whose rollback takes everything
+        // on the target for its own; a dump that failed then dropped what a DBA had made there).
+        `INSERT INTO ${table} (id, public_schema, restored)
          SELECT $1, coalesce((SELECT jsonb_build_object('exists', true, 'owner', pg_get_userbyid(n.nspowner),
                                                         'acl', n.nspacl::text[], 'comment', obj_description(n.oid, 'pg_namespace'))
-                                FROM pg_namespace n WHERE n.nspname = 'public'), '{"exists": false}')
+                                FROM pg_namespace n WHERE n.nspname = 'public'), '{"exists": false}'),
+                '{"schemas": [], "extensions": []}'
          ON CONFLICT (id) DO NOTHING`,
         [ctx.config.id],
       );
@@ -428,13 +431,34 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   if (dumped.status === 'rejected') throw dumped.reason;
   const roles = createdRoles.value;
   const file = dumped.value;
-  if (!landed) await restore(ctx, file, 'pre-data', 1);
-  // The schemas and extensions the restore made (the target was empty): the only ones a rollback drops.
-  const made = await schemasAndExtensions(ctx.target);
-  await ctx.target.query(
-    `UPDATE ${ident(objectNames(ctx.config.id).markerSchema)}.migration SET pre_data_at = now(), restored = $2 WHERE id = $1`,
-    [ctx.config.id, { schemas: made.schemas, extensions: made.extensions.map((e) => e.name) }],
-  );
+  const markerTable = `${ident(objectNames(ctx.config.id).markerSchema)}.migration`;
+  const names = (x: Awaited<ReturnType<typeof schemasAndExtensions>>) => ({
+    schemas: x.schemas,
+    extensions: x.extensions.map((e) => e.name),
+  });
+  let before: { schemas: string[]; extensions: string[] } | undefined;
+  if (!landed) {
+    // What is there before the restore is not its: recorded first, so that a rollback after a restore
+    // that landed but was not recorded (a crash in between) drops what it made, and only that.
+    before = names(await schemasAndExtensions(ctx.target));
+    await ctx.target.query(`UPDATE ${markerTable} SET restored = $2 WHERE id = $1`, [
+      ctx.config.id,
+      { schemas: [], extensions: [], before },
+    ]);
+    await restore(ctx, file, 'pre-data', 1);
+  }
+  // The schemas and extensions the restore made: the only ones a rollback drops.
+  const now = names(await schemasAndExtensions(ctx.target));
+  const made = before
+    ? {
+        schemas: now.schemas.filter((x) => !before.schemas.includes(x)),
+        extensions: now.extensions.filter((x) => !before.extensions.includes(x)),
+      }
+    : now;
+  await ctx.target.query(`UPDATE ${markerTable} SET pre_data_at = now(), restored = $2 WHERE id = $1`, [
+    ctx.config.id,
+    made,
+  ]);
   return `schema restored${roles.length ? `; roles created without passwords: ${roles.join(', ')}` : ''}`;
 }
 

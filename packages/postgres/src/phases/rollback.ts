@@ -38,19 +38,39 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
   // (A marker table of an earlier pgferry has no public_schema: to_jsonb of the row reads it as absent.)
   const [mine] = await ctx.target.query<{
     public_schema: PublicSchema | null;
-    restored: { schemas: string[]; extensions: string[] } | null;
+    restored: {
+      schemas: string[];
+      extensions: string[];
+      /** Set just before the restore, until it is recorded as done: what was on the target before it. */
+      before?: { schemas: string[]; extensions: string[] };
+    } | null;
+    done: boolean;
   }>(
-    `SELECT to_jsonb(m) -> 'public_schema' AS public_schema, to_jsonb(m) -> 'restored' AS restored
+    `SELECT to_jsonb(m) -> 'public_schema' AS public_schema, to_jsonb(m) -> 'restored' AS restored,
+            m.pre_data_at IS NOT NULL AS done
        FROM ${ident(n.markerSchema)}.migration m WHERE id = $1`,
     [ctx.config.id],
   );
   if (!mine) return { ours: false, kept: [] };
+  // Marked, but the restore never began (the dump or the roles failed): nothing on the target is
+  // pgferry's but its marker, not even `public`.
+  if (!mine.done && mine.restored && !mine.restored.before) {
+    await ctx.target.query(`DROP SCHEMA IF EXISTS ${ident(n.markerSchema)} CASCADE`);
+    return { ours: true, kept: [] };
+  }
   // The target was empty when assessed (a blocker otherwise). The schemas and extensions the restore
   // made are recorded; one someone created since is not pgferry's to drop, and is named instead.
   // (A marker of an earlier pgferry recorded nothing: everything on the target counts as its own.)
   // (The marker schema is not among them: it goes last, so a rollback stopped half way finds it.)
   const { schemas, extensions } = await schemasAndExtensions(ctx.target);
-  const restored = mine.restored;
+  // A restore begun and not recorded as done (it may have landed): what was not there before it is its.
+  const begun = mine.restored?.before;
+  const restored = begun
+    ? {
+        schemas: schemas.filter((x) => !begun.schemas.includes(x)),
+        extensions: extensions.map((x) => x.name).filter((x) => !begun.extensions.includes(x)),
+      }
+    : mine.restored;
   // A table someone made on the target since, in public or in a schema the restore made: nothing of the
   // load is dropped then (DROP SCHEMA … CASCADE took such a table silently), since that table may also
   // use a type, a default or a foreign key in another of those schemas, whose CASCADE would take its

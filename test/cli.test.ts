@@ -194,6 +194,11 @@ describe('pgferry CLI', () => {
       expect(r.stderr).toContain('--state-dir');
       expect(r.stderr).toContain('is a file');
     }
+    // A link to nowhere: named as such.
+    symlinkSync(join(cwd, 'nowhere'), join(cwd, 'state-link'));
+    const dangling = await pgferry(['migrate', ...urls, '--state-dir', join(cwd, 'state-link')]);
+    expect(dangling.code).toBe(2);
+    expect(dangling.stderr).toContain(`is a link to ${join(cwd, 'nowhere')}, which does not exist`);
     // One that cannot be made: refused at once, naming why (under /proc Node's recursive mkdir looped for ever).
     const proc = await pgferry(['migrate', ...urls, '--state-dir', '/proc/pgferry-state']);
     expect(proc.code).toBe(2);
@@ -283,6 +288,9 @@ describe('pgferry CLI', () => {
         expect(`${r.stdout}${r.stderr}`).not.toMatch(/RET|a b/);
       }
     }
+    // libpq reads a number with strtol, a sign allowed: such a URL gets past the checks to the connection.
+    const signed = await pgferry(['assess', '--source', `${ok}?connect_timeout=-1`]);
+    expect([signed.code, signed.stderr]).toEqual([3, expect.stringContaining('no PostgreSQL server answered')]);
     // New credentials for a stored migration are checked the same way.
     mkdirSync(join(cwd!, '.pgferry'), { recursive: true });
     writeFileSync(join(cwd!, '.pgferry', 'stored.json'), JSON.stringify({ id: 'stored', version: 0, config: {} }));
@@ -739,6 +747,40 @@ describe('pgferry CLI', () => {
     expect(d?.n).toBe(s?.n);
     expect((await pgferry(['rollback', '--id', 'ic'])).code).toBe(0);
     await nothingLeft(pair);
+  });
+
+  it('records a second Ctrl-C, which forces the exit in the write gap, as what stopped the migration (not a crash)', async () => {
+    pair = await freshPair(15, 'cliforce');
+    await loadSample(pair, 200);
+    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+    const switchFile = join(cwd, 'url-forced');
+    const switching = join(cwd, 'switching-forced');
+    const args = [
+      '--source',
+      pair.sourceUrl,
+      '--target',
+      pair.targetUrl,
+      '--id',
+      'forced',
+      '--switch-file',
+      switchFile,
+    ];
+    expect((await pgferry(['migrate', ...args, '--on-switch', `touch ${switching}; sleep 3`, '--yes'])).code).toBe(0);
+    const child = spawn(process.execPath, [BIN, 'cutover', '--id', 'forced'], { cwd, stdio: 'ignore' });
+    const until = Date.now() + 30_000;
+    while (!existsSync(switching) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    // The first waits for the write gap to finish; the second, while it does, forces the exit.
+    child.kill('SIGINT');
+    await new Promise((r) => setTimeout(r, 300));
+    child.kill('SIGINT');
+    expect(await new Promise((r) => child.once('exit', (c) => r(c)))).toBe(130);
+    const status = await pgferry(['status', '--id', 'forced']);
+    expect(status.stdout).toMatch(/: aborted at "[^"]+" — stopped by SIGINT, twice \(Ctrl-C\)/);
+    expect(status.stdout).not.toContain('crash');
+    // Stopped in the middle of the switch: resume finishes it.
+    expect((await pgferry(['resume', '--id', 'forced'])).code).toBe(0);
+    expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.targetUrl);
+    expect((await pgferry(['cleanup', '--id', 'forced'])).code).toBe(0);
   });
 
   it('finishes, never undoes, a cutover whose process was killed while switching', async () => {

@@ -263,7 +263,7 @@ export async function executeLocally(
     record.status = 'aborted';
     record.endedAt = new Date().toISOString();
     record.lastState = record.states.at(-1)?.state ?? record.lastState;
-    record.error = `stopped by ${signal}${signal === 'SIGINT' ? ' (Ctrl-C)' : ''}`;
+    record.error = `stopped by ${signal}${signal.startsWith('SIGINT') ? ' (Ctrl-C)' : ''}`;
     flush(true);
   });
   let outcome: ExecutionOutcome;

@@ -1,5 +1,15 @@
 /** The `pgferry` command. */
-import { accessSync, constants, existsSync, mkdirSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import {
+  accessSync,
+  constants,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  readlinkSync,
+  rmdirSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
@@ -511,10 +521,22 @@ function stateDirectory(value: string | undefined, writes = false): string {
         // is left behind by a command that fails later (a bad URL, say).
         let first = dir;
         for (let p = dirname(dir); !existsSync(p) && dirname(p) !== p; p = dirname(p)) first = p;
-        mkdirSync(first, { mode: 0o700 });
-        rmdirSync(first);
+        const link = lstatSync(first, { throwIfNoEntry: false });
+        if (link?.isSymbolicLink())
+          throw new InvalidInputError(
+            `--state-dir ${dir}: ${first} is a link to ${readlinkSync(first)}, which does not exist`,
+            { field: '--state-dir', hint: 'make the directory it points to, or give another --state-dir' },
+          );
+        try {
+          mkdirSync(first, { mode: 0o700 });
+          rmdirSync(first);
+        } catch (err) {
+          // Made meanwhile by another pgferry process: there it is.
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        }
       }
     } catch (err) {
+      if (err instanceof InvalidInputError) throw err;
       throw new InvalidInputError(
         `--state-dir ${dir} cannot be ${info ? 'written' : 'made'} (${(err as NodeJS.ErrnoException).code ?? err})`,
         { field: '--state-dir', hint: 'give a directory this user may write (default ./.pgferry)' },
@@ -615,7 +637,10 @@ function handleInterrupts() {
     process.on(signal, () => {
       // Only a second Ctrl-C forces the exit: SIGHUP comes twice when an SSH session drops.
       if (stopping) {
-        if (signal === 'SIGINT') process.exit(code);
+        if (signal === 'SIGINT') {
+          signalStopped(`${signal}, twice`);
+          process.exit(code);
+        }
         return;
       }
       stopping = true;

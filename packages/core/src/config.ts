@@ -200,7 +200,8 @@ export function urlProblems(value: string, field: string): string[] {
   const authority = value.slice(value.indexOf('//') + 2).split(/[/?#]/)[0] ?? '';
   if ((authority.match(/@/g) ?? []).length > 1)
     problems.push(`${field} has an unencoded @ in its user or password: %-encode it as %40`);
-  if (!url.hostname) problems.push(`${field} has no host; ${URL_SHAPE}`);
+  // (A Unix socket's directory may come as ?host=/path, with nothing between // and the path.)
+  if (!url.hostname && !url.searchParams.get('host')) problems.push(`${field} has no host; ${URL_SHAPE}`);
   if (url.port === '0') problems.push(`${field} has port 0; give a port from 1 to 65535`);
   if (!url.pathname || url.pathname === '/') problems.push(`${field} names no database; add /<database> to the URL`);
   for (const [key, v] of url.searchParams) {
@@ -208,7 +209,8 @@ export function urlProblems(value: string, field: string): string[] {
       problems.push(`${field} has an unknown parameter "${key}" (libpq would refuse it); check its spelling`);
     else if (key === 'sslmode' && !(SSL_MODES as readonly string[]).includes(v))
       problems.push(`${field} has sslmode=${v}; sslmode must be one of ${SSL_MODES.join(', ')}`);
-    else if ((WHOLE_NUMBER_PARAMETERS as readonly string[]).includes(key) && !/^\d+$/.test(v))
+    // (As libpq reads them: strtol, a sign and white space around allowed.)
+    else if ((WHOLE_NUMBER_PARAMETERS as readonly string[]).includes(key) && !/^\s*[+-]?\d+\s*$/.test(v))
       problems.push(
         `${field} has ${key}=${v}; ${key} must be a whole number (of seconds, or milliseconds for tcp_user_timeout)`,
       );

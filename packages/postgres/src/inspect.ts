@@ -303,7 +303,7 @@ export function liveAttention(
     );
   if (!working && !source.error && !target.error && state.status === 'running' && !undo)
     out.push(
-      `no pgferry process is connected to either server, but the state says ${state.phase} is running: the process stopped (${more.stoppedBy ?? 'crash, kill, lost machine'}); \`pgferry resume --id ${id}\` goes on`,
+      `no pgferry process is connected to either server, but the state says ${state.phase} is running: ${more.stoppedBy ? `the process was ${more.stoppedBy}` : 'the process stopped (crash, kill, lost machine)'}; \`pgferry resume --id ${id}\` goes on`,
     );
   return out;
 }

@@ -141,7 +141,7 @@ describe('liveAttention', () => {
   it('says what stopped the process when its record says (a signal), and guesses only otherwise', () => {
     const [line] = liveAttention(state(), side('source'), side('target'), { stoppedBy: 'stopped by SIGTERM' });
     expect(line).toBe(
-      'no pgferry process is connected to either server, but the state says bulk-load is running: the process stopped (stopped by SIGTERM); `pgferry resume --id m1` goes on',
+      'no pgferry process is connected to either server, but the state says bulk-load is running: the process was stopped by SIGTERM; `pgferry resume --id m1` goes on',
     );
   });
 });

@@ -71,6 +71,11 @@ describe('pgferry CLI', () => {
     const { version } = JSON.parse(readFileSync(resolve(__dirname, '../packages/cli/package.json'), 'utf8'));
     const v = await pgferry(['--version']);
     expect([v.code, v.stdout.trim()]).toEqual([0, `pgferry ${version} (Node ${process.version})`]);
+    for (const args of [
+      ['--version', 'status'],
+      ['status', '--version'],
+    ])
+      expect((await pgferry(args)).stdout.trim()).toBe(`pgferry ${version} (Node ${process.version})`);
     const json = await pgferry(['--version', '--json']);
     expect(JSON.parse(json.stdout.trim()).result).toEqual({ version, node: process.version });
     expect(main.stdout).toContain('--version');

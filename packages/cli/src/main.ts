@@ -391,7 +391,7 @@ const COMMAND_OPTIONS: Record<string, ReadonlyArray<keyof typeof OPTIONS>> = {
   plan: ['table', 'stage', 'region'],
   start: ['table', 'stage', 'region', 'state-machine-arn', 'requested-by', 'id'],
 };
-const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help'];
+const GLOBAL_OPTIONS: ReadonlyArray<keyof typeof OPTIONS> = ['state-dir', 'json', 'help', 'version'];
 
 /** An option the command does not take is an error, not silently ignored (`status --jobs 3`). */
 function checkOptions(command: string, values: Record<string, unknown>) {
@@ -664,7 +664,7 @@ function handleInterrupts() {
 }
 
 /** Options every command takes, which a person may also write before the command (`pgferry --json status`). */
-const LEADING_OPTIONS = ['--json'];
+const LEADING_OPTIONS = ['--json', '--version'];
 
 export async function main(args: string[]): Promise<number> {
   const leading = args.slice(
@@ -701,7 +701,8 @@ export async function main(args: string[]): Promise<number> {
       });
     }
     out = createOutput({ json: !!values.json });
-    if (values.version && !command) {
+    // (Before or after a command, as --json: the version, whatever else is asked.)
+    if (values.version) {
       out.result({ version: CLI_VERSION, node: process.version }, `pgferry ${CLI_VERSION} (Node ${process.version})`);
       return EXIT_CODES.ok;
     }

@@ -423,13 +423,9 @@ function int(value: string | undefined, field: string, range?: { min: number; ma
 }
 
 /**
- * A value that starts with a dash (`--jobs -1`) is refused by the argument parser as "ambiguous";
- * given as `--jobs=-1` instead, it reaches the option's own check, which says what the option accepts.
- */
-/**
  * An option given twice with two values (`--source A … --source B`, a script's default and its
  * override): parseArgs keeps the last, silently, and a migration would run against the other server
- * than the one meant. Refused, naming both. The same value twice is harmless.
+ * than the one meant. Refused, naming the option (not its values). The same value twice is harmless.
  */
 function refuseRepeated(tokens: Array<{ kind: string; name?: string; value?: string }>) {
   const given = new Map<string, string | undefined>();
@@ -445,6 +441,10 @@ function refuseRepeated(tokens: Array<{ kind: string; name?: string; value?: str
   }
 }
 
+/**
+ * A value that starts with a dash (`--jobs -1`) is refused by the argument parser as "ambiguous";
+ * given as `--jobs=-1` instead, it reaches the option's own check, which says what the option accepts.
+ */
 function joinDashValues(args: string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < args.length; i++) {
@@ -608,10 +608,10 @@ function exitCodeFor(s: MigrationState): number {
   return EXIT_CODES.ok;
 }
 
-/** Exit codes of the signals handled like Ctrl-C (128 + the signal's number, as shells report them). */
 /** This CLI's version (its package.json, bundled in). */
 const CLI_VERSION: string = cliPackage.version;
 
+/** Exit codes of the signals handled like Ctrl-C (128 + the signal's number, as shells report them). */
 const SIGNAL_EXIT = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 } as const;
 
 /**

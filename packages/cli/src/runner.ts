@@ -258,10 +258,6 @@ export async function reconfigure(rt: Runtime, id: string, changes: Reconfigurat
   });
 }
 
-/**
- * What is live on both servers for a stored migration (`pgferry status`): each side is checked on its
- * own, with short timeouts, so an unreachable one is reported rather than fatal. Only reads.
- */
 /** What stopped the migration's last local execution, when its record says (a signal), for status's words. */
 function stoppedBy(rt: Runtime, id: string): string | undefined {
   try {
@@ -272,6 +268,10 @@ function stoppedBy(rt: Runtime, id: string): string | undefined {
   }
 }
 
+/**
+ * What is live on both servers for a stored migration (`pgferry status`): each side is checked on its
+ * own, with short timeouts, so an unreachable one is reported rather than fatal. Only reads.
+ */
 export async function inspectMigration(rt: Runtime, id: string): Promise<LiveStatus> {
   const state = await rt.store.get(id);
   const secrets = await rt.store.secrets(id);

@@ -305,14 +305,12 @@ export async function inspectMigration(rt: Runtime, id: string): Promise<LiveSta
     if (forward && source.db && target.db) {
       const validating = new Set((state.foreignKeysToValidate ?? []).map((f) => f.drift));
       const ctx = { source: source.db, target: target.db, config: state.config };
-      catalog = await catalogChecks(ctx, validating).then(
-        (c) => ({
-          drift: c.drift,
-          unreplicated: c.reasons.filter((r) => !r.startsWith('DDL on the source: ')),
-          beforeCutover: c.beforeCutover,
-        }),
-        (err) => ({ drift: [], unreplicated: [], beforeCutover: [], error: errorMessage(err) }),
-      );
+      catalog = await catalogChecks(ctx, validating).catch((err) => ({
+        drift: [],
+        unreplicated: [],
+        beforeCutover: [],
+        error: errorMessage(err),
+      }));
     }
     return {
       at: new Date().toISOString(),

@@ -7,6 +7,7 @@
 import { formatBytes, type MigrationState, objectNames } from '@pgferry/core';
 import { type Db, type Side, serverMajor } from './db';
 import { isFrozen } from './freeze';
+import { beforeCutoverText } from './phases/catch-up';
 
 export interface SlotLive {
   name: string;
@@ -224,8 +225,7 @@ export function liveAttention(
       `the source's schema changed and the target's did not: ${drift.join('; ')}. The cutover gate stays closed until the two match${drift.some(driftStopsApply) ? '; until then a write to a table with a column the target lacks (or has of another type) stops replication to the target: its apply fails, and retries' : ''}. Run the same DDL on the target (a table made on the source alone then needs adding to the publication, which status names); replication goes on from where it was, nothing is lost meanwhile (the slot keeps the WAL)`,
     );
   out.push(...(catalog?.unreplicated ?? []));
-  if (catalog?.beforeCutover.length)
-    out.push(`before the cutover can switch, put right: ${catalog.beforeCutover.join('; ')}`);
+  if (catalog?.beforeCutover.length) out.push(beforeCutoverText(catalog.beforeCutover));
   const working = (source.sessions ?? 0) + (target.sessions ?? 0) > 0;
   // A failed undo says, from the servers, what it left, with its one command (then not repeated below).
   const undo = state.undoFailed;

@@ -322,7 +322,12 @@ export async function sampleGate(
   if (options.catalog !== false || !warned.catalog) {
     // A foreign key still to validate is not valid on the target yet: that is no drift.
     const found = await catalogChecks(ctx, new Set(unvalidated.map((f) => f.drift)));
-    warned.catalog = { ...found, at: Date.now() };
+    warned.catalog = {
+      reasons: [...found.drift.map((d) => `DDL on the source: ${d}`), ...found.unreplicated],
+      beforeCutover: found.beforeCutover,
+      drift: found.drift,
+      at: Date.now(),
+    };
   }
   const { drift, beforeCutover = [] } = warned.catalog;
   reasons.push(...warned.catalog.reasons);
@@ -400,27 +405,27 @@ export async function unreplicatedTables(
 }
 
 /**
- * The gate's checks of both catalogs: `reasons`, what keeps the target from being a complete replicating
- * copy (drift, each as "DDL on the source: …", or tables not replicated, each with its remedy), and
- * `beforeCutover`, what only the cutover needs and a person must put right (freeze hazards, the
- * cutover's prerequisites). `validating`: foreign keys still to validate (no drift). `pgferry status`
- * runs them too, on connections of its own: nothing samples the gate after migrate --cutover manual.
+ * The gate's checks of both catalogs: what keeps the target from being a complete replicating copy
+ * (`drift`, lag.ts schemaDrift; else `unreplicated`, tables on both sides replication does not carry,
+ * each with its remedy), and `beforeCutover`, what only the cutover needs and a person must put right
+ * (freeze hazards, the cutover's prerequisites). `validating`: foreign keys still to validate (no
+ * drift). `pgferry status` runs them too, on connections of its own: nothing samples the gate after
+ * migrate --cutover manual.
  */
 export async function catalogChecks(
   ctx: CatalogContext,
   validating: Set<string> = new Set(),
-): Promise<{ reasons: string[]; beforeCutover: string[]; drift: string[] }> {
-  const reasons: string[] = [];
-  const beforeCutover: string[] = [];
+): Promise<{ drift: string[]; unreplicated: string[]; beforeCutover: string[] }> {
   // Whatever would let a write past the freeze keeps the gate closed, named with its remedy.
-  for (const h of await freezeHazards(ctx.source, ctx.config)) beforeCutover.push(h.message);
+  const hazards = (await freezeHazards(ctx.source, ctx.config)).map((h) => h.message);
   const drift = await schemaDrift(ctx.source, ctx.target, validating);
-  for (const d of drift) reasons.push(`DDL on the source: ${d}`);
   // (A table on one side only is drift already; one on both may still not be replicated.)
-  if (!drift.length) for (const u of await unreplicatedTables(ctx)) reasons.push(u);
-  for (const r of await cutoverPrerequisites(ctx)) beforeCutover.push(r);
-  return { reasons, beforeCutover, drift };
+  const unreplicated = drift.length ? [] : await unreplicatedTables(ctx);
+  return { drift, unreplicated, beforeCutover: [...hazards, ...(await cutoverPrerequisites(ctx))] };
 }
+
+/** What only the cutover needs put right (catalogChecks' `beforeCutover`), as the gate, an approval window and status say it. */
+export const beforeCutoverText = (items: string[]) => `before the cutover can switch, put right: ${items.join('; ')}`;
 
 /** What the write gap itself would fail on, found before the freeze instead of inside it. */
 export async function cutoverPrerequisites(ctx: CatalogContext): Promise<string[]> {
@@ -598,7 +603,7 @@ export async function gateStep(
     return { ready: false, waitMs: 0, figures, summary: `gate open, ${loop.streak} samples; checking the catalogs` };
   }
   if (loop.streak >= ctx.config.lagSamples && !waiting.length) {
-    const first = noted.length ? `before the cutover can switch, put right: ${noted.join('; ')}` : undefined;
+    const first = noted.length ? beforeCutoverText(noted) : undefined;
     if (first) ctx.log(`warning: caught up, but ${first}`);
     return {
       ready: true,

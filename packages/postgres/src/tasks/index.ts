@@ -50,6 +50,7 @@ import { endOrphanSessions } from '../inspect';
 import { assertNoBlockers, assess } from '../phases/assess';
 import { bulkLoad } from '../phases/bulk-load';
 import {
+  beforeCutoverText,
   finishLoad,
   type GateLoop,
   type GateMemory,
@@ -713,9 +714,7 @@ async function waitingSample(ctx: PhaseContext, input: TaskInput, deps: TaskDeps
   await publishLagSample(ctx, deps, figures, gateOpen);
   const lag = `lag ${mib(figures.bytes)} / ${figures.ms} ms`;
   // What only the cutover needs (a person's grant): the approval is no use until it is put right.
-  const first = sample.beforeCutover.length
-    ? `; before the cutover can switch, put right: ${sample.beforeCutover.join('; ')}`
-    : '';
+  const first = sample.beforeCutover.length ? `; ${beforeCutoverText(sample.beforeCutover)}` : '';
   return {
     sampledAt,
     gateOpen,

@@ -58,6 +58,35 @@ async function nothingLeft(p: Pair) {
   expect(tables[0]?.n).toBe(0);
 }
 
+/**
+ * A migration of a fresh 200-row pair caught up by `migrate`, then `pgferry cutover` spawned and waited
+ * for until it is inside its write gap: its --on-switch touches a file, then sleeps `sleepS` seconds.
+ */
+async function cutoverInWriteGap(label: string, id: string, sleepS: number) {
+  const p = await freshPair(15, label);
+  pair = p;
+  await loadSample(p, 200);
+  cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
+  const dir = cwd;
+  const switchFile = join(dir, `url-${id}`);
+  const switching = join(dir, `switching-${id}`);
+  const args = ['--source', p.sourceUrl, '--target', p.targetUrl, '--id', id, '--switch-file', switchFile];
+  const onSwitch = `touch ${switching}; sleep ${sleepS}`;
+  expect((await pgferry(['migrate', ...args, '--on-switch', onSwitch, '--yes'])).code).toBe(0);
+  const child = spawn(process.execPath, [BIN, 'cutover', '--id', id], {
+    cwd: dir,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d;
+  });
+  const until = Date.now() + 30_000;
+  while (!existsSync(switching) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  return { child, exited, stderr: () => stderr, switchFile, pair: p, dir };
+}
+
 describe('pgferry CLI', () => {
   it('prints help for every command and documents the exit codes', async () => {
     const main = await pgferry(['--help']);
@@ -755,30 +784,12 @@ describe('pgferry CLI', () => {
   });
 
   it('records a second Ctrl-C, which forces the exit in the write gap, as what stopped the migration (not a crash)', async () => {
-    pair = await freshPair(15, 'cliforce');
-    await loadSample(pair, 200);
-    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
-    const switchFile = join(cwd, 'url-forced');
-    const switching = join(cwd, 'switching-forced');
-    const args = [
-      '--source',
-      pair.sourceUrl,
-      '--target',
-      pair.targetUrl,
-      '--id',
-      'forced',
-      '--switch-file',
-      switchFile,
-    ];
-    expect((await pgferry(['migrate', ...args, '--on-switch', `touch ${switching}; sleep 3`, '--yes'])).code).toBe(0);
-    const child = spawn(process.execPath, [BIN, 'cutover', '--id', 'forced'], { cwd, stdio: 'ignore' });
-    const until = Date.now() + 30_000;
-    while (!existsSync(switching) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    const { child, exited, switchFile, pair } = await cutoverInWriteGap('cliforce', 'forced', 3);
     // The first waits for the write gap to finish; the second, while it does, forces the exit.
     child.kill('SIGINT');
     await new Promise((r) => setTimeout(r, 300));
     child.kill('SIGINT');
-    expect(await new Promise((r) => child.once('exit', (c) => r(c)))).toBe(130);
+    expect(await exited).toBe(130);
     const status = await pgferry(['status', '--id', 'forced']);
     expect(status.stdout).toMatch(/: aborted at "[^"]+" — stopped by SIGINT, twice \(Ctrl-C\)/);
     expect(status.stdout).not.toContain('crash');
@@ -1141,28 +1152,21 @@ describe('pgferry CLI', () => {
     ['SIGTERM', 143],
     ['SIGHUP', 129],
   ] as const)('finishes the write gap before stopping on %s', async (signal, exitCode) => {
-    pair = await freshPair(15, `cli${signal.toLowerCase()}`);
-    await loadSample(pair, 200);
-    cwd ??= mkdtempSync(join(tmpdir(), 'pgferry-cli-'));
-    const switchFile = join(cwd, 'url');
-    const args = ['--source', pair.sourceUrl, '--target', pair.targetUrl, '--id', 'si', '--switch-file', switchFile];
-    expect(
-      (await pgferry(['migrate', ...args, '--on-switch', `touch ${join(cwd, 'switching')}; sleep 1`, '--yes'])).code,
-    ).toBe(0);
-    const child = spawn(process.execPath, [BIN, 'cutover', '--id', 'si'], { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (d) => {
-      stderr += d;
-    });
-    const until = Date.now() + 30_000;
-    while (!existsSync(join(cwd, 'switching')) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    const {
+      child,
+      exited,
+      stderr: said,
+      switchFile,
+      pair,
+      dir,
+    } = await cutoverInWriteGap(`cli${signal.toLowerCase()}`, 'si', 1);
     child.kill(signal); // the source is frozen right now
-    const code = await new Promise((r) => child.once('exit', (c) => r(c)));
-    expect(code).toBe(exitCode);
+    expect(await exited).toBe(exitCode);
+    const stderr = said();
     expect(stderr).toContain(`${signal}: finishing the cutover write gap first`);
     // Said once (the handlers were installed twice, and each said it).
     expect(stderr.split(`${signal}: finishing the cutover write gap first`)).toHaveLength(2);
-    const state = JSON.parse(readFileSync(join(cwd, '.pgferry', 'si.json'), 'utf8'));
+    const state = JSON.parse(readFileSync(join(dir, '.pgferry', 'si.json'), 'utf8'));
     expect(state.cutover.switchAt).toBeDefined();
     expect(readFileSync(switchFile, 'utf8').trim()).toBe(pair.targetUrl);
     // Status says the signal stopped it, not a crash (the execution record was left "running").

@@ -107,11 +107,6 @@ export type Strategy = (typeof STRATEGIES)[number];
 
 export const MIGRATION_ID = /^[a-z][a-z0-9_]{0,23}$/;
 
-/**
- * libpq's connection keywords (PostgreSQL 17), which a URL may carry as parameters, and node-postgres's
- * own `ssl` / `uselibpqcompat`. pg_dump, pg_restore and the subscriptions refuse any other parameter:
- * a typo (`sslmod=require`) is caught here, before anything is created, not half way by pg_dump.
- */
 /** URL parameters libpq reads as a whole number (it refuses anything else, only when it connects). */
 const WHOLE_NUMBER_PARAMETERS = [
   'connect_timeout',
@@ -122,6 +117,11 @@ const WHOLE_NUMBER_PARAMETERS = [
   'tcp_user_timeout',
 ] as const;
 
+/**
+ * libpq's connection keywords (PostgreSQL 17), which a URL may carry as parameters, and node-postgres's
+ * own `ssl` / `uselibpqcompat`. pg_dump, pg_restore and the subscriptions refuse any other parameter:
+ * a typo (`sslmod=require`) is caught here, before anything is created, not half way by pg_dump.
+ */
 export const URL_PARAMETERS = [
   'host',
   'hostaddr',

@@ -279,6 +279,20 @@ export interface SequenceInfo {
  */
 export const USER_SEQUENCE = `c.relkind = 'S' AND ${USER_SCHEMA} AND ${NOT_EXTENSION_MEMBER}`;
 
+/** Schemas and extensions by name (as a target's marker row records them). */
+export interface SchemaNames {
+  schemas: string[];
+  extensions: string[];
+}
+
+/** The schemas and extensions in `now` that `before` did not have: what a restore in between made. */
+export function madeSince(before: SchemaNames, now: SchemaNames): SchemaNames {
+  return {
+    schemas: now.schemas.filter((x) => !before.schemas.includes(x)),
+    extensions: now.extensions.filter((x) => !before.extensions.includes(x)),
+  };
+}
+
 /**
  * The schemas (other than public) and extensions (plpgsql aside) of a database: on a target pgferry
  * filled, what its schema restore made, and what its rollback drops.

@@ -7,7 +7,15 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, type DeferredForeignKey, objectNames, SchemaFailedError } from '@pgferry/core';
 import type pg from 'pg';
-import { EXCLUDED_SCHEMAS, listTables, schemasAndExtensions, USER_SCHEMA, userObjects } from '../catalog';
+import {
+  EXCLUDED_SCHEMAS,
+  listTables,
+  madeSince,
+  type SchemaNames,
+  schemasAndExtensions,
+  USER_SCHEMA,
+  userObjects,
+} from '../catalog';
 import { connectClient, type Db, ident, qualified } from '../db';
 import { artifactFile, findTool, runTool, toolConnection } from '../tools';
 import { type PhaseContext, sourceMajor } from './context';
@@ -432,11 +440,11 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   const roles = createdRoles.value;
   const file = dumped.value;
   const markerTable = `${ident(objectNames(ctx.config.id).markerSchema)}.migration`;
-  const names = (x: Awaited<ReturnType<typeof schemasAndExtensions>>) => ({
+  const names = (x: Awaited<ReturnType<typeof schemasAndExtensions>>): SchemaNames => ({
     schemas: x.schemas,
     extensions: x.extensions.map((e) => e.name),
   });
-  let before: { schemas: string[]; extensions: string[] } | undefined;
+  let before: SchemaNames | undefined;
   if (!landed) {
     // What is there before the restore is not its: recorded first, so that a rollback after a restore
     // that landed but was not recorded (a crash in between) drops what it made, and only that.
@@ -449,12 +457,7 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   }
   // The schemas and extensions the restore made: the only ones a rollback drops.
   const now = names(await schemasAndExtensions(ctx.target));
-  const made = before
-    ? {
-        schemas: now.schemas.filter((x) => !before.schemas.includes(x)),
-        extensions: now.extensions.filter((x) => !before.extensions.includes(x)),
-      }
-    : now;
+  const made = before ? madeSince(before, now) : now;
   await ctx.target.query(`UPDATE ${markerTable} SET pre_data_at = now(), restored = $2 WHERE id = $1`, [
     ctx.config.id,
     made,

@@ -12,7 +12,14 @@ import {
   RollbackFailedError,
   type SwitchRestore,
 } from '@pgferry/core';
-import { EXCLUDED_SCHEMAS, listTables, schemasAndExtensions, USER_SCHEMA } from '../catalog';
+import {
+  EXCLUDED_SCHEMAS,
+  listTables,
+  madeSince,
+  type SchemaNames,
+  schemasAndExtensions,
+  USER_SCHEMA,
+} from '../catalog';
 import { critical, ROLLBACK_GAP } from '../critical';
 import { type Db, ident, literal, qualified } from '../db';
 import { currentLsn, freezeWrites, isFrozen, unfreezeWrites, waitConfirmed, waitPreparedTransactions } from '../freeze';
@@ -38,12 +45,8 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
   // (A marker table of an earlier pgferry has no public_schema: to_jsonb of the row reads it as absent.)
   const [mine] = await ctx.target.query<{
     public_schema: PublicSchema | null;
-    restored: {
-      schemas: string[];
-      extensions: string[];
-      /** Set just before the restore, until it is recorded as done: what was on the target before it. */
-      before?: { schemas: string[]; extensions: string[] };
-    } | null;
+    /** `before`: set just before the restore, until it is recorded as done: what the target had then. */
+    restored: (SchemaNames & { before?: SchemaNames }) | null;
     done: boolean;
   }>(
     `SELECT to_jsonb(m) -> 'public_schema' AS public_schema, to_jsonb(m) -> 'restored' AS restored,
@@ -65,12 +68,7 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
   const { schemas, extensions } = await schemasAndExtensions(ctx.target);
   // A restore begun and not recorded as done (it may have landed): what was not there before it is its.
   const begun = mine.restored?.before;
-  const restored = begun
-    ? {
-        schemas: schemas.filter((x) => !begun.schemas.includes(x)),
-        extensions: extensions.map((x) => x.name).filter((x) => !begun.extensions.includes(x)),
-      }
-    : mine.restored;
+  const restored = begun ? madeSince(begun, { schemas, extensions: extensions.map((x) => x.name) }) : mine.restored;
   // A table someone made on the target since, in public or in a schema the restore made: nothing of the
   // load is dropped then (DROP SCHEMA … CASCADE took such a table silently), since that table may also
   // use a type, a default or a foreign key in another of those schemas, whose CASCADE would take its

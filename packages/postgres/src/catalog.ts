@@ -13,13 +13,14 @@ export interface ColumnInfo {
   /** `char(n)`: stored padded with blanks to n characters, which its input function adds back. */
   padded: boolean;
   /**
-   * The type's own hash function tells apart every two values its text form tells apart (integers,
-   * timestamps, uuid, bytea, numeric of fixed scale, text of a deterministic collation...), so verify may
-   * hash the value instead of its text. Not so for numeric without a scale (1.0 = 1.00), float (0 = -0),
-   * interval ('1 day' = '24 hours'), timetz, jsonb (numbers inside compare as numeric), enums (hashed
-   * by OID, which differs between servers), and every type without a hash.
+   * The type's name (pg_type.typname) when its own hash function tells apart every two values its text
+   * form tells apart (integers, timestamps, uuid, bytea, numeric of fixed scale, text of a deterministic
+   * collation...), so verify may hash the value instead of its text; undefined otherwise. Not so for
+   * numeric without a scale (1.0 = 1.00), float (0 = -0), interval ('1 day' = '24 hours'), timetz, jsonb
+   * (numbers inside compare as numeric), enums (hashed by OID, which differs between servers), and
+   * every type without a hash.
    */
-  hashable: boolean;
+  hashable?: string;
 }
 
 export interface TableInfo {
@@ -176,7 +177,7 @@ export async function listTables(
     identity: boolean;
     binary: boolean;
     padded: boolean;
-    hashable: boolean;
+    hashable: string | null;
   }>(
     `SELECT a.attrelid::int AS oid, a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AS notnull,
             ${major >= 12 ? "a.attgenerated <> ''" : 'false'} AS generated, a.attidentity <> '' AS identity,
@@ -187,12 +188,12 @@ export async function listTables(
             (t.typsend <> 0 AND t.typreceive <> 0 AND bt.oid < 16384 AND t.typtype <> 'e'
              AND bt.typname NOT LIKE 'reg%' AND bt.typname <> 'tsquery') AS binary,
             (a.atttypid = 'pg_catalog.bpchar'::pg_catalog.regtype AND a.atttypmod > 4) AS padded,
-            (t.typtype = 'b' AND t.oid < 16384 AND (
+            CASE WHEN t.typtype = 'b' AND t.oid < 16384 AND (
                t.typname IN ('int2', 'int4', 'int8', 'oid', 'bool', 'date', 'time', 'timestamp', 'timestamptz', 'uuid', 'bytea')
                OR (t.typname = 'numeric' AND a.atttypmod <> -1)
                OR ((t.typname IN ('text', 'varchar') OR (t.typname = 'bpchar' AND a.atttypmod > 4))
                    AND ${major >= 12 ? 'EXISTS (SELECT 1 FROM pg_collation co WHERE co.oid = a.attcollation AND co.collisdeterministic)' : 'true'})
-            )) AS hashable
+            ) THEN t.typname::text END AS hashable
        FROM pg_attribute a
        JOIN pg_type t ON t.oid = a.atttypid
        JOIN pg_type bt ON bt.oid = CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
@@ -213,7 +214,7 @@ export async function listTables(
       identity: c.identity,
       binary: c.binary,
       padded: c.padded,
-      hashable: c.hashable,
+      ...(c.hashable ? { hashable: c.hashable } : {}),
     });
     byTable.set(c.oid, list);
   }

@@ -167,6 +167,55 @@ describe('verify', () => {
     }
   });
 
+  it("sees numeric and bigint values that their types' own hashes take for one another", async () => {
+    const { pair, rt } = await fixture.setup('alike', 50);
+    await pair.source(`CREATE TABLE acct (id int PRIMARY KEY, amount numeric(12,2), tax numeric(12,2), total numeric(12,2), big bigint);
+      INSERT INTO acct SELECT g, g * 1.25, g * 0.25, g * 1.5, g FROM generate_series(1, 1000) g;
+      UPDATE acct SET amount = 0, tax = 0, total = NULL WHERE id = 7;
+      UPDATE acct SET big = 0 WHERE id = 13`);
+    // Past 32 columns a row's other columns are hashed as one record; its numeric columns still apart.
+    const cols = Array.from({ length: 39 }, (_, i) => `c${i + 1}`);
+    await pair.source(`CREATE TABLE wide (id int PRIMARY KEY, ${cols.map((c) => `${c} int`).join(', ')}, n numeric(10, 2));
+      INSERT INTO wide SELECT g, ${cols.map((_, i) => `g + ${i}`).join(', ')}, g * 1.5 FROM generate_series(1, 300) g`);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    const session = await openSession(rt, m.id);
+    try {
+      expect(verifySummary(await verifyTables(session.ctx))).toMatch(/counts and checksums match/);
+      await pair.target(`UPDATE acct SET amount = -amount WHERE id = 5; -- numeric's hash ignores the sign
+        UPDATE acct SET amount = NULL, tax = NULL, total = 0 WHERE id = 7; -- zero hashed as its seed less one
+        UPDATE acct SET amount = amount * 10000, tax = tax * 10000 WHERE id = 11; -- the weight XORed in
+        UPDATE acct SET big = 4294967297 WHERE id = 13; -- bigint's hash folds the value to 32 bits
+        UPDATE wide SET n = -n WHERE id = 2; UPDATE wide SET c7 = c7 + 1 WHERE id = 4`);
+      const result = await verifyTables(session.ctx);
+      const acct = result.tables.find((t) => t.table === 'public.acct');
+      expect(acct?.outcome).toBe('mismatch');
+      expect([...(acct?.mismatchedKeys ?? [])].sort()).toEqual(['11', '13', '5', '7']);
+      const wide = result.tables.find((t) => t.table === 'public.wide');
+      expect([...(wide?.mismatchedKeys ?? [])].sort()).toEqual(['2', '4']);
+    } finally {
+      await session.close();
+    }
+  });
+
+  it('hashes every column of a row as text on a 12 source, a column called t too', async () => {
+    const { pair, rt } = await fixture.setup('named-t', 50, 16, 12);
+    await pair.source(`CREATE TABLE notes (id int PRIMARY KEY, amount int NOT NULL, t text);
+      INSERT INTO notes SELECT g, g, 'same' FROM generate_series(1, 500) g`);
+    const m = await newMigration(rt, pair, { cutover: 'manual' });
+    await advance(rt, m.id, { cutover: 'manual' });
+    const session = await openSession(rt, m.id);
+    try {
+      expect(verifySummary(await verifyTables(session.ctx))).toMatch(/counts and checksums match/);
+      await pair.target('UPDATE notes SET amount = -1 WHERE id = 3');
+      const notes = (await verifyTables(session.ctx)).tables.find((t) => t.table === 'public.notes');
+      expect(notes?.outcome).toBe('mismatch');
+      expect(notes?.mismatchedKeys).toEqual(['3']);
+    } finally {
+      await session.close();
+    }
+  });
+
   it('reports a lagging replica as not verified, never as a mismatch, and verifies once it has caught up', async () => {
     const { pair, rt } = await fixture.setup('behind', 2000);
     const writer = fixture.writer(rt, 2);

@@ -8,7 +8,7 @@ import { FileMigrationStore } from '../../packages/cli/src/store';
 import { LiveWriter } from '../../packages/cli/src/writer';
 import type { MigrationConfigInput } from '../../packages/core/src/index';
 import type { FaultPoints } from '../../packages/postgres/src/index';
-import { freshPair, type Pair, type TargetVersion } from './pairs';
+import { freshPair, type Pair, type SourceVersion, type TargetVersion } from './pairs';
 
 let counter = 0;
 
@@ -111,8 +111,8 @@ export function migrationFixture() {
     rt = undefined;
   });
   return {
-    async setup(label: string, rows = 500, targetVersion: TargetVersion = 15) {
-      pair = await freshPair(targetVersion, label);
+    async setup(label: string, rows = 500, targetVersion: TargetVersion = 15, sourceVersion: SourceVersion = 15) {
+      pair = await freshPair(targetVersion, label, sourceVersion);
       rt = testRuntime();
       await loadSample(pair, rows);
       return { pair, rt };

@@ -137,8 +137,7 @@ async function plan(source: Db, t: TableInfo, rowHash: string, converted = false
       },
     };
   }
-  // ROW(t.*), not t: `t` alone names a column called t, where the table has one.
-  const keyExpr = key.length > 0 ? `row(${key.map((c) => `t.${ident(c)}`).join(', ')})::text` : 'ROW(t.*)::text';
+  const keyExpr = key.length > 0 ? `row(${key.map((c) => `t.${ident(c)}`).join(', ')})::text` : rowRecord(t);
   // (A non-ASCII key hashed as each server's own bytes fell in a different chunk and part on each side:
   // every such row followed one by one at every verify.)
   const hashed = converted ? `encode(convert_to(${keyExpr}, 'UTF8'), 'escape')` : keyExpr;
@@ -159,11 +158,15 @@ async function plan(source: Db, t: TableInfo, rowHash: string, converted = false
 }
 
 /**
- * A row as text, the same on both sides: as UTF-8 bytes (escaped) when the database encodings differ.
- * ROW(t.*), not t: `t` alone is a column called t where the table has one, and only it was hashed.
+ * A row as text, its columns named in the source's order: not `t::text`, where `t` alone is a column
+ * called t when the table has one (only it was hashed), nor `ROW(t.*)`, whose order is each side's own
+ * (pg_dump puts an inheritance child's inherited columns first: every row differed).
  */
-const rowText = (converted: boolean) =>
-  converted ? "encode(convert_to(ROW(t.*)::text, 'UTF8'), 'escape')" : 'ROW(t.*)::text';
+const rowRecord = (t: TableInfo) => `ROW(${t.columns.map((c) => `t.${ident(c.name)}`).join(', ')})::text`;
+
+/** A row as text (rowRecord), the same on both sides: as UTF-8 bytes (escaped) when the database encodings differ. */
+const rowText = (t: TableInfo, converted: boolean) =>
+  converted ? `encode(convert_to(${rowRecord(t)}, 'UTF8'), 'escape')` : rowRecord(t);
 
 /**
  * How a float reads as text in verify's sessions when one server is 11 or older: 11 prints it with 17
@@ -207,8 +210,8 @@ const VALUE_HASH: Record<string, (value: string, seed: number) => string> = {
 const columnSeed = (i: number) => (i + 1) * 1000;
 
 /**
- * Tables of more columns than this are hashed by hash_record_extended (numeric columns apart, by
- * VALUE_HASH): a function call a column made the planner's estimate pass jit_above_cost, and compiling
+ * Tables of more columns than this are hashed by hash_record_extended (numeric and bigint columns
+ * apart, by VALUE_HASH, whose hashes are made whole there): a function call a column made the planner's estimate pass jit_above_cost, and compiling
  * the expression then cost more than it saved (1,600 integer columns × 50,000 rows: 2.7–3.4 s against
  * 1.4 s); at 64 integer columns already a third slower, at 32 and fewer no slower.
  */
@@ -240,14 +243,14 @@ function xorAll(terms: string[]): string {
  * particular way, not a shift of hours or days) hash alike; SQL has no cheap way to their bits.
  */
 function rowHashSql(t: TableInfo, byValue: boolean, converted: boolean): string {
-  if (!byValue || t.columns.length === 0) return `hashtextextended(${rowText(converted)}, 0)`;
+  if (!byValue || t.columns.length === 0) return `hashtextextended(${rowText(t, converted)}, 0)`;
   const apart = t.columns.length <= COLUMNS_HASHED_APART;
   const terms: string[] = [];
   const together: string[] = [];
   t.columns.forEach((c, i) => {
     const v = `t.${ident(c.name)}`;
     const seeded =
-      c.hashable === 'numeric' || apart
+      c.hashable === 'numeric' || c.hashable === 'int8' || apart
         ? c.hashable
           ? VALUE_HASH[c.hashable]
           : (x: string, s: number) => `hashtextextended(${x}::text COLLATE "C", ${s})`

@@ -124,6 +124,35 @@ describe('verify with several readers a side', () => {
     }
   });
 
+  it('reads each part of a big table once, however the servers cost parallel plans', async () => {
+    const { pair, rt, m } = await migratedWithBigTable('serial', 100);
+    // Costs that make the planner want a parallel plan for a checksum query (a row hash of several
+    // calls): it then scans the whole heap in every reader, its range a filter.
+    for (const [run, db] of [
+      [pair.source, pair.sourceDb],
+      [pair.target, pair.targetDb],
+    ] as const)
+      await run(`ALTER DATABASE ${db} SET parallel_setup_cost = 0; ALTER DATABASE ${db} SET parallel_tuple_cost = 0;
+        ALTER DATABASE ${db} SET min_parallel_table_scan_size = 0; ALTER DATABASE ${db} SET cpu_operator_cost = 1`);
+    const tuplesRead = async () => {
+      const [row] = await pair.target(
+        "SELECT pg_stat_clear_snapshot(), (SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'big')::int AS n",
+      );
+      return Number(row?.n);
+    };
+    const before = await tuplesRead();
+    const session = await openSession(rt, m.id);
+    try {
+      const result = await verifyTables(session.ctx);
+      expect(result.outcome).toBe('ok');
+      expect(result.readers).toEqual({ source: 3, target: 3 });
+    } finally {
+      await session.close();
+    }
+    // The readers' statistics reach the server as they end; each of the target's rows read once.
+    await expect.poll(async () => (await tuplesRead()) - before, { timeout: 10_000 }).toBe(20_000);
+  });
+
   it("reads a side's parts in one snapshot: a write between its readers' starts is not taken for a difference", async () => {
     const { pair, rt } = await fixture.setup('snapshot', 100);
     // No key: its differing buckets are settled by buckets, taking the first read's live side as it was.

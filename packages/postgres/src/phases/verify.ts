@@ -549,7 +549,14 @@ export async function verifyTables(ctx: PhaseContext): Promise<VerifyResult> {
   const oldest = Math.min(await serverMajor(ctx.source), await serverMajor(ctx.target));
   const converted = se.e !== te.e;
   const floatDigits = oldest < 12 ? LEGACY_FLOAT_DIGITS : undefined;
-  const readerSetup = floatDigits !== undefined ? `SET extra_float_digits = ${floatDigits}` : undefined;
+  // No parallel plans: verify runs its own readers, up to jobs a side, each a range of a big table's heap.
+  // Left to the planner, a row hash of several function calls was costed past the parallel threshold:
+  // each reader then ran a parallel sequential scan of the whole table (its ctid range a filter, not a
+  // TID range scan) and sorted its groups on disk, 2 workers each, and orders' verify took 2.5 times as long.
+  const readerSetup = [
+    'SET max_parallel_workers_per_gather = 0',
+    ...(floatDigits !== undefined ? [`SET extra_float_digits = ${floatDigits}`] : []),
+  ].join('; ');
   const byValue = se.e === te.e && oldest >= 14;
   // Heap sizes on each side, once: what the reads cover, for the throughput figures, and how a big
   // table is split among a side's readers.

@@ -211,9 +211,10 @@ const columnSeed = (i: number) => (i + 1) * 1000;
 
 /**
  * Tables of more columns than this are hashed by hash_record_extended (numeric and bigint columns
- * apart, by VALUE_HASH, whose hashes are made whole there): a function call a column made the planner's estimate pass jit_above_cost, and compiling
- * the expression then cost more than it saved (1,600 integer columns × 50,000 rows: 2.7–3.4 s against
- * 1.4 s); at 64 integer columns already a third slower, at 32 and fewer no slower.
+ * apart, by VALUE_HASH, whose hashes are made whole there): a function call a column made the planner's
+ * estimate pass jit_above_cost, and compiling the expression then cost more than it saved (1,600
+ * integer columns × 50,000 rows: 2.7–3.4 s against 1.4 s); at 64 integer columns already a third
+ * slower, at 32 and fewer no slower.
  */
 const COLUMNS_HASHED_APART = 32;
 
@@ -232,15 +233,15 @@ function xorAll(terms: string[]): string {
  * types' hash functions are the ones hash partitioning relies on, the same in every version. Otherwise
  * the whole row's text is hashed.
  *
- * Each column is hashed with a seed of its own (its place), the hashes are combined by XOR, and the
+ * Each column is hashed with a seed of its own (columnSeed), the hashes are combined by XOR, and the
  * combination is mixed once more, through the 64-bit seed of hashint4extended. Checksums add row hashes
  * up, so a row hash that is linear in its fields (hash_record_extended's is: 31 × the hash so far + the
  * field's) adds up the same when two rows of a part trade a value: a swap went unseen. Calling each
  * type's function, not building a record to hash, also costs the servers a third less (pgbench).
  *
  * Left as it was: time, timestamp, timestamptz and date go through their types' hashes, which fold the
- * 64-bit value to 32 bits, so two values whose halves XOR alike (1 µs and 4,294,967,297 µs apart in a
- * particular way, not a shift of hours or days) hash alike; SQL has no cheap way to their bits.
+ * 64-bit value to 32 bits, so two values whose halves XOR alike hash alike (0 µs and 4,294,967,297 µs
+ * past midnight, say): rare pairs, which SQL has no cheap way to tell apart by their bits.
  */
 function rowHashSql(t: TableInfo, byValue: boolean, converted: boolean): string {
   if (!byValue || t.columns.length === 0) return `hashtextextended(${rowText(t, converted)}, 0)`;

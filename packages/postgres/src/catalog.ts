@@ -286,6 +286,12 @@ export interface SchemaNames {
   extensions: string[];
 }
 
+/** schemasAndExtensions' answer by name only, as the marker records it. */
+export const schemaNames = (x: { schemas: string[]; extensions: Array<{ name: string }> }): SchemaNames => ({
+  schemas: x.schemas,
+  extensions: x.extensions.map((e) => e.name),
+});
+
 /** The schemas and extensions in `now` that `before` did not have: what a restore in between made. */
 export function madeSince(before: SchemaNames, now: SchemaNames): SchemaNames {
   return {

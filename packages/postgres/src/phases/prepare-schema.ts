@@ -12,6 +12,7 @@ import {
   listTables,
   madeSince,
   type SchemaNames,
+  schemaNames,
   schemasAndExtensions,
   USER_SCHEMA,
   userObjects,
@@ -440,15 +441,11 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
   const roles = createdRoles.value;
   const file = dumped.value;
   const markerTable = `${ident(objectNames(ctx.config.id).markerSchema)}.migration`;
-  const names = (x: Awaited<ReturnType<typeof schemasAndExtensions>>): SchemaNames => ({
-    schemas: x.schemas,
-    extensions: x.extensions.map((e) => e.name),
-  });
   let before: SchemaNames | undefined;
   if (!landed) {
     // What is there before the restore is not its: recorded first, so that a rollback after a restore
     // that landed but was not recorded (a crash in between) drops what it made, and only that.
-    before = names(await schemasAndExtensions(ctx.target));
+    before = schemaNames(await schemasAndExtensions(ctx.target));
     await ctx.target.query(`UPDATE ${markerTable} SET restored = $2 WHERE id = $1`, [
       ctx.config.id,
       { schemas: [], extensions: [], before },
@@ -456,7 +453,7 @@ export async function prepareSchema(ctx: PhaseContext): Promise<string> {
     await restore(ctx, file, 'pre-data', 1);
   }
   // The schemas and extensions the restore made: the only ones a rollback drops.
-  const now = names(await schemasAndExtensions(ctx.target));
+  const now = schemaNames(await schemasAndExtensions(ctx.target));
   const made = before ? madeSince(before, now) : now;
   await ctx.target.query(`UPDATE ${markerTable} SET pre_data_at = now(), restored = $2 WHERE id = $1`, [
     ctx.config.id,

@@ -17,6 +17,7 @@ import {
   listTables,
   madeSince,
   type SchemaNames,
+  schemaNames,
   schemasAndExtensions,
   USER_SCHEMA,
 } from '../catalog';
@@ -65,10 +66,11 @@ async function dropLoadedSchema(ctx: PhaseContext): Promise<{ ours: boolean; kep
   // made are recorded; one someone created since is not pgferry's to drop, and is named instead.
   // (A marker of an earlier pgferry recorded nothing: everything on the target counts as its own.)
   // (The marker schema is not among them: it goes last, so a rollback stopped half way finds it.)
-  const { schemas, extensions } = await schemasAndExtensions(ctx.target);
+  const present = await schemasAndExtensions(ctx.target);
+  const { schemas, extensions } = present;
   // A restore begun and not recorded as done (it may have landed): what was not there before it is its.
   const begun = mine.restored?.before;
-  const restored = begun ? madeSince(begun, { schemas, extensions: extensions.map((x) => x.name) }) : mine.restored;
+  const restored = begun ? madeSince(begun, schemaNames(present)) : mine.restored;
   // A table someone made on the target since, in public or in a schema the restore made: nothing of the
   // load is dropped then (DROP SCHEMA … CASCADE took such a table silently), since that table may also
   // use a type, a default or a foreign key in another of those schemas, whose CASCADE would take its

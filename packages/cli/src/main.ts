@@ -1,15 +1,5 @@
 /** The `pgferry` command. */
-import {
-  accessSync,
-  constants,
-  existsSync,
-  lstatSync,
-  mkdirSync,
-  readlinkSync,
-  rmdirSync,
-  statSync,
-  writeFileSync,
-} from 'node:fs';
+import { accessSync, constants, lstatSync, mkdirSync, readlinkSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { parseArgs } from 'node:util';
@@ -56,7 +46,7 @@ import {
   useCredentials,
 } from './runner';
 import { runStatus } from './status';
-import { FileMigrationStore } from './store';
+import { FileMigrationStore, missingDirectories } from './store';
 import {
   awsTaskCallbacks,
   deployedTableStore,
@@ -519,8 +509,7 @@ function stateDirectory(value: string | undefined, writes = false): string {
       else {
         // Made for a moment where it would be made (its first missing directory), then removed: nothing
         // is left behind by a command that fails later (a bad URL, say).
-        let first = dir;
-        for (let p = dirname(dir); !existsSync(p) && dirname(p) !== p; p = dirname(p)) first = p;
+        const first = missingDirectories(dir).at(-1) ?? dir;
         const link = lstatSync(first, { throwIfNoEntry: false });
         if (link?.isSymbolicLink())
           throw new InvalidInputError(

@@ -112,17 +112,22 @@ function jsonLines<T>(text: string): T[] {
   return out;
 }
 
-/**
- * mkdir -p: each missing directory made on its own. Node's recursive mkdir loops for ever where mkdir
- * answers ENOENT under a directory that exists (/proc: `--state-dir /proc/x` hung); this throws that.
- */
-export function makeDirectory(dir: string, mode = 0o700): void {
+/** The directories of `dir`'s path that do not exist, `dir` first, the outermost last. */
+export function missingDirectories(dir: string): string[] {
   const missing: string[] = [];
   for (let p = dir; !existsSync(p); p = dirname(p)) {
     missing.push(p);
     if (dirname(p) === p) break;
   }
-  for (const m of missing.reverse()) {
+  return missing;
+}
+
+/**
+ * mkdir -p: each missing directory made on its own. Node's recursive mkdir loops for ever where mkdir
+ * answers ENOENT under a directory that exists (/proc: `--state-dir /proc/x` hung); this throws that.
+ */
+export function makeDirectory(dir: string, mode = 0o700): void {
+  for (const m of missingDirectories(dir).reverse()) {
     try {
       mkdirSync(m, { mode });
     } catch (err) {

@@ -203,6 +203,12 @@ const VALUE_HASH: Record<string, (value: string, seed: number) => string> = {
   bpchar: (v, s) => `hashbpcharextended(${v}, ${s})`,
 };
 
+/** A column of a type not hashable by value: its text, byte-wise. */
+const byText = (v: string, s: number) => `hashtextextended(${v}::text COLLATE "C", ${s})`;
+
+/** Types whose own hash VALUE_HASH makes whole: hashed apart in a table of any width. */
+const MADE_WHOLE = new Set(['numeric', 'int8']);
+
 /**
  * The seed of the i-th column's hash: far apart, so that the constants a hash returns near its seed
  * (numeric's zero and NaN) are never another column's.
@@ -251,11 +257,7 @@ function rowHashSql(t: TableInfo, byValue: boolean, converted: boolean): string 
   t.columns.forEach((c, i) => {
     const v = `t.${ident(c.name)}`;
     const seeded =
-      c.hashable === 'numeric' || c.hashable === 'int8' || apart
-        ? c.hashable
-          ? VALUE_HASH[c.hashable]
-          : (x: string, s: number) => `hashtextextended(${x}::text COLLATE "C", ${s})`
-        : undefined;
+      apart || MADE_WHOLE.has(c.hashable ?? '') ? (c.hashable ? VALUE_HASH[c.hashable] : byText) : undefined;
     if (!seeded) together.push(c.hashable ? v : `${v}::text COLLATE "C"`);
     // Every column, NOT NULL or not: the target's may lack the constraint, and a NULL term would void the row's hash.
     else terms.push(`coalesce(${seeded(v, columnSeed(i))}, 0)`);
